@@ -1,0 +1,1 @@
+"""Torch model code (backbones, text encoder); imported only by training and export entry points."""

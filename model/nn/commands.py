@@ -1,0 +1,175 @@
+"""``keepfit export`` and ``keepfit import-checkpoint`` (torch entry points)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from model.config import get_config
+from model.errors import ArtifactError, CheckpointError
+from model.knowledge import Knowledge
+from model.nn.export import QUANT_MODES, export_artifact
+from model.nn.factory import (
+    create_model,
+    default_tokenizer,
+    load_checkpoint,
+    load_pretrained,
+    load_state,
+    save_checkpoint,
+)
+from model.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def default_data_root() -> Path | None:
+    """``../shared/data`` relative to the working directory, when present (never an absolute default)."""
+    candidate = Path("..") / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def export_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="keepfit export",
+        description="Export a checkpoint, or a fresh model, to a verified ONNX artifact directory.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a keepfit checkpoint (.pt)")
+    src.add_argument("--config", help="a registered config name or a config JSON path (with --random-init/--pretrained)")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--random-init", action="store_true", help="with --config: random weights")
+    init.add_argument("--pretrained", action="store_true", help="with --config: ImageNet / MiniLM initialisation")
+    p.add_argument("--out", required=True, type=Path, help="artifact directory to write (replaced atomically)")
+    p.add_argument("--quantize", choices=QUANT_MODES, default="none", help="int8: MatMul/Gemm weights; int8-conv: also convolutions")
+    p.add_argument("--verify", dest="verify", action="store_true", default=True, help="check ONNX vs torch (default)")
+    p.add_argument("--no-verify", dest="verify", action="store_false")
+    p.add_argument("--data-root", type=Path, default=None, help="real images for verification (default ../shared/data)")
+    p.add_argument("--knowledge", type=Path, default=None, help="knowledge.json (default: the packaged one)")
+    p.add_argument("--name", default=None, help="artifact name (default: the config name)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    if args.out.exists() and not (args.out / "manifest.json").is_file() and any(args.out.iterdir()):
+        raise ArtifactError(f"refusing to replace {args.out}: it exists and is not an artifact directory")
+    torch.manual_seed(args.seed)
+    evaluation = {}
+    extra_files: dict[str, bytes] = {}
+    if args.checkpoint is not None:
+        if args.random_init or args.pretrained:
+            p.error("--random-init/--pretrained go with --config, not --checkpoint")
+        model, tokenizer, payload = load_checkpoint(args.checkpoint)
+        evaluation = payload.get("evaluation", {}) or {}
+        extra_files = {k: v for k, v in (payload.get("artifact_files") or {}).items() if isinstance(v, bytes)}
+    else:
+        if not (args.random_init or args.pretrained):
+            p.error("--config needs --random-init or --pretrained")
+        cfg = get_config(args.config)
+        model = create_model(cfg)
+        if args.pretrained:
+            load_pretrained(model)
+        tokenizer = default_tokenizer(cfg)
+    knowledge = Knowledge.from_file(args.knowledge) if args.knowledge else Knowledge.default()
+    data_root = args.data_root if args.data_root is not None else default_data_root()
+    if args.data_root is not None and not args.data_root.is_dir():
+        raise ArtifactError(f"--data-root {args.data_root} is not a directory")
+    out = export_artifact(
+        model,
+        tokenizer,
+        args.out,
+        knowledge=knowledge,
+        quantize_mode=args.quantize,
+        verify=args.verify,
+        data_root=data_root,
+        name=args.name,
+        evaluation=evaluation,
+        extra_files=extra_files,
+    )
+    logger.info("wrote artifact %s", out)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ published checkpoints
+FLAIR_PREFIXES = (
+    ("vision_model.projection_head_vision.projection.", "image_encoder.proj."),
+    ("vision_model.model.", "image_encoder.backbone."),
+    ("text_model.projection_head_text.projection.", "text_encoder.proj."),
+    ("text_model.model.", "text_encoder.bert."),
+    ("attention.", "knowledge_attention."),
+    ("logit_scale", "logit_scale"),
+)
+# Keys a published checkpoint carries that our model has no use for: torchvision's fc (FLAIR sets it to
+# Identity, but older dumps keep it), HF's position_ids buffer and BERT's pooler (unused by either pooling).
+DROPPABLE = ("image_encoder.backbone.fc.", "text_encoder.bert.embeddings.position_ids", "text_encoder.bert.pooler.")
+
+
+def map_published_state(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
+    """FLAIR / KeepFIT v1 key layout (DESIGN section 3) -> our key layout."""
+    mapped: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        key = key.removeprefix("module.")  # checkpoints saved from DataParallel
+        for old, new in FLAIR_PREFIXES:
+            if key.startswith(old):
+                target = new + key[len(old) :]
+                break
+        else:
+            unknown.append(key)
+            continue
+        if target.startswith("knowledge_attention.") and fmt == "flair":
+            unknown.append(key)
+            continue
+        if target.startswith(DROPPABLE):
+            continue
+        mapped[target] = value
+    if unknown:
+        raise CheckpointError(
+            f"{len(unknown)} key(s) are not in the {fmt} layout (e.g. {', '.join(unknown[:3])})"
+        )
+    return mapped
+
+
+def import_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="keepfit import-checkpoint",
+        description="Map a published FLAIR / KeepFIT v1 state dict onto keepfit-v2-resnet50-bert.",
+    )
+    p.add_argument("--format", required=True, choices=("flair", "keepfit-v1"))
+    p.add_argument("--weights", required=True, type=Path, help="the published .pth state dict")
+    p.add_argument("--out", required=True, type=Path, help="keepfit checkpoint to write")
+    p.add_argument("--tokenizer", type=Path, required=True,
+                   help="tokenizer.json of Bio_ClinicalBERT (the vocabulary the text encoder was trained with)")
+    p.add_argument("--config", default="keepfit-v2-resnet50-bert")
+    args = p.parse_args(argv)
+
+    if not args.weights.is_file():
+        raise CheckpointError(f"weights file not found: {args.weights}")
+    try:
+        raw = torch.load(args.weights, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{args.weights} is not a readable torch state dict: {err}") from err
+    if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
+        raw = raw["model"]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"{args.weights} does not hold a state dict of tensors")
+    cfg = get_config(args.config)
+    model = create_model(cfg)
+    state = map_published_state(raw, args.format)
+    if args.format == "flair":
+        # FLAIR has no knowledge attention: keep its fresh initialisation, say so.
+        for key, value in model.state_dict().items():
+            if key.startswith("knowledge_attention."):
+                state[key] = value
+        logger.info("flair checkpoints carry no knowledge attention: it stays randomly initialised")
+    load_state(model, state, source=str(args.weights))
+    tokenizer = Tokenizer.from_file(args.tokenizer, cfg.text.context_length)
+    if tokenizer.vocab_size != model.text_encoder.bert_config.vocab_size:
+        raise CheckpointError(
+            f"tokenizer {args.tokenizer} has {tokenizer.vocab_size} tokens; the text encoder expects "
+            f"{model.text_encoder.bert_config.vocab_size}"
+        )
+    save_checkpoint(args.out, model, tokenizer, imported_from={"format": args.format, "file": args.weights.name})
+    logger.info("wrote %s (%s -> %s)", args.out, args.format, cfg.name)
+    return 0

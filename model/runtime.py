@@ -1,0 +1,198 @@
+"""Torch-free encoders over ONNX Runtime, shared by ``index/`` and ``service/``.
+
+``KeepfitRuntime.from_artifact(dir)`` verifies the artifact, opens one session per encoder and exposes
+``encode_images``, ``encode_texts`` and ``zero_shot``.  Class text embeddings (mean of the prompt embeddings of
+a class's expert descriptions) are computed once per (category set, modality) and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from model.artifact import Artifact, load_artifact
+from model.errors import ArtifactError, ConfigError
+from model.preprocess import preprocess_batch, resize_pad, to_rgb
+from model.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    embeddings: np.ndarray  # [B, D] unit norm
+    tokens: np.ndarray  # [B, h*w, D] per-location projections (for heat maps)
+    grid: tuple[int, int]  # (h, w) of the feature map
+
+
+class KeepfitRuntime:
+    """Image and text encoders of one artifact, over ONNX Runtime."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        class_cache_size: int = 256,
+    ) -> None:
+        self.artifact = artifact
+        self.config = artifact.config
+        self.preprocess_cfg = artifact.config.preprocess
+        self.knowledge = artifact.knowledge
+        self.tokenizer = Tokenizer.from_file(artifact.file("tokenizer.json"), artifact.config.text.context_length)
+        self.logit_scale = float(artifact.manifest.get("logit_scale", 100.0))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = int(intra_op_threads)
+        available = ort.get_available_providers()
+        chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+        self.providers = chosen
+        try:
+            self._image = ort.InferenceSession(str(artifact.file("image_encoder.onnx")), options, providers=chosen)
+            self._text = ort.InferenceSession(str(artifact.file("text_encoder.onnx")), options, providers=chosen)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ArtifactError(f"cannot open the ONNX encoders of {artifact.path}: {err}") from err
+        self._image_outputs = [o.name for o in self._image.get_outputs()]
+        self._class_cache: OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = OrderedDict()
+        self._class_cache_size = class_cache_size
+        self._lock = threading.Lock()
+        self._modality_head = self._load_modality_head()
+
+    @classmethod
+    def from_artifact(
+        cls, path: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None
+    ) -> KeepfitRuntime:
+        return cls(load_artifact(path), providers=providers, intra_op_threads=intra_op_threads)
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+    @property
+    def embed_dim(self) -> int:
+        return self.artifact.embed_dim
+
+    # ----------------------------------------------------------------------------------------------- images
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return preprocess_batch(list(images), self.preprocess_cfg)
+
+    def encode_pixels(self, pixels: np.ndarray) -> ImageEncoding:
+        """Preprocessed ``[B,3,S,S]`` float32 -> embeddings and spatial tokens."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"expected pixels [B,3,S,S], got shape {pixels.shape}")
+        emb, tokens = self._image.run(self._image_outputs, {"pixels": pixels.astype(np.float32, copy=False)})
+        side = int(round(np.sqrt(tokens.shape[1])))
+        return ImageEncoding(embeddings=_normalize(emb), tokens=tokens, grid=(side, tokens.shape[1] // max(side, 1)))
+
+    def encode_images(self, images: Sequence[Image.Image] | np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """PIL images (any mode) or preprocessed pixels -> unit-norm embeddings ``[B, D]``."""
+        if isinstance(images, np.ndarray):
+            return self.encode_pixels(images).embeddings
+        out = [
+            self.encode_pixels(self.preprocess(images[i : i + batch_size])).embeddings
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), dtype=np.float32)
+
+    # ------------------------------------------------------------------------------------------------ texts
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Strings -> unit-norm embeddings ``[B, D]``."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids, mask = self.tokenizer(list(texts[i : i + batch_size]))
+            (emb,) = self._text.run(["embedding"], {"input_ids": ids, "attention_mask": mask})
+            out.append(_normalize(emb))
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), dtype=np.float32)
+
+    def class_embeddings(self, categories: Sequence[str], modality: str) -> np.ndarray:
+        """``[C, D]``: per class, the re-normalised mean of its prompts' embeddings (cached)."""
+        key = (modality, tuple(categories))
+        with self._lock:
+            hit = self._class_cache.get(key)
+            if hit is not None:
+                self._class_cache.move_to_end(key)
+                return hit
+        prompts = [self.knowledge.prompts(c, modality) for c in categories]
+        flat = [p for group in prompts for p in group]
+        emb = self.encode_texts(flat)
+        rows, start = [], 0
+        for group in prompts:
+            rows.append(emb[start : start + len(group)].mean(axis=0))
+            start += len(group)
+        result = _normalize(np.stack(rows)).astype(np.float32)
+        result.setflags(write=False)
+        with self._lock:
+            self._class_cache[key] = result
+            while len(self._class_cache) > self._class_cache_size:
+                self._class_cache.popitem(last=False)
+        return result
+
+    # ------------------------------------------------------------------------------------------- zero-shot
+    def zero_shot(self, image_embeddings: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
+        """Softmax over temperature-scaled cosine similarities, ``[B, C]``."""
+        return softmax(self.logit_scale * image_embeddings @ class_embeddings.T)
+
+    def classify(
+        self, images: Sequence[Image.Image], categories: Sequence[str] | None = None, modality: str = "CFP"
+    ) -> np.ndarray:
+        cats = list(categories) if categories else self.knowledge.category_set(modality)
+        return self.zero_shot(self.encode_images(images), self.class_embeddings(cats, modality))
+
+    # -------------------------------------------------------------------------------------------- modality
+    def _load_modality_head(self) -> dict[str, np.ndarray | list[str]] | None:
+        if not self.artifact.has("modality_head.json"):
+            return None
+        data = json.loads(self.artifact.file("modality_head.json").read_text())
+        return {
+            "classes": list(data["classes"]),
+            "weight": np.asarray(data["weight"], dtype=np.float32),  # [M, D]
+            "bias": np.asarray(data["bias"], dtype=np.float32),  # [M]
+        }
+
+    def modality_probabilities(self, image_embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """``(modalities, probs [B, M])`` from the artifact's modality head, else zero-shot over modality prompts."""
+        if self._modality_head is not None:
+            head = self._modality_head
+            logits = image_embeddings @ np.asarray(head["weight"]).T + np.asarray(head["bias"])
+            return list(head["classes"]), softmax(logits)  # type: ignore[arg-type]
+        prompts = self.knowledge.modality_prompts()
+        names = list(prompts)
+        key = ("__modality__", tuple(names))
+        with self._lock:
+            cached = self._class_cache.get(key)
+        if cached is None:
+            rows = [_normalize(self.encode_texts(prompts[m]).mean(axis=0)) for m in names]
+            cached = np.stack(rows).astype(np.float32)
+            with self._lock:
+                self._class_cache[key] = cached
+        return names, self.zero_shot(image_embeddings, cached)
+
+    def content_box(self, image: Image.Image) -> tuple[int, int, int, int]:
+        """Where the image content lies inside the model's square input (for mapping heat maps back)."""
+        _, box = resize_pad(to_rgb(image), self.preprocess_cfg)
+        return box
+
+    def check_modality(self, modality: str) -> str:
+        if modality not in self.knowledge.modalities:
+            raise ConfigError(f"unknown modality {modality!r}; known: {', '.join(self.knowledge.modalities)}")
+        return modality
