@@ -37,3 +37,15 @@ class CheckpointError(KeepfitError):
 
 class DataError(KeepfitError):
     """A manifest, folder or label column that cannot be used."""
+
+
+class IndexStoreError(KeepfitError):
+    """An index directory that is missing, corrupted or inconsistent."""
+
+
+class IndexMismatchError(IndexStoreError):
+    """An index built with another artifact version (or embedding size) than the one loaded."""
+
+
+class NotFoundError(KeepfitError):
+    """An id, path or name that does not exist (an unknown index id, say)."""
