@@ -100,9 +100,9 @@ FLAIR_PREFIXES = (
     ("attention.", "knowledge_attention."),
     ("logit_scale", "logit_scale"),
 )
-# Keys a published checkpoint carries that our model has no use for: torchvision's fc (FLAIR sets it to
-# Identity, but older dumps keep it), HF's position_ids buffer and BERT's pooler (unused by either pooling).
-DROPPABLE = ("image_encoder.backbone.fc.", "text_encoder.bert.embeddings.position_ids", "text_encoder.bert.pooler.")
+# Keys a published checkpoint may carry that our model has no use for: torchvision's fc (FLAIR sets it to
+# Identity, but older dumps keep it) and the position_ids buffer of older transformers releases.
+DROPPABLE = ("image_encoder.backbone.fc.", "text_encoder.bert.embeddings.position_ids")
 
 
 def map_published_state(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
