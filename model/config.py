@@ -36,6 +36,7 @@ class PreprocessConfig:
     pad_value: int = 0
     pad_align: str = "center"  # "center" or "top_left" (FLAIR pads right and bottom)
     resample: str = "bicubic"  # "bicubic" or "bilinear"
+    resize_rounding: str = "round"  # "round" or "floor" (FLAIR truncates the resized short side)
 
     def validate(self) -> None:
         if not 16 <= self.image_size <= 2048:
@@ -46,6 +47,8 @@ class PreprocessConfig:
             raise ConfigError(f"preprocess.pad_align must be 'center' or 'top_left', got {self.pad_align!r}")
         if self.resample not in ("bicubic", "bilinear"):
             raise ConfigError(f"preprocess.resample must be 'bicubic' or 'bilinear', got {self.resample!r}")
+        if self.resize_rounding not in ("round", "floor"):
+            raise ConfigError(f"preprocess.resize_rounding must be 'round' or 'floor', got {self.resize_rounding!r}")
         if not 0 <= self.pad_value <= 255:
             raise ConfigError(f"preprocess.pad_value must be in [0, 255], got {self.pad_value}")
 

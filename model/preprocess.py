@@ -124,7 +124,8 @@ def resize_pad(image: Image.Image, cfg: PreprocessConfig) -> tuple[Image.Image, 
     size = cfg.image_size
     width, height = image.size
     scale = size / max(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    rounding = round if cfg.resize_rounding == "round" else int
+    new_w, new_h = max(1, rounding(width * scale)), max(1, rounding(height * scale))
     resized = image.resize((new_w, new_h), _RESAMPLE[cfg.resample]) if (new_w, new_h) != (width, height) else image
     if cfg.pad_align == "center":
         left, top = (size - new_w) // 2, (size - new_h) // 2

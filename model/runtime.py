@@ -133,12 +133,17 @@ class KeepfitRuntime:
                 self._class_cache.move_to_end(key)
                 return hit
         prompts = [self.knowledge.prompts(c, modality) for c in categories]
-        flat = [p for group in prompts for p in group]
-        emb = self.encode_texts(flat)
-        rows, start = [], 0
-        for group in prompts:
-            rows.append(emb[start : start + len(group)].mean(axis=0))
-            start += len(group)
+        if self.config.text.pooling == "flair":
+            # FLAIR's pooling averages over padding too, so its embeddings depend on the batch's padded length:
+            # reproduce its per-class batches exactly.
+            rows = [self.encode_texts(group, batch_size=len(group)).mean(axis=0) for group in prompts]
+        else:
+            flat = [p for group in prompts for p in group]
+            emb = self.encode_texts(flat)
+            rows, start = [], 0
+            for group in prompts:
+                rows.append(emb[start : start + len(group)].mean(axis=0))
+                start += len(group)
         result = _normalize(np.stack(rows)).astype(np.float32)
         result.setflags(write=False)
         with self._lock:
