@@ -82,3 +82,13 @@ def test_tokenizer_pads_truncates_and_masks() -> None:
     assert mask[1].sum() == 3 and (ids[1, 3:] == tok.pad_id).all()
     assert mask[2].sum() == 16 and ids[2, 15] == tok.sep_id
     assert tok.decode(ids[0].tolist()) == "a fundus photograph of glaucoma"
+
+
+def test_pretrained_configs_normalise_as_their_weights_expect() -> None:
+    from model.nn.vision import IMAGENET_NORMALISATION
+
+    for name in list_models():
+        cfg = get_config(name)
+        if cfg.vision.pretrained == "imagenet":
+            mean, std = IMAGENET_NORMALISATION[cfg.vision.backbone]
+            assert cfg.preprocess.mean == mean and cfg.preprocess.std == std, name
