@@ -1,0 +1,5 @@
+"""The HTTP API (FastAPI) over the torch-free ONNX runtime, the FAISS index and a response cache.
+
+Nothing is loaded at import: :func:`service.app.create_app` builds the app and its lifespan opens the artifact,
+the index and the cache.  ``keepfit serve`` (:mod:`service.cli`) runs it under uvicorn.
+"""

@@ -1,0 +1,96 @@
+"""``keepfit serve``: run the HTTP API under uvicorn.
+
+Flags override the ``KEEPFIT_*`` environment (they are written into it, so ``--workers N`` processes read the
+same settings).  Without ``--index`` / ``KEEPFIT_INDEX`` an index is looked for in ``indexes/<artifact name>``
+and ``indexes/default``; with none the service still starts and search answers 503 saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from model.errors import ArtifactError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+INDEX_SEARCH_DIRS = ("indexes",)
+
+
+def find_index(artifact: Path) -> Path | None:
+    """An index built for this artifact in the conventional places, if there is one."""
+    for root in INDEX_SEARCH_DIRS:
+        for name in (artifact.name, "default"):
+            candidate = Path(root) / name
+            if (candidate / "index_manifest.json").is_file():
+                return candidate
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="keepfit serve",
+        description="Run the KeepFIT HTTP API (OpenAPI docs at /docs). Research use only.",
+    )
+    p.add_argument("--artifact", type=Path, help="model artifact directory (KEEPFIT_ARTIFACT)")
+    p.add_argument("--index", type=Path, help="index directory (KEEPFIT_INDEX); default: found under indexes/")
+    p.add_argument("--host", help="bind address (KEEPFIT_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (KEEPFIT_PORT, default 8000)")
+    p.add_argument("--redis-url", help="Redis URL for the cache (KEEPFIT_REDIS_URL); default: in-process LRU")
+    p.add_argument("--workers", type=int, help="uvicorn worker processes (KEEPFIT_WORKERS, default 1)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (KEEPFIT_LOG_LEVEL)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {
+        "KEEPFIT_ARTIFACT": args.artifact,
+        "KEEPFIT_INDEX": args.index,
+        "KEEPFIT_HOST": args.host,
+        "KEEPFIT_PORT": args.port,
+        "KEEPFIT_REDIS_URL": args.redis_url,
+        "KEEPFIT_WORKERS": args.workers,
+        "KEEPFIT_LOG_LEVEL": args.log_level,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value)
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    except ValidationError as err:
+        problems = "; ".join(f"KEEPFIT_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"bad settings: {problems}") from err
+    logging.getLogger().setLevel(settings.log_level)
+    if not (settings.artifact / "manifest.json").is_file():
+        raise ArtifactError(f"no artifact at {settings.artifact} (pass --artifact DIR or set KEEPFIT_ARTIFACT)")
+    if settings.index is None:
+        found = find_index(settings.artifact)
+        if found is not None:
+            logger.info("using the index found at %s", found)
+            os.environ["KEEPFIT_INDEX"] = str(found)
+            get_settings.cache_clear()
+            settings = get_settings()
+    logger.info(
+        "serving %s on http://%s:%d (index: %s, cache: %s, workers: %d)",
+        settings.artifact, settings.host, settings.port, settings.index or "none",
+        "redis" if settings.redis_url else "in-process", settings.workers,
+    )
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level.lower(), "proxy_headers": True}
+    if settings.workers > 1:
+        # each worker builds its own app from the environment written above
+        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+    else:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    return 0

@@ -1,0 +1,144 @@
+"""Dependencies handlers receive (``Annotated[..., Depends(...)]`` aliases) and the API-key checks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+import anyio
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from service.cache import Cache
+from service.engine import Engine, IndexHolder
+from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
+from service.metrics import Metrics
+from service.settings import Settings, get_settings
+
+T = TypeVar("T")
+
+API_KEY_HEADER = "X-API-Key"
+api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="Needed only when the service runs with KEEPFIT_API_KEYS.",
+)
+
+
+@dataclass
+class ServiceState:
+    """Everything the lifespan loaded; handlers only parse, call and answer."""
+
+    settings: Settings
+    engine: Engine
+    index: IndexHolder
+    cache: Cache
+    metrics: Metrics
+    limiter: anyio.CapacityLimiter
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run model work on a worker thread, at most ``settings.concurrency`` at once."""
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+
+def get_state(request: Request) -> ServiceState:
+    state = getattr(request.app.state, "service", None)
+    if state is None:
+        raise NotReadyError("the service is starting or its artifact failed to load; see /readyz")
+    return state  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+# ------------------------------------------------------------------------------------------------- API keys
+def key_matches(presented: str | None, keys: Sequence[str]) -> bool:
+    """Constant-time comparison against every configured key (no early exit that would leak which matched)."""
+    if not presented:
+        return False
+    candidate = presented.encode("utf-8", "surrogateescape")
+    matched = False
+    for key in keys:
+        matched |= secrets.compare_digest(candidate, key.encode("utf-8"))
+    return matched
+
+
+def check_api_key(presented: str | None, keys: Sequence[str]) -> None:
+    if not keys:
+        return
+    if not presented:
+        raise UnauthorizedError(f"missing API key: send it in the {API_KEY_HEADER} header")
+    if not key_matches(presented, keys):
+        raise UnauthorizedError(f"wrong API key in the {API_KEY_HEADER} header")
+
+
+async def require_api_key(settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_scheme)]) -> None:
+    check_api_key(api_key, settings.api_keys)
+
+
+def image_token(keys: Sequence[str], image_id: int) -> str | None:
+    """A per-image token for ``image_url`` so that ``<img src>`` works when API keys are on (browsers cannot
+    add headers to image loads).  It unlocks that one image only and changes when the keys change."""
+    if not keys:
+        return None
+    secret = hashlib.sha256(b"keepfit-image-url\0" + "\0".join(sorted(keys)).encode("utf-8")).digest()
+    return hmac.new(secret, str(int(image_id)).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def check_image_access(keys: Sequence[str], image_id: int, api_key: str | None, token: str | None) -> None:
+    if not keys:
+        return
+    expected = image_token(keys, image_id)
+    if token and expected and secrets.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode()):
+        return
+    check_api_key(api_key, keys)
+
+
+# --------------------------------------------------------------------------------------------- content type
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def require_multipart(request: Request) -> None:
+    if content_type(request) != "multipart/form-data":
+        got = content_type(request) or "no content type"
+        raise UnsupportedContentTypeError(
+            f"expected multipart/form-data with an 'image' file field, got {got}"
+        )
+
+
+ACCEPTED_UPLOAD_TYPES = ("application/octet-stream", "application/dicom")
+
+
+def check_upload_type(declared: str | None, field: str = "image") -> None:
+    """The client-declared type of the file part: any image/*, or unspecific; the bytes are sniffed later."""
+    kind = (declared or "").split(";", 1)[0].strip().lower()
+    if not kind or kind.startswith("image/") or kind in ACCEPTED_UPLOAD_TYPES:
+        return
+    raise UnsupportedContentTypeError(f"'{field}' was sent as {kind}; send an image file (JPEG, PNG, TIFF)")
+
+
+async def read_upload(upload: Any, max_bytes: int, field: str = "image") -> bytes:
+    """The bytes of an uploaded file part, with its declared type and size checked first."""
+    from starlette.datastructures import UploadFile
+
+    from model.errors import ImageError
+    from service.errors import InvalidRequestError, PayloadTooLargeError
+
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequestError(f"'{field}' must be a file part (multipart/form-data with a filename)")
+    check_upload_type(upload.content_type, field)
+    if upload.size is not None and upload.size > max_bytes:
+        raise PayloadTooLargeError(f"'{field}' is {upload.size} bytes; the limit is {max_bytes}")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"'{field}' is larger than the limit of {max_bytes} bytes")
+    if not data:
+        raise ImageError(f"'{field}' is an empty file: 0 bytes")
+    return data

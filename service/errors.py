@@ -1,0 +1,178 @@
+"""Domain errors -> HTTP, in one place.
+
+Every error leaves as ``{"error": {"code": "...", "message": "..."}}`` (plus ``details`` for validation
+errors).  The library raises :mod:`model.errors` types; the service adds :class:`ServiceError` for conditions
+that only exist over HTTP (auth, limits, a missing index).  Nothing here logs request content.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.errors import (
+    ArtifactError,
+    ConfigError,
+    ImageError,
+    ImageTooLargeError,
+    IndexMismatchError,
+    IndexStoreError,
+    KeepfitError,
+    NotFoundError,
+    UnsupportedMediaError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(KeepfitError):
+    """An error with its HTTP status and a stable machine-readable code."""
+
+    status_code: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        if status_code is not None:
+            self.status_code = status_code
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequestError(ServiceError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedContentTypeError(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class UnauthorizedError(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NoIndexError(ServiceError):
+    status_code = 503
+    code = "no_index"
+
+
+class EmptyIndexError(ServiceError):
+    status_code = 409
+    code = "index_empty"
+
+
+class NotReadyError(ServiceError):
+    status_code = 503
+    code = "not_ready"
+
+
+# Library errors, most specific first.
+_LIBRARY: list[tuple[type[KeepfitError], int, str]] = [
+    (ImageTooLargeError, 413, "image_too_large"),
+    (UnsupportedMediaError, 415, "unsupported_media_type"),
+    (ImageError, 400, "invalid_image"),
+    (NotFoundError, 404, "not_found"),
+    (IndexMismatchError, 503, "index_mismatch"),
+    (IndexStoreError, 503, "index_unavailable"),
+    (ConfigError, 422, "invalid_request"),
+    (ArtifactError, 503, "artifact_unavailable"),
+]
+
+
+def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def status_and_code(err: KeepfitError) -> tuple[int, str]:
+    if isinstance(err, ServiceError):
+        return err.status_code, err.code
+    for kind, status, code in _LIBRARY:
+        if isinstance(err, kind):
+            return status, code
+    return 400, "bad_request"
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+async def _keepfit_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, KeepfitError)
+    status, code = status_and_code(err)
+    if status >= 500:
+        logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, status, code, err)
+    headers = {"WWW-Authenticate": "APIKey"} if status == 401 else None
+    return _json(status, error_body(code, str(err)), headers)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    # ("body", "query") -> "query": the first element only says where FastAPI looked
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header", "form", "cookie"):
+        parts = parts[1:]
+    return ".".join(parts) or "request"
+
+
+async def _validation_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, RequestValidationError)
+    # Never echo the input back (a 10,000-character query, say): only where and what.
+    details = [{"field": _location(e.get("loc", ())), "message": str(e.get("msg", "invalid"))} for e in err.errors()]
+    message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5]) or "invalid request"
+    return _json(422, error_body("invalid_request", message, details))
+
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+}
+
+
+async def _http_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, StarletteHTTPException)
+    status = err.status_code
+    code = _CODES.get(status, HTTPStatus(status).phrase.lower().replace(" ", "_") if status in HTTPStatus._value2member_map_ else "error")
+    message = err.detail if isinstance(err.detail, str) else HTTPStatus(status).phrase
+    if status == 404 and message == "Not Found":
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif status == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return _json(status, error_body(code, message), dict(err.headers or {}))
+
+
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+    # A bug: log the traceback (no request content) and answer in the same envelope.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _json(500, error_body("internal_error", "internal server error; the incident is logged"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(KeepfitError, _keepfit_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,103 @@
+"""Checks that must happen before a request body is read: its size, and (for bodies) the API key.
+
+Uploads are bounded twice: here by ``Content-Length`` (or by counting a chunked body as it streams), so a
+client cannot make the service buffer gigabytes, and per file part in :func:`service.deps.read_upload`.
+Rejecting a wrong API key here too means an unauthenticated client cannot make the service parse a large
+multipart body first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.deps import API_KEY_HEADER, key_matches
+from service.errors import error_body
+
+# multipart framing and the small form fields around the file
+_SLACK_BYTES = 256 * 1024
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/static", "/favicon")
+
+
+class _TooLarge(HTTPException):
+    """Raised from ``receive`` mid-body; an HTTPException so FastAPI's body parsing lets it through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+
+
+async def _reject(send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(error_body(code, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuardMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, api_keys: Sequence[str]) -> None:
+        self.app = app
+        self.max_body = int(max_body_bytes) + _SLACK_BYTES
+        self.api_keys = list(api_keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        headers = dict(scope.get("headers") or [])
+        if self.api_keys and not path.startswith(PUBLIC_PREFIXES):
+            presented = headers.get(API_KEY_HEADER.lower().encode())
+            text = presented.decode("latin-1") if presented is not None else None
+            if not key_matches(text, self.api_keys):
+                what = "missing API key" if not text else "wrong API key"
+                await _reject(
+                    send, 401, "unauthorized", f"{what}: send it in the {API_KEY_HEADER} header",
+                    [(b"www-authenticate", b"APIKey")],
+                )
+                return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _reject(send, 400, "bad_request", "Content-Length is not a number")
+                return
+            if declared > self.max_body:
+                await _reject(
+                    send, 413, "payload_too_large",
+                    f"request body is {declared} bytes; the limit is {self.max_body} (KEEPFIT_MAX_UPLOAD_BYTES plus framing)",
+                )
+                return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLarge(self.max_body)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge as err:
+            # raised outside the app's exception handlers (a streaming endpoint, say)
+            if not started:
+                await _reject(send, 413, "payload_too_large", str(err.detail))

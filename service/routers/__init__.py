@@ -1,0 +1,1 @@
+"""One router per resource: classify, search, images, embed, categories, health."""

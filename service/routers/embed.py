@@ -1,0 +1,85 @@
+"""``POST /v1/embed``: a text or an image -> its vector in the joint space (for integrators)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from service.cache import cache_key, sha256_hex
+from service.deps import SettingsDep, StateDep, require_api_key
+from service.engine import Timings
+from service.errors import InvalidRequestError
+from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
+from service.schemas import EmbedResponse, EmbedTextRequest, error_responses
+
+router = APIRouter(tags=["embed"], dependencies=[Depends(require_api_key)])
+
+
+class _NoFields(BaseModel):
+    pass
+
+
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": EmbedTextRequest.model_json_schema(), "example": {"text": "drusen"}},
+            "multipart/form-data": {"schema": image_form_schema({})},
+        },
+    }
+}
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    summary="Embed a text or an image",
+    description=(
+        "`application/json` `{\"text\": ...}` or `multipart/form-data` with an `image` file -> the unit-norm "
+        "embedding the index and zero-shot classification use (cosine similarity = dot product)."
+    ),
+    responses=error_responses(400, 401, 413, 415, 422),
+    openapi_extra=OPENAPI_BODY,
+)
+async def embed(request: Request, state: StateDep, settings: SettingsDep) -> dict[str, Any]:
+    start = time.perf_counter()
+    engine = state.engine
+    timings = Timings(state.metrics)
+    if body_kind(request) == "json":
+        req = await parse_json(request, EmbedTextRequest)
+        if len(req.text) > settings.max_query_chars:
+            raise InvalidRequestError(f"text is {len(req.text)} characters; the limit is {settings.max_query_chars}")
+        kind, digest, text, data = "text", sha256_hex(req.text), req.text, None
+    else:
+        data, _ = await parse_multipart(request, _NoFields, settings.max_upload_bytes)
+        kind, digest, text = "image", sha256_hex(data), None
+    key = cache_key("embed", engine.version, digest, {"kind": kind})
+    with timings.stage("cache"):
+        cached = await state.cache.get(key)
+    if cached is not None:
+        state.metrics.cache_hits.labels("embed").inc()
+        vector: list[float] = json.loads(cached)
+    else:
+        state.metrics.cache_misses.labels("embed").inc()
+        if text is not None:
+            array = await state.run_blocking(engine.embed_text, text, timings)
+        else:
+            assert data is not None
+            array = await state.run_blocking(engine.embed_image, data, timings)
+        vector = [float(v) for v in array]
+        with timings.stage("cache"):
+            await state.cache.set(key, json.dumps(vector).encode())
+    timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
+    return {
+        "model_version": engine.version,
+        "kind": kind,
+        "sha256": digest,
+        "dim": len(vector),
+        "embedding": vector,
+        "cached": cached is not None,
+        "timings_ms": timings.ms,
+    }

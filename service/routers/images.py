@@ -1,0 +1,69 @@
+"""``GET /v1/images/{id}``: an indexed image, or a JPEG thumbnail of it, by index id (never by path)."""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response, Security
+from fastapi.responses import FileResponse
+
+from service.cache import cache_key
+from service.deps import SettingsDep, StateDep, api_key_scheme, check_image_access
+from service.engine import make_thumbnail
+from service.schemas import error_responses
+
+router = APIRouter(tags=["images"])
+
+DESCRIPTION = """
+The image behind a search hit, as stored in the archive, or with `size` a JPEG thumbnail whose long side is
+at most `size` pixels (what a results grid should load).  Images are addressed by index id only.  When the
+service runs with API keys, send `X-API-Key`, or use the `image_url` / `thumbnail_url` of a search hit, which
+carry a per-image `token` so that `<img src>` works in a browser.
+"""
+
+_MAX_ID = 2**63 - 1
+
+
+@router.get(
+    "/images/{image_id}",
+    summary="An indexed image or its thumbnail",
+    description=DESCRIPTION,
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}, "image/tiff": {}}, "description": "the image bytes"},
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        **error_responses(401, 404, 422, 503),
+    },
+)
+async def get_image(
+    request: Request,
+    state: StateDep,
+    settings: SettingsDep,
+    image_id: Annotated[int, Path(ge=0, le=_MAX_ID, description="the `id` of a search hit")],
+    size: Annotated[int | None, Query(ge=16, le=1024, description="thumbnail: longest side in pixels")] = None,
+    token: Annotated[str | None, Query(max_length=128, description="per-image token from a search hit")] = None,
+    api_key: Annotated[str | None, Security(api_key_scheme)] = None,
+) -> Response:
+    check_image_access(settings.api_keys, image_id, api_key, token)
+    record, path = await state.index.locate(image_id)
+    etag = f'"{record.sha256}-{size or "full"}"' if record.sha256 else None
+    headers = {"Cache-Control": "private, max-age=86400"}
+    if etag:
+        headers["ETag"] = etag
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+    if size is None:
+        if not await state.run_blocking(path.is_file):
+            from model.errors import NotFoundError
+
+            raise NotFoundError(f"the file of image {image_id} is no longer on disk")
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media_type, headers=headers)
+    key = cache_key("thumbnail", "", record.sha256 or f"id:{image_id}", {"size": size}) if record.sha256 else None
+    data = await state.cache.get(key) if key else None
+    if data is None:
+        data = await state.run_blocking(make_thumbnail, path, size, settings.max_pixels)
+        if key:
+            await state.cache.set(key, data)
+    return Response(content=data, media_type="image/jpeg", headers=headers)

@@ -1,0 +1,129 @@
+"""``POST /v1/search`` (and the alias ``POST /search``): text -> image and image -> image retrieval."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from service.cache import cache_key, sha256_hex
+from service.deps import SettingsDep, StateDep, image_token, require_api_key
+from service.engine import Timings
+from service.errors import InvalidRequestError
+from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
+from service.schemas import (
+    HARD_MAX_TOP_K,
+    SearchImageForm,
+    SearchRequest,
+    SearchResponse,
+    error_responses,
+)
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key)])
+
+DESCRIPTION = """
+The most similar images of the loaded index, for a text (`application/json`: `{"query": ..., "top_k": ...}`)
+or an image (`multipart/form-data` with an `image` file and optional `top_k`, `modality`, `label` fields).
+
+`modality` and `label` restrict the results to images with that modality / label.  Each hit carries an
+`image_url` and a `thumbnail_url` (`GET /v1/images/{id}`).  Without a loaded index the answer is 503
+(`no_index`); with an empty one, 409 (`index_empty`).  Query text is never logged, only its SHA-256.
+"""
+
+_FILTER_FIELDS = {
+    "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K, "default": 10},
+    "modality": {"type": "string", "minLength": 1, "maxLength": 32},
+    "label": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": SearchRequest.model_json_schema(),
+                "example": {"query": "hard exudates near the macula", "top_k": 5, "modality": "CFP"},
+            },
+            "multipart/form-data": {"schema": image_form_schema(_FILTER_FIELDS)},
+        },
+    }
+}
+
+
+def _base_url(request: Request, public_url: str | None) -> str:
+    return (public_url or str(request.base_url)).rstrip("/")
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    summary="Find similar indexed images for a text or an image",
+    description=DESCRIPTION,
+    responses=error_responses(400, 401, 409, 413, 415, 422, 503),
+    openapi_extra=OPENAPI_BODY,
+)
+async def search(request: Request, state: StateDep, settings: SettingsDep) -> dict[str, Any]:
+    start = time.perf_counter()
+    engine, index = state.engine, state.index
+    kind = body_kind(request)
+    data: bytes | None = None
+    if kind == "json":
+        req = await parse_json(request, SearchRequest)
+        if len(req.query) > settings.max_query_chars:
+            raise InvalidRequestError(f"query is {len(req.query)} characters; the limit is {settings.max_query_chars}")
+        top_k, modality, label = req.top_k, req.modality, req.label
+        digest = sha256_hex(req.query)
+    else:
+        data, form = await parse_multipart(request, SearchImageForm, settings.max_upload_bytes)
+        top_k, modality, label = form.top_k, form.modality, form.label
+        digest = sha256_hex(data)
+    if top_k > settings.max_top_k:
+        raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
+    await index.refresh()
+    info = index.info()
+    index.require()  # 503 / 409 before any model work
+    timings = Timings(state.metrics)
+    params = {"kind": kind, "top_k": top_k, "modality": modality, "label": label, "index": info.fingerprint}
+    key = cache_key("search", engine.version, digest, params)
+    with timings.stage("cache"):
+        cached = await state.cache.get(key)
+    if cached is not None:
+        state.metrics.cache_hits.labels("search").inc()
+        hits: list[dict[str, Any]] = json.loads(cached)
+    else:
+        state.metrics.cache_misses.labels("search").inc()
+        if data is None:
+            vector = await state.run_blocking(engine.embed_text, req.query, timings)
+        else:
+            vector = await state.run_blocking(engine.embed_image, data, timings)
+        with timings.stage("search"):
+            hits = await index.search(vector, top_k, modality, label)
+        with timings.stage("cache"):
+            await state.cache.set(key, json.dumps(hits).encode())
+    base = _base_url(request, settings.public_url)
+    for hit in hits:
+        token = image_token(settings.api_keys, hit["id"])
+        url = f"{base}/v1/images/{hit['id']}"
+        hit["image_url"] = f"{url}?token={token}" if token else url
+        hit["thumbnail_url"] = f"{url}?size=256&token={token}" if token else f"{url}?size=256"
+    timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
+    logger.info(
+        "search %s=%s top_k=%d hits=%d cached=%s total_ms=%.1f",
+        "image" if data is not None else "text", digest[:12], top_k, len(hits), cached is not None, timings.ms["total"],
+    )
+    return {
+        "model_version": engine.version,
+        "query": {"kind": "image" if data is not None else "text", "sha256": digest},
+        "top_k": top_k,
+        "modality": modality,
+        "label": label,
+        "index_count": int(info.count or 0),
+        "hits": hits,
+        "cached": cached is not None,
+        "timings_ms": timings.ms,
+    }

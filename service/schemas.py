@@ -1,0 +1,276 @@
+"""Request and response models (``*Request`` / ``*Response``), with the limits and examples OpenAPI shows."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Modality = Literal["auto", "CFP", "FFA", "OCT"]
+HARD_MAX_TOP_K = 10_000  # the schema's bound; the configured KEEPFIT_MAX_TOP_K is checked per request
+HARD_MAX_QUERY = 100_000
+
+_TIMINGS = {"decode": 3.1, "preprocess": 4.2, "inference": 17.8, "zero_shot": 0.2, "total": 26.4}
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(examples=["invalid_image"])
+    message: str = Field(examples=["image data is truncated or corrupt: image file is truncated"])
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: ErrorInfo
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the category as sent (or from the default set)")
+    probability: float = Field(ge=0.0, le=1.0)
+    canonical: str = Field(description="the knowledge entry whose expert descriptions built the prompts")
+    known: bool = Field(description="false: not in the knowledge base; prompted with the name itself")
+
+
+class ModalityResult(BaseModel):
+    requested: Modality
+    used: str = Field(description="the modality whose prompts and default categories were used")
+    confidence: float | None = Field(None, description="probability of `used` when recognised (auto), else null")
+    probabilities: dict[str, float] | None = Field(None, description="all modality probabilities (auto only)")
+
+
+class ImageInfo(BaseModel):
+    sha256: str
+    width: int
+    height: int
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_name": "keepfit-v2-small",
+                    "model_version": "20261128-ddbac8ee24",
+                    "modality": {
+                        "requested": "auto",
+                        "used": "CFP",
+                        "confidence": 0.97,
+                        "probabilities": {"CFP": 0.97, "FFA": 0.02, "OCT": 0.01},
+                    },
+                    "predictions": [
+                        {
+                            "label": "DME",
+                            "probability": 0.81,
+                            "canonical": "diabetic macular edema",
+                            "known": True,
+                        },
+                        {
+                            "label": "no DME",
+                            "probability": 0.19,
+                            "canonical": "no diabetic macular edema",
+                            "known": True,
+                        },
+                    ],
+                    "categories": 2,
+                    "image": {"sha256": "9f2c...", "width": 512, "height": 512},
+                    "cached": False,
+                    "timings_ms": _TIMINGS,
+                    "intended_use": "Research use only. Not a medical device.",
+                }
+            ]
+        },
+    )
+
+    model_name: str
+    model_version: str
+    modality: ModalityResult
+    predictions: list[Prediction] = Field(description="sorted by probability, highest first")
+    categories: int = Field(description="how many categories were scored (predictions may be cut by top_k)")
+    image: ImageInfo
+    cached: bool
+    timings_ms: dict[str, float]
+    intended_use: str
+
+
+class SearchRequest(BaseModel):
+    """Text -> image search. Image -> image search sends multipart ``image`` to the same path."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"query": "hard exudates near the macula", "top_k": 10, "modality": "CFP", "label": None}]
+        },
+    )
+
+    query: str = Field(min_length=1, max_length=HARD_MAX_QUERY, description="free text; not logged")
+    top_k: int = Field(10, ge=1, le=HARD_MAX_TOP_K, description="how many images (at most KEEPFIT_MAX_TOP_K)")
+    modality: str | None = Field(None, min_length=1, max_length=32, description="only images of this modality")
+    label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label")
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query is empty or whitespace only")
+        return value
+
+
+class SearchImageForm(BaseModel):
+    """The fields of a multipart image -> image search (besides the ``image`` file)."""
+
+    top_k: int = Field(10, ge=1, le=HARD_MAX_TOP_K)
+    modality: str | None = Field(None, min_length=1, max_length=32)
+    label: str | None = Field(None, min_length=1, max_length=200)
+
+
+class SearchHit(BaseModel):
+    id: int = Field(description="index id; fetch the image with GET /v1/images/{id}")
+    score: float = Field(description="cosine similarity, higher is closer")
+    modality: str | None
+    labels: list[str]
+    caption: str | None
+    width: int | None
+    height: int | None
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchQueryInfo(BaseModel):
+    kind: Literal["text", "image"]
+    sha256: str = Field(description="SHA-256 of the query text (UTF-8) or image bytes")
+
+
+class SearchResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_version": "20261128-ddbac8ee24",
+                    "query": {"kind": "text", "sha256": "3b1f..."},
+                    "top_k": 1,
+                    "modality": "CFP",
+                    "label": None,
+                    "index_count": 2661,
+                    "hits": [
+                        {
+                            "id": 17,
+                            "score": 0.42,
+                            "modality": "CFP",
+                            "labels": ["diabetic macular edema"],
+                            "caption": "A fundus photograph of diabetic macular edema: hard exudates.",
+                            "width": 512,
+                            "height": 512,
+                            "image_url": "http://localhost:8000/v1/images/17",
+                            "thumbnail_url": "http://localhost:8000/v1/images/17?size=256",
+                        }
+                    ],
+                    "cached": False,
+                    "timings_ms": {"text_encode": 9.1, "search": 0.4, "total": 11.0},
+                }
+            ]
+        },
+    )
+
+    model_version: str
+    query: SearchQueryInfo
+    top_k: int
+    modality: str | None
+    label: str | None
+    index_count: int
+    hits: list[SearchHit]
+    cached: bool
+    timings_ms: dict[str, float]
+
+
+class EmbedTextRequest(BaseModel):
+    """Text -> vector. Image -> vector sends multipart ``image`` to the same path."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "optic disc cupping"}]})
+
+    text: str = Field(min_length=1, max_length=HARD_MAX_QUERY)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text is empty or whitespace only")
+        return value
+
+
+class EmbedResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_version: str
+    kind: Literal["text", "image"]
+    sha256: str
+    dim: int
+    embedding: list[float] = Field(description="unit-norm vector in the joint image-text space")
+    cached: bool
+    timings_ms: dict[str, float]
+
+
+class TaskInfo(BaseModel):
+    categories: list[str]
+    modalities: list[str]
+
+
+class CategoriesResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_version: str
+    modalities: dict[str, list[str]] = Field(description="default category set per modality")
+    tasks: dict[str, TaskInfo] = Field(description="named sets of mutually exclusive categories (form field `task`)")
+    abbreviations: dict[str, str]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ArtifactStatus(BaseModel):
+    name: str
+    version: str
+    embed_dim: int
+    providers: list[str]
+
+
+class IndexStatus(BaseModel):
+    loaded: bool
+    count: int | None
+    artifact_version: str | None
+    error: str | None
+
+
+class CacheStatus(BaseModel):
+    backend: Literal["redis", "memory"]
+    state: Literal["ok", "degraded"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    artifact: ArtifactStatus | None
+    index: IndexStatus
+    cache: CacheStatus | None
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses an endpoint can answer."""
+    text = {
+        400: "Not a decodable image (empty, truncated, corrupt)",
+        401: "Missing or wrong X-API-Key",
+        404: "Unknown id",
+        409: "The index is empty",
+        413: "Upload or image too large (bytes or pixels)",
+        415: "Unsupported content type or image format",
+        422: "A parameter out of range (top_k, categories, query length...)",
+        503: "No index loaded / service not ready",
+    }
+    return {c: {"model": ErrorResponse, "description": text.get(c, "Error")} for c in codes}

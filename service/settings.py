@@ -1,0 +1,110 @@
+"""Service settings: one pydantic-settings class read from ``KEEPFIT_*`` environment variables.
+
+Handlers reach it through :func:`get_settings` (cached) so tests can override it with
+``app.dependency_overrides[get_settings]`` or pass their own instance to ``create_app``.  List settings accept
+comma-separated values (``KEEPFIT_API_KEYS=a,b``) because that is what people type in a compose file.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Short names people write for ONNX Runtime providers.
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment (``KEEPFIT_`` + the upper-case field name)."""
+
+    model_config = SettingsConfigDict(env_prefix="KEEPFIT_", extra="ignore", frozen=True)
+
+    artifact: Path = Field(Path("artifacts/keepfit-v2-small"), description="model artifact directory")
+    index: Path | None = Field(None, description="index directory; none or missing: search answers 503")
+    redis_url: str | None = Field(None, description="Redis URL for the response cache; unset: in-process LRU")
+    cache_ttl_s: int = Field(3600, ge=1, le=30 * 86400, description="lifetime of a cached response")
+    cache_max_entries: int = Field(10_000, ge=0, description="in-process cache size (0 disables it)")
+    cache_timeout_ms: float = Field(100.0, gt=0, le=10_000, description="Redis per-operation timeout")
+    cache_retry_s: float = Field(2.0, ge=0, le=600, description="after a Redis failure, skip it this long")
+    api_keys: CommaList = Field(default_factory=list, description="accepted X-API-Key values; empty: no auth")
+    cors_origins: CommaList = Field(default_factory=list, description="origins allowed by CORS ('*' for any)")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload")
+    max_pixels: int = Field(36_000_000, ge=1, description="largest accepted image (width x height)")
+    max_categories: int = Field(50, ge=2, le=1000, description="most categories in one classify request")
+    max_top_k: int = Field(100, ge=1, le=10_000, description="largest top_k for classify and search")
+    max_query_chars: int = Field(1000, ge=1, le=100_000, description="longest text query")
+    providers: CommaList = Field(
+        default_factory=lambda: ["CPUExecutionProvider"], description="ONNX Runtime execution providers, in order"
+    )
+    threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime intra-op threads (default: ORT's)")
+    inference_concurrency: int = Field(
+        0, ge=0, le=256, description="model runs at once per process (0: one per two CPU cores, at least 2)"
+    )
+    log_level: str = Field("INFO", description="Python logging level")
+    public_url: str | None = Field(None, description="base URL for image_url in search results")
+    host: str = Field("127.0.0.1", description="bind address of `keepfit serve`")
+    port: int = Field(8000, ge=1, le=65535, description="port of `keepfit serve`")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes of `keepfit serve`")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers(cls, value: Any) -> Any:
+        names = _split(value)
+        if not isinstance(names, list):
+            return names
+        resolved = [_PROVIDER_ALIASES.get(str(n).lower(), str(n)) for n in names]
+        return resolved or ["CPUExecutionProvider"]
+
+    @field_validator("index", "redis_url", "public_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        # compose files pass unset variables as empty strings
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+            raise ValueError(f"log_level must be one of CRITICAL, ERROR, WARNING, INFO, DEBUG, got {value!r}")
+        return level
+
+    @property
+    def concurrency(self) -> int:
+        """How many blocking model runs one process allows at once (more only thrashes the CPU caches)."""
+        if self.inference_concurrency:
+            return self.inference_concurrency
+        return max(2, (os.cpu_count() or 2) // 2)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

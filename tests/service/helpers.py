@@ -1,0 +1,35 @@
+"""Helpers shared by the service tests (settings independent of the environment, crafted images)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from service.settings import Settings
+
+
+def make_settings(artifact: Path, **overrides: Any) -> Settings:
+    """Settings independent of the developer's environment (``_env_file`` off, every field explicit enough)."""
+    base: dict[str, Any] = {"artifact": artifact, "index": None, "redis_url": None, "api_keys": [], "cors_origins": []}
+    base.update(overrides)
+    return Settings(_env_file=None, **base)  # type: ignore[call-arg]
+
+
+def encode(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` but carries almost no data: a decompression bomb's shape."""
+    data = encode(Image.new("L", (1, 1)), "PNG")
+    ihdr = data.find(b"IHDR")
+    body = struct.pack(">II", width, height) + data[ihdr + 12 : ihdr + 17]
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF)
+    return data[: ihdr + 4] + body + crc + data[ihdr + 21 :]

@@ -1,0 +1,188 @@
+"""Bad input never yields a 500: each case gets its status and a message that names the problem."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from tests.service.helpers import encode, make_settings, png_with_size
+
+
+def _post_image(api: TestClient, data: bytes, content_type: str = "image/jpeg", path: str = "/v1/classify",
+                **form: Any):
+    return api.post(path, files={"image": ("upload", data, content_type)}, data=form)
+
+
+def _error(r: Any, status: int, code: str, *fragments: str) -> None:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code, error
+    for fragment in fragments:
+        assert fragment in error["message"], error["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", "/v1/search", "/v1/embed"])
+def test_not_an_image(api: TestClient, path: str) -> None:
+    _error(_post_image(api, b"hello, this is plain text" * 20, path=path), 400 if path != "/v1/search" else 503,
+           "invalid_image" if path != "/v1/search" else "no_index")
+
+
+def test_not_an_image_classify(api: TestClient) -> None:
+    _error(_post_image(api, b"%PDF-1.4\n" + b"0" * 500), 400, "invalid_image", "not an image")
+
+
+def test_truncated_jpeg(api: TestClient, real_images: dict[str, bytes]) -> None:
+    data = real_images["CFP"]
+    _error(_post_image(api, data[: len(data) // 2]), 400, "invalid_image", "truncated")
+
+
+def test_empty_upload(api: TestClient) -> None:
+    _error(_post_image(api, b""), 400, "invalid_image", "empty", "0 bytes")
+
+
+@pytest.mark.parametrize("size", [(50_000, 50_000), (7_000, 7_000)])
+def test_decompression_bomb(api: TestClient, size: tuple[int, int]) -> None:
+    _error(_post_image(api, png_with_size(*size), "image/png"), 413, "image_too_large", "pixels")
+
+
+def test_declared_content_type_that_is_not_an_image(api: TestClient, real_images: dict[str, bytes]) -> None:
+    _error(_post_image(api, real_images["CFP"], "application/pdf"), 415, "unsupported_media_type",
+           "application/pdf")
+
+
+def test_decodable_but_unsupported_format(api: TestClient, golden_image: Image.Image) -> None:
+    _error(_post_image(api, encode(golden_image, "GIF"), "image/gif"), 415, "unsupported_media_type", "GIF")
+
+
+def test_json_sent_to_classify(api: TestClient) -> None:
+    _error(api.post("/v1/classify", json={"image": "x"}), 415, "unsupported_media_type", "multipart/form-data")
+
+
+def test_missing_image_field(api: TestClient) -> None:
+    r = api.post("/v1/classify", files={"other": ("a.jpg", b"x", "image/jpeg")})
+    _error(r, 422, "invalid_request", "image")
+
+
+@pytest.mark.parametrize(
+    ("categories", "fragment"),
+    [
+        ([""], "at least 2"),
+        (["", "glaucoma"], "categories[0] is empty"),
+        ([f"category {i}" for i in range(500)], "500 categories"),
+        (["glaucoma"], "at least 2"),
+        (["DME", "glaucoma", "dme"], "duplicate"),
+        (["DME", "diabetic macular edema"], "both mean 'diabetic macular edema'"),
+        (["x" * 300, "glaucoma"], "300 characters"),
+    ],
+)
+def test_bad_categories(api: TestClient, real_images: dict[str, bytes], categories: list[str], fragment: str) -> None:
+    _error(_post_image(api, real_images["CFP"], categories=categories), 422, "invalid_request", fragment)
+
+
+def test_task_and_categories_together(api: TestClient, real_images: dict[str, bytes]) -> None:
+    r = _post_image(api, real_images["CFP"], categories=["a", "b"], task="dme")
+    _error(r, 422, "invalid_request", "either 'task' or 'categories'")
+
+
+def test_unknown_task(api: TestClient, real_images: dict[str, bytes]) -> None:
+    _error(_post_image(api, real_images["CFP"], task="astrology"), 422, "invalid_request", "unknown task 'astrology'")
+
+
+@pytest.mark.parametrize(("top_k", "fragment"), [(0, "top_k"), (10_000, "top_k is 10000; the limit is 100")])
+def test_classify_top_k_out_of_range(api: TestClient, real_images: dict[str, bytes], top_k: int, fragment: str) -> None:
+    _error(_post_image(api, real_images["CFP"], top_k=top_k), 422, "invalid_request", fragment)
+
+
+def test_unknown_modality(api: TestClient, real_images: dict[str, bytes]) -> None:
+    _error(_post_image(api, real_images["CFP"], modality="MRI"), 422, "invalid_request", "modality")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"query": ""}, "query"),
+        ({"query": "   \n\t "}, "whitespace"),
+        ({"query": "x" * 10_000}, "query is 10000 characters; the limit is 1000"),
+        ({"query": "drusen", "top_k": 0}, "top_k"),
+        ({"query": "drusen", "top_k": 10_000}, "top_k is 10000; the limit is 100"),
+        ({"top_k": 3}, "query"),
+        ({"query": "drusen", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_search_requests(api: TestClient, body: dict[str, Any], fragment: str) -> None:
+    # validation comes before the index check: a bad request is a 422 even without an index
+    _error(api.post("/v1/search", json=body), 422, "invalid_request", fragment)
+
+
+def test_search_without_an_index_says_so(api: TestClient) -> None:
+    _error(api.post("/v1/search", json={"query": "drusen"}), 503, "no_index", "no index is loaded")
+    _error(api.post("/search", json={"query": "drusen"}), 503, "no_index")
+
+
+def test_search_body_not_json(api: TestClient) -> None:
+    r = api.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
+    _error(r, 422, "invalid_request", "JSON")
+    _error(api.post("/v1/search", content=b"query=x", headers={"content-type": "text/plain"}), 415,
+           "unsupported_media_type", "text/plain")
+
+
+@pytest.mark.parametrize("body", [{"text": ""}, {"text": "  "}, {"text": "y" * 10_000}])
+def test_bad_embed_text(api: TestClient, body: dict[str, str]) -> None:
+    _error(api.post("/v1/embed", json=body), 422, "invalid_request", "text")
+
+
+@pytest.mark.parametrize("image_id", ["12", "-1", "abc", str(2**70)])
+def test_image_ids(api: TestClient, image_id: str) -> None:
+    r = api.get(f"/v1/images/{image_id}")
+    # no index here: a well-formed id is a 503; a malformed one is a 422 before that
+    expected = (503, "no_index") if image_id == "12" else (422, "invalid_request")
+    _error(r, *expected)
+
+
+def test_unknown_route_and_method(api: TestClient) -> None:
+    _error(api.get("/v1/nothing"), 404, "not_found", "/v1/nothing")
+    _error(api.get("/v1/classify"), 405, "method_not_allowed")
+
+
+@pytest.fixture(scope="module")
+def small_limits(default_artifact: Path):
+    settings = make_settings(default_artifact, max_upload_bytes=64 * 1024, max_pixels=500 * 500)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_upload_over_the_byte_limit(small_limits: TestClient, real_images: dict[str, bytes]) -> None:
+    big = real_images["CFP"] + b"\0" * (70 * 1024)
+    _error(_post_image(small_limits, big), 413, "payload_too_large", "65536")
+
+
+def test_body_over_the_limit_is_refused_before_reading(small_limits: TestClient) -> None:
+    r = small_limits.post("/v1/classify", content=b"0" * (400 * 1024),
+                          headers={"content-type": "multipart/form-data; boundary=x"})
+    _error(r, 413, "payload_too_large", "request body")
+
+
+def test_streamed_body_over_the_limit(small_limits: TestClient) -> None:
+    def chunks():
+        for _ in range(100):
+            yield b"0" * 8192
+
+    r = small_limits.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
+    _error(r, 413, "payload_too_large")
+
+
+def test_image_over_the_pixel_limit(small_limits: TestClient) -> None:
+    data = encode(Image.new("RGB", (600, 600), (90, 30, 10)), "PNG")
+    _error(_post_image(small_limits, data, "image/png"), 413, "image_too_large", "600x600")
+
+
+def test_pixel_limit_counts_pixels_not_bytes(small_limits: TestClient) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (400, 400), (90, 30, 10)).save(out, format="PNG")
+    assert _post_image(small_limits, out.getvalue(), "image/png").status_code == 200

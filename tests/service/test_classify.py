@@ -1,0 +1,108 @@
+"""``/v1/classify`` on the real default artifact and real images, through the app's lifespan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from model.preprocess import load_image
+from model.runtime import KeepfitRuntime
+
+
+@pytest.fixture(scope="module")
+def runtime(default_artifact: Path) -> KeepfitRuntime:
+    return KeepfitRuntime.from_artifact(default_artifact)
+
+
+def _classify(api: TestClient, data: bytes, path: str = "/v1/classify", **form: object):
+    return api.post(path, files={"image": ("eye.jpg", data, "image/jpeg")}, data=form)
+
+
+@pytest.mark.parametrize("modality", ["CFP", "OCT", "FFA"])
+def test_default_set_matches_the_runtime(
+    api: TestClient, runtime: KeepfitRuntime, real_images: dict[str, bytes], modality: str
+) -> None:
+    """Explicit modality: its default category set, and exactly the probabilities the runtime computes."""
+    r = _classify(api, real_images[modality], modality=modality)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected_set = runtime.knowledge.category_set(modality)
+    assert body["modality"] == {"requested": modality, "used": modality, "confidence": None, "probabilities": None}
+    assert sorted(p["label"] for p in body["predictions"]) == sorted(expected_set)
+    probs = [p["probability"] for p in body["predictions"]]
+    assert probs == sorted(probs, reverse=True)
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    direct = runtime.classify([load_image(real_images[modality])], expected_set, modality)[0]
+    served = {p["label"]: p["probability"] for p in body["predictions"]}
+    np.testing.assert_allclose([served[c] for c in expected_set], direct, atol=1e-5)
+    assert body["model_version"] == runtime.version
+    assert body["image"]["width"] > 0 and len(body["image"]["sha256"]) == 64
+
+
+def test_auto_modality_reports_what_it_used(api: TestClient, real_images: dict[str, bytes]) -> None:
+    body = _classify(api, real_images["OCT"]).json()
+    mod = body["modality"]
+    assert mod["requested"] == "auto"
+    assert set(mod["probabilities"]) == {"CFP", "FFA", "OCT"}
+    assert mod["used"] == max(mod["probabilities"], key=mod["probabilities"].get)
+    assert mod["confidence"] == pytest.approx(mod["probabilities"][mod["used"]])
+    assert sum(mod["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    defaults = api.get("/v1/categories").json()["modalities"][mod["used"]]
+    assert sorted(p["label"] for p in body["predictions"]) == sorted(defaults)
+
+
+def test_requested_categories_keep_their_spelling(api: TestClient, real_images: dict[str, bytes]) -> None:
+    r = _classify(api, real_images["CFP"], categories=["DME", "no diabetic macular edema", "drusen-like dots"],
+                  modality="CFP", top_k=2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["categories"] == 3 and len(body["predictions"]) == 2
+    by_label = {p["label"]: p for p in body["predictions"]}
+    if "DME" in by_label:
+        assert by_label["DME"]["canonical"] == "diabetic macular edema" and by_label["DME"]["known"]
+    if "drusen-like dots" in by_label:
+        assert not by_label["drusen-like dots"]["known"]
+    assert set(by_label) <= {"DME", "no diabetic macular edema", "drusen-like dots"}
+
+
+def test_task_is_a_named_category_set(api: TestClient, real_images: dict[str, bytes]) -> None:
+    body = _classify(api, real_images["OCT"], task="dme", modality="OCT").json()
+    assert sorted(p["label"] for p in body["predictions"]) == ["diabetic macular edema", "no diabetic macular edema"]
+
+
+def test_second_identical_request_is_a_cache_hit_with_the_same_answer(
+    api: TestClient, real_images: dict[str, bytes]
+) -> None:
+    form = {"categories": ["normal", "glaucoma", "cataract"], "modality": "CFP"}
+    first = _classify(api, real_images["FFA"], **form).json()
+    second = _classify(api, real_images["FFA"], **form).json()
+    assert first["cached"] is False and second["cached"] is True
+    assert second["predictions"] == first["predictions"]
+    assert "inference" in first["timings_ms"] and "inference" not in second["timings_ms"]
+    # a parameter that changes the answer is part of the key
+    third = _classify(api, real_images["FFA"], top_k=1, **form).json()
+    assert third["cached"] is False and len(third["predictions"]) == 1
+
+
+def test_unversioned_alias_answers_like_v1(api: TestClient, real_images: dict[str, bytes]) -> None:
+    v1 = _classify(api, real_images["CFP"], modality="CFP").json()
+    alias = _classify(api, real_images["CFP"], path="/classify", modality="CFP").json()
+    assert alias["predictions"] == v1["predictions"] and alias["cached"] is True
+
+
+@pytest.mark.parametrize("variant", ["png16", "rgba", "grey", "tiff", "jpeg"])
+def test_valid_awkward_images_are_classified(api: TestClient, variants: dict[str, bytes], variant: str) -> None:
+    r = api.post("/v1/classify", files={"image": ("x", variants[variant], "application/octet-stream")},
+                 data={"modality": "CFP"})
+    assert r.status_code == 200, r.text
+    assert r.json()["image"]["width"] == 400 and r.json()["image"]["height"] == 320
+
+
+def test_categories_endpoint_lists_the_defaults(api: TestClient, runtime: KeepfitRuntime) -> None:
+    body = api.get("/v1/categories").json()
+    assert body["modalities"]["OCT"] == runtime.knowledge.category_set("OCT")
+    assert body["tasks"]["dme"]["categories"] == ["diabetic macular edema", "no diabetic macular edema"]
+    assert body["abbreviations"]["DME"] == "diabetic macular edema"

@@ -1,0 +1,160 @@
+"""Health, readiness, metrics, embeddings, API keys and CORS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from model.preprocess import load_image
+from model.runtime import KeepfitRuntime
+from service.app import create_app
+from service.deps import image_token, key_matches
+from tests.service.helpers import make_settings
+
+
+def test_healthz(api: TestClient) -> None:
+    r = api.get("/healthz")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+
+def test_readyz_reports_artifact_index_and_cache(api: TestClient, default_artifact: Path) -> None:
+    r = api.get("/readyz")
+    assert r.status_code == 200
+    body = r.json()
+    manifest_version = KeepfitRuntime.from_artifact(default_artifact).version
+    assert body["artifact"]["name"] == "keepfit-v2-small" and body["artifact"]["version"] == manifest_version
+    assert body["index"] == {
+        "loaded": False, "count": None, "artifact_version": None,
+        "error": "no index configured (set KEEPFIT_INDEX or pass --index)",
+    }
+    assert body["cache"] == {"backend": "memory", "state": "ok"}
+
+
+def test_readyz_is_503_before_the_lifespan(default_artifact: Path) -> None:
+    app = create_app(make_settings(default_artifact))
+    client = TestClient(app)  # no `with`: the lifespan has not run, nothing is loaded
+    assert client.get("/readyz").status_code == 503
+    r = client.post("/v1/embed", json={"text": "drusen"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+
+
+def test_metrics_count_requests_stages_and_cache(api: TestClient, real_images: dict[str, bytes]) -> None:
+    files = {"image": ("a.png", real_images["OCT"], "image/jpeg")}
+    for _ in range(2):
+        api.post("/v1/classify", files=files, data={"modality": "OCT", "top_k": 3})
+    text = api.get("/metrics").text
+    assert 'keepfit_requests_total{method="POST",route="/v1/classify",status="200"}' in text
+    assert 'keepfit_stage_duration_seconds_count{stage="inference"}' in text
+    assert 'keepfit_cache_hits_total{endpoint="classify"}' in text
+    assert 'keepfit_cache_misses_total{endpoint="classify"}' in text
+
+    def value(name: str) -> float:
+        line = next(ln for ln in text.splitlines() if ln.startswith(name))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value('keepfit_cache_hits_total{endpoint="classify"}') >= 1
+    # path parameters are labelled by template, not by value
+    api.get("/v1/images/123456")
+    assert 'route="/v1/images/{image_id}"' in api.get("/metrics").text
+
+
+def test_embed_text_and_image(api: TestClient, default_artifact: Path, real_images: dict[str, bytes]) -> None:
+    runtime = KeepfitRuntime.from_artifact(default_artifact)
+    text = api.post("/v1/embed", json={"text": "optic disc cupping"}).json()
+    assert text["kind"] == "text" and text["dim"] == runtime.embed_dim == len(text["embedding"])
+    vec = np.asarray(text["embedding"])
+    assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(vec, runtime.encode_texts(["optic disc cupping"])[0], atol=1e-5)
+    image = api.post("/v1/embed", files={"image": ("a.jpg", real_images["CFP"], "image/jpeg")}).json()
+    np.testing.assert_allclose(
+        image["embedding"], runtime.encode_images([load_image(real_images["CFP"])])[0], atol=1e-5
+    )
+    again = api.post("/v1/embed", files={"image": ("a.jpg", real_images["CFP"], "image/jpeg")}).json()
+    assert again["cached"] is True and again["embedding"] == image["embedding"]
+
+
+def test_root_points_to_the_docs_or_serves_the_front_end(api: TestClient) -> None:
+    r = api.get("/")
+    assert r.status_code == 200
+    if r.headers["content-type"].startswith("application/json"):
+        assert r.json()["docs"] == "/docs"
+    else:
+        assert "<html" in r.text.lower()
+
+
+# ------------------------------------------------------------------------------------------------ API keys
+@pytest.fixture(scope="module")
+def secured(default_artifact: Path) -> Iterator[TestClient]:
+    settings = make_settings(default_artifact, api_keys=["k-one", "k-two"], cors_origins=["https://clinic.example"])
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_key_comparison() -> None:
+    assert key_matches("k-two", ["k-one", "k-two"])
+    assert not key_matches("k-tw", ["k-one", "k-two"])
+    assert not key_matches("", ["k-one"]) and not key_matches(None, ["k-one"])
+    assert not key_matches("ключ", ["k-one"])  # non-ASCII must not raise
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [({}, "missing API key"), ({"X-API-Key": "nope"}, "wrong API key"), ({"X-API-Key": "k-one "}, "wrong API key")],
+)
+def test_api_key_required(secured: TestClient, headers: dict[str, str], fragment: str) -> None:
+    for r in (
+        secured.get("/v1/categories", headers=headers),
+        secured.post("/v1/embed", json={"text": "drusen"}, headers=headers),
+        secured.post("/classify", files={"image": ("a", b"x", "image/jpeg")}, headers=headers),
+    ):
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["code"] == "unauthorized" and fragment in r.json()["error"]["message"]
+        assert r.headers["www-authenticate"] == "APIKey"
+
+
+def test_api_key_accepted(secured: TestClient) -> None:
+    assert secured.get("/v1/categories", headers={"X-API-Key": "k-two"}).status_code == 200
+    r = secured.post("/v1/embed", json={"text": "drusen"}, headers={"X-API-Key": "k-one"})
+    assert r.status_code == 200 and r.json()["dim"] == 512
+
+
+def test_probes_stay_open_with_keys(secured: TestClient) -> None:
+    assert secured.get("/healthz").status_code == 200
+    assert secured.get("/readyz").status_code == 200
+    assert secured.get("/metrics").status_code == 200
+
+
+def test_image_tokens_open_one_image_only(secured: TestClient) -> None:
+    token = image_token(["k-one", "k-two"], 7)
+    assert token and token != image_token(["k-one", "k-two"], 8) and token != image_token(["k-one"], 7)
+    # a valid token passes auth (then: no index -> 503); a token for another id does not
+    assert secured.get(f"/v1/images/7?token={token}").status_code == 503
+    assert secured.get(f"/v1/images/8?token={token}").status_code == 401
+    assert secured.get("/v1/images/8", headers={"X-API-Key": "k-one"}).status_code == 503
+
+
+def test_cors_preflight_and_headers(secured: TestClient) -> None:
+    pre = secured.options(
+        "/v1/classify",
+        headers={
+            "Origin": "https://clinic.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "X-API-Key",
+        },
+    )
+    assert pre.status_code == 200
+    assert pre.headers["access-control-allow-origin"] == "https://clinic.example"
+    assert "x-api-key" in pre.headers["access-control-allow-headers"].lower()
+    other = secured.options(
+        "/v1/classify", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in other.headers
+    r = secured.get("/v1/categories", headers={"Origin": "https://clinic.example", "X-API-Key": "k-one"})
+    assert r.headers["access-control-allow-origin"] == "https://clinic.example"
+    # errors carry CORS headers too, so the browser shows the message rather than a CORS failure
+    r = secured.get("/v1/categories", headers={"Origin": "https://clinic.example"})
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://clinic.example"
