@@ -22,7 +22,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.errors import CheckpointError
@@ -38,6 +37,12 @@ class WeightsNotFoundError(CheckpointError, FileNotFoundError):
 
 class WeightsMismatchError(CheckpointError, RuntimeError):
     """A pretrained state dict whose keys or shapes do not match the module."""
+
+
+class Backbone(nn.Module):
+    """Base of every backbone: ``forward(x [B, 3, H, W]) -> [B, num_features, h, w]``."""
+
+    num_features: int
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -92,7 +97,7 @@ class InvertedResidual(nn.Module):
         return self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Backbone):
     """MobileNetV2 (width 1.0) feature extractor, torchvision key layout, 1280 channels at stride 32."""
 
     # (expand ratio t, output channels c, repeats n, first stride s), as in torchvision
@@ -146,7 +151,9 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, inplanes, H, W] -> [B, 4*planes, H/stride, W/stride]
@@ -157,7 +164,7 @@ class Bottleneck(nn.Module):
         return self.relu(y + identity)
 
 
-class ResNet50(nn.Module):
+class ResNet50(Backbone):
     """ResNet-50 feature extractor, torchvision key layout (no ``fc``), 2048 channels at stride 32."""
 
     def __init__(self) -> None:
@@ -198,25 +205,40 @@ _LITE_BN_MOMENTUM = 0.01  # 1 - TF batch_norm_momentum (0.99)
 class SamePadConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding fixed at construction (the package's ``Conv2dStaticSamePadding``).
 
-    Stride 1: symmetric ``k // 2``.  Stride 2: ``(k - 2) // 2`` before and the rest after, which is TF's
-    padding for an even input size, i.e. exactly the package at 224 px and at any multiple of 32 (the padding
-    is not recomputed from the input shape, so the graph has no shape-dependent branches).
+    Stride 1: symmetric ``k // 2`` (the conv's own padding).  Stride 2: ``(k - 2) // 2`` zeros before and the
+    rest after, which is TF's padding for an even input size, i.e. exactly the package at 224 px and at any
+    multiple of 32 (the padding is not recomputed from the input shape, so the graph has no shape-dependent
+    branches).  The asymmetric zeros are concatenated rather than added with ``F.pad``: the dynamo ONNX
+    exporter emits an opset-18 ``Pad`` that it cannot convert down to opset 17.
     """
 
     def __init__(
         self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1, bias: bool = False
     ) -> None:
-        super().__init__(in_ch, out_ch, kernel_size, stride, 0, groups=groups, bias=bias)
         total = max(kernel_size - stride, 0)  # TF SAME total padding for an input divisible by the stride
-        before = total // 2
-        # F.pad order for 4-D input: (left, right, top, bottom)
-        self.same_pad: tuple[int, int, int, int] = (before, total - before, before, total - before)
+        before, after = total // 2, total - total // 2
+        symmetric = before == after
+        super().__init__(
+            in_ch, out_ch, kernel_size, stride, before if symmetric else 0, groups=groups, bias=bias
+        )
+        # extra zeros (before, after) on each spatial side; (0, 0) when the conv's padding does it
+        self.pad_before: int = 0 if symmetric else before
+        self.pad_after: int = 0 if symmetric else after
+
+    def _pad(self, x: Tensor, dim: int) -> Tensor:
+        # x: [B, C, H, W]; adds pad_before / pad_after zero rows (dim 2) or columns (dim 3)
+        parts: list[Tensor] = []
+        if self.pad_before:
+            parts.append(torch.zeros_like(x.narrow(dim, 0, self.pad_before)))
+        parts.append(x)
+        parts.append(torch.zeros_like(x.narrow(dim, 0, self.pad_after)))
+        return torch.cat(parts, dim=dim)
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, C_in, H, W] -> [B, C_out, H/stride, W/stride]
-        if any(self.same_pad):  # constant per instance
-            x = F.pad(x, self.same_pad)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        if self.pad_after:  # fixed per instance
+            x = self._pad(self._pad(x, 2), 3)  # [B, C_in, H + before + after, W + before + after]
+        return super().forward(x)
 
 
 class MBConvBlock(nn.Module):
@@ -251,7 +273,7 @@ class MBConvBlock(nn.Module):
         return x
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 feature extractor (stem and head not scaled, no SE, ReLU6), 1280 channels at stride 32.
 
     Key layout of ``efficientnet-lite0-57934424.pth``: ``_conv_stem``, ``_bn0``, ``_blocks.0..15.*``,
@@ -299,7 +321,7 @@ class EfficientNetLite0(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class TinyCNN(nn.Module):
+class TinyCNN(Backbone):
     """Three stride-2 conv-BN-ReLU layers (3 -> 16 -> 32 -> 32): a fast stand-in backbone for tests."""
 
     def __init__(self) -> None:
@@ -334,7 +356,7 @@ def _init_weights(module: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-_BUILDERS: dict[str, type[nn.Module]] = {
+_BUILDERS: dict[str, type[Backbone]] = {
     "mobilenet_v2": MobileNetV2,
     "efficientnet_lite0": EfficientNetLite0,
     "resnet50": ResNet50,
@@ -342,7 +364,7 @@ _BUILDERS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_backbone(name: str) -> nn.Module:
+def build_backbone(name: str) -> Backbone:
     """A freshly initialised backbone by name; it has ``num_features`` and returns ``[B, C, h, w]``."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
@@ -446,7 +468,9 @@ def load_strict(module: nn.Module, state: dict[str, Tensor], source: str) -> Non
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing ({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''})")
+            parts.append(
+                f"{len(missing)} missing ({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''})"
+            )
         if unexpected:
             parts.append(
                 f"{len(unexpected)} unexpected ({', '.join(unexpected[:8])}{', ...' if len(unexpected) > 8 else ''})"
