@@ -115,6 +115,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def content_box(image_size: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int, int, int]:
+    """``(left, top, width, height)`` of an image of ``(width, height)`` inside the model's square input.
+
+    The arithmetic of :func:`resize_pad` without touching pixels, so heat maps can be mapped back onto an
+    image without resizing it a second time.
+    """
+    size = cfg.image_size
+    width, height = image_size
+    scale = size / max(width, height)
+    rounding = round if cfg.resize_rounding == "round" else int
+    new_w, new_h = max(1, rounding(width * scale)), max(1, rounding(height * scale))
+    if cfg.pad_align == "center":
+        return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
+    return 0, 0, new_w, new_h
+
+
 def resize_pad(image: Image.Image, cfg: PreprocessConfig) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Resize so the long side is ``cfg.image_size`` and pad to a square.
 
@@ -122,15 +138,8 @@ def resize_pad(image: Image.Image, cfg: PreprocessConfig) -> tuple[Image.Image, 
     heat maps use to map back onto the original image.
     """
     size = cfg.image_size
-    width, height = image.size
-    scale = size / max(width, height)
-    rounding = round if cfg.resize_rounding == "round" else int
-    new_w, new_h = max(1, rounding(width * scale)), max(1, rounding(height * scale))
-    resized = image.resize((new_w, new_h), _RESAMPLE[cfg.resample]) if (new_w, new_h) != (width, height) else image
-    if cfg.pad_align == "center":
-        left, top = (size - new_w) // 2, (size - new_h) // 2
-    else:
-        left, top = 0, 0
+    left, top, new_w, new_h = content_box(image.size, cfg)
+    resized = image.resize((new_w, new_h), _RESAMPLE[cfg.resample]) if (new_w, new_h) != image.size else image
     canvas = Image.new("RGB", (size, size), (cfg.pad_value,) * 3)
     canvas.paste(resized, (left, top))
     return canvas, (left, top, new_w, new_h)
