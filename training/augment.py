@@ -1,0 +1,65 @@
+"""Train-time augmentation, applied to the output of the shared preprocessing (never instead of it).
+
+Operates on normalised pixel tensors ``[B, 3, S, S]`` so that :func:`model.preprocess.preprocess` stays the one
+function that turns an image into model input.  Photometric changes are applied in pixel space (undoing the
+normalisation with the model's own mean / std) and geometric ones with one affine resampling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.config import PreprocessConfig
+from model.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    hflip: bool = True  # left and right eyes are mirror images, so a flip is a plausible image
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.3  # multiplicative factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.3
+
+    def validate(self) -> AugmentConfig:
+        if not (0 <= self.rotate_deg <= 45 and 0 <= self.brightness < 1 and 0 <= self.contrast < 1):
+            raise ConfigError(f"augment: rotate_deg in [0, 45], brightness and contrast in [0, 1): {self}")
+        if not (0.5 <= self.scale[0] <= self.scale[1] <= 2.0):
+            raise ConfigError(f"augment.scale must satisfy 0.5 <= lo <= hi <= 2, got {self.scale}")
+        return self
+
+
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def augment(pixels: Tensor, cfg: AugmentConfig, pre: PreprocessConfig, gen: torch.Generator) -> Tensor:
+    """Random flip, rotation, scale, brightness and contrast per image; ``[B,3,S,S]`` -> ``[B,3,S,S]``."""
+    b = pixels.shape[0]
+    mean = torch.tensor(pre.mean, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, dtype=pixels.dtype).view(1, 3, 1, 1)
+    x = pixels * std + mean  # [B, 3, S, S] in [0, 1]
+    # photometric: contrast around each image's own mean, then brightness
+    c = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen).view(b, 1, 1, 1)
+    k = _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, gen).view(b, 1, 1, 1)
+    centre = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - centre) * c + centre) * k
+    x = x.clamp(0.0, 1.0)
+    # geometric: one affine grid per image; padding fills with the preprocessing pad value
+    angle = _uniform(b, -cfg.rotate_deg, cfg.rotate_deg, gen) * (math.pi / 180.0)
+    scale = _uniform(b, cfg.scale[0], cfg.scale[1], gen)
+    flip = (torch.rand(b, generator=gen) < 0.5) if cfg.hflip else torch.zeros(b, dtype=torch.bool)
+    sx = torch.where(flip, -1.0, 1.0) / scale
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(b, 2, 3, dtype=pixels.dtype)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin / scale
+    theta[:, 1, 0], theta[:, 1, 1] = sin * sx, cos / scale
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    pad = pre.pad_value / 255.0
+    x = F.grid_sample(x - pad, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad
+    return (x - mean) / std

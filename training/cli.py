@@ -1,0 +1,263 @@
+"""``keepfit train text|hybrid`` and ``keepfit eval zero-shot|retrieval|few-shot|linear-probe|suite``.
+
+Training resolves its config from the defaults, an optional ``--config-file`` JSON and the flags (in that
+order), writes it into the run folder (``runs/<name>`` by default) and into every checkpoint.  Evaluation runs
+on an exported artifact through ONNX Runtime and writes ``report.json``, ``report.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from model.errors import ConfigError, DataError
+from model.knowledge import Knowledge
+
+logger = logging.getLogger(__name__)
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "text": {"name": "keepfit-text", "steps": 150, "batch_size": 32, "eval_every": 50},
+    "hybrid": {},
+}
+
+
+# ================================================================================================= train
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="keepfit train",
+        description="Stage 1 (`text`): textual pretraining of the text encoder. Stage 2 (`hybrid`): hybrid "
+        "image-text knowledge injection. Flags override --config-file, which overrides the defaults.",
+    )
+    p.add_argument("stage", choices=("text", "hybrid"))
+    p.add_argument("--name", help="run name; the run folder is <runs-dir>/<name>")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--out", type=Path, help="run folder (overrides --runs-dir/--name)")
+    p.add_argument("--config-file", type=Path, help="a JSON training config (see runs/<name>/config.json)")
+    p.add_argument("--model", help="model config name or JSON path (default keepfit-v2-small)")
+    p.add_argument("--data-root", help="folder with cfp_oct_mx/, ffa_huapu4/, text/ (default ../shared/data)")
+    p.add_argument("--init", help="stage 2: stage-1 checkpoint whose text encoder to start from")
+    p.add_argument("--corpus", help="stage 1: JSONL text corpus (default <data-root>/text/ophthalmic_corpus.jsonl)")
+    p.add_argument("--elite", dest="elite_manifest", help="elite manifest CSV (path, caption[, modality, labels])")
+    p.add_argument("--public", action="append", metavar="MANIFEST:COLS",
+                   help="public source relative to the data root, e.g. cfp_oct_mx/labels.csv:dme,dr (repeatable)")
+    p.add_argument("--holdout", action="append", metavar="CATEGORY",
+                   help="leave every image carrying this category out of training (repeatable)")
+    p.add_argument("--losses", help="stage-2 terms to use: any of public,elite,kt,gen (default all)")
+    p.add_argument("--weight", action="append", metavar="TERM=W", help="override a loss weight, e.g. gen=0.5")
+    for flag, typ in (("steps", int), ("batch-size", int), ("elite-batch-size", int), ("lr", float),
+                      ("head-lr", float), ("weight-decay", float), ("warmup-steps", int), ("views", int),
+                      ("vision-freeze-blocks", int), ("text-trainable-layers", int), ("eval-every", int),
+                      ("checkpoint-every", int), ("seed", int), ("balance-alpha", float),
+                      ("elite-fraction", float)):
+        p.add_argument(f"--{flag}", type=typ)
+    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no autocast on CUDA")
+    p.add_argument("--cache-dir", help="feature cache folder (default runs/.cache)")
+    p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
+    return p
+
+
+def resolve_train_config(args: argparse.Namespace) -> Any:
+    from training.config import LossWeights, TrainConfig, load_config_file
+
+    data: dict[str, Any] = {"stage": args.stage, **STAGE_DEFAULTS[args.stage]}
+    if args.config_file:
+        data.update(load_config_file(args.config_file))
+        if data.get("stage", args.stage) != args.stage:
+            raise ConfigError(f"{args.config_file} is a {data['stage']!r} config, not {args.stage!r}")
+    cfg = TrainConfig.from_dict(data)
+    changes: dict[str, Any] = {}
+    for key in ("name", "model", "data_root", "init", "corpus", "elite_manifest", "steps", "batch_size",
+                "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
+                "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
+                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction"):
+        value = getattr(args, key, None)
+        if value is not None:
+            changes[key] = value
+    if args.public:
+        changes["public"] = tuple(args.public)
+    if args.holdout:
+        changes["holdout"] = tuple(args.holdout)
+    weights = cfg.losses.__dict__.copy()
+    if args.losses is not None:
+        chosen = {x.strip() for x in args.losses.split(",") if x.strip()}
+        stage_terms = {"public", "elite", "kt", "gen"} if args.stage == "hybrid" else {"mlm", "knowledge"}
+        unknown = chosen - stage_terms
+        if unknown:
+            raise ConfigError(f"unknown loss term(s) {sorted(unknown)} for stage {args.stage}; "
+                              f"choose from {', '.join(sorted(stage_terms))}")
+        for term in stage_terms - chosen:
+            weights[term] = 0.0
+    for item in args.weight or []:
+        term, _, value = item.partition("=")
+        if term not in weights or not value:
+            raise ConfigError(f"--weight {item!r}: expected TERM=W with TERM one of {', '.join(weights)}")
+        try:
+            weights[term] = float(value)
+        except ValueError as err:
+            raise ConfigError(f"--weight {item!r}: {value!r} is not a number") from err
+    changes["losses"] = LossWeights(**weights)
+    return cfg.replace(**changes)
+
+
+def train_main(argv: list[str]) -> int:
+    import torch
+
+    from training.data import resolve_data_root
+    from training.loop import resolve_device, train
+    from training.tasks import TASKS, build_model
+
+    args = _train_parser().parse_args(argv)
+    cfg = resolve_train_config(args)
+    run_dir = args.out or (args.runs_dir / cfg.name)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(os.environ.get("KEEPFIT_THREADS", torch.get_num_threads()))))
+    try:
+        data_root: Path | None = resolve_data_root(cfg.data_root)
+    except DataError:
+        if cfg.stage == "hybrid" or not cfg.corpus:
+            raise
+        data_root = None
+    knowledge = Knowledge.default()
+    model, tokenizer, info = build_model(cfg)
+    model.to(device)
+    task = TASKS[cfg.stage](cfg, model, tokenizer, device, knowledge, data_root, run_dir)
+    result = train(task, cfg, run_dir, device, resume=args.resume, meta={"init_from": info} if info else None)
+    _write_training_report(cfg, task, result)
+    print(f"wrote {result.checkpoint} (best validation score {result.best_score:.4f} at step "  # noqa: T201
+          f"{result.best_step}, {result.pairs_per_s:.1f} pairs/s on {device})")
+    if cfg.stage == "hybrid":
+        print(f"export: keepfit export --checkpoint {result.checkpoint} --out artifacts/{cfg.name} "  # noqa: T201
+              "--quantize int8")
+    return 0
+
+
+def _write_training_report(cfg: Any, task: Any, result: Any) -> None:
+    from training.reports import dumps, fmt, write_report
+
+    evals = [h for h in result.history if h.get("kind") == "eval"]
+    trains = [h for h in result.history if h.get("kind") == "train"]
+    payload = {"name": cfg.name, "stage": cfg.stage, "config": cfg.to_dict(), "data": task.stats,
+               "best_step": result.best_step, "best_score": result.best_score, "pairs_per_s": result.pairs_per_s,
+               "steps": len(trains), "train_seconds": sum(h["time"] for h in trains), "validation": evals,
+               "checkpoint": str(result.checkpoint)}
+    keys = [k for k in (evals[-1] if evals else {}) if k not in ("kind", "step", "time")]
+    lines = [f"# Training run `{cfg.name}` (stage {cfg.stage})", "",
+             f"- checkpoint: `{result.checkpoint}` (weights of step {result.best_step}, best validation score "
+             f"{fmt(result.best_score)})",
+             f"- throughput: {fmt(result.pairs_per_s, 1)} image-text pairs (or texts) per second, "
+             f"{payload['train_seconds'] / 60:.1f} min of training steps",
+             "", "## Validation", "", "| step | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    lines += [f"| {h['step']} | " + " | ".join(fmt(h.get(k)) for k in keys) + " |" for h in evals]
+    lines += ["", "![training curves](curves.png)", "", "## Data", "", "```json", dumps(task.stats), "```", "",
+              "## Config", "", "```json", dumps(cfg.to_dict()), "```", ""]
+    write_report(result.run_dir, payload, "\n".join(lines), stem="training_report")
+
+
+# ================================================================================================== eval
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keepfit eval", description="Evaluate an exported artifact (ONNX Runtime).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, labelled: bool = True) -> None:
+        sp.add_argument("--artifact", required=True, type=Path)
+        sp.add_argument("--out", type=Path, help="report folder (default runs/eval/<artifact>-<version>/<command>)")
+        sp.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
+        sp.add_argument("--batch-size", type=int, default=32)
+        if labelled:
+            sp.add_argument("--manifest", required=True, type=Path, help="CSV with path (relative to the CSV) "
+                            "and label columns")
+            sp.add_argument("--label-column", required=True)
+            sp.add_argument("--categories", help="comma-separated class names (default: the labels present)")
+            sp.add_argument("--modality", choices=("CFP", "FFA", "OCT"), help="prompt template; also filters rows "
+                            "when the manifest has a modality column")
+            sp.add_argument("--split", default="test", help="rows of this split (all rows if no split column)")
+            sp.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="keep matching rows")
+            sp.add_argument("--require", action="append", default=[], metavar="COL",
+                            help="keep rows where COL is non-empty (e.g. --require dr: graded rows)")
+
+    common(sub.add_parser("zero-shot", help="zero-shot classification through expert-description prompts"))
+    r = sub.add_parser("retrieval", help="text-to-image retrieval: precision@k of the queried category")
+    common(r)
+    r.add_argument("--k", default="1,5,10")
+    f = sub.add_parser("few-shot", help="nearest-prototype classification from k train images per class")
+    common(f)
+    f.add_argument("--shots", default="1,5,10")
+    f.add_argument("--repeats", type=int, default=10)
+    f.add_argument("--train-split", default="train")
+    lp = sub.add_parser("linear-probe", help="logistic regression on frozen embeddings (C chosen on val)")
+    common(lp)
+    lp.add_argument("--train-split", default="train")
+    lp.add_argument("--val-split", default="val")
+    s = sub.add_parser("suite", help="every standard task on ../shared/data: the README table")
+    common(s, labelled=False)
+    s.add_argument("--data-root", help="default ../shared/data")
+    s.add_argument("--split", default="test")
+    s.add_argument("--record-into", type=Path, metavar="CKPT",
+                   help="store the summary in this checkpoint's `evaluation` (export copies it into the manifest)")
+    s.add_argument("--run", type=Path, help="training run folder whose curves to include in the report")
+    return p
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise ConfigError(f"{flag} must be comma-separated integers, got {text!r}") from err
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"{flag} must list integers >= 1, got {text!r}")
+    return values
+
+
+def _where(items: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        col, sep, value = item.partition("=")
+        if not sep or not col:
+            raise ConfigError(f"--where {item!r}: expected COLUMN=VALUE")
+        out.append((col, value))
+    return out
+
+
+def eval_main(argv: list[str]) -> int:
+    from model.runtime import KeepfitRuntime
+    from training import evalcmd
+
+    args = _eval_parser().parse_args(argv)
+    runtime = KeepfitRuntime.from_artifact(args.artifact)
+    out = args.out or Path("runs") / "eval" / f"{runtime.artifact.name}-{runtime.version}" / args.command
+    if args.command == "suite":
+        from training.data import resolve_data_root
+
+        report = evalcmd.run_suite(runtime, resolve_data_root(args.data_root), args.split, out, args.batch_size,
+                                   run_dir=args.run)
+        if args.record_into:
+            evalcmd.record_into_checkpoint(args.record_into, report["summary"])
+    else:
+        spec = evalcmd.TaskArgs(
+            manifest=args.manifest, label_column=args.label_column,
+            categories=[c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None,
+            modality=args.modality, split=args.split, where=_where(args.where), require=list(args.require),
+        )
+        if args.command == "zero-shot":
+            report = evalcmd.run_zero_shot(runtime, spec, out, args.batch_size)
+        elif args.command == "retrieval":
+            report = evalcmd.run_retrieval(runtime, spec, out, _ints(args.k, "--k"), args.batch_size)
+        elif args.command == "few-shot":
+            report = evalcmd.run_few_shot(runtime, spec, out, _ints(args.shots, "--shots"), args.repeats,
+                                          args.train_split, args.batch_size)
+        else:
+            report = evalcmd.run_linear_probe(runtime, spec, out, args.train_split, args.val_split, args.batch_size)
+    text = report.pop("text")
+    if args.json:
+        from training.reports import dumps
+
+        print(dumps(report))  # noqa: T201
+    else:
+        print(text)  # noqa: T201
+        print(f"\nreport: {out / 'report.md'}")  # noqa: T201
+    return 0

@@ -1,0 +1,154 @@
+"""The training config: one typed dataclass for both stages, resolved from defaults, an optional JSON file and
+command-line flags, written into the run folder and into every checkpoint.
+
+Unknown keys are errors.  The defaults are the CPU recipe of the default model (``keepfit-v2-small``): 224 px,
+the first 17 MobileNetV2 blocks frozen and their feature maps cached once per image and view, the last two
+blocks, the top two MiniLM layers, the projections, the knowledge attention and the caption decoder trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.errors import ConfigError
+from training.augment import AugmentConfig
+
+STAGES = ("text", "hybrid")
+LOSSES = ("public", "elite", "kt", "gen", "mlm", "knowledge")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms; 0 switches a term off (its module is then not run at all).
+
+    Stage 2: ``public`` soft-target CLIP on categorical data, ``elite`` CLIP on elite pairs, ``kt`` attention
+    knowledge transfer, ``gen`` caption decoder.  Stage 1: ``mlm`` masked-language modelling, ``knowledge``
+    contrastive alignment of category names and their expert descriptions.
+    """
+
+    public: float = 1.0
+    elite: float = 1.0
+    kt: float = 1.0
+    gen: float = 0.5
+    mlm: float = 1.0
+    knowledge: float = 1.0
+
+    def validate(self) -> LossWeights:
+        for name in LOSSES:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str = "hybrid"
+    name: str = "keepfit-v2-small"
+    model: str = "keepfit-v2-small"  # a registered model config or a config JSON path
+    init: str | None = None  # stage 2: a stage-1 checkpoint whose text encoder it starts from
+    # data
+    data_root: str | None = None  # default: $KEEPFIT_DATA_ROOT or ../shared/data
+    public: tuple[str, ...] = ("cfp_oct_mx/labels.csv:dme,dr", "ffa_huapu4/labels.csv:label")
+    elite_manifest: str | None = None  # default: composed from the train split (written to the run folder)
+    elite_fraction: float = 0.25
+    holdout: tuple[str, ...] = ()  # categories whose images are left out of training entirely
+    corpus: str | None = None  # stage 1 (default: <data_root>/text/ophthalmic_corpus.jsonl)
+    corpus_holdout: float = 0.05
+    # schedule
+    steps: int = 300
+    batch_size: int = 64
+    elite_batch_size: int = 32
+    lr: float = 1e-4  # pretrained weights
+    head_lr: float = 1e-3  # new weights: projections, knowledge attention, decoder, MLM head, temperature
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    balance_alpha: float = 0.5  # sample weight of an image ~ 1 / (size of its label set's group) ** alpha
+    # what trains
+    vision_freeze_blocks: int | None = None  # None: 17 for mobilenet_v2, 1 for tiny_cnn
+    text_trainable_layers: int | None = None  # None: 2 (stage 2) or 3 (stage 1) of MiniLM's 6; 1 for tiny
+    views: int = 3  # cached views per training image: the plain one plus (views - 1) augmented ones
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mask_prob: float = 0.15
+    max_text_tokens: int = 64
+    losses: LossWeights = field(default_factory=LossWeights)
+    # bookkeeping
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16/fp16 autocast on CUDA only
+    cache_dir: str | None = None  # default: runs/.cache
+
+    def validate(self) -> TrainConfig:
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.steps < 1 or self.batch_size < 2 or self.elite_batch_size < 2:
+            raise ConfigError("steps must be >= 1 and batch sizes >= 2")
+        if self.lr <= 0 or self.head_lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ConfigError("lr, head_lr and grad_clip must be > 0 and weight_decay >= 0")
+        if not 0 < self.elite_fraction <= 1 or not 0 <= self.balance_alpha <= 1:
+            raise ConfigError("elite_fraction must be in (0, 1] and balance_alpha in [0, 1]")
+        if not 0 < self.mask_prob < 1 or not 0 <= self.corpus_holdout < 1:
+            raise ConfigError("mask_prob must be in (0, 1) and corpus_holdout in [0, 1)")
+        if self.views < 1:
+            raise ConfigError(f"views must be >= 1, got {self.views}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        self.augment.validate()
+        self.losses.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _build(cls, data, "train config").validate()
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes).validate()
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+_NESTED = {"augment": AugmentConfig, "losses": LossWeights}
+
+
+def _build(cls: type[Any], data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)} (allowed: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _NESTED and cls is TrainConfig:
+            kwargs[key] = _build(_NESTED[key], value, f"{where}.{key}")
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"train config file not found: {path}") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"train config file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"train config file {path} must hold a JSON object")
+    return data

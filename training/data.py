@@ -1,0 +1,350 @@
+"""Data for training and evaluation: CSV manifests, public (categorical) samples, the elite (image, caption)
+manifest, the text corpus and image loading with counted skips.
+
+A manifest is a CSV with a ``path`` column (resolved relative to the manifest's own folder, so any labelled
+folder of images can be used), optional ``modality`` and ``split`` columns and one or more label columns.
+Everything is validated before training or evaluation starts: a missing file, an unknown column or an empty
+split is a :class:`~model.errors.DataError` with the offending value, never a crash deep in a data loader.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from model.errors import DataError, ImageError
+from model.knowledge import Knowledge
+from model.preprocess import load_image
+
+logger = logging.getLogger(__name__)
+
+DATA_ROOT_ENV = "KEEPFIT_DATA_ROOT"
+SPLITS = ("train", "val", "test")
+
+
+def resolve_data_root(flag: str | Path | None = None) -> Path:
+    """``--data-root``, else ``$KEEPFIT_DATA_ROOT``, else ``../shared/data`` when present (never absolute)."""
+    if flag is not None:
+        source, path = "--data-root", Path(flag)
+    elif os.environ.get(DATA_ROOT_ENV):
+        source, path = f"${DATA_ROOT_ENV}", Path(os.environ[DATA_ROOT_ENV])
+    else:
+        source, path = "the default", Path("..") / "shared" / "data"
+    if not path.is_dir():
+        raise DataError(f"data root {path} ({source}) is not a directory; pass --data-root or set ${DATA_ROOT_ENV}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ manifests
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[dict[str, str], ...]
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, row: dict[str, str]) -> Path:
+        return self.folder / row["path"]
+
+    def require_columns(self, names: Iterable[str], what: str = "column") -> None:
+        for name in names:
+            if name not in self.columns:
+                raise DataError(
+                    f"manifest {self.path} has no {what} {name!r}; its columns are: {', '.join(self.columns)}"
+                )
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read a CSV manifest; it must exist, parse and have a ``path`` column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = tuple(c.strip() for c in (reader.fieldnames or ()))
+            rows = tuple({(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"manifest {path} is not a readable CSV: {err}") from err
+    if "path" not in columns:
+        raise DataError(f"manifest {path} has no 'path' column; its columns are: {', '.join(columns) or '(none)'}")
+    return Manifest(path=path, columns=columns, rows=rows)
+
+
+def filter_rows(
+    manifest: Manifest,
+    split: str | None = None,
+    where: Sequence[tuple[str, str]] = (),
+    require: Sequence[str] = (),
+) -> list[dict[str, str]]:
+    """Rows of one split (all rows where the manifest has no ``split`` column) with ``column == value`` for each
+    ``where`` pair and a non-empty value in each ``require`` column.  An empty result is a :class:`DataError`."""
+    manifest.require_columns([c for c, _ in where] + list(require))
+    rows = list(manifest.rows)
+    if split is not None:
+        if "split" in manifest.columns:
+            present = sorted({r["split"] for r in rows})
+            rows = [r for r in rows if r["split"] == split]
+            if not rows:
+                raise DataError(
+                    f"manifest {manifest.path} has no rows in split {split!r} (splits present: {', '.join(present)})"
+                )
+        else:
+            logger.info("%s has no 'split' column: using all %d rows", manifest.path, len(rows))
+    for column, value in where:
+        rows = [r for r in rows if r[column] == value]
+    for column in require:
+        rows = [r for r in rows if r[column]]
+    if not rows:
+        conditions = [f"split={split}"] if split else []
+        conditions += [f"{c}={v}" for c, v in where] + [f"{c} non-empty" for c in require]
+        raise DataError(f"manifest {manifest.path}: no rows match {', '.join(conditions) or 'anything'}")
+    return rows
+
+
+def check_files(manifest: Manifest, rows: Sequence[dict[str, str]]) -> None:
+    """Every image a row names must exist; the error counts the missing ones and names a few."""
+    missing = [r["path"] for r in rows if not manifest.resolve(r).is_file()]
+    if missing:
+        examples = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DataError(
+            f"manifest {manifest.path}: {len(missing)} of {len(rows)} image files are missing "
+            f"(paths resolve relative to {manifest.folder}): {examples}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- samples
+@dataclass(frozen=True)
+class Sample:
+    """One image with its modality, labels (canonical category names) and, for elite pairs, its caption."""
+
+    path: Path
+    modality: str
+    labels: tuple[str, ...]
+    split: str = ""
+    source: str = ""
+    caption: str = ""
+
+    @property
+    def stratum(self) -> tuple[str, str, tuple[str, ...]]:
+        """What class-balanced sampling balances over: the source, modality and full label set."""
+        return (self.source, self.modality, tuple(sorted(self.labels)))
+
+
+@dataclass(frozen=True)
+class PublicSource:
+    """A categorical manifest under the data root and the columns whose values are its labels."""
+
+    manifest: str
+    label_columns: tuple[str, ...]
+    modality: str | None = None  # used where the manifest has no modality column
+
+    @classmethod
+    def parse(cls, spec: str) -> PublicSource:
+        """``relative/labels.csv:col1,col2``."""
+        if ":" not in spec:
+            raise DataError(f"public source {spec!r} must look like MANIFEST:COLUMN[,COLUMN...]")
+        manifest, cols = spec.rsplit(":", 1)
+        columns = tuple(c.strip() for c in cols.split(",") if c.strip())
+        if not columns:
+            raise DataError(f"public source {spec!r} names no label column")
+        return cls(manifest=manifest, label_columns=columns)
+
+
+DEFAULT_PUBLIC: tuple[PublicSource, ...] = (
+    PublicSource("cfp_oct_mx/labels.csv", ("dme", "dr")),
+    PublicSource("ffa_huapu4/labels.csv", ("label",)),
+)
+
+
+def split_labels(value: str, knowledge: Knowledge) -> list[str]:
+    """A label cell -> canonical category names.  ``"X with Y"`` that is not itself a known category becomes
+    ``[X, Y]`` (ffa_huapu4's "branch retinal vein occlusion with non-perfusion area")."""
+    name = knowledge.canonical(value)
+    known = knowledge.data["categories"]
+    if name in known or " with " not in name:
+        return [name]
+    return [knowledge.canonical(part) for part in name.split(" with ") if part.strip()]
+
+
+@dataclass
+class SampleSet:
+    samples: list[Sample]
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def public_samples(
+    data_root: Path,
+    knowledge: Knowledge,
+    split: str,
+    sources: Sequence[PublicSource] = DEFAULT_PUBLIC,
+    holdout: Sequence[str] = (),
+) -> SampleSet:
+    """Categorical samples of one split from every source; rows of an unknown modality (ffa_huapu4's colour /
+    infrared "not an angiogram" images) and rows carrying a held-out category are skipped and counted."""
+    held = {knowledge.canonical(h) for h in holdout}
+    out = SampleSet(samples=[])
+    for source in sources:
+        manifest = read_manifest(data_root / source.manifest)
+        manifest.require_columns(source.label_columns, what="label column")
+        rows = filter_rows(manifest, split=split)
+        check_files(manifest, rows)
+        for row in rows:
+            modality = row.get("modality") or source.modality or ""
+            if modality not in knowledge.modalities:
+                out.skipped[f"{source.manifest}: modality {modality or '(none)'!r}"] += 1
+                continue
+            labels: list[str] = []
+            for column in source.label_columns:
+                if row[column]:
+                    labels += split_labels(row[column], knowledge)
+            if not labels:
+                out.skipped[f"{source.manifest}: no label"] += 1
+                continue
+            if held.intersection(labels):
+                out.skipped[f"{source.manifest}: held-out {sorted(held.intersection(labels))[0]!r}"] += 1
+                continue
+            out.samples.append(
+                Sample(
+                    path=manifest.resolve(row),
+                    modality=modality,
+                    labels=tuple(dict.fromkeys(labels)),
+                    split=row.get("split", split),
+                    source=source.manifest,
+                )
+            )
+    if not out.samples:
+        raise DataError(f"no {split} samples in {', '.join(s.manifest for s in sources)} under {data_root}")
+    for reason, count in sorted(out.skipped.items()):
+        logger.info("skipped %d %s rows (%s)", count, split, reason)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- elite
+ELITE_COLUMNS = ("path", "modality", "caption", "labels")
+
+
+def compose_elite(
+    samples: Sequence[Sample],
+    knowledge: Knowledge,
+    fraction: float = 0.25,
+    min_per_stratum: int = 4,
+    seed: int = 0,
+) -> list[Sample]:
+    """The default elite set: a stratified subset of the training images with rich captions composed from all
+    their labels plus the expert descriptions of those labels (no expert-captioned images are obtainable here;
+    see DESIGN section 4).  Every label set keeps at least ``min_per_stratum`` images."""
+    if not 0 < fraction <= 1:
+        raise DataError(f"elite fraction must be in (0, 1], got {fraction}")
+    rng = random.Random(seed)
+    by_stratum: dict[tuple[str, str, tuple[str, ...]], list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_stratum[s.stratum].append(s)
+    elite: list[Sample] = []
+    for key in sorted(by_stratum):
+        group = sorted(by_stratum[key], key=lambda s: str(s.path))
+        take = min(len(group), max(min_per_stratum, round(fraction * len(group))))
+        for s in rng.sample(group, take):
+            caption = knowledge.caption(list(s.labels), s.modality)
+            elite.append(Sample(s.path, s.modality, s.labels, s.split, s.source, caption))
+    return elite
+
+
+def write_elite_manifest(path: Path, samples: Sequence[Sample]) -> None:
+    """CSV with paths relative to its own folder, so the file moves with what it points at."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ELITE_COLUMNS)
+        for s in samples:
+            rel = os.path.relpath(s.path.resolve(), path.parent.resolve())
+            writer.writerow([rel, s.modality, s.caption, "|".join(s.labels)])
+    tmp.replace(path)
+
+
+def read_elite_manifest(path: str | Path, knowledge: Knowledge) -> list[Sample]:
+    """Real elite pairs plug in here unchanged: ``path, caption`` and optionally ``modality`` (default CFP),
+    ``labels`` (``|``-separated) and ``split`` (only ``train`` rows are used when present)."""
+    manifest = read_manifest(path)
+    manifest.require_columns(["caption"])
+    rows = filter_rows(manifest, split="train") if "split" in manifest.columns else list(manifest.rows)
+    rows = [r for r in rows if r["caption"]]
+    if not rows:
+        raise DataError(f"elite manifest {path} has no rows with a caption")
+    check_files(manifest, rows)
+    out = []
+    for row in rows:
+        modality = row.get("modality") or "CFP"
+        if modality not in knowledge.modalities:
+            raise DataError(
+                f"elite manifest {path}: unknown modality {modality!r} for {row['path']}; "
+                f"known: {', '.join(knowledge.modalities)}"
+            )
+        labels = tuple(x for x in (row.get("labels") or "").split("|") if x)
+        out.append(Sample(manifest.resolve(row), modality, labels, "train", str(path), row["caption"]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- images
+@dataclass
+class LoadReport:
+    """Unreadable images are skipped, counted and summarised, never fatal mid-run."""
+
+    loaded: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"{self.loaded} images loaded"
+        reasons = Counter(r.split(":")[0] for r in self.skipped.values())
+        detail = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+        return f"{self.loaded} images loaded, {len(self.skipped)} skipped as unreadable ({detail})"
+
+
+def iter_images(paths: Sequence[Path], report: LoadReport) -> Iterator[tuple[int, Image.Image]]:
+    """``(index, image)`` for every readable path; the rest go into ``report``."""
+    for i, path in enumerate(paths):
+        try:
+            image = load_image(path)
+        except ImageError as err:
+            report.skipped[str(path)] = str(err)
+            logger.warning("skipping unreadable image %s: %s", path, err)
+            continue
+        report.loaded += 1
+        yield i, image
+
+
+# ------------------------------------------------------------------------------------------------- corpus
+def read_corpus(path: str | Path) -> list[str]:
+    """The ``text`` of every line of a JSONL corpus (``{"text": ...}``), deduplicated, order kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"text corpus not found: {path}")
+    texts: list[str] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise DataError(f"{path}:{lineno} is not a JSON object with a 'text' field") from err
+            if isinstance(text, str) and text.strip():
+                texts.append(" ".join(text.split()))
+    texts = list(dict.fromkeys(texts))
+    if not texts:
+        raise DataError(f"text corpus {path} holds no text")
+    return texts

@@ -1,0 +1,330 @@
+"""The ``keepfit eval`` commands over an artifact's ONNX encoders, and the standard suite behind the README table.
+
+Each command writes ``report.json``, ``report.md`` and PNG plots into its output folder.  Torch-free except
+:func:`record_into_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.runtime import KeepfitRuntime
+from training.evaluate import (
+    HEADLINE,
+    SUITE,
+    EvalSet,
+    ImageEmbedder,
+    class_embeddings,
+    few_shot_metrics,
+    linear_probe_metrics,
+    load_eval_set,
+    load_modality_set,
+    modality_embeddings,
+    retrieval_metrics,
+    zero_shot_metrics,
+)
+from training.reports import fmt, plot_confusion, plot_curves, write_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskArgs:
+    manifest: Path
+    label_column: str
+    categories: list[str] | None
+    modality: str | None
+    split: str | None
+    where: list[tuple[str, str]]
+    require: list[str]
+
+
+def _embedder(runtime: KeepfitRuntime, batch_size: int) -> ImageEmbedder:
+    return ImageEmbedder(lambda images: runtime.encode_images(images, batch_size=batch_size), batch_size)
+
+
+def _load(runtime: KeepfitRuntime, a: TaskArgs, split: str | None) -> EvalSet:
+    return load_eval_set(a.manifest, a.label_column, runtime.knowledge, split, a.modality, a.categories, a.where,
+                         a.require, name=a.label_column)
+
+
+def _embed(embedder: ImageEmbedder, s: EvalSet, desc: str) -> tuple[np.ndarray, EvalSet]:
+    emb, ok = embedder(s.paths, desc=desc)
+    return emb, s.subset(ok)
+
+
+def _class_emb(runtime: KeepfitRuntime, s: EvalSet) -> np.ndarray:
+    if s.modality is None:  # a manifest without modality: the photograph template
+        return class_embeddings(runtime.encode_texts, runtime.knowledge, s.classes, "CFP")
+    return runtime.class_embeddings(s.classes, s.modality)
+
+
+def _header(runtime: KeepfitRuntime, title: str) -> list[str]:
+    return [f"# {title}", "", f"- artifact: `{runtime.artifact.path}` ({runtime.artifact.name} {runtime.version}, "
+            f"quantization {runtime.artifact.manifest.get('quantization', 'none')}), ONNX Runtime", ""]
+
+
+def _skips(s: EvalSet, embedder: ImageEmbedder) -> dict[str, Any]:
+    return {"rows_skipped": dict(s.skipped), "unreadable_images": dict(embedder.report.skipped)}
+
+
+# --------------------------------------------------------------------------------------------- commands
+def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: int = 32) -> dict[str, Any]:
+    embedder = _embedder(runtime, batch_size)
+    s = _load(runtime, a, a.split)
+    img, s = _embed(embedder, s, "embedding images")
+    result = zero_shot_metrics(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({a.modality or '-'}, "
+                   f"{a.split})", out / "confusion.png")
+    payload = {"command": "zero-shot", "manifest": str(a.manifest), "label_column": a.label_column,
+               "modality": a.modality, "split": a.split, **result, **_skips(s, embedder)}
+    lines = _header(runtime, f"Zero-shot: {a.label_column}") + _classification_md(result) + [
+        "", "![confusion matrix](confusion.png)", ""]
+    write_report(out, payload, "\n".join(lines))
+    payload["text"] = _classification_text(result)
+    return payload
+
+
+def run_retrieval(runtime: KeepfitRuntime, a: TaskArgs, out: Path, ks: list[int], batch_size: int = 32
+                  ) -> dict[str, Any]:
+    embedder = _embedder(runtime, batch_size)
+    s = _load(runtime, a, a.split)
+    img, s = _embed(embedder, s, "embedding gallery")
+    result = retrieval_metrics(img, s.labels, _class_emb(runtime, s), s.classes, ks)
+    payload = {"command": "retrieval", "manifest": str(a.manifest), "label_column": a.label_column,
+               "modality": a.modality, "split": a.split, **result, **_skips(s, embedder)}
+    lines = _header(runtime, f"Text-to-image retrieval: {a.label_column}") + [
+        f"Gallery: {result['n']} images; queries: each category's prompt embedding.", "",
+        "| category | relevant | " + " | ".join(f"P@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for c, m in result["per_class"].items():
+        lines.append(f"| {c} | {m['n_relevant']} | " + " | ".join(fmt(m[f'p@{k}']) for k in ks) + " |")
+    lines.append("| **mean** | | " + " | ".join(f"**{fmt(result[f'p@{k}'])}**" for k in ks) + " |")
+    lines += ["", f"Chance (mean share of the queried category in the gallery): {fmt(result['chance'])}", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, payload, "\n".join(lines))
+    payload["text"] = "  ".join(f"P@{k} {result[f'p@{k}']:.3f}" for k in ks) + f"  (chance {result['chance']:.3f})"
+    return payload
+
+
+def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[int], repeats: int,
+                 train_split: str, batch_size: int = 32) -> dict[str, Any]:
+    embedder = _embedder(runtime, batch_size)
+    train = _load(runtime, a, train_split)
+    test = _load(runtime, a, a.split)
+    test = EvalSet(test.name, test.paths, np.asarray([train.classes.index(test.classes[y]) if test.classes[y] in
+                   train.classes else -1 for y in test.labels]), train.classes, test.modality, test.skipped)
+    test = test.subset(test.labels >= 0)
+    x_tr, train = _embed(embedder, train, "embedding support")
+    x_te, test = _embed(embedder, test, "embedding queries")
+    result = few_shot_metrics((x_tr, train.labels), (x_te, test.labels), train.classes, shots, repeats)
+    payload = {"command": "few-shot", "manifest": str(a.manifest), "label_column": a.label_column,
+               "split": a.split, "support_split": train_split, **result, **_skips(test, embedder)}
+    lines = _header(runtime, f"Few-shot (nearest prototype): {a.label_column}") + [
+        f"Support drawn from `{train_split}` ({len(train.labels)} images), {repeats} draws; queries: "
+        f"{len(test.labels)} `{a.split}` images. Chance: {fmt(1 / len(train.classes))}.", "",
+        "| shots | balanced accuracy | std |", "|---|---|---|"]
+    lines += [f"| {k} | {fmt(result[f'{k}-shot']['balanced_accuracy'])} | {fmt(result[f'{k}-shot']['std'])} |"
+              for k in shots]
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, payload, "\n".join(lines) + "\n")
+    payload["text"] = "  ".join(f"{k}-shot {result[f'{k}-shot']['balanced_accuracy']:.3f}" for k in shots)
+    return payload
+
+
+def run_linear_probe(runtime: KeepfitRuntime, a: TaskArgs, out: Path, train_split: str, val_split: str,
+                     batch_size: int = 32) -> dict[str, Any]:
+    embedder = _embedder(runtime, batch_size)
+    sets = {}
+    for split in (train_split, val_split, a.split):
+        s = _load(runtime, a, split)
+        if sets:
+            classes = sets[train_split][1].classes
+            s = EvalSet(s.name, s.paths, np.asarray([classes.index(s.classes[y]) if s.classes[y] in classes else -1
+                                                     for y in s.labels]), classes, s.modality, s.skipped)
+            s = s.subset(s.labels >= 0)
+        sets[split] = _embed(embedder, s, f"embedding {split}")
+    (x_tr, tr), (x_va, va), (x_te, te) = sets[train_split], sets[val_split], sets[a.split]
+    result = linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), tr.classes)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion(result["confusion_matrix"], tr.classes, f"linear probe {a.label_column} ({a.split})",
+                   out / "confusion.png")
+    payload = {"command": "linear-probe", "manifest": str(a.manifest), "label_column": a.label_column,
+               "split": a.split, **result, **_skips(te, embedder)}
+    lines = _header(runtime, f"Linear probe: {a.label_column}") + [
+        f"Logistic regression (class-balanced) on `{train_split}` ({result['n_train']} images), C = {result['C']} "
+        f"chosen on `{val_split}`.", ""] + _classification_md(result) + ["", "![confusion matrix](confusion.png)", ""]
+    write_report(out, payload, "\n".join(lines))
+    payload["text"] = _classification_text(result)
+    return payload
+
+
+def _classification_md(r: dict[str, Any]) -> list[str]:
+    lines = [f"- n = {r['n']}; balanced accuracy **{fmt(r['balanced_accuracy'])}** (chance "
+             f"{fmt(r['chance_balanced_accuracy'])}); macro AUC {fmt(r['macro_auc'])}; accuracy {fmt(r['accuracy'])}",
+             "", "| class | n | recall |", "|---|---|---|"]
+    lines += [f"| {c} | {m['n']} | {fmt(m['recall'])} |" for c, m in r["per_class"].items()]
+    return lines
+
+
+def _classification_text(r: dict[str, Any]) -> str:
+    head = (f"balanced accuracy {r['balanced_accuracy']:.3f} (chance {r['chance_balanced_accuracy']:.3f})  "
+            f"macro AUC {fmt(r['macro_auc'])}  n {r['n']}")
+    rows = [f"  {c:<45} n {m['n']:>4}  recall {fmt(m['recall'])}" for c, m in r["per_class"].items()]
+    return "\n".join([head, *rows])
+
+
+# ------------------------------------------------------------------------------------------------ suite
+def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, batch_size: int = 32,
+              run_dir: Path | None = None) -> dict[str, Any]:
+    """Every standard task: zero-shot (balanced accuracy, macro AUC, per-class recall), retrieval P@1/5/10,
+    linear probe and 1/5/10-shot on ``split``; modality recognition zero-shot and through the artifact's
+    modality head."""
+    t0 = time.perf_counter()
+    embedder = _embedder(runtime, batch_size)
+    kn = runtime.knowledge
+    out.mkdir(parents=True, exist_ok=True)
+    tasks: dict[str, Any] = {}
+    for spec in SUITE:
+        sets = {}
+        for sp in ("train", "val", split):
+            s = load_eval_set(data_root / spec.manifest, spec.label_column, kn, sp, spec.modality, spec.categories,
+                              spec.where, spec.require, name=spec.name)
+            sets[sp] = _embed(embedder, s, f"{spec.name} {sp}")
+        (x_te, te) = sets[split]
+        (x_tr, tr), (x_va, va) = sets["train"], sets["val"]
+        classes = te.classes
+        assert tr.classes == classes == va.classes, (tr.classes, va.classes, classes)
+        cls = _class_emb(runtime, te)
+        zs = zero_shot_metrics(x_te, te.labels, cls, classes, runtime.logit_scale)
+        plot_confusion(zs["confusion_matrix"], classes, f"zero-shot {spec.title} ({split})",
+                       out / f"confusion_{spec.name}.png")
+        tasks[spec.name] = {
+            "title": spec.title,
+            "zero_shot": zs,
+            "retrieval": retrieval_metrics(x_te, te.labels, cls, classes),
+            "linear_probe": linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), classes),
+            "few_shot": few_shot_metrics((x_tr, tr.labels), (x_te, te.labels), classes),
+            "rows_skipped": dict(te.skipped),
+        }
+    # modality recognition
+    mod: dict[str, Any] = {}
+    msets = {sp: _embed(embedder, load_modality_set(data_root, kn, sp), f"modality {sp}")
+             for sp in ("train", "val", split)}
+    (x_te, te) = msets[split]
+    mcls = modality_embeddings(runtime.encode_texts, kn, te.classes)
+    mod["zero_shot"] = zero_shot_metrics(x_te, te.labels, mcls, te.classes, runtime.logit_scale)
+    plot_confusion(mod["zero_shot"]["confusion_matrix"], te.classes, f"zero-shot modality ({split})",
+                   out / "confusion_modality.png")
+    if runtime.artifact.has("modality_head.json"):
+        names, probs = runtime.modality_probabilities(x_te)
+        order = [names.index(c) for c in te.classes if c in names]
+        if len(order) == len(te.classes):
+            from training.metrics import classification_summary
+
+            mod["head"] = classification_summary(te.labels, probs[:, order], te.classes)
+    (x_tr, tr), (x_va, va) = msets["train"], msets["val"]
+    mod["linear_probe"] = linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), te.classes)
+    mod["rows_skipped"] = dict(te.skipped)
+    tasks["modality"] = {"title": "Modality (CFP / FFA / OCT)", **mod}
+
+    headline = {n: tasks[n]["zero_shot"]["balanced_accuracy"] for n in HEADLINE}
+    summary = {
+        "split": split,
+        "data": "cfp_oct_mx + ffa_huapu4 (../shared/data)",
+        "artifact_version": runtime.version,
+        "quantization": runtime.artifact.manifest.get("quantization", "none"),
+        "zero_shot_balanced_accuracy": {n: t["zero_shot"]["balanced_accuracy"] for n, t in tasks.items()},
+        "zero_shot_chance": {n: t["zero_shot"]["chance_balanced_accuracy"] for n, t in tasks.items()},
+        "zero_shot_macro_auc": {n: t["zero_shot"]["macro_auc"] for n, t in tasks.items()},
+        "zero_shot_mean": float(np.mean(list(headline.values()))),
+        "zero_shot_mean_tasks": list(HEADLINE),
+        "retrieval_p@10": {n: t["retrieval"]["p@10"] for n, t in tasks.items() if "retrieval" in t},
+        "retrieval_p@10_mean": float(np.mean([t["retrieval"]["p@10"] for n, t in tasks.items()
+                                              if "retrieval" in t and n != "dme_cfp_all"])),
+        "linear_probe_balanced_accuracy": {n: t["linear_probe"]["balanced_accuracy"] for n, t in tasks.items()},
+        "linear_probe_mean": float(np.mean([tasks[n]["linear_probe"]["balanced_accuracy"] for n in HEADLINE])),
+        "modality_head_accuracy": (mod["head"]["accuracy"] if "head" in mod else None),
+        "unreadable_images": len(embedder.report.skipped),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    payload = {"command": "suite", "summary": summary, "tasks": tasks, "unreadable": embedder.report.skipped}
+    if run_dir is not None and (run_dir / "history.jsonl").is_file():
+        import json
+
+        history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
+        plot_curves(history, out / "curves.png", title=str(run_dir.name))
+    md = _suite_markdown(runtime, summary, tasks, split, (out / "curves.png").is_file())
+    write_report(out, payload, md)
+    payload["text"] = _suite_text(summary, tasks)
+    return payload
+
+
+def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dict[str, Any], split: str,
+                    curves: bool) -> str:
+    lines = _header(runtime, f"Evaluation suite ({split} split)") + [
+        f"Zero-shot mean balanced accuracy over {', '.join(summary['zero_shot_mean_tasks'])}: "
+        f"**{fmt(summary['zero_shot_mean'])}**", "",
+        "| task | n | zero-shot bal. acc. | chance | macro AUC | P@10 (chance) | linear probe | 1/5/10-shot |",
+        "|---|---|---|---|---|---|---|---|"]
+    for t in tasks.values():
+        zs = t["zero_shot"]
+        ret = t.get("retrieval")
+        fs = t.get("few_shot")
+        lines.append(
+            f"| {t['title']} | {zs['n']} | **{fmt(zs['balanced_accuracy'])}** | {fmt(zs['chance_balanced_accuracy'])} "
+            f"| {fmt(zs['macro_auc'])} | {fmt(ret['p@10']) + ' (' + fmt(ret['chance']) + ')' if ret else '–'} "
+            f"| {fmt(t['linear_probe']['balanced_accuracy'])} | "
+            + ("/".join(fmt(fs[f'{k}-shot']['balanced_accuracy'], 2) for k in (1, 5, 10)) if fs else "–") + " |")
+    if summary.get("modality_head_accuracy") is not None:
+        lines += ["", f"Modality head (shipped in the artifact) accuracy: {fmt(summary['modality_head_accuracy'])}"]
+    lines += ["", "## Per-class recall (zero-shot)", ""]
+    for name, t in tasks.items():
+        zs = t["zero_shot"]
+        lines.append(f"- {t['title']}: " + "; ".join(f"{c} {fmt(m['recall'])} (n {m['n']})"
+                                                     for c, m in zs["per_class"].items()))
+        lines.append(f"  ![{name}](confusion_{name}.png)")
+    if curves:
+        lines += ["", "## Training curves", "", "![training curves](curves.png)"]
+    lines += ["", f"Unreadable images skipped: {summary['unreadable_images']}. Time: {summary['seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def _suite_text(summary: dict[str, Any], tasks: dict[str, Any]) -> str:
+    rows = [f"{'task':<38} {'zero-shot':>9} {'chance':>7} {'AUC':>6} {'P@10':>6} {'probe':>6}"]
+    for t in tasks.values():
+        zs = t["zero_shot"]
+        p10 = fmt(t["retrieval"]["p@10"]) if "retrieval" in t else "–"
+        rows.append(f"{t['title'][:38]:<38} {fmt(zs['balanced_accuracy']):>9} {fmt(zs['chance_balanced_accuracy']):>7} "
+                    f"{fmt(zs['macro_auc']):>6} {p10:>6} {fmt(t['linear_probe']['balanced_accuracy']):>6}")
+    rows.append(f"zero-shot mean ({len(summary['zero_shot_mean_tasks'])} tasks): {summary['zero_shot_mean']:.3f}")
+    return "\n".join(rows)
+
+
+def record_into_checkpoint(path: Path, summary: dict[str, Any]) -> None:
+    """Store the summary under the checkpoint's ``evaluation`` key (atomically)."""
+    import os
+    import tempfile
+
+    import torch
+
+    from model.nn.factory import read_checkpoint
+    from training.reports import _jsonable
+
+    payload = read_checkpoint(path)
+    payload["evaluation"] = _jsonable(summary)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("recorded the evaluation summary into %s", path)

@@ -1,0 +1,200 @@
+"""Where training images come from: cached feature maps of the frozen prefix, or pixels loaded on the fly.
+
+``FeatureStore`` runs every image once through the shared preprocessing, the train-time augmentation (views
+1..V-1; view 0 is the plain image) and the frozen leading blocks, and keeps the maps in memory (fp16).  It is
+cached on disk under a key of everything that determines it (weights of the frozen blocks, preprocessing,
+augmentation, views, seed, file sizes and times), so the four ablation runs compute it once.
+
+``PixelSource`` is the path without freezing (``--vision-freeze-blocks 0``): images are decoded per batch and
+augmented afresh every time.
+
+Both validate every image up front: unreadable ones are skipped and counted (see :class:`LoadReport`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from model.config import PreprocessConfig
+from model.errors import DataError
+from model.preprocess import load_image, preprocess_batch
+from training.augment import AugmentConfig, augment
+from training.data import LoadReport, iter_images
+from training.parts import ImagePrefix
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+class ImageSource:
+    """``batch(rows, views) -> [B, ...]`` model input for the trainable part; ``valid[i]`` for each path."""
+
+    paths: list[Path]
+    valid: np.ndarray
+    report: LoadReport
+
+    def batch(self, rows: Sequence[int], views: Sequence[int], device: torch.device) -> Tensor:
+        raise NotImplementedError
+
+    def valid_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.valid)
+
+
+class FeatureStore(ImageSource):
+    def __init__(self, paths: list[Path], feats: Tensor, valid: np.ndarray, report: LoadReport) -> None:
+        self.paths = paths
+        self.feats = feats  # [N, V, C, h, w] fp16 (zeros for unreadable images)
+        self.valid = valid
+        self.report = report
+
+    @property
+    def views(self) -> int:
+        return int(self.feats.shape[1])
+
+    def batch(self, rows: Sequence[int], views: Sequence[int], device: torch.device) -> Tensor:
+        r = torch.as_tensor(list(rows), dtype=torch.long)
+        v = torch.as_tensor(list(views), dtype=torch.long).clamp(max=self.views - 1)
+        return self.feats[r, v].to(device=device, dtype=torch.float32)  # [B, C, h, w]
+
+
+def _settings_key(prefix: ImagePrefix, pre: PreprocessConfig, aug: AugmentConfig, views: int, seed: int) -> str:
+    """Everything but the image list that determines a cached map: frozen weights, preprocessing, views."""
+    h = hashlib.sha256()
+    meta = {"format": CACHE_FORMAT, "pre": pre.__dict__, "aug": aug.__dict__, "views": views, "seed": seed,
+            "blocks": prefix.blocks}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for name, tensor in prefix.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _image_generator(path: Path, seed: int) -> torch.Generator:
+    # per image, so an image's augmented views do not depend on which other images are cached with it
+    digest = hashlib.sha256(f"{seed}|{path.name}|{path.parent.name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+@torch.no_grad()
+def build_feature_store(
+    paths: list[Path],
+    prefix: ImagePrefix,
+    pre: PreprocessConfig,
+    aug: AugmentConfig,
+    views: int,
+    seed: int,
+    device: torch.device,
+    cache_dir: Path | None,
+    batch_size: int = 32,
+    desc: str = "caching features",
+) -> FeatureStore:
+    """Prefix outputs of ``views`` views of every image (view 0 plain, the others augmented, fixed per seed).
+
+    The disk cache holds one file per settings key with every image ever cached under it; only images not in
+    it (or changed since) are computed.
+    """
+    if not paths:
+        raise DataError("no images to cache")
+    cache_file = cache_dir / f"features-{_settings_key(prefix, pre, aug, views, seed)}.pt" if cache_dir else None
+    cached: dict[str, tuple[str, Tensor]] = {}
+    if cache_file is not None and cache_file.is_file():
+        blob = torch.load(cache_file, map_location="cpu", weights_only=False)
+        cached = {p: (s, blob["feats"][i]) for i, (p, s) in enumerate(zip(blob["paths"], blob["stamps"], strict=True))}
+    report = LoadReport()
+    valid = np.zeros(len(paths), dtype=bool)
+    rows_out: dict[int, Tensor] = {}
+    todo: list[int] = []
+    for i, p in enumerate(paths):
+        hit = cached.get(str(p.resolve()))
+        if hit is not None and p.is_file() and hit[0] == _stamp(p):
+            rows_out[i] = hit[1]
+            valid[i] = True
+            report.loaded += 1
+        else:
+            todo.append(i)
+    if todo:
+        logger.info("computing frozen feature maps for %d of %d images (%d cached)", len(todo), len(paths),
+                    len(paths) - len(todo))
+    prefix = prefix.to(device)
+    pending: list[tuple[int, object]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        pixels = torch.from_numpy(preprocess_batch([im for _, im in pending], pre))  # [b, 3, S, S]
+        per_view = [pixels]
+        for _v in range(1, views):
+            per_view.append(torch.cat([
+                augment(pixels[j : j + 1], aug, pre, gens[i]) for j, (i, _) in enumerate(pending)
+            ]))
+        outs = [prefix(x.to(device)).to("cpu", torch.float16) for x in per_view]  # V x [b, C, h, w]
+        stacked = torch.stack(outs, dim=1)  # [b, V, C, h, w]
+        for j, (i, _) in enumerate(pending):
+            rows_out[i] = stacked[j].clone()
+            valid[i] = True
+        pending.clear()
+
+    gens = {i: _image_generator(paths[i], seed) for i in todo}
+    todo_paths = [paths[i] for i in todo]
+    for k, image in tqdm(iter_images(todo_paths, report), total=len(todo), desc=desc, unit="img", disable=not todo):
+        pending.append((todo[k], image))
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    if not rows_out:
+        raise DataError(f"none of the {len(paths)} images could be read ({report.summary()})")
+    shape = next(iter(rows_out.values())).shape  # [V, C, h, w]
+    feats = torch.zeros((len(paths), *shape), dtype=torch.float16)
+    for i, t in rows_out.items():
+        feats[i] = t
+    logger.info("feature maps %s per view, %d views: %s", tuple(shape[1:]), shape[0], report.summary())
+    if cache_file is not None and todo:
+        for i in todo:
+            if valid[i]:
+                cached[str(paths[i].resolve())] = (_stamp(paths[i]), feats[i])
+        names = sorted(cached)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save({"paths": names, "stamps": [cached[n][0] for n in names],
+                    "feats": torch.stack([cached[n][1] for n in names])}, tmp)
+        tmp.replace(cache_file)
+    return FeatureStore(paths, feats, valid, report)
+
+
+class PixelSource(ImageSource):
+    """Decode, preprocess and (for views > 0) augment per batch; the whole backbone trains."""
+
+    def __init__(self, paths: list[Path], pre: PreprocessConfig, aug: AugmentConfig, seed: int) -> None:
+        self.paths = paths
+        self.pre = pre
+        self.aug = aug
+        self.report = LoadReport()
+        self.valid = np.zeros(len(paths), dtype=bool)
+        for i, _ in tqdm(iter_images(paths, self.report), total=len(paths), desc="checking images", unit="img"):
+            self.valid[i] = True
+        if not self.valid.any():
+            raise DataError(f"none of the {len(paths)} images could be read ({self.report.summary()})")
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def batch(self, rows: Sequence[int], views: Sequence[int], device: torch.device) -> Tensor:
+        images = [load_image(self.paths[r]) for r in rows]
+        pixels = torch.from_numpy(preprocess_batch(images, self.pre))  # [B, 3, S, S]
+        mask = torch.as_tensor([v > 0 for v in views])
+        if mask.any():
+            pixels[mask] = augment(pixels[mask], self.aug, self.pre, self.gen)
+        return pixels.to(device)

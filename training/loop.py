@@ -1,0 +1,209 @@
+"""The one training loop of both stages.
+
+A task object (:mod:`training.tasks`) turns a step into a dict of losses; this loop owns the optimiser (AdamW,
+two learning rates), the warm-up + cosine schedule, autocast on CUDA, gradient clipping, the progress bar,
+periodic validation, and the checkpoints:
+
+- ``last.pt``: everything needed to resume (weights, optimiser, step, RNG state, history);
+- ``best.pt``: the weights with the best validation score so far;
+- ``model.pt``: the best weights plus what the task adds at the end (the modality head), ready for
+  ``keepfit export --checkpoint``.
+
+Each step draws its data from a generator seeded by (seed, step), so a resumed run sees the same batches as an
+uninterrupted one.  Every checkpoint holds the resolved training config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from model.errors import ConfigError
+from model.nn.factory import load_state, read_checkpoint, save_checkpoint
+from model.nn.keepfit import KeepFITModel
+from model.tokenizer import Tokenizer
+from training.config import TrainConfig
+from training.parts import count_parameters, param_groups
+from training.reports import plot_curves
+
+logger = logging.getLogger(__name__)
+
+
+class Task(Protocol):
+    model: KeepFITModel
+    tokenizer: Tokenizer
+    stats: dict[str, Any]
+
+    def modules(self) -> dict[str, nn.Module]: ...
+    def set_train(self) -> None: ...
+    def step(self, step: int, gen: torch.Generator) -> tuple[dict[str, Tensor], int]: ...
+    def evaluate(self) -> dict[str, float]: ...
+    def extra_state(self) -> dict[str, Any]: ...
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+    def finalize(self) -> dict[str, Any]: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the base rate."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path  # model.pt
+    best_step: int
+    best_score: float
+    pairs_per_s: float
+    history: list[dict[str, Any]]
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7_919) % (2**63 - 1)
+
+
+def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool = False,
+          meta: dict[str, Any] | None = None) -> TrainResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last, best_path, final = run_dir / "last.pt", run_dir / "best.pt", run_dir / "model.pt"
+    cfg.write(run_dir / "config.json")
+    modules = task.modules()
+    groups = param_groups(modules, cfg.lr, cfg.head_lr, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
+    params = [p for g in groups for p in g["params"]]
+    trainable, total = count_parameters(task.model)
+    extra_trainable = sum(p.numel() for name, m in modules.items() if name != "model" for p in m.parameters())
+    logger.info("training %s (stage %s) on %s: %.2fM of %.1fM model parameters train (+%.2fM task heads)",
+                cfg.name, cfg.stage, device, trainable / 1e6, total / 1e6, extra_trainable / 1e6)
+    amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    history: list[dict[str, Any]] = []
+    start, best_score, best_step = 0, -math.inf, -1
+    if last.is_file():
+        if not resume:
+            raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --name")
+        payload = read_checkpoint(last)
+        saved = payload.get("train_config") or {}
+        differs = sorted(k for k in set(saved) | set(cfg.to_dict())
+                         if k not in ("steps", "device", "eval_every", "checkpoint_every")
+                         and saved.get(k) != cfg.to_dict().get(k))
+        if differs:
+            raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}")
+        load_state(task.model, payload["state_dict"], source=str(last))
+        optimizer.load_state_dict(payload["optimizer"])
+        task.load_extra_state(payload.get("task_state") or {})
+        start = int(payload["step"])
+        history = list(payload.get("history") or [])
+        best_score, best_step = float(payload.get("best_score", -math.inf)), int(payload.get("best_step", -1))
+        if "torch_rng" in payload:
+            torch.set_rng_state(payload["torch_rng"])
+        logger.info("resumed %s at step %d (best %.4f at step %d)", last, start, best_score, best_step)
+    else:
+        seed_everything(cfg.seed)
+
+    def checkpoint_extra(step: int) -> dict[str, Any]:
+        return {"train_config": cfg.to_dict(), "step": step, "history": history, "best_score": best_score,
+                "best_step": best_step, "task_state": task.extra_state(), "stats": task.stats, **(meta or {})}
+
+    def run_eval(step: int) -> None:
+        nonlocal best_score, best_step
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            metrics = task.evaluate()
+        row = {"kind": "eval", "step": step, **metrics, "time": time.perf_counter() - t0}
+        history.append(row)
+        _append(run_dir / "history.jsonl", row)
+        score = metrics.get("score", float("nan"))
+        logger.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if not math.isnan(score) and score > best_score:
+            best_score, best_step = score, step
+            save_checkpoint(best_path, task.model, task.tokenizer, **checkpoint_extra(step))
+
+    if start == 0 and not history:
+        run_eval(0)
+    train_time, pairs = 0.0, 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.stage} {cfg.name}", unit="step")
+    for step in bar:
+        task.set_train()
+        factor = lr_factor(step, cfg.steps, cfg.warmup_steps)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            losses, n_pairs = task.step(step, gen)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower --lr or check the data")
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the temperature stays within CLIP's range
+            task.model.logit_scale.clamp_(0.0, math.log(100.0))
+        dt = time.perf_counter() - t0
+        if step > start:  # the first step pays one-off costs (allocations, caches)
+            train_time += dt
+            pairs += n_pairs
+        row = {"kind": "train", "step": step + 1, **{k: float(v.detach()) for k, v in losses.items()},
+               "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "time": dt,
+               "pairs_per_s": n_pairs / dt}
+        history.append(row)
+        _append(run_dir / "history.jsonl", row)
+        bar.set_postfix({k: f"{float(v):.3f}" for k, v in losses.items() if k in ("loss", "public", "mlm", "kt")})
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            run_eval(done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(last, task.model, task.tokenizer, optimizer=optimizer.state_dict(),
+                            torch_rng=torch.get_rng_state(), **checkpoint_extra(done))
+    bar.close()
+    pairs_per_s = pairs / train_time if train_time else float("nan")
+
+    # the deliverable: best weights + what the task adds (e.g. the modality head)
+    if best_path.is_file():
+        load_state(task.model, read_checkpoint(best_path)["state_dict"], source=str(best_path))
+    extra = task.finalize()
+    save_checkpoint(final, task.model, task.tokenizer, **checkpoint_extra(cfg.steps),
+                    selected_step=best_step, pairs_per_s=pairs_per_s, device=str(device), **extra)
+    plot_curves(history, run_dir / "curves.png", title=f"{cfg.name} ({cfg.stage})")
+    logger.info("%s: best validation score %.4f at step %d; %.1f pairs/s on %s; wrote %s", cfg.name, best_score,
+                best_step, pairs_per_s, device, final)
+    return TrainResult(run_dir, final, best_step, best_score, pairs_per_s, history)
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")

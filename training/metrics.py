@@ -1,0 +1,103 @@
+"""Evaluation metrics in plain numpy: balanced accuracy, macro AUC, per-class recall, confusion matrix,
+text-to-image precision@k.
+
+Kept free of scikit-learn so their definitions are visible here and checked against hand-computed values in
+``tests/training/test_metrics.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int) -> np.ndarray:
+    """``[C, C]`` counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+def per_class_recall(cm: np.ndarray) -> np.ndarray:
+    """Recall per class ``[C]``; NaN for a class with no true samples."""
+    support = cm.sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def balanced_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int) -> float:
+    """Mean recall over the classes present in ``y_true`` (classes without samples are left out)."""
+    recall = per_class_recall(confusion_matrix(y_true, y_pred, n_classes))
+    present = ~np.isnan(recall)
+    return float(recall[present].mean()) if present.any() else float("nan")
+
+
+def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve by the Mann-Whitney statistic (ties count one half); NaN without both classes."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # average ranks handle ties exactly
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def macro_auc(y_true: Sequence[int] | np.ndarray, probs: np.ndarray) -> float:
+    """One-vs-rest AUC averaged over the classes that have both positives and negatives."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    aucs = [binary_auc(probs[:, c], y_true == c) for c in range(probs.shape[1])]
+    valid = [a for a in aucs if not np.isnan(a)]
+    return float(np.mean(valid)) if valid else float("nan")
+
+
+def precision_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """Per query, the fraction of its top-``k`` gallery items that are relevant.
+
+    ``similarity [Q, N]`` (higher is closer), ``relevant [Q, N]`` bool.  For ``k > N`` the top-N are used.
+    Returns ``{k: [Q]}``.
+    """
+    order = np.argsort(-similarity, axis=1, kind="stable")  # [Q, N]
+    hits = np.take_along_axis(np.asarray(relevant, dtype=bool), order, axis=1)  # [Q, N]
+    out = {}
+    for k in ks:
+        kk = min(int(k), similarity.shape[1])
+        out[int(k)] = hits[:, :kk].mean(axis=1) if kk > 0 else np.zeros(similarity.shape[0])
+    return out
+
+
+def classification_summary(
+    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+) -> dict[str, object]:
+    """Everything a report shows for one classification: balanced accuracy, macro AUC, accuracy, per-class
+    recall and support, the confusion matrix and chance level (1 / number of classes present)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    n_classes = len(class_names)
+    y_pred = probs.argmax(axis=1)
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    recall = per_class_recall(cm)
+    present = int((cm.sum(axis=1) > 0).sum())
+    return {
+        "n": int(len(y_true)),
+        "classes": list(class_names),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred, n_classes),
+        "macro_auc": macro_auc(y_true, probs),
+        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else float("nan"),
+        "chance_balanced_accuracy": 1.0 / present if present else float("nan"),
+        "per_class": {
+            name: {"recall": None if np.isnan(recall[i]) else float(recall[i]), "n": int(cm[i].sum())}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": cm.tolist(),
+    }

@@ -1,0 +1,492 @@
+"""The two training stages as small task objects that turn a step into a dict of losses (open_clip style);
+:mod:`training.loop` owns everything else (optimiser, schedule, precision, checkpoints, progress).
+
+- :class:`TextTask` (stage 1, preliminary textual pretraining): masked-language modelling on the ophthalmic
+  corpus, plus a contrastive objective that pulls each category's name and expert descriptions together and
+  apart from other categories' (the language zero-shot classification is built from).
+- :class:`HybridTask` (stage 2, hybrid image-text knowledge injection): soft-target CLIP on public categorical
+  data, CLIP on elite pairs, attention-based knowledge transfer, and the caption decoder's generative loss.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import get_config
+from model.errors import CheckpointError, ConfigError, DataError
+from model.knowledge import ANY, Knowledge
+from model.nn.factory import create_model, default_tokenizer, load_pretrained, read_checkpoint
+from model.nn.keepfit import KeepFITModel
+from model.tokenizer import Tokenizer
+from training.config import TrainConfig
+from training.data import (
+    PublicSource,
+    Sample,
+    compose_elite,
+    public_samples,
+    read_corpus,
+    read_elite_manifest,
+    write_elite_manifest,
+)
+from training.evaluate import (
+    HEADLINE,
+    SUITE,
+    EvalSet,
+    class_embeddings,
+    load_eval_set,
+    load_modality_set,
+    modality_embeddings,
+    zero_shot_metrics,
+)
+from training.features import FeatureStore, ImageSource, PixelSource, build_feature_store
+from training.parts import (
+    ImagePrefix,
+    ImageTail,
+    TextTail,
+    encode_unique,
+    set_trainable,
+    text_trainable_layers,
+    vision_freeze_blocks,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_LOGIT_SCALE = 100.0
+
+
+def build_model(cfg: TrainConfig) -> tuple[KeepFITModel, Tokenizer, dict[str, Any]]:
+    """ImageNet / MiniLM initialisation; with ``cfg.init`` the text encoder comes from a stage-1 checkpoint."""
+    mcfg = get_config(cfg.model)
+    model = load_pretrained(create_model(mcfg))
+    tokenizer = default_tokenizer(mcfg)
+    info: dict[str, Any] = {}
+    if cfg.init:
+        payload = read_checkpoint(cfg.init)
+        theirs = payload["model_config"]["text"]
+        if theirs != mcfg.to_dict()["text"] or payload["model_config"]["embed_dim"] != mcfg.embed_dim:
+            raise CheckpointError(
+                f"--init {cfg.init}: its text encoder ({theirs}, {payload['model_config']['embed_dim']}-d) does not "
+                f"match config {mcfg.name}"
+            )
+        state = {k.removeprefix("text_encoder."): v for k, v in payload["state_dict"].items()
+                 if k.startswith("text_encoder.")}
+        model.text_encoder.load_state_dict(state, strict=True)
+        info = {"init": str(cfg.init), "init_stage": (payload.get("train_config") or {}).get("stage"),
+                "init_step": payload.get("step")}
+        logger.info("text encoder initialised from %s (step %s)", cfg.init, payload.get("step"))
+    return model, tokenizer, info
+
+
+def _soft_clip_loss(img: Tensor, txt: Tensor, keys: list[Any], scale: Tensor) -> Tensor:
+    """CLIP loss whose targets spread over every pair with the same key (same category = positive)."""
+    logits = scale * img @ txt.t()  # [B, B]
+    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=logits.dtype, device=logits.device)
+    target = same / same.sum(dim=1, keepdim=True)  # symmetric relation, so the same target serves both sides
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+# ================================================================================================ stage 1
+class MLMHead(nn.Module):
+    """BERT's prediction head: dense + GELU + LayerNorm, decoder tied to the (frozen) word embeddings."""
+
+    def __init__(self, hidden: int, word_embeddings: nn.Embedding, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.word_embeddings = [word_embeddings]  # a list: not registered, so not saved or optimised twice
+        self.bias = nn.Parameter(torch.zeros(word_embeddings.num_embeddings))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        x = self.norm(F.gelu(self.dense(hidden)))  # [M, H]
+        return x @ self.word_embeddings[0].weight.t() + self.bias  # [M, V]
+
+
+def knowledge_groups(knowledge: Knowledge) -> list[tuple[str, list[str]]]:
+    """Per category: its name, its expert descriptions and the prompts built from them."""
+    groups = []
+    for name, entry in sorted(knowledge.data["categories"].items()):
+        by_mod = entry.get("descriptions", {})
+        texts = [name]
+        for modality, descs in by_mod.items():
+            texts += list(descs)
+            texts += [knowledge.template(modality if modality != ANY else "CFP").format(d) for d in descs]
+        texts = list(dict.fromkeys(texts))
+        if len(texts) >= 2:
+            groups.append((name, texts))
+    return groups
+
+
+def mask_tokens(ids: Tensor, mask: Tensor, tok: Tokenizer, prob: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """BERT masking: ``prob`` of the real tokens are targets; 80% become [MASK], 10% random, 10% unchanged."""
+    special = (ids == tok.cls_id) | (ids == tok.sep_id) | (mask == 0)
+    chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
+    # at least one target per text, so no row contributes nothing
+    for i in range(ids.shape[0]):
+        if not chosen[i].any():
+            candidates = torch.nonzero(~special[i]).flatten()
+            if len(candidates):
+                chosen[i, candidates[torch.randint(len(candidates), (1,), generator=gen)]] = True
+    targets = torch.where(chosen, ids, torch.full_like(ids, -100))
+    roll = torch.rand(ids.shape, generator=gen)
+    out = ids.clone()
+    out[chosen & (roll < 0.8)] = tok.mask_id
+    rand = chosen & (roll >= 0.8) & (roll < 0.9)
+    out[rand] = torch.randint(1000, tok.vocab_size, ids.shape, generator=gen)[rand]  # skip [unused*]/specials
+    return out, targets
+
+
+class TextTask:
+    """Stage 1: MLM on the corpus + knowledge contrastive on category names and descriptions."""
+
+    def __init__(self, cfg: TrainConfig, model: KeepFITModel, tokenizer: Tokenizer, device: torch.device,
+                 knowledge: Knowledge, data_root: Path | None, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.knowledge = knowledge
+        corpus = Path(cfg.corpus) if cfg.corpus else (data_root / "text" / "ophthalmic_corpus.jsonl" if data_root
+                                                      else None)
+        if corpus is None:
+            raise DataError("stage 1 needs a text corpus: pass --corpus or --data-root")
+        texts = read_corpus(corpus)
+        rng = random.Random(cfg.seed)
+        order = list(range(len(texts)))
+        rng.shuffle(order)
+        n_hold = int(round(cfg.corpus_holdout * len(texts)))
+        self.holdout = [texts[i] for i in order[:n_hold]]
+        self.train_texts = [texts[i] for i in order[n_hold:]]
+        if not self.train_texts:
+            raise DataError(f"corpus {corpus} leaves no training text after holding out {n_hold}")
+        self.layers = text_trainable_layers(model, cfg.text_trainable_layers, "text")
+        set_trainable(model, vision_blocks=0, text_layers=self.layers)
+        model.image_encoder.requires_grad_(False)  # stage 1 is text only
+        model.knowledge_attention.requires_grad_(False)
+        if model.caption_decoder is not None:
+            model.caption_decoder.requires_grad_(False)
+        model.logit_scale.requires_grad_(False)
+        bert = model.text_encoder.bert
+        self.frozen = len(bert.encoder.layer) - self.layers
+        self.head = MLMHead(bert.hidden_size, bert.embeddings.word_embeddings, bert.config.layer_norm_eps).to(device)
+        self.tail = TextTail(model, tokenizer, self.layers)
+        self.groups = knowledge_groups(knowledge)
+        self.stats = {"corpus": str(corpus), "train_texts": len(self.train_texts), "holdout_texts": len(self.holdout),
+                      "knowledge_categories": len(self.groups), "text_trainable_layers": self.layers}
+        logger.info("stage 1: %d corpus texts (%d held out), %d knowledge categories, top %d text layers train",
+                    len(self.train_texts), len(self.holdout), len(self.groups), self.layers)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "mlm_head": self.head}
+
+    def set_train(self) -> None:
+        self.model.train()
+        self.head.train()
+        bert = self.model.text_encoder.bert
+        bert.embeddings.eval()
+        for layer in bert.encoder.layer[: self.frozen]:
+            layer.eval()
+
+    def _mlm(self, texts: list[str], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        ids, mask = self.tokenizer(texts)
+        ids_t = torch.from_numpy(ids[:, : self.cfg.max_text_tokens])
+        mask_t = torch.from_numpy(mask[:, : self.cfg.max_text_tokens])
+        masked, targets = mask_tokens(ids_t, mask_t, self.tokenizer, self.cfg.mask_prob, gen)
+        masked, targets, mask_t = masked.to(self.device), targets.to(self.device), mask_t.to(self.device)
+        bert = self.model.text_encoder.bert
+        keep = mask_t[:, None, None, :].to(torch.float32)
+        with torch.no_grad():
+            hidden = bert.embeddings(masked)  # [B, L, H]
+            additive = (1.0 - keep.to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+            for layer in bert.encoder.layer[: self.frozen]:
+                hidden = layer(hidden, additive)
+        for layer in bert.encoder.layer[self.frozen :]:
+            hidden = layer(hidden, additive)
+        sel = targets != -100
+        logits = self.head(hidden[sel])  # [M, V]
+        loss = F.cross_entropy(logits.float(), targets[sel])
+        acc = (logits.argmax(-1) == targets[sel]).float().mean()
+        return loss, acc
+
+    def _knowledge(self, rng: random.Random, n_categories: int = 16) -> Tensor:
+        picked = rng.sample(self.groups, min(n_categories, len(self.groups)))
+        texts, keys = [], []
+        for name, group in picked:
+            for text in rng.sample(group, 2):
+                texts.append(text)
+                keys.append(name)
+        emb = self.tail(texts, self.device)  # [2K, D]
+        logits = emb @ emb.t() / 0.05
+        logits = logits - torch.eye(len(texts), device=self.device) * 1e4  # not oneself
+        same = torch.tensor([[a == b for b in keys] for a in keys], dtype=logits.dtype, device=self.device)
+        same.fill_diagonal_(0)
+        return F.cross_entropy(logits, same / same.sum(1, keepdim=True))
+
+    def step(self, step: int, gen: torch.Generator) -> tuple[dict[str, Tensor], int]:
+        rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+        w = self.cfg.losses
+        losses: dict[str, Tensor] = {}
+        total = torch.zeros((), device=self.device)
+        if w.mlm > 0:
+            texts = [self.train_texts[i] for i in torch.randint(len(self.train_texts), (self.cfg.batch_size,),
+                                                                  generator=gen).tolist()]
+            losses["mlm"], losses["mlm_acc"] = self._mlm(texts, gen)
+            total = total + w.mlm * losses["mlm"]
+        if w.knowledge > 0:
+            losses["knowledge"] = self._knowledge(rng)
+            total = total + w.knowledge * losses["knowledge"]
+        losses["loss"] = total
+        return losses, self.cfg.batch_size
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out text: MLM loss and accuracy with a fixed masking; knowledge loss on a fixed draw."""
+        self.model.eval()
+        self.head.eval()
+        gen = torch.Generator().manual_seed(1234)
+        losses, accs, weights = [], [], []
+        for i in range(0, len(self.holdout), 64):
+            chunk = self.holdout[i : i + 64]
+            loss, acc = self._mlm(chunk, gen)
+            losses.append(float(loss))
+            accs.append(float(acc))
+            weights.append(len(chunk))
+        know = float(self._knowledge(random.Random(99), n_categories=64))
+        out = {"knowledge_loss": know}
+        if losses:
+            out["holdout_mlm_loss"] = float(np.average(losses, weights=weights))
+            out["holdout_mlm_acc"] = float(np.average(accs, weights=weights))
+        out["score"] = -out.get("holdout_mlm_loss", know)
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"mlm_head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "mlm_head" in state:
+            self.head.load_state_dict(state["mlm_head"])
+
+    def finalize(self) -> dict[str, Any]:
+        return {}
+
+
+# ================================================================================================ stage 2
+class HybridTask:
+    """Stage 2: hybrid image-text knowledge injection on public categorical data and elite pairs."""
+
+    def __init__(self, cfg: TrainConfig, model: KeepFITModel, tokenizer: Tokenizer, device: torch.device,
+                 knowledge: Knowledge, data_root: Path | None, run_dir: Path) -> None:
+        if data_root is None:
+            raise DataError("stage 2 needs the data root with the public manifests: pass --data-root")
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.knowledge = knowledge
+        w = cfg.losses
+        if w.gen > 0 and model.caption_decoder is None:
+            raise ConfigError(f"loss gen > 0 but config {model.cfg.name} has no caption decoder (decoder.enabled)")
+        self.use_elite = w.elite > 0 or w.kt > 0 or w.gen > 0
+        # ---- data
+        sources = [PublicSource.parse(s) for s in cfg.public]
+        public = public_samples(data_root, knowledge, "train", sources, cfg.holdout)
+        if cfg.elite_manifest:
+            elite = read_elite_manifest(cfg.elite_manifest, knowledge)
+            held = {knowledge.canonical(h) for h in cfg.holdout}
+            elite = [s for s in elite if not held.intersection(s.labels)]
+        else:
+            elite = compose_elite(public.samples, knowledge, cfg.elite_fraction, seed=cfg.seed)
+            write_elite_manifest(run_dir / "elite.csv", elite)
+        self.val_sets: list[EvalSet] = [
+            load_eval_set(data_root / s.manifest, s.label_column, knowledge, "val", s.modality, s.categories, s.where,
+                          s.require, name=s.name)
+            for s in SUITE if s.name != "dme_cfp_all"
+        ] + [load_modality_set(data_root, knowledge, "val")]
+        # ---- images: every path once
+        paths = list(dict.fromkeys([s.path for s in public.samples] + [s.path for s in elite]
+                                   + [p for v in self.val_sets for p in v.paths]))
+        self.row = {p: i for i, p in enumerate(paths)}
+        self.vision_blocks = vision_freeze_blocks(model, cfg.vision_freeze_blocks)
+        self.text_layers = text_trainable_layers(model, cfg.text_trainable_layers, "hybrid")
+        set_trainable(model, self.vision_blocks, self.text_layers)
+        if not self.use_elite:
+            model.knowledge_attention.requires_grad_(False)
+        if w.kt == 0:
+            model.knowledge_attention.requires_grad_(False)
+        if model.caption_decoder is not None and w.gen == 0:
+            model.caption_decoder.requires_grad_(False)
+        self.prefix = ImagePrefix(model, self.vision_blocks)
+        self.tail = ImageTail(model, self.vision_blocks)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path("runs") / ".cache"
+        self.source: ImageSource
+        if self.vision_blocks:
+            self.source = build_feature_store(paths, self.prefix, model.cfg.preprocess, cfg.augment, cfg.views,
+                                              cfg.seed, device, cache_dir)
+        else:
+            self.source = PixelSource(paths, model.cfg.preprocess, cfg.augment, cfg.seed)
+        ok = self.source.valid
+        self.public = [s for s in public.samples if ok[self.row[s.path]]]
+        self.elite = [s for s in elite if ok[self.row[s.path]]]
+        self.val_sets = [v.subset(np.asarray([ok[self.row[p]] for p in v.paths])) for v in self.val_sets]
+        if not self.public:
+            raise DataError("no readable public training images")
+        if self.use_elite and len(self.elite) < 2:
+            raise DataError(f"the elite set has {len(self.elite)} readable pairs; need at least 2")
+        # ---- sampling weights: balance the label-set groups (power alpha of inverse frequency)
+        counts = Counter(s.stratum for s in self.public)
+        self.public_weights = torch.tensor([counts[s.stratum] ** -cfg.balance_alpha for s in self.public],
+                                           dtype=torch.float64)
+        elite_counts = Counter(s.stratum for s in self.elite)
+        self.elite_weights = torch.tensor([elite_counts[s.stratum] ** -cfg.balance_alpha for s in self.elite],
+                                          dtype=torch.float64) if self.elite else torch.ones(1, dtype=torch.float64)
+        self.text_tail = TextTail(model, tokenizer, self.text_layers)
+        self.elite_ids = {s.caption: torch.from_numpy(tokenizer([s.caption])[0][0]) for s in self.elite}
+        self.stats = {
+            "public_train_images": len(self.public),
+            "public_by_modality": dict(Counter(s.modality for s in self.public)),
+            "public_skipped_rows": dict(public.skipped),
+            "elite_pairs": len(self.elite),
+            "elite_manifest": cfg.elite_manifest or str(run_dir / "elite.csv"),
+            "val_sets": {v.name: len(v.labels) for v in self.val_sets},
+            "images": self.source.report.summary(),
+            "unreadable": dict(self.source.report.skipped),
+            "vision_freeze_blocks": self.vision_blocks,
+            "text_trainable_layers": self.text_layers,
+            "feature_cache": bool(self.vision_blocks),
+        }
+        logger.info("stage 2: %d public images (%s), %d elite pairs, losses %s", len(self.public),
+                    self.stats["public_by_modality"], len(self.elite),
+                    {k: v for k, v in w.__dict__.items() if k in ("public", "elite", "kt", "gen") and v > 0})
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def set_train(self) -> None:
+        self.model.train()
+        if self.vision_blocks:
+            self.model.image_encoder.backbone.features[: self.vision_blocks].eval()
+
+    def _public_caption(self, sample: Sample, rng: random.Random) -> tuple[str, tuple[str, str]]:
+        """FLAIR-style: one of the image's labels, one of that label's expert descriptions, the modality's
+        template; the (modality, label) pair is what makes two captions positives of each other."""
+        label = rng.choice(sample.labels)
+        description = rng.choice(self.knowledge.descriptions(label, sample.modality))
+        return self.knowledge.template(sample.modality).format(description), (sample.modality, label)
+
+    def step(self, step: int, gen: torch.Generator) -> tuple[dict[str, Tensor], int]:
+        cfg, w, dev = self.cfg, self.cfg.losses, self.device
+        rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+        pub = [self.public[i] for i in torch.multinomial(self.public_weights, cfg.batch_size, True, generator=gen)]
+        eli = ([self.elite[i] for i in torch.multinomial(self.elite_weights, cfg.elite_batch_size, True,
+                                                          generator=gen)] if self.use_elite else [])
+        samples = pub + eli
+        views = torch.randint(self.source_views, (len(samples),), generator=gen).tolist()
+        x = self.source.batch([self.row[s.path] for s in samples], views, dev)
+        img, feats = self.tail(x)  # [B+E, D], [B+E, C, h, w]
+        caps, keys = zip(*(self._public_caption(s, rng) for s in pub), strict=True)
+        texts = list(caps) + [s.caption for s in eli]
+        txt = encode_unique(self.text_tail, texts, dev)  # [B+E, D]
+        scale = self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        b = len(pub)
+        img_p, txt_p, img_e, txt_e = img[:b], txt[:b], img[b:], txt[b:]
+        losses: dict[str, Tensor] = {}
+        total = torch.zeros((), device=dev)
+        if w.public > 0:
+            losses["public"] = _soft_clip_loss(img_p, txt_p, list(keys), scale)
+            total = total + w.public * losses["public"]
+        if w.elite > 0:
+            losses["elite"] = _soft_clip_loss(img_e, txt_e, [s.caption for s in eli], scale)
+            total = total + w.elite * losses["elite"]
+        if w.kt > 0:
+            # queries: public images; keys: elite images; values: elite texts -> pulled to the public text
+            transferred = self.model.transfer_knowledge(img_p, img_e, txt_e)  # [B, D] unit
+            losses["kt"] = (1.0 - (transferred * txt_p).sum(-1)).mean()
+            total = total + w.kt * losses["kt"]
+        if w.gen > 0:
+            assert self.model.caption_decoder is not None
+            ids = nn.utils.rnn.pad_sequence([self.elite_ids[s.caption] for s in eli], batch_first=True,
+                                            padding_value=self.tokenizer.pad_id).to(dev)
+            losses["gen"] = self.model.caption_decoder.loss(feats[b:], ids)
+            total = total + w.gen * losses["gen"]
+        losses["loss"] = total
+        losses["logit_scale"] = scale.detach()
+        return losses, len(samples)
+
+    @property
+    def source_views(self) -> int:
+        return self.source.views if isinstance(self.source, FeatureStore) else max(1, self.cfg.views)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def embed_rows(self, rows: list[int], batch_size: int = 128) -> np.ndarray:
+        out = []
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            x = self.source.batch(chunk, [0] * len(chunk), self.device)
+            out.append(self.tail(x)[0].float().cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.text_tail(list(texts), self.device).float().cpu().numpy()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Zero-shot balanced accuracy on the validation split (torch, view 0): the checkpoint criterion."""
+        self.model.eval()
+        scale = float(self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE))
+        out: dict[str, float] = {}
+        for v in self.val_sets:
+            img = self.embed_rows([self.row[p] for p in v.paths])
+            if v.name == "modality":
+                cls = modality_embeddings(self.encode_texts, self.knowledge, v.classes)
+            else:
+                assert v.modality is not None
+                cls = class_embeddings(self.encode_texts, self.knowledge, v.classes, v.modality)
+            out[f"val_{v.name}"] = float(zero_shot_metrics(img, v.labels, cls, v.classes, scale)["balanced_accuracy"])
+        scores = [out[f"val_{n}"] for n in HEADLINE if f"val_{n}" in out and not np.isnan(out[f"val_{n}"])]
+        out["score"] = float(np.mean(scores)) if scores else float("nan")
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    @torch.no_grad()
+    def finalize(self) -> dict[str, Any]:
+        """The modality head shipped in the artifact: logistic regression (CFP / FFA / OCT) on the train-split
+        image embeddings of the final weights."""
+        from sklearn.linear_model import LogisticRegression
+
+        self.model.eval()
+        classes = [m for m in self.knowledge.modalities if any(s.modality == m for s in self.public)]
+        if len(classes) < 2:
+            return {}
+        img = self.embed_rows([self.row[s.path] for s in self.public])
+        y = np.asarray([classes.index(s.modality) for s in self.public])
+        clf = LogisticRegression(C=10.0, class_weight="balanced", max_iter=5000, random_state=self.cfg.seed)
+        clf.fit(img, y)
+        weight, bias = clf.coef_, clf.intercept_  # [M, D], [M]; binary: one row for class 1
+        if len(classes) == 2:  # softmax over (0, z) is sigmoid(z): the same probabilities as the binary model
+            weight = np.concatenate([np.zeros_like(weight), weight])
+            bias = np.concatenate([np.zeros_like(bias), bias])
+        head = {"classes": classes, "weight": weight.tolist(), "bias": bias.tolist(),
+                "fitted_on": f"{len(y)} train-split image embeddings", "train_accuracy": float(clf.score(img, y))}
+        blob = io.BytesIO(json.dumps(head).encode())
+        return {"artifact_files": {"modality_head.json": blob.getvalue()},
+                "modality_head": {k: head[k] for k in ("classes", "fitted_on", "train_accuracy")}}
+
+
+TASKS = {"text": TextTask, "hybrid": HybridTask}
