@@ -130,6 +130,7 @@ class RedisCache:
         )
         self._degraded = False
         self._retry_at = 0.0
+        self._recovered_at = 0.0
         self._url_for_logs = _redact(url)
 
     @property
@@ -139,9 +140,12 @@ class RedisCache:
     def _skip(self) -> bool:
         return self._degraded and time.monotonic() < self._retry_at
 
-    def _failed(self, op: str, err: BaseException) -> None:
+    async def _failed(self, op: str, err: BaseException, started: float) -> None:
         if self._on_error is not None:
             self._on_error()
+        if started < self._recovered_at:
+            # began before the last recovery, on a connection from before the outage: not a new outage
+            return
         self._retry_at = time.monotonic() + self.retry_s
         if not self._degraded:
             self._degraded = True
@@ -149,18 +153,26 @@ class RedisCache:
                 "Redis cache at %s unavailable (%s during %s: %s); serving without a cache and retrying every %.1f s",
                 self._url_for_logs, type(err).__name__, op, err, self.retry_s,
             )
+            # Idle pooled connections to the old server are dead too: drop them so the first requests after
+            # the recovery do not fail on them and declare a second outage.
+            try:
+                await self._client.connection_pool.disconnect(inuse_connections=False)
+            except Exception as close_err:  # closing dead sockets may fail in many ways
+                logger.debug("dropping idle Redis connections: %s", close_err)
 
     def _succeeded(self) -> None:
         if self._degraded:
             self._degraded = False
+            self._recovered_at = time.monotonic()
             logger.warning("Redis cache at %s is back; caching resumed", self._url_for_logs)
 
     async def _run(self, op: str, coro: Any) -> Any:
+        started = time.monotonic()
         try:
             # wait_for bounds the whole call, connection set-up included, whatever the socket does
             result = await asyncio.wait_for(coro, timeout=self.timeout_s * 2)
         except Exception as err:  # ConnectionError, TimeoutError, ResponseError, OSError... (not cancellation)
-            self._failed(op, err)
+            await self._failed(op, err, started)
             return _FAILED
         self._succeeded()
         return result

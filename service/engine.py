@@ -392,7 +392,12 @@ class IndexHolder:
             record = index.get(int(image_id))
             if record is None:
                 raise NotFoundError(f"no image with id {image_id} in the index")
-            return record, Path(index.image_path(record))
+            try:
+                return record, Path(index.image_path(record))
+            except NotFoundError as err:
+                # the store's message names server paths: log it, tell the client less
+                logger.warning("image %d: %s", image_id, err)
+                raise NotFoundError(f"the file of image {image_id} is no longer available") from err
 
         return await self._submit(run)
 

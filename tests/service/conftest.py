@@ -3,6 +3,7 @@ deliberately broken images, and a small index of real images."""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +43,41 @@ def variants(golden_image: Image.Image) -> dict[str, bytes]:
         "tiff": encode(golden_image, "TIFF"),
         "jpeg": encode(golden_image, "JPEG", quality=92),
     }
+
+
+def _rows(labels_csv: Path, modality: str, n: int, label_column: str) -> list[dict[str, str]]:
+    rows = [r for r in csv.DictReader(labels_csv.open()) if r["modality"] == modality and r[label_column]]
+    rows.sort(key=lambda r: r["path"])
+    return [
+        {"path": str((labels_csv.parent / r["path"]).resolve()), "modality": modality, "diagnosis": r[label_column]}
+        for r in rows[:n]
+    ]
+
+
+@pytest.fixture(scope="session")
+def index_dir(data_root: Path, default_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-image index of real CFP, OCT and FFA images built with ``keepfit index build`` (the CLI contract)."""
+    from model.cli import main as keepfit
+
+    rows = (
+        _rows(data_root / "cfp_oct_mx" / "labels.csv", "CFP", 4, "dme")
+        + _rows(data_root / "cfp_oct_mx" / "labels.csv", "OCT", 4, "dme")
+        + _rows(data_root / "ffa_huapu4" / "labels.csv", "FFA", 4, "label")
+    )
+    work = tmp_path_factory.mktemp("index")
+    manifest = work / "images.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "modality", "diagnosis"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = work / "index"
+    code = keepfit(["index", "build", "--artifact", str(default_artifact), "--manifest", str(manifest), "--out", str(out)])
+    assert code == 0 and (out / "index_manifest.json").is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def indexed(index_dir: Path, default_artifact: Path) -> Iterator[TestClient]:
+    """An app serving the small index."""
+    with TestClient(create_app(make_settings(default_artifact, index=index_dir))) as client:
+        yield client

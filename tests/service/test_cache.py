@@ -1,0 +1,150 @@
+"""The response cache: in-process LRU semantics, keys, and Redis faults with a real ``redis-server``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.cache import MemoryCache, RedisCache, cache_key
+from tests.service.helpers import make_settings
+from tests.service.servers import live_server, redis_server
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_memory_cache_is_an_lru_with_ttl() -> None:
+    clock = FakeClock()
+    cache = MemoryCache(max_entries=2, ttl_s=10, clock=clock)
+
+    async def scenario() -> None:
+        await cache.set("a", b"1")
+        await cache.set("b", b"2")
+        assert await cache.get("a") == b"1"  # a is now the most recent
+        await cache.set("c", b"3")  # evicts b, the least recently used
+        assert await cache.get("b") is None
+        assert (await cache.get("a"), await cache.get("c")) == (b"1", b"3")
+        clock.now = 10.5
+        assert await cache.get("a") is None  # expired
+        assert len(cache) == 1
+
+    asyncio.run(scenario())
+
+
+def test_memory_cache_of_size_zero_stores_nothing() -> None:
+    cache = MemoryCache(max_entries=0, ttl_s=10)
+    asyncio.run(cache.set("a", b"1"))
+    assert asyncio.run(cache.get("a")) is None
+
+
+def test_keys_cover_every_parameter_and_reveal_nothing() -> None:
+    base = cache_key("classify", "v1", "ab" * 32, {"categories": ["x", "y"], "top_k": None})
+    assert base.startswith("keepfit:v1:classify:") and len(base.rsplit(":", 1)[1]) == 64
+    assert base == cache_key("classify", "v1", "ab" * 32, {"top_k": None, "categories": ["x", "y"]})
+    assert base != cache_key("classify", "v2", "ab" * 32, {"categories": ["x", "y"], "top_k": None})
+    assert base != cache_key("classify", "v1", "cd" * 32, {"categories": ["x", "y"], "top_k": None})
+    assert base != cache_key("classify", "v1", "ab" * 32, {"categories": ["x", "y"], "top_k": 1})
+    assert base != cache_key("search", "v1", "ab" * 32, {"categories": ["x", "y"], "top_k": None})
+    assert "x" not in base.split(":", 3)[3]
+
+
+@pytest.mark.integration
+def test_redis_cache_survives_outage_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    """Unit level: misses while down, one warning per outage, hits again once Redis is back."""
+
+    async def scenario(server) -> None:  # type: ignore[no-untyped-def]
+        cache = RedisCache(server.url, ttl_s=60, timeout_s=0.2, retry_s=0.3)
+        await cache.set("k", b"v")
+        assert await cache.get("k") == b"v" and cache.state == "ok"
+        server.stop()
+        for _ in range(5):
+            assert await cache.get("k") is None
+            await cache.set("k", b"v")
+        assert cache.state == "degraded" and await cache.check() == "degraded"
+        server.start()
+        await asyncio.sleep(0.35)
+        await cache.set("k", b"w")
+        assert await cache.get("k") == b"w" and cache.state == "ok"
+        # a hung server (SIGSTOP): answers within the timeout, as a miss
+        server.freeze()
+        await asyncio.sleep(0.35)
+        start = time.perf_counter()
+        assert await cache.get("k") is None
+        assert time.perf_counter() - start < 1.0
+        server.thaw()
+        await cache.close()
+
+    with caplog.at_level(logging.WARNING, logger="service.cache"), redis_server() as server:
+        asyncio.run(scenario(server))
+    down = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    back = [r for r in caplog.records if "is back" in r.getMessage()]
+    assert len(down) == 2 and len(back) == 1  # two outages (stop, freeze), each logged once
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_redis_stopped_during_load_fails_no_request(
+    default_artifact: Path, real_image_paths: dict[str, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Live uvicorn, 8 clients; Redis stopped mid-load, then restarted: zero failed requests, hits again."""
+    images = [p.read_bytes() for paths in real_image_paths.values() for p in paths[:2]]
+    with redis_server() as redis, caplog.at_level(logging.WARNING, logger="service.cache"):
+        settings = make_settings(default_artifact, redis_url=redis.url, cache_timeout_ms=200, cache_retry_s=0.5)
+        with live_server(settings) as base:
+            statuses: list[int] = []
+            cached: list[bool] = []
+            lock = threading.Lock()
+            stop_at = time.monotonic() + 6.0
+
+            def client(seed: int) -> None:
+                with httpx.Client(base_url=base, timeout=30) as http:
+                    i = seed
+                    while time.monotonic() < stop_at:
+                        if i % 2:
+                            r = http.post("/v1/embed", json={"text": f"finding number {i % 5}"})
+                        else:
+                            r = http.post("/v1/classify",
+                                          files={"image": ("a.jpg", images[i % len(images)], "image/jpeg")})
+                        with lock:
+                            statuses.append(r.status_code)
+                            if r.status_code == 200:
+                                cached.append(bool(r.json()["cached"]))
+                        i += 1
+
+            with ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(client, s) for s in range(8)]
+                time.sleep(2.0)
+                redis.stop()
+                time.sleep(0.5)
+                degraded = httpx.get(f"{base}/readyz").json()
+                time.sleep(1.0)
+                redis.start()
+                for f in futures:
+                    f.result()
+            assert len(statuses) > 20
+            assert statuses.count(200) == len(statuses), {s: statuses.count(s) for s in set(statuses)}
+            assert degraded["cache"] == {"backend": "redis", "state": "degraded"}
+            assert degraded["artifact"]["name"] == "keepfit-v2-small"  # still ready
+            time.sleep(0.6)
+            with httpx.Client(base_url=base, timeout=30) as http:
+                first = http.post("/v1/embed", json={"text": "after the restart"}).json()
+                second = http.post("/v1/embed", json={"text": "after the restart"}).json()
+                assert (first["cached"], second["cached"]) == (False, True)
+                assert http.get("/readyz").json()["cache"]["state"] == "ok"
+                metrics = http.get("/metrics").text
+            assert any(cached), "no cache hits during the load"
+    down = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(down) == 1  # once per outage, not once per request
+    assert "keepfit_cache_errors_total" in metrics

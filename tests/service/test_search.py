@@ -1,0 +1,203 @@
+"""``/v1/search`` and ``/v1/images/{id}`` over a small index of real images."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.engine import IndexHolder
+from tests.service.helpers import make_settings
+
+
+def _search(client: TestClient, path: str = "/v1/search", **body: Any) -> Any:
+    return client.post(path, json=body)
+
+
+def test_text_search_ranks_the_index(indexed: TestClient) -> None:
+    r = _search(indexed, query="optical coherence tomography scan of the macula", top_k=5)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index_count"] == 12 and body["query"]["kind"] == "text" and len(body["hits"]) == 5
+    scores = [h["score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    assert len({h["id"] for h in body["hits"]}) == 5
+    hit = body["hits"][0]
+    assert hit["image_url"] == f"http://testserver/v1/images/{hit['id']}"
+    assert hit["thumbnail_url"] == f"http://testserver/v1/images/{hit['id']}?size=256"
+
+
+def test_search_is_cached_and_aliased(indexed: TestClient) -> None:
+    first = _search(indexed, query="laser scars", top_k=3).json()
+    second = _search(indexed, path="/search", query="laser scars", top_k=3).json()
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["hits"] == first["hits"]
+
+
+def test_filters(indexed: TestClient) -> None:
+    hits = _search(indexed, query="retina", top_k=12, modality="FFA").json()["hits"]
+    assert len(hits) == 4 and {h["modality"] for h in hits} == {"FFA"}
+    hits = _search(indexed, query="retina", top_k=12, label="diabetic macular edema").json()["hits"]
+    assert hits and all("diabetic macular edema" in h["labels"] for h in hits)
+    assert _search(indexed, query="retina", top_k=12, modality="CFP", label="no such label").json()["hits"] == []
+
+
+def test_top_k_above_the_index_size_returns_everything(indexed: TestClient) -> None:
+    assert len(_search(indexed, query="retina", top_k=100).json()["hits"]) == 12
+
+
+def test_image_search_finds_the_image_itself_first(indexed: TestClient, index_dir: Path) -> None:
+    hit = _search(indexed, query="fluorescein angiogram", top_k=1, modality="FFA").json()["hits"][0]
+    original = indexed.get(f"/v1/images/{hit['id']}").content
+    r = indexed.post("/v1/search", files={"image": ("q.jpg", original, "image/jpeg")}, data={"top_k": "3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"]["kind"] == "image"
+    assert body["hits"][0]["id"] == hit["id"] and body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    filtered = indexed.post("/v1/search", files={"image": ("q.jpg", original, "image/jpeg")},
+                            data={"top_k": "3", "modality": "OCT"}).json()
+    assert {h["modality"] for h in filtered["hits"]} == {"OCT"}
+
+
+def test_image_search_rejects_unknown_fields_and_bad_images(indexed: TestClient) -> None:
+    r = indexed.post("/v1/search", files={"image": ("q.jpg", b"garbage" * 10, "image/jpeg")})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image"
+    r = indexed.post("/v1/search", files={"image": ("q.jpg", b"x", "image/jpeg")}, data={"colour": "red"})
+    assert r.status_code == 422 and "colour" in r.json()["error"]["message"]
+    r = indexed.post("/v1/search", files={"picture": ("q.jpg", b"x", "image/jpeg")})
+    assert r.status_code == 422 and "picture" in r.json()["error"]["message"]
+
+
+def test_images_round_trip_and_thumbnails(indexed: TestClient, index_dir: Path) -> None:
+    hit = _search(indexed, query="fundus photograph", top_k=1, modality="CFP").json()["hits"][0]
+    from index.store import VectorIndex
+
+    with VectorIndex.open(index_dir) as idx:
+        record = idx.get(hit["id"])
+        assert record is not None
+        original = idx.image_path(record).read_bytes()
+    full = indexed.get(f"/v1/images/{hit['id']}")
+    assert full.status_code == 200 and full.headers["content-type"] == "image/jpeg"
+    assert full.content == original  # byte-identical
+    thumb = indexed.get(hit["thumbnail_url"].replace("http://testserver", ""))
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(thumb.content))
+    assert max(img.size) == 256 and img.size[0] / img.size[1] == pytest.approx(record.width / record.height, 0.02)
+    small = indexed.get(f"/v1/images/{hit['id']}?size=32")
+    assert max(Image.open(io.BytesIO(small.content)).size) == 32
+    etag = thumb.headers["etag"]
+    assert indexed.get(f"/v1/images/{hit['id']}?size=256", headers={"If-None-Match": etag}).status_code == 304
+
+
+def test_unknown_image_id_is_404_without_paths(indexed: TestClient) -> None:
+    r = indexed.get("/v1/images/999999")
+    assert r.status_code == 404
+    assert r.json()["error"] == {"code": "not_found", "message": "no image with id 999999 in the index"}
+    for bad in ("/v1/images/0?size=8", "/v1/images/1?size=5000"):
+        assert indexed.get(bad).status_code == 422
+
+
+def test_readyz_counts_the_index(indexed: TestClient) -> None:
+    index = indexed.get("/readyz").json()["index"]
+    assert index["loaded"] and index["count"] == 12 and index["error"] is None
+
+
+def test_index_of_another_artifact_version_is_refused(
+    index_dir: Path, default_artifact: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "index"
+    shutil.copytree(index_dir, other)
+    manifest = json.loads((other / "index_manifest.json").read_text())
+    manifest["artifact"]["version"] = "19700101-0000000000"
+    (other / "index_manifest.json").write_text(json.dumps(manifest))
+    with TestClient(create_app(make_settings(default_artifact, index=other))) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200  # still ready: classify works without an index
+        assert not ready.json()["index"]["loaded"] and "19700101-0000000000" in ready.json()["index"]["error"]
+        r = _search(client, query="drusen")
+        assert r.status_code == 503 and "rebuild the index" in r.json()["error"]["message"]
+
+
+def test_index_appearing_later_is_picked_up(
+    index_dir: Path, default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compose's index profile may build the index after the API started: no restart needed."""
+    monkeypatch.setattr(IndexHolder, "RELOAD_CHECK_S", 0.0)
+    target = tmp_path / "later"
+    with TestClient(create_app(make_settings(default_artifact, index=target))) as client:
+        r = _search(client, query="drusen")
+        assert r.status_code == 503 and "no index at" in r.json()["error"]["message"]
+        shutil.copytree(index_dir, target)
+        r = _search(client, query="drusen", top_k=2)
+        assert r.status_code == 200 and r.json()["index_count"] == 12
+
+
+class _EmptyIndex:
+    count, dim, artifact_version, manifest = 0, 512, "any", {"count": 0}
+
+    def search(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []
+
+    def get(self, image_id: int) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_empty_index_says_so(default_artifact: Path, tmp_path: Path) -> None:
+    (tmp_path / "index_manifest.json").write_text("{}")
+    app = create_app(make_settings(default_artifact, index=tmp_path), index_opener=lambda *a, **k: _EmptyIndex())
+    with TestClient(app) as client:
+        assert client.get("/readyz").json()["index"]["count"] == 0
+        r = _search(client, query="drusen")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "index_empty"
+        assert "holds no images" in r.json()["error"]["message"]
+        assert client.get("/v1/images/1").status_code == 404
+
+
+def test_search_result_urls_use_the_public_url(index_dir: Path, default_artifact: Path) -> None:
+    settings = make_settings(default_artifact, index=index_dir, public_url="https://eyes.example/api/",
+                             api_keys=["k"])
+    with TestClient(create_app(settings)) as client:
+        hits = client.post("/v1/search", json={"query": "retina", "top_k": 2}, headers={"X-API-Key": "k"}).json()["hits"]
+        url = hits[0]["image_url"]
+        assert url.startswith(f"https://eyes.example/api/v1/images/{hits[0]['id']}?token=")
+        # the token opens that image without the header (an <img src> in a browser)
+        local = url.replace("https://eyes.example/api", "")
+        assert client.get(local).status_code == 200
+        assert client.get(f"/v1/images/{hits[0]['id']}").status_code == 401
+
+
+def test_fake_index_records_are_served(default_artifact: Path, tmp_path: Path, real_image_paths: dict) -> None:
+    """The holder works with any store honouring the contract (search/get/image_path/count/dim)."""
+    path = real_image_paths["OCT"][0]
+    record = SimpleNamespace(id=5, path=str(path), modality="OCT", labels=["normal"], caption=None,
+                             width=1, height=1, sha256="")
+
+    class One(_EmptyIndex):
+        count = 1
+
+        def search(self, q: np.ndarray, top_k: int, modality: str | None = None, label: str | None = None):
+            return [SimpleNamespace(record=record, score=0.5)]
+
+        def get(self, image_id: int):
+            return record if image_id == 5 else None
+
+        def image_path(self, rec: Any) -> Path:
+            return Path(rec.path)
+
+    (tmp_path / "index_manifest.json").write_text("{}")
+    app = create_app(make_settings(default_artifact, index=tmp_path), index_opener=lambda *a, **k: One())
+    with TestClient(app) as client:
+        assert _search(client, query="x").json()["hits"][0]["id"] == 5
+        assert client.get("/v1/images/5").content == path.read_bytes()
