@@ -89,6 +89,25 @@ def _lifespan(settings: Settings, index_opener: Any = None) -> Any:
     return lifespan
 
 
+def _drop_security_from_schema(app: FastAPI) -> None:
+    """Without API keys the X-API-Key scheme is not required: say so in /openapi.json (clients and schema-driven
+    tests read it literally)."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default()
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    if isinstance(operation, dict):
+                        operation.pop("security", None)
+            schema.get("components", {}).pop("securitySchemes", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, *, index_opener: Any = None) -> FastAPI:
     """The app for ``settings`` (default: :func:`get_settings`, i.e. the ``KEEPFIT_*`` environment).
 
@@ -125,6 +144,9 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
         @app.get("/", include_in_schema=False)
         async def root() -> JSONResponse:
             return JSONResponse({"service": app.title, "version": __version__, "docs": "/docs", "ready": "/readyz"})
+
+    if not settings.api_keys:
+        _drop_security_from_schema(app)
 
     # Outermost first: CORS answers preflights before anything else; the guard rejects before bodies are read.
     app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_upload_bytes, api_keys=settings.api_keys)

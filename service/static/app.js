@@ -1,0 +1,606 @@
+/*
+ * KeepFIT reference front end: plain JavaScript, no dependencies, no build step.
+ *
+ * Talks only to the KeepFIT service (same origin by default, or the API base set under "Connection
+ * settings", which needs the service's CORS to allow this page's origin).  Endpoints used:
+ *   GET  readyz                       model version, index state (public)
+ *   GET  v1/categories                default category set per modality
+ *   POST v1/classify  (multipart)     image + modality + categories + explain=true -> predictions, heat maps,
+ *                                     ranked expert descriptions
+ *   POST v1/search    (JSON)          text -> images;  (multipart) image -> images
+ *   GET  v1/images/{id}[?size=256]    result images (URLs come with the search hits)
+ * Errors arrive as {"error": {"code", "message"}} and are shown as they are, with a plain-language title.
+ * The API key (when the service has keys) is entered once and kept in sessionStorage for this tab's session.
+ */
+(() => {
+  'use strict';
+
+  const KEY_STORE = 'keepfit.apiKey';
+  const BASE_STORE = 'keepfit.apiBase';
+  const PREVIEW_MAX_SIDE = 1024; // the preview is downscaled in the browser; the original is what gets sent
+  const EXPLAIN_TOP = 3;
+  const SEARCH_TOP_K = 24;
+  const REQUEST_TIMEOUT_MS = 120000;
+
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, attrs = {}, ...children) => {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === 'class') node.className = v;
+      else if (k === 'text') node.textContent = v;
+      else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v);
+    }
+    for (const child of children) if (child != null) node.append(child);
+    return node;
+  };
+
+  const state = {
+    base: '',
+    key: '',
+    defaults: {},          // modality -> default categories (GET v1/categories)
+    custom: null,          // the edited category list, or null: use the modality's defaults
+    detected: null,        // modality the service used for the last result
+    file: null,            // the image being diagnosed
+    result: null,          // last classify response
+    selected: 0,           // which explanation is shown
+    xhr: null,             // the classify upload in flight (aborted by a newer one)
+    searchSeq: 0,          // newest search wins
+    ready: false,
+  };
+
+  // ------------------------------------------------------------------------------------------ connection
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  function endpoint(path) {
+    // same origin: relative to the page, so a service behind a path prefix works too
+    return state.base ? `${state.base}/${path}` : path;
+  }
+
+  function headers(extra = {}) {
+    return state.key ? { ...extra, 'X-API-Key': state.key } : extra;
+  }
+
+  function parseError(status, text, statusText) {
+    let body = null;
+    try { body = JSON.parse(text); } catch (_) { /* not JSON: a proxy's page, say */ }
+    const err = body && body.error;
+    if (err && err.code) {
+      let message = err.message || '';
+      if (Array.isArray(err.details) && err.details.length) {
+        message += ` (${err.details.map((d) => `${d.field}: ${d.message}`).join('; ')})`;
+      }
+      return new ApiError(status, err.code, message);
+    }
+    const fallback = status === 503 ? 'not_ready' : `http_${status}`;
+    return new ApiError(status, fallback, (text || statusText || '').trim().slice(0, 200) || `HTTP ${status}`);
+  }
+
+  function networkError() {
+    const where = state.base || window.location.origin;
+    return new ApiError(0, 'network', `no answer from ${where} (is the service running, and does its CORS allow this page?)`);
+  }
+
+  async function api(path, { method = 'GET', json, form } = {}) {
+    const init = { method, headers: headers(), credentials: 'omit', referrerPolicy: 'no-referrer' };
+    if (json !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(json);
+    } else if (form) {
+      init.body = form;
+    }
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+    init.signal = controller.signal;
+    let response;
+    try {
+      response = await fetch(endpoint(path), init);
+    } catch (_) {
+      throw networkError();
+    } finally {
+      clearTimeout(timer);
+    }
+    const text = await response.text();
+    if (!response.ok) throw parseError(response.status, text, response.statusText);
+    return text ? JSON.parse(text) : null;
+  }
+
+  /** multipart POST with upload progress (fetch cannot report it); a newer call aborts an older one. */
+  function upload(path, form, onProgress) {
+    if (state.xhr) state.xhr.abort();
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      state.xhr = xhr;
+      xhr.open('POST', endpoint(path));
+      xhr.timeout = REQUEST_TIMEOUT_MS;
+      for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+      xhr.upload.onload = () => onProgress(1);
+      xhr.onload = () => {
+        if (state.xhr === xhr) state.xhr = null;
+        if (xhr.status >= 200 && xhr.status < 300) {
+          try { resolve(JSON.parse(xhr.responseText)); } catch (e) { reject(new ApiError(xhr.status, 'bad_response', 'the service sent an unreadable answer')); }
+        } else {
+          reject(parseError(xhr.status, xhr.responseText, xhr.statusText));
+        }
+      };
+      xhr.onerror = () => { if (state.xhr === xhr) state.xhr = null; reject(networkError()); };
+      xhr.ontimeout = () => { if (state.xhr === xhr) state.xhr = null; reject(new ApiError(0, 'timeout', `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`)); };
+      xhr.onabort = () => reject(new ApiError(0, 'aborted', 'replaced by a newer request'));
+      xhr.send(form);
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------- messages
+  const TITLES = {
+    invalid_image: 'This file could not be read as an image.',
+    unsupported_media_type: 'This file type is not supported (use JPEG, PNG or TIFF).',
+    payload_too_large: 'The file is too large for the service.',
+    image_too_large: 'The image has too many pixels for the service.',
+    unauthorized: 'The service needs a valid API key.',
+    not_ready: 'The service is not ready yet.',
+    no_index: 'Image search is not available.',
+    index_empty: 'The image archive is empty.',
+    index_mismatch: 'The image archive does not match the model.',
+    invalid_request: 'The request was rejected.',
+    not_found: 'Not found.',
+    artifact_unavailable: 'The model is not available.',
+    network: 'The service cannot be reached.',
+    timeout: 'The service took too long to answer.',
+  };
+
+  function showMessage(title, text, kind = 'error') {
+    const box = $('message');
+    box.className = kind === 'info' ? 'message info' : 'message';
+    $('message-title').textContent = title;
+    $('message-text').textContent = text || '';
+    box.dataset.code = kind;
+    box.hidden = false;
+  }
+
+  function showError(err, context) {
+    if (err && err.code === 'aborted') return;
+    const code = (err && err.code) || 'error';
+    const title = TITLES[code] || (context ? `${context} failed.` : 'Something went wrong.');
+    showMessage(title, err && err.message ? err.message : String(err));
+    $('message').dataset.code = code;
+    $('message').dataset.status = err && err.status != null ? String(err.status) : '';
+    if (code === 'unauthorized') {
+      $('settings').open = true;
+      $('api-key').focus();
+    }
+  }
+
+  function clearMessage() {
+    $('message').hidden = true;
+  }
+
+  // ---------------------------------------------------------------------------------------- start-up
+  async function connect() {
+    const status = $('service-status');
+    status.classList.remove('bad');
+    status.textContent = 'Connecting to the service…';
+    $('docs-link').href = endpoint('docs');
+    state.ready = false;
+    try {
+      const ready = await api('readyz');
+      const art = ready.artifact;
+      const idx = ready.index;
+      const index = idx.loaded ? `${idx.count} indexed images` : 'no image archive loaded';
+      status.textContent = `Model ${art.name} (${art.version}) · ${index}`;
+      state.ready = true;
+    } catch (err) {
+      status.classList.add('bad');
+      status.textContent = err.code === 'network' ? 'Service not reachable' : 'Service not ready';
+      showError(err, 'Connecting');
+      return;
+    }
+    try {
+      const cats = await api('v1/categories');
+      state.defaults = cats.modalities || {};
+      const names = new Set();
+      Object.values(state.defaults).forEach((list) => list.forEach((n) => names.add(n)));
+      Object.values(cats.tasks || {}).forEach((t) => t.categories.forEach((n) => names.add(n)));
+      $('category-suggestions').replaceChildren(...[...names].sort().map((n) => el('option', { value: n })));
+      renderCategories();
+    } catch (err) {
+      showError(err, 'Loading the categories');
+    }
+  }
+
+  function loadSettings() {
+    const params = new URLSearchParams(window.location.search);
+    const fromUrl = params.get('api');
+    if (fromUrl) localStorage.setItem(BASE_STORE, fromUrl);
+    state.base = (localStorage.getItem(BASE_STORE) || '').trim().replace(/\/+$/, '');
+    state.key = sessionStorage.getItem(KEY_STORE) || '';
+    $('api-base').value = state.base;
+    $('api-key').value = state.key;
+  }
+
+  function saveSettings(event) {
+    event.preventDefault();
+    const base = $('api-base').value.trim().replace(/\/+$/, '');
+    if (base && !/^https?:\/\//i.test(base)) {
+      showMessage('The API base must start with http:// or https://', base);
+      return;
+    }
+    state.base = base;
+    state.key = $('api-key').value.trim();
+    if (base) localStorage.setItem(BASE_STORE, base); else localStorage.removeItem(BASE_STORE);
+    if (state.key) sessionStorage.setItem(KEY_STORE, state.key); else sessionStorage.removeItem(KEY_STORE);
+    clearMessage();
+    $('settings').open = false;
+    connect();
+  }
+
+  // -------------------------------------------------------------------------------------------- categories
+  function shownModality() {
+    const chosen = $('modality').value;
+    return chosen !== 'auto' ? chosen : state.detected;
+  }
+
+  function currentCategories() {
+    if (state.custom) return state.custom;
+    const mod = shownModality();
+    return (mod && state.defaults[mod]) || [];
+  }
+
+  function renderCategories() {
+    const list = currentCategories();
+    const mod = shownModality();
+    $('categories-mode').textContent = state.custom
+      ? '(your list)'
+      : mod ? `(defaults for ${mod})` : '(the detected modality\'s defaults)';
+    $('category-list').replaceChildren(...list.map((name) => el('li', {},
+      el('span', { text: name }),
+      el('button', { type: 'button', 'aria-label': `remove ${name}`, title: 'remove', text: '×', onclick: () => removeCategory(name) }))));
+  }
+
+  function editable() {
+    if (!state.custom) state.custom = [...currentCategories()];
+    return state.custom;
+  }
+
+  function addCategory() {
+    const input = $('category-input');
+    const name = input.value.replace(/\s+/g, ' ').trim();
+    if (!name) return;
+    const list = editable();
+    if (!list.some((c) => c.toLowerCase() === name.toLowerCase())) list.push(name);
+    input.value = '';
+    renderCategories();
+    categoriesChanged();
+  }
+
+  function removeCategory(name) {
+    state.custom = editable().filter((c) => c !== name);
+    renderCategories();
+    categoriesChanged();
+  }
+
+  function resetCategories() {
+    state.custom = null;
+    renderCategories();
+    categoriesChanged();
+  }
+
+  function categoriesChanged() {
+    $('classify-again').disabled = !state.file;
+  }
+
+  // ------------------------------------------------------------------------------------------- diagnosis
+  function setProgress(fraction, text, busy = false) {
+    const box = $('progress');
+    box.hidden = fraction === null;
+    box.classList.toggle('busy', busy);
+    if (fraction !== null) $('progress-bar').style.width = `${Math.round(fraction * 100)}%`;
+    if (text) $('progress-text').textContent = text;
+  }
+
+  async function drawPreview(file) {
+    // createImageBitmap decodes off the main thread; the page stays responsive for large photographs.
+    const canvas = $('preview');
+    const ctx = canvas.getContext('2d');
+    let full = null;
+    try {
+      full = await createImageBitmap(file);
+      const scale = Math.min(1, PREVIEW_MAX_SIDE / Math.max(full.width, full.height));
+      const w = Math.max(1, Math.round(full.width * scale));
+      const h = Math.max(1, Math.round(full.height * scale));
+      const bitmap = scale < 1
+        ? await createImageBitmap(full, { resizeWidth: w, resizeHeight: h, resizeQuality: 'high' })
+        : full;
+      canvas.width = w;
+      canvas.height = h;
+      ctx.drawImage(bitmap, 0, 0);
+      if (bitmap !== full) bitmap.close();
+      canvas.dataset.preview = 'image';
+      return true;
+    } catch (_) {
+      // TIFF or DICOM: browsers cannot show them; the heat map is still drawn over a placeholder
+      canvas.width = 512;
+      canvas.height = 512;
+      ctx.fillStyle = '#222';
+      ctx.fillRect(0, 0, 512, 512);
+      ctx.fillStyle = '#bbb';
+      ctx.font = '20px system-ui, sans-serif';
+      ctx.fillText('No preview for this file format', 110, 256);
+      canvas.dataset.preview = 'placeholder';
+      return false;
+    } finally {
+      if (full) full.close();
+    }
+  }
+
+  function fitPlaceholder(width, height) {
+    // once the service reports the image's size, give the placeholder the right shape
+    const canvas = $('preview');
+    if (canvas.dataset.preview !== 'placeholder' || !width || !height) return;
+    const scale = 512 / Math.max(width, height);
+    canvas.width = Math.round(width * scale);
+    canvas.height = Math.round(height * scale);
+    const ctx = canvas.getContext('2d');
+    ctx.fillStyle = '#222';
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+  }
+
+  function chooseFile(file) {
+    if (!file) return;
+    clearMessage();
+    if (file.size === 0) {
+      showMessage(TITLES.invalid_image, `${file.name} is empty (0 bytes).`);
+      return;
+    }
+    state.file = file;
+    state.result = null;
+    $('result').hidden = false;
+    $('overlay').hidden = true;
+    $('peak').hidden = true;
+    $('predictions').replaceChildren();
+    $('descriptions').replaceChildren();
+    $('modality-result').textContent = '';
+    $('timings').textContent = '';
+    $('find-similar').disabled = false;
+    drawPreview(file);
+    classify();
+  }
+
+  async function classify() {
+    if (!state.file) return;
+    clearMessage();
+    const form = new FormData();
+    form.append('image', state.file, state.file.name || 'image');
+    form.append('modality', $('modality').value);
+    if (state.custom) state.custom.forEach((c) => form.append('categories', c));
+    form.append('explain', 'true');
+    form.append('explain_top', String(EXPLAIN_TOP));
+    document.body.dataset.busy = 'classify';
+    $('classify-again').disabled = true;
+    setProgress(0, `Uploading ${(state.file.size / 1048576).toFixed(1)} MB…`);
+    try {
+      const result = await upload('v1/classify', form, (f) => {
+        if (f < 1) setProgress(f, `Uploading… ${Math.round(f * 100)}%`);
+        else setProgress(1, 'Analysing…', true);
+      });
+      state.result = result;
+      state.detected = result.modality.used;
+      state.selected = 0;
+      renderResult();
+      renderCategories();
+    } catch (err) {
+      if (err.code !== 'aborted') {
+        showError(err, 'Diagnosis');
+        $('result').hidden = !state.result;
+      }
+    } finally {
+      if (!state.xhr) {
+        setProgress(null);
+        delete document.body.dataset.busy;
+      }
+      $('classify-again').disabled = !state.file;
+    }
+  }
+
+  function pct(p) {
+    return p >= 0.995 ? '>99%' : p < 0.005 ? '<1%' : `${Math.round(p * 100)}%`;
+  }
+
+  function renderResult() {
+    const r = state.result;
+    const m = r.modality;
+    $('modality-result').textContent = m.requested === 'auto'
+      ? `Modality: ${m.used} (detected, ${pct(m.confidence || 0)} sure)`
+      : `Modality: ${m.used} (as selected)`;
+    const explained = new Map((r.explanations || []).map((e, i) => [e.label, i]));
+    $('predictions').replaceChildren(...r.predictions.map((p) => {
+      const idx = explained.get(p.label);
+      const li = el('li', { title: p.known ? p.canonical : `${p.label} (not in the knowledge base: prompted with its name)` },
+        el('span', { class: 'name' }, p.label, idx !== undefined ? el('span', { class: 'hm', text: 'heat map' }) : null),
+        el('span', { class: 'pct', text: pct(p.probability) }),
+        el('span', { class: 'track' }, el('span', { class: 'fill', style: `width:${(p.probability * 100).toFixed(1)}%` })));
+      if (idx !== undefined) {
+        li.classList.add('explained');
+        li.dataset.explanation = String(idx);
+        li.tabIndex = 0;
+        li.addEventListener('click', () => selectExplanation(idx));
+        li.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); selectExplanation(idx); } });
+      }
+      return li;
+    }));
+    fitPlaceholder(r.image && r.image.width, r.image && r.image.height);
+    const t = r.timings_ms || {};
+    const parts = [`model ${r.model_version}`, `${Math.round(t.total || 0)} ms`];
+    if (t.explain != null) parts.push(`heat maps ${Math.round(t.explain)} ms`);
+    if (r.cached) parts.push('from cache');
+    $('timings').textContent = parts.join(' · ');
+    selectExplanation(0);
+  }
+
+  function selectExplanation(i) {
+    const r = state.result;
+    const list = (r && r.explanations) || [];
+    const e = list[i];
+    state.selected = i;
+    document.querySelectorAll('#predictions li').forEach((li) => {
+      li.classList.toggle('selected', li.dataset.explanation === String(i));
+    });
+    const overlay = $('overlay');
+    const peakMark = $('peak');
+    if (!e) {
+      overlay.hidden = true;
+      peakMark.hidden = true;
+      $('overlay-label').textContent = 'no heat map in this answer';
+      $('descriptions-for').textContent = '';
+      $('descriptions').replaceChildren();
+      return;
+    }
+    const hm = e.heatmap;
+    overlay.src = hm.png;
+    overlay.alt = `heat map for ${e.label}`;
+    const [w, h] = hm.image_size;
+    peakMark.style.left = `${(100 * (hm.peak.x + 0.5)) / w}%`;
+    peakMark.style.top = `${(100 * (hm.peak.y + 0.5)) / h}%`;
+    applyOverlay();
+    $('overlay-label').textContent = `evidence for “${e.label}”`;
+    $('descriptions-for').textContent = `for ${e.label}`;
+    $('descriptions').replaceChildren(...e.descriptions.map((d) => el('li', {},
+      el('span', { text: d.text }), el('span', { class: 'sim', text: `similarity ${d.similarity.toFixed(3)}` }))));
+  }
+
+  function applyOverlay() {
+    const on = $('overlay-toggle').checked;
+    const hasMap = !!(state.result && state.result.explanations && state.result.explanations.length);
+    $('overlay').hidden = !on || !hasMap;
+    $('peak').hidden = !on || !hasMap;
+    $('overlay').style.opacity = String(Number($('overlay-opacity').value) / 100);
+  }
+
+  // ---------------------------------------------------------------------------------------------- search
+  async function runSearch(request, describe) {
+    const seq = ++state.searchSeq;
+    clearMessage();
+    $('search-info').textContent = 'Searching…';
+    document.body.dataset.busy = 'search';
+    try {
+      const res = await request();
+      if (seq !== state.searchSeq) return;
+      renderHits(res);
+      describe();
+    } catch (err) {
+      if (seq !== state.searchSeq) return;
+      $('search-info').textContent = '';
+      showError(err, 'Search');
+    } finally {
+      if (seq === state.searchSeq) delete document.body.dataset.busy;
+    }
+  }
+
+  function searchText(event) {
+    event.preventDefault();
+    const query = $('search-query').value.trim();
+    if (!query) return;
+    const body = { query, top_k: SEARCH_TOP_K };
+    const modality = $('search-modality').value;
+    if (modality) body.modality = modality;
+    $('search-query-image').hidden = true;
+    runSearch(() => api('v1/search', { method: 'POST', json: body }), () => {});
+  }
+
+  function searchByImage(blob, name, caption, thumbSrc) {
+    const form = new FormData();
+    form.append('image', blob, name);
+    form.append('top_k', String(SEARCH_TOP_K));
+    const modality = $('search-modality').value;
+    if (modality) form.append('modality', modality);
+    runSearch(() => api('v1/search', { method: 'POST', form }), () => {
+      const box = $('search-query-image');
+      box.replaceChildren(
+        thumbSrc ? el('img', { src: thumbSrc, alt: '' }) : null,
+        el('span', { text: `Images similar to ${caption}` }));
+      box.hidden = false;
+      $('search').scrollIntoView({ behavior: 'smooth', block: 'start' });
+    });
+  }
+
+  async function similarToHit(hit) {
+    clearMessage();
+    $('search-info').textContent = 'Fetching the image…';
+    let blob;
+    try {
+      const res = await fetch(hit.image_url, { headers: headers(), credentials: 'omit', referrerPolicy: 'no-referrer' });
+      if (!res.ok) throw parseError(res.status, await res.text(), res.statusText);
+      blob = await res.blob();
+    } catch (err) {
+      $('search-info').textContent = '';
+      showError(err instanceof ApiError ? err : networkError(), 'Fetching the image');
+      return;
+    }
+    searchByImage(blob, `image-${hit.id}`, `image #${hit.id}${hit.labels.length ? ` (${hit.labels.join(', ')})` : ''}`, hit.thumbnail_url);
+  }
+
+  function renderHits(res) {
+    const hits = res.hits || [];
+    $('search-info').textContent = `${hits.length} of ${res.index_count} images` +
+      (res.modality ? ` (${res.modality} only)` : '') + (res.cached ? ' · from cache' : '') +
+      ` · ${Math.round((res.timings_ms || {}).total || 0)} ms. Click an image to find similar ones.`;
+    $('search-results').replaceChildren(...hits.map((hit) => el('li', {},
+      el('button', { type: 'button', 'data-id': String(hit.id), title: hit.caption || '', onclick: () => similarToHit(hit) },
+        el('img', { src: hit.thumbnail_url, alt: hit.caption || `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),
+        el('span', { class: 'meta' },
+          el('span', { class: 'score', text: `score ${hit.score.toFixed(3)}` }),
+          el('span', { text: hit.modality || '' }),
+          el('span', { class: 'labels', text: hit.labels.join(', ') || 'no labels' }))))));
+  }
+
+  // ------------------------------------------------------------------------------------------------ wiring
+  function wire() {
+    const zone = $('drop-zone');
+    const input = $('file-input');
+    zone.addEventListener('click', () => input.click());
+    zone.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); input.click(); } });
+    input.addEventListener('change', () => { chooseFile(input.files[0]); input.value = ''; });
+    ['dragenter', 'dragover'].forEach((t) => zone.addEventListener(t, (e) => { e.preventDefault(); zone.classList.add('over'); }));
+    ['dragleave', 'drop'].forEach((t) => zone.addEventListener(t, () => zone.classList.remove('over')));
+    zone.addEventListener('drop', (e) => {
+      e.preventDefault();
+      const file = e.dataTransfer && e.dataTransfer.files[0];
+      if (file) chooseFile(file);
+    });
+    // a file dropped anywhere else must not make the browser navigate away from the page
+    window.addEventListener('dragover', (e) => e.preventDefault());
+    window.addEventListener('drop', (e) => e.preventDefault());
+
+    $('modality').addEventListener('change', () => { renderCategories(); categoriesChanged(); });
+    $('category-add').addEventListener('click', addCategory);
+    $('category-input').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); addCategory(); } });
+    $('category-reset').addEventListener('click', resetCategories);
+    $('classify-again').addEventListener('click', classify);
+    $('find-similar').addEventListener('click', () => {
+      if (state.file) searchByImage(state.file, state.file.name || 'image', 'your image', null);
+    });
+    $('overlay-toggle').addEventListener('change', applyOverlay);
+    $('overlay-opacity').addEventListener('input', applyOverlay);
+    $('search-form').addEventListener('submit', searchText);
+    $('settings-form').addEventListener('submit', saveSettings);
+    $('forget-key').addEventListener('click', () => {
+      sessionStorage.removeItem(KEY_STORE);
+      state.key = '';
+      $('api-key').value = '';
+    });
+    $('message-close').addEventListener('click', clearMessage);
+  }
+
+  document.addEventListener('DOMContentLoaded', () => {
+    wire();
+    loadSettings();
+    renderCategories();
+    connect();
+  });
+})();
