@@ -1,0 +1,6 @@
+"""Build, search and maintain FAISS indexes of eye-image archives (DESIGN section 6).
+
+``index.store`` is the torch-free read side the service uses (:class:`~index.store.VectorIndex`);
+``index.build`` writes generations (build / add / remove / reindex) and ``index.cli`` is ``keepfit index``.
+Nothing is imported here so that ``import index`` touches neither faiss nor the runtime.
+"""

@@ -1,0 +1,241 @@
+"""``keepfit index bench``: exact against approximate search over N synthetic unit vectors.
+
+The vectors are a mixture of Gaussian clusters projected onto the unit sphere (``clustered``, the default),
+because embeddings of real archives cluster by modality, device and disease; the queries are fresh draws from
+the same mixture, never stored vectors.  ``uniform`` vectors (no structure at all) are the worst case for any
+approximate index and are offered to show it: in 512 dimensions every point is about equally far from every
+other one, so "nearest" carries almost no information and IVF/HNSW recall collapses at the same settings.
+
+Reported: recall@k of the approximate index against exact search, p50/p99 single-query latency of each (one
+query per call, as a service issues them), build time and memory (estimated size of each index and the process's
+resident memory growth while it was built).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.ann import AnnSpec, BuiltIndex, build_index, memory_bytes, recall_at_k
+
+logger = logging.getLogger(__name__)
+
+DISTRIBUTIONS = ("clustered", "uniform")
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    distribution: str = "clustered"
+    clusters: int | None = None  # default: one per 100 vectors
+    spread: float = 0.5  # cluster radius relative to the distance of cluster centres from the origin
+    intrinsic_dim: int = 32  # the clusters live in a random subspace of this dimension...
+    noise: float = 0.1  # ...plus isotropic noise of this norm in all dimensions
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A drawn mixture: latent cluster centres ``[K, r]`` and the orthonormal basis ``[r, dim]`` they live in."""
+
+    latent: np.ndarray
+    basis: np.ndarray
+
+
+def synthetic_vectors(
+    n: int, dim: int, spec: SyntheticSpec, seed: int, mixture: Mixture | None = None, chunk: int = 65_536
+) -> tuple[np.ndarray, Mixture | None]:
+    """``(vectors [n, dim] float32 unit, the mixture or None)``, generated in chunks to bound memory.
+
+    Pass the mixture of a first call to draw queries from the same distribution as the stored vectors.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    if spec.distribution == "uniform":
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            out[start:stop] = _unit(rng.standard_normal((stop - start, dim), dtype=np.float32))
+        return out, None
+    if spec.distribution != "clustered":
+        raise ValueError(
+            f"unknown distribution {spec.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}"
+        )
+    if mixture is None:
+        r = min(spec.intrinsic_dim, dim)
+        k = spec.clusters or max(1, n // 100)
+        basis = np.linalg.qr(rng.standard_normal((dim, r)))[0].T.astype(
+            np.float32
+        )  # [r, dim], orthonormal rows
+        mixture = Mixture(latent=rng.standard_normal((k, r), dtype=np.float32), basis=basis)
+    k, r = mixture.latent.shape
+    spread, noise = np.float32(spec.spread), np.float32(spec.noise / np.sqrt(dim))
+    for start in range(0, n, chunk):
+        b = min(n, start + chunk) - start
+        z = mixture.latent[rng.integers(0, k, size=b)] + spread * rng.standard_normal(
+            (b, r), dtype=np.float32
+        )
+        x = _unit(z @ mixture.basis)  # [b, dim] on the r-dimensional great sphere
+        x += noise * rng.standard_normal((b, dim), dtype=np.float32)  # off it, in every dimension
+        out[start : start + b] = _unit(x)
+    return out, mixture
+
+
+LID_K = 20
+
+
+def local_intrinsic_dim(sims: np.ndarray) -> float:
+    """Median maximum-likelihood local intrinsic dimensionality (Levina & Bickel; Amsaleg et al.) from each
+    query's cosine similarities to its nearest stored vectors, ``[Q, k]`` best first: the usual measure of how
+    hard a data set is for approximate search (uniform 512-d vectors: ~130; embeddings of real archives: ~16)."""
+    d = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.asarray(sims, dtype=np.float64))) + 1e-12  # [Q, k] distances
+    ratios = np.log(d[:, :-1] / d[:, -1:])  # [Q, k-1]
+    mean = ratios.mean(axis=1)
+    return float(np.median(-1.0 / np.minimum(mean, -1e-12)))
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _peak_rss_bytes() -> int:
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if platform.system() == "Darwin" else peak * 1024)
+
+
+def _latencies_ms(index: faiss.Index, queries: np.ndarray, k: int, params: Any) -> np.ndarray:
+    times = np.empty(len(queries))
+    for i in range(len(queries)):
+        q = queries[i : i + 1]
+        start = time.perf_counter()
+        index.search(q, k, params=params)
+        times[i] = (time.perf_counter() - start) * 1000.0
+    return times
+
+
+def run_bench(
+    n: int,
+    dim: int = 512,
+    k: int = 10,
+    queries: int = 200,
+    latency_queries: int = 200,
+    approx: str = "ivf",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    hnsw_m: int = 32,
+    ef_search: int | None = None,
+    target_recall: float = 0.97,
+    synthetic: SyntheticSpec | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build both indexes over the same vectors and measure them; returns the figures as a dict."""
+    synthetic = synthetic or SyntheticSpec()
+    say = logger.info if progress else logger.debug
+    say("generating %d %s vectors of dimension %d", n, synthetic.distribution, dim)
+    x, mixture = synthetic_vectors(n, dim, synthetic, seed)
+    q, _ = synthetic_vectors(max(queries, latency_queries), dim, synthetic, seed + 1, mixture=mixture)
+    ids = np.arange(n, dtype=np.int64)
+
+    results: dict[str, Any] = {
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "queries": queries,
+        "latency_queries": latency_queries,
+        "distribution": synthetic.distribution,
+        "clusters": None if mixture is None else len(mixture.latent),
+        "intrinsic_dim": None if mixture is None else mixture.basis.shape[0],
+        "spread": None if mixture is None else synthetic.spread,
+        "noise": None if mixture is None else synthetic.noise,
+        "faiss": faiss.__version__,
+        "omp_threads": faiss.omp_get_max_threads(),
+        "cpus": os.cpu_count(),
+    }
+    built: dict[str, BuiltIndex] = {}
+    for name, spec in (
+        ("exact", AnnSpec(kind="flat")),
+        (
+            approx,
+            AnnSpec(
+                kind=approx,
+                nlist=nlist,
+                nprobe=nprobe,
+                hnsw_m=hnsw_m,
+                ef_search=ef_search,
+                target_recall=target_recall,
+                seed=seed,
+            ),
+        ),
+    ):
+        say("building the %s index", name)
+        before = _rss_bytes()
+        b = build_index(x, ids, spec)
+        built[name] = b
+        results[name] = {
+            "type": b.kind,
+            "params": {key: v for key, v in b.params.items() if key != "dim"},
+            "build_s": round(b.build_seconds, 2),
+            "index_mb": round(memory_bytes(b.index, b.kind, b.params) / 2**20, 1),
+            "rss_growth_mb": round((_rss_bytes() - before) / 2**20, 1),
+        }
+        if b.tuned_recall is not None:
+            results[name]["tuned_recall_on_stored"] = round(b.tuned_recall, 4)
+
+    from index.ann import search_params
+
+    exact, ann = built["exact"], built[approx]
+    say("exact ground truth for %d queries", queries)
+    sims, truth = exact.index.search(q[:queries], max(k, LID_K))
+    results["lid"] = round(local_intrinsic_dim(sims), 1)
+    truth = truth[:, :k]
+    _, found = ann.index.search(q[:queries], k, params=search_params(ann.kind, ann.params))
+    results["recall_at_k"] = round(recall_at_k(np.asarray(found), np.asarray(truth)), 4)
+    say("single-query latency over %d queries", latency_queries)
+    for name, b in built.items():
+        lat = _latencies_ms(b.index, q[:latency_queries], k, search_params(b.kind, b.params))
+        results[name]["p50_ms"] = round(float(np.percentile(lat, 50)), 3)
+        results[name]["p99_ms"] = round(float(np.percentile(lat, 99)), 3)
+    results["speedup_p50"] = round(results["exact"]["p50_ms"] / max(results[approx]["p50_ms"], 1e-9), 1)
+    results["peak_rss_mb"] = round(_peak_rss_bytes() / 2**20, 1)
+    return results
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items() if k != "trained_on")
+
+
+def format_report(r: dict[str, Any], approx: str) -> str:
+    a, e = r[approx], r["exact"]
+    structure = f"{r['distribution']}" + (
+        f", {r['clusters']} clusters in {r['intrinsic_dim']} dims, spread {r['spread']}, noise {r['noise']}"
+        if r["clusters"]
+        else ""
+    )
+    lines = [
+        f"index bench: N={r['n']:,} dim={r['dim']} ({structure}); {r['queries']} queries for recall, "
+        f"{r['latency_queries']} single queries for latency; faiss {r['faiss']}, {r['omp_threads']} OpenMP threads",
+        f"{'index':<8} {'params':<28} {'build s':>8} {'index MB':>9} {'p50 ms':>8} {'p99 ms':>8}",
+        f"{'exact':<8} {'flat inner product':<28} {e['build_s']:>8.2f} {e['index_mb']:>9.1f} "
+        f"{e['p50_ms']:>8.3f} {e['p99_ms']:>8.3f}",
+        f"{approx:<8} {_params(a['params']):<28} "
+        f"{a['build_s']:>8.2f} {a['index_mb']:>9.1f} {a['p50_ms']:>8.3f} {a['p99_ms']:>8.3f}",
+        f"recall@{r['k']} of {approx} against exact: {r['recall_at_k']:.4f}; p50 speed-up x{r['speedup_p50']}; "
+        f"peak RSS {r['peak_rss_mb']:,.0f} MB; local intrinsic dimensionality of the data {r['lid']}",
+    ]
+    return "\n".join(lines)

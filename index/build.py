@@ -1,0 +1,621 @@
+"""Building and maintaining an index directory: build, add, remove, reindex.
+
+Every operation reads the current generation (if any), computes the next one in memory and on the side, and
+commits it with one rename (:mod:`index.writer`).  Embedding, the long part, is resumable: the single-process
+path writes each finished chunk of rows under ``<index>/.work-<plan>/`` and a re-run of the same command on the
+same inputs with the same artifact skips the chunks already there.
+
+Duplicate images (same SHA-256) are stored once: within one input the first occurrence is kept and the labels of
+the others are merged into it; an image already in the index is not added again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from index.ann import AnnSpec, BuiltIndex, build_index, empty_index
+from index.distributed import RayOptions, embed_with_ray
+from index.embed import Embedded, embed_items, failure_summary
+from index.sources import ImageItem, SourceSet
+from index.store import GENERATION_FILE, MANIFEST, Record, VectorIndex, now_iso, read_manifest
+from index.writer import (
+    LOCK,
+    append_history,
+    generation_name,
+    locked,
+    new_token,
+    write_generation,
+    write_metadata,
+)
+from model.artifact import Artifact, load_artifact
+from model.errors import DataError, IndexMismatchError, IndexStoreError, NotFoundError
+
+if TYPE_CHECKING:
+    from model.runtime import KeepfitRuntime
+
+logger = logging.getLogger(__name__)
+
+WORK_PREFIX = ".work-"
+
+
+@dataclass
+class EmbedOptions:
+    batch_size: int = 32
+    chunk_size: int = 512  # images per resumable chunk
+    detect_modality: bool = True
+    resume: bool = True
+    progress: bool = True
+    ray: RayOptions | None = None  # None: embed in this process
+    intra_op_threads: int | None = None
+
+
+@dataclass
+class Report:
+    """What an operation did, for the summary printed at the end."""
+
+    directory: Path
+    operation: str
+    count: int = 0  # records in the index afterwards
+    inputs: int = 0
+    added: int = 0
+    duplicates: int = 0  # images repeated within the input (stored once)
+    already_indexed: int = 0  # images whose SHA-256 the index already held
+    removed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
+    skipped_examples: list[str] = field(default_factory=list)
+    detected_modality: int = 0
+    resumed: int = 0  # inputs whose embeddings came from a previous interrupted run
+    index_type: str = ""
+    index_params: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    generation: int = 0
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self.index_params.items() if k not in ("dim", "trained_on"))
+        kind = f"{self.index_type} ({shown})" if shown else self.index_type
+        parts = [
+            f"{self.operation}: index {self.directory} now holds {self.count} images; {kind} search; "
+            f"generation {self.generation}; {self.seconds:.1f} s"
+        ]
+        if self.inputs:
+            parts.append(
+                f"inputs {self.inputs}: added {self.added}, duplicates stored once {self.duplicates}, "
+                f"already indexed {self.already_indexed}, skipped {sum(self.skipped.values())}"
+            )
+        if self.resumed:
+            parts.append(f"resumed: {self.resumed} embeddings reused from an interrupted run")
+        if self.detected_modality:
+            parts.append(f"modality detected by the model for {self.detected_modality} images")
+        for reason, n in self.skipped.most_common():
+            parts.append(f"skipped {n}: {reason}")
+        for example in self.skipped_examples:
+            parts.append(f"  {example}")
+        if self.removed:
+            parts.append(f"removed {self.removed}")
+        return "\n".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["directory"] = str(self.directory)
+        out["skipped"] = dict(self.skipped)
+        return out
+
+
+# --------------------------------------------------------------------------------------------- embedding
+def plan_key(artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptions, operation: str) -> str:
+    """What a resumable run's chunks depend on: the artifact, the items in order and the chunking."""
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality]).encode()
+    )
+    for it in items:
+        digest.update(f"\0{it.source}\0{it.modality or ''}".encode())
+    return digest.hexdigest()[:16]
+
+
+def embed(
+    directory: Path,
+    artifact: Artifact,
+    items: Sequence[ImageItem],
+    options: EmbedOptions,
+    operation: str,
+    runtime: KeepfitRuntime | None = None,
+) -> tuple[Embedded, int, Path | None]:
+    """Rows for ``items`` (sorted by seq), the number reused from an earlier run, and the work dir to remove."""
+    if options.ray is not None:
+        rows = embed_with_ray(
+            artifact.path,
+            items,
+            artifact.embed_dim,
+            detect_modality=options.detect_modality,
+            batch_size=options.batch_size,
+            options=options.ray,
+            progress=options.progress,
+        )
+        return rows, 0, None
+    work = directory / f"{WORK_PREFIX}{plan_key(artifact, items, options, operation)}"
+    for stale in directory.glob(f"{WORK_PREFIX}*"):
+        if stale != work:
+            logger.info("removing %s: left by an interrupted run over other inputs", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    if not options.resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if runtime is None:
+        from model.runtime import KeepfitRuntime
+
+        runtime = KeepfitRuntime(artifact, intra_op_threads=options.intra_op_threads)
+    parts, reused = [], 0
+    size = max(1, options.chunk_size)
+    with tqdm(total=len(items), unit="img", desc="embedding", disable=not options.progress) as bar:
+        for number, start in enumerate(range(0, len(items), size)):
+            chunk = items[start : start + size]
+            file = work / f"chunk-{number:06d}.npz"
+            part = None
+            if file.exists():
+                try:
+                    part = Embedded.load(file)
+                    reused += len(part)
+                except (OSError, ValueError, KeyError) as err:
+                    logger.warning("ignoring unreadable chunk %s: %s", file, err)
+            if part is None or len(part) != len(chunk):
+                part = embed_items(
+                    runtime, chunk, detect_modality=options.detect_modality, batch_size=options.batch_size
+                )
+                part.save(file)
+            parts.append(part)
+            bar.update(len(chunk))
+    if reused:
+        logger.info("resumed: reused %d embeddings from %s", reused, work)
+    return Embedded.concat(parts, artifact.embed_dim), reused, work
+
+
+# --------------------------------------------------------------------------------------------- assembly
+@dataclass
+class Assembled:
+    records: list[Record]
+    vectors: np.ndarray  # [n, D]
+    duplicates: int
+    already_indexed: int
+
+
+def relative_path(source: str, root: Path | None) -> str:
+    path = Path(source)
+    if root is not None and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return path.as_posix()
+
+
+def assemble(
+    rows: Embedded,
+    items: Sequence[ImageItem],
+    artifact: Artifact,
+    image_root: Path | None,
+    next_id: int,
+    existing: set[str],
+) -> Assembled:
+    """Successful rows -> records with ids from ``next_id`` on, in input order, one per distinct SHA-256."""
+    by_seq = {it.seq: it for it in items}
+    canonical = artifact.knowledge.canonical
+    order: list[str] = []
+    fields: dict[str, dict[str, Any]] = {}
+    vectors: dict[str, np.ndarray] = {}
+    duplicates = already = 0
+    for i in np.flatnonzero(rows.ok):
+        item = by_seq[int(rows.seq[i])]
+        sha = str(rows.sha256[i])
+        labels = [canonical(label) for label in item.labels]
+        if sha in existing:
+            already += 1
+            continue
+        if sha in fields:
+            duplicates += 1
+            merged = fields[sha]
+            merged["labels"] = list(dict.fromkeys([*merged["labels"], *labels]))
+            merged["caption"] = merged["caption"] or item.caption
+            continue
+        order.append(sha)
+        fields[sha] = {
+            "path": relative_path(item.source, image_root),
+            "modality": str(rows.modality[i]) or None,
+            "labels": list(dict.fromkeys(labels)),
+            "caption": item.caption,
+            "width": int(rows.width[i]),
+            "height": int(rows.height[i]),
+            "sha256": sha,
+        }
+        vectors[sha] = rows.vector[i]
+    records = [Record(id=next_id + n, **fields[sha]) for n, sha in enumerate(order)]
+    dim = rows.vector.shape[1]
+    matrix = np.stack([vectors[sha] for sha in order]) if order else np.zeros((0, dim), np.float32)
+    return Assembled(
+        records=records, vectors=matrix.astype(np.float32), duplicates=duplicates, already_indexed=already
+    )
+
+
+def _skips(rows: Embedded, report: Report, examples: int = 10) -> None:
+    report.skipped = failure_summary(rows)
+    bad = np.flatnonzero(~rows.ok)
+    report.skipped_examples = [f"{rows.reason[i]}: {rows.detail[i]}" for i in bad[:examples]]
+    if len(bad) > examples:
+        report.skipped_examples.append(f"... and {len(bad) - examples} more (see the log at DEBUG level)")
+    for i in bad:
+        logger.debug("skipped %s: %s", rows.reason[i], rows.detail[i])
+
+
+def _stats(metadata: Path) -> dict[str, Any]:
+    conn = sqlite3.connect(f"file:{metadata.resolve().as_posix()}?mode=ro", uri=True)
+    try:
+        modalities = conn.execute(
+            "SELECT coalesce(modality,''), count(*) FROM images GROUP BY 1 ORDER BY 2 DESC"
+        )
+        labels = conn.execute("SELECT label, count(*) FROM labels GROUP BY label ORDER BY 2 DESC, 1")
+        return {
+            "modalities": {m or "unknown": n for m, n in modalities.fetchall()},
+            "labels": {label: n for label, n in labels.fetchall()},
+        }
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------- commit
+def _commit(
+    directory: Path,
+    base_manifest: dict[str, Any],
+    built: BuiltIndex,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    new_records: Sequence[Record],
+    removed_ids: Sequence[int],
+    base_metadata: Path | None,
+    ann: AnnSpec,
+    history: dict[str, Any],
+) -> dict[str, Any]:
+    generation = int(base_manifest.get("generation", 0)) + 1
+    token = new_token(generation)
+    metadata = directory / generation_name("metadata", token)
+    count = write_metadata(metadata, new_records, base=base_metadata, remove=removed_ids)
+    if count != len(ids):
+        metadata.unlink(missing_ok=True)
+        raise IndexStoreError(f"metadata holds {count} records but {len(ids)} vectors were computed")
+    next_id = max(int(base_manifest.get("next_id", 1)), int(ids[-1]) + 1 if len(ids) else 1)
+    manifest = {
+        **base_manifest,
+        "generation": generation,
+        "count": int(len(ids)),
+        "dim": int(vectors.shape[1]),
+        "next_id": next_id,
+        "index_type": built.kind,
+        "index_params": built.params,
+        "ann": ann.to_dict(),
+        "stats": _stats(metadata),
+        "history": append_history(base_manifest, history),
+    }
+    manifest.setdefault("created", now_iso())
+    return write_generation(directory, manifest, built.index, vectors, ids, metadata)
+
+
+def _check_target(directory: Path) -> dict[str, Any] | None:
+    """The current manifest of ``directory`` if it is an index (which the build will replace), else None when it
+    is absent or holds only leftovers of an interrupted first build; anything else is refused."""
+    if not directory.exists():
+        return None
+    if not directory.is_dir():
+        raise DataError(f"--out {directory} exists and is not a directory")
+    if (directory / MANIFEST).exists():
+        try:
+            manifest = read_manifest(directory)
+        except IndexStoreError as err:
+            raise DataError(f"--out {directory} holds a damaged index; remove it first ({err})") from err
+        logger.info(
+            "rebuilding %s: its generation %s (%s images) stays in service until the new one is swapped in",
+            directory,
+            manifest["generation"],
+            manifest["count"],
+        )
+        return manifest
+    foreign = [
+        p.name
+        for p in directory.iterdir()
+        if not (GENERATION_FILE.match(p.name) or p.name.startswith(WORK_PREFIX) or p.name == LOCK)
+    ]
+    if foreign:
+        raise DataError(
+            f"--out {directory} is not empty and is not an index (it holds {', '.join(sorted(foreign)[:5])})"
+        )
+    return None
+
+
+def _image_root(sources: SourceSet, override: Path | None) -> Path | None:
+    if override is not None:
+        return override.expanduser().resolve()
+    if not sources.roots:
+        return None
+    return Path(os.path.commonpath([str(r) for r in sources.roots]))
+
+
+def _root_fields(directory: Path, root: Path | None) -> dict[str, Any]:
+    if root is None:
+        return {"image_root": None, "image_root_relative": None}
+    try:
+        relative = os.path.relpath(root, directory.resolve())
+    except ValueError:  # another drive on Windows
+        relative = None
+    return {"image_root": str(root), "image_root_relative": relative}
+
+
+# --------------------------------------------------------------------------------------------- operations
+def build(
+    directory: Path,
+    sources: SourceSet,
+    artifact_dir: Path,
+    *,
+    ann: AnnSpec | None = None,
+    options: EmbedOptions | None = None,
+    image_root: Path | None = None,
+) -> Report:
+    """Embed ``sources`` and write a new index at ``directory``; an index already there is replaced atomically
+    (readers keep the old one until the new manifest is in place; new ids continue after the old ones)."""
+    start = time.perf_counter()
+    ann = ann or AnnSpec()
+    options = options or EmbedOptions()
+    directory = directory.expanduser()
+    artifact = load_artifact(artifact_dir)
+    with locked(directory):
+        previous = _check_target(directory)
+        root = _image_root(sources, image_root)
+        rows, reused, work = embed(directory, artifact, sources.items, options, "build")
+        # A rebuild continues the id sequence: an id a client kept from the old index then answers "not found"
+        # instead of naming a different image.
+        first_id = int(previous.get("next_id", 1)) if previous else 1
+        asm = assemble(rows, sources.items, artifact, root, next_id=first_id, existing=set())
+        ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
+        if len(ids) == 0:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            raise DataError(
+                f"nothing to index: none of the {len(sources.items)} inputs is a readable image "
+                f"({', '.join(f'{n} {r}' for r, n in failure_summary(rows).most_common()) or 'no inputs'})"
+            )
+        built = build_index(asm.vectors, ids, ann)
+        base = {
+            "generation": int(previous["generation"]) if previous else 0,
+            "next_id": first_id,
+            "created": now_iso(),
+            "artifact": {"name": artifact.name, "version": artifact.version, "embed_dim": artifact.embed_dim},
+            "sources": sources.descriptions,
+            **_root_fields(directory, root),
+            "history": previous.get("history", []) if previous else [],
+        }
+        report = Report(directory, "build", inputs=len(sources.items), resumed=reused)
+        _skips(rows, report)
+        report.added, report.duplicates = len(asm.records), asm.duplicates
+        report.detected_modality = _detected(sources.items, rows)
+        history = {
+            "op": "build",
+            "added": report.added,
+            "duplicates": report.duplicates,
+            "skipped": dict(report.skipped),
+        }
+        manifest = _commit(directory, base, built, asm.vectors, ids, asm.records, (), None, ann, history)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    return _finish(report, manifest, start)
+
+
+def _detected(items: Sequence[ImageItem], rows: Embedded) -> int:
+    given = {it.seq for it in items if it.modality}
+    return int(sum(1 for s, ok in zip(rows.seq, rows.ok, strict=True) if ok and int(s) not in given))
+
+
+def _finish(report: Report, manifest: dict[str, Any], start: float) -> Report:
+    report.count = int(manifest["count"])
+    report.index_type = str(manifest["index_type"])
+    report.index_params = dict(manifest["index_params"])
+    report.generation = int(manifest["generation"])
+    report.seconds = time.perf_counter() - start
+    logger.info("%s", report.summary().splitlines()[0])
+    return report
+
+
+def _open_current(directory: Path, artifact: Artifact | None = None) -> VectorIndex:
+    current = VectorIndex.open(directory, expected_dim=artifact.embed_dim if artifact else None)
+    if artifact is not None and current.artifact_version != artifact.version:
+        current.close()
+        raise IndexMismatchError(
+            f"index {directory} was built with artifact {current.artifact_name} version "
+            f"{current.artifact_version}; adding embeddings of version {artifact.version} would mix two models: "
+            "rebuild the index with this artifact (keepfit index build)"
+        )
+    return current
+
+
+def _resolve_kind(ann: AnnSpec, current_kind: str, n: int, trained_on: int | None) -> tuple[str, bool]:
+    """(index type for n vectors, whether to rebuild rather than update in place)."""
+    kind = ann.resolve(n)
+    if ann.kind == "auto" and current_kind == "ivf" and n >= ann.exact_threshold // 2:
+        kind = "ivf"  # hysteresis: do not flip between exact and IVF around the threshold
+    if kind != current_kind:
+        return kind, True
+    if kind == "ivf" and trained_on is not None and n > 2 * trained_on:
+        return kind, True  # lists trained on half the data or less: retrain for balanced lists
+    return kind, False
+
+
+def add(
+    directory: Path,
+    sources: SourceSet,
+    artifact_dir: Path,
+    *,
+    ann: AnnSpec | None = None,
+    options: EmbedOptions | None = None,
+) -> Report:
+    """Embed ``sources`` and add the images the index does not hold yet."""
+    start = time.perf_counter()
+    options = options or EmbedOptions()
+    directory = directory.expanduser()
+    artifact = load_artifact(artifact_dir)
+    with locked(directory):
+        current = _open_current(directory, artifact)
+        try:
+            manifest = current.manifest
+            ann = ann or AnnSpec.from_dict(manifest.get("ann", {}))
+            root = Path(manifest["image_root"]) if manifest.get("image_root") else None
+            existing = {r.sha256 for r in current.records()}
+            rows, reused, work = embed(
+                directory, artifact, sources.items, options, f"add-{current.generation}"
+            )
+            asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), existing)
+            new_ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
+            report = Report(directory, "add", inputs=len(sources.items), resumed=reused)
+            _skips(rows, report)
+            report.added, report.duplicates, report.already_indexed = (
+                len(new_ids),
+                asm.duplicates,
+                asm.already_indexed,
+            )
+            report.detected_modality = _detected(sources.items, rows)
+            if len(new_ids) == 0:
+                logger.info("nothing new to add")
+                if work is not None:
+                    shutil.rmtree(work, ignore_errors=True)
+                return _finish(report, manifest, start)
+            vectors = np.concatenate([np.asarray(current.vectors()), asm.vectors])
+            ids = np.concatenate([current.ids, new_ids])
+            kind, rebuild = _resolve_kind(
+                ann, current.index_type, len(ids), manifest["index_params"].get("trained_on")
+            )
+            built = _update_index(current, kind, rebuild, vectors, ids, new_ids, asm.vectors, (), ann)
+            history = {
+                "op": "add",
+                "added": report.added,
+                "duplicates": report.duplicates,
+                "already_indexed": report.already_indexed,
+                "skipped": dict(report.skipped),
+            }
+            base_metadata = directory / manifest["files"]["metadata"]["name"]
+            sources_list = list(dict.fromkeys([*manifest.get("sources", []), *sources.descriptions]))
+            committed = _commit(
+                directory,
+                {**manifest, "sources": sources_list},
+                built,
+                vectors,
+                ids,
+                asm.records,
+                (),
+                base_metadata,
+                ann,
+                history,
+            )
+        finally:
+            current.close()
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    return _finish(report, committed, start)
+
+
+def _update_index(
+    current: VectorIndex,
+    kind: str,
+    rebuild: bool,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    new_ids: np.ndarray,
+    new_vectors: np.ndarray,
+    removed: Sequence[int],
+    ann: AnnSpec,
+) -> BuiltIndex:
+    """The next FAISS index: updated in place when its type allows, else rebuilt from the stored vectors."""
+    if rebuild or (kind == "hnsw" and len(removed)):  # HNSW graphs cannot delete nodes
+        spec = AnnSpec(**{**ann.to_dict(), "kind": kind})
+        if not len(ids):
+            return BuiltIndex(index=empty_index(current.dim), kind="flat", params={"dim": current.dim})
+        return build_index(vectors, ids, spec, dim=current.dim)
+    index: Any = current._index  # we own this copy: the reader was opened for this operation only
+    if len(removed):
+        index.remove_ids(np.asarray(removed, dtype=np.int64))
+    if len(new_ids):
+        index.add_with_ids(np.ascontiguousarray(new_vectors, dtype=np.float32), new_ids)
+    return BuiltIndex(index=index, kind=current.index_type, params=dict(current.params))  # type: ignore[arg-type]
+
+
+def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) -> Report:
+    """Remove records by id and/or by path; every one must exist, else nothing is removed."""
+    start = time.perf_counter()
+    directory = directory.expanduser()
+    if not ids and not paths:
+        raise DataError("nothing to remove: give --id and/or --path")
+    with locked(directory):
+        current = _open_current(directory)
+        try:
+            manifest = current.manifest
+            wanted = {int(i) for i in ids}
+            unknown = sorted(i for i in wanted if current.get(i) is None)
+            if unknown:
+                raise NotFoundError(
+                    f"no image with id {', '.join(map(str, unknown))} in index {directory} (nothing was removed)"
+                )
+            for p in paths:
+                found = current.find_path(p)
+                if not found:
+                    raise NotFoundError(f"no image with path {p} in index {directory} (nothing was removed)")
+                wanted.update(r.id for r in found)
+            keep = ~np.isin(current.ids, np.asarray(sorted(wanted), dtype=np.int64))
+            vectors = np.asarray(current.vectors())[keep]
+            kept_ids = current.ids[keep]
+            ann = AnnSpec.from_dict(manifest.get("ann", {}))
+            kind, rebuild = _resolve_kind(ann, current.index_type, len(kept_ids), None)
+            built = _update_index(
+                current,
+                kind,
+                rebuild,
+                vectors,
+                kept_ids,
+                np.zeros(0, np.int64),
+                vectors[:0],
+                sorted(wanted),
+                ann,
+            )
+            base_metadata = directory / manifest["files"]["metadata"]["name"]
+            history = {"op": "remove", "removed": len(wanted), "ids": sorted(wanted)[:100]}
+            committed = _commit(
+                directory, manifest, built, vectors, kept_ids, (), sorted(wanted), base_metadata, ann, history
+            )
+        finally:
+            current.close()
+    report = Report(directory, "remove", removed=len(wanted))
+    return _finish(report, committed, start)
+
+
+def reindex(directory: Path, ann: AnnSpec) -> Report:
+    """Rebuild the FAISS index from the stored vectors with another type or parameters (no re-embedding)."""
+    start = time.perf_counter()
+    directory = directory.expanduser()
+    with locked(directory):
+        current = _open_current(directory)
+        try:
+            manifest = current.manifest
+            vectors = np.asarray(current.vectors())
+            built = build_index(vectors, current.ids, ann, dim=current.dim)
+            base_metadata = directory / manifest["files"]["metadata"]["name"]
+            history = {"op": "reindex", "index_type": built.kind}
+            committed = _commit(
+                directory, manifest, built, vectors, current.ids, (), (), base_metadata, ann, history
+            )
+        finally:
+            current.close()
+    return _finish(Report(directory, "reindex"), committed, start)

@@ -1,0 +1,441 @@
+"""``keepfit index``: build, add, remove, reindex, info, search, eval and bench.
+
+Examples::
+
+    keepfit index build --artifact artifacts/keepfit-v2-small --images /archive/fundus --out indexes/clinic
+    keepfit index build --artifact A --manifest ../shared/data/cfp_oct_mx/labels.csv \\
+        --manifest ../shared/data/ffa_huapu4/labels.csv --out indexes/shared
+    keepfit index add --index indexes/clinic --artifact A --images /archive/today
+    keepfit index remove --index indexes/clinic --id 17 --id 42
+    keepfit index search --index indexes/clinic --artifact A --text "diabetic macular edema" --modality OCT
+    keepfit index bench --n 1000000 --dim 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.errors import DataError
+
+if TYPE_CHECKING:  # faiss and the runtime load only when a command runs
+    from index.ann import AnnSpec
+    from index.build import EmbedOptions, Report
+
+DEFAULT_ARTIFACT = os.environ.get("KEEPFIT_ARTIFACT")
+
+
+def _out(text: str) -> None:
+    print(text)  # noqa: T201 - command output
+
+
+def _artifact_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifact",
+        type=Path,
+        default=Path(DEFAULT_ARTIFACT) if DEFAULT_ARTIFACT else None,
+        required=DEFAULT_ARTIFACT is None,
+        help="model artifact directory (default: $KEEPFIT_ARTIFACT)",
+    )
+
+
+def _ann_args(p: argparse.ArgumentParser, default_kind: str | None = "auto") -> None:
+    from index.ann import INDEX_TYPES
+
+    g = p.add_argument_group("FAISS index (default: exact below --exact-threshold images, IVF above)")
+    g.add_argument("--index-type", choices=INDEX_TYPES, default=default_kind)
+    g.add_argument(
+        "--exact-threshold", type=int, default=None, help="auto: exact search below this many images"
+    )
+    g.add_argument("--nlist", type=int, default=None, help="IVF lists (default: about sqrt(N))")
+    g.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (default: tuned)")
+    g.add_argument("--hnsw-m", type=int, default=None, help="HNSW neighbours per node (default 32)")
+    g.add_argument("--ef-search", type=int, default=None, help="HNSW search beam (default: tuned)")
+    g.add_argument(
+        "--target-recall", type=float, default=None, help="recall@10 the tuning aims for (default 0.97)"
+    )
+
+
+def _ann_spec(args: argparse.Namespace, base: AnnSpec | None = None) -> AnnSpec:
+    from index.ann import AnnSpec
+
+    data = (base or AnnSpec()).to_dict()
+    overrides = {
+        "kind": args.index_type,
+        "exact_threshold": args.exact_threshold,
+        "nlist": args.nlist,
+        "nprobe": args.nprobe,
+        "hnsw_m": args.hnsw_m,
+        "ef_search": args.ef_search,
+        "target_recall": args.target_recall,
+    }
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return AnnSpec.from_dict(data)
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("images to index (one or more of)")
+    g.add_argument(
+        "--images", type=Path, action="append", default=[], metavar="DIR", help="folder (recursive)"
+    )
+    g.add_argument(
+        "--manifest", type=Path, action="append", default=[], metavar="CSV", help="CSV with a path column"
+    )
+    g.add_argument(
+        "--label-columns",
+        default=None,
+        help="comma-separated manifest label columns (default: all "
+        "but path/modality/split/patient/eye/task/caption)",
+    )
+    g.add_argument("--split", default=None, help="comma-separated manifest splits to keep (e.g. test)")
+    g.add_argument("--modality", default=None, help="modality of images without one (default: detected)")
+    g.add_argument(
+        "--labels-from-folders", action="store_true", help="label folder images by their parent folder"
+    )
+    e = p.add_argument_group("embedding")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--chunk-size", type=int, default=512, help="images per resumable chunk")
+    e.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    e.add_argument("--no-resume", action="store_true", help="ignore embeddings left by an interrupted run")
+    e.add_argument("--no-detect-modality", action="store_true", help="leave a missing modality empty")
+    e.add_argument("--no-progress", action="store_true")
+    r = p.add_argument_group("distributed embedding on Ray")
+    r.add_argument("--ray", action="store_true", help="embed on Ray (a local instance unless --ray-address)")
+    r.add_argument(
+        "--ray-address", default=None, help="address of an existing Ray cluster (e.g. ray://head:10001)"
+    )
+    r.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance")
+    r.add_argument("--ray-actors", type=int, default=None, help="embedding actors (default: one per CPU)")
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _sources(args: argparse.Namespace) -> Any:
+    from index import sources
+
+    if not args.images and not args.manifest:
+        raise DataError("give the images to index: --images DIR and/or --manifest CSV")
+    sets = [sources.from_folder(d, args.modality, args.labels_from_folders) for d in args.images]
+    if args.manifest:
+        sets.append(
+            sources.from_manifests(
+                args.manifest, _split_list(args.label_columns), args.modality, _split_list(args.split)
+            )
+        )
+    return sources.merge(sets)
+
+
+def _embed_options(args: argparse.Namespace) -> EmbedOptions:
+    from index.build import EmbedOptions
+    from index.distributed import RayOptions
+
+    ray = None
+    if args.ray or args.ray_address:
+        ray = RayOptions(address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
+    return EmbedOptions(
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        detect_modality=not args.no_detect_modality,
+        resume=not args.no_resume,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        ray=ray,
+        intra_op_threads=args.threads,
+    )
+
+
+def _report(report: Report, as_json: bool) -> int:
+    _out(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- commands
+def build_main(argv: list[str]) -> int:
+    from index.build import build
+
+    p = argparse.ArgumentParser(
+        prog="keepfit index build", description="Embed an image archive into a new index."
+    )
+    _artifact_arg(p)
+    _source_args(p)
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="index directory to write; an index already there is rebuilt and swapped in atomically",
+    )
+    p.add_argument(
+        "--image-root",
+        type=Path,
+        default=None,
+        help="store paths relative to this folder (default: the common folder of the inputs)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _ann_args(p)
+    args = p.parse_args(argv)
+    report = build(
+        args.out,
+        _sources(args),
+        args.artifact,
+        ann=_ann_spec(args),
+        options=_embed_options(args),
+        image_root=args.image_root,
+    )
+    return _report(report, args.json)
+
+
+def add_main(argv: list[str]) -> int:
+    from index.ann import AnnSpec
+    from index.build import add
+    from index.store import read_manifest
+
+    p = argparse.ArgumentParser(prog="keepfit index add", description="Add new images to an index.")
+    p.add_argument("--index", type=Path, required=True)
+    _artifact_arg(p)
+    _source_args(p)
+    p.add_argument("--json", action="store_true")
+    _ann_args(p, default_kind=None)
+    args = p.parse_args(argv)
+    base = AnnSpec.from_dict(read_manifest(args.index).get("ann", {}))
+    report = add(
+        args.index, _sources(args), args.artifact, ann=_ann_spec(args, base), options=_embed_options(args)
+    )
+    return _report(report, args.json)
+
+
+def remove_main(argv: list[str]) -> int:
+    from index.build import remove
+
+    p = argparse.ArgumentParser(prog="keepfit index remove", description="Remove images from an index.")
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--id", action="append", default=[], help="record id (repeatable, or comma-separated)")
+    p.add_argument("--path", action="append", default=[], help="stored or absolute image path (repeatable)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    ids = []
+    for text in args.id:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                ids.append(int(part))
+            except ValueError as err:
+                raise DataError(f"--id expects integers, got {part!r}") from err
+    return _report(remove(args.index, ids, args.path), args.json)
+
+
+def reindex_main(argv: list[str]) -> int:
+    from index.ann import AnnSpec
+    from index.build import reindex
+    from index.store import read_manifest
+
+    p = argparse.ArgumentParser(
+        prog="keepfit index reindex",
+        description="Rebuild the FAISS index from the stored vectors (no re-embedding).",
+    )
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    _ann_args(p, default_kind=None)
+    args = p.parse_args(argv)
+    base = AnnSpec.from_dict(read_manifest(args.index).get("ann", {}))
+    return _report(reindex(args.index, _ann_spec(args, base)), args.json)
+
+
+def info_main(argv: list[str]) -> int:
+    from index.store import VectorIndex
+
+    p = argparse.ArgumentParser(prog="keepfit index info", description="Verify an index and summarise it.")
+    p.add_argument("index", type=Path, nargs="?")
+    p.add_argument("--index", dest="index_opt", type=Path)
+    p.add_argument("--no-verify", action="store_true", help="check sizes only, not SHA-256")
+    args = p.parse_args(argv)
+    directory = args.index_opt or args.index
+    if directory is None:
+        p.error("give the index directory")
+    with VectorIndex.open(directory, verify=not args.no_verify) as index:
+        m = index.manifest
+        summary = {
+            "directory": str(index.directory),
+            "artifact": m["artifact"],
+            "count": index.count,
+            "dim": index.dim,
+            "metric": m.get("metric"),
+            "index_type": index.index_type,
+            "index_params": m.get("index_params"),
+            "generation": index.generation,
+            "created": m.get("created"),
+            "updated": m.get("updated"),
+            "image_root": str(index.image_root) if index.image_root else None,
+            "modalities": index.modality_counts(),
+            "labels": index.label_counts(),
+            "files": {k: v["bytes"] for k, v in m["files"].items()},
+            "sources": m.get("sources", []),
+            "history": m.get("history", [])[-5:],
+            "verified": "sha256" if not args.no_verify else "sizes",
+        }
+    _out(json.dumps(summary, indent=2))
+    return 0
+
+
+def search_main(argv: list[str]) -> int:
+    from index.store import VectorIndex
+    from model.preprocess import load_image
+    from model.runtime import KeepfitRuntime
+
+    p = argparse.ArgumentParser(
+        prog="keepfit index search", description="Text->image or image->image search."
+    )
+    p.add_argument("--index", type=Path, required=True)
+    _artifact_arg(p)
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text")
+    q.add_argument("--image", type=Path)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--modality", default=None)
+    p.add_argument("--label", default=None)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        raise DataError(f"--top-k must be >= 1, got {args.top_k}")
+    runtime = KeepfitRuntime.from_artifact(args.artifact)
+    with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
+        if args.text is not None:
+            if not args.text.strip():
+                raise DataError("--text is empty")
+            query = runtime.encode_texts([args.text])[0]
+        else:
+            query = runtime.encode_images([load_image(args.image)])[0]
+        hits = index.search(query, args.top_k, modality=args.modality, label=args.label)
+        rows: list[dict[str, Any]] = [
+            {
+                "rank": i + 1,
+                "id": h.record.id,
+                "score": round(h.score, 4),
+                "modality": h.record.modality,
+                "labels": h.record.labels,
+                "path": h.record.path,
+            }
+            for i, h in enumerate(hits)
+        ]
+    if args.json:
+        _out(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            _out(
+                f"{r['rank']:>3} id={r['id']:<7} {r['score']:.4f} {r['modality'] or '-':<6} {r['path']}  "
+                f"[{'; '.join(r['labels'])}]"
+            )
+        if not rows:
+            _out("no results")
+    return 0
+
+
+def eval_main(argv: list[str]) -> int:
+    from index.evaluate import format_table, retrieval_precision
+    from index.store import VectorIndex
+    from model.runtime import KeepfitRuntime
+
+    p = argparse.ArgumentParser(
+        prog="keepfit index eval", description="Text->image precision@k per category over an indexed archive."
+    )
+    p.add_argument("--index", type=Path, required=True)
+    _artifact_arg(p)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument(
+        "--min-images", type=int, default=None, help="skip categories with fewer images (default: k)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    runtime = KeepfitRuntime.from_artifact(args.artifact)
+    with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
+        result = retrieval_precision(index, runtime, k=args.k, min_images=args.min_images)
+    _out(format_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def bench_main(argv: list[str]) -> int:
+    from index.bench import DISTRIBUTIONS, SyntheticSpec, format_report, run_bench
+
+    p = argparse.ArgumentParser(
+        prog="keepfit index bench",
+        description="Exact vs approximate search over N synthetic unit vectors: recall@k, latency, build, memory.",
+    )
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--queries", type=int, default=200, help="queries for recall")
+    p.add_argument("--latency-queries", type=int, default=200, help="single queries timed per index")
+    p.add_argument("--index-type", choices=("ivf", "hnsw"), default="ivf", help="the approximate index")
+    p.add_argument("--nlist", type=int, default=None)
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--ef-search", type=int, default=None)
+    p.add_argument("--target-recall", type=float, default=0.97)
+    p.add_argument("--distribution", choices=DISTRIBUTIONS, default="clustered")
+    p.add_argument("--clusters", type=int, default=None, help="default: N/100")
+    p.add_argument("--spread", type=float, default=SyntheticSpec.spread)
+    p.add_argument("--intrinsic-dim", type=int, default=SyntheticSpec.intrinsic_dim)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.n < 2 or args.dim < 1 or args.k < 1 or args.k > args.n:
+        raise DataError(f"need n >= 2, dim >= 1 and 1 <= k <= n (got n={args.n}, dim={args.dim}, k={args.k})")
+    result = run_bench(
+        args.n,
+        args.dim,
+        k=args.k,
+        queries=args.queries,
+        latency_queries=args.latency_queries,
+        approx=args.index_type,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        hnsw_m=args.hnsw_m,
+        ef_search=args.ef_search,
+        target_recall=args.target_recall,
+        synthetic=SyntheticSpec(args.distribution, args.clusters, args.spread, args.intrinsic_dim),
+        seed=args.seed,
+    )
+    _out(format_report(result, args.index_type))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+COMMANDS = {
+    "build": (build_main, "embed an image folder or manifest CSV(s) into a new index"),
+    "add": (add_main, "add new images to an index"),
+    "remove": (remove_main, "remove images by id or path"),
+    "reindex": (reindex_main, "rebuild the FAISS index with another type or parameters"),
+    "info": (info_main, "verify an index and print its summary"),
+    "search": (search_main, "text->image or image->image search from the command line"),
+    "eval": (eval_main, "text->image precision@k per category"),
+    "bench": (bench_main, "exact vs approximate search on synthetic vectors"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        _out("usage: keepfit index {" + ",".join(COMMANDS) + "} ...\n")
+        for name, (_, help_text) in COMMANDS.items():
+            _out(f"  {name:<8} {help_text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            raise DataError(f"unknown index command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
+        return 0 if argv else 2
+    # faiss announces at INFO which CPU build it loaded, on every start: not news for a user
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    func, _ = COMMANDS[argv[0]]
+    return func(argv[1:])

@@ -1,0 +1,123 @@
+"""Embedding an archive on a Ray cluster (``keepfit index build --ray``).
+
+Ray Data streams the items through a pool of actors; each actor opens the ONNX runtime once and calls the same
+:func:`~index.embed.embed_items` as the single-process build, so both produce the same rows, which the driver
+then assembles into the index exactly as the local path does.  On a real cluster (``--ray-address``) the
+artifact and the images must be readable at the same paths on every node (a shared or network file system).
+
+Without an address a local Ray instance is started for the duration of the call and shut down afterwards; a Ray
+instance the caller already initialised is used as is and left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.embed import Embedded, embed_items
+from index.sources import ImageItem
+from model.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: start a local instance
+    num_cpus: int | None = None  # CPUs of the local instance (None: all)
+    actors: int | None = None  # embedding actors (None: one per CPU the cluster has)
+    threads_per_actor: int = 1  # ONNX Runtime intra-op threads in each actor
+
+
+class EmbedActor:
+    """A Ray Data UDF: holds one ONNX runtime and embeds the batches it is given."""
+
+    def __init__(self, artifact: str, detect_modality: bool, batch_size: int, threads: int) -> None:
+        from model.runtime import KeepfitRuntime
+
+        self.runtime = KeepfitRuntime.from_artifact(artifact, intra_op_threads=threads)
+        self.detect_modality = detect_modality
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = [
+            ImageItem(seq=int(seq), source=str(source), modality=str(modality) or None)
+            for seq, source, modality in zip(batch["seq"], batch["source"], batch["modality"], strict=True)
+        ]
+        embedded = embed_items(
+            self.runtime, items, detect_modality=self.detect_modality, batch_size=self.batch_size
+        )
+        return embedded.as_dict()
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the Data library is a separate extra of ray
+    except ImportError as err:
+        raise ConfigError("--ray needs Ray Data: pip install 'keepfit[ray]' (ray[data])") from err
+    return ray
+
+
+def embed_with_ray(
+    artifact: Path,
+    items: Sequence[ImageItem],
+    dim: int,
+    *,
+    detect_modality: bool = True,
+    batch_size: int = 32,
+    options: RayOptions | None = None,
+    progress: bool = True,
+) -> Embedded:
+    """Embed ``items`` on Ray; returns the rows sorted by ``seq`` (the same as the local path's)."""
+    options = options or RayOptions()
+    if not items:
+        return Embedded.empty(dim)
+    ray = _import_ray()
+    # Ray >= 2.5x asks for a token when talking to a cluster; a private local instance needs none.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = False
+    if not ray.is_initialized():
+        init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+        if options.address:
+            init_args["address"] = options.address
+        else:
+            init_args["num_cpus"] = options.num_cpus
+        ray.init(**init_args)
+        started = True
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = progress
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        actors = options.actors or max(1, cpus // max(1, options.threads_per_actor))
+        logger.info(
+            "embedding %d images on Ray with %d actor(s) (%d CPUs in the cluster)", len(items), actors, cpus
+        )
+        rows = [{"seq": it.seq, "source": it.source, "modality": it.modality or ""} for it in items]
+        ds = ray.data.from_items(rows).map_batches(
+            EmbedActor,
+            fn_constructor_kwargs={
+                "artifact": str(Path(artifact).resolve()),
+                "detect_modality": detect_modality,
+                "batch_size": batch_size,
+                "threads": options.threads_per_actor,
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            concurrency=actors,
+            num_cpus=options.threads_per_actor,
+        )
+        parts = [Embedded.from_dict(b) for b in ds.iter_batches(batch_format="numpy", batch_size=None)]
+    finally:
+        if started:
+            ray.shutdown()
+    result = Embedded.concat(parts, dim)
+    if len(result) != len(items):
+        raise RuntimeError(f"Ray returned {len(result)} rows for {len(items)} items")
+    return result

@@ -1,0 +1,176 @@
+"""Embedding a batch of :class:`~index.sources.ImageItem` with the artifact's ONNX image encoder.
+
+:func:`embed_items` is the one function that turns items into vectors: the single-process build calls it on
+each chunk, and each Ray actor calls it on the batches Ray Data hands it, so both paths produce the same rows.
+A file that is missing, unreadable or not an image becomes a row with ``ok = False`` and a reason; it never
+stops the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from index.sources import ImageItem
+from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
+from model.preprocess import DEFAULT_MAX_PIXELS, load_image
+
+if TYPE_CHECKING:
+    from model.runtime import KeepfitRuntime
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "vector")
+
+
+@dataclass
+class Embedded:
+    """Column arrays for a batch of items (row i = one item), savable as ``.npz`` without pickling."""
+
+    seq: np.ndarray  # [B] int64
+    ok: np.ndarray  # [B] bool
+    reason: np.ndarray  # [B] str: why a row failed ("" when ok)
+    detail: np.ndarray  # [B] str: the error message
+    sha256: np.ndarray  # [B] str
+    width: np.ndarray  # [B] int32
+    height: np.ndarray  # [B] int32
+    modality: np.ndarray  # [B] str ("" = unknown)
+    vector: np.ndarray  # [B, D] float32 unit (zeros where not ok)
+
+    def __len__(self) -> int:
+        return int(self.seq.shape[0])
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {c: getattr(self, c) for c in COLUMNS}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Embedded:
+        return cls(**{c: np.asarray(data[c]) for c in COLUMNS})
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp.npz")
+        arrays: dict[str, Any] = self.as_dict()
+        np.savez(tmp, **arrays)
+        tmp.replace(path)  # a chunk file exists only once complete, so a resumed build can trust it
+
+    @classmethod
+    def load(cls, path: Path) -> Embedded:
+        with np.load(path, allow_pickle=False) as data:
+            return cls.from_dict(data)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Embedded], dim: int) -> Embedded:
+        if not parts:
+            return cls.empty(dim)
+        merged = cls(**{c: np.concatenate([getattr(p, c) for p in parts]) for c in COLUMNS})
+        order = np.argsort(merged.seq, kind="stable")
+        return cls(**{c: getattr(merged, c)[order] for c in COLUMNS})
+
+    @classmethod
+    def empty(cls, dim: int) -> Embedded:
+        s = np.zeros(0, dtype=str)
+        return cls(
+            seq=np.zeros(0, np.int64),
+            ok=np.zeros(0, bool),
+            reason=s,
+            detail=s,
+            sha256=s,
+            width=np.zeros(0, np.int32),
+            height=np.zeros(0, np.int32),
+            modality=s,
+            vector=np.zeros((0, dim), np.float32),
+        )
+
+
+def _failure(exc: Exception) -> str:
+    if isinstance(exc, ImageTooLargeError):
+        return "too many pixels"
+    if isinstance(exc, UnsupportedMediaError):
+        return "unsupported image format"
+    if isinstance(exc, ImageError):
+        return "not an image or corrupt"
+    return "unreadable file"
+
+
+def normalise_modality(value: str | None, known: Sequence[str]) -> str | None:
+    """A known modality in its canonical case (``oct`` -> ``OCT``); other values are kept as given."""
+    if not value:
+        return None
+    for name in known:
+        if name.lower() == value.strip().lower():
+            return name
+    return value.strip()
+
+
+def embed_items(
+    runtime: KeepfitRuntime,
+    items: Sequence[ImageItem],
+    *,
+    detect_modality: bool = True,
+    batch_size: int = 32,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Embedded:
+    """Read, hash, decode, preprocess and embed ``items``; modality from the item, else detected by the runtime."""
+    dim = runtime.embed_dim
+    n = len(items)
+    out = Embedded(
+        seq=np.asarray([it.seq for it in items], dtype=np.int64),
+        ok=np.zeros(n, dtype=bool),
+        reason=np.full(n, "", dtype=object),
+        detail=np.full(n, "", dtype=object),
+        sha256=np.full(n, "", dtype=object),
+        width=np.zeros(n, dtype=np.int32),
+        height=np.zeros(n, dtype=np.int32),
+        modality=np.full(n, "", dtype=object),
+        vector=np.zeros((n, dim), dtype=np.float32),
+    )
+    known = list(runtime.knowledge.modalities)
+    for start in range(0, n, batch_size):
+        rows, pixels = [], []
+        for i in range(start, min(n, start + batch_size)):
+            item = items[i]
+            path = Path(item.source)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                out.reason[i], out.detail[i] = "missing file", f"not found: {path}"
+                continue
+            except OSError as err:
+                out.reason[i], out.detail[i] = "unreadable file", f"{path}: {err.strerror or err}"
+                continue
+            try:
+                image = load_image(data, max_pixels=max_pixels)
+                pix = runtime.preprocess([image])[0]  # [3, S, S]
+            except (ImageError, OSError, ValueError) as err:
+                out.reason[i], out.detail[i] = _failure(err), f"{path}: {err}"
+                continue
+            out.sha256[i] = hashlib.sha256(data).hexdigest()
+            out.width[i], out.height[i] = image.size
+            out.modality[i] = normalise_modality(item.modality, known) or ""
+            rows.append(i)
+            pixels.append(pix)
+        if not rows:
+            continue
+        emb = runtime.encode_pixels(np.stack(pixels)).embeddings  # [b, D]
+        out.vector[rows] = emb
+        out.ok[rows] = True
+        unknown = [j for j, i in enumerate(rows) if not out.modality[i]]
+        if detect_modality and unknown:
+            names, probs = runtime.modality_probabilities(emb[unknown])  # probs [u, M]
+            for j, p in zip(unknown, probs, strict=True):
+                out.modality[rows[j]] = names[int(np.argmax(p))]
+    # fixed-width unicode columns: np.savez writes them without pickling
+    for column in ("reason", "detail", "sha256", "modality"):
+        setattr(out, column, np.asarray(getattr(out, column), dtype=str))
+    return out
+
+
+def failure_summary(embedded: Embedded) -> Counter[str]:
+    return Counter(str(r) for r, ok in zip(embedded.reason, embedded.ok, strict=True) if not ok)

@@ -1,0 +1,194 @@
+"""What to index: the images of a folder, or the rows of one or more manifest CSVs.
+
+A manifest has a ``path`` column (relative to the CSV's folder, or absolute) and optionally ``modality``,
+``caption`` and label columns.  Label columns are chosen with ``label_columns``; by default every column that is
+not bookkeeping (path, modality, split, patient, eye, task, caption, ...) holds labels.  A cell's text is the
+label (``dme = diabetic macular edema``); a column of yes/no values (0/1, true/false) labels its rows by the
+column's name instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+NON_LABEL_COLUMNS = frozenset(
+    {
+        "path",
+        "modality",
+        "split",
+        "patient",
+        "patient_id",
+        "eye",
+        "task",
+        "caption",
+        "id",
+        "width",
+        "height",
+        "sha256",
+    }
+)
+TRUE_VALUES = frozenset({"1", "true", "yes", "y", "t"})
+FALSE_VALUES = frozenset({"0", "false", "no", "n", "f"})
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to embed: where it is and what its source says about it."""
+
+    seq: int  # position in the input order: results are assembled in this order whatever ran them
+    source: str  # absolute path
+    modality: str | None = None
+    labels: tuple[str, ...] = ()
+    caption: str | None = None
+
+
+@dataclass
+class SourceSet:
+    items: list[ImageItem] = field(default_factory=list)
+    roots: list[Path] = field(
+        default_factory=list
+    )  # folders the paths came from (image root = their common root)
+    descriptions: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)  # manifest columns seen
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def from_folder(root: Path, modality: str | None = None, labels_from_folders: bool = False) -> SourceSet:
+    """Every file under ``root`` (recursively; hidden files and folders aside): non-images are skipped later,
+    when they fail to decode, and counted in the summary."""
+    root = root.expanduser()
+    if not root.exists():
+        raise DataError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root} (use --manifest for a CSV)")
+    root = root.resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
+    items = []
+    for path in files:
+        labels: tuple[str, ...] = ()
+        if labels_from_folders and path.parent != root:
+            labels = (path.parent.name.replace("_", " "),)
+        items.append(ImageItem(seq=0, source=str(path), modality=modality, labels=labels))
+    logger.info("%s: %d files", root, len(items))
+    return SourceSet(items=items, roots=[root], descriptions=[f"folder {root}"])
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.exists():
+        raise DataError(f"manifest not found: {path}")
+    if not path.is_file():
+        raise DataError(f"manifest is not a file: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"manifest {path} is not a readable CSV: {err}") from err
+    return columns, rows
+
+
+def _is_boolean(values: Sequence[str]) -> bool:
+    seen = {v.lower() for v in values if v}
+    return bool(seen) and seen <= (TRUE_VALUES | FALSE_VALUES)
+
+
+def from_manifest(
+    path: Path,
+    label_columns: Sequence[str] | None = None,
+    modality: str | None = None,
+    splits: Sequence[str] | None = None,
+) -> SourceSet:
+    """The rows of one manifest CSV.  ``label_columns``: columns to take labels from (those this manifest lacks
+    are ignored here; :func:`from_manifests` checks that each exists somewhere).  ``splits``: keep only rows
+    whose ``split`` column is one of these (e.g. index the test split to evaluate retrieval honestly)."""
+    path = path.expanduser().resolve()
+    columns, rows = _read_csv(path)
+    if "path" not in columns:
+        raise DataError(f"manifest {path} has no 'path' column (columns: {', '.join(columns) or 'none'})")
+    if splits:
+        if "split" not in columns:
+            raise DataError(f"manifest {path} has no 'split' column to select {', '.join(splits)} from")
+        rows = [r for r in rows if r.get("split") in set(splits)]
+    if label_columns is None:
+        chosen = [c for c in columns if c.lower() not in NON_LABEL_COLUMNS and c]
+    else:
+        chosen = [c for c in label_columns if c in columns]
+    boolean = {c for c in chosen if _is_boolean([r.get(c, "") for r in rows])}
+    base = path.parent
+    items = []
+    for line, row in enumerate(rows, start=2):
+        rel = row.get("path", "")
+        if not rel:
+            logger.warning("%s line %d: empty path, row skipped", path, line)
+            continue
+        file = Path(rel).expanduser()
+        file = file if file.is_absolute() else base / file
+        labels: list[str] = []
+        for column in chosen:
+            value = row.get(column, "")
+            if column in boolean:
+                if value.lower() in TRUE_VALUES:
+                    labels.append(column)
+            elif value:
+                labels.append(value)
+        items.append(
+            ImageItem(
+                seq=0,
+                source=str(file.resolve()),
+                modality=row.get("modality") or modality,
+                labels=tuple(dict.fromkeys(labels)),
+                caption=row.get("caption") or None,
+            )
+        )
+    logger.info("%s: %d rows, label columns: %s", path, len(items), ", ".join(chosen) or "none")
+    return SourceSet(
+        items=items,
+        roots=[base],
+        descriptions=[f"manifest {path} (labels: {', '.join(chosen)})"],
+        columns=columns,
+    )
+
+
+def from_manifests(
+    paths: Sequence[Path],
+    label_columns: Sequence[str] | None = None,
+    modality: str | None = None,
+    splits: Sequence[str] | None = None,
+) -> SourceSet:
+    """Several manifests as one input; an explicitly requested label column must exist in at least one of them."""
+    sets = [from_manifest(p, label_columns, modality, splits) for p in paths]
+    if label_columns is not None:
+        present = {c for s in sets for c in s.columns}
+        missing = [c for c in label_columns if c not in present]
+        if missing:
+            raise DataError(
+                f"label column(s) {', '.join(missing)} not found in {', '.join(str(p) for p in paths)} "
+                f"(columns: {', '.join(sorted(present))})"
+            )
+    return merge(sets)
+
+
+def merge(sets: Sequence[SourceSet]) -> SourceSet:
+    out = SourceSet()
+    for s in sets:
+        out.items.extend(s.items)
+        out.roots.extend(s.roots)
+        out.descriptions.extend(s.descriptions)
+        out.columns.extend(c for c in s.columns if c not in out.columns)
+    out.items = [
+        ImageItem(seq=i, source=it.source, modality=it.modality, labels=it.labels, caption=it.caption)
+        for i, it in enumerate(out.items)
+    ]
+    return out

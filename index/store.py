@@ -1,0 +1,520 @@
+"""The index on disk and the torch-free search API the service uses.
+
+An index directory holds one *generation* of four files plus the manifest that names them::
+
+    index_manifest.json                  artifact name + version, dim, metric, count, index type, files + SHA-256
+    faiss.<gen>.faiss                    the FAISS index (ids = record ids)
+    vectors.<gen>.npy  ids.<gen>.npy     the unit vectors [N, D] and their ids [N] (ascending): the source of truth
+    metadata.<gen>.sqlite                one row per image: id, path, modality, labels, caption, size, SHA-256
+
+A change writes a new generation's files beside the current ones and then replaces ``index_manifest.json`` (one
+atomic rename): a reader sees the old index or the new one, never half of either, and a crash at any point leaves
+the previous manifest, and so the previous index, intact.  Files no manifest names are removed by the next
+successful write.
+
+:class:`VectorIndex` opens a generation read-only, verifies it (hashes, counts, dimensions, artifact version) and
+answers ``search`` / ``get`` from any number of threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.ann import search_params
+from model.artifact import sha256_file
+from model.errors import IndexMismatchError, IndexStoreError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = "keepfit-index/1"
+MANIFEST = "index_manifest.json"
+METRIC = "cosine"  # inner product over unit vectors
+FILE_KINDS = ("faiss", "vectors", "ids", "metadata")
+FILE_EXTENSIONS = {"faiss": "faiss", "vectors": "npy", "ids": "npy", "metadata": "sqlite"}
+GENERATION_FILE = re.compile(r"^(faiss|vectors|ids|metadata)\.\d{6}-[0-9a-f]{6}\.(faiss|npy|sqlite)$")
+# Filtered searches over an approximate index scan the matching vectors exactly up to this many matches: it is
+# faster than a selective approximate search and can never come back short.
+EXACT_FILTER_MAX = 50_000
+
+SCHEMA = """
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    modality TEXT COLLATE NOCASE,
+    labels TEXT NOT NULL,          -- JSON list, in source order
+    caption TEXT,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE
+);
+CREATE TABLE labels (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    label TEXT NOT NULL COLLATE NOCASE,
+    PRIMARY KEY (image_id, label)
+);
+CREATE INDEX labels_by_label ON labels(label);
+CREATE INDEX images_by_modality ON images(modality);
+CREATE INDEX images_by_path ON images(path);
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: int
+    path: str  # relative to the manifest's image root, or absolute
+    modality: str | None
+    labels: list[str]
+    caption: str | None
+    width: int
+    height: int
+    sha256: str
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Record:
+        rid, path, modality, labels, caption, width, height, sha = row
+        return cls(int(rid), path, modality, list(json.loads(labels)), caption, int(width), int(height), sha)
+
+    def to_row(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.path,
+            self.modality,
+            json.dumps(self.labels, ensure_ascii=False),
+            self.caption,
+            self.width,
+            self.height,
+            self.sha256,
+        )
+
+
+@dataclass(frozen=True)
+class Hit:
+    record: Record
+    score: float  # cosine similarity
+
+
+RECORD_COLUMNS = "id, path, modality, labels, caption, width, height, sha256"
+
+
+@functools.cache
+def _default_knowledge() -> Any:
+    from model.knowledge import Knowledge
+
+    return Knowledge.default()
+
+
+def canonical_label(label: str) -> str:
+    """The knowledge base's name for a label (``DME`` -> ``diabetic macular edema``); unknown names unchanged."""
+    return str(_default_knowledge().canonical(label))
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise IndexStoreError(f"index directory not found: {directory}")
+    if not path.is_file():
+        raise IndexStoreError(
+            f"not an index: {path} is missing (was the build interrupted before it finished?)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexStoreError(f"index manifest {path} is corrupted: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise IndexStoreError(f"{path}: unsupported index format {got!r} (expected {INDEX_FORMAT})")
+    for key in ("artifact", "dim", "count", "index_type", "files", "generation"):
+        if key not in manifest:
+            raise IndexStoreError(f"index manifest {path} lacks the {key!r} field")
+    for kind in FILE_KINDS:
+        if kind not in manifest["files"]:
+            raise IndexStoreError(f"index manifest {path} does not name its {kind} file")
+    return manifest
+
+
+def verify_files(directory: Path, manifest: dict[str, Any], hashes: bool = True) -> None:
+    """Every file the manifest names exists with its recorded size (and SHA-256 when ``hashes``)."""
+    for kind in FILE_KINDS:
+        meta = manifest["files"][kind]
+        file = directory / meta["name"]
+        if not file.is_file():
+            raise IndexStoreError(
+                f"index {directory} is incomplete: its {kind} file {meta['name']} is missing"
+            )
+        size = file.stat().st_size
+        if size != meta["bytes"]:
+            raise IndexStoreError(
+                f"index {directory} is corrupted: {meta['name']} has {size} bytes, the manifest says {meta['bytes']}"
+            )
+        if hashes:
+            actual = sha256_file(file)
+            if actual != meta["sha256"]:
+                raise IndexStoreError(
+                    f"index {directory} is corrupted: SHA-256 of {meta['name']} is {actual[:12]}..., "
+                    f"the manifest says {meta['sha256'][:12]}..."
+                )
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    # immutable=1: the file never changes once committed (a change writes a new generation), so SQLite may skip
+    # locking; check_same_thread=False because the service calls us from a thread pool (we serialise with a lock).
+    uri = f"file:{path.resolve().as_posix()}?mode=ro&immutable=1"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+class VectorIndex:
+    """One committed generation of an index, opened read-only (thread-safe for ``search`` and ``get``)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        index: faiss.Index,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        db: sqlite3.Connection,
+        image_root: Path | None,
+    ) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self._index = index
+        self._vectors = vectors  # [N, D] float32, memory-mapped
+        self._ids = ids  # [N] int64, ascending
+        self._db = db
+        self._db_lock = threading.Lock()
+        self._filters: OrderedDict[tuple[str | None, str | None], tuple[np.ndarray, Any, np.ndarray]] = (
+            OrderedDict()
+        )
+        self._filter_lock = threading.Lock()
+        self.image_root = image_root
+        self.index_type: str = manifest["index_type"]
+        self.params: dict[str, Any] = dict(manifest.get("index_params", {}))
+
+    # ------------------------------------------------------------------------------------------------ open
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        expected_artifact_version: str | None = None,
+        *,
+        expected_dim: int | None = None,
+        verify: bool = True,
+        image_root: str | Path | None = None,
+    ) -> VectorIndex:
+        """Open and check an index directory.
+
+        Raises :class:`IndexStoreError` when it is missing, incomplete or corrupted (the message names the file and
+        the problem) and :class:`IndexMismatchError` when it was built with another artifact version or embedding
+        size than the caller's.  ``verify=False`` checks sizes but skips the SHA-256 of each file (fast start on
+        very large indexes).  ``image_root`` overrides where relative image paths are resolved.
+        """
+        directory = Path(directory)
+        for attempt in range(3):
+            manifest = read_manifest(directory)
+            try:
+                return cls._open(
+                    directory, manifest, expected_artifact_version, expected_dim, verify, image_root
+                )
+            except IndexStoreError:
+                # A writer may have committed a new generation (and removed ours) between reading the manifest
+                # and opening its files: retry with the new manifest, but only then.
+                if attempt < 2 and read_manifest(directory).get("generation") != manifest.get("generation"):
+                    logger.info("index %s changed while opening; retrying", directory)
+                    continue
+                raise
+        raise IndexStoreError(f"index {directory} keeps changing while being opened")  # pragma: no cover
+
+    @classmethod
+    def _open(
+        cls,
+        directory: Path,
+        manifest: dict[str, Any],
+        expected_version: str | None,
+        expected_dim: int | None,
+        verify: bool,
+        image_root: str | Path | None,
+    ) -> VectorIndex:
+        artifact = manifest["artifact"]
+        if expected_version is not None and str(artifact.get("version")) != str(expected_version):
+            raise IndexMismatchError(
+                f"index {directory} was built with artifact {artifact.get('name')} version {artifact.get('version')}, "
+                f"but the loaded artifact is version {expected_version}: rebuild the index with this artifact"
+            )
+        dim = int(manifest["dim"])
+        if expected_dim is not None and dim != int(expected_dim):
+            raise IndexMismatchError(
+                f"index {directory} holds {dim}-dimensional vectors, the loaded artifact embeds in {expected_dim}"
+            )
+        verify_files(directory, manifest, hashes=verify)
+        files = {kind: directory / manifest["files"][kind]["name"] for kind in FILE_KINDS}
+        count = int(manifest["count"])
+        try:
+            index = faiss.read_index(str(files["faiss"]))
+        except RuntimeError as err:
+            raise IndexStoreError(f"index {directory}: cannot read {files['faiss'].name}: {err}") from err
+        try:
+            vectors = np.load(files["vectors"], mmap_mode="r")
+            ids = np.load(files["ids"])
+        except (ValueError, OSError, EOFError) as err:
+            raise IndexStoreError(f"index {directory}: cannot read its vector files: {err}") from err
+        problems = []
+        if index.d != dim:
+            problems.append(f"{files['faiss'].name} has dimension {index.d}, the manifest says {dim}")
+        if index.ntotal != count:
+            problems.append(f"{files['faiss'].name} holds {index.ntotal} vectors, the manifest says {count}")
+        if vectors.shape != (count, dim) or vectors.dtype != np.float32:
+            problems.append(
+                f"{files['vectors'].name} is {vectors.dtype}{list(vectors.shape)}, expected float32[{count}, {dim}]"
+            )
+        if ids.shape != (count,) or (count > 1 and not bool(np.all(ids[1:] > ids[:-1]))):
+            problems.append(f"{files['ids'].name} is not {count} ascending ids")
+        try:
+            db = connect_readonly(files["metadata"])
+            rows = db.execute("SELECT count(*) FROM images").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            raise IndexStoreError(
+                f"index {directory}: metadata {files['metadata'].name} is unreadable: {err}"
+            ) from err
+        if rows != count:
+            problems.append(f"{files['metadata'].name} has {rows} records, the manifest says {count}")
+        if problems:
+            db.close()
+            raise IndexStoreError(f"index {directory} is inconsistent: " + "; ".join(problems))
+        root = resolve_image_root(directory, manifest, image_root)
+        logger.info(
+            "opened index %s: %d vectors, %s, artifact %s %s",
+            directory,
+            count,
+            manifest["index_type"],
+            artifact.get("name"),
+            artifact.get("version"),
+        )
+        return cls(directory, manifest, index, vectors, ids, db, root)
+
+    # ---------------------------------------------------------------------------------------- properties
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def artifact_version(self) -> str:
+        return str(self.manifest["artifact"]["version"])
+
+    @property
+    def artifact_name(self) -> str:
+        return str(self.manifest["artifact"]["name"])
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest["generation"])
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids
+
+    def vectors(self) -> np.ndarray:
+        """The stored unit vectors ``[N, D]`` (memory-mapped, read-only), row i has id ``ids[i]``."""
+        return self._vectors
+
+    # ---------------------------------------------------------------------------------------------- search
+    def search(
+        self, query: np.ndarray, top_k: int, modality: str | None = None, label: str | None = None
+    ) -> list[Hit]:
+        """The ``top_k`` records most similar to ``query`` (a unit vector ``[D]``), best first.
+
+        With ``modality`` and/or ``label`` only matching records are returned, and ``top_k`` of them whenever that
+        many exist (matching is case-insensitive; a label may be given by a known abbreviation such as ``DME``).
+        """
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise IndexMismatchError(
+                f"query has dimension {q.shape[0]}, the index holds {self.dim}-dimensional vectors"
+            )
+        if not np.all(np.isfinite(q)):
+            raise ValueError("query vector contains NaN or infinity")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if self.count == 0:
+            return []
+        q2 = q.reshape(1, -1)  # [1, D]
+        k = min(top_k, self.count)
+        if modality is None and label is None:
+            scores, found = self._index.search(q2, k, params=search_params(self.index_type, self.params))
+            return self._hits(found[0], scores[0])
+        rows, selector, _bitmap = self._filter(modality, label)
+        if len(rows) == 0:
+            return []
+        k = min(top_k, len(rows))
+        if self.index_type != "flat" and len(rows) > EXACT_FILTER_MAX:
+            for boost in (1, 4, 16):
+                params = search_params(self.index_type, self.params, selector=selector, boost=boost)
+                scores, found = self._index.search(q2, k, params=params)
+                if int((found[0] >= 0).sum()) >= k:
+                    return self._hits(found[0], scores[0])
+            logger.debug(
+                "filtered approximate search came back short; scanning %d matches exactly", len(rows)
+            )
+        elif self.index_type == "flat":
+            scores, found = self._index.search(q2, k, params=search_params("flat", {}, selector=selector))
+            return self._hits(found[0], scores[0])
+        sims = np.asarray(self._vectors[rows] @ q, dtype=np.float32)  # [M]
+        top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+        return self._hits(self._ids[rows[top]], sims[top])
+
+    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
+        pairs.sort(key=lambda p: (-p[1], p[0]))  # ties broken by id, so results are deterministic
+        records = self._records([i for i, _ in pairs])
+        return [Hit(record=records[i], score=s) for i, s in pairs if i in records]
+
+    def _filter(self, modality: str | None, label: str | None) -> tuple[np.ndarray, Any, np.ndarray]:
+        """Row positions of the records matching the filter, a FAISS selector over their ids, and its bitmap."""
+        key = (modality.lower() if modality else None, label.lower() if label else None)
+        with self._filter_lock:
+            if key in self._filters:
+                self._filters.move_to_end(key)
+                return self._filters[key]
+        ids = self._matching_ids(modality, label)
+        if label is not None and len(ids) == 0:
+            canonical = canonical_label(label)
+            if canonical.lower() != label.lower():
+                ids = self._matching_ids(modality, canonical)
+        rows = np.searchsorted(self._ids, ids)  # [M] row positions (ids are ascending and all present)
+        # A bitmap selector answers "is this id allowed" in O(1) without hashing, for the probes of IVF/HNSW.
+        top = int(self._ids[-1]) + 1 if len(self._ids) else 1
+        mask = np.zeros(top, dtype=bool)
+        mask[ids] = True
+        bitmap = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(top, faiss.swig_ptr(bitmap))
+        entry = (
+            rows.astype(np.int64),
+            selector,
+            bitmap,
+        )  # the bitmap must outlive the selector that points at it
+        with self._filter_lock:
+            self._filters[key] = entry
+            while len(self._filters) > 64:
+                self._filters.popitem(last=False)
+        return entry
+
+    def _matching_ids(self, modality: str | None, label: str | None) -> np.ndarray:
+        clauses, args = [], []
+        if modality is not None:
+            clauses.append("images.modality = ?")
+            args.append(modality)
+        if label is not None:
+            clauses.append("images.id IN (SELECT image_id FROM labels WHERE label = ?)")
+            args.append(label)
+        sql = f"SELECT id FROM images WHERE {' AND '.join(clauses)} ORDER BY id"
+        rows = self._query(sql, args)
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+    # ----------------------------------------------------------------------------------------- metadata
+    def _query(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._db_lock:
+                return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise IndexStoreError(f"index {self.directory}: metadata query failed: {err}") from err
+
+    def _records(self, ids: list[int]) -> dict[int, Record]:
+        if not ids:
+            return {}
+        out: dict[int, Record] = {}
+        for start in range(0, len(ids), 500):  # SQLite limits the number of bound parameters
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT {RECORD_COLUMNS} FROM images WHERE id IN ({marks})", chunk):
+                out[int(row[0])] = Record.from_row(row)
+        return out
+
+    def get(self, id: int) -> Record | None:  # noqa: A002 - the service's name for it
+        return self._records([int(id)]).get(int(id))
+
+    def records(self) -> list[Record]:
+        """Every record, by id."""
+        return [Record.from_row(r) for r in self._query(f"SELECT {RECORD_COLUMNS} FROM images ORDER BY id")]
+
+    def find_path(self, path: str | Path) -> list[Record]:
+        """Records whose stored path, or resolved file, is ``path``."""
+        text = str(path)
+        candidates = {text, Path(text).as_posix()}
+        resolved = Path(text).expanduser().resolve()
+        if self.image_root is not None and resolved.is_relative_to(self.image_root):
+            candidates.add(resolved.relative_to(self.image_root).as_posix())
+        candidates.add(resolved.as_posix())
+        marks = ",".join("?" * len(candidates))
+        rows = self._query(
+            f"SELECT {RECORD_COLUMNS} FROM images WHERE path IN ({marks}) ORDER BY id", sorted(candidates)
+        )
+        return [Record.from_row(r) for r in rows]
+
+    def label_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT label, count(*) FROM labels GROUP BY label ORDER BY count(*) DESC, label")
+        return {str(label): int(n) for label, n in rows}
+
+    def modality_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT coalesce(modality, ''), count(*) FROM images GROUP BY 1 ORDER BY 2 DESC")
+        return {str(m) or "unknown": int(n) for m, n in rows}
+
+    def image_path(self, record: Record) -> Path:
+        """The source file of ``record``; :class:`NotFoundError` when it is no longer there."""
+        path = Path(record.path)
+        if not path.is_absolute():
+            if self.image_root is None:
+                raise NotFoundError(
+                    f"image root of index {self.directory} not found; cannot resolve {record.path}"
+                )
+            path = self.image_root / path
+        if not path.is_file():
+            raise NotFoundError(f"image file of id {record.id} not found: {path}")
+        return path
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._db.close()
+        self._filters.clear()
+
+    def __enter__(self) -> VectorIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VectorIndex({str(self.directory)!r}, count={self.count}, type={self.index_type})"
+
+
+def resolve_image_root(directory: Path, manifest: dict[str, Any], override: str | Path | None) -> Path | None:
+    """Where relative paths resolve: the override, else the recorded absolute root, else the root recorded
+    relative to the index directory (an index moved together with its archive, e.g. into a container)."""
+    if override is not None:
+        return Path(override).expanduser().resolve()
+    absolute = manifest.get("image_root")
+    if absolute and Path(absolute).is_dir():
+        return Path(absolute)
+    relative = manifest.get("image_root_relative")
+    if relative is not None and (directory / relative).is_dir():
+        return (directory / relative).resolve()
+    return Path(absolute) if absolute else None
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

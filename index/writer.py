@@ -1,0 +1,188 @@
+"""Writing index generations: new files beside the old ones, then one atomic rename of the manifest.
+
+Order of a write (see :mod:`index.store` for the layout):
+
+1. take the directory's lock (one writer at a time; readers never lock);
+2. write ``vectors``, ``ids``, ``faiss`` and ``metadata`` files under a fresh generation name and fsync them;
+3. write ``index_manifest.json`` to a temporary file, fsync, rename over the old one (the commit point), fsync
+   the directory;
+4. remove files that the new manifest does not name (the previous generation, leftovers of crashed writes).
+
+A crash before step 3 leaves the previous manifest and every file it names untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.store import (
+    FILE_EXTENSIONS,
+    GENERATION_FILE,
+    INDEX_FORMAT,
+    MANIFEST,
+    METRIC,
+    SCHEMA,
+    Record,
+    now_iso,
+)
+from model.artifact import sha256_file
+from model.errors import IndexStoreError
+
+logger = logging.getLogger(__name__)
+
+LOCK = ".lock"
+HISTORY_MAX = 100
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Exclusive write lock on an index directory (created if needed); fails fast if another writer holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fh = open(directory / LOCK, "a+")  # noqa: SIM115 - held for the duration of the context
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise IndexStoreError(
+                f"index {directory} is being changed by another process; try again when it ends"
+            ) from err
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def generation_name(kind: str, token: str) -> str:
+    return f"{kind}.{token}.{FILE_EXTENSIONS[kind]}"
+
+
+def new_token(generation: int) -> str:
+    return f"{generation:06d}-{secrets.token_hex(3)}"
+
+
+def write_metadata(
+    path: Path, records: Iterable[Record], base: Path | None = None, remove: Iterable[int] = ()
+) -> int:
+    """Write the SQLite metadata: a copy of ``base`` (if any) minus ``remove`` plus ``records``; returns the count."""
+    if path.exists():
+        path.unlink()
+    conn = sqlite3.connect(path)
+    try:
+        if base is not None:
+            src = sqlite3.connect(f"file:{base.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
+            try:
+                src.backup(conn)  # page copy: much faster than re-inserting a large archive's rows
+            finally:
+                src.close()
+        else:
+            conn.executescript(SCHEMA)
+        conn.execute("PRAGMA foreign_keys = ON")
+        with conn:
+            removed = [(int(i),) for i in remove]
+            if removed:
+                conn.executemany("DELETE FROM labels WHERE image_id = ?", removed)
+                conn.executemany("DELETE FROM images WHERE id = ?", removed)
+            for r in records:
+                conn.execute(f"INSERT INTO images VALUES ({','.join('?' * 8)})", r.to_row())
+                conn.executemany(
+                    "INSERT OR IGNORE INTO labels VALUES (?, ?)", [(r.id, label) for label in r.labels]
+                )
+        count = int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
+        conn.execute("VACUUM")
+    finally:
+        conn.close()
+    return count
+
+
+def write_generation(
+    directory: Path,
+    manifest: dict[str, Any],
+    index: faiss.Index,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    metadata: Path,
+) -> dict[str, Any]:
+    """Write a generation's vector files and FAISS index beside the already written ``metadata`` file, then
+    commit ``manifest`` (which must hold every field but ``files``).  Returns the committed manifest."""
+    token = metadata.name.split(".")[1]
+    files: dict[str, Path] = {
+        "faiss": directory / generation_name("faiss", token),
+        "vectors": directory / generation_name("vectors", token),
+        "ids": directory / generation_name("ids", token),
+        "metadata": metadata,
+    }
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if vectors.shape[0] != ids.shape[0] or index.ntotal != ids.shape[0]:
+        raise IndexStoreError(
+            f"refusing to write an inconsistent index: {vectors.shape[0]} vectors, {ids.shape[0]} ids, "
+            f"{index.ntotal} in FAISS"
+        )
+    np.save(files["vectors"], vectors)
+    np.save(files["ids"], ids)
+    faiss.write_index(index, str(files["faiss"]))
+    entries = {}
+    for kind, path in files.items():
+        _fsync(path)
+        entries[kind] = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    rest = {k: v for k, v in manifest.items() if k not in ("format", "metric", "files", "updated")}
+    committed = {"format": INDEX_FORMAT, "metric": METRIC, **rest, "updated": now_iso(), "files": entries}
+    commit_manifest(directory, committed)
+    remove_unreferenced(directory, committed)
+    return committed
+
+
+def commit_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """The commit point: write the manifest aside, fsync, rename over the old one, fsync the directory."""
+    tmp = directory / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(manifest, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / MANIFEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(directory)
+
+
+def remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> list[str]:
+    """Delete generation files and temporary manifests that ``manifest`` does not name."""
+    keep = {meta["name"] for meta in manifest["files"].values()}
+    removed = []
+    for path in directory.iterdir():
+        stale_tmp = path.name.startswith(f".{MANIFEST}.") and path.name.endswith(".tmp")
+        if (GENERATION_FILE.match(path.name) and path.name not in keep) or stale_tmp:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    if removed:
+        logger.debug("removed %d unreferenced files from %s", len(removed), directory)
+    return removed
+
+
+def append_history(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    history = list(manifest.get("history", []))
+    history.append({"at": now_iso(), **entry})
+    return history[-HISTORY_MAX:]
