@@ -136,6 +136,8 @@ def embed(
     runtime: KeepfitRuntime | None = None,
 ) -> tuple[Embedded, int, Path | None]:
     """Rows for ``items`` (sorted by seq), the number reused from an earlier run, and the work dir to remove."""
+    if len({it.seq for it in items}) != len(items):
+        raise ValueError("items must have distinct seq numbers (build them with index.sources)")
     if options.ray is not None:
         rows = embed_with_ray(
             artifact.path,
@@ -375,6 +377,7 @@ def build(
     options = options or EmbedOptions()
     directory = directory.expanduser()
     artifact = load_artifact(artifact_dir)
+    _check_target(directory)  # before the lock file is created: refuse a foreign folder without touching it
     with locked(directory):
         previous = _check_target(directory)
         root = _image_root(sources, image_root)

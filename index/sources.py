@@ -74,12 +74,12 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
         raise DataError(f"not a folder: {root} (use --manifest for a CSV)")
     root = root.resolve()
     files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
-    items = []
+    items: list[ImageItem] = []
     for path in files:
         labels: tuple[str, ...] = ()
         if labels_from_folders and path.parent != root:
             labels = (path.parent.name.replace("_", " "),)
-        items.append(ImageItem(seq=0, source=str(path), modality=modality, labels=labels))
+        items.append(ImageItem(seq=len(items), source=str(path), modality=modality, labels=labels))
     logger.info("%s: %d files", root, len(items))
     return SourceSet(items=items, roots=[root], descriptions=[f"folder {root}"])
 
@@ -127,7 +127,7 @@ def from_manifest(
         chosen = [c for c in label_columns if c in columns]
     boolean = {c for c in chosen if _is_boolean([r.get(c, "") for r in rows])}
     base = path.parent
-    items = []
+    items: list[ImageItem] = []
     for line, row in enumerate(rows, start=2):
         rel = row.get("path", "")
         if not rel:
@@ -145,7 +145,7 @@ def from_manifest(
                 labels.append(value)
         items.append(
             ImageItem(
-                seq=0,
+                seq=len(items),
                 source=str(file.resolve()),
                 modality=row.get("modality") or modality,
                 labels=tuple(dict.fromkeys(labels)),

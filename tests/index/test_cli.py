@@ -1,0 +1,248 @@
+"""`keepfit index ...` as a user runs it: summaries, bad input as one clear error line, search/info/eval/bench."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from model.cli import main as keepfit
+from tests.index.conftest import Archive
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = keepfit(["index", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_folder_build_skips_and_counts_bad_files(
+    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "incoming"
+    shutil.copytree(archive.root / "oct", folder / "oct")
+    first = sorted((folder / "oct").iterdir())[0]
+    (folder / "scan.jpg").write_bytes(first.read_bytes()[:700])  # truncated
+    (folder / "report.pdf").write_bytes(b"%PDF-1.4 not an image")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")  # hidden: not an input at all
+    code, out, _ = run(
+        capsys,
+        "build",
+        "--artifact",
+        str(tiny_artifact),
+        "--images",
+        str(folder),
+        "--out",
+        str(tmp_path / "idx"),
+        "--modality",
+        "OCT",
+    )
+    assert code == 0
+    assert "now holds 6 images" in out and "inputs 9: added 6" in out and "skipped 3" in out
+    assert "skipped 3: not an image or corrupt" in out
+    for name in ("scan.jpg", "report.pdf", "empty.png"):
+        assert name in out
+
+
+def test_manifest_rows_pointing_nowhere_are_skipped(
+    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(
+        "path,modality,diagnosis\n"
+        f"{archive.root / archive.rows[0]['path']},CFP,glaucoma\n"
+        f"{tmp_path / 'gone.jpg'},CFP,normal\n"
+    )
+    code, out, _ = run(
+        capsys,
+        "build",
+        "--artifact",
+        str(tiny_artifact),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(tmp_path / "idx"),
+        "--json",
+    )
+    report = json.loads(out)
+    assert code == 0 and report["added"] == 1 and report["skipped"] == {"missing file": 1}
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda t, a: ["--images", str(t / "no-such-folder")], "error: image folder not found: "),
+        (lambda t, a: ["--manifest", str(t / "missing.csv")], "error: manifest not found: "),
+        (
+            lambda t, a: ["--manifest", str(a.manifest), "--label-columns", "dme,grade"],
+            "error: label column(s) grade not found in ",
+        ),
+        (lambda t, a: ["--manifest", str(a.manifest), "--split", "holdout,test"], None),
+        (lambda t, a: [], "error: give the images to index: --images DIR and/or --manifest CSV"),
+    ],
+    ids=["missing-folder", "missing-manifest", "missing-label-column", "split-selects", "no-input"],
+)
+def test_bad_sources_are_one_clear_error(
+    capsys: pytest.CaptureFixture[str],
+    archive: Archive,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    make_args: object,
+    message: str | None,
+) -> None:
+    out_dir = tmp_path / "idx"
+    args = make_args(tmp_path, archive)  # type: ignore[operator]
+    code, out, err = run(capsys, "build", "--artifact", str(tiny_artifact), *args, "--out", str(out_dir))
+    if message is None:  # a valid selection: only the test split of the archive is indexed
+        tests = {r["path"] for r in archive.rows if r["split"] == "test"}
+        assert code == 0 and f"inputs {len(tests)}:" in out
+        return
+    assert code == 2 and err.strip().splitlines()[-1].startswith(message), err
+    assert not (out_dir / "index_manifest.json").exists()
+
+
+def test_manifest_without_a_path_column(
+    capsys: pytest.CaptureFixture[str], tiny_artifact: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,modality\na.jpg,CFP\n")
+    code, _, err = run(
+        capsys,
+        "build",
+        "--artifact",
+        str(tiny_artifact),
+        "--manifest",
+        str(bad),
+        "--out",
+        str(tmp_path / "idx"),
+    )
+    assert code == 2 and f"error: manifest {bad} has no 'path' column (columns: file, modality)" in err
+
+
+def test_remove_unknown_id_and_info(capsys: pytest.CaptureFixture[str], index_copy: Path) -> None:
+    code, _, err = run(capsys, "remove", "--index", str(index_copy), "--id", "424242")
+    assert code == 2 and f"error: no image with id 424242 in index {index_copy} (nothing was removed)" in err
+    code, _, err = run(capsys, "remove", "--index", str(index_copy), "--id", "seven")
+    assert code == 2 and "--id expects integers, got 'seven'" in err
+    code, out, _ = run(capsys, "remove", "--index", str(index_copy), "--id", "1,2")
+    assert code == 0 and "now holds 20 images" in out and "removed 2" in out
+    code, out, _ = run(capsys, "info", str(index_copy))
+    info = json.loads(out)
+    assert code == 0 and info["count"] == 20 and info["generation"] == 2 and info["verified"] == "sha256"
+    assert info["artifact"]["name"] == "keepfit-tiny" and info["history"][-1]["op"] == "remove"
+    code, _, err = run(capsys, "info", str(index_copy / "nowhere"))
+    assert code == 2 and "index directory not found" in err
+
+
+def test_search_command(
+    capsys: pytest.CaptureFixture[str],
+    built_index: tuple[Path, object],
+    tiny_artifact: Path,
+    archive: Archive,
+) -> None:
+    directory = built_index[0]
+    image = archive.root / archive.rows[9]["path"]  # an OCT image
+    code, out, _ = run(
+        capsys,
+        "search",
+        "--index",
+        str(directory),
+        "--artifact",
+        str(tiny_artifact),
+        "--image",
+        str(image),
+        "--top-k",
+        "3",
+        "--json",
+    )
+    hits = json.loads(out)
+    assert code == 0 and len(hits) == 3 and hits[0]["path"] == archive.rows[9]["path"]
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    code, out, _ = run(
+        capsys,
+        "search",
+        "--index",
+        str(directory),
+        "--artifact",
+        str(tiny_artifact),
+        "--text",
+        "macular edema",
+        "--label",
+        "DME",
+        "--modality",
+        "OCT",
+        "--json",
+    )
+    hits = json.loads(out)
+    assert (
+        code == 0
+        and hits
+        and all(h["modality"] == "OCT" and "diabetic macular edema" in h["labels"] for h in hits)
+    )
+    code, _, err = run(
+        capsys, "search", "--index", str(directory), "--artifact", str(tiny_artifact), "--text", "  "
+    )
+    assert code == 2 and "--text is empty" in err
+
+
+def test_eval_command_reports_precision_per_category(
+    capsys: pytest.CaptureFixture[str], built_index: tuple[Path, object], tiny_artifact: Path, tmp_path: Path
+) -> None:
+    out_json = tmp_path / "eval.json"
+    code, out, _ = run(
+        capsys,
+        "eval",
+        "--index",
+        str(built_index[0]),
+        "--artifact",
+        str(tiny_artifact),
+        "--k",
+        "3",
+        "--min-images",
+        "3",
+        "--json",
+        str(out_json),
+    )
+    result = json.loads(out_json.read_text())
+    assert code == 0 and "precision@3" in out
+    rows = {(r["modality"], r["category"]): r for r in result["queries"]}
+    # the archive has 4 CFP images with DME among 8 CFP, 3 OCT with DME among 6 OCT
+    assert rows[("CFP", "diabetic macular edema")]["chance_in_modality"] == pytest.approx(4 / 8)
+    assert rows[("OCT", "diabetic macular edema")]["chance_in_modality"] == pytest.approx(3 / 6)
+    for r in rows.values():
+        assert all(0.0 <= r[key] <= 1.0 for key in ("prompts_in_modality", "name_in_archive"))
+    assert result["macro"]["prompts_in_modality"] == pytest.approx(
+        sum(r["prompts_in_modality"] for r in rows.values()) / len(rows), abs=1e-4
+    )
+
+
+def test_bench_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    code, out, _ = run(
+        capsys,
+        "bench",
+        "--n",
+        "4000",
+        "--dim",
+        "32",
+        "--queries",
+        "100",
+        "--latency-queries",
+        "20",
+        "--json",
+        str(out_json),
+    )
+    result = json.loads(out_json.read_text())
+    assert code == 0 and "recall@10 of ivf against exact" in out
+    assert result["recall_at_k"] >= 0.95 and result["ivf"]["params"]["nprobe"] >= 1
+    assert result["exact"]["p50_ms"] > 0 and result["ivf"]["build_s"] >= 0
+
+
+def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys)
+    assert code == 2 and "build" in out and "bench" in out
+    code, _, err = run(capsys, "frobnicate")
+    assert code == 2 and "unknown index command 'frobnicate'" in err

@@ -1,0 +1,245 @@
+"""Add, remove and rebuild: round trips, duplicates across runs, atomic swaps under crashes, resumable embedding."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import index.build as build_module
+import index.writer as writer_module
+from index import sources
+from index.ann import AnnSpec
+from index.build import Report, add, build, reindex, remove
+from index.store import GENERATION_FILE, MANIFEST, VectorIndex
+from index.writer import locked
+from model.errors import IndexStoreError, NotFoundError
+from model.preprocess import load_image
+from model.runtime import KeepfitRuntime
+from tests.index.conftest import Archive, quiet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def new_images(data_root: Path, tmp_path: Path) -> Path:
+    """A folder of 4 real images the session index does not hold, plus a text file that is not an image."""
+    folder = tmp_path / "today"
+    folder.mkdir()
+    normal = sorted(
+        (data_root / "ffa_huapu4" / "images" / "phase_identification" / "venous_phase").glob("*.jpg")
+    )
+    for src in normal[:4]:
+        shutil.copyfile(src, folder / src.name)
+    (folder / "notes.txt").write_text("referral letter, not an image")
+    return folder
+
+
+def state(directory: Path) -> tuple[int, int, list[int]]:
+    with VectorIndex.open(directory) as index:
+        return index.generation, index.count, [int(i) for i in index.ids]
+
+
+def files_outside_manifest(directory: Path) -> list[str]:
+    with VectorIndex.open(directory) as index:
+        named = {m["name"] for m in index.manifest["files"].values()}
+    return sorted(
+        p.name for p in directory.iterdir() if GENERATION_FILE.match(p.name) and p.name not in named
+    )
+
+
+def test_add_readd_and_remove_round_trip(index_copy: Path, new_images: Path, tiny_artifact: Path) -> None:
+    generation, count, old_ids = state(index_copy)
+    report = add(index_copy, sources.from_folder(new_images, modality="FFA"), tiny_artifact, options=quiet())
+    assert (report.added, report.already_indexed) == (4, 0)
+    assert dict(report.skipped) == {"not an image or corrupt": 1}
+    assert report.count == count + 4 and report.generation == generation + 1
+    runtime = KeepfitRuntime.from_artifact(tiny_artifact)
+    with VectorIndex.open(index_copy) as index:
+        added = [r for r in index.records() if r.id > max(old_ids)]
+        assert len(added) == 4 and all(r.modality == "FFA" and r.labels == [] for r in added)
+        # outside the index's image root, new images are stored with absolute paths and still resolve
+        assert all(Path(r.path).is_absolute() and index.image_path(r).parent == new_images for r in added)
+        query = runtime.encode_images([load_image(new_images / Path(added[0].path).name)])[0]
+        assert index.search(query, 1)[0].record.id == added[0].id
+
+    again = add(index_copy, sources.from_folder(new_images), tiny_artifact, options=quiet())
+    assert (again.added, again.already_indexed) == (0, 4)
+    assert state(index_copy)[:2] == (generation + 1, count + 4)  # nothing new: no new generation
+
+    gone = added[0].id
+    removed = remove(index_copy, ids=[gone], paths=[added[1].path])
+    assert removed.removed == 2 and removed.count == count + 2
+    with VectorIndex.open(index_copy) as index:
+        assert index.get(gone) is None and index.get(added[1].id) is None
+        assert gone not in {h.record.id for h in index.search(query, index.count)}
+
+    before = state(index_copy)
+    with pytest.raises(NotFoundError, match=r"no image with id 999999 .*nothing was removed"):
+        remove(index_copy, ids=[added[2].id, 999999])
+    with pytest.raises(NotFoundError, match="no image with path"):
+        remove(index_copy, paths=["cfp/never_indexed.jpg"])
+    assert state(index_copy) == before  # all or nothing
+    assert files_outside_manifest(index_copy) == []
+
+
+def test_removing_everything_leaves_an_empty_searchable_index(index_copy: Path) -> None:
+    ids = state(index_copy)[2]
+    report = remove(index_copy, ids=ids)
+    assert report.count == 0
+    with VectorIndex.open(index_copy) as index:
+        assert index.count == 0 and index.search(np.ones(index.dim, np.float32) / np.sqrt(index.dim), 5) == []
+
+
+def test_crash_before_the_swap_leaves_the_previous_index(
+    index_copy: Path, new_images: Path, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = state(index_copy)
+    with VectorIndex.open(index_copy) as index:
+        query = np.ones(index.dim, np.float32) / np.sqrt(index.dim)
+        ranked = [h.record.id for h in index.search(query, 10)]
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated crash after the new files were written")
+
+    monkeypatch.setattr(writer_module, "commit_manifest", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        add(index_copy, sources.from_folder(new_images), tiny_artifact, options=quiet())
+    assert state(index_copy) == before  # readers still get the old generation, whole
+    with VectorIndex.open(index_copy) as index:
+        assert [h.record.id for h in index.search(query, 10)] == ranked
+    assert len(files_outside_manifest(index_copy)) == 4  # the new generation's files, never referenced
+
+    monkeypatch.undo()
+    report = add(index_copy, sources.from_folder(new_images), tiny_artifact, options=quiet())
+    # the leftovers are cleaned up by the next successful write
+    assert report.added == 4 and files_outside_manifest(index_copy) == []
+
+
+def test_killed_writer_leaves_the_previous_index(
+    index_copy: Path, new_images: Path, tiny_artifact: Path
+) -> None:
+    """A writer killed (no cleanup, no exception handlers) at the worst moment: its new manifest is written and
+    fsynced under a temporary name, the rename that would swap it in has not happened."""
+    before = state(index_copy)
+    script = (
+        "import os, sys\n"
+        "import index.writer as w\n"
+        "commit = w.commit_manifest\n"
+        "def killed(*a, **k):\n"
+        "    w.os.replace = lambda *x, **y: os._exit(137)\n"
+        "    commit(*a, **k)\n"
+        "w.commit_manifest = killed\n"
+        "from model.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [
+        "index",
+        "add",
+        "--index",
+        str(index_copy),
+        "--artifact",
+        str(tiny_artifact),
+        "--images",
+        str(new_images),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 137, proc.stderr
+    assert len(list(index_copy.glob(f".{MANIFEST}.*.tmp"))) == 1  # the new manifest, never swapped in
+    assert state(index_copy) == before
+    assert add(index_copy, sources.from_folder(new_images), tiny_artifact, options=quiet()).added == 4
+    assert not list(index_copy.glob(f".{MANIFEST}.*")) and files_outside_manifest(index_copy) == []
+
+
+def test_interrupted_embedding_resumes_where_it_stopped(
+    archive: Archive,
+    built_index: tuple[Path, Report],
+    tiny_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = build_module.embed_items
+    calls: list[int] = []
+
+    def flaky(runtime: object, items: list[object], **kwargs: object) -> object:
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the third chunk
+        calls.append(len(items))
+        return real(runtime, items, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module, "embed_items", flaky)
+    out = tmp_path / "resumed"
+    inputs = sources.from_manifests([archive.manifest])
+    with pytest.raises(KeyboardInterrupt):
+        build(out, inputs, tiny_artifact, options=quiet(chunk_size=5))
+    assert not (out / MANIFEST).exists() and calls == [5, 5]
+
+    calls.clear()
+    monkeypatch.setattr(build_module, "embed_items", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    report = build(out, inputs, tiny_artifact, options=quiet(chunk_size=5))
+    assert report.resumed == 10 and sum(calls) == 23 - 10 and report.count == 22
+    assert not list(out.glob(".work-*"))  # the chunks are removed once the index is committed
+    with VectorIndex.open(out) as resumed, VectorIndex.open(built_index[0]) as fresh:
+        assert [r.sha256 for r in resumed.records()] == [r.sha256 for r in fresh.records()]
+        np.testing.assert_allclose(np.asarray(resumed.vectors()), np.asarray(fresh.vectors()), atol=1e-5)
+
+
+def test_auto_type_switches_to_ivf_above_the_threshold_and_back(
+    index_copy: Path, tiny_artifact: Path
+) -> None:
+    spec = AnnSpec(kind="auto", exact_threshold=10)
+    report = reindex(index_copy, spec)
+    assert report.index_type == "ivf" and report.index_params["nprobe"] >= 1
+    ids = state(index_copy)[2]
+    # hysteresis: stays IVF down to half the threshold, exact below it
+    assert remove(index_copy, ids=ids[:10]).index_type == "ivf"
+    assert remove(index_copy, ids=ids[10:18]).index_type == "flat"
+    with VectorIndex.open(index_copy) as index:
+        assert index.count == 4 and index.manifest["ann"]["exact_threshold"] == 10
+
+
+def test_hnsw_removal_rebuilds_the_graph(index_copy: Path) -> None:
+    reindex(index_copy, AnnSpec(kind="hnsw"))
+    ids = state(index_copy)[2]
+    report = remove(index_copy, ids=ids[:3])
+    assert report.index_type == "hnsw" and report.count == len(ids) - 3
+    with VectorIndex.open(index_copy) as index:
+        q = np.asarray(index.vectors())[0]
+        assert index.search(q, 1)[0].record.id == ids[3]
+
+
+def test_a_second_writer_is_refused_while_one_runs(index_copy: Path) -> None:
+    with locked(index_copy):
+        with pytest.raises(IndexStoreError, match="being changed by another process"):
+            remove(index_copy, ids=[1])
+    assert remove(index_copy, ids=[1]).removed == 1
+
+
+def test_rebuild_replaces_atomically_and_continues_ids(
+    index_copy: Path, archive: Archive, tiny_artifact: Path
+) -> None:
+    generation, count, ids = state(index_copy)
+    report = build(index_copy, sources.from_manifests([archive.manifest]), tiny_artifact, options=quiet())
+    new_generation, new_count, new_ids = state(index_copy)
+    assert (new_generation, new_count) == (generation + 1, count)
+    assert min(new_ids) > max(ids)  # an id kept from the old index cannot name another image
+    assert report.count == count and files_outside_manifest(index_copy) == []
+
+
+def test_build_refuses_a_folder_that_is_not_an_index(
+    tmp_path: Path, archive: Archive, tiny_artifact: Path
+) -> None:
+    (tmp_path / "thesis.docx").write_text("precious")
+    from model.errors import DataError
+
+    with pytest.raises(DataError, match="not empty and is not an index"):
+        build(tmp_path, sources.from_manifests([archive.manifest]), tiny_artifact, options=quiet())
+    assert (tmp_path / "thesis.docx").read_text() == "precious"
+    assert os.listdir(tmp_path) == ["thesis.docx"]  # not even a lock file was left in it
