@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,7 @@ class KeepfitRuntime:
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
         class_cache_size: int = 256,
+        session_config: Mapping[str, str] | None = None,
     ) -> None:
         self.artifact = artifact
         self.config = artifact.config
@@ -64,6 +65,9 @@ class KeepfitRuntime:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
+        # ONNX Runtime session config entries, e.g. {"session.intra_op.allow_spinning": "0"} for a server
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, str(value))
         available = ort.get_available_providers()
         chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
         self.providers = chosen
@@ -80,9 +84,15 @@ class KeepfitRuntime:
 
     @classmethod
     def from_artifact(
-        cls, path: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None
+        cls,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        session_config: Mapping[str, str] | None = None,
     ) -> KeepfitRuntime:
-        return cls(load_artifact(path), providers=providers, intra_op_threads=intra_op_threads)
+        return cls(
+            load_artifact(path), providers=providers, intra_op_threads=intra_op_threads, session_config=session_config
+        )
 
     @property
     def version(self) -> str:
