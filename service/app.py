@@ -120,8 +120,7 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
         description=DESCRIPTION,
         lifespan=_lifespan(settings, index_opener),
     )
-    # Handlers read settings through the overridable get_settings dependency; make it this app's settings.
-    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.service = None
     install_error_handlers(app)

@@ -18,7 +18,7 @@ from service.cache import Cache
 from service.engine import Engine, IndexHolder
 from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
 from service.metrics import Metrics
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 T = TypeVar("T")
 
@@ -46,14 +46,22 @@ class ServiceState:
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state = getattr(request.app.state, "service", None)
     if state is None:
         raise NotReadyError("the service is starting or its artifact failed to load; see /readyz")
     return state  # type: ignore[no-any-return]
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def get_app_settings(request: Request) -> Settings:
+    """The settings this app was created with (``create_app(settings)``, by default :func:`get_settings`).
+
+    An async dependency on purpose: a plain ``def`` one costs every request a trip through the thread pool.
+    """
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
@@ -103,14 +111,6 @@ def check_image_access(keys: Sequence[str], image_id: int, api_key: str | None, 
 # --------------------------------------------------------------------------------------------- content type
 def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-async def require_multipart(request: Request) -> None:
-    if content_type(request) != "multipart/form-data":
-        got = content_type(request) or "no content type"
-        raise UnsupportedContentTypeError(
-            f"expected multipart/form-data with an 'image' file field, got {got}"
-        )
 
 
 ACCEPTED_UPLOAD_TYPES = ("application/octet-stream", "application/dicom")

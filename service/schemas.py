@@ -122,6 +122,19 @@ class SearchRequest(BaseModel):
         return value
 
 
+class ClassifyForm(BaseModel):
+    """The fields of ``POST /v1/classify`` besides the ``image`` file."""
+
+    categories: list[str] | None = Field(
+        None, description="category names, one per repeated field; omit for the modality's default set"
+    )
+    modality: Modality = Field("auto", description="imaging modality, or `auto` to recognise it")
+    top_k: int | None = Field(None, ge=1, le=HARD_MAX_TOP_K, description="return only the k most probable")
+    task: str | None = Field(
+        None, min_length=1, max_length=64, description="a named category set instead of `categories` (`dme`, `dr`...)"
+    )
+
+
 class SearchImageForm(BaseModel):
     """The fields of a multipart image -> image search (besides the ``image`` file)."""
 

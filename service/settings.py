@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     inference_concurrency: int = Field(
         0, ge=0, le=256, description="model runs at once per process (0: one per two CPU cores, at least 2)"
     )
+    ort_spinning: bool = Field(False, description="let idle ONNX Runtime threads spin (lower latency on idle cores)")
     log_level: str = Field("INFO", description="Python logging level")
     public_url: str | None = Field(None, description="base URL for image_url in search results")
     host: str = Field("127.0.0.1", description="bind address of `keepfit serve`")

@@ -26,16 +26,27 @@ async def parse_json(request: Request, model: type[M]) -> M:
         raise _validation(err, "body") from err
 
 
-async def parse_multipart(request: Request, model: type[M], max_bytes: int) -> tuple[bytes, M]:
-    """The ``image`` file and the other fields validated by ``model``."""
-    async with request.form(max_files=1, max_fields=32) as form:
+async def parse_multipart(
+    request: Request, model: type[M], max_bytes: int, list_fields: frozenset[str] = frozenset()
+) -> tuple[bytes, M]:
+    """The ``image`` file and the other fields validated by ``model``; ``list_fields`` may repeat.
+
+    Parsed by hand rather than with FastAPI ``Form`` parameters: their per-request dependency resolution costs
+    more than a cache hit is allowed to take.
+    """
+    async with request.form(max_files=1, max_fields=1000) as form:
         fields: dict[str, Any] = {}
         for name, value in form.multi_items():
             if name == "image":
                 continue
             if not isinstance(value, str):
-                raise InvalidRequestError(f"field {name!r} must be a plain form field, not a file")
-            fields[name] = value
+                raise InvalidRequestError(f"unexpected file field {name!r}: send the image in the 'image' field")
+            if name in list_fields:
+                fields.setdefault(name, []).append(value)
+            elif name in fields:
+                raise InvalidRequestError(f"field {name!r} was sent more than once")
+            else:
+                fields[name] = value
         unknown = sorted(set(fields) - set(model.model_fields))
         if unknown:
             raise InvalidRequestError(f"unknown form fields: {', '.join(unknown)}")
@@ -47,6 +58,13 @@ async def parse_multipart(request: Request, model: type[M], max_bytes: int) -> t
             raise InvalidRequestError("multipart requests need an 'image' file field")
         data = await read_upload(form["image"], max_bytes)
     return data, parsed
+
+
+def require_multipart(request: Request) -> None:
+    if content_type(request) != "multipart/form-data":
+        raise UnsupportedContentTypeError(
+            f"expected multipart/form-data with an 'image' file field, got {content_type(request) or 'no content type'}"
+        )
 
 
 def body_kind(request: Request) -> str:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, Request, Response
 
 from service.cache import cache_key, sha256_hex
-from service.deps import SettingsDep, StateDep, read_upload, require_api_key, require_multipart
-from service.engine import Timings
+from service.deps import StateDep, require_api_key
+from service.engine import MAX_CATEGORY_CHARS, Timings
 from service.errors import InvalidRequestError
-from service.schemas import HARD_MAX_TOP_K, ClassifyResponse, Modality, error_responses
+from service.responses import json_with
+from service.routers._body import image_form_schema, parse_multipart, require_multipart
+from service.schemas import HARD_MAX_TOP_K, ClassifyForm, ClassifyResponse, error_responses
 
 logger = logging.getLogger(__name__)
 
@@ -31,36 +32,49 @@ Research use only: not a medical device.
 """
 
 
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": image_form_schema(
+                    {
+                        "categories": {
+                            "type": "array",
+                            "items": {"type": "string", "maxLength": MAX_CATEGORY_CHARS},
+                            "description": "category names, one per repeated field; omit for the default set",
+                        },
+                        "modality": {"type": "string", "enum": ["auto", "CFP", "FFA", "OCT"], "default": "auto"},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K},
+                        "task": {"type": "string", "minLength": 1, "maxLength": 64},
+                    }
+                ),
+                "encoding": {"categories": {"style": "form", "explode": True}},
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
     summary="Zero-shot diagnosis of an eye image",
     description=DESCRIPTION,
     responses=error_responses(400, 401, 413, 415, 422),
-    dependencies=[Depends(require_multipart)],
+    openapi_extra=OPENAPI_BODY,
 )
-async def classify(
-    state: StateDep,
-    settings: SettingsDep,
-    image: Annotated[UploadFile, File(description="JPEG, PNG or TIFF (8/16-bit, grey, RGB or RGBA); DICOM with pydicom")],
-    categories: Annotated[
-        list[str] | None,
-        Form(description="category names, one per repeated field; omit for the modality's default set"),
-    ] = None,
-    modality: Annotated[Modality, Form(description="imaging modality, or `auto` to recognise it")] = "auto",
-    top_k: Annotated[
-        int | None, Form(ge=1, le=HARD_MAX_TOP_K, description="return only the k most probable categories")
-    ] = None,
-    task: Annotated[
-        str | None, Form(min_length=1, max_length=64, description="a named category set instead (e.g. `dme`, `dr`)")
-    ] = None,
-) -> dict[str, Any]:
+async def classify(request: Request, state: StateDep) -> Response:
     start = time.perf_counter()
-    engine = state.engine
+    engine, settings = state.engine, state.settings
+    require_multipart(request)
+    data, form = await parse_multipart(
+        request, ClassifyForm, settings.max_upload_bytes, list_fields=frozenset({"categories"})
+    )
+    categories, modality, top_k = form.categories, form.modality, form.top_k
     if top_k is not None and top_k > settings.max_top_k:
         raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
-    resolved = engine.resolve_categories(categories, task)
-    data = await read_upload(image, settings.max_upload_bytes)
+    resolved = engine.resolve_categories(categories, form.task)
     digest = sha256_hex(data)
     timings = Timings(state.metrics)
     params = {
@@ -73,29 +87,32 @@ async def classify(
         cached = await state.cache.get(key)
     if cached is not None:
         state.metrics.cache_hits.labels("classify").inc()
-        body: dict[str, Any] = json.loads(cached)
+        body = cached
     else:
         state.metrics.cache_misses.labels("classify").inc()
         result = await state.run_blocking(engine.classify, data, resolved, modality, top_k, timings)
-        body = {
-            "model_name": engine.name,
-            "model_version": engine.version,
-            "modality": {
-                "requested": result.modality_requested,
-                "used": result.modality_used,
-                "confidence": result.modality_confidence,
-                "probabilities": result.modality_probabilities,
-            },
-            "predictions": result.predictions,
-            "categories": result.categories,
-            "image": {"sha256": digest, "width": result.width, "height": result.height},
-            "intended_use": engine.intended_use,
-        }
+        body = json.dumps(
+            {
+                "model_name": engine.name,
+                "model_version": engine.version,
+                "modality": {
+                    "requested": result.modality_requested,
+                    "used": result.modality_used,
+                    "confidence": result.modality_confidence,
+                    "probabilities": result.modality_probabilities,
+                },
+                "predictions": result.predictions,
+                "categories": result.categories,
+                "image": {"sha256": digest, "width": result.width, "height": result.height},
+                "intended_use": engine.intended_use,
+            }
+        ).encode()
         with timings.stage("cache"):
-            await state.cache.set(key, json.dumps(body).encode())
+            await state.cache.set(key, body)
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     logger.info(
-        "classify image=%s modality=%s->%s categories=%d cached=%s total_ms=%.1f",
-        digest[:12], modality, body["modality"]["used"], body["categories"], cached is not None, timings.ms["total"],
+        "classify image=%s modality=%s categories=%s cached=%s total_ms=%.1f",
+        digest[:12], modality, len(resolved) if resolved is not None else "default", cached is not None,
+        timings.ms["total"],
     )
-    return {**body, "cached": cached is not None, "timings_ms": timings.ms}
+    return json_with(body, cached=cached is not None, timings_ms=timings.ms)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
 from service.cache import cache_key, sha256_hex
 from service.deps import SettingsDep, StateDep, require_api_key
 from service.engine import Timings
 from service.errors import InvalidRequestError
+from service.responses import json_with
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import EmbedResponse, EmbedTextRequest, error_responses
 
@@ -45,7 +45,7 @@ OPENAPI_BODY = {
     responses=error_responses(400, 401, 413, 415, 422),
     openapi_extra=OPENAPI_BODY,
 )
-async def embed(request: Request, state: StateDep, settings: SettingsDep) -> dict[str, Any]:
+async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Response:
     start = time.perf_counter()
     engine = state.engine
     timings = Timings(state.metrics)
@@ -62,7 +62,7 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> dic
         cached = await state.cache.get(key)
     if cached is not None:
         state.metrics.cache_hits.labels("embed").inc()
-        vector: list[float] = json.loads(cached)
+        body = cached
     else:
         state.metrics.cache_misses.labels("embed").inc()
         if text is not None:
@@ -71,15 +71,10 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> dic
             assert data is not None
             array = await state.run_blocking(engine.embed_image, data, timings)
         vector = [float(v) for v in array]
+        body = json.dumps(
+            {"model_version": engine.version, "kind": kind, "sha256": digest, "dim": len(vector), "embedding": vector}
+        ).encode()
         with timings.stage("cache"):
-            await state.cache.set(key, json.dumps(vector).encode())
+            await state.cache.set(key, body)
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
-    return {
-        "model_version": engine.version,
-        "kind": kind,
-        "sha256": digest,
-        "dim": len(vector),
-        "embedding": vector,
-        "cached": cached is not None,
-        "timings_ms": timings.ms,
-    }
+    return json_with(body, cached=cached is not None, timings_ms=timings.ms)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
 from service.cache import cache_key, sha256_hex
 from service.deps import SettingsDep, StateDep, image_token, require_api_key
@@ -67,7 +68,7 @@ def _base_url(request: Request, public_url: str | None) -> str:
     responses=error_responses(400, 401, 409, 413, 415, 422, 503),
     openapi_extra=OPENAPI_BODY,
 )
-async def search(request: Request, state: StateDep, settings: SettingsDep) -> dict[str, Any]:
+async def search(request: Request, state: StateDep, settings: SettingsDep) -> JSONResponse:
     start = time.perf_counter()
     engine, index = state.engine, state.index
     kind = body_kind(request)
@@ -116,7 +117,7 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> di
         "search %s=%s top_k=%d hits=%d cached=%s total_ms=%.1f",
         "image" if data is not None else "text", digest[:12], top_k, len(hits), cached is not None, timings.ms["total"],
     )
-    return {
+    body = {
         "model_version": engine.version,
         "query": {"kind": "image" if data is not None else "text", "sha256": digest},
         "top_k": top_k,
@@ -127,3 +128,4 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> di
         "cached": cached is not None,
         "timings_ms": timings.ms,
     }
+    return JSONResponse(body)

@@ -1,0 +1,144 @@
+"""Speed of ``/v1/classify``, as ratios measured in one run on the same images.
+
+Per image, one after the other (so that load from other processes hits every pipeline alike):
+- floor: decode + preprocess + one ONNX image-encoder run, in-process (nothing a request could skip);
+- miss: ``POST /v1/classify`` end to end over HTTP against ``keepfit serve`` (a subprocess), first time;
+- hit: the same request again (answered from the cache);
+- torch: a torch eager pipeline as the published reference code runs it, re-encoding every prompt of the
+  category set for each image (torch is imported here only; the service never imports it).
+
+    python -m service.benchmarks.classify_speed [--images-per-modality 10] [--artifact DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, real_images, serve
+
+PAUSE_S = 0.05
+
+
+def _torch_pipeline(config_name: str, threads: int | None) -> Any:
+    import torch
+
+    from model.config import get_config
+    from model.knowledge import Knowledge
+    from model.nn.factory import create_model, default_tokenizer, load_pretrained
+    from model.preprocess import load_image, preprocess
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = get_config(config_name)
+    model = load_pretrained(create_model(cfg)).eval()
+    tokenizer = default_tokenizer(cfg)
+    knowledge = Knowledge.default()
+
+    @torch.inference_mode()
+    def classify(data: bytes, modality: str) -> np.ndarray:
+        pixels = torch.from_numpy(preprocess(load_image(data), cfg.preprocess))[None]  # [1, 3, S, S]
+        image_emb, _ = model.encode_image(pixels)  # [1, D]
+        rows = []
+        for category in knowledge.category_set(modality):  # prompts re-encoded for every image
+            ids, mask = tokenizer(knowledge.prompts(category, modality))
+            text = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))  # [P, D]
+            rows.append(torch.nn.functional.normalize(text.mean(0), dim=-1))
+        logits = model.logit_scale.exp() * image_emb @ torch.stack(rows).T  # [1, C]
+        return logits.softmax(-1).numpy()
+
+    return classify
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
+    p.add_argument("--config", default="keepfit-v2-small", help="torch baseline config")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--images-per-modality", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument(
+        "--torch-threads", type=int, default=1,
+        help="torch threads (default 1: on a shared CPU OpenMP's spinning makes more threads several times slower)",
+    )
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+
+    from model.preprocess import load_image
+    from model.runtime import KeepfitRuntime
+
+    images = [(m, path.read_bytes()) for m, path in real_images(args.data_root, args.images_per_modality)]
+    from service.engine import SERVER_SESSION_CONFIG
+
+    # the floor runs ONNX Runtime exactly as the service configures it
+    runtime = KeepfitRuntime.from_artifact(
+        args.artifact, intra_op_threads=args.threads, session_config=SERVER_SESSION_CONFIG
+    )
+    torch_classify = _torch_pipeline(args.config, args.torch_threads)
+    env = {"KEEPFIT_THREADS": str(args.threads)} if args.threads else {}
+    times: dict[str, list[float]] = {"floor": [], "miss": [], "hit": [], "torch": []}
+    server: dict[str, list[float]] = {"miss": [], "hit": []}  # the handler's own timings_ms.total
+    with serve(["--artifact", str(args.artifact)], env=env) as (base, _pid):
+        http = Http(base)
+        warm = images[-1][1] + b"\0"  # a distinct upload: warms the server without caching a measured image
+        assert http.request("POST", "/v1/classify", *multipart_body(warm))[0] == 200
+        torch_classify(images[0][1], images[0][0])
+        runtime.encode_pixels(runtime.preprocess([load_image(images[0][1])]))
+        for modality, data in images:
+            # a pause before each measurement: thread pools that spin after work (torch's OpenMP) settle first
+            time.sleep(PAUSE_S)
+            start = time.perf_counter()
+            runtime.encode_pixels(runtime.preprocess([load_image(data)]))
+            times["floor"].append(time.perf_counter() - start)
+            for kind in ("miss", "hit"):
+                time.sleep(PAUSE_S)
+                start = time.perf_counter()
+                status, body = http.request("POST", "/v1/classify", *multipart_body(data))
+                times[kind].append(time.perf_counter() - start)
+                assert status == 200, body[:300]
+                answer = json.loads(body)
+                assert answer["cached"] is (kind == "hit"), answer["cached"]
+                server[kind].append(answer["timings_ms"]["total"])
+            time.sleep(PAUSE_S)
+            start = time.perf_counter()
+            torch_classify(data, modality)
+            times["torch"].append(time.perf_counter() - start)
+
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    mean = {k: statistics.fmean(v) * 1000 for k, v in times.items()}
+    ratios = {
+        "torch_over_miss": med["torch"] / med["miss"],
+        "miss_over_floor": med["miss"] / med["floor"],
+        "hit_over_miss": med["hit"] / med["miss"],
+    }
+    print(f"{len(images)} real images (CFP, OCT, FFA), one run; milliseconds per image")
+    print(f"{'pipeline':<44} {'median':>8} {'mean':>8}")
+    labels = {
+        "floor": "floor: decode + preprocess + ONNX image run",
+        "miss": "/v1/classify cache miss, HTTP end to end",
+        "hit": "/v1/classify cache hit, HTTP end to end",
+        "torch": "torch eager, prompts re-encoded per image",
+    }
+    for key, label in labels.items():
+        print(f"{label:<44} {med[key]:8.1f} {mean[key]:8.1f}")
+    print(
+        f"(inside the handler: miss {statistics.median(server['miss']):.1f} ms, hit {statistics.median(server['hit']):.2f} ms;"
+        " the rest is HTTP, multipart parsing and the client)"
+    )
+    print(f"torch eager / miss  = {ratios['torch_over_miss']:.2f}x   (target >= 3)")
+    print(f"miss / floor        = {ratios['miss_over_floor']:.2f}x   (target <= 1.5)")
+    print(f"hit / miss          = {ratios['hit_over_miss']:.3f}    (target < 0.1)")
+    if args.json:
+        figures = {"median_ms": med, "mean_ms": mean, "ratios": ratios, "n": len(images), "handler_ms": server}
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
