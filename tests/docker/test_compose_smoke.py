@@ -77,4 +77,5 @@ def test_compose_up_serves_classify_search_and_cache_hits_then_leaves_nothing_be
     assert cleanup["down_rc"] == 0
     assert cleanup["engine_running"] is False
     assert cleanup["leftover_processes"] == [] and cleanup["leftover_mounts"] == []
+    assert cleanup["host_traces_left"] == []
     assert cleanup["workdir_removed"] is True and not Path(cleanup["workdir"]).exists()
