@@ -57,9 +57,14 @@ def make_cache(settings: Settings, metrics: Metrics) -> Cache:
     return MemoryCache(settings.cache_max_entries, settings.cache_ttl_s)
 
 
-def _lifespan(settings: Settings, index_opener: Any = None) -> Any:
+def _lifespan(index_opener: Any = None) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A test may override get_settings before the app starts; everything below then uses its settings.
+        override = app.dependency_overrides.get(get_settings)
+        if override is not None:
+            app.state.settings = override()
+        settings: Settings = app.state.settings
         metrics: Metrics = app.state.metrics
         engine = await anyio.to_thread.run_sync(Engine.load, settings)
         await anyio.to_thread.run_sync(engine.warm_up)
@@ -111,6 +116,10 @@ def _drop_security_from_schema(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, *, index_opener: Any = None) -> FastAPI:
     """The app for ``settings`` (default: :func:`get_settings`, i.e. the ``KEEPFIT_*`` environment).
 
+    Handlers read the app's settings (``app.state.settings``) through ``SettingsDep``.  Tests pass their own
+    ``Settings`` here or set ``app.dependency_overrides[get_settings]`` before starting the app; CORS origins
+    are fixed when the app is created.
+
     ``index_opener`` replaces ``index.store.VectorIndex.open`` (same signature), for tests and other stores.
     """
     settings = settings or get_settings()
@@ -118,7 +127,7 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
         title="KeepFIT ophthalmic VLM service",
         version=__version__,
         description=DESCRIPTION,
-        lifespan=_lifespan(settings, index_opener),
+        lifespan=_lifespan(index_opener),
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -148,7 +157,7 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
         _drop_security_from_schema(app)
 
     # Outermost first: CORS answers preflights before anything else; the guard rejects before bodies are read.
-    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_upload_bytes, api_keys=settings.api_keys)
+    app.add_middleware(RequestGuardMiddleware)
     app.add_middleware(
         MetricsMiddleware, metrics=app.state.metrics, route_labels=RouteLabels(lambda: list(app.openapi()["paths"]))
     )

@@ -43,21 +43,24 @@ async def _reject(send: Send, status: int, code: str, message: str, headers: Seq
 
 
 class RequestGuardMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, api_keys: Sequence[str]) -> None:
+    """Reads the limits and keys from the app's settings (``app.state.settings``) on every request."""
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_body = int(max_body_bytes) + _SLACK_BYTES
-        self.api_keys = list(api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        settings = scope["app"].state.settings
+        max_body = int(settings.max_upload_bytes) + _SLACK_BYTES
+        api_keys: Sequence[str] = settings.api_keys
         path: str = scope.get("path", "")
         headers = dict(scope.get("headers") or [])
-        if self.api_keys and not path.startswith(PUBLIC_PREFIXES):
+        if api_keys and not path.startswith(PUBLIC_PREFIXES):
             presented = headers.get(API_KEY_HEADER.lower().encode())
             text = presented.decode("latin-1") if presented is not None else None
-            if not key_matches(text, self.api_keys):
+            if not key_matches(text, api_keys):
                 what = "missing API key" if not text else "wrong API key"
                 await _reject(
                     send, 401, "unauthorized", f"{what}: send it in the {API_KEY_HEADER} header",
@@ -71,10 +74,10 @@ class RequestGuardMiddleware:
             except ValueError:
                 await _reject(send, 400, "bad_request", "Content-Length is not a number")
                 return
-            if declared > self.max_body:
+            if declared > max_body:
                 await _reject(
                     send, 413, "payload_too_large",
-                    f"request body is {declared} bytes; the limit is {self.max_body} (KEEPFIT_MAX_UPLOAD_BYTES plus framing)",
+                    f"request body is {declared} bytes; the limit is {max_body} (KEEPFIT_MAX_UPLOAD_BYTES plus framing)",
                 )
                 return
         received = 0
@@ -85,8 +88,8 @@ class RequestGuardMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise _TooLarge(self.max_body)
+                if received > max_body:
+                    raise _TooLarge(max_body)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -1,7 +1,7 @@
 """Service settings: one pydantic-settings class read from ``KEEPFIT_*`` environment variables.
 
-Handlers reach it through :func:`get_settings` (cached) so tests can override it with
-``app.dependency_overrides[get_settings]`` or pass their own instance to ``create_app``.  List settings accept
+:func:`get_settings` (cached) is what ``create_app()`` uses by default; tests pass their own instance to
+``create_app`` or set ``app.dependency_overrides[get_settings]`` before the app starts.  List settings accept
 comma-separated values (``KEEPFIT_API_KEYS=a,b``) because that is what people type in a compose file.
 """
 

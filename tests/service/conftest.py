@@ -4,6 +4,7 @@ deliberately broken images, and a small index of real images."""
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from PIL import Image
 
 from service.app import create_app
 from tests.service.helpers import encode, make_settings
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Service settings come from KEEPFIT_* variables: a developer's (or `keepfit serve`'s, which writes its
+    flags there) must not leak into or out of a test.  KEEPFIT_DATA_ROOT is the tests' own setting."""
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                        if not k.startswith("KEEPFIT_") or k == "KEEPFIT_DATA_ROOT"})
 
 
 @pytest.fixture(scope="session")

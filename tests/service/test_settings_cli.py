@@ -1,0 +1,102 @@
+"""Settings from the environment, the get_settings override, and ``keepfit serve``'s flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from model.cli import main as keepfit
+from service import cli
+from service.app import create_app
+from service.settings import Settings, get_settings
+from tests.service.helpers import make_settings
+
+
+def test_environment_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEEPFIT_API_KEYS", " one, two ,")
+    monkeypatch.setenv("KEEPFIT_CORS_ORIGINS", "https://a.example,https://b.example")
+    monkeypatch.setenv("KEEPFIT_PROVIDERS", "cuda, cpu")
+    monkeypatch.setenv("KEEPFIT_INDEX", "")  # compose passes unset variables as empty strings
+    monkeypatch.setenv("KEEPFIT_REDIS_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("KEEPFIT_MAX_TOP_K", "7")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.api_keys == ["one", "two"]
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    assert s.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert s.index is None and s.redis_url == "redis://redis:6379/0" and s.max_top_k == 7
+    assert s.artifact == Path("artifacts/keepfit-v2-small")
+
+
+def test_bad_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEEPFIT_MAX_TOP_K", "0")
+    with pytest.raises(ValueError, match="max_top_k"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_get_settings_override_applies_to_the_whole_app(default_artifact: Path) -> None:
+    app = create_app(make_settings(default_artifact))
+    app.dependency_overrides[get_settings] = lambda: make_settings(default_artifact, max_top_k=3, api_keys=["k"])
+    with TestClient(app) as client:
+        assert client.post("/v1/embed", json={"text": "x"}).status_code == 401
+        r = client.post("/v1/search", json={"query": "x", "top_k": 4}, headers={"X-API-Key": "k"})
+        assert r.status_code == 422 and "the limit is 3" in r.json()["error"]["message"]
+
+
+def test_serve_flags_override_the_environment(
+    monkeypatch: pytest.MonkeyPatch, default_artifact: Path, tmp_path: Path
+) -> None:
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setenv("KEEPFIT_PORT", "9999")
+    monkeypatch.setenv("KEEPFIT_HOST", "0.0.0.0")
+    monkeypatch.delenv("KEEPFIT_INDEX", raising=False)
+    monkeypatch.chdir(tmp_path)  # no indexes/ here to find
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["--artifact", str(default_artifact), "--port", "8123", "--redis-url", "redis://r:1/0"]) == 0
+        settings = get_settings()
+    finally:
+        get_settings.cache_clear()
+    app, kwargs = calls[0]
+    assert kwargs["port"] == 8123 and kwargs["host"] == "0.0.0.0"  # flag beats env; env beats default
+    assert settings.redis_url == "redis://r:1/0" and settings.artifact == default_artifact
+    assert app.state.settings.port == 8123
+
+
+def test_serve_with_workers_uses_the_factory(monkeypatch: pytest.MonkeyPatch, default_artifact: Path) -> None:
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append((app, kw)))
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["--artifact", str(default_artifact), "--workers", "3"]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert calls[0][0] == "service.app:create_app" and calls[0][1]["factory"] is True
+    assert calls[0][1]["workers"] == 3
+
+
+def test_serve_finds_an_index_by_convention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.find_index(Path("artifacts/keepfit-v2-small")) is None
+    (tmp_path / "indexes" / "default").mkdir(parents=True)
+    (tmp_path / "indexes" / "default" / "index_manifest.json").write_text("{}")
+    assert cli.find_index(Path("artifacts/keepfit-v2-small")) == Path("indexes/default")
+    (tmp_path / "indexes" / "keepfit-v2-small").mkdir()
+    (tmp_path / "indexes" / "keepfit-v2-small" / "index_manifest.json").write_text("{}")
+    assert cli.find_index(Path("artifacts/keepfit-v2-small")) == Path("indexes/keepfit-v2-small")
+
+
+def test_serve_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("must not start"))
+    get_settings.cache_clear()
+    try:
+        assert keepfit(["serve", "--artifact", str(tmp_path / "nope")]) == 2
+        assert "error: no artifact at" in capsys.readouterr().err
+        assert keepfit(["serve", "--artifact", str(tmp_path), "--port", "0"]) == 2
+        assert "KEEPFIT_PORT" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
