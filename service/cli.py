@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from model.errors import ArtifactError, ConfigError
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.artifact, settings.host, settings.port, settings.index or "none",
         "redis" if settings.redis_url else "in-process", settings.workers,
     )
-    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level.lower(), "proxy_headers": True}
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": settings.log_level.lower(), "proxy_headers": True}
     if settings.workers > 1:
         # each worker builds its own app from the environment written above
         uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)

@@ -62,7 +62,8 @@ def client(base: str, seed: int, stop_at: float, images: list[bytes], results: l
            lock: threading.Lock, errors: list[str]) -> None:
     rng = random.Random(seed)
     http = Http(base)
-    names, weights = zip(*MIX, strict=True)
+    names = [name for name, _ in MIX]
+    weights = [weight for _, weight in MIX]
     while time.monotonic() < stop_at:
         op = rng.choices(names, weights)[0]
         if op == "classify":
