@@ -187,10 +187,11 @@ def search_params(kind: str, params: dict[str, Any], selector: Any = None, boost
 
 
 def exact_knn(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row positions ``[Q, k]`` of the exact top-k by inner product (a temporary flat index)."""
-    flat = faiss.IndexFlatIP(x.shape[1])
-    flat.add(x)
-    _, positions = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    """Row positions ``[Q, k]`` of the exact top-k by inner product, without copying ``x`` into an index."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    _, positions = _faiss.knn(
+        q, np.ascontiguousarray(x, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT
+    )
     return np.asarray(positions)
 
 

@@ -181,6 +181,8 @@ def embed(
                 part.save(file)
             parts.append(part)
             bar.update(len(chunk))
+            if bar.disable and (number + 1) % max(1, len(items) // size // 20) == 0:
+                logger.info("embedded %d of %d images", min(len(items), start + size), len(items))
     if reused:
         logger.info("resumed: reused %d embeddings from %s", reused, work)
     return Embedded.concat(parts, artifact.embed_dim), reused, work
@@ -478,7 +480,7 @@ def add(
             manifest = current.manifest
             ann = ann or AnnSpec.from_dict(manifest.get("ann", {}))
             root = Path(manifest["image_root"]) if manifest.get("image_root") else None
-            existing = {r.sha256 for r in current.records()}
+            existing = current.sha256s()
             rows, reused, work = embed(
                 directory, artifact, sources.items, options, f"add-{current.generation}"
             )

@@ -356,8 +356,14 @@ class VectorIndex:
         q2 = q.reshape(1, -1)  # [1, D]
         k = min(top_k, self.count)
         if modality is None and label is None:
-            scores, found = self._index.search(q2, k, params=search_params(self.index_type, self.params))
+            for boost in (1, 4, 16) if self.index_type != "flat" else (1,):
+                # IVF lists probed (or an HNSW beam) can hold fewer than k vectors: widen until k come back
+                params = search_params(self.index_type, self.params, boost=boost)
+                scores, found = self._index.search(q2, k, params=params)
+                if int((found[0] >= 0).sum()) >= k:
+                    break
             return self._hits(found[0], scores[0])
+        # keep the bitmap referenced while FAISS reads it, even if the filter cache evicts the entry meanwhile
         rows, selector, _bitmap = self._filter(modality, label)
         if len(rows) == 0:
             return []
@@ -444,6 +450,10 @@ class VectorIndex:
             for row in self._query(f"SELECT {RECORD_COLUMNS} FROM images WHERE id IN ({marks})", chunk):
                 out[int(row[0])] = Record.from_row(row)
         return out
+
+    def sha256s(self) -> set[str]:
+        """The SHA-256 of every indexed image (to skip images already indexed)."""
+        return {str(r[0]) for r in self._query("SELECT sha256 FROM images")}
 
     def get(self, id: int) -> Record | None:  # noqa: A002 - the service's name for it
         return self._records([int(id)]).get(int(id))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from index.store import VectorIndex
 from model.cli import main as keepfit
 from tests.index.conftest import Archive
 
@@ -39,12 +40,16 @@ def test_folder_build_skips_and_counts_bad_files(
         str(tmp_path / "idx"),
         "--modality",
         "OCT",
+        "--labels-from-folders",
     )
     assert code == 0
     assert "now holds 6 images" in out and "inputs 9: added 6" in out and "skipped 3" in out
     assert "skipped 3: not an image or corrupt" in out
     for name in ("scan.jpg", "report.pdf", "empty.png"):
         assert name in out
+    with VectorIndex.open(tmp_path / "idx") as index:
+        assert index.label_counts() == {"oct": 6} and index.modality_counts() == {"OCT": 6}
+        assert all(r.path.startswith("oct/") for r in index.records())  # relative to the folder given
 
 
 def test_manifest_rows_pointing_nowhere_are_skipped(
