@@ -151,7 +151,9 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
 
         @app.get("/", include_in_schema=False)
         async def root() -> JSONResponse:
-            return JSONResponse({"service": app.title, "version": __version__, "docs": "/docs", "ready": "/readyz"})
+            return JSONResponse(
+                {"service": app.title, "version": __version__, "docs": "/docs", "ready": "/readyz"}
+            )
 
     if not settings.api_keys:
         _drop_security_from_schema(app)
@@ -159,7 +161,9 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     # Outermost first: CORS answers preflights before anything else; the guard rejects before bodies are read.
     app.add_middleware(RequestGuardMiddleware)
     app.add_middleware(
-        MetricsMiddleware, metrics=app.state.metrics, route_labels=RouteLabels(lambda: list(app.openapi()["paths"]))
+        MetricsMiddleware,
+        metrics=app.state.metrics,
+        route_labels=RouteLabels(lambda: list(app.openapi()["paths"])),
     )
     if settings.cors_origins:
         app.add_middleware(

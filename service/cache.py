@@ -30,7 +30,9 @@ def sha256_hex(data: bytes | str) -> str:
 def cache_key(kind: str, artifact_version: str, input_sha256: str, params: dict[str, Any]) -> str:
     """``keepfit:v1:<kind>:<sha256(version, input hash, params)>``: fixed length, nothing readable in it."""
     canonical = json.dumps(
-        {"version": artifact_version, "input": input_sha256, "params": params}, sort_keys=True, separators=(",", ":")
+        {"version": artifact_version, "input": input_sha256, "params": params},
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return f"{KEY_PREFIX}:{kind}:{sha256_hex(canonical)}"
 
@@ -151,7 +153,11 @@ class RedisCache:
             self._degraded = True
             logger.warning(
                 "Redis cache at %s unavailable (%s during %s: %s); serving without a cache and retrying every %.1f s",
-                self._url_for_logs, type(err).__name__, op, err, self.retry_s,
+                self._url_for_logs,
+                type(err).__name__,
+                op,
+                err,
+                self.retry_s,
             )
             # Idle pooled connections to the old server are dead too: drop them so the first requests after
             # the recovery do not fail on them and declare a second outage.
@@ -171,7 +177,9 @@ class RedisCache:
         try:
             # wait_for bounds the whole call, connection set-up included, whatever the socket does
             result = await asyncio.wait_for(coro, timeout=self.timeout_s * 2)
-        except Exception as err:  # ConnectionError, TimeoutError, ResponseError, OSError... (not cancellation)
+        except (
+            Exception
+        ) as err:  # ConnectionError, TimeoutError, ResponseError, OSError... (not cancellation)
             await self._failed(op, err, started)
             return _FAILED
         self._succeeded()

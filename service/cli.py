@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the KeepFIT HTTP API (OpenAPI docs at /docs). Research use only.",
     )
     p.add_argument("--artifact", type=Path, help="model artifact directory (KEEPFIT_ARTIFACT)")
-    p.add_argument("--index", type=Path, help="index directory (KEEPFIT_INDEX); default: found under indexes/")
+    p.add_argument(
+        "--index", type=Path, help="index directory (KEEPFIT_INDEX); default: found under indexes/"
+    )
     p.add_argument("--host", help="bind address (KEEPFIT_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (KEEPFIT_PORT, default 8000)")
     p.add_argument("--redis-url", help="Redis URL for the cache (KEEPFIT_REDIS_URL); default: in-process LRU")
@@ -69,11 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
     except ValidationError as err:
-        problems = "; ".join(f"KEEPFIT_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(
+            f"KEEPFIT_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors()
+        )
         raise ConfigError(f"bad settings: {problems}") from err
     logging.getLogger().setLevel(settings.log_level)
     if not (settings.artifact / "manifest.json").is_file():
-        raise ArtifactError(f"no artifact at {settings.artifact} (pass --artifact DIR or set KEEPFIT_ARTIFACT)")
+        raise ArtifactError(
+            f"no artifact at {settings.artifact} (pass --artifact DIR or set KEEPFIT_ARTIFACT)"
+        )
     if settings.index is None:
         found = find_index(settings.artifact)
         if found is not None:
@@ -83,10 +89,19 @@ def main(argv: list[str] | None = None) -> int:
             settings = get_settings()
     logger.info(
         "serving %s on http://%s:%d (index: %s, cache: %s, workers: %d)",
-        settings.artifact, settings.host, settings.port, settings.index or "none",
-        "redis" if settings.redis_url else "in-process", settings.workers,
+        settings.artifact,
+        settings.host,
+        settings.port,
+        settings.index or "none",
+        "redis" if settings.redis_url else "in-process",
+        settings.workers,
     )
-    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": settings.log_level.lower(), "proxy_headers": True}
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": True,
+    }
     if settings.workers > 1:
         # each worker builds its own app from the environment written above
         uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)

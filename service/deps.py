@@ -86,7 +86,9 @@ def check_api_key(presented: str | None, keys: Sequence[str]) -> None:
         raise UnauthorizedError(f"wrong API key in the {API_KEY_HEADER} header")
 
 
-async def require_api_key(settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_scheme)]) -> None:
+async def require_api_key(
+    settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_scheme)]
+) -> None:
     check_api_key(api_key, settings.api_keys)
 
 
@@ -103,7 +105,11 @@ def check_image_access(keys: Sequence[str], image_id: int, api_key: str | None, 
     if not keys:
         return
     expected = image_token(keys, image_id)
-    if token and expected and secrets.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode()):
+    if (
+        token
+        and expected
+        and secrets.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
+    ):
         return
     check_api_key(api_key, keys)
 

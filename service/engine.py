@@ -89,10 +89,15 @@ class Engine:
         )
         missing = [p for p in settings.providers if p not in runtime.providers]
         if missing:
-            logger.warning("ONNX Runtime providers %s are not available here; using %s", missing, runtime.providers)
+            logger.warning(
+                "ONNX Runtime providers %s are not available here; using %s", missing, runtime.providers
+            )
         logger.info(
             "loaded artifact %s version %s (%d-d) on %s",
-            runtime.artifact.name, runtime.version, runtime.embed_dim, ",".join(runtime.providers),
+            runtime.artifact.name,
+            runtime.version,
+            runtime.embed_dim,
+            ",".join(runtime.providers),
         )
         return cls(runtime, settings)
 
@@ -163,7 +168,9 @@ class Engine:
 
     def check_modality(self, modality: str) -> str:
         if modality != "auto" and modality not in self.modalities:
-            raise InvalidRequestError(f"unknown modality {modality!r}; use auto, {', '.join(self.modalities)}")
+            raise InvalidRequestError(
+                f"unknown modality {modality!r}; use auto, {', '.join(self.modalities)}"
+            )
         return modality
 
     # --------------------------------------------------------------------------------------- blocking work
@@ -202,7 +209,9 @@ class Engine:
             if categories is None:
                 names = self.knowledge.category_set(used)
                 categories = [Category(n, n, True) for n in names]
-            class_emb = self.runtime.class_embeddings([c.canonical for c in categories], used)  # [C, D], cached
+            class_emb = self.runtime.class_embeddings(
+                [c.canonical for c in categories], used
+            )  # [C, D], cached
             probs = self.runtime.zero_shot(embedding, class_emb)[0]  # [C]
         order = np.argsort(-probs, kind="stable")
         if top_k is not None:
@@ -280,7 +289,9 @@ class IndexHolder:
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keepfit-index")
         self._index: Any = None
-        self._error: str | None = "no index configured (set KEEPFIT_INDEX or pass --index)" if path is None else None
+        self._error: str | None = (
+            "no index configured (set KEEPFIT_INDEX or pass --index)" if path is None else None
+        )
         self._stamp: tuple[int, int] | None = None
         self._fingerprint: str | None = None
         self._checked_at = 0.0
@@ -326,7 +337,9 @@ class IndexHolder:
         old, self._index = self._index, index
         self._stamp, self._error = stamp, None
         manifest = getattr(index, "manifest", {}) or {}
-        self._fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+        self._fingerprint = hashlib.sha256(
+            json.dumps(manifest, sort_keys=True, default=str).encode()
+        ).hexdigest()
         if self.metrics is not None:
             self.metrics.index_size.set(int(index.count))
         logger.info("index %s loaded: %d images", self.path, index.count)
@@ -366,7 +379,9 @@ class IndexHolder:
     def info(self) -> IndexInfo:
         if self._index is None:
             return IndexInfo(False, None, None, self._error)
-        return IndexInfo(True, int(self._index.count), str(self._index.artifact_version), None, self._fingerprint)
+        return IndexInfo(
+            True, int(self._index.count), str(self._index.artifact_version), None, self._fingerprint
+        )
 
     def require(self, need_images: bool = True) -> Any:
         if self._index is None:

@@ -133,7 +133,13 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 async def _validation_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, RequestValidationError)
     # Never echo the input back (a 10,000-character query, say): only where and what.
-    details = [{"field": _location(e.get("loc", ())), "message": str(e.get("msg", "invalid"))} for e in err.errors()]
+    details = [
+        {
+            "field": _location(e.get("loc", ())),
+            "message": str(e.get("msg", "invalid")).removeprefix("Value error, "),
+        }
+        for e in err.errors()
+    ]
     message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5]) or "invalid request"
     return _json(422, error_body("invalid_request", message, details))
 
@@ -156,7 +162,12 @@ _CODES = {
 async def _http_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, StarletteHTTPException)
     status = err.status_code
-    code = _CODES.get(status, HTTPStatus(status).phrase.lower().replace(" ", "_") if status in HTTPStatus._value2member_map_ else "error")
+    code = _CODES.get(
+        status,
+        HTTPStatus(status).phrase.lower().replace(" ", "_")
+        if status in HTTPStatus._value2member_map_
+        else "error",
+    )
     message = err.detail if isinstance(err.detail, str) else HTTPStatus(status).phrase
     if status == 404 and message == "Not Found":
         message = f"no such endpoint: {request.method} {request.url.path}"

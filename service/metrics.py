@@ -21,7 +21,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "keepfit_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
+            "keepfit_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "keepfit_request_duration_seconds",
@@ -38,15 +41,21 @@ class Metrics:
             registry=self.registry,
         )
         self.cache_hits = Counter("keepfit_cache_hits", "Cache hits", ["endpoint"], registry=self.registry)
-        self.cache_misses = Counter("keepfit_cache_misses", "Cache misses", ["endpoint"], registry=self.registry)
+        self.cache_misses = Counter(
+            "keepfit_cache_misses", "Cache misses", ["endpoint"], registry=self.registry
+        )
         self.cache_errors = Counter(
-            "keepfit_cache_errors", "Cache backend operations that failed (served without cache)", registry=self.registry
+            "keepfit_cache_errors",
+            "Cache backend operations that failed (served without cache)",
+            registry=self.registry,
         )
         self.cache_degraded = Gauge(
             "keepfit_cache_degraded", "1 while the cache backend is unreachable", registry=self.registry
         )
         self.index_size = Gauge("keepfit_index_images", "Images in the loaded index", registry=self.registry)
-        self.inflight = Gauge("keepfit_requests_in_progress", "Requests being answered", registry=self.registry)
+        self.inflight = Gauge(
+            "keepfit_requests_in_progress", "Requests being answered", registry=self.registry
+        )
 
     @contextmanager
     def time_stage(self, stage: str, timings: dict[str, float] | None = None) -> Iterator[None]:

@@ -20,7 +20,16 @@ from service.errors import error_body
 # multipart framing and the small form fields around the file
 _SLACK_BYTES = 256 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/static", "/favicon")
+PUBLIC_PREFIXES = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/static",
+    "/favicon",
+)
 
 
 class _TooLarge(HTTPException):
@@ -30,13 +39,19 @@ class _TooLarge(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
-async def _reject(send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def _reject(
+    send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps(error_body(code, message)).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -63,7 +78,10 @@ class RequestGuardMiddleware:
             if not key_matches(text, api_keys):
                 what = "missing API key" if not text else "wrong API key"
                 await _reject(
-                    send, 401, "unauthorized", f"{what}: send it in the {API_KEY_HEADER} header",
+                    send,
+                    401,
+                    "unauthorized",
+                    f"{what}: send it in the {API_KEY_HEADER} header",
                     [(b"www-authenticate", b"APIKey")],
                 )
                 return
@@ -76,7 +94,9 @@ class RequestGuardMiddleware:
                 return
             if declared > max_body:
                 await _reject(
-                    send, 413, "payload_too_large",
+                    send,
+                    413,
+                    "payload_too_large",
                     f"request body is {declared} bytes; the limit is {max_body} (KEEPFIT_MAX_UPLOAD_BYTES plus framing)",
                 )
                 return

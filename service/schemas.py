@@ -10,7 +10,13 @@ Modality = Literal["auto", "CFP", "FFA", "OCT"]
 HARD_MAX_TOP_K = 10_000  # the schema's bound; the configured KEEPFIT_MAX_TOP_K is checked per request
 HARD_MAX_QUERY = 100_000
 
-_TIMINGS: dict[str, Any] = {"decode": 3.1, "preprocess": 4.2, "inference": 17.8, "zero_shot": 0.2, "total": 26.4}
+_TIMINGS: dict[str, Any] = {
+    "decode": 3.1,
+    "preprocess": 4.2,
+    "inference": 17.8,
+    "zero_shot": 0.2,
+    "total": 26.4,
+}
 
 
 class ErrorDetail(BaseModel):
@@ -40,7 +46,9 @@ class Prediction(BaseModel):
 class ModalityResult(BaseModel):
     requested: Modality
     used: str = Field(description="the modality whose prompts and default categories were used")
-    confidence: float | None = Field(None, description="probability of `used` when recognised (auto), else null")
+    confidence: float | None = Field(
+        None, description="probability of `used` when recognised (auto), else null"
+    )
     probabilities: dict[str, float] | None = Field(None, description="all modality probabilities (auto only)")
 
 
@@ -105,13 +113,17 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"query": "hard exudates near the macula", "top_k": 10, "modality": "CFP", "label": None}]
+            "examples": [
+                {"query": "hard exudates near the macula", "top_k": 10, "modality": "CFP", "label": None}
+            ]
         },
     )
 
     query: str = Field(min_length=1, max_length=HARD_MAX_QUERY, description="free text; not logged")
     top_k: int = Field(10, ge=1, le=HARD_MAX_TOP_K, description="how many images (at most KEEPFIT_MAX_TOP_K)")
-    modality: str | None = Field(None, min_length=1, max_length=32, description="only images of this modality")
+    modality: str | None = Field(
+        None, min_length=1, max_length=32, description="only images of this modality"
+    )
     label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label")
 
     @field_validator("query")
@@ -131,7 +143,10 @@ class ClassifyForm(BaseModel):
     modality: Modality = Field("auto", description="imaging modality, or `auto` to recognise it")
     top_k: int | None = Field(None, ge=1, le=HARD_MAX_TOP_K, description="return only the k most probable")
     task: str | None = Field(
-        None, min_length=1, max_length=64, description="a named category set instead of `categories` (`dme`, `dr`...)"
+        None,
+        min_length=1,
+        max_length=64,
+        description="a named category set instead of `categories` (`dme`, `dr`...)",
     )
 
 
@@ -206,7 +221,9 @@ class SearchResponse(BaseModel):
 class EmbedTextRequest(BaseModel):
     """Text -> vector. Image -> vector sends multipart ``image`` to the same path."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "optic disc cupping"}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "optic disc cupping"}]}
+    )
 
     text: str = Field(min_length=1, max_length=HARD_MAX_QUERY)
 
@@ -240,7 +257,9 @@ class CategoriesResponse(BaseModel):
 
     model_version: str
     modalities: dict[str, list[str]] = Field(description="default category set per modality")
-    tasks: dict[str, TaskInfo] = Field(description="named sets of mutually exclusive categories (form field `task`)")
+    tasks: dict[str, TaskInfo] = Field(
+        description="named sets of mutually exclusive categories (form field `task`)"
+    )
     abbreviations: dict[str, str]
 
 

@@ -42,32 +42,43 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEPFIT_", extra="ignore", frozen=True)
 
     artifact: Path = Field(default=Path("artifacts/keepfit-v2-small"), description="model artifact directory")
-    index: Path | None = Field(default=None, description="index directory; none or missing: search answers 503")
+    index: Path | None = Field(
+        default=None, description="index directory; none or missing: search answers 503"
+    )
     redis_url: str | None = Field(
         default=None, description="Redis URL for the response cache; unset: in-process LRU"
     )
     cache_ttl_s: int = Field(default=3600, ge=1, le=30 * 86400, description="lifetime of a cached response")
     cache_max_entries: int = Field(default=10_000, ge=0, description="in-process cache size (0 disables it)")
     cache_timeout_ms: float = Field(default=100.0, gt=0, le=10_000, description="Redis per-operation timeout")
-    cache_retry_s: float = Field(default=2.0, ge=0, le=600, description="after a Redis failure, skip it this long")
+    cache_retry_s: float = Field(
+        default=2.0, ge=0, le=600, description="after a Redis failure, skip it this long"
+    )
     api_keys: CommaList = Field(default_factory=list, description="accepted X-API-Key values; empty: no auth")
     cors_origins: CommaList = Field(default_factory=list, description="origins allowed by CORS ('*' for any)")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest accepted upload")
     max_pixels: int = Field(default=36_000_000, ge=1, description="largest accepted image (width x height)")
-    max_categories: int = Field(default=50, ge=2, le=1000, description="most categories in one classify request")
+    max_categories: int = Field(
+        default=50, ge=2, le=1000, description="most categories in one classify request"
+    )
     max_top_k: int = Field(default=100, ge=1, le=10_000, description="largest top_k for classify and search")
     max_query_chars: int = Field(default=1000, ge=1, le=100_000, description="longest text query")
     providers: CommaList = Field(
-        default_factory=lambda: ["CPUExecutionProvider"], description="ONNX Runtime execution providers, in order"
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers, in order",
     )
     threads: int | None = Field(
         default=None, ge=1, le=256, description="ONNX Runtime intra-op threads (default: ORT's)"
     )
     inference_concurrency: int = Field(
-        default=0, ge=0, le=256, description="model runs at once per process (0: one per two CPU cores, at least 2)"
+        default=0,
+        ge=0,
+        le=256,
+        description="model runs at once per process (0: one per two CPU cores, at least 2)",
     )
     ort_spinning: bool = Field(
-        default=False, description="let idle ONNX Runtime threads spin (lower latency on idle cores, less for the rest)"
+        default=False,
+        description="let idle ONNX Runtime threads spin (lower latency on idle cores, less for the rest)",
     )
     log_level: str = Field(default="INFO", description="Python logging level")
     public_url: str | None = Field(default=None, description="base URL for image_url in search results")

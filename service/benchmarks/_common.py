@@ -31,7 +31,9 @@ def real_images(data_root: Path, per_modality: int) -> list[tuple[str, Path]]:
             raise SystemExit(f"real data not found: {labels} (pass --data-root)")
         rows = sorted(csv.DictReader(labels.open()), key=lambda r: r["path"])
         for modality in modalities:
-            picked = [r for r in rows if r["modality"] == modality and r.get("split") == "test"][:per_modality]
+            picked = [r for r in rows if r["modality"] == modality and r.get("split") == "test"][
+                :per_modality
+            ]
             out += [(modality, labels.parent / r["path"]) for r in picked]
     return out
 
@@ -51,7 +53,9 @@ def rss_mib(pid: int) -> float:
 
 
 @contextmanager
-def serve(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 120) -> Iterator[tuple[str, int]]:
+def serve(
+    args: list[str], env: dict[str, str] | None = None, timeout_s: float = 120
+) -> Iterator[tuple[str, int]]:
     """``keepfit serve`` in a subprocess on a free port; yields ``(base_url, pid)`` once ready."""
     port = free_port()
     cmd = [sys.executable, "-m", "model.cli", "serve", "--port", str(port), "--log-level", "WARNING", *args]
@@ -90,7 +94,9 @@ def multipart_body(data: bytes, fields: dict[str, str | list[str]] | None = None
     parts: list[bytes] = []
     for name, value in (fields or {}).items():
         for item in value if isinstance(value, list) else [value]:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{item}\r\n'.encode())
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{item}\r\n'.encode()
+            )
     parts.append(
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="eye.jpg"\r\n'
         "Content-Type: image/jpeg\r\n\r\n".encode()
@@ -109,7 +115,9 @@ class Http:
         host, port = base.split("//", 1)[1].rsplit(":", 1)
         self._conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
 
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> tuple[int, bytes]:
         headers = {"Content-Type": content_type} if content_type else {}
         try:
             self._conn.request(method, path, body=body, headers=headers)

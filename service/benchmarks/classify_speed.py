@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images-per-modality", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument(
-        "--torch-threads", type=int, default=1,
+        "--torch-threads",
+        type=int,
+        default=1,
         help="torch threads (default 1: on a shared CPU OpenMP's spinning makes more threads several times slower)",
     )
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -135,7 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"miss / floor        = {ratios['miss_over_floor']:.2f}x   (target <= 1.5)")
     print(f"hit / miss          = {ratios['hit_over_miss']:.3f}    (target < 0.1)")
     if args.json:
-        figures = {"median_ms": med, "mean_ms": mean, "ratios": ratios, "n": len(images), "handler_ms": server}
+        figures = {
+            "median_ms": med,
+            "mean_ms": mean,
+            "ratios": ratios,
+            "n": len(images),
+            "handler_ms": server,
+        }
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
 

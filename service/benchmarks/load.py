@@ -49,17 +49,36 @@ MIX = (("classify", 0.7), ("search", 0.15), ("embed", 0.15))
 
 def build_index(artifact: Path, data_root: Path, out: Path) -> Path:
     cmd = [
-        sys.executable, "-m", "model.cli", "index", "build", "--artifact", str(artifact),
-        "--manifest", str(data_root / "cfp_oct_mx" / "labels.csv"),
-        "--manifest", str(data_root / "ffa_huapu4" / "labels.csv"),
-        "--split", "test", "--out", str(out), "--no-progress",
+        sys.executable,
+        "-m",
+        "model.cli",
+        "index",
+        "build",
+        "--artifact",
+        str(artifact),
+        "--manifest",
+        str(data_root / "cfp_oct_mx" / "labels.csv"),
+        "--manifest",
+        str(data_root / "ffa_huapu4" / "labels.csv"),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+        "--no-progress",
     ]
     subprocess.run(cmd, cwd=ROOT, check=True)
     return out
 
 
-def client(base: str, seed: int, stop_at: float, images: list[bytes], results: list[tuple[str, float, int, bool]],
-           lock: threading.Lock, errors: list[str]) -> None:
+def client(
+    base: str,
+    seed: int,
+    stop_at: float,
+    images: list[bytes],
+    results: list[tuple[str, float, int, bool]],
+    lock: threading.Lock,
+    errors: list[str],
+) -> None:
     rng = random.Random(seed)
     http = Http(base)
     names = [name for name, _ in MIX]
@@ -73,7 +92,10 @@ def client(base: str, seed: int, stop_at: float, images: list[bytes], results: l
             body, ctype = json.dumps({"query": rng.choice(QUERIES), "top_k": 10}).encode(), "application/json"
             path = "/v1/search"
         else:
-            body, ctype = json.dumps({"text": f"{rng.choice(QUERIES)} {rng.randrange(50)}"}).encode(), "application/json"
+            body, ctype = (
+                json.dumps({"text": f"{rng.choice(QUERIES)} {rng.randrange(50)}"}).encode(),
+                "application/json",
+            )
             path = "/v1/embed"
         start = time.perf_counter()
         try:
@@ -163,12 +185,18 @@ def main(argv: list[str] | None = None) -> int:
         "server_rss_mib": {"before": round(rss_before, 1), "after": round(rss_after, 1)},
         "cache": "off" if args.cache_off else "redis" if args.redis_url else "in-process",
     }
-    print(f"{args.clients} clients for {wall:.1f} s, cache {figures['cache']}, {len(images)} images in the pool")
-    print(f"requests {len(results)}, errors {len(errors)}, throughput {figures['throughput_rps']} req/s, "
-          f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
+    print(
+        f"{args.clients} clients for {wall:.1f} s, cache {figures['cache']}, {len(images)} images in the pool"
+    )
+    print(
+        f"requests {len(results)}, errors {len(errors)}, throughput {figures['throughput_rps']} req/s, "
+        f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms"
+    )
     for op, f in figures["per_endpoint"].items():
-        print(f"  {op:<9} {f['requests']:>6} requests  p50 {f['p50_ms']:>7} ms  p99 {f['p99_ms']:>7} ms  "
-              f"cache hits {f['cache_hit_ratio']:.0%}")
+        print(
+            f"  {op:<9} {f['requests']:>6} requests  p50 {f['p50_ms']:>7} ms  p99 {f['p99_ms']:>7} ms  "
+            f"cache hits {f['cache_hit_ratio']:.0%}"
+        )
     print(f"server memory (RSS): {rss_before:.0f} MiB before, {rss_after:.0f} MiB after")
     for line in errors[:10]:
         print("error:", line)

@@ -40,7 +40,9 @@ async def parse_multipart(
             if name == "image":
                 continue
             if not isinstance(value, str):
-                raise InvalidRequestError(f"unexpected file field {name!r}: send the image in the 'image' field")
+                raise InvalidRequestError(
+                    f"unexpected file field {name!r}: send the image in the 'image' field"
+                )
             if name in list_fields:
                 fields.setdefault(name, []).append(value)
             elif name in fields:

@@ -44,7 +44,11 @@ OPENAPI_BODY = {
                             "items": {"type": "string", "maxLength": MAX_CATEGORY_CHARS},
                             "description": "category names, one per repeated field; omit for the default set",
                         },
-                        "modality": {"type": "string", "enum": ["auto", "CFP", "FFA", "OCT"], "default": "auto"},
+                        "modality": {
+                            "type": "string",
+                            "enum": ["auto", "CFP", "FFA", "OCT"],
+                            "default": "auto",
+                        },
                         "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K},
                         "task": {"type": "string", "minLength": 1, "maxLength": 64},
                     }
@@ -105,14 +109,18 @@ async def classify(request: Request, state: StateDep) -> Response:
                 "categories": result.categories,
                 "image": {"sha256": digest, "width": result.width, "height": result.height},
                 "intended_use": engine.intended_use,
-            }
+            },
+            separators=(",", ":"),
         ).encode()
         with timings.stage("cache"):
             await state.cache.set(key, body)
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     logger.info(
         "classify image=%s modality=%s categories=%s cached=%s total_ms=%.1f",
-        digest[:12], modality, len(resolved) if resolved is not None else "default", cached is not None,
+        digest[:12],
+        modality,
+        len(resolved) if resolved is not None else "default",
+        cached is not None,
         timings.ms["total"],
     )
     return json_with(body, cached=cached is not None, timings_ms=timings.ms)

@@ -27,7 +27,10 @@ OPENAPI_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": EmbedTextRequest.model_json_schema(), "example": {"text": "drusen"}},
+            "application/json": {
+                "schema": EmbedTextRequest.model_json_schema(),
+                "example": {"text": "drusen"},
+            },
             "multipart/form-data": {"schema": image_form_schema({})},
         },
     }
@@ -39,7 +42,7 @@ OPENAPI_BODY = {
     response_model=EmbedResponse,
     summary="Embed a text or an image",
     description=(
-        "`application/json` `{\"text\": ...}` or `multipart/form-data` with an `image` file -> the unit-norm "
+        '`application/json` `{"text": ...}` or `multipart/form-data` with an `image` file -> the unit-norm '
         "embedding the index and zero-shot classification use (cosine similarity = dot product)."
     ),
     responses=error_responses(400, 401, 413, 415, 422),
@@ -52,7 +55,9 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
     if body_kind(request) == "json":
         req = await parse_json(request, EmbedTextRequest)
         if len(req.text) > settings.max_query_chars:
-            raise InvalidRequestError(f"text is {len(req.text)} characters; the limit is {settings.max_query_chars}")
+            raise InvalidRequestError(
+                f"text is {len(req.text)} characters; the limit is {settings.max_query_chars}"
+            )
         kind, digest, text, data = "text", sha256_hex(req.text), req.text, None
     else:
         data, _ = await parse_multipart(request, _NoFields, settings.max_upload_bytes)
@@ -72,7 +77,14 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
             array = await state.run_blocking(engine.embed_image, data, timings)
         vector = [float(v) for v in array]
         body = json.dumps(
-            {"model_version": engine.version, "kind": kind, "sha256": digest, "dim": len(vector), "embedding": vector}
+            {
+                "model_version": engine.version,
+                "kind": kind,
+                "sha256": digest,
+                "dim": len(vector),
+                "embedding": vector,
+            },
+            separators=(",", ":"),
         ).encode()
         with timings.stage("cache"):
             await state.cache.set(key, body)

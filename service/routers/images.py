@@ -31,7 +31,10 @@ _MAX_ID = 2**63 - 1
     description=DESCRIPTION,
     response_class=Response,
     responses={
-        200: {"content": {"image/jpeg": {}, "image/png": {}, "image/tiff": {}}, "description": "the image bytes"},
+        200: {
+            "content": {"image/jpeg": {}, "image/png": {}, "image/tiff": {}},
+            "description": "the image bytes",
+        },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
         **error_responses(401, 404, 422, 503),
     },
@@ -41,8 +44,12 @@ async def get_image(
     state: StateDep,
     settings: SettingsDep,
     image_id: Annotated[int, Path(ge=0, le=_MAX_ID, description="the `id` of a search hit")],
-    size: Annotated[int | None, Query(ge=16, le=1024, description="thumbnail: longest side in pixels")] = None,
-    token: Annotated[str | None, Query(max_length=128, description="per-image token from a search hit")] = None,
+    size: Annotated[
+        int | None, Query(ge=16, le=1024, description="thumbnail: longest side in pixels")
+    ] = None,
+    token: Annotated[
+        str | None, Query(max_length=128, description="per-image token from a search hit")
+    ] = None,
     api_key: Annotated[str | None, Security(api_key_scheme)] = None,
 ) -> Response:
     check_image_access(settings.api_keys, image_id, api_key, token)
@@ -60,7 +67,11 @@ async def get_image(
             raise NotFoundError(f"the file of image {image_id} is no longer on disk")
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers=headers)
-    key = cache_key("thumbnail", "", record.sha256 or f"id:{image_id}", {"size": size}) if record.sha256 else None
+    key = (
+        cache_key("thumbnail", "", record.sha256 or f"id:{image_id}", {"size": size})
+        if record.sha256
+        else None
+    )
     data = await state.cache.get(key) if key else None
     if data is None:
         data = await state.run_blocking(make_thumbnail, path, size, settings.max_pixels)

@@ -76,7 +76,9 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
     if kind == "json":
         req = await parse_json(request, SearchRequest)
         if len(req.query) > settings.max_query_chars:
-            raise InvalidRequestError(f"query is {len(req.query)} characters; the limit is {settings.max_query_chars}")
+            raise InvalidRequestError(
+                f"query is {len(req.query)} characters; the limit is {settings.max_query_chars}"
+            )
         top_k, modality, label = req.top_k, req.modality, req.label
         digest = sha256_hex(req.query)
     else:
@@ -115,7 +117,12 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     logger.info(
         "search %s=%s top_k=%d hits=%d cached=%s total_ms=%.1f",
-        "image" if data is not None else "text", digest[:12], top_k, len(hits), cached is not None, timings.ms["total"],
+        "image" if data is not None else "text",
+        digest[:12],
+        top_k,
+        len(hits),
+        cached is not None,
+        timings.ms["total"],
     )
     body = {
         "model_version": engine.version,

@@ -21,8 +21,11 @@ from tests.service.helpers import encode, make_settings
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Service settings come from KEEPFIT_* variables: a developer's (or `keepfit serve`'s, which writes its
     flags there) must not leak into or out of a test.  KEEPFIT_DATA_ROOT is the tests' own setting."""
-    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
-                                        if not k.startswith("KEEPFIT_") or k == "KEEPFIT_DATA_ROOT"})
+    monkeypatch.setattr(
+        os,
+        "environ",
+        {k: v for k, v in os.environ.items() if not k.startswith("KEEPFIT_") or k == "KEEPFIT_DATA_ROOT"},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +61,11 @@ def _rows(labels_csv: Path, modality: str, n: int, label_column: str) -> list[di
     rows = [r for r in csv.DictReader(labels_csv.open()) if r["modality"] == modality and r[label_column]]
     rows.sort(key=lambda r: r["path"])
     return [
-        {"path": str((labels_csv.parent / r["path"]).resolve()), "modality": modality, "diagnosis": r[label_column]}
+        {
+            "path": str((labels_csv.parent / r["path"]).resolve()),
+            "modality": modality,
+            "diagnosis": r[label_column],
+        }
         for r in rows[:n]
     ]
 
@@ -80,7 +87,18 @@ def index_dir(data_root: Path, default_artifact: Path, tmp_path_factory: pytest.
         writer.writeheader()
         writer.writerows(rows)
     out = work / "index"
-    code = keepfit(["index", "build", "--artifact", str(default_artifact), "--manifest", str(manifest), "--out", str(out)])
+    code = keepfit(
+        [
+            "index",
+            "build",
+            "--artifact",
+            str(default_artifact),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0 and (out / "index_manifest.json").is_file()
     return out
 

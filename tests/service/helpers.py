@@ -15,7 +15,13 @@ from service.settings import Settings
 
 def make_settings(artifact: Path, **overrides: Any) -> Settings:
     """Settings independent of the developer's environment (``_env_file`` off, every field explicit enough)."""
-    base: dict[str, Any] = {"artifact": artifact, "index": None, "redis_url": None, "api_keys": [], "cors_origins": []}
+    base: dict[str, Any] = {
+        "artifact": artifact,
+        "index": None,
+        "redis_url": None,
+        "api_keys": [],
+        "cors_origins": [],
+    }
     base.update(overrides)
     return Settings(_env_file=None, **base)  # type: ignore[call-arg]
 

@@ -14,8 +14,9 @@ from service.app import create_app
 from tests.service.helpers import encode, make_settings, png_with_size
 
 
-def _post_image(api: TestClient, data: bytes, content_type: str = "image/jpeg", path: str = "/v1/classify",
-                **form: Any):
+def _post_image(
+    api: TestClient, data: bytes, content_type: str = "image/jpeg", path: str = "/v1/classify", **form: Any
+):
     return api.post(path, files={"image": ("upload", data, content_type)}, data=form)
 
 
@@ -29,8 +30,11 @@ def _error(r: Any, status: int, code: str, *fragments: str) -> None:
 
 @pytest.mark.parametrize("path", ["/v1/classify", "/v1/search", "/v1/embed"])
 def test_not_an_image(api: TestClient, path: str) -> None:
-    _error(_post_image(api, b"hello, this is plain text" * 20, path=path), 400 if path != "/v1/search" else 503,
-           "invalid_image" if path != "/v1/search" else "no_index")
+    _error(
+        _post_image(api, b"hello, this is plain text" * 20, path=path),
+        400 if path != "/v1/search" else 503,
+        "invalid_image" if path != "/v1/search" else "no_index",
+    )
 
 
 def test_not_an_image_classify(api: TestClient) -> None:
@@ -52,8 +56,12 @@ def test_decompression_bomb(api: TestClient, size: tuple[int, int]) -> None:
 
 
 def test_declared_content_type_that_is_not_an_image(api: TestClient, real_images: dict[str, bytes]) -> None:
-    _error(_post_image(api, real_images["CFP"], "application/pdf"), 415, "unsupported_media_type",
-           "application/pdf")
+    _error(
+        _post_image(api, real_images["CFP"], "application/pdf"),
+        415,
+        "unsupported_media_type",
+        "application/pdf",
+    )
 
 
 def test_decodable_but_unsupported_format(api: TestClient, golden_image: Image.Image) -> None:
@@ -61,7 +69,9 @@ def test_decodable_but_unsupported_format(api: TestClient, golden_image: Image.I
 
 
 def test_json_sent_to_classify(api: TestClient) -> None:
-    _error(api.post("/v1/classify", json={"image": "x"}), 415, "unsupported_media_type", "multipart/form-data")
+    _error(
+        api.post("/v1/classify", json={"image": "x"}), 415, "unsupported_media_type", "multipart/form-data"
+    )
 
 
 def test_missing_image_field(api: TestClient) -> None:
@@ -81,7 +91,9 @@ def test_missing_image_field(api: TestClient) -> None:
         (["x" * 300, "glaucoma"], "300 characters"),
     ],
 )
-def test_bad_categories(api: TestClient, real_images: dict[str, bytes], categories: list[str], fragment: str) -> None:
+def test_bad_categories(
+    api: TestClient, real_images: dict[str, bytes], categories: list[str], fragment: str
+) -> None:
     _error(_post_image(api, real_images["CFP"], categories=categories), 422, "invalid_request", fragment)
 
 
@@ -91,11 +103,18 @@ def test_task_and_categories_together(api: TestClient, real_images: dict[str, by
 
 
 def test_unknown_task(api: TestClient, real_images: dict[str, bytes]) -> None:
-    _error(_post_image(api, real_images["CFP"], task="astrology"), 422, "invalid_request", "unknown task 'astrology'")
+    _error(
+        _post_image(api, real_images["CFP"], task="astrology"),
+        422,
+        "invalid_request",
+        "unknown task 'astrology'",
+    )
 
 
 @pytest.mark.parametrize(("top_k", "fragment"), [(0, "top_k"), (10_000, "top_k is 10000; the limit is 100")])
-def test_classify_top_k_out_of_range(api: TestClient, real_images: dict[str, bytes], top_k: int, fragment: str) -> None:
+def test_classify_top_k_out_of_range(
+    api: TestClient, real_images: dict[str, bytes], top_k: int, fragment: str
+) -> None:
     _error(_post_image(api, real_images["CFP"], top_k=top_k), 422, "invalid_request", fragment)
 
 
@@ -128,8 +147,12 @@ def test_search_without_an_index_says_so(api: TestClient) -> None:
 def test_search_body_not_json(api: TestClient) -> None:
     r = api.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
     _error(r, 422, "invalid_request", "JSON")
-    _error(api.post("/v1/search", content=b"query=x", headers={"content-type": "text/plain"}), 415,
-           "unsupported_media_type", "text/plain")
+    _error(
+        api.post("/v1/search", content=b"query=x", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+        "text/plain",
+    )
 
 
 @pytest.mark.parametrize("body", [{"text": ""}, {"text": "  "}, {"text": "y" * 10_000}])
@@ -163,8 +186,11 @@ def test_upload_over_the_byte_limit(small_limits: TestClient, real_images: dict[
 
 
 def test_body_over_the_limit_is_refused_before_reading(small_limits: TestClient) -> None:
-    r = small_limits.post("/v1/classify", content=b"0" * (400 * 1024),
-                          headers={"content-type": "multipart/form-data; boundary=x"})
+    r = small_limits.post(
+        "/v1/classify",
+        content=b"0" * (400 * 1024),
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
     _error(r, 413, "payload_too_large", "request body")
 
 

@@ -101,7 +101,9 @@ def test_redis_stopped_during_load_fails_no_request(
     """Live uvicorn, 8 clients; Redis stopped mid-load, then restarted: zero failed requests, hits again."""
     images = [p.read_bytes() for paths in real_image_paths.values() for p in paths[:2]]
     with redis_server() as redis, caplog.at_level(logging.WARNING, logger="service.cache"):
-        settings = make_settings(default_artifact, redis_url=redis.url, cache_timeout_ms=200, cache_retry_s=0.5)
+        settings = make_settings(
+            default_artifact, redis_url=redis.url, cache_timeout_ms=200, cache_retry_s=0.5
+        )
         with live_server(settings) as base:
             statuses: list[int] = []
             cached: list[bool] = []
@@ -115,8 +117,10 @@ def test_redis_stopped_during_load_fails_no_request(
                         if i % 2:
                             r = http.post("/v1/embed", json={"text": f"finding number {i % 5}"})
                         else:
-                            r = http.post("/v1/classify",
-                                          files={"image": ("a.jpg", images[i % len(images)], "image/jpeg")})
+                            r = http.post(
+                                "/v1/classify",
+                                files={"image": ("a.jpg", images[i % len(images)], "image/jpeg")},
+                            )
                         with lock:
                             statuses.append(r.status_code)
                             if r.status_code == 200:

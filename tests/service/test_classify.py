@@ -30,7 +30,12 @@ def test_default_set_matches_the_runtime(
     assert r.status_code == 200, r.text
     body = r.json()
     expected_set = runtime.knowledge.category_set(modality)
-    assert body["modality"] == {"requested": modality, "used": modality, "confidence": None, "probabilities": None}
+    assert body["modality"] == {
+        "requested": modality,
+        "used": modality,
+        "confidence": None,
+        "probabilities": None,
+    }
     assert sorted(p["label"] for p in body["predictions"]) == sorted(expected_set)
     probs = [p["probability"] for p in body["predictions"]]
     assert probs == sorted(probs, reverse=True)
@@ -55,8 +60,13 @@ def test_auto_modality_reports_what_it_used(api: TestClient, real_images: dict[s
 
 
 def test_requested_categories_keep_their_spelling(api: TestClient, real_images: dict[str, bytes]) -> None:
-    r = _classify(api, real_images["CFP"], categories=["DME", "no diabetic macular edema", "drusen-like dots"],
-                  modality="CFP", top_k=2)
+    r = _classify(
+        api,
+        real_images["CFP"],
+        categories=["DME", "no diabetic macular edema", "drusen-like dots"],
+        modality="CFP",
+        top_k=2,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["categories"] == 3 and len(body["predictions"]) == 2
@@ -70,7 +80,10 @@ def test_requested_categories_keep_their_spelling(api: TestClient, real_images: 
 
 def test_task_is_a_named_category_set(api: TestClient, real_images: dict[str, bytes]) -> None:
     body = _classify(api, real_images["OCT"], task="dme", modality="OCT").json()
-    assert sorted(p["label"] for p in body["predictions"]) == ["diabetic macular edema", "no diabetic macular edema"]
+    assert sorted(p["label"] for p in body["predictions"]) == [
+        "diabetic macular edema",
+        "no diabetic macular edema",
+    ]
 
 
 def test_second_identical_request_is_a_cache_hit_with_the_same_answer(
@@ -94,9 +107,14 @@ def test_unversioned_alias_answers_like_v1(api: TestClient, real_images: dict[st
 
 
 @pytest.mark.parametrize("variant", ["png16", "rgba", "grey", "tiff", "jpeg"])
-def test_valid_awkward_images_are_classified(api: TestClient, variants: dict[str, bytes], variant: str) -> None:
-    r = api.post("/v1/classify", files={"image": ("x", variants[variant], "application/octet-stream")},
-                 data={"modality": "CFP"})
+def test_valid_awkward_images_are_classified(
+    api: TestClient, variants: dict[str, bytes], variant: str
+) -> None:
+    r = api.post(
+        "/v1/classify",
+        files={"image": ("x", variants[variant], "application/octet-stream")},
+        data={"modality": "CFP"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["image"]["width"] == 400 and r.json()["image"]["height"] == 320
 

@@ -69,8 +69,13 @@ def test_no_server_errors(fuzz_schema: Any, method: str, path: str, mode: Genera
     checks = CHECKS + ([negative_data_rejection] if mode == GenerationMode.NEGATIVE else [])
 
     @given(case=op.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
-              database=None)
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
     def run(case: Any) -> None:
         case.call_and_validate(checks=checks, timeout=30)
 

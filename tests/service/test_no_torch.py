@@ -35,7 +35,11 @@ print(json.dumps({"statuses": statuses, "heavy": heavy}))
 def test_serving_never_imports_torch(default_artifact: Path, real_image_paths: dict[str, list[Path]]) -> None:
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(default_artifact), str(real_image_paths["CFP"][0])],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -50,8 +54,11 @@ def test_logs_carry_hashes_not_content(
     with caplog.at_level(logging.DEBUG):
         api.post("/v1/search", json={"query": secret_query})
         api.post("/v1/embed", json={"text": secret_query})
-        r = api.post("/v1/classify", files={"image": ("jane-doe.jpg", real_images["CFP"], "image/jpeg")},
-                     data={"categories": ["Jane Doe condition", "glaucoma"]})
+        r = api.post(
+            "/v1/classify",
+            files={"image": ("jane-doe.jpg", real_images["CFP"], "image/jpeg")},
+            data={"categories": ["Jane Doe condition", "glaucoma"]},
+        )
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
     assert "Jane" not in logged and "jane" not in logged
     assert r.json()["image"]["sha256"][:12] in logged  # the hash is what identifies a request

@@ -28,7 +28,9 @@ def test_readyz_reports_artifact_index_and_cache(api: TestClient, default_artifa
     manifest_version = KeepfitRuntime.from_artifact(default_artifact).version
     assert body["artifact"]["name"] == "keepfit-v2-small" and body["artifact"]["version"] == manifest_version
     assert body["index"] == {
-        "loaded": False, "count": None, "artifact_version": None,
+        "loaded": False,
+        "count": None,
+        "artifact_version": None,
         "error": "no index configured (set KEEPFIT_INDEX or pass --index)",
     }
     assert body["cache"] == {"backend": "memory", "state": "ok"}
@@ -89,7 +91,9 @@ def test_root_points_to_the_docs_or_serves_the_front_end(api: TestClient) -> Non
 # ------------------------------------------------------------------------------------------------ API keys
 @pytest.fixture(scope="module")
 def secured(default_artifact: Path) -> Iterator[TestClient]:
-    settings = make_settings(default_artifact, api_keys=["k-one", "k-two"], cors_origins=["https://clinic.example"])
+    settings = make_settings(
+        default_artifact, api_keys=["k-one", "k-two"], cors_origins=["https://clinic.example"]
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -103,7 +107,11 @@ def test_key_comparison() -> None:
 
 @pytest.mark.parametrize(
     ("headers", "fragment"),
-    [({}, "missing API key"), ({"X-API-Key": "nope"}, "wrong API key"), ({"X-API-Key": "k-one "}, "wrong API key")],
+    [
+        ({}, "missing API key"),
+        ({"X-API-Key": "nope"}, "wrong API key"),
+        ({"X-API-Key": "k-one "}, "wrong API key"),
+    ],
 )
 def test_api_key_required(secured: TestClient, headers: dict[str, str], fragment: str) -> None:
     for r in (

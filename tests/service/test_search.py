@@ -48,7 +48,9 @@ def test_filters(indexed: TestClient) -> None:
     assert len(hits) == 4 and {h["modality"] for h in hits} == {"FFA"}
     hits = _search(indexed, query="retina", top_k=12, label="diabetic macular edema").json()["hits"]
     assert hits and all("diabetic macular edema" in h["labels"] for h in hits)
-    assert _search(indexed, query="retina", top_k=12, modality="CFP", label="no such label").json()["hits"] == []
+    assert (
+        _search(indexed, query="retina", top_k=12, modality="CFP", label="no such label").json()["hits"] == []
+    )
 
 
 def test_top_k_above_the_index_size_returns_everything(indexed: TestClient) -> None:
@@ -63,8 +65,11 @@ def test_image_search_finds_the_image_itself_first(indexed: TestClient, index_di
     body = r.json()
     assert body["query"]["kind"] == "image"
     assert body["hits"][0]["id"] == hit["id"] and body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
-    filtered = indexed.post("/v1/search", files={"image": ("q.jpg", original, "image/jpeg")},
-                            data={"top_k": "3", "modality": "OCT"}).json()
+    filtered = indexed.post(
+        "/v1/search",
+        files={"image": ("q.jpg", original, "image/jpeg")},
+        data={"top_k": "3", "modality": "OCT"},
+    ).json()
     assert {h["modality"] for h in filtered["hits"]} == {"OCT"}
 
 
@@ -91,7 +96,9 @@ def test_images_round_trip_and_thumbnails(indexed: TestClient, index_dir: Path) 
     thumb = indexed.get(hit["thumbnail_url"].replace("http://testserver", ""))
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     img = Image.open(io.BytesIO(thumb.content))
-    assert max(img.size) == 256 and img.size[0] / img.size[1] == pytest.approx(record.width / record.height, 0.02)
+    assert max(img.size) == 256 and img.size[0] / img.size[1] == pytest.approx(
+        record.width / record.height, 0.02
+    )
     small = indexed.get(f"/v1/images/{hit['id']}?size=32")
     assert max(Image.open(io.BytesIO(small.content)).size) == 32
     etag = thumb.headers["etag"]
@@ -156,7 +163,9 @@ class _EmptyIndex:
 
 def test_empty_index_says_so(default_artifact: Path, tmp_path: Path) -> None:
     (tmp_path / "index_manifest.json").write_text("{}")
-    app = create_app(make_settings(default_artifact, index=tmp_path), index_opener=lambda *a, **k: _EmptyIndex())
+    app = create_app(
+        make_settings(default_artifact, index=tmp_path), index_opener=lambda *a, **k: _EmptyIndex()
+    )
     with TestClient(app) as client:
         assert client.get("/readyz").json()["index"]["count"] == 0
         r = _search(client, query="drusen")
@@ -166,10 +175,13 @@ def test_empty_index_says_so(default_artifact: Path, tmp_path: Path) -> None:
 
 
 def test_search_result_urls_use_the_public_url(index_dir: Path, default_artifact: Path) -> None:
-    settings = make_settings(default_artifact, index=index_dir, public_url="https://eyes.example/api/",
-                             api_keys=["k"])
+    settings = make_settings(
+        default_artifact, index=index_dir, public_url="https://eyes.example/api/", api_keys=["k"]
+    )
     with TestClient(create_app(settings)) as client:
-        hits = client.post("/v1/search", json={"query": "retina", "top_k": 2}, headers={"X-API-Key": "k"}).json()["hits"]
+        hits = client.post(
+            "/v1/search", json={"query": "retina", "top_k": 2}, headers={"X-API-Key": "k"}
+        ).json()["hits"]
         url = hits[0]["image_url"]
         assert url.startswith(f"https://eyes.example/api/v1/images/{hits[0]['id']}?token=")
         # the token opens that image without the header (an <img src> in a browser)
@@ -178,11 +190,14 @@ def test_search_result_urls_use_the_public_url(index_dir: Path, default_artifact
         assert client.get(f"/v1/images/{hits[0]['id']}").status_code == 401
 
 
-def test_fake_index_records_are_served(default_artifact: Path, tmp_path: Path, real_image_paths: dict) -> None:
+def test_fake_index_records_are_served(
+    default_artifact: Path, tmp_path: Path, real_image_paths: dict
+) -> None:
     """The holder works with any store honouring the contract (search/get/image_path/count/dim)."""
     path = real_image_paths["OCT"][0]
-    record = SimpleNamespace(id=5, path=str(path), modality="OCT", labels=["normal"], caption=None,
-                             width=1, height=1, sha256="")
+    record = SimpleNamespace(
+        id=5, path=str(path), modality="OCT", labels=["normal"], caption=None, width=1, height=1, sha256=""
+    )
 
     class One(_EmptyIndex):
         count = 1

@@ -38,7 +38,9 @@ def test_bad_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_get_settings_override_applies_to_the_whole_app(default_artifact: Path) -> None:
     app = create_app(make_settings(default_artifact))
-    app.dependency_overrides[get_settings] = lambda: make_settings(default_artifact, max_top_k=3, api_keys=["k"])
+    app.dependency_overrides[get_settings] = lambda: make_settings(
+        default_artifact, max_top_k=3, api_keys=["k"]
+    )
     with TestClient(app) as client:
         assert client.post("/v1/embed", json={"text": "x"}).status_code == 401
         r = client.post("/v1/search", json={"query": "x", "top_k": 4}, headers={"X-API-Key": "k"})
@@ -56,7 +58,10 @@ def test_serve_flags_override_the_environment(
     monkeypatch.chdir(tmp_path)  # no indexes/ here to find
     get_settings.cache_clear()
     try:
-        assert cli.main(["--artifact", str(default_artifact), "--port", "8123", "--redis-url", "redis://r:1/0"]) == 0
+        assert (
+            cli.main(["--artifact", str(default_artifact), "--port", "8123", "--redis-url", "redis://r:1/0"])
+            == 0
+        )
         settings = get_settings()
     finally:
         get_settings.cache_clear()
@@ -89,8 +94,9 @@ def test_serve_finds_an_index_by_convention(tmp_path: Path, monkeypatch: pytest.
     assert cli.find_index(Path("artifacts/keepfit-v2-small")) == Path("indexes/keepfit-v2-small")
 
 
-def test_serve_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("must not start"))
     get_settings.cache_clear()
     try:
