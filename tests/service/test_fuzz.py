@@ -66,7 +66,7 @@ def _operation(schema: Any, method: str, path: str) -> Any:
 @pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{m} {p} {g.value}" for m, p, g in CASES])
 def test_no_server_errors(fuzz_schema: Any, method: str, path: str, mode: GenerationMode) -> None:
     op = _operation(fuzz_schema, method, path)
-    checks = CHECKS + ([negative_data_rejection] if mode == GenerationMode.NEGATIVE else [])
+    negative = mode == GenerationMode.NEGATIVE
 
     @given(case=op.as_strategy(generation_mode=mode))
     @settings(
@@ -77,6 +77,11 @@ def test_no_server_errors(fuzz_schema: Any, method: str, path: str, mode: Genera
         database=None,
     )
     def run(case: Any) -> None:
+        # Multipart fields are strings on the wire: a "negative" integer-became-array (an empty list is no field
+        # at all) or integer-became-string is often a valid request, so only JSON and parameters must be refused.
+        checks = CHECKS + (
+            [negative_data_rejection] if negative and case.media_type != "multipart/form-data" else []
+        )
         case.call_and_validate(checks=checks, timeout=30)
 
     run()
