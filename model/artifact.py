@@ -134,10 +134,10 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
 
 def build_manifest(directory: Path, *, name: str, config: ModelConfig, **fields: Any) -> dict[str, Any]:
     """A manifest for every file in ``directory``; the version is derived from the weights' hashes."""
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for file in sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST):
         files[file.name] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
-    weights = "".join(files[n]["sha256"] for n in ("image_encoder.onnx", "text_encoder.onnx") if n in files)
+    weights = "".join(str(files[n]["sha256"]) for n in ("image_encoder.onnx", "text_encoder.onnx") if n in files)
     created = datetime.now(UTC)
     version = fields.pop("version", None) or f"{created:%Y%m%d}-{hashlib.sha256(weights.encode()).hexdigest()[:10]}"
     return {
