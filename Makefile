@@ -45,7 +45,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check model index service training tests
-	$(VENV)/bin/mypy model/config.py model/preprocess.py model/tokenizer.py model/knowledge.py model/artifact.py model/runtime.py index service
+	$(VENV)/bin/mypy model/config.py model/preprocess.py model/tokenizer.py model/knowledge.py model/artifact.py model/runtime.py model/explain.py model/cli.py index service
 
 # A real `docker compose up` (API + Redis) on a private Docker engine, then down; root only (docker/smoke.py).
 docker-smoke: install
