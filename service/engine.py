@@ -54,6 +54,10 @@ class ClassifyResult:
     categories: int
     width: int
     height: int
+    # Not serialised: what an explanation (heat map) needs without running the encoder again.
+    encoding: ImageEncoding | None = None  # embeddings [1, D], tokens [1, h*w, D], grid (h, w)
+    class_embeddings: np.ndarray | None = None  # [C, D], rows in the order of the scored categories
+    image: Image.Image | None = None
 
 
 @dataclass
@@ -234,6 +238,9 @@ class Engine:
             categories=len(categories),
             width=image.width,
             height=image.height,
+            encoding=encoding,
+            class_embeddings=class_emb,
+            image=image,
         )
 
     def embed_image(self, data: bytes, timings: Timings) -> np.ndarray:
