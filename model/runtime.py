@@ -70,12 +70,13 @@ class KeepfitRuntime:
             options.add_session_config_entry(key, str(value))
         available = ort.get_available_providers()
         chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-        self.providers = chosen
         try:
             self._image = ort.InferenceSession(str(artifact.file("image_encoder.onnx")), options, providers=chosen)
             self._text = ort.InferenceSession(str(artifact.file("text_encoder.onnx")), options, providers=chosen)
         except Exception as err:  # onnxruntime raises its own exception types
             raise ArtifactError(f"cannot open the ONNX encoders of {artifact.path}: {err}") from err
+        # what the sessions really run on (a CUDA provider whose libraries are missing falls back to the CPU)
+        self.providers: list[str] = list(self._image.get_providers())
         self._image_outputs = [o.name for o in self._image.get_outputs()]
         self._class_cache: OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = OrderedDict()
         self._class_cache_size = class_cache_size
