@@ -98,21 +98,37 @@ class CaptionDecoder(nn.Module):
         table[:, 1::2] = torch.cos(pos * div[: table[:, 1::2].shape[1]])
         return table  # [h*w, W]
 
-    def forward(self, feats: Tensor, input_ids: Tensor) -> Tensor:
-        """Teacher forcing: ``feats [B,C,h,w]``, ``input_ids [B,L]`` -> logits ``[B,L,V]``."""
+    def hidden(self, feats: Tensor, input_ids: Tensor) -> Tensor:
+        """Teacher forcing up to the output projection: ``feats [B,C,h,w]``, ``input_ids [B,L]`` -> ``[B,L,W]``."""
         memory = self.memory_proj(feats.flatten(2).transpose(1, 2))  # [B, h*w, W]
         memory = memory + self._memory_positions(memory.shape[1], memory.shape[2], memory.device)
         length = input_ids.shape[1]
         x = self.token_embedding(input_ids) + self.position_embedding[:length]  # [B, L, W]
         causal = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
-        x = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=input_ids.eq(self.pad_id))
-        return self.norm(x) @ self.token_embedding.weight.t()  # tied output, [B, L, V]
+        padding = torch.zeros(input_ids.shape, device=x.device).masked_fill(input_ids.eq(self.pad_id), float("-inf"))
+        x = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=padding)
+        return self.norm(x)  # [B, L, W]
 
-    def loss(self, feats: Tensor, input_ids: Tensor) -> Tensor:
-        """Next-token cross-entropy over non-padding tokens (input_ids start with [CLS], end with [SEP])."""
+    def forward(self, feats: Tensor, input_ids: Tensor) -> Tensor:
+        """Teacher forcing: ``feats [B,C,h,w]``, ``input_ids [B,L]`` -> logits ``[B,L,V]``."""
+        return self.hidden(feats, input_ids) @ self.token_embedding.weight.t()  # tied output, [B, L, V]
+
+    def loss(self, feats: Tensor, input_ids: Tensor, vocab: Tensor | None = None) -> Tensor:
+        """Next-token cross-entropy over non-padding tokens (input_ids start with [CLS], end with [SEP]).
+
+        ``vocab`` (sorted token ids containing every target) restricts the softmax to a closed caption
+        vocabulary: the same objective over the tokens captions use, without the full ``[.., V]`` output,
+        which dominates the cost of a training step on CPU.
+        """
         ids = input_ids[:, : self.cfg.max_length]
-        logits = self.forward(feats, ids[:, :-1])  # [B, L-1, V]
-        target = ids[:, 1:].masked_fill(ids[:, 1:].eq(self.pad_id), -100)
+        target = ids[:, 1:].masked_fill(ids[:, 1:].eq(self.pad_id), -100)  # [B, L-1]
+        if vocab is None:
+            logits = self.forward(feats, ids[:, :-1])  # [B, L-1, V]
+        else:
+            hidden = self.hidden(feats, ids[:, :-1])  # [B, L-1, W]
+            logits = hidden @ self.token_embedding.weight[vocab].t()  # [B, L-1, |vocab|]
+            known = target.ne(-100)
+            target = target.masked_scatter(known, torch.searchsorted(vocab, target[known]))
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
