@@ -200,6 +200,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     s.add_argument("--record-into", type=Path, metavar="CKPT",
                    help="store the summary in this checkpoint's `evaluation` (export copies it into the manifest)")
     s.add_argument("--run", type=Path, help="training run folder whose curves to include in the report")
+    c = sub.add_parser("compare", help="a Markdown table of several suite reports (the ablation table)")
+    c.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON", help="e.g. clip=runs/abl-clip/eval/report.json")
     return p
 
 
@@ -223,11 +225,32 @@ def _where(items: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _read_reports(items: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    import json
+
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).parent.parent.name, item
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"cannot read suite report {path}: {err}") from err
+        if report.get("command") != "suite":
+            raise DataError(f"{path} is not a `keepfit eval suite` report")
+        out.append((name, report))
+    return out
+
+
 def eval_main(argv: list[str]) -> int:
     from model.runtime import KeepfitRuntime
     from training import evalcmd
 
     args = _eval_parser().parse_args(argv)
+    if args.command == "compare":
+        print(evalcmd.compare_markdown(_read_reports(args.reports)), end="")  # noqa: T201
+        return 0
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     out = args.out or Path("runs") / "eval" / f"{runtime.artifact.name}-{runtime.version}" / args.command
     if args.command == "suite":

@@ -328,3 +328,37 @@ def record_into_checkpoint(path: Path, summary: dict[str, Any]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     logger.info("recorded the evaluation summary into %s", path)
+
+
+# ------------------------------------------------------------------------------------------------ compare
+COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("dme_cfp_graded", "DME CFP graded"),
+    ("dme_cfp_all", "DME CFP all rows"),
+    ("dme_oct", "DME OCT"),
+    ("dr_cfp", "DR CFP"),
+    ("dr_oct", "DR OCT"),
+    ("ffa_diagnosis", "FFA diagnosis"),
+    ("modality", "modality"),
+)
+
+
+def compare_markdown(reports: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per suite report: zero-shot balanced accuracy per task, their mean, retrieval P@10 and the
+    linear probe (means over the headline tasks), with the chance row first."""
+    first = reports[0][1]["summary"]
+    head = ("| model | " + " | ".join(t for _, t in COMPARE_COLUMNS) + " | **zero-shot mean** | P@10 mean | "
+            "linear probe mean |")
+    lines = [head, "|---" * (len(COMPARE_COLUMNS) + 4) + "|"]
+    chance = first["zero_shot_chance"]
+    mean_chance = float(np.mean([chance[n] for n in first["zero_shot_mean_tasks"]]))
+    p10_chance = float(np.mean([t["retrieval"]["chance"] for n, t in reports[0][1]["tasks"].items()
+                                if "retrieval" in t and n != "dme_cfp_all"]))
+    lines.append("| chance | " + " | ".join(fmt(chance[n]) for n, _ in COMPARE_COLUMNS)
+                 + f" | {fmt(mean_chance)} | {fmt(p10_chance)} | {fmt(mean_chance)} |")
+    for name, rep in reports:
+        s = rep["summary"]
+        zs = s["zero_shot_balanced_accuracy"]
+        lines.append(f"| {name} | " + " | ".join(fmt(zs[n]) for n, _ in COMPARE_COLUMNS)
+                     + f" | **{fmt(s['zero_shot_mean'])}** | {fmt(s['retrieval_p@10_mean'])} | "
+                     f"{fmt(s['linear_probe_mean'])} |")
+    return "\n".join(lines) + "\n"

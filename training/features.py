@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,7 @@ def build_feature_store(
         logger.info("computing frozen feature maps for %d of %d images (%d cached)", len(todo), len(paths),
                     len(paths) - len(todo))
     prefix = prefix.to(device)
+    run_prefix = _fast_prefix(prefix, pre.image_size, device) if todo else prefix
     pending: list[tuple[int, object]] = []
 
     def flush() -> None:
@@ -142,7 +143,7 @@ def build_feature_store(
             per_view.append(torch.cat([
                 augment(pixels[j : j + 1], aug, pre, gens[i]) for j, (i, _) in enumerate(pending)
             ]))
-        outs = [prefix(x.to(device)).to("cpu", torch.float16) for x in per_view]  # V x [b, C, h, w]
+        outs = [run_prefix(x.to(device)).to("cpu", torch.float16) for x in per_view]  # V x [b, C, h, w]
         stacked = torch.stack(outs, dim=1)  # [b, V, C, h, w]
         for j, (i, _) in enumerate(pending):
             rows_out[i] = stacked[j].clone()
@@ -174,6 +175,45 @@ def build_feature_store(
                     "feats": torch.stack([cached[n][1] for n in names])}, tmp)
         tmp.replace(cache_file)
     return FeatureStore(paths, feats, valid, report)
+
+
+def _fast_prefix(prefix: ImagePrefix, size: int, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """On CPU, the frozen blocks through ONNX Runtime (2-3x faster than eager torch on MobileNetV2's depthwise
+    convolutions), after checking it matches torch; torch itself on a GPU or when the export fails."""
+    if device.type != "cpu" or prefix.blocks == 0:
+        return prefix
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    prefix.eval()
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = Path(tmp) / "prefix.onnx"
+            torch.onnx.export(prefix.layers, (probe,), str(path), input_names=["pixels"], output_names=["maps"],
+                              dynamic_axes={"pixels": {0: "batch"}, "maps": {0: "batch"}}, opset_version=17,
+                              dynamo=False)
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        prefix.eval()  # the exporter restores the (container's) training flag on the shared blocks
+        want = prefix(probe)
+        got = torch.from_numpy(session.run(["maps"], {"pixels": probe.numpy()})[0])
+        err = float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
+    except Exception as exc:  # any exporter / runtime failure: the torch path is always correct
+        logger.warning("ONNX Runtime prefix unavailable (%s); caching with torch", exc)
+        prefix.eval()
+        return prefix
+    if err > 1e-4:
+        logger.warning("ONNX Runtime prefix differs from torch (relative %.2e); caching with torch", err)
+        return prefix
+    logger.info("frozen blocks run through ONNX Runtime for caching (relative difference to torch %.1e)", err)
+
+    def run(x: Tensor) -> Tensor:
+        return torch.from_numpy(session.run(["maps"], {"pixels": x.numpy()})[0])
+
+    return run
 
 
 class PixelSource(ImageSource):

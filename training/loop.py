@@ -182,7 +182,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
                "pairs_per_s": n_pairs / dt}
         history.append(row)
         _append(run_dir / "history.jsonl", row)
-        bar.set_postfix({k: f"{float(v):.3f}" for k, v in losses.items() if k in ("loss", "public", "mlm", "kt")})
+        bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items() if k in ("loss", "public", "mlm", "kt")})
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             run_eval(done)

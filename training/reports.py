@@ -57,7 +57,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") 
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    skip = {"step", "kind", "lr", "time", "pairs_per_s", "logit_scale", "mlm_acc"}
+    skip = {"step", "kind", "lr", "time", "pairs_per_s", "logit_scale", "mlm_acc", "grad_norm"}
     keys = sorted({k for h in train for k in h if k not in skip and isinstance(h[k], int | float)})
     steps = [h["step"] for h in train]
     for k in keys:

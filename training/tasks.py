@@ -351,6 +351,12 @@ class HybridTask:
                                           dtype=torch.float64) if self.elite else torch.ones(1, dtype=torch.float64)
         self.text_tail = TextTail(model, tokenizer, self.text_layers)
         self.elite_ids = {s.caption: torch.from_numpy(tokenizer([s.caption])[0][0]) for s in self.elite}
+        # the caption decoder predicts over the closed vocabulary of the elite captions (see CaptionDecoder.loss)
+        used = torch.cat(list(self.elite_ids.values())) if self.elite_ids else torch.zeros(0, dtype=torch.long)
+        self.caption_vocab = torch.unique(used[used != tokenizer.pad_id]).to(device)
+        if w.gen > 0 and model.caption_decoder is not None:
+            # nn.Embedding's N(0, 1) init makes the tied output logits ~16x too large for a fresh decoder
+            nn.init.normal_(model.caption_decoder.token_embedding.weight, std=0.02)
         self.stats = {
             "public_train_images": len(self.public),
             "public_by_modality": dict(Counter(s.modality for s in self.public)),
@@ -363,6 +369,7 @@ class HybridTask:
             "vision_freeze_blocks": self.vision_blocks,
             "text_trainable_layers": self.text_layers,
             "feature_cache": bool(self.vision_blocks),
+            "caption_vocabulary": int(len(self.caption_vocab)),
         }
         logger.info("stage 2: %d public images (%s), %d elite pairs, losses %s", len(self.public),
                     self.stats["public_by_modality"], len(self.elite),
@@ -416,7 +423,7 @@ class HybridTask:
             assert self.model.caption_decoder is not None
             ids = nn.utils.rnn.pad_sequence([self.elite_ids[s.caption] for s in eli], batch_first=True,
                                             padding_value=self.tokenizer.pad_id).to(dev)
-            losses["gen"] = self.model.caption_decoder.loss(feats[b:], ids)
+            losses["gen"] = self.model.caption_decoder.loss(feats[b:], ids, vocab=self.caption_vocab)
             total = total + w.gen * losses["gen"]
         losses["loss"] = total
         losses["logit_scale"] = scale.detach()

@@ -1,0 +1,123 @@
+"""Bad input is a clear DataError naming the offending value (or, for unreadable images, a counted skip),
+checked before any training or evaluation starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from model.errors import DataError
+from model.knowledge import Knowledge
+from training.data import (
+    LoadReport,
+    iter_images,
+    public_samples,
+    read_corpus,
+    read_elite_manifest,
+    read_manifest,
+    split_labels,
+)
+from training.evaluate import load_eval_set
+
+KN = Knowledge.default()
+
+
+def _manifest(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "labels.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def labelled_folder(tmp_path: Path, golden_image: Image.Image) -> Path:
+    """Two readable images, one unreadable, in a folder with a manifest that uses relative paths."""
+    folder = tmp_path / "clinic"
+    (folder / "img").mkdir(parents=True)
+    golden_image.save(folder / "img" / "a.png")
+    golden_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "img" / "b.png")
+    (folder / "img" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    _manifest(folder, "path,diagnosis,split\nimg/a.png,DME,test\nimg/b.png,normal,test\nimg/broken.jpg,DME,test\n")
+    return folder
+
+
+def test_missing_files_are_counted_and_named(tmp_path: Path) -> None:
+    path = _manifest(tmp_path / "m", "path,label,split\nx/1.png,normal,test\nx/2.png,normal,test\n")
+    with pytest.raises(DataError, match=r"2 of 2 image files are missing .*x/1\.png"):
+        load_eval_set(path, "label", KN, "test", categories=["normal", "glaucoma"])
+
+
+def test_unknown_label_column_lists_the_columns(labelled_folder: Path) -> None:
+    with pytest.raises(DataError, match=r"no label column 'dme'; its columns are: path, diagnosis, split"):
+        load_eval_set(labelled_folder / "labels.csv", "dme", KN, "test")
+
+
+def test_empty_split_names_the_splits_present(labelled_folder: Path) -> None:
+    with pytest.raises(DataError, match=r"no rows in split 'val' \(splits present: test\)"):
+        load_eval_set(labelled_folder / "labels.csv", "diagnosis", KN, "val")
+
+
+def test_manifest_without_path_column_and_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="has no 'path' column"):
+        read_manifest(_manifest(tmp_path / "p", "file,label\na.png,x\n"))
+    with pytest.raises(DataError, match="manifest not found"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+def test_labels_resolve_relative_to_the_manifest_and_abbreviations_expand(labelled_folder: Path) -> None:
+    s = load_eval_set(labelled_folder / "labels.csv", "diagnosis", KN, "test")
+    assert s.classes == ["diabetic macular edema", "normal"]  # "DME" expanded
+    assert s.paths[0] == labelled_folder / "img" / "a.png"
+    assert s.labels.tolist() == [0, 1, 0]
+
+
+def test_unreadable_images_are_skipped_and_counted(labelled_folder: Path) -> None:
+    paths = sorted((labelled_folder / "img").iterdir())
+    report = LoadReport()
+    loaded = [i for i, _ in iter_images(paths, report)]
+    assert len(loaded) == 2 and report.loaded == 2
+    assert list(report.skipped) == [str(labelled_folder / "img" / "broken.jpg")]
+    assert report.summary().startswith("2 images loaded, 1 skipped as unreadable")
+
+
+def test_unreadable_image_in_eval_is_a_counted_skip_not_a_crash(labelled_folder: Path, tiny_artifact: Path) -> None:
+    from model.runtime import KeepfitRuntime
+    from training.evalcmd import TaskArgs, run_zero_shot
+
+    runtime = KeepfitRuntime.from_artifact(tiny_artifact)
+    args = TaskArgs(labelled_folder / "labels.csv", "diagnosis", None, "CFP", "test", [], [])
+    report = run_zero_shot(runtime, args, labelled_folder / "out")
+    assert report["n"] == 2
+    assert list(report["unreadable_images"]) == [str(labelled_folder / "img" / "broken.jpg")]
+    assert (labelled_folder / "out" / "report.json").is_file() and (labelled_folder / "out" / "confusion.png").is_file()
+
+
+def test_with_labels_split_into_known_categories() -> None:
+    assert split_labels("branch retinal vein occlusion with non-perfusion area", KN) == [
+        "branch retinal vein occlusion", "non-perfusion area"]
+    assert split_labels("DME", KN) == ["diabetic macular edema"]
+
+
+def test_public_holdout_and_unknown_modality_rows_are_counted(mini_data_root: Path) -> None:
+    full = public_samples(mini_data_root, KN, "train")
+    held = public_samples(mini_data_root, KN, "train", holdout=["PDR"])
+    n_pdr = sum("proliferative diabetic retinopathy" in s.labels for s in full.samples)
+    assert n_pdr > 0 and len(held.samples) == len(full.samples) - n_pdr
+    assert not any("proliferative diabetic retinopathy" in s.labels for s in held.samples)
+    assert any("CFP/IR" in reason for reason in full.skipped)  # "not an angiogram" rows belong to no modality
+
+
+def test_elite_manifest_and_corpus_errors(tmp_path: Path, golden_image: Image.Image) -> None:
+    golden_image.save(tmp_path / "e.png")
+    with pytest.raises(DataError, match="has no column 'caption'; its columns are: path, text"):
+        read_elite_manifest(_manifest(tmp_path / "e1", "path,text\n../e.png,hello\n"), KN)
+    with pytest.raises(DataError, match="unknown modality 'XRAY'"):
+        read_elite_manifest(_manifest(tmp_path / "e2", "path,caption,modality\n../e.png,a caption,XRAY\n"), KN)
+    elite = read_elite_manifest(_manifest(tmp_path / "e3", "path,caption\n../e.png,A fundus photograph.\n"), KN)
+    assert elite[0].modality == "CFP" and elite[0].path.resolve() == (tmp_path / "e.png").resolve()
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(DataError, match=r"c\.jsonl:2 is not a JSON object"):
+        read_corpus(bad)

@@ -1,0 +1,100 @@
+"""`keepfit eval` on an artifact through ONNX Runtime: reports are written, the numbers agree with a direct
+computation, and bad input ends the command with one clear line (exit status 2)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.cli import main as keepfit
+from model.runtime import KeepfitRuntime
+from training.cli import eval_main
+from training.metrics import balanced_accuracy
+
+pytestmark = pytest.mark.data
+
+
+@pytest.fixture(scope="module")
+def oct_manifest(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 OCT test rows (6 per DME class) as a manifest in another folder."""
+    folder = tmp_path_factory.mktemp("oct")
+    rows = list(csv.DictReader((data_root / "cfp_oct_mx" / "labels.csv").open()))
+    picked = []
+    for label in ("diabetic macular edema", "no diabetic macular edema"):
+        picked += [r for r in rows if r["modality"] == "OCT" and r["split"] == "test" and r["dme"] == label][:6]
+    for r in picked:  # absolute paths: the manifest lives in a temporary folder
+        r["path"] = str((data_root / "cfp_oct_mx" / r["path"]).resolve())
+    path = folder / "oct.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(picked[0]))
+        w.writeheader()
+        w.writerows(picked)
+    return path
+
+
+def test_zero_shot_report_matches_a_direct_computation(tiny_artifact: Path, oct_manifest: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "zs"
+    assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(oct_manifest),
+                      "--label-column", "dme", "--modality", "OCT", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "report.json").read_text())
+    assert printed["balanced_accuracy"] == saved["balanced_accuracy"]
+    assert (out / "report.md").read_text().startswith("# Zero-shot: dme")
+    assert (out / "confusion.png").stat().st_size > 1000
+    # the same number, computed by hand from the runtime
+    rt = KeepfitRuntime.from_artifact(tiny_artifact)
+    rows = list(csv.DictReader(oct_manifest.open()))
+    from model.preprocess import load_image
+
+    probs = rt.classify([load_image(r["path"]) for r in rows], saved["classes"], "OCT")
+    y = np.array([saved["classes"].index(r["dme"]) for r in rows])
+    assert saved["n"] == 12 and saved["per_class"]["diabetic macular edema"]["n"] == 6
+    assert saved["balanced_accuracy"] == pytest.approx(balanced_accuracy(y, probs.argmax(1), 2))
+
+
+def test_retrieval_few_shot_and_linear_probe_write_reports(tiny_artifact: Path, data_root: Path,
+                                                           tmp_path: Path) -> None:
+    manifest = data_root / "ffa_huapu4" / "labels.csv"
+    common = ["--artifact", str(tiny_artifact), "--manifest", str(manifest), "--label-column", "label",
+              "--modality", "FFA", "--where", "task=disease_diagnosis"]
+    assert eval_main(["retrieval", *common, "--out", str(tmp_path / "r")]) == 0
+    r = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert set(r) >= {"p@1", "p@5", "p@10", "chance"} and r["n"] == 21 and 0 <= r["p@10"] <= 1
+    assert eval_main(["few-shot", *common, "--shots", "1,3", "--repeats", "3", "--out", str(tmp_path / "f")]) == 0
+    f = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert set(f) >= {"1-shot", "3-shot"} and f["repeats"] == 3
+    assert eval_main(["linear-probe", *common, "--out", str(tmp_path / "l")]) == 0
+    lp = json.loads((tmp_path / "l" / "report.json").read_text())
+    assert lp["n_train"] == 48 and lp["C"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+    assert (tmp_path / "l" / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--label-column", "diagnosis"], "no label column 'diagnosis'; its columns are: path, modality"),
+        (["--label-column", "dme", "--split", "holdout"], "no rows in split 'holdout' (splits present: test)"),
+        (["--label-column", "dme", "--categories", "glaucoma"], "at least 2 categories"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tiny_artifact: Path, oct_manifest: Path, extra: list[str], message: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code = keepfit(["eval", "zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(oct_manifest), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_missing_image_files_are_reported_before_any_work(tiny_artifact: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nnope/1.jpg,normal\nnope/2.jpg,glaucoma\n")
+    code = keepfit(["eval", "zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest),
+                    "--label-column", "label"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 of 2 image files are missing" in err and "nope/1.jpg" in err

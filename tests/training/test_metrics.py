@@ -1,0 +1,72 @@
+"""Metric functions against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from training.metrics import (
+    balanced_accuracy,
+    binary_auc,
+    classification_summary,
+    confusion_matrix,
+    macro_auc,
+    per_class_recall,
+    precision_at_k,
+)
+
+
+def test_balanced_accuracy_is_mean_per_class_recall() -> None:
+    # class 0: 3 of 4 right; class 1: 1 of 2 right; class 2: 0 of 1 right
+    y_true = [0, 0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 0, 1, 1, 0, 0]
+    assert balanced_accuracy(y_true, y_pred, 3) == pytest.approx((3 / 4 + 1 / 2 + 0) / 3)
+    # plain accuracy would be 4/7 = 0.571: the imbalance is what balanced accuracy corrects
+    assert balanced_accuracy(y_true, y_pred, 3) == pytest.approx(0.41666667)
+
+
+def test_class_without_samples_is_left_out_of_the_mean() -> None:
+    assert balanced_accuracy([0, 0, 1], [0, 1, 1], 3) == pytest.approx((1 / 2 + 1) / 2)
+    recall = per_class_recall(confusion_matrix([0, 0, 1], [0, 1, 1], 3))
+    assert recall[0] == 0.5 and recall[1] == 1.0 and math.isnan(recall[2])
+
+
+def test_confusion_matrix_rows_are_true_classes() -> None:
+    cm = confusion_matrix([0, 1, 1, 2], [1, 1, 2, 2], 3)
+    assert cm.tolist() == [[0, 1, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_binary_auc_by_hand() -> None:
+    # positives 0.9, 0.4; negatives 0.5, 0.1: pairs (0.9>0.5, 0.9>0.1, 0.4<0.5, 0.4>0.1) -> 3/4
+    assert binary_auc(np.array([0.9, 0.4, 0.5, 0.1]), np.array([1, 1, 0, 0], dtype=bool)) == pytest.approx(0.75)
+    # a tie between a positive and a negative counts one half
+    assert binary_auc(np.array([0.5, 0.5]), np.array([1, 0], dtype=bool)) == pytest.approx(0.5)
+    assert math.isnan(binary_auc(np.array([0.1, 0.2]), np.array([1, 1], dtype=bool)))
+
+
+def test_macro_auc_averages_one_vs_rest() -> None:
+    y = [0, 0, 1, 1]
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5], [0.1, 0.9]])
+    # class 0 scores (0.9, 0.4 | 0.5, 0.1) -> 0.75; class 1 scores (0.5, 0.9 | 0.1, 0.6) -> 0.75
+    assert macro_auc(y, probs) == pytest.approx(0.75)
+
+
+def test_precision_at_k_by_hand() -> None:
+    sim = np.array([[0.9, 0.8, 0.1, 0.7], [0.1, 0.2, 0.3, 0.4]])
+    rel = np.array([[True, False, False, True], [True, True, False, False]])
+    p = precision_at_k(sim, rel, (1, 2, 3, 10))
+    assert p[1].tolist() == [1.0, 0.0]  # top-1: item 0 (relevant); item 3 (not)
+    assert p[2].tolist() == [0.5, 0.0]  # items 0, 1 | items 3, 2
+    assert p[3].tolist() == pytest.approx([2 / 3, 1 / 3])  # items 0, 1, 3 | items 3, 2, 1
+    assert p[10].tolist() == [0.5, 0.5]  # k beyond the gallery: all 4 items
+
+
+def test_classification_summary_reports_chance_and_per_class() -> None:
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    s = classification_summary([0, 1, 1], probs, ["a", "b"])
+    assert s["balanced_accuracy"] == pytest.approx((1 + 0.5) / 2)
+    assert s["chance_balanced_accuracy"] == 0.5
+    assert s["per_class"] == {"a": {"recall": 1.0, "n": 1}, "b": {"recall": 0.5, "n": 2}}
+    assert s["confusion_matrix"] == [[1, 0], [1, 1]]

@@ -1,0 +1,74 @@
+"""Both stages end to end through the CLI entry point on real images (keepfit-tiny, a few steps): checkpoints
+carry their config, stage 2 starts from stage 1's text encoder, a run resumes, the result exports and loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.errors import ConfigError
+from model.nn.factory import load_checkpoint, read_checkpoint
+from tests.training.conftest import read_history
+from training.cli import train_main
+
+pytestmark = pytest.mark.data
+
+
+def test_stage1_then_stage2_then_export(mini_data_root: Path, tiny_train_args: list[str], tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert train_main(["text", "--name", "t1", "--data-root", str(mini_data_root), "--steps", "3",
+                       "--batch-size", "8", "--eval-every", "3", *tiny_train_args]) == 0
+    t1 = runs / "t1"
+    stage1 = read_checkpoint(t1 / "model.pt")
+    assert stage1["train_config"]["stage"] == "text" and stage1["train_config"]["steps"] == 3
+    evals = [h for h in read_history(t1) if h["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 3]
+    assert all(e["holdout_mlm_loss"] > 0 for e in evals)  # held-out text loss is reported
+    assert "mlm_head" in stage1["task_state"]
+
+    assert train_main(["hybrid", "--name", "t2", "--data-root", str(mini_data_root), "--init", str(t1 / "model.pt"),
+                       "--steps", "4", "--batch-size", "8", "--elite-batch-size", "4", "--eval-every", "2",
+                       "--checkpoint-every", "2", *tiny_train_args]) == 0
+    t2 = runs / "t2"
+    for name in ("config.json", "history.jsonl", "last.pt", "best.pt", "model.pt", "curves.png", "elite.csv",
+                 "training_report.md", "training_report.json"):
+        assert (t2 / name).is_file(), name
+    model, _, payload = load_checkpoint(t2 / "model.pt")
+    cfg = payload["train_config"]
+    assert cfg["stage"] == "hybrid" and cfg["init"] == str(t1 / "model.pt")
+    assert cfg["losses"] == {"public": 1.0, "elite": 1.0, "kt": 1.0, "gen": 0.5, "mlm": 1.0, "knowledge": 1.0}
+    train_rows = [h for h in read_history(t2) if h["kind"] == "train"]
+    assert len(train_rows) == 4 and all(k in train_rows[0] for k in ("public", "elite", "kt", "gen"))
+    # the frozen lower text layer came from stage 1 and did not move in stage 2
+    key = "text_encoder.bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(model.state_dict()[key], stage1["state_dict"][key])
+    # the modality head is ready for export
+    head = payload["artifact_files"]["modality_head.json"]
+    assert b'"classes"' in head
+
+    from model.nn.commands import export_main
+    from model.runtime import KeepfitRuntime
+
+    out = tmp_path / "artifact"
+    assert export_main(["--checkpoint", str(t2 / "model.pt"), "--out", str(out), "--no-verify"]) == 0
+    runtime = KeepfitRuntime.from_artifact(out)
+    names, probs = runtime.modality_probabilities(runtime.encode_texts(["x"]) * 0)  # the shipped head answers
+    assert names == ["CFP", "OCT", "FFA"] or sorted(names) == ["CFP", "FFA", "OCT"]
+    assert probs.shape == (1, 3)
+
+
+def test_resume_continues_where_it_stopped(mini_data_root: Path, tiny_train_args: list[str], tmp_path: Path) -> None:
+    args = ["hybrid", "--name", "r", "--data-root", str(mini_data_root), "--batch-size", "8", "--elite-batch-size",
+            "4", "--eval-every", "100", "--checkpoint-every", "2", "--losses", "public,elite", *tiny_train_args]
+    assert train_main([*args, "--steps", "2"]) == 0
+    run = tmp_path / "runs" / "r"
+    with pytest.raises(ConfigError, match="--resume"):
+        train_main([*args, "--steps", "4"])
+    assert train_main([*args, "--steps", "4", "--resume"]) == 0
+    steps = [h["step"] for h in read_history(run) if h["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]
+    assert read_checkpoint(run / "last.pt")["step"] == 4
+    with pytest.raises(ConfigError, match="differs in lr"):
+        train_main([*args, "--steps", "6", "--resume", "--lr", "0.5"])
