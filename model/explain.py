@@ -111,7 +111,10 @@ def fit_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
 
 
 def project_map(
-    grid_map: np.ndarray, image_size: tuple[int, int], cfg: PreprocessConfig, out_size: tuple[int, int] | None = None
+    grid_map: np.ndarray,
+    image_size: tuple[int, int],
+    cfg: PreprocessConfig,
+    out_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """A feature-grid map ``[h, w]`` -> a map over the original image ``[H, W]`` (bilinear, float32).
 
@@ -252,7 +255,9 @@ class Explainer:
                 self._cache.popitem(last=False)
         return entry
 
-    def rank_descriptions(self, image_embedding: np.ndarray, category: str, modality: str) -> list[RankedDescription]:
+    def rank_descriptions(
+        self, image_embedding: np.ndarray, category: str, modality: str
+    ) -> list[RankedDescription]:
         """The class's expert descriptions, most similar to the image first."""
         descriptions, prompts, emb = self.description_embeddings(category, modality)
         sims = emb @ image_embedding.astype(np.float32)  # [K]

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from model.errors import ConfigError, IndexStoreError, NotFoundError
+from model.explain import Evidence, Explainer
 from model.preprocess import load_image, to_rgb
 from model.runtime import ImageEncoding, KeepfitRuntime
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError
@@ -58,6 +59,8 @@ class ClassifyResult:
     encoding: ImageEncoding | None = None  # embeddings [1, D], tokens [1, h*w, D], grid (h, w)
     class_embeddings: np.ndarray | None = None  # [C, D], rows in the order of the scored categories
     image: Image.Image | None = None
+    # Heat maps and ranked expert descriptions of the top predictions (``explain > 0``), serialised.
+    explanations: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -80,6 +83,8 @@ class Engine:
         self.knowledge = runtime.knowledge
         self.modalities = list(self.knowledge.modalities)
         self._known = {name.lower() for name in self.knowledge.data.get("categories", {})}
+        # description embeddings are computed on a class's first explanation, then cached
+        self.explainer = Explainer(runtime)
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
@@ -195,7 +200,10 @@ class Engine:
         modality: str,
         top_k: int | None,
         timings: Timings,
+        explain: int = 0,
     ) -> ClassifyResult:
+        """Zero-shot probabilities; with ``explain > 0`` also heat maps and ranked expert descriptions of the
+        ``explain`` most probable categories (within ``top_k``)."""
         image = self.decode(data, timings)
         encoding = self.encode(image, timings)
         embedding = encoding.embeddings  # [1, D]
@@ -229,6 +237,17 @@ class Engine:
             }
             for i in order
         ]
+        explanations = None
+        if explain > 0:
+            with timings.stage("explain"):
+                top = [int(i) for i in order[:explain]]
+                evidence = self.explainer.explain(
+                    image, encoding, class_emb, [c.canonical for c in categories], used, top
+                )
+                explanations = [
+                    explanation_body(categories[e.index], float(probs[e.index]), e, self.explainer.mode)
+                    for e in evidence
+                ]
         return ClassifyResult(
             modality_requested=modality,
             modality_used=used,
@@ -241,6 +260,7 @@ class Engine:
             encoding=encoding,
             class_embeddings=class_emb,
             image=image,
+            explanations=explanations,
         )
 
     def embed_image(self, data: bytes, timings: Timings) -> np.ndarray:
@@ -262,6 +282,33 @@ class Engine:
             },
             "abbreviations": dict(self.knowledge.data.get("abbreviations", {})),
         }
+
+
+def explanation_body(category: Category, probability: float, evidence: Evidence, mode: str) -> dict[str, Any]:
+    """One prediction's visual evidence as JSON: the overlay PNG (data URL), its peak, the raw coarse grid
+    (with where the image lies in the model input, for clients that draw their own maps), and the class's
+    expert descriptions ranked by similarity to the image."""
+    heat = evidence.heatmap
+    left, top, width, height = heat.input_box
+    return {
+        "label": category.label,
+        "canonical": category.canonical,
+        "probability": probability,
+        "heatmap": {
+            "png": heat.png_data_url(),
+            "width": int(heat.strength.shape[1]),
+            "height": int(heat.strength.shape[0]),
+            "image_size": [int(heat.image_size[0]), int(heat.image_size[1])],
+            "peak": {"x": int(heat.peak[0]), "y": int(heat.peak[1])},
+            "mode": mode,
+            "grid": np.round(heat.grid.astype(np.float64), 4).tolist(),  # [h][w]
+            "input_size": int(heat.input_size),
+            "input_box": {"left": int(left), "top": int(top), "width": int(width), "height": int(height)},
+        },
+        "descriptions": [
+            {"text": d.text, "similarity": round(d.similarity, 5)} for d in evidence.descriptions
+        ],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the index

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
 HARD_MAX_TOP_K = 10_000  # the schema's bound; the configured KEEPFIT_MAX_TOP_K is checked per request
 HARD_MAX_QUERY = 100_000
+MAX_EXPLAIN_TOP = 10  # each explanation adds a heat map (~3 kB) and a text-encoder pass on first use
 
 _TIMINGS: dict[str, Any] = {
     "decode": 3.1,
@@ -58,6 +59,52 @@ class ImageInfo(BaseModel):
     height: int
 
 
+class HeatMapPoint(BaseModel):
+    x: int
+    y: int
+
+
+class InputBox(BaseModel):
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+class HeatMap(BaseModel):
+    png: str = Field(
+        description="data URL of an RGBA PNG with the image's aspect ratio: lay it over the image, stretched to "
+        "the image's displayed size (transparent where there is no evidence, red where it is strongest)"
+    )
+    width: int = Field(description="pixel width of the PNG (long side at most 256; it is a coarse map)")
+    height: int
+    image_size: list[int] = Field(description="[width, height] of the upright image the map covers")
+    peak: HeatMapPoint = Field(description="strongest evidence, in pixels of the upright image")
+    mode: str = Field(
+        description="`contrast`: each location's share of this class's logit minus the mean logit"
+    )
+    grid: list[list[float]] = Field(
+        description="the raw coarse map [h][w] over the model's square input (positive: evidence for the class)"
+    )
+    input_size: int = Field(description="side of the model's square input that the grid covers")
+    input_box: InputBox = Field(description="where the image lies inside that square (the rest is padding)")
+
+
+class MatchedDescription(BaseModel):
+    text: str = Field(description="an expert description of the category")
+    similarity: float = Field(description="cosine similarity of its prompt with the image")
+
+
+class Explanation(BaseModel):
+    label: str
+    canonical: str
+    probability: float = Field(ge=0.0, le=1.0)
+    heatmap: HeatMap
+    descriptions: list[MatchedDescription] = Field(
+        description="the category's expert descriptions, best match first"
+    )
+
+
 class ClassifyResponse(BaseModel):
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -102,6 +149,10 @@ class ClassifyResponse(BaseModel):
     predictions: list[Prediction] = Field(description="sorted by probability, highest first")
     categories: int = Field(description="how many categories were scored (predictions may be cut by top_k)")
     image: ImageInfo
+    explanations: list[Explanation] | None = Field(
+        None,
+        description="with `explain=true`: visual evidence for the `explain_top` most probable predictions",
+    )
     cached: bool
     timings_ms: dict[str, float]
     intended_use: str
@@ -147,6 +198,10 @@ class ClassifyForm(BaseModel):
         min_length=1,
         max_length=64,
         description="a named category set instead of `categories` (`dme`, `dr`...)",
+    )
+    explain: bool = Field(False, description="also return heat maps and matched expert descriptions")
+    explain_top: int = Field(
+        3, ge=1, le=MAX_EXPLAIN_TOP, description="how many of the most probable predictions to explain"
     )
 
 

@@ -65,7 +65,9 @@ def segmentation_items(data_root: Path) -> list[tuple[Path, Path]]:
     return sorted(items)
 
 
-def _panel(image: Image.Image, strength: np.ndarray, peak: tuple[int, int], mask: np.ndarray, inside: np.ndarray) -> Image.Image:
+def _panel(
+    image: Image.Image, strength: np.ndarray, peak: tuple[int, int], mask: np.ndarray, inside: np.ndarray
+) -> Image.Image:
     """image | heat map with its peak | expert mask with the peak (for a person to look at)."""
     w, h = image.size
     heat = blend(image, strength)
@@ -83,7 +85,9 @@ def _panel(image: Image.Image, strength: np.ndarray, peak: tuple[int, int], mask
     return out
 
 
-def run(artifact: Path, data_root: Path, out: Path, modes: list[str], overlays: bool = True) -> dict[str, Any]:
+def run(
+    artifact: Path, data_root: Path, out: Path, modes: list[str], overlays: bool = True
+) -> dict[str, Any]:
     runtime = KeepfitRuntime.from_artifact(artifact)
     knowledge = runtime.knowledge
     categories = knowledge.task(CATEGORY_TASK)
@@ -128,7 +132,9 @@ def run(artifact: Path, data_root: Path, out: Path, modes: list[str], overlays: 
                 if overlays:
                     slug = "brvo" if target.startswith("branch") else "npa"
                     panel = _panel(image, strength, (int(x), int(y)), mask, inside)
-                    panel.save(folder / f"{image_path.stem.replace(' ', '_')}__{mode}__{slug}.jpg", quality=88)
+                    panel.save(
+                        folder / f"{image_path.stem.replace(' ', '_')}__{mode}__{slug}.jpg", quality=88
+                    )
     elapsed = time.perf_counter() - start
     summary: dict[str, Any] = {}
     for mode in modes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -14,7 +15,7 @@ from service.engine import MAX_CATEGORY_CHARS, Timings
 from service.errors import InvalidRequestError
 from service.responses import json_with
 from service.routers._body import image_form_schema, parse_multipart, require_multipart
-from service.schemas import HARD_MAX_TOP_K, ClassifyForm, ClassifyResponse, error_responses
+from service.schemas import HARD_MAX_TOP_K, MAX_EXPLAIN_TOP, ClassifyForm, ClassifyResponse, error_responses
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,12 @@ Each category's text embedding is the mean of its prompts, one per expert descri
 knowledge base (`GET /v1/categories` lists the defaults); embeddings are computed once per category set and
 reused.  With `modality=auto` the service first recognises CFP / FFA / OCT and reports which it used and how
 sure it is.  Identical requests are answered from the cache (`cached: true`).
+
+With `explain=true` the answer also carries `explanations` for the `explain_top` (default 3) most probable
+predictions: a heat map of where in the image the evidence for that category lies (the image encoder's
+spatial features scored against the category's text embedding, contrasted with the other categories), as a
+PNG overlay and as the raw coarse grid, and the category's expert descriptions ranked by their similarity to
+the image.
 
 Research use only: not a medical device.
 """
@@ -51,6 +58,13 @@ OPENAPI_BODY = {
                         },
                         "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K},
                         "task": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "explain": {"type": "boolean", "default": False},
+                        "explain_top": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_EXPLAIN_TOP,
+                            "default": 3,
+                        },
                     }
                 ),
                 "encoding": {"categories": {"style": "form", "explode": True}},
@@ -86,6 +100,9 @@ async def classify(request: Request, state: StateDep) -> Response:
         "modality": modality,
         "top_k": top_k,
     }
+    explain = form.explain_top if form.explain else 0
+    if explain:  # only then, so the keys of plain requests stay as they were
+        params["explain"] = explain
     key = cache_key("classify", engine.version, digest, params)
     with timings.stage("cache"):
         cached = await state.cache.get(key)
@@ -94,24 +111,24 @@ async def classify(request: Request, state: StateDep) -> Response:
         body = cached
     else:
         state.metrics.cache_misses.labels("classify").inc()
-        result = await state.run_blocking(engine.classify, data, resolved, modality, top_k, timings)
-        body = json.dumps(
-            {
-                "model_name": engine.name,
-                "model_version": engine.version,
-                "modality": {
-                    "requested": result.modality_requested,
-                    "used": result.modality_used,
-                    "confidence": result.modality_confidence,
-                    "probabilities": result.modality_probabilities,
-                },
-                "predictions": result.predictions,
-                "categories": result.categories,
-                "image": {"sha256": digest, "width": result.width, "height": result.height},
-                "intended_use": engine.intended_use,
+        result = await state.run_blocking(engine.classify, data, resolved, modality, top_k, timings, explain)
+        answer: dict[str, Any] = {
+            "model_name": engine.name,
+            "model_version": engine.version,
+            "modality": {
+                "requested": result.modality_requested,
+                "used": result.modality_used,
+                "confidence": result.modality_confidence,
+                "probabilities": result.modality_probabilities,
             },
-            separators=(",", ":"),
-        ).encode()
+            "predictions": result.predictions,
+            "categories": result.categories,
+            "image": {"sha256": digest, "width": result.width, "height": result.height},
+            "intended_use": engine.intended_use,
+        }
+        if result.explanations is not None:
+            answer["explanations"] = result.explanations
+        body = json.dumps(answer, separators=(",", ":")).encode()
         with timings.stage("cache"):
             await state.cache.set(key, body)
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)

@@ -143,7 +143,9 @@ def runtime(tiny_artifact: Path) -> KeepfitRuntime:
     return KeepfitRuntime.from_artifact(tiny_artifact)
 
 
-def test_descriptions_are_ranked_by_cosine_with_the_image(runtime: KeepfitRuntime, golden_image: Image.Image) -> None:
+def test_descriptions_are_ranked_by_cosine_with_the_image(
+    runtime: KeepfitRuntime, golden_image: Image.Image
+) -> None:
     explainer = Explainer(runtime)
     emb = runtime.encode_images([golden_image])[0]  # [D]
     ranked = explainer.rank_descriptions(emb, "diabetic macular edema", "OCT")
@@ -176,7 +178,9 @@ def test_description_embeddings_are_cached(runtime: KeepfitRuntime, monkeypatch:
     assert len(calls) == 3
 
 
-def test_explain_returns_a_map_over_the_original_image(runtime: KeepfitRuntime, golden_image: Image.Image) -> None:
+def test_explain_returns_a_map_over_the_original_image(
+    runtime: KeepfitRuntime, golden_image: Image.Image
+) -> None:
     explainer = Explainer(runtime, max_side=128)
     cats = runtime.knowledge.category_set("CFP")
     enc: ImageEncoding = runtime.encode_pixels(runtime.preprocess([golden_image]))
@@ -202,13 +206,15 @@ def test_explainer_rejects_an_unknown_mode(runtime: KeepfitRuntime) -> None:
 
 # -------------------------------------------------------------------------------------------- pointing game
 @pytest.mark.data
-def test_pointing_game_scores_the_twenty_masked_images(tiny_artifact: Path, data_root: Path, tmp_path: Path) -> None:
+def test_pointing_game_scores_the_twenty_masked_images(
+    tiny_artifact: Path, data_root: Path, tmp_path: Path
+) -> None:
     from model.benchmarks.pointing_game import main, segmentation_items
 
     items = segmentation_items(data_root)
     assert len(items) == 20
-    assert main(["--artifact", str(tiny_artifact), "--data-root", str(data_root), "--out", str(tmp_path),
-                 "--modes", "contrast"]) == 0
+    args = ["--artifact", str(tiny_artifact), "--data-root", str(data_root), "--out", str(tmp_path)]
+    assert main([*args, "--modes", "contrast"]) == 0
     (folder,) = tmp_path.iterdir()
     result = json.loads((folder / "results.json").read_text())
     brvo = result["summary"]["contrast"]["branch retinal vein occlusion"]
@@ -217,7 +223,8 @@ def test_pointing_game_scores_the_twenty_masked_images(tiny_artifact: Path, data
     # the random-point baseline is the mean share of the marked area, computed here independently
     shares = [float((np.asarray(Image.open(m)) > 0).mean()) for _, m in items]
     assert abs(brvo["random_point"] - float(np.mean(shares))) < 1e-9
-    assert 0 < npa["random_point"] < brvo["random_point"] < 1  # the non-perfusion area lies inside the BRVO area
+    # the non-perfusion area lies inside the BRVO-affected area
+    assert 0 < npa["random_point"] < brvo["random_point"] < 1
     hits = [r["hit"] for r in result["rows"] if r["target"] == "non-perfusion area"]
     assert npa["hit_rate"] == pytest.approx(sum(hits) / 20)
     assert len(list(folder.glob("*__contrast__brvo.jpg"))) == 20  # overlays for a person to look at
