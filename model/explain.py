@@ -146,29 +146,44 @@ def peak(image_map: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def colorize(strength: np.ndarray, max_alpha: float = 0.7, floor: float = 0.15) -> np.ndarray:
-    """``[H, W]`` in ``[0, 1]`` -> RGBA ``uint8 [H, W, 4]``: colour by strength, transparent below ``floor``.
+# Evidence is drawn in this many levels: a coarse map gains nothing from more, and the PNG stays ~4 kB.
+LEVELS = 64
+
+
+def _lut(levels: int = LEVELS, max_alpha: float = 0.7, floor: float = 0.15) -> np.ndarray:
+    """RGBA ``uint8 [levels, 4]``: colour by strength, transparent below ``floor``.
 
     Weak evidence fades out so the image stays readable under the overlay.
     """
-    v = np.clip(strength, 0.0, 1.0).astype(np.float32)
-    rgb = np.stack([np.interp(v, _CMAP_POINTS, _CMAP_RGB[:, k]) for k in range(3)], axis=-1)  # [H, W, 3]
-    alpha = np.clip((v - floor) / max(1.0 - floor, 1e-6), 0.0, 1.0) ** 0.7 * max_alpha * 255.0  # [H, W]
-    return np.concatenate([rgb, alpha[..., None]], axis=-1).round().astype(np.uint8)
+    v = np.linspace(0.0, 1.0, levels, dtype=np.float32)
+    rgb = np.stack([np.interp(v, _CMAP_POINTS, _CMAP_RGB[:, k]) for k in range(3)], axis=-1)  # [L, 3]
+    alpha = np.clip((v - floor) / max(1.0 - floor, 1e-6), 0.0, 1.0) ** 0.7 * max_alpha * 255.0  # [L]
+    return np.concatenate([rgb, alpha[:, None]], axis=-1).round().astype(np.uint8)
 
 
-def png_bytes(rgba: np.ndarray, colors: int = 128) -> bytes:
-    """A palette PNG of an RGBA array: a smooth colour map needs few colours, and this is ~10x smaller and
-    ~30x faster than a full-colour PNG at its best compression (a few kB and ms at 256 px)."""
-    out = io.BytesIO()
-    image = Image.fromarray(rgba, mode="RGBA").quantize(colors, method=Image.Quantize.FASTOCTREE)
-    image.save(out, format="PNG")
-    return out.getvalue()
+_LUT = _lut()
+
+
+def _levels(strength: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(strength * (LEVELS - 1)), 0, LEVELS - 1).astype(np.uint8)  # [H, W] in 0..L-1
+
+
+def colorize(strength: np.ndarray) -> np.ndarray:
+    """``[H, W]`` in ``[0, 1]`` -> RGBA ``uint8 [H, W, 4]`` (the overlay's colours)."""
+    return _LUT[_levels(strength)]
 
 
 def overlay_png(strength: np.ndarray) -> bytes:
-    """The RGBA PNG a front end lays over the image (stretched to the image's displayed size)."""
-    return png_bytes(colorize(strength))
+    """The RGBA PNG a front end lays over the image (stretched to the image's displayed size).
+
+    Written as a palette PNG whose entries are the colour map itself (alpha in ``tRNS``): exact, ~4 kB and
+    under 1 ms at 256 px, where colouring and quantising a full RGBA image took ~6 ms.
+    """
+    image = Image.fromarray(_levels(strength), mode="L")
+    image.putpalette(_LUT[:, :3].tobytes(), rawmode="RGB")  # "L" becomes "P" with this palette
+    out = io.BytesIO()
+    image.save(out, format="PNG", transparency=_LUT[:, 3].tobytes())
+    return out.getvalue()
 
 
 def blend(image: Image.Image, strength: np.ndarray) -> Image.Image:
