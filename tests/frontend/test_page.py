@@ -1,0 +1,276 @@
+"""End-to-end: the reference front end in a real headless Chromium against a live ``keepfit serve``.
+
+Upload an image and see predictions, heat map and descriptions; edit the categories; search by text and open
+similar images; trigger the API's errors; a 5 MB photograph keeps the page responsive; the page works from
+another origin through CORS; the API key is entered once per session; nothing goes anywhere but the service.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.frontend.conftest import API_KEY, PageRecorder, sign_in
+from tests.frontend.harness import ROOT, Service, free_port, static_origin
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
+
+
+def _predictions(page) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
+    rows = page.eval_on_selector_all(
+        "#predictions li",
+        "els => els.map(li => [li.querySelector('.name').firstChild.textContent,"
+        " parseFloat(li.querySelector('.fill').style.width)])",
+    )
+    return [(name, width / 100.0) for name, width in rows]
+
+
+def _upload(page, path: Path) -> None:  # type: ignore[no-untyped-def]
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#predictions li")
+    page.wait_for_function("!document.body.dataset.busy")
+
+
+def test_api_key_is_asked_once_and_kept_for_the_session(recorder: PageRecorder, service: Service) -> None:
+    page = recorder.page
+    page.goto(f"{service.base}/")
+    # the research note is visible before anything else happens
+    assert page.is_visible("#research-note")
+    assert "not a diagnostic device" in page.inner_text("#research-note")
+    # readyz is public: the status line names the model; the categories need the key
+    page.wait_for_function(
+        "document.getElementById('service-status').textContent.includes('keepfit-v2-small')"
+    )
+    assert "18 indexed images" in page.inner_text("#service-status")
+    page.wait_for_selector("#message:not([hidden])")
+    assert page.get_attribute("#message", "data-code") == "unauthorized"
+    assert "API key" in page.inner_text("#message")
+    assert page.evaluate("document.getElementById('settings').open")  # opened for the user
+    recorder.screenshot("01-api-key-needed")
+
+    sign_in(page)
+    assert page.is_hidden("#message")
+    assert page.evaluate("sessionStorage.getItem('keepfit.apiKey')") == API_KEY
+    assert page.evaluate("localStorage.getItem('keepfit.apiKey')") is None  # never beyond the session
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('#category-suggestions option').length > 0")
+    assert page.is_hidden("#message")  # no second prompt after a reload
+    assert recorder.origins() == {service.base}
+
+
+def test_upload_shows_modality_predictions_heat_map_and_descriptions(
+    signed_in: PageRecorder, service: Service, real_image_paths: dict[str, list[Path]]
+) -> None:
+    page = signed_in.page
+    _upload(page, real_image_paths["CFP"][0])
+    preds = _predictions(page)
+    used = page.inner_text("#modality-result")
+    assert "detected" in used
+    modality = used.split(":")[1].split("(")[0].strip()
+    defaults = json.loads(
+        page.evaluate(
+            f"fetch('v1/categories', {{headers: {{'X-API-Key': '{API_KEY}'}}}}).then(r => r.text())"
+        )
+    )["modalities"][modality]
+    assert sorted(name for name, _ in preds) == sorted(defaults)  # the detected modality's default set
+    probs = [p for _, p in preds]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1.0) < 0.02
+    # the category editor now shows the defaults the service used
+    chips = page.eval_on_selector_all("#category-list li span", "els => els.map(e => e.textContent)")
+    assert chips == defaults
+    # heat map over the image, for the top prediction, with its peak marked
+    page.wait_for_selector("#overlay:not([hidden])")
+    src = page.get_attribute("#overlay", "src") or ""
+    assert src.startswith("data:image/png;base64,")
+    assert page.evaluate("document.getElementById('overlay').naturalWidth") > 0
+    assert page.is_visible("#peak")
+    selected = page.inner_text("#predictions li.selected .name")
+    assert selected.startswith(preds[0][0])
+    # its expert descriptions, ranked by similarity
+    sims = page.eval_on_selector_all(
+        "#descriptions .sim", "els => els.map(e => parseFloat(e.textContent.replace('similarity ', '')))"
+    )
+    assert len(sims) >= 1 and sims == sorted(sims, reverse=True)
+    signed_in.screenshot("02-diagnosis", full_page=True)
+
+    # the second prediction has its own map and descriptions
+    page.click("#predictions li.explained >> nth=1")
+    assert page.inner_text("#predictions li.selected .name").startswith(preds[1][0])
+    assert page.get_attribute("#overlay", "src") != src
+    assert preds[1][0] in page.inner_text("#descriptions-for")
+    # the toggle hides and shows the overlay
+    page.uncheck("#overlay-toggle")
+    assert page.is_hidden("#overlay") and page.is_hidden("#peak")
+    page.check("#overlay-toggle")
+    assert page.is_visible("#overlay")
+    assert signed_in.origins() == {service.base}
+
+
+def test_edited_categories_are_what_gets_scored(
+    signed_in: PageRecorder, service: Service, real_image_paths: dict[str, list[Path]]
+) -> None:
+    page = signed_in.page
+    page.select_option("#modality", "FFA")
+    chips = page.eval_on_selector_all("#category-list li span", "els => els.map(e => e.textContent)")
+    assert "branch retinal vein occlusion" in chips and "(defaults for FFA)" in page.inner_text(
+        "#categories-mode"
+    )
+    page.click("#category-list li:has-text('central retinal vein occlusion') button")
+    page.fill("#category-input", "BRAO")
+    page.press("#category-input", "Enter")
+    expected = [c for c in chips if c != "central retinal vein occlusion"] + ["BRAO"]
+    _upload(page, real_image_paths["FFA"][0])
+    assert sorted(name for name, _ in _predictions(page)) == sorted(expected)
+    assert "FFA (as selected)" in page.inner_text("#modality-result")
+    # down to one category: the service's 422 message is shown, the page keeps the last result
+    for name in expected[1:]:
+        page.click(f"#category-list li:has-text('{name}') button")
+    page.click("#classify-again")
+    page.wait_for_selector("#message:not([hidden])")
+    assert page.get_attribute("#message", "data-code") == "invalid_request"
+    assert "at least 2 categories" in page.inner_text("#message-text")
+    page.click("#category-reset")
+    assert "(defaults for FFA)" in page.inner_text("#categories-mode")
+
+
+def test_text_search_then_similar_images(signed_in: PageRecorder, service: Service) -> None:
+    page = signed_in.page
+    page.fill("#search-query", "a fluorescein angiogram showing branch retinal vein occlusion")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#search-results li")
+    page.wait_for_function("!document.body.dataset.busy")
+    cards = page.eval_on_selector_all(
+        "#search-results li button",
+        "els => els.map(b => ({id: b.dataset.id, score: parseFloat(b.querySelector('.score').textContent.slice(6)),"
+        " labels: b.querySelector('.labels').textContent}))",
+    )
+    assert len(cards) == 18  # the whole small index, ranked
+    scores = [c["score"] for c in cards]
+    assert scores == sorted(scores, reverse=True)
+    assert all(c["labels"] and c["labels"] != "no labels" for c in cards)
+    # thumbnails load through their tokenised URLs (an <img> cannot send the key)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#search-results img')].slice(0, 6).every(i => i.complete && i.naturalWidth > 0)"
+    )
+    signed_in.screenshot("03-text-search", full_page=True)
+
+    clicked = cards[3]["id"]
+    page.click(f"#search-results button[data-id='{clicked}']")
+    page.wait_for_selector("#search-query-image:not([hidden])")
+    page.wait_for_function("!document.body.dataset.busy")
+    assert f"image #{clicked}" in page.inner_text("#search-query-image")
+    first = page.get_attribute("#search-results li button >> nth=0", "data-id")
+    top_score = float(page.inner_text("#search-results li .score >> nth=0")[6:])
+    assert first == clicked and top_score > 0.99  # an image is most similar to itself
+    signed_in.screenshot("04-similar-images", full_page=True)
+    assert signed_in.origins() == {service.base}
+
+
+def test_api_errors_are_explained(signed_in: PageRecorder, service: Service, tmp_path: Path) -> None:
+    page = signed_in.page
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.set_input_files("#file-input", str(notes))
+    page.wait_for_selector("#message:not([hidden])")
+    assert page.get_attribute("#message", "data-code") == "unsupported_media_type"
+    assert "not supported" in page.inner_text("#message-title")
+    assert "text/plain" in page.inner_text("#message-text")  # the service's own words
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    page.set_input_files("#file-input", str(broken))
+    page.wait_for_function("document.getElementById('message').dataset.code === 'invalid_image'")
+    assert "could not be read as an image" in page.inner_text("#message-title")
+    signed_in.screenshot("05-error-invalid-image")
+
+    # a wrong key: 401 from the service, the settings open for a new one
+    page.evaluate("document.getElementById('settings').open = false")
+    page.evaluate("document.getElementById('api-key').value = 'wrong'")
+    page.evaluate("document.getElementById('settings-form').requestSubmit()")
+    page.wait_for_function("document.getElementById('message').dataset.code === 'unauthorized'")
+    assert "wrong API key" in page.inner_text("#message-text")
+    assert page.evaluate("document.getElementById('settings').open")
+
+    # no service at the configured address
+    dead = f"http://127.0.0.1:{free_port()}"
+    page.fill("#api-base", dead)
+    page.fill("#api-key", API_KEY)
+    page.click("#settings-form button[type=submit]")
+    page.wait_for_function("document.getElementById('message').dataset.code === 'network'")
+    assert "cannot be reached" in page.inner_text("#message-title")
+    assert "Service not reachable" in page.inner_text("#service-status")
+    signed_in.screenshot("06-error-unreachable")
+    page.evaluate("localStorage.clear()")
+
+
+def test_a_5mb_photograph_keeps_the_page_responsive(
+    signed_in: PageRecorder, service: Service, real_image_paths: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    # a real CFP photograph enlarged to camera size, with sensor-like noise so JPEG cannot shrink it
+    base = (
+        Image.open(real_image_paths["CFP"][1]).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
+    )
+    rng = np.random.default_rng(0)
+    noise = rng.integers(-16, 17, (3000, 4000, 3), dtype=np.int16)
+    noisy = np.clip(np.asarray(base, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noisy).save(buf, format="JPEG", quality=95)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(buf.getvalue())
+    size_mb = photo.stat().st_size / 2**20
+    assert 5.0 <= size_mb < 12, size_mb
+
+    page = signed_in.page
+    # a heartbeat on the main thread: any long freeze shows as a long gap between ticks
+    page.evaluate(
+        "window.__gaps = []; window.__last = performance.now();"
+        "window.__beat = setInterval(() => { const t = performance.now(); window.__gaps.push(t - window.__last);"
+        " window.__last = t; }, 20);"
+    )
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector("#progress:not([hidden])")  # progress is shown while it uploads and runs
+    # the page answers a user while the request is in flight
+    page.click("#settings summary")
+    assert page.evaluate("document.getElementById('settings').open")
+    page.wait_for_selector("#predictions li")
+    page.wait_for_function("!document.body.dataset.busy")
+    gaps = page.evaluate("clearInterval(window.__beat); window.__gaps")
+    record = {"upload_mb": round(size_mb, 2), "max_gap_ms": round(max(gaps), 1), "ticks": len(gaps)}
+    (ROOT / "test-output" / "frontend").mkdir(parents=True, exist_ok=True)
+    (ROOT / "test-output" / "frontend" / "responsiveness.json").write_text(json.dumps(record))
+    # the preview is downscaled in the browser (long side 1024), not drawn at 4000 px
+    assert page.evaluate("document.getElementById('preview').width") == 1024
+    assert page.is_visible("#overlay")
+    # decoding and uploading run off the main thread; 500 ms leaves room for two busy shared CPU cores
+    assert max(gaps) < 500, f"the main thread froze for {max(gaps):.0f} ms"
+    signed_in.screenshot("07-large-photograph")
+
+
+def test_page_served_from_another_origin_uses_the_service_through_cors(
+    recorder: PageRecorder, service: Service, static_port: int, real_image_paths: dict[str, list[Path]]
+) -> None:
+    page = recorder.page
+    with static_origin(static_port) as origin:
+        page.goto(f"{origin}/index.html?api={service.base}")
+        page.wait_for_function(
+            "document.getElementById('service-status').textContent.includes('keepfit-v2-small')"
+        )
+        sign_in(page)
+        _upload(page, real_image_paths["OCT"][0])
+        assert len(_predictions(page)) >= 2
+        assert page.is_visible("#overlay")
+        page.fill("#search-query", "retinal thickening with intraretinal cystoid fluid spaces")
+        page.click("#search-form button[type=submit]")
+        page.wait_for_selector("#search-results li")
+        page.wait_for_function("document.querySelector('#search-results img').naturalWidth > 0")
+        recorder.screenshot("08-cross-origin", full_page=True)
+        page.evaluate("localStorage.clear()")
+    # the page came from its origin; every API call and image went to the service, nowhere else
+    assert recorder.origins() == {origin, service.base}
+    api_calls = [u for u in recorder.urls if "/v1/" in u or "readyz" in u]
+    assert api_calls and all(u.startswith(service.base) for u in api_calls)
