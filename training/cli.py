@@ -19,7 +19,7 @@ from model.knowledge import Knowledge
 logger = logging.getLogger(__name__)
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "text": {"name": "keepfit-text", "steps": 150, "batch_size": 32, "eval_every": 50},
+    "text": {"name": "keepfit-text", "steps": 300, "batch_size": 32, "eval_every": 50},
     "hybrid": {},
 }
 
@@ -51,7 +51,7 @@ def _train_parser() -> argparse.ArgumentParser:
                       ("head-lr", float), ("weight-decay", float), ("warmup-steps", int), ("views", int),
                       ("vision-freeze-blocks", int), ("text-trainable-layers", int), ("eval-every", int),
                       ("checkpoint-every", int), ("seed", int), ("balance-alpha", float),
-                      ("elite-fraction", float)):
+                      ("elite-fraction", float), ("modality-caption-prob", float)):
         p.add_argument(f"--{flag}", type=typ)
     p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no autocast on CUDA")
@@ -73,7 +73,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     for key in ("name", "model", "data_root", "init", "corpus", "elite_manifest", "steps", "batch_size",
                 "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
                 "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
-                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction"):
+                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob"):
         value = getattr(args, key, None)
         if value is not None:
             changes[key] = value

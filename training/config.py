@@ -59,7 +59,7 @@ class TrainConfig:
     corpus: str | None = None  # stage 1 (default: <data_root>/text/ophthalmic_corpus.jsonl)
     corpus_holdout: float = 0.05
     # schedule
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 64
     elite_batch_size: int = 32
     lr: float = 1e-4  # pretrained weights
@@ -68,6 +68,7 @@ class TrainConfig:
     warmup_steps: int = 20
     grad_clip: float = 1.0
     balance_alpha: float = 0.5  # sample weight of an image ~ 1 / (size of its label set's group) ** alpha
+    modality_caption_prob: float = 0.1  # a public image's caption names its modality instead of a label
     # what trains
     vision_freeze_blocks: int | None = None  # None: 17 for mobilenet_v2, 1 for tiny_cnn
     text_trainable_layers: int | None = None  # None: 2 (stage 2) or 3 (stage 1) of MiniLM's 6; 1 for tiny
@@ -93,6 +94,8 @@ class TrainConfig:
             raise ConfigError("lr, head_lr and grad_clip must be > 0 and weight_decay >= 0")
         if not 0 < self.elite_fraction <= 1 or not 0 <= self.balance_alpha <= 1:
             raise ConfigError("elite_fraction must be in (0, 1] and balance_alpha in [0, 1]")
+        if not 0 <= self.modality_caption_prob < 1:
+            raise ConfigError(f"modality_caption_prob must be in [0, 1), got {self.modality_caption_prob}")
         if not 0 < self.mask_prob < 1 or not 0 <= self.corpus_holdout < 1:
             raise ConfigError("mask_prob must be in (0, 1) and corpus_holdout in [0, 1)")
         if self.views < 1:

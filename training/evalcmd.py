@@ -234,6 +234,7 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     mod["rows_skipped"] = dict(te.skipped)
     tasks["modality"] = {"title": "Modality (CFP / FFA / OCT)", **mod}
 
+    open_set = _open_set(runtime, data_root, split, embedder)
     headline = {n: tasks[n]["zero_shot"]["balanced_accuracy"] for n in HEADLINE}
     summary = {
         "split": split,
@@ -254,20 +255,41 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
         "unreadable_images": len(embedder.report.skipped),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    payload = {"command": "suite", "summary": summary, "tasks": tasks, "unreadable": embedder.report.skipped}
+    summary["open_set_cfp_outside_share"] = open_set["outside_share"]
+    payload = {"command": "suite", "summary": summary, "tasks": tasks, "open_set_cfp": open_set,
+               "unreadable": embedder.report.skipped}
     if run_dir is not None and (run_dir / "history.jsonl").is_file():
         import json
 
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
         plot_curves(history, out / "curves.png", title=str(run_dir.name))
-    md = _suite_markdown(runtime, summary, tasks, split, (out / "curves.png").is_file())
+    md = _suite_markdown(runtime, summary, tasks, split, (out / "curves.png").is_file(), open_set)
     write_report(out, payload, md)
     payload["text"] = _suite_text(summary, tasks)
     return payload
 
 
+def _open_set(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: ImageEmbedder) -> dict[str, Any]:
+    """CFP test images classified over the whole CFP category set the service offers (glaucoma, AMD, myopia,
+    cataract, vein occlusions... none of which our labelled images carry).  Where the top category is one our
+    data never labels, the answer is unverifiable at best and usually wrong: its share says how much the
+    model reaches for categories it was never shown."""
+    kn = runtime.knowledge
+    offered = kn.category_set("CFP")
+    s = load_eval_set(data_root / "cfp_oct_mx/labels.csv", "dme", kn, split, "CFP", name="open_set")
+    img, _ = embedder(s.paths, desc="open-set CFP")
+    probs = runtime.zero_shot(img, runtime.class_embeddings(offered, "CFP"))
+    top = probs.argmax(axis=1)
+    ours = {"normal", "diabetic macular edema", "non-proliferative diabetic retinopathy",
+            "proliferative diabetic retinopathy"}
+    counts = {c: int((top == i).sum()) for i, c in enumerate(offered)}
+    outside = sum(n for c, n in counts.items() if c not in ours)
+    return {"n": int(len(top)), "categories": offered, "top1_counts": counts,
+            "outside_share": outside / max(1, len(top)), "labelled_categories": sorted(ours)}
+
+
 def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dict[str, Any], split: str,
-                    curves: bool) -> str:
+                    curves: bool, open_set: dict[str, Any]) -> str:
     lines = _header(runtime, f"Evaluation suite ({split} split)") + [
         f"Zero-shot mean balanced accuracy over {', '.join(summary['zero_shot_mean_tasks'])}: "
         f"**{fmt(summary['zero_shot_mean'])}**", "",
@@ -290,6 +312,11 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
         lines.append(f"- {t['title']}: " + "; ".join(f"{c} {fmt(m['recall'])} (n {m['n']})"
                                                      for c, m in zs["per_class"].items()))
         lines.append(f"  ![{name}](confusion_{name}.png)")
+    lines += ["", "## Open set: CFP images over every CFP category offered", "",
+              f"{open_set['n']} CFP {split} images (all diabetic eye disease or normal) classified over the "
+              f"{len(open_set['categories'])} CFP categories of the service; top-1 counts: "
+              + ", ".join(f"{c} {n}" for c, n in open_set["top1_counts"].items() if n)
+              + f". Share whose top category is one our data never labels: {fmt(open_set['outside_share'])}."]
     if curves:
         lines += ["", "## Training curves", "", "![training curves](curves.png)"]
     lines += ["", f"Unreadable images skipped: {summary['unreadable_images']}. Time: {summary['seconds']} s.", ""]

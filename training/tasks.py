@@ -350,6 +350,7 @@ class HybridTask:
         self.elite_weights = torch.tensor([elite_counts[s.stratum] ** -cfg.balance_alpha for s in self.elite],
                                           dtype=torch.float64) if self.elite else torch.ones(1, dtype=torch.float64)
         self.text_tail = TextTail(model, tokenizer, self.text_layers)
+        self.modality_prompts = knowledge.modality_prompts()
         self.elite_ids = {s.caption: torch.from_numpy(tokenizer([s.caption])[0][0]) for s in self.elite}
         # the caption decoder predicts over the closed vocabulary of the elite captions (see CaptionDecoder.loss)
         used = torch.cat(list(self.elite_ids.values())) if self.elite_ids else torch.zeros(0, dtype=torch.long)
@@ -385,7 +386,11 @@ class HybridTask:
 
     def _public_caption(self, sample: Sample, rng: random.Random) -> tuple[str, tuple[str, str]]:
         """FLAIR-style: one of the image's labels, one of that label's expert descriptions, the modality's
-        template; the (modality, label) pair is what makes two captions positives of each other."""
+        template; the (modality, label) pair is what makes two captions positives of each other.  Now and then
+        the modality itself is the label (its prompts describe the kind of image), so that recognising the
+        modality from text stays aligned while the category prompts are learnt."""
+        if self.cfg.modality_caption_prob and rng.random() < self.cfg.modality_caption_prob:
+            return rng.choice(self.modality_prompts[sample.modality]), (sample.modality, "")
         label = rng.choice(sample.labels)
         description = rng.choice(self.knowledge.descriptions(label, sample.modality))
         return self.knowledge.template(sample.modality).format(description), (sample.modality, label)
