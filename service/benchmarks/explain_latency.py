@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     images = [(m, path.read_bytes()) for m, path in real_images(args.data_root, args.images_per_modality)]
-    explain = {"explain": "true", "explain_top": str(args.explain_top)}
+    explain: dict[str, str | list[str]] = {"explain": "true", "explain_top": str(args.explain_top)}
     env = {"KEEPFIT_THREADS": str(args.threads)} if args.threads else {}
     wall: dict[str, list[float]] = {"plain": [], "explain": []}
     handler: dict[str, list[float]] = {"plain": [], "explain": []}
