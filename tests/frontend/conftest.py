@@ -26,6 +26,7 @@ from tests.frontend.harness import (
 )
 
 API_KEY = "frontend-test-key"
+MAX_UPLOAD_BYTES = 8 * 2**20  # above the 5 MB photograph, so a 9 MB file is refused
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 
 
@@ -64,8 +65,13 @@ def static_port() -> int:
 def service(
     chromium: str, default_artifact: Path, frontend_index: Path, static_port: int
 ) -> Iterator[Service]:
-    """``keepfit serve`` with an API key, and CORS open to the second origin of the cross-origin test."""
-    env = {"KEEPFIT_API_KEYS": API_KEY, "KEEPFIT_CORS_ORIGINS": f"http://127.0.0.1:{static_port}"}
+    """``keepfit serve`` with an API key, an 8 MiB upload limit, and CORS open to the second origin of the
+    cross-origin test."""
+    env = {
+        "KEEPFIT_API_KEYS": API_KEY,
+        "KEEPFIT_CORS_ORIGINS": f"http://127.0.0.1:{static_port}",
+        "KEEPFIT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+    }
     log = ROOT / "test-output" / "frontend" / "serve.log"
     with running_service(default_artifact.resolve(), frontend_index, log, env) as svc:
         yield svc

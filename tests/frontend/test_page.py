@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.frontend.conftest import API_KEY, PageRecorder, sign_in
+from tests.frontend.conftest import API_KEY, MAX_UPLOAD_BYTES, PageRecorder, sign_in
 from tests.frontend.harness import ROOT, Service, free_port, static_origin
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
@@ -188,6 +188,14 @@ def test_api_errors_are_explained(signed_in: PageRecorder, service: Service, tmp
     assert "could not be read as an image" in page.inner_text("#message-title")
     signed_in.screenshot("05-error-invalid-image")
 
+    # too large: the service's 413, in its own words
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(np.random.default_rng(0).bytes(MAX_UPLOAD_BYTES + 2**20))
+    page.set_input_files("#file-input", str(huge))
+    page.wait_for_function("document.getElementById('message').dataset.code === 'payload_too_large'")
+    assert "too large" in page.inner_text("#message-title")
+    assert "KEEPFIT_MAX_UPLOAD_BYTES" in page.inner_text("#message-text")  # says which limit, and why
+
     # a wrong key: 401 from the service, the settings open for a new one
     page.evaluate("document.getElementById('settings').open = false")
     page.evaluate("document.getElementById('api-key').value = 'wrong'")
@@ -268,6 +276,12 @@ def test_page_served_from_another_origin_uses_the_service_through_cors(
         page.click("#search-form button[type=submit]")
         page.wait_for_selector("#search-results li")
         page.wait_for_function("document.querySelector('#search-results img').naturalWidth > 0")
+        # image -> image from a result: the page fetches the image (with the key) and posts it back
+        clicked = page.get_attribute("#search-results li button >> nth=2", "data-id")
+        page.click(f"#search-results button[data-id='{clicked}']")
+        page.wait_for_selector("#search-query-image:not([hidden])")
+        page.wait_for_function("!document.body.dataset.busy")
+        assert page.get_attribute("#search-results li button >> nth=0", "data-id") == clicked
         recorder.screenshot("08-cross-origin", full_page=True)
         page.evaluate("localStorage.clear()")
     # the page came from its origin; every API call and image went to the service, nowhere else
