@@ -10,24 +10,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.frontend.harness import (
+    API_KEY,
     IN_CI,
+    MAX_UPLOAD_BYTES,
     ROOT,
+    PageRecorder,
     Service,
     build_index,
     chromium_context,
     find_chromium,
     free_port,
     running_service,
+    sign_in,
 )
-
-API_KEY = "frontend-test-key"
-MAX_UPLOAD_BYTES = 8 * 2**20  # above the 5 MB photograph, so a 9 MB file is refused
-SCREENSHOTS = ROOT / "test-output" / "screenshots"
 
 
 def _missing(message: str) -> None:
@@ -83,32 +82,6 @@ def browser_context(chromium: str) -> Iterator[Any]:
         yield context
 
 
-class PageRecorder:
-    """Every URL the page requested and every script error it raised."""
-
-    def __init__(self, page: Any) -> None:
-        self.page = page
-        self.urls: list[str] = []
-        self.errors: list[str] = []
-        page.on("request", lambda req: self.urls.append(req.url))
-        page.on("pageerror", lambda err: self.errors.append(str(err)))
-
-    def origins(self) -> set[str]:
-        out = set()
-        for url in self.urls:
-            parts = urlsplit(url)
-            if parts.scheme in ("data", "blob"):
-                continue
-            out.add(f"{parts.scheme}://{parts.netloc}")
-        return out
-
-    def screenshot(self, name: str, **kwargs: Any) -> Path:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"{name}.png"
-        self.page.screenshot(path=str(path), **kwargs)
-        return path
-
-
 @pytest.fixture
 def recorder(browser_context: Any) -> Iterator[PageRecorder]:
     page = browser_context.new_page()
@@ -119,14 +92,6 @@ def recorder(browser_context: Any) -> Iterator[PageRecorder]:
     finally:
         page.close()
     assert not rec.errors, f"script errors on the page: {rec.errors}"
-
-
-def sign_in(page: Any, key: str = API_KEY) -> None:
-    """Enter the API key once, through the settings form, as a user would."""
-    page.evaluate("document.getElementById('settings').open = true")
-    page.fill("#api-key", key)
-    page.click("#settings-form button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#category-suggestions option').length > 0")
 
 
 @pytest.fixture

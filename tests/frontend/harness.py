@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -37,6 +38,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+API_KEY = "frontend-test-key"
+MAX_UPLOAD_BYTES = 8 * 2**20  # above the 5 MB photograph, so a 9 MB file is refused
 
 
 def free_port() -> int:
@@ -212,3 +216,37 @@ def chromium_context(chromium: str, viewport: tuple[int, int] = (1280, 900)) -> 
                 context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+class PageRecorder:
+    """Every URL the page requested and every script error it raised."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.urls: list[str] = []
+        self.errors: list[str] = []
+        page.on("request", lambda req: self.urls.append(req.url))
+        page.on("pageerror", lambda err: self.errors.append(str(err)))
+
+    def origins(self) -> set[str]:
+        out = set()
+        for url in self.urls:
+            parts = urlsplit(url)
+            if parts.scheme in ("data", "blob"):
+                continue
+            out.add(f"{parts.scheme}://{parts.netloc}")
+        return out
+
+    def screenshot(self, name: str, **kwargs: Any) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), **kwargs)
+        return path
+
+
+def sign_in(page: Any, key: str = API_KEY) -> None:
+    """Enter the API key once, through the settings form, as a user would."""
+    page.evaluate("document.getElementById('settings').open = true")
+    page.fill("#api-key", key)
+    page.click("#settings-form button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('#category-suggestions option').length > 0")

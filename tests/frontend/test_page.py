@@ -15,8 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.frontend.conftest import API_KEY, MAX_UPLOAD_BYTES, PageRecorder, sign_in
-from tests.frontend.harness import ROOT, Service, free_port, static_origin
+from tests.frontend.harness import (
+    API_KEY,
+    MAX_UPLOAD_BYTES,
+    ROOT,
+    PageRecorder,
+    Service,
+    free_port,
+    sign_in,
+    static_origin,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
 
