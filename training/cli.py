@@ -107,7 +107,7 @@ def train_main(argv: list[str]) -> int:
     import torch
 
     from training.data import resolve_data_root
-    from training.loop import resolve_device, train
+    from training.loop import Task, resolve_device, seed_everything, train
     from training.tasks import TASKS, build_model
 
     args = _train_parser().parse_args(argv)
@@ -123,9 +123,10 @@ def train_main(argv: list[str]) -> int:
             raise
         data_root = None
     knowledge = Knowledge.default()
+    seed_everything(cfg.seed)  # the new heads' random initialisation is part of the run's seed
     model, tokenizer, info = build_model(cfg)
     model.to(device)
-    task = TASKS[cfg.stage](cfg, model, tokenizer, device, knowledge, data_root, run_dir)
+    task: Task = TASKS[cfg.stage](cfg, model, tokenizer, device, knowledge, data_root, run_dir)
     result = train(task, cfg, run_dir, device, resume=args.resume, meta={"init_from": info} if info else None)
     _write_training_report(cfg, task, result)
     print(f"wrote {result.checkpoint} (best validation score {result.best_score:.4f} at step "  # noqa: T201
@@ -251,7 +252,8 @@ def eval_main(argv: list[str]) -> int:
     if args.command == "compare":
         print(evalcmd.compare_markdown(_read_reports(args.reports)), end="")  # noqa: T201
         return 0
-    runtime = KeepfitRuntime.from_artifact(args.artifact)
+    threads = os.environ.get("KEEPFIT_THREADS")
+    runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=int(threads) if threads else None)
     out = args.out or Path("runs") / "eval" / f"{runtime.artifact.name}-{runtime.version}" / args.command
     if args.command == "suite":
         from training.data import resolve_data_root

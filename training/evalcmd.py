@@ -113,8 +113,18 @@ def run_retrieval(runtime: KeepfitRuntime, a: TaskArgs, out: Path, ks: list[int]
     return payload
 
 
+def _require_splits(a: TaskArgs, what: str) -> None:
+    from model.errors import DataError
+    from training.data import read_manifest
+
+    if "split" not in read_manifest(a.manifest).columns:
+        raise DataError(f"{what} trains on one split and reports on another: manifest {a.manifest} needs a "
+                        "'split' column (train / val / test)")
+
+
 def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[int], repeats: int,
                  train_split: str, batch_size: int = 32) -> dict[str, Any]:
+    _require_splits(a, "few-shot evaluation")
     embedder = _embedder(runtime, batch_size)
     train = _load(runtime, a, train_split)
     test = _load(runtime, a, a.split)
@@ -140,17 +150,18 @@ def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[in
 
 def run_linear_probe(runtime: KeepfitRuntime, a: TaskArgs, out: Path, train_split: str, val_split: str,
                      batch_size: int = 32) -> dict[str, Any]:
+    _require_splits(a, "the linear probe")
     embedder = _embedder(runtime, batch_size)
-    sets = {}
+    sets: list[tuple[np.ndarray, EvalSet]] = []
     for split in (train_split, val_split, a.split):
         s = _load(runtime, a, split)
         if sets:
-            classes = sets[train_split][1].classes
+            classes = sets[0][1].classes
             s = EvalSet(s.name, s.paths, np.asarray([classes.index(s.classes[y]) if s.classes[y] in classes else -1
                                                      for y in s.labels]), classes, s.modality, s.skipped)
             s = s.subset(s.labels >= 0)
-        sets[split] = _embed(embedder, s, f"embedding {split}")
-    (x_tr, tr), (x_va, va), (x_te, te) = sets[train_split], sets[val_split], sets[a.split]
+        sets.append(_embed(embedder, s, f"embedding {split}"))
+    (x_tr, tr), (x_va, va), (x_te, te) = sets
     result = linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), tr.classes)
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], tr.classes, f"linear probe {a.label_column} ({a.split})",

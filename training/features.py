@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
@@ -132,7 +133,7 @@ def build_feature_store(
                     len(paths) - len(todo))
     prefix = prefix.to(device)
     run_prefix = _fast_prefix(prefix, pre.image_size, device) if todo else prefix
-    pending: list[tuple[int, object]] = []
+    pending: list[tuple[int, Image.Image]] = []
 
     def flush() -> None:
         if not pending:

@@ -30,6 +30,14 @@ SPLITTABLE = ("mobilenet_v2", "tiny_cnn")
 DEFAULT_FREEZE = {"mobilenet_v2": 17, "tiny_cnn": 1}
 
 
+def backbone_blocks(model: KeepFITModel) -> nn.Sequential:
+    """The backbone's ``features`` sequence (torchvision layout); only called for :data:`SPLITTABLE` backbones."""
+    features = getattr(model.image_encoder.backbone, "features", None)
+    if not isinstance(features, nn.Sequential):
+        raise ConfigError(f"backbone {model.cfg.vision.backbone!r} has no `features` sequence to split")
+    return features
+
+
 def vision_freeze_blocks(model: KeepFITModel, requested: int | None) -> int:
     backbone = model.cfg.vision.backbone
     if requested is None:
@@ -40,7 +48,7 @@ def vision_freeze_blocks(model: KeepFITModel, requested: int | None) -> int:
             "use --vision-freeze-blocks 0 (train the whole backbone)"
         )
     if requested:
-        n = len(model.image_encoder.backbone.features)
+        n = len(backbone_blocks(model))
         if not 0 <= requested < n:
             raise ConfigError(f"vision_freeze_blocks must be in [0, {n - 1}] for {backbone}, got {requested}")
     return requested
@@ -60,7 +68,7 @@ class ImagePrefix(nn.Module):
     def __init__(self, model: KeepFITModel, blocks: int) -> None:
         super().__init__()
         self.blocks = blocks
-        self.layers = model.image_encoder.backbone.features[:blocks] if blocks else nn.Identity()
+        self.layers: nn.Module = backbone_blocks(model)[:blocks] if blocks else nn.Identity()
 
     @torch.no_grad()
     def forward(self, pixels: Tensor) -> Tensor:
@@ -74,7 +82,7 @@ class ImageTail(nn.Module):
     def __init__(self, model: KeepFITModel, blocks: int) -> None:
         super().__init__()
         self.encoder = model.image_encoder
-        self.layers = model.image_encoder.backbone.features[blocks:] if blocks else model.image_encoder.backbone
+        self.layers: nn.Module = backbone_blocks(model)[blocks:] if blocks else model.image_encoder.backbone
 
     def forward(self, prefix_out: Tensor) -> tuple[Tensor, Tensor]:
         feats = self.layers(prefix_out)  # [B, C, h, w]
@@ -151,7 +159,7 @@ def set_trainable(model: KeepFITModel, vision_blocks: int, text_layers: int) -> 
     """Freeze the image prefix, the text embeddings and lower layers; everything else trains."""
     model.requires_grad_(True)
     if vision_blocks:
-        model.image_encoder.backbone.features[:vision_blocks].requires_grad_(False)
+        backbone_blocks(model)[:vision_blocks].requires_grad_(False)
     bert = model.text_encoder.bert
     bert.embeddings.requires_grad_(False)
     n = len(bert.encoder.layer)

@@ -15,6 +15,7 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,12 @@ from training.evaluate import (
     zero_shot_metrics,
 )
 from training.features import FeatureStore, ImageSource, PixelSource, build_feature_store
+from training.loop import Task
 from training.parts import (
     ImagePrefix,
     ImageTail,
     TextTail,
+    backbone_blocks,
     encode_unique,
     set_trainable,
     text_trainable_layers,
@@ -312,6 +315,9 @@ class HybridTask:
                           s.require, name=s.name)
             for s in SUITE if s.name != "dme_cfp_all"
         ] + [load_modality_set(data_root, knowledge, "val")]
+        held = {knowledge.canonical(h) for h in cfg.holdout}
+        if held:  # choosing the checkpoint must not look at held-out images either (they stay candidate classes)
+            self.val_sets = [v.subset(np.asarray([v.classes[y] not in held for y in v.labels])) for v in self.val_sets]
         # ---- images: every path once
         paths = list(dict.fromkeys([s.path for s in public.samples] + [s.path for s in elite]
                                    + [p for v in self.val_sets for p in v.paths]))
@@ -382,7 +388,7 @@ class HybridTask:
     def set_train(self) -> None:
         self.model.train()
         if self.vision_blocks:
-            self.model.image_encoder.backbone.features[: self.vision_blocks].eval()
+            backbone_blocks(self.model)[: self.vision_blocks].eval()
 
     def _public_caption(self, sample: Sample, rng: random.Random) -> tuple[str, tuple[str, str]]:
         """FLAIR-style: one of the image's labels, one of that label's expert descriptions, the modality's
@@ -501,4 +507,4 @@ class HybridTask:
                 "modality_head": {k: head[k] for k in ("classes", "fitted_on", "train_accuracy")}}
 
 
-TASKS = {"text": TextTask, "hybrid": HybridTask}
+TASKS: dict[str, Callable[..., Task]] = {"text": TextTask, "hybrid": HybridTask}

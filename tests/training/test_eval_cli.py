@@ -98,3 +98,36 @@ def test_missing_image_files_are_reported_before_any_work(tiny_artifact: Path, t
                     "--label-column", "label"])
     err = capsys.readouterr().err
     assert code == 2 and "2 of 2 image files are missing" in err and "nope/1.jpg" in err
+
+
+@pytest.mark.slow
+def test_suite_records_into_checkpoint_and_compares(tiny_artifact: Path, data_root: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from model.config import get_config
+    from model.nn.factory import create_model, default_tokenizer, read_checkpoint, save_checkpoint
+
+    cfg = get_config("keepfit-tiny")
+    ckpt = save_checkpoint(tmp_path / "m.pt", create_model(cfg), default_tokenizer(cfg), step=1)
+    out = tmp_path / "suite"
+    assert eval_main(["suite", "--artifact", str(tiny_artifact), "--data-root", str(data_root), "--out", str(out),
+                      "--record-into", str(ckpt)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    summary = report["summary"]
+    # every table row is there, with its chance level, on the test split
+    assert set(summary["zero_shot_balanced_accuracy"]) == {
+        "dme_cfp_graded", "dme_cfp_all", "dme_oct", "dr_cfp", "dr_oct", "ffa_diagnosis", "modality"}
+    assert summary["zero_shot_chance"]["dr_cfp"] == pytest.approx(1 / 3)
+    assert report["tasks"]["dme_cfp_graded"]["zero_shot"]["n"] == 85  # graded CFP test rows only
+    assert report["tasks"]["ffa_diagnosis"]["zero_shot"]["n"] == 21
+    assert summary["zero_shot_mean"] == pytest.approx(np.mean(
+        [summary["zero_shot_balanced_accuracy"][n] for n in summary["zero_shot_mean_tasks"]]))
+    assert (out / "confusion_dme_oct.png").is_file() and "Open set" in (out / "report.md").read_text()
+    assert read_checkpoint(ckpt)["evaluation"]["zero_shot_mean"] == pytest.approx(summary["zero_shot_mean"])
+    assert torch.is_tensor(read_checkpoint(ckpt)["state_dict"]["logit_scale"])  # the weights survived the rewrite
+    capsys.readouterr()
+    assert eval_main(["compare", f"a={out / 'report.json'}", f"b={out / 'report.json'}"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| model | DME CFP graded") and table[2].startswith("| chance | 0.500")
+    assert len(table) == 5 and table[3].startswith("| a |")
