@@ -76,7 +76,9 @@ def service(
         yield svc
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running on the main thread until it stops, which
+# would break later tests that call asyncio.run().
+@pytest.fixture(scope="module")
 def browser_context(chromium: str) -> Iterator[Any]:
     with chromium_context(chromium) as context:
         yield context
