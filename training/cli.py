@@ -51,8 +51,10 @@ def _train_parser() -> argparse.ArgumentParser:
                       ("head-lr", float), ("weight-decay", float), ("warmup-steps", int), ("views", int),
                       ("vision-freeze-blocks", int), ("text-trainable-layers", int), ("eval-every", int),
                       ("checkpoint-every", int), ("seed", int), ("balance-alpha", float),
-                      ("elite-fraction", float), ("modality-caption-prob", float)):
+                      ("elite-fraction", float), ("modality-caption-prob", float), ("data-seed", int)):
         p.add_argument(f"--{flag}", type=typ)
+    p.add_argument("--select", choices=("last", "best"), help="weights in model.pt: end of schedule (default) or "
+                   "best validation score")
     p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no autocast on CUDA")
     p.add_argument("--cache-dir", help="feature cache folder (default runs/.cache)")
@@ -73,7 +75,8 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     for key in ("name", "model", "data_root", "init", "corpus", "elite_manifest", "steps", "batch_size",
                 "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
                 "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
-                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob"):
+                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob",
+                "data_seed", "select"):
         value = getattr(args, key, None)
         if value is not None:
             changes[key] = value
@@ -129,8 +132,8 @@ def train_main(argv: list[str]) -> int:
     task: Task = TASKS[cfg.stage](cfg, model, tokenizer, device, knowledge, data_root, run_dir)
     result = train(task, cfg, run_dir, device, resume=args.resume, meta={"init_from": info} if info else None)
     _write_training_report(cfg, task, result)
-    print(f"wrote {result.checkpoint} (best validation score {result.best_score:.4f} at step "  # noqa: T201
-          f"{result.best_step}, {result.pairs_per_s:.1f} pairs/s on {device})")
+    print(f"wrote {result.checkpoint} (weights of step {result.selected_step}; best validation score "  # noqa: T201
+          f"{result.best_score:.4f} at step {result.best_step}; {result.pairs_per_s:.1f} pairs/s on {device})")
     if cfg.stage == "hybrid":
         print(f"export: keepfit export --checkpoint {result.checkpoint} --out artifacts/{cfg.name} "  # noqa: T201
               "--quantize int8")
@@ -143,13 +146,14 @@ def _write_training_report(cfg: Any, task: Any, result: Any) -> None:
     evals = [h for h in result.history if h.get("kind") == "eval"]
     trains = [h for h in result.history if h.get("kind") == "train"]
     payload = {"name": cfg.name, "stage": cfg.stage, "config": cfg.to_dict(), "data": task.stats,
-               "best_step": result.best_step, "best_score": result.best_score, "pairs_per_s": result.pairs_per_s,
+               "selected_step": result.selected_step, "best_step": result.best_step, "best_score": result.best_score,
+               "pairs_per_s": result.pairs_per_s,
                "steps": len(trains), "train_seconds": sum(h["time"] for h in trains), "validation": evals,
                "checkpoint": str(result.checkpoint)}
     keys = [k for k in (evals[-1] if evals else {}) if k not in ("kind", "step", "time")]
     lines = [f"# Training run `{cfg.name}` (stage {cfg.stage})", "",
-             f"- checkpoint: `{result.checkpoint}` (weights of step {result.best_step}, best validation score "
-             f"{fmt(result.best_score)})",
+             f"- checkpoint: `{result.checkpoint}` (weights of step {result.selected_step}, select={cfg.select}; best "
+             f"validation score {fmt(result.best_score)} at step {result.best_step})",
              f"- throughput: {fmt(result.pairs_per_s, 1)} image-text pairs (or texts) per second, "
              f"{payload['train_seconds'] / 60:.1f} min of training steps",
              "", "## Validation", "", "| step | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
@@ -202,7 +206,8 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="store the summary in this checkpoint's `evaluation` (export copies it into the manifest)")
     s.add_argument("--run", type=Path, help="training run folder whose curves to include in the report")
     c = sub.add_parser("compare", help="a Markdown table of several suite reports (the ablation table)")
-    c.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON", help="e.g. clip=runs/abl-clip/eval/report.json")
+    c.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON[,REPORT_JSON]",
+                   help="e.g. clip=runs/abl-clip/eval/report.json; several reports per name are averaged (seeds)")
     return p
 
 
@@ -226,21 +231,25 @@ def _where(items: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _read_reports(items: list[str]) -> list[tuple[str, dict[str, Any]]]:
+def _read_reports(items: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``NAME=report.json[,report.json...]`` (several runs of one model, e.g. seeds) or a bare path."""
     import json
 
     out = []
     for item in items:
-        name, sep, path = item.partition("=")
+        name, sep, paths = item.partition("=")
         if not sep:
-            name, path = Path(item).parent.parent.name, item
-        try:
-            report = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise DataError(f"cannot read suite report {path}: {err}") from err
-        if report.get("command") != "suite":
-            raise DataError(f"{path} is not a `keepfit eval suite` report")
-        out.append((name, report))
+            name, paths = Path(item).parent.parent.name, item
+        reports = []
+        for path in paths.split(","):
+            try:
+                report = json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise DataError(f"cannot read suite report {path}: {err}") from err
+            if report.get("command") != "suite":
+                raise DataError(f"{path} is not a `keepfit eval suite` report")
+            reports.append(report)
+        out.append((name, reports))
     return out
 
 

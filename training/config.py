@@ -80,7 +80,9 @@ class TrainConfig:
     # bookkeeping
     eval_every: int = 50
     checkpoint_every: int = 50
-    seed: int = 0
+    seed: int = 0  # model initialisation, batch sampling, dropout
+    data_seed: int = 0  # the data a run sees: elite subset, cached augmented views, held-out corpus lines
+    select: str = "last"  # which weights model.pt holds: "last" (end of the schedule) or "best" (validation)
     device: str = "auto"
     amp: bool = True  # bf16/fp16 autocast on CUDA only
     cache_dir: str | None = None  # default: runs/.cache
@@ -98,6 +100,8 @@ class TrainConfig:
             raise ConfigError(f"modality_caption_prob must be in [0, 1), got {self.modality_caption_prob}")
         if not 0 < self.mask_prob < 1 or not 0 <= self.corpus_holdout < 1:
             raise ConfigError("mask_prob must be in (0, 1) and corpus_holdout in [0, 1)")
+        if self.select not in ("last", "best"):
+            raise ConfigError(f"select must be 'last' or 'best', got {self.select!r}")
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -380,23 +380,31 @@ COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def compare_markdown(reports: list[tuple[str, dict[str, Any]]]) -> str:
-    """One row per suite report: zero-shot balanced accuracy per task, their mean, retrieval P@10 and the
-    linear probe (means over the headline tasks), with the chance row first."""
-    first = reports[0][1]["summary"]
+def compare_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    """One row per model: zero-shot balanced accuracy per task, their mean, retrieval P@10 and the linear probe
+    (means over the headline tasks), with the chance row first.  A row given several suite reports (runs with
+    different seeds) shows the mean and, for the headline mean, ± the standard deviation over the runs."""
+    first = rows[0][1][0]
+    s0 = first["summary"]
     head = ("| model | " + " | ".join(t for _, t in COMPARE_COLUMNS) + " | **zero-shot mean** | P@10 mean | "
             "linear probe mean |")
     lines = [head, "|---" * (len(COMPARE_COLUMNS) + 4) + "|"]
-    chance = first["zero_shot_chance"]
-    mean_chance = float(np.mean([chance[n] for n in first["zero_shot_mean_tasks"]]))
-    p10_chance = float(np.mean([t["retrieval"]["chance"] for n, t in reports[0][1]["tasks"].items()
+    chance = s0["zero_shot_chance"]
+    mean_chance = float(np.mean([chance[n] for n in s0["zero_shot_mean_tasks"]]))
+    p10_chance = float(np.mean([t["retrieval"]["chance"] for n, t in first["tasks"].items()
                                 if "retrieval" in t and n != "dme_cfp_all"]))
     lines.append("| chance | " + " | ".join(fmt(chance[n]) for n, _ in COMPARE_COLUMNS)
                  + f" | {fmt(mean_chance)} | {fmt(p10_chance)} | {fmt(mean_chance)} |")
-    for name, rep in reports:
-        s = rep["summary"]
-        zs = s["zero_shot_balanced_accuracy"]
-        lines.append(f"| {name} | " + " | ".join(fmt(zs[n]) for n, _ in COMPARE_COLUMNS)
-                     + f" | **{fmt(s['zero_shot_mean'])}** | {fmt(s['retrieval_p@10_mean'])} | "
-                     f"{fmt(s['linear_probe_mean'])} |")
+    for name, reports in rows:
+        sums = [r["summary"] for r in reports]
+        zs_mean = [x["zero_shot_mean"] for x in sums]
+        spread = f" ± {np.std(zs_mean):.3f}" if len(sums) > 1 else ""
+        label = f"{name} (n={len(sums)})" if len(sums) > 1 else name
+        per_task = [fmt(_avg(sums, "zero_shot_balanced_accuracy", n)) for n, _ in COMPARE_COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(per_task) + f" | **{fmt(float(np.mean(zs_mean)))}{spread}** | "
+                     f"{fmt(_avg(sums, 'retrieval_p@10_mean'))} | {fmt(_avg(sums, 'linear_probe_mean'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _avg(summaries: list[dict[str, Any]], key: str, sub: str | None = None) -> float:
+    return float(np.mean([x[key][sub] if sub is not None else x[key] for x in summaries]))

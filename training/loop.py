@@ -80,6 +80,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 class TrainResult:
     run_dir: Path
     checkpoint: Path  # model.pt
+    selected_step: int
     best_step: int
     best_score: float
     pairs_per_s: float
@@ -109,13 +110,14 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
 
     history: list[dict[str, Any]] = []
     start, best_score, best_step = 0, -math.inf, -1
+    train_time, pairs = 0.0, 0  # over the steps timed (the first step of a process pays one-off costs)
     if last.is_file():
         if not resume:
             raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --name")
         payload = read_checkpoint(last)
-        saved = payload.get("train_config") or {}
+        saved = {**TrainConfig().to_dict(), **(payload.get("train_config") or {})}  # keys added since: defaults
         differs = sorted(k for k in set(saved) | set(cfg.to_dict())
-                         if k not in ("steps", "device", "eval_every", "checkpoint_every")
+                         if k not in ("steps", "device", "eval_every", "checkpoint_every", "select")
                          and saved.get(k) != cfg.to_dict().get(k))
         if differs:
             raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}")
@@ -123,6 +125,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
         optimizer.load_state_dict(payload["optimizer"])
         task.load_extra_state(payload.get("task_state") or {})
         start = int(payload["step"])
+        train_time, pairs = float(payload.get("train_time", 0.0)), int(payload.get("train_pairs", 0))
         history = list(payload.get("history") or [])
         best_score, best_step = float(payload.get("best_score", -math.inf)), int(payload.get("best_step", -1))
         if "torch_rng" in payload:
@@ -133,7 +136,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
 
     def checkpoint_extra(step: int) -> dict[str, Any]:
         return {"train_config": cfg.to_dict(), "step": step, "history": history, "best_score": best_score,
-                "best_step": best_step, "task_state": task.extra_state(), "stats": task.stats, **(meta or {})}
+                "best_step": best_step, "task_state": task.extra_state(), "stats": task.stats,
+                "train_time": train_time, "train_pairs": pairs, **(meta or {})}
 
     def run_eval(step: int) -> None:
         nonlocal best_score, best_step
@@ -151,7 +155,6 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
 
     if start == 0 and not history:
         run_eval(0)
-    train_time, pairs = 0.0, 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.stage} {cfg.name}", unit="step")
     for step in bar:
         task.set_train()
@@ -192,16 +195,19 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
     bar.close()
     pairs_per_s = pairs / train_time if train_time else float("nan")
 
-    # the deliverable: best weights + what the task adds (e.g. the modality head)
-    if best_path.is_file():
+    # the deliverable: the selected weights + what the task adds (e.g. the modality head)
+    selected = cfg.steps
+    if cfg.select == "best" and best_path.is_file():
         load_state(task.model, read_checkpoint(best_path)["state_dict"], source=str(best_path))
+        selected = best_step
+
     extra = task.finalize()
     save_checkpoint(final, task.model, task.tokenizer, **checkpoint_extra(cfg.steps),
-                    selected_step=best_step, pairs_per_s=pairs_per_s, device=str(device), **extra)
+                    selected_step=selected, pairs_per_s=pairs_per_s, device=str(device), **extra)
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.name} ({cfg.stage})")
-    logger.info("%s: best validation score %.4f at step %d; %.1f pairs/s on %s; wrote %s", cfg.name, best_score,
-                best_step, pairs_per_s, device, final)
-    return TrainResult(run_dir, final, best_step, best_score, pairs_per_s, history)
+    logger.info("%s: best validation score %.4f at step %d; model.pt holds step %d (select=%s); %.1f pairs/s on "
+                "%s; wrote %s", cfg.name, best_score, best_step, selected, cfg.select, pairs_per_s, device, final)
+    return TrainResult(run_dir, final, selected, best_step, best_score, pairs_per_s, history)
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:

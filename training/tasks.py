@@ -164,7 +164,7 @@ class TextTask:
         if corpus is None:
             raise DataError("stage 1 needs a text corpus: pass --corpus or --data-root")
         texts = read_corpus(corpus)
-        rng = random.Random(cfg.seed)
+        rng = random.Random(cfg.data_seed)
         order = list(range(len(texts)))
         rng.shuffle(order)
         n_hold = int(round(cfg.corpus_holdout * len(texts)))
@@ -308,7 +308,7 @@ class HybridTask:
             held = {knowledge.canonical(h) for h in cfg.holdout}
             elite = [s for s in elite if not held.intersection(s.labels)]
         else:
-            elite = compose_elite(public.samples, knowledge, cfg.elite_fraction, seed=cfg.seed)
+            elite = compose_elite(public.samples, knowledge, cfg.elite_fraction, seed=cfg.data_seed)
             write_elite_manifest(run_dir / "elite.csv", elite)
         self.val_sets: list[EvalSet] = [
             load_eval_set(data_root / s.manifest, s.label_column, knowledge, "val", s.modality, s.categories, s.where,
@@ -337,7 +337,7 @@ class HybridTask:
         self.source: ImageSource
         if self.vision_blocks:
             self.source = build_feature_store(paths, self.prefix, model.cfg.preprocess, cfg.augment, cfg.views,
-                                              cfg.seed, device, cache_dir)
+                                              cfg.data_seed, device, cache_dir)
         else:
             self.source = PixelSource(paths, model.cfg.preprocess, cfg.augment, cfg.seed)
         ok = self.source.valid
