@@ -179,8 +179,8 @@ def run_linear_probe(runtime: KeepfitRuntime, a: TaskArgs, out: Path, train_spli
 def _classification_md(r: dict[str, Any]) -> list[str]:
     lines = [f"- n = {r['n']}; balanced accuracy **{fmt(r['balanced_accuracy'])}** (chance "
              f"{fmt(r['chance_balanced_accuracy'])}); macro AUC {fmt(r['macro_auc'])}; accuracy {fmt(r['accuracy'])}",
-             "", "| class | n | recall |", "|---|---|---|"]
-    lines += [f"| {c} | {m['n']} | {fmt(m['recall'])} |" for c, m in r["per_class"].items()]
+             "", "| class | n | recall | AUC (one vs rest) |", "|---|---|---|---|"]
+    lines += [f"| {c} | {m['n']} | {fmt(m['recall'])} | {fmt(m.get('auc'))} |" for c, m in r["per_class"].items()]
     return lines
 
 
@@ -320,7 +320,7 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
     lines += ["", "## Per-class recall (zero-shot)", ""]
     for name, t in tasks.items():
         zs = t["zero_shot"]
-        lines.append(f"- {t['title']}: " + "; ".join(f"{c} {fmt(m['recall'])} (n {m['n']})"
+        lines.append(f"- {t['title']}: " + "; ".join(f"{c} {fmt(m['recall'])} (n {m['n']}, AUC {fmt(m.get('auc'))})"
                                                      for c, m in zs["per_class"].items()))
         lines.append(f"  ![{name}](confusion_{name}.png)")
     lines += ["", "## Open set: CFP images over every CFP category offered", "",

@@ -96,8 +96,13 @@ def classification_summary(
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else float("nan"),
         "chance_balanced_accuracy": 1.0 / present if present else float("nan"),
         "per_class": {
-            name: {"recall": None if np.isnan(recall[i]) else float(recall[i]), "n": int(cm[i].sum())}
+            name: {"recall": None if np.isnan(recall[i]) else float(recall[i]), "n": int(cm[i].sum()),
+                   "auc": _none_if_nan(binary_auc(probs[:, i], y_true == i))}
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": cm.tolist(),
     }
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)

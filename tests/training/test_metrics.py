@@ -68,5 +68,6 @@ def test_classification_summary_reports_chance_and_per_class() -> None:
     s = classification_summary([0, 1, 1], probs, ["a", "b"])
     assert s["balanced_accuracy"] == pytest.approx((1 + 0.5) / 2)
     assert s["chance_balanced_accuracy"] == 0.5
-    assert s["per_class"] == {"a": {"recall": 1.0, "n": 1}, "b": {"recall": 0.5, "n": 2}}
+    # one-vs-rest AUC per class: a's score 0.8 beats both b rows (0.3, 0.6) -> 1.0; b: 0.7 > 0.2, 0.4 > 0.2 -> 1.0
+    assert s["per_class"] == {"a": {"recall": 1.0, "n": 1, "auc": 1.0}, "b": {"recall": 0.5, "n": 2, "auc": 1.0}}
     assert s["confusion_matrix"] == [[1, 0], [1, 1]]

@@ -6,11 +6,14 @@
 #   full      + generative caption decoder = full KeepFIT V2 (the default model's recipe)
 #   holdout   full method trained without any image of a held-out category, to measure zero-shot on it
 # Each run is exported (int8, what is served) and evaluated on the test splits; the table goes to stdout.
+# SEEDS="0 1 2" repeats every variant with other seeds (model initialisation and batch order; the data, the
+# elite subset and the cached views stay the same) and the table shows the mean over them.
 #
-#   bash training/scripts/ablation.sh [extra flags for every `keepfit train hybrid`, e.g. --device cuda]
+#   SEEDS="0 1 2" bash training/scripts/ablation.sh [extra flags for every `keepfit train hybrid`]
 set -euo pipefail
 KEEPFIT=${KEEPFIT:-.venv/bin/keepfit}
 RUNS=${RUNS:-runs}
+SEEDS=${SEEDS:-0}
 HOLDOUT=${HOLDOUT:-proliferative diabetic retinopathy}
 DATA=()
 if [[ -n "${DATA_ROOT:-}" ]]; then DATA=(--data-root "$DATA_ROOT"); fi
@@ -31,15 +34,23 @@ train() {  # name, flags...
   fi
 }
 EXTRA=("$@")
-train abl-clip --losses public,elite "${EXTRA[@]}"
-train abl-tp --losses public,elite "${INIT[@]}" "${EXTRA[@]}"
-train abl-kt --losses public,elite,kt "${INIT[@]}" "${EXTRA[@]}"
-train keepfit-v2-small "${INIT[@]}" "${EXTRA[@]}"
+declare -A REPORTS
+for seed in $SEEDS; do
+  sfx=""
+  if [[ "$seed" != 0 ]]; then sfx="-s$seed"; fi
+  train "abl-clip$sfx" --seed "$seed" --losses public,elite "${EXTRA[@]}"
+  train "abl-tp$sfx" --seed "$seed" --losses public,elite "${INIT[@]}" "${EXTRA[@]}"
+  train "abl-kt$sfx" --seed "$seed" --losses public,elite,kt "${INIT[@]}" "${EXTRA[@]}"
+  train "keepfit-v2-small$sfx" --seed "$seed" "${INIT[@]}" "${EXTRA[@]}"
+  for v in abl-clip abl-tp abl-kt keepfit-v2-small; do
+    REPORTS[$v]="${REPORTS[$v]:+${REPORTS[$v]},}$RUNS/$v$sfx/eval/report.json"
+  done
+done
 train holdout-pdr --holdout "$HOLDOUT" "${INIT[@]}" "${EXTRA[@]}"
 
 "$KEEPFIT" eval compare \
-  "CLIP-only (FLAIR-style)=$RUNS/abl-clip/eval/report.json" \
-  "+ textual pretraining=$RUNS/abl-tp/eval/report.json" \
-  "+ knowledge transfer=$RUNS/abl-kt/eval/report.json" \
-  "+ generative decoder (full KeepFIT V2)=$RUNS/keepfit-v2-small/eval/report.json" \
+  "CLIP-only (FLAIR-style)=${REPORTS[abl-clip]}" \
+  "+ textual pretraining=${REPORTS[abl-tp]}" \
+  "+ knowledge transfer=${REPORTS[abl-kt]}" \
+  "+ generative decoder (full KeepFIT V2)=${REPORTS[keepfit-v2-small]}" \
   "full, trained without '$HOLDOUT'=$RUNS/holdout-pdr/eval/report.json"
