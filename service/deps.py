@@ -15,7 +15,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from service.cache import Cache
-from service.engine import Engine, IndexHolder
+from service.engine import Engine, IndexHolder, Timings
 from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -44,6 +44,13 @@ class ServiceState:
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work on a worker thread, at most ``settings.concurrency`` at once."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+    async def cached(self, endpoint: str, key: str, timings: Timings) -> bytes | None:
+        """The cached answer for ``key`` (None on a miss), timed as the ``cache`` stage and counted."""
+        with timings.stage("cache"):
+            body = await self.cache.get(key)
+        (self.metrics.cache_hits if body is not None else self.metrics.cache_misses).labels(endpoint).inc()
+        return body
 
 
 async def get_state(request: Request) -> ServiceState:

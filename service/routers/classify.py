@@ -104,13 +104,10 @@ async def classify(request: Request, state: StateDep) -> Response:
     if explain:  # only then, so the keys of plain requests stay as they were
         params["explain"] = explain
     key = cache_key("classify", engine.version, digest, params)
-    with timings.stage("cache"):
-        cached = await state.cache.get(key)
+    cached = await state.cached("classify", key, timings)
     if cached is not None:
-        state.metrics.cache_hits.labels("classify").inc()
         body = cached
     else:
-        state.metrics.cache_misses.labels("classify").inc()
         result = await state.run_blocking(engine.classify, data, resolved, modality, top_k, timings, explain)
         answer: dict[str, Any] = {
             "model_name": engine.name,

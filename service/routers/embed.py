@@ -63,13 +63,10 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
         data, _ = await parse_multipart(request, _NoFields, settings.max_upload_bytes)
         kind, digest, text = "image", sha256_hex(data), None
     key = cache_key("embed", engine.version, digest, {"kind": kind})
-    with timings.stage("cache"):
-        cached = await state.cache.get(key)
+    cached = await state.cached("embed", key, timings)
     if cached is not None:
-        state.metrics.cache_hits.labels("embed").inc()
         body = cached
     else:
-        state.metrics.cache_misses.labels("embed").inc()
         if text is not None:
             array = await state.run_blocking(engine.embed_text, text, timings)
         else:

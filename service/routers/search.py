@@ -93,13 +93,10 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
     timings = Timings(state.metrics)
     params = {"kind": kind, "top_k": top_k, "modality": modality, "label": label, "index": info.fingerprint}
     key = cache_key("search", engine.version, digest, params)
-    with timings.stage("cache"):
-        cached = await state.cache.get(key)
+    cached = await state.cached("search", key, timings)
     if cached is not None:
-        state.metrics.cache_hits.labels("search").inc()
         hits: list[dict[str, Any]] = json.loads(cached)
     else:
-        state.metrics.cache_misses.labels("search").inc()
         if data is None:
             vector = await state.run_blocking(engine.embed_text, req.query, timings)
         else:
