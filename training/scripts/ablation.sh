@@ -4,7 +4,8 @@
 #   tp        + textual pretraining (stage-1 text encoder)
 #   kt        + knowledge transfer (attention over elite pairs)
 #   full      + generative caption decoder = full KeepFIT V2 (the default model's recipe)
-#   holdout   full method trained without any image of a held-out category, to measure zero-shot on it
+#   holdout   the full method and CLIP-only trained without any image of a held-out category, to measure
+#             zero-shot on that category through its expert descriptions alone
 # Each run is exported (int8, what is served) and evaluated on the test splits; the table goes to stdout.
 # SEEDS="0 1 2" repeats every variant with other seeds (model initialisation and batch order; the data, the
 # elite subset and the cached views stay the same) and the table shows the mean over them.
@@ -47,10 +48,12 @@ for seed in $SEEDS; do
   done
 done
 train holdout-pdr --holdout "$HOLDOUT" "${INIT[@]}" "${EXTRA[@]}"
+train abl-clip-holdout-pdr --holdout "$HOLDOUT" --losses public,elite "${EXTRA[@]}"
 
 "$KEEPFIT" eval compare \
   "CLIP-only (FLAIR-style)=${REPORTS[abl-clip]}" \
   "+ textual pretraining=${REPORTS[abl-tp]}" \
   "+ knowledge transfer=${REPORTS[abl-kt]}" \
   "+ generative decoder (full KeepFIT V2)=${REPORTS[keepfit-v2-small]}" \
+  "CLIP-only, trained without '$HOLDOUT'=$RUNS/abl-clip-holdout-pdr/eval/report.json" \
   "full, trained without '$HOLDOUT'=$RUNS/holdout-pdr/eval/report.json"
