@@ -40,7 +40,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder with cfp_oct_mx/, ffa_huapu4/, text/ (default ../shared/data)")
     p.add_argument("--init", help="stage 2: stage-1 checkpoint whose text encoder to start from")
     p.add_argument("--corpus", help="stage 1: JSONL text corpus (default <data-root>/text/ophthalmic_corpus.jsonl)")
-    p.add_argument("--elite", dest="elite_manifest", help="elite manifest CSV (path, caption[, modality, labels])")
+    p.add_argument("--elite", "--elite-manifest", dest="elite_manifest",
+                   help="elite manifest CSV (path, caption[, modality, labels])")
     p.add_argument("--public", action="append", metavar="MANIFEST:COLS",
                    help="public source relative to the data root, e.g. cfp_oct_mx/labels.csv:dme,dr (repeatable)")
     p.add_argument("--holdout", action="append", metavar="CATEGORY",
