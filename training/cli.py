@@ -42,6 +42,9 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="stage 1: JSONL text corpus (default <data-root>/text/ophthalmic_corpus.jsonl)")
     p.add_argument("--elite", "--elite-manifest", dest="elite_manifest",
                    help="elite manifest CSV (path, caption[, modality, labels])")
+    p.add_argument("--elite-text", choices=("composed", "atlas"),
+                   help="text of the elite pairs composed from the train split: labels + expert descriptions "
+                   "(composed) or an MM-Retinal atlas caption of the same condition (atlas)")
     p.add_argument("--public", action="append", metavar="MANIFEST:COLS",
                    help="public source relative to the data root, e.g. cfp_oct_mx/labels.csv:dme,dr (repeatable)")
     p.add_argument("--holdout", action="append", metavar="CATEGORY",
@@ -77,7 +80,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
                 "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
                 "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
                 "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob",
-                "data_seed", "select"):
+                "data_seed", "select", "elite_text"):
         value = getattr(args, key, None)
         if value is not None:
             changes[key] = value

@@ -18,6 +18,7 @@ from model.errors import ConfigError
 from training.augment import AugmentConfig
 
 STAGES = ("text", "hybrid")
+ELITE_TEXTS = ("composed", "atlas")
 LOSSES = ("public", "elite", "kt", "gen", "mlm", "knowledge")
 
 
@@ -55,6 +56,9 @@ class TrainConfig:
     public: tuple[str, ...] = ("cfp_oct_mx/labels.csv:dme,dr", "ffa_huapu4/labels.csv:label")
     elite_manifest: str | None = None  # default: composed from the train split (written to the run folder)
     elite_fraction: float = 0.25
+    # the composed elite set's text: "composed" (labels + expert descriptions) or "atlas" (an MM-Retinal atlas
+    # caption of the same condition and modality; composed where the atlas has none, e.g. OCT)
+    elite_text: str = "composed"
     holdout: tuple[str, ...] = ()  # categories whose images are left out of training entirely
     corpus: str | None = None  # stage 1 (default: <data_root>/text/ophthalmic_corpus.jsonl)
     corpus_holdout: float = 0.05
@@ -100,6 +104,8 @@ class TrainConfig:
             raise ConfigError(f"modality_caption_prob must be in [0, 1), got {self.modality_caption_prob}")
         if not 0 < self.mask_prob < 1 or not 0 <= self.corpus_holdout < 1:
             raise ConfigError("mask_prob must be in (0, 1) and corpus_holdout in [0, 1)")
+        if self.elite_text not in ELITE_TEXTS:
+            raise ConfigError(f"elite_text must be one of {ELITE_TEXTS}, got {self.elite_text!r}")
         if self.select not in ("last", "best"):
             raise ConfigError(f"select must be 'last' or 'best', got {self.select!r}")
         if self.views < 1:

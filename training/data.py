@@ -9,11 +9,13 @@ split is a :class:`~model.errors.DataError` with the offending value, never a cr
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import logging
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -260,6 +262,128 @@ def compose_elite(
             caption = knowledge.caption(list(s.labels), s.modality)
             elite.append(Sample(s.path, s.modality, s.labels, s.split, s.source, caption))
     return elite
+
+
+# ------------------------------------------------------------------------------------ atlas (elite) captions
+# MM-Retinal's atlas captions (text/mm_retinal_*_captions.csv): real expert descriptions of colour photographs
+# and angiograms whose images are not obtainable here.  ``--elite-text atlas`` pairs each elite image with an
+# atlas caption describing the same condition in the same modality: the pairing is at the level of the
+# condition, not the image, but the text is the expert atlas language the KeepFIT papers transfer.
+ATLAS_FILES = {"CFP": "text/mm_retinal_cfp_captions.csv", "FFA": "text/mm_retinal_ffa_captions.csv"}
+_NORMAL = r"\bnormal (fundus|person|human|subjects?|eyes?|retina|individuals?)\b"
+_EDEMA = r"macular (o)?edema"
+ATLAS_PATTERNS: dict[str, dict[str, str]] = {
+    "CFP": {
+        "diabetic macular edema": (rf"^(?=.*\b(N?PDR|diabet))(?=.*{_EDEMA})|\bDME\b|\bCSME\b|"
+                                   rf"clinically significant {_EDEMA}"),
+        "non-proliferative diabetic retinopathy": r"non-?proliferative diabetic|\bNPDR\b|background diabetic",
+        "proliferative diabetic retinopathy": r"(?<![Nn]on)(?<![Nn]on-)proliferative diabetic|\bPDR\b",
+        "normal": _NORMAL,
+    },
+    "FFA": {
+        "branch retinal vein occlusion": r"branch (retinal )?vein (occlusion|obstruction)|\bBRVO\b",
+        "non-perfusion area": r"non-?perfusion|capillary (non-?perfusion|dropout|closure)",
+        "normal": _NORMAL,
+        "arterial phase": r"\barterial (phase|filling)|early (arterio-?venous|phase)|laminar (flow|filling)",
+        "venous phase": r"\bvenous phase|late (arterio-?venous|phase|stage)",
+    },
+}
+# label sets made only of these mean "nothing found": they take the atlas's normal-eye captions
+NEGATIVE_LABELS = frozenset({"no diabetic macular edema", "no diabetic retinopathy"})
+# what a negative label denies: captions naming it are never paired with an image carrying that label
+DENIES = {
+    "no diabetic macular edema": ("diabetic macular edema",),
+    "no diabetic retinopathy": ("non-proliferative diabetic retinopathy", "proliferative diabetic retinopathy"),
+    "no non-perfusion area": ("non-perfusion area",),
+}
+_CLEAN = [
+    (re.compile(r"\s*\b[Ss]ame (person|patient|eye|case|subject)s? as [^.]*(\.|$)"), " "),
+    (re.compile(r"\b(Figures?|Figs?\.?)\s*\d+[-–.]\d+[A-Za-z]?(\s*(,|and)\s*\d+[-–.]\d+[A-Za-z]?)*"), ""),
+    (re.compile(r"\s*\((arrows?|arrowheads?|stars?|insets?|asterisks?|white arrows?|black arrows?)\)", re.I), ""),
+    (re.compile(r"\s+"), " "),
+]
+
+
+def clean_atlas_caption(text: str) -> str:
+    """Drop figure cross-references and pointer remarks; the description itself is kept verbatim."""
+    for pattern, repl in _CLEAN:
+        text = pattern.sub(repl, text)
+    text = text.strip(" ;,")
+    return text if not text or text.endswith(".") else text + "."
+
+
+def read_atlas_captions(data_root: Path) -> dict[str, list[str]]:
+    """Modality -> cleaned, distinct atlas captions (the FFA file keeps them as a Python list literal)."""
+    out: dict[str, list[str]] = {}
+    for modality, rel in ATLAS_FILES.items():
+        path = data_root / rel
+        if not path.is_file():
+            raise DataError(f"--elite-text atlas needs {path} (MM-Retinal atlas captions); it is missing")
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            column = next((c for c in ("caption", "categories") if c in (reader.fieldnames or ())), None)
+            if column is None:
+                raise DataError(f"{path} has neither a 'caption' nor a 'categories' column")
+            texts = []
+            for row in reader:
+                raw = (row.get(column) or "").strip()
+                if raw.startswith("["):
+                    try:
+                        raw = " ".join(str(x) for x in ast.literal_eval(raw))
+                    except (ValueError, SyntaxError):
+                        pass
+                text = clean_atlas_caption(raw)
+                if len(text.split()) >= 3:
+                    texts.append(text)
+        out[modality] = list(dict.fromkeys(texts))
+    return out
+
+
+def atlas_pools(captions: dict[str, list[str]]) -> dict[tuple[str, str], list[str]]:
+    """(modality, category) -> the atlas captions that describe it (see :data:`ATLAS_PATTERNS`)."""
+    pools: dict[tuple[str, str], list[str]] = {}
+    for modality, patterns in ATLAS_PATTERNS.items():
+        for label, pattern in patterns.items():
+            rx = re.compile(pattern, re.I | re.S)
+            pools[(modality, label)] = [t for t in captions.get(modality, []) if rx.search(t)]
+    return pools
+
+
+def atlas_candidates(sample: Sample, pools: dict[tuple[str, str], list[str]]) -> list[str]:
+    """Atlas captions for one image: those naming all of its findings, else any of them; an image with only
+    negative labels takes the normal-eye captions; a caption naming what one of its labels denies (a DR grade
+    for "no diabetic retinopathy") is never used; none where the atlas has nothing (OCT, for one)."""
+    labels = set(sample.labels)
+    denied = {t for lab in labels for other in DENIES.get(lab, ()) for t in pools.get((sample.modality, other), [])}
+    if labels and labels <= NEGATIVE_LABELS:
+        return [t for t in pools.get((sample.modality, "normal"), []) if t not in denied]
+    per_label = [[t for t in pools[(sample.modality, lab)] if t not in denied]
+                 for lab in sorted(labels) if (sample.modality, lab) in pools]
+    per_label = [p for p in per_label if p]
+    if not per_label:
+        return []
+    common = set(per_label[0]).intersection(*per_label[1:])
+    return [t for t in per_label[0] if t in common] if common else list(
+        dict.fromkeys(t for p in per_label for t in p))
+
+
+def attach_atlas_captions(
+    elite: Sequence[Sample], pools: dict[tuple[str, str], list[str]], seed: int = 0
+) -> tuple[list[Sample], Counter[str]]:
+    """Give every elite image an atlas caption of its condition (drawn with ``seed``); images the atlas does
+    not describe keep their composed caption.  Returns the samples and counts per (modality, outcome)."""
+    rng = random.Random(seed)
+    out: list[Sample] = []
+    counts: Counter[str] = Counter()
+    for s in elite:
+        candidates = atlas_candidates(s, pools)
+        if candidates:
+            out.append(Sample(s.path, s.modality, s.labels, s.split, s.source, rng.choice(candidates)))
+            counts[f"{s.modality}: atlas caption"] += 1
+        else:
+            out.append(s)
+            counts[f"{s.modality}: composed caption (no atlas caption of its labels)"] += 1
+    return out, counts
 
 
 def write_elite_manifest(path: Path, samples: Sequence[Sample]) -> None:

@@ -34,8 +34,11 @@ from training.config import TrainConfig
 from training.data import (
     PublicSource,
     Sample,
+    atlas_pools,
+    attach_atlas_captions,
     compose_elite,
     public_samples,
+    read_atlas_captions,
     read_corpus,
     read_elite_manifest,
     write_elite_manifest,
@@ -297,6 +300,7 @@ class HybridTask:
         self.device = device
         self.knowledge = knowledge
         w = cfg.losses
+        elite_text_counts: Counter[str] = Counter()
         if w.gen > 0 and model.caption_decoder is None:
             raise ConfigError(f"loss gen > 0 but config {model.cfg.name} has no caption decoder (decoder.enabled)")
         self.use_elite = w.elite > 0 or w.kt > 0 or w.gen > 0
@@ -309,6 +313,9 @@ class HybridTask:
             elite = [s for s in elite if not held.intersection(s.labels)]
         else:
             elite = compose_elite(public.samples, knowledge, cfg.elite_fraction, seed=cfg.data_seed)
+            if cfg.elite_text == "atlas":
+                elite, elite_text_counts = attach_atlas_captions(
+                    elite, atlas_pools(read_atlas_captions(data_root)), seed=cfg.data_seed)
             write_elite_manifest(run_dir / "elite.csv", elite)
         self.val_sets: list[EvalSet] = [
             load_eval_set(data_root / s.manifest, s.label_column, knowledge, "val", s.modality, s.categories, s.where,
@@ -370,6 +377,9 @@ class HybridTask:
             "public_skipped_rows": dict(public.skipped),
             "elite_pairs": len(self.elite),
             "elite_manifest": cfg.elite_manifest or str(run_dir / "elite.csv"),
+            "elite_text": "manifest" if cfg.elite_manifest else cfg.elite_text,
+            "elite_captions": dict(elite_text_counts) or None,
+            "elite_distinct_captions": len({s.caption for s in self.elite}),
             "val_sets": {v.name: len(v.labels) for v in self.val_sets},
             "images": self.source.report.summary(),
             "unreadable": dict(self.source.report.skipped),

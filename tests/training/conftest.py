@@ -29,7 +29,8 @@ def _pick(rows: list[dict[str, str]], key, per_group: int) -> list[dict[str, str
 
 @pytest.fixture(scope="session")
 def mini_data_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few real images per (split, modality, labels) group of both public datasets, plus 60 corpus lines."""
+    """A few real images per (split, modality, labels) group of both public datasets, 60 corpus lines and the
+    atlas caption files."""
     root = tmp_path_factory.mktemp("mini-data")
     for rel, key in (
         ("cfp_oct_mx/labels.csv", lambda r: (r["split"], r["modality"], r["dme"], bool(r["dr"]))),
@@ -47,6 +48,8 @@ def mini_data_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
     lines = (data_root / "text" / "ophthalmic_corpus.jsonl").read_text().splitlines()
     (root / "text").mkdir()
     (root / "text" / "ophthalmic_corpus.jsonl").write_text("\n".join(lines[:: len(lines) // 60][:60]) + "\n")
+    for name in ("mm_retinal_cfp_captions.csv", "mm_retinal_ffa_captions.csv"):  # for --elite-text atlas
+        (root / "text" / name).write_bytes((data_root / "text" / name).read_bytes())
     return root
 
 

@@ -1,0 +1,106 @@
+"""``--elite-text atlas``: elite images paired with MM-Retinal atlas captions of the same condition."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from model.errors import DataError
+from training.cli import train_main
+from training.data import (
+    ATLAS_PATTERNS,
+    Sample,
+    atlas_candidates,
+    atlas_pools,
+    attach_atlas_captions,
+    clean_atlas_caption,
+    read_atlas_captions,
+)
+
+POOLS = {
+    ("CFP", "diabetic macular edema"): ["NPDR with macular edema.", "PDR with macular edema."],
+    ("CFP", "non-proliferative diabetic retinopathy"): ["NPDR with macular edema.", "NPDR, dot haemorrhages."],
+    ("CFP", "proliferative diabetic retinopathy"): ["PDR with macular edema.", "PDR, new vessels on the disc."],
+    ("CFP", "normal"): ["Normal fundus in the right eye."],
+    ("FFA", "non-perfusion area"): ["Peripheral nonperfusion area."],
+}
+
+
+def _sample(modality: str, *labels: str) -> Sample:
+    return Sample(Path("x.jpg"), modality, tuple(labels), "train", "t", "composed caption.")
+
+
+def test_clean_atlas_caption_drops_cross_references_only() -> None:
+    assert clean_atlas_caption("FFA arterial phase image of the left eye of a normal person. Same person as "
+                               "Figures 1-5D") == "FFA arterial phase image of the left eye of a normal person."
+    assert clean_atlas_caption("NPDR.Peripheral nonperfusion area (star)") == "NPDR.Peripheral nonperfusion area."
+    assert clean_atlas_caption("Figure 8-10 FFA image at 34 seconds") == "FFA image at 34 seconds."
+
+
+def test_candidates_name_every_finding_and_never_contradict_a_label() -> None:
+    assert atlas_candidates(_sample("CFP", "diabetic macular edema", "non-proliferative diabetic retinopathy"),
+                            POOLS) == ["NPDR with macular edema."]  # names both findings
+    # no caption names both: any caption of either finding
+    only_pdr = {**POOLS, ("CFP", "diabetic macular edema"): ["NPDR with macular edema."]}
+    assert set(atlas_candidates(_sample("CFP", "diabetic macular edema", "proliferative diabetic retinopathy"),
+                                only_pdr)) == {"NPDR with macular edema.", "PDR with macular edema.",
+                                               "PDR, new vessels on the disc."}
+    # "no diabetic retinopathy" rules out every caption that names a DR grade, even one that names DME
+    assert atlas_candidates(_sample("CFP", "diabetic macular edema", "no diabetic retinopathy"), POOLS) == []
+    assert atlas_candidates(_sample("CFP", "no diabetic macular edema", "non-proliferative diabetic retinopathy"),
+                            POOLS) == ["NPDR, dot haemorrhages."]
+    # nothing found at all: the normal-eye captions; a modality the atlas lacks: nothing
+    assert atlas_candidates(_sample("CFP", "no diabetic macular edema", "no diabetic retinopathy"), POOLS) == [
+        "Normal fundus in the right eye."]
+    assert atlas_candidates(_sample("OCT", "diabetic macular edema"), POOLS) == []
+    assert atlas_candidates(_sample("FFA", "no non-perfusion area"), POOLS) == []
+
+
+def test_attach_keeps_composed_captions_where_the_atlas_has_none() -> None:
+    elite = [_sample("CFP", "proliferative diabetic retinopathy"), _sample("OCT", "diabetic macular edema")]
+    out, counts = attach_atlas_captions(elite, POOLS, seed=3)
+    assert out[0].caption in POOLS[("CFP", "proliferative diabetic retinopathy")]
+    assert out[1].caption == "composed caption." and out[1].labels == elite[1].labels
+    assert counts == {"CFP: atlas caption": 1, "OCT: composed caption (no atlas caption of its labels)": 1}
+    again, _ = attach_atlas_captions(elite, POOLS, seed=3)
+    assert [s.caption for s in again] == [s.caption for s in out]  # the draw is a function of the seed
+
+
+def test_real_atlas_pools_match_their_condition(data_root: Path) -> None:
+    captions = read_atlas_captions(data_root)
+    assert len(captions["CFP"]) > 1500 and len(captions["FFA"]) > 1500
+    pools = atlas_pools(captions)
+    for (modality, label), pool in pools.items():
+        assert pool, f"no atlas caption for {label} ({modality})"
+        assert all(re.search(ATLAS_PATTERNS[modality][label], t, re.I | re.S) for t in pool)
+    assert all(re.search(r"edema|DME|CSME", t, re.I) for t in pools[("CFP", "diabetic macular edema")])
+    assert not any(re.search(r"non-?proliferative", t, re.I) and not re.search(r"(?<!non-)(?<!non)proliferative",
+                   t, re.I) for t in pools[("CFP", "proliferative diabetic retinopathy")])
+    assert not any("Same person as" in t or re.search(r"Figures? \d+-\d+", t) for t in captions["FFA"])
+
+
+def test_missing_atlas_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="mm_retinal_cfp_captions.csv"):
+        read_atlas_captions(tmp_path)
+
+
+def test_hybrid_with_atlas_elite_text(mini_data_root: Path, tiny_train_args: list[str], tmp_path: Path) -> None:
+    assert train_main(["hybrid", "--name", "atlas", "--data-root", str(mini_data_root), "--elite-text", "atlas",
+                       "--steps", "2", "--batch-size", "8", "--elite-batch-size", "4", "--eval-every", "100",
+                       *tiny_train_args]) == 0
+    run = tmp_path / "runs" / "atlas"
+    assert json.loads((run / "config.json").read_text())["elite_text"] == "atlas"
+    pools = atlas_pools(read_atlas_captions(mini_data_root))
+    atlas = {t for pool in pools.values() for t in pool}
+    with (run / "elite.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cfp = [r for r in rows if r["modality"] == "CFP"]
+    assert cfp and all(r["caption"] in atlas for r in cfp)  # every CFP label set of the data has atlas text
+    assert all(r["caption"] not in atlas for r in rows if r["modality"] == "OCT")
+    report = json.loads((run / "training_report.json").read_text())
+    data = report.get("data", report)
+    assert data["elite_text"] == "atlas" and data["elite_captions"]["CFP: atlas caption"] == len(cfp)
