@@ -55,7 +55,8 @@ def _train_parser() -> argparse.ArgumentParser:
                       ("head-lr", float), ("weight-decay", float), ("warmup-steps", int), ("views", int),
                       ("vision-freeze-blocks", int), ("text-trainable-layers", int), ("eval-every", int),
                       ("checkpoint-every", int), ("seed", int), ("balance-alpha", float),
-                      ("elite-fraction", float), ("modality-caption-prob", float), ("data-seed", int)):
+                      ("elite-fraction", float), ("modality-caption-prob", float), ("data-seed", int),
+                      ("mlm-head-warmup", int)):
         p.add_argument(f"--{flag}", type=typ)
     p.add_argument("--select", choices=("last", "best"), help="weights in model.pt: end of schedule (default) or "
                    "best validation score")
@@ -80,7 +81,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
                 "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
                 "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
                 "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob",
-                "data_seed", "select", "elite_text"):
+                "data_seed", "select", "elite_text", "mlm_head_warmup"):
         value = getattr(args, key, None)
         if value is not None:
             changes[key] = value

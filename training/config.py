@@ -79,6 +79,9 @@ class TrainConfig:
     views: int = 3  # cached views per training image: the plain one plus (views - 1) augmented ones
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mask_prob: float = 0.15
+    # stage 1: the new MLM head is fitted alone for this many steps before MLM gradients reach the pretrained
+    # text layers (a random head's gradients would otherwise scramble the sentence encoder it starts from)
+    mlm_head_warmup: int = 0
     max_text_tokens: int = 64
     losses: LossWeights = field(default_factory=LossWeights)
     # bookkeeping
@@ -108,6 +111,8 @@ class TrainConfig:
             raise ConfigError(f"elite_text must be one of {ELITE_TEXTS}, got {self.elite_text!r}")
         if self.select not in ("last", "best"):
             raise ConfigError(f"select must be 'last' or 'best', got {self.select!r}")
+        if self.mlm_head_warmup < 0:
+            raise ConfigError(f"mlm_head_warmup must be >= 0, got {self.mlm_head_warmup}")
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

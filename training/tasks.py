@@ -203,7 +203,7 @@ class TextTask:
         for layer in bert.encoder.layer[: self.frozen]:
             layer.eval()
 
-    def _mlm(self, texts: list[str], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _mlm(self, texts: list[str], gen: torch.Generator, head_only: bool = False) -> tuple[Tensor, Tensor]:
         ids, mask = self.tokenizer(texts)
         ids_t = torch.from_numpy(ids[:, : self.cfg.max_text_tokens])
         mask_t = torch.from_numpy(mask[:, : self.cfg.max_text_tokens])
@@ -219,6 +219,8 @@ class TextTask:
         for layer in bert.encoder.layer[self.frozen :]:
             hidden = layer(hidden, additive)
         sel = targets != -100
+        if head_only:  # the head's warm-up: no MLM gradient reaches the text layers yet
+            hidden = hidden.detach()
         logits = self.head(hidden[sel])  # [M, V]
         loss = F.cross_entropy(logits.float(), targets[sel])
         acc = (logits.argmax(-1) == targets[sel]).float().mean()
@@ -246,7 +248,7 @@ class TextTask:
         if w.mlm > 0:
             texts = [self.train_texts[i] for i in torch.randint(len(self.train_texts), (self.cfg.batch_size,),
                                                                   generator=gen).tolist()]
-            losses["mlm"], losses["mlm_acc"] = self._mlm(texts, gen)
+            losses["mlm"], losses["mlm_acc"] = self._mlm(texts, gen, head_only=step < self.cfg.mlm_head_warmup)
             total = total + w.mlm * losses["mlm"]
         if w.knowledge > 0:
             losses["knowledge"] = self._knowledge(rng)
