@@ -9,18 +9,26 @@
 # Each run is exported (int8, what is served) and evaluated on the test splits; the table goes to stdout.
 # SEEDS="0 1 2" repeats every variant with other seeds (model initialisation and batch order; the data, the
 # elite subset and the cached views stay the same) and the table shows the mean over them.
+# VARIANTS picks rows (default: all five); TEXT_FLAGS are extra flags for stage 1 (`keepfit train text`);
+# the arguments are extra flags for every `keepfit train hybrid`.  Runs already in $RUNS are reused.
 #
-#   SEEDS="0 1 2" bash training/scripts/ablation.sh [extra flags for every `keepfit train hybrid`]
+#   SEEDS="0 1 2" bash training/scripts/ablation.sh
+#   RUNS=runs-atlas VARIANTS="clip full" SEEDS="0 1 2" bash training/scripts/ablation.sh --elite-text atlas
 set -euo pipefail
 KEEPFIT=${KEEPFIT:-.venv/bin/keepfit}
 RUNS=${RUNS:-runs}
 SEEDS=${SEEDS:-0}
+VARIANTS=${VARIANTS:-clip tp kt full holdout}
 HOLDOUT=${HOLDOUT:-proliferative diabetic retinopathy}
+read -r -a TEXT_EXTRA <<< "${TEXT_FLAGS:-}"
 DATA=()
 if [[ -n "${DATA_ROOT:-}" ]]; then DATA=(--data-root "$DATA_ROOT"); fi
 
-if [[ ! -f "$RUNS/text/model.pt" ]]; then
-  "$KEEPFIT" train text --name text --runs-dir "$RUNS" "${DATA[@]}"
+has() { [[ " $VARIANTS " == *" $1 "* ]]; }
+if has tp || has kt || has full || has holdout; then
+  if [[ ! -f "$RUNS/text/model.pt" ]]; then
+    "$KEEPFIT" train text --name text --runs-dir "$RUNS" "${DATA[@]}" "${TEXT_EXTRA[@]}"
+  fi
 fi
 INIT=(--init "$RUNS/text/model.pt")
 train() {  # name, flags...
@@ -33,27 +41,32 @@ train() {  # name, flags...
     "$KEEPFIT" eval suite --artifact "$RUNS/$name/artifact" --out "$RUNS/$name/eval" --run "$RUNS/$name" \
       --record-into "$RUNS/$name/model.pt" "${DATA[@]}"
   fi
+  REPORTS[$name_key]="${REPORTS[$name_key]:+${REPORTS[$name_key]},}$RUNS/$name/eval/report.json"
 }
 EXTRA=("$@")
 declare -A REPORTS
 for seed in $SEEDS; do
   sfx=""
   if [[ "$seed" != 0 ]]; then sfx="-s$seed"; fi
-  train "abl-clip$sfx" --seed "$seed" --losses public,elite "${EXTRA[@]}"
-  train "abl-tp$sfx" --seed "$seed" --losses public,elite "${INIT[@]}" "${EXTRA[@]}"
-  train "abl-kt$sfx" --seed "$seed" --losses public,elite,kt "${INIT[@]}" "${EXTRA[@]}"
-  train "keepfit-v2-small$sfx" --seed "$seed" "${INIT[@]}" "${EXTRA[@]}"
-  for v in abl-clip abl-tp abl-kt keepfit-v2-small; do
-    REPORTS[$v]="${REPORTS[$v]:+${REPORTS[$v]},}$RUNS/$v$sfx/eval/report.json"
-  done
+  S=(--seed "$seed")
+  if has clip; then name_key=clip; train "abl-clip$sfx" "${S[@]}" --losses public,elite "${EXTRA[@]}"; fi
+  if has tp; then name_key=tp; train "abl-tp$sfx" "${S[@]}" --losses public,elite "${INIT[@]}" "${EXTRA[@]}"; fi
+  if has kt; then name_key=kt; train "abl-kt$sfx" "${S[@]}" --losses public,elite,kt "${INIT[@]}" "${EXTRA[@]}"; fi
+  if has full; then name_key=full; train "keepfit-v2-small$sfx" "${S[@]}" "${INIT[@]}" "${EXTRA[@]}"; fi
+  if has holdout; then
+    name_key=holdout_clip
+    train "abl-clip-holdout-pdr$sfx" "${S[@]}" --holdout "$HOLDOUT" --losses public,elite "${EXTRA[@]}"
+    name_key=holdout_full
+    train "holdout-pdr$sfx" "${S[@]}" --holdout "$HOLDOUT" "${INIT[@]}" "${EXTRA[@]}"
+  fi
 done
-train holdout-pdr --holdout "$HOLDOUT" "${INIT[@]}" "${EXTRA[@]}"
-train abl-clip-holdout-pdr --holdout "$HOLDOUT" --losses public,elite "${EXTRA[@]}"
 
-"$KEEPFIT" eval compare \
-  "CLIP-only (FLAIR-style)=${REPORTS[abl-clip]}" \
-  "+ textual pretraining=${REPORTS[abl-tp]}" \
-  "+ knowledge transfer=${REPORTS[abl-kt]}" \
-  "+ generative decoder (full KeepFIT V2)=${REPORTS[keepfit-v2-small]}" \
-  "CLIP-only, trained without '$HOLDOUT'=$RUNS/abl-clip-holdout-pdr/eval/report.json" \
-  "full, trained without '$HOLDOUT'=$RUNS/holdout-pdr/eval/report.json"
+ROWS=()
+add() { if [[ -n "${REPORTS[$1]:-}" ]]; then ROWS+=("$2=${REPORTS[$1]}"); fi; }
+add clip "CLIP-only (FLAIR-style)"
+add tp "+ textual pretraining"
+add kt "+ knowledge transfer"
+add full "+ generative decoder (full KeepFIT V2)"
+add holdout_clip "CLIP-only, trained without '$HOLDOUT'"
+add holdout_full "full, trained without '$HOLDOUT'"
+"$KEEPFIT" eval compare "${ROWS[@]}"
