@@ -58,6 +58,8 @@ def _train_parser() -> argparse.ArgumentParser:
                       ("elite-fraction", float), ("modality-caption-prob", float), ("data-seed", int),
                       ("mlm-head-warmup", int)):
         p.add_argument(f"--{flag}", type=typ)
+    p.add_argument("--kt-same-modality", action="store_true", default=None,
+                   help="knowledge transfer: public images attend only to elite pairs of their own modality")
     p.add_argument("--select", choices=("last", "best"), help="weights in model.pt: end of schedule (default) or "
                    "best validation score")
     p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
@@ -81,7 +83,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
                 "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
                 "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
                 "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob",
-                "data_seed", "select", "elite_text", "mlm_head_warmup"):
+                "data_seed", "select", "elite_text", "mlm_head_warmup", "kt_same_modality"):
         value = getattr(args, key, None)
         if value is not None:
             changes[key] = value

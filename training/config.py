@@ -73,6 +73,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     balance_alpha: float = 0.5  # sample weight of an image ~ 1 / (size of its label set's group) ** alpha
     modality_caption_prob: float = 0.1  # a public image's caption names its modality instead of a label
+    kt_same_modality: bool = False  # knowledge transfer: a public image attends only to elite pairs of its modality
     # what trains
     vision_freeze_blocks: int | None = None  # None: 17 for mobilenet_v2, 1 for tiny_cnn
     text_trainable_layers: int | None = None  # None: 2 (stage 2) or 3 (stage 1) of MiniLM's 6; 1 for tiny

@@ -439,7 +439,10 @@ class HybridTask:
             total = total + w.elite * losses["elite"]
         if w.kt > 0:
             # queries: public images; keys: elite images; values: elite texts -> pulled to the public text
-            transferred = self.model.transfer_knowledge(img_p, img_e, txt_e)  # [B, D] unit
+            blocked = None
+            if cfg.kt_same_modality:
+                blocked = torch.tensor([[q.modality != e.modality for e in eli] for q in pub], device=dev)  # [B, E]
+            transferred = self.model.transfer_knowledge(img_p, img_e, txt_e, blocked)  # [B, D] unit
             losses["kt"] = (1.0 - (transferred * txt_p).sum(-1)).mean()
             total = total + w.kt * losses["kt"]
         if w.gen > 0:

@@ -182,10 +182,14 @@ class KeepFITModel(nn.Module):
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.text_encoder(input_ids, attention_mask)
 
-    def transfer_knowledge(self, query_img: Tensor, elite_img: Tensor, elite_txt: Tensor) -> Tensor:
+    def transfer_knowledge(self, query_img: Tensor, elite_img: Tensor, elite_txt: Tensor,
+                           blocked: Tensor | None = None) -> Tensor:
         """``[B,D]`` public image embeddings attend over ``[E,D]`` elite pairs -> ``[B,D]`` unit-norm text-side
-        knowledge, pulled towards the public text embedding by the training loss."""
-        out, _ = self.knowledge_attention(query_img[None], elite_img[None], elite_txt[None])  # [1, B, D]
+        knowledge, pulled towards the public text embedding by the training loss.  ``blocked`` (``[B,E]`` bool,
+        True = may not attend) restricts which elite pairs each query sees; a row blocked everywhere sees all."""
+        # one "batch" of B queries over E keys: a 2-D [B, E] mask applies to every head
+        mask = None if blocked is None else blocked & ~blocked.all(dim=1, keepdim=True)
+        out, _ = self.knowledge_attention(query_img[None], elite_img[None], elite_txt[None], attn_mask=mask)
         return F.normalize(out[0], dim=-1)
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
