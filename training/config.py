@@ -110,6 +110,9 @@ class TrainConfig:
             raise ConfigError("mask_prob must be in (0, 1) and corpus_holdout in [0, 1)")
         if self.elite_text not in ELITE_TEXTS:
             raise ConfigError(f"elite_text must be one of {ELITE_TEXTS}, got {self.elite_text!r}")
+        if self.elite_text != "composed" and self.elite_manifest:
+            raise ConfigError("elite_text applies to the composed elite set; an elite manifest brings its own "
+                              "captions (drop --elite-text or --elite-manifest)")
         if self.select not in ("last", "best"):
             raise ConfigError(f"select must be 'last' or 'best', got {self.select!r}")
         if self.mlm_head_warmup < 0:

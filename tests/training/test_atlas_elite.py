@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from model.errors import DataError
+from model.errors import ConfigError, DataError
 from training.cli import train_main
+from training.config import TrainConfig
 from training.data import (
     ATLAS_PATTERNS,
     Sample,
@@ -86,6 +87,13 @@ def test_real_atlas_pools_match_their_condition(data_root: Path) -> None:
 def test_missing_atlas_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="mm_retinal_cfp_captions.csv"):
         read_atlas_captions(tmp_path)
+
+
+def test_atlas_text_and_an_elite_manifest_do_not_mix() -> None:
+    with pytest.raises(ConfigError, match="elite manifest brings its own captions"):
+        TrainConfig(elite_text="atlas", elite_manifest="pairs.csv").validate()
+    with pytest.raises(ConfigError, match="elite_text must be one of"):
+        TrainConfig(elite_text="wiki").validate()
 
 
 def test_hybrid_with_atlas_elite_text(mini_data_root: Path, tiny_train_args: list[str], tmp_path: Path) -> None:
