@@ -401,7 +401,7 @@ def compare_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
         spread = f" ± {np.std(zs_mean):.3f}" if len(sums) > 1 else ""
         label = f"{name} (n={len(sums)})" if len(sums) > 1 else name
         per_task = [fmt(_avg(sums, "zero_shot_balanced_accuracy", n)) for n, _ in COMPARE_COLUMNS]
-        lines.append(f"| {label} | " + " | ".join(per_task) + f" | **{fmt(float(np.mean(zs_mean)))}{spread}** | "
+        lines.append(f"| {label} | " + " | ".join(per_task) + f" | **{fmt(_avg(sums, 'zero_shot_mean'))}{spread}** | "
                      f"{fmt(_avg(sums, 'retrieval_p@10_mean'))} | {fmt(_avg(sums, 'linear_probe_mean'))} |")
     return "\n".join(lines) + "\n"
 

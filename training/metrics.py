@@ -96,7 +96,7 @@ def classification_summary(
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else float("nan"),
         "chance_balanced_accuracy": 1.0 / present if present else float("nan"),
         "per_class": {
-            name: {"recall": None if np.isnan(recall[i]) else float(recall[i]), "n": int(cm[i].sum()),
+            name: {"recall": _none_if_nan(recall[i]), "n": int(cm[i].sum()),
                    "auc": _none_if_nan(binary_auc(probs[:, i], y_true == i))}
             for i, name in enumerate(class_names)
         },

@@ -31,8 +31,8 @@ if has tp || has kt || has full || has holdout; then
   fi
 fi
 INIT=(--init "$RUNS/text/model.pt")
-train() {  # name, flags...
-  local name=$1; shift
+train() {  # row key, run name, flags...
+  local key=$1 name=$2; shift 2
   if [[ ! -f "$RUNS/$name/model.pt" ]]; then
     "$KEEPFIT" train hybrid --name "$name" --runs-dir "$RUNS" "${DATA[@]}" "$@"
   fi
@@ -41,7 +41,7 @@ train() {  # name, flags...
     "$KEEPFIT" eval suite --artifact "$RUNS/$name/artifact" --out "$RUNS/$name/eval" --run "$RUNS/$name" \
       --record-into "$RUNS/$name/model.pt" "${DATA[@]}"
   fi
-  REPORTS[$name_key]="${REPORTS[$name_key]:+${REPORTS[$name_key]},}$RUNS/$name/eval/report.json"
+  REPORTS[$key]="${REPORTS[$key]:+${REPORTS[$key]},}$RUNS/$name/eval/report.json"
 }
 EXTRA=("$@")
 declare -A REPORTS
@@ -49,15 +49,13 @@ for seed in $SEEDS; do
   sfx=""
   if [[ "$seed" != 0 ]]; then sfx="-s$seed"; fi
   S=(--seed "$seed")
-  if has clip; then name_key=clip; train "abl-clip$sfx" "${S[@]}" --losses public,elite "${EXTRA[@]}"; fi
-  if has tp; then name_key=tp; train "abl-tp$sfx" "${S[@]}" --losses public,elite "${INIT[@]}" "${EXTRA[@]}"; fi
-  if has kt; then name_key=kt; train "abl-kt$sfx" "${S[@]}" --losses public,elite,kt "${INIT[@]}" "${EXTRA[@]}"; fi
-  if has full; then name_key=full; train "keepfit-v2-small$sfx" "${S[@]}" "${INIT[@]}" "${EXTRA[@]}"; fi
+  if has clip; then train clip "abl-clip$sfx" "${S[@]}" --losses public,elite "${EXTRA[@]}"; fi
+  if has tp; then train tp "abl-tp$sfx" "${S[@]}" --losses public,elite "${INIT[@]}" "${EXTRA[@]}"; fi
+  if has kt; then train kt "abl-kt$sfx" "${S[@]}" --losses public,elite,kt "${INIT[@]}" "${EXTRA[@]}"; fi
+  if has full; then train full "keepfit-v2-small$sfx" "${S[@]}" "${INIT[@]}" "${EXTRA[@]}"; fi
   if has holdout; then
-    name_key=holdout_clip
-    train "abl-clip-holdout-pdr$sfx" "${S[@]}" --holdout "$HOLDOUT" --losses public,elite "${EXTRA[@]}"
-    name_key=holdout_full
-    train "holdout-pdr$sfx" "${S[@]}" --holdout "$HOLDOUT" "${INIT[@]}" "${EXTRA[@]}"
+    train holdout_clip "abl-clip-holdout-pdr$sfx" "${S[@]}" --holdout "$HOLDOUT" --losses public,elite "${EXTRA[@]}"
+    train holdout_full "holdout-pdr$sfx" "${S[@]}" --holdout "$HOLDOUT" "${INIT[@]}" "${EXTRA[@]}"
   fi
 done
 
