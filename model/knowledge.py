@@ -141,6 +141,17 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
         ANY: ["no non-perfusion area", "complete capillary perfusion"],
     },
     "normal": {
+        # many ways of saying "nothing abnormal": a single "normal" prompt is what other cameras' healthy eyes
+        # lose against (their colour and exposure differ from our training site's)
+        "CFP": [
+            "a normal fundus",
+            "a healthy retina",
+            "a normal optic disc with a healthy cup-to-disc ratio and a normal macula",
+            "normal retinal vessels without haemorrhages, exudates or microaneurysms",
+            "a healthy macula with a foveal reflex",
+            "no abnormality of the retina, optic disc or vessels",
+            "an unremarkable fundus",
+        ],
         "FFA": [
             "a normal fluorescein angiogram",
             "normal retinal circulation without leakage",
@@ -148,6 +159,40 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
         ],
         "OCT": ["a normal macula", "normal retinal layers and foveal depression"],
         ANY: ["normal", "healthy"],
+    },
+    # the International Clinical DR scale and diabetic maculopathy, as a second site grades them
+    "mild diabetic retinopathy": {
+        "CFP": ["mild non-proliferative diabetic retinopathy", "only a few microaneurysms",
+                "isolated microaneurysms without haemorrhages or exudates"],
+    },
+    "moderate diabetic retinopathy": {
+        "CFP": ["moderate non-proliferative diabetic retinopathy", "dot and blot haemorrhages and microaneurysms",
+                "hard exudates and scattered haemorrhages", "cotton wool spots"],
+    },
+    "severe diabetic retinopathy": {
+        "CFP": ["severe non-proliferative diabetic retinopathy", "many intraretinal haemorrhages in all quadrants",
+                "venous beading", "intraretinal microvascular abnormalities"],
+    },
+    "advanced diabetic eye disease": {
+        "CFP": ["advanced diabetic eye disease", "tractional retinal detachment", "dense vitreous haemorrhage",
+                "extensive fibrovascular proliferation"],
+    },
+    "diabetic maculopathy": {
+        "CFP": ["diabetic maculopathy", "hard exudates within one disc diameter of the fovea",
+                "haemorrhages and exudates at the macula", "retinal thickening at the centre of the macula"],
+    },
+    "no diabetic maculopathy": {
+        "CFP": ["no diabetic maculopathy", "a macula free of exudates and haemorrhages",
+                "a normal macula with a foveal reflex"],
+    },
+    "referable diabetic retinopathy": {
+        "CFP": ["referable diabetic retinopathy", "moderate or worse diabetic retinopathy",
+                "many haemorrhages and hard exudates", "diabetic maculopathy with exudates near the fovea",
+                "neovascularization or vitreous haemorrhage"],
+    },
+    "no referable diabetic retinopathy": {
+        "CFP": ["no referable diabetic retinopathy", "no or only mild diabetic retinopathy",
+                "a healthy retina without haemorrhages or exudates", "at most a few microaneurysms"],
     },
     "arterial phase": {
         "FFA": [
@@ -176,6 +221,11 @@ ABBREVIATIONS: dict[str, str] = {
     "NPA": "non-perfusion area",
     "CSR": "central serous retinopathy",
     "ERM": "epiretinal membrane",
+    # the International Clinical DR scale's spelled-out grades
+    "mild non-proliferative diabetic retinopathy": "mild diabetic retinopathy",
+    "moderate non-proliferative diabetic retinopathy": "moderate diabetic retinopathy",
+    "severe non-proliferative diabetic retinopathy": "severe diabetic retinopathy",
+    "RDR": "referable diabetic retinopathy",
 }
 
 CATEGORY_SETS: dict[str, list[str]] = {
@@ -222,6 +272,21 @@ TASKS: dict[str, dict[str, Any]] = {
         "modalities": ["FFA"],
     },
     "ffa_phase": {"categories": ["arterial phase", "venous phase"], "modalities": ["FFA"]},
+    "dr_icdr": {
+        "categories": [
+            "no diabetic retinopathy",
+            "mild diabetic retinopathy",
+            "moderate diabetic retinopathy",
+            "severe diabetic retinopathy",
+            "proliferative diabetic retinopathy",
+        ],
+        "modalities": ["CFP"],
+    },
+    "referable_dr": {
+        "categories": ["no referable diabetic retinopathy", "referable diabetic retinopathy"],
+        "modalities": ["CFP"],
+    },
+    "maculopathy": {"categories": ["no diabetic maculopathy", "diabetic maculopathy"], "modalities": ["CFP"]},
 }
 
 

@@ -82,6 +82,7 @@ class KeepfitRuntime:
         self._class_cache_size = class_cache_size
         self._lock = threading.Lock()
         self._modality_head = self._load_modality_head()
+        self.calibration = self._load_calibration()
 
     @classmethod
     def from_artifact(
@@ -164,15 +165,39 @@ class KeepfitRuntime:
         return result
 
     # ------------------------------------------------------------------------------------------- zero-shot
-    def zero_shot(self, image_embeddings: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
-        """Softmax over temperature-scaled cosine similarities, ``[B, C]``."""
-        return softmax(self.logit_scale * image_embeddings @ class_embeddings.T)
+    def zero_shot(
+        self, image_embeddings: np.ndarray, class_embeddings: np.ndarray, bias: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Softmax over temperature-scaled cosine similarities plus the per-class logit ``bias``, ``[B, C]``."""
+        logits = self.logit_scale * image_embeddings @ class_embeddings.T
+        return softmax(logits if bias is None else logits + bias)
+
+    def class_bias(self, categories: Sequence[str], modality: str) -> np.ndarray | None:
+        """``[C]`` logit offsets of the artifact's calibration (fitted on validation data) for these categories,
+        0 for a category it has none for; ``None`` when the artifact has no calibration or none applies."""
+        table = self.calibration.get(modality) if self.calibration else None
+        if not table:
+            return None
+        bias = np.asarray([table.get(self.knowledge.canonical(c), 0.0) for c in categories], dtype=np.float32)
+        return bias if bias.any() else None
 
     def classify(
         self, images: Sequence[Image.Image], categories: Sequence[str] | None = None, modality: str = "CFP"
     ) -> np.ndarray:
         cats = list(categories) if categories else self.knowledge.category_set(modality)
-        return self.zero_shot(self.encode_images(images), self.class_embeddings(cats, modality))
+        return self.zero_shot(self.encode_images(images), self.class_embeddings(cats, modality),
+                              self.class_bias(cats, modality))
+
+    def _load_calibration(self) -> dict[str, dict[str, float]]:
+        """``calibration.json``: ``{"bias": {modality: {category: logit offset}}, ...}`` (optional)."""
+        if not self.artifact.has("calibration.json"):
+            return {}
+        path = self.artifact.file("calibration.json")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {str(m): {str(c): float(b) for c, b in table.items()} for m, table in data["bias"].items()}
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ArtifactError(f"{path}: not a calibration file ({err})") from err
 
     # -------------------------------------------------------------------------------------------- modality
     def _load_modality_head(self) -> dict[str, np.ndarray | list[str]] | None:

@@ -25,10 +25,17 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.3  # multiplicative factor drawn from [1 - b, 1 + b]
     contrast: float = 0.3
+    # site / camera variation: what differs between clinics' cameras more than between eyes of one clinic
+    color: float = 0.15  # per-channel gain drawn from [1 - c, 1 + c] (white balance, sensor, flash colour)
+    gamma: float = 0.3  # exponent drawn from [1 - g, 1 + g] (exposure curve)
+    vignette: float = 0.4  # darkening towards the corners, strength drawn from [0, v]
+    blur: float = 1.0  # Gaussian blur sigma drawn from [0, b] pixels of the model input (focus, resolution)
 
     def validate(self) -> AugmentConfig:
         if not (0 <= self.rotate_deg <= 45 and 0 <= self.brightness < 1 and 0 <= self.contrast < 1):
             raise ConfigError(f"augment: rotate_deg in [0, 45], brightness and contrast in [0, 1): {self}")
+        if not (0 <= self.color < 1 and 0 <= self.gamma < 1 and 0 <= self.vignette <= 1 and 0 <= self.blur <= 5):
+            raise ConfigError(f"augment: color and gamma in [0, 1), vignette in [0, 1], blur in [0, 5]: {self}")
         if not (0.5 <= self.scale[0] <= self.scale[1] <= 2.0):
             raise ConfigError(f"augment.scale must satisfy 0.5 <= lo <= hi <= 2, got {self.scale}")
         return self
@@ -39,7 +46,8 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
 
 
 def augment(pixels: Tensor, cfg: AugmentConfig, pre: PreprocessConfig, gen: torch.Generator) -> Tensor:
-    """Random flip, rotation, scale, brightness and contrast per image; ``[B,3,S,S]`` -> ``[B,3,S,S]``."""
+    """Random flip, rotation, scale, brightness, contrast and site variation (colour gain, gamma, vignetting,
+    blur) per image; ``[B,3,S,S]`` -> ``[B,3,S,S]``."""
     b = pixels.shape[0]
     mean = torch.tensor(pre.mean, dtype=pixels.dtype).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, dtype=pixels.dtype).view(1, 3, 1, 1)
@@ -50,6 +58,7 @@ def augment(pixels: Tensor, cfg: AugmentConfig, pre: PreprocessConfig, gen: torc
     centre = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - centre) * c + centre) * k
     x = x.clamp(0.0, 1.0)
+    x = site_variation(x, cfg, gen)
     # geometric: one affine grid per image; padding fills with the preprocessing pad value
     angle = _uniform(b, -cfg.rotate_deg, cfg.rotate_deg, gen) * (math.pi / 180.0)
     scale = _uniform(b, cfg.scale[0], cfg.scale[1], gen)
@@ -63,3 +72,37 @@ def augment(pixels: Tensor, cfg: AugmentConfig, pre: PreprocessConfig, gen: torc
     pad = pre.pad_value / 255.0
     x = F.grid_sample(x - pad, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad
     return (x - mean) / std
+
+
+def site_variation(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor:
+    """What another clinic's camera changes: per-channel gain, exposure curve, vignetting and blur, on
+    ``[B, 3, S, S]`` pixels in [0, 1].  Each is skipped when its strength is 0."""
+    b, _, h, w = x.shape
+    if cfg.color > 0:
+        gain = _uniform(b * 3, 1 - cfg.color, 1 + cfg.color, gen).view(b, 3, 1, 1)
+        x = (x * gain).clamp(0.0, 1.0)
+    if cfg.gamma > 0:
+        g = _uniform(b, 1 - cfg.gamma, 1 + cfg.gamma, gen).view(b, 1, 1, 1)
+        x = x.clamp_min(1e-6) ** g
+    if cfg.vignette > 0:
+        strength = _uniform(b, 0.0, cfg.vignette, gen).view(b, 1, 1, 1)
+        yy = torch.linspace(-1, 1, h, dtype=x.dtype).view(1, 1, h, 1)
+        xx = torch.linspace(-1, 1, w, dtype=x.dtype).view(1, 1, 1, w)
+        r2 = (xx**2 + yy**2) / 2.0  # 0 at the centre, 1 in the corners
+        x = x * (1.0 - strength * r2)
+    if cfg.blur > 0:
+        sigma = _uniform(b, 0.0, cfg.blur, gen)
+        x = torch.cat([_gaussian_blur(x[i : i + 1], float(sigma[i])) for i in range(b)])
+    return x
+
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    if sigma < 0.3:
+        return x
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

@@ -41,7 +41,13 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="stage 2: stage-1 checkpoint whose text encoder to start from")
     p.add_argument("--corpus", help="stage 1: JSONL text corpus (default <data-root>/text/ophthalmic_corpus.jsonl)")
     p.add_argument("--elite", "--elite-manifest", dest="elite_manifest",
-                   help="elite manifest CSV (path, caption[, modality, labels])")
+                   help="elite manifest CSV (path, caption[, modality, labels, split]), absolute or relative to "
+                   "the data root (default mm_retinal_cfp_pairs/pairs.csv: real MM-Retinal atlas pairs); 'none': "
+                   "compose every elite pair from the train split")
+    p.add_argument("--no-elite-compose", dest="elite_compose_missing", action="store_false", default=None,
+                   help="do not compose elite pairs for the modalities the elite manifest lacks")
+    p.add_argument("--no-site-augment", action="store_true",
+                   help="switch off the camera / site augmentation (colour gain, gamma, vignetting, blur)")
     p.add_argument("--elite-text", choices=("composed", "atlas"),
                    help="text of the elite pairs composed from the train split: labels + expert descriptions "
                    "(composed) or an MM-Retinal atlas caption of the same condition (atlas)")
@@ -83,10 +89,17 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
                 "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
                 "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
                 "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob",
-                "data_seed", "select", "elite_text", "mlm_head_warmup", "kt_same_modality"):
+                "data_seed", "select", "elite_text", "mlm_head_warmup", "kt_same_modality",
+                "elite_compose_missing"):
         value = getattr(args, key, None)
         if value is not None:
             changes[key] = value
+    if changes.get("elite_manifest", "").lower() == "none":
+        changes["elite_manifest"] = None
+    if args.no_site_augment:
+        import dataclasses
+
+        changes["augment"] = dataclasses.replace(cfg.augment, color=0.0, gamma=0.0, vignette=0.0, blur=0.0)
     if args.public:
         changes["public"] = tuple(args.public)
     if args.holdout:
@@ -212,6 +225,16 @@ def _eval_parser() -> argparse.ArgumentParser:
     s.add_argument("--record-into", type=Path, metavar="CKPT",
                    help="store the summary in this checkpoint's `evaluation` (export copies it into the manifest)")
     s.add_argument("--run", type=Path, help="training run folder whose curves to include in the report")
+    s.add_argument("--baseline", type=Path, metavar="ARTIFACT",
+                   help="also evaluate this artifact (e.g. the previous default) and print both in one table")
+    cal = sub.add_parser("calibrate", help="fit per-category logit offsets on the training sites' val splits "
+                         "(calibration.json; --record-into puts it in a checkpoint for the next export)")
+    common(cal, labelled=False)
+    cal.add_argument("--data-root", help="default ../shared/data")
+    cal.add_argument("--split", default="val", help="the split to fit on (never test)")
+    cal.add_argument("--l2", type=float, default=0.1, help="L2 penalty on the offsets")
+    cal.add_argument("--record-into", type=Path, metavar="CKPT",
+                     help="store calibration.json in this checkpoint's artifact files (export ships it)")
     c = sub.add_parser("compare", help="a Markdown table of several suite reports (the ablation table)")
     c.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON[,REPORT_JSON]",
                    help="e.g. clip=runs/abl-clip/eval/report.json; several reports per name are averaged (seeds)")
@@ -266,18 +289,38 @@ def eval_main(argv: list[str]) -> int:
 
     args = _eval_parser().parse_args(argv)
     if args.command == "compare":
-        print(evalcmd.compare_markdown(_read_reports(args.reports)), end="")  # noqa: T201
+        rows = _read_reports(args.reports)
+        print(evalcmd.compare_markdown(rows) + "\n" + evalcmd.compare_unseen_markdown(rows), end="")  # noqa: T201
         return 0
     threads = os.environ.get("KEEPFIT_THREADS")
     runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=int(threads) if threads else None)
     out = args.out or Path("runs") / "eval" / f"{runtime.artifact.name}-{runtime.version}" / args.command
-    if args.command == "suite":
+    if args.command == "calibrate":
+        from training.calibrate import record_calibration, run_calibrate
         from training.data import resolve_data_root
 
-        report = evalcmd.run_suite(runtime, resolve_data_root(args.data_root), args.split, out, args.batch_size,
-                                   run_dir=args.run)
+        if args.split == "test":
+            raise ConfigError("calibrating on the test split would leak it into every test number; use val")
+        if args.l2 < 0:
+            raise ConfigError(f"--l2 must be >= 0, got {args.l2}")
+        report = run_calibrate(runtime, resolve_data_root(args.data_root), out, args.split, args.l2, args.batch_size)
+        if args.record_into:
+            record_calibration(args.record_into, report["calibration"])
+    elif args.command == "suite":
+        from training.data import resolve_data_root
+
+        data_root = resolve_data_root(args.data_root)
+        baseline = None
+        if args.baseline is not None:  # fail on a bad baseline before the long evaluation
+            baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=int(threads) if threads else None)
+        report = evalcmd.run_suite(runtime, data_root, args.split, out, args.batch_size, run_dir=args.run)
         if args.record_into:
             evalcmd.record_into_checkpoint(args.record_into, report["summary"])
+        if baseline is not None:
+            base = evalcmd.run_suite(baseline, data_root, args.split, out / "baseline", args.batch_size)
+            report["text"] += "\n\n" + evalcmd.write_comparison(out, [
+                (f"{baseline.artifact.name} {baseline.version} (baseline)", base),
+                (f"{runtime.artifact.name} {runtime.version}", report)])
     else:
         spec = evalcmd.TaskArgs(
             manifest=args.manifest, label_column=args.label_column,

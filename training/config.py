@@ -54,7 +54,12 @@ class TrainConfig:
     # data
     data_root: str | None = None  # default: $KEEPFIT_DATA_ROOT or ../shared/data
     public: tuple[str, ...] = ("cfp_oct_mx/labels.csv:dme,dr", "ffa_huapu4/labels.csv:label")
-    elite_manifest: str | None = None  # default: composed from the train split (written to the run folder)
+    # real expert (image, caption) pairs: a CSV path, or one relative to the data root; "none" composes every
+    # elite pair from the train split instead (labels + expert descriptions)
+    elite_manifest: str | None = "mm_retinal_cfp_pairs/pairs.csv"
+    # compose elite pairs from the train split for the modalities the manifest has no pairs of (FFA and OCT for
+    # the MM-Retinal photographs: no atlas angiograms or OCT scans are obtainable)
+    elite_compose_missing: bool = True
     elite_fraction: float = 0.25
     # the composed elite set's text: "composed" (labels + expert descriptions) or "atlas" (an MM-Retinal atlas
     # caption of the same condition and modality; composed where the atlas has none, e.g. OCT)
@@ -77,7 +82,7 @@ class TrainConfig:
     # what trains
     vision_freeze_blocks: int | None = None  # None: 17 for mobilenet_v2, 1 for tiny_cnn
     text_trainable_layers: int | None = None  # None: 2 (stage 2) or 3 (stage 1) of MiniLM's 6; 1 for tiny
-    views: int = 3  # cached views per training image: the plain one plus (views - 1) augmented ones
+    views: int = 5  # cached views per training image: the plain one plus (views - 1) augmented ones
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mask_prob: float = 0.15
     # stage 1: the new MLM head is fitted alone for this many steps before MLM gradients reach the pretrained
@@ -110,9 +115,9 @@ class TrainConfig:
             raise ConfigError("mask_prob must be in (0, 1) and corpus_holdout in [0, 1)")
         if self.elite_text not in ELITE_TEXTS:
             raise ConfigError(f"elite_text must be one of {ELITE_TEXTS}, got {self.elite_text!r}")
-        if self.elite_text != "composed" and self.elite_manifest:
-            raise ConfigError("elite_text applies to the composed elite set; an elite manifest brings its own "
-                              "captions (drop --elite-text or --elite-manifest)")
+        if self.elite_text != "composed" and self.elite_manifest and not self.elite_compose_missing:
+            raise ConfigError("elite_text applies to the composed elite pairs; with an elite manifest and "
+                              "elite_compose_missing off there are none (drop --elite-text)")
         if self.select not in ("last", "best"):
             raise ConfigError(f"select must be 'last' or 'best', got {self.select!r}")
         if self.mlm_head_warmup < 0:

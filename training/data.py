@@ -422,6 +422,55 @@ def read_elite_manifest(path: str | Path, knowledge: Knowledge) -> list[Sample]:
     return out
 
 
+def resolve_elite_manifest(spec: str, data_root: Path | None) -> Path:
+    """An elite manifest path as given, else relative to the data root."""
+    path = Path(spec)
+    if path.is_file() or path.is_absolute() or data_root is None:
+        return path
+    return data_root / path
+
+
+@dataclass
+class EliteSet:
+    samples: list[Sample]
+    counts: Counter[str] = field(default_factory=Counter)  # pairs per (modality, origin)
+
+
+def build_elite(
+    data_root: Path,
+    knowledge: Knowledge,
+    public: Sequence[Sample],
+    manifest: str | None,
+    compose_missing: bool = True,
+    fraction: float = 0.25,
+    text: str = "composed",
+    holdout: Sequence[str] = (),
+    seed: int = 0,
+) -> EliteSet:
+    """The elite (image, caption) set of stage 2: the real pairs of ``manifest`` (train rows only), plus, for
+    every modality it has no pairs of, pairs composed from the public train images of that modality (labels +
+    expert descriptions, or atlas captions with ``text="atlas"``).  Without a manifest, every pair is composed."""
+    real: list[Sample] = []
+    if manifest:
+        held = {knowledge.canonical(h) for h in holdout}
+        real = [s for s in read_elite_manifest(resolve_elite_manifest(manifest, data_root), knowledge)
+                if not held.intersection(s.labels)]
+    covered = {s.modality for s in real}
+    composed: list[Sample] = []
+    counts: Counter[str] = Counter(f"{s.modality}: real pair" for s in real)
+    if not manifest or compose_missing:
+        pool = [s for s in public if s.modality not in covered]
+        if pool:
+            composed = compose_elite(pool, knowledge, fraction, seed=seed)
+            if text == "atlas":
+                composed, text_counts = attach_atlas_captions(
+                    composed, atlas_pools(read_atlas_captions(data_root)), seed=seed)
+                counts.update(text_counts)
+            else:
+                counts.update(f"{s.modality}: composed caption" for s in composed)
+    return EliteSet(real + composed, counts)
+
+
 # ------------------------------------------------------------------------------------------------- images
 @dataclass
 class LoadReport:

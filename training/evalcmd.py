@@ -16,13 +16,17 @@ import numpy as np
 
 from model.runtime import KeepfitRuntime
 from training.evaluate import (
+    ATLAS_PAIRS,
     HEADLINE,
     SUITE,
+    UNSEEN_HEADLINE,
     EvalSet,
     ImageEmbedder,
+    caption_retrieval_metrics,
     class_embeddings,
     few_shot_metrics,
     linear_probe_metrics,
+    load_caption_pairs,
     load_eval_set,
     load_modality_set,
     modality_embeddings,
@@ -65,6 +69,11 @@ def _class_emb(runtime: KeepfitRuntime, s: EvalSet) -> np.ndarray:
     return runtime.class_embeddings(s.classes, s.modality)
 
 
+def _class_bias(runtime: KeepfitRuntime, s: EvalSet) -> np.ndarray | None:
+    """The artifact's calibrated logit offsets for the set's classes (what the service adds), if any."""
+    return runtime.class_bias(s.classes, s.modality or "CFP")
+
+
 def _header(runtime: KeepfitRuntime, title: str) -> list[str]:
     return [f"# {title}", "", f"- artifact: `{runtime.artifact.path}` ({runtime.artifact.name} {runtime.version}, "
             f"quantization {runtime.artifact.manifest.get('quantization', 'none')}), ONNX Runtime", ""]
@@ -79,7 +88,8 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     embedder = _embedder(runtime, batch_size)
     s = _load(runtime, a, a.split)
     img, s = _embed(embedder, s, "embedding images")
-    result = zero_shot_metrics(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale)
+    result = zero_shot_metrics(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale,
+                               _class_bias(runtime, s))
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({a.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
@@ -206,18 +216,19 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
         sets = {}
         for sp in ("train", "val", split):
             s = load_eval_set(data_root / spec.manifest, spec.label_column, kn, sp, spec.modality, spec.categories,
-                              spec.where, spec.require, name=spec.name)
+                              spec.where, spec.require, name=spec.name, derive=spec.derive)
             sets[sp] = _embed(embedder, s, f"{spec.name} {sp}")
         (x_te, te) = sets[split]
         (x_tr, tr), (x_va, va) = sets["train"], sets["val"]
         classes = te.classes
         assert tr.classes == classes == va.classes, (tr.classes, va.classes, classes)
         cls = _class_emb(runtime, te)
-        zs = zero_shot_metrics(x_te, te.labels, cls, classes, runtime.logit_scale)
+        zs = zero_shot_metrics(x_te, te.labels, cls, classes, runtime.logit_scale, _class_bias(runtime, te))
         plot_confusion(zs["confusion_matrix"], classes, f"zero-shot {spec.title} ({split})",
                        out / f"confusion_{spec.name}.png")
         tasks[spec.name] = {
             "title": spec.title,
+            "site": spec.site,
             "zero_shot": zs,
             "retrieval": retrieval_metrics(x_te, te.labels, cls, classes),
             "linear_probe": linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), classes),
@@ -246,10 +257,13 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     tasks["modality"] = {"title": "Modality (CFP / FFA / OCT)", **mod}
 
     open_set = _open_set(runtime, data_root, split, embedder)
+    atlas = _atlas_retrieval(runtime, data_root, embedder)
     headline = {n: tasks[n]["zero_shot"]["balanced_accuracy"] for n in HEADLINE}
+    unseen = {n: tasks[n]["zero_shot"]["balanced_accuracy"] for n in UNSEEN_HEADLINE}
     summary = {
         "split": split,
-        "data": "cfp_oct_mx + ffa_huapu4 (../shared/data)",
+        "data": "cfp_oct_mx + ffa_huapu4 (training sites), dr_sh_600 (second site), mm_retinal_cfp_pairs "
+                "(atlas pairs) in ../shared/data",
         "artifact_version": runtime.version,
         "quantization": runtime.artifact.manifest.get("quantization", "none"),
         "zero_shot_balanced_accuracy": {n: t["zero_shot"]["balanced_accuracy"] for n, t in tasks.items()},
@@ -257,6 +271,13 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
         "zero_shot_macro_auc": {n: t["zero_shot"]["macro_auc"] for n, t in tasks.items()},
         "zero_shot_mean": float(np.mean(list(headline.values()))),
         "zero_shot_mean_tasks": list(HEADLINE),
+        "unseen_site_mean": float(np.mean(list(unseen.values()))),
+        "unseen_site_mean_tasks": list(UNSEEN_HEADLINE),
+        # the failure other clinics see first: healthy eyes called diseased
+        "unseen_site_normal_recall": tasks["site2_normal"]["zero_shot"]["per_class"]["normal"]["recall"],
+        "unseen_site_no_referable_recall":
+            tasks["site2_referable"]["zero_shot"]["per_class"]["no referable diabetic retinopathy"]["recall"],
+        "atlas_retrieval": {k: v for k, v in atlas.items() if "r@" in k and not k.startswith("chance")},
         "retrieval_p@10": {n: t["retrieval"]["p@10"] for n, t in tasks.items() if "retrieval" in t},
         "retrieval_p@10_mean": float(np.mean([t["retrieval"]["p@10"] for n, t in tasks.items()
                                               if "retrieval" in t and n != "dme_cfp_all"])),
@@ -268,16 +289,25 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     }
     summary["open_set_cfp_outside_share"] = open_set["outside_share"]
     payload = {"command": "suite", "summary": summary, "tasks": tasks, "open_set_cfp": open_set,
-               "unreadable": embedder.report.skipped}
+               "atlas_retrieval": atlas, "unreadable": embedder.report.skipped}
     if run_dir is not None and (run_dir / "history.jsonl").is_file():
         import json
 
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
         plot_curves(history, out / "curves.png", title=str(run_dir.name))
-    md = _suite_markdown(runtime, summary, tasks, split, (out / "curves.png").is_file(), open_set)
+    md = _suite_markdown(runtime, summary, tasks, split, (out / "curves.png").is_file(), open_set, atlas)
     write_report(out, payload, md)
     payload["text"] = _suite_text(summary, tasks)
     return payload
+
+
+def _atlas_retrieval(runtime: KeepfitRuntime, data_root: Path, embedder: ImageEmbedder) -> dict[str, Any]:
+    """Image <-> caption retrieval on the atlas figures held out of training (their only split besides train
+    is ``test``): real expert captions, raw as written (no prompt template)."""
+    paths, captions = load_caption_pairs(data_root / ATLAS_PAIRS, "test")
+    img, ok = embedder(paths, desc="atlas test figures")
+    kept = [c for c, k in zip(captions, ok, strict=True) if k]
+    return caption_retrieval_metrics(img, runtime.encode_texts(kept), kept)
 
 
 def _open_set(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: ImageEmbedder) -> dict[str, Any]:
@@ -289,7 +319,7 @@ def _open_set(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: Im
     offered = kn.category_set("CFP")
     s = load_eval_set(data_root / "cfp_oct_mx/labels.csv", "dme", kn, split, "CFP", name="open_set")
     img, _ = embedder(s.paths, desc="open-set CFP")
-    probs = runtime.zero_shot(img, runtime.class_embeddings(offered, "CFP"))
+    probs = runtime.zero_shot(img, runtime.class_embeddings(offered, "CFP"), runtime.class_bias(offered, "CFP"))
     top = probs.argmax(axis=1)
     ours = {"normal", "diabetic macular edema", "non-proliferative diabetic retinopathy",
             "proliferative diabetic retinopathy"}
@@ -300,10 +330,18 @@ def _open_set(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: Im
 
 
 def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dict[str, Any], split: str,
-                    curves: bool, open_set: dict[str, Any]) -> str:
+                    curves: bool, open_set: dict[str, Any], atlas: dict[str, Any]) -> str:
     lines = _header(runtime, f"Evaluation suite ({split} split)") + [
         f"Zero-shot mean balanced accuracy over {', '.join(summary['zero_shot_mean_tasks'])}: "
         f"**{fmt(summary['zero_shot_mean'])}**", "",
+        f"Unseen second site (never trained on), mean over {', '.join(summary['unseen_site_mean_tasks'])}: "
+        f"**{fmt(summary['unseen_site_mean'])}**; recall of healthy eyes (\"normal\" vs DR) "
+        f"**{fmt(summary['unseen_site_normal_recall'])}**, of no referable DR "
+        f"{fmt(summary['unseen_site_no_referable_recall'])}", "",
+        f"Atlas image <-> caption retrieval ({atlas['n']} unseen MM-Retinal figures): image->text R@1/5/10 "
+        + "/".join(fmt(atlas[f"image_to_text_r@{k}"]) for k in (1, 5, 10)) + ", text->image R@1/5/10 "
+        + "/".join(fmt(atlas[f"text_to_image_r@{k}"]) for k in (1, 5, 10))
+        + f" (chance R@1 {fmt(atlas['chance_r@1'])})", "",
         "| task | n | zero-shot bal. acc. | chance | macro AUC | P@10 (chance) | linear probe | 1/5/10-shot |",
         "|---|---|---|---|---|---|---|---|"]
     for t in tasks.values():
@@ -342,21 +380,33 @@ def _suite_text(summary: dict[str, Any], tasks: dict[str, Any]) -> str:
         rows.append(f"{t['title'][:38]:<38} {fmt(zs['balanced_accuracy']):>9} {fmt(zs['chance_balanced_accuracy']):>7} "
                     f"{fmt(zs['macro_auc']):>6} {p10:>6} {fmt(t['linear_probe']['balanced_accuracy']):>6}")
     rows.append(f"zero-shot mean ({len(summary['zero_shot_mean_tasks'])} tasks): {summary['zero_shot_mean']:.3f}")
+    rows.append(f"unseen site mean ({len(summary['unseen_site_mean_tasks'])} tasks): {summary['unseen_site_mean']:.3f}"
+                f"  normal recall {summary['unseen_site_normal_recall']:.3f}")
+    ar = summary["atlas_retrieval"]
+    rows.append("atlas retrieval R@1/5/10 image->text " + "/".join(f"{ar[f'image_to_text_r@{k}']:.3f}" for k in (1, 5, 10))
+                + "  text->image " + "/".join(f"{ar[f'text_to_image_r@{k}']:.3f}" for k in (1, 5, 10)))
     return "\n".join(rows)
 
 
 def record_into_checkpoint(path: Path, summary: dict[str, Any]) -> None:
     """Store the summary under the checkpoint's ``evaluation`` key (atomically)."""
+    from training.reports import _jsonable
+
+    update_checkpoint(path, {"evaluation": _jsonable(summary)})
+    logger.info("recorded the evaluation summary into %s", path)
+
+
+def update_checkpoint(path: Path, changes: dict[str, Any]) -> None:
+    """Set top-level keys of a checkpoint, written aside and renamed (a crash never leaves half a file)."""
     import os
     import tempfile
 
     import torch
 
     from model.nn.factory import read_checkpoint
-    from training.reports import _jsonable
 
     payload = read_checkpoint(path)
-    payload["evaluation"] = _jsonable(summary)
+    payload.update(changes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -365,7 +415,6 @@ def record_into_checkpoint(path: Path, summary: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    logger.info("recorded the evaluation summary into %s", path)
 
 
 # ------------------------------------------------------------------------------------------------ compare
@@ -408,3 +457,47 @@ def compare_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
 
 def _avg(summaries: list[dict[str, Any]], key: str, sub: str | None = None) -> float:
     return float(np.mean([x[key][sub] if sub is not None else x[key] for x in summaries]))
+
+
+def write_comparison(out: Path, rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """``comparison.md`` beside a suite report: both tables of :func:`compare_markdown` for several models."""
+    grouped = [(name, [report]) for name, report in rows]
+    text = compare_markdown(grouped) + "\n" + compare_unseen_markdown(grouped)
+    (out / "comparison.md").write_text("# Comparison (test split)\n\n" + text)
+    return text
+
+
+UNSEEN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("site2_normal", "normal vs DR"),
+    ("site2_referable", "referable DR"),
+    ("site2_maculopathy", "maculopathy"),
+    ("site2_grade", "ICDR grade"),
+)
+
+
+def compare_unseen_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    """The second table of a comparison: zero-shot on the unseen second site (balanced accuracy per task, their
+    mean, the recall of healthy eyes) and image <-> caption retrieval on the unseen atlas figures."""
+    usable = [(n, r) for n, r in rows if all("unseen_site_mean" in x["summary"] for x in r)]
+    if not usable:
+        return ""
+    s0 = usable[0][1][0]["summary"]
+    head = ("| model | " + " | ".join(t for _, t in UNSEEN_COLUMNS) + " | **unseen-site mean** | normal recall | "
+            "atlas image→text R@1/5/10 | atlas text→image R@1/5/10 |")
+    lines = [head, "|---" * (len(UNSEEN_COLUMNS) + 5) + "|"]
+    chance = s0["zero_shot_chance"]
+    lines.append("| chance | " + " | ".join(fmt(chance[n]) for n, _ in UNSEEN_COLUMNS)
+                 + f" | {fmt(float(np.mean([chance[n] for n, _ in UNSEEN_COLUMNS])))} | – | "
+                 + "/".join(fmt(min(1.0, k / 60), 2) for k in (1, 5, 10)) + " | – |")
+    for name, reports in usable:
+        sums = [r["summary"] for r in reports]
+        means = [x["unseen_site_mean"] for x in sums]
+        spread = f" ± {np.std(means):.3f}" if len(sums) > 1 else ""
+        label = f"{name} (n={len(sums)})" if len(sums) > 1 else name
+        per_task = [fmt(_avg(sums, "zero_shot_balanced_accuracy", n)) for n, _ in UNSEEN_COLUMNS]
+        atlas = {k: float(np.mean([x["atlas_retrieval"][k] for x in sums])) for k in sums[0]["atlas_retrieval"]}
+        lines.append(f"| {label} | " + " | ".join(per_task) + f" | **{fmt(float(np.mean(means)))}{spread}** | "
+                     f"{fmt(_avg(sums, 'unseen_site_normal_recall'))} | "
+                     + "/".join(fmt(atlas[f"image_to_text_r@{k}"], 2) for k in (1, 5, 10)) + " | "
+                     + "/".join(fmt(atlas[f"text_to_image_r@{k}"], 2) for k in (1, 5, 10)) + " |")
+    return "\n".join(lines) + "\n"

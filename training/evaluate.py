@@ -40,16 +40,53 @@ class EvalSpec:
     where: tuple[tuple[str, str], ...] = ()
     require: tuple[str, ...] = ()
     categories: tuple[str, ...] | None = None
+    derive: str | None = None  # a label derived from several columns: a key of DERIVED_LABELS
+    site: str = "train"  # "train": a site the default model trains on; "unseen": left out of its training
+
+
+# ------------------------------------------------------------------------------------------ derived labels
+REFERABLE_GRADES = frozenset({"moderate non-proliferative diabetic retinopathy",
+                              "severe non-proliferative diabetic retinopathy",
+                              "proliferative diabetic retinopathy", "advanced diabetic eye disease"})
+
+
+def _referable_dr(row: dict[str, str]) -> str:
+    """Referable diabetic retinopathy as screening programmes define it: moderate non-proliferative DR or
+    worse, or diabetic maculopathy; ungraded rows give ''."""
+    grade, macula = row.get("dr_grade", ""), row.get("maculopathy", "")
+    if not grade:
+        return ""
+    referable = grade in REFERABLE_GRADES or macula == "diabetic maculopathy"
+    return "referable diabetic retinopathy" if referable else "no referable diabetic retinopathy"
+
+
+def _normal_vs_dr(row: dict[str, str]) -> str:
+    """A healthy eye (no DR, no macular disease) against any diabetic retinopathy: the question a clinic asks
+    first, worded as a clinician would ("normal").  Reads dr_sh_600's ``dr_grade``/``maculopathy`` and
+    cfp_oct_mx's ``dr``/``dme``; an eye without DR but with macular disease is neither, and is left out."""
+    grade = row.get("dr_grade") or row.get("dr") or ""
+    macula = row.get("maculopathy") or row.get("dme") or ""
+    if not grade:
+        return ""
+    if grade == "no diabetic retinopathy":
+        return "" if macula in ("diabetic maculopathy", "diabetic macular edema") else "normal"
+    return "diabetic retinopathy"
+
+
+DERIVED_LABELS: dict[str, Callable[[dict[str, str]], str]] = {
+    "referable_dr": _referable_dr,
+    "normal_vs_dr": _normal_vs_dr,
+}
 
 
 CFP_OCT = "cfp_oct_mx/labels.csv"
 FFA = "ffa_huapu4/labels.csv"
-# The standard suite (README table).  CFP DME over all rows is shown beside the honest graded-rows figure: the
+# The standard suite (README table): the sites the default model trains on.  CFP DME over all rows is shown beside the honest graded-rows figure: the
 # ungraded CFP sub-collection is darker and almost all DME (see ../shared/data/README.md).
 DME = ("diabetic macular edema", "no diabetic macular edema")
 DR = ("no diabetic retinopathy", "non-proliferative diabetic retinopathy", "proliferative diabetic retinopathy")
 FFA_DIAGNOSIS = ("normal", "branch retinal vein occlusion", "non-perfusion area", "no non-perfusion area")
-SUITE: tuple[EvalSpec, ...] = (
+TRAIN_SITE: tuple[EvalSpec, ...] = (
     EvalSpec("dme_cfp_graded", "DME, CFP (graded rows: honest)", CFP_OCT, "dme", "CFP", require=("dr",),
              categories=DME),
     EvalSpec("dme_cfp_all", "DME, CFP (all rows: shortcut-prone)", CFP_OCT, "dme", "CFP", categories=DME),
@@ -58,9 +95,31 @@ SUITE: tuple[EvalSpec, ...] = (
     EvalSpec("dr_oct", "DR grade, OCT", CFP_OCT, "dr", "OCT", require=("dr",), categories=DR),
     EvalSpec("ffa_diagnosis", "FFA diagnosis (4 classes)", FFA, "label", "FFA", where=(("task", "disease_diagnosis"),),
              categories=FFA_DIAGNOSIS),
+    EvalSpec("normal_cfp", "Normal vs DR, CFP", CFP_OCT, "dr", "CFP", require=("dr",), derive="normal_vs_dr",
+             categories=("normal", "diabetic retinopathy")),
 )
+# A second site (another camera and population) that the default model never trains on: how the model
+# transfers to another clinic.  See ../shared/data/README.md (dr_sh_600).
+DR_SH = "dr_sh_600/labels.csv"
+ICDR = ("no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
+        "severe diabetic retinopathy", "proliferative diabetic retinopathy")
+UNSEEN_SITE: tuple[EvalSpec, ...] = (
+    EvalSpec("site2_normal", "Second site: normal vs DR", DR_SH, "dr_grade", "CFP", derive="normal_vs_dr",
+             categories=("normal", "diabetic retinopathy"), site="unseen"),
+    EvalSpec("site2_referable", "Second site: referable DR vs not", DR_SH, "dr_grade", "CFP", derive="referable_dr",
+             categories=("no referable diabetic retinopathy", "referable diabetic retinopathy"), site="unseen"),
+    EvalSpec("site2_maculopathy", "Second site: diabetic maculopathy", DR_SH, "maculopathy", "CFP",
+             categories=("no diabetic maculopathy", "diabetic maculopathy"), site="unseen"),
+    EvalSpec("site2_grade", "Second site: DR grade (5-level ICDR)", DR_SH, "dr_grade", "CFP", categories=ICDR,
+             site="unseen"),
+)
+SUITE: tuple[EvalSpec, ...] = TRAIN_SITE + UNSEEN_SITE
 # The tasks averaged into the headline zero-shot score (CFP DME counted once, on graded rows).
 HEADLINE = ("dme_cfp_graded", "dme_oct", "dr_cfp", "dr_oct", "ffa_diagnosis", "modality")
+# ... and into the unseen-site score, the headline of transfer to another clinic.
+UNSEEN_HEADLINE = tuple(s.name for s in UNSEEN_SITE)
+# Real expert image-caption pairs (MM-Retinal atlas figures): image <-> caption retrieval on unseen figures.
+ATLAS_PAIRS = "mm_retinal_cfp_pairs/pairs.csv"
 MODALITY_SOURCES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ((CFP_OCT, ()), (FFA, ()))
 
 
@@ -88,13 +147,19 @@ def load_eval_set(
     where: Sequence[tuple[str, str]] = (),
     require: Sequence[str] = (),
     name: str = "",
+    derive: str | None = None,
 ) -> EvalSet:
     """Rows of a manifest as (image path, class index).  Labels are matched to ``categories`` by canonical name
     (case, abbreviations); rows whose label is outside them are skipped and counted, as are rows of another
-    modality when the manifest has a ``modality`` column."""
+    modality when the manifest has a ``modality`` column.  ``derive`` names a label computed from the row
+    (:data:`DERIVED_LABELS`), written into ``label_column``'s place."""
     manifest = read_manifest(manifest_path)
     manifest.require_columns([label_column], what="label column")
     rows = filter_rows(manifest, split=split, where=where, require=require)
+    if derive is not None:
+        if derive not in DERIVED_LABELS:
+            raise DataError(f"unknown derived label {derive!r}; known: {', '.join(DERIVED_LABELS)}")
+        rows = [{**r, label_column: DERIVED_LABELS[derive](r)} for r in rows]
     skipped: Counter[str] = Counter()
     if modality is not None:
         knowledge.template(modality)  # unknown modality -> ConfigError naming it
@@ -217,8 +282,9 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- metrics
 def zero_shot_metrics(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, classes: Sequence[str],
-                      logit_scale: float) -> dict[str, Any]:
-    probs = _softmax(logit_scale * img @ cls.T)  # [N, C]
+                      logit_scale: float, bias: np.ndarray | None = None) -> dict[str, Any]:
+    logits = logit_scale * img @ cls.T  # [N, C]
+    probs = _softmax(logits if bias is None else logits + bias)
     return classification_summary(labels, probs, classes)
 
 
@@ -295,4 +361,38 @@ def few_shot_metrics(
             p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
             scores.append(balanced_accuracy(test[1], (test[0] @ p.T).argmax(axis=1), len(classes)))
         out[f"{k}-shot"] = {"balanced_accuracy": float(np.mean(scores)), "std": float(np.std(scores))}
+    return out
+
+
+# ------------------------------------------------------------------------------------- image <-> caption
+def load_caption_pairs(manifest_path: str | Path, split: str | None = "test") -> tuple[list[Path], list[str]]:
+    """``(image paths, captions)`` of an (image, caption) manifest such as the MM-Retinal atlas pairs."""
+    manifest = read_manifest(manifest_path)
+    manifest.require_columns(["caption"])
+    rows = [r for r in filter_rows(manifest, split=split) if r["caption"]]
+    if len(rows) < 2:
+        raise DataError(f"manifest {manifest.path} has {len(rows)} captioned rows in split {split!r}; need 2")
+    check_files(manifest, rows)
+    return [manifest.resolve(r) for r in rows], [" ".join(r["caption"].split()) for r in rows]
+
+
+def caption_retrieval_metrics(img: np.ndarray, txt: np.ndarray, captions: Sequence[str],
+                              ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """Recall@k both ways for paired ``img[i]`` <-> ``txt[i]``: the share of queries whose own partner (or a
+    pair with the very same caption text) is among the top k.  Chance at k is about k / n."""
+    n = len(captions)
+    same = np.asarray([[a == b for b in captions] for a in captions])  # [N, N] identical caption texts
+    sim = img @ txt.T  # [N images, N captions]
+
+    def recall(scores: np.ndarray, k: int) -> float:
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return float(np.mean([same[i, top[i]].any() for i in range(n)]))
+
+    out: dict[str, Any] = {"n": n, "distinct_captions": len(set(captions))}
+    for k in ks:
+        out[f"image_to_text_r@{k}"] = recall(sim, k)
+        out[f"text_to_image_r@{k}"] = recall(sim.T, k)
+        out[f"chance_r@{k}"] = min(1.0, k / n)
+    out["median_rank_image_to_text"] = float(np.median(
+        [1 + int((sim[i] > sim[i][same[i]].max()).sum()) for i in range(n)]))
     return out

@@ -34,13 +34,9 @@ from training.config import TrainConfig
 from training.data import (
     PublicSource,
     Sample,
-    atlas_pools,
-    attach_atlas_captions,
-    compose_elite,
+    build_elite,
     public_samples,
-    read_atlas_captions,
     read_corpus,
-    read_elite_manifest,
     write_elite_manifest,
 )
 from training.evaluate import (
@@ -309,21 +305,18 @@ class HybridTask:
         # ---- data
         sources = [PublicSource.parse(s) for s in cfg.public]
         public = public_samples(data_root, knowledge, "train", sources, cfg.holdout)
-        if cfg.elite_manifest:
-            elite = read_elite_manifest(cfg.elite_manifest, knowledge)
-            held = {knowledge.canonical(h) for h in cfg.holdout}
-            elite = [s for s in elite if not held.intersection(s.labels)]
-        else:
-            elite = compose_elite(public.samples, knowledge, cfg.elite_fraction, seed=cfg.data_seed)
-            if cfg.elite_text == "atlas":
-                elite, elite_text_counts = attach_atlas_captions(
-                    elite, atlas_pools(read_atlas_captions(data_root)), seed=cfg.data_seed)
-            write_elite_manifest(run_dir / "elite.csv", elite)
+        elite_set = build_elite(data_root, knowledge, public.samples, cfg.elite_manifest, cfg.elite_compose_missing,
+                                cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
+        elite, elite_text_counts = elite_set.samples, elite_set.counts
+        write_elite_manifest(run_dir / "elite.csv", elite)
         self.val_sets: list[EvalSet] = [
             load_eval_set(data_root / s.manifest, s.label_column, knowledge, "val", s.modality, s.categories, s.where,
-                          s.require, name=s.name)
-            for s in SUITE if s.name != "dme_cfp_all"
+                          s.require, name=s.name, derive=s.derive)
+            for s in SUITE if s.name != "dme_cfp_all" and (data_root / s.manifest).is_file()
         ] + [load_modality_set(data_root, knowledge, "val")]
+        absent = sorted({s.manifest for s in SUITE if not (data_root / s.manifest).is_file()})
+        if absent:
+            logger.info("validation without %s (not under %s)", ", ".join(absent), data_root)
         held = {knowledge.canonical(h) for h in cfg.holdout}
         if held:  # choosing the checkpoint must not look at held-out images either (they stay candidate classes)
             self.val_sets = [v.subset(np.asarray([v.classes[y] not in held for y in v.labels])) for v in self.val_sets]
@@ -378,8 +371,10 @@ class HybridTask:
             "public_by_modality": dict(Counter(s.modality for s in self.public)),
             "public_skipped_rows": dict(public.skipped),
             "elite_pairs": len(self.elite),
-            "elite_manifest": cfg.elite_manifest or str(run_dir / "elite.csv"),
-            "elite_text": "manifest" if cfg.elite_manifest else cfg.elite_text,
+            "elite_manifest": str(run_dir / "elite.csv"),
+            "elite_source": cfg.elite_manifest or "composed",
+            "elite_by_modality": dict(Counter(s.modality for s in elite)),
+            "elite_text": cfg.elite_text,
             "elite_captions": dict(elite_text_counts) or None,
             "elite_distinct_captions": len({s.caption for s in self.elite}),
             "val_sets": {v.name: len(v.labels) for v in self.val_sets},

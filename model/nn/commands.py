@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,6 +24,11 @@ from model.nn.factory import (
 from model.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
+
+# the training-config keys copied into an exported artifact's manifest (``training``): the data it saw
+TRAINING_PROVENANCE = ("stage", "name", "public", "elite_manifest", "elite_compose_missing", "elite_fraction",
+                       "elite_text", "holdout", "steps", "batch_size", "elite_batch_size", "views", "augment",
+                       "losses", "seed", "data_seed", "select")
 
 
 def default_data_root() -> Path | None:
@@ -57,12 +63,16 @@ def export_main(argv: list[str]) -> int:
     torch.manual_seed(args.seed)
     evaluation = {}
     extra_files: dict[str, bytes] = {}
+    extra_manifest: dict[str, Any] = {}
     if args.checkpoint is not None:
         if args.random_init or args.pretrained:
             p.error("--random-init/--pretrained go with --config, not --checkpoint")
         model, tokenizer, payload = load_checkpoint(args.checkpoint)
         evaluation = payload.get("evaluation", {}) or {}
         extra_files = {k: v for k, v in (payload.get("artifact_files") or {}).items() if isinstance(v, bytes)}
+        trained = payload.get("train_config") or {}
+        if trained:  # what the weights saw: lets a user (and a test) check that no test image was trained on
+            extra_manifest["training"] = {k: trained[k] for k in TRAINING_PROVENANCE if k in trained}
     else:
         if not (args.random_init or args.pretrained):
             p.error("--config needs --random-init or --pretrained")
@@ -86,6 +96,7 @@ def export_main(argv: list[str]) -> int:
         name=args.name,
         evaluation=evaluation,
         extra_files=extra_files,
+        extra_manifest=extra_manifest,
     )
     logger.info("wrote artifact %s", out)
     return 0

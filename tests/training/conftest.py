@@ -29,12 +29,14 @@ def _pick(rows: list[dict[str, str]], key, per_group: int) -> list[dict[str, str
 
 @pytest.fixture(scope="session")
 def mini_data_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few real images per (split, modality, labels) group of both public datasets, 60 corpus lines and the
-    atlas caption files."""
+    """A few real images per (split, modality, labels) group of both public datasets and the second site, a few
+    atlas image-caption pairs, 60 corpus lines and the atlas caption files."""
     root = tmp_path_factory.mktemp("mini-data")
     for rel, key in (
-        ("cfp_oct_mx/labels.csv", lambda r: (r["split"], r["modality"], r["dme"], bool(r["dr"]))),
+        ("cfp_oct_mx/labels.csv", lambda r: (r["split"], r["modality"], r["dme"], r["dr"])),
         ("ffa_huapu4/labels.csv", lambda r: (r["split"], r["task"], r["label"])),
+        ("dr_sh_600/labels.csv", lambda r: (r["split"], r["dr_grade"], r["maculopathy"])),
+        ("mm_retinal_cfp_pairs/pairs.csv", lambda r: (r["split"], r["figure"][:8])),
     ):
         src = data_root / rel
         with src.open(newline="") as fh:

@@ -89,16 +89,19 @@ def test_missing_atlas_file_is_a_clear_error(tmp_path: Path) -> None:
         read_atlas_captions(tmp_path)
 
 
-def test_atlas_text_and_an_elite_manifest_do_not_mix() -> None:
-    with pytest.raises(ConfigError, match="elite manifest brings its own captions"):
-        TrainConfig(elite_text="atlas", elite_manifest="pairs.csv").validate()
+def test_atlas_text_needs_composed_pairs() -> None:
+    """Atlas text applies to the composed pairs (FFA and OCT beside a photograph manifest); with composing off
+    there are none, and asking for it is a config error rather than a silent no-op."""
+    TrainConfig(elite_text="atlas", elite_manifest="pairs.csv").validate()
+    with pytest.raises(ConfigError, match="there are none"):
+        TrainConfig(elite_text="atlas", elite_manifest="pairs.csv", elite_compose_missing=False).validate()
     with pytest.raises(ConfigError, match="elite_text must be one of"):
         TrainConfig(elite_text="wiki").validate()
 
 
 def test_hybrid_with_atlas_elite_text(mini_data_root: Path, tiny_train_args: list[str], tmp_path: Path) -> None:
     assert train_main(["hybrid", "--name", "atlas", "--data-root", str(mini_data_root), "--elite-text", "atlas",
-                       "--steps", "2", "--batch-size", "8", "--elite-batch-size", "4", "--eval-every", "100",
+                       "--elite-manifest", "none", "--steps", "2", "--batch-size", "8", "--elite-batch-size", "4", "--eval-every", "100",
                        *tiny_train_args]) == 0
     run = tmp_path / "runs" / "atlas"
     assert json.loads((run / "config.json").read_text())["elite_text"] == "atlas"
@@ -112,3 +115,21 @@ def test_hybrid_with_atlas_elite_text(mini_data_root: Path, tiny_train_args: lis
     report = json.loads((run / "training_report.json").read_text())
     data = report.get("data", report)
     assert data["elite_text"] == "atlas" and data["elite_captions"]["CFP: atlas caption"] == len(cfp)
+
+
+def test_default_elite_is_real_pairs_plus_composed(mini_data_root: Path, tiny_train_args: list[str],
+                                                   tmp_path: Path) -> None:
+    """The default recipe: the atlas image-caption pairs (train rows) for photographs, composed pairs for the
+    modalities the atlas has no images of; the elite manifest in the run folder lists exactly that."""
+    assert train_main(["hybrid", "--name", "real", "--data-root", str(mini_data_root), "--steps", "2",
+                       "--batch-size", "8", "--elite-batch-size", "4", "--eval-every", "100", *tiny_train_args]) == 0
+    run = tmp_path / "runs" / "real"
+    with (run / "elite.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with (mini_data_root / "mm_retinal_cfp_pairs" / "pairs.csv").open(newline="") as fh:
+        pairs = [r["caption"] for r in csv.DictReader(fh) if r["split"] == "train"]
+    cfp = [r for r in rows if r["modality"] == "CFP"]
+    assert len(cfp) == len(pairs) and sorted(r["caption"] for r in cfp) == sorted(pairs)
+    assert {r["modality"] for r in rows} == {"CFP", "FFA", "OCT"}
+    data = json.loads((run / "training_report.json").read_text())["data"]
+    assert data["elite_captions"]["CFP: real pair"] == len(cfp) and data["elite_source"] == "mm_retinal_cfp_pairs/pairs.csv"

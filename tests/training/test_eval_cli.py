@@ -18,6 +18,12 @@ from training.metrics import balanced_accuracy
 pytestmark = pytest.mark.data
 
 
+def _count(data_root: Path, rel: str, **where: str) -> int:
+    """Rows of a manifest matching ``column=value`` (``column=None``-style: pass ``"*"`` for non-empty)."""
+    rows = csv.DictReader((data_root / rel).open(newline="", encoding="utf-8"))
+    return sum(all((r[c] != "") if v == "*" else r[c] == v for c, v in where.items()) for r in rows)
+
+
 @pytest.fixture(scope="module")
 def oct_manifest(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 OCT test rows (6 per DME class) as a manifest in another folder."""
@@ -64,13 +70,15 @@ def test_retrieval_few_shot_and_linear_probe_write_reports(tiny_artifact: Path, 
               "--modality", "FFA", "--where", "task=disease_diagnosis"]
     assert eval_main(["retrieval", *common, "--out", str(tmp_path / "r")]) == 0
     r = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert set(r) >= {"p@1", "p@5", "p@10", "chance"} and r["n"] == 21 and 0 <= r["p@10"] <= 1
+    n_test = _count(data_root, "ffa_huapu4/labels.csv", task="disease_diagnosis", split="test")
+    assert set(r) >= {"p@1", "p@5", "p@10", "chance"} and r["n"] == n_test and 0 <= r["p@10"] <= 1
     assert eval_main(["few-shot", *common, "--shots", "1,3", "--repeats", "3", "--out", str(tmp_path / "f")]) == 0
     f = json.loads((tmp_path / "f" / "report.json").read_text())
     assert set(f) >= {"1-shot", "3-shot"} and f["repeats"] == 3
     assert eval_main(["linear-probe", *common, "--out", str(tmp_path / "l")]) == 0
     lp = json.loads((tmp_path / "l" / "report.json").read_text())
-    assert lp["n_train"] == 48 and lp["C"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+    n_train = _count(data_root, "ffa_huapu4/labels.csv", task="disease_diagnosis", split="train")
+    assert lp["n_train"] == n_train and lp["C"] in (0.01, 0.1, 1.0, 10.0, 100.0)
     assert (tmp_path / "l" / "confusion.png").is_file()
 
 
@@ -117,10 +125,30 @@ def test_suite_records_into_checkpoint_and_compares(tiny_artifact: Path, data_ro
     summary = report["summary"]
     # every table row is there, with its chance level, on the test split
     assert set(summary["zero_shot_balanced_accuracy"]) == {
-        "dme_cfp_graded", "dme_cfp_all", "dme_oct", "dr_cfp", "dr_oct", "ffa_diagnosis", "modality"}
+        "dme_cfp_graded", "dme_cfp_all", "dme_oct", "dr_cfp", "dr_oct", "ffa_diagnosis", "normal_cfp", "modality",
+        "site2_normal", "site2_referable", "site2_maculopathy", "site2_grade"}
     assert summary["zero_shot_chance"]["dr_cfp"] == pytest.approx(1 / 3)
-    assert report["tasks"]["dme_cfp_graded"]["zero_shot"]["n"] == 85  # graded CFP test rows only
-    assert report["tasks"]["ffa_diagnosis"]["zero_shot"]["n"] == 21
+    assert summary["zero_shot_chance"]["site2_grade"] == pytest.approx(1 / 5)
+    graded_cfp = _count(data_root, "cfp_oct_mx/labels.csv", modality="CFP", split="test", dr="*")
+    assert report["tasks"]["dme_cfp_graded"]["zero_shot"]["n"] == graded_cfp  # graded CFP test rows only
+    assert report["tasks"]["ffa_diagnosis"]["zero_shot"]["n"] == _count(
+        data_root, "ffa_huapu4/labels.csv", task="disease_diagnosis", split="test")
+    # the unseen second site: every graded test photograph, referable = moderate NPDR or worse, or maculopathy
+    site2 = report["tasks"]["site2_referable"]["zero_shot"]
+    assert site2["n"] == _count(data_root, "dr_sh_600/labels.csv", split="test", dr_grade="*")
+    referable = sum(1 for r in csv.DictReader((data_root / "dr_sh_600/labels.csv").open()) if r["split"] == "test"
+                    and (r["dr_grade"] not in ("no diabetic retinopathy", "mild non-proliferative diabetic retinopathy")
+                         or r["maculopathy"] == "diabetic maculopathy"))
+    assert site2["per_class"]["referable diabetic retinopathy"]["n"] == referable
+    assert summary["unseen_site_mean"] == pytest.approx(np.mean(
+        [summary["zero_shot_balanced_accuracy"][n] for n in summary["unseen_site_mean_tasks"]]))
+    assert summary["unseen_site_normal_recall"] == report["tasks"]["site2_normal"]["zero_shot"]["per_class"][
+        "normal"]["recall"]
+    # image <-> caption retrieval on the atlas figures never trained on
+    atlas = report["atlas_retrieval"]
+    assert atlas["n"] == _count(data_root, "mm_retinal_cfp_pairs/pairs.csv", split="test")
+    assert 0 <= atlas["image_to_text_r@1"] <= atlas["image_to_text_r@5"] <= atlas["image_to_text_r@10"] <= 1
+    assert "Atlas image <-> caption retrieval" in (out / "report.md").read_text()
     assert summary["zero_shot_mean"] == pytest.approx(np.mean(
         [summary["zero_shot_balanced_accuracy"][n] for n in summary["zero_shot_mean_tasks"]]))
     assert (out / "confusion_dme_oct.png").is_file() and "Open set" in (out / "report.md").read_text()
@@ -130,4 +158,5 @@ def test_suite_records_into_checkpoint_and_compares(tiny_artifact: Path, data_ro
     assert eval_main(["compare", f"a={out / 'report.json'}", f"b={out / 'report.json'}"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| model | DME CFP graded") and table[2].startswith("| chance | 0.500")
-    assert len(table) == 5 and table[3].startswith("| a |")
+    assert table[3].startswith("| a |") and table[4].startswith("| b |") and table[5] == ""
+    assert table[6].startswith("| model | normal vs DR") and table[9].startswith("| a |") and len(table) == 11
