@@ -221,10 +221,9 @@ class Engine:
             if categories is None:
                 names = self.knowledge.category_set(used)
                 categories = [Category(n, n, True) for n in names]
-            class_emb = self.runtime.class_embeddings(
-                [c.canonical for c in categories], used
-            )  # [C, D], cached
-            probs = self.runtime.zero_shot(embedding, class_emb)[0]  # [C]
+            canonical = [c.canonical for c in categories]
+            class_emb = self.runtime.class_embeddings(canonical, used)  # [C, D], cached
+            probs = self.runtime.zero_shot(embedding, class_emb, self.runtime.class_bias(canonical, used))[0]  # [C]
         order = np.argsort(-probs, kind="stable")
         if top_k is not None:
             order = order[:top_k]
