@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from model.knowledge import Knowledge
 from model.runtime import KeepfitRuntime
 from training.evaluate import TRAIN_SITE, ImageEmbedder, load_eval_set
 from training.metrics import balanced_accuracy
@@ -82,10 +83,11 @@ def calibration_tasks(runtime: KeepfitRuntime, data_root: Path, split: str = "va
     """The training sites' labelled tasks on ``split``, as raw logits of the artifact's encoders."""
     embedder = ImageEmbedder(lambda images: runtime.encode_images(images, batch_size=batch_size), batch_size)
     tasks = []
+    labels = Knowledge.default()  # the data sets' label vocabulary (see evalcmd.run_suite)
     for spec in TRAIN_SITE:
         if spec.name in EXCLUDED or spec.modality is None:
             continue
-        s = load_eval_set(data_root / spec.manifest, spec.label_column, runtime.knowledge, split, spec.modality,
+        s = load_eval_set(data_root / spec.manifest, spec.label_column, labels, split, spec.modality,
                           spec.categories, spec.where, spec.require, name=spec.name, derive=spec.derive)
         img, ok = embedder(s.paths, desc=f"{spec.name} {split}")
         s = s.subset(ok)

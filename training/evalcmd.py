@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from model.knowledge import Knowledge
 from model.runtime import KeepfitRuntime
 from training.evaluate import (
     ATLAS_PAIRS,
@@ -209,7 +210,9 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     modality head."""
     t0 = time.perf_counter()
     embedder = _embedder(runtime, batch_size)
-    kn = runtime.knowledge
+    # the data sets' label vocabulary (DR scale spellings and the like) is the package's, whatever the artifact's
+    # knowledge: an older artifact is then scored on exactly the same images and classes
+    kn = Knowledge.default()
     out.mkdir(parents=True, exist_ok=True)
     tasks: dict[str, Any] = {}
     for spec in SUITE:
