@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
 IndexModality = Literal["CFP", "FFA", "OCT"]
@@ -25,6 +25,18 @@ _TIMINGS: dict[str, Any] = {
     "zero_shot": 0.2,
     "total": 26.4,
 }
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON Schema integer: a number without a fraction (``5``, ``5.0``); never ``true`` or ``"5"``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer number (not a boolean or a string)")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class ErrorDetail(BaseModel):
@@ -178,9 +190,7 @@ class SearchRequest(BaseModel):
     )
 
     query: str = Field(min_length=1, max_length=HARD_MAX_QUERY, description="free text; not logged")
-    top_k: int = Field(
-        10, ge=1, le=HARD_MAX_TOP_K, strict=True, description="how many images (at most KEEPFIT_MAX_TOP_K)"
-    )
+    top_k: JsonInt = Field(10, ge=1, le=HARD_MAX_TOP_K, description="how many images (at most KEEPFIT_MAX_TOP_K)")
     modality: IndexModality | None = Field(None, description="only images of this modality")
     label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label")
 

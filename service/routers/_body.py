@@ -143,6 +143,7 @@ def image_form_schema(fields: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["image"],
+        "additionalProperties": False,  # unknown form fields are refused (422)
         "properties": {
             "image": {"type": "string", "format": "binary", "description": "JPEG, PNG or TIFF"},
             **fields,

@@ -54,9 +54,9 @@ async def get_image(
     request: Request,
     state: StateDep,
     settings: SettingsDep,
-    image_id: Annotated[int, Digits, Path(ge=0, le=_MAX_ID, description="the `id` of a search hit")],
+    image_id: Annotated[int, Path(ge=0, le=_MAX_ID, description="the `id` of a search hit"), Digits],
     size: Annotated[
-        int | None, Digits, Query(ge=16, le=1024, description="thumbnail: longest side in pixels")
+        int | None, Query(ge=16, le=1024, description="thumbnail: longest side in pixels"), Digits
     ] = None,
     token: Annotated[
         str | None, Query(max_length=128, description="per-image token from a search hit")

@@ -305,11 +305,16 @@ def test_openapi_limits_come_from_the_settings(default_artifact: Path) -> None:
         ({"query": "drusen", "modality": "xyz"}, "modality"),
         ({"query": "drusen", "top_k": True}, "top_k"),
         ({"query": "drusen", "top_k": "5"}, "top_k"),
-        ({"query": "drusen", "top_k": 5.0}, "top_k"),
+        ({"query": "drusen", "top_k": 5.5}, "top_k"),
     ],
 )
 def test_search_validates_like_classify(api: TestClient, body: dict[str, Any], fragment: str) -> None:
     _error(api.post("/v1/search", json=body), 422, "invalid_request", fragment)
+
+
+def test_integral_numbers_are_integers(api: TestClient) -> None:
+    """JSON Schema's integer admits 5.0: so does the service (no index here: 503, not 422)."""
+    _error(api.post("/v1/search", json={"query": "drusen", "top_k": 5.0}), 503, "no_index")
 
 
 def test_image_search_refuses_an_unknown_modality(api: TestClient, real_images: dict[str, bytes]) -> None:
