@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     upload_budget_bytes: int | None = Field(
         default=None,
         ge=1024,
-        description="request bodies being received at once, in bytes (then 503); default 8 x max_upload_bytes",
+        description="request bodies in flight at once, in bytes (then 503); default 8 x max_upload_bytes",
     )
     min_image_side: int = Field(
         default=32, ge=1, le=4096, description="smallest accepted image width and height in pixels"
