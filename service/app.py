@@ -152,6 +152,10 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             state = getattr(app.state, "service", None)
             tasks = sorted(state.engine.categories()["tasks"]) if state is not None else None
             _set_limits(schema, settings, tasks)
+            if not (settings.api_keys and settings.protect_metrics):
+                for operation in schema.get("paths", {}).get("/metrics", {}).values():
+                    if isinstance(operation, dict):
+                        operation.pop("security", None)  # public: say so
             if not settings.api_keys:
                 for item in schema.get("paths", {}).values():
                     for operation in item.values():

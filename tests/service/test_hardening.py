@@ -257,8 +257,11 @@ def test_metrics_can_be_protected(secured_index: TestClient, default_artifact: P
     assert secured_index.get("/metrics", headers={"X-API-Key": "k-one"}).status_code == 200
     for public in ("/healthz", "/readyz", "/openapi.json", "/docs"):
         assert secured_index.get(public).status_code == 200, public
+    assert secured_index.get("/openapi.json").json()["paths"]["/metrics"]["get"]["security"]
     with TestClient(create_app(make_settings(default_artifact, api_keys=["k-one"]))) as open_metrics:
         assert open_metrics.get("/metrics").status_code == 200
+        # the schema says so too (schema-driven clients and tests read it literally)
+        assert "security" not in open_metrics.get("/openapi.json").json()["paths"]["/metrics"]["get"]
 
 
 # -------------------------------------------------------------------------------- stable ids across a rebuild
