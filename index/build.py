@@ -204,6 +204,25 @@ def relative_path(source: str, root: Path | None) -> str:
     return path.as_posix()
 
 
+@dataclass(frozen=True)
+class KnownIds:
+    """Ids an earlier generation gave: by image SHA-256 and by stored path (what a rebuild keeps)."""
+
+    by_sha: dict[str, int] = field(default_factory=dict)
+    by_path: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, metadata: Path) -> KnownIds:
+        conn = sqlite3.connect(f"file:{metadata.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
+        try:
+            rows = conn.execute("SELECT id, path, sha256 FROM images ORDER BY id").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise IndexStoreError(f"cannot read the ids of the previous index ({metadata.name}): {err}") from err
+        finally:
+            conn.close()
+        return cls(by_sha={str(sha): int(i) for i, _, sha in rows}, by_path={str(p): int(i) for i, p, _ in rows})
+
+
 def assemble(
     rows: Embedded,
     items: Sequence[ImageItem],
@@ -211,8 +230,13 @@ def assemble(
     image_root: Path | None,
     next_id: int,
     existing: set[str],
+    known: KnownIds | None = None,
 ) -> Assembled:
-    """Successful rows -> records with ids from ``next_id`` on, in input order, one per distinct SHA-256."""
+    """Successful rows -> records, one per distinct SHA-256, sorted by id.
+
+    An image ``known`` from an earlier generation keeps its id: matched by SHA-256 first, then (a file changed
+    in place) by stored path; every other image gets a new id from ``next_id`` on, in input order.
+    """
     by_seq = {it.seq: it for it in items}
     canonical = artifact.knowledge.canonical
     order: list[str] = []
@@ -243,7 +267,23 @@ def assemble(
             "sha256": sha,
         }
         vectors[sha] = rows.vector[i]
-    records = [Record(id=next_id + n, **fields[sha]) for n, sha in enumerate(order)]
+    ids: dict[str, int] = {}
+    if known is not None:
+        taken: set[int] = set()
+        for sha in order:  # the same bytes first: an image moved to another path keeps its id
+            if sha in known.by_sha:
+                ids[sha] = known.by_sha[sha]
+                taken.add(ids[sha])
+        for sha in order:
+            old = known.by_path.get(fields[sha]["path"])
+            if sha not in ids and old is not None and old not in taken:
+                ids[sha] = old
+                taken.add(old)
+    fresh = (sha for sha in order if sha not in ids)
+    for n, sha in enumerate(fresh):
+        ids[sha] = next_id + n
+    order.sort(key=ids.__getitem__)  # the ids file must be ascending
+    records = [Record(id=ids[sha], **fields[sha]) for sha in order]
     dim = rows.vector.shape[1]
     matrix = np.stack([vectors[sha] for sha in order]) if order else np.zeros((0, dim), np.float32)
     return Assembled(
@@ -384,10 +424,12 @@ def build(
         previous = _check_target(directory)
         root = _image_root(sources, image_root)
         rows, reused, work = embed(directory, artifact, sources.items, options, "build")
-        # A rebuild continues the id sequence: an id a client kept from the old index then answers "not found"
-        # instead of naming a different image.
+        # A rebuild keeps the ids of the images it had (same SHA-256, or same path) and continues the id
+        # sequence for new ones: an id a client kept from the old index names the same image, or answers "not
+        # found", never a different image.
         first_id = int(previous.get("next_id", 1)) if previous else 1
-        asm = assemble(rows, sources.items, artifact, root, next_id=first_id, existing=set())
+        known = KnownIds.from_metadata(directory / previous["files"]["metadata"]["name"]) if previous else None
+        asm = assemble(rows, sources.items, artifact, root, next_id=first_id, existing=set(), known=known)
         ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
         if len(ids) == 0:
             if work is not None:

@@ -250,6 +250,21 @@ def reindex_main(argv: list[str]) -> int:
     return _report(reindex(args.index, _ann_spec(args, base)), args.json)
 
 
+def seal_main(argv: list[str]) -> int:
+    from index.writer import seal_index
+
+    p = argparse.ArgumentParser(
+        prog="keepfit index seal",
+        description="Verify an index's files and write its manifest's content checksum (after a deliberate edit "
+        "of index_manifest.json, or for an index written by an older keepfit).",
+    )
+    p.add_argument("--index", type=Path, required=True)
+    args = p.parse_args(argv)
+    changed = seal_index(args.index)
+    _out(f"{args.index}: {'sealed' if changed else 'already sealed'}")
+    return 0
+
+
 def info_main(argv: list[str]) -> int:
     from index.store import VectorIndex
 
@@ -420,6 +435,7 @@ COMMANDS = {
     "remove": (remove_main, "remove images by id or path"),
     "reindex": (reindex_main, "rebuild the FAISS index with another type or parameters"),
     "info": (info_main, "verify an index and print its summary"),
+    "seal": (seal_main, "write the manifest's content checksum after a deliberate edit"),
     "search": (search_main, "text->image or image->image search from the command line"),
     "eval": (eval_main, "text->image precision@k per category"),
     "bench": (bench_main, "exact vs approximate search on synthetic vectors"),

@@ -7,6 +7,9 @@ An index directory holds one *generation* of four files plus the manifest that n
     vectors.<gen>.npy  ids.<gen>.npy     the unit vectors [N, D] and their ids [N] (ascending): the source of truth
     metadata.<gen>.sqlite                one row per image: id, path, modality, labels, caption, size, SHA-256
 
+The manifest carries ``content_sha256``, the SHA-256 of the rest of it (canonical JSON); opening recomputes it,
+so a hand-edited ``metric``, ``next_id`` or ``count`` is refused rather than trusted.
+
 A change writes a new generation's files beside the current ones and then replaces ``index_manifest.json`` (one
 atomic rename): a reader sees the old index or the new one, never half of either, and a crash at any point leaves
 the previous manifest, and so the previous index, intact.  Files no manifest names are removed by the next
@@ -34,7 +37,7 @@ import faiss
 import numpy as np
 
 from index.ann import search_params
-from model.artifact import sha256_file
+from model.artifact import CHECKSUM_FIELD, content_checksum, sha256_file
 from model.errors import IndexMismatchError, IndexStoreError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -121,7 +124,8 @@ def canonical_label(label: str) -> str:
     return str(_default_knowledge().canonical(label))
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
+def read_manifest(directory: Path, check: bool = True) -> dict[str, Any]:
+    """The manifest of an index directory, structurally checked and (with ``check``) its checksum verified."""
     path = directory / MANIFEST
     if not directory.is_dir():
         raise IndexStoreError(f"index directory not found: {directory}")
@@ -130,18 +134,38 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"not an index: {path} is missing (was the build interrupted before it finished?)"
         )
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise IndexStoreError(f"index manifest {path} is corrupted: not valid JSON ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise IndexStoreError(f"{path}: unsupported index format {got!r} (expected {INDEX_FORMAT})")
+    if check:
+        recorded = manifest.get(CHECKSUM_FIELD)
+        if recorded is None:
+            raise IndexStoreError(
+                f"index manifest {path} has no {CHECKSUM_FIELD} (written by an older keepfit): "
+                f"run `keepfit index seal --index {directory}`"
+            )
+        actual = content_checksum(manifest)
+        if recorded != actual:
+            raise IndexStoreError(
+                f"index manifest {path} was edited: its content checksum is {actual[:12]}..., the manifest says "
+                f"{str(recorded)[:12]}...; rebuild the index (or `keepfit index seal` to accept the edit)"
+            )
     for key in ("artifact", "dim", "count", "index_type", "files", "generation"):
         if key not in manifest:
             raise IndexStoreError(f"index manifest {path} lacks the {key!r} field")
+    if not isinstance(manifest["files"], dict) or not isinstance(manifest["artifact"], dict):
+        raise IndexStoreError(f"index manifest {path}: 'files' and 'artifact' must be objects")
     for kind in FILE_KINDS:
-        if kind not in manifest["files"]:
+        meta = manifest["files"].get(kind)
+        if not isinstance(meta, dict) or not {"name", "sha256", "bytes"} <= set(meta):
             raise IndexStoreError(f"index manifest {path} does not name its {kind} file")
+        if not GENERATION_FILE.match(str(meta["name"])):
+            raise IndexStoreError(f"index manifest {path}: {kind} file name {meta['name']!r} is not a generation file")
+    if manifest.get("metric", METRIC) != METRIC:
+        raise IndexStoreError(f"index manifest {path}: metric {manifest.get('metric')!r} is not {METRIC!r}")
     return manifest
 
 

@@ -37,7 +37,7 @@ from index.store import (
     Record,
     now_iso,
 )
-from model.artifact import sha256_file
+from model.artifact import CHECKSUM_FIELD, content_checksum, sha256_file
 from model.errors import IndexStoreError
 
 logger = logging.getLogger(__name__)
@@ -144,11 +144,32 @@ def write_generation(
     for kind, path in files.items():
         _fsync(path)
         entries[kind] = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    rest = {k: v for k, v in manifest.items() if k not in ("format", "metric", "files", "updated")}
-    committed = {"format": INDEX_FORMAT, "metric": METRIC, **rest, "updated": now_iso(), "files": entries}
+    rest = {k: v for k, v in manifest.items() if k not in ("format", "metric", "files", "updated", CHECKSUM_FIELD)}
+    committed = seal({"format": INDEX_FORMAT, "metric": METRIC, **rest, "updated": now_iso(), "files": entries})
     commit_manifest(directory, committed)
     remove_unreferenced(directory, committed)
     return committed
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its content checksum (over every other field) set."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    return {**body, CHECKSUM_FIELD: content_checksum(body)}
+
+
+def seal_index(directory: Path) -> bool:
+    """Re-seal an index manifest (edited deliberately, or written by an older keepfit) after checking that it
+    opens: every file's hash, counts and dimensions.  Returns whether the manifest changed."""
+    from index.store import VectorIndex, read_manifest
+
+    with locked(directory):
+        manifest = read_manifest(directory, check=False)
+        sealed = seal(manifest)
+        if sealed == manifest:
+            return False
+        VectorIndex._open(directory, manifest, None, None, True, None).close()
+        commit_manifest(directory, sealed)
+    return True
 
 
 def commit_manifest(directory: Path, manifest: dict[str, Any]) -> None:

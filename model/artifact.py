@@ -4,6 +4,14 @@ A directory with ``manifest.json``, ``image_encoder.onnx``, ``text_encoder.onnx`
 ``knowledge.json`` (plus optional files).  The manifest lists the SHA-256 of every file; loading checks each
 one and refuses a corrupted or incomplete artifact with a one-line error naming the file.  Directories are
 written aside and renamed into place, so a reader never sees half an artifact.
+
+The manifest is sealed: ``content_sha256`` is the SHA-256 of the rest of the manifest (canonical JSON), and
+the ``version`` is the export date plus a hash of everything that changes an answer (every file's SHA-256 --
+weights, tokenizer, knowledge --, the model config, the preprocessing parameters, the logit scale and any
+other field that is not pure description).  Loading recomputes both, so an edited manifest (a preprocessing
+mean changed by hand, say) is refused instead of serving different answers under the same version.
+``keepfit artifact seal DIR`` re-seals a manifest deliberately edited (or written by an older export); its
+version then changes whenever its answers can.
 """
 
 from __future__ import annotations
@@ -29,6 +37,26 @@ logger = logging.getLogger(__name__)
 ARTIFACT_FORMAT = "keepfit-artifact/1"
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("image_encoder.onnx", "text_encoder.onnx", "tokenizer.json", "knowledge.json")
+CHECKSUM_FIELD = "content_sha256"
+# Manifest fields that describe an artifact without changing any answer it gives; every other field (and any
+# field added later) is part of the version.
+DESCRIPTIVE_FIELDS = frozenset(
+    {
+        "format",
+        "name",
+        "version",
+        "created",
+        "git_commit",
+        "intended_use",
+        "opset",
+        "onnxruntime_version",
+        "torch_version",
+        "fp32_sizes",
+        "parity",
+        "evaluation",
+        CHECKSUM_FIELD,
+    }
+)
 INTENDED_USE = "Research use only. Not a medical device; not for clinical diagnosis or treatment decisions."
 
 
@@ -82,15 +110,61 @@ class Artifact:
         return name in self.manifest.get("files", {})
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def canonical_json(data: Any) -> bytes:
+    """The bytes a checksum is computed over: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_checksum(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the whole manifest except the checksum field itself."""
+    return hashlib.sha256(canonical_json({k: v for k, v in manifest.items() if k != CHECKSUM_FIELD})).hexdigest()
+
+
+def answer_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of what changes an answer: every file's hash and every non-descriptive field."""
+    files = manifest.get("files", {})
+    content = {k: v for k, v in manifest.items() if k not in DESCRIPTIVE_FIELDS and k != "files"}
+    content["files"] = {name: _file_hash(meta) for name, meta in sorted(files.items())}
+    return hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+def derive_version(manifest: dict[str, Any], day: str) -> str:
+    """``YYYYMMDD-<10 hex digits of the answer digest>``."""
+    return f"{day}-{answer_digest(manifest)[:10]}"
+
+
+def _file_hash(meta: Any) -> str:
+    return str(meta["sha256"] if isinstance(meta, dict) else meta)
+
+
+def _version_day(manifest: dict[str, Any]) -> str:
+    version = str(manifest.get("version", ""))
+    if len(version) > 9 and version[:8].isdigit() and version[8] == "-":
+        return version[:8]
+    try:
+        return datetime.fromisoformat(str(manifest.get("created"))).strftime("%Y%m%d")
+    except ValueError:
+        return datetime.now(UTC).strftime("%Y%m%d")
+
+
+def _parse_manifest(path: Path) -> dict[str, Any]:
+    """The manifest's JSON, structurally checked (no checksum check); every problem one line naming the file."""
     manifest_path = path / MANIFEST
     if not path.is_dir():
         raise ArtifactError(f"artifact directory not found: {path}")
     if not manifest_path.is_file():
         raise ArtifactError(f"not an artifact: {manifest_path} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
+        text = manifest_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ArtifactError(
+            f"{manifest_path} is corrupted: not valid UTF-8 (byte {err.start}); re-export the artifact"
+        ) from err
+    except OSError as err:
+        raise ArtifactError(f"cannot read {manifest_path}: {err.strerror}") from err
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
         raise ArtifactError(f"{manifest_path} is not valid JSON: {err}") from err
     if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else None
@@ -98,6 +172,42 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     for key in ("name", "version", "files", "model_config"):
         if key not in manifest:
             raise ArtifactError(f"{manifest_path} lacks the {key!r} field")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+        isinstance(meta, dict) and isinstance(meta.get("sha256"), str) for meta in files.values()
+    ):
+        raise ArtifactError(f"{manifest_path}: 'files' must map each file name to its sha256")
+    if not isinstance(manifest["model_config"], dict):
+        raise ArtifactError(f"{manifest_path}: 'model_config' must be an object")
+    return manifest
+
+
+def verify_seal(path: Path, manifest: dict[str, Any]) -> None:
+    """The manifest's checksum and version match its content (refused with one line naming the file)."""
+    manifest_path = path / MANIFEST
+    recorded = manifest.get(CHECKSUM_FIELD)
+    if recorded is None:
+        raise ArtifactError(
+            f"{manifest_path} has no {CHECKSUM_FIELD} (written by an older export): "
+            f"run `keepfit artifact seal {path}` or re-export"
+        )
+    actual = content_checksum(manifest)
+    if recorded != actual:
+        raise ArtifactError(
+            f"{manifest_path} was edited after export: its content checksum is {actual[:12]}..., the manifest "
+            f"says {str(recorded)[:12]}...; re-export, or accept the edit under a new version with "
+            f"`keepfit artifact seal {path}`"
+        )
+    expected = derive_version(manifest, _version_day(manifest))
+    if manifest["version"] != expected:
+        raise ArtifactError(
+            f"{manifest_path}: version {manifest['version']!r} does not match its content (expected {expected!r})"
+        )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest = _parse_manifest(path)
+    verify_seal(path, manifest)
     return manifest
 
 
@@ -110,7 +220,7 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
         file = path / name
         if not file.is_file():
             raise ArtifactError(f"artifact {path} is incomplete: {name} is missing")
-        expected = meta["sha256"] if isinstance(meta, dict) else str(meta)
+        expected = _file_hash(meta)
         actual = sha256_file(file)
         if actual != expected:
             raise ArtifactError(
@@ -119,7 +229,8 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
 
 
 def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
-    """Read and (by default) verify an artifact directory."""
+    """Read and (by default) verify an artifact directory: the manifest's seal always, the files' hashes with
+    ``verify``."""
     path = Path(path)
     manifest = _read_manifest(path)
     if verify:
@@ -128,22 +239,61 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         config = ModelConfig.from_dict(manifest["model_config"])
     except KeepfitError as err:
         raise ArtifactError(f"artifact {path}: bad model_config: {err}") from err
-    knowledge = Knowledge.from_file(path / "knowledge.json")
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise ArtifactError(f"artifact {path}: bad model_config in {MANIFEST}: {err}") from err
+    try:
+        knowledge = Knowledge.from_file(path / "knowledge.json")
+    except KeepfitError as err:
+        raise ArtifactError(f"artifact {path}: {err}") from err
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ArtifactError(f"artifact {path}: knowledge.json cannot be used: {err}") from err
     return Artifact(path=path, manifest=manifest, config=config, knowledge=knowledge)
 
 
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its version derived from its content and its checksum set."""
+    sealed = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    sealed["version"] = derive_version(sealed, _version_day(sealed))
+    sealed[CHECKSUM_FIELD] = content_checksum(sealed)
+    return sealed
+
+
+def seal_artifact(path: str | Path) -> tuple[str, str]:
+    """Re-seal an artifact's manifest after checking every file's hash; returns (old version, new version).
+
+    When the version changes, an evaluation recorded for the old version no longer describes these answers
+    unless the manifest was only unsealed (an older export): then it is carried over to the new version.
+    """
+    path = Path(path)
+    manifest = _parse_manifest(path)
+    verify_files(path, manifest)
+    old = str(manifest["version"])
+    was_sealed = manifest.get(CHECKSUM_FIELD) is not None
+    sealed = seal_manifest(manifest)
+    new = str(sealed["version"])
+    evaluation = sealed.get("evaluation")
+    if new != old and isinstance(evaluation, dict) and evaluation.get("artifact_version") == old:
+        if was_sealed:
+            logger.warning("%s: answers changed (version %s -> %s); dropping its evaluation", path, old, new)
+            sealed["evaluation"] = {}
+        else:
+            evaluation["artifact_version"] = new
+        sealed = seal_manifest(sealed)
+    if sealed != manifest:
+        write_json_atomic(path / MANIFEST, sealed)
+    return old, new
+
+
 def build_manifest(directory: Path, *, name: str, config: ModelConfig, **fields: Any) -> dict[str, Any]:
-    """A manifest for every file in ``directory``; the version is derived from the weights' hashes."""
+    """A sealed manifest for every file in ``directory``; the version is derived from its content."""
     files: dict[str, dict[str, Any]] = {}
     for file in sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST):
         files[file.name] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
-    weights = "".join(str(files[n]["sha256"]) for n in ("image_encoder.onnx", "text_encoder.onnx") if n in files)
     created = datetime.now(UTC)
-    version = fields.pop("version", None) or f"{created:%Y%m%d}-{hashlib.sha256(weights.encode()).hexdigest()[:10]}"
-    return {
+    manifest = {
         "format": ARTIFACT_FORMAT,
         "name": name,
-        "version": version,
+        "version": f"{created:%Y%m%d}-",
         "created": created.isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "model_config": config.to_dict(),
@@ -152,6 +302,7 @@ def build_manifest(directory: Path, *, name: str, config: ModelConfig, **fields:
         **fields,
         "files": files,
     }
+    return seal_manifest(manifest)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "list-models": ("model.cli:list_models_main", "list the registered model configs"),
     "knowledge": ("model.cli:knowledge_main", "build knowledge.json from FLAIR's knowledge dictionary"),
     "info": ("model.cli:info_main", "verify an artifact and print its manifest summary"),
+    "artifact": ("model.cli:artifact_main", "`seal`: re-seal an artifact's manifest after a deliberate edit"),
     "export": ("model.nn.commands:export_main", "export a checkpoint (or a fresh model) to an ONNX artifact"),
     "import-checkpoint": (
         "model.nn.commands:import_main",
@@ -134,6 +135,30 @@ def info_main(argv: list[str]) -> int:
     summary = {k: art.manifest.get(k) for k in ("name", "version", "created", "quantization", "parity", "evaluation")}
     summary["files"] = {n: m["bytes"] for n, m in art.manifest["files"].items()}
     print(json.dumps(summary, indent=2))  # noqa: T201
+    return 0
+
+
+def artifact_main(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from model.artifact import seal_artifact
+
+    p = argparse.ArgumentParser(prog="keepfit artifact", description="Maintain artifact directories.")
+    sub = p.add_subparsers(dest="action", required=True)
+    seal = sub.add_parser(
+        "seal",
+        help="check every file's hash, derive the version from the content and write the manifest's checksum",
+        description="Re-seal manifest.json after a deliberate edit (or an export by an older keepfit): the files "
+        "are verified, the version is derived again from everything that changes an answer, and the content "
+        "checksum is written. Indexes built with another version must then be rebuilt.",
+    )
+    seal.add_argument("artifact", type=Path)
+    args = p.parse_args(argv)
+    old, new = seal_artifact(args.artifact)
+    if old == new:
+        print(f"{args.artifact}: sealed, version {new}")  # noqa: T201
+    else:
+        print(f"{args.artifact}: sealed, version {old} -> {new} (rebuild indexes made with {old})")  # noqa: T201
     return 0
 
 

@@ -7,7 +7,9 @@ handlers through ``app.state.service``.  Nothing is loaded at import time.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,17 +18,19 @@ from typing import Any
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from model import __version__
 from service.cache import Cache, MemoryCache, RedisCache
 from service.deps import API_KEY_HEADER, ServiceState
-from service.engine import Engine, IndexHolder
+from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import RequestGuardMiddleware
 from service.routers import categories, classify, embed, health, images, search
+from service.schemas import CATEGORY_PATTERN
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -39,7 +43,10 @@ Zero-shot diagnosis and image retrieval for ophthalmic images (colour fundus pho
 angiograms, OCT) with a KeepFIT V2-style vision-language model served over ONNX Runtime.
 
 Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.  When the service runs with API keys, send
-`X-API-Key`.  `POST /classify` and `POST /search` are aliases of the `/v1` endpoints.
+`X-API-Key` (`/healthz`, `/readyz`, `/openapi.json`, `/docs` and the front end stay public; `/metrics` too
+unless `KEEPFIT_PROTECT_METRICS` is set).  `POST /classify` and `POST /search` are aliases of the `/v1`
+endpoints.  Uploads must arrive within `KEEPFIT_BODY_TIMEOUT_S` (408 otherwise); images must be at least
+`KEEPFIT_MIN_IMAGE_SIDE` pixels wide and high.
 
 **Research use only.** Not a medical device; not for clinical diagnosis or treatment decisions.
 """
@@ -76,6 +83,7 @@ def _lifespan(index_opener: Any = None) -> Any:
         cache = make_cache(settings, metrics)
         state = await cache.check()
         logger.info("cache: %s (%s)", cache.backend, state)
+        app.openapi_schema = None  # regenerated with the loaded knowledge's task names
         app.state.service = ServiceState(
             settings=settings,
             engine=engine,
@@ -94,23 +102,124 @@ def _lifespan(index_opener: Any = None) -> Any:
     return lifespan
 
 
-def _drop_security_from_schema(app: FastAPI) -> None:
-    """Without API keys the X-API-Key scheme is not required: say so in /openapi.json (clients and schema-driven
-    tests read it literally)."""
+def _set_limits(schema: dict[str, Any], settings: Settings, tasks: list[str] | None) -> None:
+    """Write the configured limits into the schema, so that what it allows is what the service accepts."""
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                for name, prop in props.items():
+                    limit_property(name, prop)
+                if "categories" in props and "task" in props:
+                    node["not"] = {"required": ["categories", "task"]}  # one or the other
+            for key, value in node.items():
+                if key == "parameters" and isinstance(value, list):
+                    for param in value:
+                        if isinstance(param, dict) and isinstance(param.get("schema"), dict):
+                            limit_property(str(param.get("name")), param["schema"])
+                visit(value)
+        elif isinstance(node, list):
+            for item in node:
+                visit(item)
+
+    def limit_property(name: str, prop: dict[str, Any]) -> None:
+        for option in [prop, *prop.get("anyOf", [])]:
+            if not isinstance(option, dict):
+                continue
+            if name == "top_k" and option.get("type") == "integer":
+                option["maximum"] = settings.max_top_k
+            elif name in ("query", "text") and option.get("type") == "string":
+                option["maxLength"] = settings.max_query_chars
+            elif name == "categories" and option.get("type") == "array":
+                option.update(minItems=2, maxItems=settings.max_categories, uniqueItems=True)
+                option["items"] = {"type": "string", "maxLength": MAX_CATEGORY_CHARS, "pattern": CATEGORY_PATTERN}
+            elif name == "task" and option.get("type") == "string" and tasks:
+                option["enum"] = tasks
+
+    visit(schema.get("paths", {}))
+    visit(schema.get("components", {}))
+
+
+def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
+    """/openapi.json with the configured limits (and, once loaded, the knowledge's task names); without API keys
+    the X-API-Key scheme is dropped (clients and schema-driven tests read it literally)."""
     default = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = default()
-            for item in schema.get("paths", {}).values():
-                for operation in item.values():
+            schema = default()  # FastAPI's, which it caches in app.openapi_schema: patched in place
+            state = getattr(app.state, "service", None)
+            tasks = sorted(state.engine.categories()["tasks"]) if state is not None else None
+            _set_limits(schema, settings, tasks)
+            if not (settings.api_keys and settings.protect_metrics):
+                for operation in schema.get("paths", {}).get("/metrics", {}).values():
                     if isinstance(operation, dict):
-                        operation.pop("security", None)
-            schema.get("components", {}).pop("securitySchemes", None)
+                        operation.pop("security", None)  # public: say so
+            if not settings.api_keys:
+                for item in schema.get("paths", {}).values():
+                    for operation in item.values():
+                        if isinstance(operation, dict):
+                            operation.pop("security", None)
+                schema.get("components", {}).pop("securitySchemes", None)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _local_docs(app: FastAPI) -> None:
+    """/docs and /redoc from assets served by this process (fastapi-offline ships Swagger UI and ReDoc): they
+    work on a network without internet access."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        logger.warning("fastapi-offline is not installed: /docs loads Swagger UI from a CDN")
+        return
+    assets = Path(next(iter(spec.submodule_search_locations))) / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url),
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=str(app.openapi_url),
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
+_TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
+
+
+class RedactTokens(logging.Filter):
+    """Per-image tokens (``?token=...``) never reach the access log: each one opens an image to whoever reads it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = _TOKEN.sub(r"\1<redacted>", record.msg)
+        return True
+
+
+def install_log_redaction() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
 
 
 def create_app(settings: Settings | None = None, *, index_opener: Any = None) -> FastAPI:
@@ -123,12 +232,18 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     ``index_opener`` replaces ``index.store.VectorIndex.open`` (same signature), for tests and other stores.
     """
     settings = settings or get_settings()
+    offline_docs = importlib.util.find_spec("fastapi_offline") is not None
     app = FastAPI(
         title="KeepFIT ophthalmic VLM service",
         version=__version__,
         description=DESCRIPTION,
         lifespan=_lifespan(index_opener),
+        docs_url=None if offline_docs else "/docs",
+        redoc_url=None if offline_docs else "/redoc",
     )
+    install_log_redaction()
+    if offline_docs:
+        _local_docs(app)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.service = None
@@ -155,8 +270,7 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
                 {"service": app.title, "version": __version__, "docs": "/docs", "ready": "/readyz"}
             )
 
-    if not settings.api_keys:
-        _drop_security_from_schema(app)
+    _openapi_with_settings(app, settings)
 
     # Outermost first: CORS answers preflights before anything else; the guard rejects before bodies are read.
     app.add_middleware(RequestGuardMiddleware)

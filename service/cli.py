@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ArtifactError(
             f"no artifact at {settings.artifact} (pass --artifact DIR or set KEEPFIT_ARTIFACT)"
         )
+    from model.artifact import load_artifact
+
+    # Verified here, before uvicorn starts: a refused artifact is one line and exit status 2, not a start-up
+    # traceback from inside the application's lifespan.
+    load_artifact(settings.artifact)
     if settings.index is None:
         found = find_index(settings.artifact)
         if found is not None:

@@ -109,6 +109,7 @@ def image_token(keys: Sequence[str], image_id: int) -> str | None:
 
 
 def check_image_access(keys: Sequence[str], image_id: int, api_key: str | None, token: str | None) -> None:
+    """A valid per-image token or a valid API key; a token that does not match is named as such."""
     if not keys:
         return
     expected = image_token(keys, image_id)
@@ -118,6 +119,10 @@ def check_image_access(keys: Sequence[str], image_id: int, api_key: str | None, 
         and secrets.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
     ):
         return
+    if token and not key_matches(api_key, keys):
+        raise UnauthorizedError(
+            f"invalid token for image {image_id}: use the image_url of a search result, or send {API_KEY_HEADER}"
+        )
     check_api_key(api_key, keys)
 
 

@@ -27,7 +27,7 @@ from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import load_image, to_rgb
 from model.runtime import ImageEncoding, KeepfitRuntime
-from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError
+from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, redact_paths
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -185,7 +185,9 @@ class Engine:
     # --------------------------------------------------------------------------------------- blocking work
     def decode(self, data: bytes, timings: Timings) -> Image.Image:
         with timings.stage("decode"):
-            return load_image(data, max_pixels=self.settings.max_pixels)
+            image = load_image(data, max_pixels=self.settings.max_pixels)
+        check_min_size(image.width, image.height, self.settings.min_image_side)
+        return image
 
     def encode(self, image: Image.Image, timings: Timings) -> ImageEncoding:
         with timings.stage("preprocess"):
@@ -281,6 +283,14 @@ class Engine:
             },
             "abbreviations": dict(self.knowledge.data.get("abbreviations", {})),
         }
+
+
+def check_min_size(width: int, height: int, min_side: int) -> None:
+    """Refuse images too small to say anything about (a 1x1 px image would otherwise get a diagnosis)."""
+    if width < min_side or height < min_side:
+        raise InvalidRequestError(
+            f"image is {width}x{height} px; the smallest accepted is {min_side}x{min_side} (KEEPFIT_MIN_IMAGE_SIDE)"
+        )
 
 
 def explanation_body(category: Category, probability: float, evidence: Evidence, mode: str) -> dict[str, Any]:
@@ -431,14 +441,15 @@ class IndexHolder:
 
     def info(self) -> IndexInfo:
         if self._index is None:
-            return IndexInfo(False, None, None, self._error)
+            # public (/readyz): the reason without the server's paths, which the log has
+            return IndexInfo(False, None, None, redact_paths(self._error, self.path) if self._error else None)
         return IndexInfo(
             True, int(self._index.count), str(self._index.artifact_version), None, self._fingerprint
         )
 
     def require(self, need_images: bool = True) -> Any:
         if self._index is None:
-            raise NoIndexError(f"no index is loaded: {self._error}")
+            raise NoIndexError(f"no index is loaded: {redact_paths(str(self._error), self.path)}")
         if need_images and int(self._index.count) == 0:
             raise EmptyIndexError("the loaded index holds no images yet; add images with `keepfit index`")
         return self._index

@@ -8,6 +8,7 @@ that only exist over HTTP (auth, limits, a missing index).  Nothing here logs re
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from model.errors import (
     ArtifactError,
@@ -29,6 +31,21 @@ from model.errors import (
 )
 
 logger = logging.getLogger(__name__)
+
+# nginx's "client closed request": the client went away before the answer, so nobody receives this status; it
+# labels the request in /metrics and the log instead of a 500.
+CLIENT_CLOSED_REQUEST = 499
+# An absolute POSIX path (at least two components) inside a message: replaced before a 5xx message leaves the
+# server, whose directory layout is nobody's business.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\",;:()]+/)+[^\s/'\",;:()]*")
+
+
+def redact_paths(text: str, *paths: object) -> str:
+    """``text`` with the given server paths and any other absolute path replaced by placeholders."""
+    for path in paths:
+        if path:
+            text = text.replace(str(path), "<configured path>")
+    return _ABSOLUTE_PATH.sub("<path>", text)
 
 
 class ServiceError(KeepfitError):
@@ -116,10 +133,12 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 async def _keepfit_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, KeepfitError)
     status, code = status_and_code(err)
+    message = str(err)
     if status >= 500:
         logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, status, code, err)
+        message = redact_paths(message)
     headers = {"WWW-Authenticate": "APIKey"} if status == 401 else None
-    return _json(status, error_body(code, str(err)), headers)
+    return _json(status, error_body(code, message), headers)
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -176,6 +195,12 @@ async def _http_error(request: Request, err: Exception) -> JSONResponse:
     return _json(status, error_body(code, message), dict(err.headers or {}))
 
 
+async def _client_disconnect(request: Request, err: Exception) -> JSONResponse:
+    # One line, no traceback: a client that gives up mid-upload is not a server error.
+    logger.info("%s %s: client disconnected before sending the whole body", request.method, request.url.path)
+    return _json(CLIENT_CLOSED_REQUEST, error_body("client_closed_request", "client disconnected"))
+
+
 async def _unexpected(request: Request, err: Exception) -> JSONResponse:
     # A bug: log the traceback (no request content) and answer in the same envelope.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -183,6 +208,7 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(KeepfitError, _keepfit_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

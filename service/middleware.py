@@ -1,16 +1,24 @@
-"""Checks that must happen before a request body is read: its size, and (for bodies) the API key.
+"""Checks that must happen before a request body is read: its size, and (for bodies) the API key; and the
+bounds on reading it.
 
 Uploads are bounded twice: here by ``Content-Length`` (or by counting a chunked body as it streams), so a
-client cannot make the service buffer gigabytes, and per file part in :func:`service.deps.read_upload`.
-Rejecting a wrong API key here too means an unauthenticated client cannot make the service parse a large
-multipart body first.
+client cannot make the service buffer gigabytes, and per file part while the multipart body streams
+(:mod:`service.routers._body`).  Rejecting a wrong API key here too means an unauthenticated client cannot make
+the service parse a large multipart body first.
+
+Reading a body has a deadline (``KEEPFIT_BODY_TIMEOUT_S``; a stalled upload gets 408 and its connection is
+closed), and the bodies in flight at once (from arrival to answer) share a byte budget (``KEEPFIT_UPLOAD_BUDGET_BYTES``; over it,
+503 with ``Retry-After``), which bounds the memory and spooled temporary files uploads can hold.  A client
+that disconnects mid-body is logged in one line and counted with status 499 (see :mod:`service.errors`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +47,34 @@ class _TooLarge(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
+class _BodyTimeout(HTTPException):
+    """Raised from ``receive`` when the body does not arrive in time (a stalled or very slow upload)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {seconds:g} s (KEEPFIT_BODY_TIMEOUT_S)",
+            headers={"Connection": "close"},
+        )
+
+
+class UploadBudget:
+    """Bytes of request bodies being received at once, across the process's requests (one event loop)."""
+
+    def __init__(self) -> None:
+        self.reserved = 0
+
+    def try_reserve(self, size: int, limit: int) -> bool:
+        # a lone request may always proceed (its own size is bounded by the upload limit)
+        if self.reserved and self.reserved + size > limit:
+            return False
+        self.reserved += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.reserved = max(0, self.reserved - size)
+
+
 async def _reject(
     send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
@@ -62,6 +98,7 @@ class RequestGuardMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.budget = UploadBudget()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
@@ -86,6 +123,7 @@ class RequestGuardMiddleware:
                 )
                 return
         length = headers.get(b"content-length")
+        declared: int | None = None
         if length is not None:
             try:
                 declared = int(length)
@@ -100,16 +138,38 @@ class RequestGuardMiddleware:
                     f"request body is {declared} bytes; the limit is {max_body} (KEEPFIT_MAX_UPLOAD_BYTES plus framing)",
                 )
                 return
+        reserved = max_body if declared is None else declared
+        if not self.budget.try_reserve(reserved, int(settings.upload_budget)):
+            await _reject(
+                send,
+                503,
+                "busy",
+                "too many uploads are being received at once (KEEPFIT_UPLOAD_BUDGET_BYTES); retry shortly",
+                [(b"retry-after", b"1")],
+            )
+            return
+        timeout_s = float(settings.body_timeout_s)
+        deadline = time.monotonic() + timeout_s
         received = 0
         started = False
+        body_done = declared == 0
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()  # after the body: only a disconnect is left to wait for
+            remaining = deadline - time.monotonic()
+            try:
+                with anyio.fail_after(max(remaining, 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                raise _BodyTimeout(timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_body:
                     raise _TooLarge(max_body)
+                if not message.get("more_body", False):
+                    body_done = True
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -124,3 +184,8 @@ class RequestGuardMiddleware:
             # raised outside the app's exception handlers (a streaming endpoint, say)
             if not started:
                 await _reject(send, 413, "payload_too_large", str(err.detail))
+        except _BodyTimeout as err:
+            if not started:
+                await _reject(send, 408, "request_timeout", str(err.detail), [(b"connection", b"close")])
+        finally:
+            self.budget.release(reserved)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
+IndexModality = Literal["CFP", "FFA", "OCT"]
+# A category name: at least one visible character, no control characters (NUL...) other than whitespace, which
+# is collapsed.  Control characters that count as whitespace (tab, newline, \x1c-\x1f, \x85) are allowed.
+_CONTROL = "\\x00-\\x08\\x0e-\\x1b\\x7f-\\x84\\x86-\\x9f"
+CATEGORY_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}\\s][^{_CONTROL}]*$"
+_CONTROL_CHARS = re.compile(f"[{_CONTROL}]")
 HARD_MAX_TOP_K = 10_000  # the schema's bound; the configured KEEPFIT_MAX_TOP_K is checked per request
 HARD_MAX_QUERY = 100_000
 MAX_EXPLAIN_TOP = 10  # each explanation adds a heat map (~3 kB) and a text-encoder pass on first use
@@ -18,6 +25,18 @@ _TIMINGS: dict[str, Any] = {
     "zero_shot": 0.2,
     "total": 26.4,
 }
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON Schema integer: a number without a fraction (``5``, ``5.0``); never ``true`` or ``"5"``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer number (not a boolean or a string)")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class ErrorDetail(BaseModel):
@@ -171,10 +190,8 @@ class SearchRequest(BaseModel):
     )
 
     query: str = Field(min_length=1, max_length=HARD_MAX_QUERY, description="free text; not logged")
-    top_k: int = Field(10, ge=1, le=HARD_MAX_TOP_K, description="how many images (at most KEEPFIT_MAX_TOP_K)")
-    modality: str | None = Field(
-        None, min_length=1, max_length=32, description="only images of this modality"
-    )
+    top_k: JsonInt = Field(10, ge=1, le=HARD_MAX_TOP_K, description="how many images (at most KEEPFIT_MAX_TOP_K)")
+    modality: IndexModality | None = Field(None, description="only images of this modality")
     label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label")
 
     @field_validator("query")
@@ -204,12 +221,22 @@ class ClassifyForm(BaseModel):
         3, ge=1, le=MAX_EXPLAIN_TOP, description="how many of the most probable predictions to explain"
     )
 
+    @field_validator("categories")
+    @classmethod
+    def _printable(cls, value: list[str] | None) -> list[str] | None:
+        # blank names are refused later, with the other checks of the category list
+        for i, name in enumerate(value or []):
+            bad = _CONTROL_CHARS.search(name)
+            if bad:
+                raise ValueError(f"categories[{i}] holds the control character {bad.group()!r}")
+        return value
+
 
 class SearchImageForm(BaseModel):
     """The fields of a multipart image -> image search (besides the ``image`` file)."""
 
     top_k: int = Field(10, ge=1, le=HARD_MAX_TOP_K)
-    modality: str | None = Field(None, min_length=1, max_length=32)
+    modality: IndexModality | None = None
     label: str | None = Field(None, min_length=1, max_length=200)
 
 

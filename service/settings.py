@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     api_keys: CommaList = Field(default_factory=list, description="accepted X-API-Key values; empty: no auth")
     cors_origins: CommaList = Field(default_factory=list, description="origins allowed by CORS ('*' for any)")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest accepted upload")
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="time allowed to receive a request body (then 408)"
+    )
+    upload_budget_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="request bodies in flight at once, in bytes (then 503); default 8 x max_upload_bytes",
+    )
+    min_image_side: int = Field(
+        default=32, ge=1, le=4096, description="smallest accepted image width and height in pixels"
+    )
+    protect_metrics: bool = Field(
+        default=False, description="with API keys: /metrics needs a key too (else it stays public)"
+    )
     max_pixels: int = Field(default=36_000_000, ge=1, description="largest accepted image (width x height)")
     max_categories: int = Field(
         default=50, ge=2, le=1000, description="most categories in one classify request"
@@ -113,6 +127,11 @@ class Settings(BaseSettings):
         if level not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
             raise ValueError(f"log_level must be one of CRITICAL, ERROR, WARNING, INFO, DEBUG, got {value!r}")
         return level
+
+    @property
+    def upload_budget(self) -> int:
+        """Bytes of request bodies the process receives at once (bounds memory and spooled temp files)."""
+        return self.upload_budget_bytes or 8 * self.max_upload_bytes
 
     @property
     def concurrency(self) -> int:

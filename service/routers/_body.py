@@ -1,15 +1,24 @@
-"""Parsing for endpoints that take either JSON (text) or multipart (an image) at the same path."""
+"""Parsing for endpoints that take either JSON (text) or multipart (an image) at the same path.
+
+Multipart bodies go through :class:`StrictMultiPartParser`: form fields must be UTF-8 (Starlette's parser falls
+back to Latin-1 silently), and a file part over the upload limit is refused while it streams, before it fills a
+temporary file.
+"""
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.deps import content_type, read_upload
-from service.errors import InvalidRequestError, UnsupportedContentTypeError
+from service.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedContentTypeError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,6 +35,52 @@ async def parse_json(request: Request, model: type[M]) -> M:
         raise _validation(err, "body") from err
 
 
+class StrictMultiPartParser(MultiPartParser):
+    """Starlette's parser with UTF-8-only form fields and a per-file byte limit enforced while streaming."""
+
+    spool_max_size = 1024 * 1024  # a file part over this goes to a temporary file (at most max_file_bytes)
+
+    def __init__(self, *args: Any, max_file_bytes: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_file_bytes = max_file_bytes
+        self._file_bytes = 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._file_bytes = 0
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current_part.file is not None:
+            self._file_bytes += end - start
+            if self._file_bytes > self.max_file_bytes:
+                raise PayloadTooLargeError(
+                    f"'{self._current_part.field_name}' is larger than the limit of {self.max_file_bytes} bytes"
+                )
+        super().on_part_data(data, start, end)
+
+    def on_part_end(self) -> None:
+        if self._current_part.file is None:
+            try:
+                bytes(self._current_part.data).decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InvalidRequestError(
+                    f"form field {self._current_part.field_name!r} is not valid UTF-8 (byte {err.start})"
+                ) from None
+        super().on_part_end()
+
+
+async def read_form(request: Request, max_file_bytes: int) -> FormData:
+    """The multipart form of ``request`` (close it when done: its files may be spooled to disk)."""
+    try:
+        async with aclosing(request.stream()) as stream:
+            parser = StrictMultiPartParser(
+                request.headers, stream, max_files=1, max_fields=1000, max_file_bytes=max_file_bytes
+            )
+            return await parser.parse()
+    except MultiPartException as err:
+        raise HTTPException(status_code=400, detail=err.message) from err
+
+
 async def parse_multipart(
     request: Request, model: type[M], max_bytes: int, list_fields: frozenset[str] = frozenset()
 ) -> tuple[bytes, M]:
@@ -34,7 +89,8 @@ async def parse_multipart(
     Parsed by hand rather than with FastAPI ``Form`` parameters: their per-request dependency resolution costs
     more than a cache hit is allowed to take.
     """
-    async with request.form(max_files=1, max_fields=1000) as form:
+    form = await read_form(request, max_bytes)
+    try:
         fields: dict[str, Any] = {}
         for name, value in form.multi_items():
             if name == "image":
@@ -59,6 +115,8 @@ async def parse_multipart(
         if "image" not in form:
             raise InvalidRequestError("multipart requests need an 'image' file field")
         data = await read_upload(form["image"], max_bytes)
+    finally:
+        await form.close()
     return data, parsed
 
 
@@ -85,6 +143,7 @@ def image_form_schema(fields: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["image"],
+        "additionalProperties": False,  # unknown form fields are refused (422)
         "properties": {
             "image": {"type": "string", "format": "binary", "description": "JPEG, PNG or TIFF"},
             **fields,

@@ -1,18 +1,19 @@
 """``/healthz`` (alive), ``/readyz`` (artifact, index and cache state) and ``/metrics`` (Prometheus).
 
-Unauthenticated on purpose: orchestrators and scrapers call them; they reveal no request content.
+Unauthenticated on purpose: orchestrators and scrapers call them; they reveal no request content (nor server
+paths).  ``KEEPFIT_PROTECT_METRICS=true`` puts ``/metrics`` behind the API keys.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request, Response, Security
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import ServiceState
-from service.schemas import HealthResponse, ReadyResponse
+from service.deps import ServiceState, api_key_scheme, check_api_key
+from service.schemas import HealthResponse, ReadyResponse, error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -61,8 +62,19 @@ async def readyz(request: Request) -> Any:
     }
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response, include_in_schema=True)
-async def metrics(request: Request) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (public unless KEEPFIT_PROTECT_METRICS is set with API keys)",
+    response_class=Response,
+    include_in_schema=True,
+    responses=error_responses(401),
+)
+async def metrics(
+    request: Request, api_key: Annotated[str | None, Security(api_key_scheme)] = None
+) -> Response:
+    settings = request.app.state.settings
+    if settings.protect_metrics:
+        check_api_key(api_key, settings.api_keys)
     state: ServiceState | None = getattr(request.app.state, "service", None)
     registry = request.app.state.metrics.registry
     if state is not None:

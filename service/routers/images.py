@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import mimetypes
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
 from fastapi.responses import FileResponse
+from pydantic import BeforeValidator
 
 from service.cache import cache_key
 from service.deps import SettingsDep, StateDep, api_key_scheme, check_image_access
@@ -23,6 +24,16 @@ carry a per-image `token` so that `<img src>` works in a browser.
 """
 
 _MAX_ID = 2**63 - 1
+
+
+def _digits_only(value: Any) -> Any:
+    """Path and query integers as plain decimal digits: ``%201`` (" 1"), ``+1`` or ``1_0`` are not ids."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a non-negative integer written with the digits 0-9 only")
+    return value
+
+
+Digits = BeforeValidator(_digits_only)
 
 
 @router.get(
@@ -43,9 +54,9 @@ async def get_image(
     request: Request,
     state: StateDep,
     settings: SettingsDep,
-    image_id: Annotated[int, Path(ge=0, le=_MAX_ID, description="the `id` of a search hit")],
+    image_id: Annotated[int, Path(ge=0, le=_MAX_ID, description="the `id` of a search hit"), Digits],
     size: Annotated[
-        int | None, Query(ge=16, le=1024, description="thumbnail: longest side in pixels")
+        int | None, Query(ge=16, le=1024, description="thumbnail: longest side in pixels"), Digits
     ] = None,
     token: Annotated[
         str | None, Query(max_length=128, description="per-image token from a search hit")

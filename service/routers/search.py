@@ -38,7 +38,7 @@ or an image (`multipart/form-data` with an `image` file and optional `top_k`, `m
 
 _FILTER_FIELDS = {
     "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K, "default": 10},
-    "modality": {"type": "string", "minLength": 1, "maxLength": 32},
+    "modality": {"type": "string", "enum": ["CFP", "FFA", "OCT"]},
     "label": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 

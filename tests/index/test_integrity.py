@@ -11,6 +11,8 @@ import pytest
 from index import sources
 from index.build import add
 from index.store import MANIFEST, VectorIndex
+from index.writer import seal
+from model.artifact import seal_artifact
 from model.errors import IndexMismatchError, IndexStoreError
 from tests.index.conftest import quiet
 
@@ -29,8 +31,9 @@ def other_version_artifact(tiny_artifact: Path, tmp_path: Path) -> Path:
     other = tmp_path / "artifact-v2"
     shutil.copytree(tiny_artifact, other)
     manifest = json.loads((other / "manifest.json").read_text())
-    manifest["version"] = "20990101-0123456789"
+    manifest["logit_scale"] = 42.0  # a changed answer: sealed again, it gets another version
     (other / "manifest.json").write_text(json.dumps(manifest))
+    seal_artifact(other)
     return other
 
 
@@ -83,8 +86,28 @@ def flip_byte(path: Path, offset: int) -> None:
             "unsupported index format 'other/9'",
         ),
         (
-            lambda d: (d / MANIFEST).write_text(json.dumps({**manifest_of(d), "count": 21})),
+            lambda d: (d / MANIFEST).write_text(json.dumps(seal({**manifest_of(d), "count": 21}))),
             "inconsistent: faiss.* holds 22 vectors, the manifest says 21",
+        ),
+        (
+            lambda d: (d / MANIFEST).write_text(json.dumps({**manifest_of(d), "count": 21})),
+            r"index_manifest.json was edited: its content checksum is",
+        ),
+        (
+            lambda d: (d / MANIFEST).write_text(json.dumps({**manifest_of(d), "next_id": 3})),
+            r"index_manifest.json was edited: its content checksum is",
+        ),
+        (
+            lambda d: (d / MANIFEST).write_text(json.dumps({**manifest_of(d), "metric": "l2"})),
+            r"index_manifest.json was edited: its content checksum is",
+        ),
+        (
+            lambda d: (d / MANIFEST).write_text(json.dumps(seal({**manifest_of(d), "metric": "l2"}))),
+            r"metric 'l2' is not 'cosine'",
+        ),
+        (
+            lambda d: (d / MANIFEST).write_bytes((d / MANIFEST).read_bytes().replace(b'"count"', b'"c\xffunt"')),
+            "not valid JSON",
         ),
         (lambda d: shutil.rmtree(d), "index directory not found"),
     ],
@@ -97,6 +120,11 @@ def flip_byte(path: Path, offset: int) -> None:
         "no-manifest",
         "other-format",
         "count-mismatch",
+        "edited-count",
+        "edited-next-id",
+        "edited-metric",
+        "sealed-metric",
+        "invalid-utf8",
         "no-directory",
     ],
 )

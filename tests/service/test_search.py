@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from index.writer import seal
 from service.app import create_app
 from service.engine import IndexHolder
 from tests.service.helpers import make_settings
@@ -125,7 +126,7 @@ def test_index_of_another_artifact_version_is_refused(
     shutil.copytree(index_dir, other)
     manifest = json.loads((other / "index_manifest.json").read_text())
     manifest["artifact"]["version"] = "19700101-0000000000"
-    (other / "index_manifest.json").write_text(json.dumps(manifest))
+    (other / "index_manifest.json").write_text(json.dumps(seal(manifest)))
     with TestClient(create_app(make_settings(default_artifact, index=other))) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200  # still ready: classify works without an index
