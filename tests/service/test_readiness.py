@@ -140,6 +140,7 @@ def test_serve_port_error_names_what_the_user_set(
     assert last.startswith(f"error: bad settings: {named}: Input should be less than or equal to 65535"), last
 
 
+@pytest.mark.slow
 def test_serve_start_up_log_has_no_faiss_avx2_line(default_artifact: Path, index_dir: Path, tmp_path: Path) -> None:
     """The faiss loader's INFO line never reaches the log of a real `keepfit serve` with an index."""
     port = free_port()
