@@ -57,7 +57,7 @@ def test_walkthrough(signed_in: PageRecorder, service: Service, real_image_paths
     page.select_option("#modality", "auto")
 
     # 4. text search: a grid of thumbnails, best first
-    page.fill("#search-query", "optical coherence tomography scan with diabetic macular edema")
+    page.fill("#search-query", "a fluorescein angiogram showing branch retinal vein occlusion")
     page.click("#search-form button[type=submit]")
     page.wait_for_selector("#search-results li")
     page.wait_for_function("!document.body.dataset.busy")
@@ -65,7 +65,7 @@ def test_walkthrough(signed_in: PageRecorder, service: Service, real_image_paths
         "[...document.querySelectorAll('#search-results img')].slice(0, 4).every(i => i.complete && i.naturalWidth > 0)"
     )
     first_labels = page.inner_text("#search-results li .labels >> nth=0")
-    assert "macular edema" in first_labels
+    assert "branch retinal vein occlusion" in first_labels
     assert page.is_hidden("#search-note")  # a real query is not flagged
     shots.append(signed_in.screenshot("walkthrough-04-text-search", full_page=True))
 
