@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--artifact", type=Path, help="model artifact directory (KEEPFIT_ARTIFACT)")
     p.add_argument(
-        "--index", type=Path, help="index directory (KEEPFIT_INDEX); default: found under indexes/. A given one must exist, unless KEEPFIT_INDEX_OPTIONAL=true"
+        "--index",
+        type=Path,
+        help="index directory (KEEPFIT_INDEX); default: found under indexes/. A given one must exist "
+        "(KEEPFIT_INDEX_OPTIONAL=true: start without it)",
     )
     p.add_argument("--host", help="bind address (KEEPFIT_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (KEEPFIT_PORT, default 8000)")
