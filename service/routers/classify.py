@@ -97,7 +97,7 @@ async def classify(request: Request, state: StateDep) -> Response:
     resolved = engine.resolve_categories(categories, form.task)
     digest = sha256_hex(data)
     timings = Timings(state.metrics)
-    params = {
+    params: dict[str, Any] = {
         "categories": sorted(c.label for c in resolved) if resolved is not None else None,
         "modality": modality,
         "top_k": top_k,

@@ -49,20 +49,20 @@ is reported, never a reason to fail: a Redis outage only costs cache hits.
 async def readyz(request: Request) -> Any:
     state: ServiceState | None = getattr(request.app.state, "service", None)
     if state is None:
-        body = {
+        starting: dict[str, Any] = {
             "status": "not_ready",
             "artifact": None,
             "index": {"loaded": False, "count": None, "artifact_version": None, "error": "not started"},
             "cache": None,
             "reason": "the service is starting: the model artifact is not loaded yet",
         }
-        return JSONResponse(status_code=503, content=body)
+        return JSONResponse(status_code=503, content=starting)
     await state.index.refresh()
     info = state.index.info()
     cache_state = await state.cache.check()
     state.metrics.cache_degraded.set(1 if cache_state != "ok" else 0)
     runtime = state.engine.runtime
-    reason = None
+    reason: str | None = None
     if state.index.path is not None and not info.loaded and not state.settings.index_optional:
         reason = f"the configured index {state.index.path} is not loaded: {info.error}"
     body = {
