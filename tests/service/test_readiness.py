@@ -101,6 +101,16 @@ def test_serve_refuses_an_index_path_that_does_not_exist(default_artifact: Path,
     assert "loaded artifact" not in done.stderr  # refused before the model loads
 
 
+def test_serve_names_the_variable_when_the_index_came_from_it(default_artifact: Path, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "KEEPFIT_INDEX": "indexes/typo"}
+    done = subprocess.run(
+        [sys.executable, "-m", "model.cli", "serve", "--artifact", str(default_artifact)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: no index at indexes/typo (KEEPFIT_INDEX): ")
+
+
 def test_serve_reports_a_taken_port_before_loading_the_model(default_artifact: Path, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
