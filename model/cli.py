@@ -30,7 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert a published FLAIR / KeepFIT v1 state dict into a keepfit checkpoint",
     ),
     "train": ("training.cli:train_main", "train: `text` (stage 1) or `hybrid` (stage 2)"),
-    "eval": ("training.cli:eval_main", "evaluate an artifact: zero-shot, retrieval, few-shot, linear-probe"),
+    "eval": (
+        "training.cli:eval_main",
+        "evaluate an artifact: zero-shot, retrieval, few-shot, linear-probe, suite, compare",
+    ),
     "index": ("index.cli:main", "build, update, inspect and benchmark FAISS indexes"),
     "serve": ("service.cli:main", "run the HTTP API"),
 }
@@ -128,13 +131,21 @@ def info_main(argv: list[str]) -> int:
 
     from model.artifact import load_artifact
 
-    p = argparse.ArgumentParser(prog="keepfit info", description="Verify an artifact and summarise it.")
-    p.add_argument("artifact", type=Path)
+    p = argparse.ArgumentParser(
+        prog="keepfit info",
+        description="Verify an artifact (the SHA-256 of every file against its manifest) and summarise it.",
+    )
+    p.add_argument("artifact", type=Path, help="artifact directory, e.g. artifacts/keepfit-v2-small")
+    p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     args = p.parse_args(argv)
-    art = load_artifact(args.artifact)
+    art = load_artifact(args.artifact)  # refuses a missing file or a hash mismatch, naming the file
     summary = {k: art.manifest.get(k) for k in ("name", "version", "created", "quantization", "parity", "evaluation")}
     summary["files"] = {n: m["bytes"] for n, m in art.manifest["files"].items()}
-    print(json.dumps(summary, indent=2))  # noqa: T201
+    if args.json:
+        summary["verified"] = "sha256"
+        print(json.dumps(summary, indent=2))  # noqa: T201
+    else:
+        print(info_text(args.artifact, summary))  # noqa: T201
     return 0
 
 
@@ -160,6 +171,31 @@ def artifact_main(argv: list[str]) -> int:
     else:
         print(f"{args.artifact}: sealed, version {old} -> {new} (rebuild indexes made with {old})")  # noqa: T201
     return 0
+def info_text(path: object, summary: dict[str, object]) -> str:
+    """A short human summary of an artifact's manifest (``keepfit info`` without ``--json``)."""
+    files: dict[str, int] = summary["files"]  # type: ignore[assignment]
+    total = sum(files.values())
+    lines = [
+        f"{summary['name']} {summary['version']} ({summary.get('quantization') or 'fp32'}), created {summary['created']}",
+        f"  {path}: {len(files)} files, {total / 2**20:.1f} MiB, SHA-256 of every file verified",
+    ]
+    parity = summary.get("parity") or {}
+    if isinstance(parity, dict):
+        for kind in ("fp32", "int8"):
+            entry = parity.get(kind)
+            if isinstance(entry, dict) and "image" in entry and "text" in entry:
+                lines.append(
+                    f"  ONNX vs torch ({kind}): image min cosine {entry['image']['min_cosine']:.5f}, "
+                    f"text min cosine {entry['text']['min_cosine']:.5f}"
+                )
+    evaluation = summary.get("evaluation") or {}
+    if isinstance(evaluation, dict) and evaluation.get("zero_shot_mean") is not None:
+        line = f"  {evaluation.get('split', 'test')} split: zero-shot mean balanced accuracy {evaluation['zero_shot_mean']:.3f}"
+        if evaluation.get("retrieval_p@10_mean") is not None:
+            line += f", text->image P@10 {evaluation['retrieval_p@10_mean']:.3f}"
+        lines.append(line)
+    lines.append("  (--json for the full summary)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

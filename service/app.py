@@ -78,7 +78,9 @@ def _lifespan(index_opener: Any = None) -> Any:
         index = IndexHolder(settings.index, engine.version, metrics, opener=index_opener)
         await index.start()
         info = index.info()
-        if not info.loaded:
+        if not info.loaded and settings.index is not None and not settings.index_optional:
+            logger.error("the configured index is not loaded, /readyz answers 503: %s", info.error)
+        elif not info.loaded:
             logger.warning("serving without an index: %s", info.error)
         cache = make_cache(settings, metrics)
         state = await cache.check()
@@ -233,6 +235,9 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     """
     settings = settings or get_settings()
     offline_docs = importlib.util.find_spec("fastapi_offline") is not None
+    # faiss announces at INFO which CPU build it loaded ("Could not load library with AVX2 support"), on
+    # every start: it reads like an error and is not news to an operator
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     app = FastAPI(
         title="KeepFIT ophthalmic VLM service",
         version=__version__,
@@ -259,12 +264,12 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-        @app.get("/", include_in_schema=False)
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def front_end() -> FileResponse:
             return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
     else:
 
-        @app.get("/", include_in_schema=False)
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def root() -> JSONResponse:
             return JSONResponse(
                 {"service": app.title, "version": __version__, "docs": "/docs", "ready": "/readyz"}

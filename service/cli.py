@@ -2,14 +2,18 @@
 
 Flags override the ``KEEPFIT_*`` environment (they are written into it, so ``--workers N`` processes read the
 same settings).  Without ``--index`` / ``KEEPFIT_INDEX`` an index is looked for in ``indexes/<artifact name>``
-and ``indexes/default``; with none the service still starts and search answers 503 saying so.
+and ``indexes/default``; with none the service still starts and search answers 503 saying so.  A configured
+index that does not exist stops start-up (unless ``KEEPFIT_INDEX_OPTIONAL=true``), and so does a taken port,
+both before the model loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,34 @@ def find_index(artifact: Path) -> Path | None:
     return None
 
 
+def _source(args: argparse.Namespace, loc: tuple[Any, ...]) -> str:
+    """Where a setting came from, as the user wrote it: the flag when one was given, else the variable."""
+    name = ".".join(map(str, loc))
+    if getattr(args, name, None) is not None:
+        return "--" + name.replace("_", "-")
+    return f"KEEPFIT_{name.upper()}"
+
+
+def check_port_free(host: str, port: int, source: str) -> None:
+    """:class:`ConfigError` when ``host:port`` cannot be bound (in use, or not an address of this machine)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ConfigError(f"cannot listen on {host!r}: {err.strerror}") from err
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use ({source}): stop the other server or choose "
+                    "another port"
+                ) from err
+            raise ConfigError(f"cannot listen on {host}:{port} ({source}): {err.strerror}") from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="keepfit serve",
@@ -37,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--artifact", type=Path, help="model artifact directory (KEEPFIT_ARTIFACT)")
     p.add_argument(
-        "--index", type=Path, help="index directory (KEEPFIT_INDEX); default: found under indexes/"
+        "--index",
+        type=Path,
+        help="index directory (KEEPFIT_INDEX); default: found under indexes/. A given one must exist "
+        "(KEEPFIT_INDEX_OPTIONAL=true: start without it)",
     )
     p.add_argument("--host", help="bind address (KEEPFIT_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (KEEPFIT_PORT, default 8000)")
@@ -71,15 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
     except ValidationError as err:
-        problems = "; ".join(
-            f"KEEPFIT_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{_source(args, e['loc'])}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"bad settings: {problems}") from err
     logging.getLogger().setLevel(settings.log_level)
     if not (settings.artifact / "manifest.json").is_file():
         raise ArtifactError(
             f"no artifact at {settings.artifact} (pass --artifact DIR or set KEEPFIT_ARTIFACT)"
         )
+    if (
+        settings.index is not None
+        and not settings.index_optional
+        and not (settings.index / "index_manifest.json").is_file()
+    ):
+        # a typo in an index path must not start a service that reports itself ready without its archive
+        raise ConfigError(
+            f"no index at {settings.index} ({_source(args, ('index',))}): build one with `keepfit index build "
+            f"--out {settings.index}`, fix the path, or set KEEPFIT_INDEX_OPTIONAL=true to start without it"
+        )
+    # Before the model loads (which takes a while): a taken port is reported at once.
+    check_port_free(settings.host, settings.port, _source(args, ("port",)))
     from model.artifact import load_artifact
 
     # Verified here, before uvicorn starts: a refused artifact is one line and exit status 2, not a start-up

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from index.query import index_modalities, label_warning
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import load_image, to_rgb
@@ -51,6 +52,7 @@ class ClassifyResult:
     modality_used: str
     modality_confidence: float | None
     modality_probabilities: dict[str, float] | None
+    modality_detected: str | None
     predictions: list[dict[str, Any]]
     categories: int
     width: int
@@ -146,6 +148,11 @@ class Engine:
             return None
         else:
             names = list(categories)
+        for i, raw in enumerate(names):  # a blank entry is named before the count is judged
+            if not " ".join(str(raw).split()):
+                raise InvalidRequestError(
+                    f"categories[{i}] is an empty category: send a name in every 'categories' field"
+                )
         limit = self.settings.max_categories
         if len(names) > limit:
             raise InvalidRequestError(f"{len(names)} categories sent; the limit is {limit}")
@@ -158,8 +165,6 @@ class Engine:
         seen: dict[str, str] = {}
         for i, raw in enumerate(names):
             label = " ".join(str(raw).split())
-            if not label:
-                raise InvalidRequestError(f"categories[{i}] is empty")
             if len(label) > MAX_CATEGORY_CHARS:
                 raise InvalidRequestError(
                     f"categories[{i}] is {len(label)} characters long; the limit is {MAX_CATEGORY_CHARS}"
@@ -174,6 +179,46 @@ class Engine:
             seen[key] = label
             resolved.append(Category(label=label, canonical=canonical, known=key in self._known))
         return resolved
+
+    def task_modalities(self, task: str | None) -> list[str]:
+        """The modalities a named task is meant for (empty: any, or no task)."""
+        if task is None:
+            return []
+        entry = self.knowledge.data.get("tasks", {}).get(task.strip(), {})
+        return list(entry.get("modalities", []))
+
+    def warnings(self, result: ClassifyResult, task: str | None) -> list[dict[str, str]]:
+        """What the caller must know before trusting the predictions: the image contradicts the modality asked
+        for, or the named task is meant for another modality than the one whose prompts were used."""
+        out: list[dict[str, str]] = []
+        probs = result.modality_probabilities or {}
+        detected = result.modality_detected
+        requested, used = result.modality_requested, result.modality_used
+        if requested != "auto" and detected is not None and detected != requested:
+            out.append(
+                {
+                    "code": "modality_mismatch",
+                    "message": (
+                        f"you asked for {requested}, but the image looks like {detected} "
+                        f"(modality check: {detected} {probs.get(detected, 0.0):.2f}, "
+                        f"{requested} {probs.get(requested, 0.0):.2f}); the {requested} prompts were used, "
+                        "so these predictions are probably meaningless for this image"
+                    ),
+                }
+            )
+        meant_for = self.task_modalities(task)
+        if meant_for and used not in meant_for:
+            how = "detected" if requested == "auto" else "requested"
+            out.append(
+                {
+                    "code": "task_modality_mismatch",
+                    "message": (
+                        f"task {task.strip()!r} is meant for {' or '.join(meant_for)} images, "  # type: ignore[union-attr]
+                        f"but this image was scored as {used} ({how}); its categories may not apply"
+                    ),
+                }
+            )
+        return out
 
     def check_modality(self, modality: str) -> str:
         if modality != "auto" and modality not in self.modalities:
@@ -210,16 +255,15 @@ class Engine:
         encoding = self.encode(image, timings)
         embedding = encoding.embeddings  # [1, D]
         with timings.stage("zero_shot"):
-            confidence: float | None = None
-            mod_probs: dict[str, float] | None = None
-            used = modality
-            if modality == "auto":
-                names, probs = self.runtime.modality_probabilities(embedding)  # probs [1, M]
-                mod_probs = {n: float(p) for n, p in zip(names, probs[0], strict=True)}
-                # a modality head may know classes the knowledge has no prompts for: pick the best known one
-                ranked = sorted((p, n) for n, p in mod_probs.items() if n in self.modalities)
-                used = ranked[-1][1] if ranked else self.modalities[0]
-                confidence = mod_probs[used]
+            # The modality head runs even when the caller names a modality: a named modality that the image
+            # contradicts (an OCT request for a photograph) is the answer's most important warning.
+            names, probs = self.runtime.modality_probabilities(embedding)  # probs [1, M]
+            mod_probs = {n: float(p) for n, p in zip(names, probs[0], strict=True)}
+            # a modality head may know classes the knowledge has no prompts for: pick the best known one
+            ranked = sorted((p, n) for n, p in mod_probs.items() if n in self.modalities)
+            detected = ranked[-1][1] if ranked else self.modalities[0]
+            used = detected if modality == "auto" else modality
+            confidence = mod_probs.get(used)
             if categories is None:
                 names = self.knowledge.category_set(used)
                 categories = [Category(n, n, True) for n in names]
@@ -252,6 +296,7 @@ class Engine:
         return ClassifyResult(
             modality_requested=modality,
             modality_used=used,
+            modality_detected=detected,
             modality_confidence=confidence,
             modality_probabilities=mod_probs,
             predictions=predictions,
@@ -309,6 +354,8 @@ def explanation_body(category: Category, probability: float, evidence: Evidence,
             "height": int(heat.strength.shape[0]),
             "image_size": [int(heat.image_size[0]), int(heat.image_size[1])],
             "peak": {"x": int(heat.peak[0]), "y": int(heat.peak[1])},
+            # all-zero strength: no location is evidence for the class (its overlay is fully transparent)
+            "localised": bool(heat.strength.max() > 0) if heat.strength.size else False,
             "mode": mode,
             "grid": np.round(heat.grid.astype(np.float64), 4).tolist(),  # [h][w]
             "input_size": int(heat.input_size),
@@ -357,6 +404,7 @@ class IndexHolder:
         )
         self._stamp: tuple[int, int] | None = None
         self._fingerprint: str | None = None
+        self.modalities: list[str] = []  # the modalities the loaded index holds (valid search filters)
         self._checked_at = 0.0
         self._reload_lock = asyncio.Lock()
 
@@ -399,6 +447,7 @@ class IndexHolder:
             return
         old, self._index = self._index, index
         self._stamp, self._error = stamp, None
+        self.modalities = index_modalities(index)
         manifest = getattr(index, "manifest", {}) or {}
         self._fingerprint = hashlib.sha256(
             json.dumps(manifest, sort_keys=True, default=str).encode()
@@ -467,6 +516,15 @@ class IndexHolder:
             return [record_to_hit(h.record, float(h.score)) for h in hits]
 
         return await self._submit(run)
+
+    async def label_warning(
+        self, label: str | None, modality: str | None, hits: int
+    ) -> dict[str, str] | None:
+        """Why a label-filtered search found nothing (see :func:`index.query.label_warning`)."""
+        if label is None or hits or self._index is None:
+            return None
+        index = self._index
+        return await self._submit(label_warning, index, label, modality, hits)
 
     async def locate(self, image_id: int) -> tuple[Any, Path]:
         """The record and file of an indexed image, or :class:`NotFoundError`."""

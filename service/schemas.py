@@ -66,10 +66,21 @@ class Prediction(BaseModel):
 class ModalityResult(BaseModel):
     requested: Modality
     used: str = Field(description="the modality whose prompts and default categories were used")
-    confidence: float | None = Field(
-        None, description="probability of `used` when recognised (auto), else null"
+    detected: str | None = Field(
+        None, description="what the modality check recognised (it runs even when a modality is requested)"
     )
-    probabilities: dict[str, float] | None = Field(None, description="all modality probabilities (auto only)")
+    confidence: float | None = Field(
+        None, description="the modality check's probability of `used`"
+    )
+    probabilities: dict[str, float] | None = Field(None, description="all modality probabilities")
+
+
+class ClassifyWarning(BaseModel):
+    code: Literal["modality_mismatch", "task_modality_mismatch"] = Field(
+        description="`modality_mismatch`: the image looks like another modality than the one requested; "
+        "`task_modality_mismatch`: the task is meant for another modality than the one used"
+    )
+    message: str = Field(description="a sentence for people: show it beside the predictions")
 
 
 class ImageInfo(BaseModel):
@@ -99,6 +110,10 @@ class HeatMap(BaseModel):
     height: int
     image_size: list[int] = Field(description="[width, height] of the upright image the map covers")
     peak: HeatMapPoint = Field(description="strongest evidence, in pixels of the upright image")
+    localised: bool = Field(
+        description="false: no location speaks for this class (the overlay is blank and `peak` means "
+        "nothing); show 'no localised evidence' instead of a map"
+    )
     mode: str = Field(
         description="`contrast`: each location's share of this class's logit minus the mean logit"
     )
@@ -135,9 +150,12 @@ class ClassifyResponse(BaseModel):
                     "modality": {
                         "requested": "auto",
                         "used": "CFP",
+                        "detected": "CFP",
                         "confidence": 0.97,
                         "probabilities": {"CFP": 0.97, "FFA": 0.02, "OCT": 0.01},
                     },
+                    "task": None,
+                    "warnings": [],
                     "predictions": [
                         {
                             "label": "DME",
@@ -165,6 +183,11 @@ class ClassifyResponse(BaseModel):
     model_name: str
     model_version: str
     modality: ModalityResult
+    task: str | None = Field(None, description="the named task whose categories were scored, if one was sent")
+    warnings: list[ClassifyWarning] = Field(
+        default_factory=list,
+        description="reasons to distrust this answer (empty when there are none); show them to the user",
+    )
     predictions: list[Prediction] = Field(description="sorted by probability, highest first")
     categories: int = Field(description="how many categories were scored (predictions may be cut by top_k)")
     image: ImageInfo
@@ -257,6 +280,21 @@ class SearchQueryInfo(BaseModel):
     sha256: str = Field(description="SHA-256 of the query text (UTF-8) or image bytes")
 
 
+class ScoreScale(BaseModel):
+    metric: Literal["cosine"] = Field(description="scores are cosine similarities of unit vectors")
+    min: float = Field(description="lowest possible score")
+    max: float = Field(description="highest possible score (identical direction)")
+    low_below: float = Field(description="a best score below this sets `low_similarity`")
+
+
+class SearchWarning(BaseModel):
+    code: Literal["label_not_in_index", "no_match_for_filter"] = Field(
+        description="`label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
+        "exists, but not together with the modality asked for"
+    )
+    message: str
+
+
 class SearchResponse(BaseModel):
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -269,6 +307,9 @@ class SearchResponse(BaseModel):
                     "modality": "CFP",
                     "label": None,
                     "index_count": 2661,
+                    "score_scale": {"metric": "cosine", "min": -1.0, "max": 1.0, "low_below": 0.2},
+                    "low_similarity": False,
+                    "warnings": [],
                     "hits": [
                         {
                             "id": 17,
@@ -295,6 +336,11 @@ class SearchResponse(BaseModel):
     modality: str | None
     label: str | None
     index_count: int
+    score_scale: ScoreScale
+    low_similarity: bool = Field(
+        description="true: even the best hit scores below `score_scale.low_below`; nothing matches well"
+    )
+    warnings: list[SearchWarning] = Field(default_factory=list)
     hits: list[SearchHit]
     cached: bool
     timings_ms: dict[str, float]
@@ -373,6 +419,7 @@ class ReadyResponse(BaseModel):
     artifact: ArtifactStatus | None
     index: IndexStatus
     cache: CacheStatus | None
+    reason: str | None = Field(None, description="why the service is not ready (null when it is)")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from index.query import LOW_SIMILARITY
+
 # Short names people write for ONNX Runtime providers.
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -44,6 +46,11 @@ class Settings(BaseSettings):
     artifact: Path = Field(default=Path("artifacts/keepfit-v2-small"), description="model artifact directory")
     index: Path | None = Field(
         default=None, description="index directory; none or missing: search answers 503"
+    )
+    index_optional: bool = Field(
+        default=False,
+        description="true: a configured index that is missing or fails to load does not fail /readyz "
+        "(for deployments that build the index after the API starts)",
     )
     redis_url: str | None = Field(
         default=None, description="Redis URL for the response cache; unset: in-process LRU"
@@ -93,6 +100,18 @@ class Settings(BaseSettings):
     ort_spinning: bool = Field(
         default=False,
         description="let idle ONNX Runtime threads spin (lower latency on idle cores, less for the rest)",
+    )
+    low_similarity_text: float = Field(
+        default=LOW_SIMILARITY["text"],
+        ge=-1.0,
+        le=1.0,
+        description="a text search whose best score is below this is flagged low_similarity",
+    )
+    low_similarity_image: float = Field(
+        default=LOW_SIMILARITY["image"],
+        ge=-1.0,
+        le=1.0,
+        description="an image search whose best score is below this is flagged low_similarity",
     )
     log_level: str = Field(default="INFO", description="Python logging level")
     public_url: str | None = Field(default=None, description="base URL for image_url in search results")

@@ -126,6 +126,14 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     return cfg.replace(**changes)
 
 
+def check_input_paths(cfg: Any) -> None:
+    """Every file the run will read, checked up front; :class:`DataError` names the flag and the path."""
+    for flag, value in (("--init", cfg.init), ("--corpus", cfg.corpus), ("--elite-manifest", cfg.elite_manifest)):
+        if value and not Path(value).is_file():
+            what = "checkpoint" if flag == "--init" else "file"
+            raise DataError(f"{what} not found: {value} ({flag})")
+
+
 def train_main(argv: list[str]) -> int:
     import torch
 
@@ -135,6 +143,7 @@ def train_main(argv: list[str]) -> int:
 
     args = _train_parser().parse_args(argv)
     cfg = resolve_train_config(args)
+    check_input_paths(cfg)  # before any weights load: a typo costs a second, not a minute
     run_dir = args.out or (args.runs_dir / cfg.name)
     device = resolve_device(cfg.device)
     if device.type == "cpu":

@@ -26,8 +26,10 @@ Zero-shot classification of one eye image over the categories you send (or the m
 
 Each category's text embedding is the mean of its prompts, one per expert description in the artifact's
 knowledge base (`GET /v1/categories` lists the defaults); embeddings are computed once per category set and
-reused.  With `modality=auto` the service first recognises CFP / FFA / OCT and reports which it used and how
-sure it is.  Identical requests are answered from the cache (`cached: true`).
+reused.  The service always recognises CFP / FFA / OCT first: with `modality=auto` it uses what it detected;
+with a named modality it uses that one, and `warnings` says so when the image looks like another modality
+(`modality_mismatch`) or when a named `task` is meant for another modality (`task_modality_mismatch`).
+Identical requests are answered from the cache (`cached: true`).
 
 With `explain=true` the answer also carries `explanations` for the `explain_top` (default 3) most probable
 predictions: a heat map of where in the image the evidence for that category lies (the image encoder's
@@ -95,7 +97,7 @@ async def classify(request: Request, state: StateDep) -> Response:
     resolved = engine.resolve_categories(categories, form.task)
     digest = sha256_hex(data)
     timings = Timings(state.metrics)
-    params = {
+    params: dict[str, Any] = {
         "categories": sorted(c.label for c in resolved) if resolved is not None else None,
         "modality": modality,
         "top_k": top_k,
@@ -103,6 +105,9 @@ async def classify(request: Request, state: StateDep) -> Response:
     explain = form.explain_top if form.explain else 0
     if explain:  # only then, so the keys of plain requests stay as they were
         params["explain"] = explain
+    task = form.task.strip() if form.task is not None else None
+    if task is not None:  # the answer names the task (and warns about its modality)
+        params["task"] = task
     key = cache_key("classify", engine.version, digest, params)
     cached = await state.cached("classify", key, timings)
     if cached is not None:
@@ -115,9 +120,12 @@ async def classify(request: Request, state: StateDep) -> Response:
             "modality": {
                 "requested": result.modality_requested,
                 "used": result.modality_used,
+                "detected": result.modality_detected,
                 "confidence": result.modality_confidence,
                 "probabilities": result.modality_probabilities,
             },
+            "task": task,
+            "warnings": engine.warnings(result, task),
             "predictions": result.predictions,
             "categories": result.categories,
             "image": {"sha256": digest, "width": result.width, "height": result.height},

@@ -23,29 +23,51 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+async def _head_ok() -> Response:
+    return Response(status_code=200)
+
+
+# Uptime monitors probe with HEAD; not in the schema (one operation per path keeps the OpenAPI ids unique).
+router.add_api_route("/healthz", _head_ok, methods=["HEAD"], include_in_schema=False)
+
+READY_DESCRIPTION = """
+200 with `status: "ready"` when the model artifact is loaded and, if an index is configured (`--index` /
+KEEPFIT_INDEX), that index is loaded too.  503 with `status: "not_ready"` and a `reason` otherwise: before
+start-up has finished, or when the configured index is missing or failed to load (a typo in its path, files
+built with another model, damage).  With KEEPFIT_INDEX_OPTIONAL=true a configured index that is not there
+yet does not fail readiness (`index.loaded` is false and search answers 503 until it appears).  The cache
+is reported, never a reason to fail: a Redis outage only costs cache hits.
+"""
+
+
 @router.get(
     "/readyz",
     response_model=ReadyResponse,
-    summary="Readiness: artifact loaded (200), else 503; reports the index and the cache",
-    responses={503: {"model": ReadyResponse, "description": "the artifact is not loaded"}},
+    summary="Readiness: 200 when the artifact (and a configured index) are loaded, else 503 with a reason",
+    description=READY_DESCRIPTION,
+    responses={503: {"model": ReadyResponse, "description": "not started, or the configured index is not loaded"}},
 )
 async def readyz(request: Request) -> Any:
     state: ServiceState | None = getattr(request.app.state, "service", None)
     if state is None:
-        body = {
+        starting: dict[str, Any] = {
             "status": "not_ready",
             "artifact": None,
             "index": {"loaded": False, "count": None, "artifact_version": None, "error": "not started"},
             "cache": None,
+            "reason": "the service is starting: the model artifact is not loaded yet",
         }
-        return JSONResponse(status_code=503, content=body)
+        return JSONResponse(status_code=503, content=starting)
     await state.index.refresh()
     info = state.index.info()
     cache_state = await state.cache.check()
     state.metrics.cache_degraded.set(1 if cache_state != "ok" else 0)
     runtime = state.engine.runtime
-    return {
-        "status": "ready",
+    reason: str | None = None
+    if state.index.path is not None and not info.loaded and not state.settings.index_optional:
+        reason = f"the configured index {state.index.path} is not loaded: {info.error}"
+    body = {
+        "status": "ready" if reason is None else "not_ready",
         "artifact": {
             "name": state.engine.name,
             "version": state.engine.version,
@@ -59,7 +81,9 @@ async def readyz(request: Request) -> Any:
             "error": info.error,
         },
         "cache": {"backend": state.cache.backend, "state": cache_state},
+        "reason": reason,
     }
+    return body if reason is None else JSONResponse(status_code=503, content=body)
 
 
 @router.get(

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from index.query import is_low_similarity, resolve_modality_filter, score_scale
 from service.cache import cache_key, sha256_hex
 from service.deps import SettingsDep, StateDep, image_token, require_api_key
 from service.engine import Timings
@@ -31,8 +32,13 @@ DESCRIPTION = """
 The most similar images of the loaded index, for a text (`application/json`: `{"query": ..., "top_k": ...}`)
 or an image (`multipart/form-data` with an `image` file and optional `top_k`, `modality`, `label` fields).
 
-`modality` and `label` restrict the results to images with that modality / label.  Each hit carries an
-`image_url` and a `thumbnail_url` (`GET /v1/images/{id}`).  Without a loaded index the answer is 503
+`modality` and `label` restrict the results to images with that modality / label; a modality that neither
+the model nor the index knows is refused (422), and a label the index does not hold comes back with a
+`label_not_in_index` warning.  Each hit carries an `image_url` and a `thumbnail_url` (`GET /v1/images/{id}`).
+
+`score` is a cosine similarity (`score_scale`: -1 to 1, higher is closer).  `low_similarity` is true when the
+best hit scores below `score_scale.low_below` (KEEPFIT_LOW_SIMILARITY_TEXT / _IMAGE): nothing in the index
+matches the query well, and the hits are only the least unlike.  Without a loaded index the answer is 503
 (`no_index`); with an empty one, 409 (`index_empty`).  Query text is never logged, only its SHA-256.
 """
 
@@ -90,6 +96,8 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
     await index.refresh()
     info = index.info()
     index.require()  # 503 / 409 before any model work
+    # the same check as `keepfit index search`: a filter nothing can match is refused, not answered with []
+    modality = resolve_modality_filter(modality, [*engine.modalities, *index.modalities])
     timings = Timings(state.metrics)
     params = {"kind": kind, "top_k": top_k, "modality": modality, "label": label, "index": info.fingerprint}
     key = cache_key("search", engine.version, digest, params)
@@ -105,6 +113,12 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
             hits = await index.search(vector, top_k, modality, label)
         with timings.stage("cache"):
             await state.cache.set(key, json.dumps(hits).encode())
+    kind_name = "image" if data is not None else "text"
+    threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
+    warnings = []
+    note = await index.label_warning(label, modality, len(hits))
+    if note is not None:
+        warnings.append(note)
     base = _base_url(request, settings.public_url)
     for hit in hits:
         token = image_token(settings.api_keys, hit["id"])
@@ -128,6 +142,9 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
         "modality": modality,
         "label": label,
         "index_count": int(info.count or 0),
+        "score_scale": score_scale(kind_name, threshold),
+        "low_similarity": is_low_similarity((h["score"] for h in hits), threshold),
+        "warnings": warnings,
         "hits": hits,
         "cached": cached is not None,
         "timings_ms": timings.ms,

@@ -42,6 +42,8 @@
     custom: null,          // the edited category list, or null: use the modality's defaults
     detected: null,        // modality the service used for the last result
     file: null,            // the image being diagnosed
+    fileFailed: false,     // the service refused this file: "Classify again" waits for a new one
+    failedOn: null,        // what the last refused request was (categories + modality) when the file was fine
     result: null,          // last classify response
     selected: 0,           // which explanation is shown
     xhr: null,             // the classify upload in flight (aborted by a newer one)
@@ -51,10 +53,11 @@
 
   // ------------------------------------------------------------------------------------------ connection
   class ApiError extends Error {
-    constructor(status, code, message) {
+    constructor(status, code, message, body = null) {
       super(message);
       this.status = status;
       this.code = code;
+      this.body = body;  // the parsed JSON answer, when there was one (readyz's 503 says why)
     }
   }
 
@@ -79,7 +82,8 @@
       return new ApiError(status, err.code, message);
     }
     const fallback = status === 503 ? 'not_ready' : `http_${status}`;
-    return new ApiError(status, fallback, (text || statusText || '').trim().slice(0, 200) || `HTTP ${status}`);
+    const message = (body && body.reason) || (text || statusText || '').trim().slice(0, 200) || `HTTP ${status}`;
+    return new ApiError(status, fallback, message, body);
   }
 
   function networkError() {
@@ -140,7 +144,7 @@
   // -------------------------------------------------------------------------------------------- messages
   const TITLES = {
     invalid_image: 'This file could not be read as an image.',
-    unsupported_media_type: 'This file type is not supported (use JPEG, PNG or TIFF).',
+    unsupported_media_type: 'This file type is not supported (use JPEG, PNG, TIFF, BMP, WebP or DICOM).',
     payload_too_large: 'The file is too large for the service.',
     image_too_large: 'The image has too many pixels for the service.',
     unauthorized: 'The service needs a valid API key.',
@@ -189,7 +193,15 @@
     $('docs-link').href = endpoint('docs');
     state.ready = false;
     try {
-      const ready = await api('readyz');
+      let ready;
+      try {
+        ready = await api('readyz');
+      } catch (err) {
+        // 503 with the model loaded: the configured archive is missing; diagnosis still works, search does not
+        if (!(err.status === 503 && err.body && err.body.artifact)) throw err;
+        ready = err.body;
+        showMessage('The image archive is not available.', err.body.reason || '', 'info');
+      }
       const art = ready.artifact;
       const idx = ready.index;
       const index = idx.loaded ? `${idx.count} indexed images` : 'no image archive loaded';
@@ -291,8 +303,18 @@
     categoriesChanged();
   }
 
+  function requestSignature() {
+    return JSON.stringify([$('modality').value, state.custom]);
+  }
+
+  function canClassifyAgain() {
+    // after a refused file, only a new file helps; after a refused request, only a changed request does
+    if (!state.file || state.fileFailed) return false;
+    return state.failedOn === null || state.failedOn !== requestSignature();
+  }
+
   function categoriesChanged() {
-    $('classify-again').disabled = !state.file;
+    $('classify-again').disabled = !canClassifyAgain();
   }
 
   // ------------------------------------------------------------------------------------------- diagnosis
@@ -359,6 +381,8 @@
       return;
     }
     state.file = file;
+    state.fileFailed = false;
+    state.failedOn = null;
     state.result = null;
     $('result').hidden = false;
     $('overlay').hidden = true;
@@ -366,6 +390,8 @@
     $('predictions').replaceChildren();
     $('descriptions').replaceChildren();
     $('modality-result').textContent = '';
+    $('warnings').replaceChildren();
+    $('warnings').hidden = true;
     $('timings').textContent = '';
     $('find-similar').disabled = false;
     drawPreview(file);
@@ -392,21 +418,27 @@
       state.result = result;
       state.detected = result.modality.used;
       state.selected = 0;
+      state.failedOn = null;
       renderResult();
       renderCategories();
     } catch (err) {
       if (err.code !== 'aborted') {
         showError(err, 'Diagnosis');
         $('result').hidden = !state.result;
+        // the file itself was refused (not an image, too large, wrong type): sending it again cannot help
+        if (FILE_ERRORS.has(err.code)) state.fileFailed = true;
+        else if (err.status === 422) state.failedOn = requestSignature();
       }
     } finally {
       if (!state.xhr) {
         setProgress(null);
         delete document.body.dataset.busy;
       }
-      $('classify-again').disabled = !state.file;
+      $('classify-again').disabled = !canClassifyAgain();
     }
   }
+
+  const FILE_ERRORS = new Set(['invalid_image', 'unsupported_media_type', 'payload_too_large', 'image_too_large']);
 
   function pct(p) {
     return p >= 0.995 ? '>99%' : p < 0.005 ? '<1%' : `${Math.round(p * 100)}%`;
@@ -415,9 +447,15 @@
   function renderResult() {
     const r = state.result;
     const m = r.modality;
+    const probs = m.probabilities || {};
     $('modality-result').textContent = m.requested === 'auto'
       ? `Modality: ${m.used} (detected, ${pct(m.confidence || 0)} sure)`
-      : `Modality: ${m.used} (as selected)`;
+      : m.detected && m.detected !== m.used
+        ? `Modality: ${m.used} (as selected; the image looks like ${m.detected}, ${pct(probs[m.detected] || 0)})`
+        : `Modality: ${m.used} (as selected)`;
+    const warnings = r.warnings || [];
+    $('warnings').replaceChildren(...warnings.map((w) => el('li', { 'data-code': w.code }, el('strong', { text: 'Warning: ' }), w.message)));
+    $('warnings').hidden = warnings.length === 0;
     const explained = new Map((r.explanations || []).map((e, i) => [e.label, i]));
     $('predictions').replaceChildren(...r.predictions.map((p) => {
       const idx = explained.get(p.label);
@@ -465,10 +503,14 @@
     overlay.src = hm.png;
     overlay.alt = `heat map for ${e.label}`;
     const [w, h] = hm.image_size;
-    peakMark.style.left = `${(100 * (hm.peak.x + 0.5)) / w}%`;
-    peakMark.style.top = `${(100 * (hm.peak.y + 0.5)) / h}%`;
+    peakMark.style.setProperty('--x', `${(100 * (hm.peak.x + 0.5)) / w}%`);
+    peakMark.style.setProperty('--y', `${(100 * (hm.peak.y + 0.5)) / h}%`);
     applyOverlay();
-    $('overlay-label').textContent = `evidence for “${e.label}”`;
+    // a class with no positive evidence anywhere has a blank map and a meaningless peak: say so instead
+    $('overlay-label').textContent = hm.localised === false
+      ? `no localised evidence for “${e.label}”`
+      : `evidence for “${e.label}”`;
+    $('overlay-label').dataset.localised = String(hm.localised !== false);
     $('descriptions-for').textContent = `for ${e.label}`;
     $('descriptions').replaceChildren(...e.descriptions.map((d) => el('li', {},
       el('span', { text: d.text }), el('span', { class: 'sim', text: `similarity ${d.similarity.toFixed(3)}` }))));
@@ -476,7 +518,9 @@
 
   function applyOverlay() {
     const on = $('overlay-toggle').checked;
-    const hasMap = !!(state.result && state.result.explanations && state.result.explanations.length);
+    const list = (state.result && state.result.explanations) || [];
+    const shown = list[state.selected];
+    const hasMap = !!(shown && shown.heatmap.localised !== false);
     $('overlay').hidden = !on || !hasMap;
     $('peak').hidden = !on || !hasMap;
     $('overlay').style.opacity = String(Number($('overlay-opacity').value) / 100);
@@ -496,6 +540,7 @@
     } catch (err) {
       if (seq !== state.searchSeq) return;
       $('search-info').textContent = '';
+      $('search-note').hidden = true;
       showError(err, 'Search');
     } finally {
       if (seq === state.searchSeq) delete document.body.dataset.busy;
@@ -550,6 +595,15 @@
     $('search-info').textContent = `${hits.length} of ${res.index_count} images` +
       (res.modality ? ` (${res.modality} only)` : '') + (res.cached ? ' · from cache' : '') +
       ` · ${Math.round((res.timings_ms || {}).total || 0)} ms. Click an image to find similar ones.`;
+    const notes = (res.warnings || []).map((w) => w.message);
+    if (res.low_similarity && hits.length) {
+      const scale = res.score_scale || {};
+      notes.unshift(`Nothing in the archive matches this well: the best score, ${hits[0].score.toFixed(3)}, is below ` +
+        `${scale.low_below} (cosine similarity, from -1 to 1). These are only the least unlike images.`);
+    }
+    $('search-note').textContent = notes.join(' ');
+    $('search-note').hidden = notes.length === 0;
+    $('search-note').dataset.low = String(!!res.low_similarity);
     $('search-results').replaceChildren(...hits.map((hit) => el('li', {},
       el('button', { type: 'button', 'data-id': String(hit.id), title: hit.caption || '', onclick: () => similarToHit(hit) },
         el('img', { src: hit.thumbnail_url, alt: hit.caption || `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),

@@ -163,7 +163,7 @@ def test_search_command(
         "3",
         "--json",
     )
-    hits = json.loads(out)
+    hits = json.loads(out)["hits"]
     assert code == 0 and len(hits) == 3 and hits[0]["path"] == archive.rows[9]["path"]
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
     code, out, _ = run(
@@ -181,7 +181,7 @@ def test_search_command(
         "OCT",
         "--json",
     )
-    hits = json.loads(out)
+    hits = json.loads(out)["hits"]
     assert (
         code == 0
         and hits

@@ -82,8 +82,9 @@ def test_missing_image_field(api: TestClient) -> None:
 @pytest.mark.parametrize(
     ("categories", "fragment"),
     [
-        ([""], "at least 2"),
-        (["", "glaucoma"], "categories[0] is empty"),
+        ([""], "categories[0] is an empty category"),
+        (["", "glaucoma"], "categories[0] is an empty category"),
+        (["glaucoma", "   "], "categories[1] is an empty category"),
         ([f"category {i}" for i in range(500)], "500 categories"),
         (["glaucoma"], "at least 2"),
         (["DME", "glaucoma", "dme"], "duplicate"),

@@ -129,8 +129,11 @@ def test_index_of_another_artifact_version_is_refused(
     (other / "index_manifest.json").write_text(json.dumps(seal(manifest)))
     with TestClient(create_app(make_settings(default_artifact, index=other))) as client:
         ready = client.get("/readyz")
-        assert ready.status_code == 200  # still ready: classify works without an index
+        # a configured index that did not load is a deployment fault a health check must see
+        assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
         assert not ready.json()["index"]["loaded"] and "19700101-0000000000" in ready.json()["index"]["error"]
+        assert "rebuild the index" in ready.json()["reason"]
+        assert client.post("/v1/embed", json={"text": "drusen"}).status_code == 200  # the model still answers
         r = _search(client, query="drusen")
         assert r.status_code == 503 and "rebuild the index" in r.json()["error"]["message"]
 

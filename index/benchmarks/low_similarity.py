@@ -1,0 +1,79 @@
+"""Where the low-similarity thresholds of ``index/query.py`` come from: best-hit scores over an index.
+
+    .venv/bin/python -m index.benchmarks.low_similarity --index indexes/test-split --artifact artifacts/keepfit-v2-small
+
+Prints, for text queries, the best score of queries for categories (those the index holds and some it does
+not) and of nonsense; for image queries, how close each indexed image's nearest other image is, and the best
+score of generated non-eye pictures (noise, a checkerboard, a gradient, a blank page, a drawing).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from index.query import LOW_SIMILARITY
+from index.store import VectorIndex
+from model.runtime import KeepfitRuntime
+
+RELEVANT = [
+    "diabetic macular edema",
+    "hard exudates near the macula",
+    "OCT scan with intraretinal cysts",
+    "proliferative diabetic retinopathy with neovascularisation",
+    "fluorescein angiogram of a branch retinal vein occlusion",
+    "non-perfusion area",
+    "venous phase angiogram",
+    "normal fundus photograph",
+]
+ABSENT = ["glaucoma", "macular hole", "optic disc cupping", "retinal detachment", "drusen"]
+NONSENSE = ["xxxxx", "qwerty", "asdfgh jkl", "banana", "car engine repair manual", "a cat sitting on a sofa",
+            "the stock market fell today", "pizza with cheese"]
+
+
+def _pictures() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    drawing = Image.new("RGB", (300, 300), "skyblue")
+    pen = ImageDraw.Draw(drawing)
+    pen.rectangle([50, 150, 250, 280], fill="brown")
+    pen.ellipse([100, 20, 200, 120], fill="yellow")
+    return {
+        "noise": Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)),
+        "checkerboard": Image.fromarray((np.indices((256, 256)).sum(0) // 32 % 2 * 255).astype(np.uint8)).convert("RGB"),
+        "gradient": Image.fromarray(np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))).convert("RGB"),
+        "blank page": Image.new("RGB", (256, 256), "white"),
+        "drawing of a house": drawing,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--artifact", type=Path, default=Path("artifacts/keepfit-v2-small"))
+    args = p.parse_args(argv)
+    runtime = KeepfitRuntime.from_artifact(args.artifact)
+    with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
+        print(f"index {args.index}: {index.count} images; thresholds {LOW_SIMILARITY}")
+        for group, queries in (("relevant", RELEVANT), ("absent", ABSENT), ("nonsense", NONSENSE)):
+            for query in queries:
+                best = index.search(runtime.encode_texts([query])[0], 1)[0].score
+                flag = "low" if best < LOW_SIMILARITY["text"] else "   "
+                print(f"text  {group:<9} {best:6.3f} {flag} {query}")
+        vectors = np.asarray(index.vectors(), dtype=np.float32)  # [N, D] unit rows
+        sims = vectors @ vectors.T
+        np.fill_diagonal(sims, -1.0)
+        nearest = sims.max(axis=1)
+        print(f"image nearest other indexed image: min {nearest.min():.3f}, 5th percentile "
+              f"{np.percentile(nearest, 5):.3f}, median {np.median(nearest):.3f}")
+        for name, picture in _pictures().items():
+            best = index.search(runtime.encode_images([picture])[0], 1)[0].score
+            flag = "low" if best < LOW_SIMILARITY["image"] else "   "
+            print(f"image non-eye     {best:6.3f} {flag} {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""What a search request may ask for, and how to read its scores: shared by ``keepfit index search`` and
+``POST /v1/search`` so that both refuse the same filters and flag the same weak answers.
+
+Scores are cosine similarities of unit vectors, between -1 and 1 (higher is closer).  Text and image queries
+live on different parts of that scale.  With the default artifact on the 504-image test-split index
+(``python -m index.benchmarks.low_similarity``), text queries for categories the index holds score 0.21-0.57 at
+their best hit, while about half of the nonsense queries ("xxxxx" 0.184) and of the categories absent from the
+index (glaucoma 0.178) stay below 0.2; every eye image's nearest other eye image scores at least 0.747, while
+generated non-eye pictures score 0.34-0.66.  Below these thresholds the answer is flagged ``low_similarity``.
+It is a hint, not a guarantee: the model places every text somewhere in its ophthalmic space, and some
+nonsense scores like a real query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from model.errors import ConfigError
+
+SCORE_METRIC = "cosine"
+SCORE_RANGE = (-1.0, 1.0)
+LOW_SIMILARITY = {"text": 0.20, "image": 0.70}  # best-hit score below which nothing matches well
+
+
+def resolve_modality_filter(value: str | None, known: Iterable[str]) -> str | None:
+    """``value`` in its canonical case (``oct`` -> ``OCT``), or :class:`ConfigError` naming the choices.
+
+    A filter nothing can match ("fundus") must be refused, not answered with an empty list that reads as
+    "no similar images".
+    """
+    if value is None:
+        return None
+    names = list(dict.fromkeys(k for k in known if k))
+    wanted = " ".join(value.split()).lower()
+    for name in names:
+        if name.lower() == wanted:
+            return name
+    raise ConfigError(f"unknown modality {value!r}; use one of {', '.join(names)}")
+
+
+def index_modalities(index: Any) -> list[str]:
+    """The modalities an index holds (an index may carry ones the model has no prompts for)."""
+    counts = getattr(index, "modality_counts", None)
+    if counts is None:
+        return []
+    return [m for m in counts() if m and m != "unknown"]
+
+
+def score_scale(kind: str, threshold: float | None = None) -> dict[str, Any]:
+    """How to read ``score``: the metric, its range, and the low-similarity threshold for this query kind."""
+    return {
+        "metric": SCORE_METRIC,
+        "min": SCORE_RANGE[0],
+        "max": SCORE_RANGE[1],
+        "low_below": LOW_SIMILARITY[kind] if threshold is None else threshold,
+    }
+
+
+def is_low_similarity(scores: Iterable[float], threshold: float) -> bool:
+    """True when no hit reaches ``threshold`` (also when there are no hits)."""
+    best = max(scores, default=None)
+    return best is None or best < threshold
+
+
+def label_warning(index: Any, label: str | None, modality: str | None, hits: int) -> dict[str, str] | None:
+    """Why a label-filtered search came back empty: the label is not in the index at all, or not together with
+    the modality asked for.  ``None`` when there is nothing to say."""
+    if label is None or hits:
+        return None
+    from index.store import canonical_label
+
+    counts: dict[str, int] = index.label_counts()
+    known = {name.lower() for name in counts}
+    wanted = {label.strip().lower(), canonical_label(label).lower()}
+    if known & wanted:
+        where = f"{modality} image" if modality else "image"
+        return {
+            "code": "no_match_for_filter",
+            "message": f"the index holds images labelled {label!r}, but no {where} among them",
+        }
+    shown = ", ".join(list(counts)[:12]) + (", ..." if len(counts) > 12 else "")
+    return {
+        "code": "label_not_in_index",
+        "message": f"no image in this index has the label {label!r}"
+        + (f"; its labels are: {shown}" if counts else "; its images carry no labels"),
+    }

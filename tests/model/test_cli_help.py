@@ -1,0 +1,83 @@
+"""What a new user reads first: the top-level help, ``keepfit info`` and the ``--artifact`` flag's help."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model.cli import main
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_eval_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    eval_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("eval "))
+    for sub in ("zero-shot", "retrieval", "few-shot", "linear-probe", "suite", "compare"):
+        assert sub in eval_line, sub
+
+
+def test_info_prints_a_short_summary_saying_hashes_were_verified(
+    default_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(default_artifact)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    manifest = json.loads((default_artifact / "manifest.json").read_text())
+    assert out[0].startswith(f"{manifest['name']} {manifest['version']} (int8)")
+    assert "SHA-256 of every file verified" in out[1] and f"{len(manifest['files'])} files" in out[1]
+    assert any("zero-shot mean balanced accuracy" in line for line in out)
+    assert len(out) <= 8
+
+
+def test_info_json_is_the_full_summary(default_artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(default_artifact), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["verified"] == "sha256"
+    assert set(summary["files"]) == set(json.loads((default_artifact / "manifest.json").read_text())["files"])
+    assert summary["evaluation"]["zero_shot_mean"] > 0.5
+
+
+def test_info_refuses_a_damaged_artifact_in_one_line(
+    default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(default_artifact, copy)
+    with (copy / "knowledge.json").open("a") as fh:
+        fh.write(" ")
+    assert main(["info", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "knowledge.json" in err
+
+
+def test_info_help_documents_the_artifact(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _help(["info", "--help"], capsys)
+    assert "artifact directory, e.g. artifacts/keepfit-v2-small" in out
+    assert "SHA-256 of every file" in out and "--json" in out
+
+
+def test_artifact_flag_usage_and_help_agree_without_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KEEPFIT_ARTIFACT", raising=False)
+    out = " ".join(_help(["index", "build", "--help"], capsys).split())
+    assert "[--artifact ARTIFACT]" not in out and "--artifact ARTIFACT" in out  # required in the usage line
+    assert "required unless $KEEPFIT_ARTIFACT is set" in out
+    assert "default: $KEEPFIT_ARTIFACT" not in out
+
+
+def test_artifact_flag_defaults_to_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEPFIT_ARTIFACT", "artifacts/keepfit-v2-small")
+    out = " ".join(_help(["index", "build", "--help"], capsys).split())
+    assert "[--artifact ARTIFACT]" in out  # optional in the usage line
+    assert "default: $KEEPFIT_ARTIFACT, now artifacts/keepfit-v2-small" in out

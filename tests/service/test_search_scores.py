@@ -1,0 +1,119 @@
+"""How to read a search answer: the score scale, the low-similarity flag, and filters that cannot match, the
+same in ``/v1/search`` and ``keepfit index search`` (one shared check, ``index/query.py``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from index.query import LOW_SIMILARITY
+from model.cli import main as keepfit
+
+
+def _search(client: TestClient, **body: Any) -> Any:
+    return client.post("/v1/search", json=body)
+
+
+def test_every_answer_carries_its_score_scale(indexed: TestClient) -> None:
+    body = _search(indexed, query="optical coherence tomography scan of the macula", top_k=3).json()
+    assert body["score_scale"] == {"metric": "cosine", "min": -1.0, "max": 1.0, "low_below": LOW_SIMILARITY["text"]}
+    assert body["warnings"] == []
+    best = body["hits"][0]["score"]
+    assert body["low_similarity"] == (best < LOW_SIMILARITY["text"])
+
+
+def test_an_image_query_is_judged_on_the_image_scale(
+    indexed: TestClient, real_image_paths: dict[str, list[Path]]
+) -> None:
+    files = {"image": ("q.jpg", real_image_paths["OCT"][0].read_bytes(), "image/jpeg")}
+    body = indexed.post("/v1/search", files=files, data={"top_k": "2"}).json()
+    assert body["score_scale"]["low_below"] == LOW_SIMILARITY["image"]
+    assert body["hits"][0]["score"] > 0.9 and body["low_similarity"] is False  # an indexed image finds itself
+
+
+def test_nonsense_is_flagged_as_matching_nothing_well(indexed: TestClient) -> None:
+    body = _search(indexed, query="xxxxx", top_k=24).json()
+    assert body["hits"], "the least unlike images still come back"
+    assert body["low_similarity"] is True
+    assert max(h["score"] for h in body["hits"]) < body["score_scale"]["low_below"]
+
+
+def test_threshold_is_a_setting(index_dir: Path, default_artifact: Path) -> None:
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    settings = make_settings(default_artifact, index=index_dir, low_similarity_text=0.99)
+    with TestClient(create_app(settings)) as client:
+        body = _search(client, query="optical coherence tomography scan of the macula", top_k=1).json()
+        assert body["score_scale"]["low_below"] == 0.99 and body["low_similarity"] is True
+
+
+def test_a_label_the_index_does_not_hold_says_so(indexed: TestClient) -> None:
+    body = _search(indexed, query="cupped optic disc", label="glaucoma").json()
+    assert body["hits"] == []
+    [warning] = body["warnings"]
+    assert warning["code"] == "label_not_in_index"
+    assert warning["message"].startswith("no image in this index has the label 'glaucoma'; its labels are: ")
+
+
+def test_a_label_present_only_in_another_modality(indexed: TestClient) -> None:
+    labels_of_oct = {
+        label
+        for h in _search(indexed, query="retina", top_k=12, modality="OCT").json()["hits"]
+        for label in h["labels"]
+    }
+    labels_of_ffa = {
+        label
+        for h in _search(indexed, query="retina", top_k=12, modality="FFA").json()["hits"]
+        for label in h["labels"]
+    }
+    only_ffa = sorted(labels_of_ffa - labels_of_oct)[0]
+    body = _search(indexed, query="retina", modality="OCT", label=only_ffa).json()
+    assert body["hits"] == [] and [w["code"] for w in body["warnings"]] == ["no_match_for_filter"]
+    assert "no OCT image among them" in body["warnings"][0]["message"]
+
+
+@pytest.mark.parametrize("modality", ["fundus", "MRI"])
+def test_a_modality_nothing_can_match_is_refused(indexed: TestClient, modality: str) -> None:
+    r = _search(indexed, query="retina", modality=modality)
+    assert r.status_code == 422
+    assert r.json()["error"] == {
+        "code": "invalid_request",
+        "message": f"unknown modality {modality!r}; use one of CFP, FFA, OCT",
+    }
+
+
+def test_modality_filter_is_case_insensitive(indexed: TestClient) -> None:
+    body = _search(indexed, query="retina", modality="oct", top_k=3).json()
+    assert body["modality"] == "OCT" and {h["modality"] for h in body["hits"]} == {"OCT"}
+
+
+# --------------------------------------------------------------------------- the CLI shares the same check
+def test_cli_refuses_the_same_modality(
+    index_dir: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact)]
+    assert keepfit([*argv, "--text", "retina", "--modality", "fundus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: unknown modality 'fundus'; use one of CFP, FFA, OCT"
+
+
+def test_cli_reports_scale_low_similarity_and_missing_labels(
+    index_dir: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact)]
+    assert keepfit([*argv, "--text", "xxxxx", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["low_similarity"] is True and out["score_scale"]["low_below"] == LOW_SIMILARITY["text"]
+    assert len(out["hits"]) == 10
+    assert keepfit([*argv, "--text", "xxxxx"]) == 0
+    text = capsys.readouterr().out
+    assert "nothing matches well: the best score" in text
+    assert keepfit([*argv, "--text", "cupped disc", "--label", "glaucoma"]) == 0
+    text = capsys.readouterr().out.strip().splitlines()
+    assert text == [next(line for line in text if line.startswith("no results"))]
+    assert "no image in this index has the label 'glaucoma'" in text[0]

@@ -1,0 +1,90 @@
+"""What makes an answer unsafe is said in the answer: a modality the image contradicts, a task meant for another
+modality, a heat map with nothing to show.  Real default artifact, real images."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+
+def _classify(api: TestClient, data: bytes, **form: object):
+    return api.post("/v1/classify", files={"image": ("eye.jpg", data, "image/jpeg")}, data=form)
+
+
+def test_oct_requested_for_a_photograph_is_flagged(api: TestClient, real_images: dict[str, bytes]) -> None:
+    body = _classify(
+        api,
+        real_images["CFP"],
+        modality="OCT",
+        categories=["diabetic macular edema", "no diabetic macular edema"],
+    ).json()
+    mod = body["modality"]
+    # the caller's choice is respected (its prompts are used), but the check still ran and disagrees
+    assert (mod["requested"], mod["used"], mod["detected"]) == ("OCT", "OCT", "CFP")
+    assert mod["probabilities"]["CFP"] > 0.9 and mod["confidence"] == pytest.approx(mod["probabilities"]["OCT"])
+    assert [w["code"] for w in body["warnings"]] == ["modality_mismatch"]
+    message = body["warnings"][0]["message"]
+    assert "you asked for OCT, but the image looks like CFP" in message and "meaningless" in message
+
+
+def test_task_for_another_modality_is_flagged_and_named(api: TestClient, real_images: dict[str, bytes]) -> None:
+    body = _classify(api, real_images["CFP"], task="ffa_diagnosis").json()
+    assert body["task"] == "ffa_diagnosis"
+    assert body["modality"]["used"] == "CFP"
+    assert [w["code"] for w in body["warnings"]] == ["task_modality_mismatch"]
+    assert "'ffa_diagnosis' is meant for FFA images" in body["warnings"][0]["message"]
+    assert "scored as CFP (detected)" in body["warnings"][0]["message"]
+
+
+def test_both_warnings_when_both_apply(api: TestClient, real_images: dict[str, bytes]) -> None:
+    """OCT named for a photograph, with a task meant for FFA: two separate problems, two warnings."""
+    body = _classify(api, real_images["CFP"], task="ffa_diagnosis", modality="OCT").json()
+    assert [w["code"] for w in body["warnings"]] == ["modality_mismatch", "task_modality_mismatch"]
+    assert "scored as OCT (requested)" in body["warnings"][1]["message"]
+
+
+def test_matching_task_and_image_give_no_warning(api: TestClient, real_images: dict[str, bytes]) -> None:
+    body = _classify(api, real_images["OCT"], task="dme").json()
+    assert (body["task"], body["warnings"], body["modality"]["used"]) == ("dme", [], "OCT")
+
+
+def test_the_task_is_part_of_the_cache_key(api: TestClient, real_images: dict[str, bytes]) -> None:
+    """The same categories sent by name and by task are different answers now that the answer names the
+    task: a cached one must not carry the other's ``task``."""
+    by_task = _classify(api, real_images["FFA"], task="ffa_phase", top_k=1).json()
+    by_names = _classify(
+        api, real_images["FFA"], categories=["arterial phase", "venous phase"], top_k=1
+    ).json()
+    assert (by_task["task"], by_names["task"]) == ("ffa_phase", None)
+    assert by_task["predictions"] == by_names["predictions"]
+
+
+def _alpha(png_data_url: str) -> np.ndarray:
+    raw = base64.b64decode(png_data_url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGBA"))[..., 3]
+
+
+def test_a_class_without_positive_evidence_is_not_localised(
+    api: TestClient, real_images: dict[str, bytes]
+) -> None:
+    """With two categories the contrast maps are each other's negatives, so where one class has evidence
+    everywhere the other has none anywhere: its overlay is blank and the answer says so."""
+    body = _classify(
+        api,
+        real_images["OCT"],
+        modality="OCT",
+        categories=["diabetic macular edema", "normal"],
+        explain="true",
+        explain_top=2,
+    ).json()
+    maps = {e["label"]: e["heatmap"] for e in body["explanations"]}
+    for heatmap in maps.values():
+        # `localised` is exactly "the overlay shows something"
+        assert heatmap["localised"] == bool(_alpha(heatmap["png"]).max() > 0)
+        assert heatmap["localised"] == bool(np.max(heatmap["grid"]) > 0)
+    assert sorted(h["localised"] for h in maps.values()) == [False, True]
