@@ -132,14 +132,23 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     return Artifact(path=path, manifest=manifest, config=config, knowledge=knowledge)
 
 
+# The files whose content decides an answer: the version is derived from their hashes, so other knowledge
+# (aliases, descriptions) or another tokenizer gives another version, and caches keyed on it never mix them.
+VERSIONED_FILES = ("image_encoder.onnx", "text_encoder.onnx", "tokenizer.json", "knowledge.json")
+
+
+def content_digest(files: dict[str, Any]) -> str:
+    return hashlib.sha256("".join(str(files[n]["sha256"]) for n in VERSIONED_FILES if n in files).encode()).hexdigest()
+
+
 def build_manifest(directory: Path, *, name: str, config: ModelConfig, **fields: Any) -> dict[str, Any]:
-    """A manifest for every file in ``directory``; the version is derived from the weights' hashes."""
+    """A manifest for every file in ``directory``; the version is derived from the hashes of the weights, the
+    tokenizer and the knowledge."""
     files: dict[str, dict[str, Any]] = {}
     for file in sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST):
         files[file.name] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
-    weights = "".join(str(files[n]["sha256"]) for n in ("image_encoder.onnx", "text_encoder.onnx") if n in files)
     created = datetime.now(UTC)
-    version = fields.pop("version", None) or f"{created:%Y%m%d}-{hashlib.sha256(weights.encode()).hexdigest()[:10]}"
+    version = fields.pop("version", None) or f"{created:%Y%m%d}-{content_digest(files)[:10]}"
     return {
         "format": ARTIFACT_FORMAT,
         "name": name,
@@ -152,6 +161,40 @@ def build_manifest(directory: Path, *, name: str, config: ModelConfig, **fields:
         **fields,
         "files": files,
     }
+
+
+def replace_knowledge(path: str | Path, knowledge: dict[str, Any]) -> str:
+    """Give an artifact other knowledge (e.g. new aliases) without re-exporting its weights: a verified copy with
+    the new ``knowledge.json``, new hashes and a new version is swapped in whole.  The manifest keeps its
+    ``evaluation`` (which names the version it measured) and records the version it replaced.  Returns the new
+    version."""
+    path = Path(path)
+    artifact = load_artifact(path)  # verifies every hash first: never re-sign a damaged artifact
+    Knowledge(knowledge)  # the same checks a reader makes
+    staging = staging_dir(path)
+    try:
+        for file in path.iterdir():
+            if file.is_file() and file.name not in (MANIFEST, "knowledge.json"):
+                shutil.copy2(file, staging / file.name)
+        write_json_atomic(staging / "knowledge.json", knowledge)
+        manifest = dict(artifact.manifest)
+        files = dict(manifest["files"])
+        files["knowledge.json"] = {
+            "sha256": sha256_file(staging / "knowledge.json"),
+            "bytes": (staging / "knowledge.json").stat().st_size,
+        }
+        manifest["files"] = files
+        version = f"{datetime.now(UTC):%Y%m%d}-{content_digest(files)[:10]}"
+        history = list(manifest.get("knowledge_replaced", []))
+        history.append({"previous_version": artifact.version, "at": datetime.now(UTC).isoformat(timespec="seconds")})
+        manifest.update(version=version, knowledge_replaced=history)
+        write_json_atomic(staging / MANIFEST, manifest)
+        load_artifact(staging)
+        commit_dir(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return version
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

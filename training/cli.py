@@ -1,4 +1,4 @@
-"""``keepfit train text|hybrid`` and ``keepfit eval zero-shot|retrieval|few-shot|linear-probe|suite``.
+"""``keepfit train text|hybrid`` and ``keepfit eval zero-shot|retrieval|few-shot|linear-probe|suite|synonyms``.
 
 Training resolves its config from the defaults, an optional ``--config-file`` JSON and the flags (in that
 order), writes it into the run folder (``runs/<name>`` by default) and into every checkpoint.  Evaluation runs
@@ -212,6 +212,12 @@ def _eval_parser() -> argparse.ArgumentParser:
     s.add_argument("--record-into", type=Path, metavar="CKPT",
                    help="store the summary in this checkpoint's `evaluation` (export copies it into the manifest)")
     s.add_argument("--run", type=Path, help="training run folder whose curves to include in the report")
+    sy = sub.add_parser("synonyms", help="every wording (name, aliases) of every class per test task: balanced "
+                        "accuracy, spread, worst wording; synonym vs non-synonym text-embedding cosines")
+    common(sy, labelled=False)
+    sy.add_argument("--data-root", help="default ../shared/data")
+    sy.add_argument("--split", default="test")
+    sy.add_argument("--task", action="append", metavar="NAME", help="only this task (repeatable)")
     c = sub.add_parser("compare", help="a Markdown table of several suite reports (the ablation table)")
     c.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON[,REPORT_JSON]",
                    help="e.g. clip=runs/abl-clip/eval/report.json; several reports per name are averaged (seeds)")
@@ -278,6 +284,11 @@ def eval_main(argv: list[str]) -> int:
                                    run_dir=args.run)
         if args.record_into:
             evalcmd.record_into_checkpoint(args.record_into, report["summary"])
+    elif args.command == "synonyms":
+        from training.data import resolve_data_root
+
+        report = evalcmd.run_synonyms(runtime, resolve_data_root(args.data_root), args.split, out, args.batch_size,
+                                      only=args.task)
     else:
         spec = evalcmd.TaskArgs(
             manifest=args.manifest, label_column=args.label_column,
