@@ -177,8 +177,10 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
         ],
         ANY: ["no non-perfusion area", "complete capillary perfusion"],
     },
-    # Many ways of saying "nothing is wrong", per modality: a healthy eye photographed by another camera must
-    # still find its class (with the bare words "normal" and "healthy" it was called diseased).
+    # Many ways of saying "nothing is wrong", per modality, so that a healthy eye from another camera still finds
+    # its class (with the bare words "normal" and "healthy" it was often called diseased).  Phrased positively:
+    # a negated finding ("no haemorrhages") embeds close to the finding itself and pulled the class towards
+    # disease (validation split, normal vs DR on photographs: 0.82 with such phrases, 0.91 without).
     "normal": {
         "CFP": [
             "normal",
@@ -187,30 +189,26 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
             "normal optic disc with a healthy cup-to-disc ratio",
             "a pink optic disc with sharp margins",
             "normal macula with a foveal reflex",
-            "no haemorrhages, exudates or microaneurysms",
             "retinal vessels of normal calibre and course",
-            "no drusen, no pigment changes and no neovascularization",
             "a normal fundus with clear media",
         ],
         "FFA": [
             "a normal fluorescein angiogram",
             "normal retinal circulation without leakage",
             "normal filling of arteries and veins",
-            "a perfused capillary bed without non-perfusion areas",
-            "no leakage, pooling or staining of dye",
             "a normal foveal avascular zone",
-            "no blocked fluorescence and no window defects",
+            "uniform background choroidal fluorescence",
+            "a normal arteriovenous transit time",
         ],
         "OCT": [
             "a normal macula",
             "normal retinal layers and foveal depression",
-            "a normal foveal contour without fluid",
+            "a normal foveal contour",
             "retinal layers of normal thickness and reflectivity",
             "an intact ellipsoid zone and retinal pigment epithelium",
-            "no intraretinal or subretinal fluid",
-            "no drusen, cysts or detachment",
+            "a smooth foveal pit with regular retinal lamination",
         ],
-        ANY: ["normal", "healthy", "a healthy eye without lesions", "no signs of disease"],
+        ANY: ["normal", "healthy", "a healthy eye", "a normal retina"],
     },
     "arterial phase": {
         "FFA": [
@@ -390,7 +388,7 @@ class Knowledge:
         keys = list(by_mod) if modality is None else [ANY, modality]
         return list(dict.fromkeys(a for k in keys for a in by_mod.get(k, [])))
 
-    def similar_known(self, name: str, limit: int = 3, cutoff: float = 0.75) -> list[str]:
+    def similar_known(self, name: str, limit: int = 3, cutoff: float = 0.8) -> list[str]:
         """Known categories whose name or alias resembles ``name`` (a typo, a word more or less), best first.
         Suggestions only: an unknown name is never replaced by one of them."""
         key = self._key(name)

@@ -55,7 +55,8 @@ def _train_parser() -> argparse.ArgumentParser:
                       ("head-lr", float), ("weight-decay", float), ("warmup-steps", int), ("views", int),
                       ("vision-freeze-blocks", int), ("text-trainable-layers", int), ("eval-every", int),
                       ("checkpoint-every", int), ("seed", int), ("balance-alpha", float),
-                      ("elite-fraction", float), ("modality-caption-prob", float), ("data-seed", int),
+                      ("elite-fraction", float), ("modality-caption-prob", float), ("alias-prob", float),
+                      ("data-seed", int),
                       ("mlm-head-warmup", int)):
         p.add_argument(f"--{flag}", type=typ)
     p.add_argument("--kt-same-modality", action="store_true", default=None,
@@ -82,7 +83,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     for key in ("name", "model", "data_root", "init", "corpus", "elite_manifest", "steps", "batch_size",
                 "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
                 "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
-                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob",
+                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob", "alias_prob",
                 "data_seed", "select", "elite_text", "mlm_head_warmup", "kt_same_modality"):
         value = getattr(args, key, None)
         if value is not None:
