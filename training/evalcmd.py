@@ -402,6 +402,8 @@ def run_synonyms(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path
         "served_spread_max": max((t["served"]["spread"] for t in tasks.values()), default=float("nan")),
         "name_only_spread": {n: t["name_only"]["spread"] for n, t in tasks.items()},
         "name_only_spread_max": max((t["name_only"]["spread"] for t in tasks.values()), default=float("nan")),
+        "default_set_healthy_called_normal": {n: t["default_set"]["healthy_called_normal"] for n, t in tasks.items()
+                                              if "default_set" in t},
         "text_raw": text["raw"],
         "text_served": text["served"],
         "skipped": skipped,

@@ -138,6 +138,8 @@ def wording_eval(runtime: KeepfitRuntime, task: WordingTask, data_root: Path, sp
             entries.append(entry)
         per_class[name] = entries
     summary: dict[str, Any] = {}
+    if "normal" in names:
+        summary["default_set"] = default_set_normal(runtime, img, s.labels == names.index("normal"), task.modality)
     for mode in MODES:
         values = [r[0] for r in rows[mode]]
         worst = min(rows[mode])
@@ -147,6 +149,17 @@ def wording_eval(runtime: KeepfitRuntime, task: WordingTask, data_root: Path, sp
             "classes": {c: list(vs) for c, vs in task.classes}, "baseline": baseline,
             "n_wordings": len(rows["served"]), **summary, "per_class": per_class,
             "rows_skipped": dict(s.skipped)}
+
+
+def default_set_normal(runtime: KeepfitRuntime, img: np.ndarray, healthy: np.ndarray, modality: str
+                       ) -> dict[str, Any]:
+    """Over the modality's whole default category set (what ``/v1/classify`` scores without ``categories``):
+    the share of healthy eyes whose top category is ``normal``, and of diseased eyes wrongly called normal."""
+    offered = runtime.knowledge.category_set(modality)
+    top = np.asarray(offered)[runtime.zero_shot(img, runtime.class_embeddings(offered, modality)).argmax(axis=1)]
+    called = top == "normal"
+    return {"categories": len(offered), "healthy_called_normal": float(called[healthy].mean()),
+            "diseased_called_normal": float(called[~healthy].mean()), "n_healthy": int(healthy.sum())}
 
 
 def text_similarity(runtime: KeepfitRuntime, sources: Sequence[Knowledge]) -> dict[str, Any]:
@@ -214,6 +227,16 @@ def synonyms_markdown(header: list[str], tasks: dict[str, Any], text: dict[str, 
                      f"{fmt(t['name_only']['spread'])} | {fmt(nw['balanced_accuracy'])} ({nw['wording']}) |")
     for name, reason in skipped.items():
         lines.append(f"| {name} | skipped: {reason} | | | | | | |")
+    with_default = {n: t for n, t in tasks.items() if "default_set" in t}
+    if with_default:
+        lines += ["", "Over the modality's whole default category set (no `categories` sent): share of healthy eyes "
+                  "whose top category is `normal`, and of diseased eyes called normal.", "",
+                  "| task | categories | healthy eyes (n) | healthy called normal | diseased called normal |",
+                  "|---|---|---|---|---|"]
+        for t in with_default.values():
+            d = t["default_set"]
+            lines.append(f"| {t['title']} | {d['categories']} | {d['n_healthy']} | {fmt(d['healthy_called_normal'])} "
+                         f"| {fmt(d['diseased_called_normal'])} |")
     raw, srv = text["raw"], text["served"]
     lines += ["", "## Text embeddings: synonyms vs non-synonyms", "",
               f"{text['aliases']} aliases of {text['categories']} categories. Raw encoder (the alias and the category "
