@@ -151,3 +151,20 @@ def test_replace_knowledge_gives_a_new_verified_version(default_artifact: Path, 
     (art / "tokenizer.json").write_text("{}")
     with pytest.raises(ArtifactError, match="tokenizer.json"):
         replace_knowledge(art, data)
+
+
+def test_the_version_covers_the_knowledge(tmp_path: Path) -> None:
+    """Same weights, other knowledge: another version, so no cache mixes their answers."""
+    from model.artifact import build_manifest
+    from model.config import get_config
+
+    cfg = get_config("keepfit-tiny")
+    versions = []
+    for knowledge in ('{"a": 1}', '{"a": 2}'):
+        folder = tmp_path / knowledge[-2]
+        folder.mkdir()
+        for name in ("image_encoder.onnx", "text_encoder.onnx", "tokenizer.json"):
+            (folder / name).write_bytes(b"same")
+        (folder / "knowledge.json").write_text(knowledge)
+        versions.append(build_manifest(folder, name="x", config=cfg)["version"])
+    assert versions[0] != versions[1]
