@@ -396,8 +396,13 @@ class Knowledge:
             return []
         words = set(key.split())
         scored: dict[str, float] = {}
+        matcher = difflib.SequenceMatcher(None, autojunk=False)
+        matcher.set_seq2(key)  # analysed once, compared with every known name
         for other, category in self._names.items():
-            score = difflib.SequenceMatcher(None, key, other).ratio()
+            matcher.set_seq1(other)
+            # the cheap upper bounds first: most names are far off
+            close = matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff
+            score = matcher.ratio() if close else 0.0
             theirs = set(other.split())
             shared = words & theirs
             if shared and (shared == words or shared == theirs) and any(len(w) > 3 for w in shared):
