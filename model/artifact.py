@@ -305,6 +305,41 @@ def build_manifest(directory: Path, *, name: str, config: ModelConfig, **fields:
     return seal_manifest(manifest)
 
 
+def replace_knowledge(path: str | Path, knowledge: dict[str, Any]) -> str:
+    """Give an artifact other knowledge (e.g. new aliases) without re-exporting its weights: a verified copy with
+    the new ``knowledge.json``, new hashes and a new version is swapped in whole.  The manifest keeps its
+    ``evaluation`` (which names the version it measured) and records the version it replaced.  Returns the new
+    version."""
+    path = Path(path)
+    artifact = load_artifact(path)  # verifies every hash first: never re-sign a damaged artifact
+    Knowledge(knowledge)  # the same checks a reader makes
+    staging = staging_dir(path)
+    try:
+        for file in path.iterdir():
+            if file.is_file() and file.name not in (MANIFEST, "knowledge.json"):
+                shutil.copy2(file, staging / file.name)
+        write_json_atomic(staging / "knowledge.json", knowledge)
+        manifest = dict(artifact.manifest)
+        files = dict(manifest["files"])
+        files["knowledge.json"] = {
+            "sha256": sha256_file(staging / "knowledge.json"),
+            "bytes": (staging / "knowledge.json").stat().st_size,
+        }
+        manifest["files"] = files
+        history = list(manifest.get("knowledge_replaced", []))
+        history.append({"previous_version": artifact.version, "at": datetime.now(UTC).isoformat(timespec="seconds")})
+        manifest["knowledge_replaced"] = history
+        manifest = seal_manifest(manifest)
+        version = str(manifest["version"])
+        write_json_atomic(staging / MANIFEST, manifest)
+        load_artifact(staging)
+        commit_dir(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return version
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -111,17 +111,25 @@ def knowledge_main(argv: list[str]) -> int:
     import json
     from pathlib import Path
 
-    from model.artifact import write_json_atomic
+    from model.artifact import replace_knowledge, write_json_atomic
     from model.knowledge import build_knowledge
 
     p = argparse.ArgumentParser(prog="keepfit knowledge", description="Build knowledge.json.")
     p.add_argument("--dictionary", required=True, type=Path, help="FLAIR knowledge_dictionary.json")
+    p.add_argument("--aliases", type=Path, default=None, help="aliases file (default model/data/aliases.json)")
     p.add_argument("--out", required=True, type=Path, help="output knowledge.json")
+    p.add_argument("--artifact", action="append", type=Path, default=[], metavar="DIR",
+                   help="also give this artifact the new knowledge (new hashes and version; repeatable)")
     args = p.parse_args(argv)
-    data = build_knowledge(args.dictionary)
+    data = build_knowledge(args.dictionary, args.aliases) if args.aliases else build_knowledge(args.dictionary)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, data)
-    logger.info("wrote %s: %d categories, %d bytes", args.out, len(data["categories"]), len(json.dumps(data)))
+    n_aliases = sum(len(v) for c in data["categories"].values() for v in c.get("aliases", {}).values())
+    logger.info("wrote %s: %d categories, %d aliases, %d bytes", args.out, len(data["categories"]), n_aliases,
+                len(json.dumps(data)))
+    for artifact in args.artifact:
+        version = replace_knowledge(artifact, data)
+        print(f"{artifact}: knowledge replaced, version {version}")  # noqa: T201
     return 0
 
 

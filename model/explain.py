@@ -258,8 +258,10 @@ class Explainer:
                 self._cache.move_to_end(key)
                 return hit
         knowledge = self.runtime.knowledge
-        descriptions = knowledge.descriptions(category, modality)
         prompts = knowledge.prompts(category, modality)
+        descriptions = knowledge.descriptions(category, modality)
+        if len(descriptions) != len(prompts):  # an unknown name: its prompt ensemble's sentences stand for it
+            descriptions = list(prompts)
         # one batch per class, as class_embeddings does (FLAIR pooling depends on the batch's padding)
         emb = self.runtime.encode_texts(prompts, batch_size=max(1, len(prompts)))  # [K, D]
         emb.setflags(write=False)

@@ -42,8 +42,9 @@ SERVER_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0", "session.inter_
 @dataclass(frozen=True)
 class Category:
     label: str  # as the client sent it (front ends match on it)
-    canonical: str  # the knowledge name whose descriptions build the prompts
-    known: bool  # False: an open-vocabulary name, prompted with the name itself
+    canonical: str  # the knowledge name whose descriptions build the prompts (aliases resolved)
+    known: bool  # False: an open-vocabulary name, prompted with the name inside clinical sentences
+    similar_known: tuple[str, ...] = ()  # unknown names only: known categories it resembles (never substituted)
 
 
 @dataclass
@@ -84,7 +85,6 @@ class Engine:
         self.settings = settings
         self.knowledge = runtime.knowledge
         self.modalities = list(self.knowledge.modalities)
-        self._known = {name.lower() for name in self.knowledge.data.get("categories", {})}
         # description embeddings are computed on a class's first explanation, then cached
         self.explainer = Explainer(runtime)
 
@@ -177,7 +177,9 @@ class Engine:
                     f"duplicate categories: {same} both mean {canonical!r}; send each category once"
                 )
             seen[key] = label
-            resolved.append(Category(label=label, canonical=canonical, known=key in self._known))
+            known = self.knowledge.is_known(label)
+            similar = () if known else tuple(self.knowledge.similar_known(label))
+            resolved.append(Category(label=label, canonical=canonical, known=known, similar_known=similar))
         return resolved
 
     def task_modalities(self, task: str | None) -> list[str]:
@@ -273,15 +275,7 @@ class Engine:
         order = np.argsort(-probs, kind="stable")
         if top_k is not None:
             order = order[:top_k]
-        predictions = [
-            {
-                "label": categories[i].label,
-                "probability": float(probs[i]),
-                "canonical": categories[i].canonical,
-                "known": categories[i].known,
-            }
-            for i in order
-        ]
+        predictions = [prediction_body(categories[i], float(probs[i])) for i in order]
         explanations = None
         if explain > 0:
             with timings.stage("explain"):
@@ -327,6 +321,12 @@ class Engine:
                 for name, t in tasks.items()
             },
             "abbreviations": dict(self.knowledge.data.get("abbreviations", {})),
+            "aliases": {
+                name: aliases
+                for name in self.knowledge.categories
+                if (aliases := self.knowledge.aliases(name))
+            },
+            "known": sorted(self.knowledge.categories, key=str.lower),
         }
 
 
@@ -336,6 +336,18 @@ def check_min_size(width: int, height: int, min_side: int) -> None:
         raise InvalidRequestError(
             f"image is {width}x{height} px; the smallest accepted is {min_side}x{min_side} (KEEPFIT_MIN_IMAGE_SIDE)"
         )
+
+
+def prediction_body(category: Category, probability: float) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "label": category.label,
+        "probability": probability,
+        "canonical": category.canonical,
+        "known": category.known,
+    }
+    if not category.known:
+        body["similar_known"] = list(category.similar_known)
+    return body
 
 
 def explanation_body(category: Category, probability: float, evidence: Evidence, mode: str) -> dict[str, Any]:

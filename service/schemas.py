@@ -59,8 +59,18 @@ class ErrorResponse(BaseModel):
 class Prediction(BaseModel):
     label: str = Field(description="the category as sent (or from the default set)")
     probability: float = Field(ge=0.0, le=1.0)
-    canonical: str = Field(description="the knowledge entry whose expert descriptions built the prompts")
-    known: bool = Field(description="false: not in the knowledge base; prompted with the name itself")
+    canonical: str = Field(
+        description="the knowledge category the label resolved to (an alias such as `healthy` -> `normal`); "
+        "its expert descriptions built the prompts"
+    )
+    known: bool = Field(
+        description="false: not in the knowledge base; scored by the name inside several clinical sentences"
+    )
+    similar_known: list[str] | None = Field(
+        None,
+        description="unknown names only: known categories whose name or alias resembles it (suggestions; "
+        "never used in its place)",
+    )
 
 
 class ModalityResult(BaseModel):
@@ -388,7 +398,11 @@ class CategoriesResponse(BaseModel):
     tasks: dict[str, TaskInfo] = Field(
         description="named sets of mutually exclusive categories (form field `task`)"
     )
-    abbreviations: dict[str, str]
+    abbreviations: dict[str, str] = Field(description="abbreviation -> full name (also listed in `aliases`)")
+    aliases: dict[str, list[str]] = Field(
+        description="category -> the other names it is known by; any of them scores as the category"
+    )
+    known: list[str] = Field(description="every category of the knowledge base (with expert descriptions)")
 
 
 class HealthResponse(BaseModel):

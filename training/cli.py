@@ -1,4 +1,4 @@
-"""``keepfit train text|hybrid`` and ``keepfit eval zero-shot|retrieval|few-shot|linear-probe|suite``.
+"""``keepfit train text|hybrid`` and ``keepfit eval zero-shot|retrieval|few-shot|linear-probe|suite|synonyms``.
 
 Training resolves its config from the defaults, an optional ``--config-file`` JSON and the flags (in that
 order), writes it into the run folder (``runs/<name>`` by default) and into every checkpoint.  Evaluation runs
@@ -61,7 +61,8 @@ def _train_parser() -> argparse.ArgumentParser:
                       ("head-lr", float), ("weight-decay", float), ("warmup-steps", int), ("views", int),
                       ("vision-freeze-blocks", int), ("text-trainable-layers", int), ("eval-every", int),
                       ("checkpoint-every", int), ("seed", int), ("balance-alpha", float),
-                      ("elite-fraction", float), ("modality-caption-prob", float), ("data-seed", int),
+                      ("elite-fraction", float), ("modality-caption-prob", float), ("alias-prob", float),
+                      ("data-seed", int),
                       ("mlm-head-warmup", int)):
         p.add_argument(f"--{flag}", type=typ)
     p.add_argument("--kt-same-modality", action="store_true", default=None,
@@ -88,7 +89,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     for key in ("name", "model", "data_root", "init", "corpus", "elite_manifest", "steps", "batch_size",
                 "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
                 "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
-                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob",
+                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob", "alias_prob",
                 "data_seed", "select", "elite_text", "mlm_head_warmup", "kt_same_modality",
                 "elite_compose_missing"):
         value = getattr(args, key, None)
@@ -244,6 +245,12 @@ def _eval_parser() -> argparse.ArgumentParser:
     cal.add_argument("--l2", type=float, default=0.1, help="L2 penalty on the offsets")
     cal.add_argument("--record-into", type=Path, metavar="CKPT",
                      help="store calibration.json in this checkpoint's artifact files (export ships it)")
+    sy = sub.add_parser("synonyms", help="every wording (name, aliases) of every class per test task: balanced "
+                        "accuracy, spread, worst wording; synonym vs non-synonym text-embedding cosines")
+    common(sy, labelled=False)
+    sy.add_argument("--data-root", help="default ../shared/data")
+    sy.add_argument("--split", default="test")
+    sy.add_argument("--task", action="append", metavar="NAME", help="only this task (repeatable)")
     c = sub.add_parser("compare", help="a Markdown table of several suite reports (the ablation table)")
     c.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON[,REPORT_JSON]",
                    help="e.g. clip=runs/abl-clip/eval/report.json; several reports per name are averaged (seeds)")
@@ -330,6 +337,11 @@ def eval_main(argv: list[str]) -> int:
             report["text"] += "\n\n" + evalcmd.write_comparison(out, [
                 (f"{baseline.artifact.name} {baseline.version} (baseline)", base),
                 (f"{runtime.artifact.name} {runtime.version}", report)])
+    elif args.command == "synonyms":
+        from training.data import resolve_data_root
+
+        report = evalcmd.run_synonyms(runtime, resolve_data_root(args.data_root), args.split, out, args.batch_size,
+                                      only=args.task)
     else:
         spec = evalcmd.TaskArgs(
             manifest=args.manifest, label_column=args.label_column,

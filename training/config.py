@@ -78,6 +78,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     balance_alpha: float = 0.5  # sample weight of an image ~ 1 / (size of its label set's group) ** alpha
     modality_caption_prob: float = 0.1  # a public image's caption names its modality instead of a label
+    # how often training sees the aliases (``healthy`` for ``normal``, ``DMO`` for ``diabetic macular edema``):
+    # stage 1, the share of knowledge pairs that pair an alias with a description; stage 2, the share of public
+    # captions that word their label by an alias
+    alias_prob: float = 0.25
     kt_same_modality: bool = False  # knowledge transfer: a public image attends only to elite pairs of its modality
     # what trains
     vision_freeze_blocks: int | None = None  # None: 17 for mobilenet_v2, 1 for tiny_cnn
@@ -111,6 +115,8 @@ class TrainConfig:
             raise ConfigError("elite_fraction must be in (0, 1] and balance_alpha in [0, 1]")
         if not 0 <= self.modality_caption_prob < 1:
             raise ConfigError(f"modality_caption_prob must be in [0, 1), got {self.modality_caption_prob}")
+        if not 0 <= self.alias_prob <= 1:
+            raise ConfigError(f"alias_prob must be in [0, 1], got {self.alias_prob}")
         if not 0 < self.mask_prob < 1 or not 0 <= self.corpus_holdout < 1:
             raise ConfigError("mask_prob must be in (0, 1) and corpus_holdout in [0, 1)")
         if self.elite_text not in ELITE_TEXTS:

@@ -420,6 +420,63 @@ def update_checkpoint(path: Path, changes: dict[str, Any]) -> None:
         raise
 
 
+# --------------------------------------------------------------------------------------------- synonyms
+def run_synonyms(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, batch_size: int = 32,
+                 only: list[str] | None = None) -> dict[str, Any]:
+    """``keepfit eval synonyms``: balanced accuracy of every wording of every class per task (spread, worst
+    wording), and synonym vs non-synonym text-embedding cosines (see :mod:`training.synonyms`)."""
+    from model.errors import ConfigError
+    from model.knowledge import Knowledge
+    from training.synonyms import WORDING_TASKS, synonyms_markdown, text_similarity, wording_eval
+
+    t0 = time.perf_counter()
+    known_tasks = [t.name for t in WORDING_TASKS]
+    unknown = sorted(set(only or []) - set(known_tasks))
+    if unknown:
+        raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(known_tasks)}")
+    sources = [Knowledge.default(), runtime.knowledge]
+    embedder = _embedder(runtime, batch_size)
+    tasks: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for task in WORDING_TASKS:
+        if only and task.name not in only:
+            continue
+        if not (data_root / task.manifest).is_file():
+            skipped[task.name] = f"{task.manifest} not found under {data_root}"
+            logger.warning("synonyms: task %s skipped: %s", task.name, skipped[task.name])
+            continue
+        tasks[task.name] = wording_eval(runtime, task, data_root, split, embedder, sources)
+    text = text_similarity(runtime, sources)
+    summary = {
+        "split": split,
+        "artifact_version": runtime.version,
+        "served_spread": {n: t["served"]["spread"] for n, t in tasks.items()},
+        "served_spread_max": max((t["served"]["spread"] for t in tasks.values()), default=float("nan")),
+        "name_only_spread": {n: t["name_only"]["spread"] for n, t in tasks.items()},
+        "name_only_spread_max": max((t["name_only"]["spread"] for t in tasks.values()), default=float("nan")),
+        "default_set_healthy_called_normal": {n: t["default_set"]["healthy_called_normal"] for n, t in tasks.items()
+                                              if "default_set" in t},
+        "text_raw": text["raw"],
+        "text_served": text["served"],
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    payload = {"command": "synonyms", "summary": summary, "tasks": tasks, "text_embeddings": text}
+    out.mkdir(parents=True, exist_ok=True)
+    md = synonyms_markdown(_header(runtime, f"Wordings ({split} split)"), tasks, text, split, skipped)
+    write_report(out, payload, md + "\n")
+    rows = [f"{'task':<44} {'n':>4} {'served spread':>13} {'name-only spread':>16}  name-only worst"]
+    for t in tasks.values():
+        w = t["name_only"]["worst"]
+        rows.append(f"{t['title'][:44]:<44} {t['n']:>4} {t['served']['spread']:>13.3f} "
+                    f"{t['name_only']['spread']:>16.3f}  {w['wording']} ({w['balanced_accuracy']:.3f})")
+    rows += [f"{name}: skipped ({reason})" for name, reason in skipped.items()]
+    rows.append(f"text: synonym cosine raw {text['raw']['synonym_cosine_mean']:.3f} vs non-synonym "
+                f"{text['raw']['nonsynonym_cosine_mean']:.3f}; served min {text['served']['synonym_cosine_min']:.6f}")
+    payload["text"] = "\n".join(rows)
+    return payload
+
+
 # ------------------------------------------------------------------------------------------------ compare
 COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("dme_cfp_graded", "DME CFP graded"),

@@ -16,6 +16,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,17 @@ class MLMHead(nn.Module):
         return x @ self.word_embeddings[0].weight.t() + self.bias  # [M, V]
 
 
-def knowledge_groups(knowledge: Knowledge) -> list[tuple[str, list[str]]]:
-    """Per category: its name, its expert descriptions and the prompts built from them."""
+@dataclass(frozen=True)
+class KnowledgeGroup:
+    """One category for the knowledge-contrastive objective: its texts are positives of each other."""
+
+    name: str
+    texts: list[str]  # the name, its expert descriptions and the prompts built from them
+    aliases: list[str]  # the other names clinicians use, bare and inside their modality's template
+
+
+def knowledge_groups(knowledge: Knowledge) -> list[KnowledgeGroup]:
+    """Per category: its name, its expert descriptions, the prompts built from them, and its aliases."""
     groups = []
     for name, entry in sorted(knowledge.data["categories"].items()):
         by_mod = entry.get("descriptions", {})
@@ -124,8 +134,13 @@ def knowledge_groups(knowledge: Knowledge) -> list[tuple[str, list[str]]]:
             texts += list(descs)
             texts += [knowledge.template(modality if modality != ANY else "CFP").format(d) for d in descs]
         texts = list(dict.fromkeys(texts))
-        if len(texts) >= 2:
-            groups.append((name, texts))
+        aliases: list[str] = []
+        for modality, words in (entry.get("aliases") or {}).items():
+            template = knowledge.template(modality if modality != ANY else "CFP")
+            aliases += [w for word in words for w in (word, template.format(word))]
+        aliases = [a for a in dict.fromkeys(aliases) if a not in texts]
+        if len(texts) + len(aliases) >= 2:
+            groups.append(KnowledgeGroup(name, texts, aliases))
     return groups
 
 
@@ -184,7 +199,9 @@ class TextTask:
         self.tail = TextTail(model, tokenizer, self.layers)
         self.groups = knowledge_groups(knowledge)
         self.stats = {"corpus": str(corpus), "train_texts": len(self.train_texts), "holdout_texts": len(self.holdout),
-                      "knowledge_categories": len(self.groups), "text_trainable_layers": self.layers}
+                      "knowledge_categories": len(self.groups),
+                      "knowledge_aliases": sum(len(g.aliases) for g in self.groups),
+                      "text_trainable_layers": self.layers}
         logger.info("stage 1: %d corpus texts (%d held out), %d knowledge categories, top %d text layers train",
                     len(self.train_texts), len(self.holdout), len(self.groups), self.layers)
 
@@ -223,12 +240,19 @@ class TextTask:
         return loss, acc
 
     def _knowledge(self, rng: random.Random, n_categories: int = 16) -> Tensor:
+        """Contrastive: two texts of a category are positives, other categories' texts negatives.  With
+        probability ``alias_prob`` the pair is one of the category's aliases and one of its descriptions, so
+        that ``healthy`` or ``DMO`` land where ``normal`` or ``diabetic macular edema`` do."""
         picked = rng.sample(self.groups, min(n_categories, len(self.groups)))
         texts, keys = [], []
-        for name, group in picked:
-            for text in rng.sample(group, 2):
+        for group in picked:
+            if group.aliases and (len(group.texts) < 2 or rng.random() < self.cfg.alias_prob):
+                pair = [rng.choice(group.aliases), rng.choice(group.texts)]
+            else:
+                pair = rng.sample(group.texts, 2)
+            for text in pair:
                 texts.append(text)
-                keys.append(name)
+                keys.append(group.name)
         emb = self.tail(texts, self.device)  # [2K, D]
         logits = emb @ emb.t() / 0.05
         logits = logits - torch.eye(len(texts), device=self.device) * 1e4  # not oneself
@@ -398,14 +422,18 @@ class HybridTask:
             backbone_blocks(self.model)[: self.vision_blocks].eval()
 
     def _public_caption(self, sample: Sample, rng: random.Random) -> tuple[str, tuple[str, str]]:
-        """FLAIR-style: one of the image's labels, one of that label's expert descriptions, the modality's
-        template; the (modality, label) pair is what makes two captions positives of each other.  Now and then
+        """FLAIR-style: one of the image's labels, one of that label's expert descriptions (or, with probability
+        ``alias_prob``, one of its aliases), the modality's template; the (modality, label) pair is what makes two captions positives of each other.  Now and then
         the modality itself is the label (its prompts describe the kind of image), so that recognising the
         modality from text stays aligned while the category prompts are learnt."""
         if self.cfg.modality_caption_prob and rng.random() < self.cfg.modality_caption_prob:
             return rng.choice(self.modality_prompts[sample.modality]), (sample.modality, "")
         label = rng.choice(sample.labels)
-        description = rng.choice(self.knowledge.descriptions(label, sample.modality))
+        aliases = self.knowledge.aliases(label, sample.modality) if self.cfg.alias_prob else []
+        if aliases and rng.random() < self.cfg.alias_prob:  # the label as a clinician may word it
+            description = rng.choice(aliases)
+        else:
+            description = rng.choice(self.knowledge.descriptions(label, sample.modality))
         return self.knowledge.template(sample.modality).format(description), (sample.modality, label)
 
     def step(self, step: int, gen: torch.Generator) -> tuple[dict[str, Tensor], int]:

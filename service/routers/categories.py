@@ -1,4 +1,4 @@
-"""``GET /v1/categories``: the default category sets, named tasks and abbreviations of the loaded artifact."""
+"""``GET /v1/categories``: the default category sets, named tasks, known categories and their aliases."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ router = APIRouter(tags=["categories"], dependencies=[Depends(require_api_key)])
     "/categories",
     response_model=CategoriesResponse,
     summary="Default categories per modality",
-    description="What `/v1/classify` scores when no `categories` are sent, the named `task` sets, and the "
-    "abbreviations it understands (`DME`, `AMD`...). Any other name is accepted too (prompted with the name).",
+    description="What `/v1/classify` scores when no `categories` are sent, the named `task` sets, every "
+    "known category and the other names each is known by (`healthy`, `no findings` -> `normal`; `DME`, `DMO` -> "
+    "`diabetic macular edema`): an alias scores exactly as its category. Any other name is accepted too: it is "
+    "prompted with the name inside several clinical sentences and answered with `known: false` and the "
+    "`similar_known` categories it resembles.",
     responses=error_responses(401),
 )
 async def categories(state: StateDep) -> dict[str, Any]:

@@ -52,8 +52,10 @@ def test_knowledge_prompts_are_modality_specific() -> None:
     # FLAIR's descriptions of a category we did not extend
     assert "A fundus photograph of large drusen" in k.prompts("AMD", "CFP")
     assert k.canonical("dme") == "diabetic macular edema" and k.canonical("BRVO") == "branch retinal vein occlusion"
-    # an unknown category falls back to its own name
-    assert k.prompts("Coats disease", "CFP") == ["A fundus photograph of Coats disease"]
+    # an unknown category is prompted with its own name inside several clinical sentences
+    coats = k.prompts("Coats disease", "CFP")
+    assert coats[0] == "A fundus photograph of Coats disease" and len(coats) >= 4
+    assert all("Coats disease" in p for p in coats)
     for modality in k.modalities:
         for category in k.category_set(modality):
             assert k.prompts(category, modality), (modality, category)

@@ -109,13 +109,16 @@ def test_explain_top_is_bounded_by_top_k_and_validated(
 
 
 def test_unknown_category_is_explained_by_its_own_name(
-    api: TestClient, real_images: dict[str, bytes]
+    api: TestClient, runtime: KeepfitRuntime, real_images: dict[str, bytes]
 ) -> None:
     body = _classify(
         api, real_images["CFP"], categories=["normal", "drusen-like dots"], modality="CFP", explain="true"
     ).json()
     by_label = {e["label"]: e for e in body["explanations"]}
-    assert [d["text"] for d in by_label["drusen-like dots"]["descriptions"]] == ["drusen-like dots"]
+    texts = [d["text"] for d in by_label["drusen-like dots"]["descriptions"]]
+    # its prompt ensemble: the name inside each clinical sentence
+    assert sorted(texts) == sorted(runtime.knowledge.prompts("drusen-like dots", "CFP"))
+    assert len(texts) >= 4 and all("drusen-like dots" in t for t in texts)
 
 
 def test_explained_answers_are_cached_apart_from_plain_ones(

@@ -1,0 +1,170 @@
+"""Aliases: every wording of a category resolves to it and is scored with its expert prompts; unknown names get a
+prompt ensemble and near matches, never a substitute; the knowledge build refuses ambiguous aliases; an artifact
+can be given new knowledge (new hashes, new version)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from model.artifact import load_artifact, replace_knowledge
+from model.errors import ArtifactError, ConfigError
+from model.knowledge import ALIASES_FILE, Knowledge, build_knowledge, name_key
+
+NORMAL_WORDS = [
+    "normal", "Normal", "healthy", "no findings", "no abnormality", "unremarkable", "normal fundus", "normal retina",
+    "normal OCT", "normal angiogram", "within normal limits", "  Healthy   eye ",
+]
+
+
+@pytest.mark.parametrize("word", NORMAL_WORDS)
+def test_every_word_for_a_healthy_eye_is_the_normal_class(word: str) -> None:
+    k = Knowledge.default()
+    assert k.canonical(word) == "normal" and k.is_known(word)
+    for modality in k.modalities:
+        assert k.prompts(word, modality) == k.prompts("normal", modality)
+
+
+@pytest.mark.parametrize(
+    ("word", "category"),
+    [
+        ("DME", "diabetic macular edema"), ("DMO", "diabetic macular edema"),
+        ("diabetic macular oedema", "diabetic macular edema"), ("no DME", "no diabetic macular edema"),
+        ("DR", "diabetic retinopathy"), ("no DR", "no diabetic retinopathy"),
+        ("NPDR", "non-proliferative diabetic retinopathy"),
+        ("nonproliferative diabetic retinopathy", "non-proliferative diabetic retinopathy"),
+        ("Non Proliferative Diabetic Retinopathy", "non-proliferative diabetic retinopathy"),
+        ("PDR", "proliferative diabetic retinopathy"), ("BRVO", "branch retinal vein occlusion"),
+        ("CRVO", "central retinal vein occlusion"), ("AMD", "age related macular degeneration"),
+        ("age-related macular degeneration", "age related macular degeneration"),
+        ("ARMD", "age related macular degeneration"), ("wet AMD", "neovascular age related macular degeneration"),
+        ("CNV", "neovascular age related macular degeneration"), ("NPA", "non-perfusion area"),
+        ("capillary non-perfusion", "non-perfusion area"), ("pathological myopia", "pathologic myopia"),
+        ("glaucomatous optic neuropathy", "glaucoma"), ("retinal hemorrhages", "haemorrhages"),
+        ("neovascularization", "neovascularisation"), ("CSCR", "central serous retinopathy"),
+    ],
+)
+def test_abbreviations_spellings_and_synonyms_resolve(word: str, category: str) -> None:
+    k = Knowledge.default()
+    assert k.canonical(word) == category
+    assert k.prompts(word, "CFP") == k.prompts(category, "CFP")
+
+
+def test_every_default_and_task_category_has_aliases() -> None:
+    k = Knowledge.default()
+    named = {c for m in k.modalities for c in k.category_set(m)}
+    named |= {c for t in k.data["tasks"].values() for c in t["categories"]} - {"arterial phase", "venous phase"}
+    missing = sorted(c for c in named if not k.aliases(c))
+    assert not missing, f"categories offered without aliases: {missing}"
+    assert {"healthy", "no findings", "unremarkable"} <= set(k.aliases("normal", "CFP"))
+    assert "normal fundus" in k.aliases("normal", "CFP") and "normal fundus" not in k.aliases("normal", "OCT")
+    assert "normal OCT" in k.aliases("normal", "OCT") and "normal angiogram" in k.aliases("normal", "FFA")
+
+
+def test_the_normal_class_has_many_descriptions_per_modality() -> None:
+    k = Knowledge.default()
+    for modality, at_least in (("CFP", 8), ("FFA", 6), ("OCT", 6)):
+        descriptions = k.descriptions("normal", modality)
+        assert len(descriptions) >= at_least, (modality, descriptions)
+    assert any("cup-to-disc" in d for d in k.descriptions("normal", "CFP"))
+    assert any("foveal" in d for d in k.descriptions("normal", "OCT"))
+
+
+def test_unknown_names_get_an_ensemble_and_suggestions_never_a_substitute() -> None:
+    k = Knowledge.default()
+    for modality in k.modalities:
+        prompts = k.prompts("myopia", modality)
+        assert len(prompts) >= 4 and all("myopia" in p for p in prompts)
+        assert prompts[0] == k.template(modality).format("myopia")
+    assert k.canonical("myopia") == "myopia" and not k.is_known("myopia")
+    assert k.similar_known("myopia")[0] == "pathologic myopia"
+    assert k.similar_known("glaucome")[0] == "glaucoma"
+    assert "diabetic macular edema" in k.similar_known("diabetic macula edema")
+    assert k.similar_known("astrology") == [] and k.similar_known("glaucoma") == []
+
+
+def test_format_1_knowledge_still_reads_as_before(default_artifact: Path) -> None:
+    """Artifacts exported before aliases existed: abbreviations resolve, unknown names get the one template."""
+    data = json.loads((default_artifact / "knowledge.json").read_text())
+    for entry in data["categories"].values():
+        entry.pop("aliases", None)
+    for key in ("open_templates", "spelling"):
+        data.pop(key)
+    data["format"] = 1
+    old = Knowledge(data)
+    assert old.canonical("DME") == "diabetic macular edema"
+    assert old.prompts("healthy", "CFP") == ["A fundus photograph of healthy"]
+    assert old.aliases("normal") == []
+
+
+def _aliases_file(tmp_path: Path, aliases: dict) -> Path:
+    path = tmp_path / "aliases.json"
+    path.write_text(json.dumps({"spelling": {"oedema": "edema"}, "aliases": aliases}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("aliases", "message"),
+    [
+        ({"normal": {"any": ["glaucoma"]}}, "alias 'glaucoma' of 'normal' is the name of category 'glaucoma'"),
+        ({"normal": {"any": ["fine"]}, "glaucoma": {"any": ["Fine"]}}, "alias 'Fine' is claimed by 'normal' and"),
+        ({"no such thing": {"any": ["x"]}}, "'no such thing', which is not a knowledge category"),
+        ({"normal": {"XRAY": ["x"]}}, "unknown modality 'XRAY'"),
+        ({"normal": {"any": ["DME"]}}, "is claimed by 'normal' and 'diabetic macular edema'"),
+    ],
+)
+def test_the_build_refuses_ambiguous_aliases(data_root: Path, tmp_path: Path, aliases: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        build_knowledge(data_root / "text" / "knowledge_dictionary.json", _aliases_file(tmp_path, aliases))
+
+
+def test_the_packaged_aliases_are_unambiguous(data_root: Path) -> None:
+    built = build_knowledge(data_root / "text" / "knowledge_dictionary.json", ALIASES_FILE)
+    k = Knowledge(built)
+    spelling = built["spelling"]
+    owners: dict[str, str] = {}
+    for name, entry in built["categories"].items():
+        for words in entry.get("aliases", {}).values():
+            for word in words:
+                assert k.canonical(word) == name, word
+                assert owners.setdefault(name_key(word, spelling), name) == name
+
+
+def test_replace_knowledge_gives_a_new_verified_version(default_artifact: Path, tmp_path: Path) -> None:
+    art = tmp_path / "art"
+    shutil.copytree(default_artifact, art)
+    before = load_artifact(art)
+    data = json.loads((art / "knowledge.json").read_text())
+    data["categories"]["glaucoma"].setdefault("aliases", {}).setdefault("any", []).append("raised cup ratio")
+    version = replace_knowledge(art, data)
+    after = load_artifact(art)
+    assert version == after.version != before.version
+    assert after.knowledge.canonical("Raised cup ratio") == "glaucoma"
+    assert after.manifest["knowledge_replaced"][-1]["previous_version"] == before.version
+    assert after.manifest["evaluation"] == before.manifest["evaluation"]
+    assert after.manifest["files"]["image_encoder.onnx"] == before.manifest["files"]["image_encoder.onnx"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    # a damaged artifact is refused, not re-signed
+    (art / "tokenizer.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="tokenizer.json"):
+        replace_knowledge(art, data)
+
+
+def test_the_version_covers_the_knowledge(tmp_path: Path) -> None:
+    """Same weights, other knowledge: another version, so no cache mixes their answers."""
+    from model.artifact import build_manifest
+    from model.config import get_config
+
+    cfg = get_config("keepfit-tiny")
+    versions = []
+    for knowledge in ('{"a": 1}', '{"a": 2}'):
+        folder = tmp_path / knowledge[-2]
+        folder.mkdir()
+        for name in ("image_encoder.onnx", "text_encoder.onnx", "tokenizer.json"):
+            (folder / name).write_bytes(b"same")
+        (folder / "knowledge.json").write_text(knowledge)
+        versions.append(build_manifest(folder, name="x", config=cfg)["version"])
+    assert versions[0] != versions[1]
