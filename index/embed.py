@@ -20,7 +20,7 @@ import numpy as np
 
 from index.sources import ImageItem
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
-from model.preprocess import DEFAULT_MAX_PIXELS, load_image
+from model.preprocess import DEFAULT_MAX_PIXELS, load_image, original_size
 
 if TYPE_CHECKING:
     from model.runtime import KeepfitRuntime
@@ -146,13 +146,13 @@ def embed_items(
                 out.reason[i], out.detail[i] = "unreadable file", f"{path}: {err.strerror or err}"
                 continue
             try:
-                image = load_image(data, max_pixels=max_pixels)
+                image = load_image(data, max_pixels=max_pixels, size=runtime.preprocess_cfg.image_size)
                 pix = runtime.preprocess([image])[0]  # [3, S, S]
             except (ImageError, OSError, ValueError) as err:
                 out.reason[i], out.detail[i] = _failure(err), f"{path}: {err}"
                 continue
             out.sha256[i] = hashlib.sha256(data).hexdigest()
-            out.width[i], out.height[i] = image.size
+            out.width[i], out.height[i] = original_size(image)
             out.modality[i] = normalise_modality(item.modality, known) or ""
             rows.append(i)
             pixels.append(pix)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
-from model.preprocess import load_image, to_rgb
+from model.preprocess import load_image, original_size, thumbnail
 from model.runtime import ImageEncoding, KeepfitRuntime
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError
 from service.metrics import Metrics
@@ -185,7 +185,10 @@ class Engine:
     # --------------------------------------------------------------------------------------- blocking work
     def decode(self, data: bytes, timings: Timings) -> Image.Image:
         with timings.stage("decode"):
-            return load_image(data, max_pixels=self.settings.max_pixels)
+            # only what the model input needs is decoded (JPEG DCT scaling); geometry stays on the original grid
+            return load_image(
+                data, max_pixels=self.settings.max_pixels, size=self.runtime.preprocess_cfg.image_size
+            )
 
     def encode(self, image: Image.Image, timings: Timings) -> ImageEncoding:
         with timings.stage("preprocess"):
@@ -255,8 +258,8 @@ class Engine:
             modality_probabilities=mod_probs,
             predictions=predictions,
             categories=len(categories),
-            width=image.width,
-            height=image.height,
+            width=original_size(image)[0],
+            height=original_size(image)[1],
             encoding=encoding,
             class_embeddings=class_emb,
             image=image,
@@ -498,8 +501,8 @@ def read_image_file(path: Path) -> bytes:
 
 def make_thumbnail(path: Path, size: int, max_pixels: int) -> bytes:
     """A JPEG whose long side is at most ``size`` (browsers show it whatever the original format)."""
-    image = to_rgb(load_image(read_image_file(path), max_pixels=max_pixels))
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    # decodes only what the thumbnail needs (JPEG DCT scaling), sized as Pillow's thumbnail of the original
+    image = thumbnail(load_image(read_image_file(path), max_pixels=max_pixels, size=size), size)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85, optimize=True)
     return out.getvalue()
