@@ -309,7 +309,7 @@ class Explainer:
 
     def explain(
         self,
-        image: Image.Image,
+        image: Image.Image | tuple[int, int],
         encoding: ImageEncoding,
         class_embeddings: np.ndarray,
         categories: Sequence[str],
@@ -317,10 +317,13 @@ class Explainer:
         indices: Sequence[int],
         item: int = 0,
     ) -> list[Evidence]:
-        """Heat map and ranked descriptions for each class in ``indices`` (canonical ``categories``)."""
+        """Heat map and ranked descriptions for each class in ``indices`` (canonical ``categories``).
+
+        ``image``: the image, or just its upright original ``(width, height)`` (all a heat map needs)."""
         if len(categories) != len(class_embeddings):
             raise ValueError(f"{len(categories)} categories but {len(class_embeddings)} class embeddings")
-        maps = self.heatmaps(encoding, class_embeddings, upright_size(image), indices, item)
+        size = image if isinstance(image, tuple) else upright_size(image)
+        maps = self.heatmaps(encoding, class_embeddings, size, indices, item)
         embedding = encoding.embeddings[item]  # [D]
         return [
             Evidence(int(i), categories[i], heat, self.rank_descriptions(embedding, categories[i], modality))

@@ -7,14 +7,16 @@ pixels a model sees cannot drift between training and serving.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import logging
 import math
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -49,46 +51,49 @@ _ORIENT = {
 }
 
 
-class PixelBudget:
-    """A process-wide bound on the pixels being decoded at once (large images wait for each other).
+def header_pixels(data: bytes) -> int:
+    """``width x height`` from an image's header without decoding it (0 when it cannot be read: the decode
+    that follows then reports why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return int(image.size[0]) * int(image.size[1])
+    except Exception:
+        return 0
 
-    A decode of ``n`` pixels holds ``min(n, limit)`` of the budget while it runs, so one image above the limit
-    still decodes (alone) and small images never wait behind a budget they do not need.
-    """
 
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"a pixel budget must be positive, got {limit}")
-        self.limit = limit
-        self._used = 0
-        self._cond = threading.Condition()
+@contextmanager
+def trimmed(pixels: int) -> Iterator[None]:
+    """Around the decode and preprocessing of an image of ``pixels``: afterwards, when it was large, hand the
+    memory its decode freed back to the system (:func:`trim_allocator`)."""
+    try:
+        yield
+    finally:
+        if pixels >= TRIM_ABOVE_PIXELS:
+            trim_allocator()
 
-    @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        need = min(max(pixels, 0), self.limit)
-        with self._cond:
-            while self._used + need > self.limit:
-                self._cond.wait()
-            self._used += need
+
+# glibc keeps freed blocks of a large decode in its arenas (Pillow allocates images in 16 MiB blocks, under
+# glibc's dynamic mmap threshold): after an image this large the process asks it to return them.
+TRIM_ABOVE_PIXELS = 4_000_000
+_malloc_trim: Any = None
+
+
+def trim_allocator() -> bool:
+    """``malloc_trim(0)`` where the C library is glibc (returns whether it ran)."""
+    global _malloc_trim
+    if _malloc_trim is None:
         try:
-            yield
-        finally:
-            with self._cond:
-                self._used -= need
-                self._cond.notify_all()
-
-    @property
-    def used(self) -> int:
-        return self._used
-
-
-_budget: PixelBudget | None = None
-
-
-def set_decode_budget(pixels: int | None) -> None:
-    """Bound the pixels decoded at once in this process (``None``: unbounded, the library default)."""
-    global _budget
-    _budget = PixelBudget(pixels) if pixels else None
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _malloc_trim = libc.malloc_trim
+            _malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if not _malloc_trim:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 def _decode_dicom(data: bytes) -> Image.Image:
@@ -163,11 +168,7 @@ def load_image(
             image.draft(None, wanted)
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-        if _budget is None:
-            image.load()
-        else:
-            with _budget.hold(width * height):
-                image.load()
+        image.load()
     except Exception as err:  # truncated or corrupt data
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
     return image

@@ -25,7 +25,14 @@ from PIL import Image
 
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
-from model.preprocess import load_image, original_size, thumbnail
+from model.preprocess import (
+    header_pixels,
+    load_image,
+    original_size,
+    thumbnail,
+    trimmed,
+    upright_original_size,
+)
 from model.runtime import ImageEncoding, KeepfitRuntime
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError
 from service.metrics import Metrics
@@ -58,7 +65,6 @@ class ClassifyResult:
     # Not serialised: what an explanation (heat map) needs without running the encoder again.
     encoding: ImageEncoding | None = None  # embeddings [1, D], tokens [1, h*w, D], grid (h, w)
     class_embeddings: np.ndarray | None = None  # [C, D], rows in the order of the scored categories
-    image: Image.Image | None = None
     # Heat maps and ranked expert descriptions of the top predictions (``explain > 0``), serialised.
     explanations: list[dict[str, Any]] | None = None
 
@@ -196,6 +202,21 @@ class Engine:
         with timings.stage("inference"):
             return self.runtime.encode_pixels(pixels)  # embeddings [1, D], tokens [1, h*w, D]
 
+    def encode_bytes(self, data: bytes, timings: Timings) -> tuple[ImageEncoding, tuple[int, int], tuple[int, int]]:
+        """Image bytes -> ``(encoding, original (width, height), upright original (width, height))``.
+
+        The decoded pixels are dropped before inference and, after a large image, their memory is handed back
+        to the system, so a request holds full-size pixels only while it decodes and preprocesses.
+        """
+        with trimmed(header_pixels(data)):
+            image = self.decode(data, timings)
+            size, upright = original_size(image), upright_original_size(image)
+            with timings.stage("preprocess"):
+                pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
+            del image
+        with timings.stage("inference"):
+            return self.runtime.encode_pixels(pixels), size, upright  # embeddings [1, D], tokens [1, h*w, D]
+
     def classify(
         self,
         data: bytes,
@@ -207,8 +228,7 @@ class Engine:
     ) -> ClassifyResult:
         """Zero-shot probabilities; with ``explain > 0`` also heat maps and ranked expert descriptions of the
         ``explain`` most probable categories (within ``top_k``)."""
-        image = self.decode(data, timings)
-        encoding = self.encode(image, timings)
+        encoding, size, upright = self.encode_bytes(data, timings)
         embedding = encoding.embeddings  # [1, D]
         with timings.stage("zero_shot"):
             confidence: float | None = None
@@ -245,7 +265,7 @@ class Engine:
             with timings.stage("explain"):
                 top = [int(i) for i in order[:explain]]
                 evidence = self.explainer.explain(
-                    image, encoding, class_emb, [c.canonical for c in categories], used, top
+                    upright, encoding, class_emb, [c.canonical for c in categories], used, top
                 )
                 explanations = [
                     explanation_body(categories[e.index], float(probs[e.index]), e, self.explainer.mode)
@@ -258,17 +278,16 @@ class Engine:
             modality_probabilities=mod_probs,
             predictions=predictions,
             categories=len(categories),
-            width=original_size(image)[0],
-            height=original_size(image)[1],
+            width=size[0],
+            height=size[1],
             encoding=encoding,
             class_embeddings=class_emb,
-            image=image,
             explanations=explanations,
         )
 
     def embed_image(self, data: bytes, timings: Timings) -> np.ndarray:
         """Image bytes -> unit embedding ``[D]``."""
-        return self.encode(self.decode(data, timings), timings).embeddings[0]
+        return self.encode_bytes(data, timings)[0].embeddings[0]
 
     def embed_text(self, text: str, timings: Timings) -> np.ndarray:
         """Text -> unit embedding ``[D]``."""

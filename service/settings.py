@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         le=256,
         description="model runs at once per process (0: one per two CPU cores, at least 2)",
     )
+    large_image_pixels: int = Field(
+        default=12_000_000,
+        ge=1,
+        description="images with more pixels than this (by their header) decode one at a time, in their own lane",
+    )
     ort_spinning: bool = Field(
         default=False,
         description="let idle ONNX Runtime threads spin (lower latency on idle cores, less for the rest)",
@@ -100,7 +105,7 @@ class Settings(BaseSettings):
         resolved = [_PROVIDER_ALIASES.get(str(n).lower(), str(n)) for n in names]
         return resolved or ["CPUExecutionProvider"]
 
-    @field_validator("index", "redis_url", "public_url", mode="before")
+    @field_validator("index", "redis_url", "public_url", "threads", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         # compose files pass unset variables as empty strings
