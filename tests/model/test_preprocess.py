@@ -273,3 +273,10 @@ def test_no_full_size_copies_while_preprocessing() -> None:
     # a 4000x3000 JPEG decoded for the model: a 1/8 scale decode, not the 46 MiB full image
     jpeg = _encode(Image.new("RGB", (4000, 3000), (90, 40, 20)), "JPEG")
     assert _hwm_growth_mib(lambda: preprocess(load_image(jpeg, size=224), CFG)) < 8
+
+
+def test_header_pixels_reads_the_size_without_decoding() -> None:
+    from model.preprocess import header_pixels
+
+    assert header_pixels(_encode(Image.new("RGB", (6000, 5000)), "PNG", compress_level=1)) == 30_000_000
+    assert header_pixels(b"%PDF-1.4 not an image") == 0  # the decode that follows says why
