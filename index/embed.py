@@ -195,6 +195,7 @@ def embed_items(
                 out.sha256[i] = prep.sha256
                 out.width[i], out.height[i] = prep.width, prep.height
                 out.modality[i] = normalise_modality(items[i].modality, known) or ""
+                assert prep.pixels is not None  # ok implies pixels
                 rows.append(i)
                 pixels.append(prep.pixels)
             if not rows:
