@@ -97,7 +97,7 @@ class Engine:
         runtime = KeepfitRuntime.from_artifact(
             settings.artifact,
             providers=settings.providers,
-            intra_op_threads=settings.threads,
+            intra_op_threads=settings.intra_op_threads,
             # Idle ONNX Runtime threads spin for a while after each run by default, which steals the CPU from
             # the event loop and from cache hits between inferences; a server sleeps them instead.
             session_config=None if settings.ort_spinning else SERVER_SESSION_CONFIG,

@@ -68,7 +68,10 @@ class Settings(BaseSettings):
         description="ONNX Runtime execution providers, in order",
     )
     threads: int | None = Field(
-        default=None, ge=1, le=256, description="ONNX Runtime intra-op threads (default: ORT's)"
+        default=None,
+        ge=1,
+        le=256,
+        description="ONNX Runtime intra-op threads per model run (default: CPU cores / inference_concurrency)",
     )
     inference_concurrency: int = Field(
         default=0,
@@ -125,6 +128,15 @@ class Settings(BaseSettings):
         if self.inference_concurrency:
             return self.inference_concurrency
         return max(2, (os.cpu_count() or 2) // 2)
+
+    @property
+    def intra_op_threads(self) -> int:
+        """ONNX Runtime threads per model run: ``threads``, else the cores shared among the concurrent runs
+        (more oversubscribes the CPU: at 16 clients on 2 cores, 2 threads x 2 runs gave 62 % of the core limit
+        where 1 x 2 gave 88 %, service/benchmarks/camera_speed.py)."""
+        if self.threads:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // self.concurrency)
 
 
 @lru_cache

@@ -252,8 +252,13 @@ def main(argv: list[str] | None = None) -> int:
 
     inputs = camera_inputs(args.data_root)
     jpegs = inputs["JPEG"]
-    runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=args.threads)
-    report: dict[str, Any] = {"cores": args.cores, "workers": args.workers, "threads": args.threads,
+    from service.settings import Settings
+
+    # the encoder floor runs with the threads the server will use
+    server_settings = Settings(threads=args.threads, inference_concurrency=args.concurrency or 0)
+    runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=server_settings.intra_op_threads)
+    report: dict[str, Any] = {"cores": args.cores, "workers": args.workers,
+                              "threads": server_settings.intra_op_threads,
                               "concurrency": args.concurrency}
     report["encoder_p50_ms"] = encoder_floor(runtime, 3 * args.repeats)
     print(f"encoder alone, p50: {report['encoder_p50_ms']:.1f} ms")
