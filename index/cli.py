@@ -313,7 +313,7 @@ def search_main(argv: list[str]) -> int:
                 raise DataError("--text is empty")
             query = runtime.encode_texts([args.text])[0]
         else:
-            query = runtime.encode_images([load_image(args.image)])[0]
+            query = runtime.encode_images([load_image(args.image, size=runtime.preprocess_cfg.image_size)])[0]
         hits = index.search(query, args.top_k, modality=args.modality, label=args.label)
         rows: list[dict[str, Any]] = [
             {
