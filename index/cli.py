@@ -344,7 +344,7 @@ def search_main(argv: list[str]) -> int:
         if args.text is not None:
             query = runtime.encode_texts([args.text])[0]
         else:
-            query = runtime.encode_images([load_image(args.image)])[0]
+            query = runtime.encode_images([load_image(args.image, size=runtime.preprocess_cfg.image_size)])[0]
         hits = index.search(query, args.top_k, modality=modality, label=args.label)
         warning = label_warning(index, args.label, modality, len(hits))
         rows: list[dict[str, Any]] = [

@@ -50,8 +50,10 @@ class EmbedActor:
             ImageItem(seq=int(seq), source=str(source), modality=str(modality) or None)
             for seq, source, modality in zip(batch["seq"], batch["source"], batch["modality"], strict=True)
         ]
+        # two prefetch threads: an actor's decoding overlaps its own encoder runs
         embedded = embed_items(
-            self.runtime, items, detect_modality=self.detect_modality, batch_size=self.batch_size
+            self.runtime, items, detect_modality=self.detect_modality, batch_size=self.batch_size,
+            decode_threads=2,
         )
         return embedded.as_dict()
 

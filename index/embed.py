@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
+import os
+from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ import numpy as np
 
 from index.sources import ImageItem
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
-from model.preprocess import DEFAULT_MAX_PIXELS, load_image
+from model.preprocess import DEFAULT_MAX_PIXELS, load_image, original_size, trimmed
 
 if TYPE_CHECKING:
     from model.runtime import KeepfitRuntime
@@ -109,6 +111,44 @@ def normalise_modality(value: str | None, known: Sequence[str]) -> str | None:
     return value.strip()
 
 
+@dataclass
+class _Prepared:
+    """One item read, hashed, decoded and preprocessed (on a prefetch thread), or why not."""
+
+    ok: bool
+    reason: str = ""
+    detail: str = ""
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    pixels: np.ndarray | None = None  # [3, S, S]
+
+
+def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prepared:
+    path = Path(item.source)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return _Prepared(False, "missing file", f"not found: {path}")
+    except OSError as err:
+        return _Prepared(False, "unreadable file", f"{path}: {err.strerror or err}")
+    try:
+        # only what the model input needs is decoded (JPEG DCT scaling), as the service does
+        image = load_image(data, max_pixels=max_pixels, size=runtime.preprocess_cfg.image_size)
+        width, height = original_size(image)
+        with trimmed(width * height):
+            pix = runtime.preprocess([image])[0]  # [3, S, S]
+            del image
+    except (ImageError, OSError, ValueError) as err:
+        return _Prepared(False, _failure(err), f"{path}: {err}")
+    return _Prepared(True, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height, pixels=pix)
+
+
+def default_decode_threads() -> int:
+    """Prefetch threads of :func:`embed_items`: decoding (which releases the GIL) overlaps the encoder."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def embed_items(
     runtime: KeepfitRuntime,
     items: Sequence[ImageItem],
@@ -116,8 +156,13 @@ def embed_items(
     detect_modality: bool = True,
     batch_size: int = 32,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_threads: int | None = None,
 ) -> Embedded:
-    """Read, hash, decode, preprocess and embed ``items``; modality from the item, else detected by the runtime."""
+    """Read, hash, decode, preprocess and embed ``items``; modality from the item, else detected by the runtime.
+
+    Reading, hashing, decoding and preprocessing run on ``decode_threads`` prefetch threads (default
+    :func:`default_decode_threads`), at most two batches ahead of the encoder, in item order.
+    """
     dim = runtime.embed_dim
     n = len(items)
     out = Embedded(
@@ -132,40 +177,37 @@ def embed_items(
         vector=np.zeros((n, dim), dtype=np.float32),
     )
     known = list(runtime.knowledge.modalities)
-    for start in range(0, n, batch_size):
-        rows, pixels = [], []
-        for i in range(start, min(n, start + batch_size)):
-            item = items[i]
-            path = Path(item.source)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                out.reason[i], out.detail[i] = "missing file", f"not found: {path}"
+    threads = decode_threads or default_decode_threads()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keepfit-decode") as pool:
+        pending: deque[Future[_Prepared]] = deque()
+        submitted = 0
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            while submitted < min(n, stop + batch_size):  # this batch and the next one in flight
+                pending.append(pool.submit(_prepare, runtime, items[submitted], max_pixels))
+                submitted += 1
+            rows, pixels = [], []
+            for i in range(start, stop):
+                prep = pending.popleft().result()
+                if not prep.ok:
+                    out.reason[i], out.detail[i] = prep.reason, prep.detail
+                    continue
+                out.sha256[i] = prep.sha256
+                out.width[i], out.height[i] = prep.width, prep.height
+                out.modality[i] = normalise_modality(items[i].modality, known) or ""
+                assert prep.pixels is not None  # ok implies pixels
+                rows.append(i)
+                pixels.append(prep.pixels)
+            if not rows:
                 continue
-            except OSError as err:
-                out.reason[i], out.detail[i] = "unreadable file", f"{path}: {err.strerror or err}"
-                continue
-            try:
-                image = load_image(data, max_pixels=max_pixels)
-                pix = runtime.preprocess([image])[0]  # [3, S, S]
-            except (ImageError, OSError, ValueError) as err:
-                out.reason[i], out.detail[i] = _failure(err), f"{path}: {err}"
-                continue
-            out.sha256[i] = hashlib.sha256(data).hexdigest()
-            out.width[i], out.height[i] = image.size
-            out.modality[i] = normalise_modality(item.modality, known) or ""
-            rows.append(i)
-            pixels.append(pix)
-        if not rows:
-            continue
-        emb = runtime.encode_pixels(np.stack(pixels)).embeddings  # [b, D]
-        out.vector[rows] = emb
-        out.ok[rows] = True
-        unknown = [j for j, i in enumerate(rows) if not out.modality[i]]
-        if detect_modality and unknown:
-            names, probs = runtime.modality_probabilities(emb[unknown])  # probs [u, M]
-            for j, p in zip(unknown, probs, strict=True):
-                out.modality[rows[j]] = names[int(np.argmax(p))]
+            emb = runtime.encode_pixels(np.stack(pixels)).embeddings  # [b, D]
+            out.vector[rows] = emb
+            out.ok[rows] = True
+            unknown = [j for j, i in enumerate(rows) if not out.modality[i]]
+            if detect_modality and unknown:
+                names, probs = runtime.modality_probabilities(emb[unknown])  # probs [u, M]
+                for j, p in zip(unknown, probs, strict=True):
+                    out.modality[rows[j]] = names[int(np.argmax(p))]
     # fixed-width unicode columns: np.savez writes them without pickling
     for column in ("reason", "detail", "sha256", "modality"):
         setattr(out, column, np.asarray(getattr(out, column), dtype=str))

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from model.config import PreprocessConfig
-from model.preprocess import content_box
+from model.preprocess import content_box, upright_original_size
 
 if TYPE_CHECKING:
     from model.runtime import ImageEncoding, KeepfitRuntime
@@ -42,7 +42,6 @@ MapMode = Literal["contrast", "softmax", "cosine"]
 MAP_MODES: tuple[str, ...] = ("contrast", "softmax", "cosine")
 
 # EXIF orientations that swap width and height (browsers show images upright, so overlays must match).
-_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 # Control points of a perceptually ordered "hot" colour map: transparent-ish blue -> yellow -> red.
 _CMAP_POINTS = np.array([0.0, 0.25, 0.5, 0.75, 1.0], dtype=np.float32)
@@ -93,12 +92,9 @@ def class_maps(
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
-    """``(width, height)`` as the image is shown: EXIF rotations by 90 degrees swap the sides."""
-    try:
-        orientation = int(image.getexif().get(0x0112, 1))
-    except (TypeError, ValueError):  # malformed EXIF: preprocessing then ignores it too
-        orientation = 1
-    return (image.height, image.width) if orientation in _TRANSPOSED_ORIENTATIONS else image.size
+    """``(width, height)`` of the original image as shown (EXIF rotations by 90 degrees swap the sides), also
+    for an image decoded at a reduced scale (``load_image(size=...)``)."""
+    return upright_original_size(image)
 
 
 def fit_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -315,7 +311,7 @@ class Explainer:
 
     def explain(
         self,
-        image: Image.Image,
+        image: Image.Image | tuple[int, int],
         encoding: ImageEncoding,
         class_embeddings: np.ndarray,
         categories: Sequence[str],
@@ -323,10 +319,13 @@ class Explainer:
         indices: Sequence[int],
         item: int = 0,
     ) -> list[Evidence]:
-        """Heat map and ranked descriptions for each class in ``indices`` (canonical ``categories``)."""
+        """Heat map and ranked descriptions for each class in ``indices`` (canonical ``categories``).
+
+        ``image``: the image, or just its upright original ``(width, height)`` (all a heat map needs)."""
         if len(categories) != len(class_embeddings):
             raise ValueError(f"{len(categories)} categories but {len(class_embeddings)} class embeddings")
-        maps = self.heatmaps(encoding, class_embeddings, upright_size(image), indices, item)
+        size = image if isinstance(image, tuple) else upright_size(image)
+        maps = self.heatmaps(encoding, class_embeddings, size, indices, item)
         embedding = encoding.embeddings[item]  # [D]
         return [
             Evidence(int(i), categories[i], heat, self.rank_descriptions(embedding, categories[i], modality))

@@ -21,7 +21,7 @@ from PIL import Image
 
 from model.artifact import Artifact, load_artifact
 from model.errors import ArtifactError, ConfigError
-from model.preprocess import preprocess_batch, resize_pad, to_rgb
+from model.preprocess import content_box, preprocess_batch, upright_original_size
 from model.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -230,8 +230,7 @@ class KeepfitRuntime:
 
     def content_box(self, image: Image.Image) -> tuple[int, int, int, int]:
         """Where the image content lies inside the model's square input (for mapping heat maps back)."""
-        _, box = resize_pad(to_rgb(image), self.preprocess_cfg)
-        return box
+        return content_box(upright_original_size(image), self.preprocess_cfg)
 
     def check_modality(self, modality: str) -> str:
         if modality not in self.knowledge.modalities:

@@ -93,6 +93,7 @@ def _lifespan(index_opener: Any = None) -> Any:
             cache=cache,
             metrics=metrics,
             limiter=anyio.CapacityLimiter(settings.concurrency),
+            large_limiter=anyio.CapacityLimiter(1),
         )
         try:
             yield

@@ -14,6 +14,7 @@ import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from model.preprocess import header_pixels
 from service.cache import Cache
 from service.engine import Engine, IndexHolder, Timings
 from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
@@ -40,10 +41,20 @@ class ServiceState:
     cache: Cache
     metrics: Metrics
     limiter: anyio.CapacityLimiter
+    # Images above settings.large_image_pixels decode one at a time in their own lane: their memory is bounded
+    # and they never take the normal lane's threads from ordinary requests.
+    large_limiter: anyio.CapacityLimiter
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work on a worker thread, at most ``settings.concurrency`` at once."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+    async def run_image(self, fn: Callable[..., T], data: bytes, *args: Any) -> T:
+        """``fn(data, *args)`` on a worker thread: in the normal lane, or in the one-at-a-time lane of large
+        images (by the pixel count in the image's header)."""
+        large = header_pixels(data) > self.settings.large_image_pixels
+        limiter = self.large_limiter if large else self.limiter
+        return await anyio.to_thread.run_sync(partial(fn, data, *args), limiter=limiter)
 
     async def cached(self, endpoint: str, key: str, timings: Timings) -> bytes | None:
         """The cached answer for ``key`` (None on a miss), timed as the ``cache`` stage and counted."""

@@ -26,7 +26,14 @@ from PIL import Image
 from index.query import index_modalities, label_warning
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
-from model.preprocess import load_image, to_rgb
+from model.preprocess import (
+    header_pixels,
+    load_image,
+    original_size,
+    thumbnail,
+    trimmed,
+    upright_original_size,
+)
 from model.runtime import ImageEncoding, KeepfitRuntime
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, redact_paths
 from service.metrics import Metrics
@@ -61,7 +68,6 @@ class ClassifyResult:
     # Not serialised: what an explanation (heat map) needs without running the encoder again.
     encoding: ImageEncoding | None = None  # embeddings [1, D], tokens [1, h*w, D], grid (h, w)
     class_embeddings: np.ndarray | None = None  # [C, D], rows in the order of the scored categories
-    image: Image.Image | None = None
     # Heat maps and ranked expert descriptions of the top predictions (``explain > 0``), serialised.
     explanations: list[dict[str, Any]] | None = None
 
@@ -93,7 +99,7 @@ class Engine:
         runtime = KeepfitRuntime.from_artifact(
             settings.artifact,
             providers=settings.providers,
-            intra_op_threads=settings.threads,
+            intra_op_threads=settings.intra_op_threads,
             # Idle ONNX Runtime threads spin for a while after each run by default, which steals the CPU from
             # the event loop and from cache hits between inferences; a server sleeps them instead.
             session_config=None if settings.ort_spinning else SERVER_SESSION_CONFIG,
@@ -232,8 +238,9 @@ class Engine:
     # --------------------------------------------------------------------------------------- blocking work
     def decode(self, data: bytes, timings: Timings) -> Image.Image:
         with timings.stage("decode"):
-            image = load_image(data, max_pixels=self.settings.max_pixels)
-        check_min_size(image.width, image.height, self.settings.min_image_side)
+            # only what the model input needs is decoded (JPEG DCT scaling); geometry stays on the original grid
+            image = load_image(data, max_pixels=self.settings.max_pixels, size=self.runtime.preprocess_cfg.image_size)
+        check_min_size(*original_size(image), self.settings.min_image_side)
         return image
 
     def encode(self, image: Image.Image, timings: Timings) -> ImageEncoding:
@@ -241,6 +248,21 @@ class Engine:
             pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
         with timings.stage("inference"):
             return self.runtime.encode_pixels(pixels)  # embeddings [1, D], tokens [1, h*w, D]
+
+    def encode_bytes(self, data: bytes, timings: Timings) -> tuple[ImageEncoding, tuple[int, int], tuple[int, int]]:
+        """Image bytes -> ``(encoding, original (width, height), upright original (width, height))``.
+
+        The decoded pixels are dropped before inference and, after a large image, their memory is handed back
+        to the system, so a request holds full-size pixels only while it decodes and preprocesses.
+        """
+        with trimmed(header_pixels(data)):
+            image = self.decode(data, timings)
+            size, upright = original_size(image), upright_original_size(image)
+            with timings.stage("preprocess"):
+                pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
+            del image
+        with timings.stage("inference"):
+            return self.runtime.encode_pixels(pixels), size, upright  # embeddings [1, D], tokens [1, h*w, D]
 
     def classify(
         self,
@@ -253,8 +275,7 @@ class Engine:
     ) -> ClassifyResult:
         """Zero-shot probabilities; with ``explain > 0`` also heat maps and ranked expert descriptions of the
         ``explain`` most probable categories (within ``top_k``)."""
-        image = self.decode(data, timings)
-        encoding = self.encode(image, timings)
+        encoding, size, upright = self.encode_bytes(data, timings)
         embedding = encoding.embeddings  # [1, D]
         with timings.stage("zero_shot"):
             # The modality head runs even when the caller names a modality: a named modality that the image
@@ -281,7 +302,7 @@ class Engine:
             with timings.stage("explain"):
                 top = [int(i) for i in order[:explain]]
                 evidence = self.explainer.explain(
-                    image, encoding, class_emb, [c.canonical for c in categories], used, top
+                    upright, encoding, class_emb, [c.canonical for c in categories], used, top
                 )
                 explanations = [
                     explanation_body(categories[e.index], float(probs[e.index]), e, self.explainer.mode)
@@ -295,17 +316,16 @@ class Engine:
             modality_probabilities=mod_probs,
             predictions=predictions,
             categories=len(categories),
-            width=image.width,
-            height=image.height,
+            width=size[0],
+            height=size[1],
             encoding=encoding,
             class_embeddings=class_emb,
-            image=image,
             explanations=explanations,
         )
 
     def embed_image(self, data: bytes, timings: Timings) -> np.ndarray:
         """Image bytes -> unit embedding ``[D]``."""
-        return self.encode(self.decode(data, timings), timings).embeddings[0]
+        return self.encode_bytes(data, timings)[0].embeddings[0]
 
     def embed_text(self, text: str, timings: Timings) -> np.ndarray:
         """Text -> unit embedding ``[D]``."""
@@ -578,8 +598,8 @@ def read_image_file(path: Path) -> bytes:
 
 def make_thumbnail(path: Path, size: int, max_pixels: int) -> bytes:
     """A JPEG whose long side is at most ``size`` (browsers show it whatever the original format)."""
-    image = to_rgb(load_image(read_image_file(path), max_pixels=max_pixels))
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    # decodes only what the thumbnail needs (JPEG DCT scaling), sized as Pillow's thumbnail of the original
+    image = thumbnail(load_image(read_image_file(path), max_pixels=max_pixels, size=size), size)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85, optimize=True)
     return out.getvalue()

@@ -487,11 +487,16 @@ class LoadReport:
         return f"{self.loaded} images loaded, {len(self.skipped)} skipped as unreadable ({detail})"
 
 
-def iter_images(paths: Sequence[Path], report: LoadReport) -> Iterator[tuple[int, Image.Image]]:
-    """``(index, image)`` for every readable path; the rest go into ``report``."""
+def iter_images(
+    paths: Sequence[Path], report: LoadReport, size: int | None = None
+) -> Iterator[tuple[int, Image.Image]]:
+    """``(index, image)`` for every readable path; the rest go into ``report``.
+
+    ``size``: the model input side, so only what the model needs is decoded (``load_image(size=...)``).
+    """
     for i, path in enumerate(paths):
         try:
-            image = load_image(path)
+            image = load_image(path, size=size)
         except ImageError as err:
             report.skipped[str(path)] = str(err)
             logger.warning("skipping unreadable image %s: %s", path, err)

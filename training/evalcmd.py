@@ -51,7 +51,11 @@ class TaskArgs:
 
 
 def _embedder(runtime: KeepfitRuntime, batch_size: int) -> ImageEmbedder:
-    return ImageEmbedder(lambda images: runtime.encode_images(images, batch_size=batch_size), batch_size)
+    return ImageEmbedder(
+        lambda images: runtime.encode_images(images, batch_size=batch_size),
+        batch_size,
+        size=runtime.preprocess_cfg.image_size,
+    )
 
 
 def _load(runtime: KeepfitRuntime, a: TaskArgs, split: str | None) -> EvalSet:

@@ -226,8 +226,11 @@ def load_modality_set(data_root: Path, knowledge: Knowledge, split: str | None) 
 class ImageEmbedder:
     """Embeds image files once per process (a path is embedded once even when several tasks use it)."""
 
-    def __init__(self, encode: Callable[[list[Any]], np.ndarray], batch_size: int = 32) -> None:
+    def __init__(
+        self, encode: Callable[[list[Any]], np.ndarray], batch_size: int = 32, size: int | None = None
+    ) -> None:
         self.encode = encode
+        self.size = size  # the model input side: decode only what it needs
         self.batch_size = batch_size
         self.cache: dict[Path, np.ndarray] = {}
         self.report = LoadReport()
@@ -244,7 +247,7 @@ class ImageEmbedder:
                     self.cache[p] = e
                 batch.clear()
 
-        for i, image in tqdm(iter_images(todo, self.report), total=len(todo), desc=desc, unit="img",
+        for i, image in tqdm(iter_images(todo, self.report, self.size), total=len(todo), desc=desc, unit="img",
                              disable=not todo):
             batch.append((todo[i], image))
             if len(batch) == self.batch_size:

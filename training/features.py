@@ -153,7 +153,7 @@ def build_feature_store(
 
     gens = {i: _image_generator(paths[i], seed) for i in todo}
     todo_paths = [paths[i] for i in todo]
-    for k, image in tqdm(iter_images(todo_paths, report), total=len(todo), desc=desc, unit="img", disable=not todo):
+    for k, image in tqdm(iter_images(todo_paths, report, pre.image_size), total=len(todo), desc=desc, unit="img", disable=not todo):
         pending.append((todo[k], image))
         if len(pending) == batch_size:
             flush()
@@ -226,14 +226,14 @@ class PixelSource(ImageSource):
         self.aug = aug
         self.report = LoadReport()
         self.valid = np.zeros(len(paths), dtype=bool)
-        for i, _ in tqdm(iter_images(paths, self.report), total=len(paths), desc="checking images", unit="img"):
+        for i, _ in tqdm(iter_images(paths, self.report, pre.image_size), total=len(paths), desc="checking images", unit="img"):
             self.valid[i] = True
         if not self.valid.any():
             raise DataError(f"none of the {len(paths)} images could be read ({self.report.summary()})")
         self.gen = torch.Generator().manual_seed(seed)
 
     def batch(self, rows: Sequence[int], views: Sequence[int], device: torch.device) -> Tensor:
-        images = [load_image(self.paths[r]) for r in rows]
+        images = [load_image(self.paths[r], size=self.pre.image_size) for r in rows]
         pixels = torch.from_numpy(preprocess_batch(images, self.pre))  # [B, 3, S, S]
         mask = torch.as_tensor([v > 0 for v in views])
         if mask.any():

@@ -119,13 +119,18 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)
 
 
-def verification_images(data_root: Path | None, per_modality: int = 4) -> tuple[list[Image.Image], str]:
-    """Real images from ``data_root`` (CFP, OCT, FFA) where present, else deterministic synthetic ones."""
+def verification_images(
+    data_root: Path | None, per_modality: int = 4, image_size: int | None = None
+) -> tuple[list[Image.Image], str]:
+    """Real images from ``data_root`` (CFP, OCT, FFA) where present, else deterministic synthetic ones.
+
+    ``image_size``: the model input side, so the images are decoded the way serving decodes them.
+    """
     images: list[Image.Image] = []
     if data_root is not None:
         for folder in ("cfp_oct_mx/images/cfp", "cfp_oct_mx/images/oct", "ffa_huapu4/images/disease_diagnosis"):
             files = sorted(p for p in (data_root / folder).rglob("*") if p.suffix.lower() in (".jpg", ".png"))
-            images += [load_image(p) for p in files[:per_modality]]
+            images += [load_image(p, size=image_size) for p in files[:per_modality]]
     if images:
         return images, f"{len(images)} real images from {data_root}"
     rng = np.random.default_rng(0)
@@ -206,7 +211,7 @@ def export_artifact(
             (staging / fname).write_bytes(blob)
         parity: dict[str, Any] = {}
         if verify:
-            images, source = verification_images(data_root)
+            images, source = verification_images(data_root, image_size=model.cfg.preprocess.image_size)
             prompts = verification_prompts(knowledge)
             fp32 = measure_parity(model, tokenizer, staging, images, prompts)
             fp32["inputs"] = f"{source}; {len(prompts)} knowledge prompts"

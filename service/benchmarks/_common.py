@@ -54,12 +54,13 @@ def rss_mib(pid: int) -> float:
 
 @contextmanager
 def serve(
-    args: list[str], env: dict[str, str] | None = None, timeout_s: float = 120
+    args: list[str], env: dict[str, str] | None = None, timeout_s: float = 120, root: Path = ROOT
 ) -> Iterator[tuple[str, int]]:
-    """``keepfit serve`` in a subprocess on a free port; yields ``(base_url, pid)`` once ready."""
+    """``keepfit serve`` (of the checkout at ``root``) in a subprocess on a free port; yields ``(base_url, pid)``
+    once ready."""
     port = free_port()
     cmd = [sys.executable, "-m", "model.cli", "serve", "--port", str(port), "--log-level", "WARNING", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

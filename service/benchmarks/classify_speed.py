@@ -91,12 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         warm = images[-1][1] + b"\0"  # a distinct upload: warms the server without caching a measured image
         assert http.request("POST", "/v1/classify", *multipart_body(warm))[0] == 200
         torch_classify(images[0][1], images[0][0])
-        runtime.encode_pixels(runtime.preprocess([load_image(images[0][1])]))
+        size = runtime.preprocess_cfg.image_size
+        runtime.encode_pixels(runtime.preprocess([load_image(images[0][1], size=size)]))
         for modality, data in images:
             # a pause before each measurement: thread pools that spin after work (torch's OpenMP) settle first
             time.sleep(PAUSE_S)
             start = time.perf_counter()
-            runtime.encode_pixels(runtime.preprocess([load_image(data)]))
+            runtime.encode_pixels(runtime.preprocess([load_image(data, size=size)]))
             times["floor"].append(time.perf_counter() - start)
             for kind in ("miss", "hit"):
                 time.sleep(PAUSE_S)

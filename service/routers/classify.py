@@ -113,7 +113,7 @@ async def classify(request: Request, state: StateDep) -> Response:
     if cached is not None:
         body = cached
     else:
-        result = await state.run_blocking(engine.classify, data, resolved, modality, top_k, timings, explain)
+        result = await state.run_image(engine.classify, data, resolved, modality, top_k, timings, explain)
         answer: dict[str, Any] = {
             "model_name": engine.name,
             "model_version": engine.version,

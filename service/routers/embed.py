@@ -71,7 +71,7 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
             array = await state.run_blocking(engine.embed_text, text, timings)
         else:
             assert data is not None
-            array = await state.run_blocking(engine.embed_image, data, timings)
+            array = await state.run_image(engine.embed_image, data, timings)
         vector = [float(v) for v in array]
         body = json.dumps(
             {

@@ -108,7 +108,7 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
         if data is None:
             vector = await state.run_blocking(engine.embed_text, req.query, timings)
         else:
-            vector = await state.run_blocking(engine.embed_image, data, timings)
+            vector = await state.run_image(engine.embed_image, data, timings)
         with timings.stage("search"):
             hits = await index.search(vector, top_k, modality, label)
         with timings.stage("cache"):

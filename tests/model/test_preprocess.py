@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,169 @@ def test_real_images_preprocess(real_image_paths: dict[str, list]) -> None:
         out = preprocess(load_image(paths[0]), CFG)
         assert out.shape == (3, 224, 224)
         assert np.isfinite(out).all() and out.std() > 0.05, modality
+
+
+# ------------------------------------------------------------------ decoding sized to the model (camera images)
+def _reference(image: Image.Image, cfg: PreprocessConfig = CFG) -> np.ndarray:
+    """The full-size path the sized decode must agree with: EXIF rotation, 16-bit through float64, alpha
+    composited on black, all at full size, then one filter from full size to the model input."""
+    from PIL import ImageOps
+
+    from model.preprocess import content_box
+
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode.startswith("I;16"):
+        arr = np.asarray(image, dtype=np.float64)
+        scale = next(float(2**b - 1) for b in (8, 10, 12, 14, 16) if arr.max() <= 2**b - 1)
+        image = Image.fromarray(np.clip(np.round(arr * 255.0 / scale), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "RGBA":
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image)
+    rgb = image.convert("RGB")
+    left, top, w, h = content_box(rgb.size, cfg)
+    canvas = Image.new("RGB", (cfg.image_size, cfg.image_size), (0, 0, 0))
+    canvas.paste(rgb.resize((w, h), Image.Resampling.BICUBIC), (left, top))
+    arr = (np.asarray(canvas, dtype=np.float32) / 255.0 - np.asarray(cfg.mean, np.float32)) / np.asarray(
+        cfg.std, np.float32
+    )
+    return arr.transpose(2, 0, 1)
+
+
+def _levels(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and max absolute difference of two preprocessed arrays, in 8-bit grey levels."""
+    diff = np.abs(a - b) * np.asarray(CFG.std, np.float32)[:, None, None] * 255.0
+    return float(diff.mean()), float(diff.max())
+
+
+@pytest.fixture(scope="module")
+def camera_like(golden_image: Image.Image) -> Image.Image:
+    """A 3000x2000 fundus-like RGB image (the golden image, enlarged, with fine texture)."""
+    big = golden_image.resize((3000, 2000), Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(3).integers(-12, 13, (2000, 3000, 3))
+    return Image.fromarray(np.clip(np.asarray(big, np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+def test_camera_jpeg_is_decoded_at_reduced_scale_and_matches_the_full_size_path(camera_like: Image.Image) -> None:
+    from model.preprocess import content_box, original_size
+
+    data = _encode(camera_like, "JPEG", quality=92)
+    sized = load_image(data, size=224)
+    assert sized.size == (750, 500)  # DCT-scaled by 1/4, the smallest scale still >= 2x the 224x149 needed
+    assert original_size(sized) == (3000, 2000)
+    full = load_image(data)
+    assert full.size == (3000, 2000) and original_size(full) == (3000, 2000)
+    mean, worst = _levels(preprocess(sized, CFG), _reference(full))
+    assert mean < 0.6 and worst < 12, (mean, worst)
+    # the content box is the full-size image's, pixel for pixel
+    canvas, box = resize_pad(sized, CFG)
+    assert box == content_box((3000, 2000), CFG) == (0, 37, 224, 149)
+
+
+def test_small_images_are_untouched_by_the_sized_decode(golden_image: Image.Image) -> None:
+    data = _encode(golden_image.resize((512, 343)), "JPEG", quality=95)
+    assert load_image(data, size=224).size == (512, 343)  # 512 < 2 x 224: no DCT scaling, same pixels
+    assert np.array_equal(preprocess(load_image(data, size=224), CFG), preprocess(load_image(data), CFG))
+
+
+def test_exif_rotation_keeps_its_meaning_with_scaled_decoding(camera_like: Image.Image) -> None:
+    from model.explain import upright_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait (rotated 90 degrees clockwise)
+    data = _encode(camera_like, "JPEG", quality=92, exif=exif.tobytes())
+    sized = load_image(data, size=224)
+    assert upright_size(sized) == (2000, 3000)
+    _, box = resize_pad(sized, CFG)
+    assert box == (37, 0, 149, 224)
+    mean, _ = _levels(preprocess(sized, CFG), _reference(load_image(data)))
+    assert mean < 0.6
+    assert to_rgb(sized).size == (sized.height, sized.width)
+
+
+def test_greyscale_camera_jpeg_stays_grey(camera_like: Image.Image) -> None:
+    data = _encode(camera_like.convert("L"), "JPEG", quality=92)
+    sized = load_image(data, size=224)
+    assert sized.mode == "L"
+    out = preprocess(sized, CFG)
+    pixel = out[:, 112, 112] * np.asarray(CFG.std) + np.asarray(CFG.mean)  # back to [0, 1]
+    assert np.allclose(pixel, pixel[0], atol=1e-6)
+    assert _levels(out, _reference(load_image(data)))[0] < 0.6
+
+
+def test_sixteen_bit_large_tiff_matches_the_float_reference() -> None:
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:1500, 0:2400]
+    arr = ((xx * 3 + yy) % 4096 + rng.integers(0, 40, (1500, 2400))).clip(0, 4095).astype(np.uint16)  # 12-bit
+    image = load_image(_encode(Image.fromarray(arr), "TIFF"), size=224)
+    assert image.mode.startswith("I;16")
+    mean, worst = _levels(preprocess(image, CFG), _reference(image))
+    assert mean < 0.6 and worst <= 2, (mean, worst)  # filtered as 16-bit, rounded once at the end
+
+
+def test_rgba_large_png_composites_on_black_like_the_reference(camera_like: Image.Image) -> None:
+    rgba = camera_like.convert("RGBA")
+    alpha = np.zeros((2000, 3000), np.uint8)
+    alpha[200:1800, 400:2600] = 255
+    alpha[900:1100, :] = 128  # half transparent band: premultiplication matters here
+    rgba.putalpha(Image.fromarray(alpha))
+    image = load_image(_encode(rgba, "PNG", compress_level=1), size=224)
+    out = preprocess(image, CFG)
+    mean, worst = _levels(out, _reference(image))
+    assert mean < 0.3 and worst <= 8, (mean, worst)  # the largest differences sit on the sharp alpha edges
+    corner = out[:, 40, 2] * np.asarray(CFG.std) + np.asarray(CFG.mean)  # transparent: black, not white
+    assert np.allclose(corner, 0.0, atol=1e-6)
+
+
+def test_thumbnail_of_a_scaled_decode_has_the_size_of_the_full_images_thumbnail(camera_like: Image.Image) -> None:
+    from model.preprocess import thumbnail
+
+    data = _encode(camera_like, "JPEG", quality=92)
+    for side in (64, 256, 1024):
+        reference = load_image(data).convert("RGB")
+        reference.thumbnail((side, side), Image.Resampling.LANCZOS)
+        small = thumbnail(load_image(data, size=side), side)
+        assert small.size == reference.size
+        assert np.abs(np.asarray(small, np.int16) - np.asarray(reference, np.int16)).mean() < 1.5
+
+
+def _hwm_growth_mib(fn: object) -> float:
+    """Growth of this process's peak RSS (VmHWM) while ``fn`` runs, MiB (Linux)."""
+    status = Path("/proc/self/status")
+    refs = Path("/proc/self/clear_refs")
+    if not status.is_file() or not refs.is_file():
+        pytest.skip("needs Linux /proc to measure peak memory")
+
+    def read(key: str) -> float:
+        for line in status.read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024.0
+        raise AssertionError(key)
+
+    try:
+        refs.write_text("5")  # reset the peak to the current RSS
+    except OSError:
+        pytest.skip("cannot reset the peak RSS here")
+    before = read("VmRSS:")
+    fn()  # type: ignore[operator]
+    return read("VmHWM:") - before
+
+
+def test_no_full_size_copies_while_preprocessing() -> None:
+    # 16-bit 4000x3000 = 23 MiB decoded: the old path made 8-byte float copies (~90 MiB each)
+    arr = (np.arange(12_000_000, dtype=np.uint32) % 4096).astype(np.uint16).reshape(3000, 4000)
+    sixteen = Image.fromarray(arr)
+    sixteen.load()
+    assert _hwm_growth_mib(lambda: preprocess(sixteen, CFG)) < 12
+    # RGBA 3000x3000 = 34 MiB decoded: one premultiplied copy at most (the old path made four)
+    rgba = Image.new("RGBA", (3000, 3000), (120, 60, 30, 200))
+    rgba.load()
+    assert _hwm_growth_mib(lambda: preprocess(rgba, CFG)) < 1.3 * 34
+    # a 4000x3000 JPEG decoded for the model: a 1/8 scale decode, not the 46 MiB full image
+    jpeg = _encode(Image.new("RGB", (4000, 3000), (90, 40, 20)), "JPEG")
+    assert _hwm_growth_mib(lambda: preprocess(load_image(jpeg, size=224), CFG)) < 8
+
+
+def test_header_pixels_reads_the_size_without_decoding() -> None:
+    from model.preprocess import header_pixels
+
+    assert header_pixels(_encode(Image.new("RGB", (6000, 5000)), "PNG", compress_level=1)) == 30_000_000
+    assert header_pixels(b"%PDF-1.4 not an image") == 0  # the decode that follows says why

@@ -123,3 +123,26 @@ def test_categories_endpoint_lists_the_defaults(api: TestClient, runtime: Keepfi
     assert body["modalities"]["OCT"] == runtime.knowledge.category_set("OCT")
     assert body["tasks"]["dme"]["categories"] == ["diabetic macular edema", "no diabetic macular edema"]
     assert body["abbreviations"]["DME"] == "diabetic macular edema"
+
+
+def test_images_above_the_large_image_threshold_get_the_same_answer_in_their_own_lane(
+    api: TestClient, default_artifact: Path, real_images: dict[str, bytes]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    files = {"image": ("eye.jpg", real_images["CFP"], "image/jpeg")}
+    normal = api.post("/v1/classify", files=files, data={"modality": "CFP"}).json()
+    settings = make_settings(default_artifact, large_image_pixels=1000, cache_max_entries=0)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda _: client.post("/v1/classify", files=files, data={"modality": "CFP"}), range(4))
+        )
+    assert [a.status_code for a in answers] == [200] * 4
+    for a in answers:
+        got = {p["label"]: p["probability"] for p in a.json()["predictions"]}
+        want = {p["label"]: p["probability"] for p in normal["predictions"]}
+        assert got.keys() == want.keys()
+        assert max(abs(got[k] - want[k]) for k in got) < 1e-5

@@ -141,3 +141,25 @@ def test_openapi_documents_explain(api: TestClient) -> None:
     assert form["properties"]["explain"]["type"] == "boolean"
     assert form["properties"]["explain_top"]["maximum"] == 10
     assert "Explanation" in spec["components"]["schemas"]
+
+
+def test_camera_size_jpeg_keeps_its_geometry_in_answers_and_heat_maps(
+    api: TestClient, real_images: dict[str, bytes]
+) -> None:
+    """Decoded at 1/8 scale for the model, a 3872x2592 rotated camera JPEG is still described in its own
+    pixels: the size in the answer, the heat map's image size, peak and content box."""
+    base = Image.open(io.BytesIO(real_images["CFP"])).convert("RGB").resize((3872, 2592), Image.Resampling.BILINEAR)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # shown rotated: portrait 2592x3872
+    out = io.BytesIO()
+    base.save(out, format="JPEG", quality=90, exif=exif.tobytes())
+    r = _classify(api, out.getvalue(), modality="CFP", explain="true", explain_top="1")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["image"]["width"], body["image"]["height"]) == (3872, 2592)  # as stored
+    heat = body["explanations"][0]["heatmap"]
+    assert heat["image_size"] == [2592, 3872]  # as shown
+    assert heat["input_box"] == {"left": 37, "top": 0, "width": 150, "height": 224}
+    assert 0 <= heat["peak"]["x"] < 2592 and 0 <= heat["peak"]["y"] < 3872
+    png = _png(heat["png"])
+    assert abs(png.width / png.height - 2592 / 3872) < 0.02

@@ -107,3 +107,14 @@ def test_serve_errors_are_one_line(
         assert "error: bad settings: --port: Input should be greater than or equal to 1" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+def test_onnx_threads_share_the_cores_among_concurrent_runs() -> None:
+    import os
+
+    from service.settings import Settings
+
+    cores = os.cpu_count() or 1
+    assert Settings(inference_concurrency=2).intra_op_threads == max(1, cores // 2)
+    assert Settings(inference_concurrency=cores * 4).intra_op_threads == 1
+    assert Settings(threads=3, inference_concurrency=2).intra_op_threads == 3

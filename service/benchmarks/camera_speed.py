@@ -1,0 +1,318 @@
+"""Camera-size images: where the time of a diagnosis goes, and how close the service gets to the core limit.
+
+All figures come from one run on one machine, so they can be compared as ratios:
+
+1. per-stage times (decode, preprocess, ONNX image encoder) for a camera JPEG (the 3872x2592 originals in
+   ``camera_originals``), a PNG and a 16-bit TIFF of the same size, through the current path and the old one
+   (full-size decode and filter, ``service/benchmarks/_old_path.py``);
+2. peak resident memory of decoding + preprocessing one camera JPEG (a fresh subprocess each), old and new;
+3. the encoder-alone floor (p50 of one ONNX run on ready pixels) and the core limit: as many threads as cores
+   running decode + preprocess + encoder on the camera JPEGs in-process, images/s (measured before and after
+   the server phase; their mean is the limit);
+4. ``POST /v1/classify`` with the cache off against ``keepfit serve`` (a subprocess): cache-miss p50 of one
+   client, then throughput under ``--clients`` concurrent clients, as a fraction of the core limit.
+   ``--baseline-root DIR`` also runs the server of another checkout (e.g. the previous release) in the same
+   run.
+
+    python -m service.benchmarks.camera_speed [--seconds 10] [--clients 4,8,16] [--workers 1] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, pct, serve
+
+PAUSE_S = 0.02
+
+
+def camera_inputs(data_root: Path) -> dict[str, list[bytes]]:
+    """The camera JPEGs, and a PNG and a 16-bit TIFF of the first one at its full size."""
+    files = sorted((data_root / "camera_originals").glob("*.jpg"))
+    if not files:
+        raise SystemExit(f"no camera originals under {data_root / 'camera_originals'} (pass --data-root)")
+    jpegs = [f.read_bytes() for f in files]
+    rgb = Image.open(io.BytesIO(jpegs[0])).convert("RGB")
+    png, tiff = io.BytesIO(), io.BytesIO()
+    rgb.save(png, format="PNG", compress_level=6)
+    grey16 = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)  # [H, W] 16-bit
+    Image.fromarray(grey16).save(tiff, format="TIFF")
+    return {"JPEG": jpegs, "PNG": [png.getvalue()], "TIFF 16-bit": [tiff.getvalue()]}
+
+
+def _paths(cfg: Any) -> dict[str, tuple[Callable[[bytes], Any], Callable[[Any], np.ndarray]]]:
+    from model import preprocess as new
+    from service.benchmarks import _old_path as old
+
+    return {
+        "old": (old.load_image, lambda im: old.preprocess(im, cfg)),
+        "new": (lambda d: new.load_image(d, size=cfg.image_size), lambda im: new.preprocess(im, cfg)),
+    }
+
+
+def stage_times(runtime: Any, inputs: dict[str, list[bytes]], repeats: int) -> dict[str, Any]:
+    cfg = runtime.preprocess_cfg
+    out: dict[str, Any] = {}
+    for fmt, blobs in inputs.items():
+        for name, (decode, prep) in _paths(cfg).items():
+            dec, pre, enc = [], [], []
+            for r in range(repeats):
+                data = blobs[r % len(blobs)]
+                t0 = time.perf_counter()
+                image = decode(data)
+                t1 = time.perf_counter()
+                pixels = prep(image)[None]  # [1, 3, S, S]
+                t2 = time.perf_counter()
+                runtime.encode_pixels(pixels)
+                t3 = time.perf_counter()
+                dec.append(t1 - t0)
+                pre.append(t2 - t1)
+                enc.append(t3 - t2)
+                del image
+            out[f"{fmt} {name}"] = {
+                "decode_ms": 1e3 * statistics.median(dec),
+                "preprocess_ms": 1e3 * statistics.median(pre),
+                "encoder_ms": 1e3 * statistics.median(enc),
+                "total_ms": 1e3 * statistics.median([a + b + c for a, b, c in zip(dec, pre, enc, strict=True)]),
+            }
+    return out
+
+
+def _rss_child(path_name: str, file: str, image_size: int) -> None:
+    """In a fresh process: peak RSS growth (MiB) of decoding + preprocessing one image."""
+
+    def status(key: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    from model.config import PreprocessConfig
+
+    cfg = PreprocessConfig(image_size=image_size)
+    decode, prep = _paths(cfg)[path_name]
+    data = Path(file).read_bytes()
+    prep(decode(data))  # warm: imports and first-call allocations, then measure anew
+    before = status("VmRSS:")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    prep(decode(data))
+    print(json.dumps({"peak_mib": status("VmHWM:") - before}))
+
+
+def rss_per_image(file: Path, image_size: int) -> dict[str, float]:
+    out = {}
+    for name in ("old", "new"):
+        res = subprocess.run(
+            [sys.executable, "-m", "service.benchmarks.camera_speed", "--rss-child", name, str(file),
+             "--image-size", str(image_size)],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )
+        out[name] = float(json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"])
+    return out
+
+
+def encoder_floor(runtime: Any, repeats: int) -> float:
+    size = runtime.preprocess_cfg.image_size
+    pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    runtime.encode_pixels(pixels)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runtime.encode_pixels(pixels)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def core_limit(artifact: Path, jpegs: list[bytes], cores: int, seconds: float) -> dict[str, float]:
+    """Images/s of ``cores`` threads running decode + preprocess + encoder in-process (1 ORT thread each)."""
+    from model.preprocess import load_image
+    from model.runtime import KeepfitRuntime
+
+    runtime = KeepfitRuntime.from_artifact(artifact, intra_op_threads=1)
+    size = runtime.preprocess_cfg.image_size
+    runtime.encode_pixels(runtime.preprocess([load_image(jpegs[0], size=size)]))
+    counts = [0] * cores
+    stop = time.perf_counter() + seconds
+
+    def work(k: int) -> None:
+        i = k
+        while time.perf_counter() < stop:
+            runtime.encode_pixels(runtime.preprocess([load_image(jpegs[i % len(jpegs)], size=size)]))
+            counts[k] += 1
+            i += cores
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(cores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    done = sum(counts)
+    return {"images_per_s": done / wall, "cpu_ms_per_image": 1e3 * cpu / max(done, 1),
+            "cpu_bound_per_s": cores / (cpu / max(done, 1))}
+
+
+def load_level(base: str, bodies: list[tuple[bytes, str]], n: int, seconds: float) -> dict[str, Any]:
+    """``n`` clients posting classify requests back to back for ``seconds``: req/s and latency."""
+    done, errors = [0] * n, [0] * n
+    latencies: list[list[float]] = [[] for _ in range(n)]
+    stop = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        conn = Http(base)
+        i = k
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            try:
+                status, _ = conn.request("POST", "/v1/classify", *bodies[i % len(bodies)])
+            except OSError:
+                status = 0
+            latencies[k].append(time.perf_counter() - t0)
+            if status == 200:
+                done[k] += 1
+            else:
+                errors[k] += 1
+            i += n
+        conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    flat = [x for xs in latencies for x in xs]
+    return {"req_per_s": sum(done) / wall, "errors": sum(errors), "p50_ms": 1e3 * pct(flat, 50),
+            "p99_ms": 1e3 * pct(flat, 99)}
+
+
+def server_phase(
+    base: str, jpegs: list[bytes], clients: list[int], seconds: float, misses: int
+) -> dict[str, Any]:
+    bodies = [multipart_body(d) for d in jpegs]
+    http = Http(base)
+    status, _ = http.request("POST", "/v1/classify", *bodies[0])  # warm
+    if status != 200:
+        raise SystemExit(f"classify answered {status}")
+    lat = []
+    for i in range(misses):
+        t0 = time.perf_counter()
+        status, payload = http.request("POST", "/v1/classify", *bodies[i % len(bodies)])
+        lat.append(time.perf_counter() - t0)
+        if status != 200 or json.loads(payload).get("cached"):
+            raise SystemExit(f"expected a cache miss, got {status} {payload[:200]!r}")
+        time.sleep(PAUSE_S)
+    http.close()
+    out: dict[str, Any] = {"miss_p50_ms": 1e3 * pct(lat, 50), "throughput": {}}
+    for n in clients:
+        out["throughput"][n] = load_level(base, bodies, n, seconds)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--repeats", type=int, default=11, help="per-stage samples per format and path")
+    p.add_argument("--misses", type=int, default=22, help="sequential cache-miss requests")
+    p.add_argument("--clients", default="4,8,16")
+    p.add_argument("--seconds", type=float, default=10.0, help="per throughput level and per core-limit run")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads of the server")
+    p.add_argument("--concurrency", type=int, default=None, help="KEEPFIT_INFERENCE_CONCURRENCY of the server")
+    p.add_argument("--baseline-root", type=Path, default=None, help="also serve this checkout (before/after)")
+    p.add_argument("--skip-stages", action="store_true")
+    p.add_argument("--skip-server", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--rss-child", nargs=2, metavar=("PATH", "FILE"), help=argparse.SUPPRESS)
+    p.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_child:
+        _rss_child(args.rss_child[0], args.rss_child[1], args.image_size)
+        return 0
+
+    from model.runtime import KeepfitRuntime
+
+    inputs = camera_inputs(args.data_root)
+    jpegs = inputs["JPEG"]
+    from service.settings import Settings
+
+    # the encoder floor runs with the threads the server will use
+    server_settings = Settings(threads=args.threads, inference_concurrency=args.concurrency or 0)
+    runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=server_settings.intra_op_threads)
+    report: dict[str, Any] = {"cores": args.cores, "workers": args.workers,
+                              "threads": server_settings.intra_op_threads,
+                              "concurrency": args.concurrency}
+    report["encoder_p50_ms"] = encoder_floor(runtime, 3 * args.repeats)
+    print(f"encoder alone, p50: {report['encoder_p50_ms']:.1f} ms")
+    if not args.skip_stages:
+        report["stages"] = stage_times(runtime, inputs, args.repeats)
+        print("\n| input | path | decode ms | preprocess ms | encoder ms | total ms |\n|---|---|---|---|---|---|")
+        for key, row in report["stages"].items():
+            fmt, path = key.rsplit(" ", 1)
+            print(f"| {fmt} | {path} | {row['decode_ms']:.1f} | {row['preprocess_ms']:.1f} | "
+                  f"{row['encoder_ms']:.1f} | {row['total_ms']:.1f} |")
+        first = sorted((args.data_root / "camera_originals").glob("*.jpg"))[0]
+        report["rss_one_camera_jpeg_mib"] = rss_per_image(first, runtime.preprocess_cfg.image_size)
+        r = report["rss_one_camera_jpeg_mib"]
+        print(f"\npeak RSS growth, one camera JPEG: old {r['old']:.0f} MiB, new {r['new']:.0f} MiB "
+              f"({r['new'] / r['old']:.2f}x)")
+    if args.skip_server:
+        _write(args.json, report)
+        return 0
+    limits = [core_limit(args.artifact, jpegs, args.cores, args.seconds)]
+    env = {"KEEPFIT_CACHE_MAX_ENTRIES": "0", "KEEPFIT_WORKERS": str(args.workers)}
+    if args.threads:
+        env["KEEPFIT_THREADS"] = str(args.threads)
+    if args.concurrency:
+        env["KEEPFIT_INFERENCE_CONCURRENCY"] = str(args.concurrency)
+    clients = [int(c) for c in args.clients.split(",") if c]
+    roots = [("new", ROOT)] + ([("old", args.baseline_root.resolve())] if args.baseline_root else [])
+    report["server"] = {}
+    for name, root in roots:
+        server_args = ["--artifact", str(args.artifact.resolve())]
+        with serve(server_args, env=env, root=root) as (base, _pid):
+            report["server"][name] = server_phase(base, jpegs, clients, args.seconds, args.misses)
+    limits.append(core_limit(args.artifact, jpegs, args.cores, args.seconds))
+    limit = statistics.mean(x["images_per_s"] for x in limits)
+    report["core_limit"] = {"images_per_s": limit, "runs": limits}
+    print(f"\ncore limit ({args.cores} threads in-process, decode+preprocess+encoder): {limit:.1f} images/s "
+          f"(runs: {', '.join(format(x['images_per_s'], '.1f') for x in limits)}; "
+          f"CPU per image {limits[0]['cpu_ms_per_image']:.1f} ms)")
+    for name, res in report["server"].items():
+        ratio = res["miss_p50_ms"] / report["encoder_p50_ms"]
+        res["miss_vs_encoder"] = ratio
+        print(f"\n[{name}] /v1/classify cache-miss p50 {res['miss_p50_ms']:.1f} ms = {ratio:.1f}x the encoder alone")
+        print("| clients | req/s | of core limit | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
+        for n, row in res["throughput"].items():
+            row["of_core_limit"] = row["req_per_s"] / limit
+            print(f"| {n} | {row['req_per_s']:.1f} | {100 * row['of_core_limit']:.0f} % | {row['p50_ms']:.0f} | "
+                  f"{row['p99_ms']:.0f} | {row['errors']} |")
+    _write(args.json, report)
+    return 0
+
+
+def _write(path: Path | None, report: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""What sizing the decode to the model changes: embeddings of the current path vs. the old full-size path.
+
+For real images of every modality (CFP and OCT of cfp_oct_mx, FFA of ffa_huapu4, CFP of dr_sh_600, the camera
+originals), per set: the cosine between the image embeddings of the two paths (mean and minimum), how often the
+zero-shot top-1 over the modality's default categories agrees, and the time of decode + preprocess of each path.
+With ``--gaps``, the same for other reducing gaps (how far block averaging may go before the filter), which is
+how ``model.preprocess.REDUCING_GAP`` was chosen.
+
+    python -m service.benchmarks.decode_quality [--per-set 40] [--gaps 1,2,3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.benchmarks._common import DEFAULT_DATA, ROOT
+
+
+def image_sets(data_root: Path, per_set: int) -> dict[str, tuple[str, list[Path]]]:
+    """``name -> (modality, paths)``: test-split images of each modality, and the camera originals."""
+    sets: dict[str, tuple[str, list[Path]]] = {}
+    for sub, modality in (("cfp_oct_mx", "CFP"), ("cfp_oct_mx", "OCT"), ("ffa_huapu4", "FFA"),
+                          ("dr_sh_600", "CFP")):
+        labels = data_root / sub / "labels.csv"
+        if not labels.is_file():
+            raise SystemExit(f"real data not found: {labels} (pass --data-root)")
+        rows = sorted(csv.DictReader(labels.open()), key=lambda r: r["path"])
+        rows = [r for r in rows if r["modality"] == modality and r.get("split") == "test"][:per_set]
+        sets[f"{sub} {modality}"] = (modality, [labels.parent / r["path"] for r in rows])
+    sets["camera_originals CFP"] = ("CFP", sorted((data_root / "camera_originals").glob("*.jpg")))
+    return sets
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--per-set", type=int, default=40)
+    p.add_argument("--gaps", default="2", help="reducing gaps to compare (comma-separated)")
+    args = p.parse_args(argv)
+
+    from model import preprocess as new
+    from model.runtime import KeepfitRuntime
+    from service.benchmarks import _old_path as old
+
+    runtime = KeepfitRuntime.from_artifact(args.artifact)
+    cfg = runtime.preprocess_cfg
+    gaps = [float(g) for g in args.gaps.split(",") if g]
+    print("| images | n | path | cosine mean | cosine min | top-1 agrees | decode+preprocess ms |")
+    print("|---|---|---|---|---|---|---|")
+    default_gap = new.REDUCING_GAP
+    for name, (modality, paths) in image_sets(args.data_root, args.per_set).items():
+        blobs = [q.read_bytes() for q in paths]
+        classes = runtime.class_embeddings(runtime.knowledge.category_set(modality), modality)  # [C, D]
+
+        def embed(fn: Any, blobs: list[bytes] = blobs) -> tuple[np.ndarray, float]:
+            pixels, times = [], []
+            for data in blobs:
+                t0 = time.perf_counter()
+                pixels.append(fn(data))
+                times.append(time.perf_counter() - t0)
+            emb = np.concatenate([runtime.encode_pixels(x[None]).embeddings for x in pixels])  # [N, D]
+            return emb, 1e3 * statistics.median(times)
+
+        ref, ref_ms = embed(lambda d: old.preprocess(old.load_image(d), cfg))
+        ref_top = np.argmax(runtime.zero_shot(ref, classes), axis=1)
+        print(f"| {name} | {len(blobs)} | old (full size) | 1 | 1 | 100 % | {ref_ms:.1f} |")
+        for gap in gaps:
+            new.REDUCING_GAP = gap
+            try:
+                emb, ms = embed(lambda d: new.preprocess(new.load_image(d, size=cfg.image_size), cfg))
+            finally:
+                new.REDUCING_GAP = default_gap
+            cos = np.sum(emb * ref, axis=1)  # [N], unit vectors
+            agree = float(np.mean(np.argmax(runtime.zero_shot(emb, classes), axis=1) == ref_top))
+            print(f"| {name} | {len(blobs)} | gap {gap:g} | {cos.mean():.5f} | {cos.min():.5f} | "
+                  f"{100 * agree:.0f} % | {ms:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
