@@ -65,7 +65,7 @@ async def readyz(request: Request) -> Any:
     runtime = state.engine.runtime
     reason: str | None = None
     if state.index.path is not None and not info.loaded and not state.settings.index_optional:
-        reason = f"the configured index {state.index.path} is not loaded: {info.error}"
+        reason = f"the configured index is not loaded: {info.error}"  # never a server path (the log has it)
     body = {
         "status": "ready" if reason is None else "not_ready",
         "artifact": {
