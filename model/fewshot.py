@@ -31,7 +31,9 @@ from model.errors import ConfigError
 
 METHODS = ("zero-shot", "prototype", "prototype+text", "linear", "linear+text")
 FIT_METHODS = ("auto", *METHODS[1:])
-PROTOTYPE_SCALE = 20.0  # logit scale of centred cosines; their spread is several times that of image-text ones
+PROTOTYPE_SCALE = (
+    20.0  # logit scale of centred cosines; their spread is several times that of image-text ones
+)
 LINEAR_L2 = 1e-2  # L2 strength (per example, on centred unit-scale features)
 PRIOR_L2 = 3e-2  # pull towards the zero-shot classifier for ``linear+text``
 
@@ -82,7 +84,9 @@ class FittedClassifier:
         return arrays
 
     @classmethod
-    def from_arrays(cls, method: str, labels: Sequence[str], arrays: dict[str, np.ndarray]) -> FittedClassifier:
+    def from_arrays(
+        cls, method: str, labels: Sequence[str], arrays: dict[str, np.ndarray]
+    ) -> FittedClassifier:
         return cls(
             method=method,
             labels=list(labels),

@@ -40,6 +40,7 @@ class ServiceState:
     cache: Cache
     metrics: Metrics
     limiter: anyio.CapacityLimiter
+    classifiers: Any = None  # service.classifiers.ClassifierStore, opened by the lifespan
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work on a worker thread, at most ``settings.concurrency`` at once."""

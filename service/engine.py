@@ -458,6 +458,10 @@ class IndexHolder:
 
         return await self._submit(run)
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the index thread (it reads the index that :meth:`require` returned)."""
+        return await self._submit(fn)
+
     async def locate(self, image_id: int) -> tuple[Any, Path]:
         """The record and file of an indexed image, or :class:`NotFoundError`."""
         await self.refresh()

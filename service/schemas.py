@@ -153,6 +153,9 @@ class ClassifyResponse(BaseModel):
         None,
         description="with `explain=true`: visual evidence for the `explain_top` most probable predictions",
     )
+    classifier: dict[str, Any] | None = Field(
+        None, description="with `classifier=NAME`: its name, version, revision, method and estimate"
+    )
     cached: bool
     timings_ms: dict[str, float]
     intended_use: str
@@ -198,6 +201,12 @@ class ClassifyForm(BaseModel):
         min_length=1,
         max_length=64,
         description="a named category set instead of `categories` (`dme`, `dr`...)",
+    )
+    classifier: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="a few-shot classifier's name (`/v1/classifiers`) instead of `categories`",
     )
     explain: bool = Field(False, description="also return heat maps and matched expert descriptions")
     explain_top: int = Field(

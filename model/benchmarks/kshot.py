@@ -75,14 +75,25 @@ TASKS = [
         "dr_sh_600/labels.csv",
         "maculopathy",
         "CFP",
-        {"no diabetic maculopathy": ["no diabetic maculopathy"], "diabetic maculopathy": ["diabetic maculopathy"]},
+        {
+            "no diabetic maculopathy": ["no diabetic maculopathy"],
+            "diabetic maculopathy": ["diabetic maculopathy"],
+        },
     ),
     Task(
         "ffa_huapu4 diagnosis",
         "ffa_huapu4/labels.csv",
         "label",
         "FFA",
-        {c: [c] for c in ("normal", "branch retinal vein occlusion", "non-perfusion area", "no non-perfusion area")},
+        {
+            c: [c]
+            for c in (
+                "normal",
+                "branch retinal vein occlusion",
+                "non-perfusion area",
+                "no non-perfusion area",
+            )
+        },
         where=("task", "disease_diagnosis"),
     ),
 ]
@@ -145,7 +156,10 @@ def evaluate(
         results: dict[str, list[float]] = {m: [] for m in METHODS}
         for _ in range(repeats):
             idx = np.concatenate(
-                [rng.choice(np.flatnonzero(ytr == c), size=min(k, per_class[c]), replace=False) for c in range(n_classes)]
+                [
+                    rng.choice(np.flatnonzero(ytr == c), size=min(k, per_class[c]), replace=False)
+                    for c in range(n_classes)
+                ]
             )
             for m in METHODS:
                 use_text = m.endswith("+text") or m == "auto"
@@ -175,7 +189,9 @@ def markdown(results: list[dict[str, object]], repeats: int) -> str:
     for r in results:
         name = f"{r['task']} ({r['test']})"
         zero = float(r["zero_shot"])  # type: ignore[arg-type]
-        lines.append(f"| {name} | zero-shot (no examples) | " + " | ".join(f"{zero:.3f}" for _ in SHOTS) + " |")
+        lines.append(
+            f"| {name} | zero-shot (no examples) | " + " | ".join(f"{zero:.3f}" for _ in SHOTS) + " |"
+        )
         curves: dict[str, dict[int, float]] = r["curves"]  # type: ignore[assignment]
         for m, curve in curves.items():
             lines.append(f"| | {m} | " + " | ".join(f"{curve[k]:.3f}" for k in SHOTS) + " |")
@@ -184,8 +200,10 @@ def markdown(results: list[dict[str, object]], repeats: int) -> str:
             + " | ".join(f"{float(r['linear_probe_full']):.3f}" for _ in SHOTS)  # type: ignore[arg-type]
             + " |"
         )
-    lines.append(f"\nMean balanced accuracy over {repeats} random draws of the examples per k; k is capped at a "
-                 "class's train count.")
+    lines.append(
+        f"\nMean balanced accuracy over {repeats} random draws of the examples per k; k is capped at a "
+        "class's train count."
+    )
     return "\n".join(lines)
 
 
@@ -199,13 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     runtime = KeepfitRuntime.from_artifact(args.artifact)
-    results = [evaluate(runtime, t, Path(args.data), Path(args.cache), args.repeats, args.seed) for t in TASKS]
+    results = [
+        evaluate(runtime, t, Path(args.data), Path(args.cache), args.repeats, args.seed) for t in TASKS
+    ]
     print(markdown(results, args.repeats))
     for r in results:
         curves: dict[str, dict[int, float]] = r["curves"]  # type: ignore[assignment]
-        print(f"{r['task']}: 8-shot auto {curves['auto'][8]:.3f} vs zero-shot {float(r['zero_shot']):.3f} "  # type: ignore[arg-type]
-              f"(full linear probe {float(r['linear_probe_full']):.3f}, with text prior "  # type: ignore[arg-type]
-              f"{float(r['linear_probe_full_text']):.3f})")  # type: ignore[arg-type]
+        print(
+            f"{r['task']}: 8-shot auto {curves['auto'][8]:.3f} vs zero-shot {float(r['zero_shot']):.3f} "  # type: ignore[arg-type]
+            f"(full linear probe {float(r['linear_probe_full']):.3f}, with text prior "  # type: ignore[arg-type]
+            f"{float(r['linear_probe_full_text']):.3f})"
+        )  # type: ignore[arg-type]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

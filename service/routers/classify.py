@@ -15,6 +15,7 @@ from service.engine import MAX_CATEGORY_CHARS, Timings
 from service.errors import InvalidRequestError
 from service.responses import json_with
 from service.routers._body import image_form_schema, parse_multipart, require_multipart
+from service.routers.classifiers import classify_with_classifier
 from service.schemas import HARD_MAX_TOP_K, MAX_EXPLAIN_TOP, ClassifyForm, ClassifyResponse, error_responses
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ OPENAPI_BODY = {
                         },
                         "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K},
                         "task": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "classifier": {"type": "string", "minLength": 1, "maxLength": 64},
                         "explain": {"type": "boolean", "default": False},
                         "explain_top": {
                             "type": "integer",
@@ -92,6 +94,12 @@ async def classify(request: Request, state: StateDep) -> Response:
     categories, modality, top_k = form.categories, form.modality, form.top_k
     if top_k is not None and top_k > settings.max_top_k:
         raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
+    if form.classifier is not None:
+        if categories or form.task or form.explain or modality != "auto":
+            raise InvalidRequestError(
+                "with 'classifier' send no 'categories', 'task', 'modality' or 'explain': the classifier fixes them"
+            )
+        return await classify_with_classifier(state, data, form.classifier, top_k, start, {})
     resolved = engine.resolve_categories(categories, form.task)
     digest = sha256_hex(data)
     timings = Timings(state.metrics)
