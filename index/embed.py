@@ -153,7 +153,8 @@ def embed_items(
                 continue
             out.sha256[i] = hashlib.sha256(data).hexdigest()
             out.width[i], out.height[i] = image.size
-            out.modality[i] = normalise_modality(item.modality, known) or ""
+            # the item's modality, else the one a DICOM header states (model/dicom.py), else detected below
+            out.modality[i] = normalise_modality(item.modality or image.info.get("keepfit_modality"), known) or ""
             rows.append(i)
             pixels.append(pix)
         if not rows:

@@ -217,6 +217,9 @@ class Engine:
                 # a modality head may know classes the knowledge has no prompts for: pick the best known one
                 ranked = sorted((p, n) for n, p in mod_probs.items() if n in self.modalities)
                 used = ranked[-1][1] if ranked else self.modalities[0]
+                header = image.info.get("keepfit_modality")  # what a DICOM header states beats a guess
+                if header in self.modalities:
+                    used = header
                 confidence = mod_probs[used]
             if categories is None:
                 names = self.knowledge.category_set(used)

@@ -208,6 +208,9 @@ class ClassifyForm(BaseModel):
         max_length=64,
         description="a few-shot classifier's name (`/v1/classifiers`) instead of `categories`",
     )
+    frame: int | None = Field(
+        None, ge=0, le=100_000, description="DICOM multi-frame: the frame to use (default: an OCT volume's centre)"
+    )
     explain: bool = Field(False, description="also return heat maps and matched expert descriptions")
     explain_top: int = Field(
         3, ge=1, le=MAX_EXPLAIN_TOP, description="how many of the most probable predictions to explain"

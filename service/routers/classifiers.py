@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, ValidationError
 
+from model.dicom import call_with_frame
 from model.errors import ImageError
 from service.cache import cache_key, sha256_hex
 from service.classifiers import (
@@ -621,7 +622,7 @@ def _classify_blocking(
 
 
 async def classify_with_classifier(
-    state: StateDep, data: bytes, name: str, top_k: int | None, start: float, extra: dict[str, Any]
+    state: StateDep, data: bytes, name: str, top_k: int | None, start: float, frame: int | None = None
 ) -> Response:
     """The classify answer for ``classifier=NAME`` (called by the classify router)."""
     engine = state.engine
@@ -636,13 +637,17 @@ async def classify_with_classifier(
     model = await state.run_blocking(store.load, row)
     digest = sha256_hex(data)
     timings = Timings(state.metrics)
-    params = {"classifier": name, "classifier_version": row.version, "top_k": top_k, **extra}
+    params: dict[str, Any] = {"classifier": name, "classifier_version": row.version, "top_k": top_k}
+    if frame is not None:
+        params["frame"] = frame
     key = cache_key("classify", engine.version, digest, params)
     cached = await state.cached("classify", key, timings)
     if cached is not None:
         body = cached
     else:
-        out = await state.run_blocking(_classify_blocking, engine, model, data, timings, top_k, row.modality)
+        out = await state.run_blocking(
+            call_with_frame, frame, _classify_blocking, engine, model, data, timings, top_k, row.modality
+        )
         probs = out["probs"]
         categories = row.categories
         answer: dict[str, Any] = {

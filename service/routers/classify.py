@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from model.dicom import call_with_frame
 from service.cache import cache_key, sha256_hex
 from service.deps import StateDep, require_api_key
 from service.engine import MAX_CATEGORY_CHARS, Timings
@@ -60,6 +61,7 @@ OPENAPI_BODY = {
                         "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K},
                         "task": {"type": "string", "minLength": 1, "maxLength": 64},
                         "classifier": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "frame": {"type": "integer", "minimum": 0, "maximum": 100000},
                         "explain": {"type": "boolean", "default": False},
                         "explain_top": {
                             "type": "integer",
@@ -99,7 +101,7 @@ async def classify(request: Request, state: StateDep) -> Response:
             raise InvalidRequestError(
                 "with 'classifier' send no 'categories', 'task', 'modality' or 'explain': the classifier fixes them"
             )
-        return await classify_with_classifier(state, data, form.classifier, top_k, start, {})
+        return await classify_with_classifier(state, data, form.classifier, top_k, start, form.frame)
     resolved = engine.resolve_categories(categories, form.task)
     digest = sha256_hex(data)
     timings = Timings(state.metrics)
@@ -111,12 +113,16 @@ async def classify(request: Request, state: StateDep) -> Response:
     explain = form.explain_top if form.explain else 0
     if explain:  # only then, so the keys of plain requests stay as they were
         params["explain"] = explain
+    if form.frame is not None:
+        params["frame"] = form.frame
     key = cache_key("classify", engine.version, digest, params)
     cached = await state.cached("classify", key, timings)
     if cached is not None:
         body = cached
     else:
-        result = await state.run_blocking(engine.classify, data, resolved, modality, top_k, timings, explain)
+        result = await state.run_blocking(
+            call_with_frame, form.frame, engine.classify, data, resolved, modality, top_k, timings, explain
+        )
         answer: dict[str, Any] = {
             "model_name": engine.name,
             "model_version": engine.version,
