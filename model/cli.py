@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("training.cli:eval_main", "evaluate an artifact: zero-shot, retrieval, few-shot, linear-probe"),
     "index": ("index.cli:main", "build, update, inspect and benchmark FAISS indexes"),
     "serve": ("service.cli:main", "run the HTTP API"),
+    "classifier": ("service.classifier_cli:main", "few-shot classifiers of your own categories: fit, list, ..."),
 }
 
 
