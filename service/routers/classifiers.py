@@ -113,6 +113,7 @@ class ClassifierResponse(BaseModel):
     updated: str
     usable: bool | None = None
     fit_ms: float | None = None
+    timings_ms: dict[str, float] | None = None
     refit_from: str | None = None
 
 
@@ -424,8 +425,10 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
             f"a classifier named {name!r} exists already; delete it first or choose another name"
         )
     start = time.perf_counter()
+    timings: dict[str, float] = {}
     examples = await _upload_examples(state, files)
     examples += await _index_examples(state, specs, modality, limit - len(examples))
+    timings["examples"] = (time.perf_counter() - start) * 1000
     if modality is None:
         found = sorted({ex.modality for ex in examples if ex.modality})
         if len(found) > 1:
@@ -438,16 +441,22 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         modality = found[0] if found else engine.modalities[0]
     categories = [{"label": s.label, "text": s.text} for s in specs]
     check_examples([s.label for s in specs], examples, modality)
+    mark = time.perf_counter()
     row, result = await state.run_blocking(
         _fit_and_row, engine, name, modality, method, spec.text_prior, categories, examples
     )
+    timings["fit"] = (time.perf_counter() - mark) * 1000
+    mark = time.perf_counter()
     saved = await state.run_blocking(
         lambda: store.save(
             row, result.arrays, examples, replace=False, max_classifiers=settings.max_classifiers
         )
     )
+    timings["save"] = (time.perf_counter() - mark) * 1000
+    timings["total"] = (time.perf_counter() - start) * 1000
     body = saved.public(engine.version)
     body["fit_ms"] = round(result.fit_ms, 2)
+    body["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
     logger.info(
         "classifier created: categories=%d examples=%d method=%s fit_ms=%.1f total_ms=%.1f",
         len(specs),
