@@ -244,6 +244,7 @@ class ClassifierStore:
         (self.root / "examples").mkdir(exist_ok=True)
         self.db_path = self.root / "classifiers.sqlite"
         self._loaded: dict[tuple[str, str], fewshot.FittedClassifier] = {}
+        self._rows: tuple[tuple[int, ...] | None, dict[str, ClassifierRow]] = (None, {})
         self._lock = threading.Lock()
         with self._connect() as db:
             db.executescript(SCHEMA)
@@ -253,8 +254,10 @@ class ClassifierStore:
         db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
+            # WAL + NORMAL: a commit survives a crash of the process; a power cut may lose the last one, which
+            # leaves at worst an unreferenced arrays file (the arrays are fsynced before their row is written)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=NORMAL")
             yield db
         finally:
             db.close()
@@ -276,7 +279,40 @@ class ClassifierStore:
             rows = db.execute("SELECT * FROM classifiers ORDER BY name").fetchall()
         return [ClassifierRow.from_row(r) for r in rows]
 
+    def _stamp(self) -> tuple[int, ...]:
+        """Changes whenever any process commits (the WAL or, after a checkpoint, the database file changes)."""
+        out: list[int] = []
+        for path in (self.db_path, self.db_path.with_name(self.db_path.name + "-wal")):
+            try:
+                st = path.stat()
+                out += [st.st_mtime_ns, st.st_size, st.st_ino]
+            except FileNotFoundError:
+                out += [0, 0, 0]
+        return tuple(out)
+
+    def cached_row(self, name: str) -> ClassifierRow | None:
+        """The row of ``name`` without touching SQLite when nothing was committed since the last read (two
+        ``stat`` calls: cheap enough for the event loop); None: read it with :meth:`get`."""
+        with self._lock:
+            stamp, rows = self._rows
+        if stamp is None or stamp != self._stamp():
+            return None
+        return rows.get(name)
+
+    def cached_model(self, row: ClassifierRow) -> fewshot.FittedClassifier | None:
+        with self._lock:
+            return self._loaded.get((row.name, row.version))
+
     def get(self, name: str) -> ClassifierRow:
+        stamp = self._stamp()
+        rows = {r.name: r for r in self.list()}
+        with self._lock:
+            self._rows = (stamp, rows)
+        if name in rows:
+            return rows[name]
+        return self._get_uncached(name)
+
+    def _get_uncached(self, name: str) -> ClassifierRow:
         with self._connect() as db:
             row = db.execute("SELECT * FROM classifiers WHERE name = ?", (name,)).fetchone()
         if row is None:

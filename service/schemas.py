@@ -209,7 +209,10 @@ class ClassifyForm(BaseModel):
         description="a few-shot classifier's name (`/v1/classifiers`) instead of `categories`",
     )
     frame: int | None = Field(
-        None, ge=0, le=100_000, description="DICOM multi-frame: the frame to use (default: an OCT volume's centre)"
+        None,
+        ge=0,
+        le=100_000,
+        description="DICOM multi-frame: the frame to use (default: an OCT volume's centre)",
     )
     explain: bool = Field(False, description="also return heat maps and matched expert descriptions")
     explain_top: int = Field(

@@ -417,8 +417,9 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     if len(specs) > settings.max_categories:
         raise InvalidRequestError(f"{len(specs)} categories; the limit is {settings.max_categories}")
     # fail fast on a name clash or a full store, before any image is embedded
-    existing = {r.name for r in store.list()}
-    if name in existing:
+    if (
+        store.cached_row(name) is not None
+    ):  # the insert's transaction is what guarantees it; this saves the work
         from service.classifiers import ClassifierExistsError
 
         raise ClassifierExistsError(
@@ -636,14 +637,14 @@ async def classify_with_classifier(
     """The classify answer for ``classifier=NAME`` (called by the classify router)."""
     engine = state.engine
     store = get_store(state)
-    row = await state.run_blocking(store.get, name)
+    row = store.cached_row(name) or await state.run_blocking(store.get, name)
     if row.artifact_version != engine.version:
         raise ClassifierStaleError(
             f"classifier {name!r} was fitted with artifact {row.artifact_name} {row.artifact_version}; this "
             f"service runs {engine.name} {engine.version}. Refit it: POST /v1/classifiers/{name}/refit "
             f"(or `keepfit classifier refit {name}`)"
         )
-    model = await state.run_blocking(store.load, row)
+    model = store.cached_model(row) or await state.run_blocking(store.load, row)
     digest = sha256_hex(data)
     timings = Timings(state.metrics)
     params: dict[str, Any] = {"classifier": name, "classifier_version": row.version, "top_k": top_k}
