@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from model import fewshot
-from model.errors import ConfigError, ImageError, NotFoundError
+from model.errors import ConfigError
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -556,14 +556,3 @@ def fit_examples(
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def require_image(data: bytes, what: str, loader: Any) -> Any:
-    try:
-        return loader(data)
-    except ImageError as err:
-        raise InvalidExampleError(f"{what} is not a usable image: {err}") from err
-
-
-def not_found(what: str) -> NotFoundError:
-    return NotFoundError(what)

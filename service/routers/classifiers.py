@@ -23,6 +23,7 @@ from model.dicom import call_with_frame
 from model.errors import ImageError
 from service.cache import cache_key, sha256_hex
 from service.classifiers import (
+    NAME_PATTERN,
     AdminKeyError,
     CategorySpec,
     ClassifierRow,
@@ -68,7 +69,9 @@ class CategoryRequest(BaseModel):
     text: str | None = Field(
         None, min_length=1, max_length=200, description="text of its zero-shot prior (default: the label)"
     )
-    ids: list[int] = Field(default_factory=list, description="ids of indexed images that are examples of it")
+    ids: list[Annotated[int, Field(ge=0, le=2**53)]] = Field(
+        default_factory=list, max_length=100_000, description="ids of indexed images that are examples of it"
+    )
     index_label: str | None = Field(
         None,
         min_length=1,
@@ -255,10 +258,21 @@ async def _index_examples(
     return await state.index.call(run)
 
 
+def _label(raw: str) -> str:
+    label = " ".join(raw.split())
+    if not label:
+        raise InvalidRequestError("a category label is empty")
+    if len(label) > 200:
+        raise InvalidRequestError(
+            f"category label {label[:40]!r}... is {len(label)} characters; the limit is 200"
+        )
+    return label
+
+
 def _merge_specs(request: ClassifierRequest, file_labels: list[str]) -> list[CategorySpec]:
     specs: dict[str, CategorySpec] = {}
     for c in request.categories:
-        label = " ".join(c.label.split())
+        label = _label(c.label)
         if label.lower() in {k.lower() for k in specs}:
             raise InvalidRequestError(f"category {label!r} is listed twice")
         specs[label] = CategorySpec(label=label, text=c.text, ids=list(c.ids), index_label=c.index_label)
@@ -300,7 +314,7 @@ async def _parse_create(
                 raise PayloadTooLargeError(
                     f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES)"
                 )
-            label = " ".join(name[len(FILE_PREFIX) :].split())
+            label = _label(name[len(FILE_PREFIX) :])
             data = await read_upload(value, max_bytes, field=name)
             files.append((label, data, value.filename or "upload"))
     spec: dict[str, Any] = {}
@@ -383,6 +397,60 @@ def _fit_and_row(
     return row, result
 
 
+_CATEGORY_SCHEMA = {
+    "type": "object",
+    "required": ["label"],
+    "properties": {
+        "label": {"type": "string", "minLength": 1, "maxLength": 200},
+        "text": {"type": "string", "minLength": 1, "maxLength": 200, "description": "zero-shot prior text"},
+        "ids": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": 2**53},
+            "description": "indexed images",
+        },
+        "index_label": {"type": "string", "minLength": 1, "maxLength": 200},
+    },
+}
+_CREATE_FIELDS = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN.pattern},
+    "modality": {"type": "string", "enum": ["CFP", "FFA", "OCT"]},
+    "method": {"type": "string", "enum": ["auto", "prototype", "prototype+text", "linear", "linear+text"]},
+    "text_prior": {"type": "boolean", "default": True},
+}
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name", "categories"],
+                    "properties": {
+                        **_CREATE_FIELDS,
+                        "categories": {"type": "array", "items": _CATEGORY_SCHEMA, "minItems": 2},
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        **_CREATE_FIELDS,
+                        "spec": {"type": "string", "description": "the JSON body's categories, as JSON text"},
+                    },
+                    "additionalProperties": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "example images in file fields named examples.<category label>",
+                    },
+                }
+            },
+        },
+    }
+}
+
+
 # --------------------------------------------------------------------------------------------- endpoints
 @router.post(
     "/classifiers",
@@ -390,7 +458,8 @@ def _fit_and_row(
     response_model=ClassifierResponse,
     summary="Fit a few-shot classifier of your own categories",
     dependencies=[AdminDep],
-    responses=error_responses(400, 401, 404, 409, 413, 415, 422),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
+    openapi_extra=CREATE_BODY,
 )
 async def create_classifier(request: Request, state: StateDep) -> Response:
     """Fit a classifier from examples per category and store it.
@@ -495,7 +564,7 @@ async def get_classifier(name: str, state: StateDep) -> dict[str, Any]:
     "/classifiers/{name}",
     summary="Delete a classifier",
     dependencies=[AdminDep],
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 403, 404),
 )
 async def delete_classifier(name: str, state: StateDep) -> dict[str, Any]:
     store = get_store(state)
@@ -509,7 +578,7 @@ async def delete_classifier(name: str, state: StateDep) -> dict[str, Any]:
     response_model=ClassifierResponse,
     summary="Refit a classifier with the loaded artifact (from its stored examples)",
     dependencies=[AdminDep],
-    responses=error_responses(401, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 async def refit_classifier(name: str, request: Request, state: StateDep) -> dict[str, Any]:
     """Refit from the stored examples' embeddings when the image encoder is unchanged, otherwise from the stored
