@@ -368,8 +368,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "Not a decodable image (empty, truncated, corrupt)",
         401: "Missing or wrong X-API-Key",
-        404: "Unknown id",
-        409: "The index is empty",
+        404: "Unknown id or classifier name",
+        409: "The index is empty; or a classifier conflict (name taken, limit reached, fitted with another model)",
         413: "Upload or image too large (bytes or pixels)",
         415: "Unsupported content type or image format",
         422: "A parameter out of range (top_k, categories, query length...)",

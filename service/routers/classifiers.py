@@ -15,7 +15,7 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response, Security
+from fastapi import APIRouter, Depends, Path, Request, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, ValidationError
 
@@ -147,6 +147,7 @@ async def require_admin_key(
 
 
 AdminDep = Depends(require_admin_key)
+NamePath = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN.pattern)]
 
 
 def get_store(state: ServiceState) -> ClassifierStore:
@@ -554,7 +555,7 @@ async def list_classifiers(state: StateDep) -> dict[str, Any]:
     summary="One classifier: categories, example counts, estimate, artifact",
     responses=error_responses(404),
 )
-async def get_classifier(name: str, state: StateDep) -> dict[str, Any]:
+async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     store = get_store(state)
     row = await state.run_blocking(store.get, name)
     return row.public(state.engine.version)
@@ -566,7 +567,7 @@ async def get_classifier(name: str, state: StateDep) -> dict[str, Any]:
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 404),
 )
-async def delete_classifier(name: str, state: StateDep) -> dict[str, Any]:
+async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     store = get_store(state)
     row = await state.run_blocking(store.delete, name)
     logger.info("classifier deleted (version %s)", row.version)
@@ -580,7 +581,7 @@ async def delete_classifier(name: str, state: StateDep) -> dict[str, Any]:
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-async def refit_classifier(name: str, request: Request, state: StateDep) -> dict[str, Any]:
+async def refit_classifier(name: NamePath, request: Request, state: StateDep) -> dict[str, Any]:
     """Refit from the stored examples' embeddings when the image encoder is unchanged, otherwise from the stored
     example images (uploads) and the index's images of the same SHA-256 (examples taken from the index)."""
     store = get_store(state)
