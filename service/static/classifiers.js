@@ -176,8 +176,8 @@
     $('teach-fit').disabled = teach.busy || teach.categories.length < 2 || total === 0;
     document.querySelectorAll('#search-results .teach-add').forEach((b) => {
       const c = teach.categories[teach.active];
-      b.disabled = !c;
-      b.textContent = c ? `+ example of ${c.label}` : '+ example (add a category first)';
+      b.setAttribute('aria-disabled', c ? 'false' : 'true');
+      b.textContent = c ? `+ example of ${c.label}` : '+ example (teach a category first)';
     });
   }
 
@@ -225,13 +225,16 @@
       if (!hitButton) return;
       const id = Number(hitButton.dataset.id);
       const img = hitButton.querySelector('img');
-      const add = el('button', { type: 'button', class: 'secondary small teach-add', 'data-teach-id': String(id) });
-      add.addEventListener('click', () => {
+      // a span with the button role, not a <button>: the card's own button stays the only one in the card
+      const add = el('span', { role: 'button', tabindex: '0', class: 'teach-add', 'data-teach-id': String(id) });
+      const use = () => {
         const c = teach.categories[teach.active];
         if (!c) return;
         if (!c.ids.some((x) => x.id === id)) c.ids.push({ id, thumb: img ? img.src : null });
         render();
-      });
+      };
+      add.addEventListener('click', use);
+      add.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); use(); } });
       li.append(add);
     });
     render();
