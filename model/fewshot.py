@@ -14,8 +14,8 @@ encoder.  Every method scores an image embedding ``x`` (unit norm, ``[D]``) agai
   instead of towards zero (CLAP's class-adaptive linear probe in its simplest form): with few examples it
   stays close to zero-shot, with many it follows the data.
 
-``auto`` picks by the number of examples per class, with the rule measured by ``keepfit eval kshot`` (see
-:data:`AUTO_RULE`).  :func:`cross_validate` estimates a fitted method's balanced accuracy by stratified k-fold
+``auto`` picks by the number of examples per class, with the rule measured by
+``python -m model.benchmarks.kshot`` (see :data:`AUTO_RULE`).  :func:`cross_validate` estimates a fitted method's balanced accuracy by stratified k-fold
 (leave-one-out when the smallest class has fewer examples than folds).
 """
 
@@ -99,10 +99,12 @@ class FittedClassifier:
 
 
 # --------------------------------------------------------------------------------------------- the rule
-# Measured with `python -m model.benchmarks.kshot` (README, "Few-shot classifiers"): prototypes + the text prior
-# are best on average from 2 to 16 examples per class; the linear head (with the prior) catches up at 32 and
-# leads at 64 and with every train image.
-AUTO_LINEAR_FROM = 32
+# Measured with `python -m model.benchmarks.kshot --repeats 20` (README, "Which method"), mean balanced accuracy
+# over four tasks of two sites: with 1-4 examples per class the linear head started at (and pulled towards) the
+# zero-shot classifier is best; at 8 the prototypes with the text prior; from 16 a plain linear head (the text
+# prior then costs more than it brings).
+AUTO_PROTOTYPE_FROM = 8
+AUTO_LINEAR_FROM = 16
 
 
 def resolve_method(method: str, counts: Sequence[int], has_text: bool) -> str:
@@ -112,15 +114,17 @@ def resolve_method(method: str, counts: Sequence[int], has_text: bool) -> str:
         if method.endswith("+text") and not has_text:
             raise ConfigError(f"method {method!r} needs the categories' text (a zero-shot prior)")
         return method
-    linear = min(counts) >= AUTO_LINEAR_FROM if counts else False
-    if has_text:
-        return "linear+text" if linear else "prototype+text"
-    return "linear" if linear else "prototype"
+    smallest = min(counts) if counts else 0
+    if smallest >= AUTO_LINEAR_FROM:
+        return "linear"
+    if not has_text:
+        return "prototype"
+    return "prototype+text" if smallest >= AUTO_PROTOTYPE_FROM else "linear+text"
 
 
 AUTO_RULE = (
-    f"prototype(+text) below {AUTO_LINEAR_FROM} examples in the smallest category, linear(+text) from there; "
-    "'+text' when the categories' zero-shot prior is on"
+    f"linear+text below {AUTO_PROTOTYPE_FROM} examples in the smallest category, prototype+text from "
+    f"{AUTO_PROTOTYPE_FROM}, linear from {AUTO_LINEAR_FROM} (without the text prior: prototype, then linear)"
 )
 
 
