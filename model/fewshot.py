@@ -147,29 +147,35 @@ def _logistic(
     """Class-balanced softmax regression, ``min sum_i w_i CE_i + l2/2 ||W - w0||^2`` (Nesterov's method).
 
     ``z [N, D]``; returns ``W [C, D]``, ``b [C]``.  The step is 1/L with L the gradient's Lipschitz bound
-    (1/2 of the largest eigenvalue of the weighted Gram matrix, plus ``l2``), so no tuning is needed.
+    (1/2 of the largest eigenvalue of the weighted Gram matrix, plus ``l2``), so no tuning is needed.  Every
+    gradient step moves ``W`` within the span of the examples, so the iterates are kept as ``W = w0 + A z``
+    with ``A [C, N]``: each step then costs N x N x C instead of N x D x C (examples are few, D is 512), and
+    stays far below the size where BLAS threads pay off (they only contend on a busy CPU).
     """
     sw = _class_weights(y, n_classes)  # [N], sums to 1
     onehot = np.eye(n_classes)[y]  # [N, C]
-    zw = z * np.sqrt(sw)[:, None]
-    top = float(np.linalg.norm(zw, ord=2) ** 2) if len(z) else 1.0
+    gram = z @ z.T  # [N, N]
+    root = np.sqrt(sw)
+    top = float(np.linalg.eigvalsh(gram * root[:, None] * root[None, :])[-1]) if len(z) else 1.0
     lipschitz = 0.5 * (top + 1.0) + l2  # +1: the bias column
     step = 1.0 / lipschitz
-    w, b = w0.astype(np.float64).copy(), b0.astype(np.float64).copy()
-    vw, vb = w.copy(), b.copy()
+    base = z @ w0.T  # [N, C] the prior's logits without the bias
+    a = np.zeros((n_classes, len(z)))
+    b = b0.astype(np.float64).copy()
+    va, vb = a.copy(), b.copy()
     t = 1.0
     for _ in range(iters):
-        p = _softmax(z @ vw.T + vb)  # [N, C]
+        p = _softmax(base + gram @ va.T + vb)  # [N, C]
         g = (p - onehot) * sw[:, None]  # [N, C]
-        gw = g.T @ z + l2 * (vw - w0)
+        ga = g.T + l2 * va  # the gradient wrt W is ga @ z
         gb = g.sum(axis=0)
-        w_next, b_next = vw - step * gw, vb - step * gb
+        a_next, b_next = va - step * ga, vb - step * gb
         t_next = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
         momentum = (t - 1.0) / t_next
-        vw = w_next + momentum * (w_next - w)
+        va = a_next + momentum * (a_next - a)
         vb = b_next + momentum * (b_next - b)
-        w, b, t = w_next, b_next, t_next
-    return w, b
+        a, b, t = a_next, b_next, t_next
+    return w0 + a @ z, b
 
 
 def fit(
