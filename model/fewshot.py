@@ -143,6 +143,7 @@ def _logistic(
     w0: np.ndarray,
     b0: np.ndarray,
     iters: int = 300,
+    tol: float = 1e-5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced softmax regression, ``min sum_i w_i CE_i + l2/2 ||W - w0||^2`` (Nesterov's method).
 
@@ -169,6 +170,8 @@ def _logistic(
         g = (p - onehot) * sw[:, None]  # [N, C]
         ga = g.T + l2 * va  # the gradient wrt W is ga @ z
         gb = g.sum(axis=0)
+        if max(float(np.abs(ga).max()), float(np.abs(gb).max())) < tol:
+            break  # converged: the remaining steps would not move the answer
         a_next, b_next = va - step * ga, vb - step * gb
         t_next = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
         momentum = (t - 1.0) / t_next
