@@ -201,7 +201,7 @@ def fit(
         raise ConfigError(f"a classifier needs at least 2 categories, got {n_classes}")
     counts = np.bincount(y, minlength=n_classes)
     if text is None and counts.min() == 0:
-        missing = [labels[i] for i in np.flatnonzero(counts == 0)]
+        missing = [labels[int(i)] for i in np.flatnonzero(counts == 0)]
         raise ConfigError(f"categories without examples: {', '.join(missing)}")
     chosen = resolve_method(method, [int(c) for c in counts], text is not None)
     dim = x.shape[1] if x.ndim == 2 else (text.shape[1] if text is not None else 0)

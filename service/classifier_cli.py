@@ -159,7 +159,7 @@ def fit_main(args: argparse.Namespace) -> int:
         modality = found[0] if found else "CFP"
     engine.check_modality(modality)
     check_examples(order, examples, modality)
-    if name in {r.name for r in store.list()}:
+    if name in {r.name for r in store.all_rows()}:
         raise DataError(f"a classifier named {name!r} exists already in {store.root}; delete it first")
     categories = [{"label": label, "text": None} for label in order]
     row, result = _fit_and_row(
@@ -174,7 +174,7 @@ def fit_main(args: argparse.Namespace) -> int:
 
 def list_main(args: argparse.Namespace) -> int:
     store = _store(args)
-    rows = store.list()
+    rows = store.all_rows()
     if not rows:
         print(f"no classifiers in {store.root}")  # noqa: T201
     for r in rows:

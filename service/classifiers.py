@@ -274,7 +274,7 @@ class ClassifierStore:
             db.execute("COMMIT")
 
     # -- reads
-    def list(self) -> list[ClassifierRow]:
+    def all_rows(self) -> list[ClassifierRow]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM classifiers ORDER BY name").fetchall()
         return [ClassifierRow.from_row(r) for r in rows]
@@ -305,7 +305,7 @@ class ClassifierStore:
 
     def get(self, name: str) -> ClassifierRow:
         stamp = self._stamp()
-        rows = {r.name: r for r in self.list()}
+        rows = {r.name: r for r in self.all_rows()}
         with self._lock:
             self._rows = (stamp, rows)
         if name in rows:
@@ -379,7 +379,7 @@ class ClassifierStore:
     ) -> ClassifierRow:
         """Write ``row`` with its arrays and examples: a new classifier, or (``replace``) a refit of one."""
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
         digest = hashlib.sha256(buffer.getvalue()).hexdigest()[:16]
         name_key = hashlib.sha256(row.name.encode()).hexdigest()[:12]
         row.arrays = f"{name_key}-{digest}.npz"

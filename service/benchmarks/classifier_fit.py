@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             fit_ms, total_ms = [], []
             for i in range(args.repeats):
                 t0 = time.perf_counter()
-                r = api.post("/v1/classifiers", json={"name": f"bench-{i}", **spec})
+                created = api.post("/v1/classifiers", json={"name": f"bench-{i}", **spec})
                 total_ms.append((time.perf_counter() - t0) * 1000)
-                assert r.status_code == 201, r.text
-                fit_ms.append(r.json()["fit_ms"])
-                print(f"  fit {i}: {r.json()['timings_ms']}")
-            body = r.json()
+                assert created.status_code == 201, created.text
+                fit_ms.append(created.json()["fit_ms"])
+                print(f"  fit {i}: {created.json()['timings_ms']}")
+            body = created.json()
             print(
                 f"fit, 3 classes x {args.per_class} examples from index ids ({body['method']}, "
                 f"estimate {body['estimate']['balanced_accuracy']} {body['estimate']['scheme']}): "

@@ -542,7 +542,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
 @router.get("/classifiers", response_model=ClassifierList, summary="List the classifiers")
 async def list_classifiers(state: StateDep) -> dict[str, Any]:
     store = get_store(state)
-    rows = await state.run_blocking(store.list)
+    rows = await state.run_blocking(store.all_rows)
     return {
         "classifiers": [r.public(state.engine.version) for r in rows],
         "limit": state.settings.max_classifiers,
@@ -707,7 +707,9 @@ async def classify_with_classifier(
     """The classify answer for ``classifier=NAME`` (called by the classify router)."""
     engine = state.engine
     store = get_store(state)
-    row = store.cached_row(name) or await state.run_blocking(store.get, name)
+    row = store.cached_row(name)
+    if row is None:
+        row = await state.run_blocking(store.get, name)
     if row.artifact_version != engine.version:
         raise ClassifierStaleError(
             f"classifier {name!r} was fitted with artifact {row.artifact_name} {row.artifact_version}; this "
