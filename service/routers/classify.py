@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from model.dicom import call_with_frame
 from service.cache import cache_key, sha256_hex
 from service.deps import StateDep, require_api_key
 from service.engine import MAX_CATEGORY_CHARS, Timings
 from service.errors import InvalidRequestError
 from service.responses import json_with
 from service.routers._body import image_form_schema, parse_multipart, require_multipart
+from service.routers.classifiers import classify_with_classifier
 from service.schemas import HARD_MAX_TOP_K, MAX_EXPLAIN_TOP, ClassifyForm, ClassifyResponse, error_responses
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ OPENAPI_BODY = {
                         },
                         "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K},
                         "task": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "classifier": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "frame": {"type": "integer", "minimum": 0, "maximum": 100000},
                         "explain": {"type": "boolean", "default": False},
                         "explain_top": {
                             "type": "integer",
@@ -81,7 +86,7 @@ OPENAPI_BODY = {
     response_model=ClassifyResponse,
     summary="Zero-shot diagnosis of an eye image",
     description=DESCRIPTION,
-    responses=error_responses(400, 401, 413, 415, 422),
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
     openapi_extra=OPENAPI_BODY,
 )
 async def classify(request: Request, state: StateDep) -> Response:
@@ -94,6 +99,12 @@ async def classify(request: Request, state: StateDep) -> Response:
     categories, modality, top_k = form.categories, form.modality, form.top_k
     if top_k is not None and top_k > settings.max_top_k:
         raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
+    if form.classifier is not None:
+        if categories or form.task or form.explain or modality != "auto":
+            raise InvalidRequestError(
+                "with 'classifier' send no 'categories', 'task', 'modality' or 'explain': the classifier fixes them"
+            )
+        return await classify_with_classifier(state, data, form.classifier, top_k, start, form.frame)
     resolved = engine.resolve_categories(categories, form.task)
     digest = sha256_hex(data)
     timings = Timings(state.metrics)
@@ -108,12 +119,16 @@ async def classify(request: Request, state: StateDep) -> Response:
     task = form.task.strip() if form.task is not None else None
     if task is not None:  # the answer names the task (and warns about its modality)
         params["task"] = task
+    if form.frame is not None:
+        params["frame"] = form.frame
     key = cache_key("classify", engine.version, digest, params)
     cached = await state.cached("classify", key, timings)
     if cached is not None:
         body = cached
     else:
-        result = await state.run_image(engine.classify, data, resolved, modality, top_k, timings, explain)
+        # the normal or the large-image lane (by the header's pixel count), with the DICOM frame asked for
+        classify_frame = partial(call_with_frame, form.frame, engine.classify)
+        result = await state.run_image(classify_frame, data, resolved, modality, top_k, timings, explain)
         answer: dict[str, Any] = {
             "model_name": engine.name,
             "model_version": engine.version,

@@ -407,6 +407,11 @@
     if (state.custom) state.custom.forEach((c) => form.append('categories', c));
     form.append('explain', 'true');
     form.append('explain_top', String(EXPLAIN_TOP));
+    const classifier = $('classifier-picker') && $('classifier-picker').value; // classifiers.js fills it
+    if (classifier) {
+      ['modality', 'categories', 'explain', 'explain_top'].forEach((k) => form.delete(k));
+      form.append('classifier', classifier);
+    }
     document.body.dataset.busy = 'classify';
     $('classify-again').disabled = true;
     setProgress(0, `Uploading ${(state.file.size / 1048576).toFixed(1)} MB…`);
@@ -476,6 +481,7 @@
     const t = r.timings_ms || {};
     const parts = [`model ${r.model_version}`, `${Math.round(t.total || 0)} ms`];
     if (t.explain != null) parts.push(`heat maps ${Math.round(t.explain)} ms`);
+    if (r.classifier) parts.push(`classifier ${r.classifier.name} (version ${r.classifier.version})`);
     if (r.cached) parts.push('from cache');
     $('timings').textContent = parts.join(' · ');
     selectExplanation(0);

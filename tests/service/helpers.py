@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ def make_settings(artifact: Path, **overrides: Any) -> Settings:
         "redis_url": None,
         "api_keys": [],
         "cors_origins": [],
+        # classifiers default to ./classifiers without an index: never the repository during tests
+        "classifiers": Path(tempfile.mkdtemp(prefix="keepfit-classifiers-")),
     }
     base.update(overrides)
     return Settings(_env_file=None, **base)  # type: ignore[call-arg]

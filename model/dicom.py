@@ -1,0 +1,176 @@
+"""DICOM input as ophthalmic devices write it (the optional ``dicom`` extra: pydicom + pylibjpeg plugins).
+
+- Ophthalmic Photography (``OP``: fundus photographs, angiograms), Ophthalmic Tomography (``OPT``: OCT
+  volumes) and external-camera (``XC``) objects; any other object with pixel data is decoded the same way.
+- Native (explicit / implicit little endian) and encapsulated pixel data: JPEG baseline and extended, JPEG-LS,
+  JPEG 2000, RLE, deflate; an encapsulated syntax without a decoder here is :class:`UnsupportedMediaError`
+  (HTTP 415) naming the transfer syntax.
+- Colour: YBR_FULL / YBR_FULL_422 / YBR_ICT / YBR_RCT are converted to RGB, MONOCHROME1 is inverted,
+  PALETTE COLOR goes through its lookup table; more than 8 bits are scaled by ``BitsStored``.
+- Multi-frame: an OCT volume gives its central B-scan by default, other multi-frame objects their first frame;
+  :func:`selected_frame` chooses another (``frame=`` in the API).  Only that frame is decoded.
+- The modality the header states (``OPT`` -> OCT, ``OP`` -> CFP, or FFA for an angiogram) is put in the image's
+  ``info["keepfit_modality"]``; the frame used and the frame count in ``info["keepfit_frame"]`` /
+  ``info["keepfit_frames"]``.
+- Nothing of the header but those (no names, ids, dates, descriptions) leaves this module: not in errors, not
+  in logs, not in the image's ``info``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from model.errors import ConfigError, ImageError, ImageTooLargeError, UnsupportedMediaError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_FRAME: ContextVar[int | None] = ContextVar("keepfit_dicom_frame", default=None)
+ANGIOGRAM_WORDS = ("ANGIO", "FLUORESC", "FA ", "FFA", "ICG", "INDOCYANINE")
+
+
+def is_dicom(data: bytes) -> bool:
+    """A DICOM Part 10 file: 128-byte preamble then ``DICM``."""
+    return len(data) > 132 and data[128:132] == b"DICM"
+
+
+@contextlib.contextmanager
+def selected_frame(frame: int | None) -> Iterator[None]:
+    """Decode frame ``frame`` (0-based) of multi-frame DICOM input within this block (this thread / task)."""
+    token = _FRAME.set(frame)
+    try:
+        yield
+    finally:
+        _FRAME.reset(token)
+
+
+def call_with_frame(frame: int | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` with :func:`selected_frame` set (for running on a worker thread)."""
+    with selected_frame(frame):
+        return fn(*args)
+
+
+def _modality(ds: Any) -> str | None:
+    value = str(getattr(ds, "Modality", "") or "").upper()
+    if value == "OPT":
+        return "OCT"
+    if value in ("OP", "XC"):
+        words = " ".join(
+            str(v)
+            for v in (
+                getattr(ds, "ImageType", ""),
+                getattr(ds, "SeriesDescription", ""),
+                getattr(ds, "ContrastBolusAgent", ""),
+            )
+        ).upper()
+        if "ContrastBolusAgent" in ds or any(w in words for w in ANGIOGRAM_WORDS):
+            return "FFA"
+        if value == "OP":
+            return "CFP"
+    return None
+
+
+def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        return np.clip((arr - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
+    if int(getattr(ds, "PixelRepresentation", 0)) == 1:
+        arr = arr.astype(np.int64) - int(arr.min())
+    # as model.preprocess.to_rgb does for 16-bit PNG/TIFF: 16-bit containers often hold 10-14 bit data, so scale
+    # by the smallest of those ranges that holds the maximum (the same pixels then give the same answer)
+    peak = int(arr.max()) if arr.size else 0
+    bits = int(getattr(ds, "BitsStored", 16) or 16)
+    top = next((float(2**b - 1) for b in (8, 10, 12, 14, 16) if b <= max(bits, 8) and peak <= 2**b - 1), None)
+    top = top or float(max(peak, 1))
+    return np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def decode_dicom(data: bytes, *, max_pixels: int) -> Image.Image:
+    """DICOM bytes -> an 8-bit ``L`` or ``RGB`` image of one frame (see the module docstring)."""
+    try:
+        import pydicom
+        from pydicom.pixels import pixel_array
+    except ImportError as err:
+        raise UnsupportedMediaError(
+            "DICOM input needs the optional 'dicom' extra (pip install 'keepfit[dicom]')"
+        ) from err
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=False)
+    except Exception as err:  # pydicom raises many types; their messages may quote header values
+        raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ImageError("the DICOM file holds no image (no pixel data)")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ImageError("the DICOM file has no valid Rows / Columns") from err
+    if rows < 1 or cols < 1:
+        raise ImageError(f"the DICOM image has no pixels ({cols}x{rows})")
+    if rows * cols > max_pixels:
+        raise ImageTooLargeError(f"image is {cols}x{rows} = {rows * cols} pixels; the limit is {max_pixels}")
+    modality = _modality(ds)
+    requested = _FRAME.get()
+    if requested is None:
+        frame = frames // 2 if modality == "OCT" and frames > 1 else 0
+    else:
+        frame = int(requested)
+        if not 0 <= frame < frames:
+            raise ConfigError(
+                f"frame {frame} does not exist: this DICOM image has {frames} frame(s), 0-{frames - 1}"
+            )
+    if syntax is not None and getattr(syntax, "is_compressed", False):
+        from pydicom.pixels.decoders.base import get_decoder
+
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError as err:
+            raise UnsupportedMediaError(
+                f"DICOM transfer syntax {syntax_name} ({syntax}) is not supported; send uncompressed, JPEG, "
+                "JPEG-LS, JPEG 2000 or RLE DICOM"
+            ) from err
+        if not decoder.is_available:
+            raise UnsupportedMediaError(
+                f"cannot decode DICOM transfer syntax {syntax_name} ({syntax}) here: no decoder installed"
+            )
+    try:
+        # only the chosen frame; YBR is converted to RGB by pydicom (as_rgb defaults to True)
+        arr = pixel_array(ds, index=frame if frames > 1 else None)
+    except (NotImplementedError, RuntimeError) as err:
+        raise UnsupportedMediaError(f"cannot decode DICOM transfer syntax {syntax_name} ({syntax})") from err
+    except Exception as err:
+        raise ImageError(f"the DICOM pixel data is truncated or corrupt ({err.__class__.__name__})") from err
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        arr = arr[0]  # a decoder that ignored the frame index
+    arr = _to_uint8(arr, ds)
+    if photometric == "MONOCHROME1":
+        arr = 255 - arr
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    image = Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.ndim == 3 else "L")
+    image.info["keepfit_frame"] = frame
+    image.info["keepfit_frames"] = frames
+    if modality:
+        image.info["keepfit_modality"] = modality
+    logger.debug("DICOM %s, %d frame(s), frame %d, modality %s", syntax_name, frames, frame, modality)
+    return image

@@ -1,0 +1,311 @@
+"""Few-shot classifiers fitted on image embeddings (numpy only, torch-free).
+
+A clinic's own categories, learnt from a handful of labelled images per category, on top of the frozen image
+encoder.  Every method scores an image embedding ``x`` (unit norm, ``[D]``) against per-class parameters:
+
+- ``zero-shot``: the text classifier alone, ``s * x . t_c`` (``t_c``: the class's prompt embedding, ``s``: the
+  model's logit scale).  No examples needed.
+- ``prototype``: cosine to the class means of the examples, after centring on the examples' mean (which
+  removes the direction every eye image shares and leaves what separates the classes).
+- ``prototype+text``: the prototype logits plus the zero-shot logits (Tip-Adapter's training-free combination
+  of a cache of examples with the text classifier, using the class means as the cache).
+- ``linear``: class-balanced multinomial logistic regression on the centred embeddings (L2).
+- ``linear+text``: the same, initialised at the zero-shot classifier and pulled towards it by the L2 term
+  instead of towards zero (CLAP's class-adaptive linear probe in its simplest form): with few examples it
+  stays close to zero-shot, with many it follows the data.
+
+``auto`` picks by the number of examples per class, with the rule measured by
+``python -m model.benchmarks.kshot`` (see :data:`AUTO_RULE`).  :func:`cross_validate` estimates a fitted method's balanced accuracy by stratified k-fold
+(leave-one-out when the smallest class has fewer examples than folds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model.errors import ConfigError
+
+METHODS = ("zero-shot", "prototype", "prototype+text", "linear", "linear+text")
+FIT_METHODS = ("auto", *METHODS[1:])
+PROTOTYPE_SCALE = (
+    20.0  # logit scale of centred cosines; their spread is several times that of image-text ones
+)
+LINEAR_L2 = 1e-2  # L2 strength (per example, on centred unit-scale features)
+PRIOR_L2 = 3e-2  # pull towards the zero-shot classifier for ``linear+text``
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class FittedClassifier:
+    """What scoring needs: ``logits = scale_text * x . text.T + (x - center) . weight.T + bias``."""
+
+    method: str
+    labels: list[str]
+    center: np.ndarray  # [D]
+    weight: np.ndarray  # [C, D]
+    bias: np.ndarray  # [C]
+    text: np.ndarray | None = None  # [C, D] zero-shot class embeddings (None: no text term)
+    scale_text: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """``x [B, D]`` -> ``[B, C]``."""
+        out = (x - self.center) @ self.weight.T + self.bias
+        if self.text is not None and self.scale_text:
+            out = out + self.scale_text * (x @ self.text.T)
+        return out.astype(np.float32)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        return _softmax(self.logits(np.atleast_2d(x)).astype(np.float64)).astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        arrays = {
+            "center": self.center.astype(np.float32),
+            "weight": self.weight.astype(np.float32),
+            "bias": self.bias.astype(np.float32),
+            "scale_text": np.asarray([self.scale_text], dtype=np.float32),
+        }
+        if self.text is not None:
+            arrays["text"] = self.text.astype(np.float32)
+        return arrays
+
+    @classmethod
+    def from_arrays(
+        cls, method: str, labels: Sequence[str], arrays: dict[str, np.ndarray]
+    ) -> FittedClassifier:
+        return cls(
+            method=method,
+            labels=list(labels),
+            center=np.asarray(arrays["center"], dtype=np.float32),
+            weight=np.asarray(arrays["weight"], dtype=np.float32),
+            bias=np.asarray(arrays["bias"], dtype=np.float32),
+            text=np.asarray(arrays["text"], dtype=np.float32) if "text" in arrays else None,
+            scale_text=float(np.asarray(arrays["scale_text"]).reshape(-1)[0]),
+        )
+
+
+# --------------------------------------------------------------------------------------------- the rule
+# Measured with `python -m model.benchmarks.kshot --repeats 20` (README, "Which method"), mean balanced accuracy
+# over four tasks of two sites: with 1-4 examples per class the linear head started at (and pulled towards) the
+# zero-shot classifier is best; at 8 the prototypes with the text prior; from 16 a plain linear head (the text
+# prior then costs more than it brings).
+AUTO_PROTOTYPE_FROM = 8
+AUTO_LINEAR_FROM = 16
+
+
+def resolve_method(method: str, counts: Sequence[int], has_text: bool) -> str:
+    if method not in FIT_METHODS and method != "zero-shot":
+        raise ConfigError(f"unknown few-shot method {method!r}; use one of {', '.join(FIT_METHODS)}")
+    if method != "auto":
+        if method.endswith("+text") and not has_text:
+            raise ConfigError(f"method {method!r} needs the categories' text (a zero-shot prior)")
+        return method
+    smallest = min(counts) if counts else 0
+    if smallest >= AUTO_LINEAR_FROM:
+        return "linear"
+    if not has_text:
+        return "prototype"
+    return "prototype+text" if smallest >= AUTO_PROTOTYPE_FROM else "linear+text"
+
+
+AUTO_RULE = (
+    f"linear+text below {AUTO_PROTOTYPE_FROM} examples in the smallest category, prototype+text from "
+    f"{AUTO_PROTOTYPE_FROM}, linear from {AUTO_LINEAR_FROM} (without the text prior: prototype, then linear)"
+)
+
+
+# --------------------------------------------------------------------------------------------- fitting
+def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = np.where(counts[y] > 0, 1.0 / (n_classes * np.maximum(counts[y], 1)), 0.0)
+    return w / w.sum()
+
+
+def _logistic(
+    z: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    l2: float,
+    w0: np.ndarray,
+    b0: np.ndarray,
+    iters: int = 300,
+    tol: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced softmax regression, ``min sum_i w_i CE_i + l2/2 ||W - w0||^2`` (Nesterov's method).
+
+    ``z [N, D]``; returns ``W [C, D]``, ``b [C]``.  The step is 1/L with L the gradient's Lipschitz bound
+    (1/2 of the largest eigenvalue of the weighted Gram matrix, plus ``l2``), so no tuning is needed.  Every
+    gradient step moves ``W`` within the span of the examples, so the iterates are kept as ``W = w0 + A z``
+    with ``A [C, N]``: each step then costs N x N x C instead of N x D x C (examples are few, D is 512), and
+    stays far below the size where BLAS threads pay off (they only contend on a busy CPU).
+    """
+    sw = _class_weights(y, n_classes)  # [N], sums to 1
+    onehot = np.eye(n_classes)[y]  # [N, C]
+    gram = z @ z.T  # [N, N]
+    root = np.sqrt(sw)
+    top = float(np.linalg.eigvalsh(gram * root[:, None] * root[None, :])[-1]) if len(z) else 1.0
+    lipschitz = 0.5 * (top + 1.0) + l2  # +1: the bias column
+    step = 1.0 / lipschitz
+    base = z @ w0.T  # [N, C] the prior's logits without the bias
+    a = np.zeros((n_classes, len(z)))
+    b = b0.astype(np.float64).copy()
+    va, vb = a.copy(), b.copy()
+    t = 1.0
+    for _ in range(iters):
+        p = _softmax(base + gram @ va.T + vb)  # [N, C]
+        g = (p - onehot) * sw[:, None]  # [N, C]
+        ga = g.T + l2 * va  # the gradient wrt W is ga @ z
+        gb = g.sum(axis=0)
+        if max(float(np.abs(ga).max()), float(np.abs(gb).max())) < tol:
+            break  # converged: the remaining steps would not move the answer
+        a_next, b_next = va - step * ga, vb - step * gb
+        t_next = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        momentum = (t - 1.0) / t_next
+        va = a_next + momentum * (a_next - a)
+        vb = b_next + momentum * (b_next - b)
+        a, b, t = a_next, b_next, t_next
+    return w0 + a @ z, b
+
+
+def fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[str],
+    method: str = "auto",
+    text: np.ndarray | None = None,
+    logit_scale: float = 100.0,
+) -> FittedClassifier:
+    """Fit ``method`` on embeddings ``x [N, D]`` (unit norm) with integer labels ``y [N]`` in ``range(C)``.
+
+    ``text [C, D]``: the categories' zero-shot class embeddings (the prior), or None.  A class without
+    examples keeps its zero-shot score (only possible with a text prior).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    n_classes = len(labels)
+    if n_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 categories, got {n_classes}")
+    counts = np.bincount(y, minlength=n_classes)
+    if text is None and counts.min() == 0:
+        missing = [labels[int(i)] for i in np.flatnonzero(counts == 0)]
+        raise ConfigError(f"categories without examples: {', '.join(missing)}")
+    chosen = resolve_method(method, [int(c) for c in counts], text is not None)
+    dim = x.shape[1] if x.ndim == 2 else (text.shape[1] if text is not None else 0)
+    center = x.mean(axis=0) if len(x) else np.zeros(dim)
+    zeros_w, zeros_b = np.zeros((n_classes, dim)), np.zeros(n_classes)
+    text_arr = None if text is None else np.asarray(text, dtype=np.float64)
+    info: dict[str, Any] = {"counts": [int(c) for c in counts]}
+    if chosen == "zero-shot":
+        if text_arr is None:
+            raise ConfigError("zero-shot needs the categories' text")
+        return FittedClassifier(chosen, list(labels), center, zeros_w, zeros_b, text_arr, logit_scale, info)
+    z = x - center  # [N, D]
+    if chosen.startswith("prototype"):
+        protos = np.zeros((n_classes, dim))
+        for c in range(n_classes):
+            if counts[c]:
+                protos[c] = _unit(z[y == c].mean(axis=0))
+        # cosine = (x - center) . p / |x - center|; scoring divides by nothing, so approximate |x - center| by
+        # its mean over the examples (they are all close to it): keeps scoring one matrix product.
+        spread = float(np.mean(np.linalg.norm(z, axis=1))) if len(z) else 1.0
+        weight = PROTOTYPE_SCALE * protos / max(spread, 1e-6)
+        bias = np.zeros(n_classes)
+        use_text = chosen == "prototype+text"
+        return FittedClassifier(
+            chosen,
+            list(labels),
+            center,
+            weight,
+            bias,
+            text_arr if use_text else None,
+            logit_scale if use_text else 0.0,
+            info,
+        )
+    # linear: fit on centred features scaled to unit mean norm (conditioning); fold the scale back in.
+    spread = float(np.sqrt(np.mean(np.sum(z * z, axis=1)))) if len(z) else 1.0
+    spread = max(spread, 1e-6)
+    zs = z / spread
+    if chosen == "linear+text":
+        assert text_arr is not None
+        # zero-shot logits s*x.t = s*(z).t + s*center.t: as a linear model on zs, W0 = s*spread*t, b0 = s*center.t
+        w0 = logit_scale * spread * text_arr
+        b0 = logit_scale * (center @ text_arr.T)
+        w, b = _logistic(zs, y, n_classes, PRIOR_L2, w0, b0)
+    else:
+        w, b = _logistic(zs, y, n_classes, LINEAR_L2, zeros_w, zeros_b)
+    return FittedClassifier(chosen, list(labels), center, w / spread, b, None, 0.0, info)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in range(n_classes) if np.any(y_true == c)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def cross_validate(
+    x: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[str],
+    method: str,
+    text: np.ndarray | None = None,
+    logit_scale: float = 100.0,
+    folds: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Stratified k-fold (LOO when a class has fewer than ``folds`` examples and N is small) balanced accuracy.
+
+    The method is resolved once on all examples, so every fold fits the same method as the final classifier.
+    Returns ``{"balanced_accuracy", "scheme", "folds", "n"}``; ``balanced_accuracy`` is None when no class
+    has 2 examples (nothing can be held out).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    n_classes = len(labels)
+    counts = np.bincount(y, minlength=n_classes)
+    chosen = resolve_method(method, [int(c) for c in counts], text is not None)
+    n = len(y)
+    if counts.min() < 2 and text is None:
+        return {"balanced_accuracy": None, "scheme": "none", "folds": 0, "n": n, "method": chosen}
+    rng = np.random.default_rng(seed)
+    if counts.min() < folds and n <= 200:
+        assignment = np.arange(n)  # leave-one-out
+        scheme = "leave-one-out"
+    else:
+        assignment = np.empty(n, dtype=np.int64)
+        for c in range(n_classes):
+            idx = np.flatnonzero(y == c)
+            rng.shuffle(idx)
+            assignment[idx] = np.arange(len(idx)) % folds
+        scheme = f"{folds}-fold"
+    pred = np.empty(n, dtype=np.int64)
+    for fold in np.unique(assignment):
+        test = assignment == fold
+        train = ~test
+        train_counts = np.bincount(y[train], minlength=n_classes)
+        if text is None and train_counts.min() == 0:
+            # a class with a single example cannot be predicted once held out: count it as a miss
+            pred[test] = -1
+            continue
+        model = fit(x[train], y[train], labels, chosen, text, logit_scale)
+        pred[test] = np.argmax(model.logits(x[test]), axis=1)
+    return {
+        "balanced_accuracy": round(balanced_accuracy(y, pred, n_classes), 4),
+        "scheme": scheme,
+        "folds": int(len(np.unique(assignment))),
+        "n": n,
+        "method": chosen,
+    }

@@ -1,0 +1,307 @@
+"""``keepfit classifier fit|list|show|refit|delete``: the classifier store without the HTTP API.
+
+It works on the same directory the service uses (``--store``, else beside ``--index``, else ``./classifiers``),
+so a classifier fitted here is served at once (the service reads the store on every request).
+
+    keepfit classifier fit --name dr-site2 --modality CFP --manifest labels.csv --label-column dr_grade \\
+        --split train --per-class 16
+    keepfit classifier fit --name ffa --index indexes/shared --index-label normal=normal \\
+        --index-label "branch retinal vein occlusion=branch retinal vein occlusion"
+    keepfit classifier list
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.errors import ConfigError, DataError, ImageError
+from service.classifiers import (
+    ClassifierStore,
+    Example,
+    check_examples,
+    check_name,
+    encoder_fingerprint,
+    sha256_hex,
+)
+
+
+def _store(args: argparse.Namespace) -> ClassifierStore:
+    if args.store:
+        return ClassifierStore(Path(args.store))
+    index = getattr(args, "index", None)
+    if index:
+        path = Path(index)
+        return ClassifierStore(path.parent / f"{path.name}.classifiers")
+    return ClassifierStore(Path("classifiers"))
+
+
+def _engine(artifact: str) -> Any:
+    from service.engine import Engine
+    from service.settings import Settings
+
+    return Engine.load(Settings(_env_file=None, artifact=Path(artifact)))  # type: ignore[call-arg]
+
+
+def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        label, sep, rest = value.partition("=")
+        if not sep or not label.strip() or not rest.strip():
+            raise ConfigError(f"{flag} takes LABEL=VALUE, got {value!r}")
+        out.append((" ".join(label.split()), rest.strip()))
+    return out
+
+
+def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    path = Path(args.manifest)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "path" not in rows[0] or args.label_column not in rows[0]:
+        raise DataError(f"{path} needs a 'path' column and the label column {args.label_column!r}")
+    by_label: dict[str, list[Path]] = {}
+    for row in rows:
+        if args.split and row.get("split") != args.split:
+            continue
+        if args.modality and row.get("modality") and row["modality"] != args.modality:
+            continue
+        label = " ".join((row[args.label_column] or "").split())
+        if label:
+            by_label.setdefault(label, []).append(path.parent / row["path"])
+    rng = random.Random(args.seed)
+    out: list[tuple[str, Path]] = []
+    for label, paths in by_label.items():
+        if args.per_class:
+            paths = rng.sample(paths, min(args.per_class, len(paths)))
+        out.extend((label, p) for p in paths)
+    if not out:
+        raise DataError(f"no labelled rows in {path} (column {args.label_column!r}, split {args.split!r})")
+    return out
+
+
+def fit_main(args: argparse.Namespace) -> int:
+    from model.preprocess import load_image
+    from service.routers.classifiers import _fit_and_row  # the one fitting path, shared with the API
+
+    name = check_name(args.name)
+    engine = _engine(args.artifact)
+    store = _store(args)
+    files: list[tuple[str, Path]] = []
+    if args.manifest:
+        files += _manifest_examples(args)
+    files += [(label, Path(p)) for label, p in _pairs(args.example or [], "--example")]
+    examples: list[Example] = []
+    for label, path in files:
+        try:
+            data = path.read_bytes()
+            image = load_image(data, max_pixels=engine.settings.max_pixels)
+        except OSError as err:
+            raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
+        except ImageError as err:
+            raise DataError(f"example {path} is not a usable image: {err}") from err
+        emb = engine.runtime.encode_images([image])[0]
+        names, probs = engine.runtime.modality_probabilities(emb[None])
+        best = int(np.argmax(probs[0]))
+        modality = image.info.get("keepfit_modality") or (names[best] if probs[0][best] >= 0.9 else None)
+        examples.append(Example(label, sha256_hex(data), "upload", emb, data=data, modality=modality))
+    order: list[str] = []
+    for label, _ in files:
+        if label not in order:
+            order.append(label)
+    if args.ids or args.index_label:
+        if not args.index:
+            raise ConfigError("--ids and --index-label need --index")
+        from index.store import VectorIndex
+
+        with VectorIndex.open(Path(args.index), expected_artifact_version=engine.version) as index:
+            ids_all = np.asarray(index.ids)
+            vectors = index.vectors()
+            wanted: list[tuple[str, list[int]]] = []
+            for label, value in _pairs(args.ids or [], "--ids"):
+                try:
+                    wanted.append((label, [int(v) for v in value.split(",") if v.strip()]))
+                except ValueError as err:
+                    raise ConfigError(f"--ids {label}=...: ids are integers, got {value!r}") from err
+            for label, value in _pairs(args.index_label or [], "--index-label"):
+                rows = index._filter(args.modality, value)[0]
+                if len(rows) == 0:
+                    raise DataError(f"no indexed image is labelled {value!r}")
+                wanted.append((label, [int(ids_all[r]) for r in rows]))
+            for label, ids in wanted:
+                records = index._records(ids)
+                missing = [i for i in ids if i not in records]
+                if missing:
+                    raise DataError(f"unknown index ids for {label!r}: {', '.join(map(str, missing[:10]))}")
+                for image_id in ids:
+                    pos = int(np.searchsorted(ids_all, image_id))
+                    r = records[image_id]
+                    examples.append(
+                        Example(
+                            label, r.sha256, "index", np.asarray(vectors[pos]), image_id, modality=r.modality
+                        )
+                    )
+                if label not in order:
+                    order.append(label)
+    modality = args.modality
+    if modality is None:
+        found = sorted({ex.modality for ex in examples if ex.modality})
+        if len(found) > 1:
+            raise DataError(f"the examples are of several modalities ({', '.join(found)}); pass --modality")
+        modality = found[0] if found else "CFP"
+    engine.check_modality(modality)
+    check_examples(order, examples, modality)
+    if name in {r.name for r in store.all_rows()}:
+        raise DataError(f"a classifier named {name!r} exists already in {store.root}; delete it first")
+    categories = [{"label": label, "text": None} for label in order]
+    row, result = _fit_and_row(
+        engine, name, modality, args.method, not args.no_text_prior, categories, examples
+    )
+    saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=args.max_classifiers)
+    body = saved.public(engine.version)
+    body["fit_ms"] = round(result.fit_ms, 2)
+    print(json.dumps(body, indent=2))  # noqa: T201
+    return 0
+
+
+def list_main(args: argparse.Namespace) -> int:
+    store = _store(args)
+    rows = store.all_rows()
+    if not rows:
+        print(f"no classifiers in {store.root}")  # noqa: T201
+    for r in rows:
+        est = r.estimate.get("balanced_accuracy")
+        counts = ", ".join(f"{c['label']} ({c['examples']})" for c in r.categories)
+        print(  # noqa: T201
+            f"{r.name}\t{r.modality}\t{r.method}\tv{r.version} r{r.revision}\t"
+            f"estimate {est if est is not None else 'n/a'}\t{counts}\tartifact {r.artifact_version}"
+        )
+    return 0
+
+
+def show_main(args: argparse.Namespace) -> int:
+    print(json.dumps(_store(args).get(args.name).public(), indent=2))  # noqa: T201
+    return 0
+
+
+def delete_main(args: argparse.Namespace) -> int:
+    row = _store(args).delete(args.name)
+    print(f"deleted {row.name} (version {row.version})")  # noqa: T201
+    return 0
+
+
+def refit_main(args: argparse.Namespace) -> int:
+    from service.routers.classifiers import _fit_and_row
+
+    store = _store(args)
+    row = store.get(args.name)
+    engine = _engine(args.artifact)
+    stored = store.examples(row.name)
+    same = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
+    examples: list[Example] = []
+    if same:
+        x = store.read_arrays(row)["examples_x"]
+        examples = [
+            Example(e["category"], e["sha256"], e["source"], v, e["index_id"])
+            for e, v in zip(stored, x, strict=True)
+        ]
+    else:
+        from model.preprocess import load_image
+
+        for e in stored:
+            data = store.example_bytes(e["sha256"]) if e["source"] == "upload" else None
+            if data is None:
+                raise DataError(
+                    f"example {e['sha256'][:12]} ({e['source']}) is not stored here; refit through the service, "
+                    "which can read the index's images"
+                )
+            emb = engine.runtime.encode_images([load_image(data)])[0]
+            examples.append(Example(e["category"], e["sha256"], "upload", emb, data=data))
+    categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
+    new, result = _fit_and_row(
+        engine,
+        row.name,
+        row.modality,
+        args.method or row.method_requested,
+        row.text_prior,
+        categories,
+        examples,
+    )
+    saved = store.save(new, result.arrays, examples, replace=True, max_classifiers=10**9)
+    message = (
+        f"refitted {saved.name}: revision {saved.revision}, version {saved.version}, "
+        f"artifact {saved.artifact_version}, estimate {saved.estimate.get('balanced_accuracy')}"
+    )
+    print(message)  # noqa: T201
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keepfit classifier", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", help="classifier directory (default: beside --index, else ./classifiers)")
+        p.add_argument(
+            "--index", help="the index the service serves (examples by id or label; store location)"
+        )
+
+    fit = sub.add_parser("fit", help="fit a classifier from labelled images and store it")
+    common(fit)
+    fit.add_argument("--name", required=True)
+    fit.add_argument("--artifact", default="artifacts/keepfit-v2-small")
+    fit.add_argument("--modality", choices=["CFP", "FFA", "OCT"])
+    fit.add_argument(
+        "--method", default="auto", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
+    )
+    fit.add_argument(
+        "--no-text-prior", action="store_true", help="do not combine with the zero-shot classifier"
+    )
+    fit.add_argument(
+        "--manifest", help="labelled CSV: a 'path' column (relative to the CSV) and --label-column"
+    )
+    fit.add_argument("--label-column", default="label")
+    fit.add_argument("--split", help="only rows of this split (e.g. train)")
+    fit.add_argument("--per-class", type=int, help="at most this many examples per label (random, --seed)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--example", action="append", metavar="LABEL=PATH", help="one example image (repeatable)"
+    )
+    fit.add_argument(
+        "--ids", action="append", metavar="LABEL=ID,ID", help="indexed images by id (repeatable)"
+    )
+    fit.add_argument(
+        "--index-label", action="append", metavar="LABEL=INDEX_LABEL", help="every indexed image with a label"
+    )
+    fit.add_argument("--max-classifiers", type=int, default=100)
+    fit.set_defaults(func=fit_main)
+    for name, func, helptext in (
+        ("list", list_main, "list the stored classifiers"),
+        ("show", show_main, "one classifier as JSON"),
+        ("delete", delete_main, "delete a classifier"),
+        ("refit", refit_main, "refit with another artifact (from stored embeddings or example images)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        common(p)
+        if name != "list":
+            p.add_argument("name")
+        if name == "refit":
+            p.add_argument("--artifact", default="artifacts/keepfit-v2-small")
+            p.add_argument(
+                "--method", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
+            )
+        p.set_defaults(func=func)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

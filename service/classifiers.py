@@ -1,0 +1,558 @@
+"""Few-shot classifiers of a clinic's own categories: the on-disk store and the fitting around it.
+
+A directory (``KEEPFIT_CLASSIFIERS``, by default beside the index) holds::
+
+    classifiers.sqlite        one row per classifier, one per example (category, SHA-256, source)
+    arrays/<key>.npz          the fitted arrays and the examples' embeddings of one classifier version
+    examples/<sha256>         uploaded example images, kept so that a classifier can be refitted from them
+
+Writes are atomic: the arrays are written beside their final name and renamed, then one SQLite transaction
+(``BEGIN IMMEDIATE``: one writer at a time, across processes) points the row at them; a crash in between leaves
+an unreferenced file, never a row without its arrays.  Limits (the number of classifiers) are checked inside
+that transaction, so concurrent creates cannot overshoot them.  Readers open the row and load the arrays by
+the row's version, cached in memory, so every worker process sees every change on its next request.
+
+A classifier belongs to the artifact version it was fitted with.  Another version is refused (409
+``classifier_stale``) until it is refitted: from the stored embeddings when the image encoder and its
+preprocessing are unchanged, otherwise by re-embedding the stored example images (and the index's images of
+the same SHA-256 for examples taken from the index).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model import fewshot
+from model.errors import ConfigError
+from service.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_EXAMPLES = 2  # per category: cross-validation needs one to hold out and one to fit
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS classifiers (
+    name TEXT PRIMARY KEY,
+    modality TEXT NOT NULL,
+    method TEXT NOT NULL,
+    method_requested TEXT NOT NULL,
+    text_prior INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    artifact_name TEXT NOT NULL,
+    artifact_version TEXT NOT NULL,
+    encoder TEXT NOT NULL,
+    categories TEXT NOT NULL,
+    estimate TEXT NOT NULL,
+    arrays TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS examples (
+    classifier TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    category TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    source TEXT NOT NULL,
+    index_id INTEGER,
+    PRIMARY KEY (classifier, position)
+);
+CREATE INDEX IF NOT EXISTS examples_sha ON examples (sha256);
+"""
+
+
+# ------------------------------------------------------------------------------------------------ errors
+class ClassifierNotFoundError(ServiceError):
+    status_code = 404
+    code = "classifier_not_found"
+
+
+class ClassifierExistsError(ServiceError):
+    status_code = 409
+    code = "classifier_exists"
+
+
+class ClassifierLimitError(ServiceError):
+    status_code = 409
+    code = "classifier_limit"
+
+
+class ClassifierStaleError(ServiceError):
+    status_code = 409
+    code = "classifier_stale"
+
+
+class TooFewExamplesError(ServiceError):
+    status_code = 422
+    code = "too_few_examples"
+
+
+class MixedModalitiesError(ServiceError):
+    status_code = 422
+    code = "mixed_modalities"
+
+
+class InvalidExampleError(ServiceError):
+    status_code = 400
+    code = "invalid_example"
+
+
+class AdminKeyError(ServiceError):
+    status_code = 401
+    code = "admin_key_required"
+
+
+# ------------------------------------------------------------------------------------------------ values
+@dataclass
+class Example:
+    """One labelled example: its embedding, where it came from, and (uploads) its bytes to keep."""
+
+    category: str
+    sha256: str
+    source: str  # "upload" | "index"
+    embedding: np.ndarray  # [D]
+    index_id: int | None = None
+    data: bytes | None = None
+    modality: str | None = None  # the index's modality, or the one recognised for an upload
+
+
+@dataclass
+class CategorySpec:
+    label: str
+    text: str | None = None  # the zero-shot prior's text (default: the label)
+    ids: list[int] = field(default_factory=list)
+    index_label: str | None = None
+
+
+@dataclass
+class ClassifierRow:
+    name: str
+    modality: str
+    method: str
+    method_requested: str
+    text_prior: bool
+    version: str
+    revision: int
+    artifact_name: str
+    artifact_version: str
+    encoder: str
+    categories: list[dict[str, Any]]
+    estimate: dict[str, Any]
+    arrays: str
+    created: str
+    updated: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ClassifierRow:
+        return cls(
+            name=row["name"],
+            modality=row["modality"],
+            method=row["method"],
+            method_requested=row["method_requested"],
+            text_prior=bool(row["text_prior"]),
+            version=row["version"],
+            revision=int(row["revision"]),
+            artifact_name=row["artifact_name"],
+            artifact_version=row["artifact_version"],
+            encoder=row["encoder"],
+            categories=json.loads(row["categories"]),
+            estimate=json.loads(row["estimate"]),
+            arrays=row["arrays"],
+            created=row["created"],
+            updated=row["updated"],
+        )
+
+    def public(self, current_version: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "revision": self.revision,
+            "modality": self.modality,
+            "method": self.method,
+            "method_requested": self.method_requested,
+            "text_prior": self.text_prior,
+            "categories": self.categories,
+            "examples": sum(int(c["examples"]) for c in self.categories),
+            "estimate": self.estimate,
+            "artifact": {"name": self.artifact_name, "version": self.artifact_version},
+            "created": self.created,
+            "updated": self.updated,
+        }
+        if current_version is not None:
+            body["usable"] = self.artifact_version == current_version
+        return body
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not NAME_PATTERN.match(name):
+        raise ServiceError(
+            f"classifier name {name[:80]!r} is not valid: 1-64 characters, letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            status_code=422,
+            code="invalid_request",
+        )
+    return name
+
+
+def encoder_fingerprint(manifest: dict[str, Any]) -> str:
+    """What image embeddings depend on: the image encoder's bytes and the preprocessing parameters."""
+    files = manifest.get("files", {})
+    parts = {
+        "image_encoder": files.get("image_encoder.onnx", {}).get("sha256"),
+        "preprocess": manifest.get("preprocess") or manifest.get("model_config", {}).get("preprocess"),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------- store
+class ClassifierStore:
+    """SQLite + arrays on disk; safe for threads of one process and for several processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "arrays").mkdir(exist_ok=True)
+        (self.root / "examples").mkdir(exist_ok=True)
+        self.db_path = self.root / "classifiers.sqlite"
+        self._loaded: dict[tuple[str, str], fewshot.FittedClassifier] = {}
+        self._rows: tuple[tuple[int, ...] | None, dict[str, ClassifierRow]] = (None, {})
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            # WAL + NORMAL: a commit survives a crash of the process; a power cut may lose the last one, which
+            # leaves at worst an unreferenced arrays file (the arrays are fsynced before their row is written)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- reads
+    def all_rows(self) -> list[ClassifierRow]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM classifiers ORDER BY name").fetchall()
+        return [ClassifierRow.from_row(r) for r in rows]
+
+    def _stamp(self) -> tuple[int, ...]:
+        """Changes whenever any process commits (the WAL or, after a checkpoint, the database file changes)."""
+        out: list[int] = []
+        for path in (self.db_path, self.db_path.with_name(self.db_path.name + "-wal")):
+            try:
+                st = path.stat()
+                out += [st.st_mtime_ns, st.st_size, st.st_ino]
+            except FileNotFoundError:
+                out += [0, 0, 0]
+        return tuple(out)
+
+    def cached_row(self, name: str) -> ClassifierRow | None:
+        """The row of ``name`` without touching SQLite when nothing was committed since the last read (two
+        ``stat`` calls: cheap enough for the event loop); None: read it with :meth:`get`."""
+        with self._lock:
+            stamp, rows = self._rows
+        if stamp is None or stamp != self._stamp():
+            return None
+        return rows.get(name)
+
+    def cached_model(self, row: ClassifierRow) -> fewshot.FittedClassifier | None:
+        with self._lock:
+            return self._loaded.get((row.name, row.version))
+
+    def get(self, name: str) -> ClassifierRow:
+        stamp = self._stamp()
+        rows = {r.name: r for r in self.all_rows()}
+        with self._lock:
+            self._rows = (stamp, rows)
+        if name in rows:
+            return rows[name]
+        return self._get_uncached(name)
+
+    def _get_uncached(self, name: str) -> ClassifierRow:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM classifiers WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise ClassifierNotFoundError(
+                f"no classifier named {name[:80]!r}; GET /v1/classifiers lists the ones there are"
+            )
+        return ClassifierRow.from_row(row)
+
+    def count(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0])
+
+    def examples(self, name: str) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT position, category, sha256, source, index_id FROM examples WHERE classifier = ? "
+                "ORDER BY position",
+                (name,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def load(self, row: ClassifierRow) -> fewshot.FittedClassifier:
+        """The fitted classifier of ``row`` (cached by name and version)."""
+        key = (row.name, row.version)
+        with self._lock:
+            hit = self._loaded.get(key)
+        if hit is not None:
+            return hit
+        arrays = self.read_arrays(row)
+        model = fewshot.FittedClassifier.from_arrays(row.method, [c["label"] for c in row.categories], arrays)
+        with self._lock:
+            for old in [k for k in self._loaded if k[0] == row.name]:
+                del self._loaded[old]
+            self._loaded[key] = model
+        return model
+
+    def read_arrays(self, row: ClassifierRow) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.root / "arrays" / row.arrays) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as err:
+            raise ServiceError(
+                f"the arrays of classifier {row.name!r} are unreadable ({err.__class__.__name__}); refit it",
+                status_code=503,
+                code="classifier_unavailable",
+            ) from err
+
+    def example_bytes(self, sha256: str) -> bytes | None:
+        path = self.root / "examples" / sha256
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    # -- writes
+    def save(
+        self,
+        row: ClassifierRow,
+        arrays: dict[str, np.ndarray],
+        examples: Sequence[Example],
+        *,
+        replace: bool,
+        max_classifiers: int,
+    ) -> ClassifierRow:
+        """Write ``row`` with its arrays and examples: a new classifier, or (``replace``) a refit of one."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        digest = hashlib.sha256(buffer.getvalue()).hexdigest()[:16]
+        name_key = hashlib.sha256(row.name.encode()).hexdigest()[:12]
+        row.arrays = f"{name_key}-{digest}.npz"
+        row.version = digest[:12]
+        _atomic_write(self.root / "arrays" / row.arrays, buffer.getvalue())
+        for ex in examples:
+            if ex.data is not None:
+                target = self.root / "examples" / ex.sha256
+                if not target.exists():
+                    _atomic_write(target, ex.data)
+        old_arrays: str | None = None
+        try:
+            with self._write() as db:
+                existing = db.execute(
+                    "SELECT arrays, revision, created FROM classifiers WHERE name = ?", (row.name,)
+                ).fetchone()
+                if replace:
+                    if existing is None:
+                        raise ClassifierNotFoundError(
+                            f"no classifier named {row.name!r} (deleted meanwhile?)"
+                        )
+                    old_arrays = existing["arrays"]
+                    row.revision = int(existing["revision"]) + 1
+                    row.created = existing["created"]
+                    db.execute("DELETE FROM classifiers WHERE name = ?", (row.name,))
+                    db.execute("DELETE FROM examples WHERE classifier = ?", (row.name,))
+                else:
+                    if existing is not None:
+                        raise ClassifierExistsError(
+                            f"a classifier named {row.name!r} exists already; delete it first or choose another name"
+                        )
+                    total = int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0])
+                    if total >= max_classifiers:
+                        raise ClassifierLimitError(
+                            f"this deployment holds {total} classifiers, its limit "
+                            f"(KEEPFIT_MAX_CLASSIFIERS={max_classifiers}); delete one first"
+                        )
+                db.execute(
+                    "INSERT INTO classifiers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        row.name,
+                        row.modality,
+                        row.method,
+                        row.method_requested,
+                        int(row.text_prior),
+                        row.version,
+                        row.revision,
+                        row.artifact_name,
+                        row.artifact_version,
+                        row.encoder,
+                        json.dumps(row.categories, ensure_ascii=False),
+                        json.dumps(row.estimate),
+                        row.arrays,
+                        row.created,
+                        row.updated,
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO examples VALUES (?,?,?,?,?,?)",
+                    [
+                        (row.name, i, ex.category, ex.sha256, ex.source, ex.index_id)
+                        for i, ex in enumerate(examples)
+                    ],
+                )
+        except BaseException:
+            self._remove_arrays(row.arrays, keep_if_referenced=True)
+            self._collect_examples()
+            raise
+        if old_arrays and old_arrays != row.arrays:
+            self._remove_arrays(old_arrays, keep_if_referenced=True)
+        return row
+
+    def delete(self, name: str) -> ClassifierRow:
+        with self._write() as db:
+            found = db.execute("SELECT * FROM classifiers WHERE name = ?", (name,)).fetchone()
+            if found is None:
+                raise ClassifierNotFoundError(f"no classifier named {name[:80]!r}")
+            db.execute("DELETE FROM classifiers WHERE name = ?", (name,))
+            db.execute("DELETE FROM examples WHERE classifier = ?", (name,))
+        row = ClassifierRow.from_row(found)
+        self._remove_arrays(row.arrays, keep_if_referenced=True)
+        self._collect_examples()
+        with self._lock:
+            for old in [k for k in self._loaded if k[0] == name]:
+                del self._loaded[old]
+        return row
+
+    def _remove_arrays(self, arrays: str, keep_if_referenced: bool) -> None:
+        if keep_if_referenced:
+            with self._connect() as db:
+                if db.execute("SELECT 1 FROM classifiers WHERE arrays = ?", (arrays,)).fetchone():
+                    return
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "arrays" / arrays).unlink()
+
+    def _collect_examples(self) -> None:
+        """Remove uploaded example images that no classifier refers to any more."""
+        with self._connect() as db:
+            used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")}
+        for path in (self.root / "examples").iterdir():
+            if path.name.startswith("."):
+                continue
+            if path.name not in used:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+def category_counts(labels: Sequence[str], examples: Sequence[Example]) -> dict[str, int]:
+    counts = dict.fromkeys(labels, 0)
+    for ex in examples:
+        counts[ex.category] += 1
+    return counts
+
+
+def check_examples(labels: Sequence[str], examples: Sequence[Example], modality: str) -> None:
+    """Too few examples per category, or examples of another modality: clear 422s."""
+    if len(labels) < 2:
+        raise TooFewExamplesError(f"a classifier needs at least 2 categories, got {len(labels)}")
+    counts = category_counts(labels, examples)
+    short = [f"{label!r} has {n}" for label, n in counts.items() if n < MIN_EXAMPLES]
+    if short:
+        raise TooFewExamplesError(
+            f"every category needs at least {MIN_EXAMPLES} examples: {'; '.join(short)}"
+        )
+    other = [ex for ex in examples if ex.modality and ex.modality != modality]
+    if other:
+        names = ", ".join(
+            f"{ex.category!r} example {'id ' + str(ex.index_id) if ex.index_id is not None else ex.sha256[:12]} "
+            f"is {ex.modality}"
+            for ex in other[:5]
+        )
+        raise MixedModalitiesError(
+            f"a {modality} classifier takes {modality} examples only: {names}"
+            + (f" (and {len(other) - 5} more)" if len(other) > 5 else "")
+        )
+
+
+@dataclass
+class FitResult:
+    model: fewshot.FittedClassifier
+    estimate: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    fit_ms: float
+
+
+def fit_examples(
+    labels: Sequence[str],
+    examples: Sequence[Example],
+    method: str,
+    text: np.ndarray | None,
+    logit_scale: float,
+) -> FitResult:
+    start = time.perf_counter()
+    index = {label: i for i, label in enumerate(labels)}
+    x = np.stack([ex.embedding for ex in examples]).astype(np.float32)  # [N, D]
+    y = np.asarray([index[ex.category] for ex in examples], dtype=np.int64)
+    try:
+        model = fewshot.fit(x, y, labels, method, text, logit_scale)
+        estimate = fewshot.cross_validate(x, y, labels, model.method, text, logit_scale)
+    except ConfigError as err:
+        raise ServiceError(str(err), status_code=422, code="invalid_request") from err
+    fit_ms = (time.perf_counter() - start) * 1000.0
+    arrays = model.arrays()
+    arrays["examples_x"] = x
+    arrays["examples_y"] = y.astype(np.int32)
+    estimate = {
+        **estimate,
+        "chance": round(1.0 / len(labels), 4),
+        "note": "cross-validated over the examples: a rough guide on few examples, not a clinical validation",
+    }
+    return FitResult(model, estimate, arrays, fit_ms)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,779 @@
+"""``/v1/classifiers``: few-shot classifiers of a clinic's own categories (create, list, show, refit, delete),
+and classification with one (``POST /v1/classify`` with ``classifier=NAME``).
+
+Creating one takes, per category, a label and examples: uploaded images (multipart file fields named
+``examples.<label>``), ids of indexed images, or an index label filter ("every indexed image labelled X").
+Writes need an admin key (``X-Admin-Key``, one of ``KEEPFIT_ADMIN_KEYS``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Path, Request, Response, Security
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, Field, ValidationError
+
+from model.dicom import call_with_frame
+from model.errors import ImageError
+from service.cache import cache_key, sha256_hex
+from service.classifiers import (
+    NAME_PATTERN,
+    AdminKeyError,
+    CategorySpec,
+    ClassifierRow,
+    ClassifierStaleError,
+    ClassifierStore,
+    Example,
+    InvalidExampleError,
+    check_examples,
+    check_name,
+    encoder_fingerprint,
+    fit_examples,
+    now_iso,
+)
+from service.deps import ServiceState, StateDep, content_type, key_matches, read_upload, require_api_key
+from service.engine import Engine, Timings
+from service.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnsupportedContentTypeError,
+)
+from service.responses import json_with
+from service.schemas import error_responses
+
+logger = logging.getLogger(__name__)
+
+ADMIN_KEY_HEADER = "X-Admin-Key"
+admin_key_scheme = APIKeyHeader(
+    name=ADMIN_KEY_HEADER,
+    auto_error=False,
+    description="One of KEEPFIT_ADMIN_KEYS: needed to change classifiers.",
+)
+router = APIRouter(tags=["classifiers"], dependencies=[Depends(require_api_key)])
+MODALITY_MISMATCH_CONFIDENCE = 0.9  # an upload recognised as another modality this surely is refused
+FILE_PREFIX = "examples."
+
+
+# ------------------------------------------------------------------------------------------------ schemas
+class CategoryRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    label: str = Field(min_length=1, max_length=200, description="the category's name as answers show it")
+    text: str | None = Field(
+        None, min_length=1, max_length=200, description="text of its zero-shot prior (default: the label)"
+    )
+    ids: list[Annotated[int, Field(ge=0, le=2**53)]] = Field(
+        default_factory=list, max_length=100_000, description="ids of indexed images that are examples of it"
+    )
+    index_label: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="every indexed image with this label (and the modality)",
+    )
+
+
+class ClassifierRequest(BaseModel):
+    """``POST /v1/classifiers`` as JSON (examples from the index), or the ``spec`` field of a multipart one."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=64)
+    modality: str | None = Field(None, description="CFP, FFA or OCT; default: the examples' modality")
+    method: str = Field("auto", description="auto, prototype, prototype+text, linear, linear+text")
+    text_prior: bool = Field(
+        True, description="combine with the zero-shot classifier of the categories' text"
+    )
+    categories: list[CategoryRequest] = Field(default_factory=list, max_length=100)
+
+
+class RefitRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    method: str | None = Field(None, description="another method; default: the one requested at creation")
+
+
+class ClassifierResponse(BaseModel):
+    name: str
+    version: str
+    revision: int
+    modality: str
+    method: str
+    method_requested: str
+    text_prior: bool
+    categories: list[dict[str, Any]]
+    examples: int
+    estimate: dict[str, Any]
+    artifact: dict[str, str]
+    created: str
+    updated: str
+    usable: bool | None = None
+    fit_ms: float | None = None
+    timings_ms: dict[str, float] | None = None
+    refit_from: str | None = None
+
+
+class ClassifierList(BaseModel):
+    classifiers: list[ClassifierResponse]
+    limit: int
+
+
+# ---------------------------------------------------------------------------------------------- admin key
+async def require_admin_key(
+    request: Request, admin_key: Annotated[str | None, Security(admin_key_scheme)]
+) -> None:
+    settings = request.app.state.settings
+    keys = settings.admin_keys
+    if not keys:
+        if settings.api_keys:
+            raise ServiceError(
+                "changing classifiers is disabled: this service has read keys (KEEPFIT_API_KEYS) but no "
+                "KEEPFIT_ADMIN_KEYS",
+                status_code=403,
+                code="admin_disabled",
+            )
+        return  # an open deployment (no keys at all): open like everything else
+    if not admin_key:
+        raise AdminKeyError(f"changing classifiers needs an admin key in the {ADMIN_KEY_HEADER} header")
+    if not key_matches(admin_key, keys):
+        raise AdminKeyError(f"wrong admin key in the {ADMIN_KEY_HEADER} header")
+
+
+AdminDep = Depends(require_admin_key)
+NamePath = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN.pattern)]
+
+
+def get_store(state: ServiceState) -> ClassifierStore:
+    """The classifier store, opened on first use (a deployment that never uses classifiers writes nothing)."""
+    store = state.classifiers
+    if store is None:
+        path = state.settings.classifiers_dir
+        try:
+            store = ClassifierStore(path)
+        except (OSError, sqlite3.Error) as err:
+            logger.error("classifier store at %s unavailable: %s", path, err)
+            raise ServiceError(
+                "the classifier store cannot be opened (see the service log)",
+                status_code=503,
+                code="classifiers_unavailable",
+            ) from err
+        state.classifiers = store
+    return store  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------------- examples
+def _embed_upload(engine: Engine, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
+    """Embedding ``[D]``, recognised modality and its probability, of an uploaded example."""
+    image = engine.decode(data, timings)
+    embedding = engine.encode(image, timings).embeddings  # [1, D]
+    names, probs = engine.runtime.modality_probabilities(embedding)
+    best = int(np.argmax(probs[0]))
+    header_modality = getattr(image, "info", {}).get("keepfit_modality")
+    if header_modality:
+        return embedding[0], str(header_modality), 1.0
+    return embedding[0], names[best], float(probs[0][best])
+
+
+async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, str]]) -> list[Example]:
+    out: list[Example] = []
+    for label, data, filename in files:
+        timings = Timings(state.metrics)
+        try:
+            emb, modality, confidence = await state.run_blocking(_embed_upload, state.engine, data, timings)
+        except ImageError as err:
+            raise InvalidExampleError(
+                f"example {filename[:80]!r} of {label!r} is not a usable image: {err}"
+            ) from err
+        out.append(
+            Example(
+                category=label,
+                sha256=sha256_hex(data),
+                source="upload",
+                embedding=emb,
+                data=data,
+                modality=modality if confidence >= MODALITY_MISMATCH_CONFIDENCE else None,
+            )
+        )
+    return out
+
+
+async def _index_examples(
+    state: ServiceState, specs: list[CategorySpec], modality: str | None, limit: int
+) -> list[Example]:
+    wanted = [s for s in specs if s.ids or s.index_label]
+    if not wanted:
+        return []
+    await state.index.refresh()
+    index = state.index.require()
+
+    def run() -> list[Example]:
+        ids_all = np.asarray(index.ids)
+        vectors = index.vectors()
+        out: list[Example] = []
+        for spec in wanted:
+            ids = [int(i) for i in spec.ids]
+            if spec.index_label:
+                rows = index._filter(modality, spec.index_label)[0]
+                matched = [int(ids_all[r]) for r in rows]
+                if not matched:
+                    raise InvalidRequestError(
+                        f"no indexed {modality + ' ' if modality else ''}image is labelled "
+                        f"{spec.index_label!r} (category {spec.label!r})"
+                    )
+                ids.extend(i for i in matched if i not in ids)
+            if len(out) + len(ids) > limit:
+                raise PayloadTooLargeError(
+                    f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES); "
+                    f"category {spec.label!r} alone brings {len(ids)}"
+                )
+            records = index._records(ids)
+            missing = [i for i in ids if i not in records]
+            if missing:
+                raise ServiceError(
+                    f"unknown index ids for category {spec.label!r}: {', '.join(map(str, missing[:10]))}",
+                    status_code=404,
+                    code="not_found",
+                )
+            positions = np.searchsorted(ids_all, ids)
+            for image_id, pos in zip(ids, positions, strict=True):
+                record = records[image_id]
+                out.append(
+                    Example(
+                        category=spec.label,
+                        sha256=record.sha256,
+                        source="index",
+                        embedding=np.asarray(vectors[pos], dtype=np.float32),
+                        index_id=image_id,
+                        modality=record.modality,
+                    )
+                )
+        return out
+
+    return await state.index.call(run)
+
+
+def _label(raw: str) -> str:
+    label = " ".join(raw.split())
+    if not label:
+        raise InvalidRequestError("a category label is empty")
+    if len(label) > 200:
+        raise InvalidRequestError(
+            f"category label {label[:40]!r}... is {len(label)} characters; the limit is 200"
+        )
+    return label
+
+
+def _merge_specs(request: ClassifierRequest, file_labels: list[str]) -> list[CategorySpec]:
+    specs: dict[str, CategorySpec] = {}
+    for c in request.categories:
+        label = _label(c.label)
+        if label.lower() in {k.lower() for k in specs}:
+            raise InvalidRequestError(f"category {label!r} is listed twice")
+        specs[label] = CategorySpec(label=label, text=c.text, ids=list(c.ids), index_label=c.index_label)
+    for label in file_labels:
+        if label not in specs:
+            specs[label] = CategorySpec(label=label)
+    return list(specs.values())
+
+
+async def _parse_create(
+    request: Request, max_bytes: int, limit: int
+) -> tuple[ClassifierRequest, list[tuple[str, bytes, str]]]:
+    kind = content_type(request)
+    if kind == "application/json":
+        body = await request.body()
+        try:
+            return ClassifierRequest.model_validate_json(body or b"{}"), []
+        except ValidationError as err:
+            raise InvalidRequestError(_validation_message(err)) from err
+    if kind != "multipart/form-data":
+        raise UnsupportedContentTypeError(
+            f"send application/json (examples from the index) or multipart/form-data (uploaded examples in "
+            f"'{FILE_PREFIX}<label>' file fields), got {kind or 'no content type'}"
+        )
+    files: list[tuple[str, bytes, str]] = []
+    async with request.form(max_files=limit + 1, max_fields=200) as form:
+        fields: dict[str, Any] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                if name in fields:
+                    raise InvalidRequestError(f"field {name!r} was sent more than once")
+                fields[name] = value
+                continue
+            if not name.startswith(FILE_PREFIX) or not name[len(FILE_PREFIX) :].strip():
+                raise InvalidRequestError(
+                    f"unexpected file field {name!r}: name example files '{FILE_PREFIX}<category label>'"
+                )
+            if len(files) >= limit:
+                raise PayloadTooLargeError(
+                    f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES)"
+                )
+            label = _label(name[len(FILE_PREFIX) :])
+            data = await read_upload(value, max_bytes, field=name)
+            files.append((label, data, value.filename or "upload"))
+    spec: dict[str, Any] = {}
+    if "spec" in fields:
+        try:
+            spec = json.loads(fields.pop("spec"))
+        except json.JSONDecodeError as err:
+            raise InvalidRequestError(f"'spec' is not valid JSON: {err.msg}") from err
+        if not isinstance(spec, dict):
+            raise InvalidRequestError("'spec' must be a JSON object")
+    for key in ("name", "modality", "method"):
+        if key in fields:
+            spec[key] = fields.pop(key)
+    if "text_prior" in fields:
+        spec["text_prior"] = fields.pop("text_prior").strip().lower() in ("1", "true", "yes", "on")
+    if fields:
+        raise InvalidRequestError(f"unknown form fields: {', '.join(sorted(fields))}")
+    try:
+        return ClassifierRequest.model_validate(spec), files
+    except ValidationError as err:
+        raise InvalidRequestError(_validation_message(err)) from err
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = [
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in err.errors()[:5]
+    ]
+    return "; ".join(parts)
+
+
+def _check_method(method: str) -> str:
+    from model.fewshot import FIT_METHODS
+
+    if method not in FIT_METHODS:
+        raise InvalidRequestError(f"unknown method {method!r}; use one of {', '.join(FIT_METHODS)}")
+    return method
+
+
+def _text_prior(engine: Engine, categories: list[dict[str, Any]], modality: str) -> np.ndarray:
+    canon = [engine.knowledge.canonical(c.get("text") or c["label"]) for c in categories]
+    return engine.runtime.class_embeddings(canon, modality)  # [C, D]
+
+
+def _fit_and_row(
+    engine: Engine,
+    name: str,
+    modality: str,
+    method: str,
+    text_prior: bool,
+    categories: list[dict[str, Any]],
+    examples: list[Example],
+) -> tuple[ClassifierRow, Any]:
+    labels = [c["label"] for c in categories]
+    text = _text_prior(engine, categories, modality) if text_prior else None
+    result = fit_examples(labels, examples, method, text, engine.runtime.logit_scale)
+    counts = {label: 0 for label in labels}
+    for ex in examples:
+        counts[ex.category] += 1
+    stamp = now_iso()
+    row = ClassifierRow(
+        name=name,
+        modality=modality,
+        method=result.model.method,
+        method_requested=method,
+        text_prior=text_prior,
+        version="",
+        revision=1,
+        artifact_name=engine.name,
+        artifact_version=engine.version,
+        encoder=encoder_fingerprint(engine.runtime.artifact.manifest),
+        categories=[
+            {"label": c["label"], "text": c.get("text") or c["label"], "examples": counts[c["label"]]}
+            for c in categories
+        ],
+        estimate=result.estimate,
+        arrays="",
+        created=stamp,
+        updated=stamp,
+    )
+    return row, result
+
+
+_CATEGORY_SCHEMA = {
+    "type": "object",
+    "required": ["label"],
+    "properties": {
+        "label": {"type": "string", "minLength": 1, "maxLength": 200},
+        "text": {"type": "string", "minLength": 1, "maxLength": 200, "description": "zero-shot prior text"},
+        "ids": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": 2**53},
+            "description": "indexed images",
+        },
+        "index_label": {"type": "string", "minLength": 1, "maxLength": 200},
+    },
+}
+_CREATE_FIELDS = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN.pattern},
+    "modality": {"type": "string", "enum": ["CFP", "FFA", "OCT"]},
+    "method": {"type": "string", "enum": ["auto", "prototype", "prototype+text", "linear", "linear+text"]},
+    "text_prior": {"type": "boolean", "default": True},
+}
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name", "categories"],
+                    "properties": {
+                        **_CREATE_FIELDS,
+                        "categories": {"type": "array", "items": _CATEGORY_SCHEMA, "minItems": 2},
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        **_CREATE_FIELDS,
+                        "spec": {"type": "string", "description": "the JSON body's categories, as JSON text"},
+                    },
+                    "additionalProperties": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "example images in file fields named examples.<category label>",
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+# --------------------------------------------------------------------------------------------- endpoints
+@router.post(
+    "/classifiers",
+    status_code=201,
+    response_model=ClassifierResponse,
+    summary="Fit a few-shot classifier of your own categories",
+    dependencies=[AdminDep],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
+    openapi_extra=CREATE_BODY,
+)
+async def create_classifier(request: Request, state: StateDep) -> Response:
+    """Fit a classifier from examples per category and store it.
+
+    JSON: `{"name", "modality", "method", "text_prior", "categories": [{"label", "text", "ids", "index_label"}]}`.
+    Multipart: the same in fields (`name`, `modality`, `method`, `text_prior`, and `spec` as a JSON string for
+    index examples), plus example images in file fields named `examples.<category label>`.  Every category
+    needs at least 2 examples.  The answer carries a cross-validated estimate of the balanced accuracy.
+    """
+    settings, engine = state.settings, state.engine
+    store = get_store(state)
+    limit = settings.max_classifier_examples
+    spec, files = await _parse_create(request, settings.max_upload_bytes, limit)
+    name = check_name(spec.name)
+    method = _check_method(spec.method)
+    modality = spec.modality
+    if modality is not None:
+        engine.check_modality(modality)
+        if modality == "auto":
+            modality = None
+    specs = _merge_specs(spec, [label for label, _, _ in files])
+    if len(specs) < 2:
+        raise InvalidRequestError(f"a classifier needs at least 2 categories, got {len(specs)}")
+    if len(specs) > settings.max_categories:
+        raise InvalidRequestError(f"{len(specs)} categories; the limit is {settings.max_categories}")
+    # fail fast on a name clash or a full store, before any image is embedded
+    if (
+        store.cached_row(name) is not None
+    ):  # the insert's transaction is what guarantees it; this saves the work
+        from service.classifiers import ClassifierExistsError
+
+        raise ClassifierExistsError(
+            f"a classifier named {name!r} exists already; delete it first or choose another name"
+        )
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    examples = await _upload_examples(state, files)
+    examples += await _index_examples(state, specs, modality, limit - len(examples))
+    timings["examples"] = (time.perf_counter() - start) * 1000
+    if modality is None:
+        found = sorted({ex.modality for ex in examples if ex.modality})
+        if len(found) > 1:
+            from service.classifiers import MixedModalitiesError
+
+            raise MixedModalitiesError(
+                f"the examples are of several modalities ({', '.join(found)}); send "
+                "'modality' and examples of that modality only"
+            )
+        modality = found[0] if found else engine.modalities[0]
+    categories = [{"label": s.label, "text": s.text} for s in specs]
+    check_examples([s.label for s in specs], examples, modality)
+    mark = time.perf_counter()
+    row, result = await state.run_blocking(
+        _fit_and_row, engine, name, modality, method, spec.text_prior, categories, examples
+    )
+    timings["fit"] = (time.perf_counter() - mark) * 1000
+    mark = time.perf_counter()
+    saved = await state.run_blocking(
+        lambda: store.save(
+            row, result.arrays, examples, replace=False, max_classifiers=settings.max_classifiers
+        )
+    )
+    timings["save"] = (time.perf_counter() - mark) * 1000
+    timings["total"] = (time.perf_counter() - start) * 1000
+    body = saved.public(engine.version)
+    body["fit_ms"] = round(result.fit_ms, 2)
+    body["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
+    logger.info(
+        "classifier created: categories=%d examples=%d method=%s fit_ms=%.1f total_ms=%.1f",
+        len(specs),
+        len(examples),
+        saved.method,
+        result.fit_ms,
+        (time.perf_counter() - start) * 1000,
+    )
+    return Response(json.dumps(body), status_code=201, media_type="application/json")
+
+
+@router.get("/classifiers", response_model=ClassifierList, summary="List the classifiers")
+async def list_classifiers(state: StateDep) -> dict[str, Any]:
+    store = get_store(state)
+    rows = await state.run_blocking(store.all_rows)
+    return {
+        "classifiers": [r.public(state.engine.version) for r in rows],
+        "limit": state.settings.max_classifiers,
+    }
+
+
+@router.get(
+    "/classifiers/{name}",
+    response_model=ClassifierResponse,
+    summary="One classifier: categories, example counts, estimate, artifact",
+    responses=error_responses(404),
+)
+async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
+    store = get_store(state)
+    row = await state.run_blocking(store.get, name)
+    return row.public(state.engine.version)
+
+
+@router.delete(
+    "/classifiers/{name}",
+    summary="Delete a classifier",
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 404),
+)
+async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
+    store = get_store(state)
+    row = await state.run_blocking(store.delete, name)
+    logger.info("classifier deleted (version %s)", row.version)
+    return {"deleted": row.name, "version": row.version}
+
+
+@router.post(
+    "/classifiers/{name}/refit",
+    response_model=ClassifierResponse,
+    summary="Refit a classifier with the loaded artifact (from its stored examples)",
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def refit_classifier(name: NamePath, request: Request, state: StateDep) -> dict[str, Any]:
+    """Refit from the stored examples' embeddings when the image encoder is unchanged, otherwise from the stored
+    example images (uploads) and the index's images of the same SHA-256 (examples taken from the index)."""
+    store = get_store(state)
+    engine = state.engine
+    body = await request.body()
+    try:
+        options = RefitRequest.model_validate_json(body or b"{}")
+    except ValidationError as err:
+        raise InvalidRequestError(_validation_message(err)) from err
+    row = await state.run_blocking(store.get, name)
+    method = _check_method(options.method or row.method_requested)
+    stored = await state.run_blocking(store.examples, name)
+    arrays = await state.run_blocking(store.read_arrays, row)
+    same_encoder = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
+    examples: list[Example] = []
+    if same_encoder:
+        x = arrays["examples_x"]
+        for ex, emb in zip(stored, x, strict=True):
+            examples.append(Example(ex["category"], ex["sha256"], ex["source"], emb, ex["index_id"]))
+        how = "stored embeddings"
+    else:
+        examples = await _reembed(state, store, stored)
+        how = "re-embedded example images"
+    categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
+    new_row, result = await state.run_blocking(
+        _fit_and_row, engine, name, row.modality, method, row.text_prior, categories, examples
+    )
+    saved = await state.run_blocking(
+        lambda: store.save(
+            new_row, result.arrays, examples, replace=True, max_classifiers=state.settings.max_classifiers
+        )
+    )
+    logger.info("classifier refitted from %s: revision %d", how, saved.revision)
+    answer = saved.public(engine.version)
+    answer["fit_ms"] = round(result.fit_ms, 2)
+    answer["refit_from"] = how
+    return answer
+
+
+async def _reembed(
+    state: ServiceState, store: ClassifierStore, stored: list[dict[str, Any]]
+) -> list[Example]:
+    by_sha: dict[str, tuple[int, np.ndarray]] = {}
+    if any(ex["source"] == "index" for ex in stored):
+        await state.index.refresh()
+        index = state.index.require()
+
+        def run() -> dict[str, tuple[int, np.ndarray]]:
+            wanted = {ex["sha256"] for ex in stored if ex["source"] == "index"}
+            ids_all = np.asarray(index.ids)
+            vectors = index.vectors()
+            found: dict[str, tuple[int, np.ndarray]] = {}
+            for record in index.records():
+                if record.sha256 in wanted:
+                    pos = int(np.searchsorted(ids_all, record.id))
+                    found[record.sha256] = (record.id, np.asarray(vectors[pos], dtype=np.float32))
+            return found
+
+        by_sha = await state.index.call(run)
+    out: list[Example] = []
+    missing: list[str] = []
+    for ex in stored:
+        if ex["source"] == "index":
+            hit = by_sha.get(ex["sha256"])
+            if hit is None:
+                missing.append(f"index image {ex['index_id']}")
+                continue
+            out.append(Example(ex["category"], ex["sha256"], "index", hit[1], hit[0]))
+        else:
+            data = await state.run_blocking(store.example_bytes, ex["sha256"])
+            if data is None:
+                missing.append(f"uploaded example {ex['sha256'][:12]}")
+                continue
+            emb, _, _ = await state.run_blocking(_embed_upload, state.engine, data, Timings(state.metrics))
+            out.append(Example(ex["category"], ex["sha256"], "upload", emb, data=data))
+    if missing:
+        raise ServiceError(
+            f"cannot refit: {len(missing)} examples are no longer available ({', '.join(missing[:5])}); "
+            "create the classifier again with new examples",
+            status_code=409,
+            code="examples_missing",
+        )
+    return out
+
+
+# -------------------------------------------------------------------------------- classify with a classifier
+def _classify_blocking(
+    engine: Engine, model: Any, data: bytes, timings: Timings, top_k: int | None, modality: str
+) -> dict[str, Any]:
+    image = engine.decode(data, timings)
+    encoding = engine.encode(image, timings)
+    embedding = encoding.embeddings  # [1, D]
+    with timings.stage("classifier"):
+        names, mod_probs = engine.runtime.modality_probabilities(embedding)
+        probs = model.probabilities(embedding)[0]  # [C]
+    order = np.argsort(-probs, kind="stable")
+    if top_k is not None:
+        order = order[:top_k]
+    mod = {n: float(p) for n, p in zip(names, mod_probs[0], strict=True)}
+    header_modality = image.info.get("keepfit_modality") if hasattr(image, "info") else None
+    detected = header_modality or max(mod, key=lambda k: mod[k])
+    warnings = []
+    if detected != modality and (header_modality or mod[detected] >= MODALITY_MISMATCH_CONFIDENCE):
+        warnings.append(
+            {
+                "code": "modality_mismatch",
+                "message": f"the image looks like {detected} but the classifier was fitted on {modality} images",
+            }
+        )
+    return {
+        "order": [int(i) for i in order],
+        "probs": probs,
+        "modality_probabilities": mod,
+        "width": image.width,
+        "height": image.height,
+        "warnings": warnings,
+    }
+
+
+async def classify_with_classifier(
+    state: StateDep, data: bytes, name: str, top_k: int | None, start: float, frame: int | None = None
+) -> Response:
+    """The classify answer for ``classifier=NAME`` (called by the classify router)."""
+    engine = state.engine
+    store = get_store(state)
+    row = store.cached_row(name)
+    if row is None:
+        row = await state.run_blocking(store.get, name)
+    if row.artifact_version != engine.version:
+        raise ClassifierStaleError(
+            f"classifier {name!r} was fitted with artifact {row.artifact_name} {row.artifact_version}; this "
+            f"service runs {engine.name} {engine.version}. Refit it: POST /v1/classifiers/{name}/refit "
+            f"(or `keepfit classifier refit {name}`)"
+        )
+    model = store.cached_model(row) or await state.run_blocking(store.load, row)
+    digest = sha256_hex(data)
+    timings = Timings(state.metrics)
+    params: dict[str, Any] = {"classifier": name, "classifier_version": row.version, "top_k": top_k}
+    if frame is not None:
+        params["frame"] = frame
+    key = cache_key("classify", engine.version, digest, params)
+    cached = await state.cached("classify", key, timings)
+    if cached is not None:
+        body = cached
+    else:
+        out = await state.run_blocking(
+            call_with_frame, frame, _classify_blocking, engine, model, data, timings, top_k, row.modality
+        )
+        probs = out["probs"]
+        categories = row.categories
+        answer: dict[str, Any] = {
+            "model_name": engine.name,
+            "model_version": engine.version,
+            "classifier": {
+                "name": row.name,
+                "version": row.version,
+                "revision": row.revision,
+                "method": row.method,
+                "estimate": row.estimate.get("balanced_accuracy"),
+            },
+            "modality": {
+                "requested": row.modality,
+                "used": row.modality,
+                "confidence": out["modality_probabilities"].get(row.modality),
+                "probabilities": out["modality_probabilities"],
+            },
+            "predictions": [
+                {
+                    "label": categories[i]["label"],
+                    "probability": float(probs[i]),
+                    "canonical": engine.knowledge.canonical(
+                        categories[i].get("text") or categories[i]["label"]
+                    ),
+                    "known": False,
+                }
+                for i in out["order"]
+            ],
+            "categories": len(categories),
+            "image": {"sha256": digest, "width": out["width"], "height": out["height"]},
+            "intended_use": engine.intended_use,
+        }
+        if out["warnings"]:
+            answer["warnings"] = out["warnings"]
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        with timings.stage("cache"):
+            await state.cache.set(key, body)
+    timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
+    logger.info(
+        "classify image=%s classifier_version=%s cached=%s total_ms=%.1f",
+        digest[:12],
+        row.version,
+        cached is not None,
+        timings.ms["total"],
+    )
+    return json_with(body, cached=cached is not None, timings_ms=timings.ms)

@@ -1,0 +1,265 @@
+/*
+ * KeepFIT front end: a clinic's own categories (few-shot classifiers).  Plain JavaScript, no dependencies.
+ *
+ * - "Teach a category": name a classifier, give each category examples (uploaded files, or search results
+ *   added with their "+ example" button), fit it (POST v1/classifiers, admin key in X-Admin-Key), and see the
+ *   cross-validated estimate of how well it separates the categories.
+ * - The classifier picker next to the category editor: app.js sends `classifier=NAME` instead of the
+ *   categories when one is picked (it reads #classifier-picker).
+ * - The stored classifiers (GET v1/classifiers) with their estimates, each deletable.
+ * Connection settings (API base, read key) are the ones app.js keeps; the admin key is kept for this tab's
+ * session only, like the read key.
+ */
+(() => {
+  'use strict';
+
+  const ADMIN_STORE = 'keepfit.adminKey';
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, attrs = {}, ...children) => {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === 'class') node.className = v;
+      else if (k === 'text') node.textContent = v;
+      else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v);
+    }
+    for (const child of children) if (child != null) node.append(child);
+    return node;
+  };
+
+  // categories being taught: [{label, files: [File], ids: [{id, thumb}]}]; `active` receives search results
+  const teach = { categories: [], active: 0, busy: false };
+
+  function base() {
+    return (localStorage.getItem('keepfit.apiBase') || '').trim().replace(/\/+$/, '');
+  }
+
+  function endpoint(path) {
+    return base() ? `${base()}/${path}` : path;
+  }
+
+  function headers(admin) {
+    const h = {};
+    const key = sessionStorage.getItem('keepfit.apiKey');
+    if (key) h['X-API-Key'] = key;
+    const adminKey = sessionStorage.getItem(ADMIN_STORE);
+    if (admin && adminKey) h['X-Admin-Key'] = adminKey;
+    return h;
+  }
+
+  async function call(path, { method = 'GET', body, admin = false } = {}) {
+    let response;
+    try {
+      response = await fetch(endpoint(path), {
+        method, body, headers: headers(admin), credentials: 'omit', referrerPolicy: 'no-referrer',
+      });
+    } catch (_) {
+      throw Object.assign(new Error('the service cannot be reached'), { code: 'network', status: 0 });
+    }
+    const text = await response.text();
+    let json = null;
+    try { json = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
+    if (!response.ok) {
+      const err = (json && json.error) || {};
+      throw Object.assign(new Error(err.message || `HTTP ${response.status}`), {
+        code: err.code || `http_${response.status}`, status: response.status,
+      });
+    }
+    return json;
+  }
+
+  function say(text, kind = 'info') {
+    const box = $('teach-status');
+    box.textContent = text;
+    box.dataset.kind = kind;
+    box.hidden = !text;
+  }
+
+  // ------------------------------------------------------------------------------------------ the picker
+  async function refreshClassifiers(select) {
+    let list = [];
+    try {
+      list = (await call('v1/classifiers')).classifiers;
+    } catch (err) {
+      $('classifier-list').replaceChildren(el('li', { class: 'hint', text: `Classifiers unavailable: ${err.message}` }));
+      return;
+    }
+    const picker = $('classifier-picker');
+    const current = select !== undefined ? select : picker.value;
+    picker.replaceChildren(
+      el('option', { value: '', text: 'zero-shot: the categories below' }),
+      ...list.map((c) => el('option', {
+        value: c.name,
+        text: `${c.name} (${c.modality}, ${c.categories.length} categories${c.usable === false ? ', needs a refit' : ''})`,
+      })));
+    picker.value = list.some((c) => c.name === current) ? current : '';
+    pickerChanged();
+    $('classifier-list').replaceChildren(...(list.length ? list.map(renderStored) : [
+      el('li', { class: 'hint', text: 'No classifiers yet.' })]));
+  }
+
+  function estimateText(c) {
+    const e = c.estimate || {};
+    if (e.balanced_accuracy == null) return 'no estimate (too few examples to hold any out)';
+    return `cross-validated balanced accuracy ${e.balanced_accuracy.toFixed(2)} (${e.scheme} over ${e.n} examples; chance ${e.chance.toFixed(2)})`;
+  }
+
+  function renderStored(c) {
+    return el('li', { 'data-name': c.name },
+      el('strong', { text: c.name }),
+      el('span', { class: 'hint', text: ` ${c.modality} · ${c.method} · ${c.categories.map((k) => `${k.label} (${k.examples})`).join(', ')}` }),
+      el('div', { class: 'hint estimate', text: estimateText(c) }),
+      el('button', { type: 'button', class: 'secondary small', text: 'Delete', onclick: () => removeClassifier(c.name) }));
+  }
+
+  function pickerChanged() {
+    const picked = $('classifier-picker').value;
+    // the category editor does not apply while a classifier decides the categories
+    $('categories').classList.toggle('overridden', !!picked);
+    $('categories-mode').dataset.classifier = picked;
+    if (picked) $('categories-mode').textContent = `(classifier ${picked} decides the categories)`;
+  }
+
+  async function removeClassifier(name) {
+    if (!window.confirm(`Delete the classifier ${name}?`)) return;
+    try {
+      await call(`v1/classifiers/${encodeURIComponent(name)}`, { method: 'DELETE', admin: true });
+      say(`Deleted ${name}.`);
+      refreshClassifiers();
+    } catch (err) {
+      say(`Deleting ${name} failed: ${err.message}`, 'error');
+    }
+  }
+
+  // ------------------------------------------------------------------------------------ teaching panel
+  function addCategory(label) {
+    const name = (label || $('teach-label').value).replace(/\s+/g, ' ').trim();
+    if (!name) return;
+    if (teach.categories.some((c) => c.label.toLowerCase() === name.toLowerCase())) {
+      say(`There is a category ${name} already.`, 'error');
+      return;
+    }
+    teach.categories.push({ label: name, files: [], ids: [] });
+    teach.active = teach.categories.length - 1;
+    $('teach-label').value = '';
+    render();
+  }
+
+  function render() {
+    $('teach-categories').replaceChildren(...teach.categories.map((c, i) => {
+      const input = el('input', { type: 'file', multiple: '', accept: 'image/*,.dcm,application/dicom', hidden: '', 'data-category': c.label });
+      input.addEventListener('change', () => {
+        c.files.push(...input.files);
+        input.value = '';
+        render();
+      });
+      const examples = [
+        ...c.files.map((f, j) => el('li', { class: 'example', title: f.name },
+          el('span', { text: f.name }),
+          el('button', { type: 'button', class: 'icon', 'aria-label': `remove ${f.name}`, text: '×', onclick: () => { c.files.splice(j, 1); render(); } }))),
+        ...c.ids.map((x, j) => el('li', { class: 'example', title: `indexed image ${x.id}` },
+          x.thumb ? el('img', { src: x.thumb, alt: `image ${x.id}` }) : el('span', { text: `#${x.id}` }),
+          el('button', { type: 'button', class: 'icon', 'aria-label': `remove image ${x.id}`, text: '×', onclick: () => { c.ids.splice(j, 1); render(); } }))),
+      ];
+      return el('li', { class: i === teach.active ? 'teach-category active' : 'teach-category', 'data-label': c.label },
+        el('label', { class: 'toggle' },
+          el('input', { type: 'radio', name: 'teach-active', ...(i === teach.active ? { checked: '' } : {}), onchange: () => { teach.active = i; render(); } }),
+          el('strong', { text: c.label })),
+        el('span', { class: 'hint count', text: ` ${c.files.length + c.ids.length} examples` }),
+        el('ul', { class: 'examples' }, ...examples),
+        el('div', { class: 'row' },
+          input,
+          el('button', { type: 'button', class: 'secondary small', text: 'Upload examples', onclick: () => input.click() }),
+          el('button', { type: 'button', class: 'secondary small', text: 'Remove category', onclick: () => { teach.categories.splice(i, 1); teach.active = 0; render(); } })));
+    }));
+    const total = teach.categories.reduce((n, c) => n + c.files.length + c.ids.length, 0);
+    $('teach-fit').disabled = teach.busy || teach.categories.length < 2 || total === 0;
+    document.querySelectorAll('#search-results .teach-add').forEach((b) => {
+      const c = teach.categories[teach.active];
+      b.setAttribute('aria-disabled', c ? 'false' : 'true');
+      b.textContent = c ? `+ example of ${c.label}` : '+ example (teach a category first)';
+    });
+  }
+
+  async function fit() {
+    const name = $('teach-name').value.trim();
+    if (!name) { say('Give the classifier a name.', 'error'); return; }
+    const form = new FormData();
+    form.append('name', name);
+    form.append('modality', $('teach-modality').value);
+    form.append('spec', JSON.stringify({
+      categories: teach.categories.map((c) => ({ label: c.label, ids: c.ids.map((x) => x.id) })),
+    }));
+    teach.categories.forEach((c) => c.files.forEach((f) => form.append(`examples.${c.label}`, f, f.name)));
+    teach.busy = true;
+    render();
+    say('Fitting…');
+    document.body.dataset.busy = 'teach';
+    try {
+      const c = await call('v1/classifiers', { method: 'POST', body: form, admin: true });
+      $('teach-result').replaceChildren(
+        el('strong', { text: `${c.name} is ready` }),
+        el('span', { text: ` (${c.method}, ${c.examples} examples, version ${c.version}). ` }),
+        el('span', { class: 'estimate', text: estimateText(c) }),
+        el('p', { class: 'hint', text: 'A rough guide from your own examples, not a clinical validation. It is now selected for diagnosis above.' }));
+      $('teach-result').hidden = false;
+      say('');
+      teach.categories = [];
+      await refreshClassifiers(c.name);
+    } catch (err) {
+      say(`Fitting failed: ${err.message}`, 'error');
+      $('teach-status').dataset.code = err.code;
+      if (err.code === 'admin_key_required') $('admin-key').focus();
+    } finally {
+      teach.busy = false;
+      delete document.body.dataset.busy;
+      render();
+    }
+  }
+
+  // search results get a "+ example" button (the grid is rebuilt by app.js on every search)
+  function decorateHits() {
+    document.querySelectorAll('#search-results li').forEach((li) => {
+      if (li.querySelector('.teach-add')) return;
+      const hitButton = li.querySelector('button[data-id]');
+      if (!hitButton) return;
+      const id = Number(hitButton.dataset.id);
+      const img = hitButton.querySelector('img');
+      // a span with the button role, not a <button>: the card's own button stays the only one in the card
+      const add = el('span', { role: 'button', tabindex: '0', class: 'teach-add', 'data-teach-id': String(id) });
+      const use = () => {
+        const c = teach.categories[teach.active];
+        if (!c) return;
+        if (!c.ids.some((x) => x.id === id)) c.ids.push({ id, thumb: img ? img.src : null });
+        render();
+      };
+      add.addEventListener('click', use);
+      add.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); use(); } });
+      li.append(add);
+    });
+    render();
+  }
+
+  function wire() {
+    $('admin-key').value = sessionStorage.getItem(ADMIN_STORE) || '';
+    $('admin-key').addEventListener('change', () => {
+      const v = $('admin-key').value.trim();
+      if (v) sessionStorage.setItem(ADMIN_STORE, v); else sessionStorage.removeItem(ADMIN_STORE);
+    });
+    $('teach-add').addEventListener('click', () => addCategory());
+    $('teach-label').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); addCategory(); } });
+    $('teach-fit').addEventListener('click', fit);
+    $('classifier-picker').addEventListener('change', () => {
+      pickerChanged();
+      const again = $('classify-again');
+      if (again && !again.disabled) again.click();
+    });
+    new MutationObserver(decorateHits).observe($('search-results'), { childList: true });
+    render();
+    refreshClassifiers();
+  }
+
+  document.addEventListener('DOMContentLoaded', wire);
+  // app.js re-reads the key on "Save and reconnect": reload the list with it
+  document.addEventListener('submit', (e) => { if (e.target && e.target.id === 'settings-form') setTimeout(() => refreshClassifiers(), 50); });
+})();

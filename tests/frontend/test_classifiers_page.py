@@ -1,0 +1,135 @@
+"""The front end's own categories in Chromium: teach a classifier from uploads and search results, see its
+estimate, diagnose with it from the picker, delete it; and a DICOM upload diagnosed like any image."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.frontend.harness import API_KEY, ROOT, PageRecorder, Service, running_service, sign_in
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
+ADMIN_KEY = "frontend-admin-key"
+
+
+@pytest.fixture(scope="module")
+def teach_service(
+    chromium: str, default_artifact: Path, frontend_index: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    env = {
+        "KEEPFIT_API_KEYS": API_KEY,
+        "KEEPFIT_ADMIN_KEYS": ADMIN_KEY,
+        "KEEPFIT_CLASSIFIERS": str(tmp_path_factory.mktemp("classifiers")),
+    }
+    log = ROOT / "test-output" / "frontend" / "serve-classifiers.log"
+    with running_service(default_artifact.resolve(), frontend_index, log, env) as svc:
+        yield svc
+
+
+def _ffa(data_root: Path, label: str, split: str, n: int) -> list[Path]:
+    rows = [
+        r
+        for r in csv.DictReader((data_root / "ffa_huapu4" / "labels.csv").open())
+        if r["task"] == "disease_diagnosis" and r["label"] == label and r["split"] == split
+    ]
+    return [data_root / "ffa_huapu4" / r["path"] for r in sorted(rows, key=lambda r: r["path"])[:n]]
+
+
+def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
+    recorder: PageRecorder, teach_service: Service, data_root: Path
+) -> None:
+    page = recorder.page
+    page.goto(f"{teach_service.base}/")
+    sign_in(page)
+    page.fill("#teach-name", "ffa-own")
+    page.select_option("#teach-modality", "FFA")
+    for label in ("normal", "branch retinal vein occlusion"):
+        page.fill("#teach-label", label)
+        page.click("#teach-add")
+    assert page.inner_text("#teach-categories li.active strong") == "branch retinal vein occlusion"
+    # uploads for both categories
+    uploads = {
+        "normal": _ffa(data_root, "normal", "train", 3),
+        "branch retinal vein occlusion": _ffa(data_root, "branch retinal vein occlusion", "train", 3),
+    }
+    for label, paths in uploads.items():
+        page.set_input_files(
+            f'#teach-categories input[type=file][data-category="{label}"]', [str(p) for p in paths]
+        )
+    # and one search result as an example of the active category
+    page.fill("#search-query", "retinal vein occlusion with haemorrhages")
+    page.select_option("#search-modality", "FFA")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#search-results .teach-add")
+    assert "branch retinal vein occlusion" in page.inner_text("#search-results .teach-add >> nth=0")
+    page.click("#search-results .teach-add >> nth=0")
+    counts = page.eval_on_selector_all(
+        "#teach-categories .count", "els => els.map(e => e.textContent.trim())"
+    )
+    assert counts == ["3 examples", "4 examples"]
+
+    # without the admin key: the service's message, shown as it is
+    page.click("#teach-fit")
+    page.wait_for_function("document.getElementById('teach-status').dataset.code === 'admin_key_required'")
+    assert "admin key" in page.inner_text("#teach-status")
+    page.fill("#admin-key", ADMIN_KEY)
+    page.dispatch_event("#admin-key", "change")
+    page.click("#teach-fit")
+    page.wait_for_selector("#teach-result:not([hidden])")
+    result = page.inner_text("#teach-result")
+    assert (
+        "ffa-own is ready" in result
+        and "cross-validated balanced accuracy" in result
+        and "7 examples" in result
+    )
+    assert page.evaluate("sessionStorage.getItem('keepfit.adminKey')") == ADMIN_KEY
+    assert page.evaluate("localStorage.getItem('keepfit.adminKey')") is None
+    assert page.input_value("#classifier-picker") == "ffa-own"
+    assert "ffa-own" in page.inner_text("#classifier-list")
+    recorder.screenshot("classifier-taught")
+
+    # diagnose a held-back image with it
+    held_back = _ffa(data_root, "branch retinal vein occlusion", "test", 1)[0]
+    page.set_input_files("#file-input", str(held_back))
+    page.wait_for_selector("#predictions li")
+    page.wait_for_function("!document.body.dataset.busy")
+    labels = page.eval_on_selector_all(
+        "#predictions li .name", "els => els.map(e => e.firstChild.textContent)"
+    )
+    assert sorted(labels) == ["branch retinal vein occlusion", "normal"]
+    assert "classifier ffa-own" in page.inner_text("#timings")
+    recorder.screenshot("classifier-diagnosis")
+
+    # back to zero-shot, then delete the classifier
+    page.select_option("#classifier-picker", "")
+    page.wait_for_function("!document.body.dataset.busy")
+    page.on("dialog", lambda d: d.accept())
+    page.click('#classifier-list li[data-name="ffa-own"] button')
+    page.wait_for_function("!document.querySelector('#classifier-list li[data-name=\"ffa-own\"]')")
+    assert page.eval_on_selector_all("#classifier-picker option", "els => els.map(e => e.value)") == [""]
+    assert recorder.origins() == {teach_service.base}
+
+
+def test_a_dicom_upload_is_diagnosed(
+    recorder: PageRecorder, teach_service: Service, real_image_paths: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
+    from tests.dicom_files import PATIENT, make_dicom, rgb_of
+
+    source = real_image_paths["OCT"][0].read_bytes()
+    study = tmp_path / "IM000123.dcm"
+    study.write_bytes(make_dicom([rgb_of(source)], "jpeg2000", modality="OPT", grey=True))
+    page = recorder.page
+    page.goto(f"{teach_service.base}/")
+    sign_in(page)
+    page.set_input_files("#file-input", str(study))
+    page.wait_for_selector("#predictions li")
+    page.wait_for_function("!document.body.dataset.busy")
+    assert page.inner_text("#modality-result").startswith("Modality: OCT")
+    assert page.get_attribute("#preview", "data-preview") == "placeholder"  # browsers cannot draw DICOM
+    assert page.is_hidden("#message")
+    text = page.inner_text("body")
+    assert all(v not in text for v in PATIENT.values())

@@ -1,0 +1,50 @@
+"""``keepfit index build --images`` over a folder of DICOM files as devices write them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
+
+from index.store import VectorIndex  # noqa: E402
+from model.cli import main as keepfit  # noqa: E402
+from model.runtime import KeepfitRuntime  # noqa: E402
+from tests.dicom_files import PATIENT, make_dicom, rgb_of  # noqa: E402
+
+
+def test_dicom_folder_is_indexed_with_header_modalities(
+    real_image_paths: dict[str, list[Path]], default_artifact: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "studies"
+    (images / "2024").mkdir(parents=True)
+    cfp = real_image_paths["CFP"][0].read_bytes()
+    octs = [rgb_of(p.read_bytes()) for p in real_image_paths["OCT"][:3]]
+    octs = [o for o in octs if o.shape == octs[0].shape]
+    (images / "2024" / "IM0001").write_bytes(make_dicom([rgb_of(cfp)], "jpeg-baseline", jpeg_bytes=[cfp]))
+    (images / "2024" / "IM0002.dcm").write_bytes(make_dicom(octs, "jpeg2000", modality="OPT", grey=True))
+    ffa = rgb_of(real_image_paths["FFA"][0].read_bytes())
+    (images / "IM0003.dcm").write_bytes(make_dicom([ffa], "rle", modality="OP", grey=True, angiogram=True))
+    (images / "DICOMDIR.txt").write_text("not an image")
+    out = tmp_path / "index"
+    code = keepfit(
+        ["index", "build", "--artifact", str(default_artifact), "--images", str(images), "--out", str(out)]
+    )
+    assert code == 0
+    with VectorIndex.open(out) as idx:
+        records = {Path(r.path).name: r for r in idx.records()}
+        assert {n: r.modality for n, r in records.items()} == {
+            "IM0001": "CFP",
+            "IM0002.dcm": "OCT",
+            "IM0003.dcm": "FFA",
+        }
+        vectors = dict(zip(idx.ids.tolist(), np.asarray(idx.vectors()), strict=True))
+        for record in records.values():
+            assert all(v not in " ".join(record.labels) + (record.caption or "") for v in PATIENT.values())
+    runtime = KeepfitRuntime.from_artifact(default_artifact)
+    from model.preprocess import load_image
+
+    jpeg = runtime.encode_images([load_image(cfp)])[0]
+    assert float(np.abs(vectors[records["IM0001"].id] - jpeg).max()) < 0.0025

@@ -1,0 +1,95 @@
+"""``keepfit classifier``: fit from a labelled manifest, list, show, serve, delete; one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from model.cli import main as keepfit
+from service.app import create_app
+from tests.service.helpers import make_settings
+
+
+def _manifest(data_root: Path, out: Path) -> Path:
+    rows = [
+        r
+        for r in csv.DictReader((data_root / "ffa_huapu4" / "labels.csv").open())
+        if r["task"] == "disease_diagnosis"
+    ]
+    path = out / "ffa.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "diagnosis", "split"])
+        writer.writeheader()
+        for r in rows:
+            path_abs = (data_root / "ffa_huapu4" / r["path"]).resolve()
+            writer.writerow({"path": str(path_abs), "diagnosis": r["label"], "split": r["split"]})
+    return path
+
+
+def test_fit_from_a_manifest_then_list_show_serve_delete(
+    data_root: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    manifest = _manifest(data_root, tmp_path)
+    code = keepfit(
+        [
+            "classifier",
+            "fit",
+            "--store",
+            str(store),
+            "--name",
+            "ffa-cli",
+            "--manifest",
+            str(manifest),
+            "--label-column",
+            "diagnosis",
+            "--split",
+            "train",
+            "--per-class",
+            "4",
+        ]
+    )
+    assert code == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["modality"] == "FFA" and fitted["examples"] == 16 and len(fitted["categories"]) == 4
+    assert 0.0 <= fitted["estimate"]["balanced_accuracy"] <= 1.0
+    assert keepfit(["classifier", "list", "--store", str(store)]) == 0
+    assert "ffa-cli\tFFA\tlinear+text" in capsys.readouterr().out
+    assert keepfit(["classifier", "show", "--store", str(store), "ffa-cli"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == fitted["version"]
+    # the service serves what the CLI stored
+    test_row = next(r for r in csv.DictReader(manifest.open()) if r["split"] == "test")
+    with TestClient(create_app(make_settings(default_artifact, classifiers=store))) as api:
+        r = api.post(
+            "/v1/classify",
+            files={"image": Path(test_row["path"]).read_bytes()},
+            data={"classifier": "ffa-cli"},
+        )
+        assert r.status_code == 200 and r.json()["classifier"]["version"] == fitted["version"]
+    assert keepfit(["classifier", "delete", "--store", str(store), "ffa-cli"]) == 0
+    assert keepfit(["classifier", "show", "--store", str(store), "ffa-cli"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: no classifier named 'ffa-cli'; GET /v1/classifiers lists the ones there are"]
+
+
+def test_cli_errors_are_one_line(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ["--store", str(tmp_path / "s")]
+    manifest = _manifest(data_root, tmp_path)
+    cases = [
+        (["--name", "x", "--manifest", str(tmp_path / "none.csv")], "manifest not found"),
+        (["--name", "bad name", "--example", "a=x.jpg"], "not valid"),
+        (
+            ["--name", "x", "--manifest", str(manifest), "--label-column", "diagnosis", "--per-class", "1"],
+            "at least 2 examples",
+        ),
+        (["--name", "x", "--example", f"a={manifest}", "--example", f"b={manifest}"], "not a usable image"),
+        (["--name", "x", "--ids", "a=1,2"], "need --index"),
+    ]
+    for extra, words in cases:
+        assert keepfit(["classifier", "fit", *store, *extra]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], lines

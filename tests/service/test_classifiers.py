@@ -1,0 +1,391 @@
+"""``/v1/classifiers`` and ``/v1/classify`` with ``classifier=NAME``: few-shot classifiers of real images."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from index.store import VectorIndex
+from service.app import create_app
+from tests.service.helpers import make_settings
+
+ADMIN = {"X-Admin-Key": "admin-secret"}
+
+
+def _app(artifact: Path, store: Path, **kw: Any) -> TestClient:
+    settings = make_settings(artifact, classifiers=store, admin_keys=["admin-secret"], **kw)
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "classifiers"
+
+
+@pytest.fixture
+def client(default_artifact: Path, index_dir: Path, store_dir: Path) -> Iterator[TestClient]:
+    with _app(default_artifact, store_dir, index=index_dir) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def records(index_dir: Path) -> list[Any]:
+    with VectorIndex.open(index_dir) as idx:
+        return idx.records()
+
+
+def _ids(records: list[Any], modality: str) -> list[int]:
+    return [r.id for r in records if r.modality == modality]
+
+
+def _ffa_rows(data_root: Path) -> dict[str, list[dict[str, str]]]:
+    rows = [
+        r
+        for r in csv.DictReader((data_root / "ffa_huapu4" / "labels.csv").open())
+        if r["task"] == "disease_diagnosis"
+    ]
+    out: dict[str, list[dict[str, str]]] = {}
+    for r in sorted(rows, key=lambda r: r["path"]):
+        out.setdefault(r["split"], []).append(r)
+    return out
+
+
+def _balanced_accuracy(truth: list[str], pred: list[str]) -> float:
+    recalls = []
+    for label in sorted(set(truth)):
+        idx = [i for i, t in enumerate(truth) if t == label]
+        recalls.append(np.mean([pred[i] == label for i in idx]))
+    return float(np.mean(recalls))
+
+
+@pytest.mark.slow
+def test_acceptance_uploaded_real_examples_classify_held_back_images(
+    client: TestClient, data_root: Path
+) -> None:
+    """8 uploaded train images per FFA diagnosis class -> a classifier; the 21 held-back test images with it."""
+    split = _ffa_rows(data_root)
+    root = data_root / "ffa_huapu4"
+    files: list[tuple[str, tuple[str, bytes, str]]] = []
+    per_class: dict[str, int] = {}
+    for r in split["train"]:
+        if per_class.get(r["label"], 0) >= 8:
+            continue
+        per_class[r["label"]] = per_class.get(r["label"], 0) + 1
+        files.append(
+            (f"examples.{r['label']}", (Path(r["path"]).name, (root / r["path"]).read_bytes(), "image/jpeg"))
+        )
+    assert sorted(per_class.values()) == [8, 8, 8, 8]
+    r = client.post("/v1/classifiers", data={"name": "ffa-dx", "modality": "FFA"}, files=files, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["name"] == "ffa-dx" and body["modality"] == "FFA" and body["examples"] == 32
+    assert {c["label"]: c["examples"] for c in body["categories"]} == dict.fromkeys(per_class, 8)
+    assert body["method"] == "prototype+text" and body["method_requested"] == "auto"
+    estimate = body["estimate"]
+    assert estimate["scheme"] == "5-fold" and 0.25 < estimate["balanced_accuracy"] <= 1.0
+    assert body["artifact"]["version"] == client.get("/readyz").json()["artifact"]["version"]
+
+    truth, pred = [], []
+    for row in split["test"]:
+        answer = client.post(
+            "/v1/classify",
+            files={"image": ("x.jpg", (root / row["path"]).read_bytes(), "image/jpeg")},
+            data={"classifier": "ffa-dx"},
+        )
+        assert answer.status_code == 200, answer.text
+        a = answer.json()
+        assert a["classifier"]["name"] == "ffa-dx" and a["classifier"]["version"] == body["version"]
+        assert a["modality"]["used"] == "FFA" and len(a["predictions"]) == 4
+        assert abs(sum(p["probability"] for p in a["predictions"]) - 1.0) < 1e-4
+        truth.append(row["label"])
+        pred.append(a["predictions"][0]["label"])
+    assert len(truth) == 21
+    # k-shot curve (README): about 0.85 at 8 per class; chance is 0.25
+    assert _balanced_accuracy(truth, pred) >= 0.7
+
+
+def test_index_ids_and_label_filter_then_list_show_delete(client: TestClient, records: list[Any]) -> None:
+    oct_ids = _ids(records, "OCT")
+    dme = [r.id for r in records if r.modality == "OCT" and "diabetic macular edema" in r.labels]
+    no_dme = [r.id for r in records if r.modality == "OCT" and "no diabetic macular edema" in r.labels]
+    assert len(oct_ids) == 4
+    spec: dict[str, Any] = {
+        "name": "oct-a",
+        "modality": "OCT",
+        "categories": [
+            {"label": "first pair", "ids": oct_ids[:2]},
+            {"label": "second pair", "ids": oct_ids[2:]},
+        ],
+    }
+    r = client.post("/v1/classifiers", json=spec, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    assert r.json()["examples"] == 4 and r.json()["estimate"]["scheme"] == "leave-one-out"
+    if len(dme) >= 2 and len(no_dme) >= 2:
+        by_label = {
+            "name": "oct-dme",
+            "modality": "OCT",
+            "categories": [
+                {"label": "DME", "index_label": "diabetic macular edema"},
+                {"label": "no DME", "index_label": "no diabetic macular edema"},
+            ],
+        }
+        r2 = client.post("/v1/classifiers", json=by_label, headers=ADMIN)
+        assert r2.status_code == 201, r2.text
+        counts = {c["label"]: c["examples"] for c in r2.json()["categories"]}
+        assert counts == {"DME": len(dme), "no DME": len(no_dme)}
+    listed = client.get("/v1/classifiers").json()
+    assert "oct-a" in [c["name"] for c in listed["classifiers"]] and listed["limit"] == 100
+    shown = client.get("/v1/classifiers/oct-a").json()
+    assert shown["categories"][0] == {"label": "first pair", "text": "first pair", "examples": 2}
+    assert shown["usable"] is True
+    # an indexed image classified with the classifier of its own pair lands in that pair
+    path = VectorIndex.open(client.app.state.settings.index)  # type: ignore[attr-defined]
+    try:
+        image = path.image_path(path.get(oct_ids[0]))
+    finally:
+        path.close()
+    a = client.post("/v1/classify", files={"image": image.read_bytes()}, data={"classifier": "oct-a"}).json()
+    assert a["predictions"][0]["label"] == "first pair"
+    assert client.delete("/v1/classifiers/oct-a", headers=ADMIN).json() == {
+        "deleted": "oct-a",
+        "version": shown["version"],
+    }
+    gone = client.get("/v1/classifiers/oct-a")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "classifier_not_found"
+
+
+def test_bad_inputs_are_clear_4xx(
+    client: TestClient, records: list[Any], real_images: dict[str, bytes]
+) -> None:
+    cfp, oct_ = _ids(records, "CFP"), _ids(records, "OCT")
+
+    def create(spec: dict[str, Any], headers: dict[str, str] | None = ADMIN) -> Any:
+        return client.post("/v1/classifiers", json=spec, headers=headers)
+
+    ok = {
+        "name": "ok",
+        "modality": "OCT",
+        "categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": oct_[2:]}],
+    }
+    cases = [
+        (create(ok, headers=None), 401, "admin_key_required", "X-Admin-Key"),
+        (create(ok, headers={"X-Admin-Key": "nope"}), 401, "admin_key_required", "wrong admin key"),
+        (
+            create({**ok, "categories": [{"label": "a", "ids": oct_[:1]}, {"label": "b", "ids": oct_[2:]}]}),
+            422,
+            "too_few_examples",
+            "'a' has 1",
+        ),
+        (
+            create({**ok, "categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": cfp[:2]}]}),
+            422,
+            "mixed_modalities",
+            "is CFP",
+        ),
+        (
+            create({**ok, "categories": [{"label": "a", "ids": [9999, 1]}, {"label": "b", "ids": oct_[2:]}]}),
+            404,
+            "not_found",
+            "9999",
+        ),
+        (create({**ok, "name": "bad name!"}), 422, "invalid_request", "not valid"),
+        (create({**ok, "method": "magic"}), 422, "invalid_request", "unknown method"),
+        (
+            create(
+                {
+                    **ok,
+                    "categories": [
+                        {"label": "a", "index_label": "nothing like it"},
+                        {"label": "b", "ids": oct_[2:]},
+                    ],
+                }
+            ),
+            422,
+            "invalid_request",
+            "nothing like it",
+        ),
+    ]
+    for response, status, code, words in cases:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code and words in response.json()["error"]["message"]
+    assert create(ok).status_code == 201
+    clash = create(ok)
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "classifier_exists"
+    # a non-image example upload, named in the message
+    r = client.post(
+        "/v1/classifiers",
+        data={"name": "up", "modality": "CFP"},
+        files=[
+            ("examples.a", ("notes.txt", b"this is not an image", "image/jpeg")),
+            ("examples.a", ("a.jpg", real_images["CFP"], "image/jpeg")),
+            ("examples.b", ("b.jpg", real_images["CFP"], "image/jpeg")),
+        ],
+        headers=ADMIN,
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_example"
+    assert "notes.txt" in r.json()["error"]["message"]
+    unknown = client.post("/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "nope"})
+    assert unknown.status_code == 404 and "no classifier named 'nope'" in unknown.json()["error"]["message"]
+    both = client.post(
+        "/v1/classify",
+        files={"image": real_images["OCT"]},
+        data={"classifier": "ok", "categories": ["a", "b"]},
+    )
+    assert both.status_code == 422
+
+
+def test_limits(default_artifact: Path, index_dir: Path, store_dir: Path, records: list[Any]) -> None:
+    oct_ = _ids(records, "OCT")
+    with _app(
+        default_artifact, store_dir, index=index_dir, max_classifiers=1, max_classifier_examples=3
+    ) as c:
+        spec = {
+            "name": "one",
+            "categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": oct_[2:]}],
+        }
+        too_many = c.post("/v1/classifiers", json=spec, headers=ADMIN)
+        assert too_many.status_code == 413 and "KEEPFIT_MAX_CLASSIFIER_EXAMPLES" in too_many.text
+        spec["categories"][1]["ids"] = oct_[2:3]  # type: ignore[index]
+        spec["categories"][0]["ids"] = oct_[:1]  # type: ignore[index]
+        spec["categories"].append({"label": "c", "ids": oct_[3:4]})  # type: ignore[attr-defined]
+        # 3 examples fit the limit, but 1 per category is too few
+        assert (
+            c.post("/v1/classifiers", json=spec, headers=ADMIN).json()["error"]["code"] == "too_few_examples"
+        )
+    with _app(default_artifact, store_dir, index=index_dir, max_classifiers=1) as c:
+        base = {"categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": oct_[2:]}]}
+        assert c.post("/v1/classifiers", json={"name": "one", **base}, headers=ADMIN).status_code == 201
+        full = c.post("/v1/classifiers", json={"name": "two", **base}, headers=ADMIN)
+        assert full.status_code == 409 and full.json()["error"]["code"] == "classifier_limit"
+
+
+def test_read_keys_without_admin_keys_disable_writes(default_artifact: Path, store_dir: Path) -> None:
+    settings = make_settings(default_artifact, classifiers=store_dir, api_keys=["reader"])
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/classifiers", json={"name": "x"}, headers={"X-API-Key": "reader"})
+        assert r.status_code == 403 and "KEEPFIT_ADMIN_KEYS" in r.json()["error"]["message"]
+        assert c.get("/v1/classifiers").status_code == 401  # reads need the read key
+        assert c.get("/v1/classifiers", headers={"X-API-Key": "reader"}).json()["classifiers"] == []
+
+
+def test_restart_keeps_classifiers_and_another_artifact_version_is_refused_then_refitted(
+    default_artifact: Path,
+    index_dir: Path,
+    store_dir: Path,
+    records: list[Any],
+    real_images: dict[str, bytes],
+) -> None:
+    oct_ = _ids(records, "OCT")
+    spec = {"name": "keep", "categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": oct_[2:]}]}
+    with _app(default_artifact, store_dir, index=index_dir) as c:
+        created = c.post("/v1/classifiers", json=spec, headers=ADMIN).json()
+        first = c.post(
+            "/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "keep"}
+        ).json()
+    with _app(default_artifact, store_dir, index=index_dir) as c:  # a restart
+        assert c.get("/v1/classifiers/keep").json()["version"] == created["version"]
+        again = c.post(
+            "/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "keep"}
+        ).json()
+        assert again["predictions"] == first["predictions"]
+    # pretend it was fitted with another artifact (another image encoder, too)
+    with sqlite3.connect(store_dir / "classifiers.sqlite") as db:
+        db.execute(
+            "UPDATE classifiers SET artifact_version = 'older-version', encoder = 'other' WHERE name = 'keep'"
+        )
+    with _app(default_artifact, store_dir, index=index_dir) as c:
+        assert c.get("/v1/classifiers/keep").json()["usable"] is False
+        stale = c.post("/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "keep"})
+        assert stale.status_code == 409 and stale.json()["error"]["code"] == "classifier_stale"
+        assert (
+            "older-version" in stale.json()["error"]["message"]
+            and "refit" in stale.json()["error"]["message"]
+        )
+        refit = c.post("/v1/classifiers/keep/refit", headers=ADMIN)
+        assert refit.status_code == 200, refit.text
+        assert refit.json()["refit_from"] == "re-embedded example images" and refit.json()["revision"] == 2
+        assert refit.json()["usable"] is True
+        now = c.post("/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "keep"}).json()
+        # the same examples embedded by the same encoder: the same answer as before
+        assert [p["label"] for p in now["predictions"]] == [p["label"] for p in first["predictions"]]
+        assert now["predictions"][0]["probability"] == pytest.approx(
+            first["predictions"][0]["probability"], abs=1e-4
+        )
+        # same encoder: a refit reuses the stored embeddings
+        with sqlite3.connect(store_dir / "classifiers.sqlite") as db:
+            db.execute("UPDATE classifiers SET artifact_version = 'older-version' WHERE name = 'keep'")
+        again = c.post("/v1/classifiers/keep/refit", headers=ADMIN).json()
+        assert again["refit_from"] == "stored embeddings" and again["revision"] == 3
+    arrays = sorted(p.name for p in (store_dir / "arrays").iterdir())
+    assert arrays == [again_row for again_row in arrays if again_row.endswith(".npz")] and len(arrays) == 1
+
+
+def test_uploaded_examples_are_kept_for_refits_and_collected_on_delete(
+    client: TestClient, store_dir: Path, real_image_paths: dict[str, list[Path]]
+) -> None:
+    cfp = real_image_paths["CFP"]
+    files = [(f"examples.{'ab'[i % 2]}", (p.name, p.read_bytes(), "image/jpeg")) for i, p in enumerate(cfp)]
+    r = client.post("/v1/classifiers", data={"name": "up", "modality": "CFP"}, files=files, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    kept = sorted(p.name for p in (store_dir / "examples").iterdir())
+    assert len(kept) == len({p.read_bytes() for p in cfp})
+    with sqlite3.connect(store_dir / "classifiers.sqlite") as db:
+        db.execute("UPDATE classifiers SET encoder = 'other', artifact_version = 'x' WHERE name = 'up'")
+    refit = client.post("/v1/classifiers/up/refit", headers=ADMIN)
+    assert refit.status_code == 200 and refit.json()["refit_from"] == "re-embedded example images"
+    assert client.delete("/v1/classifiers/up", headers=ADMIN).status_code == 200
+    assert list((store_dir / "examples").iterdir()) == [] and list((store_dir / "arrays").iterdir()) == []
+
+
+def test_concurrent_creates_and_deletes_lose_nothing(
+    default_artifact: Path, index_dir: Path, store_dir: Path, records: list[Any]
+) -> None:
+    """Two apps (two worker processes' worth) on one store, eight threads creating and deleting at once."""
+    oct_ = _ids(records, "OCT")
+    base = {"categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": oct_[2:]}]}
+    errors: list[str] = []
+    with (
+        _app(default_artifact, store_dir, index=index_dir) as one,
+        _app(default_artifact, store_dir, index=index_dir) as two,
+    ):
+
+        def worker(n: int) -> None:
+            c = one if n % 2 else two
+            for i in range(6):
+                name = f"w{n}-{i}"
+                r = c.post("/v1/classifiers", json={"name": name, **base}, headers=ADMIN)
+                if r.status_code != 201:
+                    errors.append(f"create {name}: {r.status_code} {r.text}")
+                if i % 2:
+                    d = c.delete(f"/v1/classifiers/{name}", headers=ADMIN)
+                    if d.status_code != 200:
+                        errors.append(f"delete {name}: {d.status_code}")
+            # everyone races for one name: exactly one wins
+            r = c.post("/v1/classifiers", json={"name": "contested", **base}, headers=ADMIN)
+            if r.status_code not in (201, 409):
+                errors.append(f"contested: {r.status_code} {r.text}")
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        names = {c["name"] for c in one.get("/v1/classifiers").json()["classifiers"]}
+        expected = {f"w{n}-{i}" for n in range(8) for i in (0, 2, 4)} | {"contested"}
+        assert names == expected
+        # every row's arrays are there, and nothing else is
+        with sqlite3.connect(store_dir / "classifiers.sqlite") as db:
+            referenced = {r[0] for r in db.execute("SELECT arrays FROM classifiers")}
+        on_disk = {p.name for p in (store_dir / "arrays").iterdir()}
+        assert referenced <= on_disk and on_disk - referenced == set()
+        for name in expected:
+            assert two.get(f"/v1/classifiers/{name}").status_code == 200
