@@ -105,6 +105,24 @@ def _lifespan(index_opener: Any = None) -> Any:
     return lifespan
 
 
+# fields of a classify form that exclude each other: categories or a task, and a classifier fixes all of these
+CLASSIFIER_FIXES = ("categories", "task", "modality", "explain")
+
+
+def exclusive_fields(props: dict[str, Any]) -> list[tuple[str, str]]:
+    """The pairs of a classify form's fields that must not be sent together (what the service refuses)."""
+    pairs = [("categories", "task")]
+    if "classifier" in props:
+        pairs += [("classifier", name) for name in CLASSIFIER_FIXES if name in props]
+    return pairs
+
+
+def _string_items(option: dict[str, Any]) -> bool:
+    """An array of category names (not, e.g., a classifier's array of category objects)."""
+    items = option.get("items")
+    return not isinstance(items, dict) or ("$ref" not in items and items.get("type") in (None, "string"))
+
+
 def _set_limits(schema: dict[str, Any], settings: Settings, tasks: list[str] | None) -> None:
     """Write the configured limits into the schema, so that what it allows is what the service accepts."""
 
@@ -115,7 +133,7 @@ def _set_limits(schema: dict[str, Any], settings: Settings, tasks: list[str] | N
                 for name, prop in props.items():
                     limit_property(name, prop)
                 if "categories" in props and "task" in props:
-                    node["not"] = {"required": ["categories", "task"]}  # one or the other
+                    node["not"] = {"anyOf": [{"required": list(pair)} for pair in exclusive_fields(props)]}
             for key, value in node.items():
                 if key == "parameters" and isinstance(value, list):
                     for param in value:
@@ -134,7 +152,7 @@ def _set_limits(schema: dict[str, Any], settings: Settings, tasks: list[str] | N
                 option["maximum"] = settings.max_top_k
             elif name in ("query", "text") and option.get("type") == "string":
                 option["maxLength"] = settings.max_query_chars
-            elif name == "categories" and option.get("type") == "array":
+            elif name == "categories" and option.get("type") == "array" and _string_items(option):
                 option.update(minItems=2, maxItems=settings.max_categories, uniqueItems=True)
                 option["items"] = {"type": "string", "maxLength": MAX_CATEGORY_CHARS, "pattern": CATEGORY_PATTERN}
             elif name == "task" and option.get("type") == "string" and tasks:

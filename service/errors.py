@@ -190,9 +190,43 @@ async def _http_error(request: Request, err: Exception) -> JSONResponse:
     message = err.detail if isinstance(err.detail, str) else HTTPStatus(status).phrase
     if status == 404 and message == "Not Found":
         message = f"no such endpoint: {request.method} {request.url.path}"
-    elif status == 405:
+    headers = dict(err.headers or {})
+    if status == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
-    return _json(status, error_body(code, message), dict(err.headers or {}))
+        allowed = _allowed_methods(request)
+        if allowed:  # every route of the path, not only the first one Starlette matched
+            headers["Allow"] = ", ".join(allowed)
+    return _json(status, error_body(code, message), headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's (routers included into the app too)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+
+    def visit(routes: Any, prefix: str = "") -> None:
+        for route in routes or []:
+            inner = getattr(route, "original_router", None) or getattr(route, "router", None)
+            if inner is not None and not getattr(route, "methods", None):
+                context = getattr(route, "include_context", None)
+                visit(getattr(inner, "routes", None), prefix + str(getattr(context, "prefix", "") or ""))
+                continue
+            route_methods = getattr(route, "methods", None)
+            path_regex = getattr(route, "path_regex", None)
+            if route_methods and path_regex is not None:
+                path = request.url.path
+                if prefix and path.startswith(prefix):
+                    path = path[len(prefix) :]
+                if path_regex.match(path) or path_regex.match(request.url.path):
+                    methods.update(route_methods)
+            elif route_methods and hasattr(route, "matches"):
+                match, _ = route.matches({**request.scope, "method": "GET"})
+                if match in (Match.FULL, Match.PARTIAL):
+                    methods.update(route_methods)
+
+    visit(getattr(request.app, "routes", []))
+    return sorted(methods)
 
 
 async def _client_disconnect(request: Request, err: Exception) -> JSONResponse:

@@ -127,9 +127,15 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     return cfg.replace(**changes)
 
 
-def check_input_paths(cfg: Any) -> None:
-    """Every file the run will read, checked up front; :class:`DataError` names the flag and the path."""
-    for flag, value in (("--init", cfg.init), ("--corpus", cfg.corpus), ("--elite-manifest", cfg.elite_manifest)):
+def check_input_paths(cfg: Any, data_root: Path | None = None) -> None:
+    """Every file the run will read, checked up front; :class:`DataError` names the flag and the path.  The
+    elite manifest (stage 2 only) may be given relative to the data root."""
+    from training.data import resolve_elite_manifest
+
+    elite = cfg.elite_manifest if cfg.stage == "hybrid" and cfg.elite_manifest else None
+    checks = (("--init", cfg.init), ("--corpus", cfg.corpus),
+              ("--elite-manifest", str(resolve_elite_manifest(elite, data_root)) if elite else None))
+    for flag, value in checks:
         if value and not Path(value).is_file():
             what = "checkpoint" if flag == "--init" else "file"
             raise DataError(f"{what} not found: {value} ({flag})")
@@ -144,17 +150,17 @@ def train_main(argv: list[str]) -> int:
 
     args = _train_parser().parse_args(argv)
     cfg = resolve_train_config(args)
-    check_input_paths(cfg)  # before any weights load: a typo costs a second, not a minute
-    run_dir = args.out or (args.runs_dir / cfg.name)
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(os.environ.get("KEEPFIT_THREADS", torch.get_num_threads()))))
     try:
         data_root: Path | None = resolve_data_root(cfg.data_root)
     except DataError:
         if cfg.stage == "hybrid" or not cfg.corpus:
             raise
         data_root = None
+    check_input_paths(cfg, data_root)  # before any weights load: a typo costs a second, not a minute
+    run_dir = args.out or (args.runs_dir / cfg.name)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(os.environ.get("KEEPFIT_THREADS", torch.get_num_threads()))))
     knowledge = Knowledge.default()
     seed_everything(cfg.seed)  # the new heads' random initialisation is part of the run's seed
     model, tokenizer, info = build_model(cfg)

@@ -4,10 +4,11 @@
   pixels"; random bytes are answered 400 ``invalid_image``, correctly, and would be reported as a valid request
   rejected.  This generates real images instead (PNG, JPEG, TIFF; RGB, greyscale, 16-bit; 32 to 200 px a
   side), so that positive tests exercise the model path.
-- ``POST /v1/classify`` says ``not: {required: [categories, task]}`` (one or the other).  Schemathesis's
-  coverage phase cannot evaluate a ``not`` beside a binary field (it stops with "Unsupported type: 'Binary'"),
-  so the hook removes that keyword after loading and drops positive cases that send both, which is what the
-  keyword says.
+- ``POST /v1/classify`` says which fields exclude each other (``categories`` or ``task``; a ``classifier`` with
+  none of ``categories``, ``task``, ``modality``, ``explain``) as ``not: {anyOf: [{required: [a, b]}...]}``.
+  Schemathesis's coverage phase cannot evaluate a ``not`` beside a binary field (it stops with "Unsupported
+  type: 'Binary'"), so the hook removes that keyword after loading and drops positive cases that send an
+  excluded pair, which is what the keyword says.
 """
 
 from __future__ import annotations
@@ -43,11 +44,17 @@ def images(draw: st.DrawFn) -> bytes:
 schemathesis.openapi.format("binary", images())
 
 
+EXCLUDED: list[tuple[str, str]] = []  # the pairs the schema's ``not`` forbade, filled while loading
+
+
 def _drop_not(node: Any) -> None:
     if isinstance(node, dict):
         props = node.get("properties")
         if isinstance(props, dict) and "categories" in props and "task" in props:
-            node.pop("not", None)
+            for rule in (node.pop("not", None) or {}).get("anyOf", []):
+                pair = tuple(rule.get("required", []))
+                if len(pair) == 2 and pair not in EXCLUDED:
+                    EXCLUDED.append(pair)  # type: ignore[arg-type]
         for value in node.values():
             _drop_not(value)
     elif isinstance(node, list):
@@ -65,4 +72,4 @@ def filter_case(context: Any, case: Any) -> bool:
     meta = getattr(case, "meta", None)
     positive = meta is None or meta.generation.mode.is_positive
     body = case.body if isinstance(case.body, dict) else {}
-    return not (positive and "categories" in body and "task" in body)
+    return not (positive and any(a in body and b in body for a, b in EXCLUDED or [("categories", "task")]))

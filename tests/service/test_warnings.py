@@ -86,5 +86,5 @@ def test_a_class_without_positive_evidence_is_not_localised(
     for heatmap in maps.values():
         # `localised` is exactly "the overlay shows something"
         assert heatmap["localised"] == bool(_alpha(heatmap["png"]).max() > 0)
-        assert heatmap["localised"] == bool(np.max(heatmap["grid"]) > 0)
+        # (the raw grid also covers the padding around the image, where a class may score without it showing)
     assert sorted(h["localised"] for h in maps.values()) == [False, True]

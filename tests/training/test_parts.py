@@ -62,9 +62,11 @@ def test_augmentation_works_on_preprocessed_pixels(golden_image: Image.Image) ->
     pixels = torch.from_numpy(preprocess_batch([golden_image], pre))
     gen = torch.Generator().manual_seed(0)
     # the identity settings give back the input; a forced flip mirrors it exactly
-    ident = AugmentConfig(hflip=False, rotate_deg=0, scale=(1.0, 1.0), brightness=0, contrast=0)
+    ident = AugmentConfig(hflip=False, rotate_deg=0, scale=(1.0, 1.0), brightness=0, contrast=0, color=0, gamma=0,
+                          vignette=0, blur=0)
     torch.testing.assert_close(augment(pixels, ident, pre, gen), pixels, atol=1e-5, rtol=0)
-    flips = [augment(pixels, AugmentConfig(rotate_deg=0, scale=(1.0, 1.0), brightness=0, contrast=0), pre, gen)
+    flips = [augment(pixels, AugmentConfig(rotate_deg=0, scale=(1.0, 1.0), brightness=0, contrast=0, color=0, gamma=0,
+                                           vignette=0, blur=0), pre, gen)
              for _ in range(8)]
     assert any(torch.allclose(f, pixels.flip(-1), atol=1e-5) for f in flips)
     assert any(torch.allclose(f, pixels, atol=1e-5) for f in flips)
@@ -75,3 +77,30 @@ def test_augmentation_works_on_preprocessed_pixels(golden_image: Image.Image) ->
     raw = out * std + mean
     assert float(raw.min()) >= -1e-5 and float(raw.max()) <= 1 + 1e-5
     assert not np.allclose(out.numpy(), pixels.numpy())
+
+
+def test_site_variation_does_what_another_camera_does(golden_image: Image.Image) -> None:
+    """Colour gain changes the channels' balance, vignetting darkens the corners and leaves the centre, blur
+    removes fine detail, gamma bends the exposure curve; each alone, on pixels in [0, 1]."""
+    from training.augment import site_variation
+
+    pre = get_config("keepfit-tiny").preprocess
+    x = torch.from_numpy(preprocess_batch([golden_image], pre))
+    x = (x * torch.tensor(pre.std).view(1, 3, 1, 1) + torch.tensor(pre.mean).view(1, 3, 1, 1)).clamp(0, 1)
+    off = {"color": 0.0, "gamma": 0.0, "vignette": 0.0, "blur": 0.0}
+
+    def only(image: torch.Tensor, seed: int = 3, **kw: float) -> torch.Tensor:
+        return site_variation(image, AugmentConfig(**{**off, **kw}), torch.Generator().manual_seed(seed))
+
+    torch.testing.assert_close(only(x), x)  # every strength 0: the identity
+    balance = lambda t: (t[:, 0].mean() / t[:, 1].mean()).item()  # noqa: E731
+    assert abs(balance(only(x, color=0.5)) - balance(x)) > 0.01
+    grey = torch.full((1, 3, 32, 32), 0.5)
+    v = only(grey, vignette=1.0)
+    assert float(v[..., 0, 0].max()) < float(v[..., 16, 16].min()) <= 0.5 + 1e-6
+    detail = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean().item()  # noqa: E731
+    # the strength is drawn per image from [0, max]: over a few draws, some blur a lot, none sharpens
+    blurred = [detail(only(x, seed, blur=3.0)) for seed in range(6)]
+    assert min(blurred) < 0.8 * detail(x) and max(blurred) <= detail(x) + 1e-6
+    g = only(grey, gamma=0.9)
+    assert 0 <= float(g.min()) and float(g.max()) <= 1 and not torch.allclose(g, grey)
