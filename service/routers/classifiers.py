@@ -438,14 +438,23 @@ CREATE_BODY = {
                     "required": ["name"],
                     "properties": {
                         **_CREATE_FIELDS,
-                        "spec": {"type": "string", "description": "the JSON body's categories, as JSON text"},
+                        "spec": {
+                            "type": "object",
+                            "description": "the JSON body's other fields (categories with ids or index labels), "
+                            "sent as a JSON part",
+                            "properties": {"categories": {"type": "array", "items": _CATEGORY_SCHEMA}},
+                        },
                     },
-                    "additionalProperties": {
-                        "type": "string",
-                        "format": "binary",
-                        "description": "example images in file fields named examples.<category label>",
+                    "patternProperties": {
+                        r"^examples\..+$": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "example images in file fields named examples.<category label>",
+                        }
                     },
-                }
+                    "additionalProperties": False,
+                },
+                "encoding": {"spec": {"contentType": "application/json"}},
             },
         },
     }
