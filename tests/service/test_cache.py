@@ -101,8 +101,10 @@ def test_redis_stopped_during_load_fails_no_request(
     """Live uvicorn, 8 clients; Redis stopped mid-load, then restarted: zero failed requests, hits again."""
     images = [p.read_bytes() for paths in real_image_paths.values() for p in paths[:2]]
     with redis_server() as redis, caplog.at_level(logging.WARNING, logger="service.cache"):
+        # a stopped Redis refuses connections at once; the timeout only has to outlast a busy event loop (8
+        # clients on 2 cores), or a slow answer would count as a second outage
         settings = make_settings(
-            default_artifact, redis_url=redis.url, cache_timeout_ms=200, cache_retry_s=0.5
+            default_artifact, redis_url=redis.url, cache_timeout_ms=1000, cache_retry_s=0.5
         )
         with live_server(settings) as base:
             statuses: list[int] = []
