@@ -37,7 +37,7 @@ import faiss
 import numpy as np
 
 from index.ann import search_params
-from model.artifact import CHECKSUM_FIELD, content_checksum, sha256_file
+from model.artifact import CHECKSUM_FIELD, check_content_checksum, sha256_file
 from model.errors import IndexMismatchError, IndexStoreError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -141,18 +141,14 @@ def read_manifest(directory: Path, check: bool = True) -> dict[str, Any]:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise IndexStoreError(f"{path}: unsupported index format {got!r} (expected {INDEX_FORMAT})")
     if check:
-        recorded = manifest.get(CHECKSUM_FIELD)
-        if recorded is None:
-            raise IndexStoreError(
-                f"index manifest {path} has no {CHECKSUM_FIELD} (written by an older keepfit): "
-                f"run `keepfit index seal --index {directory}`"
-            )
-        actual = content_checksum(manifest)
-        if recorded != actual:
-            raise IndexStoreError(
-                f"index manifest {path} was edited: its content checksum is {actual[:12]}..., the manifest says "
-                f"{str(recorded)[:12]}...; rebuild the index (or `keepfit index seal` to accept the edit)"
-            )
+        check_content_checksum(
+            manifest,
+            IndexStoreError,
+            missing=f"index manifest {path} has no {CHECKSUM_FIELD} (written by an older keepfit): "
+            f"run `keepfit index seal --index {directory}`",
+            edited=f"index manifest {path} was edited: its content checksum is {{actual}}..., the manifest says "
+            "{recorded}...; rebuild the index (or `keepfit index seal` to accept the edit)",
+        )
     for key in ("artifact", "dim", "count", "index_type", "files", "generation"):
         if key not in manifest:
             raise IndexStoreError(f"index manifest {path} lacks the {key!r} field")

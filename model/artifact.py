@@ -120,6 +120,17 @@ def content_checksum(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({k: v for k, v in manifest.items() if k != CHECKSUM_FIELD})).hexdigest()
 
 
+def check_content_checksum(manifest: dict[str, Any], error: type[Exception], missing: str, edited: str) -> None:
+    """Refuse a manifest without its checksum (``error(missing)``) or whose checksum does not match its content
+    (``error(edited)``, its ``{actual}`` and ``{recorded}`` replaced by the first characters of each checksum)."""
+    recorded = manifest.get(CHECKSUM_FIELD)
+    if recorded is None:
+        raise error(missing)
+    actual = content_checksum(manifest)
+    if recorded != actual:
+        raise error(edited.replace("{actual}", actual[:12]).replace("{recorded}", str(recorded)[:12]))
+
+
 def answer_digest(manifest: dict[str, Any]) -> str:
     """SHA-256 of what changes an answer: every file's hash and every non-descriptive field."""
     files = manifest.get("files", {})
@@ -185,19 +196,15 @@ def _parse_manifest(path: Path) -> dict[str, Any]:
 def verify_seal(path: Path, manifest: dict[str, Any]) -> None:
     """The manifest's checksum and version match its content (refused with one line naming the file)."""
     manifest_path = path / MANIFEST
-    recorded = manifest.get(CHECKSUM_FIELD)
-    if recorded is None:
-        raise ArtifactError(
-            f"{manifest_path} has no {CHECKSUM_FIELD} (written by an older export): "
-            f"run `keepfit artifact seal {path}` or re-export"
-        )
-    actual = content_checksum(manifest)
-    if recorded != actual:
-        raise ArtifactError(
-            f"{manifest_path} was edited after export: its content checksum is {actual[:12]}..., the manifest "
-            f"says {str(recorded)[:12]}...; re-export, or accept the edit under a new version with "
-            f"`keepfit artifact seal {path}`"
-        )
+    check_content_checksum(
+        manifest,
+        ArtifactError,
+        missing=f"{manifest_path} has no {CHECKSUM_FIELD} (written by an older export): "
+        f"run `keepfit artifact seal {path}` or re-export",
+        edited=f"{manifest_path} was edited after export: its content checksum is {{actual}}..., the manifest "
+        f"says {{recorded}}...; re-export, or accept the edit under a new version with "
+        f"`keepfit artifact seal {path}`",
+    )
     expected = derive_version(manifest, _version_day(manifest))
     if manifest["version"] != expected:
         raise ArtifactError(
