@@ -312,7 +312,7 @@ def eval_main(argv: list[str]) -> int:
     args = _eval_parser().parse_args(argv)
     if args.command == "compare":
         rows = _read_reports(args.reports)
-        print(evalcmd.compare_markdown(rows) + "\n" + evalcmd.compare_unseen_markdown(rows), end="")  # noqa: T201
+        print(evalcmd.comparison_markdown(rows), end="")  # noqa: T201
         return 0
     threads = os.environ.get("KEEPFIT_THREADS")
     runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=int(threads) if threads else None)

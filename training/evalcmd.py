@@ -510,12 +510,8 @@ def compare_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
                  + f" | {fmt(mean_chance)} | {fmt(p10_chance)} | {fmt(mean_chance)} |")
     for name, reports in rows:
         sums = [r["summary"] for r in reports]
-        zs_mean = [x["zero_shot_mean"] for x in sums]
-        spread = f" ± {np.std(zs_mean):.3f}" if len(sums) > 1 else ""
-        label = f"{name} (n={len(sums)})" if len(sums) > 1 else name
-        per_task = [fmt(_avg(sums, "zero_shot_balanced_accuracy", n)) for n, _ in COMPARE_COLUMNS]
-        lines.append(f"| {label} | " + " | ".join(per_task) + f" | **{fmt(_avg(sums, 'zero_shot_mean'))}{spread}** | "
-                     f"{fmt(_avg(sums, 'retrieval_p@10_mean'))} | {fmt(_avg(sums, 'linear_probe_mean'))} |")
+        lines.append(_row_start(name, sums, COMPARE_COLUMNS, "zero_shot_mean")
+                     + f" | {fmt(_avg(sums, 'retrieval_p@10_mean'))} | {fmt(_avg(sums, 'linear_probe_mean'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -523,10 +519,24 @@ def _avg(summaries: list[dict[str, Any]], key: str, sub: str | None = None) -> f
     return float(np.mean([x[key][sub] if sub is not None else x[key] for x in summaries]))
 
 
+def _row_start(name: str, sums: list[dict[str, Any]], columns: tuple[tuple[str, str], ...], mean_key: str) -> str:
+    """``| model | per-task zero-shot ... | **mean ± sd**``: a comparison row up to its mean, the model's
+    several runs (seeds) averaged, with the standard deviation of the mean over them."""
+    spread = f" ± {np.std([x[mean_key] for x in sums]):.3f}" if len(sums) > 1 else ""
+    label = f"{name} (n={len(sums)})" if len(sums) > 1 else name
+    per_task = [fmt(_avg(sums, "zero_shot_balanced_accuracy", n)) for n, _ in columns]
+    return f"| {label} | " + " | ".join(per_task) + f" | **{fmt(_avg(sums, mean_key))}{spread}**"
+
+
+def comparison_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    """Both comparison tables: the training sites (:func:`compare_markdown`), then the unseen site and atlas
+    retrieval (:func:`compare_unseen_markdown`)."""
+    return compare_markdown(rows) + "\n" + compare_unseen_markdown(rows)
+
+
 def write_comparison(out: Path, rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """``comparison.md`` beside a suite report: both tables of :func:`compare_markdown` for several models."""
-    grouped = [(name, [report]) for name, report in rows]
-    text = compare_markdown(grouped) + "\n" + compare_unseen_markdown(grouped)
+    """``comparison.md`` beside a suite report: :func:`comparison_markdown` for several models."""
+    text = comparison_markdown([(name, [report]) for name, report in rows])
     (out / "comparison.md").write_text("# Comparison (test split)\n\n" + text)
     return text
 
@@ -555,13 +565,9 @@ def compare_unseen_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str
                  + "/".join(fmt(min(1.0, k / 60), 2) for k in (1, 5, 10)) + " | – |")
     for name, reports in usable:
         sums = [r["summary"] for r in reports]
-        means = [x["unseen_site_mean"] for x in sums]
-        spread = f" ± {np.std(means):.3f}" if len(sums) > 1 else ""
-        label = f"{name} (n={len(sums)})" if len(sums) > 1 else name
-        per_task = [fmt(_avg(sums, "zero_shot_balanced_accuracy", n)) for n, _ in UNSEEN_COLUMNS]
         atlas = {k: float(np.mean([x["atlas_retrieval"][k] for x in sums])) for k in sums[0]["atlas_retrieval"]}
-        lines.append(f"| {label} | " + " | ".join(per_task) + f" | **{fmt(float(np.mean(means)))}{spread}** | "
-                     f"{fmt(_avg(sums, 'unseen_site_normal_recall'))} | "
+        lines.append(_row_start(name, sums, UNSEEN_COLUMNS, "unseen_site_mean")
+                     + f" | {fmt(_avg(sums, 'unseen_site_normal_recall'))} | "
                      + "/".join(fmt(atlas[f"image_to_text_r@{k}"], 2) for k in (1, 5, 10)) + " | "
                      + "/".join(fmt(atlas[f"text_to_image_r@{k}"], 2) for k in (1, 5, 10)) + " |")
     return "\n".join(lines) + "\n"
