@@ -22,18 +22,7 @@
   const SEARCH_TOP_K = 24;
   const REQUEST_TIMEOUT_MS = 120000;
 
-  const $ = (id) => document.getElementById(id);
-  const el = (tag, attrs = {}, ...children) => {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs)) {
-      if (k === 'class') node.className = v;
-      else if (k === 'text') node.textContent = v;
-      else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
-      else node.setAttribute(k, v);
-    }
-    for (const child of children) if (child != null) node.append(child);
-    return node;
-  };
+  const { $, el } = window.KeepfitDom; // dom.js
 
   const state = {
     base: '',

@@ -43,7 +43,7 @@ def test_page_references_only_its_own_files() -> None:
 
 
 def test_no_external_fetches_in_code_or_styles() -> None:
-    for name in ("index.html", "app.js", "app.css"):
+    for name in ("index.html", "dom.js", "app.js", "classifiers.js", "app.css"):
         text = (STATIC_DIR / name).read_text()
         assert not _EXTERNAL.search(text), f"{name} loads something from another host"
     assert not _CSS_IMPORT.search((STATIC_DIR / "app.css").read_text()), "app.css imports or loads a resource"
