@@ -132,10 +132,12 @@ def run_calibrate(runtime: KeepfitRuntime, data_root: Path, out: Path, split: st
 
 def record_calibration(path: Path, calibration: dict[str, Any]) -> None:
     """Put ``calibration.json`` into a checkpoint's ``artifact_files`` (the next export ships it)."""
-    from model.nn.factory import read_checkpoint
     from training.evalcmd import update_checkpoint
 
-    files = dict(read_checkpoint(path).get("artifact_files") or {})
-    files["calibration.json"] = (json.dumps(calibration, indent=1) + "\n").encode()
-    update_checkpoint(path, {"artifact_files": files})
+    def add_file(payload: dict[str, Any]) -> None:
+        files = dict(payload.get("artifact_files") or {})
+        files["calibration.json"] = (json.dumps(calibration, indent=1) + "\n").encode()
+        payload["artifact_files"] = files
+
+    update_checkpoint(path, add_file)
     logger.info("recorded calibration.json into %s", path)

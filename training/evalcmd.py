@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -399,29 +400,18 @@ def record_into_checkpoint(path: Path, summary: dict[str, Any]) -> None:
     """Store the summary under the checkpoint's ``evaluation`` key (atomically)."""
     from training.reports import _jsonable
 
-    update_checkpoint(path, {"evaluation": _jsonable(summary)})
+    update_checkpoint(path, lambda payload: payload.update(evaluation=_jsonable(summary)))
     logger.info("recorded the evaluation summary into %s", path)
 
 
-def update_checkpoint(path: Path, changes: dict[str, Any]) -> None:
-    """Set top-level keys of a checkpoint, written aside and renamed (a crash never leaves half a file)."""
-    import os
-    import tempfile
-
-    import torch
-
-    from model.nn.factory import read_checkpoint
+def update_checkpoint(path: Path, update: Callable[[dict[str, Any]], None]) -> None:
+    """Read a checkpoint once, let ``update`` change its payload, write it aside and rename it over ``path``
+    (a crash never leaves half a file)."""
+    from model.nn.factory import read_checkpoint, write_checkpoint
 
     payload = read_checkpoint(path)
-    payload.update(changes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    update(payload)
+    write_checkpoint(path, payload)
 
 
 # --------------------------------------------------------------------------------------------- synonyms

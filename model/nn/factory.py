@@ -66,6 +66,11 @@ def save_checkpoint(path: str | Path, model: KeepFITModel, tokenizer: Tokenizer,
         "tokenizer_json": tokenizer.to_json(),
         **extra,
     }
+    return write_checkpoint(path, payload)
+
+
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint payload aside, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, 0o644)
