@@ -20,7 +20,7 @@ import numpy as np
 
 from model.knowledge import Knowledge
 from model.runtime import KeepfitRuntime
-from training.evaluate import TRAIN_SITE, ImageEmbedder, load_eval_set
+from training.evaluate import TRAIN_SITE, ImageEmbedder, load_spec
 from training.metrics import balanced_accuracy
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,7 @@ def calibration_tasks(runtime: KeepfitRuntime, data_root: Path, split: str = "va
     for spec in TRAIN_SITE:
         if spec.name in EXCLUDED or spec.modality is None:
             continue
-        s = load_eval_set(data_root / spec.manifest, spec.label_column, labels, split, spec.modality,
-                          spec.categories, spec.where, spec.require, name=spec.name, derive=spec.derive)
+        s = load_spec(spec, data_root, labels, split)
         img, ok = embedder(s.paths, desc=f"{spec.name} {split}")
         s = s.subset(ok)
         logits = runtime.logit_scale * img @ runtime.class_embeddings(s.classes, spec.modality).T

@@ -31,6 +31,7 @@ from training.evaluate import (
     load_caption_pairs,
     load_eval_set,
     load_modality_set,
+    load_spec,
     modality_embeddings,
     retrieval_metrics,
     zero_shot_metrics,
@@ -223,8 +224,7 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     for spec in SUITE:
         sets = {}
         for sp in ("train", "val", split):
-            s = load_eval_set(data_root / spec.manifest, spec.label_column, kn, sp, spec.modality, spec.categories,
-                              spec.where, spec.require, name=spec.name, derive=spec.derive)
+            s = load_spec(spec, data_root, kn, sp)
             sets[sp] = _embed(embedder, s, f"{spec.name} {sp}")
         (x_te, te) = sets[split]
         (x_tr, tr), (x_va, va) = sets["train"], sets["val"]

@@ -201,6 +201,12 @@ def load_eval_set(
                    classes, modality, skipped)
 
 
+def load_spec(spec: EvalSpec, data_root: Path, knowledge: Knowledge, split: str | None) -> EvalSet:
+    """One standard task (:data:`SUITE`) on one split; its manifest is relative to the data root."""
+    return load_eval_set(data_root / spec.manifest, spec.label_column, knowledge, split, spec.modality,
+                         spec.categories, spec.where, spec.require, name=spec.name, derive=spec.derive)
+
+
 def load_modality_set(data_root: Path, knowledge: Knowledge, split: str | None) -> EvalSet:
     """Every image of the standard manifests with its modality as the label (colour / infrared rows of
     ffa_huapu4, which are not angiograms and belong to no modality we serve, are left out and counted)."""

@@ -45,8 +45,8 @@ from training.evaluate import (
     SUITE,
     EvalSet,
     class_embeddings,
-    load_eval_set,
     load_modality_set,
+    load_spec,
     modality_embeddings,
     zero_shot_metrics,
 )
@@ -334,8 +334,7 @@ class HybridTask:
         elite, elite_text_counts = elite_set.samples, elite_set.counts
         write_elite_manifest(run_dir / "elite.csv", elite)
         self.val_sets: list[EvalSet] = [
-            load_eval_set(data_root / s.manifest, s.label_column, knowledge, "val", s.modality, s.categories, s.where,
-                          s.require, name=s.name, derive=s.derive)
+            load_spec(s, data_root, knowledge, "val")
             for s in SUITE if s.name != "dme_cfp_all" and (data_root / s.manifest).is_file()
         ] + [load_modality_set(data_root, knowledge, "val")]
         absent = sorted({s.manifest for s in SUITE if not (data_root / s.manifest).is_file()})
