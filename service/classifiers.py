@@ -44,6 +44,7 @@ from service.errors import ServiceError
 logger = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+OPEN_TIMEOUT_S = 30.0  # how long a connection waits for another process's lock
 MIN_EXAMPLES = 2  # per category: cross-validation needs one to hold out and one to fit
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS classifiers (
@@ -246,17 +247,40 @@ class ClassifierStore:
         self._loaded: dict[tuple[str, str], fewshot.FittedClassifier] = {}
         self._rows: tuple[tuple[int, ...] | None, dict[str, ClassifierRow]] = (None, {})
         self._lock = threading.Lock()
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Switch the database to WAL (a property of the file, set once) and create the tables.
+
+        Several processes may open a new store at the same moment; switching the journal mode takes an
+        exclusive lock for which SQLite does not wait on its busy handler, so a "locked" answer is retried
+        here for up to :data:`OPEN_TIMEOUT_S`.
+        """
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                with self._connect() as db:
+                    # WAL + NORMAL: a commit survives a crash of the process; a power cut may lose the last
+                    # one, which leaves at worst an unreferenced arrays file (the arrays are fsynced before
+                    # their row is written)
+                    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise sqlite3.OperationalError(f"database is locked (journal mode still {mode})")
+                    db.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as err:
+                transient = "locked" in str(err) or "busy" in str(err)
+                if not transient or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        db = sqlite3.connect(self.db_path, timeout=OPEN_TIMEOUT_S, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            # WAL + NORMAL: a commit survives a crash of the process; a power cut may lose the last one, which
-            # leaves at worst an unreferenced arrays file (the arrays are fsynced before their row is written)
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             yield db
         finally:

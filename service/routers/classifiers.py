@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from typing import Annotated, Any
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response, Security
 from fastapi.security import APIKeyHeader
@@ -150,22 +152,33 @@ AdminDep = Depends(require_admin_key)
 NamePath = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN.pattern)]
 
 
-def get_store(state: ServiceState) -> ClassifierStore:
-    """The classifier store, opened on first use (a deployment that never uses classifiers writes nothing)."""
+_OPEN_LOCK = threading.Lock()
+
+
+async def get_store(state: ServiceState) -> ClassifierStore:
+    """The classifier store, opened on first use (a deployment that never uses classifiers writes nothing).
+
+    Opening may wait for another process's lock, so it runs on a worker thread, never on the event loop."""
     store = state.classifiers
     if store is None:
-        path = state.settings.classifiers_dir
-        try:
-            store = ClassifierStore(path)
-        except (OSError, sqlite3.Error) as err:
-            logger.error("classifier store at %s unavailable: %s", path, err)
-            raise ServiceError(
-                "the classifier store cannot be opened (see the service log)",
-                status_code=503,
-                code="classifiers_unavailable",
-            ) from err
-        state.classifiers = store
+        store = await anyio.to_thread.run_sync(_open_store, state)
     return store  # type: ignore[no-any-return]
+
+
+def _open_store(state: ServiceState) -> ClassifierStore:
+    with _OPEN_LOCK:  # one store per process, however many requests arrive first
+        if state.classifiers is None:
+            path = state.settings.classifiers_dir
+            try:
+                state.classifiers = ClassifierStore(path)
+            except (OSError, sqlite3.Error) as err:
+                logger.error("classifier store at %s unavailable: %s", path, err)
+                raise ServiceError(
+                    "the classifier store cannot be opened (see the service log)",
+                    status_code=503,
+                    code="classifiers_unavailable",
+                ) from err
+        return state.classifiers  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------- examples
@@ -480,7 +493,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     needs at least 2 examples.  The answer carries a cross-validated estimate of the balanced accuracy.
     """
     settings, engine = state.settings, state.engine
-    store = get_store(state)
+    store = await get_store(state)
     limit = settings.max_classifier_examples
     spec, files = await _parse_create(request, settings.max_upload_bytes, limit)
     name = check_name(spec.name)
@@ -551,7 +564,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
 @router.get("/classifiers", response_model=ClassifierList, summary="List the classifiers",
             responses=error_responses(401))
 async def list_classifiers(state: StateDep) -> dict[str, Any]:
-    store = get_store(state)
+    store = await get_store(state)
     rows = await state.run_blocking(store.all_rows)
     return {
         "classifiers": [r.public(state.engine.version) for r in rows],
@@ -566,7 +579,7 @@ async def list_classifiers(state: StateDep) -> dict[str, Any]:
     responses=error_responses(401, 404),
 )
 async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
-    store = get_store(state)
+    store = await get_store(state)
     row = await state.run_blocking(store.get, name)
     return row.public(state.engine.version)
 
@@ -578,7 +591,7 @@ async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     responses=error_responses(401, 403, 404),
 )
 async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
-    store = get_store(state)
+    store = await get_store(state)
     row = await state.run_blocking(store.delete, name)
     logger.info("classifier deleted (version %s)", row.version)
     return {"deleted": row.name, "version": row.version}
@@ -594,7 +607,7 @@ async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
 async def refit_classifier(name: NamePath, request: Request, state: StateDep) -> dict[str, Any]:
     """Refit from the stored examples' embeddings when the image encoder is unchanged, otherwise from the stored
     example images (uploads) and the index's images of the same SHA-256 (examples taken from the index)."""
-    store = get_store(state)
+    store = await get_store(state)
     engine = state.engine
     body = await request.body()
     try:
@@ -716,7 +729,7 @@ async def classify_with_classifier(
 ) -> Response:
     """The classify answer for ``classifier=NAME`` (called by the classify router)."""
     engine = state.engine
-    store = get_store(state)
+    store = await get_store(state)
     row = store.cached_row(name)
     if row is None:
         row = await state.run_blocking(store.get, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -389,3 +390,44 @@ def test_concurrent_creates_and_deletes_lose_nothing(
         assert referenced <= on_disk and on_disk - referenced == set()
         for name in expected:
             assert two.get(f"/v1/classifiers/{name}").status_code == 200
+
+
+def _open_and_read(root: str, barrier: Any, out: Any) -> None:
+    """One worker process: eight threads open the store at the same instant and read it."""
+    from service.classifiers import ClassifierStore
+
+    errors: list[str] = []
+
+    def one() -> None:
+        barrier.wait()
+        try:
+            store = ClassifierStore(Path(root))
+            store.all_rows()
+        except Exception as err:  # noqa: BLE001 - the test reports whatever went wrong
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(errors)
+
+
+def test_many_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Worker processes that receive their first classifier request together all open the new store (switching
+    it to WAL takes an exclusive lock that SQLite does not wait for on its own)."""
+    ctx = multiprocessing.get_context("fork")
+    processes, threads = 4, 8
+    for trial in range(12):
+        root = tmp_path / f"store{trial}"
+        barrier, out = ctx.Barrier(processes * threads), ctx.Queue()
+        workers = [ctx.Process(target=_open_and_read, args=(str(root), barrier, out)) for _ in range(processes)]
+        for w in workers:
+            w.start()
+        errors = [e for _ in workers for e in out.get(timeout=60)]
+        for w in workers:
+            w.join(timeout=60)
+        assert errors == [], f"trial {trial}: {errors[:3]}"
+        with sqlite3.connect(root / "classifiers.sqlite") as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
