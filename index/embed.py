@@ -138,7 +138,7 @@ def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prep
         image = load_image(data, max_pixels=max_pixels, size=runtime.preprocess_cfg.image_size)
         width, height = original_size(image)
         stated = str(image.info.get("keepfit_modality") or "")
-        with trimmed(width * height):
+        with trimmed(image.width * image.height):  # the pixels decoded (a DCT-scaled JPEG is small)
             pix = runtime.preprocess([image])[0]  # [3, S, S]
             del image
     except (ImageError, OSError, ValueError) as err:

@@ -15,6 +15,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,9 @@ def header_pixels(data: bytes) -> int:
 
 @contextmanager
 def trimmed(pixels: int) -> Iterator[None]:
-    """Around the decode and preprocessing of an image of ``pixels``: afterwards, when it was large, hand the
-    memory its decode freed back to the system (:func:`trim_allocator`)."""
+    """Around the preprocessing of an image of ``pixels`` decoded pixels: afterwards, when it was large, hand
+    the memory its decode freed back to the system (:func:`trim_allocator`).  Pass the decoded size, not the
+    header's: trimming after a small (DCT-scaled) decode only makes the next image fault its pages in again."""
     try:
         yield
     finally:
@@ -301,14 +303,31 @@ def resize_pad(image: Image.Image, cfg: PreprocessConfig) -> tuple[Image.Image, 
     return canvas, (left, top, new_w, new_h)
 
 
+@lru_cache(maxsize=8)
+def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``[3, 256]`` float32: ``(v / 255 - mean[c]) / std[c]`` for every 8-bit value ``v``, computed with the
+    same float32 operations as normalising the pixels one by one, so a lookup gives bit-identical values."""
+    values = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)  # [1, 256]
+    mean_ = np.asarray(mean, dtype=np.float32)[:, None]  # [3, 1]
+    std_ = np.asarray(std, dtype=np.float32)[:, None]
+    table = (values - mean_) / std_  # [3, 256]
+    table.setflags(write=False)
+    return table
+
+
 def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """Image -> float32 array ``[3, S, S]``, normalised as ``(pixel / 255 - mean) / std``."""
+    """Image -> float32 array ``[3, S, S]``, normalised as ``(pixel / 255 - mean) / std``.
+
+    The 8-bit canvas is normalised by table lookup (``[3, 256]``), several times faster than float arithmetic
+    on every pixel and bit-identical to it.
+    """
     canvas, _ = resize_pad(image, cfg)
-    arr = np.asarray(canvas, dtype=np.float32) / 255.0  # [S, S, 3]
-    mean = np.asarray(cfg.mean, dtype=np.float32)
-    std = np.asarray(cfg.std, dtype=np.float32)
-    arr = (arr - mean) / std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))  # [3, S, S]
+    rgb = np.asarray(canvas)  # [S, S, 3] uint8
+    table = _normalise_table(tuple(cfg.mean), tuple(cfg.std))  # [3, 256]
+    out = np.empty((3, *rgb.shape[:2]), dtype=np.float32)  # [3, S, S]
+    for c in range(3):
+        np.take(table[c], rgb[:, :, c], out=out[c])
+    return out
 
 
 def preprocess_batch(images: list[Image.Image], cfg: PreprocessConfig) -> np.ndarray:

@@ -27,7 +27,6 @@ from index.query import index_modalities, label_warning
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
-    header_pixels,
     load_image,
     original_size,
     thumbnail,
@@ -255,11 +254,12 @@ class Engine:
         """Image bytes -> ``(encoding, original (width, height), upright original (width, height), the modality
         a DICOM header states or None)``.
 
-        The decoded pixels are dropped before inference and, after a large image, their memory is handed back
-        to the system, so a request holds full-size pixels only while it decodes and preprocesses.
+        The decoded pixels are dropped before inference and, after a large decode (a camera JPEG is DCT-scaled
+        and is not one), their memory is handed back to the system, so a request holds full-size pixels only
+        while it decodes and preprocesses.
         """
-        with trimmed(header_pixels(data)):
-            image = self.decode(data, timings)
+        image = self.decode(data, timings)
+        with trimmed(image.width * image.height):  # the pixels decoded, not the header's: DCT scaling
             size, upright = original_size(image), upright_original_size(image)
             stated = image.info.get("keepfit_modality")
             with timings.stage("preprocess"):

@@ -47,5 +47,5 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     canvas = Image.new("RGB", (cfg.image_size, cfg.image_size), (cfg.pad_value,) * 3)
     canvas.paste(resized, (left, top))
     arr = np.asarray(canvas, dtype=np.float32) / 255.0  # [S, S, 3]
-    arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))  # [3, S, S]
+    normalised = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))  # [3, S, S]

@@ -1,13 +1,16 @@
 """Parsing for endpoints that take either JSON (text) or multipart (an image) at the same path.
 
 Multipart bodies go through :class:`StrictMultiPartParser`: form fields must be UTF-8 (Starlette's parser falls
-back to Latin-1 silently), and a file part over the upload limit is refused while it streams, before it fills a
-temporary file.
+back to Latin-1 silently), a file part over the upload limit is refused while it streams, before it fills a
+temporary file, and a file part's SHA-256 (the cache key's input) is computed while it streams in, between
+network reads, instead of over the whole upload afterwards.
 """
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -44,18 +47,24 @@ class StrictMultiPartParser(MultiPartParser):
         super().__init__(*args, **kwargs)
         self.max_file_bytes = max_file_bytes
         self._file_bytes = 0
+        self.file_sha256: dict[str, Any] = {}  # field name -> hashlib.sha256 of its file part, as it streamed
 
     def on_part_begin(self) -> None:
         super().on_part_begin()
         self._file_bytes = 0
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._current_part.file is not None:
+        part = self._current_part
+        if part.file is not None:
             self._file_bytes += end - start
             if self._file_bytes > self.max_file_bytes:
                 raise PayloadTooLargeError(
-                    f"'{self._current_part.field_name}' is larger than the limit of {self.max_file_bytes} bytes"
+                    f"'{part.field_name}' is larger than the limit of {self.max_file_bytes} bytes"
                 )
+            hasher = self.file_sha256.get(part.field_name)
+            if hasher is None:
+                hasher = self.file_sha256[part.field_name] = hashlib.sha256()
+            hasher.update(memoryview(data)[start:end])  # no copy; hashlib drops the GIL for large chunks
         super().on_part_data(data, start, end)
 
     def on_part_end(self) -> None:
@@ -69,27 +78,37 @@ class StrictMultiPartParser(MultiPartParser):
         super().on_part_end()
 
 
-async def read_form(request: Request, max_file_bytes: int) -> FormData:
-    """The multipart form of ``request`` (close it when done: its files may be spooled to disk)."""
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image: its bytes and their SHA-256 (hex), computed while they arrived."""
+
+    data: bytes
+    sha256: str
+
+
+async def read_form(request: Request, max_file_bytes: int) -> tuple[FormData, dict[str, str]]:
+    """The multipart form of ``request`` (close it when done: its files may be spooled to disk) and the SHA-256
+    (hex) of each file part by field name."""
     try:
         async with aclosing(request.stream()) as stream:
             parser = StrictMultiPartParser(
                 request.headers, stream, max_files=1, max_fields=1000, max_file_bytes=max_file_bytes
             )
-            return await parser.parse()
+            form = await parser.parse()
     except MultiPartException as err:
         raise HTTPException(status_code=400, detail=err.message) from err
+    return form, {name: hasher.hexdigest() for name, hasher in parser.file_sha256.items()}
 
 
 async def parse_multipart(
     request: Request, model: type[M], max_bytes: int, list_fields: frozenset[str] = frozenset()
-) -> tuple[bytes, M]:
+) -> tuple[Upload, M]:
     """The ``image`` file and the other fields validated by ``model``; ``list_fields`` may repeat.
 
     Parsed by hand rather than with FastAPI ``Form`` parameters: their per-request dependency resolution costs
     more than a cache hit is allowed to take.
     """
-    form = await read_form(request, max_bytes)
+    form, digests = await read_form(request, max_bytes)
     try:
         fields: dict[str, Any] = {}
         for name, value in form.multi_items():
@@ -117,7 +136,9 @@ async def parse_multipart(
         data = await read_upload(form["image"], max_bytes)
     finally:
         await form.close()
-    return data, parsed
+    digest = digests.get("image")
+    # an empty file part never reaches on_part_data (read_upload refuses it anyway)
+    return Upload(data, digest if digest is not None else hashlib.sha256(data).hexdigest()), parsed
 
 
 def require_multipart(request: Request) -> None:

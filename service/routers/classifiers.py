@@ -48,6 +48,7 @@ from service.errors import (
     UnsupportedContentTypeError,
 )
 from service.responses import json_with
+from service.routers._body import Upload
 from service.schemas import error_responses
 
 logger = logging.getLogger(__name__)
@@ -725,10 +726,11 @@ def _classify_blocking(
 
 
 async def classify_with_classifier(
-    state: StateDep, data: bytes, name: str, top_k: int | None, start: float, frame: int | None = None
+    state: StateDep, upload: Upload, name: str, top_k: int | None, start: float, frame: int | None = None
 ) -> Response:
     """The classify answer for ``classifier=NAME`` (called by the classify router)."""
     engine = state.engine
+    data, digest = upload.data, upload.sha256
     store = await get_store(state)
     row = store.cached_row(name)
     if row is None:
@@ -740,7 +742,6 @@ async def classify_with_classifier(
             f"(or `keepfit classifier refit {name}`)"
         )
     model = store.cached_model(row) or await state.run_blocking(store.load, row)
-    digest = sha256_hex(data)
     timings = Timings(state.metrics)
     params: dict[str, Any] = {"classifier": name, "classifier_version": row.version, "top_k": top_k}
     if frame is not None:

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from model.dicom import call_with_frame
-from service.cache import cache_key, sha256_hex
+from service.cache import cache_key
 from service.deps import StateDep, require_api_key
 from service.engine import MAX_CATEGORY_CHARS, Timings
 from service.errors import InvalidRequestError
@@ -93,9 +93,10 @@ async def classify(request: Request, state: StateDep) -> Response:
     start = time.perf_counter()
     engine, settings = state.engine, state.settings
     require_multipart(request)
-    data, form = await parse_multipart(
+    upload, form = await parse_multipart(
         request, ClassifyForm, settings.max_upload_bytes, list_fields=frozenset({"categories"})
     )
+    data, digest = upload.data, upload.sha256
     categories, modality, top_k = form.categories, form.modality, form.top_k
     if top_k is not None and top_k > settings.max_top_k:
         raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
@@ -104,9 +105,8 @@ async def classify(request: Request, state: StateDep) -> Response:
             raise InvalidRequestError(
                 "with 'classifier' send no 'categories', 'task', 'modality' or 'explain': the classifier fixes them"
             )
-        return await classify_with_classifier(state, data, form.classifier, top_k, start, form.frame)
+        return await classify_with_classifier(state, upload, form.classifier, top_k, start, form.frame)
     resolved = engine.resolve_categories(categories, form.task)
-    digest = sha256_hex(data)
     timings = Timings(state.metrics)
     params: dict[str, Any] = {
         "categories": sorted(c.label for c in resolved) if resolved is not None else None,

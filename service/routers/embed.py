@@ -60,8 +60,8 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
             )
         kind, digest, text, data = "text", sha256_hex(req.text), req.text, None
     else:
-        data, _ = await parse_multipart(request, _NoFields, settings.max_upload_bytes)
-        kind, digest, text = "image", sha256_hex(data), None
+        upload, _ = await parse_multipart(request, _NoFields, settings.max_upload_bytes)
+        kind, digest, text, data = "image", upload.sha256, None, upload.data
     key = cache_key("embed", engine.version, digest, {"kind": kind})
     cached = await state.cached("embed", key, timings)
     if cached is not None:

@@ -79,6 +79,7 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
     engine, index = state.engine, state.index
     kind = body_kind(request)
     data: bytes | None = None
+    modality: str | None
     if kind == "json":
         req = await parse_json(request, SearchRequest)
         if len(req.query) > settings.max_query_chars:
@@ -88,9 +89,9 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
         top_k, modality, label = req.top_k, req.modality, req.label
         digest = sha256_hex(req.query)
     else:
-        data, form = await parse_multipart(request, SearchImageForm, settings.max_upload_bytes)
+        upload, form = await parse_multipart(request, SearchImageForm, settings.max_upload_bytes)
         top_k, modality, label = form.top_k, form.modality, form.label
-        digest = sha256_hex(data)
+        data, digest = upload.data, upload.sha256
     if top_k > settings.max_top_k:
         raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
     await index.refresh()

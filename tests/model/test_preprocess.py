@@ -280,3 +280,19 @@ def test_header_pixels_reads_the_size_without_decoding() -> None:
 
     assert header_pixels(_encode(Image.new("RGB", (6000, 5000)), "PNG", compress_level=1)) == 30_000_000
     assert header_pixels(b"%PDF-1.4 not an image") == 0  # the decode that follows says why
+
+
+@pytest.mark.parametrize(
+    "mean,std",
+    [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0, 0, 0), (1, 1, 1))],
+)
+def test_normalising_by_table_is_bit_identical_to_arithmetic(mean: tuple, std: tuple) -> None:
+    """Every 8-bit value in every channel: the lookup gives exactly ``(v / 255 - mean) / std`` in float32."""
+    cfg = PreprocessConfig(image_size=16, mean=mean, std=std)
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rgb = np.stack([values, values.T, 255 - values], axis=-1)  # [16, 16, 3]: all 256 values per channel
+    got = preprocess(Image.fromarray(rgb, "RGB"), cfg)  # [3, 16, 16]
+    arr = (rgb.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    expected = arr.transpose(2, 0, 1)
+    assert got.dtype == np.float32 and got.shape == (3, 16, 16) and got.flags["C_CONTIGUOUS"]
+    assert np.array_equal(got, expected)
