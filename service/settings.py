@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         # compose files pass unset variables as empty strings
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("inference_concurrency", mode="before")
+    @classmethod
+    def _empty_is_automatic(cls, value: Any) -> Any:
+        return 0 if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:

@@ -12,9 +12,11 @@ All figures come from one run on one machine, so they can be compared as ratios:
 4. ``POST /v1/classify`` with the cache off against ``keepfit serve`` (a subprocess): cache-miss p50 of one
    client, then throughput under ``--clients`` concurrent clients, as a fraction of the core limit.
    ``--baseline-root DIR`` also runs the server of another checkout (e.g. the previous release) in the same
-   run.
+   run; ``--configs 1x2x1,2x1x1`` runs this checkout's server once per setting, ``WORKERSxRUNSxTHREADS``
+   (uvicorn workers x model runs at once per worker x ONNX threads per run), so settings compare in one run.
 
     python -m service.benchmarks.camera_speed [--seconds 10] [--clients 4,8,16] [--workers 1] [--threads N]
+    python -m service.benchmarks.camera_speed --skip-stages --configs 1x2x1,1x3x1,2x1x1,2x2x1,1x1x2
 """
 
 from __future__ import annotations
@@ -125,16 +127,17 @@ def rss_per_image(file: Path, image_size: int) -> dict[str, float]:
     return out
 
 
-def encoder_floor(runtime: Any, repeats: int) -> float:
+def encoder_floor(runtime: Any, repeats: int, batch: int = 1) -> float:
+    """p50 ms per image of the image encoder alone on ready pixels, ``batch`` images per run."""
     size = runtime.preprocess_cfg.image_size
-    pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    pixels = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     runtime.encode_pixels(pixels)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         runtime.encode_pixels(pixels)
         times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(times) / batch
 
 
 def core_limit(artifact: Path, jpegs: list[bytes], cores: int, seconds: float) -> dict[str, float]:
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads of the server")
     p.add_argument("--concurrency", type=int, default=None, help="KEEPFIT_INFERENCE_CONCURRENCY of the server")
     p.add_argument("--baseline-root", type=Path, default=None, help="also serve this checkout (before/after)")
+    p.add_argument("--configs", default="", help="server settings to compare, WORKERSxRUNSxTHREADS,...")
     p.add_argument("--skip-stages", action="store_true")
     p.add_argument("--skip-server", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -252,16 +256,24 @@ def main(argv: list[str] | None = None) -> int:
 
     inputs = camera_inputs(args.data_root)
     jpegs = inputs["JPEG"]
+    from service.engine import SERVER_SESSION_CONFIG
     from service.settings import Settings
 
     # the encoder floor runs with the threads the server will use
     server_settings = Settings(threads=args.threads, inference_concurrency=args.concurrency or 0)
-    runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=server_settings.intra_op_threads)
+    runtime = KeepfitRuntime.from_artifact(
+        args.artifact, intra_op_threads=server_settings.intra_op_threads, session_config=SERVER_SESSION_CONFIG
+    )
     report: dict[str, Any] = {"cores": args.cores, "workers": args.workers,
                               "threads": server_settings.intra_op_threads,
                               "concurrency": args.concurrency}
     report["encoder_p50_ms"] = encoder_floor(runtime, 3 * args.repeats)
     print(f"encoder alone, p50: {report['encoder_p50_ms']:.1f} ms")
+    # what batching concurrent cache misses into one encoder run could save on this CPU
+    report["encoder_ms_per_image_by_batch"] = {b: encoder_floor(runtime, args.repeats, b) for b in (2, 4, 8)}
+    print("encoder alone per image, batched: " + ", ".join(
+        f"{b}: {ms:.1f} ms ({ms / report['encoder_p50_ms']:.2f}x)"
+        for b, ms in report["encoder_ms_per_image_by_batch"].items()))
     if not args.skip_stages:
         report["stages"] = stage_times(runtime, inputs, args.repeats)
         print("\n| input | path | decode ms | preprocess ms | encoder ms | total ms |\n|---|---|---|---|---|---|")
@@ -278,17 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.json, report)
         return 0
     limits = [core_limit(args.artifact, jpegs, args.cores, args.seconds)]
-    env = {"KEEPFIT_CACHE_MAX_ENTRIES": "0", "KEEPFIT_WORKERS": str(args.workers)}
-    if args.threads:
-        env["KEEPFIT_THREADS"] = str(args.threads)
-    if args.concurrency:
-        env["KEEPFIT_INFERENCE_CONCURRENCY"] = str(args.concurrency)
     clients = [int(c) for c in args.clients.split(",") if c]
-    roots = [("new", ROOT)] + ([("old", args.baseline_root.resolve())] if args.baseline_root else [])
     report["server"] = {}
-    for name, root in roots:
+    for name, root, env in _servers(args):
         server_args = ["--artifact", str(args.artifact.resolve())]
-        with serve(server_args, env=env, root=root) as (base, _pid):
+        with serve(server_args, env={"KEEPFIT_CACHE_MAX_ENTRIES": "0", **env}, root=root) as (base, _pid):
             report["server"][name] = server_phase(base, jpegs, clients, args.seconds, args.misses)
     limits.append(core_limit(args.artifact, jpegs, args.cores, args.seconds))
     limit = statistics.mean(x["images_per_s"] for x in limits)
@@ -296,10 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncore limit ({args.cores} threads in-process, decode+preprocess+encoder): {limit:.1f} images/s "
           f"(runs: {', '.join(format(x['images_per_s'], '.1f') for x in limits)}; "
           f"CPU per image {limits[0]['cpu_ms_per_image']:.1f} ms)")
+    floors = {server_settings.intra_op_threads: report["encoder_p50_ms"]}
     for name, res in report["server"].items():
-        ratio = res["miss_p50_ms"] / report["encoder_p50_ms"]
-        res["miss_vs_encoder"] = ratio
-        print(f"\n[{name}] /v1/classify cache-miss p50 {res['miss_p50_ms']:.1f} ms = {ratio:.1f}x the encoder alone")
+        threads = int(name.split("x")[2]) if name.count("x") == 2 else server_settings.intra_op_threads
+        if threads not in floors:  # the encoder alone with the threads this server gives each run
+            floors[threads] = encoder_floor(
+                KeepfitRuntime.from_artifact(
+                    args.artifact, intra_op_threads=threads, session_config=SERVER_SESSION_CONFIG
+                ),
+                3 * args.repeats,
+            )
+        ratio = res["miss_p50_ms"] / floors[threads]
+        res["encoder_p50_ms"], res["miss_vs_encoder"] = floors[threads], ratio
+        print(f"\n[{name}] /v1/classify cache-miss p50 {res['miss_p50_ms']:.1f} ms = {ratio:.1f}x the encoder alone "
+              f"({floors[threads]:.1f} ms with {threads} thread{'s' if threads > 1 else ''})")
         print("| clients | req/s | of core limit | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
         for n, row in res["throughput"].items():
             row["of_core_limit"] = row["req_per_s"] / limit
@@ -307,6 +323,34 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['p99_ms']:.0f} | {row['errors']} |")
     _write(args.json, report)
     return 0
+
+
+def _server_env(workers: int, concurrency: int | None, threads: int | None) -> dict[str, str]:
+    env = {"KEEPFIT_WORKERS": str(workers)}
+    if concurrency:
+        env["KEEPFIT_INFERENCE_CONCURRENCY"] = str(concurrency)
+    if threads:
+        env["KEEPFIT_THREADS"] = str(threads)
+    return env
+
+
+def _servers(args: argparse.Namespace) -> list[tuple[str, Path, dict[str, str]]]:
+    """``(name, checkout, environment)`` of each server to measure: this checkout with the flags' settings or
+    once per ``--configs`` entry, and the ``--baseline-root`` checkout with the flags' settings."""
+    flags = _server_env(args.workers, args.concurrency, args.threads)
+    if not args.configs:
+        servers = [("new", ROOT, flags)]
+    else:
+        servers = []
+        for spec in args.configs.split(","):
+            try:
+                workers, runs, threads = (int(x) for x in spec.lower().split("x"))
+            except ValueError:
+                raise SystemExit(f"--configs: {spec!r} is not WORKERSxRUNSxTHREADS, e.g. 2x1x1") from None
+            servers.append((f"{workers}x{runs}x{threads}", ROOT, _server_env(workers, runs, threads)))
+    if args.baseline_root:
+        servers.append(("old", args.baseline_root.resolve(), flags))
+    return servers
 
 
 def _write(path: Path | None, report: dict[str, Any]) -> None:

@@ -22,7 +22,10 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEEPFIT_INDEX", "")  # compose passes unset variables as empty strings
     monkeypatch.setenv("KEEPFIT_REDIS_URL", "redis://redis:6379/0")
     monkeypatch.setenv("KEEPFIT_MAX_TOP_K", "7")
+    monkeypatch.setenv("KEEPFIT_THREADS", "")
+    monkeypatch.setenv("KEEPFIT_INFERENCE_CONCURRENCY", "")
     s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.threads is None and s.inference_concurrency == 0 and s.concurrency >= 2  # empty: automatic
     assert s.api_keys == ["one", "two"]
     assert s.cors_origins == ["https://a.example", "https://b.example"]
     assert s.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
