@@ -22,6 +22,7 @@ import numpy as np
 
 from index.sources import ImageItem
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
+from model.files import atomic_write
 from model.preprocess import DEFAULT_MAX_PIXELS, load_image, original_size, trimmed
 
 if TYPE_CHECKING:
@@ -57,10 +58,9 @@ class Embedded:
         return cls(**{c: np.asarray(data[c]) for c in COLUMNS})
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
         arrays: dict[str, Any] = self.as_dict()
-        np.savez(tmp, **arrays)
-        tmp.replace(path)  # a chunk file exists only once complete, so a resumed build can trust it
+        with atomic_write(path, "wb") as fh:  # a chunk file exists only once complete: a resumed build trusts it
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> Embedded:

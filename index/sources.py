@@ -9,13 +9,13 @@ column's name instead.
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.errors import DataError
+from model.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +84,6 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
     return SourceSet(items=items, roots=[root], descriptions=[f"folder {root}"])
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    if not path.exists():
-        raise DataError(f"manifest not found: {path}")
-    if not path.is_file():
-        raise DataError(f"manifest is not a file: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"manifest {path} is not a readable CSV: {err}") from err
-    return columns, rows
-
-
 def _is_boolean(values: Sequence[str]) -> bool:
     seen = {v.lower() for v in values if v}
     return bool(seen) and seen <= (TRUE_VALUES | FALSE_VALUES)
@@ -114,9 +99,8 @@ def from_manifest(
     are ignored here; :func:`from_manifests` checks that each exists somewhere).  ``splits``: keep only rows
     whose ``split`` column is one of these (e.g. index the test split to evaluate retrieval honestly)."""
     path = path.expanduser().resolve()
-    columns, rows = _read_csv(path)
-    if "path" not in columns:
-        raise DataError(f"manifest {path} has no 'path' column (columns: {', '.join(columns) or 'none'})")
+    manifest = read_manifest(path)
+    columns, rows = list(manifest.columns), list(manifest.rows)
     if splits:
         if "split" not in columns:
             raise DataError(f"manifest {path} has no 'split' column to select {', '.join(splits)} from")

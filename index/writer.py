@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
-import os
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -39,6 +37,7 @@ from index.store import (
 )
 from model.artifact import CHECKSUM_FIELD, content_checksum, sha256_file
 from model.errors import IndexStoreError
+from model.files import atomic_write_json, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +60,6 @@ def locked(directory: Path) -> Iterator[None]:
         yield
     finally:
         fh.close()  # releases the lock
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def generation_name(kind: str, token: str) -> str:
@@ -142,7 +133,7 @@ def write_generation(
     faiss.write_index(index, str(files["faiss"]))
     entries = {}
     for kind, path in files.items():
-        _fsync(path)
+        fsync_path(path)
         entries[kind] = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     rest = {k: v for k, v in manifest.items() if k not in ("format", "metric", "files", "updated", CHECKSUM_FIELD)}
     committed = seal({"format": INDEX_FORMAT, "metric": METRIC, **rest, "updated": now_iso(), "files": entries})
@@ -174,19 +165,7 @@ def seal_index(directory: Path) -> bool:
 
 def commit_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """The commit point: write the manifest aside, fsync, rename over the old one, fsync the directory."""
-    tmp = directory / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(manifest, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / MANIFEST)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(directory)
+    atomic_write_json(directory / MANIFEST, manifest, durable=True)
 
 
 def remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> list[str]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from model.config import ModelConfig
 from model.errors import ArtifactError, KeepfitError
+from model.files import atomic_write_json
 from model.knowledge import Knowledge
 
 logger = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ def seal_artifact(path: str | Path) -> tuple[str, str]:
             evaluation["artifact_version"] = new
         sealed = seal_manifest(sealed)
     if sealed != manifest:
-        write_json_atomic(path / MANIFEST, sealed)
+        atomic_write_json(path / MANIFEST, sealed)
     return old, new
 
 
@@ -325,7 +326,7 @@ def replace_knowledge(path: str | Path, knowledge: dict[str, Any]) -> str:
         for file in path.iterdir():
             if file.is_file() and file.name not in (MANIFEST, "knowledge.json"):
                 shutil.copy2(file, staging / file.name)
-        write_json_atomic(staging / "knowledge.json", knowledge)
+        atomic_write_json(staging / "knowledge.json", knowledge)
         manifest = dict(artifact.manifest)
         files = dict(manifest["files"])
         files["knowledge.json"] = {
@@ -338,26 +339,13 @@ def replace_knowledge(path: str | Path, knowledge: dict[str, Any]) -> str:
         manifest["knowledge_replaced"] = history
         manifest = seal_manifest(manifest)
         version = str(manifest["version"])
-        write_json_atomic(staging / MANIFEST, manifest)
+        atomic_write_json(staging / MANIFEST, manifest)
         load_artifact(staging)
         commit_dir(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return version
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def staging_dir(final: Path) -> Path:

@@ -112,7 +112,8 @@ def knowledge_main(argv: list[str]) -> int:
     import json
     from pathlib import Path
 
-    from model.artifact import replace_knowledge, write_json_atomic
+    from model.artifact import replace_knowledge
+    from model.files import atomic_write_json
     from model.knowledge import build_knowledge
 
     p = argparse.ArgumentParser(prog="keepfit knowledge", description="Build knowledge.json.")
@@ -124,7 +125,7 @@ def knowledge_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     data = build_knowledge(args.dictionary, args.aliases) if args.aliases else build_knowledge(args.dictionary)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, data)
+    atomic_write_json(args.out, data)
     n_aliases = sum(len(v) for c in data["categories"].values() for v in c.get("aliases", {}).values())
     logger.info("wrote %s: %d categories, %d aliases, %d bytes", args.out, len(data["categories"]), n_aliases,
                 len(json.dumps(data)))

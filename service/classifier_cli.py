@@ -13,7 +13,6 @@ so a classifier fitted here is served at once (the service reads the store on ev
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from model.errors import ConfigError, DataError, ImageError
+from model.manifest import read_manifest
 from service.classifiers import (
     ClassifierStore,
     Example,
@@ -61,15 +61,11 @@ def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    path = Path(args.manifest)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "path" not in rows[0] or args.label_column not in rows[0]:
-        raise DataError(f"{path} needs a 'path' column and the label column {args.label_column!r}")
+    manifest = read_manifest(args.manifest)
+    manifest.require_columns([args.label_column], "label column")
+    path = manifest.path
     by_label: dict[str, list[Path]] = {}
-    for row in rows:
+    for row in manifest.rows:
         if args.split and row.get("split") != args.split:
             continue
         if args.modality and row.get("modality") and row["modality"] != args.modality:

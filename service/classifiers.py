@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import sqlite3
 import threading
@@ -39,6 +38,7 @@ import numpy as np
 
 from model import fewshot
 from model.errors import ConfigError
+from model.files import atomic_write_bytes
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -225,15 +225,6 @@ def encoder_fingerprint(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------- store
 class ClassifierStore:
     """SQLite + arrays on disk; safe for threads of one process and for several processes."""
@@ -408,12 +399,12 @@ class ClassifierStore:
         name_key = hashlib.sha256(row.name.encode()).hexdigest()[:12]
         row.arrays = f"{name_key}-{digest}.npz"
         row.version = digest[:12]
-        _atomic_write(self.root / "arrays" / row.arrays, buffer.getvalue())
+        atomic_write_bytes(self.root / "arrays" / row.arrays, buffer.getvalue(), durable=True)
         for ex in examples:
             if ex.data is not None:
                 target = self.root / "examples" / ex.sha256
                 if not target.exists():
-                    _atomic_write(target, ex.data)
+                    atomic_write_bytes(target, ex.data, durable=True)
         old_arrays: str | None = None
         try:
             with self._write() as db:

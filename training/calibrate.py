@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from model.files import atomic_write_json
 from model.knowledge import Knowledge
 from model.runtime import KeepfitRuntime
 from training.evaluate import TRAIN_SITE, ImageEmbedder, load_spec
@@ -113,7 +114,7 @@ def run_calibrate(runtime: KeepfitRuntime, data_root: Path, out: Path, split: st
         "bias": offsets,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(calibration, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out / "calibration.json", calibration, indent=1)
     payload = {"command": "calibrate", "calibration": calibration, "balanced_accuracy_before": before,
                "balanced_accuracy_after": after}
     lines = [f"# Calibration of `{runtime.artifact.name}` {runtime.version}", "",

@@ -17,20 +17,21 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from model.errors import DataError, ImageError
+from model.files import atomic_write
 from model.knowledge import Knowledge
+from model.manifest import Manifest, read_manifest, read_table
 from model.preprocess import load_image
 
 logger = logging.getLogger(__name__)
 
 DATA_ROOT_ENV = "KEEPFIT_DATA_ROOT"
-SPLITS = ("train", "val", "test")
 
 
 def resolve_data_root(flag: str | Path | None = None) -> Path:
@@ -47,44 +48,6 @@ def resolve_data_root(flag: str | Path | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ manifests
-@dataclass(frozen=True)
-class Manifest:
-    path: Path
-    columns: tuple[str, ...]
-    rows: tuple[dict[str, str], ...]
-
-    @property
-    def folder(self) -> Path:
-        return self.path.parent
-
-    def resolve(self, row: dict[str, str]) -> Path:
-        return self.folder / row["path"]
-
-    def require_columns(self, names: Iterable[str], what: str = "column") -> None:
-        for name in names:
-            if name not in self.columns:
-                raise DataError(
-                    f"manifest {self.path} has no {what} {name!r}; its columns are: {', '.join(self.columns)}"
-                )
-
-
-def read_manifest(path: str | Path) -> Manifest:
-    """Read a CSV manifest; it must exist, parse and have a ``path`` column."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns = tuple(c.strip() for c in (reader.fieldnames or ()))
-            rows = tuple({(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"manifest {path} is not a readable CSV: {err}") from err
-    if "path" not in columns:
-        raise DataError(f"manifest {path} has no 'path' column; its columns are: {', '.join(columns) or '(none)'}")
-    return Manifest(path=path, columns=columns, rows=rows)
-
-
 def filter_rows(
     manifest: Manifest,
     split: str | None = None,
@@ -319,22 +282,21 @@ def read_atlas_captions(data_root: Path) -> dict[str, list[str]]:
         path = data_root / rel
         if not path.is_file():
             raise DataError(f"--elite-text atlas needs {path} (MM-Retinal atlas captions); it is missing")
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            column = next((c for c in ("caption", "categories") if c in (reader.fieldnames or ())), None)
-            if column is None:
-                raise DataError(f"{path} has neither a 'caption' nor a 'categories' column")
-            texts = []
-            for row in reader:
-                raw = (row.get(column) or "").strip()
-                if raw.startswith("["):
-                    try:
-                        raw = " ".join(str(x) for x in ast.literal_eval(raw))
-                    except (ValueError, SyntaxError):
-                        pass
-                text = clean_atlas_caption(raw)
-                if len(text.split()) >= 3:
-                    texts.append(text)
+        columns, rows = read_table(path)
+        column = next((c for c in ("caption", "categories") if c in columns), None)
+        if column is None:
+            raise DataError(f"{path} has neither a 'caption' nor a 'categories' column")
+        texts = []
+        for row in rows:
+            raw = row.get(column, "")
+            if raw.startswith("["):
+                try:
+                    raw = " ".join(str(x) for x in ast.literal_eval(raw))
+                except (ValueError, SyntaxError):
+                    pass
+            text = clean_atlas_caption(raw)
+            if len(text.split()) >= 3:
+                texts.append(text)
         out[modality] = list(dict.fromkeys(texts))
     return out
 
@@ -389,14 +351,12 @@ def attach_atlas_captions(
 def write_elite_manifest(path: Path, samples: Sequence[Sample]) -> None:
     """CSV with paths relative to its own folder, so the file moves with what it points at."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(ELITE_COLUMNS)
         for s in samples:
             rel = os.path.relpath(s.path.resolve(), path.parent.resolve())
             writer.writerow([rel, s.modality, s.caption, "|".join(s.labels)])
-    tmp.replace(path)
 
 
 def read_elite_manifest(path: str | Path, knowledge: Knowledge) -> list[Sample]:

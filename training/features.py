@@ -47,9 +47,6 @@ class ImageSource:
     def batch(self, rows: Sequence[int], views: Sequence[int], device: torch.device) -> Tensor:
         raise NotImplementedError
 
-    def valid_rows(self) -> np.ndarray:
-        return np.flatnonzero(self.valid)
-
 
 class FeatureStore(ImageSource):
     def __init__(self, paths: list[Path], feats: Tensor, valid: np.ndarray, report: LoadReport) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from model.artifact import write_json_atomic
+from model.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def fmt(x: Any, digits: int = 3) -> str:
 def write_report(out_dir: Path, payload: dict[str, Any], markdown: str, stem: str = "report") -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    write_json_atomic(json_path, _jsonable(payload))
+    atomic_write_json(json_path, _jsonable(payload))
     md_path.write_text(markdown)
     logger.info("wrote %s and %s", json_path, md_path)
     return json_path, md_path

@@ -350,9 +350,7 @@ class HybridTask:
         self.vision_blocks = vision_freeze_blocks(model, cfg.vision_freeze_blocks)
         self.text_layers = text_trainable_layers(model, cfg.text_trainable_layers, "hybrid")
         set_trainable(model, self.vision_blocks, self.text_layers)
-        if not self.use_elite:
-            model.knowledge_attention.requires_grad_(False)
-        if w.kt == 0:
+        if not self.use_elite or w.kt == 0:  # no elite set, or no knowledge transfer: nothing trains it
             model.knowledge_attention.requires_grad_(False)
         if model.caption_decoder is not None and w.gen == 0:
             model.caption_decoder.requires_grad_(False)

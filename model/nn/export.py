@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +21,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from model.artifact import build_manifest, commit_dir, load_artifact, staging_dir, write_json_atomic
+from model.artifact import build_manifest, commit_dir, load_artifact, staging_dir
 from model.errors import ArtifactError
+from model.files import atomic_write_json
 from model.knowledge import Knowledge
 from model.nn.keepfit import KeepFITModel
 from model.preprocess import load_image, preprocess_batch
@@ -206,7 +206,7 @@ def export_artifact(
     try:
         export_onnx(model, staging)
         (staging / "tokenizer.json").write_text(tokenizer.to_json())
-        write_json_atomic(staging / "knowledge.json", knowledge.data)
+        atomic_write_json(staging / "knowledge.json", knowledge.data)
         for fname, blob in (extra_files or {}).items():
             (staging / fname).write_bytes(blob)
         parity: dict[str, Any] = {}
@@ -241,16 +241,10 @@ def export_artifact(
             evaluation=evaluation or {},
             **(extra_manifest or {}),
         )
-        write_json_atomic(staging / "manifest.json", manifest)
+        atomic_write_json(staging / "manifest.json", manifest)
         load_artifact(staging)  # the written artifact must load and verify before it replaces anything
         commit_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
-
-
-def export_to_temp(model: KeepFITModel, tokenizer: Tokenizer, **kwargs: Any) -> Path:
-    """Export into a fresh temporary directory (for tests and benchmarks)."""
-    out = Path(tempfile.mkdtemp(prefix="keepfit-artifact-")) / "artifact"
-    return export_artifact(model, tokenizer, out, **kwargs)

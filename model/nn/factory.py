@@ -8,7 +8,6 @@ rebuilds its model without the command line.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 
 from model.config import ModelConfig
 from model.errors import CheckpointError
+from model.files import atomic_write
 from model.nn.keepfit import KeepFITModel, _bert_config
 from model.nn.text import load_minilm_weights, minilm_assets_dir
 from model.nn.vision import load_imagenet_weights
@@ -71,15 +71,8 @@ def save_checkpoint(path: str | Path, model: KeepFITModel, tokenizer: Tokenizer,
 
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write a checkpoint payload aside, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 

@@ -131,21 +131,6 @@ class CaptionDecoder(nn.Module):
             target = target.masked_scatter(known, torch.searchsorted(vocab, target[known]))
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
-    @torch.no_grad()
-    def generate(self, feats: Tensor, bos_id: int, eos_id: int, max_length: int | None = None) -> Tensor:
-        """Greedy decoding -> token ids ``[B, <=max_length]``."""
-        limit = min(max_length or self.cfg.max_length, self.cfg.max_length)
-        ids = torch.full((feats.shape[0], 1), bos_id, dtype=torch.long, device=feats.device)
-        done = torch.zeros(feats.shape[0], dtype=torch.bool, device=feats.device)
-        for _ in range(limit - 1):
-            nxt = self.forward(feats, ids)[:, -1].argmax(-1)  # [B]
-            nxt = nxt.masked_fill(done, self.pad_id)
-            ids = torch.cat([ids, nxt[:, None]], dim=1)
-            done |= nxt.eq(eos_id)
-            if bool(done.all()):
-                break
-        return ids
-
 
 class KeepFITModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int = 30522, pad_id: int = 0) -> None:

@@ -76,14 +76,6 @@ class BertConfig:
         """A small random encoder for tests; MiniLM's vocabulary so its tokenizer works unchanged."""
         return cls(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 
-    @classmethod
-    def by_name(cls, name: str) -> BertConfig:
-        """``minilm_l6`` | ``bert_base`` | ``tiny``."""
-        makers = {"minilm_l6": cls.minilm_l6, "bert_base": cls.bert_base, "tiny": cls.tiny}
-        if name not in makers:
-            raise ValueError(f"unknown text encoder size {name!r}; choose one of {', '.join(makers)}")
-        return makers[name]()
-
 
 class BertEmbeddings(nn.Module):
     """Word + absolute position + token type (all 0) embeddings, LayerNorm, dropout."""
@@ -257,12 +249,6 @@ class BertModel(nn.Module):
             hidden = layer(hidden, additive)  # [B, L, H]
             states.append(hidden)
         return hidden, tuple(states)
-
-    def pooled_output(self, last_hidden: Tensor) -> Tensor:
-        """BERT's [CLS] pooler output ``[B, H]`` (requires ``with_pooler``)."""
-        if self.pooler is None:
-            raise RuntimeError("this BertModel was built with with_pooler=False")
-        return self.pooler(last_hidden)
 
 
 def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:

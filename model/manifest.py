@@ -1,0 +1,65 @@
+"""CSV manifests of images: the one reader that training, indexing and the classifier CLI share (torch-free).
+
+A manifest is a CSV file with a header row and at least a ``path`` column (relative to the manifest's folder).
+One encoding policy everywhere: UTF-8, with or without a byte-order mark (spreadsheet programs write one), so a
+file that indexes also trains.  Header names and values are stripped of surrounding whitespace; a missing cell
+reads as ``""``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.errors import DataError
+
+ENCODING = "utf-8-sig"  # UTF-8; a leading byte-order mark is dropped rather than glued to the first column name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[dict[str, str], ...]
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, row: dict[str, str]) -> Path:
+        return self.folder / row["path"]
+
+    def require_columns(self, names: Iterable[str], what: str = "column") -> None:
+        for name in names:
+            if name not in self.columns:
+                raise DataError(
+                    f"manifest {self.path} has no {what} {name!r}; its columns are: {', '.join(self.columns)}"
+                )
+
+
+def read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str], ...]]:
+    """``(columns, rows)`` of a CSV file with a header row, with clear errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"manifest not found: {path}")
+    if not path.is_file():
+        raise DataError(f"manifest is not a file: {path}")
+    try:
+        with path.open(newline="", encoding=ENCODING) as fh:
+            reader = csv.DictReader(fh)
+            columns = tuple((c or "").strip() for c in (reader.fieldnames or ()))
+            rows = tuple({(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"manifest {path} is not a readable CSV: {err}") from err
+    return columns, rows
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read a CSV manifest; it must exist, parse and have a ``path`` column."""
+    path = Path(path)
+    columns, rows = read_table(path)
+    if "path" not in columns:
+        raise DataError(f"manifest {path} has no 'path' column (columns: {', '.join(columns) or 'none'})")
+    return Manifest(path=path, columns=columns, rows=rows)

@@ -1,0 +1,45 @@
+"""One manifest reader for training, indexing and the classifier CLI: the same file reads the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from model.errors import DataError
+from model.manifest import read_manifest
+
+ROWS = "path,label,split\na.png,normal,train\nb.png,glaucoma,train\n"
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "byte-order-mark"])
+def test_training_index_and_classifier_cli_read_a_manifest_alike(tmp_path: Path, bom: bytes) -> None:
+    """A spreadsheet's UTF-8 byte-order mark must not glue itself to the first column name (it did in training,
+    which then refused a manifest that indexing accepted)."""
+    from index.sources import from_manifest
+    from service.classifier_cli import _manifest_examples
+    from training.data import read_manifest as training_read_manifest
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(bom + ROWS.encode())
+    manifest = read_manifest(path)
+    assert manifest.columns == ("path", "label", "split")
+    assert training_read_manifest(path) == manifest
+    indexed = from_manifest(path, label_columns=["label"])
+    assert [(Path(i.source).name, i.labels) for i in indexed.items] == [("a.png", ("normal",)), ("b.png", ("glaucoma",))]
+    args = argparse.Namespace(manifest=str(path), label_column="label", split="train", modality=None, per_class=0, seed=0)
+    assert sorted((label, p.name) for label, p in _manifest_examples(args)) == [("glaucoma", "b.png"), ("normal", "a.png")]
+
+
+def test_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="manifest not found"):
+        read_manifest(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match="is not a file"):
+        read_manifest(tmp_path)
+    (tmp_path / "latin1.csv").write_bytes("path,label\nx.png,\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not a readable CSV"):
+        read_manifest(tmp_path / "latin1.csv")
+    (tmp_path / "nopath.csv").write_text("file,label\na.png,x\n")
+    with pytest.raises(DataError, match=r"has no 'path' column \(columns: file, label\)"):
+        read_manifest(tmp_path / "nopath.csv")
