@@ -132,7 +132,7 @@ def test_killed_writer_leaves_the_previous_index(
         "import index.writer as w\n"
         "commit = w.commit_manifest\n"
         "def killed(*a, **k):\n"
-        "    w.os.replace = lambda *x, **y: os._exit(137)\n"
+        "    os.replace = lambda *x, **y: os._exit(137)\n"
         "    commit(*a, **k)\n"
         "w.commit_manifest = killed\n"
         "from model.cli import main\n"
