@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from model.config import MODALITIES
 from model.errors import ConfigError, DataError, ImageError
 from model.manifest import read_manifest
 from service.classifiers import (
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     common(fit)
     fit.add_argument("--name", required=True)
     fit.add_argument("--artifact", default="artifacts/keepfit-v2-small")
-    fit.add_argument("--modality", choices=["CFP", "FFA", "OCT"])
+    fit.add_argument("--modality", choices=MODALITIES)
     fit.add_argument(
         "--method", default="auto", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
     )

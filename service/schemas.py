@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+# The modalities are model.config.MODALITIES; a Literal must spell them out for the type checker, and
+# tests/service/test_registries.py fails when the two disagree.
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
 IndexModality = Literal["CFP", "FFA", "OCT"]
 # A category name: at least one visible character, no control characters (NUL...) other than whitespace, which

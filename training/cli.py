@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from model.config import MODALITIES
 from model.errors import ConfigError, DataError
 from model.knowledge import Knowledge
 
@@ -214,7 +215,7 @@ def _eval_parser() -> argparse.ArgumentParser:
                             "and label columns")
             sp.add_argument("--label-column", required=True)
             sp.add_argument("--categories", help="comma-separated class names (default: the labels present)")
-            sp.add_argument("--modality", choices=("CFP", "FFA", "OCT"), help="prompt template; also filters rows "
+            sp.add_argument("--modality", choices=MODALITIES, help="prompt template; also filters rows "
                             "when the manifest has a modality column")
             sp.add_argument("--split", default="test", help="rows of this split (all rows if no split column)")
             sp.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="keep matching rows")

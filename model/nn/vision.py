@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from model.config import BACKBONES
 from model.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-BACKBONE_NAMES: tuple[str, ...] = ("mobilenet_v2", "efficientnet_lite0", "resnet50", "tiny_cnn")
+BACKBONE_NAMES: tuple[str, ...] = BACKBONES  # the registry of names lives in model.config (torch-free)
 
 
 class WeightsNotFoundError(CheckpointError, FileNotFoundError):

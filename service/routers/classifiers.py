@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, ValidationError
 
+from model.config import MODALITIES
 from model.dicom import call_with_frame
 from model.errors import ImageError
 from service.cache import cache_key, sha256_hex
@@ -428,7 +429,7 @@ _CATEGORY_SCHEMA = {
 }
 _CREATE_FIELDS = {
     "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN.pattern},
-    "modality": {"type": "string", "enum": ["CFP", "FFA", "OCT"]},
+    "modality": {"type": "string", "enum": list(MODALITIES)},
     "method": {"type": "string", "enum": ["auto", "prototype", "prototype+text", "linear", "linear+text"]},
     "text_prior": {"type": "boolean", "default": True},
 }

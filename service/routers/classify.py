@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from model.config import MODALITIES
 from model.dicom import call_with_frame
 from service.cache import cache_key
 from service.deps import StateDep, require_api_key
@@ -58,7 +59,7 @@ OPENAPI_BODY = {
                         },
                         "modality": {
                             "type": "string",
-                            "enum": ["auto", "CFP", "FFA", "OCT"],
+                            "enum": ["auto", *MODALITIES],
                             "default": "auto",
                         },
                         "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K},

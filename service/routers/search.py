@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from index.query import is_low_similarity, resolve_modality_filter, score_scale
+from model.config import MODALITIES
 from service.cache import cache_key, sha256_hex
 from service.deps import SettingsDep, StateDep, image_token, require_api_key
 from service.engine import Timings
@@ -44,7 +45,7 @@ matches the query well, and the hits are only the least unlike.  Without a loade
 
 _FILTER_FIELDS = {
     "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K, "default": 10},
-    "modality": {"type": "string", "enum": ["CFP", "FFA", "OCT"]},
+    "modality": {"type": "string", "enum": list(MODALITIES)},
     "label": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 

@@ -496,3 +496,11 @@ def test_no_weights_loaded_at_import() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_backbone_registry_has_one_home() -> None:
+    """``model.config.BACKBONES`` (torch-free, validates configs) names exactly the backbones that can be built."""
+    from model.config import BACKBONES
+    from model.nn.vision import _BUILDERS
+
+    assert BACKBONE_NAMES == BACKBONES == tuple(_BUILDERS)
