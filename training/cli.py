@@ -8,6 +8,7 @@ on an exported artifact through ONNX Runtime and writes ``report.json``, ``repor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -26,6 +27,20 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 # ================================================================================================= train
+# TrainConfig fields whose flags are parsed differently (--public and --holdout repeat, --losses names terms,
+# --no-site-augment switches the augmentation): resolve_train_config applies them by hand
+_FLAGS_WITH_OWN_MEANING = frozenset({"stage", "public", "holdout", "losses", "augment"})
+_NUMBER_TYPES: dict[str, type] = {"int": int, "float": float, "int | None": int, "float | None": float}
+
+
+def _numeric_fields() -> list[tuple[str, type]]:
+    """``(field, int | float)`` of every numeric TrainConfig field: each is a flag of the same name."""
+    from training.config import TrainConfig
+
+    return [(f.name, _NUMBER_TYPES[str(f.type)]) for f in dataclasses.fields(TrainConfig)
+            if str(f.type) in _NUMBER_TYPES]
+
+
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="keepfit train",
@@ -58,14 +73,8 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="leave every image carrying this category out of training (repeatable)")
     p.add_argument("--losses", help="stage-2 terms to use: any of public,elite,kt,gen (default all)")
     p.add_argument("--weight", action="append", metavar="TERM=W", help="override a loss weight, e.g. gen=0.5")
-    for flag, typ in (("steps", int), ("batch-size", int), ("elite-batch-size", int), ("lr", float),
-                      ("head-lr", float), ("weight-decay", float), ("warmup-steps", int), ("views", int),
-                      ("vision-freeze-blocks", int), ("text-trainable-layers", int), ("eval-every", int),
-                      ("checkpoint-every", int), ("seed", int), ("balance-alpha", float),
-                      ("elite-fraction", float), ("modality-caption-prob", float), ("alias-prob", float),
-                      ("data-seed", int),
-                      ("mlm-head-warmup", int)):
-        p.add_argument(f"--{flag}", type=typ)
+    for name, typ in _numeric_fields():  # --steps, --lr, --seed, ...: one flag per number in TrainConfig
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, metavar=typ.__name__.upper())
     p.add_argument("--kt-same-modality", action="store_true", default=None,
                    help="knowledge transfer: public images attend only to elite pairs of their own modality")
     p.add_argument("--select", choices=("last", "best"), help="weights in model.pt: end of schedule (default) or "
@@ -87,20 +96,13 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"{args.config_file} is a {data['stage']!r} config, not {args.stage!r}")
     cfg = TrainConfig.from_dict(data)
     changes: dict[str, Any] = {}
-    for key in ("name", "model", "data_root", "init", "corpus", "elite_manifest", "steps", "batch_size",
-                "elite_batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "views",
-                "vision_freeze_blocks", "text_trainable_layers", "eval_every", "checkpoint_every", "seed",
-                "device", "amp", "cache_dir", "balance_alpha", "elite_fraction", "modality_caption_prob", "alias_prob",
-                "data_seed", "select", "elite_text", "mlm_head_warmup", "kt_same_modality",
-                "elite_compose_missing"):
-        value = getattr(args, key, None)
+    for key in (f.name for f in dataclasses.fields(TrainConfig) if f.name not in _FLAGS_WITH_OWN_MEANING):
+        value = getattr(args, key, None)  # a flag of the same name, when given
         if value is not None:
             changes[key] = value
     if changes.get("elite_manifest", "").lower() == "none":
         changes["elite_manifest"] = None
     if args.no_site_augment:
-        import dataclasses
-
         changes["augment"] = dataclasses.replace(cfg.augment, color=0.0, gamma=0.0, vignette=0.0, blur=0.0)
     if args.public:
         changes["public"] = tuple(args.public)
