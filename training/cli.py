@@ -87,7 +87,7 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def resolve_train_config(args: argparse.Namespace) -> Any:
-    from training.config import LossWeights, TrainConfig, load_config_file
+    from training.config import STAGE_LOSSES, LossWeights, TrainConfig, load_config_file
 
     data: dict[str, Any] = {"stage": args.stage, **STAGE_DEFAULTS[args.stage]}
     if args.config_file:
@@ -111,7 +111,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     weights = cfg.losses.__dict__.copy()
     if args.losses is not None:
         chosen = {x.strip() for x in args.losses.split(",") if x.strip()}
-        stage_terms = {"public", "elite", "kt", "gen"} if args.stage == "hybrid" else {"mlm", "knowledge"}
+        stage_terms = set(STAGE_LOSSES[args.stage])
         unknown = chosen - stage_terms
         if unknown:
             raise ConfigError(f"unknown loss term(s) {sorted(unknown)} for stage {args.stage}; "

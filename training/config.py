@@ -19,7 +19,8 @@ from training.augment import AugmentConfig
 
 STAGES = ("text", "hybrid")
 ELITE_TEXTS = ("composed", "atlas")
-LOSSES = ("public", "elite", "kt", "gen", "mlm", "knowledge")
+STAGE_LOSSES: dict[str, tuple[str, ...]] = {"hybrid": ("public", "elite", "kt", "gen"), "text": ("mlm", "knowledge")}
+LOSSES = (*STAGE_LOSSES["hybrid"], *STAGE_LOSSES["text"])
 
 
 @dataclass(frozen=True)
