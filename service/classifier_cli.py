@@ -86,7 +86,6 @@ def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def fit_main(args: argparse.Namespace) -> int:
-    from model.preprocess import load_image
     from service.routers.classifiers import _fit_and_row  # the one fitting path, shared with the API
 
     name = check_name(args.name)
@@ -96,58 +95,12 @@ def fit_main(args: argparse.Namespace) -> int:
     if args.manifest:
         files += _manifest_examples(args)
     files += [(label, Path(p)) for label, p in _pairs(args.example or [], "--example")]
-    examples: list[Example] = []
-    for label, path in files:
-        try:
-            data = path.read_bytes()
-            image = load_image(data, max_pixels=engine.settings.max_pixels)
-        except OSError as err:
-            raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
-        except ImageError as err:
-            raise DataError(f"example {path} is not a usable image: {err}") from err
-        emb = engine.runtime.encode_images([image])[0]
-        names, probs = engine.runtime.modality_probabilities(emb[None])
-        best = int(np.argmax(probs[0]))
-        modality = image.info.get("keepfit_modality") or (names[best] if probs[0][best] >= 0.9 else None)
-        examples.append(Example(label, sha256_hex(data), "upload", emb, data=data, modality=modality))
-    order: list[str] = []
-    for label, _ in files:
-        if label not in order:
-            order.append(label)
+    examples = [_file_example(engine, label, path) for label, path in files]
     if args.ids or args.index_label:
         if not args.index:
             raise ConfigError("--ids and --index-label need --index")
-        from index.store import VectorIndex
-
-        with VectorIndex.open(Path(args.index), expected_artifact_version=engine.version) as index:
-            ids_all = np.asarray(index.ids)
-            vectors = index.vectors()
-            wanted: list[tuple[str, list[int]]] = []
-            for label, value in _pairs(args.ids or [], "--ids"):
-                try:
-                    wanted.append((label, [int(v) for v in value.split(",") if v.strip()]))
-                except ValueError as err:
-                    raise ConfigError(f"--ids {label}=...: ids are integers, got {value!r}") from err
-            for label, value in _pairs(args.index_label or [], "--index-label"):
-                rows = index._filter(args.modality, value)[0]
-                if len(rows) == 0:
-                    raise DataError(f"no indexed image is labelled {value!r}")
-                wanted.append((label, [int(ids_all[r]) for r in rows]))
-            for label, ids in wanted:
-                records = index._records(ids)
-                missing = [i for i in ids if i not in records]
-                if missing:
-                    raise DataError(f"unknown index ids for {label!r}: {', '.join(map(str, missing[:10]))}")
-                for image_id in ids:
-                    pos = int(np.searchsorted(ids_all, image_id))
-                    r = records[image_id]
-                    examples.append(
-                        Example(
-                            label, r.sha256, "index", np.asarray(vectors[pos]), image_id, modality=r.modality
-                        )
-                    )
-                if label not in order:
-                    order.append(label)
+        examples += _index_examples(args, engine.version)
+    order = list(dict.fromkeys(ex.category for ex in examples))  # categories in the order first given
     modality = args.modality
     if modality is None:
         found = sorted({ex.modality for ex in examples if ex.modality})
@@ -167,6 +120,61 @@ def fit_main(args: argparse.Namespace) -> int:
     body["fit_ms"] = round(result.fit_ms, 2)
     print(json.dumps(body, indent=2))  # noqa: T201
     return 0
+
+
+def _file_example(engine: Any, label: str, path: Path) -> Example:
+    """An example image file: embedded, with the modality its header states or the head recognises (p >= 0.9)."""
+    from model.preprocess import load_image
+
+    try:
+        data = path.read_bytes()
+        image = load_image(data, max_pixels=engine.settings.max_pixels)
+    except OSError as err:
+        raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
+    except ImageError as err:
+        raise DataError(f"example {path} is not a usable image: {err}") from err
+    emb = engine.runtime.encode_images([image])[0]
+    names, probs = engine.runtime.modality_probabilities(emb[None])
+    best = int(np.argmax(probs[0]))
+    modality = image.info.get("keepfit_modality") or (names[best] if probs[0][best] >= 0.9 else None)
+    return Example(label, sha256_hex(data), "upload", emb, data=data, modality=modality)
+
+
+def _index_examples(args: argparse.Namespace, artifact_version: str) -> list[Example]:
+    """Examples taken from an index: ``--ids LABEL=1,2,3`` and ``--index-label LABEL=VALUE`` (every image
+    indexed with that label), with the embeddings the index stores."""
+    from index.store import VectorIndex
+
+    with VectorIndex.open(Path(args.index), expected_artifact_version=artifact_version) as index:
+        ids_all = np.asarray(index.ids)
+        vectors = index.vectors()
+        wanted: list[tuple[str, list[int]]] = []
+        for label, value in _pairs(args.ids or [], "--ids"):
+            try:
+                ids = [int(v) for v in value.split(",") if v.strip()]
+            except ValueError as err:
+                raise ConfigError(f"--ids {label}=...: ids are integers, got {value!r}") from err
+            if not ids:
+                raise ConfigError(f"--ids {label}= names no ids")
+            wanted.append((label, ids))
+        for label, value in _pairs(args.index_label or [], "--index-label"):
+            rows = index._filter(args.modality, value)[0]
+            if len(rows) == 0:
+                raise DataError(f"no indexed image is labelled {value!r}")
+            wanted.append((label, [int(ids_all[r]) for r in rows]))
+        examples: list[Example] = []
+        for label, ids in wanted:
+            records = index._records(ids)
+            missing = [i for i in ids if i not in records]
+            if missing:
+                raise DataError(f"unknown index ids for {label!r}: {', '.join(map(str, missing[:10]))}")
+            for image_id in ids:
+                pos = int(np.searchsorted(ids_all, image_id))
+                r = records[image_id]
+                examples.append(
+                    Example(label, r.sha256, "index", np.asarray(vectors[pos]), image_id, modality=r.modality)
+                )
+    return examples
 
 
 def list_main(args: argparse.Namespace) -> int:

@@ -225,6 +225,27 @@ def encoder_fingerprint(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _row_values(row: ClassifierRow) -> tuple[Any, ...]:
+    """The ``classifiers`` table's columns of ``row``, in the schema's order."""
+    return (
+        row.name,
+        row.modality,
+        row.method,
+        row.method_requested,
+        int(row.text_prior),
+        row.version,
+        row.revision,
+        row.artifact_name,
+        row.artifact_version,
+        row.encoder,
+        json.dumps(row.categories, ensure_ascii=False),
+        json.dumps(row.estimate),
+        row.arrays,
+        row.created,
+        row.updated,
+    )
+
+
 # ------------------------------------------------------------------------------------------------- store
 class ClassifierStore:
     """SQLite + arrays on disk; safe for threads of one process and for several processes."""
@@ -408,50 +429,8 @@ class ClassifierStore:
         old_arrays: str | None = None
         try:
             with self._write() as db:
-                existing = db.execute(
-                    "SELECT arrays, revision, created FROM classifiers WHERE name = ?", (row.name,)
-                ).fetchone()
-                if replace:
-                    if existing is None:
-                        raise ClassifierNotFoundError(
-                            f"no classifier named {row.name!r} (deleted meanwhile?)"
-                        )
-                    old_arrays = existing["arrays"]
-                    row.revision = int(existing["revision"]) + 1
-                    row.created = existing["created"]
-                    db.execute("DELETE FROM classifiers WHERE name = ?", (row.name,))
-                    db.execute("DELETE FROM examples WHERE classifier = ?", (row.name,))
-                else:
-                    if existing is not None:
-                        raise ClassifierExistsError(
-                            f"a classifier named {row.name!r} exists already; delete it first or choose another name"
-                        )
-                    total = int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0])
-                    if total >= max_classifiers:
-                        raise ClassifierLimitError(
-                            f"this deployment holds {total} classifiers, its limit "
-                            f"(KEEPFIT_MAX_CLASSIFIERS={max_classifiers}); delete one first"
-                        )
-                db.execute(
-                    "INSERT INTO classifiers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        row.name,
-                        row.modality,
-                        row.method,
-                        row.method_requested,
-                        int(row.text_prior),
-                        row.version,
-                        row.revision,
-                        row.artifact_name,
-                        row.artifact_version,
-                        row.encoder,
-                        json.dumps(row.categories, ensure_ascii=False),
-                        json.dumps(row.estimate),
-                        row.arrays,
-                        row.created,
-                        row.updated,
-                    ),
-                )
+                old_arrays = self._claim_name(db, row, replace, max_classifiers)
+                db.execute("INSERT INTO classifiers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _row_values(row))
                 db.executemany(
                     "INSERT INTO examples VALUES (?,?,?,?,?,?)",
                     [
@@ -466,6 +445,34 @@ class ClassifierStore:
         if old_arrays and old_arrays != row.arrays:
             self._remove_arrays(old_arrays, keep_if_referenced=True)
         return row
+
+    @staticmethod
+    def _claim_name(db: sqlite3.Connection, row: ClassifierRow, replace: bool, max_classifiers: int) -> str | None:
+        """Inside the write transaction: make room for ``row`` (a refit takes over the revision count and the
+        creation time and drops the old rows; a new name must be free and under the limit).  Returns the arrays
+        file the old version referenced, if any."""
+        existing = db.execute(
+            "SELECT arrays, revision, created FROM classifiers WHERE name = ?", (row.name,)
+        ).fetchone()
+        if replace:
+            if existing is None:
+                raise ClassifierNotFoundError(f"no classifier named {row.name!r} (deleted meanwhile?)")
+            row.revision = int(existing["revision"]) + 1
+            row.created = existing["created"]
+            db.execute("DELETE FROM classifiers WHERE name = ?", (row.name,))
+            db.execute("DELETE FROM examples WHERE classifier = ?", (row.name,))
+            return str(existing["arrays"])
+        if existing is not None:
+            raise ClassifierExistsError(
+                f"a classifier named {row.name!r} exists already; delete it first or choose another name"
+            )
+        total = int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0])
+        if total >= max_classifiers:
+            raise ClassifierLimitError(
+                f"this deployment holds {total} classifiers, its limit "
+                f"(KEEPFIT_MAX_CLASSIFIERS={max_classifiers}); delete one first"
+            )
+        return None
 
     def delete(self, name: str) -> ClassifierRow:
         with self._write() as db:

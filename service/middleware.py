@@ -106,86 +106,100 @@ class RequestGuardMiddleware:
             return
         settings = scope["app"].state.settings
         max_body = int(settings.max_upload_bytes) + _SLACK_BYTES
-        api_keys: Sequence[str] = settings.api_keys
-        path: str = scope.get("path", "")
         headers = dict(scope.get("headers") or [])
-        if api_keys and not path.startswith(PUBLIC_PREFIXES):
-            presented = headers.get(API_KEY_HEADER.lower().encode())
-            text = presented.decode("latin-1") if presented is not None else None
-            if not key_matches(text, api_keys):
-                what = "missing API key" if not text else "wrong API key"
-                await _reject(
-                    send,
-                    401,
-                    "unauthorized",
-                    f"{what}: send it in the {API_KEY_HEADER} header",
-                    [(b"www-authenticate", b"APIKey")],
-                )
-                return
-        length = headers.get(b"content-length")
+        refusal = _key_refusal(scope.get("path", ""), headers, settings.api_keys)
         declared: int | None = None
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                await _reject(send, 400, "bad_request", "Content-Length is not a number")
-                return
-            if declared > max_body:
-                await _reject(
-                    send,
-                    413,
-                    "payload_too_large",
-                    f"request body is {declared} bytes; the limit is {max_body} (KEEPFIT_MAX_UPLOAD_BYTES plus framing)",
-                )
-                return
+        if refusal is None:
+            declared, refusal = _declared_length(headers, max_body)
         reserved = max_body if declared is None else declared
-        if not self.budget.try_reserve(reserved, int(settings.upload_budget)):
-            await _reject(
-                send,
-                503,
-                "busy",
-                "too many uploads are being received at once (KEEPFIT_UPLOAD_BUDGET_BYTES); retry shortly",
-                [(b"retry-after", b"1")],
-            )
+        if refusal is None and not self.budget.try_reserve(reserved, int(settings.upload_budget)):
+            refusal = _BUSY
+        if refusal is not None:
+            await _reject(send, *refusal)
             return
-        timeout_s = float(settings.body_timeout_s)
-        deadline = time.monotonic() + timeout_s
-        received = 0
-        started = False
-        body_done = declared == 0
-
-        async def counting_receive() -> Message:
-            nonlocal received, body_done
-            if body_done:
-                return await receive()  # after the body: only a disconnect is left to wait for
-            remaining = deadline - time.monotonic()
-            try:
-                with anyio.fail_after(max(remaining, 0.0)):
-                    message = await receive()
-            except TimeoutError:
-                raise _BodyTimeout(timeout_s) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > max_body:
-                    raise _TooLarge(max_body)
-                if not message.get("more_body", False):
-                    body_done = True
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge as err:
-            # raised outside the app's exception handlers (a streaming endpoint, say)
-            if not started:
-                await _reject(send, 413, "payload_too_large", str(err.detail))
-        except _BodyTimeout as err:
-            if not started:
-                await _reject(send, 408, "request_timeout", str(err.detail), [(b"connection", b"close")])
+            await _with_body_limits(self.app, scope, receive, send, declared, max_body, float(settings.body_timeout_s))
         finally:
             self.budget.release(reserved)
+
+
+# (status, code, message, extra headers) of a request refused before its body is read
+_Refusal = tuple[int, str, str, Sequence[tuple[bytes, bytes]]]
+_BUSY: _Refusal = (
+    503,
+    "busy",
+    "too many uploads are being received at once (KEEPFIT_UPLOAD_BUDGET_BYTES); retry shortly",
+    [(b"retry-after", b"1")],
+)
+
+
+def _key_refusal(path: str, headers: dict[bytes, bytes], api_keys: Sequence[str]) -> _Refusal | None:
+    """401 when the deployment has API keys and the request (outside the public paths) lacks the right one."""
+    if not api_keys or path.startswith(PUBLIC_PREFIXES):
+        return None
+    presented = headers.get(API_KEY_HEADER.lower().encode())
+    text = presented.decode("latin-1") if presented is not None else None
+    if key_matches(text, api_keys):
+        return None
+    what = "missing API key" if not text else "wrong API key"
+    return 401, "unauthorized", f"{what}: send it in the {API_KEY_HEADER} header", [(b"www-authenticate", b"APIKey")]
+
+
+def _declared_length(headers: dict[bytes, bytes], max_body: int) -> tuple[int | None, _Refusal | None]:
+    """The Content-Length (None when absent: chunked), or a 400 / 413 refusal."""
+    length = headers.get(b"content-length")
+    if length is None:
+        return None, None
+    try:
+        declared = int(length)
+    except ValueError:
+        return None, (400, "bad_request", "Content-Length is not a number", ())
+    if declared > max_body:
+        message = f"request body is {declared} bytes; the limit is {max_body} (KEEPFIT_MAX_UPLOAD_BYTES plus framing)"
+        return declared, (413, "payload_too_large", message, ())
+    return declared, None
+
+
+async def _with_body_limits(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, declared: int | None, max_body: int, timeout_s: float
+) -> None:
+    """Run ``app`` with a body that may not exceed ``max_body`` bytes nor take longer than ``timeout_s`` to arrive
+    (413 / 408 unless the answer has started)."""
+    deadline = time.monotonic() + timeout_s
+    received = 0
+    started = False
+    body_done = declared == 0
+
+    async def counting_receive() -> Message:
+        nonlocal received, body_done
+        if body_done:
+            return await receive()  # after the body: only a disconnect is left to wait for
+        remaining = deadline - time.monotonic()
+        try:
+            with anyio.fail_after(max(remaining, 0.0)):
+                message = await receive()
+        except TimeoutError:
+            raise _BodyTimeout(timeout_s) from None
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_body:
+                raise _TooLarge(max_body)
+            if not message.get("more_body", False):
+                body_done = True
+        return message
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+        await send(message)
+
+    try:
+        await app(scope, counting_receive, tracking_send)
+    except _TooLarge as err:
+        # raised outside the app's exception handlers (a streaming endpoint, say)
+        if not started:
+            await _reject(send, 413, "payload_too_large", str(err.detail))
+    except _BodyTimeout as err:
+        if not started:
+            await _reject(send, 408, "request_timeout", str(err.detail), [(b"connection", b"close")])
