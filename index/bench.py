@@ -128,6 +128,22 @@ def _latencies_ms(index: faiss.Index, queries: np.ndarray, k: int, params: Any) 
     return times
 
 
+def _build_measured(x: np.ndarray, ids: np.ndarray, spec: AnnSpec) -> tuple[BuiltIndex, dict[str, Any]]:
+    """Build one index and report its type, parameters, build time, size and the RSS it added."""
+    before = _rss_bytes()
+    b = build_index(x, ids, spec)
+    row: dict[str, Any] = {
+        "type": b.kind,
+        "params": {key: v for key, v in b.params.items() if key != "dim"},
+        "build_s": round(b.build_seconds, 2),
+        "index_mb": round(memory_bytes(b.index, b.kind, b.params) / 2**20, 1),
+        "rss_growth_mb": round((_rss_bytes() - before) / 2**20, 1),
+    }
+    if b.tuned_recall is not None:
+        row["tuned_recall_on_stored"] = round(b.tuned_recall, 4)
+    return b, row
+
+
 def run_bench(
     n: int,
     dim: int = 512,
@@ -167,36 +183,12 @@ def run_bench(
         "omp_threads": faiss.omp_get_max_threads(),
         "cpus": os.cpu_count(),
     }
+    approx_spec = AnnSpec(kind=approx, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search,
+                          target_recall=target_recall, seed=seed)
     built: dict[str, BuiltIndex] = {}
-    for name, spec in (
-        ("exact", AnnSpec(kind="flat")),
-        (
-            approx,
-            AnnSpec(
-                kind=approx,
-                nlist=nlist,
-                nprobe=nprobe,
-                hnsw_m=hnsw_m,
-                ef_search=ef_search,
-                target_recall=target_recall,
-                seed=seed,
-            ),
-        ),
-    ):
+    for name, spec in (("exact", AnnSpec(kind="flat")), (approx, approx_spec)):
         say("building the %s index", name)
-        before = _rss_bytes()
-        b = build_index(x, ids, spec)
-        built[name] = b
-        results[name] = {
-            "type": b.kind,
-            "params": {key: v for key, v in b.params.items() if key != "dim"},
-            "build_s": round(b.build_seconds, 2),
-            "index_mb": round(memory_bytes(b.index, b.kind, b.params) / 2**20, 1),
-            "rss_growth_mb": round((_rss_bytes() - before) / 2**20, 1),
-        }
-        if b.tuned_recall is not None:
-            results[name]["tuned_recall_on_stored"] = round(b.tuned_recall, 4)
-
+        built[name], results[name] = _build_measured(x, ids, spec)
     from index.ann import search_params
 
     exact, ann = built["exact"], built[approx]

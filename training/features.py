@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from model.config import PreprocessConfig
 from model.errors import DataError
+from model.files import atomic_write
 from model.preprocess import load_image, preprocess_batch
 from training.augment import AugmentConfig, augment
 from training.data import LoadReport, iter_images
@@ -109,10 +110,7 @@ def build_feature_store(
     if not paths:
         raise DataError("no images to cache")
     cache_file = cache_dir / f"features-{_settings_key(prefix, pre, aug, views, seed)}.pt" if cache_dir else None
-    cached: dict[str, tuple[str, Tensor]] = {}
-    if cache_file is not None and cache_file.is_file():
-        blob = torch.load(cache_file, map_location="cpu", weights_only=False)
-        cached = {p: (s, blob["feats"][i]) for i, (p, s) in enumerate(zip(blob["paths"], blob["stamps"], strict=True))}
+    cached = _read_cache(cache_file)
     report = LoadReport()
     valid = np.zeros(len(paths), dtype=bool)
     rows_out: dict[int, Tensor] = {}
@@ -166,13 +164,24 @@ def build_feature_store(
         for i in todo:
             if valid[i]:
                 cached[str(paths[i].resolve())] = (_stamp(paths[i]), feats[i])
-        names = sorted(cached)
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        torch.save({"paths": names, "stamps": [cached[n][0] for n in names],
-                    "feats": torch.stack([cached[n][1] for n in names])}, tmp)
-        tmp.replace(cache_file)
+        _write_cache(cache_file, cached)
     return FeatureStore(paths, feats, valid, report)
+
+
+def _read_cache(cache_file: Path | None) -> dict[str, tuple[str, Tensor]]:
+    """``resolved path -> (file stamp, feature maps [V, C, h, w])`` of a feature cache file ({} when absent)."""
+    if cache_file is None or not cache_file.is_file():
+        return {}
+    blob = torch.load(cache_file, map_location="cpu", weights_only=False)
+    return {p: (s, blob["feats"][i]) for i, (p, s) in enumerate(zip(blob["paths"], blob["stamps"], strict=True))}
+
+
+def _write_cache(cache_file: Path, cached: dict[str, tuple[str, Tensor]]) -> None:
+    names = sorted(cached)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(cache_file, "wb") as fh:
+        torch.save({"paths": names, "stamps": [cached[n][0] for n in names],
+                    "feats": torch.stack([cached[n][1] for n in names])}, fh)
 
 
 def _fast_prefix(prefix: ImagePrefix, size: int, device: torch.device) -> Callable[[Tensor], Tensor]:
