@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -100,40 +100,20 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
     groups = param_groups(modules, cfg.lr, cfg.head_lr, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
     params = [p for g in groups for p in g["params"]]
-    trainable, total = count_parameters(task.model)
-    extra_trainable = sum(p.numel() for name, m in modules.items() if name != "model" for p in m.parameters())
-    logger.info("training %s (stage %s) on %s: %.2fM of %.1fM model parameters train (+%.2fM task heads)",
-                cfg.name, cfg.stage, device, trainable / 1e6, total / 1e6, extra_trainable / 1e6)
+    _log_parameters(task, modules, cfg, device)
     amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
-    history: list[dict[str, Any]] = []
-    start, best_score, best_step = 0, -math.inf, -1
-    train_time, pairs = 0.0, 0  # over the steps timed (the first step of a process pays one-off costs)
     if last.is_file():
         if not resume:
             raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --name")
-        payload = read_checkpoint(last)
-        saved = {**TrainConfig().to_dict(), **(payload.get("train_config") or {})}  # keys added since: defaults
-        differs = sorted(k for k in set(saved) | set(cfg.to_dict())
-                         if k not in ("steps", "device", "eval_every", "checkpoint_every", "select")
-                         and saved.get(k) != cfg.to_dict().get(k))
-        if differs:
-            raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}")
-        load_state(task.model, payload["state_dict"], source=str(last))
-        optimizer.load_state_dict(payload["optimizer"])
-        task.load_extra_state(payload.get("task_state") or {})
-        start = int(payload["step"])
-        train_time, pairs = float(payload.get("train_time", 0.0)), int(payload.get("train_pairs", 0))
-        history = list(payload.get("history") or [])
-        best_score, best_step = float(payload.get("best_score", -math.inf)), int(payload.get("best_step", -1))
-        if "torch_rng" in payload:
-            torch.set_rng_state(payload["torch_rng"])
-        logger.info("resumed %s at step %d (best %.4f at step %d)", last, start, best_score, best_step)
+        st = _resume(last, cfg, task, optimizer)
     else:
+        st = _RunState()
         seed_everything(cfg.seed)
-
+    start, history, train_time, pairs = st.start, st.history, st.train_time, st.pairs
+    best_score, best_step = st.best_score, st.best_step
     def checkpoint_extra(step: int) -> dict[str, Any]:
         return {"train_config": cfg.to_dict(), "step": step, "history": history, "best_score": best_score,
                 "best_step": best_step, "task_state": task.extra_state(), "stats": task.stats,
@@ -165,17 +145,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
         gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             losses, n_pairs = task.step(step, gen)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower --lr or check the data")
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():  # the temperature stays within CLIP's range
-            task.model.logit_scale.clamp_(0.0, math.log(100.0))
+        grad_norm = _optimise(task, losses["loss"], step, optimizer, scaler, params, cfg.grad_clip)
         dt = time.perf_counter() - t0
         if step > start:  # the first step pays one-off costs (allocations, caches)
             train_time += dt
@@ -195,19 +165,85 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
     bar.close()
     pairs_per_s = pairs / train_time if train_time else float("nan")
 
-    # the deliverable: the selected weights + what the task adds (e.g. the modality head)
-    selected = cfg.steps
-    if cfg.select == "best" and best_path.is_file():
-        load_state(task.model, read_checkpoint(best_path)["state_dict"], source=str(best_path))
-        selected = best_step
-
-    extra = task.finalize()
-    save_checkpoint(final, task.model, task.tokenizer, **checkpoint_extra(cfg.steps),
-                    selected_step=selected, pairs_per_s=pairs_per_s, device=str(device), **extra)
+    selected = _deliver(task, cfg, best_path, best_step, final,
+                        {**checkpoint_extra(cfg.steps), "pairs_per_s": pairs_per_s, "device": str(device)})
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.name} ({cfg.stage})")
     logger.info("%s: best validation score %.4f at step %d; model.pt holds step %d (select=%s); %.1f pairs/s on "
                 "%s; wrote %s", cfg.name, best_score, best_step, selected, cfg.select, pairs_per_s, device, final)
     return TrainResult(run_dir, final, selected, best_step, best_score, pairs_per_s, history)
+
+
+def _log_parameters(task: Task, modules: dict[str, nn.Module], cfg: TrainConfig, device: torch.device) -> None:
+    trainable, total = count_parameters(task.model)
+    extra_trainable = sum(p.numel() for name, m in modules.items() if name != "model" for p in m.parameters())
+    logger.info("training %s (stage %s) on %s: %.2fM of %.1fM model parameters train (+%.2fM task heads)",
+                cfg.name, cfg.stage, device, trainable / 1e6, total / 1e6, extra_trainable / 1e6)
+
+
+def _deliver(task: Task, cfg: TrainConfig, best_path: Path, best_step: int, final: Path,
+             extra: dict[str, Any]) -> int:
+    """Write ``model.pt``, the deliverable: the selected weights (end of the schedule, or the best validation
+    step with ``select=best``) and what the task adds (e.g. the modality head).  Returns the step it holds."""
+    selected = cfg.steps
+    if cfg.select == "best" and best_path.is_file():
+        load_state(task.model, read_checkpoint(best_path)["state_dict"], source=str(best_path))
+        selected = best_step
+    save_checkpoint(final, task.model, task.tokenizer, **extra, selected_step=selected, **task.finalize())
+    return selected
+
+
+@dataclass
+class _RunState:
+    """Where a run stands: the next step, its history, the best validation so far and the timed steps."""
+
+    start: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_step: int = -1
+    train_time: float = 0.0  # over the steps timed (the first step of a process pays one-off costs)
+    pairs: int = 0
+
+
+def _resume(last: Path, cfg: TrainConfig, task: Task, optimizer: torch.optim.Optimizer) -> _RunState:
+    """Load ``last.pt`` into the model, the optimiser and the task; refuse a checkpoint of another config."""
+    payload = read_checkpoint(last)
+    saved = {**TrainConfig().to_dict(), **(payload.get("train_config") or {})}  # keys added since: defaults
+    differs = sorted(k for k in set(saved) | set(cfg.to_dict())
+                     if k not in ("steps", "device", "eval_every", "checkpoint_every", "select")
+                     and saved.get(k) != cfg.to_dict().get(k))
+    if differs:
+        raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}")
+    load_state(task.model, payload["state_dict"], source=str(last))
+    optimizer.load_state_dict(payload["optimizer"])
+    task.load_extra_state(payload.get("task_state") or {})
+    st = _RunState(
+        start=int(payload["step"]),
+        history=list(payload.get("history") or []),
+        best_score=float(payload.get("best_score", -math.inf)),
+        best_step=int(payload.get("best_step", -1)),
+        train_time=float(payload.get("train_time", 0.0)),
+        pairs=int(payload.get("train_pairs", 0)),
+    )
+    if "torch_rng" in payload:
+        torch.set_rng_state(payload["torch_rng"])
+    logger.info("resumed %s at step %d (best %.4f at step %d)", last, st.start, st.best_score, st.best_step)
+    return st
+
+
+def _optimise(task: Task, loss: Tensor, step: int, optimizer: torch.optim.Optimizer, scaler: Any,
+              params: list[torch.nn.Parameter], grad_clip: float) -> float:
+    """One optimiser step on ``loss`` (scaled under fp16 autocast, clipped); returns the gradient norm."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower --lr or check the data")
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():  # the temperature stays within CLIP's range
+        task.model.logit_scale.clamp_(0.0, math.log(100.0))
+    return grad_norm
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
