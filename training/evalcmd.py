@@ -220,48 +220,9 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     # knowledge: an older artifact is then scored on exactly the same images and classes
     kn = Knowledge.default()
     out.mkdir(parents=True, exist_ok=True)
-    tasks: dict[str, Any] = {}
-    for spec in SUITE:
-        sets = {}
-        for sp in ("train", "val", split):
-            s = load_spec(spec, data_root, kn, sp)
-            sets[sp] = _embed(embedder, s, f"{spec.name} {sp}")
-        (x_te, te) = sets[split]
-        (x_tr, tr), (x_va, va) = sets["train"], sets["val"]
-        classes = te.classes
-        assert tr.classes == classes == va.classes, (tr.classes, va.classes, classes)
-        cls = _class_emb(runtime, te)
-        zs = zero_shot_metrics(x_te, te.labels, cls, classes, runtime.logit_scale, _class_bias(runtime, te))
-        plot_confusion(zs["confusion_matrix"], classes, f"zero-shot {spec.title} ({split})",
-                       out / f"confusion_{spec.name}.png")
-        tasks[spec.name] = {
-            "title": spec.title,
-            "site": spec.site,
-            "zero_shot": zs,
-            "retrieval": retrieval_metrics(x_te, te.labels, cls, classes),
-            "linear_probe": linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), classes),
-            "few_shot": few_shot_metrics((x_tr, tr.labels), (x_te, te.labels), classes),
-            "rows_skipped": dict(te.skipped),
-        }
-    # modality recognition
-    mod: dict[str, Any] = {}
-    msets = {sp: _embed(embedder, load_modality_set(data_root, kn, sp), f"modality {sp}")
-             for sp in ("train", "val", split)}
-    (x_te, te) = msets[split]
-    mcls = modality_embeddings(runtime.encode_texts, kn, te.classes)
-    mod["zero_shot"] = zero_shot_metrics(x_te, te.labels, mcls, te.classes, runtime.logit_scale)
-    plot_confusion(mod["zero_shot"]["confusion_matrix"], te.classes, f"zero-shot modality ({split})",
-                   out / "confusion_modality.png")
-    if runtime.artifact.has("modality_head.json"):
-        names, probs = runtime.modality_probabilities(x_te)
-        order = [names.index(c) for c in te.classes if c in names]
-        if len(order) == len(te.classes):
-            from training.metrics import classification_summary
-
-            mod["head"] = classification_summary(te.labels, probs[:, order], te.classes)
-    (x_tr, tr), (x_va, va) = msets["train"], msets["val"]
-    mod["linear_probe"] = linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), te.classes)
-    mod["rows_skipped"] = dict(te.skipped)
+    tasks: dict[str, Any] = {spec.name: _suite_task(runtime, embedder, spec, data_root, kn, split, out)
+                             for spec in SUITE}
+    mod = _modality_task(runtime, embedder, data_root, kn, split, out)
     tasks["modality"] = {"title": "Modality (CFP / FFA / OCT)", **mod}
 
     open_set = _open_set(runtime, data_root, split, embedder)
@@ -307,6 +268,56 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     write_report(out, payload, md)
     payload["text"] = _suite_text(summary, tasks)
     return payload
+
+
+def _suite_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, spec: Any, data_root: Path, kn: Knowledge,
+                split: str, out: Path) -> dict[str, Any]:
+    """One standard task: zero-shot, retrieval, linear probe and few-shot on ``split`` (probes fit on train/val)."""
+    sets = {}
+    for sp in ("train", "val", split):
+        s = load_spec(spec, data_root, kn, sp)
+        sets[sp] = _embed(embedder, s, f"{spec.name} {sp}")
+    (x_te, te) = sets[split]
+    (x_tr, tr), (x_va, va) = sets["train"], sets["val"]
+    classes = te.classes
+    assert tr.classes == classes == va.classes, (tr.classes, va.classes, classes)
+    cls = _class_emb(runtime, te)
+    zs = zero_shot_metrics(x_te, te.labels, cls, classes, runtime.logit_scale, _class_bias(runtime, te))
+    plot_confusion(zs["confusion_matrix"], classes, f"zero-shot {spec.title} ({split})",
+                   out / f"confusion_{spec.name}.png")
+    return {
+        "title": spec.title,
+        "site": spec.site,
+        "zero_shot": zs,
+        "retrieval": retrieval_metrics(x_te, te.labels, cls, classes),
+        "linear_probe": linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), classes),
+        "few_shot": few_shot_metrics((x_tr, tr.labels), (x_te, te.labels), classes),
+        "rows_skipped": dict(te.skipped),
+    }
+
+
+def _modality_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, data_root: Path, kn: Knowledge, split: str,
+                   out: Path) -> dict[str, Any]:
+    """Modality recognition: zero-shot, through the artifact's modality head (when it has one) and a probe."""
+    mod: dict[str, Any] = {}
+    msets = {sp: _embed(embedder, load_modality_set(data_root, kn, sp), f"modality {sp}")
+             for sp in ("train", "val", split)}
+    (x_te, te) = msets[split]
+    mcls = modality_embeddings(runtime.encode_texts, kn, te.classes)
+    mod["zero_shot"] = zero_shot_metrics(x_te, te.labels, mcls, te.classes, runtime.logit_scale)
+    plot_confusion(mod["zero_shot"]["confusion_matrix"], te.classes, f"zero-shot modality ({split})",
+                   out / "confusion_modality.png")
+    if runtime.artifact.has("modality_head.json"):
+        names, probs = runtime.modality_probabilities(x_te)
+        order = [names.index(c) for c in te.classes if c in names]
+        if len(order) == len(te.classes):
+            from training.metrics import classification_summary
+
+            mod["head"] = classification_summary(te.labels, probs[:, order], te.classes)
+    (x_tr, tr), (x_va, va) = msets["train"], msets["val"]
+    mod["linear_probe"] = linear_probe_metrics((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), te.classes)
+    mod["rows_skipped"] = dict(te.skipped)
+    return mod
 
 
 def _atlas_retrieval(runtime: KeepfitRuntime, data_root: Path, embedder: ImageEmbedder) -> dict[str, Any]:
