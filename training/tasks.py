@@ -15,7 +15,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,31 @@ class TextTask:
         return {}
 
 
+def _validation_sets(data_root: Path, knowledge: Knowledge, holdout: Sequence[str]) -> list[EvalSet]:
+    """The suite's val splits that exist under ``data_root`` (and the modality set) that choose the checkpoint,
+    without the images of held-out categories."""
+    sets = [
+        load_spec(s, data_root, knowledge, "val")
+        for s in SUITE if s.name != "dme_cfp_all" and (data_root / s.manifest).is_file()
+    ] + [load_modality_set(data_root, knowledge, "val")]
+    absent = sorted({s.manifest for s in SUITE if not (data_root / s.manifest).is_file()})
+    if absent:
+        logger.info("validation without %s (not under %s)", ", ".join(absent), data_root)
+    held = {knowledge.canonical(h) for h in holdout}
+    if held:  # choosing the checkpoint must not look at held-out images either (they stay candidate classes)
+        sets = [v.subset(np.asarray([v.classes[y] not in held for y in v.labels])) for v in sets]
+    return sets
+
+
+def _balanced_weights(samples: Sequence[Any], alpha: float) -> Tensor:
+    """Sampling weights that balance the label-set groups: inverse group size to the power ``alpha``
+    (``[1]`` for an empty set, which is never sampled)."""
+    if not samples:
+        return torch.ones(1, dtype=torch.float64)
+    counts = Counter(s.stratum for s in samples)
+    return torch.tensor([counts[s.stratum] ** -alpha for s in samples], dtype=torch.float64)
+
+
 # ================================================================================================ stage 2
 class HybridTask:
     """Stage 2: hybrid image-text knowledge injection on public categorical data and elite pairs."""
@@ -333,16 +358,7 @@ class HybridTask:
                                 cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
         elite, elite_text_counts = elite_set.samples, elite_set.counts
         write_elite_manifest(run_dir / "elite.csv", elite)
-        self.val_sets: list[EvalSet] = [
-            load_spec(s, data_root, knowledge, "val")
-            for s in SUITE if s.name != "dme_cfp_all" and (data_root / s.manifest).is_file()
-        ] + [load_modality_set(data_root, knowledge, "val")]
-        absent = sorted({s.manifest for s in SUITE if not (data_root / s.manifest).is_file()})
-        if absent:
-            logger.info("validation without %s (not under %s)", ", ".join(absent), data_root)
-        held = {knowledge.canonical(h) for h in cfg.holdout}
-        if held:  # choosing the checkpoint must not look at held-out images either (they stay candidate classes)
-            self.val_sets = [v.subset(np.asarray([v.classes[y] not in held for y in v.labels])) for v in self.val_sets]
+        self.val_sets = _validation_sets(data_root, knowledge, cfg.holdout)
         # ---- images: every path once
         paths = list(dict.fromkeys([s.path for s in public.samples] + [s.path for s in elite]
                                    + [p for v in self.val_sets for p in v.paths]))
@@ -372,12 +388,8 @@ class HybridTask:
         if self.use_elite and len(self.elite) < 2:
             raise DataError(f"the elite set has {len(self.elite)} readable pairs; need at least 2")
         # ---- sampling weights: balance the label-set groups (power alpha of inverse frequency)
-        counts = Counter(s.stratum for s in self.public)
-        self.public_weights = torch.tensor([counts[s.stratum] ** -cfg.balance_alpha for s in self.public],
-                                           dtype=torch.float64)
-        elite_counts = Counter(s.stratum for s in self.elite)
-        self.elite_weights = torch.tensor([elite_counts[s.stratum] ** -cfg.balance_alpha for s in self.elite],
-                                          dtype=torch.float64) if self.elite else torch.ones(1, dtype=torch.float64)
+        self.public_weights = _balanced_weights(self.public, cfg.balance_alpha)
+        self.elite_weights = _balanced_weights(self.elite, cfg.balance_alpha)
         self.text_tail = TextTail(model, tokenizer, self.text_layers)
         self.modality_prompts = knowledge.modality_prompts()
         self.elite_ids = {s.caption: torch.from_numpy(tokenizer([s.caption])[0][0]) for s in self.elite}
@@ -387,14 +399,23 @@ class HybridTask:
         if w.gen > 0 and model.caption_decoder is not None:
             # nn.Embedding's N(0, 1) init makes the tied output logits ~16x too large for a fresh decoder
             nn.init.normal_(model.caption_decoder.token_embedding.weight, std=0.02)
-        self.stats = {
+        self.stats = self._describe(public.skipped, elite, elite_text_counts, run_dir)
+        logger.info("stage 2: %d public images (%s), %d elite pairs, losses %s", len(self.public),
+                    self.stats["public_by_modality"], len(self.elite),
+                    {k: v for k, v in w.__dict__.items() if k in ("public", "elite", "kt", "gen") and v > 0})
+
+    def _describe(self, public_skipped: dict[str, int], elite_all: list[Any], elite_text_counts: Counter[str],
+                  run_dir: Path) -> dict[str, Any]:
+        """What the run trains on (written into every checkpoint as ``stats``)."""
+        cfg = self.cfg
+        return {
             "public_train_images": len(self.public),
             "public_by_modality": dict(Counter(s.modality for s in self.public)),
-            "public_skipped_rows": dict(public.skipped),
+            "public_skipped_rows": dict(public_skipped),
             "elite_pairs": len(self.elite),
             "elite_manifest": str(run_dir / "elite.csv"),
             "elite_source": cfg.elite_manifest or "composed",
-            "elite_by_modality": dict(Counter(s.modality for s in elite)),
+            "elite_by_modality": dict(Counter(s.modality for s in elite_all)),
             "elite_text": cfg.elite_text,
             "elite_captions": dict(elite_text_counts) or None,
             "elite_distinct_captions": len({s.caption for s in self.elite}),
@@ -406,9 +427,6 @@ class HybridTask:
             "feature_cache": bool(self.vision_blocks),
             "caption_vocabulary": int(len(self.caption_vocab)),
         }
-        logger.info("stage 2: %d public images (%s), %d elite pairs, losses %s", len(self.public),
-                    self.stats["public_by_modality"], len(self.elite),
-                    {k: v for k, v in w.__dict__.items() if k in ("public", "elite", "kt", "gen") and v > 0})
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
