@@ -228,7 +228,7 @@ def server_phase(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
@@ -247,18 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--rss-child", nargs=2, metavar=("PATH", "FILE"), help=argparse.SUPPRESS)
     p.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.rss_child:
         _rss_child(args.rss_child[0], args.rss_child[1], args.image_size)
         return 0
 
     from model.runtime import KeepfitRuntime
-
-    inputs = camera_inputs(args.data_root)
-    jpegs = inputs["JPEG"]
     from service.engine import SERVER_SESSION_CONFIG
     from service.settings import Settings
 
+    inputs = camera_inputs(args.data_root)
     # the encoder floor runs with the threads the server will use
     server_settings = Settings(threads=args.threads, inference_concurrency=args.concurrency or 0)
     runtime = KeepfitRuntime.from_artifact(
@@ -275,54 +277,63 @@ def main(argv: list[str] | None = None) -> int:
         f"{b}: {ms:.1f} ms ({ms / report['encoder_p50_ms']:.2f}x)"
         for b, ms in report["encoder_ms_per_image_by_batch"].items()))
     if not args.skip_stages:
-        report["stages"] = stage_times(runtime, inputs, args.repeats)
-        print("\n| input | path | decode ms | preprocess ms | encoder ms | total ms |\n|---|---|---|---|---|---|")
-        for key, row in report["stages"].items():
-            fmt, path = key.rsplit(" ", 1)
-            print(f"| {fmt} | {path} | {row['decode_ms']:.1f} | {row['preprocess_ms']:.1f} | "
-                  f"{row['encoder_ms']:.1f} | {row['total_ms']:.1f} |")
-        first = sorted((args.data_root / "camera_originals").glob("*.jpg"))[0]
-        report["rss_one_camera_jpeg_mib"] = rss_per_image(first, runtime.preprocess_cfg.image_size)
-        r = report["rss_one_camera_jpeg_mib"]
-        print(f"\npeak RSS growth, one camera JPEG: old {r['old']:.0f} MiB, new {r['new']:.0f} MiB "
-              f"({r['new'] / r['old']:.2f}x)")
-    if args.skip_server:
-        _write(args.json, report)
-        return 0
+        report.update(_stages_report(runtime, inputs, args))
+    if not args.skip_server:
+        report.update(_server_report(args, inputs["JPEG"], server_settings.intra_op_threads,
+                                     report["encoder_p50_ms"]))
+    _write(args.json, report)
+    return 0
+
+
+def _stages_report(runtime: Any, inputs: dict[str, list[bytes]], args: argparse.Namespace) -> dict[str, Any]:
+    """Per-stage times of each format through the old and the new path, and the peak RSS of one camera JPEG."""
+    out: dict[str, Any] = {"stages": stage_times(runtime, inputs, args.repeats)}
+    print("\n| input | path | decode ms | preprocess ms | encoder ms | total ms |\n|---|---|---|---|---|---|")
+    for key, row in out["stages"].items():
+        fmt, path = key.rsplit(" ", 1)
+        print(f"| {fmt} | {path} | {row['decode_ms']:.1f} | {row['preprocess_ms']:.1f} | "
+              f"{row['encoder_ms']:.1f} | {row['total_ms']:.1f} |")
+    first = sorted((args.data_root / "camera_originals").glob("*.jpg"))[0]
+    r = out["rss_one_camera_jpeg_mib"] = rss_per_image(first, runtime.preprocess_cfg.image_size)
+    print(f"\npeak RSS growth, one camera JPEG: old {r['old']:.0f} MiB, new {r['new']:.0f} MiB "
+          f"({r['new'] / r['old']:.2f}x)")
+    return out
+
+
+def _server_report(args: argparse.Namespace, jpegs: list[bytes], threads: int, floor_ms: float) -> dict[str, Any]:
+    """Each server's cache-miss p50 and throughput, against the core limit measured before and after them."""
+    from model.runtime import KeepfitRuntime
+    from service.engine import SERVER_SESSION_CONFIG
+
     limits = [core_limit(args.artifact, jpegs, args.cores, args.seconds)]
     clients = [int(c) for c in args.clients.split(",") if c]
-    report["server"] = {}
+    servers: dict[str, Any] = {}
     for name, root, env in _servers(args):
         server_args = ["--artifact", str(args.artifact.resolve())]
         with serve(server_args, env={"KEEPFIT_CACHE_MAX_ENTRIES": "0", **env}, root=root) as (base, _pid):
-            report["server"][name] = server_phase(base, jpegs, clients, args.seconds, args.misses)
+            servers[name] = server_phase(base, jpegs, clients, args.seconds, args.misses)
     limits.append(core_limit(args.artifact, jpegs, args.cores, args.seconds))
     limit = statistics.mean(x["images_per_s"] for x in limits)
-    report["core_limit"] = {"images_per_s": limit, "runs": limits}
     print(f"\ncore limit ({args.cores} threads in-process, decode+preprocess+encoder): {limit:.1f} images/s "
           f"(runs: {', '.join(format(x['images_per_s'], '.1f') for x in limits)}; "
           f"CPU per image {limits[0]['cpu_ms_per_image']:.1f} ms)")
-    floors = {server_settings.intra_op_threads: report["encoder_p50_ms"]}
-    for name, res in report["server"].items():
-        threads = int(name.split("x")[2]) if name.count("x") == 2 else server_settings.intra_op_threads
-        if threads not in floors:  # the encoder alone with the threads this server gives each run
-            floors[threads] = encoder_floor(
-                KeepfitRuntime.from_artifact(
-                    args.artifact, intra_op_threads=threads, session_config=SERVER_SESSION_CONFIG
-                ),
-                3 * args.repeats,
-            )
-        ratio = res["miss_p50_ms"] / floors[threads]
-        res["encoder_p50_ms"], res["miss_vs_encoder"] = floors[threads], ratio
+    floors = {threads: floor_ms}
+    for name, res in servers.items():
+        t = int(name.split("x")[2]) if name.count("x") == 2 else threads
+        if t not in floors:  # the encoder alone with the threads this server gives each run
+            runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=t,
+                                                   session_config=SERVER_SESSION_CONFIG)
+            floors[t] = encoder_floor(runtime, 3 * args.repeats)
+        ratio = res["miss_p50_ms"] / floors[t]
+        res["encoder_p50_ms"], res["miss_vs_encoder"] = floors[t], ratio
         print(f"\n[{name}] /v1/classify cache-miss p50 {res['miss_p50_ms']:.1f} ms = {ratio:.1f}x the encoder alone "
-              f"({floors[threads]:.1f} ms with {threads} thread{'s' if threads > 1 else ''})")
+              f"({floors[t]:.1f} ms with {t} thread{'s' if t > 1 else ''})")
         print("| clients | req/s | of core limit | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
         for n, row in res["throughput"].items():
             row["of_core_limit"] = row["req_per_s"] / limit
             print(f"| {n} | {row['req_per_s']:.1f} | {100 * row['of_core_limit']:.0f} % | {row['p50_ms']:.0f} | "
                   f"{row['p99_ms']:.0f} | {row['errors']} |")
-    _write(args.json, report)
-    return 0
+    return {"server": servers, "core_limit": {"images_per_s": limit, "runs": limits}}
 
 
 def _server_env(workers: int, concurrency: int | None, threads: int | None) -> dict[str, str]:
