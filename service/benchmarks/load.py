@@ -158,33 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - start
             rss_after = rss_mib(pid)
 
-    by_op: dict[str, list[float]] = defaultdict(list)
-    hits: dict[str, int] = defaultdict(int)
-    for op, elapsed, status, cached in results:
-        if status == 200:
-            by_op[op].append(elapsed * 1000)
-            hits[op] += cached
-    ok = [e * 1000 for _, e, s, _ in results if s == 200]
-    figures: dict[str, Any] = {
-        "clients": args.clients,
-        "seconds": round(wall, 1),
-        "requests": len(results),
-        "errors": len(errors),
-        "throughput_rps": round(len(results) / wall, 1),
-        "p50_ms": round(pct(ok, 50), 1),
-        "p99_ms": round(pct(ok, 99), 1),
-        "per_endpoint": {
-            op: {
-                "requests": len(v),
-                "p50_ms": round(pct(v, 50), 1),
-                "p99_ms": round(pct(v, 99), 1),
-                "cache_hit_ratio": round(hits[op] / len(v), 3) if v else None,
-            }
-            for op, v in sorted(by_op.items())
-        },
-        "server_rss_mib": {"before": round(rss_before, 1), "after": round(rss_after, 1)},
-        "cache": "off" if args.cache_off else "redis" if args.redis_url else "in-process",
-    }
+    figures = _figures(results, len(errors), wall, args.clients, (rss_before, rss_after))
+    figures["cache"] = "off" if args.cache_off else "redis" if args.redis_url else "in-process"
     print(
         f"{args.clients} clients for {wall:.1f} s, cache {figures['cache']}, {len(images)} images in the pool"
     )
@@ -203,6 +178,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 1 if errors else 0
+
+
+def _figures(results: list[tuple[str, float, int, bool]], errors: int, wall: float, clients: int,
+             rss: tuple[float, float]) -> dict[str, Any]:
+    """Throughput, latency percentiles overall and per endpoint, cache-hit ratios and the server's RSS."""
+    by_op: dict[str, list[float]] = defaultdict(list)
+    hits: dict[str, int] = defaultdict(int)
+    for op, elapsed, status, cached in results:
+        if status == 200:
+            by_op[op].append(elapsed * 1000)
+            hits[op] += cached
+    ok = [e * 1000 for _, e, s, _ in results if s == 200]
+    figures: dict[str, Any] = {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": len(results),
+        "errors": errors,
+        "throughput_rps": round(len(results) / wall, 1),
+        "p50_ms": round(pct(ok, 50), 1),
+        "p99_ms": round(pct(ok, 99), 1),
+        "per_endpoint": {
+            op: {
+                "requests": len(v),
+                "p50_ms": round(pct(v, 50), 1),
+                "p99_ms": round(pct(v, 99), 1),
+                "cache_hit_ratio": round(hits[op] / len(v), 3) if v else None,
+            }
+            for op, v in sorted(by_op.items())
+        },
+        "server_rss_mib": {"before": round(rss[0], 1), "after": round(rss[1], 1)},
+    }
+    return figures
 
 
 if __name__ == "__main__":
