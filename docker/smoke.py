@@ -801,6 +801,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _run_stages(smoke: Smoke, report: Report) -> None:
+    """Provision the engine and the images, bring the compose project up and check it, each stage timed."""
+    with report.timed("install"):
+        smoke.install()
+    with report.timed("engine_start"):
+        smoke.start_engine()
+    with report.timed("base_image"):
+        smoke.base_image()
+    with report.timed("redis_image"):
+        smoke.redis_image()
+    # before the first compose command: the override that mounts real images is part of the project
+    smoke.prepare_images()
+    with report.timed("build"):
+        smoke.compose("build", timeout=900, log=True)
+    with report.timed("up_wait"):
+        smoke.up()
+    with report.timed("classify"):
+        smoke.check_classify()
+    with report.timed("index"):
+        smoke.index()
+    with report.timed("search"):
+        smoke.check_search()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
@@ -825,26 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = True
     code = 1
     try:
-        with report.timed("install"):
-            smoke.install()
-        with report.timed("engine_start"):
-            smoke.start_engine()
-        with report.timed("base_image"):
-            smoke.base_image()
-        with report.timed("redis_image"):
-            smoke.redis_image()
-        # before the first compose command: the override that mounts real images is part of the project
-        smoke.prepare_images()
-        with report.timed("build"):
-            smoke.compose("build", timeout=900, log=True)
-        with report.timed("up_wait"):
-            smoke.up()
-        with report.timed("classify"):
-            smoke.check_classify()
-        with report.timed("index"):
-            smoke.index()
-        with report.timed("search"):
-            smoke.check_search()
+        _run_stages(smoke, report)
         failed = False
         code = 0
     except CannotRun as err:
