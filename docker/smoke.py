@@ -20,6 +20,9 @@ Made for machines without a container registry (``../shared/DOCKER.md``); each s
 Usage: ``python docker/smoke.py [--report FILE]``; as root (it installs packages and starts an engine).
 Exit status: 0 when every check passed, 1 when one failed, 2 for bad usage, 77 when it cannot run here
 (not root, no apt). Stdlib only, so any Python 3.11 runs it.
+
+Over 500 lines: provisioning a private Docker engine (packages, daemon, base images, teardown that leaves no trace)
+is most of it; the checks themselves are short.
 """
 
 from __future__ import annotations

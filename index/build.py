@@ -7,6 +7,9 @@ same inputs with the same artifact skips the chunks already there.
 
 Duplicate images (same SHA-256) are stored once: within one input the first occurrence is kept and the labels of
 the others are merged into it; an image already in the index is not added again.
+
+Over 500 lines: the four maintenance operations share reading the current generation, resumable embedding and the
+commit; splitting them would split that shared path.
 """
 
 from __future__ import annotations

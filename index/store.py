@@ -17,6 +17,9 @@ successful write.
 
 :class:`VectorIndex` opens a generation read-only, verifies it (hashes, counts, dimensions, artifact version) and
 answers ``search`` / ``get`` from any number of threads.
+
+Over 500 lines: the on-disk format (manifest, generations, checksums) and the search API over it must agree exactly,
+so they live together.
 """
 
 from __future__ import annotations

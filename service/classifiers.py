@@ -16,6 +16,9 @@ A classifier belongs to the artifact version it was fitted with.  Another versio
 ``classifier_stale``) until it is refitted: from the stored embeddings when the image encoder and its
 preprocessing are unchanged, otherwise by re-embedding the stored example images (and the index's images of
 the same SHA-256 for examples taken from the index).
+
+Over 500 lines: the store (SQLite rows, arrays, kept examples, crash safety) and the checks and fitting around it
+form one unit.
 """
 
 from __future__ import annotations

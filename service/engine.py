@@ -4,6 +4,9 @@
 :class:`IndexHolder` owns the FAISS index on one dedicated thread (whatever the store's thread rules are) and
 reopens it when a rebuild is swapped into its directory.  Both methods are blocking: handlers call them through
 ``anyio.to_thread`` / the index thread, never on the event loop.
+
+Over 500 lines: the engine (classify, embed, explain, categories) and the index holder are the service's whole model
+side, kept in one place on purpose.
 """
 
 from __future__ import annotations

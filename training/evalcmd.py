@@ -2,6 +2,9 @@
 
 Each command writes ``report.json``, ``report.md`` and PNG plots into its output folder.  Torch-free except
 :func:`record_into_checkpoint`.
+
+Over 500 lines: each eval command, the standard suite and its Markdown report share the embedding and label
+plumbing.
 """
 
 from __future__ import annotations

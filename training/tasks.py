@@ -6,6 +6,8 @@
   apart from other categories' (the language zero-shot classification is built from).
 - :class:`HybridTask` (stage 2, hybrid image-text knowledge injection): soft-target CLIP on public categorical
   data, CLIP on elite pairs, attention-based knowledge transfer, and the caption decoder's generative loss.
+
+Over 500 lines: the two stages' tasks, each with its data set-up, step and validation, and the helpers they share.
 """
 
 from __future__ import annotations

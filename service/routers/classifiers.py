@@ -4,6 +4,9 @@ and classification with one (``POST /v1/classify`` with ``classifier=NAME``).
 Creating one takes, per category, a label and examples: uploaded images (multipart file fields named
 ``examples.<label>``), ids of indexed images, or an index label filter ("every indexed image labelled X").
 Writes need an admin key (``X-Admin-Key``, one of ``KEEPFIT_ADMIN_KEYS``).
+
+Over 500 lines: five endpoints of one resource with two request formats (JSON and multipart) and the refit path,
+which share parsing and fitting helpers that belong together.
 """
 
 from __future__ import annotations
