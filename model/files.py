@@ -1,4 +1,4 @@
-"""Atomic file writes: the one way every package replaces a file (torch-free).
+"""Reading JSON with clear errors, and atomic file writes: the one way every package replaces a file (torch-free).
 
 A reader sees the old file or the new one, never a half-written one: the data goes to a temporary file in the
 same folder, which is renamed over the target only once it is complete; on any error the temporary file is
@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from model.errors import ConfigError
 
 
 @contextmanager
@@ -45,6 +47,18 @@ def atomic_write(
         raise
     if durable:
         fsync_path(path.parent)
+
+
+def read_json(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:
+    """The JSON in ``path``; a missing file, bytes that are not UTF-8 or text that is not JSON raise ``error``
+    with one line that names ``what`` and the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise error(f"{what} not found: {path}") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise error(f"{what} {path} is not valid JSON: {err}") from err
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = False) -> None:

@@ -18,7 +18,6 @@ the rest its small API.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import re
 import unicodedata
@@ -30,6 +29,7 @@ from typing import Any
 
 from model.config import MODALITIES
 from model.errors import ArtifactError, ConfigError
+from model.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -366,12 +366,7 @@ class Knowledge:
     @classmethod
     def from_file(cls, path: str | Path) -> Knowledge:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise ArtifactError(f"knowledge file not found: {path}") from err
-        except json.JSONDecodeError as err:
-            raise ArtifactError(f"knowledge file {path} is not valid JSON: {err}") from err
+        data = read_json(path, "knowledge file", ArtifactError)
         for key in ("templates", "categories", "category_sets", "modality_prompts"):
             if key not in data:
                 raise ArtifactError(f"knowledge file {path} lacks the {key!r} section")
@@ -515,15 +510,6 @@ class Knowledge:
         return self.template(modality).format("; ".join(parts)) + "."
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise ConfigError(f"{what} not found: {path}") from err
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{what} {path} is not valid JSON: {err}") from err
-
-
 def _attach_aliases(categories: dict[str, Any], source: dict[str, Any], abbreviations: dict[str, str],
                     spelling: dict[str, str], path: Path) -> None:
     """Each category's ``aliases`` from ``aliases.json`` plus the abbreviations of its name; refuses an alias
@@ -566,7 +552,7 @@ def _attach_aliases(categories: dict[str, Any], source: dict[str, Any], abbrevia
 def build_knowledge(dictionary_path: str | Path, aliases_path: str | Path = ALIASES_FILE) -> dict[str, Any]:
     """FLAIR's dictionary + :data:`EXTENSIONS` + ``aliases.json`` -> the ``knowledge.json`` structure."""
     path = Path(dictionary_path)
-    source = _read_json(path, "knowledge dictionary")
+    source = read_json(path, "knowledge dictionary")
     definitions = source.get("definitions", source)
     if not isinstance(definitions, dict) or not definitions:
         raise ConfigError(f"knowledge dictionary {path} has no 'definitions' mapping")
@@ -589,7 +575,7 @@ def build_knowledge(dictionary_path: str | Path, aliases_path: str | Path = ALIA
     abbreviations = {v: k for k, v in source.get("abbreviations", {}).items() if isinstance(v, str)}
     abbreviations.update(ABBREVIATIONS)
     apath = Path(aliases_path)
-    words = _read_json(apath, "aliases file")
+    words = read_json(apath, "aliases file")
     spelling = {str(k).lower(): str(v).lower() for k, v in (words.get("spelling") or {}).items()}
     _attach_aliases(categories, words.get("aliases") or {}, abbreviations, spelling, apath)
     return {

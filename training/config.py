@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import ConfigError
+from model.files import read_json
 from training.augment import AugmentConfig
 
 STAGES = ("text", "hybrid")
@@ -177,12 +178,7 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise ConfigError(f"train config file not found: {path}") from err
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"train config file {path} is not valid JSON: {err}") from err
+    data = read_json(path, "train config file")
     if not isinstance(data, dict):
         raise ConfigError(f"train config file {path} must hold a JSON object")
     return data

@@ -793,9 +793,7 @@ async def classify_with_classifier(
         }
         if out["warnings"]:
             answer["warnings"] = out["warnings"]
-        body = json.dumps(answer, separators=(",", ":")).encode()
-        with timings.stage("cache"):
-            await state.cache.set(key, body)
+        body = await state.remember(key, answer, timings)
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     logger.info(
         "classify image=%s classifier_version=%s cached=%s total_ms=%.1f",

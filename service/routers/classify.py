@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from functools import partial
@@ -149,9 +148,7 @@ async def classify(request: Request, state: StateDep) -> Response:
         }
         if result.explanations is not None:
             answer["explanations"] = result.explanations
-        body = json.dumps(answer, separators=(",", ":")).encode()
-        with timings.stage("cache"):
-            await state.cache.set(key, body)
+        body = await state.remember(key, answer, timings)
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     logger.info(
         "classify image=%s modality=%s categories=%s cached=%s total_ms=%.1f",

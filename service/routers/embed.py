@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -73,17 +72,8 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
             assert data is not None
             array = await state.run_image(engine.embed_image, data, timings)
         vector = [float(v) for v in array]
-        body = json.dumps(
-            {
-                "model_version": engine.version,
-                "kind": kind,
-                "sha256": digest,
-                "dim": len(vector),
-                "embedding": vector,
-            },
-            separators=(",", ":"),
-        ).encode()
-        with timings.stage("cache"):
-            await state.cache.set(key, body)
+        answer = {"model_version": engine.version, "kind": kind, "sha256": digest, "dim": len(vector),
+                  "embedding": vector}
+        body = await state.remember(key, answer, timings)
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     return json_with(body, cached=cached is not None, timings_ms=timings.ms)

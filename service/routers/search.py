@@ -113,8 +113,7 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
             vector = await state.run_image(engine.embed_image, data, timings)
         with timings.stage("search"):
             hits = await index.search(vector, top_k, modality, label)
-        with timings.stage("cache"):
-            await state.cache.set(key, json.dumps(hits).encode())
+        await state.remember(key, hits, timings)
     kind_name = "image" if data is not None else "text"
     threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
     warnings = []
