@@ -7,6 +7,7 @@ to ``test-output/screenshots/`` (ignored by git).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,12 @@ def chromium() -> str:
 @pytest.fixture(scope="session")
 def frontend_index(data_root: Path, default_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_index(data_root, default_artifact, tmp_path_factory.mktemp("frontend") / "index")
+
+
+@pytest.fixture(scope="session")
+def frontend_index_size(frontend_index: Path) -> int:
+    """How many images the small index holds, as its manifest says."""
+    return int(json.loads((frontend_index / "index_manifest.json").read_text())["count"])
 
 
 @pytest.fixture(scope="session")

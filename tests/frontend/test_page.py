@@ -44,7 +44,9 @@ def _upload(page, path: Path) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_function("!document.body.dataset.busy")
 
 
-def test_api_key_is_asked_once_and_kept_for_the_session(recorder: PageRecorder, service: Service) -> None:
+def test_api_key_is_asked_once_and_kept_for_the_session(
+    recorder: PageRecorder, service: Service, frontend_index_size: int
+) -> None:
     page = recorder.page
     page.goto(f"{service.base}/")
     # the research note is visible before anything else happens
@@ -54,7 +56,7 @@ def test_api_key_is_asked_once_and_kept_for_the_session(recorder: PageRecorder, 
     page.wait_for_function(
         "document.getElementById('service-status').textContent.includes('keepfit-v2-small')"
     )
-    assert "18 indexed images" in page.inner_text("#service-status")
+    assert f"{frontend_index_size} indexed images" in page.inner_text("#service-status")
     page.wait_for_selector("#message:not([hidden])")
     assert page.get_attribute("#message", "data-code") == "unauthorized"
     assert "API key" in page.inner_text("#message")
@@ -146,7 +148,9 @@ def test_edited_categories_are_what_gets_scored(
     assert "(defaults for FFA)" in page.inner_text("#categories-mode")
 
 
-def test_text_search_then_similar_images(signed_in: PageRecorder, service: Service) -> None:
+def test_text_search_then_similar_images(
+    signed_in: PageRecorder, service: Service, frontend_index_size: int
+) -> None:
     page = signed_in.page
     page.fill("#search-query", "a fluorescein angiogram showing branch retinal vein occlusion")
     page.click("#search-form button[type=submit]")
@@ -157,7 +161,7 @@ def test_text_search_then_similar_images(signed_in: PageRecorder, service: Servi
         "els => els.map(b => ({id: b.dataset.id, score: parseFloat(b.querySelector('.score').textContent.slice(6)),"
         " labels: b.querySelector('.labels').textContent}))",
     )
-    assert len(cards) == 18  # the whole small index, ranked
+    assert len(cards) == frontend_index_size  # the whole small index, ranked
     scores = [c["score"] for c in cards]
     assert scores == sorted(scores, reverse=True)
     assert all(c["labels"] and c["labels"] != "no labels" for c in cards)

@@ -206,25 +206,26 @@ def test_explainer_rejects_an_unknown_mode(runtime: KeepfitRuntime) -> None:
 
 # -------------------------------------------------------------------------------------------- pointing game
 @pytest.mark.data
-def test_pointing_game_scores_the_twenty_masked_images(
+def test_pointing_game_scores_every_masked_image(
     tiny_artifact: Path, data_root: Path, tmp_path: Path
 ) -> None:
     from model.benchmarks.pointing_game import main, segmentation_items
 
     items = segmentation_items(data_root)
-    assert len(items) == 20
+    n = len(items)
+    assert n > 0
     args = ["--artifact", str(tiny_artifact), "--data-root", str(data_root), "--out", str(tmp_path)]
     assert main([*args, "--modes", "contrast"]) == 0
     (folder,) = tmp_path.iterdir()
     result = json.loads((folder / "results.json").read_text())
     brvo = result["summary"]["contrast"]["branch retinal vein occlusion"]
     npa = result["summary"]["contrast"]["non-perfusion area"]
-    assert brvo["images"] == npa["images"] == 20
+    assert brvo["images"] == npa["images"] == n
     # the random-point baseline is the mean share of the marked area, computed here independently
     shares = [float((np.asarray(Image.open(m)) > 0).mean()) for _, m in items]
     assert abs(brvo["random_point"] - float(np.mean(shares))) < 1e-9
     # the non-perfusion area lies inside the BRVO-affected area
     assert 0 < npa["random_point"] < brvo["random_point"] < 1
     hits = [r["hit"] for r in result["rows"] if r["target"] == "non-perfusion area"]
-    assert npa["hit_rate"] == pytest.approx(sum(hits) / 20)
-    assert len(list(folder.glob("*__contrast__brvo.jpg"))) == 20  # overlays for a person to look at
+    assert npa["hit_rate"] == pytest.approx(sum(hits) / n)
+    assert len(list(folder.glob("*__contrast__brvo.jpg"))) == n  # overlays for a person to look at

@@ -13,6 +13,9 @@ from PIL import Image
 
 from service.settings import Settings
 
+# the small test index (tests/service/conftest.py: index_dir): real images per modality
+SMALL_INDEX = {"CFP": 4, "OCT": 4, "FFA": 4}
+
 
 def make_settings(artifact: Path, **overrides: Any) -> Settings:
     """Settings independent of the developer's environment (``_env_file`` off, every field explicit enough)."""

@@ -74,15 +74,19 @@ def test_redis_cache_survives_outage_and_recovers(caplog: pytest.LogCaptureFixtu
             await cache.set("k", b"v")
         assert cache.state == "degraded" and await cache.check() == "degraded"
         server.start()
-        await asyncio.sleep(0.35)
-        await cache.set("k", b"w")
-        assert await cache.get("k") == b"w" and cache.state == "ok"
-        # a hung server (SIGSTOP): answers within the timeout, as a miss
+        deadline = time.monotonic() + 10.0
+        while cache.state != "ok" or await cache.get("k") != b"w":  # back once its retry interval has passed
+            assert time.monotonic() < deadline, f"the cache did not come back ({cache.state})"
+            await cache.set("k", b"w")
+            await asyncio.sleep(0.05)
+        # a hung server (SIGSTOP): every answer within the timeout, as a miss, until the outage is noticed
         server.freeze()
-        await asyncio.sleep(0.35)
-        start = time.perf_counter()
-        assert await cache.get("k") is None
-        assert time.perf_counter() - start < 1.0
+        deadline = time.monotonic() + 10.0
+        while cache.state == "ok":
+            assert time.monotonic() < deadline, "a frozen Redis was never noticed"
+            start = time.perf_counter()
+            assert await cache.get("k") is None
+            assert time.perf_counter() - start < 1.0
         server.thaw()
         await cache.close()
 
@@ -110,12 +114,13 @@ def test_redis_stopped_during_load_fails_no_request(
             statuses: list[int] = []
             cached: list[bool] = []
             lock = threading.Lock()
-            stop_at = time.monotonic() + 6.0
+            stop = threading.Event()
+            stop_at = time.monotonic() + 120.0  # a bound in case the test body fails before it sets stop
 
             def client(seed: int) -> None:
                 with httpx.Client(base_url=base, timeout=30) as http:
                     i = seed
-                    while time.monotonic() < stop_at:
+                    while not stop.is_set() and time.monotonic() < stop_at:
                         if i % 2:
                             r = http.post("/v1/embed", json={"text": f"finding number {i % 5}"})
                         else:
@@ -129,25 +134,49 @@ def test_redis_stopped_during_load_fails_no_request(
                                 cached.append(bool(r.json()["cached"]))
                         i += 1
 
+            def answered_more_than(n: int) -> None:
+                deadline = time.monotonic() + 20.0
+                while True:
+                    with lock:
+                        if len(statuses) > n:
+                            return
+                    assert time.monotonic() < deadline, f"only {len(statuses)} answers"
+                    time.sleep(0.05)
+
             with ThreadPoolExecutor(8) as pool:
                 futures = [pool.submit(client, s) for s in range(8)]
-                time.sleep(2.0)
-                redis.stop()
-                time.sleep(0.5)
-                degraded = httpx.get(f"{base}/readyz").json()
-                time.sleep(1.0)
-                redis.start()
+                try:
+                    answered_more_than(20)  # load with Redis up
+                    redis.stop()
+                    deadline = time.monotonic() + 20.0
+                    while (degraded := httpx.get(f"{base}/readyz").json())["cache"]["state"] != "degraded":
+                        assert time.monotonic() < deadline, degraded
+                        time.sleep(0.05)
+                    with lock:
+                        before = len(statuses)
+                    answered_more_than(before + 20)  # load while Redis is down
+                    redis.start()
+                    with lock:
+                        before = len(statuses)
+                    answered_more_than(before + 20)  # load while it comes back
+                finally:
+                    stop.set()
                 for f in futures:
                     f.result()
             assert len(statuses) > 20
             assert statuses.count(200) == len(statuses), {s: statuses.count(s) for s in set(statuses)}
             assert degraded["cache"] == {"backend": "redis", "state": "degraded"}
             assert degraded["artifact"]["name"] == "keepfit-v2-small"  # still ready
-            time.sleep(0.6)
             with httpx.Client(base_url=base, timeout=30) as http:
-                first = http.post("/v1/embed", json={"text": "after the restart"}).json()
-                second = http.post("/v1/embed", json={"text": "after the restart"}).json()
-                assert (first["cached"], second["cached"]) == (False, True)
+                deadline = time.monotonic() + 20.0
+                for attempt in range(10_000):  # hits again once the retry interval has passed
+                    text = f"after the restart {attempt}"
+                    first = http.post("/v1/embed", json={"text": text}).json()
+                    second = http.post("/v1/embed", json={"text": text}).json()
+                    if (first["cached"], second["cached"]) == (False, True):
+                        break
+                    assert time.monotonic() < deadline, "no cache hits after Redis came back"
+                    time.sleep(0.05)
                 assert http.get("/readyz").json()["cache"]["state"] == "ok"
                 metrics = http.get("/metrics").text
             assert any(cached), "no cache hits during the load"

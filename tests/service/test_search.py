@@ -17,7 +17,7 @@ from PIL import Image
 from index.writer import seal
 from service.app import create_app
 from service.engine import IndexHolder
-from tests.service.helpers import make_settings
+from tests.service.helpers import SMALL_INDEX, make_settings
 
 
 def _search(client: TestClient, path: str = "/v1/search", **body: Any) -> Any:
@@ -28,7 +28,8 @@ def test_text_search_ranks_the_index(indexed: TestClient) -> None:
     r = _search(indexed, query="optical coherence tomography scan of the macula", top_k=5)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["index_count"] == 12 and body["query"]["kind"] == "text" and len(body["hits"]) == 5
+    assert body["index_count"] == sum(SMALL_INDEX.values()) and body["query"]["kind"] == "text"
+    assert len(body["hits"]) == 5
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
     assert len({h["id"] for h in body["hits"]}) == 5
@@ -45,17 +46,20 @@ def test_search_is_cached_and_aliased(indexed: TestClient) -> None:
 
 
 def test_filters(indexed: TestClient) -> None:
-    hits = _search(indexed, query="retina", top_k=12, modality="FFA").json()["hits"]
-    assert len(hits) == 4 and {h["modality"] for h in hits} == {"FFA"}
-    hits = _search(indexed, query="retina", top_k=12, label="diabetic macular edema").json()["hits"]
+    everything = sum(SMALL_INDEX.values())
+    hits = _search(indexed, query="retina", top_k=everything, modality="FFA").json()["hits"]
+    assert len(hits) == SMALL_INDEX["FFA"] and {h["modality"] for h in hits} == {"FFA"}
+    hits = _search(indexed, query="retina", top_k=everything, label="diabetic macular edema").json()["hits"]
     assert hits and all("diabetic macular edema" in h["labels"] for h in hits)
     assert (
-        _search(indexed, query="retina", top_k=12, modality="CFP", label="no such label").json()["hits"] == []
+        _search(indexed, query="retina", top_k=everything, modality="CFP", label="no such label").json()["hits"]
+        == []
     )
 
 
 def test_top_k_above_the_index_size_returns_everything(indexed: TestClient) -> None:
-    assert len(_search(indexed, query="retina", top_k=100).json()["hits"]) == 12
+    everything = sum(SMALL_INDEX.values())
+    assert len(_search(indexed, query="retina", top_k=everything + 1).json()["hits"]) == everything
 
 
 def test_image_search_finds_the_image_itself_first(indexed: TestClient, index_dir: Path) -> None:
@@ -116,7 +120,7 @@ def test_unknown_image_id_is_404_without_paths(indexed: TestClient) -> None:
 
 def test_readyz_counts_the_index(indexed: TestClient) -> None:
     index = indexed.get("/readyz").json()["index"]
-    assert index["loaded"] and index["count"] == 12 and index["error"] is None
+    assert index["loaded"] and index["count"] == sum(SMALL_INDEX.values()) and index["error"] is None
 
 
 def test_index_of_another_artifact_version_is_refused(
@@ -149,7 +153,7 @@ def test_index_appearing_later_is_picked_up(
         assert r.status_code == 503 and "no index at" in r.json()["error"]["message"]
         shutil.copytree(index_dir, target)
         r = _search(client, query="drusen", top_k=2)
-        assert r.status_code == 200 and r.json()["index_count"] == 12
+        assert r.status_code == 200 and r.json()["index_count"] == sum(SMALL_INDEX.values())
 
 
 class _EmptyIndex:
