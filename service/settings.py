@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=256,
-        description="model runs at once per process (0: one per two CPU cores, at least 2)",
+        description="model runs at once per process (0: one per two CPU cores, at least 2, plus one)",
     )
     large_image_pixels: int = Field(
         default=12_000_000,
@@ -187,19 +187,25 @@ class Settings(BaseSettings):
 
     @property
     def concurrency(self) -> int:
-        """How many blocking model runs one process allows at once (more only thrashes the CPU caches)."""
+        """How many blocking model runs one process allows at once: ``inference_concurrency``, else the runs
+        that share the cores (one per two cores, at least 2) plus one waiting with its image decoded, so a core
+        never idles while the event loop hands it the next request (camera JPEGs on 2 cores: 3 runs reached
+        87-89 % of the core limit where 2 reached 75-77 %, ``service/benchmarks/camera_speed.py --configs``)."""
         if self.inference_concurrency:
             return self.inference_concurrency
-        return max(2, (os.cpu_count() or 2) // 2)
+        return self._sharing_runs() + 1
+
+    def _sharing_runs(self) -> int:
+        return self.inference_concurrency or max(2, (os.cpu_count() or 2) // 2)
 
     @property
     def intra_op_threads(self) -> int:
-        """ONNX Runtime threads per model run: ``threads``, else the cores shared among the concurrent runs
+        """ONNX Runtime threads per model run: ``threads``, else the cores shared among the runs that share them
         (more oversubscribes the CPU: at 16 clients on 2 cores, 2 threads x 2 runs gave 62 % of the core limit
         where 1 x 2 gave 88 %, service/benchmarks/camera_speed.py)."""
         if self.threads:
             return self.threads
-        return max(1, (os.cpu_count() or 1) // self.concurrency)
+        return max(1, (os.cpu_count() or 1) // self._sharing_runs())
 
 
 @lru_cache

@@ -121,3 +121,7 @@ def test_onnx_threads_share_the_cores_among_concurrent_runs() -> None:
     assert Settings(inference_concurrency=2).intra_op_threads == max(1, cores // 2)
     assert Settings(inference_concurrency=cores * 4).intra_op_threads == 1
     assert Settings(threads=3, inference_concurrency=2).intra_op_threads == 3
+    # by default: the runs that share the cores, plus one waiting with its image decoded
+    default = Settings()
+    assert default.concurrency == max(2, cores // 2) + 1
+    assert default.intra_op_threads == max(1, cores // max(2, cores // 2))
