@@ -320,40 +320,49 @@ def _stats(metadata: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- commit
-def _commit(
-    directory: Path,
-    base_manifest: dict[str, Any],
-    built: BuiltIndex,
-    vectors: np.ndarray,
-    ids: np.ndarray,
-    new_records: Sequence[Record],
-    removed_ids: Sequence[int],
-    base_metadata: Path | None,
-    ann: AnnSpec,
-    history: dict[str, Any],
-) -> dict[str, Any]:
-    generation = int(base_manifest.get("generation", 0)) + 1
-    token = new_token(generation)
-    metadata = directory / generation_name("metadata", token)
-    count = write_metadata(metadata, new_records, base=base_metadata, remove=removed_ids)
-    if count != len(ids):
-        metadata.unlink(missing_ok=True)
-        raise IndexStoreError(f"metadata holds {count} records but {len(ids)} vectors were computed")
-    next_id = max(int(base_manifest.get("next_id", 1)), int(ids[-1]) + 1 if len(ids) else 1)
-    manifest = {
-        **base_manifest,
-        "generation": generation,
-        "count": int(len(ids)),
-        "dim": int(vectors.shape[1]),
-        "next_id": next_id,
-        "index_type": built.kind,
-        "index_params": built.params,
-        "ann": ann.to_dict(),
-        "stats": _stats(metadata),
-        "history": append_history(base_manifest, history),
-    }
-    manifest.setdefault("created", now_iso())
-    return write_generation(directory, manifest, built.index, vectors, ids, metadata)
+@dataclass
+class NextGeneration:
+    """The next generation of an index, assembled in memory and committed with one rename (:mod:`index.writer`):
+    the FAISS index built or updated for it, all its vectors and ids, and what changed in the metadata."""
+
+    directory: Path
+    base: dict[str, Any]  # the manifest it follows, with the operation's own fields changed
+    ann: AnnSpec
+    built: BuiltIndex
+    vectors: np.ndarray  # [N, D]; row i has id ids[i]
+    ids: np.ndarray  # [N], ascending
+    added: Sequence[Record] = ()
+    removed: Sequence[int] = ()
+    base_metadata: Path | None = None  # the current generation's metadata the changes apply to (None: a build)
+
+    def commit(self, history: dict[str, Any]) -> dict[str, Any]:
+        """Write the metadata, vectors, ids and FAISS files, then the manifest that names them; returns it."""
+        generation = int(self.base.get("generation", 0)) + 1
+        token = new_token(generation)
+        metadata = self.directory / generation_name("metadata", token)
+        count = write_metadata(metadata, self.added, base=self.base_metadata, remove=self.removed)
+        if count != len(self.ids):
+            metadata.unlink(missing_ok=True)
+            raise IndexStoreError(f"metadata holds {count} records but {len(self.ids)} vectors were computed")
+        next_id = max(int(self.base.get("next_id", 1)), int(self.ids[-1]) + 1 if len(self.ids) else 1)
+        manifest = {
+            **self.base,
+            "generation": generation,
+            "count": int(len(self.ids)),
+            "dim": int(self.vectors.shape[1]),
+            "next_id": next_id,
+            "index_type": self.built.kind,
+            "index_params": self.built.params,
+            "ann": self.ann.to_dict(),
+            "stats": _stats(metadata),
+            "history": append_history(self.base, history),
+        }
+        manifest.setdefault("created", now_iso())
+        return write_generation(self.directory, manifest, self.built.index, self.vectors, self.ids, metadata)
+
+
+def _metadata_of(directory: Path, manifest: dict[str, Any]) -> Path:
+    return directory / manifest["files"]["metadata"]["name"]
 
 
 def _check_target(directory: Path) -> dict[str, Any] | None:
@@ -461,7 +470,7 @@ def build(
             "duplicates": report.duplicates,
             "skipped": dict(report.skipped),
         }
-        manifest = _commit(directory, base, built, asm.vectors, ids, asm.records, (), None, ann, history)
+        manifest = NextGeneration(directory, base, ann, built, asm.vectors, ids, added=asm.records).commit(history)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
     return _finish(report, manifest, start)
@@ -557,20 +566,11 @@ def add(
                 "already_indexed": report.already_indexed,
                 "skipped": dict(report.skipped),
             }
-            base_metadata = directory / manifest["files"]["metadata"]["name"]
             sources_list = list(dict.fromkeys([*manifest.get("sources", []), *sources.descriptions]))
-            committed = _commit(
-                directory,
-                {**manifest, "sources": sources_list},
-                built,
-                vectors,
-                ids,
-                asm.records,
-                (),
-                base_metadata,
-                ann,
-                history,
-            )
+            committed = NextGeneration(
+                directory, {**manifest, "sources": sources_list}, ann, built, vectors, ids, added=asm.records,
+                base_metadata=_metadata_of(directory, manifest),
+            ).commit(history)
         finally:
             current.close()
         if work is not None:
@@ -595,7 +595,7 @@ def _update_index(
         if not len(ids):
             return BuiltIndex(index=empty_index(current.dim), kind="flat", params={"dim": current.dim})
         return build_index(vectors, ids, spec, dim=current.dim)
-    index: Any = current._index  # we own this copy: the reader was opened for this operation only
+    index: Any = current.release_faiss_index()  # the reader was opened for this operation only
     if len(removed):
         index.remove_ids(np.asarray(removed, dtype=np.int64))
     if len(new_ids):
@@ -640,11 +640,11 @@ def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) 
                 sorted(wanted),
                 ann,
             )
-            base_metadata = directory / manifest["files"]["metadata"]["name"]
             history = {"op": "remove", "removed": len(wanted), "ids": sorted(wanted)[:100]}
-            committed = _commit(
-                directory, manifest, built, vectors, kept_ids, (), sorted(wanted), base_metadata, ann, history
-            )
+            committed = NextGeneration(
+                directory, manifest, ann, built, vectors, kept_ids, removed=sorted(wanted),
+                base_metadata=_metadata_of(directory, manifest),
+            ).commit(history)
         finally:
             current.close()
     report = Report(directory, "remove", removed=len(wanted))
@@ -661,11 +661,10 @@ def reindex(directory: Path, ann: AnnSpec) -> Report:
             manifest = current.manifest
             vectors = np.asarray(current.vectors())
             built = build_index(vectors, current.ids, ann, dim=current.dim)
-            base_metadata = directory / manifest["files"]["metadata"]["name"]
             history = {"op": "reindex", "index_type": built.kind}
-            committed = _commit(
-                directory, manifest, built, vectors, current.ids, (), (), base_metadata, ann, history
-            )
+            committed = NextGeneration(
+                directory, manifest, ann, built, vectors, current.ids, base_metadata=_metadata_of(directory, manifest)
+            ).commit(history)
         finally:
             current.close()
     return _finish(Report(directory, "reindex"), committed, start)

@@ -32,6 +32,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,26 @@ class VectorIndex:
     def vectors(self) -> np.ndarray:
         """The stored unit vectors ``[N, D]`` (memory-mapped, read-only), row i has id ``ids[i]``."""
         return self._vectors
+
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors ``[len(ids), D]`` of these ids (all of which must be indexed), as float32."""
+        return np.asarray(self._vectors[np.searchsorted(self._ids, np.asarray(ids, dtype=np.int64))], np.float32)
+
+    def matching_ids(self, modality: str | None = None, label: str | None = None) -> list[int]:
+        """Ids of the records of ``modality`` and/or ``label`` (a label also matches by its canonical name), as
+        the search filters select them."""
+        rows = self._filter(modality, label)[0]
+        return [int(i) for i in self._ids[rows]]
+
+    def records_by_id(self, ids: Sequence[int]) -> dict[int, Record]:
+        """``id -> Record`` of those ids that are indexed (look for missing ones by absence)."""
+        return self._records([int(i) for i in ids])
+
+    def release_faiss_index(self) -> Any:
+        """The FAISS index object itself, for a writer that opened this reader for one update and will not
+        search it again (it is modified in place and written as the next generation)."""
+        index, self._index = self._index, None  # type: ignore[assignment]
+        return index
 
     # ---------------------------------------------------------------------------------------------- search
     def search(

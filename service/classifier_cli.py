@@ -30,6 +30,7 @@ from service.classifiers import (
     check_examples,
     check_name,
     encoder_fingerprint,
+    index_examples,
     sha256_hex,
 )
 
@@ -146,8 +147,6 @@ def _index_examples(args: argparse.Namespace, artifact_version: str) -> list[Exa
     from index.store import VectorIndex
 
     with VectorIndex.open(Path(args.index), expected_artifact_version=artifact_version) as index:
-        ids_all = np.asarray(index.ids)
-        vectors = index.vectors()
         wanted: list[tuple[str, list[int]]] = []
         for label, value in _pairs(args.ids or [], "--ids"):
             try:
@@ -158,22 +157,17 @@ def _index_examples(args: argparse.Namespace, artifact_version: str) -> list[Exa
                 raise ConfigError(f"--ids {label}= names no ids")
             wanted.append((label, ids))
         for label, value in _pairs(args.index_label or [], "--index-label"):
-            rows = index._filter(args.modality, value)[0]
-            if len(rows) == 0:
+            matched = index.matching_ids(args.modality, value)
+            if not matched:
                 raise DataError(f"no indexed image is labelled {value!r}")
-            wanted.append((label, [int(ids_all[r]) for r in rows]))
+            wanted.append((label, matched))
         examples: list[Example] = []
         for label, ids in wanted:
-            records = index._records(ids)
+            records = index.records_by_id(ids)
             missing = [i for i in ids if i not in records]
             if missing:
                 raise DataError(f"unknown index ids for {label!r}: {', '.join(map(str, missing[:10]))}")
-            for image_id in ids:
-                pos = int(np.searchsorted(ids_all, image_id))
-                r = records[image_id]
-                examples.append(
-                    Example(label, r.sha256, "index", np.asarray(vectors[pos]), image_id, modality=r.modality)
-                )
+            examples += index_examples(label, [records[i] for i in ids], index.vectors_of(ids))
     return examples
 
 

@@ -513,6 +513,15 @@ class ClassifierStore:
 
 
 # ------------------------------------------------------------------------------------------------ fitting
+def index_examples(category: str, records: Sequence[Any], vectors: np.ndarray) -> list[Example]:
+    """Examples of ``category`` taken from an index: its records and their stored vectors ``[N, D]``."""
+    return [
+        Example(category=category, sha256=r.sha256, source="index", embedding=np.asarray(v, dtype=np.float32),
+                index_id=int(r.id), modality=r.modality)
+        for r, v in zip(records, vectors, strict=True)
+    ]
+
+
 def category_counts(labels: Sequence[str], examples: Sequence[Example]) -> dict[str, int]:
     counts = dict.fromkeys(labels, 0)
     for ex in examples:

@@ -41,6 +41,7 @@ from service.classifiers import (
     check_name,
     encoder_fingerprint,
     fit_examples,
+    index_examples,
     now_iso,
 )
 from service.deps import ServiceState, StateDep, content_type, key_matches, read_upload, require_api_key
@@ -232,14 +233,11 @@ async def _index_examples(
     index = state.index.require()
 
     def run() -> list[Example]:
-        ids_all = np.asarray(index.ids)
-        vectors = index.vectors()
         out: list[Example] = []
         for spec in wanted:
             ids = [int(i) for i in spec.ids]
             if spec.index_label:
-                rows = index._filter(modality, spec.index_label)[0]
-                matched = [int(ids_all[r]) for r in rows]
+                matched = index.matching_ids(modality, spec.index_label)
                 if not matched:
                     raise InvalidRequestError(
                         f"no indexed {modality + ' ' if modality else ''}image is labelled "
@@ -251,7 +249,7 @@ async def _index_examples(
                     f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES); "
                     f"category {spec.label!r} alone brings {len(ids)}"
                 )
-            records = index._records(ids)
+            records = index.records_by_id(ids)
             missing = [i for i in ids if i not in records]
             if missing:
                 raise ServiceError(
@@ -259,19 +257,7 @@ async def _index_examples(
                     status_code=404,
                     code="not_found",
                 )
-            positions = np.searchsorted(ids_all, ids)
-            for image_id, pos in zip(ids, positions, strict=True):
-                record = records[image_id]
-                out.append(
-                    Example(
-                        category=spec.label,
-                        sha256=record.sha256,
-                        source="index",
-                        embedding=np.asarray(vectors[pos], dtype=np.float32),
-                        index_id=image_id,
-                        modality=record.modality,
-                    )
-                )
+            out += index_examples(spec.label, [records[i] for i in ids], index.vectors_of(ids))
         return out
 
     return await state.index.call(run)
