@@ -54,6 +54,7 @@ from training.evaluate import (
 )
 from training.features import FeatureStore, ImageSource, PixelSource, build_feature_store
 from training.loop import Task
+from training.losses import HybridBatch, hybrid_objectives
 from training.parts import (
     ImagePrefix,
     ImageTail,
@@ -91,14 +92,6 @@ def build_model(cfg: TrainConfig) -> tuple[KeepFITModel, Tokenizer, dict[str, An
                 "init_step": payload.get("step")}
         logger.info("text encoder initialised from %s (step %s)", cfg.init, payload.get("step"))
     return model, tokenizer, info
-
-
-def _soft_clip_loss(img: Tensor, txt: Tensor, keys: list[Any], scale: Tensor) -> Tensor:
-    """CLIP loss whose targets spread over every pair with the same key (same category = positive)."""
-    logits = scale * img @ txt.t()  # [B, B]
-    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=logits.dtype, device=logits.device)
-    target = same / same.sum(dim=1, keepdim=True)  # symmetric relation, so the same target serves both sides
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 # ================================================================================================ stage 1
@@ -398,6 +391,7 @@ class HybridTask:
         # the caption decoder predicts over the closed vocabulary of the elite captions (see CaptionDecoder.loss)
         used = torch.cat(list(self.elite_ids.values())) if self.elite_ids else torch.zeros(0, dtype=torch.long)
         self.caption_vocab = torch.unique(used[used != tokenizer.pad_id]).to(device)
+        self.objectives = hybrid_objectives(cfg.kt_same_modality, self.elite_ids, tokenizer.pad_id, self.caption_vocab)
         if w.gen > 0 and model.caption_decoder is not None:
             # nn.Embedding's N(0, 1) init makes the tied output logits ~16x too large for a fresh decoder
             nn.init.normal_(model.caption_decoder.token_embedding.weight, std=0.02)
@@ -468,29 +462,14 @@ class HybridTask:
         txt = encode_unique(self.text_tail, texts, dev)  # [B+E, D]
         scale = self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
         b = len(pub)
-        img_p, txt_p, img_e, txt_e = img[:b], txt[:b], img[b:], txt[b:]
+        batch = HybridBatch(self.model, pub, eli, list(keys), img[:b], txt[:b], img[b:], txt[b:], feats[b:], scale, dev)
         losses: dict[str, Tensor] = {}
         total = torch.zeros((), device=dev)
-        if w.public > 0:
-            losses["public"] = _soft_clip_loss(img_p, txt_p, list(keys), scale)
-            total = total + w.public * losses["public"]
-        if w.elite > 0:
-            losses["elite"] = _soft_clip_loss(img_e, txt_e, [s.caption for s in eli], scale)
-            total = total + w.elite * losses["elite"]
-        if w.kt > 0:
-            # queries: public images; keys: elite images; values: elite texts -> pulled to the public text
-            blocked = None
-            if cfg.kt_same_modality:
-                blocked = torch.tensor([[q.modality != e.modality for e in eli] for q in pub], device=dev)  # [B, E]
-            transferred = self.model.transfer_knowledge(img_p, img_e, txt_e, blocked)  # [B, D] unit
-            losses["kt"] = (1.0 - (transferred * txt_p).sum(-1)).mean()
-            total = total + w.kt * losses["kt"]
-        if w.gen > 0:
-            assert self.model.caption_decoder is not None
-            ids = nn.utils.rnn.pad_sequence([self.elite_ids[s.caption] for s in eli], batch_first=True,
-                                            padding_value=self.tokenizer.pad_id).to(dev)
-            losses["gen"] = self.model.caption_decoder.loss(feats[b:], ids, vocab=self.caption_vocab)
-            total = total + w.gen * losses["gen"]
+        for name, objective in self.objectives.items():  # summed in a fixed order: public, elite, kt, gen
+            weight = getattr(w, name)
+            if weight > 0:
+                losses[name] = objective(batch)
+                total = total + weight * losses[name]
         losses["loss"] = total
         losses["logit_scale"] = scale.detach()
         return losses, len(samples)
