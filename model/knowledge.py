@@ -9,10 +9,11 @@ Clinicians word a category in many ways (``healthy``, ``no findings``, ``normal 
 ``model/data/aliases.json`` lists those words per category and modality; :func:`build_knowledge` stores them in
 each category's ``aliases`` field, and an alias is scored with its category's expert prompts, so every wording
 of one category gives the same answer.  A name the knowledge does not know is prompted with an ensemble of
-clinical sentences (:data:`OPEN_TEMPLATES`) and reported with the known categories it resembles.
+clinical sentences (``open_templates``) and reported with the known categories it resembles.
 
-Over 500 lines: most of it is the knowledge's source data (categories, aliases and prompt templates per modality),
-the rest its small API.
+The knowledge is data, with one source each: FLAIR's dictionary, ``model/data/knowledge_source.json`` (ours) and
+``model/data/aliases.json``; ``keepfit knowledge`` builds ``model/data/knowledge.json`` from them, every exported
+artifact carries a copy of it (an artifact stays self-contained), and a test fails when the built file is stale.
 """
 
 from __future__ import annotations
@@ -38,311 +39,7 @@ KNOWLEDGE_FORMAT = 2
 ANY = "any"
 ALIASES_FILE = Path(__file__).parent / "data" / "aliases.json"
 
-TEMPLATES: dict[str, str] = {
-    "CFP": "A fundus photograph of {}",
-    "FFA": "A fluorescein angiogram showing {}",
-    "OCT": "An optical coherence tomography scan of the macula showing {}",
-}
-
-# A name the knowledge does not know: the name inside several clinical sentences, averaged like a known class's
-# prompts (the first is the modality's plain template).
-OPEN_TEMPLATES: dict[str, list[str]] = {
-    "CFP": [
-        "A fundus photograph of {}",
-        "A colour fundus photograph showing {}",
-        "A retinal photograph of an eye with {}",
-        "Fundus photography: findings consistent with {}",
-        "A fundus image of a patient diagnosed with {}",
-    ],
-    "FFA": [
-        "A fluorescein angiogram showing {}",
-        "A fundus fluorescein angiography image of an eye with {}",
-        "Angiographic findings consistent with {}",
-        "A fluorescein angiogram of a patient diagnosed with {}",
-    ],
-    "OCT": [
-        "An optical coherence tomography scan of the macula showing {}",
-        "An OCT B-scan of an eye with {}",
-        "OCT findings consistent with {}",
-        "An optical coherence tomography image of a patient diagnosed with {}",
-    ],
-}
-
-# Prompts that describe the modality itself, for modality recognition (``modality=auto``).
-MODALITY_PROMPTS: dict[str, list[str]] = {
-    "CFP": [
-        "A colour fundus photograph of the retina",
-        "A color fundus image showing the optic disc, macula and retinal vessels",
-        "A retinal photograph with an orange-red background",
-    ],
-    "FFA": [
-        "A fluorescein angiogram of the retina",
-        "A grayscale fundus fluorescein angiography image with bright vessels",
-        "An angiogram showing dye filling the retinal vessels",
-    ],
-    "OCT": [
-        "An optical coherence tomography B-scan of the macula",
-        "An OCT cross-section showing the retinal layers",
-        "A grayscale tomographic scan of the retina in cross-section",
-    ],
-}
-
-# Our categories and modality-specific descriptions, on top of FLAIR's dictionary (which has CFP phrasing).
-EXTENSIONS: dict[str, dict[str, list[str]]] = {
-    "diabetic macular edema": {
-        "CFP": [
-            "diabetic macular edema",
-            "hard exudates near the macula",
-            "retinal thickening near the macula",
-            "circinate exudates around the fovea",
-        ],
-        "OCT": [
-            "diabetic macular edema",
-            "retinal thickening with intraretinal cystoid fluid spaces",
-            "hyporeflective cysts in the macula",
-            "subretinal fluid and loss of the foveal depression",
-        ],
-        ANY: ["diabetic macular edema", "macular thickening with fluid"],
-    },
-    "no diabetic macular edema": {
-        "CFP": ["no diabetic macular edema", "a macula without exudates or thickening"],
-        "OCT": [
-            "no diabetic macular edema",
-            "a normal foveal depression without fluid",
-            "retinal layers of normal thickness without cysts",
-        ],
-        ANY: ["no diabetic macular edema", "a dry macula without thickening"],
-    },
-    "non-proliferative diabetic retinopathy": {
-        "CFP": [
-            "non-proliferative diabetic retinopathy",
-            "microaneurysms",
-            "dot and blot haemorrhages",
-            "hard exudates",
-            "cotton wool spots",
-        ],
-        "OCT": [
-            "non-proliferative diabetic retinopathy",
-            "hyperreflective foci in the inner retina",
-            "mild retinal thickening",
-        ],
-        ANY: ["non-proliferative diabetic retinopathy", "microaneurysms and haemorrhages"],
-    },
-    "proliferative diabetic retinopathy": {
-        "CFP": [
-            "proliferative diabetic retinopathy",
-            "neovascularization",
-            "preretinal or vitreous haemorrhage",
-            "fibrovascular proliferation",
-            "laser scars",
-        ],
-        "OCT": [
-            "proliferative diabetic retinopathy",
-            "epiretinal fibrovascular membrane",
-            "vitreoretinal traction",
-        ],
-        "FFA": [
-            "proliferative diabetic retinopathy",
-            "leakage from neovascularization",
-            "capillary non-perfusion",
-        ],
-        ANY: ["proliferative diabetic retinopathy", "neovascularization"],
-    },
-    "no diabetic retinopathy": {
-        "OCT": ["no diabetic retinopathy", "normal retinal layers", "a normal foveal contour"],
-    },
-    "branch retinal vein occlusion": {
-        "FFA": [
-            "branch retinal vein occlusion",
-            "delayed filling of a branch retinal vein",
-            "blocked fluorescence from haemorrhages in one quadrant",
-            "leakage and dilated tortuous veins in one sector",
-        ],
-        "CFP": [
-            "branch retinal vein occlusion",
-            "flame haemorrhages in one quadrant along a vein",
-            "dilated tortuous vein with cotton wool spots",
-        ],
-    },
-    "non-perfusion area": {
-        "FFA": [
-            "retinal non-perfusion area",
-            "capillary dropout with dark hypofluorescent areas",
-            "areas of absent capillary filling",
-        ],
-        ANY: ["retinal non-perfusion area", "capillary dropout"],
-    },
-    "no non-perfusion area": {
-        "FFA": [
-            "no non-perfusion area",
-            "complete capillary filling",
-            "a perfused capillary bed without dark areas",
-        ],
-        ANY: ["no non-perfusion area", "complete capillary perfusion"],
-    },
-    # Many ways of saying "nothing is wrong", per modality, so that a healthy eye from another camera still finds
-    # its class (with the bare words "normal" and "healthy" it was often called diseased).  Phrased positively:
-    # a negated finding ("no haemorrhages") embeds close to the finding itself and pulled the class towards
-    # disease (validation split, normal vs DR on photographs: 0.82 with such phrases, 0.91 without).
-    "normal": {
-        # many positive ways of saying "nothing abnormal" (negated findings, "no haemorrhages...", embed near the
-        # finding itself): a single "normal" prompt is what other cameras' healthy eyes lose against
-        "CFP": [
-            "normal",
-            "healthy",
-            "a healthy retina without lesions",
-            "normal optic disc with a healthy cup-to-disc ratio",
-            "a pink optic disc with sharp margins",
-            "normal macula with a foveal reflex",
-            "retinal vessels of normal calibre and course",
-            "a normal fundus with clear media",
-        ],
-        "FFA": [
-            "a normal fluorescein angiogram",
-            "normal retinal circulation without leakage",
-            "normal filling of arteries and veins",
-            "a normal foveal avascular zone",
-            "uniform background choroidal fluorescence",
-            "a normal arteriovenous transit time",
-        ],
-        "OCT": [
-            "a normal macula",
-            "normal retinal layers and foveal depression",
-            "a normal foveal contour",
-            "retinal layers of normal thickness and reflectivity",
-            "an intact ellipsoid zone and retinal pigment epithelium",
-            "a smooth foveal pit with regular retinal lamination",
-        ],
-        ANY: ["normal", "healthy", "a healthy eye", "a normal retina"],
-    },
-    # the International Clinical DR scale and diabetic maculopathy, as a second site grades them
-    "mild diabetic retinopathy": {
-        "CFP": ["mild non-proliferative diabetic retinopathy", "only a few microaneurysms",
-                "isolated microaneurysms without haemorrhages or exudates"],
-    },
-    "moderate diabetic retinopathy": {
-        "CFP": ["moderate non-proliferative diabetic retinopathy", "dot and blot haemorrhages and microaneurysms",
-                "hard exudates and scattered haemorrhages", "cotton wool spots"],
-    },
-    "severe diabetic retinopathy": {
-        "CFP": ["severe non-proliferative diabetic retinopathy", "many intraretinal haemorrhages in all quadrants",
-                "venous beading", "intraretinal microvascular abnormalities"],
-    },
-    "advanced diabetic eye disease": {
-        "CFP": ["advanced diabetic eye disease", "tractional retinal detachment", "dense vitreous haemorrhage",
-                "extensive fibrovascular proliferation"],
-    },
-    "diabetic maculopathy": {
-        "CFP": ["diabetic maculopathy", "hard exudates within one disc diameter of the fovea",
-                "haemorrhages and exudates at the macula", "retinal thickening at the centre of the macula"],
-    },
-    "no diabetic maculopathy": {
-        "CFP": ["no diabetic maculopathy", "a macula free of exudates and haemorrhages",
-                "a normal macula with a foveal reflex"],
-    },
-    "referable diabetic retinopathy": {
-        "CFP": ["referable diabetic retinopathy", "moderate or worse diabetic retinopathy",
-                "many haemorrhages and hard exudates", "diabetic maculopathy with exudates near the fovea",
-                "neovascularization or vitreous haemorrhage"],
-    },
-    "no referable diabetic retinopathy": {
-        "CFP": ["no referable diabetic retinopathy", "no or only mild diabetic retinopathy",
-                "a healthy retina without haemorrhages or exudates", "at most a few microaneurysms"],
-    },
-    "arterial phase": {
-        "FFA": [
-            "the arterial phase",
-            "dye filling the retinal arteries while the veins are still dark",
-            "early angiogram with bright arteries",
-        ],
-    },
-    "venous phase": {
-        "FFA": [
-            "the venous phase",
-            "dye filling both retinal arteries and veins",
-            "late angiogram with bright veins",
-        ],
-    },
-}
-
-ABBREVIATIONS: dict[str, str] = {
-    "AMD": "age related macular degeneration",
-    "DR": "diabetic retinopathy",
-    "DME": "diabetic macular edema",
-    "NPDR": "non-proliferative diabetic retinopathy",
-    "PDR": "proliferative diabetic retinopathy",
-    "BRVO": "branch retinal vein occlusion",
-    "CRVO": "central retinal vein occlusion",
-    "NPA": "non-perfusion area",
-    "CSR": "central serous retinopathy",
-    "ERM": "epiretinal membrane",
-    # the International Clinical DR scale's spelled-out grades
-    "mild non-proliferative diabetic retinopathy": "mild diabetic retinopathy",
-    "moderate non-proliferative diabetic retinopathy": "moderate diabetic retinopathy",
-    "severe non-proliferative diabetic retinopathy": "severe diabetic retinopathy",
-    "RDR": "referable diabetic retinopathy",
-}
-
-CATEGORY_SETS: dict[str, list[str]] = {
-    "CFP": [
-        "normal",
-        "diabetic macular edema",
-        "non-proliferative diabetic retinopathy",
-        "proliferative diabetic retinopathy",
-        "glaucoma",
-        "age related macular degeneration",
-        "pathologic myopia",
-        "cataract",
-        "branch retinal vein occlusion",
-        "central retinal vein occlusion",
-        "hypertensive retinopathy",
-    ],
-    "FFA": [
-        "normal",
-        "branch retinal vein occlusion",
-        "non-perfusion area",
-        "proliferative diabetic retinopathy",
-        "central retinal vein occlusion",
-    ],
-    "OCT": [
-        "normal",
-        "diabetic macular edema",
-        "no diabetic macular edema",
-    ],
-}
-
-# Named evaluation / front-end tasks: a closed set of mutually exclusive categories.
-TASKS: dict[str, dict[str, Any]] = {
-    "dme": {"categories": ["diabetic macular edema", "no diabetic macular edema"], "modalities": ["CFP", "OCT"]},
-    "dr": {
-        "categories": [
-            "no diabetic retinopathy",
-            "non-proliferative diabetic retinopathy",
-            "proliferative diabetic retinopathy",
-        ],
-        "modalities": ["CFP", "OCT"],
-    },
-    "ffa_diagnosis": {
-        "categories": ["normal", "branch retinal vein occlusion", "non-perfusion area", "no non-perfusion area"],
-        "modalities": ["FFA"],
-    },
-    "ffa_phase": {"categories": ["arterial phase", "venous phase"], "modalities": ["FFA"]},
-    "dr_icdr": {
-        "categories": [
-            "no diabetic retinopathy",
-            "mild diabetic retinopathy",
-            "moderate diabetic retinopathy",
-            "severe diabetic retinopathy",
-            "proliferative diabetic retinopathy",
-        ],
-        "modalities": ["CFP"],
-    },
-    "referable_dr": {
-        "categories": ["no referable diabetic retinopathy", "referable diabetic retinopathy"],
-        "modalities": ["CFP"],
-    },
-    "maculopathy": {"categories": ["no diabetic maculopathy", "diabetic maculopathy"], "modalities": ["CFP"]},
-}
+SOURCE_FILE = Path(__file__).parent / "data" / "knowledge_source.json"
 
 
 def name_key(name: str, spelling: Mapping[str, str] | None = None) -> str:
@@ -549,8 +246,13 @@ def _attach_aliases(categories: dict[str, Any], source: dict[str, Any], abbrevia
             add(target, ANY, abbreviation)
 
 
-def build_knowledge(dictionary_path: str | Path, aliases_path: str | Path = ALIASES_FILE) -> dict[str, Any]:
-    """FLAIR's dictionary + :data:`EXTENSIONS` + ``aliases.json`` -> the ``knowledge.json`` structure."""
+def build_knowledge(
+    dictionary_path: str | Path, aliases_path: str | Path = ALIASES_FILE, source_path: str | Path = SOURCE_FILE
+) -> dict[str, Any]:
+    """FLAIR's dictionary + our knowledge source (``model/data/knowledge_source.json``: templates, modality
+    prompts, categories and descriptions, abbreviations, category sets, tasks) + ``aliases.json`` -> the
+    ``knowledge.json`` structure."""
+    ours = read_json(source_path, "knowledge source")
     path = Path(dictionary_path)
     source = read_json(path, "knowledge dictionary")
     definitions = source.get("definitions", source)
@@ -562,18 +264,18 @@ def build_knowledge(dictionary_path: str | Path, aliases_path: str | Path = ALIA
         if name.lower() not in (p.lower() for p in phrases):
             phrases = [name, *phrases]
         categories[name] = {"descriptions": {ANY: phrases}, "source": "FLAIR"}
-    for name, by_modality in EXTENSIONS.items():
+    for name, by_modality in ours["extensions"].items():
         entry = categories.setdefault(name, {"descriptions": {}, "source": "keepfit"})
         entry["descriptions"].update({k: list(v) for k, v in by_modality.items()})
         if entry.get("source") == "FLAIR":
             entry["source"] = "FLAIR+keepfit"
-    for modality, names in CATEGORY_SETS.items():
+    for modality, names in ours["category_sets"].items():
         for name in names:
             if name not in categories:
                 raise ConfigError(f"category {name!r} of the {modality} set has no descriptions")
     # FLAIR maps full name -> abbreviation; we store abbreviation -> full name, plus common clinical ones.
     abbreviations = {v: k for k, v in source.get("abbreviations", {}).items() if isinstance(v, str)}
-    abbreviations.update(ABBREVIATIONS)
+    abbreviations.update(ours["abbreviations"])
     apath = Path(aliases_path)
     words = read_json(apath, "aliases file")
     spelling = {str(k).lower(): str(v).lower() for k, v in (words.get("spelling") or {}).items()}
@@ -581,11 +283,11 @@ def build_knowledge(dictionary_path: str | Path, aliases_path: str | Path = ALIA
     return {
         "format": KNOWLEDGE_FORMAT,
         "source": "FLAIR knowledge dictionary (Apache-2.0, github.com/jusiro/FLAIR) + keepfit extensions",
-        "templates": dict(TEMPLATES),
-        "open_templates": {m: list(t) for m, t in OPEN_TEMPLATES.items()},
-        "modality_prompts": {m: list(p) for m, p in MODALITY_PROMPTS.items()},
-        "category_sets": {m: list(CATEGORY_SETS[m]) for m in MODALITIES},
-        "tasks": TASKS,
+        "templates": dict(ours["templates"]),
+        "open_templates": {m: list(t) for m, t in ours["open_templates"].items()},
+        "modality_prompts": {m: list(p) for m, p in ours["modality_prompts"].items()},
+        "category_sets": {m: list(ours["category_sets"][m]) for m in MODALITIES},
+        "tasks": ours["tasks"],
         "categories": categories,
         "abbreviations": abbreviations,
         "spelling": spelling,
