@@ -1,0 +1,55 @@
+"""model/files.py: atomic writes (a reader sees the old file or the new one) and JSON reading with one-line errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from model.errors import ArtifactError, ConfigError
+from model.files import atomic_write, atomic_write_bytes, atomic_write_json, read_json
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "manifest.json"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_write(target, "w", encoding="utf-8") as fh:
+        fh.write("half of the new")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_completed_write_replaces_the_file_readable_by_all(tmp_path: Path, durable: bool) -> None:
+    target = tmp_path / "arrays.npz"
+    target.write_bytes(b"old")
+    atomic_write_bytes(target, b"new bytes", durable=durable)
+    assert target.read_bytes() == b"new bytes"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o644  # mkstemp alone would leave 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrays.npz"]
+
+
+def test_json_round_trip_keeps_non_ascii_and_ends_with_a_newline(tmp_path: Path) -> None:
+    target = tmp_path / "k.json"
+    atomic_write_json(target, {"name": "drusen – Sjögren", "n": [1, 2]})
+    assert target.read_bytes().endswith(b"\n") and "Sjögren" in target.read_text(encoding="utf-8")
+    assert read_json(target, "test file") == {"name": "drusen – Sjögren", "n": [1, 2]}
+
+
+def test_only_whole_file_modes() -> None:
+    with pytest.raises(ValueError, match="mode 'w' or 'wb'"), atomic_write("x", "a"):
+        pass
+
+
+def test_read_json_errors_name_what_and_where(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^train config file not found: .*missing\.json$"):
+        read_json(tmp_path / "missing.json", "train config file")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"knowledge file .*bad\.json is not valid JSON"):
+        read_json(tmp_path / "bad.json", "knowledge file", ArtifactError)
+    (tmp_path / "latin1.json").write_bytes('{"a": "\xe9"}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        read_json(tmp_path / "latin1.json", "settings file")
