@@ -328,6 +328,33 @@ def _balanced_weights(samples: Sequence[Any], alpha: float) -> Tensor:
     return torch.tensor([counts[s.stratum] ** -alpha for s in samples], dtype=torch.float64)
 
 
+@dataclass
+class HybridData:
+    """What stage 2 trains and validates on, read before any model work: the public training samples, the elite
+    pairs (also written to the run folder as ``elite.csv``) and the validation sets."""
+
+    public: list[Sample]
+    public_skipped: dict[str, int]  # why manifest rows were left out -> how many
+    elite: list[Sample]
+    elite_text_counts: Counter[str]  # where the elite captions came from -> how many
+    val_sets: list[EvalSet]
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, knowledge: Knowledge, data_root: Path, run_dir: Path) -> HybridData:
+        sources = [PublicSource.parse(s) for s in cfg.public]
+        public = public_samples(data_root, knowledge, "train", sources, cfg.holdout)
+        elite = build_elite(data_root, knowledge, public.samples, cfg.elite_manifest, cfg.elite_compose_missing,
+                            cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
+        write_elite_manifest(run_dir / "elite.csv", elite.samples)
+        return cls(public.samples, dict(public.skipped), elite.samples, elite.counts,
+                   _validation_sets(data_root, knowledge, cfg.holdout))
+
+    def paths(self) -> list[Path]:
+        """Every image once: public, then elite, then validation images."""
+        return list(dict.fromkeys([s.path for s in self.public] + [s.path for s in self.elite]
+                                  + [p for v in self.val_sets for p in v.paths]))
+
+
 # ================================================================================================ stage 2
 class HybridTask:
     """Stage 2: hybrid image-text knowledge injection on public categorical data and elite pairs."""
@@ -342,21 +369,12 @@ class HybridTask:
         self.device = device
         self.knowledge = knowledge
         w = cfg.losses
-        elite_text_counts: Counter[str] = Counter()
         if w.gen > 0 and model.caption_decoder is None:
             raise ConfigError(f"loss gen > 0 but config {model.cfg.name} has no caption decoder (decoder.enabled)")
         self.use_elite = w.elite > 0 or w.kt > 0 or w.gen > 0
-        # ---- data
-        sources = [PublicSource.parse(s) for s in cfg.public]
-        public = public_samples(data_root, knowledge, "train", sources, cfg.holdout)
-        elite_set = build_elite(data_root, knowledge, public.samples, cfg.elite_manifest, cfg.elite_compose_missing,
-                                cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
-        elite, elite_text_counts = elite_set.samples, elite_set.counts
-        write_elite_manifest(run_dir / "elite.csv", elite)
-        self.val_sets = _validation_sets(data_root, knowledge, cfg.holdout)
-        # ---- images: every path once
-        paths = list(dict.fromkeys([s.path for s in public.samples] + [s.path for s in elite]
-                                   + [p for v in self.val_sets for p in v.paths]))
+        data = HybridData.build(cfg, knowledge, data_root, run_dir)
+        public, elite, self.val_sets = data.public, data.elite, data.val_sets
+        paths = data.paths()
         self.row = {p: i for i, p in enumerate(paths)}
         self.vision_blocks = vision_freeze_blocks(model, cfg.vision_freeze_blocks)
         self.text_layers = text_trainable_layers(model, cfg.text_trainable_layers, "hybrid")
@@ -375,7 +393,7 @@ class HybridTask:
         else:
             self.source = PixelSource(paths, model.cfg.preprocess, cfg.augment, cfg.seed)
         ok = self.source.valid
-        self.public = [s for s in public.samples if ok[self.row[s.path]]]
+        self.public = [s for s in public if ok[self.row[s.path]]]
         self.elite = [s for s in elite if ok[self.row[s.path]]]
         self.val_sets = [v.subset(np.asarray([ok[self.row[p]] for p in v.paths])) for v in self.val_sets]
         if not self.public:
@@ -395,7 +413,7 @@ class HybridTask:
         if w.gen > 0 and model.caption_decoder is not None:
             # nn.Embedding's N(0, 1) init makes the tied output logits ~16x too large for a fresh decoder
             nn.init.normal_(model.caption_decoder.token_embedding.weight, std=0.02)
-        self.stats = self._describe(public.skipped, elite, elite_text_counts, run_dir)
+        self.stats = self._describe(data.public_skipped, elite, data.elite_text_counts, run_dir)
         logger.info("stage 2: %d public images (%s), %d elite pairs, losses %s", len(self.public),
                     self.stats["public_by_modality"], len(self.elite),
                     {k: v for k, v in w.__dict__.items() if k in ("public", "elite", "kt", "gen") and v > 0})
