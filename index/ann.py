@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import faiss
 import numpy as np
@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 # faiss's bundled stubs lack the keyword search parameters and per-type attributes used here.
 _faiss: Any = faiss
 
-IndexType = Literal["flat", "ivf", "hnsw"]
-INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "ivf", "hnsw")
+IndexType = Literal["flat", "ivf", "hnsw"]  # the names of INDEX_KINDS (a test checks they agree)
+INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "ivf", "hnsw")  # "auto" + INDEX_KINDS
 DEFAULT_EXACT_THRESHOLD = 100_000
 DEFAULT_TARGET_RECALL = 0.97
 NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -136,6 +136,119 @@ def empty_index(dim: int) -> faiss.Index:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
+class IndexKind:
+    """One type of FAISS index: how to build it, how to search it, what it costs.  The types are
+    :data:`INDEX_KINDS`; a new one is a subclass registered there (``INDEX_TYPES`` and ``--index-type`` follow)."""
+
+    name: ClassVar[str]
+    approximate: ClassVar[bool] = True  # whether a search may come back short (then it is widened)
+    removes_in_place: ClassVar[bool] = True  # whether ids can be removed without rebuilding
+    tuned_parameter: ClassVar[str | None] = None  # the search parameter tuned to the target recall
+
+    def build(self, x: np.ndarray, ids: np.ndarray, spec: AnnSpec) -> tuple[faiss.Index, dict[str, Any], float | None]:
+        """The index over ``x [N, D]`` keyed by ``ids``, its parameters and the recall tuning measured (or None)."""
+        raise NotImplementedError
+
+    def search_params(self, params: dict[str, Any], selector: Any = None, boost: int = 1) -> Any:
+        return _faiss.SearchParameters(sel=selector) if selector is not None else None
+
+    def memory_bytes(self, n: int, d: int, params: dict[str, Any]) -> int:
+        return n * d * 4 + n * 16  # vectors; IDMap2 keeps the id array and a reverse map
+
+    def retrain(self, n: int, params: dict[str, Any]) -> bool:
+        """Whether an index built with ``params`` should be rebuilt rather than updated once it holds ``n``."""
+        return False
+
+    # tuning: the ladder of values tried, the largest value possible, and the parameters for one value
+    ladder: ClassVar[tuple[int, ...]] = ()
+
+    def tune_limit(self, index: faiss.Index) -> int:
+        return max(self.ladder) if self.ladder else 1
+
+    def tuned_params(self, limit: int, value: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Flat(IndexKind):
+    """Exact inner-product search over every vector."""
+
+    name = "flat"
+    approximate = False
+
+    def build(self, x: np.ndarray, ids: np.ndarray, spec: AnnSpec) -> tuple[faiss.Index, dict[str, Any], float | None]:
+        return _flat(x, ids), {}, None
+
+
+class Ivf(IndexKind):
+    """Inverted lists over k-means centroids; ``nprobe`` lists are searched."""
+
+    name = "ivf"
+    tuned_parameter = "nprobe"
+    ladder = NPROBE_LADDER
+
+    def build(self, x: np.ndarray, ids: np.ndarray, spec: AnnSpec) -> tuple[faiss.Index, dict[str, Any], float | None]:
+        n = len(x)
+        nlist = min(spec.nlist or default_nlist(n), n)
+        index = _ivf(x, ids, nlist, spec.seed)
+        params: dict[str, Any] = {"nlist": nlist, "trained_on": n}  # add() retrains past twice trained_on
+        tuned: float | None = None
+        if spec.nprobe is not None:
+            params["nprobe"] = min(spec.nprobe, nlist)
+        else:
+            params["nprobe"], tuned = tune(index, self.name, x, ids, spec.target_recall, spec.seed)
+        return index, params, tuned
+
+    def search_params(self, params: dict[str, Any], selector: Any = None, boost: int = 1) -> Any:
+        nlist = int(params.get("nlist", 1))
+        return _faiss.SearchParametersIVF(sel=selector, nprobe=min(nlist, int(params.get("nprobe", 1)) * boost))
+
+    def memory_bytes(self, n: int, d: int, params: dict[str, Any]) -> int:
+        return n * d * 4 + n * 8 + int(params.get("nlist", 1)) * d * 4
+
+    def retrain(self, n: int, params: dict[str, Any]) -> bool:
+        trained_on = params.get("trained_on")
+        return trained_on is not None and n > 2 * int(trained_on)  # lists trained on half the data or less
+
+    def tune_limit(self, index: faiss.Index) -> int:
+        return int(_faiss.extract_index_ivf(index).nlist)
+
+    def tuned_params(self, limit: int, value: int) -> dict[str, Any]:
+        return {"nlist": limit, "nprobe": value}
+
+
+class Hnsw(IndexKind):
+    """A navigable small-world graph; a beam of ``ef_search`` is searched.  Its nodes cannot be deleted."""
+
+    name = "hnsw"
+    removes_in_place = False
+    tuned_parameter = "efSearch"
+    ladder = HNSW_EF_LADDER
+
+    def build(self, x: np.ndarray, ids: np.ndarray, spec: AnnSpec) -> tuple[faiss.Index, dict[str, Any], float | None]:
+        index = _hnsw(x, ids, spec.hnsw_m, spec.ef_construction)
+        params: dict[str, Any] = {"m": spec.hnsw_m, "ef_construction": spec.ef_construction}
+        tuned: float | None = None
+        if spec.ef_search is not None:
+            params["ef_search"] = spec.ef_search
+        else:
+            params["ef_search"], tuned = tune(index, self.name, x, ids, spec.target_recall, spec.seed)
+        return index, params, tuned
+
+    def search_params(self, params: dict[str, Any], selector: Any = None, boost: int = 1) -> Any:
+        return _faiss.SearchParametersHNSW(sel=selector, efSearch=int(params.get("ef_search", 64)) * boost)
+
+    def memory_bytes(self, n: int, d: int, params: dict[str, Any]) -> int:
+        # level 0 keeps 2*M neighbours per vector, upper levels about M/(M-1) more on average
+        m = int(params.get("m", 32))
+        return n * d * 4 + n * 16 + n * m * 2 * 4 + n * m * 4 // 31
+
+    def tuned_params(self, limit: int, value: int) -> dict[str, Any]:
+        return {"ef_search": value}
+
+
+INDEX_KINDS: dict[str, IndexKind] = {k.name: k for k in (Flat(), Ivf(), Hnsw())}
+
+
 def build_index(vectors: np.ndarray, ids: np.ndarray, spec: AnnSpec, dim: int | None = None) -> BuiltIndex:
     """Build the index ``spec`` asks for over ``vectors [N, D]`` keyed by ``ids [N]``."""
     x = _as_matrix(vectors) if len(vectors) else np.zeros((0, dim or vectors.shape[-1]), dtype=np.float32)
@@ -146,26 +259,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: AnnSpec, dim: int | 
         logger.warning("%d vector(s) cannot train a %s index; using exact search", n, kind)
         kind = "flat"
     start = time.perf_counter()
-    params: dict[str, Any] = {"dim": d}
-    tuned: float | None = None
-    if kind == "flat":
-        index = _flat(x, ids)
-    elif kind == "ivf":
-        nlist = min(spec.nlist or default_nlist(n), n)
-        index = _ivf(x, ids, nlist, spec.seed)
-        params["nlist"] = nlist
-        params["trained_on"] = n  # add() retrains once the index has grown past twice this
-        if spec.nprobe is not None:
-            params["nprobe"] = min(spec.nprobe, nlist)
-        else:
-            params["nprobe"], tuned = tune(index, "ivf", x, ids, spec.target_recall, spec.seed)
-    else:
-        index = _hnsw(x, ids, spec.hnsw_m, spec.ef_construction)
-        params.update(m=spec.hnsw_m, ef_construction=spec.ef_construction)
-        if spec.ef_search is not None:
-            params["ef_search"] = spec.ef_search
-        else:
-            params["ef_search"], tuned = tune(index, "hnsw", x, ids, spec.target_recall, spec.seed)
+    index, extra, tuned = INDEX_KINDS[kind].build(x, ids, spec)
+    params: dict[str, Any] = {"dim": d, **extra}
     seconds = time.perf_counter() - start
     logger.info("built %s index over %d vectors in %.1f s (%s)", kind, n, seconds, params)
     return BuiltIndex(index=index, kind=kind, params=params, build_seconds=seconds, tuned_recall=tuned)
@@ -176,14 +271,7 @@ def search_params(kind: str, params: dict[str, Any], selector: Any = None, boost
 
     ``boost`` widens the search (more lists probed / a larger beam) for filtered searches that came back short.
     """
-    if kind == "ivf":
-        nlist = int(params.get("nlist", 1))
-        return _faiss.SearchParametersIVF(
-            sel=selector, nprobe=min(nlist, int(params.get("nprobe", 1)) * boost)
-        )
-    if kind == "hnsw":
-        return _faiss.SearchParametersHNSW(sel=selector, efSearch=int(params.get("ef_search", 64)) * boost)
-    return _faiss.SearchParameters(sel=selector) if selector is not None else None
+    return INDEX_KINDS[kind].search_params(params, selector, boost)
 
 
 def exact_knn(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -224,25 +312,18 @@ def tune(
     q = x[sample]
     truth_pos = exact_knn(x, q, k + 1)
     truth = np.stack([_drop_self(ids[row], ids[s], k) for row, s in zip(truth_pos, sample, strict=True)])
-    ladder = NPROBE_LADDER if kind == "ivf" else HNSW_EF_LADDER
-    limit = int(_faiss.extract_index_ivf(index).nlist) if kind == "ivf" else max(HNSW_EF_LADDER)
+    index_kind = INDEX_KINDS[kind]
+    ladder = index_kind.ladder
+    limit = index_kind.tune_limit(index)
     best: tuple[int, float] = (limit, 0.0)
     for value in [v for v in ladder if v <= limit] + ([limit] if limit not in ladder else []):
-        p = {"nlist": limit, "nprobe": value} if kind == "ivf" else {"ef_search": value}
-        _, found = index.search(q, k + 1, params=search_params(kind, p))
+        _, found = index.search(q, k + 1, params=index_kind.search_params(index_kind.tuned_params(limit, value)))
         found = np.stack([_drop_self(row, ids[s], k) for row, s in zip(found, sample, strict=True)])
         recall = recall_at_k(found, truth)
         best = (value, recall)
         if recall >= target:
             break
-    logger.info(
-        "tuned %s: %s=%d gives recall@%d %.3f",
-        kind,
-        "nprobe" if kind == "ivf" else "efSearch",
-        *best[:1],
-        k,
-        best[1],
-    )
+    logger.info("tuned %s: %s=%d gives recall@%d %.3f", kind, index_kind.tuned_parameter, best[0], k, best[1])
     return best
 
 
@@ -253,13 +334,4 @@ def _drop_self(row: np.ndarray, self_id: int, k: int) -> np.ndarray:
 
 def memory_bytes(index: faiss.Index, kind: str, params: dict[str, Any]) -> int:
     """Approximate bytes the index allocates: vectors, ids and the structure over them (no copy is made)."""
-    n, d = int(index.ntotal), int(params.get("dim", index.d))
-    vectors = n * d * 4
-    if kind == "ivf":
-        return vectors + n * 8 + int(params.get("nlist", 1)) * d * 4
-    if kind == "hnsw":
-        # level 0 keeps 2*M neighbours per vector, upper levels about M/(M-1) more on average
-        return (
-            vectors + n * 16 + n * int(params.get("m", 32)) * 2 * 4 + n * int(params.get("m", 32)) * 4 // 31
-        )
-    return vectors + n * 16  # IDMap2 keeps the id array and a reverse map
+    return INDEX_KINDS[kind].memory_bytes(int(index.ntotal), int(params.get("dim", index.d)), params)

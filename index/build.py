@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from index.ann import AnnSpec, BuiltIndex, build_index, empty_index
+from index.ann import INDEX_KINDS, AnnSpec, BuiltIndex, build_index, empty_index
 from index.distributed import RayOptions, embed_with_ray
 from index.embed import Embedded, embed_items, failure_summary
 from index.sources import ImageItem, SourceSet
@@ -503,16 +503,14 @@ def _open_current(directory: Path, artifact: Artifact | None = None) -> VectorIn
     return current
 
 
-def _resolve_kind(ann: AnnSpec, current_kind: str, n: int, trained_on: int | None) -> tuple[str, bool]:
+def _resolve_kind(ann: AnnSpec, current_kind: str, n: int, params: dict[str, Any]) -> tuple[str, bool]:
     """(index type for n vectors, whether to rebuild rather than update in place)."""
     kind = ann.resolve(n)
     if ann.kind == "auto" and current_kind == "ivf" and n >= ann.exact_threshold // 2:
         kind = "ivf"  # hysteresis: do not flip between exact and IVF around the threshold
     if kind != current_kind:
         return kind, True
-    if kind == "ivf" and trained_on is not None and n > 2 * trained_on:
-        return kind, True  # lists trained on half the data or less: retrain for balanced lists
-    return kind, False
+    return kind, INDEX_KINDS[kind].retrain(n, params)
 
 
 def add(
@@ -555,9 +553,7 @@ def add(
                 return _finish(report, manifest, start)
             vectors = np.concatenate([np.asarray(current.vectors()), asm.vectors])
             ids = np.concatenate([current.ids, new_ids])
-            kind, rebuild = _resolve_kind(
-                ann, current.index_type, len(ids), manifest["index_params"].get("trained_on")
-            )
+            kind, rebuild = _resolve_kind(ann, current.index_type, len(ids), manifest["index_params"])
             built = _update_index(current, kind, rebuild, vectors, ids, new_ids, asm.vectors, (), ann)
             history = {
                 "op": "add",
@@ -590,7 +586,7 @@ def _update_index(
     ann: AnnSpec,
 ) -> BuiltIndex:
     """The next FAISS index: updated in place when its type allows, else rebuilt from the stored vectors."""
-    if rebuild or (kind == "hnsw" and len(removed)):  # HNSW graphs cannot delete nodes
+    if rebuild or (len(removed) and not INDEX_KINDS[kind].removes_in_place):  # e.g. HNSW graphs
         spec = AnnSpec(**{**ann.to_dict(), "kind": kind})
         if not len(ids):
             return BuiltIndex(index=empty_index(current.dim), kind="flat", params={"dim": current.dim})
@@ -628,7 +624,7 @@ def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) 
             vectors = np.asarray(current.vectors())[keep]
             kept_ids = current.ids[keep]
             ann = AnnSpec.from_dict(manifest.get("ann", {}))
-            kind, rebuild = _resolve_kind(ann, current.index_type, len(kept_ids), None)
+            kind, rebuild = _resolve_kind(ann, current.index_type, len(kept_ids), {})
             built = _update_index(
                 current,
                 kind,

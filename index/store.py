@@ -40,7 +40,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.ann import search_params
+from index.ann import INDEX_KINDS, search_params
 from model.artifact import CHECKSUM_FIELD, check_content_checksum, sha256_file
 from model.errors import IndexMismatchError, IndexStoreError, NotFoundError
 
@@ -400,7 +400,7 @@ class VectorIndex:
         q2 = q.reshape(1, -1)  # [1, D]
         k = min(top_k, self.count)
         if modality is None and label is None:
-            for boost in (1, 4, 16) if self.index_type != "flat" else (1,):
+            for boost in (1, 4, 16) if INDEX_KINDS[self.index_type].approximate else (1,):
                 # IVF lists probed (or an HNSW beam) can hold fewer than k vectors: widen until k come back
                 params = search_params(self.index_type, self.params, boost=boost)
                 scores, found = self._index.search(q2, k, params=params)
@@ -412,7 +412,8 @@ class VectorIndex:
         if len(rows) == 0:
             return []
         k = min(top_k, len(rows))
-        if self.index_type != "flat" and len(rows) > EXACT_FILTER_MAX:
+        approximate = INDEX_KINDS[self.index_type].approximate
+        if approximate and len(rows) > EXACT_FILTER_MAX:
             for boost in (1, 4, 16):
                 params = search_params(self.index_type, self.params, selector=selector, boost=boost)
                 scores, found = self._index.search(q2, k, params=params)
@@ -421,8 +422,8 @@ class VectorIndex:
             logger.debug(
                 "filtered approximate search came back short; scanning %d matches exactly", len(rows)
             )
-        elif self.index_type == "flat":
-            scores, found = self._index.search(q2, k, params=search_params("flat", {}, selector=selector))
+        elif not approximate:
+            scores, found = self._index.search(q2, k, params=search_params(self.index_type, {}, selector=selector))
             return self._hits(found[0], scores[0])
         sims = np.asarray(self._vectors[rows] @ q, dtype=np.float32)  # [M]
         top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))

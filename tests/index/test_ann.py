@@ -77,3 +77,13 @@ def test_bench_reports_every_figure_and_the_harder_uniform_case() -> None:
     # ...but structureless data needs far more of the lists probed, and its intrinsic dimension is much higher
     assert hard["ivf"]["params"]["nprobe"] > 2 * easy["ivf"]["params"]["nprobe"]
     assert hard["lid"] > 2 * easy["lid"]
+
+
+def test_index_types_have_one_registry() -> None:
+    """Each index type is a class in INDEX_KINDS; the CLI's choices and the type names follow it."""
+    from typing import get_args
+
+    from index.ann import INDEX_KINDS, INDEX_TYPES, IndexType
+
+    assert INDEX_TYPES == ("auto", *INDEX_KINDS) and get_args(IndexType) == tuple(INDEX_KINDS)
+    assert all(name == kind.name for name, kind in INDEX_KINDS.items())
