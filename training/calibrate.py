@@ -82,7 +82,7 @@ def _apply(task: CalibrationTask, offsets: dict[str, dict[str, float]]) -> float
 def calibration_tasks(runtime: KeepfitRuntime, data_root: Path, split: str = "val",
                       batch_size: int = 32) -> list[CalibrationTask]:
     """The training sites' labelled tasks on ``split``, as raw logits of the artifact's encoders."""
-    embedder = ImageEmbedder(lambda images: runtime.encode_images(images, batch_size=batch_size), batch_size)
+    embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     tasks = []
     labels = Knowledge.default()  # the data sets' label vocabulary (see evalcmd.run_suite)
     for spec in TRAIN_SITE:

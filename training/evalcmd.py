@@ -55,14 +55,6 @@ class TaskArgs:
     require: list[str]
 
 
-def _embedder(runtime: KeepfitRuntime, batch_size: int) -> ImageEmbedder:
-    return ImageEmbedder(
-        lambda images: runtime.encode_images(images, batch_size=batch_size),
-        batch_size,
-        size=runtime.preprocess_cfg.image_size,
-    )
-
-
 def _load(runtime: KeepfitRuntime, a: TaskArgs, split: str | None) -> EvalSet:
     return load_eval_set(a.manifest, a.label_column, runtime.knowledge, split, a.modality, a.categories, a.where,
                          a.require, name=a.label_column)
@@ -95,7 +87,7 @@ def _skips(s: EvalSet, embedder: ImageEmbedder) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- commands
 def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: int = 32) -> dict[str, Any]:
-    embedder = _embedder(runtime, batch_size)
+    embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     s = _load(runtime, a, a.split)
     img, s = _embed(embedder, s, "embedding images")
     result = zero_shot_metrics(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale,
@@ -114,7 +106,7 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
 
 def run_retrieval(runtime: KeepfitRuntime, a: TaskArgs, out: Path, ks: list[int], batch_size: int = 32
                   ) -> dict[str, Any]:
-    embedder = _embedder(runtime, batch_size)
+    embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     s = _load(runtime, a, a.split)
     img, s = _embed(embedder, s, "embedding gallery")
     result = retrieval_metrics(img, s.labels, _class_emb(runtime, s), s.classes, ks)
@@ -145,7 +137,7 @@ def _require_splits(a: TaskArgs, what: str) -> None:
 def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[int], repeats: int,
                  train_split: str, batch_size: int = 32) -> dict[str, Any]:
     _require_splits(a, "few-shot evaluation")
-    embedder = _embedder(runtime, batch_size)
+    embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     train = _load(runtime, a, train_split)
     test = _load(runtime, a, a.split)
     test = EvalSet(test.name, test.paths, np.asarray([train.classes.index(test.classes[y]) if test.classes[y] in
@@ -171,7 +163,7 @@ def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[in
 def run_linear_probe(runtime: KeepfitRuntime, a: TaskArgs, out: Path, train_split: str, val_split: str,
                      batch_size: int = 32) -> dict[str, Any]:
     _require_splits(a, "the linear probe")
-    embedder = _embedder(runtime, batch_size)
+    embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     sets: list[tuple[np.ndarray, EvalSet]] = []
     for split in (train_split, val_split, a.split):
         s = _load(runtime, a, split)
@@ -218,7 +210,7 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     linear probe and 1/5/10-shot on ``split``; modality recognition zero-shot and through the artifact's
     modality head."""
     t0 = time.perf_counter()
-    embedder = _embedder(runtime, batch_size)
+    embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     # the data sets' label vocabulary (DR scale spellings and the like) is the package's, whatever the artifact's
     # knowledge: an older artifact is then scored on exactly the same images and classes
     kn = Knowledge.default()
@@ -443,7 +435,7 @@ def run_synonyms(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path
     if unknown:
         raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(known_tasks)}")
     sources = [Knowledge.default(), runtime.knowledge]
-    embedder = _embedder(runtime, batch_size)
+    embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     tasks: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for task in WORDING_TASKS:

@@ -241,6 +241,12 @@ class ImageEmbedder:
         self.cache: dict[Path, np.ndarray] = {}
         self.report = LoadReport()
 
+    @classmethod
+    def of_runtime(cls, runtime: Any, batch_size: int = 32) -> ImageEmbedder:
+        """Through an artifact's ONNX image encoder, decoding each image as the service does (sized to the model)."""
+        return cls(lambda images: runtime.encode_images(images, batch_size=batch_size), batch_size,
+                   size=runtime.preprocess_cfg.image_size)
+
     def __call__(self, paths: Sequence[Path], desc: str = "embedding images") -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings [n_ok, D], ok [N] bool)``; unreadable images are skipped and counted."""
         todo = list(dict.fromkeys(p for p in paths if p not in self.cache and str(p) not in self.report.skipped))
