@@ -95,3 +95,28 @@ def test_pyproject_metadata_applies_without_deprecation_warnings() -> None:
     assert [str(w.message).splitlines()[0] for w in caught] == []
     assert dist.metadata.license_expression == "Apache-2.0"
     assert dist.metadata.python_requires == ">=3.11,<3.13"
+
+
+def test_the_wheel_holds_the_library_and_its_data_but_no_benchmarks(tmp_path: Path) -> None:
+    """Benchmarks run from a checkout (one imports torch as a reference, which the service never does); the
+    wheel carries the packages, their data files and the knowledge's licence."""
+    import zipfile
+
+    pytest.importorskip("setuptools", reason="building the wheel without isolation needs setuptools in this venv")
+    # a copy of the sources, so the build leaves nothing behind in the checkout
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info",
+                                                              "__pycache__", "test-output", "artifacts"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w",
+         str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("keepfit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert not [n for n in names if "/benchmarks/" in n]
+    for needed in ("model/data/knowledge.json", "model/data/knowledge_source.json", "model/data/aliases.json",
+                   "model/data/FLAIR_LICENSE", "model/model_configs/keepfit-v2-small.json",
+                   "service/static/index.html", "model/manifest.py", "training/losses.py", "index/ann.py"):
+        assert needed in names, needed
