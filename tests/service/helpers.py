@@ -45,3 +45,12 @@ def png_with_size(width: int, height: int) -> bytes:
     body = struct.pack(">II", width, height) + data[ihdr + 12 : ihdr + 17]
     crc = struct.pack(">I", zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF)
     return data[: ihdr + 4] + body + crc + data[ihdr + 21 :]
+
+
+def assert_error(r: Any, status: int, code: str, *fragments: str) -> None:
+    """``r`` is the service's error answer: this status, this ``error.code`` and a message holding each fragment."""
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code, error
+    for fragment in fragments:
+        assert fragment in error["message"], error["message"]

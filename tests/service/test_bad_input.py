@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from tests.service.helpers import encode, make_settings, png_with_size
+from tests.service.helpers import assert_error, encode, make_settings, png_with_size
 
 
 def _post_image(
@@ -20,17 +20,9 @@ def _post_image(
     return api.post(path, files={"image": ("upload", data, content_type)}, data=form)
 
 
-def _error(r: Any, status: int, code: str, *fragments: str) -> None:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["code"] == code, error
-    for fragment in fragments:
-        assert fragment in error["message"], error["message"]
-
-
 @pytest.mark.parametrize("path", ["/v1/classify", "/v1/search", "/v1/embed"])
 def test_not_an_image(api: TestClient, path: str) -> None:
-    _error(
+    assert_error(
         _post_image(api, b"hello, this is plain text" * 20, path=path),
         400 if path != "/v1/search" else 503,
         "invalid_image" if path != "/v1/search" else "no_index",
@@ -38,25 +30,25 @@ def test_not_an_image(api: TestClient, path: str) -> None:
 
 
 def test_not_an_image_classify(api: TestClient) -> None:
-    _error(_post_image(api, b"%PDF-1.4\n" + b"0" * 500), 400, "invalid_image", "not an image")
+    assert_error(_post_image(api, b"%PDF-1.4\n" + b"0" * 500), 400, "invalid_image", "not an image")
 
 
 def test_truncated_jpeg(api: TestClient, real_images: dict[str, bytes]) -> None:
     data = real_images["CFP"]
-    _error(_post_image(api, data[: len(data) // 2]), 400, "invalid_image", "truncated")
+    assert_error(_post_image(api, data[: len(data) // 2]), 400, "invalid_image", "truncated")
 
 
 def test_empty_upload(api: TestClient) -> None:
-    _error(_post_image(api, b""), 400, "invalid_image", "empty", "0 bytes")
+    assert_error(_post_image(api, b""), 400, "invalid_image", "empty", "0 bytes")
 
 
 @pytest.mark.parametrize("size", [(50_000, 50_000), (7_000, 7_000)])
 def test_decompression_bomb(api: TestClient, size: tuple[int, int]) -> None:
-    _error(_post_image(api, png_with_size(*size), "image/png"), 413, "image_too_large", "pixels")
+    assert_error(_post_image(api, png_with_size(*size), "image/png"), 413, "image_too_large", "pixels")
 
 
 def test_declared_content_type_that_is_not_an_image(api: TestClient, real_images: dict[str, bytes]) -> None:
-    _error(
+    assert_error(
         _post_image(api, real_images["CFP"], "application/pdf"),
         415,
         "unsupported_media_type",
@@ -65,18 +57,18 @@ def test_declared_content_type_that_is_not_an_image(api: TestClient, real_images
 
 
 def test_decodable_but_unsupported_format(api: TestClient, golden_image: Image.Image) -> None:
-    _error(_post_image(api, encode(golden_image, "GIF"), "image/gif"), 415, "unsupported_media_type", "GIF")
+    assert_error(_post_image(api, encode(golden_image, "GIF"), "image/gif"), 415, "unsupported_media_type", "GIF")
 
 
 def test_json_sent_to_classify(api: TestClient) -> None:
-    _error(
+    assert_error(
         api.post("/v1/classify", json={"image": "x"}), 415, "unsupported_media_type", "multipart/form-data"
     )
 
 
 def test_missing_image_field(api: TestClient) -> None:
     r = api.post("/v1/classify", files={"other": ("a.jpg", b"x", "image/jpeg")})
-    _error(r, 422, "invalid_request", "image")
+    assert_error(r, 422, "invalid_request", "image")
 
 
 @pytest.mark.parametrize(
@@ -95,16 +87,16 @@ def test_missing_image_field(api: TestClient) -> None:
 def test_bad_categories(
     api: TestClient, real_images: dict[str, bytes], categories: list[str], fragment: str
 ) -> None:
-    _error(_post_image(api, real_images["CFP"], categories=categories), 422, "invalid_request", fragment)
+    assert_error(_post_image(api, real_images["CFP"], categories=categories), 422, "invalid_request", fragment)
 
 
 def test_task_and_categories_together(api: TestClient, real_images: dict[str, bytes]) -> None:
     r = _post_image(api, real_images["CFP"], categories=["a", "b"], task="dme")
-    _error(r, 422, "invalid_request", "either 'task' or 'categories'")
+    assert_error(r, 422, "invalid_request", "either 'task' or 'categories'")
 
 
 def test_unknown_task(api: TestClient, real_images: dict[str, bytes]) -> None:
-    _error(
+    assert_error(
         _post_image(api, real_images["CFP"], task="astrology"),
         422,
         "invalid_request",
@@ -116,11 +108,11 @@ def test_unknown_task(api: TestClient, real_images: dict[str, bytes]) -> None:
 def test_classify_top_k_out_of_range(
     api: TestClient, real_images: dict[str, bytes], top_k: int, fragment: str
 ) -> None:
-    _error(_post_image(api, real_images["CFP"], top_k=top_k), 422, "invalid_request", fragment)
+    assert_error(_post_image(api, real_images["CFP"], top_k=top_k), 422, "invalid_request", fragment)
 
 
 def test_unknown_modality(api: TestClient, real_images: dict[str, bytes]) -> None:
-    _error(_post_image(api, real_images["CFP"], modality="MRI"), 422, "invalid_request", "modality")
+    assert_error(_post_image(api, real_images["CFP"], modality="MRI"), 422, "invalid_request", "modality")
 
 
 @pytest.mark.parametrize(
@@ -137,18 +129,18 @@ def test_unknown_modality(api: TestClient, real_images: dict[str, bytes]) -> Non
 )
 def test_bad_search_requests(api: TestClient, body: dict[str, Any], fragment: str) -> None:
     # validation comes before the index check: a bad request is a 422 even without an index
-    _error(api.post("/v1/search", json=body), 422, "invalid_request", fragment)
+    assert_error(api.post("/v1/search", json=body), 422, "invalid_request", fragment)
 
 
 def test_search_without_an_index_says_so(api: TestClient) -> None:
-    _error(api.post("/v1/search", json={"query": "drusen"}), 503, "no_index", "no index is loaded")
-    _error(api.post("/search", json={"query": "drusen"}), 503, "no_index")
+    assert_error(api.post("/v1/search", json={"query": "drusen"}), 503, "no_index", "no index is loaded")
+    assert_error(api.post("/search", json={"query": "drusen"}), 503, "no_index")
 
 
 def test_search_body_not_json(api: TestClient) -> None:
     r = api.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
-    _error(r, 422, "invalid_request", "JSON")
-    _error(
+    assert_error(r, 422, "invalid_request", "JSON")
+    assert_error(
         api.post("/v1/search", content=b"query=x", headers={"content-type": "text/plain"}),
         415,
         "unsupported_media_type",
@@ -158,7 +150,7 @@ def test_search_body_not_json(api: TestClient) -> None:
 
 @pytest.mark.parametrize("body", [{"text": ""}, {"text": "  "}, {"text": "y" * 10_000}])
 def test_bad_embed_text(api: TestClient, body: dict[str, str]) -> None:
-    _error(api.post("/v1/embed", json=body), 422, "invalid_request", "text")
+    assert_error(api.post("/v1/embed", json=body), 422, "invalid_request", "text")
 
 
 @pytest.mark.parametrize("image_id", ["12", "-1", "abc", str(2**70)])
@@ -166,12 +158,12 @@ def test_image_ids(api: TestClient, image_id: str) -> None:
     r = api.get(f"/v1/images/{image_id}")
     # no index here: a well-formed id is a 503; a malformed one is a 422 before that
     expected = (503, "no_index") if image_id == "12" else (422, "invalid_request")
-    _error(r, *expected)
+    assert_error(r, *expected)
 
 
 def test_unknown_route_and_method(api: TestClient) -> None:
-    _error(api.get("/v1/nothing"), 404, "not_found", "/v1/nothing")
-    _error(api.get("/v1/classify"), 405, "method_not_allowed")
+    assert_error(api.get("/v1/nothing"), 404, "not_found", "/v1/nothing")
+    assert_error(api.get("/v1/classify"), 405, "method_not_allowed")
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +175,7 @@ def small_limits(default_artifact: Path):
 
 def test_upload_over_the_byte_limit(small_limits: TestClient, real_images: dict[str, bytes]) -> None:
     big = real_images["CFP"] + b"\0" * (70 * 1024)
-    _error(_post_image(small_limits, big), 413, "payload_too_large", "65536")
+    assert_error(_post_image(small_limits, big), 413, "payload_too_large", "65536")
 
 
 def test_body_over_the_limit_is_refused_before_reading(small_limits: TestClient) -> None:
@@ -192,7 +184,7 @@ def test_body_over_the_limit_is_refused_before_reading(small_limits: TestClient)
         content=b"0" * (400 * 1024),
         headers={"content-type": "multipart/form-data; boundary=x"},
     )
-    _error(r, 413, "payload_too_large", "request body")
+    assert_error(r, 413, "payload_too_large", "request body")
 
 
 def test_streamed_body_over_the_limit(small_limits: TestClient) -> None:
@@ -201,12 +193,12 @@ def test_streamed_body_over_the_limit(small_limits: TestClient) -> None:
             yield b"0" * 8192
 
     r = small_limits.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
-    _error(r, 413, "payload_too_large")
+    assert_error(r, 413, "payload_too_large")
 
 
 def test_image_over_the_pixel_limit(small_limits: TestClient) -> None:
     data = encode(Image.new("RGB", (600, 600), (90, 30, 10)), "PNG")
-    _error(_post_image(small_limits, data, "image/png"), 413, "image_too_large", "600x600")
+    assert_error(_post_image(small_limits, data, "image/png"), 413, "image_too_large", "600x600")
 
 
 def test_pixel_limit_counts_pixels_not_bytes(small_limits: TestClient) -> None:

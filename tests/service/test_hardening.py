@@ -22,18 +22,10 @@ from model.artifact import load_artifact
 from model.cli import main as keepfit
 from service.app import create_app
 from service.deps import image_token
-from tests.service.helpers import encode, make_settings
+from tests.service.helpers import assert_error, encode, make_settings
 from tests.service.servers import live_server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _error(r: Any, status: int, code: str, *fragments: str) -> None:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["code"] == code, error
-    for fragment in fragments:
-        assert fragment in error["message"], error["message"]
 
 
 # ------------------------------------------------------------------------------------ a tamper-evident artifact
@@ -186,7 +178,7 @@ def test_uploads_share_a_byte_budget(impatient: str) -> None:
         holder.sendall(hold)
         time.sleep(0.2)
         r = httpx.post(f"{impatient}/v1/embed", json={"text": "x" * 10_000})
-        _error(r, 503, "busy", "KEEPFIT_UPLOAD_BUDGET_BYTES")
+        assert_error(r, 503, "busy", "KEEPFIT_UPLOAD_BUDGET_BYTES")
         assert r.headers["retry-after"] == "1"
     time.sleep(1.5)  # the stalled one has timed out and released its share
     assert httpx.post(f"{impatient}/v1/embed", json={"text": "drusen"}).status_code == 200
@@ -197,7 +189,7 @@ def test_file_part_over_the_limit_is_refused_while_streaming(default_artifact: P
     with TestClient(create_app(settings)) as client:
         # within the body limit (upload limit + framing slack) but the file part alone is over the upload limit
         r = client.post("/v1/classify", files={"image": ("a.png", b"\x89PNG" + b"0" * (200 * 1024), "image/png")})
-    _error(r, 413, "payload_too_large", "'image' is larger than the limit of 65536 bytes")
+    assert_error(r, 413, "payload_too_large", "'image' is larger than the limit of 65536 bytes")
 
 
 # ------------------------------------------------------------------------------------------------------- leaks
@@ -214,7 +206,7 @@ def test_no_server_paths_in_503_or_readyz(default_artifact: Path, tmp_path: Path
     missing = tmp_path / "secret-folder" / "index"
     with TestClient(create_app(make_settings(default_artifact, index=missing))) as client:
         r = client.post("/v1/search", json={"query": "drusen"})
-        _error(r, 503, "no_index")
+        assert_error(r, 503, "no_index")
         ready = client.get("/readyz").json()
         assert ready["index"]["error"]
         for text in (r.text, json.dumps(ready)):
@@ -246,14 +238,14 @@ def test_tampered_token_is_named_as_such(secured_index: TestClient) -> None:
     assert secured_index.get(f"{url.path}?{url.query.decode()}").status_code == 200
     token = image_token(["k-one"], hits["hits"][0]["id"])
     tampered = token[:-1] + ("0" if token[-1] != "0" else "1")
-    _error(secured_index.get(f"{url.path}?token={tampered}"), 401, "unauthorized", "invalid token")
-    _error(secured_index.get(url.path), 401, "unauthorized", "missing API key")
+    assert_error(secured_index.get(f"{url.path}?token={tampered}"), 401, "unauthorized", "invalid token")
+    assert_error(secured_index.get(url.path), 401, "unauthorized", "missing API key")
     # a valid key still opens it whatever the token
     assert secured_index.get(f"{url.path}?token=x", headers={"X-API-Key": "k-one"}).status_code == 200
 
 
 def test_metrics_can_be_protected(secured_index: TestClient, default_artifact: Path) -> None:
-    _error(secured_index.get("/metrics"), 401, "unauthorized", "missing API key")
+    assert_error(secured_index.get("/metrics"), 401, "unauthorized", "missing API key")
     assert secured_index.get("/metrics", headers={"X-API-Key": "k-one"}).status_code == 200
     for public in ("/healthz", "/readyz", "/openapi.json", "/docs"):
         assert secured_index.get(public).status_code == 200, public
@@ -312,17 +304,17 @@ def test_openapi_limits_come_from_the_settings(default_artifact: Path) -> None:
     ],
 )
 def test_search_validates_like_classify(api: TestClient, body: dict[str, Any], fragment: str) -> None:
-    _error(api.post("/v1/search", json=body), 422, "invalid_request", fragment)
+    assert_error(api.post("/v1/search", json=body), 422, "invalid_request", fragment)
 
 
 def test_integral_numbers_are_integers(api: TestClient) -> None:
     """JSON Schema's integer admits 5.0: so does the service (no index here: 503, not 422)."""
-    _error(api.post("/v1/search", json={"query": "drusen", "top_k": 5.0}), 503, "no_index")
+    assert_error(api.post("/v1/search", json={"query": "drusen", "top_k": 5.0}), 503, "no_index")
 
 
 def test_image_search_refuses_an_unknown_modality(api: TestClient, real_images: dict[str, bytes]) -> None:
     r = api.post("/v1/search", files={"image": ("a.jpg", real_images["CFP"], "image/jpeg")}, data={"modality": "xyz"})
-    _error(r, 422, "invalid_request", "modality")
+    assert_error(r, 422, "invalid_request", "modality")
 
 
 def _multipart(fields: list[tuple[str, bytes]], image: bytes) -> tuple[bytes, str]:
@@ -348,7 +340,7 @@ def test_categories_must_be_clean_text(
 ) -> None:
     body, ctype = _multipart([("categories", category), ("categories", b"normal")], real_images["CFP"])
     r = api.post("/v1/classify", content=body, headers={"content-type": ctype})
-    _error(r, 422, "invalid_request", fragment)
+    assert_error(r, 422, "invalid_request", fragment)
 
 
 def test_accented_categories_are_fine(api: TestClient, real_images: dict[str, bytes]) -> None:
@@ -364,12 +356,12 @@ def test_images_below_the_minimum_size_are_refused(api: TestClient, size: tuple[
     if ok:
         assert r.status_code == 200, r.text
     else:
-        _error(r, 422, "invalid_request", f"{size[0]}x{size[1]} px", "32x32")
+        assert_error(r, 422, "invalid_request", f"{size[0]}x{size[1]} px", "32x32")
 
 
 @pytest.mark.parametrize("raw", ["%201", "+1", "1_0", "%E2%91%A0", "01%20"])
 def test_image_ids_are_plain_digits(indexed: TestClient, raw: str) -> None:
-    _error(indexed.get(f"/v1/images/{raw}"), 422, "invalid_request", "digits")
+    assert_error(indexed.get(f"/v1/images/{raw}"), 422, "invalid_request", "digits")
 
 
 def test_image_id_1_is_still_served(indexed: TestClient) -> None:
