@@ -24,6 +24,7 @@ import numpy as np
 from model.config import MODALITIES
 from model.errors import ConfigError, DataError, ImageError
 from model.manifest import read_manifest
+from service.cache import sha256_hex
 from service.classifiers import (
     ClassifierStore,
     Example,
@@ -31,7 +32,6 @@ from service.classifiers import (
     check_name,
     encoder_fingerprint,
     index_examples,
-    sha256_hex,
 )
 
 

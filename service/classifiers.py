@@ -586,7 +586,3 @@ def fit_examples(
         "note": "cross-validated over the examples: a rough guide on few examples, not a clinical validation",
     }
     return FitResult(model, estimate, arrays, fit_ms)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
