@@ -61,9 +61,10 @@ lint: install
 	$(VENV)/bin/ruff check model index service training tests
 	$(VENV)/bin/mypy model/config.py model/preprocess.py model/tokenizer.py model/knowledge.py model/artifact.py model/runtime.py model/explain.py model/cli.py index service
 
-# A real `docker compose up` (API + Redis) on a private Docker engine, then down; root only (docker/smoke.py).
+# A real `docker compose up` (API + Redis) on a private Docker engine (docker/stack.py), the deployed checks
+# (tests/docker/test_deployed.py) through its port, then down; root only.
 docker-smoke: install
-	$(PY) docker/smoke.py
+	$(PY) -m pytest tests/docker/test_compose_smoke.py -p no:randomly
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,7 +1,9 @@
-"""The compose smoke test: ``docker/smoke.py`` run for real (engine, images, ``up --wait``, requests, ``down -v``).
+"""The deployment for real: ``docker/stack.py`` provisions a private engine, ``docker compose up --wait``, indexes
+generated images (and a few real ones) with the ``index`` profile, runs ``test_deployed.py`` against the
+published port, then ``down -v`` and a teardown that must leave nothing behind.
 
 It needs root (it installs Debian's docker.io and starts a private engine), so it skips elsewhere, except in CI
-where skipping would hide a broken deployment. A few minutes on a fresh machine; see docker/smoke.py.
+where skipping would hide a broken deployment. A few minutes on a fresh machine; see docker/stack.py.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from tests.conftest import make_golden_fundus
+from tests.service.helpers import encode
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "docker" / "smoke.py"
+STACK = ROOT / "docker" / "stack.py"
+DEPLOYED_CHECKS = Path(__file__).with_name("test_deployed.py")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-BUDGET_S = 900  # the smoke script's own budget; teardown gets its own time on top
+BUDGET_S = 900  # the stack script's own budget; teardown gets its own time on top
 EXIT_CANNOT_RUN = 77
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,47 +40,68 @@ def _cannot_run(reason: str) -> None:
     pytest.skip(reason)
 
 
-def test_compose_up_serves_classify_search_and_cache_hits_then_leaves_nothing_behind(tmp_path: Path) -> None:
+def synthetic_oct(seed: int, width: int = 224, height: int = 160) -> Image.Image:
+    """An OCT-like B-scan: grey layered bands over black, the layers bent by ``seed``."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    band = np.floor(y - height * 0.35 - ((x - width / 2) / width) ** 2 * (20 + 6 * seed)).astype(int)
+    value = np.where((band < 0) | (band > 50), 0, 120 + (band * 7 + seed * 11) % 120).astype(np.uint8)
+    return Image.fromarray(value).convert("RGB")
+
+
+def images_to_index(folder: Path, count: int = 6) -> list[Path]:
+    """Generated fundus-like and OCT-like PNGs for the ``index`` profile."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        kind = "cfp" if i % 2 == 0 else "oct"
+        image = make_golden_fundus(size=192, seed=i) if kind == "cfp" else synthetic_oct(i)
+        paths.append(folder / f"synthetic-{kind}-{i}.png")
+        paths[-1].write_bytes(encode(image, "PNG"))
+    return paths
+
+
+def _run(cmd: list[str], log_path: Path) -> int:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            return proc.wait(timeout=BUDGET_S + 60)
+        except subprocess.TimeoutExpired:
+            # SIGTERM lets the script run `down -v` and stop its engine; SIGKILL only if that hangs too.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+
+
+def test_compose_up_passes_the_deployed_checks_then_leaves_nothing_behind(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         _cannot_run("needs root to install docker.io and start a private Docker engine")
     if shutil.which("dockerd") is None and shutil.which("apt-get") is None:
         _cannot_run("no dockerd and no apt-get to install it")
 
-    report_path = tmp_path / "report.json"
-    log_path = tmp_path / "smoke.log"
-    cmd = [sys.executable, str(SMOKE), "--report", str(report_path), "--timeout", str(BUDGET_S)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            code = proc.wait(timeout=BUDGET_S + 60)
-        except subprocess.TimeoutExpired:
-            # SIGTERM lets the script run `down -v` and stop its engine; SIGKILL only if that hangs too.
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
+    generated = images_to_index(tmp_path / "images")
+    report_path, junit, log_path = tmp_path / "report.json", tmp_path / "deployed.xml", tmp_path / "stack.log"
+    checks = [sys.executable, "-m", "pytest", str(DEPLOYED_CHECKS), "-q", "-p", "no:randomly",
+              "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    code = _run([sys.executable, str(STACK), "--images", str(tmp_path / "images"), "--report", str(report_path),
+                 "--timeout", str(BUDGET_S), "--", *checks], log_path)
     output = log_path.read_text(errors="replace")
     if code == EXIT_CANNOT_RUN:
         _cannot_run(output[-500:])
     assert report_path.is_file(), f"no report (exit {code}):\n{output[-6000:]}"
     report = json.loads(report_path.read_text())
-    assert code == 0 and report["ok"], f"smoke failed: {report.get('error')}\n{output[-6000:]}"
+    assert code == 0 and report["ok"], f"the stack failed: {report.get('error')}\n{output[-6000:]}"
 
-    checks = report["checks"]
-    # the API answered through the published port, with the compose Redis as its cache
-    cache = checks["readyz"]["cache"]
-    assert (cache["backend"], cache["state"]) == ("redis", "ok")
-    # the same image twice: computed, then served from Redis with the same predictions
-    assert checks["classify_first_cached"] is False
-    assert checks["classify_second_cached"] is True
-    probabilities = [p["probability"] for p in checks["classify_predictions"]]
-    assert all(0.0 <= p <= 1.0 for p in probabilities)
-    assert probabilities == sorted(probabilities, reverse=True)
-    # the index built by the compose profile is searchable, and its images are served by id
-    assert checks["search_hits"] >= 1
-    assert checks["image_status"] == 200 and checks["image_content_type"].startswith("image/")
+    # every deployed check ran against the stack and passed (none skipped, none left uncollected)
+    assert report["checks"]["command_rc"] == 0
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert suite is not None
+    assert int(suite.get("tests", 0)) == 3, ET.tostring(suite)[:2000]
+    assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("0", "0", "0")
+    assert report["checks"]["indexed_given"] == len(generated)
 
     cleanup = report["cleanup"]
     assert cleanup["down_rc"] == 0
@@ -79,3 +109,4 @@ def test_compose_up_serves_classify_search_and_cache_hits_then_leaves_nothing_be
     assert cleanup["leftover_processes"] == [] and cleanup["leftover_mounts"] == []
     assert cleanup["host_traces_left"] == []
     assert cleanup["workdir_removed"] is True and not Path(cleanup["workdir"]).exists()
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(p.name for p in generated)

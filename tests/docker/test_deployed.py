@@ -1,0 +1,64 @@
+"""Checks of a running deployment (``docker compose up`` by ``docker/stack.py``), through its published port.
+
+Run by ``test_compose_smoke.py`` as the command of ``docker/stack.py``, which sets ``KEEPFIT_URL`` after
+``up --wait`` and after the ``index`` profile has indexed the generated images it was given (and a few real images):
+    python docker/stack.py --images DIR -- python -m pytest tests/docker/test_deployed.py
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import make_golden_fundus
+from tests.service.helpers import encode
+
+SEARCH_WAIT_S = 60  # the API checks for a rebuilt index every few seconds
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=os.environ["KEEPFIT_URL"], timeout=120) as client:
+        yield client
+
+
+def test_ready_with_the_compose_redis_as_its_cache(api: httpx.Client) -> None:
+    r = api.get("/readyz")
+    assert r.status_code == 200, r.text
+    cache = r.json()["cache"]
+    assert (cache["backend"], cache["state"]) == ("redis", "ok"), cache
+
+
+def test_the_same_image_twice_is_computed_then_served_from_redis_unchanged(api: httpx.Client) -> None:
+    image = encode(make_golden_fundus(size=256, seed=1234), "PNG")
+    answers = []
+    for _ in range(2):
+        r = api.post("/v1/classify", files={"image": ("eye.png", image, "image/png")},
+                     data={"modality": "CFP", "top_k": "3"})
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    first, second = answers
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert first["predictions"] == second["predictions"]
+    probabilities = [p["probability"] for p in first["predictions"]]
+    assert len(probabilities) == 3 and all(0.0 <= p <= 1.0 for p in probabilities)
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_text_search_finds_the_index_built_by_the_compose_profile_and_serves_its_images(api: httpx.Client) -> None:
+    deadline = time.monotonic() + SEARCH_WAIT_S
+    while True:  # 503 until the API notices the new index
+        r = api.post("/v1/search", json={"query": "optic disc of a fundus photograph", "top_k": 3})
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert hits, r.json()
+    image = api.get(hits[0]["image_url"])
+    assert image.status_code == 200, image.text[:200]
+    assert image.headers["content-type"].startswith("image/") and image.content
