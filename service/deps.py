@@ -6,20 +6,23 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
 from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 
 from model.preprocess import header_pixels
 from service.cache import Cache
 from service.engine import Engine, IndexHolder, Timings
 from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
 from service.metrics import Metrics
+from service.responses import check_answer, json_with
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -72,6 +75,31 @@ class ServiceState:
         with timings.stage("cache"):
             await self.cache.set(key, body)
         return body
+
+    async def answer(
+        self,
+        endpoint: str,
+        key: str,
+        timings: Timings,
+        start: float,
+        compute: Callable[[], Awaitable[dict[str, Any]]],
+        model: type[BaseModel],
+    ) -> tuple[Response, bool]:
+        """The one cached-response path of the model endpoints; returns the response and whether it was a hit.
+
+        A hit answers the cached bytes as they are (nothing parsed or validated: a hit must stay a small
+        fraction of a miss). A miss awaits ``compute()`` and checks its answer against the response ``model``
+        before storing it, so a wrong shape is a 500 once, never an answer the cache would replay. Either way
+        ``cached`` and ``timings_ms`` (with ``total`` since ``start``) are appended.
+        """
+        body = await self.cached(endpoint, key, timings)
+        hit = body is not None
+        if body is None:
+            answer = await compute()
+            check_answer(model, {**answer, "cached": False, "timings_ms": {}})
+            body = await self.remember(key, answer, timings)
+        timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
+        return json_with(body, cached=hit, timings_ms=timings.ms), hit
 
 
 async def get_state(request: Request) -> ServiceState:

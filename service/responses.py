@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from fastapi import Response
+from pydantic import BaseModel
 
 
 def json_with(body: bytes, **fields: Any) -> Response:
@@ -20,3 +21,11 @@ def json_with(body: bytes, **fields: Any) -> Response:
     extra = json.dumps(fields, separators=(",", ":")).encode()
     joined = body[:-1] + (b"," if len(body) > 2 else b"") + extra[1:]
     return Response(content=joined, media_type="application/json")
+
+
+def check_answer(model: type[BaseModel], answer: dict[str, Any]) -> None:
+    """Raise unless ``answer`` validates as ``model`` with no top-level field the model leaves undocumented."""
+    model.model_validate(answer)
+    documented = {f.alias or name for name, f in model.model_fields.items()}
+    if not set(answer) <= documented:
+        raise ValueError(f"{model.__name__} does not document {sorted(set(answer) - documented)}")

@@ -52,9 +52,8 @@ from service.errors import (
     ServiceError,
     UnsupportedContentTypeError,
 )
-from service.responses import json_with
 from service.routers._body import Upload
-from service.schemas import error_responses
+from service.schemas import ClassifyResponse, error_responses
 
 logger = logging.getLogger(__name__)
 
@@ -737,10 +736,8 @@ async def classify_with_classifier(
     if frame is not None:
         params["frame"] = frame
     key = cache_key("classify", engine.version, digest, params)
-    cached = await state.cached("classify", key, timings)
-    if cached is not None:
-        body = cached
-    else:
+
+    async def compute() -> dict[str, Any]:
         out = await state.run_blocking(
             call_with_frame, frame, _classify_blocking, engine, model, data, timings, top_k, row.modality
         )
@@ -779,13 +776,14 @@ async def classify_with_classifier(
         }
         if out["warnings"]:
             answer["warnings"] = out["warnings"]
-        body = await state.remember(key, answer, timings)
-    timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
+        return answer
+
+    response, hit = await state.answer("classify", key, timings, start, compute, ClassifyResponse)
     logger.info(
         "classify image=%s classifier_version=%s cached=%s total_ms=%.1f",
         digest[:12],
         row.version,
-        cached is not None,
+        hit,
         timings.ms["total"],
     )
-    return json_with(body, cached=cached is not None, timings_ms=timings.ms)
+    return response

@@ -15,7 +15,6 @@ from service.cache import cache_key
 from service.deps import StateDep, require_api_key
 from service.engine import MAX_CATEGORY_CHARS, Timings
 from service.errors import InvalidRequestError
-from service.responses import json_with
 from service.routers._body import image_form_schema, parse_multipart, require_multipart
 from service.routers.classifiers import classify_with_classifier
 from service.schemas import HARD_MAX_TOP_K, MAX_EXPLAIN_TOP, ClassifyForm, ClassifyResponse, error_responses
@@ -122,10 +121,8 @@ async def classify(request: Request, state: StateDep) -> Response:
     if form.frame is not None:
         params["frame"] = form.frame
     key = cache_key("classify", engine.version, digest, params)
-    cached = await state.cached("classify", key, timings)
-    if cached is not None:
-        body = cached
-    else:
+
+    async def compute() -> dict[str, Any]:
         # the normal or the large-image lane (by the header's pixel count), with the DICOM frame asked for
         classify_frame = partial(call_with_frame, form.frame, engine.classify)
         result = await state.run_image(classify_frame, data, resolved, modality, top_k, timings, explain)
@@ -148,14 +145,15 @@ async def classify(request: Request, state: StateDep) -> Response:
         }
         if result.explanations is not None:
             answer["explanations"] = result.explanations
-        body = await state.remember(key, answer, timings)
-    timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
+        return answer
+
+    response, hit = await state.answer("classify", key, timings, start, compute, ClassifyResponse)
     logger.info(
         "classify image=%s modality=%s categories=%s cached=%s total_ms=%.1f",
         digest[:12],
         modality,
         len(resolved) if resolved is not None else "default",
-        cached is not None,
+        hit,
         timings.ms["total"],
     )
-    return json_with(body, cached=cached is not None, timings_ms=timings.ms)
+    return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
@@ -11,7 +12,6 @@ from service.cache import cache_key, sha256_hex
 from service.deps import SettingsDep, StateDep, require_api_key
 from service.engine import Timings
 from service.errors import InvalidRequestError
-from service.responses import json_with
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import EmbedResponse, EmbedTextRequest, error_responses
 
@@ -62,18 +62,16 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
         upload, _ = await parse_multipart(request, _NoFields, settings.max_upload_bytes)
         kind, digest, text, data = "image", upload.sha256, None, upload.data
     key = cache_key("embed", engine.version, digest, {"kind": kind})
-    cached = await state.cached("embed", key, timings)
-    if cached is not None:
-        body = cached
-    else:
+
+    async def compute() -> dict[str, Any]:
         if text is not None:
             array = await state.run_blocking(engine.embed_text, text, timings)
         else:
             assert data is not None
             array = await state.run_image(engine.embed_image, data, timings)
         vector = [float(v) for v in array]
-        answer = {"model_version": engine.version, "kind": kind, "sha256": digest, "dim": len(vector),
-                  "embedding": vector}
-        body = await state.remember(key, answer, timings)
-    timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
-    return json_with(body, cached=cached is not None, timings_ms=timings.ms)
+        return {"model_version": engine.version, "kind": kind, "sha256": digest, "dim": len(vector),
+                "embedding": vector}
+
+    response, _hit = await state.answer("embed", key, timings, start, compute, EmbedResponse)
+    return response

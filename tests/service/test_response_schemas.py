@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from service.app import create_app
+from service.responses import check_answer
 from service.schemas import (
     CategoriesResponse,
     ClassifyResponse,
@@ -18,12 +20,11 @@ from service.schemas import (
     ReadyResponse,
     SearchResponse,
 )
+from tests.service.helpers import assert_error, make_settings
 
 
 def _conforms(model: type[BaseModel], body: dict[str, Any]) -> None:
-    model.model_validate(body)
-    documented = {f.alias or name for name, f in model.model_fields.items()}
-    assert set(body) <= documented, f"{model.__name__} does not document {sorted(set(body) - documented)}"
+    check_answer(model, body)  # what the service checks on every cache miss, applied to the final answer
 
 
 def test_classify_answers_conform(api: TestClient, real_image_paths: dict[str, list[Path]]) -> None:
@@ -54,3 +55,20 @@ def test_search_answers_conform(indexed: TestClient, body: dict[str, Any]) -> No
     r = indexed.post("/v1/search", json=body)
     assert r.status_code == 200, r.text
     _conforms(SearchResponse, r.json())
+
+
+def test_a_miss_of_the_wrong_shape_is_a_500_and_never_cached(
+    default_artifact: Path, real_image_paths: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = real_image_paths["CFP"][0].read_bytes()
+    with TestClient(create_app(make_settings(default_artifact)), raise_server_exceptions=False) as client:
+        engine = client.app.state.service.engine  # type: ignore[attr-defined]
+        right = engine.warnings
+        monkeypatch.setattr(engine, "warnings", lambda *a: [{"undocumented": True}])
+        for _ in range(2):  # the broken answer was not stored: the second request computes (and fails) again
+            assert_error(client.post("/v1/classify", files={"image": ("eye.jpg", data)}), 500, "internal_error")
+        monkeypatch.setattr(engine, "warnings", right)
+        first, second = (client.post("/v1/classify", files={"image": ("eye.jpg", data)}) for _ in range(2))
+        assert (first.status_code, second.status_code) == (200, 200), first.text
+        assert (first.json()["cached"], second.json()["cached"]) == (False, True)
+        _conforms(ClassifyResponse, first.json())
