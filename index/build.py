@@ -22,7 +22,8 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,13 @@ class Report:
         if self.removed:
             parts.append(f"removed {self.removed}")
         return "\n".join(parts)
+
+    def history(self, **extra: Any) -> dict[str, Any]:
+        """The manifest's history entry for this operation: what it added, found twice or skipped."""
+        entry: dict[str, Any] = {"op": self.operation, "added": self.added, "duplicates": self.duplicates}
+        if self.operation == "add":
+            entry["already_indexed"] = self.already_indexed
+        return {**entry, "skipped": dict(self.skipped), **extra}
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -426,54 +434,53 @@ def build(
 ) -> Report:
     """Embed ``sources`` and write a new index at ``directory``; an index already there is replaced atomically
     (readers keep the old one until the new manifest is in place; new ids continue after the old ones)."""
-    start = time.perf_counter()
-    ann = ann or AnnSpec()
-    options = options or EmbedOptions()
-    directory = directory.expanduser()
+    start, ann, directory = time.perf_counter(), ann or AnnSpec(), directory.expanduser()
     artifact = load_artifact(artifact_dir)
     _check_target(directory)  # before the lock file is created: refuse a foreign folder without touching it
     with locked(directory):
-        previous = _check_target(directory)
+        previous = _check_target(directory) or {}
         root = _image_root(sources, image_root)
-        rows, reused, work = embed(directory, artifact, sources.items, options, "build")
+        rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), "build")
         # A rebuild keeps the ids of the images it had (same SHA-256, or same path) and continues the id
         # sequence for new ones: an id a client kept from the old index names the same image, or answers "not
         # found", never a different image.
-        first_id = int(previous.get("next_id", 1)) if previous else 1
-        known = KnownIds.from_metadata(directory / previous["files"]["metadata"]["name"]) if previous else None
+        first_id = int(previous.get("next_id", 1))
+        known = KnownIds.from_metadata(_metadata_of(directory, previous)) if previous else None
         asm = assemble(rows, sources.items, artifact, root, next_id=first_id, existing=set(), known=known)
+        if not asm.records:
+            _drop(work)
+            reasons = ", ".join(f"{n} {r}" for r, n in failure_summary(rows).most_common()) or "no inputs"
+            raise DataError(f"nothing to index: none of the {len(sources.items)} inputs is a readable image ({reasons})")
         ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
-        if len(ids) == 0:
-            if work is not None:
-                shutil.rmtree(work, ignore_errors=True)
-            raise DataError(
-                f"nothing to index: none of the {len(sources.items)} inputs is a readable image "
-                f"({', '.join(f'{n} {r}' for r, n in failure_summary(rows).most_common()) or 'no inputs'})"
-            )
-        built = build_index(asm.vectors, ids, ann)
         base = {
-            "generation": int(previous["generation"]) if previous else 0,
-            "next_id": first_id,
-            "created": now_iso(),
+            "generation": int(previous.get("generation", 0)), "next_id": first_id, "created": now_iso(),
             "artifact": {"name": artifact.name, "version": artifact.version, "embed_dim": artifact.embed_dim},
-            "sources": sources.descriptions,
-            **_root_fields(directory, root),
-            "history": previous.get("history", []) if previous else [],
-        }
-        report = Report(directory, "build", inputs=len(sources.items), resumed=reused)
-        _skips(rows, report)
-        report.added, report.duplicates = len(asm.records), asm.duplicates
-        report.detected_modality = _detected(sources.items, rows)
-        history = {
-            "op": "build",
-            "added": report.added,
-            "duplicates": report.duplicates,
-            "skipped": dict(report.skipped),
-        }
-        manifest = NextGeneration(directory, base, ann, built, asm.vectors, ids, added=asm.records).commit(history)
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            "sources": sources.descriptions, **_root_fields(directory, root), "history": previous.get("history", []),
+        }  # fmt: skip
+        report = _embedded_report(directory, "build", sources.items, rows, reused, asm)
+        built = build_index(asm.vectors, ids, ann)
+        manifest = NextGeneration(directory, base, ann, built, asm.vectors, ids, added=asm.records).commit(
+            report.history()
+        )
+        _drop(work)
     return _finish(report, manifest, start)
+
+
+def _embedded_report(
+    directory: Path, operation: str, items: Sequence[ImageItem], rows: Embedded, reused: int, asm: Any
+) -> Report:
+    """The report of a build or an add: inputs, what was added, found twice, already held or skipped."""
+    report = Report(directory, operation, inputs=len(items), resumed=reused)
+    _skips(rows, report)
+    report.added, report.duplicates, report.already_indexed = len(asm.records), asm.duplicates, asm.already_indexed
+    report.detected_modality = _detected(items, rows)
+    return report
+
+
+def _drop(work: Path | None) -> None:
+    """Remove an operation's resumable work folder once its generation is committed (or nothing came of it)."""
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _detected(items: Sequence[ImageItem], rows: Embedded) -> int:
@@ -513,67 +520,6 @@ def _resolve_kind(ann: AnnSpec, current_kind: str, n: int, params: dict[str, Any
     return kind, INDEX_KINDS[kind].retrain(n, params)
 
 
-def add(
-    directory: Path,
-    sources: SourceSet,
-    artifact_dir: Path,
-    *,
-    ann: AnnSpec | None = None,
-    options: EmbedOptions | None = None,
-) -> Report:
-    """Embed ``sources`` and add the images the index does not hold yet."""
-    start = time.perf_counter()
-    options = options or EmbedOptions()
-    directory = directory.expanduser()
-    artifact = load_artifact(artifact_dir)
-    with locked(directory):
-        current = _open_current(directory, artifact)
-        try:
-            manifest = current.manifest
-            ann = ann or AnnSpec.from_dict(manifest.get("ann", {}))
-            root = Path(manifest["image_root"]) if manifest.get("image_root") else None
-            existing = current.sha256s()
-            rows, reused, work = embed(
-                directory, artifact, sources.items, options, f"add-{current.generation}"
-            )
-            asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), existing)
-            new_ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
-            report = Report(directory, "add", inputs=len(sources.items), resumed=reused)
-            _skips(rows, report)
-            report.added, report.duplicates, report.already_indexed = (
-                len(new_ids),
-                asm.duplicates,
-                asm.already_indexed,
-            )
-            report.detected_modality = _detected(sources.items, rows)
-            if len(new_ids) == 0:
-                logger.info("nothing new to add")
-                if work is not None:
-                    shutil.rmtree(work, ignore_errors=True)
-                return _finish(report, manifest, start)
-            vectors = np.concatenate([np.asarray(current.vectors()), asm.vectors])
-            ids = np.concatenate([current.ids, new_ids])
-            kind, rebuild = _resolve_kind(ann, current.index_type, len(ids), manifest["index_params"])
-            built = _update_index(current, kind, rebuild, vectors, ids, new_ids, asm.vectors, (), ann)
-            history = {
-                "op": "add",
-                "added": report.added,
-                "duplicates": report.duplicates,
-                "already_indexed": report.already_indexed,
-                "skipped": dict(report.skipped),
-            }
-            sources_list = list(dict.fromkeys([*manifest.get("sources", []), *sources.descriptions]))
-            committed = NextGeneration(
-                directory, {**manifest, "sources": sources_list}, ann, built, vectors, ids, added=asm.records,
-                base_metadata=_metadata_of(directory, manifest),
-            ).commit(history)
-        finally:
-            current.close()
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
-    return _finish(report, committed, start)
-
-
 def _update_index(
     current: VectorIndex,
     kind: str,
@@ -599,68 +545,109 @@ def _update_index(
     return BuiltIndex(index=index, kind=current.index_type, params=dict(current.params))  # type: ignore[arg-type]
 
 
-def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) -> Report:
-    """Remove records by id and/or by path; every one must exist, else nothing is removed."""
-    start = time.perf_counter()
-    directory = directory.expanduser()
-    if not ids and not paths:
-        raise DataError("nothing to remove: give --id and/or --path")
+class IndexUpdate:
+    """One change to an existing index, made under its lock (:func:`updating`): records added and ids removed,
+    then committed as the next generation, the FAISS index updated in place when its type allows."""
+
+    def __init__(self, directory: Path, current: VectorIndex, ann: AnnSpec | None) -> None:
+        self.directory, self.current, self.manifest = directory, current, current.manifest
+        self.ann = ann or AnnSpec.from_dict(self.manifest.get("ann", {}))
+        self.records: list[Record] = []
+        self.new_vectors = np.zeros((0, current.dim), np.float32)
+        self.removed: list[int] = []
+        self.sources = list(self.manifest.get("sources", []))
+
+    def add(self, records: Sequence[Record], vectors: np.ndarray, sources: Sequence[str] = ()) -> None:
+        self.records += records
+        self.new_vectors = np.concatenate([self.new_vectors, vectors])
+        self.sources = list(dict.fromkeys([*self.sources, *sources]))
+
+    def remove(self, ids: Sequence[int]) -> None:
+        self.removed = sorted({*self.removed, *map(int, ids)})
+
+    def commit(self, history: dict[str, Any], rebuild_as: AnnSpec | None = None) -> dict[str, Any]:
+        """Write the next generation (``rebuild_as``: a new FAISS index of that type from the stored vectors);
+        returns its manifest."""
+        current = self.current
+        keep = ~np.isin(current.ids, np.asarray(self.removed, dtype=np.int64))
+        new_ids = np.asarray([r.id for r in self.records], dtype=np.int64)
+        vectors = np.concatenate([np.asarray(current.vectors())[keep], self.new_vectors])
+        ids = np.concatenate([current.ids[keep], new_ids])
+        if rebuild_as is not None:
+            self.ann, built = rebuild_as, build_index(vectors, ids, rebuild_as, dim=current.dim)
+            history = {**history, "index_type": built.kind}
+        else:
+            params = self.manifest["index_params"] if len(new_ids) else {}
+            kind, rebuild = _resolve_kind(self.ann, current.index_type, len(ids), params)
+            built = _update_index(current, kind, rebuild, vectors, ids, new_ids, self.new_vectors, self.removed, self.ann)
+        return NextGeneration(
+            self.directory, {**self.manifest, "sources": self.sources}, self.ann, built, vectors, ids,
+            added=self.records, removed=self.removed, base_metadata=_metadata_of(self.directory, self.manifest),
+        ).commit(history)  # fmt: skip
+
+
+@contextmanager
+def updating(directory: Path, artifact: Artifact | None = None, ann: AnnSpec | None = None) -> Iterator[IndexUpdate]:
+    """The index at ``directory`` locked and opened for one change (its embeddings must come from ``artifact``)."""
     with locked(directory):
-        current = _open_current(directory)
+        current = _open_current(directory, artifact)
         try:
-            manifest = current.manifest
-            wanted = {int(i) for i in ids}
-            unknown = sorted(i for i in wanted if current.get(i) is None)
-            if unknown:
-                raise NotFoundError(
-                    f"no image with id {', '.join(map(str, unknown))} in index {directory} (nothing was removed)"
-                )
-            for p in paths:
-                found = current.find_path(p)
-                if not found:
-                    raise NotFoundError(f"no image with path {p} in index {directory} (nothing was removed)")
-                wanted.update(r.id for r in found)
-            keep = ~np.isin(current.ids, np.asarray(sorted(wanted), dtype=np.int64))
-            vectors = np.asarray(current.vectors())[keep]
-            kept_ids = current.ids[keep]
-            ann = AnnSpec.from_dict(manifest.get("ann", {}))
-            kind, rebuild = _resolve_kind(ann, current.index_type, len(kept_ids), {})
-            built = _update_index(
-                current,
-                kind,
-                rebuild,
-                vectors,
-                kept_ids,
-                np.zeros(0, np.int64),
-                vectors[:0],
-                sorted(wanted),
-                ann,
-            )
-            history = {"op": "remove", "removed": len(wanted), "ids": sorted(wanted)[:100]}
-            committed = NextGeneration(
-                directory, manifest, ann, built, vectors, kept_ids, removed=sorted(wanted),
-                base_metadata=_metadata_of(directory, manifest),
-            ).commit(history)
+            yield IndexUpdate(directory, current, ann)
         finally:
             current.close()
-    report = Report(directory, "remove", removed=len(wanted))
-    return _finish(report, committed, start)
+
+
+def add(
+    directory: Path,
+    sources: SourceSet,
+    artifact_dir: Path,
+    *,
+    ann: AnnSpec | None = None,
+    options: EmbedOptions | None = None,
+) -> Report:
+    """Embed ``sources`` and add the images the index does not hold yet."""
+    start, directory, artifact = time.perf_counter(), directory.expanduser(), load_artifact(artifact_dir)
+    with updating(directory, artifact, ann) as update:
+        manifest = update.manifest
+        root = Path(manifest["image_root"]) if manifest.get("image_root") else None
+        operation = f"add-{update.current.generation}"
+        rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), operation)
+        asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), update.current.sha256s())
+        report = _embedded_report(directory, "add", sources.items, rows, reused, asm)
+        if asm.records:
+            update.add(asm.records, asm.vectors, sources.descriptions)
+            manifest = update.commit(report.history())
+        else:
+            logger.info("nothing new to add")
+        _drop(work)
+    return _finish(report, manifest, start)
+
+
+def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) -> Report:
+    """Remove records by id and/or by path; every one must exist, else nothing is removed."""
+    start, directory = time.perf_counter(), directory.expanduser()
+    if not ids and not paths:
+        raise DataError("nothing to remove: give --id and/or --path")
+    with updating(directory) as update:
+        wanted = {int(i) for i in ids}
+        unknown = sorted(i for i in wanted if update.current.get(i) is None)
+        if unknown:
+            raise NotFoundError(
+                f"no image with id {', '.join(map(str, unknown))} in index {directory} (nothing was removed)"
+            )
+        for p in paths:
+            found = update.current.find_path(p)
+            if not found:
+                raise NotFoundError(f"no image with path {p} in index {directory} (nothing was removed)")
+            wanted.update(r.id for r in found)
+        update.remove(sorted(wanted))
+        committed = update.commit({"op": "remove", "removed": len(wanted), "ids": sorted(wanted)[:100]})
+    return _finish(Report(directory, "remove", removed=len(wanted)), committed, start)
 
 
 def reindex(directory: Path, ann: AnnSpec) -> Report:
     """Rebuild the FAISS index from the stored vectors with another type or parameters (no re-embedding)."""
-    start = time.perf_counter()
-    directory = directory.expanduser()
-    with locked(directory):
-        current = _open_current(directory)
-        try:
-            manifest = current.manifest
-            vectors = np.asarray(current.vectors())
-            built = build_index(vectors, current.ids, ann, dim=current.dim)
-            history = {"op": "reindex", "index_type": built.kind}
-            committed = NextGeneration(
-                directory, manifest, ann, built, vectors, current.ids, base_metadata=_metadata_of(directory, manifest)
-            ).commit(history)
-        finally:
-            current.close()
+    start, directory = time.perf_counter(), directory.expanduser()
+    with updating(directory) as update:
+        committed = update.commit({"op": "reindex"}, rebuild_as=ann)
     return _finish(Report(directory, "reindex"), committed, start)
