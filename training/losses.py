@@ -1,14 +1,17 @@
-"""The stage-2 objectives, one class each (open_clip style).
+"""The training objectives, one class each (open_clip style): stage 1's on text, stage 2's on image-text pairs.
 
-A training step of :class:`training.tasks.HybridTask` encodes one batch once (:class:`HybridBatch`); every
-objective whose weight is above 0 reads it and returns its loss term, named after the objective; the task sums
-the terms with their weights (``training.config.LossWeights``).  A new objective is one class here, its entry in
-:func:`hybrid_objectives` and one weight (a field of ``LossWeights``, its name in ``STAGE_LOSSES``); a test checks
-that they agree.
+A training step of :class:`training.tasks.HybridTask` encodes one batch once (:class:`HybridBatch`); a step of
+:class:`training.tasks.TextTask` draws its randomness once (:class:`TextDraw`). Every objective whose weight is
+above 0 reads it and returns its loss term, named after the objective (plus any metric it logs);
+:func:`weighted_terms` sums the terms with their weights (``training.config.LossWeights``).  A new objective is
+one class here, its entry in :func:`hybrid_objectives` or :func:`text_objectives` and one weight (a field of
+``LossWeights``, its name in ``STAGE_LOSSES``); a test checks that they agree.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.nn.keepfit import KeepFITModel
+from model.tokenizer import Tokenizer
 
 
 def soft_clip_loss(img: Tensor, txt: Tensor, keys: list[Any], scale: Tensor) -> Tensor:
@@ -101,4 +105,145 @@ def hybrid_objectives(kt_same_modality: bool, caption_ids: dict[str, Tensor], pa
         "elite": EliteClip(),
         "kt": KnowledgeTransfer(kt_same_modality),
         "gen": CaptionGeneration(caption_ids, pad_id, caption_vocab),
+    }
+
+
+def weighted_terms(objectives: Mapping[str, Any], batch: Any, weights: Any) -> dict[str, Tensor]:
+    """Every objective whose weight (``weights.<name>``) is above 0, run on ``batch`` in the mapping's order, and
+    their weighted sum as ``loss``. An objective returns its loss, or a dict whose entry named after it is the
+    loss and whose other entries are logged as they are (an accuracy, say)."""
+    terms: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for name, objective in objectives.items():
+        weight = getattr(weights, name)
+        if weight > 0:
+            out = objective(batch)
+            terms.update(out if isinstance(out, dict) else {name: out})
+            total = weight * terms[name] if total is None else total + weight * terms[name]
+    terms["loss"] = total if total is not None else torch.zeros(())
+    return terms
+
+
+# ================================================================================================ stage 1
+@dataclass
+class TextDraw:
+    """One stage-1 step's randomness: the step, the torch generator (corpus draws, token masking) and a Python
+    RNG (knowledge pairs)."""
+
+    step: int
+    gen: torch.Generator
+    rng: random.Random
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head: dense + GELU + LayerNorm, decoder tied to the (frozen) word embeddings."""
+
+    def __init__(self, hidden: int, word_embeddings: nn.Embedding, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.word_embeddings = [word_embeddings]  # a list: not registered, so not saved or optimised twice
+        self.bias = nn.Parameter(torch.zeros(word_embeddings.num_embeddings))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        x = self.norm(F.gelu(self.dense(hidden)))  # [M, H]
+        return x @ self.word_embeddings[0].weight.t() + self.bias  # [M, V]
+
+
+def mask_tokens(ids: Tensor, mask: Tensor, tok: Tokenizer, prob: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """BERT masking: ``prob`` of the real tokens are targets; 80% become [MASK], 10% random, 10% unchanged."""
+    special = (ids == tok.cls_id) | (ids == tok.sep_id) | (mask == 0)
+    chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
+    # at least one target per text, so no row contributes nothing
+    for i in range(ids.shape[0]):
+        if not chosen[i].any():
+            candidates = torch.nonzero(~special[i]).flatten()
+            if len(candidates):
+                chosen[i, candidates[torch.randint(len(candidates), (1,), generator=gen)]] = True
+    targets = torch.where(chosen, ids, torch.full_like(ids, -100))
+    roll = torch.rand(ids.shape, generator=gen)
+    out = ids.clone()
+    out[chosen & (roll < 0.8)] = tok.mask_id
+    rand = chosen & (roll >= 0.8) & (roll < 0.9)
+    out[rand] = torch.randint(1000, tok.vocab_size, ids.shape, generator=gen)[rand]  # skip [unused*]/specials
+    return out, targets
+
+
+class MaskedLanguageModel:
+    """BERT's masked-token prediction on corpus texts, through the trainable top text layers and the MLM head.
+
+    During the head's warm-up (``cfg.mlm_head_warmup`` steps) no MLM gradient reaches the text layers."""
+
+    def __init__(self, model: KeepFITModel, head: MLMHead, tokenizer: Tokenizer, frozen: int, texts: list[str],
+                 cfg: Any, device: torch.device) -> None:
+        self.model, self.head, self.tokenizer, self.frozen = model, head, tokenizer, frozen
+        self.texts, self.cfg, self.device = texts, cfg, device
+
+    def __call__(self, draw: TextDraw) -> dict[str, Tensor]:
+        picked = torch.randint(len(self.texts), (self.cfg.batch_size,), generator=draw.gen).tolist()
+        loss, acc = self.loss([self.texts[i] for i in picked], draw.gen, head_only=draw.step < self.cfg.mlm_head_warmup)
+        return {"mlm": loss, "mlm_acc": acc}
+
+    def loss(self, texts: list[str], gen: torch.Generator, head_only: bool = False) -> tuple[Tensor, Tensor]:
+        ids, mask = self.tokenizer(texts)
+        ids_t = torch.from_numpy(ids[:, : self.cfg.max_text_tokens])
+        mask_t = torch.from_numpy(mask[:, : self.cfg.max_text_tokens])
+        masked, targets = mask_tokens(ids_t, mask_t, self.tokenizer, self.cfg.mask_prob, gen)
+        masked, targets, mask_t = masked.to(self.device), targets.to(self.device), mask_t.to(self.device)
+        bert = self.model.text_encoder.bert
+        keep = mask_t[:, None, None, :].to(torch.float32)
+        with torch.no_grad():
+            hidden = bert.embeddings(masked)  # [B, L, H]
+            additive = (1.0 - keep.to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+            for layer in bert.encoder.layer[: self.frozen]:
+                hidden = layer(hidden, additive)
+        for layer in bert.encoder.layer[self.frozen :]:
+            hidden = layer(hidden, additive)
+        sel = targets != -100
+        if head_only:  # the head's warm-up: no MLM gradient reaches the text layers yet
+            hidden = hidden.detach()
+        logits = self.head(hidden[sel])  # [M, V]
+        loss = F.cross_entropy(logits.float(), targets[sel])
+        acc = (logits.argmax(-1) == targets[sel]).float().mean()
+        return loss, acc
+
+
+class KnowledgeContrast:
+    """Knowledge contrastive on category names, descriptions and aliases (``training.tasks.knowledge_groups``)."""
+
+    def __init__(self, tail: Any, groups: list[Any], alias_prob: float, device: torch.device) -> None:
+        self.tail, self.groups, self.alias_prob, self.device = tail, groups, alias_prob, device
+
+    def __call__(self, draw: TextDraw) -> Tensor:
+        return self.loss(draw.rng)
+
+    def loss(self, rng: random.Random, n_categories: int = 16) -> Tensor:
+        """Contrastive: two texts of a category are positives, other categories' texts negatives.  With
+        probability ``alias_prob`` the pair is one of the category's aliases and one of its descriptions, so
+        that ``healthy`` or ``DMO`` land where ``normal`` or ``diabetic macular edema`` do."""
+        picked = rng.sample(self.groups, min(n_categories, len(self.groups)))
+        texts, keys = [], []
+        for group in picked:
+            if group.aliases and (len(group.texts) < 2 or rng.random() < self.alias_prob):
+                pair = [rng.choice(group.aliases), rng.choice(group.texts)]
+            else:
+                pair = rng.sample(group.texts, 2)
+            for text in pair:
+                texts.append(text)
+                keys.append(group.name)
+        emb = self.tail(texts, self.device)  # [2K, D]
+        logits = emb @ emb.t() / 0.05
+        logits = logits - torch.eye(len(texts), device=self.device) * 1e4  # not oneself
+        same = torch.tensor([[a == b for b in keys] for a in keys], dtype=logits.dtype, device=self.device)
+        same.fill_diagonal_(0)
+        return F.cross_entropy(logits, same / same.sum(1, keepdim=True))
+
+
+
+def text_objectives(model: KeepFITModel, head: MLMHead, tokenizer: Tokenizer, frozen: int, texts: list[str],
+                    tail: Any, groups: list[Any], cfg: Any, device: torch.device) -> dict[str, Any]:
+    """The stage-1 objectives by their loss names, in the order their terms are summed."""
+    return {
+        "mlm": MaskedLanguageModel(model, head, tokenizer, frozen, texts, cfg, device),
+        "knowledge": KnowledgeContrast(tail, groups, cfg.alias_prob, device),
     }

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import get_config
@@ -54,7 +53,14 @@ from training.evaluate import (
 )
 from training.features import FeatureStore, ImageSource, PixelSource, build_feature_store
 from training.loop import Task
-from training.losses import HybridBatch, hybrid_objectives
+from training.losses import (
+    HybridBatch,
+    MLMHead,
+    TextDraw,
+    hybrid_objectives,
+    text_objectives,
+    weighted_terms,
+)
 from training.parts import (
     ImagePrefix,
     ImageTail,
@@ -95,21 +101,6 @@ def build_model(cfg: TrainConfig) -> tuple[KeepFITModel, Tokenizer, dict[str, An
 
 
 # ================================================================================================ stage 1
-class MLMHead(nn.Module):
-    """BERT's prediction head: dense + GELU + LayerNorm, decoder tied to the (frozen) word embeddings."""
-
-    def __init__(self, hidden: int, word_embeddings: nn.Embedding, eps: float = 1e-12) -> None:
-        super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
-        self.norm = nn.LayerNorm(hidden, eps=eps)
-        self.word_embeddings = [word_embeddings]  # a list: not registered, so not saved or optimised twice
-        self.bias = nn.Parameter(torch.zeros(word_embeddings.num_embeddings))
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        x = self.norm(F.gelu(self.dense(hidden)))  # [M, H]
-        return x @ self.word_embeddings[0].weight.t() + self.bias  # [M, V]
-
-
 @dataclass(frozen=True)
 class KnowledgeGroup:
     """One category for the knowledge-contrastive objective: its texts are positives of each other."""
@@ -137,25 +128,6 @@ def knowledge_groups(knowledge: Knowledge) -> list[KnowledgeGroup]:
         if len(texts) + len(aliases) >= 2:
             groups.append(KnowledgeGroup(name, texts, aliases))
     return groups
-
-
-def mask_tokens(ids: Tensor, mask: Tensor, tok: Tokenizer, prob: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """BERT masking: ``prob`` of the real tokens are targets; 80% become [MASK], 10% random, 10% unchanged."""
-    special = (ids == tok.cls_id) | (ids == tok.sep_id) | (mask == 0)
-    chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
-    # at least one target per text, so no row contributes nothing
-    for i in range(ids.shape[0]):
-        if not chosen[i].any():
-            candidates = torch.nonzero(~special[i]).flatten()
-            if len(candidates):
-                chosen[i, candidates[torch.randint(len(candidates), (1,), generator=gen)]] = True
-    targets = torch.where(chosen, ids, torch.full_like(ids, -100))
-    roll = torch.rand(ids.shape, generator=gen)
-    out = ids.clone()
-    out[chosen & (roll < 0.8)] = tok.mask_id
-    rand = chosen & (roll >= 0.8) & (roll < 0.9)
-    out[rand] = torch.randint(1000, tok.vocab_size, ids.shape, generator=gen)[rand]  # skip [unused*]/specials
-    return out, targets
 
 
 class TextTask:
@@ -193,6 +165,8 @@ class TextTask:
         self.head = MLMHead(bert.hidden_size, bert.embeddings.word_embeddings, bert.config.layer_norm_eps).to(device)
         self.tail = TextTail(model, tokenizer, self.layers)
         self.groups = knowledge_groups(knowledge)
+        self.objectives = text_objectives(model, self.head, tokenizer, self.frozen, self.train_texts, self.tail,
+                                          self.groups, cfg, device)
         self.stats = {"corpus": str(corpus), "train_texts": len(self.train_texts), "holdout_texts": len(self.holdout),
                       "knowledge_categories": len(self.groups),
                       "knowledge_aliases": sum(len(g.aliases) for g in self.groups),
@@ -211,65 +185,9 @@ class TextTask:
         for layer in bert.encoder.layer[: self.frozen]:
             layer.eval()
 
-    def _mlm(self, texts: list[str], gen: torch.Generator, head_only: bool = False) -> tuple[Tensor, Tensor]:
-        ids, mask = self.tokenizer(texts)
-        ids_t = torch.from_numpy(ids[:, : self.cfg.max_text_tokens])
-        mask_t = torch.from_numpy(mask[:, : self.cfg.max_text_tokens])
-        masked, targets = mask_tokens(ids_t, mask_t, self.tokenizer, self.cfg.mask_prob, gen)
-        masked, targets, mask_t = masked.to(self.device), targets.to(self.device), mask_t.to(self.device)
-        bert = self.model.text_encoder.bert
-        keep = mask_t[:, None, None, :].to(torch.float32)
-        with torch.no_grad():
-            hidden = bert.embeddings(masked)  # [B, L, H]
-            additive = (1.0 - keep.to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-            for layer in bert.encoder.layer[: self.frozen]:
-                hidden = layer(hidden, additive)
-        for layer in bert.encoder.layer[self.frozen :]:
-            hidden = layer(hidden, additive)
-        sel = targets != -100
-        if head_only:  # the head's warm-up: no MLM gradient reaches the text layers yet
-            hidden = hidden.detach()
-        logits = self.head(hidden[sel])  # [M, V]
-        loss = F.cross_entropy(logits.float(), targets[sel])
-        acc = (logits.argmax(-1) == targets[sel]).float().mean()
-        return loss, acc
-
-    def _knowledge(self, rng: random.Random, n_categories: int = 16) -> Tensor:
-        """Contrastive: two texts of a category are positives, other categories' texts negatives.  With
-        probability ``alias_prob`` the pair is one of the category's aliases and one of its descriptions, so
-        that ``healthy`` or ``DMO`` land where ``normal`` or ``diabetic macular edema`` do."""
-        picked = rng.sample(self.groups, min(n_categories, len(self.groups)))
-        texts, keys = [], []
-        for group in picked:
-            if group.aliases and (len(group.texts) < 2 or rng.random() < self.cfg.alias_prob):
-                pair = [rng.choice(group.aliases), rng.choice(group.texts)]
-            else:
-                pair = rng.sample(group.texts, 2)
-            for text in pair:
-                texts.append(text)
-                keys.append(group.name)
-        emb = self.tail(texts, self.device)  # [2K, D]
-        logits = emb @ emb.t() / 0.05
-        logits = logits - torch.eye(len(texts), device=self.device) * 1e4  # not oneself
-        same = torch.tensor([[a == b for b in keys] for a in keys], dtype=logits.dtype, device=self.device)
-        same.fill_diagonal_(0)
-        return F.cross_entropy(logits, same / same.sum(1, keepdim=True))
-
     def step(self, step: int, gen: torch.Generator) -> tuple[dict[str, Tensor], int]:
-        rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
-        w = self.cfg.losses
-        losses: dict[str, Tensor] = {}
-        total = torch.zeros((), device=self.device)
-        if w.mlm > 0:
-            texts = [self.train_texts[i] for i in torch.randint(len(self.train_texts), (self.cfg.batch_size,),
-                                                                  generator=gen).tolist()]
-            losses["mlm"], losses["mlm_acc"] = self._mlm(texts, gen, head_only=step < self.cfg.mlm_head_warmup)
-            total = total + w.mlm * losses["mlm"]
-        if w.knowledge > 0:
-            losses["knowledge"] = self._knowledge(rng)
-            total = total + w.knowledge * losses["knowledge"]
-        losses["loss"] = total
-        return losses, self.cfg.batch_size
+        draw = TextDraw(step, gen, random.Random(int(torch.randint(2**31, (1,), generator=gen))))
+        return weighted_terms(self.objectives, draw, self.cfg.losses), self.cfg.batch_size
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -280,11 +198,11 @@ class TextTask:
         losses, accs, weights = [], [], []
         for i in range(0, len(self.holdout), 64):
             chunk = self.holdout[i : i + 64]
-            loss, acc = self._mlm(chunk, gen)
+            loss, acc = self.objectives["mlm"].loss(chunk, gen)
             losses.append(float(loss))
             accs.append(float(acc))
             weights.append(len(chunk))
-        know = float(self._knowledge(random.Random(99), n_categories=64))
+        know = float(self.objectives["knowledge"].loss(random.Random(99), n_categories=64))
         out = {"knowledge_loss": know}
         if losses:
             out["holdout_mlm_loss"] = float(np.average(losses, weights=weights))
@@ -481,14 +399,7 @@ class HybridTask:
         scale = self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
         b = len(pub)
         batch = HybridBatch(self.model, pub, eli, list(keys), img[:b], txt[:b], img[b:], txt[b:], feats[b:], scale, dev)
-        losses: dict[str, Tensor] = {}
-        total = torch.zeros((), device=dev)
-        for name, objective in self.objectives.items():  # summed in a fixed order: public, elite, kt, gen
-            weight = getattr(w, name)
-            if weight > 0:
-                losses[name] = objective(batch)
-                total = total + weight * losses[name]
-        losses["loss"] = total
+        losses = weighted_terms(self.objectives, batch, w)  # in a fixed order: public, elite, kt, gen
         losses["logit_scale"] = scale.detach()
         return losses, len(samples)
 
