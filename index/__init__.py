@@ -4,3 +4,8 @@
 ``index.build`` writes generations (build / add / remove / reindex) and ``index.cli`` is ``keepfit index``.
 Nothing is imported here so that ``import index`` touches neither faiss nor the runtime.
 """
+
+# ``keepfit`` subcommands (see model/__init__.py): name -> ("module:function", help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "index": ("index.cli:main", "build, update, inspect and benchmark FAISS indexes"),
+}

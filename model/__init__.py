@@ -6,3 +6,18 @@ by training and export entry points.
 """
 
 __version__ = "0.1.0"
+
+# The ``keepfit`` subcommands this package owns: name -> ("module:function", help). The function takes the
+# arguments after the subcommand. Each package declares its own table and pyproject.toml registers the tables
+# (entry points ``keepfit.commands``), so the dispatcher (:mod:`model.cli`) names no package above this one.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list-models": ("model.cli:list_models_main", "list the registered model configs"),
+    "knowledge": ("model.cli:knowledge_main", "build knowledge.json from FLAIR's knowledge dictionary"),
+    "info": ("model.cli:info_main", "verify an artifact and print its manifest summary"),
+    "artifact": ("model.cli:artifact_main", "`seal`: re-seal an artifact's manifest after a deliberate edit"),
+    "export": ("model.nn.commands:export_main", "export a checkpoint (or a fresh model) to an ONNX artifact"),
+    "import-checkpoint": (
+        "model.nn.commands:import_main",
+        "convert a published FLAIR / KeepFIT v1 state dict into a keepfit checkpoint",
+    ),
+}

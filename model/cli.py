@@ -13,31 +13,29 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import entry_points
 
 from model.errors import KeepfitError
 
 logger = logging.getLogger(__name__)
 
-# name -> ("module:function", help).  The function takes argv (the arguments after the subcommand).
-COMMANDS: dict[str, tuple[str, str]] = {
-    "list-models": ("model.cli:list_models_main", "list the registered model configs"),
-    "knowledge": ("model.cli:knowledge_main", "build knowledge.json from FLAIR's knowledge dictionary"),
-    "info": ("model.cli:info_main", "verify an artifact and print its manifest summary"),
-    "artifact": ("model.cli:artifact_main", "`seal`: re-seal an artifact's manifest after a deliberate edit"),
-    "export": ("model.nn.commands:export_main", "export a checkpoint (or a fresh model) to an ONNX artifact"),
-    "import-checkpoint": (
-        "model.nn.commands:import_main",
-        "convert a published FLAIR / KeepFIT v1 state dict into a keepfit checkpoint",
-    ),
-    "train": ("training.cli:train_main", "train: `text` (stage 1) or `hybrid` (stage 2)"),
-    "eval": (
-        "training.cli:eval_main",
-        "evaluate an artifact: zero-shot, retrieval, few-shot, linear-probe, suite, compare",
-    ),
-    "index": ("index.cli:main", "build, update, inspect and benchmark FAISS indexes"),
-    "serve": ("service.cli:main", "run the HTTP API"),
-    "classifier": ("service.classifier_cli:main", "few-shot classifiers of your own categories: fit, list, ..."),
-}
+ENTRY_POINTS = "keepfit.commands"  # pyproject.toml: one entry per package, naming its COMMANDS table
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """Every subcommand: the ``COMMANDS`` tables of the packages, as the installed distribution registers them.
+
+    This dispatcher sits below what it dispatches to: it names no package, the packages declare their commands
+    (``model/__init__.py`` says how) and ``pyproject.toml`` lists the tables. Loading a table imports only that
+    package's ``__init__``, which imports nothing, so ``keepfit --help`` stays torch-free and fast.
+    """
+    table: dict[str, tuple[str, str]] = {}
+    for entry in entry_points(group=ENTRY_POINTS):
+        for name, spec in entry.load().items():
+            if name in table:
+                raise KeepfitError(f"`keepfit {name}` is declared twice ({table[name][0]} and {spec[0]})")
+            table[name] = spec
+    return table
 
 
 def _resolve(target: str) -> Callable[[list[str]], int]:
@@ -70,13 +68,18 @@ def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    table = commands()
+    if not table:
+        print("error: keepfit is not installed, so it has no commands: run `make install` "  # noqa: T201
+              "(or pip install -e . in your environment)", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(
         prog="keepfit",
         description="KeepFIT V2 ophthalmic vision-language model: train, export, index, serve. Research use only.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {n:<18} {h}" for n, (_, h) in COMMANDS.items()),
+        epilog="commands:\n" + "\n".join(f"  {n:<18} {h}" for n, (_, h) in sorted(table.items())),
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help="one of the commands below")
+    parser.add_argument("command", choices=sorted(table), metavar="command", help="one of the commands below")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     if not argv:
         parser.print_help()
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv[:1])
     setup_logging()
     try:
-        func = _resolve(COMMANDS[ns.command][0])
+        func = _resolve(table[ns.command][0])
     except ModuleNotFoundError as err:
         print(f"error: `keepfit {ns.command}` needs {err.name!r}; install the matching extra (see README)",  # noqa: T201
               file=sys.stderr)

@@ -3,3 +3,9 @@
 Nothing is loaded at import: :func:`service.app.create_app` builds the app and its lifespan opens the artifact,
 the index and the cache.  ``keepfit serve`` (:mod:`service.cli`) runs it under uvicorn.
 """
+
+# ``keepfit`` subcommands (see model/__init__.py): name -> ("module:function", help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("service.cli:main", "run the HTTP API"),
+    "classifier": ("service.classifier_cli:main", "few-shot classifiers of your own categories: fit, list, ..."),
+}

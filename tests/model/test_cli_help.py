@@ -81,3 +81,30 @@ def test_artifact_flag_defaults_to_the_variable(
     out = " ".join(_help(["index", "build", "--help"], capsys).split())
     assert "[--artifact ARTIFACT]" in out  # optional in the usage line
     assert "default: $KEEPFIT_ARTIFACT, now artifacts/keepfit-v2-small" in out
+
+
+def test_every_package_declares_its_own_commands_and_the_dispatcher_names_none() -> None:
+    """The command tables come from the packages through pyproject.toml's entry points, load without torch, and
+    each command's function exists; model/cli.py itself names no package above model."""
+    import importlib
+    import subprocess
+    import sys
+
+    from model.cli import commands
+
+    table = commands()
+    owners = {spec.split(".")[0] for spec, _help in table.values()}
+    assert owners == {"model", "training", "index", "service"}
+    assert {"train", "eval", "index", "serve", "classifier", "export", "info"} <= set(table)
+    for name, (target, help_text) in table.items():
+        module, func = target.split(":")
+        assert name in importlib.import_module(module.split(".")[0]).COMMANDS, name  # its own package declares it
+        assert help_text and "\n" not in help_text, name
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, target
+        assert f"def {func}(" in Path(spec.origin).read_text(), target  # without importing torch-heavy modules
+    source = (Path(__file__).resolve().parents[2] / "model" / "cli.py").read_text()
+    for upper in ("training", "index", "service"):
+        assert f'"{upper}.' not in source and f"from {upper}" not in source, upper
+    probe = "import sys; from model.cli import commands; commands(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
