@@ -6,8 +6,8 @@ periodic validation, and the checkpoints:
 
 - ``last.pt``: everything needed to resume (weights, optimiser, step, RNG state, history);
 - ``best.pt``: the weights with the best validation score so far;
-- ``model.pt``: the best weights plus what the task adds at the end (the modality head), ready for
-  ``keepfit export --checkpoint``.
+- ``model.pt``: the selected weights with their training provenance, ready for ``keepfit export --checkpoint``
+  (which fits the modality head on the exported encoder).
 
 Each step draws its data from a generator seeded by (seed, step), so a resumed run sees the same batches as an
 uninterrupted one.  Every checkpoint holds the resolved training config.
@@ -51,7 +51,6 @@ class Task(Protocol):
     def evaluate(self) -> dict[str, float]: ...
     def extra_state(self) -> dict[str, Any]: ...
     def load_extra_state(self, state: dict[str, Any]) -> None: ...
-    def finalize(self) -> dict[str, Any]: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -183,12 +182,12 @@ def _log_parameters(task: Task, modules: dict[str, nn.Module], cfg: TrainConfig,
 def _deliver(task: Task, cfg: TrainConfig, best_path: Path, best_step: int, final: Path,
              extra: dict[str, Any]) -> int:
     """Write ``model.pt``, the deliverable: the selected weights (end of the schedule, or the best validation
-    step with ``select=best``) and what the task adds (e.g. the modality head).  Returns the step it holds."""
+    step with ``select=best``).  Returns the step it holds."""
     selected = cfg.steps
     if cfg.select == "best" and best_path.is_file():
         load_state(task.model, read_checkpoint(best_path)["state_dict"], source=str(best_path))
         selected = best_step
-    save_checkpoint(final, task.model, task.tokenizer, **extra, selected_step=selected, **task.finalize())
+    save_checkpoint(final, task.model, task.tokenizer, **extra, selected_step=selected)
     return selected
 
 

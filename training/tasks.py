@@ -12,8 +12,6 @@ Over 500 lines: the two stages' tasks, each with its data set-up, step and valid
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import random
 from collections import Counter
@@ -216,9 +214,6 @@ class TextTask:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "mlm_head" in state:
             self.head.load_state_dict(state["mlm_head"])
-
-    def finalize(self) -> dict[str, Any]:
-        return {}
 
 
 def _validation_sets(data_root: Path, knowledge: Knowledge, holdout: Sequence[str]) -> list[EvalSet]:
@@ -444,30 +439,6 @@ class HybridTask:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         return None
-
-    @torch.no_grad()
-    def finalize(self) -> dict[str, Any]:
-        """The modality head shipped in the artifact: logistic regression (CFP / FFA / OCT) on the train-split
-        image embeddings of the final weights."""
-        from sklearn.linear_model import LogisticRegression
-
-        self.model.eval()
-        classes = [m for m in self.knowledge.modalities if any(s.modality == m for s in self.public)]
-        if len(classes) < 2:
-            return {}
-        img = self.embed_rows([self.row[s.path] for s in self.public])
-        y = np.asarray([classes.index(s.modality) for s in self.public])
-        clf = LogisticRegression(C=10.0, class_weight="balanced", max_iter=5000, random_state=self.cfg.seed)
-        clf.fit(img, y)
-        weight, bias = clf.coef_, clf.intercept_  # [M, D], [M]; binary: one row for class 1
-        if len(classes) == 2:  # softmax over (0, z) is sigmoid(z): the same probabilities as the binary model
-            weight = np.concatenate([np.zeros_like(weight), weight])
-            bias = np.concatenate([np.zeros_like(bias), bias])
-        head = {"classes": classes, "weight": weight.tolist(), "bias": bias.tolist(),
-                "fitted_on": f"{len(y)} train-split image embeddings", "train_accuracy": float(clf.score(img, y))}
-        blob = io.BytesIO(json.dumps(head).encode())
-        return {"artifact_files": {"modality_head.json": blob.getvalue()},
-                "modality_head": {k: head[k] for k in ("classes", "fitted_on", "train_accuracy")}}
 
 
 TASKS: dict[str, Callable[..., Task]] = {"text": TextTask, "hybrid": HybridTask}

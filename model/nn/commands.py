@@ -12,6 +12,7 @@ import torch
 from model.config import get_config
 from model.errors import ArtifactError, CheckpointError
 from model.knowledge import Knowledge
+from model.modality_head import training_images
 from model.nn.export import QUANT_MODES, export_artifact
 from model.nn.factory import (
     create_model,
@@ -55,6 +56,8 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--data-root", type=Path, default=None, help="real images for verification (default ../shared/data)")
     p.add_argument("--knowledge", type=Path, default=None, help="knowledge.json (default: the packaged one)")
     p.add_argument("--name", default=None, help="artifact name (default: the config name)")
+    p.add_argument("--no-modality-head", dest="modality_head", action="store_false", default=True,
+                   help="do not fit the modality head on the checkpoint's training images (under --data-root)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -85,6 +88,7 @@ def export_main(argv: list[str]) -> int:
     data_root = args.data_root if args.data_root is not None else default_data_root()
     if args.data_root is not None and not args.data_root.is_dir():
         raise ArtifactError(f"--data-root {args.data_root} is not a directory")
+    modality_images = _modality_images(data_root, extra_manifest.get("training"), knowledge, args.modality_head)
     out = export_artifact(
         model,
         tokenizer,
@@ -97,9 +101,24 @@ def export_main(argv: list[str]) -> int:
         evaluation=evaluation,
         extra_files=extra_files,
         extra_manifest=extra_manifest,
+        modality_images=modality_images,
+        seed=args.seed,
     )
     logger.info("wrote artifact %s", out)
     return 0
+
+
+def _modality_images(
+    data_root: Path | None, training: dict[str, Any] | None, knowledge: Knowledge, wanted: bool
+) -> list[tuple[Path, str]]:
+    """The images the modality head is fitted on: the train split of the manifests the checkpoint trained on."""
+    public = (training or {}).get("public") or []
+    if not wanted or not public:
+        return []
+    if data_root is None:
+        logger.warning("no modality head: the training images (%s) need --data-root", ", ".join(public))
+        return []
+    return training_images(data_root, public, knowledge.modalities)
 
 
 # ------------------------------------------------------------------------------------ published checkpoints

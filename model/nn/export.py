@@ -25,6 +25,7 @@ from model.artifact import build_manifest, commit_dir, load_artifact, staging_di
 from model.errors import ArtifactError
 from model.files import atomic_write_json
 from model.knowledge import Knowledge
+from model.modality_head import HEAD_FILE, fit_for_artifact
 from model.nn.keepfit import KeepFITModel
 from model.preprocess import load_image, preprocess_batch
 from model.tokenizer import Tokenizer
@@ -195,8 +196,14 @@ def export_artifact(
     evaluation: dict[str, Any] | None = None,
     extra_files: dict[str, bytes] | None = None,
     extra_manifest: dict[str, Any] | None = None,
+    modality_images: Sequence[tuple[Path, str]] = (),
+    seed: int = 0,
 ) -> Path:
-    """Export, verify, quantise and write the artifact directory atomically; returns its path."""
+    """Export, verify, quantise and write the artifact directory atomically; returns its path.
+
+    With ``modality_images`` (``(path, modality)`` of the training split) the modality head is fitted on the
+    exported encoder's embeddings of them (:mod:`model.modality_head`) and shipped, replacing any in
+    ``extra_files``."""
     if quantize_mode not in QUANT_MODES:
         raise ArtifactError(f"unknown quantisation {quantize_mode!r}; choose one of {', '.join(QUANT_MODES)}")
     out = Path(out)
@@ -227,22 +234,31 @@ def export_artifact(
             if verify:
                 parity[quantize_mode] = measure_parity(model, tokenizer, staging, images, prompts)
                 logger.info("%s parity: %s", quantize_mode, parity[quantize_mode])
-        manifest = build_manifest(
-            staging,
-            name=name or model.cfg.name,
-            config=model.cfg,
-            opset=OPSET,
-            onnxruntime_version=ort.__version__,
-            torch_version=torch.__version__,
-            quantization=quantize_mode,
-            fp32_sizes=sizes_fp32,
-            logit_scale=float(model.logit_scale.exp().clamp(max=100.0).item()),
-            parity=parity,
-            evaluation=evaluation or {},
-            **(extra_manifest or {}),
-        )
-        atomic_write_json(staging / "manifest.json", manifest)
-        load_artifact(staging)  # the written artifact must load and verify before it replaces anything
+
+        def seal() -> None:
+            manifest = build_manifest(
+                staging,
+                name=name or model.cfg.name,
+                config=model.cfg,
+                opset=OPSET,
+                onnxruntime_version=ort.__version__,
+                torch_version=torch.__version__,
+                quantization=quantize_mode,
+                fp32_sizes=sizes_fp32,
+                logit_scale=float(model.logit_scale.exp().clamp(max=100.0).item()),
+                parity=parity,
+                evaluation=evaluation or {},
+                **(extra_manifest or {}),
+            )
+            atomic_write_json(staging / "manifest.json", manifest)
+            load_artifact(staging)  # the written artifact must load and verify before it replaces anything
+
+        seal()
+        if modality_images:  # fitted through the sealed encoder, as it will serve; then sealed again with it
+            head = fit_for_artifact(staging, modality_images, seed)
+            if head is not None:
+                atomic_write_json(staging / HEAD_FILE, head)
+                seal()
         commit_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

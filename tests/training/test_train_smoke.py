@@ -44,19 +44,33 @@ def test_stage1_then_stage2_then_export(mini_data_root: Path, tiny_train_args: l
     # the frozen lower text layer came from stage 1 and did not move in stage 2
     key = "text_encoder.bert.encoder.layer.0.attention.self.query.weight"
     assert torch.equal(model.state_dict()[key], stage1["state_dict"][key])
-    # the modality head is ready for export
-    head = payload["artifact_files"]["modality_head.json"]
-    assert b'"classes"' in head
+    # the training task fits nothing for the artifact: the modality head is fitted at export
+    assert "modality_head.json" not in (payload.get("artifact_files") or {})
 
+    import json
+
+    from model.manifest import read_manifest
     from model.nn.commands import export_main
     from model.runtime import KeepfitRuntime
 
     out = tmp_path / "artifact"
-    assert export_main(["--checkpoint", str(t2 / "model.pt"), "--out", str(out), "--no-verify"]) == 0
-    runtime = KeepfitRuntime.from_artifact(out)
+    assert export_main(["--checkpoint", str(t2 / "model.pt"), "--out", str(out), "--no-verify",
+                        "--data-root", str(mini_data_root)]) == 0
+    runtime = KeepfitRuntime.from_artifact(out)  # loads: the head is part of the sealed manifest
+    head = json.loads((out / "modality_head.json").read_text())
+    train_rows = sum(1 for spec in cfg["public"] for r in read_manifest(mini_data_root / spec.split(":")[0]).rows
+                     if r["split"] == "train" and r["modality"] in ("CFP", "OCT", "FFA"))
+    assert head["fitted_on"].startswith(f"{train_rows} train-split image embeddings of the exported image encoder")
+    assert sorted(head["classes"]) == ["CFP", "FFA", "OCT"]
+    # fitted on the exported encoder's own embeddings: it recognises the training images it was fitted on
+    assert head["train_accuracy"] > 0.8
     names, probs = runtime.modality_probabilities(runtime.encode_texts(["x"]) * 0)  # the shipped head answers
-    assert names == ["CFP", "OCT", "FFA"] or sorted(names) == ["CFP", "FFA", "OCT"]
-    assert probs.shape == (1, 3)
+    assert sorted(names) == ["CFP", "FFA", "OCT"] and probs.shape == (1, 3)
+    # without the training images (or with --no-modality-head) the artifact ships no head
+    bare = tmp_path / "bare"
+    assert export_main(["--checkpoint", str(t2 / "model.pt"), "--out", str(bare), "--no-verify",
+                        "--no-modality-head"]) == 0
+    assert not (bare / "modality_head.json").exists()
 
 
 def test_resume_continues_where_it_stopped(mini_data_root: Path, tiny_train_args: list[str], tmp_path: Path) -> None:
