@@ -183,6 +183,13 @@ def measure_parity(
     }
 
 
+def _seal(staging: Path, fields: dict[str, Any]) -> None:
+    """Write the manifest of the files in ``staging``; the artifact must then load and verify before it replaces
+    anything."""
+    atomic_write_json(staging / "manifest.json", build_manifest(staging, **fields))
+    load_artifact(staging)
+
+
 def export_artifact(
     model: KeepFITModel,
     tokenizer: Tokenizer,
@@ -234,31 +241,19 @@ def export_artifact(
             if verify:
                 parity[quantize_mode] = measure_parity(model, tokenizer, staging, images, prompts)
                 logger.info("%s parity: %s", quantize_mode, parity[quantize_mode])
-
-        def seal() -> None:
-            manifest = build_manifest(
-                staging,
-                name=name or model.cfg.name,
-                config=model.cfg,
-                opset=OPSET,
-                onnxruntime_version=ort.__version__,
-                torch_version=torch.__version__,
-                quantization=quantize_mode,
-                fp32_sizes=sizes_fp32,
-                logit_scale=float(model.logit_scale.exp().clamp(max=100.0).item()),
-                parity=parity,
-                evaluation=evaluation or {},
-                **(extra_manifest or {}),
-            )
-            atomic_write_json(staging / "manifest.json", manifest)
-            load_artifact(staging)  # the written artifact must load and verify before it replaces anything
-
-        seal()
+        fields = {
+            "name": name or model.cfg.name, "config": model.cfg, "opset": OPSET,
+            "onnxruntime_version": ort.__version__, "torch_version": torch.__version__,
+            "quantization": quantize_mode, "fp32_sizes": sizes_fp32,
+            "logit_scale": float(model.logit_scale.exp().clamp(max=100.0).item()), "parity": parity,
+            "evaluation": evaluation or {}, **(extra_manifest or {}),
+        }  # fmt: skip
+        _seal(staging, fields)
         if modality_images:  # fitted through the sealed encoder, as it will serve; then sealed again with it
             head = fit_for_artifact(staging, modality_images, seed)
             if head is not None:
                 atomic_write_json(staging / HEAD_FILE, head)
-                seal()
+                _seal(staging, fields)
         commit_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
