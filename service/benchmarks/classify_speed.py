@@ -7,7 +7,10 @@ Per image, one after the other (so that load from other processes hits every pip
 - torch: a torch eager pipeline as the published reference code runs it, re-encoding every prompt of the
   category set for each image (torch is imported here only; the service never imports it).
 
-    python -m service.benchmarks.classify_speed [--images-per-modality 10] [--artifact DIR]
+With ``--baseline-root DIR`` (another checkout, e.g. ``git worktree add /tmp/base REV``) the same requests also
+go to a server of that checkout, alternating which one goes first per image: before/after in one run.
+
+    python -m service.benchmarks.classify_speed [--images-per-modality 10] [--artifact DIR] [--baseline-root DIR]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="torch threads (default 1: on a shared CPU OpenMP's spinning makes more threads several times slower)",
     )
+    p.add_argument("--baseline-root", type=Path, help="also measure a server of this checkout (before/after)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
 
@@ -86,10 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     env = {"KEEPFIT_THREADS": str(args.threads)} if args.threads else {}
     times: dict[str, list[float]] = {"floor": [], "miss": [], "hit": [], "torch": []}
     server: dict[str, list[float]] = {"miss": [], "hit": []}  # the handler's own timings_ms.total
-    with serve(["--artifact", str(args.artifact)], env=env) as (base, _pid):
-        http = Http(base)
+    baseline: dict[str, list[float]] = {"miss": [], "hit": []}
+    with ExitStack() as stack:
+        http = Http(stack.enter_context(serve(["--artifact", str(args.artifact)], env=env))[0])
+        old = None
+        if args.baseline_root is not None:
+            old_serve = serve(["--artifact", str(args.artifact.resolve())], env=env, root=args.baseline_root.resolve())
+            old = Http(stack.enter_context(old_serve)[0])
         warm = images[-1][1] + b"\0"  # a distinct upload: warms the server without caching a measured image
-        assert http.request("POST", "/v1/classify", *multipart_body(warm))[0] == 200
+        for client in (http, old) if old is not None else (http,):
+            assert client.request("POST", "/v1/classify", *multipart_body(warm))[0] == 200
         torch_classify(images[0][1], images[0][0])
         size = runtime.preprocess_cfg.image_size
         runtime.encode_pixels(runtime.preprocess([load_image(images[0][1], size=size)]))
@@ -99,22 +110,38 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             runtime.encode_pixels(runtime.preprocess([load_image(data, size=size)]))
             times["floor"].append(time.perf_counter() - start)
-            for kind in ("miss", "hit"):
-                time.sleep(PAUSE_S)
-                start = time.perf_counter()
-                status, body = http.request("POST", "/v1/classify", *multipart_body(data))
-                times[kind].append(time.perf_counter() - start)
-                assert status == 200, body[:300]
-                answer = json.loads(body)
-                assert answer["cached"] is (kind == "hit"), answer["cached"]
-                server[kind].append(answer["timings_ms"]["total"])
+            turns = [(http, times, server), (old, baseline, None)] if old is not None else [(http, times, server)]
+            for client, into, handler in turns if len(times["miss"]) % 2 == 0 else turns[::-1]:
+                _miss_then_hit(client, data, into, handler)
             time.sleep(PAUSE_S)
             start = time.perf_counter()
             torch_classify(data, modality)
             times["torch"].append(time.perf_counter() - start)
 
     _print_report(times, server, len(images), args.json)
+    if old is not None:
+        new_ratio = statistics.median(times["hit"]) / statistics.median(times["miss"])
+        old_ratio = statistics.median(baseline["hit"]) / statistics.median(baseline["miss"])
+        print(f"baseline {args.baseline_root}: miss {1e3 * statistics.median(baseline['miss']):.1f} ms, "
+              f"hit {1e3 * statistics.median(baseline['hit']):.2f} ms, hit / miss = {old_ratio:.3f} "
+              f"(this checkout: {new_ratio:.3f})")
     return 0
+
+
+def _miss_then_hit(
+    client: Http, data: bytes, into: dict[str, list[float]], handler: dict[str, list[float]] | None
+) -> None:
+    """The same image twice: a cache miss, then a hit; seconds into ``into``, the handler's ms into ``handler``."""
+    for kind in ("miss", "hit"):
+        time.sleep(PAUSE_S)
+        start = time.perf_counter()
+        status, body = client.request("POST", "/v1/classify", *multipart_body(data))
+        into[kind].append(time.perf_counter() - start)
+        assert status == 200, body[:300]
+        answer = json.loads(body)
+        assert answer["cached"] is (kind == "hit"), answer["cached"]
+        if handler is not None:
+            handler[kind].append(answer["timings_ms"]["total"])
 
 
 def _print_report(times: dict[str, list[float]], server: dict[str, list[float]], n: int, json_path: Path | None) -> None:
