@@ -35,7 +35,7 @@ from index.ann import INDEX_KINDS, AnnSpec, BuiltIndex, build_index, empty_index
 from index.distributed import RayOptions, embed_with_ray
 from index.embed import Embedded, embed_items, failure_summary
 from index.sources import ImageItem, SourceSet
-from index.store import GENERATION_FILE, MANIFEST, Record, VectorIndex, now_iso, read_manifest
+from index.store import GENERATION_FILE, MANIFEST, IndexManifest, Record, VectorIndex, now_iso, read_manifest
 from index.writer import (
     LOCK,
     append_history,
@@ -334,7 +334,7 @@ class NextGeneration:
     the FAISS index built or updated for it, all its vectors and ids, and what changed in the metadata."""
 
     directory: Path
-    base: dict[str, Any]  # the manifest it follows, with the operation's own fields changed
+    base: IndexManifest  # the manifest it follows, with the operation's own fields changed
     ann: AnnSpec
     built: BuiltIndex
     vectors: np.ndarray  # [N, D]; row i has id ids[i]
@@ -343,7 +343,7 @@ class NextGeneration:
     removed: Sequence[int] = ()
     base_metadata: Path | None = None  # the current generation's metadata the changes apply to (None: a build)
 
-    def commit(self, history: dict[str, Any]) -> dict[str, Any]:
+    def commit(self, history: dict[str, Any]) -> IndexManifest:
         """Write the metadata, vectors, ids and FAISS files, then the manifest that names them; returns it."""
         generation = int(self.base.get("generation", 0)) + 1
         token = new_token(generation)
@@ -353,7 +353,7 @@ class NextGeneration:
             metadata.unlink(missing_ok=True)
             raise IndexStoreError(f"metadata holds {count} records but {len(self.ids)} vectors were computed")
         next_id = max(int(self.base.get("next_id", 1)), int(self.ids[-1]) + 1 if len(self.ids) else 1)
-        manifest = {
+        manifest: IndexManifest = {
             **self.base,
             "generation": generation,
             "count": int(len(self.ids)),
@@ -369,11 +369,11 @@ class NextGeneration:
         return write_generation(self.directory, manifest, self.built.index, self.vectors, self.ids, metadata)
 
 
-def _metadata_of(directory: Path, manifest: dict[str, Any]) -> Path:
+def _metadata_of(directory: Path, manifest: IndexManifest) -> Path:
     return directory / manifest["files"]["metadata"]["name"]
 
 
-def _check_target(directory: Path) -> dict[str, Any] | None:
+def _check_target(directory: Path) -> IndexManifest | None:
     """The current manifest of ``directory`` if it is an index (which the build will replace), else None when it
     is absent or holds only leftovers of an interrupted first build; anything else is refused."""
     if not directory.exists():
@@ -412,7 +412,7 @@ def _image_root(sources: SourceSet, override: Path | None) -> Path | None:
     return Path(os.path.commonpath([str(r) for r in sources.roots]))
 
 
-def _root_fields(directory: Path, root: Path | None) -> dict[str, Any]:
+def _root_fields(directory: Path, root: Path | None) -> IndexManifest:
     if root is None:
         return {"image_root": None, "image_root_relative": None}
     try:
@@ -438,13 +438,13 @@ def build(
     artifact = load_artifact(artifact_dir)
     _check_target(directory)  # before the lock file is created: refuse a foreign folder without touching it
     with locked(directory):
-        previous = _check_target(directory) or {}
+        previous = _check_target(directory)
         root = _image_root(sources, image_root)
         rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), "build")
         # A rebuild keeps the ids of the images it had (same SHA-256, or same path) and continues the id
         # sequence for new ones: an id a client kept from the old index names the same image, or answers "not
         # found", never a different image.
-        first_id = int(previous.get("next_id", 1))
+        first_id = int(previous.get("next_id", 1)) if previous else 1
         known = KnownIds.from_metadata(_metadata_of(directory, previous)) if previous else None
         asm = assemble(rows, sources.items, artifact, root, next_id=first_id, existing=set(), known=known)
         if not asm.records:
@@ -452,10 +452,11 @@ def build(
             reasons = ", ".join(f"{n} {r}" for r, n in failure_summary(rows).most_common()) or "no inputs"
             raise DataError(f"nothing to index: none of the {len(sources.items)} inputs is a readable image ({reasons})")
         ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
-        base = {
-            "generation": int(previous.get("generation", 0)), "next_id": first_id, "created": now_iso(),
+        base: IndexManifest = {
+            "generation": previous["generation"] if previous else 0, "next_id": first_id, "created": now_iso(),
             "artifact": {"name": artifact.name, "version": artifact.version, "embed_dim": artifact.embed_dim},
-            "sources": sources.descriptions, **_root_fields(directory, root), "history": previous.get("history", []),
+            "sources": sources.descriptions, **_root_fields(directory, root),
+            "history": previous.get("history", []) if previous else [],
         }  # fmt: skip
         report = _embedded_report(directory, "build", sources.items, rows, reused, asm)
         built = build_index(asm.vectors, ids, ann)
@@ -488,7 +489,7 @@ def _detected(items: Sequence[ImageItem], rows: Embedded) -> int:
     return int(sum(1 for s, ok in zip(rows.seq, rows.ok, strict=True) if ok and int(s) not in given))
 
 
-def _finish(report: Report, manifest: dict[str, Any], start: float) -> Report:
+def _finish(report: Report, manifest: IndexManifest, start: float) -> Report:
     report.count = int(manifest["count"])
     report.index_type = str(manifest["index_type"])
     report.index_params = dict(manifest["index_params"])
@@ -565,7 +566,7 @@ class IndexUpdate:
     def remove(self, ids: Sequence[int]) -> None:
         self.removed = sorted({*self.removed, *map(int, ids)})
 
-    def commit(self, history: dict[str, Any], rebuild_as: AnnSpec | None = None) -> dict[str, Any]:
+    def commit(self, history: dict[str, Any], rebuild_as: AnnSpec | None = None) -> IndexManifest:
         """Write the next generation (``rebuild_as``: a new FAISS index of that type from the stored vectors);
         returns its manifest."""
         current = self.current
@@ -609,7 +610,8 @@ def add(
     start, directory, artifact = time.perf_counter(), directory.expanduser(), load_artifact(artifact_dir)
     with updating(directory, artifact, ann) as update:
         manifest = update.manifest
-        root = Path(manifest["image_root"]) if manifest.get("image_root") else None
+        image_root = manifest.get("image_root")
+        root = Path(image_root) if image_root else None
         operation = f"add-{update.current.generation}"
         rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), operation)
         asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), update.current.sha256s())

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import faiss
 import numpy as np
@@ -52,6 +52,46 @@ METRIC = "cosine"  # inner product over unit vectors
 FILE_KINDS = ("faiss", "vectors", "ids", "metadata")
 FILE_EXTENSIONS = {"faiss": "faiss", "vectors": "npy", "ids": "npy", "metadata": "sqlite"}
 GENERATION_FILE = re.compile(r"^(faiss|vectors|ids|metadata)\.\d{6}-[0-9a-f]{6}\.(faiss|npy|sqlite)$")
+
+
+class FileEntry(TypedDict):
+    """One file of a generation, as the index manifest names it."""
+
+    name: str
+    sha256: str
+    bytes: int
+
+
+class IndexManifest(TypedDict, total=False):
+    """``index_manifest.json`` (format ``keepfit-index/1``): every field this code reads or writes, typed.
+
+    :func:`read_manifest` checks that a written one has ``artifact``, ``dim``, ``count``, ``index_type``, ``files``
+    and ``generation`` (and its checksum, ``content_sha256``); a generation is
+    written by :class:`index.build.NextGeneration` through :func:`index.writer.write_generation`, which adds
+    ``format``, ``metric``, ``files``, ``updated`` and the checksum.
+    """
+
+    format: str
+    metric: str
+    generation: int
+    count: int
+    dim: int
+    next_id: int
+    index_type: str
+    index_params: dict[str, Any]
+    ann: dict[str, Any]  # the AnnSpec the index type is chosen by
+    artifact: dict[str, Any]  # name, version, embed_dim of the model whose embeddings it holds
+    files: dict[str, FileEntry]  # by kind: faiss, vectors, ids, metadata
+    sources: list[str]
+    image_root: str | None
+    image_root_relative: str | None
+    stats: dict[str, Any]
+    history: list[dict[str, Any]]
+    created: str
+    updated: str
+    content_sha256: str
+
+
 # Filtered searches over an approximate index scan the matching vectors exactly up to this many matches: it is
 # faster than a selective approximate search and can never come back short.
 EXACT_FILTER_MAX = 50_000
@@ -128,7 +168,7 @@ def canonical_label(label: str) -> str:
     return str(_default_knowledge().canonical(label))
 
 
-def read_manifest(directory: Path, check: bool = True) -> dict[str, Any]:
+def read_manifest(directory: Path, check: bool = True) -> IndexManifest:
     """The manifest of an index directory, structurally checked and (with ``check``) its checksum verified."""
     path = directory / MANIFEST
     if not directory.is_dir():
@@ -166,10 +206,10 @@ def read_manifest(directory: Path, check: bool = True) -> dict[str, Any]:
             raise IndexStoreError(f"index manifest {path}: {kind} file name {meta['name']!r} is not a generation file")
     if manifest.get("metric", METRIC) != METRIC:
         raise IndexStoreError(f"index manifest {path}: metric {manifest.get('metric')!r} is not {METRIC!r}")
-    return manifest
+    return cast(IndexManifest, manifest)
 
 
-def verify_files(directory: Path, manifest: dict[str, Any], hashes: bool = True) -> None:
+def verify_files(directory: Path, manifest: IndexManifest, hashes: bool = True) -> None:
     """Every file the manifest names exists with its recorded size (and SHA-256 when ``hashes``)."""
     for kind in FILE_KINDS:
         meta = manifest["files"][kind]
@@ -205,7 +245,7 @@ class VectorIndex:
     def __init__(
         self,
         directory: Path,
-        manifest: dict[str, Any],
+        manifest: IndexManifest,
         index: faiss.Index,
         vectors: np.ndarray,
         ids: np.ndarray,
@@ -265,7 +305,7 @@ class VectorIndex:
     def _open(
         cls,
         directory: Path,
-        manifest: dict[str, Any],
+        manifest: IndexManifest,
         expected_version: str | None,
         expected_dim: int | None,
         verify: bool,
@@ -557,7 +597,7 @@ class VectorIndex:
         return f"VectorIndex({str(self.directory)!r}, count={self.count}, type={self.index_type})"
 
 
-def resolve_image_root(directory: Path, manifest: dict[str, Any], override: str | Path | None) -> Path | None:
+def resolve_image_root(directory: Path, manifest: IndexManifest, override: str | Path | None) -> Path | None:
     """Where relative paths resolve: the override, else the recorded absolute root, else the root recorded
     relative to the index directory (an index moved together with its archive, e.g. into a container)."""
     if override is not None:

@@ -32,10 +32,12 @@ from index.store import (
     MANIFEST,
     METRIC,
     SCHEMA,
+    FileEntry,
+    IndexManifest,
     Record,
     now_iso,
 )
-from model.artifact import CHECKSUM_FIELD, content_checksum, sha256_file
+from model.artifact import content_checksum, sha256_file
 from model.errors import IndexStoreError
 from model.files import atomic_write_json, fsync_path
 
@@ -106,12 +108,12 @@ def write_metadata(
 
 def write_generation(
     directory: Path,
-    manifest: dict[str, Any],
+    manifest: IndexManifest,
     index: faiss.Index,
     vectors: np.ndarray,
     ids: np.ndarray,
     metadata: Path,
-) -> dict[str, Any]:
+) -> IndexManifest:
     """Write a generation's vector files and FAISS index beside the already written ``metadata`` file, then
     commit ``manifest`` (which must hold every field but ``files``).  Returns the committed manifest."""
     token = metadata.name.split(".")[1]
@@ -131,21 +133,21 @@ def write_generation(
     np.save(files["vectors"], vectors)
     np.save(files["ids"], ids)
     faiss.write_index(index, str(files["faiss"]))
-    entries = {}
+    entries: dict[str, FileEntry] = {}
     for kind, path in files.items():
         fsync_path(path)
         entries[kind] = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    rest = {k: v for k, v in manifest.items() if k not in ("format", "metric", "files", "updated", CHECKSUM_FIELD)}
-    committed = seal({"format": INDEX_FORMAT, "metric": METRIC, **rest, "updated": now_iso(), "files": entries})
+    committed = seal({"format": INDEX_FORMAT, "metric": METRIC, **manifest, "updated": now_iso(), "files": entries})
     commit_manifest(directory, committed)
     remove_unreferenced(directory, committed)
     return committed
 
 
-def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+def seal(manifest: IndexManifest) -> IndexManifest:
     """``manifest`` with its content checksum (over every other field) set."""
-    body = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
-    return {**body, CHECKSUM_FIELD: content_checksum(body)}
+    body: IndexManifest = {**manifest}
+    body.pop("content_sha256", None)  # model.artifact.CHECKSUM_FIELD, which read_manifest checks
+    return {**body, "content_sha256": content_checksum(dict(body))}
 
 
 def seal_index(directory: Path) -> bool:
@@ -163,12 +165,12 @@ def seal_index(directory: Path) -> bool:
     return True
 
 
-def commit_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def commit_manifest(directory: Path, manifest: IndexManifest) -> None:
     """The commit point: write the manifest aside, fsync, rename over the old one, fsync the directory."""
     atomic_write_json(directory / MANIFEST, manifest, durable=True)
 
 
-def remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> list[str]:
+def remove_unreferenced(directory: Path, manifest: IndexManifest) -> list[str]:
     """Delete generation files and temporary manifests that ``manifest`` does not name."""
     keep = {meta["name"] for meta in manifest["files"].values()}
     removed = []
@@ -182,7 +184,7 @@ def remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> list[str]:
     return removed
 
 
-def append_history(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
+def append_history(manifest: IndexManifest, entry: dict[str, Any]) -> list[dict[str, Any]]:
     history = list(manifest.get("history", []))
     history.append({"at": now_iso(), **entry})
     return history[-HISTORY_MAX:]

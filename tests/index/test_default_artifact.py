@@ -25,7 +25,9 @@ codes = [
     main(["index", "search", "--index", out, "--artifact", artifact, "--text", "optic disc", "--top-k", "3"]),
     main(["index", "info", out]),
 ]
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "transformers", "training"))
+# the packages' bare __init__ (their command tables, for `keepfit`) may load; no training code may
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "transformers")
+               or m.startswith("training."))
 print(json.dumps({"codes": codes, "heavy": heavy}))
 """
 
