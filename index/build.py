@@ -441,23 +441,13 @@ def build(
         previous = _check_target(directory)
         root = _image_root(sources, image_root)
         rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), "build")
-        # A rebuild keeps the ids of the images it had (same SHA-256, or same path) and continues the id
-        # sequence for new ones: an id a client kept from the old index names the same image, or answers "not
-        # found", never a different image.
-        first_id = int(previous.get("next_id", 1)) if previous else 1
-        known = KnownIds.from_metadata(_metadata_of(directory, previous)) if previous else None
-        asm = assemble(rows, sources.items, artifact, root, next_id=first_id, existing=set(), known=known)
+        base, known = _build_base(directory, previous, artifact, sources, root)
+        asm = assemble(rows, sources.items, artifact, root, next_id=base["next_id"], existing=set(), known=known)
         if not asm.records:
             _drop(work)
             reasons = ", ".join(f"{n} {r}" for r, n in failure_summary(rows).most_common()) or "no inputs"
             raise DataError(f"nothing to index: none of the {len(sources.items)} inputs is a readable image ({reasons})")
         ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
-        base: IndexManifest = {
-            "generation": previous["generation"] if previous else 0, "next_id": first_id, "created": now_iso(),
-            "artifact": {"name": artifact.name, "version": artifact.version, "embed_dim": artifact.embed_dim},
-            "sources": sources.descriptions, **_root_fields(directory, root),
-            "history": previous.get("history", []) if previous else [],
-        }  # fmt: skip
         report = _embedded_report(directory, "build", sources.items, rows, reused, asm)
         built = build_index(asm.vectors, ids, ann)
         manifest = NextGeneration(directory, base, ann, built, asm.vectors, ids, added=asm.records).commit(
@@ -465,6 +455,27 @@ def build(
         )
         _drop(work)
     return _finish(report, manifest, start)
+
+
+def _build_base(
+    directory: Path, previous: IndexManifest | None, artifact: Artifact, sources: SourceSet, root: Path | None
+) -> tuple[IndexManifest, KnownIds | None]:
+    """What a build's generation starts from, and the ids of the images the index it replaces held.
+
+    A rebuild keeps the ids of the images it had (same SHA-256, or same path) and continues the id sequence for
+    new ones: an id a client kept from the old index names the same image, or answers "not found", never a
+    different image."""
+    base: IndexManifest = {
+        "generation": previous["generation"] if previous else 0,
+        "next_id": int(previous.get("next_id", 1)) if previous else 1,
+        "created": now_iso(),
+        "artifact": {"name": artifact.name, "version": artifact.version, "embed_dim": artifact.embed_dim},
+        "sources": sources.descriptions,
+        **_root_fields(directory, root),
+        "history": previous.get("history", []) if previous else [],
+    }
+    known = KnownIds.from_metadata(_metadata_of(directory, previous)) if previous else None
+    return base, known
 
 
 def _embedded_report(

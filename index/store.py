@@ -302,6 +302,12 @@ class VectorIndex:
         raise IndexStoreError(f"index {directory} keeps changing while being opened")  # pragma: no cover
 
     @classmethod
+    def of_manifest(cls, directory: str | Path, manifest: IndexManifest) -> VectorIndex:
+        """Open the generation ``manifest`` describes (read by the caller, e.g. unsealed with
+        ``read_manifest(check=False)``), verifying every file's size and SHA-256."""
+        return cls._open(Path(directory), manifest, None, None, True, None)
+
+    @classmethod
     def _open(
         cls,
         directory: Path,

@@ -160,7 +160,7 @@ def seal_index(directory: Path) -> bool:
         sealed = seal(manifest)
         if sealed == manifest:
             return False
-        VectorIndex._open(directory, manifest, None, None, True, None).close()
+        VectorIndex.of_manifest(directory, manifest).close()
         commit_manifest(directory, sealed)
     return True
 
