@@ -21,8 +21,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -31,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from model.config import PreprocessConfig
+from model.lru import LruCache
 from model.preprocess import content_box, upright_original_size
 
 if TYPE_CHECKING:
@@ -240,19 +239,15 @@ class Explainer:
         self.runtime = runtime
         self.mode: MapMode = mode
         self.max_side = max_side
-        self._cache: OrderedDict[tuple[str, str], tuple[list[str], list[str], np.ndarray]] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: LruCache[tuple[str, str], tuple[list[str], list[str], np.ndarray]] = LruCache(cache_size)
 
     # -- descriptions
     def description_embeddings(self, category: str, modality: str) -> tuple[list[str], list[str], np.ndarray]:
         """``(descriptions, prompts, embeddings [K, D])`` of a class (cached)."""
         key = (modality, category)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         knowledge = self.runtime.knowledge
         prompts = knowledge.prompts(category, modality)
         descriptions = knowledge.descriptions(category, modality)
@@ -261,12 +256,7 @@ class Explainer:
         # one batch per class, as class_embeddings does (FLAIR pooling depends on the batch's padding)
         emb = self.runtime.encode_texts(prompts, batch_size=max(1, len(prompts)))  # [K, D]
         emb.setflags(write=False)
-        entry = (descriptions, prompts, emb)
-        with self._lock:
-            self._cache[key] = entry
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return entry
+        return self._cache.put(key, (descriptions, prompts, emb))
 
     def rank_descriptions(
         self, image_embedding: np.ndarray, category: str, modality: str

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from PIL import Image
 
 from model.artifact import Artifact, load_artifact
 from model.errors import ArtifactError, ConfigError
+from model.lru import LruCache
 from model.preprocess import content_box, preprocess_batch, upright_original_size
 from model.tokenizer import Tokenizer
 
@@ -78,9 +77,7 @@ class KeepfitRuntime:
         # what the sessions really run on (a CUDA provider whose libraries are missing falls back to the CPU)
         self.providers: list[str] = list(self._image.get_providers())
         self._image_outputs = [o.name for o in self._image.get_outputs()]
-        self._class_cache: OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = OrderedDict()
-        self._class_cache_size = class_cache_size
-        self._lock = threading.Lock()
+        self._class_cache: LruCache[tuple[str, tuple[str, ...]], np.ndarray] = LruCache(class_cache_size)
         self._modality_head = self._load_modality_head()
         self.calibration = self._load_calibration()
 
@@ -139,11 +136,9 @@ class KeepfitRuntime:
     def class_embeddings(self, categories: Sequence[str], modality: str) -> np.ndarray:
         """``[C, D]``: per class, the re-normalised mean of its prompts' embeddings (cached)."""
         key = (modality, tuple(categories))
-        with self._lock:
-            hit = self._class_cache.get(key)
-            if hit is not None:
-                self._class_cache.move_to_end(key)
-                return hit
+        hit = self._class_cache.get(key)
+        if hit is not None:
+            return hit
         prompts = [self.knowledge.prompts(c, modality) for c in categories]
         if self.config.text.pooling == "flair":
             # FLAIR's pooling averages over padding too, so its embeddings depend on the batch's padded length:
@@ -158,11 +153,7 @@ class KeepfitRuntime:
                 start += len(group)
         result = _normalize(np.stack(rows)).astype(np.float32)
         result.setflags(write=False)
-        with self._lock:
-            self._class_cache[key] = result
-            while len(self._class_cache) > self._class_cache_size:
-                self._class_cache.popitem(last=False)
-        return result
+        return self._class_cache.put(key, result)
 
     # ------------------------------------------------------------------------------------------- zero-shot
     def zero_shot(
@@ -219,13 +210,10 @@ class KeepfitRuntime:
         prompts = self.knowledge.modality_prompts()
         names = list(prompts)
         key = ("__modality__", tuple(names))
-        with self._lock:
-            cached = self._class_cache.get(key)
+        cached = self._class_cache.get(key)
         if cached is None:
             rows = [_normalize(self.encode_texts(prompts[m]).mean(axis=0)) for m in names]
-            cached = np.stack(rows).astype(np.float32)
-            with self._lock:
-                self._class_cache[key] = cached
+            cached = self._class_cache.put(key, np.stack(rows).astype(np.float32))
         return names, self.zero_shot(image_embeddings, cached)
 
     def content_box(self, image: Image.Image) -> tuple[int, int, int, int]:
