@@ -581,10 +581,13 @@ class IndexUpdate:
         """Write the next generation (``rebuild_as``: a new FAISS index of that type from the stored vectors);
         returns its manifest."""
         current = self.current
-        keep = ~np.isin(current.ids, np.asarray(self.removed, dtype=np.int64))
         new_ids = np.asarray([r.id for r in self.records], dtype=np.int64)
-        vectors = np.concatenate([np.asarray(current.vectors())[keep], self.new_vectors])
-        ids = np.concatenate([current.ids[keep], new_ids])
+        vectors, ids = np.asarray(current.vectors()), current.ids
+        if self.removed:  # copies only when something goes: an add or a reindex leaves the stored rows as they are
+            keep = ~np.isin(ids, np.asarray(self.removed, dtype=np.int64))
+            vectors, ids = vectors[keep], ids[keep]
+        if len(new_ids):
+            vectors, ids = np.concatenate([vectors, self.new_vectors]), np.concatenate([ids, new_ids])
         if rebuild_as is not None:
             self.ann, built = rebuild_as, build_index(vectors, ids, rebuild_as, dim=current.dim)
             history = {**history, "index_type": built.kind}

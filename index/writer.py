@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -37,7 +37,7 @@ from index.store import (
     Record,
     now_iso,
 )
-from model.artifact import content_checksum, sha256_file
+from model.artifact import CHECKSUM_FIELD, content_checksum, sha256_file
 from model.errors import IndexStoreError
 from model.files import atomic_write_json, fsync_path
 
@@ -137,7 +137,10 @@ def write_generation(
     for kind, path in files.items():
         fsync_path(path)
         entries[kind] = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    committed = seal({"format": INDEX_FORMAT, "metric": METRIC, **manifest, "updated": now_iso(), "files": entries})
+    # this version's format and metric always win over those of the manifest the generation follows
+    rest = {k: v for k, v in manifest.items() if k not in ("format", "metric", "files", "updated", CHECKSUM_FIELD)}
+    fields = {"format": INDEX_FORMAT, "metric": METRIC, **rest, "updated": now_iso(), "files": entries}
+    committed = seal(cast(IndexManifest, fields))
     commit_manifest(directory, committed)
     remove_unreferenced(directory, committed)
     return committed
@@ -145,9 +148,8 @@ def write_generation(
 
 def seal(manifest: IndexManifest) -> IndexManifest:
     """``manifest`` with its content checksum (over every other field) set."""
-    body: IndexManifest = {**manifest}
-    body.pop("content_sha256", None)  # model.artifact.CHECKSUM_FIELD, which read_manifest checks
-    return {**body, "content_sha256": content_checksum(dict(body))}
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    return cast(IndexManifest, {**body, CHECKSUM_FIELD: content_checksum(body)})
 
 
 def seal_index(directory: Path) -> bool:
