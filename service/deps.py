@@ -191,21 +191,13 @@ def check_upload_type(declared: str | None, field: str = "image") -> None:
     raise UnsupportedContentTypeError(f"'{field}' was sent as {kind}; send an image file (JPEG, PNG, TIFF)")
 
 
-async def read_upload(upload: Any, max_bytes: int, field: str = "image") -> bytes:
-    """The bytes of an uploaded file part, with its declared type and size checked first."""
-    from starlette.datastructures import UploadFile
-
+def check_upload(declared: str | None, size: int, max_bytes: int, field: str = "image") -> None:
+    """An uploaded file part's declared type, size (at most ``max_bytes``) and non-emptiness."""
     from model.errors import ImageError
-    from service.errors import InvalidRequestError, PayloadTooLargeError
+    from service.errors import PayloadTooLargeError
 
-    if not isinstance(upload, UploadFile):
-        raise InvalidRequestError(f"'{field}' must be a file part (multipart/form-data with a filename)")
-    check_upload_type(upload.content_type, field)
-    if upload.size is not None and upload.size > max_bytes:
-        raise PayloadTooLargeError(f"'{field}' is {upload.size} bytes; the limit is {max_bytes}")
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
+    check_upload_type(declared, field)
+    if size > max_bytes:
         raise PayloadTooLargeError(f"'{field}' is larger than the limit of {max_bytes} bytes")
-    if not data:
+    if not size:
         raise ImageError(f"'{field}' is an empty file: 0 bytes")
-    return data

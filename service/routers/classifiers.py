@@ -44,7 +44,7 @@ from service.classifiers import (
     index_examples,
     now_iso,
 )
-from service.deps import ServiceState, StateDep, content_type, key_matches, read_upload, require_api_key
+from service.deps import ServiceState, StateDep, check_upload, content_type, key_matches, require_api_key
 from service.engine import Engine, Timings
 from service.errors import (
     InvalidRequestError,
@@ -52,7 +52,7 @@ from service.errors import (
     ServiceError,
     UnsupportedContentTypeError,
 )
-from service.routers._body import Upload
+from service.routers._body import Upload, read_form
 from service.schemas import ClassifyResponse, error_responses
 
 logger = logging.getLogger(__name__)
@@ -301,26 +301,25 @@ async def _parse_create(
             f"send application/json (examples from the index) or multipart/form-data (uploaded examples in "
             f"'{FILE_PREFIX}<label>' file fields), got {kind or 'no content type'}"
         )
+    form = await read_form(
+        request,
+        max_bytes,
+        max_files=limit,
+        too_many_files=f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES)",
+    )
+    fields: dict[str, Any] = {}
+    for name, value in form.fields:
+        if name in fields:
+            raise InvalidRequestError(f"field {name!r} was sent more than once")
+        fields[name] = value
     files: list[tuple[str, bytes, str]] = []
-    async with request.form(max_files=limit + 1, max_fields=200) as form:
-        fields: dict[str, Any] = {}
-        for name, value in form.multi_items():
-            if isinstance(value, str):
-                if name in fields:
-                    raise InvalidRequestError(f"field {name!r} was sent more than once")
-                fields[name] = value
-                continue
-            if not name.startswith(FILE_PREFIX) or not name[len(FILE_PREFIX) :].strip():
-                raise InvalidRequestError(
-                    f"unexpected file field {name!r}: name example files '{FILE_PREFIX}<category label>'"
-                )
-            if len(files) >= limit:
-                raise PayloadTooLargeError(
-                    f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES)"
-                )
-            label = _label(name[len(FILE_PREFIX) :])
-            data = await read_upload(value, max_bytes, field=name)
-            files.append((label, data, value.filename or "upload"))
+    for part in form.files:
+        if not part.name.startswith(FILE_PREFIX) or not part.name[len(FILE_PREFIX) :].strip():
+            raise InvalidRequestError(
+                f"unexpected file field {part.name!r}: name example files '{FILE_PREFIX}<category label>'"
+            )
+        check_upload(part.content_type, len(part.data), max_bytes, part.name)
+        files.append((_label(part.name[len(FILE_PREFIX) :]), part.data, part.filename or "upload"))
     spec: dict[str, Any] = {}
     if "spec" in fields:
         try:

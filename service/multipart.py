@@ -1,0 +1,261 @@
+"""A streaming ``multipart/form-data`` reader for uploads: a few text fields and one or more file parts.
+
+Starlette's parser runs python-multipart's byte-level state machine through Python callbacks, copies each file
+into a ``SpooledTemporaryFile`` and reads it back. On a 700 KB camera JPEG that cost the event loop about 0.3 ms
+of the ~1 ms it spent receiving and parsing the upload (``service/benchmarks/camera_speed.py``), on every request.
+This reader finds part delimiters with ``bytearray.find`` (C), keeps a part in the one buffer its bytes arrived
+in, copies it out once, and feeds each file part to SHA-256 as it streams in, between network reads.
+
+It is strict where a parser can afford to be: a body must end with its closing delimiter (a cut-off upload is a
+400, never a shorter image), form fields must be UTF-8, a part's headers are bounded, and the size limits of a
+file part (413) and of a text field hold while the bytes arrive, before they are buffered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from python_multipart.multipart import parse_options_header
+
+from service.errors import InvalidRequestError, PayloadTooLargeError, ServiceError
+
+MAX_HEADER_BYTES = 16 * 1024  # the headers of one part
+MAX_FIELD_BYTES = 1024 * 1024  # one text field (Starlette's limit too)
+_CRLF = b"\r\n"
+
+
+class MultipartError(ServiceError):
+    """A malformed multipart body (400 ``bad_request``)."""
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file part: its form field, the client's file name and declared type, the bytes and their SHA-256."""
+
+    name: str
+    filename: str
+    content_type: str | None
+    data: bytes
+    sha256: str
+
+
+@dataclass
+class Form:
+    """The parts of a multipart body in the order they came: text fields and file parts."""
+
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    files: list[FilePart] = field(default_factory=list)
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    """The boundary parameter of a ``multipart/form-data`` Content-Type (400 when absent or unusable)."""
+    _, params = parse_options_header(content_type or "")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise MultipartError("multipart/form-data needs a boundary parameter in its Content-Type")
+    if len(boundary) > 200 or any(c in boundary for c in b"\r\n"):
+        raise MultipartError("the multipart boundary is malformed (at most 200 characters, no line breaks)")
+    return bytes(boundary)
+
+
+@dataclass
+class _Part:
+    name: str
+    filename: str | None
+    content_type: str | None
+    hasher: Any = None  # hashlib sha256 of a file part
+
+
+_PREAMBLE, _DELIMITER, _HEADERS, _DATA, _DONE = range(5)
+
+
+class MultipartReader:
+    """Feed it the body's chunks as they arrive (:meth:`feed`), then take the :class:`Form` (:meth:`close`).
+
+    ``max_file_bytes`` bounds each file part (413 as soon as one is over it); more than ``max_files`` file parts
+    is a 413 with ``too_many_files`` as its message; more than ``max_fields`` text fields is a 400.
+    """
+
+    def __init__(
+        self,
+        boundary: bytes,
+        *,
+        max_file_bytes: int,
+        max_files: int = 1,
+        max_fields: int = 1000,
+        too_many_files: str | None = None,
+    ) -> None:
+        self._delimiter = b"\r\n--" + boundary
+        # The first delimiter may open the body without a line break before it: start with one.
+        self._buf = bytearray(_CRLF)
+        self._state = _PREAMBLE
+        self._part: _Part | None = None
+        self._pieces: list[bytes | memoryview] = []  # the current part's bytes so far
+        self._size = 0
+        self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
+        self.max_fields = max_fields
+        self.too_many_files = too_many_files or f"more than {max_files} files in one request"
+        self.form = Form()
+
+    def feed(self, chunk: bytes) -> None:
+        if self._state == _DONE or not chunk:
+            return  # the epilogue after the closing delimiter is ignored
+        if not (self._state == _DATA and self._stream(chunk)):
+            self._buf += chunk
+        while self._step():
+            pass
+
+    def close(self) -> Form:
+        """The form, once the body has ended (400 when it ended before its closing delimiter)."""
+        if self._state != _DONE:
+            raise MultipartError("the multipart body ended before its closing boundary (a cut-off upload?)")
+        return self.form
+
+    # ----------------------------------------------------------------------------------------- the machine
+    def _step(self) -> bool:
+        """Advance over what the buffer holds; True when a state was completed and the next may go on."""
+        if self._state == _DATA:
+            return self._data()
+        if self._state == _PREAMBLE:
+            return self._preamble()
+        if self._state == _DELIMITER:
+            return self._after_delimiter()
+        if self._state == _HEADERS:
+            return self._headers()
+        return False
+
+    def _preamble(self) -> bool:
+        buf = self._buf
+        at = buf.find(self._delimiter)
+        if at < 0:  # keep only what could still be the start of the first delimiter
+            del buf[: max(0, len(buf) - len(self._delimiter) + 1)]
+            return False
+        del buf[: at + len(self._delimiter)]
+        self._state = _DELIMITER
+        return True
+
+    def _after_delimiter(self) -> bool:
+        buf = self._buf
+        if len(buf) < 2:
+            return False
+        if buf[:2] == b"--":  # the closing delimiter
+            self._state = _DONE
+            buf.clear()
+            return False
+        end = buf.find(_CRLF)
+        if end < 0:
+            if len(buf) > 1024:
+                raise MultipartError("malformed multipart body: no line break after a boundary")
+            return False
+        if buf[:end].strip(b" \t"):  # only transport padding may follow a delimiter
+            raise MultipartError("malformed multipart body: unexpected bytes after a boundary")
+        del buf[: end + 2]
+        self._state = _HEADERS
+        return True
+
+    def _headers(self) -> bool:
+        buf = self._buf
+        if len(buf) < 2:
+            return False
+        if buf[:2] == _CRLF:  # a part without headers
+            end, skip = 0, 2
+        else:
+            end, skip = buf.find(b"\r\n\r\n"), 4
+        if end < 0:
+            if len(buf) > MAX_HEADER_BYTES:
+                raise MultipartError(f"the headers of a multipart part are longer than {MAX_HEADER_BYTES} bytes")
+            return False
+        self._part = self._begin(bytes(buf[:end]))
+        del buf[: end + skip]
+        self._state = _DATA
+        return True
+
+    def _data(self) -> bool:
+        buf = self._buf
+        at = buf.find(self._delimiter)
+        # bytes before ``known`` are the part's for sure; the rest may be the start of the next delimiter
+        known = at if at >= 0 else max(0, len(buf) - len(self._delimiter) + 1)
+        if known:
+            self._emit(bytes(memoryview(buf)[:known]))
+            del buf[:known]
+        if at < 0:
+            return False
+        part = self._part
+        assert part is not None
+        self._finish(part, b"".join(self._pieces))
+        del buf[: len(self._delimiter)]
+        self._part, self._pieces, self._size = None, [], 0
+        self._state = _DELIMITER
+        return True
+
+    def _stream(self, chunk: bytes) -> bool:
+        """The common case of a large part: ``chunk`` neither holds nor starts its delimiter, so all of it but
+        the last few bytes is the part's, taken without a copy. False (nothing done) otherwise."""
+        keep = len(self._delimiter) - 1
+        if len(chunk) <= keep or self._delimiter in bytes(self._buf) + chunk[:keep]:
+            return False
+        if chunk.find(self._delimiter) >= 0:
+            return False
+        if self._buf:  # the bytes held back from the previous chunk did not start a delimiter
+            self._emit(bytes(self._buf))
+        view = memoryview(chunk)
+        self._emit(view[: len(chunk) - keep])
+        self._buf = bytearray(view[len(chunk) - keep :])
+        return True
+
+    def _emit(self, piece: bytes | memoryview) -> None:
+        """Bytes of the current part: counted against its limit, hashed (a file part) and kept."""
+        part = self._part
+        assert part is not None
+        self._size += len(piece)
+        self._check_size(part, self._size)
+        if part.hasher is not None:
+            part.hasher.update(piece)  # hashlib drops the GIL for large pieces
+        self._pieces.append(piece)
+
+    # ------------------------------------------------------------------------------------------- the parts
+    def _begin(self, raw: bytes) -> _Part:
+        disposition, content_type = b"", None
+        for line in raw.split(_CRLF) if raw else ():
+            header, sep, value = line.partition(b":")
+            if not sep:
+                raise MultipartError("malformed multipart part header (no ':')")
+            key = header.strip().lower()
+            if key == b"content-disposition":
+                disposition = value.strip()
+            elif key == b"content-type":
+                content_type = value.strip().decode("latin-1")
+        kind, options = parse_options_header(disposition)
+        if kind != b"form-data" or b"name" not in options:
+            raise MultipartError('every multipart part needs "Content-Disposition: form-data; name=..."')
+        name = _utf8(options[b"name"], "a form field name")
+        filename = options.get(b"filename")
+        if filename is None:
+            if len(self.form.fields) >= self.max_fields:
+                raise MultipartError(f"more than {self.max_fields} form fields")
+            return _Part(name, None, content_type)
+        if len(self.form.files) >= self.max_files:
+            raise PayloadTooLargeError(self.too_many_files)
+        return _Part(name, _utf8(filename, "a file name"), content_type, hashlib.sha256())
+
+    def _check_size(self, part: _Part, size: int) -> None:
+        if part.filename is not None and size > self.max_file_bytes:
+            raise PayloadTooLargeError(f"'{part.name}' is larger than the limit of {self.max_file_bytes} bytes")
+        if part.filename is None and size > MAX_FIELD_BYTES:
+            raise PayloadTooLargeError(f"form field {part.name!r} is larger than {MAX_FIELD_BYTES} bytes")
+
+    def _finish(self, part: _Part, data: bytes) -> None:
+        if part.filename is None:
+            self.form.fields.append((part.name, _utf8(data, f"form field {part.name!r}")))
+            return
+        self.form.files.append(FilePart(part.name, part.filename, part.content_type, data, part.hasher.hexdigest()))
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidRequestError(f"{what} is not valid UTF-8 (byte {err.start})") from None
