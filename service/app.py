@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 
 from model import __version__
 from service.cache import Cache, MemoryCache, RedisCache
-from service.deps import API_KEY_HEADER, ServiceState
+from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
@@ -86,19 +86,21 @@ def _lifespan(index_opener: Any = None) -> Any:
         state = await cache.check()
         logger.info("cache: %s (%s)", cache.backend, state)
         app.openapi_schema = None  # regenerated with the loaded knowledge's task names
-        app.state.service = ServiceState(
+        service = app.state.service = ServiceState(
             settings=settings,
             engine=engine,
             index=index,
             cache=cache,
             metrics=metrics,
-            limiter=anyio.CapacityLimiter(settings.concurrency),
-            large_limiter=anyio.CapacityLimiter(1),
+            pool=ModelPool(settings.concurrency, "keepfit-model"),
+            large_pool=ModelPool(1, "keepfit-large-image"),
         )
         try:
             yield
         finally:
             app.state.service = None
+            await anyio.to_thread.run_sync(service.pool.close)
+            await anyio.to_thread.run_sync(service.large_pool.close)
             await cache.close()
             await index.close()
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
 import hmac
 import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
-import anyio
 from fastapi import Depends, Request, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
@@ -35,6 +37,25 @@ api_key_scheme = APIKeyHeader(
 )
 
 
+class ModelPool:
+    """A fixed set of threads for blocking model work, first come first served.
+
+    A thread that finishes a job takes the next queued one itself. With anyio's ``to_thread`` and a capacity
+    limiter the event loop had to wake, release the token and hand the next job over first, so a core could
+    idle while the loop was busy receiving an upload. Queued jobs of a cancelled request never run.
+    """
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        context = contextvars.copy_context()  # as anyio does: the job sees the request's context variables
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(context.run, fn, *args))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class ServiceState:
     """Everything the lifespan loaded; handlers only parse, call and answer."""
@@ -44,22 +65,21 @@ class ServiceState:
     index: IndexHolder
     cache: Cache
     metrics: Metrics
-    limiter: anyio.CapacityLimiter
+    pool: ModelPool
     # Images above settings.large_image_pixels decode one at a time in their own lane: their memory is bounded
     # and they never take the normal lane's threads from ordinary requests.
-    large_limiter: anyio.CapacityLimiter
+    large_pool: ModelPool
     classifiers: Any = None  # service.classifiers.ClassifierStore, opened by the lifespan
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work on a worker thread, at most ``settings.concurrency`` at once."""
-        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+        return await self.pool.run(fn, *args)
 
     async def run_image(self, fn: Callable[..., T], data: bytes, *args: Any) -> T:
         """``fn(data, *args)`` on a worker thread: in the normal lane, or in the one-at-a-time lane of large
         images (by the pixel count in the image's header)."""
         large = header_pixels(data) > self.settings.large_image_pixels
-        limiter = self.large_limiter if large else self.limiter
-        return await anyio.to_thread.run_sync(partial(fn, data, *args), limiter=limiter)
+        return await (self.large_pool if large else self.pool).run(fn, data, *args)
 
     async def cached(self, endpoint: str, key: str, timings: Timings) -> bytes | None:
         """The cached answer for ``key`` (None on a miss), timed as the ``cache`` stage and counted."""
