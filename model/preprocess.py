@@ -194,11 +194,11 @@ def load_image(
             image.draft(None, wanted)
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-        # The bytes are in memory: hand the decoder all of them in one call (Pillow reads 64 KB blocks, and
+        # A JPEG's bytes are in memory: hand the decoder all of them in one call (Pillow reads 64 KB blocks, and
         # releases and retakes the GIL around each). In a server the event loop and the other model threads
         # wait on that GIL: camera JPEGs decoded in one call kept the cores 1-2 % busier under load, with the
-        # same decode time alone.
-        if isinstance(image, ImageFile.ImageFile):  # not a DICOM frame (decoded already)
+        # same decode time alone. Not for other formats: an uncompressed TIFF would be copied whole first.
+        if image.format == "JPEG" and isinstance(image, ImageFile.ImageFile):
             image.decodermaxblock = max(image.decodermaxblock, len(data))
         image.load()
     except Exception as err:  # truncated or corrupt data
