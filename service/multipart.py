@@ -23,6 +23,7 @@ from service.errors import InvalidRequestError, PayloadTooLargeError, ServiceErr
 
 MAX_HEADER_BYTES = 16 * 1024  # the headers of one part
 MAX_FIELD_BYTES = 1024 * 1024  # one text field (Starlette's limit too)
+_SLICE = 4096  # how much of a chunk goes through the buffer at a time outside a part's data
 _CRLF = b"\r\n"
 
 
@@ -101,12 +102,18 @@ class MultipartReader:
         self.form = Form()
 
     def feed(self, chunk: bytes) -> None:
-        if self._state == _DONE or not chunk:
-            return  # the epilogue after the closing delimiter is ignored
-        if not (self._state == _DATA and self._stream(chunk)):
-            self._buf += chunk
-        while self._step():
-            pass
+        pos = 0
+        while pos < len(chunk) and self._state != _DONE:  # the epilogue after the closing delimiter is ignored
+            if self._state == _DATA and len(chunk) - pos >= len(self._delimiter):
+                pos = self._data_in(chunk, pos)
+                continue
+            # Delimiters and headers are read from the buffer, a slice at a time: what follows a part's headers
+            # in the same chunk is copied only up to the slice's end, the rest is taken as it is (_data_in).
+            end = min(len(chunk), pos + _SLICE)
+            self._buf += memoryview(chunk)[pos:end]
+            pos = end
+            while self._step():
+                pass
 
     def close(self) -> Form:
         """The form, once the body has ended (400 when it ended before its closing delimiter)."""
@@ -183,28 +190,43 @@ class MultipartReader:
             del buf[:known]
         if at < 0:
             return False
+        del buf[: len(self._delimiter)]
+        self._end_part()
+        return True
+
+    def _data_in(self, chunk: bytes, pos: int) -> int:
+        """The current part goes on in ``chunk[pos:]`` (at least a delimiter long) after the bytes held back in the
+        buffer: take what is the part's without copying the chunk; return where reading goes on."""
+        delimiter, n = self._delimiter, len(self._delimiter)
+        if self._buf:  # fewer than n bytes held back because they might start the delimiter
+            tail = bytes(self._buf)
+            self._buf.clear()
+            at = (tail + chunk[pos : pos + n - 1]).find(delimiter)  # a delimiter starting in the tail
+            if at >= 0:
+                if at:
+                    self._emit(tail[:at])
+                self._end_part()
+                return pos + at + n - len(tail)
+            self._emit(tail)
+        view = memoryview(chunk)
+        at = chunk.find(delimiter, pos)
+        if at >= 0:
+            if at > pos:
+                self._emit(view[pos:at])
+            self._end_part()
+            return at + n
+        held = len(chunk) - (n - 1)  # the last n - 1 bytes might start the delimiter
+        if held > pos:
+            self._emit(view[pos:held])
+        self._buf += view[held:]
+        return len(chunk)
+
+    def _end_part(self) -> None:
         part = self._part
         assert part is not None
         self._finish(part, b"".join(self._pieces))
-        del buf[: len(self._delimiter)]
         self._part, self._pieces, self._size = None, [], 0
         self._state = _DELIMITER
-        return True
-
-    def _stream(self, chunk: bytes) -> bool:
-        """The common case of a large part: ``chunk`` neither holds nor starts its delimiter, so all of it but
-        the last few bytes is the part's, taken without a copy. False (nothing done) otherwise."""
-        keep = len(self._delimiter) - 1
-        if len(chunk) <= keep or self._delimiter in bytes(self._buf) + chunk[:keep]:
-            return False
-        if chunk.find(self._delimiter) >= 0:
-            return False
-        if self._buf:  # the bytes held back from the previous chunk did not start a delimiter
-            self._emit(bytes(self._buf))
-        view = memoryview(chunk)
-        self._emit(view[: len(chunk) - keep])
-        self._buf = bytearray(view[len(chunk) - keep :])
-        return True
 
     def _emit(self, piece: bytes | memoryview) -> None:
         """Bytes of the current part: counted against its limit, hashed (a file part) and kept."""
