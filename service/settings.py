@@ -189,8 +189,9 @@ class Settings(BaseSettings):
     def concurrency(self) -> int:
         """How many blocking model runs one process allows at once: ``inference_concurrency``, else the runs
         that share the cores (one per two cores, at least 2) plus one waiting with its image decoded, so a core
-        never idles while the event loop hands it the next request (camera JPEGs on 2 cores: 3 runs reached
-        87-89 % of the core limit where 2 reached 75-77 %, ``service/benchmarks/camera_speed.py --configs``)."""
+        does not wait while its thread hands a result back (camera JPEGs on 2 cores, ``service/benchmarks/
+        camera_speed.py --configs``: 88-89 % of the core limit with 3 runs, 88 % with 2; behind anyio's capacity
+        limiter, before the model threads took their next job themselves, 2 runs had reached only 75-77 %)."""
         if self.inference_concurrency:
             return self.inference_concurrency
         return self._sharing_runs() + 1

@@ -10,7 +10,9 @@ All figures come from one run on one machine, so they can be compared as ratios:
    running decode + preprocess + encoder on the camera JPEGs in-process, images/s (measured before and after
    the server phase; their mean is the limit);
 4. ``POST /v1/classify`` with the cache off against ``keepfit serve`` (a subprocess): cache-miss p50 of one
-   client, then throughput under ``--clients`` concurrent clients, as a fraction of the core limit.
+   client, then throughput under ``--clients`` concurrent clients, as a fraction of the core limit, with where
+   the CPU went: the server's CPU per request (all threads; the event-loop thread's alone), the clients' (this
+   process, which shares the cores) and how many cores the two kept busy.
    ``--baseline-root DIR`` also runs the server of another checkout (e.g. the previous release) in the same
    run; ``--configs 1x2x1,2x1x1`` runs this checkout's server once per setting, ``WORKERSxRUNSxTHREADS``
    (uvicorn workers x model runs at once per worker x ONNX threads per run), so settings compare in one run.
@@ -170,8 +172,38 @@ def core_limit(artifact: Path, jpegs: list[bytes], cores: int, seconds: float) -
             "cpu_bound_per_s": cores / (cpu / max(done, 1))}
 
 
-def load_level(base: str, bodies: list[tuple[bytes, str]], n: int, seconds: float) -> dict[str, Any]:
-    """``n`` clients posting classify requests back to back for ``seconds``: req/s and latency."""
+def _cpu_s(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process (or of one of its threads) from ``/proc``."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's worker processes)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{task}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+    return out
+
+
+def server_cpu(pid: int) -> tuple[float, float | None]:
+    """CPU seconds of the server (all its processes) and of its event-loop thread (one process only)."""
+    pids = _server_pids(pid)
+    return sum(_cpu_s(p) for p in pids), (_cpu_s(pid, pid) if len(pids) == 1 else None)
+
+
+def load_level(
+    base: str, bodies: list[tuple[bytes, str]], n: int, seconds: float, pid: int | None = None
+) -> dict[str, Any]:
+    """``n`` clients posting classify requests back to back for ``seconds``: req/s and latency; with the server's
+    ``pid`` also its CPU per request (all threads, and the event loop's), the clients' (this process, which does
+    nothing else meanwhile) and how many cores both kept busy."""
     done, errors = [0] * n, [0] * n
     latencies: list[list[float]] = [[] for _ in range(n)]
     stop = time.perf_counter() + seconds
@@ -193,20 +225,29 @@ def load_level(base: str, bodies: list[tuple[bytes, str]], n: int, seconds: floa
             i += n
         conn.close()
 
-    t0 = time.perf_counter()
+    before = server_cpu(pid) if pid is not None else None
+    t0, client0 = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, client_s = time.perf_counter() - t0, time.process_time() - client0
     flat = [x for xs in latencies for x in xs]
-    return {"req_per_s": sum(done) / wall, "errors": sum(errors), "p50_ms": 1e3 * pct(flat, 50),
-            "p99_ms": 1e3 * pct(flat, 99)}
+    out: dict[str, Any] = {"req_per_s": sum(done) / wall, "errors": sum(errors), "p50_ms": 1e3 * pct(flat, 50),
+                           "p99_ms": 1e3 * pct(flat, 99)}
+    if before is not None and pid is not None:
+        after, requests = server_cpu(pid), max(1, sum(done) + sum(errors))
+        out["server_cpu_ms_per_req"] = 1e3 * (after[0] - before[0]) / requests
+        if after[1] is not None and before[1] is not None:
+            out["loop_cpu_ms_per_req"] = 1e3 * (after[1] - before[1]) / requests
+        out["client_cpu_ms_per_req"] = 1e3 * client_s / requests
+        out["cores_busy"] = (after[0] - before[0] + client_s) / wall
+    return out
 
 
 def server_phase(
-    base: str, jpegs: list[bytes], clients: list[int], seconds: float, misses: int
+    base: str, jpegs: list[bytes], clients: list[int], seconds: float, misses: int, pid: int | None = None
 ) -> dict[str, Any]:
     bodies = [multipart_body(d) for d in jpegs]
     http = Http(base)
@@ -224,7 +265,7 @@ def server_phase(
     http.close()
     out: dict[str, Any] = {"miss_p50_ms": 1e3 * pct(lat, 50), "throughput": {}}
     for n in clients:
-        out["throughput"][n] = load_level(base, bodies, n, seconds)
+        out["throughput"][n] = load_level(base, bodies, n, seconds, pid)
     return out
 
 
@@ -310,8 +351,8 @@ def _server_report(args: argparse.Namespace, jpegs: list[bytes], threads: int, f
     servers: dict[str, Any] = {}
     for name, root, env in _servers(args):
         server_args = ["--artifact", str(args.artifact.resolve())]
-        with serve(server_args, env={"KEEPFIT_CACHE_MAX_ENTRIES": "0", **env}, root=root) as (base, _pid):
-            servers[name] = server_phase(base, jpegs, clients, args.seconds, args.misses)
+        with serve(server_args, env={"KEEPFIT_CACHE_MAX_ENTRIES": "0", **env}, root=root) as (base, pid):
+            servers[name] = server_phase(base, jpegs, clients, args.seconds, args.misses, pid)
     limits.append(core_limit(args.artifact, jpegs, args.cores, args.seconds))
     limit = statistics.mean(x["images_per_s"] for x in limits)
     print(f"\ncore limit ({args.cores} threads in-process, decode+preprocess+encoder): {limit:.1f} images/s "
@@ -328,11 +369,15 @@ def _server_report(args: argparse.Namespace, jpegs: list[bytes], threads: int, f
         res["encoder_p50_ms"], res["miss_vs_encoder"] = floors[t], ratio
         print(f"\n[{name}] /v1/classify cache-miss p50 {res['miss_p50_ms']:.1f} ms = {ratio:.1f}x the encoder alone "
               f"({floors[t]:.1f} ms with {t} thread{'s' if t > 1 else ''})")
-        print("| clients | req/s | of core limit | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
+        print("| clients | req/s | of core limit | p50 ms | p99 ms | errors | server CPU ms/req | event loop | clients "
+              "| cores busy |\n|---|---|---|---|---|---|---|---|---|---|")
         for n, row in res["throughput"].items():
             row["of_core_limit"] = row["req_per_s"] / limit
+            loop = row.get("loop_cpu_ms_per_req")
             print(f"| {n} | {row['req_per_s']:.1f} | {100 * row['of_core_limit']:.0f} % | {row['p50_ms']:.0f} | "
-                  f"{row['p99_ms']:.0f} | {row['errors']} |")
+                  f"{row['p99_ms']:.0f} | {row['errors']} | {row['server_cpu_ms_per_req']:.1f} | "
+                  f"{'-' if loop is None else format(loop, '.2f')} | {row['client_cpu_ms_per_req']:.2f} | "
+                  f"{row['cores_busy']:.2f} |")
     return {"server": servers, "core_limit": {"images_per_s": limit, "runs": limits}}
 
 
