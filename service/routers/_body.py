@@ -44,13 +44,18 @@ class Upload:
 
 
 async def read_form(
-    request: Request, max_file_bytes: int, max_files: int = 1, too_many_files: str | None = None
+    request: Request,
+    max_file_bytes: int,
+    max_files: int = 1,
+    max_fields: int = 1000,
+    too_many_files: str | None = None,
 ) -> Form:
     """The multipart form of ``request``, read as it streams in (:class:`service.multipart.MultipartReader`)."""
     reader = MultipartReader(
         boundary_of(request.headers.get("content-type")),
         max_file_bytes=max_file_bytes,
         max_files=max_files,
+        max_fields=max_fields,
         too_many_files=too_many_files,
     )
     async with aclosing(request.stream()) as stream:

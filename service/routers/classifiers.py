@@ -305,6 +305,7 @@ async def _parse_create(
         request,
         max_bytes,
         max_files=limit,
+        max_fields=200,
         too_many_files=f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES)",
     )
     fields: dict[str, Any] = {}
