@@ -51,6 +51,21 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def server_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's worker processes); one that exits meanwhile is left out."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+            children = [Path(f"/proc/{p}/task/{t}/children").read_text().split() for t in tasks]
+        except OSError:
+            continue
+        out.append(p)
+        todo += [int(c) for kids in children for c in kids]
+    return out
+
+
 @contextmanager
 def serve(
     args: list[str], env: dict[str, str] | None = None, timeout_s: float = 120, root: Path = ROOT

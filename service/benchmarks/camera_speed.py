@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, pct, serve
+from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, pct, serve, server_pids
 
 PAUSE_S = 0.02
 
@@ -180,21 +180,9 @@ def _cpu_s(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _server_pids(pid: int) -> list[int]:
-    """``pid`` and its descendants (uvicorn's worker processes)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in os.listdir(f"/proc/{p}/task"):
-            with open(f"/proc/{p}/task/{task}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-    return out
-
-
 def server_cpu(pid: int) -> tuple[float, float | None]:
     """CPU seconds of the server (all its processes) and of its event-loop thread (one process only)."""
-    pids = _server_pids(pid)
+    pids = server_pids(pid)
     return sum(_cpu_s(p) for p in pids), (_cpu_s(pid, pid) if len(pids) == 1 else None)
 
 

@@ -26,7 +26,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, pct, real_images, serve
+from service.benchmarks._common import (
+    DEFAULT_DATA,
+    ROOT,
+    Http,
+    multipart_body,
+    pct,
+    real_images,
+    serve,
+    server_pids,
+)
 
 SIDE = 6000
 
@@ -80,11 +89,7 @@ def worst_cases(cache_dir: Path, side: int) -> dict[str, bytes]:
 def tree_rss_mib(pid: int) -> float:
     """RSS of a process and its children (uvicorn workers), MiB."""
     total = 0.0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.is_file():
-        pids += [int(c) for c in children.read_text().split()]
-    for p in pids:
+    for p in server_pids(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
