@@ -31,6 +31,7 @@
     custom: null,          // the edited category list, or null: use the modality's defaults
     detected: null,        // modality the service used for the last result
     file: null,            // the image being diagnosed
+    preview: null,         // the promise of its preview being drawn (decoding runs while it uploads)
     fileFailed: false,     // the service refused this file: "Classify again" waits for a new one
     failedOn: null,        // what the last refused request was (categories + modality) when the file was fine
     result: null,          // last classify response
@@ -383,12 +384,13 @@
     $('warnings').hidden = true;
     $('timings').textContent = '';
     $('find-similar').disabled = false;
-    drawPreview(file);
+    state.preview = drawPreview(file);
     classify();
   }
 
   async function classify() {
     if (!state.file) return;
+    const file = state.file;
     clearMessage();
     const form = new FormData();
     form.append('image', state.file, state.file.name || 'image');
@@ -409,6 +411,10 @@
         if (f < 1) setProgress(f, `Uploading… ${Math.round(f * 100)}%`);
         else setProgress(1, 'Analysing…', true);
       });
+      // a camera-size photograph can take longer to decode in the browser than the service takes to answer:
+      // the heat map and the placeholder's shape go on this image's preview, not on the previous one
+      await state.preview;
+      if (state.file !== file) return; // another image was chosen meanwhile: its own request answers
       state.result = result;
       state.detected = result.modality.used;
       state.selected = 0;
