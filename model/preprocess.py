@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol, cast
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -27,6 +27,16 @@ from model.dicom import decode_dicom
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 
 logger = logging.getLogger(__name__)
+
+
+class ReadableFile(Protocol):
+    """What :func:`load_image` needs of a file object: reading, and seeking back within what it has read."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
 
 # Pillow's own bomb guard only warns below 2x its limit; we enforce our own limit explicitly instead.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -61,7 +71,7 @@ def header_pixels(data: bytes) -> int:
     JPEG and PNG sizes are read from their headers directly (a camera JPEG's EXIF block made Pillow's parser
     take 20-100 us on the event loop, where this is called); anything else goes through Pillow.
     """
-    size = _jpeg_size(data) if data[:2] == b"\xff\xd8" else None
+    size = jpeg_size(data) if data[:2] == b"\xff\xd8" else None
     if size is None and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
         size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if size is not None and size[0] > 0 and size[1] > 0:
@@ -79,9 +89,10 @@ def header_pixels(data: bytes) -> int:
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from the first start-of-frame segment, walking the segments before it (an EXIF
-    thumbnail lives inside its APP1 segment and is skipped with it); None when the markers do not add up."""
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """``(width, height)`` of a JPEG from the first start-of-frame segment, walking the segments before it (an
+    EXIF thumbnail lives inside its APP1 segment and is skipped with it); None when the markers do not add up
+    or ``data`` (which may be only the start of a file) ends before the frame header."""
     at = 2
     while at + 4 <= len(data):
         if data[at] != 0xFF:
@@ -138,12 +149,12 @@ def trim_allocator() -> bool:
 
 
 def load_image(
-    source: bytes | str | Path,
+    source: bytes | str | Path | ReadableFile,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     size: int | None = None,
 ) -> Image.Image:
-    """Decode an image from bytes or a path, with clear errors.
+    """Decode an image from bytes, a path or a binary file object, with clear errors.
 
     Raises :class:`ImageError` for empty, truncated or undecodable input, :class:`UnsupportedMediaError` for
     a decodable format we do not accept and :class:`ImageTooLargeError` above ``max_pixels`` (checked from the
@@ -153,7 +164,12 @@ def load_image(
     DCT-scaled by 1/2, 1/4 or 1/8 while it decodes, down to no less than ``REDUCING_GAP`` x the resized size.
     The original ``(width, height)`` stays available as :func:`original_size`, so geometry (content boxes, heat
     maps) is still computed on the original pixel grid. Without ``size`` the image is decoded at full size.
+
+    A file object (readable and seekable from its start) is read as the decoder goes, 64 KB at a time: the
+    service hands over an upload that is still arriving, and the decode keeps pace with the network. The
+    pixels are those of the same bytes given at once.
     """
+    stream: ReadableFile | None = None
     if isinstance(source, str | Path):
         path = Path(source)
         try:
@@ -162,17 +178,23 @@ def load_image(
             raise ImageError(f"image file not found: {path}") from err
         except OSError as err:
             raise ImageError(f"cannot read image file {path}: {err}") from err
-    else:
+    elif isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
+    else:
+        stream = source
+        data = stream.read(133)  # enough to tell DICOM (its preamble and "DICM") from the rest
+        stream.seek(0)
     if not data:
         raise ImageError("empty file: 0 bytes")
     if len(data) > 132 and data[128:132] == b"DICM":
+        if stream is not None:
+            data = stream.read()
         image = decode_dicom(data, max_pixels=max_pixels)  # model/dicom.py: frames, colour spaces, syntaxes
     else:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
+                image = Image.open(io.BytesIO(data) if stream is None else cast(IO[bytes], stream))
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
             raise ImageTooLargeError(f"image has too many pixels (decompression bomb?): {err}") from err
         except Exception as err:
@@ -198,7 +220,7 @@ def load_image(
         # releases and retakes the GIL around each). In a server the event loop and the other model threads
         # wait on that GIL: camera JPEGs decoded in one call kept the cores 1-2 % busier under load, with the
         # same decode time alone. Not for other formats: an uncompressed TIFF would be copied whole first.
-        if image.format == "JPEG" and isinstance(image, ImageFile.ImageFile):
+        if stream is None and image.format == "JPEG" and isinstance(image, ImageFile.ImageFile):
             image.decodermaxblock = max(image.decodermaxblock, len(data))
         image.load()
     except Exception as err:  # truncated or corrupt data

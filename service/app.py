@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -94,6 +95,8 @@ def _lifespan(index_opener: Any = None) -> Any:
             metrics=metrics,
             pool=ModelPool(settings.concurrency, "keepfit-model"),
             large_pool=ModelPool(1, "keepfit-large-image"),
+            # head starts on uploads still arriving: for idle cores only, so one per two of them is plenty
+            early_pool=ModelPool(max(1, (os.cpu_count() or 1) // 2), "keepfit-early") if settings.early_decode else None,
         )
         try:
             yield
@@ -101,6 +104,8 @@ def _lifespan(index_opener: Any = None) -> Any:
             app.state.service = None
             await anyio.to_thread.run_sync(service.pool.close)
             await anyio.to_thread.run_sync(service.large_pool.close)
+            if service.early_pool is not None:
+                await anyio.to_thread.run_sync(service.early_pool.close)
             await cache.close()
             await index.close()
 

@@ -7,10 +7,12 @@ import contextvars
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -21,6 +23,7 @@ from pydantic import BaseModel
 
 from model.preprocess import header_pixels
 from service.cache import Cache
+from service.early import EarlyJob, UploadStream, jpeg_head_fits
 from service.engine import Engine, IndexHolder, Timings
 from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
 from service.metrics import Metrics
@@ -28,6 +31,7 @@ from service.responses import check_answer, json_with
 from service.settings import Settings
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 API_KEY_HEADER = "X-API-Key"
 api_key_scheme = APIKeyHeader(
@@ -46,11 +50,35 @@ class ModelPool:
     """
 
     def __init__(self, threads: int, name: str) -> None:
+        self.threads = threads
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._pending = 0  # jobs queued or running
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running now."""
+        return self._pending
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """``fn()`` on a pool thread, in the caller's context (contextvars, as anyio does)."""
+        context = contextvars.copy_context()
+        with self._lock:
+            self._pending += 1
+        try:
+            future = self._executor.submit(context.run, fn)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future[Any] | None) -> None:
+        with self._lock:
+            self._pending -= 1
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        context = contextvars.copy_context()  # as anyio does: the job sees the request's context variables
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(context.run, fn, *args))
+        return await asyncio.wrap_future(self.submit(partial(fn, *args)))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -70,6 +98,36 @@ class ServiceState:
     # and they never take the normal lane's threads from ordinary requests.
     large_pool: ModelPool
     classifiers: Any = None  # service.classifiers.ClassifierStore, opened by the lifespan
+    # JPEG uploads decoded while they arrive when a core is idle (service/early.py); None when switched off
+    early_pool: ModelPool | None = None
+
+    def early_job(self, request: Request, prepare: Callable[[UploadStream, Timings], E]) -> EarlyJob[E, Any] | None:
+        """A head start for the upload of ``request`` (a file sink for its multipart reader), or None when
+        switched off.
+
+        It starts only on a normal-lane JPEG, only while the upload is still far from complete and only while
+        the model threads leave a core idle (counting the other head starts), so under load nothing changes and
+        nothing waits behind it.
+        """
+        early = self.early_pool
+        if early is None:
+            return None
+        cores = os.cpu_count() or 1
+
+        def may_start() -> bool:
+            busy = self.pool.pending + self.large_pool.pending + early.pending
+            return early.pending < early.threads and busy < cores
+
+        length = request.headers.get("content-length")
+        return EarlyJob(
+            early.submit,
+            prepare,
+            partial(jpeg_head_fits, max_pixels=self.settings.large_image_pixels),
+            may_start,
+            Timings(self.metrics),
+            expected_bytes=int(length) if length and length.isdigit() else None,
+            outcome=lambda outcome: self.metrics.early_decodes.labels(outcome).inc(),
+        )
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work on a worker thread, at most ``settings.concurrency`` at once."""

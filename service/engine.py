@@ -30,6 +30,7 @@ from index.query import index_modalities, label_warning
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
+    ReadableFile,
     load_image,
     original_size,
     thumbnail,
@@ -72,6 +73,11 @@ class ClassifyResult:
     class_embeddings: np.ndarray | None = None  # [C, D], rows in the order of the scored categories
     # Heat maps and ranked expert descriptions of the top predictions (``explain > 0``), serialised.
     explanations: list[dict[str, Any]] | None = None
+
+
+# what Engine.encode_bytes gives: the encoding, the original and the upright original (width, height), and the
+# modality a DICOM header states (or None)
+EncodedImage = tuple[ImageEncoding, tuple[int, int], tuple[int, int], str | None]
 
 
 @dataclass
@@ -238,7 +244,7 @@ class Engine:
         return modality
 
     # --------------------------------------------------------------------------------------- blocking work
-    def decode(self, data: bytes, timings: Timings) -> Image.Image:
+    def decode(self, data: bytes | ReadableFile, timings: Timings) -> Image.Image:
         with timings.stage("decode"):
             # only what the model input needs is decoded (JPEG DCT scaling); geometry stays on the original grid
             image = load_image(data, max_pixels=self.settings.max_pixels, size=self.runtime.preprocess_cfg.image_size)
@@ -251,11 +257,9 @@ class Engine:
         with timings.stage("inference"):
             return self.runtime.encode_pixels(pixels)  # embeddings [1, D], tokens [1, h*w, D]
 
-    def encode_bytes(
-        self, data: bytes, timings: Timings
-    ) -> tuple[ImageEncoding, tuple[int, int], tuple[int, int], str | None]:
-        """Image bytes -> ``(encoding, original (width, height), upright original (width, height), the modality
-        a DICOM header states or None)``.
+    def encode_bytes(self, data: bytes | ReadableFile, timings: Timings) -> EncodedImage:
+        """Image bytes (or a file of them, read as it is written: service/early.py) -> ``(encoding, original
+        (width, height), upright original (width, height), the modality a DICOM header states or None)``.
 
         The decoded pixels are dropped before inference and, after a large decode (a camera JPEG is DCT-scaled
         and is not one), their memory is handed back to the system, so a request holds full-size pixels only
@@ -283,7 +287,19 @@ class Engine:
     ) -> ClassifyResult:
         """Zero-shot probabilities; with ``explain > 0`` also heat maps and ranked expert descriptions of the
         ``explain`` most probable categories (within ``top_k``)."""
-        encoding, size, upright, stated = self.encode_bytes(data, timings)
+        return self.classify_encoded(self.encode_bytes(data, timings), categories, modality, top_k, timings, explain)
+
+    def classify_encoded(
+        self,
+        encoded: EncodedImage,
+        categories: list[Category] | None,
+        modality: str,
+        top_k: int | None,
+        timings: Timings,
+        explain: int = 0,
+    ) -> ClassifyResult:
+        """:meth:`classify` of an image already through :meth:`encode_bytes`."""
+        encoding, size, upright, stated = encoded
         embedding = encoding.embeddings  # [1, D]
         with timings.stage("zero_shot"):
             # The modality head runs even when the caller names a modality: a named modality that the image

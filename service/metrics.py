@@ -52,6 +52,14 @@ class Metrics:
         self.cache_degraded = Gauge(
             "keepfit_cache_degraded", "1 while the cache backend is unreachable", registry=self.registry
         )
+        self.early_decodes = Counter(
+            "keepfit_early_decodes",
+            "Uploads that started decoding while they arrived, by outcome: used (the answer came from it), unused "
+            "(the request went another way: a cache hit, a refused form, a broken-off body) or failed (the usual "
+            "path answered)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.index_size = Gauge("keepfit_index_images", "Images in the loaded index", registry=self.registry)
         self.inflight = Gauge(
             "keepfit_requests_in_progress", "Requests being answered", registry=self.registry

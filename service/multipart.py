@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from python_multipart.multipart import parse_options_header
 
@@ -61,12 +61,22 @@ def boundary_of(content_type: str | None) -> bytes:
     return bytes(boundary)
 
 
+class FileSink(Protocol):
+    """Receives a file part's bytes as they arrive (``write``), then hears that the part is complete (``end``);
+    the part is still kept and returned whole as well."""
+
+    def write(self, piece: bytes | memoryview) -> None: ...
+
+    def end(self) -> None: ...
+
+
 @dataclass
 class _Part:
     name: str
     filename: str | None
     content_type: str | None
     hasher: Any = None  # hashlib sha256 of a file part
+    sink: FileSink | None = None
 
 
 _PREAMBLE, _DELIMITER, _HEADERS, _DATA, _DONE = range(5)
@@ -76,7 +86,9 @@ class MultipartReader:
     """Feed it the body's chunks as they arrive (:meth:`feed`), then take the :class:`Form` (:meth:`close`).
 
     ``max_file_bytes`` bounds each file part (413 as soon as one is over it); more than ``max_files`` file parts
-    is a 413 with ``too_many_files`` as its message; more than ``max_fields`` text fields is a 400.
+    is a 413 with ``too_many_files`` as its message; more than ``max_fields`` text fields is a 400. ``sink``
+    also receives the bytes of the first file part of the field ``sink_field`` as they arrive (a piece only once
+    it is known to be the part's, never bytes of a delimiter).
     """
 
     def __init__(
@@ -87,6 +99,8 @@ class MultipartReader:
         max_files: int = 1,
         max_fields: int = 1000,
         too_many_files: str | None = None,
+        sink: FileSink | None = None,
+        sink_field: str = "image",
     ) -> None:
         self._delimiter = b"\r\n--" + boundary
         # The first delimiter may open the body without a line break before it: start with one.
@@ -99,6 +113,7 @@ class MultipartReader:
         self.max_files = max_files
         self.max_fields = max_fields
         self.too_many_files = too_many_files or f"more than {max_files} files in one request"
+        self._sink, self._sink_field = sink, sink_field
         self.form = Form()
 
     def feed(self, chunk: bytes) -> None:
@@ -225,6 +240,8 @@ class MultipartReader:
         part = self._part
         assert part is not None
         self._finish(part, b"".join(self._pieces))
+        if part.sink is not None:
+            part.sink.end()
         self._part, self._pieces, self._size = None, [], 0
         self._state = _DELIMITER
 
@@ -236,6 +253,8 @@ class MultipartReader:
         self._check_size(part, self._size)
         if part.hasher is not None:
             part.hasher.update(piece)  # hashlib drops the GIL for large pieces
+        if part.sink is not None:
+            part.sink.write(piece)
         self._pieces.append(piece)
 
     # ------------------------------------------------------------------------------------------- the parts
@@ -261,7 +280,10 @@ class MultipartReader:
             return _Part(name, None, content_type)
         if len(self.form.files) >= self.max_files:
             raise PayloadTooLargeError(self.too_many_files)
-        return _Part(name, _utf8(filename, "a file name"), content_type, hashlib.sha256())
+        sink = None
+        if self._sink is not None and name == self._sink_field:
+            sink, self._sink = self._sink, None  # the first such part only
+        return _Part(name, _utf8(filename, "a file name"), content_type, hashlib.sha256(), sink)
 
     def _check_size(self, part: _Part, size: int) -> None:
         if part.filename is not None and size > self.max_file_bytes:

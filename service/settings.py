@@ -115,6 +115,10 @@ class Settings(BaseSettings):
         ge=1,
         description="images with more pixels than this (by their header) decode one at a time, in their own lane",
     )
+    early_decode: bool = Field(
+        default=True,
+        description="decode a JPEG upload while it arrives when a CPU core is idle (answers sooner after the upload)",
+    )
     ort_spinning: bool = Field(
         default=False,
         description="let idle ONNX Runtime threads spin (lower latency on idle cores, less for the rest)",

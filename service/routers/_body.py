@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.deps import check_upload, content_type
 from service.errors import InvalidRequestError, UnsupportedContentTypeError
-from service.multipart import Form, MultipartReader, boundary_of
+from service.multipart import FileSink, Form, MultipartReader, boundary_of
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,14 +49,17 @@ async def read_form(
     max_files: int = 1,
     max_fields: int = 1000,
     too_many_files: str | None = None,
+    image_sink: FileSink | None = None,
 ) -> Form:
-    """The multipart form of ``request``, read as it streams in (:class:`service.multipart.MultipartReader`)."""
+    """The multipart form of ``request``, read as it streams in (:class:`service.multipart.MultipartReader`);
+    ``image_sink`` also gets the ``image`` file's bytes as they arrive."""
     reader = MultipartReader(
         boundary_of(request.headers.get("content-type")),
         max_file_bytes=max_file_bytes,
         max_files=max_files,
         max_fields=max_fields,
         too_many_files=too_many_files,
+        sink=image_sink,
     )
     async with aclosing(request.stream()) as stream:
         async for chunk in stream:
@@ -65,14 +68,19 @@ async def read_form(
 
 
 async def parse_multipart(
-    request: Request, model: type[M], max_bytes: int, list_fields: frozenset[str] = frozenset()
+    request: Request,
+    model: type[M],
+    max_bytes: int,
+    list_fields: frozenset[str] = frozenset(),
+    image_sink: FileSink | None = None,
 ) -> tuple[Upload, M]:
-    """The ``image`` file and the other fields validated by ``model``; ``list_fields`` may repeat.
+    """The ``image`` file and the other fields validated by ``model``; ``list_fields`` may repeat; ``image_sink``
+    also gets the image's bytes as they arrive.
 
     Parsed by hand rather than with FastAPI ``Form`` parameters: their per-request dependency resolution costs
     more than a cache hit is allowed to take.
     """
-    form = await read_form(request, max_bytes)
+    form = await read_form(request, max_bytes, image_sink=image_sink)
     fields: dict[str, Any] = {}
     for name, value in form.fields:
         if name == "image":

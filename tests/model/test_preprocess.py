@@ -301,7 +301,7 @@ def test_normalising_by_table_is_bit_identical_to_arithmetic(mean: tuple, std: t
 def test_header_pixels_of_jpeg_and_png_agree_with_pillow() -> None:
     """The direct JPEG/PNG header readers give Pillow's size on every kind of file they meet, and anything they
     cannot read falls back to Pillow (or 0)."""
-    from model.preprocess import _jpeg_size, header_pixels
+    from model.preprocess import header_pixels, jpeg_size
 
     yy, xx = np.mgrid[0:411, 0:613]
     retina = Image.fromarray(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8))
@@ -322,7 +322,7 @@ def test_header_pixels_of_jpeg_and_png_agree_with_pillow() -> None:
         with Image.open(io.BytesIO(blob)) as im:
             assert header_pixels(blob) == im.size[0] * im.size[1], im.format
     jpeg = cases[0]
-    assert _jpeg_size(jpeg) == retina.size
+    assert jpeg_size(jpeg) == retina.size
     for cut in (3, 20, 100, jpeg.index(b"\xff\xc0") + 6):  # cut before the frame header ends: not a size
-        assert _jpeg_size(jpeg[:cut]) is None
+        assert jpeg_size(jpeg[:cut]) is None
     assert header_pixels(jpeg[:50]) == 0 and header_pixels(b"\xff\xd8\xff\xda") == 0

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -109,11 +110,11 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @contextmanager
-def live_server(settings: Settings, **app_kwargs: object) -> Iterator[str]:
-    """Uvicorn serving ``create_app(settings)`` on a free port in a thread; yields its base URL."""
+def live_server(settings: Settings, app: Any = None, **app_kwargs: object) -> Iterator[str]:
+    """Uvicorn serving ``app`` (default ``create_app(settings)``) on a free port in a thread; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, **app_kwargs), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        app or create_app(settings, **app_kwargs), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
