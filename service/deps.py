@@ -11,8 +11,9 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -23,15 +24,14 @@ from pydantic import BaseModel
 
 from model.preprocess import header_pixels
 from service.cache import Cache
-from service.early import EarlyJob, UploadStream, jpeg_head_fits
-from service.engine import Engine, IndexHolder, Timings
+from service.early import EarlyJob, jpeg_head_fits
+from service.engine import EncodedImage, Engine, IndexHolder, Timings
 from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
 from service.metrics import Metrics
 from service.responses import check_answer, json_with
 from service.settings import Settings
 
 T = TypeVar("T")
-E = TypeVar("E")
 
 API_KEY_HEADER = "X-API-Key"
 api_key_scheme = APIKeyHeader(
@@ -101,17 +101,19 @@ class ServiceState:
     # JPEG uploads decoded while they arrive when a core is idle (service/early.py); None when switched off
     early_pool: ModelPool | None = None
 
-    def early_job(self, request: Request, prepare: Callable[[UploadStream, Timings], E]) -> EarlyJob[E, Any] | None:
-        """A head start for the upload of ``request`` (a file sink for its multipart reader), or None when
-        switched off.
+    @contextmanager
+    def head_start(self, request: Request) -> Iterator[EarlyJob[EncodedImage, Any] | None]:
+        """A head start for the image upload of ``request``: the file sink for its multipart reader (None when
+        switched off), stopped when the block ends however it ends. Use its work with :meth:`image_result`.
 
         It starts only on a normal-lane JPEG, only while the upload is still far from complete and only while
         the model threads leave a core idle (counting the other head starts), so under load nothing changes and
-        nothing waits behind it.
+        nothing waits behind it (service/early.py).
         """
         early = self.early_pool
         if early is None:
-            return None
+            yield None
+            return
         cores = os.cpu_count() or 1
 
         def may_start() -> bool:
@@ -119,15 +121,37 @@ class ServiceState:
             return early.pending < early.threads and busy < cores
 
         length = request.headers.get("content-length")
-        return EarlyJob(
+        job: EarlyJob[EncodedImage, Any] = EarlyJob(
             early.submit,
-            prepare,
+            self.engine.encode_bytes,
             partial(jpeg_head_fits, max_pixels=self.settings.large_image_pixels),
             may_start,
             Timings(self.metrics),
             expected_bytes=int(length) if length and length.isdigit() else None,
             outcome=lambda outcome: self.metrics.early_decodes.labels(outcome).inc(),
         )
+        try:
+            yield job
+        finally:
+            job.close()
+
+    async def image_result(
+        self,
+        early: EarlyJob[EncodedImage, Any] | None,
+        then: Callable[[EncodedImage, Timings], T],
+        timings: Timings,
+        usual: Callable[..., T],
+        data: bytes,
+        *args: Any,
+    ) -> T:
+        """``then(encoded, timings)`` on the head start's thread when ``early`` started and succeeded (its stages
+        join ``timings``), else ``usual(data, *args)`` in the image's lane (:meth:`run_image`)."""
+        if early is not None:
+            out = await early.result(then)
+            if out is not None:
+                timings.ms.update(early.timings.ms)
+                return out
+        return await self.run_image(usual, data, *args)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work on a worker thread, at most ``settings.concurrency`` at once."""

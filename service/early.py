@@ -161,7 +161,8 @@ class UploadStream(io.RawIOBase):
 
 class EarlyJob(Generic[E, T]):
     """A request's head start: ``prepare(stream, timings)`` (the decode and encode) runs on a thread as the
-    upload arrives; :meth:`result` later hands it the rest of the work (``then(prepared)``) and awaits it.
+    upload arrives; :meth:`result` later hands it the rest of the work (``then(prepared, timings)``) and awaits
+    it.
 
     Feed it as the file sink of :class:`service.multipart.MultipartReader` (``write``/``end``). It starts when
 
@@ -199,7 +200,7 @@ class EarlyJob(Generic[E, T]):
         self._header: bool | None = None
         self._decided = False
         self._stream: UploadStream | None = None
-        self._then: Future[Callable[[E], T]] = Future()
+        self._then: Future[Callable[[E, Timings], T]] = Future()
         self._job: Future[T] | None = None
         self._report = outcome
         self.outcome: str | None = None  # used, unused or failed, once a started job's fate is known
@@ -265,11 +266,11 @@ class EarlyJob(Generic[E, T]):
         assert self._stream is not None
         prepared = self._prepare(self._stream, self.timings)
         then = self._then.result()  # raises CancelledError once the request has gone another way
-        return then(prepared)
+        return then(prepared, self.timings)
 
-    async def result(self, then: Callable[[E], T]) -> T | None:
-        """``then(prepared)`` on the job's thread, awaited; None when the job did not start or failed (the
-        caller then does the work the usual way, so that errors read as they always have)."""
+    async def result(self, then: Callable[[E, Timings], T]) -> T | None:
+        """``then(prepared, the job's timings)`` on the job's thread, awaited; None when the job did not start or
+        failed (the caller then does the work the usual way, so that errors read as they always have)."""
         if self._job is None:
             return None
         self._then.set_result(then)

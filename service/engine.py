@@ -80,6 +80,11 @@ class ClassifyResult:
 EncodedImage = tuple[ImageEncoding, tuple[int, int], tuple[int, int], str | None]
 
 
+def embedding_of(encoded: EncodedImage, _timings: Timings | None = None) -> np.ndarray:
+    """The unit-norm image embedding ``[D]`` of an encoded image (what :meth:`Engine.embed_image` returns)."""
+    return encoded[0].embeddings[0]
+
+
 @dataclass
 class Timings:
     """Per-stage milliseconds of one request, also observed in the stage histogram."""
@@ -349,7 +354,7 @@ class Engine:
             explanations=explanations,
         )
 
-    def embed_image(self, data: bytes, timings: Timings) -> np.ndarray:
+    def embed_image(self, data: bytes | ReadableFile, timings: Timings) -> np.ndarray:
         """Image bytes -> unit embedding ``[D]``."""
         return self.encode_bytes(data, timings)[0].embeddings[0]
 

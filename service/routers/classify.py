@@ -14,7 +14,7 @@ from model.dicom import call_with_frame
 from service.cache import cache_key
 from service.deps import ServiceState, StateDep, require_api_key
 from service.early import EarlyJob
-from service.engine import MAX_CATEGORY_CHARS, ClassifyResult, Timings
+from service.engine import MAX_CATEGORY_CHARS, ClassifyResult, EncodedImage, Timings
 from service.errors import InvalidRequestError
 from service.routers._body import image_form_schema, parse_multipart, require_multipart
 from service.routers.classifiers import classify_with_classifier
@@ -92,16 +92,13 @@ OPENAPI_BODY = {
 async def classify(request: Request, state: StateDep) -> Response:
     start = time.perf_counter()
     require_multipart(request)
-    # a JPEG may start decoding while it arrives (service/early.py); whatever happens, the head start ends here
-    early = state.early_job(request, state.engine.encode_bytes)
-    try:
+    with state.head_start(request) as early:  # a JPEG may start decoding while it arrives (service/early.py)
         return await _classify(request, state, start, early)
-    finally:
-        if early is not None:
-            early.close()
 
 
-async def _classify(request: Request, state: ServiceState, start: float, early: EarlyJob[Any, Any] | None) -> Response:
+async def _classify(
+    request: Request, state: ServiceState, start: float, early: EarlyJob[EncodedImage, Any] | None
+) -> Response:
     engine, settings = state.engine, state.settings
     upload, form = await parse_multipart(
         request, ClassifyForm, settings.max_upload_bytes, list_fields=frozenset({"categories"}), image_sink=early
@@ -134,17 +131,14 @@ async def _classify(request: Request, state: ServiceState, start: float, early: 
     key = cache_key("classify", engine.version, digest, params)
 
     async def compute() -> dict[str, Any]:
-        result: ClassifyResult | None = None
-        if early is not None:  # the rest of the work on the head start's thread, if it started and succeeded
-            rest = partial(engine.classify_encoded, categories=resolved, modality=modality, top_k=top_k,
-                           timings=early.timings, explain=explain)
-            result = await early.result(rest)
-            if result is not None:
-                timings.ms.update(early.timings.ms)
-        if result is None:
-            # the normal or the large-image lane (by the header's pixel count), with the DICOM frame asked for
-            classify_frame = partial(call_with_frame, form.frame, engine.classify)
-            result = await state.run_image(classify_frame, data, resolved, modality, top_k, timings, explain)
+        def rest(encoded: EncodedImage, job_timings: Timings) -> ClassifyResult:  # after a head start
+            return engine.classify_encoded(encoded, resolved, modality, top_k, job_timings, explain)
+
+        # else the normal or the large-image lane (by the header's pixel count), with the DICOM frame asked for
+        classify_frame = partial(call_with_frame, form.frame, engine.classify)
+        result = await state.image_result(
+            early, rest, timings, classify_frame, data, resolved, modality, top_k, timings, explain
+        )
         answer: dict[str, Any] = {
             "model_name": engine.name,
             "model_version": engine.version,

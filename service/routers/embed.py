@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
 from service.cache import cache_key, sha256_hex
-from service.deps import SettingsDep, StateDep, require_api_key
-from service.engine import Timings
+from service.deps import ServiceState, SettingsDep, StateDep, require_api_key
+from service.early import EarlyJob
+from service.engine import EncodedImage, Timings, embedding_of
 from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import EmbedResponse, EmbedTextRequest, error_responses
@@ -49,7 +50,6 @@ OPENAPI_BODY = {
 )
 async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Response:
     start = time.perf_counter()
-    engine = state.engine
     timings = Timings(state.metrics)
     if body_kind(request) == "json":
         req = await parse_json(request, EmbedTextRequest)
@@ -57,10 +57,23 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
             raise InvalidRequestError(
                 f"text is {len(req.text)} characters; the limit is {settings.max_query_chars}"
             )
-        kind, digest, text, data = "text", sha256_hex(req.text), req.text, None
-    else:
-        upload, _ = await parse_multipart(request, _NoFields, settings.max_upload_bytes)
-        kind, digest, text, data = "image", upload.sha256, None, upload.data
+        return await _answer(state, start, timings, "text", sha256_hex(req.text), req.text, None, None)
+    with state.head_start(request) as early:  # a JPEG may start decoding while it arrives (service/early.py)
+        upload, _ = await parse_multipart(request, _NoFields, settings.max_upload_bytes, image_sink=early)
+        return await _answer(state, start, timings, "image", upload.sha256, None, upload.data, early)
+
+
+async def _answer(
+    state: ServiceState,
+    start: float,
+    timings: Timings,
+    kind: str,
+    digest: str,
+    text: str | None,
+    data: bytes | None,
+    early: EarlyJob[EncodedImage, Any] | None,
+) -> Response:
+    engine = state.engine
     key = cache_key("embed", engine.version, digest, {"kind": kind})
 
     async def compute() -> dict[str, Any]:
@@ -68,7 +81,7 @@ async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Res
             array = await state.run_blocking(engine.embed_text, text, timings)
         else:
             assert data is not None
-            array = await state.run_image(engine.embed_image, data, timings)
+            array = await state.image_result(early, embedding_of, timings, engine.embed_image, data, timings)
         vector = [float(v) for v in array]
         return {"model_version": engine.version, "kind": kind, "sha256": digest, "dim": len(vector),
                 "embedding": vector}

@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse
 from index.query import is_low_similarity, resolve_modality_filter, score_scale
 from model.config import MODALITIES
 from service.cache import cache_key, sha256_hex
-from service.deps import SettingsDep, StateDep, image_token, require_api_key
-from service.engine import Timings
+from service.deps import ServiceState, SettingsDep, StateDep, image_token, require_api_key
+from service.early import EarlyJob
+from service.engine import EncodedImage, Timings, embedding_of
 from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import (
@@ -24,6 +25,7 @@ from service.schemas import (
     SearchResponse,
     error_responses,
 )
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,17 @@ def _base_url(request: Request, public_url: str | None) -> str:
 )
 async def search(request: Request, state: StateDep, settings: SettingsDep) -> JSONResponse:
     start = time.perf_counter()
+    with state.head_start(request) as early:  # a JPEG may start decoding while it arrives (service/early.py)
+        return await _search(request, state, settings, start, early)
+
+
+async def _search(
+    request: Request,
+    state: ServiceState,
+    settings: Settings,
+    start: float,
+    early: EarlyJob[EncodedImage, Any] | None,
+) -> JSONResponse:
     engine, index = state.engine, state.index
     kind = body_kind(request)
     data: bytes | None = None
@@ -90,7 +103,7 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
         top_k, modality, label = req.top_k, req.modality, req.label
         digest = sha256_hex(req.query)
     else:
-        upload, form = await parse_multipart(request, SearchImageForm, settings.max_upload_bytes)
+        upload, form = await parse_multipart(request, SearchImageForm, settings.max_upload_bytes, image_sink=early)
         top_k, modality, label = form.top_k, form.modality, form.label
         data, digest = upload.data, upload.sha256
     if top_k > settings.max_top_k:
@@ -110,7 +123,7 @@ async def search(request: Request, state: StateDep, settings: SettingsDep) -> JS
         if data is None:
             vector = await state.run_blocking(engine.embed_text, req.query, timings)
         else:
-            vector = await state.run_image(engine.embed_image, data, timings)
+            vector = await state.image_result(early, embedding_of, timings, engine.embed_image, data, timings)
         with timings.stage("search"):
             hits = await index.search(vector, top_k, modality, label)
         await state.remember(key, hits, timings)

@@ -214,7 +214,7 @@ def test_a_slow_jpeg_upload_gets_a_head_start_with_all_its_bytes(big_jpeg: bytes
     job.end()
 
     async def finish() -> Any:
-        return await job.result(lambda read: read[::-1])
+        return await job.result(lambda read, timings: read[::-1])
 
     assert asyncio.run(finish()) == big_jpeg[::-1]
     job.close()
@@ -296,7 +296,7 @@ def test_a_failed_head_start_hands_the_request_back_to_the_usual_path(big_jpeg: 
     job, _, executor = _job(clock, len(big_jpeg), prepare=broken, outcomes=outcomes)
     _arrive(job, clock, _pieces(big_jpeg, list(range(4096, len(big_jpeg), 16384))), 0.002)
     job.end()
-    assert asyncio.run(job.result(lambda x: x)) is None
+    assert asyncio.run(job.result(lambda x, timings: x)) is None
     job.close()
     assert outcomes == ["failed"]
     executor.shutdown()
@@ -313,8 +313,12 @@ class _SlowClient:
         self.sock = socket.create_connection((host, int(port)), timeout=60)
         self.host = f"{host}:{port}"
 
-    def classify(
-        self, image: bytes, pause_s: float = 0.02, piece: int = 32768, cut: int | None = None, **fields: str
+    def classify(self, image: bytes, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        return self.post("/v1/classify", image, **kwargs)
+
+    def post(
+        self, path: str, image: bytes, pause_s: float = 0.02, piece: int = 32768, cut: int | None = None,
+        **fields: str,
     ) -> tuple[int, dict[str, Any]]:
         boundary = "early-test-boundary"
         parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="eye.jpg"\r\n'
@@ -322,7 +326,7 @@ class _SlowClient:
         for name, value in fields.items():
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        head = (f"POST /v1/classify HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
                 f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
         self.sock.sendall(head)
         end = len(body) if cut is None else cut
@@ -434,6 +438,32 @@ def test_every_other_ending_stops_the_head_start(slow_service: tuple[str, Any], 
     # an upload that breaks off halfway
     status, _ = ending("unused", lambda c: c.classify(big_jpeg, cut=len(big_jpeg) // 2))
     assert status in (0, 400)
+
+
+def test_embed_and_search_take_a_head_start_too(
+    default_artifact: Path, index_dir: Path, big_jpeg: bytes
+) -> None:
+    from service.app import create_app
+
+    settings = make_settings(default_artifact, index=index_dir)
+    app = create_app(settings)
+    with live_server(settings, app=app) as base:
+        client = _SlowClient(base)
+        try:
+            status, embedded = client.post("/v1/embed", big_jpeg)
+            assert status == 200, embedded
+            status, found = client.post("/v1/search", big_jpeg, top_k="3")
+            assert status == 200, found
+        finally:
+            client.close()
+        _settled(app)
+        assert _early_counts(app) == {"used": 2.0, "unused": 0.0, "failed": 0.0}
+        state = app.state.service
+        usual = state.engine.embed_image(big_jpeg, Timings(state.metrics))
+        assert embedded["embedding"] == [float(v) for v in usual]
+        expected = asyncio.run(state.index.search(usual, 3, None, None))
+        assert len(expected) == 3
+        assert [(h["id"], h["score"]) for h in found["hits"]] == [(h["id"], h["score"]) for h in expected]
 
 
 def test_switched_off_there_is_no_early_pool(default_artifact: Path) -> None:
