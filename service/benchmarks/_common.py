@@ -128,13 +128,17 @@ class Http:
     camera-size upload here (its header parsing goes through the ``email`` package), httpx about 2 ms; this one
     sends the body as it is (no copy) and reads ``Content-Length`` (or chunked) answers."""
 
-    def __init__(self, base: str, timeout: float = 120.0) -> None:
+    def __init__(self, base: str, timeout: float = 120.0, link_mbps: float | None = None) -> None:
         host, port = base.split("//", 1)[1].rsplit(":", 1)
         self._address = (host, int(port))
         self._host = f"Host: {host}:{port}\r\n".encode()
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._pending = b""
+        # with ``link_mbps`` a body is sent at that pace (16 KB pieces, sleeping in between), as over a clinic's
+        # network; ``sending_s`` is how long the body took to send and ``sent_at`` when its last byte went out
+        self._bytes_per_s = None if link_mbps is None else link_mbps * 1e6 / 8
+        self.sent_at = self.sending_s = 0.0
 
     def request(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
@@ -148,12 +152,26 @@ class Http:
         try:
             sock = self._connected()
             sock.sendall(b"".join(head))
-            if body:
+            started = time.perf_counter()
+            if body and self._bytes_per_s is not None:
+                self._paced(sock, body, self._bytes_per_s)
+            elif body:
                 sock.sendall(body)  # not joined to the head: no copy of a large upload
+            self.sent_at = time.perf_counter()
+            self.sending_s = self.sent_at - started
             return self._response(sock)
         except OSError:
             self.close()  # reconnect on the next request
             raise
+
+    @staticmethod
+    def _paced(sock: socket.socket, body: bytes, bytes_per_s: float, piece: int = 16384) -> None:
+        view, start = memoryview(body), time.perf_counter()
+        for at in range(0, len(body), piece):
+            wait = start + at / bytes_per_s - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            sock.sendall(view[at : at + piece])
 
     def _connected(self) -> socket.socket:
         if self._sock is None:

@@ -17,8 +17,14 @@ All figures come from one run on one machine, so they can be compared as ratios:
    run; ``--configs 1x2x1,2x1x1`` runs this checkout's server once per setting, ``WORKERSxRUNSxTHREADS``
    (uvicorn workers x model runs at once per worker x ONNX threads per run), so settings compare in one run.
 
+5. over a clinic's network (``--link-mbps``, default 100 and 1000): the same cache misses with the upload
+   paced at that rate, from a server that decodes a JPEG while it arrives (``service/early.py``) and from one
+   that does not (``KEEPFIT_EARLY_DECODE=false``): p50 of the whole request and of the time from the last byte
+   sent to the answer, also as a multiple of the encoder alone.
+
     python -m service.benchmarks.camera_speed [--seconds 10] [--clients 4,8,16] [--workers 1] [--threads N]
     python -m service.benchmarks.camera_speed --skip-stages --configs 1x2x1,1x3x1,2x1x1,2x2x1,1x1x2
+    python -m service.benchmarks.camera_speed --skip-stages --skip-server --link-mbps 50,100,1000
 """
 
 from __future__ import annotations
@@ -257,6 +263,48 @@ def server_phase(
     return out
 
 
+def link_phase(base: str, jpegs: list[bytes], mbps: float, misses: int) -> dict[str, float]:
+    """Sequential cache misses with each upload paced at ``mbps``: p50 ms of the request, of the upload and of
+    the time from the last byte sent to the answer."""
+    bodies = [multipart_body(d) for d in jpegs]
+    http = Http(base, link_mbps=mbps)
+    http.request("POST", "/v1/classify", *bodies[0])  # warm
+    total, sending, after = [], [], []
+    for i in range(misses):
+        t0 = time.perf_counter()
+        status, payload = http.request("POST", "/v1/classify", *bodies[i % len(bodies)])
+        done = time.perf_counter()
+        if status != 200 or json.loads(payload).get("cached"):
+            raise SystemExit(f"expected a cache miss, got {status} {payload[:200]!r}")
+        total.append(done - t0)
+        sending.append(http.sending_s)
+        after.append(done - http.sent_at)
+        time.sleep(PAUSE_S)
+    http.close()
+    return {"request_p50_ms": 1e3 * pct(total, 50), "upload_p50_ms": 1e3 * pct(sending, 50),
+            "after_last_byte_p50_ms": 1e3 * pct(after, 50)}
+
+
+def _link_report(args: argparse.Namespace, jpegs: list[bytes], floor_ms: float) -> dict[str, Any]:
+    """:func:`link_phase` at each ``--link-mbps`` for a server with and one without early decoding."""
+    rates = [float(r) for r in args.link_mbps.split(",") if r]
+    out: dict[str, Any] = {}
+    server_args = ["--artifact", str(args.artifact.resolve())]
+    for early in ("true", "false"):
+        env = {"KEEPFIT_CACHE_MAX_ENTRIES": "0", "KEEPFIT_EARLY_DECODE": early}
+        with serve(server_args, env=env) as (base, _pid):
+            for mbps in rates:
+                out.setdefault(str(mbps), {})[f"early_decode_{early}"] = link_phase(base, jpegs, mbps, args.misses)
+    print("\n| link | decode while uploading | upload p50 ms | request p50 ms | last byte to answer p50 ms | "
+          "of the encoder |\n|---|---|---|---|---|---|")
+    for rate, rows in out.items():
+        for name, row in rows.items():
+            print(f"| {float(rate):g} Mbit/s | {'yes' if name.endswith('true') else 'no'} | "
+                  f"{row['upload_p50_ms']:.1f} | {row['request_p50_ms']:.1f} | {row['after_last_byte_p50_ms']:.1f} | "
+                  f"{row['after_last_byte_p50_ms'] / floor_ms:.1f}x |")
+    return {"link": out}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
@@ -271,6 +319,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=None, help="KEEPFIT_INFERENCE_CONCURRENCY of the server")
     p.add_argument("--baseline-root", type=Path, default=None, help="also serve this checkout (before/after)")
     p.add_argument("--configs", default="", help="server settings to compare, WORKERSxRUNSxTHREADS,...")
+    p.add_argument("--link-mbps", default="100,1000",
+                   help="paced-upload rates for the network phase, comma-separated ('' skips it)")
     p.add_argument("--skip-stages", action="store_true")
     p.add_argument("--skip-server", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -310,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_server:
         report.update(_server_report(args, inputs["JPEG"], server_settings.intra_op_threads,
                                      report["encoder_p50_ms"]))
+    if args.link_mbps:
+        report.update(_link_report(args, inputs["JPEG"], report["encoder_p50_ms"]))
     _write(args.json, report)
     return 0
 
