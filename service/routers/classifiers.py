@@ -45,7 +45,8 @@ from service.classifiers import (
     now_iso,
 )
 from service.deps import ServiceState, StateDep, check_upload, content_type, key_matches, require_api_key
-from service.engine import Engine, Timings
+from service.early import EarlyJob
+from service.engine import EncodedImage, Engine, Timings
 from service.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -684,8 +685,13 @@ async def _reembed(
 def _classify_blocking(
     engine: Engine, model: Any, data: bytes, timings: Timings, top_k: int | None, modality: str
 ) -> dict[str, Any]:
-    image = engine.decode(data, timings)
-    encoding = engine.encode(image, timings)
+    return _classify_encoded(engine.encode_bytes(data, timings), engine, model, timings, top_k, modality)
+
+
+def _classify_encoded(
+    encoded: EncodedImage, engine: Engine, model: Any, timings: Timings, top_k: int | None, modality: str
+) -> dict[str, Any]:
+    encoding, size, _upright, header_modality = encoded
     embedding = encoding.embeddings  # [1, D]
     with timings.stage("classifier"):
         names, mod_probs = engine.runtime.modality_probabilities(embedding)
@@ -694,7 +700,6 @@ def _classify_blocking(
     if top_k is not None:
         order = order[:top_k]
     mod = {n: float(p) for n, p in zip(names, mod_probs[0], strict=True)}
-    header_modality = image.info.get("keepfit_modality") if hasattr(image, "info") else None
     detected = header_modality or max(mod, key=lambda k: mod[k])
     warnings = []
     if detected != modality and (header_modality or mod[detected] >= MODALITY_MISMATCH_CONFIDENCE):
@@ -708,16 +713,23 @@ def _classify_blocking(
         "order": [int(i) for i in order],
         "probs": probs,
         "modality_probabilities": mod,
-        "width": image.width,
-        "height": image.height,
+        # the stored image's size, as in the zero-shot answer (not the DCT-scaled decode's)
+        "width": size[0],
+        "height": size[1],
         "warnings": warnings,
     }
 
 
 async def classify_with_classifier(
-    state: StateDep, upload: Upload, name: str, top_k: int | None, start: float, frame: int | None = None
+    state: StateDep,
+    upload: Upload,
+    name: str,
+    top_k: int | None,
+    start: float,
+    frame: int | None = None,
+    early: EarlyJob[EncodedImage, Any] | None = None,
 ) -> Response:
-    """The classify answer for ``classifier=NAME`` (called by the classify router)."""
+    """The classify answer for ``classifier=NAME`` (called by the classify router, with its head start)."""
     engine = state.engine
     data, digest = upload.data, upload.sha256
     store = await get_store(state)
@@ -737,10 +749,14 @@ async def classify_with_classifier(
         params["frame"] = frame
     key = cache_key("classify", engine.version, digest, params)
 
+    def rest(encoded: EncodedImage, job_timings: Timings) -> dict[str, Any]:  # after a head start
+        return _classify_encoded(encoded, engine, model, job_timings, top_k, row.modality)
+
+    def usual(data: bytes) -> dict[str, Any]:  # in the image's lane, with the DICOM frame asked for
+        return call_with_frame(frame, _classify_blocking, engine, model, data, timings, top_k, row.modality)
+
     async def compute() -> dict[str, Any]:
-        out = await state.run_blocking(
-            call_with_frame, frame, _classify_blocking, engine, model, data, timings, top_k, row.modality
-        )
+        out = await state.image_result(early, rest, timings, usual, data)
         probs = out["probs"]
         categories = row.categories
         answer: dict[str, Any] = {

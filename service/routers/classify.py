@@ -112,7 +112,7 @@ async def _classify(
             raise InvalidRequestError(
                 "with 'classifier' send no 'categories', 'task', 'modality' or 'explain': the classifier fixes them"
             )
-        return await classify_with_classifier(state, upload, form.classifier, top_k, start, form.frame)
+        return await classify_with_classifier(state, upload, form.classifier, top_k, start, form.frame, early)
     resolved = engine.resolve_categories(categories, form.task)
     timings = Timings(state.metrics)
     params: dict[str, Any] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import multiprocessing
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from index.store import VectorIndex
 from service.app import create_app
@@ -155,6 +157,13 @@ def test_index_ids_and_label_filter_then_list_show_delete(client: TestClient, re
         path.close()
     a = client.post("/v1/classify", files={"image": image.read_bytes()}, data={"classifier": "oct-a"}).json()
     assert a["predictions"][0]["label"] == "first pair"
+    # the answer gives the stored image's size, as the zero-shot answer does, also for a JPEG that is decoded
+    # DCT-scaled (only what the model input needs)
+    big = io.BytesIO()
+    Image.open(image).convert("RGB").resize((1600, 1200)).save(big, format="JPEG", quality=90)
+    sized = client.post("/v1/classify", files={"image": big.getvalue()}, data={"classifier": "oct-a"}).json()
+    zero_shot = client.post("/v1/classify", files={"image": big.getvalue()}).json()
+    assert sized["image"] == zero_shot["image"] and sized["image"]["width"] == 1600, sized["image"]
     assert client.delete("/v1/classifiers/oct-a", headers=ADMIN).json() == {
         "deleted": "oct-a",
         "version": shown["version"],

@@ -440,30 +440,48 @@ def test_every_other_ending_stops_the_head_start(slow_service: tuple[str, Any], 
     assert status in (0, 400)
 
 
-def test_embed_and_search_take_a_head_start_too(
-    default_artifact: Path, index_dir: Path, big_jpeg: bytes
+def test_embed_search_and_a_clinics_classifier_take_a_head_start_too(
+    default_artifact: Path, index_dir: Path, big_jpeg: bytes, tmp_path: Path
 ) -> None:
-    from service.app import create_app
+    import httpx
 
-    settings = make_settings(default_artifact, index=index_dir)
+    from index.store import VectorIndex
+    from service.app import create_app
+    from service.routers.classifiers import _classify_blocking
+
+    settings = make_settings(default_artifact, index=index_dir, classifiers=tmp_path, admin_keys=["admin"])
     app = create_app(settings)
+    with VectorIndex.open(index_dir) as idx:
+        cfp = [r.id for r in idx.records() if r.modality == "CFP"]
     with live_server(settings, app=app) as base:
+        spec = {"name": "pairs", "modality": "CFP",
+                "categories": [{"label": "a", "ids": cfp[:2]}, {"label": "b", "ids": cfp[2:4]}]}
+        created = httpx.post(f"{base}/v1/classifiers", json=spec, headers={"X-Admin-Key": "admin"}, timeout=60)
+        assert created.status_code == 201, created.text
         client = _SlowClient(base)
         try:
             status, embedded = client.post("/v1/embed", big_jpeg)
             assert status == 200, embedded
             status, found = client.post("/v1/search", big_jpeg, top_k="3")
             assert status == 200, found
+            status, own = client.classify(big_jpeg, classifier="pairs")
+            assert status == 200, own
         finally:
             client.close()
         _settled(app)
-        assert _early_counts(app) == {"used": 2.0, "unused": 0.0, "failed": 0.0}
+        assert _early_counts(app) == {"used": 3.0, "unused": 0.0, "failed": 0.0}
         state = app.state.service
         usual = state.engine.embed_image(big_jpeg, Timings(state.metrics))
         assert embedded["embedding"] == [float(v) for v in usual]
         expected = asyncio.run(state.index.search(usual, 3, None, None))
         assert len(expected) == 3
         assert [(h["id"], h["score"]) for h in found["hits"]] == [(h["id"], h["score"]) for h in expected]
+        store = state.classifiers
+        row = store.cached_row("pairs") or store.get("pairs")
+        model = store.cached_model(row) or store.load(row)
+        direct = _classify_blocking(state.engine, model, big_jpeg, Timings(state.metrics), None, "CFP")
+        assert [p["probability"] for p in own["predictions"]] == [float(direct["probs"][i]) for i in direct["order"]]
+        assert (own["image"]["width"], own["image"]["height"]) == (1800, 1200)
 
 
 def test_switched_off_there_is_no_early_pool(default_artifact: Path) -> None:
