@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from model.preprocess import header_pixels
 from service.cache import Cache
-from service.early import EarlyJob, jpeg_head_fits
+from service.early import EarlyJob, image_head_fits
 from service.engine import EncodedImage, Engine, IndexHolder, Timings
 from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
 from service.metrics import Metrics
@@ -98,7 +98,7 @@ class ServiceState:
     # and they never take the normal lane's threads from ordinary requests.
     large_pool: ModelPool
     classifiers: Any = None  # service.classifiers.ClassifierStore, opened by the lifespan
-    # JPEG uploads decoded while they arrive when a core is idle (service/early.py); None when switched off
+    # JPEG and PNG uploads decoded while they arrive when a core is idle (service/early.py); None when switched off
     early_pool: ModelPool | None = None
 
     @contextmanager
@@ -106,7 +106,7 @@ class ServiceState:
         """A head start for the image upload of ``request``: the file sink for its multipart reader (None when
         switched off), stopped when the block ends however it ends. Use its work with :meth:`image_result`.
 
-        It starts only on a normal-lane JPEG, only while the upload is still far from complete and only while
+        It starts only on a normal-lane JPEG or PNG, only while the upload is still far from complete and only while
         the model threads leave a core idle (counting the other head starts), so under load nothing changes and
         nothing waits behind it (service/early.py).
         """
@@ -124,7 +124,7 @@ class ServiceState:
         job: EarlyJob[EncodedImage, Any] = EarlyJob(
             early.submit,
             self.engine.encode_bytes,
-            partial(jpeg_head_fits, max_pixels=self.settings.large_image_pixels),
+            partial(image_head_fits, max_pixels=self.settings.large_image_pixels),
             may_start,
             Timings(self.metrics),
             expected_bytes=int(length) if length and length.isdigit() else None,

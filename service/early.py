@@ -1,16 +1,17 @@
 """Decoding an uploaded image while it is still arriving.
 
-An idle model thread can start on a JPEG as soon as its first bytes are in: the decoder reads an
+An idle model thread can start on a JPEG or a PNG as soon as its first bytes are in: the decoder reads an
 :class:`UploadStream` that the multipart reader fills chunk by chunk from the event loop, and waits when it
 catches up with the network. By the time the body has ended, been hashed, validated and missed the cache, the
-decode (the largest part of a camera JPEG's cost) is under way or done, so the answer comes sooner after the
-last byte: a little on a local connection, up to the whole decode on a clinic's network, where a camera JPEG
-takes longer to upload than to decode.
+decode (the largest part of a camera image's cost) is under way or done, so the answer comes sooner after the
+last byte: on a clinic's network, where a camera JPEG takes longer to upload than to decode, by up to the whole
+decode.
 
 It is only a head start, never a different answer:
 
-- it starts only on JPEG uploads of the normal lane (by their frame header) and only when the model threads
-  have a core to spare, so under load requests go the usual way and nothing queued waits behind it;
+- it starts only on JPEG and PNG uploads of the normal lane (by their header), only when the upload is still
+  far from complete, and only when the model threads have a core to spare, so under load requests go the usual
+  way and nothing queued waits behind it;
 - the pixels are those of the whole upload decoded at once (the same decoder, fed as the bytes arrive);
 - the rest of the request runs when the handler has validated everything and missed the cache, with the
   handler's parameters; anything else (a cache hit, a refused form, a body that breaks off) cancels it, and
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 E = TypeVar("E")
 
-# How much of an upload is looked at for a JPEG frame header (an EXIF block of up to 64 KB may come first).
+# How much of an upload is looked at for its header (a JPEG's EXIF block of up to 64 KB may come first).
 MAX_PREFIX = 256 * 1024
 # How long the upload is watched before judging its pace, and the least time its rest must still take to arrive
 # for a head start. On this project's 2-core test machine a camera JPEG from the same machine arrives whole
@@ -301,14 +302,22 @@ def _consume(future: Future[Any]) -> None:
         future.exception()
 
 
-def jpeg_head_fits(prefix: bytes, max_pixels: int) -> bool | None:
-    """Whether ``prefix`` (the start of an upload) is a JPEG with at most ``max_pixels`` in its frame header;
-    None while the prefix is too short to tell."""
-    if len(prefix) < 3:
+def image_head_fits(prefix: bytes, max_pixels: int) -> bool | None:
+    """Whether ``prefix`` (the start of an upload) is a JPEG or a PNG with at most ``max_pixels`` by its header
+    (a JPEG's frame header, a PNG's IHDR); None while the prefix is too short to tell. Those two decode as their
+    bytes come; anything else (TIFF reads from anywhere in the file, DICOM needs all of it) goes the usual way."""
+    if len(prefix) < 8:
         return None
-    if prefix[:3] != b"\xff\xd8\xff":
+    if prefix[:3] == b"\xff\xd8\xff":
+        size = jpeg_size(prefix)
+        if size is None:
+            return None
+    elif prefix[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(prefix) < 24:
+            return None
+        if prefix[12:16] != b"IHDR":
+            return False
+        size = int.from_bytes(prefix[16:20], "big"), int.from_bytes(prefix[20:24], "big")
+    else:
         return False
-    size = jpeg_size(prefix)
-    if size is None:
-        return None
     return 0 < size[0] * size[1] <= max_pixels

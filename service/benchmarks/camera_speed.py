@@ -17,10 +17,10 @@ All figures come from one run on one machine, so they can be compared as ratios:
    run; ``--configs 1x2x1,2x1x1`` runs this checkout's server once per setting, ``WORKERSxRUNSxTHREADS``
    (uvicorn workers x model runs at once per worker x ONNX threads per run), so settings compare in one run.
 
-5. over a clinic's network (``--link-mbps``, default 100 and 1000): the same cache misses with the upload
-   paced at that rate, from a server that decodes a JPEG while it arrives (``service/early.py``) and from one
-   that does not (``KEEPFIT_EARLY_DECODE=false``): p50 of the whole request and of the time from the last byte
-   sent to the answer, also as a multiple of the encoder alone.
+5. over a clinic's network (``--link-mbps``, default 100 and 1000): the same cache misses (camera JPEGs, and
+   their PNG) with the upload paced at that rate, from a server that decodes an upload while it arrives
+   (``service/early.py``) and from one that does not (``KEEPFIT_EARLY_DECODE=false``): p50 of the whole request
+   and of the time from the last byte sent to the answer, also as a multiple of the encoder alone.
 
     python -m service.benchmarks.camera_speed [--seconds 10] [--clients 4,8,16] [--workers 1] [--threads N]
     python -m service.benchmarks.camera_speed --skip-stages --configs 1x2x1,1x3x1,2x1x1,2x2x1,1x1x2
@@ -285,21 +285,25 @@ def link_phase(base: str, jpegs: list[bytes], mbps: float, misses: int) -> dict[
             "after_last_byte_p50_ms": 1e3 * pct(after, 50)}
 
 
-def _link_report(args: argparse.Namespace, jpegs: list[bytes], floor_ms: float) -> dict[str, Any]:
-    """:func:`link_phase` at each ``--link-mbps`` for a server with and one without early decoding."""
+def _link_report(args: argparse.Namespace, inputs: dict[str, list[bytes]], floor_ms: float) -> dict[str, Any]:
+    """:func:`link_phase` at each ``--link-mbps`` for a server with and one without early decoding, for the camera
+    JPEGs and (fewer requests: each is 5.6 MB) their PNG."""
     rates = [float(r) for r in args.link_mbps.split(",") if r]
     out: dict[str, Any] = {}
     server_args = ["--artifact", str(args.artifact.resolve())]
     for early in ("true", "false"):
         env = {"KEEPFIT_CACHE_MAX_ENTRIES": "0", "KEEPFIT_EARLY_DECODE": early}
         with serve(server_args, env=env) as (base, _pid):
-            for mbps in rates:
-                out.setdefault(str(mbps), {})[f"early_decode_{early}"] = link_phase(base, jpegs, mbps, args.misses)
-    print("\n| link | decode while uploading | upload p50 ms | request p50 ms | last byte to answer p50 ms | "
-          "of the encoder |\n|---|---|---|---|---|---|")
-    for rate, rows in out.items():
+            for fmt, misses in (("JPEG", args.misses), ("PNG", min(args.misses, 7))):
+                for mbps in rates:
+                    row = link_phase(base, inputs[fmt], mbps, misses)
+                    out.setdefault(f"{fmt} {mbps:g}", {})[f"early_decode_{early}"] = row
+    print("\n| image | link | decode while uploading | upload p50 ms | request p50 ms | last byte to answer p50 ms | "
+          "of the encoder |\n|---|---|---|---|---|---|---|")
+    for key, rows in out.items():
+        fmt, rate = key.split()
         for name, row in rows.items():
-            print(f"| {float(rate):g} Mbit/s | {'yes' if name.endswith('true') else 'no'} | "
+            print(f"| {fmt} | {rate} Mbit/s | {'yes' if name.endswith('true') else 'no'} | "
                   f"{row['upload_p50_ms']:.1f} | {row['request_p50_ms']:.1f} | {row['after_last_byte_p50_ms']:.1f} | "
                   f"{row['after_last_byte_p50_ms'] / floor_ms:.1f}x |")
     return {"link": out}
@@ -361,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         report.update(_server_report(args, inputs["JPEG"], server_settings.intra_op_threads,
                                      report["encoder_p50_ms"]))
     if args.link_mbps:
-        report.update(_link_report(args, inputs["JPEG"], report["encoder_p50_ms"]))
+        report.update(_link_report(args, inputs, report["encoder_p50_ms"]))
     _write(args.json, report)
     return 0
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from model.errors import ImageError
 from model.preprocess import ORIGINAL_SIZE, load_image
-from service.early import LEAD_S, MAX_PREFIX, WATCH_S, EarlyJob, StreamAborted, UploadStream, jpeg_head_fits
+from service.early import LEAD_S, MAX_PREFIX, WATCH_S, EarlyJob, StreamAborted, UploadStream, image_head_fits
 from service.engine import Timings
 from service.metrics import Metrics
 from tests.service.helpers import encode, make_settings
@@ -188,7 +188,7 @@ def _job(
     job: EarlyJob[Any, Any] = EarlyJob(
         submit,
         prepare or (lambda stream, timings: stream.read()),
-        lambda prefix: jpeg_head_fits(prefix, 50_000_000),
+        lambda prefix: image_head_fits(prefix, 50_000_000),
         lambda: may_start,
         Timings(Metrics()),
         expected_bytes=expected,
@@ -223,10 +223,10 @@ def test_a_slow_jpeg_upload_gets_a_head_start_with_all_its_bytes(big_jpeg: bytes
 
 
 def test_no_head_start_for_a_fast_upload_a_small_one_another_format_or_busy_cores(big_jpeg: bytes) -> None:
-    png = encode(Image.new("RGB", (900, 600), (90, 40, 20)), "PNG", compress_level=0)
+    tiff = encode(Image.new("RGB", (900, 600), (90, 40, 20)), "TIFF")
     cases: list[tuple[str, bytes, float, bool, int | None]] = [
         ("same machine: complete within the watch", big_jpeg, WATCH_S / 100, True, len(big_jpeg)),
-        ("not a JPEG", png, 0.002, True, len(png)),
+        ("a TIFF (read from anywhere in the file)", tiff, 0.002, True, len(tiff)),
         ("no core to spare", big_jpeg, 0.002, False, len(big_jpeg)),
     ]
     for what, data, apart, may_start, expected in cases:
@@ -243,6 +243,18 @@ def test_no_head_start_for_a_fast_upload_a_small_one_another_format_or_busy_core
     _arrive(job, clock, [b"\xff\xd8\xff\xe1\xff\xff" + bytes(65533)] * 5, 0.002)
     assert not job.started
     executor.shutdown()
+
+
+def test_which_uploads_qualify_by_their_header(big_jpeg: bytes, golden_image: Image.Image) -> None:
+    png = encode(golden_image, "PNG")
+    assert image_head_fits(big_jpeg[:4096], 1800 * 1200) is True
+    assert image_head_fits(big_jpeg[:4096], 1800 * 1200 - 1) is False  # the large-image lane's
+    assert image_head_fits(big_jpeg[:5], 10**9) is None  # not enough to tell
+    assert image_head_fits(big_jpeg[:30], 10**9) is None  # a JPEG whose frame header has not come yet
+    assert image_head_fits(png[:24], 10**9) is True and image_head_fits(png[:20], 10**9) is None
+    assert image_head_fits(png[:24], golden_image.width * golden_image.height - 1) is False
+    assert image_head_fits(encode(golden_image, "TIFF")[:4096], 10**9) is False
+    assert image_head_fits(b"\0" * 128 + b"DICM" + bytes(100), 10**9) is False
 
 
 @pytest.mark.parametrize("ratio", [0.5, 2.0])
@@ -379,15 +391,17 @@ def _settled(app: Any) -> None:
     assert app.state.service.early_pool.pending == 0  # no thread left waiting for bytes
 
 
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
 def test_a_slow_upload_is_answered_from_its_head_start_exactly_as_by_the_usual_path(
-    slow_service: tuple[str, Any], big_jpeg: bytes
+    slow_service: tuple[str, Any], big_jpeg: bytes, golden_image: Image.Image, kind: str
 ) -> None:
     base, app = slow_service
+    image = big_jpeg if kind == "jpeg" else encode(golden_image.resize((1200, 960)), "PNG")
     _settled(app)
     client = _SlowClient(base)
     try:
         before = _early_counts(app)
-        status, early = client.classify(big_jpeg, explain="true", explain_top="2")
+        status, early = client.classify(image, explain="true", explain_top="2")
         assert status == 200, early
         assert _early_counts(app)["used"] == before["used"] + 1, (_early_counts(app), before)
         assert {"decode", "preprocess", "inference", "zero_shot", "explain"} <= set(early["timings_ms"])
@@ -396,11 +410,12 @@ def test_a_slow_upload_is_answered_from_its_head_start_exactly_as_by_the_usual_p
     _settled(app)
     # the usual path, in-process on the complete bytes
     state = app.state.service
-    usual = state.engine.classify(big_jpeg, None, "auto", None, Timings(state.metrics), 2)
+    usual = state.engine.classify(image, None, "auto", None, Timings(state.metrics), 2)
     assert early["predictions"] == json.loads(json.dumps(usual.predictions))
     assert early["explanations"] == json.loads(json.dumps(usual.explanations))
     assert early["modality"]["probabilities"] == usual.modality_probabilities
-    assert (early["image"]["width"], early["image"]["height"]) == (usual.width, usual.height) == (1800, 1200)
+    assert (early["image"]["width"], early["image"]["height"]) == (usual.width, usual.height)
+    assert usual.width == (1800 if kind == "jpeg" else 1200)
 
 
 def test_every_other_ending_stops_the_head_start(slow_service: tuple[str, Any], big_jpeg: bytes) -> None:
