@@ -172,7 +172,7 @@ class EarlyJob(Generic[E, T]):
     - the upload is still far from complete: watched for :data:`WATCH_S`, at the rate it has come so far the
       rest of ``expected_bytes`` takes at least :data:`LEAD_S` more (an upload from the same machine or a fast
       link is complete before a head start could gain anything, and a decode would only compete with it),
-    - and ``may_start()`` agrees at that moment (a core to spare).
+    - and ``may_start()`` agrees when the first piece comes and again at that moment (a core to spare).
 
     Otherwise it stays unused and the request goes the usual way. Always :meth:`close` it when the request ends.
     """
@@ -223,11 +223,14 @@ class EarlyJob(Generic[E, T]):
             return
         if self._decided:
             return
-        self._prefix.append(piece)
-        self._received += len(piece)
         now = self._clock()
         if self._first is None:
+            if not self._may_start():  # busy now: under load uploads go the usual way at no cost
+                self._decline()
+                return
             self._first = now
+        self._prefix.append(piece)
+        self._received += len(piece)
         if self._header is None:
             self._header = self._header_ok(b"".join(self._prefix))  # joined only until the header is judged
             if self._header is None and self._received >= MAX_PREFIX:
