@@ -8,7 +8,7 @@ the service parse a large multipart body first.
 
 Reading a body has a deadline (``KEEPFIT_BODY_TIMEOUT_S``; a stalled upload gets 408 and its connection is
 closed), and the bodies in flight at once (from arrival to answer) share a byte budget (``KEEPFIT_UPLOAD_BUDGET_BYTES``; over it,
-503 with ``Retry-After``), which bounds the memory and spooled temporary files uploads can hold.  A client
+503 with ``Retry-After``), which bounds the memory uploads can hold (they are kept in memory).  A client
 that disconnects mid-body is logged in one line and counted with status 499 (see :mod:`service.errors`).
 """
 

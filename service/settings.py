@@ -176,7 +176,7 @@ class Settings(BaseSettings):
 
     @property
     def upload_budget(self) -> int:
-        """Bytes of request bodies the process receives at once (bounds memory and spooled temp files)."""
+        """Bytes of request bodies the process receives at once (bounds the memory uploads hold)."""
         return self.upload_budget_bytes or 8 * self.max_upload_bytes
 
     @property
