@@ -123,21 +123,31 @@ def fit_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_example(engine: Any, label: str, path: Path) -> Example:
-    """An example image file: embedded, with the modality its header states or the head recognises (p >= 0.9)."""
-    from model.preprocess import load_image
+def _encode_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str | None]:
+    """``(embedding [D], the modality a DICOM header states or None)`` of an example's bytes, through the decode
+    and preprocessing the service gives an upload (DCT-scaled for the model input), so an example fitted here
+    has the embedding it has when uploaded to ``POST /v1/classifiers``."""
+    from service.engine import Timings
+    from service.errors import InvalidRequestError
+    from service.metrics import Metrics
 
     try:
+        encoding, _size, _upright, stated = engine.encode_bytes(data, Timings(Metrics()))
+    except (ImageError, InvalidRequestError) as err:
+        raise DataError(f"{what} is not a usable image: {err}") from err
+    return encoding.embeddings[0], stated
+
+
+def _file_example(engine: Any, label: str, path: Path) -> Example:
+    """An example image file: embedded, with the modality its header states or the head recognises (p >= 0.9)."""
+    try:
         data = path.read_bytes()
-        image = load_image(data, max_pixels=engine.settings.max_pixels)
     except OSError as err:
         raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
-    except ImageError as err:
-        raise DataError(f"example {path} is not a usable image: {err}") from err
-    emb = engine.runtime.encode_images([image])[0]
+    emb, stated = _encode_example(engine, data, f"example {path}")
     names, probs = engine.runtime.modality_probabilities(emb[None])
     best = int(np.argmax(probs[0]))
-    modality = image.info.get("keepfit_modality") or (names[best] if probs[0][best] >= 0.9 else None)
+    modality = stated or (names[best] if probs[0][best] >= 0.9 else None)
     return Example(label, sha256_hex(data), "upload", emb, data=data, modality=modality)
 
 
@@ -213,8 +223,6 @@ def refit_main(args: argparse.Namespace) -> int:
             for e, v in zip(stored, x, strict=True)
         ]
     else:
-        from model.preprocess import load_image
-
         for e in stored:
             data = store.example_bytes(e["sha256"]) if e["source"] == "upload" else None
             if data is None:
@@ -222,7 +230,7 @@ def refit_main(args: argparse.Namespace) -> int:
                     f"example {e['sha256'][:12]} ({e['source']}) is not stored here; refit through the service, "
                     "which can read the index's images"
                 )
-            emb = engine.runtime.encode_images([load_image(data)])[0]
+            emb, _ = _encode_example(engine, data, f"example {e['sha256'][:12]}")
             examples.append(Example(e["category"], e["sha256"], "upload", emb, data=data))
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new, result = _fit_and_row(

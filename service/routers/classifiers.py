@@ -190,11 +190,10 @@ def _open_store(state: ServiceState) -> ClassifierStore:
 # ---------------------------------------------------------------------------------------------- examples
 def _embed_upload(engine: Engine, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
     """Embedding ``[D]``, recognised modality and its probability, of an uploaded example."""
-    image = engine.decode(data, timings)
-    embedding = engine.encode(image, timings).embeddings  # [1, D]
+    encoding, _size, _upright, header_modality = engine.encode_bytes(data, timings)
+    embedding = encoding.embeddings  # [1, D]
     names, probs = engine.runtime.modality_probabilities(embedding)
     best = int(np.argmax(probs[0]))
-    header_modality = getattr(image, "info", {}).get("keepfit_modality")
     if header_modality:
         return embedding[0], str(header_modality), 1.0
     return embedding[0], names[best], float(probs[0][best])

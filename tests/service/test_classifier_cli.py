@@ -6,8 +6,10 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from model.cli import main as keepfit
 from service.app import create_app
@@ -93,3 +95,21 @@ def test_cli_errors_are_one_line(data_root: Path, tmp_path: Path, capsys: pytest
         assert keepfit(["classifier", "fit", *store, *extra]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], lines
+
+
+def test_an_example_fitted_from_a_file_has_the_embedding_it_has_when_uploaded(
+    default_artifact: Path, golden_image: Image.Image, tmp_path: Path
+) -> None:
+    """The CLI decodes examples as the service decodes uploads (DCT-scaled for the model input): a classifier
+    fitted with `keepfit classifier fit` and one fitted through the API from the same files agree."""
+    from service.classifier_cli import _file_example
+    from service.engine import Engine, Timings
+    from service.metrics import Metrics
+    from service.routers.classifiers import _embed_upload
+
+    engine = Engine.load(make_settings(default_artifact))
+    path = tmp_path / "camera.jpg"
+    golden_image.resize((1800, 1200)).save(path, format="JPEG", quality=90)  # decoded at 1/2 scale
+    from_file = _file_example(engine, "a", path)
+    uploaded, modality, _ = _embed_upload(engine, path.read_bytes(), Timings(Metrics()))
+    assert np.array_equal(from_file.embedding, uploaded)
