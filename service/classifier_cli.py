@@ -123,19 +123,18 @@ def fit_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encode_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str | None]:
-    """``(embedding [D], the modality a DICOM header states or None)`` of an example's bytes, through the decode
-    and preprocessing the service gives an upload (DCT-scaled for the model input), so an example fitted here
-    has the embedding it has when uploaded to ``POST /v1/classifiers``."""
+def _embed_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str | None, float]:
+    """:meth:`service.engine.Engine.embed_example`, as the service embeds an uploaded example (DCT-scaled for
+    the model input), so an example fitted here has the embedding it has when uploaded to
+    ``POST /v1/classifiers``; an unusable image is a :class:`DataError`."""
     from service.engine import Timings
     from service.errors import InvalidRequestError
     from service.metrics import Metrics
 
     try:
-        encoding, _size, _upright, stated = engine.encode_bytes(data, Timings(Metrics()))
+        return engine.embed_example(data, Timings(Metrics()))  # type: ignore[no-any-return]
     except (ImageError, InvalidRequestError) as err:
         raise DataError(f"{what} is not a usable image: {err}") from err
-    return encoding.embeddings[0], stated
 
 
 def _file_example(engine: Any, label: str, path: Path) -> Example:
@@ -144,11 +143,8 @@ def _file_example(engine: Any, label: str, path: Path) -> Example:
         data = path.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
-    emb, stated = _encode_example(engine, data, f"example {path}")
-    names, probs = engine.runtime.modality_probabilities(emb[None])
-    best = int(np.argmax(probs[0]))
-    modality = stated or (names[best] if probs[0][best] >= 0.9 else None)
-    return Example(label, sha256_hex(data), "upload", emb, data=data, modality=modality)
+    emb, modality, confidence = _embed_example(engine, data, f"example {path}")
+    return Example(label, sha256_hex(data), "upload", emb, data=data, modality=modality if confidence >= 0.9 else None)
 
 
 def _index_examples(args: argparse.Namespace, artifact_version: str) -> list[Example]:
@@ -230,7 +226,7 @@ def refit_main(args: argparse.Namespace) -> int:
                     f"example {e['sha256'][:12]} ({e['source']}) is not stored here; refit through the service, "
                     "which can read the index's images"
                 )
-            emb, _ = _encode_example(engine, data, f"example {e['sha256'][:12]}")
+            emb, _, _ = _embed_example(engine, data, f"example {e['sha256'][:12]}")
             examples.append(Example(e["category"], e["sha256"], "upload", emb, data=data))
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new, result = _fit_and_row(

@@ -356,7 +356,19 @@ class Engine:
 
     def embed_image(self, data: bytes | ReadableFile, timings: Timings) -> np.ndarray:
         """Image bytes -> unit embedding ``[D]``."""
-        return self.encode_bytes(data, timings)[0].embeddings[0]
+        return embedding_of(self.encode_bytes(data, timings))
+
+    def embed_example(self, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
+        """A classifier example's bytes -> its embedding ``[D]``, and the modality its DICOM header states (with
+        probability 1) or else the one the modality head recognises, with its probability. The API
+        (``POST /v1/classifiers``) and ``keepfit classifier`` both embed examples with this."""
+        encoding, _size, _upright, header_modality = self.encode_bytes(data, timings)
+        embedding = encoding.embeddings  # [1, D]
+        if header_modality:
+            return embedding[0], str(header_modality), 1.0
+        names, probs = self.runtime.modality_probabilities(embedding)
+        best = int(np.argmax(probs[0]))
+        return embedding[0], names[best], float(probs[0][best])
 
     def embed_text(self, text: str, timings: Timings) -> np.ndarray:
         """Text -> unit embedding ``[D]``."""

@@ -188,23 +188,12 @@ def _open_store(state: ServiceState) -> ClassifierStore:
 
 
 # ---------------------------------------------------------------------------------------------- examples
-def _embed_upload(engine: Engine, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
-    """Embedding ``[D]``, recognised modality and its probability, of an uploaded example."""
-    encoding, _size, _upright, header_modality = engine.encode_bytes(data, timings)
-    embedding = encoding.embeddings  # [1, D]
-    names, probs = engine.runtime.modality_probabilities(embedding)
-    best = int(np.argmax(probs[0]))
-    if header_modality:
-        return embedding[0], str(header_modality), 1.0
-    return embedding[0], names[best], float(probs[0][best])
-
-
 async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, str]]) -> list[Example]:
     out: list[Example] = []
     for label, data, filename in files:
         timings = Timings(state.metrics)
         try:
-            emb, modality, confidence = await state.run_blocking(_embed_upload, state.engine, data, timings)
+            emb, modality, confidence = await state.run_blocking(state.engine.embed_example, data, timings)
         except ImageError as err:
             raise InvalidExampleError(
                 f"example {filename[:80]!r} of {label!r} is not a usable image: {err}"
@@ -668,7 +657,7 @@ async def _reembed(
             if data is None:
                 missing.append(f"uploaded example {ex['sha256'][:12]}")
                 continue
-            emb, _, _ = await state.run_blocking(_embed_upload, state.engine, data, Timings(state.metrics))
+            emb, _, _ = await state.run_blocking(state.engine.embed_example, data, Timings(state.metrics))
             out.append(Example(ex["category"], ex["sha256"], "upload", emb, data=data))
     if missing:
         raise ServiceError(

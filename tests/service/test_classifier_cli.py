@@ -105,11 +105,10 @@ def test_an_example_fitted_from_a_file_has_the_embedding_it_has_when_uploaded(
     from service.classifier_cli import _file_example
     from service.engine import Engine, Timings
     from service.metrics import Metrics
-    from service.routers.classifiers import _embed_upload
 
     engine = Engine.load(make_settings(default_artifact))
     path = tmp_path / "camera.jpg"
     golden_image.resize((1800, 1200)).save(path, format="JPEG", quality=90)  # decoded at 1/2 scale
     from_file = _file_example(engine, "a", path)
-    uploaded, modality, _ = _embed_upload(engine, path.read_bytes(), Timings(Metrics()))
+    uploaded, modality, _ = engine.embed_example(path.read_bytes(), Timings(Metrics()))
     assert np.array_equal(from_file.embedding, uploaded)
