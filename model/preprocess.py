@@ -71,9 +71,7 @@ def header_pixels(data: bytes) -> int:
     JPEG and PNG sizes are read from their headers directly (a camera JPEG's EXIF block made Pillow's parser
     take 20-100 us on the event loop, where this is called); anything else goes through Pillow.
     """
-    size = jpeg_size(data) if data[:2] == b"\xff\xd8" else None
-    if size is None and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-        size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    size = header_size(data)
     if size is not None and size[0] > 0 and size[1] > 0:
         return size[0] * size[1]
     try:
@@ -83,6 +81,16 @@ def header_pixels(data: bytes) -> int:
                 return int(image.size[0]) * int(image.size[1])
     except Exception:
         return 0
+
+
+def header_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """``(width, height)`` of a JPEG (its frame header) or a PNG (its IHDR) read directly from the start of the
+    file; None for another format, or when ``data`` ends before the header does."""
+    if data[:2] == b"\xff\xd8":
+        return jpeg_size(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
 
 
 # JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic): not DHT, JPG, DAC

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-from model.preprocess import jpeg_size
+from model.preprocess import header_size
 from service.engine import Timings
 
 logger = logging.getLogger(__name__)
@@ -311,16 +311,12 @@ def image_head_fits(prefix: bytes, max_pixels: int) -> bool | None:
     bytes come; anything else (TIFF reads from anywhere in the file, DICOM needs all of it) goes the usual way."""
     if len(prefix) < 8:
         return None
-    if prefix[:3] == b"\xff\xd8\xff":
-        size = jpeg_size(prefix)
-        if size is None:
-            return None
-    elif prefix[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(prefix) < 24:
-            return None
-        if prefix[12:16] != b"IHDR":
-            return False
-        size = int.from_bytes(prefix[16:20], "big"), int.from_bytes(prefix[20:24], "big")
-    else:
+    png = prefix[:8] == b"\x89PNG\r\n\x1a\n"
+    if not png and prefix[:3] != b"\xff\xd8\xff":
         return False
+    if png and len(prefix) >= 16 and prefix[12:16] != b"IHDR":
+        return False
+    size = header_size(prefix)
+    if size is None:
+        return None
     return 0 < size[0] * size[1] <= max_pixels
