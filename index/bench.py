@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from index.ann import AnnSpec, BuiltIndex, build_index, memory_bytes, recall_at_k
+from model.cores import available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def run_bench(
         "noise": None if mixture is None else synthetic.noise,
         "faiss": faiss.__version__,
         "omp_threads": faiss.omp_get_max_threads(),
-        "cpus": os.cpu_count(),
+        "cpus": available_cores(),
     }
     approx_spec = AnnSpec(kind=approx, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search,
                           target_recall=target_recall, seed=seed)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from index.sources import ImageItem
+from model.cores import available_cores
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 from model.files import atomic_write
 from model.preprocess import DEFAULT_MAX_PIXELS, load_image, original_size, trimmed
@@ -149,7 +149,7 @@ def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prep
 
 def default_decode_threads() -> int:
     """Prefetch threads of :func:`embed_items`: decoding (which releases the GIL) overlaps the encoder."""
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, available_cores()))
 
 
 def embed_items(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from model.artifact import Artifact, load_artifact
+from model.cores import available_cores
 from model.errors import ArtifactError, ConfigError
 from model.lru import LruCache
 from model.preprocess import content_box, preprocess_batch, upright_original_size
@@ -62,6 +64,9 @@ class KeepfitRuntime:
         self.logit_scale = float(artifact.manifest.get("logit_scale", 100.0))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not intra_op_threads and available_cores() < (os.cpu_count() or 1):
+            # ONNX Runtime's default is the machine's cores, also in a container allowed fewer (model/cores.py)
+            intra_op_threads = available_cores()
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
         # ONNX Runtime session config entries, e.g. {"session.intra_op.allow_spinning": "0"} for a server

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -96,7 +95,7 @@ def _lifespan(index_opener: Any = None) -> Any:
             pool=ModelPool(settings.concurrency, "keepfit-model"),
             large_pool=ModelPool(1, "keepfit-large-image"),
             # head starts on uploads still arriving: for idle cores only, so one per two of them is plenty
-            early_pool=ModelPool(max(1, (os.cpu_count() or 1) // 2), "keepfit-early") if settings.early_decode else None,
+            early_pool=ModelPool(max(1, settings.cores // 2), "keepfit-early") if settings.early_decode else None,
         )
         try:
             yield

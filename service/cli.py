@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from model.cores import cgroup_cpu_limit
 from model.errors import ArtifactError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -137,14 +138,20 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["KEEPFIT_INDEX"] = str(found)
             get_settings.cache_clear()
             settings = get_settings()
+    quota = cgroup_cpu_limit()
     logger.info(
-        "serving %s on http://%s:%d (index: %s, cache: %s, workers: %d)",
+        "serving %s on http://%s:%d (index: %s, cache: %s, workers: %d, each on %d cores%s: %d model runs at once"
+        " x %d ONNX threads)",
         settings.artifact,
         settings.host,
         settings.port,
         settings.index or "none",
         "redis" if settings.redis_url else "in-process",
         settings.workers,
+        settings.cores,
+        f" (CPU quota {quota:g})" if quota is not None else "",
+        settings.concurrency,
+        settings.intra_op_threads,
     )
     common: dict[str, Any] = {
         "host": settings.host,

@@ -7,7 +7,6 @@ import contextvars
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 import time
@@ -114,7 +113,7 @@ class ServiceState:
         if early is None:
             yield None
             return
-        cores = os.cpu_count() or 1
+        cores = self.settings.cores
 
         def may_start() -> bool:
             busy = self.pool.pending + self.large_pool.pending + early.pending

@@ -445,11 +445,22 @@ class CacheStatus(BaseModel):
     state: Literal["ok", "degraded"]
 
 
+class ComputeStatus(BaseModel):
+    """What this worker process runs on, as sized at start-up (README, "Workers and threads")."""
+
+    cores: int = Field(description="CPU cores this worker keeps busy: affinity and container CPU quota / workers")
+    cpu_quota: float | None = Field(description="the container's CPU quota in CPUs (null: none)")
+    workers: int
+    model_runs: int = Field(description="model runs at once in this worker (KEEPFIT_INFERENCE_CONCURRENCY)")
+    onnx_threads: int = Field(description="ONNX Runtime threads per run (KEEPFIT_THREADS)")
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not_ready"]
     artifact: ArtifactStatus | None
     index: IndexStatus
     cache: CacheStatus | None
+    compute: ComputeStatus | None = None
     reason: str | None = Field(None, description="why the service is not ready (null when it is)")
 
 

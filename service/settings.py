@@ -7,7 +7,6 @@ comma-separated values (``KEEPFIT_API_KEYS=a,b``) because that is what people ty
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from index.query import LOW_SIMILARITY
+from model.cores import available_cores
 
 # Short names people write for ONNX Runtime providers.
 _PROVIDER_ALIASES = {
@@ -102,13 +102,13 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=256,
-        description="ONNX Runtime intra-op threads per model run (default: CPU cores / inference_concurrency)",
+        description="ONNX Runtime intra-op threads per model run (default: the worker's cores / the runs sharing them)",
     )
     inference_concurrency: int = Field(
         default=0,
         ge=0,
         le=256,
-        description="model runs at once per process (0: one per two CPU cores, at least 2, plus one)",
+        description="model runs at once per process (0: one per two of the worker's cores, 2 to one per core, plus one)",
     )
     large_image_pixels: int = Field(
         default=12_000_000,
@@ -190,27 +190,35 @@ class Settings(BaseSettings):
         return Path("classifiers")
 
     @property
+    def cores(self) -> int:
+        """The CPU cores one worker process may keep busy: the cores this process may use (its affinity, capped
+        by a container's CPU quota: model/cores.py, not the host's count) shared among the ``workers``."""
+        return max(1, available_cores() // self.workers)
+
+    @property
     def concurrency(self) -> int:
         """How many blocking model runs one process allows at once: ``inference_concurrency``, else the runs
-        that share the cores (one per two cores, at least 2) plus one waiting with its image decoded, so a core
-        does not wait while its thread hands a result back (camera JPEGs on 2 cores, ``service/benchmarks/
-        camera_speed.py --configs``: 88-89 % of the core limit with 3 runs, 88 % with 2; behind anyio's capacity
-        limiter, before the model threads took their next job themselves, 2 runs had reached only 75-77 %)."""
+        that share the worker's cores plus one waiting with its image decoded, so a core does not wait while its
+        thread hands a result back (camera JPEGs on 2 cores, ``service/benchmarks/camera_speed.py --configs``:
+        88-89 % of the core limit with 3 runs, 88 % with 2; behind anyio's capacity limiter, before the model
+        threads took their next job themselves, 2 runs had reached only 75-77 %)."""
         if self.inference_concurrency:
             return self.inference_concurrency
         return self._sharing_runs() + 1
 
     def _sharing_runs(self) -> int:
-        return self.inference_concurrency or max(2, (os.cpu_count() or 2) // 2)
+        """One run per two of the worker's cores, at least 2 (one run of two threads leaves cores idle between
+        its images: ``--configs 1x1x2``) and at most one per core."""
+        return self.inference_concurrency or min(self.cores, max(2, self.cores // 2))
 
     @property
     def intra_op_threads(self) -> int:
-        """ONNX Runtime threads per model run: ``threads``, else the cores shared among the runs that share them
-        (more oversubscribes the CPU: at 16 clients on 2 cores, 2 threads x 2 runs gave 62 % of the core limit
-        where 1 x 2 gave 88 %, service/benchmarks/camera_speed.py)."""
+        """ONNX Runtime threads per model run: ``threads``, else the worker's cores shared among the runs that
+        share them (more oversubscribes the CPU: at 16 clients on 2 cores, 2 threads x 2 runs gave 62 % of the
+        core limit where 1 x 2 gave 88 %, service/benchmarks/camera_speed.py)."""
         if self.threads:
             return self.threads
-        return max(1, (os.cpu_count() or 1) // self._sharing_runs())
+        return max(1, self.cores // self._sharing_runs())
 
 
 @lru_cache

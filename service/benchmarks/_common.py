@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
+
+from model.cores import cpu_cgroups
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -68,12 +70,16 @@ def server_pids(pid: int) -> list[int]:
 
 @contextmanager
 def serve(
-    args: list[str], env: dict[str, str] | None = None, timeout_s: float = 120, root: Path = ROOT
+    args: list[str],
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+    root: Path = ROOT,
+    prefix: Sequence[str] = (),
 ) -> Iterator[tuple[str, int]]:
     """``keepfit serve`` (of the checkout at ``root``) in a subprocess on a free port; yields ``(base_url, pid)``
-    once ready."""
+    once ready. ``prefix`` goes before the command (:func:`cpu_limited` gives one that runs it in a cgroup)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "model.cli", "serve", "--port", str(port), "--log-level", "WARNING", *args]
+    cmd = [*prefix, sys.executable, "-m", "model.cli", "serve", "--port", str(port), "--log-level", "WARNING", *args]
     proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -217,3 +223,37 @@ class Http:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+@contextmanager
+def cpu_limited(cpus: float, period_us: int = 100_000) -> Iterator[list[str]]:
+    """A new cgroup under this process's own, with a CPU quota of ``cpus`` (what ``docker run --cpus`` sets);
+    yields a command prefix that runs a command inside it. Needs a writable cgroup v1 cpu hierarchy or a cgroup v2
+    one with the cpu controller (root, usually); otherwise exits with one line."""
+    quota = max(1000, round(cpus * period_us))
+    for version, directory, _top in cpu_cgroups():
+        group = directory / f"keepfit-bench-{uuid.uuid4().hex[:8]}"
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        try:
+            if version == 2:
+                (group / "cpu.max").write_text(f"{quota} {period_us}")
+            else:
+                (group / "cpu.cfs_period_us").write_text(str(period_us))
+                (group / "cpu.cfs_quota_us").write_text(str(quota))
+        except OSError:
+            group.rmdir()
+            continue
+        try:
+            yield ["sh", "-c", f'echo $$ > "{group}/cgroup.procs" && exec "$@"', "sh"]
+        finally:
+            for _ in range(50):  # its processes may still be exiting
+                try:
+                    group.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        return
+    raise SystemExit("cannot create a CPU-limited cgroup here (needs root and a writable cgroup cpu controller)")

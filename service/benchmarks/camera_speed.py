@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from model.cores import available_cores
 from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, pct, serve, server_pids
 
 PAUSE_S = 0.02
@@ -317,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--misses", type=int, default=22, help="sequential cache-miss requests")
     p.add_argument("--clients", default="4,8,16")
     p.add_argument("--seconds", type=float, default=10.0, help="per throughput level and per core-limit run")
-    p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--cores", type=int, default=available_cores(), help="default: the cores this process may use")
     p.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads of the server")
     p.add_argument("--concurrency", type=int, default=None, help="KEEPFIT_INFERENCE_CONCURRENCY of the server")

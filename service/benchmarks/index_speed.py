@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model.cores import available_cores
 from service.benchmarks._common import DEFAULT_DATA, ROOT
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     p.add_argument("--copies", type=int, default=45, help="links to each camera original")
     p.add_argument("--ray", action="store_true", help="also build on a local Ray instance")
-    p.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--ray-cpus", type=int, default=max(2, available_cores()))
     p.add_argument("--baseline-root", type=Path, default=None, help="also build with this checkout")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)

@@ -12,8 +12,10 @@ from fastapi import APIRouter, Request, Response, Security
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model.cores import cgroup_cpu_limit
 from service.deps import ServiceState, api_key_scheme, check_api_key
 from service.schemas import HealthResponse, ReadyResponse, error_responses
+from service.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -81,9 +83,21 @@ async def readyz(request: Request) -> Any:
             "error": info.error,
         },
         "cache": {"backend": state.cache.backend, "state": cache_state},
+        "compute": compute_status(state.settings),
         "reason": reason,
     }
     return body if reason is None else JSONResponse(status_code=503, content=body)
+
+
+def compute_status(settings: Settings) -> dict[str, Any]:
+    """The cores, runs and threads this worker was sized with (:class:`service.schemas.ComputeStatus`)."""
+    return {
+        "cores": settings.cores,
+        "cpu_quota": cgroup_cpu_limit(),
+        "workers": settings.workers,
+        "model_runs": settings.concurrency,
+        "onnx_threads": settings.intra_op_threads,
+    }
 
 
 @router.get(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from model.cores import available_cores, cgroup_cpu_limit
 from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
 from service.app import create_app
@@ -34,6 +35,15 @@ def test_readyz_reports_artifact_index_and_cache(api: TestClient, default_artifa
         "error": "no index configured (set KEEPFIT_INDEX or pass --index)",
     }
     assert body["cache"] == {"backend": "memory", "state": "ok"}
+    # what the worker was sized with: the cores it may use (affinity and container quota), runs and threads
+    settings = api.app.state.settings  # type: ignore[attr-defined]
+    assert body["compute"] == {
+        "cores": available_cores(),
+        "cpu_quota": cgroup_cpu_limit(),
+        "workers": 1,
+        "model_runs": settings.concurrency,
+        "onnx_threads": settings.intra_op_threads,
+    }
 
 
 def test_readyz_is_503_before_the_lifespan(default_artifact: Path) -> None:

@@ -112,16 +112,36 @@ def test_serve_errors_are_one_line(
         get_settings.cache_clear()
 
 
-def test_onnx_threads_share_the_cores_among_concurrent_runs() -> None:
-    import os
-
+@pytest.mark.parametrize(
+    ("cores", "workers", "cores_each", "runs", "threads"),
+    [
+        # (cores the process may use, workers) -> each worker's cores, model runs at once, ONNX threads per run
+        (1, 1, 1, 2, 1),  # a 1-CPU container: one run on the core, one waiting (not two on one core)
+        (2, 1, 2, 3, 1),  # this machine: the measured default (README, "Workers and threads")
+        (2, 2, 1, 2, 1),  # two workers on 2 cores: 2 x 2 x 1, the best measured there
+        (8, 1, 8, 5, 2),
+        (8, 2, 4, 3, 2),
+        (32, 4, 8, 5, 2),
+        (3, 4, 1, 2, 1),  # more workers than cores: each still gets one
+    ],
+)
+def test_defaults_share_the_available_cores_among_workers_and_runs(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, cores_each: int, runs: int, threads: int
+) -> None:
     from service.settings import Settings
 
-    cores = os.cpu_count() or 1
-    assert Settings(inference_concurrency=2).intra_op_threads == max(1, cores // 2)
-    assert Settings(inference_concurrency=cores * 4).intra_op_threads == 1
+    monkeypatch.setattr("service.settings.available_cores", lambda: cores)
+    s = Settings(workers=workers)
+    assert (s.cores, s.concurrency, s.intra_op_threads) == (cores_each, runs, threads)
+    # the runs sharing the cores never hold more ONNX threads than the worker has cores
+    assert (runs - 1) * threads <= cores_each
+
+
+def test_onnx_threads_share_the_cores_among_concurrent_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import Settings
+
+    monkeypatch.setattr("service.settings.available_cores", lambda: 8)
+    assert Settings(inference_concurrency=2).intra_op_threads == 4
+    assert Settings(inference_concurrency=32).intra_op_threads == 1
     assert Settings(threads=3, inference_concurrency=2).intra_op_threads == 3
-    # by default: the runs that share the cores, plus one waiting with its image decoded
-    default = Settings()
-    assert default.concurrency == max(2, cores // 2) + 1
-    assert default.intra_op_threads == max(1, cores // max(2, cores // 2))
+    assert Settings(threads=3).concurrency == 5  # the threads setting leaves the runs alone
