@@ -214,6 +214,8 @@ class Stack:
         )
         if self.args.images is not None:
             env["KEEPFIT_IMAGES"] = str(self.args.images)
+        if self.args.api_cpus:
+            env["KEEPFIT_API_CPUS"] = self.args.api_cpus
         return env
 
     def docker(self) -> str:
@@ -457,6 +459,8 @@ class Stack:
         """The command after ``--``, with ``KEEPFIT_URL`` set to the API; its output goes to this process's."""
         argv = self.args.command
         env = dict(os.environ, KEEPFIT_URL=self.base_url)
+        if self.args.api_cpus:  # the deployed checks compare the API's own account of its CPUs with it
+            env["KEEPFIT_API_CPUS"] = self.args.api_cpus
         logger.info("$ KEEPFIT_URL=%s %s", self.base_url, " ".join(argv))
         try:
             code = subprocess.run(argv, env=env, timeout=self.deadline.left(900), check=False).returncode
@@ -628,6 +632,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--real-images", type=int, default=2, help="real images per modality from ../shared/data"
+    )
+    parser.add_argument(
+        "--api-cpus", default="", help="CPU quota of the API container (KEEPFIT_API_CPUS; default: none)"
     )
     parser.add_argument("--timeout", type=float, default=1200.0, help="time budget of the whole run, seconds")
     parser.add_argument(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import MODALITIES
+from model.cores import available_cores
 from model.errors import ConfigError, DataError
 from model.knowledge import Knowledge
 
@@ -163,7 +164,9 @@ def train_main(argv: list[str]) -> int:
     run_dir = args.out or (args.runs_dir / cfg.name)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, int(os.environ.get("KEEPFIT_THREADS", torch.get_num_threads()))))
+        # torch's default counts the machine's cores, also in a container allowed fewer (model/cores.py)
+        default = min(torch.get_num_threads(), available_cores())
+        torch.set_num_threads(max(1, int(os.environ.get("KEEPFIT_THREADS", default))))
     knowledge = Knowledge.default()
     seed_everything(cfg.seed)  # the new heads' random initialisation is part of the run's seed
     model, tokenizer, info = build_model(cfg)

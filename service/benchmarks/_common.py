@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -225,11 +226,27 @@ class Http:
             self._sock = None
 
 
+@dataclass(frozen=True)
+class CpuGroup:
+    """A cgroup with a CPU quota: ``prefix`` runs a command inside it."""
+
+    path: Path
+    version: int
+    prefix: list[str]
+
+    def throttling(self) -> tuple[int, int, float]:
+        """Scheduler periods so far, those in which the group ran out of quota and waited, and the seconds it
+        waited (``cpu.stat``)."""
+        stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines() if line.strip())
+        waited = int(stat.get("throttled_usec", 0)) / 1e6 if self.version == 2 else int(stat["throttled_time"]) / 1e9
+        return int(stat["nr_periods"]), int(stat["nr_throttled"]), waited
+
+
 @contextmanager
-def cpu_limited(cpus: float, period_us: int = 100_000) -> Iterator[list[str]]:
-    """A new cgroup under this process's own, with a CPU quota of ``cpus`` (what ``docker run --cpus`` sets);
-    yields a command prefix that runs a command inside it. Needs a writable cgroup v1 cpu hierarchy or a cgroup v2
-    one with the cpu controller (root, usually); otherwise exits with one line."""
+def cpu_limited(cpus: float, period_us: int = 100_000) -> Iterator[CpuGroup]:
+    """A new cgroup under this process's own, with a CPU quota of ``cpus`` (what ``docker run --cpus`` sets).
+    Needs a writable cgroup v1 cpu hierarchy or a cgroup v2 one with the cpu controller (root, usually);
+    otherwise exits with one line."""
     quota = max(1000, round(cpus * period_us))
     for version, directory, _top in cpu_cgroups():
         group = directory / f"keepfit-bench-{uuid.uuid4().hex[:8]}"
@@ -247,7 +264,7 @@ def cpu_limited(cpus: float, period_us: int = 100_000) -> Iterator[list[str]]:
             group.rmdir()
             continue
         try:
-            yield ["sh", "-c", f'echo $$ > "{group}/cgroup.procs" && exec "$@"', "sh"]
+            yield CpuGroup(group, version, ["sh", "-c", f'echo $$ > "{group}/cgroup.procs" && exec "$@"', "sh"])
         finally:
             for _ in range(50):  # its processes may still be exiting
                 try:

@@ -33,6 +33,20 @@ def test_ready_with_the_compose_redis_as_its_cache(api: httpx.Client) -> None:
     assert (cache["backend"], cache["state"]) == ("redis", "ok"), cache
 
 
+def test_the_api_sizes_its_threads_by_the_containers_cpu_quota(api: httpx.Client) -> None:
+    """compose ``cpus:`` (KEEPFIT_API_CPUS) is a CFS quota inside the container, where os.cpu_count() still
+    counts the host's cores: the API must see the quota and size its model runs and threads for it."""
+    compute = api.get("/readyz").json()["compute"]
+    cpus = os.environ.get("KEEPFIT_API_CPUS")
+    if not cpus:
+        assert compute["cpu_quota"] is None, compute
+        return
+    quota = float(cpus)
+    assert compute["cpu_quota"] == pytest.approx(quota), compute
+    assert compute["cores"] == max(1, int(quota)), compute
+    assert (compute["model_runs"] - 1) * compute["onnx_threads"] <= compute["cores"], compute
+
+
 def test_the_same_image_twice_is_computed_then_served_from_redis_unchanged(api: httpx.Client) -> None:
     image = encode(make_golden_fundus(size=256, seed=1234), "PNG")
     answers = []

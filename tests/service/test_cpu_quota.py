@@ -18,7 +18,7 @@ from service.benchmarks._common import cpu_limited, serve
 def one_cpu() -> Iterator[list[str]]:
     with ExitStack() as stack:
         try:
-            prefix = stack.enter_context(cpu_limited(1.0))
+            prefix = stack.enter_context(cpu_limited(1.0)).prefix
         except SystemExit as err:
             pytest.skip(str(err))
         yield prefix
