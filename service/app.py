@@ -97,6 +97,11 @@ def _lifespan(index_opener: Any = None) -> Any:
             # head starts on uploads still arriving: for idle cores only, so one per two of them is plenty
             early_pool=ModelPool(max(1, settings.cores // 2), "keepfit-early") if settings.early_decode else None,
         )
+        metrics.cpu_cores.set(settings.cores)
+        metrics.model_runs.set(settings.concurrency)
+        metrics.model_jobs.set_function(
+            lambda: sum(pool.pending for pool in (service.pool, service.large_pool, service.early_pool) if pool)
+        )
         try:
             yield
         finally:

@@ -64,6 +64,19 @@ class Metrics:
         self.inflight = Gauge(
             "keepfit_requests_in_progress", "Requests being answered", registry=self.registry
         )
+        # what this worker was sized with at start-up (GET /readyz "compute"), and how much of it is in use
+        self.cpu_cores = Gauge(
+            "keepfit_cpu_cores",
+            "CPU cores this worker may keep busy: its affinity, capped by a container's CPU quota, over the workers",
+            registry=self.registry,
+        )
+        self.model_runs = Gauge("keepfit_model_runs", "Model runs this worker allows at once", registry=self.registry)
+        self.model_jobs = Gauge(
+            "keepfit_model_jobs",
+            "Model jobs (decode, encode) queued or running in this worker, in all its lanes and head starts; "
+            "beyond keepfit_model_runs in the normal lane they wait",
+            registry=self.registry,
+        )
 
     @contextmanager
     def time_stage(self, stage: str, timings: dict[str, float] | None = None) -> Iterator[None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +74,32 @@ def test_metrics_count_requests_stages_and_cache(api: TestClient, real_images: d
     # path parameters are labelled by template, not by value
     api.get("/v1/images/123456")
     assert 'route="/v1/images/{image_id}"' in api.get("/metrics").text
+
+
+def _gauge(text: str, name: str) -> float:
+    return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).rsplit(" ", 1)[1])
+
+
+def test_metrics_report_the_sizing_and_the_model_jobs_in_flight(api: TestClient) -> None:
+    state, settings = api.app.state.service, api.app.state.settings  # type: ignore[attr-defined]
+    text = api.get("/metrics").text
+    assert _gauge(text, "keepfit_cpu_cores") == settings.cores == available_cores()
+    assert _gauge(text, "keepfit_model_runs") == settings.concurrency
+    assert _gauge(text, "keepfit_model_jobs") == 0
+    # a job held on a model thread, one queued in the large-image lane: both counted while they last
+    release = threading.Event()
+    held = [state.pool.submit(release.wait), state.large_pool.submit(release.wait)]
+    try:
+        assert _gauge(api.get("/metrics").text, "keepfit_model_jobs") == 2
+    finally:
+        release.set()
+    for job in held:
+        job.result(timeout=10)
+    # a job leaves the count in its done-callback, just after its result is set
+    deadline = time.monotonic() + 5
+    while _gauge(api.get("/metrics").text, "keepfit_model_jobs") != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _gauge(api.get("/metrics").text, "keepfit_model_jobs") == 0
 
 
 def test_embed_text_and_image(api: TestClient, default_artifact: Path, real_images: dict[str, bytes]) -> None:
