@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 
 from model.errors import ConfigError, ImageError, ImageTooLargeError, UnsupportedMediaError
 
@@ -95,8 +95,12 @@ def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
     return np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
-def decode_dicom(data: bytes, *, max_pixels: int) -> Image.Image:
-    """DICOM bytes -> an 8-bit ``L`` or ``RGB`` image of one frame (see the module docstring)."""
+def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Image.Image:
+    """DICOM bytes -> an 8-bit ``L`` or ``RGB`` image of one frame (see the module docstring).
+
+    With ``size`` (the model input's side), a JPEG baseline frame may come back DCT-scaled, as a JPEG upload
+    does; its stored ``(Columns, Rows)`` are then in ``info["keepfit.original_size"]``.
+    """
     try:
         import pydicom
         from pydicom.pixels import pixel_array
@@ -145,6 +149,11 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> Image.Image:
             raise UnsupportedMediaError(
                 f"cannot decode DICOM transfer syntax {syntax_name} ({syntax}) here: no decoder installed"
             )
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+    fast = _pillow_jpeg_frame(ds, str(syntax or ""), photometric, frame, frames, size)
+    if fast is not None:
+        image = ImageOps.invert(fast) if photometric == "MONOCHROME1" else fast
+        return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
     try:
         # only the chosen frame; YBR is converted to RGB by pydicom (as_rgb defaults to True)
         arr = pixel_array(ds, index=frame if frames > 1 else None)
@@ -152,7 +161,6 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> Image.Image:
         raise UnsupportedMediaError(f"cannot decode DICOM transfer syntax {syntax_name} ({syntax})") from err
     except Exception as err:
         raise ImageError(f"the DICOM pixel data is truncated or corrupt ({err.__class__.__name__})") from err
-    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -168,9 +176,69 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     image = Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.ndim == 3 else "L")
+    return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
+
+
+def _finish(
+    image: Image.Image, frame: int, frames: int, modality: str | None, syntax_name: str, stored: tuple[int, int]
+) -> Image.Image:
+    from model.preprocess import ORIGINAL_SIZE
+
     image.info["keepfit_frame"] = frame
     image.info["keepfit_frames"] = frames
+    image.info[ORIGINAL_SIZE] = stored
     if modality:
         image.info["keepfit_modality"] = modality
     logger.debug("DICOM %s, %d frame(s), frame %d, modality %s", syntax_name, frames, frame, modality)
     return image
+
+
+# JPEG baseline and extended (8-bit), as fundus cameras store photographs: Pillow (libjpeg-turbo) decodes them,
+# the same decoder as for a JPEG upload, DCT-scaled for the model like one. pydicom's JPEG plugin took 40x as
+# long on a camera-size frame (service/benchmarks/camera_speed.py) and decoded slightly different pixels
+# from the same stream than the same JPEG uploaded as a file.
+_PILLOW_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
+# the colour spaces Pillow decodes exactly as pydicom does: YCbCr is converted to RGB by both, grey is grey. An
+# "RGB" JPEG frame (stored without the YCbCr transform) is left to pydicom, which knows that convention.
+_PILLOW_JPEG_PHOTOMETRIC = {"YBR_FULL_422": "RGB", "YBR_FULL": "RGB", "MONOCHROME2": "L", "MONOCHROME1": "L"}
+
+
+def _pillow_jpeg_frame(
+    ds: Any, syntax: str, photometric: str, frame: int, frames: int, size: int | None
+) -> Image.Image | None:
+    """Frame ``frame`` of a JPEG baseline / extended 8-bit DICOM decoded by Pillow, or None where pydicom must
+    decode it (another syntax or colour space, more than 8 bits, a stream whose header does not match the
+    DICOM header: pydicom then decodes it or says what is wrong).
+
+    A stream that matches but does not decode (truncated, corrupt) is an :class:`ImageError`, as the same JPEG
+    uploaded as a file is: pydicom's plugin decoded the half of a truncated camera frame that was there and
+    filled the rest with grey, which the model would then have classified.
+    """
+    mode = _PILLOW_JPEG_PHOTOMETRIC.get(photometric)
+    if syntax not in _PILLOW_JPEG_SYNTAXES or mode is None or int(getattr(ds, "BitsStored", 8) or 8) != 8:
+        return None
+    from pydicom.encaps import get_frame
+
+    from model.preprocess import draft_for
+
+    try:
+        stream = get_frame(ds.PixelData, frame, number_of_frames=frames)
+        image = Image.open(io.BytesIO(stream))
+    except Exception:
+        return None
+    if image.format != "JPEG" or image.mode != mode or image.size != (int(ds.Columns), int(ds.Rows)):
+        return None
+    if size is not None:
+        draft_for(image, size)
+    if isinstance(image, ImageFile.ImageFile):
+        image.decodermaxblock = max(image.decodermaxblock, len(stream))  # one decoder call (preprocess.py)
+    try:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        image.load()
+    except Exception as err:
+        raise ImageError(f"the DICOM pixel data is truncated or corrupt (JPEG frame: {err.__class__.__name__})") from err
+    # A DICOM object's geometry and meaning are its header's: nothing of the stream's own metadata goes on (an
+    # EXIF orientation is not applied, as pydicom does not). A copy drops it; after the DCT scaling it is small.
+    bare = image.copy()
+    bare.info = {}
+    return bare

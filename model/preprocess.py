@@ -197,7 +197,10 @@ def load_image(
     if len(data) > 132 and data[128:132] == b"DICM":
         if stream is not None:
             data = stream.read()
-        image = decode_dicom(data, max_pixels=max_pixels)  # model/dicom.py: frames, colour spaces, syntaxes
+        # model/dicom.py: frames, colour spaces, syntaxes; a JPEG frame is DCT-scaled to ``size`` as below
+        image = decode_dicom(data, max_pixels=max_pixels, size=size)
+        image.info.setdefault(ORIGINAL_SIZE, image.size)
+        return image
     else:
         try:
             with warnings.catch_warnings():
@@ -218,10 +221,7 @@ def load_image(
         raise ImageError(f"image has no pixels ({width}x{height})")
     image.info[ORIGINAL_SIZE] = (width, height)
     if size is not None and image.format == "JPEG":
-        scale = size / max(width, height)
-        wanted = (math.ceil(width * scale * REDUCING_GAP), math.ceil(height * scale * REDUCING_GAP))
-        if wanted[0] < width and wanted[1] < height:
-            image.draft(None, wanted)
+        draft_for(image, size)
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
         # A JPEG's bytes are in memory: hand the decoder all of them in one call (Pillow reads 64 KB blocks, and
@@ -234,6 +234,16 @@ def load_image(
     except Exception as err:  # truncated or corrupt data
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
     return image
+
+
+def draft_for(image: Image.Image, size: int) -> None:
+    """Before a JPEG is loaded: have it DCT-scaled by 1/2, 1/4 or 1/8 while it decodes, down to no less than
+    ``REDUCING_GAP`` x its size resized to a model input of side ``size``."""
+    width, height = image.size
+    scale = size / max(width, height)
+    wanted = (math.ceil(width * scale * REDUCING_GAP), math.ceil(height * scale * REDUCING_GAP))
+    if wanted[0] < width and wanted[1] < height:
+        image.draft(None, wanted)
 
 
 def original_size(image: Image.Image) -> tuple[int, int]:

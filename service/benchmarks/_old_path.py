@@ -17,6 +17,11 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 
 
 def load_image(data: bytes) -> Image.Image:
+    if data[128:132] == b"DICM":  # a DICOM object: all of its (first) frame through pydicom's decoder plugins
+        from pydicom import dcmread
+        from pydicom.pixels import pixel_array
+
+        return Image.fromarray(pixel_array(dcmread(io.BytesIO(data))))
     image = Image.open(io.BytesIO(data))
     image.load()
     return image

@@ -53,9 +53,14 @@ def test_every_syntax_classifies_like_its_source_image(
         answer = _post(api, data)
         assert answer["modality"]["used"] == modality, syntax  # from the header
         assert answer["predictions"][0]["label"] == reference["predictions"][0]["label"], syntax
+        # the stored size, also where the decode was DCT-scaled for the model
+        assert (answer["image"]["width"], answer["image"]["height"]) == (rgb.shape[1], rgb.shape[0]), syntax
         emb = _embedding(api, data)
         diff = float(np.abs(emb - ref_emb).max())
-        if syntax == "jpeg-baseline" and grey:
+        if syntax == "jpeg-baseline" and not grey:
+            # the camera's own stream, decoded as the same JPEG uploaded as a file: the same embedding exactly
+            assert diff == 0.0, f"{syntax}: max abs diff {diff}"
+        elif syntax == "jpeg-baseline" and grey:
             # re-encoded by the test (quality 95), not the source's own stream: lossy by construction
             assert float(emb @ ref_emb) > 0.995, syntax
         else:

@@ -391,23 +391,43 @@ def _settled(app: Any) -> None:
     assert app.state.service.early_pool.pending == 0  # no thread left waiting for bytes
 
 
+ATTEMPTS = 3
+
+
+def _with_head_start(
+    app: Any, base: str, send: Callable[[_SlowClient], tuple[int, Any]]
+) -> tuple[tuple[int, Any], dict[str, float]]:
+    """``send`` a paced upload until one takes a head start (up to :data:`ATTEMPTS`): its answer and the change
+    in the outcome counts. A server starved of CPU by other processes on the machine sees the pieces of a paced
+    upload arrive in bursts and rightly declines (service/early.py); that is no failure of the head start."""
+    for _ in range(ATTEMPTS):
+        _settled(app)  # the previous head start has ended: this one has a thread
+        before = _early_counts(app)
+        client = _SlowClient(base)
+        try:
+            answer: tuple[int, Any] = send(client)
+        except ConnectionError as err:
+            answer = (0, err)  # the server may close a broken-off upload first
+        finally:
+            client.close()
+        _settled(app)  # nothing is left waiting for bytes that will not come
+        after = _early_counts(app)
+        change = {k: after[k] - before[k] for k in after}
+        if any(change.values()):
+            return answer, change
+    raise AssertionError(f"no paced upload of {ATTEMPTS} took a head start")
+
+
 @pytest.mark.parametrize("kind", ["jpeg", "png"])
 def test_a_slow_upload_is_answered_from_its_head_start_exactly_as_by_the_usual_path(
     slow_service: tuple[str, Any], big_jpeg: bytes, golden_image: Image.Image, kind: str
 ) -> None:
     base, app = slow_service
     image = big_jpeg if kind == "jpeg" else encode(golden_image.resize((1200, 960)), "PNG")
-    _settled(app)
-    client = _SlowClient(base)
-    try:
-        before = _early_counts(app)
-        status, early = client.classify(image, explain="true", explain_top="2")
-        assert status == 200, early
-        assert _early_counts(app)["used"] == before["used"] + 1, (_early_counts(app), before)
-        assert {"decode", "preprocess", "inference", "zero_shot", "explain"} <= set(early["timings_ms"])
-    finally:
-        client.close()
-    _settled(app)
+    (status, early), change = _with_head_start(app, base, lambda c: c.classify(image, explain="true", explain_top="2"))
+    assert status == 200, early
+    assert change == {"used": 1.0, "unused": 0.0, "failed": 0.0}
+    assert {"decode", "preprocess", "inference", "zero_shot", "explain"} <= set(early["timings_ms"])
     # the usual path, in-process on the complete bytes
     state = app.state.service
     usual = state.engine.classify(image, None, "auto", None, Timings(state.metrics), 2)
@@ -423,18 +443,8 @@ def test_every_other_ending_stops_the_head_start(slow_service: tuple[str, Any], 
     corrupt = big_jpeg[:3000] + bytes(len(big_jpeg) - 3000)  # its header intact, its data not
 
     def ending(outcome: str, send: Callable[[_SlowClient], tuple[int, dict[str, Any]]]) -> tuple[int, Any]:
-        _settled(app)  # the previous head start has ended: this one has a thread
-        before = _early_counts(app)
-        client = _SlowClient(base)
-        try:
-            answer: tuple[int, Any] = send(client)
-        except ConnectionError as err:
-            answer = (0, err)  # the server may close a broken-off upload first
-        finally:
-            client.close()
-        _settled(app)  # nothing is left waiting for bytes that will not come
-        after = _early_counts(app)
-        assert {k: after[k] - before[k] for k in after} == {k: float(k == outcome) for k in after}, outcome
+        answer, change = _with_head_start(app, base, send)
+        assert change == {k: float(k == outcome) for k in change}, outcome
         return answer
 
     fields = {"top_k": "3", "modality": "CFP"}
@@ -473,18 +483,13 @@ def test_embed_search_and_a_clinics_classifier_take_a_head_start_too(
                 "categories": [{"label": "a", "ids": cfp[:2]}, {"label": "b", "ids": cfp[2:4]}]}
         created = httpx.post(f"{base}/v1/classifiers", json=spec, headers={"X-Admin-Key": "admin"}, timeout=60)
         assert created.status_code == 201, created.text
-        client = _SlowClient(base)
-        try:
-            status, embedded = client.post("/v1/embed", big_jpeg)
-            assert status == 200, embedded
-            status, found = client.post("/v1/search", big_jpeg, top_k="3")
-            assert status == 200, found
-            status, own = client.classify(big_jpeg, classifier="pairs")
-            assert status == 200, own
-        finally:
-            client.close()
-        _settled(app)
-        assert _early_counts(app) == {"used": 3.0, "unused": 0.0, "failed": 0.0}
+        used = {"used": 1.0, "unused": 0.0, "failed": 0.0}
+        (status, embedded), change = _with_head_start(app, base, lambda c: c.post("/v1/embed", big_jpeg))
+        assert status == 200 and change == used, (embedded, change)
+        (status, found), change = _with_head_start(app, base, lambda c: c.post("/v1/search", big_jpeg, top_k="3"))
+        assert status == 200 and change == used, (found, change)
+        (status, own), change = _with_head_start(app, base, lambda c: c.classify(big_jpeg, classifier="pairs"))
+        assert status == 200 and change == used, (own, change)
         state = app.state.service
         usual = state.engine.embed_image(big_jpeg, Timings(state.metrics))
         assert embedded["embedding"] == [float(v) for v in usual]
