@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -93,6 +94,27 @@ def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
     top = next((float(2**b - 1) for b in (8, 10, 12, 14, 16) if b <= max(bits, 8) and peak <= 2**b - 1), None)
     top = top or float(max(peak, 1))
     return np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+# header_pixels reads a DICOM header on the event loop: only this much of it, so that a header built to be slow
+# to parse costs at most about a millisecond there (the decode reads it all, on a model thread)
+HEAD_BYTES = 65536
+
+
+def dicom_pixels(data: bytes | memoryview) -> int:
+    """``Rows x Columns`` of a DICOM object (one frame: what is decoded) from the start of its header, without its
+    pixel data; 0 where they are not within the first :data:`HEAD_BYTES` or pydicom is not installed."""
+    try:
+        import pydicom
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the header is cut short on purpose
+            ds = pydicom.dcmread(
+                io.BytesIO(bytes(data[:HEAD_BYTES])), stop_before_pixels=True, specific_tags=["Rows", "Columns"]
+            )
+        return max(0, int(ds.Rows)) * max(0, int(ds.Columns))
+    except Exception:
+        return 0
 
 
 def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Image.Image:

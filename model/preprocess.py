@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from model.config import PreprocessConfig
-from model.dicom import decode_dicom
+from model.dicom import decode_dicom, dicom_pixels, is_dicom
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 
 logger = logging.getLogger(__name__)
@@ -69,11 +69,14 @@ def header_pixels(data: bytes) -> int:
     that follows then reports why).
 
     JPEG and PNG sizes are read from their headers directly (a camera JPEG's EXIF block made Pillow's parser
-    take 20-100 us on the event loop, where this is called); anything else goes through Pillow.
+    take 20-100 us on the event loop, where this is called), a DICOM object's Rows x Columns from the start of
+    its header (:func:`model.dicom.dicom_pixels`, 0.2-0.4 ms); anything else goes through Pillow.
     """
     size = header_size(data)
     if size is not None and size[0] > 0 and size[1] > 0:
         return size[0] * size[1]
+    if is_dicom(data):
+        return dicom_pixels(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -194,7 +197,7 @@ def load_image(
         stream.seek(0)
     if not data:
         raise ImageError("empty file: 0 bytes")
-    if len(data) > 132 and data[128:132] == b"DICM":
+    if is_dicom(data):
         if stream is not None:
             data = stream.read()
         # model/dicom.py: frames, colour spaces, syntaxes; a JPEG frame is DCT-scaled to ``size`` as below

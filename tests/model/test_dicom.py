@@ -251,3 +251,25 @@ def test_pydicoms_own_files_agree_across_syntaxes() -> None:
     for other in ("SC_ybr_full_422_uncompressed.dcm", "SC_rgb_dcmtk_+eb+cr.dcm"):
         assert np.abs(pixels(other).astype(int) - rgb.astype(int)).mean() < 3, other
     assert pixels("examples_palette.dcm").shape[-1] == 3  # PALETTE COLOR through its lookup table
+
+
+def test_header_pixels_reads_a_dicom_header_so_large_ones_take_the_large_image_lane(
+    cfp: tuple[bytes, np.ndarray],
+) -> None:
+    """Rows x Columns, for every syntax (the lane is chosen by it: without it a 36-megapixel DICOM decoded in the
+    normal lane); only the first 64 KB of the header are read."""
+    from pydicom import dcmread
+
+    from model.dicom import HEAD_BYTES
+    from model.preprocess import header_pixels
+
+    _, rgb = cfp
+    for syntax in SYNTAXES:
+        assert header_pixels(make_dicom([rgb], syntax)) == rgb.shape[0] * rgb.shape[1], syntax
+    ds = dcmread(io.BytesIO(make_dicom([rgb], "explicit")))
+    ds.ImageComments = "x" * HEAD_BYTES  # (0020,4000): before Rows (0028,0010), so they are past the 64 KB
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert header_pixels(out.getvalue()) == 0  # the normal lane, as for any header it cannot read
+    assert load_image(out.getvalue()).size == (rgb.shape[1], rgb.shape[0])
+    assert header_pixels(b"\0" * 128 + b"DICM" + b"\1" * 64) == 0
