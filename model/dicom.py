@@ -172,7 +172,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
                 f"cannot decode DICOM transfer syntax {syntax_name} ({syntax}) here: no decoder installed"
             )
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
-    fast = _pillow_jpeg_frame(ds, str(syntax or ""), photometric, frame, frames, size)
+    fast = _pillow_frame(ds, str(syntax or ""), photometric, frame, frames, size)
     if fast is not None:
         image = ImageOps.invert(fast) if photometric == "MONOCHROME1" else fast
         return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
@@ -215,52 +215,87 @@ def _finish(
     return image
 
 
-# JPEG baseline and extended (8-bit), as fundus cameras store photographs: Pillow (libjpeg-turbo) decodes them,
-# the same decoder as for a JPEG upload, DCT-scaled for the model like one. pydicom's JPEG plugin took 40x as
-# long on a camera-size frame (service/benchmarks/camera_speed.py) and decoded slightly different pixels
-# from the same stream than the same JPEG uploaded as a file.
-_PILLOW_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
-# the colour spaces Pillow decodes exactly as pydicom does: YCbCr is converted to RGB by both, grey is grey. An
-# "RGB" JPEG frame (stored without the YCbCr transform) is left to pydicom, which knows that convention.
-_PILLOW_JPEG_PHOTOMETRIC = {"YBR_FULL_422": "RGB", "YBR_FULL": "RGB", "MONOCHROME2": "L", "MONOCHROME1": "L"}
+# Frames that Pillow decodes as pydicom does, only faster, and scaled for the model while they decode:
+# - JPEG baseline and extended (8-bit), as fundus cameras store photographs: libjpeg-turbo, the decoder of a JPEG
+#   upload, DCT-scaled like one. pydicom's JPEG plugin took 40x as long on a camera-size frame
+#   (service/benchmarks/camera_speed.py) and decoded slightly different pixels from the same stream. YCbCr is
+#   converted to RGB by both; a frame labelled "RGB" (stored without the YCbCr transform) is left to pydicom,
+#   which knows that convention.
+# - JPEG 2000 (lossless and lossy, 8-bit): OpenJPEG, as pydicom's plugin, but asked for a lower resolution level
+#   of the wavelet: down to no less than J2K_GAP x the model input, one level short of the JPEG rule. On the
+#   camera originals as JPEG 2000 DICOM (service/benchmarks/decode_quality.py --j2k-dicom) the embedding keeps
+#   cosine 0.9994 with the full decode at 1/4 (1.27 s -> 0.11 s), where 1/8 gave 0.9969 (0.04 s): the JPEG
+#   path's 0.999 is the bar. The colour transform of the codestream (RGB, YBR_RCT, YBR_ICT) is undone by the
+#   decoder either way.
+J2K_GAP = 4.0
+_PILLOW_FRAMES: dict[str, tuple[str, dict[str, str]]] = {
+    **dict.fromkeys(
+        ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"),
+        ("JPEG", {"YBR_FULL_422": "RGB", "YBR_FULL": "RGB", "MONOCHROME2": "L", "MONOCHROME1": "L"}),
+    ),
+    **dict.fromkeys(
+        ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),
+        ("JPEG2000", {"RGB": "RGB", "YBR_RCT": "RGB", "YBR_ICT": "RGB", "MONOCHROME2": "L", "MONOCHROME1": "L"}),
+    ),
+}
 
 
-def _pillow_jpeg_frame(
+def _pillow_frame(
     ds: Any, syntax: str, photometric: str, frame: int, frames: int, size: int | None
 ) -> Image.Image | None:
-    """Frame ``frame`` of a JPEG baseline / extended 8-bit DICOM decoded by Pillow, or None where pydicom must
-    decode it (another syntax or colour space, more than 8 bits, a stream whose header does not match the
-    DICOM header: pydicom then decodes it or says what is wrong).
+    """Frame ``frame`` of a JPEG or JPEG 2000 8-bit DICOM decoded by Pillow, or None where pydicom must decode it
+    (another syntax or colour space, more than 8 bits, a stream whose header does not match the DICOM header:
+    pydicom then decodes it or says what is wrong).
 
-    A stream that matches but does not decode (truncated, corrupt) is an :class:`ImageError`, as the same JPEG
-    uploaded as a file is: pydicom's plugin decoded the half of a truncated camera frame that was there and
-    filled the rest with grey, which the model would then have classified.
+    A JPEG stream that matches but does not decode (truncated, corrupt) is an :class:`ImageError`, as the same
+    JPEG uploaded as a file is: pydicom's plugin decoded the half of a truncated camera frame that was there and
+    filled the rest with grey, which the model would then have classified. A JPEG 2000 stream that Pillow does
+    not decode is left to pydicom.
     """
-    mode = _PILLOW_JPEG_PHOTOMETRIC.get(photometric)
-    if syntax not in _PILLOW_JPEG_SYNTAXES or mode is None or int(getattr(ds, "BitsStored", 8) or 8) != 8:
+    kind, modes = _PILLOW_FRAMES.get(syntax, ("", {}))
+    mode = modes.get(photometric)
+    if mode is None or int(getattr(ds, "BitsStored", 8) or 8) != 8:
         return None
     from pydicom.encaps import get_frame
 
-    from model.preprocess import draft_for
+    from model.preprocess import draft_for, reduction_for
 
     try:
         stream = get_frame(ds.PixelData, frame, number_of_frames=frames)
         image = Image.open(io.BytesIO(stream))
     except Exception:
         return None
-    if image.format != "JPEG" or image.mode != mode or image.size != (int(ds.Columns), int(ds.Rows)):
+    if image.format != kind or image.mode != mode or image.size != (int(ds.Columns), int(ds.Rows)):
         return None
-    if size is not None:
+    if kind == "JPEG2000" and not stream.startswith(b"\xff\x4f\xff\x51"):
+        return None  # a JP2 file instead of the codestream DICOM asks for (GDCM wrote some): pydicom reads those
+    if size is not None and kind == "JPEG":
         draft_for(image, size)
+    elif size is not None:  # JPEG 2000: a resolution level of the wavelet, as far as the codestream has them
+        image.reduce = min(reduction_for(image.size, size, J2K_GAP), _j2k_levels(stream))  # type: ignore[method-assign,assignment]
     if isinstance(image, ImageFile.ImageFile):
         image.decodermaxblock = max(image.decodermaxblock, len(stream))  # one decoder call (preprocess.py)
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
         image.load()
     except Exception as err:
+        if kind != "JPEG":  # OpenJPEG through Pillow is not a complete JPEG 2000 reader: pydicom decides
+            return None
         raise ImageError(f"the DICOM pixel data is truncated or corrupt (JPEG frame: {err.__class__.__name__})") from err
     # A DICOM object's geometry and meaning are its header's: nothing of the stream's own metadata goes on (an
-    # EXIF orientation is not applied, as pydicom does not). A copy drops it; after the DCT scaling it is small.
+    # EXIF orientation is not applied, as pydicom does not). A copy drops it; after the scaling it is small.
     bare = image.copy()
     bare.info = {}
     return bare
+
+
+def _j2k_levels(stream: bytes) -> int:
+    """Wavelet decomposition levels of a JPEG 2000 codestream (its main header's COD marker; 0 when not found,
+    so nothing is reduced)."""
+    at = 2 if stream[:2] == b"\xff\x4f" else -1  # SOC, then marker segments up to the first tile (SOT)
+    while 0 <= at <= len(stream) - 4 and stream[at] == 0xFF and stream[at + 1] != 0x90:
+        length = int.from_bytes(stream[at + 2 : at + 4], "big")
+        if stream[at + 1] == 0x52 and length >= 10 and at + 9 < len(stream):  # COD: Scod, SGcod (4), levels
+            return stream[at + 9]
+        at += 2 + length
+    return 0

@@ -249,6 +249,18 @@ def draft_for(image: Image.Image, size: int) -> None:
         image.draft(None, wanted)
 
 
+def reduction_for(image_size: tuple[int, int], size: int, gap: float = REDUCING_GAP) -> int:
+    """How many times an image of ``image_size`` may be halved (a JPEG 2000 resolution level) and still be no
+    less than ``gap`` x its size resized to a model input of side ``size`` (:func:`draft_for`'s rule)."""
+    width, height = image_size
+    scale = size / max(width, height)
+    wanted = (math.ceil(width * scale * gap), math.ceil(height * scale * gap))
+    levels = 0
+    while -(-width // 2 ** (levels + 1)) >= wanted[0] and -(-height // 2 ** (levels + 1)) >= wanted[1]:
+        levels += 1
+    return levels
+
+
 def original_size(image: Image.Image) -> tuple[int, int]:
     """``(width, height)`` of the stored image before any decode-time scaling (:func:`load_image` ``size``)."""
     value = image.info.get(ORIGINAL_SIZE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import socket
@@ -274,3 +275,35 @@ def cpu_limited(cpus: float, period_us: int = 100_000) -> Iterator[CpuGroup]:
                     time.sleep(0.1)
         return
     raise SystemExit("cannot create a CPU-limited cgroup here (needs root and a writable cgroup cpu controller)")
+
+
+def op_dicom(rgb: np.ndarray, *, jpeg: bytes | None = None, j2k: bool = False) -> bytes:
+    """An Ophthalmic Photography DICOM object of the ``[H, W, 3]`` uint8 ``rgb``, stored as a fundus camera
+    would: ``jpeg``, the camera's own JPEG stream (JPEG baseline, YBR_FULL_422), or with ``j2k`` the pixels as
+    JPEG 2000 lossless (RGB, with the codestream's colour transform); else uncompressed RGB. Needs pydicom (the
+    'dicom' extra)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.77.1.5.1")  # Ophthalmic Photography 8 Bit
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("camera.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns = "OP", rgb.shape[0], rgb.shape[1]
+    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "RGB"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if jpeg is not None:
+        ds.PixelData = encapsulate([jpeg])
+        ds["PixelData"].VR = "OB"
+        ds.PhotometricInterpretation, ds.LossyImageCompression = "YBR_FULL_422", "01"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    else:
+        ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+        if j2k:
+            ds.compress(JPEG2000Lossless, np.ascontiguousarray(rgb))
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

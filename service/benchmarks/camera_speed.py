@@ -3,9 +3,10 @@
 All figures come from one run on one machine, so they can be compared as ratios:
 
 1. per-stage times (decode, preprocess, ONNX image encoder) for a camera JPEG (the 3872x2592 originals in
-   ``camera_originals``), a PNG and a 16-bit TIFF of the same size and a DICOM object holding the JPEG's own
-   stream (JPEG baseline, as a fundus camera stores it), through the current path and the old one (full-size
-   decode, by pydicom's decoder plugin for DICOM, and filter: ``service/benchmarks/_old_path.py``);
+   ``camera_originals``), a PNG and a 16-bit TIFF of the same size and DICOM objects holding the JPEG's own
+   stream (JPEG baseline, as a fundus camera stores it) or its pixels as JPEG 2000 lossless, through the current
+   path and the old one (full-size decode, by pydicom's decoder plugins for DICOM, and filter:
+   ``service/benchmarks/_old_path.py``);
 2. peak resident memory of decoding + preprocessing one camera JPEG (a fresh subprocess each), old and new;
 3. the encoder-alone floor (p50 of one ONNX run on ready pixels) and the core limit: as many threads as cores
    running decode + preprocess + encoder on the camera JPEGs in-process, images/s (measured before and after
@@ -47,7 +48,16 @@ import numpy as np
 from PIL import Image
 
 from model.cores import available_cores
-from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, pct, serve, server_pids
+from service.benchmarks._common import (
+    DEFAULT_DATA,
+    ROOT,
+    Http,
+    multipart_body,
+    op_dicom,
+    pct,
+    serve,
+    server_pids,
+)
 
 PAUSE_S = 0.02
 
@@ -65,34 +75,11 @@ def camera_inputs(data_root: Path) -> dict[str, list[bytes]]:
     Image.fromarray(grey16).save(tiff, format="TIFF")
     inputs = {"JPEG": jpegs, "PNG": [png.getvalue()], "TIFF 16-bit": [tiff.getvalue()]}
     try:
-        inputs["DICOM (JPEG baseline)"] = [camera_dicom(jpegs[0], *rgb.size)]
+        inputs["DICOM (JPEG baseline)"] = [op_dicom(np.asarray(rgb), jpeg=jpegs[0])]
+        inputs["DICOM (JPEG 2000 lossless)"] = [op_dicom(np.asarray(rgb), j2k=True)]
     except ImportError:
-        print("pydicom is not installed (the 'dicom' extra): no DICOM row")
+        print("pydicom is not installed (the 'dicom' extra): no DICOM rows")
     return inputs
-
-
-def camera_dicom(jpeg: bytes, width: int, height: int) -> bytes:
-    """An Ophthalmic Photography DICOM object holding the camera's own JPEG stream, as a fundus camera stores
-    it (JPEG baseline, YBR_FULL_422)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.77.1.5.1")  # Ophthalmic Photography 8 Bit
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = FileDataset("camera.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns = "OP", height, width
-    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "YBR_FULL_422"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.LossyImageCompression = "01"
-    ds.PixelData = encapsulate([jpeg])
-    ds["PixelData"].VR = "OB"
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def _paths(cfg: Any) -> dict[str, tuple[Callable[[bytes], Any], Callable[[Any], np.ndarray]]]:

@@ -4,9 +4,11 @@ For real images of every modality (CFP and OCT of cfp_oct_mx, FFA of ffa_huapu4,
 originals), per set: the cosine between the image embeddings of the two paths (mean and minimum), how often the
 zero-shot top-1 over the modality's default categories agrees, and the time of decode + preprocess of each path.
 With ``--gaps``, the same for other reducing gaps (how far block averaging may go before the filter), which is
-how ``model.preprocess.REDUCING_GAP`` was chosen.
+how ``model.preprocess.REDUCING_GAP`` was chosen. With ``--j2k-dicom``, each image is first stored as a JPEG 2000
+lossless DICOM object (its decoded pixels), decoded in full by pydicom on the old path and at the wavelet's
+resolution level for the model on the current one.
 
-    python -m service.benchmarks.decode_quality [--per-set 40] [--gaps 1,2,3]
+    python -m service.benchmarks.decode_quality [--per-set 40] [--gaps 1,2,3] [--j2k-dicom]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from service.benchmarks._common import DEFAULT_DATA, ROOT
+from service.benchmarks._common import DEFAULT_DATA, ROOT, op_dicom
 
 
 def image_sets(data_root: Path, per_set: int) -> dict[str, tuple[str, list[Path]]]:
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     p.add_argument("--per-set", type=int, default=40)
     p.add_argument("--gaps", default="2", help="reducing gaps to compare (comma-separated)")
+    p.add_argument("--j2k-dicom", action="store_true", help="the images as JPEG 2000 lossless DICOM objects")
     args = p.parse_args(argv)
 
     from model import preprocess as new
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     default_gap = new.REDUCING_GAP
     for name, (modality, paths) in image_sets(args.data_root, args.per_set).items():
         blobs = [q.read_bytes() for q in paths]
+        if args.j2k_dicom:
+            blobs = [op_dicom(np.asarray(old.to_rgb(old.load_image(b))), j2k=True) for b in blobs]
         classes = runtime.class_embeddings(runtime.knowledge.category_set(modality), modality)  # [C, D]
 
         def embed(fn: Any, blobs: list[bytes] = blobs) -> tuple[np.ndarray, float]:

@@ -273,3 +273,70 @@ def test_header_pixels_reads_a_dicom_header_so_large_ones_take_the_large_image_l
     assert header_pixels(out.getvalue()) == 0  # the normal lane, as for any header it cannot read
     assert load_image(out.getvalue()).size == (rgb.shape[1], rgb.shape[0])
     assert header_pixels(b"\0" * 128 + b"DICM" + b"\1" * 64) == 0
+
+
+def _j2k(image: Image.Image, resolutions: int = 6) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG2000", no_jp2=True, irreversible=False, num_resolutions=resolutions)
+    return out.getvalue()
+
+
+def _encapsulated(image: Image.Image, stream: bytes, syntax: str, photometric: str) -> bytes:
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    ds = dcmread(io.BytesIO(make_dicom([np.asarray(image.convert("RGB"))], "explicit", grey=image.mode == "L")))
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.PhotometricInterpretation = photometric
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def test_j2k_levels_are_read_from_the_codestream(golden_image: Image.Image) -> None:
+    from model.dicom import _j2k_levels
+
+    for resolutions in (1, 2, 4, 6):
+        assert _j2k_levels(_j2k(golden_image, resolutions)) == resolutions - 1
+    assert _j2k_levels(b"\xff\xd8\xff\xe0") == 0 and _j2k_levels(b"") == 0
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_camera_size_jpeg_2000_frame_is_decoded_at_a_resolution_level_for_the_model(
+    golden_image: Image.Image, default_artifact: Path, mode: str
+) -> None:
+    """Lossless JPEG 2000: in full the pixels pydicom gives; for the model one wavelet level short of the JPEG rule
+    (2400 px: 1/2), geometry on the stored grid and the embedding within the JPEG path's cosine of the full one."""
+    from pydicom import dcmread
+    from pydicom.pixels import pixel_array
+
+    from model.runtime import KeepfitRuntime
+
+    camera = golden_image.resize((2400, 1600)).convert(mode)
+    data = _encapsulated(camera, _j2k(camera), "1.2.840.10008.1.2.4.90", "RGB" if mode == "RGB" else "MONOCHROME2")
+    full = load_image(data)
+    assert np.array_equal(np.asarray(full), pixel_array(dcmread(io.BytesIO(data))))
+    assert np.array_equal(np.asarray(full), np.asarray(camera))  # lossless
+    small = load_image(data, size=224)
+    assert small.size == (1200, 800) and original_size(small) == (2400, 1600)
+    runtime = KeepfitRuntime.from_artifact(default_artifact)
+    a, b = runtime.encode_images([full])[0], runtime.encode_images([small])[0]
+    assert float(a @ b) > 0.999
+
+
+def test_a_jpeg_2000_frame_with_fewer_levels_is_reduced_no_further(golden_image: Image.Image) -> None:
+    camera = golden_image.resize((3872, 2592))
+    data = _encapsulated(camera, _j2k(camera, resolutions=2), "1.2.840.10008.1.2.4.90", "RGB")
+    assert load_image(data, size=224).size == (1936, 1296)  # the rule asks for 1/4; the codestream has 1/2
+
+
+def test_a_jp2_file_in_place_of_the_codestream_is_left_to_pydicom() -> None:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import pixel_array
+
+    path = Path(get_testdata_file("GDCMJ2K_TextGBR.dcm"))  # GDCM wrote a JP2 file, which Pillow does not read
+    assert np.array_equal(np.asarray(load_image(path, size=224)), pixel_array(dcmread(path)))
