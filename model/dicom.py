@@ -7,6 +7,8 @@
   (HTTP 415) naming the transfer syntax.
 - Colour: YBR_FULL / YBR_FULL_422 / YBR_ICT / YBR_RCT are converted to RGB, MONOCHROME1 is inverted,
   PALETTE COLOR goes through its lookup table; more than 8 bits are scaled by ``BitsStored``.
+- 8-bit JPEG (YBR or grey) and JPEG 2000 frames are decoded by Pillow, scaled for the model while they decode
+  (:func:`_pillow_frame`); everything else by pydicom's plugins.
 - Multi-frame: an OCT volume gives its central B-scan by default, other multi-frame objects their first frame;
   :func:`selected_frame` chooses another (``frame=`` in the API).  Only that frame is decoded.
 - The modality the header states (``OPT`` -> OCT, ``OP`` -> CFP, or FFA for an angiogram) is put in the image's
@@ -120,8 +122,9 @@ def dicom_pixels(data: bytes | memoryview) -> int:
 def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Image.Image:
     """DICOM bytes -> an 8-bit ``L`` or ``RGB`` image of one frame (see the module docstring).
 
-    With ``size`` (the model input's side), a JPEG baseline frame may come back DCT-scaled, as a JPEG upload
-    does; its stored ``(Columns, Rows)`` are then in ``info["keepfit.original_size"]``.
+    With ``size`` (the model input's side), a JPEG frame may come back DCT-scaled, as a JPEG upload does, and a
+    JPEG 2000 frame at a lower resolution level; the stored ``(Columns, Rows)`` are in
+    ``info["keepfit.original_size"]`` either way.
     """
     try:
         import pydicom
@@ -224,7 +227,7 @@ def _finish(
 # - JPEG 2000 (lossless and lossy, 8-bit): OpenJPEG, as pydicom's plugin, but asked for a lower resolution level
 #   of the wavelet: down to no less than J2K_GAP x the model input, one level short of the JPEG rule. On the
 #   camera originals as JPEG 2000 DICOM (service/benchmarks/decode_quality.py --j2k-dicom) the embedding keeps
-#   cosine 0.9994 with the full decode at 1/4 (1.27 s -> 0.11 s), where 1/8 gave 0.9969 (0.04 s): the JPEG
+#   cosine 0.9993 with the full decode at 1/4 (1.2 s -> 0.1 s), where 1/8 gave 0.9969 (0.04 s): the JPEG
 #   path's 0.999 is the bar. The colour transform of the codestream (RGB, YBR_RCT, YBR_ICT) is undone by the
 #   decoder either way.
 J2K_GAP = 4.0
