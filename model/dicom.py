@@ -222,8 +222,9 @@ def _finish(
 # - JPEG baseline and extended (8-bit), as fundus cameras store photographs: libjpeg-turbo, the decoder of a JPEG
 #   upload, DCT-scaled like one. pydicom's JPEG plugin took 40x as long on a camera-size frame
 #   (service/benchmarks/camera_speed.py) and decoded slightly different pixels from the same stream. YCbCr is
-#   converted to RGB by both; a frame labelled "RGB" (stored without the YCbCr transform) is left to pydicom,
-#   which knows that convention.
+#   converted to RGB by both. A frame labelled "RGB" is stored without the YCbCr transform: Pillow knows that
+#   only from an Adobe marker saying so (pydicom's test files with one: within 1 grey level of pydicom; without
+#   one Pillow applied the transform, 137 levels off), so without the marker it is left to pydicom.
 # - JPEG 2000 (lossless and lossy, 8-bit): OpenJPEG, as pydicom's plugin, but asked for a lower resolution level
 #   of the wavelet: down to no less than J2K_GAP x the model input, one level short of the JPEG rule. On the
 #   camera originals as JPEG 2000 DICOM (service/benchmarks/decode_quality.py --j2k-dicom) the embedding keeps
@@ -234,7 +235,7 @@ J2K_GAP = 4.0
 _PILLOW_FRAMES: dict[str, tuple[str, dict[str, str]]] = {
     **dict.fromkeys(
         ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"),
-        ("JPEG", {"YBR_FULL_422": "RGB", "YBR_FULL": "RGB", "MONOCHROME2": "L", "MONOCHROME1": "L"}),
+        ("JPEG", {"YBR_FULL_422": "RGB", "YBR_FULL": "RGB", "RGB": "RGB", "MONOCHROME2": "L", "MONOCHROME1": "L"}),
     ),
     **dict.fromkeys(
         ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),
@@ -270,6 +271,8 @@ def _pillow_frame(
         return None
     if image.format != kind or image.mode != mode or image.size != (int(ds.Columns), int(ds.Rows)):
         return None
+    if kind == "JPEG" and photometric == "RGB" and image.info.get("adobe_transform") != 0:
+        return None  # an RGB frame without the marker that tells Pillow so (above)
     if kind == "JPEG2000" and not stream.startswith(b"\xff\x4f\xff\x51"):
         return None  # a JP2 file instead of the codestream DICOM asks for (GDCM wrote some): pydicom reads those
     if size is not None and kind == "JPEG":

@@ -162,12 +162,23 @@ def test_pydicoms_jpeg_files_decode_as_pydicom_decodes_them() -> None:
     from pydicom.pixels import pixel_array
 
     for name in ("SC_rgb_dcmtk_+eb+cy+np.dcm", "SC_rgb_dcmtk_+eb+cy+s4.dcm", "SC_rgb_jpeg_lossy_gdcm.dcm",
-                 "examples_ybr_color.dcm", "SC_rgb_jpeg_dcmtk.dcm"):
+                 "examples_ybr_color.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+                 # "RGB" frames: with the Adobe marker that says so (Pillow), without it (pydicom)
+                 "SC_rgb_dcmtk_+eb+cr.dcm", "SC_rgb_jpeg_app14_dcmd.dcm", "SC_jpeg_no_color_transform_2.dcm",
+                 "SC_jpeg_no_color_transform.dcm", "SC_rgb_jpeg.dcm"):
         path = Path(get_testdata_file(name))
         ds = dcmread(path)
         theirs = pixel_array(ds, index=0 if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None).astype(int)
         ours = np.asarray(load_image(path)).astype(int)  # the first frame of a multi-frame series
         assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 3, name
+    # which decoder: an "RGB" frame goes to Pillow only with its Adobe marker
+    from model.dicom import _pillow_frame
+
+    for name, pillow in (("SC_rgb_dcmtk_+eb+cr.dcm", True), ("SC_rgb_jpeg.dcm", False),
+                         ("SC_rgb_jpeg_dcmtk.dcm", True)):
+        ds = dcmread(Path(get_testdata_file(name)))
+        syntax, photometric = str(ds.file_meta.TransferSyntaxUID), str(ds.PhotometricInterpretation)
+        assert (_pillow_frame(ds, syntax, photometric, 0, 1, None) is not None) is pillow, name
 
 
 def test_multi_frame_oct_volume_centre_by_default_and_frame_to_choose(
