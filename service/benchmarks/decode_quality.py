@@ -6,7 +6,8 @@ zero-shot top-1 over the modality's default categories agrees, and the time of d
 With ``--gaps``, the same for other reducing gaps (how far block averaging may go before the filter), which is
 how ``model.preprocess.REDUCING_GAP`` was chosen. With ``--j2k-dicom``, each image is first stored as a JPEG 2000
 lossless DICOM object (its decoded pixels), decoded in full by pydicom on the old path and at the wavelet's
-resolution level for the model on the current one.
+resolution level for the model on the current one; ``--gaps`` then compares ``model.dicom.J2K_GAP`` values (2: the
+JPEG rule's 1/8 on camera images; 4, used: 1/4).
 
     python -m service.benchmarks.decode_quality [--per-set 40] [--gaps 1,2,3] [--j2k-dicom]
 """
@@ -45,20 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     p.add_argument("--per-set", type=int, default=40)
-    p.add_argument("--gaps", default="2", help="reducing gaps to compare (comma-separated)")
+    p.add_argument("--gaps", default=None, help="reducing gaps to compare (comma-separated; default: the one used)")
     p.add_argument("--j2k-dicom", action="store_true", help="the images as JPEG 2000 lossless DICOM objects")
     args = p.parse_args(argv)
 
+    from model import dicom
     from model import preprocess as new
     from model.runtime import KeepfitRuntime
     from service.benchmarks import _old_path as old
 
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     cfg = runtime.preprocess_cfg
-    gaps = [float(g) for g in args.gaps.split(",") if g]
+    # the JPEG 2000 resolution level's gap for DICOM objects, else the reducing gap of decoding and resizing
+    target, attr = (dicom, "J2K_GAP") if args.j2k_dicom else (new, "REDUCING_GAP")
+    gaps = [float(g) for g in (args.gaps or f"{getattr(target, attr):g}").split(",") if g]
     print("| images | n | path | cosine mean | cosine min | top-1 agrees | decode+preprocess ms |")
     print("|---|---|---|---|---|---|---|")
-    default_gap = new.REDUCING_GAP
+    default_gap = getattr(target, attr)
     for name, (modality, paths) in image_sets(args.data_root, args.per_set).items():
         blobs = [q.read_bytes() for q in paths]
         if args.j2k_dicom:
@@ -78,14 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         ref_top = np.argmax(runtime.zero_shot(ref, classes), axis=1)
         print(f"| {name} | {len(blobs)} | old (full size) | 1 | 1 | 100 % | {ref_ms:.1f} |")
         for gap in gaps:
-            new.REDUCING_GAP = gap
+            setattr(target, attr, gap)
             try:
                 emb, ms = embed(lambda d: new.preprocess(new.load_image(d, size=cfg.image_size), cfg))
             finally:
-                new.REDUCING_GAP = default_gap
+                setattr(target, attr, default_gap)
             cos = np.sum(emb * ref, axis=1)  # [N], unit vectors
             agree = float(np.mean(np.argmax(runtime.zero_shot(emb, classes), axis=1) == ref_top))
-            print(f"| {name} | {len(blobs)} | gap {gap:g} | {cos.mean():.5f} | {cos.min():.5f} | "
+            print(f"| {name} | {len(blobs)} | {'JPEG 2000 ' if args.j2k_dicom else ''}gap {gap:g} | "
+                  f"{cos.mean():.5f} | {cos.min():.5f} | "
                   f"{100 * agree:.0f} % | {ms:.1f} |")
     return 0
 
