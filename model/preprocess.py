@@ -201,9 +201,7 @@ def load_image(
         if stream is not None:
             data = stream.read()
         # model/dicom.py: frames, colour spaces, syntaxes; a JPEG frame is DCT-scaled to ``size`` as below
-        image = decode_dicom(data, max_pixels=max_pixels, size=size)
-        image.info.setdefault(ORIGINAL_SIZE, image.size)
-        return image
+        return decode_dicom(data, max_pixels=max_pixels, size=size)  # it records the stored size
     else:
         try:
             with warnings.catch_warnings():
@@ -239,13 +237,19 @@ def load_image(
     return image
 
 
+def _least_size(image_size: tuple[int, int], size: int, gap: float) -> tuple[int, int]:
+    """The smallest ``(width, height)`` a decode may scale ``image_size`` to: ``gap`` x the image resized to a
+    model input of side ``size``."""
+    width, height = image_size
+    scale = size / max(width, height)
+    return math.ceil(width * scale * gap), math.ceil(height * scale * gap)
+
+
 def draft_for(image: Image.Image, size: int) -> None:
     """Before a JPEG is loaded: have it DCT-scaled by 1/2, 1/4 or 1/8 while it decodes, down to no less than
     ``REDUCING_GAP`` x its size resized to a model input of side ``size``."""
-    width, height = image.size
-    scale = size / max(width, height)
-    wanted = (math.ceil(width * scale * REDUCING_GAP), math.ceil(height * scale * REDUCING_GAP))
-    if wanted[0] < width and wanted[1] < height:
+    wanted = _least_size(image.size, size, REDUCING_GAP)
+    if wanted[0] < image.size[0] and wanted[1] < image.size[1]:
         image.draft(None, wanted)
 
 
@@ -253,8 +257,7 @@ def reduction_for(image_size: tuple[int, int], size: int, gap: float = REDUCING_
     """How many times an image of ``image_size`` may be halved (a JPEG 2000 resolution level) and still be no
     less than ``gap`` x its size resized to a model input of side ``size`` (:func:`draft_for`'s rule)."""
     width, height = image_size
-    scale = size / max(width, height)
-    wanted = (math.ceil(width * scale * gap), math.ceil(height * scale * gap))
+    wanted = _least_size(image_size, size, gap)
     levels = 0
     while -(-width // 2 ** (levels + 1)) >= wanted[0] and -(-height // 2 ** (levels + 1)) >= wanted[1]:
         levels += 1

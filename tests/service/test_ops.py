@@ -56,6 +56,11 @@ def test_readyz_is_503_before_the_lifespan(default_artifact: Path) -> None:
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
 
 
+def _gauge(text: str, name: str) -> float:
+    """The value of the sample ``name`` (with its labels, if any) in a Prometheus text exposition."""
+    return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).rsplit(" ", 1)[1])
+
+
 def test_metrics_count_requests_stages_and_cache(api: TestClient, real_images: dict[str, bytes]) -> None:
     files = {"image": ("a.png", real_images["OCT"], "image/jpeg")}
     for _ in range(2):
@@ -65,19 +70,10 @@ def test_metrics_count_requests_stages_and_cache(api: TestClient, real_images: d
     assert 'keepfit_stage_duration_seconds_count{stage="inference"}' in text
     assert 'keepfit_cache_hits_total{endpoint="classify"}' in text
     assert 'keepfit_cache_misses_total{endpoint="classify"}' in text
-
-    def value(name: str) -> float:
-        line = next(ln for ln in text.splitlines() if ln.startswith(name))
-        return float(line.rsplit(" ", 1)[1])
-
-    assert value('keepfit_cache_hits_total{endpoint="classify"}') >= 1
+    assert _gauge(text, 'keepfit_cache_hits_total{endpoint="classify"}') >= 1
     # path parameters are labelled by template, not by value
     api.get("/v1/images/123456")
     assert 'route="/v1/images/{image_id}"' in api.get("/metrics").text
-
-
-def _gauge(text: str, name: str) -> float:
-    return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).rsplit(" ", 1)[1])
 
 
 def test_metrics_report_the_sizing_and_the_model_jobs_in_flight(api: TestClient) -> None:
