@@ -83,6 +83,9 @@ def _modality(ds: Any) -> str | None:
 
 def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
     if arr.dtype == np.uint8:
+        bits = int(getattr(ds, "BitsStored", 8) or 8)
+        if 1 <= bits < 8 and arr.size and int(arr.max()) <= 2**bits - 1:  # 1-bit (0/1) and other short data
+            return (arr.astype(np.uint16) * 255 // (2**bits - 1)).astype(np.uint8)
         return arr
     if arr.dtype.kind == "f":
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
@@ -138,7 +141,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     except Exception as err:  # pydicom raises many types; their messages may quote header values
         raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageError("the DICOM file holds no image (no pixel data)")
+        raise ImageError("the DICOM file holds no image (no pixel data, or the file is cut short before its end)")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
     try:
@@ -175,21 +178,30 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
                 f"cannot decode DICOM transfer syntax {syntax_name} ({syntax}) here: no decoder installed"
             )
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
-    fast = _pillow_frame(ds, str(syntax or ""), photometric, frame, frames, size)
+    stream = _checked_frame(ds, str(syntax or ""), frame, frames, (cols, rows))
+    fast = _pillow_frame(ds, stream, str(syntax or ""), photometric, size) if stream is not None else None
     if fast is not None:
         image = ImageOps.invert(fast) if photometric == "MONOCHROME1" else fast
         return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
     try:
         # only the chosen frame; YBR is converted to RGB by pydicom (as_rgb defaults to True)
         arr = pixel_array(ds, index=frame if frames > 1 else None)
-    except (NotImplementedError, RuntimeError) as err:
+    except NotImplementedError as err:
         raise UnsupportedMediaError(f"cannot decode DICOM transfer syntax {syntax_name} ({syntax})") from err
-    except Exception as err:
-        raise ImageError(f"the DICOM pixel data is truncated or corrupt ({err.__class__.__name__})") from err
+    except Exception as err:  # the syntax has a decoder here (checked above): its data is what it refused
+        raise ImageError(
+            f"the DICOM pixel data ({syntax_name}) is truncated or corrupt ({err.__class__.__name__})"
+        ) from err
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        arr = apply_color_lut(arr, ds)
+        try:
+            arr = apply_color_lut(arr, ds)
+            lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        except Exception as err:
+            raise ImageError(f"the DICOM colour palette is missing or corrupt ({err.__class__.__name__})") from err
+        if arr.dtype != np.uint8 and lut_bits in (8, 16):  # by the table's range, not the image's own peak
+            arr = np.round(arr.astype(np.float32) * (255.0 / (2**lut_bits - 1))).astype(np.uint8)
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -244,12 +256,70 @@ _PILLOW_FRAMES: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def _pillow_frame(
-    ds: Any, syntax: str, photometric: str, frame: int, frames: int, size: int | None
-) -> Image.Image | None:
-    """Frame ``frame`` of a JPEG or JPEG 2000 8-bit DICOM decoded by Pillow, or None where pydicom must decode it
-    (another syntax or colour space, more than 8 bits, a stream whose header does not match the DICOM header:
-    pydicom then decodes it or says what is wrong).
+# Encapsulated syntaxes whose frames are one JPEG-family codestream (SOI ... SOF ... EOI): baseline, extended,
+# lossless (process 14, SV1), JPEG-LS lossless and near-lossless
+_JPEG_FAMILY = {"1.2.840.10008.1.2.4." + n for n in ("50", "51", "57", "70", "80", "81")}
+_J2K = {"1.2.840.10008.1.2.4." + n for n in ("90", "91", "201", "202", "203")}
+# JPEG start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC) and JPEG-LS's SOF55
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+
+
+def _stream_size(stream: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` a JPEG-family codestream (its SOF) or a JPEG 2000 codestream (its SIZ) declares; None
+    where it cannot be read from the main header."""
+    if stream[:4] == b"\xff\x4f\xff\x51" and len(stream) >= 24:  # J2K: SOC, SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
+        x, y, x0, y0 = (int.from_bytes(stream[at : at + 4], "big") for at in (8, 12, 16, 20))
+        return x - x0, y - y0
+    if stream[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 <= len(stream):
+        if stream[at] != 0xFF:
+            return None
+        marker = stream[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in _SOF:  # Lf (2), P (1), Y (2), X (2)
+            return int.from_bytes(stream[at + 7 : at + 9], "big"), int.from_bytes(stream[at + 5 : at + 7], "big")
+        if marker == 0xDA:  # scan data before any frame header
+            return None
+        at += 2 + int.from_bytes(stream[at + 2 : at + 4], "big")
+    return None
+
+
+def _checked_frame(ds: Any, syntax: str, frame: int, frames: int, stored: tuple[int, int]) -> bytes | None:
+    """Frame ``frame``'s codestream of encapsulated JPEG-family or JPEG 2000 pixel data, once it is known to fit
+    the DICOM header (None for other syntaxes or where the frame cannot be told apart).
+
+    pydicom decodes such a frame and then lays its pixels out by the header's Rows and Columns: a stream of other
+    dimensions came out as a scrambled picture, and a JPEG-LS stream cut short as one whose lower part was made
+    up. Both are :class:`ImageError` here: a header that disagrees with its stream, and a JPEG-family stream
+    without its end-of-image marker.
+    """
+    if syntax not in _JPEG_FAMILY and syntax not in _J2K:
+        return None
+    from pydicom.encaps import get_frame
+
+    try:
+        stream = bytes(get_frame(ds.PixelData, frame, number_of_frames=frames))
+    except Exception:
+        return None  # pydicom's own decode then says what is wrong
+    declared = _stream_size(stream)
+    if declared is not None and declared != stored:
+        raise ImageError(
+            f"the DICOM header says the image is {stored[0]}x{stored[1]}, but its pixel data holds a "
+            f"{declared[0]}x{declared[1]} image: the file is inconsistent"
+        )
+    # (fragments are padded to an even length, by some writers with 0xFF; EOI occurs nowhere else in the stream)
+    if syntax in _JPEG_FAMILY and not stream.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):
+        raise ImageError("the DICOM pixel data is truncated or corrupt (its JPEG frame has no end-of-image marker)")
+    return stream
+
+
+def _pillow_frame(ds: Any, stream: bytes, syntax: str, photometric: str, size: int | None) -> Image.Image | None:
+    """A JPEG or JPEG 2000 8-bit DICOM frame's codestream (:func:`_checked_frame`) decoded by Pillow, or None where
+    pydicom must decode it (another syntax or colour space, more than 8 bits, a stream Pillow reads differently).
 
     A JPEG stream that matches but does not decode (truncated, corrupt) is an :class:`ImageError`, as the same
     JPEG uploaded as a file is: pydicom's plugin decoded the half of a truncated camera frame that was there and
@@ -260,12 +330,9 @@ def _pillow_frame(
     mode = modes.get(photometric)
     if mode is None or int(getattr(ds, "BitsStored", 8) or 8) != 8:
         return None
-    from pydicom.encaps import get_frame
-
     from model.preprocess import draft_for, reduction_for
 
     try:
-        stream = get_frame(ds.PixelData, frame, number_of_frames=frames)
         image = Image.open(io.BytesIO(stream))
     except Exception:
         return None

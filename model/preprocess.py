@@ -41,6 +41,9 @@ class ReadableFile(Protocol):
 # Pillow's own bomb guard only warns below 2x its limit; we enforce our own limit explicitly instead.
 DEFAULT_MAX_PIXELS = 64_000_000
 _FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+# A JPEG with a second image in an MPF block (a preview or the other half of a stereo pair, as many cameras and
+# phones write) opens as "MPO": its first image is the photograph, decoded as any JPEG.
+_JPEG = ("JPEG", "MPO")
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # Downscaling first averages whole blocks of pixels (JPEG DCT scaling at decode, then Pillow's integer
 # ``reduce``) down to no less than REDUCING_GAP x the model input, and only then applies the configured filter.
@@ -211,7 +214,7 @@ def load_image(
             raise ImageTooLargeError(f"image has too many pixels (decompression bomb?): {err}") from err
         except Exception as err:
             raise ImageError("not an image (cannot identify the file format)") from err
-        if image.format not in _FORMATS:
+        if image.format not in (*_FORMATS, "MPO"):
             raise UnsupportedMediaError(
                 f"unsupported image format {image.format}; accepted: {', '.join(_FORMATS)} (and DICOM)"
             )
@@ -221,7 +224,7 @@ def load_image(
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels ({width}x{height})")
     image.info[ORIGINAL_SIZE] = (width, height)
-    if size is not None and image.format == "JPEG":
+    if size is not None and image.format in _JPEG:
         draft_for(image, size)
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -229,7 +232,7 @@ def load_image(
         # releases and retakes the GIL around each). In a server the event loop and the other model threads
         # wait on that GIL: camera JPEGs decoded in one call kept the cores 1-2 % busier under load, with the
         # same decode time alone. Not for other formats: an uncompressed TIFF would be copied whole first.
-        if stream is None and image.format == "JPEG" and isinstance(image, ImageFile.ImageFile):
+        if stream is None and image.format in _JPEG and isinstance(image, ImageFile.ImageFile):
             image.decodermaxblock = max(image.decodermaxblock, len(data))
         image.load()
     except Exception as err:  # truncated or corrupt data
@@ -285,11 +288,25 @@ def upright_original_size(image: Image.Image) -> tuple[int, int]:
 
 
 def _container_max(image: Image.Image) -> float:
-    """The range of a 16-bit/integer/float image's container that holds its maximum (no pixel copy)."""
+    """The range of a 16-bit/integer/float image's container that holds its maximum (no pixel copy).
+
+    A float image whose values lie within 0-1 is taken to mean 0-1 (``F`` images come here finite: :func:`_finite`).
+    """
     extrema = image.getextrema()
     top = float(extrema[1]) if isinstance(extrema[1], int | float) else 0.0
+    if image.mode == "F" and 0.0 < top <= 1.0:
+        return 1.0
     # 16-bit captures are often 10-14 bit data: scale by the container's range that holds the maximum.
     return next((float(2**b - 1) for b in (8, 10, 12, 14, 16) if top <= 2**b - 1), top or 1.0)
+
+
+def _finite(image: Image.Image) -> Image.Image:
+    """A float (``F``) image with NaN and infinite pixels set to 0: one NaN made the whole image's range NaN (an
+    all-black input), and a filter spreads it to its neighbours."""
+    arr = np.asarray(image, dtype=np.float32)
+    if np.isfinite(arr).all():
+        return image
+    return Image.fromarray(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), mode="F")
 
 
 def _to_8bit(image: Image.Image, scale: float) -> Image.Image:
@@ -315,6 +332,11 @@ def _rgb_at(image: Image.Image, size: tuple[int, int] | None, resample: Image.Re
     """
     mode = image.mode
     target = size or image.size
+    if mode in ("I;16B", "I;16N"):  # big-endian ("MM" TIFF) or native: Pillow measures and filters only I;16
+        # (and its own convert("I;16") clips these to 0-255)
+        image, mode = Image.fromarray(np.asarray(image).astype("<u2")), "I;16"
+    elif mode == "F":
+        image = _finite(image)
     if mode in (*_SIXTEEN_BIT, "I", "F"):
         scale = _container_max(image)
         return _to_8bit(_shrink(image, target, resample), scale).convert("RGB")

@@ -137,9 +137,9 @@ def test_rgb_jpeg_frames_and_streams_that_do_not_decode_are_left_to_pydicom(cfp:
     ds = dcmread(io.BytesIO(labelled_rgb))
     assert ds.PhotometricInterpretation == "RGB"
     assert np.array_equal(np.asarray(load_image(labelled_rgb)), pixel_array(ds))
-    # a stream that is not the size the header says: pydicom's decoder is asked, and refuses it
+    # a stream that is not the size the header says is refused before any decoder sees it
     small = _jpeg(Image.fromarray(rgb).resize((64, 48)))
-    with pytest.raises(ImageError, match="truncated or corrupt"):
+    with pytest.raises(ImageError, match="holds a 64x48 image: the file is inconsistent"):
         load_image(make_dicom([rgb], "jpeg-baseline", jpeg_bytes=[small]))
 
 
@@ -172,13 +172,14 @@ def test_pydicoms_jpeg_files_decode_as_pydicom_decodes_them() -> None:
         ours = np.asarray(load_image(path)).astype(int)  # the first frame of a multi-frame series
         assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 3, name
     # which decoder: an "RGB" frame goes to Pillow only with its Adobe marker
-    from model.dicom import _pillow_frame
+    from model.dicom import _checked_frame, _pillow_frame
 
     for name, pillow in (("SC_rgb_dcmtk_+eb+cr.dcm", True), ("SC_rgb_jpeg.dcm", False),
                          ("SC_rgb_jpeg_dcmtk.dcm", True)):
         ds = dcmread(Path(get_testdata_file(name)))
         syntax, photometric = str(ds.file_meta.TransferSyntaxUID), str(ds.PhotometricInterpretation)
-        assert (_pillow_frame(ds, syntax, photometric, 0, 1, None) is not None) is pillow, name
+        stream = _checked_frame(ds, syntax, 0, 1, (int(ds.Columns), int(ds.Rows)))
+        assert stream is not None and (_pillow_frame(ds, stream, syntax, photometric, None) is not None) is pillow, name
 
 
 def test_multi_frame_oct_volume_centre_by_default_and_frame_to_choose(
@@ -351,3 +352,88 @@ def test_a_jp2_file_in_place_of_the_codestream_is_left_to_pydicom() -> None:
 
     path = Path(get_testdata_file("GDCMJ2K_TextGBR.dcm"))  # GDCM wrote a JP2 file, which Pillow does not read
     assert np.array_equal(np.asarray(load_image(path, size=224)), pixel_array(dcmread(path)))
+
+
+def _with_fragment(data: bytes, cut: Any = None, **header: Any) -> bytes:
+    """``data`` (single-frame encapsulated DICOM) with its frame's codestream passed through ``cut`` and the
+    header attributes ``header`` set."""
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = dcmread(io.BytesIO(data))
+    if cut is not None:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        ds.PixelData = encapsulate([cut(frame)])
+    for key, value in header.items():
+        setattr(ds, key, value)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("syntax", ["jpeg-baseline", "jpeg-ls", "jpeg2000"])
+def test_a_header_whose_rows_and_columns_disagree_with_the_stream_is_refused(
+    cfp: tuple[bytes, np.ndarray], syntax: str
+) -> None:
+    """pydicom decoded the stream and laid its pixels out by the header's Rows and Columns: swapped, a scrambled
+    picture that the model would have classified."""
+    _, rgb = cfp
+    rgb = rgb[:96, :128]
+    swapped = _with_fragment(make_dicom([rgb], syntax), Rows=128, Columns=96)
+    for size in (None, 224):
+        with pytest.raises(ImageError, match="says the image is 96x128, but its pixel data holds a 128x96 image"):
+            load_image(swapped, size=size)
+
+
+@pytest.mark.parametrize("syntax", ["jpeg-baseline", "jpeg-ls", "jpeg2000", "rle"])
+def test_a_frame_cut_short_is_corrupt_data_never_an_unsupported_syntax_or_a_made_up_image(
+    cfp: tuple[bytes, np.ndarray], syntax: str
+) -> None:
+    """Half a frame: JPEG-LS decoded the half that was there and made up the rest; JPEG 2000 and RLE were
+    answered as an unsupported transfer syntax (415) instead of corrupt data (400)."""
+    _, rgb = cfp
+    data = make_dicom([rgb[:96, :128]], syntax)
+    assert np.array_equal(np.asarray(load_image(data)), rgb[:96, :128]) or syntax == "jpeg-baseline"
+    half = _with_fragment(data, lambda frame: frame[: len(frame) // 2])
+    with pytest.raises(ImageError, match="truncated or corrupt") as refused:
+        load_image(half)
+    assert not isinstance(refused.value, UnsupportedMediaError)
+
+
+def test_pydicoms_files_with_padded_or_complete_streams_still_decode() -> None:
+    """The end-of-image check accepts a stream padded after its marker (0xFF in pydicom's 12-bit JPEG file)."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import pixel_array
+
+    path = Path(get_testdata_file("JPGExtended.dcm"))
+    assert load_image(path).size == (256, 1024)
+    for name in ("SC_rgb_jls_lossy_line.dcm", "SC_rgb_jpeg_gdcm.dcm", "JPEG2000.dcm"):
+        path = Path(get_testdata_file(name))
+        theirs = np.asarray(pixel_array(dcmread(path))).astype(int)
+        ours = np.asarray(load_image(path)).astype(int)
+        assert ours.shape[:2] == theirs.shape[:2], name
+
+
+def test_a_palette_is_scaled_by_its_tables_range_and_one_bit_images_by_theirs() -> None:
+    """A dark 16-bit palette stays dark (it was stretched by the image's own peak, 4x too bright); a 1-bit
+    image is black and white (its 0/1 values were taken as 8-bit grey levels: all black)."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut, pixel_array
+
+    ds = dcmread(get_testdata_file("examples_palette.dcm"))
+    lut = np.arange(256, dtype=np.uint16) * 64  # entry i -> i * 64 of 65535: at most a quarter of full scale
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableData", lut.tobytes())
+    out = io.BytesIO()
+    ds.save_as(out)
+    expected = np.round(apply_color_lut(pixel_array(ds), ds).astype(np.float64) * 255 / 65535)
+    ours = np.asarray(load_image(out.getvalue())).astype(int)
+    assert ours.max() == expected.max() == 64 and np.abs(ours - expected).max() <= 1
+
+    one_bit = dcmread(get_testdata_file("liver_1frame.dcm"))
+    assert int(one_bit.BitsStored) == 1
+    ours = np.asarray(load_image(Path(get_testdata_file("liver_1frame.dcm"))))
+    assert set(np.unique(ours).tolist()) == {0, 255}
+    assert np.array_equal(ours == 255, pixel_array(one_bit) == 1)

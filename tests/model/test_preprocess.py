@@ -326,3 +326,44 @@ def test_header_pixels_of_jpeg_and_png_agree_with_pillow() -> None:
     for cut in (3, 20, 100, jpeg.index(b"\xff\xc0") + 6):  # cut before the frame header ends: not a size
         assert jpeg_size(jpeg[:cut]) is None
     assert header_pixels(jpeg[:50]) == 0 and header_pixels(b"\xff\xd8\xff\xda") == 0
+
+
+def test_big_endian_16_bit_tiff_reads_as_the_little_endian_one() -> None:
+    """A Motorola-order ("MM") 16-bit TIFF opens as I;16B, which Pillow cannot measure: it raised ValueError
+    (HTTP 500)."""
+    arr = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 21 % 65536).astype(np.uint16)
+    little = Image.fromarray(arr)
+    big = Image.frombytes("I;16B", (64, 48), arr.astype(">u2").tobytes())
+    for size in (None, 224):
+        decoded = load_image(_encode(big, "TIFF"), size=size)
+        assert decoded.mode == "I;16B"
+        assert np.array_equal(preprocess(decoded, CFG), preprocess(load_image(_encode(little, "TIFF")), CFG))
+
+
+def test_float_images_keep_their_meaning_with_nan_and_in_0_to_1() -> None:
+    """One NaN pixel made the whole image black (its range became NaN); a 0-1 float image was read as 0-255."""
+    grey = (np.arange(64 * 48).reshape(48, 64) % 200 + 20).astype(np.float32)
+    reference = preprocess(load_image(_encode(Image.fromarray(grey.astype(np.uint8)), "PNG")), CFG)
+    unit = preprocess(load_image(_encode(Image.fromarray(grey / 255.0, mode="F"), "TIFF")), CFG)
+    assert np.abs(unit - reference).max() < 0.05  # a rounding of 1 grey level at most
+    holed = grey.copy()
+    holed[10, 10] = np.nan
+    holed[20, 30] = np.inf
+    with_nan = preprocess(load_image(_encode(Image.fromarray(holed, mode="F"), "TIFF")), CFG)
+    assert np.isfinite(with_nan).all()
+    # only around the two bad pixels: each of the 64x48 pixels covers 3.5x3.5 of the 224 px input, and the bicubic
+    # filter reaches two pixels either side
+    differs = np.abs(with_nan - reference).max(axis=0) > 0.05
+    assert 0 < differs.sum() < 2 * (4 * 3.5) ** 2
+
+
+def test_a_jpeg_with_an_mpf_preview_is_decoded_as_its_photograph(golden_image: Image.Image) -> None:
+    """Cameras and phones append a preview image in an MPF block; Pillow calls such a file MPO. It was refused
+    as an unsupported format (415)."""
+    plain = _encode(golden_image, "JPEG", quality=92)
+    mpo = _encode(golden_image, "MPO", quality=92, save_all=True, append_images=[golden_image.resize((64, 64))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    for size in (None, 224):
+        ours, theirs = load_image(mpo, size=size), load_image(plain, size=size)
+        assert ours.size == theirs.size
+        assert np.array_equal(preprocess(ours, CFG), preprocess(theirs, CFG))
