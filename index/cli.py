@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -481,7 +480,5 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] not in ("-h", "--help"):
             raise DataError(f"unknown index command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
         return 0 if argv else 2
-    # faiss announces at INFO which CPU build it loaded, on every start: not news for a user
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     func, _ = COMMANDS[argv[0]]
     return func(argv[1:])

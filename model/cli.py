@@ -49,6 +49,8 @@ def setup_logging(level: str | None = None) -> None:
         level=(level or os.environ.get("KEEPFIT_LOG_LEVEL", "INFO")).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # faiss announces at INFO which CPU build it loaded, on every start: not news for a user of any command
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:

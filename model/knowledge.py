@@ -100,7 +100,8 @@ class Knowledge:
     def categories(self) -> list[str]:
         return list(self.data["categories"])
 
-    def _key(self, name: str) -> str:
+    def key(self, name: str) -> str:
+        """What two names that mean the same share: :func:`name_key` with this knowledge's spelling variants."""
         return name_key(name, self.data.get("spelling") or {})
 
     @cached_property
@@ -111,26 +112,26 @@ class Knowledge:
         categories = self.data["categories"]
         names: dict[str, str] = {}
         for name in categories:
-            names.setdefault(self._key(name), name)
+            names.setdefault(self.key(name), name)
         for name, entry in categories.items():
             for words in (entry.get("aliases") or {}).values():
                 for alias in words:
-                    names.setdefault(self._key(alias), name)
+                    names.setdefault(self.key(alias), name)
         # format 1: abbreviation -> full name (format 2 also lists them as aliases)
         for abbreviation, full in self.data.get("abbreviations", {}).items():
-            target = names.get(self._key(str(full)))
+            target = names.get(self.key(str(full)))
             if target is not None:
-                names.setdefault(self._key(abbreviation), target)
+                names.setdefault(self.key(abbreviation), target)
         return names
 
     def canonical(self, category: str) -> str:
         """The category a name means: case, hyphens, spelling variants, aliases and abbreviations (``DR``,
         ``healthy``, ``normal fundus``...) resolved; an unknown name comes back with its spaces tidied."""
         name = " ".join(str(category).strip().split())
-        return self._names.get(self._key(name), name)
+        return self._names.get(self.key(name), name)
 
     def is_known(self, category: str) -> bool:
-        return self._key(category) in self._names
+        return self.key(category) in self._names
 
     def aliases(self, category: str, modality: str | None = None) -> list[str]:
         """Other names of a category: those for ``modality`` (and every modality), or all with ``None``."""
@@ -142,7 +143,7 @@ class Knowledge:
     def similar_known(self, name: str, limit: int = 3, cutoff: float = 0.8) -> list[str]:
         """Known categories whose name or alias resembles ``name`` (a typo, a word more or less), best first.
         Suggestions only: an unknown name is never replaced by one of them."""
-        key = self._key(name)
+        key = self.key(name)
         if not key or key in self._names:
             return []
         words = set(key.split())

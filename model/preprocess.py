@@ -12,6 +12,7 @@ import ctypes.util
 import io
 import logging
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -211,7 +212,12 @@ def load_image(
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(data) if stream is None else cast(IO[bytes], stream))
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-            raise ImageTooLargeError(f"image has too many pixels (decompression bomb?): {err}") from err
+            # Pillow's own text names its own limit, not this one
+            found = re.search(r"\((\d+) pixels\)", str(err))
+            what = f"{int(found.group(1))} pixels" if found else "too many pixels"
+            raise ImageTooLargeError(
+                f"image has {what} (decompression bomb?); the limit is {max_pixels}"
+            ) from err
         except Exception as err:
             raise ImageError("not an image (cannot identify the file format)") from err
         if image.format not in (*_FORMATS, "MPO"):

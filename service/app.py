@@ -19,18 +19,19 @@ import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 
 from model import __version__
 from service.cache import Cache, MemoryCache, RedisCache
 from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
-from service.errors import install_error_handlers
+from service.errors import error_body, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import RequestGuardMiddleware
 from service.routers import categories, classifiers, classify, embed, health, images, search
-from service.schemas import CATEGORY_PATTERN
+from service.schemas import TEXT_PATTERN
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -162,10 +163,10 @@ def _set_limits(schema: dict[str, Any], settings: Settings, tasks: list[str] | N
             if name == "top_k" and option.get("type") == "integer":
                 option["maximum"] = settings.max_top_k
             elif name in ("query", "text") and option.get("type") == "string":
-                option["maxLength"] = settings.max_query_chars
+                option.update(maxLength=settings.max_query_chars, pattern=TEXT_PATTERN)
             elif name == "categories" and option.get("type") == "array" and _string_items(option):
                 option.update(minItems=2, maxItems=settings.max_categories, uniqueItems=True)
-                option["items"] = {"type": "string", "maxLength": MAX_CATEGORY_CHARS, "pattern": CATEGORY_PATTERN}
+                option["items"] = {"type": "string", "maxLength": MAX_CATEGORY_CHARS, "pattern": TEXT_PATTERN}
             elif name == "task" and option.get("type") == "string" and tasks:
                 option["enum"] = tasks
 
@@ -254,6 +255,18 @@ def install_log_redaction() -> None:
         access.addFilter(RedactTokens())
 
 
+
+class _CorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the API's error envelope (it was plain text)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        message = bytes(response.body).decode("utf-8", "replace")  # "Disallowed CORS origin, method"
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse(error_body("cors_refused", f"{message}: not allowed by KEEPFIT_CORS_ORIGINS"), 400, headers)
+
 def create_app(settings: Settings | None = None, *, index_opener: Any = None) -> FastAPI:
     """The app for ``settings`` (default: :func:`get_settings`, i.e. the ``KEEPFIT_*`` environment).
 
@@ -316,7 +329,7 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     )
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            _CorsMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=[API_KEY_HEADER, "Content-Type", "If-None-Match"],

@@ -36,20 +36,49 @@ from service.classifiers import (
 
 
 def _store(args: argparse.Namespace) -> ClassifierStore:
+    """The store of ``--store``, else beside ``--index``, else ``./classifiers``; only ``fit`` creates one (a
+    mistyped path to list, show, delete or refit is an error, not a new empty store)."""
     if args.store:
-        return ClassifierStore(Path(args.store))
-    index = getattr(args, "index", None)
-    if index:
-        path = Path(index)
-        return ClassifierStore(path.parent / f"{path.name}.classifiers")
-    return ClassifierStore(Path("classifiers"))
+        root = Path(args.store)
+    elif getattr(args, "index", None):
+        root = Path(args.index).parent / f"{Path(args.index).name}.classifiers"
+    else:
+        root = Path("classifiers")
+    if args.func is not fit_main and not (root / "classifiers.sqlite").is_file():
+        raise DataError(f"no classifier store at {root} (--store DIR, or --index of the index it sits beside)")
+    return ClassifierStore(root)
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
+    return number
+
+
+def _settings(**values: Any) -> Any:
+    """The service's settings (``KEEPFIT_*`` from the environment, ``values`` over them); a bad one is a
+    :class:`ConfigError` naming the variable."""
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    except ValidationError as err:
+        problems = "; ".join(
+            f"KEEPFIT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"bad settings: {problems}") from err
 
 
 def _engine(artifact: str) -> Any:
     from service.engine import Engine
-    from service.settings import Settings
 
-    return Engine.load(Settings(_env_file=None, artifact=Path(artifact)))  # type: ignore[call-arg]
+    return Engine.load(_settings(artifact=Path(artifact)))
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
@@ -88,10 +117,13 @@ def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 def fit_main(args: argparse.Namespace) -> int:
     from service.routers.classifiers import _fit_and_row  # the one fitting path, shared with the API
-
     name = check_name(args.name)
-    engine = _engine(args.artifact)
+    limit = args.max_classifiers or _settings().max_classifiers
     store = _store(args)
+    if store.count() >= limit:
+        raise DataError(f"{store.root} holds {store.count()} classifiers, the limit (--max-classifiers, "
+                        "KEEPFIT_MAX_CLASSIFIERS); delete one first")
+    engine = _engine(args.artifact)
     files: list[tuple[str, Path]] = []
     if args.manifest:
         files += _manifest_examples(args)
@@ -116,7 +148,7 @@ def fit_main(args: argparse.Namespace) -> int:
     row, result = _fit_and_row(
         engine, name, modality, args.method, not args.no_text_prior, categories, examples
     )
-    saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=args.max_classifiers)
+    saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=limit)
     body = saved.public(engine.version)
     body["fit_ms"] = round(result.fit_ms, 2)
     print(json.dumps(body, indent=2))  # noqa: T201
@@ -144,7 +176,10 @@ def _file_example(engine: Any, label: str, path: Path) -> Example:
     except OSError as err:
         raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
     emb, modality, confidence = _embed_example(engine, data, f"example {path}")
-    return Example(label, sha256_hex(data), "upload", emb, data=data, modality=modality if confidence >= 0.9 else None)
+    return Example(
+        label, sha256_hex(data), "upload", emb, data=data, modality=modality if confidence >= 0.9 else None,
+        filename=str(path),
+    )
 
 
 def _index_examples(args: argparse.Namespace, artifact_version: str) -> list[Example]:
@@ -212,8 +247,8 @@ def refit_main(args: argparse.Namespace) -> int:
     stored = store.examples(row.name)
     same = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
     examples: list[Example] = []
-    if same:
-        x = store.read_arrays(row)["examples_x"]
+    x = store.stored_embeddings(row, len(stored)) if same else None
+    if x is not None:
         examples = [
             Example(e["category"], e["sha256"], e["source"], v, e["index_id"])
             for e, v in zip(stored, x, strict=True)
@@ -273,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     fit.add_argument("--label-column", default="label")
     fit.add_argument("--split", help="only rows of this split (e.g. train)")
-    fit.add_argument("--per-class", type=int, help="at most this many examples per label (random, --seed)")
+    fit.add_argument(
+        "--per-class", type=_positive, help="at most this many examples per label (random, --seed)"
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(
         "--example", action="append", metavar="LABEL=PATH", help="one example image (repeatable)"
@@ -284,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument(
         "--index-label", action="append", metavar="LABEL=INDEX_LABEL", help="every indexed image with a label"
     )
-    fit.add_argument("--max-classifiers", type=int, default=100)
+    fit.add_argument(
+        "--max-classifiers", type=_positive, help="refuse a fit beyond this many (default: KEEPFIT_MAX_CLASSIFIERS, 100)"
+    )
     fit.set_defaults(func=fit_main)
     for name, func, helptext in (
         ("list", list_main, "list the stored classifiers"),

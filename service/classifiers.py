@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -133,6 +134,7 @@ class Example:
     index_id: int | None = None
     data: bytes | None = None
     modality: str | None = None  # the index's modality, or the one recognised for an upload
+    filename: str | None = None  # an upload's file name, for messages
 
 
 @dataclass
@@ -392,12 +394,22 @@ class ClassifierStore:
         try:
             with np.load(self.root / "arrays" / row.arrays) as npz:
                 return {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as err:
+        except Exception as err:  # missing, cut short (EOFError, BadZipFile), not an npz (ValueError)
             raise ServiceError(
                 f"the arrays of classifier {row.name!r} are unreadable ({err.__class__.__name__}); refit it",
                 status_code=503,
                 code="classifier_unavailable",
             ) from err
+
+    def stored_embeddings(self, row: ClassifierRow, count: int) -> np.ndarray | None:
+        """The examples' embeddings kept with ``row`` (``count`` of them), or None where they cannot be read: a
+        refit then re-embeds the example images instead."""
+        try:
+            x = self.read_arrays(row)["examples_x"]
+        except (ServiceError, KeyError):
+            logger.warning("classifier %r: stored embeddings unreadable, re-embedding its examples", row.name)
+            return None
+        return x if len(x) == count else None
 
     def example_bytes(self, sha256: str) -> bytes | None:
         path = self.root / "examples" / sha256
@@ -416,23 +428,34 @@ class ClassifierStore:
         replace: bool,
         max_classifiers: int,
     ) -> ClassifierRow:
-        """Write ``row`` with its arrays and examples: a new classifier, or (``replace``) a refit of one."""
+        """Write ``row`` with its arrays and examples: a new classifier, or (``replace``) a refit of one.
+
+        ``row.version`` is new with every save: the hash of the arrays and of what else decides an answer (the
+        categories in their order, the method, the text prior) and of this save's revision and a nonce, so a
+        refit to the same arrays and a classifier deleted and created again under its name with other labels
+        are new versions too (cached answers are keyed by it).  The files are written inside the write
+        transaction: a concurrent delete collects unreferenced files under the same lock, so it never removes
+        one that this save is about to refer to.
+        """
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         digest = hashlib.sha256(buffer.getvalue()).hexdigest()[:16]
         name_key = hashlib.sha256(row.name.encode()).hexdigest()[:12]
         row.arrays = f"{name_key}-{digest}.npz"
-        row.version = digest[:12]
-        atomic_write_bytes(self.root / "arrays" / row.arrays, buffer.getvalue(), durable=True)
-        for ex in examples:
-            if ex.data is not None:
-                target = self.root / "examples" / ex.sha256
-                if not target.exists():
-                    atomic_write_bytes(target, ex.data, durable=True)
         old_arrays: str | None = None
         try:
             with self._write() as db:
                 old_arrays = self._claim_name(db, row, replace, max_classifiers)
+                answer = [row.method, row.text_prior, [(c["label"], c.get("text")) for c in row.categories]]
+                row.version = hashlib.sha256(
+                    json.dumps([digest, answer, row.revision, secrets.token_hex(8)], default=str).encode()
+                ).hexdigest()[:12]
+                atomic_write_bytes(self.root / "arrays" / row.arrays, buffer.getvalue(), durable=True)
+                for ex in examples:
+                    if ex.data is not None:
+                        target = self.root / "examples" / ex.sha256
+                        if not target.exists():
+                            atomic_write_bytes(target, ex.data, durable=True)
                 db.execute("INSERT INTO classifiers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _row_values(row))
                 db.executemany(
                     "INSERT INTO examples VALUES (?,?,?,?,?,?)",
@@ -442,11 +465,13 @@ class ClassifierStore:
                     ],
                 )
         except BaseException:
-            self._remove_arrays(row.arrays, keep_if_referenced=True)
-            self._collect_examples()
+            try:
+                self._collect(row.arrays)
+            except sqlite3.Error:  # the store is busy or broken: the files stay until the next collection
+                logger.warning("classifier %r: unreferenced files left for the next collection", row.name)
             raise
         if old_arrays and old_arrays != row.arrays:
-            self._remove_arrays(old_arrays, keep_if_referenced=True)
+            self._collect(old_arrays)
         return row
 
     @staticmethod
@@ -485,31 +510,25 @@ class ClassifierStore:
             db.execute("DELETE FROM classifiers WHERE name = ?", (name,))
             db.execute("DELETE FROM examples WHERE classifier = ?", (name,))
         row = ClassifierRow.from_row(found)
-        self._remove_arrays(row.arrays, keep_if_referenced=True)
-        self._collect_examples()
+        self._collect(row.arrays)
         with self._lock:
             for old in [k for k in self._loaded if k[0] == name]:
                 del self._loaded[old]
         return row
 
-    def _remove_arrays(self, arrays: str, keep_if_referenced: bool) -> None:
-        if keep_if_referenced:
-            with self._connect() as db:
-                if db.execute("SELECT 1 FROM classifiers WHERE arrays = ?", (arrays,)).fetchone():
-                    return
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / "arrays" / arrays).unlink()
-
-    def _collect_examples(self) -> None:
-        """Remove uploaded example images that no classifier refers to any more."""
-        with self._connect() as db:
-            used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")}
-        for path in (self.root / "examples").iterdir():
-            if path.name.startswith("."):
-                continue
-            if path.name not in used:
+    def _collect(self, arrays: str | None = None) -> None:
+        """Remove the arrays file ``arrays`` if no classifier refers to it, and the uploaded example images that no
+        classifier refers to any more; under the write lock, so that no save is between writing a file and
+        committing the row that refers to it."""
+        with self._write() as db:
+            if arrays and not db.execute("SELECT 1 FROM classifiers WHERE arrays = ?", (arrays,)).fetchone():
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    (self.root / "arrays" / arrays).unlink()
+            used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")}
+            for path in (self.root / "examples").iterdir():
+                if not path.name.startswith(".") and path.name not in used:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
 
 
 # ------------------------------------------------------------------------------------------------ fitting
@@ -520,6 +539,12 @@ def index_examples(category: str, records: Sequence[Any], vectors: np.ndarray) -
                 index_id=int(r.id), modality=r.modality)
         for r, v in zip(records, vectors, strict=True)
     ]
+
+
+def _example_name(ex: Example) -> str:
+    if ex.index_id is not None:
+        return f"id {ex.index_id}"
+    return repr(ex.filename[:80]) if ex.filename else ex.sha256[:12]
 
 
 def category_counts(labels: Sequence[str], examples: Sequence[Example]) -> dict[str, int]:
@@ -541,11 +566,7 @@ def check_examples(labels: Sequence[str], examples: Sequence[Example], modality:
         )
     other = [ex for ex in examples if ex.modality and ex.modality != modality]
     if other:
-        names = ", ".join(
-            f"{ex.category!r} example {'id ' + str(ex.index_id) if ex.index_id is not None else ex.sha256[:12]} "
-            f"is {ex.modality}"
-            for ex in other[:5]
-        )
+        names = ", ".join(f"{ex.category!r} example {_example_name(ex)} is {ex.modality}" for ex in other[:5])
         raise MixedModalitiesError(
             f"a {modality} classifier takes {modality} examples only: {names}"
             + (f" (and {len(other) - 5} more)" if len(other) > 5 else "")

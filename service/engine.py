@@ -189,11 +189,16 @@ class Engine:
                     f"categories[{i}] is {len(label)} characters long; the limit is {MAX_CATEGORY_CHARS}"
                 )
             canonical = self.knowledge.canonical(label)
-            key = canonical.lower()
+            key = self.knowledge.key(canonical)  # case, hyphens, punctuation and spelling aside, known or not
             if key in seen:
-                same = f"{seen[key]!r} and {label!r}"
+                first = seen[key]
+                meaning = (
+                    f"both mean {canonical!r}"
+                    if self.knowledge.canonical(first) == canonical
+                    else "differ only in case, punctuation or spelling"
+                )
                 raise InvalidRequestError(
-                    f"duplicate categories: {same} both mean {canonical!r}; send each category once"
+                    f"duplicate categories: {first!r} and {label!r} {meaning}; send each category once"
                 )
             seen[key] = label
             known = self.knowledge.is_known(label)

@@ -110,6 +110,8 @@ class RequestGuardMiddleware:
         refusal = _key_refusal(scope.get("path", ""), headers, settings.api_keys)
         declared: int | None = None
         if refusal is None:
+            refusal = _encoding_refusal(headers)
+        if refusal is None:
             declared, refusal = _declared_length(headers, max_body)
         reserved = max_body if declared is None else declared
         if refusal is None and not self.budget.try_reserve(reserved, int(settings.upload_budget)):
@@ -143,6 +145,15 @@ def _key_refusal(path: str, headers: dict[bytes, bytes], api_keys: Sequence[str]
         return None
     what = "missing API key" if not text else "wrong API key"
     return 401, "unauthorized", f"{what}: send it in the {API_KEY_HEADER} header", [(b"www-authenticate", b"APIKey")]
+
+
+def _encoding_refusal(headers: dict[bytes, bytes]) -> _Refusal | None:
+    """415 for a compressed body (``Content-Encoding: gzip``...): nothing here inflates one, and read as it is
+    it failed later as a malformed multipart body or invalid JSON, which misled the client."""
+    encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    return 415, "unsupported_media_type", f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed", ()
 
 
 def _declared_length(headers: dict[bytes, bytes], max_body: int) -> tuple[int | None, _Refusal | None]:

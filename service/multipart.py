@@ -14,6 +14,8 @@ file part (413) and of a text field hold while the bytes arrive, before they are
 from __future__ import annotations
 
 import hashlib
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,7 +114,7 @@ class MultipartReader:
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
         self.max_fields = max_fields
-        self.too_many_files = too_many_files or f"more than {max_files} files in one request"
+        self.too_many_files = too_many_files or f"more than {max_files} file(s) in one request"
         self._sink, self._sink_field = sink, sink_field
         self.form = Form()
 
@@ -274,11 +276,19 @@ class MultipartReader:
             raise MultipartError('every multipart part needs "Content-Disposition: form-data; name=..."')
         name = _utf8(options[b"name"], "a form field name")
         filename = options.get(b"filename")
+        if filename is None and b"filename*" in disposition.lower():
+            filename = _extended_filename(disposition)  # a file all the same (RFC 5987 form; the parser drops it)
         if filename is None:
             if len(self.form.fields) >= self.max_fields:
                 raise MultipartError(f"more than {self.max_fields} form fields")
             return _Part(name, None, content_type)
         if len(self.form.files) >= self.max_files:
+            if self.max_files == 1:  # an image endpoint: a second file is a wrong request, not too many bytes
+                first = self.form.files[0].name
+                raise InvalidRequestError(
+                    f"only one file per request: '{first}' is the image"
+                    + (f", and a second one came in '{first}'" if name == first else f"; '{name}' must be a text field")
+                )
             raise PayloadTooLargeError(self.too_many_files)
         sink = None
         if self._sink is not None and name == self._sink_field:
@@ -303,3 +313,14 @@ def _utf8(raw: bytes, what: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise InvalidRequestError(f"{what} is not valid UTF-8 (byte {err.start})") from None
+
+
+def _extended_filename(disposition: bytes) -> bytes:
+    """The file name of a ``filename*=charset'lang'percent-encoded`` parameter (as bytes; ``b"upload"`` when it
+    cannot be read)."""
+    match = re.search(rb"filename\*\s*=\s*([^;]*)", disposition, re.IGNORECASE)
+    value = match.group(1).strip().strip(b'"') if match else b""
+    _, _, encoded = value.rpartition(b"'")
+    name = urllib.parse.unquote_to_bytes(encoded)
+    return name or b"upload"
+

@@ -11,11 +11,33 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 # tests/service/test_registries.py fails when the two disagree.
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
 IndexModality = Literal["CFP", "FFA", "OCT"]
-# A category name: at least one visible character, no control characters (NUL...) other than whitespace, which
-# is collapsed.  Control characters that count as whitespace (tab, newline, \x1c-\x1f, \x85) are allowed.
+# A category name, a query, a text to embed: at least one visible character, no control characters (NUL...)
+# other than whitespace, which is collapsed.  Control characters that count as whitespace (tab, newline,
+# \x1c-\x1f, \x85) are allowed.  The visible character is not one of the format characters that show nothing
+# (soft hyphen, zero-width spaces and joiners, direction marks, word joiner, byte order mark): a query of
+# "\u200b" said nothing and was answered as if it were empty.
 _CONTROL = "\\x00-\\x08\\x0e-\\x1b\\x7f-\\x84\\x86-\\x9f"
-CATEGORY_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}\\s][^{_CONTROL}]*$"
 _CONTROL_CHARS = re.compile(f"[{_CONTROL}]")
+_FORMAT = "\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\ufeff"
+TEXT_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_FORMAT}\\s][^{_CONTROL}]*$"
+_VISIBLE_CHAR = re.compile(f"[^{_CONTROL}{_FORMAT}\\s]")
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` has a character that shows (:data:`TEXT_PATTERN`'s rule)."""
+    return _VISIBLE_CHAR.search(text) is not None
+
+
+def _meaningful(value: str, what: str) -> str:
+    """``value`` if it matches :data:`TEXT_PATTERN`, which the schema states; else a message naming ``what``."""
+    bad = _CONTROL_CHARS.search(value)
+    if bad:
+        raise ValueError(f"{what} holds the control character {bad.group()!r}")
+    if not visible(value):
+        raise ValueError(f"{what} is empty, whitespace or invisible characters only")
+    return value
+
+
 HARD_MAX_TOP_K = 10_000  # the schema's bound; the configured KEEPFIT_MAX_TOP_K is checked per request
 HARD_MAX_QUERY = 100_000
 MAX_EXPLAIN_TOP = 10  # each explanation adds a heat map (~3 kB) and a text-encoder pass on first use
@@ -39,6 +61,19 @@ def _json_integer(value: Any) -> Any:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
+def _form_integer(value: Any) -> Any:
+    """A form field's whole number: digits only (``3``, not ``3_0``, ``+3``, `` 3`` or ``3.0``)."""
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]+", value):
+            raise ValueError("must be a whole number written in digits only")
+        if len(value) > 18:
+            raise ValueError("is far too large")
+    return value
+
+
+FormInt = Annotated[int, BeforeValidator(_form_integer)]
 
 
 class ErrorDetail(BaseModel):
@@ -235,9 +270,7 @@ class SearchRequest(BaseModel):
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query is empty or whitespace only")
-        return value
+        return _meaningful(value, "query")
 
 
 class ClassifyForm(BaseModel):
@@ -247,7 +280,7 @@ class ClassifyForm(BaseModel):
         None, description="category names, one per repeated field; omit for the modality's default set"
     )
     modality: Modality = Field("auto", description="imaging modality, or `auto` to recognise it")
-    top_k: int | None = Field(None, ge=1, le=HARD_MAX_TOP_K, description="return only the k most probable")
+    top_k: FormInt | None = Field(None, ge=1, le=HARD_MAX_TOP_K, description="return only the k most probable")
     task: str | None = Field(
         None,
         min_length=1,
@@ -260,14 +293,14 @@ class ClassifyForm(BaseModel):
         max_length=64,
         description="a few-shot classifier's name (`/v1/classifiers`) instead of `categories`",
     )
-    frame: int | None = Field(
+    frame: FormInt | None = Field(
         None,
         ge=0,
         le=100_000,
         description="DICOM multi-frame: the frame to use (default: an OCT volume's centre)",
     )
     explain: bool = Field(False, description="also return heat maps and matched expert descriptions")
-    explain_top: int = Field(
+    explain_top: FormInt = Field(
         3, ge=1, le=MAX_EXPLAIN_TOP, description="how many of the most probable predictions to explain"
     )
 
@@ -279,13 +312,15 @@ class ClassifyForm(BaseModel):
             bad = _CONTROL_CHARS.search(name)
             if bad:
                 raise ValueError(f"categories[{i}] holds the control character {bad.group()!r}")
+            if name.strip() and not visible(name):
+                raise ValueError(f"categories[{i}] is an empty category (invisible characters only)")
         return value
 
 
 class SearchImageForm(BaseModel):
     """The fields of a multipart image -> image search (besides the ``image`` file)."""
 
-    top_k: int = Field(10, ge=1, le=HARD_MAX_TOP_K)
+    top_k: FormInt = Field(10, ge=1, le=HARD_MAX_TOP_K)
     modality: IndexModality | None = None
     label: str | None = Field(None, min_length=1, max_length=200)
 
@@ -385,9 +420,7 @@ class EmbedTextRequest(BaseModel):
     @field_validator("text")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text is empty or whitespace only")
-        return value
+        return _meaningful(value, "text")
 
 
 class EmbedResponse(BaseModel):

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from service.deps import check_upload, content_type
-from service.errors import InvalidRequestError, UnsupportedContentTypeError
+from service.errors import InvalidRequestError, ServiceError, UnsupportedContentTypeError
 from service.multipart import FileSink, Form, MultipartReader, boundary_of
 
 M = TypeVar("M", bound=BaseModel)
@@ -27,12 +27,22 @@ def _validation(err: ValidationError, where: str) -> RequestValidationError:
     return RequestValidationError([{**e, "loc": (where, *e.get("loc", ()))} for e in err.errors()])
 
 
+def malformed_json(err: ValidationError) -> ServiceError | None:
+    """400 when the body is not JSON at all (a malformed body, as a broken multipart one is), rather than 422 for
+    JSON with bad values; None for the latter."""
+    for e in err.errors():
+        if e.get("type") == "json_invalid":
+            reason = str(e.get("ctx", {}).get("error", "")) or str(e.get("msg", ""))
+            return ServiceError(f"the request body is not valid JSON ({reason[:120]})", status_code=400, code="bad_request")
+    return None
+
+
 async def parse_json(request: Request, model: type[M]) -> M:
     body = await request.body()
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as err:
-        raise _validation(err, "body") from err
+        raise malformed_json(err) or _validation(err, "body") from err
 
 
 @dataclass(frozen=True)

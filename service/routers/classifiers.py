@@ -53,7 +53,7 @@ from service.errors import (
     ServiceError,
     UnsupportedContentTypeError,
 )
-from service.routers._body import Upload, read_form
+from service.routers._body import Upload, malformed_json, read_form
 from service.schemas import ClassifyResponse, error_responses
 
 logger = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
                 embedding=emb,
                 data=data,
                 modality=modality if confidence >= MODALITY_MISMATCH_CONFIDENCE else None,
+                filename=filename,
             )
         )
     return out
@@ -270,8 +271,12 @@ def _merge_specs(request: ClassifierRequest, file_labels: list[str]) -> list[Cat
             raise InvalidRequestError(f"category {label!r} is listed twice")
         specs[label] = CategorySpec(label=label, text=c.text, ids=list(c.ids), index_label=c.index_label)
     for label in file_labels:
-        if label not in specs:
-            specs[label] = CategorySpec(label=label)
+        if label in specs:
+            continue
+        clash = next((k for k in specs if k.lower() == label.lower()), None)
+        if clash is not None:  # one category spelt two ways would be two categories
+            raise InvalidRequestError(f"categories {clash!r} and {label!r} differ only in case: spell them alike")
+        specs[label] = CategorySpec(label=label)
     return list(specs.values())
 
 
@@ -284,7 +289,7 @@ async def _parse_create(
         try:
             return ClassifierRequest.model_validate_json(body or b"{}"), []
         except ValidationError as err:
-            raise InvalidRequestError(_validation_message(err)) from err
+            raise malformed_json(err) or InvalidRequestError(_validation_message(err)) from err
     if kind != "multipart/form-data":
         raise UnsupportedContentTypeError(
             f"send application/json (examples from the index) or multipart/form-data (uploaded examples in "
@@ -322,7 +327,7 @@ async def _parse_create(
         if key in fields:
             spec[key] = fields.pop(key)
     if "text_prior" in fields:
-        spec["text_prior"] = fields.pop("text_prior").strip().lower() in ("1", "true", "yes", "on")
+        spec["text_prior"] = fields.pop("text_prior").strip()  # pydantic: true/false, yes/no, on/off, 1/0
     if fields:
         raise InvalidRequestError(f"unknown form fields: {', '.join(sorted(fields))}")
     try:
@@ -592,15 +597,14 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
     try:
         options = RefitRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
-        raise InvalidRequestError(_validation_message(err)) from err
+        raise malformed_json(err) or InvalidRequestError(_validation_message(err)) from err
     row = await state.run_blocking(store.get, name)
     method = _check_method(options.method or row.method_requested)
     stored = await state.run_blocking(store.examples, name)
-    arrays = await state.run_blocking(store.read_arrays, row)
     same_encoder = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
+    x = await state.run_blocking(store.stored_embeddings, row, len(stored)) if same_encoder else None
     examples: list[Example] = []
-    if same_encoder:
-        x = arrays["examples_x"]
+    if x is not None:
         for ex, emb in zip(stored, x, strict=True):
             examples.append(Example(ex["category"], ex["sha256"], ex["source"], emb, ex["index_id"]))
         how = "stored embeddings"

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from model.config import MODALITIES
-from model.dicom import call_with_frame
+from model.dicom import call_with_frame, is_dicom
 from service.cache import cache_key
 from service.deps import ServiceState, StateDep, require_api_key
 from service.early import EarlyJob
@@ -105,6 +105,10 @@ async def _classify(
     )
     data, digest = upload.data, upload.sha256
     categories, modality, top_k = form.categories, form.modality, form.top_k
+    if form.frame and not is_dicom(data):  # (frame 0 is an image's one frame)
+        raise InvalidRequestError(
+            f"frame {form.frame} does not exist: this upload is a single image; frames are for multi-frame DICOM"
+        )
     if top_k is not None and top_k > settings.max_top_k:
         raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
     if form.classifier is not None:

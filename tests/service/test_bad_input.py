@@ -81,6 +81,9 @@ def test_missing_image_field(api: TestClient) -> None:
         (["glaucoma"], "at least 2"),
         (["DME", "glaucoma", "dme"], "duplicate"),
         (["DME", "diabetic macular edema"], "both mean 'diabetic macular edema'"),
+        # unknown names too: case, hyphens and punctuation aside, the same name
+        (["drusen-like dots", "Drusen like dots.", "normal"], "differ only in case, punctuation or spelling"),
+        (["\u200b", "normal"], "categories[0] is an empty category (invisible"),
         (["x" * 300, "glaucoma"], "300 characters"),
     ],
 )
@@ -120,6 +123,8 @@ def test_unknown_modality(api: TestClient, real_images: dict[str, bytes]) -> Non
     [
         ({"query": ""}, "query"),
         ({"query": "   \n\t "}, "whitespace"),
+        ({"query": "\u200b\ufeff "}, "invisible characters only"),
+        ({"query": "\u0000"}, "control character"),
         ({"query": "x" * 10_000}, "query is 10000 characters; the limit is 1000"),
         ({"query": "drusen", "top_k": 0}, "top_k"),
         ({"query": "drusen", "top_k": 10_000}, "top_k is 10000; the limit is 100"),
@@ -138,8 +143,15 @@ def test_search_without_an_index_says_so(api: TestClient) -> None:
 
 
 def test_search_body_not_json(api: TestClient) -> None:
+    # a body that is not JSON at all is malformed (400), as a broken multipart body is; JSON with bad values is 422
     r = api.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
-    assert_error(r, 422, "invalid_request", "JSON")
+    assert_error(r, 400, "bad_request", "not valid JSON")
+    for body in ("\ufeff{}".encode(), '{"query": "x"}'.encode("utf-16")):
+        r = api.post("/v1/search", content=body, headers={"content-type": "application/json"})
+        assert_error(r, 400, "bad_request", "not valid JSON")
+    r = api.post("/v1/embed", content=b'{"text": ', headers={"content-type": "application/json"})
+    assert_error(r, 400, "bad_request", "not valid JSON")
+    assert_error(api.post("/v1/search", json={"query": 5}), 422, "invalid_request", "query")
     assert_error(
         api.post("/v1/search", content=b"query=x", headers={"content-type": "text/plain"}),
         415,
@@ -148,7 +160,7 @@ def test_search_body_not_json(api: TestClient) -> None:
     )
 
 
-@pytest.mark.parametrize("body", [{"text": ""}, {"text": "  "}, {"text": "y" * 10_000}])
+@pytest.mark.parametrize("body", [{"text": ""}, {"text": "  "}, {"text": "\u200b"}, {"text": "y" * 10_000}])
 def test_bad_embed_text(api: TestClient, body: dict[str, str]) -> None:
     assert_error(api.post("/v1/embed", json=body), 422, "invalid_request", "text")
 
@@ -205,3 +217,54 @@ def test_pixel_limit_counts_pixels_not_bytes(small_limits: TestClient) -> None:
     out = io.BytesIO()
     Image.new("RGB", (400, 400), (90, 30, 10)).save(out, format="PNG")
     assert _post_image(small_limits, out.getvalue(), "image/png").status_code == 200
+
+
+@pytest.mark.parametrize("value", ["3_0", "+3", " 3", "3.0", "1e1"])
+def test_form_integers_are_digits_only(api: TestClient, real_images: dict[str, bytes], value: str) -> None:
+    """``top_k=3_0`` was read as 30 (Python's int()); the JSON path was already strict."""
+    for field in ("top_k", "frame", "explain_top"):
+        r = _post_image(api, real_images["CFP"], **{field: value})
+        assert_error(r, 422, "invalid_request", field, "digits only")
+
+
+def test_a_frame_of_an_image_that_has_none(api: TestClient, real_images: dict[str, bytes]) -> None:
+    r = _post_image(api, real_images["CFP"], frame=3)
+    assert_error(r, 422, "invalid_request", "frame 3 does not exist", "multi-frame DICOM")
+    assert _post_image(api, real_images["CFP"], frame=0, top_k=1).status_code == 200  # its one frame
+
+
+def test_a_second_file_is_a_wrong_field_not_too_many_bytes(api: TestClient, real_images: dict[str, bytes]) -> None:
+    """It was 413 "more than 1 files in one request"."""
+    image = ("a.jpg", real_images["CFP"], "image/jpeg")
+    two = api.post("/v1/embed", files=[("image", image), ("image", image)])
+    assert_error(two, 422, "invalid_request", "only one file per request", "a second one came in 'image'")
+    as_file = api.post("/v1/classify", files=[("image", image), ("categories", ("c.txt", b"normal", "text/plain"))])
+    assert_error(as_file, 422, "invalid_request", "'categories' must be a text field")
+
+
+def test_a_file_named_only_in_the_extended_form_is_a_file(api: TestClient, real_images: dict[str, bytes]) -> None:
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename*=UTF-8''r%C3%A9tine.jpg\r\n"
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + real_images["CFP"] + f"\r\n--{boundary}--\r\n".encode()
+    r = api.post("/v1/embed", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200 and r.json()["kind"] == "image", r.text
+
+
+def test_a_compressed_body_is_refused_by_name(api: TestClient) -> None:
+    """Read as it was, a gzipped body failed as malformed multipart or invalid JSON."""
+    import gzip
+
+    r = api.post(
+        "/v1/search",
+        content=gzip.compress(b'{"query": "drusen"}'),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert_error(r, 415, "unsupported_media_type", "Content-Encoding 'gzip' is not supported")
+
+
+def test_a_decompression_bomb_names_this_services_limit(api: TestClient) -> None:
+    r = _post_image(api, png_with_size(50_000, 50_000), "image/png")
+    assert_error(r, 413, "image_too_large", "2500000000 pixels", f"the limit is {api.app.state.settings.max_pixels}")
+

@@ -112,3 +112,35 @@ def test_an_example_fitted_from_a_file_has_the_embedding_it_has_when_uploaded(
     from_file = _file_example(engine, "a", path)
     uploaded, modality, _ = engine.embed_example(path.read_bytes(), Timings(Metrics()))
     assert np.array_equal(from_file.embedding, uploaded)
+
+
+def test_the_cli_keeps_the_deployments_limit_and_refuses_what_it_cannot_mean(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KEEPFIT_MAX_CLASSIFIERS was ignored (the CLI went past the service's limit); a mistyped store was created
+    empty and listed as such; ``--per-class -1`` was a traceback and ``0`` meant every example."""
+    store = tmp_path / "s"
+    manifest = _manifest(data_root, tmp_path)
+    fit = ["classifier", "fit", "--store", str(store), "--manifest", str(manifest), "--label-column", "diagnosis",
+           "--per-class", "2"]
+
+    def one_line_error() -> str:
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    assert keepfit(["classifier", "list", "--store", str(tmp_path / "typo")]) == 2
+    assert "no classifier store at" in one_line_error() and not (tmp_path / "typo").exists()
+    for bad in ("-1", "0", "two"):
+        with pytest.raises(SystemExit) as exited:
+            keepfit([*fit, "--name", "x", "--per-class", bad])
+        assert exited.value.code == 2 and "--per-class: must be a whole number of at least 1" in capsys.readouterr().err
+    monkeypatch.setenv("KEEPFIT_MAX_CLASSIFIERS", "1")
+    assert keepfit([*fit, "--name", "first"]) == 0
+    capsys.readouterr()
+    assert keepfit([*fit, "--name", "second"]) == 2
+    assert "holds 1 classifiers, the limit" in one_line_error()
+    assert keepfit([*fit, "--name", "second", "--max-classifiers", "2"]) == 0
+    monkeypatch.setenv("KEEPFIT_MAX_CLASSIFIERS", "many")
+    assert keepfit([*fit, "--name", "third"]) == 2
+    assert one_line_error().startswith("error: bad settings: KEEPFIT_MAX_CLASSIFIERS")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -440,3 +441,118 @@ def test_many_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) 
         assert errors == [], f"trial {trial}: {errors[:3]}"
         with sqlite3.connect(root / "classifiers.sqlite") as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_classifier_replaced_under_its_name_never_answers_from_the_cache_of_the_old_one(
+    client: TestClient, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """Deleted and created again with the labels swapped, it fitted the same arrays and got the same version,
+    so a cached answer of the old classifier came back under the wrong label."""
+    cfp = [p.read_bytes() for p in real_image_paths["CFP"][:4]]
+
+    def create(first: str, second: str) -> Any:
+        files = [(f"examples.{first}", (f"{i}.jpg", cfp[i], "image/jpeg")) for i in (0, 1)]
+        files += [(f"examples.{second}", (f"{i}.jpg", cfp[i], "image/jpeg")) for i in (2, 3)]
+        data = {"name": "swap", "modality": "CFP", "method": "prototype", "text_prior": "false"}
+        r = client.post("/v1/classifiers", data=data, files=files, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def top() -> tuple[str, bool, str]:
+        a = client.post("/v1/classify", files={"image": cfp[0]}, data={"classifier": "swap"}).json()
+        return a["predictions"][0]["label"], a["cached"], a["classifier"]["version"]
+
+    v1 = create("healthy", "edema")["version"]
+    assert top()[0] == "healthy" and top()[1] is True
+    assert client.delete("/v1/classifiers/swap", headers=ADMIN).status_code == 200
+    v2 = create("edema", "healthy")["version"]
+    assert v2 != v1
+    assert top() == ("edema", False, v2)
+    refit = client.post("/v1/classifiers/swap/refit", headers=ADMIN).json()  # the same arrays, a new revision
+    assert refit["revision"] == 2 and refit["version"] not in (v1, v2)
+    label, cached, version = top()
+    assert (label, cached, version) == ("edema", False, refit["version"])
+
+
+def test_unreadable_arrays_are_503_and_a_refit_re_embeds_the_examples(
+    client: TestClient, store_dir: Path, real_image_paths: dict[str, list[Path]]
+) -> None:
+    cfp = real_image_paths["CFP"][:4]
+    files = [(f"examples.{'ab'[i % 2]}", (p.name, p.read_bytes(), "image/jpeg")) for i, p in enumerate(cfp)]
+    r = client.post("/v1/classifiers", data={"name": "cut", "modality": "CFP"}, files=files, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    (arrays,) = (store_dir / "arrays").iterdir()
+    arrays.write_bytes(arrays.read_bytes()[:3000])  # cut short: a zip without its directory
+    image = cfp[0].read_bytes()
+    broken = client.post("/v1/classify", files={"image": image}, data={"classifier": "cut", "top_k": "1"})
+    assert broken.status_code == 503 and broken.json()["error"]["code"] == "classifier_unavailable"
+    assert "refit it" in broken.json()["error"]["message"]
+    refit = client.post("/v1/classifiers/cut/refit", headers=ADMIN)  # the advice can be followed
+    assert refit.status_code == 200, refit.text
+    assert refit.json()["refit_from"] == "re-embedded example images"
+    again = client.post("/v1/classify", files={"image": image}, data={"classifier": "cut", "top_k": "1"})
+    assert again.status_code == 200 and again.json()["classifier"]["revision"] == 2
+
+
+def test_one_category_spelt_two_ways_and_a_misspelt_boolean_are_refused(
+    client: TestClient, records: list[Any], real_images: dict[str, bytes]
+) -> None:
+    oct_ = _ids(records, "OCT")
+    spec = {"categories": [{"label": "Normal", "ids": oct_[:2]}, {"label": "DME", "ids": oct_[2:]}]}
+    upload = [("examples.normal", ("a.jpg", real_images["OCT"], "image/jpeg"))] * 2
+    r = client.post("/v1/classifiers", data={"name": "case", "spec": json.dumps(spec)}, files=upload, headers=ADMIN)
+    assert r.status_code == 422 and "'Normal' and 'normal' differ only in case" in r.json()["error"]["message"]
+    both = [("examples.Normal", ("a.jpg", real_images["OCT"], "image/jpeg"))] * 2 + upload
+    r = client.post("/v1/classifiers", data={"name": "case"}, files=both, headers=ADMIN)
+    assert r.status_code == 422 and "differ only in case" in r.json()["error"]["message"]
+    spelt = [("examples.a", ("a.jpg", real_images["OCT"], "image/jpeg"))] * 2
+    spelt += [("examples.b", ("b.jpg", real_images["CFP"], "image/jpeg"))] * 2
+    r = client.post("/v1/classifiers", data={"name": "tp", "text_prior": "ture"}, files=spelt, headers=ADMIN)
+    assert r.status_code == 422 and "text_prior" in r.json()["error"]["message"]
+    # the examples that are another modality are named by their file names
+    r = client.post("/v1/classifiers", data={"name": "mm", "modality": "OCT"}, files=spelt, headers=ADMIN)
+    assert r.status_code == 422 and "'b' example 'b.jpg' is CFP" in r.json()["error"]["message"], r.text
+
+
+def test_a_delete_never_collects_the_files_of_a_save_in_progress(tmp_path: Path) -> None:
+    """Two processes on one store: a delete landed between another save writing its example images and
+    committing the rows that refer to them, and collected them as unreferenced."""
+    import hashlib
+
+    import service.classifiers as classifiers
+    from service.classifiers import ClassifierRow, ClassifierStore, Example
+
+    mine, theirs = ClassifierStore(tmp_path), ClassifierStore(tmp_path)
+
+    def row(name: str) -> ClassifierRow:
+        categories = [{"label": c, "text": c, "examples": 1} for c in "ab"]
+        return ClassifierRow(name, "CFP", "prototype", "prototype", False, "", 1, "a", "v", "e", categories, {}, "",
+                             "t", "t")
+
+    def example(tag: str, category: str) -> Example:
+        data = f"image {tag}".encode()
+        return Example(category, hashlib.sha256(data).hexdigest(), "upload", np.zeros(4, np.float32), data=data)
+
+    arrays = {"center": np.zeros(4, np.float32)}
+    theirs.save(row("old"), arrays, [example("o1", "a"), example("o2", "b")], replace=False, max_classifiers=9)
+    write = classifiers.atomic_write_bytes
+    deleting: list[threading.Thread] = []
+
+    def write_then_let_the_other_delete(path: Path, data: bytes, **kw: Any) -> None:
+        write(path, data, **kw)
+        if path.parent.name == "examples" and not deleting:  # the first example image of "new" is on disk
+            deleting.append(threading.Thread(target=theirs.delete, args=("old",)))
+            deleting[0].start()
+            deleting[0].join(0.5)  # it waits for this save's transaction (it collected the file at once before)
+
+    classifiers.atomic_write_bytes = write_then_let_the_other_delete  # type: ignore[assignment]
+    try:
+        new = [example("n1", "a"), example("n2", "b")]
+        mine.save(row("new"), {"center": np.ones(4, np.float32)}, new, replace=False, max_classifiers=9)
+    finally:
+        classifiers.atomic_write_bytes = write
+    deleting[0].join(10)
+    assert [r.name for r in mine.all_rows()] == ["new"]
+    for ex in new:
+        assert (tmp_path / "examples" / ex.sha256).is_file()
+    assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == sorted(ex.sha256 for ex in new)

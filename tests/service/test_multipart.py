@@ -124,7 +124,7 @@ def test_transport_padding_headerless_parts_and_content_types() -> None:
         (b"--" + BOUNDARY + b"\r\nX: " + b"a" * 20_000, MultipartError, "longer than"),
         (_parts(("note", None, b"\xff")), InvalidRequestError, "not valid UTF-8"),
         (_parts(("image", "a.jpg", b"x" * 101)), PayloadTooLargeError, "larger than the limit of 100 bytes"),
-        (_parts(*[("image", "a.jpg", b"x")] * 3), PayloadTooLargeError, "more than 2 files"),
+        (_parts(*[("image", "a.jpg", b"x")] * 3), PayloadTooLargeError, "more than 2 file"),
         (_parts(*[("f", None, b"x")] * 4), MultipartError, "more than 3 form fields"),
         (_parts(("note", None, b"x" * (MAX_FIELD_BYTES + 1))), PayloadTooLargeError, "form field 'note'"),
     ],

@@ -16,7 +16,7 @@ from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
 from service.app import create_app
 from service.deps import image_token, key_matches
-from tests.service.helpers import make_settings
+from tests.service.helpers import assert_error, make_settings
 
 
 def test_healthz(api: TestClient) -> None:
@@ -195,6 +195,7 @@ def test_cors_preflight_and_headers(secured: TestClient) -> None:
         "/v1/classify", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     )
     assert "access-control-allow-origin" not in other.headers
+    assert_error(other, 400, "cors_refused", "Disallowed CORS origin", "KEEPFIT_CORS_ORIGINS")
     r = secured.get("/v1/categories", headers={"Origin": "https://clinic.example", "X-API-Key": "k-one"})
     assert r.headers["access-control-allow-origin"] == "https://clinic.example"
     # errors carry CORS headers too, so the browser shows the message rather than a CORS failure
