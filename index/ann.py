@@ -57,10 +57,13 @@ class AnnSpec:
             raise ConfigError(f"exact threshold must be >= 0, got {self.exact_threshold}")
         if not 0.0 < self.target_recall <= 1.0:
             raise ConfigError(f"target recall must be in (0, 1], got {self.target_recall}")
-        for name in ("nlist", "nprobe", "ef_search"):
+        for name in ("nlist", "nprobe", "ef_search", "ef_construction"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        # FAISS crashes the process below 2 (M=1 segfaults, 0 aborts) and a negative M took all memory
+        if not 2 <= self.hnsw_m <= 256:
+            raise ConfigError(f"hnsw_m must be from 2 to 256, got {self.hnsw_m}")
 
     def resolve(self, n: int) -> IndexType:
         """The index type for ``n`` vectors: ``auto`` means exact below the threshold, IVF at or above it."""

@@ -35,7 +35,15 @@ from index.ann import INDEX_KINDS, AnnSpec, BuiltIndex, build_index, empty_index
 from index.distributed import RayOptions, embed_with_ray
 from index.embed import Embedded, embed_items, failure_summary
 from index.sources import ImageItem, SourceSet
-from index.store import GENERATION_FILE, MANIFEST, IndexManifest, Record, VectorIndex, now_iso, read_manifest
+from index.store import (
+    MANIFEST,
+    IndexManifest,
+    Record,
+    VectorIndex,
+    generation_file_of,
+    now_iso,
+    read_manifest,
+)
 from index.writer import (
     LOCK,
     append_history,
@@ -395,7 +403,7 @@ def _check_target(directory: Path) -> IndexManifest | None:
     foreign = [
         p.name
         for p in directory.iterdir()
-        if not (GENERATION_FILE.match(p.name) or p.name.startswith(WORK_PREFIX) or p.name == LOCK)
+        if not (generation_file_of(p.name) or p.name.startswith(WORK_PREFIX) or p.name == LOCK)
     ]
     if foreign:
         raise DataError(
@@ -437,6 +445,25 @@ def build(
     start, ann, directory = time.perf_counter(), ann or AnnSpec(), directory.expanduser()
     artifact = load_artifact(artifact_dir)
     _check_target(directory)  # before the lock file is created: refuse a foreign folder without touching it
+    # the topmost folder this build creates (--out and any missing parents), if any
+    created = next((p for p in reversed([directory, *directory.absolute().parents]) if not p.exists()), None)
+    try:
+        return _build_locked(directory, sources, artifact, ann, options, image_root, start)
+    except DataError:  # nothing to index: the folders this build made hold only its lock file, so they go
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _build_locked(
+    directory: Path,
+    sources: SourceSet,
+    artifact: Artifact,
+    ann: AnnSpec,
+    options: EmbedOptions | None,
+    image_root: Path | None,
+    start: float,
+) -> Report:
     with locked(directory):
         previous = _check_target(directory)
         root = _image_root(sources, image_root)
@@ -604,7 +631,7 @@ class IndexUpdate:
 @contextmanager
 def updating(directory: Path, artifact: Artifact | None = None, ann: AnnSpec | None = None) -> Iterator[IndexUpdate]:
     """The index at ``directory`` locked and opened for one change (its embeddings must come from ``artifact``)."""
-    with locked(directory):
+    with locked(directory, create=False):
         current = _open_current(directory, artifact)
         try:
             yield IndexUpdate(directory, current, ann)

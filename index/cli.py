@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from model.cli import finite_float, int_at_least, positive_int
 from model.errors import DataError
 
 if TYPE_CHECKING:  # faiss and the runtime load only when a command runs
@@ -51,14 +52,16 @@ def _ann_args(p: argparse.ArgumentParser, default_kind: str | None = "auto") -> 
     g = p.add_argument_group("FAISS index (default: exact below --exact-threshold images, IVF above)")
     g.add_argument("--index-type", choices=INDEX_TYPES, default=default_kind)
     g.add_argument(
-        "--exact-threshold", type=int, default=None, help="auto: exact search below this many images"
+        "--exact-threshold", type=int_at_least(0), default=None, help="auto: exact search below this many images"
     )
-    g.add_argument("--nlist", type=int, default=None, help="IVF lists (default: about sqrt(N))")
-    g.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (default: tuned)")
-    g.add_argument("--hnsw-m", type=int, default=None, help="HNSW neighbours per node (default 32)")
-    g.add_argument("--ef-search", type=int, default=None, help="HNSW search beam (default: tuned)")
+    g.add_argument("--nlist", type=positive_int, default=None, help="IVF lists (default: about sqrt(N))")
+    g.add_argument("--nprobe", type=positive_int, default=None, help="IVF lists probed per query (default: tuned)")
     g.add_argument(
-        "--target-recall", type=float, default=None, help="recall@10 the tuning aims for (default 0.97)"
+        "--hnsw-m", type=int_at_least(2, 256), default=None, help="HNSW neighbours per node (default 32)"
+    )
+    g.add_argument("--ef-search", type=positive_int, default=None, help="HNSW search beam (default: tuned)")
+    g.add_argument(
+        "--target-recall", type=finite_float(0.0, 1.0, low_open=True), default=None, help="recall@10 the tuning aims for (default 0.97)"
     )
 
 
@@ -99,9 +102,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
         "--labels-from-folders", action="store_true", help="label folder images by their parent folder"
     )
     e = p.add_argument_group("embedding")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--chunk-size", type=int, default=512, help="images per resumable chunk")
-    e.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    e.add_argument("--batch-size", type=positive_int, default=32)
+    e.add_argument("--chunk-size", type=positive_int, default=512, help="images per resumable chunk")
+    e.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
     e.add_argument("--no-resume", action="store_true", help="ignore embeddings left by an interrupted run")
     e.add_argument("--no-detect-modality", action="store_true", help="leave a missing modality empty")
     e.add_argument("--no-progress", action="store_true")
@@ -110,8 +113,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--ray-address", default=None, help="address of an existing Ray cluster (e.g. ray://head:10001)"
     )
-    r.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance")
-    r.add_argument("--ray-actors", type=int, default=None, help="embedding actors (default: one per CPU)")
+    r.add_argument("--ray-cpus", type=positive_int, default=None, help="CPUs of the local Ray instance")
+    r.add_argument("--ray-actors", type=positive_int, default=None, help="embedding actors (default: one per CPU)")
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -231,6 +234,8 @@ def remove_main(argv: list[str]) -> int:
                 ids.append(int(part))
             except ValueError as err:
                 raise DataError(f"--id expects integers, got {part!r}") from err
+            if not 0 <= ids[-1] < 2**63:
+                raise DataError(f"--id {part} is not an image id (0 to 2^63-1)")
     return _report(remove(args.index, ids, args.path), args.json)
 
 
@@ -322,7 +327,7 @@ def search_main(argv: list[str]) -> int:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text")
     q.add_argument("--image", type=Path)
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--top-k", type=positive_int, default=10)
     p.add_argument("--modality", default=None, help="only images of this modality (CFP, FFA, OCT...)")
     p.add_argument("--label", default=None, help="only images with this label")
     p.add_argument(
@@ -393,9 +398,9 @@ def eval_main(argv: list[str]) -> int:
     )
     p.add_argument("--index", type=Path, required=True)
     _artifact_arg(p)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=positive_int, default=10)
     p.add_argument(
-        "--min-images", type=int, default=None, help="skip categories with fewer images (default: k)"
+        "--min-images", type=positive_int, default=None, help="skip categories with fewer images (default: k)"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -416,21 +421,21 @@ def bench_main(argv: list[str]) -> int:
         prog="keepfit index bench",
         description="Exact vs approximate search over N synthetic unit vectors: recall@k, latency, build, memory.",
     )
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--queries", type=int, default=200, help="queries for recall")
-    p.add_argument("--latency-queries", type=int, default=200, help="single queries timed per index")
+    p.add_argument("--n", type=int_at_least(2), default=100_000)
+    p.add_argument("--dim", type=positive_int, default=512)
+    p.add_argument("--k", type=positive_int, default=10)
+    p.add_argument("--queries", type=positive_int, default=200, help="queries for recall")
+    p.add_argument("--latency-queries", type=positive_int, default=200, help="single queries timed per index")
     p.add_argument("--index-type", choices=("ivf", "hnsw"), default="ivf", help="the approximate index")
-    p.add_argument("--nlist", type=int, default=None)
-    p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--hnsw-m", type=int, default=32)
-    p.add_argument("--ef-search", type=int, default=None)
-    p.add_argument("--target-recall", type=float, default=0.97)
+    p.add_argument("--nlist", type=positive_int, default=None)
+    p.add_argument("--nprobe", type=positive_int, default=None)
+    p.add_argument("--hnsw-m", type=int_at_least(2, 256), default=32)
+    p.add_argument("--ef-search", type=positive_int, default=None)
+    p.add_argument("--target-recall", type=finite_float(0.0, 1.0, low_open=True), default=0.97)
     p.add_argument("--distribution", choices=DISTRIBUTIONS, default="clustered")
-    p.add_argument("--clusters", type=int, default=None, help="default: N/100")
-    p.add_argument("--spread", type=float, default=SyntheticSpec.spread)
-    p.add_argument("--intrinsic-dim", type=int, default=SyntheticSpec.intrinsic_dim)
+    p.add_argument("--clusters", type=positive_int, default=None, help="default: N/100")
+    p.add_argument("--spread", type=finite_float(0.0, low_open=True), default=SyntheticSpec.spread)
+    p.add_argument("--intrinsic-dim", type=positive_int, default=SyntheticSpec.intrinsic_dim)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)

@@ -52,6 +52,17 @@ METRIC = "cosine"  # inner product over unit vectors
 FILE_KINDS = ("faiss", "vectors", "ids", "metadata")
 FILE_EXTENSIONS = {"faiss": "faiss", "vectors": "npy", "ids": "npy", "metadata": "sqlite"}
 GENERATION_FILE = re.compile(r"^(faiss|vectors|ids|metadata)\.\d{6}-[0-9a-f]{6}\.(faiss|npy|sqlite)$")
+_SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
+
+
+def generation_file_of(name: str) -> str | None:
+    """The generation file ``name`` is, or is SQLite's journal of (a build interrupted while it wrote the
+    metadata leaves ``metadata.<token>.sqlite-journal``); None for any other file."""
+    for suffix in _SQLITE_SIDECARS:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name if GENERATION_FILE.match(name) else None
 
 
 class FileEntry(TypedDict):

@@ -27,7 +27,6 @@ import numpy as np
 
 from index.store import (
     FILE_EXTENSIONS,
-    GENERATION_FILE,
     INDEX_FORMAT,
     MANIFEST,
     METRIC,
@@ -35,6 +34,7 @@ from index.store import (
     FileEntry,
     IndexManifest,
     Record,
+    generation_file_of,
     now_iso,
 )
 from model.artifact import CHECKSUM_FIELD, content_checksum, sha256_file
@@ -48,8 +48,11 @@ HISTORY_MAX = 100
 
 
 @contextlib.contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    """Exclusive write lock on an index directory (created if needed); fails fast if another writer holds it."""
+def locked(directory: Path, create: bool = True) -> Iterator[None]:
+    """Exclusive write lock on an index directory (created if needed, with ``create``; else a missing one is an
+    error that leaves nothing behind); fails fast if another writer holds it."""
+    if not create and not directory.is_dir():
+        raise IndexStoreError(f"not an index: {directory} does not exist")
     directory.mkdir(parents=True, exist_ok=True)
     fh = open(directory / LOCK, "a+")  # noqa: SIM115 - held for the duration of the context
     try:
@@ -157,7 +160,7 @@ def seal_index(directory: Path) -> bool:
     opens: every file's hash, counts and dimensions.  Returns whether the manifest changed."""
     from index.store import VectorIndex, read_manifest
 
-    with locked(directory):
+    with locked(directory, create=False):
         manifest = read_manifest(directory, check=False)
         sealed = seal(manifest)
         if sealed == manifest:
@@ -178,7 +181,8 @@ def remove_unreferenced(directory: Path, manifest: IndexManifest) -> list[str]:
     removed = []
     for path in directory.iterdir():
         stale_tmp = path.name.startswith(f".{MANIFEST}.") and path.name.endswith(".tmp")
-        if (GENERATION_FILE.match(path.name) and path.name not in keep) or stale_tmp:
+        generation_file = generation_file_of(path.name)  # itself, or the file whose journal it is
+        if (generation_file is not None and generation_file not in keep) or stale_tmp:
             path.unlink(missing_ok=True)
             removed.append(path.name)
     if removed:

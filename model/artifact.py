@@ -243,6 +243,12 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     manifest = _read_manifest(path)
     if verify:
         verify_files(path, manifest)
+    config, knowledge = _usable(path, manifest)
+    return Artifact(path=path, manifest=manifest, config=config, knowledge=knowledge)
+
+
+def _usable(path: Path, manifest: dict[str, Any]) -> tuple[ModelConfig, Knowledge]:
+    """The model config and the knowledge an artifact's manifest and files give, or an :class:`ArtifactError`."""
     try:
         config = ModelConfig.from_dict(manifest["model_config"])
     except KeepfitError as err:
@@ -255,7 +261,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         raise ArtifactError(f"artifact {path}: {err}") from err
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
         raise ArtifactError(f"artifact {path}: knowledge.json cannot be used: {err}") from err
-    return Artifact(path=path, manifest=manifest, config=config, knowledge=knowledge)
+    return config, knowledge
 
 
 def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -275,6 +281,7 @@ def seal_artifact(path: str | Path) -> tuple[str, str]:
     path = Path(path)
     manifest = _parse_manifest(path)
     verify_files(path, manifest)
+    _usable(path, manifest)  # never seal what no reader can load (an edited model_config, say)
     old = str(manifest["version"])
     was_sealed = manifest.get(CHECKSUM_FIELD) is not None
     sealed = seal_manifest(manifest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -44,11 +45,58 @@ def _resolve(target: str) -> Callable[[list[str]], int]:
     return getattr(module, func)  # type: ignore[no-any-return]
 
 
+# ------------------------------------------------------------------------ argument types shared by the commands
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``[low, high]`` (a bad one is argparse's one-line usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in messages and metavars
+    return parse
+
+
+def finite_float(low: float | None = None, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number (not nan or inf) within ``[low, high]`` (``(low, high]`` with
+    ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            if low is not None and high is not None:
+                bounds = f" in {'(' if low_open else '['}{low}, {high}]"
+            elif low is not None:
+                bounds = f" {'above' if low_open else 'at least'} {low}"
+            else:
+                bounds = f" at most {high}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"must be a finite number{bounds}, got {text!r}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
 def setup_logging(level: str | None = None) -> None:
-    logging.basicConfig(
-        level=(level or os.environ.get("KEEPFIT_LOG_LEVEL", "INFO")).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Log lines to stderr at ``level`` (default ``KEEPFIT_LOG_LEVEL``, else INFO); an unknown level is a
+    :class:`KeepfitError` naming the variable."""
+    name = (level or os.environ.get("KEEPFIT_LOG_LEVEL") or "INFO").strip().upper()
+    if name not in logging.getLevelNamesMapping():
+        raise KeepfitError(f"unknown log level {name!r} (KEEPFIT_LOG_LEVEL): use DEBUG, INFO, WARNING or ERROR")
+    logging.basicConfig(level=name, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # faiss announces at INFO which CPU build it loaded, on every start: not news for a user of any command
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
@@ -60,7 +108,7 @@ def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:
     except KeepfitError as err:
         print(f"error: {err}", file=sys.stderr)  # noqa: T201
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
         print(f"error: {err.strerror}: {err.filename}", file=sys.stderr)  # noqa: T201
         return 2
     except KeyboardInterrupt:
@@ -90,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     ns = parser.parse_args(argv[:1])
-    setup_logging()
+    try:
+        setup_logging()
+    except KeepfitError as err:
+        print(f"error: {err}", file=sys.stderr)  # noqa: T201
+        return 2
     try:
         func = _resolve(table[ns.command][0])
     except ModuleNotFoundError as err:
@@ -117,7 +169,7 @@ def knowledge_main(argv: list[str]) -> int:
     import json
     from pathlib import Path
 
-    from model.artifact import replace_knowledge
+    from model.artifact import load_artifact, replace_knowledge
     from model.files import atomic_write_json
     from model.knowledge import build_knowledge
 
@@ -129,6 +181,8 @@ def knowledge_main(argv: list[str]) -> int:
                    help="also give this artifact the new knowledge (new hashes and version; repeatable)")
     args = p.parse_args(argv)
     data = build_knowledge(args.dictionary, args.aliases) if args.aliases else build_knowledge(args.dictionary)
+    for artifact in args.artifact:  # every artifact checked before anything is written
+        load_artifact(artifact)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, data)
     n_aliases = sum(len(v) for c in data["categories"].values() for v in c.get("aliases", {}).values())

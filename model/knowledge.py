@@ -256,11 +256,20 @@ def build_knowledge(
     ours = read_json(source_path, "knowledge source")
     path = Path(dictionary_path)
     source = read_json(path, "knowledge dictionary")
+    if not isinstance(source, dict):
+        raise ConfigError(f"knowledge dictionary {path} is a JSON {type(source).__name__}, not an object")
     definitions = source.get("definitions", source)
     if not isinstance(definitions, dict) or not definitions:
         raise ConfigError(f"knowledge dictionary {path} has no 'definitions' mapping")
     categories: dict[str, Any] = {}
     for name, phrases in definitions.items():
+        if isinstance(phrases, str):
+            phrases = [phrases]
+        if not isinstance(phrases, list):
+            raise ConfigError(
+                f"knowledge dictionary {path}: {str(name)[:80]!r} maps to a {type(phrases).__name__}, not a list "
+                "of descriptions"
+            )
         phrases = [str(p) for p in phrases if str(p).strip()]
         if name.lower() not in (p.lower() for p in phrases):
             phrases = [name, *phrases]
@@ -279,6 +288,8 @@ def build_knowledge(
     abbreviations.update(ours["abbreviations"])
     apath = Path(aliases_path)
     words = read_json(apath, "aliases file")
+    if not isinstance(words, dict) or not all(isinstance(words.get(k) or {}, dict) for k in ("spelling", "aliases")):
+        raise ConfigError(f"aliases file {apath} must be a JSON object with 'aliases' and 'spelling' objects")
     spelling = {str(k).lower(): str(v).lower() for k, v in (words.get("spelling") or {}).items()}
     _attach_aliases(categories, words.get("aliases") or {}, abbreviations, spelling, apath)
     return {

@@ -196,6 +196,8 @@ def _index_examples(args: argparse.Namespace, artifact_version: str) -> list[Exa
                 raise ConfigError(f"--ids {label}=...: ids are integers, got {value!r}") from err
             if not ids:
                 raise ConfigError(f"--ids {label}= names no ids")
+            if any(not 0 <= i < 2**63 for i in ids):
+                raise ConfigError(f"--ids {label}=...: an image id is from 0 to 2^63-1, got {value!r}")
             wanted.append((label, ids))
         for label, value in _pairs(args.index_label or [], "--index-label"):
             matched = index.matching_ids(args.modality, value)

@@ -11,9 +11,11 @@ import argparse
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from model.cli import finite_float, positive_int
 from model.config import MODALITIES
 from model.cores import available_cores
 from model.errors import ConfigError, DataError
@@ -31,10 +33,11 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 # TrainConfig fields whose flags are parsed differently (--public and --holdout repeat, --losses names terms,
 # --no-site-augment switches the augmentation): resolve_train_config applies them by hand
 _FLAGS_WITH_OWN_MEANING = frozenset({"stage", "public", "holdout", "losses", "augment"})
-_NUMBER_TYPES: dict[str, type] = {"int": int, "float": float, "int | None": int, "float | None": float}
+_FINITE = finite_float()  # nan and inf are refused as flags; TrainConfig.validate checks the ranges
+_NUMBER_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": _FINITE, "int | None": int, "float | None": _FINITE}
 
 
-def _numeric_fields() -> list[tuple[str, type]]:
+def _numeric_fields() -> list[tuple[str, Callable[[str], Any]]]:
     """``(field, int | float)`` of every numeric TrainConfig field: each is a flag of the same name."""
     from training.config import TrainConfig
 
@@ -214,7 +217,7 @@ def _eval_parser() -> argparse.ArgumentParser:
         sp.add_argument("--artifact", required=True, type=Path)
         sp.add_argument("--out", type=Path, help="report folder (default runs/eval/<artifact>-<version>/<command>)")
         sp.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
-        sp.add_argument("--batch-size", type=int, default=32)
+        sp.add_argument("--batch-size", type=positive_int, default=32)
         if labelled:
             sp.add_argument("--manifest", required=True, type=Path, help="CSV with path (relative to the CSV) "
                             "and label columns")
@@ -234,7 +237,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("few-shot", help="nearest-prototype classification from k train images per class")
     common(f)
     f.add_argument("--shots", default="1,5,10")
-    f.add_argument("--repeats", type=int, default=10)
+    f.add_argument("--repeats", type=positive_int, default=10)
     f.add_argument("--train-split", default="train")
     lp = sub.add_parser("linear-probe", help="logistic regression on frozen embeddings (C chosen on val)")
     common(lp)
@@ -254,7 +257,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     common(cal, labelled=False)
     cal.add_argument("--data-root", help="default ../shared/data")
     cal.add_argument("--split", default="val", help="the split to fit on (never test)")
-    cal.add_argument("--l2", type=float, default=0.1, help="L2 penalty on the offsets")
+    cal.add_argument("--l2", type=finite_float(0.0), default=0.1, help="L2 penalty on the offsets")
     cal.add_argument("--record-into", type=Path, metavar="CKPT",
                      help="store calibration.json in this checkpoint's artifact files (export ships it)")
     sy = sub.add_parser("synonyms", help="every wording (name, aliases) of every class per test task: balanced "
@@ -304,7 +307,7 @@ def _read_reports(items: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
                 report = json.loads(Path(path).read_text())
             except (OSError, json.JSONDecodeError) as err:
                 raise DataError(f"cannot read suite report {path}: {err}") from err
-            if report.get("command") != "suite":
+            if not isinstance(report, dict) or report.get("command") != "suite":
                 raise DataError(f"{path} is not a `keepfit eval suite` report")
             reports.append(report)
         out.append((name, reports))

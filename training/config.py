@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ class LossWeights:
 
     def validate(self) -> LossWeights:
         for name in LOSSES:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"loss weight {name} must be a finite number >= 0, got {getattr(self, name)}")
         return self
 
 
@@ -107,6 +108,10 @@ class TrainConfig:
     cache_dir: str | None = None  # default: runs/.cache
 
     def validate(self) -> TrainConfig:
+        for f in dataclasses.fields(self):  # a nan learning rate trained and saved NaN weights, exit 0
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.steps < 1 or self.batch_size < 2 or self.elite_batch_size < 2:

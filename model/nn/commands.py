@@ -179,7 +179,10 @@ def import_main(argv: list[str]) -> int:
     try:
         raw = torch.load(args.weights, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{args.weights} is not a readable torch state dict: {err}") from err
+        # torch's own text runs to several lines and advises weights_only=False, which would run code from the
+        # file: only its first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise CheckpointError(f"{args.weights} is not a readable torch state dict ({first[:200]})") from err
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):

@@ -9,6 +9,7 @@ fp32 parity is below tolerance is refused.  Everything is written aside and rena
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -230,7 +231,10 @@ def export_artifact(
             fp32 = measure_parity(model, tokenizer, staging, images, prompts)
             fp32["inputs"] = f"{source}; {len(prompts)} knowledge prompts"
             logger.info("fp32 parity: %s", fp32)
-            worst = min(fp32["image"]["min_cosine"], fp32["text"]["min_cosine"])
+            cosines = (fp32["image"]["min_cosine"], fp32["text"]["min_cosine"])
+            if not all(math.isfinite(c) for c in cosines):  # min() with a nan let a NaN model through
+                raise ArtifactError(f"the model's embeddings are not finite (NaN weights?): min cosines {cosines}")
+            worst = min(cosines)
             if worst < FP32_MIN_COSINE:
                 raise ArtifactError(f"ONNX export does not match torch: min cosine {worst:.6f} < {FP32_MIN_COSINE}")
             parity["fp32"] = fp32

@@ -58,11 +58,18 @@ def default_tokenizer(cfg: ModelConfig) -> Tokenizer:
 def save_checkpoint(path: str | Path, model: KeepFITModel, tokenizer: Tokenizer, **extra: Any) -> Path:
     """Write aside, then rename: a crash never leaves a half-written checkpoint behind."""
     path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # a diverged run (too high a learning rate): never a checkpoint that exports to a NaN model
+        raise CheckpointError(
+            f"not saving {path}: {len(broken)} of {len(state)} weight tensors hold NaN or inf (e.g. {broken[0]}); "
+            "the training diverged: lower the learning rate"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_config": model.cfg.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "tokenizer_json": tokenizer.to_json(),
         **extra,
     }

@@ -251,3 +251,58 @@ def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "build" in out and "bench" in out
     code, _, err = run(capsys, "frobnicate")
     assert code == 2 and "unknown index command 'frobnicate'" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--index-type", "hnsw", "--hnsw-m", "-1"], "--hnsw-m: must be from 2 to 256, got -1"),  # took all memory
+        (["--index-type", "hnsw", "--hnsw-m", "1"], "--hnsw-m: must be from 2 to 256, got 1"),  # FAISS segfaulted
+        (["--batch-size", "0"], "--batch-size: must be at least 1, got 0"),  # a traceback
+        (["--chunk-size", "-3"], "--chunk-size: must be at least 1, got -3"),
+        (["--target-recall", "nan"], "--target-recall: must be a finite number in (0.0, 1.0]"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_anything_is_touched(
+    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path, flags: list[str],
+    message: str,
+) -> None:
+    out_dir = tmp_path / "made" / "idx"
+    with pytest.raises(SystemExit) as exited:
+        keepfit(["index", "build", "--artifact", str(tiny_artifact), "--images", str(archive.root), "--out",
+                 str(out_dir), *flags])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "made").exists()
+
+
+def test_commands_on_a_missing_index_or_with_nothing_to_index_leave_no_folder(
+    capsys: pytest.CaptureFixture[str], tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """They created the folder (and its lock file) before finding out."""
+    missing = tmp_path / "nope"
+    for command in (["remove", "--index", str(missing), "--id", "1"], ["seal", "--index", str(missing)]):
+        code, _, err = run(capsys, *command)
+        assert code == 2 and f"not an index: {missing} does not exist" in err
+    code, _, err = run(capsys, "remove", "--index", str(missing), "--id", "99999999999999999999999")
+    assert code == 2 and "is not an image id" in err  # an OverflowError traceback
+    header_only = tmp_path / "rows.csv"
+    header_only.write_text("path,label\n")
+    out_dir = tmp_path / "new" / "idx"
+    code, _, err = run(capsys, "build", "--artifact", str(tiny_artifact), "--manifest", str(header_only),
+                       "--out", str(out_dir))
+    assert code == 2 and "nothing to index" in err
+    assert not missing.exists() and not (tmp_path / "new").exists()
+
+
+def test_a_journal_left_by_an_interrupted_metadata_write_is_collected(
+    capsys: pytest.CaptureFixture[str], index_copy: Path
+) -> None:
+    """A build killed while SQLite wrote a generation's metadata left metadata.<token>.sqlite-journal, which no
+    later build removed."""
+    orphan = index_copy / "metadata.000099-abcdef.sqlite-journal"
+    orphan.write_bytes(b"journal")
+    current = next(p for p in index_copy.iterdir() if p.name.startswith("metadata.") and p.suffix == ".sqlite")
+    kept = index_copy / f"{current.name}-journal"  # a journal of the generation in use is left alone
+    kept.write_bytes(b"")
+    code, _, _ = run(capsys, "remove", "--index", str(index_copy), "--id", "1")
+    assert code == 0 and not orphan.exists()

@@ -108,3 +108,46 @@ def test_every_package_declares_its_own_commands_and_the_dispatcher_names_none()
         assert f'"{upper}.' not in source and f"from {upper}" not in source, upper
     probe = "import sys; from model.cli import commands; commands(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_bad_log_level_is_one_line_for_every_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEPFIT_LOG_LEVEL", "verbose")
+    assert main(["list-models"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: unknown log level 'VERBOSE' (KEEPFIT_LOG_LEVEL): use DEBUG, INFO, WARNING or ERROR"
+    )
+
+
+def test_knowledge_of_the_wrong_shape_and_a_bad_artifact_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data_root: Path
+) -> None:
+    out = tmp_path / "k" / "knowledge.json"
+    for content, words in (("[1, 2]", "is a JSON list, not an object"),
+                           ('{"x": 5}', "'x' maps to a int, not a list of descriptions")):
+        dictionary = tmp_path / "d.json"
+        dictionary.write_text(content)
+        assert main(["knowledge", "--dictionary", str(dictionary), "--out", str(out)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], lines
+    real = data_root / "text" / "knowledge_dictionary.json"
+    code = main(["knowledge", "--dictionary", str(real), "--out", str(out), "--artifact", str(tmp_path / "none")])
+    assert code == 2 and "artifact directory not found" in capsys.readouterr().err
+    assert not out.exists()  # it was written before the artifact was found missing
+
+
+def test_seal_refuses_a_model_config_no_reader_can_load(
+    default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(default_artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model_config"]["preprocess"]["image_size"] = -5
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    before = (copy / "manifest.json").read_bytes()
+    assert main(["artifact", "seal", str(copy)]) == 2
+    assert "bad model_config: preprocess.image_size" in capsys.readouterr().err
+    assert (copy / "manifest.json").read_bytes() == before

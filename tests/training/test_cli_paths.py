@@ -47,3 +47,35 @@ def test_every_numeric_config_field_is_a_flag_that_reaches_the_config() -> None:
         value = (default or 2) + 1 if typ is int else (default / 2 if default else 0.1)
         args = _train_parser().parse_args(["hybrid", f"--{name.replace('_', '-')}", str(value)])
         assert getattr(resolve_train_config(args), name) == value, name
+
+
+def test_a_diverged_model_is_never_trained_saved_or_exported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--lr nan`` trained, saved a checkpoint with NaN weights and exported it (its parity check took
+    min(1.0, nan) = 1.0), all with exit status 0."""
+    import math
+
+    import torch
+
+    from model.config import get_config
+    from model.errors import ArtifactError, CheckpointError, ConfigError
+    from model.nn.export import export_artifact
+    from model.nn.factory import create_model, default_tokenizer, save_checkpoint
+    from training.config import TrainConfig
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "text", "--lr", "nan", "--out", str(tmp_path / "run")])
+    assert exited.value.code == 2 and "--lr: must be a finite number, got 'nan'" in capsys.readouterr().err
+    for field in ("lr", "grad_clip", "alias_prob"):  # a config file reaches validate() without the flag types
+        with pytest.raises(ConfigError, match=f"{field} must be a finite number"):
+            TrainConfig(**{field: math.inf}).validate()
+    cfg = get_config("keepfit-tiny")
+    model = create_model(cfg)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="NaN or inf.*lower the learning rate"):
+        save_checkpoint(tmp_path / "model.pt", model, default_tokenizer(cfg))
+    assert not (tmp_path / "model.pt").exists()
+    with pytest.raises(ArtifactError, match="not finite"):
+        export_artifact(model, default_tokenizer(cfg), tmp_path / "artifact", data_root=None)
+    assert not (tmp_path / "artifact" / "manifest.json").exists()
