@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from model.cli import positive_int
 from model.config import MODALITIES
 from model.errors import ConfigError, DataError, ImageError
 from model.manifest import read_manifest
@@ -47,16 +48,6 @@ def _store(args: argparse.Namespace) -> ClassifierStore:
     if args.func is not fit_main and not (root / "classifiers.sqlite").is_file():
         raise DataError(f"no classifier store at {root} (--store DIR, or --index of the index it sits beside)")
     return ClassifierStore(root)
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
-    return number
 
 
 def _settings(**values: Any) -> Any:
@@ -311,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--label-column", default="label")
     fit.add_argument("--split", help="only rows of this split (e.g. train)")
     fit.add_argument(
-        "--per-class", type=_positive, help="at most this many examples per label (random, --seed)"
+        "--per-class", type=positive_int, help="at most this many examples per label (random, --seed)"
     )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(
@@ -324,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "--index-label", action="append", metavar="LABEL=INDEX_LABEL", help="every indexed image with a label"
     )
     fit.add_argument(
-        "--max-classifiers", type=_positive, help="refuse a fit beyond this many (default: KEEPFIT_MAX_CLASSIFIERS, 100)"
+        "--max-classifiers", type=positive_int, help="refuse a fit beyond this many (default: KEEPFIT_MAX_CLASSIFIERS, 100)"
     )
     fit.set_defaults(func=fit_main)
     for name, func, helptext in (
