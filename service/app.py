@@ -255,7 +255,6 @@ def install_log_redaction() -> None:
         access.addFilter(RedactTokens())
 
 
-
 class _CorsMiddleware(CORSMiddleware):
     """Starlette's CORS, with a refused preflight answered in the API's error envelope (it was plain text)."""
 
@@ -266,6 +265,7 @@ class _CorsMiddleware(CORSMiddleware):
         message = bytes(response.body).decode("utf-8", "replace")  # "Disallowed CORS origin, method"
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
         return JSONResponse(error_body("cors_refused", f"{message}: not allowed by KEEPFIT_CORS_ORIGINS"), 400, headers)
+
 
 def create_app(settings: Settings | None = None, *, index_opener: Any = None) -> FastAPI:
     """The app for ``settings`` (default: :func:`get_settings`, i.e. the ``KEEPFIT_*`` environment).
