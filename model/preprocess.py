@@ -381,6 +381,16 @@ def content_box(image_size: tuple[int, int], cfg: PreprocessConfig) -> tuple[int
     return 0, 0, new_w, new_h
 
 
+def detail(pixels: np.ndarray, image_size: tuple[int, int], cfg: PreprocessConfig) -> float:
+    """How much the image varies: the largest per-channel standard deviation of one preprocessed input
+    ``[3, S, S]`` over the content box of an upright image of ``image_size``, in 8-bit grey levels (every 4th
+    pixel each way: ~10 us).  A blank image is 0; of ~680 real CFP, OCT, FFA and atlas images none was below 7
+    (0.5: noise of 0-3 grey levels)."""
+    left, top, width, height = content_box(image_size, cfg)
+    content = pixels[:, top : top + height : 4, left : left + width : 4]
+    return float(max(content[c].std() * cfg.std[c] for c in range(3)) * 255.0) if content.size else 0.0
+
+
 def model_image(image: Image.Image, cfg: PreprocessConfig) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """The upright 8-bit RGB content of the model input, and where it lies in it ``(left, top, width, height)``.
 

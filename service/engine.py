@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,7 @@ from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
     ReadableFile,
+    detail,
     load_image,
     original_size,
     thumbnail,
@@ -38,7 +39,7 @@ from model.preprocess import (
     upright_original_size,
 )
 from model.runtime import ImageEncoding, KeepfitRuntime
-from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, redact_paths
+from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -73,16 +74,42 @@ class ClassifyResult:
     class_embeddings: np.ndarray | None = None  # [C, D], rows in the order of the scored categories
     # Heat maps and ranked expert descriptions of the top predictions (``explain > 0``), serialised.
     explanations: list[dict[str, Any]] | None = None
+    detail: float | None = None  # the image's spread in grey levels (model.preprocess.detail)
 
 
-# what Engine.encode_bytes gives: the encoding, the original and the upright original (width, height), and the
-# modality a DICOM header states (or None)
-EncodedImage = tuple[ImageEncoding, tuple[int, int], tuple[int, int], str | None]
+class EncodedImage(NamedTuple):
+    """What :meth:`Engine.encode_bytes` gives."""
+
+    encoding: ImageEncoding
+    size: tuple[int, int]  # (width, height) of the stored image
+    upright: tuple[int, int]  # (width, height) as displayed (EXIF orientation applied)
+    stated: str | None  # the modality a DICOM header states
+    detail: float  # how much the image varies, in grey levels (model.preprocess.detail)
+
+
+# An image that varies by less than this many grey levels (a blank, black or uniform picture) gets predictions
+# all the same, as any input does, and a warning that they say nothing; its heat maps are not localised.
+FEATURELESS_BELOW = 2.0
+
+
+def featureless_warning(spread: float | None) -> list[dict[str, str]]:
+    """The ``featureless_image`` warning when an image varies by less than :data:`FEATURELESS_BELOW`."""
+    if spread is None or spread >= FEATURELESS_BELOW:
+        return []
+    return [
+        {
+            "code": "featureless_image",
+            "message": (
+                f"the image is almost uniform (it varies by {spread:.1f} grey levels): there is nothing in it to "
+                "diagnose, so these predictions say nothing about an eye"
+            ),
+        }
+    ]
 
 
 def embedding_of(encoded: EncodedImage, _timings: Timings | None = None) -> np.ndarray:
     """The unit-norm image embedding ``[D]`` of an encoded image (what :meth:`Engine.embed_image` returns)."""
-    return encoded[0].embeddings[0]
+    return encoded.encoding.embeddings[0]
 
 
 @dataclass
@@ -232,6 +259,7 @@ class Engine:
                     ),
                 }
             )
+        out += featureless_warning(result.detail)
         meant_for = self.task_modalities(task)
         if meant_for and used not in meant_for:
             how = "detected" if requested == "auto" else "requested"
@@ -281,10 +309,12 @@ class Engine:
             stated = image.info.get("keepfit_modality")
             with timings.stage("preprocess"):
                 pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
+                spread = detail(pixels[0], upright, self.runtime.preprocess_cfg)
             del image
         with timings.stage("inference"):
             # embeddings [1, D], tokens [1, h*w, D]
-            return self.runtime.encode_pixels(pixels), size, upright, str(stated) if stated else None
+            encoding = self.runtime.encode_pixels(pixels)
+        return EncodedImage(encoding, size, upright, str(stated) if stated else None, spread)
 
     def classify(
         self,
@@ -309,7 +339,7 @@ class Engine:
         explain: int = 0,
     ) -> ClassifyResult:
         """:meth:`classify` of an image already through :meth:`encode_bytes`."""
-        encoding, size, upright, stated = encoded
+        encoding, upright, stated = encoded.encoding, encoded.upright, encoded.stated
         embedding = encoding.embeddings  # [1, D]
         with timings.stage("zero_shot"):
             # The modality head runs even when the caller names a modality: a named modality that the image
@@ -344,6 +374,9 @@ class Engine:
                     explanation_body(categories[e.index], float(probs[e.index]), e, self.explainer.mode)
                     for e in evidence
                 ]
+                if featureless_warning(encoded.detail):  # any pattern in its maps is the network's, not the eye's
+                    for body in explanations:
+                        body["heatmap"]["localised"] = False
         return ClassifyResult(
             modality_requested=modality,
             modality_used=used,
@@ -352,11 +385,12 @@ class Engine:
             modality_probabilities=mod_probs,
             predictions=predictions,
             categories=len(categories),
-            width=size[0],
-            height=size[1],
+            width=encoded.size[0],  # as stored (the heat maps' image_size is as displayed)
+            height=encoded.size[1],
             encoding=encoding,
             class_embeddings=class_emb,
             explanations=explanations,
+            detail=encoded.detail,
         )
 
     def embed_image(self, data: bytes | ReadableFile, timings: Timings) -> np.ndarray:
@@ -367,8 +401,8 @@ class Engine:
         """A classifier example's bytes -> its embedding ``[D]``, and the modality its DICOM header states (with
         probability 1) or else the one the modality head recognises, with its probability. The API
         (``POST /v1/classifiers``) and ``keepfit classifier`` both embed examples with this."""
-        encoding, _size, _upright, header_modality = self.encode_bytes(data, timings)
-        embedding = encoding.embeddings  # [1, D]
+        encoded = self.encode_bytes(data, timings)
+        embedding, header_modality = encoded.encoding.embeddings, encoded.stated  # [1, D]
         if header_modality:
             return embedding[0], str(header_modality), 1.0
         names, probs = self.runtime.modality_probabilities(embedding)
@@ -401,8 +435,10 @@ class Engine:
 def check_min_size(width: int, height: int, min_side: int) -> None:
     """Refuse images too small to say anything about (a 1x1 px image would otherwise get a diagnosis)."""
     if width < min_side or height < min_side:
-        raise InvalidRequestError(
-            f"image is {width}x{height} px; the smallest accepted is {min_side}x{min_side} (KEEPFIT_MIN_IMAGE_SIDE)"
+        raise ServiceError(
+            f"image is {width}x{height} px; the smallest accepted is {min_side}x{min_side} (KEEPFIT_MIN_IMAGE_SIDE)",
+            status_code=422,
+            code="image_too_small",
         )
 
 

@@ -123,16 +123,20 @@ class ModalityResult(BaseModel):
 
 
 class ClassifyWarning(BaseModel):
-    code: Literal["modality_mismatch", "task_modality_mismatch"] = Field(
+    code: Literal["modality_mismatch", "task_modality_mismatch", "featureless_image"] = Field(
         description="`modality_mismatch`: the image looks like another modality than the one requested; "
-        "`task_modality_mismatch`: the task is meant for another modality than the one used"
+        "`task_modality_mismatch`: the task is meant for another modality than the one used; "
+        "`featureless_image`: the image is almost uniform (blank, black), so the predictions say nothing"
     )
     message: str = Field(description="a sentence for people: show it beside the predictions")
 
 
 class ImageInfo(BaseModel):
     sha256: str
-    width: int
+    width: int = Field(
+        description="as stored in the file, before any EXIF orientation (the heat maps' `image_size` is the size "
+        "as displayed: sides swapped for a 90-degree orientation)"
+    )
     height: int
 
 
@@ -182,7 +186,9 @@ class Explanation(BaseModel):
     probability: float = Field(ge=0.0, le=1.0)
     heatmap: HeatMap
     descriptions: list[MatchedDescription] = Field(
-        description="the category's expert descriptions, best match first"
+        description="the category's expert descriptions, best match first; for a category the knowledge base does "
+        "not know (`known: false` in its prediction) the sentences of its prompt ensemble, which are not expert "
+        "knowledge"
     )
 
 

@@ -46,7 +46,7 @@ from service.classifiers import (
 )
 from service.deps import ServiceState, StateDep, check_upload, content_type, key_matches, require_api_key
 from service.early import EarlyJob
-from service.engine import EncodedImage, Engine, Timings
+from service.engine import EncodedImage, Engine, Timings, featureless_warning
 from service.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -683,8 +683,7 @@ def _classify_blocking(
 def _classify_encoded(
     encoded: EncodedImage, engine: Engine, model: Any, timings: Timings, top_k: int | None, modality: str
 ) -> dict[str, Any]:
-    encoding, size, _upright, header_modality = encoded
-    embedding = encoding.embeddings  # [1, D]
+    embedding, header_modality = encoded.encoding.embeddings, encoded.stated  # [1, D]
     with timings.stage("classifier"):
         names, mod_probs = engine.runtime.modality_probabilities(embedding)
         probs = model.probabilities(embedding)[0]  # [C]
@@ -693,7 +692,7 @@ def _classify_encoded(
         order = order[:top_k]
     mod = {n: float(p) for n, p in zip(names, mod_probs[0], strict=True)}
     detected = header_modality or max(mod, key=lambda k: mod[k])
-    warnings = []
+    warnings = featureless_warning(encoded.detail)
     if detected != modality and (header_modality or mod[detected] >= MODALITY_MISMATCH_CONFIDENCE):
         warnings.append(
             {
@@ -706,8 +705,8 @@ def _classify_encoded(
         "probs": probs,
         "modality_probabilities": mod,
         # the stored image's size, as in the zero-shot answer (not the DCT-scaled decode's)
-        "width": size[0],
-        "height": size[1],
+        "width": encoded.size[0],
+        "height": encoded.size[1],
         "warnings": warnings,
     }
 

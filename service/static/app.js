@@ -137,6 +137,7 @@
     unsupported_media_type: 'This file type is not supported (use JPEG, PNG, TIFF, BMP, WebP or DICOM).',
     payload_too_large: 'The file is too large for the service.',
     image_too_large: 'The image has too many pixels for the service.',
+    image_too_small: 'The image is too small to diagnose.',
     unauthorized: 'The service needs a valid API key.',
     not_ready: 'The service is not ready yet.',
     no_index: 'Image search is not available.',
@@ -337,18 +338,27 @@
       return true;
     } catch (_) {
       // TIFF or DICOM: browsers cannot show them; the heat map is still drawn over a placeholder
-      canvas.width = 512;
-      canvas.height = 512;
-      ctx.fillStyle = '#222';
-      ctx.fillRect(0, 0, 512, 512);
-      ctx.fillStyle = '#bbb';
-      ctx.font = '20px system-ui, sans-serif';
-      ctx.fillText('No preview for this file format', 110, 256);
-      canvas.dataset.preview = 'placeholder';
+      paintPlaceholder(canvas, 512, 512);
       return false;
     } finally {
       if (full) full.close();
     }
+  }
+
+  function paintPlaceholder(canvas, width, height) {
+    // a dark frame of the image's shape that says why the picture is missing (the heat map goes over it)
+    canvas.width = width;
+    canvas.height = height;
+    const ctx = canvas.getContext('2d');
+    ctx.fillStyle = '#222';
+    ctx.fillRect(0, 0, width, height);
+    ctx.fillStyle = '#bbb';
+    ctx.font = `${Math.max(11, Math.min(20, Math.round(width / 26)))}px system-ui, sans-serif`;
+    ctx.textAlign = 'center';
+    ctx.textBaseline = 'middle';
+    ctx.fillText('No preview for this file format', width / 2, height / 2 - 12, width - 16);
+    ctx.fillText('(the heat map is drawn over its outline)', width / 2, height / 2 + 12, width - 16);
+    canvas.dataset.preview = 'placeholder';
   }
 
   function fitPlaceholder(width, height) {
@@ -356,11 +366,7 @@
     const canvas = $('preview');
     if (canvas.dataset.preview !== 'placeholder' || !width || !height) return;
     const scale = 512 / Math.max(width, height);
-    canvas.width = Math.round(width * scale);
-    canvas.height = Math.round(height * scale);
-    const ctx = canvas.getContext('2d');
-    ctx.fillStyle = '#222';
-    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    paintPlaceholder(canvas, Math.round(width * scale), Math.round(height * scale));
   }
 
   function chooseFile(file) {
@@ -438,7 +444,9 @@
     }
   }
 
-  const FILE_ERRORS = new Set(['invalid_image', 'unsupported_media_type', 'payload_too_large', 'image_too_large']);
+  const FILE_ERRORS = new Set([
+    'invalid_image', 'unsupported_media_type', 'payload_too_large', 'image_too_large', 'image_too_small',
+  ]);
 
   function pct(p) {
     return p >= 0.995 ? '>99%' : p < 0.005 ? '<1%' : `${Math.round(p * 100)}%`;
@@ -472,7 +480,9 @@
       }
       return li;
     }));
-    fitPlaceholder(r.image && r.image.width, r.image && r.image.height);
+    // the heat maps' image_size is the image as displayed (image.width/height are as stored, before EXIF rotation)
+    const shown = r.explanations && r.explanations.length ? r.explanations[0].heatmap.image_size : null;
+    fitPlaceholder(shown ? shown[0] : r.image && r.image.width, shown ? shown[1] : r.image && r.image.height);
     const t = r.timings_ms || {};
     const parts = [`model ${r.model_version}`, `${Math.round(t.total || 0)} ms`];
     if (t.explain != null) parts.push(`heat maps ${Math.round(t.explain)} ms`);
@@ -512,7 +522,11 @@
       ? `no localised evidence for “${e.label}”`
       : `evidence for “${e.label}”`;
     $('overlay-label').dataset.localised = String(hm.localised !== false);
-    $('descriptions-for').textContent = `for ${e.label}`;
+    // an unknown category has no expert descriptions: its "descriptions" are the prompts built around its name
+    const known = (r.predictions.find((p) => p.label === e.label) || {}).known !== false;
+    $('descriptions-for').textContent = known
+      ? `for ${e.label}`
+      : `for ${e.label}: not a category the knowledge base knows, so these are only the prompts built from its name`;
     $('descriptions').replaceChildren(...e.descriptions.map((d) => el('li', {},
       el('span', { text: d.text }), el('span', { class: 'sim', text: `similarity ${d.similarity.toFixed(3)}` }))));
   }

@@ -356,7 +356,7 @@ def test_images_below_the_minimum_size_are_refused(api: TestClient, size: tuple[
     if ok:
         assert r.status_code == 200, r.text
     else:
-        assert_error(r, 422, "invalid_request", f"{size[0]}x{size[1]} px", "32x32")
+        assert_error(r, 422, "image_too_small", f"{size[0]}x{size[1]} px", "32x32")
 
 
 @pytest.mark.parametrize("raw", ["%201", "+1", "1_0", "%E2%91%A0", "01%20"])
