@@ -225,21 +225,20 @@ def relative_path(source: str, root: Path | None) -> str:
 
 @dataclass(frozen=True)
 class KnownIds:
-    """Ids an earlier generation gave: by image SHA-256 and by stored path (what a rebuild keeps)."""
+    """Ids an earlier generation gave, by image SHA-256 (what a rebuild keeps)."""
 
     by_sha: dict[str, int] = field(default_factory=dict)
-    by_path: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_metadata(cls, metadata: Path) -> KnownIds:
         conn = sqlite3.connect(f"file:{metadata.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
         try:
-            rows = conn.execute("SELECT id, path, sha256 FROM images ORDER BY id").fetchall()
+            rows = conn.execute("SELECT id, sha256 FROM images ORDER BY id").fetchall()
         except sqlite3.DatabaseError as err:
             raise IndexStoreError(f"cannot read the ids of the previous index ({metadata.name}): {err}") from err
         finally:
             conn.close()
-        return cls(by_sha={str(sha): int(i) for i, _, sha in rows}, by_path={str(p): int(i) for i, p, _ in rows})
+        return cls(by_sha={str(sha): int(i) for i, sha in rows})
 
 
 def assemble(
@@ -288,16 +287,12 @@ def assemble(
         vectors[sha] = rows.vector[i]
     ids: dict[str, int] = {}
     if known is not None:
-        taken: set[int] = set()
-        for sha in order:  # the same bytes first: an image moved to another path keeps its id
+        # the same bytes keep their id wherever they now lie; other bytes at an old path (a file edited or
+        # replaced in place) are another image and get a new id: an id handed out must never show a different
+        # picture, as it did when ids also followed paths
+        for sha in order:
             if sha in known.by_sha:
                 ids[sha] = known.by_sha[sha]
-                taken.add(ids[sha])
-        for sha in order:
-            old = known.by_path.get(fields[sha]["path"])
-            if sha not in ids and old is not None and old not in taken:
-                ids[sha] = old
-                taken.add(old)
     fresh = (sha for sha in order if sha not in ids)
     for n, sha in enumerate(fresh):
         ids[sha] = next_id + n
@@ -489,7 +484,7 @@ def _build_base(
 ) -> tuple[IndexManifest, KnownIds | None]:
     """What a build's generation starts from, and the ids of the images the index it replaces held.
 
-    A rebuild keeps the ids of the images it had (same SHA-256, or same path) and continues the id sequence for
+    A rebuild keeps the ids of the images it had (same SHA-256, wherever they lie) and continues the id sequence for
     new ones: an id a client kept from the old index names the same image, or answers "not found", never a
     different image."""
     base: IndexManifest = {

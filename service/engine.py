@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import mimetypes
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from index.query import index_modalities, label_warning
+from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
@@ -35,6 +37,7 @@ from model.preprocess import (
     load_image,
     original_size,
     thumbnail,
+    to_rgb,
     trimmed,
     upright_original_size,
 )
@@ -676,17 +679,49 @@ def record_to_hit(record: Any, score: float) -> dict[str, Any]:
     }
 
 
-def read_image_file(path: Path) -> bytes:
+def read_image_file(path: Path, sha256: str | None = None) -> bytes:
+    """The bytes of an indexed image's file; with ``sha256`` (its record's), only if they are still the bytes
+    that were indexed: a file replaced or edited in place since is a 410, never another image under the id."""
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as err:
         raise NotFoundError(f"the file of this index entry is no longer readable ({err.strerror})") from err
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise ServiceError(
+            "the file of this index entry has changed since it was indexed; update the index "
+            "(keepfit index build or add) to serve it again",
+            status_code=410,
+            code="image_changed",
+        )
+    return data
 
 
-def make_thumbnail(path: Path, size: int, max_pixels: int) -> bytes:
+def make_thumbnail(path: Path, size: int, max_pixels: int, sha256: str | None = None) -> bytes:
     """A JPEG whose long side is at most ``size`` (browsers show it whatever the original format)."""
     # decodes only what the thumbnail needs (JPEG DCT scaling), sized as Pillow's thumbnail of the original
-    image = thumbnail(load_image(read_image_file(path), max_pixels=max_pixels, size=size), size)
+    image = thumbnail(load_image(read_image_file(path, sha256), max_pixels=max_pixels, size=size), size)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85, optimize=True)
     return out.getvalue()
+
+
+def original_image(path: Path, max_pixels: int, sha256: str | None = None) -> tuple[bytes, str]:
+    """An indexed image as stored, with its media type; a DICOM object as a PNG of its pixels (the frame the
+    index embedded, 8-bit as the model saw it): the file itself carries the patient's name, ids and dates."""
+    data = read_image_file(path, sha256)
+    if is_dicom(data):
+        out = io.BytesIO()
+        to_rgb(load_image(data, max_pixels=max_pixels)).save(out, format="PNG", optimize=False)
+        return out.getvalue(), "image/png"
+    return data, mimetypes.guess_type(path.name)[0] or _MEDIA_TYPES.get(_format_of(data), "application/octet-stream")
+
+
+_MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "BMP": "image/bmp", "WEBP": "image/webp"}
+
+
+def _format_of(data: bytes) -> str:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return str(image.format)
+    except Exception:
+        return ""

@@ -510,6 +510,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or wrong X-API-Key",
         404: "Unknown id or classifier name",
         409: "The index is empty; or a classifier conflict (name taken, limit reached, fitted with another model)",
+        410: "The image file changed on disk after it was indexed (update the index)",
         413: "Upload or image too large (bytes or pixels)",
         415: "Unsupported content type or image format",
         422: "A parameter out of range (top_k, categories, query length...)",

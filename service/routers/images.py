@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import mimetypes
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
-from fastapi.responses import FileResponse
 from pydantic import BeforeValidator
 
 from service.cache import cache_key
 from service.deps import SettingsDep, StateDep, api_key_scheme, check_image_access
-from service.engine import make_thumbnail
+from service.engine import make_thumbnail, original_image
 from service.schemas import error_responses
 
 router = APIRouter(tags=["images"])
 
 DESCRIPTION = """
-The image behind a search hit, as stored in the archive, or with `size` a JPEG thumbnail whose long side is
-at most `size` pixels (what a results grid should load).  Images are addressed by index id only.  When the
+The image behind a search hit, as stored in the archive (a DICOM object as a PNG of its pixels: its header
+holds patient data), or with `size` a JPEG thumbnail whose long side is at most `size` pixels (what a results
+grid should load).  A file that changed on disk after it was indexed is a 410, never another image.  Images are addressed by index id only.  When the
 service runs with API keys, send `X-API-Key`, or use the `image_url` / `thumbnail_url` of a search hit, which
 carry a per-image `token` so that `<img src>` works in a browser.
 """
@@ -43,11 +42,11 @@ Digits = BeforeValidator(_digits_only)
     response_class=Response,
     responses={
         200: {
-            "content": {"image/jpeg": {}, "image/png": {}, "image/tiff": {}},
-            "description": "the image bytes",
+            "content": {"image/jpeg": {}, "image/png": {}, "image/tiff": {}, "image/bmp": {}, "image/webp": {}},
+            "description": "the image bytes as indexed (a DICOM object: a PNG of its pixels, without its header)",
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
-        **error_responses(401, 404, 422, 503),
+        **error_responses(401, 404, 410, 422, 503),
     },
 )
 async def get_image(
@@ -72,12 +71,9 @@ async def get_image(
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
     if size is None:
-        if not await state.run_blocking(path.is_file):
-            from model.errors import NotFoundError
-
-            raise NotFoundError(f"the file of image {image_id} is no longer on disk")
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type, headers=headers)
+        # the bytes that were indexed (a file changed since is a 410), a DICOM object as a PNG of its pixels
+        original, media_type = await state.run_blocking(original_image, path, settings.max_pixels, record.sha256)
+        return Response(content=original, media_type=media_type, headers=headers)
     key = (
         cache_key("thumbnail", "", record.sha256 or f"id:{image_id}", {"size": size})
         if record.sha256
@@ -85,7 +81,7 @@ async def get_image(
     )
     data = await state.cache.get(key) if key else None
     if data is None:
-        data = await state.run_blocking(make_thumbnail, path, size, settings.max_pixels)
+        data = await state.run_blocking(make_thumbnail, path, size, settings.max_pixels, record.sha256)
         if key:
             await state.cache.set(key, data)
     return Response(content=data, media_type="image/jpeg", headers=headers)

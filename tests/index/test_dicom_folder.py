@@ -52,3 +52,25 @@ def test_dicom_folder_is_indexed_with_header_modalities(
     dicom_vector = vectors[records["IM0001"].id]
     assert float(dicom_vector @ jpeg) / float(np.linalg.norm(dicom_vector) * np.linalg.norm(jpeg)) > 0.9995
     assert float(np.abs(dicom_vector - jpeg).max()) < 0.005
+
+    # served back: a DICOM object as a PNG of its pixels, never the file with the patient's header
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    with TestClient(create_app(make_settings(default_artifact, index=out))) as api:
+        for name in ("IM0001", "IM0002.dcm"):
+            r = api.get(f"/v1/images/{records[name].id}")
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png", name
+            assert all(v.encode() not in r.content for v in PATIENT.values()), name
+            shown = Image.open(io.BytesIO(r.content))
+            assert shown.size == (records[name].width, records[name].height), name
+        # a file changed on disk after indexing is never served under the old id
+        (images / "IM0003.dcm").write_bytes((images / "2024" / "IM0001").read_bytes())
+        for query in ("", "?size=64"):
+            r = api.get(f"/v1/images/{records['IM0003.dcm'].id}{query}")
+            assert r.status_code == 410 and r.json()["error"]["code"] == "image_changed", (query, r.text)
