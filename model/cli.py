@@ -95,7 +95,7 @@ def setup_logging(level: str | None = None) -> None:
     :class:`KeepfitError` naming the variable."""
     name = (level or os.environ.get("KEEPFIT_LOG_LEVEL") or "INFO").strip().upper()
     if name not in logging.getLevelNamesMapping():
-        raise KeepfitError(f"unknown log level {name!r} (KEEPFIT_LOG_LEVEL): use DEBUG, INFO, WARNING or ERROR")
+        raise KeepfitError(f"unknown log level {name!r} (KEEPFIT_LOG_LEVEL): use DEBUG, INFO, WARNING, ERROR or CRITICAL")
     logging.basicConfig(level=name, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # faiss announces at INFO which CPU build it loaded, on every start: not news for a user of any command
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

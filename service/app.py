@@ -278,6 +278,12 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     """
     settings = settings or get_settings()
     offline_docs = importlib.util.find_spec("fastapi_offline") is not None
+    if not logging.getLogger().handlers:
+        # a worker process of `keepfit serve --workers N` (uvicorn starts each afresh and configures only its own
+        # loggers): the service's lines were lost below WARNING and printed bare above it
+        from model.cli import setup_logging
+
+        setup_logging(settings.log_level)
     # faiss announces at INFO which CPU build it loaded ("Could not load library with AVX2 support"), on
     # every start: it reads like an error and is not news to an operator
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -252,18 +253,38 @@ def _row_values(row: ClassifierRow) -> tuple[Any, ...]:
 
 
 # ------------------------------------------------------------------------------------------------- store
+def _unwritable(err: sqlite3.OperationalError) -> ServiceError:
+    """A write SQLite refused (a volume remounted read-only, a full disk, a lock held too long): a 503 that says
+    so, not a 500."""
+    logger.error("classifier store: a write failed: %s", err)
+    return ServiceError(
+        f"the classifier store cannot be written now ({str(err)[:80]}); nothing was changed",
+        status_code=503,
+        code="classifiers_unavailable",
+    )
+
+
 class ClassifierStore:
     """SQLite + arrays on disk; safe for threads of one process and for several processes."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "arrays").mkdir(exist_ok=True)
-        (self.root / "examples").mkdir(exist_ok=True)
         self.db_path = self.root / "classifiers.sqlite"
         self._loaded: dict[tuple[str, str], fewshot.FittedClassifier] = {}
         self._rows: tuple[tuple[int, ...] | None, dict[str, ClassifierRow]] = (None, {})
         self._lock = threading.Lock()
+        # A store on a read-only volume (beside a read-only index, say) is served read-only: its classifiers
+        # classify, and a change is a 503 that says why. Opened read-write, it failed even for reads.
+        self.read_only = self.db_path.is_file() and not os.access(self.root, os.W_OK)
+        if self.read_only:
+            logger.warning("classifier store %s is on a read-only file system: classifiers are served read-only", root)
+            wal = self.db_path.with_name(self.db_path.name + "-wal")
+            if wal.is_file() and wal.stat().st_size > 0:  # read-only readers cannot apply it
+                logger.warning("classifier store %s: its last changes are in %s, which cannot be read here", root, wal)
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "arrays").mkdir(exist_ok=True)
+        (self.root / "examples").mkdir(exist_ok=True)
         self._initialise()
 
     def _initialise(self) -> None:
@@ -277,7 +298,7 @@ class ClassifierStore:
         delay = 0.005
         while True:
             try:
-                with self._connect() as db:
+                with self._connect(raw=True) as db:
                     # WAL + NORMAL: a commit survives a crash of the process; a power cut may lose the last
                     # one, which leaves at worst an unreferenced arrays file (the arrays are fsynced before
                     # their row is written)
@@ -294,25 +315,55 @@ class ClassifierStore:
             delay = min(delay * 2, 0.2)
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=OPEN_TIMEOUT_S, isolation_level=None)
+    def _connect(self, raw: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection; an error SQLite raises in the block is a 503 (``raw``: as it is, for retries)."""
+        if self.read_only:  # immutable: SQLite then needs neither a lock nor the WAL's shared-memory file
+            db = sqlite3.connect(f"file:{self.db_path.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
+        else:
+            db = sqlite3.connect(self.db_path, timeout=OPEN_TIMEOUT_S, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("PRAGMA synchronous=NORMAL")
+            if not self.read_only:
+                db.execute("PRAGMA synchronous=NORMAL")
             yield db
+        except sqlite3.OperationalError as err:
+            if raw:
+                raise
+            logger.error("classifier store: %s", err)
+            raise ServiceError(
+                "the classifier store cannot be read now (see the service log)",
+                status_code=503,
+                code="classifiers_unavailable",
+            ) from err
         finally:
             db.close()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise ServiceError(
+                "the classifier store is on a read-only volume: its classifiers classify, but none can be created, "
+                "refitted or deleted here",
+                status_code=503,
+                code="classifiers_read_only",
+            )
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as err:
+                raise _unwritable(err) from err
             try:
                 yield db
+            except sqlite3.OperationalError as err:
+                db.execute("ROLLBACK")
+                raise _unwritable(err) from err
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as err:
+                raise _unwritable(err) from err
 
     # -- reads
     def all_rows(self) -> list[ClassifierRow]:
@@ -467,7 +518,7 @@ class ClassifierStore:
         except BaseException:
             try:
                 self._collect(row.arrays)
-            except sqlite3.Error:  # the store is busy or broken: the files stay until the next collection
+            except (sqlite3.Error, ServiceError):  # busy or unwritable: the files stay for the next collection
                 logger.warning("classifier %r: unreferenced files left for the next collection", row.name)
             raise
         if old_arrays and old_arrays != row.arrays:

@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "port": settings.port,
         "log_level": settings.log_level.lower(),
         "proxy_headers": True,
+        # a stalled upload held shutdown until its body timed out (60 s), past Docker's 10 s before SIGKILL
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }
     if settings.workers > 1:
         # each worker builds its own app from the environment written above

@@ -175,6 +175,7 @@ _CODES = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "too_many_requests",
+    503: "busy",  # the only HTTPException 503: the upload budget (service/middleware.py); others are ServiceErrors
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anyio
 from starlette.exceptions import HTTPException
@@ -58,15 +59,27 @@ class _BodyTimeout(HTTPException):
         )
 
 
+class _Busy(HTTPException):
+    """Raised from ``receive`` when the bytes of the bodies in flight would exceed the upload budget."""
+
+    def __init__(self) -> None:
+        super().__init__(503, _BUSY[2], headers={"Retry-After": "1"})
+
+
 class UploadBudget:
-    """Bytes of request bodies being received at once, across the process's requests (one event loop)."""
+    """Bytes of request bodies being received at once, across the process's requests (one event loop).
+
+    Bytes are reserved as they arrive, not as a request declares them: eight connections that sent only headers
+    declaring 20 MB each held the whole budget until their body timeout, and every upload meanwhile got 503.
+    """
 
     def __init__(self) -> None:
         self.reserved = 0
 
-    def try_reserve(self, size: int, limit: int) -> bool:
-        # a lone request may always proceed (its own size is bounded by the upload limit)
-        if self.reserved and self.reserved + size > limit:
+    def try_reserve(self, size: int, limit: int, own: int = 0) -> bool:
+        """Reserve ``size`` more bytes for a request that holds ``own`` already; a request alone may always
+        proceed (its own size is bounded by the upload limit)."""
+        if self.reserved > own and self.reserved + size > limit:
             return False
         self.reserved += size
         return True
@@ -113,16 +126,16 @@ class RequestGuardMiddleware:
             refusal = _encoding_refusal(headers)
         if refusal is None:
             declared, refusal = _declared_length(headers, max_body)
-        reserved = max_body if declared is None else declared
-        if refusal is None and not self.budget.try_reserve(reserved, int(settings.upload_budget)):
-            refusal = _BUSY
+        if refusal is None and self.budget.reserved >= int(settings.upload_budget):
+            refusal = _BUSY  # full already: refused before a byte of the body is read
         if refusal is not None:
             await _reject(send, *refusal)
             return
+        limits = _BodyLimits(declared, max_body, float(settings.body_timeout_s), self.budget, int(settings.upload_budget))
         try:
-            await _with_body_limits(self.app, scope, receive, send, declared, max_body, float(settings.body_timeout_s))
+            await _with_body_limits(self.app, scope, receive, send, limits)
         finally:
-            self.budget.release(reserved)
+            self.budget.release(limits.held)
 
 
 # (status, code, message, extra headers) of a request refused before its body is read
@@ -171,15 +184,23 @@ def _declared_length(headers: dict[bytes, bytes], max_body: int) -> tuple[int | 
     return declared, None
 
 
-async def _with_body_limits(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, declared: int | None, max_body: int, timeout_s: float
-) -> None:
-    """Run ``app`` with a body that may not exceed ``max_body`` bytes nor take longer than ``timeout_s`` to arrive
-    (413 / 408 unless the answer has started)."""
-    deadline = time.monotonic() + timeout_s
+@dataclass
+class _BodyLimits:
+    declared: int | None  # Content-Length, None when chunked
+    max_body: int
+    timeout_s: float
+    budget: UploadBudget
+    budget_limit: int
+    held: int = 0  # bytes of this body reserved in the budget (released when the request ends)
+
+
+async def _with_body_limits(app: ASGIApp, scope: Scope, receive: Receive, send: Send, limits: _BodyLimits) -> None:
+    """Run ``app`` with a body that may not exceed ``max_body`` bytes nor take longer than ``timeout_s`` to arrive,
+    its bytes reserved in the upload budget as they arrive (413 / 408 / 503 unless the answer has started)."""
+    deadline = time.monotonic() + limits.timeout_s
     received = 0
     started = False
-    body_done = declared == 0
+    body_done = limits.declared == 0
 
     async def counting_receive() -> Message:
         nonlocal received, body_done
@@ -190,11 +211,15 @@ async def _with_body_limits(
             with anyio.fail_after(max(remaining, 0.0)):
                 message = await receive()
         except TimeoutError:
-            raise _BodyTimeout(timeout_s) from None
+            raise _BodyTimeout(limits.timeout_s) from None
         if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > max_body:
-                raise _TooLarge(max_body)
+            size = len(message.get("body", b""))
+            received += size
+            if received > limits.max_body:
+                raise _TooLarge(limits.max_body)
+            if not limits.budget.try_reserve(size, limits.budget_limit, own=limits.held):
+                raise _Busy()
+            limits.held += size
             if not message.get("more_body", False):
                 body_done = True
         return message
@@ -214,3 +239,6 @@ async def _with_body_limits(
     except _BodyTimeout as err:
         if not started:
             await _reject(send, 408, "request_timeout", str(err.detail), [(b"connection", b"close")])
+    except _Busy:
+        if not started:
+            await _reject(send, *_BUSY)

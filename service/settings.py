@@ -7,6 +7,7 @@ comma-separated values (``KEEPFIT_API_KEYS=a,b``) because that is what people ty
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,6 +77,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest accepted upload")
     body_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="time allowed to receive a request body (then 408)"
+    )
+    shutdown_grace_s: float = Field(
+        default=8.0,
+        gt=0,
+        le=600,
+        description="on SIGTERM, time the requests in flight get to finish (then closed); under Docker's 10 s",
     )
     upload_budget_bytes: int | None = Field(
         default=None,
@@ -165,6 +172,30 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_automatic(cls, value: Any) -> Any:
         return 0 if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        # checked here, before the model loads: redis-py refused it only inside the app's start-up, in a traceback
+        if value is not None and not value.strip().lower().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix:// (e.g. redis://localhost:6379/0)")
+        return value.strip() if value is not None else None
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # a browser sends its origin as scheme://host[:port]: anything else never matches and refuses every preflight
+        bad = [o for o in value if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o)]
+        if bad:
+            raise ValueError(f"cors_origins are scheme://host[:port] (or *), without a path: {', '.join(bad)}")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+", value.strip()):
+            raise ValueError(f"public_url must be an http:// or https:// URL, got {value!r}")
+        return value.strip().rstrip("/") if value is not None else None
 
     @field_validator("log_level")
     @classmethod

@@ -116,7 +116,7 @@ def test_a_bad_log_level_is_one_line_for_every_command(
     monkeypatch.setenv("KEEPFIT_LOG_LEVEL", "verbose")
     assert main(["list-models"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: unknown log level 'VERBOSE' (KEEPFIT_LOG_LEVEL): use DEBUG, INFO, WARNING or ERROR"
+        "error: unknown log level 'VERBOSE' (KEEPFIT_LOG_LEVEL): use DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )
 
 

@@ -51,7 +51,7 @@ def test_memory_cache_of_size_zero_stores_nothing() -> None:
 
 def test_keys_cover_every_parameter_and_reveal_nothing() -> None:
     base = cache_key("classify", "v1", "ab" * 32, {"categories": ["x", "y"], "top_k": None})
-    assert base.startswith("keepfit:v1:classify:") and len(base.rsplit(":", 1)[1]) == 64
+    assert base.startswith("keepfit:v2:classify:") and len(base.rsplit(":", 1)[1]) == 64
     assert base == cache_key("classify", "v1", "ab" * 32, {"top_k": None, "categories": ["x", "y"]})
     assert base != cache_key("classify", "v2", "ab" * 32, {"categories": ["x", "y"], "top_k": None})
     assert base != cache_key("classify", "v1", "cd" * 32, {"categories": ["x", "y"], "top_k": None})
@@ -183,3 +183,49 @@ def test_redis_stopped_during_load_fails_no_request(
     down = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(down) == 1  # once per outage, not once per request
     assert "keepfit_cache_errors_total" in metrics
+
+
+def test_an_unreadable_redis_entry_is_a_miss_and_is_dropped(
+    default_artifact: Path, real_images: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry edited by hand (or torn) was answered as it was until its TTL: "garbage" a 500, "junk}" a 200
+    with an invalid body, "{}" a 200 without predictions."""
+    import redis as redis_py
+
+    from tests.service.helpers import make_settings as settings_for
+
+    with redis_server() as server:
+        store = redis_py.Redis.from_url(server.url)
+        with live_server(settings_for(default_artifact, redis_url=server.url)) as base:
+            files = {"image": ("a.jpg", real_images["CFP"], "image/jpeg")}
+            first = httpx.post(f"{base}/v1/classify", files=files, data={"top_k": "2"}, timeout=30)
+            search = httpx.post(f"{base}/v1/embed", json={"text": "drusen"}, timeout=30)
+            assert first.status_code == 200 and search.status_code == 200
+            keys = store.keys("keepfit:v2:*")
+            assert len(keys) == 2
+            for garbage in (b"garbage", b"junk}", b"{}", b'{"predictions": []}'):
+                for key in keys:
+                    store.set(key, garbage)
+                with caplog.at_level(logging.WARNING, logger="service.cache"):
+                    again = httpx.post(f"{base}/v1/classify", files=files, data={"top_k": "2"}, timeout=30)
+                    embed = httpx.post(f"{base}/v1/embed", json={"text": "drusen"}, timeout=30)
+                assert again.status_code == 200 and again.json()["cached"] is False, garbage
+                assert again.json()["predictions"] == first.json()["predictions"]
+                assert embed.status_code == 200 and embed.json()["cached"] is False, garbage
+                assert all(store.get(k) != garbage for k in keys)  # dropped, and stored again
+            assert httpx.post(f"{base}/v1/classify", files=files, data={"top_k": "2"}, timeout=30).json()["cached"]
+        store.close()
+
+
+def test_redis_urls_are_checked_before_start_and_their_passwords_never_logged() -> None:
+    from pydantic import ValidationError
+
+    from service.cache import _redact
+    from service.settings import Settings
+
+    for url in ("localhost:6379", "http://cache:6379"):
+        with pytest.raises(ValidationError, match="redis_url must start with redis://, rediss:// or unix://"):
+            Settings(_env_file=None, redis_url=url)  # type: ignore[call-arg]
+    assert _redact("redis://:pw@h:6379/0") == "redis://***@h:6379/0"
+    assert _redact("redis://h:6379/0?password=TopSecret9&db=1") == "redis://h:6379/0?password=***&db=1"
+    assert _redact("redis://h:6379/0") == "redis://h:6379/0"

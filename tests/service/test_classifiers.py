@@ -556,3 +556,30 @@ def test_a_delete_never_collects_the_files_of_a_save_in_progress(tmp_path: Path)
     for ex in new:
         assert (tmp_path / "examples" / ex.sha256).is_file()
     assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == sorted(ex.sha256 for ex in new)
+
+
+def test_a_store_on_a_read_only_volume_classifies_and_refuses_changes_with_a_503(
+    default_artifact: Path, store_dir: Path, real_image_paths: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened read-write on a read-only volume, even listing and classifying were 503/500."""
+    import os
+
+    import service.classifiers as classifiers
+
+    cfp = real_image_paths["CFP"][:4]
+    files = [(f"examples.{'ab'[i % 2]}", (p.name, p.read_bytes(), "image/jpeg")) for i, p in enumerate(cfp)]
+    with _app(default_artifact, store_dir) as c:
+        assert c.post("/v1/classifiers", data={"name": "ro", "modality": "CFP"}, files=files, headers=ADMIN).status_code == 201
+        before = c.post("/v1/classify", files={"image": cfp[0].read_bytes()}, data={"classifier": "ro"}).json()
+    real_access = os.access
+    monkeypatch.setattr(classifiers.os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+    with _app(default_artifact, store_dir) as c:
+        assert [x["name"] for x in c.get("/v1/classifiers").json()["classifiers"]] == ["ro"]
+        answer = c.post("/v1/classify", files={"image": cfp[0].read_bytes()}, data={"classifier": "ro"}).json()
+        assert answer["predictions"] == before["predictions"]
+        for r in (
+            c.post("/v1/classifiers", data={"name": "new", "modality": "CFP"}, files=files, headers=ADMIN),
+            c.delete("/v1/classifiers/ro", headers=ADMIN),
+            c.post("/v1/classifiers/ro/refit", headers=ADMIN),
+        ):
+            assert r.status_code == 503 and r.json()["error"]["code"] == "classifiers_read_only", r.text

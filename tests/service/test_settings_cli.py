@@ -39,6 +39,25 @@ def test_bad_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("KEEPFIT_REDIS_URL", "localhost:6379", "redis_url must start with redis://"),
+        ("KEEPFIT_CORS_ORIGINS", "localhost:3000", r"cors_origins are scheme://host\[:port\]"),
+        ("KEEPFIT_CORS_ORIGINS", "https://clinic.example/app", "without a path"),
+        ("KEEPFIT_PUBLIC_URL", "not-a-url", "public_url must be an http:// or https:// URL"),
+    ],
+)
+def test_values_that_could_never_work_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, words: str
+) -> None:
+    """They were accepted: the Redis URL failed inside the app's start-up in a 77-line traceback, the origin
+    refused every preflight, the public URL made broken image links."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=words):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
 def test_get_settings_override_applies_to_the_whole_app(default_artifact: Path) -> None:
     app = create_app(make_settings(default_artifact))
     app.dependency_overrides[get_settings] = lambda: make_settings(
@@ -70,6 +89,7 @@ def test_serve_flags_override_the_environment(
         get_settings.cache_clear()
     app, kwargs = calls[0]
     assert kwargs["port"] == 8123 and kwargs["host"] == "0.0.0.0"  # flag beats env; env beats default
+    assert kwargs["timeout_graceful_shutdown"] == 8.0  # in-flight requests get that long on SIGTERM
     assert settings.redis_url == "redis://r:1/0" and settings.artifact == default_artifact
     assert app.state.settings.port == 8123
 
