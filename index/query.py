@@ -71,8 +71,8 @@ def label_warning(index: Any, label: str | None, modality: str | None, hits: int
     from index.store import canonical_label
 
     counts: dict[str, int] = index.label_counts()
-    known = {name.lower() for name in counts}
-    wanted = {label.strip().lower(), canonical_label(label).lower()}
+    known = {name.casefold() for name in counts}
+    wanted = {label.strip().casefold(), canonical_label(label).casefold()}
     if known & wanted:
         where = f"{modality} image" if modality else "image"
         return {

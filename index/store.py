@@ -247,7 +247,10 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     # immutable=1: the file never changes once committed (a change writes a new generation), so SQLite may skip
     # locking; check_same_thread=False because the service calls us from a thread pool (we serialise with a lock).
     uri = f"file:{path.resolve().as_posix()}?mode=ro&immutable=1"
-    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    # SQLite's NOCASE folds ASCII only ("Ödem" and "ödem" were two labels): labels compare by Python's casefold
+    db.create_function("casefold", 1, lambda text: text.casefold() if isinstance(text, str) else text, deterministic=True)
+    return db
 
 
 class VectorIndex:
@@ -494,7 +497,7 @@ class VectorIndex:
 
     def _filter(self, modality: str | None, label: str | None) -> tuple[np.ndarray, Any, np.ndarray]:
         """Row positions of the records matching the filter, a FAISS selector over their ids, and its bitmap."""
-        key = (modality.lower() if modality else None, label.lower() if label else None)
+        key = (modality.lower() if modality else None, label.casefold() if label else None)
         with self._filter_lock:
             if key in self._filters:
                 self._filters.move_to_end(key)
@@ -502,7 +505,7 @@ class VectorIndex:
         ids = self._matching_ids(modality, label)
         if label is not None and len(ids) == 0:
             canonical = canonical_label(label)
-            if canonical.lower() != label.lower():
+            if canonical.casefold() != label.casefold():
                 ids = self._matching_ids(modality, canonical)
         rows = np.searchsorted(self._ids, ids)  # [M] row positions (ids are ascending and all present)
         # A bitmap selector answers "is this id allowed" in O(1) without hashing, for the probes of IVF/HNSW.
@@ -528,8 +531,8 @@ class VectorIndex:
             clauses.append("images.modality = ?")
             args.append(modality)
         if label is not None:
-            clauses.append("images.id IN (SELECT image_id FROM labels WHERE label = ?)")
-            args.append(label)
+            clauses.append("images.id IN (SELECT image_id FROM labels WHERE casefold(label) = ?)")
+            args.append(label.casefold())
         sql = f"SELECT id FROM images WHERE {' AND '.join(clauses)} ORDER BY id"
         rows = self._query(sql, args)
         return np.asarray([r[0] for r in rows], dtype=np.int64)

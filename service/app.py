@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,9 @@ def _string_items(option: dict[str, Any]) -> bool:
     return not isinstance(items, dict) or ("$ref" not in items and items.get("type") in (None, "string"))
 
 
-def _set_limits(schema: dict[str, Any], settings: Settings, tasks: list[str] | None) -> None:
+def _set_limits(
+    schema: dict[str, Any], settings: Settings, tasks: list[str] | None, index_modalities: Sequence[str] = ()
+) -> None:
     """Write the configured limits into the schema, so that what it allows is what the service accepts."""
 
     def visit(node: Any) -> None:
@@ -169,6 +171,9 @@ def _set_limits(schema: dict[str, Any], settings: Settings, tasks: list[str] | N
                 option["items"] = {"type": "string", "maxLength": MAX_CATEGORY_CHARS, "pattern": TEXT_PATTERN}
             elif name == "task" and option.get("type") == "string" and tasks:
                 option["enum"] = tasks
+            elif name == "modality" and "auto" not in option.get("enum", ["auto"]) and index_modalities:
+                # a search filter: the index's own modalities are valid too
+                option["enum"] = list(dict.fromkeys([*option["enum"], *index_modalities]))
 
     visit(schema.get("paths", {}))
     visit(schema.get("components", {}))
@@ -184,7 +189,7 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             schema = default()  # FastAPI's, which it caches in app.openapi_schema: patched in place
             state = getattr(app.state, "service", None)
             tasks = sorted(state.engine.categories()["tasks"]) if state is not None else None
-            _set_limits(schema, settings, tasks)
+            _set_limits(schema, settings, tasks, state.index.modalities if state is not None else ())
             if not (settings.api_keys and settings.protect_metrics):
                 for operation in schema.get("paths", {}).get("/metrics", {}).values():
                     if isinstance(operation, dict):

@@ -676,6 +676,7 @@ def record_to_hit(record: Any, score: float) -> dict[str, Any]:
         "caption": record.caption,
         "width": record.width,
         "height": record.height,
+        "sha256": record.sha256,
     }
 
 

@@ -10,7 +10,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 # The modalities are model.config.MODALITIES; a Literal must spell them out for the type checker, and
 # tests/service/test_registries.py fails when the two disagree.
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
-IndexModality = Literal["CFP", "FFA", "OCT"]
+# A search's modality filter: the model's modalities and any the loaded index holds (ffa_huapu4's "CFP/IR"); the
+# served /openapi.json lists both (service/app.py), the rest is a 422 (service/routers/search.py)
+IndexModality = Annotated[str, Field(max_length=64, json_schema_extra={"enum": ["CFP", "FFA", "OCT"]})]
+_MODALITY_FILTER = "only images of this modality: CFP, FFA, OCT, or another modality the index holds (e.g. CFP/IR)"
 # A category name, a query, a text to embed: at least one visible character, no control characters (NUL...)
 # other than whitespace, which is collapsed.  Control characters that count as whitespace (tab, newline,
 # \x1c-\x1f, \x85) are allowed.  The visible character is not one of the format characters that show nothing
@@ -270,7 +273,7 @@ class SearchRequest(BaseModel):
 
     query: str = Field(min_length=1, max_length=HARD_MAX_QUERY, description="free text; not logged")
     top_k: JsonInt = Field(10, ge=1, le=HARD_MAX_TOP_K, description="how many images (at most KEEPFIT_MAX_TOP_K)")
-    modality: IndexModality | None = Field(None, description="only images of this modality")
+    modality: IndexModality | None = Field(None, description=_MODALITY_FILTER)
     label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label")
 
     @field_validator("query")
@@ -327,7 +330,7 @@ class SearchImageForm(BaseModel):
     """The fields of a multipart image -> image search (besides the ``image`` file)."""
 
     top_k: FormInt = Field(10, ge=1, le=HARD_MAX_TOP_K)
-    modality: IndexModality | None = None
+    modality: IndexModality | None = Field(None, description=_MODALITY_FILTER)
     label: str | None = Field(None, min_length=1, max_length=200)
 
 
@@ -337,8 +340,14 @@ class SearchHit(BaseModel):
     modality: str | None
     labels: list[str]
     caption: str | None
-    width: int | None
+    width: int | None = Field(description="as stored in the file, before any EXIF orientation")
     height: int | None
+    sha256: str | None = Field(None, description="SHA-256 of the indexed file's bytes")
+    same_image: bool = Field(
+        False,
+        description="an image query found itself: this hit is the very bytes that were sent (score 1); "
+        "`low_similarity` looks past it",
+    )
     image_url: str
     thumbnail_url: str
 

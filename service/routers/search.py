@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from index.query import is_low_similarity, resolve_modality_filter, score_scale
+from index.query import is_low_similarity, score_scale
 from model.config import MODALITIES
 from service.cache import cache_key, sha256_hex
 from service.deps import ServiceState, SettingsDep, StateDep, image_token, require_api_key
@@ -111,8 +111,12 @@ async def _search(
     await index.refresh()
     info = index.info()
     index.require()  # 503 / 409 before any model work
-    # the same check as `keepfit index search`: a filter nothing can match is refused, not answered with []
-    modality = resolve_modality_filter(modality, [*engine.modalities, *index.modalities])
+    # a filter nothing can match is refused, not answered with []: the model's modalities and the index's own
+    # (ffa_huapu4's "CFP/IR"), as /openapi.json lists them and as spelt there (`keepfit index search` also takes
+    # another case; here the schema is the contract)
+    choices = list(dict.fromkeys([*engine.modalities, *index.modalities]))
+    if modality is not None and modality not in choices:
+        raise InvalidRequestError(f"modality: unknown modality {modality!r}; use one of {', '.join(choices)}")
     timings = Timings(state.metrics)
     params = {"kind": kind, "top_k": top_k, "modality": modality, "label": label, "index": info.fingerprint}
     key = cache_key("search", engine.version, digest, params)
@@ -135,6 +139,8 @@ async def _search(
         warnings.append(note)
     base = _base_url(request, settings.public_url)
     for hit in hits:
+        # an image query that is in the index finds itself first (score 1): say so, and judge the rest
+        hit["same_image"] = data is not None and hit.get("sha256") == digest
         token = image_token(settings.api_keys, hit["id"])
         url = f"{base}/v1/images/{hit['id']}"
         hit["image_url"] = f"{url}?token={token}" if token else url
@@ -157,7 +163,7 @@ async def _search(
         "label": label,
         "index_count": int(info.count or 0),
         "score_scale": score_scale(kind_name, threshold),
-        "low_similarity": is_low_similarity((h["score"] for h in hits), threshold),
+        "low_similarity": is_low_similarity((h["score"] for h in hits if not h["same_image"]), threshold),
         "warnings": warnings,
         "hits": hits,
         "cached": cached is not None,

@@ -611,9 +611,10 @@
       (res.modality ? ` (${res.modality} only)` : '') + (res.cached ? ' · from cache' : '') +
       ` · ${Math.round((res.timings_ms || {}).total || 0)} ms. Click an image to find similar ones.`;
     const notes = (res.warnings || []).map((w) => w.message);
-    if (res.low_similarity && hits.length) {
+    const others = hits.filter((hit) => !hit.same_image);
+    if (res.low_similarity && others.length) {
       const scale = res.score_scale || {};
-      notes.unshift(`Nothing in the archive matches this well: the best score, ${hits[0].score.toFixed(3)}, is below ` +
+      notes.unshift(`Nothing in the archive matches this well: the best score, ${others[0].score.toFixed(3)}, is below ` +
         `${scale.low_below} (cosine similarity, from -1 to 1). These are only the least unlike images.`);
     }
     $('search-note').textContent = notes.join(' ');
@@ -623,7 +624,7 @@
       el('button', { type: 'button', 'data-id': String(hit.id), title: hit.caption || '', onclick: () => similarToHit(hit) },
         el('img', { src: hit.thumbnail_url, alt: hit.caption || `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),
         el('span', { class: 'meta' },
-          el('span', { class: 'score', text: `score ${hit.score.toFixed(3)}` }),
+          el('span', { class: 'score', text: hit.same_image ? 'this image' : `score ${hit.score.toFixed(3)}` }),
           el('span', { text: hit.modality || '' }),
           el('span', { class: 'labels', text: hit.labels.join(', ') || 'no labels' }))))));
   }

@@ -118,3 +118,54 @@ def test_cli_reports_scale_low_similarity_and_missing_labels(
     text = capsys.readouterr().out.strip().splitlines()
     assert text == [next(line for line in text if line.startswith("no results"))]
     assert "no image in this index has the label 'glaucoma'" in text[0]
+
+
+def test_an_indexed_image_found_by_itself_is_marked_and_the_rest_is_judged(
+    indexed: TestClient, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """An image query finds itself first (score 1): the hit says so, and low_similarity looks past it (it could
+    never be true for an image already in the archive)."""
+    data = real_image_paths["OCT"][0].read_bytes()
+    body = indexed.post("/v1/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"top_k": "3"}).json()
+    first, *rest = body["hits"]
+    assert first["same_image"] is True and first["score"] > 0.999 and not any(h["same_image"] for h in rest)
+    import hashlib
+
+    assert first["sha256"] == hashlib.sha256(data).hexdigest()
+    assert body["low_similarity"] == (rest[0]["score"] < LOW_SIMILARITY["image"])
+    text = _search(indexed, query="macular oedema", top_k=3).json()
+    assert not any(h["same_image"] for h in text["hits"])
+
+
+def test_an_index_of_its_own_modalities_and_non_ascii_labels_filters_over_http(
+    data_root: Path, default_artifact: Path, tmp_path: Path
+) -> None:
+    """The API took only CFP, FFA and OCT, so the index's own modalities (ffa_huapu4's "CFP/IR") could not be
+    filtered over HTTP as they can with `keepfit index search`; labels matched case-insensitively in ASCII only
+    ("ödem" found nothing under "Ödem")."""
+    import csv
+
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    rows = [r for r in csv.DictReader((data_root / "cfp_oct_mx" / "labels.csv").open()) if r["modality"] == "CFP"]
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "modality", "finding"])
+        writer.writeheader()
+        for i, row in enumerate(rows[:6]):
+            writer.writerow({"path": str(data_root / "cfp_oct_mx" / row["path"]),
+                             "modality": "CFP/IR" if i < 2 else "CFP", "finding": "Ödem" if i % 2 else "normal"})
+    out = tmp_path / "index"
+    assert keepfit(["index", "build", "--artifact", str(default_artifact), "--manifest", str(manifest),
+                    "--out", str(out)]) == 0
+    with TestClient(create_app(make_settings(default_artifact, index=out))) as client:
+        spec = client.get("/openapi.json").json()
+        assert "CFP/IR" in json.dumps(spec["paths"]["/v1/search"])  # the JSON and the multipart filter
+        body = _search(client, query="retina", modality="CFP/IR", top_k=10).json()
+        assert len(body["hits"]) == 2 and {h["modality"] for h in body["hits"]} == {"CFP/IR"}
+        refused = _search(client, query="retina", modality="cfp/ir")
+        assert refused.status_code == 422 and "CFP/IR" in refused.json()["error"]["message"]
+        for spelling in ("ödem", "ÖDEM", "Ödem"):
+            body = _search(client, query="retina", label=spelling, top_k=10).json()
+            assert len(body["hits"]) == 3 and body["warnings"] == [], spelling
