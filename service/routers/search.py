@@ -110,13 +110,13 @@ async def _search(
         raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
     await index.refresh()
     info = index.info()
-    index.require()  # 503 / 409 before any model work
-    # a filter nothing can match is refused, not answered with []: the model's modalities and the index's own
-    # (ffa_huapu4's "CFP/IR"), as /openapi.json lists them and as spelt there (`keepfit index search` also takes
-    # another case; here the schema is the contract)
+    # a filter nothing can match is refused, not answered with [] (and before the index is required: a bad
+    # request is a 422 with or without one): the model's modalities and the index's own (ffa_huapu4's
+    # "CFP/IR"), as /openapi.json lists them and as spelt there (`keepfit index search` also takes another case)
     choices = list(dict.fromkeys([*engine.modalities, *index.modalities]))
     if modality is not None and modality not in choices:
         raise InvalidRequestError(f"modality: unknown modality {modality!r}; use one of {', '.join(choices)}")
+    index.require()  # 503 / 409 before any model work
     timings = Timings(state.metrics)
     params = {"kind": kind, "top_k": top_k, "modality": modality, "label": label, "index": info.fingerprint}
     key = cache_key("search", engine.version, digest, params)
