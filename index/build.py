@@ -440,14 +440,27 @@ def build(
     start, ann, directory = time.perf_counter(), ann or AnnSpec(), directory.expanduser()
     artifact = load_artifact(artifact_dir)
     _check_target(directory)  # before the lock file is created: refuse a foreign folder without touching it
-    # the topmost folder this build creates (--out and any missing parents), if any
-    created = next((p for p in reversed([directory, *directory.absolute().parents]) if not p.exists()), None)
+    # the folders this build creates (--out and any missing parents), deepest first
+    created = [p for p in [directory, *directory.absolute().parents] if not p.exists()]
     try:
         return _build_locked(directory, sources, artifact, ann, options, image_root, start)
-    except DataError:  # nothing to index: the folders this build made hold only its lock file, so they go
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+    except DataError:  # nothing to index: what this build made goes, if it holds nothing but its own files
+        if created:
+            _remove_if_only_ours(directory, created[1:])
         raise
+
+
+def _remove_if_only_ours(directory: Path, parents: list[Path]) -> None:
+    """Remove ``directory`` if it holds only this build's lock and work files, then each of ``parents`` (made by
+    this build, deepest first) while it is empty: another build may have put its index beside it meanwhile."""
+    try:
+        if any(p.name != LOCK and not p.name.startswith(WORK_PREFIX) for p in directory.iterdir()):
+            return
+        shutil.rmtree(directory)
+        for parent in parents:
+            parent.rmdir()  # OSError when another build's folder is in it: it stays
+    except OSError:
+        return
 
 
 def _build_locked(

@@ -531,8 +531,12 @@ class VectorIndex:
             clauses.append("images.modality = ?")
             args.append(modality)
         if label is not None:
-            clauses.append("images.id IN (SELECT image_id FROM labels WHERE casefold(label) = ?)")
-            args.append(label.casefold())
+            if label.isascii():  # the NOCASE index (ASCII case folding is all an ASCII name needs)
+                clauses.append("images.id IN (SELECT image_id FROM labels WHERE label = ?)")
+                args.append(label)
+            else:  # SQLite folds ASCII only ("ödem" found nothing under "Ödem"): a scan with Python's casefold
+                clauses.append("images.id IN (SELECT image_id FROM labels WHERE casefold(label) = ?)")
+                args.append(label.casefold())
         sql = f"SELECT id FROM images WHERE {' AND '.join(clauses)} ORDER BY id"
         rows = self._query(sql, args)
         return np.asarray([r[0] for r in rows], dtype=np.int64)

@@ -306,6 +306,8 @@ def _checked_frame(ds: Any, syntax: str, frame: int, frames: int, stored: tuple[
     except Exception:
         return None  # pydicom's own decode then says what is wrong
     declared = _stream_size(stream)
+    if declared is not None and declared[1] == 0:  # a JPEG that gives its height later, in a DNL marker
+        declared = (declared[0], stored[1])
     if declared is not None and declared != stored:
         raise ImageError(
             f"the DICOM header says the image is {stored[0]}x{stored[1]}, but its pixel data holds a "

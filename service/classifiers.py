@@ -522,7 +522,7 @@ class ClassifierStore:
                 logger.warning("classifier %r: unreferenced files left for the next collection", row.name)
             raise
         if old_arrays and old_arrays != row.arrays:
-            self._collect(old_arrays)
+            self._collect_after_commit(old_arrays)
         return row
 
     @staticmethod
@@ -561,11 +561,19 @@ class ClassifierStore:
             db.execute("DELETE FROM classifiers WHERE name = ?", (name,))
             db.execute("DELETE FROM examples WHERE classifier = ?", (name,))
         row = ClassifierRow.from_row(found)
-        self._collect(row.arrays)
         with self._lock:
             for old in [k for k in self._loaded if k[0] == name]:
                 del self._loaded[old]
+        self._collect_after_commit(row.arrays)
         return row
+
+    def _collect_after_commit(self, arrays: str) -> None:
+        """:meth:`_collect` once a change is committed: it happened, whatever the collection meets (a writer
+        holding the lock, a volume gone read-only); its files wait for the next collection."""
+        try:
+            self._collect(arrays)
+        except (sqlite3.Error, ServiceError) as err:
+            logger.warning("classifier store: files of a change left for the next collection (%s)", err)
 
     def _collect(self, arrays: str | None = None) -> None:
         """Remove the arrays file ``arrays`` if no classifier refers to it, and the uploaded example images that no

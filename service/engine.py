@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import mimetypes
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -219,7 +220,10 @@ class Engine:
                     f"categories[{i}] is {len(label)} characters long; the limit is {MAX_CATEGORY_CHARS}"
                 )
             canonical = self.knowledge.canonical(label)
-            key = self.knowledge.key(canonical)  # case, hyphens, punctuation and spelling aside, known or not
+            known = self.knowledge.is_known(label)
+            # a known name: by the category it means; an unknown one: case, hyphens and a full stop aside, never
+            # its other signs ("cup-to-disc ratio > 0.6" and "< 0.6", "grade 1.5" and "grade 15" are two)
+            key = canonical.casefold() if known else _loose_name(label)
             if key in seen:
                 first = seen[key]
                 meaning = (
@@ -231,7 +235,6 @@ class Engine:
                     f"duplicate categories: {first!r} and {label!r} {meaning}; send each category once"
                 )
             seen[key] = label
-            known = self.knowledge.is_known(label)
             similar = () if known else tuple(self.knowledge.similar_known(label))
             resolved.append(Category(label=label, canonical=canonical, known=known, similar_known=similar))
         return resolved
@@ -433,6 +436,12 @@ class Engine:
             },
             "known": sorted(self.knowledge.categories, key=str.lower),
         }
+
+
+def _loose_name(name: str) -> str:
+    """An unknown category name as two spellings of it compare: case, hyphens, underscores and slashes as spaces,
+    and a closing full stop (or other sentence mark) aside (``drusen-like dots`` = ``Drusen like dots.``)."""
+    return " ".join(re.sub(r"[-_/]", " ", name.casefold()).split()).rstrip(".!?;:,").rstrip()
 
 
 def check_min_size(width: int, height: int, min_side: int) -> None:

@@ -93,6 +93,15 @@ def test_bad_categories(
     assert_error(_post_image(api, real_images["CFP"], categories=categories), 422, "invalid_request", fragment)
 
 
+def test_unknown_names_that_differ_in_their_signs_are_two_categories(
+    api: TestClient, real_images: dict[str, bytes]
+) -> None:
+    """Only case, hyphens and a closing full stop make two spellings of one unknown name; other signs do not."""
+    for pair in (["cup-to-disc ratio > 0.6", "cup-to-disc ratio < 0.6"], ["grade 1.5", "grade 15"], ["DR+", "DR"]):
+        r = _post_image(api, real_images["CFP"], categories=pair)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 2, (pair, r.text)
+
+
 def test_task_and_categories_together(api: TestClient, real_images: dict[str, bytes]) -> None:
     r = _post_image(api, real_images["CFP"], categories=["a", "b"], task="dme")
     assert_error(r, 422, "invalid_request", "either 'task' or 'categories'")
