@@ -715,15 +715,32 @@ def make_thumbnail(path: Path, size: int, max_pixels: int, sha256: str | None = 
     return out.getvalue()
 
 
-def original_image(path: Path, max_pixels: int, sha256: str | None = None) -> tuple[bytes, str]:
-    """An indexed image as stored, with its media type; a DICOM object as a PNG of its pixels (the frame the
-    index embedded, 8-bit as the model saw it): the file itself carries the patient's name, ids and dates."""
-    data = read_image_file(path, sha256)
-    if is_dicom(data):
-        out = io.BytesIO()
-        to_rgb(load_image(data, max_pixels=max_pixels)).save(out, format="PNG", optimize=False)
-        return out.getvalue(), "image/png"
-    return data, mimetypes.guess_type(path.name)[0] or _MEDIA_TYPES.get(_format_of(data), "application/octet-stream")
+def original_image(path: Path, max_pixels: int, sha256: str | None = None) -> tuple[bytes | None, str]:
+    """An indexed image as stored: ``(None, media type)`` when the file itself is to be sent (after checking, in
+    1 MiB reads, that it still holds the bytes that were indexed: a 410 otherwise), or ``(PNG bytes,
+    "image/png")`` for a DICOM object, whose file carries the patient's name, ids and dates: its pixels (the
+    frame the index embedded, 8-bit as the model saw it)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+            digest.update(head)
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise NotFoundError(f"the file of this index entry is no longer readable ({err.strerror})") from err
+    if sha256 and digest.hexdigest() != sha256:
+        raise ServiceError(
+            "the file of this index entry has changed since it was indexed; update the index "
+            "(keepfit index build or add) to serve it again",
+            status_code=410,
+            code="image_changed",
+        )
+    if not is_dicom(head):
+        return None, mimetypes.guess_type(path.name)[0] or _MEDIA_TYPES.get(_format_of(head), "application/octet-stream")
+    out = io.BytesIO()
+    to_rgb(load_image(read_image_file(path, sha256), max_pixels=max_pixels)).save(out, format="PNG")
+    return out.getvalue(), "image/png"
 
 
 _MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "BMP": "image/bmp", "WEBP": "image/webp"}

@@ -523,6 +523,6 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Upload or image too large (bytes or pixels)",
         415: "Unsupported content type or image format",
         422: "A parameter out of range (top_k, categories, query length...)",
-        503: "No index loaded / service not ready",
+        503: "No index loaded / service not ready / busy; a classifier store that is read-only or cannot be written now",
     }
     return {c: {"model": ErrorResponse, "description": text.get(c, "Error")} for c in codes}

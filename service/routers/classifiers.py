@@ -546,7 +546,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
 
 
 @router.get("/classifiers", response_model=ClassifierList, summary="List the classifiers",
-            responses=error_responses(401))
+            responses=error_responses(401, 503))
 async def list_classifiers(state: StateDep) -> dict[str, Any]:
     store = await get_store(state)
     rows = await state.run_blocking(store.all_rows)
@@ -560,7 +560,7 @@ async def list_classifiers(state: StateDep) -> dict[str, Any]:
     "/classifiers/{name}",
     response_model=ClassifierResponse,
     summary="One classifier: categories, example counts, estimate, artifact",
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 503),
 )
 async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     store = await get_store(state)
@@ -572,7 +572,7 @@ async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     "/classifiers/{name}",
     summary="Delete a classifier",
     dependencies=[AdminDep],
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, 503),
 )
 async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     store = await get_store(state)

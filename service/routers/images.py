@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
+from fastapi.responses import FileResponse
 from pydantic import BeforeValidator
 
 from service.cache import cache_key
@@ -73,6 +74,8 @@ async def get_image(
     if size is None:
         # the bytes that were indexed (a file changed since is a 410), a DICOM object as a PNG of its pixels
         original, media_type = await state.run_blocking(original_image, path, settings.max_pixels, record.sha256)
+        if original is None:  # the file itself, streamed (it was checked against its SHA-256 just now)
+            return FileResponse(path, media_type=media_type, headers=headers)
         return Response(content=original, media_type=media_type, headers=headers)
     key = (
         cache_key("thumbnail", "", record.sha256 or f"id:{image_id}", {"size": size})
