@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,26 @@ logger = logging.getLogger(__name__)
 
 def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def prompt_means(
+    encode_texts: Callable[[list[str]], np.ndarray], groups: Sequence[Sequence[str]], flair_pooling: bool = False
+) -> np.ndarray:
+    """``[C, D]``: per group (a class's prompts) the re-normalised mean of its prompts' embeddings, each prompt
+    embedded on its own, so that a class's embedding never depends on which other classes are asked for.
+
+    In one batch it did: the int8 text encoder quantises its activations with one scale over the whole padded
+    batch, so a prompt beside others came out different (cosine 0.996 to itself alone), and adding categories
+    to a request could reorder two near-tied ones already asked.  FLAIR's pooling averages over padding too:
+    its classes keep their per-class batches, as FLAIR computed them.  The runtime and the evaluation use this
+    one rule (training/evaluate.py)."""
+    rows = [
+        encode_texts(list(group)).mean(axis=0)
+        if flair_pooling
+        else np.concatenate([encode_texts([p]) for p in group]).mean(axis=0)
+        for group in groups
+    ]
+    return _normalize(np.stack(rows)).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -121,7 +141,18 @@ class KeepfitRuntime:
     def encode_images(self, images: Sequence[Image.Image] | np.ndarray, batch_size: int = 32) -> np.ndarray:
         """PIL images (any mode) or preprocessed pixels -> unit-norm embeddings ``[B, D]``."""
         if isinstance(images, np.ndarray):
+            if images.ndim != 4 or images.dtype.kind != "f":
+                raise ConfigError(
+                    f"pixels must be a float array [B, 3, S, S] from preprocess(), got {images.dtype} {images.shape}"
+                )
             return self.encode_pixels(images).embeddings
+        if isinstance(images, Image.Image):
+            raise ConfigError("encode_images takes a list of images: wrap the one image in [ ]")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        bad = next((type(im).__name__ for im in images if not isinstance(im, Image.Image)), None)
+        if bad is not None:
+            raise ConfigError(f"encode_images takes PIL images (load files with model.preprocess.load_image), got {bad}")
         out = [
             self.encode_pixels(self.preprocess(images[i : i + batch_size])).embeddings
             for i in range(0, len(images), batch_size)
@@ -130,7 +161,15 @@ class KeepfitRuntime:
 
     # ------------------------------------------------------------------------------------------------ texts
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Strings -> unit-norm embeddings ``[B, D]``."""
+        """Strings -> unit-norm embeddings ``[B, D]``.
+
+        The int8 text encoder quantises activations over the whole batch: a text comes out slightly different
+        (cosine ~0.996) beside others than alone.  Where that matters, embed one text per call
+        (:func:`prompt_means` does for class embeddings)."""
+        if isinstance(texts, str):  # a str is a Sequence[str] of its characters
+            raise ConfigError(f"encode_texts takes a list of strings, got the string {texts[:40]!r}: wrap it in [ ]")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         out = []
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenizer(list(texts[i : i + batch_size]))
@@ -144,21 +183,26 @@ class KeepfitRuntime:
         hit = self._class_cache.get(key)
         if hit is not None:
             return hit
-        prompts = [self.knowledge.prompts(c, modality) for c in categories]
-        if self.config.text.pooling == "flair":
-            # FLAIR's pooling averages over padding too, so its embeddings depend on the batch's padded length:
-            # reproduce its per-class batches exactly.
-            rows = [self.encode_texts(group, batch_size=len(group)).mean(axis=0) for group in prompts]
-        else:
-            flat = [p for group in prompts for p in group]
-            emb = self.encode_texts(flat)
-            rows, start = [], 0
-            for group in prompts:
-                rows.append(emb[start : start + len(group)].mean(axis=0))
-                start += len(group)
-        result = _normalize(np.stack(rows)).astype(np.float32)
+        if isinstance(categories, str) or not categories:
+            raise ConfigError(f"class embeddings need a list of at least one category name, got {categories!r}")
+        rows = []
+        for category in categories:  # each class on its own (prompt_means), so each row is cached on its own
+            row_key = (modality, ("\x00row", category))
+            row = self._class_cache.get(row_key)
+            if row is None:
+                groups = [self.knowledge.prompts(category, modality)]
+                row = self._class_cache.put(row_key, prompt_means(self._encode_batch, groups, self._flair)[0])
+            rows.append(row)
+        result = np.stack(rows)
         result.setflags(write=False)
         return self._class_cache.put(key, result)
+
+    @property
+    def _flair(self) -> bool:
+        return self.config.text.pooling == "flair"
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        return self.encode_texts(texts, batch_size=max(1, len(texts)))
 
     # ------------------------------------------------------------------------------------------- zero-shot
     def zero_shot(
@@ -217,8 +261,7 @@ class KeepfitRuntime:
         key = ("__modality__", tuple(names))
         cached = self._class_cache.get(key)
         if cached is None:
-            rows = [_normalize(self.encode_texts(prompts[m]).mean(axis=0)) for m in names]
-            cached = self._class_cache.put(key, np.stack(rows).astype(np.float32))
+            cached = self._class_cache.put(key, prompt_means(self._encode_batch, [prompts[m] for m in names], self._flair))
         return names, self.zero_shot(image_embeddings, cached)
 
     def content_box(self, image: Image.Image) -> tuple[int, int, int, int]:

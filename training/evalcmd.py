@@ -67,7 +67,9 @@ def _embed(embedder: ImageEmbedder, s: EvalSet, desc: str) -> tuple[np.ndarray, 
 
 def _class_emb(runtime: KeepfitRuntime, s: EvalSet) -> np.ndarray:
     if s.modality is None:  # a manifest without modality: the photograph template
-        return class_embeddings(runtime.encode_texts, runtime.knowledge, s.classes, "CFP")
+        return class_embeddings(
+            runtime.encode_texts, runtime.knowledge, s.classes, "CFP", runtime.config.text.pooling == "flair"
+        )
     return runtime.class_embeddings(s.classes, s.modality)
 
 
@@ -298,7 +300,7 @@ def _modality_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, data_root: 
     msets = {sp: _embed(embedder, load_modality_set(data_root, kn, sp), f"modality {sp}")
              for sp in ("train", "val", split)}
     (x_te, te) = msets[split]
-    mcls = modality_embeddings(runtime.encode_texts, kn, te.classes)
+    mcls = modality_embeddings(runtime.encode_texts, kn, te.classes, runtime.config.text.pooling == "flair")
     mod["zero_shot"] = zero_shot_metrics(x_te, te.labels, mcls, te.classes, runtime.logit_scale)
     plot_confusion(mod["zero_shot"]["confusion_matrix"], te.classes, f"zero-shot modality ({split})",
                    out / "confusion_modality.png")

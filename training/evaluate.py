@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from model.errors import DataError
 from model.knowledge import Knowledge
+from model.runtime import prompt_means
 from training.data import LoadReport, check_files, filter_rows, iter_images, read_manifest
 from training.metrics import classification_summary, precision_at_k
 
@@ -271,22 +272,19 @@ class ImageEmbedder:
         return np.stack([self.cache[p] for p, k in zip(paths, ok, strict=True) if k]), ok
 
 
-def class_embeddings(encode_texts: TextEncoder, knowledge: Knowledge, classes: Sequence[str], modality: str) -> np.ndarray:
-    """``[C, D]``: per class the re-normalised mean of its prompts' embeddings (as the runtime computes it)."""
-    groups = [knowledge.prompts(c, modality) for c in classes]
-    emb = encode_texts([p for g in groups for p in g])
-    rows, start = [], 0
-    for g in groups:
-        rows.append(emb[start : start + len(g)].mean(axis=0))
-        start += len(g)
-    out = np.stack(rows)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+def class_embeddings(
+    encode_texts: TextEncoder, knowledge: Knowledge, classes: Sequence[str], modality: str, flair_pooling: bool = False
+) -> np.ndarray:
+    """``[C, D]``: per class the re-normalised mean of its prompts' embeddings, by the runtime's one rule
+    (:func:`model.runtime.prompt_means`: each prompt on its own; FLAIR pooling per class)."""
+    return prompt_means(encode_texts, [knowledge.prompts(c, modality) for c in classes], flair_pooling)
 
 
-def modality_embeddings(encode_texts: TextEncoder, knowledge: Knowledge, classes: Sequence[str]) -> np.ndarray:
+def modality_embeddings(
+    encode_texts: TextEncoder, knowledge: Knowledge, classes: Sequence[str], flair_pooling: bool = False
+) -> np.ndarray:
     prompts = knowledge.modality_prompts()
-    out = np.stack([encode_texts(prompts[m]).mean(axis=0) for m in classes])
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return prompt_means(encode_texts, [prompts[m] for m in classes], flair_pooling)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

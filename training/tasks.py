@@ -424,11 +424,12 @@ class HybridTask:
         out: dict[str, float] = {}
         for v in self.val_sets:
             img = self.embed_rows([self.row[p] for p in v.paths])
+            flair = self.model.cfg.text.pooling == "flair"
             if v.name == "modality":
-                cls = modality_embeddings(self.encode_texts, self.knowledge, v.classes)
+                cls = modality_embeddings(self.encode_texts, self.knowledge, v.classes, flair)
             else:
                 assert v.modality is not None
-                cls = class_embeddings(self.encode_texts, self.knowledge, v.classes, v.modality)
+                cls = class_embeddings(self.encode_texts, self.knowledge, v.classes, v.modality, flair)
             out[f"val_{v.name}"] = float(zero_shot_metrics(img, v.labels, cls, v.classes, scale)["balanced_accuracy"])
         scores = [out[f"val_{n}"] for n in HEADLINE if f"val_{n}" in out and not np.isnan(out[f"val_{n}"])]
         out["score"] = float(np.mean(scores)) if scores else float("nan")

@@ -199,3 +199,21 @@ def test_committed_default_artifact_verifies(default_artifact: Path) -> None:
     assert art.config.name == "keepfit-v2-small"
     assert art.manifest["parity"]["fp32"]["image"]["min_cosine"] >= 0.9999
     assert art.manifest["parity"]["fp32"]["text"]["min_cosine"] >= 0.9999
+
+
+def test_a_class_embedding_does_not_depend_on_the_other_classes_asked_for(default_artifact: Path) -> None:
+    """In one padded batch the int8 text encoder's dynamic quantisation made each prompt depend on the others:
+    asking "normal or AMD?" and asking the eleven photograph categories could order normal and AMD differently."""
+    from model.runtime import KeepfitRuntime
+
+    runtime = KeepfitRuntime.from_artifact(default_artifact)
+    everything = runtime.knowledge.category_set("CFP")
+    full = runtime.class_embeddings(everything, "CFP")
+    fresh = KeepfitRuntime.from_artifact(default_artifact)  # no cached rows
+    for pair in (["normal", "age related macular degeneration"], ["glaucoma", "normal"]):
+        alone = fresh.class_embeddings(pair, "CFP")
+        assert np.array_equal(alone, full[[everything.index(c) for c in pair]]), pair
+    # and a prompt's share is its embedding alone
+    prompts = runtime.knowledge.prompts("glaucoma", "CFP")
+    alone = np.stack([runtime.encode_texts([p])[0] for p in prompts]).mean(axis=0)
+    assert np.allclose(full[everything.index("glaucoma")], alone / np.linalg.norm(alone), atol=1e-6)
