@@ -146,6 +146,18 @@ def plan_key(artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptio
     return digest.hexdigest()[:16]
 
 
+def _files_stamp(chunk: Sequence[ImageItem]) -> str:
+    """A digest of the size and modification time of each item's file (or that it is missing)."""
+    digest = hashlib.sha256()
+    for it in chunk:
+        try:
+            st = os.stat(it.source)
+            digest.update(f"{it.source}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{it.source}\0missing\n".encode())
+    return digest.hexdigest()[:12]
+
+
 def embed(
     directory: Path,
     artifact: Artifact,
@@ -157,6 +169,11 @@ def embed(
     """Rows for ``items`` (sorted by seq), the number reused from an earlier run, and the work dir to remove."""
     if len({it.seq for it in items}) != len(items):
         raise ValueError("items must have distinct seq numbers (build them with index.sources)")
+    work = directory / f"{WORK_PREFIX}{plan_key(artifact, items, options, operation)}"
+    for stale in directory.glob(f"{WORK_PREFIX}*"):
+        if stale != work or options.ray is not None:  # a Ray build does not resume: every one is stale to it
+            logger.info("removing %s: left by an interrupted run over other inputs", stale)
+            shutil.rmtree(stale, ignore_errors=True)
     if options.ray is not None:
         rows = embed_with_ray(
             artifact.path,
@@ -168,11 +185,6 @@ def embed(
             progress=options.progress,
         )
         return rows, 0, None
-    work = directory / f"{WORK_PREFIX}{plan_key(artifact, items, options, operation)}"
-    for stale in directory.glob(f"{WORK_PREFIX}*"):
-        if stale != work:
-            logger.info("removing %s: left by an interrupted run over other inputs", stale)
-            shutil.rmtree(stale, ignore_errors=True)
     if not options.resume and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -185,13 +197,18 @@ def embed(
     with tqdm(total=len(items), unit="img", desc="embedding", disable=not options.progress) as bar:
         for number, start in enumerate(range(0, len(items), size)):
             chunk = items[start : start + size]
-            file = work / f"chunk-{number:06d}.npz"
+            # the chunk's files as they are now: a file changed, added or deleted since an interrupted run
+            # makes its chunk a new one (a resume kept the old embedding, hash and modality of a changed file)
+            file = work / f"chunk-{number:06d}-{_files_stamp(chunk)}.npz"
+            for old in work.glob(f"chunk-{number:06d}*.npz"):
+                if old != file:
+                    old.unlink(missing_ok=True)
             part = None
             if file.exists():
                 try:
                     part = Embedded.load(file)
                     reused += len(part)
-                except (OSError, ValueError, KeyError) as err:
+                except Exception as err:  # cut short (BadZipFile, EOFError), another format (KeyError)...
                     logger.warning("ignoring unreadable chunk %s: %s", file, err)
             if part is None or len(part) != len(chunk):
                 part = embed_items(
@@ -252,8 +269,9 @@ def assemble(
 ) -> Assembled:
     """Successful rows -> records, one per distinct SHA-256, sorted by id.
 
-    An image ``known`` from an earlier generation keeps its id: matched by SHA-256 first, then (a file changed
-    in place) by stored path; every other image gets a new id from ``next_id`` on, in input order.
+    An image ``known`` from an earlier generation keeps its id (matched by SHA-256); every other image gets a
+    new id from ``next_id`` on, in input order.  An image the index holds already (``existing``: an ``add``) is
+    left as it is, labels included: a rebuild relabels.
     """
     by_seq = {it.seq: it for it in items}
     canonical = artifact.knowledge.canonical
@@ -520,7 +538,7 @@ def _embedded_report(
     report = Report(directory, operation, inputs=len(items), resumed=reused)
     _skips(rows, report)
     report.added, report.duplicates, report.already_indexed = len(asm.records), asm.duplicates, asm.already_indexed
-    report.detected_modality = _detected(items, rows)
+    report.detected_modality = _detected(rows)
     return report
 
 
@@ -530,9 +548,9 @@ def _drop(work: Path | None) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _detected(items: Sequence[ImageItem], rows: Embedded) -> int:
-    given = {it.seq for it in items if it.modality}
-    return int(sum(1 for s, ok in zip(rows.seq, rows.ok, strict=True) if ok and int(s) not in given))
+def _detected(rows: Embedded) -> int:
+    """Inputs whose modality the model recognised (none given, no DICOM header stating one)."""
+    return int(np.count_nonzero(rows.detected & rows.ok))
 
 
 def _finish(report: Report, manifest: IndexManifest, start: float) -> Report:

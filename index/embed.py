@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "vector")
+COLUMNS = ("seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "vector")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Embedded:
     width: np.ndarray  # [B] int32
     height: np.ndarray  # [B] int32
     modality: np.ndarray  # [B] str ("" = unknown)
+    detected: np.ndarray  # [B] bool: the modality is the model's recognition (none given, no DICOM header)
     vector: np.ndarray  # [B, D] float32 unit (zeros where not ok)
 
     def __len__(self) -> int:
@@ -87,6 +88,7 @@ class Embedded:
             width=np.zeros(0, np.int32),
             height=np.zeros(0, np.int32),
             modality=s,
+            detected=np.zeros(0, bool),
             vector=np.zeros((0, dim), np.float32),
         )
 
@@ -177,6 +179,7 @@ def embed_items(
         width=np.zeros(n, dtype=np.int32),
         height=np.zeros(n, dtype=np.int32),
         modality=np.full(n, "", dtype=object),
+        detected=np.zeros(n, dtype=bool),
         vector=np.zeros((n, dim), dtype=np.float32),
     )
     known = list(runtime.knowledge.modalities)
@@ -197,8 +200,9 @@ def embed_items(
                     continue
                 out.sha256[i] = prep.sha256
                 out.width[i], out.height[i] = prep.width, prep.height
-                # the item's modality, else the one a DICOM header states, else detected below
-                out.modality[i] = normalise_modality(items[i].modality or prep.modality, known) or ""
+                # the modality a DICOM header states (what the device recorded beats a default or a manifest
+                # column), else the item's, else detected below
+                out.modality[i] = normalise_modality(prep.modality or items[i].modality, known) or ""
                 assert prep.pixels is not None  # ok implies pixels
                 rows.append(i)
                 pixels.append(prep.pixels)
@@ -212,6 +216,7 @@ def embed_items(
                 names, probs = runtime.modality_probabilities(emb[unknown])  # probs [u, M]
                 for j, p in zip(unknown, probs, strict=True):
                     out.modality[rows[j]] = names[int(np.argmax(p))]
+                    out.detected[rows[j]] = True
     # fixed-width unicode columns: np.savez writes them without pickling
     for column in ("reason", "detail", "sha256", "modality"):
         setattr(out, column, np.asarray(getattr(out, column), dtype=str))

@@ -43,6 +43,13 @@ def test_dicom_folder_is_indexed_with_header_modalities(
         vectors = dict(zip(idx.ids.tolist(), np.asarray(idx.vectors()), strict=True))
         for record in records.values():
             assert all(v not in " ".join(record.labels) + (record.caption or "") for v in PATIENT.values())
+    # what the device recorded beats a default for the folder (it was stored as FFA for all three)
+    again = tmp_path / "index-ffa"
+    code = keepfit(["index", "build", "--artifact", str(default_artifact), "--images", str(images), "--out",
+                    str(again), "--modality", "FFA", "--json"])
+    assert code == 0
+    with VectorIndex.open(again) as idx:
+        assert sorted(r.modality for r in idx.records()) == ["CFP", "FFA", "OCT"]
     runtime = KeepfitRuntime.from_artifact(default_artifact)
     from model.preprocess import load_image
 

@@ -243,3 +243,40 @@ def test_build_refuses_a_folder_that_is_not_an_index(
         build(tmp_path, sources.from_manifests([archive.manifest]), tiny_artifact, options=quiet())
     assert (tmp_path / "thesis.docx").read_text() == "precious"
     assert os.listdir(tmp_path) == ["thesis.docx"]  # not even a lock file was left in it
+
+
+def test_a_resumed_build_re_embeds_a_chunk_whose_files_changed_and_skips_an_unreadable_chunk(
+    archive: Archive, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume kept the old embedding, hash and modality of a file changed between the runs (the service then
+    answered its image with 410); a chunk file cut short crashed every resume (BadZipFile)."""
+    root = Path(shutil.copytree(archive.root, tmp_path / "archive"))
+    manifest = root / archive.manifest.name
+    shutil.copy(archive.manifest, manifest)
+    real = build_module.embed_items
+    calls: list[int] = []
+
+    def stop_in_third(runtime: object, items: list[object], **kwargs: object) -> object:
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(len(items))
+        return real(runtime, items, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module, "embed_items", stop_in_third)
+    out = tmp_path / "index"
+    inputs = sources.from_manifests([manifest])
+    with pytest.raises(KeyboardInterrupt):
+        build(out, inputs, tiny_artifact, options=quiet(chunk_size=5))
+    first_chunk_item = Path(inputs.items[0].source)
+    other = Path(inputs.items[7].source)
+    shutil.copy(other, first_chunk_item)  # the first chunk's first file now holds another image
+    os.utime(first_chunk_item, ns=(1, 10**18))
+    (second,) = list(out.glob(".work-*/chunk-000001-*.npz"))
+    second.write_bytes(second.read_bytes()[:300])  # the second chunk's file cut short
+    monkeypatch.setattr(build_module, "embed_items", real)
+    report = build(out, inputs, tiny_artifact, options=quiet(chunk_size=5))
+    assert report.resumed == 0 and report.count >= 1
+    fresh = build(tmp_path / "fresh", sources.from_manifests([manifest]), tiny_artifact, options=quiet(chunk_size=5))
+    with VectorIndex.open(out) as resumed, VectorIndex.open(tmp_path / "fresh") as clean:
+        assert [r.sha256 for r in resumed.records()] == [r.sha256 for r in clean.records()]
+        assert report.count == fresh.count
