@@ -261,6 +261,15 @@ def _usable(path: Path, manifest: dict[str, Any]) -> tuple[ModelConfig, Knowledg
         raise ArtifactError(f"artifact {path}: {err}") from err
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
         raise ArtifactError(f"artifact {path}: knowledge.json cannot be used: {err}") from err
+    if "modality_head.json" in manifest.get("files", {}):
+        from model.modality_head import parse_head
+
+        try:
+            parse_head(json.loads((path / "modality_head.json").read_text()), config.embed_dim)
+        except ArtifactError as err:
+            raise ArtifactError(f"artifact {path}: {err}") from err
+        except (OSError, ValueError) as err:
+            raise ArtifactError(f"artifact {path}: modality_head.json cannot be used: {err}") from err
     return config, knowledge
 
 

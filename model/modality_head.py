@@ -25,6 +25,29 @@ logger = logging.getLogger(__name__)
 HEAD_FILE = "modality_head.json"
 
 
+def parse_head(data: Any, embed_dim: int) -> dict[str, Any]:
+    """``modality_head.json``'s content checked: ``classes`` (names), ``weight [M, embed_dim]`` and ``bias [M]``,
+    finite; an :class:`ArtifactError` naming what is wrong (a head without a bias failed at load with a bare
+    KeyError, a head of another dimension only at its first use, 2 classes over 3 rows gave misaligned
+    probabilities)."""
+    from model.errors import ArtifactError
+
+    try:
+        classes = [str(c) for c in data["classes"]]
+        weight = np.asarray(data["weight"], dtype=np.float32)
+        bias = np.asarray(data["bias"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{HEAD_FILE} is not a modality head (classes, weight, bias): {err}") from err
+    if not classes or weight.shape != (len(classes), embed_dim) or bias.shape != (len(classes),):
+        raise ArtifactError(
+            f"{HEAD_FILE} does not fit: {len(classes)} classes, weight {weight.shape}, bias {bias.shape}; "
+            f"expected weight ({len(classes)}, {embed_dim}) and bias ({len(classes)},)"
+        )
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise ArtifactError(f"{HEAD_FILE} holds NaN or infinite numbers")
+    return {"classes": classes, "weight": weight, "bias": bias}
+
+
 def training_images(data_root: Path, public: Sequence[str], modalities: Sequence[str]) -> list[tuple[Path, str]]:
     """``(path, modality)`` of every train-split row of the ``public`` manifests (``"rel/labels.csv:columns"``, as
     a checkpoint's provenance names them) whose modality is one of ``modalities``."""

@@ -243,12 +243,13 @@ class KeepfitRuntime:
     def _load_modality_head(self) -> dict[str, np.ndarray | list[str]] | None:
         if not self.artifact.has("modality_head.json"):
             return None
-        data = json.loads(self.artifact.file("modality_head.json").read_text())
-        return {
-            "classes": list(data["classes"]),
-            "weight": np.asarray(data["weight"], dtype=np.float32),  # [M, D]
-            "bias": np.asarray(data["bias"], dtype=np.float32),  # [M]
-        }
+        from model.modality_head import parse_head
+
+        try:
+            data = json.loads(self.artifact.file("modality_head.json").read_text())
+        except ValueError as err:
+            raise ArtifactError(f"artifact {self.artifact.path}: modality_head.json is not JSON: {err}") from err
+        return parse_head(data, self.embed_dim)  # classes, weight [M, D], bias [M]
 
     def modality_probabilities(self, image_embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
         """``(modalities, probs [B, M])`` from the artifact's modality head, else zero-shot over modality prompts."""

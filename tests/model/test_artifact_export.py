@@ -217,3 +217,34 @@ def test_a_class_embedding_does_not_depend_on_the_other_classes_asked_for(defaul
     prompts = runtime.knowledge.prompts("glaucoma", "CFP")
     alone = np.stack([runtime.encode_texts([p])[0] for p in prompts]).mean(axis=0)
     assert np.allclose(full[everything.index("glaucoma")], alone / np.linalg.norm(alone), atol=1e-6)
+
+
+def test_a_modality_head_that_does_not_fit_is_refused_at_seal_and_load(default_artifact: Path, tmp_path: Path) -> None:
+    """It was sealed, then failed late (a bare KeyError without a bias, a matmul error of another dimension) or
+    gave probabilities misaligned with its class names (2 names over 3 rows)."""
+    import json
+    import shutil
+
+    from model.artifact import load_artifact, seal_artifact, sha256_file
+    from model.errors import ArtifactError
+    from model.runtime import KeepfitRuntime
+
+    for edit, words in (
+        (lambda h: h.update(classes=h["classes"][:2]), "does not fit: 2 classes"),
+        (lambda h: h.pop("bias"), "not a modality head"),
+        (lambda h: h.update(weight=[row[:100] for row in h["weight"]]), r"expected weight \(3, 512\)"),
+    ):
+        copy = tmp_path / f"a{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(default_artifact, copy)
+        head = json.loads((copy / "modality_head.json").read_text())
+        edit(head)
+        (copy / "modality_head.json").write_text(json.dumps(head))
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["files"]["modality_head.json"] = {
+            "sha256": sha256_file(copy / "modality_head.json"), "bytes": (copy / "modality_head.json").stat().st_size
+        }
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match=words):
+            seal_artifact(copy)
+        with pytest.raises(ArtifactError):
+            KeepfitRuntime(load_artifact(copy, verify=False))
