@@ -50,7 +50,7 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 # ``reduce``) down to no less than REDUCING_GAP x the model input, and only then applies the configured filter.
 # 2.0 was chosen by measurement on real images of every modality (service/benchmarks/decode_quality.py
 # --gaps 1,2,3): images up to twice the input (the 512 px data sets) keep exactly the full-size path, camera
-# images reach embedding cosine 0.999 with it; 1.0 moves zero-shot answers (91-97 % top-1 agreement) and 3.0
+# images reach embedding cosine 0.999 with it; 1.0 moves zero-shot answers (89-93 % top-1 agreement on three sets) and 3.0
 # costs ~1.5x the time of 2.0 for 0.0006 of cosine.
 REDUCING_GAP = 2.0
 # Key of ``Image.info`` holding ``(width, height)`` of the stored image before any decode-time scaling.
