@@ -195,10 +195,19 @@ def fit(
     examples keeps its zero-shot score (only possible with a text prior).
     """
     x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.int64)
+    try:
+        y = np.asarray(y, dtype=np.int64)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"labels y must be integers in range({len(labels)}): {err}") from err
     n_classes = len(labels)
     if n_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 categories, got {n_classes}")
+    if y.ndim != 1 or (x.ndim == 2 and len(x) != len(y)) or (len(x) and x.ndim != 2):
+        raise ConfigError(f"x must be [N, D] and y [N]; got x {x.shape}, y {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise ConfigError(f"labels y must lie in range({n_classes}) (one per category); got {y.min()}..{y.max()}")
+    if not np.isfinite(x).all():
+        raise ConfigError("the example embeddings hold NaN or infinite numbers")
     counts = np.bincount(y, minlength=n_classes)
     if text is None and counts.min() == 0:
         missing = [labels[int(i)] for i in np.flatnonzero(counts == 0)]
