@@ -465,8 +465,12 @@ class VectorIndex:
                 params = search_params(self.index_type, self.params, boost=boost)
                 scores, found = self._index.search(q2, k, params=params)
                 if int((found[0] >= 0).sum()) >= k:
-                    break
-            return self._hits(found[0], scores[0])
+                    return self._hits(found[0], scores[0])
+            # still short (a very narrow HNSW beam, say): the top k of every stored vector, as promised
+            logger.debug("approximate search came back short; scanning all %d vectors exactly", self.count)
+            sims = np.asarray(self._vectors @ q, dtype=np.float32)  # [N]
+            top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+            return self._hits(self._ids[top], sims[top])
         # keep the bitmap referenced while FAISS reads it, even if the filter cache evicts the entry meanwhile
         rows, selector, _bitmap = self._filter(modality, label)
         if len(rows) == 0:
@@ -490,7 +494,8 @@ class VectorIndex:
         return self._hits(self._ids[rows[top]], sims[top])
 
     def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
-        pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
+        # cosines of unit vectors, clipped to their range (float rounding gave 1.0000002 for an image itself)
+        pairs = [(int(i), min(1.0, max(-1.0, float(s)))) for i, s in zip(ids, scores, strict=True) if i >= 0]
         pairs.sort(key=lambda p: (-p[1], p[0]))  # ties broken by id, so results are deterministic
         records = self._records([i for i, _ in pairs])
         return [Hit(record=records[i], score=s) for i, s in pairs if i in records]

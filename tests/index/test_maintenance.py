@@ -280,3 +280,13 @@ def test_a_resumed_build_re_embeds_a_chunk_whose_files_changed_and_skips_an_unre
     with VectorIndex.open(out) as resumed, VectorIndex.open(tmp_path / "fresh") as clean:
         assert [r.sha256 for r in resumed.records()] == [r.sha256 for r in clean.records()]
         assert report.count == fresh.count
+
+
+def test_a_narrow_hnsw_beam_still_returns_top_k_hits(index_copy: Path) -> None:
+    """With M=4 and a beam of 1, an unfiltered search came back with fewer hits than asked for (30 of 49)."""
+    reindex(index_copy, AnnSpec(kind="hnsw", hnsw_m=4, ef_search=1))
+    with VectorIndex.open(index_copy) as index:
+        vectors = np.asarray(index.vectors())
+        for q in vectors:
+            hits = index.search(q, index.count)
+            assert len(hits) == index.count and all(-1.0 <= h.score <= 1.0 for h in hits)
