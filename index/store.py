@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -580,10 +581,12 @@ class VectorIndex:
         """Records whose stored path, or resolved file, is ``path``."""
         text = str(path)
         candidates = {text, Path(text).as_posix()}
-        resolved = Path(text).expanduser().resolve()
-        if self.image_root is not None and resolved.is_relative_to(self.image_root):
-            candidates.add(resolved.relative_to(self.image_root).as_posix())
-        candidates.add(resolved.as_posix())
+        # the path as given (absolute, links kept: a folder build stores a link's own path) and as resolved
+        # (links followed: a manifest build stores the target)
+        for found in (Path(os.path.abspath(Path(text).expanduser())), Path(text).expanduser().resolve()):
+            if self.image_root is not None and found.is_relative_to(self.image_root):
+                candidates.add(found.relative_to(self.image_root).as_posix())
+            candidates.add(found.as_posix())
         marks = ",".join("?" * len(candidates))
         rows = self._query(
             f"SELECT {RECORD_COLUMNS} FROM images WHERE path IN ({marks}) ORDER BY id", sorted(candidates)

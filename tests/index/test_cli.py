@@ -306,3 +306,19 @@ def test_a_journal_left_by_an_interrupted_metadata_write_is_collected(
     kept.write_bytes(b"")
     code, _, _ = run(capsys, "remove", "--index", str(index_copy), "--id", "1")
     assert code == 0 and not orphan.exists()
+
+
+def test_remove_by_the_path_of_a_symbolic_link_in_a_folder_build(
+    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """A folder build stores a link's own path; `remove --path` with it answered "no image with path"."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    files = sorted((archive.root / "oct").iterdir())
+    shutil.copy(files[0], folder / "a.jpg")
+    (folder / "link.jpg").symlink_to(files[1])
+    out = tmp_path / "idx"
+    code, _, _ = run(capsys, "build", "--artifact", str(tiny_artifact), "--images", str(folder), "--out", str(out))
+    assert code == 0
+    code, output, err = run(capsys, "remove", "--index", str(out), "--path", str(folder / "link.jpg"))
+    assert code == 0 and "removed 1" in output, err
