@@ -35,6 +35,22 @@ NON_LABEL_COLUMNS = frozenset(
         "sha256",
     }
 )
+# Columns that identify a person, never labels unless named with --label-columns: labels are returned in search
+# hits and cached ("date_of_birth" became a searchable label). Compared with case, spaces and hyphens aside.
+IDENTIFYING_COLUMNS = frozenset(
+    {
+        "name", "patient_name", "patientname", "first_name", "last_name", "surname", "given_name",
+        "dob", "date_of_birth", "birth_date", "birthdate", "birthday", "age", "sex", "gender",
+        "mrn", "medical_record_number", "record_number", "accession", "accession_number", "study_id",
+        "study_date", "date", "exam_date", "visit_date", "acquisition_date",
+        "address", "phone", "email", "institution", "hospital", "physician", "doctor", "referring_physician",
+        "operator", "ssn", "national_id", "insurance",
+    }
+)
+
+
+def _column_key(name: str) -> str:
+    return "_".join(name.strip().lower().replace("-", " ").split())
 TRUE_VALUES = frozenset({"1", "true", "yes", "y", "t"})
 FALSE_VALUES = frozenset({"0", "false", "no", "n", "f"})
 
@@ -106,7 +122,12 @@ def from_manifest(
             raise DataError(f"manifest {path} has no 'split' column to select {', '.join(splits)} from")
         rows = [r for r in rows if r.get("split") in set(splits)]
     if label_columns is None:
-        chosen = [c for c in columns if c.lower() not in NON_LABEL_COLUMNS and c]
+        chosen = [
+            c for c in columns if c and _column_key(c) not in NON_LABEL_COLUMNS | IDENTIFYING_COLUMNS
+        ]
+        if chosen:  # every other column becomes labels, which search answers return: say which
+            logger.info("manifest %s: labels from the columns %s (choose with --label-columns)", path.name,
+                        ", ".join(chosen))
     else:
         chosen = [c for c in label_columns if c in columns]
     boolean = {c for c in chosen if _is_boolean([r.get(c, "") for r in rows])}

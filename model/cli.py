@@ -99,6 +99,9 @@ def setup_logging(level: str | None = None) -> None:
     logging.basicConfig(level=name, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # faiss announces at INFO which CPU build it loaded, on every start: not news for a user of any command
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # Pillow at DEBUG prints every EXIF/TIFF tag it reads (a patient's name in Artist or ImageDescription, say);
+    # pydicom's warnings are silenced where it is used (model/dicom.py)
+    logging.getLogger("PIL").setLevel(logging.INFO)
 
 
 def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:

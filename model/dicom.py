@@ -34,6 +34,16 @@ from PIL import Image, ImageFile, ImageOps
 from model.errors import ConfigError, ImageError, ImageTooLargeError, UnsupportedMediaError
 
 logger = logging.getLogger(__name__)
+# pydicom warns, and logs at WARNING, about non-conforming elements quoting their values (a malformed patient id,
+# say): neither reaches this service's warnings or logs (its decoder errors, at ERROR, carry no header values)
+warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+def _import_pydicom() -> Any:
+    import pydicom
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # after the import, which sets its logger's level
+    return pydicom
 
 T = TypeVar("T")
 _FRAME: ContextVar[int | None] = ContextVar("keepfit_dicom_frame", default=None)
@@ -110,7 +120,7 @@ def dicom_pixels(data: bytes | memoryview) -> int:
     """``Rows x Columns`` of a DICOM object (one frame: what is decoded) from the start of its header, without its
     pixel data; 0 where they are not within the first :data:`HEAD_BYTES` or pydicom is not installed."""
     try:
-        import pydicom
+        pydicom = _import_pydicom()
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the header is cut short on purpose
@@ -130,7 +140,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     ``info["keepfit.original_size"]`` either way.
     """
     try:
-        import pydicom
+        pydicom = _import_pydicom()
         from pydicom.pixels import pixel_array
     except ImportError as err:
         raise UnsupportedMediaError(

@@ -710,6 +710,7 @@ def make_thumbnail(path: Path, size: int, max_pixels: int, sha256: str | None = 
     """A JPEG whose long side is at most ``size`` (browsers show it whatever the original format)."""
     # decodes only what the thumbnail needs (JPEG DCT scaling), sized as Pillow's thumbnail of the original
     image = thumbnail(load_image(read_image_file(path, sha256), max_pixels=max_pixels, size=size), size)
+    image.info.clear()  # Pillow writes a JPEG comment (COM) it read back out: a name in it reached thumbnails
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85, optimize=True)
     return out.getvalue()

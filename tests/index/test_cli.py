@@ -322,3 +322,25 @@ def test_remove_by_the_path_of_a_symbolic_link_in_a_folder_build(
     assert code == 0
     code, output, err = run(capsys, "remove", "--index", str(out), "--path", str(folder / "link.jpg"))
     assert code == 0 and "removed 1" in output, err
+
+
+def test_identifying_manifest_columns_never_become_labels_by_default(archive: Archive, tmp_path: Path) -> None:
+    """Every other column became a label, which search answers return ("date_of_birth" was searchable)."""
+    import csv
+
+    from index import sources
+
+    rows = list(csv.DictReader(archive.manifest.open()))
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*rows[0], "Date of Birth", "MRN", "grade"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "path": str(archive.root / r["path"]), "Date of Birth": "19330807",
+                             "MRN": "ZQX4711", "grade": "2"})
+    items = sources.from_manifests([manifest]).items
+    labels = {label for it in items for label in it.labels}
+    assert not any("19330807" in label or "ZQX4711" in label for label in labels)
+    assert any("2" in label for label in labels)  # an ordinary column still labels
+    chosen = sources.from_manifests([manifest], label_columns=["MRN"]).items
+    assert any("ZQX4711" in label for it in chosen for label in it.labels)  # named: the user's choice

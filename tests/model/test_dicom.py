@@ -437,3 +437,30 @@ def test_a_palette_is_scaled_by_its_tables_range_and_one_bit_images_by_theirs() 
     ours = np.asarray(load_image(Path(get_testdata_file("liver_1frame.dcm"))))
     assert set(np.unique(ours).tolist()) == {0, 255}
     assert np.array_equal(ours == 255, pixel_array(one_bit) == 1)
+
+
+def test_no_header_value_reaches_the_log_or_warnings_of_a_non_conforming_file(
+    cfp: tuple[bytes, np.ndarray], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """pydicom warned and logged "Invalid value for VR IS: '<the value>'", a patient's data in a malformed file."""
+    import logging
+    import subprocess
+    import sys
+
+    from pydicom import dcmread
+
+    _, rgb = cfp
+    ds = dcmread(io.BytesIO(make_dicom([rgb[:64, :64]], "explicit")))
+    ds.NumberOfFrames = 1
+    ds["NumberOfFrames"]._value = "ZQXMARKER"  # noqa: SLF001 - a malformed value, as a device might write it
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ImageError):
+            load_image(bad)
+    assert "ZQXMARKER" not in caplog.text
+    # the warnings a process prints (pytest itself records every warning, whatever the filters say)
+    script = f"from model.preprocess import load_image\ntry:\n    load_image({str(bad)!r})\nexcept Exception:\n    pass\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert "ZQXMARKER" not in done.stderr + done.stdout

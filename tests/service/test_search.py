@@ -224,3 +224,20 @@ def test_fake_index_records_are_served(
     with TestClient(app) as client:
         assert _search(client, query="x").json()["hits"][0]["id"] == 5
         assert client.get("/v1/images/5").content == path.read_bytes()
+
+
+def test_thumbnails_carry_no_metadata_of_the_original(tmp_path: Path) -> None:
+    """Pillow writes a JPEG comment it read back out: a patient's name in a COM segment reached thumbnails."""
+    import io
+
+    from PIL import Image
+
+    from service.engine import make_thumbnail
+
+    path = tmp_path / "eye.jpg"
+    exif = Image.Exif()
+    exif[0x013B] = "ZQX artist"  # Artist
+    Image.new("RGB", (300, 200), (120, 40, 20)).save(path, format="JPEG", comment=b"ZQX patient name",
+                                                     exif=exif.tobytes())
+    data = make_thumbnail(path, 64, 10_000_000)
+    assert b"ZQX" not in data and Image.open(io.BytesIO(data)).size == (64, 43)
