@@ -31,6 +31,7 @@ from service.errors import error_body, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import RequestGuardMiddleware
 from service.routers import categories, classifiers, classify, embed, health, images, search
+from service.routers.classifiers import ADMIN_KEY_HEADER
 from service.schemas import TEXT_PATTERN
 from service.settings import Settings, get_settings
 
@@ -146,7 +147,8 @@ def _set_limits(
             if isinstance(props, dict):
                 for name, prop in props.items():
                     limit_property(name, prop)
-                if "categories" in props and "task" in props:
+                if "categories" in props and "task" in props and props.get("image", {}).get("format") == "binary":
+                    # the classify form (its image a file), not the answer (which has categories and task too)
                     node["not"] = {"anyOf": [{"required": list(pair)} for pair in exclusive_fields(props)]}
             for key, value in node.items():
                 if key == "parameters" and isinstance(value, list):
@@ -274,7 +276,8 @@ class _CorsMiddleware(CORSMiddleware):
             return response
         message = bytes(response.body).decode("utf-8", "replace")  # "Disallowed CORS origin, method"
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-        return JSONResponse(error_body("cors_refused", f"{message}: not allowed by KEEPFIT_CORS_ORIGINS"), 400, headers)
+        allowed = "origins of KEEPFIT_CORS_ORIGINS; methods GET, POST, DELETE; headers X-API-Key, X-Admin-Key, Content-Type"
+        return JSONResponse(error_body("cors_refused", f"{message} (allowed: {allowed})"), 400, headers)
 
 
 def create_app(settings: Settings | None = None, *, index_opener: Any = None) -> FastAPI:
@@ -347,9 +350,10 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
         app.add_middleware(
             _CorsMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=[API_KEY_HEADER, "Content-Type", "If-None-Match"],
-            expose_headers=["ETag"],
+            # DELETE and X-Admin-Key: a page administering classifiers; Retry-After: a page reading a 503 busy
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=[API_KEY_HEADER, ADMIN_KEY_HEADER, "Content-Type", "If-None-Match"],
+            expose_headers=["ETag", "Retry-After"],
             max_age=600,
         )
     return app

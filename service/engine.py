@@ -92,8 +92,10 @@ class EncodedImage(NamedTuple):
 
 
 # An image that varies by less than this many grey levels (a blank, black or uniform picture) gets predictions
-# all the same, as any input does, and a warning that they say nothing; its heat maps are not localised.
-FEATURELESS_BELOW = 2.0
+# all the same, as any input does, and a warning that they say nothing; its heat maps are not localised.  The
+# darkest photographs of the data sets vary by 2.4-3.1 (cfp_oct_mx 0044_oi_f_1.jpg: 2.41), and one of them
+# darkened to 70 % by 1.8: a real eye must never be called blank, so the bar is well below them.
+FEATURELESS_BELOW = 1.0
 
 
 def featureless_warning(spread: float | None) -> list[dict[str, str]]:

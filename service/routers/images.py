@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
 from fastapi.responses import FileResponse
 from pydantic import BeforeValidator
 
+from model.errors import NotFoundError
 from service.cache import cache_key
 from service.deps import SettingsDep, StateDep, api_key_scheme, check_image_access
 from service.engine import make_thumbnail, original_image
@@ -34,6 +37,14 @@ def _digits_only(value: Any) -> Any:
 
 
 Digits = BeforeValidator(_digits_only)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """``If-None-Match`` holds ``etag`` (weak or strong, in a list, or ``*``)."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 @router.get(
@@ -65,11 +76,19 @@ async def get_image(
 ) -> Response:
     check_image_access(settings.api_keys, image_id, api_key, token)
     record, path = await state.index.locate(image_id)
-    etag = f'"{record.sha256}-{size or "full"}"' if record.sha256 else None
+    # The file as it is now (size and modification time) is part of the ETag and of the thumbnail's cache key: a
+    # file changed on disk since is checked again (a 410), never answered with a 304 or a thumbnail cached from
+    # before, as it was
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise NotFoundError(f"the file of image {image_id} is no longer available") from err
+    stamp = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
+    etag = f'"{record.sha256}-{size or "full"}-{stamp}"' if record.sha256 else None
     headers = {"Cache-Control": "private, max-age=86400"}
     if etag:
         headers["ETag"] = etag
-        if request.headers.get("if-none-match") == etag:
+        if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
     if size is None:
         # the bytes that were indexed (a file changed since is a 410), a DICOM object as a PNG of its pixels
@@ -78,7 +97,7 @@ async def get_image(
             return FileResponse(path, media_type=media_type, headers=headers)
         return Response(content=original, media_type=media_type, headers=headers)
     key = (
-        cache_key("thumbnail", "", record.sha256 or f"id:{image_id}", {"size": size})
+        cache_key("thumbnail", "", record.sha256 or f"id:{image_id}", {"size": size, "file": stamp})
         if record.sha256
         else None
     )

@@ -132,6 +132,7 @@ async def _search(
             hits = await index.search(vector, top_k, modality, label)
         await state.remember(key, hits, timings)
     kind_name = "image" if data is not None else "text"
+    others = [h for h in hits if h.get("sha256") != digest] if data is not None else hits
     threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
     warnings = []
     note = await index.label_warning(label, modality, len(hits))
@@ -139,8 +140,11 @@ async def _search(
         warnings.append(note)
     base = _base_url(request, settings.public_url)
     for hit in hits:
-        # an image query that is in the index finds itself first (score 1): say so, and judge the rest
+        # an image query that is in the index finds itself (score 1): say so, put it first among equal scores
+        # (another file of the same pixels scores 1 too), and judge the rest
         hit["same_image"] = data is not None and hit.get("sha256") == digest
+    hits.sort(key=lambda h: (-h["score"], not h["same_image"]))
+    for hit in hits:
         token = image_token(settings.api_keys, hit["id"])
         url = f"{base}/v1/images/{hit['id']}"
         hit["image_url"] = f"{url}?token={token}" if token else url
@@ -163,7 +167,8 @@ async def _search(
         "label": label,
         "index_count": int(info.count or 0),
         "score_scale": score_scale(kind_name, threshold),
-        "low_similarity": is_low_similarity((h["score"] for h in hits if not h["same_image"]), threshold),
+        # judged on the other hits; with none (top_k=1 and the query itself), the query matched exactly
+        "low_similarity": bool(others) and is_low_similarity((h["score"] for h in others), threshold),
         "warnings": warnings,
         "hits": hits,
         "cached": cached is not None,

@@ -76,8 +76,17 @@ def test_dicom_folder_is_indexed_with_header_modalities(
             assert all(v.encode() not in r.content for v in PATIENT.values()), name
             shown = Image.open(io.BytesIO(r.content))
             assert shown.size == (records[name].width, records[name].height), name
-        # a file changed on disk after indexing is never served under the old id
+        # a file changed on disk after indexing is never served under the old id: not from the thumbnail cache,
+        # not as a 304 to a client holding the old ETag
+        changed = records["IM0003.dcm"].id
+        before = {q: api.get(f"/v1/images/{changed}{q}") for q in ("", "?size=64")}
+        assert all(r.status_code == 200 for r in before.values())
         (images / "IM0003.dcm").write_bytes((images / "2024" / "IM0001").read_bytes())
-        for query in ("", "?size=64"):
-            r = api.get(f"/v1/images/{records['IM0003.dcm'].id}{query}")
-            assert r.status_code == 410 and r.json()["error"]["code"] == "image_changed", (query, r.text)
+        for query, old in before.items():
+            for headers in ({}, {"If-None-Match": old.headers["etag"]}, {"If-None-Match": f'W/{old.headers["etag"]}'}):
+                r = api.get(f"/v1/images/{changed}{query}", headers=headers)
+                assert r.status_code == 410 and r.json()["error"]["code"] == "image_changed", (query, headers)
+        unchanged = records["IM0001"].id
+        tag = api.get(f"/v1/images/{unchanged}?size=64").headers["etag"]
+        for header in (tag, f"W/{tag}", f'"other", {tag}'):
+            assert api.get(f"/v1/images/{unchanged}?size=64", headers={"If-None-Match": header}).status_code == 304

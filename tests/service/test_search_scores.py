@@ -169,3 +169,11 @@ def test_an_index_of_its_own_modalities_and_non_ascii_labels_filters_over_http(
         for spelling in ("ödem", "ÖDEM", "Ödem"):
             body = _search(client, query="retina", label=spelling, top_k=10).json()
             assert len(body["hits"]) == 3 and body["warnings"] == [], spelling
+
+
+def test_an_image_that_finds_only_itself_is_no_low_similarity(
+    indexed: TestClient, real_image_paths: dict[str, list[Path]]
+) -> None:
+    data = real_image_paths["OCT"][0].read_bytes()
+    body = indexed.post("/v1/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"top_k": "1"}).json()
+    assert [h["same_image"] for h in body["hits"]] == [True] and body["low_similarity"] is False
