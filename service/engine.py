@@ -231,7 +231,7 @@ class Engine:
                 meaning = (
                     f"both mean {canonical!r}"
                     if self.knowledge.canonical(first) == canonical
-                    else "differ only in case, punctuation or spelling"
+                    else "differ only in case, hyphens or a closing full stop"
                 )
                 raise InvalidRequestError(
                     f"duplicate categories: {first!r} and {label!r} {meaning}; send each category once"

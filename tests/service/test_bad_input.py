@@ -82,7 +82,7 @@ def test_missing_image_field(api: TestClient) -> None:
         (["DME", "glaucoma", "dme"], "duplicate"),
         (["DME", "diabetic macular edema"], "both mean 'diabetic macular edema'"),
         # unknown names too: case, hyphens and punctuation aside, the same name
-        (["drusen-like dots", "Drusen like dots.", "normal"], "differ only in case, punctuation or spelling"),
+        (["drusen-like dots", "Drusen like dots.", "normal"], "differ only in case, hyphens or a closing full stop"),
         (["\u200b", "normal"], "categories[0] is an empty category (invisible"),
         (["x" * 300, "glaucoma"], "300 characters"),
     ],
