@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
+from starlette.routing import Route, request_response
 
 from model import __version__
 from service.cache import Cache, MemoryCache, RedisCache
@@ -211,6 +212,19 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    # /openapi.json looks at the index first (at most every few seconds, as every index request does), so that
+    # an index rebuilt with other modalities is in the schema without waiting for a search to reload it
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.path == app.openapi_url:
+            served = route.endpoint
+
+            async def refreshed(request: Request, served: Any = served) -> Response:
+                state = getattr(request.app.state, "service", None)
+                if state is not None:
+                    await state.index.refresh()
+                return await served(request)  # type: ignore[no-any-return]
+
+            route.endpoint, route.app = refreshed, request_response(refreshed)
 
 
 DOCS_ASSETS = "/docs-assets"

@@ -177,3 +177,29 @@ def test_an_image_that_finds_only_itself_is_no_low_similarity(
     data = real_image_paths["OCT"][0].read_bytes()
     body = indexed.post("/v1/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"top_k": "1"}).json()
     assert [h["same_image"] for h in body["hits"]] == [True] and body["low_similarity"] is False
+
+
+def test_openapi_lists_a_modality_an_index_gains_without_a_search_first(
+    data_root: Path, default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schema followed the index only once a search had reloaded it."""
+    import csv
+
+    from service.app import create_app
+    from service.engine import IndexHolder
+    from tests.service.helpers import make_settings
+
+    monkeypatch.setattr(IndexHolder, "RELOAD_CHECK_S", 0.0)
+    rows = [r for r in csv.DictReader((data_root / "cfp_oct_mx" / "labels.csv").open()) if r["modality"] == "CFP"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,modality\n" + "".join(f"{data_root / 'cfp_oct_mx' / r['path']},CFP\n" for r in rows[:3]))
+    out = tmp_path / "index"
+    assert keepfit(["index", "build", "--artifact", str(default_artifact), "--manifest", str(manifest),
+                    "--out", str(out)]) == 0
+    with TestClient(create_app(make_settings(default_artifact, index=out))) as client:
+        assert "ICGA" not in json.dumps(client.get("/openapi.json").json()["paths"]["/v1/search"])
+        more = tmp_path / "more.csv"
+        more.write_text("path,modality\n" + "".join(f"{data_root / 'cfp_oct_mx' / r['path']},ICGA\n" for r in rows[3:5]))
+        assert keepfit(["index", "add", "--index", str(out), "--artifact", str(default_artifact), "--manifest",
+                        str(more)]) == 0
+        assert "ICGA" in json.dumps(client.get("/openapi.json").json()["paths"]["/v1/search"])
