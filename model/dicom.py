@@ -270,32 +270,17 @@ _PILLOW_FRAMES: dict[str, tuple[str, dict[str, str]]] = {
 # lossless (process 14, SV1), JPEG-LS lossless and near-lossless
 _JPEG_FAMILY = {"1.2.840.10008.1.2.4." + n for n in ("50", "51", "57", "70", "80", "81")}
 _J2K = {"1.2.840.10008.1.2.4." + n for n in ("90", "91", "201", "202", "203")}
-# JPEG start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC) and JPEG-LS's SOF55
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 
 
 def _stream_size(stream: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` a JPEG-family codestream (its SOF) or a JPEG 2000 codestream (its SIZ) declares; None
-    where it cannot be read from the main header."""
+    """``(width, height)`` a JPEG-family codestream (its SOF: :func:`model.preprocess.jpeg_size`, JPEG-LS's SOF55
+    included) or a JPEG 2000 codestream (its SIZ) declares; None where it cannot be read from the main header."""
+    from model.preprocess import jpeg_size
+
     if stream[:4] == b"\xff\x4f\xff\x51" and len(stream) >= 24:  # J2K: SOC, SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
         x, y, x0, y0 = (int.from_bytes(stream[at : at + 4], "big") for at in (8, 12, 16, 20))
         return x - x0, y - y0
-    if stream[:2] != b"\xff\xd8":
-        return None
-    at = 2
-    while at + 9 <= len(stream):
-        if stream[at] != 0xFF:
-            return None
-        marker = stream[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        if marker in _SOF:  # Lf (2), P (1), Y (2), X (2)
-            return int.from_bytes(stream[at + 7 : at + 9], "big"), int.from_bytes(stream[at + 5 : at + 7], "big")
-        if marker == 0xDA:  # scan data before any frame header
-            return None
-        at += 2 + int.from_bytes(stream[at + 2 : at + 4], "big")
-    return None
+    return jpeg_size(stream) if stream[:2] == b"\xff\xd8" else None
 
 
 def _checked_frame(ds: Any, syntax: str, frame: int, frames: int, stored: tuple[int, int]) -> bytes | None:

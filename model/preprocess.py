@@ -100,8 +100,9 @@ def header_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
-# JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic): not DHT, JPG, DAC
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic): not DHT, JPG, DAC; and
+# JPEG-LS's SOF55 (DICOM frames: model/dicom.py)
+_SOF = (frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xF7}
 
 
 def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
