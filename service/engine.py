@@ -697,15 +697,24 @@ def read_image_file(path: Path, sha256: str | None = None) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise NotFoundError(f"the file of this index entry is no longer readable ({err.strerror})") from err
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise _unreadable(err) from err
+    _check_unchanged(hashlib.sha256(data).hexdigest(), sha256)
+    return data
+
+
+def _unreadable(err: OSError) -> NotFoundError:
+    return NotFoundError(f"the file of this index entry is no longer readable ({err.strerror})")
+
+
+def _check_unchanged(digest: str, sha256: str | None) -> None:
+    """A 410 when a file's SHA-256 ``digest`` is no longer its record's ``sha256``."""
+    if sha256 and digest != sha256:
         raise ServiceError(
             "the file of this index entry has changed since it was indexed; update the index "
             "(keepfit index build or add) to serve it again",
             status_code=410,
             code="image_changed",
         )
-    return data
 
 
 def make_thumbnail(path: Path, size: int, max_pixels: int, sha256: str | None = None) -> bytes:
@@ -723,27 +732,20 @@ def original_image(path: Path, max_pixels: int, sha256: str | None = None) -> tu
     1 MiB reads, that it still holds the bytes that were indexed: a 410 otherwise), or ``(PNG bytes,
     "image/png")`` for a DICOM object, whose file carries the patient's name, ids and dates: its pixels (the
     frame the index embedded, 8-bit as the model saw it)."""
-    digest = hashlib.sha256()
     try:
         with path.open("rb") as fh:
             head = fh.read(4096)
-            digest.update(head)
-            for block in iter(lambda: fh.read(1 << 20), b""):
+            digest = None if is_dicom(head) else hashlib.sha256(head)
+            while digest is not None and (block := fh.read(1 << 20)):
                 digest.update(block)
     except OSError as err:
-        raise NotFoundError(f"the file of this index entry is no longer readable ({err.strerror})") from err
-    if sha256 and digest.hexdigest() != sha256:
-        raise ServiceError(
-            "the file of this index entry has changed since it was indexed; update the index "
-            "(keepfit index build or add) to serve it again",
-            status_code=410,
-            code="image_changed",
-        )
-    if not is_dicom(head):
-        return None, mimetypes.guess_type(path.name)[0] or _MEDIA_TYPES.get(_format_of(head), "application/octet-stream")
-    out = io.BytesIO()
-    to_rgb(load_image(read_image_file(path, sha256), max_pixels=max_pixels)).save(out, format="PNG")
-    return out.getvalue(), "image/png"
+        raise _unreadable(err) from err
+    if digest is None:  # DICOM: rendered from its bytes, read (and checked) once
+        out = io.BytesIO()
+        to_rgb(load_image(read_image_file(path, sha256), max_pixels=max_pixels)).save(out, format="PNG")
+        return out.getvalue(), "image/png"
+    _check_unchanged(digest.hexdigest(), sha256)
+    return None, mimetypes.guess_type(path.name)[0] or _MEDIA_TYPES.get(_format_of(head), "application/octet-stream")
 
 
 _MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "BMP": "image/bmp", "WEBP": "image/webp"}
