@@ -21,7 +21,8 @@ router = APIRouter(tags=["images"])
 DESCRIPTION = """
 The image behind a search hit, as stored in the archive (a DICOM object as a PNG of its pixels: its header
 holds patient data), or with `size` a JPEG thumbnail whose long side is at most `size` pixels (what a results
-grid should load).  A file that changed on disk after it was indexed is a 410, never another image.  Images are addressed by index id only.  When the
+grid should load).  A file that changed on disk after it was indexed is a 410, never another image.  Images
+are addressed by index id only.  When the
 service runs with API keys, send `X-API-Key`, or use the `image_url` / `thumbnail_url` of a search hit, which
 carry a per-image `token` so that `<img src>` works in a browser.
 """

@@ -132,7 +132,6 @@ async def _search(
             hits = await index.search(vector, top_k, modality, label)
         await state.remember(key, hits, timings)
     kind_name = "image" if data is not None else "text"
-    others = [h for h in hits if h.get("sha256") != digest] if data is not None else hits
     threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
     warnings = []
     note = await index.label_warning(label, modality, len(hits))
@@ -144,6 +143,7 @@ async def _search(
         # (another file of the same pixels scores 1 too), and judge the rest
         hit["same_image"] = data is not None and hit.get("sha256") == digest
     hits.sort(key=lambda h: (-h["score"], not h["same_image"]))
+    others = [h for h in hits if not h["same_image"]]
     for hit in hits:
         token = image_token(settings.api_keys, hit["id"])
         url = f"{base}/v1/images/{hit['id']}"
