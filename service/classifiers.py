@@ -481,10 +481,9 @@ class ClassifierStore:
     ) -> ClassifierRow:
         """Write ``row`` with its arrays and examples: a new classifier, or (``replace``) a refit of one.
 
-        ``row.version`` is new with every save: the hash of the arrays and of what else decides an answer (the
-        categories in their order, the method, the text prior) and of this save's revision and a nonce, so a
-        refit to the same arrays and a classifier deleted and created again under its name with other labels
-        are new versions too (cached answers are keyed by it).  The files are written inside the write
+        ``row.version`` is new with every save (random: a version derived from the arrays alone was the same for
+        a classifier deleted and created again under its name with its labels swapped, and cached answers, keyed
+        by it, came back under the wrong label).  The files are written inside the write
         transaction: a concurrent delete collects unreferenced files under the same lock, so it never removes
         one that this save is about to refer to.
         """
@@ -497,10 +496,7 @@ class ClassifierStore:
         try:
             with self._write() as db:
                 old_arrays = self._claim_name(db, row, replace, max_classifiers)
-                answer = [row.method, row.text_prior, [(c["label"], c.get("text")) for c in row.categories]]
-                row.version = hashlib.sha256(
-                    json.dumps([digest, answer, row.revision, secrets.token_hex(8)], default=str).encode()
-                ).hexdigest()[:12]
+                row.version = secrets.token_hex(6)
                 atomic_write_bytes(self.root / "arrays" / row.arrays, buffer.getvalue(), durable=True)
                 for ex in examples:
                     if ex.data is not None:
