@@ -98,9 +98,14 @@ class EncodedImage(NamedTuple):
 FEATURELESS_BELOW = 1.0
 
 
+def featureless(spread: float | None) -> bool:
+    """Whether an image that varies by ``spread`` grey levels is almost uniform (None: not measured)."""
+    return spread is not None and spread < FEATURELESS_BELOW
+
+
 def featureless_warning(spread: float | None) -> list[dict[str, str]]:
-    """The ``featureless_image`` warning when an image varies by less than :data:`FEATURELESS_BELOW`."""
-    if spread is None or spread >= FEATURELESS_BELOW:
+    """The ``featureless_image`` warning when an image is :func:`featureless`."""
+    if not featureless(spread):
         return []
     return [
         {
@@ -382,7 +387,7 @@ class Engine:
                     explanation_body(categories[e.index], float(probs[e.index]), e, self.explainer.mode)
                     for e in evidence
                 ]
-                if featureless_warning(encoded.detail):  # any pattern in its maps is the network's, not the eye's
+                if featureless(encoded.detail):  # any pattern in its maps is the network's, not the eye's
                     for body in explanations:
                         body["heatmap"]["localised"] = False
         return ClassifyResult(
