@@ -175,14 +175,13 @@ _CODES = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "too_many_requests",
-    503: "busy",  # the only HTTPException 503: the upload budget (service/middleware.py); others are ServiceErrors
 }
 
 
 async def _http_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, StarletteHTTPException)
     status = err.status_code
-    code = _CODES.get(
+    code = getattr(err, "code", None) or _CODES.get(  # an exception may name its own code (service/middleware.py)
         status,
         HTTPStatus(status).phrase.lower().replace(" ", "_")
         if status in HTTPStatus._value2member_map_

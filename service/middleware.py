@@ -62,6 +62,8 @@ class _BodyTimeout(HTTPException):
 class _Busy(HTTPException):
     """Raised from ``receive`` when the bytes of the bodies in flight would exceed the upload budget."""
 
+    code = "busy"
+
     def __init__(self) -> None:
         super().__init__(503, _BUSY[2], headers={"Retry-After": "1"})
 
