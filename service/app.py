@@ -186,16 +186,17 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
     """/openapi.json with the configured limits (and, once loaded, the knowledge's task names); without API keys
     the X-API-Key scheme is dropped (clients and schema-driven tests read it literally)."""
     default = app.openapi
-    built_for: list[Any] = [None]  # what the cached schema was built from: the loaded state and its modalities
+    built_for: Any = None  # what the cached schema was built from: the loaded state and its modalities
 
     def openapi() -> dict[str, Any]:
+        nonlocal built_for
         state = getattr(app.state, "service", None)
         source = (id(state), tuple(state.index.modalities) if state is not None else ())
-        if app.openapi_schema is not None and source != built_for[0]:
+        if app.openapi_schema is not None and source != built_for:
             app.openapi_schema = None  # the index (re)loaded with other modalities: they are valid filters now
         if app.openapi_schema is None:
             schema = default()  # FastAPI's, which it caches in app.openapi_schema: patched in place
-            built_for[0] = source
+            built_for = source
             tasks = sorted(state.engine.categories()["tasks"]) if state is not None else None
             _set_limits(schema, settings, tasks, state.index.modalities if state is not None else ())
             if not (settings.api_keys and settings.protect_metrics):
