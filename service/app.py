@@ -28,7 +28,7 @@ from model import __version__
 from service.cache import Cache, MemoryCache, RedisCache
 from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
-from service.errors import error_body, install_error_handlers
+from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import RequestGuardMiddleware
 from service.routers import categories, classifiers, classify, embed, health, images, search
@@ -354,7 +354,9 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
 
     _openapi_with_settings(app, settings)
 
-    # Outermost first: CORS answers preflights before anything else; the guard rejects before bodies are read.
+    # Innermost first (each add wraps the ones before): a route's bug answered as a 500 inside every other
+    # layer; the guard rejects before bodies are read; CORS, outermost, answers preflights before anything else.
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestGuardMiddleware)
     app.add_middleware(
         MetricsMiddleware,

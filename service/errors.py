@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import (
     ArtifactError,
@@ -235,10 +236,46 @@ async def _client_disconnect(request: Request, err: Exception) -> JSONResponse:
     return _json(CLIENT_CLOSED_REQUEST, error_body("client_closed_request", "client disconnected"))
 
 
-async def _unexpected(request: Request, err: Exception) -> JSONResponse:
-    # A bug: log the traceback (no request content) and answer in the same envelope.
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+def _internal_error() -> JSONResponse:
     return _json(500, error_body("internal_error", "internal server error; the incident is logged"))
+
+
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+    # A bug in a middleware outside UnexpectedErrorMiddleware: Starlette answers with this, then re-raises.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _internal_error()
+
+
+class UnexpectedErrorMiddleware:
+    """A bug in a route: the traceback logged once (no request content) and a 500 in the usual envelope.
+
+    Starlette's handler for ``Exception`` answers and then re-raises, so the server logged the same traceback a
+    second time, and the answer left from outside every middleware, without the CORS headers a page needs to
+    read it.  Installed innermost, this answers the error like any other and returns.  Once an answer has
+    started nothing can replace it: the error goes on to the server, which logs it and closes the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error on %s %s", scope.get("method", ""), scope.get("path", ""))
+            await _internal_error()(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -30,12 +30,20 @@ class AugmentConfig:
     gamma: float = 0.3  # exponent drawn from [1 - g, 1 + g] (exposure curve)
     vignette: float = 0.4  # darkening towards the corners, strength drawn from [0, v]
     blur: float = 1.0  # Gaussian blur sigma drawn from [0, b] pixels of the model input (focus, resolution)
+    # a colour cast as large as between cameras (a pale pink fundus against an orange one: the blue channel's
+    # mean differs threefold): per-channel gain exp(u), u drawn from [-cast, cast]; 0 = off
+    cast: float = 0.0
+    # another camera's framing: with this probability, the image keeps only a central band (60-100 % of its
+    # height, or of its width) and the rest becomes the pad value, as a wide sensor crops the fundus circle; 0 = off
+    letterbox: float = 0.0
 
     def validate(self) -> AugmentConfig:
         if not (0 <= self.rotate_deg <= 45 and 0 <= self.brightness < 1 and 0 <= self.contrast < 1):
             raise ConfigError(f"augment: rotate_deg in [0, 45], brightness and contrast in [0, 1): {self}")
         if not (0 <= self.color < 1 and 0 <= self.gamma < 1 and 0 <= self.vignette <= 1 and 0 <= self.blur <= 5):
             raise ConfigError(f"augment: color and gamma in [0, 1), vignette in [0, 1], blur in [0, 5]: {self}")
+        if not (0 <= self.cast <= 1.5 and 0 <= self.letterbox <= 1):
+            raise ConfigError(f"augment: cast in [0, 1.5], letterbox in [0, 1]: {self}")
         if not (0.5 <= self.scale[0] <= self.scale[1] <= 2.0):
             raise ConfigError(f"augment.scale must satisfy 0.5 <= lo <= hi <= 2, got {self.scale}")
         return self
@@ -71,7 +79,27 @@ def augment(pixels: Tensor, cfg: AugmentConfig, pre: PreprocessConfig, gen: torc
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     pad = pre.pad_value / 255.0
     x = F.grid_sample(x - pad, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad
+    if cfg.letterbox > 0:
+        x = letterbox(x, cfg.letterbox, pad, gen)
     return (x - mean) / std
+
+
+def letterbox(x: Tensor, prob: float, pad: float, gen: torch.Generator) -> Tensor:
+    """With probability ``prob`` per image, keep a central band of 60-100 % of the height (or, as often, of the
+    width) and set the rest to ``pad``: the framing of a camera whose sensor cuts the fundus circle."""
+    b, _, h, w = x.shape
+    chosen = torch.rand(b, generator=gen) < prob
+    keep = _uniform(b, 0.6, 1.0, gen)
+    vertical = torch.rand(b, generator=gen) < 0.5
+    rows = torch.arange(h, dtype=x.dtype).view(1, h, 1)
+    cols = torch.arange(w, dtype=x.dtype).view(1, 1, w)
+    half_h = (keep * h / 2).view(b, 1, 1)
+    half_w = (keep * w / 2).view(b, 1, 1)
+    inside_rows = (rows - (h - 1) / 2).abs() <= half_h  # [B, h, 1]
+    inside_cols = (cols - (w - 1) / 2).abs() <= half_w  # [B, 1, w]
+    band = torch.where(vertical.view(b, 1, 1), inside_rows.expand(b, h, w), inside_cols.expand(b, h, w))
+    keep_mask = band | ~chosen.view(b, 1, 1)
+    return torch.where(keep_mask.unsqueeze(1), x, torch.full_like(x, pad))
 
 
 def site_variation(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor:
@@ -81,6 +109,8 @@ def site_variation(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tenso
     if cfg.color > 0:
         gain = _uniform(b * 3, 1 - cfg.color, 1 + cfg.color, gen).view(b, 3, 1, 1)
         x = (x * gain).clamp(0.0, 1.0)
+    if cfg.cast > 0:
+        x = (x * torch.exp(_uniform(b * 3, -cfg.cast, cfg.cast, gen)).view(b, 3, 1, 1)).clamp(0.0, 1.0)
     if cfg.gamma > 0:
         g = _uniform(b, 1 - cfg.gamma, 1 + cfg.gamma, gen).view(b, 1, 1, 1)
         x = x.clamp_min(1e-6) ** g

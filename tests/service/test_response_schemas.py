@@ -3,6 +3,7 @@ only by the slow fuzz test, and with no top-level field that the model leaves un
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,40 @@ def test_the_classify_answer_schema_carries_no_rule_of_the_request_form(api: Tes
     assert "not" not in spec["components"]["schemas"]["ClassifyResponse"]
     form = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert "not" in form
+
+
+def test_a_bug_in_a_route_is_logged_once_and_answered_like_any_error(
+    default_artifact: Path, real_image_paths: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starlette's handler for ``Exception`` answered, then re-raised to the server, which logged the traceback a
+    second time; its answer also left from outside the CORS layer, so a page could not read it.  Through the
+    ASGI interface as a server calls it: one log record, a 500 in the envelope with CORS headers, and nothing
+    raised to the server."""
+    import asyncio
+
+    import httpx
+
+    data = real_image_paths["CFP"][0].read_bytes()
+    origin = "https://clinic.example"
+    with TestClient(create_app(make_settings(default_artifact, cors_origins=[origin]))) as client:
+        engine = client.app.state.service.engine  # type: ignore[attr-defined]
+
+        def broken(*args: Any) -> list[dict[str, Any]]:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(engine, "warnings", broken)
+
+        async def call() -> httpx.Response:
+            transport = httpx.ASGITransport(app=client.app, raise_app_exceptions=True)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                return await http.post("/v1/classify", files={"image": ("eye.jpg", data)}, headers={"Origin": origin})
+
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            r = asyncio.run(call())
+        assert_error(r, 500, "internal_error")
+        assert r.headers.get("access-control-allow-origin") == origin
+        records = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+        assert len(records) == 1 and records[0].getMessage() == "unhandled error on POST /v1/classify", records
+        assert records[0].exc_info is not None and "a bug" in str(records[0].exc_info[1])

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from model.config import get_config
+from model.errors import ConfigError
 from model.nn.factory import create_model, default_tokenizer
 from model.preprocess import preprocess_batch
 from training.augment import AugmentConfig, augment
@@ -104,3 +105,34 @@ def test_site_variation_does_what_another_camera_does(golden_image: Image.Image)
     assert min(blurred) < 0.8 * detail(x) and max(blurred) <= detail(x) + 1e-6
     g = only(grey, gamma=0.9)
     assert 0 <= float(g.min()) and float(g.max()) <= 1 and not torch.allclose(g, grey)
+
+
+def test_camera_cast_and_framing_reach_what_other_cameras_do() -> None:
+    """The cast spans the colour of other cameras' photographs (a blue channel a third or three times as
+    strong), never leaving [0, 1]; the letterbox keeps a central band of 60-100 % of the height or width
+    untouched and sets the rest to the pad value, as a wide sensor crops the fundus circle."""
+    from training.augment import letterbox, site_variation
+
+    off = {"color": 0.0, "gamma": 0.0, "vignette": 0.0, "blur": 0.0}
+    x = torch.full((64, 3, 40, 40), 0.4)
+    cast = site_variation(x, AugmentConfig(**off, cast=1.2), torch.Generator().manual_seed(0))
+    ratio = cast[:, 2].mean(dim=(1, 2)) / cast[:, 0].mean(dim=(1, 2))  # blue / red per image
+    assert float(ratio.min()) < 1 / 3 and float(ratio.max()) > 3
+    assert 0 <= float(cast.min()) and float(cast.max()) <= 1
+    with pytest.raises(ConfigError, match="cast"):
+        AugmentConfig(cast=2.0).validate()
+
+    x = torch.rand(64, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(letterbox(x, 0.0, 0.0, torch.Generator().manual_seed(2)), x)
+    boxed = letterbox(x, 1.0, 0.0, torch.Generator().manual_seed(2))
+    kinds = set()
+    for original, out in zip(x, boxed, strict=True):
+        kept_rows = (out == original).all(dim=0).all(dim=1)  # [h]: rows left as they were
+        kept_cols = (out == original).all(dim=0).all(dim=0)
+        vertical = bool(kept_rows.any())  # some rows whole: a band of rows; else one of columns
+        band = kept_rows if vertical else kept_cols
+        kinds.add(vertical)
+        assert 0.55 * 40 <= int(band.sum()) <= 40 and bool(band[20])  # a central band of 60-100 %
+        outside = out[:, ~band, :] if vertical else out[:, :, ~band]
+        assert bool((outside == 0.0).all())
+    assert kinds == {True, False}
