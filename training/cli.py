@@ -31,7 +31,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # ================================================================================================= train
 # TrainConfig fields whose flags are parsed differently (--public and --holdout repeat, --losses names terms,
-# --no-site-augment switches the augmentation): resolve_train_config applies them by hand
+# --no-site-augment, --cast and --letterbox set the augmentation): resolve_train_config applies them by hand
 _FLAGS_WITH_OWN_MEANING = frozenset({"stage", "public", "holdout", "losses", "augment"})
 _FINITE = finite_float()  # nan and inf are refused as flags; TrainConfig.validate checks the ranges
 _NUMBER_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": _FINITE, "int | None": int, "float | None": _FINITE}
@@ -68,6 +68,11 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="do not compose elite pairs for the modalities the elite manifest lacks")
     p.add_argument("--no-site-augment", action="store_true",
                    help="switch off the camera / site augmentation (colour gain, gamma, vignetting, blur)")
+    p.add_argument("--cast", type=_FINITE, metavar="A",
+                   help="camera colour cast: per-channel gain exp(u), u drawn from [-A, A] (0-1.5; default 0: off)")
+    p.add_argument("--letterbox", type=_FINITE, metavar="P",
+                   help="probability that a view keeps only a central band of 60-100 %% of its height or width, "
+                   "the rest padded, as a wide camera sensor frames the fundus (0-1; default 0: off)")
     p.add_argument("--elite-text", choices=("composed", "atlas"),
                    help="text of the elite pairs composed from the train split: labels + expert descriptions "
                    "(composed) or an MM-Retinal atlas caption of the same condition (atlas)")
@@ -106,8 +111,15 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
             changes[key] = value
     if changes.get("elite_manifest", "").lower() == "none":
         changes["elite_manifest"] = None
+    augment = cfg.augment
     if args.no_site_augment:
-        changes["augment"] = dataclasses.replace(cfg.augment, color=0.0, gamma=0.0, vignette=0.0, blur=0.0)
+        augment = dataclasses.replace(augment, color=0.0, gamma=0.0, vignette=0.0, blur=0.0, cast=0.0, letterbox=0.0)
+    if args.cast is not None:
+        augment = dataclasses.replace(augment, cast=args.cast)
+    if args.letterbox is not None:
+        augment = dataclasses.replace(augment, letterbox=args.letterbox)
+    if augment != cfg.augment:
+        changes["augment"] = augment
     if args.public:
         changes["public"] = tuple(args.public)
     if args.holdout:

@@ -69,7 +69,9 @@ class FeatureStore(ImageSource):
 def _settings_key(prefix: ImagePrefix, pre: PreprocessConfig, aug: AugmentConfig, views: int, seed: int) -> str:
     """Everything but the image list that determines a cached map: frozen weights, preprocessing, views."""
     h = hashlib.sha256()
-    meta = {"format": CACHE_FORMAT, "pre": pre.__dict__, "aug": aug.__dict__, "views": views, "seed": seed,
+    # augmentations added later count only when switched on, so caches of earlier settings stay valid
+    augment = {k: v for k, v in aug.__dict__.items() if not (k in ("cast", "letterbox") and v == 0)}
+    meta = {"format": CACHE_FORMAT, "pre": pre.__dict__, "aug": augment, "views": views, "seed": seed,
             "blocks": prefix.blocks}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, tensor in prefix.state_dict().items():

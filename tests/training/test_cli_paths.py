@@ -79,3 +79,20 @@ def test_a_diverged_model_is_never_trained_saved_or_exported(tmp_path: Path, cap
     with pytest.raises(ArtifactError, match="not finite"):
         export_artifact(model, default_tokenizer(cfg), tmp_path / "artifact", data_root=None)
     assert not (tmp_path / "artifact" / "manifest.json").exists()
+
+
+def test_the_camera_augmentation_flags_reach_the_config_and_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import _train_parser, resolve_train_config
+
+    parse = lambda *flags: resolve_train_config(_train_parser().parse_args(["hybrid", *flags])).augment  # noqa: E731
+    assert (parse().cast, parse().letterbox) == (0.0, 0.0)  # off unless asked for
+    aug = parse("--cast", "0.7", "--letterbox", "0.3")
+    assert (aug.cast, aug.letterbox, aug.color) == (0.7, 0.3, 0.15)
+    off = parse("--no-site-augment")
+    assert (off.color, off.gamma, off.vignette, off.blur, off.cast, off.letterbox) == (0.0,) * 6
+    assert main(["train", "hybrid", "--cast", "2", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: augment: cast in [0, 1.5]") and "\n" not in err
+    assert not (tmp_path / "run").exists()
