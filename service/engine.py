@@ -42,7 +42,7 @@ from model.preprocess import (
     trimmed,
     upright_original_size,
 )
-from model.runtime import ImageEncoding, KeepfitRuntime
+from model.runtime import ImageEncoding, KeepfitRuntime, resolve_decision
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
 from service.metrics import Metrics
 from service.settings import Settings
@@ -79,6 +79,7 @@ class ClassifyResult:
     # Heat maps and ranked expert descriptions of the top predictions (``explain > 0``), serialised.
     explanations: list[dict[str, Any]] | None = None
     detail: float | None = None  # the image's spread in grey levels (model.preprocess.detail)
+    decision: str | None = None  # how the probabilities were made: "screening" or "flat" (model.runtime)
 
 
 class EncodedImage(NamedTuple):
@@ -337,10 +338,15 @@ class Engine:
         top_k: int | None,
         timings: Timings,
         explain: int = 0,
+        decision: str = "auto",
     ) -> ClassifyResult:
         """Zero-shot probabilities; with ``explain > 0`` also heat maps and ranked expert descriptions of the
-        ``explain`` most probable categories (within ``top_k``)."""
-        return self.classify_encoded(self.encode_bytes(data, timings), categories, modality, top_k, timings, explain)
+        ``explain`` most probable categories (within ``top_k``).  ``decision``: ``auto`` (screening for the
+        modality's default set, one softmax for named categories), ``screening`` or ``flat``
+        (:func:`model.runtime.resolve_decision`)."""
+        return self.classify_encoded(
+            self.encode_bytes(data, timings), categories, modality, top_k, timings, explain, decision
+        )
 
     def classify_encoded(
         self,
@@ -350,6 +356,7 @@ class Engine:
         top_k: int | None,
         timings: Timings,
         explain: int = 0,
+        decision: str = "auto",
     ) -> ClassifyResult:
         """:meth:`classify` of an image already through :meth:`encode_bytes`."""
         encoding, upright, stated = encoded.encoding, encoded.upright, encoded.stated
@@ -366,12 +373,14 @@ class Engine:
             if modality == "auto" and stated in self.modalities:
                 used = stated  # what a DICOM header states beats a guess
             confidence = mod_probs.get(used)
+            decided = resolve_decision(decision, default_set=categories is None)
             if categories is None:
                 names = self.knowledge.category_set(used)
                 categories = [Category(n, n, True) for n in names]
             canonical = [c.canonical for c in categories]
             class_emb = self.runtime.class_embeddings(canonical, used)  # [C, D], cached
-            probs = self.runtime.zero_shot(embedding, class_emb, self.runtime.class_bias(canonical, used))[0]  # [C]
+            probs_all, decided = self.runtime.predict(embedding, canonical, used, decided)
+            probs = probs_all[0]  # [C]
         order = np.argsort(-probs, kind="stable")
         if top_k is not None:
             order = order[:top_k]
@@ -404,6 +413,7 @@ class Engine:
             class_embeddings=class_emb,
             explanations=explanations,
             detail=encoded.detail,
+            decision=decided,
         )
 
     def embed_image(self, data: bytes | ReadableFile, timings: Timings) -> np.ndarray:

@@ -10,6 +10,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 # The modalities are model.config.MODALITIES; a Literal must spell them out for the type checker, and
 # tests/service/test_registries.py fails when the two disagree.
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
+Decision = Literal["auto", "screening", "flat"]
+_DECISION = (
+    "how scores become probabilities. `screening`: is the eye normal (normal against the mean of the other "
+    "categories' embeddings), then which of the others, each given its share of the rest; `flat`: one softmax "
+    "over all categories; `auto` (default): screening for the modality's default set, flat for categories or a "
+    "task you name. Screening applies only to a set with `normal` and at least two others, none of them a "
+    "healthy or absent finding (`no ...`); elsewhere the answer is flat"
+)
 # A search's modality filter: the model's modalities and any the loaded index holds (ffa_huapu4's "CFP/IR"); the
 # served /openapi.json lists both (service/app.py), the rest is a 422 (service/routers/search.py)
 IndexModality = Annotated[str, Field(max_length=64, json_schema_extra={"enum": ["CFP", "FFA", "OCT"]})]
@@ -211,6 +219,7 @@ class ClassifyResponse(BaseModel):
                         "probabilities": {"CFP": 0.97, "FFA": 0.02, "OCT": 0.01},
                     },
                     "task": None,
+                    "decision": "flat",
                     "warnings": [],
                     "predictions": [
                         {
@@ -240,6 +249,9 @@ class ClassifyResponse(BaseModel):
     model_version: str
     modality: ModalityResult
     task: str | None = Field(None, description="the named task whose categories were scored, if one was sent")
+    decision: Literal["screening", "flat"] | None = Field(
+        None, description="how the probabilities were made (see the form's `decision`); null for a classifier"
+    )
     warnings: list[ClassifyWarning] = Field(
         default_factory=list,
         description="reasons to distrust this answer (empty when there are none); show them to the user",
@@ -309,6 +321,7 @@ class ClassifyForm(BaseModel):
         description="DICOM multi-frame: the frame to use (default: an OCT volume's centre)",
     )
     explain: bool = Field(False, description="also return heat maps and matched expert descriptions")
+    decision: Decision = Field("auto", description=_DECISION)
     explain_top: FormInt = Field(
         3, ge=1, le=MAX_EXPLAIN_TOP, description="how many of the most probable predictions to explain"
     )

@@ -29,6 +29,7 @@ from training.evaluate import (
     ImageEmbedder,
     caption_retrieval_metrics,
     class_embeddings,
+    default_set_normal,
     few_shot_metrics,
     linear_probe_metrics,
     load_caption_pairs,
@@ -254,6 +255,10 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
         "seconds": round(time.perf_counter() - t0, 1),
     }
     summary["open_set_cfp_outside_share"] = open_set["outside_share"]
+    # the default CFP categories (no `categories` sent): healthy eyes called normal, diseased eyes called normal
+    summary["default_set_normal"] = {
+        site: {d: [v[d]["healthy_called_normal"], v[d]["diseased_called_normal"]] for d in ("screening", "flat")}
+        for site, v in open_set["default_set"].items()}
     payload = {"command": "suite", "summary": summary, "tasks": tasks, "open_set_cfp": open_set,
                "atlas_retrieval": atlas, "unreadable": embedder.report.skipped}
     if run_dir is not None and (run_dir / "history.jsonl").is_file():
@@ -327,22 +332,35 @@ def _atlas_retrieval(runtime: KeepfitRuntime, data_root: Path, embedder: ImageEm
 
 
 def _open_set(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: ImageEmbedder) -> dict[str, Any]:
-    """CFP test images classified over the whole CFP category set the service offers (glaucoma, AMD, myopia,
-    cataract, vein occlusions... none of which our labelled images carry).  Where the top category is one our
-    data never labels, the answer is unverifiable at best and usually wrong: its share says how much the
-    model reaches for categories it was never shown."""
+    """CFP images classified over the whole CFP category set the service offers (glaucoma, AMD, myopia,
+    cataract, vein occlusions... none of which our labelled images carry), as served (the screening decision)
+    and in one softmax.  On the training site's DME rows: where the top category is one our data never labels,
+    the answer is unverifiable at best and usually wrong, so its share says how much the model reaches for
+    categories it was never shown.  On both sites' normal-vs-DR rows: how often healthy eyes come out
+    ``normal``, and diseased eyes too (:func:`training.evaluate.default_set_normal`)."""
     kn = runtime.knowledge
     offered = kn.category_set("CFP")
     s = load_eval_set(data_root / "cfp_oct_mx/labels.csv", "dme", kn, split, "CFP", name="open_set")
     img, _ = embedder(s.paths, desc="open-set CFP")
-    probs = runtime.zero_shot(img, runtime.class_embeddings(offered, "CFP"), runtime.class_bias(offered, "CFP"))
-    top = probs.argmax(axis=1)
     ours = {"normal", "diabetic macular edema", "non-proliferative diabetic retinopathy",
             "proliferative diabetic retinopathy"}
-    counts = {c: int((top == i).sum()) for i, c in enumerate(offered)}
-    outside = sum(n for c, n in counts.items() if c not in ours)
-    return {"n": int(len(top)), "categories": offered, "top1_counts": counts,
-            "outside_share": outside / max(1, len(top)), "labelled_categories": sorted(ours)}
+    result: dict[str, Any] = {"n": int(len(img)), "categories": offered, "labelled_categories": sorted(ours)}
+    for decision in ("screening", "flat"):
+        top = runtime.predict(img, offered, "CFP", decision)[0].argmax(axis=1)
+        counts = {c: int((top == i).sum()) for i, c in enumerate(offered)}
+        share = sum(n for c, n in counts.items() if c not in ours) / max(1, len(top))
+        if decision == "screening":  # the served answer, under the keys it always had
+            result.update(top1_counts=counts, outside_share=share)
+        result[decision] = {"top1_counts": counts, "outside_share": share}
+    sites = {}
+    for site, spec in (("training_site", "normal_cfp"), ("unseen_site", "site2_normal")):
+        task = next(t for t in SUITE if t.name == spec)
+        if not (data_root / task.manifest).is_file():
+            continue
+        x, rows = _embed(embedder, load_spec(task, data_root, kn, split), f"default set, {site}")
+        sites[site] = default_set_normal(runtime, x, rows.labels == rows.classes.index("normal"), "CFP")
+    result["default_set"] = sites
+    return result
 
 
 def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dict[str, Any], split: str,
@@ -381,7 +399,17 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
               f"{open_set['n']} CFP {split} images (all diabetic eye disease or normal) classified over the "
               f"{len(open_set['categories'])} CFP categories of the service; top-1 counts: "
               + ", ".join(f"{c} {n}" for c, n in open_set["top1_counts"].items() if n)
-              + f". Share whose top category is one our data never labels: {fmt(open_set['outside_share'])}."]
+              + f". Share whose top category is one our data never labels: {fmt(open_set['outside_share'])} "
+              f"(one softmax over the set instead of the screening decision: {fmt(open_set['flat']['outside_share'])})."]
+    if open_set.get("default_set"):
+        lines += ["", "Normal-vs-DR images over the same default categories: share of healthy eyes whose top "
+                  "category is `normal`, and of eyes with DR called normal.", "",
+                  "| site | healthy (n) | DR (n) | healthy called normal: served / one softmax | "
+                  "DR called normal: served / one softmax |", "|---|---|---|---|---|"]
+        for site, d in open_set["default_set"].items():
+            lines.append(f"| {site.replace('_', ' ')} | {d['n_healthy']} | {d['n_diseased']} | "
+                         f"**{fmt(d['screening']['healthy_called_normal'])}** / {fmt(d['flat']['healthy_called_normal'])} | "
+                         f"{fmt(d['screening']['diseased_called_normal'])} / {fmt(d['flat']['diseased_called_normal'])} |")
     if curves:
         lines += ["", "## Training curves", "", "![training curves](curves.png)"]
     lines += ["", f"Unreadable images skipped: {summary['unreadable_images']}. Time: {summary['seconds']} s.", ""]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from model.errors import DataError
 from model.knowledge import Knowledge
-from model.runtime import prompt_means
+from model.runtime import KeepfitRuntime, prompt_means, screening_normal, zero_shot_probabilities
 from training.data import LoadReport, check_files, filter_rows, iter_images, read_manifest
 from training.metrics import classification_summary, precision_at_k
 
@@ -287,18 +287,38 @@ def modality_embeddings(
     return prompt_means(encode_texts, [prompts[m] for m in classes], flair_pooling)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 # ---------------------------------------------------------------------------------------------- metrics
 def zero_shot_metrics(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, classes: Sequence[str],
-                      logit_scale: float, bias: np.ndarray | None = None) -> dict[str, Any]:
-    logits = logit_scale * img @ cls.T  # [N, C]
-    probs = _softmax(logits if bias is None else logits + bias)
-    return classification_summary(labels, probs, classes)
+                      logit_scale: float, bias: np.ndarray | None = None, decision: str = "flat"
+                      ) -> dict[str, Any]:
+    """Zero-shot metrics of ``classes`` (canonical names): one softmax, as ``/v1/classify`` decides a set the
+    caller names, or with ``decision="screening"`` the screening decision where it applies to the set
+    (:func:`model.runtime.screening_normal`)."""
+    normal = screening_normal(classes) if decision == "screening" else None
+    probs = zero_shot_probabilities(img, cls, logit_scale, bias, normal)  # [N, C]
+    return {**classification_summary(labels, probs, classes), "decision": "flat" if normal is None else "screening"}
+
+
+def default_set_normal(runtime: KeepfitRuntime, img: np.ndarray, healthy: np.ndarray, modality: str
+                       ) -> dict[str, Any]:
+    """Over the modality's whole default category set (what ``/v1/classify`` scores without ``categories``),
+    under the served decision (screening) and under one softmax: the share of healthy eyes whose top category is
+    ``normal``, of diseased eyes called normal, and the top categories of the healthy eyes."""
+    offered = runtime.knowledge.category_set(modality)
+    out: dict[str, Any] = {"categories": len(offered), "n_healthy": int(healthy.sum()),
+                           "n_diseased": int((~healthy).sum())}
+    for decision in ("screening", "flat"):
+        probs, used = runtime.predict(img, offered, modality, decision)
+        top = np.asarray(offered)[probs.argmax(axis=1)]
+        called = top == "normal"
+        counts = Counter(str(c) for c in top[healthy])
+        entry = {"decision": used, "healthy_called_normal": float(called[healthy].mean()) if healthy.any() else None,
+                 "diseased_called_normal": float(called[~healthy].mean()) if (~healthy).any() else None,
+                 "healthy_top1": dict(counts.most_common())}
+        if decision == "screening":  # the served answer: also at the top level, as before
+            out.update({k: v for k, v in entry.items() if k != "healthy_top1"})
+        out[decision] = entry
+    return out
 
 
 def retrieval_metrics(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, classes: Sequence[str],

@@ -28,7 +28,7 @@ import numpy as np
 
 from model.knowledge import Knowledge, name_key
 from model.runtime import KeepfitRuntime
-from training.evaluate import EvalSet, ImageEmbedder, load_eval_set, zero_shot_metrics
+from training.evaluate import EvalSet, ImageEmbedder, default_set_normal, load_eval_set, zero_shot_metrics
 from training.reports import fmt
 
 logger = logging.getLogger(__name__)
@@ -151,17 +151,6 @@ def wording_eval(runtime: KeepfitRuntime, task: WordingTask, data_root: Path, sp
             "rows_skipped": dict(s.skipped)}
 
 
-def default_set_normal(runtime: KeepfitRuntime, img: np.ndarray, healthy: np.ndarray, modality: str
-                       ) -> dict[str, Any]:
-    """Over the modality's whole default category set (what ``/v1/classify`` scores without ``categories``):
-    the share of healthy eyes whose top category is ``normal``, and of diseased eyes wrongly called normal."""
-    offered = runtime.knowledge.category_set(modality)
-    top = np.asarray(offered)[runtime.zero_shot(img, runtime.class_embeddings(offered, modality)).argmax(axis=1)]
-    called = top == "normal"
-    return {"categories": len(offered), "healthy_called_normal": float(called[healthy].mean()),
-            "diseased_called_normal": float(called[~healthy].mean()), "n_healthy": int(healthy.sum())}
-
-
 def text_similarity(runtime: KeepfitRuntime, sources: Sequence[Knowledge]) -> dict[str, Any]:
     """Synonym vs non-synonym cosines of every category that has aliases: raw encoder strings (the alias and the
     category names alone) and the served class embeddings (CFP prompts; aliases resolved)."""
@@ -230,13 +219,15 @@ def synonyms_markdown(header: list[str], tasks: dict[str, Any], text: dict[str, 
     with_default = {n: t for n, t in tasks.items() if "default_set" in t}
     if with_default:
         lines += ["", "Over the modality's whole default category set (no `categories` sent): share of healthy eyes "
-                  "whose top category is `normal`, and of diseased eyes called normal.", "",
-                  "| task | categories | healthy eyes (n) | healthy called normal | diseased called normal |",
-                  "|---|---|---|---|---|"]
+                  "whose top category is `normal`, and of diseased eyes called normal, as served (the screening "
+                  "decision) and in one softmax over the set.", "",
+                  "| task | categories | healthy eyes (n) | healthy called normal: served / one softmax | "
+                  "diseased called normal: served / one softmax |", "|---|---|---|---|---|"]
         for t in with_default.values():
             d = t["default_set"]
-            lines.append(f"| {t['title']} | {d['categories']} | {d['n_healthy']} | {fmt(d['healthy_called_normal'])} "
-                         f"| {fmt(d['diseased_called_normal'])} |")
+            lines.append(f"| {t['title']} | {d['categories']} | {d['n_healthy']} | "
+                         f"{fmt(d['screening']['healthy_called_normal'])} / {fmt(d['flat']['healthy_called_normal'])} | "
+                         f"{fmt(d['screening']['diseased_called_normal'])} / {fmt(d['flat']['diseased_called_normal'])} |")
     raw, srv = text["raw"], text["served"]
     lines += ["", "## Text embeddings: synonyms vs non-synonyms", "",
               f"{text['aliases']} aliases of {text['categories']} categories. Raw encoder (the alias and the category "

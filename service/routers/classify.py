@@ -18,7 +18,14 @@ from service.engine import MAX_CATEGORY_CHARS, ClassifyResult, EncodedImage, Tim
 from service.errors import InvalidRequestError
 from service.routers._body import image_form_schema, parse_multipart, require_multipart
 from service.routers.classifiers import classify_with_classifier
-from service.schemas import HARD_MAX_TOP_K, MAX_EXPLAIN_TOP, ClassifyForm, ClassifyResponse, error_responses
+from service.schemas import (
+    _DECISION,
+    HARD_MAX_TOP_K,
+    MAX_EXPLAIN_TOP,
+    ClassifyForm,
+    ClassifyResponse,
+    error_responses,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,8 @@ OPENAPI_BODY = {
                         "classifier": {"type": "string", "minLength": 1, "maxLength": 64},
                         "frame": {"type": "integer", "minimum": 0, "maximum": 100000},
                         "explain": {"type": "boolean", "default": False},
+                        "decision": {"type": "string", "enum": ["auto", "screening", "flat"], "default": "auto",
+                                     "description": _DECISION},
                         "explain_top": {
                             "type": "integer",
                             "minimum": 1,
@@ -112,9 +121,10 @@ async def _classify(
     if top_k is not None and top_k > settings.max_top_k:
         raise InvalidRequestError(f"top_k is {top_k}; the limit is {settings.max_top_k}")
     if form.classifier is not None:
-        if categories or form.task or form.explain or modality != "auto":
+        if categories or form.task or form.explain or modality != "auto" or form.decision != "auto":
             raise InvalidRequestError(
-                "with 'classifier' send no 'categories', 'task', 'modality' or 'explain': the classifier fixes them"
+                "with 'classifier' send no 'categories', 'task', 'modality', 'explain' or 'decision': the "
+                "classifier fixes them"
             )
         return await classify_with_classifier(state, upload, form.classifier, top_k, start, form.frame, early)
     resolved = engine.resolve_categories(categories, form.task)
@@ -123,6 +133,7 @@ async def _classify(
         "categories": sorted(c.label for c in resolved) if resolved is not None else None,
         "modality": modality,
         "top_k": top_k,
+        "decision": form.decision,  # also "auto": answers made before the screening decision existed never match
     }
     explain = form.explain_top if form.explain else 0
     if explain:  # only then, so the keys of plain requests stay as they were
@@ -136,12 +147,12 @@ async def _classify(
 
     async def compute() -> dict[str, Any]:
         def rest(encoded: EncodedImage, job_timings: Timings) -> ClassifyResult:  # after a head start
-            return engine.classify_encoded(encoded, resolved, modality, top_k, job_timings, explain)
+            return engine.classify_encoded(encoded, resolved, modality, top_k, job_timings, explain, form.decision)
 
         # else the normal or the large-image lane (by the header's pixel count), with the DICOM frame asked for
         classify_frame = partial(call_with_frame, form.frame, engine.classify)
         result = await state.image_result(
-            early, rest, timings, classify_frame, data, resolved, modality, top_k, timings, explain
+            early, rest, timings, classify_frame, data, resolved, modality, top_k, timings, explain, form.decision
         )
         answer: dict[str, Any] = {
             "model_name": engine.name,
@@ -154,6 +165,7 @@ async def _classify(
                 "probabilities": result.modality_probabilities,
             },
             "task": task,
+            "decision": result.decision,
             "warnings": engine.warnings(result, task),
             "predictions": result.predictions,
             "categories": result.categories,

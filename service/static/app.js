@@ -464,6 +464,8 @@
     const warnings = r.warnings || [];
     $('warnings').replaceChildren(...warnings.map((w) => el('li', { 'data-code': w.code }, el('strong', { text: 'Warning: ' }), w.message)));
     $('warnings').hidden = warnings.length === 0;
+    // the service screens a default set (normal against the other categories first): say so beside the list
+    $('decision').textContent = r.decision === 'screening' ? '(normal weighed against the other categories first)' : '';
     const explained = new Map((r.explanations || []).map((e, i) => [e.label, i]));
     $('predictions').replaceChildren(...r.predictions.map((p) => {
       const idx = explained.get(p.label);

@@ -56,6 +56,9 @@ def test_prediction_bars_fill_to_their_probability(
         # the filled part is the probability's share of the track, to the pixel
         assert bar["fill"] == pytest.approx(probability * bar["track"], abs=1.0)
     assert bars[0]["fill"] > 0.1 * bars[0]["track"]  # the top prediction visibly fills its bar
+    # the default set was screened (normal against the other categories first), and the page says so
+    assert response.value.json()["decision"] == "screening"
+    assert "normal weighed against the other categories first" in page.inner_text("#decision")
     signed_in.screenshot("first-hour-bars")
 
 

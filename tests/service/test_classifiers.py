@@ -251,6 +251,10 @@ def test_bad_inputs_are_clear_4xx(
         data={"classifier": "ok", "categories": ["a", "b"]},
     )
     assert both.status_code == 422
+    decided = client.post(
+        "/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "ok", "decision": "flat"}
+    )
+    assert decided.status_code == 422 and "'decision'" in decided.json()["error"]["message"]
 
 
 def test_limits(default_artifact: Path, index_dir: Path, store_dir: Path, records: list[Any]) -> None:

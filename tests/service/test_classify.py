@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from fastapi.testclient import TestClient
 
 from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
+from service.app import create_app
+from tests.service.helpers import make_settings
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +42,11 @@ def test_default_set_matches_the_runtime(
     probs = [p["probability"] for p in body["predictions"]]
     assert probs == sorted(probs, reverse=True)
     assert sum(probs) == pytest.approx(1.0, abs=1e-5)
-    direct = runtime.classify([load_image(real_images[modality])], expected_set, modality)[0]
+    direct = runtime.classify([load_image(real_images[modality])], None, modality)[0]  # its default set
     served = {p["label"]: p["probability"] for p in body["predictions"]}
     np.testing.assert_allclose([served[c] for c in expected_set], direct, atol=1e-5)
+    # a default set is screened where it can be: OCT's holds "no diabetic macular edema", so one softmax
+    assert body["decision"] == ("flat" if modality == "OCT" else "screening")
     assert body["model_version"] == runtime.version
     assert body["image"]["width"] > 0 and len(body["image"]["sha256"]) == 64
 
@@ -146,3 +151,43 @@ def test_images_above_the_large_image_threshold_get_the_same_answer_in_their_own
         want = {p["label"]: p["probability"] for p in normal["predictions"]}
         assert got.keys() == want.keys()
         assert max(abs(got[k] - want[k]) for k in got) < 1e-5
+
+
+def test_the_decision_is_screening_for_the_default_set_and_flat_for_named_categories(
+    default_artifact: Path, runtime: KeepfitRuntime, real_images: dict[str, bytes]
+) -> None:
+    """``decision=auto``: the default set is screened, a set the caller names gets one softmax; either can be
+    asked for.  Each answer says which it got, matches the runtime, and is cached under its own decision (an
+    answer of one decision is never served for the other)."""
+    image = [load_image(real_images["CFP"])]
+    named = ["healthy", "glaucoma", "AMD"]  # an alias of normal: screening recognises it
+    canonical = [runtime.knowledge.canonical(c) for c in named]
+    emb = runtime.encode_images(image)
+    cases = [
+        ({}, "screening", runtime.knowledge.category_set("CFP")),
+        ({"decision": "flat"}, "flat", runtime.knowledge.category_set("CFP")),
+        ({"categories": named}, "flat", canonical),
+        ({"categories": named, "decision": "screening"}, "screening", canonical),
+    ]
+    with TestClient(create_app(make_settings(default_artifact))) as api:  # its own cache
+        _check_decisions(api, runtime, real_images, emb, cases)
+
+
+def _check_decisions(api: TestClient, runtime: KeepfitRuntime, real_images: dict[str, bytes], emb: np.ndarray,
+                     cases: list[tuple[dict[str, Any], str, list[str]]]) -> None:
+    for form, decision, cats in cases:
+        body = _classify(api, real_images["CFP"], modality="CFP", **form).json()
+        assert body["decision"] == decision and body["cached"] is False, (form, body)
+        served = {p["canonical"]: p["probability"] for p in body["predictions"]}
+        expected = runtime.predict(emb, cats, "CFP", decision)[0][0]
+        np.testing.assert_allclose([served[c] for c in cats], expected, atol=1e-5)
+        again = _classify(api, real_images["CFP"], modality="CFP", **form).json()
+        assert again["cached"] is True and again["decision"] == decision
+    screened = _classify(api, real_images["CFP"], modality="CFP").json()["predictions"]
+    flat = _classify(api, real_images["CFP"], modality="CFP", decision="flat").json()["predictions"]
+    assert [p["probability"] for p in screened] != [p["probability"] for p in flat]
+    # a set screening cannot apply to answers flat even when screening is asked for
+    body = _classify(api, real_images["CFP"], modality="CFP", task="dr", decision="screening").json()
+    assert body["decision"] == "flat"
+    r = _classify(api, real_images["CFP"], decision="bayes")
+    assert r.status_code == 422 and "decision" in r.json()["error"]["message"]
