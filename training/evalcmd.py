@@ -255,9 +255,11 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
         "seconds": round(time.perf_counter() - t0, 1),
     }
     summary["open_set_cfp_outside_share"] = open_set["outside_share"]
-    # the default CFP categories (no `categories` sent): healthy eyes called normal, diseased eyes called normal
+    # the default CFP categories (no `categories` sent): healthy eyes called normal; eyes with DR called normal,
+    # and given a diabetic category
     summary["default_set_normal"] = {
-        site: {d: [v[d]["healthy_called_normal"], v[d]["diseased_called_normal"]] for d in ("screening", "flat")}
+        site: {d: [v[d]["healthy_called_normal"], v[d]["diseased_called_normal"], v[d]["diseased_called_family"]]
+               for d in ("screening", "flat")}
         for site, v in open_set["default_set"].items()}
     payload = {"command": "suite", "summary": summary, "tasks": tasks, "open_set_cfp": open_set,
                "atlas_retrieval": atlas, "unreadable": embedder.report.skipped}
@@ -358,7 +360,8 @@ def _open_set(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: Im
         if not (data_root / task.manifest).is_file():
             continue
         x, rows = _embed(embedder, load_spec(task, data_root, kn, split), f"default set, {site}")
-        sites[site] = default_set_normal(runtime, x, rows.labels == rows.classes.index("normal"), "CFP")
+        sites[site] = default_set_normal(runtime, x, rows.labels == rows.classes.index("normal"), "CFP",
+                                         family=sorted(ours - {"normal"}))
     result["default_set"] = sites
     return result
 
@@ -403,13 +406,17 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
               f"(one softmax over the set instead of the screening decision: {fmt(open_set['flat']['outside_share'])})."]
     if open_set.get("default_set"):
         lines += ["", "Normal-vs-DR images over the same default categories: share of healthy eyes whose top "
-                  "category is `normal`, and of eyes with DR called normal.", "",
+                  "category is `normal`; of eyes with DR called normal, and given a diabetic category (diabetic "
+                  "macular edema, non-proliferative or proliferative DR).", "",
                   "| site | healthy (n) | DR (n) | healthy called normal: served / one softmax | "
-                  "DR called normal: served / one softmax |", "|---|---|---|---|---|"]
+                  "DR called normal: served / one softmax | DR given a diabetic category: served / one softmax |",
+                  "|---|---|---|---|---|---|"]
         for site, d in open_set["default_set"].items():
+            sc, fl = d["screening"], d["flat"]
             lines.append(f"| {site.replace('_', ' ')} | {d['n_healthy']} | {d['n_diseased']} | "
-                         f"**{fmt(d['screening']['healthy_called_normal'])}** / {fmt(d['flat']['healthy_called_normal'])} | "
-                         f"{fmt(d['screening']['diseased_called_normal'])} / {fmt(d['flat']['diseased_called_normal'])} |")
+                         f"**{fmt(sc['healthy_called_normal'])}** / {fmt(fl['healthy_called_normal'])} | "
+                         f"{fmt(sc['diseased_called_normal'])} / {fmt(fl['diseased_called_normal'])} | "
+                         f"{fmt(sc['diseased_called_family'])} / {fmt(fl['diseased_called_family'])} |")
     if curves:
         lines += ["", "## Training curves", "", "![training curves](curves.png)"]
     lines += ["", f"Unreadable images skipped: {summary['unreadable_images']}. Time: {summary['seconds']} s.", ""]

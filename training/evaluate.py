@@ -299,11 +299,12 @@ def zero_shot_metrics(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, clas
     return {**classification_summary(labels, probs, classes), "decision": "flat" if normal is None else "screening"}
 
 
-def default_set_normal(runtime: KeepfitRuntime, img: np.ndarray, healthy: np.ndarray, modality: str
-                       ) -> dict[str, Any]:
+def default_set_normal(runtime: KeepfitRuntime, img: np.ndarray, healthy: np.ndarray, modality: str,
+                       family: Sequence[str] = ()) -> dict[str, Any]:
     """Over the modality's whole default category set (what ``/v1/classify`` scores without ``categories``),
     under the served decision (screening) and under one softmax: the share of healthy eyes whose top category is
-    ``normal``, of diseased eyes called normal, and the top categories of the healthy eyes."""
+    ``normal``, of diseased eyes called normal, the top categories of the healthy eyes, and (``family``: the
+    categories right for the diseased eyes) the share of diseased eyes given one of them."""
     offered = runtime.knowledge.category_set(modality)
     out: dict[str, Any] = {"categories": len(offered), "n_healthy": int(healthy.sum()),
                            "n_diseased": int((~healthy).sum())}
@@ -315,6 +316,8 @@ def default_set_normal(runtime: KeepfitRuntime, img: np.ndarray, healthy: np.nda
         entry = {"decision": used, "healthy_called_normal": float(called[healthy].mean()) if healthy.any() else None,
                  "diseased_called_normal": float(called[~healthy].mean()) if (~healthy).any() else None,
                  "healthy_top1": dict(counts.most_common())}
+        if family:
+            entry["diseased_called_family"] = float(np.isin(top[~healthy], list(family)).mean()) if (~healthy).any() else None
         if decision == "screening":  # the served answer: also at the top level, as before
             out.update({k: v for k, v in entry.items() if k != "healthy_top1"})
         out[decision] = entry

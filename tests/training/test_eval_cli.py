@@ -152,6 +152,18 @@ def test_suite_records_into_checkpoint_and_compares(tiny_artifact: Path, data_ro
     assert summary["zero_shot_mean"] == pytest.approx(np.mean(
         [summary["zero_shot_balanced_accuracy"][n] for n in summary["zero_shot_mean_tasks"]]))
     assert (out / "confusion_dme_oct.png").is_file() and "Open set" in (out / "report.md").read_text()
+    # the default CFP set on both sites' normal-vs-DR rows, as served (screening) and in one softmax
+    default = report["open_set_cfp"]["default_set"]
+    assert set(default) == {"training_site", "unseen_site"}
+    unseen = default["unseen_site"]
+    assert unseen["n_healthy"] + unseen["n_diseased"] == report["tasks"]["site2_normal"]["zero_shot"]["n"]
+    assert unseen["screening"]["decision"] == "screening" and unseen["flat"]["decision"] == "flat"
+    for site in default.values():
+        for d in ("screening", "flat"):
+            assert sum(site[d]["healthy_top1"].values()) == site["n_healthy"]
+            assert 0 <= site[d]["diseased_called_normal"] + site[d]["diseased_called_family"] <= 1 + 1e-9
+    assert summary["default_set_normal"]["unseen_site"]["screening"][0] == unseen["screening"]["healthy_called_normal"]
+    assert "DR given a diabetic category" in (out / "report.md").read_text()
     assert read_checkpoint(ckpt)["evaluation"]["zero_shot_mean"] == pytest.approx(summary["zero_shot_mean"])
     assert torch.is_tensor(read_checkpoint(ckpt)["state_dict"]["logit_scale"])  # the weights survived the rewrite
     capsys.readouterr()
