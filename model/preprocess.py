@@ -464,11 +464,13 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     on every pixel and bit-identical to it.
     """
     canvas, _ = resize_pad(image, cfg)
-    rgb = np.asarray(canvas)  # [S, S, 3] uint8
+    # channels first as contiguous planes before the lookup: indexing with a strided [S, S] view of [S, S, 3]
+    # took 3.7x as long (0.86 against 0.23 ms at 224 px), for the same values
+    planes = np.ascontiguousarray(np.asarray(canvas).transpose(2, 0, 1))  # [3, S, S] uint8
     table = _normalise_table(tuple(cfg.mean), tuple(cfg.std))  # [3, 256]
-    out = np.empty((3, *rgb.shape[:2]), dtype=np.float32)  # [3, S, S]
+    out = np.empty(planes.shape, dtype=np.float32)  # [3, S, S]
     for c in range(3):
-        np.take(table[c], rgb[:, :, c], out=out[c])
+        np.take(table[c], planes[c], out=out[c])
     return out
 
 
