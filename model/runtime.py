@@ -61,7 +61,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # How a category set's scores become probabilities (``/v1/classify``'s ``decision``).  "screening" asks first
 # whether the eye is normal, then which of the other categories it is; "flat" is one softmax over them all;
 # "auto" is screening for a modality's default set (many unrelated conditions) and flat for a set the caller
-# names (the caller's own question, often a few grades of one disease, where screening measured worse).
+# names (the caller's own question, often normal and a few grades of one disease, whose mean is that disease
+# rather than "abnormal").
 DECISIONS = ("auto", "screening", "flat")
 
 
