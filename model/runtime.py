@@ -100,7 +100,7 @@ def zero_shot_probabilities(
     normal category, see :func:`screening_normal`).
 
     Screening: P(normal) is normal against *abnormal*, the re-normalised mean of the other categories'
-    embeddings, in a softmax of two; each other category gets ``1 - P(normal)`` times its share of a softmax
+    embeddings (with the mean of their offsets), in a softmax of two; each other category gets ``1 - P(normal)`` times its share of a softmax
     among them.  In one softmax, "normal" competes with the best of many diseases, and the healthy eyes of a
     camera the model was not trained on were given to whichever disease lay nearest (on another site's
     photographs over the eleven default CFP categories, 5 % of healthy eyes came out normal).  Which disease
@@ -112,7 +112,10 @@ def zero_shot_probabilities(
         return softmax(logits)
     others = np.arange(class_embeddings.shape[0]) != normal
     abnormal = _normalize(class_embeddings[others].mean(axis=0))  # [D]
-    gate = softmax(np.stack([logits[:, normal], logit_scale * image_embeddings @ abnormal], axis=1))  # [B, 2]
+    # abnormal takes the mean of the others' offsets: calibration offsets are fitted for one softmax, where only
+    # their differences count, so the same offset added to every category must change nothing here either
+    abnormal_logit = logit_scale * image_embeddings @ abnormal + (0.0 if bias is None else float(bias[others].mean()))
+    gate = softmax(np.stack([logits[:, normal], abnormal_logit], axis=1))  # [B, 2]
     probs = np.empty_like(logits)
     probs[:, normal] = gate[:, 0]
     probs[:, others] = gate[:, 1:] * softmax(logits[:, others])

@@ -120,7 +120,7 @@ def _lifespan(index_opener: Any = None) -> Any:
 
 
 # fields of a classify form that exclude each other: categories or a task, and a classifier fixes all of these
-CLASSIFIER_FIXES = ("categories", "task", "modality", "explain")
+CLASSIFIER_FIXES = ("categories", "task", "modality", "explain", "decision")
 
 
 def exclusive_fields(props: dict[str, Any]) -> list[tuple[str, str]]:

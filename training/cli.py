@@ -67,7 +67,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-elite-compose", dest="elite_compose_missing", action="store_false", default=None,
                    help="do not compose elite pairs for the modalities the elite manifest lacks")
     p.add_argument("--no-site-augment", action="store_true",
-                   help="switch off the camera / site augmentation (colour gain, gamma, vignetting, blur)")
+                   help="switch off the camera / site augmentation (colour gain, gamma, vignetting, blur, cast, "
+                   "letterbox); --cast or --letterbox given beside it still apply")
     p.add_argument("--cast", type=_FINITE, metavar="A",
                    help="camera colour cast: per-channel gain exp(u), u drawn from [-A, A] (0-1.5; default 0: off)")
     p.add_argument("--letterbox", type=_FINITE, metavar="P",

@@ -780,9 +780,11 @@ async def classify_with_classifier(
             "categories": len(categories),
             "image": {"sha256": digest, "width": out["width"], "height": out["height"]},
             "intended_use": engine.intended_use,
+            # the zero-shot answer's keys, as the schema states them for a classifier
+            "task": None,
+            "decision": None,
+            "warnings": out["warnings"],
         }
-        if out["warnings"]:
-            answer["warnings"] = out["warnings"]
         return answer
 
     response, hit = await state.answer("classify", key, timings, start, compute, ClassifyResponse)

@@ -388,6 +388,7 @@
     $('modality-result').textContent = '';
     $('warnings').replaceChildren();
     $('warnings').hidden = true;
+    $('decision').textContent = '';
     $('timings').textContent = '';
     $('find-similar').disabled = false;
     state.preview = drawPreview(file);

@@ -40,7 +40,7 @@ def test_screening_probabilities_are_normal_against_the_mean_finding_then_the_fi
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
     others = [0, 1, 3, 4]
     abnormal = _unit(cls[others].mean(axis=0))
-    gate = softmax(np.stack([scale * img @ cls[2] + bias[2], scale * img @ abnormal], axis=1))
+    gate = softmax(np.stack([scale * img @ cls[2] + bias[2], scale * img @ abnormal + bias[others].mean()], axis=1))
     np.testing.assert_allclose(probs[:, 2], gate[:, 0], rtol=1e-5)
     # among the findings, the order and the ratios are those of one softmax over them
     shares = softmax(scale * img @ cls[others].T + bias[others])
@@ -58,3 +58,18 @@ def test_an_eye_nearer_normal_than_the_average_finding_is_normal_even_when_one_f
     flat = zero_shot_probabilities(eye, cls, 20.0)
     screened = zero_shot_probabilities(eye, cls, 20.0, normal=0)
     assert flat.argmax() == 1 and screened.argmax() == 0
+
+
+def test_calibration_offsets_count_by_their_differences_as_in_one_softmax() -> None:
+    """Offsets are fitted for one softmax, where the same offset on every category changes nothing: screening
+    gave abnormal no offset, so such a shift moved P(normal) (0.17 -> 0.60 for +2 on every category)."""
+    rng = np.random.default_rng(1)
+    cls = _unit(rng.normal(size=(6, 16))).astype(np.float32)
+    img = _unit(rng.normal(size=(5, 16))).astype(np.float32)
+    bias = rng.normal(size=6).astype(np.float32)
+    base = zero_shot_probabilities(img, cls, 25.0, bias, normal=0)
+    np.testing.assert_allclose(zero_shot_probabilities(img, cls, 25.0, bias + 2.0, normal=0), base, atol=1e-6)
+    # lowering every finding's offset makes normal more likely, as in one softmax
+    lower = bias.copy()
+    lower[1:] -= 1.0
+    assert (zero_shot_probabilities(img, cls, 25.0, lower, normal=0)[:, 0] > base[:, 0]).all()

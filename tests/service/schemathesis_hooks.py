@@ -5,7 +5,7 @@
   rejected.  This generates real images instead (PNG, JPEG, TIFF; RGB, greyscale, 16-bit; 32 to 200 px a
   side), so that positive tests exercise the model path.
 - ``POST /v1/classify`` says which fields exclude each other (``categories`` or ``task``; a ``classifier`` with
-  none of ``categories``, ``task``, ``modality``, ``explain``) as ``not: {anyOf: [{required: [a, b]}...]}``.
+  none of ``categories``, ``task``, ``modality``, ``explain``, ``decision``) as ``not: {anyOf: [{required: [a, b]}...]}``.
   Schemathesis's coverage phase cannot evaluate a ``not`` beside a binary field (it stops with "Unsupported
   type: 'Binary'"), so the hook removes that keyword after loading and drops positive cases that send an
   excluded pair, which is what the keyword says.

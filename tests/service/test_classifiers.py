@@ -108,6 +108,7 @@ def test_acceptance_uploaded_real_examples_classify_held_back_images(
         a = answer.json()
         assert a["classifier"]["name"] == "ffa-dx" and a["classifier"]["version"] == body["version"]
         assert a["modality"]["used"] == "FFA" and len(a["predictions"]) == 4
+        assert (a["task"], a["decision"], a["warnings"]) == (None, None, [])  # the zero-shot answer's keys
         assert abs(sum(p["probability"] for p in a["predictions"]) - 1.0) < 1e-4
         truth.append(row["label"])
         pred.append(a["predictions"][0]["label"])
@@ -255,6 +256,9 @@ def test_bad_inputs_are_clear_4xx(
         "/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "ok", "decision": "flat"}
     )
     assert decided.status_code == 422 and "'decision'" in decided.json()["error"]["message"]
+    spec = client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    excluded = spec["multipart/form-data"]["schema"]["not"]["anyOf"]
+    assert {"required": ["classifier", "decision"]} in excluded  # the schema forbids what the service refuses
 
 
 def test_limits(default_artifact: Path, index_dir: Path, store_dir: Path, records: list[Any]) -> None:
