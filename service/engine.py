@@ -42,7 +42,7 @@ from model.preprocess import (
     trimmed,
     upright_original_size,
 )
-from model.runtime import ImageEncoding, KeepfitRuntime, resolve_decision
+from model.runtime import ImageEncoding, KeepfitRuntime, resolve_decision, screening_normal
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
 from service.metrics import Metrics
 from service.settings import Settings
@@ -441,6 +441,8 @@ class Engine:
         tasks = self.knowledge.data.get("tasks", {})
         return {
             "modalities": {m: self.knowledge.category_set(m) for m in self.modalities},
+            # whether /v1/classify screens the default set (decision=auto): model.runtime.screening_normal
+            "screened": {m: screening_normal(self.knowledge.category_set(m)) is not None for m in self.modalities},
             "tasks": {
                 name: {"categories": list(t["categories"]), "modalities": list(t.get("modalities", []))}
                 for name, t in tasks.items()

@@ -473,6 +473,10 @@ class CategoriesResponse(BaseModel):
 
     model_version: str
     modalities: dict[str, list[str]] = Field(description="default category set per modality")
+    screened: dict[str, bool] = Field(
+        description="per modality: whether `/v1/classify` screens its default set (`decision=auto`): normal "
+        "against the other categories first"
+    )
     tasks: dict[str, TaskInfo] = Field(
         description="named sets of mutually exclusive categories (form field `task`)"
     )

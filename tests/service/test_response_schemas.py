@@ -46,7 +46,10 @@ def test_embed_categories_health_and_ready_answers_conform(
     _conforms(EmbedResponse, api.post("/v1/embed", json={"text": "hard exudates"}).json())
     image = real_image_paths["OCT"][0].read_bytes()
     _conforms(EmbedResponse, api.post("/v1/embed", files={"image": ("scan.png", image)}).json())
-    _conforms(CategoriesResponse, api.get("/v1/categories").json())
+    categories = api.get("/v1/categories").json()
+    _conforms(CategoriesResponse, categories)
+    # OCT's default set holds "no diabetic macular edema": one softmax; CFP's and FFA's are screened
+    assert categories["screened"] == {"CFP": True, "FFA": True, "OCT": False}
     _conforms(HealthResponse, api.get("/healthz").json())
     _conforms(ReadyResponse, api.get("/readyz").json())
 
