@@ -256,7 +256,8 @@ class Engine:
 
     def warnings(self, result: ClassifyResult, task: str | None) -> list[dict[str, str]]:
         """What the caller must know before trusting the predictions: the image contradicts the modality asked
-        for, or the named task is meant for another modality than the one whose prompts were used."""
+        for or the one its DICOM header states, or the named task is meant for another modality than the one
+        whose prompts were used."""
         out: list[dict[str, str]] = []
         probs = result.modality_probabilities or {}
         detected = result.modality_detected
@@ -273,10 +274,23 @@ class Engine:
                     ),
                 }
             )
+        elif requested == "auto" and detected is not None and detected != used:  # the DICOM header decided
+            out.append(
+                {
+                    "code": "modality_mismatch",
+                    "message": (
+                        f"the DICOM header says {used}, but the image looks like {detected} "
+                        f"(modality check: {detected} {probs.get(detected, 0.0):.2f}, "
+                        f"{used} {probs.get(used, 0.0):.2f}); the {used} prompts were used, so these "
+                        f"predictions may be meaningless for this image (send modality={detected} to score it "
+                        "as what it looks like)"
+                    ),
+                }
+            )
         out += featureless_warning(result.detail)
         meant_for = self.task_modalities(task)
         if meant_for and used not in meant_for:
-            how = "detected" if requested == "auto" else "requested"
+            how = "requested" if requested != "auto" else "detected" if used == detected else "from the DICOM header"
             out.append(
                 {
                     "code": "task_modality_mismatch",

@@ -143,7 +143,7 @@ def image_form_schema(fields: dict[str, Any]) -> dict[str, Any]:
         "required": ["image"],
         "additionalProperties": False,  # unknown form fields are refused (422)
         "properties": {
-            "image": {"type": "string", "format": "binary", "description": "JPEG, PNG or TIFF"},
+            "image": {"type": "string", "format": "binary", "description": "JPEG, PNG, TIFF, BMP, WebP or DICOM"},
             **fields,
         },
     }

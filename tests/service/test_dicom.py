@@ -106,3 +106,18 @@ def test_undecodable_syntax_is_415_with_its_name_and_no_patient_data_anywhere(
     for text in texts:
         for value in PATIENT.values():
             assert value not in text and value.split("^")[0] not in text
+
+
+def test_a_header_that_contradicts_the_image_is_warned_about(
+    api: TestClient, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """A photograph in an object whose header says OCT: the header decides the prompts (as documented), and the
+    answer says the image looks like a photograph, as it does when a request names the wrong modality."""
+    rgb = rgb_of(real_image_paths["CFP"][1].read_bytes())
+    answer = _post(api, make_dicom([rgb], "explicit", modality="OPT"), task="dme")
+    assert (answer["modality"]["used"], answer["modality"]["detected"]) == ("OCT", "CFP")
+    codes = [w["code"] for w in answer["warnings"]]
+    assert codes == ["modality_mismatch"], answer["warnings"]
+    assert answer["warnings"][0]["message"].startswith("the DICOM header says OCT, but the image looks like CFP")
+    # agreeing header and image: no warning
+    assert _post(api, make_dicom([rgb], "explicit", modality="OP"))["warnings"] == []
