@@ -355,9 +355,8 @@ class Engine:
         decision: str = "auto",
     ) -> ClassifyResult:
         """Zero-shot probabilities; with ``explain > 0`` also heat maps and ranked expert descriptions of the
-        ``explain`` most probable categories (within ``top_k``).  ``decision``: ``auto`` (screening for the
-        modality's default set, one softmax for named categories), ``screening`` or ``flat``
-        (:func:`model.runtime.resolve_decision`)."""
+        ``explain`` most probable categories (within ``top_k``).  ``decision``: ``auto`` or ``screening``
+        (screening wherever it applies to the set) or ``flat`` (:func:`model.runtime.resolve_decision`)."""
         return self.classify_encoded(
             self.encode_bytes(data, timings), categories, modality, top_k, timings, explain, decision
         )
@@ -387,7 +386,7 @@ class Engine:
             if modality == "auto" and stated in self.modalities:
                 used = stated  # what a DICOM header states beats a guess
             confidence = mod_probs.get(used)
-            decided = resolve_decision(decision, default_set=categories is None)
+            decided = resolve_decision(decision)
             if categories is None:
                 names = self.knowledge.category_set(used)
                 categories = [Category(n, n, True) for n in names]

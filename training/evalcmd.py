@@ -22,7 +22,10 @@ from model.knowledge import Knowledge
 from model.runtime import KeepfitRuntime
 from training.evaluate import (
     ATLAS_PAIRS,
+    DR_STAGES,
     HEADLINE,
+    MANY_CONDITIONS,
+    NAMED_SET_ROWS,
     SUITE,
     UNSEEN_HEADLINE,
     EvalSet,
@@ -262,6 +265,10 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
         site: {d: [v[d]["healthy_called_normal"], v[d]["diseased_called_normal"], v[d]["diseased_called_family"]]
                for d in ("screening", "flat")}
         for site, v in open_set["default_set"].items()}
+    # sets a caller might name: balanced accuracy screening / one softmax
+    summary["named_sets_balanced_accuracy"] = {
+        site: {name: [v["screening"]["balanced_accuracy"], v["flat"]["balanced_accuracy"]] for name, v in sets.items()}
+        for site, sets in open_set["named_sets"].items()}
     payload = {"command": "suite", "summary": summary, "tasks": tasks, "open_set_cfp": open_set,
                "atlas_retrieval": atlas, "unreadable": embedder.report.skipped}
     if run_dir is not None and (run_dir / "history.jsonl").is_file():
@@ -364,7 +371,33 @@ def _open_set(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: Im
         sites[site] = default_set_normal(runtime, x, rows.labels == rows.classes.index("normal"), "CFP",
                                          family=sorted(ours - {"normal"}))
     result["default_set"] = sites
+    result["named_sets"] = _named_sets(runtime, data_root, split, embedder, kn)
     return result
+
+
+def _named_sets(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: ImageEmbedder, kn: Knowledge
+                ) -> dict[str, Any]:
+    """Balanced accuracy of two sets a caller might name, under both decisions, per site: normal, DR and five
+    other conditions (:data:`MANY_CONDITIONS`) on the normal-vs-DR rows, where an answer outside normal and DR
+    is wrong; normal and the stages of DR (:data:`DR_STAGES`)."""
+    out: dict[str, Any] = {}
+    for site, specs in NAMED_SET_ROWS.items():
+        if not all((data_root / spec.manifest).is_file() for spec in specs.values()):
+            continue
+        entry: dict[str, Any] = {}
+        for name, categories in (("many_conditions", MANY_CONDITIONS), ("dr_stages", DR_STAGES)):
+            x, rows = _embed(embedder, load_spec(specs[name], data_root, kn, split), f"{name}, {site}")
+            truth = np.asarray([categories.index(rows.classes[i]) for i in rows.labels])  # index in the set
+            scored: dict[str, Any] = {"n": int(len(truth)), "categories": list(categories)}
+            for decision in ("screening", "flat"):
+                probs, used = runtime.predict(x, list(categories), "CFP", decision)
+                top = probs.argmax(axis=1)
+                recall = {categories[c]: float((top[truth == c] == c).mean()) for c in np.unique(truth)}
+                scored[decision] = {"decision": used, "balanced_accuracy": float(np.mean(list(recall.values()))),
+                                    "recall": recall}
+            entry[name] = scored
+        out[site] = entry
+    return out
 
 
 def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dict[str, Any], split: str,
@@ -421,6 +454,19 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
                          f"**{fmt(sc['healthy_called_normal'])}** / {fmt(fl['healthy_called_normal'])} | "
                          f"{fmt(sc['diseased_called_normal'])} / {fmt(fl['diseased_called_normal'])} | "
                          f"{fmt(sc['diseased_called_family'])} / {fmt(fl['diseased_called_family'])} |")
+    if open_set.get("named_sets"):
+        lines += ["", "Sets a caller might name, balanced accuracy: normal, diabetic retinopathy and five other "
+                  "conditions (glaucoma, cataract, AMD, hypertensive retinopathy, myopia) on the normal-vs-DR "
+                  "images (an answer other than normal or DR is wrong); normal and the stages of DR "
+                  "(non-proliferative, proliferative).", "",
+                  "| site | set | n | screening | one softmax | recall per class: screening / one softmax |",
+                  "|---|---|---|---|---|---|"]
+        for site, sets in open_set["named_sets"].items():
+            for name, v in sets.items():
+                sc, fl = v["screening"], v["flat"]
+                per = "; ".join(f"{c} {fmt(sc['recall'][c])} / {fmt(fl['recall'][c])}" for c in sc["recall"])
+                lines.append(f"| {site.replace('_', ' ')} | {name.replace('_', ' ')} | {v['n']} | "
+                             f"{fmt(sc['balanced_accuracy'])} | {fmt(fl['balanced_accuracy'])} | {per} |")
     if curves:
         lines += ["", "## Training curves", "", "![training curves](curves.png)"]
     lines += ["", f"Unreadable images skipped: {summary['unreadable_images']}. Time: {summary['seconds']} s.", ""]

@@ -19,7 +19,13 @@ from tqdm import tqdm
 
 from model.errors import DataError
 from model.knowledge import Knowledge
-from model.runtime import KeepfitRuntime, prompt_means, screening_normal, zero_shot_probabilities
+from model.runtime import (
+    KeepfitRuntime,
+    prompt_means,
+    resolve_decision,
+    screening_normal,
+    zero_shot_probabilities,
+)
 from training.data import LoadReport, check_files, filter_rows, iter_images, read_manifest
 from training.metrics import classification_summary, precision_at_k
 
@@ -74,9 +80,21 @@ def _normal_vs_dr(row: dict[str, str]) -> str:
     return "diabetic retinopathy"
 
 
+def _dr_stage(row: dict[str, str]) -> str:
+    """Normal (no DR, no macular disease), non-proliferative DR (mild, moderate or severe) or proliferative DR:
+    normal and the stages of one disease, from either site's columns; other rows give ''."""
+    grade = row.get("dr_grade") or row.get("dr") or ""
+    if not grade or grade == "advanced diabetic eye disease":
+        return ""
+    if grade == "no diabetic retinopathy":
+        return _normal_vs_dr(row)
+    return grade if grade == "proliferative diabetic retinopathy" else "non-proliferative diabetic retinopathy"
+
+
 DERIVED_LABELS: dict[str, Callable[[dict[str, str]], str]] = {
     "referable_dr": _referable_dr,
     "normal_vs_dr": _normal_vs_dr,
+    "dr_stage": _dr_stage,
 }
 
 
@@ -115,6 +133,21 @@ UNSEEN_SITE: tuple[EvalSpec, ...] = (
              site="unseen"),
 )
 SUITE: tuple[EvalSpec, ...] = TRAIN_SITE + UNSEEN_SITE
+# Sets a caller might name, scored under both decisions (the suite's "Open set" section): normal, DR and five
+# other conditions of the default set, on the normal-vs-DR rows; normal and the stages of DR on these rows.
+MANY_CONDITIONS = ("normal", "diabetic retinopathy", "glaucoma", "cataract", "age related macular degeneration",
+                   "hypertensive retinopathy", "pathologic myopia")
+DR_STAGES = ("normal", "non-proliferative diabetic retinopathy", "proliferative diabetic retinopathy")
+NAMED_SET_ROWS: dict[str, dict[str, EvalSpec]] = {
+    "training_site": {
+        "many_conditions": next(s for s in TRAIN_SITE if s.name == "normal_cfp"),
+        "dr_stages": EvalSpec("dr_stages_cfp", "Normal and DR stages, CFP", CFP_OCT, "dr", "CFP", require=("dr",),
+                              derive="dr_stage", categories=DR_STAGES)},
+    "unseen_site": {
+        "many_conditions": next(s for s in UNSEEN_SITE if s.name == "site2_normal"),
+        "dr_stages": EvalSpec("site2_dr_stages", "Second site: normal and DR stages", DR_SH, "dr_grade", "CFP",
+                              derive="dr_stage", categories=DR_STAGES, site="unseen")},
+}
 # The tasks averaged into the headline zero-shot score (CFP DME counted once, on graded rows).
 HEADLINE = ("dme_cfp_graded", "dme_oct", "dr_cfp", "dr_oct", "ffa_diagnosis", "modality")
 # ... and into the unseen-site score, the headline of transfer to another clinic.
@@ -289,12 +322,12 @@ def modality_embeddings(
 
 # ---------------------------------------------------------------------------------------------- metrics
 def zero_shot_metrics(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, classes: Sequence[str],
-                      logit_scale: float, bias: np.ndarray | None = None, decision: str = "flat"
+                      logit_scale: float, bias: np.ndarray | None = None, decision: str = "auto"
                       ) -> dict[str, Any]:
-    """Zero-shot metrics of ``classes`` (canonical names): one softmax, as ``/v1/classify`` decides a set the
-    caller names, or with ``decision="screening"`` the screening decision where it applies to the set
-    (:func:`model.runtime.screening_normal`)."""
-    normal = screening_normal(classes) if decision == "screening" else None
+    """Zero-shot metrics of ``classes`` (canonical names), decided as ``/v1/classify`` decides: the screening
+    decision where it applies to the set (:func:`model.runtime.screening_normal`; none of the suite's tasks),
+    else one softmax; ``decision="flat"`` always one softmax."""
+    normal = screening_normal(classes) if resolve_decision(decision) == "screening" else None
     probs = zero_shot_probabilities(img, cls, logit_scale, bias, normal)  # [N, C]
     return {**classification_summary(labels, probs, classes), "decision": "flat" if normal is None else "screening"}
 

@@ -22,10 +22,9 @@ def test_screening_applies_to_normal_among_at_least_two_findings() -> None:
     assert screening_normal(["normal", "diabetic macular edema", "no diabetic macular edema"]) is None
     assert screening_normal(["normal", "normal macula", "glaucoma"]) is None
     assert screening_normal(["normal", "glaucoma", "normal"]) is None  # a duplicate: ambiguous
-    assert (resolve_decision("auto", True), resolve_decision("auto", False)) == ("screening", "flat")
-    assert resolve_decision("flat", True) == "flat" and resolve_decision("screening", False) == "screening"
+    assert [resolve_decision(d) for d in ("auto", "screening", "flat")] == ["screening", "screening", "flat"]
     with pytest.raises(ConfigError, match="decision must be one of auto, screening, flat"):
-        resolve_decision("hierarchical", True)
+        resolve_decision("hierarchical")
 
 
 def test_screening_probabilities_are_normal_against_the_mean_finding_then_the_findings_shares() -> None:

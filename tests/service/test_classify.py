@@ -153,12 +153,12 @@ def test_images_above_the_large_image_threshold_get_the_same_answer_in_their_own
         assert max(abs(got[k] - want[k]) for k in got) < 1e-5
 
 
-def test_the_decision_is_screening_for_the_default_set_and_flat_for_named_categories(
+def test_the_decision_is_screening_wherever_it_applies_unless_flat_is_asked_for(
     default_artifact: Path, runtime: KeepfitRuntime, real_images: dict[str, bytes]
 ) -> None:
-    """``decision=auto``: the default set is screened, a set the caller names gets one softmax; either can be
-    asked for.  Each answer says which it got, matches the runtime, and is cached under its own decision (an
-    answer of one decision is never served for the other)."""
+    """``decision=auto``: the default set and a named set with normal are screened; ``flat`` gives one softmax.
+    Each answer says which it got, matches the runtime, and is cached under its own decision (an answer of one
+    decision is never served for the other)."""
     image = [load_image(real_images["CFP"])]
     named = ["healthy", "glaucoma", "AMD"]  # an alias of normal: screening recognises it
     canonical = [runtime.knowledge.canonical(c) for c in named]
@@ -166,8 +166,8 @@ def test_the_decision_is_screening_for_the_default_set_and_flat_for_named_catego
     cases = [
         ({}, "screening", runtime.knowledge.category_set("CFP")),
         ({"decision": "flat"}, "flat", runtime.knowledge.category_set("CFP")),
-        ({"categories": named}, "flat", canonical),
-        ({"categories": named, "decision": "screening"}, "screening", canonical),
+        ({"categories": named}, "screening", canonical),
+        ({"categories": named, "decision": "flat"}, "flat", canonical),
     ]
     with TestClient(create_app(make_settings(default_artifact))) as api:  # its own cache
         _check_decisions(api, runtime, real_images, emb, cases)

@@ -164,6 +164,15 @@ def test_suite_records_into_checkpoint_and_compares(tiny_artifact: Path, data_ro
             assert 0 <= site[d]["diseased_called_normal"] + site[d]["diseased_called_family"] <= 1 + 1e-9
     assert summary["default_set_normal"]["unseen_site"]["screening"][0] == unseen["screening"]["healthy_called_normal"]
     assert "DR given a diabetic category" in (out / "report.md").read_text()
+    # sets a caller might name, under both decisions: many conditions on the normal-vs-DR rows, the DR stages
+    named = report["open_set_cfp"]["named_sets"]["unseen_site"]
+    assert named["many_conditions"]["n"] == report["tasks"]["site2_normal"]["zero_shot"]["n"]
+    assert named["many_conditions"]["screening"]["decision"] == "screening"
+    assert named["dr_stages"]["flat"]["decision"] == "flat"
+    assert set(named["dr_stages"]["screening"]["recall"]) <= {
+        "normal", "non-proliferative diabetic retinopathy", "proliferative diabetic retinopathy"}
+    assert summary["named_sets_balanced_accuracy"]["unseen_site"]["dr_stages"][1] == pytest.approx(
+        named["dr_stages"]["flat"]["balanced_accuracy"])
     assert read_checkpoint(ckpt)["evaluation"]["zero_shot_mean"] == pytest.approx(summary["zero_shot_mean"])
     assert torch.is_tensor(read_checkpoint(ckpt)["state_dict"]["logit_scale"])  # the weights survived the rewrite
     capsys.readouterr()
