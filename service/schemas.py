@@ -135,7 +135,8 @@ class ModalityResult(BaseModel):
 
 class ClassifyWarning(BaseModel):
     code: Literal["modality_mismatch", "task_modality_mismatch", "featureless_image"] = Field(
-        description="`modality_mismatch`: the image looks like another modality than the one requested; "
+        description="`modality_mismatch`: the image looks like another modality than the one requested or, with "
+        "`modality=auto`, the one its DICOM header states; "
         "`task_modality_mismatch`: the task is meant for another modality than the one used; "
         "`featureless_image`: the image is almost uniform (blank, black), so the predictions say nothing"
     )

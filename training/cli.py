@@ -243,7 +243,11 @@ def _eval_parser() -> argparse.ArgumentParser:
             sp.add_argument("--require", action="append", default=[], metavar="COL",
                             help="keep rows where COL is non-empty (e.g. --require dr: graded rows)")
 
-    common(sub.add_parser("zero-shot", help="zero-shot classification through expert-description prompts"))
+    zs = sub.add_parser("zero-shot", help="zero-shot classification through expert-description prompts")
+    common(zs)
+    zs.add_argument("--decision", choices=("auto", "screening", "flat"), default="auto",
+                    help="as /v1/classify's: auto (default) and screening screen a set with normal and at least "
+                    "two other classes (none 'no ...'); flat is one softmax")
     r = sub.add_parser("retrieval", help="text-to-image retrieval: precision@k of the queried category")
     common(r)
     r.add_argument("--k", default="1,5,10")
@@ -377,7 +381,7 @@ def eval_main(argv: list[str]) -> int:
             modality=args.modality, split=args.split, where=_where(args.where), require=list(args.require),
         )
         if args.command == "zero-shot":
-            report = evalcmd.run_zero_shot(runtime, spec, out, args.batch_size)
+            report = evalcmd.run_zero_shot(runtime, spec, out, args.batch_size, args.decision)
         elif args.command == "retrieval":
             report = evalcmd.run_retrieval(runtime, spec, out, _ints(args.k, "--k"), args.batch_size)
         elif args.command == "few-shot":

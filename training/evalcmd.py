@@ -92,12 +92,13 @@ def _skips(s: EvalSet, embedder: ImageEmbedder) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- commands
-def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: int = 32) -> dict[str, Any]:
+def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: int = 32, decision: str = "auto"
+                  ) -> dict[str, Any]:
     embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     s = _load(runtime, a, a.split)
     img, s = _embed(embedder, s, "embedding images")
     result = zero_shot_metrics(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale,
-                               _class_bias(runtime, s))
+                               _class_bias(runtime, s), decision)
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({a.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
@@ -195,8 +196,10 @@ def run_linear_probe(runtime: KeepfitRuntime, a: TaskArgs, out: Path, train_spli
 
 
 def _classification_md(r: dict[str, Any]) -> list[str]:
+    decided = f"; decision {r['decision']}" if "decision" in r else ""
     lines = [f"- n = {r['n']}; balanced accuracy **{fmt(r['balanced_accuracy'])}** (chance "
-             f"{fmt(r['chance_balanced_accuracy'])}); macro AUC {fmt(r['macro_auc'])}; accuracy {fmt(r['accuracy'])}",
+             f"{fmt(r['chance_balanced_accuracy'])}); macro AUC {fmt(r['macro_auc'])}; accuracy {fmt(r['accuracy'])}"
+             + decided,
              "", "| class | n | recall | AUC (one vs rest) |", "|---|---|---|---|"]
     lines += [f"| {c} | {m['n']} | {fmt(m['recall'])} | {fmt(m.get('auc'))} |" for c, m in r["per_class"].items()]
     return lines
@@ -204,7 +207,7 @@ def _classification_md(r: dict[str, Any]) -> list[str]:
 
 def _classification_text(r: dict[str, Any]) -> str:
     head = (f"balanced accuracy {r['balanced_accuracy']:.3f} (chance {r['chance_balanced_accuracy']:.3f})  "
-            f"macro AUC {fmt(r['macro_auc'])}  n {r['n']}")
+            f"macro AUC {fmt(r['macro_auc'])}  n {r['n']}" + (f"  decision {r['decision']}" if "decision" in r else ""))
     rows = [f"  {c:<45} n {m['n']:>4}  recall {fmt(m['recall'])}" for c, m in r["per_class"].items()]
     return "\n".join([head, *rows])
 

@@ -325,8 +325,9 @@ def zero_shot_metrics(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, clas
                       logit_scale: float, bias: np.ndarray | None = None, decision: str = "auto"
                       ) -> dict[str, Any]:
     """Zero-shot metrics of ``classes`` (canonical names), decided as ``/v1/classify`` decides: the screening
-    decision where it applies to the set (:func:`model.runtime.screening_normal`; none of the suite's tasks),
-    else one softmax; ``decision="flat"`` always one softmax."""
+    decision where it applies to the set (:func:`model.runtime.screening_normal`: none of the suite's tasks, but
+    ``keepfit eval zero-shot`` on a clinic's labels may), else one softmax; ``decision="flat"`` always one
+    softmax."""
     normal = screening_normal(classes) if resolve_decision(decision) == "screening" else None
     probs = zero_shot_probabilities(img, cls, logit_scale, bias, normal)  # [N, C]
     return {**classification_summary(labels, probs, classes), "decision": "flat" if normal is None else "screening"}

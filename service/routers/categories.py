@@ -20,7 +20,8 @@ router = APIRouter(tags=["categories"], dependencies=[Depends(require_api_key)])
     "known category and the other names each is known by (`healthy`, `no findings` -> `normal`; `DME`, `DMO` -> "
     "`diabetic macular edema`): an alias scores exactly as its category. Any other name is accepted too: it is "
     "prompted with the name inside several clinical sentences and answered with `known: false` and the "
-    "`similar_known` categories it resembles.",
+    "`similar_known` categories it resembles. `screened`: whether each modality's default set is screened "
+    "(`/v1/classify` `decision=auto`: normal against the other categories first).",
     responses=error_responses(401),
 )
 async def categories(state: StateDep) -> dict[str, Any]:

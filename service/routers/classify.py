@@ -36,10 +36,14 @@ Zero-shot classification of one eye image over the categories you send (or the m
 
 Each category's text embedding is the mean of its prompts, one per expert description in the artifact's
 knowledge base (`GET /v1/categories` lists the defaults); embeddings are computed once per category set and
-reused.  The service always recognises CFP / FFA / OCT first: with `modality=auto` it uses what it detected;
-with a named modality it uses that one, and `warnings` says so when the image looks like another modality
-(`modality_mismatch`) or when a named `task` is meant for another modality (`task_modality_mismatch`).
-Identical requests are answered from the cache (`cached: true`).
+reused.  The service always recognises CFP / FFA / OCT first: with `modality=auto` it uses what a DICOM header
+states, else what it detected; with a named modality it uses that one, and `warnings` says so when the image
+looks like another modality than the one used (`modality_mismatch`) or when a named `task` is meant for another
+modality (`task_modality_mismatch`).  Identical requests are answered from the cache (`cached: true`).
+
+Probabilities (`decision`): `auto` (default) and `screening` screen any set, default or named, with `normal` and
+at least two other categories (none of them "no ..."): normal against the mean of the others first, then the
+others' shares of the rest; `flat` is one softmax.  The answer's `decision` says which was applied.
 
 With `explain=true` the answer also carries `explanations` for the `explain_top` (default 3) most probable
 predictions: a heat map of where in the image the evidence for that category lies (the image encoder's

@@ -458,14 +458,16 @@
     const m = r.modality;
     const probs = m.probabilities || {};
     $('modality-result').textContent = m.requested === 'auto'
-      ? `Modality: ${m.used} (detected, ${pct(m.confidence || 0)} sure)`
+      ? m.detected && m.detected !== m.used // a DICOM header named it (the warnings say what the image looks like)
+        ? `Modality: ${m.used} (from the DICOM header; the image looks like ${m.detected}, ${pct(probs[m.detected] || 0)})`
+        : `Modality: ${m.used} (detected, ${pct(m.confidence || 0)} sure)`
       : m.detected && m.detected !== m.used
         ? `Modality: ${m.used} (as selected; the image looks like ${m.detected}, ${pct(probs[m.detected] || 0)})`
         : `Modality: ${m.used} (as selected)`;
     const warnings = r.warnings || [];
     $('warnings').replaceChildren(...warnings.map((w) => el('li', { 'data-code': w.code }, el('strong', { text: 'Warning: ' }), w.message)));
     $('warnings').hidden = warnings.length === 0;
-    // the service screens a default set (normal against the other categories first): say so beside the list
+    // the service screened this set (any set with normal and two others): say so beside the list
     $('decision').textContent = r.decision === 'screening' ? '(normal weighed against the other categories first)' : '';
     const explained = new Map((r.explanations || []).map((e, i) => [e.label, i]));
     $('predictions').replaceChildren(...r.predictions.map((p) => {

@@ -63,6 +63,35 @@ def test_zero_shot_report_matches_a_direct_computation(tiny_artifact: Path, oct_
     assert saved["balanced_accuracy"] == pytest.approx(balanced_accuracy(y, probs.argmax(1), 2))
 
 
+def test_zero_shot_decides_as_the_service_and_says_so(tiny_artifact: Path, oct_manifest: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A label set with normal and two other classes is screened, as /v1/classify screens it; --decision flat
+    gives one softmax; the report says which."""
+    rows = list(csv.DictReader(oct_manifest.open()))
+    names = ["normal", "glaucoma", "cataract"]
+    for i, r in enumerate(rows):
+        r["dme"] = names[i % 3]
+    manifest = tmp_path / "three.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    rt = KeepfitRuntime.from_artifact(tiny_artifact)
+    from model.preprocess import load_image
+
+    emb = rt.encode_images([load_image(r["path"]) for r in rows])
+    for flag, decision in (([], "screening"), (["--decision", "flat"], "flat")):
+        out = tmp_path / decision
+        assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest), "--label-column",
+                          "dme", "--modality", "OCT", "--out", str(out), *flag]) == 0
+        assert f"decision {decision}" in capsys.readouterr().out
+        saved = json.loads((out / "report.json").read_text())
+        assert saved["decision"] == decision and f"decision {decision}" in (out / "report.md").read_text()
+        y = np.array([saved["classes"].index(r["dme"]) for r in rows])
+        probs = rt.predict(emb, saved["classes"], "OCT", decision)[0]
+        assert saved["balanced_accuracy"] == pytest.approx(balanced_accuracy(y, probs.argmax(1), 3))
+
+
 def test_retrieval_few_shot_and_linear_probe_write_reports(tiny_artifact: Path, data_root: Path,
                                                            tmp_path: Path) -> None:
     manifest = data_root / "ffa_huapu4" / "labels.csv"
