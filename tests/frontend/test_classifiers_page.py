@@ -133,3 +133,11 @@ def test_a_dicom_upload_is_diagnosed(
     assert page.is_hidden("#message")
     text = page.inner_text("body")
     assert all(v not in text for v in PATIENT.values())
+    # a photograph whose header says OCT: the page says where the modality came from, and shows the warning
+    photo = tmp_path / "IM000124.dcm"
+    photo.write_bytes(make_dicom([rgb_of(real_image_paths["CFP"][0].read_bytes())], "explicit", modality="OPT"))
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector("#predictions li")
+    page.wait_for_function("!document.body.dataset.busy")
+    assert page.inner_text("#modality-result").startswith("Modality: OCT (from the DICOM header; the image looks like CFP")
+    assert "the DICOM header says OCT" in page.inner_text("#warnings")
