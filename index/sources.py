@@ -51,6 +51,8 @@ IDENTIFYING_COLUMNS = frozenset(
 
 def _column_key(name: str) -> str:
     return "_".join(name.strip().lower().replace("-", " ").split())
+
+
 TRUE_VALUES = frozenset({"1", "true", "yes", "y", "t"})
 FALSE_VALUES = frozenset({"0", "false", "no", "n", "f"})
 

@@ -60,9 +60,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # How a category set's scores become probabilities (``/v1/classify``'s ``decision``).  "screening" asks first
 # whether the eye is normal, then which of the other categories it is; "flat" is one softmax over them all;
-# "auto", the default, is screening wherever it applies (:func:`screening_normal`).  Measured on the unseen site
-# (``keepfit eval suite``, "Open set"), screening was as good or better on every set tried: far better with many
-# conditions, even with normal and the stages of DR; at the training site it lost on the stages of DR.
+# "auto", the default, is screening wherever it applies (:func:`screening_normal`).  Measured on the unseen site's
+# test split (``keepfit eval suite``, "Open set"), screening was as good or better on every set tried: far better
+# with many conditions, even with normal and the stages of DR (on its val split those tie); at the training site
+# it lost on the stages of DR.
 DECISIONS = ("auto", "screening", "flat")
 
 
@@ -86,6 +87,12 @@ def screening_normal(categories: Sequence[str]) -> int | None:
     return names.index("normal")
 
 
+def decided_normal(categories: Sequence[str], decision: str) -> int | None:
+    """What ``decision`` (auto, screening or flat) means for canonical ``categories``: the index of ``normal``
+    for the screening decision where it applies (:func:`screening_normal`), else None (one softmax)."""
+    return screening_normal(categories) if resolve_decision(decision) == "screening" else None
+
+
 def zero_shot_probabilities(
     image_embeddings: np.ndarray,
     class_embeddings: np.ndarray,
@@ -98,8 +105,8 @@ def zero_shot_probabilities(
     normal category, see :func:`screening_normal`).
 
     Screening: P(normal) is normal against *abnormal*, the re-normalised mean of the other categories'
-    embeddings (with the mean of their offsets), in a softmax of two; each other category gets ``1 - P(normal)`` times its share of a softmax
-    among them.  In one softmax, "normal" competes with the best of many diseases, and the healthy eyes of a
+    embeddings (with the mean of their offsets), in a softmax of two; each other category gets ``1 - P(normal)``
+    times its share of a softmax among them.  In one softmax, "normal" competes with the best of many diseases, and the healthy eyes of a
     camera the model was not trained on were given to whichever disease lay nearest (on another site's
     photographs over the eleven default CFP categories, 5 % of healthy eyes came out normal).  Which disease
     ranks first among the others is the same either way."""
@@ -281,14 +288,10 @@ class KeepfitRuntime:
         self, image_embeddings: np.ndarray, categories: Sequence[str], modality: str, decision: str = "flat"
     ) -> tuple[np.ndarray, str]:
         """``[B, C]`` probabilities over ``categories`` and the decision that made them: ``"screening"`` when
-        asked for and it applies to the set (:func:`screening_normal`, aliases resolved: ``healthy`` is
-        ``normal``), else ``"flat"``.  ``decision`` is ``"screening"`` or ``"flat"`` here (see
-        :func:`resolve_decision` for ``"auto"``).  What ``/v1/classify`` answers, and what the evaluation
-        measures."""
-        if decision not in ("screening", "flat"):
-            raise ConfigError(f"decision must be 'screening' or 'flat', got {decision!r}")
-        canonical = [self.knowledge.canonical(c) for c in categories]
-        normal = screening_normal(canonical) if decision == "screening" else None
+        ``decision`` (auto or screening) asks for it and it applies to the set (:func:`decided_normal`, aliases
+        resolved: ``healthy`` is ``normal``), else ``"flat"``.  What ``/v1/classify`` answers, and what the
+        evaluation measures."""
+        normal = decided_normal([self.knowledge.canonical(c) for c in categories], decision)
         probs = self.zero_shot(image_embeddings, self.class_embeddings(categories, modality),
                                self.class_bias(categories, modality), normal)
         return probs, "flat" if normal is None else "screening"
@@ -310,9 +313,9 @@ class KeepfitRuntime:
         decision: str = "auto",
     ) -> np.ndarray:
         """``[B, C]`` probabilities of PIL images over ``categories`` (default: the modality's set), decided as
-        ``/v1/classify`` decides (:func:`resolve_decision`, :meth:`predict`)."""
+        ``/v1/classify`` decides (:meth:`predict`)."""
         cats = list(categories) if categories else self.knowledge.category_set(modality)
-        return self.predict(self.encode_images(images), cats, modality, resolve_decision(decision))[0]
+        return self.predict(self.encode_images(images), cats, modality, decision)[0]
 
     def _load_calibration(self) -> dict[str, dict[str, float]]:
         """``calibration.json``: ``{"bias": {modality: {category: logit offset}}, ...}`` (optional)."""

@@ -42,7 +42,7 @@ from model.preprocess import (
     trimmed,
     upright_original_size,
 )
-from model.runtime import ImageEncoding, KeepfitRuntime, resolve_decision, screening_normal
+from model.runtime import ImageEncoding, KeepfitRuntime, screening_normal
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
 from service.metrics import Metrics
 from service.settings import Settings
@@ -356,7 +356,7 @@ class Engine:
     ) -> ClassifyResult:
         """Zero-shot probabilities; with ``explain > 0`` also heat maps and ranked expert descriptions of the
         ``explain`` most probable categories (within ``top_k``).  ``decision``: ``auto`` or ``screening``
-        (screening wherever it applies to the set) or ``flat`` (:func:`model.runtime.resolve_decision`)."""
+        (screening wherever it applies to the set) or ``flat`` (:func:`model.runtime.decided_normal`)."""
         return self.classify_encoded(
             self.encode_bytes(data, timings), categories, modality, top_k, timings, explain, decision
         )
@@ -386,13 +386,12 @@ class Engine:
             if modality == "auto" and stated in self.modalities:
                 used = stated  # what a DICOM header states beats a guess
             confidence = mod_probs.get(used)
-            decided = resolve_decision(decision)
             if categories is None:
                 names = self.knowledge.category_set(used)
                 categories = [Category(n, n, True) for n in names]
             canonical = [c.canonical for c in categories]
             class_emb = self.runtime.class_embeddings(canonical, used)  # [C, D], cached
-            probs_all, decided = self.runtime.predict(embedding, canonical, used, decided)
+            probs_all, decided = self.runtime.predict(embedding, canonical, used, decision)
             probs = probs_all[0]  # [C]
         order = np.argsort(-probs, kind="stable")
         if top_k is not None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 # tests/service/test_registries.py fails when the two disagree.
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
 Decision = Literal["auto", "screening", "flat"]
-_DECISION = (
+DECISION_HELP = (
     "how scores become probabilities. `screening`: is the eye normal (normal against the mean of the other "
     "categories' embeddings), then which of the others, each given its share of the rest; `flat`: one softmax "
     "over all categories; `auto` (default): screening wherever it applies. Screening applies only to a set with "
@@ -322,7 +322,7 @@ class ClassifyForm(BaseModel):
         description="DICOM multi-frame: the frame to use (default: an OCT volume's centre)",
     )
     explain: bool = Field(False, description="also return heat maps and matched expert descriptions")
-    decision: Decision = Field("auto", description=_DECISION)
+    decision: Decision = Field("auto", description=DECISION_HELP)
     explain_top: FormInt = Field(
         3, ge=1, le=MAX_EXPLAIN_TOP, description="how many of the most probable predictions to explain"
     )

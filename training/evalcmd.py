@@ -366,8 +366,8 @@ def _open_set(runtime: KeepfitRuntime, data_root: Path, split: str, embedder: Im
             result.update(top1_counts=counts, outside_share=share)
         result[decision] = {"top1_counts": counts, "outside_share": share}
     sites = {}
-    for site, spec in (("training_site", "normal_cfp"), ("unseen_site", "site2_normal")):
-        task = next(t for t in SUITE if t.name == spec)
+    for site, specs in NAMED_SET_ROWS.items():
+        task = specs["many_conditions"]  # each site's normal-vs-DR rows
         if not (data_root / task.manifest).is_file():
             continue
         x, rows = _embed(embedder, load_spec(task, data_root, kn, split), f"default set, {site}")

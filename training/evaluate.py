@@ -19,13 +19,7 @@ from tqdm import tqdm
 
 from model.errors import DataError
 from model.knowledge import Knowledge
-from model.runtime import (
-    KeepfitRuntime,
-    prompt_means,
-    resolve_decision,
-    screening_normal,
-    zero_shot_probabilities,
-)
+from model.runtime import KeepfitRuntime, decided_normal, prompt_means, zero_shot_probabilities
 from training.data import LoadReport, check_files, filter_rows, iter_images, read_manifest
 from training.metrics import classification_summary, precision_at_k
 
@@ -134,7 +128,8 @@ UNSEEN_SITE: tuple[EvalSpec, ...] = (
 )
 SUITE: tuple[EvalSpec, ...] = TRAIN_SITE + UNSEEN_SITE
 # Sets a caller might name, scored under both decisions (the suite's "Open set" section): normal, DR and five
-# other conditions of the default set, on the normal-vs-DR rows; normal and the stages of DR on these rows.
+# other conditions of the default set, on the normal-vs-DR rows (also those of the default set's figures);
+# normal and the stages of DR on these rows.
 MANY_CONDITIONS = ("normal", "diabetic retinopathy", "glaucoma", "cataract", "age related macular degeneration",
                    "hypertensive retinopathy", "pathologic myopia")
 DR_STAGES = ("normal", "non-proliferative diabetic retinopathy", "proliferative diabetic retinopathy")
@@ -325,10 +320,10 @@ def zero_shot_metrics(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, clas
                       logit_scale: float, bias: np.ndarray | None = None, decision: str = "auto"
                       ) -> dict[str, Any]:
     """Zero-shot metrics of ``classes`` (canonical names), decided as ``/v1/classify`` decides: the screening
-    decision where it applies to the set (:func:`model.runtime.screening_normal`: none of the suite's tasks, but
+    decision where it applies to the set (:func:`model.runtime.decided_normal`: none of the suite's tasks, but
     ``keepfit eval zero-shot`` on a clinic's labels may), else one softmax; ``decision="flat"`` always one
     softmax."""
-    normal = screening_normal(classes) if resolve_decision(decision) == "screening" else None
+    normal = decided_normal(classes, decision)
     probs = zero_shot_probabilities(img, cls, logit_scale, bias, normal)  # [N, C]
     return {**classification_summary(labels, probs, classes), "decision": "flat" if normal is None else "screening"}
 

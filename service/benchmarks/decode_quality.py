@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model import dicom
     from model import preprocess as new
-    from model.runtime import KeepfitRuntime, resolve_decision
+    from model.runtime import KeepfitRuntime
     from service.benchmarks import _old_path as old
 
     runtime = KeepfitRuntime.from_artifact(args.artifact)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def top1(emb: np.ndarray, offered: list[str] = offered, modality: str = modality) -> np.ndarray:
             # the answer /v1/classify gives without categories: the default set, decided as served
-            return np.argmax(runtime.predict(emb, offered, modality, resolve_decision("auto"))[0], axis=1)
+            return np.argmax(runtime.predict(emb, offered, modality, "auto")[0], axis=1)
 
         def embed(fn: Any, blobs: list[bytes] = blobs) -> tuple[np.ndarray, float]:
             pixels, times = [], []

@@ -19,7 +19,7 @@ from service.errors import InvalidRequestError
 from service.routers._body import image_form_schema, parse_multipart, require_multipart
 from service.routers.classifiers import classify_with_classifier
 from service.schemas import (
-    _DECISION,
+    DECISION_HELP,
     HARD_MAX_TOP_K,
     MAX_EXPLAIN_TOP,
     ClassifyForm,
@@ -78,7 +78,7 @@ OPENAPI_BODY = {
                         "frame": {"type": "integer", "minimum": 0, "maximum": 100000},
                         "explain": {"type": "boolean", "default": False},
                         "decision": {"type": "string", "enum": ["auto", "screening", "flat"], "default": "auto",
-                                     "description": _DECISION},
+                                     "description": DECISION_HELP},
                         "explain_top": {
                             "type": "integer",
                             "minimum": 1,
