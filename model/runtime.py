@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,15 +76,34 @@ def resolve_decision(decision: str) -> str:
     return "flat" if decision == "flat" else "screening"
 
 
+# how a category that is itself a healthy or absent finding begins (after case, hyphens, underscores and slashes
+# are folded, so "Normal-macula" reads as "normal macula"); "normal " only when no disease follows it
+_HEALTHY_PREFIXES = ("no ", "not ", "normal ", "without ", "negative ", "absence of ", "absent ", "free of ",
+                     "healthy ", "nothing ", "unremarkable")
+_DISEASES_NAMED_NORMAL = ("normal tension ", "normal pressure ")  # normal-tension glaucoma is a disease
+
+
+def _folded(name: str) -> str:
+    return " ".join(re.sub(r"[-_/]", " ", unicodedata.normalize("NFKC", name).casefold()).split())
+
+
+def healthy_finding(name: str) -> bool:
+    """Whether a category other than ``normal`` names a healthy or absent finding ("no diabetic macular edema",
+    "normal macula", "negative for DR", "nothing abnormal detected"), which the mean of a set's other categories
+    cannot stand for as *abnormal*."""
+    folded = _folded(name)
+    return folded.startswith(_HEALTHY_PREFIXES) and not folded.startswith(_DISEASES_NAMED_NORMAL)
+
+
 def screening_normal(categories: Sequence[str]) -> int | None:
     """The index of ``normal`` among canonical ``categories`` when the screening decision applies to them, else
     ``None``: ``normal`` and at least two other categories, none of which is itself a healthy or absent finding
-    (a name beginning with "no " or "normal ", as "no diabetic macular edema"), which "abnormal" cannot stand
-    for.  With one other category screening and flat are the same decision."""
-    names = [c.lower() for c in categories]
+    (:func:`healthy_finding`).  Two spellings of a name decide alike ("normal-tension glaucoma" is a disease, as
+    "normal tension glaucoma" is).  With one other category screening and flat are the same decision."""
+    names = [_folded(c) for c in categories]
     if names.count("normal") != 1 or len(names) < 3:
         return None
-    if any(n.startswith(("no ", "normal ")) for n in names):
+    if any(healthy_finding(n) for n in names if n != "normal"):
         return None
     return names.index("normal")
 

@@ -132,7 +132,7 @@ def fit_main(args: argparse.Namespace) -> int:
             raise DataError(f"the examples are of several modalities ({', '.join(found)}); pass --modality")
         modality = found[0] if found else "CFP"
     engine.check_modality(modality)
-    check_examples(order, examples, modality)
+    examples = check_examples(order, examples, modality)
     if name in {r.name for r in store.all_rows()}:
         raise DataError(f"a classifier named {name!r} exists already in {store.root}; delete it first")
     categories = [{"label": label, "text": None} for label in order]

@@ -609,15 +609,42 @@ def category_counts(labels: Sequence[str], examples: Sequence[Example]) -> dict[
     return counts
 
 
-def check_examples(labels: Sequence[str], examples: Sequence[Example], modality: str) -> None:
-    """Too few examples per category, or examples of another modality: clear 422s."""
+class ConflictingExamplesError(ServiceError):
+    status_code = 422
+    code = "conflicting_examples"
+
+
+def distinct_examples(examples: Sequence[Example]) -> list[Example]:
+    """The examples with each image once per category (by SHA-256; the first kept): a copy of an example would
+    pass the per-category minimum and, in the cross-validation, be its own twin.  The same image given to two
+    categories is a contradiction: 422."""
+    seen: dict[str, Example] = {}
+    out: list[Example] = []
+    for ex in examples:
+        first = seen.get(ex.sha256)
+        if first is None:
+            seen[ex.sha256] = ex
+            out.append(ex)
+        elif first.category != ex.category:
+            raise ConflictingExamplesError(
+                f"one image is an example of two categories: {_example_name(first)} of {first.category!r} and "
+                f"{_example_name(ex)} of {ex.category!r} (the same SHA-256)"
+            )
+    return out
+
+
+def check_examples(labels: Sequence[str], examples: Sequence[Example], modality: str) -> list[Example]:
+    """The distinct examples (:func:`distinct_examples`), or clear 422s for too few of them per category or
+    examples of another modality."""
     if len(labels) < 2:
         raise TooFewExamplesError(f"a classifier needs at least 2 categories, got {len(labels)}")
+    examples = distinct_examples(examples)
     counts = category_counts(labels, examples)
     short = [f"{label!r} has {n}" for label, n in counts.items() if n < MIN_EXAMPLES]
     if short:
         raise TooFewExamplesError(
-            f"every category needs at least {MIN_EXAMPLES} examples: {'; '.join(short)}"
+            f"every category needs at least {MIN_EXAMPLES} distinct examples (an image sent twice counts once): "
+            f"{'; '.join(short)}"
         )
     other = [ex for ex in examples if ex.modality and ex.modality != modality]
     if other:
@@ -626,6 +653,7 @@ def check_examples(labels: Sequence[str], examples: Sequence[Example], modality:
             f"a {modality} classifier takes {modality} examples only: {names}"
             + (f" (and {len(other) - 5} more)" if len(other) > 5 else "")
         )
+    return examples
 
 
 @dataclass

@@ -15,7 +15,7 @@ DECISION_HELP = (
     "how scores become probabilities. `screening`: is the eye normal (normal against the mean of the other "
     "categories' embeddings), then which of the others, each given its share of the rest; `flat`: one softmax "
     "over all categories; `auto` (default): screening wherever it applies. Screening applies only to a set with "
-    "`normal` and at least two others, none of them a healthy or absent finding (`no ...`); elsewhere the answer "
+    "`normal` and at least two others, none of them a healthy or absent finding (`no ...`, `normal macula`, `negative for ...`); elsewhere the answer "
     "is flat"
 )
 # A search's modality filter: the model's modalities and any the loaded index holds (ffa_huapu4's "CFP/IR"); the

@@ -517,7 +517,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
             )
         modality = found[0] if found else engine.modalities[0]
     categories = [{"label": s.label, "text": s.text} for s in specs]
-    check_examples([s.label for s in specs], examples, modality)
+    examples = check_examples([s.label for s in specs], examples, modality)
     mark = time.perf_counter()
     row, result = await state.run_blocking(
         _fit_and_row, engine, name, modality, method, spec.text_prior, categories, examples

@@ -42,8 +42,9 @@ looks like another modality than the one used (`modality_mismatch`) or when a na
 modality (`task_modality_mismatch`).  Identical requests are answered from the cache (`cached: true`).
 
 Probabilities (`decision`): `auto` (default) and `screening` screen any set, default or named, with `normal` and
-at least two other categories (none of them "no ..."): normal against the mean of the others first, then the
-others' shares of the rest; `flat` is one softmax.  The answer's `decision` says which was applied.
+at least two other categories (none of them a healthy or absent finding: "no ...", "normal macula", "negative for
+..."): normal against the mean of the others first, then the others' shares of the rest; `flat` is one softmax.
+The answer's `decision` says which was applied.
 
 With `explain=true` the answer also carries `explanations` for the `explain_top` (default 3) most probable
 predictions: a heat map of where in the image the evidence for that category lies (the image encoder's

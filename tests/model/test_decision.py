@@ -22,6 +22,13 @@ def test_screening_applies_to_normal_among_at_least_two_findings() -> None:
     assert screening_normal(["normal", "diabetic macular edema", "no diabetic macular edema"]) is None
     assert screening_normal(["normal", "normal macula", "glaucoma"]) is None
     assert screening_normal(["normal", "glaucoma", "normal"]) is None  # a duplicate: ambiguous
+    for healthy in ("negative for DR", "nothing abnormal detected", "not glaucoma", "Normal-macula", "without DME",
+                    "unremarkable fundus", "healthy retina"):
+        assert screening_normal(["normal", "cataract", healthy]) is None, healthy
+    # a disease whose name begins with "normal": screened, however it is spelled
+    for spelling in ("normal tension glaucoma", "normal-tension glaucoma", "Normal_Tension glaucoma"):
+        assert screening_normal(["normal", "cataract", spelling]) == 0, spelling
+    assert screening_normal(["normal", "cataract", "non-proliferative diabetic retinopathy"]) == 0  # non- is not no
     assert [resolve_decision(d) for d in ("auto", "screening", "flat")] == ["screening", "screening", "flat"]
     with pytest.raises(ConfigError, match="decision must be one of auto, screening, flat"):
         resolve_decision("hierarchical")

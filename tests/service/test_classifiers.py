@@ -50,6 +50,14 @@ def _ids(records: list[Any], modality: str) -> list[int]:
     return [r.id for r in records if r.modality == modality]
 
 
+def _mirrored(data: bytes, flip: int) -> bytes:
+    """Another file of the same photograph (mirrored when ``flip``): distinct bytes, the same content."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    out = io.BytesIO()
+    (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
 def _ffa_rows(data_root: Path) -> dict[str, list[dict[str, str]]]:
     rows = [
         r
@@ -201,6 +209,18 @@ def test_bad_inputs_are_clear_4xx(
             422,
             "mixed_modalities",
             "is CFP",
+        ),
+        (  # an id twice is one example: it neither meets the minimum nor lets the estimate test an image on itself
+            create({**ok, "categories": [{"label": "a", "ids": [oct_[0], oct_[0]]}, {"label": "b", "ids": oct_[2:]}]}),
+            422,
+            "too_few_examples",
+            "'a' has 1",
+        ),
+        (
+            create({**ok, "categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": oct_[1:]}]}),
+            422,
+            "conflicting_examples",
+            f"id {oct_[1]} of 'b'",
         ),
         (
             create({**ok, "categories": [{"label": "a", "ids": [9999, 1]}, {"label": "b", "ids": oct_[2:]}]}),
@@ -517,9 +537,19 @@ def test_one_category_spelt_two_ways_and_a_misspelt_boolean_are_refused(
     spelt += [("examples.b", ("b.jpg", real_images["CFP"], "image/jpeg"))] * 2
     r = client.post("/v1/classifiers", data={"name": "tp", "text_prior": "ture"}, files=spelt, headers=ADMIN)
     assert r.status_code == 422 and "text_prior" in r.json()["error"]["message"]
+    # a file sent twice is one example; one file in two categories contradicts itself
+    r = client.post("/v1/classifiers", data={"name": "twice", "modality": "OCT"}, files=spelt, headers=ADMIN)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "too_few_examples", r.text
+    assert "'a' has 1; 'b' has 1" in r.json()["error"]["message"]
+    crossed = spelt[:1] + [("examples.b", ("c.jpg", real_images["OCT"], "image/jpeg"))]
+    r = client.post("/v1/classifiers", data={"name": "crossed"}, files=crossed, headers=ADMIN)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "conflicting_examples", r.text
+    assert "'a.jpg' of 'a' and 'c.jpg' of 'b'" in r.json()["error"]["message"]
+    spelt = [("examples.a", (f"a{i}.jpg", _mirrored(real_images["OCT"], i), "image/jpeg")) for i in range(2)]
+    spelt += [("examples.b", (f"b{i}.jpg", _mirrored(real_images["CFP"], i), "image/jpeg")) for i in range(2)]
     # the examples that are another modality are named by their file names
     r = client.post("/v1/classifiers", data={"name": "mm", "modality": "OCT"}, files=spelt, headers=ADMIN)
-    assert r.status_code == 422 and "'b' example 'b.jpg' is CFP" in r.json()["error"]["message"], r.text
+    assert r.status_code == 422 and "'b' example 'b0.jpg' is CFP" in r.json()["error"]["message"], r.text
 
 
 def test_a_delete_never_collects_the_files_of_a_save_in_progress(tmp_path: Path) -> None:
