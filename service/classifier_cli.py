@@ -29,6 +29,7 @@ from service.cache import sha256_hex
 from service.classifiers import (
     ClassifierStore,
     Example,
+    check_distinct_priors,
     check_examples,
     check_name,
     encoder_fingerprint,
@@ -132,6 +133,7 @@ def fit_main(args: argparse.Namespace) -> int:
             raise DataError(f"the examples are of several modalities ({', '.join(found)}); pass --modality")
         modality = found[0] if found else "CFP"
     engine.check_modality(modality)
+    check_distinct_priors(engine.knowledge, [(label, None) for label in order])
     examples = check_examples(order, examples, modality)
     if name in {r.name for r in store.all_rows()}:
         raise DataError(f"a classifier named {name!r} exists already in {store.root}; delete it first")

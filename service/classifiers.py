@@ -44,7 +44,7 @@ import numpy as np
 from model import fewshot
 from model.errors import ConfigError
 from model.files import atomic_write_bytes
-from service.errors import ServiceError
+from service.errors import InvalidRequestError, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -612,6 +612,24 @@ def category_counts(labels: Sequence[str], examples: Sequence[Example]) -> dict[
 class ConflictingExamplesError(ServiceError):
     status_code = 422
     code = "conflicting_examples"
+
+
+def check_distinct_priors(knowledge: Any, categories: Sequence[tuple[str, str | None]]) -> None:
+    """Two categories whose zero-shot prior text (``text``, else the label) names one known category ("normal"
+    and "healthy", "DME" and "diabetic macular edema") would be one category under two labels, with one prior and
+    one ``canonical`` in every answer: 422, as zero-shot refuses such a pair."""
+    seen: dict[str, str] = {}
+    for label, text in categories:
+        prior = text or label
+        if not knowledge.is_known(prior):
+            continue
+        canonical = knowledge.canonical(prior)
+        if canonical in seen:
+            raise InvalidRequestError(
+                f"categories {seen[canonical]!r} and {label!r} are both {canonical!r}: merge their examples into one "
+                "category, or give one a 'text' that names what sets it apart"
+            )
+        seen[canonical] = label
 
 
 def distinct_examples(examples: Sequence[Example]) -> list[Example]:

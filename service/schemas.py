@@ -39,7 +39,7 @@ def visible(text: str) -> bool:
     return _VISIBLE_CHAR.search(text) is not None
 
 
-def _meaningful(value: str, what: str) -> str:
+def meaningful(value: str, what: str) -> str:
     """``value`` if it matches :data:`TEXT_PATTERN`, which the schema states; else a message naming ``what``."""
     bad = _CONTROL_CHARS.search(value)
     if bad:
@@ -292,7 +292,7 @@ class SearchRequest(BaseModel):
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        return _meaningful(value, "query")
+        return meaningful(value, "query")
 
 
 class ClassifyForm(BaseModel):
@@ -449,7 +449,7 @@ class EmbedTextRequest(BaseModel):
     @field_validator("text")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        return _meaningful(value, "text")
+        return meaningful(value, "text")
 
 
 class EmbedResponse(BaseModel):

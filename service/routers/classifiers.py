@@ -22,7 +22,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response, Security
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from model.config import MODALITIES
 from model.dicom import call_with_frame
@@ -37,6 +37,7 @@ from service.classifiers import (
     ClassifierStore,
     Example,
     InvalidExampleError,
+    check_distinct_priors,
     check_examples,
     check_name,
     encoder_fingerprint,
@@ -54,7 +55,7 @@ from service.errors import (
     UnsupportedContentTypeError,
 )
 from service.routers._body import Upload, malformed_json, read_form
-from service.schemas import ClassifyResponse, error_responses
+from service.schemas import ClassifyResponse, error_responses, meaningful
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ class CategoryRequest(BaseModel):
         max_length=200,
         description="every indexed image with this label (and the modality)",
     )
+
+    @field_validator("label", "text", "index_label")
+    @classmethod
+    def _visible(cls, value: str | None, info: Any) -> str | None:
+        return None if value is None else meaningful(value, f"a category's {info.field_name}")
 
 
 class ClassifierRequest(BaseModel):
@@ -254,8 +260,10 @@ async def _index_examples(
 
 def _label(raw: str) -> str:
     label = " ".join(raw.split())
-    if not label:
-        raise InvalidRequestError("a category label is empty")
+    try:
+        meaningful(label, f"category label {label[:40]!r}")
+    except ValueError as err:
+        raise InvalidRequestError(str(err)) from err
     if len(label) > 200:
         raise InvalidRequestError(
             f"category label {label[:40]!r}... is {len(label)} characters; the limit is 200"
@@ -411,7 +419,7 @@ _CATEGORY_SCHEMA = {
 }
 _CREATE_FIELDS = {
     "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN.pattern},
-    "modality": {"type": "string", "enum": list(MODALITIES)},
+    "modality": {"type": "string", "enum": ["auto", *MODALITIES]},
     "method": {"type": "string", "enum": ["auto", "prototype", "prototype+text", "linear", "linear+text"]},
     "text_prior": {"type": "boolean", "default": True},
 }
@@ -488,6 +496,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         if modality == "auto":
             modality = None
     specs = _merge_specs(spec, [label for label, _, _ in files])
+    check_distinct_priors(engine.knowledge, [(s.label, s.text) for s in specs])
     if len(specs) < 2:
         raise InvalidRequestError(f"a classifier needs at least 2 categories, got {len(specs)}")
     if len(specs) > settings.max_categories:

@@ -195,6 +195,10 @@ def test_bad_inputs_are_clear_4xx(
         "modality": "OCT",
         "categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": oct_[2:]}],
     }
+    def pair(first: str, second: str, text: str | None = None) -> Any:
+        other = {"label": second, "ids": oct_[2:]} | ({"text": text} if text is not None else {})
+        return create({**ok, "categories": [{"label": first, "ids": oct_[:2]}, other]})
+
     cases = [
         (create(ok, headers=None), 401, "admin_key_required", "X-Admin-Key"),
         (create(ok, headers={"X-Admin-Key": "nope"}), 401, "admin_key_required", "wrong admin key"),
@@ -244,6 +248,12 @@ def test_bad_inputs_are_clear_4xx(
             "invalid_request",
             "nothing like it",
         ),
+        # labels and texts are held to the rules of zero-shot categories
+        (pair("a\x00", "b"), 422, "invalid_request", "control character"),
+        (pair("\u200b", "b"), 422, "invalid_request", "invisible characters only"),
+        (pair("a", "b", text="  "), 422, "invalid_request", "invisible characters only"),
+        (pair("normal", "healthy"), 422, "invalid_request", "'normal' and 'healthy' are both 'normal'"),
+        (pair("DME", "b", text="diabetic macular edema"), 422, "invalid_request", "are both"),
     ]
     for response, status, code, words in cases:
         assert response.status_code == status, response.text
@@ -279,6 +289,9 @@ def test_bad_inputs_are_clear_4xx(
     spec = client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     excluded = spec["multipart/form-data"]["schema"]["not"]["anyOf"]
     assert {"required": ["classifier", "decision"]} in excluded  # the schema forbids what the service refuses
+    create_body = client.get("/openapi.json").json()["paths"]["/v1/classifiers"]["post"]["requestBody"]["content"]
+    for kind in ("application/json", "multipart/form-data"):  # what the service accepts, not the index's filters
+        assert create_body[kind]["schema"]["properties"]["modality"]["enum"] == ["auto", "CFP", "FFA", "OCT"]
 
 
 def test_limits(default_artifact: Path, index_dir: Path, store_dir: Path, records: list[Any]) -> None:
