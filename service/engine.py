@@ -19,6 +19,7 @@ import logging
 import mimetypes
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -237,7 +238,7 @@ class Engine:
                 meaning = (
                     f"both mean {canonical!r}"
                     if self.knowledge.canonical(first) == canonical
-                    else "differ only in case, hyphens or a closing full stop"
+                    else "differ only in case, hyphens, a closing full stop or how Unicode encodes them"
                 )
                 raise InvalidRequestError(
                     f"duplicate categories: {first!r} and {label!r} {meaning}; send each category once"
@@ -470,9 +471,11 @@ class Engine:
 
 
 def _loose_name(name: str) -> str:
-    """An unknown category name as two spellings of it compare: case, hyphens, underscores and slashes as spaces,
-    and a closing full stop (or other sentence mark) aside (``drusen-like dots`` = ``Drusen like dots.``)."""
-    return " ".join(re.sub(r"[-_/]", " ", name.casefold()).split()).rstrip(".!?;:,").rstrip()
+    """An unknown category name as two spellings of it compare: Unicode normal form (NFKC), case, hyphens,
+    underscores and slashes as spaces, and a closing full stop (or other sentence mark) aside (``drusen-like
+    dots`` = ``Drusen like dots.``)."""
+    folded = unicodedata.normalize("NFKC", name).casefold()  # composed and decomposed accents, full-width letters
+    return " ".join(re.sub(r"[-_/]", " ", folded).split()).rstrip(".!?;:,").rstrip()
 
 
 def check_min_size(width: int, height: int, min_side: int) -> None:

@@ -285,10 +285,14 @@ class MultipartReader:
         if len(self.form.files) >= self.max_files:
             if self.max_files == 1:  # an image endpoint: a second file is a wrong request, not too many bytes
                 first = self.form.files[0].name
-                raise InvalidRequestError(
-                    f"only one file per request: '{first}' is the image"
-                    + (f", and a second one came in '{first}'" if name == first else f"; '{name}' must be a text field")
-                )
+                if name == first:
+                    message = f"only one file per request: '{first}' is the image, and a second one came in '{first}'"
+                elif name == self._sink_field:  # the image after a text field sent with a filename
+                    message = (f"only one file per request, the image in '{name}': '{first}' came as a file too "
+                               "(a text field needs no filename)")
+                else:
+                    message = f"only one file per request: '{first}' is the image; '{name}' must be a text field"
+                raise InvalidRequestError(message)
             raise PayloadTooLargeError(self.too_many_files)
         sink = None
         if self._sink is not None and name == self._sink_field:

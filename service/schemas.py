@@ -49,7 +49,7 @@ def meaningful(value: str, what: str) -> str:
     return value
 
 
-HARD_MAX_TOP_K = 10_000  # the schema's bound; the configured KEEPFIT_MAX_TOP_K is checked per request
+HARD_MAX_TOP_K = 10_000  # the most KEEPFIT_MAX_TOP_K may be; requests are checked against the configured one
 HARD_MAX_QUERY = 100_000
 MAX_EXPLAIN_TOP = 10  # each explanation adds a heat map (~3 kB) and a text-encoder pass on first use
 
@@ -65,7 +65,9 @@ _TIMINGS: dict[str, Any] = {
 def _json_integer(value: Any) -> Any:
     """A JSON Schema integer: a number without a fraction (``5``, ``5.0``); never ``true`` or ``"5"``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be an integer number (not a boolean or a string)")
+        kind = "null" if value is None else "a boolean" if isinstance(value, bool) else f"a {type(value).__name__}"
+        kind = {"a str": "a string", "a dict": "an object", "a list": "an array"}.get(kind, kind)
+        raise ValueError(f"must be an integer number, not {kind} (leave the field out for its default)")
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -285,7 +287,9 @@ class SearchRequest(BaseModel):
     )
 
     query: str = Field(min_length=1, max_length=HARD_MAX_QUERY, description="free text; not logged")
-    top_k: JsonInt = Field(10, ge=1, le=HARD_MAX_TOP_K, description="how many images (at most KEEPFIT_MAX_TOP_K)")
+    # no schema bound: the configured KEEPFIT_MAX_TOP_K is checked per request, and a bound of 10,000 here
+    # answered 10,001 with "less than or equal to 10000" where the limit was 100
+    top_k: JsonInt = Field(10, ge=1, description="how many images (at most KEEPFIT_MAX_TOP_K)")
     modality: IndexModality | None = Field(None, description=_MODALITY_FILTER)
     label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label")
 
@@ -302,7 +306,7 @@ class ClassifyForm(BaseModel):
         None, description="category names, one per repeated field; omit for the modality's default set"
     )
     modality: Modality = Field("auto", description="imaging modality, or `auto` to recognise it")
-    top_k: FormInt | None = Field(None, ge=1, le=HARD_MAX_TOP_K, description="return only the k most probable")
+    top_k: FormInt | None = Field(None, ge=1, description="return only the k most probable")
     task: str | None = Field(
         None,
         min_length=1,
@@ -343,7 +347,7 @@ class ClassifyForm(BaseModel):
 class SearchImageForm(BaseModel):
     """The fields of a multipart image -> image search (besides the ``image`` file)."""
 
-    top_k: FormInt = Field(10, ge=1, le=HARD_MAX_TOP_K)
+    top_k: FormInt = Field(10, ge=1)
     modality: IndexModality | None = Field(None, description=_MODALITY_FILTER)
     label: str | None = Field(None, min_length=1, max_length=200)
 

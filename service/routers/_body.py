@@ -91,22 +91,26 @@ async def parse_multipart(
     more than a cache hit is allowed to take.
     """
     form = await read_form(request, max_bytes, image_sink=image_sink)
+    for part in form.files:
+        if part.name != "image":
+            raise InvalidRequestError(
+                f"unexpected file field {part.name!r}: send the image in the 'image' field"
+                + (" (a text field needs no filename)" if part.name in model.model_fields else "")
+            )
+    if any(name == "image" for name, _ in form.fields):
+        raise InvalidRequestError("'image' must be a file part (multipart/form-data with a filename)")
+    # unknown names first: `categories[]` sent twice is a field this endpoint does not have, not a repeat
+    unknown = sorted({name for name, _ in form.fields} - set(model.model_fields))
+    if unknown:
+        raise InvalidRequestError(unknown_fields(unknown))
     fields: dict[str, Any] = {}
     for name, value in form.fields:
-        if name == "image":
-            raise InvalidRequestError("'image' must be a file part (multipart/form-data with a filename)")
         if name in list_fields:
             fields.setdefault(name, []).append(value)
         elif name in fields:
             raise InvalidRequestError(f"field {name!r} was sent more than once")
         else:
             fields[name] = value
-    for part in form.files:
-        if part.name != "image":
-            raise InvalidRequestError(f"unexpected file field {part.name!r}: send the image in the 'image' field")
-    unknown = sorted(set(fields) - set(model.model_fields))
-    if unknown:
-        raise InvalidRequestError(f"unknown form fields: {', '.join(unknown)}")
     try:
         parsed = model.model_validate(fields)
     except ValidationError as err:
@@ -116,6 +120,11 @@ async def parse_multipart(
     image = form.files[0]
     check_upload(image.content_type, len(image.data), max_bytes, image.name)
     return Upload(image.data, image.sha256), parsed
+
+
+def unknown_fields(names: list[str]) -> str:
+    """The message for form fields an endpoint does not have, each quoted (a nameless part shows as '')."""
+    return f"unknown form fields: {', '.join(map(repr, names))}"
 
 
 def require_multipart(request: Request) -> None:

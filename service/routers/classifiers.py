@@ -54,7 +54,7 @@ from service.errors import (
     ServiceError,
     UnsupportedContentTypeError,
 )
-from service.routers._body import Upload, malformed_json, read_form
+from service.routers._body import Upload, malformed_json, read_form, unknown_fields
 from service.schemas import ClassifyResponse, error_responses, meaningful
 
 logger = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ async def _parse_create(
     if "text_prior" in fields:
         spec["text_prior"] = fields.pop("text_prior").strip()  # pydantic: true/false, yes/no, on/off, 1/0
     if fields:
-        raise InvalidRequestError(f"unknown form fields: {', '.join(sorted(fields))}")
+        raise InvalidRequestError(unknown_fields(sorted(fields)))
     try:
         return ClassifierRequest.model_validate(spec), files
     except ValidationError as err:
@@ -595,7 +595,7 @@ async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     response_model=ClassifierResponse,
     summary="Refit a classifier with the loaded artifact (from its stored examples)",
     dependencies=[AdminDep],
-    responses=error_responses(401, 403, 404, 409, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 415, 422, 503),
 )
 async def refit_classifier(name: NamePath, request: Request, state: StateDep) -> dict[str, Any]:
     """Refit from the stored examples' embeddings when the image encoder is unchanged, otherwise from the stored
@@ -603,6 +603,11 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
     store = await get_store(state)
     engine = state.engine
     body = await request.body()
+    kind = content_type(request)
+    if body and kind != "application/json":  # an empty body needs no type: refit as created
+        raise UnsupportedContentTypeError(
+            f"send the refit options as application/json ({{\"method\": ...}}) or no body, got {kind or 'no content type'}"
+        )
     try:
         options = RefitRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
@@ -732,6 +737,7 @@ async def classify_with_classifier(
     """The classify answer for ``classifier=NAME`` (called by the classify router, with its head start)."""
     engine = state.engine
     data, digest = upload.data, upload.sha256
+    name = name.strip()  # as a name is stored at creation (check_name)
     store = await get_store(state)
     row = store.cached_row(name)
     if row is None:

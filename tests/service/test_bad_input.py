@@ -82,7 +82,9 @@ def test_missing_image_field(api: TestClient) -> None:
         (["DME", "glaucoma", "dme"], "duplicate"),
         (["DME", "diabetic macular edema"], "both mean 'diabetic macular edema'"),
         # unknown names too: case, hyphens and punctuation aside, the same name
-        (["drusen-like dots", "Drusen like dots.", "normal"], "differ only in case, hyphens or a closing full stop"),
+        (["drusen-like dots", "Drusen like dots.", "normal"], "differ only in case, hyphens, a closing full stop"),
+        (["caf\u00e9 spots", "cafe\u0301 spots"], "how Unicode encodes them"),  # composed and decomposed é
+        (["ｄｒｕｓｅｎ spots", "drusen spots"], "how Unicode encodes them"),  # full-width letters
         (["\u200b", "normal"], "categories[0] is an empty category (invisible"),
         (["x" * 300, "glaucoma"], "300 characters"),
     ],
@@ -249,6 +251,26 @@ def test_a_second_file_is_a_wrong_field_not_too_many_bytes(api: TestClient, real
     assert_error(two, 422, "invalid_request", "only one file per request", "a second one came in 'image'")
     as_file = api.post("/v1/classify", files=[("image", image), ("categories", ("c.txt", b"normal", "text/plain"))])
     assert_error(as_file, 422, "invalid_request", "'categories' must be a text field")
+    # a text field with a filename before the image (an HTML form's empty file input does that)
+    body = (b'--B\r\nContent-Disposition: form-data; name="top_k"; filename=""\r\n\r\n3\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+            + real_images["CFP"] + b"\r\n--B--\r\n")
+    before = api.post("/v1/classify", content=body, headers={"Content-Type": "multipart/form-data; boundary=B"})
+    assert_error(before, 422, "invalid_request", "the image in 'image': 'top_k' came as a file too")
+
+
+def test_messages_name_what_is_wrong(api: TestClient, real_images: dict[str, bytes]) -> None:
+    image = ("a.jpg", real_images["CFP"], "image/jpeg")
+    # PHP-style list names are unknown fields, not repeats of one
+    brackets = api.post("/v1/classify", files=[("image", image)], data={"categories[]": ["normal", "glaucoma"]})
+    assert_error(brackets, 422, "invalid_request", "unknown form fields: 'categories[]'")
+    nameless = api.post("/v1/classify", files=[("image", image)], data={"": "x"})
+    assert_error(nameless, 422, "invalid_request", "unknown form fields: ''")
+    # beyond the configured limit, the message gives that limit, not the schema's outer bound
+    for r in (_post_image(api, real_images["CFP"], top_k=10_001), api.post("/v1/search", json={"query": "x", "top_k": 10_001})):
+        assert r.status_code == 422 and "top_k is 10001; the limit is" in r.text, r.text
+    null = api.post("/v1/search", json={"query": "x", "top_k": None})
+    assert_error(null, 422, "invalid_request", "not null")
 
 
 def test_a_file_named_only_in_the_extended_form_is_a_file(api: TestClient, real_images: dict[str, bytes]) -> None:

@@ -286,6 +286,10 @@ def test_bad_inputs_are_clear_4xx(
         "/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "ok", "decision": "flat"}
     )
     assert decided.status_code == 422 and "'decision'" in decided.json()["error"]["message"]
+    spaced = client.post("/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": " ok "})
+    assert spaced.status_code == 200, spaced.text  # the name as it was stored, spaces aside as at creation
+    as_form = client.post("/v1/classifiers/ok/refit", data={"method": "prototype"}, headers=ADMIN)
+    assert as_form.status_code == 415 and "application/json" in as_form.json()["error"]["message"]
     spec = client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     excluded = spec["multipart/form-data"]["schema"]["not"]["anyOf"]
     assert {"required": ["classifier", "decision"]} in excluded  # the schema forbids what the service refuses
