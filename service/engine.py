@@ -460,7 +460,13 @@ class Engine:
                 name: {"categories": list(t["categories"]), "modalities": list(t.get("modalities", []))}
                 for name, t in tasks.items()
             },
-            "abbreviations": dict(self.knowledge.data.get("abbreviations", {})),
+            # abbreviation -> the category it resolves to, as `known` spells it (the dictionary's own entries
+            # include a word "abbreviated" as itself, "fibrosis", and spellings such as "age-related ...")
+            "abbreviations": {
+                short: self.knowledge.canonical(short)
+                for short in self.knowledge.data.get("abbreviations", {})
+                if self.knowledge.is_known(short) and self.knowledge.canonical(short).casefold() != short.casefold()
+            },
             "aliases": {
                 name: aliases
                 for name in self.knowledge.categories

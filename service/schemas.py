@@ -291,12 +291,18 @@ class SearchRequest(BaseModel):
     # answered 10,001 with "less than or equal to 10000" where the limit was 100
     top_k: JsonInt = Field(10, ge=1, description="how many images (at most KEEPFIT_MAX_TOP_K)")
     modality: IndexModality | None = Field(None, description=_MODALITY_FILTER)
-    label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label")
+    label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label",
+                              json_schema_extra={"pattern": TEXT_PATTERN})
 
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str) -> str:
         return meaningful(value, "query")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        return None if value is None else meaningful(value, "label")
 
 
 class ClassifyForm(BaseModel):
@@ -350,6 +356,11 @@ class SearchImageForm(BaseModel):
     top_k: FormInt = Field(10, ge=1)
     modality: IndexModality | None = Field(None, description=_MODALITY_FILTER)
     label: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        return None if value is None else meaningful(value, "label")
 
 
 class SearchHit(BaseModel):
@@ -485,7 +496,9 @@ class CategoriesResponse(BaseModel):
     tasks: dict[str, TaskInfo] = Field(
         description="named sets of mutually exclusive categories (form field `task`)"
     )
-    abbreviations: dict[str, str] = Field(description="abbreviation -> full name (also listed in `aliases`)")
+    abbreviations: dict[str, str] = Field(
+        description="abbreviation -> the category it means, as `known` names it (also listed in `aliases`)"
+    )
     aliases: dict[str, list[str]] = Field(
         description="category -> the other names it is known by; any of them scores as the category"
     )

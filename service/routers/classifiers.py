@@ -55,7 +55,7 @@ from service.errors import (
     UnsupportedContentTypeError,
 )
 from service.routers._body import Upload, malformed_json, read_form, unknown_fields
-from service.schemas import ClassifyResponse, error_responses, meaningful
+from service.schemas import TEXT_PATTERN, ClassifyResponse, error_responses, meaningful
 
 logger = logging.getLogger(__name__)
 
@@ -407,14 +407,15 @@ _CATEGORY_SCHEMA = {
     "type": "object",
     "required": ["label"],
     "properties": {
-        "label": {"type": "string", "minLength": 1, "maxLength": 200},
-        "text": {"type": "string", "minLength": 1, "maxLength": 200, "description": "zero-shot prior text"},
+        "label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN},
+        "text": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN,
+                 "description": "zero-shot prior text"},
         "ids": {
             "type": "array",
             "items": {"type": "integer", "minimum": 0, "maximum": 2**53},
             "description": "indexed images",
         },
-        "index_label": {"type": "string", "minLength": 1, "maxLength": 200},
+        "index_label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN},
     },
 }
 _CREATE_FIELDS = {
@@ -722,6 +723,7 @@ def _classify_encoded(
         "width": encoded.size[0],
         "height": encoded.size[1],
         "warnings": warnings,
+        "detected": detected,
     }
 
 
@@ -776,8 +778,9 @@ async def classify_with_classifier(
                 "estimate": row.estimate.get("balanced_accuracy"),
             },
             "modality": {
-                "requested": row.modality,
+                "requested": "auto",  # a classifier takes no modality: it is the one it was fitted on
                 "used": row.modality,
+                "detected": out["detected"],
                 "confidence": out["modality_probabilities"].get(row.modality),
                 "probabilities": out["modality_probabilities"],
             },
@@ -785,10 +788,8 @@ async def classify_with_classifier(
                 {
                     "label": categories[i]["label"],
                     "probability": float(probs[i]),
-                    "canonical": engine.knowledge.canonical(
-                        categories[i].get("text") or categories[i]["label"]
-                    ),
-                    "known": False,
+                    "canonical": engine.knowledge.canonical(categories[i].get("text") or categories[i]["label"]),
+                    "known": engine.knowledge.is_known(categories[i].get("text") or categories[i]["label"]),
                 }
                 for i in out["order"]
             ],

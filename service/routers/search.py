@@ -20,6 +20,7 @@ from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import (
     HARD_MAX_TOP_K,
+    TEXT_PATTERN,
     SearchImageForm,
     SearchRequest,
     SearchResponse,
@@ -48,7 +49,7 @@ matches the query well, and the hits are only the least unlike.  Without a loade
 _FILTER_FIELDS = {
     "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K, "default": 10},
     "modality": {"type": "string", "enum": list(MODALITIES)},
-    "label": {"type": "string", "minLength": 1, "maxLength": 200},
+    "label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN},
 }
 
 OPENAPI_BODY = {

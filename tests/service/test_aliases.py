@@ -76,6 +76,11 @@ def test_categories_lists_known_names_and_aliases(api: TestClient) -> None:
     known = set(body["known"])
     assert {c for names in body["modalities"].values() for c in names} <= known
     assert set(body["aliases"]) <= known
+    # every abbreviation names a known category as `known` spells it, and is one of its aliases
+    assert body["abbreviations"]["DME"] == "diabetic macular edema" and "fibrosis" not in body["abbreviations"]
+    for short, category in body["abbreviations"].items():
+        assert category in known, (short, category)
+        assert short.casefold() in {a.casefold() for a in body["aliases"][category]}, (short, category)  # IrMA, IRMA
     openapi = api.get("/openapi.json").json()["components"]["schemas"]
     assert "similar_known" in openapi["Prediction"]["properties"]
     assert "aliases" in openapi["CategoriesResponse"]["properties"]

@@ -116,6 +116,9 @@ def test_acceptance_uploaded_real_examples_classify_held_back_images(
         a = answer.json()
         assert a["classifier"]["name"] == "ffa-dx" and a["classifier"]["version"] == body["version"]
         assert a["modality"]["used"] == "FFA" and len(a["predictions"]) == 4
+        assert a["modality"]["requested"] == "auto" and a["modality"]["detected"] == "FFA"
+        # "normal" is a known category: known, as in a zero-shot answer
+        assert {p["label"]: p["known"] for p in a["predictions"]}["normal"] is True
         assert (a["task"], a["decision"], a["warnings"]) == (None, None, [])  # the zero-shot answer's keys
         assert abs(sum(p["probability"] for p in a["predictions"]) - 1.0) < 1e-4
         truth.append(row["label"])

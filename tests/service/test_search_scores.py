@@ -58,6 +58,9 @@ def test_a_label_the_index_does_not_hold_says_so(indexed: TestClient) -> None:
     [warning] = body["warnings"]
     assert warning["code"] == "label_not_in_index"
     assert warning["message"].startswith("no image in this index has the label 'glaucoma'; its labels are: ")
+    for label in (" ", "\u200b", "a\x00b"):  # refused as a query or a category would be, not searched for
+        r = _search(indexed, query="cupped optic disc", label=label)
+        assert r.status_code == 422 and "label" in r.json()["error"]["message"], r.text
 
 
 def test_a_label_present_only_in_another_modality(indexed: TestClient) -> None:
