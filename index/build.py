@@ -499,7 +499,10 @@ def _build_locked(
         if not asm.records:
             _drop(work)
             reasons = ", ".join(f"{n} {r}" for r, n in failure_summary(rows).most_common()) or "no inputs"
-            raise DataError(f"nothing to index: none of the {len(sources.items)} inputs is a readable image ({reasons})")
+            bad = np.flatnonzero(~rows.ok)[:2]
+            first = "; ".join(f"{rows.reason[i]}: {rows.detail[i]}" for i in bad)
+            raise DataError(f"nothing to index: none of the {len(sources.items)} inputs is a readable image ({reasons})"
+                            + (f"; first: {first}" if first else ""))
         ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
         report = _embedded_report(directory, "build", sources.items, rows, reused, asm)
         built = build_index(asm.vectors, ids, ann)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from model.cli import finite_float, int_at_least, positive_int
 from model.errors import DataError
+from model.files import atomic_write_json
 
 if TYPE_CHECKING:  # faiss and the runtime load only when a command runs
     from index.ann import AnnSpec
@@ -154,6 +155,17 @@ def _embed_options(args: argparse.Namespace) -> EmbedOptions:
         ray=ray,
         intra_op_threads=args.threads,
     )
+
+
+def _json_target(path: Path | None) -> None:
+    """Refuse a --json path that cannot be written before the minutes of work that end by writing it."""
+    if path is not None and path.is_dir():
+        raise DataError(f"--json {path} is a directory; give a file name")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, data)
 
 
 def _report(report: Report, as_json: bool) -> int:
@@ -404,13 +416,13 @@ def eval_main(argv: list[str]) -> int:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    _json_target(args.json)
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
         result = retrieval_precision(index, runtime, k=args.k, min_images=args.min_images)
     _out(format_table(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        _write_json(args.json, result)
     return 0
 
 
@@ -439,6 +451,7 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    _json_target(args.json)
     if args.n < 2 or args.dim < 1 or args.k < 1 or args.k > args.n:
         raise DataError(f"need n >= 2, dim >= 1 and 1 <= k <= n (got n={args.n}, dim={args.dim}, k={args.k})")
     result = run_bench(
@@ -458,8 +471,7 @@ def bench_main(argv: list[str]) -> int:
     )
     _out(format_report(result, args.index_type))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        _write_json(args.json, result)
     return 0
 
 

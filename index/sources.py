@@ -122,7 +122,11 @@ def from_manifest(
     if splits:
         if "split" not in columns:
             raise DataError(f"manifest {path} has no 'split' column to select {', '.join(splits)} from")
+        present = sorted({r.get("split", "") for r in rows} - {""})
         rows = [r for r in rows if r.get("split") in set(splits)]
+        if not rows and present:
+            raise DataError(f"manifest {path}: no rows in split {', '.join(map(repr, splits))} "
+                            f"(splits present: {', '.join(present)})")
     if label_columns is None:
         chosen = [
             c for c in columns if c and _column_key(c) not in NON_LABEL_COLUMNS | IDENTIFYING_COLUMNS

@@ -184,7 +184,8 @@ def read_manifest(directory: Path, check: bool = True) -> IndexManifest:
     """The manifest of an index directory, structurally checked and (with ``check``) its checksum verified."""
     path = directory / MANIFEST
     if not directory.is_dir():
-        raise IndexStoreError(f"index directory not found: {directory}")
+        what = "is a file, not an index directory" if directory.exists() else "not found"
+        raise IndexStoreError(f"index directory {what}: {directory}")
     if not path.is_file():
         raise IndexStoreError(
             f"not an index: {path} is missing (was the build interrupted before it finished?)"

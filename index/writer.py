@@ -53,6 +53,8 @@ def locked(directory: Path, create: bool = True) -> Iterator[None]:
     error that leaves nothing behind); fails fast if another writer holds it."""
     if not create and not directory.is_dir():
         raise IndexStoreError(f"not an index: {directory} does not exist")
+    if not create and not (directory / MANIFEST).is_file():  # no lock file left in a folder that is not an index
+        raise IndexStoreError(f"not an index: {directory} has no {MANIFEST}")
     directory.mkdir(parents=True, exist_ok=True)
     fh = open(directory / LOCK, "a+")  # noqa: SIM115 - held for the duration of the context
     try:
@@ -163,9 +165,9 @@ def seal_index(directory: Path) -> bool:
     with locked(directory, create=False):
         manifest = read_manifest(directory, check=False)
         sealed = seal(manifest)
+        VectorIndex.of_manifest(directory, manifest).close()  # every file's hash, also when the seal is right
         if sealed == manifest:
             return False
-        VectorIndex.of_manifest(directory, manifest).close()
         commit_manifest(directory, sealed)
     return True
 

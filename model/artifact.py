@@ -163,7 +163,8 @@ def _parse_manifest(path: Path) -> dict[str, Any]:
     """The manifest's JSON, structurally checked (no checksum check); every problem one line naming the file."""
     manifest_path = path / MANIFEST
     if not path.is_dir():
-        raise ArtifactError(f"artifact directory not found: {path}")
+        what = "is a file, not an artifact directory" if path.exists() else "not found"
+        raise ArtifactError(f"artifact directory {what}: {path}")
     if not manifest_path.is_file():
         raise ArtifactError(f"not an artifact: {manifest_path} is missing")
     try:

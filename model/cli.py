@@ -8,6 +8,7 @@ stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import math
@@ -111,8 +112,12 @@ def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:
     except KeepfitError as err:
         print(f"error: {err}", file=sys.stderr)  # noqa: T201
         return 2
-    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
-        print(f"error: {err.strerror}: {err.filename}", file=sys.stderr)  # noqa: T201
+    except OSError as err:
+        if err.errno is None:  # not the system's refusal (a library's OSError): a bug to show in full
+            raise
+        # a missing or unwritable path, a read-only file system, a full disk: what and where, in one line
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)  # noqa: T201
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)  # noqa: T201
@@ -184,8 +189,12 @@ def knowledge_main(argv: list[str]) -> int:
                    help="also give this artifact the new knowledge (new hashes and version; repeatable)")
     args = p.parse_args(argv)
     data = build_knowledge(args.dictionary, args.aliases) if args.aliases else build_knowledge(args.dictionary)
-    for artifact in args.artifact:  # every artifact checked before anything is written
+    for artifact in args.artifact:  # every artifact checked before anything is written, its folder writable too
         load_artifact(artifact)
+        if not os.access(artifact, os.W_OK | os.X_OK) or not os.access(artifact / "manifest.json", os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied (nothing was changed)", str(artifact))
+    if args.out.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "--out is a directory, not a file (nothing was changed)", str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, data)
     n_aliases = sum(len(v) for c in data["categories"].values() for v in c.get("aliases", {}).values())

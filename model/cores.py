@@ -127,3 +127,16 @@ def _quota(directory: Path, version: int) -> float | None:
         return quota_us / int((directory / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError, ZeroDivisionError):
         return None
+
+
+def threads_from_env(name: str = "KEEPFIT_THREADS") -> int | None:
+    """The thread count set in the environment variable ``name``, or None where it is unset or empty; anything
+    but a whole number of at least 1 is a :class:`model.errors.ConfigError` naming the variable."""
+    from model.errors import ConfigError
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of threads, at least 1; got {raw!r}")
+    return int(raw)

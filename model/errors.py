@@ -49,3 +49,7 @@ class IndexMismatchError(IndexStoreError):
 
 class NotFoundError(KeepfitError):
     """An id, path or name that does not exist (an unknown index id, say)."""
+
+
+class TrainingDivergedError(KeepfitError):
+    """The loss became NaN or infinite: a command-line error (one line), not a crash."""

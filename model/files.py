@@ -8,6 +8,7 @@ after it, so the new file survives a power cut (commit points: index manifests, 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -33,6 +34,8 @@ def atomic_write(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
+    if path.is_dir():  # os.replace would name the temporary file in its error
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o644)

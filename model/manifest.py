@@ -50,7 +50,15 @@ def read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str],
         with path.open(newline="", encoding=ENCODING) as fh:
             reader = csv.DictReader(fh)
             columns = tuple((c or "").strip() for c in (reader.fieldnames or ()))
-            rows = tuple({(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader)
+            parsed = []
+            for row in reader:
+                if None in row:  # more cells than the header names (an unquoted comma in a caption, say)
+                    raise DataError(
+                        f"manifest {path} line {reader.line_num} has {len(columns) + len(row[None])} fields, the "
+                        f"header has {len(columns)}: quote a value that holds a comma"
+                    )
+                parsed.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
+            rows = tuple(parsed)
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"manifest {path} is not a readable CSV: {err}") from err
     return columns, rows

@@ -27,6 +27,7 @@ from model.errors import ConfigError, DataError, ImageError
 from model.manifest import read_manifest
 from service.cache import sha256_hex
 from service.classifiers import (
+    ClassifierNotFoundError,
     ClassifierStore,
     Example,
     check_distinct_priors,
@@ -337,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ClassifierNotFoundError as err:  # its message points to the HTTP API
+        raise DataError(f"no classifier named {args.name!r} in the store: `keepfit classifier list` lists them") from err
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from model.cli import finite_float, positive_int
 from model.config import MODALITIES
-from model.cores import available_cores
+from model.cores import available_cores, threads_from_env
 from model.errors import ConfigError, DataError
 from model.knowledge import Knowledge
 
@@ -182,7 +182,7 @@ def train_main(argv: list[str]) -> int:
     if device.type == "cpu":
         # torch's default counts the machine's cores, also in a container allowed fewer (model/cores.py)
         default = min(torch.get_num_threads(), available_cores())
-        torch.set_num_threads(max(1, int(os.environ.get("KEEPFIT_THREADS", default))))
+        torch.set_num_threads(threads_from_env() or max(1, default))
     knowledge = Knowledge.default()
     seed_everything(cfg.seed)  # the new heads' random initialisation is part of the run's seed
     model, tokenizer, info = build_model(cfg)
@@ -190,8 +190,10 @@ def train_main(argv: list[str]) -> int:
     task: Task = TASKS[cfg.stage](cfg, model, tokenizer, device, knowledge, data_root, run_dir)
     result = train(task, cfg, run_dir, device, resume=args.resume, meta={"init_from": info} if info else None)
     _write_training_report(cfg, task, result)
+    speed = (f"{result.pairs_per_s:.1f} pairs/s" if math.isfinite(result.pairs_per_s)
+             else "speed not measured: the first step is not timed")
     print(f"wrote {result.checkpoint} (weights of step {result.selected_step}; best validation score "  # noqa: T201
-          f"{result.best_score:.4f} at step {result.best_step}; {result.pairs_per_s:.1f} pairs/s on {device})")
+          f"{result.best_score:.4f} at step {result.best_step}; {speed} on {device})")
     if cfg.stage == "hybrid":
         print(f"export: keepfit export --checkpoint {result.checkpoint} --out artifacts/{cfg.name} "  # noqa: T201
               "--quantize int8")
@@ -247,7 +249,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     common(zs)
     zs.add_argument("--decision", choices=("auto", "screening", "flat"), default="auto",
                     help="as /v1/classify's: auto (default) and screening screen a set with normal and at least "
-                    "two other classes (none 'no ...'); flat is one softmax")
+                    "two other classes, none a healthy or absent finding ('no ...', 'normal ...', 'negative for "
+                    "...'); elsewhere, and with flat, one softmax (the report's 'decision' says which)")
     r = sub.add_parser("retrieval", help="text-to-image retrieval: precision@k of the queried category")
     common(r)
     r.add_argument("--k", default="1,5,10")
@@ -340,8 +343,13 @@ def eval_main(argv: list[str]) -> int:
         rows = _read_reports(args.reports)
         print(evalcmd.comparison_markdown(rows), end="")  # noqa: T201
         return 0
-    threads = os.environ.get("KEEPFIT_THREADS")
-    runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=int(threads) if threads else None)
+    # what would fail at the end, checked before the evaluation's minutes
+    record_into = getattr(args, "record_into", None)
+    if record_into and not Path(record_into).is_file():
+        raise DataError(f"checkpoint not found: {record_into} (--record-into)")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise DataError(f"--out {args.out} is a file; reports are written into a folder")
+    runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=threads_from_env())
     out = args.out or Path("runs") / "eval" / f"{runtime.artifact.name}-{runtime.version}" / args.command
     if args.command == "calibrate":
         from training.calibrate import record_calibration, run_calibrate
@@ -360,7 +368,7 @@ def eval_main(argv: list[str]) -> int:
         data_root = resolve_data_root(args.data_root)
         baseline = None
         if args.baseline is not None:  # fail on a bad baseline before the long evaluation
-            baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=int(threads) if threads else None)
+            baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=threads_from_env())
         report = evalcmd.run_suite(runtime, data_root, args.split, out, args.batch_size, run_dir=args.run)
         if args.record_into:
             evalcmd.record_into_checkpoint(args.record_into, report["summary"])

@@ -137,6 +137,11 @@ class TrainConfig:
             raise ConfigError(f"mlm_head_warmup must be >= 0, got {self.mlm_head_warmup}")
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_text_tokens < 8:  # [CLS], a few words and [SEP]: fewer leaves nothing to mask or contrast
+            raise ConfigError(f"max_text_tokens must be >= 8, got {self.max_text_tokens}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         self.augment.validate()

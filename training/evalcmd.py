@@ -43,7 +43,7 @@ from training.evaluate import (
     retrieval_metrics,
     zero_shot_metrics,
 )
-from training.reports import fmt, plot_confusion, plot_curves, write_report
+from training.reports import atomic_write_text, fmt, plot_confusion, plot_curves, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +100,10 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     result = zero_shot_metrics(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale,
                                _class_bias(runtime, s), decision)
     out.mkdir(parents=True, exist_ok=True)
-    plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({a.modality or '-'}, "
+    plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({s.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
     payload = {"command": "zero-shot", "manifest": str(a.manifest), "label_column": a.label_column,
-               "modality": a.modality, "split": a.split, **result, **_skips(s, embedder)}
+               "modality": s.modality, "split": a.split, **result, **_skips(s, embedder)}
     lines = _header(runtime, f"Zero-shot: {a.label_column}") + _classification_md(result) + [
         "", "![confusion matrix](confusion.png)", ""]
     write_report(out, payload, "\n".join(lines))
@@ -118,7 +118,7 @@ def run_retrieval(runtime: KeepfitRuntime, a: TaskArgs, out: Path, ks: list[int]
     img, s = _embed(embedder, s, "embedding gallery")
     result = retrieval_metrics(img, s.labels, _class_emb(runtime, s), s.classes, ks)
     payload = {"command": "retrieval", "manifest": str(a.manifest), "label_column": a.label_column,
-               "modality": a.modality, "split": a.split, **result, **_skips(s, embedder)}
+               "modality": s.modality, "split": a.split, **result, **_skips(s, embedder)}
     lines = _header(runtime, f"Text-to-image retrieval: {a.label_column}") + [
         f"Gallery: {result['n']} images; queries: each category's prompt embedding.", "",
         "| category | relevant | " + " | ".join(f"P@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
@@ -141,11 +141,30 @@ def _require_splits(a: TaskArgs, what: str) -> None:
                         "'split' column (train / val / test)")
 
 
+def _distinct_splits(splits: dict[str, str], why: str) -> None:
+    """Refuse one split given for two roles (fit and score): ``why`` says what that would measure."""
+    from model.errors import DataError
+
+    seen: dict[str, str] = {}
+    for option, split in splits.items():
+        if split in seen:
+            raise DataError(f"{seen[split]} and {option} are both {split!r}: {why}")
+        seen[split] = option
+
+
 def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[int], repeats: int,
                  train_split: str, batch_size: int = 32) -> dict[str, Any]:
     _require_splits(a, "few-shot evaluation")
+    _distinct_splits({"--train-split": train_split, "--split": a.split}, "the queries would be among the support")
     embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     train = _load(runtime, a, train_split)
+    have = np.bincount(train.labels, minlength=len(train.classes))  # [C]
+    if max(shots) > have.min():
+        short = int(np.argmin(have))
+        from model.errors import DataError
+
+        raise DataError(f"--shots {max(shots)} is more than the {int(have[short])} images of "
+                        f"{train.classes[short]!r} in split {train_split!r}: every draw would be the same support")
     test = _load(runtime, a, a.split)
     test = EvalSet(test.name, test.paths, np.asarray([train.classes.index(test.classes[y]) if test.classes[y] in
                    train.classes else -1 for y in test.labels]), train.classes, test.modality, test.skipped)
@@ -170,6 +189,8 @@ def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[in
 def run_linear_probe(runtime: KeepfitRuntime, a: TaskArgs, out: Path, train_split: str, val_split: str,
                      batch_size: int = 32) -> dict[str, Any]:
     _require_splits(a, "the linear probe")
+    _distinct_splits({"--train-split": train_split, "--val-split": val_split, "--split": a.split},
+                     "the probe would be chosen or scored on the images it was fitted to")
     embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     sets: list[tuple[np.ndarray, EvalSet]] = []
     for split in (train_split, val_split, a.split):
@@ -623,7 +644,8 @@ def comparison_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
 def write_comparison(out: Path, rows: list[tuple[str, dict[str, Any]]]) -> str:
     """``comparison.md`` beside a suite report: :func:`comparison_markdown` for several models."""
     text = comparison_markdown([(name, [report]) for name, report in rows])
-    (out / "comparison.md").write_text("# Comparison (test split)\n\n" + text)
+    split = rows[0][1].get("split", "test") if rows else "test"
+    atomic_write_text(out / "comparison.md", f"# Comparison ({split} split)\n\n" + text)
     return text
 
 

@@ -191,14 +191,22 @@ def load_eval_set(
         rows = [{**r, label_column: DERIVED_LABELS[derive](r)} for r in rows]
     skipped: Counter[str] = Counter()
     if modality is not None:
+        modality = _spelt_as_known(modality, knowledge)
         knowledge.template(modality)  # unknown modality -> ConfigError naming it
         if "modality" in manifest.columns:
-            other = [r for r in rows if r["modality"] != modality]
+            other = [r for r in rows if r["modality"].strip().upper() != modality.upper()]
             for r in other:
                 skipped[f"modality {r['modality'] or '(none)'}"] += 1
-            rows = [r for r in rows if r["modality"] == modality]
+            rows = [r for r in rows if r["modality"].strip().upper() == modality.upper()]
             if not rows:
                 raise DataError(f"manifest {manifest.path}: no rows of modality {modality!r} in this selection")
+    elif "modality" in manifest.columns:  # the rows' one known modality picks the prompts, as in the service
+        found = sorted({_spelt_as_known(r["modality"], knowledge) for r in rows if r[label_column]})
+        if len(found) == 1 and found[0] in knowledge.modalities:
+            modality = found[0]
+        elif len(found) > 1:
+            logger.warning("%s: rows of several modalities (%s) are scored with the photograph prompts; pass "
+                           "--modality to score one", manifest.path, ", ".join(found))
     labelled = [r for r in rows if r[label_column]]
     skipped["empty label"] += len(rows) - len(labelled)
     if categories:
@@ -207,6 +215,7 @@ def load_eval_set(
         classes = sorted({knowledge.canonical(r[label_column]) for r in labelled})
     if len(classes) < 2:
         raise DataError(
+            f"zero-shot needs at least 2 categories; --categories gives {classes}" if categories else
             f"zero-shot needs at least 2 categories; {manifest.path} column {label_column!r} gives {classes} "
             "(pass --categories a,b,...)"
         )
@@ -228,6 +237,11 @@ def load_eval_set(
     skipped = Counter({k: v for k, v in skipped.items() if v})
     return EvalSet(name or label_column, [manifest.resolve(r) for r in kept], np.asarray(labels, dtype=np.int64),
                    classes, modality, skipped)
+
+
+def _spelt_as_known(modality: str, knowledge: Knowledge) -> str:
+    """``cfp`` as the knowledge spells it (``CFP``); an unknown one as given, for the error naming it."""
+    return next((m for m in knowledge.modalities if m.upper() == modality.strip().upper()), modality)
 
 
 def load_spec(spec: EvalSpec, data_root: Path, knowledge: Knowledge, split: str | None) -> EvalSet:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from model.errors import ConfigError
+from model.errors import ConfigError, TrainingDivergedError
 from model.nn.factory import load_state, read_checkpoint, save_checkpoint
 from model.nn.keepfit import KeepFITModel
 from model.tokenizer import Tokenizer
@@ -109,6 +109,11 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
             raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --name")
         st = _resume(last, cfg, task, optimizer)
     else:
+        if resume:  # a run stopped before its first checkpoint: nothing to continue, so it starts over
+            logger.warning("nothing to resume: %s holds no last.pt; training from step 0", run_dir)
+        # a run that failed before its first checkpoint leaves its history and best.pt: not this run's
+        (run_dir / "history.jsonl").unlink(missing_ok=True)
+        best_path.unlink(missing_ok=True)
         st = _RunState()
         seed_everything(cfg.seed)
     start, history, train_time, pairs = st.start, st.history, st.train_time, st.pairs
@@ -233,7 +238,7 @@ def _optimise(task: Task, loss: Tensor, step: int, optimizer: torch.optim.Optimi
               params: list[torch.nn.Parameter], grad_clip: float) -> float:
     """One optimiser step on ``loss`` (scaled under fp16 autocast, clipped); returns the gradient norm."""
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower --lr or check the data")
+        raise TrainingDivergedError(f"loss is {float(loss)} at step {step}: lower --lr or check the data")
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from model.files import atomic_write_json
+from model.files import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], title: s
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, label="row-normalised")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -81,9 +81,20 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") 
         axes[1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
+
+
+def _save(fig: Any, path: Path) -> None:
+    """A figure as PNG, whole or not at all (written beside ``path`` and renamed)."""
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=110, format="png")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -98,7 +109,7 @@ def write_report(out_dir: Path, payload: dict[str, Any], markdown: str, stem: st
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     atomic_write_json(json_path, _jsonable(payload))
-    md_path.write_text(markdown)
+    atomic_write_text(md_path, markdown)
     logger.info("wrote %s and %s", json_path, md_path)
     return json_path, md_path
 

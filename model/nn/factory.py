@@ -86,7 +86,8 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        what = "is a directory, not a checkpoint file (model.pt)" if path.is_dir() else "not found"
+        raise CheckpointError(f"checkpoint {what}: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:

@@ -292,6 +292,21 @@ def test_commands_on_a_missing_index_or_with_nothing_to_index_leave_no_folder(
                        "--out", str(out_dir))
     assert code == 2 and "nothing to index" in err
     assert not missing.exists() and not (tmp_path / "new").exists()
+    notes = tmp_path / "notes"  # a folder that is not an index: refused, and nothing written into it
+    notes.mkdir()
+    (notes / "notes.txt").write_text("x")
+    for command in (["remove", "--index", str(notes), "--id", "1"], ["seal", "--index", str(notes)]):
+        code, _, err = run(capsys, *command)
+        assert code == 2 and f"not an index: {notes} has no index_manifest.json" in err, err
+    assert sorted(p.name for p in notes.iterdir()) == ["notes.txt"]
+
+
+def test_seal_checks_every_file_also_when_the_seal_is_right(capsys: pytest.CaptureFixture[str], index_copy: Path) -> None:
+    """It answered "already sealed" (exit 0) for an index whose ids file was overwritten."""
+    [ids] = index_copy.glob("ids.*.npy")
+    ids.write_bytes(bytes(len(ids.read_bytes())))  # same size, other bytes
+    code, _, err = run(capsys, "seal", "--index", str(index_copy))
+    assert code == 2 and ids.name in err, err
 
 
 def test_a_journal_left_by_an_interrupted_metadata_write_is_collected(

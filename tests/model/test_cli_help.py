@@ -151,3 +151,29 @@ def test_seal_refuses_a_model_config_no_reader_can_load(
     assert main(["artifact", "seal", str(copy)]) == 2
     assert "bad model_config: preprocess.image_size" in capsys.readouterr().err
     assert (copy / "manifest.json").read_bytes() == before
+
+
+def test_the_system_refusing_a_write_is_one_line_and_a_library_oserror_is_not_hidden(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import errno
+
+    from model.cli import run_command
+
+    def read_only(argv: list[str]) -> int:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out.json"))
+
+    assert run_command(read_only, []) == 2
+    assert capsys.readouterr().err == f"error: Read-only file system: {tmp_path / 'out.json'}\n"
+
+    def bug(argv: list[str]) -> int:
+        raise OSError("cannot identify image file")  # no errno: a library's error, shown in full
+
+    with pytest.raises(OSError, match="cannot identify"):
+        run_command(bug, [])
+    from model.files import atomic_write_json
+
+    (tmp_path / "dir").mkdir()  # the error names the target, not the temporary file beside it
+    with pytest.raises(IsADirectoryError) as refused:
+        atomic_write_json(tmp_path / "dir", {})
+    assert refused.value.filename == str(tmp_path / "dir") and list((tmp_path).glob(".dir.*")) == []

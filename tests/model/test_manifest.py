@@ -43,3 +43,6 @@ def test_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
     (tmp_path / "nopath.csv").write_text("file,label\na.png,x\n")
     with pytest.raises(DataError, match=r"has no 'path' column \(columns: file, label\)"):
         read_manifest(tmp_path / "nopath.csv")
+    (tmp_path / "extra.csv").write_text("path,caption\na.png,fine\nb.png,drusen, and a scar\n")
+    with pytest.raises(DataError, match="line 3 has 3 fields, the header has 2: quote a value that holds a comma"):
+        read_manifest(tmp_path / "extra.csv")

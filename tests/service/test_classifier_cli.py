@@ -75,7 +75,7 @@ def test_fit_from_a_manifest_then_list_show_serve_delete(
     assert keepfit(["classifier", "delete", "--store", str(store), "ffa-cli"]) == 0
     assert keepfit(["classifier", "show", "--store", str(store), "ffa-cli"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: no classifier named 'ffa-cli'; GET /v1/classifiers lists the ones there are"]
+    assert err == ["error: no classifier named 'ffa-cli' in the store: `keepfit classifier list` lists them"]
 
 
 def test_cli_errors_are_one_line(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,7 +86,7 @@ def test_cli_errors_are_one_line(data_root: Path, tmp_path: Path, capsys: pytest
         (["--name", "bad name", "--example", "a=x.jpg"], "not valid"),
         (
             ["--name", "x", "--manifest", str(manifest), "--label-column", "diagnosis", "--per-class", "1"],
-            "at least 2 examples",
+            "at least 2 distinct examples",
         ),
         (["--name", "x", "--example", f"a={manifest}", "--example", f"b={manifest}"], "not a usable image"),
         (["--name", "x", "--ids", "a=1,2"], "need --index"),

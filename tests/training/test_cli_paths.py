@@ -96,3 +96,20 @@ def test_the_camera_augmentation_flags_reach_the_config_and_are_checked(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: augment: cast in [0, 1.5]") and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--eval-every", "0"], "eval_every must be >= 1"),  # a ZeroDivisionError after the first step
+        (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
+        (["--max-text-tokens", "0"], "max_text_tokens must be >= 8"),  # a NaN loss blamed on the learning rate
+    ],
+)
+def test_schedules_that_cannot_run_are_refused_before_anything_is_written(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "text", *flags, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "run").exists()

@@ -127,6 +127,45 @@ def test_bad_input_is_one_line_and_exit_2(tiny_artifact: Path, oct_manifest: Pat
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+def test_the_rows_modality_picks_the_prompts_in_any_case(tiny_artifact: Path, oct_manifest: Path, tmp_path: Path) -> None:
+    """Without --modality, OCT rows were scored with the photograph prompts; rows of modality `oct` were not
+    rows of `--modality OCT`."""
+    lower_rows = tmp_path / "lower.csv"
+    lower_rows.write_text(oct_manifest.read_text().replace(",OCT,", ",oct,"))
+    common = ["zero-shot", "--artifact", str(tiny_artifact), "--label-column", "dme"]
+    assert eval_main([*common, "--manifest", str(oct_manifest), "--out", str(tmp_path / "inferred")]) == 0
+    assert eval_main([*common, "--manifest", str(lower_rows), "--modality", "OCT", "--out", str(tmp_path / "lower")]) == 0
+    inferred, lower = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("inferred", "lower"))
+    assert inferred["modality"] == lower["modality"] == "OCT"
+    assert inferred["balanced_accuracy"] == lower["balanced_accuracy"]
+
+
+def test_work_that_would_fail_at_its_end_or_measure_nothing_is_refused_first(
+    tiny_artifact: Path, data_root: Path, oct_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    ffa = ["--artifact", str(tiny_artifact), "--manifest", str(data_root / "ffa_huapu4" / "labels.csv"),
+           "--label-column", "label", "--modality", "FFA", "--where", "task=disease_diagnosis"]
+    cases = [
+        (["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(oct_manifest), "--label-column", "dme",
+          "--out", str(afile)], "reports are written into a folder"),
+        (["suite", "--artifact", str(tiny_artifact), "--record-into", str(tmp_path / "none.pt")],
+         "checkpoint not found"),
+        (["few-shot", *ffa, "--shots", "1000"], "--shots 1000 is more than the"),
+        (["few-shot", *ffa, "--train-split", "test"], "--train-split and --split are both 'test'"),
+        (["linear-probe", *ffa, "--val-split", "test"], "--val-split and --split are both 'test'"),
+    ]
+    for argv, message in cases:
+        code = keepfit(["eval", *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    monkeypatch.setenv("KEEPFIT_THREADS", "abc")
+    assert keepfit(["eval", *cases[0][0][:-2]]) == 2
+    assert "KEEPFIT_THREADS must be a whole number of threads" in capsys.readouterr().err
+
+
 def test_missing_image_files_are_reported_before_any_work(tiny_artifact: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     manifest = tmp_path / "m.csv"

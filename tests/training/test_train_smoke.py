@@ -86,6 +86,16 @@ def test_resume_continues_where_it_stopped(mini_data_root: Path, tiny_train_args
     assert read_checkpoint(run / "last.pt")["step"] == 4
     with pytest.raises(ConfigError, match="differs in lr"):
         train_main([*args, "--steps", "6", "--resume", "--lr", "0.5"])
+    # a run that failed before its first checkpoint left history and best.pt: a fresh start drops them, and
+    # --resume with nothing to resume starts over too (with a warning)
+    failed = tmp_path / "runs" / "f"
+    failed.mkdir(parents=True)
+    (failed / "history.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')
+    (failed / "best.pt").write_bytes(b"not this run's")
+    fresh = [a if a != "r" else "f" for a in args]
+    assert train_main([*fresh, "--steps", "2", "--resume"]) == 0
+    assert [h["step"] for h in read_history(failed) if h["kind"] == "train"] == [1, 2]
+    assert all(h.get("loss") != 9.0 for h in read_history(failed))
 
 
 def test_whole_backbone_path_trains_from_pixels(mini_data_root: Path, tiny_train_args: list[str],
