@@ -413,7 +413,7 @@ class SearchResponse(BaseModel):
                     "modality": "CFP",
                     "label": None,
                     "index_count": 2661,
-                    "score_scale": {"metric": "cosine", "min": -1.0, "max": 1.0, "low_below": 0.2},
+                    "score_scale": {"metric": "cosine", "min": -1.0, "max": 1.0, "low_below": 0.3},
                     "low_similarity": False,
                     "warnings": [],
                     "hits": [

@@ -3,7 +3,8 @@
     .venv/bin/python -m index.benchmarks.low_similarity --index indexes/test-split --artifact artifacts/keepfit-v2-small
 
 Prints, for text queries, the best score of queries for categories (those the index holds and some it does
-not) and of nonsense; for image queries, how close each indexed image's nearest other image is, and the best
+not) and of nonsense, and how many of the index's own labels and aliases and of thirty other texts fall below the
+threshold; for image queries, how close each indexed image's nearest other image is, and the best
 score of generated non-eye pictures (noise, a checkerboard, a gradient, a blank page, a drawing).
 """
 
@@ -32,6 +33,16 @@ RELEVANT = [
 ABSENT = ["glaucoma", "macular hole", "optic disc cupping", "retinal detachment", "drusen"]
 NONSENSE = ["xxxxx", "qwerty", "asdfgh jkl", "banana", "car engine repair manual", "a cat sitting on a sofa",
             "the stock market fell today", "pizza with cheese"]
+# a wider check of the text threshold: the index's own labels with up to three aliases each (what a user of
+# this index would type) against thirty texts that are not about eyes
+MORE_NONSENSE = [
+    "weather forecast for tomorrow", "a red bicycle", "quarterly tax return", "how to bake bread",
+    "football match results", "the quick brown fox", "lorem ipsum dolor sit amet", "12345", "hello world",
+    "a photo of a dog", "mountain landscape at sunset", "electric guitar", "chemistry textbook",
+    "traffic jam on the highway", "birthday party", "stock exchange", "ocean waves", "a cup of coffee",
+    "computer keyboard", "zzzz", "random words here", "piano concerto", "the moon", "a tall building",
+    "shopping list milk eggs", "vacation in Spain", "knee x-ray", "chest CT scan", "skin rash", "broken arm",
+]
 
 
 def _pictures() -> dict[str, Image.Image]:
@@ -62,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
                 best = index.search(runtime.encode_texts([query])[0], 1)[0].score
                 flag = "low" if best < LOW_SIMILARITY["text"] else "   "
                 print(f"text  {group:<9} {best:6.3f} {flag} {query}")
+        kn = runtime.knowledge
+        labels = [label for label in index.label_counts() if label]
+        own = list(dict.fromkeys([*labels, *(a for label in labels for a in kn.aliases(kn.canonical(label))[:3])]))
+        threshold = LOW_SIMILARITY["text"]
+        for group, queries in (("index labels and aliases", own), ("texts not about eyes", MORE_NONSENSE)):
+            best_of = [index.search(v, 1)[0].score for v in runtime.encode_texts(queries)]
+            low = [q for q, b in zip(queries, best_of, strict=True) if b < threshold]
+            print(f"text  {group}: {len(low)} of {len(queries)} below {threshold} (best hits {min(best_of):.3f}-"
+                  f"{max(best_of):.3f}){': ' + ', '.join(low) if low and len(low) <= 5 else ''}")
         vectors = np.asarray(index.vectors(), dtype=np.float32)  # [N, D] unit rows
         sims = vectors @ vectors.T
         np.fill_diagonal(sims, -1.0)
