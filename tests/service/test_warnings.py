@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def _classify(api: TestClient, data: bytes, **form: object):
@@ -103,6 +103,18 @@ def test_a_blank_image_is_flagged_and_its_heat_maps_are_not_localised(
     assert [w["code"] for w in body["warnings"]] == ["featureless_image"]
     assert "almost uniform" in body["warnings"][0]["message"]
     assert body["explanations"] and all(e["heatmap"]["localised"] is False for e in body["explanations"])
+
+
+def test_a_black_frame_with_a_cameras_burnt_in_text_is_featureless(api: TestClient) -> None:
+    """A capture that failed (no flash) still carries the camera's overlay: it was diagnosed without a warning."""
+    frame = Image.new("RGB", (2000, 1500))
+    pen = ImageDraw.Draw(frame)
+    for k in range(6):
+        pen.text((40, 40 + 220 * k), "ID 4711  2026-11-30 10:22  OD  45 deg  FLASH 100", fill="white")
+    out = io.BytesIO()
+    frame.save(out, format="JPEG", quality=92)
+    body = _classify(api, out.getvalue()).json()
+    assert [w["code"] for w in body["warnings"]] == ["featureless_image"], body["warnings"]
 
 
 def test_real_images_of_every_modality_are_not_featureless_even_much_darker(
