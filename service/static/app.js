@@ -3,7 +3,7 @@
  *
  * Talks only to the KeepFIT service (same origin by default, or the API base set under "Connection
  * settings", which needs the service's CORS to allow this page's origin).  Endpoints used:
- *   GET  readyz                       model version, index state (public)
+ *   GET  readyz                       model version, index state (public; checked every 15 s)
  *   GET  v1/categories                default category set per modality
  *   POST v1/classify  (multipart)     image + modality + categories + explain=true -> predictions, heat maps,
  *                                     ranked expert descriptions
@@ -29,7 +29,8 @@
     key: '',
     defaults: {},          // modality -> default categories (GET v1/categories)
     custom: null,          // the edited category list, or null: use the modality's defaults
-    detected: null,        // modality the service used for the last result
+    detected: null,        // the modality auto-detect gave (or would give) the last answered image
+    detectedFile: null,    // that image
     file: null,            // the image being diagnosed
     preview: null,         // the promise of its preview being drawn (decoding runs while it uploads)
     fileFailed: false,     // the service refused this file: "Classify again" waits for a new one
@@ -38,7 +39,8 @@
     selected: 0,           // which explanation is shown
     xhr: null,             // the classify upload in flight (aborted by a newer one)
     searchSeq: 0,          // newest search wins
-    ready: false,
+    ready: false,          // the last health check (readyz) succeeded
+    categoriesLoaded: false,
   };
 
   // ------------------------------------------------------------------------------------------ connection
@@ -164,6 +166,7 @@
     const code = (err && err.code) || 'error';
     const title = TITLES[code] || (context ? `${context} failed.` : 'Something went wrong.');
     showMessage(title, err && err.message ? err.message : String(err));
+    if (code === 'network' && state.ready) recheck(); // the header says so too, not only this message
     $('message').dataset.code = code;
     $('message').dataset.status = err && err.status != null ? String(err.status) : '';
     if (code === 'unauthorized') {
@@ -177,12 +180,11 @@
   }
 
   // ---------------------------------------------------------------------------------------- start-up
-  async function connect() {
+  const HEALTH_POLL_MS = 15000;
+
+  /** GET readyz and show what it says in the header; quiet: no message box (the periodic check). */
+  async function checkReady(quiet) {
     const status = $('service-status');
-    status.classList.remove('bad');
-    status.textContent = 'Connecting to the service…';
-    $('docs-link').href = endpoint('docs');
-    state.ready = false;
     try {
       let ready;
       try {
@@ -191,22 +193,28 @@
         // 503 with the model loaded: the configured archive is missing; diagnosis still works, search does not
         if (!(err.status === 503 && err.body && err.body.artifact)) throw err;
         ready = err.body;
-        showMessage('The image archive is not available.', err.body.reason || '', 'info');
+        if (!quiet) showMessage('The image archive is not available.', err.body.reason || '', 'info');
       }
       const art = ready.artifact;
       const idx = ready.index;
       const index = idx.loaded ? `${idx.count} indexed images` : 'no image archive loaded';
+      status.classList.remove('bad');
       status.textContent = `Model ${art.name} (${art.version}) · ${index}`;
       state.ready = true;
     } catch (err) {
       status.classList.add('bad');
       status.textContent = err.code === 'network' ? 'Service not reachable' : 'Service not ready';
-      showError(err, 'Connecting');
-      return;
+      state.ready = false;
+      if (!quiet) showError(err, 'Connecting');
     }
+    return state.ready;
+  }
+
+  async function loadCategories() {
     try {
       const cats = await api('v1/categories');
       state.defaults = cats.modalities || {};
+      state.categoriesLoaded = true;
       const names = new Set();
       Object.values(state.defaults).forEach((list) => list.forEach((n) => names.add(n)));
       Object.values(cats.tasks || {}).forEach((t) => t.categories.forEach((n) => names.add(n)));
@@ -215,6 +223,19 @@
     } catch (err) {
       showError(err, 'Loading the categories');
     }
+  }
+
+  async function connect() {
+    const status = $('service-status');
+    status.classList.remove('bad');
+    status.textContent = 'Connecting to the service…';
+    $('docs-link').href = endpoint('docs');
+    if (await checkReady(false)) await loadCategories();
+  }
+
+  /** The periodic and after-an-answer health check: the header follows the service, down and back up. */
+  async function recheck() {
+    if (await checkReady(true) && !state.categoriesLoaded) await loadCategories();
   }
 
   function loadSettings() {
@@ -255,12 +276,31 @@
     return (mod && state.defaults[mod]) || [];
   }
 
+  function pickedClassifier() {
+    const picker = $('classifier-picker'); // classifiers.js fills it
+    return picker ? picker.value : '';
+  }
+
+  function tooFew() {
+    // zero-shot needs two categories: an emptied (or one-item) list is not "the defaults"
+    return !pickedClassifier() && !!state.custom && state.custom.length < 2;
+  }
+
+  function staleModality() {
+    // under auto-detect, the modality shown is the last answered image's until this image's answer arrives
+    return $('modality').value === 'auto' && !!state.file && state.detectedFile !== state.file;
+  }
+
   function renderCategories() {
     const list = currentCategories();
     const mod = shownModality();
-    $('categories-mode').textContent = state.custom
-      ? '(your list)'
-      : mod ? `(defaults for ${mod})` : '(the detected modality\'s defaults)';
+    const picked = pickedClassifier();
+    $('categories-mode').textContent = picked
+      ? `(classifier ${picked} decides the categories)`
+      : state.custom
+        ? state.custom.length < 2 ? '(your list: give at least two, or reset to the defaults)' : '(your list)'
+        : mod ? `(defaults for ${mod}${staleModality() ? ', as for the last image until this one is analysed' : ''})`
+          : '(the detected modality\'s defaults)';
     $('category-list').replaceChildren(...list.map((name) => el('li', {},
       el('span', { text: name }),
       el('button', { type: 'button', 'aria-label': `remove ${name}`, title: 'remove', text: '×', onclick: () => removeCategory(name) }))));
@@ -300,7 +340,7 @@
 
   function canClassifyAgain() {
     // after a refused file, only a new file helps; after a refused request, only a changed request does
-    if (!state.file || state.fileFailed) return false;
+    if (!state.file || state.fileFailed || tooFew()) return false;
     return state.failedOn === null || state.failedOn !== requestSignature();
   }
 
@@ -380,6 +420,7 @@
     state.fileFailed = false;
     state.failedOn = null;
     state.result = null;
+    renderCategories(); // the last image's defaults, marked as such until this image's answer comes
     $('result').hidden = false;
     $('overlay').hidden = true;
     $('peak').hidden = true;
@@ -399,13 +440,20 @@
     if (!state.file) return;
     const file = state.file;
     clearMessage();
+    if (tooFew()) {
+      showMessage('Give at least two categories.', 'Zero-shot diagnosis compares the image with two or more ' +
+        'categories: add another, or press "Reset to defaults".', 'info');
+      $('category-input').focus();
+      categoriesChanged();
+      return;
+    }
     const form = new FormData();
     form.append('image', state.file, state.file.name || 'image');
     form.append('modality', $('modality').value);
     if (state.custom) state.custom.forEach((c) => form.append('categories', c));
     form.append('explain', 'true');
     form.append('explain_top', String(EXPLAIN_TOP));
-    const classifier = $('classifier-picker') && $('classifier-picker').value; // classifiers.js fills it
+    const classifier = pickedClassifier();
     if (classifier) {
       ['modality', 'categories', 'explain', 'explain_top'].forEach((k) => form.delete(k));
       form.append('classifier', classifier);
@@ -423,9 +471,13 @@
       await state.preview;
       if (state.file !== file) return; // another image was chosen meanwhile: its own request answers
       state.result = result;
-      state.detected = result.modality.used;
+      // the modality auto would use for this image: a hand-picked modality or a classifier's is not it
+      const m = result.modality;
+      state.detected = !result.classifier && m.requested === 'auto' ? m.used : (m.detected || null);
+      state.detectedFile = file;
       state.selected = 0;
       state.failedOn = null;
+      if (!state.ready) recheck(); // it answered: the header's "not reachable" is out of date
       renderResult();
       renderCategories();
     } catch (err) {
@@ -457,13 +509,13 @@
     const r = state.result;
     const m = r.modality;
     const probs = m.probabilities || {};
-    $('modality-result').textContent = m.requested === 'auto'
-      ? m.detected && m.detected !== m.used // a DICOM header named it (the warnings say what the image looks like)
-        ? `Modality: ${m.used} (from the DICOM header; the image looks like ${m.detected}, ${pct(probs[m.detected] || 0)})`
-        : `Modality: ${m.used} (detected, ${pct(m.confidence || 0)} sure)`
-      : m.detected && m.detected !== m.used
-        ? `Modality: ${m.used} (as selected; the image looks like ${m.detected}, ${pct(probs[m.detected] || 0)})`
-        : `Modality: ${m.used} (as selected)`;
+    const looks = m.detected && m.detected !== m.used ? `; the image looks like ${m.detected}, ${pct(probs[m.detected] || 0)}` : '';
+    let source;
+    if (r.classifier) source = `the classifier's${looks}`; // a classifier takes the modality it was fitted on
+    else if (m.requested !== 'auto') source = `as selected${looks}`;
+    else if (looks) source = `from the DICOM header${looks}`; // under auto only a header overrides the check
+    else source = `detected, ${pct(m.confidence || 0)} sure`;
+    $('modality-result').textContent = `Modality: ${m.used} (${source})`;
     const warnings = r.warnings || [];
     $('warnings').replaceChildren(...warnings.map((w) => el('li', { 'data-code': w.code }, el('strong', { text: 'Warning: ' }), w.message)));
     $('warnings').hidden = warnings.length === 0;
@@ -472,7 +524,8 @@
     const explained = new Map((r.explanations || []).map((e, i) => [e.label, i]));
     $('predictions').replaceChildren(...r.predictions.map((p) => {
       const idx = explained.get(p.label);
-      const li = el('li', { title: p.known ? p.canonical : `${p.label} (not in the knowledge base: prompted with its name)` },
+      const li = el('li', { title: p.known ? p.canonical : `${p.label} (not in the knowledge base: prompted with its name)`,
+                            'aria-label': `${p.label}: ${pct(p.probability)}${idx !== undefined ? ', shows its heat map' : ''}` },
         el('span', { class: 'name' }, p.label, idx !== undefined ? el('span', { class: 'hm', text: 'heat map' }) : null),
         el('span', { class: 'pct', text: pct(p.probability) }),
         el('span', { class: 'track' }, el('span', { class: 'fill', style: `width:${(p.probability * 100).toFixed(1)}%` })));
@@ -480,6 +533,8 @@
         li.classList.add('explained');
         li.dataset.explanation = String(idx);
         li.tabIndex = 0;
+        li.setAttribute('role', 'button');
+        li.setAttribute('aria-pressed', 'false');
         li.addEventListener('click', () => selectExplanation(idx));
         li.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); selectExplanation(idx); } });
       }
@@ -494,6 +549,11 @@
     if (r.classifier) parts.push(`classifier ${r.classifier.name} (version ${r.classifier.version})`);
     if (r.cached) parts.push('from cache');
     $('timings').textContent = parts.join(' · ');
+    // screen readers hear the new answer (the warnings speak for themselves: role=alert)
+    const top = r.predictions[0];
+    $('announce').textContent = top
+      ? `Diagnosis ready: ${top.label} ${pct(top.probability)}, ${r.predictions.length} categories, ${m.used}.`
+      : 'Diagnosis ready.';
     selectExplanation(0);
   }
 
@@ -503,7 +563,9 @@
     const e = list[i];
     state.selected = i;
     document.querySelectorAll('#predictions li').forEach((li) => {
-      li.classList.toggle('selected', li.dataset.explanation === String(i));
+      const on = li.dataset.explanation === String(i);
+      li.classList.toggle('selected', on);
+      if (li.hasAttribute('aria-pressed')) li.setAttribute('aria-pressed', String(on));
     });
     const overlay = $('overlay');
     const peakMark = $('peak');
@@ -555,12 +617,15 @@
     try {
       const res = await request();
       if (seq !== state.searchSeq) return;
+      if (!state.ready) recheck();
       renderHits(res);
       describe();
     } catch (err) {
       if (seq !== state.searchSeq) return;
       $('search-info').textContent = '';
       $('search-note').hidden = true;
+      $('search-results').replaceChildren(); // the previous answer's images are not this query's
+      $('search-query-image').hidden = true;
       showError(err, 'Search');
     } finally {
       if (seq === state.searchSeq) delete document.body.dataset.busy;
@@ -586,12 +651,28 @@
     if (modality) form.append('modality', modality);
     runSearch(() => api('v1/search', { method: 'POST', form }), () => {
       const box = $('search-query-image');
-      box.replaceChildren(
-        thumbSrc ? el('img', { src: thumbSrc, alt: '' }) : null,
-        el('span', { text: `Images similar to ${caption}` }));
+      const thumb = thumbSrc || previewThumbnail();
+      box.replaceChildren(...[
+        thumb ? el('img', { src: thumb, alt: '' }) : null,
+        el('span', { text: `Images similar to ${caption}` })].filter(Boolean));
       box.hidden = false;
       $('search').scrollIntoView({ behavior: 'smooth', block: 'start' });
     });
+  }
+
+  function previewThumbnail() {
+    // the uploaded image as a 128 px data URL, when the browser could draw it (not TIFF or DICOM)
+    const canvas = $('preview');
+    if (canvas.dataset.preview !== 'image' || !canvas.width) return null;
+    const side = 128;
+    const small = document.createElement('canvas');
+    small.width = side;
+    small.height = side;
+    const scale = Math.max(side / canvas.width, side / canvas.height); // cover, as the CSS shows it
+    const w = canvas.width * scale;
+    const h = canvas.height * scale;
+    small.getContext('2d').drawImage(canvas, (side - w) / 2, (side - h) / 2, w, h);
+    return small.toDataURL('image/jpeg', 0.8);
   }
 
   async function similarToHit(hit) {
@@ -626,12 +707,14 @@
     $('search-note').hidden = notes.length === 0;
     $('search-note').dataset.low = String(!!res.low_similarity);
     $('search-results').replaceChildren(...hits.map((hit) => el('li', {},
-      el('button', { type: 'button', 'data-id': String(hit.id), title: hit.caption || '', onclick: () => similarToHit(hit) },
+      el('button', { type: 'button', 'data-id': String(hit.id), title: hit.caption || '', onclick: () => similarToHit(hit),
+                     'aria-label': `find images similar to image ${hit.id}${hit.labels.length ? ` (${hit.labels.join(', ')})` : ''}` },
         el('img', { src: hit.thumbnail_url, alt: hit.caption || `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),
         el('span', { class: 'meta' },
           el('span', { class: 'score', text: hit.same_image ? 'this image' : `score ${hit.score.toFixed(3)}` }),
           el('span', { text: hit.modality || '' }),
-          el('span', { class: 'labels', text: hit.labels.join(', ') || 'no labels' }))))));
+          el('span', { class: 'labels', text: hit.labels.join(', ') || 'no labels' }))),
+      el('a', { class: 'open', href: hit.image_url, target: '_blank', rel: 'noopener noreferrer', text: 'open full size' }))));
   }
 
   // ------------------------------------------------------------------------------------------------ wiring
@@ -653,6 +736,7 @@
     window.addEventListener('drop', (e) => e.preventDefault());
 
     $('modality').addEventListener('change', () => { renderCategories(); categoriesChanged(); });
+    document.addEventListener('keepfit:classifier', () => { renderCategories(); categoriesChanged(); }); // classifiers.js
     $('category-add').addEventListener('click', addCategory);
     $('category-input').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); addCategory(); } });
     $('category-reset').addEventListener('click', resetCategories);
@@ -677,5 +761,7 @@
     loadSettings();
     renderCategories();
     connect();
+    setInterval(recheck, HEALTH_POLL_MS);
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) recheck(); }); // back to the tab
   });
 })();

@@ -103,10 +103,13 @@
 
   function pickerChanged() {
     const picked = $('classifier-picker').value;
-    // the category editor does not apply while a classifier decides the categories
+    // neither the category editor nor the modality applies while a classifier decides (it takes the modality
+    // it was fitted on); app.js words the editor's heading
     $('categories').classList.toggle('overridden', !!picked);
     $('categories-mode').dataset.classifier = picked;
-    if (picked) $('categories-mode').textContent = `(classifier ${picked} decides the categories)`;
+    $('modality').disabled = !!picked;
+    $('modality').title = picked ? `classifier ${picked} uses the modality it was fitted on` : '';
+    document.dispatchEvent(new CustomEvent('keepfit:classifier'));
   }
 
   async function removeClassifier(name) {
@@ -114,6 +117,7 @@
     try {
       await call(`v1/classifiers/${encodeURIComponent(name)}`, { method: 'DELETE', admin: true });
       say(`Deleted ${name}.`);
+      if ($('teach-result').dataset.name === name) $('teach-result').hidden = true; // no longer "ready"
       refreshClassifiers();
     } catch (err) {
       say(`Deleting ${name} failed: ${err.message}`, 'error');
@@ -191,6 +195,7 @@
         el('span', { text: ` (${c.method}, ${c.examples} examples, version ${c.version}). ` }),
         el('span', { class: 'estimate', text: estimateText(c) }),
         el('p', { class: 'hint', text: 'A rough guide from your own examples, not a clinical validation. It is now selected for diagnosis above.' }));
+      $('teach-result').dataset.name = c.name;
       $('teach-result').hidden = false;
       say('');
       teach.categories = [];

@@ -101,6 +101,10 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
     )
     assert sorted(labels) == ["branch retinal vein occlusion", "normal"]
     assert "classifier ffa-own" in page.inner_text("#timings")
+    # the modality is the classifier's (not a DICOM header's), the modality picker and the editor say so
+    assert page.inner_text("#modality-result").startswith("Modality: FFA (the classifier's")
+    assert page.is_disabled("#modality")
+    assert page.inner_text("#categories-mode") == "(classifier ffa-own decides the categories)"
     recorder.screenshot("classifier-diagnosis")
 
     # back to zero-shot, then delete the classifier
@@ -110,6 +114,7 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
     page.click('#classifier-list li[data-name="ffa-own"] button')
     page.wait_for_function("!document.querySelector('#classifier-list li[data-name=\"ffa-own\"]')")
     assert page.eval_on_selector_all("#classifier-picker option", "els => els.map(e => e.value)") == [""]
+    assert page.is_hidden("#teach-result") and page.is_enabled("#modality")  # no longer "ffa-own is ready"
     assert recorder.origins() == {teach_service.base}
 
 

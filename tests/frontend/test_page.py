@@ -137,15 +137,66 @@ def test_edited_categories_are_what_gets_scored(
     _upload(page, real_image_paths["FFA"][0])
     assert sorted(name for name, _ in _predictions(page)) == sorted(expected)
     assert "FFA (as selected)" in page.inner_text("#modality-result")
-    # down to one category: the service's 422 message is shown, the page keeps the last result
+    # down to one category, or none: the page says two are needed and sends nothing (an emptied list was sent
+    # as no list, and the answer came over the defaults under "your list"); it keeps the last result
     for name in expected[1:]:
         page.click(f"#category-list li:has-text('{name}') button")
-    page.click("#classify-again")
-    page.wait_for_selector("#message:not([hidden])")
-    assert page.get_attribute("#message", "data-code") == "invalid_request"
-    assert "at least 2 categories" in page.inner_text("#message-text")
+    assert page.is_disabled("#classify-again")
+    assert "give at least two" in page.inner_text("#categories-mode")
+    page.click(f"#category-list li:has-text('{expected[0]}') button")
+    assert page.is_disabled("#classify-again") and not page.is_hidden("#result")
     page.click("#category-reset")
-    assert "(defaults for FFA)" in page.inner_text("#categories-mode")
+    assert "(defaults for FFA)" in page.inner_text("#categories-mode") and page.is_enabled("#classify-again")
+
+
+def test_the_editor_shows_what_auto_would_score_and_the_answer_is_announced(
+    signed_in: PageRecorder, service: Service, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """A photograph classified as OCT by hand, then auto again: the editor showed the OCT defaults while the
+    service scored the CFP ones, and an edit then sent the OCT list with the photograph."""
+    page = signed_in.page
+    page.select_option("#modality", "OCT")
+    _upload(page, real_image_paths["CFP"][0])
+    assert page.inner_text("#modality-result").startswith("Modality: OCT (as selected; the image looks like CFP")
+    page.select_option("#modality", "auto")
+    assert "(defaults for CFP)" in page.inner_text("#categories-mode")
+    # screen readers hear the answer: a polite live region holds the top prediction
+    top = _predictions(page)[0][0]
+    assert page.get_attribute("#announce", "aria-live") == "polite"
+    assert page.inner_text("#announce").startswith(f"Diagnosis ready: {top} ")
+    # the image itself as the query of "find similar images", not the word null
+    page.click("#find-similar")
+    page.wait_for_selector("#search-query-image:not([hidden])")
+    assert page.inner_text("#search-query-image").strip() == "Images similar to your image"
+    assert page.get_attribute("#search-query-image img", "src").startswith("data:image/jpeg")
+    page.wait_for_selector("#search-results li a.open")
+
+
+def test_the_header_follows_the_service_down_and_back_up(signed_in: PageRecorder, service: Service) -> None:
+    """It said "Service not reachable" until a reload, and went on naming the model after the service died."""
+    page = signed_in.page
+    page.wait_for_function("document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
+    back_to_tab = "document.dispatchEvent(new Event('visibilitychange'))"  # what the 15 s check also does
+    page.route("**/readyz", lambda route: route.abort())
+    page.evaluate(back_to_tab)
+    page.wait_for_function("document.getElementById('service-status').textContent === 'Service not reachable'")
+    page.unroute("**/readyz")
+    page.evaluate(back_to_tab)
+    page.wait_for_function("document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
+    assert page.is_hidden("#message")  # the periodic check is quiet: the header says it
+
+
+def test_a_phone_width_page_does_not_scroll_sideways(
+    signed_in: PageRecorder, service: Service, real_image_paths: dict[str, list[Path]]
+) -> None:
+    page = signed_in.page
+    page.set_viewport_size({"width": 360, "height": 740})
+    _upload(page, real_image_paths["CFP"][0])
+    page.fill("#search-query", "hard exudates")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#search-results li")
+    width = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert width[0] <= width[1], width
 
 
 def test_text_search_then_similar_images(
