@@ -1,6 +1,6 @@
 #!/bin/sh
 # Make `python3.11 -m venv` work in any base image the Dockerfiles accept: registry bases such as
-# python:3.11-slim already have it; Debian bookworm (the locally imported base of docker/smoke.py) and the
+# python:3.11-slim already have it; Debian bookworm (the locally imported base of docker/stack.py) and the
 # Ubuntu 22.04 CUDA runtime images get python3.11 from apt. Nothing else is installed, and apt's lists are
 # removed so the layer stays small.
 set -eu

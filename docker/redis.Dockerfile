@@ -1,4 +1,4 @@
-# A Redis server image from Debian's package, for machines that cannot pull redis:7-alpine (docker/smoke.py
+# A Redis server image from Debian's package, for machines that cannot pull redis:7-alpine (docker/stack.py
 # builds it on the locally imported bookworm and passes it to compose as REDIS_IMAGE). It answers the same
 # `redis-server ...` command and `redis-cli ping` healthcheck as the official image.
 ARG BASE_IMAGE=debian:bookworm-slim

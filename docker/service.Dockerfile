@@ -5,7 +5,7 @@
 #   docker run -p 8000:8000 keepfit-service
 #
 # BASE_IMAGE is a build argument so the same file builds on a registry base and on a locally imported Debian
-# bookworm where no registry can be reached (docker/smoke.py); Python comes from apt only when the base
+# bookworm where no registry can be reached (docker/stack.py); Python comes from apt only when the base
 # lacks it (docker/install-python.sh).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}

@@ -83,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def uvicorn_log_config() -> dict[str, Any]:
+    """Uvicorn's own lines (start-up, errors, the access log) in the format of every other line, with a time
+    (its defaults have none, and a second layout in one log trips a collector's parser)."""
+    from model.cli import LOG_FORMAT
+
+    handler = {"class": "logging.StreamHandler", "formatter": "keepfit", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"keepfit": {"format": LOG_FORMAT}},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "propagate": False},
+            "uvicorn.access": {"handlers": ["stderr"], "propagate": False},
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
@@ -101,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from service.settings import get_settings
+    from service.settings import get_settings, unknown_variables
 
     get_settings.cache_clear()
     try:
@@ -110,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{_source(args, e['loc'])}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"bad settings: {problems}") from err
     logging.getLogger().setLevel(settings.log_level)
+    for name, meant in unknown_variables(os.environ):
+        if meant is not None:  # KEEPFIT_API_KEY for KEEPFIT_API_KEYS would serve without keys
+            raise ConfigError(f"{name} is not a setting; did you mean {meant}? (unset it, or spell it so)")
+        logger.warning("%s is not a KEEPFIT setting and is ignored (README, Settings)", name)
     if not (settings.artifact / "manifest.json").is_file():
         raise ArtifactError(
             f"no artifact at {settings.artifact} (pass --artifact DIR or set KEEPFIT_ARTIFACT)"
@@ -157,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
+        "log_config": uvicorn_log_config(),
         "proxy_headers": True,
         # a stalled upload held shutdown until its body timed out (60 s), past Docker's 10 s before SIGKILL
         "timeout_graceful_shutdown": settings.shutdown_grace_s,

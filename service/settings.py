@@ -8,6 +8,7 @@ comma-separated values (``KEEPFIT_API_KEYS=a,b``) because that is what people ty
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -160,6 +161,17 @@ class Settings(BaseSettings):
         if not isinstance(names, list):
             return names
         resolved = [_PROVIDER_ALIASES.get(str(n).lower(), str(n)) for n in names]
+        # a name no ONNX Runtime build has is a typo ("cpux"): refused; a real one this build lacks (CUDA in the
+        # CPU image) falls back to the CPU with a warning at start-up
+        import onnxruntime as ort
+
+        known = ort.get_all_providers()
+        unknown = [n for n in resolved if n not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown ONNX Runtime provider {unknown[0]!r}; use {', '.join(_PROVIDER_ALIASES)} or a full name "
+                f"such as CUDAExecutionProvider"
+            )
         return resolved or ["CPUExecutionProvider"]
 
     @field_validator("index", "redis_url", "public_url", "threads", "classifiers", mode="before")
@@ -256,3 +268,27 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read from the environment once."""
     return Settings()
+
+
+# KEEPFIT_* variables that are not service settings: compose's (images, limits, mounts), the tests' and the
+# benchmarks'.  Anything else starting KEEPFIT_ is a typo the service would otherwise ignore.
+OTHER_VARIABLES = frozenset({
+    "KEEPFIT_API_CPUS", "KEEPFIT_API_MEMORY", "KEEPFIT_ARTIFACTS", "KEEPFIT_ARTIFACT_NAME", "KEEPFIT_BIND",
+    "KEEPFIT_BUILD_NETWORK", "KEEPFIT_CHROMIUM", "KEEPFIT_DATA_ROOT", "KEEPFIT_GPUS", "KEEPFIT_GPU_IMAGE",
+    "KEEPFIT_IMAGE", "KEEPFIT_IMAGES", "KEEPFIT_INDEX_CPUS", "KEEPFIT_INDEX_MEMORY", "KEEPFIT_INDEX_NAME",
+    "KEEPFIT_PULL_POLICY", "KEEPFIT_URL",
+})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``KEEPFIT_*`` variables that name no setting, each with the setting it most resembles (or None):
+    ``KEEPFIT_API_KEY`` -> ``KEEPFIT_API_KEYS``, a typo that would serve without keys."""
+    import difflib
+
+    settings = [f"KEEPFIT_{name.upper()}" for name in Settings.model_fields]
+    out = []
+    for name in sorted(environ):
+        if name.startswith("KEEPFIT_") and name not in settings and name not in OTHER_VARIABLES:
+            close = difflib.get_close_matches(name, settings, n=1, cutoff=0.85)
+            out.append((name, close[0] if close else None))
+    return out

@@ -46,6 +46,7 @@ def test_bad_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         ("KEEPFIT_CORS_ORIGINS", "localhost:3000", r"cors_origins are scheme://host\[:port\]"),
         ("KEEPFIT_CORS_ORIGINS", "https://clinic.example/app", "without a path"),
         ("KEEPFIT_PUBLIC_URL", "not-a-url", "public_url must be an http:// or https:// URL"),
+        ("KEEPFIT_PROVIDERS", "cpux", "unknown ONNX Runtime provider 'cpux'"),  # served on the CPU, silently
     ],
 )
 def test_values_that_could_never_work_are_refused(
@@ -92,6 +93,35 @@ def test_serve_flags_override_the_environment(
     assert kwargs["timeout_graceful_shutdown"] == 8.0  # in-flight requests get that long on SIGTERM
     assert settings.redis_url == "redis://r:1/0" and settings.artifact == default_artifact
     assert app.state.settings.port == 8123
+
+
+def test_a_misspelt_setting_stops_serve_and_an_unknown_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, default_artifact: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """KEEPFIT_API_KEY (for KEEPFIT_API_KEYS) served every request without a key, and said nothing."""
+    from model.errors import ConfigError
+    from service.settings import unknown_variables
+
+    assert unknown_variables({"KEEPFIT_API_KEY": "k", "KEEPFIT_IMAGES": "/srv", "KEEPFIT_FOO": "1", "PATH": "/"}) == [
+        ("KEEPFIT_API_KEY", "KEEPFIT_API_KEYS"), ("KEEPFIT_FOO", None)]  # compose's own variables are not settings
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setenv("KEEPFIT_API_KEY", "secret")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="KEEPFIT_API_KEY is not a setting; did you mean KEEPFIT_API_KEYS"):
+            cli.main(["--artifact", str(default_artifact)])
+        assert calls == []
+        monkeypatch.delenv("KEEPFIT_API_KEY")
+        monkeypatch.setenv("KEEPFIT_SOMETHING_ELSE", "1")
+        assert cli.main(["--artifact", str(default_artifact)]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert "KEEPFIT_SOMETHING_ELSE is not a KEEPFIT setting and is ignored" in caplog.text
+    # uvicorn's own lines (the access log too) come in the format of every other line
+    config = calls[0][1]["log_config"]
+    assert config["formatters"]["keepfit"]["format"].startswith("%(asctime)s %(levelname)s %(name)s")
+    assert config["loggers"]["uvicorn.access"]["handlers"] == ["stderr"]
 
 
 def test_serve_with_workers_uses_the_factory(monkeypatch: pytest.MonkeyPatch, default_artifact: Path) -> None:
