@@ -131,6 +131,17 @@ def exclusive_fields(props: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _excluded(pair: tuple[str, str], props: dict[str, Any]) -> dict[str, Any]:
+    """What the schema forbids for one pair: both fields, or (a field with a default) both with the second one
+    other than its default, since the service takes `classifier` with `modality=auto`, `explain=false` and
+    `decision=auto`, which generated clients send by default."""
+    rule: dict[str, Any] = {"required": list(pair)}
+    second = props.get(pair[1], {})
+    if pair[0] == "classifier" and "default" in second:
+        rule["properties"] = {pair[1]: {"not": {"const": second["default"]}}}
+    return rule
+
+
 def _string_items(option: dict[str, Any]) -> bool:
     """An array of category names (not, e.g., a classifier's array of category objects)."""
     items = option.get("items")
@@ -150,7 +161,7 @@ def _set_limits(
                     limit_property(name, prop)
                 if "categories" in props and "task" in props and props.get("image", {}).get("format") == "binary":
                     # the classify form (its image a file), not the answer (which has categories and task too)
-                    node["not"] = {"anyOf": [{"required": list(pair)} for pair in exclusive_fields(props)]}
+                    node["not"] = {"anyOf": [_excluded(pair, props) for pair in exclusive_fields(props)]}
             for key, value in node.items():
                 if key == "parameters" and isinstance(value, list):
                     for param in value:
@@ -182,6 +193,34 @@ def _set_limits(
     visit(schema.get("components", {}))
 
 
+def _security(schema: dict[str, Any], settings: Settings) -> None:
+    """The keys each operation needs, as this deployment configures them: a scheme without keys is dropped
+    (clients and schema-driven tests read it literally), /metrics is public unless protected, and an operation
+    that needs both keys (changing a classifier) lists them in one requirement, since both are needed (separate
+    entries would read as either)."""
+    drop = set()
+    if not settings.api_keys:
+        drop.add("ApiKey")
+    if not settings.admin_keys:
+        drop.add("AdminKey")
+    for path, item in schema.get("paths", {}).items():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "security" not in operation:
+                continue
+            needed = {k: v for req in operation["security"] for k, v in req.items() if k not in drop}
+            if path == "/metrics" and not (settings.api_keys and settings.protect_metrics):
+                needed = {}
+            if needed:
+                operation["security"] = [needed]
+            else:
+                operation.pop("security")  # public: say so
+    schemes = schema.get("components", {}).get("securitySchemes", {})
+    for name in drop:
+        schemes.pop(name, None)
+    if not schemes:
+        schema.get("components", {}).pop("securitySchemes", None)
+
+
 def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
     """/openapi.json with the configured limits (and, once loaded, the knowledge's task names); without API keys
     the X-API-Key scheme is dropped (clients and schema-driven tests read it literally)."""
@@ -199,16 +238,7 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             built_for = source
             tasks = sorted(state.engine.categories()["tasks"]) if state is not None else None
             _set_limits(schema, settings, tasks, state.index.modalities if state is not None else ())
-            if not (settings.api_keys and settings.protect_metrics):
-                for operation in schema.get("paths", {}).get("/metrics", {}).values():
-                    if isinstance(operation, dict):
-                        operation.pop("security", None)  # public: say so
-            if not settings.api_keys:
-                for item in schema.get("paths", {}).values():
-                    for operation in item.values():
-                        if isinstance(operation, dict):
-                            operation.pop("security", None)
-                schema.get("components", {}).pop("securitySchemes", None)
+            _security(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -35,6 +35,7 @@ T = TypeVar("T")
 API_KEY_HEADER = "X-API-Key"
 api_key_scheme = APIKeyHeader(
     name=API_KEY_HEADER,
+    scheme_name="ApiKey",  # each scheme its own name: both defaulted to "APIKeyHeader", and one hid the other
     auto_error=False,
     description="Needed only when the service runs with KEEPFIT_API_KEYS.",
 )

@@ -553,6 +553,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Not a decodable image (empty, truncated, corrupt)",
         401: "Missing or wrong X-API-Key",
         404: "Unknown id or classifier name",
+        408: "The upload stalled (no bytes for KEEPFIT_BODY_TIMEOUT_S)",
         409: "The index is empty; or a classifier conflict (name taken, limit reached, fitted with another model)",
         410: "The image file changed on disk after it was indexed (update the index)",
         413: "Upload or image too large (bytes or pixels)",
@@ -560,4 +561,10 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "A parameter out of range (top_k, categories, query length...)",
         503: "No index loaded / service not ready / busy; a classifier store that is read-only or cannot be written now",
     }
-    return {c: {"model": ErrorResponse, "description": text.get(c, "Error")} for c in codes}
+    out: dict[int | str, dict[str, Any]] = {
+        c: {"model": ErrorResponse, "description": text.get(c, "Error")} for c in codes
+    }
+    if 503 in out:  # busy: when to try again
+        out[503]["headers"] = {"Retry-After": {"description": "seconds to wait (busy only)",
+                                               "schema": {"type": "integer"}}}
+    return out

@@ -382,6 +382,17 @@ def read_elite_manifest(path: str | Path, knowledge: Knowledge) -> list[Sample]:
     return out
 
 
+def describes(sample: Sample, category: str, knowledge: Knowledge) -> bool:
+    """Whether an elite pair's caption speaks of ``category``: its atlas pattern (:data:`ATLAS_PATTERNS`) where
+    there is one, else its name or an alias as words.  A held-out category's pairs must go whether or not the
+    manifest labels them (the atlas pairs carry captions only, and kept the held-out class's figures)."""
+    pattern = ATLAS_PATTERNS.get(sample.modality, {}).get(category)
+    if pattern is not None:  # it knows "non-proliferative" from "proliferative", which names alone do not
+        return re.search(pattern, sample.caption, re.I | re.S) is not None
+    names = [category, *knowledge.aliases(category)]
+    return any(re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", sample.caption, re.I) for n in names if len(n) > 2)
+
+
 def resolve_elite_manifest(spec: str, data_root: Path | None) -> Path:
     """An elite manifest path as given, else relative to the data root."""
     path = Path(spec)
@@ -414,7 +425,7 @@ def build_elite(
     if manifest:
         held = {knowledge.canonical(h) for h in holdout}
         real = [s for s in read_elite_manifest(resolve_elite_manifest(manifest, data_root), knowledge)
-                if not held.intersection(s.labels)]
+                if not held.intersection(s.labels) and not any(describes(s, h, knowledge) for h in held)]
     covered = {s.modality for s in real}
     composed: list[Sample] = []
     counts: Counter[str] = Counter(f"{s.modality}: real pair" for s in real)

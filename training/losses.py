@@ -38,7 +38,7 @@ class HybridBatch:
     model: KeepFITModel
     public: list[Any]  # training.data.Sample x B
     elite: list[Any]  # training.data.Sample x E
-    keys: list[Any]  # what makes two public captions the same (their label set), x B
+    keys: list[Any]  # what makes two public captions the same: (modality, the one label the caption names), x B
     img_public: Tensor  # [B, D] unit
     txt_public: Tensor  # [B, D] unit
     img_elite: Tensor  # [E, D] unit
@@ -75,10 +75,10 @@ class KnowledgeTransfer:
         self.same_modality = same_modality
 
     def __call__(self, batch: HybridBatch) -> Tensor:
-        blocked = None
-        if self.same_modality:
-            blocked = torch.tensor([[q.modality != e.modality for e in batch.elite] for q in batch.public],
-                                   device=batch.device)  # [B, E]
+        # a public image never attends to its own copy among the elite pairs (the composed FFA/OCT pairs are
+        # train images, captioned from their own labels: a shortcut, not knowledge)
+        blocked = torch.tensor([[q.path == e.path or (self.same_modality and q.modality != e.modality)
+                                 for e in batch.elite] for q in batch.public], device=batch.device)  # [B, E]
         transferred = batch.model.transfer_knowledge(batch.img_public, batch.img_elite, batch.txt_elite, blocked)
         return (1.0 - (transferred * batch.txt_public).sum(-1)).mean()  # transferred: [B, D] unit
 

@@ -37,6 +37,8 @@ from training.data import (
     build_elite,
     public_samples,
     read_corpus,
+    read_manifest,
+    resolve_elite_manifest,
     write_elite_manifest,
 )
 from training.evaluate import (
@@ -128,6 +130,17 @@ def knowledge_groups(knowledge: Knowledge) -> list[KnowledgeGroup]:
     return groups
 
 
+def evaluation_captions(cfg: TrainConfig, data_root: Path | None) -> set[str]:
+    """The captions (whitespace-folded, case-folded) of the elite manifest's rows outside ``train``."""
+    if not cfg.elite_manifest or cfg.elite_manifest == "none":
+        return set()
+    path = resolve_elite_manifest(cfg.elite_manifest, data_root)
+    if not path.is_file():
+        return set()
+    rows = read_manifest(path).rows
+    return {" ".join(r.get("caption", "").split()).casefold() for r in rows if r.get("split", "train") != "train"}
+
+
 class TextTask:
     """Stage 1: MLM on the corpus + knowledge contrastive on category names and descriptions."""
 
@@ -143,6 +156,15 @@ class TextTask:
         if corpus is None:
             raise DataError("stage 1 needs a text corpus: pass --corpus or --data-root")
         texts = read_corpus(corpus)
+        # the captions that evaluation scores (the elite pairs outside train: the atlas retrieval test) are never
+        # trained on, not even as text: all 60 were in the corpus, so image <-> caption retrieval on "unseen"
+        # figures scored a text encoder that had read their captions
+        held = evaluation_captions(cfg, data_root)
+        kept = [t for t in texts if " ".join(t.split()).casefold() not in held]
+        if len(kept) < len(texts):
+            logger.info("stage 1: %d corpus texts left out: captions of elite pairs outside train",
+                        len(texts) - len(kept))
+        texts = kept
         rng = random.Random(cfg.data_seed)
         order = list(range(len(texts)))
         rng.shuffle(order)

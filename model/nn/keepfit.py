@@ -153,7 +153,14 @@ class KeepFITModel(nn.Module):
     @staticmethod
     def _build_knowledge_attention(cfg: ModelConfig) -> nn.MultiheadAttention:
         # Queries: public image embeddings; keys: elite image embeddings; values: elite text embeddings.
-        return nn.MultiheadAttention(cfg.embed_dim, cfg.knowledge_heads, batch_first=True)
+        attention = nn.MultiheadAttention(cfg.embed_dim, cfg.knowledge_heads, batch_first=True)
+        # The query and key projections start as the identity, so that at the start of training a public image
+        # attends to the elite images it resembles (each head scores the cosine over its share of the
+        # dimensions); random ones scored unrelated directions, and at unit scale the attention stayed flat.
+        d = cfg.embed_dim
+        with torch.no_grad():
+            attention.in_proj_weight[: 2 * d].copy_(torch.eye(d).repeat(2, 1))
+        return attention
 
     @staticmethod
     def _build_decoder(cfg: ModelConfig, num_features: int, vocab_size: int, pad_id: int) -> CaptionDecoder | None:
@@ -174,8 +181,24 @@ class KeepFITModel(nn.Module):
         True = may not attend) restricts which elite pairs each query sees; a row blocked everywhere sees all."""
         # one "batch" of B queries over E keys: a 2-D [B, E] mask applies to every head
         mask = None if blocked is None else blocked & ~blocked.all(dim=1, keepdim=True)
-        out, _ = self.knowledge_attention(query_img[None], elite_img[None], elite_txt[None], attn_mask=mask)
+        # Queries and keys are unit vectors: through the attention's projections at their initial scale, a
+        # head's logits were about 1e-3, the softmax flat, and every public image got the same mean of the
+        # elite texts (the loss then pulled every caption towards one vector).  Scaled by sqrt(D) they are
+        # about as large as the raw cosines times sqrt(head size), and a query attends to the elite images it
+        # resembles.
+        scale = float(query_img.shape[-1]) ** 0.5
+        out, _ = self.knowledge_attention(query_img[None] * scale, elite_img[None] * scale, elite_txt[None],
+                                          attn_mask=mask)
         return F.normalize(out[0], dim=-1)
+
+    def knowledge_weights(self, query_img: Tensor, elite_img: Tensor, blocked: Tensor | None = None) -> Tensor:
+        """``[B, E]`` attention weights (averaged over heads) of :meth:`transfer_knowledge`: what each public
+        image attends to."""
+        mask = None if blocked is None else blocked & ~blocked.all(dim=1, keepdim=True)
+        scale = float(query_img.shape[-1]) ** 0.5
+        _, weights = self.knowledge_attention(query_img[None] * scale, elite_img[None] * scale,
+                                              elite_img[None], attn_mask=mask)
+        return weights[0]
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         img, _ = self.encode_image(images)

@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 ADMIN_KEY_HEADER = "X-Admin-Key"
 admin_key_scheme = APIKeyHeader(
     name=ADMIN_KEY_HEADER,
+    scheme_name="AdminKey",
     auto_error=False,
     description="One of KEEPFIT_ADMIN_KEYS: needed to change classifiers.",
 )
@@ -474,7 +475,7 @@ CREATE_BODY = {
     response_model=ClassifierResponse,
     summary="Fit a few-shot classifier of your own categories",
     dependencies=[AdminDep],
-    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 503),
     openapi_extra=CREATE_BODY,
 )
 async def create_classifier(request: Request, state: StateDep) -> Response:
@@ -570,7 +571,7 @@ async def list_classifiers(state: StateDep) -> dict[str, Any]:
     "/classifiers/{name}",
     response_model=ClassifierResponse,
     summary="One classifier: categories, example counts, estimate, artifact",
-    responses=error_responses(401, 404, 503),
+    responses=error_responses(401, 404, 422, 503),
 )
 async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     store = await get_store(state)
@@ -582,7 +583,7 @@ async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     "/classifiers/{name}",
     summary="Delete a classifier",
     dependencies=[AdminDep],
-    responses=error_responses(401, 403, 404, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     store = await get_store(state)

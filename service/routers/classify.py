@@ -100,7 +100,7 @@ OPENAPI_BODY = {
     response_model=ClassifyResponse,
     summary="Zero-shot diagnosis of an eye image",
     description=DESCRIPTION,
-    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 404, 408, 409, 413, 415, 422, 503),
     openapi_extra=OPENAPI_BODY,
 )
 async def classify(request: Request, state: StateDep) -> Response:

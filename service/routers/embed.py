@@ -45,7 +45,7 @@ OPENAPI_BODY = {
         '`application/json` `{"text": ...}` or `multipart/form-data` with an `image` file -> the unit-norm '
         "embedding the index and zero-shot classification use (cosine similarity = dot product)."
     ),
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 408, 413, 415, 422, 503),
     openapi_extra=OPENAPI_BODY,
 )
 async def embed(request: Request, state: StateDep, settings: SettingsDep) -> Response:

@@ -105,7 +105,8 @@ def compute_status(settings: Settings) -> dict[str, Any]:
     summary="Prometheus metrics (public unless KEEPFIT_PROTECT_METRICS is set with API keys)",
     response_class=Response,
     include_in_schema=True,
-    responses=error_responses(401),
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                     "description": "Prometheus text exposition format"}, **error_responses(401)},
 )
 async def metrics(
     request: Request, api_key: Annotated[str | None, Security(api_key_scheme)] = None

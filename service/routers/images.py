@@ -55,12 +55,19 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     response_class=Response,
     responses={
         200: {
-            "content": {"image/jpeg": {}, "image/png": {}, "image/tiff": {}, "image/bmp": {}, "image/webp": {}},
+            # a schema for each type, so that generated clients return the bytes instead of dropping them
+            "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in (
+                "image/jpeg", "image/png", "image/tiff", "image/bmp", "image/webp")},
             "description": "the image bytes as indexed (a DICOM object: a PNG of its pixels, without its header)",
+            "headers": {"ETag": {"description": "send it back in If-None-Match for a 304", "schema": {"type": "string"}}},
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
         **error_responses(401, 404, 410, 422, 503),
     },
+    openapi_extra={"parameters": [{
+        "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+        "description": "the ETag of a copy you hold: 304 without the bytes when it is still this image",
+    }]},
 )
 async def get_image(
     request: Request,

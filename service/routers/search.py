@@ -75,7 +75,7 @@ def _base_url(request: Request, public_url: str | None) -> str:
     response_model=SearchResponse,
     summary="Find similar indexed images for a text or an image",
     description=DESCRIPTION,
-    responses=error_responses(400, 401, 409, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 408, 409, 413, 415, 422, 503),
     openapi_extra=OPENAPI_BODY,
 )
 async def search(request: Request, state: StateDep, settings: SettingsDep) -> JSONResponse:

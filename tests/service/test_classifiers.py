@@ -295,7 +295,12 @@ def test_bad_inputs_are_clear_4xx(
     assert as_form.status_code == 415 and "application/json" in as_form.json()["error"]["message"]
     spec = client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     excluded = spec["multipart/form-data"]["schema"]["not"]["anyOf"]
-    assert {"required": ["classifier", "decision"]} in excluded  # the schema forbids what the service refuses
+    # the schema forbids what the service refuses, and allows the defaults a generated client sends
+    assert {"required": ["classifier", "decision"], "properties": {"decision": {"not": {"const": "auto"}}}} in excluded
+    assert {"required": ["classifier", "categories"]} in excluded
+    defaults = client.post("/v1/classify", files={"image": real_images["OCT"]},
+                           data={"classifier": "ok", "modality": "auto", "explain": "false", "decision": "auto"})
+    assert defaults.status_code == 200, defaults.text
     create_body = client.get("/openapi.json").json()["paths"]["/v1/classifiers"]["post"]["requestBody"]["content"]
     for kind in ("application/json", "multipart/form-data"):  # what the service accepts, not the index's filters
         assert create_body[kind]["schema"]["properties"]["modality"]["enum"] == ["auto", "CFP", "FFA", "OCT"]

@@ -133,3 +133,33 @@ def test_default_elite_is_real_pairs_plus_composed(mini_data_root: Path, tiny_tr
     assert {r["modality"] for r in rows} == {"CFP", "FFA", "OCT"}
     data = json.loads((run / "training_report.json").read_text())["data"]
     assert data["elite_captions"]["CFP: real pair"] == len(cfp) and data["elite_source"] == "mm_retinal_cfp_pairs/pairs.csv"
+
+
+def test_a_held_out_category_loses_its_real_elite_pairs_by_their_captions(data_root: Path) -> None:
+    """The atlas pairs carry captions, not labels: a held-out class kept its 9 figures ("stage IV proliferative
+    diabetic retinopathy"), so the experiment trained on the class it claimed to hold out."""
+    from model.knowledge import Knowledge
+    from training.data import build_elite, describes
+
+    kn = Knowledge.default()
+    pdr = "proliferative diabetic retinopathy"
+    assert describes(Sample(Path("x"), "CFP", (), "train", "t", "Stage IV proliferative diabetic retinopathy."), pdr, kn)
+    assert not describes(Sample(Path("x"), "CFP", (), "train", "t", "Stage II non-proliferative diabetic "
+                                "retinopathy."), pdr, kn)  # the other class
+    kept = build_elite(data_root, kn, [], "mm_retinal_cfp_pairs/pairs.csv", compose_missing=False, holdout=[pdr])
+    every = build_elite(data_root, kn, [], "mm_retinal_cfp_pairs/pairs.csv", compose_missing=False)
+    assert not any(describes(s, pdr, kn) for s in kept.samples)
+    assert len(every.samples) - len(kept.samples) >= 9
+
+
+def test_stage_one_never_reads_the_captions_that_retrieval_is_scored_on(data_root: Path) -> None:
+    """All 60 captions of the atlas figures outside train were in stage 1's corpus (MLM on their exact text)."""
+    from training.data import read_corpus
+    from training.tasks import evaluation_captions
+
+    rows = list(csv.DictReader((data_root / "mm_retinal_cfp_pairs" / "pairs.csv").open(newline="", encoding="utf-8")))
+    held = evaluation_captions(TrainConfig(), data_root)
+    assert len(held) == len({" ".join(r["caption"].split()).casefold() for r in rows if r["split"] != "train"}) > 0
+    corpus = read_corpus(data_root / "text" / "ophthalmic_corpus.jsonl")
+    assert sum(" ".join(t.split()).casefold() in held for t in corpus) >= len(held)  # what stage 1 now drops
+    assert evaluation_captions(TrainConfig(elite_manifest="none"), data_root) == set()
