@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.routing import Route, request_response
@@ -129,6 +130,17 @@ def exclusive_fields(props: dict[str, Any]) -> list[tuple[str, str]]:
     if "classifier" in props:
         pairs += [("classifier", name) for name in CLASSIFIER_FIXES if name in props]
     return pairs
+
+
+def operation_id(route: APIRoute) -> str:
+    """The OpenAPI operationId: the handler's name in camelCase (``createClassifier``, ``getImage``), what a
+    generated client calls the method (FastAPI's default was ``get_image_v1_images__image_id__get``)."""
+    head, *rest = route.name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def alias_operation_id(route: APIRoute) -> str:
+    return operation_id(route) + "Unversioned"
 
 
 def _excluded(pair: tuple[str, str], props: dict[str, Any]) -> dict[str, Any]:
@@ -362,11 +374,12 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     install_error_handlers(app)
 
     for module in (classify, search, images, embed, categories, classifiers):
-        app.include_router(module.router, prefix=API_PREFIX)
-    # Front ends written against the unversioned paths: aliases of the current version.
-    app.include_router(classify.router)
-    app.include_router(search.router)
-    app.include_router(health.router)
+        app.include_router(module.router, prefix=API_PREFIX, generate_unique_id_function=operation_id)
+    # Front ends written against the unversioned paths: aliases of the current version (deprecated in the
+    # schema, so that a client generated from it uses /v1; they are served all the same).
+    app.include_router(classify.router, deprecated=True, generate_unique_id_function=alias_operation_id)
+    app.include_router(search.router, deprecated=True, generate_unique_id_function=alias_operation_id)
+    app.include_router(health.router, generate_unique_id_function=operation_id)
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -206,6 +206,16 @@ class Explanation(BaseModel):
     )
 
 
+class ClassifierRef(BaseModel):
+    """The few-shot classifier that answered a classify request."""
+
+    name: str
+    version: str = Field(description="changes with every fit and refit; cached answers are keyed by it")
+    revision: int
+    method: str = Field(description="what was fitted: prototype, prototype+text, linear or linear+text")
+    estimate: float | None = Field(description="its cross-validated balanced accuracy (null: too few examples)")
+
+
 class ClassifyResponse(BaseModel):
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -251,12 +261,12 @@ class ClassifyResponse(BaseModel):
     model_name: str
     model_version: str
     modality: ModalityResult
-    task: str | None = Field(None, description="the named task whose categories were scored, if one was sent")
+    # in every answer (null where it does not apply), so required: a generated client need not guess
+    task: str | None = Field(description="the named task whose categories were scored, if one was sent")
     decision: Literal["screening", "flat"] | None = Field(
-        None, description="how the probabilities were made (see the form's `decision`); null for a classifier"
+        description="how the probabilities were made (see the form's `decision`); null for a classifier"
     )
     warnings: list[ClassifyWarning] = Field(
-        default_factory=list,
         description="reasons to distrust this answer (empty when there are none); show them to the user",
     )
     predictions: list[Prediction] = Field(description="sorted by probability, highest first")
@@ -266,8 +276,8 @@ class ClassifyResponse(BaseModel):
         None,
         description="with `explain=true`: visual evidence for the `explain_top` most probable predictions",
     )
-    classifier: dict[str, Any] | None = Field(
-        None, description="with `classifier=NAME`: its name, version, revision, method and estimate"
+    classifier: ClassifierRef | None = Field(
+        None, description="with `classifier=NAME`: the classifier that answered"
     )
     cached: bool
     timings_ms: dict[str, float]
@@ -291,8 +301,9 @@ class SearchRequest(BaseModel):
     # answered 10,001 with "less than or equal to 10000" where the limit was 100
     top_k: JsonInt = Field(10, ge=1, description="how many images (at most KEEPFIT_MAX_TOP_K)")
     modality: IndexModality | None = Field(None, description=_MODALITY_FILTER)
-    label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label",
-                              json_schema_extra={"pattern": TEXT_PATTERN})
+    # the pattern inside the string's own schema (beside anyOf, generators ignored it)
+    label: Annotated[str, Field(min_length=1, max_length=200, json_schema_extra={"pattern": TEXT_PATTERN})] | None = (
+        Field(None, description="only images with this label"))
 
     @field_validator("query")
     @classmethod
@@ -371,9 +382,8 @@ class SearchHit(BaseModel):
     caption: str | None
     width: int | None = Field(description="as stored in the file, before any EXIF orientation")
     height: int | None
-    sha256: str | None = Field(None, description="SHA-256 of the indexed file's bytes")
+    sha256: str | None = Field(description="SHA-256 of the indexed file's bytes")
     same_image: bool = Field(
-        False,
         description="an image query found itself: this hit is the very bytes that were sent (score 1); "
         "`low_similarity` looks past it",
     )
@@ -446,7 +456,7 @@ class SearchResponse(BaseModel):
     low_similarity: bool = Field(
         description="true: even the best hit scores below `score_scale.low_below`; nothing matches well"
     )
-    warnings: list[SearchWarning] = Field(default_factory=list)
+    warnings: list[SearchWarning] = Field(description="empty when there is nothing to say")
     hits: list[SearchHit]
     cached: bool
     timings_ms: dict[str, float]

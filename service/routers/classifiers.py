@@ -115,6 +115,32 @@ class RefitRequest(BaseModel):
     method: str | None = Field(None, description="another method; default: the one requested at creation")
 
 
+class ClassifierCategory(BaseModel):
+    label: str = Field(description="as answers show it")
+    text: str = Field(description="the text of its zero-shot prior (the label unless one was given)")
+    examples: int = Field(description="distinct example images")
+
+
+class Estimate(BaseModel):
+    """How well the examples separate the categories, cross-validated over them: a rough guide on a few examples,
+    not a clinical validation."""
+
+    model_config = {"extra": "allow"}  # a store written by an older release may hold more or fewer keys
+
+    balanced_accuracy: float | None = Field(description="null when too few examples to hold any out")
+    scheme: str = Field(description="k-fold, leave-one-out or none")
+    folds: int
+    n: int = Field(description="examples")
+    method: str | None = Field(None, description="the method the estimate fitted in every fold")
+    chance: float | None = Field(None, description="1 / the number of categories")
+    note: str | None = None
+
+
+class DeletedClassifier(BaseModel):
+    deleted: str = Field(description="the classifier's name")
+    version: str = Field(description="the version that was deleted")
+
+
 class ClassifierResponse(BaseModel):
     name: str
     version: str
@@ -123,9 +149,9 @@ class ClassifierResponse(BaseModel):
     method: str
     method_requested: str
     text_prior: bool
-    categories: list[dict[str, Any]]
+    categories: list[ClassifierCategory]
     examples: int
-    estimate: dict[str, Any]
+    estimate: Estimate
     artifact: dict[str, str]
     created: str
     updated: str
@@ -581,6 +607,7 @@ async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
 
 @router.delete(
     "/classifiers/{name}",
+    response_model=DeletedClassifier,
     summary="Delete a classifier",
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 404, 422, 503),
