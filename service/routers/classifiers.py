@@ -69,6 +69,7 @@ admin_key_scheme = APIKeyHeader(
 router = APIRouter(tags=["classifiers"], dependencies=[Depends(require_api_key)])
 MODALITY_MISMATCH_CONFIDENCE = 0.9  # an upload recognised as another modality this surely is refused
 FILE_PREFIX = "examples."
+EXAMPLES_FIELD, LABELS_FIELD = "examples", "labels"  # repeated: the i-th label names the i-th file
 
 
 # ------------------------------------------------------------------------------------------------ schemas
@@ -334,22 +335,38 @@ async def _parse_create(
         request,
         max_bytes,
         max_files=limit,
-        max_fields=200,
+        max_fields=200 + limit,  # a label per example file
         too_many_files=f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES)",
     )
     fields: dict[str, Any] = {}
+    labels: list[str] = []  # the `labels` fields, one per `examples` file, in order
     for name, value in form.fields:
-        if name in fields:
+        if name == LABELS_FIELD:
+            labels.append(value)
+        elif name in fields:
             raise InvalidRequestError(f"field {name!r} was sent more than once")
-        fields[name] = value
+        else:
+            fields[name] = value
     files: list[tuple[str, bytes, str]] = []
+    plain = [part for part in form.files if part.name == EXAMPLES_FIELD]
+    if len(plain) != len(labels):
+        raise InvalidRequestError(
+            f"{len(plain)} '{EXAMPLES_FIELD}' files and {len(labels)} '{LABELS_FIELD}': send one label per example "
+            "file, in the same order"
+        )
+    plain_labels = iter(labels)
     for part in form.files:
-        if not part.name.startswith(FILE_PREFIX) or not part.name[len(FILE_PREFIX) :].strip():
+        if part.name == EXAMPLES_FIELD:  # the form a generated client can send: examples + labels, in order
+            label = next(plain_labels)
+        elif part.name.startswith(FILE_PREFIX) and part.name[len(FILE_PREFIX) :].strip():
+            label = part.name[len(FILE_PREFIX) :]
+        else:
             raise InvalidRequestError(
-                f"unexpected file field {part.name!r}: name example files '{FILE_PREFIX}<category label>'"
+                f"unexpected file field {part.name!r}: send example files as '{EXAMPLES_FIELD}' with a "
+                f"'{LABELS_FIELD}' field each, or in fields named '{FILE_PREFIX}<category label>'"
             )
         check_upload(part.content_type, len(part.data), max_bytes, part.name)
-        files.append((_label(part.name[len(FILE_PREFIX) :]), part.data, part.filename or "upload"))
+        files.append((_label(label), part.data, part.filename or "upload"))
     spec: dict[str, Any] = {}
     if "spec" in fields:
         try:
@@ -477,6 +494,16 @@ CREATE_BODY = {
                             "sent as a JSON part",
                             "properties": {"categories": {"type": "array", "items": _CATEGORY_SCHEMA}},
                         },
+                        EXAMPLES_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "example images, one file field each; `labels` names their categories",
+                        },
+                        LABELS_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN},
+                            "description": "the category of each `examples` file, in the same order",
+                        },
                     },
                     "patternProperties": {
                         r"^examples\..+$": {
@@ -487,7 +514,8 @@ CREATE_BODY = {
                     },
                     "additionalProperties": False,
                 },
-                "encoding": {"spec": {"contentType": "application/json"}},
+                "encoding": {"spec": {"contentType": "application/json"},
+                             LABELS_FIELD: {"style": "form", "explode": True}},
             },
         },
     }
@@ -509,8 +537,9 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
 
     JSON: `{"name", "modality", "method", "text_prior", "categories": [{"label", "text", "ids", "index_label"}]}`.
     Multipart: the same in fields (`name`, `modality`, `method`, `text_prior`, and `spec` as a JSON string for
-    index examples), plus example images in file fields named `examples.<category label>`.  Every category
-    needs at least 2 examples.  The answer carries a cross-validated estimate of the balanced accuracy.
+    index examples), plus example images: in file fields named `examples.<category label>`, or as repeated
+    `examples` files with one `labels` field each, in the same order.  Every category needs at least 2 distinct
+    examples.  The answer carries a cross-validated estimate of the balanced accuracy.
     """
     settings, engine = state.settings, state.engine
     store = await get_store(state)

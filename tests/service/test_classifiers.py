@@ -547,6 +547,29 @@ def test_unreadable_arrays_are_503_and_a_refit_re_embeds_the_examples(
     assert again.status_code == 200 and again.json()["classifier"]["revision"] == 2
 
 
+def test_examples_with_labels_in_order_are_the_form_a_generated_client_sends(
+    client: TestClient, real_images: dict[str, bytes]
+) -> None:
+    """`examples.<category>` fields are a pattern of names, which OpenAPI generators cannot express; repeated
+    `examples` files with one `labels` field each can be."""
+    images = [_mirrored(real_images["OCT"], i) for i in range(2)] + [_mirrored(real_images["CFP"], i) for i in range(2)]
+    files = [("examples", (f"e{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    labels = ["macula", "macula", "disc", "disc"]
+    r = client.post("/v1/classifiers", data={"name": "paired", "modality": "OCT", "labels": labels, "text_prior": "false"},
+                    files=[*files[:2], ("examples.disc", ("x.jpg", images[2], "image/jpeg"))], headers=ADMIN)
+    assert r.status_code == 422 and "2 'examples' files and 4 'labels'" in r.json()["error"]["message"], r.text
+    r = client.post("/v1/classifiers", data={"name": "paired", "labels": labels}, files=files, headers=ADMIN)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "mixed_modalities", r.text  # labels reached them
+    same = [_mirrored(real_images["OCT"], i) for i in range(2)] * 2
+    files = [("examples", (f"e{i}.jpg", data + bytes([i]), "image/jpeg")) for i, data in enumerate(same)]
+    r = client.post("/v1/classifiers", data={"name": "paired", "labels": labels}, files=files, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    assert {c["label"]: c["examples"] for c in r.json()["categories"]} == {"macula": 2, "disc": 2}
+    schema = client.get("/openapi.json").json()["paths"]["/v1/classifiers"]["post"]["requestBody"]["content"]
+    form = schema["multipart/form-data"]["schema"]["properties"]
+    assert form["examples"]["items"]["format"] == "binary" and form["labels"]["type"] == "array"
+
+
 def test_one_category_spelt_two_ways_and_a_misspelt_boolean_are_refused(
     client: TestClient, records: list[Any], real_images: dict[str, bytes]
 ) -> None:
