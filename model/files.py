@@ -69,6 +69,12 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = False) 
         fh.write(data)
 
 
+def atomic_write_text(path: str | Path, text: str, *, durable: bool = False) -> None:
+    """``text`` as UTF-8."""
+    with atomic_write(path, "w", durable=durable, encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def atomic_write_json(path: str | Path, data: Any, *, indent: int = 2, durable: bool = False) -> None:
     """``data`` as UTF-8 JSON (non-ASCII kept as is) with a final newline."""
     with atomic_write(path, "w", durable=durable, encoding="utf-8") as fh:

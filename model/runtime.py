@@ -83,7 +83,9 @@ _HEALTHY_PREFIXES = ("no ", "not ", "normal ", "without ", "negative ", "absence
 _DISEASES_NAMED_NORMAL = ("normal tension ", "normal pressure ")  # normal-tension glaucoma is a disease
 
 
-def _folded(name: str) -> str:
+def fold_name(name: str) -> str:
+    """A category name as two spellings of it compare: Unicode normal form (NFKC), case, and hyphens,
+    underscores and slashes as spaces (``Normal-Tension_glaucoma`` = ``normal tension glaucoma``)."""
     return " ".join(re.sub(r"[-_/]", " ", unicodedata.normalize("NFKC", name).casefold()).split())
 
 
@@ -91,7 +93,7 @@ def healthy_finding(name: str) -> bool:
     """Whether a category other than ``normal`` names a healthy or absent finding ("no diabetic macular edema",
     "normal macula", "negative for DR", "nothing abnormal detected"), which the mean of a set's other categories
     cannot stand for as *abnormal*."""
-    folded = _folded(name)
+    folded = fold_name(name)
     return folded.startswith(_HEALTHY_PREFIXES) and not folded.startswith(_DISEASES_NAMED_NORMAL)
 
 
@@ -100,7 +102,7 @@ def screening_normal(categories: Sequence[str]) -> int | None:
     ``None``: ``normal`` and at least two other categories, none of which is itself a healthy or absent finding
     (:func:`healthy_finding`).  Two spellings of a name decide alike ("normal-tension glaucoma" is a disease, as
     "normal tension glaucoma" is).  With one other category screening and flat are the same decision."""
-    names = [_folded(c) for c in categories]
+    names = [fold_name(c) for c in categories]
     if names.count("normal") != 1 or len(names) < 3:
         return None
     if any(healthy_finding(n) for n in names if n != "normal"):

@@ -17,9 +17,7 @@ import io
 import json
 import logging
 import mimetypes
-import re
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,7 +41,7 @@ from model.preprocess import (
     trimmed,
     upright_original_size,
 )
-from model.runtime import ImageEncoding, KeepfitRuntime, screening_normal
+from model.runtime import ImageEncoding, KeepfitRuntime, fold_name, screening_normal
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
 from service.metrics import Metrics
 from service.settings import Settings
@@ -482,8 +480,7 @@ def _loose_name(name: str) -> str:
     """An unknown category name as two spellings of it compare: Unicode normal form (NFKC), case, hyphens,
     underscores and slashes as spaces, and a closing full stop (or other sentence mark) aside (``drusen-like
     dots`` = ``Drusen like dots.``)."""
-    folded = unicodedata.normalize("NFKC", name).casefold()  # composed and decomposed accents, full-width letters
-    return " ".join(re.sub(r"[-_/]", " ", folded).split()).rstrip(".!?;:,").rstrip()
+    return fold_name(name).rstrip(".!?;:,").rstrip()
 
 
 def check_min_size(width: int, height: int, min_side: int) -> None:

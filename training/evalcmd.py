@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from model.files import atomic_write_text
 from model.knowledge import Knowledge
 from model.runtime import KeepfitRuntime
 from training.evaluate import (
@@ -43,7 +44,7 @@ from training.evaluate import (
     retrieval_metrics,
     zero_shot_metrics,
 )
-from training.reports import atomic_write_text, fmt, plot_confusion, plot_curves, write_report
+from training.reports import fmt, plot_confusion, plot_curves, write_report
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from model.files import atomic_write, atomic_write_json
+from model.files import atomic_write, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +90,6 @@ def _save(fig: Any, path: Path) -> None:
     """A figure as PNG, whole or not at all (written beside ``path`` and renamed)."""
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, dpi=110, format="png")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def fmt(x: Any, digits: int = 3) -> str:

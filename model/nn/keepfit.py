@@ -179,6 +179,17 @@ class KeepFITModel(nn.Module):
         """``[B,D]`` public image embeddings attend over ``[E,D]`` elite pairs -> ``[B,D]`` unit-norm text-side
         knowledge, pulled towards the public text embedding by the training loss.  ``blocked`` (``[B,E]`` bool,
         True = may not attend) restricts which elite pairs each query sees; a row blocked everywhere sees all."""
+        out, _ = self._attend(query_img, elite_img, elite_txt, blocked)
+        return F.normalize(out, dim=-1)
+
+    def knowledge_weights(self, query_img: Tensor, elite_img: Tensor, blocked: Tensor | None = None) -> Tensor:
+        """``[B, E]`` attention weights (averaged over heads) of :meth:`transfer_knowledge`: what each public
+        image attends to."""
+        return self._attend(query_img, elite_img, elite_img, blocked)[1]
+
+    def _attend(self, query_img: Tensor, elite_img: Tensor, values: Tensor,
+                blocked: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The knowledge attention: the ``[B, D]`` output and the ``[B, E]`` weights averaged over heads."""
         # one "batch" of B queries over E keys: a 2-D [B, E] mask applies to every head
         mask = None if blocked is None else blocked & ~blocked.all(dim=1, keepdim=True)
         # Queries and keys are unit vectors: through the attention's projections at their initial scale, a
@@ -187,18 +198,9 @@ class KeepFITModel(nn.Module):
         # about as large as the raw cosines times sqrt(head size), and a query attends to the elite images it
         # resembles.
         scale = float(query_img.shape[-1]) ** 0.5
-        out, _ = self.knowledge_attention(query_img[None] * scale, elite_img[None] * scale, elite_txt[None],
-                                          attn_mask=mask)
-        return F.normalize(out[0], dim=-1)
-
-    def knowledge_weights(self, query_img: Tensor, elite_img: Tensor, blocked: Tensor | None = None) -> Tensor:
-        """``[B, E]`` attention weights (averaged over heads) of :meth:`transfer_knowledge`: what each public
-        image attends to."""
-        mask = None if blocked is None else blocked & ~blocked.all(dim=1, keepdim=True)
-        scale = float(query_img.shape[-1]) ** 0.5
-        _, weights = self.knowledge_attention(query_img[None] * scale, elite_img[None] * scale,
-                                              elite_img[None], attn_mask=mask)
-        return weights[0]
+        out, weights = self.knowledge_attention(query_img[None] * scale, elite_img[None] * scale, values[None],
+                                                attn_mask=mask)
+        return out[0], weights[0]
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         img, _ = self.encode_image(images)

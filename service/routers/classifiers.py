@@ -845,10 +845,11 @@ async def classify_with_classifier(
                 {
                     "label": categories[i]["label"],
                     "probability": float(probs[i]),
-                    "canonical": engine.knowledge.canonical(categories[i].get("text") or categories[i]["label"]),
-                    "known": engine.knowledge.is_known(categories[i].get("text") or categories[i]["label"]),
+                    "canonical": engine.knowledge.canonical(prior),
+                    "known": engine.knowledge.is_known(prior),
                 }
                 for i in out["order"]
+                for prior in [categories[i].get("text") or categories[i]["label"]]
             ],
             "categories": len(categories),
             "image": {"sha256": digest, "width": out["width"], "height": out["height"]},
