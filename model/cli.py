@@ -18,6 +18,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from model.errors import KeepfitError
+from model.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -89,23 +90,6 @@ def finite_float(low: float | None = None, high: float | None = None, low_open: 
 
 
 positive_int = int_at_least(1)
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # every command's, and the server's access log
-
-
-def setup_logging(level: str | None = None) -> None:
-    """Log lines to stderr at ``level`` (default ``KEEPFIT_LOG_LEVEL``, else INFO); an unknown level is a
-    :class:`KeepfitError` naming the variable."""
-    name = (level or os.environ.get("KEEPFIT_LOG_LEVEL") or "INFO").strip().upper()
-    if name not in logging.getLevelNamesMapping():
-        raise KeepfitError(f"unknown log level {name!r} (KEEPFIT_LOG_LEVEL): use DEBUG, INFO, WARNING, ERROR or CRITICAL")
-    logging.basicConfig(level=name, format=LOG_FORMAT)
-    # faiss announces at INFO which CPU build it loaded, on every start: not news for a user of any command
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    # Pillow at DEBUG prints every EXIF/TIFF tag it reads (a patient's name in Artist or ImageDescription, say);
-    # pydicom's warnings are silenced where it is used (model/dicom.py)
-    logging.getLogger("PIL").setLevel(logging.INFO)
 
 
 def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:

@@ -31,7 +31,7 @@ from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
-from service.middleware import RequestGuardMiddleware
+from service.middleware import REQUEST_ID_HEADER, RequestGuardMiddleware, RequestIdMiddleware
 from service.routers import categories, classifiers, classify, embed, health, images, search
 from service.routers.classifiers import ADMIN_KEY_HEADER
 from service.schemas import TEXT_PATTERN
@@ -351,9 +351,9 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     if not logging.getLogger().handlers:
         # a worker process of `keepfit serve --workers N` (uvicorn starts each afresh and configures only its own
         # loggers): the service's lines were lost below WARNING and printed bare above it
-        from model.cli import setup_logging
+        from model.logs import setup_logging
 
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
     # faiss announces at INFO which CPU build it loaded ("Could not load library with AVX2 support"), on
     # every start: it reads like an error and is not news to an operator
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -398,7 +398,8 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     _openapi_with_settings(app, settings)
 
     # Innermost first (each add wraps the ones before): a route's bug answered as a 500 inside every other
-    # layer; the guard rejects before bodies are read; CORS, outermost, answers preflights before anything else.
+    # layer; the guard rejects before bodies are read; CORS answers preflights before anything else; the
+    # request id, outermost, is on all of their answers and log lines.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestGuardMiddleware)
     app.add_middleware(
@@ -412,8 +413,10 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
             allow_origins=settings.cors_origins,
             # DELETE and X-Admin-Key: a page administering classifiers; Retry-After: a page reading a 503 busy
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=[API_KEY_HEADER, ADMIN_KEY_HEADER, "Content-Type", "If-None-Match"],
-            expose_headers=["ETag", "Retry-After"],
+            allow_headers=[API_KEY_HEADER, ADMIN_KEY_HEADER, "Content-Type", "If-None-Match", REQUEST_ID_HEADER],
+            expose_headers=["ETag", "Retry-After", REQUEST_ID_HEADER],
             max_age=600,
         )
+    # outermost: every answer (a refused preflight, a 401 before the body) names its request
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -19,6 +19,7 @@ from typing import Any
 
 from model.cores import cgroup_cpu_limit
 from model.errors import ArtifactError, ConfigError
+from model.logs import use_format
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", help="Redis URL for the cache (KEEPFIT_REDIS_URL); default: in-process LRU")
     p.add_argument("--workers", type=int, help="uvicorn worker processes (KEEPFIT_WORKERS, default 1)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (KEEPFIT_LOG_LEVEL)")
+    p.add_argument("--log-format", help="text or json, one object per line (KEEPFIT_LOG_FORMAT, default text)")
     return p
 
 
-def uvicorn_log_config() -> dict[str, Any]:
+def uvicorn_log_config(fmt: str = "text") -> dict[str, Any]:
     """Uvicorn's own lines (start-up, errors, the access log) in the format of every other line, with a time
     (its defaults have none, and a second layout in one log trips a collector's parser)."""
-    from model.cli import LOG_FORMAT
-
     handler = {"class": "logging.StreamHandler", "formatter": "keepfit", "stream": "ext://sys.stderr"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"keepfit": {"format": LOG_FORMAT}},
+        "formatters": {"keepfit": {"()": "model.logs.formatter", "name": fmt}},
         "handlers": {"stderr": handler},
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "propagate": False},
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "KEEPFIT_REDIS_URL": args.redis_url,
         "KEEPFIT_WORKERS": args.workers,
         "KEEPFIT_LOG_LEVEL": args.log_level,
+        "KEEPFIT_LOG_FORMAT": args.log_format,
     }
     for name, value in overrides.items():
         if value is not None:
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{_source(args, e['loc'])}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"bad settings: {problems}") from err
     logging.getLogger().setLevel(settings.log_level)
+    use_format(settings.log_format)
     for name, meant in unknown_variables(os.environ):
         if meant is not None:  # KEEPFIT_API_KEY for KEEPFIT_API_KEYS would serve without keys
             raise ConfigError(f"{name} is not a setting; did you mean {meant}? (unset it, or spell it so)")
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "log_config": uvicorn_log_config(),
+        "log_config": uvicorn_log_config(settings.log_format),
         "proxy_headers": True,
         # a stalled upload held shutdown until its body timed out (60 s), past Docker's 10 s before SIGKILL
         "timeout_graceful_shutdown": settings.shutdown_grace_s,

@@ -30,6 +30,7 @@ from model.errors import (
     NotFoundError,
     UnsupportedMediaError,
 )
+from model.logs import log_context
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +112,18 @@ _LIBRARY: list[tuple[type[KeepfitError], int, str]] = [
 ]
 
 
+def current_request_id() -> str | None:
+    """The id of the request being served (:class:`service.middleware.RequestIdMiddleware`), or None."""
+    return log_context.get().get("request_id")
+
+
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if details:
         error["details"] = details
+    request_id = current_request_id()
+    if request_id is not None:
+        error["request_id"] = request_id  # what a user quotes to whoever reads the service's log
     return {"error": error}
 
 

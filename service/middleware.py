@@ -15,7 +15,9 @@ that disconnects mid-body is logged in one line and counted with status 499 (see
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model.logs import logging_fields
 from service.deps import API_KEY_HEADER, key_matches
 from service.errors import error_body
 
@@ -106,6 +109,40 @@ async def _reject(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Every answer names its request: ``X-Request-ID`` on the response and ``request_id`` in an error body, and
+    every log line the request causes (the access log's too, on any thread) carries it (:mod:`model.logs`).
+
+    A caller's own ``X-Request-ID`` (up to 128 letters, digits and ``._:-``; a proxy's or a front end's
+    correlation id) is kept, so one id follows a request through every system; anything else (absent, too long,
+    a character that could forge a log line) is replaced by a fresh random one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != header[0]]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        with logging_fields(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 class RequestGuardMiddleware:

@@ -98,6 +98,11 @@ class ErrorInfo(BaseModel):
     code: str = Field(examples=["invalid_image"])
     message: str = Field(examples=["image data is truncated or corrupt: image file is truncated"])
     details: list[ErrorDetail] | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="the request's id, also its X-Request-ID header and on the service's log lines about it",
+        examples=["3f2a9c0d4e5b46a1b2c3d4e5f6a7b8c9"],
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -136,9 +141,11 @@ class ModalityResult(BaseModel):
 
 
 class ClassifyWarning(BaseModel):
-    code: Literal["modality_mismatch", "task_modality_mismatch", "featureless_image"] = Field(
+    code: Literal["modality_mismatch", "modality_uncertain", "task_modality_mismatch", "featureless_image"] = Field(
         description="`modality_mismatch`: the image looks like another modality than the one requested or, with "
         "`modality=auto`, the one its DICOM header states; "
+        "`modality_uncertain`: with `modality=auto`, the modality check was unsure (below 0.7) which modality the "
+        "image is, so the categories and prompts used may be the wrong ones; "
         "`task_modality_mismatch`: the task is meant for another modality than the one used; "
         "`featureless_image`: the image is almost uniform (blank, black), so the predictions say nothing"
     )

@@ -144,6 +144,10 @@ class Settings(BaseSettings):
         description="an image search whose best score is below this is flagged low_similarity",
     )
     log_level: str = Field(default="INFO", description="Python logging level")
+    log_format: str = Field(
+        default="text",
+        description="log lines as text, or json: one object per line with time, level, logger, message, request_id",
+    )
     public_url: str | None = Field(default=None, description="base URL for image_url in search results")
     host: str = Field(default="127.0.0.1", description="bind address of `keepfit serve`")
     port: int = Field(default=8000, ge=1, le=65535, description="port of `keepfit serve`")
@@ -208,6 +212,16 @@ class Settings(BaseSettings):
         if value is not None and not re.match(r"https?://[^/\s]+", value.strip()):
             raise ValueError(f"public_url must be an http:// or https:// URL, got {value!r}")
         return value.strip().rstrip("/") if value is not None else None
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        from model.logs import LOG_FORMATS
+
+        fmt = value.strip().lower()
+        if fmt not in LOG_FORMATS:
+            raise ValueError(f"log_format must be text or json, got {value!r}")
+        return fmt
 
     @field_validator("log_level")
     @classmethod

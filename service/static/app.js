@@ -71,6 +71,8 @@
       if (Array.isArray(err.details) && err.details.length) {
         message += ` (${err.details.map((d) => `${d.field}: ${d.message}`).join('; ')})`;
       }
+      // what the user quotes to whoever runs the service: it finds this request's lines in the log
+      if (err.request_id) message += ` (request id ${err.request_id})`;
       return new ApiError(status, err.code, message);
     }
     const fallback = status === 503 ? 'not_ready' : `http_${status}`;

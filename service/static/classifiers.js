@@ -50,7 +50,8 @@
     try { json = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
     if (!response.ok) {
       const err = (json && json.error) || {};
-      throw Object.assign(new Error(err.message || `HTTP ${response.status}`), {
+      const id = err.request_id ? ` (request id ${err.request_id})` : '';
+      throw Object.assign(new Error(`${err.message || `HTTP ${response.status}`}${id}`), {
         code: err.code || `http_${response.status}`, status: response.status,
       });
     }

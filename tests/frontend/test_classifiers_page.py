@@ -4,6 +4,7 @@ estimate, diagnose with it from the picker, delete it; and a DICOM upload diagno
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
     page.click("#teach-fit")
     page.wait_for_function("document.getElementById('teach-status').dataset.code === 'admin_key_required'")
     assert "admin key" in page.inner_text("#teach-status")
+    assert re.search(r"\(request id [0-9a-f]{32}\)$", page.inner_text("#teach-status"))
     page.fill("#admin-key", ADMIN_KEY)
     page.dispatch_event("#admin-key", "change")
     page.click("#teach-fit")

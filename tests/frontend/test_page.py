@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +261,8 @@ def test_api_errors_are_explained(signed_in: PageRecorder, service: Service, tmp
     page.wait_for_function("document.getElementById('message').dataset.code === 'payload_too_large'")
     assert "too large" in page.inner_text("#message-title")
     assert "KEEPFIT_MAX_UPLOAD_BYTES" in page.inner_text("#message-text")  # says which limit, and why
+    # and the request's id, for whoever runs the service to find it in the log
+    assert re.search(r"\(request id [0-9a-f]{32}\)$", page.inner_text("#message-text")), page.inner_text("#message-text")
 
     # a wrong key: 401 from the service, the settings open for a new one
     page.evaluate("document.getElementById('settings').open = false")

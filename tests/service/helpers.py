@@ -52,5 +52,6 @@ def assert_error(r: Any, status: int, code: str, *fragments: str) -> None:
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["code"] == code, error
+    assert error["request_id"] == r.headers["x-request-id"], error  # what a user quotes to the operator
     for fragment in fragments:
         assert fragment in error["message"], error["message"]

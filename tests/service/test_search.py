@@ -113,7 +113,8 @@ def test_images_round_trip_and_thumbnails(indexed: TestClient, index_dir: Path) 
 def test_unknown_image_id_is_404_without_paths(indexed: TestClient) -> None:
     r = indexed.get("/v1/images/999999")
     assert r.status_code == 404
-    assert r.json()["error"] == {"code": "not_found", "message": "no image with id 999999 in the index"}
+    assert r.json()["error"] == {"code": "not_found", "message": "no image with id 999999 in the index",
+                                 "request_id": r.headers["x-request-id"]}
     for bad in ("/v1/images/0?size=8", "/v1/images/1?size=5000"):
         assert indexed.get(bad).status_code == 422
 

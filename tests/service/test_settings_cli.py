@@ -120,7 +120,8 @@ def test_a_misspelt_setting_stops_serve_and_an_unknown_one_is_named(
     assert "KEEPFIT_SOMETHING_ELSE is not a KEEPFIT setting and is ignored" in caplog.text
     # uvicorn's own lines (the access log too) come in the format of every other line
     config = calls[0][1]["log_config"]
-    assert config["formatters"]["keepfit"]["format"].startswith("%(asctime)s %(levelname)s %(name)s")
+    assert config["formatters"]["keepfit"] == {"()": "model.logs.formatter", "name": "text"}
+    assert config["handlers"]["stderr"]["formatter"] == "keepfit"
     assert config["loggers"]["uvicorn.access"]["handlers"] == ["stderr"]
 
 
