@@ -241,10 +241,68 @@ def load_image(
         # same decode time alone. Not for other formats: an uncompressed TIFF would be copied whole first.
         if stream is None and image.format in _JPEG and isinstance(image, ImageFile.ImageFile):
             image.decodermaxblock = max(image.decodermaxblock, len(data))
+        wide = _wide_colour_tiles(image)
         image.load()
+        if wide:
+            _keep_low_bytes(image, wide, lambda: Image.open(io.BytesIO(data) if stream is None else _rewound(stream)))
     except Exception as err:  # truncated or corrupt data
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
     return image
+
+
+def _rewound(stream: ReadableFile) -> IO[bytes]:
+    stream.seek(0)
+    return cast(IO[bytes], stream)
+
+
+def _wide_colour_tiles(image: Image.Image) -> list[Any]:
+    """The tiles of a 16-bit-per-channel colour PNG or TIFF, before it loads; [] for others.
+
+    Pillow has no 16-bit colour mode: it decodes such an image as 8-bit, keeping each channel's high byte.
+    (16-bit grey + alpha is not widened: Pillow has no unpacker for its low bytes.)"""
+    if image.mode not in ("RGB", "RGBA") or not isinstance(image, ImageFile.ImageFile):
+        return []
+    tiles = list(image.tile)
+    return tiles if tiles and all(_WIDE_RAWMODE.search(_rawmode(t)) for t in tiles) else []
+
+
+_WIDE_RAWMODE = re.compile(r"^RGBA?;16[BLN]$")  # Pillow unpacks both byte orders of these
+_OTHER_BYTE = {"B": "L", "L": "B", "N": "B" if np.little_endian else "L"}
+
+
+def _rawmode(tile: Any) -> str:
+    args = tile.args
+    return str(args if isinstance(args, str) else args[0])
+
+
+def _low_byte_tile(tile: Any) -> Any:
+    """``tile`` decoded as the other byte order: Pillow's unpacker then keeps each channel's low byte."""
+    rawmode = _rawmode(tile)
+    swapped = rawmode[:-1] + _OTHER_BYTE[rawmode[-1]]
+    return tile._replace(args=swapped if isinstance(tile.args, str) else (swapped, *tile.args[1:]))
+
+
+def _keep_low_bytes(image: Image.Image, tiles: list[Any], reopen: Any) -> None:
+    """A 16-bit colour image whose channels hold 10-14-bit data (a camera's or a converter's export) came out of
+    Pillow almost black (a 12-bit maximum of 4095 has a high byte of 15): decode its low bytes too and scale
+    its colour channels by the range that holds their maximum, as 16-bit grey is (:func:`_container_max`).
+    Full-range data (a maximum of 16384 or more) keeps the high bytes, which are then its 8-bit value."""
+    high = np.asarray(image)  # [H, W, C] uint8
+    colour = high[..., :3]
+    if int(colour.max()) >= 64:
+        return
+    low_image = reopen()
+    low_image.tile = [_low_byte_tile(t) for t in tiles]
+    low_image.load()
+    full = (high.astype(np.uint16) << 8) | np.asarray(low_image)
+    del low_image
+    out = np.empty_like(high)
+    channels = [slice(0, 3), slice(3, 4)] if image.mode == "RGBA" else [slice(0, 3)]
+    for part in channels:  # colour, then alpha with a range of its own
+        values = full[..., part]
+        scale = _range_holding(float(values.max()))
+        out[..., part] = np.clip(np.rint(values * (255.0 / scale)), 0, 255).astype(np.uint8)
+    image.paste(Image.fromarray(out, image.mode))
 
 
 def _least_size(image_size: tuple[int, int], size: int, gap: float) -> tuple[int, int]:
@@ -303,7 +361,11 @@ def _container_max(image: Image.Image) -> float:
     top = float(extrema[1]) if isinstance(extrema[1], int | float) else 0.0
     if image.mode == "F" and 0.0 < top <= 1.0:
         return 1.0
-    # 16-bit captures are often 10-14 bit data: scale by the container's range that holds the maximum.
+    return _range_holding(top)
+
+
+def _range_holding(top: float) -> float:
+    """16-bit captures are often 10-14-bit data: the range of 8, 10, 12, 14 or 16 bits that holds ``top``."""
     return next((float(2**b - 1) for b in (8, 10, 12, 14, 16) if top <= 2**b - 1), top or 1.0)
 
 

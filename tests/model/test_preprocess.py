@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -367,3 +369,57 @@ def test_a_jpeg_with_an_mpf_preview_is_decoded_as_its_photograph(golden_image: I
         ours, theirs = load_image(mpo, size=size), load_image(plain, size=size)
         assert ours.size == theirs.size
         assert np.array_equal(preprocess(ours, CFG), preprocess(theirs, CFG))
+
+
+def _png16(arr: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB / RGBA PNG (Pillow cannot write one), each row with the Sub filter."""
+    height, width, channels = arr.shape
+    rows = arr.astype(">u2").reshape(height, -1).view(np.uint8)  # [H, W * C * 2] big-endian bytes
+    bpp = channels * 2
+    sub = rows.copy()
+    sub[:, bpp:] = rows[:, bpp:] - rows[:, :-bpp]  # uint8 wraps: the Sub filter
+    raw = np.concatenate([np.ones((height, 1), np.uint8), sub], axis=1).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _tiff16(arr: np.ndarray, order: str) -> bytes:
+    """An uncompressed 16-bit RGB TIFF in byte order ``<`` (II) or ``>`` (MM)."""
+    height, width, _ = arr.shape
+    pixels = arr.astype(f"{order}u2").tobytes()
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, 8 + 12 * 10 + 4 + 2), (259, 3, 1, 1),
+               (262, 3, 1, 2), (273, 4, 1, 8 + 2 + 12 * 10 + 4 + 6), (277, 3, 1, 3), (278, 4, 1, height),
+               (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    out = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(f"{order}I", 8)
+    out += struct.pack(f"{order}H", len(entries))
+    for tag, kind, count, value in entries:
+        packed = struct.pack(f"{order}H", value) + b"\x00\x00" if kind == 3 and count == 1 else struct.pack(f"{order}I", value)
+        out += struct.pack(f"{order}HHI", tag, kind, count) + packed
+    out += struct.pack(f"{order}I", 0) + struct.pack(f"{order}HHH", 16, 16, 16) + pixels
+    return out
+
+
+@pytest.mark.parametrize("bits", [8, 10, 12, 14])
+def test_sixteen_bit_colour_with_fewer_bits_keeps_its_picture(golden_image: Image.Image, bits: int) -> None:
+    """Pillow decodes 16-bit colour PNG/TIFF as 8-bit, keeping each channel's high byte: 12-bit data (maximum
+    4095, high byte 15) came out almost black and was diagnosed as a different eye."""
+    rgb = np.asarray(golden_image.convert("RGB").resize((96, 72)))  # [H, W, 3] uint8
+    wide = (rgb.astype(np.uint16) << (bits - 8)) | (rgb.astype(np.uint16) >> (16 - bits) if bits > 8 else 0)
+    reference = preprocess(Image.fromarray(rgb, "RGB"), CFG)
+    alpha = np.full(rgb.shape[:2] + (1,), 65535, np.uint16)
+    sources: list[bytes | io.BytesIO] = [_png16(wide), _tiff16(wide, "<"), _tiff16(wide, ">"),
+                                         _png16(np.concatenate([wide, alpha], axis=-1)), io.BytesIO(_png16(wide))]
+    for source in sources:  # an upload read as it arrives (a file object) too
+        decoded = load_image(source)
+        assert decoded.mode in ("RGB", "RGBA")
+        got = np.asarray(decoded)[..., :3].astype(int)
+        assert np.abs(got - rgb).max() <= 1, (bits, decoded.format)
+        assert np.abs(preprocess(decoded, CFG) - reference).max() < 0.02
+    # full-range 16-bit colour is what it was: each channel's high byte
+    full = rgb.astype(np.uint16) * 257
+    assert np.array_equal(np.asarray(load_image(_png16(full))), rgb)
+    assert np.array_equal(np.asarray(load_image(_tiff16(full, ">"))), rgb)
