@@ -193,6 +193,8 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     if fast is not None:
         image = ImageOps.invert(fast) if photometric == "MONOCHROME1" else fast
         return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
+    if not getattr(syntax, "is_compressed", False):
+        _check_native_length(ds, rows, cols, frames)
     try:
         # only the chosen frame; YBR is converted to RGB by pydicom (as_rgb defaults to True)
         arr = pixel_array(ds, index=frame if frames > 1 else None)
@@ -224,6 +226,25 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         arr = arr[..., :3]
     image = Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.ndim == 3 else "L")
     return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
+
+
+def _check_native_length(ds: Any, rows: int, cols: int, frames: int) -> None:
+    """Uncompressed pixel data longer than its header describes is a file that contradicts itself (three
+    channels' bytes under ``SamplesPerPixel`` 1, 16-bit data under ``BitsAllocated`` 8): pydicom reads the
+    first part of it and drops the rest, which gave a scrambled picture an answer. Shorter data pydicom refuses."""
+    if "PixelData" not in ds:
+        return
+    try:
+        samples, bits = int(getattr(ds, "SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ImageError("the DICOM file has no valid BitsAllocated") from err
+    expected = -(-rows * cols * samples * frames * bits // 8)
+    actual = len(ds.PixelData)
+    if actual > expected + 1:  # one pad byte makes an odd length even
+        raise ImageError(
+            f"the DICOM pixel data is {actual} bytes, but its header describes {expected} ({cols}x{rows} pixels x "
+            f"{samples} sample(s) x {bits} bits x {frames} frame(s)): the file contradicts itself"
+        )
 
 
 def _finish(

@@ -464,3 +464,23 @@ def test_no_header_value_reaches_the_log_or_warnings_of_a_non_conforming_file(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert "ZQXMARKER" not in done.stderr + done.stdout
+
+
+def test_pixel_data_longer_than_its_header_describes_is_refused(cfp: tuple[bytes, np.ndarray]) -> None:
+    """Three channels' bytes under SamplesPerPixel 1, or 16-bit data under BitsAllocated 8: pydicom read the first
+    part and dropped the rest, and a scrambled picture was answered as an eye (200)."""
+    from pydicom import dcmread
+
+    _, rgb = cfp
+    colour = make_dicom([rgb[:48, :64]], "explicit")
+    grey = make_dicom([rgb[:47, :63]], "explicit", grey=True)  # 2961 bytes: one pad byte makes them even
+    assert np.asarray(load_image(grey)).shape == (47, 63)
+    for source, change in ((colour, {"SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2"}),
+                           (grey, {"Rows": 23})):
+        ds = dcmread(io.BytesIO(source))
+        for name, value in change.items():
+            setattr(ds, name, value)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        with pytest.raises(ImageError, match=r"pixel data is \d+ bytes, but its header describes \d+ .*contradicts"):
+            load_image(out.getvalue())
