@@ -128,3 +128,20 @@ def test_real_images_of_every_modality_are_not_featureless_even_much_darker(
             Image.eval(image, lambda v, f=factor: int(v * f)).save(out, format="JPEG", quality=92)
             body = _classify(api, out.getvalue(), modality=modality).json()
             assert "featureless_image" not in [w["code"] for w in body["warnings"]], (modality, factor)
+
+
+def test_an_image_the_modality_check_is_unsure_of_is_flagged(api: TestClient, data_root, real_images) -> None:
+    """An infrared photograph among the angiograms is recognised as FFA with 0.64: a guess, and the answer
+    (categories, prompts) follows it. With the modality named, or a clear image, no such warning."""
+    infrared = (data_root / "ffa_huapu4" / "images" / "phase_identification" / "non_ffa" / "00002.jpg").read_bytes()
+    body = _classify(api, infrared).json()
+    mod = body["modality"]
+    assert mod["requested"] == "auto" and mod["probabilities"][mod["used"]] < 0.7
+    (warning,) = [w for w in body["warnings"] if w["code"] == "modality_uncertain"]
+    assert f"scored as {mod['used']}" in warning["message"] and "send modality=CFP, FFA or OCT" in warning["message"]
+    ranked = sorted(mod["probabilities"].items(), key=lambda kv: -kv[1])
+    assert ", ".join(f"{m} {p:.2f}" for m, p in ranked) in warning["message"]
+    named = _classify(api, infrared, modality="CFP").json()
+    assert "modality_uncertain" not in [w["code"] for w in named["warnings"]]
+    for modality in ("CFP", "OCT", "FFA"):
+        assert "modality_uncertain" not in [w["code"] for w in _classify(api, real_images[modality]).json()["warnings"]]
