@@ -20,6 +20,7 @@ from typing import Any
 from model.cores import cgroup_cpu_limit
 from model.errors import ArtifactError, ConfigError
 from model.logs import use_format
+from service.protocol import GuardedHttpToolsProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": settings.log_level.lower(),
         "log_config": uvicorn_log_config(settings.log_format),
         "proxy_headers": True,
+        # uvicorn's httptools protocol with a size and a time limit on a request's headers (service/protocol.py)
+        "http": GuardedHttpToolsProtocol,
         # a stalled upload held shutdown until its body timed out (60 s), past Docker's 10 s before SIGKILL
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="time allowed to receive a request body (then 408)"
     )
+    header_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="time allowed to receive a request's headers, and for a new connection to send them (then 408)",
+    )
     shutdown_grace_s: float = Field(
         default=8.0,
         gt=0,

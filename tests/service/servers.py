@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import pytest
 import uvicorn
 
 from service.app import create_app
+from service.protocol import GuardedHttpToolsProtocol
 from service.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -110,11 +112,19 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @contextmanager
-def live_server(settings: Settings, app: Any = None, **app_kwargs: object) -> Iterator[str]:
-    """Uvicorn serving ``app`` (default ``create_app(settings)``) on a free port in a thread; yields its base URL."""
+def live_server(
+    settings: Settings, app: Any = None, protocol: type[asyncio.Protocol] = GuardedHttpToolsProtocol, **app_kwargs: object
+) -> Iterator[str]:
+    """Uvicorn serving ``app`` (default ``create_app(settings)``) on a free port in a thread, with the HTTP
+    protocol ``keepfit serve`` uses; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        app or create_app(settings, **app_kwargs), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        app or create_app(settings, **app_kwargs),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        http=protocol,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

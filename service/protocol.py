@@ -1,0 +1,121 @@
+"""Uvicorn's HTTP protocol with bounds on a request's headers: their size and the time they take to arrive.
+
+Uvicorn (httptools) bounds neither. One unauthenticated request with a 64 MiB header held the event loop for
+7.5 s (httptools builds a header value by repeated concatenation, which grows quadratically), three of 128 MiB
+made every other request time out, and a connection sending one header byte every 10 s was never closed, so a
+few thousand of them held the server's file descriptors. Here a request's headers may take at most
+:data:`MAX_HEADER_BYTES` (431 beyond) and ``KEEPFIT_HEADER_TIMEOUT_S`` to arrive (408, then the connection is
+closed); a connection that sends nothing at all is closed after that time too. Both answers are the API's error
+envelope. Everything else is uvicorn's own protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+# The request line and all headers of one request. Browsers and HTTP libraries send a few hundred bytes to a few
+# KB; nginx's default allows 4 x 8 KB per header block, Node's 16 KB, uvicorn's h11 mode 16 KB.
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """:class:`HttpToolsProtocol` with a size and a time limit on each request's headers."""
+
+    max_header_bytes = MAX_HEADER_BYTES
+    header_timeout_s: float | None = None  # None: KEEPFIT_HEADER_TIMEOUT_S (tests set it directly)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.header_timeout_s is None:
+            from service.settings import get_settings
+
+            self.header_timeout_s = float(get_settings().header_timeout_s)
+        self._in_headers = False  # bytes of a request arrived, its headers are not complete yet
+        self._header_bytes = 0
+        self._got_bytes = False
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------------------------ connection events
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()  # a connection that never sends a request is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        super().data_received(data)
+        if not self._in_headers or self.transport.is_closing():
+            return
+        # Still within a request's headers after this piece: all of it was header bytes (or the end of the
+        # previous request, a small overcount). Checked after each piece, so at most one read's worth past it.
+        self._header_bytes += len(data)
+        if self._header_bytes > self.max_header_bytes:
+            self._refuse(
+                431,
+                "headers_too_large",
+                f"the request line and headers exceed {self.max_header_bytes} bytes",
+            )
+            return
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    # ------------------------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers, self._header_bytes = True, 0
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    # ------------------------------------------------------------------------------------ the limits
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(float(self.header_timeout_s or 0), self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_headers:
+            self._refuse(
+                408,
+                "request_timeout",
+                f"the request headers did not arrive within {self.header_timeout_s:g} s (KEEPFIT_HEADER_TIMEOUT_S)",
+            )
+        elif not self._got_bytes and self.cycle is None:
+            self.transport.close()  # connected and never sent a request
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer ``status`` in the API's error envelope and close the connection (the rest of the request is
+        never read)."""
+        self._disarm_header_timer()
+        self._in_headers = False
+        client = "%s:%d - " % self.client if self.client else ""
+        self.logger.warning("%srefused a request before its headers were complete: %s", client, message)
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()

@@ -1,0 +1,107 @@
+"""A request's headers are bounded in size and in time: one huge header held the event loop for seconds, and a
+connection trickling header bytes (or sending nothing) was never closed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.protocol import MAX_HEADER_BYTES, GuardedHttpToolsProtocol
+from tests.service.helpers import make_settings
+from tests.service.servers import live_server
+
+
+class _Quick(GuardedHttpToolsProtocol):
+    max_header_bytes = 8192
+    header_timeout_s = 1.0
+
+
+@pytest.fixture(scope="module")
+def base(default_artifact: Path) -> Iterator[str]:
+    with live_server(make_settings(default_artifact), protocol=_Quick) as url:
+        yield url
+
+
+def _connect(base: str) -> socket.socket:
+    host, port = base.split("//", 1)[1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict]:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_the_default_limits() -> None:
+    assert MAX_HEADER_BYTES == 65536
+    assert GuardedHttpToolsProtocol.header_timeout_s is None  # read from KEEPFIT_HEADER_TIMEOUT_S (default 30 s)
+
+
+def test_oversized_headers_are_refused_without_holding_the_server(base: str) -> None:
+    sock = _connect(base)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    started = time.monotonic()
+    try:
+        for _ in range(64):  # 4 MiB of one header value, unless the server hangs up first
+            sock.sendall(b"a" * 65536)
+    except OSError:
+        pass
+    status, body = _answer(sock)
+    assert status == 431 and body["error"]["code"] == "headers_too_large" and "8192 bytes" in body["error"]["message"]
+    assert time.monotonic() - started < 5
+    # headers just under the limit are a normal request
+    ok = httpx.get(f"{base}/healthz", headers={"X-Big": "a" * 7000}, timeout=10)
+    assert ok.status_code == 200
+
+
+def test_headers_trickled_in_are_cut_off_and_the_server_keeps_answering(base: str) -> None:
+    sock = _connect(base)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    stop = threading.Event()
+
+    def trickle() -> None:
+        try:
+            while not stop.is_set():
+                sock.sendall(b"X")
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200  # others are served meanwhile
+        started = time.monotonic()
+        status, body = _answer(sock)
+        assert status == 408 and body["error"]["code"] == "request_timeout"
+        assert "KEEPFIT_HEADER_TIMEOUT_S" in body["error"]["message"] and time.monotonic() - started < 3
+    finally:
+        stop.set()
+        sender.join(timeout=5)
+
+
+def test_a_connection_that_sends_nothing_is_closed(base: str) -> None:
+    sock = _connect(base)
+    started = time.monotonic()
+    assert sock.recv(100) == b""  # closed, without an answer: there was no request
+    assert 0.5 < time.monotonic() - started < 5
+
+
+def test_keep_alive_and_uploads_are_unaffected(base: str) -> None:
+    with httpx.Client(timeout=30) as client:
+        for _ in range(3):
+            assert client.get(f"{base}/healthz").status_code == 200
+            time.sleep(0.6)  # idle between requests, as a pooled connection is
+        r = client.post(f"{base}/v1/embed", json={"text": "drusen " * 100})
+        assert r.status_code == 200
