@@ -10,19 +10,19 @@
  *   POST v1/search    (JSON)          text -> images;  (multipart) image -> images
  *   GET  v1/images/{id}[?size=256]    result images (URLs come with the search hits)
  * Errors arrive as {"error": {"code", "message"}} and are shown as they are, with a plain-language title.
- * The API key (when the service has keys) is entered once and kept in sessionStorage for this tab's session.
+ * The API key (when the service has keys) is entered once and kept in sessionStorage for this tab's session, for
+ * the API base it was entered for only (dom.js, KeepfitConnection).
  */
 (() => {
   'use strict';
 
-  const KEY_STORE = 'keepfit.apiKey';
-  const BASE_STORE = 'keepfit.apiBase';
   const PREVIEW_MAX_SIDE = 1024; // the preview is downscaled in the browser; the original is what gets sent
   const EXPLAIN_TOP = 3;
   const SEARCH_TOP_K = 24;
   const REQUEST_TIMEOUT_MS = 120000;
 
   const { $, el } = window.KeepfitDom; // dom.js
+  const Connection = window.KeepfitConnection; // dom.js: the API base and the keys entered for it
 
   const state = {
     base: '',
@@ -243,9 +243,12 @@
   function loadSettings() {
     const params = new URLSearchParams(window.location.search);
     const fromUrl = params.get('api');
-    if (fromUrl) localStorage.setItem(BASE_STORE, fromUrl);
-    state.base = (localStorage.getItem(BASE_STORE) || '').trim().replace(/\/+$/, '');
-    state.key = sessionStorage.getItem(KEY_STORE) || '';
+    // a link's service is this tab's only, and no key entered for another service goes to it
+    if (fromUrl && !Connection.linkBase(fromUrl)) {
+      showMessage('The link\'s API base was ignored: it must start with http:// or https://', fromUrl);
+    }
+    state.base = Connection.base();
+    state.key = Connection.apiKey();
     $('api-base').value = state.base;
     $('api-key').value = state.key;
   }
@@ -259,8 +262,7 @@
     }
     state.base = base;
     state.key = $('api-key').value.trim();
-    if (base) localStorage.setItem(BASE_STORE, base); else localStorage.removeItem(BASE_STORE);
-    if (state.key) sessionStorage.setItem(KEY_STORE, state.key); else sessionStorage.removeItem(KEY_STORE);
+    Connection.save(base, state.key);
     clearMessage();
     $('settings').open = false;
     connect();
@@ -751,7 +753,7 @@
     $('search-form').addEventListener('submit', searchText);
     $('settings-form').addEventListener('submit', saveSettings);
     $('forget-key').addEventListener('click', () => {
-      sessionStorage.removeItem(KEY_STORE);
+      Connection.forgetKey();
       state.key = '';
       $('api-key').value = '';
     });

@@ -13,14 +13,15 @@
 (() => {
   'use strict';
 
-  const ADMIN_STORE = 'keepfit.adminKey';
   const { $, el } = window.KeepfitDom; // dom.js
 
   // categories being taught: [{label, files: [File], ids: [{id, thumb}]}]; `active` receives search results
   const teach = { categories: [], active: 0, busy: false };
 
+  const Connection = window.KeepfitConnection; // dom.js: the API base and the keys entered for it
+
   function base() {
-    return (localStorage.getItem('keepfit.apiBase') || '').trim().replace(/\/+$/, '');
+    return Connection.base();
   }
 
   function endpoint(path) {
@@ -29,9 +30,9 @@
 
   function headers(admin) {
     const h = {};
-    const key = sessionStorage.getItem('keepfit.apiKey');
+    const key = Connection.apiKey();
     if (key) h['X-API-Key'] = key;
-    const adminKey = sessionStorage.getItem(ADMIN_STORE);
+    const adminKey = Connection.adminKey();
     if (admin && adminKey) h['X-Admin-Key'] = adminKey;
     return h;
   }
@@ -236,11 +237,8 @@
   }
 
   function wire() {
-    $('admin-key').value = sessionStorage.getItem(ADMIN_STORE) || '';
-    $('admin-key').addEventListener('change', () => {
-      const v = $('admin-key').value.trim();
-      if (v) sessionStorage.setItem(ADMIN_STORE, v); else sessionStorage.removeItem(ADMIN_STORE);
-    });
+    $('admin-key').value = Connection.adminKey();
+    $('admin-key').addEventListener('change', () => Connection.setAdminKey($('admin-key').value.trim()));
     $('teach-add').addEventListener('click', () => addCategory());
     $('teach-label').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); addCategory(); } });
     $('teach-fit').addEventListener('click', fit);

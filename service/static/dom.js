@@ -1,7 +1,8 @@
 /*
- * KeepFIT front end: the two DOM helpers app.js and classifiers.js share (loaded before both).
+ * KeepFIT front end: what app.js and classifiers.js share (loaded before both).
  *   $(id)                          document.getElementById
  *   el(tag, attrs, ...children)    a new element: attrs 'class', 'text', 'on<event>' handlers, else attributes
+ *   KeepfitConnection              the API base and the keys entered for it (below)
  */
 (() => {
   'use strict';
@@ -19,4 +20,48 @@
     return node;
   };
   window.KeepfitDom = Object.freeze({ $, el });
+
+  /*
+   * Where the service is and the keys for it, shared by app.js and classifiers.js.
+   *   base()                  the API base: this tab's (a link's ?api=) or the saved one; '' = this page's origin
+   *   apiKey() / adminKey()   the keys entered for that base, '' for any other: a link that points the page at
+   *                           another host never carries the keys entered for this one
+   *   linkBase(url)           a link's ?api= for this tab only (never saved); false when it is no http(s) URL
+   *   save(base, key)         the settings form: base saved for later tabs, key for this tab's session
+   *   setAdminKey(k), forgetKey()
+   */
+  const BASE = 'keepfit.apiBase';
+  const KEY = 'keepfit.apiKey';
+  const ADMIN = 'keepfit.adminKey';
+  const FOR = '.for'; // the base a key was entered for
+  const tidy = (url) => (url || '').trim().replace(/\/+$/, '');
+  const base = () => tidy(sessionStorage.getItem(BASE) ?? localStorage.getItem(BASE));
+  const keyFor = (name) => (sessionStorage.getItem(name + FOR) === base() ? sessionStorage.getItem(name) || '' : '');
+  const setKey = (name, value) => {
+    if (value) {
+      sessionStorage.setItem(name, value);
+      sessionStorage.setItem(name + FOR, base());
+    } else {
+      sessionStorage.removeItem(name);
+      sessionStorage.removeItem(name + FOR);
+    }
+  };
+  window.KeepfitConnection = Object.freeze({
+    base,
+    apiKey: () => keyFor(KEY),
+    adminKey: () => keyFor(ADMIN),
+    linkBase(url) {
+      const value = tidy(url);
+      if (!/^https?:\/\/[^/\s]+/i.test(value)) return false;
+      sessionStorage.setItem(BASE, value);
+      return true;
+    },
+    save(newBase, key) {
+      sessionStorage.removeItem(BASE);
+      if (newBase) localStorage.setItem(BASE, newBase); else localStorage.removeItem(BASE);
+      setKey(KEY, key);
+    },
+    setAdminKey: (value) => setKey(ADMIN, value),
+    forgetKey: () => setKey(KEY, ''),
+  });
 })();

@@ -7,9 +7,11 @@ another origin through CORS; the API key is entered once per session; nothing go
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +358,52 @@ def test_page_served_from_another_origin_uses_the_service_through_cors(
     assert recorder.origins() == {origin, service.base}
     api_calls = [u for u in recorder.urls if "/v1/" in u or "readyz" in u]
     assert api_calls and all(u.startswith(service.base) for u in api_calls)
+
+
+def test_a_link_pointing_the_page_elsewhere_never_carries_the_key(
+    signed_in: PageRecorder, service: Service, browser_context
+) -> None:
+    """`/?api=<another host>` was saved for every later tab and sent the key entered for this service there."""
+    seen: list[dict[str, str]] = []
+
+    class Recording(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(401)  # "send me your key"
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Access-Control-Allow-Headers", "X-API-Key, X-Admin-Key, Content-Type, X-Request-ID")
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": {"code": "unauthorized", "message": "missing API key"}}')
+
+        do_GET = do_POST = do_OPTIONS = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Recording)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    page = signed_in.page
+    try:
+        elsewhere = f"http://127.0.0.1:{other.server_address[1]}"
+        page.goto(f"{service.base}/?api={elsewhere}")
+        page.wait_for_function("document.getElementById('service-status').textContent.length > 0")
+        page.wait_for_timeout(500)
+        assert seen, "the page did not call the linked service"
+        assert all("x-api-key" not in h and "x-admin-key" not in h for h in seen), seen
+        assert page.input_value("#api-key") == ""  # the key belongs to the service it was entered for
+        # the link was for that tab only: a new tab talks to this service again; a link that is no http(s) URL
+        # is ignored
+        fresh = browser_context.new_page()
+        try:
+            fresh.goto(f"{service.base}/?api=javascript:alert(1)")
+            fresh.wait_for_function(
+                "document.getElementById('service-status').textContent.includes('keepfit-v2-small')"
+            )
+            assert fresh.evaluate("window.KeepfitConnection.base()") == ""
+        finally:
+            fresh.close()
+    finally:
+        other.shutdown()
+        other.server_close()
+        page.evaluate("sessionStorage.clear(); localStorage.clear()")

@@ -47,10 +47,14 @@ def test_no_external_fetches_in_code_or_styles() -> None:
         text = (STATIC_DIR / name).read_text()
         assert not _EXTERNAL.search(text), f"{name} loads something from another host"
     assert not _CSS_IMPORT.search((STATIC_DIR / "app.css").read_text()), "app.css imports or loads a resource"
-    js = (STATIC_DIR / "app.js").read_text()
-    # the API key lives in sessionStorage only (gone with the tab), never in localStorage or a cookie
-    assert "sessionStorage.setItem(KEY_STORE" in js and "localStorage.setItem(KEY_STORE" not in js
-    assert "document.cookie" not in js
+    # the API keys live in sessionStorage only (gone with the tab), never in localStorage or a cookie
+    connection = (STATIC_DIR / "dom.js").read_text()
+    assert "sessionStorage.setItem(name, value)" in connection and "localStorage.setItem(KEY" not in connection
+    assert "localStorage.setItem(ADMIN" not in connection
+    for name in ("dom.js", "app.js", "classifiers.js"):
+        js = (STATIC_DIR / name).read_text()
+        assert "document.cookie" not in js
+        assert name == "dom.js" or "Storage." not in js  # only dom.js's KeepfitConnection touches storage
 
 
 def test_service_serves_the_page_and_its_assets(default_artifact: Path) -> None:
