@@ -6,7 +6,9 @@
   JPEG 2000, RLE, deflate; an encapsulated syntax without a decoder here is :class:`UnsupportedMediaError`
   (HTTP 415) naming the transfer syntax.
 - Colour: YBR_FULL / YBR_FULL_422 / YBR_ICT / YBR_RCT are converted to RGB, MONOCHROME1 is inverted,
-  PALETTE COLOR goes through its lookup table; more than 8 bits are scaled by ``BitsStored``.
+  PALETTE COLOR goes through its lookup table; greyscale of more than 8 bits goes through its rescale and first
+  display window when it has one (:func:`_windowed`), else it and colour of more than 8 bits are scaled by
+  ``BitsStored``.
 - 8-bit JPEG (YBR or grey) and JPEG 2000 frames are decoded by Pillow, scaled for the model while they decode
   (:func:`_pillow_frame`); everything else by pydicom's plugins.
 - Multi-frame: an OCT volume gives its central B-scan by default, other multi-frame objects their first frame;
@@ -51,8 +53,20 @@ ANGIOGRAM_WORDS = ("ANGIO", "FLUORESC", "FA ", "FFA", "ICG", "INDOCYANINE")
 
 
 def is_dicom(data: bytes) -> bool:
-    """A DICOM Part 10 file: 128-byte preamble then ``DICM``."""
-    return len(data) > 132 and data[128:132] == b"DICM"
+    """A DICOM Part 10 file (128-byte preamble then ``DICM``), or one an older device wrote without the preamble:
+    ``DICM`` first, or the data set's first element at once (group 0002 or 0008, little endian, as the ACR-NEMA
+    era and some archives write them; no image format the service reads starts that way)."""
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return True
+    if data[:4] == b"DICM":
+        return True
+    return len(data) > 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and (data[4:6].isalpha() or data[6:8] == b"\x00\x00")
+
+
+def _part10(data: bytes | memoryview) -> bytes:
+    """``data`` as pydicom reads it (with ``force``): a file that starts with ``DICM`` gets its preamble back."""
+    data = bytes(data)
+    return bytes(128) + data if data[:4] == b"DICM" else data
 
 
 @contextlib.contextmanager
@@ -111,6 +125,46 @@ def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
     return np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
+def _first_number(value: Any) -> float | None:
+    """A header number, or the first of several (a window centre may list one per display preset); None if absent
+    or not a finite number."""
+    if value is not None and not isinstance(value, str | bytes | int | float):
+        value = next(iter(value), None)  # pydicom's MultiValue
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _windowed(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray | None:
+    """Greyscale data of more than 8 bits as a DICOM viewer shows it: the rescale (modality LUT), then the first
+    display window (``WindowCenter`` / ``WindowWidth``, ``VOILUTFunction`` LINEAR, LINEAR_EXACT or SIGMOID; PS3.3
+    C.11.2.1.2) to 0-255.  None when there is no usable window: the data are then scaled by their stored bits.
+
+    A device that stores 12 or 16 bits and a window picks out the levels that hold the picture: scaled by the
+    stored bits instead, a 16-bit image whose window spans 1000-1255 reached the model as 16 grey levels, far
+    from what the clinician sees (embedding cosine 0.45 against the same picture as an 8-bit PNG)."""
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or arr.ndim != 2 or arr.dtype == np.uint8:
+        return None
+    centre, width = _first_number(ds.get("WindowCenter")), _first_number(ds.get("WindowWidth"))
+    if centre is None or width is None or width < 1:
+        return None
+    slope = _first_number(ds.get("RescaleSlope")) or 1.0
+    intercept = _first_number(ds.get("RescaleIntercept")) or 0.0
+    x = arr.astype(np.float64) * slope + intercept
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if function == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(-4.0 * (x - centre) / width))
+    elif function == "LINEAR_EXACT":
+        y = (x - centre) / width + 0.5
+    elif width == 1:  # LINEAR with a width of 1 is a threshold
+        y = (x > centre - 0.5).astype(np.float64)
+    else:
+        y = (x - (centre - 0.5)) / (width - 1) + 0.5
+    return np.clip(np.rint(np.clip(y, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+
+
 # header_pixels reads a DICOM header on the event loop: only this much of it, so that a header built to be slow
 # to parse costs at most about a millisecond there (the decode reads it all, on a model thread)
 HEAD_BYTES = 65536
@@ -125,7 +179,10 @@ def dicom_pixels(data: bytes | memoryview) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the header is cut short on purpose
             ds = pydicom.dcmread(
-                io.BytesIO(bytes(data[:HEAD_BYTES])), stop_before_pixels=True, specific_tags=["Rows", "Columns"]
+                io.BytesIO(_part10(data[:HEAD_BYTES])),
+                stop_before_pixels=True,
+                specific_tags=["Rows", "Columns"],
+                force=True,
             )
         return max(0, int(ds.Rows)) * max(0, int(ds.Columns))
     except Exception:
@@ -147,11 +204,12 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
             "DICOM input needs the optional 'dicom' extra (pip install 'keepfit[dicom]')"
         ) from err
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=False)
+        ds = pydicom.dcmread(io.BytesIO(_part10(data)), stop_before_pixels=False, force=True)
     except Exception as err:  # pydicom raises many types; their messages may quote header values
         raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageError("the DICOM file holds no image (no pixel data, or the file is cut short before its end)")
+    _record_syntax(ds)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
     try:
@@ -219,13 +277,33 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
         arr = arr[0]  # a decoder that ignored the frame index
-    arr = _to_uint8(arr, ds)
+    windowed = _windowed(arr, ds, photometric)
+    arr = windowed if windowed is not None else _to_uint8(arr, ds)
     if photometric == "MONOCHROME1":
         arr = 255 - arr
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     image = Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.ndim == 3 else "L")
     return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
+
+
+def _record_syntax(ds: Any) -> None:
+    """A data set written without file meta (no preamble either: ACR-NEMA style) has no transfer syntax, which
+    pydicom's decoders need: it is the encoding pydicom read it in (native, so uncompressed)."""
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (
+        uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
+    )
 
 
 def _check_native_length(ds: Any, rows: int, cols: int, frames: int) -> None:

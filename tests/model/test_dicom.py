@@ -484,3 +484,59 @@ def test_pixel_data_longer_than_its_header_describes_is_refused(cfp: tuple[bytes
         ds.save_as(out, enforce_file_format=True)
         with pytest.raises(ImageError, match=r"pixel data is \d+ bytes, but its header describes \d+ .*contradicts"):
             load_image(out.getvalue())
+
+
+def _grey16(grey: np.ndarray, **header: object) -> bytes:
+    """A 16-bit MONOCHROME2 object of ``grey`` (uint16) with the given header elements."""
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(make_dicom([np.stack([grey.astype(np.uint8)] * 3, axis=-1)], "explicit", grey=True)))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = np.ascontiguousarray(grey.astype("<u2")).tobytes()
+    for name, value in header.items():
+        setattr(ds, name, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_greyscale_of_more_than_8_bits_is_shown_through_its_display_window() -> None:
+    """A 16-bit image whose window spans 1000-1255 reached the model as 16 grey levels (scaled by its stored bits),
+    not as the picture its window shows (embedding cosine 0.45 against the same picture as PNG)."""
+    grey = np.add.outer(np.arange(60) * 2, np.arange(80) * 2).clip(0, 255).astype(np.uint16)  # [60, 80]: 0-255
+    shown = np.asarray(load_image(_grey16(grey + 1000, WindowCenter="1127.5", WindowWidth="256"))).astype(int)
+    assert np.abs(shown - grey).max() <= 1
+    # several presets: the first; the rescale first (stored 2x + 1000 -> 2x + 1000 - 1000 = 2x); MONOCHROME1 inverted
+    presets = _grey16(grey + 1000, WindowCenter=["1127.5", "40"], WindowWidth=["256", "80"])
+    assert np.abs(np.asarray(load_image(presets)).astype(int) - grey).max() <= 1
+    rescaled = _grey16(grey * 2 + 1000, RescaleSlope="0.5", RescaleIntercept="-500", WindowCenter="127.5",
+                       WindowWidth="256")
+    assert np.abs(np.asarray(load_image(rescaled)).astype(int) - grey).max() <= 1
+    inverted = _grey16(grey + 1000, WindowCenter="1127.5", WindowWidth="256", PhotometricInterpretation="MONOCHROME1")
+    assert np.abs(np.asarray(load_image(inverted)).astype(int) - (255 - grey)).max() <= 1
+    exact = _grey16(grey + 1000, WindowCenter="1128", WindowWidth="256", VOILUTFunction="LINEAR_EXACT")
+    assert np.abs(np.asarray(load_image(exact)).astype(int) - grey).max() <= 1
+    # without a window (or with a useless one) the stored bits scale it, as before: 1000-1255 of 0-4095, flat
+    for header in ({}, {"WindowCenter": "1127.5", "WindowWidth": "0"}, {"WindowCenter": "1127.5"}):
+        assert np.ptp(np.asarray(load_image(_grey16(grey + 1000, **header)))) < 20
+
+
+def test_dicom_written_without_its_preamble_is_read(cfp: tuple[bytes, np.ndarray]) -> None:
+    """Older devices and archives write the data set without the 128-byte preamble (and some without the file
+    meta): pydicom reads them; they were refused as "not an image"."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    _, rgb = cfp
+    full = make_dicom([rgb[:48, :64]], "explicit")
+    ds = dcmread(io.BytesIO(full))
+    bare = DicomBytesIO()
+    bare.is_little_endian, bare.is_implicit_VR = True, True
+    write_dataset(bare, ds)  # no preamble, no "DICM", no file meta: implicit little endian, as ACR-NEMA wrote
+    for data in (full[128:], bare.getvalue()):
+        image = load_image(data)
+        assert np.array_equal(np.asarray(image), rgb[:48, :64]) and image.info["keepfit_modality"] == "CFP"
+    for not_dicom in (b"DICM", b"\x08\x00" + b"\xff" * 200):
+        with pytest.raises(ImageError):
+            load_image(not_dicom)
