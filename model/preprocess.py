@@ -220,7 +220,13 @@ def load_image(
                 f"image has {what} (decompression bomb?); the limit is {max_pixels}"
             ) from err
         except Exception as err:
-            raise ImageError("not an image (cannot identify the file format)") from err
+            kind = _looks_like(data)
+            if kind is None:
+                raise ImageError("not an image (cannot identify the file format)") from err
+            raise ImageError(
+                f"the file starts as a {kind} but cannot be decoded: it is damaged or cut short, or a variant this "
+                "service does not read (e.g. a floating-point colour TIFF)"
+            ) from err
         if image.format not in (*_FORMATS, "MPO"):
             raise UnsupportedMediaError(
                 f"unsupported image format {image.format}; accepted: {', '.join(_FORMATS)} (and DICOM)"
@@ -248,6 +254,22 @@ def load_image(
     except Exception as err:  # truncated or corrupt data
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
     return image
+
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _looks_like(head: bytes) -> str | None:
+    """The accepted format a file's first bytes announce (for the message when it does not decode)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
 def _rewound(stream: ReadableFile) -> IO[bytes]:

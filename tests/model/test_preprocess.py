@@ -101,6 +101,13 @@ def test_bad_inputs_have_clear_errors(golden_image: Image.Image) -> None:
         load_image(gif)
     with pytest.raises(ImageError, match="not found"):
         load_image("/nonexistent/file.png")
+    # a known format that does not open says which, instead of "not an image"
+    float_rgb_tiff = _tiff16(np.zeros((4, 4, 3), np.uint16), "<").replace(struct.pack("<HHH", 16, 16, 16),
+                                                                         struct.pack("<HHH", 32, 32, 32))
+    for data, kind in ((float_rgb_tiff[:64], "TIFF"), (b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 8, "WebP"),
+                       (jpeg[:20], "JPEG")):
+        with pytest.raises(ImageError, match=f"starts as a {kind} but cannot be decoded"):
+            load_image(data)
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
