@@ -305,26 +305,39 @@ def _low_byte_tile(tile: Any) -> Any:
 
 
 def _keep_low_bytes(image: Image.Image, tiles: list[Any], reopen: Any) -> None:
-    """A 16-bit colour image whose channels hold 10-14-bit data (a camera's or a converter's export) came out of
+    """A 16-bit colour image whose channels hold 8-14-bit data (a camera's or a converter's export) came out of
     Pillow almost black (a 12-bit maximum of 4095 has a high byte of 15): decode its low bytes too and scale
-    its colour channels by the range that holds their maximum, as 16-bit grey is (:func:`_container_max`).
-    Full-range data (a maximum of 16384 or more) keeps the high bytes, which are then its 8-bit value."""
-    high = np.asarray(image)  # [H, W, C] uint8
-    colour = high[..., :3]
-    if int(colour.max()) >= 64:
+    its colour channels by the range that holds their maximum, as 16-bit grey is (:func:`_container_max`);
+    alpha by its own. Full-range data (a high byte of 64 or more: a maximum of 16384 or more) keeps the high
+    bytes, which are then its 8-bit value.
+
+    The range follows from the high bytes' maximum alone (0: 8 bits, up to 3: 10, 15: 12, 63: 14), so the
+    pixels are combined strip by strip: besides the image, only its low bytes (as large again) and one strip
+    are held, whatever the image's size (a dark 36-megapixel 16-bit RGBA PNG is a legal upload)."""
+    highest = [int(band[1]) for band in cast(list[tuple[int, int]], image.getextrema())]
+    colour_top = max(highest[:3])
+    if colour_top >= 64:
         return
     low_image = reopen()
     low_image.tile = [_low_byte_tile(t) for t in tiles]
     low_image.load()
-    full = (high.astype(np.uint16) << 8) | np.asarray(low_image)
-    del low_image
-    out = np.empty_like(high)
-    channels = [slice(0, 3), slice(3, 4)] if image.mode == "RGBA" else [slice(0, 3)]
-    for part in channels:  # colour, then alpha with a range of its own
-        values = full[..., part]
-        scale = _range_holding(float(values.max()))
-        out[..., part] = np.clip(np.rint(values * (255.0 / scale)), 0, 255).astype(np.uint8)
-    image.paste(Image.fromarray(out, image.mode))
+    groups = [(slice(0, 3), _range_of_high_byte(colour_top))]
+    if image.mode == "RGBA":
+        groups.append((slice(3, 4), _range_of_high_byte(highest[3])))
+    width, height = image.size
+    rows = max(1, (1 << 20) // max(width, 1))  # about a million pixels per strip
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
+        full = (np.asarray(image.crop(box)).astype(np.uint16) << 8) | np.asarray(low_image.crop(box))
+        out = np.empty(full.shape, np.uint8)
+        for part, scale in groups:  # colour, then alpha
+            out[..., part] = np.clip(np.rint(full[..., part].astype(np.float32) * (255.0 / scale)), 0, 255)
+        image.paste(Image.fromarray(out, image.mode), box[:2])
+
+
+def _range_of_high_byte(top: int) -> float:
+    """:func:`_range_holding` of 16-bit values whose high bytes reach ``top``."""
+    return _range_holding(float((top << 8) | 0xFF))
 
 
 def _least_size(image_size: tuple[int, int], size: int, gap: float) -> tuple[int, int]:
