@@ -8,13 +8,17 @@ Order of a write (see :mod:`index.store` for the layout):
    the directory;
 4. remove files that the new manifest does not name (the previous generation, leftovers of crashed writes).
 
-A crash before step 3 leaves the previous manifest and every file it names untouched.
+A crash before step 3 leaves the previous manifest and every file it names untouched.  A write the disk refuses
+before step 3 (full: numpy reports a short write as an OSError without an errno, which ``keepfit`` would show as
+a traceback) is an :class:`IndexStoreError` naming the file, and the new generation's files are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
 import logging
 import secrets
 import sqlite3
@@ -77,10 +81,60 @@ def new_token(generation: int) -> str:
     return f"{generation:06d}-{secrets.token_hex(3)}"
 
 
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10  # SQLite's primary result codes
+
+
+def write_failed(path: Path, err: BaseException) -> IndexStoreError:
+    """One line for a file of a new generation the disk refused: which file, why, and (when the disk most likely
+    filled up) "disk full?"."""
+    if isinstance(err, OSError):
+        reason, full = err.strerror or str(err), err.errno in (None, errno.ENOSPC, errno.EDQUOT)
+    elif isinstance(err, sqlite3.Error):
+        reason, full = str(err), getattr(err, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)
+    else:  # FAISS's RuntimeError ("write error" and its source location, over several lines)
+        reason, full = " ".join(str(err).split())[:200], True
+    return IndexStoreError(
+        f"cannot write {path}: {reason}{' (disk full?)' if full else ''}; the index is unchanged"
+    )
+
+
+def remove_generation(directory: Path, token: str) -> list[str]:
+    """Delete every file of the uncommitted generation ``token`` (and SQLite's journals of its metadata): what a
+    write that failed before its commit wrote.  Best effort: what cannot be removed, the next commit removes."""
+    removed = []
+    for path in directory.glob(f"*.{token}.*"):
+        if generation_file_of(path.name) is not None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+    return removed
+
+
+def _names_token(directory: Path, token: str) -> bool:
+    """Whether the manifest on disk names generation ``token``'s files (a commit that failed after its rename);
+    True when it cannot be read, so that nothing it may name is removed."""
+    try:
+        files = json.loads((directory / MANIFEST).read_text(encoding="utf-8")).get("files", {})
+        return any(f".{token}." in str(meta.get("name")) for meta in files.values())
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
 def write_metadata(
     path: Path, records: Iterable[Record], base: Path | None = None, remove: Iterable[int] = ()
 ) -> int:
-    """Write the SQLite metadata: a copy of ``base`` (if any) minus ``remove`` plus ``records``; returns the count."""
+    """Write the SQLite metadata: a copy of ``base`` (if any) minus ``remove`` plus ``records``; returns the count.
+    A write the disk refuses removes the file (and its journal) and is an :class:`IndexStoreError`."""
+    try:
+        return _write_metadata(path, records, base, remove)
+    except (sqlite3.Error, OSError) as err:
+        for leftover in (path, path.with_name(path.name + "-journal")):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+        raise write_failed(path, err) from err
+
+
+def _write_metadata(path: Path, records: Iterable[Record], base: Path | None, remove: Iterable[int]) -> int:
     if path.exists():
         path.unlink()
     conn = sqlite3.connect(path)
@@ -135,19 +189,36 @@ def write_generation(
             f"refusing to write an inconsistent index: {vectors.shape[0]} vectors, {ids.shape[0]} ids, "
             f"{index.ntotal} in FAISS"
         )
-    np.save(files["vectors"], vectors)
-    np.save(files["ids"], ids)
-    faiss.write_index(index, str(files["faiss"]))
     entries: dict[str, FileEntry] = {}
-    for kind, path in files.items():
-        fsync_path(path)
-        entries[kind] = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    writing = files["vectors"]
+    try:
+        np.save(writing, vectors)
+        writing = files["ids"]
+        np.save(writing, ids)
+        writing = files["faiss"]
+        faiss.write_index(index, str(writing))
+        for kind, path in files.items():
+            writing = path
+            fsync_path(path)
+            entries[kind] = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    except (OSError, RuntimeError) as err:  # RuntimeError: FAISS's write error
+        remove_generation(directory, token)
+        raise write_failed(writing, err) from err
     # this version's format and metric always win over those of the manifest the generation follows
     rest = {k: v for k, v in manifest.items() if k not in ("format", "metric", "files", "updated", CHECKSUM_FIELD)}
     fields = {"format": INDEX_FORMAT, "metric": METRIC, **rest, "updated": now_iso(), "files": entries}
     committed = seal(cast(IndexManifest, fields))
-    commit_manifest(directory, committed)
-    remove_unreferenced(directory, committed)
+    try:
+        commit_manifest(directory, committed)
+    except OSError as err:
+        if not _names_token(directory, token):  # refused before the rename: the old generation is the index
+            remove_generation(directory, token)
+            raise write_failed(directory / MANIFEST, err) from err
+        raise  # renamed, then the folder's fsync failed: the new generation is the index
+    try:
+        remove_unreferenced(directory, committed)
+    except OSError as err:  # committed: the leftovers wait for the next commit
+        logger.warning("index %s: files of earlier generations not removed (%s)", directory, err)
     return committed
 
 

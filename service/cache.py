@@ -1,36 +1,111 @@
 """Response cache: Redis when configured, an in-process LRU otherwise.
 
-Keys are the SHA-256 of everything that changes an answer (input bytes or text, artifact version, every
-parameter; :func:`cache_key`), so replicas that share a Redis share hits and a new artifact never serves an old
-answer.  Redis is an optimisation, never a dependency: a down, slow or flapping Redis turns into cache misses
-within ``cache_timeout_ms``, is logged once per outage, shows as ``degraded`` in ``/readyz`` and is retried
-every ``cache_retry_s`` until it answers again.
+Keys are the SHA-256 of everything that changes an answer (:func:`cache_key`): the input bytes or text, every
+parameter, the artifact's version and its whole manifest (the descriptive ``name`` and ``intended_use`` are in
+every answer too), and the code that computes answers (:data:`CODE_VERSION`).  So replicas that share a Redis
+share hits, and neither a new artifact nor an upgraded service ever serves an old answer.  Redis is an
+optimisation, never a dependency: a down, slow or flapping Redis turns into cache misses within
+``cache_timeout_ms``, is logged once per outage, shows as ``degraded`` in ``/readyz`` and is retried every
+``cache_retry_s`` until it answers again.  A Redis that answers but refuses writes (full: ``maxmemory`` with
+``noeviction``) is logged once per episode and shows as ``degraded`` with that reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
+
+from model.artifact import CHECKSUM_FIELD, content_checksum
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "keepfit:v2"  # v2: entries carry a check (frame)
+
+# The code behind the answers: a changed screening rule, warning or preprocessing step changes answers without
+# changing the artifact, and after an upgrade (or during a rolling update of replicas sharing one Redis) the new
+# code served the old code's answers for up to cache_ttl_s.  Every key therefore carries a digest of these
+# packages' source as installed, and of the versions of the libraries that decode, tokenise and run the model.
+ANSWER_PACKAGES = ("service", "model", "index")
+ANSWER_DISTRIBUTIONS = (
+    "keepfit", "numpy", "pillow", "onnxruntime", "onnxruntime-gpu", "tokenizers", "faiss-cpu", "pydicom",
+)
 
 
 def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
 
 
-def cache_key(kind: str, artifact_version: str, input_sha256: str, params: dict[str, Any]) -> str:
-    """``keepfit:v2:<kind>:<sha256(version, input hash, params)>``: fixed length, nothing readable in it."""
+def source_digest(roots: Iterable[Path]) -> str:
+    """SHA-256 of every ``.py`` file under ``roots`` (relative path and content), in a fixed order.
+
+    Paths are relative to their root, so replicas installed in different places agree."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            try:
+                data = path.read_bytes()
+            except OSError:  # unreadable: its name still counts
+                data = b""
+            name = path.relative_to(root).as_posix().encode()
+            digest.update(b"%d:%s%d:" % (len(name), name, len(data)) + data)
+    return digest.hexdigest()
+
+
+def code_version(
+    packages: Iterable[str] = ANSWER_PACKAGES, distributions: Iterable[str] = ANSWER_DISTRIBUTIONS
+) -> str:
+    """A digest of the answering code: ``packages``' source and ``distributions``' versions (~15 ms, once)."""
+    parts = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+        parts.append(f"{name}:{source_digest(roots)}")
+    for dist in distributions:
+        try:
+            parts.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{dist}: not installed")
+    return sha256_hex("\n".join(parts))
+
+
+CODE_VERSION = code_version()
+
+
+class Manifested(Protocol):
+    """What :func:`cache_key` needs of an artifact (:class:`model.artifact.Artifact`)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def manifest(self) -> dict[str, Any]: ...
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """The manifest's content hash: its recorded ``content_sha256`` (loading checked it), else computed."""
+    recorded = manifest.get(CHECKSUM_FIELD)
+    return recorded if isinstance(recorded, str) and recorded else content_checksum(manifest)
+
+
+def cache_key(kind: str, artifact: Manifested | None, input_sha256: str, params: dict[str, Any]) -> str:
+    """``keepfit:v2:<kind>:<sha256(code, artifact, input hash, params)>``: fixed length, nothing readable in it.
+
+    ``artifact`` is None for what does not depend on the model (thumbnails).  Its version alone is not enough:
+    it leaves out the manifest's descriptive fields (``name``, ``intended_use``), which every answer carries, so
+    a re-described artifact would serve the other one's text; the manifest's content hash covers all of it."""
+    identity = None if artifact is None else [artifact.version, manifest_sha256(artifact.manifest)]
     canonical = json.dumps(
-        {"version": artifact_version, "input": input_sha256, "params": params},
+        {"code": CODE_VERSION, "artifact": identity, "input": input_sha256, "params": params},
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -43,6 +118,9 @@ class Cache(Protocol):
     @property
     def state(self) -> str: ...
 
+    @property
+    def reason(self) -> str | None: ...
+
     async def get(self, key: str) -> bytes | None: ...
 
     async def set(self, key: str, value: bytes) -> None: ...
@@ -52,24 +130,58 @@ class Cache(Protocol):
     async def close(self) -> None: ...
 
 
+DEFAULT_MAX_BYTES = 128 * 1024 * 1024  # KEEPFIT_CACHE_MAX_BYTES
+SWEEP_INTERVAL_S = 60.0  # at most this long between drops of expired in-process entries
+
+
 class MemoryCache:
-    """A thread-safe LRU with a per-entry time to live."""
+    """A thread-safe LRU with a per-entry time to live, bounded by entries and by the bytes it stores.
+
+    Entries alone did not bound memory: 10,000 search answers of 36 KB grew the process by over 200 MiB, and
+    explain answers and thumbnails are as large.  Expired entries are dropped on a sweep every
+    :data:`SWEEP_INTERVAL_S` (or ``ttl_s``) as entries are stored, not only when read or evicted."""
 
     backend = "memory"
 
-    def __init__(self, max_entries: int, ttl_s: float, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, max_entries: int, ttl_s: float, clock: Any = time.monotonic, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
         self.ttl_s = float(ttl_s)
         self._clock = clock
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._sweep_at = clock() + min(self.ttl_s, SWEEP_INTERVAL_S)
         self._lock = threading.Lock()
 
     @property
+    def enabled(self) -> bool:
+        return self.max_entries > 0 and self.max_bytes > 0
+
+    @property
     def state(self) -> str:
-        return "ok"
+        return "ok" if self.enabled else "off"
+
+    @property
+    def reason(self) -> str | None:
+        if self.max_entries <= 0:
+            return "caching is off (KEEPFIT_CACHE_MAX_ENTRIES=0)"
+        if self.max_bytes <= 0:
+            return "caching is off (KEEPFIT_CACHE_MAX_BYTES=0)"
+        return None
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes stored: every entry's key and value."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def _drop(self, key: str) -> None:
+        _, value = self._data.pop(key)
+        self._bytes -= len(key) + len(value)
 
     async def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -78,26 +190,44 @@ class MemoryCache:
                 return None
             expires, value = item
             if expires <= self._clock():
-                del self._data[key]
+                self._drop(key)
                 return None
             self._data.move_to_end(key)
             return value
 
     async def set(self, key: str, value: bytes) -> None:
-        if self.max_entries <= 0:
+        if not self.enabled:
             return
+        size = len(key) + len(value)
         with self._lock:
-            self._data[key] = (self._clock() + self.ttl_s, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            now = self._clock()
+            if key in self._data:
+                self._drop(key)
+            if now >= self._sweep_at:
+                # a sweep of every entry (~1 ms for 10,000): expiry follows storing, not use, so expired entries
+                # are anywhere in the LRU order
+                for expired in [k for k, (expires, _) in self._data.items() if expires <= now]:
+                    self._drop(expired)
+                self._sweep_at = now + min(self.ttl_s, SWEEP_INTERVAL_S)
+            if size > self.max_bytes:  # larger than the whole cache: storing it would only empty the cache
+                return
+            self._data[key] = (now + self.ttl_s, value)
+            self._bytes += size
+            while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
+                self._drop(next(iter(self._data)))  # the least recently used
 
     async def check(self) -> str:
-        return "ok"
+        return self.state
 
     async def close(self) -> None:
         with self._lock:
             self._data.clear()
+            self._bytes = 0
+
+
+# /readyz pings Redis at most this long: the container health check gives the whole probe 4 s, and a hung Redis
+# with KEEPFIT_CACHE_TIMEOUT_MS up to 10 s made every probe wait for it and the API container unhealthy.
+PROBE_TIMEOUT_S = 1.0
 
 
 class RedisCache:
@@ -131,26 +261,37 @@ class RedisCache:
             health_check_interval=0,
         )
         self._degraded = False
+        self._outage = ""  # why, while degraded (the error's type and the operation: no host, no request content)
+        self._refused: str | None = None  # why writes are refused (a full Redis), until one is taken again
         self._retry_at = 0.0
         self._recovered_at = 0.0
         self._url_for_logs = _redact(url)
 
     @property
     def state(self) -> str:
-        return "degraded" if self._degraded else "ok"
+        return "degraded" if self._degraded or self._refused else "ok"
+
+    @property
+    def reason(self) -> str | None:
+        """Why the cache is degraded (None when it is not), for /readyz."""
+        return self._outage if self._degraded else self._refused
+
+    def _count_error(self) -> None:
+        if self._on_error is not None:
+            self._on_error()
 
     def _skip(self) -> bool:
         return self._degraded and time.monotonic() < self._retry_at
 
     async def _failed(self, op: str, err: BaseException, started: float) -> None:
-        if self._on_error is not None:
-            self._on_error()
+        self._count_error()
         if started < self._recovered_at:
             # began before the last recovery, on a connection from before the outage: not a new outage
             return
         self._retry_at = time.monotonic() + self.retry_s
         if not self._degraded:
             self._degraded = True
+            self._outage = f"Redis unavailable ({type(err).__name__} during {op}); retrying every {self.retry_s:g} s"
             logger.warning(
                 "Redis cache at %s unavailable (%s during %s: %s); serving without a cache and retrying every %.1f s",
                 self._url_for_logs,
@@ -172,29 +313,43 @@ class RedisCache:
             self._recovered_at = time.monotonic()
             logger.warning("Redis cache at %s is back; caching resumed", self._url_for_logs)
 
-    async def _run(self, op: str, coro: Any) -> Any:
+    async def _run(self, op: str, coro: Any, timeout_s: float | None = None, one_key: bool = False) -> Any:
+        """``coro``'s result, or :data:`_FAILED` (an outage, or a failure during one), or, for a ``one_key``
+        command, :data:`_BAD_ENTRY` when Redis answered that the key holds a value of another type: the fault of
+        that one entry, not of Redis."""
         started = time.monotonic()
         try:
             # wait_for bounds the whole call, connection set-up included, whatever the socket does
-            result = await asyncio.wait_for(coro, timeout=self.timeout_s * 2)
-        except (
-            Exception
-        ) as err:  # ConnectionError, TimeoutError, ResponseError, OSError... (not cancellation)
+            result = await asyncio.wait_for(coro, timeout=timeout_s or self.timeout_s * 2)
+        except Exception as err:  # ConnectionError, TimeoutError, ResponseError, OSError... (not cancellation)
+            if one_key and _wrong_type(err):
+                self._succeeded()
+                return _BAD_ENTRY
             await self._failed(op, err, started)
             return _FAILED
         self._succeeded()
         return result
 
+    async def _drop_entry(self, key: str, what: str) -> None:
+        """Log and count an entry set() did not write, and delete it (the SET after the miss writes it anew)."""
+        self._count_error()
+        logger.warning("Redis cache: dropping %s under %s", what, key[:40])
+        await self._run("DEL", self._client.delete(key))
+
     async def get(self, key: str) -> bytes | None:
         if self._skip():
             return None
-        result = await self._run("GET", self._client.get(key))
+        result = await self._run("GET", self._client.get(key), one_key=True)
+        if result is _BAD_ENTRY:
+            # something else wrote a list, set or hash here (WRONGTYPE): this one key's problem; it was an outage
+            # for everyone for cache_retry_s, again on every retry, and was never repaired
+            await self._drop_entry(key, "an entry of another type (WRONGTYPE)")
+            return None
         if not isinstance(result, bytes):
             return None
         value = unframe(result)
         if value is None:  # not what set() wrote (edited by hand, another program, a torn write): a miss
-            logger.warning("Redis cache: dropping an unreadable entry (%d bytes) under %s", len(result), key[:40])
-            await self._run("DEL", self._client.delete(key))
+            await self._drop_entry(key, f"an unreadable entry ({len(result)} bytes)")
         return value
 
     async def set(self, key: str, value: bytes) -> None:
@@ -205,15 +360,36 @@ class RedisCache:
             await asyncio.wait_for(self._client.set(key, frame(value), ex=self.ttl_s), timeout=self.timeout_s * 2)
         except Exception as err:
             if _refused_write(err):  # a full Redis (maxmemory, noeviction) still answers reads: no outage
-                logger.debug("Redis cache refused a write: %s", err)
+                self._succeeded()
+                self._write_refused(err)
                 return
             await self._failed("SET", err, started)
             return
         self._succeeded()
+        if self._refused is not None:
+            self._refused = None
+            logger.warning("Redis cache at %s takes writes again; caching resumed", self._url_for_logs)
+
+    def _write_refused(self, err: BaseException) -> None:
+        """Count a refused write; log the first of an episode (it was a DEBUG line: the hit rate fell to 0)."""
+        self._count_error()
+        if self._refused is None:
+            logger.warning(
+                "Redis cache at %s refuses writes (%s); nothing new is cached until it takes writes again "
+                "(raise maxmemory or use an evicting maxmemory-policy such as allkeys-lru)",
+                self._url_for_logs,
+                err,
+            )
+        oom = type(err).__name__ == "OutOfMemoryError" or str(err).startswith("OOM ")
+        self._refused = "writes refused: Redis is " + ("out of memory" if oom else "a read-only replica")
 
     async def check(self) -> str:
-        """Ping now (readiness probes are allowed to reach Redis even while the breaker is open)."""
-        await self._run("PING", self._client.ping())
+        """Ping now (within :data:`PROBE_TIMEOUT_S`), unless the breaker is open: then report it without a ping.
+
+        A readiness probe must answer quickly whatever Redis does; the breaker's own retries find the recovery."""
+        if self._skip():
+            return self.state
+        await self._run("PING", self._client.ping(), timeout_s=min(self.timeout_s * 2, PROBE_TIMEOUT_S))
         return self.state
 
     async def close(self) -> None:
@@ -224,6 +400,7 @@ class RedisCache:
 
 
 _FAILED = object()
+_BAD_ENTRY = object()
 # A Redis entry is the value behind a check of it: 8 bytes of BLAKE2b over the value (~1 us for an answer). An
 # entry that fails it is dropped as a miss: a corrupted or hand-edited entry was answered as it was (a 500 for
 # "garbage", a 200 with an invalid or empty body for "junk}" or "{}") until its time to live ran out.
@@ -246,6 +423,11 @@ def _refused_write(err: BaseException) -> bool:
     """Redis answered a write with an error of its own (over maxmemory, a read-only replica): it is up."""
     text = str(err)
     return type(err).__name__ in ("OutOfMemoryError", "ReadOnlyError") or text.startswith(("OOM ", "READONLY "))
+
+
+def _wrong_type(err: BaseException) -> bool:
+    """Redis answered that the key holds a list, set or hash (``WRONGTYPE``): a bad entry, Redis is fine."""
+    return type(err).__name__ == "ResponseError" and str(err).startswith("WRONGTYPE")
 
 
 def _redact(url: str) -> str:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from model.errors import ConfigError, DataError, ImageError
 from model.manifest import read_manifest
 from service.cache import sha256_hex
 from service.classifiers import (
+    ClassifierExistsError,
     ClassifierNotFoundError,
     ClassifierStore,
     Example,
@@ -36,20 +39,37 @@ from service.classifiers import (
     encoder_fingerprint,
     index_examples,
 )
+from service.errors import ServiceError
 
 
-def _store(args: argparse.Namespace) -> ClassifierStore:
-    """The store of ``--store``, else beside ``--index``, else ``./classifiers``; only ``fit`` creates one (a
-    mistyped path to list, show, delete or refit is an error, not a new empty store)."""
+def _root(args: argparse.Namespace) -> Path:
+    """The store's directory: ``--store``, else beside ``--index``, else ``./classifiers``."""
     if args.store:
-        root = Path(args.store)
-    elif getattr(args, "index", None):
-        root = Path(args.index).parent / f"{Path(args.index).name}.classifiers"
-    else:
-        root = Path("classifiers")
-    if args.func is not fit_main and not (root / "classifiers.sqlite").is_file():
+        return Path(args.store)
+    if getattr(args, "index", None):
+        return Path(args.index).parent / f"{Path(args.index).name}.classifiers"
+    return Path("classifiers")
+
+
+def _store(args: argparse.Namespace, create: bool = False) -> ClassifierStore:
+    """The store of :func:`_root`; only ``fit`` creates one (``create``), once it has something to save: a mistyped
+    path to list, show, delete or refit is an error, not a new empty store, and neither is a fit refused."""
+    root = _root(args)
+    if not create and not (root / "classifiers.sqlite").is_file():
         raise DataError(f"no classifier store at {root} (--store DIR, or --index of the index it sits beside)")
-    return ClassifierStore(root)
+    try:
+        return ClassifierStore(root)
+    except sqlite3.Error as err:
+        raise _unusable(root, err) from err
+
+
+def _unusable(root: Path, err: sqlite3.Error) -> DataError:
+    """A store SQLite cannot use (overwritten or cut short; on a full, failing or locked disk): one line that says
+    where and what SQLite said, not a traceback."""
+    path = root / "classifiers.sqlite"
+    if isinstance(err, sqlite3.OperationalError):  # the disk or a lock, not the file's content
+        return DataError(f"the classifier store {path} cannot be used now ({err}); is its disk full or failing?")
+    return DataError(f"the classifier store {path} is corrupt ({err}); restore it from a backup")
 
 
 def _settings(**values: Any) -> Any:
@@ -112,10 +132,15 @@ def fit_main(args: argparse.Namespace) -> int:
     from service.routers.classifiers import _fit_and_row  # the one fitting path, shared with the API
     name = check_name(args.name)
     limit = args.max_classifiers or _settings().max_classifiers
-    store = _store(args)
-    if store.count() >= limit:
-        raise DataError(f"{store.root} holds {store.count()} classifiers, the limit (--max-classifiers, "
-                        "KEEPFIT_MAX_CLASSIFIERS); delete one first")
+    # an existing store is checked before any image is embedded; a new one is created only to save into, so a
+    # refused fit (a corrupt artifact, unusable examples) leaves no empty store behind
+    existing = _store(args) if (_root(args) / "classifiers.sqlite").is_file() else None
+    if existing is not None:
+        if existing.count() >= limit:
+            raise DataError(f"{existing.root} holds {existing.count()} classifiers, the limit (--max-classifiers, "
+                            "KEEPFIT_MAX_CLASSIFIERS); delete one first")
+        if name in {r.name for r in existing.all_rows()}:
+            raise DataError(f"a classifier named {name!r} exists already in {existing.root}; delete it first")
     engine = _engine(args.artifact)
     files: list[tuple[str, Path]] = []
     if args.manifest:
@@ -136,13 +161,15 @@ def fit_main(args: argparse.Namespace) -> int:
     engine.check_modality(modality)
     check_distinct_priors(engine.knowledge, [(label, None) for label in order])
     examples = check_examples(order, examples, modality)
-    if name in {r.name for r in store.all_rows()}:
-        raise DataError(f"a classifier named {name!r} exists already in {store.root}; delete it first")
     categories = [{"label": label, "text": None} for label in order]
     row, result = _fit_and_row(
         engine, name, modality, args.method, not args.no_text_prior, categories, examples
     )
-    saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=limit)
+    store = existing or _store(args, create=True)
+    try:
+        saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=limit)
+    except ClassifierExistsError as err:  # created meanwhile by the service or another fit
+        raise DataError(f"a classifier named {name!r} exists already in {store.root}; delete it first") from err
     body = saved.public(engine.version)
     body["fit_ms"] = round(result.fit_ms, 2)
     print(json.dumps(body, indent=2))  # noqa: T201
@@ -238,9 +265,8 @@ def refit_main(args: argparse.Namespace) -> int:
     from service.routers.classifiers import _fit_and_row
 
     store = _store(args)
-    row = store.get(args.name)
+    row, stored = store.snapshot(args.name)  # one read: a delete in between is "no classifier", not a crash
     engine = _engine(args.artifact)
-    stored = store.examples(row.name)
     same = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
     examples: list[Example] = []
     x = store.stored_embeddings(row, len(stored)) if same else None
@@ -269,7 +295,7 @@ def refit_main(args: argparse.Namespace) -> int:
         categories,
         examples,
     )
-    saved = store.save(new, result.arrays, examples, replace=True, max_classifiers=10**9)
+    saved = store.save(new, result.arrays, examples, replace=True, max_classifiers=10**9, replaces=row.version)
     message = (
         f"refitted {saved.name}: revision {saved.revision}, version {saved.version}, "
         f"artifact {saved.artifact_version}, estimate {saved.estimate.get('balanced_accuracy')}"
@@ -338,10 +364,29 @@ def main(argv: list[str] | None = None) -> int:
             )
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
+    store_log = logging.getLogger("service.classifiers")
+    store_log.addFilter(_reported_here)
     try:
         return int(args.func(args))
     except ClassifierNotFoundError as err:  # its message points to the HTTP API
         raise DataError(f"no classifier named {args.name!r} in the store: `keepfit classifier list` lists them") from err
+    except ServiceError as err:
+        if err.status_code < 500:  # the request's own fault (too few examples, say): its message as it is
+            raise
+        # the store's 503/507 (unreadable, full disk): what SQLite said, or the service's message, with where
+        if isinstance(err.__cause__, sqlite3.Error) and err.code == "classifiers_unavailable":
+            raise _unusable(_root(args), err.__cause__) from err
+        raise DataError(f"classifier store {_root(args)}: {err}") from err
+    except sqlite3.Error as err:  # a damaged page met after the store opened
+        raise _unusable(_root(args), err) from err
+    finally:
+        store_log.removeFilter(_reported_here)
+
+
+def _reported_here(record: logging.LogRecord) -> bool:
+    """The store logs its errors for the service's log, then raises them; a command reports them itself, in its
+    one ``error:`` line, so they are not printed twice (its warnings still are)."""
+    return record.levelno < logging.ERROR
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ form one unit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 OPEN_TIMEOUT_S = 30.0  # how long a connection waits for another process's lock
+# A crash (kill -9, power cut) mid-save leaves a temporary file or an unreferenced arrays file; the collection
+# removes one only once it is this old (see ClassifierStore._sweep for why, although it holds the write lock)
+LEFTOVER_AGE_S = 120.0
 MIN_EXAMPLES = 2  # per category: cross-validation needs one to hold out and one to fit
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS classifiers (
@@ -121,6 +125,11 @@ class InvalidExampleError(ServiceError):
 class AdminKeyError(ServiceError):
     status_code = 401
     code = "admin_key_required"
+
+
+class ClassifierChangedError(ServiceError):
+    status_code = 409
+    code = "classifier_changed"
 
 
 # ------------------------------------------------------------------------------------------------ values
@@ -253,15 +262,77 @@ def _row_values(row: ClassifierRow) -> tuple[Any, ...]:
 
 
 # ------------------------------------------------------------------------------------------------- store
-def _unwritable(err: sqlite3.OperationalError) -> ServiceError:
-    """A write SQLite refused (a volume remounted read-only, a full disk, a lock held too long): a 503 that says
-    so, not a 500."""
-    logger.error("classifier store: a write failed: %s", err)
+_SQLITE_FULL, _SQLITE_READONLY = 13, 8  # SQLite's primary result codes (sqlite3.SQLITE_FULL from Python 3.11)
+
+
+def _storage_full(reason: str) -> ServiceError:
+    """507: the client can do nothing but wait for an operator to free space, which the message says."""
     return ServiceError(
-        f"the classifier store cannot be written now ({str(err)[:80]}); nothing was changed",
+        f"the classifier store's disk is full ({reason}); nothing was changed: try again once space is freed",
+        status_code=507,
+        code="storage_full",
+    )
+
+
+def _read_only_now() -> ServiceError:
+    return ServiceError(
+        "the classifier store's volume is read-only now; nothing was changed",
+        status_code=503,
+        code="classifiers_read_only",
+    )
+
+
+def _unwritable(err: sqlite3.OperationalError, root: Path | None = None) -> ServiceError:
+    """A write SQLite refused (a volume remounted read-only, a full disk, a lock held too long): a 507 or 503
+    that says so, not a 500.  On a volume remounted read-only SQLite often says no more than "unable to open
+    database file" (its WAL index cannot be written): the volume under ``root`` says why."""
+    logger.error("classifier store: a write failed: %s", err)
+    code = getattr(err, "sqlite_errorcode", 0) & 0xFF  # extended codes carry the primary one in the low byte
+    if code == _SQLITE_FULL:
+        return _storage_full(str(err)[:80])
+    if code == _SQLITE_READONLY or (root is not None and _read_only_volume(root)):
+        return _read_only_now()
+    return _cannot_write_now(str(err)[:80])
+
+
+def _cannot_write_now(why: str) -> ServiceError:
+    return ServiceError(
+        f"the classifier store cannot be written now ({why}); nothing was changed",
         status_code=503,
         code="classifiers_unavailable",
     )
+
+
+def _read_only_volume(root: Path) -> bool:
+    try:
+        return bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _unwritable_files(err: OSError) -> ServiceError:
+    """A file of a save the system refused (``atomic_write_bytes`` of the arrays or an example): a full disk or
+    quota is a 507, a volume remounted read-only or any other refusal a 503, each with a message, never a 500."""
+    logger.error("classifier store: a file could not be written: %s", err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return _storage_full(err.strerror or str(err)[:80])
+    if err.errno == errno.EROFS:
+        return _read_only_now()
+    return _cannot_write_now(str(err.strerror or err))
+
+
+def _changed_message(name: str) -> str:
+    return (
+        f"classifier {name!r} changed during this refit (refitted, or deleted and created again); nothing was "
+        "changed: refit it again if it still needs it"
+    )
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """ROLLBACK, whose own failure (the disk gone) must not hide the error that made it necessary: closing the
+    connection rolls the transaction back as well."""
+    with contextlib.suppress(sqlite3.Error):
+        db.execute("ROLLBACK")
 
 
 class ClassifierStore:
@@ -286,6 +357,21 @@ class ClassifierStore:
         (self.root / "arrays").mkdir(exist_ok=True)
         (self.root / "examples").mkdir(exist_ok=True)
         self._initialise()
+        self._collect_leftovers()
+
+    def _collect_leftovers(self) -> None:
+        """Once per process, at open: what crashed saves left (:meth:`_sweep`).  It waits for no other process's
+        lock (a worker starting beside one that is saving must not stall its first request: that one collects
+        when it is done) and never fails the open: whatever it cannot remove waits for the next collection."""
+        try:
+            with self._connect(raw=True, timeout=0.0) as db:
+                db.execute("BEGIN IMMEDIATE")  # only the lock: the sweep changes no row
+                try:
+                    self._sweep(db)
+                finally:
+                    _rollback(db)
+        except (sqlite3.Error, OSError) as err:
+            logger.debug("classifier store: leftovers of earlier saves not collected now (%s)", err)
 
     def _initialise(self) -> None:
         """Switch the database to WAL (a property of the file, set once) and create the tables.
@@ -315,23 +401,30 @@ class ClassifierStore:
             delay = min(delay * 2, 0.2)
 
     @contextlib.contextmanager
-    def _connect(self, raw: bool = False) -> Iterator[sqlite3.Connection]:
-        """A connection; an error SQLite raises in the block is a 503 (``raw``: as it is, for retries)."""
+    def _connect(
+        self, raw: bool = False, timeout: float = OPEN_TIMEOUT_S, writing: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """A connection; an error SQLite raises in the block is a 503 (``raw``: as it is, for retries; ``writing``:
+        one that says the change was not made).  A damaged file ("database disk image is malformed") is a
+        :class:`sqlite3.DatabaseError`, not an OperationalError: a 503 as well, not a 500."""
         if self.read_only:  # immutable: SQLite then needs neither a lock nor the WAL's shared-memory file
             db = sqlite3.connect(f"file:{self.db_path.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
         else:
-            db = sqlite3.connect(self.db_path, timeout=OPEN_TIMEOUT_S, isolation_level=None)
+            db = sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
             if not self.read_only:
                 db.execute("PRAGMA synchronous=NORMAL")
             yield db
-        except sqlite3.OperationalError as err:
+        except sqlite3.DatabaseError as err:
             if raw:
                 raise
+            if writing and isinstance(err, sqlite3.OperationalError):
+                raise _unwritable(err, self.root) from err
             logger.error("classifier store: %s", err)
             raise ServiceError(
-                "the classifier store cannot be read now (see the service log)",
+                "the classifier store cannot be "
+                + ("used now (see the service log); nothing was changed" if writing else "read now (see the service log)"),
                 status_code=503,
                 code="classifiers_unavailable",
             ) from err
@@ -339,7 +432,10 @@ class ClassifierStore:
             db.close()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, lock_timeout: float = OPEN_TIMEOUT_S) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``: the store's one writer, across processes).  Whatever the
+        block or the commit meets on the disk (a full disk, a volume gone read-only) rolls it back and is a 507 or
+        503 with a message."""
         if self.read_only:
             raise ServiceError(
                 "the classifier store is on a read-only volume: its classifiers classify, but none can be created, "
@@ -347,23 +443,27 @@ class ClassifierStore:
                 status_code=503,
                 code="classifiers_read_only",
             )
-        with self._connect() as db:
+        with self._connect(timeout=lock_timeout, writing=True) as db:
             try:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as err:
-                raise _unwritable(err) from err
+                raise _unwritable(err, self.root) from err
             try:
                 yield db
             except sqlite3.OperationalError as err:
-                db.execute("ROLLBACK")
-                raise _unwritable(err) from err
+                _rollback(db)
+                raise _unwritable(err, self.root) from err
+            except OSError as err:  # a file written inside the transaction (see save)
+                _rollback(db)
+                raise _unwritable_files(err) from err
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             try:
                 db.execute("COMMIT")
             except sqlite3.OperationalError as err:
-                raise _unwritable(err) from err
+                _rollback(db)
+                raise _unwritable(err, self.root) from err
 
     # -- reads
     def all_rows(self) -> list[ClassifierRow]:
@@ -426,6 +526,34 @@ class ClassifierStore:
             ).fetchall()
         return [dict(r) for r in rows]
 
+    def snapshot(self, name: str) -> tuple[ClassifierRow, list[dict[str, Any]]]:
+        """The row of ``name`` and its examples, read in one transaction: two reads could see a delete (or a
+        delete and a create under the same name) in between, and a refit then fitted no examples, or the old
+        categories with the new examples."""
+        with self._connect() as db:
+            db.execute("BEGIN")  # a read transaction: one snapshot of the database for both queries
+            try:
+                found = db.execute("SELECT * FROM classifiers WHERE name = ?", (name,)).fetchone()
+                rows = db.execute(
+                    "SELECT position, category, sha256, source, index_id FROM examples WHERE classifier = ? "
+                    "ORDER BY position",
+                    (name,),
+                ).fetchall()
+            finally:
+                _rollback(db)
+        if found is None:
+            raise ClassifierNotFoundError(
+                f"no classifier named {name[:80]!r}; GET /v1/classifiers lists the ones there are"
+            )
+        return ClassifierRow.from_row(found), [dict(r) for r in rows]
+
+    def check_version(self, name: str, version: str) -> None:
+        """A 404 if ``name`` is gone, a 409 if it is no longer ``version``: why a refit of that version found its
+        stored files gone (a delete collects them)."""
+        found = self._get_uncached(name)
+        if found.version != version:
+            raise ClassifierChangedError(_changed_message(name))
+
     def load(self, row: ClassifierRow) -> fewshot.FittedClassifier:
         """The fitted classifier of ``row`` (cached by name and version)."""
         key = (row.name, row.version)
@@ -478,14 +606,18 @@ class ClassifierStore:
         *,
         replace: bool,
         max_classifiers: int,
+        replaces: str | None = None,
     ) -> ClassifierRow:
-        """Write ``row`` with its arrays and examples: a new classifier, or (``replace``) a refit of one.
+        """Write ``row`` with its arrays and examples: a new classifier, or (``replace``) a refit of one, of the
+        version ``replaces`` (when given: a refit of a version that was meanwhile refitted, or deleted and created
+        again under its name, must not replace the newer one with what it fitted from the older).
 
         ``row.version`` is new with every save (random: a version derived from the arrays alone was the same for
         a classifier deleted and created again under its name with its labels swapped, and cached answers, keyed
         by it, came back under the wrong label).  The files are written inside the write
         transaction: a concurrent delete collects unreferenced files under the same lock, so it never removes
-        one that this save is about to refer to.
+        one that this save is about to refer to.  A file the disk refuses (full, read-only) is a 507 or 503 (see
+        :meth:`_write`), and the files this save wrote are removed.
         """
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
@@ -495,7 +627,7 @@ class ClassifierStore:
         old_arrays: str | None = None
         try:
             with self._write() as db:
-                old_arrays = self._claim_name(db, row, replace, max_classifiers)
+                old_arrays = self._claim_name(db, row, replace, max_classifiers, replaces)
                 row.version = secrets.token_hex(6)
                 atomic_write_bytes(self.root / "arrays" / row.arrays, buffer.getvalue(), durable=True)
                 for ex in examples:
@@ -514,7 +646,7 @@ class ClassifierStore:
         except BaseException:
             try:
                 self._collect(row.arrays)
-            except (sqlite3.Error, ServiceError):  # busy or unwritable: the files stay for the next collection
+            except (sqlite3.Error, ServiceError, OSError):  # busy or unwritable: they stay for the next collection
                 logger.warning("classifier %r: unreferenced files left for the next collection", row.name)
             raise
         if old_arrays and old_arrays != row.arrays:
@@ -522,16 +654,20 @@ class ClassifierStore:
         return row
 
     @staticmethod
-    def _claim_name(db: sqlite3.Connection, row: ClassifierRow, replace: bool, max_classifiers: int) -> str | None:
+    def _claim_name(
+        db: sqlite3.Connection, row: ClassifierRow, replace: bool, max_classifiers: int, replaces: str | None = None
+    ) -> str | None:
         """Inside the write transaction: make room for ``row`` (a refit takes over the revision count and the
-        creation time and drops the old rows; a new name must be free and under the limit).  Returns the arrays
-        file the old version referenced, if any."""
+        creation time and drops the old rows, if they are still those of version ``replaces``; a new name must be
+        free and under the limit).  Returns the arrays file the old version referenced, if any."""
         existing = db.execute(
-            "SELECT arrays, revision, created FROM classifiers WHERE name = ?", (row.name,)
+            "SELECT arrays, revision, created, version FROM classifiers WHERE name = ?", (row.name,)
         ).fetchone()
         if replace:
             if existing is None:
                 raise ClassifierNotFoundError(f"no classifier named {row.name!r} (deleted meanwhile?)")
+            if replaces is not None and existing["version"] != replaces:
+                raise ClassifierChangedError(_changed_message(row.name))
             row.revision = int(existing["revision"]) + 1
             row.created = existing["created"]
             db.execute("DELETE FROM classifiers WHERE name = ?", (row.name,))
@@ -565,25 +701,77 @@ class ClassifierStore:
 
     def _collect_after_commit(self, arrays: str) -> None:
         """:meth:`_collect` once a change is committed: it happened, whatever the collection meets (a writer
-        holding the lock, a volume gone read-only); its files wait for the next collection."""
+        holding the lock, a volume gone read-only, a file it may not remove), so the request succeeds; the files
+        wait for the next collection."""
         try:
             self._collect(arrays)
-        except (sqlite3.Error, ServiceError) as err:
+        except (sqlite3.Error, ServiceError, OSError) as err:
             logger.warning("classifier store: files of a change left for the next collection (%s)", err)
 
     def _collect(self, arrays: str | None = None) -> None:
-        """Remove the arrays file ``arrays`` if no classifier refers to it, and the uploaded example images that no
-        classifier refers to any more; under the write lock, so that no save is between writing a file and
-        committing the row that refers to it."""
+        """Remove the arrays file ``arrays`` if no classifier refers to it, then :meth:`_sweep`; under the write
+        lock, so that no save is between writing a file and committing the row that refers to it."""
         with self._write() as db:
+            named = []
             if arrays and not db.execute("SELECT 1 FROM classifiers WHERE arrays = ?", (arrays,)).fetchone():
-                with contextlib.suppress(FileNotFoundError):
-                    (self.root / "arrays" / arrays).unlink()
-            used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")}
-            for path in (self.root / "examples").iterdir():
-                if not path.name.startswith(".") and path.name not in used:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+                named.append(self.root / "arrays" / arrays)
+            self._sweep(db, named)
+
+    def _sweep(self, db: sqlite3.Connection, named: Sequence[Path] = ()) -> None:
+        """Inside a transaction that holds the write lock: remove the uploaded example images no classifier refers
+        to any more, and what a crashed save left (killed between writing its files and committing its row):
+        arrays files no row refers to and temporary files.
+
+        Saves write their files inside their write transaction, so under the lock nothing unreferenced is about
+        to be referred to; the crash leftovers are removed only once :data:`LEFTOVER_AGE_S` old all the same, for
+        a writer that does not hold SQLite's lock while it writes (a store on a network file system, whose locks
+        SQLite cannot trust).  Only regular files are removed: anything else in the folders is not the store's.
+        ``named``: files to remove as well (an arrays file its change stopped referring to)."""
+        used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")}
+        referenced = {r[0] for r in db.execute("SELECT arrays FROM classifiers")}
+        old = time.time() - LEFTOVER_AGE_S
+        doomed = dict.fromkeys(named)  # an ordered set
+        for folder, keep in (("examples", used), ("arrays", referenced)):
+            try:
+                entries = list(os.scandir(self.root / folder))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                name = entry.name
+                if name in keep or Path(entry.path) in doomed or not entry.is_file(follow_symlinks=False):
+                    continue
+                leftover = name.startswith(".") and name.endswith(".tmp")  # model.files.atomic_write's
+                if folder == "examples" and not name.startswith("."):
+                    doomed[Path(entry.path)] = None
+                elif (leftover or (folder == "arrays" and name.endswith(".npz"))) and self._older(entry, old):
+                    doomed[Path(entry.path)] = None
+        self._remove(list(doomed))
+
+    @staticmethod
+    def _older(entry: os.DirEntry[str], than: float) -> bool:
+        try:
+            return entry.stat(follow_symlinks=False).st_mtime < than
+        except FileNotFoundError:
+            return False
+
+    def _remove(self, paths: Sequence[Path]) -> None:
+        """Unlink ``paths``; one that cannot be (permission, a volume gone read-only) stays for the next
+        collection, with one warning for them all."""
+        failed: list[str] = []
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                failed.append(f"{path.name} ({err.strerror or err})")
+        if failed:
+            logger.warning(
+                "classifier store %s: %d unreferenced files could not be removed, left for the next collection: %s",
+                self.root,
+                len(failed),
+                ", ".join(failed[:3]),
+            )
 
 
 # ------------------------------------------------------------------------------------------------ fitting

@@ -12,13 +12,17 @@ side, kept in one place on purpose.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import mimetypes
+import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +108,22 @@ FEATURELESS_BELOW = 1.0
 # and photographs among the angiograms, atlas figures that are drawings or scans) and three it gets right; the
 # training site's photographs and B-scans, the unseen site's and the camera originals all score 0.97 or more.
 UNCERTAIN_MODALITY_BELOW = 0.7
+
+
+_LOOKALIKE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")  # alphabets with letters that look the same (a / а / α)
+
+
+def mixed_script_word(text: str) -> str | None:
+    """The first word of ``text`` that mixes Latin, Cyrillic and Greek letters, or None.
+
+    ``normаl`` with a Cyrillic ``а`` looked exactly like ``normal`` and was scored as an unknown category beside it
+    (0.87, next to the real one). A Greek letter as a word of its own (``β-zone peripapillary atrophy``) and names
+    in one alphabet (a Russian clinic's categories) are not mixed."""
+    for word in re.findall(r"[^\W\d_]+", text):
+        scripts = {unicodedata.name(ch, "").split(" ", 1)[0] for ch in word}
+        if len(scripts & set(_LOOKALIKE_SCRIPTS)) > 1:
+            return word
+    return None
 
 
 def featureless(spread: float | None) -> bool:
@@ -233,6 +253,12 @@ class Engine:
             if len(label) > MAX_CATEGORY_CHARS:
                 raise InvalidRequestError(
                     f"categories[{i}] is {len(label)} characters long; the limit is {MAX_CATEGORY_CHARS}"
+                )
+            mixed = mixed_script_word(label)
+            if mixed is not None:
+                raise InvalidRequestError(
+                    f"categories[{i}] {label!r} mixes alphabets within the word {mixed!r} (Latin with Cyrillic or "
+                    "Greek letters that look alike): it reads like another name but is not it; type it in one alphabet"
                 )
             canonical = self.knowledge.canonical(label)
             known = self.knowledge.is_known(label)
@@ -570,7 +596,10 @@ class IndexHolder:
     """The loaded index (or why there is none), reopened when its directory changes.
 
     Every call into the store runs on one dedicated thread, so a store that keeps SQLite connections per thread
-    (the default) works unchanged, and a reload never races a search.
+    (the default) works unchanged, and a reload never races a search.  A request uses the index inside
+    :meth:`hold`: a reload swaps the new index in at once (later requests get it, nobody waits), and the old one
+    is closed once the last request holding it is done, on the index thread behind that request's work (closed
+    at the swap, a request that had taken it but whose work was queued behind the reload met a closed database).
     """
 
     RELOAD_CHECK_S = 5.0
@@ -596,6 +625,10 @@ class IndexHolder:
         self.modalities: list[str] = []  # the modalities the loaded index holds (valid search filters)
         self._checked_at = 0.0
         self._reload_lock = asyncio.Lock()
+        # requests holding each index object (by id), and the swapped-out ones their last holder closes
+        self._holds_lock = threading.Lock()
+        self._holds: dict[int, int] = {}
+        self._retired: dict[int, Any] = {}
 
     # -- on the index thread
     def _manifest_stamp(self) -> tuple[int, int] | None:
@@ -634,7 +667,11 @@ class IndexHolder:
             logger.error("index at %s not loaded: %s", self.path, self._error)
             self._stamp = stamp
             return
-        old, self._index = self._index, index
+        with self._holds_lock:
+            old, self._index = self._index, index
+            if old is not None and self._holds.get(id(old)):
+                self._retired[id(old)] = old  # still in use: closed by the last request that holds it
+                old = None
         self._stamp, self._error = stamp, None
         self.modalities = index_modalities(index)
         manifest = getattr(index, "manifest", {}) or {}
@@ -645,15 +682,53 @@ class IndexHolder:
             self.metrics.index_size.set(int(index.count))
         logger.info("index %s loaded: %d images", self.path, index.count)
         if old is not None:
-            try:
-                old.close()
-            except Exception as err:  # an old handle failing to close must not drop the new index
-                logger.warning("closing the previous index: %s", err)
+            self._close_previous(old)
+
+    @staticmethod
+    def _close_previous(old: Any) -> None:
+        try:
+            old.close()
+        except Exception as err:  # an old handle failing to close must not drop the new index
+            logger.warning("closing the previous index: %s", err)
 
     def _close(self) -> None:
+        with self._holds_lock:
+            retired, self._retired = list(self._retired.values()), {}
+        for old in retired:  # shutting down: no request is left to use them
+            self._close_previous(old)
         if self._index is not None:
             self._index.close()
             self._index = None
+
+    # -- holding the index for a request (event loop; released from wherever the request ends)
+    @contextlib.contextmanager
+    def hold(self, need_images: bool = True) -> Iterator[Any]:
+        """The loaded index (as :meth:`require`), kept open until the block ends, however a reload meanwhile
+        swaps in another one: run the work that reads it inside the block."""
+        with self._holds_lock:  # the same index the swap sees: a reload cannot close it between these lines
+            index = self.require(need_images)
+            self._holds[id(index)] = self._holds.get(id(index), 0) + 1
+        try:
+            yield index
+        finally:
+            self._release(index)
+
+    def _release(self, index: Any) -> None:
+        with self._holds_lock:
+            left = self._holds.get(id(index), 1) - 1
+            if left > 0:
+                self._holds[id(index)] = left
+                return
+            self._holds.pop(id(index), None)
+            retired = self._retired.pop(id(index), None)
+        if retired is None:
+            return
+        try:
+            # on the index thread, queued behind every job already submitted for it (a cancelled request's
+            # work may still be queued or running there)
+            self._executor.submit(self._close_previous, retired)
+        except RuntimeError:  # the executor is shut down (the service is stopping)
+            self._close_previous(retired)
 
     # -- from the event loop
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
@@ -696,15 +771,15 @@ class IndexHolder:
         self, query: np.ndarray, top_k: int, modality: str | None, label: str | None
     ) -> list[dict[str, Any]]:
         await self.refresh()
-        index = self.require()
-        if query.shape != (int(index.dim),):
-            raise NoIndexError(f"index dimension {index.dim} does not match the model's {query.shape[0]}")
+        with self.hold() as index:
+            if query.shape != (int(index.dim),):
+                raise NoIndexError(f"index dimension {index.dim} does not match the model's {query.shape[0]}")
 
-        def run() -> list[dict[str, Any]]:
-            hits = index.search(query.astype(np.float32), top_k, modality=modality, label=label)
-            return [record_to_hit(h.record, float(h.score)) for h in hits]
+            def run() -> list[dict[str, Any]]:
+                hits = index.search(query.astype(np.float32), top_k, modality=modality, label=label)
+                return [record_to_hit(h.record, float(h.score)) for h in hits]
 
-        return await self._submit(run)
+            return await self._submit(run)
 
     async def label_warning(
         self, label: str | None, modality: str | None, hits: int
@@ -712,29 +787,30 @@ class IndexHolder:
         """Why a label-filtered search found nothing (see :func:`index.query.label_warning`)."""
         if label is None or hits or self._index is None:
             return None
-        index = self._index
-        return await self._submit(label_warning, index, label, modality, hits)
+        with self.hold(need_images=False) as index:
+            return await self._submit(label_warning, index, label, modality, hits)
+
     async def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the index thread (it reads the index that :meth:`require` returned)."""
+        """Run ``fn`` on the index thread; it reads the index that :meth:`hold` gave, inside that block."""
         return await self._submit(fn)
 
     async def locate(self, image_id: int) -> tuple[Any, Path]:
         """The record and file of an indexed image, or :class:`NotFoundError`."""
         await self.refresh()
-        index = self.require(need_images=False)
+        with self.hold(need_images=False) as index:
 
-        def run() -> tuple[Any, Path]:
-            record = index.get(int(image_id))
-            if record is None:
-                raise NotFoundError(f"no image with id {image_id} in the index")
-            try:
-                return record, Path(index.image_path(record))
-            except NotFoundError as err:
-                # the store's message names server paths: log it, tell the client less
-                logger.warning("image %d: %s", image_id, err)
-                raise NotFoundError(f"the file of image {image_id} is no longer available") from err
+            def run() -> tuple[Any, Path]:
+                record = index.get(int(image_id))
+                if record is None:
+                    raise NotFoundError(f"no image with id {image_id} in the index")
+                try:
+                    return record, Path(index.image_path(record))
+                except NotFoundError as err:
+                    # the store's message names server paths: log it, tell the client less
+                    logger.warning("image %d: %s", image_id, err)
+                    raise NotFoundError(f"the file of image {image_id} is no longer available") from err
 
-        return await self._submit(run)
+            return await self._submit(run)
 
 
 def record_to_hit(record: Any, score: float) -> dict[str, Any]:

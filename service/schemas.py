@@ -542,7 +542,8 @@ class IndexStatus(BaseModel):
 
 class CacheStatus(BaseModel):
     backend: Literal["redis", "memory"]
-    state: Literal["ok", "degraded"]
+    state: Literal["ok", "degraded", "off"]
+    reason: str | None = Field(None, description="why the cache is degraded or off (absent when it is ok)")
 
 
 class ComputeStatus(BaseModel):

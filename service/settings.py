@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: int = Field(default=3600, ge=1, le=30 * 86400, description="lifetime of a cached response")
     cache_max_entries: int = Field(default=10_000, ge=0, description="in-process cache size (0 disables it)")
+    cache_max_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=0, description="in-process cache size in bytes of stored answers (0 disables it)"
+    )
     cache_timeout_ms: float = Field(default=100.0, gt=0, le=10_000, description="Redis per-operation timeout")
     cache_retry_s: float = Field(
         default=2.0, ge=0, le=600, description="after a Redis failure, skip it this long"
@@ -197,11 +200,42 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        # checked here, before the model loads: redis-py refused it only inside the app's start-up, in a traceback
-        if value is not None and not value.strip().lower().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix:// (e.g. redis://localhost:6379/0)")
-        return value.strip() if value is not None else None
+    def _redis_url(cls, value: str | None) -> str | None:
+        # checked here, before the model loads: a URL redis-py cannot use failed only inside the app's start-up, in
+        # a traceback (a port "notaport"), and one it misreads was used as something else ("/abc" as database 0)
+        if value is None:
+            return None
+        url = value.strip()
+        example = "(e.g. redis://localhost:6379/0)"
+        if not url.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix:// {example}")
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "unix":
+            try:
+                port = parts.port  # ValueError: not a number, or over 65535
+            except ValueError:
+                port = 0
+            if port == 0:
+                raise ValueError(f"redis_url's port must be a number from 1 to 65535 {example}")
+            if parts.path not in ("", "/") and not re.fullmatch(r"/\d+", parts.path):
+                db = parts.path[1:]
+                raise ValueError(f"redis_url's database (after the host) must be a number, not {db!r} {example}")
+        elif not parts.path:
+            raise ValueError("redis_url unix:// needs the socket's path (e.g. unix:///run/redis.sock?db=0)")
+        for db in parse_qs(parts.query).get("db", []):
+            if not db.isdigit():
+                raise ValueError(f"redis_url's db parameter must be a number, not {db!r} {example}")
+        try:  # whatever else redis-py would refuse at start-up (a bad query parameter's value, say)
+            from redis.connection import parse_url
+        except ImportError:  # no redis-py here: the service reports that itself
+            return url
+        try:
+            parse_url(url)
+        except ValueError as err:
+            raise ValueError(f"redis_url cannot be used: {err}") from err
+        return url
 
     @field_validator("cors_origins")
     @classmethod

@@ -55,7 +55,7 @@ from service.errors import (
     UnsupportedContentTypeError,
 )
 from service.routers._body import Upload, malformed_json, read_form, unknown_fields
-from service.schemas import TEXT_PATTERN, ClassifyResponse, error_responses, meaningful
+from service.schemas import TEXT_PATTERN, ClassifyResponse, ErrorResponse, error_responses, meaningful
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ router = APIRouter(tags=["classifiers"], dependencies=[Depends(require_api_key)]
 MODALITY_MISMATCH_CONFIDENCE = 0.9  # an upload recognised as another modality this surely is refused
 FILE_PREFIX = "examples."
 EXAMPLES_FIELD, LABELS_FIELD = "examples", "labels"  # repeated: the i-th label names the i-th file
+# a change that writes to the store's disk can find it full: documented beside the shared error statuses
+STORAGE_FULL: dict[int | str, dict[str, Any]] = {
+    507: {"model": ErrorResponse, "description": "The classifier store's disk is full: nothing was changed"}
+}
 
 
 # ------------------------------------------------------------------------------------------------ schemas
@@ -253,37 +257,37 @@ async def _index_examples(
     if not wanted:
         return []
     await state.index.refresh()
-    index = state.index.require()
+    with state.index.hold() as index:  # kept open until run() is done (a reload may swap it)
 
-    def run() -> list[Example]:
-        out: list[Example] = []
-        for spec in wanted:
-            ids = [int(i) for i in spec.ids]
-            if spec.index_label:
-                matched = index.matching_ids(modality, spec.index_label)
-                if not matched:
-                    raise InvalidRequestError(
-                        f"no indexed {modality + ' ' if modality else ''}image is labelled "
-                        f"{spec.index_label!r} (category {spec.label!r})"
+        def run() -> list[Example]:
+            out: list[Example] = []
+            for spec in wanted:
+                ids = [int(i) for i in spec.ids]
+                if spec.index_label:
+                    matched = index.matching_ids(modality, spec.index_label)
+                    if not matched:
+                        raise InvalidRequestError(
+                            f"no indexed {modality + ' ' if modality else ''}image is labelled "
+                            f"{spec.index_label!r} (category {spec.label!r})"
+                        )
+                    ids.extend(i for i in matched if i not in ids)
+                if len(out) + len(ids) > limit:
+                    raise PayloadTooLargeError(
+                        f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES); "
+                        f"category {spec.label!r} alone brings {len(ids)}"
                     )
-                ids.extend(i for i in matched if i not in ids)
-            if len(out) + len(ids) > limit:
-                raise PayloadTooLargeError(
-                    f"more than {limit} examples in one request (KEEPFIT_MAX_CLASSIFIER_EXAMPLES); "
-                    f"category {spec.label!r} alone brings {len(ids)}"
-                )
-            records = index.records_by_id(ids)
-            missing = [i for i in ids if i not in records]
-            if missing:
-                raise ServiceError(
-                    f"unknown index ids for category {spec.label!r}: {', '.join(map(str, missing[:10]))}",
-                    status_code=404,
-                    code="not_found",
-                )
-            out += index_examples(spec.label, [records[i] for i in ids], index.vectors_of(ids))
-        return out
+                records = index.records_by_id(ids)
+                missing = [i for i in ids if i not in records]
+                if missing:
+                    raise ServiceError(
+                        f"unknown index ids for category {spec.label!r}: {', '.join(map(str, missing[:10]))}",
+                        status_code=404,
+                        code="not_found",
+                    )
+                out += index_examples(spec.label, [records[i] for i in ids], index.vectors_of(ids))
+            return out
 
-    return await state.index.call(run)
+        return await state.index.call(run)
 
 
 def _label(raw: str) -> str:
@@ -529,7 +533,7 @@ CREATE_BODY = {
     response_model=ClassifierResponse,
     summary="Fit a few-shot classifier of your own categories",
     dependencies=[AdminDep],
-    responses=error_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 503),
+    responses={**error_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 503), **STORAGE_FULL},
     openapi_extra=CREATE_BODY,
 )
 async def create_classifier(request: Request, state: StateDep) -> Response:
@@ -639,7 +643,7 @@ async def get_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     response_model=DeletedClassifier,
     summary="Delete a classifier",
     dependencies=[AdminDep],
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses={**error_responses(401, 403, 404, 422, 503), **STORAGE_FULL},
 )
 async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     store = await get_store(state)
@@ -653,11 +657,14 @@ async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     response_model=ClassifierResponse,
     summary="Refit a classifier with the loaded artifact (from its stored examples)",
     dependencies=[AdminDep],
-    responses=error_responses(400, 401, 403, 404, 409, 415, 422, 503),
+    responses={**error_responses(400, 401, 403, 404, 409, 415, 422, 503), **STORAGE_FULL},
 )
 async def refit_classifier(name: NamePath, request: Request, state: StateDep) -> dict[str, Any]:
     """Refit from the stored examples' embeddings when the image encoder is unchanged, otherwise from the stored
-    example images (uploads) and the index's images of the same SHA-256 (examples taken from the index)."""
+    example images (uploads) and the index's images of the same SHA-256 (examples taken from the index).
+
+    The row and its examples are read in one snapshot, and the save replaces that version only: a delete, or a
+    delete and a create under the name, meanwhile is a 404 or a 409, never a 500 or a mix of the two."""
     store = await get_store(state)
     engine = state.engine
     body = await request.body()
@@ -670,9 +677,8 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
         options = RefitRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
         raise malformed_json(err) or InvalidRequestError(_validation_message(err)) from err
-    row = await state.run_blocking(store.get, name)
+    row, stored = await state.run_blocking(store.snapshot, name)
     method = _check_method(options.method or row.method_requested)
-    stored = await state.run_blocking(store.examples, name)
     same_encoder = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
     x = await state.run_blocking(store.stored_embeddings, row, len(stored)) if same_encoder else None
     examples: list[Example] = []
@@ -681,7 +687,12 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
             examples.append(Example(ex["category"], ex["sha256"], ex["source"], emb, ex["index_id"]))
         how = "stored embeddings"
     else:
-        examples = await _reembed(state, store, stored)
+        try:
+            examples = await _reembed(state, store, stored)
+        except ServiceError as err:
+            if err.code == "examples_missing":  # a delete meanwhile collects them: then say that instead
+                await state.run_blocking(store.check_version, name, row.version)
+            raise
         how = "re-embedded example images"
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new_row, result = await state.run_blocking(
@@ -689,7 +700,12 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
     )
     saved = await state.run_blocking(
         lambda: store.save(
-            new_row, result.arrays, examples, replace=True, max_classifiers=state.settings.max_classifiers
+            new_row,
+            result.arrays,
+            examples,
+            replace=True,
+            max_classifiers=state.settings.max_classifiers,
+            replaces=row.version,
         )
     )
     logger.info("classifier refitted from %s: revision %d", how, saved.revision)
@@ -705,20 +721,20 @@ async def _reembed(
     by_sha: dict[str, tuple[int, np.ndarray]] = {}
     if any(ex["source"] == "index" for ex in stored):
         await state.index.refresh()
-        index = state.index.require()
+        with state.index.hold() as index:  # kept open until run() is done (a reload may swap it)
 
-        def run() -> dict[str, tuple[int, np.ndarray]]:
-            wanted = {ex["sha256"] for ex in stored if ex["source"] == "index"}
-            ids_all = np.asarray(index.ids)
-            vectors = index.vectors()
-            found: dict[str, tuple[int, np.ndarray]] = {}
-            for record in index.records():
-                if record.sha256 in wanted:
-                    pos = int(np.searchsorted(ids_all, record.id))
-                    found[record.sha256] = (record.id, np.asarray(vectors[pos], dtype=np.float32))
-            return found
+            def run() -> dict[str, tuple[int, np.ndarray]]:
+                wanted = {ex["sha256"] for ex in stored if ex["source"] == "index"}
+                ids_all = np.asarray(index.ids)
+                vectors = index.vectors()
+                found: dict[str, tuple[int, np.ndarray]] = {}
+                for record in index.records():
+                    if record.sha256 in wanted:
+                        pos = int(np.searchsorted(ids_all, record.id))
+                        found[record.sha256] = (record.id, np.asarray(vectors[pos], dtype=np.float32))
+                return found
 
-        by_sha = await state.index.call(run)
+            by_sha = await state.index.call(run)
     out: list[Example] = []
     missing: list[str] = []
     for ex in stored:
@@ -812,7 +828,7 @@ async def classify_with_classifier(
     params: dict[str, Any] = {"classifier": name, "classifier_version": row.version, "top_k": top_k}
     if frame is not None:
         params["frame"] = frame
-    key = cache_key("classify", engine.version, digest, params)
+    key = cache_key("classify", engine.runtime.artifact, digest, params)
 
     def rest(encoded: EncodedImage, job_timings: Timings) -> dict[str, Any]:  # after a head start
         return _classify_encoded(encoded, engine, model, job_timings, top_k, row.modality)

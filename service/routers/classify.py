@@ -148,7 +148,7 @@ async def _classify(
         params["task"] = task
     if form.frame is not None:
         params["frame"] = form.frame
-    key = cache_key("classify", engine.version, digest, params)
+    key = cache_key("classify", engine.runtime.artifact, digest, params)
 
     async def compute() -> dict[str, Any]:
         def rest(encoded: EncodedImage, job_timings: Timings) -> ClassifyResult:  # after a head start

@@ -74,7 +74,7 @@ async def _answer(
     early: EarlyJob[EncodedImage, Any] | None,
 ) -> Response:
     engine = state.engine
-    key = cache_key("embed", engine.version, digest, {"kind": kind})
+    key = cache_key("embed", engine.runtime.artifact, digest, {"kind": kind})
 
     async def compute() -> dict[str, Any]:
         if text is not None:

@@ -38,7 +38,9 @@ KEEPFIT_INDEX), that index is loaded too.  503 with `status: "not_ready"` and a 
 start-up has finished, or when the configured index is missing or failed to load (a typo in its path, files
 built with another model, damage).  With KEEPFIT_INDEX_OPTIONAL=true a configured index that is not there
 yet does not fail readiness (`index.loaded` is false and search answers 503 until it appears).  The cache
-is reported, never a reason to fail: a Redis outage only costs cache hits.
+is reported, never a reason to fail: a Redis outage only costs cache hits.  `cache.state` is `ok`, `degraded`
+(Redis unreachable, or refusing writes because it is full) or `off` (KEEPFIT_CACHE_MAX_ENTRIES or
+KEEPFIT_CACHE_MAX_BYTES is 0), with `cache.reason` saying why when it is not `ok` (null when it is).
 """
 
 
@@ -62,8 +64,9 @@ async def readyz(request: Request) -> Any:
         return JSONResponse(status_code=503, content=starting)
     await state.index.refresh()
     info = state.index.info()
-    cache_state = await state.cache.check()
-    state.metrics.cache_degraded.set(1 if cache_state != "ok" else 0)
+    cache_state = await state.cache.check()  # never longer than about a second, whatever Redis does
+    state.metrics.cache_degraded.set(1 if cache_state == "degraded" else 0)
+    cache: dict[str, Any] = {"backend": state.cache.backend, "state": cache_state, "reason": state.cache.reason}
     runtime = state.engine.runtime
     reason: str | None = None
     if state.index.path is not None and not info.loaded and not state.settings.index_optional:
@@ -82,7 +85,7 @@ async def readyz(request: Request) -> Any:
             "artifact_version": info.artifact_version,
             "error": info.error,
         },
-        "cache": {"backend": state.cache.backend, "state": cache_state},
+        "cache": cache,
         "compute": compute_status(state.settings),
         "reason": reason,
     }
@@ -117,5 +120,5 @@ async def metrics(
     state: ServiceState | None = getattr(request.app.state, "service", None)
     registry = request.app.state.metrics.registry
     if state is not None:
-        state.metrics.cache_degraded.set(1 if state.cache.state != "ok" else 0)
+        state.metrics.cache_degraded.set(1 if state.cache.state == "degraded" else 0)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -105,7 +105,7 @@ async def get_image(
             return FileResponse(path, media_type=media_type, headers=headers)
         return Response(content=original, media_type=media_type, headers=headers)
     key = (
-        cache_key("thumbnail", "", record.sha256 or f"id:{image_id}", {"size": size, "file": stamp})
+        cache_key("thumbnail", None, record.sha256 or f"id:{image_id}", {"size": size, "file": stamp})
         if record.sha256
         else None
     )

@@ -120,7 +120,7 @@ async def _search(
     index.require()  # 503 / 409 before any model work
     timings = Timings(state.metrics)
     params = {"kind": kind, "top_k": top_k, "modality": modality, "label": label, "index": info.fingerprint}
-    key = cache_key("search", engine.version, digest, params)
+    key = cache_key("search", engine.runtime.artifact, digest, params)
     cached = await state.cached("search", key, timings)
     if cached is not None:
         hits: list[dict[str, Any]] = json.loads(cached)
