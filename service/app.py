@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import anyio
 from fastapi import FastAPI, Request
@@ -31,7 +32,7 @@ from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
-from service.middleware import REQUEST_ID_HEADER, RequestGuardMiddleware, RequestIdMiddleware
+from service.middleware import REQUEST_ID_HEADER, AnswerHeadersMiddleware, RequestGuardMiddleware
 from service.routers import categories, classifiers, classify, embed, health, images, search
 from service.routers.classifiers import ADMIN_KEY_HEADER
 from service.schemas import TEXT_PATTERN
@@ -65,7 +66,7 @@ def make_cache(settings: Settings, metrics: Metrics) -> Cache:
             retry_s=settings.cache_retry_s,
             on_error=metrics.cache_errors.inc,
         )
-    return MemoryCache(settings.cache_max_entries, settings.cache_ttl_s)
+    return MemoryCache(settings.cache_max_entries, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes)
 
 
 def _lifespan(index_opener: Any = None) -> Any:
@@ -304,7 +305,18 @@ def _local_docs(app: FastAPI) -> None:
         )
 
 
-_TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
+
+
+def _redact_tokens(text: str) -> str:
+    """``text`` with the value of every ``token`` query parameter replaced, however its name is spelt in the URL
+    (``%74oken=`` opens the image as ``token=`` does)."""
+
+    def one(match: re.Match[str]) -> str:
+        sep, name, _ = match.groups()
+        return f"{sep}{name}=<redacted>" if unquote_plus(name) == "token" else match.group(0)
+
+    return _QUERY_PARAM.sub(one, text) if "=" in text else text
 
 
 class RedactTokens(logging.Filter):
@@ -312,9 +324,9 @@ class RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(_redact_tokens(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.msg, str):
-            record.msg = _TOKEN.sub(r"\1<redacted>", record.msg)
+            record.msg = _redact_tokens(record.msg)
         return True
 
 
@@ -418,5 +430,5 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
             max_age=600,
         )
     # outermost: every answer (a refused preflight, a 401 before the body) names its request
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AnswerHeadersMiddleware)
     return app

@@ -225,7 +225,11 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 # ------------------------------------------------------------------------------------------------- API keys
 def key_matches(presented: str | None, keys: Sequence[str]) -> bool:
-    """Constant-time comparison against every configured key (no early exit that would leak which matched)."""
+    """Constant-time comparison against every configured key (no early exit that would leak which matched).
+
+    Spaces and tabs around the presented value are not part of it (RFC 9110, 5.5): the server's parser strips
+    the leading ones only, so a key with a trailing space was refused and one with a leading space accepted."""
+    presented = presented.strip(" \t") if presented else presented
     if not presented:
         return False
     candidate = presented.encode("utf-8", "surrogateescape")
@@ -238,7 +242,7 @@ def key_matches(presented: str | None, keys: Sequence[str]) -> bool:
 def check_api_key(presented: str | None, keys: Sequence[str]) -> None:
     if not keys:
         return
-    if not presented:
+    if not (presented or "").strip(" \t"):
         raise UnauthorizedError(f"missing API key: send it in the {API_KEY_HEADER} header")
     if not key_matches(presented, keys):
         raise UnauthorizedError(f"wrong API key in the {API_KEY_HEADER} header")

@@ -113,7 +113,7 @@ _LIBRARY: list[tuple[type[KeepfitError], int, str]] = [
 
 
 def current_request_id() -> str | None:
-    """The id of the request being served (:class:`service.middleware.RequestIdMiddleware`), or None."""
+    """The id of the request being served (:class:`service.middleware.AnswerHeadersMiddleware`), or None."""
     return log_context.get().get("request_id")
 
 

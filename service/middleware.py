@@ -115,9 +115,19 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-class RequestIdMiddleware:
+# On every answer: a browser never guesses another type than the one declared (an error's JSON as HTML, say),
+# and a page or image never tells another site which URL it came from (image URLs carry their token).
+_ALWAYS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+# On the API's answers, unless a route says otherwise (images: private, cacheable): they are a patient's
+# diagnosis and the key's, never for a shared cache.
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+class AnswerHeadersMiddleware:
     """Every answer names its request: ``X-Request-ID`` on the response and ``request_id`` in an error body, and
     every log line the request causes (the access log's too, on any thread) carries it (:mod:`model.logs`).
+    Every answer also has ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``, and the
+    API's (``/v1``) ``Cache-Control: no-store`` unless the route set its own.
 
     A caller's own ``X-Request-ID`` (up to 128 letters, digits and ``._:-``; a proxy's or a front end's
     correlation id) is kept, so one id follows a request through every system; anything else (absent, too long,
@@ -133,16 +143,20 @@ class RequestIdMiddleware:
             return
         given = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+        added = [(REQUEST_ID_HEADER.lower().encode(), request_id.encode()), *_ALWAYS]
+        api = str(scope.get("path", "")).startswith("/v1/")
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", ()) if h[0].lower() != header[0]]
-                message = {**message, "headers": [*headers, header]}
+                names = {name for name, _ in added}
+                headers = [h for h in message.get("headers", ()) if h[0].lower() not in names]
+                if api and not any(h[0].lower() == _NO_STORE[0] for h in headers):
+                    headers.append(_NO_STORE)
+                message = {**message, "headers": [*headers, *added]}
             await send(message)
 
         with logging_fields(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_headers)
 
 
 class RequestGuardMiddleware:
@@ -158,7 +172,9 @@ class RequestGuardMiddleware:
             return
         settings = scope["app"].state.settings
         max_body = int(settings.max_upload_bytes) + _SLACK_BYTES
-        headers = dict(scope.get("headers") or [])
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope.get("headers") or []:
+            headers.setdefault(name, value)  # the first of repeated headers, as the routes read them
         refusal = _key_refusal(scope.get("path", ""), headers, settings.api_keys)
         declared: int | None = None
         if refusal is None:
@@ -195,7 +211,7 @@ def _key_refusal(path: str, headers: dict[bytes, bytes], api_keys: Sequence[str]
     text = presented.decode("latin-1") if presented is not None else None
     if key_matches(text, api_keys):
         return None
-    what = "missing API key" if not text else "wrong API key"
+    what = "missing API key" if not (text or "").strip(" \t") else "wrong API key"
     return 401, "unauthorized", f"{what}: send it in the {API_KEY_HEADER} header", [(b"www-authenticate", b"APIKey")]
 
 

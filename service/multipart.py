@@ -188,10 +188,10 @@ class MultipartReader:
             end, skip = 0, 2
         else:
             end, skip = buf.find(b"\r\n\r\n"), 4
-        if end < 0:
-            if len(buf) > MAX_HEADER_BYTES:
-                raise MultipartError(f"the headers of a multipart part are longer than {MAX_HEADER_BYTES} bytes")
+        if end < 0 and len(buf) <= MAX_HEADER_BYTES:
             return False
+        if end < 0 or end > MAX_HEADER_BYTES:  # checked when they arrive in one piece too
+            raise MultipartError(f"the headers of a multipart part are longer than {MAX_HEADER_BYTES} bytes")
         self._part = self._begin(bytes(buf[:end]))
         del buf[: end + skip]
         self._state = _DATA

@@ -106,7 +106,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         never read)."""
         self._disarm_header_timer()
         self._in_headers = False
-        client = "%s:%d - " % self.client if self.client else ""
+        client = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
         self.logger.warning("%srefused a request before its headers were complete: %s", client, message)
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
         head = [STATUS_LINE[status]]

@@ -266,6 +266,10 @@ def test_messages_name_what_is_wrong(api: TestClient, real_images: dict[str, byt
     assert_error(brackets, 422, "invalid_request", "unknown form fields: 'categories[]'")
     nameless = api.post("/v1/classify", files=[("image", image)], data={"": "x"})
     assert_error(nameless, 422, "invalid_request", "unknown form fields: ''")
+    # many long unknown names: the first ten, each cut short, are named (they were all echoed back in full)
+    many = api.post("/v1/classify", files=[("image", image)], data={f"{i:03d}" + "x" * 5000: "1" for i in range(40)})
+    assert_error(many, 422, "invalid_request", "unknown form fields: '000" + "x" * 57 + "...'", "and 30 more")
+    assert len(many.content) < 2000
     # beyond the configured limit, the message gives that limit, not the schema's outer bound
     for r in (_post_image(api, real_images["CFP"], top_k=10_001), api.post("/v1/search", json={"query": "x", "top_k": 10_001})):
         assert r.status_code == 422 and "top_k is 10001; the limit is" in r.text, r.text
@@ -299,3 +303,17 @@ def test_a_decompression_bomb_names_this_services_limit(api: TestClient) -> None
     r = _post_image(api, png_with_size(50_000, 50_000), "image/png")
     assert_error(r, 413, "image_too_large", "2500000000 pixels", f"the limit is {api.app.state.settings.max_pixels}")
 
+
+
+def test_a_category_mixing_look_alike_alphabets_is_refused(api: TestClient, real_images: dict[str, bytes]) -> None:
+    """'normаl' with a Cyrillic 'а' looked exactly like 'normal' and was scored beside it as an unknown category
+    (0.87). A Greek letter as a word of its own, and a name in one other alphabet, are names like any other."""
+    image = ("a.jpg", real_images["CFP"], "image/jpeg")
+    for fake in ("norm\u0430l", "n\u03bfrmal"):  # Cyrillic a, Greek omicron
+        r = api.post("/v1/classify", files=[("image", image)], data={"categories": ["normal", fake]})
+        assert_error(r, 422, "invalid_request", f"categories[1] {fake!r} mixes alphabets", "one alphabet")
+        r = api.post("/v1/classify", files=[("image", image)], data={"categories": [fake, "glaucoma"]})
+        assert_error(r, 422, "invalid_request", "categories[0]")
+    fine = ["normal", "\u03b2-zone peripapillary atrophy", "\u0433\u043b\u0430\u0443\u043a\u043e\u043c\u0430"]
+    r = api.post("/v1/classify", files=[("image", image)], data={"categories": fine})
+    assert r.status_code == 200, r.text

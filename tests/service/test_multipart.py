@@ -122,6 +122,9 @@ def test_transport_padding_headerless_parts_and_content_types() -> None:
         (b"--" + BOUNDARY + b"\r\nContent-Disposition form-data\r\n\r\n", MultipartError, "no ':'"),
         (b"--" + BOUNDARY + b"\r\nContent-Type: text/plain\r\n\r\nx\r\n", MultipartError, "Content-Disposition"),
         (b"--" + BOUNDARY + b"\r\nX: " + b"a" * 20_000, MultipartError, "longer than"),
+        # complete in the same piece: it was taken whatever its length
+        (_parts(("image", "a.jpg", b"abc")).replace(b"\r\n\r\n", b"\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", 1),
+         MultipartError, "longer than"),
         (_parts(("note", None, b"\xff")), InvalidRequestError, "not valid UTF-8"),
         (_parts(("image", "a.jpg", b"x" * 101)), PayloadTooLargeError, "larger than the limit of 100 bytes"),
         (_parts(*[("image", "a.jpg", b"x")] * 3), PayloadTooLargeError, "more than 2 file"),
@@ -129,7 +132,7 @@ def test_transport_padding_headerless_parts_and_content_types() -> None:
         (_parts(("note", None, b"x" * (MAX_FIELD_BYTES + 1))), PayloadTooLargeError, "form field 'note'"),
     ],
     ids=["cut-off", "no-delimiter", "after-boundary", "header-colon", "no-disposition", "long-headers",
-         "field-utf8", "file-limit", "files", "fields", "field-limit"],
+         "long-headers-at-once", "field-utf8", "file-limit", "files", "fields", "field-limit"],
 )
 def test_malformed_or_oversized_bodies_are_refused(body: bytes, error: type[Exception], fragment: str) -> None:
     with pytest.raises(error, match=fragment):

@@ -36,7 +36,7 @@ def test_readyz_reports_artifact_index_and_cache(api: TestClient, default_artifa
         "artifact_version": None,
         "error": "no index configured (set KEEPFIT_INDEX or pass --index)",
     }
-    assert body["cache"] == {"backend": "memory", "state": "ok"}
+    assert body["cache"] == {"backend": "memory", "state": "ok", "reason": None}
     # what the worker was sized with: the cores it may use (affinity and container quota), runs and threads
     settings = api.app.state.settings  # type: ignore[attr-defined]
     assert body["compute"] == {
@@ -144,7 +144,8 @@ def test_key_comparison() -> None:
     [
         ({}, "missing API key"),
         ({"X-API-Key": "nope"}, "wrong API key"),
-        ({"X-API-Key": "k-one "}, "wrong API key"),
+        ({"X-API-Key": "k-one x"}, "wrong API key"),
+        ({"X-API-Key": " \t "}, "missing API key"),
     ],
 )
 def test_api_key_required(secured: TestClient, headers: dict[str, str], fragment: str) -> None:
@@ -160,6 +161,13 @@ def test_api_key_required(secured: TestClient, headers: dict[str, str], fragment
 
 def test_api_key_accepted(secured: TestClient) -> None:
     assert secured.get("/v1/categories", headers={"X-API-Key": "k-two"}).status_code == 200
+    # spaces around a header's value are not part of it (RFC 9110): before, a trailing one was refused
+    assert secured.get("/v1/categories", headers={"X-API-Key": "k-two \t"}).status_code == 200
+    assert secured.post("/v1/embed", json={"text": "drusen"}, headers={"X-API-Key": "k-one "}).status_code == 200
+    # a repeated header: the first value counts, for the guard (before the body) as for the route
+    for first, second, status in (("k-one", "nope", 200), ("nope", "k-one", 401)):
+        r = secured.post("/v1/embed", json={"text": "drusen"}, headers=[("X-API-Key", first), ("X-API-Key", second)])
+        assert r.status_code == status, (first, second, r.text)
     r = secured.post("/v1/embed", json={"text": "drusen"}, headers={"X-API-Key": "k-one"})
     assert r.status_code == 200 and r.json()["dim"] == 512
 

@@ -128,3 +128,20 @@ def test_json_logs_of_a_real_server_name_each_request(default_artifact: Path, tm
     assert access["clinic-42"]["status"] == 200 and access["clinic-42"]["path"] == "/v1/classify"
     assert access[bad.headers["x-request-id"]]["status"] == 400
     assert any(line["logger"] == "service.cli" and "serving" in line["message"] for line in lines)
+
+
+def test_every_answer_is_sniff_proof_and_api_answers_are_never_stored(secured: TestClient) -> None:
+    """An error's JSON must not be guessed into HTML, an image URL's token must not leak in a Referer, and a
+    diagnosis must not sit in a shared cache."""
+    answers = [
+        secured.get("/healthz"),
+        secured.get("/"),
+        secured.get("/v1/categories", headers={"X-API-Key": "k-one"}),
+        secured.post("/v1/embed", json={"text": "drusen"}),  # 401 from the guard
+        secured.get("/v1/nothing-here", headers={"X-API-Key": "k-one"}),
+    ]
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["referrer-policy"] == "no-referrer", r.url
+    assert "cache-control" not in answers[0].headers and "cache-control" not in answers[1].headers
+    assert [r.headers["cache-control"] for r in answers[2:]] == ["no-store"] * 3

@@ -107,6 +107,7 @@ def test_images_round_trip_and_thumbnails(indexed: TestClient, index_dir: Path) 
     small = indexed.get(f"/v1/images/{hit['id']}?size=32")
     assert max(Image.open(io.BytesIO(small.content)).size) == 32
     etag = thumb.headers["etag"]
+    assert thumb.headers["cache-control"] == "private, max-age=86400"  # the route's own, not the API's no-store
     assert indexed.get(f"/v1/images/{hit['id']}?size=256", headers={"If-None-Match": etag}).status_code == 304
 
 
