@@ -115,9 +115,15 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-# On every answer: a browser never guesses another type than the one declared (an error's JSON as HTML, say),
-# and a page or image never tells another site which URL it came from (image URLs carry their token).
-_ALWAYS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+# On every answer: a browser never guesses another type than the one declared (an error's JSON as HTML, say), a
+# page or image never tells another site which URL it came from (image URLs carry their token), and no other
+# site may show the front end or the docs in a frame (clicks on a hidden page: clickjacking).
+_ALWAYS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+)
 # On the API's answers, unless a route says otherwise (images: private, cacheable): they are a patient's
 # diagnosis and the key's, never for a shared cache.
 _NO_STORE = (b"cache-control", b"no-store")
@@ -126,8 +132,8 @@ _NO_STORE = (b"cache-control", b"no-store")
 class AnswerHeadersMiddleware:
     """Every answer names its request: ``X-Request-ID`` on the response and ``request_id`` in an error body, and
     every log line the request causes (the access log's too, on any thread) carries it (:mod:`model.logs`).
-    Every answer also has ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``, and the
-    API's (``/v1``) ``Cache-Control: no-store`` unless the route set its own.
+    Every answer also has ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer`` and may not be
+    framed by another site, and the API's (``/v1``) ``Cache-Control: no-store`` unless the route set its own.
 
     A caller's own ``X-Request-ID`` (up to 128 letters, digits and ``._:-``; a proxy's or a front end's
     correlation id) is kept, so one id follows a request through every system; anything else (absent, too long,

@@ -143,5 +143,6 @@ def test_every_answer_is_sniff_proof_and_api_answers_are_never_stored(secured: T
     for r in answers:
         assert r.headers["x-content-type-options"] == "nosniff", r.url
         assert r.headers["referrer-policy"] == "no-referrer", r.url
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["content-security-policy"] == "frame-ancestors 'none'"
     assert "cache-control" not in answers[0].headers and "cache-control" not in answers[1].headers
     assert [r.headers["cache-control"] for r in answers[2:]] == ["no-store"] * 3
