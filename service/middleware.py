@@ -18,7 +18,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -112,13 +112,13 @@ async def _reject(
 
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a caller's X-Request-ID that is kept
 
 
 # On every answer: a browser never guesses another type than the one declared (an error's JSON as HTML, say), a
 # page or image never tells another site which URL it came from (image URLs carry their token), and no other
 # site may show the front end or the docs in a frame (clicks on a hidden page: clickjacking).
-_ALWAYS = (
+ALWAYS_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -127,6 +127,13 @@ _ALWAYS = (
 # On the API's answers, unless a route says otherwise (images: private, cacheable): they are a patient's
 # diagnosis and the key's, never for a shared cache.
 _NO_STORE = (b"cache-control", b"no-store")
+
+
+def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The caller's ``X-Request-ID`` when it is safe to log (:data:`REQUEST_ID`), else a fresh random one."""
+    name = REQUEST_ID_HEADER.lower().encode()
+    given = next((v for k, v in headers if k.lower() == name), b"").decode("latin-1")
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class AnswerHeadersMiddleware:
@@ -147,9 +154,8 @@ class AnswerHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        added = [(REQUEST_ID_HEADER.lower().encode(), request_id.encode()), *_ALWAYS]
+        request_id = request_id_of(scope.get("headers") or [])
+        added = [(REQUEST_ID_HEADER.lower().encode(), request_id.encode()), *ALWAYS_HEADERS]
         api = str(scope.get("path", "")).startswith("/v1/")
 
         async def send_with_headers(message: Message) -> None:

@@ -17,9 +17,16 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from model.logs import logging_fields
+from service.middleware import ALWAYS_HEADERS, REQUEST_ID_HEADER, request_id_of
+
 # The request line and all headers of one request. Browsers and HTTP libraries send a few hundred bytes to a few
 # KB; nginx's default allows 4 x 8 KB per header block, Node's 16 KB, uvicorn's h11 mode 16 KB.
 MAX_HEADER_BYTES = 64 * 1024
+# After a refusal, what the client still sends is read and dropped for up to this long and this much, so that the
+# answer is not lost to a reset (a close with unread bytes): long enough for a request in flight on a LAN.
+LINGER_S = 2.0
+MAX_DRAIN_BYTES = 8 * 1024 * 1024
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -35,7 +42,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
             self.header_timeout_s = float(get_settings().header_timeout_s)
         self._in_headers = False  # bytes of a request arrived, its headers are not complete yet
-        self._header_bytes = 0
+        self._header_bytes = 0  # raw bytes received while a request's headers were incomplete
+        self._parsed_bytes = 0  # the request line and headers as parsed (headers that came in one read)
+        self._refused = False  # answered already: the parser's further callbacks for this request are ignored
+        self._draining, self._drained = False, 0  # after a refusal: what still arrives is read and dropped
         self._got_bytes = False
         self._header_timer: asyncio.TimerHandle | None = None
 
@@ -49,6 +59,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._draining:  # refused: the rest of the request is read and dropped until the client is done
+            self._drained += len(data)
+            if self._drained > MAX_DRAIN_BYTES:
+                self.transport.close()
+            return
         self._got_bytes = True
         super().data_received(data)
         if not self._in_headers or self.transport.is_closing():
@@ -69,14 +84,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_headers, self._header_bytes = True, 0
+        self._in_headers, self._header_bytes, self._parsed_bytes = True, 0, 0
         if self._header_timer is None:
             self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._disarm_header_timer()
+        if self._parsed_bytes > self.max_header_bytes:  # all of them came in one read: counted as parsed
+            self._refuse(431, "headers_too_large", f"the request line and headers exceed {self.max_header_bytes} bytes")
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
 
     # ------------------------------------------------------------------------------------ the limits
     def _arm_header_timer(self) -> None:
@@ -102,20 +136,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()  # connected and never sent a request
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer ``status`` in the API's error envelope and close the connection (the rest of the request is
-        never read)."""
+        """Answer ``status`` in the API's error envelope, with a request id and the headers every answer has
+        (:mod:`service.middleware`), and close the connection (the rest of the request is never read)."""
         self._disarm_header_timer()
-        self._in_headers = False
-        client = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
-        self.logger.warning("%srefused a request before its headers were complete: %s", client, message)
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self._in_headers, self._refused = False, True
+        request_id = request_id_of(getattr(self, "headers", None) or [])  # the caller's, when its headers were complete
+        with logging_fields(request_id=request_id):
+            client = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.warning("%srefused a request before its headers were complete: %s", client, message)
+        body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
         head = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            head += [name, b": ", value, b"\r\n"]
-        head += [
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"connection: close\r\n\r\n",
+        headers = [
+            *self.server_state.default_headers,
+            (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+            *ALWAYS_HEADERS,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
         ]
-        self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        for name, value in headers:
+            head += [name, b": ", value, b"\r\n"]
+        self.transport.write(b"".join(head) + b"\r\n" + body)
+        # Closed at once with the client's bytes unread, the connection is reset and a client still sending
+        # loses the answer: end our side after it, discard what still arrives, and close shortly after.
+        self._draining = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)

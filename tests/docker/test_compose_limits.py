@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
@@ -33,3 +35,31 @@ def test_every_service_has_a_memory_limit_above_its_measured_peak() -> None:
     assert limits["index"] >= 1024
     for name in ("api", "index"):
         assert services[name]["environment"]["MALLOC_ARENA_MAX"] == "2"
+
+
+def test_the_apis_settings_are_settings_with_the_services_own_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KEEPFIT_ variable in the API's environment is a setting, and where compose gives it a default, it means
+    the service's own: the deployment behaves as the README's settings table says unless an operator changes it
+    (the one exception, on purpose: the index is optional until the index profile has built it)."""
+    from service.settings import Settings
+
+    for variable in [v for v in os.environ if v.startswith("KEEPFIT_")]:
+        monkeypatch.delenv(variable)
+    environment = yaml.safe_load(COMPOSE.read_text())["services"]["api"]["environment"]
+    own = Settings(_env_file=None)  # type: ignore[call-arg]
+    checked = 0
+    for variable, expr in environment.items():
+        if not variable.startswith("KEEPFIT_"):
+            continue
+        name = variable.removeprefix("KEEPFIT_").lower()
+        assert name in Settings.model_fields, f"{variable} is not a setting"
+        expr = str(expr)
+        if not expr.startswith("${") or expr.endswith(":-}") or name == "index_optional":
+            continue  # set by the deployment itself, empty (the service's default), or the exception above
+        monkeypatch.setenv(variable, _default(expr))
+        assert getattr(Settings(_env_file=None), name) == getattr(own, name), variable  # type: ignore[call-arg]
+        monkeypatch.delenv(variable)
+        checked += 1
+    assert checked >= 12
+    for variable in ("KEEPFIT_HEADER_TIMEOUT_S", "KEEPFIT_BODY_TIMEOUT_S", "KEEPFIT_MAX_UPLOAD_BYTES", "KEEPFIT_LOG_FORMAT"):
+        assert variable in environment  # the settings the README names for a site reach the container
