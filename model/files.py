@@ -45,8 +45,11 @@ def atomic_write(
             if durable:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and not err.filename:
+            # a refused write (a full disk) names no file: say which one, as every command's one-line error does
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     if durable:
         fsync_path(path.parent)

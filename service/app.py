@@ -50,8 +50,9 @@ angiograms, OCT) with a KeepFIT V2-style vision-language model served over ONNX 
 Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.  When the service runs with API keys, send
 `X-API-Key` (`/healthz`, `/readyz`, `/openapi.json`, `/docs` and the front end stay public; `/metrics` too
 unless `KEEPFIT_PROTECT_METRICS` is set).  `POST /classify` and `POST /search` are aliases of the `/v1`
-endpoints.  Uploads must arrive within `KEEPFIT_BODY_TIMEOUT_S` (408 otherwise); images must be at least
-`KEEPFIT_MIN_IMAGE_SIDE` pixels wide and high.
+endpoints.  Uploads must arrive within `KEEPFIT_BODY_TIMEOUT_S` (408 otherwise), a request's headers within
+`KEEPFIT_HEADER_TIMEOUT_S` and 64 KiB (408, 431); images must be at least `KEEPFIT_MIN_IMAGE_SIDE` pixels wide
+and high.  Every answer carries `X-Request-ID` (an error also `error.request_id`): quote it to the operator.
 
 **Research use only.** Not a medical device; not for clinical diagnosis or treatment decisions.
 """
@@ -252,6 +253,7 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             tasks = sorted(state.engine.categories()["tasks"]) if state is not None else None
             _set_limits(schema, settings, tasks, state.index.modalities if state is not None else ())
             _security(schema, settings)
+            _answer_headers(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -269,6 +271,25 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
                 return await served(request)  # type: ignore[no-any-return]
 
             route.endpoint, route.app = refreshed, request_response(refreshed)
+
+
+def _answer_headers(schema: dict[str, Any]) -> None:
+    """What every operation may answer besides its own responses: ``X-Request-ID`` on each answer
+    (:class:`service.middleware.AnswerHeadersMiddleware`) and a 431 for headers over 64 KiB, refused before any
+    route (:mod:`service.protocol`)."""
+    header = {"description": "this request's id (the caller's own X-Request-ID when it was safe to log), also in "
+                             "an error's body and on the service's log lines about it", "schema": {"type": "string"}}
+    too_large = {
+        "description": "The request line and headers exceed 64 KiB (headers_too_large)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            operation["responses"].setdefault("431", too_large)
+            for response in operation["responses"].values():
+                response.setdefault("headers", {})[REQUEST_ID_HEADER] = header
 
 
 DOCS_ASSETS = "/docs-assets"
@@ -310,11 +331,11 @@ _QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
 
 def _redact_tokens(text: str) -> str:
     """``text`` with the value of every ``token`` query parameter replaced, however its name is spelt in the URL
-    (``%74oken=`` opens the image as ``token=`` does)."""
+    (``%74oken=`` opens the image as ``token=`` does; ``TOKEN=`` does not, but its value would)."""
 
     def one(match: re.Match[str]) -> str:
         sep, name, _ = match.groups()
-        return f"{sep}{name}=<redacted>" if unquote_plus(name) == "token" else match.group(0)
+        return f"{sep}{name}=<redacted>" if unquote_plus(name).casefold() == "token" else match.group(0)
 
     return _QUERY_PARAM.sub(one, text) if "=" in text else text
 

@@ -1,7 +1,8 @@
 """``keepfit classifier fit|list|show|refit|delete``: the classifier store without the HTTP API.
 
-It works on the same directory the service uses (``--store``, else beside ``--index``, else ``./classifiers``),
-so a classifier fitted here is served at once (the service reads the store on every request).
+It works on the same directory the service uses (``--store``, else beside ``--index``, else
+``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``, else ``./classifiers``), so a classifier fitted here is
+served at once (the service reads the store on every request).
 
     keepfit classifier fit --name dr-site2 --modality CFP --manifest labels.csv --label-column dr_grade \\
         --split train --per-class 16
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sqlite3
 import sys
@@ -43,11 +45,16 @@ from service.errors import ServiceError
 
 
 def _root(args: argparse.Namespace) -> Path:
-    """The store's directory: ``--store``, else beside ``--index``, else ``./classifiers``."""
+    """The store's directory: ``--store``, else beside ``--index``, else the service's as its settings place it
+    (``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``), else ``./classifiers``."""
     if args.store:
         return Path(args.store)
-    if getattr(args, "index", None):
-        return Path(args.index).parent / f"{Path(args.index).name}.classifiers"
+    index = getattr(args, "index", None) or os.environ.get("KEEPFIT_INDEX", "").strip()
+    configured = os.environ.get("KEEPFIT_CLASSIFIERS", "").strip()
+    if configured and not getattr(args, "index", None):
+        return Path(configured)
+    if index:
+        return Path(index).parent / f"{Path(index).name}.classifiers"
     return Path("classifiers")
 
 
@@ -56,7 +63,9 @@ def _store(args: argparse.Namespace, create: bool = False) -> ClassifierStore:
     path to list, show, delete or refit is an error, not a new empty store, and neither is a fit refused."""
     root = _root(args)
     if not create and not (root / "classifiers.sqlite").is_file():
-        raise DataError(f"no classifier store at {root} (--store DIR, or --index of the index it sits beside)")
+        raise DataError(
+            f"no classifier store at {root} (--store DIR, --index of the index it sits beside, or KEEPFIT_CLASSIFIERS)"
+        )
     try:
         return ClassifierStore(root)
     except sqlite3.Error as err:
@@ -309,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", help="classifier directory (default: beside --index, else ./classifiers)")
+        p.add_argument(
+            "--store",
+            help="classifier directory (default: beside --index, else KEEPFIT_CLASSIFIERS, else beside "
+            "KEEPFIT_INDEX, else ./classifiers)",
+        )
         p.add_argument(
             "--index", help="the index the service serves (examples by id or label; store location)"
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -732,7 +734,10 @@ class IndexHolder:
 
     # -- from the event loop
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        # in the caller's context (contextvars), as the model pool runs its jobs: the index thread's log lines
+        # about a request carry its request id
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(context.run, fn, *args))
 
     async def start(self) -> None:
         await self._submit(self._open)

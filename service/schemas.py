@@ -571,8 +571,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Not a decodable image (empty, truncated, corrupt)",
         401: "Missing or wrong X-API-Key",
         404: "Unknown id or classifier name",
-        408: "The upload stalled (no bytes for KEEPFIT_BODY_TIMEOUT_S)",
-        409: "The index is empty; or a classifier conflict (name taken, limit reached, fitted with another model)",
+        408: "The upload did not arrive within KEEPFIT_BODY_TIMEOUT_S (or the headers within KEEPFIT_HEADER_TIMEOUT_S)",
+        409: "The index is empty; or a classifier conflict (name taken, limit reached, fitted with another model, "
+        "changed during a refit: classifier_changed)",
         410: "The image file changed on disk after it was indexed (update the index)",
         413: "Upload or image too large (bytes or pixels)",
         415: "Unsupported content type or image format",

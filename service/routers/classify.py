@@ -38,8 +38,9 @@ Each category's text embedding is the mean of its prompts, one per expert descri
 knowledge base (`GET /v1/categories` lists the defaults); embeddings are computed once per category set and
 reused.  The service always recognises CFP / FFA / OCT first: with `modality=auto` it uses what a DICOM header
 states, else what it detected; with a named modality it uses that one, and `warnings` says so when the image
-looks like another modality than the one used (`modality_mismatch`), when it was unsure which modality the image
-is (`modality_uncertain`) or when a named `task` is meant for another modality (`task_modality_mismatch`).  Identical requests are answered from the cache (`cached: true`).
+looks like another modality than the one used (`modality_mismatch`) or when a named `task` is meant for another
+modality (`task_modality_mismatch`); with `modality=auto`, also when the check was unsure which modality the
+image is (`modality_uncertain`: name it).  Identical requests are answered from the cache (`cached: true`).
 
 Probabilities (`decision`): `auto` (default) and `screening` screen any set, default or named, with `normal` and
 at least two other categories (none of them a healthy or absent finding: "no ...", "normal macula", "negative for

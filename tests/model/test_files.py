@@ -22,6 +22,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
 
 
+def test_a_write_the_system_refuses_names_the_file(tmp_path: Path) -> None:
+    """A full disk while writing an embedding chunk ended `keepfit index build` with "error: No space left on
+    device" and no file named."""
+    import errno
+
+    target = tmp_path / "chunk.npz"
+    with pytest.raises(OSError) as refused, atomic_write(target, "wb"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert refused.value.errno == errno.ENOSPC and refused.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("durable", [False, True])
 def test_a_completed_write_replaces_the_file_readable_by_all(tmp_path: Path, durable: bool) -> None:
     target = tmp_path / "arrays.npz"

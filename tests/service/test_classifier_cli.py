@@ -144,3 +144,24 @@ def test_the_cli_keeps_the_deployments_limit_and_refuses_what_it_cannot_mean(
     monkeypatch.setenv("KEEPFIT_MAX_CLASSIFIERS", "many")
     assert keepfit([*fit, "--name", "third"]) == 2
     assert one_line_error().startswith("error: bad settings: KEEPFIT_MAX_CLASSIFIERS")
+
+
+def test_the_store_defaults_to_the_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --store or --index, the CLI works on the store the service's settings place (it ignored
+    KEEPFIT_CLASSIFIERS and answered "no classifier store at classifiers")."""
+    import argparse
+
+    from service.classifier_cli import _root
+
+    def root(**args: object) -> Path:
+        return _root(argparse.Namespace(**{"store": None, "index": None, **args}))
+
+    for name in ("KEEPFIT_CLASSIFIERS", "KEEPFIT_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    assert root() == Path("classifiers")
+    monkeypatch.setenv("KEEPFIT_INDEX", "/srv/indexes/clinic")
+    assert root() == Path("/srv/indexes/clinic.classifiers")
+    monkeypatch.setenv("KEEPFIT_CLASSIFIERS", "/srv/classifiers")
+    assert root() == Path("/srv/classifiers")
+    assert root(index="/data/other") == Path("/data/other.classifiers")  # named on the command line: its store
+    assert root(store="/x", index="/data/other") == Path("/x")

@@ -67,9 +67,15 @@ def test_a_callers_id_is_kept_and_a_bad_one_replaced(secured: TestClient) -> Non
     assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
 
 
-def test_the_error_schema_documents_the_id(secured: TestClient) -> None:
-    info = secured.get("/openapi.json").json()["components"]["schemas"]["ErrorInfo"]
+def test_the_schema_documents_the_id_and_the_header_limit(secured: TestClient) -> None:
+    schema = secured.get("/openapi.json").json()
+    info = schema["components"]["schemas"]["ErrorInfo"]
     assert "request_id" in info["properties"] and "request_id" not in info.get("required", [])
+    operations = [op for ops in schema["paths"].values() for op in ops.values()]
+    assert len(operations) > 10
+    for op in operations:  # a generated client can read the id of any answer, and knows the 431
+        assert "431" in op["responses"], op["operationId"]
+        assert all("X-Request-ID" in r["headers"] for r in op["responses"].values()), op["operationId"]
 
 
 def test_model_threads_log_in_the_requests_context() -> None:
@@ -84,6 +90,27 @@ def test_model_threads_log_in_the_requests_context() -> None:
         assert pool.submit(lambda: dict(log_context.get())).result(timeout=10) == {}
     finally:
         pool.close()
+
+
+def test_the_index_thread_logs_in_the_requests_context() -> None:
+    """A warning the index thread logged about a request (an indexed image gone from disk) had no request id."""
+    import asyncio
+
+    from service.engine import IndexHolder
+
+    holder = IndexHolder(None, "v")
+
+    async def run() -> dict[str, str]:
+        token = log_context.set({"request_id": "abc-123"})
+        try:
+            return await holder._submit(lambda: dict(log_context.get()))
+        finally:
+            log_context.reset(token)
+
+    try:
+        assert asyncio.run(run()) == {"request_id": "abc-123"}
+    finally:
+        holder._executor.shutdown(wait=True)
 
 
 @pytest.mark.slow
