@@ -8,4 +8,5 @@ the index and the cache.  ``keepfit serve`` (:mod:`service.cli`) runs it under u
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.cli:main", "run the HTTP API"),
     "classifier": ("service.classifier_cli:main", "few-shot classifiers of your own categories: fit, list, ..."),
+    "classify": ("service.batch_cli:main", "classify a folder or manifest of images as the API does, to CSV/JSONL"),
 }

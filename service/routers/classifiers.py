@@ -765,12 +765,14 @@ async def _reembed(
 def _classify_blocking(
     engine: Engine, model: Any, data: bytes, timings: Timings, top_k: int | None, modality: str
 ) -> dict[str, Any]:
-    return _classify_encoded(engine.encode_bytes(data, timings), engine, model, timings, top_k, modality)
+    return classifier_predict(engine.encode_bytes(data, timings), engine, model, timings, top_k, modality)
 
 
-def _classify_encoded(
+def classifier_predict(
     encoded: EncodedImage, engine: Engine, model: Any, timings: Timings, top_k: int | None, modality: str
 ) -> dict[str, Any]:
+    """A fitted classifier's probabilities for an encoded image, with the modality check and warnings (the API's
+    and ``keepfit classify``'s)."""
     embedding, header_modality = encoded.encoding.embeddings, encoded.stated  # [1, D]
     with timings.stage("classifier"):
         names, mod_probs = engine.runtime.modality_probabilities(embedding)
@@ -831,7 +833,7 @@ async def classify_with_classifier(
     key = cache_key("classify", engine.runtime.artifact, digest, params)
 
     def rest(encoded: EncodedImage, job_timings: Timings) -> dict[str, Any]:  # after a head start
-        return _classify_encoded(encoded, engine, model, job_timings, top_k, row.modality)
+        return classifier_predict(encoded, engine, model, job_timings, top_k, row.modality)
 
     def usual(data: bytes) -> dict[str, Any]:  # in the image's lane, with the DICOM frame asked for
         return call_with_frame(frame, _classify_blocking, engine, model, data, timings, top_k, row.modality)

@@ -1,0 +1,278 @@
+"""``keepfit classify``: the service's diagnosis of a whole folder or manifest of images, offline, to a file.
+
+A screening programme's night run, a clinic checking a camera's archive, an ML engineer comparing two artifacts
+on their own images: every image gets what ``POST /v1/classify`` answers, from the same code (the engine, its
+screening decision and warnings; a few-shot classifier's answer with ``--classifier``), without a server, in
+parallel on the machine's cores.
+
+    keepfit classify --images /archive/2026-11 --out results.csv
+    keepfit classify --manifest site.csv --categories normal --categories "diabetic retinopathy" --out r.jsonl
+    keepfit classify --images /archive --classifier dr-site2 --store /srv/classifiers --out r.csv
+
+``.csv``: one row per image (path, SHA-256, model version, status, error, modality used / detected / confidence,
+decision, top label and probability, warning codes, the predictions as JSON, and one ``p:<label>`` column per
+category when the categories are fixed: ``--categories``, ``--task`` or ``--classifier``). ``.jsonl``: one object
+per image, the API's answer with its ``path`` and ``model_version``, or ``{"path", "error": {"code", "message"}}``. The file appears complete or not at all.
+A file that is not an image (or not readable) is a row with its error, never the end of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.cli import int_at_least
+from model.errors import ConfigError, DataError, KeepfitError
+from model.files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+FORMATS = (".csv", ".jsonl")
+MODALITIES = ("auto", "CFP", "FFA", "OCT")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What every image is scored with: zero-shot categories (``None``: each modality's default set) or a few-shot
+    classifier (``model`` and its ``row``)."""
+
+    engine: Any
+    categories: Any  # list[Category] | None
+    task: str | None
+    modality: str
+    decision: str
+    top_k: int | None
+    row: Any = None  # service.classifiers.ClassifierRow
+    model: Any = None
+
+    def labels(self) -> list[str] | None:
+        """The categories every answer scores, in order, when they are fixed."""
+        if self.row is not None:
+            return [c["label"] for c in self.row.categories]
+        return None if self.categories is None else [c.label for c in self.categories]
+
+
+def _answer(scorer: Scorer, data: bytes, digest: str) -> dict[str, Any]:
+    """``POST /v1/classify``'s answer for ``data`` (without ``intended_use``, which the file states once)."""
+    from service.engine import Timings
+    from service.metrics import Metrics
+
+    engine = scorer.engine
+    timings = Timings(_METRICS.setdefault("m", Metrics()))
+    if scorer.row is not None:
+        from service.routers.classifiers import classifier_predict
+
+        out = classifier_predict(engine.encode_bytes(data, timings), engine, scorer.model, timings, scorer.top_k,
+                                 scorer.row.modality)
+        categories = scorer.row.categories
+        return {
+            "classifier": {"name": scorer.row.name, "version": scorer.row.version},
+            "modality": {"requested": "auto", "used": scorer.row.modality, "detected": out["detected"],
+                         "confidence": out["modality_probabilities"].get(scorer.row.modality),
+                         "probabilities": out["modality_probabilities"]},
+            "task": None,
+            "decision": None,
+            "warnings": out["warnings"],
+            "predictions": [{"label": categories[i]["label"], "probability": float(out["probs"][i])}
+                            for i in out["order"]],
+            "categories": len(categories),
+            "image": {"sha256": digest, "width": out["width"], "height": out["height"]},
+        }
+    result = engine.classify(data, scorer.categories, scorer.modality, scorer.top_k, timings, 0, scorer.decision)
+    return {
+        "modality": {"requested": result.modality_requested, "used": result.modality_used,
+                     "detected": result.modality_detected, "confidence": result.modality_confidence,
+                     "probabilities": result.modality_probabilities},
+        "task": scorer.task,
+        "decision": result.decision,
+        "warnings": engine.warnings(result, scorer.task),
+        "predictions": result.predictions,
+        "categories": result.categories,
+        "image": {"sha256": digest, "width": result.width, "height": result.height},
+    }
+
+
+_METRICS: dict[str, Any] = {}  # one Metrics registry for the run's timings (nothing serves it)
+
+
+def score(scorer: Scorer, path: str) -> dict[str, Any]:
+    """One image's row: the answer, or ``{"path", "error": {"code", "message"}}`` when it cannot be scored."""
+    from service.errors import status_and_code
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return {"path": path, "error": {"code": "unreadable", "message": err.strerror or str(err)}}
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return {"path": path, "model_version": scorer.engine.version, **_answer(scorer, data, digest)}
+    except KeepfitError as err:
+        _, code = status_and_code(err)
+        return {"path": path, "error": {"code": code, "message": str(err)}, "image": {"sha256": digest}}
+
+
+def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": row["path"], "sha256": row.get("image", {}).get("sha256", ""),
+                           "model_version": row.get("model_version", "")}
+    if "error" in row:
+        return {**out, "status": "error", "error": f"{row['error']['code']}: {row['error']['message']}"}
+    mod, predictions = row["modality"], row["predictions"]
+    out.update({
+        "status": "ok",
+        "error": "",
+        "modality_used": mod["used"],
+        "modality_detected": mod["detected"],
+        "modality_confidence": "" if mod["confidence"] is None else f"{mod['confidence']:.4f}",
+        "decision": row["decision"] or "",
+        "top_label": predictions[0]["label"] if predictions else "",
+        "top_probability": f"{predictions[0]['probability']:.4f}" if predictions else "",
+        "warnings": ";".join(w["code"] for w in row["warnings"]),
+        "predictions": json.dumps({p["label"]: round(p["probability"], 6) for p in predictions}, ensure_ascii=False),
+    })
+    if labels is not None:
+        probability = {p["label"]: p["probability"] for p in predictions}
+        out.update({f"p:{label}": f"{probability[label]:.4f}" if label in probability else "" for label in labels})
+    return out
+
+
+def _paths(args: argparse.Namespace) -> list[str]:
+    from index.sources import from_folder, from_manifests, merge
+
+    sets = [from_folder(Path(folder)) for folder in args.images or []]
+    if args.manifest:
+        sets.append(from_manifests([Path(m) for m in args.manifest], label_columns=[], splits=args.split))
+    items = merge(sets).items if len(sets) > 1 else sets[0].items
+    if not items:
+        raise DataError("no files to classify in " + ", ".join([*(args.images or []), *(args.manifest or [])]))
+    return [item.source for item in items]
+
+
+def _check_out(out: Path) -> None:
+    """Refused before any image is read: a run of hours must not fail at its last step."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: name a .csv or .jsonl file")
+    if out.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--out {out}: name a .csv or a .jsonl file")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: its folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: cannot write in {parent}")
+
+
+def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
+    from service.classifier_cli import _root, _settings, _store
+    from service.engine import Engine
+
+    engine = Engine.load(_settings(artifact=Path(args.artifact), threads=1, inference_concurrency=threads))
+    if args.classifier:
+        store = _store(argparse.Namespace(store=args.store, index=None))
+        row = store.get(args.classifier.strip())
+        if row.artifact_version != engine.version:
+            raise ConfigError(
+                f"classifier {row.name!r} in {_root(argparse.Namespace(store=args.store, index=None))} was fitted "
+                f"with artifact {row.artifact_version}; {args.artifact} is {engine.version}: refit it "
+                f"(keepfit classifier refit {row.name} --artifact {args.artifact})"
+            )
+        return Scorer(engine, None, None, "auto", "auto", args.top_k, row=row, model=store.load(row))
+    engine.check_modality(args.modality)
+    categories = engine.resolve_categories(args.categories or None, args.task)
+    return Scorer(engine, categories, args.task, args.modality, args.decision, args.top_k)
+
+
+def _rows(scorer: Scorer, paths: list[str], threads: int) -> Iterator[dict[str, Any]]:
+    """Rows in the input's order, scored on ``threads`` threads (each image: decode, preprocess, encoder)."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keepfit-classify") as pool:
+        yield from pool.map(lambda p: score(scorer, p), paths)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="keepfit classify",
+        description="Classify every image of folders or manifests as POST /v1/classify does, to a .csv or "
+        ".jsonl file. Research use only.",
+    )
+    p.add_argument("--images", action="append", metavar="DIR", help="a folder of images (recursive; repeatable)")
+    p.add_argument("--manifest", action="append", metavar="CSV", help="a CSV with a path column (repeatable)")
+    p.add_argument("--split", action="append", help="only a manifest's rows of this split (repeatable)")
+    p.add_argument("--out", required=True, help="the result file: .csv or .jsonl")
+    p.add_argument("--artifact", default=os.environ.get("KEEPFIT_ARTIFACT", "artifacts/keepfit-v2-small"))
+    p.add_argument("--categories", action="append", metavar="NAME", help="a category (repeat: at least two)")
+    p.add_argument("--task", help="a named category set (GET /v1/categories lists them)")
+    p.add_argument("--modality", default="auto", choices=MODALITIES)
+    p.add_argument("--decision", default="auto", choices=("auto", "screening", "flat"))
+    p.add_argument("--top-k", type=int_at_least(1), help="keep only the N most probable categories per image")
+    p.add_argument("--classifier", help="a few-shot classifier's name (its store: --store, else as keepfit classifier)")
+    p.add_argument("--store", help="the classifier store (default: as `keepfit classifier`)")
+    p.add_argument("--threads", type=int_at_least(1), help="images at once (default: the cores this process may use)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.images and not args.manifest:
+        raise ConfigError("name the images: --images DIR or --manifest CSV")
+    if args.split and not args.manifest:
+        raise ConfigError("--split selects a manifest's rows: it needs --manifest")
+    if args.classifier and (args.categories or args.task or args.modality != "auto" or args.decision != "auto"):
+        raise ConfigError("--classifier scores its own categories on its own modality: drop --categories, --task, "
+                          "--modality and --decision")
+    out = Path(args.out)
+    _check_out(out)
+    from model.cores import available_cores
+
+    threads = args.threads or available_cores()
+    paths = _paths(args)
+    scorer = _scorer(args, threads)
+    labels = scorer.labels()
+    start, counts, failed, first_error = time.perf_counter(), Counter[str](), 0, ""
+    with atomic_write(out, "w", encoding="utf-8", newline="") as fh:
+        writer: csv.DictWriter[str] | None = None
+        for done, row in enumerate(_rows(scorer, paths, threads), start=1):
+            if "error" in row:
+                failed += 1
+                first_error = first_error or f"{row['error']['code']}: {row['error']['message']}"
+            elif row["predictions"]:
+                counts[row["predictions"][0]["label"]] += 1
+            if out.suffix.lower() == ".jsonl":
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            else:
+                flat = _csv_row(row, labels)
+                if writer is None:
+                    writer = csv.DictWriter(fh, fieldnames=_columns(labels), extrasaction="ignore")
+                    writer.writeheader()
+                writer.writerow(flat)
+            if done % 500 == 0:
+                logger.info("%d of %d images (%.1f images/s)", done, len(paths), done / (time.perf_counter() - start))
+        if failed == len(paths):
+            raise DataError(f"no image could be classified: the first of {len(paths)} failed with {first_error}")
+    seconds = time.perf_counter() - start
+    top = ", ".join(f"{label} {n}" for label, n in counts.most_common(5))
+    print(  # noqa: T201
+        f"classified {len(paths) - failed} of {len(paths)} images ({failed} could not be) in {seconds:.1f} s, "
+        f"{len(paths) / max(seconds, 1e-9):.1f} images/s, on {threads} threads -> {out}\n"
+        f"most probable: {top or 'none'}\n{scorer.engine.intended_use}"
+    )
+    return 0
+
+
+def _columns(labels: list[str] | None) -> list[str]:
+    columns = ["path", "sha256", "model_version", "status", "error", "modality_used", "modality_detected", "modality_confidence",
+               "decision", "top_label", "top_probability", "warnings", "predictions"]
+    return columns + [f"p:{label}" for label in labels or []]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

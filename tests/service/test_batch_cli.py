@@ -1,0 +1,121 @@
+"""``keepfit classify``: a folder or manifest of images classified as ``POST /v1/classify`` answers, to a file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from model.cli import main as keepfit
+from service.app import create_app
+from tests.service.helpers import make_settings
+from tests.service.test_classifier_cli import _manifest
+
+
+@pytest.fixture(scope="module")
+def folder(real_image_paths: dict[str, list[Path]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("archive")
+    for modality in ("CFP", "OCT", "FFA"):
+        for path in real_image_paths[modality][:2]:
+            (root / modality).mkdir(exist_ok=True)
+            (root / modality / path.name).write_bytes(path.read_bytes())
+    (root / "notes.txt").write_text("the visit's notes, not an image")
+    return root
+
+
+def test_every_image_gets_the_apis_answer(
+    folder: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.jsonl"
+    assert keepfit(["classify", "--images", str(folder), "--artifact", str(default_artifact), "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "classified 6 of 7 images (1 could not be)" in summary and "Research use only" in summary
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == sorted(str(p) for p in folder.rglob("*") if p.is_file())  # the input's order
+    failed = [r for r in rows if "error" in r]
+    assert len(failed) == 1 and failed[0]["path"].endswith("notes.txt") and failed[0]["error"]["code"] == "invalid_image"
+    with TestClient(create_app(make_settings(default_artifact))) as api:
+        for row in rows:
+            if "error" in row:
+                continue
+            answer = api.post("/v1/classify", files={"image": Path(row["path"]).read_bytes()}).json()
+            assert row["modality"]["used"] == answer["modality"]["used"], row["path"]
+            assert row["model_version"] == answer["model_version"]
+            assert [p["label"] for p in row["predictions"]] == [p["label"] for p in answer["predictions"]]
+            assert row["predictions"][0]["probability"] == pytest.approx(answer["predictions"][0]["probability"], abs=1e-5)
+            assert row["warnings"] == answer["warnings"] and row["decision"] == answer["decision"]
+
+
+def test_fixed_categories_get_a_column_each_in_the_csv(folder: Path, default_artifact: Path, tmp_path: Path) -> None:
+    out = tmp_path / "screening.csv"
+    args = ["classify", "--images", str(folder / "CFP"), "--artifact", str(default_artifact), "--out", str(out),
+            "--categories", "normal", "--categories", "diabetic retinopathy", "--threads", "1"]
+    assert keepfit(args) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        total = float(r["p:normal"]) + float(r["p:diabetic retinopathy"])
+        assert total == pytest.approx(1.0, abs=2e-4) and r["top_label"] in ("normal", "diabetic retinopathy")
+        assert json.loads(r["predictions"]).keys() == {"normal", "diabetic retinopathy"}
+
+
+def test_a_clinics_classifier_scores_the_archive(
+    data_root: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, manifest = tmp_path / "store", _manifest(data_root, tmp_path)
+    fit = ["classifier", "fit", "--store", str(store), "--name", "ffa", "--manifest", str(manifest),
+           "--label-column", "diagnosis", "--split", "train", "--per-class", "4", "--artifact", str(default_artifact)]
+    assert keepfit(fit) == 0
+    categories = [c["label"] for c in json.loads(capsys.readouterr().out)["categories"]]
+    out = tmp_path / "scored.csv"
+    args = ["classify", "--manifest", str(manifest), "--split", "test", "--classifier", "ffa", "--store", str(store),
+            "--artifact", str(default_artifact), "--out", str(out)]
+    assert keepfit(args) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert rows and all(r["status"] == "ok" and r["modality_used"] == "FFA" for r in rows)
+    assert [c for c in rows[0] if c.startswith("p:")] == [f"p:{c}" for c in categories]
+    for r in rows:
+        assert sum(float(r[f"p:{c}"]) for c in categories) == pytest.approx(1.0, abs=1e-3)
+    # its own categories and modality: no others may be asked for
+    assert keepfit([*args, "--categories", "normal", "--categories", "glaucoma"]) == 2
+    assert "--classifier scores its own categories" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--out", "{tmp}/results.txt"], "name a .csv or a .jsonl file"),
+        (["--out", "{tmp}/missing/results.csv"], "does not exist"),
+        (["--out", "{tmp}"], "is a folder"),
+        (["--out", "{tmp}/r.csv", "--categories", "normal"], "at least 2 categories"),
+        (["--out", "{tmp}/r.csv", "--task", "nope"], "unknown task"),
+    ],
+)
+def test_bad_arguments_are_one_line_before_any_image_is_read(
+    folder: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+    message: str,
+) -> None:
+    args = ["classify", "--images", str(folder), "--artifact", str(default_artifact)]
+    assert keepfit([*args, *[e.format(tmp=tmp_path) for e in extra]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not list(tmp_path.glob("r.*"))
+
+
+def test_nothing_is_written_when_no_image_can_be_read(
+    default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (junk / "b.png").write_text("no")
+    out = tmp_path / "r.csv"
+    assert keepfit(["classify", "--images", str(junk), "--artifact", str(default_artifact), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no image could be classified: the first of 2 failed with invalid_image")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["junk"]
+    assert keepfit(["classify", "--out", str(out)]) == 2
+    assert "--images DIR or --manifest CSV" in capsys.readouterr().err
