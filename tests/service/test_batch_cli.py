@@ -119,3 +119,20 @@ def test_nothing_is_written_when_no_image_can_be_read(
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["junk"]
     assert keepfit(["classify", "--out", str(out)]) == 2
     assert "--images DIR or --manifest CSV" in capsys.readouterr().err
+
+
+def test_classifying_an_archive_never_imports_torch(folder: Path, default_artifact: Path, tmp_path: Path) -> None:
+    """Like the service, the batch command runs on ONNX Runtime alone (a clinic's machine has no torch)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\nfrom model.cli import main\n"
+        f"code = main(['classify', '--images', {str(folder / 'CFP')!r}, '--artifact', {str(default_artifact)!r},"
+        f" '--out', {str(tmp_path / 'r.csv')!r}])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'training'))\n"
+        "print(json.dumps({'code': code, 'heavy': heavy}))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"code": 0, "heavy": []}, done.stderr[-2000:]
