@@ -10,6 +10,7 @@ column's name instead.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,8 @@ class SourceSet:
     )  # folders the paths came from (image root = their common root)
     descriptions: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)  # manifest columns seen
+    # folders under a root that could not be listed (permissions): their images are not in ``items``
+    unlisted: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -91,7 +94,16 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (use --manifest for a CSV)")
     root = root.resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
+    # a broken link is kept (reading it fails and is counted, as an unreadable file is); a folder that cannot
+    # be listed is named, not passed over in silence
+    files = sorted(
+        p for p in root.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists())) and not _hidden(p, root)
+    )
+    unlisted: list[tuple[str, str]] = []
+    for _ in os.walk(root, onerror=lambda err: unlisted.append((str(err.filename), err.strerror or str(err)))):
+        pass
+    for folder, why in unlisted:
+        logger.warning("%s: cannot list %s (%s): its images are left out", root, folder, why)
     items: list[ImageItem] = []
     for path in files:
         labels: tuple[str, ...] = ()
@@ -99,7 +111,7 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
             labels = (path.parent.name.replace("_", " "),)
         items.append(ImageItem(seq=len(items), source=str(path), modality=modality, labels=labels))
     logger.info("%s: %d files", root, len(items))
-    return SourceSet(items=items, roots=[root], descriptions=[f"folder {root}"])
+    return SourceSet(items=items, roots=[root], descriptions=[f"folder {root}"], unlisted=unlisted)
 
 
 def _is_boolean(values: Sequence[str]) -> bool:
@@ -195,6 +207,7 @@ def merge(sets: Sequence[SourceSet]) -> SourceSet:
     out = SourceSet()
     for s in sets:
         out.items.extend(s.items)
+        out.unlisted.extend(s.unlisted)
         out.roots.extend(s.roots)
         out.descriptions.extend(s.descriptions)
         out.columns.extend(c for c in s.columns if c not in out.columns)

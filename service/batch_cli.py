@@ -12,7 +12,8 @@ parallel on the machine's cores.
 ``.csv``: one row per image (path, SHA-256, model version, status, error, modality used / detected / confidence,
 decision, top label and probability, warning codes, the predictions as JSON, and one ``p:<label>`` column per
 category when the categories are fixed: ``--categories``, ``--task`` or ``--classifier``). ``.jsonl``: one object
-per image, the API's answer with its ``path`` and ``model_version``, or ``{"path", "error": {"code", "message"}}``. The file appears complete or not at all.
+per image, the API's answer with its ``path``, or ``{"path", "error": {"code", "message"}}``. The file appears
+complete or not at all.
 A file that is not an image (or not readable) is a row with its error, never the end of the run.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -65,69 +67,63 @@ class Scorer:
 
 
 def _answer(scorer: Scorer, data: bytes, digest: str) -> dict[str, Any]:
-    """``POST /v1/classify``'s answer for ``data`` (without ``intended_use``, which the file states once)."""
+    """``POST /v1/classify``'s answer for ``data``, built by the same functions."""
     from service.engine import Timings
     from service.metrics import Metrics
+    from service.routers.classifiers import classifier_answer, classifier_predict
+    from service.routers.classify import zero_shot_answer
 
     engine = scorer.engine
     timings = Timings(_METRICS.setdefault("m", Metrics()))
     if scorer.row is not None:
-        from service.routers.classifiers import classifier_predict
-
-        out = classifier_predict(engine.encode_bytes(data, timings), engine, scorer.model, timings, scorer.top_k,
-                                 scorer.row.modality)
-        categories = scorer.row.categories
-        return {
-            "classifier": {"name": scorer.row.name, "version": scorer.row.version},
-            "modality": {"requested": "auto", "used": scorer.row.modality, "detected": out["detected"],
-                         "confidence": out["modality_probabilities"].get(scorer.row.modality),
-                         "probabilities": out["modality_probabilities"]},
-            "task": None,
-            "decision": None,
-            "warnings": out["warnings"],
-            "predictions": [{"label": categories[i]["label"], "probability": float(out["probs"][i])}
-                            for i in out["order"]],
-            "categories": len(categories),
-            "image": {"sha256": digest, "width": out["width"], "height": out["height"]},
-        }
+        encoded = engine.encode_bytes(data, timings)
+        out = classifier_predict(encoded, engine, scorer.model, timings, scorer.top_k, scorer.row.modality)
+        return classifier_answer(engine, scorer.row, out, digest)
     result = engine.classify(data, scorer.categories, scorer.modality, scorer.top_k, timings, 0, scorer.decision)
-    return {
-        "modality": {"requested": result.modality_requested, "used": result.modality_used,
-                     "detected": result.modality_detected, "confidence": result.modality_confidence,
-                     "probabilities": result.modality_probabilities},
-        "task": scorer.task,
-        "decision": result.decision,
-        "warnings": engine.warnings(result, scorer.task),
-        "predictions": result.predictions,
-        "categories": result.categories,
-        "image": {"sha256": digest, "width": result.width, "height": result.height},
-    }
+    return zero_shot_answer(engine, result, scorer.task, digest)
 
 
 _METRICS: dict[str, Any] = {}  # one Metrics registry for the run's timings (nothing serves it)
 
 
+def shown(path: str) -> str:
+    """``path`` as text a CSV or JSON file can hold: a name that is not UTF-8 (a Latin-1 ``caf\\xe9.jpg``) has
+    its undecodable bytes written as ``\\xNN`` instead of ending the run."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def score(scorer: Scorer, path: str) -> dict[str, Any]:
-    """One image's row: the answer, or ``{"path", "error": {"code", "message"}}`` when it cannot be scored."""
+    """One image's row: the API's answer with its ``path``, or ``{"path", "error": {"code", "message"}}`` (and
+    the ``image``'s SHA-256 once it was read) when it cannot be scored."""
     from service.errors import status_and_code
 
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        return {"path": path, "error": {"code": "unreadable", "message": err.strerror or str(err)}}
+        return {"path": shown(path), "error": {"code": "unreadable", "message": err.strerror or str(err)}}
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return {"path": path, "model_version": scorer.engine.version, **_answer(scorer, data, digest)}
+        return {"path": shown(path), **_answer(scorer, data, digest)}
     except KeepfitError as err:
         _, code = status_and_code(err)
-        return {"path": path, "error": {"code": code, "message": str(err)}, "image": {"sha256": digest}}
+        return {"path": shown(path), "error": {"code": code, "message": str(err)}, "image": {"sha256": digest}}
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one that starts like a formula (a category named
+    ``=HYPERLINK(...)``) gets a leading ``'``, as OWASP's CSV-injection advice has it."""
+    return "'" + text if text.startswith(_FORMULA) else text
 
 
 def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"path": row["path"], "sha256": row.get("image", {}).get("sha256", ""),
                            "model_version": row.get("model_version", "")}
+    out["path"] = _cell(out["path"])
     if "error" in row:
-        return {**out, "status": "error", "error": f"{row['error']['code']}: {row['error']['message']}"}
+        return {**out, "status": "error", "error": _cell(f"{row['error']['code']}: {row['error']['message']}")}
     mod, predictions = row["modality"], row["predictions"]
     out.update({
         "status": "ok",
@@ -136,7 +132,7 @@ def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
         "modality_detected": mod["detected"],
         "modality_confidence": "" if mod["confidence"] is None else f"{mod['confidence']:.4f}",
         "decision": row["decision"] or "",
-        "top_label": predictions[0]["label"] if predictions else "",
+        "top_label": _cell(predictions[0]["label"]) if predictions else "",
         "top_probability": f"{predictions[0]['probability']:.4f}" if predictions else "",
         "warnings": ";".join(w["code"] for w in row["warnings"]),
         "predictions": json.dumps({p["label"]: round(p["probability"], 6) for p in predictions}, ensure_ascii=False),
@@ -147,20 +143,28 @@ def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _paths(args: argparse.Namespace) -> list[str]:
+def _paths(args: argparse.Namespace) -> tuple[list[str], list[dict[str, Any]]]:
+    """The files to classify, in order, and a row for each folder that could not be listed."""
     from index.sources import from_folder, from_manifests, merge
 
     sets = [from_folder(Path(folder)) for folder in args.images or []]
     if args.manifest:
         sets.append(from_manifests([Path(m) for m in args.manifest], label_columns=[], splits=args.split))
-    items = merge(sets).items if len(sets) > 1 else sets[0].items
-    if not items:
+    merged = merge(sets)
+    unlisted = [
+        {"path": shown(folder), "error": {"code": "unreadable", "message": f"cannot list this folder ({why}): "
+                                           "its images were not classified"}}
+        for folder, why in merged.unlisted
+    ]
+    if not merged.items and not unlisted:
         raise DataError("no files to classify in " + ", ".join([*(args.images or []), *(args.manifest or [])]))
-    return [item.source for item in items]
+    return [item.source for item in merged.items], unlisted
 
 
-def _check_out(out: Path) -> None:
-    """Refused before any image is read: a run of hours must not fail at its last step."""
+def _check_out(out: Path, manifests: list[str]) -> None:
+    """Refused before any image is read: a run of hours must not fail at its last step, nor replace its input."""
+    if any(out.resolve() == Path(m).expanduser().resolve() for m in manifests):
+        raise ConfigError(f"--out {out} is an input manifest: name another file for the results")
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder: name a .csv or .jsonl file")
     if out.suffix.lower() not in FORMATS:
@@ -181,15 +185,17 @@ def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
         store = _store(argparse.Namespace(store=args.store, index=None))
         row = store.get(args.classifier.strip())
         if row.artifact_version != engine.version:
+            root = _root(argparse.Namespace(store=args.store, index=None))
             raise ConfigError(
-                f"classifier {row.name!r} in {_root(argparse.Namespace(store=args.store, index=None))} was fitted "
-                f"with artifact {row.artifact_version}; {args.artifact} is {engine.version}: refit it "
-                f"(keepfit classifier refit {row.name} --artifact {args.artifact})"
+                f"classifier {row.name!r} in {root} was fitted with artifact {row.artifact_version}; "
+                f"{args.artifact} is {engine.version}: refit it "
+                f"(keepfit classifier refit {row.name} --store {root} --artifact {args.artifact})"
             )
         return Scorer(engine, None, None, "auto", "auto", args.top_k, row=row, model=store.load(row))
     engine.check_modality(args.modality)
-    categories = engine.resolve_categories(args.categories or None, args.task)
-    return Scorer(engine, categories, args.task, args.modality, args.decision, args.top_k)
+    task = args.task.strip() if args.task is not None else None  # as the API takes it
+    categories = engine.resolve_categories(args.categories or None, task)
+    return Scorer(engine, categories, task, args.modality, args.decision, args.top_k)
 
 
 def _rows(scorer: Scorer, paths: list[str], threads: int) -> Iterator[dict[str, Any]]:
@@ -230,17 +236,18 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--classifier scores its own categories on its own modality: drop --categories, --task, "
                           "--modality and --decision")
     out = Path(args.out)
-    _check_out(out)
+    _check_out(out, args.manifest or [])
     from model.cores import available_cores
 
     threads = args.threads or available_cores()
-    paths = _paths(args)
+    paths, unlisted = _paths(args)
     scorer = _scorer(args, threads)
+    total = len(paths) + len(unlisted)
     labels = scorer.labels()
     start, counts, failed, first_error = time.perf_counter(), Counter[str](), 0, ""
     with atomic_write(out, "w", encoding="utf-8", newline="") as fh:
         writer: csv.DictWriter[str] | None = None
-        for done, row in enumerate(_rows(scorer, paths, threads), start=1):
+        for done, row in enumerate(itertools.chain(unlisted, _rows(scorer, paths, threads)), start=1):
             if "error" in row:
                 failed += 1
                 first_error = first_error or f"{row['error']['code']}: {row['error']['message']}"
@@ -255,13 +262,13 @@ def main(argv: list[str] | None = None) -> int:
                     writer.writeheader()
                 writer.writerow(flat)
             if done % 500 == 0:
-                logger.info("%d of %d images (%.1f images/s)", done, len(paths), done / (time.perf_counter() - start))
-        if failed == len(paths):
-            raise DataError(f"no image could be classified: the first of {len(paths)} failed with {first_error}")
+                logger.info("%d of %d images (%.1f images/s)", done, total, done / (time.perf_counter() - start))
+        if failed == total:
+            raise DataError(f"no image could be classified: the first of {total} failed with {first_error}")
     seconds = time.perf_counter() - start
     top = ", ".join(f"{label} {n}" for label, n in counts.most_common(5))
     print(  # noqa: T201
-        f"classified {len(paths) - failed} of {len(paths)} images ({failed} could not be) in {seconds:.1f} s, "
+        f"classified {total - failed} of {total} images ({failed} could not be) in {seconds:.1f} s, "
         f"{len(paths) / max(seconds, 1e-9):.1f} images/s, on {threads} threads -> {out}\n"
         f"most probable: {top or 'none'}\n{scorer.engine.intended_use}"
     )
@@ -269,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _columns(labels: list[str] | None) -> list[str]:
-    columns = ["path", "sha256", "model_version", "status", "error", "modality_used", "modality_detected", "modality_confidence",
-               "decision", "top_label", "top_probability", "warnings", "predictions"]
+    columns = ["path", "sha256", "model_version", "status", "error", "modality_used", "modality_detected",
+               "modality_confidence", "decision", "top_label", "top_probability", "warnings", "predictions"]
     return columns + [f"p:{label}" for label in labels or []]
 
 

@@ -802,6 +802,49 @@ def classifier_predict(
     }
 
 
+def classifier_answer(engine: Engine, row: Any, out: dict[str, Any], digest: str) -> dict[str, Any]:
+    """The classify answer of classifier ``row`` for :func:`classifier_predict`'s ``out`` (the API's, and
+    ``keepfit classify``'s row)."""
+    probs = out["probs"]
+    categories = row.categories
+    answer: dict[str, Any] = {
+        "model_name": engine.name,
+        "model_version": engine.version,
+        "classifier": {
+            "name": row.name,
+            "version": row.version,
+            "revision": row.revision,
+            "method": row.method,
+            "estimate": row.estimate.get("balanced_accuracy"),
+        },
+        "modality": {
+            "requested": "auto",  # a classifier takes no modality: it is the one it was fitted on
+            "used": row.modality,
+            "detected": out["detected"],
+            "confidence": out["modality_probabilities"].get(row.modality),
+            "probabilities": out["modality_probabilities"],
+        },
+        "predictions": [
+            {
+                "label": categories[i]["label"],
+                "probability": float(probs[i]),
+                "canonical": engine.knowledge.canonical(prior),
+                "known": engine.knowledge.is_known(prior),
+            }
+            for i in out["order"]
+            for prior in [categories[i].get("text") or categories[i]["label"]]
+        ],
+        "categories": len(categories),
+        "image": {"sha256": digest, "width": out["width"], "height": out["height"]},
+        "intended_use": engine.intended_use,
+        # the zero-shot answer's keys, as the schema states them for a classifier
+        "task": None,
+        "decision": None,
+        "warnings": out["warnings"],
+    }
+    return answer
+
+
 async def classify_with_classifier(
     state: StateDep,
     upload: Upload,
@@ -839,45 +882,7 @@ async def classify_with_classifier(
         return call_with_frame(frame, _classify_blocking, engine, model, data, timings, top_k, row.modality)
 
     async def compute() -> dict[str, Any]:
-        out = await state.image_result(early, rest, timings, usual, data)
-        probs = out["probs"]
-        categories = row.categories
-        answer: dict[str, Any] = {
-            "model_name": engine.name,
-            "model_version": engine.version,
-            "classifier": {
-                "name": row.name,
-                "version": row.version,
-                "revision": row.revision,
-                "method": row.method,
-                "estimate": row.estimate.get("balanced_accuracy"),
-            },
-            "modality": {
-                "requested": "auto",  # a classifier takes no modality: it is the one it was fitted on
-                "used": row.modality,
-                "detected": out["detected"],
-                "confidence": out["modality_probabilities"].get(row.modality),
-                "probabilities": out["modality_probabilities"],
-            },
-            "predictions": [
-                {
-                    "label": categories[i]["label"],
-                    "probability": float(probs[i]),
-                    "canonical": engine.knowledge.canonical(prior),
-                    "known": engine.knowledge.is_known(prior),
-                }
-                for i in out["order"]
-                for prior in [categories[i].get("text") or categories[i]["label"]]
-            ],
-            "categories": len(categories),
-            "image": {"sha256": digest, "width": out["width"], "height": out["height"]},
-            "intended_use": engine.intended_use,
-            # the zero-shot answer's keys, as the schema states them for a classifier
-            "task": None,
-            "decision": None,
-            "warnings": out["warnings"],
-        }
-        return answer
+        return classifier_answer(engine, row, await state.image_result(early, rest, timings, usual, data), digest)
 
     response, hit = await state.answer("classify", key, timings, start, compute, ClassifyResponse)
     logger.info(

@@ -14,7 +14,7 @@ from model.dicom import call_with_frame, is_dicom
 from service.cache import cache_key
 from service.deps import ServiceState, StateDep, require_api_key
 from service.early import EarlyJob
-from service.engine import MAX_CATEGORY_CHARS, ClassifyResult, EncodedImage, Timings
+from service.engine import MAX_CATEGORY_CHARS, ClassifyResult, EncodedImage, Engine, Timings
 from service.errors import InvalidRequestError
 from service.routers._body import image_form_schema, parse_multipart, require_multipart
 from service.routers.classifiers import classify_with_classifier
@@ -96,6 +96,31 @@ OPENAPI_BODY = {
 }
 
 
+def zero_shot_answer(engine: Engine, result: ClassifyResult, task: str | None, digest: str) -> dict[str, Any]:
+    """The zero-shot classify answer (the API's, and ``keepfit classify``'s row)."""
+    answer: dict[str, Any] = {
+        "model_name": engine.name,
+        "model_version": engine.version,
+        "modality": {
+            "requested": result.modality_requested,
+            "used": result.modality_used,
+            "detected": result.modality_detected,
+            "confidence": result.modality_confidence,
+            "probabilities": result.modality_probabilities,
+        },
+        "task": task,
+        "decision": result.decision,
+        "warnings": engine.warnings(result, task),
+        "predictions": result.predictions,
+        "categories": result.categories,
+        "image": {"sha256": digest, "width": result.width, "height": result.height},
+        "intended_use": engine.intended_use,
+    }
+    if result.explanations is not None:
+        answer["explanations"] = result.explanations
+    return answer
+
+
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
@@ -160,27 +185,7 @@ async def _classify(
         result = await state.image_result(
             early, rest, timings, classify_frame, data, resolved, modality, top_k, timings, explain, form.decision
         )
-        answer: dict[str, Any] = {
-            "model_name": engine.name,
-            "model_version": engine.version,
-            "modality": {
-                "requested": result.modality_requested,
-                "used": result.modality_used,
-                "detected": result.modality_detected,
-                "confidence": result.modality_confidence,
-                "probabilities": result.modality_probabilities,
-            },
-            "task": task,
-            "decision": result.decision,
-            "warnings": engine.warnings(result, task),
-            "predictions": result.predictions,
-            "categories": result.categories,
-            "image": {"sha256": digest, "width": result.width, "height": result.height},
-            "intended_use": engine.intended_use,
-        }
-        if result.explanations is not None:
-            answer["explanations"] = result.explanations
-        return answer
+        return zero_shot_answer(engine, result, task, digest)
 
     response, hit = await state.answer("classify", key, timings, start, compute, ClassifyResponse)
     logger.info(
