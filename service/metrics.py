@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -77,6 +79,7 @@ class Metrics:
             "beyond keepfit_model_runs in the normal lane they wait",
             registry=self.registry,
         )
+        self.registry.register(_RefusedConnections())
 
     @contextmanager
     def time_stage(self, stage: str, timings: dict[str, float] | None = None) -> Iterator[None]:
@@ -89,6 +92,28 @@ class Metrics:
             self.stage.labels(stage).observe(elapsed)
             if timings is not None:
                 timings[stage] = round(timings.get(stage, 0.0) + elapsed * 1000.0, 3)
+
+
+class _RefusedConnections(Collector):
+    """``keepfit_connections_refused_total{reason}``: what the HTTP protocol refused before a request reached the
+    app (:mod:`service.protocol`), so neither the request counter nor the access log sees it: headers over the
+    limit, headers too slow to arrive, connections that never sent a request. A rising count is a misbehaving
+    client, or a scan or a slow-loris attack."""
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter([CounterMetricFamily("keepfit_connections_refused", self.__doc__ or "", labels=["reason"])])
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from service.protocol import REFUSED, REFUSED_REASONS  # the protocol counts, per worker process
+
+        family = CounterMetricFamily(
+            "keepfit_connections_refused",
+            "Connections the HTTP protocol refused before a request reached the app, by reason",
+            labels=["reason"],
+        )
+        for reason in REFUSED_REASONS:
+            family.add_metric([reason], REFUSED[reason])
+        yield family
 
 
 class RouteLabels:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -27,6 +28,10 @@ MAX_HEADER_BYTES = 64 * 1024
 # answer is not lost to a reset (a close with unread bytes): long enough for a request in flight on a LAN.
 LINGER_S = 2.0
 MAX_DRAIN_BYTES = 8 * 1024 * 1024
+
+# What was refused in this process, by reason (``/metrics``: keepfit_connections_refused_total)
+REFUSED_REASONS = ("headers_too_large", "header_timeout", "silent_connection")
+REFUSED: Counter[str] = Counter()
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -133,6 +138,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 f"the request headers did not arrive within {self.header_timeout_s:g} s (KEEPFIT_HEADER_TIMEOUT_S)",
             )
         elif not self._got_bytes and self.cycle is None:
+            REFUSED["silent_connection"] += 1
             self.transport.close()  # connected and never sent a request
 
     def _refuse(self, status: int, code: str, message: str) -> None:
@@ -140,6 +146,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         (:mod:`service.middleware`), and close the connection (the rest of the request is never read)."""
         self._disarm_header_timer()
         self._in_headers, self._refused = False, True
+        REFUSED["header_timeout" if status == 408 else "headers_too_large"] += 1
         request_id = request_id_of(getattr(self, "headers", None) or [])  # the caller's, when its headers were complete
         with logging_fields(request_id=request_id):
             client = f"{self.client[0]}:{self.client[1]} - " if self.client else ""

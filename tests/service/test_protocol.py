@@ -4,6 +4,7 @@ connection trickling header bytes (or sending nothing) was never closed."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -111,6 +112,26 @@ def test_a_connection_that_sends_nothing_is_closed(base: str) -> None:
     started = time.monotonic()
     assert sock.recv(100) == b""  # closed, without an answer: there was no request
     assert 0.5 < time.monotonic() - started < 5
+
+
+def test_refusals_are_counted_in_the_metrics(base: str) -> None:
+    """The app never sees what the protocol refuses: /metrics counts it, by reason."""
+
+    def counts() -> dict[str, float]:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        found = re.findall(r'^keepfit_connections_refused_total\{reason="([a-z_]+)"\} ([0-9.e+]+)$', text, re.M)
+        return {reason: float(value) for reason, value in found}
+
+    before = counts()
+    assert set(before) == {"headers_too_large", "header_timeout", "silent_connection"}
+    sock = _connect(base)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    assert _answer(sock)[0] == 431
+    silent = _connect(base)
+    assert silent.recv(10) == b""
+    after = counts()
+    assert after["headers_too_large"] == before["headers_too_large"] + 1
+    assert after["silent_connection"] >= before["silent_connection"] + 1
 
 
 def test_keep_alive_and_uploads_are_unaffected(base: str) -> None:
