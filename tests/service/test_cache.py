@@ -122,7 +122,7 @@ def test_keys_cover_the_whole_manifest(default_artifact: Path) -> None:
 def test_a_re_described_artifact_on_a_shared_redis_answers_its_own_text(
     default_artifact: Path, real_images: dict[str, bytes], tmp_path: Path
 ) -> None:
-    """The audit's reproduction: two artifacts that differ only in name and intended use, one Redis."""
+    """Two artifacts that differ only in name and intended use, one Redis."""
     from model.artifact import MANIFEST, seal_manifest
     from model.files import atomic_write_json
 
