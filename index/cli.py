@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from model.cli import finite_float, int_at_least, positive_int
 from model.errors import DataError
 from model.files import atomic_write_json
+from model.logs import progress_bars
 
 if TYPE_CHECKING:  # faiss and the runtime load only when a command runs
     from index.ann import AnnSpec
@@ -151,7 +152,7 @@ def _embed_options(args: argparse.Namespace) -> EmbedOptions:
         chunk_size=args.chunk_size,
         detect_modality=not args.no_detect_modality,
         resume=not args.no_resume,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress and progress_bars(),
         ray=ray,
         intra_op_threads=args.threads,
     )

@@ -204,14 +204,13 @@ def info_main(argv: list[str]) -> int:
         description="Verify an artifact (the SHA-256 of every file against its manifest) and summarise it.",
     )
     p.add_argument("artifact", type=Path, help="artifact directory, e.g. artifacts/keepfit-v2-small")
-    p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON (files by size)")
     args = p.parse_args(argv)
     art = load_artifact(args.artifact)  # refuses a missing file or a hash mismatch, naming the file
     summary = {k: art.manifest.get(k) for k in ("name", "version", "created", "quantization", "parity", "evaluation")}
     summary["files"] = {n: m["bytes"] for n, m in art.manifest["files"].items()}
-    if args.json:
-        summary["verified"] = "sha256"
-        print(json.dumps(summary, indent=2))  # noqa: T201
+    if args.json:  # everything the manifest says (training data, config, preprocessing...), files by size
+        print(json.dumps({**art.manifest, **summary, "verified": "sha256"}, indent=2))  # noqa: T201
     else:
         print(info_text(args.artifact, summary))  # noqa: T201
     return 0

@@ -111,6 +111,17 @@ def use_format(fmt: str | None = None) -> None:
     logging.captureWarnings(isinstance(chosen, JsonFormatter))
 
 
+def progress_bars() -> bool:
+    """Whether a command may draw progress bars on stderr: only for a person at a terminal, and never among JSON
+    lines (a bar's carriage returns glued a log line to it, and a collector could parse neither)."""
+    import sys
+
+    try:
+        return sys.stderr.isatty() and log_format() == "text"
+    except KeepfitError:
+        return False
+
+
 def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
     """Log lines to stderr at ``level`` (default ``KEEPFIT_LOG_LEVEL``, else INFO) in format ``fmt`` (default
     ``KEEPFIT_LOG_FORMAT``, else text); an unknown level or format is a :class:`KeepfitError` naming the

@@ -91,7 +91,7 @@ def _train_parser() -> argparse.ArgumentParser:
                    "best validation score")
     p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no autocast on CUDA")
-    p.add_argument("--cache-dir", help="feature cache folder (default runs/.cache)")
+    p.add_argument("--cache-dir", help="feature cache folder (default: .cache beside the run's folder, runs/.cache)")
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
     return p
 
@@ -195,7 +195,8 @@ def train_main(argv: list[str]) -> int:
     print(f"wrote {result.checkpoint} (weights of step {result.selected_step}; best validation score "  # noqa: T201
           f"{result.best_score:.4f} at step {result.best_step}; {speed} on {device})")
     if cfg.stage == "hybrid":
-        print(f"export: keepfit export --checkpoint {result.checkpoint} --out artifacts/{cfg.name} "  # noqa: T201
+        # into the run's own folder: never over the committed default artifact
+        print(f"export: keepfit export --checkpoint {result.checkpoint} --out {result.run_dir / 'artifact'} "  # noqa: T201
               "--quantize int8")
     return 0
 

@@ -105,7 +105,7 @@ class TrainConfig:
     select: str = "last"  # which weights model.pt holds: "last" (end of the schedule) or "best" (validation)
     device: str = "auto"
     amp: bool = True  # bf16/fp16 autocast on CUDA only
-    cache_dir: str | None = None  # default: runs/.cache
+    cache_dir: str | None = None  # default: .cache beside the run's folder (runs/.cache for runs/<name>)
 
     def validate(self) -> TrainConfig:
         for f in dataclasses.fields(self):  # a nan learning rate trained and saved NaN weights, exit 0

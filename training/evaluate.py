@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from model.errors import DataError
 from model.knowledge import Knowledge
+from model.logs import progress_bars
 from model.runtime import KeepfitRuntime, decided_normal, prompt_means, zero_shot_probabilities
 from training.data import LoadReport, check_files, filter_rows, iter_images, read_manifest
 from training.metrics import classification_summary, precision_at_k
@@ -303,7 +304,7 @@ class ImageEmbedder:
                 batch.clear()
 
         for i, image in tqdm(iter_images(todo, self.report, self.size), total=len(todo), desc=desc, unit="img",
-                             disable=not todo):
+                             disable=not todo or not progress_bars()):
             batch.append((todo[i], image))
             if len(batch) == self.batch_size:
                 flush()

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from model.config import PreprocessConfig
 from model.errors import DataError
 from model.files import atomic_write
+from model.logs import progress_bars
 from model.preprocess import load_image, preprocess_batch
 from training.augment import AugmentConfig, augment
 from training.data import LoadReport, iter_images
@@ -150,7 +151,7 @@ def build_feature_store(
 
     gens = {i: _image_generator(paths[i], seed) for i in todo}
     todo_paths = [paths[i] for i in todo]
-    for k, image in tqdm(iter_images(todo_paths, report, pre.image_size), total=len(todo), desc=desc, unit="img", disable=not todo):
+    for k, image in tqdm(iter_images(todo_paths, report, pre.image_size), total=len(todo), desc=desc, unit="img", disable=not todo or not progress_bars()):
         pending.append((todo[k], image))
         if len(pending) == batch_size:
             flush()
@@ -234,7 +235,8 @@ class PixelSource(ImageSource):
         self.aug = aug
         self.report = LoadReport()
         self.valid = np.zeros(len(paths), dtype=bool)
-        for i, _ in tqdm(iter_images(paths, self.report, pre.image_size), total=len(paths), desc="checking images", unit="img"):
+        for i, _ in tqdm(iter_images(paths, self.report, pre.image_size), total=len(paths), desc="checking images", unit="img",
+                             disable=not progress_bars()):
             self.valid[i] = True
         if not self.valid.any():
             raise DataError(f"none of the {len(paths)} images could be read ({self.report.summary()})")

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from model.errors import ConfigError, TrainingDivergedError
+from model.logs import progress_bars
 from model.nn.factory import load_state, read_checkpoint, save_checkpoint
 from model.nn.keepfit import KeepFITModel
 from model.tokenizer import Tokenizer
@@ -139,7 +140,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
 
     if start == 0 and not history:
         run_eval(0)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.stage} {cfg.name}", unit="step")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.stage} {cfg.name}", unit="step",
+               disable=not progress_bars())
     for step in bar:
         task.set_train()
         factor = lr_factor(step, cfg.steps, cfg.warmup_steps)
@@ -172,8 +174,9 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
     selected = _deliver(task, cfg, best_path, best_step, final,
                         {**checkpoint_extra(cfg.steps), "pairs_per_s": pairs_per_s, "device": str(device)})
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.name} ({cfg.stage})")
-    logger.info("%s: best validation score %.4f at step %d; model.pt holds step %d (select=%s); %.1f pairs/s on "
-                "%s; wrote %s", cfg.name, best_score, best_step, selected, cfg.select, pairs_per_s, device, final)
+    speed = f"{pairs_per_s:.1f} pairs/s" if math.isfinite(pairs_per_s) else "speed not measured (one step)"
+    logger.info("%s: best validation score %.4f at step %d; model.pt holds step %d (select=%s); %s on %s; wrote %s",
+                cfg.name, best_score, best_step, selected, cfg.select, speed, device, final)
     return TrainResult(run_dir, final, selected, best_step, best_score, pairs_per_s, history)
 
 

@@ -320,7 +320,8 @@ class HybridTask:
             model.caption_decoder.requires_grad_(False)
         self.prefix = ImagePrefix(model, self.vision_blocks)
         self.tail = ImageTail(model, self.vision_blocks)
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path("runs") / ".cache"
+        # beside the run (runs/<name> -> runs/.cache), shared by the runs of one folder, never in the cwd
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(run_dir).parent / ".cache"
         self.source: ImageSource
         if self.vision_blocks:
             self.source = build_feature_store(paths, self.prefix, model.cfg.preprocess, cfg.augment, cfg.views,

@@ -42,6 +42,9 @@ def test_info_json_is_the_full_summary(default_artifact: Path, capsys: pytest.Ca
     assert summary["verified"] == "sha256"
     assert set(summary["files"]) == set(json.loads((default_artifact / "manifest.json").read_text())["files"])
     assert summary["evaluation"]["zero_shot_mean"] > 0.5
+    manifest = json.loads((default_artifact / "manifest.json").read_text())
+    # everything the manifest says (it printed seven fields and called them "the full summary")
+    assert set(manifest) <= set(summary) and summary["training"] == manifest["training"]
 
 
 def test_info_refuses_a_damaged_artifact_in_one_line(

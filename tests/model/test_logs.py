@@ -105,3 +105,17 @@ def test_a_bad_log_format_is_one_line_for_every_command(
     monkeypatch.setenv("KEEPFIT_LOG_FORMAT", "yaml")
     assert main(["list-models"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown log format 'yaml' (KEEPFIT_LOG_FORMAT): use text or json"
+
+
+def test_progress_bars_only_at_a_terminal_and_never_among_json_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training's and evaluation's bars were drawn among JSON log lines (and glued a line to themselves)."""
+    from model.logs import progress_bars
+
+    monkeypatch.delenv("KEEPFIT_LOG_FORMAT", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert progress_bars()
+    monkeypatch.setenv("KEEPFIT_LOG_FORMAT", "json")
+    assert not progress_bars()
+    monkeypatch.setenv("KEEPFIT_LOG_FORMAT", "text")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not progress_bars()

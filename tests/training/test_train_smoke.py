@@ -118,3 +118,19 @@ def test_whole_backbone_path_trains_from_pixels(mini_data_root: Path, tiny_train
     # ... while frozen weights are exactly the seeded initialisation (runs are reproducible)
     frozen = "text_encoder.bert.embeddings.word_embeddings.weight"
     assert torch.equal(payload["state_dict"][frozen], initial[frozen])
+
+
+def test_the_feature_cache_and_the_export_hint_stay_beside_the_run(
+    mini_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --cache-dir the feature cache went to ./runs/.cache whatever --out said, and the closing hint
+    exported over the committed default artifact (artifacts/keepfit-v2-small)."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "mine" / "run"
+    assert train_main(["hybrid", "--model", "keepfit-tiny", "--out", str(out), "--data-root", str(mini_data_root),
+                       "--steps", "1", "--batch-size", "8", "--elite-batch-size", "4", "--device", "cpu"]) == 0
+    assert list((tmp_path / "mine" / ".cache").glob("features-*")) and not list(elsewhere.iterdir())
+    hint = [line for line in capsys.readouterr().out.splitlines() if line.startswith("export:")]
+    assert hint == [f"export: keepfit export --checkpoint {out / 'model.pt'} --out {out / 'artifact'} --quantize int8"]
