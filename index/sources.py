@@ -81,10 +81,6 @@ class SourceSet:
     unlisted: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def from_folder(root: Path, modality: str | None = None, labels_from_folders: bool = False) -> SourceSet:
     """Every file under ``root`` (recursively; hidden files and folders aside): non-images are skipped later,
     when they fail to decode, and counted in the summary."""
@@ -94,14 +90,19 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (use --manifest for a CSV)")
     root = root.resolve()
-    # a broken link is kept (reading it fails and is counted, as an unreadable file is); a folder that cannot
-    # be listed is named, not passed over in silence
-    files = sorted(
-        p for p in root.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists())) and not _hidden(p, root)
-    )
+    # One walk (links to folders are not followed): a broken link is kept (reading it fails and is counted, as an
+    # unreadable file is); a folder that cannot be listed is named, not passed over in silence.
+    files: list[Path] = []
     unlisted: list[tuple[str, str]] = []
-    for _ in os.walk(root, onerror=lambda err: unlisted.append((str(err.filename), err.strerror or str(err)))):
-        pass
+    for folder, subfolders, names in os.walk(
+        root, onerror=lambda err: unlisted.append((str(err.filename), err.strerror or str(err)))
+    ):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in names:
+            path = Path(folder) / name
+            if not name.startswith(".") and (path.is_file() or (path.is_symlink() and not path.exists())):
+                files.append(path)  # not a socket or a pipe
+    files.sort()
     for folder, why in unlisted:
         logger.warning("%s: cannot list %s (%s): its images are left out", root, folder, why)
     items: list[ImageItem] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -114,8 +115,6 @@ def use_format(fmt: str | None = None) -> None:
 def progress_bars() -> bool:
     """Whether a command may draw progress bars on stderr: only for a person at a terminal, and never among JSON
     lines (a bar's carriage returns glued a log line to it, and a collector could parse neither)."""
-    import sys
-
     try:
         return sys.stderr.isatty() and log_format() == "text"
     except KeepfitError:

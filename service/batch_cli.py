@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,12 @@ logger = logging.getLogger(__name__)
 
 FORMATS = (".csv", ".jsonl")
 MODALITIES = ("auto", "CFP", "FFA", "OCT")
+
+
+def _metrics() -> Any:
+    from service.metrics import Metrics
+
+    return Metrics()
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Scorer:
     top_k: int | None
     row: Any = None  # service.classifiers.ClassifierRow
     model: Any = None
+    metrics: Any = field(default_factory=_metrics)  # the registry the engine's stage timings go to (not served)
 
     def labels(self) -> list[str] | None:
         """The categories every answer scores, in order, when they are fixed."""
@@ -69,21 +76,17 @@ class Scorer:
 def _answer(scorer: Scorer, data: bytes, digest: str) -> dict[str, Any]:
     """``POST /v1/classify``'s answer for ``data``, built by the same functions."""
     from service.engine import Timings
-    from service.metrics import Metrics
     from service.routers.classifiers import classifier_answer, classifier_predict
     from service.routers.classify import zero_shot_answer
 
     engine = scorer.engine
-    timings = Timings(_METRICS.setdefault("m", Metrics()))
+    timings = Timings(scorer.metrics)
     if scorer.row is not None:
         encoded = engine.encode_bytes(data, timings)
         out = classifier_predict(encoded, engine, scorer.model, timings, scorer.top_k, scorer.row.modality)
         return classifier_answer(engine, scorer.row, out, digest)
     result = engine.classify(data, scorer.categories, scorer.modality, scorer.top_k, timings, 0, scorer.decision)
     return zero_shot_answer(engine, result, scorer.task, digest)
-
-
-_METRICS: dict[str, Any] = {}  # one Metrics registry for the run's timings (nothing serves it)
 
 
 def shown(path: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sqlite3
 import sys
@@ -49,13 +48,9 @@ def _root(args: argparse.Namespace) -> Path:
     (``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``), else ``./classifiers``."""
     if args.store:
         return Path(args.store)
-    index = getattr(args, "index", None) or os.environ.get("KEEPFIT_INDEX", "").strip()
-    configured = os.environ.get("KEEPFIT_CLASSIFIERS", "").strip()
-    if configured and not getattr(args, "index", None):
-        return Path(configured)
-    if index:
-        return Path(index).parent / f"{Path(index).name}.classifiers"
-    return Path("classifiers")
+    if getattr(args, "index", None):  # named here: its store, whatever KEEPFIT_CLASSIFIERS says
+        return Path(_settings(index=Path(args.index), classifiers=None).classifiers_dir)
+    return Path(_settings().classifiers_dir)  # the service's rule (service.settings.Settings.classifiers_dir)
 
 
 def _store(args: argparse.Namespace, create: bool = False) -> ClassifierStore:

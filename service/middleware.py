@@ -124,6 +124,7 @@ ALWAYS_HEADERS = (
     (b"x-frame-options", b"DENY"),
     (b"content-security-policy", b"frame-ancestors 'none'"),
 )
+_ADDED_NAMES = frozenset({REQUEST_ID_HEADER.lower().encode(), *(name for name, _ in ALWAYS_HEADERS)})
 # On the API's answers, unless a route says otherwise (images: private, cacheable): they are a patient's
 # diagnosis and the key's, never for a shared cache.
 _NO_STORE = (b"cache-control", b"no-store")
@@ -160,8 +161,7 @@ class AnswerHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {name for name, _ in added}
-                headers = [h for h in message.get("headers", ()) if h[0].lower() not in names]
+                headers = [h for h in message.get("headers", ()) if h[0].lower() not in _ADDED_NAMES]
                 if api and not any(h[0].lower() == _NO_STORE[0] for h in headers):
                     headers.append(_NO_STORE)
                 message = {**message, "headers": [*headers, *added]}
