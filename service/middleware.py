@@ -122,9 +122,33 @@ ALWAYS_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"frame-ancestors 'none'"),
 )
-_ADDED_NAMES = frozenset({REQUEST_ID_HEADER.lower().encode(), *(name for name, _ in ALWAYS_HEADERS)})
+# What a page may load (Content-Security-Policy), by path. The API's answers (JSON, images, metrics) load
+# nothing. The front end runs its own script files only, so markup that slipped into the page (an injected
+# <script>, an on* attribute, a javascript: link) never runs; it talks to the service it is pointed at (this
+# origin, or any http(s) base entered in its settings or a link's ?api=) and shows that service's thumbnails,
+# and the upload and heat maps as data: and blob: URLs. The docs pages (Swagger UI, ReDoc) start themselves
+# with an inline script, so they keep only the framing rule.
+CSP_HEADER = b"content-security-policy"
+API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+FRONT_END_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: http: https:; "
+    b"connect-src 'self' http: https:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    b"frame-ancestors 'none'"
+)
+DOCS_CSP = b"frame-ancestors 'none'"
+
+
+def content_security_policy(path: str) -> bytes:
+    """The ``Content-Security-Policy`` of the answer to ``path`` (see :data:`FRONT_END_CSP`)."""
+    if path == "/" or path.startswith("/static/"):
+        return FRONT_END_CSP
+    if path.startswith(("/docs", "/redoc")):
+        return DOCS_CSP
+    return API_CSP
+
+
+_ADDED_NAMES = frozenset({REQUEST_ID_HEADER.lower().encode(), CSP_HEADER, *(name for name, _ in ALWAYS_HEADERS)})
 # On the API's answers, unless a route says otherwise (images: private, cacheable): they are a patient's
 # diagnosis and the key's, never for a shared cache.
 _NO_STORE = (b"cache-control", b"no-store")
@@ -140,8 +164,9 @@ def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
 class AnswerHeadersMiddleware:
     """Every answer names its request: ``X-Request-ID`` on the response and ``request_id`` in an error body, and
     every log line the request causes (the access log's too, on any thread) carries it (:mod:`model.logs`).
-    Every answer also has ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer`` and may not be
-    framed by another site, and the API's (``/v1``) ``Cache-Control: no-store`` unless the route set its own.
+    Every answer also has ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``, may not be
+    framed by another site and carries its path's ``Content-Security-Policy``, and the API's (``/v1``)
+    ``Cache-Control: no-store`` unless the route set its own.
 
     A caller's own ``X-Request-ID`` (up to 128 letters, digits and ``._:-``; a proxy's or a front end's
     correlation id) is kept, so one id follows a request through every system; anything else (absent, too long,
@@ -156,8 +181,13 @@ class AnswerHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = request_id_of(scope.get("headers") or [])
-        added = [(REQUEST_ID_HEADER.lower().encode(), request_id.encode()), *ALWAYS_HEADERS]
-        api = str(scope.get("path", "")).startswith("/v1/")
+        path = str(scope.get("path", ""))
+        added = [
+            (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+            *ALWAYS_HEADERS,
+            (CSP_HEADER, content_security_policy(path)),
+        ]
+        api = path.startswith("/v1/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -19,7 +19,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from model.logs import logging_fields
-from service.middleware import ALWAYS_HEADERS, REQUEST_ID_HEADER, request_id_of
+from service.middleware import ALWAYS_HEADERS, API_CSP, CSP_HEADER, REQUEST_ID_HEADER, request_id_of
 
 # The request line and all headers of one request. Browsers and HTTP libraries send a few hundred bytes to a few
 # KB; nginx's default allows 4 x 8 KB per header block, Node's 16 KB, uvicorn's h11 mode 16 KB.
@@ -157,6 +157,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             *self.server_state.default_headers,
             (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
             *ALWAYS_HEADERS,
+            (CSP_HEADER, API_CSP),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),

@@ -532,7 +532,7 @@
                             'aria-label': `${p.label}: ${pct(p.probability)}${idx !== undefined ? ', shows its heat map' : ''}` },
         el('span', { class: 'name' }, p.label, idx !== undefined ? el('span', { class: 'hm', text: 'heat map' }) : null),
         el('span', { class: 'pct', text: pct(p.probability) }),
-        el('span', { class: 'track' }, el('span', { class: 'fill', style: `width:${(p.probability * 100).toFixed(1)}%` })));
+        el('span', { class: 'track' }, el('span', { class: 'fill', style: { width: `${(p.probability * 100).toFixed(1)}%` } })));
       if (idx !== undefined) {
         li.classList.add('explained');
         li.dataset.explanation = String(idx);

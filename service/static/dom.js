@@ -1,7 +1,9 @@
 /*
  * KeepFIT front end: what app.js and classifiers.js share (loaded before both).
  *   $(id)                          document.getElementById
- *   el(tag, attrs, ...children)    a new element: attrs 'class', 'text', 'on<event>' handlers, else attributes
+ *   el(tag, attrs, ...children)    a new element: attrs 'class', 'text', 'on<event>' handlers, 'style' an object of
+ *                                  CSS properties (set through CSSOM: the page's Content-Security-Policy refuses
+ *                                  style attributes), else attributes
  *   KeepfitConnection              the API base and the keys entered for it (below)
  */
 (() => {
@@ -14,6 +16,7 @@
       if (k === 'class') node.className = v;
       else if (k === 'text') node.textContent = v;
       else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+      else if (k === 'style') Object.assign(node.style, v);
       else node.setAttribute(k, v);
     }
     for (const child of children) if (child != null) node.append(child);

@@ -219,7 +219,8 @@ def chromium_context(chromium: str, viewport: tuple[int, int] = (1280, 900)) -> 
 
 
 class PageRecorder:
-    """Every URL the page requested and every script error it raised."""
+    """Every URL the page requested, and every script error it raised or load its Content-Security-Policy
+    refused (Chromium reports those on the console: the page's own code must never need one)."""
 
     def __init__(self, page: Any) -> None:
         self.page = page
@@ -227,6 +228,11 @@ class PageRecorder:
         self.errors: list[str] = []
         page.on("request", lambda req: self.urls.append(req.url))
         page.on("pageerror", lambda err: self.errors.append(str(err)))
+        page.on("console", self._console)
+
+    def _console(self, message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            self.errors.append(message.text)
 
     def origins(self) -> set[str]:
         out = set()
@@ -244,9 +250,20 @@ class PageRecorder:
         return path
 
 
+def wait_for(page: Any, expression: str, timeout_s: float = 60.0) -> None:
+    """Poll a JavaScript ``expression`` in the page until it is truthy. Playwright's ``wait_for_function`` builds
+    its predicate with eval inside the page, which the front end's Content-Security-Policy (no 'unsafe-eval')
+    refuses; an ``evaluate`` from the driver is not subject to the page's policy."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(f"!!({expression})"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout_s:.0f} s: {expression}")
+        time.sleep(0.05)
+
+
 def sign_in(page: Any, key: str = API_KEY) -> None:
     """Enter the API key once, through the settings form, as a user would."""
     page.evaluate("document.getElementById('settings').open = true")
     page.fill("#api-key", key)
     page.click("#settings-form button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#category-suggestions option').length > 0")
+    wait_for(page, "document.querySelectorAll('#category-suggestions option').length > 0")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.frontend.harness import ROOT, chromium_context, find_chromium, running_service
+from tests.frontend.harness import ROOT, chromium_context, find_chromium, running_service, wait_for
 
 
 def _default_image() -> Path | None:
@@ -58,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(f"{service.base}/")
-        page.wait_for_function("document.getElementById('service-status').textContent.includes('Model')")
+        wait_for(page, "document.getElementById('service-status').textContent.includes('Model')")
         page.select_option("#modality", args.modality)
         page.set_input_files("#file-input", str(image))
         page.wait_for_selector("#overlay:not([hidden])")
-        page.wait_for_function("!document.body.dataset.busy && document.getElementById('overlay').complete")
+        wait_for(page, "!document.body.dataset.busy && document.getElementById('overlay').complete")
         box = page.locator("#diagnose").bounding_box()
         assert box is not None
         height = box["y"] + box["height"] + 16

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.frontend.harness import API_KEY, ROOT, PageRecorder, Service, running_service, sign_in
+from tests.frontend.harness import API_KEY, ROOT, PageRecorder, Service, running_service, sign_in, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
 ADMIN_KEY = "frontend-admin-key"
@@ -74,7 +74,7 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
 
     # without the admin key: the service's message, shown as it is
     page.click("#teach-fit")
-    page.wait_for_function("document.getElementById('teach-status').dataset.code === 'admin_key_required'")
+    wait_for(page, "document.getElementById('teach-status').dataset.code === 'admin_key_required'")
     assert "admin key" in page.inner_text("#teach-status")
     assert re.search(r"\(request id [0-9a-f]{32}\)$", page.inner_text("#teach-status"))
     page.fill("#admin-key", ADMIN_KEY)
@@ -97,7 +97,7 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
     held_back = _ffa(data_root, "branch retinal vein occlusion", "test", 1)[0]
     page.set_input_files("#file-input", str(held_back))
     page.wait_for_selector("#predictions li")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     labels = page.eval_on_selector_all(
         "#predictions li .name", "els => els.map(e => e.firstChild.textContent)"
     )
@@ -111,10 +111,10 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
 
     # back to zero-shot, then delete the classifier
     page.select_option("#classifier-picker", "")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     page.on("dialog", lambda d: d.accept())
     page.click('#classifier-list li[data-name="ffa-own"] button')
-    page.wait_for_function("!document.querySelector('#classifier-list li[data-name=\"ffa-own\"]')")
+    wait_for(page, "!document.querySelector('#classifier-list li[data-name=\"ffa-own\"]')")
     assert page.eval_on_selector_all("#classifier-picker option", "els => els.map(e => e.value)") == [""]
     assert page.is_hidden("#teach-result") and page.is_enabled("#modality")  # no longer "ffa-own is ready"
     assert recorder.origins() == {teach_service.base}
@@ -134,7 +134,7 @@ def test_a_dicom_upload_is_diagnosed(
     sign_in(page)
     page.set_input_files("#file-input", str(study))
     page.wait_for_selector("#predictions li")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     assert page.inner_text("#modality-result").startswith("Modality: OCT")
     assert page.get_attribute("#preview", "data-preview") == "placeholder"  # browsers cannot draw DICOM
     assert page.is_hidden("#message")
@@ -145,6 +145,6 @@ def test_a_dicom_upload_is_diagnosed(
     photo.write_bytes(make_dicom([rgb_of(real_image_paths["CFP"][0].read_bytes())], "explicit", modality="OPT"))
     page.set_input_files("#file-input", str(photo))
     page.wait_for_selector("#predictions li")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     assert page.inner_text("#modality-result").startswith("Modality: OCT (from the DICOM header; the image looks like CFP")
     assert "the DICOM header says OCT" in page.inner_text("#warnings")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.frontend.harness import PageRecorder, Service
+from tests.frontend.harness import PageRecorder, Service, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
 
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
 def _upload(page, path: Path) -> None:  # type: ignore[no-untyped-def]
     page.set_input_files("#file-input", str(path))
     page.wait_for_selector("#predictions li")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
 
 
 def _bar_widths(page) -> list[dict[str, float]]:  # type: ignore[no-untyped-def]
@@ -68,7 +68,7 @@ def test_default_heat_map_leaves_the_anatomy_readable(
     page = signed_in.page
     _upload(page, real_image_paths["CFP"][0])
     page.wait_for_selector("#overlay:not([hidden])")
-    page.wait_for_function("document.getElementById('overlay').complete")
+    wait_for(page, "document.getElementById('overlay').complete")
     # the strongest overlay pixel, times the overlay's opacity: how much of the fundus it can hide
     covered = page.evaluate(
         """() => {
@@ -136,8 +136,8 @@ def test_classify_again_waits_for_a_new_file_after_a_refused_one(
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
     page.set_input_files("#file-input", str(broken))
-    page.wait_for_function("document.getElementById('message').dataset.code === 'invalid_image'")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "document.getElementById('message').dataset.code === 'invalid_image'")
+    wait_for(page, "!document.body.dataset.busy")
     assert page.is_disabled("#classify-again")
     # editing the categories does not make the refused file worth sending again
     page.fill("#category-input", "glaucoma")
@@ -186,7 +186,7 @@ def test_a_missing_archive_is_reported_and_diagnosis_still_works(
     from tests.frontend.harness import sign_in
 
     sign_in(page)
-    page.wait_for_function("document.getElementById('service-status').textContent.includes('no image archive')")
+    wait_for(page, "document.getElementById('service-status').textContent.includes('no image archive')")
     assert "not available" in page.inner_text("#message-title")
     assert "indexes/nope" in page.inner_text("#message-text")
     _upload(page, real_image_paths["CFP"][0])

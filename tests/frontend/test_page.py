@@ -27,6 +27,7 @@ from tests.frontend.harness import (
     free_port,
     sign_in,
     static_origin,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
@@ -44,7 +45,7 @@ def _predictions(page) -> list[tuple[str, float]]:  # type: ignore[no-untyped-de
 def _upload(page, path: Path) -> None:  # type: ignore[no-untyped-def]
     page.set_input_files("#file-input", str(path))
     page.wait_for_selector("#predictions li")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
 
 
 def test_api_key_is_asked_once_and_kept_for_the_session(
@@ -56,7 +57,8 @@ def test_api_key_is_asked_once_and_kept_for_the_session(
     assert page.is_visible("#research-note")
     assert "not a diagnostic device" in page.inner_text("#research-note")
     # readyz is public: the status line names the model; the categories need the key
-    page.wait_for_function(
+    wait_for(
+        page,
         "document.getElementById('service-status').textContent.includes('keepfit-v2-small')"
     )
     assert f"{frontend_index_size} indexed images" in page.inner_text("#service-status")
@@ -71,7 +73,7 @@ def test_api_key_is_asked_once_and_kept_for_the_session(
     assert page.evaluate("sessionStorage.getItem('keepfit.apiKey')") == API_KEY
     assert page.evaluate("localStorage.getItem('keepfit.apiKey')") is None  # never beyond the session
     page.reload()
-    page.wait_for_function("document.querySelectorAll('#category-suggestions option').length > 0")
+    wait_for(page, "document.querySelectorAll('#category-suggestions option').length > 0")
     assert page.is_hidden("#message")  # no second prompt after a reload
     assert recorder.origins() == {service.base}
 
@@ -122,6 +124,29 @@ def test_upload_shows_modality_predictions_heat_map_and_descriptions(
     page.check("#overlay-toggle")
     assert page.is_visible("#overlay")
     assert signed_in.origins() == {service.base}
+
+
+def test_markup_injected_into_the_page_never_runs(recorder: PageRecorder, service: Service) -> None:
+    """Should a label, a caption or an error message ever reach the page as markup, it must not run: the page's
+    Content-Security-Policy allows its own script files only."""
+    page = recorder.page
+    page.goto(f"{service.base}/")
+    page.evaluate(
+        """() => {
+            document.body.insertAdjacentHTML('beforeend',
+                '<img id="injected" src="data:," onerror="window.ran = 1" onload="window.ran = 1">');
+            const script = document.createElement('script');
+            script.textContent = 'window.ran = 2';
+            document.body.append(script);
+        }"""
+    )
+    wait_for(page, "document.getElementById('injected').complete")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.ran === undefined")
+    # these refusals are the policy at work; the page's own code needs none (the recorder checks that elsewhere)
+    refused, recorder.errors[:] = list(recorder.errors), []
+    assert all("Content Security Policy" in e for e in refused), refused
+    assert any("inline event handler" in e for e in refused) and any("inline script" in e for e in refused), refused
 
 
 def test_edited_categories_are_what_gets_scored(
@@ -178,14 +203,14 @@ def test_the_editor_shows_what_auto_would_score_and_the_answer_is_announced(
 def test_the_header_follows_the_service_down_and_back_up(signed_in: PageRecorder, service: Service) -> None:
     """It said "Service not reachable" until a reload, and went on naming the model after the service died."""
     page = signed_in.page
-    page.wait_for_function("document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
+    wait_for(page, "document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
     back_to_tab = "document.dispatchEvent(new Event('visibilitychange'))"  # what the 15 s check also does
     page.route("**/readyz", lambda route: route.abort())
     page.evaluate(back_to_tab)
-    page.wait_for_function("document.getElementById('service-status').textContent === 'Service not reachable'")
+    wait_for(page, "document.getElementById('service-status').textContent === 'Service not reachable'")
     page.unroute("**/readyz")
     page.evaluate(back_to_tab)
-    page.wait_for_function("document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
+    wait_for(page, "document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
     assert page.is_hidden("#message")  # the periodic check is quiet: the header says it
 
 
@@ -209,7 +234,7 @@ def test_text_search_then_similar_images(
     page.fill("#search-query", "a fluorescein angiogram showing branch retinal vein occlusion")
     page.click("#search-form button[type=submit]")
     page.wait_for_selector("#search-results li")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     cards = page.eval_on_selector_all(
         "#search-results li button",
         "els => els.map(b => ({id: b.dataset.id, score: parseFloat(b.querySelector('.score').textContent.slice(6)),"
@@ -220,7 +245,8 @@ def test_text_search_then_similar_images(
     assert scores == sorted(scores, reverse=True)
     assert all(c["labels"] and c["labels"] != "no labels" for c in cards)
     # thumbnails load through their tokenised URLs (an <img> cannot send the key)
-    page.wait_for_function(
+    wait_for(
+        page,
         "[...document.querySelectorAll('#search-results img')].slice(0, 6).every(i => i.complete && i.naturalWidth > 0)"
     )
     signed_in.screenshot("03-text-search", full_page=True)
@@ -228,7 +254,7 @@ def test_text_search_then_similar_images(
     clicked = cards[3]["id"]
     page.click(f"#search-results button[data-id='{clicked}']")
     page.wait_for_selector("#search-query-image:not([hidden])")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     assert f"image #{clicked}" in page.inner_text("#search-query-image")
     first = page.get_attribute("#search-results li button >> nth=0", "data-id")
     # an image is most similar to itself: the hit says so (same_image) instead of its score of 1
@@ -252,7 +278,7 @@ def test_api_errors_are_explained(signed_in: PageRecorder, service: Service, tmp
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     page.set_input_files("#file-input", str(broken))
-    page.wait_for_function("document.getElementById('message').dataset.code === 'invalid_image'")
+    wait_for(page, "document.getElementById('message').dataset.code === 'invalid_image'")
     assert "could not be read as an image" in page.inner_text("#message-title")
     signed_in.screenshot("05-error-invalid-image")
 
@@ -260,7 +286,7 @@ def test_api_errors_are_explained(signed_in: PageRecorder, service: Service, tmp
     huge = tmp_path / "huge.jpg"
     huge.write_bytes(np.random.default_rng(0).bytes(MAX_UPLOAD_BYTES + 2**20))
     page.set_input_files("#file-input", str(huge))
-    page.wait_for_function("document.getElementById('message').dataset.code === 'payload_too_large'")
+    wait_for(page, "document.getElementById('message').dataset.code === 'payload_too_large'")
     assert "too large" in page.inner_text("#message-title")
     assert "KEEPFIT_MAX_UPLOAD_BYTES" in page.inner_text("#message-text")  # says which limit, and why
     # and the request's id, for whoever runs the service to find it in the log
@@ -270,7 +296,7 @@ def test_api_errors_are_explained(signed_in: PageRecorder, service: Service, tmp
     page.evaluate("document.getElementById('settings').open = false")
     page.evaluate("document.getElementById('api-key').value = 'wrong'")
     page.evaluate("document.getElementById('settings-form').requestSubmit()")
-    page.wait_for_function("document.getElementById('message').dataset.code === 'unauthorized'")
+    wait_for(page, "document.getElementById('message').dataset.code === 'unauthorized'")
     assert "wrong API key" in page.inner_text("#message-text")
     assert page.evaluate("document.getElementById('settings').open")
 
@@ -279,7 +305,7 @@ def test_api_errors_are_explained(signed_in: PageRecorder, service: Service, tmp
     page.fill("#api-base", dead)
     page.fill("#api-key", API_KEY)
     page.click("#settings-form button[type=submit]")
-    page.wait_for_function("document.getElementById('message').dataset.code === 'network'")
+    wait_for(page, "document.getElementById('message').dataset.code === 'network'")
     assert "cannot be reached" in page.inner_text("#message-title")
     assert "Service not reachable" in page.inner_text("#service-status")
     signed_in.screenshot("06-error-unreachable")
@@ -316,7 +342,7 @@ def test_a_5mb_photograph_keeps_the_page_responsive(
     page.click("#settings summary")
     assert page.evaluate("document.getElementById('settings').open")
     page.wait_for_selector("#predictions li")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     gaps = page.evaluate("clearInterval(window.__beat); window.__gaps")
     record = {"upload_mb": round(size_mb, 2), "max_gap_ms": round(max(gaps), 1), "ticks": len(gaps)}
     (ROOT / "test-output" / "frontend").mkdir(parents=True, exist_ok=True)
@@ -335,7 +361,8 @@ def test_page_served_from_another_origin_uses_the_service_through_cors(
     page = recorder.page
     with static_origin(static_port) as origin:
         page.goto(f"{origin}/index.html?api={service.base}")
-        page.wait_for_function(
+        wait_for(
+            page,
             "document.getElementById('service-status').textContent.includes('keepfit-v2-small')"
         )
         sign_in(page)
@@ -345,12 +372,12 @@ def test_page_served_from_another_origin_uses_the_service_through_cors(
         page.fill("#search-query", "retinal thickening with intraretinal cystoid fluid spaces")
         page.click("#search-form button[type=submit]")
         page.wait_for_selector("#search-results li")
-        page.wait_for_function("document.querySelector('#search-results img').naturalWidth > 0")
+        wait_for(page, "document.querySelector('#search-results img').naturalWidth > 0")
         # image -> image from a result: the page fetches the image (with the key) and posts it back
         clicked = page.get_attribute("#search-results li button >> nth=2", "data-id")
         page.click(f"#search-results button[data-id='{clicked}']")
         page.wait_for_selector("#search-query-image:not([hidden])")
-        page.wait_for_function("!document.body.dataset.busy")
+        wait_for(page, "!document.body.dataset.busy")
         assert page.get_attribute("#search-results li button >> nth=0", "data-id") == clicked
         recorder.screenshot("08-cross-origin", full_page=True)
         page.evaluate("localStorage.clear()")
@@ -387,7 +414,7 @@ def test_a_link_pointing_the_page_elsewhere_never_carries_the_key(
     try:
         elsewhere = f"http://127.0.0.1:{other.server_address[1]}"
         page.goto(f"{service.base}/?api={elsewhere}")
-        page.wait_for_function("document.getElementById('service-status').textContent.length > 0")
+        wait_for(page, "document.getElementById('service-status').textContent.length > 0")
         page.wait_for_timeout(500)
         assert seen, "the page did not call the linked service"
         assert all("x-api-key" not in h and "x-admin-key" not in h for h in seen), seen
@@ -397,7 +424,8 @@ def test_a_link_pointing_the_page_elsewhere_never_carries_the_key(
         fresh = browser_context.new_page()
         try:
             fresh.goto(f"{service.base}/?api=javascript:alert(1)")
-            fresh.wait_for_function(
+            wait_for(
+                fresh,
                 "document.getElementById('service-status').textContent.includes('keepfit-v2-small')"
             )
             assert fresh.evaluate("window.KeepfitConnection.base()") == ""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.frontend.harness import PageRecorder, Service
+from tests.frontend.harness import PageRecorder, Service, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
 
@@ -23,7 +23,7 @@ def test_walkthrough(signed_in: PageRecorder, service: Service, real_image_paths
     with page.expect_response("**/v1/classify") as response:
         page.set_input_files("#file-input", str(real_image_paths["CFP"][0]))
         page.wait_for_selector("#predictions li")
-        page.wait_for_function("!document.body.dataset.busy")
+        wait_for(page, "!document.body.dataset.busy")
     answer = response.value.json()
     assert answer["warnings"] == [] and page.is_hidden("#warnings")
     assert "CFP (detected" in page.inner_text("#modality-result")
@@ -47,7 +47,7 @@ def test_walkthrough(signed_in: PageRecorder, service: Service, real_image_paths
     page.select_option("#modality", "OCT")
     with page.expect_response("**/v1/classify") as response:
         page.click("#classify-again")
-        page.wait_for_function("!document.body.dataset.busy")
+        wait_for(page, "!document.body.dataset.busy")
     assert [w["code"] for w in response.value.json()["warnings"]] == ["modality_mismatch"]
     page.wait_for_selector("#warnings:not([hidden])")
     warning = page.inner_text("#warnings")
@@ -60,8 +60,9 @@ def test_walkthrough(signed_in: PageRecorder, service: Service, real_image_paths
     page.fill("#search-query", "a fluorescein angiogram showing branch retinal vein occlusion")
     page.click("#search-form button[type=submit]")
     page.wait_for_selector("#search-results li")
-    page.wait_for_function("!document.body.dataset.busy")
-    page.wait_for_function(
+    wait_for(page, "!document.body.dataset.busy")
+    wait_for(
+        page,
         "[...document.querySelectorAll('#search-results img')].slice(0, 4).every(i => i.complete && i.naturalWidth > 0)"
     )
     first_labels = page.inner_text("#search-results li .labels >> nth=0")
@@ -72,7 +73,7 @@ def test_walkthrough(signed_in: PageRecorder, service: Service, real_image_paths
     # 5. a query that matches nothing well says so
     page.fill("#search-query", "xxxxx")
     page.click("#search-form button[type=submit]")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     page.wait_for_selector("#search-note:not([hidden])")
     assert "Nothing in the archive matches this well" in page.inner_text("#search-note")
     shots.append(signed_in.screenshot("walkthrough-05-weak-query", full_page=True))
@@ -81,7 +82,7 @@ def test_walkthrough(signed_in: PageRecorder, service: Service, real_image_paths
     clicked = page.get_attribute("#search-results li button >> nth=2", "data-id")
     page.click(f"#search-results button[data-id='{clicked}']")
     page.wait_for_selector("#search-query-image:not([hidden])")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "!document.body.dataset.busy")
     assert page.get_attribute("#search-results li button >> nth=0", "data-id") == clicked
     assert page.is_hidden("#search-note")
     shots.append(signed_in.screenshot("walkthrough-06-similar-images", full_page=True))
@@ -90,8 +91,8 @@ def test_walkthrough(signed_in: PageRecorder, service: Service, real_image_paths
     notes = tmp_path / "notes.jpg"
     notes.write_bytes(b"\xff\xd8\xff\xe0 these are my notes, not a photograph")
     page.set_input_files("#file-input", str(notes))
-    page.wait_for_function("document.getElementById('message').dataset.code === 'invalid_image'")
-    page.wait_for_function("!document.body.dataset.busy")
+    wait_for(page, "document.getElementById('message').dataset.code === 'invalid_image'")
+    wait_for(page, "!document.body.dataset.busy")
     assert "could not be read as an image" in page.inner_text("#message-title")
     assert page.is_disabled("#classify-again")
     shots.append(signed_in.screenshot("walkthrough-07-error"))

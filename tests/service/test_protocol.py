@@ -46,6 +46,7 @@ def _answer(sock: socket.socket) -> tuple[int, dict]:
     # refused before the app saw it, yet an answer like every other: its id, and the headers every answer has
     assert headers[b"x-request-id"].decode() == answer["error"]["request_id"]
     assert headers[b"x-content-type-options"] == b"nosniff" and headers[b"x-frame-options"] == b"DENY"
+    assert headers[b"content-security-policy"] == b"default-src 'none'; frame-ancestors 'none'"
     return int(head.split(b" ", 2)[1]), answer
 
 

@@ -170,6 +170,22 @@ def test_every_answer_is_sniff_proof_and_api_answers_are_never_stored(secured: T
     for r in answers:
         assert r.headers["x-content-type-options"] == "nosniff", r.url
         assert r.headers["referrer-policy"] == "no-referrer", r.url
-        assert r.headers["x-frame-options"] == "DENY" and r.headers["content-security-policy"] == "frame-ancestors 'none'"
+        assert r.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
     assert "cache-control" not in answers[0].headers and "cache-control" not in answers[1].headers
     assert [r.headers["cache-control"] for r in answers[2:]] == ["no-store"] * 3
+
+
+def test_the_front_end_runs_only_its_own_scripts_and_the_api_loads_nothing(secured: TestClient) -> None:
+    """The page may load its own script files and talk to any http(s) service it is pointed at, but markup that
+    slipped into it never runs (no inline script, no on* attribute); JSON, images and refusals load nothing."""
+    policies = {
+        path: secured.get(path, headers={"X-API-Key": "k-one"}).headers["content-security-policy"]
+        for path in ("/", "/static/app.js", "/v1/categories", "/v1/nothing-here", "/healthz", "/metrics", "/docs")
+    }
+    page = dict(part.strip().split(" ", 1) for part in policies["/"].split(";"))
+    assert page["script-src"] == "'self'" and page["style-src"] == "'self'" and page["object-src"] == "'none'"
+    assert page["connect-src"] == "'self' http: https:" and "'unsafe-inline'" not in policies["/"]
+    assert policies["/static/app.js"] == policies["/"]
+    for path in ("/v1/categories", "/v1/nothing-here", "/healthz", "/metrics"):
+        assert policies[path] == "default-src 'none'; frame-ancestors 'none'", path
+    assert policies["/docs"] == "frame-ancestors 'none'"  # Swagger UI starts with an inline script
