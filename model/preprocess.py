@@ -278,18 +278,21 @@ def _rewound(stream: ReadableFile) -> IO[bytes]:
 
 
 def _wide_colour_tiles(image: Image.Image) -> list[Any]:
-    """The tiles of a 16-bit-per-channel colour PNG or TIFF, before it loads; [] for others.
+    """The tiles of a 16-bit-per-channel colour PNG or TIFF, or of a 16-bit grey + alpha PNG, before it loads;
+    [] for others.
 
-    Pillow has no 16-bit colour mode: it decodes such an image as 8-bit, keeping each channel's high byte.
-    (16-bit grey + alpha is not widened: Pillow has no unpacker for its low bytes.)"""
+    Pillow has no 16-bit colour mode: it decodes such an image as 8-bit (RGB, RGBA; grey + alpha as RGBA),
+    keeping each channel's high byte."""
     if image.mode not in ("RGB", "RGBA") or not isinstance(image, ImageFile.ImageFile):
         return []
     tiles = list(image.tile)
     return tiles if tiles and all(_WIDE_RAWMODE.search(_rawmode(t)) for t in tiles) else []
 
 
-_WIDE_RAWMODE = re.compile(r"^RGBA?;16[BLN]$")  # Pillow unpacks both byte orders of these
+# Pillow unpacks both byte orders of 16-bit colour; 16-bit grey + alpha only comes big-endian, from PNG
+_WIDE_RAWMODE = re.compile(r"^(RGBA?;16[BLN]|LA;16B)$")
 _OTHER_BYTE = {"B": "L", "L": "B", "N": "B" if np.little_endian else "L"}
+_GREY_ALPHA_16 = "LA;16B"
 
 
 def _rawmode(tile: Any) -> str:
@@ -298,9 +301,11 @@ def _rawmode(tile: Any) -> str:
 
 
 def _low_byte_tile(tile: Any) -> Any:
-    """``tile`` decoded as the other byte order: Pillow's unpacker then keeps each channel's low byte."""
+    """``tile`` decoded so that the low bytes come out: colour as the other byte order (Pillow's unpacker then
+    keeps each channel's low byte); grey + alpha, for which Pillow has no such unpacker, as 8-bit RGBA (the
+    same 4 bytes per pixel, so the same PNG unfiltering): grey high, grey low, alpha high, alpha low."""
     rawmode = _rawmode(tile)
-    swapped = rawmode[:-1] + _OTHER_BYTE[rawmode[-1]]
+    swapped = "RGBA" if rawmode == _GREY_ALPHA_16 else rawmode[:-1] + _OTHER_BYTE[rawmode[-1]]
     return tile._replace(args=swapped if isinstance(tile.args, str) else (swapped, *tile.args[1:]))
 
 
@@ -324,11 +329,17 @@ def _keep_low_bytes(image: Image.Image, tiles: list[Any], reopen: Any) -> None:
     groups = [(slice(0, 3), _range_of_high_byte(colour_top))]
     if image.mode == "RGBA":
         groups.append((slice(3, 4), _range_of_high_byte(highest[3])))
+    grey_alpha = _rawmode(tiles[0]) == _GREY_ALPHA_16
     width, height = image.size
     rows = max(1, (1 << 20) // max(width, 1))  # about a million pixels per strip
     for top in range(0, height, rows):
         box = (0, top, width, min(height, top + rows))
-        full = (np.asarray(image.crop(box)).astype(np.uint16) << 8) | np.asarray(low_image.crop(box))
+        if grey_alpha:  # the "low" image holds all 4 bytes of each pixel: grey high, grey low, alpha high, low
+            raw = np.asarray(low_image.crop(box)).astype(np.uint16)
+            grey, alpha = (raw[..., 0] << 8) | raw[..., 1], (raw[..., 2] << 8) | raw[..., 3]
+            full = np.stack([grey, grey, grey, alpha], axis=-1)
+        else:
+            full = (np.asarray(image.crop(box)).astype(np.uint16) << 8) | np.asarray(low_image.crop(box))
         out = np.empty(full.shape, np.uint8)
         for part, scale in groups:  # colour, then alpha
             out[..., part] = np.clip(np.rint(full[..., part].astype(np.float32) * (255.0 / scale)), 0, 255)

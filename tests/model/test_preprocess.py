@@ -379,7 +379,8 @@ def test_a_jpeg_with_an_mpf_preview_is_decoded_as_its_photograph(golden_image: I
 
 
 def _png16(arr: np.ndarray) -> bytes:
-    """A 16-bit-per-channel RGB / RGBA PNG (Pillow cannot write one), each row with the Sub filter."""
+    """A 16-bit-per-channel grey + alpha / RGB / RGBA PNG (Pillow cannot write one), each row with the Sub
+    filter."""
     height, width, channels = arr.shape
     rows = arr.astype(">u2").reshape(height, -1).view(np.uint8)  # [H, W * C * 2] big-endian bytes
     bpp = channels * 2
@@ -390,7 +391,7 @@ def _png16(arr: np.ndarray) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 16, {2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
@@ -430,3 +431,20 @@ def test_sixteen_bit_colour_with_fewer_bits_keeps_its_picture(golden_image: Imag
     full = rgb.astype(np.uint16) * 257
     assert np.array_equal(np.asarray(load_image(_png16(full))), rgb)
     assert np.array_equal(np.asarray(load_image(_tiff16(full, ">"))), rgb)
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_sixteen_bit_grey_with_alpha_keeps_its_picture(golden_image: Image.Image, bits: int) -> None:
+    """16-bit grey + alpha (an OCT or angiogram export with transparency) came out of Pillow as its high bytes
+    only, almost black with 12-bit data; Pillow has no unpacker for its low bytes."""
+    grey = np.asarray(golden_image.convert("L").resize((96, 72)))  # [H, W] uint8
+    wide = (grey.astype(np.uint16) << (bits - 8)) | (grey.astype(np.uint16) >> (16 - bits) if bits > 8 else 0)
+    alpha = np.full(grey.shape, (1 << bits) - 1, np.uint16)
+    for source in (_png16(np.stack([wide, alpha], axis=-1)), io.BytesIO(_png16(np.stack([wide, alpha], axis=-1)))):
+        decoded = load_image(source)
+        assert decoded.mode == "RGBA"
+        got = np.asarray(decoded).astype(int)
+        assert np.abs(got[..., :3] - grey[..., None]).max() <= 1, bits
+        assert (got[..., 3] == 255).all()  # opaque stays opaque
+        reference = preprocess(Image.fromarray(grey, "L"), CFG)
+        assert np.abs(preprocess(decoded, CFG) - reference).max() < 0.02
