@@ -42,8 +42,10 @@ from training.evaluate import (
     load_spec,
     modality_embeddings,
     retrieval_metrics,
+    zero_shot_decision,
     zero_shot_metrics,
 )
+from training.metrics import bootstrap_balanced_accuracy, classification_summary
 from training.reports import fmt, plot_confusion, plot_curves, write_report
 
 logger = logging.getLogger(__name__)
@@ -251,6 +253,17 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     mod = _modality_task(runtime, embedder, data_root, kn, split, out)
     tasks["modality"] = {"title": "Modality (CFP / FFA / OCT)", **mod}
 
+    # bootstrap intervals: the training sites' headline tasks resampled together, the unseen site's together,
+    # any other task on its own
+    rows = {n: t.pop(ROWS) for n, t in tasks.items()}
+    train_ci = bootstrap_balanced_accuracy({n: rows[n] for n in HEADLINE}, draws=BOOTSTRAP_DRAWS)
+    unseen_ci = bootstrap_balanced_accuracy({n: rows[n] for n in UNSEEN_HEADLINE}, draws=BOOTSTRAP_DRAWS)
+    mean_ci, unseen_mean_ci = train_ci.pop("mean"), unseen_ci.pop("mean")
+    task_ci = {**train_ci, **unseen_ci}
+    for n in tasks:
+        if n not in task_ci:
+            task_ci[n] = bootstrap_balanced_accuracy({n: rows[n]}, draws=BOOTSTRAP_DRAWS)[n]
+
     open_set = _open_set(runtime, data_root, split, embedder)
     atlas = _atlas_retrieval(runtime, data_root, embedder)
     headline = {n: tasks[n]["zero_shot"]["balanced_accuracy"] for n in HEADLINE}
@@ -262,11 +275,16 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
         "artifact_version": runtime.version,
         "quantization": runtime.artifact.manifest.get("quantization", "none"),
         "zero_shot_balanced_accuracy": {n: t["zero_shot"]["balanced_accuracy"] for n, t in tasks.items()},
+        "zero_shot_ci95": {n: task_ci[n] for n in tasks},
         "zero_shot_chance": {n: t["zero_shot"]["chance_balanced_accuracy"] for n, t in tasks.items()},
         "zero_shot_macro_auc": {n: t["zero_shot"]["macro_auc"] for n, t in tasks.items()},
         "zero_shot_mean": float(np.mean(list(headline.values()))),
         "zero_shot_mean_tasks": list(HEADLINE),
+        "zero_shot_mean_ci95": mean_ci,
         "unseen_site_mean": float(np.mean(list(unseen.values()))),
+        "unseen_site_mean_ci95": unseen_mean_ci,
+        "ci95": f"percentile bootstrap, {BOOTSTRAP_DRAWS} resamples of the {split} images (a site's tasks drawn "
+                "together)",
         "unseen_site_mean_tasks": list(UNSEEN_HEADLINE),
         # the failure other clinics see first: healthy eyes called diseased
         "unseen_site_normal_recall": tasks["site2_normal"]["zero_shot"]["per_class"]["normal"]["recall"],
@@ -307,6 +325,10 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
     return payload
 
 
+ROWS = "_rows"  # a task's (image keys, true, predicted classes) while the suite runs; not in the report
+BOOTSTRAP_DRAWS = 2000
+
+
 def _suite_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, spec: Any, data_root: Path, kn: Knowledge,
                 split: str, out: Path) -> dict[str, Any]:
     """One standard task: zero-shot, retrieval, linear probe and few-shot on ``split`` (probes fit on train/val)."""
@@ -319,7 +341,8 @@ def _suite_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, spec: Any, dat
     classes = te.classes
     assert tr.classes == classes == va.classes, (tr.classes, va.classes, classes)
     cls = _class_emb(runtime, te)
-    zs = zero_shot_metrics(x_te, te.labels, cls, classes, runtime.logit_scale, _class_bias(runtime, te))
+    probs, decided = zero_shot_decision(x_te, cls, classes, runtime.logit_scale, _class_bias(runtime, te))
+    zs = {**classification_summary(te.labels, probs, classes), "decision": decided}
     plot_confusion(zs["confusion_matrix"], classes, f"zero-shot {spec.title} ({split})",
                    out / f"confusion_{spec.name}.png")
     return {
@@ -330,6 +353,7 @@ def _suite_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, spec: Any, dat
         "linear_probe": _probe((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), classes, split),
         "few_shot": few_shot_metrics((x_tr, tr.labels), (x_te, te.labels), classes),
         "rows_skipped": dict(te.skipped),
+        ROWS: ([str(p) for p in te.paths], te.labels, probs.argmax(axis=1)),
     }
 
 
@@ -353,15 +377,15 @@ def _modality_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, data_root: 
              for sp in ("train", "val", split)}
     (x_te, te) = msets[split]
     mcls = modality_embeddings(runtime.encode_texts, kn, te.classes, runtime.config.text.pooling == "flair")
-    mod["zero_shot"] = zero_shot_metrics(x_te, te.labels, mcls, te.classes, runtime.logit_scale)
+    probs, decided = zero_shot_decision(x_te, mcls, te.classes, runtime.logit_scale)
+    mod["zero_shot"] = {**classification_summary(te.labels, probs, te.classes), "decision": decided}
+    mod[ROWS] = ([str(p) for p in te.paths], te.labels, probs.argmax(axis=1))
     plot_confusion(mod["zero_shot"]["confusion_matrix"], te.classes, f"zero-shot modality ({split})",
                    out / "confusion_modality.png")
     if runtime.artifact.has("modality_head.json"):
         names, probs = runtime.modality_probabilities(x_te)
         order = [names.index(c) for c in te.classes if c in names]
         if len(order) == len(te.classes):
-            from training.metrics import classification_summary
-
             mod["head"] = classification_summary(te.labels, probs[:, order], te.classes)
     (x_tr, tr), (x_va, va) = msets["train"], msets["val"]
     mod["linear_probe"] = _probe((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), te.classes, split)
@@ -441,23 +465,26 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
                     curves: bool, open_set: dict[str, Any], atlas: dict[str, Any]) -> str:
     lines = _header(runtime, f"Evaluation suite ({split} split)") + [
         f"Zero-shot mean balanced accuracy over {', '.join(summary['zero_shot_mean_tasks'])}: "
-        f"**{fmt(summary['zero_shot_mean'])}**", "",
+        f"**{fmt(summary['zero_shot_mean'])}** (95 % CI {_interval(summary['zero_shot_mean_ci95'])})", "",
         f"Unseen second site (never trained on), mean over {', '.join(summary['unseen_site_mean_tasks'])}: "
-        f"**{fmt(summary['unseen_site_mean'])}**; recall of healthy eyes (\"normal\" vs DR) "
+        f"**{fmt(summary['unseen_site_mean'])}** (95 % CI {_interval(summary['unseen_site_mean_ci95'])}); "
+        "recall of healthy eyes (\"normal\" vs DR) "
         f"**{fmt(summary['unseen_site_normal_recall'])}**, of no referable DR "
         f"{fmt(summary['unseen_site_no_referable_recall'])}", "",
         f"Atlas image <-> caption retrieval ({atlas['n']} unseen MM-Retinal figures): image->text R@1/5/10 "
         + "/".join(fmt(atlas[f"image_to_text_r@{k}"]) for k in (1, 5, 10)) + ", text->image R@1/5/10 "
         + "/".join(fmt(atlas[f"text_to_image_r@{k}"]) for k in (1, 5, 10))
         + f" (chance R@1 {fmt(atlas['chance_r@1'])})", "",
-        "| task | n | zero-shot bal. acc. | chance | macro AUC | P@10 (chance) | linear probe | 1/5/10-shot |",
+        "| task | n | zero-shot bal. acc. (95 % CI) | chance | macro AUC | P@10 (chance) | linear probe | "
+        "1/5/10-shot |",
         "|---|---|---|---|---|---|---|---|"]
-    for t in tasks.values():
+    for name, t in tasks.items():
         zs = t["zero_shot"]
         ret = t.get("retrieval")
         fs = t.get("few_shot")
         lines.append(
-            f"| {t['title']} | {zs['n']} | **{fmt(zs['balanced_accuracy'])}** | {fmt(zs['chance_balanced_accuracy'])} "
+            f"| {t['title']} | {zs['n']} | **{fmt(zs['balanced_accuracy'])}** "
+            f"({_interval(summary['zero_shot_ci95'][name])}) | {fmt(zs['chance_balanced_accuracy'])} "
             f"| {fmt(zs['macro_auc'])} | {fmt(ret['p@10']) + ' (' + fmt(ret['chance']) + ')' if ret else '–'} "
             f"| {fmt(t['linear_probe']['balanced_accuracy'])} | "
             + ("/".join(fmt(fs[f'{k}-shot']['balanced_accuracy'], 2) for k in (1, 5, 10)) if fs else "–") + " |")
@@ -510,6 +537,10 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
     return "\n".join(lines)
 
 
+def _interval(pair: list[float]) -> str:
+    return f"{pair[0]:.3f}-{pair[1]:.3f}"
+
+
 def _suite_text(summary: dict[str, Any], tasks: dict[str, Any]) -> str:
     rows = [f"{'task':<38} {'zero-shot':>9} {'chance':>7} {'AUC':>6} {'P@10':>6} {'probe':>6}"]
     for t in tasks.values():
@@ -517,8 +548,10 @@ def _suite_text(summary: dict[str, Any], tasks: dict[str, Any]) -> str:
         p10 = fmt(t["retrieval"]["p@10"]) if "retrieval" in t else "–"
         rows.append(f"{t['title'][:38]:<38} {fmt(zs['balanced_accuracy']):>9} {fmt(zs['chance_balanced_accuracy']):>7} "
                     f"{fmt(zs['macro_auc']):>6} {p10:>6} {fmt(t['linear_probe']['balanced_accuracy']):>6}")
-    rows.append(f"zero-shot mean ({len(summary['zero_shot_mean_tasks'])} tasks): {summary['zero_shot_mean']:.3f}")
+    rows.append(f"zero-shot mean ({len(summary['zero_shot_mean_tasks'])} tasks): {summary['zero_shot_mean']:.3f}"
+                f"  95% CI {_interval(summary['zero_shot_mean_ci95'])}")
     rows.append(f"unseen site mean ({len(summary['unseen_site_mean_tasks'])} tasks): {summary['unseen_site_mean']:.3f}"
+                f"  95% CI {_interval(summary['unseen_site_mean_ci95'])}"
                 f"  normal recall {summary['unseen_site_normal_recall']:.3f}")
     ar = summary["atlas_retrieval"]
     rows.append("atlas retrieval R@1/5/10 image->text " + "/".join(f"{ar[f'image_to_text_r@{k}']:.3f}" for k in (1, 5, 10))

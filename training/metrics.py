@@ -1,5 +1,5 @@
 """Evaluation metrics in plain numpy: balanced accuracy, macro AUC, per-class recall, confusion matrix,
-text-to-image precision@k.
+text-to-image precision@k, and bootstrap intervals of balanced accuracy.
 
 Kept free of scikit-learn so their definitions are visible here and checked against hand-computed values in
 ``tests/training/test_metrics.py``.
@@ -106,3 +106,38 @@ def classification_summary(
 
 def _none_if_nan(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
+
+
+def bootstrap_balanced_accuracy(
+    tasks: dict[str, tuple[Sequence[str], np.ndarray, np.ndarray]],
+    draws: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of balanced accuracy for tasks scored on overlapping images, and of their
+    mean (key ``"mean"``).
+
+    ``tasks`` maps a name to ``(image keys, true classes, predicted classes)``. Each draw resamples the distinct
+    images of all the tasks together, with replacement (an image drawn twice counts twice in every task it is
+    in), so the interval of the mean carries the tasks' correlation: several questions asked of one site's
+    photographs are not independent evidence. Balanced accuracy of a draw is the mean recall over the classes
+    it holds. Intervals are ``[low, high]`` at ``level``; ``draws`` and ``seed`` make them reproducible.
+    """
+    keys = sorted({k for image_keys, _, _ in tasks.values() for k in image_keys})
+    where = {k: i for i, k in enumerate(keys)}
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(keys), np.full(len(keys), 1.0 / len(keys)), size=draws)  # [D, K]
+    scores: dict[str, np.ndarray] = {}
+    for name, (image_keys, y_true, y_pred) in tasks.items():
+        y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+        weights = counts[:, [where[k] for k in image_keys]].astype(np.float64)  # [D, N]
+        recalls = []
+        for c in np.unique(y_true):
+            held = weights[:, y_true == c].sum(axis=1)
+            right = weights[:, (y_true == c) & (y_pred == c)].sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recalls.append(np.where(held > 0, right / np.maximum(held, 1), np.nan))
+        scores[name] = np.nanmean(np.stack(recalls), axis=0)  # [D]
+    scores["mean"] = np.mean(np.stack(list(scores.values())), axis=0)
+    tail = 100 * (1 - level) / 2
+    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for name, v in scores.items()}

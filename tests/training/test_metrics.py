@@ -10,6 +10,7 @@ import pytest
 from training.metrics import (
     balanced_accuracy,
     binary_auc,
+    bootstrap_balanced_accuracy,
     classification_summary,
     confusion_matrix,
     macro_auc,
@@ -71,3 +72,35 @@ def test_classification_summary_reports_chance_and_per_class() -> None:
     # one-vs-rest AUC per class: a's score 0.8 beats both b rows (0.3, 0.6) -> 1.0; b: 0.7 > 0.2, 0.4 > 0.2 -> 1.0
     assert s["per_class"] == {"a": {"recall": 1.0, "n": 1, "auc": 1.0}, "b": {"recall": 0.5, "n": 2, "auc": 1.0}}
     assert s["confusion_matrix"] == [[1, 0], [1, 1]]
+
+
+def _task(n: int, right: float, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``n`` images of two balanced classes, a share ``right`` of each predicted right."""
+    rng = np.random.default_rng(seed)
+    truth = np.arange(n) % 2
+    wrong = rng.permutation(n) >= round(right * n)
+    return [f"img{i}" for i in range(n)], truth, np.where(wrong, 1 - truth, truth)
+
+
+def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_images() -> None:
+    keys, truth, pred = _task(100, 0.7, seed=0)
+    small = bootstrap_balanced_accuracy({"t": (keys, truth, pred)}, draws=1000)["t"]
+    assert small[0] < balanced_accuracy(truth, pred, 2) < small[1]
+    assert 0.1 < small[1] - small[0] < 0.25  # about 2 x 1.96 x sqrt(0.21 / 100)
+    keys4, truth4, pred4 = _task(400, 0.7, seed=0)
+    large = bootstrap_balanced_accuracy({"t": (keys4, truth4, pred4)}, draws=1000)["t"]
+    assert large[1] - large[0] < 0.6 * (small[1] - small[0])
+    assert bootstrap_balanced_accuracy({"t": (keys, truth, pred)}, draws=1000) == {"t": small, "mean": small}
+    perfect = bootstrap_balanced_accuracy({"t": (keys, truth, truth)}, draws=200)
+    assert perfect["t"] == [1.0, 1.0]
+
+
+def test_tasks_on_the_same_images_are_resampled_together() -> None:
+    """Two questions asked of the same photographs are not independent evidence: the interval of their mean is
+    as wide as one task's when they agree image by image, and narrower when they are on different images."""
+    keys, truth, pred = _task(200, 0.7, seed=1)
+    same = bootstrap_balanced_accuracy({"a": (keys, truth, pred), "b": (keys, truth, pred)}, draws=2000)
+    assert same["mean"] == same["a"] == same["b"]
+    other = ([k + "-other" for k in keys], truth, pred)
+    apart = bootstrap_balanced_accuracy({"a": (keys, truth, pred), "b": other}, draws=2000)
+    assert apart["mean"][1] - apart["mean"][0] < 0.85 * (same["mean"][1] - same["mean"][0])
