@@ -43,7 +43,6 @@ from training.evaluate import (
     modality_embeddings,
     retrieval_metrics,
     zero_shot_decision,
-    zero_shot_metrics,
 )
 from training.metrics import bootstrap_balanced_accuracy, classification_summary
 from training.reports import fmt, plot_confusion, plot_curves, write_report
@@ -100,8 +99,12 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     s = _load(runtime, a, a.split)
     img, s = _embed(embedder, s, "embedding images")
-    result = zero_shot_metrics(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale,
-                               _class_bias(runtime, s), decision)
+    probs, decided = zero_shot_decision(img, _class_emb(runtime, s), s.classes, runtime.logit_scale,
+                                        _class_bias(runtime, s), decision)
+    result = {**classification_summary(s.labels, probs, s.classes), "decision": decided}
+    keys = [str(p) for p in s.paths]
+    result["balanced_accuracy_ci95"] = bootstrap_balanced_accuracy(
+        {"task": (keys, s.labels, probs.argmax(axis=1))}, draws=BOOTSTRAP_DRAWS)["task"]
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({s.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
@@ -221,7 +224,8 @@ def run_linear_probe(runtime: KeepfitRuntime, a: TaskArgs, out: Path, train_spli
 
 def _classification_md(r: dict[str, Any]) -> list[str]:
     decided = f"; decision {r['decision']}" if "decision" in r else ""
-    lines = [f"- n = {r['n']}; balanced accuracy **{fmt(r['balanced_accuracy'])}** (chance "
+    ci = f" (95 % CI {_interval(r['balanced_accuracy_ci95'])})" if "balanced_accuracy_ci95" in r else ""
+    lines = [f"- n = {r['n']}; balanced accuracy **{fmt(r['balanced_accuracy'])}**{ci} (chance "
              f"{fmt(r['chance_balanced_accuracy'])}); macro AUC {fmt(r['macro_auc'])}; accuracy {fmt(r['accuracy'])}"
              + decided,
              "", "| class | n | recall | AUC (one vs rest) |", "|---|---|---|---|"]
@@ -230,7 +234,8 @@ def _classification_md(r: dict[str, Any]) -> list[str]:
 
 
 def _classification_text(r: dict[str, Any]) -> str:
-    head = (f"balanced accuracy {r['balanced_accuracy']:.3f} (chance {r['chance_balanced_accuracy']:.3f})  "
+    ci = f" 95% CI {_interval(r['balanced_accuracy_ci95'])}" if "balanced_accuracy_ci95" in r else ""
+    head = (f"balanced accuracy {r['balanced_accuracy']:.3f}{ci} (chance {r['chance_balanced_accuracy']:.3f})  "
             f"macro AUC {fmt(r['macro_auc'])}  n {r['n']}" + (f"  decision {r['decision']}" if "decision" in r else ""))
     rows = [f"  {c:<45} n {m['n']:>4}  recall {fmt(m['recall'])}" for c, m in r["per_class"].items()]
     return "\n".join([head, *rows])

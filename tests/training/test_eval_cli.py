@@ -61,6 +61,10 @@ def test_zero_shot_report_matches_a_direct_computation(tiny_artifact: Path, oct_
     y = np.array([saved["classes"].index(r["dme"]) for r in rows])
     assert saved["n"] == 12 and saved["per_class"]["diabetic macular edema"]["n"] == 6
     assert saved["balanced_accuracy"] == pytest.approx(balanced_accuracy(y, probs.argmax(1), 2))
+    # how far 12 images can be trusted: an interval around it, in the report and in what is printed
+    low, high = saved["balanced_accuracy_ci95"]
+    assert low <= saved["balanced_accuracy"] <= high
+    assert f"(95 % CI {low:.3f}-{high:.3f})" in (out / "report.md").read_text()
 
 
 def test_zero_shot_decides_as_the_service_and_says_so(tiny_artifact: Path, oct_manifest: Path, tmp_path: Path,
