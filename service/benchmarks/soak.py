@@ -233,6 +233,22 @@ def slope_per_minute(samples: list[tuple[float, float, int, int]]) -> float:
     return float(np.polyfit(t, rss, 1)[0]) if len(samples) >= 2 else float("nan")
 
 
+def counts_over_run(
+    samples: list[tuple[float, float, int, int]],
+    half: list[tuple[float, float, int, int]],
+    idle: tuple[float, int, int],
+    column: int,
+) -> dict[str, float]:
+    """Open descriptors (column 2) or threads (3) at the start, the middle, their most, the end and at idle."""
+    return {
+        "start": samples[0][column],
+        "middle": half[0][column],
+        "max": max(s[column] for s in samples),
+        "end": samples[-1][column],
+        "idle_5s_after": idle[column - 1],
+    }
+
+
 def nearest(samples: list[tuple[float, float, int, int]], at: float) -> tuple[float, float, int, int]:
     return min(samples, key=lambda sample: abs(sample[0] - at))
 
@@ -305,20 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             "idle_5s_after": round(idle[0], 1),
         },
         "rss_slope_mib_per_min_last_half": round(slope_per_minute(half), 2),
-        "fds": {
-            "start": samples[0][2],
-            "middle": half[0][2],
-            "max": max(s[2] for s in samples),
-            "end": samples[-1][2],
-            "idle_5s_after": idle[1],
-        },
-        "threads": {
-            "start": samples[0][3],
-            "middle": half[0][3],
-            "max": max(s[3] for s in samples),
-            "end": samples[-1][3],
-            "idle_5s_after": idle[2],
-        },
+        "fds": counts_over_run(samples, half, idle, 2),
+        "threads": counts_over_run(samples, half, idle, 3),
     }
     print(
         f"{requests} requests in {wall / 60:.1f} min from {args.clients} clients ({figures['requests_per_s']}/s), "
