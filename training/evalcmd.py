@@ -42,7 +42,7 @@ from training.evaluate import (
     load_spec,
     modality_embeddings,
     retrieval_metrics,
-    zero_shot_decision,
+    zero_shot_scored,
 )
 from training.metrics import bootstrap_balanced_accuracy, classification_summary
 from training.reports import fmt, plot_confusion, plot_curves, write_report
@@ -99,12 +99,10 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     s = _load(runtime, a, a.split)
     img, s = _embed(embedder, s, "embedding images")
-    probs, decided = zero_shot_decision(img, _class_emb(runtime, s), s.classes, runtime.logit_scale,
-                                        _class_bias(runtime, s), decision)
-    result = {**classification_summary(s.labels, probs, s.classes), "decision": decided}
-    keys = [str(p) for p in s.paths]
+    result, predicted = zero_shot_scored(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale,
+                                         _class_bias(runtime, s), decision)
     result["balanced_accuracy_ci95"] = bootstrap_balanced_accuracy(
-        {"task": (keys, s.labels, probs.argmax(axis=1))}, draws=BOOTSTRAP_DRAWS)["task"]
+        {"task": ([str(p) for p in s.paths], s.labels, predicted)}, draws=BOOTSTRAP_DRAWS)["task"]
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({s.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
@@ -346,8 +344,7 @@ def _suite_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, spec: Any, dat
     classes = te.classes
     assert tr.classes == classes == va.classes, (tr.classes, va.classes, classes)
     cls = _class_emb(runtime, te)
-    probs, decided = zero_shot_decision(x_te, cls, classes, runtime.logit_scale, _class_bias(runtime, te))
-    zs = {**classification_summary(te.labels, probs, classes), "decision": decided}
+    zs, predicted = zero_shot_scored(x_te, te.labels, cls, classes, runtime.logit_scale, _class_bias(runtime, te))
     plot_confusion(zs["confusion_matrix"], classes, f"zero-shot {spec.title} ({split})",
                    out / f"confusion_{spec.name}.png")
     return {
@@ -358,7 +355,7 @@ def _suite_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, spec: Any, dat
         "linear_probe": _probe((x_tr, tr.labels), (x_va, va.labels), (x_te, te.labels), classes, split),
         "few_shot": few_shot_metrics((x_tr, tr.labels), (x_te, te.labels), classes),
         "rows_skipped": dict(te.skipped),
-        ROWS: ([str(p) for p in te.paths], te.labels, probs.argmax(axis=1)),
+        ROWS: ([str(p) for p in te.paths], te.labels, predicted),
     }
 
 
@@ -382,9 +379,8 @@ def _modality_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, data_root: 
              for sp in ("train", "val", split)}
     (x_te, te) = msets[split]
     mcls = modality_embeddings(runtime.encode_texts, kn, te.classes, runtime.config.text.pooling == "flair")
-    probs, decided = zero_shot_decision(x_te, mcls, te.classes, runtime.logit_scale)
-    mod["zero_shot"] = {**classification_summary(te.labels, probs, te.classes), "decision": decided}
-    mod[ROWS] = ([str(p) for p in te.paths], te.labels, probs.argmax(axis=1))
+    mod["zero_shot"], predicted = zero_shot_scored(x_te, te.labels, mcls, te.classes, runtime.logit_scale)
+    mod[ROWS] = ([str(p) for p in te.paths], te.labels, predicted)
     plot_confusion(mod["zero_shot"]["confusion_matrix"], te.classes, f"zero-shot modality ({split})",
                    out / "confusion_modality.png")
     if runtime.artifact.has("modality_head.json"):

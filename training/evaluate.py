@@ -338,16 +338,17 @@ def zero_shot_metrics(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, clas
     decision where it applies to the set (:func:`model.runtime.decided_normal`: none of the suite's tasks, but
     ``keepfit eval zero-shot`` on a clinic's labels may), else one softmax; ``decision="flat"`` always one
     softmax."""
-    probs, decided = zero_shot_decision(img, cls, classes, logit_scale, bias, decision)
-    return {**classification_summary(labels, probs, classes), "decision": decided}
+    return zero_shot_scored(img, labels, cls, classes, logit_scale, bias, decision)[0]
 
 
-def zero_shot_decision(img: np.ndarray, cls: np.ndarray, classes: Sequence[str], logit_scale: float,
-                       bias: np.ndarray | None = None, decision: str = "auto") -> tuple[np.ndarray, str]:
-    """Probabilities ``[N, C]`` as :func:`zero_shot_metrics` scores them, and which decision made them."""
+def zero_shot_scored(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, classes: Sequence[str],
+                     logit_scale: float, bias: np.ndarray | None = None, decision: str = "auto"
+                     ) -> tuple[dict[str, Any], np.ndarray]:
+    """:func:`zero_shot_metrics` and the predicted class of each image ``[N]`` (for bootstrap intervals)."""
     normal = decided_normal(classes, decision)
     probs = zero_shot_probabilities(img, cls, logit_scale, bias, normal)  # [N, C]
-    return probs, "flat" if normal is None else "screening"
+    metrics = {**classification_summary(labels, probs, classes), "decision": "flat" if normal is None else "screening"}
+    return metrics, probs.argmax(axis=1)
 
 
 def default_set_normal(runtime: KeepfitRuntime, img: np.ndarray, healthy: np.ndarray, modality: str,
