@@ -122,9 +122,8 @@ def _cell(text: str) -> str:
 
 
 def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": row["path"], "sha256": row.get("image", {}).get("sha256", ""),
+    out: dict[str, Any] = {"path": _cell(row["path"]), "sha256": row.get("image", {}).get("sha256", ""),
                            "model_version": row.get("model_version", "")}
-    out["path"] = _cell(out["path"])
     if "error" in row:
         return {**out, "status": "error", "error": _cell(f"{row['error']['code']}: {row['error']['message']}")}
     mod, predictions = row["modality"], row["predictions"]
@@ -180,7 +179,7 @@ def _check_out(out: Path, manifests: list[str]) -> None:
 
 
 def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
-    from service.classifier_cli import _root, _settings, _store
+    from service.classifier_cli import _settings, _store
     from service.engine import Engine
 
     engine = Engine.load(_settings(artifact=Path(args.artifact), threads=1, inference_concurrency=threads))
@@ -188,11 +187,10 @@ def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
         store = _store(argparse.Namespace(store=args.store, index=None))
         row = store.get(args.classifier.strip())
         if row.artifact_version != engine.version:
-            root = _root(argparse.Namespace(store=args.store, index=None))
             raise ConfigError(
-                f"classifier {row.name!r} in {root} was fitted with artifact {row.artifact_version}; "
+                f"classifier {row.name!r} in {store.root} was fitted with artifact {row.artifact_version}; "
                 f"{args.artifact} is {engine.version}: refit it "
-                f"(keepfit classifier refit {row.name} --store {root} --artifact {args.artifact})"
+                f"(keepfit classifier refit {row.name} --store {store.root} --artifact {args.artifact})"
             )
         return Scorer(engine, None, None, "auto", "auto", args.top_k, row=row, model=store.load(row))
     engine.check_modality(args.modality)

@@ -200,3 +200,25 @@ def test_classifying_an_archive_never_imports_torch(folder: Path, default_artifa
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"code": 0, "heavy": []}, done.stderr[-2000:]
+
+
+def test_a_classifier_of_another_artifact_is_refused_with_the_refit_to_run(
+    default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A classifier fitted on another model's embeddings would score nonsense: refused before any image, naming
+    its store and the refit command."""
+    import types
+
+    import service.classifier_cli as classifier_cli
+    from model.errors import ConfigError
+    from service import batch_cli
+
+    row = types.SimpleNamespace(name="dr", artifact_version="20200101-old")
+    store = types.SimpleNamespace(root=tmp_path / "classifiers", get=lambda name: row)
+    monkeypatch.setattr(classifier_cli, "_store", lambda args: store)
+    args = batch_cli.build_parser().parse_args(
+        ["--images", str(tmp_path), "--out", str(tmp_path / "r.csv"), "--classifier", "dr",
+         "--artifact", str(default_artifact)])
+    with pytest.raises(ConfigError, match="fitted with artifact 20200101-old") as refused:
+        batch_cli._scorer(args, 1)
+    assert f"keepfit classifier refit dr --store {store.root} --artifact {default_artifact}" in str(refused.value)
