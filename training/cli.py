@@ -1,4 +1,4 @@
-"""``keepfit train text|hybrid`` and ``keepfit eval zero-shot|retrieval|few-shot|linear-probe|suite|synonyms``.
+"""``keepfit train text|hybrid`` and ``keepfit eval zero-shot|retrieval|few-shot|linear-probe|suite|unseen-site|synonyms``.
 
 Training resolves its config from the defaults, an optional ``--config-file`` JSON and the flags (in that
 order), writes it into the run folder (``runs/<name>`` by default) and into every checkpoint.  Evaluation runs
@@ -273,6 +273,13 @@ def _eval_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", type=Path, help="training run folder whose curves to include in the report")
     s.add_argument("--baseline", type=Path, metavar="ARTIFACT",
                    help="also evaluate this artifact (e.g. the previous default) and print both in one table")
+    u = sub.add_parser("unseen-site", help="the second site's four tasks zero-shot over several splits together "
+                       "(default train+test: every photograph no model here trained on or was chosen with)")
+    common(u, labelled=False)
+    u.add_argument("--data-root", help="default ../shared/data")
+    u.add_argument("--splits", default="train,test", help="comma-separated splits (default %(default)s: its val "
+                   "split chose the recipes)")
+    u.add_argument("--baseline", type=Path, metavar="ARTIFACT", help="also evaluate this artifact, one row each")
     cal = sub.add_parser("calibrate", help="fit per-category logit offsets on the training sites' val splits "
                          "(calibration.json; --record-into puts it in a checkpoint for the next export)")
     common(cal, labelled=False)
@@ -378,6 +385,22 @@ def eval_main(argv: list[str]) -> int:
             report["text"] += "\n\n" + evalcmd.write_comparison(out, [
                 (f"{baseline.artifact.name} {baseline.version} (baseline)", base),
                 (f"{runtime.artifact.name} {runtime.version}", report)])
+    elif args.command == "unseen-site":
+        from training.data import resolve_data_root
+
+        data_root = resolve_data_root(args.data_root)
+        splits = [x.strip() for x in args.splits.split(",") if x.strip()]
+        baseline = None
+        if args.baseline is not None:  # fail on a bad baseline before the evaluation
+            baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=threads_from_env())
+        report = evalcmd.run_unseen_site(runtime, data_root, splits, out, args.batch_size)
+        if baseline is not None:
+            base = evalcmd.run_unseen_site(baseline, data_root, splits, out / "baseline", args.batch_size)
+            report["text"] = evalcmd.unseen_site_comparison(out, (
+                f"{baseline.artifact.name} {baseline.version} (baseline)", base),
+                (f"{runtime.artifact.name} {runtime.version}", report))
+            base.pop(evalcmd.ROWS)
+        report.pop(evalcmd.ROWS)
     elif args.command == "synonyms":
         from training.data import resolve_data_root
 

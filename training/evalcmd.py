@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.files import atomic_write_text
+from model.files import atomic_write_json, atomic_write_text
 from model.knowledge import Knowledge
 from model.runtime import KeepfitRuntime
 from training.evaluate import (
     ATLAS_PAIRS,
+    DR_SH,
     DR_STAGES,
     HEADLINE,
     MANY_CONDITIONS,
     NAMED_SET_ROWS,
     SUITE,
     UNSEEN_HEADLINE,
+    UNSEEN_SITE,
     EvalSet,
     ImageEmbedder,
     caption_retrieval_metrics,
@@ -44,7 +47,7 @@ from training.evaluate import (
     retrieval_metrics,
     zero_shot_scored,
 )
-from training.metrics import bootstrap_balanced_accuracy, classification_summary
+from training.metrics import bootstrap_balanced_accuracy, bootstrap_difference, classification_summary
 from training.reports import fmt, plot_confusion, plot_curves, write_report
 
 logger = logging.getLogger(__name__)
@@ -330,6 +333,142 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
 
 ROWS = "_rows"  # a task's (image keys, true, predicted classes) while the suite runs; not in the report
 BOOTSTRAP_DRAWS = 2000
+
+
+def trained_on_unseen_site(runtime: KeepfitRuntime) -> str | None:
+    """The artifact's training source that is the unseen site (``dr_sh_600``), if its training saw it."""
+    training = runtime.artifact.manifest.get("training") or {}
+    sources = [str(x) for x in training.get("public") or []] + [str(training.get("elite_manifest") or "")]
+    return next((x for x in sources if x.split(":")[0].replace("\\", "/").endswith(DR_SH)), None)
+
+
+def _joined(parts: list[EvalSet]) -> EvalSet:
+    """One task's rows of several splits as one set (the splits are disjoint, so no image is counted twice)."""
+    first = parts[0]
+    assert all(p.classes == first.classes for p in parts), [p.classes for p in parts]
+    skipped = sum((p.skipped for p in parts), Counter())
+    return EvalSet(first.name, [x for p in parts for x in p.paths], np.concatenate([p.labels for p in parts]),
+                   first.classes, first.modality, skipped)
+
+
+def run_unseen_site(runtime: KeepfitRuntime, data_root: Path, splits: list[str], out: Path, batch_size: int = 32
+                    ) -> dict[str, Any]:
+    """The unseen site's four headline tasks, zero-shot, over every photograph of ``splits`` together (default:
+    train and test, 535 photographs, where the suite's test split has 128): balanced accuracy, macro AUC and
+    per-class recall, with bootstrap intervals (the tasks resampled together by image).  A tighter check of how
+    a model transfers to another clinic than the test split alone; refused for a model trained on that site."""
+    from model.errors import DataError
+
+    seen = trained_on_unseen_site(runtime)
+    if seen is not None:
+        raise DataError(f"{runtime.artifact.name} {runtime.version} was trained on {seen} (its manifest's "
+                        "training): the second site is not unseen for it")
+    if not splits or len(set(splits)) != len(splits):
+        raise DataError(f"--splits must name distinct splits, got {','.join(splits)!r}")
+    t0 = time.perf_counter()
+    embedder = ImageEmbedder.of_runtime(runtime, batch_size)
+    kn = Knowledge.default()  # the data's label vocabulary, whatever the artifact's knowledge (as the suite)
+    tasks: dict[str, Any] = {}
+    rows: dict[str, tuple[Sequence[str], np.ndarray, np.ndarray]] = {}
+    for spec in UNSEEN_SITE:
+        parts = [load_spec(spec, data_root, kn, sp) for sp in splits]
+        x, s = _embed(embedder, _joined(parts), f"{spec.name} {'+'.join(splits)}")
+        zs, predicted = zero_shot_scored(x, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale,
+                                         _class_bias(runtime, s))
+        tasks[spec.name] = {"title": spec.title, "zero_shot": zs, "per_split": {sp: len(p.labels) for sp, p in
+                                                                             zip(splits, parts, strict=True)},
+                            "rows_skipped": dict(s.skipped)}
+        rows[spec.name] = ([str(p) for p in s.paths], s.labels, predicted)
+    ci = bootstrap_balanced_accuracy(rows, draws=BOOTSTRAP_DRAWS)
+    mean_ci = ci.pop("mean")
+    summary = {
+        "splits": list(splits),
+        "data": f"{DR_SH} in {data_root}",
+        "artifact_version": runtime.version,
+        "n_images": len({k for keys, _, _ in rows.values() for k in keys}),
+        "zero_shot_balanced_accuracy": {n: t["zero_shot"]["balanced_accuracy"] for n, t in tasks.items()},
+        "zero_shot_ci95": ci,
+        "zero_shot_macro_auc": {n: t["zero_shot"]["macro_auc"] for n, t in tasks.items()},
+        "unseen_site_mean": float(np.mean([t["zero_shot"]["balanced_accuracy"] for t in tasks.values()])),
+        "unseen_site_mean_ci95": mean_ci,
+        "unseen_site_mean_tasks": list(UNSEEN_HEADLINE),
+        "ci95": f"percentile bootstrap, {BOOTSTRAP_DRAWS} resamples of the images (the tasks drawn together)",
+        "unseen_site_normal_recall": tasks["site2_normal"]["zero_shot"]["per_class"]["normal"]["recall"],
+        "unseen_site_dr_recall": tasks["site2_normal"]["zero_shot"]["per_class"]["diabetic retinopathy"]["recall"],
+        "unreadable_images": len(embedder.report.skipped),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    payload = {"command": "unseen-site", "summary": summary, "tasks": tasks, "unreadable": embedder.report.skipped}
+    write_report(out, payload, _unseen_markdown(runtime, summary, tasks))
+    payload["text"] = unseen_site_text([(f"{runtime.artifact.name} {runtime.version}", payload)])
+    payload[ROWS] = rows  # for a paired comparison (:func:`unseen_site_comparison`); not in the report
+    return payload
+
+
+def unseen_site_comparison(out: Path, before: tuple[str, dict[str, Any]], after: tuple[str, dict[str, Any]]) -> str:
+    """Two models' :func:`run_unseen_site` reports side by side and the paired difference (after - before) with
+    its bootstrap interval, per task and of the mean; written to ``comparison.json`` and ``comparison.md``."""
+    (name_a, a), (name_b, b) = before, after
+    sa, sb = a["summary"], b["summary"]
+    interval = bootstrap_difference(a[ROWS], b[ROWS], draws=BOOTSTRAP_DRAWS)
+    tasks = [*sa["unseen_site_mean_tasks"], "mean"]
+    value = {**{n: sb["zero_shot_balanced_accuracy"][n] - sa["zero_shot_balanced_accuracy"][n] for n in tasks[:-1]},
+             "mean": sb["unseen_site_mean"] - sa["unseen_site_mean"]}
+    result = {"before": name_a, "after": name_b, "splits": sb["splits"], "n_images": sb["n_images"],
+              "difference": value, "difference_ci95": interval,
+              "ci95": f"paired percentile bootstrap, {BOOTSTRAP_DRAWS} resamples of the images, both models "
+                      "scored on each"}
+    titles = {n: a["tasks"][n]["title"] for n in tasks[:-1]} | {"mean": "mean of the four"}
+    md = [f"# Unseen site: {name_b} against {name_a}", "",
+          f"{'+'.join(sb['splits'])} splits, {sb['n_images']} photographs; balanced accuracy, after - before, "
+          f"with its 95 % interval ({result['ci95']}).", "",
+          "| task | before | after | after - before (95 % CI) |", "|---|---|---|---|"]
+    for n in tasks:
+        ba = sa["unseen_site_mean"] if n == "mean" else sa["zero_shot_balanced_accuracy"][n]
+        bb = sb["unseen_site_mean"] if n == "mean" else sb["zero_shot_balanced_accuracy"][n]
+        md.append(f"| {titles[n]} | {fmt(ba)} | {fmt(bb)} | **{value[n]:+.3f}** ({interval[n][0]:+.3f} to "
+                  f"{interval[n][1]:+.3f}) |")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "comparison.json", result)
+    atomic_write_text(out / "comparison.md", "\n".join(md) + "\n")
+    lines = [unseen_site_text([before, after]), "after - before (paired 95% CI): " + ", ".join(
+        f"{n.removeprefix('site2_')} {value[n]:+.3f} ({interval[n][0]:+.3f} to {interval[n][1]:+.3f})" for n in tasks)]
+    return "\n".join(lines)
+
+
+def _unseen_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dict[str, Any]) -> str:
+    lines = _header(runtime, f"Unseen site ({'+'.join(summary['splits'])} splits, {summary['n_images']} photographs)")
+    lines += [f"Mean over {', '.join(summary['unseen_site_mean_tasks'])}: **{fmt(summary['unseen_site_mean'])}** "
+              f"(95 % CI {_interval(summary['unseen_site_mean_ci95'])}); normal vs DR: recall of healthy eyes "
+              f"{fmt(summary['unseen_site_normal_recall'])}, of eyes with DR {fmt(summary['unseen_site_dr_recall'])}",
+              "", "| task | n | zero-shot bal. acc. (95 % CI) | chance | macro AUC | recall per class |",
+              "|---|---|---|---|---|---|"]
+    for name, t in tasks.items():
+        zs = t["zero_shot"]
+        lines.append(f"| {t['title']} | {zs['n']} | **{fmt(zs['balanced_accuracy'])}** "
+                     f"({_interval(summary['zero_shot_ci95'][name])}) | {fmt(zs['chance_balanced_accuracy'])} | "
+                     f"{fmt(zs['macro_auc'])} | "
+                     + "; ".join(f"{c} {fmt(m['recall'])} (n {m['n']})" for c, m in zs["per_class"].items()) + " |")
+    lines += ["", f"{summary['ci95']}. Unreadable images skipped: {summary['unreadable_images']}. "
+              f"Time: {summary['seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def unseen_site_text(reports: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per model: the four tasks, their mean with its interval, and normal vs DR's per-class recall."""
+    first = reports[0][1]["summary"]
+    head = (f"unseen site, {'+'.join(first['splits'])} splits ({first['n_images']} photographs), "
+            "zero-shot balanced accuracy")
+    names = {"site2_normal": "normal/DR", "site2_referable": "referable", "site2_maculopathy": "maculop.",
+             "site2_grade": "ICDR"}
+    rows = [head, f"{'model':<40} " + " ".join(f"{v:>10}" for v in names.values())
+            + f" {'mean (95% CI)':>20} {'normal rec.':>11} {'DR rec.':>7}"]
+    for label, report in reports:
+        s = report["summary"]
+        rows.append(f"{label[:40]:<40} " + " ".join(f"{s['zero_shot_balanced_accuracy'][n]:>10.3f}" for n in names)
+                    + f" {s['unseen_site_mean']:.3f} ({_interval(s['unseen_site_mean_ci95'])})"
+                    + f" {s['unseen_site_normal_recall']:>11.3f} {s['unseen_site_dr_recall']:>7.3f}")
+    return "\n".join(rows)
 
 
 def _suite_task(runtime: KeepfitRuntime, embedder: ImageEmbedder, spec: Any, data_root: Path, kn: Knowledge,

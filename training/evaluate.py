@@ -8,7 +8,7 @@ embeddings of the validation split to choose its checkpoint.  No torch import he
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from tqdm import tqdm
 from model.errors import DataError
 from model.knowledge import Knowledge
 from model.logs import progress_bars
+from model.manifest import Manifest
 from model.runtime import KeepfitRuntime, decided_normal, prompt_means, zero_shot_probabilities
 from training.data import LoadReport, check_files, filter_rows, iter_images, read_manifest
 from training.metrics import classification_summary, precision_at_k
@@ -229,6 +230,7 @@ def load_eval_set(
             labels.append(index[c])
         else:
             skipped[f"label {r[label_column]!r} not among the categories"] += 1
+    kept, labels = _one_row_per_image(manifest, kept, labels, skipped)
     if not kept:
         raise DataError(
             f"manifest {manifest.path}: no row's {label_column!r} is one of {', '.join(classes)} "
@@ -238,6 +240,30 @@ def load_eval_set(
     skipped = Counter({k: v for k, v in skipped.items() if v})
     return EvalSet(name or label_column, [manifest.resolve(r) for r in kept], np.asarray(labels, dtype=np.int64),
                    classes, modality, skipped)
+
+
+def _one_row_per_image(manifest: Manifest, rows: list[dict[str, str]], labels: list[int], skipped: Counter[str]
+                       ) -> tuple[list[dict[str, str]], list[int]]:
+    """An image listed in several rows is scored once, with its label where the rows agree, and not at all where
+    they disagree (counted in ``skipped``): a repeated row would weigh one photograph twice, and of two labels
+    for one photograph one is wrong (two of ``dr_sh_600``'s train images are graded both moderate DR with
+    maculopathy and severe DR without)."""
+    found: defaultdict[Path, set[int]] = defaultdict(set)
+    for r, y in zip(rows, labels, strict=True):
+        found[manifest.resolve(r)].add(y)
+    seen: set[Path] = set()
+    kept, kept_labels = [], []
+    for r, y in zip(rows, labels, strict=True):
+        path = manifest.resolve(r)
+        if len(found[path]) > 1:
+            skipped["image listed with conflicting labels"] += 1
+        elif path in seen:
+            skipped["image listed twice"] += 1
+        else:
+            seen.add(path)
+            kept.append(r)
+            kept_labels.append(y)
+    return kept, kept_labels
 
 
 def _spelt_as_known(modality: str, knowledge: Knowledge) -> str:

@@ -108,8 +108,11 @@ def _none_if_nan(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
+BootstrapTasks = dict[str, tuple[Sequence[str], np.ndarray, np.ndarray]]
+
+
 def bootstrap_balanced_accuracy(
-    tasks: dict[str, tuple[Sequence[str], np.ndarray, np.ndarray]],
+    tasks: BootstrapTasks,
     draws: int = 2000,
     level: float = 0.95,
     seed: int = 0,
@@ -123,10 +126,46 @@ def bootstrap_balanced_accuracy(
     photographs are not independent evidence. Balanced accuracy of a draw is the mean recall over the classes
     it holds. Intervals are ``[low, high]`` at ``level``; ``draws`` and ``seed`` make them reproducible.
     """
+    return _percentiles(_bootstrap_scores(tasks, _draw_counts(tasks, draws, seed)), level)
+
+
+def bootstrap_difference(
+    before: BootstrapTasks,
+    after: BootstrapTasks,
+    draws: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Paired percentile bootstrap intervals of ``after`` minus ``before`` (two models' predictions on the same
+    images: same task names, keys and true classes), per task and for the mean (key ``"mean"``).
+
+    Each draw resamples the images once and scores both models on that draw, so what the two share (which
+    photographs are hard) cancels: a difference can be resolved that is far inside either model's own interval.
+    An interval that excludes 0 says the models differ on images like these.
+    """
+    if before.keys() != after.keys():
+        raise ValueError(f"the two models were scored on different tasks: {sorted(before)} and {sorted(after)}")
+    for name in before:
+        keys_a, true_a, _ = before[name]
+        keys_b, true_b, _ = after[name]
+        if list(keys_a) != list(keys_b) or not np.array_equal(true_a, true_b):
+            raise ValueError(f"task {name!r}: the two models were scored on different images or labels")
+    counts = _draw_counts(before, draws, seed)
+    a, b = _bootstrap_scores(before, counts), _bootstrap_scores(after, counts)
+    return _percentiles({name: b[name] - a[name] for name in a}, level)
+
+
+def _draw_counts(tasks: BootstrapTasks, draws: int, seed: int) -> tuple[dict[str, int], np.ndarray]:
+    """The distinct images of ``tasks`` (key -> column) and how often each draw takes each image ``[draws, K]``."""
     keys = sorted({k for image_keys, _, _ in tasks.values() for k in image_keys})
-    where = {k: i for i, k in enumerate(keys)}
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(keys), np.full(len(keys), 1.0 / len(keys)), size=draws)  # [D, K]
+    return {k: i for i, k in enumerate(keys)}, rng.multinomial(len(keys), np.full(len(keys), 1.0 / len(keys)),
+                                                                 size=draws)
+
+
+def _bootstrap_scores(tasks: BootstrapTasks, drawn: tuple[dict[str, int], np.ndarray]) -> dict[str, np.ndarray]:
+    """Balanced accuracy of each task at each draw ``[draws]``, and their mean (key ``"mean"``)."""
+    where, counts = drawn
     scores: dict[str, np.ndarray] = {}
     for name, (image_keys, y_true, y_pred) in tasks.items():
         y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -139,5 +178,9 @@ def bootstrap_balanced_accuracy(
                 recalls.append(np.where(held > 0, right / np.maximum(held, 1), np.nan))
         scores[name] = np.nanmean(np.stack(recalls), axis=0)  # [D]
     scores["mean"] = np.mean(np.stack(list(scores.values())), axis=0)
+    return scores
+
+
+def _percentiles(scores: dict[str, np.ndarray], level: float) -> dict[str, list[float]]:
     tail = 100 * (1 - level) / 2
     return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for name, v in scores.items()}

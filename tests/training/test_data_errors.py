@@ -121,3 +121,19 @@ def test_elite_manifest_and_corpus_errors(tmp_path: Path, golden_image: Image.Im
     bad.write_text('{"text": "ok"}\nnot json\n')
     with pytest.raises(DataError, match=r"c\.jsonl:2 is not a JSON object"):
         read_corpus(bad)
+
+
+def test_an_image_listed_twice_is_scored_once_and_one_with_two_labels_not_at_all(
+    tmp_path: Path, golden_image: Image.Image
+) -> None:
+    """A repeated row would weigh one photograph twice; of two labels for one photograph one is wrong (as for two
+    of dr_sh_600's train images), so it is left out, and both cases are counted."""
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        golden_image.save(folder / f"{name}.png")
+    _manifest(folder, "path,label\na.png,normal\n./a.png,normal\nb.png,glaucoma\nb.png,normal\nc.png,glaucoma\n")
+    s = load_eval_set(folder / "labels.csv", "label", KN, None)
+    assert [p.name for p in s.paths] == ["a.png", "c.png"]
+    assert [s.classes[i] for i in s.labels] == ["normal", "glaucoma"]
+    assert dict(s.skipped) == {"image listed twice": 1, "image listed with conflicting labels": 2}

@@ -253,3 +253,52 @@ def test_suite_records_into_checkpoint_and_compares(tiny_artifact: Path, data_ro
     assert table[0].startswith("| model | DME CFP graded") and table[2].startswith("| chance | 0.500")
     assert table[3].startswith("| a |") and table[4].startswith("| b |") and table[5] == ""
     assert table[6].startswith("| model | normal vs DR") and table[9].startswith("| a |") and len(table) == 11
+
+
+def test_unseen_site_scores_every_photograph_of_its_splits_and_compares_paired(
+    tiny_artifact: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "unseen"
+    assert eval_main(["unseen-site", "--artifact", str(tiny_artifact), "--data-root", str(data_root), "--splits",
+                      "val,test", "--baseline", str(tiny_artifact), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    summary, tasks = report["summary"], report["tasks"]
+    assert summary["splits"] == ["val", "test"]
+    counts = {sp: _count(data_root, "dr_sh_600/labels.csv", split=sp, dr_grade="*") for sp in ("val", "test")}
+    assert tasks["site2_referable"]["per_split"] == counts
+    assert tasks["site2_referable"]["zero_shot"]["n"] == sum(counts.values()) == summary["n_images"]
+    assert summary["unseen_site_mean"] == pytest.approx(np.mean(list(summary["zero_shot_balanced_accuracy"].values())))
+    low, high = summary["unseen_site_mean_ci95"]
+    assert low <= summary["unseen_site_mean"] <= high
+    # the same model as its own baseline: a paired difference of exactly 0, every task
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert set(comparison["difference"]) == {*summary["unseen_site_mean_tasks"], "mean"}
+    assert all(v == 0 for v in comparison["difference"].values())
+    assert all(ci == [0.0, 0.0] for ci in comparison["difference_ci95"].values())
+    assert "mean +0.000 (+0.000 to +0.000)" in printed and "| mean of the four |" in (out / "comparison.md").read_text()
+    assert "_rows" not in report
+
+
+def test_unseen_site_is_refused_for_a_model_trained_on_it_and_for_bad_splits(
+    tiny_artifact: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    seen = tmp_path / "seen"
+    shutil.copytree(tiny_artifact, seen)
+    manifest = json.loads((seen / "manifest.json").read_text())
+    manifest["training"] = {"public": ["cfp_oct_mx/labels.csv:dme,dr", "dr_sh_600/labels.csv:dr_grade,maculopathy"]}
+    (seen / "manifest.json").write_text(json.dumps(manifest))
+    assert keepfit(["artifact", "seal", str(seen)]) == 0
+    capsys.readouterr()
+    common = ["eval", "unseen-site", "--data-root", str(data_root), "--out", str(tmp_path / "out")]
+    for argv, message in (
+        (["--artifact", str(seen)], "was trained on dr_sh_600/labels.csv:dr_grade,maculopathy"),
+        (["--artifact", str(tiny_artifact), "--splits", "test,test"], "--splits must name distinct splits"),
+        (["--artifact", str(tiny_artifact), "--splits", "nope"], "no rows in split 'nope'"),
+    ):
+        code = keepfit([*common, *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -11,6 +11,7 @@ from training.metrics import (
     balanced_accuracy,
     binary_auc,
     bootstrap_balanced_accuracy,
+    bootstrap_difference,
     classification_summary,
     confusion_matrix,
     macro_auc,
@@ -104,3 +105,23 @@ def test_tasks_on_the_same_images_are_resampled_together() -> None:
     other = ([k + "-other" for k in keys], truth, pred)
     apart = bootstrap_balanced_accuracy({"a": (keys, truth, pred), "b": other}, draws=2000)
     assert apart["mean"][1] - apart["mean"][0] < 0.85 * (same["mean"][1] - same["mean"][0])
+
+
+def test_a_paired_difference_resolves_what_two_intervals_cannot() -> None:
+    """Both models scored on the same draws: identical predictions differ by exactly 0, and a model right on 4 %
+    more images is resolved although its own interval overlaps the other's almost entirely."""
+    keys, truth, pred = _task(400, 0.7, seed=2)
+    same = bootstrap_difference({"t": (keys, truth, pred)}, {"t": (keys, truth, pred.copy())}, draws=500)
+    assert same == {"t": [0.0, 0.0], "mean": [0.0, 0.0]}
+    better = pred.copy()
+    wrong = np.flatnonzero(better != truth)[:16]  # 16 of 400 images (4 %) put right
+    better[wrong] = truth[wrong]
+    a = bootstrap_balanced_accuracy({"t": (keys, truth, pred)}, draws=2000)["t"]
+    b = bootstrap_balanced_accuracy({"t": (keys, truth, better)}, draws=2000)["t"]
+    assert b[0] < a[1]  # the two intervals overlap
+    diff = bootstrap_difference({"t": (keys, truth, pred)}, {"t": (keys, truth, better)}, draws=2000)["t"]
+    assert 0 < diff[0] < balanced_accuracy(truth, better, 2) - balanced_accuracy(truth, pred, 2) < diff[1]
+    with pytest.raises(ValueError, match="different images or labels"):
+        bootstrap_difference({"t": (keys, truth, pred)}, {"t": (keys[::-1], truth, pred)}, draws=10)
+    with pytest.raises(ValueError, match="different tasks"):
+        bootstrap_difference({"t": (keys, truth, pred)}, {"u": (keys, truth, pred)}, draws=10)
