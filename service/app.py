@@ -366,7 +366,9 @@ class _CorsMiddleware(CORSMiddleware):
             return response
         message = bytes(response.body).decode("utf-8", "replace")  # "Disallowed CORS origin, method"
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-        allowed = "origins of KEEPFIT_CORS_ORIGINS; methods GET, POST, DELETE; headers X-API-Key, X-Admin-Key, Content-Type"
+        # what this middleware was configured with, so the message cannot drift from it
+        allowed = (f"origins of KEEPFIT_CORS_ORIGINS; methods {', '.join(m for m in self.allow_methods if m != 'OPTIONS')}; "
+                   f"headers {', '.join(sorted(self.allow_headers))}")
         return JSONResponse(error_body("cors_refused", f"{message} (allowed: {allowed})"), 400, headers)
 
 

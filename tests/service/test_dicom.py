@@ -121,3 +121,6 @@ def test_a_header_that_contradicts_the_image_is_warned_about(
     assert answer["warnings"][0]["message"].startswith("the DICOM header says OCT, but the image looks like CFP")
     # agreeing header and image: no warning
     assert _post(api, make_dicom([rgb], "explicit", modality="OP"))["warnings"] == []
+    # a blank frame looks like nothing: its own warning, not a mismatch with the header from a coin toss
+    blank = _post(api, make_dicom([np.zeros((256, 256, 3), np.uint8)], "explicit", modality="OPT"))
+    assert [w["code"] for w in blank["warnings"]] == ["featureless_image"], blank["warnings"]

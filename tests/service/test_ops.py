@@ -204,6 +204,8 @@ def test_cors_preflight_and_headers(secured: TestClient) -> None:
     )
     assert "access-control-allow-origin" not in other.headers
     assert_error(other, 400, "cors_refused", "Disallowed CORS origin", "KEEPFIT_CORS_ORIGINS")
+    # the message lists every header a page may send, as configured (X-Request-ID and If-None-Match were missing)
+    assert "x-request-id" in other.json()["error"]["message"] and "if-none-match" in other.json()["error"]["message"]
     r = secured.get("/v1/categories", headers={"Origin": "https://clinic.example", "X-API-Key": "k-one"})
     assert r.headers["access-control-allow-origin"] == "https://clinic.example"
     # errors carry CORS headers too, so the browser shows the message rather than a CORS failure

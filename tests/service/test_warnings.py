@@ -105,6 +105,17 @@ def test_a_blank_image_is_flagged_and_its_heat_maps_are_not_localised(
     assert body["explanations"] and all(e["heatmap"]["localised"] is False for e in body["explanations"])
 
 
+@pytest.mark.parametrize("modality", ["CFP", "FFA", "OCT"])
+def test_a_blank_image_is_not_said_to_look_like_another_modality(api: TestClient, modality: str) -> None:
+    """The modality check of a blank picture is a coin toss (0.5 / 0.5): "you asked for OCT, but the image looks
+    like CFP" claimed a mismatch from it, for every modality but the one the toss fell on."""
+    out = io.BytesIO()
+    Image.new("RGB", (512, 512)).save(out, format="PNG")
+    body = _classify(api, out.getvalue(), modality=modality).json()
+    assert body["modality"]["used"] == modality
+    assert [w["code"] for w in body["warnings"]] == ["featureless_image"], body["warnings"]
+
+
 def test_a_black_frame_with_a_cameras_burnt_in_text_is_featureless(api: TestClient) -> None:
     """A capture that failed (no flash) still carries the camera's overlay: it was diagnosed without a warning."""
     frame = Image.new("RGB", (2000, 1500))
