@@ -150,6 +150,8 @@ def fit_main(args: argparse.Namespace) -> int:
     if args.manifest:
         files += _manifest_examples(args)
     files += [(label, Path(p)) for label, p in _pairs(args.example or [], "--example")]
+    from_index = _pairs(args.ids or [], "--ids") + _pairs(args.index_label or [], "--index-label")
+    _check_labels(name, [label for label, _ in files + from_index])  # before any image is embedded
     examples = [_file_example(engine, label, path) for label, path in files]
     if args.ids or args.index_label:
         if not args.index:
@@ -178,6 +180,15 @@ def fit_main(args: argparse.Namespace) -> int:
     body["fit_ms"] = round(result.fit_ms, 2)
     print(json.dumps(body, indent=2))  # noqa: T201
     return 0
+
+
+def _check_labels(name: str, labels: list[str]) -> None:
+    """The API's rules for category labels (visible, no control character, at most 200 characters, one alphabet
+    per word; two spellings of one category refused): a label the API refuses is refused here too, not stored
+    for the service to show."""
+    from service.routers.classifiers import ClassifierRequest, _label, _merge_specs
+
+    _merge_specs(ClassifierRequest.model_validate({"name": name}), [_label(label) for label in dict.fromkeys(labels)])
 
 
 def _embed_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str | None, float]:

@@ -266,7 +266,7 @@ class Engine:
             known = self.knowledge.is_known(label)
             # a known name: by the category it means; an unknown one: case, hyphens and a full stop aside, never
             # its other signs ("cup-to-disc ratio > 0.6" and "< 0.6", "grade 1.5" and "grade 15" are two)
-            key = canonical.casefold() if known else _loose_name(label)
+            key = canonical.casefold() if known else loose_name(label)
             if key in seen:
                 first = seen[key]
                 meaning = (
@@ -528,7 +528,7 @@ class Engine:
         }
 
 
-def _loose_name(name: str) -> str:
+def loose_name(name: str) -> str:
     """An unknown category name as two spellings of it compare: Unicode normal form (NFKC), case, hyphens,
     underscores and slashes as spaces, and a closing full stop (or other sentence mark) aside (``drusen-like
     dots`` = ``Drusen like dots.``)."""

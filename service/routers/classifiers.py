@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
+import unicodedata
 from typing import Annotated, Any
 
 import anyio
@@ -47,7 +48,7 @@ from service.classifiers import (
 )
 from service.deps import ServiceState, StateDep, check_upload, content_type, key_matches, require_api_key
 from service.early import EarlyJob
-from service.engine import EncodedImage, Engine, Timings, featureless_warning
+from service.engine import EncodedImage, Engine, Timings, featureless_warning, loose_name, mixed_script_word
 from service.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -300,22 +301,53 @@ def _label(raw: str) -> str:
         raise InvalidRequestError(
             f"category label {label[:40]!r}... is {len(label)} characters; the limit is 200"
         )
+    _one_alphabet(label, "category label")
     return label
 
 
+def _one_alphabet(text: str, what: str) -> None:
+    """As for zero-shot categories: ``Normal`` with a Cyrillic ``о`` looks like ``Normal`` and is another label."""
+    mixed = mixed_script_word(text)
+    if mixed is not None:
+        raise InvalidRequestError(
+            f"{what} {text[:40]!r} mixes alphabets within the word {mixed!r} (Latin with Cyrillic or Greek letters "
+            "that look alike): it reads like another name but is not it; type it in one alphabet"
+        )
+
+
 def _merge_specs(request: ClassifierRequest, file_labels: list[str]) -> list[CategorySpec]:
+    """The categories of a create, each once.  Two labels are one category spelt two ways, refused, when they
+    compare equal as zero-shot categories do (case, hyphens, a closing full stop, how Unicode encodes them):
+    ``café`` composed and decomposed were two categories that answers showed alike."""
     specs: dict[str, CategorySpec] = {}
+
+    def clash(label: str) -> str | None:
+        key = loose_name(label)
+        return next((k for k in specs if loose_name(k) == key), None)
+
+    def refuse(first: str, label: str) -> InvalidRequestError:
+        if first == label:
+            return InvalidRequestError(f"category {label!r} is listed twice")
+        alike = unicodedata.normalize("NFKC", first) == unicodedata.normalize("NFKC", label)
+        return InvalidRequestError(
+            f"categories {first!r} and {label!r}{f' ({ascii(first)} and {ascii(label)})' if alike else ''} differ "
+            "only in case, hyphens, a closing full stop or how Unicode encodes them: spell them alike"
+        )
+
     for c in request.categories:
         label = _label(c.label)
-        if label.lower() in {k.lower() for k in specs}:
-            raise InvalidRequestError(f"category {label!r} is listed twice")
+        if c.text is not None:
+            _one_alphabet(c.text, f"the text of category {label[:40]!r}")
+        first = clash(label)
+        if first is not None:
+            raise refuse(first, label)
         specs[label] = CategorySpec(label=label, text=c.text, ids=list(c.ids), index_label=c.index_label)
     for label in file_labels:
         if label in specs:
             continue
-        clash = next((k for k in specs if k.lower() == label.lower()), None)
-        if clash is not None:  # one category spelt two ways would be two categories
-            raise InvalidRequestError(f"categories {clash!r} and {label!r} differ only in case: spell them alike")
+        first = clash(label)
+        if first is not None:  # one category spelt two ways would be two categories
+            raise refuse(first, label)
         specs[label] = CategorySpec(label=label)
     return list(specs.values())
 

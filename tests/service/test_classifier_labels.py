@@ -1,0 +1,101 @@
+"""Few-shot classifiers: category labels held to the zero-shot rules, in the API and in the CLI (one category spelt two
+ways, mixed alphabets, invisible or over-long labels)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from model.cli import main as keepfit
+from service.app import create_app
+from tests.service.helpers import assert_error, make_settings
+
+ADMIN = {"X-Admin-Key": "admin-secret"}
+
+
+@pytest.fixture
+def client(default_artifact: Path, tmp_path: Path) -> Iterator[TestClient]:
+    settings = make_settings(default_artifact, classifiers=tmp_path / "classifiers", admin_keys=["admin-secret"])
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _copies(data: bytes, n: int) -> list[bytes]:
+    """``n`` distinct files of one photograph."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    out = []
+    for quality in range(90, 90 + n):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        out.append(buffer.getvalue())
+    return out
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "words"),
+    [
+        # composed and decomposed: two categories that every answer showed alike
+        ("caf\u00e9", "cafe\u0301", "('caf\\xe9' and 'cafe\\u0301') differ only"),  # told apart in the message
+        ("grade-1", "Grade 1", "differ only in case, hyphens"),
+        ("STRASSE", "stra\u00dfe", "differ only in case"),
+    ],
+)
+def test_one_category_spelt_two_ways_is_refused_as_zero_shot_refuses_it(
+    client: TestClient, real_images: dict[str, bytes], first: str, second: str, words: str
+) -> None:
+    images = _copies(real_images["OCT"], 4)
+    files = [("examples", (f"e{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    r = client.post("/v1/classifiers", data={"name": "spelt", "labels": [first, first, second, second]},
+                    files=files, headers=ADMIN)
+    assert_error(r, 422, "invalid_request", words, repr(first), repr(second))
+    spec = {"name": "spelt", "categories": [{"label": first, "ids": [1, 2]}, {"label": second, "ids": [3, 4]}]}
+    assert_error(client.post("/v1/classifiers", json=spec, headers=ADMIN), 422, "invalid_request", words)
+    assert client.get("/v1/classifiers").json()["classifiers"] == []
+
+
+def test_a_label_that_mixes_alphabets_is_refused(client: TestClient, real_images: dict[str, bytes]) -> None:
+    """``N\u043ermal`` with a Cyrillic ``\u043e`` looked like ``Normal`` beside it: two categories answers showed
+    alike (zero-shot refuses such a name)."""
+    images = _copies(real_images["OCT"], 4)
+    fake = "N\u043ermal"
+    files = [("examples", (f"e{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    r = client.post("/v1/classifiers", data={"name": "homoglyph", "labels": ["Normal", "Normal", fake, fake]},
+                    files=files, headers=ADMIN)
+    assert_error(r, 422, "invalid_request", "mixes alphabets", repr(fake))
+    spec = {"name": "homoglyph", "categories": [{"label": "a", "text": fake, "ids": [1, 2]},
+                                                {"label": "b", "ids": [3, 4]}]}
+    assert_error(client.post("/v1/classifiers", json=spec, headers=ADMIN), 422, "invalid_request", "mixes alphabets")
+
+
+@pytest.mark.parametrize(
+    ("labels", "words"),
+    [
+        (["\u200b", "b"], "invisible characters only"),
+        (["x" * 201, "b"], "the limit is 200"),
+        (["caf\u00e9", "cafe\u0301"], "how Unicode encodes them"),
+        (["Abc", "abc"], "differ only in case"),
+        (["N\u043ermal", "Normal"], "mixes alphabets"),
+    ],
+)
+def test_the_cli_refuses_the_labels_the_api_refuses_and_writes_nothing(
+    real_image_paths: dict[str, list[Path]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    labels: list[str],
+    words: str,
+) -> None:
+    """`keepfit classifier fit` stored labels the API refuses (invisible, too long, one category spelt two ways),
+    which the service then served."""
+    paths = real_image_paths["OCT"][:4]
+    store = tmp_path / "store"
+    examples = [f"--example={label}={path}" for label, pair in zip(labels, (paths[:2], paths[2:]), strict=True)
+                for path in pair]
+    assert keepfit(["classifier", "fit", "--store", str(store), "--name", "x", "--modality", "OCT", *examples]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not store.exists()
