@@ -680,8 +680,10 @@ def add(
     start, directory, artifact = time.perf_counter(), directory.expanduser(), load_artifact(artifact_dir)
     with updating(directory, artifact, ann) as update:
         manifest = update.manifest
-        image_root = manifest.get("image_root")
-        root = Path(image_root) if image_root else None
+        # where the index finds its images now: an index moved with its archive resolves its root relative to
+        # itself, and the recorded absolute root no longer exists (new images stored under it became absolute
+        # paths into the old place, lost at the next move)
+        root = update.current.image_root
         operation = f"add-{update.current.generation}"
         rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), operation)
         asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), update.current.sha256s())

@@ -63,16 +63,24 @@ def is_low_similarity(scores: Iterable[float], threshold: float) -> bool:
     return best is None or best < threshold
 
 
+def answer_is_low_similarity(hits: Iterable[tuple[float, bool]], threshold: float) -> bool:
+    """An answer's ``low_similarity``, from each hit's ``(score, is the query itself)``: judged on the other hits
+    (an image query already in the index finds itself with score 1, which says nothing about the rest); false
+    when there is no other hit (``top_k=1`` and the query itself, or nothing passed the filters)."""
+    others = [score for score, itself in hits if not itself]
+    return bool(others) and is_low_similarity(others, threshold)
+
+
 def label_warning(index: Any, label: str | None, modality: str | None, hits: int) -> dict[str, str] | None:
     """Why a label-filtered search came back empty: the label is not in the index at all, or not together with
     the modality asked for.  ``None`` when there is nothing to say."""
     if label is None or hits:
         return None
-    from index.store import canonical_label
+    from index.store import canonical_label, fold_label
 
     counts: dict[str, int] = index.label_counts()
-    known = {name.casefold() for name in counts}
-    wanted = {label.strip().casefold(), canonical_label(label).casefold()}
+    known = {fold_label(name) for name in counts}
+    wanted = {fold_label(label.strip()), fold_label(canonical_label(label))}
     if known & wanted:
         where = f"{modality} image" if modality else "image"
         return {

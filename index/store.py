@@ -32,6 +32,7 @@ import re
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -211,6 +212,16 @@ def read_manifest(directory: Path, check: bool = True) -> IndexManifest:
             raise IndexStoreError(f"index manifest {path} lacks the {key!r} field")
     if not isinstance(manifest["files"], dict) or not isinstance(manifest["artifact"], dict):
         raise IndexStoreError(f"index manifest {path}: 'files' and 'artifact' must be objects")
+    # a deliberate edit accepted with `keepfit index seal` is not trusted further than its form: a count of "40"
+    # or an unknown index type was a traceback (seal, info) or a 500 on every search
+    for key in ("dim", "count", "generation", "next_id"):
+        value = manifest.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise IndexStoreError(f"index manifest {path}: {key!r} must be a whole number >= 0, not {value!r}")
+    if not isinstance(manifest["index_type"], str) or manifest["index_type"] not in INDEX_KINDS:
+        raise IndexStoreError(
+            f"index manifest {path}: unknown index_type {manifest['index_type']!r} (one of {', '.join(INDEX_KINDS)})"
+        )
     for kind in FILE_KINDS:
         meta = manifest["files"].get(kind)
         if not isinstance(meta, dict) or not {"name", "sha256", "bytes"} <= set(meta):
@@ -245,13 +256,19 @@ def verify_files(directory: Path, manifest: IndexManifest, hashes: bool = True) 
                 )
 
 
+def fold_label(text: str) -> str:
+    """How non-ASCII labels compare: case and Unicode encoding ignored (a decomposed "Ödem", as a Mac may send
+    it, is the composed one)."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
 def connect_readonly(path: Path) -> sqlite3.Connection:
     # immutable=1: the file never changes once committed (a change writes a new generation), so SQLite may skip
     # locking; check_same_thread=False because the service calls us from a thread pool (we serialise with a lock).
     uri = f"file:{path.resolve().as_posix()}?mode=ro&immutable=1"
     db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-    # SQLite's NOCASE folds ASCII only ("Ödem" and "ödem" were two labels): labels compare by Python's casefold
-    db.create_function("casefold", 1, lambda text: text.casefold() if isinstance(text, str) else text, deterministic=True)
+    # SQLite's NOCASE folds ASCII only ("Ödem" and "ödem" were two labels): labels compare by fold_label
+    db.create_function("casefold", 1, lambda text: fold_label(text) if isinstance(text, str) else text, deterministic=True)
     return db
 
 
@@ -504,7 +521,7 @@ class VectorIndex:
 
     def _filter(self, modality: str | None, label: str | None) -> tuple[np.ndarray, Any, np.ndarray]:
         """Row positions of the records matching the filter, a FAISS selector over their ids, and its bitmap."""
-        key = (modality.lower() if modality else None, label.casefold() if label else None)
+        key = (modality.lower() if modality else None, fold_label(label) if label else None)
         with self._filter_lock:
             if key in self._filters:
                 self._filters.move_to_end(key)
@@ -512,7 +529,7 @@ class VectorIndex:
         ids = self._matching_ids(modality, label)
         if label is not None and len(ids) == 0:
             canonical = canonical_label(label)
-            if canonical.casefold() != label.casefold():
+            if fold_label(canonical) != fold_label(label):
                 ids = self._matching_ids(modality, canonical)
         rows = np.searchsorted(self._ids, ids)  # [M] row positions (ids are ascending and all present)
         # A bitmap selector answers "is this id allowed" in O(1) without hashing, for the probes of IVF/HNSW.
@@ -541,9 +558,9 @@ class VectorIndex:
             if label.isascii():  # the NOCASE index (ASCII case folding is all an ASCII name needs)
                 clauses.append("images.id IN (SELECT image_id FROM labels WHERE label = ?)")
                 args.append(label)
-            else:  # SQLite folds ASCII only ("ödem" found nothing under "Ödem"): a scan with Python's casefold
+            else:  # SQLite folds ASCII only ("ödem" found nothing under "Ödem"): a scan with fold_label
                 clauses.append("images.id IN (SELECT image_id FROM labels WHERE casefold(label) = ?)")
-                args.append(label.casefold())
+                args.append(fold_label(label))
         sql = f"SELECT id FROM images WHERE {' AND '.join(clauses)} ORDER BY id"
         rows = self._query(sql, args)
         return np.asarray([r[0] for r in rows], dtype=np.int64)

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from index.query import is_low_similarity, score_scale
+from index.query import answer_is_low_similarity, score_scale
 from model.config import MODALITIES
 from service.cache import cache_key, sha256_hex
 from service.deps import ServiceState, SettingsDep, StateDep, image_token, require_api_key
@@ -144,7 +144,6 @@ async def _search(
         # (another file of the same pixels scores 1 too), and judge the rest
         hit["same_image"] = data is not None and hit.get("sha256") == digest
     hits.sort(key=lambda h: (-h["score"], not h["same_image"]))
-    others = [h for h in hits if not h["same_image"]]
     for hit in hits:
         token = image_token(settings.api_keys, hit["id"])
         url = f"{base}/v1/images/{hit['id']}"
@@ -169,7 +168,7 @@ async def _search(
         "index_count": int(info.count or 0),
         "score_scale": score_scale(kind_name, threshold),
         # judged on the other hits; with none (top_k=1 and the query itself), the query matched exactly
-        "low_similarity": bool(others) and is_low_similarity((h["score"] for h in others), threshold),
+        "low_similarity": answer_is_low_similarity(((h["score"], h["same_image"]) for h in hits), threshold),
         "warnings": warnings,
         "hits": hits,
         "cached": cached is not None,

@@ -1,0 +1,179 @@
+"""Label filters however Unicode encodes a label, the CLI judging low similarity as the API does, images added to a
+moved index, and one-line refusals of CLI options without effect and of malformed hand-edited manifests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index import sources
+from index.build import add, build
+from index.query import label_warning
+from index.store import VectorIndex
+from tests.index.conftest import quiet
+
+
+@pytest.fixture(scope="module")
+def labelled_index(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six images, three labelled "Ödem" (composed, as most CSVs hold it), three "normal"."""
+    root = tmp_path_factory.mktemp("labelled")
+    rows = []
+    for i in range(6):
+        name = f"img{i}.png"
+        Image.new("RGB", (64 + i, 64), (40 * i, 90, 200 - 30 * i)).save(root / name)
+        rows.append({"path": name, "modality": "CFP", "finding": "Ödem" if i % 2 else "normal"})
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "modality", "finding"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = root / "index"
+    build(out, sources.from_manifests([manifest]), tiny_artifact, options=quiet())
+    return out
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFD"])
+def test_a_label_matches_however_unicode_encodes_it(labelled_index: Path, form: str) -> None:
+    """A decomposed "Ödem" (O + combining diaeresis: what a Mac keyboard or file name may send) found nothing,
+    and the warning then said the index had no such label while listing it."""
+    with VectorIndex.open(labelled_index) as index:
+        query = np.asarray(index.vectors()[0], dtype=np.float32)
+        for spelling in ("Ödem", "ödem", "ÖDEM"):
+            label = unicodedata.normalize(form, spelling)
+            hits = index.search(query, 10, label=label)
+            assert len(hits) == 3 and all(h.record.labels == ["Ödem"] for h in hits), (form, spelling)
+            assert len(index.search(query, 10, modality="CFP", label=label)) == 3
+        # nothing of another modality carries it: the warning says so rather than denying the label exists
+        warning = label_warning(index, unicodedata.normalize(form, "Ödem"), "OCT", 0)
+        assert warning is not None and warning["code"] == "no_match_for_filter"
+
+
+def test_cli_judges_an_indexed_image_query_on_the_other_hits(
+    default_artifact: Path,
+    real_image_paths: dict[str, list[Path]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`keepfit index search --image` of an image the index holds found itself (score 1) and so never said that
+    nothing else matches well, where the API, for the same query, judges the other hits (README: "low_similarity
+    judges the others")."""
+    from index.query import LOW_SIMILARITY
+    from model.cli import main as keepfit
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    eye = archive / "eye.jpg"
+    eye.write_bytes(real_image_paths["CFP"][0].read_bytes())
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(archive / "noise.png")
+    Image.new("RGB", (256, 256), (30, 160, 40)).save(archive / "green.png")
+    out = tmp_path / "index"
+    common = ["--artifact", str(default_artifact)]
+    assert keepfit(["index", "build", *common, "--images", str(archive), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    argv = ["index", "search", "--index", str(out), *common, "--image", str(eye)]
+    assert keepfit([*argv, "--top-k", "3", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    first, *rest = answer["hits"]
+    assert first["same_image"] is True and first["score"] == pytest.approx(1.0, abs=1e-3)
+    assert not any(h["same_image"] for h in rest) and max(h["score"] for h in rest) < LOW_SIMILARITY["image"]
+    assert answer["low_similarity"] is True  # the pictures that are not eyes match it badly
+    assert keepfit([*argv, "--top-k", "3"]) == 0
+    assert f"nothing matches well: the best score {rest[0]['score']:.3f}" in capsys.readouterr().out
+    # only the query itself: it matched exactly
+    assert keepfit([*argv, "--top-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["low_similarity"] is False
+
+
+def test_images_added_to_a_moved_index_are_stored_relative_to_where_it_is(
+    tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """An index moved together with its archive (into a container, say) resolves its images relative to itself;
+    `index add` stored the new images under the old, recorded root, i.e. as absolute paths into the new place,
+    and they were lost (404) at the next move while the others were found."""
+    first = tmp_path / "first"
+    (first / "archive").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (64, 64), (60 * i, 100, 30)).save(first / "archive" / f"old{i}.png")
+    build(first / "index", sources.from_folder(first / "archive"), tiny_artifact, options=quiet())
+    second = first.rename(tmp_path / "second")
+    (second / "archive" / "new").mkdir()
+    Image.new("RGB", (64, 64), (200, 20, 90)).save(second / "archive" / "new" / "added.png")
+    add(second / "index", sources.from_folder(second / "archive" / "new"), tiny_artifact, options=quiet())
+    third = second.rename(tmp_path / "third")
+    with VectorIndex.open(third / "index") as index:
+        paths = sorted(r.path for r in index.records())
+        assert paths == ["new/added.png", "old0.png", "old1.png"]
+        assert all(index.image_path(r).is_file() for r in index.records())
+
+
+def test_manifest_options_without_a_manifest_are_refused(
+    tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--images DIR --split test` ignored the split and indexed the whole folder."""
+    from model.cli import main as keepfit
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (10, 100, 30)).save(folder / "a.png")
+    common = ["--artifact", str(tiny_artifact), "--images", str(folder), "--no-progress"]
+    for extra in (["--split", "test"], ["--label-columns", "dme"]):
+        assert keepfit(["index", "build", *common, "--out", str(tmp_path / "index"), *extra]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "error: --split and --label-columns select a manifest's rows and columns: give --manifest CSV"
+        )
+        assert not (tmp_path / "index").exists()
+
+
+@pytest.mark.parametrize("label", ["", "   "])
+def test_cli_refuses_an_empty_label_as_the_api_does(
+    labelled_index: Path, tiny_artifact: Path, capsys: pytest.CaptureFixture[str], label: str
+) -> None:
+    from model.cli import main as keepfit
+
+    argv = ["index", "search", "--index", str(labelled_index), "--artifact", str(tiny_artifact), "--text", "retina"]
+    assert keepfit([*argv, "--label", label]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --label is empty"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("count", "6", "'count' must be a whole number >= 0, not '6'"),
+        ("dim", None, "'dim' must be a whole number >= 0, not None"),
+        ("generation", "zz", "'generation' must be a whole number >= 0, not 'zz'"),
+        ("next_id", -1, "'next_id' must be a whole number >= 0, not -1"),
+        ("index_type", "bogus", "unknown index_type 'bogus' (one of flat, ivf, hnsw)"),
+    ],
+)
+def test_a_malformed_manifest_edit_is_one_line_not_a_traceback(
+    labelled_index: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    field: str,
+    value: object,
+    message: str,
+) -> None:
+    """`keepfit index seal` (how a deliberate edit is accepted) raised ValueError / TypeError on a count of "6";
+    an index_type it sealed as "bogus" opened, and every search then failed with a KeyError (a 500 over HTTP)."""
+    import shutil
+
+    from index.store import MANIFEST
+    from index.writer import seal
+    from model.cli import main as keepfit
+    from model.errors import IndexStoreError
+
+    directory = Path(shutil.copytree(labelled_index, tmp_path / "index"))
+    manifest = json.loads((directory / MANIFEST).read_text())
+    (directory / MANIFEST).write_text(json.dumps({**manifest, field: value}))
+    assert keepfit(["index", "seal", "--index", str(directory)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    (directory / MANIFEST).write_text(json.dumps(seal({**manifest, field: value})))  # sealed by an older keepfit
+    with pytest.raises(IndexStoreError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        VectorIndex.open(directory)
