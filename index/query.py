@@ -72,9 +72,20 @@ def answer_is_low_similarity(hits: Iterable[tuple[float, bool]], threshold: floa
 
 
 def label_warning(index: Any, label: str | None, modality: str | None, hits: int) -> dict[str, str] | None:
-    """Why a label-filtered search came back empty: the label is not in the index at all, or not together with
-    the modality asked for.  ``None`` when there is nothing to say."""
-    if label is None or hits:
+    """Why a filtered search came back empty: the index holds no image of the modality asked for, or the label
+    is not in the index at all, or not together with the modality asked for.  ``None`` when there is nothing to
+    say."""
+    if hits or (label is None and modality is None):
+        return None
+    if modality is not None:
+        held: dict[str, int] = getattr(index, "modality_counts", dict)()
+        if held and modality.casefold() not in {m.casefold() for m in held}:
+            return {
+                "code": "modality_not_in_index",
+                "message": f"the index holds no {modality} image; its images are: "
+                + ", ".join(f"{m} ({n})" for m, n in held.items()),
+            }
+    if label is None:
         return None
     from index.store import canonical_label, fold_label
 

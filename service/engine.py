@@ -791,8 +791,8 @@ class IndexHolder:
     async def label_warning(
         self, label: str | None, modality: str | None, hits: int
     ) -> dict[str, str] | None:
-        """Why a label-filtered search found nothing (see :func:`index.query.label_warning`)."""
-        if label is None or hits or self._index is None:
+        """Why a filtered search found nothing (see :func:`index.query.label_warning`)."""
+        if (label is None and modality is None) or hits or self._index is None:
             return None
         with self.hold(need_images=False) as index:
             return await self._submit(label_warning, index, label, modality, hits)

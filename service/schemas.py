@@ -411,8 +411,9 @@ class ScoreScale(BaseModel):
 
 
 class SearchWarning(BaseModel):
-    code: Literal["label_not_in_index", "no_match_for_filter"] = Field(
-        description="`label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
+    code: Literal["modality_not_in_index", "label_not_in_index", "no_match_for_filter"] = Field(
+        description="`modality_not_in_index`: no indexed image is of the modality asked for (the message lists "
+        "those it holds); `label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
         "exists, but not together with the modality asked for"
     )
     message: str

@@ -49,9 +49,31 @@ def test_a_label_matches_however_unicode_encodes_it(labelled_index: Path, form: 
             hits = index.search(query, 10, label=label)
             assert len(hits) == 3 and all(h.record.labels == ["Ödem"] for h in hits), (form, spelling)
             assert len(index.search(query, 10, modality="CFP", label=label)) == 3
-        # nothing of another modality carries it: the warning says so rather than denying the label exists
+        # the index holds no OCT image at all: the warning says so rather than denying the label exists
         warning = label_warning(index, unicodedata.normalize(form, "Ödem"), "OCT", 0)
-        assert warning is not None and warning["code"] == "no_match_for_filter"
+        assert warning is not None and warning["code"] == "modality_not_in_index"
+
+
+def test_a_modality_the_index_does_not_hold_says_so(
+    labelled_index: Path, tiny_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CFP-only archive searched for OCT answered an empty list and nothing else, which reads as "no similar
+    images"; the API and the CLI now say which modalities the index holds."""
+    from fastapi.testclient import TestClient
+
+    from model.cli import main as keepfit
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    message = "the index holds no OCT image; its images are: CFP (6)"
+    with TestClient(create_app(make_settings(tiny_artifact, index=labelled_index))) as client:
+        body = client.post("/v1/search", json={"query": "retina", "modality": "OCT"}).json()
+        assert body["hits"] == [] and body["warnings"] == [{"code": "modality_not_in_index", "message": message}]
+        body = client.post("/v1/search", json={"query": "retina", "modality": "CFP"}).json()
+        assert body["hits"] and body["warnings"] == []
+    argv = ["index", "search", "--index", str(labelled_index), "--artifact", str(tiny_artifact), "--text", "retina"]
+    assert keepfit([*argv, "--modality", "OCT"]) == 0
+    assert capsys.readouterr().out.strip() == f"no results: {message}"
 
 
 def test_cli_judges_an_indexed_image_query_on_the_other_hits(
