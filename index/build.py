@@ -498,11 +498,7 @@ def _build_locked(
         asm = assemble(rows, sources.items, artifact, root, next_id=base["next_id"], existing=set(), known=known)
         if not asm.records:
             _drop(work)
-            reasons = ", ".join(f"{n} {r}" for r, n in failure_summary(rows).most_common()) or "no inputs"
-            bad = np.flatnonzero(~rows.ok)[:2]
-            first = "; ".join(f"{rows.reason[i]}: {rows.detail[i]}" for i in bad)
-            raise DataError(f"nothing to index: none of the {len(sources.items)} inputs is a readable image ({reasons})"
-                            + (f"; first: {first}" if first else ""))
+            raise _nothing_readable(sources, rows)
         ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
         report = _embedded_report(directory, "build", sources.items, rows, reused, asm)
         built = build_index(asm.vectors, ids, ann)
@@ -668,6 +664,15 @@ def updating(directory: Path, artifact: Artifact | None = None, ann: AnnSpec | N
             current.close()
 
 
+def _nothing_readable(sources: SourceSet, rows: Embedded) -> DataError:
+    """The refusal of a build or add none of whose inputs is a readable image: how many failed how, and the first."""
+    reasons = ", ".join(f"{n} {r}" for r, n in failure_summary(rows).most_common()) or "no inputs"
+    bad = np.flatnonzero(~rows.ok)[:2]
+    first = "; ".join(f"{rows.reason[i]}: {rows.detail[i]}" for i in bad)
+    return DataError(f"nothing to index: none of the {len(sources.items)} inputs is a readable image ({reasons})"
+                     + (f"; first: {first}" if first else ""))
+
+
 def add(
     directory: Path,
     sources: SourceSet,
@@ -687,6 +692,9 @@ def add(
         operation = f"add-{update.current.generation}"
         rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), operation)
         asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), update.current.sha256s())
+        if not rows.ok.any():  # as a build refuses it: not "nothing new", nothing could be read
+            _drop(work)
+            raise _nothing_readable(sources, rows)
         report = _embedded_report(directory, "add", sources.items, rows, reused, asm)
         if asm.records:
             update.add(asm.records, asm.vectors, sources.descriptions)

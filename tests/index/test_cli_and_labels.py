@@ -199,3 +199,22 @@ def test_a_malformed_manifest_edit_is_one_line_not_a_traceback(
     (directory / MANIFEST).write_text(json.dumps(seal({**manifest, field: value})))  # sealed by an older keepfit
     with pytest.raises(IndexStoreError, match=message.replace("(", r"\(").replace(")", r"\)")):
         VectorIndex.open(directory)
+
+
+def test_an_add_none_of_whose_inputs_is_readable_is_refused_as_a_build_is(
+    labelled_index: Path, tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It ended with exit 0 and a summary, where a build of the same folder is a one-line error (exit 2)."""
+    from model.cli import main as keepfit
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "scan.png").write_bytes(b"not a png either")
+    before = (labelled_index / "index_manifest.json").read_text()
+    code = keepfit(["index", "add", "--index", str(labelled_index), "--artifact", str(tiny_artifact),
+                    "--images", str(folder), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: nothing to index: none of the 2 inputs is a readable image"), err
+    assert (labelled_index / "index_manifest.json").read_text() == before
+    assert not [p for p in labelled_index.iterdir() if p.name.startswith(".work")]
