@@ -195,7 +195,7 @@ def _embed_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str
     """:meth:`service.engine.Engine.embed_example`, as the service embeds an uploaded example (DCT-scaled for
     the model input), so an example fitted here has the embedding it has when uploaded to
     ``POST /v1/classifiers``; an unusable image is a :class:`DataError`."""
-    from service.engine import Timings
+    from service.engine import FeaturelessExampleError, Timings
     from service.errors import InvalidRequestError
     from service.metrics import Metrics
 
@@ -203,6 +203,8 @@ def _embed_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str
         return engine.embed_example(data, Timings(Metrics()))  # type: ignore[no-any-return]
     except (ImageError, InvalidRequestError) as err:
         raise DataError(f"{what} is not a usable image: {err}") from err
+    except FeaturelessExampleError as err:
+        raise DataError(f"{what}: {err}") from err
 
 
 def _file_example(engine: Any, label: str, path: Path) -> Example:

@@ -133,6 +133,14 @@ def featureless(spread: float | None) -> bool:
     return spread is not None and spread < FEATURELESS_BELOW
 
 
+class FeaturelessExampleError(ServiceError):
+    """A classifier example that is almost uniform (a failed capture, a blank frame): nothing in it to learn a
+    category from, and kept it would pull its category towards every blank picture."""
+
+    status_code = 422
+    code = "featureless_example"
+
+
 def featureless_warning(spread: float | None) -> list[dict[str, str]]:
     """The ``featureless_image`` warning when an image is :func:`featureless`."""
     if not featureless(spread):
@@ -488,8 +496,14 @@ class Engine:
     def embed_example(self, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
         """A classifier example's bytes -> its embedding ``[D]``, and the modality its DICOM header states (with
         probability 1) or else the one the modality head recognises, with its probability. The API
-        (``POST /v1/classifiers``) and ``keepfit classifier`` both embed examples with this."""
+        (``POST /v1/classifiers``) and ``keepfit classifier`` both embed examples with this; an almost uniform
+        picture is refused (:class:`FeaturelessExampleError`)."""
         encoded = self.encode_bytes(data, timings)
+        if featureless(encoded.detail):
+            raise FeaturelessExampleError(
+                f"it is almost uniform (it varies by {encoded.detail:.1f} grey levels: a blank, black or one-colour "
+                "picture): there is nothing in it to learn a category from"
+            )
         embedding, header_modality = encoded.encoding.embeddings, encoded.stated  # [1, D]
         if header_modality:
             return embedding[0], str(header_modality), 1.0

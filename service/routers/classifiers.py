@@ -48,7 +48,15 @@ from service.classifiers import (
 )
 from service.deps import ServiceState, StateDep, check_upload, content_type, key_matches, require_api_key
 from service.early import EarlyJob
-from service.engine import EncodedImage, Engine, Timings, featureless_warning, loose_name, mixed_script_word
+from service.engine import (
+    EncodedImage,
+    Engine,
+    FeaturelessExampleError,
+    Timings,
+    featureless_warning,
+    loose_name,
+    mixed_script_word,
+)
 from service.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -237,6 +245,8 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
             raise InvalidExampleError(
                 f"example {filename[:80]!r} of {label!r} is not a usable image: {err}"
             ) from err
+        except FeaturelessExampleError as err:
+            raise FeaturelessExampleError(f"example {filename[:80]!r} of {label!r}: {err}") from err
         out.append(
             Example(
                 category=label,

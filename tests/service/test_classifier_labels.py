@@ -99,3 +99,28 @@ def test_the_cli_refuses_the_labels_the_api_refuses_and_writes_nothing(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], lines
     assert not store.exists()
+
+
+def test_a_blank_example_is_refused_naming_its_file(
+    client: TestClient, real_images: dict[str, bytes], real_image_paths: dict[str, list[Path]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A failed capture (a black frame) was taken as an example without a word: nothing in it to learn from, and
+    it pulled its category towards every blank picture."""
+    blank = io.BytesIO()
+    Image.new("RGB", (512, 512)).save(blank, format="JPEG")
+    images = [*_copies(real_images["OCT"], 3), blank.getvalue()]
+    files = [("examples", (f"e{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    r = client.post("/v1/classifiers", data={"name": "blank", "labels": ["a", "a", "b", "b"]}, files=files,
+                    headers=ADMIN)
+    assert_error(r, 422, "featureless_example", "example 'e3.jpg' of 'b'", "almost uniform")
+    assert client.get("/v1/classifiers").json()["classifiers"] == []
+    path = tmp_path / "black.jpg"
+    path.write_bytes(blank.getvalue())
+    store = tmp_path / "store"
+    paths = real_image_paths["OCT"][:3]
+    examples = [f"--example=a={paths[0]}", f"--example=a={paths[1]}", f"--example=b={paths[2]}", f"--example=b={path}"]
+    assert keepfit(["classifier", "fit", "--store", str(store), "--name", "x", "--modality", "OCT", *examples]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"example {path}: it is almost uniform" in lines[0], lines
+    assert not store.exists()
