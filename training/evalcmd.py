@@ -354,7 +354,7 @@ def _joined(parts: list[EvalSet]) -> EvalSet:
 def run_unseen_site(runtime: KeepfitRuntime, data_root: Path, splits: list[str], out: Path, batch_size: int = 32
                     ) -> dict[str, Any]:
     """The unseen site's four headline tasks, zero-shot, over every photograph of ``splits`` together (default:
-    train and test, 535 photographs, where the suite's test split has 128): balanced accuracy, macro AUC and
+    train and test, 533 photographs, where the suite's test split has 128): balanced accuracy, macro AUC and
     per-class recall, with bootstrap intervals (the tasks resampled together by image).  A tighter check of how
     a model transfers to another clinic than the test split alone; refused for a model trained on that site."""
     from model.errors import DataError
