@@ -385,7 +385,7 @@ def search_main(argv: list[str]) -> int:
             for i, h in enumerate(hits)
         ]
     scale = score_scale(kind)
-    low = answer_is_low_similarity(((h.score, h.record.sha256 == digest) for h in hits), scale["low_below"])
+    low = answer_is_low_similarity(((r["score"], r["same_image"]) for r in rows), scale["low_below"])
     if args.json:
         answer = {
             "hits": rows,

@@ -305,9 +305,9 @@ class Engine:
         probs = result.modality_probabilities or {}
         detected = result.modality_detected
         requested, used = result.modality_requested, result.modality_used
-        # a blank picture is no kind of image: its modality check is a coin toss, and its own warning says so
-        blank = featureless(result.detail)
-        if requested != "auto" and detected is not None and detected != requested and not blank:
+        if featureless(result.detail):
+            pass  # a blank picture is no kind of image: its modality check is a coin toss, its own warning says so
+        elif requested != "auto" and detected is not None and detected != requested:
             out.append(
                 {
                     "code": "modality_mismatch",
@@ -319,7 +319,7 @@ class Engine:
                     ),
                 }
             )
-        elif requested == "auto" and detected is not None and detected != used and not blank:  # the DICOM header decided
+        elif requested == "auto" and detected is not None and detected != used:  # the DICOM header decided
             out.append(
                 {
                     "code": "modality_mismatch",
@@ -336,7 +336,6 @@ class Engine:
             requested == "auto"
             and detected is not None
             and probs.get(detected, 1.0) < UNCERTAIN_MODALITY_BELOW
-            and not blank
         ):
             ranked = ", ".join(f"{m} {p:.2f}" for m, p in sorted(probs.items(), key=lambda kv: -kv[1]))
             out.append(

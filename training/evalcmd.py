@@ -412,8 +412,8 @@ def unseen_site_comparison(out: Path, before: tuple[str, dict[str, Any]], after:
     sa, sb = a["summary"], b["summary"]
     interval = bootstrap_difference(a[ROWS], b[ROWS], draws=BOOTSTRAP_DRAWS)
     tasks = [*sa["unseen_site_mean_tasks"], "mean"]
-    value = {**{n: sb["zero_shot_balanced_accuracy"][n] - sa["zero_shot_balanced_accuracy"][n] for n in tasks[:-1]},
-             "mean": sb["unseen_site_mean"] - sa["unseen_site_mean"]}
+    score_a, score_b = ({**s["zero_shot_balanced_accuracy"], "mean": s["unseen_site_mean"]} for s in (sa, sb))
+    value = {n: score_b[n] - score_a[n] for n in tasks}
     result = {"before": name_a, "after": name_b, "splits": sb["splits"], "n_images": sb["n_images"],
               "difference": value, "difference_ci95": interval,
               "ci95": f"paired percentile bootstrap, {BOOTSTRAP_DRAWS} resamples of the images, both models "
@@ -424,10 +424,8 @@ def unseen_site_comparison(out: Path, before: tuple[str, dict[str, Any]], after:
           f"with its 95 % interval ({result['ci95']}).", "",
           "| task | before | after | after - before (95 % CI) |", "|---|---|---|---|"]
     for n in tasks:
-        ba = sa["unseen_site_mean"] if n == "mean" else sa["zero_shot_balanced_accuracy"][n]
-        bb = sb["unseen_site_mean"] if n == "mean" else sb["zero_shot_balanced_accuracy"][n]
-        md.append(f"| {titles[n]} | {fmt(ba)} | {fmt(bb)} | **{value[n]:+.3f}** ({interval[n][0]:+.3f} to "
-                  f"{interval[n][1]:+.3f}) |")
+        md.append(f"| {titles[n]} | {fmt(score_a[n])} | {fmt(score_b[n])} | **{value[n]:+.3f}** ({interval[n][0]:+.3f} "
+                  f"to {interval[n][1]:+.3f}) |")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "comparison.json", result)
     atomic_write_text(out / "comparison.md", "\n".join(md) + "\n")
