@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sqlite3
 import sys
@@ -65,6 +66,19 @@ def _store(args: argparse.Namespace, create: bool = False) -> ClassifierStore:
         return ClassifierStore(root)
     except sqlite3.Error as err:
         raise _unusable(root, err) from err
+
+
+def _check_creatable(root: Path) -> None:
+    """A new store's directory must be one this process can make and write into: checked before any image is
+    embedded, so a ``--store`` naming a file (or a folder inside one, or a read-only place) is refused at once."""
+    place = root
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        what = "is" if place == root else f"sits inside {place}, which is"
+        raise DataError(f"cannot create the classifier store {root}: it {what} a file, not a directory")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise DataError(f"cannot create the classifier store {root}: {place} is not writable")
 
 
 def _unusable(root: Path, err: sqlite3.Error) -> DataError:
@@ -139,6 +153,8 @@ def fit_main(args: argparse.Namespace) -> int:
     # an existing store is checked before any image is embedded; a new one is created only to save into, so a
     # refused fit (a corrupt artifact, unusable examples) leaves no empty store behind
     existing = _store(args) if (_root(args) / "classifiers.sqlite").is_file() else None
+    if existing is None:
+        _check_creatable(_root(args))
     if existing is not None:
         if existing.count() >= limit:
             raise DataError(f"{existing.root} holds {existing.count()} classifiers, the limit (--max-classifiers, "

@@ -166,6 +166,7 @@ def public_samples(
         manifest.require_columns(source.label_columns, what="label column")
         rows = filter_rows(manifest, split=split)
         check_files(manifest, rows)
+        found: dict[Path, list[Sample]] = {}
         for row in rows:
             modality = row.get("modality") or source.modality or ""
             if modality not in knowledge.modalities:
@@ -181,7 +182,7 @@ def public_samples(
             if held.intersection(labels):
                 out.skipped[f"{source.manifest}: held-out {sorted(held.intersection(labels))[0]!r}"] += 1
                 continue
-            out.samples.append(
+            found.setdefault(manifest.resolve(row), []).append(
                 Sample(
                     path=manifest.resolve(row),
                     modality=modality,
@@ -190,11 +191,28 @@ def public_samples(
                     source=source.manifest,
                 )
             )
+        out.samples += _one_sample_per_image(found, source.manifest, out.skipped)
     if not out.samples:
         raise DataError(f"no {split} samples in {', '.join(s.manifest for s in sources)} under {data_root}")
     for reason, count in sorted(out.skipped.items()):
         logger.info("skipped %d %s rows (%s)", count, split, reason)
     return out
+
+
+def _one_sample_per_image(found: dict[Path, list[Sample]], source: str, skipped: Counter[str]) -> list[Sample]:
+    """An image listed in several rows of a source is trained on once where the rows agree, and not at all where
+    they disagree (counted in ``skipped``), as the evaluation scores it: a repeated row would weigh one
+    photograph twice, and of two gradings of one photograph one is wrong (two of ``dr_sh_600``'s train images
+    are graded both moderate DR with maculopathy and severe DR without)."""
+    kept = []
+    for samples in found.values():
+        if len({(s.modality, frozenset(s.labels)) for s in samples}) > 1:
+            skipped[f"{source}: image listed with conflicting labels"] += len(samples)
+            continue
+        if len(samples) > 1:
+            skipped[f"{source}: image listed twice"] += len(samples) - 1
+        kept.append(samples[0])
+    return kept
 
 
 # -------------------------------------------------------------------------------------------------- elite

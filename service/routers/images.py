@@ -14,6 +14,7 @@ from model.errors import NotFoundError
 from service.cache import cache_key
 from service.deps import SettingsDep, StateDep, api_key_scheme, check_image_access
 from service.engine import make_thumbnail, original_image
+from service.errors import InvalidRequestError
 from service.schemas import error_responses
 
 router = APIRouter(tags=["images"])
@@ -82,6 +83,9 @@ async def get_image(
     ] = None,
     api_key: Annotated[str | None, Security(api_key_scheme)] = None,
 ) -> Response:
+    for name in ("size", "token"):  # as a form's fields: one value each (the last of two was taken silently)
+        if len(request.query_params.getlist(name)) > 1:
+            raise InvalidRequestError(f"query parameter {name!r} was sent more than once")
     check_image_access(settings.api_keys, image_id, api_key, token)
     record, path = await state.index.locate(image_id)
     # The file as it is now (size and modification time) is part of the ETag and of the thumbnail's cache key: a
@@ -115,3 +119,8 @@ async def get_image(
         if key:
             await state.cache.set(key, data)
     return Response(content=data, media_type="image/jpeg", headers=headers)
+
+
+# HEAD answers as GET does, headers only (caches and link checkers probe with it); not in the schema, as for
+# /healthz (one operation per path keeps the OpenAPI ids unique)
+router.add_api_route("/images/{image_id}", get_image, methods=["HEAD"], include_in_schema=False)

@@ -165,3 +165,26 @@ def test_the_store_defaults_to_the_services(monkeypatch: pytest.MonkeyPatch) -> 
     assert root() == Path("/srv/classifiers")
     assert root(index="/data/other") == Path("/data/other.classifiers")  # named on the command line: its store
     assert root(store="/x", index="/data/other") == Path("/x")
+
+
+def test_a_store_that_cannot_be_created_is_refused_before_any_image_is_embedded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--store`` naming a file (or a folder inside one) failed only after every example had been embedded."""
+    import service.classifier_cli as cli
+
+    def no_model(artifact: str) -> None:
+        raise AssertionError("the model was loaded for a fit that cannot be saved")
+
+    monkeypatch.setattr(cli, "_engine", no_model)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a store")
+    example = tmp_path / "eye.png"
+    Image.new("RGB", (64, 64), (120, 60, 30)).save(example)
+    for store, says in ((a_file, "is a file"), (a_file / "inner", f"sits inside {a_file}, which is a file")):
+        code = keepfit(["classifier", "fit", "--store", str(store), "--name", "x",
+                        "--example", f"a={example}", "--example", f"b={example}"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, lines
+        assert f"cannot create the classifier store {store}: it {says}" in lines[0]
+    assert a_file.read_text() == "not a store"

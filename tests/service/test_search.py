@@ -109,6 +109,14 @@ def test_images_round_trip_and_thumbnails(indexed: TestClient, index_dir: Path) 
     etag = thumb.headers["etag"]
     assert thumb.headers["cache-control"] == "private, max-age=86400"  # the route's own, not the API's no-store
     assert indexed.get(f"/v1/images/{hit['id']}?size=256", headers={"If-None-Match": etag}).status_code == 304
+    # HEAD answers as GET does, without the bytes (it was a 405)
+    for url, got in ((f"/v1/images/{hit['id']}", full), (f"/v1/images/{hit['id']}?size=256", thumb)):
+        head = indexed.head(url)
+        assert head.status_code == 200 and head.content == b""
+        for name in ("content-type", "content-length", "etag", "cache-control"):
+            assert head.headers[name] == got.headers[name], name
+    assert indexed.head(f"/v1/images/{hit['id']}?size=256", headers={"If-None-Match": etag}).status_code == 304
+    assert indexed.head("/v1/images/999999").status_code == 404
 
 
 def test_unknown_image_id_is_404_without_paths(indexed: TestClient) -> None:
@@ -118,6 +126,8 @@ def test_unknown_image_id_is_404_without_paths(indexed: TestClient) -> None:
                                  "request_id": r.headers["x-request-id"]}
     for bad in ("/v1/images/0?size=8", "/v1/images/1?size=5000"):
         assert indexed.get(bad).status_code == 422
+    twice = indexed.get("/v1/images/0?size=64&size=1024")  # one of two sizes was taken silently
+    assert twice.status_code == 422 and twice.json()["error"]["message"] == "query parameter 'size' was sent more than once"
 
 
 def test_readyz_counts_the_index(indexed: TestClient) -> None:

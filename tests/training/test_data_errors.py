@@ -137,3 +137,22 @@ def test_an_image_listed_twice_is_scored_once_and_one_with_two_labels_not_at_all
     assert [p.name for p in s.paths] == ["a.png", "c.png"]
     assert [s.classes[i] for i in s.labels] == ["normal", "glaucoma"]
     assert dict(s.skipped) == {"image listed twice": 1, "image listed with conflicting labels": 2}
+
+
+def test_training_takes_an_image_listed_twice_once_and_one_graded_twice_differently_not_at_all(
+    tmp_path: Path, golden_image: Image.Image
+) -> None:
+    """As the evaluation does: with ``--public dr_sh_600/labels.csv:...`` its two doubly graded train images were
+    trained on twice, once under each grading."""
+    from training.data import PublicSource
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        golden_image.save(folder / f"{name}.png")
+    _manifest(folder, "path,modality,grade,split\na.png,CFP,normal,train\n./a.png,CFP,normal,train\n"
+                      "b.png,CFP,glaucoma,train\nb.png,CFP,normal,train\nc.png,CFP,glaucoma,train\n")
+    got = public_samples(tmp_path, KN, "train", [PublicSource("site/labels.csv", ("grade",))])
+    assert [(s.path.name, s.labels) for s in got.samples] == [("a.png", ("normal",)), ("c.png", ("glaucoma",))]
+    assert dict(got.skipped) == {"site/labels.csv: image listed twice": 1,
+                                 "site/labels.csv: image listed with conflicting labels": 2}
