@@ -147,7 +147,7 @@ def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def fit_main(args: argparse.Namespace) -> int:
-    from service.routers.classifiers import _fit_and_row  # the one fitting path, shared with the API
+    from service.routers.classifiers import fit_and_row  # the one fitting path, shared with the API
     name = check_name(args.name)
     limit = args.max_classifiers or _settings().max_classifiers
     # an existing store is checked before any image is embedded; a new one is created only to save into, so a
@@ -184,7 +184,7 @@ def fit_main(args: argparse.Namespace) -> int:
     check_distinct_priors(engine.knowledge, [(label, None) for label in order])
     examples = check_examples(order, examples, modality)
     categories = [{"label": label, "text": None} for label in order]
-    row, result = _fit_and_row(
+    row, result = fit_and_row(
         engine, name, modality, args.method, not args.no_text_prior, categories, examples
     )
     store = existing or _store(args, create=True)
@@ -202,9 +202,10 @@ def _check_labels(name: str, labels: list[str]) -> None:
     """The API's rules for category labels (visible, no control character, at most 200 characters, one alphabet
     per word; two spellings of one category refused): a label the API refuses is refused here too, not stored
     for the service to show."""
-    from service.routers.classifiers import ClassifierRequest, _label, _merge_specs
+    from service.routers.classifiers import ClassifierRequest, category_label, merge_specs
 
-    _merge_specs(ClassifierRequest.model_validate({"name": name}), [_label(label) for label in dict.fromkeys(labels)])
+    request = ClassifierRequest.model_validate({"name": name})
+    merge_specs(request, [category_label(label) for label in dict.fromkeys(labels)])
 
 
 def _embed_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str | None, float]:
@@ -295,7 +296,7 @@ def delete_main(args: argparse.Namespace) -> int:
 
 
 def refit_main(args: argparse.Namespace) -> int:
-    from service.routers.classifiers import _fit_and_row
+    from service.routers.classifiers import fit_and_row
 
     store = _store(args)
     row, stored = store.snapshot(args.name)  # one read: a delete in between is "no classifier", not a crash
@@ -319,7 +320,7 @@ def refit_main(args: argparse.Namespace) -> int:
             emb, _, _ = _embed_example(engine, data, f"example {e['sha256'][:12]}")
             examples.append(Example(e["category"], e["sha256"], "upload", emb, data=data))
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
-    new, result = _fit_and_row(
+    new, result = fit_and_row(
         engine,
         row.name,
         row.modality,

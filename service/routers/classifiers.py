@@ -301,7 +301,9 @@ async def _index_examples(
         return await state.index.call(run)
 
 
-def _label(raw: str) -> str:
+def category_label(raw: str) -> str:
+    """A classifier's category label as stored, whitespace collapsed, or a 422: visible, no control character, at
+    most 200 characters, one alphabet per word (the API's and ``keepfit classifier fit``'s one rule)."""
     label = " ".join(raw.split())
     try:
         meaningful(label, f"category label {label[:40]!r}")
@@ -325,7 +327,7 @@ def _one_alphabet(text: str, what: str) -> None:
         )
 
 
-def _merge_specs(request: ClassifierRequest, file_labels: list[str]) -> list[CategorySpec]:
+def merge_specs(request: ClassifierRequest, file_labels: list[str]) -> list[CategorySpec]:
     """The categories of a create, each once.  Two labels are one category spelt two ways, refused, when they
     compare equal as zero-shot categories do (case, hyphens, a closing full stop, how Unicode encodes them):
     ``café`` composed and decomposed were two categories that answers showed alike."""
@@ -345,7 +347,7 @@ def _merge_specs(request: ClassifierRequest, file_labels: list[str]) -> list[Cat
         )
 
     for c in request.categories:
-        label = _label(c.label)
+        label = category_label(c.label)
         if c.text is not None:
             _one_alphabet(c.text, f"the text of category {label[:40]!r}")
         first = clash(label)
@@ -412,7 +414,7 @@ async def _parse_create(
                 f"'{LABELS_FIELD}' field each, or in fields named '{FILE_PREFIX}<category label>'"
             )
         check_upload(part.content_type, len(part.data), max_bytes, part.name)
-        files.append((_label(label), part.data, part.filename or "upload"))
+        files.append((category_label(label), part.data, part.filename or "upload"))
     spec: dict[str, Any] = {}
     if "spec" in fields:
         try:
@@ -454,7 +456,7 @@ def _text_prior(engine: Engine, categories: list[dict[str, Any]], modality: str)
     return engine.runtime.class_embeddings(canon, modality)  # [C, D]
 
 
-def _fit_and_row(
+def fit_and_row(
     engine: Engine,
     name: str,
     modality: str,
@@ -463,6 +465,8 @@ def _fit_and_row(
     categories: list[dict[str, Any]],
     examples: list[Example],
 ) -> tuple[ClassifierRow, Any]:
+    """Fit a classifier on ``examples`` (with the zero-shot prior of ``categories`` when ``text_prior``) and the
+    store row that describes it: the one fitting path of the API's create and refit and of the CLI's."""
     labels = [c["label"] for c in categories]
     text = _text_prior(engine, categories, modality) if text_prior else None
     result = fit_examples(labels, examples, method, text, engine.runtime.logit_scale)
@@ -598,7 +602,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         engine.check_modality(modality)
         if modality == "auto":
             modality = None
-    specs = _merge_specs(spec, [label for label, _, _ in files])
+    specs = merge_specs(spec, [label for label, _, _ in files])
     check_distinct_priors(engine.knowledge, [(s.label, s.text) for s in specs])
     if len(specs) < 2:
         raise InvalidRequestError(f"a classifier needs at least 2 categories, got {len(specs)}")
@@ -632,7 +636,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     examples = check_examples([s.label for s in specs], examples, modality)
     mark = time.perf_counter()
     row, result = await state.run_blocking(
-        _fit_and_row, engine, name, modality, method, spec.text_prior, categories, examples
+        fit_and_row, engine, name, modality, method, spec.text_prior, categories, examples
     )
     timings["fit"] = (time.perf_counter() - mark) * 1000
     mark = time.perf_counter()
@@ -738,7 +742,7 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
         how = "re-embedded example images"
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new_row, result = await state.run_blocking(
-        _fit_and_row, engine, name, row.modality, method, row.text_prior, categories, examples
+        fit_and_row, engine, name, row.modality, method, row.text_prior, categories, examples
     )
     saved = await state.run_blocking(
         lambda: store.save(
