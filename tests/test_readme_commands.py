@@ -369,6 +369,8 @@ def _entry(words: list[str]) -> tuple[Callable[[list[str]], Any], list[str]]:
             raise AssertionError(stderr.getvalue().strip().splitlines()[-1]) from None
         module_name, func = table[name][0].split(":")
         return getattr(importlib.import_module(module_name), func), words[2:]
+    if len(words) < 3:
+        raise AssertionError(f"{' '.join(words)!r} names no module")
     module_name = words[2]
     try:
         spec = importlib.util.find_spec(module_name)
