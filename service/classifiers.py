@@ -282,6 +282,15 @@ def _read_only_now() -> ServiceError:
     )
 
 
+def _served_read_only() -> ServiceError:
+    return ServiceError(
+        "the classifier store is on a read-only volume: its classifiers classify, but none can be created, "
+        "refitted or deleted here",
+        status_code=503,
+        code="classifiers_read_only",
+    )
+
+
 def _unwritable(err: sqlite3.OperationalError, root: Path | None = None) -> ServiceError:
     """A write SQLite refused (a volume remounted read-only, a full disk, a lock held too long): a 507 or 503
     that says so, not a 500.  On a volume remounted read-only SQLite often says no more than "unable to open
@@ -344,6 +353,7 @@ class ClassifierStore:
         self._loaded: dict[tuple[str, str], fewshot.FittedClassifier] = {}
         self._rows: tuple[tuple[int, ...] | None, dict[str, ClassifierRow]] = (None, {})
         self._lock = threading.Lock()
+        self._read_only_noted = False  # the volume turned read-only while serving (logged once)
         # A store on a read-only volume (beside a read-only index, say) is served read-only: its classifiers
         # classify, and a change is a 503 that says why. Opened read-write, it failed even for reads.
         self.read_only = self.db_path.is_file() and not os.access(self.root, os.W_OK)
@@ -407,13 +417,14 @@ class ClassifierStore:
         """A connection; an error SQLite raises in the block is a 503 (``raw``: as it is, for retries; ``writing``:
         one that says the change was not made).  A damaged file ("database disk image is malformed") is a
         :class:`sqlite3.DatabaseError`, not an OperationalError: a 503 as well, not a 500."""
-        if self.read_only:  # immutable: SQLite then needs neither a lock nor the WAL's shared-memory file
-            db = sqlite3.connect(f"file:{self.db_path.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
-        else:
-            db = sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
+        immutable = self.read_only
+        db = self._immutable() if immutable else sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            if not self.read_only:
+            if not immutable and not (raw or writing) and self._volume_gone_read_only(db):
+                db.close()
+                db, immutable = self._immutable(), True
+            if not immutable:
                 db.execute("PRAGMA synchronous=NORMAL")
             yield db
         except sqlite3.DatabaseError as err:
@@ -431,18 +442,50 @@ class ClassifierStore:
         finally:
             db.close()
 
+    def check_writable(self) -> None:
+        """Before the work a change ends in (a create's or a refit's embedding and fitting): a store served
+        read-only, or whose volume has turned read-only, refuses now with the 503 its write would meet after the
+        work."""
+        if self.read_only:
+            raise _served_read_only()
+        if _read_only_volume(self.root):
+            raise _read_only_now()
+
+    def _immutable(self) -> sqlite3.Connection:
+        """A read-only connection that needs neither a lock nor the WAL's shared-memory file, which a read-only
+        volume does not let SQLite create: what it reads is the database as of its last checkpoint."""
+        db = sqlite3.connect(f"file:{self.db_path.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _volume_gone_read_only(self, db: sqlite3.Connection) -> bool:
+        """Whether a read must go through :meth:`_immutable`: the store's volume turned read-only while serving
+        (a disk error remounts it so), and SQLite cannot open the WAL's shared memory to read.  Reads then serve
+        the classifiers as of the last checkpoint, as a restart on that volume would, instead of a 503 each, and
+        go back to the normal path as soon as the volume is writable again.  Checked on each read connection: one
+        query of the schema, microseconds."""
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if self._read_only_noted:
+                self._read_only_noted = False
+                logger.warning("classifier store %s: its volume is writable again", self.root)
+            return False
+        except sqlite3.OperationalError:
+            if not _read_only_volume(self.root):
+                raise
+        if not self._read_only_noted:
+            self._read_only_noted = True
+            logger.warning("classifier store %s: its volume turned read-only; classifiers are served read-only, as "
+                           "of the last checkpoint, until it is writable again", self.root)
+        return True
+
     @contextlib.contextmanager
     def _write(self, lock_timeout: float = OPEN_TIMEOUT_S) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``: the store's one writer, across processes).  Whatever the
         block or the commit meets on the disk (a full disk, a volume gone read-only) rolls it back and is a 507 or
         503 with a message."""
         if self.read_only:
-            raise ServiceError(
-                "the classifier store is on a read-only volume: its classifiers classify, but none can be created, "
-                "refitted or deleted here",
-                status_code=503,
-                code="classifiers_read_only",
-            )
+            raise _served_read_only()
         with self._connect(timeout=lock_timeout, writing=True) as db:
             try:
                 db.execute("BEGIN IMMEDIATE")

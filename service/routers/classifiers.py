@@ -593,6 +593,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     """
     settings, engine = state.settings, state.engine
     store = await get_store(state)
+    store.check_writable()
     limit = settings.max_classifier_examples
     spec, files = await _parse_create(request, settings.max_upload_bytes, limit)
     name = check_name(spec.name)
@@ -712,6 +713,7 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
     The row and its examples are read in one snapshot, and the save replaces that version only: a delete, or a
     delete and a create under the name, meanwhile is a 404 or a 409, never a 500 or a mix of the two."""
     store = await get_store(state)
+    store.check_writable()
     engine = state.engine
     body = await request.body()
     kind = content_type(request)

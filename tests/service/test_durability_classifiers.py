@@ -1,5 +1,6 @@
 """The classifier store when the disk does not cooperate: a full disk or a volume gone read-only during a save, a
-cleanup that meets what it may not remove, a refit racing a delete, and the files a killed save left."""
+real volume remounted read-only while serving and back, a cleanup that meets what it may not remove, a refit
+racing a delete, and the files a killed save left."""
 
 from __future__ import annotations
 
@@ -288,3 +289,71 @@ def test_opening_beside_a_save_in_progress_neither_waits_nor_collects(tmp_path: 
         writer.close()
     ClassifierStore(tmp_path)
     assert not orphan.exists()
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Iterator[Path]:
+    """A real file system of its own (tmpfs) that the test can remount read-only and back, as a disk error does."""
+    import subprocess
+
+    mountpoint = tmp_path / "volume"
+    mountpoint.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "keepfit-test", str(mountpoint)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {made.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def _remount(volume: Path, mode: str) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(volume)], check=True, capture_output=True)
+
+
+def test_a_volume_that_turns_read_only_while_serving_serves_its_classifiers_read_only_until_writable_again(
+    default_artifact: Path, volume: Path, real_image_paths: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read was a 503 (list, show, classify with a classifier) until a restart; a create embedded and fitted
+    its examples before its write was refused."""
+    settings = make_settings(default_artifact, classifiers=volume / "classifiers", admin_keys=["admin-secret"])
+    cfp = real_image_paths["CFP"]
+    with TestClient(create_app(settings)) as client:
+        kept = _create(client, "kept", cfp)
+        image = {"image": cfp[0].read_bytes()}
+        served = client.post("/v1/classify", files=image, data={"classifier": "kept"}).json()
+        _remount(volume, "ro")
+        try:
+            listed = client.get("/v1/classifiers")
+            assert listed.status_code == 200, listed.text
+            assert [c["version"] for c in listed.json()["classifiers"]] == [kept["version"]]
+            assert client.get("/v1/classifiers/kept").status_code == 200
+            answer = client.post("/v1/classify", files=image, data={"classifier": "kept"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["predictions"] == served["predictions"]
+            import service.routers.classifiers as router
+
+            embedded = router._upload_examples
+            calls = []
+
+            async def spy(*args: Any) -> Any:
+                calls.append(1)
+                return await embedded(*args)
+
+            with monkeypatch.context() as m:
+                m.setattr(router, "_upload_examples", spy)
+                refused = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
+                                      files=_uploads(cfp, tag=b"new"), headers=ADMIN)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "classifiers_read_only"
+            assert calls == []  # refused before any example was embedded
+            assert client.post("/v1/classifiers/kept/refit", headers=ADMIN).status_code == 503
+            assert client.delete("/v1/classifiers/kept", headers=ADMIN).status_code == 503
+        finally:
+            _remount(volume, "rw")
+        again = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
+                            files=_uploads(cfp, tag=b"new"), headers=ADMIN)
+        assert again.status_code == 201, again.text  # writable again: no restart needed
+        assert {c["name"] for c in client.get("/v1/classifiers").json()["classifiers"]} == {"kept", "new"}
