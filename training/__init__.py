@@ -6,6 +6,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli:train_main", "train: `text` (stage 1) or `hybrid` (stage 2)"),
     "eval": (
         "training.cli:eval_main",
-        "evaluate an artifact: zero-shot, retrieval, few-shot, linear-probe, suite, compare",
+        "evaluate an artifact: zero-shot, retrieval, few-shot, linear-probe, suite, unseen-site, calibrate, "
+        "synonyms, compare",
     ),
 }
