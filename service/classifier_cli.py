@@ -1,4 +1,4 @@
-"""``keepfit classifier fit|list|show|refit|delete``: the classifier store without the HTTP API.
+"""``keepfit classifier fit|list|show|refit|delete|backup|restore``: the classifier store without the HTTP API.
 
 It works on the same directory the service uses (``--store``, else beside ``--index``, else
 ``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``, else ``./classifiers``), so a classifier fitted here is
@@ -338,6 +338,22 @@ def refit_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def backup_main(args: argparse.Namespace) -> int:
+    """A consistent archive of the store, taken while the service runs (:mod:`service.classifier_backup`)."""
+    from service.classifier_backup import backup_store
+
+    print(json.dumps(backup_store(_store(args), Path(args.out)), indent=2))  # noqa: T201
+    return 0
+
+
+def restore_main(args: argparse.Namespace) -> int:
+    """A backup restored as a new store at the store's place (which must not hold one)."""
+    from service.classifier_backup import restore_store
+
+    print(json.dumps(restore_store(Path(args.archive), _root(args)), indent=2))  # noqa: T201
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keepfit classifier", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -401,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
                 "--method", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
             )
         p.set_defaults(func=func)
+    backup = sub.add_parser("backup", help="write a consistent archive of the store, also while the service runs")
+    common(backup)
+    backup.add_argument("--out", required=True, metavar="FILE.tar", help="the archive (replaced once complete)")
+    backup.set_defaults(func=backup_main)
+    restore = sub.add_parser("restore", help="restore a backup as a new store (at --store, which must not exist)")
+    common(restore)
+    restore.add_argument("archive", metavar="FILE.tar")
+    restore.set_defaults(func=restore_main)
     args = parser.parse_args(argv)
     store_log = logging.getLogger("service.classifiers")
     store_log.addFilter(_reported_here)

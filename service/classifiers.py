@@ -442,6 +442,19 @@ class ClassifierStore:
         finally:
             db.close()
 
+    @contextlib.contextmanager
+    def changes_held(self) -> Iterator[sqlite3.Connection]:
+        """The store's write lock, held without changing anything: no create, refit, delete or file collection
+        runs (in any process) until the block ends, while listing and classifying go on.  A backup copies the
+        database and the files its rows refer to under it (:mod:`service.classifier_backup`).  A store served
+        read-only cannot change: its block holds a plain reading connection."""
+        if self.read_only:
+            with self._connect() as db:
+                yield db
+            return
+        with self._write() as db:
+            yield db
+
     def check_writable(self) -> None:
         """Before the work a change ends in (a create's or a refit's embedding and fitting): a store served
         read-only, or whose volume has turned read-only, refuses now with the 503 its write would meet after the

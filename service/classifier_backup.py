@@ -1,0 +1,219 @@
+"""Backup and restore of a classifier store: one tar archive, taken while the service runs.
+
+A clinic's classifiers hold curated work (the examples someone chose and labelled), and a store is a SQLite
+database in WAL mode plus files its rows refer to: copying the folder while the service writes can catch a
+database without its last commits, or rows whose files a delete has just collected.  A backup therefore holds
+the store's write lock (no create, refit, delete or file collection meanwhile; listing and classifying go on),
+copies the database with SQLite's online backup and every arrays and example file its rows refer to, and writes
+the archive beside its destination before renaming it into place.  Archive members::
+
+    backup.json            format, creation time, classifiers, and the SHA-256 of every other member
+    classifiers.sqlite     the database as of the backup
+    arrays/<key>.npz       each classifier version's fitted arrays
+    examples/<sha256>      uploaded example images (examples taken from an index stay in the index)
+
+A restore checks every member against ``backup.json`` (and each example against its name), that the database is
+sound and refers to nothing missing, and only then renames the restored folder into place: it never writes
+into, nor replaces, a store that exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from model.errors import DataError
+from model.files import atomic_write, fsync_path
+from service.classifiers import ClassifierStore
+
+FORMAT = "keepfit-classifier-store-backup"
+FORMAT_VERSION = 1
+MANIFEST = "backup.json"
+DATABASE = "classifiers.sqlite"
+_MEMBER = re.compile(r"^(classifiers\.sqlite|arrays/[A-Za-z0-9._-]+\.npz|examples/[0-9a-f]{64})$")
+_CHUNK = 1 << 20
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def backup_store(store: ClassifierStore, out: Path) -> dict[str, Any]:
+    """Write a consistent archive of ``store`` to ``out`` (replaced only once complete); returns its summary."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise DataError(f"cannot write the backup {out}: {out.parent} is not a directory")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
+        copy = Path(work) / DATABASE
+        with store.changes_held() as db:  # no change and no file collection until the files are copied
+            # from a connection of its own: SQLite's backup cannot read through the one that holds the lock (it
+            # waits for ever), while another reader sees the database as the lock keeps it (WAL)
+            source = db if store.read_only else sqlite3.connect(store.db_path, timeout=30.0)
+            target = sqlite3.connect(copy)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+                if source is not db:
+                    source.close()
+            names = [r[0] for r in db.execute("SELECT name FROM classifiers ORDER BY name")]
+            arrays = sorted({r[0] for r in db.execute("SELECT arrays FROM classifiers")})
+            uploads = sorted({r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")})
+            members = {f"arrays/{a}": store.root / "arrays" / a for a in arrays}
+            members |= {f"examples/{s}": store.root / "examples" / s for s in uploads}
+            missing = [name for name, path in members.items() if not path.is_file()]
+            if missing:
+                raise DataError(
+                    f"the classifier store {store.root} refers to {len(missing)} files it lacks ({', '.join(missing[:3])}"
+                    f"{'...' if len(missing) > 3 else ''}): refit or delete the classifiers concerned, then back up"
+                )
+            staged = {DATABASE: copy}
+            for name, path in members.items():  # copied under the lock: a delete cannot collect one meanwhile
+                staged[name] = Path(work) / name.replace("/", "__")
+                shutil.copyfile(path, staged[name])
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "store": str(store.root),
+            "classifiers": names,
+            "members": {name: _sha256_file(path) for name, path in staged.items()},
+        }
+        with atomic_write(out, "wb", durable=True) as fh, tarfile.open(fileobj=fh, mode="w") as tar:
+            _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=2).encode())
+            for name, path in staged.items():
+                tar.add(path, arcname=name, recursive=False, filter=_plain)
+    return {"out": str(out), "classifiers": len(names), "examples": len(uploads), "bytes": out.stat().st_size}
+
+
+def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Members carry no owner or permission of the machine that made them."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644
+    return info
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = _plain(tarfile.TarInfo(name))
+    info.size = len(data)
+    info.mtime = int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+def restore_store(archive: Path, root: Path) -> dict[str, Any]:
+    """Restore the backup ``archive`` as a new store at ``root`` (which must not exist, or be an empty folder);
+    nothing is left at ``root`` unless the whole backup checked out."""
+    archive, root = Path(archive), Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f"{root} exists and is not an empty folder: restore into a new place, then point "
+                        "KEEPFIT_CLASSIFIERS at it (a restore never replaces a store)")
+    if not root.parent.is_dir():
+        raise DataError(f"cannot restore into {root}: {root.parent} is not a directory")
+    try:
+        tar = tarfile.open(archive, mode="r:")
+    except (OSError, tarfile.TarError) as err:
+        raise DataError(f"{archive} is not a classifier store backup: {err}") from err
+    work = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.restoring-"))
+    try:
+        with tar:
+            manifest = _read_manifest(tar, archive)
+            expected: dict[str, str] = manifest["members"]
+            seen: set[str] = set()
+            for info in tar:
+                if info.name == MANIFEST:
+                    continue
+                if info.name not in expected or not info.isfile() or info.name in seen:
+                    raise DataError(f"{archive}: unexpected member {info.name!r} (not listed in {MANIFEST}, not a "
+                                    "plain file, or twice)")
+                seen.add(info.name)
+                _extract_checked(tar, info, work / info.name, expected[info.name], archive)
+            lacking = sorted(set(expected) - seen)
+            if lacking:
+                raise DataError(f"{archive} lacks {len(lacking)} members its {MANIFEST} lists ({', '.join(lacking[:3])})")
+        names = _check_database(work, archive)
+        for folder in ("arrays", "examples"):
+            (work / folder).mkdir(exist_ok=True)
+        os.chmod(work, 0o755)  # as a store the service creates (mkdtemp makes it private)
+        if root.exists():
+            root.rmdir()  # empty, checked above
+        os.rename(work, root)
+        fsync_path(root.parent)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return {"store": str(root), "classifiers": len(names), "names": names, "created": manifest.get("created")}
+
+
+def _read_manifest(tar: tarfile.TarFile, archive: Path) -> dict[str, Any]:
+    try:
+        member = tar.getmember(MANIFEST)
+        fh = tar.extractfile(member)
+        manifest = json.loads(fh.read(1 << 24)) if fh is not None else None
+    except (KeyError, ValueError, tarfile.TarError) as err:
+        raise DataError(f"{archive} is not a classifier store backup (no readable {MANIFEST}: {err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{archive} is not a classifier store backup ({MANIFEST} does not say {FORMAT!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{archive} is a backup of format version {manifest.get('format_version')!r}; this "
+                        f"version of keepfit restores version {FORMAT_VERSION}")
+    members = manifest.get("members")
+    if (not isinstance(members, dict) or DATABASE not in members
+            or not all(isinstance(k, str) and _MEMBER.match(k) and isinstance(v, str) for k, v in members.items())):
+        raise DataError(f"{archive}: its {MANIFEST} lists members that are not a store's")
+    return manifest
+
+
+def _extract_checked(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path, sha256: str, archive: Path) -> None:
+    source = tar.extractfile(info)
+    assert source is not None  # a regular file, checked by the caller
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with path.open("wb") as fh:
+        _copy(source, fh, digest)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if digest.hexdigest() != sha256:
+        raise DataError(f"{archive}: member {info.name!r} is damaged (its SHA-256 is not the one {MANIFEST} lists)")
+    if info.name.startswith("examples/") and digest.hexdigest() != info.name.split("/", 1)[1]:
+        raise DataError(f"{archive}: example {info.name!r} is not the image its name says")
+
+
+def _copy(source: IO[bytes], target: IO[bytes], digest: Any) -> None:
+    while block := source.read(_CHUNK):
+        digest.update(block)
+        target.write(block)
+
+
+def _check_database(work: Path, archive: Path) -> list[str]:
+    """The restored database is sound and refers only to files restored with it; its classifiers' names."""
+    db = sqlite3.connect(f"file:{(work / DATABASE).as_posix()}?mode=ro", uri=True)
+    try:
+        if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            raise DataError(f"{archive}: its database fails SQLite's integrity check")
+        names = [r[0] for r in db.execute("SELECT name FROM classifiers ORDER BY name")]
+        arrays = {r[0] for r in db.execute("SELECT arrays FROM classifiers")}
+        uploads = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")}
+    except sqlite3.DatabaseError as err:
+        raise DataError(f"{archive}: its database is not a classifier store's ({err})") from err
+    finally:
+        db.close()
+    missing = [f"arrays/{a}" for a in sorted(arrays) if not (work / "arrays" / a).is_file()]
+    missing += [f"examples/{s}" for s in sorted(uploads) if not (work / "examples" / s).is_file()]
+    if missing:
+        raise DataError(f"{archive}: its database refers to {len(missing)} files it lacks ({', '.join(missing[:3])})")
+    return names

@@ -1,0 +1,190 @@
+"""``keepfit classifier backup`` and ``restore``: a store archived while it changes restores whole and answers as
+before; a damaged, foreign or incomplete archive, or a place that holds something, is refused in one line and
+leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from model.cli import main as keepfit
+from service.app import create_app
+from service.classifier_backup import restore_store
+from service.classifiers import ClassifierRow, ClassifierStore, Example
+from tests.service.helpers import make_settings
+
+ADMIN = {"X-Admin-Key": "admin-secret"}
+
+
+def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _save(store: ClassifierStore, name: str, seed: int) -> None:
+    """A small classifier whose example images are bytes of its own (``seed``), as an upload would be."""
+    categories = [{"label": c, "text": c, "examples": 1} for c in "ab"]
+    row = ClassifierRow(name, "CFP", "prototype", "prototype", False, "", 1, "a", "v", "e", categories, {}, "",
+                        "t", "t")
+    data = [f"{seed} {c}".encode() for c in "ab"]
+    examples = [Example(c, hashlib.sha256(d).hexdigest(), "upload", np.zeros(4, np.float32), data=d)
+                for c, d in zip("ab", data, strict=True)]
+    store.save(row, {"center": np.full(4, seed, np.float32)}, examples, replace=False, max_classifiers=10**6)
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    store = ClassifierStore(root)
+    for n in range(5):
+        _save(store, f"c{n}", n)
+    return root
+
+
+def _backup(store: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    assert keepfit(["classifier", "backup", "--store", str(store), "--out", str(out)]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def test_a_restored_store_serves_the_same_classifiers_with_the_same_answers(
+    default_artifact: Path, real_image_paths: dict[str, list[Path]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfp = real_image_paths["CFP"]
+    original = tmp_path / "original"
+
+    def app(store: Path) -> TestClient:
+        return TestClient(create_app(make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])))
+
+    files = [(f"examples.{c}", (p.name, p.read_bytes(), "image/jpeg")) for c, p in zip("aabb", cfp, strict=True)]
+    with app(original) as client:
+        made = client.post("/v1/classifiers", data={"name": "pairs", "modality": "CFP"}, files=files, headers=ADMIN)
+        assert made.status_code == 201, made.text
+        before = client.post("/v1/classify", files={"image": cfp[0].read_bytes()}, data={"classifier": "pairs"})
+        listed = client.get("/v1/classifiers").json()
+    summary = _backup(original, tmp_path / "pairs.tar", capsys)
+    assert summary["classifiers"] == 1 and summary["examples"] == 4
+    restored = tmp_path / "restored"
+    assert keepfit(["classifier", "restore", "--store", str(restored), str(tmp_path / "pairs.tar")]) == 0
+    assert json.loads(capsys.readouterr().out)["names"] == ["pairs"]
+    with app(restored) as client:
+        assert client.get("/v1/classifiers").json() == listed
+        after = client.post("/v1/classify", files={"image": cfp[0].read_bytes()}, data={"classifier": "pairs"})
+        assert after.json()["predictions"] == before.json()["predictions"]
+        assert after.json()["classifier"] == before.json()["classifier"]  # the same version: cached answers hold
+        # the uploaded examples came back too: a refit re-embeds them
+        assert client.post("/v1/classifiers/pairs/refit", headers=ADMIN).status_code == 200
+    assert sorted(p.name for p in (restored / "examples").iterdir()) == sorted(
+        p.name for p in (original / "examples").iterdir())
+
+
+def test_a_backup_taken_while_classifiers_are_created_and_deleted_restores_whole(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Copying the folder meanwhile could catch rows whose files a delete had just collected."""
+    writer = ClassifierStore(small_store)
+    stop, failures = threading.Event(), []
+
+    def churn() -> None:
+        n = 100
+        try:
+            while not stop.is_set():
+                _save(writer, f"t{n}", n)
+                writer.delete(f"t{n - 1}") if n > 100 else None
+                n += 1
+        except Exception as err:  # noqa: BLE001 - reported by the test
+            failures.append(err)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        archives = []
+        for k in range(6):
+            archives.append(tmp_path / f"b{k}.tar")
+            _backup(small_store, archives[-1], capsys)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not failures, failures
+    for k, archive in enumerate(archives):
+        summary = restore_store(archive, tmp_path / f"r{k}")  # every member checked, every reference present
+        store = ClassifierStore(tmp_path / f"r{k}")
+        rows = store.all_rows()
+        assert {f"c{n}" for n in range(5)} <= {r.name for r in rows} and len(rows) == summary["classifiers"]
+        for row in rows:
+            assert store.read_arrays(row)["center"].shape == (4,)
+            for ex in store.snapshot(row.name)[1]:
+                assert store.example_bytes(ex["sha256"]) is not None
+
+
+def _rewrite(archive: Path, out: Path, change: str) -> Path:
+    """A copy of ``archive`` damaged in one way."""
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(out, "w") as tar:
+        for info, data in members:
+            if change == "damaged" and info.name.startswith("examples/"):
+                data = data[:-1] + bytes([data[-1] ^ 1])
+                change = "done"
+            if change == "lacking" and info.name.startswith("arrays/"):
+                change = "done"
+                continue
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if change == "traversal":
+            evil = tarfile.TarInfo("../../evil")
+            evil.size = 4
+            tar.addfile(evil, io.BytesIO(b"evil"))
+    return out
+
+
+def test_a_damaged_foreign_or_incomplete_archive_and_an_occupied_place_are_refused(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.tar"
+    _backup(small_store, good, capsys)
+    not_tar = tmp_path / "notes.tar"
+    not_tar.write_text("hello")
+    cases = {
+        "damaged": (_rewrite(good, tmp_path / "d.tar", "damaged"), "is damaged"),
+        "lacking": (_rewrite(good, tmp_path / "l.tar", "lacking"), "lacks 1 members"),
+        "traversal": (_rewrite(good, tmp_path / "t.tar", "traversal"), "unexpected member '../../evil'"),
+        "not a tar": (not_tar, "is not a classifier store backup"),
+    }
+    for what, (archive, says) in cases.items():
+        target = tmp_path / f"restored-{what.replace(' ', '-')}"
+        assert keepfit(["classifier", "restore", "--store", str(target), str(archive)]) == 2, what
+        assert says in _one_line(capsys), what
+        assert not target.exists(), what
+    assert not (tmp_path.parent / "evil").exists()
+    assert not [p for p in tmp_path.iterdir() if ".restoring-" in p.name]  # nothing half-restored left
+    assert keepfit(["classifier", "restore", "--store", str(small_store), str(good)]) == 2
+    assert "exists and is not an empty folder" in _one_line(capsys)
+    assert len(ClassifierStore(small_store).all_rows()) == 5  # untouched
+
+
+def test_a_backup_that_cannot_be_complete_writes_nothing_and_keeps_the_previous_archive(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "nightly.tar"
+    _backup(small_store, out, capsys)
+    previous = out.read_bytes()
+    row = ClassifierStore(small_store).all_rows()[0]
+    (small_store / "arrays" / row.arrays).unlink()  # a store that lost a file
+    assert keepfit(["classifier", "backup", "--store", str(small_store), "--out", str(out)]) == 2
+    assert f"refers to 1 files it lacks (arrays/{row.arrays})" in _one_line(capsys)
+    assert out.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nightly.tar", "store"]  # no temporary file left
+    assert keepfit(["classifier", "backup", "--store", str(tmp_path / "typo"), "--out", str(out)]) == 2
+    assert "no classifier store at" in _one_line(capsys)
+    assert keepfit(["classifier", "backup", "--store", str(small_store), "--out", str(tmp_path / "no" / "b.tar")]) == 2
+    assert "is not a directory" in _one_line(capsys)
