@@ -21,7 +21,7 @@
   const SEARCH_TOP_K = 24;
   const REQUEST_TIMEOUT_MS = 120000;
 
-  const { $, el } = window.KeepfitDom; // dom.js
+  const { $, el, keepFocus, setAvailable, available, announce } = window.KeepfitDom; // dom.js
   const Connection = window.KeepfitConnection; // dom.js: the API base and the keys entered for it
 
   const state = {
@@ -41,6 +41,7 @@
     searchSeq: 0,          // newest search wins
     ready: false,          // the last health check (readyz) succeeded
     categoriesLoaded: false,
+    focusBeforeMessage: null, // where the keyboard was before it went to the message's Dismiss button
   };
 
   // ------------------------------------------------------------------------------------------ connection
@@ -179,6 +180,12 @@
 
   function clearMessage() {
     $('message').hidden = true;
+    describeFileError(false);
+  }
+
+  /** A refused file's message describes the drop zone (where the focus is), until the message goes. */
+  function describeFileError(on) {
+    $('drop-zone').setAttribute('aria-describedby', on ? 'message-title message-text drop-hint' : 'drop-hint');
   }
 
   // ---------------------------------------------------------------------------------------- start-up
@@ -201,15 +208,21 @@
       const idx = ready.index;
       const index = idx.loaded ? `${idx.count} indexed images` : 'no image archive loaded';
       status.classList.remove('bad');
-      status.textContent = `Model ${art.name} (${art.version}) · ${index}`;
+      setStatus(`Model ${art.name} (${art.version}) · ${index}`);
       state.ready = true;
     } catch (err) {
       status.classList.add('bad');
-      status.textContent = err.code === 'network' ? 'Service not reachable' : 'Service not ready';
+      setStatus(err.code === 'network' ? 'Service not reachable' : 'Service not ready');
       state.ready = false;
       if (!quiet) showError(err, 'Connecting');
     }
     return state.ready;
+  }
+
+  function setStatus(text) {
+    // a live region: re-assigning the same words makes screen readers read them again, every 15 s
+    const status = $('service-status');
+    if (status.textContent !== text) status.textContent = text;
   }
 
   async function loadCategories() {
@@ -230,7 +243,7 @@
   async function connect() {
     const status = $('service-status');
     status.classList.remove('bad');
-    status.textContent = 'Connecting to the service…';
+    setStatus('Connecting to the service…');
     $('docs-link').href = endpoint('docs');
     if (await checkReady(false)) await loadCategories();
   }
@@ -264,7 +277,10 @@
     state.key = $('api-key').value.trim();
     Connection.save(base, state.key);
     clearMessage();
+    // the field (or button) that had the focus closes with the form: the focus goes to the form's summary
+    const focusWasInside = $('settings').contains(document.activeElement);
     $('settings').open = false;
+    if (focusWasInside) $('settings').querySelector('summary').focus();
     connect();
   }
 
@@ -305,9 +321,16 @@
         ? state.custom.length < 2 ? '(your list: give at least two, or reset to the defaults)' : '(your list)'
         : mod ? `(defaults for ${mod}${staleModality() ? ', as for the last image until this one is analysed' : ''})`
           : '(the detected modality\'s defaults)';
-    $('category-list').replaceChildren(...list.map((name) => el('li', {},
+    // removing a chip by keyboard: the focus goes to the next chip's button (or the last, or the text field)
+    const chips = $('category-list');
+    keepFocus(chips, () => chips.replaceChildren(...list.map((name) => el('li', {},
       el('span', { text: name }),
-      el('button', { type: 'button', 'aria-label': `remove ${name}`, title: 'remove', text: '×', onclick: () => removeCategory(name) }))));
+      el('button', { type: 'button', 'aria-label': `remove ${name}`, title: 'remove', text: '×', 'data-focus': `remove:${name}`,
+                     onclick: () => removeCategory(name) })))),
+    (i) => {
+      const buttons = chips.querySelectorAll('button');
+      return buttons[Math.min(i, buttons.length - 1)] || $('category-input');
+    });
   }
 
   function editable() {
@@ -320,16 +343,19 @@
     const name = input.value.replace(/\s+/g, ' ').trim();
     if (!name) return;
     const list = editable();
-    if (!list.some((c) => c.toLowerCase() === name.toLowerCase())) list.push(name);
+    const added = !list.some((c) => c.toLowerCase() === name.toLowerCase());
+    if (added) list.push(name);
     input.value = '';
     renderCategories();
     categoriesChanged();
+    announce(added ? `Added ${name}: ${list.length} categories.` : `${name} is in the list already.`);
   }
 
   function removeCategory(name) {
     state.custom = editable().filter((c) => c !== name);
     renderCategories();
     categoriesChanged();
+    announce(`Removed ${name}: ${state.custom.length} ${state.custom.length === 1 ? 'category' : 'categories'}.`);
   }
 
   function resetCategories() {
@@ -349,7 +375,7 @@
   }
 
   function categoriesChanged() {
-    $('classify-again').disabled = !canClassifyAgain();
+    setAvailable($('classify-again'), canClassifyAgain());
   }
 
   // ------------------------------------------------------------------------------------------- diagnosis
@@ -418,6 +444,7 @@
     clearMessage();
     if (file.size === 0) {
       showMessage(TITLES.invalid_image, `${file.name} is empty (0 bytes).`);
+      describeFileError(true);
       return;
     }
     state.file = file;
@@ -463,7 +490,7 @@
       form.append('classifier', classifier);
     }
     document.body.dataset.busy = 'classify';
-    $('classify-again').disabled = true;
+    setAvailable($('classify-again'), false);
     setProgress(0, `Uploading ${(state.file.size / 1048576).toFixed(1)} MB…`);
     try {
       const result = await upload('v1/classify', form, (f) => {
@@ -489,15 +516,17 @@
         showError(err, 'Diagnosis');
         $('result').hidden = !state.result;
         // the file itself was refused (not an image, too large, wrong type): sending it again cannot help
-        if (FILE_ERRORS.has(err.code)) state.fileFailed = true;
-        else if (err.status === 422) state.failedOn = requestSignature();
+        if (FILE_ERRORS.has(err.code)) {
+          state.fileFailed = true;
+          describeFileError(true);
+        } else if (err.status === 422) state.failedOn = requestSignature();
       }
     } finally {
       if (!state.xhr) {
         setProgress(null);
         delete document.body.dataset.busy;
       }
-      $('classify-again').disabled = !canClassifyAgain();
+      setAvailable($('classify-again'), canClassifyAgain());
     }
   }
 
@@ -553,11 +582,12 @@
     if (r.classifier) parts.push(`classifier ${r.classifier.name} (version ${r.classifier.version})`);
     if (r.cached) parts.push('from cache');
     $('timings').textContent = parts.join(' · ');
-    // screen readers hear the new answer (the warnings speak for themselves: role=alert)
+    // screen readers hear the new answer and how many warnings it has (their words are read too: role=alert)
     const top = r.predictions[0];
-    $('announce').textContent = top
+    const warned = warnings.length ? ` ${warnings.length} ${warnings.length === 1 ? 'warning' : 'warnings'}.` : '';
+    $('announce').textContent = (top
       ? `Diagnosis ready: ${top.label} ${pct(top.probability)}, ${r.predictions.length} categories, ${m.used}.`
-      : 'Diagnosis ready.';
+      : 'Diagnosis ready.') + warned;
     selectExplanation(0);
   }
 
@@ -570,6 +600,9 @@
       const on = li.dataset.explanation === String(i);
       li.classList.toggle('selected', on);
       if (li.hasAttribute('aria-pressed')) li.setAttribute('aria-pressed', String(on));
+      // which map is shown, in words (not by the row's background colour alone)
+      const tag = li.querySelector('.hm');
+      if (tag) tag.textContent = on ? 'heat map shown' : 'heat map';
     });
     const overlay = $('overlay');
     const peakMark = $('peak');
@@ -631,6 +664,8 @@
       $('search-results').replaceChildren(); // the previous answer's images are not this query's
       $('search-query-image').hidden = true;
       showError(err, 'Search');
+      // a result card that had the focus is gone with the results
+      if (document.activeElement === document.body) $('search-query').focus();
     } finally {
       if (seq === state.searchSeq) delete document.body.dataset.busy;
     }
@@ -660,7 +695,10 @@
         thumb ? el('img', { src: thumb, alt: '' }) : null,
         el('span', { text: `Images similar to ${caption}` })].filter(Boolean));
       box.hidden = false;
-      $('search').scrollIntoView({ behavior: 'smooth', block: 'start' });
+      const still = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+      $('search').scrollIntoView({ behavior: still ? 'auto' : 'smooth', block: 'start' });
+      // the keyboard goes where the page went: "Images similar to …", then the results (the card pressed is gone)
+      box.focus({ preventScroll: true });
     });
   }
 
@@ -718,7 +756,8 @@
           el('span', { class: 'score', text: hit.same_image ? 'this image' : `score ${hit.score.toFixed(3)}` }),
           el('span', { text: hit.modality || '' }),
           el('span', { class: 'labels', text: hit.labels.join(', ') || 'no labels' }))),
-      el('a', { class: 'open', href: hit.image_url, target: '_blank', rel: 'noopener noreferrer', text: 'open full size' }))));
+      el('a', { class: 'open', href: hit.image_url, target: '_blank', rel: 'noopener noreferrer', text: 'open full size',
+                'aria-label': `open full size: image ${hit.id} (new tab)` }))));
   }
 
   // ------------------------------------------------------------------------------------------------ wiring
@@ -744,7 +783,7 @@
     $('category-add').addEventListener('click', addCategory);
     $('category-input').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); addCategory(); } });
     $('category-reset').addEventListener('click', resetCategories);
-    $('classify-again').addEventListener('click', classify);
+    $('classify-again').addEventListener('click', () => { if (available($('classify-again'))) classify(); });
     $('find-similar').addEventListener('click', () => {
       if (state.file) searchByImage(state.file, state.file.name || 'image', 'your image', null);
     });
@@ -757,7 +796,13 @@
       state.key = '';
       $('api-key').value = '';
     });
-    $('message-close').addEventListener('click', clearMessage);
+    // dismissing hides the button that has the focus: the focus goes back to where it was before, not to the top
+    document.addEventListener('focusin', (e) => { if (!$('message').contains(e.target)) state.focusBeforeMessage = e.target; });
+    $('message-close').addEventListener('click', () => {
+      const back = state.focusBeforeMessage;
+      clearMessage();
+      (back && back.isConnected && back.getClientRects().length ? back : $('drop-zone')).focus();
+    });
   }
 
   document.addEventListener('DOMContentLoaded', () => {

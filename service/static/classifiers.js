@@ -13,10 +13,11 @@
 (() => {
   'use strict';
 
-  const { $, el } = window.KeepfitDom; // dom.js
+  const { $, el, keepFocus, setAvailable, available, announce } = window.KeepfitDom; // dom.js
 
-  // categories being taught: [{label, files: [File], ids: [{id, thumb}]}]; `active` receives search results
-  const teach = { categories: [], active: 0, busy: false };
+  // categories being taught: [{label, files: [File], ids: [{id, thumb}]}]; `active` receives search results;
+  // `removed`: the position of the category just removed, for render() to put the keyboard focus beside it
+  const teach = { categories: [], active: 0, busy: false, removed: null };
 
   const Connection = window.KeepfitConnection; // dom.js: the API base and the keys entered for it
 
@@ -61,9 +62,9 @@
 
   function say(text, kind = 'info') {
     const box = $('teach-status');
+    // never hidden: a live region that appears with its message is not reliably read
     box.textContent = text;
     box.dataset.kind = kind;
-    box.hidden = !text;
   }
 
   // ------------------------------------------------------------------------------------------ the picker
@@ -85,8 +86,14 @@
       })));
     picker.value = list.some((c) => c.name === current) ? current : '';
     pickerChanged();
-    $('classifier-list').replaceChildren(...(list.length ? list.map(renderStored) : [
-      el('li', { class: 'hint', text: 'No classifiers yet.' })]));
+    // a deleted classifier's button had the focus: the next one's gets it, or the list's heading
+    const stored = $('classifier-list');
+    keepFocus(stored, () => stored.replaceChildren(...(list.length ? list.map(renderStored) : [
+      el('li', { class: 'hint', text: 'No classifiers yet.' })])),
+    (i) => {
+      const buttons = stored.querySelectorAll('button');
+      return buttons[Math.min(i, buttons.length - 1)] || $('classifiers-title');
+    });
   }
 
   function estimateText(c) {
@@ -100,7 +107,8 @@
       el('strong', { text: c.name }),
       el('span', { class: 'hint', text: ` ${c.modality} · ${c.method} · ${c.categories.map((k) => `${k.label} (${k.examples})`).join(', ')}` }),
       el('div', { class: 'hint estimate', text: estimateText(c) }),
-      el('button', { type: 'button', class: 'secondary small', text: 'Delete', onclick: () => removeClassifier(c.name) }));
+      el('button', { type: 'button', class: 'secondary small', text: 'Delete', 'aria-label': `Delete ${c.name}`,
+                     'data-focus': `delete:${c.name}`, onclick: () => removeClassifier(c.name) }));
   }
 
   function pickerChanged() {
@@ -108,6 +116,7 @@
     // neither the category editor nor the modality applies while a classifier decides (it takes the modality
     // it was fitted on); app.js words the editor's heading
     $('categories').classList.toggle('overridden', !!picked);
+    $('categories').disabled = !!picked; // its legend says why
     $('categories-mode').dataset.classifier = picked;
     $('modality').disabled = !!picked;
     $('modality').title = picked ? `classifier ${picked} uses the modality it was fitted on` : '';
@@ -138,10 +147,17 @@
     teach.active = teach.categories.length - 1;
     $('teach-label').value = '';
     render();
+    announce(`Added the category ${name}; search results and uploads now go to it.`);
   }
 
   function render() {
-    $('teach-categories').replaceChildren(...teach.categories.map((c, i) => {
+    // each control keyed by its category, so that the keyboard focus survives the re-render; a removed example hands
+    // it to the next (the keys are positions) or to its category's upload button, a removed category to the next
+    // category's choice or to the text field
+    const list = $('teach-categories');
+    const removed = teach.removed;
+    teach.removed = null;
+    keepFocus(list, () => list.replaceChildren(...teach.categories.map((c, i) => {
       const input = el('input', { type: 'file', multiple: '', accept: 'image/*,.dcm,application/dicom', hidden: '', 'data-category': c.label });
       input.addEventListener('change', () => {
         c.files.push(...input.files);
@@ -151,32 +167,51 @@
       const examples = [
         ...c.files.map((f, j) => el('li', { class: 'example', title: f.name },
           el('span', { text: f.name }),
-          el('button', { type: 'button', class: 'icon', 'aria-label': `remove ${f.name}`, text: '×', onclick: () => { c.files.splice(j, 1); render(); } }))),
+          el('button', { type: 'button', class: 'icon', 'aria-label': `remove ${f.name}`, text: '×', 'data-focus': `${c.label}:file:${j}`,
+                         onclick: () => { c.files.splice(j, 1); render(); } }))),
         ...c.ids.map((x, j) => el('li', { class: 'example', title: `indexed image ${x.id}` },
           x.thumb ? el('img', { src: x.thumb, alt: `image ${x.id}` }) : el('span', { text: `#${x.id}` }),
-          el('button', { type: 'button', class: 'icon', 'aria-label': `remove image ${x.id}`, text: '×', onclick: () => { c.ids.splice(j, 1); render(); } }))),
+          el('button', { type: 'button', class: 'icon', 'aria-label': `remove image ${x.id}`, text: '×', 'data-focus': `${c.label}:id:${j}`,
+                         onclick: () => { c.ids.splice(j, 1); render(); } }))),
       ];
       return el('li', { class: i === teach.active ? 'teach-category active' : 'teach-category', 'data-label': c.label },
         el('label', { class: 'toggle' },
-          el('input', { type: 'radio', name: 'teach-active', ...(i === teach.active ? { checked: '' } : {}), onchange: () => { teach.active = i; render(); } }),
+          el('input', { type: 'radio', name: 'teach-active', 'data-focus': `${c.label}:active`, ...(i === teach.active ? { checked: '' } : {}),
+                        onchange: () => { teach.active = i; render(); } }),
           el('strong', { text: c.label })),
         el('span', { class: 'hint count', text: ` ${c.files.length + c.ids.length} examples` }),
         el('ul', { class: 'examples' }, ...examples),
         el('div', { class: 'row' },
           input,
-          el('button', { type: 'button', class: 'secondary small', text: 'Upload examples', onclick: () => input.click() }),
-          el('button', { type: 'button', class: 'secondary small', text: 'Remove category', onclick: () => { teach.categories.splice(i, 1); teach.active = 0; render(); } })));
-    }));
+          // visible words first, then whose (several categories each have these two buttons)
+          el('button', { type: 'button', class: 'secondary small', text: 'Upload examples', 'aria-label': `Upload examples of ${c.label}`,
+                         'data-focus': `${c.label}:upload`, onclick: () => input.click() }),
+          el('button', { type: 'button', class: 'secondary small', text: 'Remove category', 'aria-label': `Remove category ${c.label}`,
+                         onclick: () => {
+                           teach.categories.splice(i, 1);
+                           teach.active = 0;
+                           teach.removed = i;
+                           render();
+                           announce(`Removed the category ${c.label}.`);
+                         } })));
+    })), (_, key) => {
+      if (removed != null) return list.querySelectorAll('input[type=radio]')[Math.min(removed, teach.categories.length - 1)] || $('teach-label');
+      const label = key && key.replace(/:(file|id):\d+$/, '');
+      return [...list.querySelectorAll('[data-focus]')].find((n) => n.dataset.focus === `${label}:upload`);
+    });
     const total = teach.categories.reduce((n, c) => n + c.files.length + c.ids.length, 0);
-    $('teach-fit').disabled = teach.busy || teach.categories.length < 2 || total === 0;
+    // aria-disabled: the button keeps the focus while it fits (a disabled one drops it)
+    setAvailable($('teach-fit'), !teach.busy && teach.categories.length >= 2 && total > 0);
     document.querySelectorAll('#search-results .teach-add').forEach((b) => {
       const c = teach.categories[teach.active];
       b.setAttribute('aria-disabled', c ? 'false' : 'true');
       b.textContent = c ? `+ example of ${c.label}` : '+ example (teach a category first)';
+      b.setAttribute('aria-label', `${b.textContent}: image ${b.dataset.teachId}`); // one in every result card
     });
   }
 
   async function fit() {
+    if (!available($('teach-fit'))) return;
     const name = $('teach-name').value.trim();
     if (!name) { say('Give the classifier a name.', 'error'); return; }
     const form = new FormData();
@@ -202,6 +237,9 @@
       say('');
       teach.categories = [];
       await refreshClassifiers(c.name);
+      // the fit button is unavailable now (no categories left): the keyboard goes to the answer, which is read out
+      const focused = document.activeElement;
+      if (!focused || focused === document.body || focused.id === 'teach-fit') $('teach-result').focus();
     } catch (err) {
       say(`Fitting failed: ${err.message}`, 'error');
       $('teach-status').dataset.code = err.code;
@@ -226,8 +264,10 @@
       const use = () => {
         const c = teach.categories[teach.active];
         if (!c) return;
-        if (!c.ids.some((x) => x.id === id)) c.ids.push({ id, thumb: img ? img.src : null });
+        const added = !c.ids.some((x) => x.id === id);
+        if (added) c.ids.push({ id, thumb: img ? img.src : null });
         render();
+        announce(added ? `Image ${id} added to ${c.label}: ${c.files.length + c.ids.length} examples.` : `Image ${id} is an example of ${c.label} already.`);
       };
       add.addEventListener('click', use);
       add.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); use(); } });
@@ -245,7 +285,7 @@
     $('classifier-picker').addEventListener('change', () => {
       pickerChanged();
       const again = $('classify-again');
-      if (again && !again.disabled) again.click();
+      if (again && available(again)) again.click();
     });
     new MutationObserver(decorateHits).observe($('search-results'), { childList: true });
     render();

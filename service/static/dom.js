@@ -4,6 +4,11 @@
  *   el(tag, attrs, ...children)    a new element: attrs 'class', 'text', 'on<event>' handlers, 'style' an object of
  *                                  CSS properties (set through CSSOM: the page's Content-Security-Policy refuses
  *                                  style attributes), else attributes
+ *   keepFocus(container, render, fallback)
+ *                                  re-render a list the keyboard may be in without dropping the focus (below)
+ *   setAvailable(button, on), available(button)
+ *                                  aria-disabled instead of disabled: an unavailable button keeps the focus
+ *   announce(text)                 a polite status message for screen readers (#page-status)
  *   KeepfitConnection              the API base and the keys entered for it (below)
  */
 (() => {
@@ -22,7 +27,38 @@
     for (const child of children) if (child != null) node.append(child);
     return node;
   };
-  window.KeepfitDom = Object.freeze({ $, el });
+
+  /*
+   * A re-render replaces the elements, and the one with the keyboard focus with them: the browser then puts the
+   * focus back at the top of the page.  When the focus was inside `container`, it goes to the new element with the
+   * same data-focus key, else (that item is gone) to the element `fallback(i, key)` returns, i being the old element's
+   * position among the container's keyed elements and key its key.
+   */
+  const keepFocus = (container, render, fallback) => {
+    const active = document.activeElement;
+    const inside = active && active !== container && container.contains(active);
+    const keyed = inside ? [...container.querySelectorAll('[data-focus]')] : [];
+    const key = inside ? active.dataset.focus : undefined;
+    render();
+    if (!inside || container.contains(active)) return;
+    const same = key && [...container.querySelectorAll('[data-focus]')].find((n) => n.dataset.focus === key);
+    const target = same || (fallback && fallback(keyed.indexOf(active), key));
+    if (target) target.focus();
+  };
+
+  // A disabled button that has the focus loses it; an aria-disabled one keeps it, and its handler checks available()
+  const setAvailable = (button, on) => button.setAttribute('aria-disabled', String(!on));
+  const available = (button) => button.getAttribute('aria-disabled') !== 'true';
+
+  // Emptied first, so that the same message twice is announced twice
+  const announce = (text) => {
+    const box = $('page-status');
+    if (!box) return;
+    box.textContent = '';
+    setTimeout(() => { box.textContent = text; }, 50);
+  };
+
+  window.KeepfitDom = Object.freeze({ $, el, keepFocus, setAvailable, available, announce });
 
   /*
    * Where the service is and the keys for it, shared by app.js and classifiers.js.
