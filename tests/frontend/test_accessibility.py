@@ -490,13 +490,7 @@ def test_names_roles_states_headings_and_live_regions(
     page = signed_in.page
     assert page.get_attribute("html", "lang") == "en"
     # the answer's live region is there before the answer arrives (a region that appears with it is not read)
-    page.set_input_files("#file-input", str(real_image_paths["CFP"][0]))
-    page.wait_for_selector("#predictions li")
-    wait_for(page, "!document.body.dataset.busy")
-    _search(page, "hard exudates")
-    page.fill("#teach-label", "referable")
-    page.press("#teach-label", "Enter")
-    page.click("#search-results .teach-add >> nth=0")
+    _classify_search_and_teach(page, real_image_paths["CFP"][0])
     nodes = _ax_nodes(page)
 
     # headings: one h1 first, then no level skipped
@@ -558,6 +552,17 @@ def test_names_roles_states_headings_and_live_regions(
     assert page.inner_text("#announce").endswith(f" {count} warning{'s' if count > 1 else ''}."), page.inner_text("#announce")
 
 
+def _classify_search_and_teach(page: Any, image: Path) -> None:
+    """The page with everything on it: an answer, search results, and a teach category with one example."""
+    page.set_input_files("#file-input", str(image))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+    _search(page, "hard exudates")
+    page.fill("#teach-label", "referable")
+    page.press("#teach-label", "Enter")
+    page.click("#search-results .teach-add >> nth=0")
+
+
 def _contrast(page: Any, state: str) -> list[dict[str, Any]]:
     rows = page.evaluate(CONTRAST_JS)
     assert rows, state
@@ -574,13 +579,7 @@ def test_text_and_control_edges_have_enough_contrast(
     edges = page.evaluate(BOUNDARY_JS)
     page.evaluate("document.getElementById('settings').open = false")
 
-    page.set_input_files("#file-input", str(real_image_paths["CFP"][0]))
-    page.wait_for_selector("#predictions li")
-    wait_for(page, "!document.body.dataset.busy")
-    _search(page, "hard exudates")
-    page.fill("#teach-label", "referable")
-    page.press("#teach-label", "Enter")
-    page.click("#search-results .teach-add >> nth=0")
+    _classify_search_and_teach(page, real_image_paths["CFP"][0])
     states["after a classification and a search"] = _contrast(page, "classified")
 
     page.fill("#teach-label", "referable")

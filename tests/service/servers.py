@@ -31,14 +31,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def require_redis_server() -> str:
-    binary = shutil.which("redis-server")
+def require_binary(name: str, why: str = "") -> str:
+    """The path of the program ``name``; where it is missing, a skip saying how to install it (a failure in CI)."""
+    binary = shutil.which(name)
     if binary is None:
-        message = "redis-server not installed (apt-get install redis-server, or `make install-system`)"
+        message = f"{name} not installed (apt-get install {name}, or `make install-system`){why}"
         if IN_CI:
             pytest.fail(f"CI=true but {message}", pytrace=False)
         pytest.skip(message)
     return binary
+
+
+def require_redis_server() -> str:
+    return require_binary("redis-server")
 
 
 class RedisServer:

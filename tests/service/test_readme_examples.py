@@ -42,8 +42,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import IN_CI
 from tests.frontend.harness import Service, running_service
+from tests.service.servers import require_binary
 
 
 def live(test: Callable[..., None]) -> Callable[..., None]:
@@ -648,13 +648,7 @@ def check(r: Result) -> None:
 
 # -------------------------------------------------------------------------------------------- fixtures
 def require_curl() -> str:
-    binary = shutil.which("curl")
-    if binary is None:
-        message = "curl not installed (apt-get install curl): the README's examples are curl commands"
-        if IN_CI:
-            pytest.fail(f"CI=true but {message}", pytrace=False)
-        pytest.skip(message)
-    return binary
+    return require_binary("curl", ": the README's examples are curl commands")
 
 
 def _sorted_rows(labels_csv: Path) -> list[dict[str, str]]:
