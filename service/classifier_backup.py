@@ -82,16 +82,20 @@ def backup_store(store: ClassifierStore, out: Path) -> dict[str, Any]:
                     f"{'...' if len(missing) > 3 else ''}): refit or delete the classifiers concerned, then back up"
                 )
             staged = {DATABASE: copy}
+            sha256 = {DATABASE: _sha256_file(copy)}
             for name, path in members.items():  # copied under the lock: a delete cannot collect one meanwhile
                 staged[name] = Path(work) / name.replace("/", "__")
-                shutil.copyfile(path, staged[name])
+                digest = hashlib.sha256()
+                with path.open("rb") as original, staged[name].open("wb") as duplicate:
+                    _copy(original, duplicate, digest)
+                sha256[name] = digest.hexdigest()
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "store": str(store.root),
             "classifiers": names,
-            "members": {name: _sha256_file(path) for name, path in staged.items()},
+            "members": sha256,
         }
         with atomic_write(out, "wb", durable=True) as fh, tarfile.open(fileobj=fh, mode="w") as tar:
             _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=2).encode())
@@ -194,6 +198,7 @@ def _extract_checked(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path, sh
 
 
 def _copy(source: IO[bytes], target: IO[bytes], digest: Any) -> None:
+    """Copy ``source`` to ``target``, feeding ``digest`` as the bytes pass (one read of each file)."""
     while block := source.read(_CHUNK):
         digest.update(block)
         target.write(block)

@@ -417,15 +417,19 @@ class ClassifierStore:
         """A connection; an error SQLite raises in the block is a 503 (``raw``: as it is, for retries; ``writing``:
         one that says the change was not made).  A damaged file ("database disk image is malformed") is a
         :class:`sqlite3.DatabaseError`, not an OperationalError: a 503 as well, not a 500."""
-        immutable = self.read_only
-        db = self._immutable() if immutable else sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
+        db = self._immutable() if self.read_only else sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            if not immutable and not (raw or writing) and self._volume_gone_read_only(db):
-                db.close()
-                db, immutable = self._immutable(), True
-            if not immutable:
-                db.execute("PRAGMA synchronous=NORMAL")
+            if not self.read_only:
+                try:  # the first statement opens the file and the WAL's shared memory
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    self._note_read_only(False)
+                except sqlite3.OperationalError:
+                    if raw or writing or not _read_only_volume(self.root):
+                        raise
+                    db.close()
+                    db = self._immutable()
+                    self._note_read_only(True)
             yield db
         except sqlite3.DatabaseError as err:
             if raw:
@@ -471,26 +475,19 @@ class ClassifierStore:
         db.row_factory = sqlite3.Row
         return db
 
-    def _volume_gone_read_only(self, db: sqlite3.Connection) -> bool:
-        """Whether a read must go through :meth:`_immutable`: the store's volume turned read-only while serving
-        (a disk error remounts it so), and SQLite cannot open the WAL's shared memory to read.  Reads then serve
-        the classifiers as of the last checkpoint, as a restart on that volume would, instead of a 503 each, and
-        go back to the normal path as soon as the volume is writable again.  Checked on each read connection: one
-        query of the schema, microseconds."""
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if self._read_only_noted:
-                self._read_only_noted = False
-                logger.warning("classifier store %s: its volume is writable again", self.root)
-            return False
-        except sqlite3.OperationalError:
-            if not _read_only_volume(self.root):
-                raise
-        if not self._read_only_noted:
-            self._read_only_noted = True
+    def _note_read_only(self, gone: bool) -> None:
+        """Log, once each way, that the store's volume turned read-only while serving (a disk error remounts it so)
+        or is writable again.  While it is read-only, SQLite cannot open the WAL's shared memory, and reads go
+        through :meth:`_immutable`: the classifiers as of the last checkpoint, as a restart on that volume would
+        serve them, instead of a 503 each; they go back to the normal path as soon as the volume is writable."""
+        if gone == self._read_only_noted:
+            return
+        self._read_only_noted = gone
+        if gone:
             logger.warning("classifier store %s: its volume turned read-only; classifiers are served read-only, as "
                            "of the last checkpoint, until it is writable again", self.root)
-        return True
+        else:
+            logger.warning("classifier store %s: its volume is writable again", self.root)
 
     @contextlib.contextmanager
     def _write(self, lock_timeout: float = OPEN_TIMEOUT_S) -> Iterator[sqlite3.Connection]:

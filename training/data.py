@@ -182,9 +182,10 @@ def public_samples(
             if held.intersection(labels):
                 out.skipped[f"{source.manifest}: held-out {sorted(held.intersection(labels))[0]!r}"] += 1
                 continue
-            found.setdefault(manifest.resolve(row), []).append(
+            path = manifest.resolve(row)
+            found.setdefault(path, []).append(
                 Sample(
-                    path=manifest.resolve(row),
+                    path=path,
                     modality=modality,
                     labels=tuple(dict.fromkeys(labels)),
                     split=row.get("split", split),
