@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from tests.service.helpers import SMALL_INDEX, encode, make_settings
+from tests.service.helpers import SMALL_INDEX, build_index, encode, make_settings
 
 
 @pytest.fixture(autouse=True)
@@ -74,34 +74,12 @@ def _rows(labels_csv: Path, modality: str, n: int, label_column: str) -> list[di
 def index_dir(data_root: Path, default_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small index of real CFP, OCT and FFA images (``SMALL_INDEX`` per modality) built with ``keepfit index
     build`` (the CLI contract)."""
-    from model.cli import main as keepfit
-
     rows = (
         _rows(data_root / "cfp_oct_mx" / "labels.csv", "CFP", SMALL_INDEX["CFP"], "dme")
         + _rows(data_root / "cfp_oct_mx" / "labels.csv", "OCT", SMALL_INDEX["OCT"], "dme")
         + _rows(data_root / "ffa_huapu4" / "labels.csv", "FFA", SMALL_INDEX["FFA"], "label")
     )
-    work = tmp_path_factory.mktemp("index")
-    manifest = work / "images.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "modality", "diagnosis"])
-        writer.writeheader()
-        writer.writerows(rows)
-    out = work / "index"
-    code = keepfit(
-        [
-            "index",
-            "build",
-            "--artifact",
-            str(default_artifact),
-            "--manifest",
-            str(manifest),
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0 and (out / "index_manifest.json").is_file()
-    return out
+    return build_index(rows, tmp_path_factory.mktemp("index"), default_artifact)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import struct
 import tempfile
@@ -15,6 +16,23 @@ from service.settings import Settings
 
 # the small test index (tests/service/conftest.py: index_dir): real images per modality
 SMALL_INDEX = {"CFP": 4, "OCT": 4, "FFA": 4}
+
+
+def build_index(rows: list[dict[str, str]], work: Path, artifact: Path, *flags: str) -> Path:
+    """``rows`` (``path``, ``modality``, ``diagnosis``) written as a manifest in ``work`` and indexed there with
+    ``keepfit index build`` (the CLI contract, ids handed out in the rows' order); the index's folder."""
+    from model.cli import main as keepfit
+
+    manifest = work / "images.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "modality", "diagnosis"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = work / "index"
+    code = keepfit(["index", "build", "--artifact", str(artifact), "--manifest", str(manifest), "--out", str(out),
+                    *flags])
+    assert code == 0 and (out / "index_manifest.json").is_file()
+    return out
 
 
 def make_settings(artifact: Path, **overrides: Any) -> Settings:

@@ -31,7 +31,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import pytest
 from PIL import Image
 
 from tests.frontend.harness import Service, running_service
+from tests.service.helpers import build_index
 from tests.service.servers import require_binary
 
 
@@ -695,16 +695,7 @@ def index_dir(data_root: Path, default_artifact: Path, tmp_path_factory: pytest.
         path = pools[modality, label].pop(0)
         rows.append({"path": str(path), "modality": modality, "diagnosis": label})
     work = tmp_path_factory.mktemp("readme-index")
-    manifest = work / "images.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "modality", "diagnosis"])
-        writer.writeheader()
-        writer.writerows(rows)
-    out = work / "index"
-    cmd = [sys.executable, "-m", "model.cli", "index", "build", "--artifact", str(default_artifact)]
-    cmd += ["--manifest", str(manifest), "--out", str(out), "--no-progress", "--threads", "1"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"keepfit index build failed:\n{done.stderr[-3000:]}"
+    out = build_index(rows, work, default_artifact, "--no-progress", "--threads", "1")
     (work / "plan.json").write_text(json.dumps([r["path"] for r in rows]))
     return out
 
