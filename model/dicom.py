@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from model.colour import COLOUR_SPACE
 from model.errors import ConfigError, ImageError, ImageTooLargeError, UnsupportedMediaError
 
 logger = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     fast = _pillow_frame(ds, stream, str(syntax or ""), photometric, size) if stream is not None else None
     if fast is not None:
         image = ImageOps.invert(fast) if photometric == "MONOCHROME1" else fast
-        return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
+        return _finish(image, ds, frame, frames, modality, syntax_name, (cols, rows))
     if not getattr(syntax, "is_compressed", False):
         _check_native_length(ds, rows, cols, frames)
     try:
@@ -284,7 +285,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     image = Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.ndim == 3 else "L")
-    return _finish(image, frame, frames, modality, syntax_name, (cols, rows))
+    return _finish(image, ds, frame, frames, modality, syntax_name, (cols, rows))
 
 
 def _record_syntax(ds: Any) -> None:
@@ -325,11 +326,24 @@ def _check_native_length(ds: Any, rows: int, cols: int, frames: int) -> None:
         )
 
 
+# DICOM Color Space (0028,2002) defined terms -> model.colour.STANDARD (SRGB is what an untagged image means)
+_COLOUR_SPACES = {"ADOBERGB": "adobe_rgb", "ROMMRGB": "romm_rgb"}
+
+
 def _finish(
-    image: Image.Image, frame: int, frames: int, modality: str | None, syntax_name: str, stored: tuple[int, int]
+    image: Image.Image, ds: Any, frame: int, frames: int, modality: str | None, syntax_name: str,
+    stored: tuple[int, int],
 ) -> Image.Image:
     from model.preprocess import ORIGINAL_SIZE
 
+    # What the values mean (model/colour.py): the header's ICC Profile (0028,2000), else its Color Space
+    # (0028,2002) where that names a space other than sRGB
+    icc = ds.get("ICCProfile")
+    space = str(ds.get("ColorSpace", "") or "").strip().upper()
+    if isinstance(icc, bytes) and icc:
+        image.info["icc_profile"] = icc
+    elif space in _COLOUR_SPACES:
+        image.info[COLOUR_SPACE] = _COLOUR_SPACES[space]
     image.info["keepfit_frame"] = frame
     image.info["keepfit_frames"] = frames
     image.info[ORIGINAL_SIZE] = stored

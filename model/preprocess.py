@@ -23,6 +23,7 @@ from typing import IO, Any, Protocol, cast
 import numpy as np
 from PIL import Image, ImageFile
 
+from model.colour import source_profile, to_srgb
 from model.config import PreprocessConfig
 from model.dicom import decode_dicom, dicom_pixels, is_dicom
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
@@ -439,11 +440,13 @@ def _shrink(image: Image.Image, size: tuple[int, int], resample: Image.Resamplin
 
 
 def _rgb_at(image: Image.Image, size: tuple[int, int] | None, resample: Image.Resampling) -> Image.Image:
-    """8-bit RGB of ``image`` in its stored orientation, resized to ``size`` (``None``: as it is).
+    """8-bit sRGB of ``image`` in its stored orientation, resized to ``size`` (``None``: as it is).
 
     Downscaling happens on the cheapest data that keeps the result's meaning: 16-bit is filtered as 16-bit
     and only the small result is scaled to 8 bits; alpha is premultiplied (= composited on black) before
-    filtering, the way Pillow filters alpha anyway; grey stays one channel until the end.
+    filtering, the way Pillow filters alpha anyway; grey stays one channel until the end. 8-bit values are
+    converted to sRGB after the reduction where the image's colour profile says they are in another space
+    (:mod:`model.colour`); 16-bit and float data, scaled by their range, are taken as they are.
     """
     mode = image.mode
     target = size or image.size
@@ -460,10 +463,11 @@ def _rgb_at(image: Image.Image, size: tuple[int, int] | None, resample: Image.Re
         # colour is exactly the composite on black, and it is what Pillow filters alpha images in.
         premultiplied = image.convert("RGBA").convert("RGBa") if mode != "RGBA" else image.convert("RGBa")
         small = _shrink(premultiplied, target, resample)
-        return Image.merge("RGB", small.split()[:3])
-    if mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    small = _shrink(image, target, resample)
+        return to_srgb(Image.merge("RGB", small.split()[:3]), image)
+    if mode not in ("RGB", "L") and not (mode == "CMYK" and source_profile(image) is not None):
+        image = image.convert("RGB")  # (a CMYK image with its profile is reduced as CMYK, then converted)
+    # colour management (model/colour.py) on the reduced image: an embedded or named profile other than sRGB
+    small = to_srgb(_shrink(image, target, resample), image)
     return small if small.mode == "RGB" else small.convert("RGB")
 
 
