@@ -6,9 +6,14 @@ saves them: with the space's ICC profile embedded, and for Adobe RGB also with n
 marker that DCF cameras write (ColorSpace "uncalibrated", interoperability index R03). Each file goes through
 the served decode path (``load_image(size=...)``, ``preprocess``, the int8 image encoder), and is compared with the
 sRGB original through the same path: the cosine of the image embeddings (mean and minimum) and how often the
-zero-shot top-1 over the modality's default categories (decided as ``/v1/classify`` decides) agrees. "values read
+zero-shot top-1 over the modality's default categories (decided as ``/v1/classify`` decides) agrees, and the
+median time of decoding and preprocessing one file (one image at a time, as a request is). "values read
 as sRGB" is the same file with its profile or marker dropped, which is what the decode path did before it was
 colour-managed; "sRGB, saved again" is the original re-encoded unchanged: the floor that JPEG re-encoding alone sets.
+
+A second table scores the unseen site's tasks (``keepfit eval suite``'s site2 rows, test split, scored as the
+suite scores them) with every image saved each of these ways: what a clinic whose camera is set to Adobe RGB or
+Display P3 would see, before and after colour management.
 
     python -m service.benchmarks.colour_profiles [--per-set 40]
 """
@@ -17,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import statistics
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -85,11 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     cfg = runtime.preprocess_cfg
 
-    def embed(data: bytes) -> np.ndarray:
-        return runtime.encode_pixels(preprocess(load_image(data, size=cfg.image_size), cfg)[None]).embeddings[0]
+    times: list[float] = []
 
-    print("| images | n | saved as | read | cosine mean | cosine min | top-1 agrees |")
-    print("|---|---|---|---|---|---|---|")
+    def embed(data: bytes) -> np.ndarray:
+        t0 = time.perf_counter()
+        pixels = preprocess(load_image(data, size=cfg.image_size), cfg)
+        times.append(time.perf_counter() - t0)
+        return runtime.encode_pixels(pixels[None]).embeddings[0]
+
+    print("| images | n | saved as | read | cosine mean | cosine min | top-1 agrees | decode+preprocess ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, (modality, paths) in image_sets(args.data_root, args.per_set).items():
         offered = runtime.knowledge.category_set(modality)
 
@@ -109,12 +122,46 @@ def main(argv: list[str] | None = None) -> int:
             if label != "sRGB, saved again":
                 rows.append((label, "values read as sRGB", lambda f, label=label: f[label][1]))
         for label, how, pick in rows:
+            times.clear()
             emb = np.stack([embed(pick(f)) for f in files])
             cos = np.sum(emb * ref, axis=1)
             agree = float(np.mean(top1(emb) == ref_top))
             print(f"| {name} | {len(paths)} | {label} | {how} | {cos.mean():.4f} | {cos.min():.4f} | "
-                  f"{100 * agree:.0f} % |")
+                  f"{100 * agree:.0f} % | {1e3 * statistics.median(times):.1f} |")
+    unseen_site(runtime, embed, args.data_root)
     return 0
+
+
+def unseen_site(runtime: Any, embed: Callable[[bytes], np.ndarray], data_root: Path) -> None:
+    """The unseen site's zero-shot tasks (balanced accuracy; and the share of healthy eyes called normal) with
+    its test images saved each way of :func:`variants`."""
+    from model.preprocess import load_image, to_rgb
+    from training.evaluate import UNSEEN_SITE, load_spec, zero_shot_metrics
+
+    sets = [load_spec(spec, data_root, runtime.knowledge, "test") for spec in UNSEEN_SITE]
+    paths = sorted({p for s in sets for p in s.paths})
+    embedded: dict[tuple[str, str], dict[Path, np.ndarray]] = {}
+    for path in paths:
+        embedded.setdefault(("the original file", "as the file says"), {})[path] = embed(path.read_bytes())
+        for label, (as_saved, bare) in variants(to_rgb(load_image(path.read_bytes()))).items():
+            embedded.setdefault((label, "as the file says"), {})[path] = embed(as_saved)
+            if label != "sRGB, saved again":
+                embedded.setdefault((label, "values read as sRGB"), {})[path] = embed(bare)
+    names = [s.name for s in sets]
+    print(f"\n| unseen site, test ({len(paths)} images), saved as | read | {' | '.join(names)} | mean | "
+          "healthy called normal |")
+    print("|---|---|" + "---|" * (len(names) + 2))
+    for (label, how), by_path in embedded.items():
+        scores, normal_recall = [], float("nan")
+        for s in sets:
+            img = np.stack([by_path[p] for p in s.paths])
+            metrics = zero_shot_metrics(img, s.labels, runtime.class_embeddings(s.classes, s.modality), s.classes,
+                                        runtime.logit_scale, runtime.class_bias(s.classes, s.modality))
+            scores.append(float(metrics["balanced_accuracy"]))
+            if s.name == "site2_normal":
+                normal_recall = float(metrics["per_class"]["normal"]["recall"])
+        print(f"| {label} | {how} | {' | '.join(f'{v:.3f}' for v in scores)} | {np.mean(scores):.3f} | "
+              f"{normal_recall:.3f} |")
 
 
 if __name__ == "__main__":
