@@ -446,7 +446,8 @@ def _rgb_at(image: Image.Image, size: tuple[int, int] | None, resample: Image.Re
     and only the small result is scaled to 8 bits; alpha is premultiplied (= composited on black) before
     filtering, the way Pillow filters alpha anyway; grey stays one channel until the end. 8-bit values are
     converted to sRGB after the reduction where the image's colour profile says they are in another space
-    (:mod:`model.colour`); 16-bit and float data, scaled by their range, are taken as they are.
+    (:mod:`model.colour`); 16-bit grey and float data, scaled by their range, are taken as they are (16-bit colour is
+    converted once reduced to 8 bits).
     """
     mode = image.mode
     target = size or image.size
@@ -463,7 +464,11 @@ def _rgb_at(image: Image.Image, size: tuple[int, int] | None, resample: Image.Re
         # colour is exactly the composite on black, and it is what Pillow filters alpha images in.
         premultiplied = image.convert("RGBA").convert("RGBa") if mode != "RGBA" else image.convert("RGBa")
         small = _shrink(premultiplied, target, resample)
-        return to_srgb(Image.merge("RGB", small.split()[:3]), image)
+        composite = Image.merge("RGB", small.split()[:3])
+        if mode == "LA":  # grey again (exactly: its three channels are equal), so that a grey profile applies
+            composite = composite.convert("L")
+        out = to_srgb(composite, image)
+        return out if out.mode == "RGB" else out.convert("RGB")
     if mode not in ("RGB", "L") and not (mode == "CMYK" and source_profile(image) is not None):
         image = image.convert("RGB")  # (a CMYK image with its profile is reduced as CMYK, then converted)
     # colour management (model/colour.py) on the reduced image: an embedded or named profile other than sRGB

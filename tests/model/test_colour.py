@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,6 +18,7 @@ from model.config import get_config
 from model.preprocess import load_image, preprocess, thumbnail, to_rgb
 from service.benchmarks.colour_profiles import dcf_exif
 from tests.dicom_files import make_dicom
+from tests.model.test_preprocess import _png16
 
 CFG = get_config("keepfit-v2-small").preprocess
 SPACES = (colour.ADOBE_RGB, colour.DISPLAY_P3, colour.ROMM_RGB)
@@ -158,3 +161,27 @@ def test_one_profile_converts_images_on_many_threads_at_once(golden_image: Image
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(_pixels, files * 16))
     assert all(np.array_equal(r, expected[i % 4]) for i, r in enumerate(results))
+
+
+def _with_iccp(png: bytes, icc: bytes) -> bytes:
+    """``png`` with an iCCP chunk (the embedded profile) after its IHDR."""
+    body = b"camera\0\0" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    return png[:33] + chunk + png[33:]
+
+
+def test_sixteen_bit_colour_is_converted_after_its_reduction_to_8_bits(golden_image: Image.Image) -> None:
+    converted = np.asarray(_in_space(golden_image, colour.ADOBE_RGB)).astype(np.uint16) * 257
+    icc = colour.matrix_profile(colour.ADOBE_RGB)
+    tagged = _pixels(_with_iccp(_png16(converted), icc))
+    reference = _pixels(_save(golden_image, "PNG"))
+    assert _gap(tagged, reference) < 0.012 and _gap(_pixels(_png16(converted)), reference) > 4 * _gap(tagged, reference)
+
+
+def test_grey_with_alpha_takes_its_grey_profile() -> None:
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (8, 1))
+    grey_alpha = Image.fromarray(np.stack([ramp, np.full_like(ramp, 255)], axis=-1), mode="LA")
+    plain = np.asarray(to_rgb(load_image(_save(grey_alpha, "PNG"))))
+    linear = np.asarray(to_rgb(load_image(_save(grey_alpha, "PNG", icc_profile=colour.grey_profile(1.0, "linear")))))
+    assert np.array_equal(plain[0, :, 0], np.arange(256)) and (plain[..., 0] == plain[..., 2]).all()
+    assert abs(int(linear[0, 128, 0]) - 188) <= 1 and (linear[..., 0] == linear[..., 2]).all()
