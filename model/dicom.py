@@ -440,7 +440,7 @@ def _pillow_frame(ds: Any, stream: bytes, syntax: str, photometric: str, size: i
     mode = modes.get(photometric)
     if mode is None or int(getattr(ds, "BitsStored", 8) or 8) != 8:
         return None
-    from model.preprocess import draft_for, reduction_for
+    from model.preprocess import JPEG_QUALITY, draft_for, jpeg_quality, reduction_for
 
     try:
         image = Image.open(io.BytesIO(stream))
@@ -469,6 +469,9 @@ def _pillow_frame(ds: Any, stream: bytes, syntax: str, photometric: str, size: i
     # EXIF orientation is not applied, as pydicom does not). A copy drops it; after the scaling it is small.
     bare = image.copy()
     bare.info = {}
+    quality = jpeg_quality(image) if kind == "JPEG" else None  # how hard the frame was compressed (warnings)
+    if quality is not None:
+        bare.info[JPEG_QUALITY] = quality
     return bare
 
 

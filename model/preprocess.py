@@ -56,6 +56,14 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 REDUCING_GAP = 2.0
 # Key of ``Image.info`` holding ``(width, height)`` of the stored image before any decode-time scaling.
 ORIGINAL_SIZE = "keepfit.original_size"
+# Key of ``Image.info`` holding a JPEG's estimated quality (:func:`jpeg_quality`; absent for other formats).
+JPEG_QUALITY = "keepfit.jpeg_quality"
+# The IJG (libjpeg) luminance quantisation table at quality 50, in natural order: the reference that encoders'
+# "quality" scales (libjpeg, Pillow, OpenCV, browsers).
+_IJG_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 # EXIF orientation -> the transpose that makes the image upright (what ImageOps.exif_transpose applies).
 _ORIENT = {
@@ -67,6 +75,28 @@ _ORIENT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+@lru_cache(maxsize=1)
+def _ijg_table_sums() -> np.ndarray:
+    """``[100]``: the sum of the IJG luminance table at each quality 1-100 (libjpeg's scaling, baseline clamp)."""
+    quality = np.arange(1, 101)
+    scale = np.where(quality < 50, 5000 // quality, 200 - 2 * quality)  # [100]
+    tables = np.clip((_IJG_LUMINANCE[None, :] * scale[:, None] + 50) // 100, 1, 255)  # [100, 64]
+    return tables.sum(axis=1)
+
+
+def jpeg_quality(image: Image.Image) -> int | None:
+    """A JPEG's compression as the IJG quality (1-100) whose luminance table quantises as coarsely on average:
+    exact for files written by libjpeg-based encoders (Pillow, OpenCV, most software), the equivalent for a
+    camera's own tables. None where the image has no quantisation tables (not a JPEG)."""
+    tables = getattr(image, "quantization", None)
+    if not tables:
+        return None
+    luminance = tables.get(0) or next(iter(tables.values()))
+    total = int(np.asarray(luminance, dtype=np.int64).sum())
+    gap = np.abs(_ijg_table_sums() - total)
+    return int(np.flatnonzero(gap == gap.min())[-1]) + 1  # the highest quality among equals
 
 
 def header_pixels(data: bytes) -> int:
@@ -238,6 +268,10 @@ def load_image(
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels ({width}x{height})")
     image.info[ORIGINAL_SIZE] = (width, height)
+    if image.format in _JPEG:
+        quality = jpeg_quality(image)
+        if quality is not None:
+            image.info[JPEG_QUALITY] = quality
     if size is not None and image.format in _JPEG:
         draft_for(image, size)
     try:

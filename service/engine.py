@@ -38,6 +38,7 @@ from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
+    JPEG_QUALITY,
     ReadableFile,
     detail,
     load_image,
@@ -84,6 +85,7 @@ class ClassifyResult:
     # Heat maps and ranked expert descriptions of the top predictions (``explain > 0``), serialised.
     explanations: list[dict[str, Any]] | None = None
     detail: float | None = None  # the image's spread in grey levels (model.preprocess.detail)
+    jpeg_quality: int | None = None  # a JPEG's estimated quality (model.preprocess.jpeg_quality)
     decision: str | None = None  # how the probabilities were made: "screening" or "flat" (model.runtime)
 
 
@@ -95,6 +97,7 @@ class EncodedImage(NamedTuple):
     upright: tuple[int, int]  # (width, height) as displayed (EXIF orientation applied)
     stated: str | None  # the modality a DICOM header states
     detail: float  # how much the image varies, in grey levels (model.preprocess.detail)
+    jpeg_quality: int | None = None  # a JPEG's (or a DICOM JPEG frame's) estimated quality, else None
 
 
 # An image that varies by less than this many grey levels (a blank, black or uniform picture, also with a
@@ -126,6 +129,29 @@ def mixed_script_word(text: str) -> str | None:
         if len(scripts & set(_LOOKALIKE_SCRIPTS)) > 1:
             return word
     return None
+
+
+# A JPEG saved below this quality (model.preprocess.jpeg_quality: IJG-equivalent) gets a warning that its answers
+# are unreliable. Re-saving the 512 px test photographs moved the unseen site's top-1 answers in 31 % of images at
+# quality 50 and 48 % at 30 (val split; training site: 5 %), nearly always towards disease
+# (python -m service.benchmarks.degradation). The data sets are quality 92, the camera originals 75-86.
+COMPRESSED_BELOW = 50
+
+
+def compressed_warning(quality: int | None) -> list[dict[str, str]]:
+    """The ``compressed_image`` warning for a JPEG saved below :data:`COMPRESSED_BELOW`."""
+    if quality is None or quality >= COMPRESSED_BELOW:
+        return []
+    return [
+        {
+            "code": "compressed_image",
+            "message": (
+                f"the JPEG was saved at about quality {quality} (below {COMPRESSED_BELOW}): compression this "
+                "strong changes the model's answers for many eyes, mostly towards disease; send the camera's "
+                "original file"
+            ),
+        }
+    ]
 
 
 def featureless(spread: float | None) -> bool:
@@ -347,7 +373,7 @@ class Engine:
                     ),
                 }
             )
-        out += featureless_warning(result.detail)
+        out += featureless_warning(result.detail) + compressed_warning(result.jpeg_quality)
         meant_for = self.task_modalities(task)
         if meant_for and used not in meant_for:
             how = "requested" if requested != "auto" else "detected" if used == detected else "from the DICOM header"
@@ -395,6 +421,7 @@ class Engine:
         with trimmed(image.width * image.height):  # the pixels decoded, not the header's: DCT scaling
             size, upright = original_size(image), upright_original_size(image)
             stated = image.info.get("keepfit_modality")
+            quality = image.info.get(JPEG_QUALITY)
             with timings.stage("preprocess"):
                 pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
                 spread = detail(pixels[0], upright, self.runtime.preprocess_cfg)
@@ -402,7 +429,8 @@ class Engine:
         with timings.stage("inference"):
             # embeddings [1, D], tokens [1, h*w, D]
             encoding = self.runtime.encode_pixels(pixels)
-        return EncodedImage(encoding, size, upright, str(stated) if stated else None, spread)
+        return EncodedImage(encoding, size, upright, str(stated) if stated else None, spread,
+                            int(quality) if quality is not None else None)
 
     def classify(
         self,
@@ -485,6 +513,7 @@ class Engine:
             class_embeddings=class_emb,
             explanations=explanations,
             detail=encoded.detail,
+            jpeg_quality=encoded.jpeg_quality,
             decision=decided,
         )
 

@@ -141,13 +141,16 @@ class ModalityResult(BaseModel):
 
 
 class ClassifyWarning(BaseModel):
-    code: Literal["modality_mismatch", "modality_uncertain", "task_modality_mismatch", "featureless_image"] = Field(
+    code: Literal[
+        "modality_mismatch", "modality_uncertain", "task_modality_mismatch", "featureless_image", "compressed_image"
+    ] = Field(
         description="`modality_mismatch`: the image looks like another modality than the one requested or, with "
         "`modality=auto`, the one its DICOM header states; "
         "`modality_uncertain`: with `modality=auto`, the modality check was unsure (below 0.7) which modality the "
         "image is, so the categories and prompts used may be the wrong ones; "
         "`task_modality_mismatch`: the task is meant for another modality than the one used; "
-        "`featureless_image`: the image is almost uniform (blank, black), so the predictions say nothing"
+        "`featureless_image`: the image is almost uniform (blank, black), so the predictions say nothing; "
+        "`compressed_image`: a JPEG saved below quality 50, whose compression changes the answers for many eyes"
     )
     message: str = Field(description="a sentence for people: show it beside the predictions")
 

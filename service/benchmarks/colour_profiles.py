@@ -72,6 +72,7 @@ def variants(rgb: Image.Image) -> dict[str, tuple[bytes, bytes]]:
         to_space = ImageCms.buildTransform(srgb, ImageCms.ImageCmsProfile(io.BytesIO(icc)), "RGB", "RGB",
                                            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
         converted = ImageCms.applyTransform(rgb, to_space)
+        assert converted is not None
         converted.info.pop("icc_profile", None)  # only where asked for below
         bare = jpeg(converted)
         out[f"{space.name}, ICC profile"] = (jpeg(converted, icc_profile=icc), bare)
@@ -116,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             files.append(variants(to_rgb(load_image(data))))
         ref = np.stack(reference)  # [N, D]
         ref_top = top1(ref)
-        rows: list[tuple[str, str, Callable[[dict[str, tuple[bytes, bytes]]], bytes]]] = []
+        rows: list[tuple[str, str, int]] = []  # (variant, how it is read, 0: as saved / 1: without its tag)
         for label in files[0]:
-            rows.append((label, "as the file says", lambda f, label=label: f[label][0]))
+            rows.append((label, "as the file says", 0))
             if label != "sRGB, saved again":
-                rows.append((label, "values read as sRGB", lambda f, label=label: f[label][1]))
-        for label, how, pick in rows:
+                rows.append((label, "values read as sRGB", 1))
+        for label, how, which in rows:
             times.clear()
-            emb = np.stack([embed(pick(f)) for f in files])
+            emb = np.stack([embed(f[label][which]) for f in files])
             cos = np.sum(emb * ref, axis=1)
             agree = float(np.mean(top1(emb) == ref_top))
             print(f"| {name} | {len(paths)} | {label} | {how} | {cos.mean():.4f} | {cos.min():.4f} | "

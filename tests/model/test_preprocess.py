@@ -448,3 +448,34 @@ def test_sixteen_bit_grey_with_alpha_keeps_its_picture(golden_image: Image.Image
         assert (got[..., 3] == 255).all()  # opaque stays opaque
         reference = preprocess(Image.fromarray(grey, "L"), CFG)
         assert np.abs(preprocess(decoded, CFG) - reference).max() < 0.02
+
+
+@pytest.mark.parametrize("quality", [1, 5, 10, 25, 49, 50, 51, 75, 92, 95, 100])
+def test_a_jpegs_quality_is_read_from_its_tables(golden_image: Image.Image, quality: int) -> None:
+    from model.preprocess import JPEG_QUALITY, jpeg_quality
+
+    data = _encode(golden_image, "JPEG", quality=quality)
+    assert load_image(data).info[JPEG_QUALITY] == quality == jpeg_quality(Image.open(io.BytesIO(data)))
+    assert load_image(data, size=64).info[JPEG_QUALITY] == quality  # decoded DCT-scaled too
+    grey = _encode(golden_image.convert("L"), "JPEG", quality=quality)
+    assert load_image(grey).info[JPEG_QUALITY] == quality
+
+
+def test_a_cameras_own_tables_give_the_quality_they_compress_like(golden_image: Image.Image) -> None:
+    from model.preprocess import JPEG_QUALITY
+
+    # a camera's "fine" luminance table (flat, finer than libjpeg's at 90) and a coarse one (libjpeg's at 30, x1.4)
+    fine = _encode(golden_image, "JPEG", qtables=[[2] * 64, [3] * 64])
+    assert load_image(fine).info[JPEG_QUALITY] >= 90
+    coarse = _encode(golden_image, "JPEG", qtables=[[min(255, round(v * 1.4)) for v in _ijg(30)], _ijg(30)])
+    assert 15 <= load_image(coarse).info[JPEG_QUALITY] < 30
+    for fmt in ("PNG", "WEBP", "TIFF"):
+        assert JPEG_QUALITY not in load_image(_encode(golden_image, fmt)).info
+
+
+def _ijg(quality: int) -> list[int]:
+    """libjpeg's luminance table at ``quality``."""
+    from model.preprocess import _IJG_LUMINANCE
+
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return [int(min(255, max(1, (v * scale + 50) // 100))) for v in _IJG_LUMINANCE]

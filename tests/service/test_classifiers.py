@@ -177,6 +177,12 @@ def test_index_ids_and_label_filter_then_list_show_delete(client: TestClient, re
     sized = client.post("/v1/classify", files={"image": big.getvalue()}, data={"classifier": "oct-a"}).json()
     zero_shot = client.post("/v1/classify", files={"image": big.getvalue()}).json()
     assert sized["image"] == zero_shot["image"] and sized["image"]["width"] == 1600, sized["image"]
+    assert sized["warnings"] == [] == zero_shot["warnings"]
+    # a strongly compressed JPEG is flagged in a classifier's answer as in a zero-shot one
+    squeezed = io.BytesIO()
+    Image.open(image).convert("RGB").save(squeezed, format="JPEG", quality=20)
+    flagged = client.post("/v1/classify", files={"image": squeezed.getvalue()}, data={"classifier": "oct-a"}).json()
+    assert [w["code"] for w in flagged["warnings"]] == ["compressed_image"], flagged["warnings"]
     assert client.delete("/v1/classifiers/oct-a", headers=ADMIN).json() == {
         "deleted": "oct-a",
         "version": shown["version"],

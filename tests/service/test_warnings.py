@@ -156,3 +156,41 @@ def test_an_image_the_modality_check_is_unsure_of_is_flagged(api: TestClient, da
     assert "modality_uncertain" not in [w["code"] for w in named["warnings"]]
     for modality in ("CFP", "OCT", "FFA"):
         assert "modality_uncertain" not in [w["code"] for w in _classify(api, real_images[modality]).json()["warnings"]]
+
+
+def _jpeg(data: bytes, quality: int) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("quality", "warned"), [(10, True), (30, True), (49, True), (50, False), (92, False)])
+def test_a_strongly_compressed_jpeg_is_flagged(api: TestClient, real_images: dict[str, bytes], quality: int,
+                                               warned: bool) -> None:
+    body = _classify(api, _jpeg(real_images["CFP"], quality)).json()
+    assert [w["code"] for w in body["warnings"]] == (["compressed_image"] if warned else [])
+    if warned:
+        assert f"saved at about quality {quality} (below 50)" in body["warnings"][0]["message"]
+
+
+def test_compression_is_judged_from_the_file_not_from_its_pixels(api: TestClient,
+                                                                 real_images: dict[str, bytes]) -> None:
+    """The pixels of a quality-20 JPEG saved again losslessly (PNG) or at quality 95 carry no tables to judge by:
+    no warning, as documented."""
+    squeezed = Image.open(io.BytesIO(_jpeg(real_images["CFP"], 20)))
+    for fmt, kw in (("PNG", {}), ("JPEG", {"quality": 95})):
+        out = io.BytesIO()
+        squeezed.save(out, format=fmt, **kw)
+        assert _classify(api, out.getvalue()).json()["warnings"] == []
+
+
+def test_a_dicom_objects_compressed_jpeg_frame_is_flagged(api: TestClient, real_images: dict[str, bytes]) -> None:
+    pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
+    from tests.dicom_files import make_dicom, rgb_of
+
+    for quality, expected in ((25, ["compressed_image"]), (92, [])):
+        stream = _jpeg(real_images["CFP"], quality)
+        dicom = make_dicom([rgb_of(stream)], "jpeg-baseline", jpeg_bytes=[stream])
+        r = api.post("/v1/classify", files={"image": ("eye.dcm", dicom, "application/dicom")})
+        assert r.status_code == 200, r.text
+        assert [w["code"] for w in r.json()["warnings"]] == expected
