@@ -249,9 +249,10 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
     stream = _checked_frame(ds, str(syntax or ""), frame, frames, (cols, rows))
     fast = _pillow_frame(ds, stream, str(syntax or ""), photometric, size) if stream is not None else None
+    quality = _stream_quality(stream, str(syntax or ""))  # whichever decoder reads the frame (warnings)
     if fast is not None:
         image = ImageOps.invert(fast) if photometric == "MONOCHROME1" else fast
-        return _finish(image, ds, frame, frames, modality, syntax_name, (cols, rows))
+        return _finish(image, ds, frame, frames, modality, syntax_name, (cols, rows), quality)
     if not getattr(syntax, "is_compressed", False):
         _check_native_length(ds, rows, cols, frames)
     try:
@@ -285,7 +286,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     image = Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.ndim == 3 else "L")
-    return _finish(image, ds, frame, frames, modality, syntax_name, (cols, rows))
+    return _finish(image, ds, frame, frames, modality, syntax_name, (cols, rows), quality)
 
 
 def _record_syntax(ds: Any) -> None:
@@ -332,10 +333,12 @@ _COLOUR_SPACES = {"ADOBERGB": "adobe_rgb", "ROMMRGB": "romm_rgb"}
 
 def _finish(
     image: Image.Image, ds: Any, frame: int, frames: int, modality: str | None, syntax_name: str,
-    stored: tuple[int, int],
+    stored: tuple[int, int], quality: int | None = None,
 ) -> Image.Image:
-    from model.preprocess import ORIGINAL_SIZE
+    from model.preprocess import JPEG_QUALITY, ORIGINAL_SIZE
 
+    if quality is not None:  # a JPEG frame's estimated quality (model.preprocess.jpeg_quality)
+        image.info[JPEG_QUALITY] = quality
     # What the values mean (model/colour.py): the header's ICC Profile (0028,2000), else its Color Space
     # (0028,2002) where that names a space other than sRGB
     icc = ds.get("ICCProfile")
@@ -440,7 +443,7 @@ def _pillow_frame(ds: Any, stream: bytes, syntax: str, photometric: str, size: i
     mode = modes.get(photometric)
     if mode is None or int(getattr(ds, "BitsStored", 8) or 8) != 8:
         return None
-    from model.preprocess import JPEG_QUALITY, draft_for, jpeg_quality, reduction_for
+    from model.preprocess import draft_for, reduction_for
 
     try:
         image = Image.open(io.BytesIO(stream))
@@ -469,10 +472,20 @@ def _pillow_frame(ds: Any, stream: bytes, syntax: str, photometric: str, size: i
     # EXIF orientation is not applied, as pydicom does not). A copy drops it; after the scaling it is small.
     bare = image.copy()
     bare.info = {}
-    quality = jpeg_quality(image) if kind == "JPEG" else None  # how hard the frame was compressed (warnings)
-    if quality is not None:
-        bare.info[JPEG_QUALITY] = quality
     return bare
+
+
+def _stream_quality(stream: bytes | None, syntax: str) -> int | None:
+    """A JPEG frame's estimated quality (:func:`model.preprocess.jpeg_quality`) from its header alone, whether
+    Pillow or pydicom decodes it; None for other syntaxes."""
+    if stream is None or _PILLOW_FRAMES.get(syntax, ("", {}))[0] != "JPEG":
+        return None
+    from model.preprocess import jpeg_quality
+
+    try:
+        return jpeg_quality(Image.open(io.BytesIO(stream)))
+    except Exception:  # a stream Pillow cannot open: the decode that follows says what is wrong with it
+        return None
 
 
 def _j2k_levels(stream: bytes) -> int:

@@ -23,7 +23,7 @@ from typing import IO, Any, Protocol, cast
 import numpy as np
 from PIL import Image, ImageFile
 
-from model.colour import source_profile, to_srgb
+from model.colour import conversion_for, source_profile, to_srgb
 from model.config import PreprocessConfig
 from model.dicom import decode_dicom, dicom_pixels, is_dicom
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
@@ -503,11 +503,22 @@ def _rgb_at(image: Image.Image, size: tuple[int, int] | None, resample: Image.Re
             composite = composite.convert("L")
         out = to_srgb(composite, image)
         return out if out.mode == "RGB" else out.convert("RGB")
-    if mode not in ("RGB", "L") and not (mode == "CMYK" and source_profile(image) is not None):
-        image = image.convert("RGB")  # (a CMYK image with its profile is reduced as CMYK, then converted)
+    if mode == "CMYK" and not _cmyk_profile_applies(image):
+        # Pillow's conversion, then reduced, as always; a profile that cannot convert CMYK says nothing of the
+        # RGB values Pillow makes (a CMYK image with a usable profile is reduced as CMYK, then converted)
+        return _shrink(image.convert("RGB"), target, resample)
+    if mode not in ("RGB", "L", "CMYK"):
+        image = image.convert("RGB")
     # colour management (model/colour.py) on the reduced image: an embedded or named profile other than sRGB
     small = to_srgb(_shrink(image, target, resample), image)
     return small if small.mode == "RGB" else small.convert("RGB")
+
+
+def _cmyk_profile_applies(image: Image.Image) -> bool:
+    """Whether a CMYK image's profile converts it (else it is read as before: Pillow's conversion, then reduced:
+    that conversion is not linear, so the order changes the pixels)."""
+    profile = source_profile(image)
+    return profile is not None and conversion_for(profile, "CMYK") is not None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
