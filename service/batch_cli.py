@@ -246,14 +246,17 @@ def main(argv: list[str] | None = None) -> int:
     total = len(paths) + len(unlisted)
     labels = scorer.labels()
     start, counts, failed, first_error = time.perf_counter(), Counter[str](), 0, ""
+    warned = Counter[str]()  # warning code -> images that carry it
     with atomic_write(out, "w", encoding="utf-8", newline="") as fh:
         writer: csv.DictWriter[str] | None = None
         for done, row in enumerate(itertools.chain(unlisted, _rows(scorer, paths, threads)), start=1):
             if "error" in row:
                 failed += 1
                 first_error = first_error or f"{row['error']['code']}: {row['error']['message']}"
-            elif row["predictions"]:
-                counts[row["predictions"][0]["label"]] += 1
+            else:
+                warned.update({w["code"] for w in row.get("warnings", [])})
+                if row["predictions"]:
+                    counts[row["predictions"][0]["label"]] += 1
             if out.suffix.lower() == ".jsonl":
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:
@@ -268,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"no image could be classified: the first of {total} failed with {first_error}")
     seconds = time.perf_counter() - start
     top = ", ".join(f"{label} {n}" for label, n in counts.most_common(5))
+    warnings = ", ".join(f"{code} {n}" for code, n in sorted(warned.items(), key=lambda kv: (-kv[1], kv[0])))
     print(  # noqa: T201
         f"classified {total - failed} of {total} images ({failed} could not be) in {seconds:.1f} s, "
         f"{len(paths) / max(seconds, 1e-9):.1f} images/s, on {threads} threads -> {out}\n"
-        f"most probable: {top or 'none'}\n{scorer.engine.intended_use}"
+        f"most probable: {top or 'none'}\n"
+        f"images with warnings: {warnings or 'none'} (the warnings column says which)\n{scorer.engine.intended_use}"
     )
     return 0
 

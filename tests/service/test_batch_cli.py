@@ -33,6 +33,7 @@ def test_every_image_gets_the_apis_answer(
     assert keepfit(["classify", "--images", str(folder), "--artifact", str(default_artifact), "--out", str(out)]) == 0
     summary = capsys.readouterr().out
     assert "classified 6 of 7 images (1 could not be)" in summary and "Research use only" in summary
+    assert "images with warnings: none" in summary
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["path"] for r in rows] == sorted(str(p) for p in folder.rglob("*") if p.is_file())  # the input's order
     failed = [r for r in rows if "error" in r]
@@ -222,3 +223,19 @@ def test_a_classifier_of_another_artifact_is_refused_with_the_refit_to_run(
     with pytest.raises(ConfigError, match="fitted with artifact 20200101-old") as refused:
         batch_cli._scorer(args, 1)
     assert f"keepfit classifier refit dr --store {store.root} --artifact {default_artifact}" in str(refused.value)
+
+
+def test_the_summary_counts_the_images_with_each_warning(
+    real_image_paths: dict[str, list[Path]], default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for i, path in enumerate(real_image_paths["CFP"][:3]):
+        Image.open(path).convert("RGB").save(folder / f"{i}.jpg", quality=20 if i < 2 else 92)
+    out = tmp_path / "results.csv"
+    assert keepfit(["classify", "--images", str(folder), "--artifact", str(default_artifact), "--out", str(out),
+                    "--modality", "CFP"]) == 0
+    assert "images with warnings: compressed_image 2 (the warnings column says which)" in capsys.readouterr().out
+    assert [r["warnings"] for r in csv.DictReader(out.open())] == ["compressed_image", "compressed_image", ""]
