@@ -132,9 +132,9 @@ def mixed_script_word(text: str) -> str | None:
 
 
 # A JPEG saved below this quality (model.preprocess.jpeg_quality: IJG-equivalent) gets a warning that its answers
-# are unreliable. Re-saving the 512 px test photographs moved the unseen site's top-1 answers in 31 % of images at
-# quality 50 and 48 % at 30 (val split; training site: 5 %), nearly always towards disease
-# (python -m service.benchmarks.degradation). The data sets are quality 92, the camera originals 75-86.
+# are unreliable. Re-saving the unseen site's 512 px val photographs moved their top-1 answers in 31 % of images at
+# quality 50 and 48 % at 30 (the training site's: 5 % and 5 %), mostly towards disease
+# (python -m service.benchmarks.degradation --split val). The data sets are quality 92, the camera originals 75-86.
 COMPRESSED_BELOW = 50
 
 
