@@ -58,6 +58,11 @@ REDUCING_GAP = 2.0
 ORIGINAL_SIZE = "keepfit.original_size"
 # Key of ``Image.info`` holding a JPEG's estimated quality (:func:`jpeg_quality`; absent for other formats).
 JPEG_QUALITY = "keepfit.jpeg_quality"
+# A JPEG saved below this quality is flagged (the service's ``compressed_image`` warning, ``keepfit eval``'s
+# reports). Re-saving the unseen site's 512 px val photographs moved their top-1 answers in 31 % of images at
+# quality 50 and 48 % at 30 (the training site's: 5 % and 5 %), mostly towards disease
+# (python -m service.benchmarks.degradation --split val). The data sets are quality 92, the camera originals 75-86.
+COMPRESSED_BELOW = 50
 # The IJG (libjpeg) luminance quantisation table at quality 50, in natural order: the reference that encoders'
 # "quality" scales (libjpeg, Pillow, OpenCV, browsers).
 _IJG_LUMINANCE = np.array([
@@ -97,6 +102,15 @@ def jpeg_quality(image: Image.Image) -> int | None:
     total = int(np.asarray(luminance, dtype=np.int64).sum())
     gap = np.abs(_ijg_table_sums() - total)
     return int(np.flatnonzero(gap == gap.min())[-1]) + 1  # the highest quality among equals
+
+
+def file_jpeg_quality(path: str | Path) -> int | None:
+    """:func:`jpeg_quality` of the JPEG file at ``path`` from its header alone (None: not a JPEG, or unreadable)."""
+    try:
+        with Image.open(path) as image:
+            return jpeg_quality(image) if image.format in _JPEG else None
+    except Exception:  # not an image: the decode that reads it says why
+        return None
 
 
 def header_pixels(data: bytes) -> int:

@@ -38,6 +38,7 @@ from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
+    COMPRESSED_BELOW,
     JPEG_QUALITY,
     ReadableFile,
     detail,
@@ -131,15 +132,9 @@ def mixed_script_word(text: str) -> str | None:
     return None
 
 
-# A JPEG saved below this quality (model.preprocess.jpeg_quality: IJG-equivalent) gets a warning that its answers
-# are unreliable. Re-saving the unseen site's 512 px val photographs moved their top-1 answers in 31 % of images at
-# quality 50 and 48 % at 30 (the training site's: 5 % and 5 %), mostly towards disease
-# (python -m service.benchmarks.degradation --split val). The data sets are quality 92, the camera originals 75-86.
-COMPRESSED_BELOW = 50
-
-
 def compressed_warning(quality: int | None) -> list[dict[str, str]]:
-    """The ``compressed_image`` warning for a JPEG saved below :data:`COMPRESSED_BELOW`."""
+    """The ``compressed_image`` warning for a JPEG saved below :data:`model.preprocess.COMPRESSED_BELOW` (where
+    the threshold comes from)."""
     if quality is None or quality >= COMPRESSED_BELOW:
         return []
     return [

@@ -21,6 +21,7 @@ import numpy as np
 
 from model.files import atomic_write_json, atomic_write_text
 from model.knowledge import Knowledge
+from model.preprocess import COMPRESSED_BELOW, file_jpeg_quality
 from model.runtime import KeepfitRuntime
 from training.evaluate import (
     ATLAS_PAIRS,
@@ -109,13 +110,36 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({s.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
+    files = image_files(s.paths)
     payload = {"command": "zero-shot", "manifest": str(a.manifest), "label_column": a.label_column,
-               "modality": s.modality, "split": a.split, **result, **_skips(s, embedder)}
+               "modality": s.modality, "split": a.split, **result, "image_files": files, **_skips(s, embedder)}
     lines = _header(runtime, f"Zero-shot: {a.label_column}") + _classification_md(result) + [
-        "", "![confusion matrix](confusion.png)", ""]
+        "", f"- {_image_files_text(files)}", "", "![confusion matrix](confusion.png)", ""]
     write_report(out, payload, "\n".join(lines))
-    payload["text"] = _classification_text(result)
+    payload["text"] = _classification_text(result) + f"\n{_image_files_text(files)}"
     return payload
+
+
+def image_files(paths: Sequence[Path]) -> dict[str, Any]:
+    """How the evaluated images are stored: how many are JPEGs, their estimated quality
+    (:func:`model.preprocess.jpeg_quality`, from each file's header), and how many were saved below
+    :data:`model.preprocess.COMPRESSED_BELOW`, where the service warns that answers are unreliable."""
+    qualities = [q for q in (file_jpeg_quality(p) for p in paths) if q is not None]
+    return {"n": len(paths), "jpeg": len(qualities),
+            "jpeg_quality_median": float(np.median(qualities)) if qualities else None,
+            "jpeg_quality_min": min(qualities) if qualities else None,
+            "compressed_below": COMPRESSED_BELOW, "compressed": sum(q < COMPRESSED_BELOW for q in qualities)}
+
+
+def _image_files_text(files: dict[str, Any]) -> str:
+    if not files["jpeg"]:
+        return f"image files: none of the {files['n']} is a JPEG"
+    text = (f"image files: {files['jpeg']} of {files['n']} are JPEGs, estimated quality median "
+            f"{files['jpeg_quality_median']:g}, lowest {files['jpeg_quality_min']}")
+    if files["compressed"]:
+        text += (f"; {files['compressed']} saved below quality {files['compressed_below']}, where compression changes "
+                 "many answers (the service warns: compressed_image)")
+    return text
 
 
 def run_retrieval(runtime: KeepfitRuntime, a: TaskArgs, out: Path, ks: list[int], batch_size: int = 32

@@ -65,6 +65,38 @@ def test_zero_shot_report_matches_a_direct_computation(tiny_artifact: Path, oct_
     low, high = saved["balanced_accuracy_ci95"]
     assert low <= saved["balanced_accuracy"] <= high
     assert f"(95 % CI {low:.3f}-{high:.3f})" in (out / "report.md").read_text()
+    # how the images are stored: the data set's JPEGs are quality 92, none below the warning's threshold
+    assert saved["image_files"] == {"n": 12, "jpeg": 12, "jpeg_quality_median": 92.0, "jpeg_quality_min": 92,
+                                    "compressed_below": 50, "compressed": 0}
+    assert printed["image_files"] == saved["image_files"]
+    assert "image files: 12 of 12 are JPEGs, estimated quality median 92, lowest 92" in (out / "report.md").read_text()
+
+
+def test_zero_shot_report_counts_strongly_compressed_images(tiny_artifact: Path, oct_manifest: Path,
+                                                            tmp_path: Path) -> None:
+    from PIL import Image
+
+    rows = list(csv.DictReader(oct_manifest.open()))
+    for i, r in enumerate(rows):  # a third re-saved at quality 20, a third as PNG
+        image = Image.open(r["path"]).convert("RGB")
+        if i % 3 == 0:
+            r["path"] = str(tmp_path / f"{i}.jpg")
+            image.save(r["path"], quality=20)
+        elif i % 3 == 1:
+            r["path"] = str(tmp_path / f"{i}.png")
+            image.save(r["path"])
+    manifest = tmp_path / "mixed.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "zs"
+    assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest),
+                      "--label-column", "dme", "--modality", "OCT", "--out", str(out)]) == 0
+    files = json.loads((out / "report.json").read_text())["image_files"]
+    assert (files["n"], files["jpeg"], files["compressed"], files["jpeg_quality_min"]) == (12, 8, 4, 20)
+    assert ("8 of 12 are JPEGs, estimated quality median 56, lowest 20; 4 saved below quality 50"
+            in (out / "report.md").read_text())
 
 
 def test_zero_shot_decides_as_the_service_and_says_so(tiny_artifact: Path, oct_manifest: Path, tmp_path: Path,
