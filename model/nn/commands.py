@@ -50,7 +50,7 @@ def export_main(argv: list[str]) -> int:
     init.add_argument("--random-init", action="store_true", help="with --config: random weights")
     init.add_argument("--pretrained", action="store_true", help="with --config: ImageNet / MiniLM initialisation")
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write (replaced atomically)")
-    p.add_argument("--quantize", choices=QUANT_MODES, default="none", help="int8: MatMul/Gemm weights; int8-conv: also convolutions")
+    p.add_argument("--quantize", choices=QUANT_MODES, default="none", help="int8: the text encoder's MatMul/Gemm/Gather weights (the image encoder stays fp32); int8-conv: also the image encoder, convolutions included")
     p.add_argument("--verify", dest="verify", action="store_true", default=True, help="check ONNX vs torch (default)")
     p.add_argument("--no-verify", dest="verify", action="store_false")
     p.add_argument("--data-root", type=Path, default=None, help="real images for verification (default ../shared/data)")

@@ -157,6 +157,22 @@ def test_export_command_replaces_an_artifact_atomically(
     assert art.version != old_version and art.manifest["quantization"] == "int8"
     assert art.manifest["parity"]["int8"]["text"]["min_cosine"] > 0.9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    # int8 quantises the text encoder only: the image encoder keeps fp32 parity, and an image's embedding does
+    # not depend on the batch it is encoded in (a dynamic activation scale made it)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "image_encoder.onnx")).graph.node}
+    assert not ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}, ops
+    assert {"DynamicQuantizeLinear"} <= {n.op_type for n in onnx.load(str(out / "text_encoder.onnx")).graph.node}
+    assert art.manifest["parity"]["int8"]["image"] == art.manifest["parity"]["fp32"]["image"]
+    from model.runtime import KeepfitRuntime
+
+    runtime = KeepfitRuntime.from_artifact(out)
+    size = runtime.preprocess_cfg.image_size
+    pixels = np.random.default_rng(0).standard_normal((6, 3, size, size)).astype(np.float32)
+    batch = runtime.encode_pixels(pixels).embeddings
+    alone = np.concatenate([runtime.encode_pixels(pixels[i : i + 1]).embeddings for i in range(6)])
+    assert np.array_equal(batch, alone)
 
 
 def test_serving_path_never_imports_torch(tiny_artifact: Path) -> None:
