@@ -56,9 +56,19 @@ def dcf_exif(color_space: int = 0xFFFF, interop_index: str | None = "R03") -> by
     return b"Exif\0\0" + tiff
 
 
+def in_space(rgb: Image.Image, space: colour.Primaries) -> Image.Image:
+    """``rgb`` (sRGB) converted to ``space``: the values a camera set to that space stores, untagged."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    target = ImageCms.ImageCmsProfile(io.BytesIO(colour.matrix_profile(space)))
+    converted = ImageCms.applyTransform(rgb, ImageCms.buildTransform(
+        srgb, target, "RGB", "RGB", renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC))
+    assert converted is not None
+    converted.info.pop("icc_profile", None)  # (Pillow notes the target profile, and PNG and TIFF would embed it)
+    return converted
+
+
 def variants(rgb: Image.Image) -> dict[str, tuple[bytes, bytes]]:
     """``label -> (file as saved, the same pixels with no profile or marker)`` for each colour space."""
-    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
     def jpeg(image: Image.Image, **kw: object) -> bytes:
         out = io.BytesIO()
@@ -69,11 +79,7 @@ def variants(rgb: Image.Image) -> dict[str, tuple[bytes, bytes]]:
     out = {"sRGB, saved again": (plain, plain)}
     for space in _SPACES:
         icc = colour.matrix_profile(space)
-        to_space = ImageCms.buildTransform(srgb, ImageCms.ImageCmsProfile(io.BytesIO(icc)), "RGB", "RGB",
-                                           renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
-        converted = ImageCms.applyTransform(rgb, to_space)
-        assert converted is not None
-        converted.info.pop("icc_profile", None)  # only where asked for below
+        converted = in_space(rgb, space)
         bare = jpeg(converted)
         out[f"{space.name}, ICC profile"] = (jpeg(converted, icc_profile=icc), bare)
         if space is colour.ADOBE_RGB:

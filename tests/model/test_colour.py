@@ -16,7 +16,7 @@ from PIL import Image, ImageCms
 from model import colour
 from model.config import get_config
 from model.preprocess import load_image, preprocess, thumbnail, to_rgb
-from service.benchmarks.colour_profiles import dcf_exif
+from service.benchmarks.colour_profiles import dcf_exif, in_space
 from tests.dicom_files import make_dicom
 from tests.model.test_preprocess import _png16
 
@@ -28,15 +28,6 @@ def _save(image: Image.Image, fmt: str, **kw: object) -> bytes:
     out = io.BytesIO()
     image.save(out, format=fmt, **kw)
     return out.getvalue()
-
-
-def _in_space(image: Image.Image, space: colour.Primaries) -> Image.Image:
-    """``image`` (sRGB) converted to ``space``: the values a camera set to that space would store."""
-    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-    target = ImageCms.ImageCmsProfile(io.BytesIO(colour.matrix_profile(space)))
-    converted = ImageCms.applyTransform(image, ImageCms.buildTransform(srgb, target, "RGB", "RGB"))
-    converted.info.pop("icc_profile", None)  # (Pillow notes the target profile, and PNG and TIFF would embed it)
-    return converted
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -69,7 +60,7 @@ def test_an_embedded_srgb_profile_changes_nothing(golden_image: Image.Image, whi
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP", "JPEG"])
 def test_values_in_another_space_are_converted_to_srgb(golden_image: Image.Image, space: colour.Primaries,
                                                        fmt: str) -> None:
-    converted = _in_space(golden_image, space)
+    converted = in_space(golden_image, space)
     kw: dict[str, object] = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
     tagged = _save(converted, fmt, icc_profile=colour.matrix_profile(space), **kw)
     bare = _save(converted, fmt, **kw)
@@ -82,7 +73,7 @@ def test_values_in_another_space_are_converted_to_srgb(golden_image: Image.Image
 
 
 def test_thumbnails_and_full_size_images_are_converted_too(golden_image: Image.Image) -> None:
-    tagged = _save(_in_space(golden_image, colour.ADOBE_RGB), "PNG", icc_profile=colour.matrix_profile(colour.ADOBE_RGB))
+    tagged = _save(in_space(golden_image, colour.ADOBE_RGB), "PNG", icc_profile=colour.matrix_profile(colour.ADOBE_RGB))
     reference = np.asarray(golden_image, dtype=np.float32)
     full = np.asarray(to_rgb(load_image(tagged)), dtype=np.float32)
     assert np.abs(full - reference).max() <= 2
@@ -95,7 +86,7 @@ def test_thumbnails_and_full_size_images_are_converted_too(golden_image: Image.I
                                                        (0xFFFF, "R98", False), (0xFFFF, None, False)])
 def test_the_exif_adobe_rgb_marker_without_a_profile(golden_image: Image.Image, space: int, index: str | None,
                                                      adobe: bool) -> None:
-    converted = _in_space(golden_image, colour.ADOBE_RGB)
+    converted = in_space(golden_image, colour.ADOBE_RGB)
     marked = _pixels(_save(converted, "JPEG", quality=95, exif=dcf_exif(space, index)))
     tagged = _pixels(_save(converted, "JPEG", quality=95, icc_profile=colour.matrix_profile(colour.ADOBE_RGB)))
     bare = _pixels(_save(converted, "JPEG", quality=95))
@@ -141,7 +132,7 @@ def test_cmyk_without_a_usable_profile_is_read_as_before(golden_image: Image.Ima
 def test_a_dicom_objects_icc_profile_and_colour_space(golden_image: Image.Image, syntax: str) -> None:
     import pydicom
 
-    converted = np.asarray(_in_space(golden_image, colour.ADOBE_RGB))
+    converted = np.asarray(in_space(golden_image, colour.ADOBE_RGB))
 
     def dicom(**attributes: object) -> bytes:
         ds = pydicom.dcmread(io.BytesIO(make_dicom([converted], syntax)))
@@ -161,7 +152,7 @@ def test_a_dicom_objects_icc_profile_and_colour_space(golden_image: Image.Image,
 
 def test_one_profile_converts_images_on_many_threads_at_once(golden_image: Image.Image) -> None:
     icc = colour.matrix_profile(colour.DISPLAY_P3)
-    files = [_save(_in_space(golden_image.rotate(angle), colour.DISPLAY_P3), "PNG", icc_profile=icc)
+    files = [_save(in_space(golden_image.rotate(angle), colour.DISPLAY_P3), "PNG", icc_profile=icc)
              for angle in (0, 90, 180, 270)]
     expected = [_pixels(f) for f in files]
     with ThreadPoolExecutor(8) as pool:
@@ -177,7 +168,7 @@ def _with_iccp(png: bytes, icc: bytes) -> bytes:
 
 
 def test_sixteen_bit_colour_is_converted_after_its_reduction_to_8_bits(golden_image: Image.Image) -> None:
-    converted = np.asarray(_in_space(golden_image, colour.ADOBE_RGB)).astype(np.uint16) * 257
+    converted = np.asarray(in_space(golden_image, colour.ADOBE_RGB)).astype(np.uint16) * 257
     icc = colour.matrix_profile(colour.ADOBE_RGB)
     tagged = _pixels(_with_iccp(_png16(converted), icc))
     reference = _pixels(_save(golden_image, "PNG"))

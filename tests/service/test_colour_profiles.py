@@ -7,19 +7,16 @@ import io
 
 import numpy as np
 from fastapi.testclient import TestClient
-from PIL import Image, ImageCms
+from PIL import Image
 
 from model import colour
-from service.benchmarks.colour_profiles import dcf_exif
+from service.benchmarks.colour_profiles import dcf_exif, in_space
 
 
 def _adobe_rgb(data: bytes) -> dict[str, bytes]:
     rgb = Image.open(io.BytesIO(data)).convert("RGB")
     icc = colour.matrix_profile(colour.ADOBE_RGB)
-    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-    converted = ImageCms.applyTransform(rgb, ImageCms.buildTransform(srgb, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                                                     "RGB", "RGB"))
-    converted.info.pop("icc_profile", None)
+    converted = in_space(rgb, colour.ADOBE_RGB)
     out = {}
     for name, kw in (("original", None), ("profile", {"icc_profile": icc}), ("exif", {"exif": dcf_exif()}), ("bare", {})):
         buf = io.BytesIO()
