@@ -616,7 +616,7 @@
     }
     const hm = e.heatmap;
     overlay.src = hm.png;
-    overlay.alt = `heat map for ${e.label}`;
+    overlay.alt = heatmapAlt(e.label, hm);
     const [w, h] = hm.image_size;
     peakMark.style.setProperty('--x', `${(100 * (hm.peak.x + 0.5)) / w}%`);
     peakMark.style.setProperty('--y', `${(100 * (hm.peak.y + 0.5)) / h}%`);
@@ -633,6 +633,18 @@
       : `for ${e.label}: not a category the knowledge base knows, so these are only the prompts built from its name`;
     $('descriptions').replaceChildren(...e.descriptions.map((d) => el('li', {},
       el('span', { text: d.text }), el('span', { class: 'sim', text: `similarity ${d.similarity.toFixed(3)}` }))));
+  }
+
+  // the heat map in words, for those who cannot see it: where its evidence is strongest, in the image's own
+  // orientation (which side is nasal depends on the eye, which the service is not told)
+  function heatmapAlt(label, hm) {
+    if (hm.localised === false) return `heat map for ${label}: no localised evidence`;
+    const [w, h] = hm.image_size;
+    const third = (v, n) => Math.min(2, Math.floor((3 * (v + 0.5)) / n));
+    const row = ['upper', 'middle', 'lower'][third(hm.peak.y, h)];
+    const col = ['left', 'centre', 'right'][third(hm.peak.x, w)];
+    const where = row === 'middle' ? (col === 'centre' ? 'centre' : `middle ${col}`) : `${row} ${col}`;
+    return `heat map for ${label}: evidence strongest in the ${where} of the image`;
   }
 
   function applyOverlay() {

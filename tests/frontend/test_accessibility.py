@@ -214,6 +214,18 @@ def _ax_nodes(page: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _ax_role(page: Any, selector: str) -> str:
+    """The role Chromium's accessibility tree gives the first element ``selector`` matches."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        ax = cdp.send("Accessibility.getPartialAXTree", {"nodeId": node, "fetchRelatives": False})["nodes"]
+    finally:
+        cdp.detach()
+    return str(ax[0].get("role", {}).get("value", ""))
+
+
 def _classify_by_keyboard(page: Any, image: Path, key: str = "Enter") -> None:
     """The drop zone's keyboard path: focus it, press a key, pick the file in the chooser it opens."""
     page.focus("#drop-zone")
@@ -537,7 +549,14 @@ def test_names_roles_states_headings_and_live_regions(
     top = rows[0]["name"].split(":")[0]
     assert page.get_attribute("#announce", "role") == "status" and announce.startswith(f"Diagnosis ready: {top} ")
     assert rows[0]["pct"] in announce
-    assert page.get_attribute("#message", "role") == "alert" and page.get_attribute("#warnings", "role") == "alert"
+    assert page.get_attribute("#message", "role") == "alert" and page.get_attribute("#warnings-alert", "role") == "alert"
+    # the warnings stay a list inside their alert (a role on the <ul> itself replaced its list role)
+    assert page.get_attribute("#warnings", "role") is None
+    # the shown heat map says in words where its evidence is strongest, or that it has none
+    alt = page.get_attribute("#overlay", "alt")
+    assert re.fullmatch(
+        r"heat map for .+: (no localised evidence|evidence strongest in the "
+        r"((upper|lower) (left|centre|right)|middle (left|right)|centre) of the image)", alt or ""), alt
     assert page.get_attribute("#search-info", "aria-live") == "polite" and "images" in page.inner_text("#search-info")
     # lists rebuilt on every change are not live regions (they were re-read whole, over the diagnosis)
     for list_id in ("category-list", "teach-categories"):
@@ -550,6 +569,33 @@ def test_names_roles_states_headings_and_live_regions(
     wait_for(page, "!document.getElementById('warnings').hidden && !document.body.dataset.busy")
     count = page.eval_on_selector_all("#warnings li", "els => els.length")
     assert page.inner_text("#announce").endswith(f" {count} warning{'s' if count > 1 else ''}."), page.inner_text("#announce")
+    assert _ax_role(page, "#warnings") == "list" and _ax_role(page, "#warnings li") == "listitem"
+
+
+TARGET_JS = r"""
+[...document.querySelectorAll('button, [role=button], select, input[type=range]')]
+  .filter((el) => el.checkVisibility({visibilityProperty: true}) && !el.closest('.sr-only'))
+  .map((el) => { const r = el.getBoundingClientRect();
+    return {what: (el.id ? '#' + el.id : el.tagName.toLowerCase()) + ' ' + (el.getAttribute('aria-label') || el.innerText || '').slice(0, 40),
+            width: Math.round(r.width * 10) / 10, height: Math.round(r.height * 10) / 10}; })
+"""
+
+
+def test_buttons_offer_a_24_pixel_target(
+    signed_in: PageRecorder, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """Target size (WCAG 2.2, 2.5.8): every button, including the small "×" that remove a category or an example,
+    is at least 24 × 24 CSS px (they were 25 × 16), with the page in every state that shows them."""
+    page = signed_in.page
+    _classify_search_and_teach(page, real_image_paths["CFP"][0])
+    page.fill("#category-input", "glaucoma")
+    page.press("#category-input", "Enter")
+    targets = page.evaluate(TARGET_JS)
+    _record("targets", targets)
+    removers = [t for t in targets if t["what"].split(" ", 1)[1].startswith("remove")]
+    assert len(removers) >= 2, targets  # a category chip's and a teach example's
+    small = [t for t in targets if t["width"] < 24 or t["height"] < 24]
+    assert not small, small
 
 
 def _classify_search_and_teach(page: Any, image: Path) -> None:
