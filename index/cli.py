@@ -333,7 +333,7 @@ def search_main(argv: list[str]) -> int:
     )
     from index.store import VectorIndex
     from model.artifact import sha256_file
-    from model.preprocess import load_image
+    from model.preprocess import JPEG_QUALITY, compressed_warning, load_image
     from model.runtime import KeepfitRuntime
 
     p = argparse.ArgumentParser(
@@ -365,13 +365,17 @@ def search_main(argv: list[str]) -> int:
             args.modality, [*runtime.knowledge.modalities, *index_modalities(index)]
         )
         digest = None
+        quality = None  # an image query's JPEG quality: below 50 it changes which images are nearest, as the API says
         if args.text is not None:
             query = runtime.encode_texts([args.text])[0]
         else:
-            query = runtime.encode_images([load_image(args.image, size=runtime.preprocess_cfg.image_size)])[0]
+            image = load_image(args.image, size=runtime.preprocess_cfg.image_size)
+            quality = image.info.get(JPEG_QUALITY)
+            query = runtime.encode_images([image])[0]
             digest = sha256_file(args.image)  # an image the index holds finds itself: judged on the others, as the API
         hits = index.search(query, args.top_k, modality=modality, label=args.label)
         warning = label_warning(index, args.label, modality, len(hits))
+        warnings = ([warning] if warning else []) + compressed_warning(quality, "search")
         rows: list[dict[str, Any]] = [
             {
                 "rank": i + 1,
@@ -391,7 +395,7 @@ def search_main(argv: list[str]) -> int:
             "hits": rows,
             "score_scale": scale,
             "low_similarity": low,
-            "warnings": [warning] if warning else [],
+            "warnings": warnings,
         }
         _out(json.dumps(answer, indent=2))
     else:
@@ -408,6 +412,9 @@ def search_main(argv: list[str]) -> int:
                 f"nothing matches well: the best score {best:.3f} is below {scale['low_below']} "
                 f"(cosine similarity, -1 to 1, for {kind} queries)"
             )
+        for w in warnings:
+            if rows or w is not warning:
+                _out(f"warning: {w['message']}")
     return 0
 
 

@@ -104,6 +104,30 @@ def jpeg_quality(image: Image.Image) -> int | None:
     return int(np.flatnonzero(gap == gap.min())[-1]) + 1  # the highest quality among equals
 
 
+_COMPRESSION_CHANGES = {
+    "answer": "the model's answers for many eyes, mostly towards disease",
+    # python -m service.benchmarks.degradation: at quality 30, 61 % of an unseen-site query's ten nearest
+    # photographs were other ones than for the clean image (25 % at the training site)
+    "search": "which images are nearest for many eyes",
+}
+
+
+def compressed_warning(quality: int | None, what: str = "answer") -> list[dict[str, str]]:
+    """The ``compressed_image`` warning for a JPEG saved below :data:`model.preprocess.COMPRESSED_BELOW` (where
+    the threshold comes from); ``what``: ``answer`` (a diagnosis) or ``search`` (an image query's hits)."""
+    if quality is None or quality >= COMPRESSED_BELOW:
+        return []
+    return [
+        {
+            "code": "compressed_image",
+            "message": (
+                f"the JPEG was saved at about quality {quality} (below {COMPRESSED_BELOW}): compression this "
+                f"strong changes {_COMPRESSION_CHANGES[what]}; send the camera's original file"
+            ),
+        }
+    ]
+
+
 def file_jpeg_quality(path: str | Path) -> int | None:
     """:func:`jpeg_quality` of the JPEG file at ``path`` from its header alone (None: not a JPEG, or unreadable)."""
     try:

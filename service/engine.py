@@ -38,9 +38,9 @@ from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
-    COMPRESSED_BELOW,
     JPEG_QUALITY,
     ReadableFile,
+    compressed_warning,
     detail,
     load_image,
     original_size,
@@ -132,23 +132,6 @@ def mixed_script_word(text: str) -> str | None:
     return None
 
 
-def compressed_warning(quality: int | None) -> list[dict[str, str]]:
-    """The ``compressed_image`` warning for a JPEG saved below :data:`model.preprocess.COMPRESSED_BELOW` (where
-    the threshold comes from)."""
-    if quality is None or quality >= COMPRESSED_BELOW:
-        return []
-    return [
-        {
-            "code": "compressed_image",
-            "message": (
-                f"the JPEG was saved at about quality {quality} (below {COMPRESSED_BELOW}): compression this "
-                "strong changes the model's answers for many eyes, mostly towards disease; send the camera's "
-                "original file"
-            ),
-        }
-    ]
-
-
 def featureless(spread: float | None) -> bool:
     """Whether an image that varies by ``spread`` grey levels is almost uniform (None: not measured)."""
     return spread is not None and spread < FEATURELESS_BELOW
@@ -180,6 +163,11 @@ def featureless_warning(spread: float | None) -> list[dict[str, str]]:
 def embedding_of(encoded: EncodedImage, _timings: Timings | None = None) -> np.ndarray:
     """The unit-norm image embedding ``[D]`` of an encoded image (what :meth:`Engine.embed_image` returns)."""
     return encoded.encoding.embeddings[0]
+
+
+def query_of(encoded: EncodedImage, _timings: Timings | None = None) -> tuple[np.ndarray, int | None]:
+    """An image query's embedding ``[D]`` and its JPEG quality (what :meth:`Engine.embed_query` returns)."""
+    return encoded.encoding.embeddings[0], encoded.jpeg_quality
 
 
 @dataclass
@@ -515,6 +503,10 @@ class Engine:
     def embed_image(self, data: bytes | ReadableFile, timings: Timings) -> np.ndarray:
         """Image bytes -> unit embedding ``[D]``."""
         return embedding_of(self.encode_bytes(data, timings))
+
+    def embed_query(self, data: bytes, timings: Timings) -> tuple[np.ndarray, int | None]:
+        """An image search query's bytes -> its unit embedding ``[D]`` and JPEG quality (None: not a JPEG)."""
+        return query_of(self.encode_bytes(data, timings))
 
     def embed_example(self, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
         """A classifier example's bytes -> its embedding ``[D]``, and the modality its DICOM header states (with

@@ -414,10 +414,11 @@ class ScoreScale(BaseModel):
 
 
 class SearchWarning(BaseModel):
-    code: Literal["modality_not_in_index", "label_not_in_index", "no_match_for_filter"] = Field(
+    code: Literal["modality_not_in_index", "label_not_in_index", "no_match_for_filter", "compressed_image"] = Field(
         description="`modality_not_in_index`: no indexed image is of the modality asked for (the message lists "
         "those it holds); `label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
-        "exists, but not together with the modality asked for"
+        "exists, but not together with the modality asked for; `compressed_image`: the query image is a JPEG "
+        "saved below quality 50, whose compression changes which images are nearest"
     )
     message: str
 

@@ -12,7 +12,8 @@ served path (``load_image(size=...)``, ``preprocess``, the int8 image encoder, o
 Per set and degradation: how often the zero-shot top-1 over the default photograph categories (decided as
 ``/v1/classify`` decides) agrees with the clean image's, and on the unseen site its normal-vs-DR task scored as
 ``keepfit eval suite`` scores it (balanced accuracy, the share of healthy eyes called normal, the share of eyes
-with diabetic retinopathy called normal).
+with diabetic retinopathy called normal), and for image search the share of a query's ten nearest other
+photographs of its set that stay among them when the query is degraded (the gallery is the set's clean images).
 
     python -m service.benchmarks.degradation
 """
@@ -88,24 +89,39 @@ def main(argv: list[str] | None = None) -> int:
                       args.split)
     sets = {f"{CFP_OCT.split('/')[0]} (training site)": train, "dr_sh_600 (unseen site)": site2}
     print("| photographs | n | degradation | top-1 agrees with clean | normal/DR bal. acc. | healthy called normal | "
-          "DR called normal |")
-    print("|---|---|---|---|---|---|---|")
+          "DR called normal | search: top-10 as clean |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, s in sets.items():
         clean_rgb = [to_rgb(load_image(path)) for path in s.paths]
         cls = runtime.class_embeddings(s.classes, "CFP")
         normal = s.classes.index("normal")
         reference = None
+        gallery: np.ndarray | None = None
+        clean_near: np.ndarray | None = None
         for label, degrade in DEGRADATIONS.items():
             emb = np.stack([embed(degrade(im)) for im in clean_rgb])  # [N, D]
             top = runtime.predict(emb, offered, "CFP", "auto")[0].argmax(axis=1)
             reference = top if reference is None else reference
+            gallery = emb if gallery is None else gallery  # the clean images, as an index holds them
+            near = _nearest_others(emb, gallery, 10)
+            clean_near = near if clean_near is None else clean_near
+            kept = np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(near, clean_near, strict=True)])
             metrics = zero_shot_metrics(emb, s.labels, cls, s.classes, runtime.logit_scale,
                                         runtime.class_bias(s.classes, "CFP"))
             confusion = np.asarray(metrics["confusion_matrix"], dtype=np.float64)  # [true, predicted]
             called = confusion[:, normal] / confusion.sum(axis=1)  # per true class: the share called normal
             print(f"| {name} | {len(s.paths)} | {label} | {100 * np.mean(top == reference):.0f} % | "
-                  f"{metrics['balanced_accuracy']:.3f} | {called[normal]:.2f} | {called[1 - normal]:.2f} |")
+                  f"{metrics['balanced_accuracy']:.3f} | {called[normal]:.2f} | {called[1 - normal]:.2f} | "
+                  f"{100 * kept:.0f} % |")
     return 0
+
+
+def _nearest_others(queries: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
+    """Row i: the indices of the ``k`` gallery images nearest to query i, leaving out gallery image i (the query's
+    own clean image, which an image search answers as ``same_image``), nearest first.  ``[N, k]``."""
+    scores = queries @ gallery.T
+    np.fill_diagonal(scores, -np.inf)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 if __name__ == "__main__":

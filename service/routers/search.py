@@ -15,7 +15,7 @@ from model.config import MODALITIES
 from service.cache import cache_key, sha256_hex
 from service.deps import ServiceState, SettingsDep, StateDep, image_token, require_api_key
 from service.early import EarlyJob
-from service.engine import EncodedImage, Timings, embedding_of
+from service.engine import EncodedImage, Timings, compressed_warning, query_of
 from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import (
@@ -122,22 +122,26 @@ async def _search(
     params = {"kind": kind, "top_k": top_k, "modality": modality, "label": label, "index": info.fingerprint}
     key = cache_key("search", engine.runtime.artifact, digest, params)
     cached = await state.cached("search", key, timings)
+    quality: int | None = None  # an image query's JPEG quality, kept with its hits
     if cached is not None:
-        hits: list[dict[str, Any]] = json.loads(cached)
+        stored = json.loads(cached)
+        hits: list[dict[str, Any]] = stored["hits"]
+        quality = stored["jpeg_quality"]
     else:
         if data is None:
             vector = await state.run_blocking(engine.embed_text, req.query, timings)
         else:
-            vector = await state.image_result(early, embedding_of, timings, engine.embed_image, data, timings)
+            vector, quality = await state.image_result(early, query_of, timings, engine.embed_query, data, timings)
         with timings.stage("search"):
             hits = await index.search(vector, top_k, modality, label)
-        await state.remember(key, hits, timings)
+        await state.remember(key, {"hits": hits, "jpeg_quality": quality}, timings)
     kind_name = "image" if data is not None else "text"
     threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
     warnings = []
     note = await index.label_warning(label, modality, len(hits))
     if note is not None:
         warnings.append(note)
+    warnings += compressed_warning(quality, "search")
     base = _base_url(request, settings.public_url)
     for hit in hits:
         # an image query that is in the index finds itself (score 1): say so, put it first among equal scores

@@ -193,6 +193,25 @@ def test_search_command(
     assert code == 2 and "--text is empty" in err
 
 
+def test_search_by_a_strongly_compressed_image_warns_as_the_api_does(
+    capsys: pytest.CaptureFixture[str], built_index: tuple[Path, object], tiny_artifact: Path, archive: Archive,
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    directory = built_index[0]
+    pixels = Image.open(archive.root / archive.rows[9]["path"]).convert("RGB")
+    base = ["search", "--index", str(directory), "--artifact", str(tiny_artifact), "--top-k", "2"]
+    for quality, warned in ((20, True), (92, False)):
+        query = tmp_path / f"q{quality}.jpg"
+        pixels.save(query, format="JPEG", quality=quality)
+        code, out, _ = run(capsys, *base, "--image", str(query), "--json")
+        codes = [w["code"] for w in json.loads(out)["warnings"]]
+        assert code == 0 and codes == (["compressed_image"] if warned else [])
+        code, out, _ = run(capsys, *base, "--image", str(query))
+        assert code == 0 and ("warning: the JPEG was saved at about quality 20" in out) == warned, out
+
+
 def test_eval_command_reports_precision_per_category(
     capsys: pytest.CaptureFixture[str], built_index: tuple[Path, object], tiny_artifact: Path, tmp_path: Path
 ) -> None:

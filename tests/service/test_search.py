@@ -78,6 +78,28 @@ def test_image_search_finds_the_image_itself_first(indexed: TestClient, index_di
     assert {h["modality"] for h in filtered["hits"]} == {"OCT"}
 
 
+def test_a_strongly_compressed_image_query_is_flagged_also_from_the_cache(indexed: TestClient) -> None:
+    """An image query saved below JPEG quality 50 changes which images are nearest (python -m
+    service.benchmarks.degradation): the answer says so, and says it again when it comes from the cache; a text
+    query and a well-kept JPEG get no such warning."""
+    hit = _search(indexed, query="fundus photograph", top_k=1, modality="CFP").json()["hits"][0]
+    pixels = Image.open(io.BytesIO(indexed.get(f"/v1/images/{hit['id']}").content)).convert("RGB")
+    for quality, warned in ((20, True), (92, False)):
+        out = io.BytesIO()
+        pixels.save(out, format="JPEG", quality=quality)
+        answers = [indexed.post("/v1/search", files={"image": ("q.jpg", out.getvalue(), "image/jpeg")},
+                                data={"top_k": "3"}).json() for _ in range(2)]
+        assert [a["cached"] for a in answers] == [False, True]
+        for body in answers:
+            codes = [w["code"] for w in body["warnings"]]
+            assert codes == (["compressed_image"] if warned else []), body["warnings"]
+            if warned:
+                assert "quality 20 (below 50)" in body["warnings"][0]["message"]
+                assert "which images are nearest" in body["warnings"][0]["message"]
+        assert answers[0]["hits"] == answers[1]["hits"]
+    assert _search(indexed, query="fundus photograph", top_k=1).json()["warnings"] == []
+
+
 def test_image_search_rejects_unknown_fields_and_bad_images(indexed: TestClient) -> None:
     r = indexed.post("/v1/search", files={"image": ("q.jpg", b"garbage" * 10, "image/jpeg")})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image"
