@@ -161,10 +161,19 @@ def _embed_options(args: argparse.Namespace) -> EmbedOptions:
     )
 
 
-def _json_target(path: Path | None) -> None:
-    """Refuse a --json path that cannot be written before the minutes of work that end by writing it."""
-    if path is not None and path.is_dir():
+def _json_target(path: Path | None, *keep: Path) -> None:
+    """Refuse a --json path that cannot be written before the minutes of work that end by writing it, or that lies
+    inside one of the folders ``keep`` (the index or the artifact being read: it would replace one of their files)."""
+    if path is None:
+        return
+    if path.is_dir():
         raise DataError(f"--json {path} is a directory; give a file name")
+    for folder in keep:
+        if path.resolve().is_relative_to(folder.resolve()):
+            raise DataError(f"--json {path} is inside {folder}: write the figures outside it")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise DataError(f"--json {path}: {parent} is a file, not a folder")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -434,7 +443,7 @@ def eval_main(argv: list[str]) -> int:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    _json_target(args.json)
+    _json_target(args.json, args.index, Path(args.artifact))
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
         result = retrieval_precision(index, runtime, k=args.k, min_images=args.min_images)

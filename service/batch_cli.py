@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = args.threads or available_cores()
     paths, unlisted = _paths(args)
+    target = out.resolve()
+    if any(Path(p).resolve() == target for p in paths):  # a folder's file (its labels.csv, an earlier result)
+        raise ConfigError(f"--out {out} is one of the files to classify: name a file outside the --images folders")
     scorer = _scorer(args, threads)
     total = len(paths) + len(unlisted)
     labels = scorer.labels()

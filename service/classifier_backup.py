@@ -57,6 +57,9 @@ def backup_store(store: ClassifierStore, out: Path) -> dict[str, Any]:
     out = Path(out)
     if not out.parent.is_dir():
         raise DataError(f"cannot write the backup {out}: {out.parent} is not a directory")
+    if out.resolve().is_relative_to(store.root.resolve()):  # it would replace the database, or be collected
+        raise DataError(f"cannot write the backup {out} inside the classifier store {store.root}: name a file "
+                        "outside it")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
         copy = Path(work) / DATABASE
         with store.changes_held() as db:  # no change and no file collection until the files are copied
@@ -168,7 +171,7 @@ def _read_manifest(tar: tarfile.TarFile, archive: Path) -> dict[str, Any]:
         member = tar.getmember(MANIFEST)
         fh = tar.extractfile(member)
         manifest = json.loads(fh.read(1 << 24)) if fh is not None else None
-    except (KeyError, ValueError, tarfile.TarError) as err:
+    except (KeyError, ValueError, RecursionError, tarfile.TarError) as err:
         raise DataError(f"{archive} is not a classifier store backup (no readable {MANIFEST}: {err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{archive} is not a classifier store backup ({MANIFEST} does not say {FORMAT!r})")
@@ -217,6 +220,12 @@ def _check_database(work: Path, archive: Path) -> list[str]:
         raise DataError(f"{archive}: its database is not a classifier store's ({err})") from err
     finally:
         db.close()
+    # the database names files by these values, and a delete removes them: only names of the store's own form
+    # (a tampered database naming '../../x.npz' would have a later delete remove a file outside the store)
+    odd = [f"arrays/{a}" for a in arrays if not (isinstance(a, str) and _MEMBER.match(f"arrays/{a}"))]
+    odd += [f"examples/{s}" for s in uploads if not (isinstance(s, str) and _MEMBER.match(f"examples/{s}"))]
+    if odd:
+        raise DataError(f"{archive}: its database names files that are not a store's ({', '.join(map(repr, odd[:3]))})")
     missing = [f"arrays/{a}" for a in sorted(arrays) if not (work / "arrays" / a).is_file()]
     missing += [f"examples/{s}" for s in sorted(uploads) if not (work / "examples" / s).is_file()]
     if missing:

@@ -622,9 +622,18 @@ class ClassifierStore:
             self._loaded[key] = model
         return model
 
+    def _arrays_path(self, name: str) -> Path:
+        """The arrays file ``name`` of this store; a name that would lead out of its folder (a tampered database)
+        is an error, never followed."""
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ServiceError(f"the classifier store names an arrays file {name[:80]!r} outside its folder",
+                               status_code=503, code="classifier_unavailable")
+        return self.root / "arrays" / name
+
     def read_arrays(self, row: ClassifierRow) -> dict[str, np.ndarray]:
+        path = self._arrays_path(row.arrays)
         try:
-            with np.load(self.root / "arrays" / row.arrays) as npz:
+            with np.load(path) as npz:
                 return {k: npz[k] for k in npz.files}
         except Exception as err:  # missing, cut short (EOFError, BadZipFile), not an npz (ValueError)
             raise ServiceError(
@@ -767,7 +776,7 @@ class ClassifierStore:
         with self._write() as db:
             named = []
             if arrays and not db.execute("SELECT 1 FROM classifiers WHERE arrays = ?", (arrays,)).fetchone():
-                named.append(self.root / "arrays" / arrays)
+                named.append(self._arrays_path(arrays))
             self._sweep(db, named)
 
     def _sweep(self, db: sqlite3.Connection, named: Sequence[Path] = ()) -> None:

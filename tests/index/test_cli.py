@@ -243,6 +243,26 @@ def test_eval_command_reports_precision_per_category(
     )
 
 
+def test_eval_never_writes_its_figures_over_the_index_or_the_artifact(
+    capsys: pytest.CaptureFixture[str], built_index: tuple[Path, object], tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """--json naming the index's manifest replaced it with the figures: the index no longer opened."""
+    directory = built_index[0]
+    manifests = {p: p.read_bytes() for p in (*directory.glob("*.json"), *tiny_artifact.glob("*.json"))}
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    for target, says in (
+        *((p, "is inside") for p in manifests),
+        (directory / "new.json", "is inside"),
+        (a_file / "eval.json", "is a file, not a folder"),
+    ):
+        code, _, err = run(capsys, "eval", "--index", str(directory), "--artifact", str(tiny_artifact),
+                           "--json", str(target))
+        assert code == 2 and says in err, (target, err)
+    assert all(p.read_bytes() == data for p, data in manifests.items())
+    assert run(capsys, "info", str(directory))[0] == 0
+
+
 def test_bench_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     code, out, _ = run(

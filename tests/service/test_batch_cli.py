@@ -119,6 +119,24 @@ def test_bad_arguments_are_one_line_before_any_image_is_read(
     assert not list(tmp_path.glob("r.*"))
 
 
+def test_a_file_of_the_images_folders_is_never_the_output(
+    folder: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder's own labels.csv named as --out was classified as an image and then replaced by the results."""
+    import shutil
+
+    archive = tmp_path / "archive"
+    shutil.copytree(folder / "CFP", archive)
+    labels = archive / "labels.csv"
+    labels.write_text("path,dme\nx.jpg,diabetic macular edema\n")
+    before = labels.read_bytes()
+    args = ["classify", "--images", str(archive), "--artifact", str(default_artifact), "--out", str(labels)]
+    assert keepfit(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is one of the files to classify" in err[0], err
+    assert labels.read_bytes() == before
+
+
 def test_odd_names_broken_links_and_unlistable_folders_are_rows(
     folder: Path, default_artifact: Path, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sqlite3
 import tarfile
 import threading
 from pathlib import Path
@@ -130,6 +131,20 @@ def _rewrite(archive: Path, out: Path, change: str) -> Path:
     """A copy of ``archive`` damaged in one way."""
     with tarfile.open(archive) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    if change == "escaping":  # the database names an arrays file outside the store, its SHA-256s updated
+        work = out.with_suffix(".sqlite")
+        work.write_bytes(dict((m.name, d) for m, d in members)["classifiers.sqlite"])
+        db = sqlite3.connect(work)
+        db.execute("UPDATE classifiers SET arrays = '../../victim.npz'")
+        db.commit()
+        db.close()
+        database = work.read_bytes()
+        listed = json.loads(dict((m.name, d) for m, d in members)["backup.json"])
+        listed["members"]["classifiers.sqlite"] = hashlib.sha256(database).hexdigest()
+        swap = {"classifiers.sqlite": database, "backup.json": json.dumps(listed).encode()}
+        members = [(m, swap.get(m.name, d)) for m, d in members]
+    if change == "deep":  # a manifest nested beyond what the JSON reader recurses into
+        members = [(m, b"[" * 100_000 + b"]" * 100_000 if m.name == "backup.json" else d) for m, d in members]
     with tarfile.open(out, "w") as tar:
         for info, data in members:
             if change == "damaged" and info.name.startswith("examples/"):
@@ -159,6 +174,8 @@ def test_a_damaged_foreign_or_incomplete_archive_and_an_occupied_place_are_refus
         "lacking": (_rewrite(good, tmp_path / "l.tar", "lacking"), "lacks 1 members"),
         "traversal": (_rewrite(good, tmp_path / "t.tar", "traversal"), "unexpected member '../../evil'"),
         "not a tar": (not_tar, "is not a classifier store backup"),
+        "escaping": (_rewrite(good, tmp_path / "e.tar", "escaping"), "names files that are not a store's"),
+        "deep": (_rewrite(good, tmp_path / "n.tar", "deep"), "is not a classifier store backup (no readable"),
     }
     for what, (archive, says) in cases.items():
         target = tmp_path / f"restored-{what.replace(' ', '-')}"
@@ -170,6 +187,34 @@ def test_a_damaged_foreign_or_incomplete_archive_and_an_occupied_place_are_refus
     assert keepfit(["classifier", "restore", "--store", str(small_store), str(good)]) == 2
     assert "exists and is not an empty folder" in _one_line(capsys)
     assert len(ClassifierStore(small_store).all_rows()) == 5  # untouched
+
+
+def test_a_store_never_follows_an_arrays_name_out_of_its_folder(small_store: Path, tmp_path: Path) -> None:
+    """Were such a database in place (restore refuses it), deleting its classifier would remove the named file."""
+    victim = tmp_path / "victim.npz"
+    victim.write_bytes(b"precious")
+    db = sqlite3.connect(small_store / "classifiers.sqlite")
+    db.execute("UPDATE classifiers SET arrays = '../../victim.npz' WHERE name = 'c0'")
+    db.commit()
+    db.close()
+    store = ClassifierStore(small_store)
+    row = next(r for r in store.all_rows() if r.name == "c0")
+    with pytest.raises(Exception, match="outside its folder"):
+        store.read_arrays(row)
+    store.delete("c0")  # its arrays file is collected after the commit: here, refused and logged
+    assert victim.read_bytes() == b"precious"
+
+
+def test_a_backup_inside_the_store_is_refused_and_the_store_kept(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out naming the store's own database replaced it with the archive; a name in examples/ was collected."""
+    database = (small_store / "classifiers.sqlite").read_bytes()
+    for out in (small_store / "classifiers.sqlite", small_store / "examples" / "b.tar", small_store / "b.tar"):
+        assert keepfit(["classifier", "backup", "--store", str(small_store), "--out", str(out)]) == 2
+        assert "inside the classifier store" in _one_line(capsys)
+    assert (small_store / "classifiers.sqlite").read_bytes() == database
+    assert not (small_store / "b.tar").exists() and len(ClassifierStore(small_store).all_rows()) == 5
 
 
 def test_a_backup_that_cannot_be_complete_writes_nothing_and_keeps_the_previous_archive(
