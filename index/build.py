@@ -141,8 +141,8 @@ def plan_key(artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptio
     digest.update(
         json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality]).encode()
     )
-    for it in items:
-        digest.update(f"\0{it.source}\0{it.modality or ''}".encode())
+    for it in items:  # os.fsencode: a name that is not UTF-8 (a Latin-1 caf\xe9.jpg) as the bytes it is
+        digest.update(b"\0" + os.fsencode(it.source) + f"\0{it.modality or ''}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -152,9 +152,9 @@ def _files_stamp(chunk: Sequence[ImageItem]) -> str:
     for it in chunk:
         try:
             st = os.stat(it.source)
-            digest.update(f"{it.source}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            digest.update(os.fsencode(it.source) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
-            digest.update(f"{it.source}\0missing\n".encode())
+            digest.update(os.fsencode(it.source) + b"\0missing\n")
     return digest.hexdigest()[:12]
 
 

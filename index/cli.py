@@ -119,10 +119,13 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ray-actors", type=positive_int, default=None, help="embedding actors (default: one per CPU)")
 
 
-def _split_list(text: str | None) -> list[str] | None:
+def _split_list(text: str | None, flag: str = "--split") -> list[str] | None:
     if text is None:
         return None
-    return [x.strip() for x in text.split(",") if x.strip()]
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:  # an empty list would select nothing out: every split would be indexed
+        raise DataError(f"{flag} {text!r} names nothing: give one or more names, comma-separated")
+    return names
 
 
 def _sources(args: argparse.Namespace) -> Any:
@@ -137,7 +140,7 @@ def _sources(args: argparse.Namespace) -> Any:
     if args.manifest:
         sets.append(
             sources.from_manifests(
-                args.manifest, _split_list(args.label_columns), args.modality, _split_list(args.split)
+                args.manifest, _split_list(args.label_columns, "--label-columns"), args.modality, _split_list(args.split)
             )
         )
     return sources.merge(sets)

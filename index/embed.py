@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +23,7 @@ import numpy as np
 from index.sources import ImageItem
 from model.cores import available_cores
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
-from model.files import atomic_write
+from model.files import atomic_write, read_regular_file
 from model.preprocess import DEFAULT_MAX_PIXELS, load_image, original_size, trimmed
 
 if TYPE_CHECKING:
@@ -130,7 +131,12 @@ class _Prepared:
 def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prepared:
     path = Path(item.source)
     try:
-        data = path.read_bytes()
+        item.source.encode("utf-8")
+    except UnicodeEncodeError:  # the index's records and reports are UTF-8: such a name cannot be kept
+        shown = os.fsencode(item.source).decode("utf-8", "backslashreplace")
+        return _Prepared(False, "file name not UTF-8", f"{shown}: rename the file to index it")
+    try:
+        data = read_regular_file(path)
     except FileNotFoundError:
         return _Prepared(False, "missing file", f"not found: {path}")
     except OSError as err:

@@ -30,15 +30,20 @@ def atomic_write(
     newline: str | None = None,
 ) -> Iterator[IO[Any]]:
     """``with atomic_write(path, "w", encoding="utf-8") as fh: ...``: write ``fh``; ``path`` is replaced when the
-    block ends without an error.  The new file gets mode 0644 (``mkstemp`` would leave 0600)."""
+    block ends without an error.  The new file keeps the mode of the file it replaces, else gets the mode a plain
+    ``open`` would give it (0666 less the umask: ``mkstemp`` would leave 0600; a fixed 0644 made a result or a
+    backup of patient images readable by all under ``umask 077``)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     if path.is_dir():  # os.replace would name the temporary file in its error
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o644)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # name the file asked for, not the temporary one
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    try:
+        os.chmod(tmp, _new_file_mode(path))
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
             yield fh
             fh.flush()
@@ -53,6 +58,30 @@ def atomic_write(
         raise
     if durable:
         fsync_path(path.parent)
+
+
+def _new_file_mode(path: Path) -> int:
+    """The permission bits ``path`` keeps when replaced: its own, or 0666 less the process's umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    try:  # read, not set and reset: os.umask would change it for every thread meanwhile
+        with open("/proc/self/status", encoding="ascii") as fh:
+            umask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = 0o022
+    return 0o666 & ~umask
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of the file at ``path``; anything but a regular file (a FIFO, a socket, a device, which a read
+    would wait on for ever or never finish) is an ``OSError`` saying so, before it is opened."""
+    import stat
+
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", str(path))
+    return Path(path).read_bytes()
 
 
 def read_json(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:

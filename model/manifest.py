@@ -50,6 +50,9 @@ def read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str],
         with path.open(newline="", encoding=ENCODING) as fh:
             reader = csv.DictReader(fh)
             columns = tuple((c or "").strip() for c in (reader.fieldnames or ()))
+            twice = sorted({c for c in columns if c and columns.count(c) > 1})
+            if twice:  # a row would keep only the last cell of the name: which one was meant cannot be known
+                raise DataError(f"manifest {path} names the column {twice[0]!r} twice in its header: rename one")
             parsed = []
             for row in reader:
                 if None in row:  # more cells than the header names (an unquoted comma in a caption, say)

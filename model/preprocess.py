@@ -27,6 +27,7 @@ from model.colour import conversion_for, source_profile, to_srgb
 from model.config import PreprocessConfig
 from model.dicom import decode_dicom, dicom_pixels, is_dicom
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
+from model.files import read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ def load_image(
     if isinstance(source, str | Path):
         path = Path(source)
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path)  # a FIFO or a device would be waited on for ever
         except FileNotFoundError as err:
             raise ImageError(f"image file not found: {path}") from err
         except OSError as err:

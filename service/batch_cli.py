@@ -37,7 +37,7 @@ from typing import Any
 
 from model.cli import int_at_least
 from model.errors import ConfigError, DataError, KeepfitError
-from model.files import atomic_write
+from model.files import atomic_write, read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def score(scorer: Scorer, path: str) -> dict[str, Any]:
     from service.errors import status_and_code
 
     try:
-        data = Path(path).read_bytes()
+        data = read_regular_file(path)
     except OSError as err:
         return {"path": shown(path), "error": {"code": "unreadable", "message": err.strerror or str(err)}}
     digest = hashlib.sha256(data).hexdigest()
@@ -180,12 +180,17 @@ def _check_out(out: Path, manifests: list[str]) -> None:
 
 def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
     from service.classifier_cli import _settings, _store
+    from service.classifiers import ClassifierNotFoundError
     from service.engine import Engine
 
     engine = Engine.load(_settings(artifact=Path(args.artifact), threads=1, inference_concurrency=threads))
     if args.classifier:
         store = _store(argparse.Namespace(store=args.store, index=None))
-        row = store.get(args.classifier.strip())
+        try:
+            row = store.get(args.classifier.strip())
+        except ClassifierNotFoundError as err:  # its message points to the HTTP API
+            raise DataError(f"no classifier named {args.classifier.strip()!r} in {store.root}: `keepfit classifier "
+                            f"list --store {store.root}` lists them") from err
         if row.artifact_version != engine.version:
             raise ConfigError(
                 f"classifier {row.name!r} in {store.root} was fitted with artifact {row.artifact_version}; "

@@ -28,6 +28,7 @@ import numpy as np
 from model.cli import positive_int
 from model.config import MODALITIES
 from model.errors import ConfigError, DataError, ImageError
+from model.files import read_regular_file
 from model.manifest import read_manifest
 from service.cache import sha256_hex
 from service.classifiers import (
@@ -227,7 +228,7 @@ def _embed_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str
 def _file_example(engine: Any, label: str, path: Path) -> Example:
     """An example image file: embedded, with the modality its header states or the head recognises (p >= 0.9)."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except OSError as err:
         raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
     emb, modality, confidence = _embed_example(engine, data, f"example {path}")

@@ -52,6 +52,26 @@ def test_folder_build_skips_and_counts_bad_files(
         assert all(r.path.startswith("oct/") for r in index.records())  # relative to the folder given
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(
+    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """A Latin-1 name ended build and add with a UnicodeEncodeError traceback (the run's key hashes the names)."""
+    import os
+
+    folder = tmp_path / "incoming"
+    shutil.copytree(archive.root / "oct", folder)
+    first = sorted(folder.iterdir())[0]
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(first.read_bytes()[:-1] + b"\xd9")  # other bytes
+    for command in ("build", "add"):
+        target = ["--out", str(tmp_path / "idx")] if command == "build" else ["--index", str(tmp_path / "idx")]
+        code, out, err = run(capsys, command, "--artifact", str(tiny_artifact), "--images", str(folder), *target,
+                             "--modality", "OCT")
+        assert code == 0, err
+        assert "skipped 1: file name not UTF-8" in out and "caf\\xe9.jpg: rename the file" in out, out
+    with VectorIndex.open(tmp_path / "idx") as index:
+        assert index.count == 6
+
+
 def test_manifest_rows_pointing_nowhere_are_skipped(
     capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
 ) -> None:
@@ -87,8 +107,9 @@ def test_manifest_rows_pointing_nowhere_are_skipped(
         ),
         (lambda t, a: ["--manifest", str(a.manifest), "--split", "holdout,test"], None),
         (lambda t, a: [], "error: give the images to index: --images DIR and/or --manifest CSV"),
+        (lambda t, a: ["--manifest", str(a.manifest), "--split", " , "], "error: --split ' , ' names nothing"),
     ],
-    ids=["missing-folder", "missing-manifest", "missing-label-column", "split-selects", "no-input"],
+    ids=["missing-folder", "missing-manifest", "missing-label-column", "split-selects", "no-input", "empty-split"],
 )
 def test_bad_sources_are_one_clear_error(
     capsys: pytest.CaptureFixture[str],

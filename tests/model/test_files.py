@@ -38,10 +38,33 @@ def test_a_write_the_system_refuses_names_the_file(tmp_path: Path) -> None:
 def test_a_completed_write_replaces_the_file_readable_by_all(tmp_path: Path, durable: bool) -> None:
     target = tmp_path / "arrays.npz"
     target.write_bytes(b"old")
+    os.chmod(target, 0o644)
     atomic_write_bytes(target, b"new bytes", durable=durable)
     assert target.read_bytes() == b"new bytes"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o644  # mkstemp alone would leave 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arrays.npz"]
+
+
+def test_a_new_file_follows_the_umask_and_a_replaced_one_keeps_its_mode(tmp_path: Path) -> None:
+    """A fixed 0644 made a result file, or a backup of patient images, readable by all under ``umask 077``."""
+    kept = tmp_path / "results.csv"
+    kept.write_bytes(b"old")
+    os.chmod(kept, 0o640)
+    previous = os.umask(0o077)
+    try:
+        atomic_write_bytes(tmp_path / "backup.tar", b"new")
+        atomic_write_bytes(kept, b"new")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "backup.tar").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o640
+
+
+def test_a_folder_that_is_not_there_is_named_not_the_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "eval.json"
+    with pytest.raises(OSError) as refused, atomic_write(target, "wb"):
+        pass
+    assert refused.value.filename == str(target)
 
 
 def test_json_round_trip_keeps_non_ascii_and_ends_with_a_newline(tmp_path: Path) -> None:

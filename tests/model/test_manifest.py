@@ -46,3 +46,16 @@ def test_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
     (tmp_path / "extra.csv").write_text("path,caption\na.png,fine\nb.png,drusen, and a scar\n")
     with pytest.raises(DataError, match="line 3 has 3 fields, the header has 2: quote a value that holds a comma"):
         read_manifest(tmp_path / "extra.csv")
+
+
+@pytest.mark.parametrize("header", ["path,label,path", "path,label,split,label", "path,label, label ", "path,label,,"])
+def test_a_column_named_twice_is_refused_as_it_could_mean_either(tmp_path: Path, header: str) -> None:
+    """Each row kept the last cell of the name: `path,label,path` classified the third column's file."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(header + "\n" + ",".join(f"v{i}" for i in range(header.count(",") + 1)) + "\n")
+    if header.endswith(",,"):  # unnamed columns (trailing commas of a spreadsheet's export) are not names
+        assert read_manifest(manifest).rows[0]["path"] == "v0"
+        return
+    twice = "path" if header.count("path") == 2 else "label"
+    with pytest.raises(DataError, match=f"names the column '{twice}' twice in its header: rename one"):
+        read_manifest(manifest)

@@ -137,6 +137,34 @@ def test_a_file_of_the_images_folders_is_never_the_output(
     assert labels.read_bytes() == before
 
 
+def test_a_pipe_or_device_named_by_a_manifest_is_a_row_not_a_hang(
+    folder: Path, default_artifact: Path, tmp_path: Path
+) -> None:
+    """A manifest row naming a FIFO made keepfit classify and keepfit index build wait for ever on its read."""
+    import os
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "fifo")
+    image = next((folder / "CFP").iterdir())
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path\nfifo\n/dev/zero\n{image}\n")
+    root = Path(__file__).resolve().parents[2]
+    runs = {
+        "classify": ["classify", "--manifest", str(manifest), "--out", str(tmp_path / "r.csv")],
+        "index": ["index", "build", "--manifest", str(manifest), "--out", str(tmp_path / "idx"), "--no-progress"],
+    }
+    for what, argv in runs.items():
+        script = f"from model.cli import main; raise SystemExit(main({[*argv, '--artifact', str(default_artifact)]!r}))"
+        done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (what, done.stderr[-2000:])
+    rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8"))}
+    for name in ("fifo", "zero"):
+        assert rows[name]["status"] == "error", rows[name]
+        assert rows[name]["error"].startswith("unreadable: not a regular file"), rows[name]
+    assert rows[image.name]["status"] == "ok"
+
+
 def test_odd_names_broken_links_and_unlistable_folders_are_rows(
     folder: Path, default_artifact: Path, tmp_path: Path
 ) -> None:
@@ -241,6 +269,20 @@ def test_a_classifier_of_another_artifact_is_refused_with_the_refit_to_run(
     with pytest.raises(ConfigError, match="fitted with artifact 20200101-old") as refused:
         batch_cli._scorer(args, 1)
     assert f"keepfit classifier refit dr --store {store.root} --artifact {default_artifact}" in str(refused.value)
+
+
+def test_an_unknown_classifier_names_the_store_and_the_cli_to_list_them(
+    folder: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.classifiers import ClassifierStore
+
+    store = tmp_path / "classifiers"
+    ClassifierStore(store)
+    assert keepfit(["classify", "--images", str(folder), "--out", str(tmp_path / "r.csv"), "--classifier", "nosuch",
+                    "--store", str(store), "--artifact", str(default_artifact)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no classifier named 'nosuch' in {store}" in err[0] and "GET /v1" not in err[0], err
+    assert f"keepfit classifier list --store {store}" in err[0]
 
 
 def test_the_summary_counts_the_images_with_each_warning(
