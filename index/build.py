@@ -55,6 +55,7 @@ from index.writer import (
 )
 from model.artifact import Artifact, load_artifact
 from model.errors import DataError, IndexMismatchError, IndexStoreError, NotFoundError
+from model.preprocess import COMPRESSED_BELOW
 
 if TYPE_CHECKING:
     from model.runtime import KeepfitRuntime
@@ -90,6 +91,7 @@ class Report:
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
     skipped_examples: list[str] = field(default_factory=list)
     detected_modality: int = 0
+    compressed: int = 0  # inputs added or found that are JPEGs saved below quality COMPRESSED_BELOW
     resumed: int = 0  # inputs whose embeddings came from a previous interrupted run
     index_type: str = ""
     index_params: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +114,12 @@ class Report:
             parts.append(f"resumed: {self.resumed} embeddings reused from an interrupted run")
         if self.detected_modality:
             parts.append(f"modality detected by the model for {self.detected_modality} images")
+        if self.compressed:
+            parts.append(
+                f"compressed: {self.compressed} images are JPEGs saved below quality {COMPRESSED_BELOW} (what the "
+                "service warns of as compressed_image): their neighbours and answers are less reliable; index the "
+                "camera's original files if there are any"
+            )
         for reason, n in self.skipped.most_common():
             parts.append(f"skipped {n}: {reason}")
         for example in self.skipped_examples:
@@ -125,6 +133,8 @@ class Report:
         entry: dict[str, Any] = {"op": self.operation, "added": self.added, "duplicates": self.duplicates}
         if self.operation == "add":
             entry["already_indexed"] = self.already_indexed
+        if self.compressed:
+            entry["compressed"] = self.compressed
         return {**entry, "skipped": dict(self.skipped), **extra}
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +149,8 @@ def plan_key(artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptio
     """What a resumable run's chunks depend on: the artifact, the items in order and the chunking."""
     digest = hashlib.sha256()
     digest.update(
-        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality]).encode()
+        # "rows-2": the rows' columns (a JPEG's quality joined them): chunks of an older build are not reused
+        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality, "rows-2"]).encode()
     )
     for it in items:  # os.fsencode: a name that is not UTF-8 (a Latin-1 caf\xe9.jpg) as the bytes it is
         digest.update(b"\0" + os.fsencode(it.source) + f"\0{it.modality or ''}".encode())
@@ -538,6 +549,7 @@ def _embedded_report(
     _skips(rows, report)
     report.added, report.duplicates, report.already_indexed = len(asm.records), asm.duplicates, asm.already_indexed
     report.detected_modality = _detected(rows)
+    report.compressed = int(np.count_nonzero(rows.ok & (rows.quality > 0) & (rows.quality < COMPRESSED_BELOW)))
     return report
 
 

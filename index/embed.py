@@ -24,14 +24,14 @@ from index.sources import ImageItem
 from model.cores import available_cores
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 from model.files import atomic_write, read_regular_file
-from model.preprocess import DEFAULT_MAX_PIXELS, load_image, original_size, trimmed
+from model.preprocess import DEFAULT_MAX_PIXELS, JPEG_QUALITY, load_image, original_size, trimmed
 
 if TYPE_CHECKING:
     from model.runtime import KeepfitRuntime
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "vector")
+COLUMNS = ("seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "quality", "vector")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Embedded:
     height: np.ndarray  # [B] int32
     modality: np.ndarray  # [B] str ("" = unknown)
     detected: np.ndarray  # [B] bool: the modality is the model's recognition (none given, no DICOM header)
+    quality: np.ndarray  # [B] int16: a JPEG's (or DICOM JPEG frame's) estimated quality, 0 = not a JPEG
     vector: np.ndarray  # [B, D] float32 unit (zeros where not ok)
 
     def __len__(self) -> int:
@@ -90,6 +91,7 @@ class Embedded:
             height=np.zeros(0, np.int32),
             modality=s,
             detected=np.zeros(0, bool),
+            quality=np.zeros(0, np.int16),
             vector=np.zeros((0, dim), np.float32),
         )
 
@@ -126,6 +128,7 @@ class _Prepared:
     height: int = 0
     pixels: np.ndarray | None = None  # [3, S, S]
     modality: str = ""  # what a DICOM header states (model/dicom.py), if anything
+    quality: int = 0  # a JPEG's estimated quality (model.preprocess.jpeg_quality), 0 = not a JPEG
 
 
 def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prepared:
@@ -146,13 +149,14 @@ def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prep
         image = load_image(data, max_pixels=max_pixels, size=runtime.preprocess_cfg.image_size)
         width, height = original_size(image)
         stated = str(image.info.get("keepfit_modality") or "")
+        quality = int(image.info.get(JPEG_QUALITY) or 0)
         with trimmed(image.width * image.height):  # the pixels decoded (a DCT-scaled JPEG is small)
             pix = runtime.preprocess([image])[0]  # [3, S, S]
             del image
     except (ImageError, OSError, ValueError) as err:
         return _Prepared(False, _failure(err), f"{path}: {err}")
     return _Prepared(True, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height, pixels=pix,
-                     modality=stated)
+                     modality=stated, quality=quality)
 
 
 def default_decode_threads() -> int:
@@ -186,6 +190,7 @@ def embed_items(
         height=np.zeros(n, dtype=np.int32),
         modality=np.full(n, "", dtype=object),
         detected=np.zeros(n, dtype=bool),
+        quality=np.zeros(n, dtype=np.int16),
         vector=np.zeros((n, dim), dtype=np.float32),
     )
     known = list(runtime.knowledge.modalities)
@@ -206,6 +211,7 @@ def embed_items(
                     continue
                 out.sha256[i] = prep.sha256
                 out.width[i], out.height[i] = prep.width, prep.height
+                out.quality[i] = prep.quality
                 # the modality a DICOM header states (what the device recorded beats a default or a manifest
                 # column), else the item's, else detected below
                 out.modality[i] = normalise_modality(prep.modality or items[i].modality, known) or ""

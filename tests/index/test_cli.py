@@ -72,6 +72,30 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(
         assert index.count == 6
 
 
+def test_build_and_add_count_strongly_compressed_jpegs(
+    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """An archive re-saved at a low JPEG quality shows in the report and the index's history, before anyone
+    searches it (the service warns of such a query as compressed_image)."""
+    from PIL import Image
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    sources = sorted((archive.root / "oct").iterdir())
+    for i, (path, quality) in enumerate(zip(sources, (20, 35, 92), strict=False)):
+        Image.open(path).convert("RGB").save(folder / f"{i}.jpg", quality=quality)
+    Image.open(sources[3]).convert("RGB").save(folder / "3.png")
+    code, out, _ = run(capsys, "build", "--artifact", str(tiny_artifact), "--images", str(folder), "--out",
+                       str(tmp_path / "idx"), "--modality", "OCT", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["added"] == 4 and report["compressed"] == 2, report
+    code, out, _ = run(capsys, "add", "--artifact", str(tiny_artifact), "--images", str(folder), "--index",
+                       str(tmp_path / "idx"), "--modality", "OCT")
+    assert code == 0 and "compressed: 2 images are JPEGs saved below quality 50" in out, out
+    history = json.loads((tmp_path / "idx" / "index_manifest.json").read_text())["history"]
+    assert history[0]["compressed"] == 2, history  # the add found nothing new: no generation, no entry
+
+
 def test_manifest_rows_pointing_nowhere_are_skipped(
     capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
 ) -> None:
