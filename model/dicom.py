@@ -232,6 +232,13 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
             raise ConfigError(
                 f"frame {frame} does not exist: this DICOM image has {frames} frame(s), 0-{frames - 1}"
             )
+    if syntax is not None and not getattr(syntax, "is_transfer_syntax", True):
+        # a UID that is no transfer syntax at all (a vendor's private one, a typo): pydicom cannot tell how its
+        # pixel data is encoded (its is_compressed raises ValueError), so it is refused as an unknown syntax is
+        raise UnsupportedMediaError(
+            f"DICOM transfer syntax {str(syntax)[:64] or '(empty)'} is not a known transfer syntax; send "
+            "uncompressed, JPEG, JPEG-LS, JPEG 2000 or RLE DICOM"
+        )
     if syntax is not None and getattr(syntax, "is_compressed", False):
         from pydicom.pixels.decoders.base import get_decoder
 

@@ -32,7 +32,12 @@ from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
-from service.middleware import REQUEST_ID_HEADER, AnswerHeadersMiddleware, RequestGuardMiddleware
+from service.middleware import (
+    REQUEST_ID_HEADER,
+    AnswerHeadersMiddleware,
+    HeadMiddleware,
+    RequestGuardMiddleware,
+)
 from service.routers import categories, classifiers, classify, embed, health, images, search
 from service.routers.classifiers import ADMIN_KEY_HEADER
 from service.schemas import TEXT_PATTERN
@@ -432,9 +437,11 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
 
     _openapi_with_settings(app, settings)
 
-    # Innermost first (each add wraps the ones before): a route's bug answered as a 500 inside every other
+    # Innermost first (each add wraps the ones before): a HEAD run as a GET where only GET is routed (only the
+    # routes see it as one); a route's bug answered as a 500 inside every other
     # layer; the guard rejects before bodies are read; CORS answers preflights before anything else; the
     # request id, outermost, is on all of their answers and log lines.
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestGuardMiddleware)
     app.add_middleware(

@@ -201,6 +201,71 @@ class AnswerHeadersMiddleware:
             await self.app(scope, receive, send_with_headers)
 
 
+class HeadMiddleware:
+    """HEAD wherever GET works (RFC 9110 9.3.2: a server that answers GET answers HEAD): a HEAD to a path whose
+    routes take GET but not HEAD runs as that GET, and its answer leaves with the GET's status and headers
+    (``Content-Length`` included) and no body.  Routes that take HEAD themselves (``/healthz``, ``/``, images,
+    the static files) are left to answer it, and a 405's ``Allow`` that lists GET lists HEAD too.
+
+    Installed inside every other layer, only the routes see GET: the request id, the metrics (with method HEAD)
+    and the API key checks (a dependency of the GET route) are those of any request.  The schema is untouched:
+    HEAD is no operation of its own there (one operation per path keeps the OpenAPI ids unique).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") == "HEAD" and _get_without_head(scope):
+            await self.app({**scope, "method": "GET"}, receive, _headers_only(send))
+            return
+        await self.app(scope, receive, _allow_head(send))
+
+
+def _get_without_head(scope: Scope) -> bool:
+    """Whether the app's routes take GET at this path but none of them takes HEAD."""
+    from starlette.routing import Match
+
+    routes = getattr(getattr(scope.get("app"), "router", None), "routes", None) or []
+    as_get = {**scope, "method": "GET"}
+    takes_get = False
+    for route in routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return False  # a route (or a mount: static files) answers HEAD itself
+        takes_get = takes_get or route.matches(as_get)[0] == Match.FULL
+    return takes_get
+
+
+def _headers_only(send: Send) -> Send:
+    async def headers_only(message: Message) -> None:
+        if message["type"] in ("http.response.body", "http.response.pathsend"):
+            if message.get("more_body", False):
+                return  # the GET's body, dropped as it streams
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(message)
+
+    return headers_only
+
+
+def _allow_head(send: Send) -> Send:
+    async def allow_head(message: Message) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == 405:
+            headers = list(message.get("headers", ()))
+            for i, (name, value) in enumerate(headers):
+                if name.lower() != b"allow":
+                    continue
+                methods = [m.strip() for m in value.decode("latin-1").split(",")]
+                if "GET" in methods and "HEAD" not in methods:
+                    headers[i] = (name, ", ".join(sorted([*methods, "HEAD"])).encode("latin-1"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return allow_head
+
+
 class RequestGuardMiddleware:
     """Reads the limits and keys from the app's settings (``app.state.settings``) on every request."""
 
@@ -215,12 +280,15 @@ class RequestGuardMiddleware:
         settings = scope["app"].state.settings
         max_body = int(settings.max_upload_bytes) + _SLACK_BYTES
         headers: dict[bytes, bytes] = {}
+        codings: list[bytes] = []  # every Transfer-Encoding header's, in order
         for name, value in scope.get("headers") or []:
             headers.setdefault(name, value)  # the first of repeated headers, as the routes read them
+            if name.lower() == b"transfer-encoding":
+                codings.append(value)
         refusal = _key_refusal(scope.get("path", ""), headers, settings.api_keys)
         declared: int | None = None
         if refusal is None:
-            refusal = _encoding_refusal(headers)
+            refusal = _encoding_refusal(headers, codings)
         if refusal is None:
             declared, refusal = _declared_length(headers, max_body)
         if refusal is None and self.budget.reserved >= int(settings.upload_budget):
@@ -257,13 +325,25 @@ def _key_refusal(path: str, headers: dict[bytes, bytes], api_keys: Sequence[str]
     return 401, "unauthorized", f"{what}: send it in the {API_KEY_HEADER} header", [(b"www-authenticate", b"APIKey")]
 
 
-def _encoding_refusal(headers: dict[bytes, bytes]) -> _Refusal | None:
+def _encoding_refusal(headers: dict[bytes, bytes], transfer_codings: Sequence[bytes] = ()) -> _Refusal | None:
     """415 for a compressed body (``Content-Encoding: gzip``...): nothing here inflates one, and read as it is
-    it failed later as a malformed multipart body or invalid JSON, which misled the client."""
+    it failed later as a malformed multipart body or invalid JSON, which misled the client.
+
+    The same for a transfer coding other than ``chunked`` (``Transfer-Encoding: gzip, chunked``): the server
+    undoes the chunking only, so the body arrived still gzipped.  RFC 9112 6.1 suggests 501 for a transfer coding
+    a server does not know; this one is refused as ``Content-Encoding`` is, with 415 and the same advice, since
+    the remedy is the same (send it uncompressed)."""
     encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    return 415, "unsupported_media_type", f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed", ()
+    if encoding not in ("", "identity"):
+        return 415, "unsupported_media_type", f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed", ()
+    transfer = ", ".join(v.decode("latin-1").strip() for v in transfer_codings).lower()
+    if any(c.strip() not in ("", "chunked") for c in transfer.split(",")):
+        message = (
+            f"Transfer-Encoding {transfer[:60]!r} is not supported: send the body uncompressed (Content-Length or "
+            "Transfer-Encoding: chunked alone)"
+        )
+        return 415, "unsupported_media_type", message, ()
+    return None
 
 
 def _declared_length(headers: dict[bytes, bytes], max_body: int) -> tuple[int | None, _Refusal | None]:

@@ -6,13 +6,16 @@ made every other request time out, and a connection sending one header byte ever
 few thousand of them held the server's file descriptors. Here a request's headers may take at most
 :data:`MAX_HEADER_BYTES` (431 beyond) and ``KEEPFIT_HEADER_TIMEOUT_S`` to arrive (408, then the connection is
 closed); a connection that sends nothing at all is closed after that time too. Both answers are the API's error
-envelope. Everything else is uvicorn's own protocol.
+envelope, as is the 400 for a request httptools cannot parse (uvicorn's was ``text/plain``). Everything else is
+uvicorn's own protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sys
 from collections import Counter
 from typing import Any
 
@@ -32,6 +35,7 @@ MAX_DRAIN_BYTES = 8 * 1024 * 1024
 # What was refused in this process, by reason (``/metrics``: keepfit_connections_refused_total)
 REFUSED_REASONS = ("headers_too_large", "header_timeout", "silent_connection")
 REFUSED: Counter[str] = Counter()
+INVALID_REQUEST = "refused a request that is not valid HTTP"
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -147,10 +151,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         self._in_headers, self._refused = False, True
         REFUSED["header_timeout" if status == 408 else "headers_too_large"] += 1
+        self._answer_and_close(status, code, message, "refused a request before its headers were complete")
+
+    def send_400_response(self, msg: str) -> None:
+        """httptools could not parse the request (a Content-Length that is no number, both Content-Length and
+        Transfer-Encoding, a bad chunk size, a control byte in a header...): uvicorn's ``text/plain`` 400 ("Invalid
+        HTTP request received.") in the API's error envelope, with the headers every answer has, and the
+        connection closed."""
+        err = sys.exc_info()[1]  # called from uvicorn's `except httptools.HttpParserError`: its reason, no content
+        reason = str(err).encode("ascii", "replace").decode()[:120] if err is not None else ""
+        message = f"the request is not valid HTTP/1.1{f': {reason}' if reason else ''}"
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # the app is running for this request (a bad chunk in its body): as uvicorn does, answer unless an
+            # answer is under way, and close at once, which ends the app's request with a disconnect
+            if not cycle.response_started:
+                self.transport.write(self._error_answer(400, "bad_request", message, INVALID_REQUEST))
+            self.transport.close()
+            return
+        self._disarm_header_timer()
+        self._in_headers, self._refused = False, True
+        self._answer_and_close(400, "bad_request", message, INVALID_REQUEST)
+
+    def _answer_and_close(self, status: int, code: str, message: str, what: str) -> None:
+        """Write ``status`` in the API's error envelope and close the connection, letting the client finish
+        sending (the rest of the request is never read)."""
+        self.transport.write(self._error_answer(status, code, message, what))
+        # Closed at once with the client's bytes unread, the connection is reset and a client still sending
+        # loses the answer: end our side after it, discard what still arrives, and close shortly after.
+        self._draining = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _error_answer(self, status: int, code: str, message: str, what: str) -> bytes:
+        """The bytes of an answer ``status`` in the API's error envelope, with a request id and the headers every
+        answer has (:mod:`service.middleware`) and ``Connection: close``; logged (``what``) under that id (at INFO
+        for a 400, which uvicorn has warned about already)."""
         request_id = request_id_of(getattr(self, "headers", None) or [])  # the caller's, when its headers were complete
         with logging_fields(request_id=request_id):
             client = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
-            self.logger.warning("%srefused a request before its headers were complete: %s", client, message)
+            level = logging.INFO if status == 400 else logging.WARNING
+            self.logger.log(level, "%s%s: %s", client, what, message)
         body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
         head = [STATUS_LINE[status]]
         headers = [
@@ -164,10 +206,4 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         ]
         for name, value in headers:
             head += [name, b": ", value, b"\r\n"]
-        self.transport.write(b"".join(head) + b"\r\n" + body)
-        # Closed at once with the client's bytes unread, the connection is reset and a client still sending
-        # loses the answer: end our side after it, discard what still arrives, and close shortly after.
-        self._draining = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(LINGER_S, self.transport.close)
+        return b"".join(head) + b"\r\n" + body

@@ -23,11 +23,11 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response, Security
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, TypeAdapter, ValidationError, field_validator
 
 from model.config import MODALITIES
 from model.dicom import call_with_frame
-from model.errors import ImageError
+from model.errors import ImageError, UnsupportedMediaError
 from service.cache import cache_key, sha256_hex
 from service.classifiers import (
     NAME_PATTERN,
@@ -94,7 +94,8 @@ class CategoryRequest(BaseModel):
     text: str | None = Field(
         None, min_length=1, max_length=200, description="text of its zero-shot prior (default: the label)"
     )
-    ids: list[Annotated[int, Field(ge=0, le=2**53)]] = Field(
+    # strict: JSON true or "4" is no id (lax, they were taken as ids 1 and 4)
+    ids: list[Annotated[StrictInt, Field(ge=0, le=2**53)]] = Field(
         default_factory=list, max_length=100_000, description="ids of indexed images that are examples of it"
     )
     index_label: str | None = Field(
@@ -118,7 +119,8 @@ class ClassifierRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     modality: str | None = Field(None, description="CFP, FFA or OCT; default: the examples' modality")
     method: str = Field("auto", description="auto, prototype, prototype+text, linear, linear+text")
-    text_prior: bool = Field(
+    # strict in JSON (1 or "yes" is no boolean); a multipart form's text field is read by _form_bool
+    text_prior: StrictBool = Field(
         True, description="combine with the zero-shot classifier of the categories' text"
     )
     categories: list[CategoryRequest] = Field(default_factory=list, max_length=100)
@@ -242,12 +244,21 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
         timings = Timings(state.metrics)
         try:
             emb, modality, confidence = await state.run_blocking(state.engine.embed_example, data, timings)
+        except UnsupportedMediaError as err:  # (an ImageError) a 415, as for any other upload, naming the example
+            raise UnsupportedContentTypeError(f"example {filename[:80]!r} of {label!r}: {err}") from err
         except ImageError as err:
             raise InvalidExampleError(
                 f"example {filename[:80]!r} of {label!r} is not a usable image: {err}"
             ) from err
         except FeaturelessExampleError as err:
             raise FeaturelessExampleError(f"example {filename[:80]!r} of {label!r}: {err}") from err
+        except ServiceError as err:
+            if err.status_code >= 500:  # the service's state (busy, say), not the example's fault
+                raise
+            # too small (check_min_size) and the like: their own status and code, and which example it was
+            raise ServiceError(
+                f"example {filename[:80]!r} of {label!r}: {err}", status_code=err.status_code, code=err.code
+            ) from err
         out.append(
             Example(
                 category=label,
@@ -422,19 +433,34 @@ async def _parse_create(
             spec = json.loads(fields.pop("spec"))
         except json.JSONDecodeError as err:
             raise InvalidRequestError(f"'spec' is not valid JSON: {err.msg}") from err
+        except RecursionError as err:  # arrays or objects nested thousands deep
+            raise InvalidRequestError("'spec' is not valid JSON: it is nested too deeply") from err
+        except ValueError as err:  # an integer of more digits than Python converts (4300)
+            raise InvalidRequestError("'spec' is not valid JSON: a number in it has too many digits") from err
         if not isinstance(spec, dict):
             raise InvalidRequestError("'spec' must be a JSON object")
     for key in ("name", "modality", "method"):
         if key in fields:
             spec[key] = fields.pop(key)
     if "text_prior" in fields:
-        spec["text_prior"] = fields.pop("text_prior").strip()  # pydantic: true/false, yes/no, on/off, 1/0
+        spec["text_prior"] = _form_bool("text_prior", fields.pop("text_prior"))
     if fields:
         raise InvalidRequestError(unknown_fields(sorted(fields)))
     try:
         return ClassifierRequest.model_validate(spec), files
     except ValidationError as err:
         raise InvalidRequestError(_validation_message(err)) from err
+
+
+_LAX_BOOL = TypeAdapter(bool)
+
+
+def _form_bool(name: str, value: str) -> bool:
+    """A form field's text as a boolean, as pydantic reads one: true/false, yes/no, on/off, 1/0."""
+    try:
+        return bool(_LAX_BOOL.validate_python(value.strip()))
+    except ValidationError as err:
+        raise InvalidRequestError(f"{name}: {err.errors()[0].get('msg')}") from err
 
 
 def _validation_message(err: ValidationError) -> str:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from index.store import VectorIndex
 from service.app import create_app
-from tests.service.helpers import make_settings
+from tests.service.helpers import encode, make_settings, png_with_size
 
 ADMIN = {"X-Admin-Key": "admin-secret"}
 
@@ -675,3 +675,81 @@ def test_a_store_on_a_read_only_volume_classifies_and_refuses_changes_with_a_503
             c.post("/v1/classifiers/ro/refit", headers=ADMIN),
         ):
             assert r.status_code == 503 and r.json()["error"]["code"] == "classifiers_read_only", r.text
+
+
+def test_a_spec_too_deep_or_with_a_huge_number_is_a_422_not_a_500(
+    default_artifact: Path, store_dir: Path, golden_image: Image.Image
+) -> None:
+    """``json.loads`` raises RecursionError for deep nesting and ValueError for an integer of 5000 digits: the
+    multipart ``spec`` field caught only JSONDecodeError, and both were 500s."""
+    example = [("examples.a", ("a.png", encode(golden_image, "PNG"), "image/png"))]
+    with _app(default_artifact, store_dir) as c:
+        for spec in ("[" * 100_000 + "]" * 100_000, '{"name": "deep", "x": ' + "9" * 5000 + "}", "{not json"):
+            r = c.post("/v1/classifiers", data={"spec": spec}, files=example, headers=ADMIN)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["code"] == "invalid_request"
+            assert "'spec' is not valid JSON" in r.json()["error"]["message"]
+
+
+def test_ids_and_text_prior_are_not_coerced(
+    default_artifact: Path, store_dir: Path, golden_image: Image.Image
+) -> None:
+    """JSON ``true`` was taken as id 1 and ``"4"`` as id 4; ``text_prior`` 1 or "yes" as true.  A form's text
+    fields still say true / false in words."""
+    ok = {"label": "b", "ids": [2, 3]}
+    cases = [
+        {"name": "lax", "categories": [{"label": "a", "ids": [True, 2]}, ok]},
+        {"name": "lax", "categories": [{"label": "a", "ids": ["4", 2]}, ok]},
+        {"name": "lax", "categories": [{"label": "a", "ids": [4.0, 2]}, ok]},
+        {"name": "lax", "text_prior": 1, "categories": [{"label": "a", "ids": [1, 2]}, ok]},
+        {"name": "lax", "text_prior": "yes", "categories": [{"label": "a", "ids": [1, 2]}, ok]},
+    ]
+    example = [("examples.c", ("c.png", encode(golden_image, "PNG"), "image/png"))]
+    with _app(default_artifact, store_dir) as c:
+        for spec in cases:
+            field = "ids" if "text_prior" not in spec else "text_prior"
+            r = c.post("/v1/classifiers", json=spec, headers=ADMIN)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", (spec, r.text)
+            assert field in r.json()["error"]["message"], r.text
+            # the same in a form's spec field
+            form = c.post("/v1/classifiers", data={"spec": json.dumps(spec)}, files=example, headers=ADMIN)
+            assert form.status_code == 422 and form.json()["error"]["code"] == "invalid_request", form.text
+            assert field in form.json()["error"]["message"], form.text
+        # a form's text_prior is text: its words are read as a boolean, a misspelt one is refused
+        images = [golden_image.rotate(angle) for angle in (0, 3, 6, 9)]
+        files = [(f"examples.{'ab'[i // 2]}", (f"{i}.png", encode(im, "PNG"), "image/png")) for i, im in enumerate(images)]
+        r = c.post("/v1/classifiers", data={"name": "tp", "modality": "CFP", "text_prior": " No "}, files=files,
+                   headers=ADMIN)
+        assert r.status_code == 201, r.text
+        assert r.json()["text_prior"] is False
+        r = c.post("/v1/classifiers", data={"name": "tp2", "text_prior": "ture"}, files=files, headers=ADMIN)
+        assert r.status_code == 422 and "text_prior" in r.json()["error"]["message"], r.text
+
+
+def test_an_example_refused_for_its_size_or_syntax_is_named(
+    default_artifact: Path, store_dir: Path, golden_image: Image.Image
+) -> None:
+    """A 1x1 px example was a 422 image_too_small that named neither the file nor its category; a DICOM example
+    whose transfer syntax is no transfer syntax was a 500."""
+    pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
+    from pydicom import dcmread
+    from pydicom.uid import UID
+
+    from tests.dicom_files import make_dicom
+
+    good = [(f"examples.{'ab'[i // 2]}", (f"{i}.png", encode(golden_image.rotate(3 * i), "PNG"), "image/png"))
+            for i in range(4)]
+    ds = dcmread(io.BytesIO(make_dicom([np.asarray(golden_image.convert("RGB"))], "explicit")))
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.113619.5.2")
+    odd = io.BytesIO()
+    ds.save_as(odd)
+    with _app(default_artifact, store_dir) as c:
+        tiny = [("examples.drusen", ("speck.png", png_with_size(1, 1), "image/png")), *good]
+        r = c.post("/v1/classifiers", data={"name": "tiny", "modality": "CFP"}, files=tiny, headers=ADMIN)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "image_too_small", r.text
+        assert r.json()["error"]["message"].startswith("example 'speck.png' of 'drusen': image is 1x1 px")
+        dicom = [("examples.drusen", ("study.dcm", odd.getvalue(), "application/dicom")), *good]
+        r = c.post("/v1/classifiers", data={"name": "odd", "modality": "CFP"}, files=dicom, headers=ADMIN)
+        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith("example 'study.dcm' of 'drusen': ") and "1.2.840.113619.5.2" in message

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
 
@@ -124,3 +125,22 @@ def test_a_header_that_contradicts_the_image_is_warned_about(
     # a blank frame looks like nothing: its own warning, not a mismatch with the header from a coin toss
     blank = _post(api, make_dicom([np.zeros((256, 256, 3), np.uint8)], "explicit", modality="OPT"))
     assert [w["code"] for w in blank["warnings"]] == ["featureless_image"], blank["warnings"]
+
+
+@pytest.mark.parametrize("syntax_uid", ["1.2.3.4.5", "1.2.840.113619.5.2"])  # a made-up UID, GE's private one
+def test_a_uid_that_is_no_transfer_syntax_is_415_naming_it(
+    api: TestClient, golden_image: Image.Image, syntax_uid: str
+) -> None:
+    """pydicom's ``is_compressed`` raises ValueError for a UID that is no transfer syntax: that was a 500."""
+    from pydicom import dcmread
+    from pydicom.uid import UID
+
+    ds = dcmread(io.BytesIO(make_dicom([np.asarray(golden_image.convert("RGB"))], "explicit")))
+    ds.file_meta.TransferSyntaxUID = UID(syntax_uid)
+    out = io.BytesIO()
+    ds.save_as(out)
+    for path in ("/v1/classify", "/v1/embed"):
+        r = api.post(path, files={"image": ("x.dcm", out.getvalue(), "application/dicom")})
+        assert r.status_code == 415, r.text
+        assert r.json()["error"]["code"] == "unsupported_media_type" and syntax_uid in r.json()["error"]["message"]
+        assert PATIENT["PatientID"] not in r.text

@@ -381,3 +381,37 @@ def test_image_ids_are_plain_digits(indexed: TestClient, raw: str) -> None:
 def test_image_id_1_is_still_served(indexed: TestClient) -> None:
     ids = [h["id"] for h in indexed.post("/v1/search", json={"query": "retina", "top_k": 12}).json()["hits"]]
     assert indexed.get(f"/v1/images/{min(ids)}").status_code == 200
+
+
+# ------------------------------------------------------------------------------------ HEAD wherever GET works
+def test_head_answers_wherever_get_does(default_artifact: Path) -> None:
+    """RFC 9110: HEAD where GET works.  /readyz, /metrics, /v1/categories, the classifiers, the docs and the schema
+    answered HEAD with 405; now with the GET's status and headers, no body, the API key still checked."""
+    settings = make_settings(default_artifact, api_keys=["k-head"])
+    key = {"X-API-Key": "k-head"}
+    paths = ["/readyz", "/metrics", "/v1/categories", "/v1/classifiers", "/v1/classifiers/nobody", "/docs", "/redoc",
+             "/openapi.json", "/healthz", "/"]
+    with TestClient(create_app(settings)) as client:
+        for path in paths:
+            same = {**key, "X-Request-ID": "head-1"}  # an error's body holds it: the same length both times
+            got, head = client.get(path, headers=same), client.head(path, headers=same)
+            assert head.status_code == got.status_code, (path, head.status_code)
+            assert head.content == b"" and head.headers["x-request-id"] == "head-1", path
+            assert head.headers["x-content-type-options"] == "nosniff", path
+            if path == "/healthz":  # its own HEAD route, a bare 200 (as before)
+                continue
+            assert head.headers["content-type"] == got.headers["content-type"], path
+            if path != "/metrics":  # which changes between the two
+                assert head.headers["content-length"] == got.headers["content-length"], path
+        # the key is checked as it is for GET
+        for path in ("/v1/categories", "/v1/classifiers", "/v1/classifiers/nobody"):
+            refused = client.head(path)
+            assert refused.status_code == 401 and refused.content == b"", path
+            assert refused.headers["www-authenticate"] == "APIKey"
+        # what takes no GET takes no HEAD, and a 405 lists HEAD wherever it lists GET
+        assert client.head("/v1/classify", headers=key).status_code == 405
+        assert client.head("/nowhere", headers=key).status_code == 404
+        assert client.post("/readyz").headers["allow"] == "GET, HEAD"
+        # HEAD is no operation of its own in the schema
+        schema = client.get("/openapi.json").json()
+        assert not [p for p, ops in schema["paths"].items() if "head" in ops]

@@ -142,3 +142,74 @@ def test_keep_alive_and_uploads_are_unaffected(base: str) -> None:
             time.sleep(0.6)  # idle between requests, as a pooled connection is
         r = client.post(f"{base}/v1/embed", json={"text": "drusen " * 100})
         assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", "Content-Length"),
+        (b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", "Content-Length"),
+        (
+            b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n",
+            "Transfer-Encoding",
+        ),
+        (
+            b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"zz\r\nhello\r\n0\r\n\r\n",
+            "chunk size",
+        ),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", "header value"),
+    ],
+    ids=["length-abc", "length-negative", "length-and-chunked", "bad-chunk-size", "control-byte"],
+)
+def test_a_request_httptools_cannot_parse_is_a_400_in_the_envelope(
+    base: str, request_bytes: bytes, reason: str
+) -> None:
+    """uvicorn answered these with ``400 text/plain "Invalid HTTP request received."``, none of the headers every
+    other answer has."""
+    sock = _connect(base)
+    sock.sendall(request_bytes)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    assert b"connection: close" in data.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    sock = _connect(base)
+    sock.sendall(request_bytes.replace(b"Host: x\r\n", b"Host: x\r\nX-Request-ID: caller-400\r\n"))
+    status, body = _answer(sock)
+    assert status == 400 and body["error"]["code"] == "bad_request", body
+    assert body["error"]["request_id"] == "caller-400"  # sent before what could not be parsed
+    assert body["error"]["message"].startswith("the request is not valid HTTP/1.1") and reason in body["error"]["message"]
+    assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200  # the server carries on
+
+
+def test_a_transfer_coding_other_than_chunked_is_refused(base: str) -> None:
+    """``Transfer-Encoding: gzip, chunked``: uvicorn undoes the chunking only, and the gzipped bytes were read as
+    the body ("not valid JSON"); refused as ``Content-Encoding: gzip`` is."""
+    for coding in (b"gzip, chunked", b"deflate,chunked"):
+        sock = _connect(base)
+        sock.sendall(
+            b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Transfer-Encoding: " + coding + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        status, body = _answer(sock)
+        assert status == 415 and body["error"]["code"] == "unsupported_media_type", body
+        message = body["error"]["message"]
+        assert message.startswith(f"Transfer-Encoding {coding.decode()!r} is not supported") and "uncompressed" in message
+    # chunked alone is read as before
+    r = httpx.post(f"{base}/v1/embed", content=iter([b'{"text": ', b'"drusen"}']),
+                   headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_head_on_the_wire_has_the_get_headers_and_no_body(base: str) -> None:
+    sock = _connect(base)
+    sock.sendall(b"HEAD /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    got = httpx.get(f"{base}/readyz", timeout=10)
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b""
+    assert int(headers[b"content-length"]) == len(got.content) and headers[b"content-type"] == b"application/json"

@@ -275,3 +275,51 @@ def test_thumbnails_carry_no_metadata_of_the_original(tmp_path: Path) -> None:
                                                      exif=exif.tobytes())
     data = make_thumbnail(path, 64, 10_000_000)
     assert b"ZQX" not in data and Image.open(io.BytesIO(data)).size == (64, 43)
+
+
+def test_ranges_of_an_original_image(default_artifact: Path, tmp_path: Path, golden_image: Image.Image) -> None:
+    """Starlette serves ``Range`` itself: a malformed one (``bytes=abc``, ``bytes=5-1``) was a ``text/plain`` 400
+    and one past the end a ``text/plain`` 416 with an empty body.  Now a malformed one is ignored (the whole image,
+    200) and one past the end is a 416 in the error envelope with ``Content-Range: bytes */SIZE``."""
+    path = tmp_path / "images" / "eye.jpg"
+    path.parent.mkdir()
+    golden_image.save(path, format="JPEG", quality=90)
+    data = path.read_bytes()
+    record = SimpleNamespace(
+        id=5, path=str(path), modality="CFP", labels=["normal"], caption=None, width=1, height=1, sha256=""
+    )
+
+    class One(_EmptyIndex):
+        count = 1
+
+        def get(self, image_id: int):
+            return record if image_id == 5 else None
+
+        def image_path(self, rec: Any) -> Path:
+            return Path(rec.path)
+
+    (tmp_path / "index_manifest.json").write_text("{}")
+    app = create_app(make_settings(default_artifact, index=tmp_path), index_opener=lambda *a, **k: One())
+    with TestClient(app) as client:
+        whole = client.get("/v1/images/5")
+        assert whole.status_code == 200 and whole.content == data and whole.headers["accept-ranges"] == "bytes"
+        # valid ranges as before
+        part = client.get("/v1/images/5", headers={"Range": "bytes=0-9"})
+        assert part.status_code == 206 and part.content == data[:10]
+        assert part.headers["content-range"] == f"bytes 0-9/{len(data)}"
+        tail = client.get("/v1/images/5", headers={"Range": "bytes=-5"})
+        assert tail.status_code == 206 and tail.content == data[-5:]
+        # malformed: ignored, the whole image
+        for malformed in ("bytes=abc", "bytes=5-1", "bytes", "items=0-5", "bytes=-"):
+            r = client.get("/v1/images/5", headers={"Range": malformed})
+            assert r.status_code == 200 and r.content == data, (malformed, r.status_code, r.text[:200])
+        # unsatisfiable: 416 in the envelope
+        for past in ("bytes=99999999-", f"bytes={len(data)}-"):
+            r = client.get("/v1/images/5", headers={"Range": past})
+            assert r.status_code == 416, (past, r.text)
+            assert r.headers["content-range"] == f"bytes */{len(data)}"
+            assert r.headers["content-type"] == "application/json"
+            assert r.json()["error"]["code"] == "range_not_satisfiable"
+            assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
+        head = client.head("/v1/images/5", headers={"Range": "bytes=99999999-"})
+        assert head.status_code == 416 and head.headers["content-range"] == f"bytes */{len(data)}"
