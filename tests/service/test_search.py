@@ -232,13 +232,11 @@ def test_search_result_urls_use_the_public_url(index_dir: Path, default_artifact
         assert client.get(f"/v1/images/{hits[0]['id']}").status_code == 401
 
 
-def test_fake_index_records_are_served(
-    default_artifact: Path, tmp_path: Path, real_image_paths: dict
-) -> None:
-    """The holder works with any store honouring the contract (search/get/image_path/count/dim)."""
-    path = real_image_paths["OCT"][0]
+def _one_image_app(default_artifact: Path, tmp_path: Path, path: Path, modality: str) -> Any:
+    """The service over a store that honours the index contract (search/get/image_path/count/dim) and holds one
+    image, ``path``, as id 5."""
     record = SimpleNamespace(
-        id=5, path=str(path), modality="OCT", labels=["normal"], caption=None, width=1, height=1, sha256=""
+        id=5, path=str(path), modality=modality, labels=["normal"], caption=None, width=1, height=1, sha256=""
     )
 
     class One(_EmptyIndex):
@@ -254,8 +252,15 @@ def test_fake_index_records_are_served(
             return Path(rec.path)
 
     (tmp_path / "index_manifest.json").write_text("{}")
-    app = create_app(make_settings(default_artifact, index=tmp_path), index_opener=lambda *a, **k: One())
-    with TestClient(app) as client:
+    return create_app(make_settings(default_artifact, index=tmp_path), index_opener=lambda *a, **k: One())
+
+
+def test_fake_index_records_are_served(
+    default_artifact: Path, tmp_path: Path, real_image_paths: dict
+) -> None:
+    """The holder works with any store honouring the contract (search/get/image_path/count/dim)."""
+    path = real_image_paths["OCT"][0]
+    with TestClient(_one_image_app(default_artifact, tmp_path, path, "OCT")) as client:
         assert _search(client, query="x").json()["hits"][0]["id"] == 5
         assert client.get("/v1/images/5").content == path.read_bytes()
 
@@ -285,22 +290,7 @@ def test_ranges_of_an_original_image(default_artifact: Path, tmp_path: Path, gol
     path.parent.mkdir()
     golden_image.save(path, format="JPEG", quality=90)
     data = path.read_bytes()
-    record = SimpleNamespace(
-        id=5, path=str(path), modality="CFP", labels=["normal"], caption=None, width=1, height=1, sha256=""
-    )
-
-    class One(_EmptyIndex):
-        count = 1
-
-        def get(self, image_id: int):
-            return record if image_id == 5 else None
-
-        def image_path(self, rec: Any) -> Path:
-            return Path(rec.path)
-
-    (tmp_path / "index_manifest.json").write_text("{}")
-    app = create_app(make_settings(default_artifact, index=tmp_path), index_opener=lambda *a, **k: One())
-    with TestClient(app) as client:
+    with TestClient(_one_image_app(default_artifact, tmp_path, path, "CFP")) as client:
         whole = client.get("/v1/images/5")
         assert whole.status_code == 200 and whole.content == data and whole.headers["accept-ranges"] == "bytes"
         # valid ranges as before
