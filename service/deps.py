@@ -25,7 +25,7 @@ from model.preprocess import header_pixels
 from service.cache import Cache
 from service.early import EarlyJob, image_head_fits
 from service.engine import EncodedImage, Engine, IndexHolder, Timings
-from service.errors import NotReadyError, UnauthorizedError, UnsupportedContentTypeError
+from service.errors import InvalidRequestError, NotReadyError, UnauthorizedError, UnsupportedContentTypeError
 from service.metrics import Metrics
 from service.responses import check_answer, json_with
 from service.settings import Settings
@@ -252,6 +252,19 @@ async def require_api_key(
     settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_scheme)]
 ) -> None:
     check_api_key(api_key, settings.api_keys)
+
+
+async def no_query_parameters(request: Request) -> None:
+    """422 for a query string on a request that carries its parameters in its body: ``POST
+    /v1/classify?top_k=1&categories=DME`` was answered with the defaults, as if the parameters had been read
+    (unknown form fields are refused; these must be too).  GET and HEAD keep theirs."""
+    if request.method in ("GET", "HEAD") or not request.url.query:
+        return
+    names = ", ".join(sorted({k[:40] for k in request.query_params.keys()})[:5]) or request.url.query[:40]
+    raise InvalidRequestError(
+        f"{request.method} {request.url.path} reads no query parameters (got {names}): send them as form fields, "
+        "or in the JSON body"
+    )
 
 
 def image_token(keys: Sequence[str], image_id: int) -> str | None:

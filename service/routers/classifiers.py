@@ -46,7 +46,15 @@ from service.classifiers import (
     index_examples,
     now_iso,
 )
-from service.deps import ServiceState, StateDep, check_upload, content_type, key_matches, require_api_key
+from service.deps import (
+    ServiceState,
+    StateDep,
+    check_upload,
+    content_type,
+    key_matches,
+    no_query_parameters,
+    require_api_key,
+)
 from service.early import EarlyJob
 from service.engine import (
     EncodedImage,
@@ -76,7 +84,7 @@ admin_key_scheme = APIKeyHeader(
     auto_error=False,
     description="One of KEEPFIT_ADMIN_KEYS: needed to change classifiers.",
 )
-router = APIRouter(tags=["classifiers"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["classifiers"], dependencies=[Depends(require_api_key), Depends(no_query_parameters)])
 MODALITY_MISMATCH_CONFIDENCE = 0.9  # an upload recognised as another modality this surely is refused
 FILE_PREFIX = "examples."
 EXAMPLES_FIELD, LABELS_FIELD = "examples", "labels"  # repeated: the i-th label names the i-th file

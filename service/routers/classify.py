@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from model.config import MODALITIES
 from model.dicom import call_with_frame, is_dicom
 from service.cache import cache_key
-from service.deps import ServiceState, StateDep, require_api_key
+from service.deps import ServiceState, StateDep, no_query_parameters, require_api_key
 from service.early import EarlyJob
 from service.engine import MAX_CATEGORY_CHARS, ClassifyResult, EncodedImage, Engine, Timings
 from service.errors import InvalidRequestError
@@ -29,7 +29,7 @@ from service.schemas import (
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["classify"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["classify"], dependencies=[Depends(require_api_key), Depends(no_query_parameters)])
 
 DESCRIPTION = """
 Zero-shot classification of one eye image over the categories you send (or the modality's default set).

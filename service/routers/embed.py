@@ -9,14 +9,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
 from service.cache import cache_key, sha256_hex
-from service.deps import ServiceState, SettingsDep, StateDep, require_api_key
+from service.deps import ServiceState, SettingsDep, StateDep, no_query_parameters, require_api_key
 from service.early import EarlyJob
 from service.engine import EncodedImage, Timings, embedding_of
 from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import EmbedResponse, EmbedTextRequest, error_responses
 
-router = APIRouter(tags=["embed"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["embed"], dependencies=[Depends(require_api_key), Depends(no_query_parameters)])
 
 
 class _NoFields(BaseModel):

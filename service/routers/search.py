@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse
 from index.query import answer_is_low_similarity, score_scale
 from model.config import MODALITIES
 from service.cache import cache_key, sha256_hex
-from service.deps import ServiceState, SettingsDep, StateDep, image_token, require_api_key
+from service.deps import (
+    ServiceState,
+    SettingsDep,
+    StateDep,
+    image_token,
+    no_query_parameters,
+    require_api_key,
+)
 from service.early import EarlyJob
 from service.engine import EncodedImage, Timings, compressed_warning, query_of
 from service.errors import InvalidRequestError
@@ -30,7 +37,7 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key), Depends(no_query_parameters)])
 
 DESCRIPTION = """
 The most similar images of the loaded index, for a text (`application/json`: `{"query": ..., "top_k": ...}`)

@@ -415,3 +415,25 @@ def test_head_answers_wherever_get_does(default_artifact: Path) -> None:
         # HEAD is no operation of its own in the schema
         schema = client.get("/openapi.json").json()
         assert not [p for p, ops in schema["paths"].items() if "head" in ops]
+
+
+# ------------------------------------------------------------------------ parameters in a POST's query string
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("/v1/classify", {"files": {"image": ("eye.png", "IMAGE", "image/png")}}),
+        ("/classify", {"files": {"image": ("eye.png", "IMAGE", "image/png")}}),
+        ("/v1/embed", {"json": {"text": "drusen"}}),
+        ("/v1/search", {"json": {"query": "drusen"}}),
+        ("/v1/classifiers", {"json": {"name": "q"}}),
+    ],
+)
+def test_parameters_in_a_posts_query_string_are_refused_not_ignored(
+    api: TestClient, real_images: dict[str, bytes], path: str, kwargs: dict[str, Any]
+) -> None:
+    """`POST /v1/classify?top_k=1&categories=DME` was answered with the default categories, as if read."""
+    if "files" in kwargs:
+        kwargs = {"files": {"image": ("eye.png", real_images["CFP"], "image/png")}}
+    r = api.post(f"{path}?top_k=1&categories=DME", **kwargs)
+    assert_error(r, 422, "invalid_request", "reads no query parameters (got categories, top_k)", "form fields")
+    assert api.get("/v1/categories?anything=1").status_code == 200  # GET keeps its query string
