@@ -582,6 +582,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         410: "The image file changed on disk after it was indexed (update the index)",
         413: "Upload or image too large (bytes or pixels)",
         415: "Unsupported content type or image format",
+        416: "A Range that starts past the end of the file (Content-Range: bytes */SIZE says its size)",
         422: "A parameter out of range (top_k, categories, query length...)",
         503: "No index loaded / service not ready / busy; a classifier store that is read-only or cannot be written now",
     }

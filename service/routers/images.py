@@ -97,8 +97,14 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
             "description": "the image bytes as indexed (a DICOM object: a PNG of its pixels, without its header)",
             "headers": {"ETag": {"description": "send it back in If-None-Match for a 304", "schema": {"type": "string"}}},
         },
+        206: {
+            "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in (
+                "image/jpeg", "image/png", "image/tiff", "image/bmp", "image/webp")},
+            "description": "the part of an original file a `Range` header asked for (a malformed `Range` is ignored)",
+            "headers": {"Content-Range": {"description": "bytes START-END/SIZE", "schema": {"type": "string"}}},
+        },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
-        **error_responses(401, 404, 410, 422, 503),
+        **error_responses(401, 404, 410, 416, 422, 503),
     },
     openapi_extra={"parameters": [{
         "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
