@@ -387,7 +387,8 @@ def search_main(argv: list[str]) -> int:
             digest = sha256_file(args.image)  # an image the index holds finds itself: judged on the others, as the API
         hits = index.search(query, args.top_k, modality=modality, label=args.label)
         warning = label_warning(index, args.label, modality, len(hits))
-        warnings = ([warning] if warning else []) + compressed_warning(quality, "search")
+        compressed = compressed_warning(quality, "search")
+        warnings = ([warning] if warning else []) + compressed
         rows: list[dict[str, Any]] = [
             {
                 "rank": i + 1,
@@ -424,9 +425,8 @@ def search_main(argv: list[str]) -> int:
                 f"nothing matches well: the best score {best:.3f} is below {scale['low_below']} "
                 f"(cosine similarity, -1 to 1, for {kind} queries)"
             )
-        for w in warnings:
-            if rows or w is not warning:
-                _out(f"warning: {w['message']}")
+        for w in compressed:  # the label warning comes only with no results, in that line above
+            _out(f"warning: {w['message']}")
     return 0
 
 

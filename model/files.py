@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,8 +78,6 @@ def _new_file_mode(path: Path) -> int:
 def read_regular_file(path: str | Path) -> bytes:
     """The bytes of the file at ``path``; anything but a regular file (a FIFO, a socket, a device, which a read
     would wait on for ever or never finish) is an ``OSError`` saying so, before it is opened."""
-    import stat
-
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", str(path))
     return Path(path).read_bytes()

@@ -186,11 +186,12 @@ def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
     engine = Engine.load(_settings(artifact=Path(args.artifact), threads=1, inference_concurrency=threads))
     if args.classifier:
         store = _store(argparse.Namespace(store=args.store, index=None))
+        name = args.classifier.strip()
         try:
-            row = store.get(args.classifier.strip())
+            row = store.get(name)
         except ClassifierNotFoundError as err:  # its message points to the HTTP API
-            raise DataError(f"no classifier named {args.classifier.strip()!r} in {store.root}: `keepfit classifier "
-                            f"list --store {store.root}` lists them") from err
+            raise DataError(f"no classifier named {name!r} in {store.root}: `keepfit classifier list --store "
+                            f"{store.root}` lists them") from err
         if row.artifact_version != engine.version:
             raise ConfigError(
                 f"classifier {row.name!r} in {store.root} was fitted with artifact {row.artifact_version}; "
