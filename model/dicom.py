@@ -38,14 +38,16 @@ from model.errors import ConfigError, ImageError, ImageTooLargeError, Unsupporte
 
 logger = logging.getLogger(__name__)
 # pydicom warns, and logs at WARNING, about non-conforming elements quoting their values (a malformed patient id,
-# say): neither reaches this service's warnings or logs (its decoder errors, at ERROR, carry no header values)
+# say): neither reaches this service's warnings or logs.  Its decoders log each refused frame at ERROR with a
+# traceback, which this module turns into its own one-line error (a 400): kept out of the logs too, so that a
+# damaged upload is one line in them, not a traceback per decoder tried
 warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
 
 def _import_pydicom() -> Any:
     import pydicom
 
-    logging.getLogger("pydicom").setLevel(logging.ERROR)  # after the import, which sets its logger's level
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # after the import, which sets its logger's level
     return pydicom
 
 T = TypeVar("T")
@@ -268,6 +270,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     except NotImplementedError as err:
         raise UnsupportedMediaError(f"cannot decode DICOM transfer syntax {syntax_name} ({syntax})") from err
     except Exception as err:  # the syntax has a decoder here (checked above): its data is what it refused
+        logger.debug("DICOM %s frame refused by its decoders: %.300s", syntax_name, err)
         raise ImageError(
             f"the DICOM pixel data ({syntax_name}) is truncated or corrupt ({err.__class__.__name__})"
         ) from err

@@ -387,17 +387,23 @@ def test_a_header_whose_rows_and_columns_disagree_with_the_stream_is_refused(
 
 @pytest.mark.parametrize("syntax", ["jpeg-baseline", "jpeg-ls", "jpeg2000", "rle"])
 def test_a_frame_cut_short_is_corrupt_data_never_an_unsupported_syntax_or_a_made_up_image(
-    cfp: tuple[bytes, np.ndarray], syntax: str
+    cfp: tuple[bytes, np.ndarray], syntax: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Half a frame: JPEG-LS decoded the half that was there and made up the rest; JPEG 2000 and RLE were
-    answered as an unsupported transfer syntax (415) instead of corrupt data (400)."""
+    answered as an unsupported transfer syntax (415) instead of corrupt data (400).  The refusal is the one
+    error: pydicom's decoders logged each failed attempt at ERROR with a traceback (two for JPEG 2000)."""
+    import logging
+
     _, rgb = cfp
     data = make_dicom([rgb[:96, :128]], syntax)
     assert np.array_equal(np.asarray(load_image(data)), rgb[:96, :128]) or syntax == "jpeg-baseline"
     half = _with_fragment(data, lambda frame: frame[: len(frame) // 2])
-    with pytest.raises(ImageError, match="truncated or corrupt") as refused:
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG), pytest.raises(ImageError, match="truncated or corrupt") as refused:
         load_image(half)
     assert not isinstance(refused.value, UnsupportedMediaError)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "Traceback" not in caplog.text
 
 
 def test_pydicoms_files_with_padded_or_complete_streams_still_decode() -> None:
