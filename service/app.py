@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Route, request_response
 
 from model import __version__
-from service.cache import Cache, MemoryCache, RedisCache
+from service.cache import Cache, MemoryCache, RedisCache, answer_scope
 from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
@@ -71,6 +71,8 @@ def make_cache(settings: Settings, metrics: Metrics) -> Cache:
             timeout_s=settings.cache_timeout_ms / 1000.0,
             retry_s=settings.cache_retry_s,
             on_error=metrics.cache_errors.inc,
+            # a shared cache outlives these settings: an image they refuse must not be answered from it
+            scope=answer_scope(settings.min_image_side, settings.max_pixels),
         )
     return MemoryCache(settings.cache_max_entries, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes)
 
@@ -332,21 +334,27 @@ def _local_docs(app: FastAPI) -> None:
 
 
 _QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
+# Query parameters whose values never reach the log: the per-image token (it opens the image), and the API's
+# free-text fields, which it reads from request bodies only: sent in a URL by mistake (`POST
+# /v1/search?query=...` is refused with a 422) a search text or a label was written to the access log in clear.
+REDACTED_PARAMETERS = frozenset({"token", "query", "text", "label", "labels", "categories", "task", "spec"})
 
 
 def _redact_tokens(text: str) -> str:
-    """``text`` with the value of every ``token`` query parameter replaced, however its name is spelt in the URL
-    (``%74oken=`` opens the image as ``token=`` does; ``TOKEN=`` does not, but its value would)."""
+    """``text`` with the value of every :data:`REDACTED_PARAMETERS` query parameter replaced, however its name is
+    spelt in the URL (``%74oken=`` opens the image as ``token=`` does; ``TOKEN=`` does not, but its value would)."""
 
     def one(match: re.Match[str]) -> str:
         sep, name, _ = match.groups()
-        return f"{sep}{name}=<redacted>" if unquote_plus(name).casefold() == "token" else match.group(0)
+        secret = unquote_plus(name).casefold() in REDACTED_PARAMETERS
+        return f"{sep}{name}=<redacted>" if secret else match.group(0)
 
     return _QUERY_PARAM.sub(one, text) if "=" in text else text
 
 
 class RedactTokens(logging.Filter):
-    """Per-image tokens (``?token=...``) never reach the access log: each one opens an image to whoever reads it."""
+    """Per-image tokens (``?token=...``) never reach the access log: each one opens an image to whoever reads it;
+    nor does request text sent in a URL (:data:`REDACTED_PARAMETERS`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):

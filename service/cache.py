@@ -112,6 +112,24 @@ def cache_key(kind: str, artifact: Manifested | None, input_sha256: str, params:
     return f"{KEY_PREFIX}:{kind}:{sha256_hex(canonical)}"
 
 
+def scoped_key(key: str, scope: str) -> str:
+    """``key`` (``<prefix>:<kind>:<digest>``) within ``scope``: the same shape and length, another digest.
+
+    For a cache that outlives the process (Redis): replicas, or a restart, with other settings that decide what
+    is refused only when an answer is computed (:func:`answer_scope`) must not share entries, or an image the
+    new settings refuse was still answered, from the cache, for up to ``cache_ttl_s``."""
+    if not scope:
+        return key
+    head, sep, digest = key.rpartition(":")
+    return f"{head}{sep}{sha256_hex(digest + chr(0) + scope)}"
+
+
+def answer_scope(min_image_side: int, max_pixels: int) -> str:
+    """The settings checked only on a cache miss, while the image decodes (its size): part of a shared cache's
+    keys (:func:`scoped_key`)."""
+    return f"min_image_side={int(min_image_side)};max_pixels={int(max_pixels)}"
+
+
 class Cache(Protocol):
     backend: str
 
@@ -242,21 +260,28 @@ class RedisCache:
         timeout_s: float = 0.1,
         retry_s: float = 2.0,
         on_error: Any = None,
+        scope: str = "",
     ) -> None:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         self.ttl_s = max(1, int(ttl_s))
         self.timeout_s = float(timeout_s)
         self.retry_s = float(retry_s)
         self._on_error = on_error
-        # No client-side retries: a retry loop against a dead server is exactly the latency we must not add.
+        self._scope = scope  # keys are scoped by the settings that decide refusals on a miss (answer_scope)
+        # No retry loop against a dead or slow server (exactly the latency we must not add), and no retry on a
+        # timeout. One immediate retry on a new connection when the pooled one was closed: after Redis restarted,
+        # the first command on each idle connection from before failed ("Connection closed by server"), was taken
+        # for an outage (a warning, and no cache for cache_retry_s) although Redis was up. A refused connection
+        # fails again at once; the whole call stays bounded by wait_for below.
         self._client = Redis.from_url(
             url,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             retry_on_timeout=False,
             health_check_interval=0,
         )
@@ -339,6 +364,7 @@ class RedisCache:
     async def get(self, key: str) -> bytes | None:
         if self._skip():
             return None
+        key = scoped_key(key, self._scope)
         result = await self._run("GET", self._client.get(key), one_key=True)
         if result is _BAD_ENTRY:
             # something else wrote a list, set or hash here (WRONGTYPE): this one key's problem; it was an outage
@@ -355,6 +381,7 @@ class RedisCache:
     async def set(self, key: str, value: bytes) -> None:
         if self._skip():
             return
+        key = scoped_key(key, self._scope)
         started = time.monotonic()
         try:
             await asyncio.wait_for(self._client.set(key, frame(value), ex=self.ttl_s), timeout=self.timeout_s * 2)

@@ -237,6 +237,33 @@ class Settings(BaseSettings):
             raise ValueError(f"redis_url cannot be used: {err}") from err
         return url
 
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _header_safe_keys(cls, value: list[str]) -> list[str]:
+        # a key arrives as the bytes of an X-API-Key header, which clients send as ASCII (a browser's fetch refuses
+        # anything else, curl sends UTF-8 that the server reads as Latin-1): a key with any other character was
+        # accepted here and then refused every request with 401 "wrong API key"
+        for number, key in enumerate(value, 1):
+            bad = next((c for c in key if not " " <= c <= "~"), None)
+            if bad is not None:
+                raise ValueError(
+                    f"key {number} has the character {bad!r}, which an HTTP header cannot carry "
+                    "as typed: use ASCII letters, digits and punctuation only"
+                )
+        return value
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _within_pillow(cls, value: int) -> int:
+        # Pillow refuses a larger image as a decompression bomb whatever this says: 100 Mpx with a limit of 200 Mpx
+        # was refused as "image has 100000000 pixels (decompression bomb?); the limit is 200000000"
+        from PIL import Image
+
+        ceiling = Image.MAX_IMAGE_PIXELS
+        if ceiling is not None and value > ceiling:
+            raise ValueError(f"max_pixels is at most {ceiling} (Pillow's decompression-bomb limit), got {value}")
+        return value
+
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
@@ -249,8 +276,13 @@ class Settings(BaseSettings):
     @field_validator("public_url")
     @classmethod
     def _public(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"https?://[^/\s]+", value.strip()):
-            raise ValueError(f"public_url must be an http:// or https:// URL, got {value!r}")
+        # scheme://host[:port][/path]: image URLs are this plus /v1/images/<id>, so a query, a fragment or a space
+        # (or a line break inside the value) made every one of them broken
+        if value is not None and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value.strip()):
+            raise ValueError(
+                f"public_url must be an http:// or https:// URL (scheme://host[:port][/path], no query, fragment or "
+                f"space), got {value!r}"
+            )
         return value.strip().rstrip("/") if value is not None else None
 
     @field_validator("log_format")
