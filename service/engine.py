@@ -40,10 +40,12 @@ from model.explain import Evidence, Explainer
 from model.preprocess import (
     JPEG_QUALITY,
     ReadableFile,
+    blurred_warning,
     compressed_warning,
     detail,
     load_image,
     original_size,
+    sharpness,
     thumbnail,
     to_rgb,
     trimmed,
@@ -87,6 +89,7 @@ class ClassifyResult:
     explanations: list[dict[str, Any]] | None = None
     detail: float | None = None  # the image's spread in grey levels (model.preprocess.detail)
     jpeg_quality: int | None = None  # a JPEG's estimated quality (model.preprocess.jpeg_quality)
+    sharpness: float | None = None  # how sharp the eye is (model.preprocess.sharpness)
     decision: str | None = None  # how the probabilities were made: "screening" or "flat" (model.runtime)
 
 
@@ -99,6 +102,7 @@ class EncodedImage(NamedTuple):
     stated: str | None  # the modality a DICOM header states
     detail: float  # how much the image varies, in grey levels (model.preprocess.detail)
     jpeg_quality: int | None = None  # a JPEG's (or a DICOM JPEG frame's) estimated quality, else None
+    sharpness: float | None = None  # how sharp the eye is (model.preprocess.sharpness; None: not measured)
 
 
 # An image that varies by less than this many grey levels (a blank, black or uniform picture, also with a
@@ -158,6 +162,17 @@ def featureless_warning(spread: float | None) -> list[dict[str, str]]:
             ),
         }
     ]
+
+
+def image_warnings(
+    spread: float | None, quality: int | None, sharp: float | None, modality: str | None
+) -> list[dict[str, str]]:
+    """What the picture itself says about an answer, scored as ``modality``: ``featureless_image``,
+    ``compressed_image`` and ``blurred_image`` (not for a blank frame, which has no focus to speak of)."""
+    out = featureless_warning(spread) + compressed_warning(quality)
+    if not featureless(spread):
+        out += blurred_warning(sharp, modality)
+    return out
 
 
 def embedding_of(encoded: EncodedImage, _timings: Timings | None = None) -> np.ndarray:
@@ -356,7 +371,7 @@ class Engine:
                     ),
                 }
             )
-        out += featureless_warning(result.detail) + compressed_warning(result.jpeg_quality)
+        out += image_warnings(result.detail, result.jpeg_quality, result.sharpness, result.modality_used)
         meant_for = self.task_modalities(task)
         if meant_for and used not in meant_for:
             how = "requested" if requested != "auto" else "detected" if used == detected else "from the DICOM header"
@@ -408,12 +423,13 @@ class Engine:
             with timings.stage("preprocess"):
                 pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
                 spread = detail(pixels[0], upright, self.runtime.preprocess_cfg)
+                sharp = sharpness(pixels[0], upright, self.runtime.preprocess_cfg)
             del image
         with timings.stage("inference"):
             # embeddings [1, D], tokens [1, h*w, D]
             encoding = self.runtime.encode_pixels(pixels)
         return EncodedImage(encoding, size, upright, str(stated) if stated else None, spread,
-                            int(quality) if quality is not None else None)
+                            int(quality) if quality is not None else None, sharp)
 
     def classify(
         self,
@@ -497,6 +513,7 @@ class Engine:
             explanations=explanations,
             detail=encoded.detail,
             jpeg_quality=encoded.jpeg_quality,
+            sharpness=encoded.sharpness,
             decision=decided,
         )
 

@@ -142,7 +142,8 @@ class ModalityResult(BaseModel):
 
 class ClassifyWarning(BaseModel):
     code: Literal[
-        "modality_mismatch", "modality_uncertain", "task_modality_mismatch", "featureless_image", "compressed_image"
+        "modality_mismatch", "modality_uncertain", "task_modality_mismatch", "featureless_image", "compressed_image",
+        "blurred_image",
     ] = Field(
         description="`modality_mismatch`: the image looks like another modality than the one requested or, with "
         "`modality=auto`, the one its DICOM header states; "
@@ -150,7 +151,8 @@ class ClassifyWarning(BaseModel):
         "image is, so the categories and prompts used may be the wrong ones; "
         "`task_modality_mismatch`: the task is meant for another modality than the one used; "
         "`featureless_image`: the image is almost uniform (blank, black), so the predictions say nothing; "
-        "`compressed_image`: a JPEG saved below quality 50, whose compression changes the answers for many eyes"
+        "`compressed_image`: a JPEG saved below quality 50, whose compression changes the answers for many eyes; "
+        "`blurred_image`: a photograph (CFP) that looks out of focus, which changes the answers for many eyes"
     )
     message: str = Field(description="a sentence for people: show it beside the predictions")
 

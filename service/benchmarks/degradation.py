@@ -13,7 +13,9 @@ Per set and degradation: how often the zero-shot top-1 over the default photogra
 ``/v1/classify`` decides) agrees with the clean image's, and on the unseen site its normal-vs-DR task scored as
 ``keepfit eval suite`` scores it (balanced accuracy, the share of healthy eyes called normal, the share of eyes
 with diabetic retinopathy called normal), and for image search the share of a query's ten nearest other
-photographs of its set that stay among them when the query is degraded (the gallery is the set's clean images).
+photographs of its set that stay among them when the query is degraded (the gallery is the set's clean images),
+and how many of the photographs get the ``blurred_image`` warning (``model.preprocess.BLURRED_BELOW``: on clean
+photographs, how often it is wrong; on defocused ones, how often it is right).
 
     python -m service.benchmarks.degradation
 """
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     args = p.parse_args(argv)
 
-    from model.preprocess import load_image, preprocess, to_rgb
+    from model.preprocess import blurred, load_image, preprocess, sharpness, to_rgb, upright_original_size
     from model.runtime import KeepfitRuntime
     from training.evaluate import CFP_OCT, TRAIN_SITE, UNSEEN_SITE, load_spec, zero_shot_metrics
 
@@ -77,11 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = runtime.preprocess_cfg
     offered = runtime.knowledge.category_set("CFP")
 
-    def embed(image: Image.Image) -> np.ndarray:
+    def embed(image: Image.Image) -> tuple[np.ndarray, bool]:
+        """The served embedding of ``image`` and whether it is warned of as out of focus."""
         out = io.BytesIO()
         image.save(out, format="PNG")  # lossless: what the service decodes is the degraded picture
-        x = preprocess(load_image(out.getvalue(), size=cfg.image_size), cfg)
-        return runtime.encode_pixels(x[None]).embeddings[0]
+        decoded = load_image(out.getvalue(), size=cfg.image_size)
+        x = preprocess(decoded, cfg)
+        return runtime.encode_pixels(x[None]).embeddings[0], blurred(
+            sharpness(x, upright_original_size(decoded), cfg), "CFP"
+        )
 
     site2 = load_spec(next(s for s in UNSEEN_SITE if s.name == "site2_normal"), args.data_root, runtime.knowledge,
                       args.split)
@@ -89,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.split)
     sets = {f"{CFP_OCT.split('/')[0]} (training site)": train, "dr_sh_600 (unseen site)": site2}
     print("| photographs | n | degradation | top-1 agrees with clean | normal/DR bal. acc. | healthy called normal | "
-          "DR called normal | search: top-10 as clean |")
-    print("|---|---|---|---|---|---|---|---|")
+          "DR called normal | search: top-10 as clean | warned blurred_image |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, s in sets.items():
         clean_rgb = [to_rgb(load_image(path)) for path in s.paths]
         cls = runtime.class_embeddings(s.classes, "CFP")
@@ -99,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         gallery: np.ndarray | None = None
         clean_near: np.ndarray | None = None
         for label, degrade in DEGRADATIONS.items():
-            emb = np.stack([embed(degrade(im)) for im in clean_rgb])  # [N, D]
+            served = [embed(degrade(im)) for im in clean_rgb]
+            emb = np.stack([e for e, _ in served])  # [N, D]
+            warned = np.mean([w for _, w in served])
             top = runtime.predict(emb, offered, "CFP", "auto")[0].argmax(axis=1)
             reference = top if reference is None else reference
             gallery = emb if gallery is None else gallery  # the clean images, as an index holds them
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             called = confusion[:, normal] / confusion.sum(axis=1)  # per true class: the share called normal
             print(f"| {name} | {len(s.paths)} | {label} | {100 * np.mean(top == reference):.0f} % | "
                   f"{metrics['balanced_accuracy']:.3f} | {called[normal]:.2f} | {called[1 - normal]:.2f} | "
-                  f"{100 * kept:.0f} % |")
+                  f"{100 * kept:.0f} % | {100 * warned:.0f} % |")
     return 0
 
 

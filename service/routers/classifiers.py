@@ -61,8 +61,7 @@ from service.engine import (
     Engine,
     FeaturelessExampleError,
     Timings,
-    compressed_warning,
-    featureless_warning,
+    image_warnings,
     loose_name,
     mixed_script_word,
 )
@@ -865,7 +864,7 @@ def classifier_predict(
         order = order[:top_k]
     mod = {n: float(p) for n, p in zip(names, mod_probs[0], strict=True)}
     detected = header_modality or max(mod, key=lambda k: mod[k])
-    warnings = featureless_warning(encoded.detail) + compressed_warning(encoded.jpeg_quality)
+    warnings = image_warnings(encoded.detail, encoded.jpeg_quality, encoded.sharpness, modality)
     if detected != modality and (header_modality or mod[detected] >= MODALITY_MISMATCH_CONFIDENCE):
         warnings.append(
             {

@@ -205,3 +205,41 @@ def test_a_dicom_objects_compressed_jpeg_frame_is_flagged(api: TestClient, real_
             r = api.post("/v1/classify", files={"image": ("eye.dcm", data, "application/dicom")})
             assert r.status_code == 200, r.text
             assert [w["code"] for w in r.json()["warnings"]] == expected
+
+
+def _defocused(data: bytes, sigma: float) -> bytes:
+    """The photograph blurred by ``sigma`` pixels of the 224 px model input, saved losslessly."""
+    from PIL import ImageFilter
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    out = io.BytesIO()
+    image.filter(ImageFilter.GaussianBlur(sigma * max(image.size) / 224)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_photograph_out_of_focus_is_flagged(api: TestClient, real_images: dict[str, bytes]) -> None:
+    """Defocus moves the unseen site's healthy eyes towards disease and leaves no trace in the file: the answer
+    now says so. The same photograph in focus, or scored as another modality, gets no such warning."""
+    blurred = _defocused(real_images["CFP"], 2.0)
+    body = _classify(api, blurred).json()
+    assert body["modality"]["used"] == "CFP"
+    assert [w["code"] for w in body["warnings"]] == ["blurred_image"], body["warnings"]
+    assert "looks out of focus (sharpness 0." in body["warnings"][0]["message"]
+    assert "below 0.12" in body["warnings"][0]["message"]
+    assert _classify(api, _defocused(real_images["CFP"], 0.0)).json()["warnings"] == []
+    as_oct = _classify(api, blurred, modality="OCT").json()
+    assert "blurred_image" not in [w["code"] for w in as_oct["warnings"]]
+    # an angiogram or a B-scan blurred as much: the bar was measured on photographs only
+    for modality in ("OCT", "FFA"):
+        other = _classify(api, _defocused(real_images[modality], 2.0), modality=modality).json()
+        assert "blurred_image" not in [w["code"] for w in other["warnings"]], modality
+
+
+def test_the_picture_warnings_are_one_list_for_zero_shot_and_classifiers() -> None:
+    """``image_warnings`` is what both the zero-shot answer and a classifier's answer say about the picture."""
+    from service.engine import image_warnings
+
+    assert [w["code"] for w in image_warnings(30.0, 20, 0.05, "CFP")] == ["compressed_image", "blurred_image"]
+    assert image_warnings(30.0, 92, 0.05, "FFA") == [] == image_warnings(30.0, None, None, "CFP")
+    # a blank frame has no focus to speak of: its own warning says what matters
+    assert [w["code"] for w in image_warnings(0.2, None, 0.01, "CFP")] == ["featureless_image"]
