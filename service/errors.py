@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -140,12 +142,44 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
+class RepeatedLog:
+    """Log a state that every request meets (no index loaded, a store that cannot be opened) once a minute per
+    kind, with how many more met it meanwhile: a warning per request flooded the log of a deployment run
+    without an index, and each request's own line is in the access log (with its request id) anyway."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def due(self, kind: str) -> int | None:
+        """None: stay quiet (counted); else log now, with this many met it since the last line."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval_s:
+                self._quiet[kind] = self._quiet.get(kind, 0) + 1
+                return None
+            self._last[kind] = now
+            return self._quiet.pop(kind, 0)
+
+
+REPEATED = RepeatedLog()
+
+
+def more_like_it(count: int) -> str:
+    return f" ({count} more like it since the last such line)" if count else ""
+
+
 async def _keepfit_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, KeepfitError)
     status, code = status_and_code(err)
     message = str(err)
     if status >= 500:
-        logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, status, code, err)
+        count = REPEATED.due(f"{status} {code}")
+        if count is not None:
+            logger.warning("%s %s -> %d %s: %s%s", request.method, request.url.path, status, code, err, more_like_it(count))
         message = redact_paths(message)
     headers = {"WWW-Authenticate": "APIKey"} if status == 401 else None
     return _json(status, error_body(code, message), headers)

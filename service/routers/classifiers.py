@@ -66,10 +66,12 @@ from service.engine import (
     mixed_script_word,
 )
 from service.errors import (
+    REPEATED,
     InvalidRequestError,
     PayloadTooLargeError,
     ServiceError,
     UnsupportedContentTypeError,
+    more_like_it,
 )
 from service.routers._body import Upload, malformed_json, read_form, unknown_fields
 from service.schemas import TEXT_PATTERN, ClassifyResponse, ErrorResponse, error_responses, meaningful
@@ -235,7 +237,9 @@ def _open_store(state: ServiceState) -> ClassifierStore:
             try:
                 state.classifiers = ClassifierStore(path)
             except (OSError, sqlite3.Error) as err:
-                logger.error("classifier store at %s unavailable: %s", path, err)
+                count = REPEATED.due("classifier store")  # each request tries again: one line a minute
+                if count is not None:
+                    logger.error("classifier store at %s unavailable: %s%s", path, err, more_like_it(count))
                 raise ServiceError(
                     "the classifier store cannot be opened (see the service log)",
                     status_code=503,

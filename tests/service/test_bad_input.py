@@ -153,6 +153,27 @@ def test_search_without_an_index_says_so(api: TestClient) -> None:
     assert_error(api.post("/search", json={"query": "drusen"}), 503, "no_index")
 
 
+def test_a_state_every_request_meets_is_logged_once_a_minute(
+    api: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run without an index, every search logged a WARNING: a flood. Now one line a minute per kind, which
+    says how many more met it meanwhile (each request is in the access log, with its request id, anyway)."""
+    import logging
+
+    from service import errors
+
+    monkeypatch.setattr(errors, "REPEATED", errors.RepeatedLog(interval_s=60.0))
+    caplog.set_level(logging.WARNING, logger="service.errors")
+    for _ in range(5):
+        assert_error(api.post("/v1/search", json={"query": "drusen"}), 503, "no_index")
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.errors"]
+    assert len(lines) == 1 and "503 no_index" in lines[0] and "more like it" not in lines[0], lines
+    errors.REPEATED._last["503 no_index"] -= 61.0  # noqa: SLF001 - a minute later
+    assert_error(api.post("/v1/search", json={"query": "drusen"}), 503, "no_index")
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.errors"]
+    assert len(lines) == 2 and "(4 more like it since the last such line)" in lines[1], lines
+
+
 def test_search_body_not_json(api: TestClient) -> None:
     # a body that is not JSON at all is malformed (400), as a broken multipart body is; JSON with bad values is 422
     r = api.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
