@@ -38,6 +38,7 @@
     result: null,          // last classify response
     selected: 0,           // which explanation is shown
     xhr: null,             // the classify upload in flight (aborted by a newer one)
+    classifySeq: 0,        // newest classify wins, also one whose upload had finished when a newer one started
     searchSeq: 0,          // newest search wins
     ready: false,          // the last health check (readyz) succeeded
     categoriesLoaded: false,
@@ -63,22 +64,56 @@
     return state.key ? { ...extra, 'X-API-Key': state.key } : extra;
   }
 
-  function parseError(status, text, statusText) {
+  /** The words of a page that is no JSON (a proxy's 502 page, a captive portal), never its markup. */
+  function plainText(text) {
+    const raw = (text || '').trim();
+    if (!/^<|<\/?(html|head|body|title|h1|center|p|div)\b/i.test(raw)) return raw.replace(/\s+/g, ' ');
+    // an inert document: nothing in it loads or runs
+    const doc = new DOMParser().parseFromString(raw, 'text/html');
+    return (doc.title || (doc.body && doc.body.textContent) || '').replace(/\s+/g, ' ').trim();
+  }
+
+  /** Retry-After (seconds, or an HTTP date) as words, '' when absent or unreadable. */
+  function retryHint(retryAfter) {
+    const value = (retryAfter || '').trim();
+    if (!value) return '';
+    const seconds = /^\d+$/.test(value) ? Number(value) : Math.ceil((Date.parse(value) - Date.now()) / 1000);
+    return Number.isFinite(seconds) ? `try again in ${Math.max(1, seconds)} s` : '';
+  }
+
+  function parseError(status, text, statusText, retryAfter) {
     let body = null;
     try { body = JSON.parse(text); } catch (_) { /* not JSON: a proxy's page, say */ }
     const err = body && body.error;
+    const retry = retryHint(retryAfter);
     if (err && err.code) {
-      let message = err.message || '';
+      let message = String(err.message || '');
       if (Array.isArray(err.details) && err.details.length) {
         message += ` (${err.details.map((d) => `${d.field}: ${d.message}`).join('; ')})`;
       }
+      if (retry) message += ` (${retry})`; // a busy service's Retry-After
       // what the user quotes to whoever runs the service: it finds this request's lines in the log
       if (err.request_id) message += ` (request id ${err.request_id})`;
-      return new ApiError(status, err.code, message);
+      return new ApiError(status, String(err.code), message);
     }
-    const fallback = status === 503 ? 'not_ready' : `http_${status}`;
-    const message = (body && body.reason) || (text || statusText || '').trim().slice(0, 200) || `HTTP ${status}`;
+    const fallback = status === 503 ? 'not_ready' : status === 429 ? 'too_many_requests' : `http_${status}`;
+    const said = plainText(text).slice(0, 200);
+    let message = (body && typeof body.reason === 'string' && body.reason)
+      || (said ? (said.includes(String(status)) ? said : `HTTP ${status}: ${said}`)
+        : `HTTP ${status}${statusText ? ` ${statusText}` : ''}`);
+    if (retry) message += ` (${retry})`;
     return new ApiError(status, fallback, message, body);
+  }
+
+  /** An http(s) URL from an answer, resolved against the service; null for any other (javascript:, data:...): a
+   *  page served without this service's Content-Security-Policy would run a javascript: link when clicked. */
+  function httpUrl(url) {
+    try {
+      const u = new URL(String(url), state.base ? `${state.base}/` : document.baseURI);
+      return u.protocol === 'http:' || u.protocol === 'https:' ? u.href : null;
+    } catch (_) {
+      return null;
+    }
   }
 
   function networkError() {
@@ -106,8 +141,12 @@
       clearTimeout(timer);
     }
     const text = await response.text();
-    if (!response.ok) throw parseError(response.status, text, response.statusText);
-    return text ? JSON.parse(text) : null;
+    if (!response.ok) throw parseError(response.status, text, response.statusText, response.headers.get('Retry-After'));
+    try {
+      return text ? JSON.parse(text) : null;
+    } catch (_) { // a captive portal's or a proxy's page with 200
+      throw new ApiError(response.status, 'bad_response', 'the service sent an unreadable answer (not JSON): is the API base right?');
+    }
   }
 
   /** multipart POST with upload progress (fetch cannot report it); a newer call aborts an older one. */
@@ -126,7 +165,7 @@
         if (xhr.status >= 200 && xhr.status < 300) {
           try { resolve(JSON.parse(xhr.responseText)); } catch (e) { reject(new ApiError(xhr.status, 'bad_response', 'the service sent an unreadable answer')); }
         } else {
-          reject(parseError(xhr.status, xhr.responseText, xhr.statusText));
+          reject(parseError(xhr.status, xhr.responseText, xhr.statusText, xhr.getResponseHeader('Retry-After')));
         }
       };
       xhr.onerror = () => { if (state.xhr === xhr) state.xhr = null; reject(networkError()); };
@@ -153,6 +192,11 @@
     artifact_unavailable: 'The model is not available.',
     network: 'The service cannot be reached.',
     timeout: 'The service took too long to answer.',
+    busy: 'The service is busy.',
+    too_many_requests: 'The service is busy: too many requests.',
+    bad_response: 'The service sent an answer this page cannot read.',
+    http_502: 'The service (or a proxy in front of it) failed.',
+    http_504: 'The service (or a proxy in front of it) took too long.',
   };
 
   function showMessage(title, text, kind = 'error') {
@@ -225,7 +269,8 @@
     if (status.textContent !== text) status.textContent = text;
   }
 
-  async function loadCategories() {
+  /** quiet: no message box, and the focus stays where it is (the periodic check; connect() speaks up) */
+  async function loadCategories(quiet = false) {
     try {
       const cats = await api('v1/categories');
       state.defaults = cats.modalities || {};
@@ -236,7 +281,7 @@
       $('category-suggestions').replaceChildren(...[...names].sort().map((n) => el('option', { value: n })));
       renderCategories();
     } catch (err) {
-      showError(err, 'Loading the categories');
+      if (!quiet) showError(err, 'Loading the categories');
     }
   }
 
@@ -250,7 +295,7 @@
 
   /** The periodic and after-an-answer health check: the header follows the service, down and back up. */
   async function recheck() {
-    if (await checkReady(true) && !state.categoriesLoaded) await loadCategories();
+    if (await checkReady(true) && !state.categoriesLoaded) await loadCategories(true);
   }
 
   function loadSettings() {
@@ -365,7 +410,7 @@
   }
 
   function requestSignature() {
-    return JSON.stringify([$('modality').value, state.custom]);
+    return JSON.stringify([$('modality').value, state.custom, pickedClassifier()]);
   }
 
   function canClassifyAgain() {
@@ -391,15 +436,23 @@
     // createImageBitmap decodes off the main thread; the page stays responsive for large photographs.
     const canvas = $('preview');
     const ctx = canvas.getContext('2d');
+    // a slow decode (a camera-size photograph) that ends after another image was chosen draws nothing: the
+    // canvas is that image's now, under that image's predictions and heat map
+    const stale = () => state.file !== file;
     let full = null;
     try {
       full = await createImageBitmap(file);
+      if (stale()) return false;
       const scale = Math.min(1, PREVIEW_MAX_SIDE / Math.max(full.width, full.height));
       const w = Math.max(1, Math.round(full.width * scale));
       const h = Math.max(1, Math.round(full.height * scale));
       const bitmap = scale < 1
         ? await createImageBitmap(full, { resizeWidth: w, resizeHeight: h, resizeQuality: 'high' })
         : full;
+      if (stale()) {
+        if (bitmap !== full) bitmap.close();
+        return false;
+      }
       canvas.width = w;
       canvas.height = h;
       ctx.drawImage(bitmap, 0, 0);
@@ -407,6 +460,7 @@
       canvas.dataset.preview = 'image';
       return true;
     } catch (_) {
+      if (stale()) return false;
       // TIFF or DICOM: browsers cannot show them; the heat map is still drawn over a placeholder
       paintPlaceholder(canvas, 512, 512);
       return false;
@@ -489,6 +543,7 @@
       ['modality', 'categories', 'explain', 'explain_top'].forEach((k) => form.delete(k));
       form.append('classifier', classifier);
     }
+    const run = ++state.classifySeq;
     document.body.dataset.busy = 'classify';
     setAvailable($('classify-again'), false);
     setProgress(0, `Uploading ${(state.file.size / 1048576).toFixed(1)} MB…`);
@@ -500,7 +555,8 @@
       // a camera-size photograph can take longer to decode in the browser than the service takes to answer:
       // the heat map and the placeholder's shape go on this image's preview, not on the previous one
       await state.preview;
-      if (state.file !== file) return; // another image was chosen meanwhile: its own request answers
+      // another image was chosen, or another request sent for this one, meanwhile: that request answers
+      if (state.file !== file || run !== state.classifySeq) return;
       state.result = result;
       // the modality auto would use for this image: a hand-picked modality or a classifier's is not it
       const m = result.modality;
@@ -509,6 +565,7 @@
       state.selected = 0;
       state.failedOn = null;
       if (!state.ready) recheck(); // it answered: the header's "not reachable" is out of date
+      $('result').hidden = false; // hidden by a refused first try of this image (busy, say) that was sent again
       renderResult();
       renderCategories();
     } catch (err) {
@@ -615,7 +672,7 @@
       return;
     }
     const hm = e.heatmap;
-    overlay.src = hm.png;
+    overlay.src = /^data:image\/png[;,]/i.test(hm.png) ? hm.png : ''; // an image, never a link elsewhere
     overlay.alt = heatmapAlt(e.label, hm);
     const [w, h] = hm.image_size;
     peakMark.style.setProperty('--x', `${(100 * (hm.peak.x + 0.5)) / w}%`);
@@ -702,7 +759,7 @@
     if (modality) form.append('modality', modality);
     runSearch(() => api('v1/search', { method: 'POST', form }), () => {
       const box = $('search-query-image');
-      const thumb = thumbSrc || previewThumbnail();
+      const thumb = thumbSrc === null ? previewThumbnail() : thumbSrc; // '' (a hit without one): none, not the upload's
       box.replaceChildren(...[
         thumb ? el('img', { src: thumb, alt: '' }) : null,
         el('span', { text: `Images similar to ${caption}` })].filter(Boolean));
@@ -730,19 +787,25 @@
   }
 
   async function similarToHit(hit) {
+    // the newest search or click wins: an earlier click whose image arrives later starts no search
+    const seq = ++state.searchSeq;
     clearMessage();
     $('search-info').textContent = 'Fetching the image…';
     let blob;
     try {
-      const res = await fetch(hit.image_url, { headers: headers(), credentials: 'omit', referrerPolicy: 'no-referrer' });
-      if (!res.ok) throw parseError(res.status, await res.text(), res.statusText);
+      const url = httpUrl(hit.image_url);
+      if (!url) throw new ApiError(0, 'bad_response', `the service sent no usable address for image ${hit.id}`);
+      const res = await fetch(url, { headers: headers(), credentials: 'omit', referrerPolicy: 'no-referrer' });
+      if (!res.ok) throw parseError(res.status, await res.text(), res.statusText, res.headers.get('Retry-After'));
       blob = await res.blob();
+      if (seq !== state.searchSeq) return;
     } catch (err) {
+      if (seq !== state.searchSeq) return;
       $('search-info').textContent = '';
       showError(err instanceof ApiError ? err : networkError(), 'Fetching the image');
       return;
     }
-    searchByImage(blob, `image-${hit.id}`, `image #${hit.id}${hit.labels.length ? ` (${hit.labels.join(', ')})` : ''}`, hit.thumbnail_url);
+    searchByImage(blob, `image-${hit.id}`, `image #${hit.id}${hit.labels.length ? ` (${hit.labels.join(', ')})` : ''}`, httpUrl(hit.thumbnail_url) || '');
   }
 
   function renderHits(res) {
@@ -763,12 +826,12 @@
     $('search-results').replaceChildren(...hits.map((hit) => el('li', {},
       el('button', { type: 'button', 'data-id': String(hit.id), title: hit.caption || '', onclick: () => similarToHit(hit),
                      'aria-label': `find images similar to image ${hit.id}${hit.labels.length ? ` (${hit.labels.join(', ')})` : ''}` },
-        el('img', { src: hit.thumbnail_url, alt: hit.caption || `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),
+        el('img', { src: httpUrl(hit.thumbnail_url) || '', alt: hit.caption || `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),
         el('span', { class: 'meta' },
           el('span', { class: 'score', text: hit.same_image ? 'this image' : `score ${hit.score.toFixed(3)}` }),
           el('span', { text: hit.modality || '' }),
           el('span', { class: 'labels', text: hit.labels.join(', ') || 'no labels' }))),
-      el('a', { class: 'open', href: hit.image_url, target: '_blank', rel: 'noopener noreferrer', text: 'open full size',
+      httpUrl(hit.image_url) && el('a', { class: 'open', href: httpUrl(hit.image_url), target: '_blank', rel: 'noopener noreferrer', text: 'open full size',
                 'aria-label': `open full size: image ${hit.id} (new tab)` }))));
   }
 
@@ -783,8 +846,21 @@
     ['dragleave', 'drop'].forEach((t) => zone.addEventListener(t, () => zone.classList.remove('over')));
     zone.addEventListener('drop', (e) => {
       e.preventDefault();
-      const file = e.dataTransfer && e.dataTransfer.files[0];
-      if (file) chooseFile(file);
+      const dt = e.dataTransfer;
+      const file = dt && dt.files[0];
+      // a folder is listed as a file that cannot be read (its upload failed as "cannot be reached")
+      const entry = dt && dt.items && dt.items[0] && dt.items[0].webkitGetAsEntry ? dt.items[0].webkitGetAsEntry() : null;
+      if (file && !(entry && entry.isDirectory)) {
+        chooseFile(file);
+        if (dt.files.length > 1) announce(`${dt.files.length} files were dropped: ${file.name} is diagnosed, one at a time.`);
+        return;
+      }
+      // text, a link or a folder: nothing happened, and nothing said so
+      clearMessage();
+      showMessage('Nothing to diagnose in what was dropped.', entry && entry.isDirectory
+        ? `${file.name} is a folder: drop one image file from it.`
+        : 'Drop an image file (JPEG, PNG, TIFF, BMP, WebP or DICOM), or choose one with the button.');
+      describeFileError(true);
     });
     // a file dropped anywhere else must not make the browser navigate away from the page
     window.addEventListener('dragover', (e) => e.preventDefault());

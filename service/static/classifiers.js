@@ -18,6 +18,8 @@
   // categories being taught: [{label, files: [File], ids: [{id, thumb}]}]; `active` receives search results;
   // `removed`: the position of the category just removed, for render() to put the keyboard focus beside it
   const teach = { categories: [], active: 0, busy: false, removed: null };
+  const deleting = new Set(); // classifiers whose DELETE is in flight: a second press sends no second one
+  let listSeq = 0;            // newest list wins: a slow earlier GET never brings back a deleted classifier
 
   const Connection = window.KeepfitConnection; // dom.js: the API base and the keys entered for it
 
@@ -69,10 +71,13 @@
 
   // ------------------------------------------------------------------------------------------ the picker
   async function refreshClassifiers(select) {
+    const seq = ++listSeq;
     let list = [];
     try {
-      list = (await call('v1/classifiers')).classifiers;
+      list = ((await call('v1/classifiers')) || {}).classifiers || [];
+      if (seq !== listSeq) return;
     } catch (err) {
+      if (seq !== listSeq) return;
       $('classifier-list').replaceChildren(el('li', { class: 'hint', text: `Classifiers unavailable: ${err.message}` }));
       return;
     }
@@ -99,7 +104,10 @@
   function estimateText(c) {
     const e = c.estimate || {};
     if (e.balanced_accuracy == null) return 'no estimate (too few examples to hold any out)';
-    return `cross-validated balanced accuracy ${e.balanced_accuracy.toFixed(2)} (${e.scheme} over ${e.n} examples; chance ${e.chance.toFixed(2)})`;
+    // chance, scheme and n are optional (a store written by an older release): say what there is
+    const how = [e.scheme && e.n != null ? `${e.scheme} over ${e.n} examples` : e.scheme || (e.n != null ? `over ${e.n} examples` : ''),
+      e.chance != null ? `chance ${Number(e.chance).toFixed(2)}` : ''].filter(Boolean).join('; ');
+    return `cross-validated balanced accuracy ${Number(e.balanced_accuracy).toFixed(2)}${how ? ` (${how})` : ''}`;
   }
 
   function renderStored(c) {
@@ -124,14 +132,17 @@
   }
 
   async function removeClassifier(name) {
-    if (!window.confirm(`Delete the classifier ${name}?`)) return;
+    if (deleting.has(name) || !window.confirm(`Delete the classifier ${name}?`)) return;
+    deleting.add(name);
     try {
       await call(`v1/classifiers/${encodeURIComponent(name)}`, { method: 'DELETE', admin: true });
       say(`Deleted ${name}.`);
       if ($('teach-result').dataset.name === name) $('teach-result').hidden = true; // no longer "ready"
-      refreshClassifiers();
+      await refreshClassifiers(); // its button stays until the list is back: pressing it again sends nothing
     } catch (err) {
       say(`Deleting ${name} failed: ${err.message}`, 'error');
+    } finally {
+      deleting.delete(name);
     }
   }
 
@@ -188,6 +199,9 @@
                          'data-focus': `${c.label}:upload`, onclick: () => input.click() }),
           el('button', { type: 'button', class: 'secondary small', text: 'Remove category', 'aria-label': `Remove category ${c.label}`,
                          onclick: () => {
+                           // its examples (chosen one by one) would go with it: ask first
+                           const n = c.files.length + c.ids.length;
+                           if (n && !window.confirm(`Remove the category ${c.label} and its ${n} ${n === 1 ? 'example' : 'examples'}?`)) return;
                            teach.categories.splice(i, 1);
                            teach.active = 0;
                            teach.removed = i;
@@ -220,7 +234,12 @@
     form.append('spec', JSON.stringify({
       categories: teach.categories.map((c) => ({ label: c.label, ids: c.ids.map((x) => x.id) })),
     }));
-    teach.categories.forEach((c) => c.files.forEach((f) => form.append(`examples.${c.label}`, f, f.name)));
+    // each file as `examples` with its label in a `labels` field (in order), not in an `examples.<label>` field
+    // name: the browser escapes a name's quotes and line breaks (`"` -> %22), which then named another category
+    teach.categories.forEach((c) => c.files.forEach((f) => {
+      form.append('labels', c.label);
+      form.append('examples', f, f.name);
+    }));
     teach.busy = true;
     render();
     say('Fitting…');
