@@ -345,7 +345,15 @@ def search_main(argv: list[str]) -> int:
     )
     from index.store import VectorIndex
     from model.artifact import sha256_file
-    from model.preprocess import JPEG_QUALITY, compressed_warning, load_image
+    from model.preprocess import (
+        JPEG_QUALITY,
+        blurred,
+        blurred_warning,
+        compressed_warning,
+        load_image,
+        sharpness,
+        upright_original_size,
+    )
     from model.runtime import KeepfitRuntime
 
     p = argparse.ArgumentParser(
@@ -377,18 +385,26 @@ def search_main(argv: list[str]) -> int:
             args.modality, [*runtime.knowledge.modalities, *index_modalities(index)]
         )
         digest = None
-        quality = None  # an image query's JPEG quality: below 50 it changes which images are nearest, as the API says
+        # what an image query's picture says about its hits, as the API says it: compressed below JPEG quality 50,
+        # or a photograph out of focus
+        picture: list[dict[str, str]] = []
         if args.text is not None:
             query = runtime.encode_texts([args.text])[0]
         else:
             image = load_image(args.image, size=runtime.preprocess_cfg.image_size)
-            quality = image.info.get(JPEG_QUALITY)
-            query = runtime.encode_images([image])[0]
+            pixels = runtime.preprocess([image])  # [1, 3, S, S]
+            sharp = sharpness(pixels[0], upright_original_size(image), runtime.preprocess_cfg)
+            embedding = runtime.encode_pixels(pixels).embeddings  # [1, D]
+            query = embedding[0]
+            picture = compressed_warning(image.info.get(JPEG_QUALITY), "search")
+            if blurred(sharp, "CFP"):  # then: is it a photograph? (its DICOM header, else the modality check)
+                names, probs = runtime.modality_probabilities(embedding)
+                stated = image.info.get("keepfit_modality")
+                picture += blurred_warning(sharp, str(stated) if stated else names[int(probs[0].argmax())], "search")
             digest = sha256_file(args.image)  # an image the index holds finds itself: judged on the others, as the API
         hits = index.search(query, args.top_k, modality=modality, label=args.label)
         warning = label_warning(index, args.label, modality, len(hits))
-        compressed = compressed_warning(quality, "search")
-        warnings = ([warning] if warning else []) + compressed
+        warnings = ([warning] if warning else []) + picture
         rows: list[dict[str, Any]] = [
             {
                 "rank": i + 1,
@@ -425,7 +441,7 @@ def search_main(argv: list[str]) -> int:
                 f"nothing matches well: the best score {best:.3f} is below {scale['low_below']} "
                 f"(cosine similarity, -1 to 1, for {kind} queries)"
             )
-        for w in compressed:  # the label warning comes only with no results, in that line above
+        for w in picture:  # the label warning comes only with no results, in that line above
             _out(f"warning: {w['message']}")
     return 0
 

@@ -622,7 +622,8 @@ def sharpness(pixels: np.ndarray, image_size: tuple[int, int], cfg: PreprocessCo
 
     Measured at the model's input size, it means the same for a 512 px and a 3872 px photograph, and a darker
     exposure does not lower it (both terms scale with it).  A defocus of sigma 1 px of the 224 px input about
-    thirds it; the photographs of the data sets score 0.44 at the median, the camera originals 0.33-0.63.
+    thirds it; the photographs of the data sets score 0.44 at the median, the camera originals 0.33-0.63 (for a
+    model input of 224 px, which :data:`BLURRED_BELOW` was chosen for).
     None when the eye covers fewer than 400 pixels or does not vary (a blank frame: :func:`detail`)."""
     left, top, width, height = content_box(image_size, cfg)
     box = pixels[:, top : top + height, left : left + width]
@@ -675,8 +676,17 @@ def blurred(value: float | None, modality: str | None) -> bool:
     return value is not None and modality in BLURRED_MODALITIES and value < BLURRED_BELOW
 
 
-def blurred_warning(value: float | None, modality: str | None) -> list[dict[str, str]]:
-    """The ``blurred_image`` warning for a photograph that is :func:`blurred`."""
+_DEFOCUS_CHANGES = {
+    "answer": "the model's answers for many eyes, mostly towards disease",
+    # python -m service.benchmarks.degradation: at sigma 1, 63 % of an unseen-site query's ten nearest photographs
+    # were other ones than for the photograph in focus (28 % at the training site)
+    "search": "which images are nearest for many eyes",
+}
+
+
+def blurred_warning(value: float | None, modality: str | None, what: str = "answer") -> list[dict[str, str]]:
+    """The ``blurred_image`` warning for a photograph that is :func:`blurred`; ``what``: ``answer`` (a diagnosis)
+    or ``search`` (an image query's hits)."""
     if not blurred(value, modality):
         return []
     return [
@@ -684,7 +694,7 @@ def blurred_warning(value: float | None, modality: str | None) -> list[dict[str,
             "code": "blurred_image",
             "message": (
                 f"the photograph looks out of focus (sharpness {value:.2f}, below {BLURRED_BELOW}): defocus changes "
-                "the model's answers for many eyes, mostly towards disease; retake it in focus if you can"
+                f"{_DEFOCUS_CHANGES[what]}; retake it in focus if you can"
             ),
         }
     ]

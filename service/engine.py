@@ -40,6 +40,7 @@ from model.explain import Evidence, Explainer
 from model.preprocess import (
     JPEG_QUALITY,
     ReadableFile,
+    blurred,
     blurred_warning,
     compressed_warning,
     detail,
@@ -178,11 +179,6 @@ def image_warnings(
 def embedding_of(encoded: EncodedImage, _timings: Timings | None = None) -> np.ndarray:
     """The unit-norm image embedding ``[D]`` of an encoded image (what :meth:`Engine.embed_image` returns)."""
     return encoded.encoding.embeddings[0]
-
-
-def query_of(encoded: EncodedImage, _timings: Timings | None = None) -> tuple[np.ndarray, int | None]:
-    """An image query's embedding ``[D]`` and its JPEG quality (what :meth:`Engine.embed_query` returns)."""
-    return encoded.encoding.embeddings[0], encoded.jpeg_quality
 
 
 @dataclass
@@ -521,9 +517,28 @@ class Engine:
         """Image bytes -> unit embedding ``[D]``."""
         return embedding_of(self.encode_bytes(data, timings))
 
-    def embed_query(self, data: bytes, timings: Timings) -> tuple[np.ndarray, int | None]:
-        """An image search query's bytes -> its unit embedding ``[D]`` and JPEG quality (None: not a JPEG)."""
-        return query_of(self.encode_bytes(data, timings))
+    def embed_query(self, data: bytes, timings: Timings) -> tuple[np.ndarray, list[dict[str, str]]]:
+        """An image search query's bytes -> :meth:`query_of`."""
+        return self.query_of(self.encode_bytes(data, timings))
+
+    def query_of(
+        self, encoded: EncodedImage, _timings: Timings | None = None
+    ) -> tuple[np.ndarray, list[dict[str, str]]]:
+        """An image query's unit embedding ``[D]``, and what its picture says about the hits: ``compressed_image``,
+        and ``blurred_image`` for a photograph (as its DICOM header states, else as the modality check finds it)."""
+        vector = encoded.encoding.embeddings[0]
+        warnings = compressed_warning(encoded.jpeg_quality, "search")
+        if blurred(encoded.sharpness, "CFP") and not featureless(encoded.detail):  # then: is it a photograph?
+            modality = encoded.stated or self.detected_modality(encoded.encoding.embeddings)
+            warnings += blurred_warning(encoded.sharpness, modality, "search")
+        return vector, warnings
+
+    def detected_modality(self, embedding: np.ndarray) -> str:
+        """The modality the modality check finds most likely for an embedding ``[1, D]``, among those with
+        prompts."""
+        names, probs = self.runtime.modality_probabilities(embedding)  # probs [1, M]
+        ranked = sorted((float(p), n) for n, p in zip(names, probs[0], strict=True) if n in self.modalities)
+        return ranked[-1][1] if ranked else self.modalities[0]
 
     def embed_example(self, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
         """A classifier example's bytes -> its embedding ``[D]``, and the modality its DICOM header states (with

@@ -416,11 +416,14 @@ class ScoreScale(BaseModel):
 
 
 class SearchWarning(BaseModel):
-    code: Literal["modality_not_in_index", "label_not_in_index", "no_match_for_filter", "compressed_image"] = Field(
+    code: Literal[
+        "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "compressed_image", "blurred_image"
+    ] = Field(
         description="`modality_not_in_index`: no indexed image is of the modality asked for (the message lists "
         "those it holds); `label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
         "exists, but not together with the modality asked for; `compressed_image`: the query image is a JPEG "
-        "saved below quality 50, whose compression changes which images are nearest"
+        "saved below quality 50, whose compression changes which images are nearest; `blurred_image`: the query "
+        "is a photograph (CFP) that looks out of focus, which changes which images are nearest"
     )
     message: str
 

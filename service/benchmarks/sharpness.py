@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {len(values)} | {label} | {shares} | {np.median(values):.3f} |")
     originals = sorted((args.data_root / "camera_originals").glob("*.jpg"))
     if originals:
-        values = [measure(load_image(path, size=cfg.image_size), cfg) for path in originals]
-        print(f"camera originals ({len(values)}): " + ", ".join(f"{v:.3f}" for v in values))
+        found = [measure(load_image(path, size=cfg.image_size), cfg) for path in originals]
+        print(f"camera originals ({len(found)}): " + ", ".join(f"{v:.3f}" for v in found))
     return 0
 
 

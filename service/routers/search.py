@@ -22,7 +22,7 @@ from service.deps import (
     require_api_key,
 )
 from service.early import EarlyJob
-from service.engine import EncodedImage, Timings, compressed_warning, query_of
+from service.engine import EncodedImage, Timings, compressed_warning
 from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import (
@@ -129,26 +129,31 @@ async def _search(
     params = {"kind": kind, "top_k": top_k, "modality": modality, "label": label, "index": info.fingerprint}
     key = cache_key("search", engine.runtime.artifact, digest, params)
     cached = await state.cached("search", key, timings)
-    quality: int | None = None  # an image query's JPEG quality, kept with its hits
+    picture: list[dict[str, str]] = []  # what an image query's picture says about its hits, kept with them
     if cached is not None:
         stored = json.loads(cached)
         hits: list[dict[str, Any]] = stored["hits"]
-        quality = stored["jpeg_quality"]
+        if "picture_warnings" in stored:
+            picture = stored["picture_warnings"]
+        else:  # an answer cached by the release before, within its time to live
+            picture = compressed_warning(stored.get("jpeg_quality"), "search")
     else:
         if data is None:
             vector = await state.run_blocking(engine.embed_text, req.query, timings)
         else:
-            vector, quality = await state.image_result(early, query_of, timings, engine.embed_query, data, timings)
+            vector, picture = await state.image_result(
+                early, engine.query_of, timings, engine.embed_query, data, timings
+            )
         with timings.stage("search"):
             hits = await index.search(vector, top_k, modality, label)
-        await state.remember(key, {"hits": hits, "jpeg_quality": quality}, timings)
+        await state.remember(key, {"hits": hits, "picture_warnings": picture}, timings)
     kind_name = "image" if data is not None else "text"
     threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
     warnings = []
     note = await index.label_warning(label, modality, len(hits))
     if note is not None:
         warnings.append(note)
-    warnings += compressed_warning(quality, "search")
+    warnings += picture
     base = _base_url(request, settings.public_url)
     for hit in hits:
         # an image query that is in the index finds itself (score 1): say so, put it first among equal scores

@@ -443,3 +443,34 @@ def test_identifying_manifest_columns_never_become_labels_by_default(archive: Ar
     assert any("2" in label for label in labels)  # an ordinary column still labels
     chosen = sources.from_manifests([manifest], label_columns=["MRN"]).items
     assert any("ZQX4711" in label for it in chosen for label in it.labels)  # named: the user's choice
+
+
+@pytest.mark.parametrize("seen_as", ["CFP", "OCT"])
+def test_search_by_a_photograph_out_of_focus_warns_as_the_api_does(
+    capsys: pytest.CaptureFixture[str], built_index: tuple[Path, object], tiny_artifact: Path, archive: Archive,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seen_as: str,
+) -> None:
+    """A query defocused by sigma 2 px of the model input (the tiny test model's 64 px) is warned of when it is a
+    photograph (that model's modality check is random: here it is told what it finds), never as a B-scan."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from model.runtime import KeepfitRuntime
+
+    def seen(self: KeepfitRuntime, embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
+        names = ["CFP", "FFA", "OCT"]
+        return names, np.eye(3, dtype=np.float32)[[names.index(seen_as)] * len(embeddings)]
+
+    monkeypatch.setattr(KeepfitRuntime, "modality_probabilities", seen)
+    directory = built_index[0]
+    image = Image.open(archive.root / archive.rows[0]["path"]).convert("RGB")  # a photograph
+    base = ["search", "--index", str(directory), "--artifact", str(tiny_artifact), "--top-k", "2"]
+    for sigma, focused in ((2.0, False), (0.0, True)):
+        query = tmp_path / f"q{sigma}.png"
+        image.filter(ImageFilter.GaussianBlur(sigma * max(image.size) / 64)).save(query)
+        warned = not focused and seen_as == "CFP"
+        code, out, _ = run(capsys, *base, "--image", str(query), "--json")
+        codes = [w["code"] for w in json.loads(out)["warnings"]]
+        assert code == 0 and codes == (["blurred_image"] if warned else []), (sigma, codes)
+        code, out, _ = run(capsys, *base, "--image", str(query))
+        assert code == 0 and ("warning: the photograph looks out of focus" in out) == warned, out

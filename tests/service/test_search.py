@@ -313,3 +313,28 @@ def test_ranges_of_an_original_image(default_artifact: Path, tmp_path: Path, gol
             assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
         head = client.head("/v1/images/5", headers={"Range": "bytes=99999999-"})
         assert head.status_code == 416 and head.headers["content-range"] == f"bytes */{len(data)}"
+
+
+def test_an_image_query_out_of_focus_is_flagged_also_from_the_cache(indexed: TestClient) -> None:
+    """A photograph defocused by sigma 2 px of the model input changes which images are nearest: the answer says
+    so, from the cache too; the same photograph in focus, and a B-scan blurred as much, get no such warning."""
+    from PIL import ImageFilter
+
+    def query(modality: str, sigma: float) -> bytes:
+        hit = _search(indexed, query="retina", top_k=1, modality=modality).json()["hits"][0]
+        image = Image.open(io.BytesIO(indexed.get(f"/v1/images/{hit['id']}").content)).convert("RGB")
+        out = io.BytesIO()
+        image.filter(ImageFilter.GaussianBlur(sigma * max(image.size) / 224)).save(out, format="PNG")
+        return out.getvalue()
+
+    for modality, sigma, warned in (("CFP", 2.0, True), ("CFP", 0.0, False), ("OCT", 2.0, False)):
+        data = query(modality, sigma)
+        answers = [indexed.post("/v1/search", files={"image": ("q.png", data, "image/png")},
+                                data={"top_k": "3"}).json() for _ in range(2)]
+        assert [a["cached"] for a in answers] == [False, True]
+        for body in answers:
+            codes = [w["code"] for w in body["warnings"]]
+            assert codes == (["blurred_image"] if warned else []), (modality, sigma, body["warnings"])
+            if warned:
+                assert "out of focus" in body["warnings"][0]["message"]
+                assert "which images are nearest" in body["warnings"][0]["message"]
