@@ -183,6 +183,16 @@ def knowledge_main(argv: list[str]) -> int:
     p.add_argument("--artifact", action="append", type=Path, default=[], metavar="DIR",
                    help="also give this artifact the new knowledge (new hashes and version; repeatable)")
     args = p.parse_args(argv)
+    out = args.out.resolve()
+    for flag, source in (("--dictionary", args.dictionary), ("--aliases", args.aliases)):
+        if source is not None and source.resolve() == out:  # the FLAIR dictionary was replaced by its output
+            raise KeepfitError(f"--out {args.out} is the {flag} file it is built from (nothing was changed)")
+    # an artifact's sealed knowledge.json overwritten: every later load refused the artifact as corrupted
+    inside = [a for a in args.artifact if a.resolve() in out.parents]
+    inside = inside or ([out.parent] if _artifact_lists(out) else [])
+    if inside:
+        raise KeepfitError(f"--out {args.out} is inside the artifact {inside[0]}: give the artifact new knowledge "
+                           f"with --artifact {inside[0]} and --out outside it (nothing was changed)")
     data = build_knowledge(args.dictionary, args.aliases) if args.aliases else build_knowledge(args.dictionary)
     for artifact in args.artifact:  # every artifact checked before anything is written, its folder writable too
         load_artifact(artifact)
@@ -199,6 +209,21 @@ def knowledge_main(argv: list[str]) -> int:
         version = replace_knowledge(artifact, data)
         print(f"{artifact}: knowledge replaced, version {version}")  # noqa: T201
     return 0
+
+
+def _artifact_lists(path: os.PathLike[str]) -> bool:
+    """Whether ``path`` is a file that the artifact manifest beside it lists (its hash sealed there)."""
+    import json
+    from pathlib import Path
+
+    from model.artifact import ARTIFACT_FORMAT, MANIFEST
+
+    try:
+        manifest = json.loads((Path(path).parent / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return False
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    return manifest.get("format") == ARTIFACT_FORMAT and isinstance(files, dict) and Path(path).name in files
 
 
 def info_main(argv: list[str]) -> int:

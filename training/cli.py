@@ -161,11 +161,30 @@ def check_input_paths(cfg: Any, data_root: Path | None = None) -> None:
             raise DataError(f"{what} not found: {value} ({flag})")
 
 
+# what a run writes into its folder (training/loop.py, training/tasks.py, _write_training_report)
+RUN_OUTPUTS = ("last.pt", "best.pt", "model.pt", "config.json", "history.jsonl", "curves.png", "elite.csv",
+               "training_report.json", "training_report.md")
+
+
+def check_outputs_spare_inputs(cfg: Any, run_dir: Path, data_root: Path | None = None) -> None:
+    """Refuse a run folder whose outputs would replace a file the run reads: ``--init runs/a/model.pt --out
+    runs/a`` trained from that checkpoint and wrote its own model.pt over it."""
+    from training.data import resolve_elite_manifest
+
+    elite = cfg.elite_manifest if cfg.stage == "hybrid" and cfg.elite_manifest else None
+    outputs = {(run_dir / name).resolve() for name in RUN_OUTPUTS}
+    for flag, value in (("--init", cfg.init), ("--corpus", cfg.corpus),
+                        ("--elite-manifest", resolve_elite_manifest(elite, data_root) if elite else None)):
+        if value and Path(value).resolve() in outputs:
+            raise ConfigError(f"{flag} {value} is inside the run folder {run_dir}, where this run writes "
+                              f"{Path(value).name}: choose another --out (or --name)")
+
+
 def train_main(argv: list[str]) -> int:
     import torch
 
     from training.data import resolve_data_root
-    from training.loop import Task, resolve_device, seed_everything, train
+    from training.loop import Task, check_resumable, resolve_device, seed_everything, train
     from training.tasks import TASKS, build_model
 
     args = _train_parser().parse_args(argv)
@@ -177,13 +196,20 @@ def train_main(argv: list[str]) -> int:
             raise
         data_root = None
     check_input_paths(cfg, data_root)  # before any weights load: a typo costs a second, not a minute
+    knowledge = Knowledge.default()
+    for category in cfg.holdout:  # a misspelt one matched no image, and the run trained on the category
+        if not knowledge.is_known(category):
+            near = knowledge.similar_known(category)
+            raise ConfigError(f"--holdout {category!r} is no known category, so nothing would be held out"
+                              + (f"; did you mean {' or '.join(map(repr, near))}?" if near else ""))
     run_dir = args.out or (args.runs_dir / cfg.name)
+    check_outputs_spare_inputs(cfg, run_dir, data_root)
+    check_resumable(run_dir, cfg, args.resume)  # a refused resume before any weights load or file is written
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         # torch's default counts the machine's cores, also in a container allowed fewer (model/cores.py)
         default = min(torch.get_num_threads(), available_cores())
         torch.set_num_threads(threads_from_env() or max(1, default))
-    knowledge = Knowledge.default()
     seed_everything(cfg.seed)  # the new heads' random initialisation is part of the run's seed
     model, tokenizer, info = build_model(cfg)
     model.to(device)
@@ -324,7 +350,10 @@ def _read_reports(items: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
     """``NAME=report.json[,report.json...]`` (several runs of one model, e.g. seeds) or a bare path."""
     import json
 
+    from training.evalcmd import comparison_markdown
+
     out = []
+    splits: dict[str, Any] = {}
     for item in items:
         name, sep, paths = item.partition("=")
         if not sep:
@@ -335,11 +364,39 @@ def _read_reports(items: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
                 report = json.loads(Path(path).read_text())
             except (OSError, json.JSONDecodeError) as err:
                 raise DataError(f"cannot read suite report {path}: {err}") from err
-            if not isinstance(report, dict) or report.get("command") != "suite":
+            if not isinstance(report, dict) or report.get("command") != "suite" or not isinstance(
+                    report.get("summary"), dict):
                 raise DataError(f"{path} is not a `keepfit eval suite` report")
+            try:  # a report of an older keepfit (or an edited one) lacks a value: name the file, no traceback
+                comparison_markdown([(name, [report])])
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise DataError(f"cannot compare suite report {path}: it lacks or garbles {err} (an older "
+                                "keepfit's report? run `keepfit eval suite` again)") from err
             reports.append(report)
+            splits[path] = report["summary"].get("split")
         out.append((name, reports))
+    if len(set(splits.values())) > 1:  # one table, one split: numbers of a val and a test split were averaged
+        raise DataError("the suite reports are of different splits: " + ", ".join(
+            f"{path} ({split})" for path, split in splits.items()) + "; compare reports of one split")
     return out
+
+
+def _check_same_training(training: Any, payload: dict[str, Any], artifact: Path, checkpoint: Path) -> None:
+    """Refuse to record what was measured on ``artifact`` into a checkpoint it was not exported from, as far as
+    their training provenance tells (the keys export copies into the manifest): the next export of that
+    checkpoint would ship another model's evaluation or calibration offsets."""
+    import json
+
+    from model.nn.commands import TRAINING_PROVENANCE
+
+    trained = payload.get("train_config")
+    if not isinstance(training, dict) or not isinstance(trained, dict):
+        return  # a fresh or imported model: nothing to compare
+    ours = json.loads(json.dumps({k: trained[k] for k in TRAINING_PROVENANCE if k in trained}))
+    differs = sorted(k for k in set(ours) & set(training) if ours[k] != training[k])  # keys of both: older exports
+    if differs:
+        raise DataError(f"{artifact} was not exported from {checkpoint} (--record-into): their training differs "
+                        f"in {', '.join(differs)}")
 
 
 def eval_main(argv: list[str]) -> int:
@@ -355,9 +412,30 @@ def eval_main(argv: list[str]) -> int:
     record_into = getattr(args, "record_into", None)
     if record_into and not Path(record_into).is_file():
         raise DataError(f"checkpoint not found: {record_into} (--record-into)")
+    if record_into:  # a file that is no keepfit checkpoint, or one that cannot be replaced: refused after the run
+        import errno
+        import os
+
+        from model.nn.factory import read_checkpoint
+
+        recorded_into = read_checkpoint(record_into)
+        if not os.access(Path(record_into).parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied (--record-into; nothing was evaluated)",
+                                  str(record_into))
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise DataError(f"--out {args.out} is a file; reports are written into a folder")
+    run = getattr(args, "run", None)
+    if run is not None and not (run / "history.jsonl").is_file():  # a typo left the curves out without a word
+        raise DataError(f"--run {run} is not a training run folder: it has no history.jsonl")
+    for flag in ("artifact", "baseline"):  # `calibrate --out <artifact>` wrote over its sealed calibration.json
+        artifact = getattr(args, flag, None)
+        if args.out is not None and artifact is not None and (
+                args.out.resolve() == artifact.resolve() or artifact.resolve() in args.out.resolve().parents):
+            raise DataError(f"--out {args.out} is inside the artifact {artifact} (--{flag}): an artifact holds "
+                            "only its sealed files; choose another --out")
     runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=threads_from_env())
+    if record_into:
+        _check_same_training(runtime.artifact.manifest.get("training"), recorded_into, args.artifact, record_into)
     out = args.out or Path("runs") / "eval" / f"{runtime.artifact.name}-{runtime.version}" / args.command
     if args.command == "calibrate":
         from training.calibrate import record_calibration, run_calibrate

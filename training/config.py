@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import ConfigError
-from model.files import read_json
+from model.files import atomic_write_text, read_json
 from training.augment import AugmentConfig
 
 STAGES = ("text", "hybrid")
@@ -114,6 +114,9 @@ class TrainConfig:
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        name = Path(self.name)  # the run folder is <runs-dir>/<name>: "" or "." was the runs folder itself
+        if not self.name.strip() or not name.parts or ".." in name.parts or name.is_absolute():
+            raise ConfigError(f"name must name a folder inside the runs folder, got {self.name!r}")
         if self.steps < 1 or self.batch_size < 2 or self.elite_batch_size < 2:
             raise ConfigError("steps must be >= 1 and batch sizes >= 2")
         if self.lr <= 0 or self.head_lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
@@ -133,8 +136,12 @@ class TrainConfig:
                               "elite_compose_missing off there are none (drop --elite-text)")
         if self.select not in ("last", "best"):
             raise ConfigError(f"select must be 'last' or 'best', got {self.select!r}")
-        if self.mlm_head_warmup < 0:
-            raise ConfigError(f"mlm_head_warmup must be >= 0, got {self.mlm_head_warmup}")
+        if self.mlm_head_warmup < 0 or self.warmup_steps < 0:
+            raise ConfigError(f"mlm_head_warmup and warmup_steps must be >= 0, got {self.mlm_head_warmup} and "
+                              f"{self.warmup_steps}")
+        for name in ("seed", "data_seed"):  # torch.manual_seed's ValueError on a larger one was a traceback
+            if not -(2**63) <= getattr(self, name) < 2**63:
+                raise ConfigError(f"{name} must be a 64-bit whole number, got {getattr(self, name)}")
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         for name in ("eval_every", "checkpoint_every"):
@@ -146,6 +153,9 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         self.augment.validate()
         self.losses.validate()
+        if not any(getattr(self.losses, term) > 0 for term in STAGE_LOSSES[self.stage]):  # no loss: a traceback
+            raise ConfigError(f"every loss term of stage {self.stage} ({', '.join(STAGE_LOSSES[self.stage])}) has "
+                              "weight 0: nothing would train")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,7 +169,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes).validate()
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")  # whole or not at all
 
 
 _NESTED = {"augment": AugmentConfig, "losses": LossWeights}
@@ -172,18 +182,42 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)} (allowed: {', '.join(sorted(fields))})")
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in _NESTED and cls is TrainConfig:
             kwargs[key] = _build(_NESTED[key], value, f"{where}.{key}")
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value)
         else:
-            kwargs[key] = value
+            kwargs[key] = _typed(value, types[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def _typed(value: Any, annotation: str, where: str) -> Any:
+    """``value`` as the field's declared type (an int is a float; a JSON list is a tuple), or a
+    :class:`ConfigError` naming the key: ``"steps": "10"`` ended in a TypeError traceback, ``"steps": 2.5`` or
+    ``"public": "a.csv"`` (iterated letter by letter) trained."""
+    if value is None and annotation.endswith(" | None"):
+        return None
+    base = annotation.removesuffix(" | None")
+    if base.startswith("tuple["):
+        item = base[len("tuple["):-1].split(",")[0].strip()
+        length = None if base.endswith(", ...]") else base.count(",") + 1
+        if not isinstance(value, list | tuple) or (length is not None and len(value) != length):
+            size = "a list of" if length is None else f"a list of {length}"
+            raise ConfigError(f"{where} must be {size} {'strings' if item == 'str' else 'numbers'}, got {value!r}")
+        return tuple(_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if base == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    expected = {"int": int, "str": str, "bool": bool}.get(base)
+    if expected is None and base != "float":  # a type this check does not know: left to the dataclass
+        return value
+    if expected is None or not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        what = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}[base]
+        raise ConfigError(f"{where} must be {what}{' or null' if annotation != base else ''}, got {value!r}")
+    return value
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -503,15 +503,18 @@ def read_corpus(path: str | Path) -> list[str]:
         raise DataError(f"text corpus not found: {path}")
     texts: list[str] = []
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DataError(f"{path}:{lineno} is not a JSON object with a 'text' field") from err
-            if isinstance(text, str) and text.strip():
-                texts.append(" ".join(text.split()))
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    raise DataError(f"{path}:{lineno} is not a JSON object with a 'text' field") from err
+                if isinstance(text, str) and text.strip():
+                    texts.append(" ".join(text.split()))
+        except UnicodeDecodeError as err:  # was a traceback
+            raise DataError(f"text corpus {path} is not UTF-8 text ({err.reason}); save it as UTF-8") from err
     texts = list(dict.fromkeys(texts))
     if not texts:
         raise DataError(f"text corpus {path} holds no text")

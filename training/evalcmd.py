@@ -831,13 +831,17 @@ def compare_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
 
 
 def _avg(summaries: list[dict[str, Any]], key: str, sub: str | None = None) -> float:
-    return float(np.mean([x[key][sub] if sub is not None else x[key] for x in summaries]))
+    """The mean of a summary value over several reports; a value a report could not measure (NaN, written as
+    null) makes the mean NaN, shown as a dash."""
+    values = [x[key][sub] if sub is not None else x[key] for x in summaries]
+    return float(np.mean([np.nan if v is None else float(v) for v in values]))
 
 
 def _row_start(name: str, sums: list[dict[str, Any]], columns: tuple[tuple[str, str], ...], mean_key: str) -> str:
     """``| model | per-task zero-shot ... | **mean ± sd**``: a comparison row up to its mean, the model's
     several runs (seeds) averaged, with the standard deviation of the mean over them."""
-    spread = f" ± {np.std([x[mean_key] for x in sums]):.3f}" if len(sums) > 1 else ""
+    means = [np.nan if x[mean_key] is None else x[mean_key] for x in sums]  # null: not measured
+    spread = f" ± {np.std(means):.3f}" if len(sums) > 1 else ""
     label = f"{name} (n={len(sums)})" if len(sums) > 1 else name
     per_task = [fmt(_avg(sums, "zero_shot_balanced_accuracy", n)) for n, _ in columns]
     return f"| {label} | " + " | ".join(per_task) + f" | **{fmt(_avg(sums, mean_key))}{spread}**"

@@ -434,6 +434,10 @@ def linear_probe_metrics(
     from training.metrics import balanced_accuracy
 
     n = len(classes)
+    fitted = np.unique(train[1])
+    if len(fitted) < 2:  # scikit-learn's ValueError was a traceback
+        raise DataError(f"the linear probe needs train images of at least 2 classes; the train split has only "
+                        f"{', '.join(repr(classes[int(c)]) for c in fitted) or 'none'} of {', '.join(classes)}")
     best: tuple[float, float] = (-1.0, cs[0])
     for c in cs:
         clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)

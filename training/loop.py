@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from model.errors import ConfigError, TrainingDivergedError
+from model.files import atomic_write_text
 from model.logs import progress_bars
 from model.nn.factory import load_state, read_checkpoint, save_checkpoint
 from model.nn.keepfit import KeepFITModel
@@ -95,7 +96,6 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
           meta: dict[str, Any] | None = None) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     last, best_path, final = run_dir / "last.pt", run_dir / "best.pt", run_dir / "model.pt"
-    cfg.write(run_dir / "config.json")
     modules = task.modules()
     groups = param_groups(modules, cfg.lr, cfg.head_lr, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
@@ -105,10 +105,11 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
-    if last.is_file():
-        if not resume:
-            raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --name")
-        st = _resume(last, cfg, task, optimizer)
+    payload = check_resumable(run_dir, cfg, resume)
+    if payload is not None:
+        st = _resume(payload, last, task, optimizer)
+        # the history as of last.pt: rows of steps run after it (a run stopped between checkpoints) are run again
+        atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(row) + "\n" for row in st.history))
     else:
         if resume:  # a run stopped before its first checkpoint: nothing to continue, so it starts over
             logger.warning("nothing to resume: %s holds no last.pt; training from step 0", run_dir)
@@ -117,6 +118,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
         best_path.unlink(missing_ok=True)
         st = _RunState()
         seed_everything(cfg.seed)
+    # only once this run is known to go ahead: a refused one (another config, no --resume) left it as it was
+    cfg.write(run_dir / "config.json")
     start, history, train_time, pairs = st.start, st.history, st.train_time, st.pairs
     best_score, best_step = st.best_score, st.best_step
     def checkpoint_extra(step: int) -> dict[str, Any]:
@@ -211,8 +214,16 @@ class _RunState:
     pairs: int = 0
 
 
-def _resume(last: Path, cfg: TrainConfig, task: Task, optimizer: torch.optim.Optimizer) -> _RunState:
-    """Load ``last.pt`` into the model, the optimiser and the task; refuse a checkpoint of another config."""
+def check_resumable(run_dir: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """``last.pt``'s payload when this run continues it (None when the run starts afresh), or a
+    :class:`ConfigError`: a folder with a checkpoint and no ``--resume``, a checkpoint of another config, or one
+    already past ``cfg.steps``.  :func:`train` calls it; ``keepfit train`` also before it builds anything, so a
+    refused run changes nothing in the folder (it rewrote config.json and elite.csv)."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    if not resume:
+        raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --name")
     payload = read_checkpoint(last)
     saved = {**TrainConfig().to_dict(), **(payload.get("train_config") or {})}  # keys added since: defaults
     differs = sorted(k for k in set(saved) | set(cfg.to_dict())
@@ -220,6 +231,15 @@ def _resume(last: Path, cfg: TrainConfig, task: Task, optimizer: torch.optim.Opt
                      and saved.get(k) != cfg.to_dict().get(k))
     if differs:
         raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}")
+    if cfg.steps < int(payload["step"]):  # model.pt would say "step <steps>" and hold the weights of a later one
+        raise ConfigError(f"cannot resume {last} with --steps {cfg.steps}: it is at step {payload['step']} "
+                          f"already (--steps {payload['step']} or more)")
+    return payload
+
+
+def _resume(payload: dict[str, Any], last: Path, task: Task, optimizer: torch.optim.Optimizer) -> _RunState:
+    """Load ``last.pt``'s payload (checked by :func:`check_resumable`) into the model, the optimiser and the
+    task."""
     load_state(task.model, payload["state_dict"], source=str(last))
     optimizer.load_state_dict(payload["optimizer"])
     task.load_extra_state(payload.get("task_state") or {})

@@ -1,0 +1,145 @@
+"""`keepfit eval` input that ended in a traceback, in a refusal after the work, or in a table mixing splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from model.cli import main as keepfit
+from model.errors import DataError
+from training.evalcmd import COMPARE_COLUMNS, UNSEEN_COLUMNS
+from training.evaluate import linear_probe_metrics
+
+
+def test_linear_probe_with_one_training_class_is_a_data_error() -> None:
+    """scikit-learn's "needs samples of at least 2 classes" ValueError was a traceback (``--categories normal,
+    glaucoma`` on a split without glaucoma)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4))
+    one_class = (x, np.zeros(6, dtype=np.int64))
+    two_classes = (x, np.asarray([0, 1, 0, 1, 0, 1]))
+    with pytest.raises(DataError, match="at least 2 classes.*only 'normal' of normal, glaucoma"):
+        linear_probe_metrics(one_class, two_classes, two_classes, ["normal", "glaucoma"])
+
+
+def test_record_into_a_file_that_is_no_checkpoint_is_refused_before_the_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was read only at the end, after the whole suite (or calibration) had run and written its report."""
+    not_a_checkpoint = tmp_path / "manifest.json"
+    not_a_checkpoint.write_text("{}")
+    out = tmp_path / "out"
+    for command in ("suite", "calibrate"):
+        code = keepfit(["eval", command, "--artifact", str(tmp_path / "no-artifact"), "--out", str(out),
+                        "--record-into", str(not_a_checkpoint)])
+        err = capsys.readouterr().err
+        assert code == 2 and "is not a readable torch checkpoint" in err, err
+        assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def _suite_report(split: str = "test", value: float | None = 0.7) -> dict[str, Any]:
+    names = [n for n, _ in COMPARE_COLUMNS + UNSEEN_COLUMNS]
+    atlas = {f"{d}_r@{k}": 0.1 for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+    summary = {"split": split, "zero_shot_chance": dict.fromkeys(names, 0.5),
+               "zero_shot_balanced_accuracy": {**dict.fromkeys(names, 0.7), "dr_oct": value},
+               "zero_shot_mean_tasks": ["dme_oct"], "zero_shot_mean": 0.7, "retrieval_p@10_mean": 0.6,
+               "linear_probe_mean": 0.8, "unseen_site_mean": 0.6, "unseen_site_normal_recall": None,
+               "atlas_retrieval": atlas}
+    return {"command": "suite", "summary": summary, "tasks": {"dme_oct": {"retrieval": {"chance": 0.5}}}}
+
+
+def _write(path: Path, report: dict[str, Any]) -> str:
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_compare_refuses_reports_of_different_splits_and_names_an_incomplete_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    test = _write(tmp_path / "test.json", _suite_report("test"))
+    val = _write(tmp_path / "val.json", _suite_report("val"))
+    # a val and a test report were averaged into one row (or set side by side) without a word
+    assert keepfit(["eval", "compare", f"a={test},{val}"]) == 2
+    err = capsys.readouterr().err
+    assert "different splits" in err and f"{val} (val)" in err and len(err.strip().splitlines()) == 1
+    assert keepfit(["eval", "compare", f"a={test}", f"b={val}"]) == 2
+    assert "different splits" in capsys.readouterr().err
+
+    old = _suite_report()
+    del old["summary"]["atlas_retrieval"]  # a KeyError traceback
+    old_path = _write(tmp_path / "old.json", old)
+    assert keepfit(["eval", "compare", f"a={test}", f"b={old_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot compare suite report {old_path}" in err and "'atlas_retrieval'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_compare_shows_a_value_a_report_could_not_measure_as_a_dash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN is written as null in a report; averaging it was a TypeError traceback."""
+    unmeasured = _write(tmp_path / "a.json", _suite_report(value=None))
+    seeds = [_write(tmp_path / f"s{i}.json", _suite_report()) for i in range(2)]
+    assert keepfit(["eval", "compare", f"a={unmeasured}", "b=" + ",".join(seeds)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    columns = [t for n, t in COMPARE_COLUMNS]
+    row_a = table[3].split(" | ")
+    assert table[3].startswith("| a |") and row_a[1 + columns.index("DR OCT")] == "–"
+    assert table[4].startswith("| b (n=2) | 0.700")
+
+
+def test_reports_are_never_written_into_an_artifact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``eval calibrate --out <artifact>`` wrote its calibration.json over the artifact's sealed one (exit 0): every
+    later load refused the artifact as corrupted."""
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "calibration.json").write_text('{"sealed": true}')
+    cases = [
+        ["calibrate", "--artifact", str(artifact), "--out", str(artifact)],
+        ["zero-shot", "--artifact", str(artifact), "--out", str(artifact / "zs"), "--manifest", "m.csv",
+         "--label-column", "label"],
+        ["suite", "--artifact", str(tmp_path / "other"), "--baseline", str(artifact), "--out", f"{artifact}/"],
+    ]
+    # and a --run that is no run folder is named first (the report came without its training curves)
+    assert keepfit(["eval", "suite", "--artifact", str(artifact), "--run", str(tmp_path / "runs" / "typo")]) == 2
+    assert "is not a training run folder: it has no history.jsonl" in capsys.readouterr().err
+    for argv in cases:
+        assert keepfit(["eval", *argv]) == 2
+        err = capsys.readouterr().err
+        assert "is inside the artifact" in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert [p.name for p in artifact.iterdir()] == ["calibration.json"]
+    assert (artifact / "calibration.json").read_text() == '{"sealed": true}'
+
+
+@pytest.mark.data
+def test_record_into_a_checkpoint_of_another_training_is_refused(
+    tiny_artifact: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offsets fitted on one model's encoders were recorded into any checkpoint named (a stage-1 one here) and
+    shipped by its next export."""
+    import shutil
+
+    from model.artifact import seal_artifact
+    from model.config import get_config
+    from model.nn.factory import create_model, default_tokenizer, save_checkpoint
+    from training.config import TrainConfig
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["training"] = {"stage": "hybrid", "name": "run-a", "seed": 0}
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    seal_artifact(artifact)
+    cfg = get_config("keepfit-tiny")
+    other = TrainConfig(stage="text", name="run-b").to_dict()
+    ckpt = save_checkpoint(tmp_path / "m.pt", create_model(cfg), default_tokenizer(cfg), step=1, train_config=other)
+    before = ckpt.read_bytes()
+    code = keepfit(["eval", "calibrate", "--artifact", str(artifact), "--data-root", str(data_root),
+                    "--out", str(tmp_path / "cal"), "--record-into", str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 2 and "was not exported from" in err and "differs in name, stage" in err, err
+    assert ckpt.read_bytes() == before and not (tmp_path / "cal").exists()
