@@ -55,7 +55,7 @@ from index.writer import (
 )
 from model.artifact import Artifact, load_artifact
 from model.errors import DataError, IndexMismatchError, IndexStoreError, NotFoundError
-from model.preprocess import COMPRESSED_BELOW
+from model.preprocess import BLURRED_BELOW, COMPRESSED_BELOW, blurred
 
 if TYPE_CHECKING:
     from model.runtime import KeepfitRuntime
@@ -92,6 +92,7 @@ class Report:
     skipped_examples: list[str] = field(default_factory=list)
     detected_modality: int = 0
     compressed: int = 0  # inputs added or found that are JPEGs saved below quality COMPRESSED_BELOW
+    blurred: int = 0  # inputs added or found that are photographs out of focus (model.preprocess.blurred)
     resumed: int = 0  # inputs whose embeddings came from a previous interrupted run
     index_type: str = ""
     index_params: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +121,11 @@ class Report:
                 "service warns of as compressed_image): their neighbours and answers are less reliable; index the "
                 "camera's original files if there are any"
             )
+        if self.blurred:
+            parts.append(
+                f"blurred: {self.blurred} photographs look out of focus (sharpness below {BLURRED_BELOW}: what the "
+                "service warns of as blurred_image): their neighbours and answers are less reliable"
+            )
         for reason, n in self.skipped.most_common():
             parts.append(f"skipped {n}: {reason}")
         for example in self.skipped_examples:
@@ -135,6 +141,8 @@ class Report:
             entry["already_indexed"] = self.already_indexed
         if self.compressed:
             entry["compressed"] = self.compressed
+        if self.blurred:
+            entry["blurred"] = self.blurred
         return {**entry, "skipped": dict(self.skipped), **extra}
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,8 +157,9 @@ def plan_key(artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptio
     """What a resumable run's chunks depend on: the artifact, the items in order and the chunking."""
     digest = hashlib.sha256()
     digest.update(
-        # "rows-2": the rows' columns (a JPEG's quality joined them): chunks of an older build are not reused
-        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality, "rows-2"]).encode()
+        # "rows-3": the rows' columns (a JPEG's quality, then the sharpness joined them): chunks of an older build
+        # are not reused
+        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality, "rows-3"]).encode()
     )
     for it in items:  # os.fsencode: a name that is not UTF-8 (a Latin-1 caf\xe9.jpg) as the bytes it is
         digest.update(b"\0" + os.fsencode(it.source) + f"\0{it.modality or ''}".encode())
@@ -550,6 +559,10 @@ def _embedded_report(
     report.added, report.duplicates, report.already_indexed = len(asm.records), asm.duplicates, asm.already_indexed
     report.detected_modality = _detected(rows)
     report.compressed = int(np.count_nonzero(rows.ok & (rows.quality > 0) & (rows.quality < COMPRESSED_BELOW)))
+    report.blurred = sum(
+        1 for ok, sharp, modality in zip(rows.ok, rows.sharpness, rows.modality, strict=True)
+        if ok and blurred(None if np.isnan(sharp) else float(sharp), str(modality))
+    )
     return report
 
 

@@ -24,14 +24,24 @@ from index.sources import ImageItem
 from model.cores import available_cores
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 from model.files import atomic_write, read_regular_file
-from model.preprocess import DEFAULT_MAX_PIXELS, JPEG_QUALITY, load_image, original_size, trimmed
+from model.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    JPEG_QUALITY,
+    load_image,
+    original_size,
+    sharpness,
+    trimmed,
+    upright_original_size,
+)
 
 if TYPE_CHECKING:
     from model.runtime import KeepfitRuntime
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "quality", "vector")
+COLUMNS = (
+    "seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "quality", "sharpness", "vector"
+)
 
 
 @dataclass
@@ -48,6 +58,7 @@ class Embedded:
     modality: np.ndarray  # [B] str ("" = unknown)
     detected: np.ndarray  # [B] bool: the modality is the model's recognition (none given, no DICOM header)
     quality: np.ndarray  # [B] int16: a JPEG's (or DICOM JPEG frame's) estimated quality, 0 = not a JPEG
+    sharpness: np.ndarray  # [B] float32: model.preprocess.sharpness, NaN = not measured
     vector: np.ndarray  # [B, D] float32 unit (zeros where not ok)
 
     def __len__(self) -> int:
@@ -92,6 +103,7 @@ class Embedded:
             modality=s,
             detected=np.zeros(0, bool),
             quality=np.zeros(0, np.int16),
+            sharpness=np.zeros(0, np.float32),
             vector=np.zeros((0, dim), np.float32),
         )
 
@@ -129,6 +141,7 @@ class _Prepared:
     pixels: np.ndarray | None = None  # [3, S, S]
     modality: str = ""  # what a DICOM header states (model/dicom.py), if anything
     quality: int = 0  # a JPEG's estimated quality (model.preprocess.jpeg_quality), 0 = not a JPEG
+    sharpness: float = float("nan")  # model.preprocess.sharpness (NaN: not measured)
 
 
 def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prepared:
@@ -150,13 +163,15 @@ def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prep
         width, height = original_size(image)
         stated = str(image.info.get("keepfit_modality") or "")
         quality = int(image.info.get(JPEG_QUALITY) or 0)
+        upright = upright_original_size(image)
         with trimmed(image.width * image.height):  # the pixels decoded (a DCT-scaled JPEG is small)
             pix = runtime.preprocess([image])[0]  # [3, S, S]
             del image
+        sharp = sharpness(pix, upright, runtime.preprocess_cfg)
     except (ImageError, OSError, ValueError) as err:
         return _Prepared(False, _failure(err), f"{path}: {err}")
     return _Prepared(True, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height, pixels=pix,
-                     modality=stated, quality=quality)
+                     modality=stated, quality=quality, sharpness=float("nan") if sharp is None else sharp)
 
 
 def default_decode_threads() -> int:
@@ -191,6 +206,7 @@ def embed_items(
         modality=np.full(n, "", dtype=object),
         detected=np.zeros(n, dtype=bool),
         quality=np.zeros(n, dtype=np.int16),
+        sharpness=np.full(n, np.nan, dtype=np.float32),
         vector=np.zeros((n, dim), dtype=np.float32),
     )
     known = list(runtime.knowledge.modalities)
@@ -212,6 +228,7 @@ def embed_items(
                 out.sha256[i] = prep.sha256
                 out.width[i], out.height[i] = prep.width, prep.height
                 out.quality[i] = prep.quality
+                out.sharpness[i] = prep.sharpness
                 # the modality a DICOM header states (what the device recorded beats a default or a manifest
                 # column), else the item's, else detected below
                 out.modality[i] = normalise_modality(prep.modality or items[i].modality, known) or ""

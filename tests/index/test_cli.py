@@ -96,6 +96,33 @@ def test_build_and_add_count_strongly_compressed_jpegs(
     assert history[0]["compressed"] == 2, history  # the add found nothing new: no generation, no entry
 
 
+def test_build_counts_photographs_out_of_focus(
+    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """Photographs out of focus (what the service warns of as blurred_image) show in the report, its --json and
+    the index's history; the same pictures indexed as B-scans are not judged (the bar is a photograph's)."""
+    from PIL import Image, ImageFilter
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    sources = sorted((archive.root / "cfp").iterdir())[:4]
+    for i, path in enumerate(sources):
+        image = Image.open(path).convert("RGB")
+        sigma = 2.0 if i < 2 else 0.0  # pixels of the tiny test model's 64 px input
+        image.filter(ImageFilter.GaussianBlur(sigma * max(image.size) / 64)).save(folder / f"{i}.png")
+    for modality, expected in (("CFP", 2), ("OCT", 0)):
+        out_dir = tmp_path / f"idx-{modality}"
+        code, out, _ = run(capsys, "build", "--artifact", str(tiny_artifact), "--images", str(folder), "--out",
+                           str(out_dir), "--modality", modality, "--json")
+        report = json.loads(out)
+        assert code == 0 and report["added"] == 4 and report["blurred"] == expected, report
+        history = json.loads((out_dir / "index_manifest.json").read_text())["history"]
+        assert history[-1].get("blurred", 0) == expected, history
+    code, out, _ = run(capsys, "add", "--artifact", str(tiny_artifact), "--images", str(folder), "--index",
+                       str(tmp_path / "idx-CFP"), "--modality", "CFP")
+    assert code == 0 and "blurred: 2 photographs look out of focus (sharpness below 0.12" in out, out
+
+
 def test_manifest_rows_pointing_nowhere_are_skipped(
     capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
 ) -> None:
