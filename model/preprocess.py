@@ -629,36 +629,38 @@ def sharpness(pixels: np.ndarray, image_size: tuple[int, int], cfg: PreprocessCo
     box = pixels[:, top : top + height, left : left + width]
     scale = np.asarray(cfg.std, dtype=np.float32) * 255.0  # normalised units -> grey levels, per channel
     offset = np.asarray(cfg.mean, dtype=np.float32) * 255.0
-    brightest = box[:, ::4, ::4].reshape(3, -1)  # every 4th pixel each way: the level the eye reaches
-    brightest = (brightest * scale[:, None] + offset[:, None]).max(axis=0) if brightest.size else brightest[0]
-    level = float(np.percentile(brightest, 95)) if brightest.size else 0.0
+    sample = box[:, ::4, ::4].reshape(3, -1)  # every 4th pixel each way: the level the eye reaches
+    if not sample.size:
+        return None
+    brightest = (sample * scale[:, None] + offset[:, None]).max(axis=0)
+    rank = int(0.95 * (brightest.size - 1))
+    level = float(np.partition(brightest, rank)[rank])
     threshold = min(_EYE_ABOVE, max(_EYE_ABOVE_LEAST, _EYE_ABOVE_SHARE * level))  # lower for a dim eye
     # each channel's threshold in its normalised units: the whole box is not converted back to grey levels
-    above = [(threshold - m) / s for m, s in zip(offset, scale, strict=True)]
+    above = (threshold - offset) / scale
     eye = (box[0] > above[0]) | (box[1] > above[1]) | (box[2] > above[2])  # [h, w]
+    eye = np.pad(eye, _EYE_INSET, constant_values=True)  # the box's own edge does not erode the eye
     for _ in range(_EYE_INSET):  # erode: a pixel stays when its four neighbours are in the eye too
-        inner = eye.copy()
-        inner[1:, :] &= eye[:-1, :]
-        inner[:-1, :] &= eye[1:, :]
-        inner[:, 1:] &= eye[:, :-1]
-        inner[:, :-1] &= eye[:, 1:]
-        eye = inner
-    eye[0, :] = eye[-1, :] = False
-    eye[:, 0] = eye[:, -1] = False
-    if int(eye.sum()) < _SHARPNESS_MIN_PIXELS:
+        eye = eye[1:-1, 1:-1] & eye[:-2, 1:-1] & eye[2:, 1:-1] & eye[1:-1, :-2] & eye[1:-1, 2:]
+    eye = eye[1:-1, 1:-1]  # [h-2, w-2]: the pixels with all four neighbours in the box
+    count = int(np.count_nonzero(eye))
+    if count < _SHARPNESS_MIN_PIXELS:
         return None
     green = box[1]
-    laplacian = np.zeros_like(green)
-    laplacian[1:-1, 1:-1] = (
-        4.0 * green[1:-1, 1:-1] - green[:-2, 1:-1] - green[2:, 1:-1] - green[1:-1, :-2] - green[1:-1, 2:]
-    )
+    inner = green[1:-1, 1:-1]
+    laplacian = inner * 4.0
+    laplacian -= green[:-2, 1:-1]
+    laplacian -= green[2:, 1:-1]
+    laplacian -= green[1:-1, :-2]
+    laplacian -= green[1:-1, 2:]
     to_grey = float(scale[1])  # the green channel's normalised units -> grey levels
-    spread = float(green[eye].std()) * to_grey
+    spread = float(inner[eye].std()) * to_grey
     if spread < 1e-3:
         return None
     # the 8-bit input's rounding alone gives a Laplacian of variance 20/12 grey levels squared (five independent
     # errors of variance 1/12, one weighted 4): taken out, or a dim, low-contrast eye out of focus scored as sharp
-    energy = float(np.mean(np.square(laplacian[eye]))) * to_grey**2 - _ROUNDING_LAPLACIAN_VAR
+    within = laplacian[eye]
+    energy = float(np.dot(within, within)) / count * to_grey**2 - _ROUNDING_LAPLACIAN_VAR
     return math.sqrt(max(energy, 0.0)) / spread
 
 
