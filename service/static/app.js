@@ -17,6 +17,10 @@
   'use strict';
 
   const PREVIEW_MAX_SIDE = 1024; // the preview is downscaled in the browser; the original is what gets sent
+  // larger files or images get no local preview: decoding one whole (the browser does, even to downscale it) can
+  // exhaust the tab's memory. The browser's bounds, not the service's (its own limits answer 413 in its words).
+  const PREVIEW_MAX_BYTES = 40 * 1048576;
+  const PREVIEW_MAX_PIXELS = 64e6;
   const EXPLAIN_TOP = 3;
   const SEARCH_TOP_K = 24;
   const REQUEST_TIMEOUT_MS = 120000;
@@ -248,11 +252,13 @@
         ready = err.body;
         if (!quiet) showMessage('The image archive is not available.', err.body.reason || '', 'info');
       }
-      const art = ready.artifact;
-      const idx = ready.index;
-      const index = idx.loaded ? `${idx.count} indexed images` : 'no image archive loaded';
+      // artifact and the index's count may be null (or absent, from an older or a proxied service): say what there is
+      const art = ready.artifact || {};
+      const idx = ready.index || {};
+      const model = art.name ? `Model ${art.name}${art.version ? ` (${art.version})` : ''}` : 'Service ready';
+      const index = idx.loaded ? (idx.count != null ? `${idx.count} indexed images` : 'image archive loaded') : 'no image archive loaded';
       status.classList.remove('bad');
-      setStatus(`Model ${art.name} (${art.version}) · ${index}`);
+      setStatus(`${model} · ${index}`);
       state.ready = true;
     } catch (err) {
       status.classList.add('bad');
@@ -439,25 +445,30 @@
     // a slow decode (a camera-size photograph) that ends after another image was chosen draws nothing: the
     // canvas is that image's now, under that image's predictions and heat map
     const stale = () => state.file !== file;
-    let full = null;
+    const tooLarge = (what) => {
+      paintPlaceholder(canvas, 512, 512, [`No preview for ${what}`, NO_PREVIEW[1]]);
+      return false;
+    };
+    if (file.size > PREVIEW_MAX_BYTES) return tooLarge(`a file this large (${(file.size / 1048576).toFixed(0)} MB)`);
+    let bitmap = null;
     try {
-      full = await createImageBitmap(file);
+      // the size from the header only (an <img> decodes its pixels when drawn, not when loaded)
+      const [width, height] = await imageSize(file);
       if (stale()) return false;
-      const scale = Math.min(1, PREVIEW_MAX_SIDE / Math.max(full.width, full.height));
-      const w = Math.max(1, Math.round(full.width * scale));
-      const h = Math.max(1, Math.round(full.height * scale));
-      const bitmap = scale < 1
-        ? await createImageBitmap(full, { resizeWidth: w, resizeHeight: h, resizeQuality: 'high' })
-        : full;
-      if (stale()) {
-        if (bitmap !== full) bitmap.close();
-        return false;
-      }
-      canvas.width = w;
-      canvas.height = h;
+      if (width * height > PREVIEW_MAX_PIXELS) return tooLarge(`an image this large (${width} × ${height} pixels)`);
+      const scale = Math.min(1, PREVIEW_MAX_SIDE / Math.max(width, height));
+      const w = Math.max(1, Math.round(width * scale));
+      const h = Math.max(1, Math.round(height * scale));
+      // decoded at the preview's size in one step: no full-size bitmap is kept beside the downscaled one
+      bitmap = scale < 1
+        ? await createImageBitmap(file, { resizeWidth: w, resizeHeight: h, resizeQuality: 'high' })
+        : await createImageBitmap(file);
+      if (stale()) return false;
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
       ctx.drawImage(bitmap, 0, 0);
-      if (bitmap !== full) bitmap.close();
       canvas.dataset.preview = 'image';
+      canvas.setAttribute('aria-label', 'the uploaded image');
       return true;
     } catch (_) {
       if (stale()) return false;
@@ -465,11 +476,24 @@
       paintPlaceholder(canvas, 512, 512);
       return false;
     } finally {
-      if (full) full.close();
+      if (bitmap) bitmap.close();
     }
   }
 
-  function paintPlaceholder(canvas, width, height) {
+  /** [width, height] as displayed (EXIF orientation applied), read by an <img> that is never drawn. */
+  function imageSize(file) {
+    return new Promise((resolve, reject) => {
+      const url = URL.createObjectURL(file);
+      const img = new Image();
+      img.onload = () => { URL.revokeObjectURL(url); resolve([img.naturalWidth, img.naturalHeight]); };
+      img.onerror = () => { URL.revokeObjectURL(url); reject(new Error('not an image the browser can show')); };
+      img.src = url;
+    });
+  }
+
+  const NO_PREVIEW = ['No preview for this file format', '(the heat map is drawn over its outline)'];
+
+  function paintPlaceholder(canvas, width, height, lines = NO_PREVIEW) {
     // a dark frame of the image's shape that says why the picture is missing (the heat map goes over it)
     canvas.width = width;
     canvas.height = height;
@@ -480,9 +504,11 @@
     ctx.font = `${Math.max(11, Math.min(20, Math.round(width / 26)))}px system-ui, sans-serif`;
     ctx.textAlign = 'center';
     ctx.textBaseline = 'middle';
-    ctx.fillText('No preview for this file format', width / 2, height / 2 - 12, width - 16);
-    ctx.fillText('(the heat map is drawn over its outline)', width / 2, height / 2 + 12, width - 16);
+    ctx.fillText(lines[0], width / 2, height / 2 - 12, width - 16);
+    ctx.fillText(lines[1], width / 2, height / 2 + 12, width - 16);
     canvas.dataset.preview = 'placeholder';
+    canvas.dataset.note = JSON.stringify(lines);
+    canvas.setAttribute('aria-label', `${lines[0]} ${lines[1]}`);
   }
 
   function fitPlaceholder(width, height) {
@@ -490,7 +516,7 @@
     const canvas = $('preview');
     if (canvas.dataset.preview !== 'placeholder' || !width || !height) return;
     const scale = 512 / Math.max(width, height);
-    paintPlaceholder(canvas, Math.round(width * scale), Math.round(height * scale));
+    paintPlaceholder(canvas, Math.round(width * scale), Math.round(height * scale), JSON.parse(canvas.dataset.note || 'null') || NO_PREVIEW);
   }
 
   function chooseFile(file) {
@@ -569,12 +595,17 @@
       renderResult();
       renderCategories();
     } catch (err) {
-      if (err.code !== 'aborted') {
+      if (err.code !== 'aborted' && state.file === file && run === state.classifySeq) {
         showError(err, 'Diagnosis');
-        $('result').hidden = !state.result;
-        // the file itself was refused (not an image, too large, wrong type): sending it again cannot help
-        if (FILE_ERRORS.has(err.code)) {
+        // an earlier answer on screen is not the answer to this request (another classifier, other categories,
+        // another modality): it goes, rather than be read as this one's under the new settings
+        state.result = null;
+        $('result').hidden = true;
+        // the file itself was refused (not an image, too large, wrong type): sending it again cannot help, nor
+        // searching with it
+        if (isFileError(err)) {
           state.fileFailed = true;
+          $('find-similar').disabled = true;
           describeFileError(true);
         } else if (err.status === 422) state.failedOn = requestSignature();
       }
@@ -590,6 +621,11 @@
   const FILE_ERRORS = new Set([
     'invalid_image', 'unsupported_media_type', 'payload_too_large', 'image_too_large', 'image_too_small',
   ]);
+
+  /** The file itself was refused (also a proxy's 413 or 415 without the service's JSON). */
+  function isFileError(err) {
+    return !!err && (FILE_ERRORS.has(err.code) || err.status === 413 || err.status === 415);
+  }
 
   function pct(p) {
     return p >= 0.995 ? '>99%' : p < 0.005 ? '<1%' : `${Math.round(p * 100)}%`;
@@ -715,7 +751,7 @@
   }
 
   // ---------------------------------------------------------------------------------------------- search
-  async function runSearch(request, describe) {
+  async function runSearch(request, describe, refused = () => {}) {
     const seq = ++state.searchSeq;
     clearMessage();
     $('search-info').textContent = 'Searching…';
@@ -733,6 +769,7 @@
       $('search-results').replaceChildren(); // the previous answer's images are not this query's
       $('search-query-image').hidden = true;
       showError(err, 'Search');
+      if (isFileError(err)) refused();
       // a result card that had the focus is gone with the results
       if (document.activeElement === document.body) $('search-query').focus();
     } finally {
@@ -751,7 +788,7 @@
     runSearch(() => api('v1/search', { method: 'POST', json: body }), () => {});
   }
 
-  function searchByImage(blob, name, caption, thumbSrc) {
+  function searchByImage(blob, name, caption, thumbSrc, refused) {
     const form = new FormData();
     form.append('image', blob, name);
     form.append('top_k', String(SEARCH_TOP_K));
@@ -768,7 +805,7 @@
       $('search').scrollIntoView({ behavior: still ? 'auto' : 'smooth', block: 'start' });
       // the keyboard goes where the page went: "Images similar to …", then the results (the card pressed is gone)
       box.focus({ preventScroll: true });
-    });
+    }, refused);
   }
 
   function previewThumbnail() {
@@ -873,7 +910,10 @@
     $('category-reset').addEventListener('click', resetCategories);
     $('classify-again').addEventListener('click', () => { if (available($('classify-again'))) classify(); });
     $('find-similar').addEventListener('click', () => {
-      if (state.file) searchByImage(state.file, state.file.name || 'image', 'your image', null);
+      const file = state.file;
+      if (!file || $('find-similar').disabled) return;
+      // the service refused this file: searching with it again cannot help either, until another is chosen
+      searchByImage(file, file.name || 'image', 'your image', null, () => { if (state.file === file) $('find-similar').disabled = true; });
     });
     $('overlay-toggle').addEventListener('change', applyOverlay);
     $('overlay-opacity').addEventListener('input', applyOverlay);

@@ -245,17 +245,22 @@
     say('Fitting…');
     document.body.dataset.busy = 'teach';
     try {
-      const c = await call('v1/classifiers', { method: 'POST', body: form, admin: true });
+      const answer = await call('v1/classifiers', { method: 'POST', body: form, admin: true });
+      // a 2xx with an empty body (a proxy that drops it, say) is still a fit: say what is known, and reload the list
+      const c = answer && typeof answer === 'object' ? answer : null;
+      const fitted = (c && c.name) || name;
+      const about = c ? [c.method, c.examples != null ? `${c.examples} examples` : '', c.version != null ? `version ${c.version}` : '']
+        .filter(Boolean).join(', ') : '';
       $('teach-result').replaceChildren(
-        el('strong', { text: `${c.name} is ready` }),
-        el('span', { text: ` (${c.method}, ${c.examples} examples, version ${c.version}). ` }),
-        el('span', { class: 'estimate', text: estimateText(c) }),
+        el('strong', { text: `${fitted} is ready` }),
+        el('span', { text: about ? ` (${about}). ` : '. ' }),
+        el('span', { class: 'estimate', text: c ? estimateText(c) : 'The service sent no details of the fit: its estimate is in the list below.' }),
         el('p', { class: 'hint', text: 'A rough guide from your own examples, not a clinical validation. It is now selected for diagnosis above.' }));
-      $('teach-result').dataset.name = c.name;
+      $('teach-result').dataset.name = fitted;
       $('teach-result').hidden = false;
       say('');
       teach.categories = [];
-      await refreshClassifiers(c.name);
+      await refreshClassifiers(fitted);
       // the fit button is unavailable now (no categories left): the keyboard goes to the answer, which is read out
       const focused = document.activeElement;
       if (!focused || focused === document.body || focused.id === 'teach-fit') $('teach-result').focus();

@@ -1,0 +1,294 @@
+"""What the page keeps on screen after something changed or failed, each measured in a real Chromium: an earlier
+answer left under a classifier or categories it did not answer, "Find similar images" offered for a file the
+service refused, a huge image decoded at full size only to be shrunk for the preview, a fit answered with an
+empty body reported as failed, a /readyz without its `artifact` breaking the header; and warnings of any code
+(`blurred_image` too) shown as they come.
+
+The API is answered by the test (``page.route``) wherever the service's own answer is not the point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.frontend.harness import MAX_UPLOAD_BYTES, PageRecorder, Service, wait_for
+from tests.frontend.test_accessibility import FakeClassifiers
+from tests.frontend.test_robustness import _classify_body, _fake_classify, _png, _search_body
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
+
+# every createImageBitmap call the page makes on an uploaded file, with the options it gave
+_RECORD_DECODES = """() => {
+    window.__decodes = [];
+    const decode = window.createImageBitmap.bind(window);
+    window.createImageBitmap = (src, ...rest) => {
+        if (src instanceof Blob) window.__decodes.push({size: src.size, options: rest[0] || null});
+        return decode(src, ...rest);
+    };
+}"""
+
+
+def _eye(tmp_path: Path, name: str = "eye.png", colour: tuple[int, int, int] = (90, 40, 20)) -> Path:
+    path = tmp_path / name
+    path.write_bytes(_png((64, 48), colour))
+    return path
+
+
+def _error(status: int, code: str, message: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "content_type": "application/json",
+        "body": json.dumps({"error": {"code": code, "message": message}}),
+    }
+
+
+# ------------------------------------------------------------------------------------ a stale answer
+@pytest.mark.parametrize("change", ["categories", "classifier"])
+def test_a_failed_classify_again_takes_the_earlier_answer_off_the_screen(
+    signed_in: PageRecorder, tmp_path: Path, change: str
+) -> None:
+    """A failed "Classify again" after the categories changed (or a classifier was picked) left the earlier answer,
+    to other categories, on screen under the new ones, with only the message box to say it was not theirs."""
+    page = signed_in.page
+    FakeClassifiers(page, [FakeClassifiers.row("referral")])
+    sent: list[bytes] = []
+
+    def classify(route: Any) -> None:
+        # the first request is answered; the one sent again is refused (busy)
+        sent.append(route.request.post_data_buffer or b"")
+        if len(sent) == 1:
+            route.fulfill(
+                status=200, content_type="application/json", body=json.dumps(_classify_body(64, 48))
+            )
+        else:
+            route.fulfill(**_error(503, "busy", "too many uploads are arriving at once; try again shortly"))
+
+    page.route("**/v1/classify", classify)
+    page.reload()
+    wait_for(page, "document.querySelectorAll('#classifier-picker option').length === 2")
+    page.set_input_files("#file-input", str(_eye(tmp_path)))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+    if change == "categories":
+        page.fill("#category-input", "drusen")
+        page.click("#category-add")
+        page.click("#classify-again")
+    else:
+        page.select_option("#classifier-picker", "referral")  # sends it again by itself
+    wait_for(page, "document.getElementById('message').dataset.code === 'busy'")
+    wait_for(page, "!document.body.dataset.busy")
+    assert len(sent) == 2
+    assert (b"drusen" if change == "categories" else b'name="classifier"') in sent[1]
+    assert page.is_hidden("#result") and not page.is_visible("#predictions li"), (
+        "the earlier answer is shown under settings it did not answer"
+    )
+    assert "busy" in page.inner_text("#message-title").lower()
+    # the same request may be sent again, and its answer is shown
+    assert page.get_attribute("#classify-again", "aria-disabled") == "false"
+    page.unroute("**/v1/classify")
+    _fake_classify(page)
+    page.click("#classify-again")
+    page.wait_for_selector("#predictions li")
+    assert page.is_visible("#result") and page.is_hidden("#message")
+
+
+# ----------------------------------------------------------------------------------- a refused file
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, "invalid_image"), (413, "payload_too_large"), (415, "unsupported_media_type")],
+)
+def test_find_similar_is_not_offered_for_a_file_the_service_refused(
+    signed_in: PageRecorder, service: Service, tmp_path: Path, status: int, code: str
+) -> None:
+    page = signed_in.page
+    page.route("**/v1/classify", lambda route: route.fulfill(**_error(status, code, f"refused ({code})")))
+    searches: list[str] = []
+    page.route(
+        "**/v1/search",
+        lambda route: (
+            searches.append(route.request.url),
+            route.fulfill(
+                status=200, content_type="application/json", body=json.dumps(_search_body([1], service.base))
+            ),
+        )[-1],
+    )
+    page.set_input_files("#file-input", str(_eye(tmp_path)))
+    wait_for(page, f"document.getElementById('message').dataset.code === '{code}'")
+    wait_for(page, "!document.body.dataset.busy")
+    assert page.is_disabled("#find-similar"), "the refused file can be sent again, to the search"
+    page.evaluate("document.getElementById('find-similar').click()")  # even when pressed by a script
+    page.wait_for_timeout(300)
+    assert searches == []
+    # another file: offered again
+    page.unroute("**/v1/classify")
+    _fake_classify(page)
+    page.set_input_files("#file-input", str(_eye(tmp_path, "other.png", (20, 90, 40))))
+    page.wait_for_selector("#predictions li")
+    assert page.is_enabled("#find-similar")
+
+
+def test_find_similar_is_not_offered_again_once_the_search_refused_the_file(
+    signed_in: PageRecorder, tmp_path: Path
+) -> None:
+    page = signed_in.page
+    _fake_classify(page)
+    searches: list[str] = []
+    page.route(
+        "**/v1/search",
+        lambda route: (
+            searches.append(route.request.url),
+            route.fulfill(**_error(400, "invalid_image", "cannot identify image file")),
+        )[-1],
+    )
+    page.set_input_files("#file-input", str(_eye(tmp_path)))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+    page.click("#find-similar")
+    wait_for(page, "document.getElementById('message').dataset.code === 'invalid_image'")
+    assert page.is_disabled("#find-similar")
+    assert len(searches) == 1
+
+
+# --------------------------------------------------------------------------------------- the preview
+def test_a_large_image_is_decoded_at_the_previews_size(signed_in: PageRecorder, tmp_path: Path) -> None:
+    """The preview decoded the whole image at full size, then shrank it: never the file without a resize."""
+    page = signed_in.page
+    _fake_classify(page)
+    page.evaluate(_RECORD_DECODES)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (3000, 2000), (0, 120, 0)).save(big)
+    page.set_input_files("#file-input", str(big))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy && window.__decodes.length > 0")
+    decodes = page.evaluate("window.__decodes")
+    assert all(d["options"] and d["options"].get("resizeWidth") for d in decodes), decodes
+    assert page.evaluate(
+        "[document.getElementById('preview').width, document.getElementById('preview').height]"
+    ) == [1024, 683]
+    assert page.get_attribute("#preview", "data-preview") == "image"
+
+
+def test_an_image_of_too_many_pixels_gets_no_preview(signed_in: PageRecorder, tmp_path: Path) -> None:
+    """A small file of very many pixels (a flat PNG compresses to almost nothing) is decoded to gigabytes."""
+    page = signed_in.page
+    _fake_classify(page)
+    page.evaluate(_RECORD_DECODES)
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (9000, 8000), 128).save(bomb)
+    assert bomb.stat().st_size < 2**20
+    page.set_input_files("#file-input", str(bomb))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+    assert page.evaluate("window.__decodes") == []
+    assert page.get_attribute("#preview", "data-preview") == "placeholder"
+    assert "No preview for an image this large (9000 × 8000 pixels)" in page.get_attribute(
+        "#preview", "aria-label"
+    )
+
+
+def test_a_huge_file_gets_no_preview_and_the_services_413_is_shown(
+    signed_in: PageRecorder, tmp_path: Path
+) -> None:
+    """Over 40 MB the file is not decoded in the browser at all; the service's limit (which no endpoint states)
+    answers in its own words."""
+    page = signed_in.page
+    page.evaluate(_RECORD_DECODES)
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as fh:
+        fh.write(_png((640, 480), (0, 0, 200)))
+        fh.write(b"\0" * (41 * 2**20))  # after IEND: still a PNG to a browser
+    assert huge.stat().st_size > MAX_UPLOAD_BYTES
+    page.set_input_files("#file-input", str(huge))
+    wait_for(page, "document.getElementById('message').dataset.code === 'payload_too_large'")
+    wait_for(page, "!document.body.dataset.busy")
+    assert page.evaluate("window.__decodes") == []
+    assert page.get_attribute("#preview", "data-preview") == "placeholder"
+    assert "No preview for a file this large (41 MB)" in page.get_attribute("#preview", "aria-label")
+    assert "too large" in page.inner_text("#message-title")
+    assert "KEEPFIT_MAX_UPLOAD_BYTES" in page.inner_text("#message-text")
+    assert page.is_disabled("#find-similar")
+
+
+# ---------------------------------------------------------------------------------------- a fit's answer
+def test_a_fit_answered_with_an_empty_body_is_a_success(signed_in: PageRecorder, tmp_path: Path) -> None:
+    page = signed_in.page
+    fake = FakeClassifiers(page)
+
+    def empty_fit(route: Any) -> None:
+        if route.request.method != "POST":
+            route.fallback()
+            return
+        fake.stored.append(FakeClassifiers.row("referral"))
+        route.fulfill(status=201, body="")
+
+    page.route(re.compile(r".*/v1/classifiers$"), empty_fit)
+    page.reload()
+    wait_for(page, "document.querySelector('#classifier-list li') !== null")
+    page.fill("#teach-name", "referral")
+    for label in ("referable", "not referable"):
+        page.fill("#teach-label", label)
+        page.click("#teach-add")
+    page.set_input_files(
+        '#teach-categories input[type=file][data-category="referable"]', [str(_eye(tmp_path))]
+    )
+    page.click("#teach-fit")
+    wait_for(page, "document.querySelectorAll('#classifier-list li[data-name]').length === 1")
+    wait_for(page, "!document.body.dataset.busy")
+    assert "failed" not in page.inner_text("#teach-status")
+    assert page.is_visible("#teach-result") and "referral is ready" in page.inner_text("#teach-result")
+    assert page.input_value("#classifier-picker") == "referral"
+
+
+# ------------------------------------------------------------------------------------------- readyz
+@pytest.mark.parametrize("artifact", ["null", "absent"])
+def test_a_readyz_without_its_artifact_still_fills_the_header(
+    recorder: PageRecorder, service: Service, artifact: str
+) -> None:
+    page = recorder.page
+    body: dict[str, Any] = {
+        "status": "ready",
+        "artifact": None,
+        "index": {"loaded": True, "count": 18, "artifact_version": None, "error": None},
+        "cache": None,
+        "reason": None,
+    }
+    if artifact == "absent":
+        del body["artifact"]
+    page.route(
+        "**/readyz",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(body)),
+    )
+    page.goto(f"{service.base}/")
+    wait_for(page, "!document.getElementById('service-status').textContent.startsWith('Connecting')")
+    status = page.inner_text("#service-status")
+    assert "not ready" not in status and "18 indexed images" in status, status
+    assert "bad" not in (page.get_attribute("#service-status", "class") or "")
+    assert page.get_attribute("#message", "data-code") != "error", page.inner_text("#message")
+
+
+# ------------------------------------------------------------------------------------------ warnings
+def test_warnings_of_any_code_are_shown(signed_in: PageRecorder, tmp_path: Path) -> None:
+    """`blurred_image` (new), `compressed_image` and a code this page has never heard of: each in its own words."""
+    page = signed_in.page
+    answer = _classify_body(64, 48)
+    answer["warnings"] = [
+        {"code": "blurred_image", "message": "the photograph looks out of focus"},
+        {"code": "compressed_image", "message": "a JPEG saved below quality 50"},
+        {"code": "some_future_code", "message": "something the next release will say"},
+    ]
+    page.route(
+        "**/v1/classify",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
+    )
+    page.set_input_files("#file-input", str(_eye(tmp_path)))
+    page.wait_for_selector("#predictions li")
+    items = page.eval_on_selector_all("#warnings li", "els => els.map(e => [e.dataset.code, e.textContent])")
+    assert [code for code, _ in items] == ["blurred_image", "compressed_image", "some_future_code"]
+    assert all(w["message"] in text for w, (_, text) in zip(answer["warnings"], items, strict=True))
+    assert page.is_visible("#warnings") and "3 warnings" in page.inner_text("#announce")
