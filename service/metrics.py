@@ -116,8 +116,20 @@ class _RefusedConnections(Collector):
         yield family
 
 
+# Served by the app but not in its OpenAPI schema: each its own label, not "unmatched" beside real 404s
+UNLISTED_ROUTES = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+# What may label a request's method: another (a client's own verb, which a server other than uvicorn's httptools
+# passes through) is "other", so no client can grow the metrics without bound
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
 class RouteLabels:
-    """Request path -> path template of the app's OpenAPI routes (``unmatched`` for anything else).
+    """Request path -> path template of the app's OpenAPI routes (``unmatched`` for anything else), the API docs
+    (:data:`UNLISTED_ROUTES`; their assets as ``/docs-assets``) and the front end's files (``/static``).
 
     Matched on the path itself rather than on router internals, which differ between FastAPI versions.
     """
@@ -130,7 +142,7 @@ class RouteLabels:
     def __call__(self, path: str) -> str:
         if self._exact is None:
             templates = self._templates()
-            self._exact = {t for t in templates if "{" not in t} | {"/"}
+            self._exact = {t for t in templates if "{" not in t} | {"/"} | UNLISTED_ROUTES
             self._patterns = [
                 (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(t)) + "$"), t)
                 for t in templates
@@ -143,6 +155,8 @@ class RouteLabels:
                 return template
         if path.startswith("/static/"):
             return "/static"
+        if path.startswith("/docs-assets/"):
+            return "/docs-assets"
         return "unmatched"
 
 
@@ -173,6 +187,6 @@ class MetricsMiddleware:
         finally:
             self.metrics.inflight.dec()
             template = self.route_labels(scope.get("path", ""))
-            method = scope.get("method", "GET")
+            method = method_label(scope.get("method", "GET"))
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)

@@ -76,6 +76,21 @@ def test_metrics_count_requests_stages_and_cache(api: TestClient, real_images: d
     assert 'route="/v1/images/{image_id}"' in api.get("/metrics").text
 
 
+def test_metrics_label_the_docs_as_themselves_and_bound_the_methods(api: TestClient) -> None:
+    """/docs, /redoc, the schema and the docs' assets were counted as route="unmatched" among real 404s; a verb a
+    client makes up is "other", so no client grows the metrics without bound."""
+    from service.metrics import RouteLabels, method_label
+
+    labels = RouteLabels(lambda: list(api.app.openapi()["paths"]))  # type: ignore[attr-defined]
+    assert [labels(p) for p in ("/docs", "/redoc", "/openapi.json", "/docs-assets/swagger-ui.css", "/nowhere")] == [
+        "/docs", "/redoc", "/openapi.json", "/docs-assets", "unmatched"
+    ]
+    assert [method_label(m) for m in ("GET", "POST", "PROPFIND", "X" * 40)] == ["GET", "POST", "other", "other"]
+    api.get("/openapi.json")
+    text = api.get("/metrics").text
+    assert 'keepfit_requests_total{method="GET",route="/openapi.json",status="200"}' in text
+
+
 def test_metrics_report_the_sizing_and_the_model_jobs_in_flight(api: TestClient) -> None:
     state, settings = api.app.state.service, api.app.state.settings  # type: ignore[attr-defined]
     text = api.get("/metrics").text
