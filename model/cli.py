@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ns = parser.parse_args(argv[:1])
     try:
-        setup_logging()
+        # a command's own --log-level / --log-format (keepfit serve's) beat the environment from the first line on:
+        # a bad KEEPFIT_LOG_FORMAT stopped `keepfit serve --log-format json` that overrides it
+        setup_logging(_flag_value(argv[1:], "--log-level"), _flag_value(argv[1:], "--log-format"))
     except KeepfitError as err:
         print(f"error: {err}", file=sys.stderr)  # noqa: T201
         return 2
@@ -153,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     return run_command(func, argv[1:])
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` (``--flag VALUE`` or ``--flag=VALUE``; the last one wins), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+    return value
 
 
 # ------------------------------------------------------------------------------ small torch-free commands

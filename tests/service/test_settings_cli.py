@@ -163,6 +163,30 @@ def test_serve_errors_are_one_line(
         get_settings.cache_clear()
 
 
+def test_serve_log_flags_beat_a_bad_environment_and_warn_is_a_level(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, default_artifact: Path
+) -> None:
+    """A bad KEEPFIT_LOG_FORMAT stopped `keepfit serve --log-format text`, which overrides it; KEEPFIT_LOG_LEVEL=warn
+    worked for every command but serve."""
+    assert make_settings(default_artifact, log_level="warn").log_level == "WARNING"
+    assert make_settings(default_artifact, log_level="fatal").log_level == "CRITICAL"
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.setenv("KEEPFIT_LOG_FORMAT", "xml")
+    get_settings.cache_clear()
+    try:
+        assert keepfit(["serve", "--log-format", "text", "--artifact", str(tmp_path / "nope")]) == 2
+        err = capsys.readouterr().err
+        assert "no artifact at" in err and "log format" not in err, err  # it got as far as the artifact
+        monkeypatch.setenv("KEEPFIT_LOG_FORMAT", "xml")  # serve passes its flags on through the environment
+        assert keepfit(["serve", "--log-format=text", "--artifact", str(tmp_path / "nope")]) == 2
+        assert "no artifact at" in capsys.readouterr().err
+        monkeypatch.setenv("KEEPFIT_LOG_FORMAT", "xml")  # serve passes its flags on through the environment
+        assert keepfit(["serve", "--artifact", str(tmp_path / "nope")]) == 2  # without the flag: the env's error
+        assert "unknown log format 'xml' (KEEPFIT_LOG_FORMAT)" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("cores", "workers", "cores_each", "runs", "threads"),
     [
