@@ -40,7 +40,8 @@ def test_every_service_has_a_memory_limit_above_its_measured_peak() -> None:
 def test_the_apis_settings_are_settings_with_the_services_own_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """A KEEPFIT_ variable in the API's environment is a setting, and where compose gives it a default, it means
     the service's own: the deployment behaves as the README's settings table says unless an operator changes it
-    (the one exception, on purpose: the index is optional until the index profile has built it)."""
+    (the exceptions, on purpose: the index is optional until the index profile has built it, and the cache is the
+    compose file's own Redis unless .env names another)."""
     from service.settings import Settings
 
     for variable in [v for v in os.environ if v.startswith("KEEPFIT_")]:
@@ -54,8 +55,8 @@ def test_the_apis_settings_are_settings_with_the_services_own_defaults(monkeypat
         name = variable.removeprefix("KEEPFIT_").lower()
         assert name in Settings.model_fields, f"{variable} is not a setting"
         expr = str(expr)
-        if not expr.startswith("${") or expr.endswith(":-}") or name == "index_optional":
-            continue  # set by the deployment itself, empty (the service's default), or the exception above
+        if not expr.startswith("${") or expr.endswith(":-}") or name in ("index_optional", "redis_url"):
+            continue  # set by the deployment itself, empty (the service's default), or the exceptions above
         monkeypatch.setenv(variable, _default(expr))
         assert getattr(Settings(_env_file=None), name) == getattr(own, name), variable  # type: ignore[call-arg]
         monkeypatch.delenv(variable)
