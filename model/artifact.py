@@ -340,9 +340,13 @@ def replace_knowledge(path: str | Path, knowledge: dict[str, Any]) -> str:
     Knowledge(knowledge)  # the same checks a reader makes
     staging = staging_dir(path)
     try:
-        for file in path.iterdir():
-            if file.is_file() and file.name not in (MANIFEST, "knowledge.json"):
-                shutil.copy2(file, staging / file.name)
+        for entry in path.iterdir():  # what the manifest lists, and what else the operator keeps here
+            if entry.name in (MANIFEST, "knowledge.json"):
+                continue
+            if entry.is_dir():  # a folder of notes or reports: the swap below dropped it with the old version
+                shutil.copytree(entry, staging / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
         atomic_write_json(staging / "knowledge.json", knowledge)
         manifest = dict(artifact.manifest)
         files = dict(manifest["files"])

@@ -21,6 +21,9 @@ from training.augment import AugmentConfig
 
 STAGES = ("text", "hybrid")
 ELITE_TEXTS = ("composed", "atlas")
+# cached views per image: the feature store holds [images, views, C, h, w] in memory (fp16) and computes every
+# view of every image when built; past this, more augmented copies add memory and time, not data
+MAX_VIEWS = 64
 STAGE_LOSSES: dict[str, tuple[str, ...]] = {"hybrid": ("public", "elite", "kt", "gen"), "text": ("mlm", "knowledge")}
 LOSSES = (*STAGE_LOSSES["hybrid"], *STAGE_LOSSES["text"])
 
@@ -142,8 +145,9 @@ class TrainConfig:
         for name in ("seed", "data_seed"):  # torch.manual_seed's ValueError on a larger one was a traceback
             if not -(2**63) <= getattr(self, name) < 2**63:
                 raise ConfigError(f"{name} must be a 64-bit whole number, got {getattr(self, name)}")
-        if self.views < 1:
-            raise ConfigError(f"views must be >= 1, got {self.views}")
+        if not 1 <= self.views <= MAX_VIEWS:  # 10**9 was accepted: the cache build would never end (or fit)
+            raise ConfigError(f"views must be between 1 and {MAX_VIEWS} (each view is one more pass over every "
+                              f"training image and one more copy of its feature maps in memory), got {self.views}")
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -189,18 +189,14 @@ def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[in
     _distinct_splits({"--train-split": train_split, "--split": a.split}, "the queries would be among the support")
     embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     train = _load(runtime, a, train_split)
-    have = np.bincount(train.labels, minlength=len(train.classes))  # [C]
-    if max(shots) > have.min():
-        short = int(np.argmin(have))
-        from model.errors import DataError
-
-        raise DataError(f"--shots {max(shots)} is more than the {int(have[short])} images of "
-                        f"{train.classes[short]!r} in split {train_split!r}: every draw would be the same support")
+    _enough_shots(shots, train, train_split)  # before any embedding: the rows' count
     test = _load(runtime, a, a.split)
     test = EvalSet(test.name, test.paths, np.asarray([train.classes.index(test.classes[y]) if test.classes[y] in
                    train.classes else -1 for y in test.labels]), train.classes, test.modality, test.skipped)
     test = test.subset(test.labels >= 0)
+    rows = np.bincount(train.labels, minlength=len(train.classes))
     x_tr, train = _embed(embedder, train, "embedding support")
+    _enough_shots(shots, train, train_split, rows)  # again: unreadable images are not support
     x_te, test = _embed(embedder, test, "embedding queries")
     result = few_shot_metrics((x_tr, train.labels), (x_te, test.labels), train.classes, shots, repeats)
     payload = {"command": "few-shot", "manifest": str(a.manifest), "label_column": a.label_column,
@@ -215,6 +211,22 @@ def run_few_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, shots: list[in
     write_report(out, payload, "\n".join(lines) + "\n")
     payload["text"] = "  ".join(f"{k}-shot {result[f'{k}-shot']['balanced_accuracy']:.3f}" for k in shots)
     return payload
+
+
+def _enough_shots(shots: list[int], train: EvalSet, split: str, rows: np.ndarray | None = None) -> None:
+    """Refuse ``--shots`` above the support images of a class (every draw would be the same support); ``rows``:
+    each class's rows before unreadable images were dropped, to say how many were."""
+    from model.errors import DataError
+
+    have = np.bincount(train.labels, minlength=len(train.classes))  # [C]
+    if max(shots) <= have.min():
+        return
+    short = int(np.argmin(have))
+    lost = 0 if rows is None else int(rows[short] - have[short])
+    readable = f"{int(have[short])} readable images" if lost else f"{int(have[short])} images"
+    unreadable = f" ({lost} unreadable skipped)" if lost else ""
+    raise DataError(f"--shots {max(shots)} is more than the {readable} of {train.classes[short]!r} in split "
+                    f"{split!r}{unreadable}: every draw would be the same support")
 
 
 def run_linear_probe(runtime: KeepfitRuntime, a: TaskArgs, out: Path, train_split: str, val_split: str,

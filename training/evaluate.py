@@ -458,11 +458,17 @@ def few_shot_metrics(
     shots: Sequence[int] = (1, 5, 10), repeats: int = 10, seed: int = 0,
 ) -> dict[str, Any]:
     """Nearest class prototype (mean of k support embeddings per class, cosine), averaged over ``repeats``
-    random draws of the support set from train.  A class with fewer than k train images uses all it has."""
+    random draws of the support set from train.  A class with fewer than k train images uses all it has; one with
+    none is a :class:`DataError` (an all-zero prototype won every query whose other cosines were negative)."""
     from training.metrics import balanced_accuracy
 
     rng = np.random.default_rng(seed)
     x, y = train
+    have = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(classes))[: len(classes)]
+    if not have.all():
+        empty = [repr(classes[c]) for c in np.flatnonzero(have == 0)]
+        raise DataError(f"few-shot needs train images of every class; none of {', '.join(empty)} (of "
+                        f"{len(classes)} classes) is among the {len(y)} support images")
     out: dict[str, Any] = {"n": int(len(test[1])), "classes": list(classes), "repeats": repeats}
     for k in shots:
         scores = []
@@ -470,9 +476,6 @@ def few_shot_metrics(
             protos = []
             for c in range(len(classes)):
                 idx = np.flatnonzero(y == c)
-                if len(idx) == 0:
-                    protos.append(np.zeros(x.shape[1]))
-                    continue
                 pick = rng.choice(idx, size=min(k, len(idx)), replace=False)
                 protos.append(x[pick].mean(axis=0))
             p = np.stack(protos)

@@ -172,11 +172,37 @@ def build_feature_store(
 
 
 def _read_cache(cache_file: Path | None) -> dict[str, tuple[str, Tensor]]:
-    """``resolved path -> (file stamp, feature maps [V, C, h, w])`` of a feature cache file ({} when absent)."""
+    """``resolved path -> (file stamp, feature maps [V, C, h, w])`` of a feature cache file ({} when absent).
+
+    The file is derived data (its name keys everything that determines it): one that is not a readable cache
+    (truncated, damaged, of another format) is said in one warning and computed again, which writes it anew; a
+    file the system refuses to read (permissions) is that ``OSError``.
+    """
     if cache_file is None or not cache_file.is_file():
         return {}
-    blob = torch.load(cache_file, map_location="cpu", weights_only=False)
-    return {p: (s, blob["feats"][i]) for i, (p, s) in enumerate(zip(blob["paths"], blob["stamps"], strict=True))}
+    try:
+        # tensors, strings and lists only: never unpickle code from a (shared) cache folder
+        blob = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or not {"paths", "stamps", "feats"} <= set(blob):
+            raise ValueError("not a feature cache of this format: no paths, stamps and feats")
+        paths, stamps, feats = blob["paths"], blob["stamps"], blob["feats"]
+        if not (isinstance(paths, list) and isinstance(stamps, list) and isinstance(feats, Tensor)
+                and feats.ndim == 5 and len(paths) == len(stamps) == len(feats)
+                and all(isinstance(x, str) for x in [*paths, *stamps])):
+            raise ValueError("not a feature cache of this format")
+    except OSError as err:
+        if err.errno is not None:
+            raise
+        blob = None
+        reason = str(err)
+    except Exception as err:  # noqa: BLE001 - whatever torch.load raises for a damaged file
+        blob = None
+        reason = (str(err).strip().splitlines() or [err.__class__.__name__])[0][:200]
+    if blob is None:
+        logger.warning("feature cache %s is unreadable (%s): computing it again (it is rewritten)", cache_file,
+                       reason)
+        return {}
+    return {p: (s, feats[i]) for i, (p, s) in enumerate(zip(paths, stamps, strict=True))}
 
 
 def _write_cache(cache_file: Path, cached: dict[str, tuple[str, Tensor]]) -> None:

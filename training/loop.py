@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from model.errors import ConfigError, TrainingDivergedError
+from model.errors import CheckpointError, ConfigError, TrainingDivergedError
 from model.files import atomic_write_text
 from model.logs import progress_bars
 from model.nn.factory import load_state, read_checkpoint, save_checkpoint
@@ -127,6 +128,10 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
                 "best_step": best_step, "task_state": task.extra_state(), "stats": task.stats,
                 "train_time": train_time, "train_pairs": pairs, **(meta or {})}
 
+    if payload is not None:  # best.pt must hold the weights of the resumed history's best step (or be absent)
+        _reconcile_best(best_path, best_step, start,
+                        lambda: save_checkpoint(best_path, task.model, task.tokenizer, **checkpoint_extra(start)))
+
     def run_eval(step: int) -> None:
         nonlocal best_score, best_step
         t0 = time.perf_counter()
@@ -200,6 +205,28 @@ def _deliver(task: Task, cfg: TrainConfig, best_path: Path, best_step: int, fina
         selected = best_step
     save_checkpoint(final, task.model, task.tokenizer, **extra, selected_step=selected)
     return selected
+
+
+def _reconcile_best(best_path: Path, best_step: int, start: int, save_best: Callable[[], Any]) -> None:
+    """On resume, keep ``best.pt`` only if it holds the resumed best step: one saved after ``last.pt`` (the run
+    stopped in between) is of a step the resumed history does not hold, and ``select=best`` delivered it as
+    model.pt under the older ``best_step``.  When the best step is last.pt's own (its weights are the ones just
+    loaded), best.pt is written again from them; otherwise those weights are gone and a later better validation
+    writes best.pt anew (without one model.pt holds the end of the schedule, and says so)."""
+    held = None
+    if best_path.is_file():
+        try:
+            held = int(read_checkpoint(best_path).get("step", -1))
+        except (CheckpointError, TypeError, ValueError):
+            held = None
+        if held == best_step:
+            return
+        logger.warning("%s holds %s, not the best step %d of the resumed history (it was saved after last.pt, "
+                       "before the run stopped): dropped", best_path,
+                       "no readable step" if held is None else f"step {held}", best_step)
+        best_path.unlink()
+    if best_step == start:
+        save_best()
 
 
 @dataclass

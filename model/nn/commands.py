@@ -174,6 +174,12 @@ def import_main(argv: list[str]) -> int:
     p.add_argument("--config", default="keepfit-v2-resnet50-bert")
     args = p.parse_args(argv)
 
+    # the published weights (or the tokenizer) replaced by the converted checkpoint: refused before anything is read
+    for flag, source in (("--weights", args.weights), ("--tokenizer", args.tokenizer)):
+        if source.resolve() == args.out.resolve() or (source.is_file() and args.out.is_file()
+                                                       and source.samefile(args.out)):  # a hard link too
+            raise CheckpointError(f"--out {args.out} is the {flag} file it is converted from: give another "
+                                  "--out (nothing was changed)")
     if not args.weights.is_file():
         raise CheckpointError(f"weights file not found: {args.weights}")
     try:

@@ -153,6 +153,21 @@ def test_replace_knowledge_gives_a_new_verified_version(default_artifact: Path, 
         replace_knowledge(art, data)
 
 
+def test_replace_knowledge_keeps_what_else_the_artifact_folder_holds(default_artifact: Path, tmp_path: Path) -> None:
+    """The folder is swapped for the new version: a folder of the operator's notes in it was lost with the old one
+    (only files were carried over)."""
+    art = tmp_path / "art"
+    shutil.copytree(default_artifact, art)
+    (art / "old_report.md").write_text("a report of another version")
+    (art / "notes").mkdir()
+    (art / "notes" / "site.txt").write_text("calibrated on our camera")
+    listed = set(load_artifact(art).manifest["files"])
+    replace_knowledge(art, json.loads((art / "knowledge.json").read_text()))
+    assert (art / "notes" / "site.txt").read_text() == "calibrated on our camera"
+    assert (art / "old_report.md").read_text() == "a report of another version"
+    assert set(load_artifact(art).manifest["files"]) == listed  # still unlisted: not part of the sealed artifact
+
+
 def test_the_version_covers_the_knowledge(tmp_path: Path) -> None:
     """Same weights, other knowledge: another version, so no cache mixes their answers."""
     from model.artifact import build_manifest

@@ -334,3 +334,35 @@ def test_unseen_site_is_refused_for_a_model_trained_on_it_and_for_bad_splits(
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_few_shot_counts_the_shots_after_unreadable_images_are_dropped(
+    tiny_artifact: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--shots was checked against the rows before unreadable images were dropped: a class left with fewer
+    readable support images than --shots was drawn from all it had, every draw the same, without a word."""
+    src = data_root / "ffa_huapu4" / "labels.csv"
+    rows = [r for r in csv.DictReader(src.open(newline="")) if r["task"] == "disease_diagnosis"]
+    picked = []
+    for label in sorted({r["label"] for r in rows}):
+        picked += [r for r in rows if r["label"] == label and r["split"] == "train"][:3]
+        picked += [r for r in rows if r["label"] == label and r["split"] == "test"][:1]
+    for r in picked:
+        r["path"] = str((src.parent / r["path"]).resolve())
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a JPEG")
+    victim = next(r for r in picked if r["split"] == "train")
+    victim["path"] = str(broken)
+    manifest = tmp_path / "ffa.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(picked[0]))
+        w.writeheader()
+        w.writerows(picked)
+    common = ["eval", "few-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest), "--label-column",
+              "label", "--repeats", "2"]
+    code = keepfit([*common, "--shots", "3", "--out", str(tmp_path / "f3")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--shots 3 is more than the 2 readable images of {victim['label']!r}" in err and "unreadable" in err, err
+    assert not (tmp_path / "f3").exists()
+    assert keepfit([*common, "--shots", "2", "--out", str(tmp_path / "f2")]) == 0

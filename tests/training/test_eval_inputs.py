@@ -12,7 +12,7 @@ import pytest
 from model.cli import main as keepfit
 from model.errors import DataError
 from training.evalcmd import COMPARE_COLUMNS, UNSEEN_COLUMNS
-from training.evaluate import linear_probe_metrics
+from training.evaluate import few_shot_metrics, linear_probe_metrics
 
 
 def test_linear_probe_with_one_training_class_is_a_data_error() -> None:
@@ -24,6 +24,19 @@ def test_linear_probe_with_one_training_class_is_a_data_error() -> None:
     two_classes = (x, np.asarray([0, 1, 0, 1, 0, 1]))
     with pytest.raises(DataError, match="at least 2 classes.*only 'normal' of normal, glaucoma"):
         linear_probe_metrics(one_class, two_classes, two_classes, ["normal", "glaucoma"])
+
+
+def test_few_shot_with_a_class_without_train_images_is_a_data_error() -> None:
+    """An all-zero prototype (a class with no support images) has cosine 0 with every query: it won every query
+    whose other cosines were negative, and few_shot_metrics reported that as the model's accuracy."""
+    support = (np.asarray([[1.0, 0.0], [1.0, 0.1]]), np.asarray([0, 0]))
+    queries = (np.asarray([[-1.0, 0.0], [-1.0, 0.2]]), np.asarray([0, 0]))  # both nearer 'normal' than nothing
+    with pytest.raises(DataError, match="every class; none of 'glaucoma' \\(of 2 classes\\)"):
+        few_shot_metrics(support, queries, ["normal", "glaucoma"], shots=(1,), repeats=1)
+    both = (np.asarray([[1.0, 0.0], [0.0, 1.0]]), np.asarray([0, 1]))
+    near = (np.asarray([[1.0, 0.2], [0.1, 1.0]]), np.asarray([0, 1]))
+    assert few_shot_metrics(both, near, ["normal", "glaucoma"], shots=(1,), repeats=1)["1-shot"][
+        "balanced_accuracy"] == 1.0
 
 
 def test_record_into_a_file_that_is_no_checkpoint_is_refused_before_the_evaluation(

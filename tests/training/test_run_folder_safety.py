@@ -35,6 +35,9 @@ def _digest(path: Path) -> str:
         ({"augment": {"scale": [1.0]}}, "augment.scale must be a list of 2 numbers"),
         ({"losses": {"mlm": "1"}}, "losses.mlm must be a number"),
         ({"warmup_steps": -5}, "warmup_steps must be >= 0"),  # trained with a meaningless schedule
+        ({"views": 10**9}, "views must be between 1 and 64"),  # accepted: the feature cache never finished
+        ({"views": 65}, "views must be between 1 and 64"),
+        ({"views": 0}, "views must be between 1 and 64"),
         # no loss term at all: a RuntimeError traceback once the model was built
         ({"losses": {"public": 0, "elite": 0, "kt": 0, "gen": 0}}, "every loss term of stage hybrid"),
         ({"stage": "text", "losses": {"mlm": 0, "knowledge": 0}}, "every loss term of stage text"),
