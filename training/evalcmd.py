@@ -21,7 +21,7 @@ import numpy as np
 
 from model.files import atomic_write_json, atomic_write_text
 from model.knowledge import Knowledge
-from model.preprocess import COMPRESSED_BELOW, file_jpeg_quality
+from model.preprocess import BLURRED_BELOW, COMPRESSED_BELOW, blurred, file_jpeg_quality
 from model.runtime import KeepfitRuntime
 from training.evaluate import (
     ATLAS_PAIRS,
@@ -110,7 +110,7 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({s.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
-    files = image_files(s.paths)
+    files = image_files(s.paths, embedder.sharpness, s.modality)
     payload = {"command": "zero-shot", "manifest": str(a.manifest), "label_column": a.label_column,
                "modality": s.modality, "split": a.split, **result, "image_files": files, **_skips(s, embedder)}
     lines = _header(runtime, f"Zero-shot: {a.label_column}") + _classification_md(result) + [
@@ -120,25 +120,40 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     return payload
 
 
-def image_files(paths: Sequence[Path]) -> dict[str, Any]:
-    """How the evaluated images are stored: how many are JPEGs, their estimated quality
-    (:func:`model.preprocess.jpeg_quality`, from each file's header), and how many were saved below
-    :data:`model.preprocess.COMPRESSED_BELOW`, where the service warns that answers are unreliable."""
+def image_files(
+    paths: Sequence[Path], sharpness: dict[Path, float | None] | None = None, modality: str | None = None
+) -> dict[str, Any]:
+    """How the evaluated images are stored and taken: how many are JPEGs, their estimated quality
+    (:func:`model.preprocess.jpeg_quality`, from each file's header), how many were saved below
+    :data:`model.preprocess.COMPRESSED_BELOW`, and, for photographs (``modality`` CFP) whose ``sharpness`` was
+    measured, how many look out of focus (:func:`model.preprocess.blurred`): where the service warns that answers
+    are unreliable (``compressed_image``, ``blurred_image``)."""
     qualities = [q for q in (file_jpeg_quality(p) for p in paths) if q is not None]
-    return {"n": len(paths), "jpeg": len(qualities),
-            "jpeg_quality_median": float(np.median(qualities)) if qualities else None,
-            "jpeg_quality_min": min(qualities) if qualities else None,
-            "compressed_below": COMPRESSED_BELOW, "compressed": sum(q < COMPRESSED_BELOW for q in qualities)}
+    out: dict[str, Any] = {
+        "n": len(paths), "jpeg": len(qualities),
+        "jpeg_quality_median": float(np.median(qualities)) if qualities else None,
+        "jpeg_quality_min": min(qualities) if qualities else None,
+        "compressed_below": COMPRESSED_BELOW, "compressed": sum(q < COMPRESSED_BELOW for q in qualities),
+    }
+    measured = [sharpness[p] for p in paths if p in sharpness] if sharpness else []
+    if measured and blurred(0.0, modality):  # the bar holds for this modality
+        out["blurred_below"] = BLURRED_BELOW
+        out["blurred"] = sum(blurred(v, modality) for v in measured)
+    return out
 
 
 def _image_files_text(files: dict[str, Any]) -> str:
     if not files["jpeg"]:
-        return f"image files: none of the {files['n']} is a JPEG"
-    text = (f"image files: {files['jpeg']} of {files['n']} are JPEGs, estimated quality median "
-            f"{files['jpeg_quality_median']:g}, lowest {files['jpeg_quality_min']}")
+        text = f"image files: none of the {files['n']} is a JPEG"
+    else:
+        text = (f"image files: {files['jpeg']} of {files['n']} are JPEGs, estimated quality median "
+                f"{files['jpeg_quality_median']:g}, lowest {files['jpeg_quality_min']}")
     if files["compressed"]:
         text += (f"; {files['compressed']} saved below quality {files['compressed_below']}, where compression changes "
                  "many answers (the service warns: compressed_image)")
+    if files.get("blurred"):
+        text += (f"; {files['blurred']} photographs look out of focus (sharpness below {files['blurred_below']}), "
+                 "where defocus changes many answers (the service warns: blurred_image)")
     return text
 
 

@@ -303,19 +303,39 @@ class ImageEmbedder:
     """Embeds image files once per process (a path is embedded once even when several tasks use it)."""
 
     def __init__(
-        self, encode: Callable[[list[Any]], np.ndarray], batch_size: int = 32, size: int | None = None
+        self,
+        encode: Callable[[list[Any]], np.ndarray],
+        batch_size: int = 32,
+        size: int | None = None,
+        measure: Callable[[list[Any]], list[float | None]] | None = None,
     ) -> None:
         self.encode = encode
         self.size = size  # the model input side: decode only what it needs
         self.batch_size = batch_size
         self.cache: dict[Path, np.ndarray] = {}
         self.report = LoadReport()
+        # what the service measures of each picture besides its embedding (its sharpness), by path
+        self.measure = measure
+        self.sharpness: dict[Path, float | None] = {}
 
     @classmethod
     def of_runtime(cls, runtime: Any, batch_size: int = 32) -> ImageEmbedder:
-        """Through an artifact's ONNX image encoder, decoding each image as the service does (sized to the model)."""
-        return cls(lambda images: runtime.encode_images(images, batch_size=batch_size), batch_size,
-                   size=runtime.preprocess_cfg.image_size)
+        """Through an artifact's ONNX image encoder, decoding each image as the service does (sized to the model),
+        and measuring its sharpness as the service does (:func:`model.preprocess.sharpness`)."""
+        from model.preprocess import sharpness, upright_original_size
+
+        cfg = runtime.preprocess_cfg
+        last: list[np.ndarray] = []  # the batch's model inputs, preprocessed once for both
+
+        def encode(images: list[Any]) -> np.ndarray:
+            pixels = runtime.preprocess(images)  # [B, 3, S, S]: as encode_images batches them
+            last[:] = [pixels]
+            return np.asarray(runtime.encode_pixels(pixels).embeddings)
+
+        def measure(images: list[Any]) -> list[float | None]:
+            return [sharpness(p, upright_original_size(im), cfg) for p, im in zip(last[0], images, strict=True)]
+
+        return cls(encode, batch_size, size=cfg.image_size, measure=measure)
 
     def __call__(self, paths: Sequence[Path], desc: str = "embedding images") -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings [n_ok, D], ok [N] bool)``; unreadable images are skipped and counted."""
@@ -324,9 +344,13 @@ class ImageEmbedder:
 
         def flush() -> None:
             if batch:
-                emb = self.encode([im for _, im in batch])
+                images = [im for _, im in batch]
+                emb = self.encode(images)
                 for (p, _), e in zip(batch, emb, strict=True):
                     self.cache[p] = e
+                if self.measure is not None:
+                    for (p, _), value in zip(batch, self.measure(images), strict=True):
+                        self.sharpness[p] = value
                 batch.clear()
 
         for i, image in tqdm(iter_images(todo, self.report, self.size), total=len(todo), desc=desc, unit="img",

@@ -99,6 +99,49 @@ def test_zero_shot_report_counts_strongly_compressed_images(tiny_artifact: Path,
             in (out / "report.md").read_text())
 
 
+def test_zero_shot_report_counts_photographs_out_of_focus(tiny_artifact: Path, data_root: Path,
+                                                          tmp_path: Path) -> None:
+    """A clinic's photographs out of focus (what the service warns of as blurred_image) are counted in the report,
+    as the service measures them; a set of B-scans is not judged."""
+    from PIL import Image, ImageFilter
+
+    from model.preprocess import blurred, load_image, preprocess, sharpness, upright_original_size
+
+    rows = []
+    for label in ("diabetic macular edema", "no diabetic macular edema"):
+        rows += [r for r in csv.DictReader((data_root / "cfp_oct_mx" / "labels.csv").open())
+                 if r["modality"] == "CFP" and r["split"] == "test" and r["dme"] == label][:4]
+    for i, r in enumerate(rows):  # three defocused by sigma 3 px of the tiny test model's 64 px input
+        image = Image.open(data_root / "cfp_oct_mx" / r["path"]).convert("RGB")
+        if i < 3:
+            image = image.filter(ImageFilter.GaussianBlur(3.0 * max(image.size) / 64))
+        r["path"] = str(tmp_path / f"{i}.png")
+        image.save(r["path"])
+    manifest = tmp_path / "cfp.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cfg = KeepfitRuntime.from_artifact(tiny_artifact).preprocess_cfg
+    decoded = [load_image(r["path"], size=cfg.image_size) for r in rows]
+    flags = [blurred(sharpness(preprocess(im, cfg), upright_original_size(im), cfg), "CFP") for im in decoded]
+    assert sum(flags[:3]) >= 2 and not any(flags[3:]), flags  # (the bar is a 224 px input's: at 64 px, roughly)
+    out = tmp_path / "zs"
+    assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest),
+                      "--label-column", "dme", "--modality", "CFP", "--out", str(out)]) == 0
+    files = json.loads((out / "report.json").read_text())["image_files"]
+    assert (files["n"], files["blurred"], files["blurred_below"]) == (8, sum(flags), 0.12), files
+    assert f"{sum(flags)} photographs look out of focus (sharpness below 0.12)" in (out / "report.md").read_text()
+    as_oct = tmp_path / "as-oct.csv"  # the same pictures labelled as B-scans: the bar is a photograph's
+    with as_oct.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "modality": "OCT"} for r in rows])
+    assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(as_oct),
+                      "--label-column", "dme", "--modality", "OCT", "--out", str(tmp_path / "as-oct")]) == 0
+    assert "blurred" not in json.loads((tmp_path / "as-oct" / "report.json").read_text())["image_files"]
+
+
 def test_zero_shot_decides_as_the_service_and_says_so(tiny_artifact: Path, oct_manifest: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """A label set with normal and two other classes is screened, as /v1/classify screens it; --decision flat
