@@ -38,6 +38,7 @@ from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
+    FEATURELESS_BELOW,
     JPEG_QUALITY,
     ReadableFile,
     blurred,
@@ -111,8 +112,8 @@ class EncodedImage(NamedTuple):
 # all the same, as any input does, and a warning that they say nothing; its heat maps are not localised.  The
 # darkest photographs of the data sets vary from 2.3 (cfp_oct_mx 0044_oi_f_1.jpg: 2.29), and it darkened to
 # 70 % by 1.4, to 50 % by 1.04 (python -m service.benchmarks.featureless): a real eye must never be called
-# blank, so the bar is below them.
-FEATURELESS_BELOW = 1.0
+# blank, so the bar is below them.  FEATURELESS_BELOW (imported above) lives in model.preprocess, whose sharpness
+# does not judge such an image either.
 
 # A modality the image was recognised as with less than this probability is a guess (`modality_uncertain`). On the
 # val and test splits of the data sets (1,009 images) it flags 8: five of the six the check gets wrong (infrared
@@ -419,7 +420,7 @@ class Engine:
             with timings.stage("preprocess"):
                 pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
                 spread = detail(pixels[0], upright, self.runtime.preprocess_cfg)
-                sharp = sharpness(pixels[0], upright, self.runtime.preprocess_cfg)
+                sharp = sharpness(pixels[0], upright, self.runtime.preprocess_cfg, spread)
             del image
         with timings.stage("inference"):
             # embeddings [1, D], tokens [1, h*w, D]

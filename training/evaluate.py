@@ -490,7 +490,7 @@ def few_shot_metrics(
     x, y = train
     have = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(classes))[: len(classes)]
     if not have.all():
-        empty = [repr(classes[c]) for c in np.flatnonzero(have == 0)]
+        empty = [repr(classes[int(c)]) for c in np.flatnonzero(have == 0)]
         raise DataError(f"few-shot needs train images of every class; none of {', '.join(empty)} (of "
                         f"{len(classes)} classes) is among the {len(y)} support images")
     out: dict[str, Any] = {"n": int(len(test[1])), "classes": list(classes), "repeats": repeats}

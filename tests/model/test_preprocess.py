@@ -495,6 +495,7 @@ def test_sharpness_falls_with_defocus_and_holds_under_exposure_and_size(real_ima
 
     from model.preprocess import BLURRED_BELOW, blurred
 
+    caught = 0
     for path in real_image_paths["CFP"][:3]:
         image = load_image(path).convert("RGB")
         clean = _sharpness_of(image)
@@ -504,16 +505,45 @@ def test_sharpness_falls_with_defocus_and_holds_under_exposure_and_size(real_ima
             return _sharpness_of(image.filter(ImageFilter.GaussianBlur(sigma * max(image.size) / 224)))
 
         one, two = defocused(1.0), defocused(2.0)
-        assert one is not None and two is not None and two < one < 0.6 * clean, (path.name, clean, one, two)
-        assert blurred(two, "CFP") and not blurred(clean, "CFP")
+        assert one is not None and one < 0.6 * clean and (two is None or two < one), (path.name, clean, one, two)
+        # a dim eye (the third) defocused by 2 px is too dim to tell from 8-bit rounding: not judged either way
+        caught += two is not None
+        assert (two is None or blurred(two, "CFP")) and not blurred(clean, "CFP")
         assert not blurred(two, "OCT") and not blurred(two, "FFA")  # measured on photographs only
         # both terms scale with the exposure; rounding the darker picture to 8 bits again adds a little detail
         darker = _sharpness_of(Image.eval(image, lambda v: int(v * 0.5)))
         assert darker is not None and 0.9 * clean < darker < 1.5 * clean, (path.name, clean, darker)
         larger = _sharpness_of(image.resize((image.width * 3, image.height * 3), Image.Resampling.LANCZOS))
         assert larger == pytest.approx(clean, rel=0.15), (path.name, clean, larger)
+    assert caught >= 2
+
+
+def test_an_underexposed_photograph_in_focus_is_not_called_blurred(real_image_paths: dict[str, list]) -> None:
+    """A sharp photograph at a third to a tenth of its exposure: a smooth, dim eye rounds to flat steps, whose
+    Laplacian is less than the independent rounding noise taken out, so it scored 0 (blurred_image on a photograph
+    in focus). Too dim to tell: not measured; a dim eye that is plainly sharp keeps its value."""
+    from model.preprocess import blurred
+
+    for path in real_image_paths["CFP"][:4]:
+        image = load_image(path).convert("RGB")
+        assert not blurred(_sharpness_of(image), "CFP"), path.name
+        for factor in (0.3, 0.15, 0.1):
+            darker = _sharpness_of(Image.eval(image, lambda v, f=factor: int(round(v * f))))
+            assert not blurred(darker, "CFP"), (path.name, factor, darker)
+    dim = load_image(real_image_paths["CFP"][2]).convert("RGB")  # a dim photograph of the darker sub-collection
+    assert _sharpness_of(dim) is not None and _sharpness_of(Image.eval(dim, lambda v: int(v * 0.5))) is not None
 
 
 def test_sharpness_is_not_measured_without_an_eye() -> None:
     assert _sharpness_of(Image.new("RGB", (640, 480))) is None  # black: no eye
     assert _sharpness_of(Image.new("RGB", (640, 480), (150, 60, 20))) is None  # one colour: nothing varies
+    # a small smooth blob on black is a blank frame (featureless_image), not a photograph out of focus: it scored
+    # 0.04, so `keepfit index search --image` (and index build's count) called a DICOM photograph of it blurred
+    from model.preprocess import FEATURELESS_BELOW, detail
+
+    yy, xx = np.mgrid[0:400, 0:400]
+    glow = np.exp(-((xx - 200) ** 2 + (yy - 200) ** 2) / (2 * 16.0**2))[..., None]  # [400, 400, 1]
+    blob = Image.fromarray(np.where(glow > 0.05, glow * [230.0, 120.0, 40.0], 0).round().astype(np.uint8))
+    cfg = PreprocessConfig()
+    assert detail(preprocess(blob, cfg), blob.size, cfg) < FEATURELESS_BELOW
+    assert _sharpness_of(blob) is None
