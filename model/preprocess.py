@@ -621,6 +621,9 @@ _ROUNDING_LAPLACIAN_VAR = 20.0 / 12.0
 # scored 0 (28 / 111 / 235 of 613 val and test photographs in focus, at x0.3 / x0.15 / x0.1; 0 / 0 / 1 with this).
 # A dim eye that is plainly sharp keeps its value; no photograph of the data sets flagged as it is spreads below 15.
 _SHARPNESS_MIN_SPREAD = 6.0
+# a picture whose longer side is less than the input's over this is enlarged so much that it looks soft whatever
+# its focus (48 px scored 0.095, "retake it in focus"): not judged; 150 px enlarged scores 0.35
+_UPSCALED_OVER = 2.0
 _DIM_LAPLACIAN_VAR = 1.5 * _ROUNDING_LAPLACIAN_VAR
 
 
@@ -640,7 +643,10 @@ def sharpness(
     None when the eye covers fewer than 400 pixels or does not vary (a blank frame: :func:`detail`), or is too dim
     to tell a soft eye from 8-bit rounding (a green spread below 6 grey levels and a Laplacian below 1.5 times the
     rounding's: a sharp photograph at a tenth of its exposure scored 0 without this), or the image is almost
-    uniform (:func:`detail` below :data:`FEATURELESS_BELOW`; ``known_detail``: that value, where the caller has it)."""
+    uniform (:func:`detail` below :data:`FEATURELESS_BELOW`; ``known_detail``: that value, where the caller has it),
+    or so small that the input enlarges it more than twice (its softness is the enlargement's)."""
+    if _UPSCALED_OVER * max(image_size) < cfg.image_size:
+        return None  # a small picture enlarged to the input is soft for want of pixels, not for want of focus
     left, top, width, height = content_box(image_size, cfg)
     box = pixels[:, top : top + height, left : left + width]
     scale = np.asarray(cfg.std, dtype=np.float32) * 255.0  # normalised units -> grey levels, per channel

@@ -534,6 +534,20 @@ def test_an_underexposed_photograph_in_focus_is_not_called_blurred(real_image_pa
     assert _sharpness_of(dim) is not None and _sharpness_of(Image.eval(dim, lambda v: int(v * 0.5))) is not None
 
 
+def test_sharpness_does_not_judge_a_picture_enlarged_to_the_input(real_image_paths: dict[str, list]) -> None:
+    """A 48 px picture (the service takes 32 px and up) is enlarged almost five times to the 224 px input and
+    scored 0.095: "looks out of focus, retake it in focus", for want of pixels. Up to twice enlarged, it is judged."""
+    image = load_image(real_image_paths["CFP"][0]).convert("RGB")
+
+    def small(side: int) -> Image.Image:  # a file of that size, as load_image reads it
+        out = io.BytesIO()
+        image.resize((side, side), Image.Resampling.LANCZOS).save(out, format="PNG")
+        return load_image(out.getvalue())
+
+    assert _sharpness_of(small(48)) is None and _sharpness_of(small(111)) is None
+    assert _sharpness_of(small(112)) is not None
+
+
 def test_sharpness_is_not_measured_without_an_eye() -> None:
     assert _sharpness_of(Image.new("RGB", (640, 480))) is None  # black: no eye
     assert _sharpness_of(Image.new("RGB", (640, 480), (150, 60, 20))) is None  # one colour: nothing varies
