@@ -22,7 +22,7 @@ from service.deps import (
     require_api_key,
 )
 from service.early import EarlyJob
-from service.engine import EncodedImage, Timings, compressed_warning
+from service.engine import EncodedImage, Timings
 from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import (
@@ -133,10 +133,7 @@ async def _search(
     if cached is not None:
         stored = json.loads(cached)
         hits: list[dict[str, Any]] = stored["hits"]
-        if "picture_warnings" in stored:
-            picture = stored["picture_warnings"]
-        else:  # an answer cached by the release before, within its time to live
-            picture = compressed_warning(stored.get("jpeg_quality"), "search")
+        picture = stored["picture_warnings"]  # (the key holds the code's digest: no other release's entry)
     else:
         if data is None:
             vector = await state.run_blocking(engine.embed_text, req.query, timings)
