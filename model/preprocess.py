@@ -621,10 +621,10 @@ _ROUNDING_LAPLACIAN_VAR = 20.0 / 12.0
 # scored 0 (28 / 111 / 235 of 613 val and test photographs in focus, at x0.3 / x0.15 / x0.1; 0 / 0 / 1 with this).
 # A dim eye that is plainly sharp keeps its value; no photograph of the data sets flagged as it is spreads below 15.
 _SHARPNESS_MIN_SPREAD = 6.0
+_DIM_LAPLACIAN_VAR = 1.5 * _ROUNDING_LAPLACIAN_VAR
 # a picture whose longer side is less than the input's over this is enlarged so much that it looks soft whatever
 # its focus (48 px scored 0.095, "retake it in focus"): not judged; 150 px enlarged scores 0.35
 _UPSCALED_OVER = 2.0
-_DIM_LAPLACIAN_VAR = 1.5 * _ROUNDING_LAPLACIAN_VAR
 
 
 def sharpness(
