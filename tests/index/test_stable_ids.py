@@ -4,7 +4,6 @@ and the id of a removed image is never given to another."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from index.ann import AnnSpec
 from index.build import add, build, reindex
 from index.store import VectorIndex
 from tests.index.conftest import Archive, quiet
+from tests.manifests import write_manifest
 
 
 def ids_by_sha(directory: Path) -> dict[str, int]:
@@ -25,14 +25,6 @@ def ids_by_sha(directory: Path) -> dict[str, int]:
 def ids_by_path(directory: Path) -> dict[str, int]:
     with VectorIndex.open(directory) as index:
         return {r.path: r.id for r in index.records()}
-
-
-def _write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def test_ids_survive_rebuild_moves_edits_add_and_reindex(
@@ -56,7 +48,7 @@ def test_ids_survive_rebuild_moves_edits_add_and_reindex(
     new_file = root / "cfp" / "new.png"
     Image.new("RGB", (96, 96), (170, 70, 30)).save(new_file)
     rows.append({**rows[0], "path": "cfp/new.png"})
-    manifest = _write_manifest(root / "manifest.csv", rows)
+    manifest = write_manifest(root / "manifest.csv", rows)
 
     build(index_copy, sources.from_manifests([manifest]), tiny_artifact, options=quiet())
     after = ids_by_path(index_copy)
@@ -83,7 +75,7 @@ def test_ids_survive_rebuild_moves_edits_add_and_reindex(
 
     # the dropped image comes back: its old id is not reused for it or anything else (it was removed)
     rows.append(dropped)
-    build(index_copy, sources.from_manifests([_write_manifest(root / "manifest.csv", rows)]), tiny_artifact,
+    build(index_copy, sources.from_manifests([write_manifest(root / "manifest.csv", rows)]), tiny_artifact,
           options=quiet())
     again = ids_by_path(index_copy)
     assert again[dropped["path"]] > next_id + 1

@@ -12,6 +12,7 @@ import pytest
 
 from model.cli import main as keepfit
 from model.runtime import KeepfitRuntime
+from tests.manifests import write_manifest
 from training.cli import eval_main
 from training.metrics import balanced_accuracy
 
@@ -24,14 +25,6 @@ def _count(data_root: Path, rel: str, **where: str) -> int:
     return sum(all((r[c] != "") if v == "*" else r[c] == v for c, v in where.items()) for r in rows)
 
 
-def _write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def oct_manifest(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 OCT test rows (6 per DME class) as a manifest in another folder."""
@@ -42,7 +35,7 @@ def oct_manifest(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         picked += [r for r in rows if r["modality"] == "OCT" and r["split"] == "test" and r["dme"] == label][:6]
     for r in picked:  # absolute paths: the manifest lives in a temporary folder
         r["path"] = str((data_root / "cfp_oct_mx" / r["path"]).resolve())
-    path = _write_manifest(folder / "oct.csv", picked)
+    path = write_manifest(folder / "oct.csv", picked)
     return path
 
 
@@ -89,7 +82,7 @@ def test_zero_shot_report_counts_strongly_compressed_images(tiny_artifact: Path,
         elif i % 3 == 1:
             r["path"] = str(tmp_path / f"{i}.png")
             image.save(r["path"])
-    manifest = _write_manifest(tmp_path / "mixed.csv", rows)
+    manifest = write_manifest(tmp_path / "mixed.csv", rows)
     out = tmp_path / "zs"
     assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest),
                       "--label-column", "dme", "--modality", "OCT", "--out", str(out)]) == 0
@@ -117,7 +110,7 @@ def test_zero_shot_report_counts_photographs_out_of_focus(tiny_artifact: Path, d
             image = image.filter(ImageFilter.GaussianBlur(3.0 * max(image.size) / 64))
         r["path"] = str(tmp_path / f"{i}.png")
         image.save(r["path"])
-    manifest = _write_manifest(tmp_path / "cfp.csv", rows)
+    manifest = write_manifest(tmp_path / "cfp.csv", rows)
     cfg = KeepfitRuntime.from_artifact(tiny_artifact).preprocess_cfg
     decoded = [load_image(r["path"], size=cfg.image_size) for r in rows]
     flags = [blurred(sharpness(preprocess(im, cfg), upright_original_size(im), cfg), "CFP") for im in decoded]
@@ -129,7 +122,7 @@ def test_zero_shot_report_counts_photographs_out_of_focus(tiny_artifact: Path, d
     assert (files["n"], files["blurred"], files["blurred_below"]) == (8, sum(flags), 0.12), files
     assert f"{sum(flags)} photographs look out of focus (sharpness below 0.12)" in (out / "report.md").read_text()
     # the same pictures labelled as B-scans: the bar is a photograph's
-    as_oct = _write_manifest(tmp_path / "as-oct.csv", [{**r, "modality": "OCT"} for r in rows])
+    as_oct = write_manifest(tmp_path / "as-oct.csv", [{**r, "modality": "OCT"} for r in rows])
     assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(as_oct),
                       "--label-column", "dme", "--modality", "OCT", "--out", str(tmp_path / "as-oct")]) == 0
     assert "blurred" not in json.loads((tmp_path / "as-oct" / "report.json").read_text())["image_files"]
@@ -143,7 +136,7 @@ def test_zero_shot_decides_as_the_service_and_says_so(tiny_artifact: Path, oct_m
     names = ["normal", "glaucoma", "cataract"]
     for i, r in enumerate(rows):
         r["dme"] = names[i % 3]
-    manifest = _write_manifest(tmp_path / "three.csv", rows)
+    manifest = write_manifest(tmp_path / "three.csv", rows)
     rt = KeepfitRuntime.from_artifact(tiny_artifact)
     from model.preprocess import load_image
 
@@ -385,7 +378,7 @@ def test_few_shot_counts_the_shots_after_unreadable_images_are_dropped(
     broken.write_bytes(b"not a JPEG")
     victim = next(r for r in picked if r["split"] == "train")
     victim["path"] = str(broken)
-    manifest = _write_manifest(tmp_path / "ffa.csv", picked)
+    manifest = write_manifest(tmp_path / "ffa.csv", picked)
     common = ["eval", "few-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest), "--label-column",
               "label", "--repeats", "2"]
     code = keepfit([*common, "--shots", "3", "--out", str(tmp_path / "f3")])
