@@ -429,8 +429,7 @@ def eval_main(argv: list[str]) -> int:
         raise DataError(f"--run {run} is not a training run folder: it has no history.jsonl")
     for flag in ("artifact", "baseline"):  # `calibrate --out <artifact>` wrote over its sealed calibration.json
         artifact = getattr(args, flag, None)
-        if args.out is not None and artifact is not None and (
-                args.out.resolve() == artifact.resolve() or artifact.resolve() in args.out.resolve().parents):
+        if args.out is not None and artifact is not None and args.out.resolve().is_relative_to(artifact.resolve()):
             raise DataError(f"--out {args.out} is inside the artifact {artifact} (--{flag}): an artifact holds "
                             "only its sealed files; choose another --out")
     runtime = KeepfitRuntime.from_artifact(args.artifact, intra_op_threads=threads_from_env())
