@@ -398,9 +398,9 @@ def search_main(argv: list[str]) -> int:
             query = embedding[0]
             picture = compressed_warning(image.info.get(JPEG_QUALITY), "search")
             if blurred(sharp, "CFP"):  # then: is it a photograph? (its DICOM header, else the modality check)
-                names, probs = runtime.modality_probabilities(embedding)
                 stated = image.info.get("keepfit_modality")
-                picture += blurred_warning(sharp, str(stated) if stated else names[int(probs[0].argmax())], "search")
+                found = str(stated) if stated else runtime.detect_modalities(embedding).detected[0]
+                picture += blurred_warning(sharp, found, "search")
             digest = sha256_file(args.image)  # an image the index holds finds itself: judged on the others, as the API
         hits = index.search(query, args.top_k, modality=modality, label=args.label)
         warning = label_warning(index, args.label, modality, len(hits))

@@ -242,9 +242,9 @@ def embed_items(
             out.ok[rows] = True
             unknown = [j for j, i in enumerate(rows) if not out.modality[i]]
             if detect_modality and unknown:
-                names, probs = runtime.modality_probabilities(emb[unknown])  # probs [u, M]
-                for j, p in zip(unknown, probs, strict=True):
-                    out.modality[rows[j]] = names[int(np.argmax(p))]
+                found = runtime.detect_modalities(emb[unknown])
+                for j, name in zip(unknown, found.detected, strict=True):
+                    out.modality[rows[j]] = name
                     out.detected[rows[j]] = True
     # fixed-width unicode columns: np.savez writes them without pickling
     for column in ("reason", "detail", "sha256", "modality"):

@@ -266,11 +266,16 @@ def _usable(path: Path, manifest: dict[str, Any]) -> tuple[ModelConfig, Knowledg
         from model.modality_head import parse_head
 
         try:
-            parse_head(json.loads((path / "modality_head.json").read_text()), config.embed_dim)
+            head = parse_head(json.loads((path / "modality_head.json").read_text()), config.embed_dim)
         except ArtifactError as err:
             raise ArtifactError(f"artifact {path}: {err}") from err
         except (OSError, ValueError) as err:
             raise ArtifactError(f"artifact {path}: modality_head.json cannot be used: {err}") from err
+        if not set(head["classes"]) & set(knowledge.modalities):  # it could name no image a usable modality
+            raise ArtifactError(
+                f"artifact {path}: modality_head.json's classes ({', '.join(head['classes'])}) include none of the "
+                f"knowledge's modalities ({', '.join(knowledge.modalities)})"
+            )
     return config, knowledge
 
 

@@ -157,6 +157,20 @@ class ImageEncoding:
     grid: tuple[int, int]  # (h, w) of the feature map
 
 
+@dataclass(frozen=True)
+class ModalityDetection:
+    """:meth:`KeepfitRuntime.detect_modalities` of ``B`` images."""
+
+    names: list[str]  # the modality check's classes
+    probabilities: np.ndarray  # [B, M], over ``names``
+    detected: list[str]  # [B] the most probable of them that the knowledge has category sets for
+    confidence: list[float]  # [B] its probability
+
+    def of(self, row: int) -> dict[str, float]:
+        """One image's probability of each class."""
+        return {n: float(p) for n, p in zip(self.names, self.probabilities[row], strict=True)}
+
+
 class KeepfitRuntime:
     """Image and text encoders of one artifact, over ONNX Runtime."""
 
@@ -376,6 +390,18 @@ class KeepfitRuntime:
         if cached is None:
             cached = self._class_cache.put(key, prompt_means(self._encode_batch, [prompts[m] for m in names], self._flair))
         return names, self.zero_shot(image_embeddings, cached)
+
+    def detect_modalities(self, image_embeddings: np.ndarray) -> ModalityDetection:
+        """What the modality check finds for each image ``[B, D]``: the most probable modality the knowledge has
+        category sets for (a modality head may know classes it has none for; an image of one is given its most
+        probable known one), with its probability, beside every class's.  The one rule for the API's answers and
+        warnings, classifier examples, the index's rows and ``keepfit index search``."""
+        names, probs = self.modality_probabilities(image_embeddings)
+        known = [i for i, n in enumerate(names) if n in self.knowledge.modalities] or list(range(len(names)))
+        best = np.asarray(known)[probs[:, known].argmax(axis=1)]  # [B]
+        return ModalityDetection(
+            names, probs, [names[i] for i in best], [float(probs[row, i]) for row, i in enumerate(best)]
+        )
 
     def content_box(self, image: Image.Image) -> tuple[int, int, int, int]:
         """Where the image content lies inside the model's square input (for mapping heat maps back)."""

@@ -461,11 +461,8 @@ class Engine:
         with timings.stage("zero_shot"):
             # The modality head runs even when the caller names a modality: a named modality that the image
             # contradicts (an OCT request for a photograph) is the answer's most important warning.
-            names, probs = self.runtime.modality_probabilities(embedding)  # probs [1, M]
-            mod_probs = {n: float(p) for n, p in zip(names, probs[0], strict=True)}
-            # a modality head may know classes the knowledge has no prompts for: pick the best known one
-            ranked = sorted((p, n) for n, p in mod_probs.items() if n in self.modalities)
-            detected = ranked[-1][1] if ranked else self.modalities[0]
+            found = self.runtime.detect_modalities(embedding)
+            mod_probs, detected = found.of(0), found.detected[0]
             used = detected if modality == "auto" else modality
             if modality == "auto" and stated in self.modalities:
                 used = stated  # what a DICOM header states beats a guess
@@ -535,11 +532,9 @@ class Engine:
         return vector, warnings
 
     def detected_modality(self, embedding: np.ndarray) -> str:
-        """The modality the modality check finds most likely for an embedding ``[1, D]``, among those with
-        prompts."""
-        names, probs = self.runtime.modality_probabilities(embedding)  # probs [1, M]
-        ranked = sorted((float(p), n) for n, p in zip(names, probs[0], strict=True) if n in self.modalities)
-        return ranked[-1][1] if ranked else self.modalities[0]
+        """The modality the modality check finds for an embedding ``[1, D]``
+        (:meth:`model.runtime.KeepfitRuntime.detect_modalities`)."""
+        return self.runtime.detect_modalities(embedding).detected[0]
 
     def embed_example(self, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
         """A classifier example's bytes -> its embedding ``[D]``, and the modality its DICOM header states (with
@@ -555,9 +550,8 @@ class Engine:
         embedding, header_modality = encoded.encoding.embeddings, encoded.stated  # [1, D]
         if header_modality:
             return embedding[0], str(header_modality), 1.0
-        names, probs = self.runtime.modality_probabilities(embedding)
-        best = int(np.argmax(probs[0]))
-        return embedding[0], names[best], float(probs[0][best])
+        found = self.runtime.detect_modalities(embedding)
+        return embedding[0], found.detected[0], found.confidence[0]
 
     def embed_text(self, text: str, timings: Timings) -> np.ndarray:
         """Text -> unit embedding ``[D]``."""

@@ -861,13 +861,13 @@ def classifier_predict(
     and ``keepfit classify``'s)."""
     embedding, header_modality = encoded.encoding.embeddings, encoded.stated  # [1, D]
     with timings.stage("classifier"):
-        names, mod_probs = engine.runtime.modality_probabilities(embedding)
+        found = engine.runtime.detect_modalities(embedding)
         probs = model.probabilities(embedding)[0]  # [C]
     order = np.argsort(-probs, kind="stable")
     if top_k is not None:
         order = order[:top_k]
-    mod = {n: float(p) for n, p in zip(names, mod_probs[0], strict=True)}
-    detected = header_modality or max(mod, key=lambda k: mod[k])
+    mod = found.of(0)
+    detected = header_modality or found.detected[0]
     warnings = image_warnings(encoded.detail, encoded.jpeg_quality, encoded.sharpness, modality)
     if detected != modality and (header_modality or mod[detected] >= MODALITY_MISMATCH_CONFIDENCE):
         warnings.append(

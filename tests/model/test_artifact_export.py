@@ -249,6 +249,8 @@ def test_a_modality_head_that_does_not_fit_is_refused_at_seal_and_load(default_a
         (lambda h: h.update(classes=h["classes"][:2]), "does not fit: 2 classes"),
         (lambda h: h.pop("bias"), "not a modality head"),
         (lambda h: h.update(weight=[row[:100] for row in h["weight"]]), r"expected weight \(3, 512\)"),
+        # it could call no image by a modality the knowledge has categories for
+        (lambda h: h.update(classes=["ICGA", "FAF", "SLO"]), "include none of the knowledge's modalities"),
     ):
         copy = tmp_path / f"a{len(list(tmp_path.iterdir()))}"
         shutil.copytree(default_artifact, copy)
