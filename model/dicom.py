@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -52,7 +53,7 @@ def _import_pydicom() -> Any:
 
 T = TypeVar("T")
 _FRAME: ContextVar[int | None] = ContextVar("keepfit_dicom_frame", default=None)
-ANGIOGRAM_WORDS = ("ANGIO", "FLUORESC", "FA ", "FFA", "ICG", "INDOCYANINE")
+ANGIOGRAM_WORDS = ("ANGIO", "FLUORESC", " FA ", "FFA", "ICG", "INDOCYANINE")  # in _modality's spaced words
 
 
 def is_dicom(data: bytes) -> bool:
@@ -93,7 +94,7 @@ def _modality(ds: Any) -> str | None:
     if value == "OPT":
         return "OCT"
     if value in ("OP", "XC"):
-        words = " ".join(
+        text = " ".join(
             str(v)
             for v in (
                 getattr(ds, "ImageType", ""),
@@ -101,6 +102,11 @@ def _modality(ds: Any) -> str | None:
                 getattr(ds, "ContrastBolusAgent", ""),
             )
         ).upper()
+        # one space around each word: an Image Type ['ORIGINAL', 'PRIMARY', 'FA'] or a description "FA-early"
+        # has the word FA as much as "FA late" does
+        words = " " + " ".join(re.findall(r"[A-Z0-9]+", text)) + " "
+        if "ContrastBolusAgent" not in ds and ("AUTOFLUO" in words or " FAF " in words):
+            return None  # fundus autofluorescence: no dye, so no angiogram, and none of CFP / FFA / OCT
         if "ContrastBolusAgent" in ds or any(w in words for w in ANGIOGRAM_WORDS):
             return "FFA"
         if value == "OP":
@@ -114,8 +120,12 @@ def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
         if 1 <= bits < 8 and arr.size and int(arr.max()) <= 2**bits - 1:  # 1-bit (0/1) and other short data
             return (arr.astype(np.uint16) * 255 // (2**bits - 1)).astype(np.uint8)
         return arr
-    if arr.dtype.kind == "f":
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if arr.dtype.kind == "f":  # float pixel data: NaN and infinity (a map's "no value") as its lowest value
+        finite = np.isfinite(arr)
+        if not finite.any():
+            raise ImageError("the DICOM image has no finite pixel values")
+        lo, hi = float(arr[finite].min()), float(arr[finite].max())
+        arr = np.where(finite, arr, lo)
         return np.clip((arr - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
     if int(getattr(ds, "PixelRepresentation", 0)) == 1:
         arr = arr.astype(np.int64) - int(arr.min())
@@ -210,7 +220,8 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         ds = pydicom.dcmread(io.BytesIO(_part10(data)), stop_before_pixels=False, force=True)
     except Exception as err:  # pydicom raises many types; their messages may quote header values
         raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    _convert_header(ds)
+    if not any(ds.get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):  # absent or empty
         raise ImageError("the DICOM file holds no image (no pixel data, or the file is cut short before its end)")
     _record_syntax(ds)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -297,6 +308,30 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         arr = arr[..., :3]
     image = Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.ndim == 3 else "L")
     return _finish(image, ds, frame, frames, modality, syntax_name, (cols, rows), quality)
+
+
+# Elements the decode reads outside the image's own groups (0028: pixel module, palette, window, ICC; 7FE0: pixel
+# data): Image Type, Modality, Series Description, Contrast/Bolus Agent (:func:`_modality`)
+_WORD_TAGS = (0x00080008, 0x00080060, 0x0008103E, 0x00180010)
+
+
+def _convert_header(ds: Any) -> None:
+    """The elements the decode reads, converted now (pydicom converts each when it is first read): one that cannot
+    be (an unknown VR, a length its VR does not allow, as a damaged file has) was a pydicom exception from wherever
+    it was read first, a 500; here it is an :class:`ImageError` naming its tag, or, for the words that only hint
+    at the modality, as if absent. Damage elsewhere in the header (a name, a private element) is left alone: it
+    does not stop the image being read."""
+    for tag in list(ds.keys()):
+        if tag.group in (0x0028, 0x7FE0) or tag in _WORD_TAGS:
+            try:
+                ds[tag]
+            except Exception as err:  # their messages may quote the element's bytes
+                if tag in _WORD_TAGS:
+                    del ds[tag]
+                    continue
+                raise ImageError(
+                    f"the DICOM header is damaged: element {tag} cannot be read ({err.__class__.__name__})"
+                ) from err
 
 
 def _record_syntax(ds: Any) -> None:

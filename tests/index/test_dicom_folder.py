@@ -90,3 +90,41 @@ def test_dicom_folder_is_indexed_with_header_modalities(
         tag = api.get(f"/v1/images/{unchanged}?size=64").headers["etag"]
         for header in (tag, f"W/{tag}", f'"other", {tag}'):
             assert api.get(f"/v1/images/{unchanged}?size=64", headers={"If-None-Match": header}).status_code == 304
+
+
+def test_damaged_dicom_files_are_counted_not_fatal_in_index_build_and_classify(
+    real_image_paths: dict[str, list[Path]], default_artifact: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A header element pydicom cannot convert (here Rows with an unknown VR) and empty pixel data raised
+    NotImplementedError / TypeError out of the decode: ``keepfit index build`` and ``keepfit classify`` ended in a
+    traceback instead of counting the file as one that could not be read."""
+    import io
+    import json
+
+    from pydicom import dcmread
+
+    images = tmp_path / "studies"
+    images.mkdir()
+    good = make_dicom([rgb_of(real_image_paths["CFP"][0].read_bytes())[:256, :256]], "explicit")
+    (images / "IM0001.dcm").write_bytes(good)
+    rows = b"\x28\x00\x10\x00US\x02\x00" + (256).to_bytes(2, "little")
+    assert good.count(rows) == 1
+    (images / "IM0002.dcm").write_bytes(good.replace(rows, b"\x28\x00\x10\x00XX\x02\x00" + (256).to_bytes(2, "little")))
+    ds = dcmread(io.BytesIO(good))
+    ds.PixelData = b""
+    ds.save_as(images / "IM0003.dcm", enforce_file_format=True)
+    out = tmp_path / "index"
+    argv = ["index", "build", "--artifact", str(default_artifact), "--images", str(images), "--out", str(out)]
+    assert keepfit(argv) == 0
+    with VectorIndex.open(out) as idx:
+        assert [Path(r.path).name for r in idx.records()] == ["IM0001.dcm"]
+    capsys.readouterr()
+    results = tmp_path / "results.jsonl"
+    assert keepfit(["classify", "--images", str(images), "--artifact", str(default_artifact), "--out", str(results)]) == 0
+    assert "classified 1 of 3 images (2 could not be)" in capsys.readouterr().out
+    answers = {Path(r["path"]).name: r for r in map(json.loads, results.read_text().splitlines())}
+    assert "predictions" in answers["IM0001.dcm"]
+    for name in ("IM0002.dcm", "IM0003.dcm"):
+        assert answers[name]["error"]["code"] == "invalid_image", answers[name]
+        assert all(v not in answers[name]["error"]["message"] for v in PATIENT.values())

@@ -546,3 +546,82 @@ def test_dicom_written_without_its_preamble_is_read(cfp: tuple[bytes, np.ndarray
     for not_dicom in (b"DICM", b"\x08\x00" + b"\xff" * 200):
         with pytest.raises(ImageError):
             load_image(not_dicom)
+
+
+def test_a_damaged_header_element_or_empty_pixel_data_is_an_image_error(cfp: tuple[bytes, np.ndarray]) -> None:
+    """An element pydicom cannot convert (an unknown VR, a length its VR does not allow) raised pydicom's own
+    NotImplementedError / BytesLengthException, and empty pixel data a TypeError: a 500 from the service, a
+    traceback from ``keepfit classify`` and ``keepfit index build``."""
+    from pydicom import dcmread
+
+    _, rgb = cfp
+    good = make_dicom([rgb[:48, :64]], "explicit")
+    rows = b"\x28\x00\x10\x00US\x02\x00" + (48).to_bytes(2, "little")
+    assert good.count(rows) == 1
+    for damaged in (b"\x28\x00\x10\x00XX\x02\x00" + (48).to_bytes(2, "little"),  # unknown VR
+                    b"\x28\x00\x10\x00US\x03\x00" + (48).to_bytes(3, "little")):  # 3 bytes of US
+        with pytest.raises(ImageError, match=r"header is damaged: element \(0028,0010\)") as err:
+            load_image(good.replace(rows, damaged))
+        assert all(v not in str(err.value) for v in PATIENT.values())
+    # a damaged word that only hints at the modality: the image is read, the header then states none
+    modality = b"\x08\x00\x60\x00CS\x02\x00OP"
+    assert good.count(modality) == 1
+    image = load_image(good.replace(modality, b"\x08\x00\x60\x00C\x01\x02\x00OP"))
+    assert np.array_equal(np.asarray(image), rgb[:48, :64]) and "keepfit_modality" not in image.info
+    ds = dcmread(io.BytesIO(good))
+    ds.PixelData = b""
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    with pytest.raises(ImageError, match="holds no image"):
+        load_image(out.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("header", "stated"),
+    [
+        ({"ImageType": ["ORIGINAL", "PRIMARY", "FA"]}, "FFA"),  # was CFP: the list's text ends "'FA']"
+        ({"SeriesDescription": "FA-early"}, "FFA"),
+        ({"SeriesDescription": "FA late"}, "FFA"),
+        ({"SeriesDescription": "Autofluorescence"}, None),  # was FFA: it holds "FLUORESC"
+        ({"SeriesDescription": "FAF 488nm"}, None),
+        ({"SeriesDescription": "Fluorescein angiography"}, "FFA"),
+        ({"SeriesDescription": "Colour fundus"}, "CFP"),
+        ({"ImageType": ["ORIGINAL", "PRIMARY", "FACE"]}, "CFP"),
+    ],
+)
+def test_header_modality_words_are_whole_words(
+    cfp: tuple[bytes, np.ndarray], header: dict[str, Any], stated: str | None
+) -> None:
+    from pydicom import dcmread
+
+    _, rgb = cfp
+    ds = dcmread(io.BytesIO(make_dicom([rgb[:32, :32]], "explicit", modality="OP")))
+    for name, value in header.items():
+        setattr(ds, name, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert load_image(out.getvalue()).info.get("keepfit_modality") == stated
+
+
+def test_float_pixel_data_with_values_that_are_not_finite() -> None:
+    """NaN or infinity in Float Pixel Data (a map's "no value"): one infinity made the whole image black, all-NaN
+    a black image with numpy's RuntimeWarnings."""
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(make_dicom([np.zeros((8, 10, 3), np.uint8)], "explicit", grey=True)))
+    del ds.PixelData
+    del ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+    ds.BitsAllocated = 32
+    values = np.linspace(0.0, 1.0, 80, dtype=np.float32).reshape(8, 10)
+    values[0, 0] = np.inf
+    values[0, 1] = np.nan
+    for data, expected in ((values, "image"), (np.full((8, 10), np.nan, np.float32), None)):
+        ds.FloatPixelData = data.tobytes()
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        if expected is None:
+            with pytest.raises(ImageError, match="no finite pixel values"):
+                load_image(out.getvalue())
+            continue
+        shown = np.asarray(load_image(out.getvalue())).astype(int)
+        assert shown[-1, -1] == 255 and shown[0, 2] <= 1 and shown[0, 0] == shown[0, 1] == 0

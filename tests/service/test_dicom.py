@@ -144,3 +144,29 @@ def test_a_uid_that_is_no_transfer_syntax_is_415_naming_it(
         assert r.status_code == 415, r.text
         assert r.json()["error"]["code"] == "unsupported_media_type" and syntax_uid in r.json()["error"]["message"]
         assert PATIENT["PatientID"] not in r.text
+
+
+def test_a_damaged_header_element_or_empty_pixel_data_is_400_never_500(
+    api: TestClient, golden_image: Image.Image
+) -> None:
+    """Rows with an unknown VR or a length US does not allow, and empty pixel data: pydicom's NotImplementedError,
+    BytesLengthException and a TypeError came out of the decode as a 500."""
+    from pydicom import dcmread
+
+    good = make_dicom([np.asarray(golden_image.convert("RGB"))[:64, :64]], "explicit")
+    rows = b"\x28\x00\x10\x00US\x02\x00" + (64).to_bytes(2, "little")
+    assert good.count(rows) == 1
+    ds = dcmread(io.BytesIO(good))
+    ds.PixelData = b""
+    empty = io.BytesIO()
+    ds.save_as(empty, enforce_file_format=True)
+    damaged = [
+        good.replace(rows, b"\x28\x00\x10\x00XX\x02\x00" + (64).to_bytes(2, "little")),
+        good.replace(rows, b"\x28\x00\x10\x00US\x03\x00" + (64).to_bytes(3, "little")),
+        empty.getvalue(),
+    ]
+    for data in damaged:
+        for path in ("/v1/classify", "/v1/embed"):
+            r = api.post(path, files={"image": ("x.dcm", data, "application/dicom")})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image", r.text
+            assert all(v not in r.text for v in PATIENT.values())
