@@ -85,17 +85,31 @@ class FittedClassifier:
 
     @classmethod
     def from_arrays(
-        cls, method: str, labels: Sequence[str], arrays: dict[str, np.ndarray]
+        cls, method: str, labels: Sequence[str], arrays: dict[str, np.ndarray], dim: int | None = None
     ) -> FittedClassifier:
-        return cls(
-            method=method,
-            labels=list(labels),
-            center=np.asarray(arrays["center"], dtype=np.float32),
-            weight=np.asarray(arrays["weight"], dtype=np.float32),
-            bias=np.asarray(arrays["bias"], dtype=np.float32),
-            text=np.asarray(arrays["text"], dtype=np.float32) if "text" in arrays else None,
-            scale_text=float(np.asarray(arrays["scale_text"]).reshape(-1)[0]),
-        )
+        """The classifier :meth:`arrays` wrote; arrays that do not fit ``labels``, each other or (when given) the
+        embeddings' dimension ``dim`` (another file, edited) are a :class:`ConfigError`, not an IndexError or a
+        wrong shape met when scoring."""
+        lacking = [k for k in ("center", "weight", "bias", "scale_text") if k not in arrays]
+        if lacking:
+            raise ConfigError(f"the classifier's arrays lack {', '.join(lacking)}")
+        center = np.asarray(arrays["center"], dtype=np.float32)
+        weight = np.asarray(arrays["weight"], dtype=np.float32)
+        bias = np.asarray(arrays["bias"], dtype=np.float32)
+        text = np.asarray(arrays["text"], dtype=np.float32) if "text" in arrays else None
+        scale = np.asarray(arrays["scale_text"], dtype=np.float32).reshape(-1)
+        width = center.size if center.ndim == 1 and dim in (None, center.size) else -1  # -1: no array fits
+        shape = (len(labels), width)
+        if (weight.shape != shape or bias.shape != shape[:1] or (text is not None and text.shape != shape)
+                or scale.shape != (1,)):
+            raise ConfigError(
+                f"the classifier's arrays do not fit its {len(labels)} categories"
+                f"{f' and embeddings of {dim}' if dim is not None else ''} (center {center.shape}, weight "
+                f"{weight.shape}, bias {bias.shape}, text {None if text is None else text.shape}, scale {scale.shape})"
+            )
+        if not all(np.isfinite(a).all() for a in (center, weight, bias, scale, *([] if text is None else [text]))):
+            raise ConfigError("the classifier's arrays hold NaN or infinite numbers")
+        return cls(method, list(labels), center, weight, bias, text, float(scale[0]))
 
 
 # --------------------------------------------------------------------------------------------- the rule

@@ -198,7 +198,8 @@ def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
                 f"{args.artifact} is {engine.version}: refit it "
                 f"(keepfit classifier refit {row.name} --store {store.root} --artifact {args.artifact})"
             )
-        return Scorer(engine, None, None, "auto", "auto", args.top_k, row=row, model=store.load(row))
+        model = store.load(row, engine.runtime.embed_dim)
+        return Scorer(engine, None, None, "auto", "auto", args.top_k, row=row, model=model)
     engine.check_modality(args.modality)
     task = args.task.strip() if args.task is not None else None  # as the API takes it
     categories = engine.resolve_categories(args.categories or None, task)

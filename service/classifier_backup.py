@@ -32,9 +32,12 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
+from model import fewshot
 from model.errors import DataError
 from model.files import atomic_write, fsync_path
-from service.classifiers import ClassifierStore
+from service.classifiers import ClassifierRow, ClassifierStore, check_name
 
 FORMAT = "keepfit-classifier-store-backup"
 FORMAT_VERSION = 1
@@ -213,10 +216,13 @@ def _check_database(work: Path, archive: Path) -> list[str]:
     try:
         if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
             raise DataError(f"{archive}: its database fails SQLite's integrity check")
-        names = [r[0] for r in db.execute("SELECT name FROM classifiers ORDER BY name")]
-        arrays = {r[0] for r in db.execute("SELECT arrays FROM classifiers")}
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM classifiers ORDER BY name").fetchall()
+        names = [r["name"] for r in rows]
+        arrays = {r["arrays"] for r in rows}
         uploads = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")}
-    except sqlite3.DatabaseError as err:
+        categories = db.execute("SELECT DISTINCT classifier, category FROM examples").fetchall()
+    except (sqlite3.DatabaseError, IndexError) as err:  # IndexError: a column the store's rows have is missing
         raise DataError(f"{archive}: its database is not a classifier store's ({err})") from err
     finally:
         db.close()
@@ -230,4 +236,29 @@ def _check_database(work: Path, archive: Path) -> list[str]:
     missing += [f"examples/{s}" for s in sorted(uploads) if not (work / "examples" / s).is_file()]
     if missing:
         raise DataError(f"{archive}: its database refers to {len(missing)} files it lacks ({', '.join(missing[:3])})")
+    _check_rows(work, rows, categories, archive)
     return names
+
+
+def _check_rows(work: Path, rows: list[sqlite3.Row], categories: list[sqlite3.Row], archive: Path) -> None:
+    """Every classifier reads as the service reads it: a valid name, its row's JSON, arrays that fit its categories,
+    examples of those categories only.  An edited backup (its SHA-256s updated) restored anything, and the service
+    then answered 500 for the classifier, or for the list of them all."""
+    labels: dict[str, list[str]] = {}
+    for found in rows:
+        name = found["name"]
+        try:
+            if not isinstance(name, str) or check_name(name) != name:
+                raise ValueError("not a classifier name")
+            row = ClassifierRow.from_row(found)
+            row.public()
+            labels[name] = [c["label"] for c in row.categories]
+            with np.load(work / "arrays" / row.arrays) as npz:
+                fewshot.FittedClassifier.from_arrays(row.method, labels[name], {k: npz[k] for k in npz.files})
+        except Exception as err:  # any way a row or its arrays can be unreadable (JSON, types, zip, shapes)
+            raise DataError(f"{archive}: its classifier {str(name)[:80]!r} is not one this store can serve "
+                            f"({err.__class__.__name__}: {str(err)[:200]})") from err
+    stray = [f"{c['category']!r} of {c['classifier']!r}" for c in categories
+             if c["classifier"] in labels and c["category"] not in labels[c["classifier"]]]
+    if stray:
+        raise DataError(f"{archive}: its database has examples of categories their classifier lacks ({', '.join(stray[:3])})")

@@ -201,12 +201,15 @@ def fit_main(args: argparse.Namespace) -> int:
 
 def _check_labels(name: str, labels: list[str]) -> None:
     """The API's rules for category labels (visible, no control character, at most 200 characters, one alphabet
-    per word; two spellings of one category refused): a label the API refuses is refused here too, not stored
-    for the service to show."""
+    per word; two spellings of one category refused), and no more categories than it takes (KEEPFIT_MAX_CATEGORIES):
+    a label the API refuses is refused here too, not stored for the service to show."""
     from service.routers.classifiers import ClassifierRequest, category_label, merge_specs
 
     request = ClassifierRequest.model_validate({"name": name})
-    merge_specs(request, [category_label(label) for label in dict.fromkeys(labels)])
+    specs = merge_specs(request, [category_label(label) for label in dict.fromkeys(labels)])
+    most = _settings().max_categories
+    if len(specs) > most:  # a label column of free text (an id, a file name) made a classifier the API refuses
+        raise DataError(f"{len(specs)} categories; the limit is {most} (KEEPFIT_MAX_CATEGORIES)")
 
 
 def _embed_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str | None, float]:
@@ -304,7 +307,7 @@ def refit_main(args: argparse.Namespace) -> int:
     engine = _engine(args.artifact)
     same = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
     examples: list[Example] = []
-    x = store.stored_embeddings(row, len(stored)) if same else None
+    x = store.stored_embeddings(row, len(stored), engine.runtime.embed_dim) if same else None
     if x is not None:
         examples = [
             Example(e["category"], e["sha256"], e["source"], v, e["index_id"])

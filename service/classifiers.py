@@ -607,15 +607,23 @@ class ClassifierStore:
         if found.version != version:
             raise ClassifierChangedError(_changed_message(name))
 
-    def load(self, row: ClassifierRow) -> fewshot.FittedClassifier:
-        """The fitted classifier of ``row`` (cached by name and version)."""
+    def load(self, row: ClassifierRow, dim: int | None = None) -> fewshot.FittedClassifier:
+        """The fitted classifier of ``row`` (cached by name and version), for embeddings of ``dim`` when given."""
         key = (row.name, row.version)
         with self._lock:
             hit = self._loaded.get(key)
         if hit is not None:
             return hit
         arrays = self.read_arrays(row)
-        model = fewshot.FittedClassifier.from_arrays(row.method, [c["label"] for c in row.categories], arrays)
+        try:
+            labels = [c["label"] for c in row.categories]
+            model = fewshot.FittedClassifier.from_arrays(row.method, labels, arrays, dim)
+        except ConfigError as err:  # another file under its name, edited, or restored from an edited backup
+            raise ServiceError(
+                f"the arrays of classifier {row.name!r} are unusable ({err}); refit it",
+                status_code=503,
+                code="classifier_unavailable",
+            ) from err
         with self._lock:
             for old in [k for k in self._loaded if k[0] == row.name]:
                 del self._loaded[old]
@@ -642,15 +650,15 @@ class ClassifierStore:
                 code="classifier_unavailable",
             ) from err
 
-    def stored_embeddings(self, row: ClassifierRow, count: int) -> np.ndarray | None:
-        """The examples' embeddings kept with ``row`` (``count`` of them), or None where they cannot be read: a
-        refit then re-embeds the example images instead."""
+    def stored_embeddings(self, row: ClassifierRow, count: int, dim: int) -> np.ndarray | None:
+        """The examples' embeddings kept with ``row`` (``count`` of them, of ``dim``), or None where they cannot be
+        read or are not that (an edited file): a refit then re-embeds the example images instead."""
         try:
             x = self.read_arrays(row)["examples_x"]
         except (ServiceError, KeyError):
             logger.warning("classifier %r: stored embeddings unreadable, re-embedding its examples", row.name)
             return None
-        return x if len(x) == count else None
+        return x if x.shape == (count, dim) and bool(np.isfinite(x).all()) else None
 
     def example_bytes(self, sha256: str) -> bytes | None:
         path = self.root / "examples" / sha256

@@ -766,7 +766,8 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
     row, stored = await state.run_blocking(store.snapshot, name)
     method = _check_method(options.method or row.method_requested)
     same_encoder = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
-    x = await state.run_blocking(store.stored_embeddings, row, len(stored)) if same_encoder else None
+    dim = engine.runtime.embed_dim
+    x = await state.run_blocking(store.stored_embeddings, row, len(stored), dim) if same_encoder else None
     examples: list[Example] = []
     if x is not None:
         for ex, emb in zip(stored, x, strict=True):
@@ -954,7 +955,7 @@ async def classify_with_classifier(
             f"service runs {engine.name} {engine.version}. Refit it: POST /v1/classifiers/{name}/refit "
             f"(or `keepfit classifier refit {name}`)"
         )
-    model = store.cached_model(row) or await state.run_blocking(store.load, row)
+    model = store.cached_model(row) or await state.run_blocking(store.load, row, engine.runtime.embed_dim)
     timings = Timings(state.metrics)
     params: dict[str, Any] = {"classifier": name, "classifier_version": row.version, "top_k": top_k}
     if frame is not None:

@@ -30,3 +30,23 @@ def test_labels_out_of_range_mismatched_shapes_and_nan_are_refused(method: str) 
     for xs, ys, words in cases:
         with pytest.raises(ConfigError, match=words):
             fit(xs, ys, ["a", "b"], method)
+
+
+def test_arrays_that_do_not_fit_the_categories_or_the_embeddings_are_refused() -> None:
+    """Another or an edited arrays file was an IndexError, or a wrong shape met only when scoring (a 500)."""
+    from model.fewshot import FittedClassifier
+
+    x, y = _examples()
+    arrays = fit(x, y, ["a", "b"], "prototype").arrays()
+    assert FittedClassifier.from_arrays("prototype", ["a", "b"], arrays, dim=8).probabilities(x).shape == (6, 2)
+    cases = [
+        (["a", "b", "c"], arrays, None, "do not fit its 3 categories"),
+        (["a", "b"], arrays, 16, "embeddings of 16"),
+        (["a", "b"], {k: v for k, v in arrays.items() if k != "weight"}, None, "lack weight"),
+        (["a", "b"], {**arrays, "scale_text": np.zeros(0, np.float32)}, None, "do not fit"),
+        (["a", "b"], {**arrays, "text": np.zeros((2, 3), np.float32)}, None, "do not fit"),
+        (["a", "b"], {**arrays, "bias": np.asarray([0.0, np.nan], np.float32)}, None, "NaN"),
+    ]
+    for labels, bad, dim, words in cases:
+        with pytest.raises(ConfigError, match=words):
+            FittedClassifier.from_arrays("prototype", labels, bad, dim)

@@ -39,7 +39,9 @@ def _save(store: ClassifierStore, name: str, seed: int) -> None:
     data = [f"{seed} {c}".encode() for c in "ab"]
     examples = [Example(c, hashlib.sha256(d).hexdigest(), "upload", np.zeros(4, np.float32), data=d)
                 for c, d in zip("ab", data, strict=True)]
-    store.save(row, {"center": np.full(4, seed, np.float32)}, examples, replace=False, max_classifiers=10**6)
+    arrays = {"center": np.full(4, seed, np.float32), "weight": np.eye(2, 4, dtype=np.float32),
+              "bias": np.zeros(2, np.float32), "scale_text": np.zeros(1, np.float32)}
+    store.save(row, arrays, examples, replace=False, max_classifiers=10**6)
 
 
 @pytest.fixture
@@ -233,3 +235,60 @@ def test_a_backup_that_cannot_be_complete_writes_nothing_and_keeps_the_previous_
     assert "no classifier store at" in _one_line(capsys)
     assert keepfit(["classifier", "backup", "--store", str(small_store), "--out", str(tmp_path / "no" / "b.tar")]) == 2
     assert "is not a directory" in _one_line(capsys)
+
+
+def _resigned(archive: Path, out: Path, sql: str | None = None, arrays: dict[str, np.ndarray] | None = None) -> Path:
+    """A copy of ``archive`` edited (its database by ``sql``, or every arrays file replaced by ``arrays``) with the
+    SHA-256s of its backup.json updated: what only the restore's own checks can refuse."""
+    with tarfile.open(archive) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    if sql is not None:
+        work = out.with_suffix(".sqlite")
+        work.write_bytes(members["classifiers.sqlite"])
+        db = sqlite3.connect(work)
+        db.executescript(sql)
+        db.close()
+        members["classifiers.sqlite"] = work.read_bytes()
+    if arrays is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        members |= {name: buffer.getvalue() for name in members if name.startswith("arrays/")}
+    listed = json.loads(members.pop("backup.json"))
+    listed["members"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+    with tarfile.open(out, "w") as tar:
+        for name, data in {"backup.json": json.dumps(listed).encode(), **members}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def test_an_edited_archive_whose_classifiers_the_service_could_not_serve_is_refused(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its SHA-256s updated, an edited backup restored whatever it held: arrays of another shape (classify was a
+    500), a row whose categories are not a list (listing the classifiers was a 500), a name the API cannot name."""
+    good = tmp_path / "good.tar"
+    _backup(small_store, good, capsys)
+    three = {"center": np.zeros(4, np.float32), "weight": np.zeros((3, 4), np.float32),
+             "bias": np.zeros(3, np.float32), "scale_text": np.zeros(1, np.float32)}
+    cases = {
+        "shapes": (_resigned(good, tmp_path / "s.tar", arrays=three), "do not fit its 2 categories"),
+        "no weight": (_resigned(good, tmp_path / "w.tar", arrays={"center": np.zeros(4, np.float32)}), "lack"),
+        "categories": (_resigned(good, tmp_path / "c.tar", sql="UPDATE classifiers SET categories = '{\"a\": 1}'"),
+                       "is not one this store can serve"),
+        "name": (_resigned(good, tmp_path / "n.tar", sql="UPDATE classifiers SET name = '../c0' WHERE name = 'c0'"),
+                 "'../c0' is not one"),
+        "stray": (_resigned(good, tmp_path / "x.tar", sql="UPDATE examples SET category = 'z'"),
+                  "examples of categories their classifier lacks"),
+        "columns": (_resigned(good, tmp_path / "o.tar", sql="ALTER TABLE classifiers DROP COLUMN estimate"),
+                    "is not one this store can serve"),
+    }
+    for what, (archive, says) in cases.items():
+        target = tmp_path / f"restored-{what.replace(' ', '-')}"
+        assert keepfit(["classifier", "restore", "--store", str(target), str(archive)]) == 2, what
+        assert says in _one_line(capsys), what
+        assert not target.exists(), what
+    assert not [p for p in tmp_path.iterdir() if ".restoring-" in p.name]
+    summary = restore_store(_resigned(good, tmp_path / "same.tar"), tmp_path / "same")  # re-signed, unedited
+    assert summary["classifiers"] == 5

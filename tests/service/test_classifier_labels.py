@@ -124,3 +124,17 @@ def test_a_blank_example_is_refused_naming_its_file(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and f"example {path}: it is almost uniform" in lines[0], lines
     assert not store.exists()
+
+
+def test_the_cli_refuses_more_categories_than_the_api_takes_before_any_image_is_embedded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API refuses a classifier of more than KEEPFIT_MAX_CATEGORIES categories; `keepfit classifier fit` (a
+    label column of free text, say) fitted and stored one."""
+    monkeypatch.setenv("KEEPFIT_MAX_CATEGORIES", "3")
+    store = tmp_path / "store"
+    examples = [f"--example=c{n}={tmp_path / f'{n}-{k}.png'}" for n in range(4) for k in range(2)]  # never read
+    assert keepfit(["classifier", "fit", "--store", str(store), "--name", "x", "--modality", "CFP", *examples]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "4 categories; the limit is 3 (KEEPFIT_MAX_CATEGORIES)" in lines[0], lines
+    assert not store.exists()

@@ -553,6 +553,44 @@ def test_unreadable_arrays_are_503_and_a_refit_re_embeds_the_examples(
     assert again.status_code == 200 and again.json()["classifier"]["revision"] == 2
 
 
+def test_arrays_that_do_not_fit_the_classifier_are_503_and_a_refit_mends_them(
+    default_artifact: Path, store_dir: Path, golden_image: Image.Image
+) -> None:
+    """Arrays that read but do not fit the row (another shape, a missing array: a file edited, or restored from
+    an edited backup) were a 500 at classify time; stored embeddings of another shape were a 500 at refit."""
+    images = [encode(golden_image.rotate(3 * i), "PNG") for i in range(4)]
+    files = [(f"examples.{'ab'[i % 2]}", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    with _app(default_artifact, store_dir) as client:
+        r = client.post("/v1/classifiers", data={"name": "edited", "modality": "CFP"}, files=files, headers=ADMIN)
+        assert r.status_code == 201, r.text
+    (path,) = (store_dir / "arrays").iterdir()
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    edits = {
+        "dimension": {**arrays, "center": arrays["center"][:8], "weight": arrays["weight"][:, :8],
+                      "examples_x": arrays["examples_x"][:, :8]},
+        "rows": {**arrays, "weight": np.vstack([arrays["weight"]] * 2), "bias": np.zeros(4, np.float32)},
+        "missing": {k: v for k, v in arrays.items() if k != "bias"},
+    }
+    for what, edited in edits.items():
+        buffer = io.BytesIO()
+        np.savez(buffer, **edited)  # type: ignore[arg-type]
+        path.write_bytes(buffer.getvalue())
+        with _app(default_artifact, store_dir) as client:  # a new process: nothing cached
+            r = client.post("/v1/classify", files={"image": images[0]}, data={"classifier": "edited"})
+            assert r.status_code == 503, (what, r.text)
+            assert r.json()["error"]["code"] == "classifier_unavailable" and "refit it" in r.json()["error"]["message"]
+    buffer = io.BytesIO()
+    np.savez(buffer, **edits["dimension"])  # type: ignore[arg-type]
+    path.write_bytes(buffer.getvalue())
+    with _app(default_artifact, store_dir) as client:
+        refit = client.post("/v1/classifiers/edited/refit", headers=ADMIN)
+        assert refit.status_code == 200, refit.text
+        assert refit.json()["refit_from"] == "re-embedded example images"
+        r = client.post("/v1/classify", files={"image": images[0]}, data={"classifier": "edited"})
+        assert r.status_code == 200, r.text
+
+
 def test_examples_with_labels_in_order_are_the_form_a_generated_client_sends(
     client: TestClient, real_images: dict[str, bytes]
 ) -> None:
