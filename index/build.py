@@ -123,7 +123,7 @@ class Report:
             )
         if self.blurred:
             parts.append(
-                f"blurred: {self.blurred} photographs look out of focus (sharpness below {BLURRED_BELOW}: what the "
+                f"blurred: {self.blurred} photographs look out of focus (sharpness below {BLURRED_BELOW:.2f}: what the "
                 "service warns of as blurred_image): their neighbours and answers are less reliable"
             )
         for reason, n in self.skipped.most_common():
@@ -436,13 +436,19 @@ def _check_target(directory: Path) -> IndexManifest | None:
     foreign = [
         p.name
         for p in directory.iterdir()
-        if not (generation_file_of(p.name) or p.name.startswith(WORK_PREFIX) or p.name == LOCK)
+        if not (generation_file_of(p.name) or p.name.startswith(WORK_PREFIX) or p.name == LOCK or _manifest_tmp(p.name))
     ]
     if foreign:
         raise DataError(
             f"--out {directory} is not empty and is not an index (it holds {', '.join(sorted(foreign)[:5])})"
         )
     return None
+
+
+def _manifest_tmp(name: str) -> bool:
+    """Whether ``name`` is a manifest write cut short (:func:`model.files.atomic_write`'s temporary file): what a
+    first build killed at its commit leaves, which its next commit removes."""
+    return name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")
 
 
 def _image_root(sources: SourceSet, override: Path | None) -> Path | None:
@@ -513,8 +519,10 @@ def _build_locked(
     with locked(directory):
         previous = _check_target(directory)
         root = _image_root(sources, image_root)
-        rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), "build")
+        # the ids to keep before the long part: a previous index whose ids cannot be read is refused at once, not
+        # after every image was embedded (and removing it to build afresh removed those embeddings with it)
         base, known = _build_base(directory, previous, artifact, sources, root)
+        rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), "build")
         asm = assemble(rows, sources.items, artifact, root, next_id=base["next_id"], existing=set(), known=known)
         if not asm.records:
             _drop(work)
@@ -537,16 +545,18 @@ def _build_base(
     A rebuild keeps the ids of the images it had (same SHA-256, wherever they lie) and continues the id sequence for
     new ones: an id a client kept from the old index names the same image, or answers "not found", never a
     different image."""
+    known = KnownIds.from_metadata(_metadata_of(directory, previous)) if previous else None
+    # above every id the previous index gave, whatever its manifest says (a sealed edit): a new image never takes one
+    kept = max(known.by_sha.values(), default=0) + 1 if known else 1
     base: IndexManifest = {
         "generation": previous["generation"] if previous else 0,
-        "next_id": int(previous.get("next_id", 1)) if previous else 1,
+        "next_id": max(int(previous.get("next_id", 1)), kept) if previous else 1,
         "created": now_iso(),
         "artifact": {"name": artifact.name, "version": artifact.version, "embed_dim": artifact.embed_dim},
         "sources": sources.descriptions,
         **_root_fields(directory, root),
         "history": previous.get("history", []) if previous else [],
     }
-    known = KnownIds.from_metadata(_metadata_of(directory, previous)) if previous else None
     return base, known
 
 

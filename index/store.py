@@ -207,7 +207,7 @@ def read_manifest(directory: Path, check: bool = True) -> IndexManifest:
             edited=f"index manifest {path} was edited: its content checksum is {{actual}}..., the manifest says "
             "{recorded}...; rebuild the index (or `keepfit index seal` to accept the edit)",
         )
-    for key in ("artifact", "dim", "count", "index_type", "files", "generation"):
+    for key in ("artifact", "dim", "count", "index_type", "files", "generation", "next_id"):  # every keepfit wrote them
         if key not in manifest:
             raise IndexStoreError(f"index manifest {path} lacks the {key!r} field")
     if not isinstance(manifest["files"], dict) or not isinstance(manifest["artifact"], dict):
@@ -222,10 +222,30 @@ def read_manifest(directory: Path, check: bool = True) -> IndexManifest:
         raise IndexStoreError(
             f"index manifest {path}: unknown index_type {manifest['index_type']!r} (one of {', '.join(INDEX_KINDS)})"
         )
+    # the other fields read as they are: a sealed edit of another type was a traceback (seal, add, remove, reindex)
+    artifact = manifest["artifact"]
+    if not (isinstance(artifact.get("name"), str) and isinstance(artifact.get("version"), str)):
+        raise IndexStoreError(f"index manifest {path}: 'artifact' must give the model's name and version as strings")
+    for key, kinds, what in (
+        ("image_root", (str, type(None)), "a path or null"),
+        ("image_root_relative", (str, type(None)), "a path or null"),
+        ("ann", dict, "an object"),
+        ("sources", list, "a list of strings"),
+        ("history", list, "a list"),
+    ):
+        value = manifest.get(key)
+        strings = key != "sources" or not isinstance(value, list) or all(isinstance(s, str) for s in value)
+        if (key in manifest and not isinstance(value, kinds)) or not strings:
+            raise IndexStoreError(f"index manifest {path}: {key!r} must be {what}")
+    params = manifest.get("index_params", {})
+    if not isinstance(params, dict) or any(not isinstance(v, int) or isinstance(v, bool) for v in params.values()):
+        raise IndexStoreError(f"index manifest {path}: 'index_params' must be an object of whole numbers")
     for kind in FILE_KINDS:
         meta = manifest["files"].get(kind)
         if not isinstance(meta, dict) or not {"name", "sha256", "bytes"} <= set(meta):
             raise IndexStoreError(f"index manifest {path} does not name its {kind} file")
+        if not isinstance(meta["sha256"], str) or not isinstance(meta["bytes"], int):
+            raise IndexStoreError(f"index manifest {path}: its {kind} file's sha256 and bytes are not a hash and a size")
         if not GENERATION_FILE.match(str(meta["name"])):
             raise IndexStoreError(f"index manifest {path}: {kind} file name {meta['name']!r} is not a generation file")
     if manifest.get("metric", METRIC) != METRIC:
@@ -384,6 +404,10 @@ class VectorIndex:
             )
         if ids.shape != (count,) or (count > 1 and not bool(np.all(ids[1:] > ids[:-1]))):
             problems.append(f"{files['ids'].name} is not {count} ascending ids")
+        elif count and int(manifest["next_id"]) <= int(ids[-1]):
+            # the next image added would take an id in use (or below one: the ids no longer ascending)
+            problems.append(f"next_id {manifest['next_id']} is not above the largest id {int(ids[-1])}: "
+                            "ids would be given twice")
         try:
             db = connect_readonly(files["metadata"])
             rows = db.execute("SELECT count(*) FROM images").fetchone()[0]

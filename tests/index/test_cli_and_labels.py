@@ -172,6 +172,14 @@ def test_cli_refuses_an_empty_label_as_the_api_does(
         ("generation", "zz", "'generation' must be a whole number >= 0, not 'zz'"),
         ("next_id", -1, "'next_id' must be a whole number >= 0, not -1"),
         ("index_type", "bogus", "unknown index_type 'bogus' (one of flat, ivf, hnsw)"),
+        # a traceback in seal, add, remove or reindex (TypeError, KeyError), or a 500 on every search
+        ("image_root", 5, "'image_root' must be a path or null"),
+        ("index_params", [1, 2], "'index_params' must be an object of whole numbers"),
+        ("index_params", {"nprobe": "x"}, "'index_params' must be an object of whole numbers"),
+        ("ann", [1], "'ann' must be an object"),
+        ("sources", 5, "'sources' must be a list of strings"),
+        ("artifact", {"name": "keepfit-tiny"}, "'artifact' must give the model's name and version as strings"),
+        ("next_id", 2, "next_id 2 is not above the largest id 6: ids would be given twice"),
     ],
 )
 def test_a_malformed_manifest_edit_is_one_line_not_a_traceback(

@@ -110,6 +110,12 @@ def flip_byte(path: Path, offset: int) -> None:
             "not valid JSON",
         ),
         (lambda d: shutil.rmtree(d), "index directory not found"),
+        (  # an add then stopped on a KeyError
+            lambda d: (d / MANIFEST).write_text(
+                json.dumps(seal({k: v for k, v in manifest_of(d).items() if k != "next_id"}))
+            ),
+            "lacks the 'next_id' field",
+        ),
     ],
     ids=[
         "faiss-bytes",
@@ -126,6 +132,7 @@ def flip_byte(path: Path, offset: int) -> None:
         "sealed-metric",
         "invalid-utf8",
         "no-directory",
+        "no-next-id",
     ],
 )
 def test_damaged_index_is_refused_naming_the_problem(index_copy: Path, damage: object, message: str) -> None:

@@ -245,6 +245,55 @@ def test_build_refuses_a_folder_that_is_not_an_index(
     assert os.listdir(tmp_path) == ["thesis.docx"]  # not even a lock file was left in it
 
 
+def test_a_first_build_killed_at_its_commit_is_built_again(
+    tmp_path: Path, archive: Archive, tiny_artifact: Path
+) -> None:
+    """The manifest's temporary file a kill at the commit left made the folder "not an index" to every rebuild."""
+    out = tmp_path / "index"
+    out.mkdir()
+    (out / f".{MANIFEST}.x1y2z3.tmp").write_text('{"format": "keepfit-in')
+    (out / "ids.000001-abcdef.npy").write_bytes(b"cut short")
+    report = build(out, sources.from_manifests([archive.manifest]), tiny_artifact, options=quiet())
+    assert report.count == 22 and files_outside_manifest(out) == []
+    assert not list(out.glob(f".{MANIFEST}.*"))
+
+
+def test_a_rebuild_over_unreadable_ids_is_refused_before_embedding(
+    index_copy: Path, archive: Archive, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids the rebuild keeps were read after every image was embedded: minutes, then a refusal (and removing
+    the index to build afresh removed the embeddings with it)."""
+    metadata = next(index_copy.glob("metadata.*.sqlite"))
+    metadata.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    embedded: list[int] = []
+    real = build_module.embed_items
+    monkeypatch.setattr(build_module, "embed_items", lambda rt, items, **kw: embedded.append(1) or real(rt, items, **kw))
+    with pytest.raises(IndexStoreError, match="cannot read the ids of the previous index"):
+        build(index_copy, sources.from_manifests([archive.manifest]), tiny_artifact, options=quiet())
+    assert embedded == []
+
+
+def test_a_rebuild_gives_no_new_image_an_id_the_previous_index_gave(
+    index_copy: Path, archive: Archive, new_images: Path, tiny_artifact: Path
+) -> None:
+    """A next_id sealed below the ids in use gave a new image the id of another (or a duplicate id)."""
+    import json
+
+    from index.writer import seal
+
+    with VectorIndex.open(index_copy) as index:
+        before = {r.sha256: r.id for r in index.records()}
+    manifest = json.loads((index_copy / MANIFEST).read_text())
+    (index_copy / MANIFEST).write_text(json.dumps(seal({**manifest, "next_id": 2})))
+    inputs = sources.merge([sources.from_folder(new_images, "FFA"), sources.from_manifests([archive.manifest])])
+    build(index_copy, inputs, tiny_artifact, options=quiet())
+    with VectorIndex.open(index_copy) as index:
+        after = {r.sha256: r.id for r in index.records()}
+    new = [i for sha, i in after.items() if sha not in before]
+    assert len(new) == 4 and min(new) > max(before.values())
+    assert {sha: after[sha] for sha in before} == before
+
+
 def test_a_resumed_build_re_embeds_a_chunk_whose_files_changed_and_skips_an_unreadable_chunk(
     archive: Archive, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
