@@ -650,6 +650,8 @@ class IndexInfo:
     artifact_version: str | None
     error: str | None
     fingerprint: str | None = None
+    # indexes swapped in so far: the same in two infos, the same index was served between them
+    loads: int = 0
 
 
 class IndexHolder:
@@ -663,6 +665,9 @@ class IndexHolder:
     """
 
     RELOAD_CHECK_S = 5.0
+    # A manifest whose index failed to open is tried again after this long while another index is served: files
+    # copied in after it (cp, rsync: the manifest before the files it names) left the old index served for good.
+    RETRY_BROKEN_S = 60.0
 
     def __init__(
         self,
@@ -681,7 +686,9 @@ class IndexHolder:
             "no index configured (set KEEPFIT_INDEX or pass --index)" if path is None else None
         )
         self._stamp: tuple[int, int] | None = None
+        self._failed_at: float | None = None  # when the index of _stamp last failed to open
         self._fingerprint: str | None = None
+        self._loads = 0
         self.modalities: list[str] = []  # the modalities the loaded index holds (valid search filters)
         self._checked_at = 0.0
         self._reload_lock = asyncio.Lock()
@@ -703,7 +710,9 @@ class IndexHolder:
         if self.path is None:
             return
         stamp = self._manifest_stamp()
-        if stamp is not None and stamp == self._stamp and self._index is not None:
+        if stamp is not None and stamp == self._stamp and self._index is not None and (
+            self._failed_at is None or time.monotonic() - self._failed_at < self.RETRY_BROKEN_S
+        ):
             return
         if stamp is None:
             if self._index is None:
@@ -721,23 +730,25 @@ class IndexHolder:
                 self._error = str(err)
             logger.error("index at %s not loaded: %s", self.path, err)
             self._stamp = stamp  # do not retry the same broken files on every request
+            self._failed_at = time.monotonic()
             return
         except ImportError as err:
             self._error = f"the index needs the 'serve' extra ({err.name} is missing)"
             logger.error("index at %s not loaded: %s", self.path, self._error)
             self._stamp = stamp
             return
+        manifest = getattr(index, "manifest", {}) or {}
+        fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
         with self._holds_lock:
             old, self._index = self._index, index
+            # in the same step: info() never pairs the new index with the old one's fingerprint (a search keyed so
+            # cached the new index's hits as the old one's)
+            self._fingerprint, self._loads = fingerprint, self._loads + 1
             if old is not None and self._holds.get(id(old)):
                 self._retired[id(old)] = old  # still in use: closed by the last request that holds it
                 old = None
-        self._stamp, self._error = stamp, None
+        self._stamp, self._error, self._failed_at = stamp, None, None
         self.modalities = index_modalities(index)
-        manifest = getattr(index, "manifest", {}) or {}
-        self._fingerprint = hashlib.sha256(
-            json.dumps(manifest, sort_keys=True, default=str).encode()
-        ).hexdigest()
         if self.metrics is not None:
             self.metrics.index_size.set(int(index.count))
         logger.info("index %s loaded: %d images", self.path, index.count)
@@ -816,12 +827,12 @@ class IndexHolder:
             self._executor.shutdown(wait=False)
 
     def info(self) -> IndexInfo:
-        if self._index is None:
+        with self._holds_lock:  # the index with its own fingerprint, as a reload swaps them
+            index, fingerprint, loads = self._index, self._fingerprint, self._loads
+        if index is None:
             # public (/readyz): the reason without the server's paths, which the log has
             return IndexInfo(False, None, None, redact_paths(self._error, self.path) if self._error else None)
-        return IndexInfo(
-            True, int(self._index.count), str(self._index.artifact_version), None, self._fingerprint
-        )
+        return IndexInfo(True, int(index.count), str(index.artifact_version), None, fingerprint, loads)
 
     def require(self, need_images: bool = True) -> Any:
         if self._index is None:

@@ -232,9 +232,11 @@ class Settings(BaseSettings):
         except ImportError:  # no redis-py here: the service reports that itself
             return url
         try:
-            parse_url(url)
+            options = parse_url(url)
         except ValueError as err:
             raise ValueError(f"redis_url cannot be used: {err}") from err
+        if options.get("decode_responses"):  # every hit failed to decode, and was taken for a Redis outage
+            raise ValueError("redis_url cannot be used with decode_responses: the cache stores bytes; remove it")
         return url
 
     @field_validator("api_keys", "admin_keys")

@@ -143,7 +143,10 @@ async def _search(
             )
         with timings.stage("search"):
             hits = await index.search(vector, top_k, modality, label)
-        await state.remember(key, {"hits": hits, "picture_warnings": picture}, timings)
+        searched = index.info()
+        if searched.loads == info.loads:  # else a reload came between: these hits are not the keyed index's
+            await state.remember(key, {"hits": hits, "picture_warnings": picture}, timings)
+        info = searched  # (its count beside its hits)
     kind_name = "image" if data is not None else "text"
     threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
     warnings = []

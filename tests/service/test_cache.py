@@ -387,6 +387,8 @@ def test_redis_urls_are_checked_before_start_and_their_passwords_never_logged() 
         ("redis://localhost:6379/0?db=one", "db parameter must be a number"),
         ("unix:///run/redis.sock?db=x", "db parameter must be a number"),
         ("redis://localhost:6379/0?socket_timeout=soon", "cannot be used: Invalid value for 'socket_timeout'"),
+        # entries are bytes: decoded, every hit was a UnicodeDecodeError, logged and shown as a Redis outage
+        ("redis://localhost:6379/0?decode_responses=true", "cannot be used with decode_responses"),
     ],
 )
 def test_redis_urls_redis_py_cannot_use_are_refused(url: str, words: str) -> None:

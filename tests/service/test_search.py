@@ -338,3 +338,73 @@ def test_an_image_query_out_of_focus_is_flagged_also_from_the_cache(indexed: Tes
             if warned:
                 assert "out of focus" in body["warnings"][0]["message"]
                 assert "which images are nearest" in body["warnings"][0]["message"]
+
+
+def test_an_index_swapped_in_during_a_search_is_not_cached_as_the_one_before(
+    index_dir: Path, default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key named the index of the request's start, the hits came from the one a reload swapped in meanwhile:
+    cached under the old key, a replica still on the old index (or this one, back on it) answered an image it does
+    not hold (a removed one: its image_url a 404)."""
+    import os
+
+    from model.cli import main as keepfit
+    from service.engine import Engine
+
+    full, fewer, served = tmp_path / "full", tmp_path / "fewer", tmp_path / "served"
+    shutil.copytree(index_dir, full)
+    shutil.copytree(index_dir, fewer)
+    assert keepfit(["index", "remove", "--index", str(fewer), "--id", "1"]) == 0
+
+    def serve(target: Path) -> None:  # the served directory, swapped atomically
+        os.symlink(target, tmp_path / "link")
+        os.replace(tmp_path / "link", served)
+
+    serve(fewer)
+    monkeypatch.setattr(IndexHolder, "RELOAD_CHECK_S", 0.0)
+    embed_text, swaps = Engine.embed_text, []
+
+    def embed_then_swap(self: Engine, text: str, timings: Any) -> np.ndarray:  # a rebuild lands meanwhile
+        out = embed_text(self, text, timings)
+        if swaps:
+            serve(swaps.pop())
+        return out
+
+    monkeypatch.setattr(Engine, "embed_text", embed_then_swap)
+    everything = sum(SMALL_INDEX.values())
+    with TestClient(create_app(make_settings(default_artifact, index=served))) as client:
+        swaps.append(full)
+        during = _search(client, query="retina", top_k=everything).json()
+        assert 1 in [h["id"] for h in during["hits"]] and during["index_count"] == everything  # its count
+        serve(fewer)
+        after = _search(client, query="retina", top_k=everything).json()
+        assert after["index_count"] == everything - 1
+        assert 1 not in [h["id"] for h in after["hits"]] and len(after["hits"]) == everything - 1
+        assert _search(client, query="retina", top_k=everything).json()["cached"]  # the rest is still cached
+
+
+def test_an_index_copied_in_manifest_first_is_loaded_once_its_files_are_there(
+    index_dir: Path, default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cp or rsync writes index_manifest.json before the files it names: the reload in between failed, and the old
+    index (with an image removed since) was served until a restart, /readyz saying all was well."""
+    from model.cli import main as keepfit
+
+    served, fewer = tmp_path / "served", tmp_path / "fewer"
+    shutil.copytree(index_dir, served)
+    shutil.copytree(index_dir, fewer)
+    assert keepfit(["index", "remove", "--index", str(fewer), "--id", "1"]) == 0
+    monkeypatch.setattr(IndexHolder, "RELOAD_CHECK_S", 0.0)
+    everything = sum(SMALL_INDEX.values())
+    with TestClient(create_app(make_settings(default_artifact, index=served))) as client:
+        assert _search(client, query="retina").json()["index_count"] == everything
+        shutil.copy2(fewer / "index_manifest.json", served)
+        assert _search(client, query="retina").json()["index_count"] == everything  # the files are not there yet
+        for path in fewer.iterdir():
+            if path.name != "index_manifest.json":
+                shutil.copy2(path, served)
+        assert _search(client, query="retina").json()["index_count"] == everything  # tried again, not at once
+        monkeypatch.setattr(IndexHolder, "RETRY_BROKEN_S", 0.0)
+        hits = _search(client, query="retina", top_k=everything).json()
+        assert hits["index_count"] == everything - 1 and 1 not in [h["id"] for h in hits["hits"]]
+        assert client.get("/readyz").json()["index"]["count"] == everything - 1
