@@ -152,7 +152,7 @@ def _image_files_text(files: dict[str, Any]) -> str:
         text += (f"; {files['compressed']} saved below quality {files['compressed_below']}, where compression changes "
                  "many answers (the service warns: compressed_image)")
     if files.get("blurred"):
-        text += (f"; {files['blurred']} photographs look out of focus (sharpness below {files['blurred_below']}), "
+        text += (f"; {files['blurred']} photographs look out of focus (sharpness below {files['blurred_below']:.2f}), "
                  "where defocus changes many answers (the service warns: blurred_image)")
     return text
 

@@ -10,6 +10,7 @@ import pytest
 
 from index.store import VectorIndex
 from model.cli import main as keepfit
+from model.preprocess import BLURRED_BELOW
 from tests.index.conftest import Archive
 
 
@@ -120,7 +121,7 @@ def test_build_counts_photographs_out_of_focus(
         assert history[-1].get("blurred", 0) == expected, history
     code, out, _ = run(capsys, "add", "--artifact", str(tiny_artifact), "--images", str(folder), "--index",
                        str(tmp_path / "idx-CFP"), "--modality", "CFP")
-    assert code == 0 and "blurred: 2 photographs look out of focus (sharpness below 0.12" in out, out
+    assert code == 0 and f"blurred: 2 photographs look out of focus (sharpness below {BLURRED_BELOW:.2f}" in out, out
 
 
 def test_manifest_rows_pointing_nowhere_are_skipped(

@@ -534,6 +534,30 @@ def test_an_underexposed_photograph_in_focus_is_not_called_blurred(real_image_pa
     assert _sharpness_of(dim) is not None and _sharpness_of(Image.eval(dim, lambda v: int(v * 0.5))) is not None
 
 
+def test_burnt_in_text_neither_hides_a_defocus_nor_looks_like_one(real_image_paths: dict[str, list]) -> None:
+    """Cameras write a date and the eye's side into the picture. Their sharp edges scored a photograph defocused by
+    sigma 2 px of the input as sharp (0.05 -> 0.43): the tiles they fill are left out of the measure now."""
+    from PIL import ImageDraw, ImageFilter, ImageFont
+
+    from model.preprocess import blurred
+
+    def stamped(image: Image.Image) -> Image.Image:
+        out = image.copy()
+        draw = ImageDraw.Draw(out)
+        w, h = out.size
+        draw.text((0.02 * w, 0.02 * h), "2026-12-01 14:32", fill="white", font=ImageFont.load_default(0.04 * h))
+        draw.text((0.3 * w, 0.45 * h), "OD 45deg macula", fill="white", font=ImageFont.load_default(0.03 * h))
+        return out
+
+    for path in real_image_paths["CFP"][:2]:
+        image = load_image(path).convert("RGB")
+        soft = image.filter(ImageFilter.GaussianBlur(2.0 * max(image.size) / 224))
+        assert blurred(_sharpness_of(stamped(soft)), "CFP"), path.name
+        clean = _sharpness_of(stamped(image))
+        assert clean is not None and not blurred(clean, "CFP"), (path.name, clean)
+        assert clean == pytest.approx(_sharpness_of(image), rel=0.25), path.name  # the text hardly moves it
+
+
 def test_sharpness_does_not_judge_a_picture_enlarged_to_the_input(real_image_paths: dict[str, list]) -> None:
     """A 48 px picture (the service takes 32 px and up) is enlarged almost five times to the 224 px input and
     scored 0.095: "looks out of focus, retake it in focus", for want of pixels. Up to twice enlarged, it is judged."""

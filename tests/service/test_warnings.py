@@ -11,6 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
+from model.preprocess import BLURRED_BELOW
+
 
 def _classify(api: TestClient, data: bytes, **form: object):
     return api.post("/v1/classify", files={"image": ("eye.jpg", data, "image/jpeg")}, data=form)
@@ -225,7 +227,7 @@ def test_a_photograph_out_of_focus_is_flagged(api: TestClient, real_images: dict
     assert body["modality"]["used"] == "CFP"
     assert [w["code"] for w in body["warnings"]] == ["blurred_image"], body["warnings"]
     assert "looks out of focus (sharpness 0." in body["warnings"][0]["message"]
-    assert "below 0.12" in body["warnings"][0]["message"]
+    assert f"below {BLURRED_BELOW:.2f}" in body["warnings"][0]["message"]
     assert _classify(api, _defocused(real_images["CFP"], 0.0)).json()["warnings"] == []
     as_oct = _classify(api, blurred, modality="OCT").json()
     assert "blurred_image" not in [w["code"] for w in as_oct["warnings"]]

@@ -98,7 +98,14 @@ def test_zero_shot_report_counts_photographs_out_of_focus(tiny_artifact: Path, d
     as the service measures them; a set of B-scans is not judged."""
     from PIL import Image, ImageFilter
 
-    from model.preprocess import blurred, load_image, preprocess, sharpness, upright_original_size
+    from model.preprocess import (
+        BLURRED_BELOW,
+        blurred,
+        load_image,
+        preprocess,
+        sharpness,
+        upright_original_size,
+    )
 
     rows = []
     for label in ("diabetic macular edema", "no diabetic macular edema"):
@@ -119,8 +126,8 @@ def test_zero_shot_report_counts_photographs_out_of_focus(tiny_artifact: Path, d
     assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest),
                       "--label-column", "dme", "--modality", "CFP", "--out", str(out)]) == 0
     files = json.loads((out / "report.json").read_text())["image_files"]
-    assert (files["n"], files["blurred"], files["blurred_below"]) == (8, sum(flags), 0.12), files
-    assert f"{sum(flags)} photographs look out of focus (sharpness below 0.12)" in (out / "report.md").read_text()
+    assert (files["n"], files["blurred"], files["blurred_below"]) == (8, sum(flags), BLURRED_BELOW), files
+    assert f"{sum(flags)} photographs look out of focus (sharpness below {BLURRED_BELOW:.2f})" in (out / "report.md").read_text()
     # the same pictures labelled as B-scans: the bar is a photograph's
     as_oct = write_manifest(tmp_path / "as-oct.csv", [{**r, "modality": "OCT"} for r in rows])
     assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(as_oct),
