@@ -157,9 +157,9 @@ def plan_key(artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptio
     """What a resumable run's chunks depend on: the artifact, the items in order and the chunking."""
     digest = hashlib.sha256()
     digest.update(
-        # "rows-3": the rows' columns (a JPEG's quality, then the sharpness joined them): chunks of an older build
-        # are not reused
-        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality, "rows-3"]).encode()
+        # "rows-4": the rows' columns (a JPEG's quality, then the sharpness joined them, then the sharpness was
+        # measured by tiles): chunks of an older build are not reused
+        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality, "rows-4"]).encode()
     )
     for it in items:  # os.fsencode: a name that is not UTF-8 (a Latin-1 caf\xe9.jpg) as the bytes it is
         digest.update(b"\0" + os.fsencode(it.source) + f"\0{it.modality or ''}".encode())
