@@ -92,6 +92,7 @@ class ClassifyResult:
     detail: float | None = None  # the image's spread in grey levels (model.preprocess.detail)
     jpeg_quality: int | None = None  # a JPEG's estimated quality (model.preprocess.jpeg_quality)
     sharpness: float | None = None  # how sharp the eye is (model.preprocess.sharpness)
+    modality_stated: str | None = None  # what the DICOM header states, if it names a known modality
     decision: str | None = None  # how the probabilities were made: "screening" or "flat" (model.runtime)
 
 
@@ -169,8 +170,9 @@ def featureless_warning(spread: float | None) -> list[dict[str, str]]:
 def image_warnings(
     spread: float | None, quality: int | None, sharp: float | None, modality: str | None
 ) -> list[dict[str, str]]:
-    """What the picture itself says about an answer, scored as ``modality``: ``featureless_image``,
-    ``compressed_image`` and ``blurred_image`` (not for a blank frame, which has no focus to speak of)."""
+    """What the picture itself says about an answer, for a picture of ``modality`` (what it is: its DICOM header,
+    else the modality check; not the modality it was scored as): ``featureless_image``, ``compressed_image`` and
+    ``blurred_image`` (not for a blank frame, which has no focus to speak of)."""
     out = featureless_warning(spread) + compressed_warning(quality)
     if not featureless(spread):
         out += blurred_warning(sharp, modality)
@@ -368,7 +370,10 @@ class Engine:
                     ),
                 }
             )
-        out += image_warnings(result.detail, result.jpeg_quality, result.sharpness, result.modality_used)
+        # judged as what the picture is (its DICOM header, else the modality check), not as it was scored: a B-scan
+        # scored with the photograph prompts has no photograph's focus, a photograph scored as OCT still has one
+        own = result.modality_stated or result.modality_detected
+        out += image_warnings(result.detail, result.jpeg_quality, result.sharpness, own)
         meant_for = self.task_modalities(task)
         if meant_for and used not in meant_for:
             how = "requested" if requested != "auto" else "detected" if used == detected else "from the DICOM header"
@@ -508,6 +513,7 @@ class Engine:
             detail=encoded.detail,
             jpeg_quality=encoded.jpeg_quality,
             sharpness=encoded.sharpness,
+            modality_stated=stated if stated in self.modalities else None,
             decision=decided,
         )
 

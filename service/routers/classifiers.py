@@ -869,7 +869,8 @@ def classifier_predict(
         order = order[:top_k]
     mod = found.of(0)
     detected = header_modality or found.detected[0]
-    warnings = image_warnings(encoded.detail, encoded.jpeg_quality, encoded.sharpness, modality)
+    # the picture judged as what it is, not as the classifier's modality (Engine.warnings)
+    warnings = image_warnings(encoded.detail, encoded.jpeg_quality, encoded.sharpness, detected)
     if detected != modality and (header_modality or mod[detected] >= MODALITY_MISMATCH_CONFIDENCE):
         warnings.append(
             {

@@ -221,7 +221,8 @@ def _defocused(data: bytes, sigma: float) -> bytes:
 
 def test_a_photograph_out_of_focus_is_flagged(api: TestClient, real_images: dict[str, bytes]) -> None:
     """Defocus moves the unseen site's healthy eyes towards disease and leaves no trace in the file: the answer
-    now says so. The same photograph in focus, or scored as another modality, gets no such warning."""
+    now says so. The same photograph in focus gets no such warning; the picture is judged as what it is, whatever
+    modality it is scored as."""
     blurred = _defocused(real_images["CFP"], 2.0)
     body = _classify(api, blurred).json()
     assert body["modality"]["used"] == "CFP"
@@ -229,12 +230,14 @@ def test_a_photograph_out_of_focus_is_flagged(api: TestClient, real_images: dict
     assert "looks out of focus (sharpness 0." in body["warnings"][0]["message"]
     assert f"below {BLURRED_BELOW:.2f}" in body["warnings"][0]["message"]
     assert _classify(api, _defocused(real_images["CFP"], 0.0)).json()["warnings"] == []
-    as_oct = _classify(api, blurred, modality="OCT").json()
-    assert "blurred_image" not in [w["code"] for w in as_oct["warnings"]]
-    # an angiogram or a B-scan blurred as much: the bar was measured on photographs only
+    as_oct = _classify(api, blurred, modality="OCT").json()  # still a photograph out of focus
+    assert {"modality_mismatch", "blurred_image"} <= {w["code"] for w in as_oct["warnings"]}, as_oct["warnings"]
+    # an angiogram or a B-scan blurred as much: the bar was measured on photographs only, so neither is judged,
+    # scored as what it is or with the photograph prompts (a B-scan's texture is no photograph's focus)
     for modality in ("OCT", "FFA"):
-        other = _classify(api, _defocused(real_images[modality], 2.0), modality=modality).json()
-        assert "blurred_image" not in [w["code"] for w in other["warnings"]], modality
+        for scored_as in (modality, "CFP"):
+            other = _classify(api, _defocused(real_images[modality], 2.0), modality=scored_as).json()
+            assert "blurred_image" not in [w["code"] for w in other["warnings"]], (modality, scored_as)
 
 
 def test_the_picture_warnings_are_one_list_for_zero_shot_and_classifiers() -> None:
