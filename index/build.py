@@ -488,22 +488,28 @@ def build(
     created = [p for p in [directory, *directory.absolute().parents] if not p.exists()]
     try:
         return _build_locked(directory, sources, artifact, ann, options, image_root, start)
-    except DataError:  # nothing to index: what this build made goes, if it holds nothing but its own files
+    except BaseException as err:  # a failed first build (an unreachable Ray cluster, say) left no empty index
+        # folder: what it made goes if it holds only the lock, and its work files when there was nothing to index
+        # (those of a build cut short stay, for the next one to resume)
         if created:
-            _remove_if_only_ours(directory, created[1:])
+            _remove_if_only_ours(directory, created[1:], work=isinstance(err, DataError))
         raise
 
 
-def _remove_if_only_ours(directory: Path, parents: list[Path]) -> None:
-    """Remove ``directory`` if it holds only this build's lock and work files, then each of ``parents`` (made by
-    this build, deepest first) while it is empty: another build may have put its index beside it meanwhile."""
+def _remove_if_only_ours(directory: Path, parents: list[Path], work: bool = True) -> None:
+    """Remove ``directory`` if it holds only this build's lock (and, with ``work``, its work files), then each of
+    ``parents`` (made by this build, deepest first) while it is empty: another build may have put its index beside
+    it meanwhile, or be building in it (then it holds the lock, and a build refused for that lock removed it)."""
     try:
-        if any(p.name != LOCK and not p.name.startswith(WORK_PREFIX) for p in directory.iterdir()):
+        if not directory.is_dir():
             return
-        shutil.rmtree(directory)
+        with locked(directory):
+            if any(p.name != LOCK and not (work and p.name.startswith(WORK_PREFIX)) for p in directory.iterdir()):
+                return
+            shutil.rmtree(directory)
         for parent in parents:
             parent.rmdir()  # OSError when another build's folder is in it: it stays
-    except OSError:
+    except (OSError, IndexStoreError):  # IndexStoreError: another build holds the lock
         return
 
 

@@ -6,14 +6,17 @@ then assembles into the index exactly as the local path does.  On a real cluster
 artifact and the images must be readable at the same paths on every node (a shared or network file system).
 
 Without an address a local Ray instance is started for the duration of the call and shut down afterwards; a Ray
-instance the caller already initialised is used as is and left running.
+instance the caller already initialised is used as is and left running.  A cluster that cannot be reached, or a
+failure of Ray itself (a worker or node lost, an actor that cannot start), is a one-line :class:`DataError`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,17 @@ import numpy as np
 
 from index.embed import Embedded, embed_items
 from index.sources import ImageItem
-from model.errors import ConfigError
+from model.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
+
+# Ray's own bounds on reaching a cluster (an environment variable the user set wins). By default Ray 2.x tried an
+# unreachable --ray-address 20 times, about 40 s each, before a traceback; with these it gives up after one try,
+# in about 20 s (about 40 s where Ray was imported before the call: the timeout is read when Ray is imported).
+CONNECT_BOUNDS = {
+    "RAY_gcs_server_port_wait_time_s": "1",  # attempts to reach the cluster's GCS (read by ray.init)
+    "RAY_py_gcs_connect_timeout_s": "10",  # each attempt's wait for the GCS to answer (Ray's default: 30)
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,26 @@ def _import_ray() -> Any:
     return ray
 
 
+@contextmanager
+def _bounded_connect(address: str | None) -> Iterator[None]:
+    """:data:`CONNECT_BOUNDS` set while Ray is imported and connects to the cluster at ``address`` (none for a
+    local instance, which the first of them would cut short), then taken out again."""
+    added = {k: v for k, v in CONNECT_BOUNDS.items() if k not in os.environ} if address else {}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _last_line(err: BaseException) -> str:
+    """The gist of a Ray error in one line: the last line of its message (a remote traceback ends with the
+    exception raised on the worker), without colour codes."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
 def embed_with_ray(
     artifact: Path,
     items: Sequence[ImageItem],
@@ -81,18 +112,24 @@ def embed_with_ray(
     options = options or RayOptions()
     if not items:
         return Embedded.empty(dim)
-    ray = _import_ray()
-    # Ray >= 2.5x asks for a token when talking to a cluster; a private local instance needs none.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = False
-    if not ray.is_initialized():
-        init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-        if options.address:
-            init_args["address"] = options.address
-        else:
-            init_args["num_cpus"] = options.num_cpus
-        ray.init(**init_args)
-        started = True
+    with _bounded_connect(options.address):
+        ray = _import_ray()
+        # Ray >= 2.5x asks for a token when talking to a cluster; a private local instance needs none.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        started = False
+        if not ray.is_initialized():
+            init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+            if options.address:
+                init_args["address"] = options.address
+            else:
+                init_args["num_cpus"] = options.num_cpus
+            try:
+                ray.init(**init_args)
+            except (ConnectionError, RuntimeError, ValueError) as err:  # unreachable, not Ray, no ray[client]...
+                ray.shutdown()
+                where = f"connect to the Ray cluster at {options.address}" if options.address else "start Ray"
+                raise DataError(f"cannot {where}: {_last_line(err)}") from err
+            started = True
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
@@ -116,6 +153,9 @@ def embed_with_ray(
             num_cpus=options.threads_per_actor,
         )
         parts = [Embedded.from_dict(b) for b in ds.iter_batches(batch_format="numpy", batch_size=None)]
+    except ray.exceptions.RayError as err:  # a worker or node lost, an actor that could not start (the artifact
+        # not at the same path on every node)...: the remote traceback's last line
+        raise DataError(f"embedding on Ray failed: {_last_line(err)}") from err
     finally:
         if started:
             ray.shutdown()

@@ -42,9 +42,9 @@ from typing import Any, TypedDict, cast
 import faiss
 import numpy as np
 
-from index.ann import INDEX_KINDS, search_params
+from index.ann import INDEX_KINDS, AnnSpec, search_params
 from model.artifact import CHECKSUM_FIELD, check_content_checksum, sha256_file
-from model.errors import IndexMismatchError, IndexStoreError, NotFoundError
+from model.errors import ConfigError, IndexMismatchError, IndexStoreError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ def read_manifest(directory: Path, check: bool = True) -> IndexManifest:
         strings = key != "sources" or not isinstance(value, list) or all(isinstance(s, str) for s in value)
         if (key in manifest and not isinstance(value, kinds)) or not strings:
             raise IndexStoreError(f"index manifest {path}: {key!r} must be {what}")
+    _check_ann(path, manifest.get("ann", {}))
     params = manifest.get("index_params", {})
     if not isinstance(params, dict) or any(not isinstance(v, int) or isinstance(v, bool) for v in params.values()):
         raise IndexStoreError(f"index manifest {path}: 'index_params' must be an object of whole numbers")
@@ -251,6 +252,28 @@ def read_manifest(directory: Path, check: bool = True) -> IndexManifest:
     if manifest.get("metric", METRIC) != METRIC:
         raise IndexStoreError(f"index manifest {path}: metric {manifest.get('metric')!r} is not {METRIC!r}")
     return cast(IndexManifest, manifest)
+
+
+def _check_ann(path: Path, ann: dict[str, Any]) -> None:
+    """The index spec add and reindex build with (an :class:`AnnSpec`): a sealed "nlist": "x" passed the checks
+    above and was a TypeError traceback there."""
+    for key, value in ann.items():
+        if key == "kind":
+            good, what = isinstance(value, str), "a string"
+        elif key == "target_recall":
+            good, what = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        elif key in AnnSpec.__dataclass_fields__:
+            optional = key in ("nlist", "nprobe", "ef_search")  # None: chosen from the data
+            good = (optional and value is None) or (isinstance(value, int) and not isinstance(value, bool))
+            what = "a whole number or null" if optional else "a whole number"
+        else:
+            continue  # not a field of AnnSpec: from_dict leaves it out
+        if not good:
+            raise IndexStoreError(f"index manifest {path}: 'ann' {key} must be {what}, not {value!r}")
+    try:
+        AnnSpec.from_dict(ann)  # the ranges (nlist >= 1, hnsw_m from 2 to 256...)
+    except ConfigError as err:
+        raise IndexStoreError(f"index manifest {path}: 'ann' {err}") from err
 
 
 def verify_files(directory: Path, manifest: IndexManifest, hashes: bool = True) -> None:

@@ -177,6 +177,11 @@ def test_cli_refuses_an_empty_label_as_the_api_does(
         ("index_params", [1, 2], "'index_params' must be an object of whole numbers"),
         ("index_params", {"nprobe": "x"}, "'index_params' must be an object of whole numbers"),
         ("ann", [1], "'ann' must be an object"),
+        # a sealed "nlist": "x" was a TypeError traceback in add and reindex (AnnSpec compared it with 1)
+        ("ann", {"nlist": "x"}, "'ann' nlist must be a whole number or null, not 'x'"),
+        ("ann", {"exact_threshold": 1.5}, "'ann' exact_threshold must be a whole number, not 1.5"),
+        ("ann", {"target_recall": "high"}, "'ann' target_recall must be a number, not 'high'"),
+        ("ann", {"hnsw_m": 0}, "'ann' hnsw_m must be from 2 to 256, got 0"),
         ("sources", 5, "'sources' must be a list of strings"),
         ("artifact", {"name": "keepfit-tiny"}, "'artifact' must give the model's name and version as strings"),
         ("next_id", 2, "next_id 2 is not above the largest id 6: ids would be given twice"),
@@ -207,6 +212,39 @@ def test_a_malformed_manifest_edit_is_one_line_not_a_traceback(
     (directory / MANIFEST).write_text(json.dumps(seal({**manifest, field: value})))  # sealed by an older keepfit
     with pytest.raises(IndexStoreError, match=message.replace("(", r"\(").replace(")", r"\)")):
         VectorIndex.open(directory)
+
+
+def test_a_sealed_malformed_ann_is_one_line_in_every_command(
+    labelled_index: Path, tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """add and reindex build with the manifest's 'ann' object: its "nlist": "x", accepted by `keepfit index seal`,
+    was a TypeError traceback there."""
+    import shutil
+
+    from index.store import MANIFEST
+    from index.writer import seal
+    from model.cli import main as keepfit
+
+    directory = Path(shutil.copytree(labelled_index, tmp_path / "index"))
+    manifest = json.loads((directory / MANIFEST).read_text())
+    (directory / MANIFEST).write_text(json.dumps(seal({**manifest, "ann": {**manifest["ann"], "nlist": "x"}})))
+    before = (directory / MANIFEST).read_text()
+    folder = tmp_path / "new"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(folder / "new.png")
+    index, artifact = ["--index", str(directory)], ["--artifact", str(tiny_artifact)]
+    for argv in (
+        ["info", str(directory)],
+        ["search", *index, *artifact, "--text", "retina"],
+        ["add", *index, *artifact, "--images", str(folder), "--no-progress"],
+        ["reindex", *index],
+        ["reindex", *index, "--nlist", "2"],
+    ):
+        assert keepfit(["index", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, argv
+        assert err.strip().splitlines()[-1].endswith("'ann' nlist must be a whole number or null, not 'x'"), argv
+    assert (directory / MANIFEST).read_text() == before
 
 
 def test_an_add_none_of_whose_inputs_is_readable_is_refused_as_a_build_is(

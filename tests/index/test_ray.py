@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from index import sources
 from index.build import Report, build
-from index.distributed import RayOptions
+from index.distributed import RayOptions, embed_with_ray
+from index.sources import ImageItem
 from index.store import VectorIndex
 from tests.index.conftest import Archive, quiet
 
@@ -40,3 +47,128 @@ def test_ray_build_equals_local_build(
     import ray
 
     assert not ray.is_initialized()  # the instance this build started was shut down
+
+
+@pytest.fixture
+def one_image(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (120, 60, 30)).save(folder / "scan.png")
+    return folder
+
+
+def _build_argv(images: Path, artifact: Path, out: Path, *ray: str) -> list[str]:
+    return ["index", "build", "--images", str(images), "--artifact", str(artifact), "--out", str(out),
+            "--no-progress", "--ray", *ray]
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ConnectionError("Failed to connect to Ray cluster at 10.9.9.9:6379"), "Failed to connect to Ray cluster"),
+        (ValueError("Ray Client requires pip package `ray[client]`."), "Ray Client requires pip package"),
+    ],
+)
+def test_an_unreachable_cluster_is_one_line_and_leaves_no_folder(
+    one_image: Path,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    message: str,
+) -> None:
+    """ray.init's ConnectionError (an OSError without errno) was a traceback, after Ray had retried the address for
+    about 14 minutes, and the new --out folder stayed behind holding only the build's lock."""
+    import ray
+
+    from model.cli import main as keepfit
+
+    def unreachable(**kwargs: object) -> None:
+        assert kwargs["address"] == "10.9.9.9:6379"
+        assert os.environ["RAY_gcs_server_port_wait_time_s"] == "1"  # Ray gives up after one try
+        raise error
+
+    monkeypatch.setattr(ray, "init", unreachable)
+    monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
+    out = tmp_path / "new" / "index"
+    assert keepfit(_build_argv(one_image, tiny_artifact, out, "--ray-address", "10.9.9.9:6379")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot connect to the Ray cluster at 10.9.9.9:6379: {message}")
+    assert not (tmp_path / "new").exists()  # the folders the build made went with it
+    assert "RAY_gcs_server_port_wait_time_s" not in os.environ  # the bound was only for the connection
+
+
+def test_a_missing_ray_is_one_line_and_leaves_no_folder(
+    one_image: Path,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from model.cli import main as keepfit
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray: ImportError
+    out = tmp_path / "index"
+    assert keepfit(_build_argv(one_image, tiny_artifact, out)) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --ray needs Ray Data: pip install 'keepfit[ray]' (ray[data])"
+    )
+    assert not out.exists()  # it held only .lock
+
+
+def test_a_failed_build_into_an_existing_folder_leaves_the_folder(
+    one_image: Path, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a folder the build made goes: an empty one the user made stays (without the build's lock)."""
+    from model.cli import main as keepfit
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    out = tmp_path / "index"
+    out.mkdir()
+    assert keepfit(_build_argv(one_image, tiny_artifact, out)) == 2
+    assert out.is_dir() and [p.name for p in out.iterdir()] == [".lock"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_real_unreachable_address_fails_in_seconds(one_image: Path, tiny_artifact: Path, tmp_path: Path) -> None:
+    """Against a closed port: Ray's own connect timeouts, shortened here (their defaults make it about 20 s)."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_gcs_rpc_server_connect_timeout_s": "1",
+           "RAY_py_gcs_connect_timeout_s": "2"}
+    out = tmp_path / "index"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "model.cli", *_build_argv(one_image, tiny_artifact, out, "--ray-address",
+                                                         f"127.0.0.1:{port}")],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot connect to the Ray cluster at 127.0.0.1:{port}: ")
+    assert time.monotonic() - start < 60
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_an_actor_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An actor whose artifact is not at that path (on a cluster node, say) died with an ActorDiedError whose
+    message is the whole remote traceback; it ends with the cause, which is the line kept."""
+    from model.errors import DataError
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    missing = tmp_path / "no-artifact"
+    with pytest.raises(DataError) as info:
+        embed_with_ray(
+            missing, [ImageItem(seq=0, source=str(tmp_path / "x.png"), modality=None)], 8,
+            options=RayOptions(num_cpus=1, actors=1), progress=False,
+        )
+    assert str(info.value) == f"embedding on Ray failed: model.errors.ArtifactError: artifact directory not found: {missing}"
+    import ray
+
+    assert not ray.is_initialized()
