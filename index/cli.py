@@ -113,7 +113,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("distributed embedding on Ray")
     r.add_argument("--ray", action="store_true", help="embed on Ray (a local instance unless --ray-address)")
     r.add_argument(
-        "--ray-address", default=None, help="address of an existing Ray cluster (e.g. ray://head:10001)"
+        "--ray-address",
+        default=None,
+        help="address of an existing Ray cluster: head:6379 on one of its nodes (ray://head:10001 needs ray[client])",
     )
     r.add_argument("--ray-cpus", type=positive_int, default=None, help="CPUs of the local Ray instance")
     r.add_argument("--ray-actors", type=positive_int, default=None, help="embedding actors (default: one per CPU)")
