@@ -647,14 +647,21 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         raise InvalidRequestError(f"a classifier needs at least 2 categories, got {len(specs)}")
     if len(specs) > settings.max_categories:
         raise InvalidRequestError(f"{len(specs)} categories; the limit is {settings.max_categories}")
-    # fail fast on a name clash or a full store, before any image is embedded
-    if (
-        store.cached_row(name) is not None
-    ):  # the insert's transaction is what guarantees it; this saves the work
+    # fail fast on a name clash or a full store, before any image is embedded (the insert's transaction is what
+    # guarantees both; this saves the work)
+    if store.cached_row(name) is not None:
         from service.classifiers import ClassifierExistsError
 
         raise ClassifierExistsError(
             f"a classifier named {name!r} exists already; delete it first or choose another name"
+        )
+    held = await state.run_blocking(store.count)
+    if held >= settings.max_classifiers:
+        from service.classifiers import ClassifierLimitError
+
+        raise ClassifierLimitError(
+            f"this deployment holds {held} classifiers, its limit "
+            f"(KEEPFIT_MAX_CLASSIFIERS={settings.max_classifiers}); delete one first"
         )
     start = time.perf_counter()
     timings: dict[str, float] = {}

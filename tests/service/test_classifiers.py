@@ -335,6 +335,15 @@ def test_limits(default_artifact: Path, index_dir: Path, store_dir: Path, record
         assert c.post("/v1/classifiers", json={"name": "one", **base}, headers=ADMIN).status_code == 201
         full = c.post("/v1/classifiers", json={"name": "two", **base}, headers=ADMIN)
         assert full.status_code == 409 and full.json()["error"]["code"] == "classifier_limit"
+        # refused before the examples are read or embedded: they were all embedded first, then refused
+        embedded: list[bytes] = []
+        engine = c.app.state.service.engine  # type: ignore[attr-defined]
+        engine.embed_example = lambda data, timings: embedded.append(data)  # never reached
+        picture = encode(Image.new("RGB", (64, 64), (120, 60, 30)), "PNG")
+        files = [(f"examples.{label}", (f"{label}{i}.png", picture, "image/png")) for label in "ab" for i in range(2)]
+        upload = c.post("/v1/classifiers", data={"name": "three"}, files=files, headers=ADMIN)
+        assert upload.status_code == 409 and upload.json()["error"]["code"] == "classifier_limit", upload.text
+        assert not embedded  # refused before its examples were embedded (it embedded them all, then refused)
 
 
 def test_read_keys_without_admin_keys_disable_writes(default_artifact: Path, store_dir: Path) -> None:
