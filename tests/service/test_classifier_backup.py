@@ -207,6 +207,34 @@ def test_a_store_never_follows_an_arrays_name_out_of_its_folder(small_store: Pat
     assert victim.read_bytes() == b"precious"
 
 
+def test_work_folders_of_a_killed_backup_or_restore_are_removed_by_the_next(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kill -9 mid-way left a hidden folder of copied patient images beside the archive or the store for good.
+    One that has not changed for an hour goes with the next backup or restore of that name; a recent one (another
+    run's, in progress) and other files stay."""
+    import os
+    import time
+
+    def leftover(name: str, age_s: float) -> Path:
+        folder = tmp_path / name
+        (folder / "examples").mkdir(parents=True)
+        (folder / "examples" / ("0" * 64)).write_bytes(b"a patient's image")
+        for path in (folder / "examples" / ("0" * 64), folder / "examples", folder):
+            os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return folder
+
+    killed, running = leftover(".nightly.tar.abc123", 7200), leftover(".nightly.tar.def456", 60)
+    killed_restore = leftover(".restored.restoring-xyz", 7200)
+    other = tmp_path / ".nightly.tar.notes"
+    other.write_text("not a folder")
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    _backup(small_store, tmp_path / "nightly.tar", capsys)
+    assert not killed.exists() and running.exists() and other.exists() and killed_restore.exists()
+    assert keepfit(["classifier", "restore", str(tmp_path / "nightly.tar"), "--store", str(tmp_path / "restored")]) == 0
+    assert not killed_restore.exists() and (tmp_path / "restored" / "classifiers.sqlite").is_file()
+
+
 def test_a_backup_inside_the_store_is_refused_and_the_store_kept(
     small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
