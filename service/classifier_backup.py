@@ -19,10 +19,10 @@ into, nor replaces, a store that exists.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
-import glob
 import logging
 import os
 import re

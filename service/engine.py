@@ -693,6 +693,7 @@ class IndexHolder:
         )
         self._stamp: tuple[int, int] | None = None
         self._failed_at: float | None = None  # when the index of _stamp last failed to open
+        self._refused: str | None = None  # why the index now at the path is not the one served
         self._fingerprint: str | None = None
         self._loads = 0
         self.modalities: list[str] = []  # the modalities the loaded index holds (valid search filters)
@@ -734,6 +735,8 @@ class IndexHolder:
         except (IndexStoreError, OSError) as err:
             if self._index is None:
                 self._error = str(err)
+            else:  # the previous index is still served: /readyz says why the new one is not
+                self._refused = f"a newer index there was refused, the previous one is still served: {err}"
             logger.error("index at %s not loaded: %s", self.path, err)
             self._stamp = stamp  # do not retry the same broken files on every request
             self._failed_at = time.monotonic()
@@ -753,7 +756,7 @@ class IndexHolder:
             if old is not None and self._holds.get(id(old)):
                 self._retired[id(old)] = old  # still in use: closed by the last request that holds it
                 old = None
-        self._stamp, self._error, self._failed_at = stamp, None, None
+        self._stamp, self._error, self._failed_at, self._refused = stamp, None, None, None
         self.modalities = index_modalities(index)
         if self.metrics is not None:
             self.metrics.index_size.set(int(index.count))
@@ -838,7 +841,8 @@ class IndexHolder:
         if index is None:
             # public (/readyz): the reason without the server's paths, which the log has
             return IndexInfo(False, None, None, redact_paths(self._error, self.path) if self._error else None)
-        return IndexInfo(True, int(index.count), str(index.artifact_version), None, fingerprint, loads)
+        refused = redact_paths(self._refused, self.path) if self._refused else None
+        return IndexInfo(True, int(index.count), str(index.artifact_version), refused, fingerprint, loads)
 
     def require(self, need_images: bool = True) -> Any:
         if self._index is None:

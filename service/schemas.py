@@ -547,7 +547,11 @@ class IndexStatus(BaseModel):
     loaded: bool
     count: int | None
     artifact_version: str | None
-    error: str | None
+    error: str | None = Field(
+        None,
+        description="why no index is loaded; with loaded true, why a newer index at the configured path was "
+        "refused (another model's, damaged) while the previous one is still served",
+    )
 
 
 class CacheStatus(BaseModel):

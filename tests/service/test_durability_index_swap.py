@@ -85,3 +85,35 @@ def test_a_request_that_took_the_old_index_is_answered_from_it_after_a_swap(tmp_
         assert opened[1].closed
 
     asyncio.run(scenario())
+
+
+def test_readiness_says_when_a_newer_index_is_refused_and_the_previous_one_still_served(tmp_path: Path) -> None:
+    """An index rebuilt with another model (or damaged) is refused and the previous one kept; /readyz said only
+    "loaded", so an operator waited for a change that never came. Its error now says why, without server paths;
+    a good index at the path clears it."""
+    refuse = {"yes": False}
+
+    def opener(path: Path, expected_artifact_version: str) -> _Generation:
+        if refuse["yes"]:
+            raise IndexStoreError(f"index {path} was built with artifact version 'w', this service runs 'v'")
+        return _Generation(1)
+
+    async def scenario() -> None:
+        _publish(tmp_path, 1)
+        holder = IndexHolder(tmp_path, "v", opener=opener)
+        await holder.start()
+        assert holder.info().loaded and holder.info().error is None
+        refuse["yes"] = True
+        _publish(tmp_path, 2)
+        await holder.refresh(force=True)
+        info = holder.info()
+        assert info.loaded and info.count == 3  # the previous one, still served
+        assert info.error is not None and "refused" in info.error and "artifact version 'w'" in info.error
+        assert str(tmp_path) not in info.error
+        refuse["yes"] = False
+        _publish(tmp_path, 3)
+        await holder.refresh(force=True)
+        assert holder.info().error is None
+        await holder.close()
+
+    asyncio.run(scenario())
