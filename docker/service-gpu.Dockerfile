@@ -46,8 +46,10 @@ RUN useradd --uid 10001 --create-home --home-dir /home/keepfit --shell /usr/sbin
 USER keepfit
 
 # The runtime falls back to the CPU provider when CUDA is unavailable (no GPU passed to the container).
+# ONNX Runtime's usage telemetry off, as in the CPU image (docker/service.Dockerfile says why).
 ENV KEEPFIT_ARTIFACT=/artifacts/keepfit-v2-small \
-    KEEPFIT_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider
+    KEEPFIT_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider \
+    ORT_DISABLE_TELEMETRY=1
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]

@@ -37,14 +37,17 @@ RUN pip install '/src[serve]' \
 COPY artifacts/keepfit-v2-small /artifacts/keepfit-v2-small
 
 # An unprivileged user owns the index folder, so a fresh named volume mounted there (which Docker fills from
-# the image, ownership included) is writable by the index builder and the API alike. It has a home because
-# onnxruntime keeps a small state file there.
+# the image, ownership included) is writable by the index builder and the API alike. It has a home
+# (onnxruntime's telemetry, turned off below, kept its device id there).
 RUN useradd --uid 10001 --create-home --home-dir /home/keepfit --shell /usr/sbin/nologin keepfit \
     && mkdir -p /indexes \
     && chown keepfit:keepfit /indexes
 USER keepfit
 
-ENV KEEPFIT_ARTIFACT=/artifacts/keepfit-v2-small
+# ONNX Runtime's usage telemetry (on by default on Linux since 2026) would keep a device id in the home and send
+# events to Microsoft, and a container without a way out waited on it at exit (SIGKILLed after docker's 10 s).
+ENV KEEPFIT_ARTIFACT=/artifacts/keepfit-v2-small \
+    ORT_DISABLE_TELEMETRY=1
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]

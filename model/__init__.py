@@ -5,7 +5,15 @@ Runtime encoder.  The torch model, its factory and the exporter live in :mod:`mo
 by training and export entry points.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# ONNX Runtime (1.32 on Linux) keeps a device id under ~/.cache/Microsoft and sends usage events to Microsoft unless
+# this is set before it is imported: a clinic's service and tools contact no one. Every package of this project
+# imports this one first (their __init__), so it is set before any of them imports onnxruntime; an operator's own
+# value stays.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # The ``keepfit`` subcommands this package owns: name -> ("module:function", help). The function takes the
 # arguments after the subcommand. Each package declares its own table and pyproject.toml registers the tables

@@ -4,6 +4,8 @@ Nothing is loaded at import: :func:`service.app.create_app` builds the app and i
 the index and the cache.  ``keepfit serve`` (:mod:`service.cli`) runs it under uvicorn.
 """
 
+import model  # noqa: F401  (first: it turns ONNX Runtime's telemetry off before any module here imports onnxruntime)
+
 # ``keepfit`` subcommands (see model/__init__.py): name -> ("module:function", help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.cli:main", "run the HTTP API"),
