@@ -282,11 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     top = ", ".join(f"{label} {n}" for label, n in counts.most_common(5))
     warnings = ", ".join(f"{code} {n}" for code, n in sorted(warned.items(), key=lambda kv: (-kv[1], kv[0])))
+    if warnings:  # where the output file says which images: a .jsonl has no columns
+        where = "each answer's warnings say which" if out.suffix.lower() == ".jsonl" else "the warnings column says which"
+        warnings = f"{warnings} ({where})"
     print(  # noqa: T201
         f"classified {total - failed} of {total} images ({failed} could not be) in {seconds:.1f} s, "
         f"{len(paths) / max(seconds, 1e-9):.1f} images/s, on {threads} threads -> {out}\n"
         f"most probable: {top or 'none'}\n"
-        f"images with warnings: {warnings or 'none'} (the warnings column says which)\n{scorer.engine.intended_use}"
+        f"images with warnings: {warnings or 'none'}\n{scorer.engine.intended_use}"
     )
     return 0
 

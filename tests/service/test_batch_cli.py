@@ -299,3 +299,25 @@ def test_the_summary_counts_the_images_with_each_warning(
                     "--modality", "CFP"]) == 0
     assert "images with warnings: compressed_image 2 (the warnings column says which)" in capsys.readouterr().out
     assert [r["warnings"] for r in csv.DictReader(out.open())] == ["compressed_image", "compressed_image", ""]
+
+
+def test_the_summary_points_at_where_the_output_file_keeps_the_warnings(
+    real_image_paths: dict[str, list[Path]], default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .jsonl file has no warnings column: the summary names each answer's warnings instead, and says nothing
+    of where to look when no image has any."""
+    from PIL import Image
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for i, path in enumerate(real_image_paths["CFP"][:2]):
+        Image.open(path).convert("RGB").save(folder / f"{i}.jpg", quality=20 if i == 0 else 92)
+    out = tmp_path / "results.jsonl"
+    args = ["classify", "--artifact", str(default_artifact), "--modality", "CFP"]
+    assert keepfit([*args, "--images", str(folder), "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "images with warnings: compressed_image 1 (each answer's warnings say which)" in summary
+    assert "column" not in summary
+    (folder / "0.jpg").unlink()
+    assert keepfit([*args, "--images", str(folder), "--out", str(tmp_path / "results.csv")]) == 0
+    assert "images with warnings: none\n" in capsys.readouterr().out
