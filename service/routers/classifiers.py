@@ -61,6 +61,7 @@ from service.engine import (
     Engine,
     FeaturelessExampleError,
     Timings,
+    featureless,
     image_warnings,
     loose_name,
     mixed_script_word,
@@ -878,11 +879,19 @@ def classifier_predict(
     detected = header_modality or found.detected[0]
     # the picture judged as what it is, not as the classifier's modality (Engine.warnings)
     warnings = image_warnings(encoded.detail, encoded.jpeg_quality, encoded.sharpness, detected)
-    if detected != modality and (header_modality or mod[detected] >= MODALITY_MISMATCH_CONFIDENCE):
+    # as a zero-shot answer scored with a named modality warns (Engine.warnings): whenever the picture is of
+    # another, by its header or by the modality check, however sure (an image 0.62 of another was not warned of)
+    if detected != modality and not featureless(encoded.detail):
+        how = (
+            f"its DICOM header says {detected}"
+            if header_modality
+            else f"modality check: {detected} {mod.get(detected, 0.0):.2f}, {modality} {mod.get(modality, 0.0):.2f}"
+        )
         warnings.append(
             {
                 "code": "modality_mismatch",
-                "message": f"the image looks like {detected} but the classifier was fitted on {modality} images",
+                "message": f"the image looks like {detected} ({how}) but the classifier was fitted on {modality} "
+                "images, so its answer is probably meaningless for this image",
             }
         )
     return {

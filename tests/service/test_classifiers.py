@@ -183,6 +183,21 @@ def test_index_ids_and_label_filter_then_list_show_delete(client: TestClient, re
     Image.open(image).convert("RGB").save(squeezed, format="JPEG", quality=20)
     flagged = client.post("/v1/classify", files={"image": squeezed.getvalue()}, data={"classifier": "oct-a"}).json()
     assert [w["code"] for w in flagged["warnings"]] == ["compressed_image"], flagged["warnings"]
+    # an image of another modality is warned of, as a zero-shot answer with a named modality is, also when the
+    # modality check is not sure (0.62: no warning before, below 0.9); a blank picture has its own warning
+    runtime = client.app.state.service.engine.runtime  # type: ignore[attr-defined]
+    names = runtime.modality_probabilities(np.zeros((1, runtime.embed_dim), np.float32))[0]
+    unsure = np.array([[{"CFP": 0.62, "FFA": 0.34, "OCT": 0.04}[n] for n in names]], np.float32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "modality_probabilities", lambda embeddings: (names, unsure))
+        fresh = io.BytesIO()  # not an answer the cache holds
+        Image.open(image).convert("RGB").save(fresh, format="PNG")
+        other = client.post("/v1/classify", files={"image": fresh.getvalue()}, data={"classifier": "oct-a"}).json()
+    mismatch = [w for w in other["warnings"] if w["code"] == "modality_mismatch"]
+    assert len(mismatch) == 1 and "CFP 0.62, OCT 0.04" in mismatch[0]["message"], other["warnings"]
+    blank = encode(Image.new("RGB", (256, 256), (0, 0, 0)), "PNG")
+    none = client.post("/v1/classify", files={"image": blank}, data={"classifier": "oct-a"}).json()
+    assert [w["code"] for w in none["warnings"]] == ["featureless_image"], none["warnings"]
     assert client.delete("/v1/classifiers/oct-a", headers=ADMIN).json() == {
         "deleted": "oct-a",
         "version": shown["version"],
