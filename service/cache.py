@@ -373,7 +373,7 @@ class RedisCache:
             return None
         if not isinstance(result, bytes):
             return None
-        value = unframe(result)
+        value = unframe(key, result)
         if value is None:  # not what set() wrote (edited by hand, another program, a torn write): a miss
             await self._drop_entry(key, f"an unreadable entry ({len(result)} bytes)")
         return value
@@ -384,7 +384,7 @@ class RedisCache:
         key = scoped_key(key, self._scope)
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._client.set(key, frame(value), ex=self.ttl_s), timeout=self.timeout_s * 2)
+            await asyncio.wait_for(self._client.set(key, frame(key, value), ex=self.ttl_s), timeout=self.timeout_s * 2)
         except Exception as err:
             if _refused_write(err):  # a full Redis (maxmemory, noeviction) still answers reads: no outage
                 self._succeeded()
@@ -428,20 +428,25 @@ class RedisCache:
 
 _FAILED = object()
 _BAD_ENTRY = object()
-# A Redis entry is the value behind a check of it: 8 bytes of BLAKE2b over the value (~1 us for an answer). An
-# entry that fails it is dropped as a miss: a corrupted or hand-edited entry was answered as it was (a 500 for
-# "garbage", a 200 with an invalid or empty body for "junk}" or "{}") until its time to live ran out.
+# A Redis entry is the value behind a check of it: 8 bytes of BLAKE2b over the value, keyed by the entry's own
+# Redis key (~1 us for an answer). An entry that fails it is dropped as a miss: a corrupted or hand-edited entry was
+# answered as it was (a 500 for "garbage", a 200 with an invalid or empty body for "junk}" or "{}") until its time
+# to live ran out, and an entry copied under another key (another image's, another request's) answered for it.
 _CHECK_BYTES = 8
 
 
-def frame(value: bytes) -> bytes:
-    return hashlib.blake2b(value, digest_size=_CHECK_BYTES).digest() + value
+def _check(key: str, value: bytes) -> bytes:
+    return hashlib.blake2b(value, digest_size=_CHECK_BYTES, key=hashlib.sha256(key.encode()).digest()).digest()
 
 
-def unframe(entry: bytes) -> bytes | None:
-    """The value :func:`frame` wrapped, or None when the entry is not one."""
+def frame(key: str, value: bytes) -> bytes:
+    return _check(key, value) + value
+
+
+def unframe(key: str, entry: bytes) -> bytes | None:
+    """The value :func:`frame` wrapped for ``key``, or None when the entry is not one (or another key's)."""
     check, value = entry[:_CHECK_BYTES], entry[_CHECK_BYTES:]
-    if len(entry) < _CHECK_BYTES or hashlib.blake2b(value, digest_size=_CHECK_BYTES).digest() != check:
+    if len(entry) < _CHECK_BYTES or _check(key, value) != check:
         return None
     return value
 

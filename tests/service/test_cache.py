@@ -360,6 +360,16 @@ def test_an_unreadable_redis_entry_is_a_miss_and_is_dropped(
                 assert embed.status_code == 200 and embed.json()["cached"] is False, garbage
                 assert all(store.get(k) != garbage for k in keys)  # dropped, and stored again
             assert httpx.post(f"{base}/v1/classify", files=files, data={"top_k": "2"}, timeout=30).json()["cached"]
+            assert httpx.post(f"{base}/v1/embed", json={"text": "drusen"}, timeout=30).json()["cached"]
+            # each entry copied under the other's key (as anyone with access to Redis could): neither is answered
+            # for the other request (the embedding's entry answered the classification with a 200 before)
+            one, other = (store.get(k) for k in keys)
+            store.set(keys[0], other)
+            store.set(keys[1], one)
+            swapped = httpx.post(f"{base}/v1/classify", files=files, data={"top_k": "2"}, timeout=30)
+            assert swapped.json()["cached"] is False and swapped.json()["predictions"] == first.json()["predictions"]
+            embedded = httpx.post(f"{base}/v1/embed", json={"text": "drusen"}, timeout=30)
+            assert embedded.json()["cached"] is False and embedded.json()["embedding"] == search.json()["embedding"]
         store.close()
 
 
