@@ -102,6 +102,14 @@ class ClassifierLimitError(ServiceError):
     code = "classifier_limit"
 
 
+def _check_room(total: int, max_classifiers: int) -> None:
+    if total >= max_classifiers:
+        raise ClassifierLimitError(
+            f"this deployment holds {total} classifiers, its limit (KEEPFIT_MAX_CLASSIFIERS={max_classifiers}); "
+            "delete one first"
+        )
+
+
 class ClassifierStaleError(ServiceError):
     status_code = 409
     code = "classifier_stale"
@@ -570,6 +578,11 @@ class ClassifierStore:
         with self._connect() as db:
             return int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0])
 
+    def check_room(self, max_classifiers: int) -> None:
+        """A :class:`ClassifierLimitError` when the store holds ``max_classifiers`` already: a create's early check,
+        before its examples are embedded (the insert's transaction checks again, and is what guarantees it)."""
+        _check_room(self.count(), max_classifiers)
+
     def examples(self, name: str) -> list[dict[str, Any]]:
         with self._connect() as db:
             rows = db.execute(
@@ -747,12 +760,7 @@ class ClassifierStore:
             raise ClassifierExistsError(
                 f"a classifier named {row.name!r} exists already; delete it first or choose another name"
             )
-        total = int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0])
-        if total >= max_classifiers:
-            raise ClassifierLimitError(
-                f"this deployment holds {total} classifiers, its limit "
-                f"(KEEPFIT_MAX_CLASSIFIERS={max_classifiers}); delete one first"
-            )
+        _check_room(int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0]), max_classifiers)
         return None
 
     def delete(self, name: str) -> ClassifierRow:

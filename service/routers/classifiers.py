@@ -656,14 +656,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         raise ClassifierExistsError(
             f"a classifier named {name!r} exists already; delete it first or choose another name"
         )
-    held = await state.run_blocking(store.count)
-    if held >= settings.max_classifiers:
-        from service.classifiers import ClassifierLimitError
-
-        raise ClassifierLimitError(
-            f"this deployment holds {held} classifiers, its limit "
-            f"(KEEPFIT_MAX_CLASSIFIERS={settings.max_classifiers}); delete one first"
-        )
+    await state.run_blocking(store.check_room, settings.max_classifiers)
     start = time.perf_counter()
     timings: dict[str, float] = {}
     examples = await _upload_examples(state, files)
