@@ -458,7 +458,9 @@ class Stack:
     def run_command(self) -> None:
         """The command after ``--``, with ``KEEPFIT_URL`` set to the API; its output goes to this process's."""
         argv = self.args.command
-        env = dict(os.environ, KEEPFIT_URL=self.base_url)
+        # the engine and project too, so the checks can inspect the containers themselves
+        env = dict(os.environ, KEEPFIT_URL=self.base_url, DOCKER_HOST=f"unix://{self.sock}",
+                   COMPOSE_PROJECT_NAME=self.project)
         if self.args.api_cpus:  # the deployed checks compare the API's own account of its CPUs with it
             env["KEEPFIT_API_CPUS"] = self.args.api_cpus
         logger.info("$ KEEPFIT_URL=%s %s", self.base_url, " ".join(argv))

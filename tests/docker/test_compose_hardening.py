@@ -76,3 +76,14 @@ def test_every_image_that_runs_onnxruntime_turns_its_telemetry_off() -> None:
         instructions = re.sub(r"\\\n\s*", " ", text).splitlines()
         env = " ".join(line for line in instructions if line.startswith("ENV "))
         assert re.search(r"\bORT_DISABLE_TELEMETRY=1\b", env), name
+
+
+def test_every_service_rotates_its_logs_and_the_keepfit_ones_run_under_an_init() -> None:
+    """Docker's default json-file log grows without bound (an access line per request at INFO); the API and the
+    index builder get an init as PID 1, which forwards SIGTERM and reaps exited children."""
+    services = _services(COMPOSE)
+    for name, spec in services.items():
+        logging = spec.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert {"max-size", "max-file"} <= set(logging.get("options", {})), name
+    assert services["api"].get("init") is True and services["index"].get("init") is True

@@ -7,7 +7,10 @@ Run by ``test_compose_smoke.py`` as the command of ``docker/stack.py``, which se
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -76,3 +79,28 @@ def test_text_search_finds_the_index_built_by_the_compose_profile_and_serves_its
     image = api.get(hits[0]["image_url"])
     assert image.status_code == 200, image.text[:200]
     assert image.headers["content-type"].startswith("image/") and image.content
+
+
+def _docker(*args: str) -> str:
+    client = "/usr/bin/docker" if os.path.isfile("/usr/bin/docker") else shutil.which("docker") or "docker"
+    out = subprocess.run([client, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_api_container_runs_read_only_under_an_init_with_rotated_logs() -> None:
+    """What the compose file asks for, as the engine applied it: an init as PID 1 (it forwards SIGTERM and reaps
+    children), logs that rotate rather than fill the disk, a read-only root without capabilities."""
+    project = os.environ.get("COMPOSE_PROJECT_NAME")
+    if not project or not os.environ.get("DOCKER_HOST"):
+        pytest.skip("needs the engine and project of the deployment (docker/stack.py sets DOCKER_HOST and "
+                    "COMPOSE_PROJECT_NAME)")
+    ids = _docker("ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
+                  "--filter", "label=com.docker.compose.service=api").split()
+    assert len(ids) == 1, ids
+    host = json.loads(_docker("inspect", ids[0]))[0]["HostConfig"]
+    assert host["Init"] is True
+    assert host["LogConfig"]["Type"] == "json-file"
+    assert host["LogConfig"]["Config"] == {"max-size": "20m", "max-file": "5"}
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert _docker("exec", ids[0], "cat", "/proc/1/comm").strip() in {"docker-init", "tini"}
