@@ -6,16 +6,28 @@
   JPEG 2000, RLE, deflate; an encapsulated syntax without a decoder here is :class:`UnsupportedMediaError`
   (HTTP 415) naming the transfer syntax.
 - Colour: YBR_FULL / YBR_FULL_422 / YBR_ICT / YBR_RCT are converted to RGB, MONOCHROME1 is inverted,
-  PALETTE COLOR goes through its lookup table; greyscale of more than 8 bits goes through its rescale and first
-  display window when it has one (:func:`_windowed`), else it and colour of more than 8 bits are scaled by
-  ``BitsStored``.
+  PALETTE COLOR goes through its lookup table.
+- Greyscale of more than 8 bits is shown as a DICOM viewer shows it (:func:`_grey_levels`), in the standard's
+  order: the Modality LUT (Modality LUT Sequence, else Rescale Slope / Intercept), then the VOI LUT (VOI LUT
+  Sequence, else the first window with its VOI LUT Function LINEAR / LINEAR_EXACT / SIGMOID), then MONOCHROME1's
+  inversion. Without a VOI LUT or window the modality output's nominal range spans black to white
+  (:func:`_nominal_range`): the smallest 8/10/12/14/16-bit range, up to ``BitsStored``, that holds the data, as
+  for colour of more than 8 bits and 16-bit PNG. Signed data with negative values take the signed range (zero is
+  mid-grey, as dcmtk shows them and pydicom lays out a window's output), signed data without any as unsigned data
+  of the same values (no longer shifted by their own minimum, which made the picture depend on its darkest pixel).
+  The frame is looked up in a table of every stored value, never taken through float64 as a whole: decoding a
+  4000x3000 12-bit frame with a window peaked at 432 MB allocated (36 bytes a pixel), now 62 MB (5: the stored
+  bytes, pydicom's array, the 8-bit levels), with the same levels. A Modality or VOI LUT Sequence that cannot be
+  read is an :class:`ImageError` naming it. 8-bit greyscale is shown as stored (the JPEG frames Pillow decodes
+  could not go through a LUT either).
 - 8-bit JPEG (YBR or grey) and JPEG 2000 frames are decoded by Pillow, scaled for the model while they decode
   (:func:`_pillow_frame`); everything else by pydicom's plugins.
 - Multi-frame: an OCT volume gives its central B-scan by default, other multi-frame objects their first frame;
   :func:`selected_frame` chooses another (``frame=`` in the API).  Only that frame is decoded.
 - The modality the header states (``OPT`` -> OCT, ``OP`` -> CFP, or FFA for an angiogram) is put in the image's
   ``info["keepfit_modality"]``; the frame used and the frame count in ``info["keepfit_frame"]`` /
-  ``info["keepfit_frames"]``.
+  ``info["keepfit_frames"]``. An ``OP`` image the header calls autofluorescence, infrared or red-free (in words or
+  codes: :data:`NOT_COLOUR_WORDS`) states none: the model knows none of those, and its own modality check decides.
 - Nothing of the header but those (no names, ids, dates, descriptions) leaves this module: not in errors, not
   in logs, not in the image's ``info``.
 """
@@ -54,6 +66,20 @@ def _import_pydicom() -> Any:
 T = TypeVar("T")
 _FRAME: ContextVar[int | None] = ContextVar("keepfit_dicom_frame", default=None)
 ANGIOGRAM_WORDS = ("ANGIO", "FLUORESC", " FA ", "FFA", "ICG", "INDOCYANINE")  # in _modality's spaced words
+# An ophthalmic photograph not taken in white light: infrared (a scanning laser ophthalmoscope's "IR" fundus image)
+# or red-free (green light). The model knows CFP, FFA and OCT only, so such an image states no modality (the
+# model's own modality check decides), as autofluorescence does. Whole words, in the text elements and in the
+# meanings of the coded ones (_coded); the codes themselves (SNOMED CT, PS3.16 CID 4204 Ophthalmic Filter and
+# CID 4206 Ophthalmic Channel Description): Infrared, Infrared optical filter, Red free, and the green and
+# blue-green optical filters of red-free photography. An Illumination Wave Length (0022,0055) of 700 nm or more
+# is infrared light too.
+NOT_COLOUR_WORDS = (" IR ", " NIR ", " INFRARED ", " INFRA RED ", " REDFREE ", " RED FREE ")
+NOT_COLOUR_CODES = frozenset(("414497003", "445169002", "405739002", "445465004", "422915004"))
+INFRARED_NM = 700.0
+# Code sequences (top level) whose items' meanings, text values and codes are read for NOT_COLOUR_*: Acquisition
+# Context, Anatomic Region, and the Ophthalmic Photography acquisition device, illumination, light / image path
+# filter and channel description code sequences
+_CODED_TAGS = (0x00400555, 0x00082218, 0x00220015, 0x00220016, 0x00220017, 0x00220018, 0x0022001A)
 
 
 def is_dicom(data: bytes) -> bool:
@@ -109,9 +135,45 @@ def _modality(ds: Any) -> str | None:
             return None  # fundus autofluorescence: no dye, so no angiogram, and none of CFP / FFA / OCT
         if "ContrastBolusAgent" in ds or any(w in words for w in ANGIOGRAM_WORDS):
             return "FFA"
-        if value == "OP":
+        if value == "OP" and not _not_white_light(ds, words):
             return "CFP"
     return None
+
+
+def _coded(ds: Any) -> tuple[str, set[str]]:
+    """The meanings and text values (upper case, one string) and the code values of the items of :data:`_CODED_TAGS`
+    and of their Concept Code Sequences (the coded value of an Acquisition Context item): at most 16 items each.
+    An item that cannot be read is skipped: these only hint at the modality."""
+    texts: list[str] = []
+    codes: set[str] = set()
+
+    def visit(items: Any, depth: int) -> None:
+        for item in list(items or ())[:16]:
+            try:
+                texts.extend(str(item.get(k, "") or "") for k in ("CodeMeaning", "TextValue"))
+                codes.add(str(item.get("CodeValue", "") or "").strip())
+                if depth == 0:
+                    visit(item.get("ConceptCodeSequence"), 1)
+            except Exception:  # a damaged element inside the item (its message may quote its bytes)
+                continue
+
+    for tag in _CODED_TAGS:
+        try:
+            visit(ds.get(tag).value if tag in ds else None, 0)
+        except Exception:
+            continue
+    return " ".join(texts).upper(), codes
+
+
+def _not_white_light(ds: Any, words: str) -> bool:
+    """Whether an Ophthalmic Photography header says its image is infrared or red-free (:data:`NOT_COLOUR_WORDS`):
+    ``words`` are its text elements' spaced words (:func:`_modality`)."""
+    text, codes = _coded(ds)
+    words = words + " ".join(re.findall(r"[A-Z0-9]+", text)) + " "
+    if any(w in words for w in NOT_COLOUR_WORDS) or codes & NOT_COLOUR_CODES:
+        return True
+    wavelength = _first_number(ds.get("IlluminationWaveLength"))
+    return wavelength is not None and wavelength >= INFRARED_NM
 
 
 def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
@@ -127,15 +189,9 @@ def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
         lo, hi = float(arr[finite].min()), float(arr[finite].max())
         arr = np.where(finite, arr, lo)
         return np.clip((arr - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
-    if int(getattr(ds, "PixelRepresentation", 0)) == 1:
-        arr = arr.astype(np.int64) - int(arr.min())
-    # as model.preprocess.to_rgb does for 16-bit PNG/TIFF: 16-bit containers often hold 10-14 bit data, so scale
-    # by the smallest of those ranges that holds the maximum (the same pixels then give the same answer)
-    peak = int(arr.max()) if arr.size else 0
-    bits = int(getattr(ds, "BitsStored", 16) or 16)
-    top = next((float(2**b - 1) for b in (8, 10, 12, 14, 16) if b <= max(bits, 8) and peak <= 2**b - 1), None)
-    top = top or float(max(peak, 1))
-    return np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+    # colour of more than 8 bits (greyscale goes through _grey_levels): its nominal range (_nominal_range)
+    lo, hi = _nominal_range(arr, ds)
+    return _mapped(arr, lambda v: (v - lo) * (255.0 / (hi - lo)))
 
 
 def _first_number(value: Any) -> float | None:
@@ -150,32 +206,172 @@ def _first_number(value: Any) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _windowed(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray | None:
-    """Greyscale data of more than 8 bits as a DICOM viewer shows it: the rescale (modality LUT), then the first
-    display window (``WindowCenter`` / ``WindowWidth``, ``VOILUTFunction`` LINEAR, LINEAR_EXACT or SIGMOID; PS3.3
-    C.11.2.1.2) to 0-255.  None when there is no usable window: the data are then scaled by their stored bits.
+def _nominal_range(arr: np.ndarray, ds: Any) -> tuple[float, float]:
+    """The range integer data are shown in when the header gives no display window: the full range of their stored
+    bits (PS3.4 N.2.1.1: no VOI transformation is the identity, so the modality output range spans the display), as
+    dcmtk shows such an image and as pydicom's ``apply_windowing`` lays its output out.  As model.preprocess.to_rgb
+    does for 16-bit PNG/TIFF, 16-bit containers often hold 10-14 bit data: the range is the smallest of the 8, 10,
+    12, 14 and 16-bit ranges (up to ``BitsStored``) that holds the data.  It is unsigned (``0 .. 2**b - 1``) when no
+    value is negative, signed data included (a signed container of non-negative values is the same picture as the
+    unsigned one), else signed (``-2**(b-1) .. 2**(b-1) - 1``: zero is mid-grey).  Data that fit none: their own
+    extent."""
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    bits = max(int(getattr(ds, "BitsStored", 16) or 16), 8)
+    for b in (b for b in (8, 10, 12, 14, 16) if b <= bits):
+        if 0 <= lo and hi <= 2**b - 1:
+            return 0.0, float(2**b - 1)
+        if lo < 0 and -(2 ** (b - 1)) <= lo and hi <= 2 ** (b - 1) - 1:
+            return float(-(2 ** (b - 1))), float(2 ** (b - 1) - 1)
+    return (0.0, float(max(hi, 1))) if lo >= 0 else (float(lo), float(max(hi, lo + 1)))
+
+
+# Pixels mapped to display levels at a time: the float64 working arrays stay at a few MiB whatever the frame
+_CHUNK = 1 << 20
+
+
+def _levels(x: np.ndarray) -> np.ndarray:
+    """Display values (0-255 scale, float) as 8-bit levels; NaN (float pixel data's "no value") as 0."""
+    return np.rint(np.clip(np.nan_to_num(x, nan=0.0), 0.0, 255.0)).astype(np.uint8)
+
+
+def _mapped(arr: np.ndarray, show: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``show`` (stored values as float64 -> display values on a 0-255 scale) applied to every pixel, as uint8.
+
+    Data of at most 16 bits are shown as a table of every value they can hold (65536 entries) that each pixel then
+    looks up, so the frame itself never passes through float64: the same levels as applying ``show`` pixel by
+    pixel, at 1 byte a pixel besides the stored data, where the float64 maths took 36 at its peak (module
+    docstring).  Wider data are mapped in chunks of :data:`_CHUNK` pixels."""
+    arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    out = np.empty(arr.shape, np.uint8)
+    if arr.ndim == 0 or arr.size == 0:
+        return _levels(show(arr.astype(np.float64))).reshape(arr.shape)
+    source: np.ndarray = arr
+    each: Callable[[np.ndarray], np.ndarray]
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+        unsigned = np.dtype(f"u{arr.dtype.itemsize}")
+        every = np.arange(2 ** (8 * arr.dtype.itemsize), dtype=unsigned).view(arr.dtype)  # indexed by bit pattern
+        table = _levels(show(every.astype(np.float64)))
+        source, each = arr.view(unsigned), table.__getitem__
+    else:
+        def each(part: np.ndarray) -> np.ndarray:
+            return _levels(show(part.astype(np.float64)))
+    step = max(1, _CHUNK // max(1, arr[0].size))
+    for at in range(0, arr.shape[0], step):
+        out[at : at + step] = each(source[at : at + step])
+    return out
+
+
+def _lut(ds: Any, keyword: str, tag: str) -> tuple[np.ndarray, int, float]:
+    """The first table of a Modality LUT Sequence (0028,3000) or VOI LUT Sequence (0028,3010) (PS3.3 C.11.1.1.1,
+    C.11.2.1.1): its entries (float64), the first stored value it maps, and the top of its output range (its bits
+    per entry; as for pixel data, the smallest of the 8-16 bit ranges that holds the entries, since devices declare
+    16 for 12-bit tables).  A table that cannot be read is an :class:`ImageError` naming the sequence.
+
+    Not pydicom's ``apply_modality_lut`` / ``apply_voi`` (3.0): they index an 8-bit table through an 8-bit array
+    (a 4096-entry table for 12-bit data sent every value above 255 to the wrong entry) and overflow on 16-bit
+    signed data with a negative first mapped value."""
+    try:
+        item = ds[keyword][0]
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        entries = entries or 2**16  # 0 means 65536 (PS3.3 C.11.1.1.1)
+        if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1 and first >= 2**15:
+            first -= 2**16  # "US or SS": read as US where the data are signed
+        data = item.LUTData
+        if isinstance(data, bytes):  # OW: as the data set is encoded
+            little = getattr(ds, "original_encoding", (None, True))[1] is not False
+            table = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if little else ">u2")
+        else:  # US: a number, or several
+            table = np.asarray([data] if isinstance(data, int) else list(data), dtype=np.int64)
+        if not 1 <= bits <= 16 or len(table) < entries or entries < 1:
+            raise ValueError("LUT Descriptor and LUT Data disagree")
+        table = table[:entries].astype(np.float64)
+        peak = float(table.max())
+        top = next((float(2**b - 1) for b in (8, 10, 12, 14, 16) if b <= max(bits, 8) and peak <= 2**b - 1), peak)
+    except Exception as err:  # pydicom's messages may quote the element's bytes
+        raise ImageError(
+            f"the DICOM {tag} is missing or corrupt ({err.__class__.__name__})"
+        ) from err
+    return table, first, max(top, 1.0)
+
+
+def _looked_up(v: np.ndarray, table: np.ndarray, first: int) -> np.ndarray:
+    """A LUT applied: values below its first mapped value take its first entry, above its last its last."""
+    return table[np.clip(np.floor(v) - first, 0, len(table) - 1).astype(np.intp)]
+
+
+def _window(ds: Any) -> tuple[float, float, str] | None:
+    """The first display window (centre, width, VOI LUT Function) or None where there is none the standard allows:
+    LINEAR needs a width of at least 1, LINEAR_EXACT and SIGMOID one above 0 (PS3.3 C.11.2.1.2-3); a function it
+    does not define is read as LINEAR, the default."""
+    centre, width = _first_number(ds.get("WindowCenter")), _first_number(ds.get("WindowWidth"))
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    function = function if function in ("LINEAR_EXACT", "SIGMOID") else "LINEAR"
+    if centre is None or width is None or width < (1 if function == "LINEAR" else 0) or width == 0:
+        return None
+    return centre, width, function
+
+
+def _grey_levels(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray | None:
+    """Greyscale data of more than 8 bits as a DICOM viewer shows them, in the standard's order (PS3.4 N.2.1.1):
+
+    1. the Modality LUT: the Modality LUT Sequence (0028,3000), else Rescale Slope / Intercept;
+    2. the VOI LUT: the VOI LUT Sequence (0028,3010) when there is one (as pydicom's ``apply_voi_lut`` prefers
+       it), else the first display window (``WindowCenter`` / ``WindowWidth``, ``VOILUTFunction`` LINEAR,
+       LINEAR_EXACT or SIGMOID), else none: the modality output's nominal range (:func:`_nominal_range`) spans
+       black to white (a negative Rescale Slope turns it round);
+    3. to 0-255 (MONOCHROME1 is inverted by the caller).
+
+    None for other data (colour, 8-bit, float data without a window: :func:`_to_uint8`).
 
     A device that stores 12 or 16 bits and a window picks out the levels that hold the picture: scaled by the
     stored bits instead, a 16-bit image whose window spans 1000-1255 reached the model as 16 grey levels, far
     from what the clinician sees (embedding cosine 0.45 against the same picture as an 8-bit PNG)."""
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or arr.ndim != 2 or arr.dtype == np.uint8:
         return None
-    centre, width = _first_number(ds.get("WindowCenter")), _first_number(ds.get("WindowWidth"))
-    if centre is None or width is None or width < 1:
+    window = _window(ds)
+    voi_lut = bool(ds.get("VOILUTSequence")) and arr.dtype.kind != "f"
+    if arr.dtype.kind == "f" and window is None:
         return None
-    slope = _first_number(ds.get("RescaleSlope")) or 1.0
-    intercept = _first_number(ds.get("RescaleIntercept")) or 0.0
-    x = arr.astype(np.float64) * slope + intercept
-    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    if function == "SIGMOID":
-        y = 1.0 / (1.0 + np.exp(-4.0 * (x - centre) / width))
-    elif function == "LINEAR_EXACT":
-        y = (x - centre) / width + 0.5
-    elif width == 1:  # LINEAR with a width of 1 is a threshold
-        y = (x > centre - 0.5).astype(np.float64)
+    modality: Callable[[np.ndarray], np.ndarray]
+    if ds.get("ModalityLUTSequence") and arr.dtype.kind != "f":
+        m_table, m_first, m_top = _lut(ds, "ModalityLUTSequence", "Modality LUT Sequence (0028,3000)")
+        lo, hi = 0.0, m_top
+
+        def modality(v: np.ndarray) -> np.ndarray:
+            return _looked_up(v, m_table, m_first)
     else:
-        y = (x - (centre - 0.5)) / (width - 1) + 0.5
-    return np.clip(np.rint(np.clip(y, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+        slope = _first_number(ds.get("RescaleSlope")) or 1.0
+        intercept = _first_number(ds.get("RescaleIntercept")) or 0.0
+        lo, hi = _nominal_range(arr, ds) if arr.dtype.kind != "f" else (0.0, 1.0)
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+
+        def modality(v: np.ndarray) -> np.ndarray:
+            return v * slope + intercept if (slope, intercept) != (1.0, 0.0) else v
+    show: Callable[[np.ndarray], np.ndarray]
+    if voi_lut:
+        v_table, v_first, v_top = _lut(ds, "VOILUTSequence", "VOI LUT Sequence (0028,3010)")
+
+        def show(v: np.ndarray) -> np.ndarray:
+            return _looked_up(modality(v), v_table, v_first) * (255.0 / v_top)
+    elif window is not None:
+        centre, width, function = window
+
+        def show(v: np.ndarray) -> np.ndarray:
+            x = modality(v)
+            if function == "SIGMOID":
+                y = 1.0 / (1.0 + np.exp(-4.0 * (x - centre) / width))
+            elif function == "LINEAR_EXACT":
+                y = (x - centre) / width + 0.5
+            elif width == 1:  # LINEAR with a width of 1 is a threshold
+                y = (x > centre - 0.5).astype(np.float64)
+            else:
+                y = (x - (centre - 0.5)) / (width - 1) + 0.5
+            return np.clip(y, 0.0, 1.0) * 255.0
+    else:
+        def show(v: np.ndarray) -> np.ndarray:
+            return (modality(v) - lo) * (255.0 / max(hi - lo, 1e-6))
+    with np.errstate(over="ignore", invalid="ignore"):  # SIGMOID far from its centre: exp overflows to 0 / 1
+        return _mapped(arr, show)
 
 
 # header_pixels reads a DICOM header on the event loop: only this much of it, so that a header built to be slow
@@ -300,8 +496,8 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
         arr = arr[0]  # a decoder that ignored the frame index
-    windowed = _windowed(arr, ds, photometric)
-    arr = windowed if windowed is not None else _to_uint8(arr, ds)
+    shown = _grey_levels(arr, ds, photometric)
+    arr = shown if shown is not None else _to_uint8(arr, ds)
     if photometric == "MONOCHROME1":
         arr = 255 - arr
     if arr.ndim == 3 and arr.shape[-1] == 4:
@@ -310,9 +506,10 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     return _finish(image, ds, frame, frames, modality, syntax_name, (cols, rows), quality)
 
 
-# Elements the decode reads outside the image's own groups (0028: pixel module, palette, window, ICC; 7FE0: pixel
-# data): Image Type, Modality, Series Description, Contrast/Bolus Agent (:func:`_modality`)
-_WORD_TAGS = (0x00080008, 0x00080060, 0x0008103E, 0x00180010)
+# Elements the decode reads outside the image's own groups (0028: pixel module, palette, window, LUTs, ICC; 7FE0:
+# pixel data): Image Type, Modality, Series Description, Contrast/Bolus Agent, Illumination Wave Length and the
+# code sequences of _CODED_TAGS (:func:`_modality`)
+_WORD_TAGS = (0x00080008, 0x00080060, 0x0008103E, 0x00180010, 0x00220055, *_CODED_TAGS)
 
 
 def _convert_header(ds: Any) -> None:

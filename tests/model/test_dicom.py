@@ -493,12 +493,14 @@ def test_pixel_data_longer_than_its_header_describes_is_refused(cfp: tuple[bytes
 
 
 def _grey16(grey: np.ndarray, **header: object) -> bytes:
-    """A 16-bit MONOCHROME2 object of ``grey`` (uint16) with the given header elements."""
+    """A 16-bit MONOCHROME2 object of ``grey`` (uint16; a signed array: signed pixel data) with the given header
+    elements."""
     from pydicom import dcmread
 
     ds = dcmread(io.BytesIO(make_dicom([np.stack([grey.astype(np.uint8)] * 3, axis=-1)], "explicit", grey=True)))
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = np.ascontiguousarray(grey.astype("<u2")).tobytes()
+    ds.PixelRepresentation = int(grey.dtype.kind == "i")
+    ds.PixelData = np.ascontiguousarray(grey.astype("<i2" if grey.dtype.kind == "i" else "<u2")).tobytes()
     for name, value in header.items():
         setattr(ds, name, value)
     out = io.BytesIO()
@@ -525,6 +527,168 @@ def test_greyscale_of_more_than_8_bits_is_shown_through_its_display_window() -> 
     # without a window (or with a useless one) the stored bits scale it, as before: 1000-1255 of 0-4095, flat
     for header in ({}, {"WindowCenter": "1127.5", "WindowWidth": "0"}, {"WindowCenter": "1127.5"}):
         assert np.ptp(np.asarray(load_image(_grey16(grey + 1000, **header)))) < 20
+
+
+def _lut_item(descriptor: list[int], table: np.ndarray, as_words: bool = True, descriptor_vr: str = "") -> Any:
+    """A Modality / VOI LUT Sequence item: LUT Data as OW bytes (as pydicom writes it), or as a list of US values;
+    the LUT Descriptor "US or SS" as pydicom chooses (by Pixel Representation) or ``descriptor_vr``."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    if descriptor_vr:
+        item.add_new(0x00283002, descriptor_vr, descriptor)
+    else:
+        item.LUTDescriptor = descriptor
+    if as_words:
+        item.LUTData = np.asarray(table, "<u2").tobytes()
+    else:
+        item.add_new(0x00283006, "US", [int(v) for v in table])
+    return item
+
+
+def test_a_voi_lut_sequence_is_applied_in_place_of_the_window() -> None:
+    """The VOI LUT Sequence (0028,3010) was ignored: a device's display curve, the picture its clinicians see, gave
+    way to the window (or, without one, the stored bits). pydicom's own ``apply_voi`` (3.0) gets an 8-bit table
+    of more than 256 entries wrong: it indexes it through an 8-bit array."""
+    from pydicom import dcmread
+    from pydicom.pixels import apply_voi
+    from pydicom.sequence import Sequence
+
+    stored = np.arange(4096, dtype=np.uint16).reshape(64, 64)  # 12-bit data
+    gamma = np.round(255 * (np.arange(4096) / 4095) ** 0.5)  # a 4096-entry, 8-bit curve
+    for as_words in (True, False):
+        data = _grey16(stored, BitsStored=12, HighBit=11, WindowCenter="100", WindowWidth="50",
+                       VOILUTSequence=Sequence([_lut_item([4096, 0, 8], gamma, as_words)]))
+        assert np.array_equal(np.asarray(load_image(data)), gamma[stored])
+    ds = dcmread(io.BytesIO(data))
+    assert not np.array_equal(apply_voi(stored, ds), gamma[stored])  # pydicom's
+    # a 16-bit table from stored value 1000: below it its first entry, past its end its last; as pydicom maps it
+    ramp = np.round(65535 * (np.arange(2048) / 2047) ** 2)
+    data = _grey16(stored, BitsStored=12, HighBit=11, VOILUTSequence=Sequence([_lut_item([2048, 1000, 16], ramp)]))
+    shown = np.asarray(load_image(data)).astype(int)
+    theirs = np.rint(apply_voi(stored, dcmread(io.BytesIO(data))).astype(np.float64) * 255 / 65535)
+    assert np.array_equal(shown, theirs)
+    assert (shown[stored < 1000] == 0).all() and (shown[stored >= 3047] == 255).all()
+    # a table declared 16-bit whose entries stop at 4095 (12-bit data) spans black to white, as pixel data do
+    data = _grey16(stored, BitsStored=12, HighBit=11,
+                   VOILUTSequence=Sequence([_lut_item([4096, 0, 16], np.arange(4096))]))
+    assert np.abs(np.asarray(load_image(data)).astype(int) - np.rint(stored / 4095 * 255)).max() == 0
+    # MONOCHROME1: the LUT first, then inverted
+    data = _grey16(stored, BitsStored=12, HighBit=11, PhotometricInterpretation="MONOCHROME1",
+                   VOILUTSequence=Sequence([_lut_item([4096, 0, 8], gamma)]))
+    assert np.array_equal(np.asarray(load_image(data)), 255 - gamma[stored])
+
+
+def test_the_modality_lut_comes_before_the_voi_and_a_negative_slope_turns_the_picture_round() -> None:
+    """The Modality LUT Sequence (0028,3000) was ignored, and so was the rescale of an image without a window:
+    a rescale with a negative slope (higher stored values: less signal) was shown the wrong way round."""
+    from pydicom.sequence import Sequence
+
+    stored = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    upright = np.rint(stored / 4095 * 255)
+    turned = _lut_item([4096, 0, 16], 4095 - np.arange(4096))  # stored v -> 4095 - v
+    for header in ({}, {"WindowCenter": "2047.5", "WindowWidth": "4096"}):
+        data = _grey16(stored, BitsStored=12, HighBit=11, ModalityLUTSequence=Sequence([turned]), **header)
+        assert np.abs(np.asarray(load_image(data)).astype(int) - (255 - upright)).max() <= 1, header
+    # then a VOI LUT on the modality LUT's output: a threshold at 3000 of 4095 - v, so white where v <= 1095
+    threshold = (np.arange(4096) >= 3000) * 255
+    data = _grey16(stored, BitsStored=12, HighBit=11, ModalityLUTSequence=Sequence([turned]),
+                   VOILUTSequence=Sequence([_lut_item([4096, 0, 8], threshold)]))
+    assert np.array_equal(np.asarray(load_image(data)), np.where(stored <= 1095, 255, 0))
+    # signed data: a first mapped value of -2048 (SS, or written as US 63488, as some devices do) maps -2048 to
+    # entry 0
+    signed = (stored.astype(np.int16) - 2048).astype(np.int16)
+    for first, vr in ((-2048, ""), (63488, "US")):
+        lut = _lut_item([4096, first, 16], np.arange(4096), descriptor_vr=vr)
+        data = _grey16(signed, BitsStored=12, HighBit=11, ModalityLUTSequence=Sequence([lut]))
+        assert np.abs(np.asarray(load_image(data)).astype(int) - upright).max() == 0, vr
+    # a negative Rescale Slope without a window
+    data = _grey16(stored, BitsStored=12, HighBit=11, RescaleSlope="-1", RescaleIntercept="4095")
+    assert np.abs(np.asarray(load_image(data)).astype(int) - (255 - upright)).max() <= 1
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_windows_are_shown_as_pydicoms_windowing_defines_them(function: str) -> None:
+    """Each VOI LUT Function, after a rescale, to within a level of pydicom's ``apply_windowing`` (whose output
+    spans the rescaled stored range); a SIGMOID or LINEAR_EXACT window narrower than 1 is allowed (PS3.3
+    C.11.2.1.3), where it was ignored."""
+    from pydicom import dcmread
+    from pydicom.pixels import apply_modality_lut, apply_windowing
+
+    stored = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    for centre, width in (("1500", "900"), ("2000.5", "0.5")):
+        if function == "LINEAR" and float(width) < 1:
+            continue
+        data = _grey16(stored, BitsStored=12, HighBit=11, RescaleSlope="2", RescaleIntercept="-1000",
+                       WindowCenter=centre, WindowWidth=width, VOILUTFunction=function)
+        ds = dcmread(io.BytesIO(data))
+        low, high = -1000.0, 4095 * 2 - 1000.0
+        with np.errstate(over="ignore"):  # pydicom's SIGMOID, far from its centre
+            theirs = np.rint((apply_windowing(apply_modality_lut(stored, ds), ds) - low) / (high - low) * 255)
+        ours = np.asarray(load_image(data)).astype(int)
+        assert np.abs(ours - theirs).max() <= 1, (centre, width)
+        assert ours.min() == 0 and ours.max() == 255
+
+
+def test_a_lut_that_cannot_be_read_is_an_image_error_naming_it() -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    short = _lut_item([4096, 0, 8], np.arange(10))  # 10 entries of the 4096 its descriptor says
+    no_data = Dataset()
+    no_data.LUTDescriptor = [4096, 0, 8]
+    bad_bits = _lut_item([4096, 0, 0], np.arange(4096))
+    for keyword, tag in (("VOILUTSequence", r"VOI LUT Sequence \(0028,3010\)"),
+                         ("ModalityLUTSequence", r"Modality LUT Sequence \(0028,3000\)")):
+        for item in (short, no_data, bad_bits):
+            data = _grey16(stored, BitsStored=12, HighBit=11, **{keyword: Sequence([item])})
+            with pytest.raises(ImageError, match=f"the DICOM {tag} is missing or corrupt") as err:
+                load_image(data)
+            assert all(v not in str(err.value) for v in PATIENT.values())
+    # an empty sequence is no LUT: the stored bits scale the data
+    data = _grey16(stored, BitsStored=12, HighBit=11, VOILUTSequence=Sequence([]))
+    assert np.asarray(load_image(data)).max() == 255
+
+
+def test_signed_data_without_a_window_keep_their_zero() -> None:
+    """Signed pixel data without a window were shifted by their own minimum: the picture depended on its darkest
+    pixel, and zero was black in one image and dark grey in the next. Now the stored bits' signed range spans
+    black to white (zero mid-grey), and signed data without a negative value show as the unsigned data would."""
+    values = np.linspace(-1000, 1000, 64 * 64).round().astype(np.int16).reshape(64, 64)
+    shown = np.asarray(load_image(_grey16(values, BitsStored=12, HighBit=11))).astype(int)
+    assert np.abs(shown - np.rint((values.astype(float) + 2048) / 4095 * 255)).max() == 0
+    assert shown[values == 0].tolist() == [128] * int((values == 0).sum())
+    darker = values.copy()
+    darker[0, 0] = -2000
+    again = np.asarray(load_image(_grey16(darker, BitsStored=12, HighBit=11))).astype(int)
+    assert np.array_equal(again[1:], shown[1:])
+    positive = np.linspace(100, 4095, 64 * 64).round().astype(np.int16).reshape(64, 64)
+    as_signed = np.asarray(load_image(_grey16(positive)))  # 16 bits stored: 100-4095 shown as 12-bit data
+    as_unsigned = np.asarray(load_image(_grey16(positive.astype(np.uint16))))
+    assert np.array_equal(as_signed, as_unsigned) and as_signed.min() == 6
+
+
+def test_a_large_16_bit_frame_is_shown_without_float64_copies_of_it() -> None:
+    """The window was computed in float64 over the whole frame: 36 bytes a pixel at its peak (432 MB for a
+    4000x3000 frame). Now each stored value's level is looked up: about 5 (the stored bytes, pydicom's array and
+    the levels), to the same levels as the float64 maths."""
+    import tracemalloc
+
+    from model.dicom import decode_dicom
+
+    stored = (np.add.outer(np.arange(1000), np.arange(1500) * 3) % 4096).astype(np.uint16)
+    data = _grey16(stored, BitsStored=12, HighBit=11, WindowCenter="1127.5", WindowWidth="1000")
+    decode_dicom(data, max_pixels=10**8)  # imports
+    tracemalloc.start()
+    try:
+        image = decode_dicom(data, max_pixels=10**8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * stored.size, peak / stored.size
+    y = (stored.astype(np.float64) - (1127.5 - 0.5)) / (1000 - 1) + 0.5
+    assert np.array_equal(np.asarray(image), np.rint(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
 def test_dicom_written_without_its_preamble_is_read(cfp: tuple[bytes, np.ndarray]) -> None:
@@ -587,6 +751,16 @@ def test_a_damaged_header_element_or_empty_pixel_data_is_an_image_error(cfp: tup
         ({"SeriesDescription": "Fluorescein angiography"}, "FFA"),
         ({"SeriesDescription": "Colour fundus"}, "CFP"),
         ({"ImageType": ["ORIGINAL", "PRIMARY", "FACE"]}, "CFP"),
+        # infrared and red-free photographs: none of CFP / FFA / OCT (were CFP)
+        ({"SeriesDescription": "IR 30° ART"}, None),
+        ({"ImageType": ["ORIGINAL", "PRIMARY", "IR"]}, None),
+        ({"SeriesDescription": "Infra-red"}, None),
+        ({"SeriesDescription": "NIR reflectance"}, None),
+        ({"SeriesDescription": "Red-free 45"}, None),
+        ({"SeriesDescription": "REDFREE"}, None),
+        ({"SeriesDescription": "Iris"}, "CFP"),  # whole words: not IR
+        ({"SeriesDescription": "Red reflex"}, "CFP"),
+        ({"SeriesDescription": "IR", "ContrastBolusAgent": "ICG"}, "FFA"),  # an ICG angiogram is in infrared
     ],
 )
 def test_header_modality_words_are_whole_words(
@@ -601,6 +775,78 @@ def test_header_modality_words_are_whole_words(
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     assert load_image(out.getvalue()).info.get("keepfit_modality") == stated
+
+
+def _code(value: str, meaning: str, scheme: str = "SCT") -> Any:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+@pytest.mark.parametrize(
+    ("keyword", "items", "stated"),
+    [
+        ("ChannelDescriptionCodeSequence", [("414497003", "Infrared")], None),
+        ("ChannelDescriptionCodeSequence", [("405739002", "Red free")], None),
+        ("ChannelDescriptionCodeSequence", [("405739002", "")], None),  # the code alone
+        ("ChannelDescriptionCodeSequence", [("414298005", "Full Spectrum")], "CFP"),
+        ("ChannelDescriptionCodeSequence", [("371240000", "Red"), ("371246006", "Green"), ("1", "Blue")], "CFP"),
+        ("LightPathFilterTypeStackCodeSequence", [("445465004", "Green optical filter")], None),
+        ("ImagePathFilterTypeStackCodeSequence", [("445169002", "Infrared optical filter")], None),
+        ("IlluminationTypeCodeSequence", [("X-17", "Infrared illumination")], None),  # a device's own code
+        ("AcquisitionDeviceTypeCodeSequence", [("X-3", "SLO IR")], None),
+        ("AcquisitionDeviceTypeCodeSequence", [("409898007", "Fundus Camera")], "CFP"),
+        ("AnatomicRegionSequence", [("81745001", "Eye")], "CFP"),
+        ("AcquisitionContextSequence", [("405739002", "Red free")], None),  # in its Concept Code Sequence
+        ("IlluminationWaveLength", 820.0, None),
+        ("IlluminationWaveLength", 550.0, "CFP"),
+    ],
+)
+def test_an_infrared_or_red_free_photograph_states_no_modality(
+    cfp: tuple[bytes, np.ndarray], keyword: str, items: Any, stated: str | None
+) -> None:
+    """Ophthalmic Photography infrared and red-free images were stated CFP, and their CFP prompts used: the header's
+    coded acquisition (PS3.16 CID 4204 Ophthalmic Filter, CID 4206 Ophthalmic Channel Description), a device's
+    code meanings and the illumination wavelength now say otherwise, and the model's modality check decides."""
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    _, rgb = cfp
+    ds = dcmread(io.BytesIO(make_dicom([rgb[:32, :32]], "explicit", modality="OP")))
+    if keyword == "AcquisitionContextSequence":
+        context = Dataset()
+        context.ValueType = "CODE"
+        context.ConceptNameCodeSequence = Sequence([_code("X-1", "Illumination", "99DEV")])
+        context.ConceptCodeSequence = Sequence([_code(*item) for item in items])
+        ds.AcquisitionContextSequence = Sequence([context])
+    elif isinstance(items, list):
+        setattr(ds, keyword, Sequence([_code(*item) for item in items]))
+    else:
+        setattr(ds, keyword, items)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert load_image(out.getvalue()).info.get("keepfit_modality") == stated
+
+
+def test_a_damaged_illumination_element_only_hints_so_is_taken_as_absent(cfp: tuple[bytes, np.ndarray]) -> None:
+    import struct
+
+    from pydicom import dcmread
+
+    _, rgb = cfp
+    ds = dcmread(io.BytesIO(make_dicom([rgb[:32, :32]], "explicit", modality="OP")))
+    ds.IlluminationWaveLength = 820.0
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    element = b"\x22\x00\x55\x00FL\x04\x00" + struct.pack("<f", 820.0)
+    assert out.getvalue().count(element) == 1
+    assert load_image(out.getvalue()).info.get("keepfit_modality") is None
+    damaged = out.getvalue().replace(element, b"\x22\x00\x55\x00FL\x03\x00" + struct.pack("<f", 820.0)[:3])
+    image = load_image(damaged)  # a 3-byte FL: read as if absent, so the image is stated CFP as before
+    assert np.array_equal(np.asarray(image), rgb[:32, :32]) and image.info["keepfit_modality"] == "CFP"
 
 
 def test_float_pixel_data_with_values_that_are_not_finite() -> None:

@@ -127,6 +127,24 @@ def test_a_header_that_contradicts_the_image_is_warned_about(
     assert [w["code"] for w in blank["warnings"]] == ["featureless_image"], blank["warnings"]
 
 
+def test_an_infrared_photograph_is_not_scored_with_the_cfp_prompts(
+    api: TestClient, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """An Ophthalmic Photography object whose header says infrared (a grey fundus image, here an angiogram's
+    frame) was stated CFP: scored with the CFP prompts, with a warning that the header contradicted the image.
+    Its header now states no modality, so the model's modality check decides, as for a JPEG."""
+    from pydicom import dcmread
+
+    grey = rgb_of(real_image_paths["FFA"][0].read_bytes())
+    ds = dcmread(io.BytesIO(make_dicom([grey], "explicit", modality="OP", grey=True)))
+    ds.SeriesDescription = "IR 30° ART"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    answer = _post(api, out.getvalue())
+    assert answer["modality"]["used"] == answer["modality"]["detected"] != "CFP", answer["modality"]
+    assert "modality_mismatch" not in [w["code"] for w in answer["warnings"]], answer["warnings"]
+
+
 @pytest.mark.parametrize("syntax_uid", ["1.2.3.4.5", "1.2.840.113619.5.2"])  # a made-up UID, GE's private one
 def test_a_uid_that_is_no_transfer_syntax_is_415_naming_it(
     api: TestClient, golden_image: Image.Image, syntax_uid: str
@@ -160,10 +178,25 @@ def test_a_damaged_header_element_or_empty_pixel_data_is_400_never_500(
     ds.PixelData = b""
     empty = io.BytesIO()
     ds.save_as(empty, enforce_file_format=True)
+    # 12-bit data whose VOI LUT Sequence holds 10 entries of the 4096 its descriptor says
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = dcmread(io.BytesIO(good))
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
+    del ds.PlanarConfiguration
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = np.arange(64 * 64, dtype="<u2").tobytes()
+    lut = Dataset()
+    lut.LUTDescriptor, lut.LUTData = [4096, 0, 8], bytes(20)
+    ds.VOILUTSequence = Sequence([lut])
+    short_lut = io.BytesIO()
+    ds.save_as(short_lut, enforce_file_format=True)
     damaged = [
         good.replace(rows, b"\x28\x00\x10\x00XX\x02\x00" + (64).to_bytes(2, "little")),
         good.replace(rows, b"\x28\x00\x10\x00US\x03\x00" + (64).to_bytes(3, "little")),
         empty.getvalue(),
+        short_lut.getvalue(),
     ]
     for data in damaged:
         for path in ("/v1/classify", "/v1/embed"):
