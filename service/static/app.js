@@ -93,7 +93,9 @@
     if (err && err.code) {
       let message = String(err.message || '');
       if (Array.isArray(err.details) && err.details.length) {
-        message += ` (${err.details.map((d) => `${d.field}: ${d.message}`).join('; ')})`;
+        // the service's message already says the first few details in the same words: only the others are added
+        const more = err.details.map((d) => `${d.field}: ${d.message}`).filter((d) => !message.includes(d));
+        if (more.length) message += ` (${more.join('; ')})`;
       }
       if (retry) message += ` (${retry})`; // a busy service's Retry-After
       // what the user quotes to whoever runs the service: it finds this request's lines in the log
@@ -125,6 +127,10 @@
     return new ApiError(0, 'network', `no answer from ${where} (is the service running, and does its CORS allow this page?)`);
   }
 
+  function timeoutError() {
+    return new ApiError(0, 'timeout', `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`);
+  }
+
   async function api(path, { method = 'GET', json, form } = {}) {
     const init = { method, headers: headers(), credentials: 'omit', referrerPolicy: 'no-referrer' };
     if (json !== undefined) {
@@ -140,7 +146,7 @@
     try {
       response = await fetch(endpoint(path), init);
     } catch (_) {
-      throw networkError();
+      throw controller.signal.aborted ? timeoutError() : networkError(); // our timer, or no answer at all
     } finally {
       clearTimeout(timer);
     }
@@ -173,7 +179,7 @@
         }
       };
       xhr.onerror = () => { if (state.xhr === xhr) state.xhr = null; reject(networkError()); };
-      xhr.ontimeout = () => { if (state.xhr === xhr) state.xhr = null; reject(new ApiError(0, 'timeout', `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`)); };
+      xhr.ontimeout = () => { if (state.xhr === xhr) state.xhr = null; reject(timeoutError()); };
       xhr.onabort = () => reject(new ApiError(0, 'aborted', 'replaced by a newer request'));
       xhr.send(form);
     });
@@ -257,8 +263,10 @@
       const idx = ready.index || {};
       const model = art.name ? `Model ${art.name}${art.version ? ` (${art.version})` : ''}` : 'Service ready';
       const index = idx.loaded ? (idx.count != null ? `${idx.count} indexed images` : 'image archive loaded') : 'no image archive loaded';
+      // loaded, with an error: a newer archive was refused and searches still see the previous one (it says why)
+      const refused = idx.loaded && typeof idx.error === 'string' && idx.error ? ` (${idx.error})` : '';
       status.classList.remove('bad');
-      setStatus(`${model} · ${index}`);
+      setStatus(`${model} · ${index}${refused}`);
       state.ready = true;
     } catch (err) {
       status.classList.add('bad');
@@ -635,7 +643,12 @@
     const r = state.result;
     const m = r.modality;
     const probs = m.probabilities || {};
-    const looks = m.detected && m.detected !== m.used ? `; the image looks like ${m.detected}, ${pct(probs[m.detected] || 0)}` : '';
+    // a classifier's `detected` is what a DICOM header states when it states one, which the check may not find
+    const found = Object.keys(probs).reduce((a, b) => (a === null || probs[b] > probs[a] ? b : a), null);
+    const stated = !!r.classifier && found !== null && found !== m.detected;
+    const looks = !(m.detected && m.detected !== m.used) ? ''
+      : stated ? `; its DICOM header says ${m.detected}, the modality check finds ${found}, ${pct(probs[found])}`
+        : `; the image looks like ${m.detected}, ${pct(probs[m.detected] || 0)}`;
     let source;
     if (r.classifier) source = `the classifier's${looks}`; // a classifier takes the modality it was fitted on
     else if (m.requested !== 'auto') source = `as selected${looks}`;
@@ -796,10 +809,13 @@
     if (modality) form.append('modality', modality);
     runSearch(() => api('v1/search', { method: 'POST', form }), () => {
       const box = $('search-query-image');
-      const thumb = thumbSrc === null ? previewThumbnail() : thumbSrc; // '' (a hit without one): none, not the upload's
+      // the upload's (thumbSrc null): drawn from the preview, which is another image's once another was chosen
+      // while this search ran; '' (a hit without one): none, not the upload's
+      const earlier = thumbSrc === null && state.file !== blob;
+      const thumb = thumbSrc === null ? (earlier ? null : previewThumbnail()) : thumbSrc;
       box.replaceChildren(...[
         thumb ? el('img', { src: thumb, alt: '' }) : null,
-        el('span', { text: `Images similar to ${caption}` })].filter(Boolean));
+        el('span', { text: `Images similar to ${earlier ? `your earlier image ${name}` : caption}` })].filter(Boolean));
       box.hidden = false;
       const still = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
       $('search').scrollIntoView({ behavior: still ? 'auto' : 'smooth', block: 'start' });
