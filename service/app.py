@@ -448,15 +448,11 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     # Innermost first (each add wraps the ones before): a HEAD run as a GET where only GET is routed (only the
     # routes see it as one); a route's bug answered as a 500 inside every other
     # layer; the guard rejects before bodies are read; CORS answers preflights before anything else; the
-    # request id, outermost, is on all of their answers and log lines.
+    # metrics count every answer of those (a preflight too: a refused one, a front end's origin missing from
+    # KEEPFIT_CORS_ORIGINS, was in no counter); the request id, outermost, is on all of their answers and log lines.
     app.add_middleware(HeadMiddleware)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestGuardMiddleware)
-    app.add_middleware(
-        MetricsMiddleware,
-        metrics=app.state.metrics,
-        route_labels=RouteLabels(lambda: list(app.openapi()["paths"])),
-    )
     if settings.cors_origins:
         app.add_middleware(
             _CorsMiddleware,
@@ -467,6 +463,11 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
             expose_headers=["ETag", "Retry-After", REQUEST_ID_HEADER],
             max_age=600,
         )
+    app.add_middleware(
+        MetricsMiddleware,
+        metrics=app.state.metrics,
+        route_labels=RouteLabels(lambda: list(app.openapi()["paths"])),
+    )
     # outermost: every answer (a refused preflight, a 401 before the body) names its request
     app.add_middleware(AnswerHeadersMiddleware)
     return app

@@ -20,11 +20,11 @@ from typing import Any
 from model.cores import cgroup_cpu_limit
 from model.errors import ArtifactError, ConfigError
 from model.logs import use_format
-from service.protocol import GuardedHttpToolsProtocol
 
 logger = logging.getLogger(__name__)
 
 INDEX_SEARCH_DIRS = ("indexes",)
+HTTP_PROTOCOL = "service.protocol:GuardedHttpToolsProtocol"
 
 
 def find_index(artifact: Path) -> Path | None:
@@ -184,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": settings.log_level.lower(),
         "log_config": uvicorn_log_config(settings.log_format),
         "proxy_headers": True,
-        # uvicorn's httptools protocol with a size and a time limit on a request's headers (service/protocol.py)
-        "http": GuardedHttpToolsProtocol,
+        # uvicorn's httptools protocol with a size and a time limit on a request's headers (service/protocol.py),
+        # named, not imported: with --workers N a worker unpickles its config before it answers the supervisor's
+        # health check (5 s), and importing the protocol (the whole app) there took longer on a busy machine, so
+        # the supervisor killed workers as they started ("Child process [...] died")
+        "http": HTTP_PROTOCOL,
         # a stalled upload held shutdown until its body timed out (60 s), past Docker's 10 s before SIGKILL
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }

@@ -97,8 +97,8 @@ class Metrics:
 class _RefusedConnections(Collector):
     """``keepfit_connections_refused_total{reason}``: what the HTTP protocol refused before a request reached the
     app (:mod:`service.protocol`), so neither the request counter nor the access log sees it: headers over the
-    limit, headers too slow to arrive, connections that never sent a request. A rising count is a misbehaving
-    client, or a scan or a slow-loris attack."""
+    limit, headers too slow to arrive, connections that never sent a request, requests that are not valid HTTP. A
+    rising count is a misbehaving client, or a scan or a slow-loris attack."""
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         return iter([CounterMetricFamily("keepfit_connections_refused", self.__doc__ or "", labels=["reason"])])

@@ -33,7 +33,7 @@ LINGER_S = 2.0
 MAX_DRAIN_BYTES = 8 * 1024 * 1024
 
 # What was refused in this process, by reason (``/metrics``: keepfit_connections_refused_total)
-REFUSED_REASONS = ("headers_too_large", "header_timeout", "silent_connection")
+REFUSED_REASONS = ("headers_too_large", "header_timeout", "silent_connection", "invalid_request")
 REFUSED: Counter[str] = Counter()
 INVALID_REQUEST = "refused a request that is not valid HTTP"
 
@@ -171,6 +171,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._disarm_header_timer()
         self._in_headers, self._refused = False, True
+        REFUSED["invalid_request"] += 1  # never reached the app: no request counter saw it (a scan, a broken client)
         self._answer_and_close(400, "bad_request", message, INVALID_REQUEST)
 
     def _answer_and_close(self, status: int, code: str, message: str, what: str) -> None:

@@ -124,7 +124,7 @@ def test_refusals_are_counted_in_the_metrics(base: str) -> None:
         return {reason: float(value) for reason, value in found}
 
     before = counts()
-    assert set(before) == {"headers_too_large", "header_timeout", "silent_connection"}
+    assert set(before) == {"headers_too_large", "header_timeout", "silent_connection", "invalid_request"}
     sock = _connect(base)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
     assert _answer(sock)[0] == 431
