@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -256,6 +257,9 @@ def _usable(path: Path, manifest: dict[str, Any]) -> tuple[ModelConfig, Knowledg
         raise ArtifactError(f"artifact {path}: bad model_config: {err}") from err
     except (TypeError, ValueError, KeyError, AttributeError) as err:
         raise ArtifactError(f"artifact {path}: bad model_config in {MANIFEST}: {err}") from err
+    scale = manifest.get("logit_scale", 100.0)  # the softmax temperature of every zero-shot answer
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+        raise ArtifactError(f"artifact {path}: logit_scale in {MANIFEST} must be a positive number, got {scale!r}")
     try:
         knowledge = Knowledge.from_file(path / "knowledge.json")
     except KeepfitError as err:
@@ -374,8 +378,55 @@ def replace_knowledge(path: str | Path, knowledge: dict[str, Any]) -> str:
     return version
 
 
+# files an export writes besides the required ones: the modality head, a checkpoint's calibration
+OPTIONAL_FILES = ("modality_head.json", "calibration.json")
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse (:class:`ArtifactError`) to let an export replace ``out`` unless it is absent, empty or an artifact
+    directory that holds nothing but artifact files: the swap drops everything in it, so a folder with a
+    ``manifest.json`` of something else, or an artifact beside which someone keeps a checkpoint or notes, is
+    not replaced.  A damaged artifact (its manifest unreadable) can still be replaced by a new export."""
+    if not out.exists():  # nothing there (a link to nothing yet: the export creates what it names)
+        return
+    if not out.is_dir():
+        raise ArtifactError(f"refusing to replace {out}: it is a file, not an artifact directory")
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    if not (out / MANIFEST).is_file():
+        raise ArtifactError(f"refusing to replace {out}: it exists and is not an artifact directory")
+    listed: set[str] = set()
+    try:
+        manifest = json.loads((out / MANIFEST).read_bytes())
+    except (OSError, ValueError, RecursionError):  # a damaged artifact: its files are the ones an export writes
+        manifest = None
+    if isinstance(manifest, dict):
+        if manifest.get("format") != ARTIFACT_FORMAT:
+            raise ArtifactError(
+                f"refusing to replace {out}: its {MANIFEST} is not a keepfit artifact's (format "
+                f"{manifest.get('format')!r}), so it is not an artifact directory"
+            )
+        if isinstance(manifest.get("files"), dict):
+            listed = set(manifest["files"])
+    known = {MANIFEST, *REQUIRED_FILES, *OPTIONAL_FILES, *listed}
+    foreign = [e.name for e in entries if e.name not in known or not e.is_file()]
+    if foreign:
+        raise ArtifactError(
+            f"refusing to replace {out}: besides the artifact it holds {', '.join(foreign[:3])}"
+            f"{' ...' if len(foreign) > 3 else ''}, which the export would delete; move it out first"
+        )
+
+
+def _through_link(final: Path) -> Path:
+    """The directory a symlink ``final`` points to (``artifacts/current -> v3``): what is replaced is the
+    directory, and the link keeps pointing to it (swapping the link for a directory left the old one behind)."""
+    return final.resolve() if final.is_symlink() else final
+
+
 def staging_dir(final: Path) -> Path:
     """A fresh sibling directory to write into before :func:`commit_dir` moves it into place."""
+    final = _through_link(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
     path.chmod(0o755)
@@ -384,6 +435,7 @@ def staging_dir(final: Path) -> Path:
 
 def commit_dir(staging: Path, final: Path) -> None:
     """Replace ``final`` with ``staging``: two renames, so ``final`` is always either old or new, never half."""
+    final = _through_link(final)
     old = None
     if final.exists():
         old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))

@@ -256,7 +256,8 @@ def info_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     art = load_artifact(args.artifact)  # refuses a missing file or a hash mismatch, naming the file
     summary = {k: art.manifest.get(k) for k in ("name", "version", "created", "quantization", "parity", "evaluation")}
-    summary["files"] = {n: m["bytes"] for n, m in art.manifest["files"].items()}
+    # "bytes" is descriptive (a manifest sealed without it verifies): the file's size on disk then
+    summary["files"] = {n: m.get("bytes", art.file(n).stat().st_size) for n, m in art.manifest["files"].items()}
     if args.json:  # everything the manifest says (training data, config, preprocessing...), files by size
         print(json.dumps({**art.manifest, **summary, "verified": "sha256"}, indent=2))  # noqa: T201
     else:

@@ -205,6 +205,13 @@ class KeepfitRuntime:
             self._text = ort.InferenceSession(str(artifact.file("text_encoder.onnx")), options, providers=chosen)
         except Exception as err:  # onnxruntime raises its own exception types
             raise ArtifactError(f"cannot open the ONNX encoders of {artifact.path}: {err}") from err
+        side = artifact.config.preprocess.image_size
+        fixed = [d for d in self._image.get_inputs()[0].shape[2:] if isinstance(d, int)]
+        if any(d != side for d in fixed):  # else every image request would fail inside ONNX Runtime
+            raise ArtifactError(
+                f"artifact {artifact.path}: image_encoder.onnx takes {'x'.join(map(str, fixed))} pixels, its "
+                f"model_config's preprocess.image_size is {side}"
+            )
         # what the sessions really run on (a CUDA provider whose libraries are missing falls back to the CPU)
         self.providers: list[str] = list(self._image.get_providers())
         self._image_outputs = [o.name for o in self._image.get_outputs()]

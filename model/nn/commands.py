@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from model.artifact import check_replaceable
 from model.config import get_config
 from model.errors import ArtifactError, CheckpointError
 from model.knowledge import Knowledge
@@ -61,8 +62,7 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    if args.out.exists() and not (args.out / "manifest.json").is_file() and any(args.out.iterdir()):
-        raise ArtifactError(f"refusing to replace {args.out}: it exists and is not an artifact directory")
+    check_replaceable(args.out)  # before the checkpoint is read: what --out holds is dropped by the swap
     torch.manual_seed(args.seed)
     evaluation = {}
     extra_files: dict[str, bytes] = {}
@@ -191,7 +191,7 @@ def import_main(argv: list[str]) -> int:
         raise CheckpointError(f"{args.weights} is not a readable torch state dict ({first[:200]})") from err
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
         raise CheckpointError(f"{args.weights} does not hold a state dict of tensors")
     cfg = get_config(args.config)
     model = create_model(cfg)

@@ -22,7 +22,15 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from model.artifact import build_manifest, commit_dir, load_artifact, staging_dir
+from model.artifact import (
+    MANIFEST,
+    REQUIRED_FILES,
+    build_manifest,
+    check_replaceable,
+    commit_dir,
+    load_artifact,
+    staging_dir,
+)
 from model.errors import ArtifactError
 from model.files import atomic_write_json
 from model.knowledge import Knowledge
@@ -221,6 +229,10 @@ def export_artifact(
     if quantize_mode not in QUANT_MODES:
         raise ArtifactError(f"unknown quantisation {quantize_mode!r}; choose one of {', '.join(QUANT_MODES)}")
     out = Path(out)
+    check_replaceable(out)
+    for fname in extra_files or {}:  # names a checkpoint carries: never a path out of the artifact, nor one it writes
+        if fname in (MANIFEST, *REQUIRED_FILES) or Path(fname).name != fname or fname in ("", ".", ".."):
+            raise ArtifactError(f"cannot ship the extra artifact file {fname!r}: not a plain file name of its own")
     knowledge = knowledge or Knowledge.default()
     model = model.eval().cpu()
     staging = staging_dir(out)

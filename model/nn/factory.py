@@ -8,6 +8,7 @@ rebuilds its model without the command line.
 from __future__ import annotations
 
 import logging
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from model.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "keepfit-checkpoint/1"
+# the lines of torch.load's weights-only errors that say nothing about the file
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def create_model(cfg: ModelConfig) -> KeepFITModel:
@@ -88,15 +91,37 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         what = "is a directory, not a checkpoint file (model.pt)" if path.is_dir() else "not found"
         raise CheckpointError(f"checkpoint {what}: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: the file is empty")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a keepfit checkpoint holds tensors, numbers, strings, bytes and containers of them; a full
+        # unpickler would run whatever code a downloaded or shared .pt file names
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {err}") from err
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):
+            raise CheckpointError(
+                f"{path} is refused: it holds Python objects other than tensors and plain data, which loading "
+                "would run code from (not a checkpoint keepfit wrote)"
+            ) from err
+        # torch's own text runs to several lines, around boilerplate that advises weights_only=False: one line
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if not line.startswith(_TORCH_BOILERPLATE)), err.__class__.__name__)
+        if len(reason) > 200:  # the zip reader's runs on with advice: its first sentence
+            reason = reason.split(". ")[0][:200] + "."
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {reason}") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a keepfit checkpoint (format {CHECKPOINT_FORMAT}); "
             "convert published FLAIR / KeepFIT v1 weights with `keepfit import-checkpoint`"
         )
+    for key, kind, what in (("model_config", dict, "an object"), ("state_dict", dict, "a state dict"),
+                            ("tokenizer_json", str, "a string")):
+        if not isinstance(payload.get(key), kind):
+            got = "nothing" if key not in payload else type(payload[key]).__name__
+            raise CheckpointError(f"{path} is a damaged keepfit checkpoint: its {key!r} should be {what}, got {got}")
+    bad = next((k for k, v in payload["state_dict"].items() if not (isinstance(k, str) and torch.is_tensor(v))), None)
+    if bad is not None:
+        raise CheckpointError(f"{path} is a damaged keepfit checkpoint: its state dict entry {bad!r} is not a tensor")
     return payload
 
 
