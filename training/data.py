@@ -134,6 +134,12 @@ DEFAULT_PUBLIC: tuple[PublicSource, ...] = (
 )
 
 
+def spelt_as_known(modality: str, knowledge: Knowledge) -> str:
+    """``cfp`` as the knowledge spells it (``CFP``), as evaluation, indexing and serving read it; an unknown one
+    as given (a manifest that says ``cfp`` trained on nothing while evaluation scored it)."""
+    return next((m for m in knowledge.modalities if m.upper() == modality.strip().upper()), modality)
+
+
 def split_labels(value: str, knowledge: Knowledge) -> list[str]:
     """A label cell -> canonical category names.  ``"X with Y"`` that is not itself a known category becomes
     ``[X, Y]`` (ffa_huapu4's "branch retinal vein occlusion with non-perfusion area")."""
@@ -168,7 +174,7 @@ def public_samples(
         check_files(manifest, rows)
         found: dict[Path, list[Sample]] = {}
         for row in rows:
-            modality = row.get("modality") or source.modality or ""
+            modality = spelt_as_known(row.get("modality") or source.modality or "", knowledge)
             if modality not in knowledge.modalities:
                 out.skipped[f"{source.manifest}: modality {modality or '(none)'!r}"] += 1
                 continue
@@ -194,7 +200,9 @@ def public_samples(
             )
         out.samples += _one_sample_per_image(found, source.manifest, out.skipped)
     if not out.samples:
-        raise DataError(f"no {split} samples in {', '.join(s.manifest for s in sources)} under {data_root}")
+        why = "; ".join(f"{n} rows skipped: {reason}" for reason, n in sorted(out.skipped.items()))
+        raise DataError(f"no {split} samples in {', '.join(s.manifest for s in sources)} under {data_root}"
+                        + (f" ({why})" if why else ""))
     for reason, count in sorted(out.skipped.items()):
         logger.info("skipped %d %s rows (%s)", count, split, reason)
     return out
@@ -252,6 +260,8 @@ def compose_elite(
 # atlas caption describing the same condition in the same modality: the pairing is at the level of the
 # condition, not the image, but the text is the expert atlas language the KeepFIT papers transfer.
 ATLAS_FILES = {"CFP": "text/mm_retinal_cfp_captions.csv", "FFA": "text/mm_retinal_ffa_captions.csv"}
+# the atlas figures with their captions whose rows outside ``train`` evaluation scores (image <-> caption retrieval)
+ATLAS_PAIRS = "mm_retinal_cfp_pairs/pairs.csv"
 _NORMAL = r"\bnormal (fundus|person|human|subjects?|eyes?|retina|individuals?)\b"
 _EDEMA = r"macular (o)?edema"
 ATLAS_PATTERNS: dict[str, dict[str, str]] = {
@@ -317,6 +327,28 @@ def read_atlas_captions(data_root: Path) -> dict[str, list[str]]:
             if len(text.split()) >= 3:
                 texts.append(text)
         out[modality] = list(dict.fromkeys(texts))
+    return out
+
+
+def fold_caption(text: str) -> str:
+    """What two spellings of one caption share: whitespace and case folded."""
+    return " ".join(text.split()).casefold()
+
+
+def evaluated_captions(data_root: Path | None, elite_manifest: str | None = None) -> set[str]:
+    """The captions (:func:`fold_caption`, as written and as :func:`clean_atlas_caption` leaves them) of the rows
+    outside ``train`` of the atlas pairs that evaluation always scores and of the elite manifest: no training
+    reads them, not as corpus text and not as the atlas caption of another image."""
+    paths = [data_root / ATLAS_PAIRS] if data_root is not None else []
+    if elite_manifest and elite_manifest != "none":
+        paths.append(resolve_elite_manifest(elite_manifest, data_root))
+    out: set[str] = set()
+    for path in dict.fromkeys(paths):
+        if not path.is_file():
+            continue
+        for row in read_manifest(path).rows:
+            if row.get("split", "train") != "train" and row.get("caption"):
+                out |= {fold_caption(row["caption"]), fold_caption(clean_atlas_caption(row["caption"]))}
     return out
 
 
@@ -390,7 +422,7 @@ def read_elite_manifest(path: str | Path, knowledge: Knowledge) -> list[Sample]:
     check_files(manifest, rows)
     out = []
     for row in rows:
-        modality = row.get("modality") or "CFP"
+        modality = spelt_as_known(row.get("modality") or "CFP", knowledge)
         if modality not in knowledge.modalities:
             raise DataError(
                 f"elite manifest {path}: unknown modality {modality!r} for {row['path']}; "
@@ -453,8 +485,11 @@ def build_elite(
         if pool:
             composed = compose_elite(pool, knowledge, fraction, seed=seed)
             if text == "atlas":
-                composed, text_counts = attach_atlas_captions(
-                    composed, atlas_pools(read_atlas_captions(data_root)), seed=seed)
+                # the atlas caption files hold the captions of the held-out atlas figures too
+                held_text = evaluated_captions(data_root, manifest)
+                atlas = {m: [t for t in texts if fold_caption(t) not in held_text]
+                         for m, texts in read_atlas_captions(data_root).items()}
+                composed, text_counts = attach_atlas_captions(composed, atlas_pools(atlas), seed=seed)
                 counts.update(text_counts)
             else:
                 counts.update(f"{s.modality}: composed caption" for s in composed)

@@ -23,8 +23,8 @@ from model.files import atomic_write_json, atomic_write_text
 from model.knowledge import Knowledge
 from model.preprocess import BLURRED_BELOW, COMPRESSED_BELOW, blurred, file_jpeg_quality
 from model.runtime import KeepfitRuntime
+from training.data import ATLAS_PAIRS
 from training.evaluate import (
-    ATLAS_PAIRS,
     DR_SH,
     DR_STAGES,
     HEADLINE,

@@ -149,8 +149,6 @@ NAMED_SET_ROWS: dict[str, dict[str, EvalSpec]] = {
 HEADLINE = ("dme_cfp_graded", "dme_oct", "dr_cfp", "dr_oct", "ffa_diagnosis", "modality")
 # ... and into the unseen-site score, the headline of transfer to another clinic.
 UNSEEN_HEADLINE = tuple(s.name for s in UNSEEN_SITE)
-# Real expert image-caption pairs (MM-Retinal atlas figures): image <-> caption retrieval on unseen figures.
-ATLAS_PAIRS = "mm_retinal_cfp_pairs/pairs.csv"
 MODALITY_SOURCES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ((CFP_OCT, ()), (FFA, ()))
 
 

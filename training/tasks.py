@@ -35,10 +35,9 @@ from training.data import (
     PublicSource,
     Sample,
     build_elite,
+    evaluated_captions,
     public_samples,
     read_corpus,
-    read_manifest,
-    resolve_elite_manifest,
     write_elite_manifest,
 )
 from training.evaluate import (
@@ -131,14 +130,10 @@ def knowledge_groups(knowledge: Knowledge) -> list[KnowledgeGroup]:
 
 
 def evaluation_captions(cfg: TrainConfig, data_root: Path | None) -> set[str]:
-    """The captions (whitespace-folded, case-folded) of the elite manifest's rows outside ``train``."""
-    if not cfg.elite_manifest or cfg.elite_manifest == "none":
-        return set()
-    path = resolve_elite_manifest(cfg.elite_manifest, data_root)
-    if not path.is_file():
-        return set()
-    rows = read_manifest(path).rows
-    return {" ".join(r.get("caption", "").split()).casefold() for r in rows if r.get("split", "train") != "train"}
+    """The captions (whitespace-folded, case-folded) of the rows outside ``train`` of the atlas pairs that the
+    suite scores (whatever the elite manifest: ``--elite-manifest none`` trained stage 1 on all 60) and of the
+    elite manifest."""
+    return evaluated_captions(data_root, cfg.elite_manifest)
 
 
 class TextTask:
