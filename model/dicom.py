@@ -28,6 +28,10 @@
   ``info["keepfit_modality"]``; the frame used and the frame count in ``info["keepfit_frame"]`` /
   ``info["keepfit_frames"]``. An ``OP`` image the header calls autofluorescence, infrared or red-free (in words or
   codes: :data:`NOT_COLOUR_WORDS`) states none: the model knows none of those, and its own modality check decides.
+- Deflate (Deflated Explicit VR Little Endian) inflates the whole data set before anything is read: it may
+  inflate to at most :data:`INFLATED_BYTES_PER_PIXEL` bytes a pixel of ``max_pixels``, checked as it streams
+  (:func:`_check_inflated_size`), or it is an :class:`ImageTooLargeError`: pydicom inflates it in one call, and
+  a 2 MB upload of deflated zeros took 4 GB and 10 s.
 - Nothing of the header but those (no names, ids, dates, descriptions) leaves this module: not in errors, not
   in logs, not in the image's ``info``.
 """
@@ -39,6 +43,7 @@ import io
 import logging
 import re
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -379,16 +384,70 @@ def _grey_levels(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray | Non
 HEAD_BYTES = 65536
 
 
+# A deflated data set inflates to at most this many bytes a pixel of ``max_pixels`` (3 samples of 16 bits: the
+# largest frame the service decodes, with the header's other elements in the slack)
+INFLATED_BYTES_PER_PIXEL = 6
+_INFLATED_SLACK = 1 << 20
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _deflated_start(data: bytes) -> int | None:
+    """Where the deflated data set of a Deflated Explicit VR Little Endian object starts (its file meta group is
+    never deflated), read as pydicom reads it; None for any other transfer syntax."""
+    fp = io.BytesIO(data)
+    try:
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+
+        read_preamble(fp, True)
+        meta = _read_file_meta_info(fp)
+    except Exception:
+        return None
+    return fp.tell() if str(meta.get("TransferSyntaxUID", "")).strip() == _DEFLATED else None
+
+
+def _check_inflated_size(data: bytes, max_pixels: int) -> None:
+    """:class:`ImageTooLargeError` when ``data`` (as pydicom reads it) is deflated and inflates to more than
+    :data:`INFLATED_BYTES_PER_PIXEL` x ``max_pixels`` bytes, inflated a MiB at a time and dropped (a stream that
+    does not inflate is left to pydicom to refuse)."""
+    start = _deflated_start(data)
+    if start is None:
+        return
+    limit = INFLATED_BYTES_PER_PIXEL * max_pixels + _INFLATED_SLACK
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending: bytes = data[start:]
+    total = 0
+    try:
+        while True:
+            out = inflater.decompress(pending, 1 << 20)
+            total += len(out)
+            if total > limit:
+                raise ImageTooLargeError(
+                    f"the DICOM file's deflated data set inflates to more than {limit} bytes (decompression bomb?); "
+                    f"the limit is {INFLATED_BYTES_PER_PIXEL} bytes a pixel of {max_pixels} pixels"
+                )
+            pending = inflater.unconsumed_tail
+            if inflater.eof or (not pending and len(out) < 1 << 20):
+                return
+    except zlib.error:
+        return
+
+
 def dicom_pixels(data: bytes | memoryview) -> int:
     """``Rows x Columns`` of a DICOM object (one frame: what is decoded) from the start of its header, without its
     pixel data; 0 where they are not within the first :data:`HEAD_BYTES` or pydicom is not installed."""
     try:
         pydicom = _import_pydicom()
+        head = _part10(data[:HEAD_BYTES])
+        start = _deflated_start(head)
+        if start is not None:
+            # a deflated data set: its first HEAD_BYTES only, read without the file meta (pydicom would inflate all
+            # there is of it, here on the event loop: a 64 KB head of zeros was 64 MB and 0.2 s)
+            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head[start:], HEAD_BYTES)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the header is cut short on purpose
             ds = pydicom.dcmread(
-                io.BytesIO(_part10(data[:HEAD_BYTES])),
+                io.BytesIO(head),
                 stop_before_pixels=True,
                 specific_tags=["Rows", "Columns"],
                 force=True,
@@ -412,8 +471,10 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         raise UnsupportedMediaError(
             "DICOM input needs the optional 'dicom' extra (pip install 'keepfit[dicom]')"
         ) from err
+    part10 = _part10(data)
+    _check_inflated_size(part10, max_pixels)  # before pydicom inflates it whole
     try:
-        ds = pydicom.dcmread(io.BytesIO(_part10(data)), stop_before_pixels=False, force=True)
+        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=False, force=True)
     except Exception as err:  # pydicom raises many types; their messages may quote header values
         raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
     _convert_header(ds)

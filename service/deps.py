@@ -227,15 +227,18 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 def key_matches(presented: str | None, keys: Sequence[str]) -> bool:
     """Constant-time comparison against every configured key (no early exit that would leak which matched).
 
+    The SHA-256 digests are compared, not the keys: ``compare_digest`` returns at once on values of different
+    lengths, so the time taken told a caller how long the keys are.
+
     Spaces and tabs around the presented value are not part of it (RFC 9110, 5.5): the server's parser strips
     the leading ones only, so a key with a trailing space was refused and one with a leading space accepted."""
     presented = presented.strip(" \t") if presented else presented
     if not presented:
         return False
-    candidate = presented.encode("utf-8", "surrogateescape")
+    candidate = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
     matched = False
     for key in keys:
-        matched |= secrets.compare_digest(candidate, key.encode("utf-8"))
+        matched |= secrets.compare_digest(candidate, hashlib.sha256(key.encode("utf-8")).digest())
     return matched
 
 

@@ -964,10 +964,16 @@ def original_image(path: Path, max_pixels: int, sha256: str | None = None) -> tu
         to_rgb(load_image(read_image_file(path, sha256), max_pixels=max_pixels)).save(out, format="PNG")
         return out.getvalue(), "image/png"
     _check_unchanged(digest.hexdigest(), sha256)
-    return None, mimetypes.guess_type(path.name)[0] or _MEDIA_TYPES.get(_format_of(head), "application/octet-stream")
+    # the type of the bytes, never the file's name: a JPEG named .html (one that is a page too) left as text/html
+    guessed = mimetypes.guess_type(path.name)[0] or ""
+    fallback = guessed if guessed.startswith("image/") and guessed != "image/svg+xml" else "application/octet-stream"
+    return None, _MEDIA_TYPES.get(_format_of(head), fallback)
 
 
-_MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "BMP": "image/bmp", "WEBP": "image/webp"}
+_MEDIA_TYPES = {
+    "JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "BMP": "image/bmp",
+    "WEBP": "image/webp",
+}
 
 
 def _format_of(data: bytes) -> str:

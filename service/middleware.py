@@ -152,6 +152,8 @@ _ADDED_NAMES = frozenset({REQUEST_ID_HEADER.lower().encode(), CSP_HEADER, *(name
 # On the API's answers, unless a route says otherwise (images: private, cacheable): they are a patient's
 # diagnosis and the key's, never for a shared cache.
 _NO_STORE = (b"cache-control", b"no-store")
+# The unversioned aliases of /v1/classify and /v1/search (service/app.py): their answers are the same diagnoses
+API_ALIASES = ("/classify", "/search")
 
 
 def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
@@ -165,8 +167,8 @@ class AnswerHeadersMiddleware:
     """Every answer names its request: ``X-Request-ID`` on the response and ``request_id`` in an error body, and
     every log line the request causes (the access log's too, on any thread) carries it (:mod:`model.logs`).
     Every answer also has ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``, may not be
-    framed by another site and carries its path's ``Content-Security-Policy``, and the API's (``/v1``)
-    ``Cache-Control: no-store`` unless the route set its own.
+    framed by another site and carries its path's ``Content-Security-Policy``, and the API's (``/v1`` and its
+    unversioned aliases) ``Cache-Control: no-store`` unless the route set its own.
 
     A caller's own ``X-Request-ID`` (up to 128 letters, digits and ``._:-``; a proxy's or a front end's
     correlation id) is kept, so one id follows a request through every system; anything else (absent, too long,
@@ -187,7 +189,7 @@ class AnswerHeadersMiddleware:
             *ALWAYS_HEADERS,
             (CSP_HEADER, content_security_policy(path)),
         ]
-        api = path.startswith("/v1/")
+        api = path.startswith("/v1/") or path in API_ALIASES
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
