@@ -23,10 +23,13 @@
   const PREVIEW_MAX_PIXELS = 64e6;
   const EXPLAIN_TOP = 3;
   const SEARCH_TOP_K = 24;
-  const REQUEST_TIMEOUT_MS = 120000;
 
   const { $, el, keepFocus, setAvailable, available, announce } = window.KeepfitDom; // dom.js
   const Connection = window.KeepfitConnection; // dom.js: the API base and the keys entered for it
+  // dom.js: requests and their errors, worded as classifiers.js words them
+  const Http = window.KeepfitHttp;
+  const { ApiError, parseError } = Http;
+  const REQUEST_TIMEOUT_MS = Http.TIMEOUT_MS;
 
   const state = {
     base: '',
@@ -50,15 +53,6 @@
   };
 
   // ------------------------------------------------------------------------------------------ connection
-  class ApiError extends Error {
-    constructor(status, code, message, body = null) {
-      super(message);
-      this.status = status;
-      this.code = code;
-      this.body = body;  // the parsed JSON answer, when there was one (readyz's 503 says why)
-    }
-  }
-
   function endpoint(path) {
     // same origin: relative to the page, so a service behind a path prefix works too
     return state.base ? `${state.base}/${path}` : path;
@@ -66,49 +60,6 @@
 
   function headers(extra = {}) {
     return state.key ? { ...extra, 'X-API-Key': state.key } : extra;
-  }
-
-  /** The words of a page that is no JSON (a proxy's 502 page, a captive portal), never its markup. */
-  function plainText(text) {
-    const raw = (text || '').trim();
-    if (!/^<|<\/?(html|head|body|title|h1|center|p|div)\b/i.test(raw)) return raw.replace(/\s+/g, ' ');
-    // an inert document: nothing in it loads or runs
-    const doc = new DOMParser().parseFromString(raw, 'text/html');
-    return (doc.title || (doc.body && doc.body.textContent) || '').replace(/\s+/g, ' ').trim();
-  }
-
-  /** Retry-After (seconds, or an HTTP date) as words, '' when absent or unreadable. */
-  function retryHint(retryAfter) {
-    const value = (retryAfter || '').trim();
-    if (!value) return '';
-    const seconds = /^\d+$/.test(value) ? Number(value) : Math.ceil((Date.parse(value) - Date.now()) / 1000);
-    return Number.isFinite(seconds) ? `try again in ${Math.max(1, seconds)} s` : '';
-  }
-
-  function parseError(status, text, statusText, retryAfter) {
-    let body = null;
-    try { body = JSON.parse(text); } catch (_) { /* not JSON: a proxy's page, say */ }
-    const err = body && body.error;
-    const retry = retryHint(retryAfter);
-    if (err && err.code) {
-      let message = String(err.message || '');
-      if (Array.isArray(err.details) && err.details.length) {
-        // the service's message already says the first few details in the same words: only the others are added
-        const more = err.details.map((d) => `${d.field}: ${d.message}`).filter((d) => !message.includes(d));
-        if (more.length) message += ` (${more.join('; ')})`;
-      }
-      if (retry) message += ` (${retry})`; // a busy service's Retry-After
-      // what the user quotes to whoever runs the service: it finds this request's lines in the log
-      if (err.request_id) message += ` (request id ${err.request_id})`;
-      return new ApiError(status, String(err.code), message);
-    }
-    const fallback = status === 503 ? 'not_ready' : status === 429 ? 'too_many_requests' : `http_${status}`;
-    const said = plainText(text).slice(0, 200);
-    let message = (body && typeof body.reason === 'string' && body.reason)
-      || (said ? (said.includes(String(status)) ? said : `HTTP ${status}: ${said}`)
-        : `HTTP ${status}${statusText ? ` ${statusText}` : ''}`);
-    if (retry) message += ` (${retry})`;
-    return new ApiError(status, fallback, message, body);
   }
 
   /** An http(s) URL from an answer, resolved against the service; null for any other (javascript:, data:...): a
@@ -123,12 +74,11 @@
   }
 
   function networkError() {
-    const where = state.base || window.location.origin;
-    return new ApiError(0, 'network', `no answer from ${where} (is the service running, and does its CORS allow this page?)`);
+    return Http.networkError(state.base);
   }
 
   function timeoutError() {
-    return new ApiError(0, 'timeout', `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`);
+    return Http.timeoutError(REQUEST_TIMEOUT_MS);
   }
 
   async function api(path, { method = 'GET', json, form } = {}) {
@@ -139,24 +89,7 @@
     } else if (form) {
       init.body = form;
     }
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
-    init.signal = controller.signal;
-    let response;
-    try {
-      response = await fetch(endpoint(path), init);
-    } catch (_) {
-      throw controller.signal.aborted ? timeoutError() : networkError(); // our timer, or no answer at all
-    } finally {
-      clearTimeout(timer);
-    }
-    const text = await response.text();
-    if (!response.ok) throw parseError(response.status, text, response.statusText, response.headers.get('Retry-After'));
-    try {
-      return text ? JSON.parse(text) : null;
-    } catch (_) { // a captive portal's or a proxy's page with 200
-      throw new ApiError(response.status, 'bad_response', 'the service sent an unreadable answer (not JSON): is the API base right?');
-    }
+    return Http.fetchJson(endpoint(path), init, { timeoutMs: REQUEST_TIMEOUT_MS, base: state.base });
   }
 
   /** multipart POST with upload progress (fetch cannot report it); a newer call aborts an older one. */
@@ -639,6 +572,12 @@
     return p >= 0.995 ? '>99%' : p < 0.005 ? '<1%' : `${Math.round(p * 100)}%`;
   }
 
+  /** What a prediction with `known: false` is, in a few words: `similar_known` are suggestions, never used for it. */
+  function unknownNote(p) {
+    const similar = Array.isArray(p.similar_known) ? p.similar_known.filter((n) => typeof n === 'string' && n) : [];
+    return `not in the knowledge base, scored by its name only${similar.length ? `; closest known: ${similar.join(', ')}` : ''}`;
+  }
+
   function renderResult() {
     const r = state.result;
     const m = r.modality;
@@ -663,10 +602,15 @@
     const explained = new Map((r.explanations || []).map((e, i) => [e.label, i]));
     $('predictions').replaceChildren(...r.predictions.map((p) => {
       const idx = explained.get(p.label);
-      const li = el('li', { title: p.known ? p.canonical : `${p.label} (not in the knowledge base: prompted with its name)`,
-                            'aria-label': `${p.label}: ${pct(p.probability)}${idx !== undefined ? ', shows its heat map' : ''}` },
+      // a name the knowledge base does not know is scored by its name alone: said in words on its row (not in a
+      // tooltip, which keyboard and touch never show), with the known categories it resembles; a known one says
+      // nothing, nor does a classifier's category (its examples score it, not its name)
+      const unknown = p.known === false && !r.classifier ? unknownNote(p) : '';
+      const li = el('li', { ...(p.known !== false && p.canonical ? { title: p.canonical } : {}),
+                            'aria-label': `${p.label}: ${pct(p.probability)}${unknown ? `, ${unknown}` : ''}${idx !== undefined ? ', shows its heat map' : ''}` },
         el('span', { class: 'name' }, p.label, idx !== undefined ? el('span', { class: 'hm', text: 'heat map' }) : null),
         el('span', { class: 'pct', text: pct(p.probability) }),
+        unknown ? el('span', { class: 'unknown', text: unknown }) : null,
         el('span', { class: 'track' }, el('span', { class: 'fill', style: { width: `${(p.probability * 100).toFixed(1)}%` } })));
       if (idx !== undefined) {
         li.classList.add('explained');

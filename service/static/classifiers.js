@@ -22,6 +22,7 @@
   let listSeq = 0;            // newest list wins: a slow earlier GET never brings back a deleted classifier
 
   const Connection = window.KeepfitConnection; // dom.js: the API base and the keys entered for it
+  const Http = window.KeepfitHttp;             // dom.js: requests and their errors
 
   function base() {
     return Connection.base();
@@ -40,26 +41,14 @@
     return h;
   }
 
-  async function call(path, { method = 'GET', body, admin = false } = {}) {
-    let response;
-    try {
-      response = await fetch(endpoint(path), {
-        method, body, headers: headers(admin), credentials: 'omit', referrerPolicy: 'no-referrer',
-      });
-    } catch (_) {
-      throw Object.assign(new Error('the service cannot be reached'), { code: 'network', status: 0 });
-    }
-    const text = await response.text();
-    let json = null;
-    try { json = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
-    if (!response.ok) {
-      const err = (json && json.error) || {};
-      const id = err.request_id ? ` (request id ${err.request_id})` : '';
-      throw Object.assign(new Error(`${err.message || `HTTP ${response.status}`}${id}`), {
-        code: err.code || `http_${response.status}`, status: response.status,
-      });
-    }
-    return json;
+  // a fit embeds every example before it answers: minutes for a large set, not the usual limit
+  const FIT_TIMEOUT_MS = 600000;
+
+  /** The service's JSON answer; its errors worded as app.js words them (dom.js, KeepfitHttp). */
+  async function call(path, { method = 'GET', body, admin = false, timeoutMs = Http.TIMEOUT_MS } = {}) {
+    return Http.fetchJson(endpoint(path), {
+      method, body, headers: headers(admin), credentials: 'omit', referrerPolicy: 'no-referrer',
+    }, { timeoutMs, base: base() });
   }
 
   function say(text, kind = 'info') {
@@ -245,7 +234,7 @@
     say('Fitting…');
     document.body.dataset.busy = 'teach';
     try {
-      const answer = await call('v1/classifiers', { method: 'POST', body: form, admin: true });
+      const answer = await call('v1/classifiers', { method: 'POST', body: form, admin: true, timeoutMs: FIT_TIMEOUT_MS });
       // a 2xx with an empty body (a proxy that drops it, say) is still a fit: say what is known, and reload the list
       const c = answer && typeof answer === 'object' ? answer : null;
       const fitted = (c && c.name) || name;
@@ -265,7 +254,8 @@
       const focused = document.activeElement;
       if (!focused || focused === document.body || focused.id === 'teach-fit') $('teach-result').focus();
     } catch (err) {
-      say(`Fitting failed: ${err.message}`, 'error');
+      // the service may still finish a fit it did not answer in time: it then appears in the list
+      say(`Fitting failed: ${err.message}${err.code === 'timeout' ? ' (the service may still be fitting it: reload the page in a while to see whether it is listed)' : ''}`, 'error');
       $('teach-status').dataset.code = err.code;
       if (err.code === 'admin_key_required') $('admin-key').focus();
     } finally {

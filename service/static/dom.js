@@ -10,6 +10,7 @@
  *                                  aria-disabled instead of disabled: an unavailable button keeps the focus
  *   announce(text)                 a polite status message for screen readers (#page-status)
  *   KeepfitConnection              the API base and the keys entered for it (below)
+ *   KeepfitHttp                    requests to the service and its errors, worded alike on every page (below)
  */
 (() => {
   'use strict';
@@ -102,5 +103,102 @@
     },
     setAdminKey: (value) => setKey(ADMIN, value),
     forgetKey: () => setKey(KEY, ''),
+  });
+  /*
+   * Requests to the service and their errors, shared by app.js and classifiers.js so that both say the same thing
+   * about the same failure.  Errors arrive as {"error": {"code", "message", "details"?, "request_id"?}}.
+   *   ApiError(status, code, message, body)   status 0: no HTTP answer (network, timeout, aborted)
+   *   plainText(text)                 the words of a page that is no JSON (a proxy's 502 page), never its markup
+   *   retryHint(retryAfter)           a Retry-After header as words ('try again in 7 s'), '' without one
+   *   parseError(status, text, statusText, retryAfter)   the ApiError of a refused request
+   *   networkError(base), timeoutError(ms)               no answer at all: where it was tried; or not in time
+   *   fetchJson(url, init, {timeoutMs, base})            fetch with a time limit (answer and body): the parsed
+   *                                                      JSON (null for an empty body), else one of the errors above
+   *   TIMEOUT_MS                      the usual time limit of one request
+   */
+  class ApiError extends Error {
+    constructor(status, code, message, body = null) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.body = body;  // the parsed JSON answer, when there was one (readyz's 503 says why)
+    }
+  }
+
+  const TIMEOUT_MS = 120000;
+
+  function plainText(text) {
+    const raw = (text || '').trim();
+    if (!/^<|<\/?(html|head|body|title|h1|center|p|div)\b/i.test(raw)) return raw.replace(/\s+/g, ' ');
+    // an inert document: nothing in it loads or runs
+    const doc = new DOMParser().parseFromString(raw, 'text/html');
+    return (doc.title || (doc.body && doc.body.textContent) || '').replace(/\s+/g, ' ').trim();
+  }
+
+  function retryHint(retryAfter) {
+    const value = (retryAfter || '').trim();
+    if (!value) return '';
+    const seconds = /^\d+$/.test(value) ? Number(value) : Math.ceil((Date.parse(value) - Date.now()) / 1000);
+    return Number.isFinite(seconds) ? `try again in ${Math.max(1, seconds)} s` : '';
+  }
+
+  function parseError(status, text, statusText, retryAfter) {
+    let body = null;
+    try { body = JSON.parse(text); } catch (_) { /* not JSON: a proxy's page, say */ }
+    const err = body && body.error;
+    const retry = retryHint(retryAfter);
+    if (err && err.code) {
+      let message = String(err.message || '');
+      if (Array.isArray(err.details) && err.details.length) {
+        // the service's message already says the first few details in the same words: only the others are added
+        const more = err.details.map((d) => `${d.field}: ${d.message}`).filter((d) => !message.includes(d));
+        if (more.length) message += ` (${more.join('; ')})`;
+      }
+      if (retry) message += ` (${retry})`; // a busy service's Retry-After
+      // what the user quotes to whoever runs the service: it finds this request's lines in the log
+      if (err.request_id) message += ` (request id ${err.request_id})`;
+      return new ApiError(status, String(err.code), message);
+    }
+    const fallback = status === 503 ? 'not_ready' : status === 429 ? 'too_many_requests' : `http_${status}`;
+    const said = plainText(text).slice(0, 200);
+    let message = (body && typeof body.reason === 'string' && body.reason)
+      || (said ? (said.includes(String(status)) ? said : `HTTP ${status}: ${said}`)
+        : `HTTP ${status}${statusText ? ` ${statusText}` : ''}`);
+    if (retry) message += ` (${retry})`;
+    return new ApiError(status, fallback, message, body);
+  }
+
+  function networkError(base) {
+    const where = base || window.location.origin;
+    return new ApiError(0, 'network', `no answer from ${where} (is the service running, and does its CORS allow this page?)`);
+  }
+
+  function timeoutError(ms) {
+    return new ApiError(0, 'timeout', `no answer within ${Math.round(ms / 1000)} s`);
+  }
+
+  async function fetchJson(url, init, { timeoutMs = TIMEOUT_MS, base = '' } = {}) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    let response;
+    let text;
+    try {
+      response = await fetch(url, { ...init, signal: controller.signal });
+      text = await response.text(); // a body that stops arriving is under the same limit
+    } catch (_) {
+      throw controller.signal.aborted ? timeoutError(timeoutMs) : networkError(base); // our timer, or no answer at all
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!response.ok) throw parseError(response.status, text, response.statusText, response.headers.get('Retry-After'));
+    try {
+      return text ? JSON.parse(text) : null;
+    } catch (_) { // a captive portal's or a proxy's page with 200
+      throw new ApiError(response.status, 'bad_response', 'the service sent an unreadable answer (not JSON): is the API base right?');
+    }
+  }
+
+  window.KeepfitHttp = Object.freeze({
+    ApiError, plainText, retryHint, parseError, networkError, timeoutError, fetchJson, TIMEOUT_MS,
   });
 })();
