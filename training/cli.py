@@ -81,6 +81,10 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="public source relative to the data root, e.g. cfp_oct_mx/labels.csv:dme,dr (repeatable)")
     p.add_argument("--holdout", action="append", metavar="CATEGORY",
                    help="leave every image carrying this category out of training (repeatable)")
+    p.add_argument("--no-drop-held-out-copies", "--keep-held-out-copies", dest="drop_held_out_copies",
+                   action="store_false", default=None,
+                   help="train also on train images that are re-encoded copies of a val or test image of the public "
+                   "manifests (dropped by default; as models trained before that check were)")
     p.add_argument("--losses", help="stage-2 terms to use: any of public,elite,kt,gen (default all)")
     p.add_argument("--weight", action="append", metavar="TERM=W", help="override a loss weight, e.g. gen=0.5")
     for name, typ in _numeric_fields():  # --steps, --lr, --seed, ...: one flag per number in TrainConfig

@@ -51,6 +51,11 @@ class LossWeights:
         return self
 
 
+# what a recorded config (a run's config.json or checkpoint, an artifact manifest's ``training``) made before a
+# key existed did, where that is not the key's default today: its absence reads as this value
+RECORDED_BEFORE: dict[str, Any] = {"drop_held_out_copies": False}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     stage: str = "hybrid"
@@ -71,6 +76,10 @@ class TrainConfig:
     # caption of the same condition and modality; composed where the atlas has none, e.g. OCT)
     elite_text: str = "composed"
     holdout: tuple[str, ...] = ()  # categories whose images are left out of training entirely
+    # leave out a train image that is a re-encoded copy of a val or test image of the public manifests (the shared
+    # data files some under other names and patient ids); runs and artifacts recorded before this option did not
+    # (RECORDED_BEFORE)
+    drop_held_out_copies: bool = True
     corpus: str | None = None  # stage 1 (default: <data_root>/text/ophthalmic_corpus.jsonl)
     corpus_holdout: float = 0.05
     # schedule

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from model.errors import DataError, ImageError
@@ -88,6 +89,69 @@ def check_files(manifest: Manifest, rows: Sequence[dict[str, str]]) -> None:
             f"manifest {manifest.path}: {len(missing)} of {len(rows)} image files are missing "
             f"(paths resolve relative to {manifest.folder}): {examples}"
         )
+
+
+# ------------------------------------------------------------------------------------------------- copies
+# The splits a training split must not see, and what counts as a copy of one of their images: the mean absolute
+# difference of two 32x32 grey thumbnails (0-255) below 0.5 grey levels.  The shared data's re-encoded copies
+# filed in other splits measure 0.08 and 0.13; the closest cross-split pair that is not a copy (another
+# capture of the same eye, which this does not try to catch) 1.56.
+HELD_OUT_SPLITS = ("val", "test")
+FINGERPRINT_SIDE = 32
+COPY_MAX_MAD = 0.5
+
+
+def fingerprint(path: Path, side: int = FINGERPRINT_SIDE) -> np.ndarray | None:
+    """An image's ``side`` x ``side`` grey thumbnail (float32, 0-255, flattened), decoded at a reduced scale
+    where the format allows (JPEG draft), or ``None`` when unreadable (the loader skips and counts those)."""
+    try:
+        with Image.open(path) as im:
+            im.draft("L", (4 * side, 4 * side))
+            return np.asarray(im.convert("L").resize((side, side), Image.Resampling.BILINEAR), np.float32).ravel()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        logger.debug("no fingerprint of %s: %s", path, err)
+        return None
+
+
+def find_copies(
+    images: Sequence[Path], against: Sequence[Path], max_mad: float = COPY_MAX_MAD, block: int = 128
+) -> dict[int, int]:
+    """``{i: j}``: ``images[i]`` is a copy of ``against[j]`` (the nearest one): their :func:`fingerprint` differ
+    by less than ``max_mad`` grey levels on average.  Compared in blocks with numpy: the means of a 4 x 4 grid of
+    tiles bound the difference from below (the mean of |a - b| over a tile is at least |mean a - mean b|), so
+    only the few pairs they do not rule out are compared in full.  Unreadable images are no one's copy."""
+    a, a_index = _fingerprints(images)
+    b, b_index = _fingerprints(against)
+    if not len(a) or not len(b):
+        return {}
+    coarse_a, coarse_b = _tile_means(a), _tile_means(b)
+    nearest: dict[int, tuple[float, int]] = {}
+    for start in range(0, len(a), block):
+        bound = np.abs(coarse_a[start:start + block, None, :] - coarse_b[None, :, :]).mean(-1)
+        rows, cols = np.nonzero(bound < max_mad)
+        for chunk in range(0, len(rows), 4096):  # bounded memory however alike the images are
+            r, c = rows[chunk:chunk + 4096] + start, cols[chunk:chunk + 4096]
+            mad = np.abs(a[r] - b[c]).mean(-1)
+            for k in np.flatnonzero(mad < max_mad):  # the copies only: few
+                i, j = int(a_index[r[k]]), int(b_index[c[k]])
+                if i not in nearest or mad[k] < nearest[i][0]:
+                    nearest[i] = (float(mad[k]), j)
+    return {i: j for i, (_, j) in nearest.items()}
+
+
+def _fingerprints(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The fingerprints of the readable ``paths`` as one array, and those paths' indices."""
+    prints = [fingerprint(p) for p in paths]
+    index = np.asarray([i for i, f in enumerate(prints) if f is not None], dtype=np.int64)
+    if not len(index):
+        return np.zeros((0, FINGERPRINT_SIDE**2), np.float32), index
+    return np.stack([f for f in prints if f is not None]), index
+
+
+def _tile_means(prints: np.ndarray, grid: int = 4) -> np.ndarray:
+    """The means of a ``grid`` x ``grid`` tiling of flattened square thumbnails."""
+    k = FINGERPRINT_SIDE // grid
+    return prints.reshape(len(prints), grid, k, grid, k).mean(axis=(2, 4)).reshape(len(prints), grid * grid)
 
 
 # ---------------------------------------------------------------------------------------------- samples
@@ -162,14 +226,22 @@ def public_samples(
     split: str,
     sources: Sequence[PublicSource] = DEFAULT_PUBLIC,
     holdout: Sequence[str] = (),
+    drop_held_out_copies: bool = True,  # TrainConfig.drop_held_out_copies (this module stays torch-free)
 ) -> SampleSet:
     """Categorical samples of one split from every source; rows of an unknown modality (ffa_huapu4's colour /
-    infrared "not an angiogram" images) and rows carrying a held-out category are skipped and counted."""
+    infrared "not an angiogram" images) and rows carrying a held-out category are skipped and counted.
+
+    ``drop_held_out_copies`` (``train`` only): an image that is a re-encoded copy (:func:`find_copies`) of an
+    image of a held-out split (``val`` or ``test``) of any of these manifests is skipped and counted too: the
+    shared data files such copies under other names and patient ids, which a path or SHA-256 check misses."""
     held = {knowledge.canonical(h) for h in holdout}
     out = SampleSet(samples=[])
+    held_out: dict[Path, str] = {}  # image -> its held-out split, of every source
     for source in sources:
         manifest = read_manifest(data_root / source.manifest)
         manifest.require_columns(source.label_columns, what="label column")
+        if split == "train" and drop_held_out_copies and "split" in manifest.columns:
+            held_out.update((manifest.resolve(r), r["split"]) for r in manifest.rows if r["split"] in HELD_OUT_SPLITS)
         rows = filter_rows(manifest, split=split)
         check_files(manifest, rows)
         found: dict[Path, list[Sample]] = {}
@@ -199,6 +271,8 @@ def public_samples(
                 )
             )
         out.samples += _one_sample_per_image(found, source.manifest, out.skipped)
+    if held_out:
+        out.samples = _drop_held_out_copies(out.samples, held_out, out.skipped)
     if not out.samples:
         why = "; ".join(f"{n} rows skipped: {reason}" for reason, n in sorted(out.skipped.items()))
         raise DataError(f"no {split} samples in {', '.join(s.manifest for s in sources)} under {data_root}"
@@ -206,6 +280,21 @@ def public_samples(
     for reason, count in sorted(out.skipped.items()):
         logger.info("skipped %d %s rows (%s)", count, split, reason)
     return out
+
+
+def _drop_held_out_copies(samples: list[Sample], held_out: dict[Path, str], skipped: Counter[str]) -> list[Sample]:
+    """``samples`` less those whose image is a copy of a held-out one (counted per source and split, logged)."""
+    held_paths = sorted(held_out)
+    copies = find_copies([s.path for s in samples], held_paths)
+    kept = []
+    for i, s in enumerate(samples):
+        if i not in copies:
+            kept.append(s)
+            continue
+        twin = held_paths[copies[i]]
+        skipped[f"{s.source}: copy of a held-out ({held_out[twin]}) image"] += 1
+        logger.info("not training on %s: a copy of the %s image %s", s.path, held_out[twin], twin)
+    return kept
 
 
 def _one_sample_per_image(found: dict[Path, list[Sample]], source: str, skipped: Counter[str]) -> list[Sample]:

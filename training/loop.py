@@ -36,7 +36,7 @@ from model.logs import progress_bars
 from model.nn.factory import load_state, read_checkpoint, save_checkpoint
 from model.nn.keepfit import KeepFITModel
 from model.tokenizer import Tokenizer
-from training.config import TrainConfig
+from training.config import RECORDED_BEFORE, TrainConfig
 from training.parts import count_parameters, param_groups
 from training.reports import plot_curves
 
@@ -252,12 +252,15 @@ def check_resumable(run_dir: Path, cfg: TrainConfig, resume: bool) -> dict[str, 
     if not resume:
         raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --name")
     payload = read_checkpoint(last)
-    saved = {**TrainConfig().to_dict(), **(payload.get("train_config") or {})}  # keys added since: defaults
+    # keys added since: their defaults, or what runs made before them did (a run trained on held-out copies)
+    saved = {**TrainConfig().to_dict(), **RECORDED_BEFORE, **(payload.get("train_config") or {})}
     differs = sorted(k for k in set(saved) | set(cfg.to_dict())
                      if k not in ("steps", "device", "eval_every", "checkpoint_every", "select")
                      and saved.get(k) != cfg.to_dict().get(k))
     if differs:
-        raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}")
+        hint = ("; it was trained before held-out copies were dropped: pass --no-drop-held-out-copies"
+                if saved.get("drop_held_out_copies") is False and cfg.drop_held_out_copies else "")
+        raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}{hint}")
     if cfg.steps < int(payload["step"]):  # model.pt would say "step <steps>" and hold the weights of a later one
         raise ConfigError(f"cannot resume {last} with --steps {cfg.steps}: it is at step {payload['step']} "
                           f"already (--steps {payload['step']} or more)")

@@ -272,7 +272,7 @@ class HybridData:
     @classmethod
     def build(cls, cfg: TrainConfig, knowledge: Knowledge, data_root: Path, run_dir: Path) -> HybridData:
         sources = [PublicSource.parse(s) for s in cfg.public]
-        public = public_samples(data_root, knowledge, "train", sources, cfg.holdout)
+        public = public_samples(data_root, knowledge, "train", sources, cfg.holdout, cfg.drop_held_out_copies)
         elite = build_elite(data_root, knowledge, public.samples, cfg.elite_manifest, cfg.elite_compose_missing,
                             cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
         write_elite_manifest(run_dir / "elite.csv", elite.samples)

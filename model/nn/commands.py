@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 # the training-config keys copied into an exported artifact's manifest (``training``): the data it saw
 TRAINING_PROVENANCE = ("stage", "name", "public", "elite_manifest", "elite_compose_missing", "elite_fraction",
-                       "elite_text", "holdout", "steps", "batch_size", "elite_batch_size", "views", "augment",
-                       "losses", "seed", "data_seed", "select")
+                       "elite_text", "holdout", "drop_held_out_copies", "steps", "batch_size", "elite_batch_size",
+                       "views", "augment", "losses", "seed", "data_seed", "select")
 
 
 def default_data_root() -> Path | None:
