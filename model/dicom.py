@@ -688,6 +688,7 @@ _PILLOW_FRAMES: dict[str, tuple[str, dict[str, str]]] = {
 # Encapsulated syntaxes whose frames are one JPEG-family codestream (SOI ... SOF ... EOI): baseline, extended,
 # lossless (process 14, SV1), JPEG-LS lossless and near-lossless
 _JPEG_FAMILY = {"1.2.840.10008.1.2.4." + n for n in ("50", "51", "57", "70", "80", "81")}
+_JPEG_LS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 _J2K = {"1.2.840.10008.1.2.4." + n for n in ("90", "91", "201", "202", "203")}
 
 
@@ -730,6 +731,10 @@ def _checked_frame(ds: Any, syntax: str, frame: int, frames: int, stored: tuple[
     # (fragments are padded to an even length, by some writers with 0xFF; EOI occurs nowhere else in the stream)
     if syntax in _JPEG_FAMILY and not stream.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):
         raise ImageError("the DICOM pixel data is truncated or corrupt (its JPEG frame has no end-of-image marker)")
+    if syntax in _JPEG_FAMILY and syntax not in _JPEG_LS:  # JPEG-LS escapes 0xFF in its data otherwise
+        from model.preprocess import check_structure
+
+        check_structure(stream)  # a frame of thousands of scans is refused as an uploaded JPEG is
     return stream
 
 

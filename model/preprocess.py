@@ -151,6 +151,8 @@ def header_pixels(data: bytes) -> int:
         return size[0] * size[1]
     if is_dicom(data):
         return dicom_pixels(data)
+    if data[:2] == b"\xff\xd8":  # a JPEG whose frame header jpeg_size did not find: Pillow would walk the same
+        return 0  # segments one at a time, on the event loop
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -177,16 +179,25 @@ _SOF = (frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xF7}
 
 def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     """``(width, height)`` of a JPEG from the first start-of-frame segment, walking the segments before it (an
-    EXIF thumbnail lives inside its APP1 segment and is skipped with it); None when the markers do not add up
-    or ``data`` (which may be only the start of a file) ends before the frame header."""
+    EXIF thumbnail lives inside its APP1 segment and is skipped with it); None when the markers do not add up,
+    ``data`` (which may be only the start of a file) ends before the frame header, or the frame header comes after
+    more than :data:`MAX_JPEG_SEGMENTS` segments (this runs on the event loop: a run of fill bytes is skipped at
+    once, and a file of millions of empty segments is not walked to its end)."""
     at = 2
+    segments = 0
     while at + 4 <= len(data):
         if data[at] != 0xFF:
             return None
         marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
+        if marker == 0xFF:  # fill bytes: the whole run at once
+            run = _FILL.match(data, at, at + MAX_JPEG_STRAY_BYTES + 2)
+            if run is None or run.end() - at > MAX_JPEG_STRAY_BYTES:
+                return None  # load_image refuses such a run
+            at = run.end() - 1
             continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            return None
         if marker in _SOF:
             if at + 9 > len(data):
                 return None
@@ -198,6 +209,204 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
             continue
         at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
     return None
+
+
+# What one JPEG or PNG may hold, checked as its bytes are read and before Pillow and the codec walk them
+# (:func:`check_structure`): within the byte and pixel limits, a file built of many small pieces cost one request
+# minutes of CPU (an image's scans are each a pass over all its blocks: 250,000 empty refinement scans of a
+# 6000 x 6000 JPEG in 20 MiB; Pillow reads a JPEG's header segments, fill and stray bytes before the first scan,
+# and a PNG's chunks one at a time in Python; it joins Exif segments by copying all before each).
+# Encoders write 6-10 scans (libjpeg, mozjpeg, Pillow; a 36 Mpx one costs 44 ms more per scan here), a few
+# header segments (an ICC profile split in up to 255), one Exif segment, and PNG chunks of 8-64 KiB.
+MAX_JPEG_SCANS = 32
+MAX_JPEG_SEGMENTS = 1024
+MAX_JPEG_STRAY_BYTES = 4096
+MAX_JPEG_METADATA_SEGMENTS = 16
+MAX_PNG_CHUNKS = 20_000
+_FILL = re.compile(rb"\xff+")
+# a marker within or between scans: 0xFF (fill bytes allowed) and a byte that is neither stuffing (0x00) nor a
+# restart marker (0xD0-0xD7), which are part of a scan's data. Written with a literal first byte, which the regular
+# expression engine searches for quickly: 0.5 ms over a camera JPEG, where "\xff+..." took 8 ms
+_SCAN_MARKER = re.compile(rb"\xff\xff*[^\x00\xd0-\xd7\xff]")
+_STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # markers without a length
+# APP1 / APP13 segments whose content Pillow parses or joins (Exif, Photoshop's resource blocks)
+_METADATA = {0xE1: b"Exif\0\0", 0xED: b"Photoshop 3.0\0"}
+
+
+class _JpegGuard:
+    """Fed a JPEG's bytes in order (in pieces), refuses one beyond the structure limits above (413)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._skip = 0
+        self._marker: int | None = None  # a marker whose length (and first bytes) are awaited
+        self._in_scan = False
+        self._done = False
+        self.scans = self.segments = self.stray = self.metadata = 0
+
+    def feed(self, piece: bytes | memoryview) -> None:
+        if self._done:
+            return
+        buf = self._buf + bytes(piece) if self._buf else piece
+        n, pos = len(buf), 0
+        while not self._done and pos < n:
+            if self._skip:
+                take = min(self._skip, n - pos)
+                pos += take
+                self._skip -= take
+            elif self._marker is not None:
+                if not self._segment(buf, pos):
+                    break  # wait for more bytes
+                pos += 2
+            elif self._in_scan:
+                found = _SCAN_MARKER.search(buf, pos)
+                if found is None:
+                    pos = n - 1 if buf[n - 1] == 0xFF else n  # a last 0xFF may begin a marker
+                    break
+                pos = found.end()
+                self._at_marker(buf[pos - 1])
+            elif buf[pos] != 0xFF:  # stray bytes between header segments (Pillow skips them one by one)
+                at = bytes(buf[pos : pos + MAX_JPEG_STRAY_BYTES + 1]).find(b"\xff")
+                self._stray(at if at >= 0 else n - pos)
+                pos += at if at >= 0 else n - pos
+            else:
+                run = _FILL.match(buf, pos)
+                assert run is not None
+                if run.end() == n:  # the run may go on in the next piece
+                    self._stray(n - 1 - pos)
+                    pos = n - 1
+                    break
+                self._stray(run.end() - 1 - pos)
+                pos = run.end() + 1
+                self._at_marker(buf[pos - 1])
+        self._buf = bytes(buf[pos:]) if not self._done else b""
+
+    def _stray(self, count: int) -> None:
+        self.stray += count
+        if self.stray > MAX_JPEG_STRAY_BYTES:
+            raise ImageTooLargeError(
+                f"the JPEG has more than {MAX_JPEG_STRAY_BYTES} fill or stray bytes between its header segments"
+            )
+
+    def _at_marker(self, marker: int) -> None:
+        if marker == 0xD9:  # the end of the image (what follows, e.g. an MPO's second picture, is not decoded)
+            self._done = True
+            return
+        if marker == 0x00:  # a stray escaped 0xFF before the first scan: Pillow skips it
+            return
+        self.segments += 1
+        if self.segments > MAX_JPEG_SEGMENTS:
+            raise ImageTooLargeError(f"the JPEG has more than {MAX_JPEG_SEGMENTS} segments (markers)")
+        if marker == 0xDA:
+            self.scans += 1
+            if self.scans > MAX_JPEG_SCANS:
+                raise ImageTooLargeError(
+                    f"the JPEG has more than {MAX_JPEG_SCANS} scans (encoders write up to about 10; each more is "
+                    "another pass over the whole image)"
+                )
+        if marker not in _STANDALONE:
+            self._marker = marker
+
+    def _segment(self, buf: bytes | memoryview, pos: int) -> bool:
+        """At a segment's length: set it to be skipped (False: more bytes are needed first)."""
+        if len(buf) - pos < 2:
+            return False
+        length = int.from_bytes(buf[pos : pos + 2], "big")
+        marker = self._marker
+        tag = _METADATA.get(marker or 0) if not self._in_scan else None
+        if tag is not None:
+            if len(buf) - pos < min(length, 2 + len(tag)):
+                return False
+            if bytes(buf[pos + 2 : pos + 2 + len(tag)]) == tag:
+                self.metadata += 1
+                if self.metadata > MAX_JPEG_METADATA_SEGMENTS:
+                    raise ImageTooLargeError(
+                        f"the JPEG has more than {MAX_JPEG_METADATA_SEGMENTS} Exif or Photoshop metadata segments"
+                    )
+        if length < 2:  # malformed: the decoder says so
+            self._done = True
+            return True
+        self._marker = None
+        self._skip = length - 2
+        if marker == 0xDA:
+            self._in_scan = True  # from the first scan on, markers are found between and within scans
+        return True
+
+
+class _PngGuard:
+    """Fed a PNG's bytes in order (in pieces), refuses one of more than :data:`MAX_PNG_CHUNKS` chunks (413)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._skip = 8  # the signature
+        self._done = False
+        self.chunks = 0
+
+    def feed(self, piece: bytes | memoryview) -> None:
+        if self._done:
+            return
+        buf = self._buf + bytes(piece) if self._buf else piece
+        n, pos = len(buf), 0
+        while pos < n:
+            if self._skip:
+                take = min(self._skip, n - pos)
+                pos += take
+                self._skip -= take
+                continue
+            if n - pos < 8:
+                break
+            self.chunks += 1
+            if self.chunks > MAX_PNG_CHUNKS:
+                raise ImageTooLargeError(f"the PNG has more than {MAX_PNG_CHUNKS} chunks")
+            if bytes(buf[pos + 4 : pos + 8]) == b"IEND":
+                self._done = True
+                break
+            self._skip = int.from_bytes(buf[pos : pos + 4], "big") + 4  # its data and CRC
+            pos += 8
+        self._buf = bytes(buf[pos:]) if not self._done else b""
+
+
+def _structure_guard(head: bytes) -> _JpegGuard | _PngGuard | None:
+    """The guard for a file starting with ``head`` (None: neither a JPEG nor a PNG)."""
+    if head[:3] == b"\xff\xd8\xff":
+        return _JpegGuard()
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return _PngGuard()
+    return None
+
+
+def check_structure(data: bytes | memoryview) -> None:
+    """Refuse (:class:`ImageTooLargeError`) a JPEG or PNG whose structure is beyond the limits above, in one pass
+    over the bytes (its markers found by a regular expression: 0.6 ms over a 640 KB camera JPEG)."""
+    guard = _structure_guard(bytes(data[:8]))
+    if guard is not None:
+        guard.feed(data)
+
+
+class _Checked:
+    """A file object that shows a structure guard each byte of ``stream`` the first time it is read."""
+
+    def __init__(self, stream: ReadableFile, guard: _JpegGuard | _PngGuard) -> None:
+        self._stream, self._guard, self._seen = stream, guard, 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        at = self._stream.tell()
+        data = self._stream.read(size)
+        end = at + len(data)
+        if end > self._seen:
+            if at > self._seen:  # a forward seek over unread bytes: show them first
+                self._stream.seek(self._seen)
+                self._guard.feed(self._stream.read(at - self._seen))
+                self._stream.seek(end)
+            self._guard.feed(memoryview(data)[max(0, self._seen - at) :])
+            self._seen = end
+        return data
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
 
 
 @contextmanager
@@ -278,6 +487,12 @@ def load_image(
         # model/dicom.py: frames, colour spaces, syntaxes; a JPEG frame is DCT-scaled to ``size`` as below
         return decode_dicom(data, max_pixels=max_pixels, size=size)  # it records the stored size
     else:
+        # a JPEG's or PNG's structure is checked before Pillow walks it: all at once, or as a stream is read
+        guard = _structure_guard(data[:8])
+        if guard is not None and stream is None:
+            guard.feed(data)
+        elif guard is not None and stream is not None:
+            stream = _Checked(stream, guard)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -289,6 +504,8 @@ def load_image(
             raise ImageTooLargeError(
                 f"image has {what} (decompression bomb?); the limit is {max_pixels}"
             ) from err
+        except ImageTooLargeError:  # a stream's structure (check_structure), found while Pillow reads it
+            raise
         except Exception as err:
             kind = _looks_like(data)
             if kind is None:
@@ -325,6 +542,8 @@ def load_image(
         image.load()
         if wide:
             _keep_low_bytes(image, wide, lambda: Image.open(io.BytesIO(data) if stream is None else _rewound(stream)))
+    except ImageTooLargeError:
+        raise
     except Exception as err:  # truncated or corrupt data
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
     return image
