@@ -31,7 +31,7 @@ from typing import Any
 
 from model.config import ModelConfig
 from model.errors import ArtifactError, KeepfitError
-from model.files import atomic_write_json
+from model.files import atomic_write_json, remove_leftovers
 from model.knowledge import Knowledge
 
 logger = logging.getLogger(__name__)
@@ -428,6 +428,8 @@ def staging_dir(final: Path) -> Path:
     """A fresh sibling directory to write into before :func:`commit_dir` moves it into place."""
     final = _through_link(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for work in ("staging", "old"):  # an export killed before it finished: hundreds of MB, for good
+        remove_leftovers(final.parent, f".{final.name}.{work}-", "export")
     path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
     path.chmod(0o755)
     return path

@@ -9,16 +9,22 @@ after it, so the new file survives a power cut (commit points: index manifests, 
 from __future__ import annotations
 
 import errno
+import glob
 import json
+import logging
 import os
+import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from model.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -120,3 +126,31 @@ def fsync_path(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# A work folder (an export's staging copy, a backup's or a restore's) this much older than its last change is one
+# whose process was killed (a kill -9, a lost machine: anything else removes it); a running one writes into its own
+# all the time.
+LEFTOVER_AFTER_S = 3600.0
+
+
+def remove_leftovers(parent: Path, prefix: str, what: str) -> None:
+    """Remove the work folders in ``parent`` named ``prefix...`` that no one has changed for
+    :data:`LEFTOVER_AFTER_S`: left by a killed ``what`` (they may hold hundreds of MB, or patients' images)."""
+    now = time.time()
+    for found in parent.glob(glob.escape(prefix) + "*"):
+        try:
+            if found.is_dir() and not found.is_symlink() and now - _last_change(found) > LEFTOVER_AFTER_S:
+                shutil.rmtree(found)
+                logger.warning("removed %s, left by a %s that was killed", found, what)
+        except OSError as err:  # another user's, or removed meanwhile: not this run's business
+            logger.warning("could not remove %s, left by a killed %s: %s", found, what, err)
+
+
+def _last_change(folder: Path) -> float:
+    """When anything in ``folder`` last changed (a file being written changes its own time, not its folder's)."""
+    latest = folder.stat().st_mtime
+    for base, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            latest = max(latest, os.lstat(os.path.join(base, name)).st_mtime)
+    return latest

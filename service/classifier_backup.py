@@ -19,7 +19,6 @@ into, nor replaces, a store that exists.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import json
@@ -38,7 +37,7 @@ import numpy as np
 
 from model import fewshot
 from model.errors import DataError
-from model.files import atomic_write, fsync_path
+from model.files import atomic_write, fsync_path, remove_leftovers
 from service.classifiers import ClassifierRow, ClassifierStore, check_name
 
 FORMAT = "keepfit-classifier-store-backup"
@@ -47,33 +46,7 @@ MANIFEST = "backup.json"
 DATABASE = "classifiers.sqlite"
 _MEMBER = re.compile(r"^(classifiers\.sqlite|arrays/[A-Za-z0-9._-]+\.npz|examples/[0-9a-f]{64})$")
 _CHUNK = 1 << 20
-# A backup's or a restore's work folder this much older than its last change is one whose process was killed (a
-# kill -9, a lost machine: anything else removes it): the next backup or restore of that name removes it, as it holds
-# copies of patients' images and nothing else does.
-LEFTOVER_AFTER_S = 3600.0
 logger = logging.getLogger(__name__)
-
-
-def _remove_leftovers(parent: Path, prefix: str) -> None:
-    """Remove the work folders in ``parent`` named ``prefix...`` that no one has changed for
-    :data:`LEFTOVER_AFTER_S` (a running backup or restore writes into its own all the time)."""
-    now = time.time()
-    for found in parent.glob(glob.escape(prefix) + "*"):
-        try:
-            if found.is_dir() and not found.is_symlink() and now - _last_change(found) > LEFTOVER_AFTER_S:
-                shutil.rmtree(found)
-                logger.warning("removed %s, left by a backup or restore that was killed", found)
-        except OSError as err:  # another user's, or removed meanwhile: not this run's business
-            logger.warning("could not remove %s, left by a killed backup or restore: %s", found, err)
-
-
-def _last_change(folder: Path) -> float:
-    """When anything in ``folder`` last changed (a file being written changes its own time, not its folder's)."""
-    latest = folder.stat().st_mtime
-    for base, _dirs, files in os.walk(folder):
-        for name in [*files, *_dirs]:
-            latest = max(latest, os.lstat(os.path.join(base, name)).st_mtime)
-    return latest
 
 
 def _sha256_file(path: Path) -> str:
@@ -92,7 +65,7 @@ def backup_store(store: ClassifierStore, out: Path) -> dict[str, Any]:
     if out.resolve().is_relative_to(store.root.resolve()):  # it would replace the database, or be collected
         raise DataError(f"cannot write the backup {out} inside the classifier store {store.root}: name a file "
                         "outside it")
-    _remove_leftovers(out.parent, f".{out.name}.")
+    remove_leftovers(out.parent, f".{out.name}.", "backup")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
         copy = Path(work) / DATABASE
         with store.changes_held() as db:  # no change and no file collection until the files are copied
@@ -168,7 +141,7 @@ def restore_store(archive: Path, root: Path) -> dict[str, Any]:
         tar = tarfile.open(archive, mode="r:")
     except (OSError, tarfile.TarError) as err:
         raise DataError(f"{archive} is not a classifier store backup: {err}") from err
-    _remove_leftovers(root.parent, f".{root.name}.restoring-")
+    remove_leftovers(root.parent, f".{root.name}.restoring-", "restore")
     work = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.restoring-"))
     try:
         with tar:

@@ -188,3 +188,32 @@ def test_export_through_a_symlink_replaces_the_directory_it_points_to(
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert load_artifact(target).version != old_version
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v3"]
+
+
+def test_an_export_killed_before_it_finished_leaves_its_staging_copy_only_until_the_next(tmp_path: Path) -> None:
+    """A kill -9 (or a lost machine) during an export left ``.NAME.staging-*`` beside ``--out`` for good, hundreds
+    of MB each time. The next export of that name removes one nobody has changed for an hour, never a running
+    export's (it writes into its own all the time)."""
+    import os
+    import time
+
+    from model.artifact import staging_dir
+    from model.files import LEFTOVER_AFTER_S
+
+    out = tmp_path / "artifact"
+
+    def left(name: str, age_s: float) -> Path:
+        folder = tmp_path / name
+        (folder / "sub").mkdir(parents=True)
+        for path in (folder / "sub" / "image_encoder.onnx", folder / "sub", folder):
+            if path.name.endswith(".onnx"):
+                path.write_bytes(b"\0" * 1024)
+            then = time.time() - age_s
+            os.utime(path, (then, then))
+        return folder
+
+    killed, old = left(".artifact.staging-abc", LEFTOVER_AFTER_S + 600), left(".artifact.old-def", 2 * LEFTOVER_AFTER_S)
+    running, other = left(".artifact.staging-ghi", 60), left(".other.staging-jkl", 2 * LEFTOVER_AFTER_S)
+    fresh = staging_dir(out)
+    assert not killed.exists() and not old.exists()
+    assert running.is_dir() and other.is_dir() and fresh.is_dir()
