@@ -231,7 +231,9 @@ def fit(
     if text is None and counts.min() == 0:
         missing = [labels[int(i)] for i in np.flatnonzero(counts == 0)]
         raise ConfigError(f"categories without examples: {', '.join(missing)}")
-    chosen = resolve_method(method, [int(c) for c in counts], text is not None)
+    # auto counts photographs, not files: a re-saved copy is no second example (near_duplicate_groups)
+    distinct = _distinct_counts(x, y, n_classes) if method == "auto" and len(y) else counts
+    chosen = resolve_method(method, [int(c) for c in distinct], text is not None)
     dim = x.shape[1] if x.ndim == 2 else (text.shape[1] if text is not None else 0)
     center = x.mean(axis=0) if len(x) else np.zeros(dim)
     zeros_w, zeros_b = np.zeros((n_classes, dim)), np.zeros(n_classes)
@@ -308,6 +310,12 @@ def near_duplicate_groups(x: np.ndarray, y: np.ndarray, threshold: float = NEAR_
     return group
 
 
+def _distinct_counts(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Examples per class, a group of near-duplicates (:func:`near_duplicate_groups`) counted once."""
+    group = near_duplicate_groups(x, y)
+    return np.bincount(y[group == np.arange(len(y))], minlength=n_classes)
+
+
 def cross_validate(
     x: np.ndarray,
     y: np.ndarray,
@@ -330,12 +338,11 @@ def cross_validate(
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     n_classes = len(labels)
-    counts = np.bincount(y, minlength=n_classes)
-    chosen = resolve_method(method, [int(c) for c in counts], text is not None)
     n = len(y)
     group = near_duplicate_groups(x, y)
     firsts = np.flatnonzero(group == np.arange(n))  # one example per group
     distinct = np.bincount(y[firsts], minlength=n_classes)
+    chosen = resolve_method(method, [int(c) for c in distinct], text is not None)  # as fit chooses it
     if distinct.min() < 2 and text is None:
         return {"balanced_accuracy": None, "scheme": "none", "folds": 0, "n": n, "method": chosen,
                 "near_duplicates": n - len(firsts)}

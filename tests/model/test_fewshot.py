@@ -71,3 +71,25 @@ def test_near_duplicate_examples_are_held_out_together(method: str, per_class: i
     assert doubled["balanced_accuracy"] <= alone["balanced_accuracy"] + 0.05, (alone, doubled)
     assert doubled["scheme"] == alone["scheme"] == ("leave-one-out" if per_class < 5 else "5-fold")
     assert alone["near_duplicates"] == 0 and doubled["near_duplicates"] == 2 * per_class
+
+
+def test_auto_chooses_by_photographs_not_by_files() -> None:
+    """``auto``'s rule was measured on distinct photographs: 5 of each sent twice (re-saved: another SHA-256) chose
+    prototype+text, the method for 8 or more, in the fit and in its estimate."""
+    from model.fewshot import cross_validate, fit
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(10, 64))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.arange(10) % 2
+    copies = x + 0.01 * rng.normal(size=x.shape)
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    text = rng.normal(size=(2, 64))
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    doubled, twice = np.concatenate([x, copies]), np.concatenate([y, y])
+    assert fit(x, y, ["a", "b"], "auto", text).method == "linear+text"
+    assert fit(doubled, twice, ["a", "b"], "auto", text).method == "linear+text"
+    assert cross_validate(doubled, twice, ["a", "b"], "auto", text)["method"] == "linear+text"
+    ten = np.concatenate([x, rng.normal(size=(6, 64))])  # 8 distinct photographs each: prototype+text
+    ten /= np.linalg.norm(ten, axis=1, keepdims=True)
+    assert fit(ten, np.arange(16) % 2, ["a", "b"], "auto", text).method == "prototype+text"
