@@ -578,6 +578,15 @@
     return `not in the knowledge base, scored by its name only${similar.length ? `; closest known: ${similar.join(', ')}` : ''}`;
   }
 
+  /** A known name that is an alias ("healthy", "DME"): the category it was read as, in a few words; '' where the
+   * name is the category itself (case and spacing aside). */
+  function aliasNote(p) {
+    // spelt apart only by case, spaces, hyphens or punctuation: the same name (oedema / edema is worth saying)
+    const loose = (s) => String(s).toLowerCase().replace(/[\s\p{P}]+/gu, ' ').trim();
+    const canonical = typeof p.canonical === 'string' ? p.canonical.trim() : '';
+    return p.known !== false && canonical && loose(canonical) !== loose(p.label) ? `read as: ${canonical}` : '';
+  }
+
   function renderResult() {
     const r = state.result;
     const m = r.modality;
@@ -604,13 +613,16 @@
       const idx = explained.get(p.label);
       // a name the knowledge base does not know is scored by its name alone: said in words on its row (not in a
       // tooltip, which keyboard and touch never show), with the known categories it resembles; a known one says
-      // nothing, nor does a classifier's category (its examples score it, not its name)
+      // nothing, nor does a classifier's category (its examples score it, not its name). An alias says, the same
+      // way, which known category it was read as ("healthy": read as normal); the name itself says nothing more
       const unknown = p.known === false && !r.classifier ? unknownNote(p) : '';
-      const li = el('li', { ...(p.known !== false && p.canonical ? { title: p.canonical } : {}),
-                            'aria-label': `${p.label}: ${pct(p.probability)}${unknown ? `, ${unknown}` : ''}${idx !== undefined ? ', shows its heat map' : ''}` },
+      const alias = r.classifier ? '' : aliasNote(p);
+      const note = unknown || alias;
+      const li = el('li', { 'aria-label': `${p.label}: ${pct(p.probability)}${note ? `, ${note}` : ''}${idx !== undefined ? ', shows its heat map' : ''}` },
         el('span', { class: 'name' }, p.label, idx !== undefined ? el('span', { class: 'hm', text: 'heat map' }) : null),
         el('span', { class: 'pct', text: pct(p.probability) }),
         unknown ? el('span', { class: 'unknown', text: unknown }) : null,
+        alias ? el('span', { class: 'alias', text: alias }) : null,
         el('span', { class: 'track' }, el('span', { class: 'fill', style: { width: `${(p.probability * 100).toFixed(1)}%` } })));
       if (idx !== undefined) {
         li.classList.add('explained');

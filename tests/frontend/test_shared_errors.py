@@ -4,7 +4,8 @@ HTML error page came out as "HTTP 502" without its words, a busy service's Retry
 were dropped, a fit that never answered left "Fitting…" on screen forever, and a network failure did not say
 where it had tried. Both now share one helper in dom.js (KeepfitHttp). And a category the knowledge base does not
 know (`known: false`, with `similar_known`) was said only in a hover tooltip, which keyboard and touch users never
-see: it is now text on its row.
+see: it is now text on its row. So is the known category an alias was read as ("healthy": read as normal),
+which was also said only in the row's tooltip.
 
 The API is answered by the test (``page.route``) wherever the service's own answer is not the point.
 """
@@ -286,6 +287,7 @@ def test_a_classifiers_own_category_is_not_called_unknown(signed_in: PageRecorde
     page.wait_for_selector("#predictions li")
     wait_for(page, "!document.body.dataset.busy")
     assert page.query_selector_all("#predictions .unknown") == []
+    assert page.query_selector_all("#predictions .alias") == []
 
 
 def test_the_services_own_unknown_category_is_shown_with_its_suggestion(
@@ -307,3 +309,63 @@ def test_the_services_own_unknown_category_is_shown_with_its_suggestion(
     assert rows["normal"]["note"] is None
     assert rows["myopia"]["shown"] and "not in the knowledge base" in rows["myopia"]["note"], rows
     assert "closest known: pathologic myopia" in rows["myopia"]["note"], rows
+
+
+# ------------------------------------------------------------------------------------------ aliases
+def _alias_rows(page: Any) -> dict[str, dict[str, Any]]:
+    rows = page.eval_on_selector_all(
+        "#predictions li",
+        """els => els.map(li => {
+             const note = li.querySelector('.alias');
+             const box = note && note.getBoundingClientRect();
+             const style = note && getComputedStyle(note);
+             return {name: li.querySelector('.name').firstChild.textContent, label: li.getAttribute('aria-label'),
+                     note: note ? note.innerText : null, shown: !!box && box.width > 0 && box.height > 0,
+                     whole_row: !!style && style.gridColumnStart === '1' && style.gridColumnEnd === '-1'};
+           })""",
+    )
+    return {r["name"]: r for r in rows}
+
+
+def test_an_alias_says_which_known_category_it_was_read_as_in_words(
+    signed_in: PageRecorder, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """The live service's answer (README: `healthy` is `normal`, `DME` is `diabetic macular edema`): which known
+    category a word was read as was said only in the row's `title`, which keyboard and touch never show. A name
+    that is its category, case aside (`Glaucoma`), says nothing more."""
+    page = signed_in.page
+    page.select_option("#modality", "CFP")
+    for chip in page.eval_on_selector_all("#category-list li span", "els => els.map(e => e.textContent)"):
+        page.click(f"#category-list li:has-text('{chip}') button")
+    for name in ("healthy", "DME", "Glaucoma"):
+        page.fill("#category-input", name)
+        page.press("#category-input", "Enter")
+    page.set_input_files("#file-input", str(real_image_paths["CFP"][0]))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+    rows = _alias_rows(page)
+    assert set(rows) == {"healthy", "DME", "Glaucoma"}, rows
+    healthy, dme = rows["healthy"], rows["DME"]
+    assert healthy["note"] == "read as: normal", healthy
+    assert dme["note"] == "read as: diabetic macular edema", dme
+    assert healthy["shown"] and dme["shown"] and healthy["whole_row"] and dme["whole_row"], rows
+    # read out with the row (its aria-label is its name), not only seen; and no longer only a tooltip
+    assert healthy["note"] in healthy["label"] and dme["note"] in dme["label"], rows
+    assert rows["Glaucoma"]["note"] is None and "read as" not in rows["Glaucoma"]["label"], rows
+    assert page.query_selector_all("#predictions .unknown") == []  # an alias is a known name
+    assert "read as: normal" in page.inner_text("#predictions")
+
+    # an answer without aliases (every label its own canonical name): no such note anywhere
+    known = _classify_body(64, 48)
+    page.route(
+        "**/v1/classify",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(known)),
+    )
+    page.click("#classify-again")
+    wait_for(page, "!document.body.dataset.busy && document.querySelectorAll('#predictions li').length === 2")
+    assert page.query_selector_all("#predictions .alias") == []
+    assert "read as" not in page.inner_text("#predictions")
+    labels = page.eval_on_selector_all(
+        "#predictions li", "els => els.map(li => li.getAttribute('aria-label'))"
+    )
+    assert not any("read as" in label for label in labels), labels
