@@ -18,6 +18,7 @@ import pytest
 
 from tests.frontend.harness import PageRecorder, Service, sign_in, wait_for
 from tests.frontend.test_robustness import _classify_body, _fake_classify, _png, _search_body
+from tests.frontend.test_stale_state import _header_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
 
@@ -107,13 +108,7 @@ def test_a_refused_newer_archive_is_shown_in_the_header(recorder: PageRecorder, 
         "cache": None,
         "reason": None,
     }
-    page.route(
-        "**/readyz",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(body)),
-    )
-    page.goto(f"{service.base}/")
-    wait_for(page, "!document.getElementById('service-status').textContent.startsWith('Connecting')")
-    status = page.inner_text("#service-status")
+    status = _header_with(page, service, body)
     assert "18 indexed images" in status and refused in status, status
     assert "bad" not in (page.get_attribute("#service-status", "class") or "")
 

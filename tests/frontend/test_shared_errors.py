@@ -21,7 +21,8 @@ import pytest
 
 from tests.frontend.harness import STATIC_DIR, PageRecorder, Service, sign_in, wait_for
 from tests.frontend.test_accessibility import FakeClassifiers
-from tests.frontend.test_robustness import _classify_body, _png
+from tests.frontend.test_robustness import _classify_body
+from tests.frontend.test_stale_state import _eye, _ready_to_fit
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
 
@@ -30,24 +31,6 @@ _NGINX_502 = (
     "</center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n"
 )
 _CLASSIFIERS = re.compile(r".*/v1/classifiers$")
-
-
-def _eye(tmp_path: Path) -> Path:
-    path = tmp_path / "eye.png"
-    path.write_bytes(_png((64, 48), (90, 40, 20)))
-    return path
-
-
-def _ready_to_fit(page: Any, tmp_path: Path) -> None:
-    """Two categories, one uploaded example: "Fit" is available."""
-    page.fill("#teach-name", "referral")
-    for label in ("referable", "not referable"):
-        page.fill("#teach-label", label)
-        page.click("#teach-add")
-    page.set_input_files(
-        '#teach-categories input[type=file][data-category="referable"]', [str(_eye(tmp_path))]
-    )
-    wait_for(page, "document.getElementById('teach-fit').getAttribute('aria-disabled') === 'false'")
 
 
 def _answer_fits(page: Any, **fulfil: Any) -> None:
@@ -212,6 +195,27 @@ def _with_unknowns(width: int = 64, height: int = 48) -> dict[str, Any]:
     return body
 
 
+def _upload_answered(page: Any, tmp_path: Path, answer: dict[str, Any]) -> None:
+    """An eye chosen, its classification answered with ``answer``, and shown."""
+    page.route(
+        "**/v1/classify",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
+    )
+    page.set_input_files("#file-input", str(_eye(tmp_path)))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+
+
+def _classify_again_answered(page: Any, answer: dict[str, Any]) -> None:
+    """"Classify again", answered with ``answer`` (two predictions), and shown."""
+    page.route(
+        "**/v1/classify",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
+    )
+    page.click("#classify-again")
+    wait_for(page, "!document.body.dataset.busy && document.querySelectorAll('#predictions li').length === 2")
+
+
 def _rows(page: Any) -> list[dict[str, Any]]:
     return page.eval_on_selector_all(
         "#predictions li",
@@ -230,13 +234,7 @@ def test_every_unknown_category_says_so_in_words_not_only_in_a_tooltip(
     """Beyond the top three (the ones with heat maps), an unknown category was said only in the row's `title`."""
     page = signed_in.page
     answer = _with_unknowns()
-    page.route(
-        "**/v1/classify",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
-    )
-    page.set_input_files("#file-input", str(_eye(tmp_path)))
-    page.wait_for_selector("#predictions li")
-    wait_for(page, "!document.body.dataset.busy")
+    _upload_answered(page, tmp_path, answer)
     rows = {r["name"]: r for r in _rows(page)}
     myopia, dots = rows["myopia"], rows["drusen-like dots"]
     assert myopia["shown"] and dots["shown"], rows
@@ -252,13 +250,7 @@ def test_every_unknown_category_says_so_in_words_not_only_in_a_tooltip(
 
     # an answer where every category is known: no note anywhere
     page.unroute("**/v1/classify")
-    known = _classify_body(64, 48)
-    page.route(
-        "**/v1/classify",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(known)),
-    )
-    page.click("#classify-again")
-    wait_for(page, "!document.body.dataset.busy && document.querySelectorAll('#predictions li').length === 2")
+    _classify_again_answered(page, _classify_body(64, 48))
     assert page.query_selector_all("#predictions .unknown") == []
 
 
@@ -279,13 +271,7 @@ def test_a_classifiers_own_category_is_not_called_unknown(signed_in: PageRecorde
         {"label": "referable", "probability": 0.6, "canonical": "referable", "known": False},
         {"label": "not referable", "probability": 0.4, "canonical": "not referable", "known": False},
     ]
-    page.route(
-        "**/v1/classify",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
-    )
-    page.set_input_files("#file-input", str(_eye(tmp_path)))
-    page.wait_for_selector("#predictions li")
-    wait_for(page, "!document.body.dataset.busy")
+    _upload_answered(page, tmp_path, answer)
     assert page.query_selector_all("#predictions .unknown") == []
     assert page.query_selector_all("#predictions .alias") == []
 
@@ -356,13 +342,7 @@ def test_an_alias_says_which_known_category_it_was_read_as_in_words(
     assert "read as: normal" in page.inner_text("#predictions")
 
     # an answer without aliases (every label its own canonical name): no such note anywhere
-    known = _classify_body(64, 48)
-    page.route(
-        "**/v1/classify",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(known)),
-    )
-    page.click("#classify-again")
-    wait_for(page, "!document.body.dataset.busy && document.querySelectorAll('#predictions li').length === 2")
+    _classify_again_answered(page, _classify_body(64, 48))
     assert page.query_selector_all("#predictions .alias") == []
     assert "read as" not in page.inner_text("#predictions")
     labels = page.eval_on_selector_all(

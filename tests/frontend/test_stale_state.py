@@ -40,6 +40,29 @@ def _eye(tmp_path: Path, name: str = "eye.png", colour: tuple[int, int, int] = (
     return path
 
 
+def _ready_to_fit(page: Any, tmp_path: Path) -> None:
+    """Two categories, one uploaded example: "Fit" is available."""
+    page.fill("#teach-name", "referral")
+    for label in ("referable", "not referable"):
+        page.fill("#teach-label", label)
+        page.click("#teach-add")
+    page.set_input_files(
+        '#teach-categories input[type=file][data-category="referable"]', [str(_eye(tmp_path))]
+    )
+    wait_for(page, "document.getElementById('teach-fit').getAttribute('aria-disabled') === 'false'")
+
+
+def _header_with(page: Any, service: Service, ready: dict[str, Any]) -> str:
+    """The page's header once it has read ``ready`` as the service's `/readyz`."""
+    page.route(
+        "**/readyz",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(ready)),
+    )
+    page.goto(f"{service.base}/")
+    wait_for(page, "!document.getElementById('service-status').textContent.startsWith('Connecting')")
+    return page.inner_text("#service-status")
+
+
 def _error(status: int, code: str, message: str) -> dict[str, Any]:
     return {
         "status": status,
@@ -230,13 +253,7 @@ def test_a_fit_answered_with_an_empty_body_is_a_success(signed_in: PageRecorder,
     page.route(re.compile(r".*/v1/classifiers$"), empty_fit)
     page.reload()
     wait_for(page, "document.querySelector('#classifier-list li') !== null")
-    page.fill("#teach-name", "referral")
-    for label in ("referable", "not referable"):
-        page.fill("#teach-label", label)
-        page.click("#teach-add")
-    page.set_input_files(
-        '#teach-categories input[type=file][data-category="referable"]', [str(_eye(tmp_path))]
-    )
+    _ready_to_fit(page, tmp_path)
     page.click("#teach-fit")
     wait_for(page, "document.querySelectorAll('#classifier-list li[data-name]').length === 1")
     wait_for(page, "!document.body.dataset.busy")
@@ -260,13 +277,7 @@ def test_a_readyz_without_its_artifact_still_fills_the_header(
     }
     if artifact == "absent":
         del body["artifact"]
-    page.route(
-        "**/readyz",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(body)),
-    )
-    page.goto(f"{service.base}/")
-    wait_for(page, "!document.getElementById('service-status').textContent.startsWith('Connecting')")
-    status = page.inner_text("#service-status")
+    status = _header_with(page, service, body)
     assert "not ready" not in status and "18 indexed images" in status, status
     assert "bad" not in (page.get_attribute("#service-status", "class") or "")
     assert page.get_attribute("#message", "data-code") != "error", page.inner_text("#message")
