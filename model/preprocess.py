@@ -217,17 +217,22 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
 # 6000 x 6000 JPEG in 20 MiB; Pillow reads a JPEG's header segments, fill and stray bytes before the first scan,
 # and a PNG's chunks one at a time in Python; it joins Exif segments by copying all before each).
 # Encoders write 6-10 scans (libjpeg, mozjpeg, Pillow; a 36 Mpx one costs 44 ms more per scan here), a few
-# header segments (an ICC profile split in up to 255), one Exif segment, and PNG chunks of 8-64 KiB.
+# header segments (an ICC profile split in up to 255), one Exif segment, and PNG chunks of 8-64 KiB: only chunks of
+# less than PNG_SMALL_CHUNK bytes count towards MAX_PNG_CHUNKS (libpng's 8 KiB IDAT chunks are 20,111 in a 36 Mpx
+# 16-bit colour PNG that OpenCV writes, 165 MB; the larger a chunk, the fewer fit in the bytes a file may have).
 MAX_JPEG_SCANS = 32
 MAX_JPEG_SEGMENTS = 1024
 MAX_JPEG_STRAY_BYTES = 4096
 MAX_JPEG_METADATA_SEGMENTS = 16
 MAX_PNG_CHUNKS = 20_000
+PNG_SMALL_CHUNK = 4096
 _FILL = re.compile(rb"\xff+")
-# a marker within or between scans: 0xFF (fill bytes allowed) and a byte that is neither stuffing (0x00) nor a
-# restart marker (0xD0-0xD7), which are part of a scan's data. Written with a literal first byte, which the regular
-# expression engine searches for quickly: 0.5 ms over a camera JPEG, where "\xff+..." took 8 ms
-_SCAN_MARKER = re.compile(rb"\xff\xff*[^\x00\xd0-\xd7\xff]")
+# a marker within or between scans: the last 0xFF of a run (fill bytes before it need not be matched) and a byte
+# that is neither stuffing (0x00) nor a restart marker (0xD0-0xD7), which are part of a scan's data. Written with a
+# literal first byte, which the regular expression engine searches for quickly: 0.5 ms over a camera JPEG, where
+# "\xff+..." took 8 ms; and of fixed length: "\xff\xff*..." tried again from each 0xFF of a run that ends in
+# stuffing, quadratic in its length (40 KB of 0xFF in a scan took 20 s)
+_SCAN_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # markers without a length
 # APP1 / APP13 segments whose content Pillow parses or joins (Exif, Photoshop's resource blocks)
 _METADATA = {0xE1: b"Exif\0\0", 0xED: b"Photoshop 3.0\0"}
@@ -334,7 +339,8 @@ class _JpegGuard:
 
 
 class _PngGuard:
-    """Fed a PNG's bytes in order (in pieces), refuses one of more than :data:`MAX_PNG_CHUNKS` chunks (413)."""
+    """Fed a PNG's bytes in order (in pieces), refuses one of more than :data:`MAX_PNG_CHUNKS` chunks of less than
+    :data:`PNG_SMALL_CHUNK` bytes (413)."""
 
     def __init__(self) -> None:
         self._buf = b""
@@ -355,13 +361,15 @@ class _PngGuard:
                 continue
             if n - pos < 8:
                 break
-            self.chunks += 1
-            if self.chunks > MAX_PNG_CHUNKS:
-                raise ImageTooLargeError(f"the PNG has more than {MAX_PNG_CHUNKS} chunks")
+            length = int.from_bytes(buf[pos : pos + 4], "big")
+            if length < PNG_SMALL_CHUNK:
+                self.chunks += 1
+                if self.chunks > MAX_PNG_CHUNKS:
+                    raise ImageTooLargeError(f"the PNG has more than {MAX_PNG_CHUNKS} chunks")
             if bytes(buf[pos + 4 : pos + 8]) == b"IEND":
                 self._done = True
                 break
-            self._skip = int.from_bytes(buf[pos : pos + 4], "big") + 4  # its data and CRC
+            self._skip = length + 4  # its data and CRC
             pos += 8
         self._buf = bytes(buf[pos:]) if not self._done else b""
 

@@ -168,3 +168,51 @@ def test_a_dicom_jpeg_frame_of_too_many_scans_is_refused_as_a_file_is() -> None:
         load_image(data, size=224)
     fine = make_dicom([grey], "jpeg-baseline", grey=True, jpeg_bytes=[_more_scans(10)], modality="OPT")
     assert load_image(fine, size=224).size[0] > 0
+
+
+def test_a_run_of_fill_bytes_in_a_scan_is_walked_once() -> None:
+    """0xFF bytes in a scan's data ending in stuffing (0x00) are no marker: the guard finds that in one pass over
+    the run, not one pass from each of its bytes (30,000 of them took over 10 s)."""
+    import time
+
+    at = BASE.index(b"\xff\xda")
+    at += 2 + int.from_bytes(BASE[at + 2 : at + 4], "big")
+    data = BASE[:at] + b"\xff" * 30_000 + b"\x00" + BASE[at:]
+    start = time.perf_counter()
+    guard = pp._JpegGuard()
+    guard.feed(data)
+    assert time.perf_counter() - start < 1.0
+    assert guard.scans == 1 and guard._done
+
+
+def _idat_in_pieces_of(png: bytes, size: int) -> bytes:
+    """``png`` with its image data in IDAT chunks of ``size`` bytes, as libpng writes them (8 KiB: OpenCV's)."""
+    at, head, data, tail = 8, b"", b"", b""
+    while at < len(png):
+        length = int.from_bytes(png[at : at + 4], "big")
+        kind, chunk = png[at + 4 : at + 8], png[at : at + 12 + length]
+        if kind == b"IDAT":
+            data += chunk[8:-4]
+        elif data:
+            tail += chunk
+        else:
+            head += chunk
+        at += 12 + length
+    return png[:8] + head + b"".join(_chunk(b"IDAT", data[i : i + size]) for i in range(0, len(data), size)) + tail
+
+
+def test_a_big_png_in_libpngs_chunks_is_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 36 Mpx 16-bit colour PNG that OpenCV writes holds over 20,000 IDAT chunks of 8 KiB; chunks that large
+    are bounded by the bytes and do not count (here with the limit lowered to fit a small image)."""
+    import numpy as np
+
+    out = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(out, format="PNG")
+    data = _idat_in_pieces_of(out.getvalue(), 8192)
+    assert data.count(b"IDAT") > 20
+    monkeypatch.setattr(pp, "MAX_PNG_CHUNKS", 20)
+    assert load_image(data, size=224).size == (256, 256)
+    assert load_image(_stream(data), size=224).size == (256, 256)
+    with pytest.raises(ImageTooLargeError, match="chunks"):
+        load_image(_idat_in_pieces_of(out.getvalue(), 1000), size=224)
