@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from service.settings import get_settings, unknown_variables
+    from service.settings import get_settings, key_warnings, unknown_variables
 
     get_settings.cache_clear()
     try:
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         if meant is not None:  # KEEPFIT_API_KEY for KEEPFIT_API_KEYS would serve without keys
             raise ConfigError(f"{name} is not a setting; did you mean {meant}? (unset it, or spell it so)")
         logger.warning("%s is not a KEEPFIT setting and is ignored (README, Settings)", name)
+    for warning in key_warnings(settings):
+        logger.warning("%s", warning)
     if not (settings.artifact / "manifest.json").is_file():
         raise ArtifactError(
             f"no artifact at {settings.artifact} (pass --artifact DIR or set KEEPFIT_ARTIFACT)"

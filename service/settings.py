@@ -369,6 +369,27 @@ OTHER_VARIABLES = frozenset({
 })
 
 
+# A key shorter than this is one a caller could guess (keys are compared in constant time, but not rate-limited)
+SHORT_KEY = 16
+
+
+def key_warnings(settings: Settings) -> list[str]:
+    """What an operator should hear about the keys at start-up (never the keys themselves): short ones, and keys
+    that are both a read key and an admin key (whoever reads with it may also change the classifiers)."""
+    out = []
+    for name, keys in (("KEEPFIT_API_KEYS", settings.api_keys), ("KEEPFIT_ADMIN_KEYS", settings.admin_keys)):
+        short = [n for n, key in enumerate(keys, 1) if len(key) < SHORT_KEY]
+        if short:
+            out.append(f"{name}: key {', '.join(map(str, short))} of {len(keys)} is shorter than {SHORT_KEY} "
+                       "characters, which a caller could guess; use e.g. `python -c 'import secrets; "
+                       "print(secrets.token_urlsafe(24))'`")
+    both = sum(key in settings.api_keys for key in dict.fromkeys(settings.admin_keys))
+    if both:
+        out.append(f"{both} key(s) of KEEPFIT_ADMIN_KEYS are also in KEEPFIT_API_KEYS: every client that reads with "
+                   "one may also create, refit and delete classifiers")
+    return out
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
     """``KEEPFIT_*`` variables that name no setting, each with the setting it most resembles (or None):
     ``KEEPFIT_API_KEY`` -> ``KEEPFIT_API_KEYS``, a typo that would serve without keys."""

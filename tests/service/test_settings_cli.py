@@ -220,3 +220,32 @@ def test_onnx_threads_share_the_cores_among_concurrent_runs(monkeypatch: pytest.
     assert Settings(inference_concurrency=32).intra_op_threads == 1
     assert Settings(threads=3, inference_concurrency=2).intra_op_threads == 3
     assert Settings(threads=3).concurrency == 5  # the threads setting leaves the runs alone
+
+
+def test_serve_warns_of_guessable_keys_and_of_a_read_key_that_is_also_an_admin_key(
+    monkeypatch: pytest.MonkeyPatch, default_artifact: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing said that a 6-letter key is guessable, or that a key in both lists lets every reader change the
+    classifiers; the keys themselves never reach the log."""
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    strong, admin = "k" * 24, "a" * 24
+    for variable, value in (("KEEPFIT_API_KEYS", f"{strong},secret,{admin}"), ("KEEPFIT_ADMIN_KEYS", admin)):
+        monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["--artifact", str(default_artifact)]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert "KEEPFIT_API_KEYS: key 2 of 3 is shorter than 16 characters" in caplog.text
+    assert "KEEPFIT_ADMIN_KEYS: key" not in caplog.text
+    assert "1 key(s) of KEEPFIT_ADMIN_KEYS are also in KEEPFIT_API_KEYS" in caplog.text
+    assert "secret" not in caplog.text.replace("secrets", "") and admin not in caplog.text and strong not in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("KEEPFIT_API_KEYS", strong)
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["--artifact", str(default_artifact)]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert "shorter than" not in caplog.text
+    assert "also in KEEPFIT_API_KEYS" not in caplog.text
