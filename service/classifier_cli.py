@@ -273,17 +273,24 @@ def _index_examples(args: argparse.Namespace, artifact_version: str) -> list[Exa
     return examples
 
 
+def estimate_words(estimate: dict[str, Any]) -> str:
+    """A stored estimate as ``0.72 (plausibly 0.55-0.86)``: its range where the store has one; ``n/a`` without."""
+    value, span = estimate.get("balanced_accuracy"), estimate.get("range")
+    if value is None:
+        return "n/a"
+    return f"{value}" + (f" (plausibly {span[0]}-{span[1]})" if isinstance(span, list) and len(span) == 2 else "")
+
+
 def list_main(args: argparse.Namespace) -> int:
     store = _store(args)
     rows = store.all_rows()
     if not rows:
         print(f"no classifiers in {store.root}")  # noqa: T201
     for r in rows:
-        est = r.estimate.get("balanced_accuracy")
         counts = ", ".join(f"{c['label']} ({c['examples']})" for c in r.categories)
         print(  # noqa: T201
             f"{r.name}\t{r.modality}\t{r.method}\tv{r.version} r{r.revision}\t"
-            f"estimate {est if est is not None else 'n/a'}\t{counts}\tartifact {r.artifact_version}"
+            f"estimate {estimate_words(r.estimate)}\t{counts}\tartifact {r.artifact_version}"
         )
     return 0
 
@@ -336,7 +343,7 @@ def refit_main(args: argparse.Namespace) -> int:
     saved = store.save(new, result.arrays, examples, replace=True, max_classifiers=10**9, replaces=row.version)
     message = (
         f"refitted {saved.name}: revision {saved.revision}, version {saved.version}, "
-        f"artifact {saved.artifact_version}, estimate {saved.estimate.get('balanced_accuracy')}"
+        f"artifact {saved.artifact_version}, estimate {estimate_words(saved.estimate)}"
     )
     print(message)  # noqa: T201
     return 0

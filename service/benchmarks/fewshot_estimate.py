@@ -7,8 +7,10 @@ fitted exactly as the service fits an upload (:func:`service.classifiers.check_e
 :func:`service.routers.classifiers.fit_and_row`: method ``auto``, the categories' text prior, ``fewshot.fit``
 and ``fewshot.cross_validate``); the fitted classifier is then scored on the ``test`` split (never an example).
 Printed per k, pooled over the tasks and per task: the mean estimate against the mean true balanced accuracy,
-the bias and mean absolute error of the estimate, the 5th-95th percentiles of (estimate - true) and the share of
-fits whose estimate overstates the true balanced accuracy by more than 0.10.
+the bias and mean absolute error of the estimate, the 5th-95th percentiles of (estimate - true), the share of
+fits whose estimate overstates the true balanced accuracy by more than 0.10, and how often the estimate's
+``range`` holds the true figure (``--truth val`` scores on the val split instead: where the range's widening,
+``fewshot.RANGE_WIDEN``, was chosen).
 
 With ``--copies resave`` every example is also uploaded a second time as a near-duplicate (its pixels re-saved as
 JPEG quality 85: another SHA-256, so ``check_examples`` keeps both), on the same draws, fitted twice: with the
@@ -22,6 +24,7 @@ BLAS thread (threadpoolctl, where installed): they are small, and on a busy 2-co
 the eigenvalue bound of ``fewshot._logistic`` on a 240 x 240 Gram matrix about 10 times slower, not faster.
 
     .venv/bin/python -m service.benchmarks.fewshot_estimate [--draws 50] [--shots 5,10,20,50] [--copies resave]
+        [--truth val]
 """
 
 from __future__ import annotations
@@ -225,6 +228,7 @@ def measure(
     draws: int,
     seed: int = 0,
     copies: bool = False,
+    truth: str = "test",
 ) -> list[dict[str, Any]]:
     """One row per fit: ``task, k, condition, draw, n, method, scheme, estimate, true, near_duplicates``.  Each
     (task, k) has its own random draws (``seed``); with ``copies`` each draw is also fitted with a copy of every
@@ -235,7 +239,7 @@ def measure(
     value_class = {v: c for c, values in enumerate(task.classes.values()) for v in values}
     y = np.array([value_class.get(str(v), -1) for v in site.columns[task.column]])
     pools = [np.flatnonzero((site.split == "train") & (y == c)) for c in range(len(labels))]
-    test = np.flatnonzero((site.split == "test") & (y >= 0))
+    test = np.flatnonzero((site.split == truth) & (y >= 0))  # what the fit is scored on: never an example
     out: list[dict[str, Any]] = []
     for k in shots:
         if min(len(p) for p in pools) < k:
@@ -265,7 +269,7 @@ def measure(
                     "task": task.name, "k": k, "condition": condition, "draw": draw, "n": len(examples),
                     "method": row.method, "scheme": est["scheme"], "estimate": est["balanced_accuracy"],
                     "true": fewshot.balanced_accuracy(y[test], pred, len(labels)),
-                    "near_duplicates": est.get("near_duplicates"), "test": len(test),
+                    "near_duplicates": est.get("near_duplicates"), "test": len(test), "range": est.get("range"),
                 })
     return out
 
@@ -278,6 +282,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     gap = est - true
     methods = sorted({f"{r['method']} ({r['scheme']})" for r in fitted})
     nd = [r["near_duplicates"] for r in fitted if r["near_duplicates"] is not None]
+    ranged = [r for r in fitted if r.get("range")]
+    held = [r["range"][0] <= r["true"] <= r["range"][1] for r in ranged]
+    width = [r["range"][1] - r["range"][0] for r in ranged]
     return {
         "fits": len(rows), "no_estimate": len(rows) - len(fitted), "method": ", ".join(methods),
         "estimate": float(est.mean()) if len(est) else float("nan"),
@@ -288,17 +295,20 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "p95": float(np.percentile(gap, 95)) if len(gap) else float("nan"),
         "overstated": float(np.mean(gap > OVERSTATED)) if len(gap) else float("nan"),
         "near_duplicates": float(np.mean(nd)) if nd else float("nan"),
+        "in_range": float(np.mean(held)) if held else float("nan"),
+        "range_width": float(np.mean(width)) if width else float("nan"),
     }
 
 
 def _cells(s: dict[str, Any]) -> str:
     return (f"{s['estimate']:.3f} | {s['true']:.3f} | {s['bias']:+.3f} | {s['mae']:.3f} | "
-            f"{s['p5']:+.3f} .. {s['p95']:+.3f} | {100 * s['overstated']:.0f} % |")
+            f"{s['p5']:+.3f} .. {s['p95']:+.3f} | {100 * s['overstated']:.0f} % | "
+            f"{100 * s['in_range']:.0f} % | {s['range_width']:.2f} |")
 
 
 HEAD = ("mean estimate | mean true | bias | mean abs error | estimate - true, 5th .. 95th pct | "
-        f"estimate > true + {OVERSTATED:.2f} |")
-RULE = "---|---|---|---|---|---|"
+        f"estimate > true + {OVERSTATED:.2f} | true within `range` | mean `range` width |")
+RULE = "---|---|---|---|---|---|---|---|"
 
 
 def _ks(rows: list[dict[str, Any]]) -> list[int]:
@@ -389,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated")
     parser.add_argument("--copies", choices=sorted(COPIES), help="also upload a near-duplicate of every example")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--truth", choices=("test", "val"), default="test",
+                        help="the split the fitted classifiers are scored on (val: where RANGE_WIDEN was chosen)")
     parser.add_argument("--json", type=Path, help="also write every fit's row here")
     args = parser.parse_args(argv)
     labels = args.data_root / "dr_sh_600" / "labels.csv"
@@ -417,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with _one_blas_thread():
         for name in args.tasks.split(","):
-            rows += measure(engine, site, by_name[name], shots, args.draws, args.seed, copies=bool(args.copies))
+            rows += measure(engine, site, by_name[name], shots, args.draws, args.seed, copies=bool(args.copies),
+                            truth=args.truth)
     if not rows:
         raise SystemExit("no task has enough train images for the --shots asked")
     fitted = time.perf_counter() - start - embedded

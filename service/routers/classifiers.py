@@ -160,6 +160,15 @@ class Estimate(BaseModel):
     n: int = Field(description="examples")
     method: str | None = Field(None, description="the method the estimate fitted in every fold")
     chance: float | None = Field(None, description="1 / the number of categories")
+    range: list[float] | None = Field(
+        None, min_length=2, max_length=2,
+        description="[low, high]: where the classifier's balanced accuracy on new images plausibly lies (on the "
+        "unseen site it held the test figure in 95-96 % of fits; README, How far to trust the estimate); null in "
+        "stores written before it",
+    )
+    near_duplicates: int | None = Field(
+        None, description="examples held out together with a near-duplicate of theirs (a re-saved or resized copy)"
+    )
     note: str | None = None
 
 

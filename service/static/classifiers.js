@@ -96,7 +96,10 @@
     // chance, scheme and n are optional (a store written by an older release): say what there is
     const how = [e.scheme && e.n != null ? `${e.scheme} over ${e.n} examples` : e.scheme || (e.n != null ? `over ${e.n} examples` : ''),
       e.chance != null ? `chance ${Number(e.chance).toFixed(2)}` : ''].filter(Boolean).join('; ');
-    return `cross-validated balanced accuracy ${Number(e.balanced_accuracy).toFixed(2)}${how ? ` (${how})` : ''}`;
+    // the range (absent from stores written before it): one fit's estimate is far from exact with few examples
+    const range = Array.isArray(e.range) && e.range.length === 2
+      ? `, plausibly ${Number(e.range[0]).toFixed(2)}–${Number(e.range[1]).toFixed(2)}` : '';
+    return `cross-validated balanced accuracy ${Number(e.balanced_accuracy).toFixed(2)}${range}${how ? ` (${how})` : ''}`;
   }
 
   function renderStored(c) {

@@ -87,6 +87,7 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
         and "cross-validated balanced accuracy" in result
         and "7 examples" in result
     )
+    assert re.search(r"balanced accuracy (\d\.\d\d), plausibly (\d\.\d\d)–(\d\.\d\d)", result), result
     assert page.evaluate("sessionStorage.getItem('keepfit.adminKey')") == ADMIN_KEY
     assert page.evaluate("localStorage.getItem('keepfit.adminKey')") is None
     assert page.input_value("#classifier-picker") == "ffa-own"

@@ -60,7 +60,10 @@ def test_fit_from_a_manifest_then_list_show_serve_delete(
     assert fitted["modality"] == "FFA" and fitted["examples"] == 16 and len(fitted["categories"]) == 4
     assert 0.0 <= fitted["estimate"]["balanced_accuracy"] <= 1.0
     assert keepfit(["classifier", "list", "--store", str(store)]) == 0
-    assert "ffa-cli\tFFA\tlinear+text" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "ffa-cli\tFFA\tlinear+text" in listed
+    low, high = fitted["estimate"]["range"]
+    assert f"estimate {fitted['estimate']['balanced_accuracy']} (plausibly {low}-{high})" in listed
     assert keepfit(["classifier", "show", "--store", str(store), "ffa-cli"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == fitted["version"]
     # the service serves what the CLI stored

@@ -91,7 +91,8 @@ def test_a_k_larger_than_a_category_is_skipped(engine: Engine, capsys: pytest.Ca
 def test_the_summary_and_the_tables_add_up() -> None:
     def row(task: str, k: int, est: float, true: float, condition: str = bench.PLAIN) -> dict[str, object]:
         return {"task": task, "k": k, "condition": condition, "draw": 0, "n": 2 * k, "method": "linear",
-                "scheme": "5-fold", "estimate": est, "true": true, "near_duplicates": 0, "test": 10}
+                "scheme": "5-fold", "estimate": est, "true": true, "near_duplicates": 0, "test": 10,
+                "range": [est - 0.15, est + 0.15]}
 
     rows = [row("t1", 5, 0.9, 0.7), row("t1", 5, 0.6, 0.7),
             row("t2", 5, 0.8, 0.75), row("t2", 5, 0.7, 0.7), row("t2", 5, 0.65, 0.7)]
@@ -101,10 +102,11 @@ def test_the_summary_and_the_tables_add_up() -> None:
     assert s["bias"] == pytest.approx(0.02) and s["mae"] == pytest.approx(0.08)
     assert s["p5"] == pytest.approx(np.percentile(gaps, 5)) and s["p95"] == pytest.approx(np.percentile(gaps, 95))
     assert s["overstated"] == pytest.approx(0.2)  # only +0.20 is over 0.10
+    assert s["in_range"] == pytest.approx(0.8) and s["range_width"] == pytest.approx(0.3)  # +0.20 lies outside
     pooled = bench.pooled_table(rows).splitlines()
     assert len(pooled) == 3
     assert pooled[2] == (f"| 5 | 5 | linear (5-fold) | 0.730 | 0.710 | +0.020 | 0.080 | "
-                         f"{np.percentile(gaps, 5):+.3f} .. {np.percentile(gaps, 95):+.3f} | 20 % |")
+                         f"{np.percentile(gaps, 5):+.3f} .. {np.percentile(gaps, 95):+.3f} | 20 % | 80 % | 0.30 |")
     per_task = bench.task_table(rows).splitlines()
     assert [line.split(" | ")[0] for line in per_task[2:]] == ["| t1 (10)", "| t2 (10)"]
     copies = [*rows, row("t1", 5, 0.95, 0.7, bench.UNGROUPED), row("t1", 5, 0.75, 0.7, bench.GROUPED)]
