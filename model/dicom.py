@@ -195,7 +195,7 @@ def _to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
         arr = np.where(finite, arr, lo)
         return np.clip((arr - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
     # colour of more than 8 bits (greyscale goes through _grey_levels): its nominal range (_nominal_range)
-    lo, hi = _nominal_range(arr, ds)
+    lo, hi = _nominal_range(arr, _bits_stored(ds))
     return _mapped(arr, lambda v: (v - lo) * (255.0 / (hi - lo)))
 
 
@@ -211,17 +211,21 @@ def _first_number(value: Any) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _nominal_range(arr: np.ndarray, ds: Any) -> tuple[float, float]:
+def _bits_stored(ds: Any) -> int:
+    return int(getattr(ds, "BitsStored", 16) or 16)
+
+
+def _nominal_range(arr: np.ndarray, bits: int) -> tuple[float, float]:
     """The range integer data are shown in when the header gives no display window: the full range of their stored
     bits (PS3.4 N.2.1.1: no VOI transformation is the identity, so the modality output range spans the display), as
     dcmtk shows such an image and as pydicom's ``apply_windowing`` lays its output out.  As model.preprocess.to_rgb
     does for 16-bit PNG/TIFF, 16-bit containers often hold 10-14 bit data: the range is the smallest of the 8, 10,
-    12, 14 and 16-bit ranges (up to ``BitsStored``) that holds the data.  It is unsigned (``0 .. 2**b - 1``) when no
+    12, 14 and 16-bit ranges (up to ``bits``, the stored bits or a LUT's) that holds the data.  It is unsigned (``0 .. 2**b - 1``) when no
     value is negative, signed data included (a signed container of non-negative values is the same picture as the
     unsigned one), else signed (``-2**(b-1) .. 2**(b-1) - 1``: zero is mid-grey).  Data that fit none: their own
     extent."""
     lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
-    bits = max(int(getattr(ds, "BitsStored", 16) or 16), 8)
+    bits = max(bits, 8)
     for b in (b for b in (8, 10, 12, 14, 16) if b <= bits):
         if 0 <= lo and hi <= 2**b - 1:
             return 0.0, float(2**b - 1)
@@ -290,13 +294,12 @@ def _lut(ds: Any, keyword: str, tag: str) -> tuple[np.ndarray, int, float]:
         if not 1 <= bits <= 16 or len(table) < entries or entries < 1:
             raise ValueError("LUT Descriptor and LUT Data disagree")
         table = table[:entries].astype(np.float64)
-        peak = float(table.max())
-        top = next((float(2**b - 1) for b in (8, 10, 12, 14, 16) if b <= max(bits, 8) and peak <= 2**b - 1), peak)
+        top = _nominal_range(table, bits)[1]  # its entries are unsigned: 0 to the top of their range
     except Exception as err:  # pydicom's messages may quote the element's bytes
         raise ImageError(
             f"the DICOM {tag} is missing or corrupt ({err.__class__.__name__})"
         ) from err
-    return table, first, max(top, 1.0)
+    return table, first, top
 
 
 def _looked_up(v: np.ndarray, table: np.ndarray, first: int) -> np.ndarray:
@@ -347,7 +350,7 @@ def _grey_levels(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray | Non
     else:
         slope = _first_number(ds.get("RescaleSlope")) or 1.0
         intercept = _first_number(ds.get("RescaleIntercept")) or 0.0
-        lo, hi = _nominal_range(arr, ds) if arr.dtype.kind != "f" else (0.0, 1.0)
+        lo, hi = _nominal_range(arr, _bits_stored(ds)) if arr.dtype.kind != "f" else (0.0, 1.0)
         lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
 
         def modality(v: np.ndarray) -> np.ndarray:
