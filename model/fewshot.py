@@ -232,7 +232,7 @@ def fit(
         missing = [labels[int(i)] for i in np.flatnonzero(counts == 0)]
         raise ConfigError(f"categories without examples: {', '.join(missing)}")
     # auto counts photographs, not files: a re-saved copy is no second example (near_duplicate_groups)
-    distinct = _distinct_counts(x, y, n_classes) if method == "auto" and len(y) else counts
+    distinct = _photographs(x, y, n_classes)[2] if method == "auto" and len(y) else counts
     chosen = resolve_method(method, [int(c) for c in distinct], text is not None)
     dim = x.shape[1] if x.ndim == 2 else (text.shape[1] if text is not None else 0)
     center = x.mean(axis=0) if len(x) else np.zeros(dim)
@@ -310,10 +310,12 @@ def near_duplicate_groups(x: np.ndarray, y: np.ndarray, threshold: float = NEAR_
     return group
 
 
-def _distinct_counts(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Examples per class, a group of near-duplicates (:func:`near_duplicate_groups`) counted once."""
+def _photographs(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The near-duplicate group of each example (:func:`near_duplicate_groups`), one example of each group, and
+    the examples per class with each group counted once."""
     group = near_duplicate_groups(x, y)
-    return np.bincount(y[group == np.arange(len(y))], minlength=n_classes)
+    firsts = np.flatnonzero(group == np.arange(len(y)))
+    return group, firsts, np.bincount(y[firsts], minlength=n_classes)
 
 
 # The estimate's plausible range: RANGE_Z standard errors either side, the standard error of a mean of per-category
@@ -367,9 +369,7 @@ def cross_validate(
     y = np.asarray(y, dtype=np.int64)
     n_classes = len(labels)
     n = len(y)
-    group = near_duplicate_groups(x, y)
-    firsts = np.flatnonzero(group == np.arange(n))  # one example per group
-    distinct = np.bincount(y[firsts], minlength=n_classes)
+    group, firsts, distinct = _photographs(x, y, n_classes)
     chosen = resolve_method(method, [int(c) for c in distinct], text is not None)  # as fit chooses it
     if distinct.min() < 2 and text is None:
         return {"balanced_accuracy": None, "scheme": "none", "folds": 0, "n": n, "method": chosen,
