@@ -36,6 +36,7 @@ from training.data import (
     Sample,
     build_elite,
     evaluated_captions,
+    fold_caption,
     public_samples,
     read_corpus,
     write_elite_manifest,
@@ -155,7 +156,7 @@ class TextTask:
         # trained on, not even as text: all 60 were in the corpus, so image <-> caption retrieval on "unseen"
         # figures scored a text encoder that had read their captions
         held = evaluation_captions(cfg, data_root)
-        kept = [t for t in texts if " ".join(t.split()).casefold() not in held]
+        kept = [t for t in texts if fold_caption(t) not in held]
         if len(kept) < len(texts):
             logger.info("stage 1: %d corpus texts left out: captions of elite pairs outside train",
                         len(texts) - len(kept))
