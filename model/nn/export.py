@@ -198,6 +198,24 @@ def measure_parity(
     }
 
 
+def nonfinite_weights(model: nn.Module, shown: int = 5) -> str | None:
+    """The floating-point tensors of ``model``'s state dict (parameters and buffers) that hold NaN or inf, named with
+    their counts in one line (the first ``shown``); None when every one is finite."""
+    state = model.state_dict()
+    broken: list[str] = []
+    for key, value in state.items():
+        if not value.is_floating_point():
+            continue
+        nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+        if nan or inf:
+            counts = ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n)
+            broken.append(f"{key} ({counts})")
+    if not broken:
+        return None
+    more = f" and {len(broken) - shown} more" if len(broken) > shown else ""
+    return f"{len(broken)} of {len(state)} weight tensors are not finite: {', '.join(broken[:shown])}{more}"
+
+
 def _seal(staging: Path, fields: dict[str, Any]) -> None:
     """Write the manifest of the files in ``staging``; the artifact must then load and verify before it replaces
     anything."""
@@ -233,6 +251,11 @@ def export_artifact(
     for fname in extra_files or {}:  # names a checkpoint carries: never a path out of the artifact, nor one it writes
         if fname in (MANIFEST, *REQUIRED_FILES) or Path(fname).name != fname or fname in ("", ".", ".."):
             raise ArtifactError(f"cannot ship the extra artifact file {fname!r}: not a plain file name of its own")
+    # before anything is written: without verification (--no-verify) NaN weights exported, and every answer of
+    # the artifact was NaN; with it, they were refused only after the graphs were written and run
+    broken = nonfinite_weights(model)
+    if broken is not None:
+        raise ArtifactError(f"cannot export a model whose weights hold NaN or inf ({broken}); nothing was written to {out}")
     knowledge = knowledge or Knowledge.default()
     model = model.eval().cpu()
     staging = staging_dir(out)

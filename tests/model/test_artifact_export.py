@@ -145,6 +145,34 @@ def test_export_command_errors_are_one_line(tmp_path: Path, capsys: pytest.Captu
     assert not list(tmp_path.glob(".*staging*")), "a failed export left a staging directory behind"
 
 
+def test_a_checkpoint_of_nan_or_inf_weights_is_never_exported_with_or_without_verification(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_artifact: Path
+) -> None:
+    """``--no-verify`` exported NaN weights (an artifact whose every answer was NaN), and with verification they
+    were refused only after the graphs were written, in words that named no weight.  Refused now before anything
+    is written, in one line naming each tensor; an artifact already at --out is left as it was."""
+    cfg = get_config("keepfit-tiny")
+    torch.manual_seed(2)
+    path = save_checkpoint(tmp_path / "ckpt.pt", create_model(cfg), default_tokenizer(cfg))
+    payload = torch.load(path, weights_only=False)  # save_checkpoint refuses NaN weights: written by hand
+    payload["state_dict"]["image_encoder.proj.weight"][0, :3] = float("nan")
+    payload["state_dict"]["image_encoder.backbone.features.0.1.running_var"][1] = float("inf")  # a buffer too
+    torch.save(payload, tmp_path / "diverged.pt")
+    existing = _copy(tiny_artifact, tmp_path / "art")
+    before = {p.name: p.read_bytes() for p in existing.iterdir()}
+    for out in (existing, tmp_path / "new" / "art"):
+        for verify in ("--no-verify", "--verify"):
+            code, err = _run(["export", "--checkpoint", str(tmp_path / "diverged.pt"), "--out", str(out), verify,
+                              "--no-modality-head"], capsys)
+            assert code == 2 and "\n" not in err, err
+            assert err.startswith("error: cannot export a model whose weights hold NaN or inf"), err
+            assert "image_encoder.proj.weight (3 NaN)" in err and "features.0.1.running_var (1 inf)" in err, err
+            assert f"nothing was written to {out}" in err, err
+    assert {p.name: p.read_bytes() for p in existing.iterdir()} == before
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "ckpt.pt", "diverged.pt"]  # no staging left
+
+
 def test_export_command_replaces_an_artifact_atomically(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_artifact: Path
 ) -> None:
