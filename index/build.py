@@ -53,7 +53,7 @@ from index.writer import (
     write_generation,
     write_metadata,
 )
-from model.artifact import Artifact, load_artifact
+from model.artifact import CHECKSUM_FIELD, Artifact, load_artifact
 from model.errors import DataError, IndexMismatchError, IndexStoreError, NotFoundError
 from model.preprocess import BLURRED_BELOW, COMPRESSED_BELOW, blurred
 
@@ -425,6 +425,12 @@ def _check_target(directory: Path) -> IndexManifest | None:
         try:
             manifest = read_manifest(directory)
         except IndexStoreError as err:
+            if _unsealed(directory):  # not damaged: removed, its images would get new ids
+                raise DataError(
+                    f"--out {directory} holds an index written by an older keepfit (its manifest has no "
+                    f"{CHECKSUM_FIELD}): run `keepfit index seal --index {directory}`, then build again (it keeps "
+                    "its images' ids; removed instead, they would get new ones)"
+                ) from err
             raise DataError(f"--out {directory} holds a damaged index; remove it first ({err})") from err
         logger.info(
             "rebuilding %s: its generation %s (%s images) stays in service until the new one is swapped in",
@@ -443,6 +449,14 @@ def _check_target(directory: Path) -> IndexManifest | None:
             f"--out {directory} is not empty and is not an index (it holds {', '.join(sorted(foreign)[:5])})"
         )
     return None
+
+
+def _unsealed(directory: Path) -> bool:
+    """Whether the index in ``directory`` is sound but unsealed: written before manifests carried their checksum."""
+    try:
+        return CHECKSUM_FIELD not in read_manifest(directory, check=False)
+    except IndexStoreError:
+        return False
 
 
 def _manifest_tmp(name: str) -> bool:

@@ -45,13 +45,19 @@ def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
 
 
+# What of a package's files answers depend on: its code, and the data it reads as it answers (model/data's
+# knowledge.json: the canonical label names a search's label filter falls back to, which index.store reads from
+# the package, not the artifact: an upgrade that changed only it would serve the old filter's hits from Redis)
+ANSWER_FILES = (".py", ".json")
+
+
 def source_digest(roots: Iterable[Path]) -> str:
-    """SHA-256 of every ``.py`` file under ``roots`` (relative path and content), in a fixed order.
+    """SHA-256 of every ``.py`` and ``.json`` file under ``roots`` (relative path and content), in a fixed order.
 
     Paths are relative to their root, so replicas installed in different places agree."""
     digest = hashlib.sha256()
     for root in roots:
-        for path in sorted(root.rglob("*.py")):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in ANSWER_FILES and p.is_file()):
             try:
                 data = path.read_bytes()
             except OSError:  # unreadable: its name still counts
