@@ -341,6 +341,7 @@ def search_main(argv: list[str]) -> int:
     from index.query import (
         answer_is_low_similarity,
         index_modalities,
+        itself_first,
         label_warning,
         resolve_modality_filter,
         score_scale,
@@ -407,6 +408,8 @@ def search_main(argv: list[str]) -> int:
         hits = index.search(query, args.top_k, modality=modality, label=args.label)
         warning = label_warning(index, args.label, modality, len(hits))
         warnings = ([warning] if warning else []) + picture
+        # the API's order: the query itself first (another file of the same pixels scores as high, or higher)
+        ordered = itself_first(hits, digest, lambda h: h.record.sha256, lambda h: float(h.score))
         rows: list[dict[str, Any]] = [
             {
                 "rank": i + 1,
@@ -415,12 +418,13 @@ def search_main(argv: list[str]) -> int:
                 "modality": h.record.modality,
                 "labels": h.record.labels,
                 "path": h.record.path,
-                "same_image": h.record.sha256 == digest,
+                "same_image": itself,
             }
-            for i, h in enumerate(hits)
+            for i, (h, itself) in enumerate(ordered)
         ]
     scale = score_scale(kind)
-    low = answer_is_low_similarity(((r["score"], r["same_image"]) for r in rows), scale["low_below"])
+    # judged on the scores as found, as the API judges them (not on the 4 decimals shown: 0.59996 is below 0.6)
+    low = answer_is_low_similarity(((float(h.score), itself) for h, itself in ordered), scale["low_below"])
     if args.json:
         answer = {
             "hits": rows,

@@ -13,14 +13,16 @@ every text somewhere in its ophthalmic space, and most nonsense scores like a re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from model.errors import ConfigError
 
 SCORE_METRIC = "cosine"
 SCORE_RANGE = (-1.0, 1.0)
 LOW_SIMILARITY = {"text": 0.30, "image": 0.60}  # best-hit score below which nothing matches well
+
+H = TypeVar("H")
 
 
 def resolve_modality_filter(value: str | None, known: Iterable[str]) -> str | None:
@@ -61,6 +63,19 @@ def is_low_similarity(scores: Iterable[float], threshold: float) -> bool:
     """True when no hit reaches ``threshold`` (also when there are no hits)."""
     best = max(scores, default=None)
     return best is None or best < threshold
+
+
+def itself_first(
+    hits: Sequence[H], digest: str | None, sha256: Callable[[H], str | None], score: Callable[[H], float]
+) -> list[tuple[H, bool]]:
+    """Each hit with whether it is the query itself (its file's SHA-256 is the query's ``digest``; ``None``: a
+    text query), the query itself first, then the others nearest first.  Another file of the same pixels (a PNG
+    or a DICOM of a JPEG's pixels) scores as high as the query itself, and higher where it was embedded in another
+    batch (the int8 image encoder's activation scale is the batch's: an image alone and in a batch of 32 differ
+    by a cosine of up to 3e-5), so by score alone the index may list it first.  The one order of
+    ``POST /v1/search`` and ``keepfit index search``, so that both give an image query the same ranks."""
+    marked = [(hit, digest is not None and sha256(hit) == digest) for hit in hits]
+    return sorted(marked, key=lambda m: (not m[1], -score(m[0])))  # stable: the index's order among equals
 
 
 def answer_is_low_similarity(hits: Iterable[tuple[float, bool]], threshold: float) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from index.query import answer_is_low_similarity, score_scale
+from index.query import answer_is_low_similarity, itself_first, score_scale
 from model.config import MODALITIES
 from service.cache import cache_key, sha256_hex
 from service.deps import (
@@ -155,11 +155,12 @@ async def _search(
         warnings.append(note)
     warnings += picture
     base = _base_url(request, settings.public_url)
-    for hit in hits:
-        # an image query that is in the index finds itself (score 1): say so, put it first among equal scores
-        # (another file of the same pixels scores 1 too), and judge the rest
-        hit["same_image"] = data is not None and hit.get("sha256") == digest
-    hits.sort(key=lambda h: (-h["score"], not h["same_image"]))
+    # an image query that is in the index finds itself (score 1): say so, put it first (another file of the same
+    # pixels scores as high, or by the encoder's batch noise higher), and judge the rest, as `keepfit index search`
+    ordered = itself_first(hits, digest if data is not None else None, lambda h: h.get("sha256"), lambda h: h["score"])
+    for hit, itself in ordered:
+        hit["same_image"] = itself
+    hits = [hit for hit, _ in ordered]
     for hit in hits:
         token = image_token(settings.api_keys, hit["id"])
         url = f"{base}/v1/images/{hit['id']}"

@@ -113,6 +113,58 @@ def test_cli_judges_an_indexed_image_query_on_the_other_hits(
     assert json.loads(capsys.readouterr().out)["low_similarity"] is False
 
 
+def test_cli_ranks_an_indexed_image_query_as_the_api_does(
+    default_artifact: Path,
+    real_image_paths: dict[str, list[Path]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another file of the same pixels (a PNG saved from a JPEG) scores exactly as high as the JPEG itself. The API
+    put the query itself first among equal scores; `keepfit index search --image` kept the index's order, so the
+    same query got other ranks there (the copy first, the query itself second, or cut off by --top-k)."""
+    from fastapi.testclient import TestClient
+
+    from model.cli import main as keepfit
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    eye = archive / "eye.jpg"
+    eye.write_bytes(real_image_paths["CFP"][0].read_bytes())
+    Image.open(eye).convert("RGB").save(archive / "a_copy.png")  # listed, and indexed, before eye.jpg
+    Image.new("RGB", (256, 256), (30, 160, 40)).save(archive / "green.png")
+    out = tmp_path / "index"
+    common = ["--artifact", str(default_artifact)]
+    assert keepfit(["index", "build", *common, "--images", str(archive), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    with TestClient(create_app(make_settings(default_artifact, index=out))) as client:
+        data = eye.read_bytes()
+        api = client.post("/v1/search", files={"image": ("eye.jpg", data, "image/jpeg")}, data={"top_k": "3"}).json()
+    argv = ["index", "search", "--index", str(out), *common, "--image", str(eye), "--top-k", "3", "--json"]
+    assert keepfit(argv) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert api["hits"][0]["score"] == api["hits"][1]["score"]  # the JPEG and its PNG copy tie
+    assert [h["same_image"] for h in api["hits"]] == [True, False, False]
+    assert [(h["id"], h["same_image"]) for h in cli["hits"]] == [(h["id"], h["same_image"]) for h in api["hits"]]
+    assert cli["hits"][0]["path"].endswith("eye.jpg") and cli["low_similarity"] == api["low_similarity"]
+    # a copy embedded alone (index add), as the query is, scores higher than the query itself embedded in a batch
+    # (the int8 encoder's batch noise): the query itself still comes first, in both
+    later = tmp_path / "later"
+    later.mkdir()
+    Image.open(eye).convert("RGB").save(later / "b_copy.bmp")  # other bytes than a_copy.png: another image
+    assert keepfit(["index", "add", "--index", str(out), *common, "--images", str(later), "--no-progress"]) == 0
+    capsys.readouterr()
+    with TestClient(create_app(make_settings(default_artifact, index=out))) as client:
+        api = client.post("/v1/search", files={"image": ("eye.jpg", data, "image/jpeg")}, data={"top_k": "3"}).json()
+    assert keepfit(argv) == 0
+    cli = json.loads(capsys.readouterr().out)
+    by_score = sorted(api["hits"], key=lambda h: -h["score"])
+    assert not by_score[0]["same_image"] and by_score[0]["score"] > next(h for h in api["hits"] if h["same_image"])["score"]
+    assert [h["same_image"] for h in api["hits"]] == [True, False, False]
+    assert [(h["id"], h["same_image"]) for h in cli["hits"]] == [(h["id"], h["same_image"]) for h in api["hits"]]
+
+
 def test_images_added_to_a_moved_index_are_stored_relative_to_where_it_is(
     tiny_artifact: Path, tmp_path: Path
 ) -> None:
