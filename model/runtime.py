@@ -150,6 +150,16 @@ def zero_shot_probabilities(
     return probs
 
 
+def modality_used(requested: str, detected: str, stated: str | None, known: Sequence[str]) -> str:
+    """The modality whose prompts (and default categories) score an image: the one ``requested``; for
+    ``"auto"``, what the image's DICOM header ``stated`` where it names one of the ``known`` modalities (what the
+    device recorded beats a guess), else what the modality check ``detected``.  The one rule of
+    ``/v1/classify``, ``keepfit classify`` and :meth:`KeepfitRuntime.classify`."""
+    if requested != "auto":
+        return requested
+    return stated if stated is not None and stated in known else detected
+
+
 @dataclass(frozen=True)
 class ImageEncoding:
     embeddings: np.ndarray  # [B, D] unit norm
@@ -353,13 +363,39 @@ class KeepfitRuntime:
         self,
         images: Sequence[Image.Image],
         categories: Sequence[str] | None = None,
-        modality: str = "CFP",
+        modality: str = "auto",
         decision: str = "auto",
     ) -> np.ndarray:
         """``[B, C]`` probabilities of PIL images over ``categories`` (default: the modality's set), decided as
-        ``/v1/classify`` decides (:meth:`predict`)."""
-        cats = list(categories) if categories else self.knowledge.category_set(modality)
-        return self.predict(self.encode_images(images), cats, modality, decision)[0]
+        ``/v1/classify`` decides (:meth:`predict`).  ``modality``: CFP, FFA, OCT, or ``"auto"`` (the default, as
+        the API's): each image scored as what its DICOM header states, else as the modality check recognises it
+        (:func:`modality_used`).  Without ``categories``, images of several modalities have no one set: a
+        :class:`ConfigError` then asks for the categories or for one modality's images at a time."""
+        embeddings = self.encode_images(images)  # [B, D]
+        if modality == "auto":
+            detected = self.detect_modalities(embeddings).detected if len(embeddings) else []
+            known = list(self.knowledge.modalities)
+            used = [modality_used("auto", found, image.info.get("keepfit_modality"), known)
+                    for found, image in zip(detected, images, strict=True)]
+        else:
+            used = [self.check_modality(modality)] * len(embeddings)
+        kinds = list(dict.fromkeys(used))
+        if not categories and len(kinds) > 1:
+            raise ConfigError(
+                f"these images are of several modalities ({', '.join(kinds)}), each with its own default categories: "
+                "name the categories, or classify one modality's images at a time"
+            )
+        if not kinds:  # no images
+            cats = list(categories) if categories else [] if modality == "auto" else self.knowledge.category_set(modality)
+            return np.zeros((0, len(cats)), dtype=np.float32)
+        rows: list[np.ndarray] = [np.empty(0)] * len(used)
+        for kind in kinds:
+            which = [i for i, u in enumerate(used) if u == kind]
+            cats = list(categories) if categories else self.knowledge.category_set(kind)
+            probs = self.predict(embeddings[which], cats, kind, decision)[0]
+            for row, i in enumerate(which):
+                rows[i] = probs[row]
+        return np.stack(rows)
 
     def _load_calibration(self) -> dict[str, dict[str, float]]:
         """``calibration.json``: ``{"bias": {modality: {category: logit offset}}, ...}`` (optional)."""

@@ -53,7 +53,7 @@ from model.preprocess import (
     trimmed,
     upright_original_size,
 )
-from model.runtime import ImageEncoding, KeepfitRuntime, fold_name, screening_normal
+from model.runtime import ImageEncoding, KeepfitRuntime, fold_name, modality_used, screening_normal
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
 from service.metrics import Metrics
 from service.settings import Settings
@@ -468,9 +468,7 @@ class Engine:
             # contradicts (an OCT request for a photograph) is the answer's most important warning.
             found = self.runtime.detect_modalities(embedding)
             mod_probs, detected = found.of(0), found.detected[0]
-            used = detected if modality == "auto" else modality
-            if modality == "auto" and stated in self.modalities:
-                used = stated  # what a DICOM header states beats a guess
+            used = modality_used(modality, detected, stated, self.modalities)  # a DICOM header beats a guess
             confidence = mod_probs.get(used)
             if categories is None:
                 names = self.knowledge.category_set(used)

@@ -51,6 +51,48 @@ def test_default_set_matches_the_runtime(
     assert body["image"]["width"] > 0 and len(body["image"]["sha256"]) == 64
 
 
+@pytest.mark.parametrize("modality", ["CFP", "OCT", "FFA"])
+def test_the_library_classifies_as_the_api_by_default(
+    api: TestClient, runtime: KeepfitRuntime, real_images: dict[str, bytes], modality: str
+) -> None:
+    """`KeepfitRuntime.classify(images)` scored every image as a photograph by default (modality "CFP"), where
+    `/v1/classify` and `keepfit classify` recognise the modality first: a B-scan got the eleven photograph
+    categories there, the OCT set here. Both now take modality=auto by the one rule (model.runtime.modality_used)."""
+    body = _classify(api, real_images[modality]).json()
+    assert body["modality"]["used"] == modality
+    direct = runtime.classify([load_image(real_images[modality], size=runtime.preprocess_cfg.image_size)])[0]
+    served = {p["label"]: p["probability"] for p in body["predictions"]}
+    expected_set = runtime.knowledge.category_set(modality)
+    assert len(direct) == len(expected_set)
+    np.testing.assert_allclose([served[c] for c in expected_set], direct, atol=1e-5)
+
+
+def test_the_library_takes_a_dicom_header_modality_as_the_api_does(
+    api: TestClient, runtime: KeepfitRuntime, real_images: dict[str, bytes]
+) -> None:
+    """A photograph stored as an angiogram (its header records a contrast agent) is scored with the FFA prompts by
+    the API, as the header states; the library's auto follows the same rule, and mixed modalities without
+    categories are refused rather than given one modality's set."""
+    pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
+    from model.errors import ConfigError
+    from model.runtime import modality_used
+    from tests.dicom_files import make_dicom, rgb_of
+
+    data = make_dicom([rgb_of(real_images["CFP"])], "explicit", "OP", angiogram=True)
+    body = api.post("/v1/classify", files={"image": ("eye.dcm", data, "application/dicom")}).json()
+    assert (body["modality"]["used"], body["modality"]["detected"]) == ("FFA", "CFP")
+    image = load_image(data, size=runtime.preprocess_cfg.image_size)
+    served = {p["label"]: p["probability"] for p in body["predictions"]}
+    direct = runtime.classify([image])[0]
+    np.testing.assert_allclose([served[c] for c in runtime.knowledge.category_set("FFA")], direct, atol=1e-5)
+    assert modality_used("OCT", "CFP", "FFA", ["CFP", "FFA", "OCT"]) == "OCT"  # a named modality is used as named
+    with pytest.raises(ConfigError, match="several modalities"):
+        runtime.classify([image, load_image(real_images["OCT"])])
+    cats = ["normal", "diabetic retinopathy", "glaucoma"]
+    both = runtime.classify([image, load_image(real_images["OCT"])], cats)
+    assert both.shape == (2, 3) and np.allclose(both.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_auto_modality_reports_what_it_used(api: TestClient, real_images: dict[str, bytes]) -> None:
     body = _classify(api, real_images["OCT"]).json()
     mod = body["modality"]
