@@ -21,7 +21,7 @@ import numpy as np
 
 from model.files import atomic_write_json, atomic_write_text
 from model.knowledge import Knowledge
-from model.preprocess import BLURRED_BELOW, COMPRESSED_BELOW, blurred, file_jpeg_quality
+from model.preprocess import BLURRED_BELOW, COMPRESSED_BELOW, blurred
 from model.runtime import KeepfitRuntime
 from training.data import ATLAS_PAIRS
 from training.evaluate import (
@@ -110,25 +110,41 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({s.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
-    files = image_files(s.paths, embedder.sharpness, s.modality)
+    files = image_files(s.paths, embedder.sharpness, s.modality, quality=embedder.quality)
+    # a class the artifact's knowledge lacks is scored by its name alone: a category added to other knowledge (or
+    # lost by an export with the packaged knowledge) was otherwise scored without its descriptions, unannounced
+    unknown = [c for c in s.classes if not runtime.knowledge.is_known(c)]
     payload = {"command": "zero-shot", "manifest": str(a.manifest), "label_column": a.label_column,
-               "modality": s.modality, "split": a.split, **result, "image_files": files, **_skips(s, embedder)}
+               "modality": s.modality, "split": a.split, **result, "unknown_classes": unknown, "image_files": files,
+               **_skips(s, embedder)}
+    notes = [_unknown_classes_text(unknown)] if unknown else []
     lines = _header(runtime, f"Zero-shot: {a.label_column}") + _classification_md(result) + [
-        "", f"- {_image_files_text(files)}", "", "![confusion matrix](confusion.png)", ""]
+        "", *(f"- {n}" for n in notes), f"- {_image_files_text(files)}", "", "![confusion matrix](confusion.png)", ""]
     write_report(out, payload, "\n".join(lines))
-    payload["text"] = _classification_text(result) + f"\n{_image_files_text(files)}"
+    payload["text"] = "\n".join([_classification_text(result), *notes, _image_files_text(files)])
     return payload
 
 
+def _unknown_classes_text(unknown: Sequence[str]) -> str:
+    return (f"not in this artifact's knowledge, so scored by the name alone, without expert descriptions: "
+            f"{', '.join(unknown)} (give the artifact knowledge that has them: keepfit knowledge --dictionary FILE "
+            "--out FILE --artifact DIR)")
+
+
 def image_files(
-    paths: Sequence[Path], sharpness: dict[Path, float | None] | None = None, modality: str | None = None
+    paths: Sequence[Path],
+    sharpness: dict[Path, float | None] | None = None,
+    modality: str | None = None,
+    *,
+    quality: dict[Path, int | None],
 ) -> dict[str, Any]:
     """How the evaluated images are stored and taken: how many are JPEGs, their estimated quality
-    (:func:`model.preprocess.jpeg_quality`, from each file's header), how many were saved below
-    :data:`model.preprocess.COMPRESSED_BELOW`, and, for photographs (``modality`` CFP) whose ``sharpness`` was
+    (:func:`model.preprocess.jpeg_quality`: ``quality``, by path, as the decode that embedded them read it, which
+    is what the service warns by, a DICOM object's JPEG frame included; None: not a JPEG), how many were saved
+    below :data:`model.preprocess.COMPRESSED_BELOW`, and, for photographs (``modality`` CFP) whose ``sharpness`` was
     measured, how many look out of focus (:func:`model.preprocess.blurred`): where the service warns that answers
     are unreliable (``compressed_image``, ``blurred_image``)."""
-    qualities = [q for q in (file_jpeg_quality(p) for p in paths) if q is not None]
+    qualities = [q for q in (quality.get(p) for p in paths) if q is not None]
     out: dict[str, Any] = {
         "n": len(paths), "jpeg": len(qualities),
         "jpeg_quality_median": float(np.median(qualities)) if qualities else None,

@@ -21,6 +21,7 @@ from model.errors import DataError
 from model.knowledge import Knowledge
 from model.logs import progress_bars
 from model.manifest import Manifest
+from model.preprocess import JPEG_QUALITY
 from model.runtime import KeepfitRuntime, decided_normal, prompt_means, zero_shot_probabilities
 from training.data import LoadReport, check_files, filter_rows, iter_images, read_manifest
 from training.metrics import classification_summary, precision_at_k
@@ -315,6 +316,9 @@ class ImageEmbedder:
         # what the service measures of each picture besides its embedding (its sharpness), by path
         self.measure = measure
         self.sharpness: dict[Path, float | None] = {}
+        # a JPEG's estimated quality as the decode that embedded it read it (model.preprocess.JPEG_QUALITY: also a
+        # DICOM object's JPEG frame, as the service warns of it), by path; None: not a JPEG
+        self.quality: dict[Path, int | None] = {}
 
     @classmethod
     def of_runtime(cls, runtime: Any, batch_size: int = 32) -> ImageEmbedder:
@@ -344,8 +348,10 @@ class ImageEmbedder:
             if batch:
                 images = [im for _, im in batch]
                 emb = self.encode(images)
-                for (p, _), e in zip(batch, emb, strict=True):
+                for (p, im), e in zip(batch, emb, strict=True):
                     self.cache[p] = e
+                    quality = im.info.get(JPEG_QUALITY)
+                    self.quality[p] = int(quality) if quality is not None else None
                 if self.measure is not None:
                     for (p, _), value in zip(batch, self.measure(images), strict=True):
                         self.sharpness[p] = value

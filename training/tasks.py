@@ -274,6 +274,12 @@ class HybridData:
     def build(cls, cfg: TrainConfig, knowledge: Knowledge, data_root: Path, run_dir: Path) -> HybridData:
         sources = [PublicSource.parse(s) for s in cfg.public]
         public = public_samples(data_root, knowledge, "train", sources, cfg.holdout, cfg.drop_held_out_copies)
+        unknown = labels_not_in_knowledge(public.samples, knowledge)
+        if unknown:  # a clinic's own category: trained on its bare name, and an export without it scores it so
+            logger.warning("labels that are no category of the knowledge (model/data/knowledge.json) are captioned by "
+                           "their bare name, without expert descriptions: %s; to train on descriptions, add them to "
+                           "model/data/knowledge_source.json and run keepfit knowledge; to score them by yours, export "
+                           "with --knowledge FILE", ", ".join(unknown))
         elite = build_elite(data_root, knowledge, public.samples, cfg.elite_manifest, cfg.elite_compose_missing,
                             cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
         write_elite_manifest(run_dir / "elite.csv", elite.samples)
@@ -284,6 +290,11 @@ class HybridData:
         """Every image once: public, then elite, then validation images."""
         return list(dict.fromkeys([s.path for s in self.public] + [s.path for s in self.elite]
                                   + [p for v in self.val_sets for p in v.paths]))
+
+
+def labels_not_in_knowledge(samples: list[Sample], knowledge: Knowledge) -> list[str]:
+    """The samples' labels that name no category of ``knowledge`` (they have no expert descriptions)."""
+    return sorted({label for s in samples for label in s.labels if not knowledge.is_known(label)})
 
 
 # ================================================================================================ stage 2
@@ -358,6 +369,7 @@ class HybridTask:
             "public_train_images": len(self.public),
             "public_by_modality": dict(Counter(s.modality for s in self.public)),
             "public_skipped_rows": dict(public_skipped),
+            "public_labels_not_in_knowledge": labels_not_in_knowledge(self.public, self.knowledge),
             "elite_pairs": len(self.elite),
             "elite_manifest": str(run_dir / "elite.csv"),
             "elite_source": cfg.elite_manifest or "composed",

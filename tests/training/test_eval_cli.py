@@ -92,6 +92,38 @@ def test_zero_shot_report_counts_strongly_compressed_images(tiny_artifact: Path,
             in (out / "report.md").read_text())
 
 
+def test_zero_shot_report_counts_a_dicom_jpeg_frame_as_the_service_warns_of_it(
+    tiny_artifact: Path, oct_manifest: Path, tmp_path: Path
+) -> None:
+    """A DICOM object that holds a camera's JPEG stream saved at quality 20 is answered with compressed_image by
+    the service (and counted `compressed` by `keepfit index build`); the report read qualities from file headers,
+    where a DICOM is no JPEG, and said none of its images was compressed."""
+    pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
+    import io
+
+    from PIL import Image
+
+    from model.preprocess import JPEG_QUALITY, compressed_warning, load_image
+    from tests.dicom_files import make_dicom
+
+    rows = list(csv.DictReader(oct_manifest.open()))[:4] + list(csv.DictReader(oct_manifest.open()))[6:10]
+    for i, r in enumerate(rows[:2]):  # two B-scans as OCT DICOM objects around a JPEG stream of quality 20
+        grey = Image.open(r["path"]).convert("L")
+        stream = io.BytesIO()
+        grey.save(stream, format="JPEG", quality=20)
+        rgb = np.asarray(grey.convert("RGB"))
+        r["path"] = str(tmp_path / f"{i}.dcm")
+        Path(r["path"]).write_bytes(make_dicom([rgb], "jpeg-baseline", "OPT", grey=True, jpeg_bytes=[stream.getvalue()]))
+        decoded = load_image(r["path"])
+        assert decoded.info[JPEG_QUALITY] == 20 and compressed_warning(decoded.info[JPEG_QUALITY])  # the service's
+    manifest = write_manifest(tmp_path / "dicom.csv", rows)
+    out = tmp_path / "zs"
+    assert eval_main(["zero-shot", "--artifact", str(tiny_artifact), "--manifest", str(manifest),
+                      "--label-column", "dme", "--modality", "OCT", "--out", str(out)]) == 0
+    files = json.loads((out / "report.json").read_text())["image_files"]
+    assert (files["n"], files["jpeg"], files["compressed"], files["jpeg_quality_min"]) == (8, 8, 2, 20), files
+
+
 def test_zero_shot_report_counts_photographs_out_of_focus(tiny_artifact: Path, data_root: Path,
                                                           tmp_path: Path) -> None:
     """A clinic's photographs out of focus (what the service warns of as blurred_image) are counted in the report,
