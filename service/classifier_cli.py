@@ -41,6 +41,7 @@ from service.classifiers import (
     check_name,
     encoder_fingerprint,
     index_examples,
+    name_taken_message,
 )
 from service.errors import ServiceError
 
@@ -160,8 +161,11 @@ def fit_main(args: argparse.Namespace) -> int:
         if existing.count() >= limit:
             raise DataError(f"{existing.root} holds {existing.count()} classifiers, the limit (--max-classifiers, "
                             "KEEPFIT_MAX_CLASSIFIERS); delete one first")
-        if name in {r.name for r in existing.all_rows()}:
+        taken = existing.name_clash(name)  # the name, or one that differs from it only in case
+        if taken == name:
             raise DataError(f"a classifier named {name!r} exists already in {existing.root}; delete it first")
+        if taken is not None:
+            raise DataError(f"{name_taken_message(name, taken)} (in {existing.root})")
     engine = _engine(args.artifact)
     files: list[tuple[str, Path]] = []
     if args.manifest:
@@ -192,7 +196,7 @@ def fit_main(args: argparse.Namespace) -> int:
     try:
         saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=limit)
     except ClassifierExistsError as err:  # created meanwhile by the service or another fit
-        raise DataError(f"a classifier named {name!r} exists already in {store.root}; delete it first") from err
+        raise DataError(f"{err} (in {store.root})") from err
     body = saved.public(engine.version)
     body["fit_ms"] = round(result.fit_ms, 2)
     print(json.dumps(body, indent=2))  # noqa: T201
@@ -328,7 +332,10 @@ def refit_main(args: argparse.Namespace) -> int:
                     f"example {e['sha256'][:12]} ({e['source']}) is not stored here; refit through the service, "
                     "which can read the index's images"
                 )
-            emb, _, _ = _embed_example(engine, data, f"example {e['sha256'][:12]}")
+            try:
+                emb, _, _ = _embed_example(engine, data, f"its uploaded example {e['sha256'][:12]} of {e['category']!r}")
+            except DataError as err:  # refused by a rule newer than the classifier (an almost uniform example)
+                raise DataError(f"cannot refit {row.name!r}: {err}; create the classifier again without it") from err
             examples.append(Example(e["category"], e["sha256"], "upload", emb, data=data))
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new, result = fit_and_row(

@@ -238,6 +238,36 @@ def check_name(name: str) -> str:
     return name
 
 
+def name_taken_message(name: str, taken: str) -> str:
+    """Why a create of ``name`` is refused when the store holds ``taken``: the same name, or one that differs from it
+    only in case.  Names are matched exactly (GET /v1/classifiers/dr is not DR), so two that differ only in case
+    would be two classifiers told apart by case alone: a create of the second is refused."""
+    if taken == name:
+        return f"a classifier named {name!r} exists already; delete it first or choose another name"
+    return (
+        f"a classifier named {taken!r} exists already and {name!r} differs from it only in case (names are "
+        f"matched exactly, so the two would be told apart by case alone): use {taken!r}, delete it first, or "
+        "choose another name"
+    )
+
+
+def _name_clash(db: sqlite3.Connection, name: str) -> str | None:
+    """``name`` when the store holds it, else a stored name that differs from it only in case, else None.  Names
+    are ASCII (NAME_PATTERN): SQLite's NOCASE folds all of their letters."""
+    found = db.execute(
+        "SELECT name FROM classifiers WHERE name = ? COLLATE NOCASE ORDER BY name = ? DESC, name LIMIT 1",
+        (name, name),
+    ).fetchone()
+    return None if found is None else str(found[0])
+
+
+def _not_found(db: sqlite3.Connection, name: str, advice: str = "") -> ClassifierNotFoundError:
+    """No classifier ``name``; the message names one that differs from it only in case, when there is one."""
+    other = _name_clash(db, name)
+    alike = f" (there is {other!r}: names are matched exactly, case included)" if other is not None else ""
+    return ClassifierNotFoundError(f"no classifier named {name[:80]!r}{alike}{advice}")
+
+
 def encoder_fingerprint(manifest: dict[str, Any]) -> str:
     """What image embeddings depend on: the image encoder's bytes and the preprocessing parameters."""
     files = manifest.get("files", {})
@@ -568,11 +598,15 @@ class ClassifierStore:
     def _get_uncached(self, name: str) -> ClassifierRow:
         with self._connect() as db:
             row = db.execute("SELECT * FROM classifiers WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise ClassifierNotFoundError(
-                f"no classifier named {name[:80]!r}; GET /v1/classifiers lists the ones there are"
-            )
+            if row is None:
+                raise _not_found(db, name, "; GET /v1/classifiers lists the ones there are")
         return ClassifierRow.from_row(row)
+
+    def name_clash(self, name: str) -> str | None:
+        """The stored name a create of ``name`` would clash with (itself, or one that differs only in case), if
+        any: a create's early check, before its examples are embedded (the insert's transaction checks again)."""
+        with self._connect() as db:
+            return _name_clash(db, name)
 
     def count(self) -> int:
         with self._connect() as db:
@@ -607,10 +641,8 @@ class ClassifierStore:
                 ).fetchall()
             finally:
                 _rollback(db)
-        if found is None:
-            raise ClassifierNotFoundError(
-                f"no classifier named {name[:80]!r}; GET /v1/classifiers lists the ones there are"
-            )
+            if found is None:
+                raise _not_found(db, name, "; GET /v1/classifiers lists the ones there are")
         return ClassifierRow.from_row(found), [dict(r) for r in rows]
 
     def check_version(self, name: str, version: str) -> None:
@@ -756,10 +788,9 @@ class ClassifierStore:
             db.execute("DELETE FROM classifiers WHERE name = ?", (row.name,))
             db.execute("DELETE FROM examples WHERE classifier = ?", (row.name,))
             return str(existing["arrays"])
-        if existing is not None:
-            raise ClassifierExistsError(
-                f"a classifier named {row.name!r} exists already; delete it first or choose another name"
-            )
+        taken = row.name if existing is not None else _name_clash(db, row.name)
+        if taken is not None:
+            raise ClassifierExistsError(name_taken_message(row.name, taken))
         _check_room(int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0]), max_classifiers)
         return None
 
@@ -767,7 +798,7 @@ class ClassifierStore:
         with self._write() as db:
             found = db.execute("SELECT * FROM classifiers WHERE name = ?", (name,)).fetchone()
             if found is None:
-                raise ClassifierNotFoundError(f"no classifier named {name[:80]!r}")
+                raise _not_found(db, name)
             db.execute("DELETE FROM classifiers WHERE name = ?", (name,))
             db.execute("DELETE FROM examples WHERE classifier = ?", (name,))
         row = ClassifierRow.from_row(found)

@@ -589,7 +589,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "The index is empty; or a classifier conflict (name taken, limit reached, fitted with another model, "
         "changed during a refit: classifier_changed)",
         410: "The image file changed on disk after it was indexed (update the index)",
-        413: "Upload or image too large (bytes or pixels)",
+        413: "Upload, image or JSON body too large (bytes or pixels)",
         415: "Unsupported content type or image format",
         416: "A Range that starts past the end of the file (Content-Range: bytes */SIZE says its size)",
         422: "A parameter out of range (top_k, categories, query length...)",

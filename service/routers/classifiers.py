@@ -44,6 +44,7 @@ from service.classifiers import (
     encoder_fingerprint,
     fit_examples,
     index_examples,
+    name_taken_message,
     now_iso,
 )
 from service.deps import (
@@ -73,8 +74,17 @@ from service.errors import (
     ServiceError,
     UnsupportedContentTypeError,
     more_like_it,
+    status_and_code,
 )
-from service.routers._body import Upload, malformed_json, read_form, unknown_fields
+from service.routers._body import (
+    MAX_CLASSIFIER_JSON_BYTES,
+    MAX_JSON_BODY_BYTES,
+    Upload,
+    json_body,
+    malformed_json,
+    read_form,
+    unknown_fields,
+)
 from service.schemas import TEXT_PATTERN, ClassifyResponse, ErrorResponse, error_responses, meaningful
 
 logger = logging.getLogger(__name__)
@@ -401,8 +411,12 @@ async def _parse_create(
     request: Request, max_bytes: int, limit: int
 ) -> tuple[ClassifierRequest, list[tuple[str, bytes, str]]]:
     kind = content_type(request)
-    if kind == "application/json":
-        body = await request.body()
+    if kind == "application/json":  # a multipart body has its own limits (read_form, check_upload)
+        body = await json_body(
+            request,
+            MAX_CLASSIFIER_JSON_BYTES,
+            "room for 100,000 index ids; to take every indexed image of a label, send 'index_label' instead of its ids",
+        )
         try:
             return ClassifierRequest.model_validate_json(body or b"{}"), []
         except ValidationError as err:
@@ -659,12 +673,12 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         raise InvalidRequestError(f"{len(specs)} categories; the limit is {settings.max_categories}")
     # fail fast on a name clash or a full store, before any image is embedded (the insert's transaction is what
     # guarantees both; this saves the work)
-    if store.cached_row(name) is not None:
+    # (the name itself, or one that differs from it only in case)
+    taken = name if store.cached_row(name) is not None else await state.run_blocking(store.name_clash, name)
+    if taken is not None:
         from service.classifiers import ClassifierExistsError
 
-        raise ClassifierExistsError(
-            f"a classifier named {name!r} exists already; delete it first or choose another name"
-        )
+        raise ClassifierExistsError(name_taken_message(name, taken))
     await state.run_blocking(store.check_room, settings.max_classifiers)
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -752,7 +766,7 @@ async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     response_model=ClassifierResponse,
     summary="Refit a classifier with the loaded artifact (from its stored examples)",
     dependencies=[AdminDep],
-    responses={**error_responses(400, 401, 403, 404, 409, 415, 422, 503), **STORAGE_FULL},
+    responses={**error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503), **STORAGE_FULL},
 )
 async def refit_classifier(name: NamePath, request: Request, state: StateDep) -> dict[str, Any]:
     """Refit from the stored examples' embeddings when the image encoder is unchanged, otherwise from the stored
@@ -763,7 +777,7 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
     store = await get_store(state)
     store.check_writable()
     engine = state.engine
-    body = await request.body()
+    body = await json_body(request, MAX_JSON_BODY_BYTES, 'a refit takes only {"method": ...}')
     kind = content_type(request)
     if body and kind != "application/json":  # an empty body needs no type: refit as created
         raise UnsupportedContentTypeError(
@@ -846,7 +860,10 @@ async def _reembed(
             if data is None:
                 missing.append(f"uploaded example {ex['sha256'][:12]}")
                 continue
-            emb, _, _ = await state.run_blocking(state.engine.embed_example, data, Timings(state.metrics))
+            try:
+                emb, _, _ = await state.run_blocking(state.engine.embed_example, data, Timings(state.metrics))
+            except (ImageError, ServiceError) as err:
+                raise _refused_example(ex, err) from err
             out.append(Example(ex["category"], ex["sha256"], "upload", emb, data=data))
     if missing:
         raise ServiceError(
@@ -856,6 +873,22 @@ async def _reembed(
             code="examples_missing",
         )
     return out
+
+
+def _refused_example(ex: dict[str, Any], err: ImageError | ServiceError) -> ServiceError:
+    """A stored upload that this release refuses to embed: a classifier created before a rule (an almost uniform
+    example, KEEPFIT_MIN_IMAGE_SIDE) may hold one, and a refit after a model update re-embeds it.  The error keeps
+    its status and code, names the example (its SHA-256 and category: the request sent no file) and says what is
+    left to do; the classifier stays as it was.  A 5xx is the service's state, not the example's: as it is."""
+    if isinstance(err, ServiceError) and err.status_code >= 500:
+        return err
+    status, code = status_and_code(err)
+    return ServiceError(
+        f"cannot refit: its uploaded example {ex['sha256'][:12]} of {ex['category']!r} is refused by this release "
+        f"({err}); create the classifier again without it",
+        status_code=status,
+        code=code,
+    )
 
 
 # -------------------------------------------------------------------------------- classify with a classifier
@@ -878,22 +911,27 @@ def classifier_predict(
     if top_k is not None:
         order = order[:top_k]
     mod = found.of(0)
-    detected = header_modality or found.detected[0]
-    # the picture judged as what it is, not as the classifier's modality (Engine.warnings)
-    warnings = image_warnings(encoded.detail, encoded.jpeg_quality, encoded.sharpness, detected)
+    # what the modality check recognises: a zero-shot answer's `detected` (a DICOM header does not replace it)
+    detected = found.detected[0]
+    # the picture judged as what it is (its header, else the modality check), not as the classifier's modality,
+    # as Engine.warnings judges it
+    warnings = image_warnings(encoded.detail, encoded.jpeg_quality, encoded.sharpness, header_modality or detected)
     # as a zero-shot answer scored with a named modality warns (Engine.warnings): whenever the picture is of
-    # another, by its header or by the modality check, however sure (an image 0.62 of another was not warned of)
-    if detected != modality and not featureless(encoded.detail):
-        how = (
-            f"its DICOM header says {detected}"
-            if header_modality
-            else f"modality check: {detected} {mod.get(detected, 0.0):.2f}, {modality} {mod.get(modality, 0.0):.2f}"
-        )
+    # another, by its header or by the modality check, however sure (an image 0.62 of another was not warned of).
+    # A header that agrees with the classifier does not silence the check: a B-scan filed as a photograph was
+    # answered without a warning, where the zero-shot answer for the same file warned.
+    reasons = []
+    if header_modality and header_modality != modality:
+        reasons.append(f"its DICOM header says {header_modality}")
+    if detected != modality:
+        reasons.append(f"modality check: {detected} {mod.get(detected, 0.0):.2f}, {modality} {mod.get(modality, 0.0):.2f}")
+    if reasons and not featureless(encoded.detail):
+        looks = detected if detected != modality else header_modality
         warnings.append(
             {
                 "code": "modality_mismatch",
-                "message": f"the image looks like {detected} ({how}) but the classifier was fitted on {modality} "
-                "images, so its answer is probably meaningless for this image",
+                "message": f"the image looks like {looks} ({'; '.join(reasons)}) but the classifier was fitted on "
+                f"{modality} images, so its answer is probably meaningless for this image",
             }
         )
     return {

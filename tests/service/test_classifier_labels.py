@@ -138,3 +138,50 @@ def test_the_cli_refuses_more_categories_than_the_api_takes_before_any_image_is_
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "4 categories; the limit is 3 (KEEPFIT_MAX_CATEGORIES)" in lines[0], lines
     assert not store.exists()
+
+
+def test_a_classifier_name_that_differs_from_a_stored_one_only_in_case_is_refused(
+    client: TestClient, real_images: dict[str, bytes], real_image_paths: dict[str, list[Path]],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Names are matched exactly (GET /v1/classifiers/dr-screen is not DR-screen), and ``dr-screen`` was created
+    beside ``DR-screen``: two classifiers told apart by case alone.  A create of the second is a 409 naming the
+    first (the API's and the CLI's, before any example is embedded); a lookup by the other case is still a 404,
+    which names the stored one."""
+    images = _copies(real_images["OCT"], 4)
+    files = [("examples", (f"e{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    create = lambda name: client.post(  # noqa: E731
+        "/v1/classifiers", data={"name": name, "labels": ["a", "a", "b", "b"]}, files=files, headers=ADMIN
+    )
+    assert create("DR-screen").status_code == 201
+    engine = client.app.state.service.engine  # type: ignore[attr-defined]
+    embedded: list[bytes] = []
+    monkeypatch.setattr(engine, "embed_example", lambda data, timings: embedded.append(data))  # never reached
+    for name in ("dr-screen", "DR-SCREEN", " dr-Screen "):
+        assert_error(create(name), 409, "classifier_exists", "'DR-screen' exists already",
+                     f"{name.strip()!r} differs from it only in case")
+    assert_error(create("DR-screen"), 409, "classifier_exists", "'DR-screen' exists already; delete it first")
+    assert not embedded  # refused before its examples were embedded
+    # the insert's transaction refuses it too (a create that passed the early check while another was saved):
+    # its examples embedded, the early check skipped
+    monkeypatch.undo()
+    monkeypatch.setattr(client.app.state.service.classifiers, "name_clash", lambda name: None)  # type: ignore[attr-defined]
+    assert_error(create("dr-screen"), 409, "classifier_exists", "'dr-screen' differs from it only in case")
+    assert [c["name"] for c in client.get("/v1/classifiers").json()["classifiers"]] == ["DR-screen"]
+    # names stay case-sensitive: the other case is not found, and the message names the stored one
+    assert client.get("/v1/classifiers/DR-screen").status_code == 200
+    assert_error(client.get("/v1/classifiers/dr-screen"), 404, "classifier_not_found",
+                 "no classifier named 'dr-screen' (there is 'DR-screen'")
+    assert_error(client.post("/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "dr-screen"}),
+                 404, "classifier_not_found", "there is 'DR-screen'")
+    assert_error(client.delete("/v1/classifiers/dr-screen", headers=ADMIN), 404, "classifier_not_found",
+                 "there is 'DR-screen'")
+    # `keepfit classifier fit` into the same store
+    paths = real_image_paths["OCT"][:4]
+    examples = [f"--example={label}={path}" for label, path in zip("aabb", paths, strict=True)]
+    root = client.app.state.settings.classifiers_dir  # type: ignore[attr-defined]
+    code = keepfit(["classifier", "fit", "--store", str(root), "--name", "dr-SCREEN", "--modality", "OCT", *examples])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "'DR-screen' exists already and 'dr-SCREEN' differs from it only in case" in lines[0], lines
+    assert [c["name"] for c in client.get("/v1/classifiers").json()["classifiers"]] == ["DR-screen"]

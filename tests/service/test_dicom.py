@@ -127,6 +127,38 @@ def test_a_header_that_contradicts_the_image_is_warned_about(
     assert [w["code"] for w in blank["warnings"]] == ["featureless_image"], blank["warnings"]
 
 
+def test_a_classifier_warns_of_a_header_that_contradicts_the_image_as_zero_shot_does(
+    api: TestClient, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """A B-scan filed as a photograph (an OP object) given to a photograph classifier: the classifier's answer took
+    the header for what the image is, said `detected: CFP` and warned of nothing, while the zero-shot answer for
+    the same file says the image looks like OCT (modality_mismatch). Both now report the modality check's finding
+    and warn."""
+    photos = [p.read_bytes() for p in real_image_paths["CFP"]]
+    files = [("examples.a", (f"a{i}.jpg", photos[i], "image/jpeg")) for i in (0, 1)]
+    files += [("examples.b", (f"b{i}.jpg", photos[i], "image/jpeg")) for i in (2, 3)]
+    created = api.post("/v1/classifiers", files=files, data={"name": "cfp-header", "modality": "CFP"})
+    assert created.status_code == 201, created.text
+    try:
+        bscan = make_dicom([rgb_of(real_image_paths["OCT"][0].read_bytes())], "explicit", modality="OP")
+        zero_shot = _post(api, bscan, modality="CFP")
+        answer = _post(api, bscan, classifier="cfp-header")
+        assert zero_shot["modality"]["detected"] == answer["modality"]["detected"] == "OCT"
+        assert [w["code"] for w in zero_shot["warnings"]] == ["modality_mismatch"], zero_shot["warnings"]
+        assert [w["code"] for w in answer["warnings"]] == ["modality_mismatch"], answer["warnings"]
+        assert "modality check: OCT 1.00, CFP 0.00" in answer["warnings"][0]["message"]
+        # a photograph filed as a B-scan (an OPT object): the header alone contradicts the classifier, as before
+        photo = make_dicom([rgb_of(photos[0])], "explicit", modality="OPT")
+        filed = _post(api, photo, classifier="cfp-header")
+        assert filed["modality"]["detected"] == "CFP" and [w["code"] for w in filed["warnings"]] == ["modality_mismatch"]
+        assert "its DICOM header says OCT" in filed["warnings"][0]["message"]
+        # header and image agree with the classifier: nothing to say
+        assert _post(api, make_dicom([rgb_of(photos[1])], "explicit", modality="OP"), classifier="cfp-header")[
+            "warnings"] == []
+    finally:
+        api.delete("/v1/classifiers/cfp-header")
+
+
 def test_an_infrared_photograph_is_not_scored_with_the_cfp_prompts(
     api: TestClient, real_image_paths: dict[str, list[Path]]
 ) -> None:

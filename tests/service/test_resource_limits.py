@@ -3,11 +3,15 @@ very many scans, a PNG of very many chunks) is a 413 from its structure, before 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 
 from model import preprocess as pp
+from service.app import create_app
 from tests.model.test_image_structure import _more_scans, _png_in_chunks
-from tests.service.helpers import assert_error
+from tests.service.helpers import assert_error, make_settings
 
 
 def test_a_jpeg_of_too_many_scans_is_a_413_naming_the_limit(api: TestClient) -> None:
@@ -39,3 +43,46 @@ def test_a_json_body_of_very_many_fields_is_counted_not_listed(api: TestClient) 
                  "payload_too_large", f"the limit is {MAX_JSON_BODY_BYTES}")
     few = api.post("/v1/embed", content=b'{"text":"drusen","k1":1}', headers={"content-type": "application/json"})
     assert_error(few, 422, "invalid_request", "k1")  # a few are still named
+
+
+def test_a_classifier_json_body_over_its_limit_is_a_413_and_a_large_legitimate_one_is_not(
+    default_artifact: Path, tmp_path: Path
+) -> None:
+    """The JSON bodies of the admin-keyed classifier endpoints were bounded only by the 20 MiB upload limit: a body
+    of millions of ids was parsed (about 2 s of CPU on the event loop, 80 MB) before any check.  Create takes 4 MiB, room
+    for the most ids a request may list (100,000); refit takes the 1 MiB of other JSON bodies; a multipart create
+    (uploaded examples) keeps its own limits."""
+    from service.routers._body import MAX_CLASSIFIER_JSON_BYTES, MAX_JSON_BODY_BYTES
+
+    admin = {"X-Admin-Key": "admin-secret", "content-type": "application/json"}
+    settings = make_settings(
+        default_artifact, classifiers=tmp_path / "classifiers", admin_keys=["admin-secret"],
+        max_classifier_examples=100_000,
+    )
+    with TestClient(create_app(settings)) as c:
+        ids = b",".join([b"1"] * (MAX_CLASSIFIER_JSON_BYTES // 2))
+        big = b'{"name":"big","categories":[{"label":"a","ids":[' + ids + b']},{"label":"b","ids":[2,3]}]}'
+        assert MAX_CLASSIFIER_JSON_BYTES < len(big) < settings.max_upload_bytes  # under the upload limit
+        assert_error(c.post("/v1/classifiers", content=big, headers=admin), 413, "payload_too_large",
+                     f"the JSON body is {len(big)} bytes; the limit is {MAX_CLASSIFIER_JSON_BYTES}", "index_label")
+        # the most ids a create may list, each the largest id taken, indented: more than 1 MiB, and not refused
+        # for its size: parsed and validated, it finds no index to take them from
+        spec = {"name": "many", "categories": [{"label": "a", "ids": [2**53] * 100_000}, {"label": "b", "ids": [1, 2]}]}
+        many = json.dumps(spec, indent=4).encode()
+        assert MAX_JSON_BODY_BYTES < len(many) < MAX_CLASSIFIER_JSON_BYTES
+        assert_error(c.post("/v1/classifiers", content=many, headers=admin), 503, "no_index")
+        # a refit's options are {"method": ...}: 1 MiB, as for search and embed (checked before the name is looked up)
+        options = b'{"method":"' + b"a" * MAX_JSON_BODY_BYTES + b'"}'
+        assert_error(c.post("/v1/classifiers/missing/refit", content=options, headers=admin), 413,
+                     "payload_too_large", f"the limit is {MAX_JSON_BODY_BYTES}", '{"method": ...}')
+        assert_error(c.post("/v1/classifiers/missing/refit", json={"method": "linear"}, headers=admin), 404,
+                     "classifier_not_found")
+        # uploaded examples, over 4 MiB together, are no JSON body: refused as images, not for their bytes
+        junk = b"\x89PNG\r\n\x1a\n" + bytes(1024 * 1024 + 1)
+        files = [(f"examples.{label}", (f"{label}{i}.png", junk, "image/png")) for label in "ab" for i in range(2)]
+        upload = c.post("/v1/classifiers", data={"name": "uploaded"}, files=files, headers={"X-Admin-Key": "admin-secret"})
+        assert_error(upload, 400, "invalid_example", "'a0.png'")
+        # the OpenAPI document declares the 413 of both
+        paths = c.get("/openapi.json").json()["paths"]
+        assert "413" in paths["/v1/classifiers"]["post"]["responses"]
+        assert "413" in paths["/v1/classifiers/{name}/refit"]["post"]["responses"]
