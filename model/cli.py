@@ -106,8 +106,8 @@ def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:
         where = f": {err.filename}" if err.filename else ""
         print(f"error: {err.strerror or err}{where}", file=sys.stderr)  # noqa: T201
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)  # noqa: T201
+    except KeyboardInterrupt as err:  # a command may say how to go on (keepfit train: --resume)
+        print(str(err) or "interrupted", file=sys.stderr)  # noqa: T201
         return 130
 
 

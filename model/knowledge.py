@@ -23,7 +23,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ ANY = "any"
 ALIASES_FILE = Path(__file__).parent / "data" / "aliases.json"
 
 SOURCE_FILE = Path(__file__).parent / "data" / "knowledge_source.json"
+DEFAULT_FILE = Path(__file__).parent / "data" / "knowledge.json"  # the packaged knowledge
 
 
 def name_key(name: str, spelling: Mapping[str, str] | None = None) -> str:
@@ -59,25 +60,32 @@ class Knowledge:
     """Read-only view of ``knowledge.json``."""
 
     data: dict[str, Any]
+    # where it was read from (a path, or words such as "the knowledge runs/x/model.pt carries"), for messages
+    source: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Knowledge:
         path = Path(path)
-        data = read_json(path, "knowledge file", ArtifactError)
+        return cls.from_data(read_json(path, "knowledge file", ArtifactError), f"knowledge file {path}", str(path))
+
+    @classmethod
+    def from_data(cls, data: Any, what: str, source: str | None = None) -> Knowledge:
+        """``data`` (parsed ``knowledge.json``) checked as a reader needs it; :class:`ArtifactError` names ``what``
+        (e.g. ``knowledge file PATH``) and the first thing missing."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{what} is a JSON {type(data).__name__}, not an object")
         for key in ("templates", "categories", "category_sets", "modality_prompts"):
             if key not in data:
-                raise ArtifactError(f"knowledge file {path} lacks the {key!r} section")
+                raise ArtifactError(f"{what} lacks the {key!r} section")
         fmt = data.get("format", 1)
         if not isinstance(fmt, int) or fmt > KNOWLEDGE_FORMAT:
-            raise ArtifactError(
-                f"knowledge file {path} has format {fmt!r}; this version reads formats 1 to {KNOWLEDGE_FORMAT}"
-            )
-        return cls(data)
+            raise ArtifactError(f"{what} has format {fmt!r}; this version reads formats 1 to {KNOWLEDGE_FORMAT}")
+        return cls(data, source)
 
     @classmethod
     def default(cls) -> Knowledge:
         """The knowledge shipped with the package (``model/data/knowledge.json``)."""
-        return cls.from_file(Path(__file__).parent / "data" / "knowledge.json")
+        return cls.from_file(DEFAULT_FILE)
 
     @property
     def modalities(self) -> list[str]:

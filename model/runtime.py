@@ -339,12 +339,13 @@ class KeepfitRuntime:
         return zero_shot_probabilities(image_embeddings, class_embeddings, self.logit_scale, bias, normal)
 
     def predict(
-        self, image_embeddings: np.ndarray, categories: Sequence[str], modality: str, decision: str = "flat"
+        self, image_embeddings: np.ndarray, categories: Sequence[str], modality: str, decision: str = "auto"
     ) -> tuple[np.ndarray, str]:
         """``[B, C]`` probabilities over ``categories`` and the decision that made them: ``"screening"`` when
-        ``decision`` (auto or screening) asks for it and it applies to the set (:func:`decided_normal`, aliases
-        resolved: ``healthy`` is ``normal``), else ``"flat"``.  What ``/v1/classify`` answers, and what the
-        evaluation measures."""
+        ``decision`` (auto, the default as :meth:`classify`'s and the API's, or screening) asks for it and it
+        applies to the set (:func:`decided_normal`, aliases resolved: ``healthy`` is ``normal``), else ``"flat"``
+        (``decision="flat"``: always one softmax).  What ``/v1/classify`` answers, and what the evaluation
+        measures."""
         normal = decided_normal([self.knowledge.canonical(c) for c in categories], decision)
         probs = self.zero_shot(image_embeddings, self.class_embeddings(categories, modality),
                                self.class_bias(categories, modality), normal)

@@ -60,6 +60,10 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder with cfp_oct_mx/, ffa_huapu4/, text/ (default ../shared/data)")
     p.add_argument("--init", help="stage 2: stage-1 checkpoint whose text encoder to start from")
     p.add_argument("--corpus", help="stage 1: JSONL text corpus (default <data-root>/text/ophthalmic_corpus.jsonl)")
+    p.add_argument("--knowledge", metavar="FILE",
+                   help="knowledge.json (built by keepfit knowledge, e.g. with a clinic's categories) whose expert "
+                   "descriptions word the captions, prompts and knowledge pairs (default: the packaged "
+                   "model/data/knowledge.json); recorded in the checkpoints, and export ships it")
     p.add_argument("--elite", "--elite-manifest", dest="elite_manifest",
                    help="elite manifest CSV (path, caption[, modality, labels, split]), absolute or relative to "
                    "the data root (default mm_retinal_cfp_pairs/pairs.csv: real MM-Retinal atlas pairs); 'none': "
@@ -157,7 +161,7 @@ def check_input_paths(cfg: Any, data_root: Path | None = None) -> None:
     from training.data import resolve_elite_manifest
 
     elite = cfg.elite_manifest if cfg.stage == "hybrid" and cfg.elite_manifest else None
-    checks = (("--init", cfg.init), ("--corpus", cfg.corpus),
+    checks = (("--init", cfg.init), ("--corpus", cfg.corpus), ("--knowledge", cfg.knowledge),
               ("--elite-manifest", str(resolve_elite_manifest(elite, data_root)) if elite else None))
     for flag, value in checks:
         if value and not Path(value).is_file():
@@ -170,18 +174,104 @@ RUN_OUTPUTS = ("last.pt", "best.pt", "model.pt", "config.json", "history.jsonl",
                "training_report.json", "training_report.md")
 
 
-def check_outputs_spare_inputs(cfg: Any, run_dir: Path, data_root: Path | None = None) -> None:
+def check_outputs_spare_inputs(cfg: Any, run_dir: Path, data_root: Path | None = None,
+                               folder_flag: str = "--out") -> None:
     """Refuse a run folder whose outputs would replace a file the run reads: ``--init runs/a/model.pt --out
-    runs/a`` trained from that checkpoint and wrote its own model.pt over it."""
+    runs/a`` trained from that checkpoint and wrote its own model.pt over it.  ``folder_flag``: the flag that
+    chose the folder (``--out`` or ``--name``), which the message names."""
     from training.data import resolve_elite_manifest
 
     elite = cfg.elite_manifest if cfg.stage == "hybrid" and cfg.elite_manifest else None
     outputs = {(run_dir / name).resolve() for name in RUN_OUTPUTS}
-    for flag, value in (("--init", cfg.init), ("--corpus", cfg.corpus),
+    for flag, value in (("--init", cfg.init), ("--corpus", cfg.corpus), ("--knowledge", cfg.knowledge),
                         ("--elite-manifest", resolve_elite_manifest(elite, data_root) if elite else None)):
         if value and Path(value).resolve() in outputs:
             raise ConfigError(f"{flag} {value} is inside the run folder {run_dir}, where this run writes "
-                              f"{Path(value).name}: choose another --out (or --name)")
+                              f"{Path(value).name}: choose another {folder_flag}")
+
+
+def choose_knowledge(path: str | None) -> tuple[Knowledge, dict[str, Any]]:
+    """The knowledge a run trains with (``--knowledge FILE``, else the packaged one), read and checked before any
+    weights load, and its record for the checkpoints: ``path``, ``packaged``, ``sha256`` of the file's bytes and,
+    for a file of the user's, its ``content`` (bytes), which ``keepfit export`` of the checkpoint ships.  A missing,
+    unreadable or malformed file is a :class:`DataError` of one line naming ``--knowledge``."""
+    import hashlib
+    import json
+
+    from model.errors import ArtifactError
+    from model.knowledge import DEFAULT_FILE
+
+    file = Path(path) if path else DEFAULT_FILE
+    flag = " (--knowledge)" if path else ""
+    try:
+        content = file.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"knowledge file not found: {file}{flag}") from None
+    except OSError as err:
+        raise DataError(f"cannot read knowledge file {file}: {err.strerror or err}{flag}") from None
+    try:
+        data = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise DataError(f"knowledge file {file} is not valid JSON: {err}{flag}") from None
+    try:
+        knowledge = Knowledge.from_data(data, f"knowledge file {file}", str(file))
+        _check_knowledge_structure(knowledge, file)
+    except ArtifactError as err:
+        raise DataError(f"{err}{flag}") from None
+    record: dict[str, Any] = {"path": str(file), "packaged": path is None,
+                              "sha256": hashlib.sha256(content).hexdigest()}
+    if path:
+        record["content"] = content
+    return knowledge, record
+
+
+def _check_knowledge_structure(knowledge: Knowledge, file: Path) -> None:
+    """What training reads of a knowledge file, so that a hand-edited one fails now, not minutes into a run."""
+    from model.errors import ArtifactError
+
+    data = knowledge.data
+    for section in ("templates", "categories", "category_sets", "modality_prompts"):
+        if not isinstance(data[section], dict) or not data[section]:
+            raise ArtifactError(f"knowledge file {file}: {section!r} must be a non-empty JSON object")
+    for modality, template in data["templates"].items():
+        if not isinstance(template, str) or "{}" not in template:
+            raise ArtifactError(f"knowledge file {file}: the {modality} template must be a string with {{}}")
+    for name, entry in data["categories"].items():
+        descriptions = entry.get("descriptions") if isinstance(entry, dict) else None
+        if not isinstance(descriptions, dict) or not all(
+                isinstance(v, list) and all(isinstance(d, str) for d in v) for v in descriptions.values()):
+            raise ArtifactError(f"knowledge file {file}: category {name!r} needs 'descriptions' mapping modalities "
+                                "to lists of texts")
+    for modality in data["category_sets"]:
+        if modality not in data["templates"]:
+            raise ArtifactError(f"knowledge file {file}: modality {modality!r} has a category set but no template")
+
+
+def check_knowledge_of_init(cfg: Any, record: dict[str, Any]) -> None:
+    """Warn when stage 2 starts from a stage-1 checkpoint trained with other knowledge than this run's."""
+    if not cfg.init:
+        return
+    from model.nn.factory import read_checkpoint
+
+    theirs = read_checkpoint(cfg.init).get("knowledge")
+    if isinstance(theirs, dict) and theirs.get("sha256") != record["sha256"]:
+        logger.warning("--init %s was trained with the knowledge %s, this run trains with %s%s", cfg.init,
+                       theirs.get("path"), record["path"],
+                       "" if cfg.knowledge else " (pass the same --knowledge to keep them alike)")
+
+
+def resume_hint(argv: list[str], run_dir: Path) -> str:
+    """What an interrupted run prints: how to continue it (``--resume`` and the same flags) or, before its first
+    checkpoint, that the same command starts it over."""
+    import shlex
+
+    command = ["keepfit", "train", *argv]
+    if (run_dir / "last.pt").is_file():
+        again = command if "--resume" in argv else [*command, "--resume"]
+        return (f"interrupted: --resume continues from {run_dir / 'last.pt'} (its last checkpoint) with the same "
+                f"flags: {shlex.join(again)}")
+    return (f"interrupted before the first checkpoint in {run_dir}: nothing to resume; the same command starts "
+            f"over: {shlex.join(command)}")
 
 
 def train_main(argv: list[str]) -> int:
@@ -200,26 +290,35 @@ def train_main(argv: list[str]) -> int:
             raise
         data_root = None
     check_input_paths(cfg, data_root)  # before any weights load: a typo costs a second, not a minute
-    knowledge = Knowledge.default()
+    knowledge, knowledge_record = choose_knowledge(cfg.knowledge)
     for category in cfg.holdout:  # a misspelt one matched no image, and the run trained on the category
         if not knowledge.is_known(category):
             near = knowledge.similar_known(category)
             raise ConfigError(f"--holdout {category!r} is no known category, so nothing would be held out"
                               + (f"; did you mean {' or '.join(map(repr, near))}?" if near else ""))
     run_dir = args.out or (args.runs_dir / cfg.name)
-    check_outputs_spare_inputs(cfg, run_dir, data_root)
-    check_resumable(run_dir, cfg, args.resume)  # a refused resume before any weights load or file is written
+    folder_flag = "--out" if args.out else "--name"
+    check_outputs_spare_inputs(cfg, run_dir, data_root, folder_flag)
+    # a refused resume before any weights load or file is written
+    check_resumable(run_dir, cfg, args.resume, knowledge=knowledge_record, folder_flag=folder_flag)
+    check_knowledge_of_init(cfg, knowledge_record)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         # torch's default counts the machine's cores, also in a container allowed fewer (model/cores.py)
         default = min(torch.get_num_threads(), available_cores())
         torch.set_num_threads(threads_from_env() or max(1, default))
     seed_everything(cfg.seed)  # the new heads' random initialisation is part of the run's seed
-    model, tokenizer, info = build_model(cfg)
-    model.to(device)
-    task: Task = TASKS[cfg.stage](cfg, model, tokenizer, device, knowledge, data_root, run_dir)
-    result = train(task, cfg, run_dir, device, resume=args.resume, meta={"init_from": info} if info else None)
-    _write_training_report(cfg, task, result)
+    meta: dict[str, Any] = {"knowledge": knowledge_record}
+    try:
+        model, tokenizer, info = build_model(cfg)
+        if info:
+            meta["init_from"] = info
+        model.to(device)
+        task: Task = TASKS[cfg.stage](cfg, model, tokenizer, device, knowledge, data_root, run_dir)
+        result = train(task, cfg, run_dir, device, resume=args.resume, meta=meta)
+    except KeyboardInterrupt:  # Ctrl-C: say how to go on (keepfit's entry point prints the message, exit 130)
+        raise KeyboardInterrupt(resume_hint(argv, run_dir)) from None
+    _write_training_report(cfg, task, result, knowledge_record)
     speed = (f"{result.pairs_per_s:.1f} pairs/s" if math.isfinite(result.pairs_per_s)
              else "speed not measured: the first step is not timed")
     print(f"wrote {result.checkpoint} (weights of step {result.selected_step}; best validation score "  # noqa: T201
@@ -231,12 +330,13 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def _write_training_report(cfg: Any, task: Any, result: Any) -> None:
+def _write_training_report(cfg: Any, task: Any, result: Any, knowledge: dict[str, Any] | None = None) -> None:
     from training.reports import dumps, fmt, write_report
 
     evals = [h for h in result.history if h.get("kind") == "eval"]
     trains = [h for h in result.history if h.get("kind") == "train"]
-    payload = {"name": cfg.name, "stage": cfg.stage, "config": cfg.to_dict(), "data": task.stats,
+    used = {k: v for k, v in (knowledge or {}).items() if k != "content"}  # which knowledge: path and SHA-256
+    payload = {"name": cfg.name, "stage": cfg.stage, "config": cfg.to_dict(), "knowledge": used, "data": task.stats,
                "selected_step": result.selected_step, "best_step": result.best_step, "best_score": result.best_score,
                "pairs_per_s": result.pairs_per_s,
                "steps": len(trains), "train_seconds": sum(h["time"] for h in trains), "validation": evals,
@@ -247,6 +347,8 @@ def _write_training_report(cfg: Any, task: Any, result: Any) -> None:
              f"validation score {fmt(result.best_score)} at step {result.best_step})",
              f"- throughput: {fmt(result.pairs_per_s, 1)} image-text pairs (or texts) per second, "
              f"{payload['train_seconds'] / 60:.1f} min of training steps",
+             *([f"- knowledge: `{used['path']}`{' (packaged)' if used.get('packaged') else ''}, SHA-256 "
+                f"`{used['sha256']}`"] if used else []),
              "", "## Validation", "", "| step | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
     lines += [f"| {h['step']} | " + " | ".join(fmt(h.get(k)) for k in keys) + " |" for h in evals]
     lines += ["", "![training curves](curves.png)", "", "## Data", "", "```json", dumps(task.stats), "```", "",
@@ -271,7 +373,8 @@ def _eval_parser() -> argparse.ArgumentParser:
             sp.add_argument("--categories", help="comma-separated class names (default: the labels present)")
             sp.add_argument("--modality", choices=MODALITIES, help="prompt template; also filters rows "
                             "when the manifest has a modality column")
-            sp.add_argument("--split", default="test", help="rows of this split (all rows if no split column)")
+            sp.add_argument("--split", default="test", help="rows of this split (default %(default)s; all rows "
+                            "if no split column)")
             sp.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="keep matching rows")
             sp.add_argument("--require", action="append", default=[], metavar="COL",
                             help="keep rows where COL is non-empty (e.g. --require dr: graded rows)")
@@ -297,7 +400,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("suite", help="every standard task on ../shared/data: the README table")
     common(s, labelled=False)
     s.add_argument("--data-root", help="default ../shared/data")
-    s.add_argument("--split", default="test")
+    s.add_argument("--split", default="test", help="the split to evaluate (default %(default)s)")
     s.add_argument("--record-into", type=Path, metavar="CKPT",
                    help="store the summary in this checkpoint's `evaluation` (export copies it into the manifest)")
     s.add_argument("--run", type=Path, help="training run folder whose curves to include in the report")
@@ -314,7 +417,7 @@ def _eval_parser() -> argparse.ArgumentParser:
                          "(calibration.json; --record-into puts it in a checkpoint for the next export)")
     common(cal, labelled=False)
     cal.add_argument("--data-root", help="default ../shared/data")
-    cal.add_argument("--split", default="val", help="the split to fit on (never test)")
+    cal.add_argument("--split", default="val", help="the split to fit on (default %(default)s; never test)")
     cal.add_argument("--l2", type=finite_float(0.0), default=0.1, help="L2 penalty on the offsets")
     cal.add_argument("--record-into", type=Path, metavar="CKPT",
                      help="store calibration.json in this checkpoint's artifact files (export ships it)")
@@ -322,7 +425,7 @@ def _eval_parser() -> argparse.ArgumentParser:
                         "accuracy, spread, worst wording; synonym vs non-synonym text-embedding cosines")
     common(sy, labelled=False)
     sy.add_argument("--data-root", help="default ../shared/data")
-    sy.add_argument("--split", default="test")
+    sy.add_argument("--split", default="test", help="the split to evaluate (default %(default)s)")
     sy.add_argument("--task", action="append", metavar="NAME", help="only this task (repeatable)")
     c = sub.add_parser("compare", help="a Markdown table of several suite reports (the ablation table)")
     c.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON[,REPORT_JSON]",

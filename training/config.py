@@ -81,6 +81,9 @@ class TrainConfig:
     # (RECORDED_BEFORE)
     drop_held_out_copies: bool = True
     corpus: str | None = None  # stage 1 (default: <data_root>/text/ophthalmic_corpus.jsonl)
+    # knowledge.json whose expert descriptions, aliases and templates word the captions, prompts and stage 1's
+    # knowledge pairs (a clinic's, built by keepfit knowledge); None: the packaged model/data/knowledge.json
+    knowledge: str | None = None
     corpus_holdout: float = 0.05
     # schedule
     steps: int = 200

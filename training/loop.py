@@ -106,7 +106,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
-    payload = check_resumable(run_dir, cfg, resume)
+    payload = check_resumable(run_dir, cfg, resume, knowledge=(meta or {}).get("knowledge"))
     if payload is not None:
         st = _resume(payload, last, task, optimizer)
         # the history as of last.pt: rows of steps run after it (a run stopped between checkpoints) are run again
@@ -241,30 +241,57 @@ class _RunState:
     pairs: int = 0
 
 
-def check_resumable(run_dir: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
+def check_resumable(run_dir: Path, cfg: TrainConfig, resume: bool, knowledge: dict[str, Any] | None = None,
+                    folder_flag: str = "--name") -> dict[str, Any] | None:
     """``last.pt``'s payload when this run continues it (None when the run starts afresh), or a
-    :class:`ConfigError`: a folder with a checkpoint and no ``--resume``, a checkpoint of another config, or one
-    already past ``cfg.steps``.  :func:`train` calls it; ``keepfit train`` also before it builds anything, so a
-    refused run changes nothing in the folder (it rewrote config.json and elite.csv)."""
+    :class:`ConfigError`: a folder with a checkpoint and no ``--resume`` (the message names ``folder_flag``, the
+    flag that chose the folder), a checkpoint of another config or trained with other knowledge (``knowledge``:
+    this run's record, ``sha256`` of its content, compared with the one ``last.pt`` records), or one already past
+    ``cfg.steps``.  :func:`train` calls it; ``keepfit train`` also before it builds anything, so a refused run
+    changes nothing in the folder (it rewrote config.json and elite.csv)."""
     last = run_dir / "last.pt"
     if not last.is_file():
         return None
     if not resume:
-        raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --name")
+        raise ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another "
+                          f"{folder_flag}")
     payload = read_checkpoint(last)
     # keys added since: their defaults, or what runs made before them did (a run trained on held-out copies)
     saved = {**TrainConfig().to_dict(), **RECORDED_BEFORE, **(payload.get("train_config") or {})}
+    # the knowledge is compared by content below: the same file moved is the same run
     differs = sorted(k for k in set(saved) | set(cfg.to_dict())
-                     if k not in ("steps", "device", "eval_every", "checkpoint_every", "select")
+                     if k not in ("steps", "device", "eval_every", "checkpoint_every", "select", "knowledge")
                      and saved.get(k) != cfg.to_dict().get(k))
     if differs:
         hint = ("; it was trained before held-out copies were dropped: pass --no-drop-held-out-copies"
                 if saved.get("drop_held_out_copies") is False and cfg.drop_held_out_copies else "")
         raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}{hint}")
+    if knowledge is not None:
+        _check_same_knowledge(last, payload.get("knowledge"), knowledge)
     if cfg.steps < int(payload["step"]):  # model.pt would say "step <steps>" and hold the weights of a later one
         raise ConfigError(f"cannot resume {last} with --steps {cfg.steps}: it is at step {payload['step']} "
                           f"already (--steps {payload['step']} or more)")
     return payload
+
+
+def _check_same_knowledge(last: Path, recorded: Any, chosen: dict[str, Any]) -> None:
+    """Refuse to continue a run with other knowledge than it trained with: its captions and prompts would change
+    mid-run, and model.pt would record only the second.  A checkpoint that records none (made before knowledge
+    was recorded) trained with the packaged knowledge."""
+    if not isinstance(recorded, dict):
+        if not chosen.get("packaged"):
+            raise ConfigError(f"cannot resume {last}: it was trained with the packaged knowledge (it records no "
+                              f"other), not --knowledge {chosen['path']}; resume without --knowledge")
+        return
+    if recorded.get("sha256") != chosen.get("sha256"):
+        was = "the packaged knowledge " if recorded.get("packaged") else ""
+        now = "the packaged knowledge " if chosen.get("packaged") else "--knowledge "
+        hint = ("; the packaged knowledge has changed since" if recorded.get("packaged") and chosen.get("packaged")
+                else f"; resume with --knowledge {recorded.get('path')} (that content)" if not recorded.get("packaged")
+                else "; resume without --knowledge")
+        raise ConfigError(f"cannot resume {last}: it was trained with {was}{recorded.get('path')} (SHA-256 "
+                          f"{str(recorded.get('sha256'))[:12]}), not {now}{chosen['path']} (SHA-256 "
+                          f"{str(chosen.get('sha256'))[:12]}){hint}")
 
 
 def _resume(payload: dict[str, Any], last: Path, task: Task, optimizer: torch.optim.Optimizer) -> _RunState:

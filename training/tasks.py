@@ -276,10 +276,10 @@ class HybridData:
         public = public_samples(data_root, knowledge, "train", sources, cfg.holdout, cfg.drop_held_out_copies)
         unknown = labels_not_in_knowledge(public.samples, knowledge)
         if unknown:  # a clinic's own category: trained on its bare name, and an export without it scores it so
-            logger.warning("labels that are no category of the knowledge (model/data/knowledge.json) are captioned by "
-                           "their bare name, without expert descriptions: %s; to train on descriptions, add them to "
-                           "model/data/knowledge_source.json and run keepfit knowledge; to score them by yours, export "
-                           "with --knowledge FILE", ", ".join(unknown))
+            logger.warning("labels that are no category of the knowledge (%s) are captioned by their bare name, "
+                           "without expert descriptions: %s; to train on descriptions, build knowledge that has them "
+                           "(keepfit knowledge --dictionary FILE --out FILE) and train with --knowledge FILE (export "
+                           "then ships it)", knowledge.source or "model/data/knowledge.json", ", ".join(unknown))
         elite = build_elite(data_root, knowledge, public.samples, cfg.elite_manifest, cfg.elite_compose_missing,
                             cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
         write_elite_manifest(run_dir / "elite.csv", elite.samples)

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from model.artifact import check_replaceable
+from model.artifact import check_replaceable, sha256_file
 from model.config import get_config
 from model.errors import ArtifactError, CheckpointError
-from model.knowledge import Knowledge
+from model.knowledge import DEFAULT_FILE, Knowledge
 from model.modality_head import training_images
 from model.nn.export import QUANT_MODES, export_artifact
 from model.nn.factory import (
@@ -55,7 +55,9 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--verify", dest="verify", action="store_true", default=True, help="check ONNX vs torch (default)")
     p.add_argument("--no-verify", dest="verify", action="store_false")
     p.add_argument("--data-root", type=Path, default=None, help="real images for verification (default ../shared/data)")
-    p.add_argument("--knowledge", type=Path, default=None, help="knowledge.json (default: the packaged one)")
+    p.add_argument("--knowledge", type=Path, default=None,
+                   help="knowledge.json to ship (default: the knowledge the checkpoint was trained with when it "
+                   "carries one, i.e. keepfit train --knowledge FILE; else the packaged one)")
     p.add_argument("--name", default=None, help="artifact name (default: the config name)")
     p.add_argument("--no-modality-head", dest="modality_head", action="store_false", default=True,
                    help="do not fit the modality head on the checkpoint's training images (under --data-root)")
@@ -64,9 +66,10 @@ def export_main(argv: list[str]) -> int:
 
     check_replaceable(args.out)  # before the checkpoint is read: what --out holds is dropped by the swap
     torch.manual_seed(args.seed)
-    evaluation = {}
+    evaluation: dict[str, Any] = {}
     extra_files: dict[str, bytes] = {}
     extra_manifest: dict[str, Any] = {}
+    trained_with: Any = None  # the checkpoint's record of the knowledge it was trained with
     if args.checkpoint is not None:
         if args.random_init or args.pretrained:
             p.error("--random-init/--pretrained go with --config, not --checkpoint")
@@ -74,8 +77,11 @@ def export_main(argv: list[str]) -> int:
         evaluation = payload.get("evaluation", {}) or {}
         extra_files = {k: v for k, v in (payload.get("artifact_files") or {}).items() if isinstance(v, bytes)}
         trained = payload.get("train_config") or {}
+        trained_with = payload.get("knowledge")
         if trained:  # what the weights saw: lets a user (and a test) check that no test image was trained on
             extra_manifest["training"] = {k: trained[k] for k in TRAINING_PROVENANCE if k in trained}
+            if isinstance(trained_with, dict):
+                extra_manifest["training"]["knowledge"] = {k: trained_with.get(k) for k in ("path", "sha256")}
     else:
         if not (args.random_init or args.pretrained):
             p.error("--config needs --random-init or --pretrained")
@@ -84,7 +90,7 @@ def export_main(argv: list[str]) -> int:
         if args.pretrained:
             load_pretrained(model)
         tokenizer = default_tokenizer(cfg)
-    knowledge = Knowledge.from_file(args.knowledge) if args.knowledge else Knowledge.default()
+    knowledge = export_knowledge(args.knowledge, trained_with, args.checkpoint)
     data_root = args.data_root if args.data_root is not None else default_data_root()
     if args.data_root is not None and not args.data_root.is_dir():
         raise ArtifactError(f"--data-root {args.data_root} is not a directory")
@@ -106,6 +112,38 @@ def export_main(argv: list[str]) -> int:
     )
     logger.info("wrote artifact %s", out)
     return 0
+
+
+def export_knowledge(path: Path | None, trained_with: Any, checkpoint: Path | None) -> Knowledge:
+    """The knowledge an export ships: ``--knowledge FILE``; else the one the checkpoint carries (trained with
+    ``keepfit train --knowledge FILE``: its ``knowledge`` record holds the file's ``content``); else the packaged
+    one (a checkpoint that records none, or the packaged one, as before knowledge was recorded)."""
+    import hashlib
+    import json
+
+    recorded = trained_with if isinstance(trained_with, dict) else {}
+    content = recorded.get("content")
+    if path is not None:
+        knowledge = Knowledge.from_file(path)
+        if isinstance(content, bytes) and sha256_file(path) != recorded.get("sha256"):
+            logger.warning("shipping --knowledge %s, not the knowledge %s was trained with (%s)", path, checkpoint,
+                           recorded.get("path"))
+        return knowledge
+    if isinstance(content, bytes):
+        what = f"the knowledge {checkpoint} carries ({recorded.get('path')})"
+        if hashlib.sha256(content).hexdigest() != recorded.get("sha256"):
+            raise CheckpointError(f"{what} does not match its recorded SHA-256: the checkpoint is damaged")
+        try:
+            data = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{what} is not valid JSON: {err}") from err
+        logger.info("shipping the knowledge the checkpoint was trained with: %s (SHA-256 %s)", recorded.get("path"),
+                    recorded.get("sha256"))
+        return Knowledge.from_data(data, what, str(recorded.get("path")))
+    knowledge = Knowledge.default()
+    if recorded.get("sha256") and recorded.get("sha256") != sha256_file(DEFAULT_FILE):
+        logger.warning("shipping the packaged knowledge, which has changed since %s was trained with it", checkpoint)
+    return knowledge
 
 
 def _modality_images(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,18 @@ def test_calibration_offsets_count_by_their_differences_as_in_one_softmax() -> N
     lower = bias.copy()
     lower[1:] -= 1.0
     assert (zero_shot_probabilities(img, cls, 25.0, lower, normal=0)[:, 0] > base[:, 0]).all()
+
+
+def test_predict_decides_as_classify_and_the_api_by_default(tiny_artifact: Path) -> None:
+    """``predict`` defaulted to one softmax while ``classify`` and ``/v1/classify`` screen by default: the same
+    call without ``decision`` gave other probabilities than the API for a set with normal."""
+    from model.runtime import KeepfitRuntime
+
+    runtime = KeepfitRuntime.from_artifact(tiny_artifact)
+    emb = runtime.encode_texts(["a fundus photograph", "an optic disc"])  # any unit vectors of the joint space
+    categories = ["normal", "glaucoma", "cataract"]
+    probs, decided = runtime.predict(emb, categories, "CFP")
+    assert decided == "screening"
+    np.testing.assert_allclose(probs, runtime.predict(emb, categories, "CFP", "auto")[0])
+    flat, how = runtime.predict(emb, categories, "CFP", "flat")  # one softmax: asked for by name
+    assert how == "flat" and not np.allclose(flat, probs)
