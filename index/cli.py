@@ -405,7 +405,8 @@ def search_main(argv: list[str]) -> int:
                 found = str(stated) if stated else runtime.detect_modalities(embedding).detected[0]
                 picture += blurred_warning(sharp, found, "search")
             digest = sha256_file(args.image)  # an image the index holds finds itself: judged on the others, as the API
-        hits = index.search(query, args.top_k, modality=modality, label=args.label)
+        # an image the index holds is among the hits, even behind --top-k other files of its pixels, as in the API
+        hits = index.search(query, args.top_k, modality=modality, label=args.label, itself=digest)
         warning = label_warning(index, args.label, modality, len(hits))
         warnings = ([warning] if warning else []) + picture
         # the API's order: the query itself first (another file of the same pixels scores as high, or higher)

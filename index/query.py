@@ -72,8 +72,10 @@ def itself_first(
     text query), the query itself first, then the others nearest first.  Another file of the same pixels (a PNG
     or a DICOM of a JPEG's pixels) scores as high as the query itself, and higher where it was embedded in another
     batch (the int8 image encoder's activation scale is the batch's: an image alone and in a batch of 32 differ
-    by a cosine of up to 3e-5), so by score alone the index may list it first.  The one order of
-    ``POST /v1/search`` and ``keepfit index search``, so that both give an image query the same ranks."""
+    by a cosine of up to 3e-5), so by score alone the index may list it first (and, with ``top_k`` such copies,
+    not at all: hence ``VectorIndex.search(..., itself=digest)``, which keeps the query itself among the hits).
+    The one order of ``POST /v1/search`` and ``keepfit index search``, so that both give an image query the same
+    ranks."""
     marked = [(hit, digest is not None and sha256(hit) == digest) for hit in hits]
     return sorted(marked, key=lambda m: (not m[1], -score(m[0])))  # stable: the index's order among equals
 

@@ -505,13 +505,50 @@ class VectorIndex:
 
     # ---------------------------------------------------------------------------------------------- search
     def search(
-        self, query: np.ndarray, top_k: int, modality: str | None = None, label: str | None = None
+        self,
+        query: np.ndarray,
+        top_k: int,
+        modality: str | None = None,
+        label: str | None = None,
+        *,
+        itself: str | None = None,
     ) -> list[Hit]:
         """The ``top_k`` records most similar to ``query`` (a unit vector ``[D]``), best first.
 
         With ``modality`` and/or ``label`` only matching records are returned, and ``top_k`` of them whenever that
         many exist (matching is case-insensitive; a label may be given by a known abbreviation such as ``DME``).
+
+        ``itself``: the SHA-256 of the file an image query was embedded from.  If the index holds that file and
+        it passes the filters, its record is among the hits even where ``top_k`` other files of the same pixels
+        (a PNG, a BMP, a DICOM of a JPEG's pixels) tie with it or, embedded in another batch, score higher: it
+        then takes the place of the last hit, with its exact score, so the answer still has ``top_k`` hits.
         """
+        hits = self._search(query, top_k, modality, label)
+        return hits if itself is None else self._with_itself(hits, query, top_k, itself, modality, label)
+
+    def _with_itself(
+        self, hits: list[Hit], query: np.ndarray, top_k: int, sha256: str, modality: str | None, label: str | None
+    ) -> list[Hit]:
+        """``hits`` with the record of the file ``sha256`` among them (see :meth:`search`)."""
+        if any(h.record.sha256 == sha256 for h in hits):
+            return hits
+        rows = self._query(f"SELECT {RECORD_COLUMNS} FROM images WHERE sha256 = ?", [sha256])  # UNIQUE: 0 or 1
+        if not rows:
+            return hits
+        record = Record.from_row(rows[0])
+        if modality is not None or label is not None:  # filtered out: it is not added back
+            matching = self._ids[self._filter(modality, label)[0]]  # ascending
+            at = int(np.searchsorted(matching, record.id))
+            if at == len(matching) or int(matching[at]) != record.id:
+                return hits
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        # the inner product FAISS computes for the flat, IVF-flat and HNSW-flat indexes alike (they store the
+        # vectors uncompressed), clipped as _hits clips it
+        score = min(1.0, max(-1.0, float(self.vectors_of([record.id])[0] @ q)))
+        kept = hits if len(hits) < top_k else hits[: top_k - 1]
+        return sorted([Hit(record=record, score=score), *kept], key=lambda h: (-h.score, h.record.id))
+
+    def _search(self, query: np.ndarray, top_k: int, modality: str | None, label: str | None) -> list[Hit]:
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise IndexMismatchError(

@@ -94,6 +94,7 @@ class ClassifyResult:
     sharpness: float | None = None  # how sharp the eye is (model.preprocess.sharpness)
     modality_stated: str | None = None  # what the DICOM header states, if it names a known modality
     decision: str | None = None  # how the probabilities were made: "screening" or "flat" (model.runtime)
+    scored: list[Category] | None = None  # every category scored (also those top_k leaves out of `predictions`)
 
 
 class EncodedImage(NamedTuple):
@@ -137,6 +138,61 @@ def mixed_script_word(text: str) -> str | None:
         if len(scripts & set(_LOOKALIKE_SCRIPTS)) > 1:
             return word
     return None
+
+
+# Scripts as Unicode names a letter's first word ("CJK UNIFIED IDEOGRAPH-7CD6"), as a warning names them.
+_SCRIPT_NAMES = {"CJK": "Chinese / Japanese (CJK)", "HIRAGANA": "Japanese kana", "KATAKANA": "Japanese kana",
+                 "HANGUL": "Korean (Hangul)"}
+
+
+def foreign_script(text: str) -> str | None:
+    """The scripts (``"Arabic"``, ``"Chinese / Japanese (CJK)"``...) of a text most of whose letters are not Latin,
+    else None (a text in any Latin-alphabet language; a Greek letter in an English name, ``β-zone ...``).
+
+    The text encoder is an English one, fine-tuned on English ophthalmic text: it reads a German, French, Spanish
+    or Portuguese name in English word pieces (``re ##tino ##path ##ie``), and on the dr_sh_600 test split scores
+    normal against DR in those languages about as well as in English (balanced accuracy 0.61-0.63 against 0.63),
+    but most Chinese and Japanese characters are unknown to its vocabulary (``[UNK]``) and Arabic, Cyrillic,
+    Greek or Hangul words are read one letter at a time: Chinese and Japanese scored 0.34 and 0.36 (worse than
+    chance), Arabic 0.50, Russian 0.53 (``service/benchmarks/category_languages.py``)."""
+    latin, other = 0, []
+    for ch in text:
+        if not unicodedata.category(ch).startswith("L"):
+            continue
+        script = unicodedata.name(ch, "").split(" ", 1)[0]
+        if script == "LATIN":
+            latin += 1
+        else:
+            other.append(_SCRIPT_NAMES.get(script) or script.title() or "unnamed")
+    if len(other) <= latin:
+        return None
+    return ", ".join(dict.fromkeys(other))
+
+
+def unreadable_warning(names: Sequence[str], what: str) -> list[dict[str, str]]:
+    """``unreadable_category`` (``what="category"``) / ``unreadable_query`` (``"query"``) for those of ``names``
+    written mostly outside the Latin alphabet (:func:`foreign_script`), else nothing."""
+    found = [(name, script) for name in names if (script := foreign_script(name)) is not None]
+    if not found:
+        return []
+    scripts = ", ".join(dict.fromkeys(s for _, s in found))
+    listed = ", ".join(repr(name) for name, _ in found)
+    if what == "query":
+        message = (
+            f"the query {listed} is written in {scripts} script, which the text encoder cannot read: it reads "
+            "English medical terms, and most of these characters are unknown to it or read one letter at a time; "
+            "the hits are what its guess at the text is nearest to, not images of what you asked for: write the "
+            "query in English (e.g. 'diabetic retinopathy', 'hard exudates near the macula')"
+        )
+    else:
+        some = "this category is" if len(found) == 1 else "these categories are"
+        message = (
+            f"{listed}: {some} written in {scripts} script, which the text encoder cannot read: it reads English "
+            "medical terms, and most of these characters are unknown to it or read one letter at a time, so the "
+            "probabilities of these categories say nothing about the image; send the categories in English "
+            "(e.g. 'diabetic retinopathy', 'normal'; GET /v1/categories lists the names it knows)"
+        )
+    return [{"code": f"unreadable_{what}", "message": message}]
 
 
 def featureless(spread: float | None) -> bool:
@@ -311,7 +367,57 @@ class Engine:
             seen[key] = label
             similar = () if known else tuple(self.knowledge.similar_known(label))
             resolved.append(Category(label=label, canonical=canonical, known=known, similar_known=similar))
+        self._check_distinct_tokens(resolved)
         return resolved
+
+    def _check_distinct_tokens(self, categories: list[Category]) -> None:
+        """Refuse two unknown names whose prompts the text encoder reads as the same tokens: they get one
+        embedding and always the same probability.  ``黄斑变性`` and ``黄斑裂孔`` (macular degeneration, macular
+        hole) are both four ``[UNK]``; ``rétinopathie`` and ``retinopathie`` lose their accents alike."""
+        unknown = [c for c in categories if not c.known]
+        if len(unknown) < 2:
+            return
+        tokenizer = self.runtime.tokenizer
+        # Prompts can be alike only if the names are alike as far as the prompts hold them: the names are
+        # tokenized in one batch first (~5 ms for 50), the prompts only of names that are.
+        before = [t.split("{}", 1)[0] for m in self.modalities for t in self.knowledge.open_templates(m)]
+        room = max(1, tokenizer.context_length - 2 - max(len(tokenizer.pieces(t)) for t in before))
+        ids, mask = tokenizer([c.canonical for c in unknown])
+        alike: dict[tuple[int, ...], list[Category]] = {}
+        for category, row, m in zip(unknown, ids, mask, strict=True):
+            alike.setdefault(tuple(int(t) for t in row[m == 1][1:-1][:room]), []).append(category)
+        for group in alike.values():
+            if len(group) > 1:
+                self._check_distinct_prompts(group)
+
+    def _check_distinct_prompts(self, unknown: list[Category]) -> None:
+        """:meth:`_check_distinct_tokens` for names alike as far as the prompts hold them: their prompts, in each
+        modality's templates and cut as the encoder cuts them."""
+        tokenizer = self.runtime.tokenizer
+        for modality in self.modalities:
+            prompts = [self.knowledge.prompts(c.canonical, modality) for c in unknown]
+            ids, mask = tokenizer([p for group in prompts for p in group])
+            rows = iter(tuple(int(t) for t in row[m == 1]) for row, m in zip(ids, mask, strict=True))
+            seen: dict[tuple[tuple[int, ...], ...], Category] = {}
+            for category, group in zip(unknown, prompts, strict=True):
+                key = tuple(next(rows) for _ in group)
+                first = seen.setdefault(key, category)
+                if first is category:
+                    continue
+                pieces = tokenizer.pieces(category.canonical)
+                if pieces != tokenizer.pieces(first.canonical) or len(pieces) >= tokenizer.context_length - 2:
+                    # two long names that differ only late (pieces() is cut at the limit too)
+                    how = (f"its prompts are cut at {tokenizer.context_length} tokens, before the two names "
+                           "differ; shorten them")
+                else:
+                    shown = " ".join(pieces[:12]) + (" ..." if len(pieces) > 12 else "")
+                    unread = " (characters its vocabulary lacks)" if "[UNK]" in pieces else ""
+                    how = (f"its tokenizer reads both as '{shown}'{unread}; name them so they differ (the model "
+                           "reads English medical terms: GET /v1/categories lists the names it knows)")
+                raise InvalidRequestError(
+                    f"categories {first.label!r} and {category.label!r} are the same text to the model, so they "
+                    f"would get the same embedding and always the same probability: {how}"
+                )
 
     def task_modalities(self, task: str | None) -> list[str]:
         """The modalities a named task is meant for (empty: any, or no task)."""
@@ -374,6 +480,8 @@ class Engine:
         # scored with the photograph prompts has no photograph's focus, a photograph scored as OCT still has one
         own = result.modality_stated or result.modality_detected
         out += image_warnings(result.detail, result.jpeg_quality, result.sharpness, own)
+        # names the English text encoder cannot read (a known name or alias is English)
+        out += unreadable_warning([c.label for c in result.scored or () if not c.known], "category")
         meant_for = self.task_modalities(task)
         if meant_for and used not in meant_for:
             how = "requested" if requested != "auto" else "detected" if used == detected else "from the DICOM header"
@@ -513,6 +621,7 @@ class Engine:
             sharpness=encoded.sharpness,
             modality_stated=stated if stated in self.modalities else None,
             decision=decided,
+            scored=list(categories),
         )
 
     def embed_image(self, data: bytes | ReadableFile, timings: Timings) -> np.ndarray:
@@ -850,15 +959,19 @@ class IndexHolder:
         return self._index
 
     async def search(
-        self, query: np.ndarray, top_k: int, modality: str | None, label: str | None
+        self, query: np.ndarray, top_k: int, modality: str | None, label: str | None, itself: str | None = None
     ) -> list[dict[str, Any]]:
+        """The hits as dicts; ``itself``: an image query's SHA-256, whose record (if indexed and not filtered out)
+        is always among them (:meth:`index.store.VectorIndex.search`)."""
         await self.refresh()
         with self.hold() as index:
             if query.shape != (int(index.dim),):
                 raise NoIndexError(f"index dimension {index.dim} does not match the model's {query.shape[0]}")
+            # (a text query passes no `itself`, so a store without it still answers text)
+            extra = {} if itself is None else {"itself": itself}
 
             def run() -> list[dict[str, Any]]:
-                hits = index.search(query.astype(np.float32), top_k, modality=modality, label=label)
+                hits = index.search(query.astype(np.float32), top_k, modality=modality, label=label, **extra)
                 return [record_to_hit(h.record, float(h.score)) for h in hits]
 
             return await self._submit(run)

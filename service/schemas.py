@@ -143,7 +143,7 @@ class ModalityResult(BaseModel):
 class ClassifyWarning(BaseModel):
     code: Literal[
         "modality_mismatch", "modality_uncertain", "task_modality_mismatch", "featureless_image", "compressed_image",
-        "blurred_image",
+        "blurred_image", "unreadable_category",
     ] = Field(
         description="`modality_mismatch`: the image looks like another modality than the one requested or, with "
         "`modality=auto`, the one its DICOM header states; "
@@ -152,7 +152,10 @@ class ClassifyWarning(BaseModel):
         "`task_modality_mismatch`: the task is meant for another modality than the one used; "
         "`featureless_image`: the image is almost uniform (blank, black), so the predictions say nothing; "
         "`compressed_image`: a JPEG saved below quality 50, whose compression changes the answers for many eyes; "
-        "`blurred_image`: a photograph (CFP) that looks out of focus, which changes the answers for many eyes"
+        "`blurred_image`: a photograph (CFP) that looks out of focus, which changes the answers for many eyes; "
+        "`unreadable_category`: categories written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, "
+        "Cyrillic...), which the English text encoder cannot read, so their probabilities say nothing (the message "
+        "names them)"
     )
     message: str = Field(description="a sentence for people: show it beside the predictions")
 
@@ -417,13 +420,16 @@ class ScoreScale(BaseModel):
 
 class SearchWarning(BaseModel):
     code: Literal[
-        "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "compressed_image", "blurred_image"
+        "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "compressed_image", "blurred_image",
+        "unreadable_query",
     ] = Field(
         description="`modality_not_in_index`: no indexed image is of the modality asked for (the message lists "
         "those it holds); `label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
         "exists, but not together with the modality asked for; `compressed_image`: the query image is a JPEG "
         "saved below quality 50, whose compression changes which images are nearest; `blurred_image`: the query "
-        "is a photograph (CFP) that looks out of focus, which changes which images are nearest"
+        "is a photograph (CFP) that looks out of focus, which changes which images are nearest; "
+        "`unreadable_query`: a text query written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, "
+        "Cyrillic...), which the English text encoder cannot read, so the hits do not answer it"
     )
     message: str
 

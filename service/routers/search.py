@@ -22,7 +22,7 @@ from service.deps import (
     require_api_key,
 )
 from service.early import EarlyJob
-from service.engine import EncodedImage, Timings
+from service.engine import EncodedImage, Timings, unreadable_warning
 from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import (
@@ -142,7 +142,8 @@ async def _search(
                 early, engine.query_of, timings, engine.embed_query, data, timings
             )
         with timings.stage("search"):
-            hits = await index.search(vector, top_k, modality, label)
+            # an image query the index holds is among its hits, even behind top_k other files of its pixels
+            hits = await index.search(vector, top_k, modality, label, digest if data is not None else None)
         searched = index.info()
         if searched.loads == info.loads:  # else a reload came between: these hits are not the keyed index's
             await state.remember(key, {"hits": hits, "picture_warnings": picture}, timings)
@@ -154,6 +155,8 @@ async def _search(
     if note is not None:
         warnings.append(note)
     warnings += picture
+    if data is None:  # a text the English text encoder cannot read (Chinese, Arabic...)
+        warnings += unreadable_warning([req.query], "query")
     base = _base_url(request, settings.public_url)
     # an image query that is in the index finds itself (score 1): say so, put it first (another file of the same
     # pixels scores as high, or by the encoder's batch noise higher), and judge the rest, as `keepfit index search`

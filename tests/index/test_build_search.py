@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index import store
+from index import sources, store
 from index.ann import AnnSpec
-from index.build import Report, reindex
+from index.build import Report, build, reindex
 from index.store import VectorIndex
 from model.errors import IndexMismatchError
 from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
-from tests.index.conftest import Archive
+from tests.index.conftest import Archive, quiet
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +151,75 @@ def test_bad_queries_are_refused(built_index: tuple[Path, Report]) -> None:
             index.search(np.full(index.dim, np.nan, np.float32), 3)
         with pytest.raises(ValueError, match="top_k"):
             index.search(np.ones(index.dim, np.float32), 0)
+
+
+def _same_pixels_archive(root: Path, picture: Image.Image) -> tuple[Path, Path]:
+    """Four files of ``picture``'s pixels (PNG, BMP, TIFF, a PNG saved faster: other bytes, so other images to the
+    index), then the query itself, another file of those pixels listed last (so it has the largest id of the five,
+    which tie), and two other pictures; the manifest labels and modality of each."""
+    root.mkdir()
+    pixels = picture.convert("RGB")
+    rows = []
+    for name, finding, kwargs in (
+        ("copy_a.png", "set-a", {}),
+        ("copy_b.bmp", "set-a", {}),
+        ("copy_c.tif", "set-a", {}),
+        ("copy_d.png", "set-b", {"compress_level": 1}),
+        ("query.png", "set-a", {"compress_level": 9}),
+    ):
+        pixels.save(root / name, None, **kwargs)
+        rows.append({"path": name, "modality": "CFP", "finding": finding})
+    for i, colour in enumerate([(30, 160, 40), (200, 60, 90)]):
+        Image.new("RGB", (160, 160), colour).save(root / f"other{i}.png")
+        rows.append({"path": f"other{i}.png", "modality": "OCT", "finding": "set-b"})
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest, root / "query.png"
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_an_image_query_behind_top_k_copies_of_its_pixels_is_still_a_hit(
+    tiny_artifact: Path, golden_image: Image.Image, tmp_path: Path, kind: str
+) -> None:
+    """Other files of the same pixels tie with the query itself (or, embedded in another batch, score higher): with
+    top_k of them in the index the search returned only them, and the query itself, though indexed, was not among
+    its hits.  With ``itself`` (the query file's SHA-256) it is, in place of the last hit, unless a filter
+    excludes it; the number of hits stays top_k."""
+    manifest, query_file = _same_pixels_archive(tmp_path / "archive", golden_image)
+    out = tmp_path / "index"
+    build(out, sources.from_manifests([manifest]), tiny_artifact, options=quiet())
+    if kind != "flat":
+        reindex(out, AnnSpec(kind=kind, nlist=2, nprobe=1, ef_search=4))
+    digest = hashlib.sha256(query_file.read_bytes()).hexdigest()
+    with VectorIndex.open(out) as index:
+        assert index.index_type == kind
+        [own] = [r for r in index.records() if r.sha256 == digest]
+        copies = [r.id for r in index.records() if r.path.startswith("copy_")]
+        query = index.vectors_of([own.id])[0]
+        if kind == "flat":  # the case: 4 copies tie with it and come first (approximate: whichever it meets)
+            assert own.id not in [h.record.id for h in index.search(query, 3)]
+        for top_k in (1, 3, 5):
+            hits = index.search(query, top_k, itself=digest)
+            assert len(hits) == top_k and own.id in [h.record.id for h in hits]
+            assert all(h.record.id in {own.id, *copies} for h in hits)
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            assert dict((h.record.id, h.score) for h in hits)[own.id] == pytest.approx(1.0, abs=1e-5)
+        assert [h.record.id for h in index.search(query, 7, itself=digest)] == [
+            h.record.id for h in index.search(query, 7)
+        ]  # already among them: nothing changes
+        # a filter the query itself passes: it is among the matches
+        hits = index.search(query, 2, label="set-a", itself=digest)
+        assert len(hits) == 2 and own.id in [h.record.id for h in hits]
+        assert all("set-a" in h.record.labels for h in hits)
+        hits = index.search(query, 3, modality="cfp", itself=digest)
+        assert len(hits) == 3 and own.id in [h.record.id for h in hits]
+        # a filter that excludes it: it is not added
+        for filters in ({"label": "set-b"}, {"modality": "OCT"}, {"modality": "CFP", "label": "set-b"}):
+            hits = index.search(query, 2, itself=digest, **filters)  # type: ignore[arg-type]
+            assert own.id not in [h.record.id for h in hits]
+            assert [h.record.id for h in hits] == [h.record.id for h in index.search(query, 2, **filters)]  # type: ignore[arg-type]
+        # a file the index does not hold changes nothing
+        assert index.search(query, 3, itself="0" * 64) == index.search(query, 3)

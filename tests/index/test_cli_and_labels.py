@@ -4,6 +4,7 @@ moved index, and one-line refusals of CLI options without effect and of malforme
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import unicodedata
 from pathlib import Path
@@ -163,6 +164,73 @@ def test_cli_ranks_an_indexed_image_query_as_the_api_does(
     assert not by_score[0]["same_image"] and by_score[0]["score"] > next(h for h in api["hits"] if h["same_image"])["score"]
     assert [h["same_image"] for h in api["hits"]] == [True, False, False]
     assert [(h["id"], h["same_image"]) for h in cli["hits"]] == [(h["id"], h["same_image"]) for h in api["hits"]]
+
+
+def test_an_indexed_image_query_finds_itself_behind_top_k_copies_of_its_pixels(
+    default_artifact: Path,
+    real_image_paths: dict[str, list[Path]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Five files of one photograph's pixels (JPEG, PNG, BMP, TIFF, a PNG saved faster) tie: at top_k=3 the index
+    answered three copies and not the query itself, so no hit said `same_image` and `low_similarity` was judged on
+    copies.  The query itself is now first, in place of the last hit, in the API and the CLI alike, unless a
+    filter excludes it."""
+    from fastapi.testclient import TestClient
+
+    from model.cli import main as keepfit
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    eye = archive / "eye.jpg"
+    eye.write_bytes(real_image_paths["CFP"][0].read_bytes())
+    pixels = Image.open(eye).convert("RGB")
+    rows = []
+    for name, kwargs in (("a.png", {}), ("b.bmp", {}), ("c.tif", {}), ("d.png", {"compress_level": 1})):
+        pixels.save(archive / name, None, **kwargs)  # listed, and indexed, before eye.jpg
+        rows.append({"path": name, "modality": "CFP", "finding": "set-a"})
+    rows.append({"path": "eye.jpg", "modality": "CFP", "finding": "set-a"})
+    Image.new("RGB", (256, 256), (30, 160, 40)).save(archive / "green.png")
+    rows.append({"path": "green.png", "modality": "OCT", "finding": "set-b"})
+    rows[3]["finding"] = "set-b"  # d.png
+    with (archive / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "index"
+    common = ["--artifact", str(default_artifact)]
+    build_argv = ["index", "build", *common, "--manifest", str(archive / "labels.csv"), "--out", str(out)]
+    assert keepfit([*build_argv, "--no-progress"]) == 0
+    capsys.readouterr()
+    digest = hashlib.sha256(eye.read_bytes()).hexdigest()
+    data = eye.read_bytes()
+    cases: list[dict[str, str]] = [{}, {"label": "set-a"}, {"modality": "CFP"}, {"label": "set-b"}, {"modality": "OCT"}]
+    top_k = {"top_k": "3"}
+    with TestClient(create_app(make_settings(default_artifact, index=out))) as client:
+        answers = [
+            client.post("/v1/search", files={"image": ("eye.jpg", data, "image/jpeg")}, data={**top_k, **f}).json()
+            for f in cases
+        ]
+    for filters, api in zip(cases, answers, strict=True):
+        argv = ["index", "search", "--index", str(out), *common, "--image", str(eye), "--top-k", "3", "--json"]
+        assert keepfit([*argv, *(a for k, v in filters.items() for a in (f"--{k}", v))]) == 0
+        cli = json.loads(capsys.readouterr().out)
+        hits = api["hits"]
+        excluded = filters in ({"label": "set-b"}, {"modality": "OCT"})
+        assert len(hits) == {"set-b": 2, "OCT": 1}.get(next(iter(filters.values()), ""), 3), filters  # or every match
+        if excluded:  # filtered out: not added back
+            assert not any(h["same_image"] or h["sha256"] == digest for h in hits), filters
+        else:
+            assert [h["same_image"] for h in hits] == [True, False, False], filters
+            assert hits[0]["sha256"] == digest and hits[0]["score"] > 0.999
+            assert hits[1]["score"] >= hits[0]["score"] - 1e-4  # a copy: it ties (or, by batch noise, beats it)
+            assert api["low_similarity"] is False
+        assert all(filters.get("label", h["labels"][0]) in h["labels"] for h in hits)
+        assert all(filters.get("modality", h["modality"]) == h["modality"] for h in hits)
+        assert [(h["id"], h["same_image"]) for h in cli["hits"]] == [(h["id"], h["same_image"]) for h in hits]
+        assert cli["low_similarity"] == api["low_similarity"]
 
 
 def test_images_added_to_a_moved_index_are_stored_relative_to_where_it_is(
