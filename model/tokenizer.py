@@ -63,5 +63,12 @@ class Tokenizer:
             mask[i, : len(enc.ids)] = 1
         return ids, mask
 
+    def pieces(self, text: str) -> list[str]:
+        """The word pieces the text encoder reads for ``text`` (no ``[CLS]`` / ``[SEP]``; ``[UNK]`` for a
+        character its vocabulary lacks, such as most Chinese and Japanese characters)."""
+        special = {self.cls_id, self.sep_id, self.pad_id}
+        enc = self._tok.encode(text)
+        return [t for t, i in zip(enc.tokens, enc.ids, strict=True) if i not in special]
+
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
