@@ -362,22 +362,25 @@ class KeepfitRuntime:
 
     def classify(
         self,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image] | np.ndarray,
         categories: Sequence[str] | None = None,
         modality: str = "auto",
         decision: str = "auto",
     ) -> np.ndarray:
-        """``[B, C]`` probabilities of PIL images over ``categories`` (default: the modality's set), decided as
-        ``/v1/classify`` decides (:meth:`predict`).  ``modality``: CFP, FFA, OCT, or ``"auto"`` (the default, as
-        the API's): each image scored as what its DICOM header states, else as the modality check recognises it
-        (:func:`modality_used`).  Without ``categories``, images of several modalities have no one set: a
-        :class:`ConfigError` then asks for the categories or for one modality's images at a time."""
+        """``[B, C]`` probabilities of PIL images (or :meth:`preprocess`'s pixels) over ``categories`` (default:
+        the modality's set), decided as ``/v1/classify`` decides (:meth:`predict`).  ``modality``: CFP, FFA, OCT,
+        or ``"auto"`` (the default, as the API's): each image scored as what its DICOM header states, else as the
+        modality check recognises it (:func:`modality_used`).  Without ``categories``, images of several
+        modalities have no one set: a :class:`ConfigError` then asks for the categories or for one modality's
+        images at a time."""
         embeddings = self.encode_images(images)  # [B, D]
         if modality == "auto":
             detected = self.detect_modalities(embeddings).detected if len(embeddings) else []
             known = list(self.knowledge.modalities)
-            used = [modality_used("auto", found, image.info.get("keepfit_modality"), known)
-                    for found, image in zip(detected, images, strict=True)]
+            # preprocessed pixels (which encode_images also takes) carry no DICOM header: the check decides
+            stated = [im.info.get("keepfit_modality") if isinstance(im, Image.Image) else None for im in images]
+            used = [modality_used("auto", found, header, known)
+                    for found, header in zip(detected, stated, strict=True)]
         else:
             used = [self.check_modality(modality)] * len(embeddings)
         kinds = list(dict.fromkeys(used))

@@ -40,3 +40,17 @@ def test_a_head_class_without_category_sets_is_never_the_detected_modality(
     assert found.detected == ["OCT", "CFP"]
     assert found.confidence == pytest.approx([0.3, 0.5])
     assert found.of(0)["ICGA"] == pytest.approx(0.6)  # every class's probability is still reported
+
+
+def test_classify_by_default_takes_preprocessed_pixels_as_encode_images_does(runtime: KeepfitRuntime) -> None:
+    """``classify`` passes its images to ``encode_images``, which also takes ``preprocess()``'s pixels; with
+    ``modality="auto"`` (the default) it read each image's DICOM header from ``image.info``, and pixels have none:
+    an AttributeError where ``modality="CFP"`` answered.  Pixels are judged by the modality check alone."""
+    from PIL import Image
+
+    images = [Image.new("RGB", (300, 300), (120, 40, 20)), Image.new("RGB", (280, 300), (90, 30, 10))]
+    pixels = runtime.preprocess(images)
+    categories = ["normal", "glaucoma"]
+    probs = runtime.classify(pixels, categories)
+    assert probs.shape == (2, 2)
+    np.testing.assert_allclose(probs, runtime.classify(images, categories), atol=1e-6)
