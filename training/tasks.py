@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ from training.data import (
     fold_caption,
     public_samples,
     read_corpus,
+    read_manifest,
+    spelt_as_known,
     write_elite_manifest,
 )
 from training.evaluate import (
@@ -46,6 +48,7 @@ from training.evaluate import (
     SUITE,
     EvalSet,
     class_embeddings,
+    load_eval_set,
     load_modality_set,
     load_spec,
     modality_embeddings,
@@ -244,10 +247,100 @@ def _validation_sets(data_root: Path, knowledge: Knowledge, holdout: Sequence[st
     absent = sorted({s.manifest for s in SUITE if not (data_root / s.manifest).is_file()})
     if absent:
         logger.info("validation without %s (not under %s)", ", ".join(absent), data_root)
+    return _without_held_out(sets, knowledge, holdout)
+
+
+def _without_held_out(sets: list[EvalSet], knowledge: Knowledge, holdout: Sequence[str]) -> list[EvalSet]:
+    """Choosing the checkpoint must not look at held-out images either (they stay candidate classes)."""
     held = {knowledge.canonical(h) for h in holdout}
-    if held:  # choosing the checkpoint must not look at held-out images either (they stay candidate classes)
+    if held:
         sets = [v.subset(np.asarray([v.classes[y] not in held for y in v.labels])) for v in sets]
     return sets
+
+
+def _public_task_name(manifest: Path, column: str) -> str:
+    """``<folder>/<column>`` for a ``labels.csv`` (the data's convention), else ``<folder>/<file stem>/<column>``."""
+    parts = [manifest.parent.name] if manifest.parent.name else []
+    if manifest.stem != "labels" or not parts:
+        parts.append(manifest.stem)
+    return "/".join([*parts, column])
+
+
+@dataclass(frozen=True)
+class PublicValTask:
+    """A validation task on a ``--public`` manifest's own ``val`` rows (what the training report records)."""
+
+    name: str
+    manifest: str
+    column: str
+    modality: str
+    classes: tuple[str, ...]
+
+
+def _public_validation_sets(data_root: Path, knowledge: Knowledge, sources: Sequence[PublicSource],
+                            holdout: Sequence[str]) -> tuple[list[EvalSet], list[PublicValTask]]:
+    """Zero-shot validation on the ``val`` rows of the ``--public`` manifests, one task per manifest, label column
+    and modality (``<folder>/<column>``, with ``:<MODALITY>`` when the column's val rows are of several), as the
+    suite's val sets are built (:func:`load_eval_set`).  The candidate classes are the column's labels in the
+    manifest's train and val rows of that modality (a clinic's own names, unknown to the knowledge, are scored by
+    name).  A manifest and column that a suite task reads already (the default sources, ``dr_sh_600``) is not
+    validated twice; a column whose val rows hold fewer than two classes (or a manifest without a ``split``
+    column: its every row is trained on) gets no task."""
+    covered = {((data_root / s.manifest).resolve(), s.label_column) for s in SUITE
+               if (data_root / s.manifest).is_file()}
+    sets: list[EvalSet] = []
+    tasks: list[PublicValTask] = []
+    for source in sources:
+        path = data_root / source.manifest
+        manifest = read_manifest(path)
+        if "split" not in manifest.columns:
+            logger.info("no validation on %s: it has no 'split' column (every row is trained on)", path)
+            continue
+        for column in source.label_columns:
+            if (path.resolve(), column) in covered:
+                continue
+            covered.add((path.resolve(), column))
+            labels: defaultdict[str, dict[str, set[str]]] = defaultdict(lambda: {"train": set(), "val": set()})
+            for r in manifest.rows:
+                if r[column] and r["split"] in ("train", "val"):
+                    modality = spelt_as_known(r.get("modality") or source.modality or "", knowledge)
+                    if modality in knowledge.modalities:
+                        labels[modality][r["split"]].add(knowledge.canonical(r[column]))
+            of_val = sorted(m for m in labels if labels[m]["val"])
+            base = _public_task_name(path.resolve(), column)
+            for modality in of_val:
+                name = base if len(of_val) == 1 else f"{base}:{modality}"
+                name = next(n for i in range(1, len(tasks) + 2)  # two manifests in folders of one name
+                            if (n := name if i == 1 else f"{name}#{i}") not in {t.name for t in tasks})
+                if len(labels[modality]["val"]) < 2:
+                    logger.info("no validation task %s: its val rows hold one class (%s)", name,
+                                next(iter(labels[modality]["val"])))
+                    continue
+                classes = sorted(labels[modality]["train"] | labels[modality]["val"])
+                sets.append(load_eval_set(path, column, knowledge, "val", modality, classes, name=name))
+                tasks.append(PublicValTask(name, source.manifest, column, modality, tuple(classes)))
+            if not of_val:
+                logger.info("no validation task for %s column %r: no labelled val rows", path, column)
+    sets = _without_held_out(sets, knowledge, holdout)
+    kept = {v.name for v in sets if len(v.labels)}
+    return [v for v in sets if v.name in kept], [t for t in tasks if t.name in kept]
+
+
+def selection_score(metrics: dict[str, float], public_tasks: Sequence[str] = ()) -> dict[str, float]:
+    """The validation score that ``--select best`` maximises: the mean of the suite's headline val tasks
+    (:data:`HEADLINE`) and, when the ``--public`` manifests have val tasks of their own, the mean of those two
+    means (the user's own val counts half, however many suite tasks there are).  Without own tasks the score is
+    the headline mean alone, as before.  NaN tasks and halves are left out."""
+    def mean(names: Sequence[str]) -> float:
+        found = [metrics[f"val_{n}"] for n in names if f"val_{n}" in metrics and not np.isnan(metrics[f"val_{n}"])]
+        return float(np.mean(found)) if found else float("nan")
+
+    suite = mean(HEADLINE)
+    if not public_tasks:
+        return {"score": suite}
+    own = mean(public_tasks)
+    halves = [x for x in (suite, own) if not np.isnan(x)]
+    return {"score": float(np.mean(halves)) if halves else float("nan"), "score_suite": suite, "score_public": own}
 
 
 def _balanced_weights(samples: Sequence[Any], alpha: float) -> Tensor:
@@ -268,13 +361,16 @@ class HybridData:
     public_skipped: dict[str, int]  # why manifest rows were left out -> how many
     elite: list[Sample]
     elite_text_counts: Counter[str]  # where the elite captions came from -> how many
-    val_sets: list[EvalSet]
+    val_sets: list[EvalSet]  # the suite's, then the --public manifests' own (public_val)
+    public_val: list[PublicValTask] = field(default_factory=list)
 
     @classmethod
     def build(cls, cfg: TrainConfig, knowledge: Knowledge, data_root: Path, run_dir: Path) -> HybridData:
         sources = [PublicSource.parse(s) for s in cfg.public]
         public = public_samples(data_root, knowledge, "train", sources, cfg.holdout, cfg.drop_held_out_copies)
-        unknown = labels_not_in_knowledge(public.samples, knowledge)
+        own_sets, own_tasks = _public_validation_sets(data_root, knowledge, sources, cfg.holdout)
+        unknown = sorted(set(labels_not_in_knowledge(public.samples, knowledge))
+                         | {c for t in own_tasks for c in t.classes if not knowledge.is_known(c)})
         if unknown:  # a clinic's own category: trained on its bare name, and an export without it scores it so
             logger.warning("labels that are no category of the knowledge (%s) are captioned by their bare name, "
                            "without expert descriptions: %s; to train on descriptions, build knowledge that has them "
@@ -284,7 +380,7 @@ class HybridData:
                             cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
         write_elite_manifest(run_dir / "elite.csv", elite.samples)
         return cls(public.samples, dict(public.skipped), elite.samples, elite.counts,
-                   _validation_sets(data_root, knowledge, cfg.holdout))
+                   _validation_sets(data_root, knowledge, cfg.holdout) + own_sets, own_tasks)
 
     def paths(self) -> list[Path]:
         """Every image once: public, then elite, then validation images."""
@@ -316,6 +412,7 @@ class HybridTask:
         self.use_elite = w.elite > 0 or w.kt > 0 or w.gen > 0
         data = HybridData.build(cfg, knowledge, data_root, run_dir)
         public, elite, self.val_sets = data.public, data.elite, data.val_sets
+        self.public_val = data.public_val
         paths = data.paths()
         self.row = {p: i for i, p in enumerate(paths)}
         self.vision_blocks = vision_freeze_blocks(model, cfg.vision_freeze_blocks)
@@ -378,6 +475,9 @@ class HybridTask:
             "elite_captions": dict(elite_text_counts) or None,
             "elite_distinct_captions": len({s.caption for s in self.elite}),
             "val_sets": {v.name: len(v.labels) for v in self.val_sets},
+            # the --public manifests' own val tasks (also in val_sets; selection_score counts them half)
+            "val_sets_public": {t.name: {"manifest": t.manifest, "column": t.column, "modality": t.modality,
+                                         "classes": list(t.classes)} for t in self.public_val},
             "images": self.source.report.summary(),
             "unreadable": dict(self.source.report.skipped),
             "vision_freeze_blocks": self.vision_blocks,
@@ -449,11 +549,15 @@ class HybridTask:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Zero-shot balanced accuracy on the validation split (torch, view 0): the checkpoint criterion."""
+        """Zero-shot balanced accuracy on the validation split (torch, view 0); the checkpoint criterion is
+        :func:`selection_score` of it."""
         self.model.eval()
         scale = float(self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE))
         out: dict[str, float] = {}
         for v in self.val_sets:
+            if not v.paths:  # every image of it unreadable
+                out[f"val_{v.name}"] = float("nan")
+                continue
             img = self.embed_rows([self.row[p] for p in v.paths])
             flair = self.model.cfg.text.pooling == "flair"
             if v.name == "modality":
@@ -462,9 +566,7 @@ class HybridTask:
                 assert v.modality is not None
                 cls = class_embeddings(self.encode_texts, self.knowledge, v.classes, v.modality, flair)
             out[f"val_{v.name}"] = float(zero_shot_metrics(img, v.labels, cls, v.classes, scale)["balanced_accuracy"])
-        scores = [out[f"val_{n}"] for n in HEADLINE if f"val_{n}" in out and not np.isnan(out[f"val_{n}"])]
-        out["score"] = float(np.mean(scores)) if scores else float("nan")
-        return out
+        return {**out, **selection_score(out, [t.name for t in self.public_val])}
 
     def extra_state(self) -> dict[str, Any]:
         return {}
