@@ -358,6 +358,7 @@ def search_main(argv: list[str]) -> int:
         upright_original_size,
     )
     from model.runtime import KeepfitRuntime
+    from model.tokenizer import unreadable_warning
 
     p = argparse.ArgumentParser(
         prog="keepfit index search", description="Text->image or image->image search."
@@ -388,27 +389,28 @@ def search_main(argv: list[str]) -> int:
             args.modality, [*runtime.knowledge.modalities, *index_modalities(index)]
         )
         digest = None
-        # what an image query's picture says about its hits, as the API says it: compressed below JPEG quality 50,
-        # or a photograph out of focus
-        picture: list[dict[str, str]] = []
+        # what the query itself says about its hits, as the API says it: a text written mostly outside the Latin
+        # alphabet; an image compressed below JPEG quality 50, or a photograph out of focus
+        about_query: list[dict[str, str]] = []
         if args.text is not None:
             query = runtime.encode_texts([args.text])[0]
+            about_query = unreadable_warning([args.text], "query")
         else:
             image = load_image(args.image, size=runtime.preprocess_cfg.image_size)
             pixels = runtime.preprocess([image])  # [1, 3, S, S]
             sharp = sharpness(pixels[0], upright_original_size(image), runtime.preprocess_cfg)
             embedding = runtime.encode_pixels(pixels).embeddings  # [1, D]
             query = embedding[0]
-            picture = compressed_warning(image.info.get(JPEG_QUALITY), "search")
+            about_query = compressed_warning(image.info.get(JPEG_QUALITY), "search")
             if blurred(sharp, "CFP"):  # then: is it a photograph? (its DICOM header, else the modality check)
                 stated = image.info.get("keepfit_modality")
                 found = str(stated) if stated else runtime.detect_modalities(embedding).detected[0]
-                picture += blurred_warning(sharp, found, "search")
+                about_query += blurred_warning(sharp, found, "search")
             digest = sha256_file(args.image)  # an image the index holds finds itself: judged on the others, as the API
         # an image the index holds is among the hits, even behind --top-k other files of its pixels, as in the API
         hits = index.search(query, args.top_k, modality=modality, label=args.label, itself=digest)
         warning = label_warning(index, args.label, modality, len(hits))
-        warnings = ([warning] if warning else []) + picture
+        warnings = ([warning] if warning else []) + about_query
         # the API's order: the query itself first (another file of the same pixels scores as high, or higher)
         ordered = itself_first(hits, digest, lambda h: h.record.sha256, lambda h: float(h.score))
         rows: list[dict[str, Any]] = [
@@ -448,7 +450,7 @@ def search_main(argv: list[str]) -> int:
                 f"nothing matches well: the best score {best:.3f} is below {scale['low_below']} "
                 f"(cosine similarity, -1 to 1, for {kind} queries)"
             )
-        for w in picture:  # the label warning comes only with no results, in that line above
+        for w in about_query:  # the label warning comes only with no results, in that line above
             _out(f"warning: {w['message']}")
     return 0
 

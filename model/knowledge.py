@@ -44,9 +44,15 @@ DEFAULT_FILE = Path(__file__).parent / "data" / "knowledge.json"  # the packaged
 
 
 def name_key(name: str, spelling: Mapping[str, str] | None = None) -> str:
-    """How names are compared: case, hyphens, punctuation and (with ``spelling``) British / American spelling
-    ignored, so ``Age-related macular oedema`` and ``age related macular edema`` are one key."""
-    text = unicodedata.normalize("NFKC", str(name)).lower()
+    """How names are compared: case, hyphens, punctuation, accents and (with ``spelling``) British / American
+    spelling ignored, so ``Age-related macular oedema`` and ``age related macular edema`` are one key, and so are
+    ``Drüsen`` and ``drusen``.  Accents go as the text encoder's tokenizer drops them (NFKD, then no combining
+    mark), so an accented spelling of a known name, which the model reads as the name itself, resolves to it rather
+    than being prompted as an unknown name; every name of the knowledge is plain ASCII, so none collides with
+    another (``tests/model/test_aliases.py``)."""
+    text = unicodedata.normalize("NFKD", str(name))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
+    text = unicodedata.normalize("NFKC", text).lower()
     text = re.sub(r"[-_/]", " ", text)
     text = re.sub(r"[^\w\s+]", "", text)
     words = text.split()

@@ -1,12 +1,17 @@
 """Text tokenizer over the Hugging Face ``tokenizers`` package and a ``tokenizer.json`` file.
 
 No torch and no transformers: the same file is used by training and shipped inside the artifact.
+
+:func:`foreign_script` and :func:`unreadable_warning` say which texts this English tokenizer cannot read (Chinese,
+Arabic, Cyrillic...): the one rule of the service's warnings and of the CLIs'.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +77,69 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
+
+
+# Scripts as Unicode names a letter's first word ("CJK UNIFIED IDEOGRAPH-7CD6"), as a warning names them.
+_SCRIPT_NAMES = {"CJK": "Chinese / Japanese (CJK)", "HIRAGANA": "Japanese kana", "KATAKANA": "Japanese kana",
+                 "HANGUL": "Korean (Hangul)"}
+
+
+def foreign_script(text: str) -> str | None:
+    """The scripts (``"Arabic"``, ``"Chinese / Japanese (CJK)"``...) of a text most of whose letters are not Latin,
+    else None (a text in any Latin-alphabet language; a Greek letter in an English name, ``β-zone ...``).
+
+    The text encoder is an English one, fine-tuned on English ophthalmic text: it reads a German, French, Spanish
+    or Portuguese name in English word pieces (``re ##tino ##path ##ie``), and on the dr_sh_600 test split scores
+    normal against DR in those languages about as well as in English (balanced accuracy 0.61-0.63 against 0.63),
+    but most Chinese and Japanese characters are unknown to its vocabulary (``[UNK]``) and Arabic, Cyrillic,
+    Greek or Hangul words are read one letter at a time: Chinese and Japanese scored 0.34 and 0.36 (worse than
+    chance), Arabic 0.50, Russian 0.53 (``service/benchmarks/category_languages.py``)."""
+    latin, other = 0, []
+    for ch in text:
+        if not unicodedata.category(ch).startswith("L"):
+            continue
+        script = unicodedata.name(ch, "").split(" ", 1)[0]
+        if script == "LATIN":
+            latin += 1
+        else:
+            other.append(_SCRIPT_NAMES.get(script) or script.title() or "unnamed")
+    if len(other) <= latin:
+        return None
+    return ", ".join(dict.fromkeys(other))
+
+
+def unreadable_warning(names: Sequence[str], what: str) -> list[dict[str, str]]:
+    """``unreadable_category`` (``what="category"``: zero-shot category names; ``"prior"``: the prior texts of a
+    few-shot classifier's categories) / ``unreadable_query`` (``"query"``: a search text) for those of ``names``
+    written mostly outside the Latin alphabet (:func:`foreign_script`), else nothing.  The service's answers and
+    the CLIs' (``keepfit index search``, ``keepfit classifier fit``) share it, so they say the same."""
+    found = [(name, script) for name in names if (script := foreign_script(name)) is not None]
+    if not found:
+        return []
+    scripts = ", ".join(dict.fromkeys(s for _, s in found))
+    listed = ", ".join(repr(name) for name, _ in found)
+    if what == "query":
+        message = (
+            f"the query {listed} is written in {scripts} script, which the text encoder cannot read: it reads "
+            "English medical terms, and most of these characters are unknown to it or read one letter at a time; "
+            "the hits are what its guess at the text is nearest to, not images of what you asked for: write the "
+            "query in English (e.g. 'diabetic retinopathy', 'hard exudates near the macula')"
+        )
+    elif what == "prior":
+        some = "the prior text of this category is" if len(found) == 1 else "the prior texts of these categories are"
+        message = (
+            f"{listed}: {some} written in {scripts} script, which the text encoder cannot read: it reads English "
+            "medical terms, and most of these characters are unknown to it or read one letter at a time, so the "
+            "zero-shot prior adds noise, not knowledge, to what the examples teach; give each such category an "
+            "English 'text' for its prior (e.g. 'diabetic retinopathy'), or fit without the prior (text_prior "
+            "false; keepfit classifier fit --no-text-prior)"
+        )
+    else:
+        some = "this category is" if len(found) == 1 else "these categories are"
+        message = (
+            f"{listed}: {some} written in {scripts} script, which the text encoder cannot read: it reads English "
+            "medical terms, and most of these characters are unknown to it or read one letter at a time, so the "
+            "probabilities of these categories say nothing about the image; send the categories in English "
+            "(e.g. 'diabetic retinopathy', 'normal'; GET /v1/categories lists the names it knows)"
+        )
+    return [{"code": "unreadable_query" if what == "query" else "unreadable_category", "message": message}]

@@ -149,7 +149,7 @@ def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def fit_main(args: argparse.Namespace) -> int:
-    from service.routers.classifiers import fit_and_row  # the one fitting path, shared with the API
+    from service.routers.classifiers import fit_and_row, prior_warnings  # the API's fitting path and rules
     name = check_name(args.name)
     limit = args.max_classifiers or _settings().max_classifiers
     # an existing store is checked before any image is embedded; a new one is created only to save into, so a
@@ -192,6 +192,8 @@ def fit_main(args: argparse.Namespace) -> int:
     row, result = fit_and_row(
         engine, name, modality, args.method, not args.no_text_prior, categories, examples
     )
+    # the API's rule for the prior: two labels the model reads alike refused, one it cannot read warned of
+    warnings = prior_warnings(engine, categories, result.model.method)
     store = existing or _store(args, create=True)
     try:
         saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=limit)
@@ -199,7 +201,10 @@ def fit_main(args: argparse.Namespace) -> int:
         raise DataError(f"{err} (in {store.root})") from err
     body = saved.public(engine.version)
     body["fit_ms"] = round(result.fit_ms, 2)
+    body["warnings"] = warnings  # as the API's create answers
     print(json.dumps(body, indent=2))  # noqa: T201
+    for warning in warnings:
+        print(f"warning: {warning['message']}", file=sys.stderr)  # noqa: T201
     return 0
 
 

@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -54,6 +54,7 @@ from model.preprocess import (
     upright_original_size,
 )
 from model.runtime import ImageEncoding, KeepfitRuntime, fold_name, modality_used, screening_normal
+from model.tokenizer import unreadable_warning
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
 from service.metrics import Metrics
 from service.settings import Settings
@@ -138,61 +139,6 @@ def mixed_script_word(text: str) -> str | None:
         if len(scripts & set(_LOOKALIKE_SCRIPTS)) > 1:
             return word
     return None
-
-
-# Scripts as Unicode names a letter's first word ("CJK UNIFIED IDEOGRAPH-7CD6"), as a warning names them.
-_SCRIPT_NAMES = {"CJK": "Chinese / Japanese (CJK)", "HIRAGANA": "Japanese kana", "KATAKANA": "Japanese kana",
-                 "HANGUL": "Korean (Hangul)"}
-
-
-def foreign_script(text: str) -> str | None:
-    """The scripts (``"Arabic"``, ``"Chinese / Japanese (CJK)"``...) of a text most of whose letters are not Latin,
-    else None (a text in any Latin-alphabet language; a Greek letter in an English name, ``β-zone ...``).
-
-    The text encoder is an English one, fine-tuned on English ophthalmic text: it reads a German, French, Spanish
-    or Portuguese name in English word pieces (``re ##tino ##path ##ie``), and on the dr_sh_600 test split scores
-    normal against DR in those languages about as well as in English (balanced accuracy 0.61-0.63 against 0.63),
-    but most Chinese and Japanese characters are unknown to its vocabulary (``[UNK]``) and Arabic, Cyrillic,
-    Greek or Hangul words are read one letter at a time: Chinese and Japanese scored 0.34 and 0.36 (worse than
-    chance), Arabic 0.50, Russian 0.53 (``service/benchmarks/category_languages.py``)."""
-    latin, other = 0, []
-    for ch in text:
-        if not unicodedata.category(ch).startswith("L"):
-            continue
-        script = unicodedata.name(ch, "").split(" ", 1)[0]
-        if script == "LATIN":
-            latin += 1
-        else:
-            other.append(_SCRIPT_NAMES.get(script) or script.title() or "unnamed")
-    if len(other) <= latin:
-        return None
-    return ", ".join(dict.fromkeys(other))
-
-
-def unreadable_warning(names: Sequence[str], what: str) -> list[dict[str, str]]:
-    """``unreadable_category`` (``what="category"``) / ``unreadable_query`` (``"query"``) for those of ``names``
-    written mostly outside the Latin alphabet (:func:`foreign_script`), else nothing."""
-    found = [(name, script) for name in names if (script := foreign_script(name)) is not None]
-    if not found:
-        return []
-    scripts = ", ".join(dict.fromkeys(s for _, s in found))
-    listed = ", ".join(repr(name) for name, _ in found)
-    if what == "query":
-        message = (
-            f"the query {listed} is written in {scripts} script, which the text encoder cannot read: it reads "
-            "English medical terms, and most of these characters are unknown to it or read one letter at a time; "
-            "the hits are what its guess at the text is nearest to, not images of what you asked for: write the "
-            "query in English (e.g. 'diabetic retinopathy', 'hard exudates near the macula')"
-        )
-    else:
-        some = "this category is" if len(found) == 1 else "these categories are"
-        message = (
-            f"{listed}: {some} written in {scripts} script, which the text encoder cannot read: it reads English "
-            "medical terms, and most of these characters are unknown to it or read one letter at a time, so the "
-            "probabilities of these categories say nothing about the image; send the categories in English "
-            "(e.g. 'diabetic retinopathy', 'normal'; GET /v1/categories lists the names it knows)"
-        )
-    return [{"code": f"unreadable_{what}", "message": message}]
 
 
 def featureless(spread: float | None) -> bool:
@@ -367,31 +313,40 @@ class Engine:
             seen[key] = label
             similar = () if known else tuple(self.knowledge.similar_known(label))
             resolved.append(Category(label=label, canonical=canonical, known=known, similar_known=similar))
-        self._check_distinct_tokens(resolved)
+        self.check_distinct_tokens(resolved)
         return resolved
 
-    def _check_distinct_tokens(self, categories: list[Category]) -> None:
+    @cached_property
+    def _name_room(self) -> int:
+        """How many of a name's tokens every prompt holds: the context less [CLS], [SEP] and the longest template
+        text before the name (the same for every request: computed once, not per request)."""
+        tokenizer = self.runtime.tokenizer
+        before = [t.split("{}", 1)[0] for m in self.modalities for t in self.knowledge.open_templates(m)]
+        return max(1, tokenizer.context_length - 2 - max(len(tokenizer.pieces(t)) for t in before))
+
+    def check_distinct_tokens(self, categories: list[Category], prior: bool = False) -> None:
         """Refuse two unknown names whose prompts the text encoder reads as the same tokens: they get one
         embedding and always the same probability.  ``黄斑变性`` and ``黄斑裂孔`` (macular degeneration, macular
-        hole) are both four ``[UNK]``; ``rétinopathie`` and ``retinopathie`` lose their accents alike."""
+        hole) are both four ``[UNK]``; ``rétinopathie`` and ``retinopathie`` lose their accents alike.  ``prior``:
+        the categories of a few-shot classifier, whose ``canonical`` is the text of their zero-shot prior (the one
+        rule of both; the message then speaks of their prior texts)."""
         unknown = [c for c in categories if not c.known]
         if len(unknown) < 2:
             return
         tokenizer = self.runtime.tokenizer
         # Prompts can be alike only if the names are alike as far as the prompts hold them: the names are
         # tokenized in one batch first (~5 ms for 50), the prompts only of names that are.
-        before = [t.split("{}", 1)[0] for m in self.modalities for t in self.knowledge.open_templates(m)]
-        room = max(1, tokenizer.context_length - 2 - max(len(tokenizer.pieces(t)) for t in before))
+        room = self._name_room
         ids, mask = tokenizer([c.canonical for c in unknown])
         alike: dict[tuple[int, ...], list[Category]] = {}
         for category, row, m in zip(unknown, ids, mask, strict=True):
             alike.setdefault(tuple(int(t) for t in row[m == 1][1:-1][:room]), []).append(category)
         for group in alike.values():
             if len(group) > 1:
-                self._check_distinct_prompts(group)
+                self._check_distinct_prompts(group, prior)
 
-    def _check_distinct_prompts(self, unknown: list[Category]) -> None:
-        """:meth:`_check_distinct_tokens` for names alike as far as the prompts hold them: their prompts, in each
+    def _check_distinct_prompts(self, unknown: list[Category], prior: bool = False) -> None:
+        """:meth:`check_distinct_tokens` for names alike as far as the prompts hold them: their prompts, in each
         modality's templates and cut as the encoder cuts them."""
         tokenizer = self.runtime.tokenizer
         for modality in self.modalities:
@@ -412,8 +367,19 @@ class Engine:
                 else:
                     shown = " ".join(pieces[:12]) + (" ..." if len(pieces) > 12 else "")
                     unread = " (characters its vocabulary lacks)" if "[UNK]" in pieces else ""
-                    how = (f"its tokenizer reads both as '{shown}'{unread}; name them so they differ (the model "
-                           "reads English medical terms: GET /v1/categories lists the names it knows)")
+                    remedy = (
+                        "give them prior texts that differ ('text'), in English, or fit without the text prior"
+                        if prior
+                        else "name them so they differ"
+                    )
+                    how = (f"its tokenizer reads both as '{shown}'{unread}; {remedy} (the model reads English "
+                           "medical terms: GET /v1/categories lists the names it knows)")
+                if prior:
+                    raise InvalidRequestError(
+                        f"the prior texts of categories {first.label!r} and {category.label!r} are the same text to "
+                        f"the model, so their zero-shot priors would be one embedding that tells them apart by "
+                        f"nothing: {how}"
+                    )
                 raise InvalidRequestError(
                     f"categories {first.label!r} and {category.label!r} are the same text to the model, so they "
                     f"would get the same embedding and always the same probability: {how}"

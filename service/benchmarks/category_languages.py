@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from model.runtime import KeepfitRuntime
+from model.tokenizer import foreign_script
 from service.benchmarks._common import DEFAULT_DATA, ROOT
-from service.engine import foreign_script
 
 # (normal, diabetic retinopathy) as a clinic writing in that language might name them
 LANGUAGES: dict[str, tuple[str, str]] = {

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import numpy as np
@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, TypeAdapter, Valid
 from model.config import MODALITIES
 from model.dicom import call_with_frame
 from model.errors import ImageError, UnsupportedMediaError
+from model.tokenizer import unreadable_warning
 from service.cache import cache_key, sha256_hex
 from service.classifiers import (
     NAME_PATTERN,
@@ -58,6 +59,7 @@ from service.deps import (
 )
 from service.early import EarlyJob
 from service.engine import (
+    Category,
     EncodedImage,
     Engine,
     FeaturelessExampleError,
@@ -187,6 +189,15 @@ class DeletedClassifier(BaseModel):
     version: str = Field(description="the version that was deleted")
 
 
+class ClassifierWarning(BaseModel):
+    code: Literal["unreadable_category"] = Field(
+        description="`unreadable_category`: the prior text of categories (their `text`, else their label) is "
+        "written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, Cyrillic...), which the English "
+        "text encoder cannot read, so the zero-shot prior adds noise, not knowledge (the message names them)"
+    )
+    message: str = Field(description="a sentence for people")
+
+
 class ClassifierResponse(BaseModel):
     name: str
     version: str
@@ -205,6 +216,10 @@ class ClassifierResponse(BaseModel):
     fit_ms: float | None = None
     timings_ms: dict[str, float] | None = None
     refit_from: str | None = None
+    warnings: list[ClassifierWarning] | None = Field(
+        None, description="a create's answer: what to know about the classifier it fitted (empty: nothing); null "
+        "in other answers"
+    )
 
 
 class ClassifierList(BaseModel):
@@ -518,6 +533,24 @@ def _text_prior(engine: Engine, categories: list[dict[str, Any]], modality: str)
     return engine.runtime.class_embeddings(canon, modality)  # [C, D]
 
 
+def prior_warnings(engine: Engine, categories: list[dict[str, Any]], method: str) -> list[dict[str, str]]:
+    """What a new classifier's zero-shot prior says, when the ``method`` it was fitted with uses one (``+text``):
+    two categories whose prior texts (``text``, else the label) the text encoder reads as the same tokens are
+    refused (422, :meth:`Engine.check_distinct_tokens`, as zero-shot categories are: one prior embedding for
+    both), and prior texts it cannot read are warned of (``unreadable_category``: :func:`unreadable_warning`, as a
+    zero-shot answer warns).  The API's create and ``keepfit classifier fit`` alike."""
+    if not method.endswith("+text"):
+        return []
+    knowledge = engine.knowledge
+    priors = [
+        Category(label=c["label"], canonical=knowledge.canonical(text), known=knowledge.is_known(text))
+        for c in categories
+        for text in [c.get("text") or c["label"]]
+    ]
+    engine.check_distinct_tokens(priors, prior=True)
+    return unreadable_warning([c.canonical for c in priors if not c.known], "prior")
+
+
 def fit_and_row(
     engine: Engine,
     name: str,
@@ -651,7 +684,9 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     Multipart: the same in fields (`name`, `modality`, `method`, `text_prior`, and `spec` as a JSON string for
     index examples), plus example images: in file fields named `examples.<category label>`, or as repeated
     `examples` files with one `labels` field each, in the same order.  Every category needs at least 2 distinct
-    examples.  The answer carries a cross-validated estimate of the balanced accuracy.
+    examples.  The answer carries a cross-validated estimate of the balanced accuracy, and `warnings`
+    (`unreadable_category`: a category's prior text the English text encoder cannot read).  Two categories
+    whose prior texts it reads as the same tokens are refused (422) when the fitted method uses the prior.
     """
     settings, engine = state.settings, state.engine
     store = await get_store(state)
@@ -702,6 +737,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         fit_and_row, engine, name, modality, method, spec.text_prior, categories, examples
     )
     timings["fit"] = (time.perf_counter() - mark) * 1000
+    warnings = await state.run_blocking(prior_warnings, engine, categories, result.model.method)
     mark = time.perf_counter()
     saved = await state.run_blocking(
         lambda: store.save(
@@ -713,6 +749,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     body = saved.public(engine.version)
     body["fit_ms"] = round(result.fit_ms, 2)
     body["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
+    body["warnings"] = warnings
     logger.info(
         "classifier created: categories=%d examples=%d method=%s fit_ms=%.1f total_ms=%.1f",
         len(specs),

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from index.query import answer_is_low_similarity, itself_first, score_scale
 from model.config import MODALITIES
+from model.tokenizer import unreadable_warning
 from service.cache import cache_key, sha256_hex
 from service.deps import (
     ServiceState,
@@ -22,7 +23,7 @@ from service.deps import (
     require_api_key,
 )
 from service.early import EarlyJob
-from service.engine import EncodedImage, Timings, unreadable_warning
+from service.engine import EncodedImage, Timings
 from service.errors import InvalidRequestError
 from service.routers._body import body_kind, image_form_schema, parse_json, parse_multipart
 from service.schemas import (

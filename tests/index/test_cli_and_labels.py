@@ -77,6 +77,43 @@ def test_a_modality_the_index_does_not_hold_says_so(
     assert capsys.readouterr().out.strip() == f"no results: {message}"
 
 
+def test_cli_warns_of_an_unreadable_text_query_as_the_api_does(
+    labelled_index: Path, tiny_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`POST /v1/search` answers a query written mostly outside the Latin alphabet with `unreadable_query`;
+    `keepfit index search --text` answered the same hits without a word (in --json and in its lines)."""
+    from fastapi.testclient import TestClient
+
+    from model.cli import main as keepfit
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    query = "糖尿病视网膜病变"  # diabetic retinopathy, in Chinese
+    with TestClient(create_app(make_settings(tiny_artifact, index=labelled_index))) as client:
+        api = client.post("/v1/search", json={"query": query, "top_k": 3}).json()["warnings"]
+    assert [w["code"] for w in api] == ["unreadable_query"]
+    argv = ["index", "search", "--index", str(labelled_index), "--artifact", str(tiny_artifact), "--top-k", "3"]
+    assert keepfit([*argv, "--text", query, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == api  # the one rule: the same words
+    assert keepfit([*argv, "--text", query]) == 0
+    assert f"warning: {api[0]['message']}" in capsys.readouterr().out.splitlines()
+    # a query in a Latin-alphabet language is read (in English word pieces): no warning
+    assert keepfit([*argv, "--text", "rétinopathie diabétique", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
+
+
+def test_an_accented_spelling_of_a_known_name_filters_as_the_name_does(labelled_index: Path) -> None:
+    """A label filter falls back to the knowledge's name for an alias (``DME``); an accented spelling of a known
+    name (``nörmal``, as the zero-shot categories now resolve it) finds the images labelled with the name, and one
+    of an unknown name still matches only its own spelling (``Ödem`` is not ``Odem``)."""
+    with VectorIndex.open(labelled_index) as index:
+        query = np.asarray(index.vectors()[0], dtype=np.float32)
+        hits = index.search(query, 10, label="Nörmal")
+        assert len(hits) == 3 and all(h.record.labels == ["normal"] for h in hits)
+        assert label_warning(index, "Nörmal", None, len(hits)) is None
+        assert index.search(query, 10, label="Odem") == []
+
+
 def test_cli_judges_an_indexed_image_query_on_the_other_hits(
     default_artifact: Path,
     real_image_paths: dict[str, list[Path]],

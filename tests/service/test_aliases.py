@@ -52,6 +52,28 @@ def test_two_wordings_of_one_category_are_a_duplicate(api: TestClient, real_imag
     assert "'healthy' and 'normal fundus' both mean 'normal'" in r.json()["error"]["message"]
 
 
+def test_an_accented_spelling_of_a_known_name_is_that_name(api: TestClient, real_images: dict[str, bytes]) -> None:
+    """A German ``Drüsen`` was an unknown name (``known: false``, its own prompts, another probability than
+    ``drusen``), though the tokenizer reads it as ``drusen``; beside ``drusen`` it was scored as a second category."""
+    plain = _classify(api, real_images["CFP"], categories=["drusen", "normal"], modality="CFP")
+    for word in ("Drüsen", "DRÜSEN", "dru\u0308sen"):  # composed, upper case, decomposed (a Mac's)
+        accented = _classify(api, real_images["CFP"], categories=[word, "normal"], modality="CFP")
+        by_label = {p["label"]: p for p in accented["predictions"]}
+        assert by_label[word]["known"] is True and by_label[word]["canonical"] == "drusens", by_label[word]
+        assert "similar_known" not in by_label[word]
+        assert [p["probability"] for p in accented["predictions"]] == [p["probability"] for p in plain["predictions"]]
+    r = api.post("/v1/classify", files={"image": ("eye.jpg", real_images["CFP"], "image/jpeg")},
+                 data={"categories": ["drusen", "Drüsen", "normal"]})
+    assert r.status_code == 422, r.text
+    assert "'drusen' and 'Drüsen' both mean 'drusens'" in r.json()["error"]["message"]
+    # an unknown name's accented spelling is still its own name, and beside the plain one the tokenizer's duplicate
+    french = _classify(api, real_images["CFP"], categories=["rétinopathie diabétique", "normal"], modality="CFP")
+    assert {p["label"]: p["known"] for p in french["predictions"]}["rétinopathie diabétique"] is False
+    r = api.post("/v1/classify", files={"image": ("eye.jpg", real_images["CFP"], "image/jpeg")},
+                 data={"categories": ["rétinopathie diabétique", "retinopathie diabetique", "normal"]})
+    assert r.status_code == 422 and "are the same text to the model" in r.json()["error"]["message"], r.text
+
+
 def test_unknown_names_are_scored_flagged_and_never_substituted(
     api: TestClient, real_images: dict[str, bytes]
 ) -> None:

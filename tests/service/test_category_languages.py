@@ -21,7 +21,7 @@ def _classify(api: TestClient, data: bytes, **form: object) -> Any:
      "당뇨망막병증", "DR 糖尿病视网膜病变"],
 )
 def test_names_mostly_outside_the_latin_alphabet_are_found(text: str) -> None:
-    from service.engine import foreign_script
+    from model.tokenizer import foreign_script
 
     assert foreign_script(text) is not None
 
@@ -33,7 +33,7 @@ def test_names_mostly_outside_the_latin_alphabet_are_found(text: str) -> None:
      "diabetic retinopathy (糖尿病视网膜病变)", "cup-to-disc ratio > 0.6", "1"],
 )
 def test_latin_alphabet_names_are_read(text: str) -> None:
-    from service.engine import foreign_script
+    from model.tokenizer import foreign_script
 
     assert foreign_script(text) is None
 

@@ -4,8 +4,10 @@ ways, mixed alphabets, invisible or over-long labels)."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -185,3 +187,53 @@ def test_a_classifier_name_that_differs_from_a_stored_one_only_in_case_is_refuse
     assert code == 2 and len(lines) == 1, lines
     assert "'DR-screen' exists already and 'dr-SCREEN' differs from it only in case" in lines[0], lines
     assert [c["name"] for c in client.get("/v1/classifiers").json()["classifiers"]] == ["DR-screen"]
+
+
+def _create(client: TestClient, data: bytes, labels: list[str], **form: str) -> Any:
+    images = _copies(data, len(labels))
+    files = [("examples", (f"e{i}.jpg", image, "image/jpeg")) for i, image in enumerate(images)]
+    return client.post("/v1/classifiers", data={"labels": labels, **form}, files=files, headers=ADMIN)
+
+
+def test_a_prior_the_model_cannot_read_is_warned_of_and_two_it_reads_alike_are_refused(
+    client: TestClient, real_images: dict[str, bytes], real_image_paths: dict[str, list[Path]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A classifier's zero-shot prior is the text of its categories, read by the English text encoder as a zero-shot
+    category is.  Chinese labels were fitted without a word (their prior: ``[UNK]`` noise), and ``黄斑变性`` beside
+    ``黄斑裂孔`` (four ``[UNK]`` each: one prior embedding for both), which zero-shot refuses, was stored."""
+    oct_ = real_images["OCT"]
+    alike = ["黄斑变性", "黄斑变性", "黄斑裂孔", "黄斑裂孔"]  # macular degeneration, macular hole
+    assert_error(_create(client, oct_, alike, name="alike"), 422, "invalid_request",
+                 "the prior texts of categories '黄斑变性' and '黄斑裂孔' are the same text to the model", "[UNK]")
+    assert client.get("/v1/classifiers").json()["classifiers"] == []
+    # without the prior, the examples alone tell them apart
+    r = _create(client, oct_, alike, name="alike", text_prior="false")
+    assert r.status_code == 201 and r.json()["warnings"] == [], r.text
+    # a label the model cannot read: fitted, with the zero-shot answer's warning code, naming it
+    r = _create(client, oct_, ["正常", "正常", "diabetic retinopathy", "diabetic retinopathy"], name="chinese")
+    assert r.status_code == 201, r.text
+    [warning] = r.json()["warnings"]
+    assert warning["code"] == "unreadable_category" and warning["message"].startswith("'正常': the prior text of")
+    assert "English 'text'" in warning["message"] and "CJK" in warning["message"]
+    assert client.get("/v1/classifiers/chinese").json()["warnings"] is None  # a create's answer only
+    # an English text for its prior: nothing to say
+    spec = json.dumps({"categories": [{"label": "正常", "text": "normal"}]})
+    r = _create(client, oct_, ["正常", "正常", "diabetic retinopathy", "diabetic retinopathy"], name="texted", spec=spec)
+    assert r.status_code == 201 and r.json()["warnings"] == [], r.text
+    # `keepfit classifier fit` (a label is its prior text): refused alike, warned alike
+    paths = real_image_paths["OCT"][:4]
+    store = tmp_path / "store"
+
+    def fit(labels: list[str]) -> int:
+        examples = [f"--example={label}={path}" for label, path in zip(labels, paths, strict=True)]
+        return keepfit(["classifier", "fit", "--store", str(store), "--name", "x", "--modality", "OCT", *examples])
+
+    assert fit(alike) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "the prior texts of categories '黄斑变性' and '黄斑裂孔'" in lines[0], lines
+    assert not store.exists()
+    assert fit(["正常", "正常", "diabetic retinopathy", "diabetic retinopathy"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["warnings"] == [warning]
+    assert f"warning: {warning['message']}" in out.err.splitlines()
