@@ -82,7 +82,7 @@ def itself_first(
 
 def answer_is_low_similarity(hits: Iterable[tuple[float, bool]], threshold: float) -> bool:
     """An answer's ``low_similarity``, from each hit's ``(score, is the query itself)``: judged on the other hits
-    (an image query already in the index finds itself with score 1, which says nothing about the rest); false
+    (an image query already in the index finds itself with score about 1, which says nothing about the rest); false
     when there is no other hit (``top_k=1`` and the query itself, or nothing passed the filters)."""
     others = [score for score, itself in hits if not itself]
     return bool(others) and is_low_similarity(others, threshold)

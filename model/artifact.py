@@ -345,8 +345,9 @@ def replace_knowledge(path: str | Path, knowledge: dict[str, Any]) -> str:
     ``evaluation`` (which names the version it measured) and records the version it replaced.  Returns the new
     version."""
     path = Path(path)
+    # the checks a reader makes, before anything is copied (the staged copy named in the refusal otherwise)
+    Knowledge.from_data(knowledge, f"the new knowledge for artifact {path}")
     artifact = load_artifact(path)  # verifies every hash first: never re-sign a damaged artifact
-    Knowledge(knowledge)  # the same checks a reader makes
     staging = staging_dir(path)
     try:
         for entry in path.iterdir():  # what the manifest lists, and what else the operator keeps here

@@ -19,6 +19,8 @@ artifact carries a copy of it (an artifact stays self-contained), and a test fai
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import logging
 import re
 import unicodedata
@@ -31,6 +33,7 @@ from typing import Any
 from model.config import MODALITIES
 from model.errors import ArtifactError, ConfigError
 from model.files import read_json
+from model.lru import LruCache
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ logger = logging.getLogger(__name__)
 KNOWLEDGE_FORMAT = 2
 ANY = "any"
 ALIASES_FILE = Path(__file__).parent / "data" / "aliases.json"
+
+# how many unknown names' similar_known answers each Knowledge keeps (a key of at most a few hundred characters and
+# three category names each: well under a megabyte in all)
+SIMILAR_CACHE_SIZE = 4096
 
 SOURCE_FILE = Path(__file__).parent / "data" / "knowledge_source.json"
 DEFAULT_FILE = Path(__file__).parent / "data" / "knowledge.json"  # the packaged knowledge
@@ -63,11 +70,18 @@ def name_key(name: str, spelling: Mapping[str, str] | None = None) -> str:
 
 @dataclass(frozen=True)
 class Knowledge:
-    """Read-only view of ``knowledge.json``."""
+    """Read-only view of ``knowledge.json``: ``data`` is never changed once a Knowledge holds it (what is derived
+    from it, the name map and the :meth:`similar_known` answers, is computed once and kept)."""
 
     data: dict[str, Any]
     # where it was read from (a path, or words such as "the knowledge runs/x/model.pt carries"), for messages
     source: str | None = field(default=None, compare=False)
+    # the SHA-256 of the bytes it was read from (:meth:`from_bytes`), for a run's record of what it trained with
+    sha256: str | None = field(default=None, compare=False)
+    # similar_known answers by (name key, limit, cutoff): ~2 ms each to compute, asked per /v1/classify request
+    _similar: LruCache[tuple[str, int, float], tuple[str, ...]] = field(
+        default_factory=lambda: LruCache(SIMILAR_CACHE_SIZE), init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Knowledge:
@@ -75,7 +89,22 @@ class Knowledge:
         return cls.from_data(read_json(path, "knowledge file", ArtifactError), f"knowledge file {path}", str(path))
 
     @classmethod
-    def from_data(cls, data: Any, what: str, source: str | None = None) -> Knowledge:
+    def from_bytes(cls, content: bytes, what: str, source: str | None = None, sha256: str | None = None) -> Knowledge:
+        """``knowledge.json``'s bytes (a file's, or the copy a checkpoint carries) parsed and checked as
+        :meth:`from_data`; the knowledge keeps their SHA-256 (``sha256``).  Given ``sha256``, the digest recorded for
+        these bytes, it is checked first: bytes that differ are damaged, whatever they parse to.  An
+        :class:`ArtifactError` names ``what``."""
+        digest = hashlib.sha256(content).hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise ArtifactError(f"{what} does not match its recorded SHA-256: it is damaged")
+        try:
+            data = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ArtifactError(f"{what} is not valid JSON: {err}") from None
+        return cls.from_data(data, what, source, digest)
+
+    @classmethod
+    def from_data(cls, data: Any, what: str, source: str | None = None, sha256: str | None = None) -> Knowledge:
         """``data`` (parsed ``knowledge.json``) checked as a reader needs it; :class:`ArtifactError` names ``what``
         (e.g. ``knowledge file PATH``) and the first thing missing."""
         if not isinstance(data, dict):
@@ -86,7 +115,7 @@ class Knowledge:
         fmt = data.get("format", 1)
         if not isinstance(fmt, int) or fmt > KNOWLEDGE_FORMAT:
             raise ArtifactError(f"{what} has format {fmt!r}; this version reads formats 1 to {KNOWLEDGE_FORMAT}")
-        return cls(data, source)
+        return cls(data, source, sha256)
 
     @classmethod
     def default(cls) -> Knowledge:
@@ -156,10 +185,18 @@ class Knowledge:
 
     def similar_known(self, name: str, limit: int = 3, cutoff: float = 0.8) -> list[str]:
         """Known categories whose name or alias resembles ``name`` (a typo, a word more or less), best first.
-        Suggestions only: an unknown name is never replaced by one of them."""
+        Suggestions only: an unknown name is never replaced by one of them.  Each answer is computed once per name
+        key (names that differ only as :meth:`key` ignores share it) and kept in a bounded LRU."""
         key = self.key(name)
         if not key or key in self._names:
             return []
+        cached = self._similar.get((key, limit, cutoff))
+        if cached is None:
+            cached = self._similar.put((key, limit, cutoff), tuple(self._similar_known(key, limit, cutoff)))
+        return list(cached)
+
+    def _similar_known(self, key: str, limit: int, cutoff: float) -> list[str]:
+        """:meth:`similar_known` of an unknown name's key, uncached."""
         words = set(key.split())
         scored: dict[str, float] = {}
         matcher = difflib.SequenceMatcher(None, autojunk=False)

@@ -42,6 +42,7 @@ from service.classifiers import (
     encoder_fingerprint,
     index_examples,
     name_taken_message,
+    refit_refused_message,
 )
 from service.errors import ServiceError
 
@@ -338,9 +339,9 @@ def refit_main(args: argparse.Namespace) -> int:
                     "which can read the index's images"
                 )
             try:
-                emb, _, _ = _embed_example(engine, data, f"its uploaded example {e['sha256'][:12]} of {e['category']!r}")
+                emb, _, _ = _embed_example(engine, data, "the example")
             except DataError as err:  # refused by a rule newer than the classifier (an almost uniform example)
-                raise DataError(f"cannot refit {row.name!r}: {err}; create the classifier again without it") from err
+                raise DataError(refit_refused_message(e, str(err.__cause__ or err), row.name)) from err
             examples.append(Example(e["category"], e["sha256"], "upload", emb, data=data))
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new, result = fit_and_row(

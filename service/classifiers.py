@@ -251,6 +251,18 @@ def name_taken_message(name: str, taken: str) -> str:
     )
 
 
+def refit_refused_message(example: dict[str, Any], why: str, name: str | None = None) -> str:
+    """Why a refit stops at a stored upload that this release refuses to embed (a classifier created before a rule,
+    an almost uniform example or KEEPFIT_MIN_IMAGE_SIDE, may hold one; a refit after a model update re-embeds it):
+    the example by its SHA-256 and category (the refit sent no file), and the one thing left to do.  The words of
+    ``POST /v1/classifiers/{name}/refit`` and of ``keepfit classifier refit`` (``name``: the classifier's)."""
+    whose = f" {name!r}" if name else ""
+    return (
+        f"cannot refit{whose}: its uploaded example {example['sha256'][:12]} of {example['category']!r} is refused "
+        f"by this release ({why}); create the classifier again without it"
+    )
+
+
 def _name_clash(db: sqlite3.Connection, name: str) -> str | None:
     """``name`` when the store holds it, else a stored name that differs from it only in case, else None.  Names
     are ASCII (NAME_PATTERN): SQLite's NOCASE folds all of their letters."""

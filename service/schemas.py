@@ -399,7 +399,8 @@ class SearchHit(BaseModel):
     height: int | None
     sha256: str | None = Field(description="SHA-256 of the indexed file's bytes")
     same_image: bool = Field(
-        description="an image query found itself: this hit is the very bytes that were sent (score 1); "
+        description="an image query found itself: this hit is the very bytes that were sent (score about 1). It is "
+        "listed first even when another file of its pixels (a PNG or DICOM of a JPEG's pixels) scores higher; "
         "`low_similarity` looks past it",
     )
     image_url: str

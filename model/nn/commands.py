@@ -118,9 +118,6 @@ def export_knowledge(path: Path | None, trained_with: Any, checkpoint: Path | No
     """The knowledge an export ships: ``--knowledge FILE``; else the one the checkpoint carries (trained with
     ``keepfit train --knowledge FILE``: its ``knowledge`` record holds the file's ``content``); else the packaged
     one (a checkpoint that records none, or the packaged one, as before knowledge was recorded)."""
-    import hashlib
-    import json
-
     recorded = trained_with if isinstance(trained_with, dict) else {}
     content = recorded.get("content")
     if path is not None:
@@ -130,16 +127,12 @@ def export_knowledge(path: Path | None, trained_with: Any, checkpoint: Path | No
                            recorded.get("path"))
         return knowledge
     if isinstance(content, bytes):
-        what = f"the knowledge {checkpoint} carries ({recorded.get('path')})"
-        if hashlib.sha256(content).hexdigest() != recorded.get("sha256"):
-            raise CheckpointError(f"{what} does not match its recorded SHA-256: the checkpoint is damaged")
-        try:
-            data = json.loads(content.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{what} is not valid JSON: {err}") from err
+        what = f"the knowledge the checkpoint {checkpoint} carries ({recorded.get('path')})"
+        # its recorded SHA-256 checked first (a damaged checkpoint), then read as a knowledge file is
+        knowledge = Knowledge.from_bytes(content, what, str(recorded.get("path")), str(recorded.get("sha256")))
         logger.info("shipping the knowledge the checkpoint was trained with: %s (SHA-256 %s)", recorded.get("path"),
                     recorded.get("sha256"))
-        return Knowledge.from_data(data, what, str(recorded.get("path")))
+        return knowledge
     knowledge = Knowledge.default()
     if recorded.get("sha256") and recorded.get("sha256") != sha256_file(DEFAULT_FILE):
         logger.warning("shipping the packaged knowledge, which has changed since %s was trained with it", checkpoint)

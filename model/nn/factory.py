@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,10 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A keepfit checkpoint's payload, checked, or a one-line :class:`CheckpointError`.  ``mmap``: the tensors map
+    the file rather than being read into memory, for a caller that reads only the plain data (a record of the
+    knowledge it trained with), in milliseconds and no copy of the weights."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a checkpoint file (model.pt)" if path.is_dir() else "not found"
@@ -96,7 +100,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         # weights_only: a keepfit checkpoint holds tensors, numbers, strings, bytes and containers of them; a full
         # unpickler would run whatever code a downloaded or shared .pt file names
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # torch maps only its zip format (what torch.save writes); any other file is read as before
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as err:
         if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):
             raise CheckpointError(

@@ -47,6 +47,7 @@ from service.classifiers import (
     index_examples,
     name_taken_message,
     now_iso,
+    refit_refused_message,
 )
 from service.deps import (
     ServiceState,
@@ -921,8 +922,7 @@ def _refused_example(ex: dict[str, Any], err: ImageError | ServiceError) -> Serv
         return err
     status, code = status_and_code(err)
     return ServiceError(
-        f"cannot refit: its uploaded example {ex['sha256'][:12]} of {ex['category']!r} is refused by this release "
-        f"({err}); create the classifier again without it",
+        refit_refused_message(ex, str(err)),
         status_code=status,
         code=code,
     )

@@ -159,8 +159,8 @@ async def _search(
     if data is None:  # a text the English text encoder cannot read (Chinese, Arabic...)
         warnings += unreadable_warning([req.query], "query")
     base = _base_url(request, settings.public_url)
-    # an image query that is in the index finds itself (score 1): say so, put it first (another file of the same
-    # pixels scores as high, or by the encoder's batch noise higher), and judge the rest, as `keepfit index search`
+    # an image query that is in the index finds itself (score about 1): say so, put it first (another file of the
+    # same pixels scores as high, or by the encoder's batch noise higher), and judge the rest, as `keepfit index search`
     ordered = itself_first(hits, digest if data is not None else None, lambda h: h.get("sha256"), lambda h: h["score"])
     for hit, itself in ordered:
         hit["same_image"] = itself

@@ -86,6 +86,30 @@ def test_unknown_names_get_an_ensemble_and_suggestions_never_a_substitute() -> N
     assert k.similar_known("astrology") == [] and k.similar_known("glaucoma") == []
 
 
+def test_similar_known_is_computed_once_per_name_and_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/v1/classify asks it of every unknown name of every request (~2 ms each): an answer is kept per name key,
+    equal to a fresh one, safe from a caller that changes the list it got, and the memo holds a bounded number."""
+    import model.knowledge as knowledge_module
+
+    monkeypatch.setattr(knowledge_module, "SIMILAR_CACHE_SIZE", 3)
+    k, fresh = Knowledge.default(), Knowledge.default()
+    computed: list[str] = []
+    uncached = Knowledge._similar_known
+
+    def counting(self: Knowledge, key: str, limit: int, cutoff: float) -> list[str]:
+        computed.append(key)
+        return uncached(self, key, limit, cutoff)
+
+    monkeypatch.setattr(Knowledge, "_similar_known", counting)
+    k.similar_known("myopia").append("changed by a caller")
+    assert k.similar_known("Myopia.") == k.similar_known("myopia") == ["pathologic myopia"]
+    assert computed == ["myopia"]  # "Myopia." has the same key; the repeats came from the memo
+    names = ["glaucome", "diabetic macula edema", "astrology", "macular holes"]
+    assert [k.similar_known(n) for n in names] == [fresh.similar_known(n) for n in names]
+    assert k.similar_known("myopia", limit=1) == fresh.similar_known("myopia", limit=1)
+    assert len(k._similar) == 3  # at most SIMILAR_CACHE_SIZE answers kept, the least recent evicted
+
+
 def test_format_1_knowledge_still_reads_as_before(default_artifact: Path) -> None:
     """Artifacts exported before aliases existed: abbreviations resolve, unknown names get the one template."""
     data = json.loads((default_artifact / "knowledge.json").read_text())
@@ -190,6 +214,38 @@ def test_replace_knowledge_gives_a_new_verified_version(default_artifact: Path, 
     (art / "tokenizer.json").write_text("{}")
     with pytest.raises(ArtifactError, match="tokenizer.json"):
         replace_knowledge(art, data)
+
+
+def test_replace_knowledge_refuses_malformed_knowledge_before_touching_the_artifact(
+    default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused with the reader's checks before the artifact is copied: the refusal named the hidden staging copy
+    it was found in, after the weights had been copied there."""
+    from model import knowledge as knowledge_module
+    from model.cli import main
+
+    art = tmp_path / "art"
+    shutil.copytree(default_artifact, art)
+    before = {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()}
+    good = json.loads((art / "knowledge.json").read_text())
+    cases = [
+        ([good], "is a JSON list, not an object"),
+        ({k: v for k, v in good.items() if k != "templates"}, "lacks the 'templates' section"),
+        ({**good, "format": 99}, "has format 99"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ArtifactError, match=message) as err:
+            replace_knowledge(art, bad)
+        assert str(err.value).startswith(f"the new knowledge for artifact {art} ") and "staging" not in str(err.value)
+    monkeypatch.setattr(knowledge_module, "build_knowledge", lambda *a: {**good, "format": 99})
+    dictionary = tmp_path / "dictionary.json"
+    dictionary.write_text("{}")
+    assert main(["knowledge", "--dictionary", str(dictionary), "--out", str(tmp_path / "k.json"),
+                 "--artifact", str(art)]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and "the new knowledge for artifact" in err_lines[0] and "format 99" in err_lines[0]
+    assert {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "dictionary.json", "k.json"]  # no staging left
 
 
 def test_replace_knowledge_keeps_what_else_the_artifact_folder_holds(default_artifact: Path, tmp_path: Path) -> None:

@@ -206,3 +206,13 @@ def test_openapi_lists_a_modality_an_index_gains_without_a_search_first(
         assert keepfit(["index", "add", "--index", str(out), "--artifact", str(default_artifact), "--manifest",
                         str(more)]) == 0
         assert "ICGA" in json.dumps(client.get("/openapi.json").json()["paths"]["/v1/search"])
+
+
+def test_the_same_image_field_says_what_its_score_is_and_where_it_is_listed() -> None:
+    """It claimed "score 1": the query's own file scores about 1 (embedded alone, not in the index's batch), and
+    another file of its pixels may score higher yet is listed after it."""
+    from service.schemas import SearchHit
+
+    said = SearchHit.model_json_schema()["properties"]["same_image"]["description"]
+    assert "(score about 1)" in said and "(score 1)" not in said
+    assert "listed first even when another file of its pixels" in said and "scores higher" in said
