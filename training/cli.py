@@ -195,9 +195,6 @@ def choose_knowledge(path: str | None) -> tuple[Knowledge, dict[str, Any]]:
     weights load, and its record for the checkpoints: ``path``, ``packaged``, ``sha256`` of the file's bytes and,
     for a file of the user's, its ``content`` (bytes), which ``keepfit export`` of the checkpoint ships.  A missing,
     unreadable or malformed file is a :class:`DataError` of one line naming ``--knowledge``."""
-    import hashlib
-    import json
-
     from model.errors import ArtifactError
     from model.knowledge import DEFAULT_FILE
 
@@ -210,16 +207,11 @@ def choose_knowledge(path: str | None) -> tuple[Knowledge, dict[str, Any]]:
     except OSError as err:
         raise DataError(f"cannot read knowledge file {file}: {err.strerror or err}{flag}") from None
     try:
-        data = json.loads(content.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise DataError(f"knowledge file {file} is not valid JSON: {err}{flag}") from None
-    try:
-        knowledge = Knowledge.from_data(data, f"knowledge file {file}", str(file))
+        knowledge = Knowledge.from_bytes(content, f"knowledge file {file}", str(file))
         _check_knowledge_structure(knowledge, file)
     except ArtifactError as err:
         raise DataError(f"{err}{flag}") from None
-    record: dict[str, Any] = {"path": str(file), "packaged": path is None,
-                              "sha256": hashlib.sha256(content).hexdigest()}
+    record: dict[str, Any] = {"path": str(file), "packaged": path is None, "sha256": knowledge.sha256}
     if path:
         record["content"] = content
     return knowledge, record
@@ -253,7 +245,8 @@ def check_knowledge_of_init(cfg: Any, record: dict[str, Any]) -> None:
         return
     from model.nn.factory import read_checkpoint
 
-    theirs = read_checkpoint(cfg.init).get("knowledge")
+    # only its knowledge record: the weights mapped, not read (build_model reads them once)
+    theirs = read_checkpoint(cfg.init, mmap=True).get("knowledge")
     if isinstance(theirs, dict) and theirs.get("sha256") != record["sha256"]:
         logger.warning("--init %s was trained with the knowledge %s, this run trains with %s%s", cfg.init,
                        theirs.get("path"), record["path"],
@@ -300,7 +293,7 @@ def train_main(argv: list[str]) -> int:
     folder_flag = "--out" if args.out else "--name"
     check_outputs_spare_inputs(cfg, run_dir, data_root, folder_flag)
     # a refused resume before any weights load or file is written
-    check_resumable(run_dir, cfg, args.resume, knowledge=knowledge_record, folder_flag=folder_flag)
+    resumed = check_resumable(run_dir, cfg, args.resume, knowledge=knowledge_record, folder_flag=folder_flag)
     check_knowledge_of_init(cfg, knowledge_record)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
@@ -308,7 +301,7 @@ def train_main(argv: list[str]) -> int:
         default = min(torch.get_num_threads(), available_cores())
         torch.set_num_threads(threads_from_env() or max(1, default))
     seed_everything(cfg.seed)  # the new heads' random initialisation is part of the run's seed
-    meta: dict[str, Any] = {"knowledge": knowledge_record}
+    meta: dict[str, Any] = {"knowledge": knowledge_record, "provenance": _provenance(argv, cfg, data_root, resumed)}
     try:
         model, tokenizer, info = build_model(cfg)
         if info:
@@ -318,7 +311,7 @@ def train_main(argv: list[str]) -> int:
         result = train(task, cfg, run_dir, device, resume=args.resume, meta=meta)
     except KeyboardInterrupt:  # Ctrl-C: say how to go on (keepfit's entry point prints the message, exit 130)
         raise KeyboardInterrupt(resume_hint(argv, run_dir)) from None
-    _write_training_report(cfg, task, result, knowledge_record)
+    _write_training_report(cfg, task, result, knowledge_record, meta["provenance"])
     speed = (f"{result.pairs_per_s:.1f} pairs/s" if math.isfinite(result.pairs_per_s)
              else "speed not measured: the first step is not timed")
     print(f"wrote {result.checkpoint} (weights of step {result.selected_step}; best validation score "  # noqa: T201
@@ -330,7 +323,20 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def _write_training_report(cfg: Any, task: Any, result: Any, knowledge: dict[str, Any] | None = None) -> None:
+def _provenance(argv: list[str], cfg: Any, data_root: Path | None, resumed: dict[str, Any] | None) -> dict[str, Any]:
+    """This process's record (:mod:`training.provenance`); a resumed run keeps those of the processes before it
+    (``earlier``), which may have run other code or versions."""
+    from training.provenance import run_provenance
+
+    record = run_provenance(argv, cfg, data_root)
+    before = (resumed or {}).get("provenance")
+    if isinstance(before, dict):
+        record["earlier"] = [*before.get("earlier", []), {k: v for k, v in before.items() if k != "earlier"}]
+    return record
+
+
+def _write_training_report(cfg: Any, task: Any, result: Any, knowledge: dict[str, Any] | None = None,
+                           provenance: dict[str, Any] | None = None) -> None:
     from training.reports import dumps, fmt, write_report
 
     evals = [h for h in result.history if h.get("kind") == "eval"]
@@ -340,7 +346,7 @@ def _write_training_report(cfg: Any, task: Any, result: Any, knowledge: dict[str
                "selected_step": result.selected_step, "best_step": result.best_step, "best_score": result.best_score,
                "pairs_per_s": result.pairs_per_s,
                "steps": len(trains), "train_seconds": sum(h["time"] for h in trains), "validation": evals,
-               "checkpoint": str(result.checkpoint)}
+               "checkpoint": str(result.checkpoint), "provenance": provenance}
     keys = [k for k in (evals[-1] if evals else {}) if k not in ("kind", "step", "time")]
     lines = [f"# Training run `{cfg.name}` (stage {cfg.stage})", "",
              f"- checkpoint: `{result.checkpoint}` (weights of step {result.selected_step}, select={cfg.select}; best "
@@ -349,11 +355,27 @@ def _write_training_report(cfg: Any, task: Any, result: Any, knowledge: dict[str
              f"{payload['train_seconds'] / 60:.1f} min of training steps",
              *([f"- knowledge: `{used['path']}`{' (packaged)' if used.get('packaged') else ''}, SHA-256 "
                 f"`{used['sha256']}`"] if used else []),
+             *_provenance_lines(provenance),
              "", "## Validation", "", "| step | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
     lines += [f"| {h['step']} | " + " | ".join(fmt(h.get(k)) for k in keys) + " |" for h in evals]
     lines += ["", "![training curves](curves.png)", "", "## Data", "", "```json", dumps(task.stats), "```", "",
               "## Config", "", "```json", dumps(cfg.to_dict()), "```", ""]
     write_report(result.run_dir, payload, "\n".join(lines), stem="training_report")
+
+
+def _provenance_lines(provenance: dict[str, Any] | None) -> list[str]:
+    if not provenance:
+        return []
+    import shlex
+
+    dirty = provenance.get("git_dirty")
+    versions = ", ".join(f"{k} {v}" for k, v in (provenance.get("versions") or {}).items() if v)
+    return [f"- code: git `{provenance.get('git_commit')}`"
+            + (" with uncommitted changes" if dirty else "" if dirty is False else " (state unknown)")
+            + (f"; resumed {len(provenance['earlier'])} time(s)" if provenance.get("earlier") else ""),
+            f"- command: `{shlex.join(provenance.get('command') or [])}`",
+            f"- versions: {versions}; {provenance.get('torch_threads')} torch threads",
+            *[f"- input `{name}`: SHA-256 `{item['sha256']}`" for name, item in (provenance.get("inputs") or {}).items()]]
 
 
 # ================================================================================================== eval

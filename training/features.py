@@ -3,7 +3,8 @@
 ``FeatureStore`` runs every image once through the shared preprocessing, the train-time augmentation (views
 1..V-1; view 0 is the plain image) and the frozen leading blocks, and keeps the maps in memory (fp16).  It is
 cached on disk under a key of everything that determines it (weights of the frozen blocks, preprocessing,
-augmentation, views, seed, file sizes and times), so the four ablation runs compute it once.
+augmentation, views, seed, file sizes and times, and the decoding, preprocessing and augmentation code: see
+``_pipeline_digest``), so the four ablation runs compute it once.
 
 ``PixelSource`` is the path without freezing (``--vision-freeze-blocks 0``): images are decoded per batch and
 augmented afresh every time.
@@ -68,17 +69,43 @@ class FeatureStore(ImageSource):
 
 
 def _settings_key(prefix: ImagePrefix, pre: PreprocessConfig, aug: AugmentConfig, views: int, seed: int) -> str:
-    """Everything but the image list that determines a cached map: frozen weights, preprocessing, views."""
+    """Everything but the image list that determines a cached map: frozen weights, preprocessing, augmentation,
+    views, seed and the code that decodes, preprocesses and augments."""
     h = hashlib.sha256()
-    # augmentations added later count only when switched on, so caches of earlier settings stay valid
+    # augmentations added later count only when switched on (a change of augment.py makes another key anyway:
+    # _pipeline_digest)
     augment = {k: v for k, v in aug.__dict__.items() if not (k in ("cast", "letterbox") and v == 0)}
     meta = {"format": CACHE_FORMAT, "pre": pre.__dict__, "aug": augment, "views": views, "seed": seed,
-            "blocks": prefix.blocks}
+            "blocks": prefix.blocks, "code": _pipeline_digest(pre)}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, tensor in prefix.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
+
+
+def _pipeline_digest(pre: PreprocessConfig) -> str:
+    """What no setting records but the cached maps depend on: what this code's decoding and preprocessing make of
+    two fixed synthetic files (a JPEG, decoded at reduced size as the images are, and a PNG), and the source of
+    the augmentation.  A change to either (a fix in decoding, resizing or an augmentation) makes another key: the
+    maps of the old code were reused before, silently."""
+    import inspect
+    import io
+
+    rng = np.random.default_rng(0)
+    h = hashlib.sha256()
+    for fmt, (height, width) in (("JPEG", (700, 900)), ("PNG", (150, 110))):
+        base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        picture = Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR)
+        data = io.BytesIO()
+        picture.save(data, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        h.update(preprocess_batch([load_image(data.getvalue(), size=pre.image_size)], pre).tobytes())
+    module = inspect.getmodule(augment)
+    try:
+        h.update(inspect.getsource(module if module is not None else augment).encode())
+    except (OSError, TypeError):  # no source (a frozen build): its qualified name at least
+        h.update(f"{augment.__module__}.{augment.__qualname__}".encode())
+    return h.hexdigest()
 
 
 def _stamp(path: Path) -> str:

@@ -108,7 +108,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
 
     payload = check_resumable(run_dir, cfg, resume, knowledge=(meta or {}).get("knowledge"))
     if payload is not None:
-        st = _resume(payload, last, task, optimizer)
+        st = _resume(payload, last, task, optimizer, device, scaler)
         # the history as of last.pt: rows of steps run after it (a run stopped between checkpoints) are run again
         atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(row) + "\n" for row in st.history))
     else:
@@ -175,7 +175,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device, res
             run_eval(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             save_checkpoint(last, task.model, task.tokenizer, optimizer=optimizer.state_dict(),
-                            torch_rng=torch.get_rng_state(), **checkpoint_extra(done))
+                            torch_rng=torch.get_rng_state(), **_device_state(device, scaler),
+                            **checkpoint_extra(done))
     bar.close()
     pairs_per_s = pairs / train_time if train_time else float("nan")
 
@@ -267,17 +268,18 @@ def check_resumable(run_dir: Path, cfg: TrainConfig, resume: bool, knowledge: di
                 if saved.get("drop_held_out_copies") is False and cfg.drop_held_out_copies else "")
         raise ConfigError(f"cannot resume {last}: its config differs in {', '.join(differs)}{hint}")
     if knowledge is not None:
-        _check_same_knowledge(last, payload.get("knowledge"), knowledge)
+        _check_same_knowledge(last, payload.get("knowledge"), knowledge, folder_flag)
     if cfg.steps < int(payload["step"]):  # model.pt would say "step <steps>" and hold the weights of a later one
         raise ConfigError(f"cannot resume {last} with --steps {cfg.steps}: it is at step {payload['step']} "
                           f"already (--steps {payload['step']} or more)")
     return payload
 
 
-def _check_same_knowledge(last: Path, recorded: Any, chosen: dict[str, Any]) -> None:
+def _check_same_knowledge(last: Path, recorded: Any, chosen: dict[str, Any], folder_flag: str = "--name") -> None:
     """Refuse to continue a run with other knowledge than it trained with: its captions and prompts would change
     mid-run, and model.pt would record only the second.  A checkpoint that records none (made before knowledge
-    was recorded) trained with the packaged knowledge."""
+    was recorded) trained with the packaged knowledge.  The refusal says how to go on (``folder_flag``: the flag
+    that names a new run's folder)."""
     if not isinstance(recorded, dict):
         if not chosen.get("packaged"):
             raise ConfigError(f"cannot resume {last}: it was trained with the packaged knowledge (it records no "
@@ -286,7 +288,11 @@ def _check_same_knowledge(last: Path, recorded: Any, chosen: dict[str, Any]) -> 
     if recorded.get("sha256") != chosen.get("sha256"):
         was = "the packaged knowledge " if recorded.get("packaged") else ""
         now = "the packaged knowledge " if chosen.get("packaged") else "--knowledge "
-        hint = ("; the packaged knowledge has changed since" if recorded.get("packaged") and chosen.get("packaged")
+        # the packaged file changed (a new release): its old content is in no checkpoint, only its SHA-256
+        hint = ("; the packaged knowledge has changed since: resume with --knowledge FILE holding the content it "
+                f"trained with (SHA-256 {recorded.get('sha256')}; e.g. model/data/knowledge.json of the release it "
+                f"trained with), or start a new run (another {folder_flag}, without --resume)"
+                if recorded.get("packaged") and chosen.get("packaged")
                 else f"; resume with --knowledge {recorded.get('path')} (that content)" if not recorded.get("packaged")
                 else "; resume without --knowledge")
         raise ConfigError(f"cannot resume {last}: it was trained with {was}{recorded.get('path')} (SHA-256 "
@@ -294,9 +300,19 @@ def _check_same_knowledge(last: Path, recorded: Any, chosen: dict[str, Any]) -> 
                           f"{str(chosen.get('sha256'))[:12]}){hint}")
 
 
-def _resume(payload: dict[str, Any], last: Path, task: Task, optimizer: torch.optim.Optimizer) -> _RunState:
-    """Load ``last.pt``'s payload (checked by :func:`check_resumable`) into the model, the optimiser and the
-    task."""
+def _device_state(device: torch.device, scaler: Any) -> dict[str, Any]:
+    """What ``last.pt`` holds besides the CPU RNG for a run on CUDA: the device's RNG (dropout draws from it there)
+    and the fp16 loss scale; without them a resumed run's dropout and loss scale started over."""
+    if device.type != "cuda":
+        return {}
+    return {"cuda_rng": torch.cuda.get_rng_state(device),
+            "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None}
+
+
+def _resume(payload: dict[str, Any], last: Path, task: Task, optimizer: torch.optim.Optimizer,
+            device: torch.device | None = None, scaler: Any = None) -> _RunState:
+    """Load ``last.pt``'s payload (checked by :func:`check_resumable`) into the model, the optimiser, the task
+    and the RNGs."""
     load_state(task.model, payload["state_dict"], source=str(last))
     optimizer.load_state_dict(payload["optimizer"])
     task.load_extra_state(payload.get("task_state") or {})
@@ -310,6 +326,10 @@ def _resume(payload: dict[str, Any], last: Path, task: Task, optimizer: torch.op
     )
     if "torch_rng" in payload:
         torch.set_rng_state(payload["torch_rng"])
+    if device is not None and device.type == "cuda" and payload.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(payload["cuda_rng"], device)
+    if scaler is not None and scaler.is_enabled() and payload.get("grad_scaler"):
+        scaler.load_state_dict(payload["grad_scaler"])
     logger.info("resumed %s at step %d (best %.4f at step %d)", last, st.start, st.best_score, st.best_step)
     return st
 

@@ -104,26 +104,42 @@ class TextTail:
         self.frozen = len(encoder.bert.encoder.layer) - trainable_layers
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._cache_size = cache_size
+        # every batch of texts whose frozen states were computed, in order: a state's last float bits depend on
+        # the batch it was computed in (its size and padding), so a resumed run replays these (``replay``) to
+        # hold the very states, and take the very steps, of an uninterrupted one
+        self.computed: list[list[str]] = []
 
     def _frozen_states(self, texts: Sequence[str], device: torch.device) -> list[Tensor]:
         todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if todo:
-            bert = self.encoder.bert
-            ids, mask = self.tokenizer(list(todo))
-            ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-            was_training = bert.training
-            bert.eval()  # no dropout in the frozen part: the cached states are a function of the text
-            with torch.no_grad():
-                hidden = bert.embeddings(ids_t)  # [U, L, H]
-                additive = _additive_mask(mask_t, hidden.dtype)
-                for layer in bert.encoder.layer[: self.frozen]:
-                    hidden = layer(hidden, additive)
-            bert.train(was_training)
-            for i, text in enumerate(todo):
-                self._cache[text] = hidden[i, : int(mask[i].sum())].detach()  # [L_i, H]
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._compute(todo, device)
         return [self._cache[t] for t in texts]
+
+    def _compute(self, todo: list[str], device: torch.device) -> None:
+        bert = self.encoder.bert
+        ids, mask = self.tokenizer(list(todo))
+        ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        was_training = bert.training
+        bert.eval()  # no dropout in the frozen part: the cached states are a function of the text
+        with torch.no_grad():
+            hidden = bert.embeddings(ids_t)  # [U, L, H]
+            additive = _additive_mask(mask_t, hidden.dtype)
+            for layer in bert.encoder.layer[: self.frozen]:
+                hidden = layer(hidden, additive)
+        bert.train(was_training)
+        for i, text in enumerate(todo):
+            self._cache[text] = hidden[i, : int(mask[i].sum())].detach()  # [L_i, H]
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        self.computed.append(list(todo))
+
+    def replay(self, batches: Sequence[Sequence[str]], device: torch.device) -> None:
+        """Compute the cache anew from ``batches`` (a checkpoint's record of ``computed``), batch by batch as
+        they were first computed."""
+        self._cache.clear()
+        self.computed = []
+        for batch in batches:
+            self._compute(list(batch), device)
 
     def __call__(self, texts: Sequence[str], device: torch.device) -> Tensor:
         """Distinct strings -> unit embeddings ``[U, D]`` (gradients flow through the trainable layers)."""

@@ -230,11 +230,13 @@ class TextTask:
         return out
 
     def extra_state(self) -> dict[str, Any]:
-        return {"mlm_head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
+        return {"mlm_head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+                "text_batches": self.tail.computed}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "mlm_head" in state:
             self.head.load_state_dict(state["mlm_head"])
+        self.tail.replay(state.get("text_batches") or [], self.device)  # the cached text states, bit for bit
 
 
 def _validation_sets(data_root: Path, knowledge: Knowledge, holdout: Sequence[str]) -> list[EvalSet]:
@@ -569,10 +571,17 @@ class HybridTask:
         return {**out, **selection_score(out, [t.name for t in self.public_val])}
 
     def extra_state(self) -> dict[str, Any]:
-        return {}
+        """What a resumed run needs besides weights and optimiser to take the steps an uninterrupted one takes:
+        the batches the cached text states were computed in and, decoding pixels, the augmentation's RNG."""
+        state: dict[str, Any] = {"text_batches": self.text_tail.computed}
+        if isinstance(self.source, PixelSource):
+            state["augment_rng"] = self.source.gen.get_state()
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        return None
+        self.text_tail.replay(state.get("text_batches") or [], self.device)
+        if isinstance(self.source, PixelSource) and state.get("augment_rng") is not None:
+            self.source.gen.set_state(state["augment_rng"])
 
 
 TASKS: dict[str, Callable[..., Task]] = {"text": TextTask, "hybrid": HybridTask}

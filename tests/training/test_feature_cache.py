@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor
 
+import training.features
 from model.config import get_config
 from model.nn.factory import create_model
-from training.augment import AugmentConfig
+from training.augment import AugmentConfig, augment
 from training.features import build_feature_store
 from training.parts import ImagePrefix
 
@@ -56,3 +58,44 @@ def test_an_unreadable_feature_cache_is_computed_again_and_rewritten(
     with caplog.at_level(logging.WARNING, logger="training.features"):
         assert torch.equal(build_feature_store(paths, *args).feats, first.feats)
     assert not [r for r in caplog.records if "feature cache" in r.getMessage()]
+
+
+def _flipped_augment(pixels, cfg, pre, gen):  # another augmentation code, with the same settings
+    return augment(pixels, cfg, pre, gen).flip(-1)
+
+
+def test_a_cached_map_is_computed_again_when_what_made_it_changed(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings (--no-site-augment), the image file and the code that decodes, preprocesses and augments it
+    each change the maps; the cache was keyed by the settings and the file only, so a change of the code (a fix
+    in decoding or in an augmentation) trained on the maps of the old code, silently."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    torch.manual_seed(0)
+    cfg = get_config("keepfit-tiny")
+    prefix = ImagePrefix(create_model(cfg), 1)
+
+    def build(aug: AugmentConfig | None = None) -> Tensor:
+        return build_feature_store(paths, prefix, cfg.preprocess, aug or AugmentConfig(), 2, 0, torch.device("cpu"),
+                                   tmp_path / "cache").feats
+
+    first = build()
+    assert torch.equal(build(), first)  # nothing changed: the cache answers
+    plain = build(AugmentConfig(color=0.0, gamma=0.0, vignette=0.0, blur=0.0))  # --no-site-augment
+    assert torch.equal(plain[:, 0], first[:, 0]) and not torch.equal(plain[:, 1], first[:, 1])
+    with monkeypatch.context() as m:  # the decoding / preprocessing code changed
+        original = training.features.preprocess_batch
+        m.setattr(training.features, "preprocess_batch", lambda images, pre: original(images, pre) * 0.5)
+        assert not torch.equal(build()[:, 0], first[:, 0])
+    with monkeypatch.context() as m:  # the augmentation code changed
+        m.setattr(training.features, "augment", _flipped_augment)
+        changed = build()
+        assert torch.equal(changed[:, 0], first[:, 0]) and not torch.equal(changed[:, 1], first[:, 1])
+    assert torch.equal(build(), first)  # and back: the first key's maps again
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(paths[0])  # an image rewritten
+    again = build()
+    assert not torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])

@@ -15,7 +15,7 @@ import pytest
 from model.cli import main
 from model.errors import ConfigError
 from model.knowledge import Knowledge
-from model.nn.factory import read_checkpoint, write_checkpoint
+from model.nn.factory import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from tests.training.test_clinic_categories import CLINIC, _clinic_manifest
 from training.cli import train_main
 
@@ -134,3 +134,31 @@ def test_a_missing_or_broken_knowledge_file_is_one_line_before_anything_loads(
     assert code == 2 and message.format(path=path) in err and "(--knowledge)" in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not run.exists()
+
+
+def test_a_resume_after_the_packaged_knowledge_changed_says_what_to_do(tmp_path: Path) -> None:
+    """A run trained on the packaged knowledge, which a new release changed: the refusal said only that it had
+    changed, not how to go on (its content is in no checkpoint, only its SHA-256)."""
+    from training.cli import choose_knowledge
+    from training.config import TrainConfig
+    from training.loop import check_resumable
+
+    old = tmp_path / "old_release_knowledge.json"
+    data = copy.deepcopy(Knowledge.default().data)
+    data["categories"]["normal"]["descriptions"]["any"].append("as the previous release described it")
+    old.write_text(json.dumps(data))
+    cfg = TrainConfig()
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = {"path": str(PACKAGED), "packaged": True, "sha256": _sha(old)}  # the packaged file as it was then
+    write_checkpoint(run / "last.pt", {"format": CHECKPOINT_FORMAT, "model_config": {}, "state_dict": {},
+                                       "tokenizer_json": "", "train_config": cfg.to_dict(), "step": 0,
+                                       "knowledge": recorded})
+    with pytest.raises(ConfigError) as err:
+        check_resumable(run, cfg, True, knowledge=choose_knowledge(None)[1], folder_flag="--out")
+    message = str(err.value)
+    assert "the packaged knowledge has changed since" in message
+    assert f"resume with --knowledge FILE holding the content it trained with (SHA-256 {_sha(old)}" in message
+    assert "start a new run (another --out, without --resume)" in message
+    # what it says works: the old content under --knowledge resumes
+    assert check_resumable(run, cfg, True, knowledge=choose_knowledge(str(old))[1], folder_flag="--out")
