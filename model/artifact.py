@@ -56,6 +56,7 @@ DESCRIPTIVE_FIELDS = frozenset(
         "fp32_sizes",
         "parity",
         "evaluation",
+        "training_provenance",
         CHECKSUM_FIELD,
     }
 )

@@ -82,6 +82,14 @@ def export_main(argv: list[str]) -> int:
             extra_manifest["training"] = {k: trained[k] for k in TRAINING_PROVENANCE if k in trained}
             if isinstance(trained_with, dict):
                 extra_manifest["training"]["knowledge"] = {k: trained_with.get(k) for k in ("path", "sha256")}
+        # how the weights were made, as the run recorded it (its whole config, git commit, command, package
+        # versions, inputs' SHA-256): the artifact's own git_commit and versions are the export's.  Descriptive:
+        # the same weights exported from two clones keep one version.
+        provenance = payload.get("provenance")
+        if trained or isinstance(provenance, dict):
+            extra_manifest["training_provenance"] = {
+                "config": trained, **({"run": provenance} if isinstance(provenance, dict) else {})
+            }
     else:
         if not (args.random_init or args.pretrained):
             p.error("--config needs --random-init or --pretrained")

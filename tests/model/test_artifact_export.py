@@ -173,6 +173,32 @@ def test_a_checkpoint_of_nan_or_inf_weights_is_never_exported_with_or_without_ve
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "ckpt.pt", "diverged.pt"]  # no staging left
 
 
+def test_an_export_carries_the_runs_provenance_without_it_changing_the_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The artifact's git_commit and package versions are the export's; how the weights were made (the run's whole
+    config, its git commit, command, versions and inputs' SHA-256) was left behind in the checkpoint.  It now
+    travels as ``training_provenance``, descriptive: the same weights recorded by two clones keep one version."""
+    cfg = get_config("keepfit-tiny")
+    torch.manual_seed(3)
+    model, tokenizer = create_model(cfg), default_tokenizer(cfg)
+    config = {"stage": "hybrid", "name": "clinic", "lr": 0.0003, "seed": 0, "public": ["a/labels.csv:dme"]}
+    versions = []
+    for n, commit in enumerate(("1" * 40, "2" * 40)):
+        run = {"git": {"commit": commit, "dirty": n == 1}, "command": ["keepfit", "train", "hybrid"],
+               "versions": {"torch": str(torch.__version__)}}
+        ckpt = save_checkpoint(tmp_path / f"c{n}.pt", model, tokenizer, train_config=config, provenance=run)
+        out = tmp_path / f"art{n}"
+        code, err = _run(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-verify",
+                          "--no-modality-head"], capsys)
+        assert code == 0, err
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["training_provenance"] == {"config": config, "run": run}
+        assert manifest["training"]["name"] == "clinic" and "lr" not in manifest["training"]
+        versions.append(load_artifact(out).version)
+    assert versions[0] == versions[1]
+
+
 def test_export_command_replaces_an_artifact_atomically(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_artifact: Path
 ) -> None:
