@@ -3,7 +3,8 @@
  *
  * - "Teach a category": name a classifier, give each category examples (uploaded files, or search results
  *   added with their "+ example" button), fit it (POST v1/classifiers, admin key in X-Admin-Key), and see the
- *   cross-validated estimate of how well it separates the categories.
+ *   cross-validated estimate of how well it separates the categories, and the fit's warnings (a category whose
+ *   text the text encoder cannot read, e.g. Chinese).
  * - The classifier picker next to the category editor: app.js sends `classifier=NAME` instead of the
  *   categories when one is picked (it reads #classifier-picker).
  * - The stored classifiers (GET v1/classifiers) with their estimates, each deletable.
@@ -243,11 +244,17 @@
       const fitted = (c && c.name) || name;
       const about = c ? [c.method, c.examples != null ? `${c.examples} examples` : '', c.version != null ? `version ${c.version}` : '']
         .filter(Boolean).join(', ') : '';
-      $('teach-result').replaceChildren(
+      $('teach-summary').replaceChildren(
         el('strong', { text: `${fitted} is ready` }),
         el('span', { text: about ? ` (${about}). ` : '. ' }),
         el('span', { class: 'estimate', text: c ? estimateText(c) : 'The service sent no details of the fit: its estimate is in the list below.' }),
         el('p', { class: 'hint', text: 'A rough guide from your own examples, not a clinical validation. It is now selected for diagnosis above.' }));
+      // what the service says about the fit (a category written in a script its text encoder cannot read), shown
+      // as a diagnosis's warnings are: each message as text, in the alert beside the estimate
+      const warnings = c && Array.isArray(c.warnings) ? c.warnings.filter((w) => w && w.message) : [];
+      $('teach-warnings').replaceChildren(...warnings.map((w) => el('li', { 'data-code': String(w.code || '') },
+        el('strong', { text: 'Warning: ' }), String(w.message))));
+      $('teach-warnings').hidden = warnings.length === 0;
       $('teach-result').dataset.name = fitted;
       $('teach-result').hidden = false;
       say('');

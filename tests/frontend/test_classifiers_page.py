@@ -88,6 +88,7 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
         and "7 examples" in result
     )
     assert re.search(r"balanced accuracy (\d\.\d\d), plausibly (\d\.\d\d)–(\d\.\d\d)", result), result
+    assert page.is_hidden("#teach-warnings")  # English categories: nothing to warn of
     assert page.evaluate("sessionStorage.getItem('keepfit.adminKey')") == ADMIN_KEY
     assert page.evaluate("localStorage.getItem('keepfit.adminKey')") is None
     assert page.input_value("#classifier-picker") == "ffa-own"
@@ -119,6 +120,75 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
     assert page.eval_on_selector_all("#classifier-picker option", "els => els.map(e => e.value)") == [""]
     assert page.is_hidden("#teach-result") and page.is_enabled("#modality")  # no longer "ffa-own is ready"
     assert recorder.origins() == {teach_service.base}
+
+
+def test_a_fit_shows_its_warnings_and_its_refusals_in_full(
+    recorder: PageRecorder, teach_service: Service, data_root: Path
+) -> None:
+    """Categories in Chinese: the create answers with an ``unreadable_category`` warning (the English text encoder
+    cannot read their prior texts), which the page shows beside the estimate, in an alert; a name that differs
+    from a stored one only in case (409) and two categories the encoder reads as the same tokens (422) are
+    refused with the service's whole message."""
+    page = recorder.page
+    page.on("dialog", lambda d: d.accept())
+    page.goto(f"{teach_service.base}/")
+    sign_in(page)
+    page.fill("#admin-key", ADMIN_KEY)
+    page.dispatch_event("#admin-key", "change")
+    examples = (
+        _ffa(data_root, "normal", "train", 3),
+        _ffa(data_root, "branch retinal vein occlusion", "train", 3),
+    )
+
+    def fit(name: str, labels: tuple[str, str]) -> dict[str, object]:
+        """Teach ``labels`` (three examples each) as ``name`` and fit: the create's JSON answer."""
+        page.fill("#teach-name", name)
+        page.select_option("#teach-modality", "FFA")
+        for label, paths in zip(labels, examples, strict=True):
+            page.fill("#teach-label", label)
+            page.click("#teach-add")
+            page.set_input_files(
+                f'#teach-categories input[type=file][data-category="{label}"]', [str(p) for p in paths]
+            )
+        with page.expect_response(
+            lambda r: r.request.method == "POST" and r.url.endswith("/v1/classifiers")
+        ) as r:
+            page.click("#teach-fit")
+        wait_for(page, "!document.body.dataset.busy")
+        return r.value.json()
+
+    answer = fit("cn-dr", ("正常", "糖尿病视网膜病变"))
+    warnings = answer["warnings"]
+    assert isinstance(warnings, list) and [w["code"] for w in warnings] == ["unreadable_category"], answer
+    page.wait_for_selector("#teach-result:not([hidden])")
+    assert "cn-dr is ready" in page.inner_text("#teach-result")
+    # each message whole, visible, as a diagnosis's warnings are: a list inside an alert, beside the estimate
+    assert page.is_visible("#teach-warnings")
+    shown = page.eval_on_selector_all("#teach-warnings li", "els => els.map(e => e.textContent)")
+    assert shown == [f"Warning: {w['message']}" for w in warnings], shown
+    assert "'正常'" in shown[0] and "'糖尿病视网膜病变'" in shown[0] and "cannot read" in shown[0]
+    assert page.get_attribute("#teach-warnings-alert", "role") == "alert"
+    assert page.get_attribute("#teach-warnings", "role") is None  # still a list
+    assert page.get_attribute("#teach-warnings li", "data-code") == "unreadable_category"
+    recorder.screenshot("classifier-warning")
+
+    # the same name in other case: 409, its message (naming the stored one) whole in the status line
+    page.reload()
+    refused = fit("CN-DR", ("正常", "糖尿病视网膜病变"))["error"]
+    assert refused["code"] == "classifier_exists" and "'cn-dr'" in refused["message"], refused
+    wait_for(page, "document.getElementById('teach-status').dataset.code === 'classifier_exists'")
+    assert page.inner_text("#teach-status").startswith(f"Fitting failed: {refused['message']}")
+
+    # two categories whose prior texts the encoder reads as the same tokens: 422, its message whole
+    page.reload()
+    refused = fit("cn-twins", ("黄斑变性", "黄斑裂孔"))["error"]
+    assert refused["code"] == "invalid_request" and "黄斑变性" in refused["message"], refused
+    wait_for(page, "document.getElementById('teach-status').dataset.code === 'invalid_request'")
+    assert page.inner_text("#teach-status").startswith(f"Fitting failed: {refused['message']}")
+
+    # leave the store as it was found
+    page.click('#classifier-list li[data-name="cn-dr"] button')
+    wait_for(page, "!document.querySelector('#classifier-list li[data-name=\"cn-dr\"]')")
 
 
 def test_a_dicom_upload_is_diagnosed(
