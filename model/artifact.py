@@ -71,20 +71,30 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The current git commit of the source tree, if there is one (recorded, never required)."""
+SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding model/: a checkout's top, when run from one
+
+
+def git_commit(root: str | Path | None = None) -> str | None:
+    """The git commit of the checkout whose top folder is ``root`` (default: this code's, :data:`SOURCE_ROOT`),
+    recorded, never required: None without git, outside a checkout, and for an installed copy (site-packages)
+    that happens to sit inside some other repository (a virtualenv inside a checkout), whose commit is not the
+    code that ran.  The one rule of an artifact's ``git_commit`` and a training run's provenance."""
+    top = Path(root) if root is not None else SOURCE_ROOT
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd or Path(__file__).resolve().parent,
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=top,
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=10,
             check=False,
         )
+        lines = out.stdout.splitlines() if out.returncode == 0 else []
+        if len(lines) != 2 or Path(lines[0]).resolve() != top.resolve():
+            return None
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return lines[1].strip() or None
 
 
 @dataclass(frozen=True)

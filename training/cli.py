@@ -368,10 +368,11 @@ def _provenance_lines(provenance: dict[str, Any] | None) -> list[str]:
         return []
     import shlex
 
-    dirty = provenance.get("git_dirty")
+    dirty, commit = provenance.get("git_dirty"), provenance.get("git_commit")
     versions = ", ".join(f"{k} {v}" for k, v in (provenance.get("versions") or {}).items() if v)
-    return [f"- code: git `{provenance.get('git_commit')}`"
-            + (" with uncommitted changes" if dirty else "" if dirty is False else " (state unknown)")
+    code = (f"git `{commit}`" + (" with uncommitted changes" if dirty else "" if dirty is False else " (state unknown)")
+            if commit else "no git commit (not run from a git checkout, or git not installed)")
+    return [f"- code: {code}"
             + (f"; resumed {len(provenance['earlier'])} time(s)" if provenance.get("earlier") else ""),
             f"- command: `{shlex.join(provenance.get('command') or [])}`",
             f"- versions: {versions}; {provenance.get('torch_threads')} torch threads",

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from model.artifact import git_commit
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "tokenizers", "pillow")
 
@@ -42,11 +44,14 @@ def _git(*args: str) -> str | None:
 
 def source_state() -> dict[str, Any]:
     """``git_commit`` (None outside a git checkout) and ``git_dirty``: tracked files changed since it (their
-    names in ``git_changed``, untracked ones included), so a commit alone is known not to be the code that ran."""
-    commit = (_git("rev-parse", "HEAD") or "").strip()
-    if not commit:
+    names in ``git_changed``, untracked ones included), so a commit alone is known not to be the code that ran.
+    Only a checkout of this code counts: an installed copy (site-packages) inside some other repository, or a
+    virtualenv inside a checkout, is not the code of that repository's commit."""
+    commit = git_commit(ROOT)
+    if commit is None:
         return {"git_commit": None, "git_dirty": None}
-    status = _git("status", "--porcelain")  # untracked files too: a new module ran as well
+    # untracked files too (a new module ran as well); no optional locks: never index.lock beside a user's git
+    status = _git("--no-optional-locks", "status", "--porcelain")
     if status is None:
         return {"git_commit": commit, "git_dirty": None}
     changed = [line[3:] for line in status.splitlines() if line.strip()]

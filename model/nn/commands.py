@@ -80,8 +80,8 @@ def export_main(argv: list[str]) -> int:
         trained_with = payload.get("knowledge")
         if trained:  # what the weights saw: lets a user (and a test) check that no test image was trained on
             extra_manifest["training"] = {k: trained[k] for k in TRAINING_PROVENANCE if k in trained}
-            if isinstance(trained_with, dict):
-                extra_manifest["training"]["knowledge"] = {k: trained_with.get(k) for k in ("path", "sha256")}
+            if isinstance(trained_with, dict):  # its content only: the version must not depend on where it lay
+                extra_manifest["training"]["knowledge"] = {"sha256": trained_with.get("sha256")}
         # how the weights were made, as the run recorded it (its whole config, git commit, command, package
         # versions, inputs' SHA-256): the artifact's own git_commit and versions are the export's.  Descriptive:
         # the same weights exported from two clones keep one version.

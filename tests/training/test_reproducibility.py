@@ -90,4 +90,5 @@ def test_a_run_records_what_reproduces_it(mini_data_root: Path, tiny_train_args:
         assert inputs[rel]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest(), rel
     assert report["knowledge"]["sha256"]  # the knowledge file, recorded beside it
     text = (run / "training_report.md").read_text()
-    assert provenance["git_commit"] in text and "SHA-256" in text and f"torch {torch.__version__}" in text
+    assert (provenance["git_commit"] or "no git commit") in text  # None outside a checkout, or without git
+    assert "SHA-256" in text and f"torch {torch.__version__}" in text
