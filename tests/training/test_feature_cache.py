@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,19 @@ from training.features import build_feature_store
 from training.parts import ImagePrefix
 
 
+def _images_and_prefix(tmp_path: Path, n: int, seed: int) -> tuple[list[Path], Any, ImagePrefix]:
+    """``n`` random PNGs in ``tmp_path``, the tiny config and its frozen image prefix (torch seed 0)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    torch.manual_seed(0)
+    cfg = get_config("keepfit-tiny")
+    return paths, cfg, ImagePrefix(create_model(cfg), 1)
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -33,15 +47,7 @@ from training.parts import ImagePrefix
 def test_an_unreadable_feature_cache_is_computed_again_and_rewritten(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage
 ) -> None:
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        path = tmp_path / f"im{i}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    torch.manual_seed(0)
-    cfg = get_config("keepfit-tiny")
-    prefix = ImagePrefix(create_model(cfg), 1)
+    paths, cfg, prefix = _images_and_prefix(tmp_path, 3, seed=0)
     cache = tmp_path / "cache"
     args = (prefix, cfg.preprocess, AugmentConfig(), 2, 0, torch.device("cpu"), cache)
     first = build_feature_store(paths, *args)
@@ -69,15 +75,7 @@ def test_a_cached_map_is_computed_again_when_what_made_it_changed(tmp_path: Path
     """The settings (--no-site-augment), the image file and the code that decodes, preprocesses and augments it
     each change the maps; the cache was keyed by the settings and the file only, so a change of the code (a fix
     in decoding or in an augmentation) trained on the maps of the old code, silently."""
-    rng = np.random.default_rng(1)
-    paths = []
-    for i in range(2):
-        path = tmp_path / f"im{i}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    torch.manual_seed(0)
-    cfg = get_config("keepfit-tiny")
-    prefix = ImagePrefix(create_model(cfg), 1)
+    paths, cfg, prefix = _images_and_prefix(tmp_path, 2, seed=1)
 
     def build(aug: AugmentConfig | None = None) -> Tensor:
         return build_feature_store(paths, prefix, cfg.preprocess, aug or AugmentConfig(), 2, 0, torch.device("cpu"),
@@ -96,6 +94,6 @@ def test_a_cached_map_is_computed_again_when_what_made_it_changed(tmp_path: Path
         changed = build()
         assert torch.equal(changed[:, 0], first[:, 0]) and not torch.equal(changed[:, 1], first[:, 1])
     assert torch.equal(build(), first)  # and back: the first key's maps again
-    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(paths[0])  # an image rewritten
+    Image.fromarray(np.random.default_rng(9).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(paths[0])  # an image rewritten
     again = build()
     assert not torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
