@@ -176,11 +176,22 @@ def _bootstrap_scores(tasks: BootstrapTasks, drawn: tuple[dict[str, int], np.nda
             right = weights[:, (y_true == c) & (y_pred == c)].sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 recalls.append(np.where(held > 0, right / np.maximum(held, 1), np.nan))
-        scores[name] = np.nanmean(np.stack(recalls), axis=0)  # [D]
+        recalls_ = np.stack(recalls)  # [classes, D]
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN: a draw that holds none of the task's images
+            scores[name] = np.where(np.isnan(recalls_).all(axis=0), np.nan,
+                                    np.nansum(recalls_, axis=0) / np.maximum((~np.isnan(recalls_)).sum(axis=0), 1))
     scores["mean"] = np.mean(np.stack(list(scores.values())), axis=0)
     return scores
 
 
 def _percentiles(scores: dict[str, np.ndarray], level: float) -> dict[str, list[float]]:
+    """Percentiles over the draws where the score is defined: a draw that holds none of a task's images (tasks
+    on partly different images, few of them) has no balanced accuracy for it, nor a mean, and is left out, where
+    one such draw made the whole interval NaN; NaN only when no draw defines it."""
     tail = 100 * (1 - level) / 2
-    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for name, v in scores.items()}
+    out = {}
+    for name, v in scores.items():
+        v = v[~np.isnan(v)]
+        out[name] = ([float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v)
+                     else [float("nan"), float("nan")])
+    return out

@@ -114,8 +114,8 @@ def _jsonable(x: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
+    if isinstance(x, np.generic):  # a numpy NaN too becomes null (x.item() is a float NaN, written as NaN: not JSON)
+        return _jsonable(x.item())
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, Path):
