@@ -687,6 +687,23 @@ class ClassifierStore:
             self._loaded[key] = model
         return model
 
+    def load_or_current(
+        self, row: ClassifierRow, dim: int | None = None
+    ) -> tuple[ClassifierRow, fewshot.FittedClassifier | None]:
+        """``(row, load(row))``; or, when ``row``'s arrays are gone because a refit or a delete (in this process or
+        another) collected them after ``row`` was read, ``(the row now under its name, None)`` to be checked and
+        loaded in turn, or the 404 of a deleted classifier.  Classify read the row, then its arrays: a refit in
+        between answered 503 "unreadable; refit it" for a classifier whose files were fine."""
+        try:
+            return row, self.load(row, dim)
+        except ServiceError as err:
+            if not isinstance(err.__cause__, FileNotFoundError):
+                raise
+            current = self._get_uncached(row.name)  # classifier_not_found when it was deleted meanwhile
+            if current.version == row.version:
+                raise  # its own arrays are missing: really unreadable
+            return current, None
+
     def _arrays_path(self, name: str) -> Path:
         """The arrays file ``name`` of this store; a name that would lead out of its folder (a tampered database)
         is an error, never followed."""

@@ -7,6 +7,7 @@ that only exist over HTTP (auth, limits, a missing index).  Nothing here logs re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
@@ -283,6 +284,14 @@ def _internal_error() -> JSONResponse:
     return _json(500, error_body("internal_error", "internal server error; the incident is logged"))
 
 
+def _shutting_down(method: str) -> JSONResponse:
+    """The answer to a request the server stopped at shutdown, before its handler was done."""
+    message = "the service shut down before this request was answered: send it again"
+    if method not in ("GET", "HEAD", "OPTIONS"):
+        message += " (a change it asked for may have been made: check, e.g. with GET, before repeating it)"
+    return _json(503, error_body("shutting_down", message), {"Retry-After": "1", "Connection": "close"})
+
+
 async def _unexpected(request: Request, err: Exception) -> JSONResponse:
     # A bug in a middleware outside UnexpectedErrorMiddleware: Starlette answers with this, then re-raises.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -319,6 +328,16 @@ class UnexpectedErrorMiddleware:
                 raise
             logger.exception("unhandled error on %s %s", scope.get("method", ""), scope.get("path", ""))
             await _internal_error()(scope, receive, send)
+        except asyncio.CancelledError:
+            # Only the server cancels a request's task: on SIGTERM, once KEEPFIT_SHUTDOWN_GRACE_S has passed.
+            # Uncaught, uvicorn logged a traceback per request and answered a text/plain 500 "Internal Server
+            # Error", which a client takes for a bug, not for a request to send again.
+            if started:
+                raise
+            method = scope.get("method", "")
+            logger.warning("%s %s stopped unanswered: shutting down (KEEPFIT_SHUTDOWN_GRACE_S)", method,
+                           scope.get("path", ""))
+            await _shutting_down(method)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
