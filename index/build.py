@@ -93,6 +93,7 @@ class Report:
     detected_modality: int = 0
     compressed: int = 0  # inputs added or found that are JPEGs saved below quality COMPRESSED_BELOW
     blurred: int = 0  # inputs added or found that are photographs out of focus (model.preprocess.blurred)
+    unrecognised: int = 0  # inputs unlike every image the model was trained on (runtime.typicality above 1)
     resumed: int = 0  # inputs whose embeddings came from a previous interrupted run
     index_type: str = ""
     index_params: dict[str, Any] = field(default_factory=dict)
@@ -126,6 +127,12 @@ class Report:
                 f"blurred: {self.blurred} photographs look out of focus (sharpness below {BLURRED_BELOW:.2f}: what the "
                 "service warns of as blurred_image): their neighbours and answers are less reliable"
             )
+        if self.unrecognised:
+            parts.append(
+                f"unrecognised: {self.unrecognised} images are unlike every image the model was trained on (what the "
+                "service warns of as unrecognised_image): files that are not of an eye (reports, screenshots), or "
+                "far from the training images; look at them before trusting their neighbours"
+            )
         for reason, n in self.skipped.most_common():
             parts.append(f"skipped {n}: {reason}")
         for example in self.skipped_examples:
@@ -143,6 +150,8 @@ class Report:
             entry["compressed"] = self.compressed
         if self.blurred:
             entry["blurred"] = self.blurred
+        if self.unrecognised:
+            entry["unrecognised"] = self.unrecognised
         return {**entry, "skipped": dict(self.skipped), **extra}
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,9 +166,9 @@ def plan_key(artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptio
     """What a resumable run's chunks depend on: the artifact, the items in order and the chunking."""
     digest = hashlib.sha256()
     digest.update(
-        # "rows-4": the rows' columns (a JPEG's quality, then the sharpness joined them, then the sharpness was
-        # measured by tiles): chunks of an older build are not reused
-        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality, "rows-4"]).encode()
+        # "rows-5": the rows' columns (a JPEG's quality, then the sharpness joined them, then the sharpness was
+        # measured by tiles, then the typicality joined them): chunks of an older build are not reused
+        json.dumps([operation, artifact.version, options.chunk_size, options.detect_modality, "rows-5"]).encode()
     )
     for it in items:  # os.fsencode: a name that is not UTF-8 (a Latin-1 caf\xe9.jpg) as the bytes it is
         digest.update(b"\0" + os.fsencode(it.source) + f"\0{it.modality or ''}".encode())
@@ -593,6 +602,7 @@ def _embedded_report(
         1 for ok, sharp, modality in zip(rows.ok, rows.sharpness, rows.modality, strict=True)
         if ok and blurred(None if np.isnan(sharp) else float(sharp), str(modality))
     )
+    report.unrecognised = int(np.count_nonzero(rows.ok & (rows.typicality > 1.0)))  # NaN: not measured, not counted
     return report
 
 

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COLUMNS = (
-    "seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "quality", "sharpness", "vector"
+    "seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "quality", "sharpness",
+    "typicality", "vector",
 )
 
 
@@ -59,6 +60,7 @@ class Embedded:
     detected: np.ndarray  # [B] bool: the modality is the model's recognition (none given, no DICOM header)
     quality: np.ndarray  # [B] int16: a JPEG's (or DICOM JPEG frame's) estimated quality, 0 = not a JPEG
     sharpness: np.ndarray  # [B] float32: model.preprocess.sharpness, NaN = not measured
+    typicality: np.ndarray  # [B] float32: model.runtime.KeepfitRuntime.typicality, NaN = not measured
     vector: np.ndarray  # [B, D] float32 unit (zeros where not ok)
 
     def __len__(self) -> int:
@@ -104,6 +106,7 @@ class Embedded:
             detected=np.zeros(0, bool),
             quality=np.zeros(0, np.int16),
             sharpness=np.zeros(0, np.float32),
+            typicality=np.zeros(0, np.float32),
             vector=np.zeros((0, dim), np.float32),
         )
 
@@ -207,6 +210,7 @@ def embed_items(
         detected=np.zeros(n, dtype=bool),
         quality=np.zeros(n, dtype=np.int16),
         sharpness=np.full(n, np.nan, dtype=np.float32),
+        typicality=np.full(n, np.nan, dtype=np.float32),
         vector=np.zeros((n, dim), dtype=np.float32),
     )
     known = list(runtime.knowledge.modalities)
@@ -237,7 +241,11 @@ def embed_items(
                 pixels.append(prep.pixels)
             if not rows:
                 continue
-            emb = runtime.encode_pixels(np.stack(pixels)).embeddings  # [b, D]
+            encoding = runtime.encode_pixels(np.stack(pixels))
+            emb = encoding.embeddings  # [b, D]
+            far = runtime.typicality(encoding)  # None: the artifact has no typicality
+            if far is not None:
+                out.typicality[rows] = far
             out.vector[rows] = emb
             out.ok[rows] = True
             unknown = [j for j, i in enumerate(rows) if not out.modality[i]]

@@ -355,30 +355,34 @@ def replace_knowledge(path: str | Path, knowledge: dict[str, Any]) -> str:
     the new ``knowledge.json``, new hashes and a new version is swapped in whole.  The manifest keeps its
     ``evaluation`` (which names the version it measured) and records the version it replaced.  Returns the new
     version."""
-    path = Path(path)
     # the checks a reader makes, before anything is copied (the staged copy named in the refusal otherwise)
     Knowledge.from_data(knowledge, f"the new knowledge for artifact {path}")
+    return replace_json_file(path, "knowledge.json", knowledge, "knowledge_replaced")
+
+
+def replace_json_file(path: str | Path, name: str, data: Any, history: str, *, indent: int | None = 2) -> str:
+    """Swap one JSON file of an artifact (``knowledge.json``, ``modality_head.json``) without re-exporting its
+    weights: a verified copy with the new file, new hashes and a new version is swapped in whole; the manifest
+    records the version it replaced under ``history``.  Returns the new version."""
+    path = Path(path)
     artifact = load_artifact(path)  # verifies every hash first: never re-sign a damaged artifact
     staging = staging_dir(path)
     try:
         for entry in path.iterdir():  # what the manifest lists, and what else the operator keeps here
-            if entry.name in (MANIFEST, "knowledge.json"):
+            if entry.name in (MANIFEST, name):
                 continue
             if entry.is_dir():  # a folder of notes or reports: the swap below dropped it with the old version
                 shutil.copytree(entry, staging / entry.name, symlinks=True)
             else:
                 shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
-        atomic_write_json(staging / "knowledge.json", knowledge)
+        atomic_write_json(staging / name, data, indent=indent)
         manifest = dict(artifact.manifest)
         files = dict(manifest["files"])
-        files["knowledge.json"] = {
-            "sha256": sha256_file(staging / "knowledge.json"),
-            "bytes": (staging / "knowledge.json").stat().st_size,
-        }
+        files[name] = {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
         manifest["files"] = files
-        history = list(manifest.get("knowledge_replaced", []))
-        history.append({"previous_version": artifact.version, "at": datetime.now(UTC).isoformat(timespec="seconds")})
-        manifest["knowledge_replaced"] = history
+        replaced = list(manifest.get(history, []))
+        replaced.append({"previous_version": artifact.version, "at": datetime.now(UTC).isoformat(timespec="seconds")})
+        manifest[history] = replaced
         manifest = seal_manifest(manifest)
         version = str(manifest["version"])
         atomic_write_json(staging / MANIFEST, manifest)

@@ -280,7 +280,28 @@ def artifact_main(argv: list[str]) -> int:
         "checksum is written. Indexes built with another version must then be rebuilt.",
     )
     seal.add_argument("artifact", type=Path)
+    typical = sub.add_parser(
+        "typicality",
+        help="fit the check that warns of images unlike any the model was trained on (unrecognised_image)",
+        description="Fit the modality head's typicality again on the training images the artifact's manifest "
+        "names (its public manifests' and elite manifest's train splits, under --data-root), through the "
+        "artifact's own image encoder, keeping the head's weights. For artifacts exported before the check "
+        "existed. The version changes: rebuild indexes made with the old one.",
+    )
+    typical.add_argument("artifact", type=Path)
+    typical.add_argument("--data-root", type=Path, default=None,
+                         help="the folder the manifests' paths are relative to (default: ../shared/data)")
     args = p.parse_args(argv)
+    if args.action == "typicality":
+        from model.modality_head import add_typicality
+
+        root = args.data_root if args.data_root is not None else Path("..") / "shared" / "data"
+        if not root.is_dir():
+            p.error(f"--data-root {root} is not a directory: pass the folder the training manifests are in")
+        old, new, fitted = add_typicality(args.artifact, root)
+        print(f"{args.artifact}: typicality fitted on {fitted}; version {old} -> {new} "  # noqa: T201
+              f"(rebuild indexes made with {old})")
+        return 0
     old, new = seal_artifact(args.artifact)
     if old == new:
         print(f"{args.artifact}: sealed, version {new}")  # noqa: T201

@@ -112,8 +112,8 @@ def atomic_write_text(path: str | Path, text: str, *, durable: bool = False) -> 
         fh.write(text)
 
 
-def atomic_write_json(path: str | Path, data: Any, *, indent: int = 2, durable: bool = False) -> None:
-    """``data`` as UTF-8 JSON (non-ASCII kept as is) with a final newline."""
+def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, durable: bool = False) -> None:
+    """``data`` as UTF-8 JSON (non-ASCII kept as is) with a final newline; ``indent=None``: on one line."""
     with atomic_write(path, "w", durable=durable, encoding="utf-8") as fh:
         json.dump(data, fh, indent=indent, ensure_ascii=False)
         fh.write("\n")

@@ -6,6 +6,13 @@ as it will serve, of the training split of the public manifests the checkpoint w
 ``public``). So the head is fitted on what the service will feed it, and training knows nothing about it.
 Without those images (no data root, or a checkpoint with no training provenance) an artifact ships no head and
 the runtime recognises the modality zero-shot from its modality prompts.
+
+The head also carries a **typicality** model (``typicality``, optional): a probabilistic PCA of the encoder's
+pooled image features (the mean of its per-location projections, before normalisation) over every training image,
+the public ones and the elite pairs' (:func:`fit_typicality`).  An image further from them than the farthest of
+them is unlike anything the model was trained on (a photograph of a cat, a scanned report, a screenshot): the
+service warns of it (``unrecognised_image``).  Its one parameter, the limit, is that farthest training image's
+distance; no example of another kind of image is used.
 """
 
 from __future__ import annotations
@@ -45,12 +52,96 @@ def parse_head(data: Any, embed_dim: int) -> dict[str, Any]:
         )
     if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
         raise ArtifactError(f"{HEAD_FILE} holds NaN or infinite numbers")
-    return {"classes": classes, "weight": weight, "bias": bias}
+    head: dict[str, Any] = {"classes": classes, "weight": weight, "bias": bias}
+    if data.get("typicality") is not None:  # optional: heads written before it have none
+        head["typicality"] = parse_typicality(data["typicality"], embed_dim)
+    return head
+
+
+def parse_typicality(data: Any, embed_dim: int) -> dict[str, np.ndarray | float]:
+    """A head's ``typicality`` block checked: ``mean [D]``, ``components [K, D]``, ``variances [K]``,
+    ``residual_variance`` and ``limit``, finite and the variances and limit positive."""
+    from model.errors import ArtifactError
+
+    try:
+        mean = np.asarray(data["mean"], dtype=np.float64)
+        components = np.asarray(data["components"], dtype=np.float64)
+        variances = np.asarray(data["variances"], dtype=np.float64)
+        residual, limit = float(data["residual_variance"]), float(data["limit"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(
+            f"{HEAD_FILE}'s typicality is not one (mean, components, variances, residual_variance, limit): {err}"
+        ) from err
+    k = len(variances)
+    if mean.shape != (embed_dim,) or components.shape != (k, embed_dim) or variances.shape != (k,):
+        raise ArtifactError(
+            f"{HEAD_FILE}'s typicality does not fit: mean {mean.shape}, components {components.shape}, variances "
+            f"{variances.shape}; expected ({embed_dim},), (K, {embed_dim}) and (K,)"
+        )
+    numbers = np.concatenate([mean, components.ravel(), variances, [residual, limit]])
+    if not np.isfinite(numbers).all() or (variances <= 0).any() or residual <= 0 or limit <= 0:
+        raise ArtifactError(f"{HEAD_FILE}'s typicality holds NaN, infinite or non-positive variances or limit")
+    return {"mean": mean, "components": components, "variances": variances, "residual_variance": residual,
+            "limit": limit}
+
+
+# Principal directions kept exactly; the rest share their mean variance (probabilistic PCA).  Chosen among 16, 32,
+# 64 and 128 (README, "Images that are not of an eye"): fewer let unlike pictures through, more flagged held-out
+# eye images of the training sites.
+TYPICALITY_COMPONENTS = 64
+# Fewer training images than this give no typicality: the farthest of a few is no limit.
+TYPICALITY_MIN_IMAGES = 200
+
+
+def pooled_features(tokens: np.ndarray) -> np.ndarray:
+    """The encoder's pooled image features ``[B, D]`` before normalisation: the mean of its per-location
+    projections ``tokens [B, h*w, D]`` (the image embedding is this, normalised)."""
+    return np.asarray(tokens, dtype=np.float64).mean(axis=1)
+
+
+def typicality_distance(features: np.ndarray, model: dict[str, Any]) -> np.ndarray:
+    """Squared Mahalanobis distance ``[B]`` of pooled features ``[B, D]`` under the probabilistic PCA ``model``."""
+    centred = np.asarray(features, dtype=np.float64) - model["mean"]
+    along = centred @ np.asarray(model["components"]).T  # [B, K]
+    inside = (along**2 / model["variances"]).sum(axis=1)
+    outside = ((centred**2).sum(axis=1) - (along**2).sum(axis=1)).clip(min=0.0) / model["residual_variance"]
+    return np.asarray(inside + outside)
+
+
+def fit_typicality(features: np.ndarray, components: int = TYPICALITY_COMPONENTS) -> dict[str, Any] | None:
+    """The typicality block of pooled features ``[N, D]`` of the training images: their mean, top ``components``
+    principal directions and variances, the mean variance of the rest, and the limit: the largest distance among
+    the training images themselves.  None when there are fewer than :data:`TYPICALITY_MIN_IMAGES`."""
+    x = np.asarray(features, dtype=np.float64)
+    n, dim = x.shape
+    if n < TYPICALITY_MIN_IMAGES:
+        logger.info("no typicality: %d training images (at least %d needed)", n, TYPICALITY_MIN_IMAGES)
+        return None
+    mean = x.mean(axis=0)
+    centred = x - mean
+    values, vectors = np.linalg.eigh(centred.T @ centred / (n - 1))
+    values, vectors = values[::-1], vectors[:, ::-1]
+    k = min(components, dim - 1)
+    model: dict[str, Any] = {
+        "mean": mean, "components": vectors[:, :k].T, "variances": values[:k],
+        "residual_variance": float(values[k:].mean()),
+    }  # fmt: skip
+    limit = float(typicality_distance(x, model).max())
+
+    def short(a: np.ndarray) -> Any:  # 7 significant digits: a fifth of the file, distances within 1e-5
+        return np.vectorize(lambda v: float(f"{v:.7g}"), otypes=[float])(a).tolist()
+
+    return {
+        "mean": short(mean), "components": short(model["components"]), "variances": short(model["variances"]),
+        "residual_variance": float(f"{model['residual_variance']:.7g}"), "limit": float(f"{limit:.7g}"),
+        "fitted_on": f"pooled image features of {n} training images ({k} principal directions)",
+    }  # fmt: skip
 
 
 def training_images(data_root: Path, public: Sequence[str], modalities: Sequence[str]) -> list[tuple[Path, str]]:
     """``(path, modality)`` of every train-split row of the ``public`` manifests (``"rel/labels.csv:columns"``, as
-    a checkpoint's provenance names them) whose modality is one of ``modalities``."""
+    a checkpoint's provenance names them, or an elite manifest's path) whose modality is one of ``modalities``.
+    Paths are relative to ``data_root`` unless absolute."""
     images: list[tuple[Path, str]] = []
     for spec in public:
         manifest = read_manifest(data_root / spec.split(":", 1)[0])
@@ -80,10 +171,10 @@ def fit_head(embeddings: np.ndarray, modalities: Sequence[str], classes: Sequenc
 
 
 def fit_for_artifact(artifact_dir: Path, images: Sequence[tuple[Path, str]], seed: int = 0,
-                     batch_size: int = 32) -> dict[str, Any] | None:
-    """Fit the head on the artifact's own embeddings of ``images`` (decoded and preprocessed as the service does);
-    None when fewer than two modalities are among them."""
-    from model.preprocess import load_image
+                     batch_size: int = 32, also_typical: Sequence[Path] = ()) -> dict[str, Any] | None:
+    """Fit the head on the artifact's own embeddings of ``images`` (decoded and preprocessed as the service does),
+    and its typicality on their pooled features and those of ``also_typical`` (other training images, e.g. the
+    elite pairs'); None when fewer than two modalities are among ``images``."""
     from model.runtime import KeepfitRuntime
 
     runtime = KeepfitRuntime.from_artifact(artifact_dir)
@@ -91,11 +182,73 @@ def fit_for_artifact(artifact_dir: Path, images: Sequence[tuple[Path, str]], see
     if len(classes) < 2:
         logger.info("no modality head: the training images hold %d modality", len(classes))
         return None
-    size = runtime.preprocess_cfg.image_size
-    chunks = []
-    for i in range(0, len(images), batch_size):
-        batch = [load_image(path, size=size) for path, _ in images[i : i + batch_size]]
-        chunks.append(runtime.encode_pixels(runtime.preprocess(batch)).embeddings)
-    head = fit_head(np.concatenate(chunks), [m for _, m in images], classes, seed)
+    embeddings, features = encode_training_images(runtime, [p for p, _ in images], also_typical, batch_size)
+    head = fit_head(embeddings, [m for _, m in images], classes, seed)
     logger.info("modality head: %s, training accuracy %.3f", head["fitted_on"], head["train_accuracy"])
+    typicality = fit_typicality(features)
+    if typicality is not None:
+        head["typicality"] = typicality
+        logger.info("typicality: %s", typicality["fitted_on"])
     return head
+
+
+def encode_training_images(
+    runtime: Any, paths: Sequence[Path], also: Sequence[Path] = (), batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings [len(paths), D], pooled features [N, D])`` of training images through ``runtime`` (a
+    :class:`model.runtime.KeepfitRuntime`), decoded and preprocessed as the service does; the features also of
+    the images of ``also`` that are not among ``paths``."""
+    from model.preprocess import load_image
+
+    seen = set(paths)
+    every = list(paths) + [p for p in dict.fromkeys(also) if p not in seen]
+    size = runtime.preprocess_cfg.image_size
+    embeddings, features = [], []
+    for i in range(0, len(every), batch_size):
+        encoding = runtime.encode_pixels(runtime.preprocess([load_image(p, size=size) for p in every[i : i + batch_size]]))
+        embeddings.append(encoding.embeddings)
+        features.append(pooled_features(encoding.tokens))
+    return np.concatenate(embeddings)[: len(paths)], np.concatenate(features)
+
+
+def add_typicality(artifact_dir: Path, data_root: Path) -> tuple[str, str, str]:
+    """Fit (again) the typicality of an artifact's modality head (:func:`typicality_for`) and swap it in; the
+    head's classes, weights and bias are kept.  Returns ``(old version, new version, what it was fitted on)``."""
+    import json
+
+    from model.artifact import load_artifact, replace_json_file
+
+    artifact = load_artifact(artifact_dir)
+    typicality = typicality_for(artifact, data_root)
+    head = json.loads(artifact.file(HEAD_FILE).read_text(encoding="utf-8"))
+    head["typicality"] = typicality
+    new = replace_json_file(artifact.path, HEAD_FILE, head, "modality_head_replaced", indent=None)
+    return artifact.version, new, str(typicality["fitted_on"])
+
+
+def typicality_for(artifact: Any, data_root: Path, components: int = TYPICALITY_COMPONENTS) -> dict[str, Any]:
+    """The typicality block of an artifact (:class:`model.artifact.Artifact`) fitted on the training images its
+    manifest names (the ``public`` manifests' and the elite manifest's train splits under ``data_root``), through
+    its own encoder; an :class:`ArtifactError` for an artifact without a modality head, a record of its training
+    images, or enough of them."""
+    from model.errors import ArtifactError
+    from model.runtime import KeepfitRuntime
+
+    if not artifact.has(HEAD_FILE):
+        raise ArtifactError(f"artifact {artifact.path} has no {HEAD_FILE}: export it with its training images "
+                            "(keepfit export --data-root DIR) to ship the modality head and its typicality")
+    training = artifact.manifest.get("training") or {}
+    public = training.get("public") or []
+    if not public:
+        raise ArtifactError(f"artifact {artifact.path}'s manifest does not say which images it was trained on "
+                            "(its training.public is empty): the typicality has nothing to be fitted on")
+    runtime = KeepfitRuntime(artifact)
+    modalities = runtime.knowledge.modalities
+    images = [p for p, _ in training_images(data_root, public, modalities)]
+    elite = training.get("elite_manifest")
+    extra = [p for p, _ in training_images(data_root, [str(elite)], modalities)] if elite else []
+    typicality = fit_typicality(encode_training_images(runtime, images, extra)[1], components)
+    if typicality is None:
+        raise ArtifactError(f"too few training images under {data_root} to fit a typicality (at least "
+                            f"{TYPICALITY_MIN_IMAGES} are needed)")
+    return typicality

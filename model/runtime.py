@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -160,6 +161,25 @@ def modality_used(requested: str, detected: str, stated: str | None, known: Sequ
     return stated if stated is not None and stated in known else detected
 
 
+def _reopen(
+    path: str,
+    version: str,
+    providers: Sequence[str] | None,
+    intra_op_threads: int | None,
+    class_cache_size: int,
+    session_config: Mapping[str, str],
+) -> KeepfitRuntime:
+    """:meth:`KeepfitRuntime.__reduce__`'s counterpart: the runtime of the artifact at ``path``, which must still be
+    the ``version`` pickled (the same version always means the same answers)."""
+    runtime = KeepfitRuntime(load_artifact(path), providers, intra_op_threads, class_cache_size, session_config)
+    if runtime.version != version:
+        raise ArtifactError(
+            f"artifact {path} is version {runtime.version} now, not {version}, the version of the runtime pickled: "
+            "it was replaced meanwhile"
+        )
+    return runtime
+
+
 @dataclass(frozen=True)
 class ImageEncoding:
     embeddings: np.ndarray  # [B, D] unit norm
@@ -192,6 +212,9 @@ class KeepfitRuntime:
         class_cache_size: int = 256,
         session_config: Mapping[str, str] | None = None,
     ) -> None:
+        # what __reduce__ reopens the runtime with in another process
+        self._options = (list(providers) if providers else None, intra_op_threads, class_cache_size,
+                         dict(session_config or {}))
         self.artifact = artifact
         self.config = artifact.config
         self.preprocess_cfg = artifact.config.preprocess
@@ -240,6 +263,12 @@ class KeepfitRuntime:
         return cls(
             load_artifact(path), providers=providers, intra_op_threads=intra_op_threads, session_config=session_config
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (for a ``spawn`` worker process, a DataLoader worker) as its artifact's path and version and its
+        options, and reopened there: ONNX Runtime sessions cannot be pickled (it failed with "cannot pickle
+        '_thread.lock' object").  A process forked after the runtime was made can use it as it is."""
+        return (_reopen, (str(self.artifact.path.resolve()), self.version, *self._options))
 
     @property
     def version(self) -> str:
@@ -413,7 +442,7 @@ class KeepfitRuntime:
             raise ArtifactError(f"{path}: not a calibration file ({err})") from err
 
     # -------------------------------------------------------------------------------------------- modality
-    def _load_modality_head(self) -> dict[str, np.ndarray | list[str]] | None:
+    def _load_modality_head(self) -> dict[str, Any] | None:
         if not self.artifact.has("modality_head.json"):
             return None
         from model.modality_head import parse_head
@@ -437,6 +466,20 @@ class KeepfitRuntime:
         if cached is None:
             cached = self._class_cache.put(key, prompt_means(self._encode_batch, [prompts[m] for m in names], self._flair))
         return names, self.zero_shot(image_embeddings, cached)
+
+    def typicality(self, encoding: ImageEncoding) -> np.ndarray | None:
+        """How far each image ``[B]`` lies from the images the model was trained on, as a multiple of the
+        farthest of them (:mod:`model.modality_head`'s typicality): above 1, the image is unlike any of them (not
+        a fundus photograph, angiogram or OCT scan as the model knows them) and its answers say nothing about an
+        eye.  None when the artifact ships no typicality (exported without its training images, or before it
+        existed)."""
+        head = self._modality_head
+        model = head.get("typicality") if head is not None else None
+        if model is None:
+            return None
+        from model.modality_head import pooled_features, typicality_distance
+
+        return typicality_distance(pooled_features(encoding.tokens), model) / float(model["limit"])  # type: ignore[arg-type]
 
     def detect_modalities(self, image_embeddings: np.ndarray) -> ModalityDetection:
         """What the modality check finds for each image ``[B, D]``: the most probable modality the knowledge has

@@ -93,6 +93,7 @@ class ClassifyResult:
     detail: float | None = None  # the image's spread in grey levels (model.preprocess.detail)
     jpeg_quality: int | None = None  # a JPEG's estimated quality (model.preprocess.jpeg_quality)
     sharpness: float | None = None  # how sharp the eye is (model.preprocess.sharpness)
+    typicality: float | None = None  # distance from the training images / the farthest's (runtime.typicality)
     modality_stated: str | None = None  # what the DICOM header states, if it names a known modality
     decision: str | None = None  # how the probabilities were made: "screening" or "flat" (model.runtime)
     scored: list[Category] | None = None  # every category scored (also those top_k leaves out of `predictions`)
@@ -108,6 +109,9 @@ class EncodedImage(NamedTuple):
     detail: float  # how much the image varies, in grey levels (model.preprocess.detail)
     jpeg_quality: int | None = None  # a JPEG's (or a DICOM JPEG frame's) estimated quality, else None
     sharpness: float | None = None  # how sharp the eye is (model.preprocess.sharpness; None: not measured)
+    # how far from the model's training images, as a multiple of the farthest of them (KeepfitRuntime.typicality;
+    # None: the artifact ships no typicality)
+    typicality: float | None = None
 
 
 # An image that varies by less than this many grey levels (a blank, black or uniform picture, also with a
@@ -169,13 +173,43 @@ def featureless_warning(spread: float | None) -> list[dict[str, str]]:
     ]
 
 
+def unrecognised(typicality: float | None) -> bool:
+    """Whether an image lies further from the model's training images than the farthest of them
+    (:meth:`model.runtime.KeepfitRuntime.typicality` above 1; None: the artifact cannot tell)."""
+    return typicality is not None and typicality > 1.0
+
+
+def unrecognised_warning(typicality: float | None, spread: float | None, what: str = "answer") -> list[dict[str, str]]:
+    """The ``unrecognised_image`` warning when an image lies further from the model's training images than the
+    farthest of them (:meth:`model.runtime.KeepfitRuntime.typicality` above 1), unless it is blank (its own
+    warning says more).  ``what``: ``"answer"`` (classify) or ``"search"``."""
+    if not unrecognised(typicality) or featureless(spread):
+        return []
+    then = "these predictions" if what == "answer" else "its nearest images"
+    return [
+        {
+            "code": "unrecognised_image",
+            "message": (
+                f"the image is unlike every image the model was trained on (fundus photographs, angiograms, OCT "
+                f"B-scans): it lies {typicality:.1f} times as far from them as the farthest of them. If it is not "
+                f"an image of an eye (another file, a report, a screenshot), {then} say nothing about one; if it "
+                f"is, {then} are less reliable than usual"
+            ),
+        }
+    ]
+
+
 def image_warnings(
-    spread: float | None, quality: int | None, sharp: float | None, modality: str | None
+    spread: float | None,
+    quality: int | None,
+    sharp: float | None,
+    modality: str | None,
+    typicality: float | None = None,
 ) -> list[dict[str, str]]:
     """What the picture itself says about an answer, for a picture of ``modality`` (what it is: its DICOM header,
-    else the modality check; not the modality it was scored as): ``featureless_image``, ``compressed_image`` and
-    ``blurred_image`` (not for a blank frame, which has no focus to speak of)."""
-    out = featureless_warning(spread) + compressed_warning(quality)
+    else the modality check; not the modality it was scored as): ``unrecognised_image``, ``featureless_image``,
+    ``compressed_image`` and ``blurred_image`` (not for a blank frame, which has no focus to speak of)."""
+    out = unrecognised_warning(typicality, spread) + featureless_warning(spread) + compressed_warning(quality)
     if not featureless(spread):
         out += blurred_warning(sharp, modality)
     return out
@@ -400,8 +434,8 @@ class Engine:
         probs = result.modality_probabilities or {}
         detected = result.modality_detected
         requested, used = result.modality_requested, result.modality_used
-        if featureless(result.detail):
-            pass  # a blank picture is no kind of image: its modality check is a coin toss, its own warning says so
+        if featureless(result.detail) or unrecognised(result.typicality):
+            pass  # a blank picture, or one unlike any eye image: its modality check is a coin toss; its own warning says so
         elif requested != "auto" and detected is not None and detected != requested:
             out.append(
                 {
@@ -445,7 +479,7 @@ class Engine:
         # judged as what the picture is (its DICOM header, else the modality check), not as it was scored: a B-scan
         # scored with the photograph prompts has no photograph's focus, a photograph scored as OCT still has one
         own = result.modality_stated or result.modality_detected
-        out += image_warnings(result.detail, result.jpeg_quality, result.sharpness, own)
+        out += image_warnings(result.detail, result.jpeg_quality, result.sharpness, own, result.typicality)
         # names the English text encoder cannot read (a known name or alias is English)
         out += unreadable_warning([c.label for c in result.scored or () if not c.known], "category")
         meant_for = self.task_modalities(task)
@@ -504,8 +538,10 @@ class Engine:
         with timings.stage("inference"):
             # embeddings [1, D], tokens [1, h*w, D]
             encoding = self.runtime.encode_pixels(pixels)
+            typical = self.runtime.typicality(encoding)
         return EncodedImage(encoding, size, upright, str(stated) if stated else None, spread,
-                            int(quality) if quality is not None else None, sharp)
+                            int(quality) if quality is not None else None, sharp,
+                            None if typical is None else float(typical[0]))
 
     def classify(
         self,
@@ -585,6 +621,7 @@ class Engine:
             detail=encoded.detail,
             jpeg_quality=encoded.jpeg_quality,
             sharpness=encoded.sharpness,
+            typicality=encoded.typicality,
             modality_stated=stated if stated in self.modalities else None,
             decision=decided,
             scored=list(categories),
@@ -601,10 +638,12 @@ class Engine:
     def query_of(
         self, encoded: EncodedImage, _timings: Timings | None = None
     ) -> tuple[np.ndarray, list[dict[str, str]]]:
-        """An image query's unit embedding ``[D]``, and what its picture says about the hits: ``compressed_image``,
-        and ``blurred_image`` for a photograph (as its DICOM header states, else as the modality check finds it)."""
+        """An image query's unit embedding ``[D]``, and what its picture says about the hits: ``unrecognised_image``,
+        ``compressed_image``, and ``blurred_image`` for a photograph (as its DICOM header states, else as the
+        modality check finds it)."""
         vector = encoded.encoding.embeddings[0]
-        warnings = compressed_warning(encoded.jpeg_quality, "search")
+        warnings = unrecognised_warning(encoded.typicality, encoded.detail, "search")
+        warnings += compressed_warning(encoded.jpeg_quality, "search")
         if blurred(encoded.sharpness, "CFP") and not featureless(encoded.detail):  # then: is it a photograph?
             modality = encoded.stated or self.detected_modality(encoded.encoding.embeddings)
             warnings += blurred_warning(encoded.sharpness, modality, "search")

@@ -142,14 +142,17 @@ class ModalityResult(BaseModel):
 
 class ClassifyWarning(BaseModel):
     code: Literal[
-        "modality_mismatch", "modality_uncertain", "task_modality_mismatch", "featureless_image", "compressed_image",
-        "blurred_image", "unreadable_category",
+        "modality_mismatch", "modality_uncertain", "task_modality_mismatch", "unrecognised_image", "featureless_image",
+        "compressed_image", "blurred_image", "unreadable_category",
     ] = Field(
         description="`modality_mismatch`: the image looks like another modality than the one requested or, with "
         "`modality=auto`, the one its DICOM header states; "
         "`modality_uncertain`: with `modality=auto`, the modality check was unsure (below 0.7) which modality the "
         "image is, so the categories and prompts used may be the wrong ones; "
         "`task_modality_mismatch`: the task is meant for another modality than the one used; "
+        "`unrecognised_image`: the image is unlike every image the model was trained on (further from them than "
+        "the farthest of them): not an eye image (another file, a report, a screenshot), or one so unusual that "
+        "the predictions are less reliable than usual; "
         "`featureless_image`: the image is almost uniform (blank, black), so the predictions say nothing; "
         "`compressed_image`: a JPEG saved below quality 50, whose compression changes the answers for many eyes; "
         "`blurred_image`: a photograph (CFP) that looks out of focus, which changes the answers for many eyes; "
@@ -421,12 +424,14 @@ class ScoreScale(BaseModel):
 
 class SearchWarning(BaseModel):
     code: Literal[
-        "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "compressed_image", "blurred_image",
-        "unreadable_query",
+        "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "unrecognised_image",
+        "compressed_image", "blurred_image", "unreadable_query",
     ] = Field(
         description="`modality_not_in_index`: no indexed image is of the modality asked for (the message lists "
         "those it holds); `label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
-        "exists, but not together with the modality asked for; `compressed_image`: the query image is a JPEG "
+        "exists, but not together with the modality asked for; `unrecognised_image`: the query image is unlike "
+        "every image the model was trained on, so its nearest images say little about it; "
+        "`compressed_image`: the query image is a JPEG "
         "saved below quality 50, whose compression changes which images are nearest; `blurred_image`: the query "
         "is a photograph (CFP) that looks out of focus, which changes which images are nearest; "
         "`unreadable_query`: a text query written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, "
@@ -606,6 +611,6 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         c: {"model": ErrorResponse, "description": text.get(c, "Error")} for c in codes
     }
     if 503 in out:  # busy: when to try again
-        out[503]["headers"] = {"Retry-After": {"description": "seconds to wait (busy only)",
+        out[503]["headers"] = {"Retry-After": {"description": "seconds to wait (busy, shutting_down)",
                                                "schema": {"type": "integer"}}}
     return out

@@ -110,7 +110,8 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({s.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
-    files = image_files(s.paths, embedder.sharpness, s.modality, quality=embedder.quality)
+    files = image_files(s.paths, embedder.sharpness, s.modality, quality=embedder.quality,
+                        typicality=embedder.typicality)
     # a class the artifact's knowledge lacks is scored by its name alone: a category added to other knowledge (or
     # lost by an export with the packaged knowledge) was otherwise scored without its descriptions, unannounced
     unknown = [c for c in s.classes if not runtime.knowledge.is_known(c)]
@@ -118,11 +119,22 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
                "modality": s.modality, "split": a.split, **result, "unknown_classes": unknown, "image_files": files,
                **_skips(s, embedder)}
     notes = [_unknown_classes_text(unknown)] if unknown else []
+    left_out = _left_out_text(s.skipped, len(embedder.report.skipped))
+    notes += [left_out] if left_out else []
     lines = _header(runtime, f"Zero-shot: {a.label_column}") + _classification_md(result) + [
         "", *(f"- {n}" for n in notes), f"- {_image_files_text(files)}", "", "![confusion matrix](confusion.png)", ""]
     write_report(out, payload, "\n".join(lines))
     payload["text"] = "\n".join([_classification_text(result), *notes, _image_files_text(files)])
     return payload
+
+
+def _left_out_text(skipped: dict[str, int], unreadable: int = 0) -> str | None:
+    """The rows of a manifest that ``n`` does not count, and why (the JSON's ``rows_skipped`` and
+    ``unreadable_images``): a report read without them gave no hint that rows were left out."""
+    parts = [f"{n} {why}" for why, n in skipped.items() if n]
+    if unreadable:
+        parts.append(f"{unreadable} unreadable image{'s' if unreadable > 1 else ''}")
+    return "rows left out (not in n): " + "; ".join(parts) if parts else None
 
 
 def _unknown_classes_text(unknown: Sequence[str]) -> str:
@@ -137,13 +149,15 @@ def image_files(
     modality: str | None = None,
     *,
     quality: dict[Path, int | None],
+    typicality: dict[Path, float] | None = None,
 ) -> dict[str, Any]:
     """How the evaluated images are stored and taken: how many are JPEGs, their estimated quality
     (:func:`model.preprocess.jpeg_quality`: ``quality``, by path, as the decode that embedded them read it, which
     is what the service warns by, a DICOM object's JPEG frame included; None: not a JPEG), how many were saved
     below :data:`model.preprocess.COMPRESSED_BELOW`, and, for photographs (``modality`` CFP) whose ``sharpness`` was
-    measured, how many look out of focus (:func:`model.preprocess.blurred`): where the service warns that answers
-    are unreliable (``compressed_image``, ``blurred_image``)."""
+    measured, how many look out of focus (:func:`model.preprocess.blurred`), and, where the artifact measures it
+    (``typicality``, by path), how many are unlike every image the model was trained on: where the service warns
+    that answers are unreliable (``compressed_image``, ``blurred_image``, ``unrecognised_image``)."""
     qualities = [q for q in (quality.get(p) for p in paths) if q is not None]
     out: dict[str, Any] = {
         "n": len(paths), "jpeg": len(qualities),
@@ -155,6 +169,9 @@ def image_files(
     if measured and blurred(0.0, modality):  # the bar holds for this modality
         out["blurred_below"] = BLURRED_BELOW
         out["blurred"] = sum(blurred(v, modality) for v in measured)
+    far = [typicality[p] for p in paths if p in typicality] if typicality else []
+    if far:
+        out["unrecognised"] = sum(v > 1.0 for v in far)
     return out
 
 
@@ -170,6 +187,9 @@ def _image_files_text(files: dict[str, Any]) -> str:
     if files.get("blurred"):
         text += (f"; {files['blurred']} photographs look out of focus (sharpness below {files['blurred_below']:.2f}), "
                  "where defocus changes many answers (the service warns: blurred_image)")
+    if files.get("unrecognised"):
+        text += (f"; {files['unrecognised']} look unlike every image the model was trained on: not of an eye, or "
+                 "far from the training images (the service warns: unrecognised_image)")
     return text
 
 
@@ -359,12 +379,16 @@ def run_suite(runtime: KeepfitRuntime, data_root: Path, split: str, out: Path, b
         "ci95": f"percentile bootstrap, {BOOTSTRAP_DRAWS} resamples of the {split} images (a site's tasks drawn "
                 "together)",
         "unseen_site_mean_tasks": list(UNSEEN_HEADLINE),
+        # the training source that is the second site, when the model trained on it (its numbers are then not unseen)
+        "unseen_site_trained_on": trained_on_unseen_site(runtime),
         # the failure other clinics see first: healthy eyes called diseased
         "unseen_site_normal_recall": tasks["site2_normal"]["zero_shot"]["per_class"]["normal"]["recall"],
         "unseen_site_no_referable_recall":
             tasks["site2_referable"]["zero_shot"]["per_class"]["no referable diabetic retinopathy"]["recall"],
         "atlas_retrieval": {k: v for k, v in atlas.items() if "r@" in k and not k.startswith("chance")},
         "retrieval_p@10": {n: t["retrieval"]["p@10"] for n, t in tasks.items() if "retrieval" in t},
+        # over every task with retrieval but DME CFP all rows (the graded task's images and more): the training
+        # sites' and the unseen site's, as every table made since the unseen site joined the suite reports it
         "retrieval_p@10_mean": float(np.mean([t["retrieval"]["p@10"] for n, t in tasks.items()
                                               if "retrieval" in t and n != "dme_cfp_all"])),
         "linear_probe_balanced_accuracy": {n: t["linear_probe"]["balanced_accuracy"] for n, t in tasks.items()},
@@ -514,9 +538,16 @@ def _unseen_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: di
                      f"({_interval(summary['zero_shot_ci95'][name])}) | {fmt(zs['chance_balanced_accuracy'])} | "
                      f"{fmt(zs['macro_auc'])} | "
                      + "; ".join(f"{c} {fmt(m['recall'])} (n {m['n']})" for c, m in zs["per_class"].items()) + " |")
+    lines += _left_out_md(tasks)
     lines += ["", f"{summary['ci95']}. Unreadable images skipped: {summary['unreadable_images']}. "
               f"Time: {summary['seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def _left_out_md(tasks: dict[str, Any]) -> list[str]:
+    """Per task, the rows its ``n`` does not count and why (``rows_skipped`` of the JSON)."""
+    found = [(t["title"], _left_out_text(t.get("rows_skipped") or {})) for t in tasks.values()]
+    return ["", *(f"- {title}: {text}" for title, text in found if text)] if any(text for _, text in found) else []
 
 
 def unseen_site_text(reports: list[tuple[str, dict[str, Any]]]) -> str:
@@ -671,7 +702,9 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
     lines = _header(runtime, f"Evaluation suite ({split} split)") + [
         f"Zero-shot mean balanced accuracy over {', '.join(summary['zero_shot_mean_tasks'])}: "
         f"**{fmt(summary['zero_shot_mean'])}** (95 % CI {_interval(summary['zero_shot_mean_ci95'])})", "",
-        f"Unseen second site (never trained on), mean over {', '.join(summary['unseen_site_mean_tasks'])}: "
+        (f"Second site ({summary['unseen_site_trained_on']} was in this model's training: not unseen for it), "
+         if summary.get("unseen_site_trained_on") else "Unseen second site (never trained on), ")
+        + f"mean over {', '.join(summary['unseen_site_mean_tasks'])}: "
         f"**{fmt(summary['unseen_site_mean'])}** (95 % CI {_interval(summary['unseen_site_mean_ci95'])}); "
         "recall of healthy eyes (\"normal\" vs DR) "
         f"**{fmt(summary['unseen_site_normal_recall'])}**, of no referable DR "
@@ -693,6 +726,7 @@ def _suite_markdown(runtime: KeepfitRuntime, summary: dict[str, Any], tasks: dic
             f"| {fmt(zs['macro_auc'])} | {fmt(ret['p@10']) + ' (' + fmt(ret['chance']) + ')' if ret else '–'} "
             f"| {fmt(t['linear_probe']['balanced_accuracy'])} | "
             + ("/".join(fmt(fs[f'{k}-shot']['balanced_accuracy'], 2) for k in (1, 5, 10)) if fs else "–") + " |")
+    lines += _left_out_md(tasks)
     if summary.get("modality_head_accuracy") is not None:
         lines += ["", f"Modality head (shipped in the artifact) accuracy: {fmt(summary['modality_head_accuracy'])}"]
     lines += ["", "## Per-class recall (zero-shot)", ""]
@@ -852,8 +886,9 @@ COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def compare_markdown(rows: list[tuple[str, list[dict[str, Any]]]]) -> str:
-    """One row per model: zero-shot balanced accuracy per task, their mean, retrieval P@10 and the linear probe
-    (means over the headline tasks), with the chance row first.  A row given several suite reports (runs with
+    """One row per model: zero-shot balanced accuracy per task, their mean and the linear probe's (over the
+    headline tasks), and text-to-image retrieval P@10 (the mean over every task with retrieval, both sites, but
+    DME CFP all rows), with the chance row first.  A row given several suite reports (runs with
     different seeds) shows the mean and, for the headline mean, ± the standard deviation over the runs."""
     first = rows[0][1][0]
     s0 = first["summary"]

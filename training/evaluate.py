@@ -307,6 +307,7 @@ class ImageEmbedder:
         batch_size: int = 32,
         size: int | None = None,
         measure: Callable[[list[Any]], list[float | None]] | None = None,
+        typical: Callable[[], np.ndarray | None] | None = None,
     ) -> None:
         self.encode = encode
         self.size = size  # the model input side: decode only what it needs
@@ -319,6 +320,10 @@ class ImageEmbedder:
         # a JPEG's estimated quality as the decode that embedded it read it (model.preprocess.JPEG_QUALITY: also a
         # DICOM object's JPEG frame, as the service warns of it), by path; None: not a JPEG
         self.quality: dict[Path, int | None] = {}
+        # the last batch's typicality (model.runtime.KeepfitRuntime.typicality; None: the artifact has none), and
+        # each picture's, by path: above 1 the service warns unrecognised_image
+        self.typical = typical
+        self.typicality: dict[Path, float] = {}
 
     @classmethod
     def of_runtime(cls, runtime: Any, batch_size: int = 32) -> ImageEmbedder:
@@ -328,16 +333,19 @@ class ImageEmbedder:
 
         cfg = runtime.preprocess_cfg
         last: list[np.ndarray] = []  # the batch's model inputs, preprocessed once for both
+        typical: list[np.ndarray | None] = [None]  # the batch's typicality
 
         def encode(images: list[Any]) -> np.ndarray:
             pixels = runtime.preprocess(images)  # [B, 3, S, S]: as encode_images batches them
             last[:] = [pixels]
-            return np.asarray(runtime.encode_pixels(pixels).embeddings)
+            encoding = runtime.encode_pixels(pixels)
+            typical[0] = runtime.typicality(encoding)
+            return np.asarray(encoding.embeddings)
 
         def measure(images: list[Any]) -> list[float | None]:
             return [sharpness(p, upright_original_size(im), cfg) for p, im in zip(last[0], images, strict=True)]
 
-        return cls(encode, batch_size, size=cfg.image_size, measure=measure)
+        return cls(encode, batch_size, size=cfg.image_size, measure=measure, typical=lambda: typical[0])
 
     def __call__(self, paths: Sequence[Path], desc: str = "embedding images") -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings [n_ok, D], ok [N] bool)``; unreadable images are skipped and counted."""
@@ -355,6 +363,10 @@ class ImageEmbedder:
                 if self.measure is not None:
                     for (p, _), value in zip(batch, self.measure(images), strict=True):
                         self.sharpness[p] = value
+                far = self.typical() if self.typical is not None else None
+                if far is not None:
+                    for (p, _), value in zip(batch, far, strict=True):
+                        self.typicality[p] = float(value)
                 batch.clear()
 
         for i, image in tqdm(iter_images(todo, self.report, self.size), total=len(todo), desc=desc, unit="img",

@@ -11,7 +11,7 @@ import torch
 
 from model.artifact import check_replaceable, sha256_file
 from model.config import get_config
-from model.errors import ArtifactError, CheckpointError
+from model.errors import ArtifactError, CheckpointError, DataError
 from model.knowledge import DEFAULT_FILE, Knowledge
 from model.modality_head import training_images
 from model.nn.export import QUANT_MODES, export_artifact
@@ -103,6 +103,7 @@ def export_main(argv: list[str]) -> int:
     if args.data_root is not None and not args.data_root.is_dir():
         raise ArtifactError(f"--data-root {args.data_root} is not a directory")
     modality_images = _modality_images(data_root, extra_manifest.get("training"), knowledge, args.modality_head)
+    typical_images = _elite_images(data_root, extra_manifest.get("training"), knowledge) if modality_images else []
     out = export_artifact(
         model,
         tokenizer,
@@ -116,6 +117,7 @@ def export_main(argv: list[str]) -> int:
         extra_files=extra_files,
         extra_manifest=extra_manifest,
         modality_images=modality_images,
+        typical_images=typical_images,
         seed=args.seed,
     )
     logger.info("wrote artifact %s", out)
@@ -158,6 +160,20 @@ def _modality_images(
         logger.warning("no modality head: the training images (%s) need --data-root", ", ".join(public))
         return []
     return training_images(data_root, public, knowledge.modalities)
+
+
+def _elite_images(data_root: Path | None, training: dict[str, Any] | None, knowledge: Knowledge) -> list[Path]:
+    """The train-split images of the elite manifest the checkpoint trained on (as its provenance names it, relative
+    to the data root unless absolute): the head's typicality is fitted on them too; none when it names none. A
+    manifest that cannot be read only costs the typicality their variety (a warning), never the export."""
+    elite = (training or {}).get("elite_manifest")
+    if not elite or data_root is None:
+        return []
+    try:
+        return [path for path, _ in training_images(data_root, [str(elite)], knowledge.modalities)]
+    except (DataError, OSError) as err:
+        logger.warning("the typicality is fitted without the elite pairs' images (%s): %s", elite, err)
+        return []
 
 
 # ------------------------------------------------------------------------------------ published checkpoints

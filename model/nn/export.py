@@ -237,13 +237,14 @@ def export_artifact(
     extra_files: dict[str, bytes] | None = None,
     extra_manifest: dict[str, Any] | None = None,
     modality_images: Sequence[tuple[Path, str]] = (),
+    typical_images: Sequence[Path] = (),
     seed: int = 0,
 ) -> Path:
     """Export, verify, quantise and write the artifact directory atomically; returns its path.
 
     With ``modality_images`` (``(path, modality)`` of the training split) the modality head is fitted on the
     exported encoder's embeddings of them (:mod:`model.modality_head`) and shipped, replacing any in
-    ``extra_files``."""
+    ``extra_files``; its typicality on theirs and those of ``typical_images`` (the elite pairs' training images)."""
     if quantize_mode not in QUANT_MODES:
         raise ArtifactError(f"unknown quantisation {quantize_mode!r}; choose one of {', '.join(QUANT_MODES)}")
     out = Path(out)
@@ -295,7 +296,7 @@ def export_artifact(
         }  # fmt: skip
         _seal(staging, fields)
         if modality_images:  # fitted through the sealed encoder, as it will serve; then sealed again with it
-            head = fit_for_artifact(staging, modality_images, seed)
+            head = fit_for_artifact(staging, modality_images, seed, also_typical=typical_images)
             if head is not None:
                 atomic_write_json(staging / HEAD_FILE, head)
                 _seal(staging, fields)

@@ -34,6 +34,7 @@ from service.classifiers import (
     NAME_PATTERN,
     AdminKeyError,
     CategorySpec,
+    ClassifierChangedError,
     ClassifierRow,
     ClassifierStaleError,
     ClassifierStore,
@@ -952,7 +953,9 @@ def classifier_predict(
     detected = found.detected[0]
     # the picture judged as what it is (its header, else the modality check), not as the classifier's modality,
     # as Engine.warnings judges it
-    warnings = image_warnings(encoded.detail, encoded.jpeg_quality, encoded.sharpness, header_modality or detected)
+    warnings = image_warnings(
+        encoded.detail, encoded.jpeg_quality, encoded.sharpness, header_modality or detected, encoded.typicality
+    )
     # as a zero-shot answer scored with a named modality warns (Engine.warnings): whenever the picture is of
     # another, by its header or by the modality check, however sure (an image 0.62 of another was not warned of).
     # A header that agrees with the classifier does not silence the check: a B-scan filed as a photograph was
@@ -1040,16 +1043,25 @@ async def classify_with_classifier(
     data, digest = upload.data, upload.sha256
     name = name.strip()  # as a name is stored at creation (check_name)
     store = await get_store(state)
-    row = store.cached_row(name)
-    if row is None:
-        row = await state.run_blocking(store.get, name)
-    if row.artifact_version != engine.version:
-        raise ClassifierStaleError(
-            f"classifier {name!r} was fitted with artifact {row.artifact_name} {row.artifact_version}; this "
-            f"service runs {engine.name} {engine.version}. Refit it: POST /v1/classifiers/{name}/refit "
-            f"(or `keepfit classifier refit {name}`)"
-        )
-    model = store.cached_model(row) or await state.run_blocking(store.load, row, engine.runtime.embed_dim)
+    cached = store.cached_row(name)
+    row: ClassifierRow = cached if cached is not None else await state.run_blocking(store.get, name)
+    model = store.cached_model(row)
+    reads = 0
+    while True:  # a refit or a delete elsewhere between reading the row and loading its arrays: read it again
+        if row.artifact_version != engine.version:
+            raise ClassifierStaleError(
+                f"classifier {name!r} was fitted with artifact {row.artifact_name} {row.artifact_version}; this "
+                f"service runs {engine.name} {engine.version}. Refit it: POST /v1/classifiers/{name}/refit "
+                f"(or `keepfit classifier refit {name}`)"
+            )
+        if model is not None:
+            break
+        if reads == 5:
+            raise ClassifierChangedError(
+                f"classifier {name!r} was refitted again and again while this request read it: send it again"
+            )
+        reads += 1
+        row, model = await state.run_blocking(store.load_or_current, row, engine.runtime.embed_dim)
     timings = Timings(state.metrics)
     params: dict[str, Any] = {"classifier": name, "classifier_version": row.version, "top_k": top_k}
     if frame is not None:

@@ -502,3 +502,27 @@ def test_search_by_a_photograph_out_of_focus_warns_as_the_api_does(
         assert code == 0 and codes == (["blurred_image"] if warned else []), (sigma, codes)
         code, out, _ = run(capsys, *base, "--image", str(query))
         assert code == 0 and ("warning: the photograph looks out of focus" in out) == warned, out
+
+
+def test_build_counts_files_that_are_not_of_an_eye(
+    capsys: pytest.CaptureFixture[str], archive: Archive, default_artifact: Path, tmp_path: Path
+) -> None:
+    """A scan of a report or a screenshot filed among the photographs (what the service warns of as
+    unrecognised_image) shows in the report, its --json and the index's history."""
+    from tests.model.test_typicality import not_an_eye
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for path in sorted((archive.root / "cfp").iterdir())[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    for name in ("checkerboard", "stripes"):
+        not_an_eye()[name].save(folder / f"{name}.png")
+    code, out, _ = run(capsys, "build", "--artifact", str(default_artifact), "--images", str(folder), "--out",
+                       str(tmp_path / "idx"), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["added"] == 5 and report["unrecognised"] == 2, report
+    history = json.loads((tmp_path / "idx" / "index_manifest.json").read_text())["history"]
+    assert history[-1]["unrecognised"] == 2, history
+    code, out, _ = run(capsys, "build", "--artifact", str(default_artifact), "--images", str(folder), "--out",
+                       str(tmp_path / "idx2"))
+    assert code == 0 and "unrecognised: 2 images are unlike every image the model was trained on" in out, out

@@ -426,3 +426,26 @@ def test_few_shot_counts_the_shots_after_unreadable_images_are_dropped(
     assert f"--shots 3 is more than the 2 readable images of {victim['label']!r}" in err and "unreadable" in err, err
     assert not (tmp_path / "f3").exists()
     assert keepfit([*common, "--shots", "2", "--out", str(tmp_path / "f2")]) == 0
+
+
+def test_zero_shot_report_counts_pictures_unlike_every_training_image(
+    default_artifact: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """A clinic's folder with two files that are not of an eye among its B-scans: the report counts them as the
+    service warns of them (unrecognised_image); an artifact without a typicality counts nothing."""
+    from tests.model.test_typicality import not_an_eye
+
+    rows = [{"path": str(data_root / "cfp_oct_mx" / r["path"]), "dme": r["dme"]}
+            for r in csv.DictReader((data_root / "cfp_oct_mx" / "labels.csv").open())
+            if r["modality"] == "OCT" and r["split"] == "test"][:6]
+    for i, name in enumerate(("checkerboard", "noise")):
+        path = tmp_path / f"{name}.png"
+        not_an_eye()[name].save(path)
+        rows.append({"path": str(path), "dme": ("diabetic macular edema", "no diabetic macular edema")[i]})
+    manifest = write_manifest(tmp_path / "folder.csv", rows)
+    out = tmp_path / "zs"
+    assert eval_main(["zero-shot", "--artifact", str(default_artifact), "--manifest", str(manifest),
+                      "--label-column", "dme", "--modality", "OCT", "--out", str(out)]) == 0
+    files = json.loads((out / "report.json").read_text())["image_files"]
+    assert (files["n"], files["unrecognised"]) == (8, 2), files
+    assert "2 look unlike every image the model was trained on" in (out / "report.md").read_text()
