@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "list-models": ("model.cli:list_models_main", "list the registered model configs"),
     "knowledge": ("model.cli:knowledge_main", "build knowledge.json from FLAIR's knowledge dictionary"),
     "info": ("model.cli:info_main", "verify an artifact and print its manifest summary"),
-    "artifact": ("model.cli:artifact_main", "`seal`: re-seal an artifact's manifest after a deliberate edit"),
+    "artifact": ("model.cli:artifact_main", "`seal`: re-seal an artifact's manifest after a deliberate edit; `typicality`: add the unrecognised-image check"),
     "export": ("model.nn.commands:export_main", "export a checkpoint (or a fresh model) to an ONNX artifact"),
     "import-checkpoint": (
         "model.nn.commands:import_main",

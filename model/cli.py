@@ -330,6 +330,9 @@ def info_text(path: object, summary: dict[str, object]) -> str:
         line = f"  {evaluation.get('split', 'test')} split: zero-shot mean balanced accuracy {evaluation['zero_shot_mean']:.3f}"
         if evaluation.get("retrieval_p@10_mean") is not None:
             line += f", text->image P@10 {evaluation['retrieval_p@10_mean']:.3f}"
+        measured = evaluation.get("artifact_version")
+        if measured and measured != summary.get("version"):  # its knowledge or modality head was replaced since
+            line += f" (measured on version {measured})"
         lines.append(line)
     lines.append("  (--json for the full summary)")
     return "\n".join(lines)

@@ -40,6 +40,10 @@ def test_info_prints_a_short_summary_saying_hashes_were_verified(
     assert "SHA-256 of every file verified" in out[1] and f"{len(manifest['files'])} files" in out[1]
     assert any("zero-shot mean balanced accuracy" in line for line in out)
     assert len(out) <= 8
+    # an evaluation made before the knowledge or the modality head was replaced says which version it measured
+    measured = manifest["evaluation"]["artifact_version"]
+    line = next(line for line in out if "zero-shot mean" in line)
+    assert (f"(measured on version {measured})" in line) == (measured != manifest["version"])
 
 
 def test_info_json_is_the_full_summary(default_artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:

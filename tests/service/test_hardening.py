@@ -88,15 +88,24 @@ def test_serve_refusal_has_no_traceback_as_a_process(artifact_copy: Path) -> Non
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "was edited after export" in out.stderr
 
 
-def test_sealing_an_edit_changes_the_version(artifact_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("measured", ["this version", "an earlier version"])
+def test_sealing_an_edit_changes_the_version(
+    artifact_copy: Path, capsys: pytest.CaptureFixture[str], measured: str
+) -> None:
     before = load_artifact(artifact_copy).version
     manifest = artifact_copy / "manifest.json"
-    manifest.write_text(manifest.read_text().replace("0.485", "0.985", 1))
+    data = json.loads(manifest.read_text())
+    # the evaluation names the version it measured: this one, or one its knowledge or head replaced
+    data["evaluation"]["artifact_version"] = before if measured == "this version" else "20200101-0000000000"
+    manifest.write_text(json.dumps(data).replace("0.485", "0.985", 1))
     assert keepfit(["artifact", "seal", str(artifact_copy)]) == 0
     assert "->" in capsys.readouterr().out
     sealed = load_artifact(artifact_copy)
     assert sealed.version != before and sealed.config.preprocess.mean[0] == pytest.approx(0.985)
-    assert sealed.manifest["evaluation"] == {}  # measured with the old answers: dropped
+    if measured == "this version":
+        assert sealed.manifest["evaluation"] == {}  # measured with the old answers: dropped
+    else:  # it says which version it measured, which stays true
+        assert sealed.manifest["evaluation"]["artifact_version"] == "20200101-0000000000"
     # sealing again changes nothing; the committed artifact is sealed as it is
     assert keepfit(["artifact", "seal", str(artifact_copy)]) == 0
     assert load_artifact(artifact_copy).version == sealed.version
