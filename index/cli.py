@@ -353,8 +353,10 @@ def search_main(argv: list[str]) -> int:
         blurred,
         blurred_warning,
         compressed_warning,
+        detail,
         load_image,
         sharpness,
+        unrecognised_warning,
         upright_original_size,
     )
     from model.runtime import KeepfitRuntime
@@ -390,7 +392,8 @@ def search_main(argv: list[str]) -> int:
         )
         digest = None
         # what the query itself says about its hits, as the API says it: a text written mostly outside the Latin
-        # alphabet; an image compressed below JPEG quality 50, or a photograph out of focus
+        # alphabet; an image unlike every training image, compressed below JPEG quality 50, or a photograph out of
+        # focus
         about_query: list[dict[str, str]] = []
         if args.text is not None:
             query = runtime.encode_texts([args.text])[0]
@@ -399,9 +402,14 @@ def search_main(argv: list[str]) -> int:
             image = load_image(args.image, size=runtime.preprocess_cfg.image_size)
             pixels = runtime.preprocess([image])  # [1, 3, S, S]
             sharp = sharpness(pixels[0], upright_original_size(image), runtime.preprocess_cfg)
-            embedding = runtime.encode_pixels(pixels).embeddings  # [1, D]
+            encoding = runtime.encode_pixels(pixels)
+            embedding = encoding.embeddings  # [1, D]
             query = embedding[0]
-            about_query = compressed_warning(image.info.get(JPEG_QUALITY), "search")
+            # unlike every training image (not for a blank picture, as the API judges it)
+            far = runtime.typicality(encoding)
+            spread = detail(pixels[0], upright_original_size(image), runtime.preprocess_cfg)
+            about_query = unrecognised_warning(None if far is None else float(far[0]), spread, "search")
+            about_query += compressed_warning(image.info.get(JPEG_QUALITY), "search")
             if blurred(sharp, "CFP"):  # then: is it a photograph? (its DICOM header, else the modality check)
                 stated = image.info.get("keepfit_modality")
                 found = str(stated) if stated else runtime.detect_modalities(embedding).detected[0]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import DataError
+from model.errors import DataError, KeepfitError
 from model.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,29 @@ def training_images(data_root: Path, public: Sequence[str], modalities: Sequence
     return images
 
 
+
+def elite_images(data_root: Path, spec: str, modalities: Sequence[str]) -> list[Path]:
+    """The images of an elite manifest (``spec``, as a checkpoint's provenance names it) that training used, read
+    as training reads it (``training.data.read_elite_manifest``): only ``split`` train rows when it has a
+    ``split`` column, rows with a caption, ``modality`` optional (CFP when absent, in any case) and one of
+    ``modalities``; the manifest's path as given when it is a file or absolute, else under ``data_root``
+    (``training.data.resolve_elite_manifest``).  Real elite pairs need no ``split`` or ``modality`` column: they
+    were refused here (their images then left out of the typicality by ``keepfit export``, and ``keepfit
+    artifact typicality`` failed)."""
+    path = Path(spec)
+    if not (path.is_file() or path.is_absolute()):
+        path = data_root / path
+    manifest = read_manifest(path)
+    manifest.require_columns(["caption"])
+    spelt = {m.upper(): m for m in modalities}
+    images = [manifest.resolve(r) for r in manifest.rows
+              if r.get("split", "train") == "train" and (r.get("caption") or "").strip()
+              and (r.get("modality") or "CFP").strip().upper() in spelt]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} elite training images are missing ({path}), e.g. {missing[0]}")
+    return images
+
 def fit_head(embeddings: np.ndarray, modalities: Sequence[str], classes: Sequence[str], seed: int = 0) -> dict[str, Any]:
     """The head's JSON: multinomial logistic regression on unit embeddings ``[N, D]`` (balanced classes)."""
     from sklearn.linear_model import LogisticRegression
@@ -204,8 +227,15 @@ def encode_training_images(
     every = list(paths) + [p for p in dict.fromkeys(also) if p not in seen]
     size = runtime.preprocess_cfg.image_size
     embeddings, features = [], []
+
+    def read(path: Path) -> Any:
+        try:
+            return load_image(path, size=size)
+        except KeepfitError as err:  # one of thousands: said which ("not an image" alone named none)
+            raise DataError(f"training image {path}: {err}") from err
+
     for i in range(0, len(every), batch_size):
-        encoding = runtime.encode_pixels(runtime.preprocess([load_image(p, size=size) for p in every[i : i + batch_size]]))
+        encoding = runtime.encode_pixels(runtime.preprocess([read(p) for p in every[i : i + batch_size]]))
         embeddings.append(encoding.embeddings)
         features.append(pooled_features(encoding.tokens))
     return np.concatenate(embeddings)[: len(paths)], np.concatenate(features)
@@ -246,7 +276,7 @@ def typicality_for(artifact: Any, data_root: Path, components: int = TYPICALITY_
     modalities = runtime.knowledge.modalities
     images = [p for p, _ in training_images(data_root, public, modalities)]
     elite = training.get("elite_manifest")
-    extra = [p for p, _ in training_images(data_root, [str(elite)], modalities)] if elite else []
+    extra = elite_images(data_root, str(elite), modalities) if elite else []
     typicality = fit_typicality(encode_training_images(runtime, images, extra)[1], components)
     if typicality is None:
         raise ArtifactError(f"too few training images under {data_root} to fit a typicality (at least "

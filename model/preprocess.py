@@ -990,6 +990,37 @@ def blurred_warning(value: float | None, modality: str | None, what: str = "answ
     ]
 
 
+def featureless(spread: float | None) -> bool:
+    """Whether an image that varies by ``spread`` grey levels is almost uniform (None: not measured)."""
+    return spread is not None and spread < FEATURELESS_BELOW
+
+
+def unrecognised(typicality: float | None) -> bool:
+    """Whether an image lies further from the model's training images than the farthest of them
+    (:meth:`model.runtime.KeepfitRuntime.typicality` above 1; None: the artifact cannot tell)."""
+    return typicality is not None and typicality > 1.0
+
+
+def unrecognised_warning(typicality: float | None, spread: float | None, what: str = "answer") -> list[dict[str, str]]:
+    """The ``unrecognised_image`` warning when an image lies further from the model's training images than the
+    farthest of them (:meth:`model.runtime.KeepfitRuntime.typicality` above 1), unless it is blank (its own
+    warning says more).  ``what``: ``"answer"`` (classify) or ``"search"``."""
+    if not unrecognised(typicality) or featureless(spread):
+        return []
+    then = "these predictions" if what == "answer" else "its nearest images"
+    return [
+        {
+            "code": "unrecognised_image",
+            "message": (
+                f"the image is unlike every image the model was trained on (fundus photographs, angiograms, OCT "
+                f"B-scans): it lies {typicality:.1f} times as far from them as the farthest of them. If it is not "
+                f"an image of an eye (another file, a report, a screenshot), {then} say nothing about one; if it "
+                f"is, {then} are less reliable than usual"
+            ),
+        }
+    ]
+
+
 def model_image(image: Image.Image, cfg: PreprocessConfig) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """The upright 8-bit RGB content of the model input, and where it lies in it ``(left, top, width, height)``.
 

@@ -23,8 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from model.cli import positive_int
 from model.config import MODALITIES
 from model.errors import ConfigError, DataError, ImageError
@@ -150,7 +148,7 @@ def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def fit_main(args: argparse.Namespace) -> int:
-    from service.routers.classifiers import fit_and_row, prior_warnings  # the API's fitting path and rules
+    from service.routers.classifiers import example_warnings, fit_and_row, prior_warnings  # the API's rules
     name = check_name(args.name)
     limit = args.max_classifiers or _settings().max_classifiers
     # an existing store is checked before any image is embedded; a new one is created only to save into, so a
@@ -194,7 +192,7 @@ def fit_main(args: argparse.Namespace) -> int:
         engine, name, modality, args.method, not args.no_text_prior, categories, examples
     )
     # the API's rule for the prior: two labels the model reads alike refused, one it cannot read warned of
-    warnings = prior_warnings(engine, categories, result.model.method)
+    warnings = example_warnings(examples) + prior_warnings(engine, categories, result.model.method)
     store = existing or _store(args, create=True)
     try:
         saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=limit)
@@ -222,16 +220,17 @@ def _check_labels(name: str, labels: list[str]) -> None:
         raise DataError(f"{len(specs)} categories; the limit is {most} (KEEPFIT_MAX_CATEGORIES)")
 
 
-def _embed_example(engine: Any, data: bytes, what: str) -> tuple[np.ndarray, str | None, float]:
+def _embed_example(engine: Any, data: bytes, what: str) -> Any:
     """:meth:`service.engine.Engine.embed_example`, as the service embeds an uploaded example (DCT-scaled for
     the model input), so an example fitted here has the embedding it has when uploaded to
-    ``POST /v1/classifiers``; an unusable image is a :class:`DataError`."""
+    ``POST /v1/classifiers`` (a :class:`service.engine.ExampleEmbedding`); an unusable image is a
+    :class:`DataError`."""
     from service.engine import FeaturelessExampleError, Timings
     from service.errors import InvalidRequestError
     from service.metrics import Metrics
 
     try:
-        return engine.embed_example(data, Timings(Metrics()))  # type: ignore[no-any-return]
+        return engine.embed_example(data, Timings(Metrics()))
     except (ImageError, InvalidRequestError) as err:
         raise DataError(f"{what} is not a usable image: {err}") from err
     except FeaturelessExampleError as err:
@@ -244,10 +243,10 @@ def _file_example(engine: Any, label: str, path: Path) -> Example:
         data = read_regular_file(path)
     except OSError as err:
         raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
-    emb, modality, confidence = _embed_example(engine, data, f"example {path}")
+    emb, modality, confidence, typicality = _embed_example(engine, data, f"example {path}")
     return Example(
         label, sha256_hex(data), "upload", emb, data=data, modality=modality if confidence >= 0.9 else None,
-        filename=str(path),
+        filename=str(path), typicality=typicality,
     )
 
 
@@ -339,7 +338,7 @@ def refit_main(args: argparse.Namespace) -> int:
                     "which can read the index's images"
                 )
             try:
-                emb, _, _ = _embed_example(engine, data, "the example")
+                emb = _embed_example(engine, data, "the example").embedding
             except DataError as err:  # refused by a rule newer than the classifier (an almost uniform example)
                 raise DataError(refit_refused_message(e, str(err.__cause__ or err), row.name)) from err
             examples.append(Example(e["category"], e["sha256"], "upload", emb, data=data))

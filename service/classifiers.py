@@ -153,6 +153,7 @@ class Example:
     data: bytes | None = None
     modality: str | None = None  # the index's modality, or the one recognised for an upload
     filename: str | None = None  # an upload's file name, for messages
+    typicality: float | None = None  # an upload's (KeepfitRuntime.typicality), for the create's warnings; not stored
 
 
 @dataclass

@@ -38,19 +38,22 @@ from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
-    FEATURELESS_BELOW,
+    FEATURELESS_BELOW,  # noqa: F401 (service.benchmarks.featureless reads it here)
     JPEG_QUALITY,
     ReadableFile,
     blurred,
     blurred_warning,
     compressed_warning,
     detail,
+    featureless,
     load_image,
     original_size,
     sharpness,
     thumbnail,
     to_rgb,
     trimmed,
+    unrecognised,
+    unrecognised_warning,
     upright_original_size,
 )
 from model.runtime import ImageEncoding, KeepfitRuntime, fold_name, modality_used, screening_normal
@@ -114,6 +117,15 @@ class EncodedImage(NamedTuple):
     typicality: float | None = None
 
 
+class ExampleEmbedding(NamedTuple):
+    """What :meth:`Engine.embed_example` gives."""
+
+    embedding: np.ndarray  # [D] unit norm
+    modality: str | None  # its DICOM header's, else the modality check's
+    confidence: float  # 1 for a header's, else the modality check's probability
+    typicality: float | None  # KeepfitRuntime.typicality (None: the artifact has none)
+
+
 # An image that varies by less than this many grey levels (a blank, black or uniform picture, also with a
 # camera's burnt-in text: model.preprocess.detail sets aside what covers a few percent of it) gets predictions
 # all the same, as any input does, and a warning that they say nothing; its heat maps are not localised.  The
@@ -145,11 +157,6 @@ def mixed_script_word(text: str) -> str | None:
     return None
 
 
-def featureless(spread: float | None) -> bool:
-    """Whether an image that varies by ``spread`` grey levels is almost uniform (None: not measured)."""
-    return spread is not None and spread < FEATURELESS_BELOW
-
-
 class FeaturelessExampleError(ServiceError):
     """A classifier example that is almost uniform (a failed capture, a blank frame): nothing in it to learn a
     category from, and kept it would pull its category towards every blank picture."""
@@ -168,32 +175,6 @@ def featureless_warning(spread: float | None) -> list[dict[str, str]]:
             "message": (
                 f"the image is almost uniform (it varies by {spread:.1f} grey levels): there is nothing in it to "
                 "diagnose, so these predictions say nothing about an eye"
-            ),
-        }
-    ]
-
-
-def unrecognised(typicality: float | None) -> bool:
-    """Whether an image lies further from the model's training images than the farthest of them
-    (:meth:`model.runtime.KeepfitRuntime.typicality` above 1; None: the artifact cannot tell)."""
-    return typicality is not None and typicality > 1.0
-
-
-def unrecognised_warning(typicality: float | None, spread: float | None, what: str = "answer") -> list[dict[str, str]]:
-    """The ``unrecognised_image`` warning when an image lies further from the model's training images than the
-    farthest of them (:meth:`model.runtime.KeepfitRuntime.typicality` above 1), unless it is blank (its own
-    warning says more).  ``what``: ``"answer"`` (classify) or ``"search"``."""
-    if not unrecognised(typicality) or featureless(spread):
-        return []
-    then = "these predictions" if what == "answer" else "its nearest images"
-    return [
-        {
-            "code": "unrecognised_image",
-            "message": (
-                f"the image is unlike every image the model was trained on (fundus photographs, angiograms, OCT "
-                f"B-scans): it lies {typicality:.1f} times as far from them as the farthest of them. If it is not "
-                f"an image of an eye (another file, a report, a screenshot), {then} say nothing about one; if it "
-                f"is, {then} are less reliable than usual"
             ),
         }
     ]
@@ -654,11 +635,11 @@ class Engine:
         (:meth:`model.runtime.KeepfitRuntime.detect_modalities`)."""
         return self.runtime.detect_modalities(embedding).detected[0]
 
-    def embed_example(self, data: bytes, timings: Timings) -> tuple[np.ndarray, str | None, float]:
-        """A classifier example's bytes -> its embedding ``[D]``, and the modality its DICOM header states (with
-        probability 1) or else the one the modality head recognises, with its probability. The API
-        (``POST /v1/classifiers``) and ``keepfit classifier`` both embed examples with this; an almost uniform
-        picture is refused (:class:`FeaturelessExampleError`)."""
+    def embed_example(self, data: bytes, timings: Timings) -> ExampleEmbedding:
+        """A classifier example's bytes -> its embedding ``[D]``, the modality its DICOM header states (with
+        probability 1) or else the one the modality head recognises, with its probability, and its typicality.
+        The API (``POST /v1/classifiers``) and ``keepfit classifier`` both embed examples with this; an almost
+        uniform picture is refused (:class:`FeaturelessExampleError`)."""
         encoded = self.encode_bytes(data, timings)
         if featureless(encoded.detail):
             raise FeaturelessExampleError(
@@ -667,9 +648,9 @@ class Engine:
             )
         embedding, header_modality = encoded.encoding.embeddings, encoded.stated  # [1, D]
         if header_modality:
-            return embedding[0], str(header_modality), 1.0
+            return ExampleEmbedding(embedding[0], str(header_modality), 1.0, encoded.typicality)
         found = self.runtime.detect_modalities(embedding)
-        return embedding[0], found.detected[0], found.confidence[0]
+        return ExampleEmbedding(embedding[0], found.detected[0], found.confidence[0], encoded.typicality)
 
     def embed_text(self, text: str, timings: Timings) -> np.ndarray:
         """Text -> unit embedding ``[D]``."""

@@ -13,7 +13,7 @@ from model.artifact import check_replaceable, sha256_file
 from model.config import get_config
 from model.errors import ArtifactError, CheckpointError, DataError
 from model.knowledge import DEFAULT_FILE, Knowledge
-from model.modality_head import training_images
+from model.modality_head import elite_images, training_images
 from model.nn.export import QUANT_MODES, export_artifact
 from model.nn.factory import (
     create_model,
@@ -170,7 +170,7 @@ def _elite_images(data_root: Path | None, training: dict[str, Any] | None, knowl
     if not elite or data_root is None:
         return []
     try:
-        return [path for path, _ in training_images(data_root, [str(elite)], knowledge.modalities)]
+        return elite_images(data_root, str(elite), knowledge.modalities)
     except (DataError, OSError) as err:
         logger.warning("the typicality is fitted without the elite pairs' images (%s): %s", elite, err)
         return []

@@ -70,6 +70,7 @@ from service.engine import (
     image_warnings,
     loose_name,
     mixed_script_word,
+    unrecognised,
 )
 from service.errors import (
     REPEATED,
@@ -192,8 +193,10 @@ class DeletedClassifier(BaseModel):
 
 
 class ClassifierWarning(BaseModel):
-    code: Literal["unreadable_category"] = Field(
-        description="`unreadable_category`: the prior text of categories (their `text`, else their label) is "
+    code: Literal["unrecognised_example", "unreadable_category"] = Field(
+        description="`unrecognised_example`: uploaded examples unlike every image the model was trained on (not "
+        "eye images, or far from them: the message names them and their categories), kept all the same; "
+        "`unreadable_category`: the prior text of categories (their `text`, else their label) is "
         "written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, Cyrillic...), which the English "
         "text encoder cannot read, so the zero-shot prior adds noise, not knowledge (the message names them)"
     )
@@ -291,7 +294,9 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
     for label, data, filename in files:
         timings = Timings(state.metrics)
         try:
-            emb, modality, confidence = await state.run_blocking(state.engine.embed_example, data, timings)
+            emb, modality, confidence, typicality = await state.run_blocking(
+                state.engine.embed_example, data, timings
+            )
         except UnsupportedMediaError as err:  # (an ImageError) a 415, as for any other upload, naming the example
             raise UnsupportedContentTypeError(f"example {filename[:80]!r} of {label!r}: {err}") from err
         except ImageError as err:
@@ -316,6 +321,7 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
                 data=data,
                 modality=modality if confidence >= MODALITY_MISMATCH_CONFIDENCE else None,
                 filename=filename,
+                typicality=typicality,
             )
         )
     return out
@@ -535,6 +541,32 @@ def _text_prior(engine: Engine, categories: list[dict[str, Any]], modality: str)
     return engine.runtime.class_embeddings(canon, modality)  # [C, D]
 
 
+def example_warnings(examples: list[Example]) -> list[dict[str, str]]:
+    """``unrecognised_example``: uploaded examples unlike every image the model was trained on
+    (:meth:`model.runtime.KeepfitRuntime.typicality` above 1, what a diagnosis warns of as ``unrecognised_image``),
+    named with their category: a scanned report or a screenshot among the photographs pulls its category towards
+    such pictures.  Kept all the same: an eye image of an unusual device may be one.  The API's create and
+    ``keepfit classifier fit`` alike."""
+    odd = [ex for ex in examples if unrecognised(ex.typicality)]
+    if not odd:
+        return []
+    named = ", ".join(
+        f"{(ex.filename or ex.sha256[:12])[:80]!r} of {ex.category!r} ({ex.typicality:.1f})" for ex in odd[:10]
+    )
+    more = f" and {len(odd) - 10} more" if len(odd) > 10 else ""
+    return [
+        {
+            "code": "unrecognised_example",
+            "message": (
+                f"{len(odd)} example{'s are' if len(odd) > 1 else ' is'} unlike every image the model was trained "
+                f"on (how many times as far from them as the farthest of them): {named}{more}. If "
+                f"{'they are' if len(odd) > 1 else 'it is'} not an eye image (another file, a report, a screenshot), "
+                "create the classifier again without: such examples pull their category towards such pictures"
+            ),
+        }
+    ]
+
+
 def prior_warnings(engine: Engine, categories: list[dict[str, Any]], method: str) -> list[dict[str, str]]:
     """What a new classifier's zero-shot prior says, when the ``method`` it was fitted with uses one (``+text``):
     two categories whose prior texts (``text``, else the label) the text encoder reads as the same tokens are
@@ -739,7 +771,8 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         fit_and_row, engine, name, modality, method, spec.text_prior, categories, examples
     )
     timings["fit"] = (time.perf_counter() - mark) * 1000
-    warnings = await state.run_blocking(prior_warnings, engine, categories, result.model.method)
+    warnings = example_warnings(examples)
+    warnings += await state.run_blocking(prior_warnings, engine, categories, result.model.method)
     mark = time.perf_counter()
     saved = await state.run_blocking(
         lambda: store.save(
@@ -900,7 +933,7 @@ async def _reembed(
                 missing.append(f"uploaded example {ex['sha256'][:12]}")
                 continue
             try:
-                emb, _, _ = await state.run_blocking(state.engine.embed_example, data, Timings(state.metrics))
+                emb = (await state.run_blocking(state.engine.embed_example, data, Timings(state.metrics))).embedding
             except (ImageError, ServiceError) as err:
                 raise _refused_example(ex, err) from err
             out.append(Example(ex["category"], ex["sha256"], "upload", emb, data=data))
@@ -965,7 +998,9 @@ def classifier_predict(
         reasons.append(f"its DICOM header says {header_modality}")
     if detected != modality:
         reasons.append(f"modality check: {detected} {mod.get(detected, 0.0):.2f}, {modality} {mod.get(modality, 0.0):.2f}")
-    if reasons and not featureless(encoded.detail):
+    # a blank picture, or one unlike any eye image, has no modality to name (its own warning says so), as in
+    # Engine.warnings
+    if reasons and not featureless(encoded.detail) and not unrecognised(encoded.typicality):
         looks = detected if detected != modality else header_modality
         warnings.append(
             {

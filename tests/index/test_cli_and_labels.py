@@ -421,3 +421,42 @@ def test_an_add_none_of_whose_inputs_is_readable_is_refused_as_a_build_is(
     assert code == 2 and err[-1].startswith("error: nothing to index: none of the 2 inputs is a readable image"), err
     assert (labelled_index / "index_manifest.json").read_text() == before
     assert not [p for p in labelled_index.iterdir() if p.name.startswith(".work")]
+
+
+def test_cli_says_an_image_query_is_unlike_every_training_image_as_the_api_does(
+    default_artifact: Path,
+    real_image_paths: dict[str, list[Path]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`keepfit index search --image` with a picture that is not of an eye (a checkerboard) said nothing, where the
+    API answers the same query with `unrecognised_image` (README: an image query unlike every training image comes
+    back with it); an eye image is warned of by neither."""
+    from fastapi.testclient import TestClient
+
+    from model.cli import main as keepfit
+    from service.app import create_app
+    from tests.model.test_typicality import not_an_eye
+    from tests.service.helpers import make_settings
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    eye = archive / "eye.jpg"
+    eye.write_bytes(real_image_paths["CFP"][0].read_bytes())
+    Image.new("RGB", (256, 256), (30, 160, 40)).save(archive / "green.png")
+    out = tmp_path / "index"
+    common = ["--artifact", str(default_artifact)]
+    assert keepfit(["index", "build", *common, "--images", str(archive), "--out", str(out), "--no-progress"]) == 0
+    odd = tmp_path / "checkerboard.png"
+    not_an_eye()["checkerboard"].save(odd)
+    capsys.readouterr()
+    with TestClient(create_app(make_settings(default_artifact, index=out))) as client:
+        for query, warned in ((odd, True), (eye, False)):
+            api = client.post("/v1/search", files={"image": (query.name, query.read_bytes(), "image/png")})
+            assert api.status_code == 200, api.text
+            api_warnings = [w for w in api.json()["warnings"] if w["code"] == "unrecognised_image"]
+            assert bool(api_warnings) is warned
+            assert keepfit(["index", "search", "--index", str(out), *common, "--image", str(query), "--json"]) == 0
+            cli_warnings = [w for w in json.loads(capsys.readouterr().out)["warnings"]
+                            if w["code"] == "unrecognised_image"]
+            assert cli_warnings == api_warnings

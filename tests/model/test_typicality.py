@@ -235,3 +235,42 @@ def test_the_command_refuses_in_one_line(default_artifact: Path, tmp_path: Path,
     with pytest.raises(SystemExit) as exit_:
         main(["artifact", "typicality", str(art), "--data-root", str(tmp_path / "absent")])
     assert exit_.value.code == 2 and "is not a directory" in capsys.readouterr().err
+
+
+def test_the_command_reads_an_elite_manifest_as_training_does(default_artifact: Path, tmp_path: Path) -> None:
+    """Real elite pairs need only ``path, caption`` (``training.data.read_elite_manifest``: no ``split``, modality
+    CFP by default): the command refused such an artifact ("has no column 'modality'") and ``keepfit export``
+    fitted the typicality without their images. Their images are fitted on, as training used them."""
+    data = tmp_path / "data"
+    _training_folder(data, TYPICALITY_MIN_IMAGES + 10)
+    (data / "atlas").mkdir()
+    for i in range(5):
+        shutil.copy(data / "site" / "images" / f"{i}.png", data / "atlas" / f"{i}.png")
+    with (data / "elite.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "caption"])
+        writer.writerows([f"atlas/{i}.png", "a fundus photograph"] for i in range(4))
+        writer.writerow(["atlas/4.png", ""])  # no caption: training leaves it out
+    art = _with_training(default_artifact, tmp_path / "art",
+                         {"public": ["site/labels.csv:label"], "elite_manifest": "elite.csv"})
+    old, new, fitted = add_typicality(art, data)
+    assert old != new and fitted.startswith(f"pooled image features of {TYPICALITY_MIN_IMAGES + 14} training")
+
+    from model.modality_head import elite_images  # what keepfit export fits on too
+
+    assert elite_images(data, "elite.csv", ["CFP", "FFA", "OCT"]) == [data / "atlas" / f"{i}.png" for i in range(4)]
+
+
+def test_the_command_names_a_training_image_it_cannot_read(default_artifact: Path, tmp_path: Path, capsys) -> None:
+    """One damaged file among the training images: the refusal said "not an image (cannot identify the file
+    format)" and no more, leaving the operator to search thousands of files. It names the file; nothing written."""
+    from model.cli import main
+
+    _training_folder(tmp_path / "data", TYPICALITY_MIN_IMAGES + 10)
+    (tmp_path / "data" / "site" / "images" / "7.png").write_bytes(b"not a picture")
+    art = _with_training(default_artifact, tmp_path / "art", {"public": ["site/labels.csv:label"]})
+    version = load_artifact(art).version
+    assert main(["artifact", "typicality", str(art), "--data-root", str(tmp_path / "data")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert str(tmp_path / "data" / "site" / "images" / "7.png") in err and len(err.splitlines()) == 1, err
+    assert load_artifact(art).version == version

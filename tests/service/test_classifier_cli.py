@@ -113,7 +113,7 @@ def test_an_example_fitted_from_a_file_has_the_embedding_it_has_when_uploaded(
     path = tmp_path / "camera.jpg"
     golden_image.resize((1800, 1200)).save(path, format="JPEG", quality=90)  # decoded at 1/2 scale
     from_file = _file_example(engine, "a", path)
-    uploaded, modality, _ = engine.embed_example(path.read_bytes(), Timings(Metrics()))
+    uploaded = engine.embed_example(path.read_bytes(), Timings(Metrics())).embedding
     assert np.array_equal(from_file.embedding, uploaded)
 
 

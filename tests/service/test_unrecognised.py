@@ -4,6 +4,7 @@ every modality are not warned of.  Real default artifact."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,9 @@ def test_a_classifier_answer_says_so_too(
         )
         assert odd.status_code == 200, odd.text
         assert "unrecognised_image" in _codes(odd.json())
+        # as a zero-shot answer: no modality advice for a picture that has no modality the model knows (the
+        # checkerboard "looked like OCT", and a classifier fitted on CFP said so)
+        assert "modality_mismatch" not in _codes(odd.json()), odd.json()["warnings"]
         eye = client.post(
             "/v1/classify",
             files={"image": ("eye.jpg", real_image_paths["CFP"][0].read_bytes(), "image/jpeg")},
@@ -85,3 +89,39 @@ def test_the_rule() -> None:
     assert [w["code"] for w in unrecognised_warning(1.01, 40.0)] == ["unrecognised_image"]
     assert [w["code"] for w in image_warnings(0.0, None, None, "CFP", 5.0)] == ["featureless_image"]
     assert [w["code"] for w in image_warnings(40.0, 30, None, "CFP", 5.0)] == ["unrecognised_image", "compressed_image"]
+
+
+def test_a_classifier_created_with_an_example_that_is_not_an_eye_says_which(
+    default_artifact: Path, tmp_path: Path, real_image_paths: dict[str, list[Path]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A screenshot filed among a category's photographs: the create answer (API and ``keepfit classifier fit``)
+    names it and its category; the classifier is made all the same (an eye image of an unusual device may be
+    one)."""
+    from model.cli import main as keepfit
+
+    odd = tmp_path / "screenshot.png"
+    not_an_eye()["stripes"].save(odd)
+    eyes = real_image_paths["CFP"]
+    settings = make_settings(default_artifact, classifiers=tmp_path / "store", admin_keys=["admin-secret"])
+    files = [("examples.first", (p.name, p.read_bytes(), "image/jpeg")) for p in eyes[:2]]
+    files += [("examples.second", (p.name, p.read_bytes(), "image/jpeg")) for p in eyes[2:4]]
+    with TestClient(create_app(settings)) as client:
+        clean = client.post("/v1/classifiers", data={"name": "clean"}, files=files, headers=ADMIN)
+        assert clean.status_code == 201 and clean.json()["warnings"] == [], clean.text
+        files.append(("examples.second", ("screenshot.png", odd.read_bytes(), "image/png")))
+        made = client.post("/v1/classifiers", data={"name": "with-odd"}, files=files, headers=ADMIN)
+    assert made.status_code == 201, made.text
+    warnings = made.json()["warnings"]
+    assert [w["code"] for w in warnings] == ["unrecognised_example"], warnings
+    assert "1 example is unlike every image" in warnings[0]["message"]
+    assert "'screenshot.png' of 'second'" in warnings[0]["message"]
+
+    args = ["classifier", "fit", "--store", str(tmp_path / "cli"), "--artifact", str(default_artifact),
+            "--name", "cli", "--example", f"second={odd}"]
+    args += [a for p in eyes[:2] for a in ("--example", f"first={p}")]
+    args += [a for p in eyes[2:4] for a in ("--example", f"second={p}")]
+    assert keepfit(args) == 0
+    captured = capsys.readouterr()
+    assert [w["code"] for w in json.loads(captured.out)["warnings"]] == ["unrecognised_example"]
+    assert f"{str(odd)!r} of 'second'" in captured.err
