@@ -274,3 +274,19 @@ def test_the_command_names_a_training_image_it_cannot_read(default_artifact: Pat
     err = capsys.readouterr().err.strip()
     assert str(tmp_path / "data" / "site" / "images" / "7.png") in err and len(err.splitlines()) == 1, err
     assert load_artifact(art).version == version
+
+
+def test_an_export_fits_it_with_the_head_and_adds_the_elite_images(default_artifact: Path, tmp_path: Path) -> None:
+    """``keepfit export``'s path (:func:`fit_for_artifact`): the head on the public images, the typicality on them
+    and the elite pairs' images, each counted once; too few images, a head and no typicality."""
+    from model.modality_head import fit_for_artifact, training_images
+
+    _training_folder(tmp_path / "data", TYPICALITY_MIN_IMAGES)
+    images = training_images(tmp_path / "data", ["site/labels.csv:label"], ["CFP", "OCT"])
+    public, elite = images[:-20], [p for p, _ in images[-30:]]  # 10 of the elite images are public ones too
+    head = fit_for_artifact(default_artifact, public, also_typical=elite)
+    assert head is not None and head["classes"] == ["CFP", "OCT"]
+    assert head["typicality"]["fitted_on"].startswith(f"pooled image features of {TYPICALITY_MIN_IMAGES} training")
+    parse_head(head, 512)  # what the runtime reads
+    few = fit_for_artifact(default_artifact, public[:40])
+    assert few is not None and "typicality" not in few
