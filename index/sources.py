@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ NON_LABEL_COLUMNS = frozenset(
     }
 )
 # Columns that identify a person, never labels unless named with --label-columns: labels are returned in search
-# hits and cached ("date_of_birth" became a searchable label). Compared with case, spaces and hyphens aside.
+# hits and cached ("date_of_birth" became a searchable label). Compared with case, spaces, hyphens and camelCase
+# aside (a PACS export's DICOM keywords: PatientBirthDate is patient_birth_date); any other patient_* column too.
 IDENTIFYING_COLUMNS = frozenset(
     {
         "name", "patient_name", "patientname", "first_name", "last_name", "surname", "given_name",
@@ -46,12 +48,22 @@ IDENTIFYING_COLUMNS = frozenset(
         "study_date", "date", "exam_date", "visit_date", "acquisition_date",
         "address", "phone", "email", "institution", "hospital", "physician", "doctor", "referring_physician",
         "operator", "ssn", "national_id", "insurance",
+        "firstname", "lastname", "fullname", "full_name", "institution_name",
+        "referring_physician_name", "performing_physician_name", "operators_name", "device_serial_number",
+        "study_instance_uid", "series_instance_uid", "sop_instance_uid", "series_date", "content_date",
+        "acquisition_date_time", "study_time",
     }
 )
 
 
 def _column_key(name: str) -> str:
-    return "_".join(name.strip().lower().replace("-", " ").split())
+    # camelCase as words ("PatientID" -> patient_id): PatientID, PatientBirthDate, StudyDate became labels
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name.strip())
+    return "_".join(words.lower().replace("-", " ").split())
+
+
+def _identifying(key: str) -> bool:
+    return key in IDENTIFYING_COLUMNS or key.startswith("patient_")
 
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "y", "t"})
@@ -141,9 +153,8 @@ def from_manifest(
             raise DataError(f"manifest {path}: no rows in split {', '.join(map(repr, splits))} "
                             f"(splits present: {', '.join(present)})")
     if label_columns is None:
-        chosen = [
-            c for c in columns if c and _column_key(c) not in NON_LABEL_COLUMNS | IDENTIFYING_COLUMNS
-        ]
+        keys = {c: _column_key(c) for c in columns}
+        chosen = [c for c in columns if c and keys[c] not in NON_LABEL_COLUMNS and not _identifying(keys[c])]
         if chosen:  # every other column becomes labels, which search answers return: say which
             logger.info("manifest %s: labels from the columns %s (choose with --label-columns)", path.name,
                         ", ".join(chosen))

@@ -473,6 +473,29 @@ def test_identifying_manifest_columns_never_become_labels_by_default(archive: Ar
     assert any("ZQX4711" in label for it in chosen for label in it.labels)  # named: the user's choice
 
 
+def test_identifying_columns_named_as_a_pacs_exports_them_never_become_labels(tmp_path: Path) -> None:
+    """A PACS or DICOM-dump export names its columns by DICOM keyword: PatientID, PatientBirthDate, StudyDate
+    and the like became searchable labels (returned in search hits, cached, counted in the index manifest)."""
+    import csv
+
+    from index import sources
+
+    (tmp_path / "eye.jpg").write_bytes(b"")
+    identifying = {"PatientID": "ZQX1", "PatientName": "ZQX2^Smith", "PatientBirthDate": "ZQX3", "PatientSex": "ZQX4",
+                   "PatientAge": "ZQX5", "StudyDate": "ZQX6", "AccessionNumber": "ZQX7", "InstitutionName": "ZQX8",
+                   "ReferringPhysicianName": "ZQX9", "StudyInstanceUID": "ZQX10", "Patient DOB": "ZQX11",
+                   "DateOfBirth": "ZQX12", "patientId": "ZQX13"}
+    manifest = tmp_path / "pacs.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", *identifying, "Diagnosis", "DR_grade"])
+        writer.writeheader()
+        writer.writerow({"path": "eye.jpg", **identifying, "Diagnosis": "glaucoma", "DR_grade": "2"})
+    labels = [label for it in sources.from_manifests([manifest]).items for label in it.labels]
+    assert labels == ["glaucoma", "2"]  # ordinary columns, camelCase or not, still label
+    chosen = sources.from_manifests([manifest], label_columns=["PatientID"]).items
+    assert [label for it in chosen for label in it.labels] == ["ZQX1"]  # named: the user's choice
+
+
 @pytest.mark.parametrize("seen_as", ["CFP", "OCT"])
 def test_search_by_a_photograph_out_of_focus_warns_as_the_api_does(
     capsys: pytest.CaptureFixture[str], built_index: tuple[Path, object], tiny_artifact: Path, archive: Archive,
