@@ -301,6 +301,29 @@ def seal_main(argv: list[str]) -> int:
     return 0
 
 
+def adopt_main(argv: list[str]) -> int:
+    from index.writer import adopt_index
+    from model.artifact import load_artifact
+
+    p = argparse.ArgumentParser(
+        prog="keepfit index adopt",
+        description="Serve an index with a newer version of the artifact it was built with, when that version "
+        "gives every image the same embedding and modality: it was made by replacing only the knowledge "
+        "(keepfit knowledge --artifact) or the modality head's typicality (keepfit artifact typicality). Nothing "
+        "is embedded again; anything else is refused: rebuild.",
+    )
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--artifact", type=Path, required=True, help="the artifact the index is to be served with")
+    args = p.parse_args(argv)
+    artifact = load_artifact(args.artifact)
+    old, new = adopt_index(args.index, artifact)
+    if old == new:
+        _out(f"{args.index}: already built with {artifact.name} {new}")
+    else:
+        _out(f"{args.index}: now {artifact.name} {new} (built with {old}; no image embedded again)")
+    return 0
+
+
 def info_main(argv: list[str]) -> int:
     from index.store import VectorIndex
 
@@ -545,6 +568,7 @@ COMMANDS = {
     "reindex": (reindex_main, "rebuild the FAISS index with another type or parameters"),
     "info": (info_main, "verify an index and print its summary"),
     "seal": (seal_main, "write the manifest's content checksum after a deliberate edit"),
+    "adopt": (adopt_main, "serve an index with a newer version of its artifact whose embeddings are the same"),
     "search": (search_main, "text->image or image->image search from the command line"),
     "eval": (eval_main, "text->image precision@k per category"),
     "bench": (bench_main, "exact vs approximate search on synthetic vectors"),

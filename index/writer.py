@@ -41,8 +41,8 @@ from index.store import (
     generation_file_of,
     now_iso,
 )
-from model.artifact import CHECKSUM_FIELD, content_checksum, sha256_file
-from model.errors import IndexStoreError
+from model.artifact import CHECKSUM_FIELD, content_checksum, same_image_embeddings, sha256_file
+from model.errors import IndexMismatchError, IndexStoreError
 from model.files import atomic_write_json, fsync_path
 
 logger = logging.getLogger(__name__)
@@ -241,6 +241,37 @@ def seal_index(directory: Path) -> bool:
             return False
         commit_manifest(directory, sealed)
     return True
+
+
+def adopt_index(directory: Path, artifact: Any) -> tuple[str, str]:
+    """Let an index built with an earlier version of ``artifact`` (:class:`model.artifact.Artifact`) be served with
+    it, where that version's image embeddings and modalities are this one's
+    (:func:`model.artifact.same_image_embeddings`: only its knowledge or its modality head's typicality was
+    replaced): the manifest names the new version, the files are verified and kept.  Returns ``(old, new)``
+    versions; an :class:`IndexMismatchError` where images would have to be embedded again."""
+    from index.store import VectorIndex, read_manifest
+
+    with locked(directory, create=False):
+        manifest = read_manifest(directory)
+        built = dict(manifest["artifact"])
+        old, new = str(built.get("version")), artifact.version
+        if old == new:
+            return old, new
+        if built.get("name") != artifact.name or int(built.get("embed_dim", -1)) != artifact.embed_dim or not (
+            same_image_embeddings(artifact.manifest, old, artifact.has("modality_head.json"))
+        ):
+            raise IndexMismatchError(
+                f"index {directory} was built with artifact {built.get('name')} {old}, whose image embeddings "
+                f"{artifact.name} {new} does not keep (it was not made from it by replacing only its knowledge or "
+                f"its modality head's typicality): rebuild the index with this artifact"
+            )
+        VectorIndex.of_manifest(directory, manifest).close()  # every file's hash: never re-sign a damaged index
+        adopted = cast(IndexManifest, {
+            **manifest, "artifact": {**built, "version": new},
+            "history": append_history(manifest, {"op": "adopt", "from": old, "to": new}),
+        })
+        commit_manifest(directory, seal(adopted))
+    return old, new
 
 
 def commit_manifest(directory: Path, manifest: IndexManifest) -> None:

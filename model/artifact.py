@@ -394,6 +394,18 @@ def replace_json_file(path: str | Path, name: str, data: Any, history: str, *, i
     return version
 
 
+def same_image_embeddings(manifest: dict[str, Any], version: str, has_head: bool) -> bool:
+    """Whether an artifact (its ``manifest``; ``has_head``: it ships a modality head) gives every image the
+    embedding and the modality of an earlier ``version``: one it was made from by :func:`replace_json_file`
+    swapping files neither encoder reads (``modality_head_replaced``: the head's typicality, its weights kept;
+    ``knowledge_replaced``: the knowledge, which the modality check reads only without a head).  What
+    ``keepfit index adopt`` relies on to serve an index without embedding its images again."""
+    def earlier(history: str) -> set[str]:
+        return {str(e.get("previous_version")) for e in manifest.get(history) or [] if isinstance(e, dict)}
+
+    return version in earlier("modality_head_replaced") or (has_head and version in earlier("knowledge_replaced"))
+
+
 # files an export writes besides the required ones: the modality head, a checkpoint's calibration
 OPTIONAL_FILES = ("modality_head.json", "calibration.json")
 

@@ -286,7 +286,8 @@ def artifact_main(argv: list[str]) -> int:
         description="Fit the modality head's typicality again on the training images the artifact's manifest "
         "names (its public manifests' and elite manifest's train splits, under --data-root), through the "
         "artifact's own image encoder, keeping the head's weights. For artifacts exported before the check "
-        "existed. The version changes: rebuild indexes made with the old one.",
+        "existed. The version changes: `keepfit index adopt` indexes made with the old one (nothing is embedded "
+        "again).",
     )
     typical.add_argument("artifact", type=Path)
     typical.add_argument("--data-root", type=Path, default=None,
@@ -300,7 +301,7 @@ def artifact_main(argv: list[str]) -> int:
             p.error(f"--data-root {root} is not a directory: pass the folder the training manifests are in")
         old, new, fitted = add_typicality(args.artifact, root)
         print(f"{args.artifact}: typicality fitted on {fitted}; version {old} -> {new} "  # noqa: T201
-              f"(rebuild indexes made with {old})")
+              f"(keepfit index adopt indexes made with {old}: nothing is embedded again)")
         return 0
     old, new = seal_artifact(args.artifact)
     if old == new:
