@@ -1013,7 +1013,7 @@ def unrecognised_warning(typicality: float | None, spread: float | None, what: s
             "code": "unrecognised_image",
             "message": (
                 f"the image is unlike every image the model was trained on (fundus photographs, angiograms, OCT "
-                f"B-scans): it lies {typicality:.1f} times as far from them as the farthest of them. If it is not "
+                f"B-scans): it lies {typicality:.2f} times as far from them as the farthest of them. If it is not "
                 f"an image of an eye (another file, a report, a screenshot), {then} say nothing about one; if it "
                 f"is, {then} are less reliable than usual"
             ),

@@ -298,7 +298,7 @@ def export_artifact(
         if modality_images:  # fitted through the sealed encoder, as it will serve; then sealed again with it
             head = fit_for_artifact(staging, modality_images, seed, also_typical=typical_images)
             if head is not None:
-                atomic_write_json(staging / HEAD_FILE, head)
+                atomic_write_json(staging / HEAD_FILE, head, indent=None)  # its typicality: 33k numbers
                 _seal(staging, fields)
         commit_dir(staging, out)
     except BaseException:

@@ -129,10 +129,10 @@ def _embedder(engine: Any) -> Callable[[bytes], tuple[np.ndarray | None, str]]:
 
     def embed(data: bytes) -> tuple[np.ndarray | None, str]:
         try:
-            emb, modality, _ = engine.embed_example(data, Timings(metrics))
+            example = engine.embed_example(data, Timings(metrics))  # a service.engine.ExampleEmbedding
         except FeaturelessExampleError:
             return None, "featureless"
-        return np.asarray(emb, dtype=np.float32), modality or ""
+        return np.asarray(example.embedding, dtype=np.float32), example.modality or ""
 
     return embed
 

@@ -551,7 +551,7 @@ def example_warnings(examples: list[Example]) -> list[dict[str, str]]:
     if not odd:
         return []
     named = ", ".join(
-        f"{(ex.filename or ex.sha256[:12])[:80]!r} of {ex.category!r} ({ex.typicality:.1f})" for ex in odd[:10]
+        f"{(ex.filename or ex.sha256[:12])[:80]!r} of {ex.category!r} ({ex.typicality:.2f})" for ex in odd[:10]
     )
     more = f" and {len(odd) - 10} more" if len(odd) > 10 else ""
     return [

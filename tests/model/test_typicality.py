@@ -16,37 +16,26 @@ import pytest
 from PIL import Image, ImageDraw
 
 from model.artifact import load_artifact, replace_json_file
+from model.benchmarks.typicality import generated_others
 from model.errors import ArtifactError
 from model.manifest import read_manifest
 from model.modality_head import (
     HEAD_FILE,
-    TYPICALITY_MIN_IMAGES,
     add_typicality,
     fit_typicality,
     parse_head,
     parse_typicality,
     typicality_distance,
+    typicality_min_images,
 )
 from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
 
 
 def not_an_eye() -> dict[str, Image.Image]:
-    """Generated pictures no fundus camera, angiograph or OCT gives."""
-    rng = np.random.default_rng(0)
-    checker = (np.indices((512, 512)).sum(0) // 32 % 2 * 255).astype(np.uint8)
-    stripes = Image.new("RGB", (600, 400), "white")
-    draw = ImageDraw.Draw(stripes)
-    for x in range(0, 600, 40):
-        draw.rectangle((x, 0, x + 20, 400), fill=(200, 30, 30))
-    ramp = np.linspace(0, 255, 512)
-    gradient = np.stack([np.tile(ramp, (512, 1)), np.tile(ramp[:, None], (1, 512)), np.full((512, 512), 128.0)], 2)
-    return {
-        "checkerboard": Image.fromarray(checker).convert("RGB"),
-        "noise": Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)),
-        "stripes": stripes,
-        "gradient": Image.fromarray(gradient.astype(np.uint8)),
-    }
+    """Generated pictures no fundus camera, angiograph or OCT gives (the benchmark's, but its typed page, which
+    is only just beyond the limit)."""
+    return {name: image for name, image in generated_others().items() if name != "typed page"}
 
 
 def png(image: Image.Image) -> bytes:
@@ -79,8 +68,25 @@ def test_the_limit_is_the_farthest_training_image() -> None:
     assert typicality_distance(odd, model)[0] / model["limit"] > 1.0
 
 
-def test_too_few_training_images_give_no_typicality() -> None:
-    assert fit_typicality(np.random.default_rng(0).normal(size=(TYPICALITY_MIN_IMAGES - 1, 8))) is None
+def test_too_few_training_images_give_no_typicality(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From fewer than 4 images per dimension the farthest training image is too near: most new images of the
+    same kind lie beyond it.  So there is no typicality, rather than one that flags ordinary eye images."""
+    import model.modality_head as head
+
+    rng = np.random.default_rng(0)
+    spread = np.linspace(3.0, 0.1, 512)
+
+    def share_flagged(n: int) -> float:
+        block = fit_typicality(rng.normal(size=(n, 512)) * spread)
+        assert block is not None
+        model = parse_typicality(block, 512)
+        return float((typicality_distance(rng.normal(size=(500, 512)) * spread, model) > model["limit"]).mean())
+
+    assert typicality_min_images(512) == 2048
+    assert fit_typicality(rng.normal(size=(2047, 512)) * spread) is None
+    assert share_flagged(2048) < 0.05
+    monkeypatch.setattr(head, "TYPICALITY_IMAGES_PER_DIMENSION", 0.5)  # what the rule keeps out
+    assert share_flagged(300) > 0.5
 
 
 @pytest.mark.parametrize(
@@ -200,15 +206,26 @@ def _with_training(default_artifact: Path, dest: Path, training: dict) -> Path:
     return dest
 
 
-def test_the_command_fits_it_on_the_images_the_manifest_names(default_artifact: Path, tmp_path: Path) -> None:
-    _training_folder(tmp_path / "data", TYPICALITY_MIN_IMAGES + 10)
+@pytest.fixture
+def fewer_needed(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Generated training sets of a few hundred images: the rule lowered to 200 images for 512 dimensions."""
+    import model.modality_head as head
+
+    monkeypatch.setattr(head, "TYPICALITY_IMAGES_PER_DIMENSION", 200 / 512)
+    return typicality_min_images(512)
+
+
+def test_the_command_fits_it_on_the_images_the_manifest_names(
+    default_artifact: Path, tmp_path: Path, fewer_needed: int
+) -> None:
+    _training_folder(tmp_path / "data", fewer_needed + 10)
     art = _with_training(default_artifact, tmp_path / "art", {"public": ["site/labels.csv:label"]})
     before = load_artifact(art)
     old_head = json.loads((art / HEAD_FILE).read_text())
     old, new, fitted = add_typicality(art, tmp_path / "data")
     after = load_artifact(art)  # verified: hashes and seal
     assert (old, new) == (before.version, after.version) and old != new
-    assert fitted.startswith(f"pooled image features of {TYPICALITY_MIN_IMAGES + 10} training images")
+    assert fitted.startswith(f"pooled image features of {fewer_needed + 10} training images")
     head = json.loads((art / HEAD_FILE).read_text())
     assert {k: head[k] for k in ("classes", "weight", "bias")} == {k: old_head[k] for k in ("classes", "weight", "bias")}
     assert after.manifest["modality_head_replaced"][-1]["previous_version"] == old
@@ -237,12 +254,14 @@ def test_the_command_refuses_in_one_line(default_artifact: Path, tmp_path: Path,
     assert exit_.value.code == 2 and "is not a directory" in capsys.readouterr().err
 
 
-def test_the_command_reads_an_elite_manifest_as_training_does(default_artifact: Path, tmp_path: Path) -> None:
+def test_the_command_reads_an_elite_manifest_as_training_does(
+    default_artifact: Path, tmp_path: Path, fewer_needed: int
+) -> None:
     """Real elite pairs need only ``path, caption`` (``training.data.read_elite_manifest``: no ``split``, modality
     CFP by default): the command refused such an artifact ("has no column 'modality'") and ``keepfit export``
     fitted the typicality without their images. Their images are fitted on, as training used them."""
     data = tmp_path / "data"
-    _training_folder(data, TYPICALITY_MIN_IMAGES + 10)
+    _training_folder(data, fewer_needed + 10)
     (data / "atlas").mkdir()
     for i in range(5):
         shutil.copy(data / "site" / "images" / f"{i}.png", data / "atlas" / f"{i}.png")
@@ -254,19 +273,21 @@ def test_the_command_reads_an_elite_manifest_as_training_does(default_artifact: 
     art = _with_training(default_artifact, tmp_path / "art",
                          {"public": ["site/labels.csv:label"], "elite_manifest": "elite.csv"})
     old, new, fitted = add_typicality(art, data)
-    assert old != new and fitted.startswith(f"pooled image features of {TYPICALITY_MIN_IMAGES + 14} training")
+    assert old != new and fitted.startswith(f"pooled image features of {fewer_needed + 14} training")
 
     from model.modality_head import elite_images  # what keepfit export fits on too
 
     assert elite_images(data, "elite.csv", ["CFP", "FFA", "OCT"]) == [data / "atlas" / f"{i}.png" for i in range(4)]
 
 
-def test_the_command_names_a_training_image_it_cannot_read(default_artifact: Path, tmp_path: Path, capsys) -> None:
+def test_the_command_names_a_training_image_it_cannot_read(
+    default_artifact: Path, tmp_path: Path, capsys, fewer_needed: int
+) -> None:
     """One damaged file among the training images: the refusal said "not an image (cannot identify the file
     format)" and no more, leaving the operator to search thousands of files. It names the file; nothing written."""
     from model.cli import main
 
-    _training_folder(tmp_path / "data", TYPICALITY_MIN_IMAGES + 10)
+    _training_folder(tmp_path / "data", fewer_needed + 10)
     (tmp_path / "data" / "site" / "images" / "7.png").write_bytes(b"not a picture")
     art = _with_training(default_artifact, tmp_path / "art", {"public": ["site/labels.csv:label"]})
     version = load_artifact(art).version
@@ -276,17 +297,19 @@ def test_the_command_names_a_training_image_it_cannot_read(default_artifact: Pat
     assert load_artifact(art).version == version
 
 
-def test_an_export_fits_it_with_the_head_and_adds_the_elite_images(default_artifact: Path, tmp_path: Path) -> None:
+def test_an_export_fits_it_with_the_head_and_adds_the_elite_images(
+    default_artifact: Path, tmp_path: Path, fewer_needed: int
+) -> None:
     """``keepfit export``'s path (:func:`fit_for_artifact`): the head on the public images, the typicality on them
     and the elite pairs' images, each counted once; too few images, a head and no typicality."""
     from model.modality_head import fit_for_artifact, training_images
 
-    _training_folder(tmp_path / "data", TYPICALITY_MIN_IMAGES)
+    _training_folder(tmp_path / "data", fewer_needed)
     images = training_images(tmp_path / "data", ["site/labels.csv:label"], ["CFP", "OCT"])
     public, elite = images[:-20], [p for p, _ in images[-30:]]  # 10 of the elite images are public ones too
     head = fit_for_artifact(default_artifact, public, also_typical=elite)
     assert head is not None and head["classes"] == ["CFP", "OCT"]
-    assert head["typicality"]["fitted_on"].startswith(f"pooled image features of {TYPICALITY_MIN_IMAGES} training")
+    assert head["typicality"]["fitted_on"].startswith(f"pooled image features of {fewer_needed} training")
     parse_head(head, 512)  # what the runtime reads
     few = fit_for_artifact(default_artifact, public[:40])
     assert few is not None and "typicality" not in few
