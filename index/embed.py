@@ -27,6 +27,8 @@ from model.files import atomic_write, read_regular_file
 from model.preprocess import (
     DEFAULT_MAX_PIXELS,
     JPEG_QUALITY,
+    detail,
+    featureless,
     load_image,
     original_size,
     sharpness,
@@ -145,6 +147,7 @@ class _Prepared:
     modality: str = ""  # what a DICOM header states (model/dicom.py), if anything
     quality: int = 0  # a JPEG's estimated quality (model.preprocess.jpeg_quality), 0 = not a JPEG
     sharpness: float = float("nan")  # model.preprocess.sharpness (NaN: not measured)
+    blank: bool = False  # almost uniform (model.preprocess.featureless): judged by no typicality, as the service
 
 
 def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prepared:
@@ -170,11 +173,13 @@ def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prep
         with trimmed(image.width * image.height):  # the pixels decoded (a DCT-scaled JPEG is small)
             pix = runtime.preprocess([image])[0]  # [3, S, S]
             del image
-        sharp = sharpness(pix, upright, runtime.preprocess_cfg)
+        spread = detail(pix, upright, runtime.preprocess_cfg)
+        sharp = sharpness(pix, upright, runtime.preprocess_cfg, spread)
     except (ImageError, OSError, ValueError) as err:
         return _Prepared(False, _failure(err), f"{path}: {err}")
     return _Prepared(True, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height, pixels=pix,
-                     modality=stated, quality=quality, sharpness=float("nan") if sharp is None else sharp)
+                     modality=stated, quality=quality, sharpness=float("nan") if sharp is None else sharp,
+                     blank=featureless(spread))
 
 
 def default_decode_threads() -> int:
@@ -223,7 +228,7 @@ def embed_items(
             while submitted < min(n, stop + batch_size):  # this batch and the next one in flight
                 pending.append(pool.submit(_prepare, runtime, items[submitted], max_pixels))
                 submitted += 1
-            rows, pixels = [], []
+            rows, pixels, blank = [], [], []
             for i in range(start, stop):
                 prep = pending.popleft().result()
                 if not prep.ok:
@@ -239,13 +244,14 @@ def embed_items(
                 assert prep.pixels is not None  # ok implies pixels
                 rows.append(i)
                 pixels.append(prep.pixels)
+                blank.append(prep.blank)
             if not rows:
                 continue
             encoding = runtime.encode_pixels(np.stack(pixels))
             emb = encoding.embeddings  # [b, D]
             far = runtime.typicality(encoding)  # None: the artifact has no typicality
-            if far is not None:
-                out.typicality[rows] = far
+            if far is not None:  # a blank frame is not judged (NaN), as the service warns featureless_image only
+                out.typicality[rows] = np.where(blank, np.nan, far)
             out.vector[rows] = emb
             out.ok[rows] = True
             unknown = [j for j, i in enumerate(rows) if not out.modality[i]]

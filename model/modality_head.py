@@ -186,6 +186,7 @@ def elite_images(data_root: Path, spec: str, modalities: Sequence[str]) -> list[
         raise DataError(f"{len(missing)} elite training images are missing ({path}), e.g. {missing[0]}")
     return images
 
+
 def fit_head(embeddings: np.ndarray, modalities: Sequence[str], classes: Sequence[str], seed: int = 0) -> dict[str, Any]:
     """The head's JSON: multinomial logistic regression on unit embeddings ``[N, D]`` (balanced classes)."""
     from sklearn.linear_model import LogisticRegression

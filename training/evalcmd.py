@@ -170,7 +170,7 @@ def image_files(
         out["blurred_below"] = BLURRED_BELOW
         out["blurred"] = sum(blurred(v, modality) for v in measured)
     far = [typicality[p] for p in paths if p in typicality] if typicality else []
-    if far:
+    if far:  # NaN (a blank frame, not judged) is not above 1
         out["unrecognised"] = sum(v > 1.0 for v in far)
     return out
 

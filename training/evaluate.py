@@ -329,7 +329,7 @@ class ImageEmbedder:
     def of_runtime(cls, runtime: Any, batch_size: int = 32) -> ImageEmbedder:
         """Through an artifact's ONNX image encoder, decoding each image as the service does (sized to the model),
         and measuring its sharpness as the service does (:func:`model.preprocess.sharpness`)."""
-        from model.preprocess import sharpness, upright_original_size
+        from model.preprocess import detail, featureless, sharpness, upright_original_size
 
         cfg = runtime.preprocess_cfg
         last: list[np.ndarray] = []  # the batch's model inputs, preprocessed once for both
@@ -339,7 +339,12 @@ class ImageEmbedder:
             pixels = runtime.preprocess(images)  # [B, 3, S, S]: as encode_images batches them
             last[:] = [pixels]
             encoding = runtime.encode_pixels(pixels)
-            typical[0] = runtime.typicality(encoding)
+            far = runtime.typicality(encoding)
+            if far is not None:  # a blank frame is not judged (NaN), as the service warns featureless_image only
+                blank = [featureless(detail(p, upright_original_size(im), cfg)) for p, im in zip(pixels, images,
+                                                                                               strict=True)]
+                far = np.where(blank, np.nan, far)
+            typical[0] = far
             return np.asarray(encoding.embeddings)
 
         def measure(images: list[Any]) -> list[float | None]:

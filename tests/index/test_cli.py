@@ -540,10 +540,14 @@ def test_build_counts_files_that_are_not_of_an_eye(
         (folder / path.name).write_bytes(path.read_bytes())
     for name in ("checkerboard", "stripes"):
         not_an_eye()[name].save(folder / f"{name}.png")
+    # a blank green frame is further than the limit too (2.3), but the service warns featureless_image alone
+    from PIL import Image
+
+    Image.new("RGB", (300, 300), (0, 255, 0)).save(folder / "blank.png")
     code, out, _ = run(capsys, "build", "--artifact", str(default_artifact), "--images", str(folder), "--out",
                        str(tmp_path / "idx"), "--json")
     report = json.loads(out)
-    assert code == 0 and report["added"] == 5 and report["unrecognised"] == 2, report
+    assert code == 0 and report["added"] == 6 and report["unrecognised"] == 2, report
     history = json.loads((tmp_path / "idx" / "index_manifest.json").read_text())["history"]
     assert history[-1]["unrecognised"] == 2, history
     code, out, _ = run(capsys, "build", "--artifact", str(default_artifact), "--images", str(folder), "--out",
