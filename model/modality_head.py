@@ -149,8 +149,7 @@ def fit_typicality(features: np.ndarray, components: int = TYPICALITY_COMPONENTS
 
 def training_images(data_root: Path, public: Sequence[str], modalities: Sequence[str]) -> list[tuple[Path, str]]:
     """``(path, modality)`` of every train-split row of the ``public`` manifests (``"rel/labels.csv:columns"``, as
-    a checkpoint's provenance names them, or an elite manifest's path) whose modality is one of ``modalities``.
-    Paths are relative to ``data_root`` unless absolute."""
+    a checkpoint's provenance names them) whose modality is one of ``modalities``."""
     images: list[tuple[Path, str]] = []
     for spec in public:
         manifest = read_manifest(data_root / spec.split(":", 1)[0])
@@ -161,7 +160,6 @@ def training_images(data_root: Path, public: Sequence[str], modalities: Sequence
     if missing:
         raise DataError(f"{len(missing)} training images are missing under {data_root}, e.g. {missing[0]}")
     return images
-
 
 
 def elite_images(data_root: Path, spec: str, modalities: Sequence[str]) -> list[Path]:

@@ -479,7 +479,7 @@ class KeepfitRuntime:
             return None
         from model.modality_head import pooled_features, typicality_distance
 
-        return typicality_distance(pooled_features(encoding.tokens), model) / float(model["limit"])  # type: ignore[arg-type]
+        return typicality_distance(pooled_features(encoding.tokens), model) / float(model["limit"])
 
     def detect_modalities(self, image_embeddings: np.ndarray) -> ModalityDetection:
         """What the modality check finds for each image ``[B, D]``: the most probable modality the knowledge has

@@ -332,23 +332,26 @@ class ImageEmbedder:
         from model.preprocess import detail, featureless, sharpness, upright_original_size
 
         cfg = runtime.preprocess_cfg
-        last: list[np.ndarray] = []  # the batch's model inputs, preprocessed once for both
+        # the batch's model inputs, preprocessed once, and each input's spread (model.preprocess.detail), measured
+        # once for the blank-frame rule and the sharpness, as the service measures them
+        last: list[tuple[np.ndarray, list[float]]] = []
         typical: list[np.ndarray | None] = [None]  # the batch's typicality
 
         def encode(images: list[Any]) -> np.ndarray:
             pixels = runtime.preprocess(images)  # [B, 3, S, S]: as encode_images batches them
-            last[:] = [pixels]
+            spreads = [detail(p, upright_original_size(im), cfg) for p, im in zip(pixels, images, strict=True)]
+            last[:] = [(pixels, spreads)]
             encoding = runtime.encode_pixels(pixels)
             far = runtime.typicality(encoding)
             if far is not None:  # a blank frame is not judged (NaN), as the service warns featureless_image only
-                blank = [featureless(detail(p, upright_original_size(im), cfg)) for p, im in zip(pixels, images,
-                                                                                               strict=True)]
-                far = np.where(blank, np.nan, far)
+                far = np.where([featureless(v) for v in spreads], np.nan, far)
             typical[0] = far
             return np.asarray(encoding.embeddings)
 
         def measure(images: list[Any]) -> list[float | None]:
-            return [sharpness(p, upright_original_size(im), cfg) for p, im in zip(last[0], images, strict=True)]
+            pixels, spreads = last[0]
+            return [sharpness(p, upright_original_size(im), cfg, v)
+                    for p, im, v in zip(pixels, images, spreads, strict=True)]
 
         return cls(encode, batch_size, size=cfg.image_size, measure=measure, typical=lambda: typical[0])
 
