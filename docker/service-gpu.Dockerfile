@@ -16,12 +16,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/keepfit/bin:$PATH
 
-COPY docker/install-python.sh docker/requirements.py /opt/keepfit-build/
+COPY docker/install-python.sh docker/requirements.py docker/constraints.txt /opt/keepfit-build/
 RUN /opt/keepfit-build/install-python.sh && python3.11 -m venv /opt/keepfit
 
 COPY pyproject.toml /opt/keepfit-build/
 RUN python /opt/keepfit-build/requirements.py /opt/keepfit-build/pyproject.toml serve gpu > /opt/keepfit-build/requirements.txt \
-    && pip install -r /opt/keepfit-build/requirements.txt
+    && pip install -c /opt/keepfit-build/constraints.txt -r /opt/keepfit-build/requirements.txt
 
 COPY pyproject.toml README.md* /src/
 COPY model /src/model
@@ -30,7 +30,7 @@ COPY service /src/service
 COPY training /src/training
 # Reinstalling the same onnxruntime-gpu version with --no-deps after removing both builds leaves exactly one,
 # complete GPU build; the check fails the build if the CUDA provider is not compiled in.
-RUN pip install '/src[serve,gpu]' \
+RUN pip install -c /opt/keepfit-build/constraints.txt '/src[serve,gpu]' \
     && ort_gpu="$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')" \
     && pip uninstall -y -q onnxruntime onnxruntime-gpu \
     && pip install -q --no-deps "onnxruntime-gpu==${ort_gpu}" \

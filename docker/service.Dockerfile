@@ -16,13 +16,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/keepfit/bin:$PATH
 
-COPY docker/install-python.sh docker/requirements.py /opt/keepfit-build/
+COPY docker/install-python.sh docker/requirements.py docker/constraints.txt /opt/keepfit-build/
 RUN /opt/keepfit-build/install-python.sh && python3.11 -m venv /opt/keepfit
 
 # Dependencies first, in their own layer, so a code change rebuilds in seconds.
 COPY pyproject.toml /opt/keepfit-build/
 RUN python /opt/keepfit-build/requirements.py /opt/keepfit-build/pyproject.toml serve > /opt/keepfit-build/requirements.txt \
-    && pip install -r /opt/keepfit-build/requirements.txt
+    && pip install -c /opt/keepfit-build/constraints.txt -r /opt/keepfit-build/requirements.txt
 
 # The README's install (README.md* because a COPY glob may match nothing, and pyproject names it).
 COPY pyproject.toml README.md* /src/
@@ -30,7 +30,7 @@ COPY model /src/model
 COPY index /src/index
 COPY service /src/service
 COPY training /src/training
-RUN pip install '/src[serve]' \
+RUN pip install -c /opt/keepfit-build/constraints.txt '/src[serve]' \
     && rm -rf /src /opt/keepfit-build \
     && python -c "import importlib.util as u, sys; sys.exit('torch must not be in the service image' if u.find_spec('torch') else 0)"
 

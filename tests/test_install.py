@@ -78,7 +78,7 @@ def test_the_torch_source_is_explicit(tmp_path: Path, args: list[str], expected:
     venv = tmp_path / "venv"
     done = _make("-n", f"{venv}/.installed", f"VENV={venv}", f"PYTHON={sys.executable}", *args)
     assert done.returncode == 0, done.stderr
-    torch_line = next(line for line in done.stdout.splitlines(keepends=True) if "install --quiet torch" in line)
+    torch_line = next(line for line in done.stdout.splitlines(keepends=True) if " install --quiet " in line and " torch==" in line)
     assert torch_line.endswith(expected)
 
 
