@@ -35,6 +35,7 @@ from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import (
     REQUEST_ID_HEADER,
     AnswerHeadersMiddleware,
+    AuthFailureMiddleware,
     HeadMiddleware,
     RequestGuardMiddleware,
 )
@@ -54,7 +55,9 @@ angiograms, OCT) with a KeepFIT V2-style vision-language model served over ONNX 
 
 Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.  When the service runs with API keys, send
 `X-API-Key` (`/healthz`, `/readyz`, `/openapi.json`, `/docs` and the front end stay public; `/metrics` too
-unless `KEEPFIT_PROTECT_METRICS` is set).  `POST /classify` and `POST /search` are aliases of the `/v1`
+unless `KEEPFIT_PROTECT_METRICS` is set); a client address with `KEEPFIT_AUTH_FAILURE_LIMIT` failed
+authentications within `KEEPFIT_AUTH_FAILURE_WINDOW_S` gets 429 (`too_many_auth_failures`, with `Retry-After`)
+until they age out.  `POST /classify` and `POST /search` are aliases of the `/v1`
 endpoints.  Uploads must arrive within `KEEPFIT_BODY_TIMEOUT_S` (408 otherwise), a request's headers within
 `KEEPFIT_HEADER_TIMEOUT_S` and 64 KiB (408, 431); images must be at least `KEEPFIT_MIN_IMAGE_SIDE` pixels wide
 and high.  Every answer carries `X-Request-ID` (an error also `error.request_id`): quote it to the operator.
@@ -260,6 +263,7 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             tasks = sorted(state.engine.categories()["tasks"]) if state is not None else None
             _set_limits(schema, settings, tasks, state.index.modalities if state is not None else ())
             _security(schema, settings)
+            _auth_failures(schema, settings)
             _answer_headers(schema)
             app.openapi_schema = schema
         return app.openapi_schema
@@ -278,6 +282,24 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
                 return await served(request)  # type: ignore[no-any-return]
 
             route.endpoint, route.app = refreshed, request_response(refreshed)
+
+
+def _auth_failures(schema: dict[str, Any], settings: Settings) -> None:
+    """The 429 of a client that failed to authenticate too often (:class:`service.middleware.AuthFailureMiddleware`)
+    on every operation that needs a key, as this deployment configures them."""
+    if settings.auth_failure_limit <= 0:
+        return
+    refused = {
+        "description": "Too many failed authentications from this client address (too_many_auth_failures; "
+        "KEEPFIT_AUTH_FAILURE_LIMIT): no key was checked",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+        "headers": {"Retry-After": {"description": "seconds until this client may try again",
+                                    "schema": {"type": "integer"}}},
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and operation.get("security") and "responses" in operation:
+                operation["responses"].setdefault("429", refused)
 
 
 def _answer_headers(schema: dict[str, Any]) -> None:
@@ -453,6 +475,9 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     app.add_middleware(HeadMiddleware)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestGuardMiddleware)
+    # outside the guard: it sees the guard's 401s, and refuses a client that failed too often before any key check;
+    # inside CORS, so a page can read its 429
+    app.add_middleware(AuthFailureMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             _CorsMiddleware,

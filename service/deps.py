@@ -7,6 +7,8 @@ import contextvars
 import hashlib
 import hmac
 import json
+import math
+import re
 import secrets
 import threading
 import time
@@ -14,7 +16,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from datetime import UTC, datetime
+from functools import lru_cache, partial
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response, Security
@@ -270,31 +273,135 @@ async def no_query_parameters(request: Request) -> None:
     )
 
 
-def image_token(keys: Sequence[str], image_id: int) -> str | None:
-    """A per-image token for ``image_url`` so that ``<img src>`` works when API keys are on (browsers cannot
-    add headers to image loads).  It unlocks that one image only and changes when the keys change."""
+# ------------------------------------------------------------------------------------------- image tokens
+# A search hit's image_url carries ``token=<expires>.<mac>``: ``expires`` in Unix seconds, ``mac`` an HMAC (128 bits,
+# hex) of the image's id, its SHA-256 and ``expires`` under a secret derived from the API keys.  So a token opens
+# one image, the one it was issued for (after a rebuild that gave its id to another file, it opens nothing), until
+# it expires, and no longer once the keys change.
+IMAGE_TOKEN_STEPS = 24  # expiry rounded up to a multiple of ttl/24: an hour for the default day
+IMAGE_TOKEN_SKEW_S = 300  # clocks of replicas may differ by this much: a token expiring this much later still counts
+_IMAGE_TOKEN = re.compile(r"(\d{1,12})\.([0-9a-f]{32})")
+# request.scope key of the failed-authentication throttle's note on a request (service.middleware)
+AUTH_OUTCOME = "keepfit.auth_outcome"
+
+
+@dataclass
+class AuthOutcome:
+    """What the throttle of failed authentications (service.middleware) makes of a 401: ``counted`` unless the
+    route says the request guessed nothing (an expired image token without a key: it opens nothing, whatever the
+    id, and a page left open for a day must not lock its user out with its thumbnails)."""
+
+    counted: bool = True
+
+
+def not_a_guess(request: Request) -> None:
+    """Tell the throttle of failed authentications that this request's 401 is no guess at a key or token."""
+    outcome = request.scope.get(AUTH_OUTCOME)
+    if isinstance(outcome, AuthOutcome):
+        outcome.counted = False
+
+
+@lru_cache(maxsize=16)
+def _image_secret(keys: tuple[str, ...]) -> bytes:
+    return hashlib.sha256(b"keepfit-image-url-v2\0" + "\0".join(sorted(keys)).encode("utf-8")).digest()
+
+
+def _image_mac(keys: Sequence[str], image_id: int, sha256: str | None, expires: int) -> str:
+    message = f"{int(image_id)}\0{sha256 or ''}\0{int(expires)}".encode()
+    return hmac.new(_image_secret(tuple(keys)), message, hashlib.sha256).hexdigest()[:32]
+
+
+def image_token_step(ttl_s: int) -> int:
+    """The step expiries are rounded up to: a 24th of the lifetime (an hour for a day), at least a second."""
+    return max(1, int(ttl_s) // IMAGE_TOKEN_STEPS)
+
+
+def image_token_expiry(ttl_s: int, now: float | None = None) -> int:
+    """When a token issued now expires (Unix seconds): ``ttl_s`` from now, rounded up to a multiple of
+    :func:`image_token_step` since the epoch.  Every search within one step hands out the same URLs (a browser
+    keeps its cached thumbnails), and every worker and replica the same; a token lives ``ttl_s`` at least and
+    ``ttl_s`` plus one step at most."""
+    step = image_token_step(ttl_s)
+    now = time.time() if now is None else now
+    return -(-math.ceil(now + ttl_s) // step) * step
+
+
+def image_token(keys: Sequence[str], image_id: int, sha256: str | None, expires: int) -> str | None:
+    """The per-image token of ``image_url`` (``<expires>.<mac>``), so that ``<img src>`` works when API keys are
+    on (browsers cannot add headers to image loads): it opens the image with this id and SHA-256 (a record
+    without one: with this id) until ``expires`` (:func:`image_token_expiry`), and no longer once the keys
+    change.  None without keys."""
     if not keys:
         return None
-    secret = hashlib.sha256(b"keepfit-image-url\0" + "\0".join(sorted(keys)).encode("utf-8")).digest()
-    return hmac.new(secret, str(int(image_id)).encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{int(expires)}.{_image_mac(keys, image_id, sha256, expires)}"
 
 
-def check_image_access(keys: Sequence[str], image_id: int, api_key: str | None, token: str | None) -> None:
-    """A valid per-image token or a valid API key; a token that does not match is named as such."""
-    if not keys:
-        return
-    expected = image_token(keys, image_id)
-    if (
-        token
-        and expected
-        and secrets.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
-    ):
-        return
-    if token and not key_matches(api_key, keys):
-        raise UnauthorizedError(
-            f"invalid token for image {image_id}: use the image_url of a search result, or send {API_KEY_HEADER}"
+class ImageTokenExpiredError(UnauthorizedError):
+    """401 for an image URL whose token has expired: the answer says so, and what to do (search again)."""
+
+    code = "token_expired"
+
+
+@dataclass(frozen=True)
+class ImageToken:
+    """A token as presented, well-formed and not expired, not yet checked against the image's record."""
+
+    expires: int
+    mac: str
+
+
+def _invalid_token(image_id: int) -> UnauthorizedError:
+    # the same words whether the id exists or not: a caller without a key learns nothing about the index
+    return UnauthorizedError(
+        f"invalid token for image {image_id}: it was not issued for this image (the index may have been rebuilt, or "
+        f"the keys changed, since): search again for a fresh image_url, or send {API_KEY_HEADER}"
+    )
+
+
+def image_access(
+    keys: Sequence[str],
+    image_id: int,
+    api_key: str | None,
+    token: str | None,
+    ttl_s: int,
+    now: float | None = None,
+) -> ImageToken | None:
+    """Before the image is looked up: None when the request may have it (no keys, or a valid API key, whatever
+    its token), else its token, for :func:`check_image_token` against the image's record.
+
+    401 without a token (the key missing or wrong, as on every other route); for a token that is not one, or one
+    that expires later than any this service issues (one from before ``KEEPFIT_IMAGE_URL_TTL_S`` was shortened);
+    and :class:`ImageTokenExpiredError` for one past its expiry, which is checked first and looks nothing up (such
+    a token opens nothing, whatever its id).  None of these depends on the id, so no answer says which ids exist.
+    """
+    if not keys or key_matches(api_key, keys):
+        return None
+    if not token:
+        check_api_key(api_key, keys)
+    found = _IMAGE_TOKEN.fullmatch(token or "")
+    if found is None:
+        raise _invalid_token(image_id)
+    expires = int(found.group(1))
+    now = time.time() if now is None else now
+    if expires <= now:
+        stamp = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        raise ImageTokenExpiredError(
+            f"the token of this image URL expired at {stamp} UTC (image URLs open their image for "
+            f"{int(ttl_s)} s, KEEPFIT_IMAGE_URL_TTL_S): search again for a fresh image_url, or send {API_KEY_HEADER}"
         )
-    check_api_key(api_key, keys)
+    if expires > now + ttl_s + image_token_step(ttl_s) + IMAGE_TOKEN_SKEW_S:
+        raise _invalid_token(image_id)
+    return ImageToken(expires, found.group(2))
+
+
+def check_image_token(keys: Sequence[str], token: ImageToken, image_id: int, record: Any | None) -> None:
+    """After the lookup: 401 unless ``token`` was issued for this id and ``record``'s SHA-256.  ``record`` None (no
+    such id) gets the same answer as a token issued for another image, after the same work."""
+    sha256 = getattr(record, "sha256", None) if record is not None else None
+    expected = _image_mac(keys, image_id, sha256, token.expires)
+    matches = secrets.compare_digest(token.mac.encode(), expected.encode())
+    if record is None or not matches:
+        raise _invalid_token(image_id)
 
 
 # --------------------------------------------------------------------------------------------- content type

@@ -14,20 +14,29 @@ that disconnects mid-body is logged in one line and counted with status 499 (see
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import math
 import re
 import time
 import uuid
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.logs import logging_fields
-from service.deps import API_KEY_HEADER, key_matches
-from service.errors import error_body
+from service.deps import API_KEY_HEADER, AUTH_OUTCOME, AuthOutcome, key_matches
+from service.errors import REPEATED, error_body, more_like_it
+
+logger = logging.getLogger(__name__)
 
 # multipart framing and the small form fields around the file
 _SLACK_BYTES = 256 * 1024
@@ -421,3 +430,129 @@ async def _with_body_limits(app: ASGIApp, scope: Scope, receive: Receive, send: 
     except _Busy:
         if not started:
             await _reject(send, *_BUSY)
+
+
+# ------------------------------------------------------------------------------------ failed authentications
+def client_address(scope: Scope) -> str:
+    """The client a request's failed authentications count for: the address the server gives the request (the
+    connection's peer; behind a proxy listed in uvicorn's ``FORWARDED_ALLOW_IPS``, the client that proxy names in
+    ``X-Forwarded-For``), an IPv6 address by its /64 network (what one host is usually given: it could otherwise
+    take a fresh address per attempt), an IPv4-mapped one as IPv4."""
+    client = scope.get("client")
+    return _client_of(str(client[0]) if client else "")
+
+
+@lru_cache(maxsize=4096)
+def _client_of(host: str) -> str:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+    return str(ip)
+
+
+class AuthFailures:
+    """When each client (:func:`client_address`) last failed to authenticate, its newest ``limit`` failures at
+    most, for at most ``max_clients`` clients: the one that failed least recently is forgotten first, so memory is
+    bounded (8 bytes a failure and about 270 a client: 0.5 KB a client at the default limit of 30, so 5 MB for
+    the default 10,000 clients) and a flood of addresses costs only what it evicts.  Used from the event loop
+    only (no lock)."""
+
+    def __init__(self) -> None:
+        self._clients: OrderedDict[str, array[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def wait_s(self, client: str, limit: int, window_s: float, now: float) -> float:
+        """Seconds until ``client``'s failures within the window fall below ``limit`` (0: it may try now)."""
+        times = self._clients.get(client)
+        if times is None or len(times) < limit:
+            return 0.0
+        return max(0.0, times[-limit] + window_s - now)
+
+    def failed(self, client: str, limit: int, window_s: float, max_clients: int, now: float) -> bool:
+        """Count a failure of ``client``; True when it is the one that reaches ``limit`` within the window."""
+        times = self._clients.pop(client, None)
+        if times is None:
+            times = array("d")
+        old = 0
+        while old < len(times) and times[old] <= now - window_s:
+            old += 1
+        del times[: max(old, len(times) - limit + 1)]  # the ones out of the window, and past the limit's
+        times.append(now)
+        self._clients[client] = times  # the most recent last
+        while len(self._clients) > max_clients:
+            self._clients.popitem(last=False)
+        return len(times) == limit
+
+
+def _needs_key(path: str, settings: Any) -> bool:
+    """Whether a request to ``path`` is one a key (or an image token) opens: a failed client is refused these."""
+    return (
+        path.startswith("/v1/")
+        or path in API_ALIASES
+        or (path == "/metrics" and bool(settings.protect_metrics and settings.api_keys))
+    )
+
+
+class AuthFailureMiddleware:
+    """After ``KEEPFIT_AUTH_FAILURE_LIMIT`` failed authentications within ``KEEPFIT_AUTH_FAILURE_WINDOW_S`` from
+    one client (:func:`client_address`), its requests for what a key opens (``/v1``, the unversioned aliases,
+    ``/metrics`` when protected) are answered 429 ``too_many_auth_failures`` with ``Retry-After``, before any key
+    is looked at, until the oldest of those failures leaves the window; the public paths stay open to it.
+
+    A failure is any 401 of the app: a missing or wrong ``X-API-Key`` (before the body, or on a route), a wrong
+    ``X-Admin-Key``, an image token that does not open its image; not an expired image token sent without a key
+    (:func:`service.deps.not_a_guess`), and never a success, which does not reset the count either (a client with
+    a read key could otherwise guess admin keys between its reads).  The 429s themselves are not counted.
+
+    Per worker process: with ``KEEPFIT_WORKERS`` = N a client may fail up to N times the limit before every worker
+    refuses it (and each replica counts its own).  Behind a reverse proxy every client is the proxy unless uvicorn
+    trusts it (``FORWARDED_ALLOW_IPS``): then one client's wrong keys lock out everyone behind it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.failures = AuthFailures()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = scope["app"].state.settings
+        limit = int(settings.auth_failure_limit)
+        if limit <= 0:
+            await self.app(scope, receive, send)
+            return
+        window = float(settings.auth_failure_window_s)
+        client = client_address(scope)
+        if len(self.failures) and _needs_key(str(scope.get("path", "")), settings):
+            wait = self.failures.wait_s(client, limit, window, time.monotonic())
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                message = (
+                    f"too many failed authentications from {client} ({limit} within {window:g} s, "
+                    f"KEEPFIT_AUTH_FAILURE_LIMIT): try again in {retry} s, with the right key"
+                )
+                await _reject(send, 429, "too_many_auth_failures", message, [(b"retry-after", str(retry).encode())])
+                return
+        outcome = scope[AUTH_OUTCOME] = AuthOutcome()
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message.get("status") == 401 and outcome.counted:
+                max_clients = int(settings.auth_failure_clients)
+                if self.failures.failed(client, limit, window, max_clients, time.monotonic()):
+                    count = REPEATED.due("auth_failures")
+                    if count is not None:
+                        logger.warning(
+                            "%s: %d failed authentications within %g s: refused with 429 until they age out "
+                            "(KEEPFIT_AUTH_FAILURE_LIMIT)%s", client, limit, window, more_like_it(count),
+                        )
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

@@ -158,6 +158,30 @@ class Settings(BaseSettings):
         description="log lines as text, or json: one object per line with time, level, logger, message, request_id",
     )
     public_url: str | None = Field(default=None, description="base URL for image_url in search results")
+    image_url_ttl_s: int = Field(
+        default=86_400,
+        ge=60,
+        le=30 * 86_400,
+        description="how long the per-image token of a search hit's image_url opens the image (rounded up to a "
+        "multiple of a 24th of it, so the same search gives the same URLs for that long)",
+    )
+    auth_failure_limit: int = Field(
+        default=30,
+        ge=0,
+        le=1000,
+        description="failed authentications (a missing or wrong key, a bad image token) from one client address "
+        "within auth_failure_window_s after which its requests get 429 without a key check (0: no limit); per worker",
+    )
+    auth_failure_window_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="the window of auth_failure_limit, in seconds"
+    )
+    auth_failure_clients: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="client addresses whose failed authentications are remembered (the least recently failed "
+        "forgotten first)",
+    )
     host: str = Field(default="127.0.0.1", description="bind address of `keepfit serve`")
     port: int = Field(default=8000, ge=1, le=65535, description="port of `keepfit serve`")
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of `keepfit serve`")
@@ -369,7 +393,8 @@ OTHER_VARIABLES = frozenset({
 })
 
 
-# A key shorter than this is one a caller could guess (keys are compared in constant time, but not rate-limited)
+# A key shorter than this is one a caller could guess (keys are compared in constant time, and failures are limited
+# per client address, KEEPFIT_AUTH_FAILURE_LIMIT, but a caller with many addresses guesses on)
 SHORT_KEY = 16
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
@@ -14,7 +15,17 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from model.errors import NotFoundError
 from service.cache import cache_key
-from service.deps import SettingsDep, StateDep, api_key_scheme, check_image_access
+from service.deps import (
+    ImageToken,
+    ImageTokenExpiredError,
+    ServiceState,
+    SettingsDep,
+    StateDep,
+    api_key_scheme,
+    check_image_token,
+    image_access,
+    not_a_guess,
+)
 from service.engine import make_thumbnail, original_image
 from service.errors import InvalidRequestError
 from service.schemas import error_responses
@@ -27,7 +38,9 @@ holds patient data), or with `size` a JPEG thumbnail whose long side is at most 
 grid should load).  A file that changed on disk after it was indexed is a 410, never another image.  Images
 are addressed by index id only.  When the
 service runs with API keys, send `X-API-Key`, or use the `image_url` / `thumbnail_url` of a search hit, which
-carry a per-image `token` so that `<img src>` works in a browser.
+carry a per-image `token` so that `<img src>` works in a browser.  A token opens the image it was issued for
+(by id and content: after a rebuild that gave the id to another file, it opens nothing) for
+`KEEPFIT_IMAGE_URL_TTL_S` (a day by default); an expired one is a 401 `token_expired`: search again.
 """
 
 _MAX_ID = 2**63 - 1
@@ -84,6 +97,22 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+async def _locate_with_token(
+    state: ServiceState, keys: Sequence[str], image_id: int, token: ImageToken
+) -> tuple[Any, Any]:
+    """:meth:`IndexHolder.locate` for a request that has a token and no key: the token is checked against the
+    record first, so a caller without a key gets the same 401, after the same work, for an id the index lacks as
+    for one its token was not issued for, and learns nothing about which ids exist (a 404 for a missing file
+    only once the token opened the image)."""
+    await state.index.refresh()
+    with state.index.hold(need_images=False) as index:
+        record = await state.index.call(lambda: index.get(int(image_id)))
+    check_image_token(keys, token, image_id, record)
+    located, path = await state.index.locate(image_id)
+    check_image_token(keys, token, image_id, located)  # the record served (a reload may have come between)
+    return located, path
+
+
 @router.get(
     "/images/{image_id}",
     summary="An indexed image or its thumbnail",
@@ -127,8 +156,16 @@ async def get_image(
     for name in ("size", "token"):  # as a form's fields: one value each (the last of two was taken silently)
         if len(request.query_params.getlist(name)) > 1:
             raise InvalidRequestError(f"query parameter {name!r} was sent more than once")
-    check_image_access(settings.api_keys, image_id, api_key, token)
-    record, path = await state.index.locate(image_id)
+    try:
+        access = image_access(settings.api_keys, image_id, api_key, token, settings.image_url_ttl_s)
+    except ImageTokenExpiredError:
+        if not (api_key or "").strip(" \t"):
+            not_a_guess(request)  # (with a wrong key beside it, it counts: the key was a guess)
+        raise
+    if access is None:
+        record, path = await state.index.locate(image_id)
+    else:
+        record, path = await _locate_with_token(state, settings.api_keys, image_id, access)
     # The file as it is now (size and modification time) is part of the ETag and of the thumbnail's cache key: a
     # file changed on disk since is checked again (a 410), never answered with a 304 or a thumbnail cached from
     # before, as it was

@@ -19,6 +19,7 @@ from service.deps import (
     SettingsDep,
     StateDep,
     image_token,
+    image_token_expiry,
     no_query_parameters,
     require_api_key,
 )
@@ -165,8 +166,9 @@ async def _search(
     for hit, itself in ordered:
         hit["same_image"] = itself
     hits = [hit for hit, _ in ordered]
+    expires = image_token_expiry(settings.image_url_ttl_s)  # one step for the whole answer: the same URLs for a while
     for hit in hits:
-        token = image_token(settings.api_keys, hit["id"])
+        token = image_token(settings.api_keys, hit["id"], hit.get("sha256"), expires)
         url = f"{base}/v1/images/{hit['id']}"
         hit["image_url"] = f"{url}?token={token}" if token else url
         hit["thumbnail_url"] = f"{url}?size=256&token={token}" if token else f"{url}?size=256"

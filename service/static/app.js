@@ -126,6 +126,8 @@
     image_too_large: 'The image has too many pixels for the service.',
     image_too_small: 'The image is too small to diagnose.',
     unauthorized: 'The service needs a valid API key.',
+    token_expired: 'This image link has expired: search again.',
+    too_many_auth_failures: 'Too many wrong keys were sent from this address.',
     not_ready: 'The service is not ready yet.',
     no_index: 'Image search is not available.',
     index_empty: 'The image archive is empty.',

@@ -256,6 +256,30 @@ def test_a_busy_service_says_when_to_try_again(
     assert page.is_visible("#predictions li") and page.is_visible("#preview") and page.is_hidden("#message")
 
 
+def test_a_client_refused_for_wrong_keys_is_told_so_and_when_to_try_again(
+    signed_in: PageRecorder, tmp_path: Path
+) -> None:
+    """The service refuses a client address that sent too many wrong keys (429 too_many_auth_failures): the page
+    says that, not that the service is busy, with the wait its Retry-After gives."""
+    page = signed_in.page
+    message = "too many failed authentications from 127.0.0.1 (30 within 60 s): try again in 42 s"
+    page.route(
+        "**/v1/classify",
+        lambda route: route.fulfill(
+            status=429,
+            content_type="application/json",
+            headers={"Retry-After": "42"},
+            body=json.dumps({"error": {"code": "too_many_auth_failures", "message": message}}),
+        ),
+    )
+    image = tmp_path / "eye.png"
+    image.write_bytes(_png((64, 48), (90, 40, 20)))
+    page.set_input_files("#file-input", str(image))
+    wait_for(page, "document.getElementById('message').dataset.code === 'too_many_auth_failures'")
+    assert "wrong keys" in page.inner_text("#message-title").lower(), page.inner_text("#message-title")
+    assert "try again in 42 s" in page.inner_text("#message-text")
+
+
 def test_an_estimate_without_its_chance_level_still_lists_and_fits(
     signed_in: PageRecorder, tmp_path: Path
 ) -> None:

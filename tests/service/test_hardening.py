@@ -21,7 +21,7 @@ from PIL import Image
 from model.artifact import load_artifact
 from model.cli import main as keepfit
 from service.app import create_app
-from service.deps import image_token
+from service.deps import image_token, image_token_expiry
 from tests.service.helpers import assert_error, encode, make_settings
 from tests.service.servers import live_server
 
@@ -259,7 +259,8 @@ def test_tampered_token_is_named_as_such(secured_index: TestClient) -> None:
     hits = secured_index.post("/v1/search", json={"query": "drusen"}, headers={"X-API-Key": "k-one"}).json()
     url = httpx.URL(hits["hits"][0]["image_url"])
     assert secured_index.get(f"{url.path}?{url.query.decode()}").status_code == 200
-    token = image_token(["k-one"], hits["hits"][0]["id"])
+    token = image_token(["k-one"], hits["hits"][0]["id"], hits["hits"][0]["sha256"], image_token_expiry(86_400))
+    assert token is not None and f"token={token}" in hits["hits"][0]["image_url"]
     tampered = token[:-1] + ("0" if token[-1] != "0" else "1")
     assert_error(secured_index.get(f"{url.path}?token={tampered}"), 401, "unauthorized", "invalid token")
     assert_error(secured_index.get(url.path), 401, "unauthorized", "missing API key")

@@ -15,7 +15,7 @@ from model.cores import available_cores, cgroup_cpu_limit
 from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
 from service.app import create_app
-from service.deps import image_token, key_matches
+from service.deps import image_token, image_token_expiry, key_matches
 from tests.service.helpers import assert_error, make_settings
 
 
@@ -194,11 +194,13 @@ def test_probes_stay_open_with_keys(secured: TestClient) -> None:
 
 
 def test_image_tokens_open_one_image_only(secured: TestClient) -> None:
-    token = image_token(["k-one", "k-two"], 7)
-    assert token and token != image_token(["k-one", "k-two"], 8) and token != image_token(["k-one"], 7)
-    # a valid token passes auth (then: no index -> 503); a token for another id does not
+    keys, expires = ["k-one", "k-two"], image_token_expiry(86_400)
+    token = image_token(keys, 7, "ab" * 32, expires)
+    assert token and token != image_token(keys, 8, "ab" * 32, expires) and token != image_token(["k-one"], 7, "ab" * 32, expires)
+    assert token != image_token(keys, 7, "cd" * 32, expires) and token != image_token(keys, 7, "ab" * 32, expires + 3600)
+    # a well-formed, unexpired token is looked up (no index -> 503); one that is not a token is refused first
     assert secured.get(f"/v1/images/7?token={token}").status_code == 503
-    assert secured.get(f"/v1/images/8?token={token}").status_code == 401
+    assert secured.get(f"/v1/images/8?token={token[:-1]}").status_code == 401
     assert secured.get("/v1/images/8", headers={"X-API-Key": "k-one"}).status_code == 503
 
 
