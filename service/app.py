@@ -434,6 +434,9 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
         lifespan=_lifespan(index_opener),
         docs_url=None if offline_docs else "/docs",
         redoc_url=None if offline_docs else "/redoc",
+        # `/v1/categories/` is a 404 in the error envelope, not an undocumented 307 to an absolute http:// URL (wrong
+        # behind a TLS proxy) with an empty body
+        redirect_slashes=False,
     )
     install_log_redaction()
     if offline_docs:

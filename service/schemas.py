@@ -30,8 +30,13 @@ _MODALITY_FILTER = "only images of this modality: CFP, FFA, OCT, or another moda
 _CONTROL = "\\x00-\\x08\\x0e-\\x1b\\x7f-\\x84\\x86-\\x9f"
 _CONTROL_CHARS = re.compile(f"[{_CONTROL}]")
 _FORMAT = "\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\ufeff"
-TEXT_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_FORMAT}\\s][^{_CONTROL}]*$"
-_VISIBLE_CHAR = re.compile(f"[^{_CONTROL}{_FORMAT}\\s]")
+# Whitespace spelt out, not ``\s``: what ``\s`` means differs between the regex dialects that read the pattern
+# (Python's includes \x1c-\x1f and \x85; ECMA-262's, which JSON Schema names, does not, nor does schemathesis's
+# Rust validator), so a client or a schema-driven test took "\x1f" for a visible character the service refused.
+# These are exactly the characters Python's ``\s`` (``str.isspace``) matches (test_openapi_conformance.py checks).
+_SPACE = "\\x09-\\x0d\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+TEXT_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_FORMAT}{_SPACE}][^{_CONTROL}]*$"
+_VISIBLE_CHAR = re.compile(f"[^{_CONTROL}{_FORMAT}{_SPACE}]")
 
 
 def visible(text: str) -> bool:
@@ -595,7 +600,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error statuses an endpoint can answer."""
     text = {
         400: "Not a decodable image (empty, truncated, corrupt)",
-        401: "Missing or wrong X-API-Key",
+        401: "Missing or wrong X-API-Key (X-Admin-Key for classifier changes); for an image, a token that does not "
+        "open it (unauthorized) or has expired (token_expired)",
         404: "Unknown id or classifier name",
         408: "The upload did not arrive within KEEPFIT_BODY_TIMEOUT_S (or the headers within KEEPFIT_HEADER_TIMEOUT_S)",
         409: "The index is empty; or a classifier conflict (name taken, limit reached, fitted with another model, "

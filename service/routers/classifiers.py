@@ -23,7 +23,16 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response, Security
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field, StrictBool, StrictInt, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from model.config import MODALITIES
 from model.dicom import call_with_frame
@@ -112,6 +121,21 @@ STORAGE_FULL: dict[int | str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------------------------ schemas
+def _json_id(value: Any) -> Any:
+    """An index id as JSON Schema's ``integer`` (what the schema says): a number without a fraction, ``4`` or
+    ``4.0`` (a client's float column); never ``true`` or ``"4"``, which lax parsing took as ids 1 and 4."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = "a boolean" if isinstance(value, bool) else "null" if value is None else f"a {type(value).__name__}"
+        kind = {"a str": "a string", "a dict": "an object", "a list": "an array"}.get(kind, kind)
+        raise PydanticCustomError("int_type", "an id is an integer number, not {kind}", {"kind": kind})
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+IndexId = Annotated[int, BeforeValidator(_json_id), Field(ge=0, le=2**53)]
+
+
 class CategoryRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -119,8 +143,8 @@ class CategoryRequest(BaseModel):
     text: str | None = Field(
         None, min_length=1, max_length=200, description="text of its zero-shot prior (default: the label)"
     )
-    # strict: JSON true or "4" is no id (lax, they were taken as ids 1 and 4)
-    ids: list[Annotated[StrictInt, Field(ge=0, le=2**53)]] = Field(
+    # JSON true or "4" is no id (lax, they were taken as ids 1 and 4); 4.0 is 4, as JSON Schema reads it
+    ids: list[IndexId] = Field(
         default_factory=list, max_length=100_000, description="ids of indexed images that are examples of it"
     )
     index_label: str | None = Field(
@@ -699,6 +723,26 @@ CREATE_BODY = {
         },
     }
 }
+# A refit's optional options: no body refits with the method last asked for.
+REFIT_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "method": {
+                            "anyOf": [_CREATE_FIELDS["method"], {"type": "null"}],
+                            "description": "another method; absent or null: the one last asked for",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 # --------------------------------------------------------------------------------------------- endpoints
@@ -838,11 +882,13 @@ async def delete_classifier(name: NamePath, state: StateDep) -> dict[str, Any]:
     response_model=ClassifierResponse,
     summary="Refit a classifier with the loaded artifact (from its stored examples)",
     dependencies=[AdminDep],
-    responses={**error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503), **STORAGE_FULL},
+    responses={**error_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 503), **STORAGE_FULL},
+    openapi_extra=REFIT_BODY,
 )
 async def refit_classifier(name: NamePath, request: Request, state: StateDep) -> dict[str, Any]:
     """Refit from the stored examples' embeddings when the image encoder is unchanged, otherwise from the stored
     example images (uploads) and the index's images of the same SHA-256 (examples taken from the index).
+    No body refits with the method last asked for; `{"method": ...}` (application/json) names another.
 
     The row and its examples are read in one snapshot, and the save replaces that version only: a delete, or a
     delete and a create under the name, meanwhile is a 404 or a 409, never a 500 or a mix of the two."""
@@ -860,7 +906,8 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
     except ValidationError as err:
         raise malformed_json(err) or InvalidRequestError(_validation_message(err)) from err
     row, stored = await state.run_blocking(store.snapshot, name)
-    method = _check_method(options.method or row.method_requested)
+    # absent or null: the method last asked for; "" is no method (422), not a default
+    method = _check_method(row.method_requested if options.method is None else options.method)
     same_encoder = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
     dim = engine.runtime.embed_dim
     x = await state.run_blocking(store.stored_embeddings, row, len(stored), dim) if same_encoder else None

@@ -76,13 +76,15 @@ class ImageFileResponse(FileResponse):
     with 200, where Starlette answered a ``text/plain`` 400: RFC 9110 (14.2) lets a server ignore ``Range``, and
     a client that sent a broken one still gets the image it asked for, as from a server without ranges.  One it
     cannot satisfy (it starts past the end) is a 416 in the error envelope with ``Content-Range: bytes */SIZE``,
-    where Starlette's was ``text/plain`` with an empty body.
+    where Starlette's was ``text/plain`` with an empty body.  Several ranges (``bytes=0-1,3-4``) are ignored too:
+    their ``multipart/byteranges`` answer is one the schema does not list and no image viewer asks for.
     """
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
         try:
-            return super()._parse_range_header(http_range, file_size)
+            ranges = super()._parse_range_header(http_range, file_size)
+            return ranges if len(ranges) <= 1 else []
         except MalformedRangeHeader:
             return []  # no ranges: the whole file
         except RangeNotSatisfiable as err:  # raised from the answer: the app's exception handlers answer it

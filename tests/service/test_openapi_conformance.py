@@ -1,0 +1,178 @@
+"""What ``/openapi.json`` promises a generated client, held against what the service does: requests the schema
+documents are accepted as documented, and answers carry the statuses and shapes the schema lists.  Each test
+is a case a schema-driven fuzz campaign (schemathesis, every check) or a client generated from the schema met."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from fastapi.testclient import TestClient
+
+from index.store import VectorIndex
+from service.app import create_app
+from tests.service.helpers import make_settings
+
+ADMIN = {"X-Admin-Key": "admin-secret"}
+
+
+@pytest.fixture
+def admin_client(default_artifact: Path, index_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
+    settings = make_settings(
+        default_artifact, index=index_dir, classifiers=tmp_path / "classifiers", admin_keys=["admin-secret"]
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _operation(client: TestClient, path: str, method: str) -> dict[str, Any]:
+    spec = client.get("/openapi.json").json()
+    return {"components": spec["components"], **spec["paths"][path][method]}
+
+
+def _request_schema(operation: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {"components": operation["components"], **operation["requestBody"]["content"][kind]["schema"]}
+
+
+def test_a_refit_documents_its_optional_json_body_and_takes_what_it_documents(
+    admin_client: TestClient, index_dir: Path
+) -> None:
+    """``POST /v1/classifiers/{name}/refit`` reads ``{"method": ...}`` but documented no request body: a client
+    generated from the schema could not send one, and schema-driven tests never tried it."""
+    with VectorIndex.open(index_dir) as idx:
+        oct_ids = [r.id for r in idx.records() if r.modality == "OCT"]
+    spec = {"name": "refit-me", "modality": "OCT", "method": "linear",
+            "categories": [{"label": "first pair", "ids": oct_ids[:2]}, {"label": "second pair", "ids": oct_ids[2:4]}]}
+    created = admin_client.post("/v1/classifiers", json=spec, headers=ADMIN)
+    assert created.status_code == 201, created.text
+
+    operation = _operation(admin_client, "/v1/classifiers/{name}/refit", "post")
+    assert operation["requestBody"]["required"] is False  # no body: refit as created
+    schema = _request_schema(operation, "application/json")
+    assert "408" in operation["responses"]  # a body that stalls is timed out, as for every other body
+    for body, method in (({}, "linear"), ({"method": "prototype"}, "prototype"), ({"method": None}, "prototype")):
+        jsonschema.validate(body, schema)  # documented as valid ...
+        r = admin_client.post("/v1/classifiers/refit-me/refit", json=body, headers=ADMIN)
+        assert r.status_code == 200, (body, r.text)  # ... and accepted
+        assert r.json()["method_requested"] == method  # absent or null: the method last asked for
+    for body in ({"method": "bogus"}, {"method": ""}, {"method": "prototype", "other": 1}, {"method": 3}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(body, schema)  # documented as invalid ...
+        r = admin_client.post("/v1/classifiers/refit-me/refit", json=body, headers=ADMIN)
+        assert r.status_code == 422, (body, r.text)  # ... and refused ("" was taken as no method)
+    bare = admin_client.post("/v1/classifiers/refit-me/refit", headers=ADMIN)  # no body at all
+    assert bare.status_code == 200 and bare.json()["method_requested"] == "prototype", bare.text
+
+
+def _patterns(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                found.add(value)
+            elif key == "patternProperties" and isinstance(value, dict):
+                found.update(value)
+            found |= _patterns(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _patterns(item)
+    return found
+
+
+def test_text_patterns_mean_the_same_in_every_regex_dialect(api: TestClient) -> None:
+    """The published text pattern excluded whitespace with ``\\s``, which Python reads as including \\x1c-\\x1f and
+    \\x85 and ECMA-262 (JSON Schema's dialect: a JavaScript client, schemathesis's Rust validator) does not:
+    ``{"text": "\\x1f"}`` was valid by the schema and refused (422, "whitespace only") by the service."""
+    import re
+
+    from service.schemas import meaningful
+
+    patterns = _patterns(api.get("/openapi.json").json())
+    assert patterns
+    for pattern in patterns:  # no class whose members depend on who reads the pattern
+        assert not re.search(r"(?<!\\)(?:\\\\)*\\[sSdDwWbB]", pattern), pattern
+    text_patterns = [p for p in patterns if p.startswith("^[^\\x00")]
+    assert text_patterns
+    for pattern in text_patterns:  # and the pattern says what the service accepts, character by character
+        compiled = re.compile(pattern)
+        for code in range(0x3001):
+            char = chr(code)
+            try:
+                accepted = meaningful(char, "text") == char
+            except ValueError:
+                accepted = False
+            assert (compiled.fullmatch(char) is not None) == accepted, hex(code)
+    for char in ("\x1c", "\x1f", "\x85"):  # whitespace to the service: refused, and invalid by the schema
+        r = api.post("/v1/embed", json={"text": char})
+        assert r.status_code == 422 and "whitespace" in r.json()["error"]["message"], r.text
+        assert all(re.fullmatch(p, char) is None for p in text_patterns)
+
+
+def test_index_ids_are_json_schema_integers(admin_client: TestClient, index_dir: Path) -> None:
+    """The create schema types ``ids`` as ``integer``, which JSON Schema holds ``4.0`` to be (as ``top_k`` is read):
+    ids a client sends from a float column were refused (422), a valid request by the schema.  ``true`` and
+    ``"4"`` stay refused: not integers by the schema either."""
+    with VectorIndex.open(index_dir) as idx:
+        oct_ids = [r.id for r in idx.records() if r.modality == "OCT"]
+    schema = _request_schema(_operation(admin_client, "/v1/classifiers", "post"), "application/json")
+
+    def spec(name: str, ids: list[Any]) -> dict[str, Any]:
+        return {"name": name, "modality": "OCT",
+                "categories": [{"label": "first pair", "ids": ids[:2]}, {"label": "second pair", "ids": ids[2:4]}]}
+
+    as_floats = spec("floats", [float(i) for i in oct_ids[:4]])
+    jsonschema.validate(as_floats, schema)
+    r = admin_client.post("/v1/classifiers", json=as_floats, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    as_ints = admin_client.post("/v1/classifiers", json=spec("ints", oct_ids[:4]), headers=ADMIN)
+    assert as_ints.status_code == 201, as_ints.text
+    assert r.json()["estimate"] == as_ints.json()["estimate"]  # the same examples
+    for bad in (True, "4", 1.5):
+        body = spec("bad", [bad, *oct_ids[1:4]])
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(body, schema)
+        refused = admin_client.post("/v1/classifiers", json=body, headers=ADMIN)
+        assert refused.status_code == 422 and "ids" in refused.json()["error"]["message"], refused.text
+
+
+def test_the_fuzz_hooks_drop_only_cases_the_schema_cannot_tell_apart(api: TestClient) -> None:
+    """False alarms of a long schemathesis campaign, which the hooks now drop: negative multipart cases whose
+    invalid value never reaches the wire (an empty array sends no part; a number in a text field is sent as its
+    digits), and positive ``categories`` the service refuses for what they say to the model (two names its
+    tokenizer reads as one ``[UNK]``; two spellings of one name).  Cases that are what they claim are kept."""
+    pytest.importorskip("schemathesis")
+    from tests.service import schemathesis_hooks as hooks
+
+    hooks.before_load_schema(None, api.get("/openapi.json").json())
+
+    class Case:
+        def __init__(self, path: str, body: dict[str, Any]) -> None:
+            self.operation = type("Operation", (), {"method": "POST", "path": path})()
+            self.media_type, self.body = "multipart/form-data", body
+
+    def as_sent_valid(path: str, body: dict[str, Any]) -> bool:
+        return hooks._valid_as_sent(Case(path, body), body)
+
+    image = b"\x89PNG"
+    assert as_sent_valid("/v1/classify", {"image": image, "explain_top": []})  # no part: valid as sent
+    assert as_sent_valid("/v1/search", {"image": image, "label": 6.8e16})  # "6.8e+16", a valid label
+    assert as_sent_valid("/v1/search", {"image": image, "top_k": "5"})  # what a form sends for 5
+    assert not as_sent_valid("/v1/search", {"image": image, "top_k": "abc"})
+    assert not as_sent_valid("/v1/classify", {"image": image, "modality": 5})
+    assert not as_sent_valid("/v1/embed", {"image": image, "other": 1})
+    assert not as_sent_valid("/v1/classify", {"top_k": 1})  # no image
+    assert hooks._categories_refused(["9ĜĈāİ\U000eacd3", "Å\U000bb72eĳ03"])  # both one [UNK]
+    assert hooks._categories_refused(["Drusen-like dots", "drusen like dots."])
+    assert not hooks._categories_refused(["normal", "glaucoma", "drusen"])
+
+
+def test_a_trailing_slash_is_a_404_in_the_error_envelope(admin_client: TestClient) -> None:
+    """``/v1/categories/`` was an undocumented 307 with an empty body to an absolute ``http://`` URL (wrong behind a
+    TLS proxy): it is the usual 404 ``not_found``, as for any path the API does not have."""
+    for method, path in (("GET", "/v1/categories/"), ("POST", "/v1/classify/"), ("GET", "/healthz/")):
+        r = admin_client.request(method, path, follow_redirects=False)
+        assert r.status_code == 404, (method, path, r.status_code, r.headers.get("location"))
+        assert r.json()["error"]["code"] == "not_found"
