@@ -13,12 +13,14 @@ resident memory growth while it was built).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -160,8 +162,11 @@ def run_bench(
     synthetic: SyntheticSpec | None = None,
     seed: int = 0,
     progress: bool = True,
+    filters: bool = False,
 ) -> dict[str, Any]:
-    """Build both indexes over the same vectors and measure them; returns the figures as a dict."""
+    """Build both indexes over the same vectors and measure them; returns the figures as a dict.  With
+    ``filters``, also the approximate index written to disk with synthetic records and searched with filters
+    through the store, as the service searches it (:func:`store_bench`, under ``"store"``)."""
     synthetic = synthetic or SyntheticSpec()
     say = logger.info if progress else logger.debug
     say("generating %d %s vectors of dimension %d", n, synthetic.distribution, dim)
@@ -205,6 +210,10 @@ def run_bench(
         results[name]["p50_ms"] = round(float(np.percentile(lat, 50)), 3)
         results[name]["p99_ms"] = round(float(np.percentile(lat, 99)), 3)
     results["speedup_p50"] = round(results["exact"]["p50_ms"] / max(results[approx]["p50_ms"], 1e-9), 1)
+    if filters:
+        del built["exact"], exact  # not needed on disk: its memory back before the records are made
+        say("writing the %s index with synthetic records and searching it with filters", approx)
+        results["store"] = store_bench(x, ids, ann, approx_spec, q[: min(queries, 100)], k, seed)
     results["peak_rss_mb"] = round(_peak_rss_bytes() / 2**20, 1)
     return results
 
@@ -231,4 +240,157 @@ def format_report(r: dict[str, Any], approx: str) -> str:
         f"recall@{r['k']} of {approx} against exact: {r['recall_at_k']:.4f}; p50 speed-up x{r['speedup_p50']}; "
         f"peak RSS {r['peak_rss_mb']:,.0f} MB; local intrinsic dimensionality of the data {r['lid']}",
     ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ the index on disk (--filters)
+FILTER_LABELS = 8  # labels label-0 .. label-7, each an eighth of the archive along the data's second direction
+RARE_LABEL = "rare"  # on one record in 2,000, at random
+
+
+def synthetic_records(x: np.ndarray, ids: np.ndarray, seed: int = 0) -> list[Any]:
+    """One :class:`index.store.Record` per vector, with a modality and a label that follow the embeddings (as
+    real ones do: a modality is a region of the space): CFP, OCT and FFA are 60, 30 and 10 % of the archive along
+    its first principal direction, ``label-0`` .. ``label-7`` eighths along the second, and :data:`RARE_LABEL`
+    one record in 2,000 at random.  Paths and hashes are made up; nothing is read from disk."""
+    from index.store import Record
+
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(len(x), size=min(len(x), 20_000), replace=False)]
+    axes = np.linalg.svd(sample - sample.mean(axis=0), full_matrices=False)[2][:2]  # [2, D]
+    first, second = x @ axes[0], x @ axes[1]
+    modality = np.digitize(first, np.quantile(first, [0.6, 0.9]))
+    label = np.digitize(second, np.quantile(second, np.linspace(0, 1, FILTER_LABELS + 1)[1:-1]))
+    rare = rng.random(len(x)) < 1 / 2000
+    names = ("CFP", "OCT", "FFA")
+    return [
+        Record(id=int(i), path=f"p{int(i) // 20:06d}/{int(i):08d}.jpg", modality=names[m],
+               labels=[f"label-{lab}"] + ([RARE_LABEL] if r else []), caption=None, width=3000, height=2000,
+               sha256=f"{int(i):064x}")
+        for i, m, lab, r in zip(ids, modality, label, rare, strict=True)
+    ]
+
+
+def write_index(directory: Path, x: np.ndarray, ids: np.ndarray, built: BuiltIndex, spec: AnnSpec,
+                records: list[Any], artifact: tuple[str, str] = ("synthetic", "bench")) -> None:
+    """An index directory over ``x`` (FAISS index ``built``) with ``records``, written as a build writes one."""
+    from index.build import NextGeneration
+    from index.writer import locked
+
+    base = {"generation": 0, "next_id": int(ids.max(initial=0)) + 1, "sources": [], "history": [],
+            "artifact": {"name": artifact[0], "version": artifact[1], "embed_dim": int(x.shape[1])}}
+    directory.mkdir(parents=True, exist_ok=True)
+    with locked(directory):
+        NextGeneration(directory, base, spec, built, x, ids, added=records).commit({"op": "bench"})  # type: ignore[arg-type]
+
+
+def _anon_rss_mb() -> float:
+    """Resident memory not backed by a file (the heap; a mapped index file's pages are the page cache's)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+
+
+FILTERS: tuple[tuple[str | None, str | None], ...] = (
+    ("CFP", None), ("OCT", None), ("FFA", None), (None, "label-3"), ("OCT", "label-5"), (None, RARE_LABEL),
+)
+
+
+def store_bench(
+    x: np.ndarray, ids: np.ndarray, built: BuiltIndex, spec: AnnSpec, queries: np.ndarray, k: int, seed: int
+) -> dict[str, Any]:
+    """Write the approximate index with synthetic records (:func:`synthetic_records`) to a temporary folder, open
+    it as the service does and search it with the filters of :data:`FILTERS`: what each filter matches, recall@k
+    against the exact top k of its matches, p50/p99 latency of ``VectorIndex.search`` (FAISS, the filter, the
+    records' metadata), the first search with a filter (its matches looked up), and the files, open time and
+    memory."""
+    import tempfile
+
+    from index.store import VectorIndex
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="keepfit-bench-") as tmp:
+        directory = Path(tmp) / "index"
+        start = time.perf_counter()
+        records = synthetic_records(x, ids, seed)
+        write_index(directory, x, ids, built, spec, records)
+        out["write_s"] = round(time.perf_counter() - start, 2)
+        modality = np.asarray([r.modality for r in records])
+        labels = [set(r.labels) for r in records]
+        del records
+        out["files_mb"] = {
+            kind: round(meta["bytes"] / 2**20, 1)
+            for kind, meta in json.loads((directory / "index_manifest.json").read_text())["files"].items()
+        }
+        for verify in (True, False):
+            before, start = _anon_rss_mb(), time.perf_counter()
+            index = VectorIndex.open(directory, verify=verify)
+            out[f"open_s_{'verified' if verify else 'sizes_only'}"] = round(time.perf_counter() - start, 2)
+            out["open_anon_rss_mb"] = round(_anon_rss_mb() - before, 1)
+            if verify:
+                index.close()
+        try:
+            out["filters"] = _filtered(index, x, ids, modality, labels, queries, k)
+        finally:
+            index.close()
+    return out
+
+
+def _filtered(
+    index: Any, x: np.ndarray, ids: np.ndarray, modality: np.ndarray, labels: list[set[str]], queries: np.ndarray,
+    k: int,
+) -> list[dict[str, Any]]:
+    masks = [
+        (modality == m if m else np.ones(len(x), bool)) & (np.asarray([lab in s for s in labels]) if lab else True)
+        for m, lab in FILTERS
+    ]
+    truth = _exact_filtered(x, masks, queries, k)  # [F][Q, k] row positions
+    rows = []
+    for (m, lab), mask, best in zip(FILTERS, masks, truth, strict=True):
+        start = time.perf_counter()
+        index.search(queries[0], k, modality=m, label=lab)  # the first search with this filter finds its matches
+        first = (time.perf_counter() - start) * 1000.0
+        times, recalls = [], []
+        for q, want in zip(queries, best, strict=True):
+            start = time.perf_counter()
+            hits = index.search(q, k, modality=m, label=lab)
+            times.append((time.perf_counter() - start) * 1000.0)
+            wanted = set(ids[want[want >= 0]].tolist())
+            recalls.append(len({h.record.id for h in hits} & wanted) / max(1, len(wanted)))
+        rows.append({
+            "modality": m, "label": lab, "matches": int(mask.sum()), "recall_at_k": round(float(np.mean(recalls)), 4),
+            "min_recall": round(float(np.min(recalls)), 2), "first_ms": round(first, 1),
+            "p50_ms": round(float(np.percentile(times, 50)), 2), "p99_ms": round(float(np.percentile(times, 99)), 2),
+        })
+    return rows
+
+
+def _exact_filtered(x: np.ndarray, masks: list[np.ndarray], queries: np.ndarray, k: int) -> list[np.ndarray]:
+    """Row positions ``[Q, k]`` of each filter's exact top k (-1 where it matches fewer), in one pass over ``x``."""
+    best = [(np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)) for _ in masks]
+    for start in range(0, len(x), 65_536):
+        chunk = np.asarray(x[start : start + 65_536], dtype=np.float32)
+        sims = chunk @ queries.T  # [c, Q]
+        for (scores, rows), mask in zip(best, masks, strict=True):
+            part = np.where(mask[start : start + len(chunk), None], sims, -np.inf).T  # [Q, c]
+            merged = np.concatenate([scores, part], axis=1)
+            where = np.concatenate([rows, np.broadcast_to(np.arange(start, start + len(chunk)), part.shape)], axis=1)
+            top = np.argsort(-merged, axis=1, kind="stable")[:, :k]
+            scores[:], rows[:] = np.take_along_axis(merged, top, 1), np.take_along_axis(where, top, 1)
+            rows[~np.isfinite(scores)] = -1
+    return [rows for _, rows in best]
+
+
+def format_filters(r: dict[str, Any], k: int) -> str:
+    lines = [
+        f"on disk: written in {r['write_s']} s; files (MB) {r['files_mb']}; opened in {r['open_s_verified']} s "
+        f"(every file's SHA-256) or {r['open_s_sizes_only']} s (sizes only), {r['open_anon_rss_mb']} MB of heap",
+        f"{'filter':<22} {'matches':>9} {'recall@' + str(k):>9} {'min':>5} {'first ms':>9} {'p50 ms':>8} {'p99 ms':>8}",
+    ]
+    for f in r["filters"]:
+        name = " + ".join(str(v) for v in (f["modality"], f["label"]) if v)
+        lines.append(f"{name:<22} {f['matches']:>9,} {f['recall_at_k']:>9.3f} {f['min_recall']:>5.1f} "
+                     f"{f['first_ms']:>9.1f} {f['p50_ms']:>8.2f} {f['p99_ms']:>8.2f}")
     return "\n".join(lines)

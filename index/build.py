@@ -34,6 +34,7 @@ from tqdm import tqdm
 from index.ann import INDEX_KINDS, AnnSpec, BuiltIndex, build_index, empty_index
 from index.distributed import RayOptions, embed_with_ray
 from index.embed import Embedded, embed_items, failure_summary
+from index.reuse import held_rows, not_held
 from index.sources import ImageItem, SourceSet
 from index.store import (
     MANIFEST,
@@ -95,6 +96,7 @@ class Report:
     blurred: int = 0  # inputs added or found that are photographs out of focus (model.preprocess.blurred)
     unrecognised: int = 0  # inputs unlike every image the model was trained on (runtime.typicality above 1)
     resumed: int = 0  # inputs whose embeddings came from a previous interrupted run
+    reused: int = 0  # inputs of a rebuild whose bytes the index held: their stored embedding, not embedded again
     index_type: str = ""
     index_params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -114,6 +116,11 @@ class Report:
             )
         if self.resumed:
             parts.append(f"resumed: {self.resumed} embeddings reused from an interrupted run")
+        if self.reused:
+            parts.append(
+                f"reused: {self.reused} images the index held already (same SHA-256) were not embedded again (the "
+                "blurred and unrecognised counts are of the images embedded now)"
+            )
         if self.detected_modality:
             parts.append(f"modality detected by the model for {self.detected_modality} images")
         if self.compressed:
@@ -146,6 +153,8 @@ class Report:
         entry: dict[str, Any] = {"op": self.operation, "added": self.added, "duplicates": self.duplicates}
         if self.operation == "add":
             entry["already_indexed"] = self.already_indexed
+        if self.reused:
+            entry["reused"] = self.reused
         if self.compressed:
             entry["compressed"] = self.compressed
         if self.blurred:
@@ -348,7 +357,7 @@ def assemble(
     dim = rows.vector.shape[1]
     matrix = np.stack([vectors[sha] for sha in order]) if order else np.zeros((0, dim), np.float32)
     return Assembled(
-        records=records, vectors=matrix.astype(np.float32), duplicates=duplicates, already_indexed=already
+        records=records, vectors=matrix.astype(np.float32, copy=False), duplicates=duplicates, already_indexed=already
     )
 
 
@@ -551,19 +560,59 @@ def _build_locked(
         # the ids to keep before the long part: a previous index whose ids cannot be read is refused at once, not
         # after every image was embedded (and removing it to build afresh removed those embeddings with it)
         base, known = _build_base(directory, previous, artifact, sources, root)
-        rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), "build")
+        options = options or EmbedOptions()
+        runtime = _LazyRuntime(artifact, options)
+        held, todo = Embedded.empty(artifact.embed_dim), list(sources.items)
+        if previous is not None:  # what the index holds already is not embedded again
+            held, todo = held_rows(directory, previous, artifact, sources.items,
+                                   detect_modality=options.detect_modality, runtime=runtime, progress=options.progress)
+        rows, resumed, work = _embed_rest(directory, artifact, todo, options, "build", runtime)
+        reused = len(held)
+        if reused:
+            rows = Embedded.concat([held, rows], artifact.embed_dim)
+        del held  # in rows now
         asm = assemble(rows, sources.items, artifact, root, next_id=base["next_id"], existing=set(), known=known)
+        # assembled into asm.vectors: not held twice while the FAISS index is built (2 GB each at 1M images)
+        rows.vector = np.zeros((0, artifact.embed_dim), np.float32)
         if not asm.records:
             _drop(work)
             raise _nothing_readable(sources, rows)
         ids = np.asarray([r.id for r in asm.records], dtype=np.int64)
-        report = _embedded_report(directory, "build", sources.items, rows, reused, asm)
+        report = _embedded_report(directory, "build", sources.items, rows, resumed, asm)
+        report.reused = reused
         built = build_index(asm.vectors, ids, ann)
         manifest = NextGeneration(directory, base, ann, built, asm.vectors, ids, added=asm.records).commit(
             report.history()
         )
         _drop(work)
     return _finish(report, manifest, start)
+
+
+class _LazyRuntime:
+    """The artifact's runtime, loaded when first asked for (a rebuild that embeds nothing may never need it)."""
+
+    def __init__(self, artifact: Artifact, options: EmbedOptions) -> None:
+        self.artifact, self.threads = artifact, options.intra_op_threads
+        self.loaded: KeepfitRuntime | None = None
+
+    def __call__(self) -> KeepfitRuntime:
+        if self.loaded is None:
+            from model.runtime import KeepfitRuntime
+
+            self.loaded = KeepfitRuntime(self.artifact, intra_op_threads=self.threads)
+        return self.loaded
+
+
+def _embed_rest(
+    directory: Path, artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptions, operation: str,
+    runtime: _LazyRuntime,
+) -> tuple[Embedded, int, Path | None]:
+    """:func:`embed` of the inputs left to embed; nothing to load or write when there are none."""
+    if not items:
+        for stale in directory.glob(f"{WORK_PREFIX}*"):  # an interrupted run's work, as embed() removes it
+            shutil.rmtree(stale, ignore_errors=True)
+        return Embedded.empty(artifact.embed_dim), 0, None
+    return embed(directory, artifact, items, options, operation, runtime=runtime.loaded)
 
 
 def _build_base(
@@ -628,7 +677,8 @@ def _finish(report: Report, manifest: IndexManifest, start: float) -> Report:
 
 
 def _open_current(directory: Path, artifact: Artifact | None = None) -> VectorIndex:
-    current = VectorIndex.open(directory, expected_dim=artifact.embed_dim if artifact else None)
+    # in memory: an update changes the FAISS index in place
+    current = VectorIndex.open(directory, expected_dim=artifact.embed_dim if artifact else None, mmap=False)
     if artifact is not None and current.artifact_version != artifact.version:
         current.close()
         raise IndexMismatchError(
@@ -755,12 +805,16 @@ def add(
         # paths into the old place, lost at the next move)
         root = update.current.image_root
         operation = f"add-{update.current.generation}"
-        rows, reused, work = embed(directory, artifact, sources.items, options or EmbedOptions(), operation)
-        asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), update.current.sha256s())
-        if not rows.ok.any():  # as a build refuses it: not "nothing new", nothing could be read
+        options, held = options or EmbedOptions(), update.current.sha256s()
+        todo, already = not_held(sources.items, held, options.progress)  # those the index holds: not embedded
+        rows, resumed, work = _embed_rest(directory, artifact, todo, options, operation, _LazyRuntime(artifact, options))
+        asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), held)
+        if not rows.ok.any() and not already:  # as a build refuses it: not "nothing new", nothing could be read
             _drop(work)
             raise _nothing_readable(sources, rows)
-        report = _embedded_report(directory, "add", sources.items, rows, reused, asm)
+        report = _embedded_report(directory, "add", sources.items, rows, resumed, asm)
+        report.already_indexed += len(already)
+        report.compressed += sum(1 for f in already if 0 < f.quality < COMPRESSED_BELOW)
         if asm.records:
             update.add(asm.records, asm.vectors, sources.descriptions)
             manifest = update.commit(report.history())

@@ -513,7 +513,7 @@ def eval_main(argv: list[str]) -> int:
 
 
 def bench_main(argv: list[str]) -> int:
-    from index.bench import DISTRIBUTIONS, SyntheticSpec, format_report, run_bench
+    from index.bench import DISTRIBUTIONS, SyntheticSpec, format_filters, format_report, run_bench
 
     p = argparse.ArgumentParser(
         prog="keepfit index bench",
@@ -535,6 +535,12 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--spread", type=finite_float(0.0, low_open=True), default=SyntheticSpec.spread)
     p.add_argument("--intrinsic-dim", type=positive_int, default=SyntheticSpec.intrinsic_dim)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--filters", action="store_true",
+        help="also write the approximate index to a temporary folder with records whose modality and labels follow "
+        "the vectors, open it as the service does and time filtered searches (recall against the exact top k of "
+        "each filter's matches)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     _json_target(args.json)
@@ -554,8 +560,11 @@ def bench_main(argv: list[str]) -> int:
         target_recall=args.target_recall,
         synthetic=SyntheticSpec(args.distribution, args.clusters, args.spread, args.intrinsic_dim),
         seed=args.seed,
+        filters=args.filters,
     )
     _out(format_report(result, args.index_type))
+    if "store" in result:
+        _out(format_filters(result["store"], args.k))
     if args.json:
         _write_json(args.json, result)
     return 0

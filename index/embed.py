@@ -89,9 +89,19 @@ class Embedded:
     def concat(cls, parts: Sequence[Embedded], dim: int) -> Embedded:
         if not parts:
             return cls.empty(dim)
-        merged = cls(**{c: np.concatenate([getattr(p, c) for p in parts]) for c in COLUMNS})
-        order = np.argsort(merged.seq, kind="stable")
-        return cls(**{c: getattr(merged, c)[order] for c in COLUMNS})
+        seq = np.concatenate([p.seq for p in parts])
+        where = np.empty(len(seq), dtype=np.int64)  # where each part's rows go, in seq order
+        where[np.argsort(seq, kind="stable")] = np.arange(len(seq))
+        columns = {}
+        for c in COLUMNS:  # each column written once into place (a concatenation, then its reordered copy, was two)
+            arrays = [getattr(p, c) for p in parts]
+            out = np.empty((len(seq), *arrays[0].shape[1:]), dtype=np.result_type(*arrays))
+            start = 0
+            for a in arrays:
+                out[where[start : start + len(a)]] = a
+                start += len(a)
+            columns[c] = out
+        return cls(**columns)
 
     @classmethod
     def empty(cls, dim: int) -> Embedded:

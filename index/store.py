@@ -105,8 +105,12 @@ class IndexManifest(TypedDict, total=False):
     content_sha256: str
 
 
-# Filtered searches over an approximate index scan the matching vectors exactly up to this many matches: it is
-# faster than a selective approximate search and can never come back short.
+# How a reader opens the FAISS file: mapped read-only (the vectors of flat indexes and the inverted lists of IVF)
+READ_MAPPED = faiss.IO_FLAG_MMAP_IFC
+
+# Filtered searches over an HNSW index scan the matching vectors exactly up to this many matches: it is faster than a
+# selective approximate search and can never come back short.  (IVF probes the lists that hold matches instead:
+# IndexKind.filtered_search.)
 EXACT_FILTER_MAX = 50_000
 
 SCHEMA = """
@@ -167,6 +171,10 @@ class Hit:
 
 
 RECORD_COLUMNS = "id, path, modality, labels, caption, width, height, sha256"
+
+# a filter's matches: their row positions, a FAISS selector over their ids, its bitmap, and how many of them each
+# part of the index holds (VectorIndex._filter)
+_Filter = tuple[np.ndarray, Any, np.ndarray, "np.ndarray | None"]
 
 
 @functools.cache
@@ -335,11 +343,11 @@ class VectorIndex:
         self._ids = ids  # [N] int64, ascending
         self._db = db
         self._db_lock = threading.Lock()
-        self._filters: OrderedDict[tuple[str | None, str | None], tuple[np.ndarray, Any, np.ndarray]] = (
-            OrderedDict()
-        )
+        self._filters: OrderedDict[tuple[str | None, str | None], _Filter] = OrderedDict()
+        self._parts: tuple[np.ndarray | None] | None = None  # _partition(), once computed
         self._filter_lock = threading.Lock()
         self.image_root = image_root
+        self._faiss_file: Path | None = None  # the FAISS file this index maps read-only (None: read into memory)
         self.index_type: str = manifest["index_type"]
         self.params: dict[str, Any] = dict(manifest.get("index_params", {}))
 
@@ -353,6 +361,7 @@ class VectorIndex:
         expected_dim: int | None = None,
         verify: bool = True,
         image_root: str | Path | None = None,
+        mmap: bool = True,
     ) -> VectorIndex:
         """Open and check an index directory.
 
@@ -360,13 +369,18 @@ class VectorIndex:
         the problem) and :class:`IndexMismatchError` when it was built with another artifact version or embedding
         size than the caller's.  ``verify=False`` checks sizes but skips the SHA-256 of each file (fast start on
         very large indexes).  ``image_root`` overrides where relative image paths are resolved.
+
+        ``mmap`` (the default) maps the FAISS file read-only instead of reading it into memory, as the vectors
+        are: its pages are the page cache's, shared and reclaimable, so a service holding the old generation and
+        the new one during a swap does not hold two copies of the index, and a large index opens at once.
+        A writer that changes the FAISS index in place (:meth:`release_faiss_index`) gets a copy in memory.
         """
         directory = Path(directory)
         for attempt in range(3):
             manifest = read_manifest(directory)
             try:
                 return cls._open(
-                    directory, manifest, expected_artifact_version, expected_dim, verify, image_root
+                    directory, manifest, expected_artifact_version, expected_dim, verify, image_root, mmap
                 )
             except IndexStoreError:
                 # A writer may have committed a new generation (and removed ours) between reading the manifest
@@ -392,6 +406,7 @@ class VectorIndex:
         expected_dim: int | None,
         verify: bool,
         image_root: str | Path | None,
+        mmap: bool = True,
     ) -> VectorIndex:
         artifact = manifest["artifact"]
         if expected_version is not None and str(artifact.get("version")) != str(expected_version):
@@ -408,7 +423,7 @@ class VectorIndex:
         files = {kind: directory / manifest["files"][kind]["name"] for kind in FILE_KINDS}
         count = int(manifest["count"])
         try:
-            index = faiss.read_index(str(files["faiss"]))
+            index = faiss.read_index(str(files["faiss"]), READ_MAPPED if mmap else 0)
         except RuntimeError as err:
             raise IndexStoreError(f"index {directory}: cannot read {files['faiss'].name}: {err}") from err
         try:
@@ -452,7 +467,9 @@ class VectorIndex:
             artifact.get("name"),
             artifact.get("version"),
         )
-        return cls(directory, manifest, index, vectors, ids, db, root)
+        opened = cls(directory, manifest, index, vectors, ids, db, root)
+        opened._faiss_file = files["faiss"] if mmap else None
+        return opened
 
     # ---------------------------------------------------------------------------------------- properties
     @property
@@ -499,8 +516,11 @@ class VectorIndex:
 
     def release_faiss_index(self) -> Any:
         """The FAISS index object itself, for a writer that opened this reader for one update and will not
-        search it again (it is modified in place and written as the next generation)."""
+        search it again (it is modified in place and written as the next generation): read into memory, never
+        the read-only mapping of its file (changing that one crashes the process)."""
         index, self._index = self._index, None  # type: ignore[assignment]
+        if self._faiss_file is not None:
+            index = faiss.read_index(str(self._faiss_file))
         return index
 
     # ---------------------------------------------------------------------------------------------- search
@@ -537,9 +557,8 @@ class VectorIndex:
             return hits
         record = Record.from_row(rows[0])
         if modality is not None or label is not None:  # filtered out: it is not added back
-            matching = self._ids[self._filter(modality, label)[0]]  # ascending
-            at = int(np.searchsorted(matching, record.id))
-            if at == len(matching) or int(matching[at]) != record.id:
+            bitmap = self._filter(modality, label)[2]  # the filter's bit of its id (not a copy of every match's id)
+            if record.id >> 3 >= len(bitmap) or not (int(bitmap[record.id >> 3]) >> (record.id & 7)) & 1:
                 return hits
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         # the inner product FAISS computes for the flat, IVF-flat and HNSW-flat indexes alike (they store the
@@ -575,12 +594,20 @@ class VectorIndex:
             top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
             return self._hits(self._ids[top], sims[top])
         # keep the bitmap referenced while FAISS reads it, even if the filter cache evicts the entry meanwhile
-        rows, selector, _bitmap = self._filter(modality, label)
+        rows, selector, _bitmap, per_part = self._filter(modality, label)
         if len(rows) == 0:
             return []
         k = min(top_k, len(rows))
-        approximate = INDEX_KINDS[self.index_type].approximate
-        if approximate and len(rows) > EXACT_FILTER_MAX:
+        kind = INDEX_KINDS[self.index_type]
+        approximate = kind.approximate
+        if approximate and per_part is not None:
+            # IVF: the lists nearest the query that hold matches (the nearest lists may hold none of them); every
+            # list that holds one when they are few: exact then, and faster than gathering their vectors
+            scores, found = kind.filtered_search(self._index, q2, k, self.params, selector, per_part)
+            if int((found[0] >= 0).sum()) >= k:
+                return self._hits(found[0], scores[0])
+            logger.debug("filtered IVF search came back short; scanning %d matches exactly", len(rows))
+        elif approximate and len(rows) > EXACT_FILTER_MAX:
             for boost in (1, 4, 16):
                 params = search_params(self.index_type, self.params, selector=selector, boost=boost)
                 scores, found = self._index.search(q2, k, params=params)
@@ -603,8 +630,9 @@ class VectorIndex:
         records = self._records([i for i, _ in pairs])
         return [Hit(record=records[i], score=s) for i, s in pairs if i in records]
 
-    def _filter(self, modality: str | None, label: str | None) -> tuple[np.ndarray, Any, np.ndarray]:
-        """Row positions of the records matching the filter, a FAISS selector over their ids, and its bitmap."""
+    def _filter(self, modality: str | None, label: str | None) -> _Filter:
+        """Row positions of the records matching the filter, a FAISS selector over their ids, its bitmap, and how
+        many of them each part of the index holds (IVF: each list; None for other types)."""
         key = (modality.lower() if modality else None, fold_label(label) if label else None)
         with self._filter_lock:
             if key in self._filters:
@@ -622,16 +650,30 @@ class VectorIndex:
         mask[ids] = True
         bitmap = np.packbits(mask, bitorder="little")
         selector = faiss.IDSelectorBitmap(top, faiss.swig_ptr(bitmap))
-        entry = (
-            rows.astype(np.int64),
-            selector,
-            bitmap,
-        )  # the bitmap must outlive the selector that points at it
+        partition = self._partition()
+        per_part = None if partition is None else np.bincount(partition[rows])
+        entry = (rows.astype(np.int64), selector, bitmap, per_part)  # the bitmap must outlive its selector
         with self._filter_lock:
             self._filters[key] = entry
             while len(self._filters) > 64:
                 self._filters.popitem(last=False)
         return entry
+
+    def warm(self, modalities: Sequence[str] = ()) -> None:
+        """Look up now what the first filtered searches would (the IVF lists of every vector; the matches of each
+        modality): about 1 s at 1M images, taken by a service while it opens a new generation beside the served one
+        rather than by the first requests, one after another on the index thread."""
+        self._partition()
+        for modality in modalities:
+            self._filter(modality, None)
+
+    def _partition(self) -> np.ndarray | None:
+        """Which part of the FAISS index (IVF: which list) holds each row, computed once (None: not partitioned)."""
+        with self._filter_lock:
+            if self._parts is None:
+                kind = INDEX_KINDS[self.index_type]
+                self._parts = (kind.partition(self._index, self._ids) if kind.approximate and self.count else None,)
+            return self._parts[0]
 
     def _matching_ids(self, modality: str | None, label: str | None) -> np.ndarray:
         clauses, args = [], []

@@ -1,8 +1,8 @@
 """What a request needs, loaded once at start-up: the model runtime and the index.
 
 :class:`Engine` wraps :class:`model.runtime.KeepfitRuntime` (ONNX Runtime, no torch) with the service's limits;
-:class:`IndexHolder` owns the FAISS index on one dedicated thread (whatever the store's thread rules are) and
-reopens it when a rebuild is swapped into its directory.  Both methods are blocking: handlers call them through
+:class:`IndexHolder` owns the FAISS index on one dedicated thread and reopens it (on a loader thread, while the
+current one keeps answering) when a rebuild is swapped into its directory.  Both methods are blocking: handlers call them through
 ``anyio.to_thread`` / the index thread, never on the event loop.
 
 Over 500 lines: the engine (classify, embed, explain, categories) and the index holder are the service's whole model
@@ -756,17 +756,21 @@ class IndexInfo:
 class IndexHolder:
     """The loaded index (or why there is none), reopened when its directory changes.
 
-    Every call into the store runs on one dedicated thread, so a store that keeps SQLite connections per thread
-    (the default) works unchanged, and a reload never races a search.  A request uses the index inside
-    :meth:`hold`: a reload swaps the new index in at once (later requests get it, nobody waits), and the old one
-    is closed once the last request holding it is done, on the index thread behind that request's work (closed
-    at the swap, a request that had taken it but whose work was queued behind the reload met a closed database).
+    Every call into the store runs on one dedicated thread, so a reload never races a search; only opening a
+    changed index (its files verified) runs on a loader thread of its own, so that searches go on meanwhile.  A
+    request uses the index inside :meth:`hold`: a reload swaps the new index in at once (later requests get it,
+    nobody waits), and the old one is closed once the last request holding it is done, on the index thread behind
+    that request's work (closed at the swap, a request that had taken it but whose work was queued behind the
+    reload met a closed database).
     """
 
     RELOAD_CHECK_S = 5.0
     # A manifest whose index failed to open is tried again after this long while another index is served: files
     # copied in after it (cp, rsync: the manifest before the files it names) left the old index served for good.
     RETRY_BROKEN_S = 60.0
+    # A large index takes seconds to open (every file's SHA-256: about 8 s at 1M images); it is opened on a thread of
+    # its own, and a request that found it changed waits at most this long before it is answered from the current one.
+    RELOAD_WAIT_S = 1.0
 
     def __init__(
         self,
@@ -780,6 +784,10 @@ class IndexHolder:
         self.artifact_version = artifact_version
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keepfit-index")
+        # where a changed index is opened: never on the index thread, whose searches would wait for it
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keepfit-index-load")
+        self._reloading: asyncio.Future[None] | None = None
+        self._closing = False
         self._index: Any = None
         self._error: str | None = (
             "no index configured (set KEEPFIT_INDEX or pass --index)" if path is None else None
@@ -791,7 +799,6 @@ class IndexHolder:
         self._loads = 0
         self.modalities: list[str] = []  # the modalities the loaded index holds (valid search filters)
         self._checked_at = 0.0
-        self._reload_lock = asyncio.Lock()
         # requests holding each index object (by id), and the swapped-out ones their last holder closes
         self._holds_lock = threading.Lock()
         self._holds: dict[int, int] = {}
@@ -807,17 +814,24 @@ class IndexHolder:
         return (st.st_ino, st.st_mtime_ns)
 
     def _open(self) -> None:
+        loaded = self._load()
+        if loaded is not None:
+            self._swap(*loaded)
+
+    def _load(self) -> tuple[Any, tuple[int, int], str, list[str]] | None:
+        """The index at the path if its manifest changed (on the loader thread): ``(index, stamp, fingerprint,
+        modalities)``, or None (unchanged, or refused: then why, for /readyz)."""
         if self.path is None:
-            return
+            return None
         stamp = self._manifest_stamp()
         if stamp is not None and stamp == self._stamp and self._index is not None and (
             self._failed_at is None or time.monotonic() - self._failed_at < self.RETRY_BROKEN_S
         ):
-            return
+            return None
         if stamp is None:
             if self._index is None:
                 self._error = f"no index at {self.path} (build one with `keepfit index build`)"
-            return
+            return None
         try:
             opener = self._opener
             if opener is None:
@@ -833,14 +847,24 @@ class IndexHolder:
             logger.error("index at %s not loaded: %s", self.path, err)
             self._stamp = stamp  # do not retry the same broken files on every request
             self._failed_at = time.monotonic()
-            return
+            return None
         except ImportError as err:
             self._error = f"the index needs the 'serve' extra ({err.name} is missing)"
             logger.error("index at %s not loaded: %s", self.path, self._error)
             self._stamp = stamp
-            return
+            return None
         manifest = getattr(index, "manifest", {}) or {}
         fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+        modalities = index_modalities(index)
+        if hasattr(index, "warm"):  # what the first filtered searches would look up, here rather than on the index thread
+            index.warm(modalities)
+        return index, stamp, fingerprint, modalities
+
+    def _swap(self, index: Any, stamp: tuple[int, int], fingerprint: str, modalities: list[str]) -> None:
+        """Serve ``index`` from now on (on the index thread); the old one is closed once no request holds it."""
+        if self._closing:  # opened while the service stopped: nothing will serve it
+            self._close_previous(index)
+            return
         with self._holds_lock:
             old, self._index = self._index, index
             # in the same step: info() never pairs the new index with the old one's fingerprint (a search keyed so
@@ -850,7 +874,7 @@ class IndexHolder:
                 self._retired[id(old)] = old  # still in use: closed by the last request that holds it
                 old = None
         self._stamp, self._error, self._failed_at, self._refused = stamp, None, None, None
-        self.modalities = index_modalities(index)
+        self.modalities = modalities
         if self.metrics is not None:
             self.metrics.index_size.set(int(index.count))
         logger.info("index %s loaded: %d images", self.path, index.count)
@@ -915,18 +939,39 @@ class IndexHolder:
         self._checked_at = time.monotonic()
 
     async def refresh(self, force: bool = False) -> None:
-        """Reopen the index if its manifest changed (a swapped-in rebuild); at most every few seconds."""
+        """Reopen the index if its manifest changed (a swapped-in rebuild); at most every few seconds.  The new
+        one is opened on the loader thread while requests are answered from the current one (opened on the index
+        thread, a 1M-image index held every search and /readyz for about 12 s); this call waits for it at most
+        ``RELOAD_WAIT_S`` (with ``force``, until it is served or refused)."""
         if self.path is None or (not force and time.monotonic() - self._checked_at < self.RELOAD_CHECK_S):
             return
-        async with self._reload_lock:
+        if self._reloading is None or self._reloading.done():
             self._checked_at = time.monotonic()
-            await self._submit(self._open)
+            self._reloading = asyncio.ensure_future(self._reload())
+        if force:
+            await asyncio.shield(self._reloading)
+        else:
+            await asyncio.wait([self._reloading], timeout=self.RELOAD_WAIT_S)
+
+    async def _reload(self) -> None:
+        context = contextvars.copy_context()
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(self._loader, partial(context.run, self._load))
+            if loaded is not None:
+                try:
+                    await self._submit(self._swap, *loaded)
+                except RuntimeError:  # the index thread is shut down (the service is stopping)
+                    self._close_previous(loaded[0])
+        except Exception:  # a background task: logged, and the current index stays served
+            logger.exception("reloading the index at %s failed; the current one is still served", self.path)
 
     async def close(self) -> None:
+        self._closing = True
         try:
             await self._submit(self._close)
         finally:
             self._executor.shutdown(wait=False)
+            self._loader.shutdown(wait=False)
 
     def info(self) -> IndexInfo:
         with self._holds_lock:  # the index with its own fingerprint, as a reload swaps them
