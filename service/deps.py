@@ -288,8 +288,8 @@ AUTH_OUTCOME = "keepfit.auth_outcome"
 @dataclass
 class AuthOutcome:
     """What the throttle of failed authentications (service.middleware) makes of a 401: ``counted`` unless the
-    route says the request guessed nothing (an expired image token without a key: it opens nothing, whatever the
-    id, and a page left open for a day must not lock its user out with its thumbnails)."""
+    route says the request guessed no key (an image token without a key that does not open its image: a page left
+    open for a day, or across a rebuild or a key rotation, must not lock its user out with its thumbnails)."""
 
     counted: bool = True
 

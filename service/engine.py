@@ -840,25 +840,35 @@ class IndexHolder:
                 opener = VectorIndex.open
             index = opener(self.path, expected_artifact_version=self.artifact_version)
         except (IndexStoreError, OSError) as err:
-            if self._index is None:
-                self._error = str(err)
-            else:  # the previous index is still served: /readyz says why the new one is not
-                self._refused = f"a newer index there was refused, the previous one is still served: {err}"
-            logger.error("index at %s not loaded: %s", self.path, err)
-            self._stamp = stamp  # do not retry the same broken files on every request
-            self._failed_at = time.monotonic()
+            self._refuse(stamp, err)
             return None
         except ImportError as err:
             self._error = f"the index needs the 'serve' extra ({err.name} is missing)"
             logger.error("index at %s not loaded: %s", self.path, self._error)
             self._stamp = stamp
             return None
-        manifest = getattr(index, "manifest", {}) or {}
-        fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
-        modalities = index_modalities(index)
-        if hasattr(index, "warm"):  # what the first filtered searches would look up, here rather than on the index thread
-            index.warm(modalities)
+        try:
+            manifest = getattr(index, "manifest", {}) or {}
+            fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+            modalities = index_modalities(index)
+            if hasattr(index, "warm"):  # what the first filtered searches would look up, here, not on the index thread
+                index.warm(modalities)
+        except Exception as err:  # opened, but not servable: closed, and refused as a broken index is (not reopened,
+            # and leaked, at every check)
+            self._close_previous(index)
+            self._refuse(stamp, err)
+            return None
         return index, stamp, fingerprint, modalities
+
+    def _refuse(self, stamp: tuple[int, int], err: Exception) -> None:
+        """An index at the path that cannot be served: said by /readyz, and not tried again for a while."""
+        if self._index is None:
+            self._error = str(err)
+        else:  # the previous index is still served: /readyz says why the new one is not
+            self._refused = f"a newer index there was refused, the previous one is still served: {err}"
+        logger.error("index at %s not loaded: %s", self.path, err)
+        self._stamp = stamp  # do not retry the same broken files on every request
+        self._failed_at = time.monotonic()
 
     def _swap(self, index: Any, stamp: tuple[int, int], fingerprint: str, modalities: list[str]) -> None:
         """Serve ``index`` from now on (on the index thread); the old one is closed once no request holds it."""
@@ -945,12 +955,14 @@ class IndexHolder:
         ``RELOAD_WAIT_S`` (with ``force``, until it is served or refused)."""
         if self.path is None or (not force and time.monotonic() - self._checked_at < self.RELOAD_CHECK_S):
             return
-        if self._reloading is None or self._reloading.done():
+        started = self._reloading is None or self._reloading.done()
+        if started:
             self._checked_at = time.monotonic()
             self._reloading = asyncio.ensure_future(self._reload())
+        assert self._reloading is not None
         if force:
             await asyncio.shield(self._reloading)
-        else:
+        elif started:  # a reload already in flight (a large index opening): answered from the current one at once
             await asyncio.wait([self._reloading], timeout=self.RELOAD_WAIT_S)
 
     async def _reload(self) -> None:

@@ -507,8 +507,9 @@ class AuthFailureMiddleware:
     is looked at, until the oldest of those failures leaves the window; the public paths stay open to it.
 
     A failure is any 401 of the app: a missing or wrong ``X-API-Key`` (before the body, or on a route), a wrong
-    ``X-Admin-Key``, an image token that does not open its image; not an expired image token sent without a key
-    (:func:`service.deps.not_a_guess`), and never a success, which does not reset the count either (a client with
+    ``X-Admin-Key``; not an image token sent without a key that does not open its image (expired, from before a
+    rebuild or a key rotation, or made up: :func:`service.deps.not_a_guess`; no key was guessed, and a 128-bit MAC
+    is not), and never a success, which does not reset the count either (a client with
     a read key could otherwise guess admin keys between its reads).  The 429s themselves are not counted.
 
     Per worker process: with ``KEEPFIT_WORKERS`` = N a client may fail up to N times the limit before every worker

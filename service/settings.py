@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         default=30,
         ge=0,
         le=1000,
-        description="failed authentications (a missing or wrong key, a bad image token) from one client address "
+        description="failed authentications (a missing or wrong key) from one client address "
         "within auth_failure_window_s after which its requests get 429 without a key check (0: no limit); per worker",
     )
     auth_failure_window_s: float = Field(

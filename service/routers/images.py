@@ -17,7 +17,6 @@ from model.errors import NotFoundError
 from service.cache import cache_key
 from service.deps import (
     ImageToken,
-    ImageTokenExpiredError,
     ServiceState,
     SettingsDep,
     StateDep,
@@ -27,7 +26,7 @@ from service.deps import (
     not_a_guess,
 )
 from service.engine import make_thumbnail, original_image
-from service.errors import InvalidRequestError
+from service.errors import InvalidRequestError, UnauthorizedError
 from service.schemas import error_responses
 
 router = APIRouter(tags=["images"])
@@ -160,14 +159,17 @@ async def get_image(
             raise InvalidRequestError(f"query parameter {name!r} was sent more than once")
     try:
         access = image_access(settings.api_keys, image_id, api_key, token, settings.image_url_ttl_s)
-    except ImageTokenExpiredError:
-        if not (api_key or "").strip(" \t"):
-            not_a_guess(request)  # (with a wrong key beside it, it counts: the key was a guess)
+        if access is None:
+            record, path = await state.index.locate(image_id)
+        else:
+            record, path = await _locate_with_token(state, settings.api_keys, image_id, access)
+    except UnauthorizedError:
+        # A token that does not open its image (expired, issued before a rebuild or a key rotation, or made up) is no
+        # guess at a key, and a 128-bit MAC is not guessed: a page lazy-loading old thumbnails must not lock out its
+        # address.  With a wrong key beside it, or no token at all, the key was the guess: that counts.
+        if token and not (api_key or "").strip(" \t"):
+            not_a_guess(request)
         raise
-    if access is None:
-        record, path = await state.index.locate(image_id)
-    else:
-        record, path = await _locate_with_token(state, settings.api_keys, image_id, access)
     # The file as it is now (size and modification time) is part of the ETag and of the thumbnail's cache key: a
     # file changed on disk since is checked again (a 410), never answered with a 304 or a thumbnail cached from
     # before, as it was

@@ -60,10 +60,11 @@ def _refused(r: httpx.Response, client: str) -> int:
 
 def test_a_client_that_fails_too_often_is_refused_without_a_key_check(app: FastAPI) -> None:
     guesser, other = _client(app, "203.0.113.7"), _client(app, "203.0.113.8")
-    # three kinds of failure: a wrong key on a route, a missing key before a body is read, a token that is none
+    # three kinds of failure: a wrong key on a route, a missing key before a body is read, a wrong key beside a token
     assert_error(guesser.get("/v1/categories", headers={"X-API-Key": "guess-1"}), 401, "unauthorized")
     assert_error(guesser.post("/v1/embed", json={"text": "drusen"}), 401, "unauthorized")
-    assert_error(guesser.get("/v1/images/1?token=guess"), 401, "unauthorized", "invalid token")
+    r = guesser.get("/v1/images/1?token=guess", headers={"X-API-Key": "guess-2"})
+    assert_error(r, 401, "unauthorized", "invalid token")
     # the next request is refused, the right key included, and the image token and the unversioned alias too
     _refused(guesser.get("/v1/categories", headers={"X-API-Key": KEY}), "203.0.113.7")
     _refused(guesser.post("/v1/embed", json={"text": "drusen"}, headers={"X-API-Key": KEY}), "203.0.113.7")
@@ -108,13 +109,15 @@ def test_failures_age_out_of_the_window(default_artifact: Path, tmp_path: Path) 
         assert client.get("/v1/categories", headers={"X-API-Key": KEY}).status_code == 200
 
 
-def test_an_expired_image_url_is_no_guess_unless_a_wrong_key_came_with_it(app: FastAPI) -> None:
-    """A page left open past its URLs' lifetime must not lock its user out with its thumbnails; an expired token
-    opens nothing, whatever its id, so it guesses nothing.  Beside a wrong key, the key was a guess."""
+def test_an_image_url_that_no_longer_opens_is_no_guess_unless_a_wrong_key_came_with_it(app: FastAPI) -> None:
+    """A page left open past its URLs' lifetime, or across a key rotation or a rebuild, must not lock its user out
+    with its thumbnails: a token is no guess at a key (and a 128-bit MAC is not guessed).  Beside a wrong key, the
+    key was a guess."""
     client = _client(app, "198.51.100.30")
     stale = image_token([KEY], 1, None, int(time.time()) - 60)
     for image_id in range(10):
         assert_error(client.get(f"/v1/images/{image_id}?size=64&token={stale}"), 401, "token_expired")
+        assert_error(client.get(f"/v1/images/{image_id}?token=made-up"), 401, "unauthorized", "invalid token")
     assert client.get("/v1/categories", headers={"X-API-Key": KEY}).status_code == 200
     for attempt in range(3):
         r = client.get(f"/v1/images/1?token={stale}", headers={"X-API-Key": f"guess-{attempt}"})

@@ -45,3 +45,66 @@ def test_requests_are_answered_from_the_current_index_while_a_large_one_opens(tm
         await holder.close()
 
     asyncio.run(scenario())
+
+
+def test_only_the_request_that_finds_the_change_waits_for_the_new_index(tmp_path: Path) -> None:
+    """Every request that came RELOAD_CHECK_S or more after a slow reload had started waited RELOAD_WAIT_S for it
+    too (with the defaults: each search, image and /readyz 1 s slower from 5 s into a 12 s open of a large index)."""
+    opened: list[_Generation] = []
+    release = threading.Event()
+
+    def opener(path: Path, expected_artifact_version: str) -> _Generation:
+        if opened:
+            release.wait(10)
+        opened.append(_Generation(len(opened) + 1))
+        return opened[-1]
+
+    async def scenario() -> None:
+        _publish(tmp_path, 1)
+        holder = IndexHolder(tmp_path, "v", opener=opener)
+        holder.RELOAD_CHECK_S, holder.RELOAD_WAIT_S = 0.0, 1.0
+        await holder.start()
+        _publish(tmp_path, 2)
+        try:
+            await holder.refresh()  # starts the reload, waits RELOAD_WAIT_S for it
+            start = time.monotonic()
+            for _ in range(3):  # past RELOAD_CHECK_S, the reload still in flight
+                assert (await holder.locate(7))[1] == Path("/images/1/7.jpg")
+            assert time.monotonic() - start < 0.5
+        finally:
+            release.set()
+        await holder.refresh(force=True)
+        assert (await holder.locate(8))[1] == Path("/images/2/8.jpg")
+        await holder.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_index_that_opens_but_cannot_be_served_is_closed_and_not_reopened_at_every_check(tmp_path: Path) -> None:
+    """Opened, then failing (its modality filters warmed, say): it was left open, and opened again, its files
+    verified again, at every check (a file handle, mappings and 8 s at 1M images each time). It is closed and
+    refused as a broken index is: /readyz says so, the previous one stays served, and it is not reopened."""
+    opened: list[_Generation] = []
+
+    class Unservable(_Generation):
+        def warm(self, modalities: object) -> None:
+            raise RuntimeError("warming failed")
+
+    def opener(path: Path, expected_artifact_version: str) -> _Generation:
+        opened.append((Unservable if opened else _Generation)(len(opened) + 1))
+        return opened[-1]
+
+    async def scenario() -> None:
+        _publish(tmp_path, 1)
+        holder = IndexHolder(tmp_path, "v", opener=opener)
+        holder.RELOAD_CHECK_S = 0.0
+        await holder.start()
+        _publish(tmp_path, 2)
+        for _ in range(3):
+            await holder.refresh(force=True)
+        assert len(opened) == 2 and opened[1].closed and not opened[0].closed
+        assert (await holder.locate(7))[1] == Path("/images/1/7.jpg")
+        assert "warming failed" in (holder.info().error or "")  # /readyz: refused, the previous one served
+        await holder.close()
+
+    asyncio.run(scenario())
