@@ -5,24 +5,34 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from service.engine import IndexHolder
 from tests.service.test_durability_index_swap import _Generation, _publish
 
 
-def test_requests_are_answered_from_the_current_index_while_a_large_one_opens(tmp_path: Path) -> None:
-    """The new generation was opened on the index thread, where every search waits: verifying and reading a
-    1M-image index held every search, image and /readyz (whose probe gives up after 4 s) for about 12 s at each
-    rebuild. It is opened on a thread of its own now; a request waits for it at most RELOAD_WAIT_S."""
+def _slow_rebuild() -> tuple[list[_Generation], threading.Event, Callable[[Path, str], _Generation]]:
+    """An opener whose first index opens at once and whose rebuilt ones (a large index, slow to verify and open)
+    wait for ``release``; every index it opened, in order."""
     opened: list[_Generation] = []
     release = threading.Event()
 
     def opener(path: Path, expected_artifact_version: str) -> _Generation:
-        if opened:  # the rebuilt one: a large index, slow to verify and open
+        if opened:
             release.wait(10)
         opened.append(_Generation(len(opened) + 1))
         return opened[-1]
+
+    return opened, release, opener
+
+
+
+def test_requests_are_answered_from_the_current_index_while_a_large_one_opens(tmp_path: Path) -> None:
+    """The new generation was opened on the index thread, where every search waits: verifying and reading a
+    1M-image index held every search, image and /readyz (whose probe gives up after 4 s) for about 12 s at each
+    rebuild. It is opened on a thread of its own now; a request waits for it at most RELOAD_WAIT_S."""
+    opened, release, opener = _slow_rebuild()
 
     async def scenario() -> None:
         _publish(tmp_path, 1)
@@ -50,14 +60,7 @@ def test_requests_are_answered_from_the_current_index_while_a_large_one_opens(tm
 def test_only_the_request_that_finds_the_change_waits_for_the_new_index(tmp_path: Path) -> None:
     """Every request that came RELOAD_CHECK_S or more after a slow reload had started waited RELOAD_WAIT_S for it
     too (with the defaults: each search, image and /readyz 1 s slower from 5 s into a 12 s open of a large index)."""
-    opened: list[_Generation] = []
-    release = threading.Event()
-
-    def opener(path: Path, expected_artifact_version: str) -> _Generation:
-        if opened:
-            release.wait(10)
-        opened.append(_Generation(len(opened) + 1))
-        return opened[-1]
+    opened, release, opener = _slow_rebuild()
 
     async def scenario() -> None:
         _publish(tmp_path, 1)
