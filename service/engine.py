@@ -1032,13 +1032,17 @@ class IndexHolder:
         """Run ``fn`` on the index thread; it reads the index that :meth:`hold` gave, inside that block."""
         return await self._submit(fn)
 
-    async def locate(self, image_id: int) -> tuple[Any, Path]:
-        """The record and file of an indexed image, or :class:`NotFoundError`."""
+    async def locate(self, image_id: int, check: Callable[[Any], None] | None = None) -> tuple[Any, Path]:
+        """The record and file of an indexed image, or :class:`NotFoundError`.  ``check``, when given, sees the
+        record (None: no such id) first and may refuse it: a request with an image token is answered alike for an
+        id the index lacks and one its token was not issued for, before anything says which ids exist."""
         await self.refresh()
         with self.hold(need_images=False) as index:
 
             def run() -> tuple[Any, Path]:
                 record = index.get(int(image_id))
+                if check is not None:
+                    check(record)
                 if record is None:
                     raise NotFoundError(f"no image with id {image_id} in the index")
                 try:

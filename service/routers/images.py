@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
@@ -16,8 +16,6 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from model.errors import NotFoundError
 from service.cache import cache_key
 from service.deps import (
-    ImageToken,
-    ServiceState,
     SettingsDep,
     StateDep,
     api_key_scheme,
@@ -98,22 +96,6 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-async def _locate_with_token(
-    state: ServiceState, keys: Sequence[str], image_id: int, token: ImageToken
-) -> tuple[Any, Any]:
-    """:meth:`IndexHolder.locate` for a request that has a token and no key: the token is checked against the
-    record first, so a caller without a key gets the same 401, after the same work, for an id the index lacks as
-    for one its token was not issued for, and learns nothing about which ids exist (a 404 for a missing file
-    only once the token opened the image)."""
-    await state.index.refresh()
-    with state.index.hold(need_images=False) as index:
-        record = await state.index.call(lambda: index.get(int(image_id)))
-    check_image_token(keys, token, image_id, record)
-    located, path = await state.index.locate(image_id)
-    check_image_token(keys, token, image_id, located)  # the record served (a reload may have come between)
-    return located, path
-
-
 @router.get(
     "/images/{image_id}",
     summary="An indexed image or its thumbnail",
@@ -162,7 +144,11 @@ async def get_image(
         if access is None:
             record, path = await state.index.locate(image_id)
         else:
-            record, path = await _locate_with_token(state, settings.api_keys, image_id, access)
+            # the token checked against the record first: the same 401, after the same work, for an id the index
+            # lacks as for one the token was not issued for (a 404 for a missing file only once it opened the image)
+            record, path = await state.index.locate(
+                image_id, check=partial(check_image_token, settings.api_keys, access, image_id)
+            )
     except UnauthorizedError:
         # A token that does not open its image (expired, issued before a rebuild or a key rotation, or made up) is no
         # guess at a key, and a 128-bit MAC is not guessed: a page lazy-loading old thumbnails must not lock out its
