@@ -646,13 +646,18 @@ def _embedded_report(
     _skips(rows, report)
     report.added, report.duplicates, report.already_indexed = len(asm.records), asm.duplicates, asm.already_indexed
     report.detected_modality = _detected(rows)
-    report.compressed = int(np.count_nonzero(rows.ok & (rows.quality > 0) & (rows.quality < COMPRESSED_BELOW)))
+    report.compressed = int(np.count_nonzero(rows.ok & _compressed(rows.quality)))
     report.blurred = sum(
         1 for ok, sharp, modality in zip(rows.ok, rows.sharpness, rows.modality, strict=True)
         if ok and blurred(None if np.isnan(sharp) else float(sharp), str(modality))
     )
     report.unrecognised = int(np.count_nonzero(rows.ok & (rows.typicality > 1.0)))  # NaN: not measured, not counted
     return report
+
+
+def _compressed(quality: np.ndarray) -> np.ndarray:
+    """Which of these JPEG qualities (0: not a JPEG, or not known) are below :data:`COMPRESSED_BELOW`."""
+    return (quality > 0) & (quality < COMPRESSED_BELOW)
 
 
 def _drop(work: Path | None) -> None:
@@ -814,7 +819,7 @@ def add(
             raise _nothing_readable(sources, rows)
         report = _embedded_report(directory, "add", sources.items, rows, resumed, asm)
         report.already_indexed += len(already)
-        report.compressed += sum(1 for f in already if 0 < f.quality < COMPRESSED_BELOW)
+        report.compressed += int(np.count_nonzero(_compressed(np.asarray([f.quality for f in already], dtype=np.int16))))
         if asm.records:
             update.add(asm.records, asm.vectors, sources.descriptions)
             manifest = update.commit(report.history())
