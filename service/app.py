@@ -232,7 +232,7 @@ def _security(schema: dict[str, Any], settings: Settings) -> None:
             if not isinstance(operation, dict) or "security" not in operation:
                 continue
             needed = {k: v for req in operation["security"] for k, v in req.items() if k not in drop}
-            if path == "/metrics" and not (settings.api_keys and settings.protect_metrics):
+            if path == "/metrics" and not settings.metrics_need_key:
                 needed = {}
             if needed:
                 operation["security"] = [needed]

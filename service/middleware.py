@@ -496,7 +496,7 @@ def _needs_key(path: str, settings: Any) -> bool:
     return (
         path.startswith("/v1/")
         or path in API_ALIASES
-        or (path == "/metrics" and bool(settings.protect_metrics and settings.api_keys))
+        or (path == "/metrics" and settings.metrics_need_key)
     )
 
 

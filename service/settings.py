@@ -336,6 +336,11 @@ class Settings(BaseSettings):
         return self.upload_budget_bytes or 8 * self.max_upload_bytes
 
     @property
+    def metrics_need_key(self) -> bool:
+        """Whether ``/metrics`` needs an API key: ``protect_metrics`` with keys configured."""
+        return bool(self.api_keys and self.protect_metrics)
+
+    @property
     def classifiers_dir(self) -> Path:
         """Where classifiers live: ``classifiers``, else ``<index>.classifiers`` beside the index (outside the index
         directory, which rebuilds replace), else ``./classifiers``."""

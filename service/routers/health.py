@@ -115,7 +115,7 @@ async def metrics(
     request: Request, api_key: Annotated[str | None, Security(api_key_scheme)] = None
 ) -> Response:
     settings = request.app.state.settings
-    if settings.protect_metrics:
+    if settings.metrics_need_key:
         check_api_key(api_key, settings.api_keys)
     state: ServiceState | None = getattr(request.app.state, "service", None)
     registry = request.app.state.metrics.registry
