@@ -13,7 +13,10 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -200,5 +203,28 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        app = create_app(settings)
+        with _graceful_stop():
+            uvicorn.run(app, **common)
     return 0
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM, once uvicorn has shut down gracefully: caught by ``uvicorn.run``, which then returns."""
+
+
+@contextmanager
+def _graceful_stop() -> Iterator[None]:
+    """A stop by SIGTERM ends with status 0 after a graceful shutdown, as with ``--workers N`` and as with
+    SIGINT: uvicorn re-raises the signal it drained for (``Server.capture_signals``) once the last answer is
+    sent, and under the default handler that killed the process, status 143, which a supervisor reads as a
+    crash.  Here the re-raised signal becomes a :class:`_Stopped`, which ``uvicorn.run`` takes like a Ctrl-C."""
+
+    def stopped(signum: int, frame: object) -> None:
+        raise _Stopped("stopped")
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -17,27 +18,60 @@ from tests.conftest import ROOT
 from tests.service.servers import free_port
 
 
+def _serve(artifact: Path, tmp_path: Path, port: int, out: IO[bytes], extra: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "KEEPFIT_THREADS": "1",
+           "KEEPFIT_CLASSIFIERS": str(tmp_path / "classifiers"), **extra}
+    cmd = [sys.executable, "-m", "model.cli", "serve", "--artifact", str(artifact), "--port", str(port)]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("workers", "sig"), [(1, signal.SIGTERM), (1, signal.SIGINT), (2, signal.SIGTERM)])
+def test_a_graceful_stop_ends_with_status_0(default_artifact: Path, tmp_path: Path, workers: int, sig: int) -> None:
+    """One worker stopped by SIGTERM (``docker stop``, systemd, Kubernetes) ended with status 143: uvicorn
+    re-raised the signal after its graceful shutdown and the default handler killed the process, so a supervisor
+    saw a crash where two workers, or Ctrl-C, ended with 0."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = _serve(default_artifact, tmp_path, port, out, {"KEEPFIT_WORKERS": str(workers)})
+        try:
+            _wait_ready(proc, port, log)
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/categories", timeout=10).status_code == 200
+            proc.send_signal(sig)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert code == 0, (code, text[-2000:])
+    assert "Traceback" not in text, text[-3000:]
+    assert "Finished server process" in text or "Stopping parent process" in text, text[-2000:]
+
+
 @pytest.mark.slow
 def test_a_request_stopped_at_shutdown_is_a_503_to_send_again_not_a_500(default_artifact: Path, tmp_path: Path) -> None:
     """An upload still arriving when the grace ran out: uvicorn cancelled its handler and answered a text/plain
     500 "Internal Server Error" (and logged a traceback), which a client takes for a bug in the service."""
     port = free_port()
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "KEEPFIT_THREADS": "1", "KEEPFIT_SHUTDOWN_GRACE_S": "0.5",
-           "KEEPFIT_CLASSIFIERS": str(tmp_path / "classifiers")}
-    cmd = [sys.executable, "-m", "model.cli", "serve", "--artifact", str(default_artifact), "--port", str(port)]
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = _serve(default_artifact, tmp_path, port, out, {"KEEPFIT_SHUTDOWN_GRACE_S": "0.5"})
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.3)
+            _wait_ready(proc, port, log)
             with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
                 boundary = "b0undary"
                 head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
