@@ -180,7 +180,7 @@ def _check_out(out: Path, manifests: list[str]) -> None:
 
 def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
     from service.classifier_cli import _settings, _store
-    from service.classifiers import ClassifierNotFoundError
+    from service.classifiers import ClassifierNotFoundError, ClassifierRow
     from service.engine import Engine
 
     engine = Engine.load(_settings(artifact=Path(args.artifact), threads=1, inference_concurrency=threads))
@@ -192,13 +192,17 @@ def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
         except ClassifierNotFoundError as err:  # its message points to the HTTP API
             raise DataError(f"no classifier named {name!r} in {store.root}: `keepfit classifier list --store "
                             f"{store.root}` lists them") from err
-        if row.artifact_version != engine.version:
-            raise ConfigError(
-                f"classifier {row.name!r} in {store.root} was fitted with artifact {row.artifact_version}; "
-                f"{args.artifact} is {engine.version}: refit it "
-                f"(keepfit classifier refit {row.name} --store {store.root} --artifact {args.artifact})"
-            )
-        model = store.load(row, engine.runtime.embed_dim)
+
+        def current(row: ClassifierRow) -> None:
+            if row.artifact_version != engine.version:
+                raise ConfigError(
+                    f"classifier {row.name!r} in {store.root} was fitted with artifact {row.artifact_version}; "
+                    f"{args.artifact} is {engine.version}: refit it "
+                    f"(keepfit classifier refit {row.name} --store {store.root} --artifact {args.artifact})"
+                )
+
+        # as the API reads it: a refit by a running service between the row and its arrays is read again
+        row, model = store.load_current(row, engine.runtime.embed_dim, current)
         return Scorer(engine, None, None, "auto", "auto", args.top_k, row=row, model=model)
     engine.check_modality(args.modality)
     task = args.task.strip() if args.task is not None else None  # as the API takes it

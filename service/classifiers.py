@@ -35,7 +35,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ OPEN_TIMEOUT_S = 30.0  # how long a connection waits for another process's lock
 # removes one only once it is this old (see ClassifierStore._sweep for why, although it holds the write lock)
 LEFTOVER_AGE_S = 120.0
 MIN_EXAMPLES = 2  # per category: cross-validation needs one to hold out and one to fit
+RELOADS = 5  # a classifier's row read again after a refit elsewhere collected its arrays, before a 409
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS classifiers (
     name TEXT PRIMARY KEY,
@@ -704,6 +705,23 @@ class ClassifierStore:
             if current.version == row.version:
                 raise  # its own arrays are missing: really unreadable
             return current, None
+
+    def load_current(
+        self, row: ClassifierRow, dim: int | None = None, check: Callable[[ClassifierRow], None] | None = None
+    ) -> tuple[ClassifierRow, fewshot.FittedClassifier]:
+        """``(row, load(row))``, or of the row now under its name when a refit or a delete elsewhere collected
+        ``row``'s arrays after it was read (:meth:`load_or_current`), read again at most :data:`RELOADS` times
+        before the 409 ``classifier_changed``; ``check`` (which may raise) sees each row before it is loaded.  The
+        API's classify and ``keepfit classify --classifier`` both read a classifier this way."""
+        for _ in range(RELOADS + 1):
+            if check is not None:
+                check(row)
+            row, model = self.load_or_current(row, dim)
+            if model is not None:
+                return row, model
+        raise ClassifierChangedError(
+            f"classifier {row.name!r} was refitted again and again while this request read it: send it again"
+        )
 
     def _arrays_path(self, name: str) -> Path:
         """The arrays file ``name`` of this store; a name that would lead out of its folder (a tampered database)

@@ -43,7 +43,6 @@ from service.classifiers import (
     NAME_PATTERN,
     AdminKeyError,
     CategorySpec,
-    ClassifierChangedError,
     ClassifierRow,
     ClassifierStaleError,
     ClassifierStore,
@@ -1127,23 +1126,20 @@ async def classify_with_classifier(
     store = await get_store(state)
     cached = store.cached_row(name)
     row: ClassifierRow = cached if cached is not None else await state.run_blocking(store.get, name)
-    model = store.cached_model(row)
-    reads = 0
-    while True:  # a refit or a delete elsewhere between reading the row and loading its arrays: read it again
+
+    def current(row: ClassifierRow) -> None:
         if row.artifact_version != engine.version:
             raise ClassifierStaleError(
                 f"classifier {name!r} was fitted with artifact {row.artifact_name} {row.artifact_version}; this "
                 f"service runs {engine.name} {engine.version}. Refit it: POST /v1/classifiers/{name}/refit "
                 f"(or `keepfit classifier refit {name}`)"
             )
-        if model is not None:
-            break
-        if reads == 5:
-            raise ClassifierChangedError(
-                f"classifier {name!r} was refitted again and again while this request read it: send it again"
-            )
-        reads += 1
-        row, model = await state.run_blocking(store.load_or_current, row, engine.runtime.embed_dim)
+
+    model = store.cached_model(row)
+    if model is not None:
+        current(row)
+    else:  # read again while a refit or a delete elsewhere collects the arrays of the row read
+        row, model = await state.run_blocking(store.load_current, row, engine.runtime.embed_dim, current)
     timings = Timings(state.metrics)
     params: dict[str, Any] = {"classifier": name, "classifier_version": row.version, "top_k": top_k}
     if frame is not None:

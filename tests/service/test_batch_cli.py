@@ -259,9 +259,11 @@ def test_a_classifier_of_another_artifact_is_refused_with_the_refit_to_run(
     import service.classifier_cli as classifier_cli
     from model.errors import ConfigError
     from service import batch_cli
+    from service.classifiers import ClassifierStore
 
     row = types.SimpleNamespace(name="dr", artifact_version="20200101-old")
     store = types.SimpleNamespace(root=tmp_path / "classifiers", get=lambda name: row)
+    store.load_current = lambda *a: ClassifierStore.load_current(store, *a)  # checks the row before it loads it
     monkeypatch.setattr(classifier_cli, "_store", lambda args: store)
     args = batch_cli.build_parser().parse_args(
         ["--images", str(tmp_path), "--out", str(tmp_path / "r.csv"), "--classifier", "dr",
