@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from functools import partial
 from typing import Annotated, Any
 
@@ -41,6 +42,7 @@ carry a per-image `token` so that `<img src>` works in a browser.  A token opens
 """
 
 _MAX_ID = 2**63 - 1
+_MAX_AGE_S = 86400  # how long a browser may keep an image it was given (Cache-Control, private)
 
 
 def _digits_only(value: Any) -> Any:
@@ -165,7 +167,10 @@ async def get_image(
         raise NotFoundError(f"the file of image {image_id} is no longer available") from err
     stamp = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
     etag = f'"{record.sha256}-{size or "full"}-{stamp}"' if record.sha256 else None
-    headers = {"Cache-Control": "private, max-age=86400"}
+    # a copy opened by a token is kept no longer than the token opens the image (a browser keyed its copy by the
+    # URL, token included, and kept it a day whatever the token's lifetime)
+    max_age = _MAX_AGE_S if access is None else max(0, min(_MAX_AGE_S, int(access.expires - time.time())))
+    headers = {"Cache-Control": f"private, max-age={max_age}"}
     if etag:
         headers["ETag"] = etag
         if _matches(request.headers.get("if-none-match"), etag):

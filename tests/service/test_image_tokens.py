@@ -250,6 +250,26 @@ def test_a_shorter_lifetime_is_used(default_artifact: Path, tmp_path: Path, arch
         assert before + 600 <= expires <= time.time() + 600 + 25 and expires % 25 == 0
 
 
+def test_a_browser_keeps_a_token_opened_image_no_longer_than_the_token_opens_it(
+    default_artifact: Path, tmp_path: Path, archive: _Archive
+) -> None:
+    """``Cache-Control: max-age=86400`` let a browser show an image from its cache for a day after a 10-minute
+    token had expired; with the key, the day stays."""
+    (tmp_path / "index_manifest.json").write_text("{}")
+    settings = make_settings(default_artifact, index=tmp_path, api_keys=[KEY], image_url_ttl_s=600)
+    with TestClient(create_app(settings, index_opener=lambda *a, **k: archive)) as client:
+        hit = _hit(client)
+        expires = int(TOKEN.fullmatch(_token(hit["image_url"])).group(1))  # type: ignore[union-attr]
+        for url in (hit["image_url"], hit["thumbnail_url"]):
+            before = time.time()
+            r = client.get(_local(url))
+            assert r.status_code == 200, r.text
+            max_age = int(r.headers["cache-control"].removeprefix("private, max-age="))
+            assert expires - time.time() - 1 <= max_age <= expires - before and max_age <= 600 + 25
+        keyed = client.get(_local(hit["image_url"]).split("?")[0], headers=HEADERS)
+        assert keyed.headers["cache-control"] == "private, max-age=86400"
+
+
 def test_the_access_log_never_shows_a_token() -> None:
     token = image_token([KEY], 5, "aa" * 32, image_token_expiry(DAY))
     line = _redact_tokens(f"GET /v1/images/5?size=256&token={token} HTTP/1.1")
