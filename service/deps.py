@@ -281,24 +281,6 @@ async def no_query_parameters(request: Request) -> None:
 IMAGE_TOKEN_STEPS = 24  # expiry rounded up to a multiple of ttl/24: an hour for the default day
 IMAGE_TOKEN_SKEW_S = 300  # clocks of replicas may differ by this much: a token expiring this much later still counts
 _IMAGE_TOKEN = re.compile(r"(\d{1,12})\.([0-9a-f]{32})")
-# request.scope key of the failed-authentication throttle's note on a request (service.middleware)
-AUTH_OUTCOME = "keepfit.auth_outcome"
-
-
-@dataclass
-class AuthOutcome:
-    """What the throttle of failed authentications (service.middleware) makes of a 401: ``counted`` unless the
-    route says the request guessed no key (an image token without a key that does not open its image: a page left
-    open for a day, or across a rebuild or a key rotation, must not lock its user out with its thumbnails)."""
-
-    counted: bool = True
-
-
-def not_a_guess(request: Request) -> None:
-    """Tell the throttle of failed authentications that this request's 401 is no guess at a key or token."""
-    outcome = request.scope.get(AUTH_OUTCOME)
-    if isinstance(outcome, AuthOutcome):
-        outcome.counted = False
 
 
 @lru_cache(maxsize=16)

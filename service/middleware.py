@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.logs import logging_fields
-from service.deps import API_KEY_HEADER, AUTH_OUTCOME, AuthOutcome, key_matches
+from service.deps import API_KEY_HEADER, key_matches
 from service.errors import REPEATED, error_body, more_like_it
 
 logger = logging.getLogger(__name__)
@@ -500,17 +500,34 @@ def _needs_key(path: str, settings: Any) -> bool:
     )
 
 
+def _wrong_key_sent(scope: Scope, settings: Any) -> bool:
+    """Whether the request sent a key that is wrong: an ``X-API-Key`` that is none of the API keys, or an
+    ``X-Admin-Key`` that is none of the admin keys (each by its first value; a blank header is no key).  A request
+    that sent none, or only right ones, guessed nothing, whatever it was refused for."""
+    sent: dict[bytes, str] = {}
+    for name, value in scope.get("headers", ()):
+        if name in (b"x-api-key", b"x-admin-key") and name not in sent:
+            sent[name] = value.decode("latin-1")
+    api, admin = sent.get(b"x-api-key", ""), sent.get(b"x-admin-key", "")
+    return bool(
+        (api.strip(" \t") and settings.api_keys and not key_matches(api, settings.api_keys))
+        or (admin.strip(" \t") and not key_matches(admin, settings.admin_keys))
+    )
+
+
 class AuthFailureMiddleware:
     """After ``KEEPFIT_AUTH_FAILURE_LIMIT`` failed authentications within ``KEEPFIT_AUTH_FAILURE_WINDOW_S`` from
     one client (:func:`client_address`), its requests for what a key opens (``/v1``, the unversioned aliases,
     ``/metrics`` when protected) are answered 429 ``too_many_auth_failures`` with ``Retry-After``, before any key
     is looked at, until the oldest of those failures leaves the window; the public paths stay open to it.
 
-    A failure is any 401 of the app: a missing or wrong ``X-API-Key`` (before the body, or on a route), a wrong
-    ``X-Admin-Key``; not an image token sent without a key that does not open its image (expired, from before a
-    rebuild or a key rotation, or made up: :func:`service.deps.not_a_guess`; no key was guessed, and a 128-bit MAC
-    is not), and never a success, which does not reset the count either (a client with
-    a read key could otherwise guess admin keys between its reads).  The 429s themselves are not counted.
+    A failure is a 401 of the app to a request that sent a wrong key (:func:`_wrong_key_sent`): a wrong
+    ``X-API-Key`` (before the body, or on a route), a wrong ``X-Admin-Key``.  A request that sent none (a blank
+    header is none) guessed nothing, so a client without its key, a reader without the admin key, or a page whose
+    image tokens expired (a 128-bit MAC is not guessed) is answered 401 as often as it asks and locks nobody out
+    behind its address.  A success is never counted and does not reset
+    the count either (a client with a read key could otherwise guess admin keys between its reads).  The 429s
+    themselves are not counted.
 
     Per worker process: with ``KEEPFIT_WORKERS`` = N a client may fail up to N times the limit before every worker
     refuses it (and each replica counts its own).  Behind a reverse proxy every client is the proxy unless uvicorn
@@ -542,10 +559,12 @@ class AuthFailureMiddleware:
                 )
                 await _reject(send, 429, "too_many_auth_failures", message, [(b"retry-after", str(retry).encode())])
                 return
-        outcome = scope[AUTH_OUTCOME] = AuthOutcome()
-
         async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and message.get("status") == 401 and outcome.counted:
+            if (
+                message["type"] == "http.response.start"
+                and message.get("status") == 401
+                and _wrong_key_sent(scope, settings)
+            ):
                 max_clients = int(settings.auth_failure_clients)
                 if self.failures.failed(client, limit, window, max_clients, time.monotonic()):
                     count = REPEATED.due("auth_failures")

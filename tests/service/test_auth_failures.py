@@ -60,9 +60,9 @@ def _refused(r: httpx.Response, client: str) -> int:
 
 def test_a_client_that_fails_too_often_is_refused_without_a_key_check(app: FastAPI) -> None:
     guesser, other = _client(app, "203.0.113.7"), _client(app, "203.0.113.8")
-    # three kinds of failure: a wrong key on a route, a missing key before a body is read, a wrong key beside a token
+    # three kinds of failure: a wrong key on a route, a wrong key before a body is read, a wrong key beside a token
     assert_error(guesser.get("/v1/categories", headers={"X-API-Key": "guess-1"}), 401, "unauthorized")
-    assert_error(guesser.post("/v1/embed", json={"text": "drusen"}), 401, "unauthorized")
+    assert_error(guesser.post("/v1/embed", json={"text": "drusen"}, headers={"X-API-Key": " guess-x "}), 401, "unauthorized")
     r = guesser.get("/v1/images/1?token=guess", headers={"X-API-Key": "guess-2"})
     assert_error(r, 401, "unauthorized", "invalid token")
     # the next request is refused, the right key included, and the image token and the unversioned alias too
@@ -100,13 +100,29 @@ def test_failures_age_out_of_the_window(default_artifact: Path, tmp_path: Path) 
     app = _app(default_artifact, tmp_path, auth_failure_limit=2, auth_failure_window_s=1.0)
     with TestClient(app, client=("192.0.2.5", 40000)) as client:
         for _ in range(2):
-            assert client.get("/v1/categories").status_code == 401
+            assert client.get("/v1/categories", headers={"X-API-Key": "guess"}).status_code == 401
         started = time.monotonic()
         assert _refused(client.get("/v1/categories", headers={"X-API-Key": KEY}), "192.0.2.5") == 1
         time.sleep(max(0.0, 1.05 - (time.monotonic() - started)))
         assert client.get("/v1/categories", headers={"X-API-Key": KEY}).status_code == 200
-        assert client.get("/v1/categories").status_code == 401  # one failure in the new window: not refused
+        assert client.get("/v1/categories", headers={"X-API-Key": "guess"}).status_code == 401  # one: not refused
         assert client.get("/v1/categories", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_a_client_that_sends_no_key_guesses_nothing_and_locks_nobody_out(app: FastAPI) -> None:
+    """A front end deployed without its key (or with a blank one) polled its way into a 429 within the limit, and
+    so did every other client behind its address (a clinic's NAT, a proxy): no key was guessed."""
+    client = _client(app, "198.51.100.40")
+    for _ in range(10):
+        assert_error(client.get("/v1/categories"), 401, "unauthorized")
+        assert_error(client.post("/v1/embed", json={"text": "drusen"}, headers={"X-API-Key": " "}), 401, "unauthorized")
+        r = client.delete("/v1/classifiers/any", headers={"X-API-Key": KEY, "X-Admin-Key": ""})
+        assert r.status_code == 401, r.text
+    assert client.get("/v1/categories", headers={"X-API-Key": KEY}).status_code == 200
+    for attempt in range(3):  # a key sent, and wrong: a guess
+        assert client.get("/v1/categories", headers={"X-API-Key": f"guess-{attempt}"}).status_code == 401
+    _refused(client.get("/v1/categories", headers={"X-API-Key": KEY}), "198.51.100.40")
+    _refused(client.get("/v1/categories"), "198.51.100.40")  # refused without a key too, once it guessed
 
 
 def test_an_image_url_that_no_longer_opens_is_no_guess_unless_a_wrong_key_came_with_it(app: FastAPI) -> None:
