@@ -115,8 +115,9 @@ def _lifespan(index_opener: Any = None) -> Any:
         )
         metrics.cpu_cores.set(settings.cores)
         metrics.model_runs.set(settings.concurrency)
-        metrics.model_jobs.set_function(
-            lambda: sum(pool.pending for pool in (service.pool, service.large_pool, service.early_pool) if pool)
+        metrics.set_function(
+            metrics.model_jobs,
+            lambda: sum(pool.pending for pool in (service.pool, service.large_pool, service.early_pool) if pool),
         )
         try:
             yield

@@ -5,6 +5,9 @@ same settings).  Without ``--index`` / ``KEEPFIT_INDEX`` an index is looked for 
 and ``indexes/default``; with none the service still starts and search answers 503 saying so.  A configured
 index that does not exist stops start-up (unless ``KEEPFIT_INDEX_OPTIONAL=true``), and so does a taken port,
 both before the model loads.
+
+With several workers their metrics are kept in files in one directory (``PROMETHEUS_MULTIPROC_DIR``) that every
+worker's ``/metrics`` reads, so a scrape reports the whole server (:func:`shared_metrics`).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import argparse
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +110,100 @@ def uvicorn_log_config(fmt: str = "text") -> dict[str, Any]:
     }
 
 
+# prometheus_client's variable (and its deprecated spelling): the directory its multiprocess mode keeps values in
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_DIR_ENV_OLD = "prometheus_multiproc_dir"
+METRICS_LOCK = ".keepfit-serve.lock"  # held while a server uses the directory: another one would empty it
+
+
+@contextmanager
+def shared_metrics(workers: int) -> Iterator[Path | None]:
+    """The directory the workers keep their metrics in, in ``PROMETHEUS_MULTIPROC_DIR`` while the block runs (the
+    workers inherit it, and their prometheus_client keeps its values in files there that every worker's ``/metrics``
+    reads), or None with one worker, whose metrics stay in its memory (a ``PROMETHEUS_MULTIPROC_DIR`` set is
+    ignored then).
+
+    By default a new private (0700) directory under the temporary directory (``TMPDIR``, else ``/tmp``: a tmpfs in
+    the compose file, whose root is read-only), removed afterwards. One given in ``PROMETHEUS_MULTIPROC_DIR`` is
+    made if missing and emptied of metric files (``*.db``) before and after, as a previous run's would add its
+    counts; two servers cannot share one (:class:`ConfigError`). The environment is restored afterwards.
+    """
+    saved = {name: os.environ.pop(name, None) for name in (MULTIPROC_DIR_ENV, MULTIPROC_DIR_ENV_OLD)}
+    given = saved[MULTIPROC_DIR_ENV] or saved[MULTIPROC_DIR_ENV_OLD]
+    try:
+        if workers <= 1:
+            if given:
+                logger.info("%s is ignored with one worker (its metrics are its own)", MULTIPROC_DIR_ENV)
+            yield None
+            return
+        with ExitStack() as cleanup:
+            if given:
+                path = Path(given)
+                cleanup.enter_context(_metrics_dir_of_ours(path))
+            else:
+                try:
+                    path = Path(tempfile.mkdtemp(prefix="keepfit-metrics-"))
+                except OSError as err:
+                    raise ConfigError(
+                        f"--workers {workers} keeps the workers' metrics in files, and no temporary directory could "
+                        f"be made for them ({err.strerror or err}): set TMPDIR or {MULTIPROC_DIR_ENV} to a writable "
+                        "directory (with a read-only root, mount a tmpfs at /tmp as the compose file does)"
+                    ) from err
+                cleanup.callback(shutil.rmtree, path, ignore_errors=True)
+            os.environ[MULTIPROC_DIR_ENV] = str(path)
+            logger.info("the %d workers keep their metrics in %s (%s)", workers, path, MULTIPROC_DIR_ENV)
+            yield path
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def _metrics_dir_of_ours(path: Path) -> Iterator[None]:
+    """An operator's metrics directory, made if missing, held (locked) and emptied of metric files for one server."""
+    import fcntl
+
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = (path / METRICS_LOCK).open("a")
+    except OSError as err:
+        raise ConfigError(f"cannot use {MULTIPROC_DIR_ENV}={path}: {err.strerror or err}") from err
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            raise ConfigError(
+                f"{MULTIPROC_DIR_ENV}={path} is in use by another keepfit serve: give each server a directory of its "
+                "own (or unset it: a private one is made)"
+            ) from err
+        try:
+            _remove_metric_files(path)
+        except OSError as err:
+            raise ConfigError(f"cannot empty {MULTIPROC_DIR_ENV}={path}: {err.strerror or err}") from err
+        try:
+            yield
+        finally:
+            try:
+                _remove_metric_files(path)
+                (path / METRICS_LOCK).unlink(missing_ok=True)
+            except OSError as err:  # the server has stopped: say so, but end as it would have
+                logger.warning("could not empty %s=%s: %s", MULTIPROC_DIR_ENV, path, err)
+
+
+def _remove_metric_files(path: Path) -> None:
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with ExitStack() as on_exit:  # what the server needed until it stops (the workers' metrics directory)
+        return _serve(argv, on_exit)
+
+
+def _serve(argv: list[str] | None, on_exit: ExitStack) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
         "KEEPFIT_ARTIFACT": args.artifact,
@@ -183,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.concurrency,
         settings.intra_op_threads,
     )
+    on_exit.enter_context(shared_metrics(settings.workers))
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

@@ -2,26 +2,56 @@
 
 Each app gets its own registry (several apps live in one test process); ``GET /metrics`` exposes it.  Route
 labels are path templates (``/v1/images/{image_id}``), never raw paths, so label cardinality stays bounded.
+
+With several worker processes (``keepfit serve --workers N``) a registry in each would report only the worker that
+answered the scrape.  There ``keepfit serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start, so their
+prometheus_client keeps its values in files in that directory (its multiprocess mode, chosen when it is imported),
+and ``GET /metrics`` reads the files of every worker (:class:`SharedCollector`): counters and histograms are summed
+over the workers, the dead ones included; each gauge is combined as its ``multiprocess_mode`` says (ignored with
+one worker).  What a worker computes on demand is written to its files instead: the protocol's refusals when they
+happen (:func:`count_refusal`), ``keepfit_model_jobs`` at each request's start and end (:meth:`Metrics.set_function`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+# prometheus_client's own variable: set (by ``keepfit serve`` with several workers) when it is imported, it keeps every
+# value of the process in files in that directory
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def shared_dir() -> str | None:
+    """The directory this process's metrics are kept in for the other workers to read, or None: in memory, this
+    process's alone.  Decided by prometheus_client when it was imported (``PROMETHEUS_MULTIPROC_DIR`` set then)."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        return None
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        # In one process (one worker, the tests) the registry ``/metrics`` exposes holds the metrics themselves. With
+        # several workers it reads the files of all of them instead; the metrics here write this worker's.
+        self.shared_dir = shared_dir()
+        if self.shared_dir is not None:
+            _forget_dead_workers(self.shared_dir, this_process=True)
+        own = CollectorRegistry(auto_describe=True)
+        self.registry = own
         self.requests = Counter(
             "keepfit_requests",
             "HTTP requests answered",
@@ -51,8 +81,13 @@ class Metrics:
             "Cache backend operations that failed (served without cache)",
             registry=self.registry,
         )
+        # With several workers (ignored with one): each gauge combined over the live workers as its meaning says.
+        # The cache backend is one for all: the state a worker saw last (a scrape's worker checks it first).
         self.cache_degraded = Gauge(
-            "keepfit_cache_degraded", "1 while the cache backend is unreachable", registry=self.registry
+            "keepfit_cache_degraded",
+            "1 while the cache backend is unreachable",
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.early_decodes = Counter(
             "keepfit_early_decodes",
@@ -62,24 +97,63 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.index_size = Gauge("keepfit_index_images", "Images in the loaded index", registry=self.registry)
-        self.inflight = Gauge(
-            "keepfit_requests_in_progress", "Requests being answered", registry=self.registry
+        # each worker loads the index by itself: the largest it has (a grown index counts once a worker has it; a
+        # shrunk one once all have; 0 with none, as with one worker, where "mostrecent" would leave no sample)
+        self.index_size = Gauge(
+            "keepfit_index_images",
+            "Images in the loaded index",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
-        # what this worker was sized with at start-up (GET /readyz "compute"), and how much of it is in use
+        self.inflight = Gauge(
+            "keepfit_requests_in_progress",
+            "Requests being answered",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        # what this worker was sized with at start-up (GET /readyz "compute"), and how much of it is in use; with
+        # several workers one series each, labelled with its pid (the live ones), so that jobs / runs pair up per worker
         self.cpu_cores = Gauge(
             "keepfit_cpu_cores",
             "CPU cores this worker may keep busy: its affinity, capped by a container's CPU quota, over the workers",
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
-        self.model_runs = Gauge("keepfit_model_runs", "Model runs this worker allows at once", registry=self.registry)
+        self.model_runs = Gauge(
+            "keepfit_model_runs",
+            "Model runs this worker allows at once",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
         self.model_jobs = Gauge(
             "keepfit_model_jobs",
             "Model jobs (decode, encode) queued or running in this worker, in all its lanes and head starts; "
             "beyond keepfit_model_runs in the normal lane they wait",
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
-        self.registry.register(_RefusedConnections())
+        self._published: list[tuple[Gauge, Callable[[], float]]] = []
+        if self.shared_dir is None:
+            own.register(_RefusedConnections())
+        else:
+            _shared_refusals(self.shared_dir)  # every reason, at 0 until one is refused
+            families = [m for m in vars(self).values() if isinstance(m, MetricWrapperBase)]
+            self.registry = CollectorRegistry()  # (auto_describe would read the files at once)
+            self.registry.register(SharedCollector(self.shared_dir, families))
+
+    def set_function(self, gauge: Gauge, value: Callable[[], float]) -> None:
+        """``gauge`` reads ``value()``: when scraped in one process; with several workers, where a scrape reads
+        files, written to this worker's at each request's start and end (:meth:`publish`)."""
+        if self.shared_dir is None:
+            gauge.set_function(value)
+        else:
+            self._published.append((gauge, value))
+            gauge.set(value())
+
+    def publish(self) -> None:
+        """With several workers: the values of :meth:`set_function` gauges into this worker's files."""
+        for gauge, value in self._published:
+            gauge.set(value())
 
     @contextmanager
     def time_stage(self, stage: str, timings: dict[str, float] | None = None) -> Iterator[None]:
@@ -106,14 +180,98 @@ class _RefusedConnections(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         from service.protocol import REFUSED, REFUSED_REASONS  # the protocol counts, per worker process
 
-        family = CounterMetricFamily(
-            "keepfit_connections_refused",
-            "Connections the HTTP protocol refused before a request reached the app, by reason",
-            labels=["reason"],
-        )
+        family = CounterMetricFamily("keepfit_connections_refused", _REFUSED_HELP, labels=["reason"])
         for reason in REFUSED_REASONS:
             family.add_metric([reason], REFUSED[reason])
         yield family
+
+
+_REFUSED_HELP = "Connections the HTTP protocol refused before a request reached the app, by reason"
+# with several workers: the refusals of this process, in its files (one counter per process, as the protocol's)
+_shared_refused: dict[tuple[object, str], Counter] = {}
+
+
+def _shared_refusals(path: str) -> Counter:
+    key = (values.ValueClass, path)
+    counter = _shared_refused.get(key)
+    if counter is None:
+        from service.protocol import REFUSED_REASONS
+
+        counter = Counter("keepfit_connections_refused", _REFUSED_HELP, ["reason"], registry=None)
+        for reason in REFUSED_REASONS:
+            counter.labels(reason)  # at 0 until one is refused, as with one worker
+        _shared_refused[key] = counter
+    return counter
+
+
+def count_refusal(reason: str) -> None:
+    """A connection the protocol refused (:data:`service.protocol.REFUSED` counts it): with several workers, into
+    this worker's files as well, where ``/metrics`` reads it."""
+    path = shared_dir()
+    if path is not None:
+        _shared_refusals(path).labels(reason).inc()
+
+
+class SharedCollector(MultiProcessCollector):
+    """The metrics of every worker from the files in ``path``, summed (the gauges as their mode says). The gauges
+    of a worker that died (uvicorn starts another) are dropped first; its counters and histograms stay in the sums,
+    which would otherwise fall. ``families`` no worker has a value of yet are listed empty, as one worker lists
+    them."""
+
+    def __init__(self, path: str, families: Iterable[MetricWrapperBase] = ()) -> None:
+        super().__init__(None, path)
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        _forget_dead_workers(self._path)
+        found = list(super().collect())
+        names = {metric.name for metric in found}
+        return found + [m for family in self._families for m in family.describe() if m.name not in names]
+
+
+_LIVE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+_checked_own: set[tuple[int, str]] = set()
+
+
+def _forget_dead_workers(path: str, this_process: bool = False) -> None:
+    """Drop the live gauges of the workers that no longer run (prometheus_client's ``mark_process_dead``, which
+    fails when another worker's scrape removes the same file first). With ``this_process``, the first time in this
+    process, its own pid's too: they are a dead worker's whose pid came round again, and this one would carry on its
+    gauges (a request in progress when it was killed would count for ever)."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    me = os.getpid()
+    mine_are_stale = this_process and (me, path) not in _checked_own
+    if this_process:
+        _checked_own.add((me, path))
+    running: dict[int, bool] = {}
+    for name in names:
+        found = _LIVE_FILE.match(name)
+        if found is None:
+            continue
+        pid = int(found.group(1))
+        if pid != me and pid not in running:
+            running[pid] = _running(pid)
+        if mine_are_stale if pid == me else not running[pid]:
+            with suppress(FileNotFoundError):
+                os.remove(os.path.join(path, name))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped by uvicorn's supervisor, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's: not a worker, but not ours to judge either
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 # Served by the app but not in its OpenAPI schema: each its own label, not "unmatched" beside real 404s
@@ -181,11 +339,16 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        self.metrics.inflight.inc()
+        metrics = self.metrics
+        metrics.inflight.inc()
+        if metrics._published:  # several workers: gauges a scrape cannot compute in this worker
+            metrics.publish()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.inflight.dec()
+            metrics.inflight.dec()
+            if metrics._published:
+                metrics.publish()
             template = self.route_labels(scope.get("path", ""))
             method = method_label(scope.get("method", "GET"))
             self.metrics.requests.labels(method, template, str(status)).inc()

@@ -22,6 +22,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from model.logs import logging_fields
+from service.metrics import count_refusal
 from service.middleware import ALWAYS_HEADERS, API_CSP, CSP_HEADER, REQUEST_ID_HEADER, request_id_of
 
 # The request line and all headers of one request. Browsers and HTTP libraries send a few hundred bytes to a few
@@ -36,6 +37,12 @@ MAX_DRAIN_BYTES = 8 * 1024 * 1024
 REFUSED_REASONS = ("headers_too_large", "header_timeout", "silent_connection", "invalid_request")
 REFUSED: Counter[str] = Counter()
 INVALID_REQUEST = "refused a request that is not valid HTTP"
+
+
+def count_refused(reason: str) -> None:
+    """One more refusal for ``reason``: in :data:`REFUSED` and, with several workers, where ``/metrics`` reads it."""
+    REFUSED[reason] += 1
+    count_refusal(reason)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -142,7 +149,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 f"the request headers did not arrive within {self.header_timeout_s:g} s (KEEPFIT_HEADER_TIMEOUT_S)",
             )
         elif not self._got_bytes and self.cycle is None:
-            REFUSED["silent_connection"] += 1
+            count_refused("silent_connection")
             self.transport.close()  # connected and never sent a request
 
     def _refuse(self, status: int, code: str, message: str) -> None:
@@ -150,7 +157,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         (:mod:`service.middleware`), and close the connection (the rest of the request is never read)."""
         self._disarm_header_timer()
         self._in_headers, self._refused = False, True
-        REFUSED["header_timeout" if status == 408 else "headers_too_large"] += 1
+        count_refused("header_timeout" if status == 408 else "headers_too_large")
         self._answer_and_close(status, code, message, "refused a request before its headers were complete")
 
     def send_400_response(self, msg: str) -> None:
@@ -171,7 +178,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._disarm_header_timer()
         self._in_headers, self._refused = False, True
-        REFUSED["invalid_request"] += 1  # never reached the app: no request counter saw it (a scan, a broken client)
+        count_refused("invalid_request")  # never reached the app: no request counter saw it (a scan, a broken client)
         self._answer_and_close(400, "bad_request", message, INVALID_REQUEST)
 
     def _answer_and_close(self, status: int, code: str, message: str, what: str) -> None:
