@@ -316,7 +316,7 @@ def delete_main(args: argparse.Namespace) -> int:
 
 
 def refit_main(args: argparse.Namespace) -> int:
-    from service.routers.classifiers import fit_and_row
+    from service.routers.classifiers import example_warnings, fit_and_row
 
     store = _store(args)
     row, stored = store.snapshot(args.name)  # one read: a delete in between is "no classifier", not a crash
@@ -338,10 +338,11 @@ def refit_main(args: argparse.Namespace) -> int:
                     "which can read the index's images"
                 )
             try:
-                emb = _embed_example(engine, data, "the example").embedding
+                found = _embed_example(engine, data, "the example")
             except DataError as err:  # refused by a rule newer than the classifier (an almost uniform example)
                 raise DataError(refit_refused_message(e, str(err.__cause__ or err), row.name)) from err
-            examples.append(Example(e["category"], e["sha256"], "upload", emb, data=data))
+            examples.append(Example(e["category"], e["sha256"], "upload", found.embedding, data=data,
+                                    typicality=found.typicality))
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new, result = fit_and_row(
         engine,
@@ -358,6 +359,8 @@ def refit_main(args: argparse.Namespace) -> int:
         f"artifact {saved.artifact_version}, estimate {estimate_words(saved.estimate)}"
     )
     print(message)  # noqa: T201
+    for warning in example_warnings(examples):  # as the API's refit answers
+        print(f"warning: {warning['message']}", file=sys.stderr)  # noqa: T201
     return 0
 
 

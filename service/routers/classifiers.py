@@ -245,8 +245,9 @@ class ClassifierResponse(BaseModel):
     timings_ms: dict[str, float] | None = None
     refit_from: str | None = None
     warnings: list[ClassifierWarning] | None = Field(
-        None, description="a create's answer: what to know about the classifier it fitted (empty: nothing); null "
-        "in other answers"
+        None, description="a create's or a refit's answer: what to know about the classifier it fitted (empty: "
+        "nothing; a refit from the stored embeddings has nothing new to say, one that re-embedded the examples with "
+        "another model warns of those it finds unlike every image it was trained on); null in other answers"
     )
 
 
@@ -941,6 +942,8 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
     answer = saved.public(engine.version)
     answer["fit_ms"] = round(result.fit_ms, 2)
     answer["refit_from"] = how
+    # another model may find an upload unlike its training images where the one it was created with did not
+    answer["warnings"] = example_warnings(examples)
     return answer
 
 
@@ -979,10 +982,11 @@ async def _reembed(
                 missing.append(f"uploaded example {ex['sha256'][:12]}")
                 continue
             try:
-                emb = (await state.run_blocking(state.engine.embed_example, data, Timings(state.metrics))).embedding
+                found = await state.run_blocking(state.engine.embed_example, data, Timings(state.metrics))
             except (ImageError, ServiceError) as err:
                 raise _refused_example(ex, err) from err
-            out.append(Example(ex["category"], ex["sha256"], "upload", emb, data=data))
+            out.append(Example(ex["category"], ex["sha256"], "upload", found.embedding, data=data,
+                               typicality=found.typicality))
     if missing:
         raise ServiceError(
             f"cannot refit: {len(missing)} examples are no longer available ({', '.join(missing[:5])}); "

@@ -125,3 +125,47 @@ def test_a_classifier_created_with_an_example_that_is_not_an_eye_says_which(
     captured = capsys.readouterr()
     assert [w["code"] for w in json.loads(captured.out)["warnings"]] == ["unrecognised_example"]
     assert f"{str(odd)!r} of 'second'" in captured.err
+
+
+def test_a_refit_that_embeds_the_examples_again_warns_of_those_unlike_its_training_images(
+    default_artifact: Path, tmp_path: Path, real_image_paths: dict[str, list[Path]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a model update a refit embeds the stored uploads again, with a model that may find one unlike its
+    training images where the classifier's first model did not: the refit said nothing (API and ``keepfit
+    classifier refit``).  A refit from the stored embeddings (the same encoder) has nothing new to say."""
+    import sqlite3
+
+    from model.cli import main as keepfit
+
+    odd = tmp_path / "screenshot.png"
+    not_an_eye()["stripes"].save(odd)
+    eyes = real_image_paths["CFP"]
+    store = tmp_path / "store"
+    settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
+    files = [("examples.first", (p.name, p.read_bytes(), "image/jpeg")) for p in eyes[:2]]
+    files += [("examples.second", (p.name, p.read_bytes(), "image/jpeg")) for p in eyes[2:4]]
+    files.append(("examples.second", ("screenshot.png", odd.read_bytes(), "image/png")))
+
+    def another_encoder() -> None:  # as if the classifier had been fitted with another model
+        with sqlite3.connect(store / "classifiers.sqlite") as db:
+            db.execute("UPDATE classifiers SET encoder = 'other' WHERE name = 'odd'")
+
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/classifiers", data={"name": "odd"}, files=files, headers=ADMIN).status_code == 201
+        same = client.post("/v1/classifiers/odd/refit", headers=ADMIN)
+        assert same.status_code == 200 and same.json()["refit_from"] == "stored embeddings", same.text
+        assert same.json()["warnings"] == []
+        another_encoder()
+        again = client.post("/v1/classifiers/odd/refit", headers=ADMIN)
+    assert again.status_code == 200 and again.json()["refit_from"] == "re-embedded example images", again.text
+    warnings = again.json()["warnings"]
+    assert [w["code"] for w in warnings] == ["unrecognised_example"], warnings
+    assert "1 example is unlike every image" in warnings[0]["message"] and "of 'second'" in warnings[0]["message"]
+
+    another_encoder()
+    capsys.readouterr()
+    args = ["classifier", "refit", "odd", "--store", str(store), "--artifact", str(default_artifact)]
+    assert keepfit(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 example is unlike every image" in err and "of 'second'" in err, err
