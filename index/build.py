@@ -14,6 +14,7 @@ commit; splitting them would split that shared path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,8 +35,10 @@ from tqdm import tqdm
 from index.ann import INDEX_KINDS, AnnSpec, BuiltIndex, build_index, empty_index
 from index.distributed import RayOptions, embed_with_ray
 from index.embed import Embedded, embed_items, failure_summary
+from index.memory import check_memory
 from index.reuse import held_rows, not_held
 from index.sources import ImageItem, SourceSet
+from index.staging import STAGING, Staging, concat_rows, gather, staging_of
 from index.store import (
     MANIFEST,
     IndexManifest,
@@ -203,12 +206,16 @@ def embed(
     options: EmbedOptions,
     operation: str,
     runtime: KeepfitRuntime | None = None,
+    staging: Staging | None = None,
 ) -> tuple[Embedded, int, Path | None]:
-    """Rows for ``items`` (sorted by seq), the number reused from an earlier run, and the work dir to remove."""
+    """Rows for ``items`` (sorted by seq), the number reused from an earlier run, and the work dir to remove.
+    With ``staging``, the rows' vectors are written to a staged file as each chunk is embedded, not held."""
     if len({it.seq for it in items}) != len(items):
         raise ValueError("items must have distinct seq numbers (build them with index.sources)")
     work = directory / f"{WORK_PREFIX}{plan_key(artifact, items, options, operation)}"
     for stale in directory.glob(f"{WORK_PREFIX}*"):
+        if stale.name == STAGING:  # this operation's (index.staging)
+            continue
         if stale != work or options.ray is not None:  # a Ray build does not resume: every one is stale to it
             logger.info("removing %s: left by an interrupted run over other inputs", stale)
             shutil.rmtree(stale, ignore_errors=True)
@@ -230,9 +237,14 @@ def embed(
         from model.runtime import KeepfitRuntime
 
         runtime = KeepfitRuntime(artifact, intra_op_threads=options.intra_op_threads)
-    parts, reused = [], 0
+    parts, reused, dim = [], 0, artifact.embed_dim
     size = max(1, options.chunk_size)
-    with tqdm(total=len(items), unit="img", desc="embedding", disable=not options.progress) as bar:
+    staged = staging.writer("embedded", len(items), dim) if staging is not None else None
+    with contextlib.ExitStack() as stack, tqdm(
+        total=len(items), unit="img", desc="embedding", disable=not options.progress
+    ) as bar:
+        if staged is not None:
+            stack.callback(staged.close)
         for number, start in enumerate(range(0, len(items), size)):
             chunk = items[start : start + size]
             # the chunk's files as they are now: a file changed, added or deleted since an interrupted run
@@ -253,13 +265,19 @@ def embed(
                     runtime, chunk, detect_modality=options.detect_modality, batch_size=options.batch_size
                 )
                 part.save(file)
+            if staged is not None:  # on disk, not in memory (1 GB per 500,000 images of 512 dimensions)
+                staged.append(part.vector)
+                part.vector = np.empty((len(part), 0), dtype=np.float32)
+                part = part.compact()
             parts.append(part)
             bar.update(len(chunk))
             if bar.disable and (number + 1) % max(1, len(items) // size // 20) == 0:
                 logger.info("embedded %d of %d images", min(len(items), start + size), len(items))
     if reused:
         logger.info("resumed: reused %d embeddings from %s", reused, work)
-    return Embedded.concat(parts, artifact.embed_dim), reused, work
+    if staged is None:
+        return Embedded.concat(parts, dim), reused, work
+    return Embedded.concat(parts, dim, staging=staging, vectors=staged.finish()), reused, work
 
 
 # --------------------------------------------------------------------------------------------- assembly
@@ -304,6 +322,7 @@ def assemble(
     next_id: int,
     existing: set[str],
     known: KnownIds | None = None,
+    staging: Staging | None = None,
 ) -> Assembled:
     """Successful rows -> records, one per distinct SHA-256, sorted by id.
 
@@ -313,52 +332,52 @@ def assemble(
     """
     by_seq = {it.seq: it for it in items}
     canonical = artifact.knowledge.canonical
-    order: list[str] = []
-    fields: dict[str, dict[str, Any]] = {}
-    vectors: dict[str, np.ndarray] = {}
+    slot: dict[str, int] = {}  # SHA-256 -> its image's position below (first occurrence, input order)
+    kept: list[int] = []  # the row of each image
+    labels_of: list[list[str]] = []
+    caption_of: list[str | None] = []
     duplicates = already = 0
-    for i in np.flatnonzero(rows.ok):
+    for i in np.flatnonzero(rows.ok).tolist():
         item = by_seq[int(rows.seq[i])]
         sha = str(rows.sha256[i])
         labels = [canonical(label) for label in item.labels]
         if sha in existing:
             already += 1
             continue
-        if sha in fields:
+        j = slot.get(sha)
+        if j is not None:
             duplicates += 1
-            merged = fields[sha]
-            merged["labels"] = list(dict.fromkeys([*merged["labels"], *labels]))
-            merged["caption"] = merged["caption"] or item.caption
+            labels_of[j] = list(dict.fromkeys([*labels_of[j], *labels]))
+            caption_of[j] = caption_of[j] or item.caption
             continue
-        order.append(sha)
-        fields[sha] = {
-            "path": relative_path(item.source, image_root),
-            "modality": str(rows.modality[i]) or None,
-            "labels": list(dict.fromkeys(labels)),
-            "caption": item.caption,
-            "width": int(rows.width[i]),
-            "height": int(rows.height[i]),
-            "sha256": sha,
-        }
-        vectors[sha] = rows.vector[i]
-    ids: dict[str, int] = {}
-    if known is not None:
+        slot[sha] = len(kept)
+        kept.append(i)
+        labels_of.append(list(dict.fromkeys(labels)))
+        caption_of.append(item.caption)
+    shas = list(slot)
+    del slot
+    ids = np.zeros(len(shas), dtype=np.int64)
+    fresh = next_id
+    for j, sha in enumerate(shas):
         # the same bytes keep their id wherever they now lie; other bytes at an old path (a file edited or
         # replaced in place) are another image and get a new id: an id handed out must never show a different
         # picture, as it did when ids also followed paths
-        for sha in order:
-            if sha in known.by_sha:
-                ids[sha] = known.by_sha[sha]
-    fresh = (sha for sha in order if sha not in ids)
-    for n, sha in enumerate(fresh):
-        ids[sha] = next_id + n
-    order.sort(key=ids.__getitem__)  # the ids file must be ascending
-    records = [Record(id=ids[sha], **fields[sha]) for sha in order]
-    dim = rows.vector.shape[1]
-    matrix = np.stack([vectors[sha] for sha in order]) if order else np.zeros((0, dim), np.float32)
-    return Assembled(
-        records=records, vectors=matrix.astype(np.float32, copy=False), duplicates=duplicates, already_indexed=already
-    )
+        old = known.by_sha.get(sha) if known is not None else None
+        if old is None:
+            old, fresh = fresh, fresh + 1
+        ids[j] = old
+    by_id = np.argsort(ids, kind="stable")  # the ids file must be ascending
+    records = []
+    for j in by_id.tolist():
+        i = kept[j]
+        records.append(Record(
+            id=int(ids[j]), path=relative_path(by_seq[int(rows.seq[i])].source, image_root),
+            modality=str(rows.modality[i]) or None, labels=labels_of[j], caption=caption_of[j],
+            width=int(rows.width[i]), height=int(rows.height[i]), sha256=shas[j],
+        ))  # fmt: skip
+    # the rows' vectors in id order: staged (index.staging) or in memory, never one per record
+    vectors = gather(rows.vector, np.asarray(kept, dtype=np.int64)[by_id], staging, "assembled")
+    return Assembled(records=records, vectors=vectors, duplicates=duplicates, already_indexed=already)
 
 
 def _skips(rows: Embedded, report: Report, examples: int = 10) -> None:
@@ -554,26 +573,32 @@ def _build_locked(
     image_root: Path | None,
     start: float,
 ) -> Report:
-    with locked(directory):
+    with locked(directory), staging_of(directory) as staging:
         previous = _check_target(directory)
         root = _image_root(sources, image_root)
         # the ids to keep before the long part: a previous index whose ids cannot be read is refused at once, not
         # after every image was embedded (and removing it to build afresh removed those embeddings with it)
         base, known = _build_base(directory, previous, artifact, sources, root)
         options = options or EmbedOptions()
+        ann_kind = ann.resolve(len(sources.items))
+        check_memory(len(sources.items), artifact.embed_dim, ann_kind, ann.hnsw_m, operation="build")
         runtime = _LazyRuntime(artifact, options)
         held, todo = Embedded.empty(artifact.embed_dim), list(sources.items)
         if previous is not None:  # what the index holds already is not embedded again
             held, todo = held_rows(directory, previous, artifact, sources.items,
-                                   detect_modality=options.detect_modality, runtime=runtime, progress=options.progress)
-        rows, resumed, work = _embed_rest(directory, artifact, todo, options, "build", runtime)
+                                   detect_modality=options.detect_modality, runtime=runtime, progress=options.progress,
+                                   staging=staging)
+        rows, resumed, work = _embed_rest(directory, artifact, todo, options, "build", runtime, staging)
         reused = len(held)
         if reused:
-            rows = Embedded.concat([held, rows], artifact.embed_dim)
+            rows = Embedded.concat([held, rows], artifact.embed_dim, staging=staging)
         del held  # in rows now
-        asm = assemble(rows, sources.items, artifact, root, next_id=base["next_id"], existing=set(), known=known)
+        asm = assemble(rows, sources.items, artifact, root, next_id=base["next_id"], existing=set(), known=known,
+                       staging=staging)
         # assembled into asm.vectors: not held twice while the FAISS index is built (2 GB each at 1M images)
         rows.vector = np.zeros((0, artifact.embed_dim), np.float32)
+        if staging is not None:  # (None: in memory, as tests compare)
+            staging.prune(asm.vectors)  # the embedded and reused rows' files: in asm.vectors now
         if not asm.records:
             _drop(work)
             raise _nothing_readable(sources, rows)
@@ -605,14 +630,15 @@ class _LazyRuntime:
 
 def _embed_rest(
     directory: Path, artifact: Artifact, items: Sequence[ImageItem], options: EmbedOptions, operation: str,
-    runtime: _LazyRuntime,
+    runtime: _LazyRuntime, staging: Staging | None = None,
 ) -> tuple[Embedded, int, Path | None]:
     """:func:`embed` of the inputs left to embed; nothing to load or write when there are none."""
     if not items:
         for stale in directory.glob(f"{WORK_PREFIX}*"):  # an interrupted run's work, as embed() removes it
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.name != STAGING:
+                shutil.rmtree(stale, ignore_errors=True)
         return Embedded.empty(artifact.embed_dim), 0, None
-    return embed(directory, artifact, items, options, operation, runtime=runtime.loaded)
+    return embed(directory, artifact, items, options, operation, runtime=runtime.loaded, staging=staging)
 
 
 def _build_base(
@@ -682,8 +708,9 @@ def _finish(report: Report, manifest: IndexManifest, start: float) -> Report:
 
 
 def _open_current(directory: Path, artifact: Artifact | None = None) -> VectorIndex:
-    # in memory: an update changes the FAISS index in place
-    current = VectorIndex.open(directory, expected_dim=artifact.embed_dim if artifact else None, mmap=False)
+    # mapped: an update that changes the FAISS index in place reads it into memory then (release_faiss_index);
+    # one that rebuilds it never holds the old one beside the new one
+    current = VectorIndex.open(directory, expected_dim=artifact.embed_dim if artifact else None)
     if artifact is not None and current.artifact_version != artifact.version:
         current.close()
         raise IndexMismatchError(
@@ -733,8 +760,11 @@ class IndexUpdate:
     """One change to an existing index, made under its lock (:func:`updating`): records added and ids removed,
     then committed as the next generation, the FAISS index updated in place when its type allows."""
 
-    def __init__(self, directory: Path, current: VectorIndex, ann: AnnSpec | None) -> None:
+    def __init__(
+        self, directory: Path, current: VectorIndex, ann: AnnSpec | None, staging: Staging | None = None
+    ) -> None:
         self.directory, self.current, self.manifest = directory, current, current.manifest
+        self.staging = staging  # where the next generation's vectors are put together (None: in memory)
         self.ann = ann or AnnSpec.from_dict(self.manifest.get("ann", {}))
         self.records: list[Record] = []
         self.new_vectors = np.zeros((0, current.dim), np.float32)
@@ -743,7 +773,7 @@ class IndexUpdate:
 
     def add(self, records: Sequence[Record], vectors: np.ndarray, sources: Sequence[str] = ()) -> None:
         self.records += records
-        self.new_vectors = np.concatenate([self.new_vectors, vectors])
+        self.new_vectors = np.concatenate([self.new_vectors, vectors]) if len(self.new_vectors) else vectors
         self.sources = list(dict.fromkeys([*self.sources, *sources]))
 
     def remove(self, ids: Sequence[int]) -> None:
@@ -754,12 +784,14 @@ class IndexUpdate:
         returns its manifest."""
         current = self.current
         new_ids = np.asarray([r.id for r in self.records], dtype=np.int64)
-        vectors, ids = np.asarray(current.vectors()), current.ids
-        if self.removed:  # copies only when something goes: an add or a reindex leaves the stored rows as they are
-            keep = ~np.isin(ids, np.asarray(self.removed, dtype=np.int64))
-            vectors, ids = vectors[keep], ids[keep]
-        if len(new_ids):
-            vectors, ids = np.concatenate([vectors, self.new_vectors]), np.concatenate([ids, new_ids])
+        vectors, ids = current.vectors(), current.ids  # mapped
+        dim = current.dim
+        if self.removed or len(new_ids):  # copies only when something changes: a reindex keeps the stored rows
+            keep = np.flatnonzero(~np.isin(ids, np.asarray(self.removed, dtype=np.int64)))
+            # kept rows, then the new ones: staged (index.staging) rather than a copy of every vector in memory
+            order = np.concatenate([keep, len(ids) + np.arange(len(new_ids), dtype=np.int64)])
+            vectors = concat_rows([vectors, self.new_vectors], order, dim, self.staging, "next")
+            ids = np.concatenate([ids[keep], new_ids])
         if rebuild_as is not None:
             self.ann, built = rebuild_as, build_index(vectors, ids, rebuild_as, dim=current.dim)
             history = {**history, "index_type": built.kind}
@@ -776,10 +808,10 @@ class IndexUpdate:
 @contextmanager
 def updating(directory: Path, artifact: Artifact | None = None, ann: AnnSpec | None = None) -> Iterator[IndexUpdate]:
     """The index at ``directory`` locked and opened for one change (its embeddings must come from ``artifact``)."""
-    with locked(directory, create=False):
+    with locked(directory, create=False), staging_of(directory) as staging:
         current = _open_current(directory, artifact)
         try:
-            yield IndexUpdate(directory, current, ann)
+            yield IndexUpdate(directory, current, ann, staging)
         finally:
             current.close()
 
@@ -812,8 +844,13 @@ def add(
         operation = f"add-{update.current.generation}"
         options, held = options or EmbedOptions(), update.current.sha256s()
         todo, already = not_held(sources.items, held, options.progress)  # those the index holds: not embedded
-        rows, resumed, work = _embed_rest(directory, artifact, todo, options, operation, _LazyRuntime(artifact, options))
-        asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), held)
+        n = update.current.count + len(todo)
+        spec = update.ann
+        kind, _ = _resolve_kind(spec, update.current.index_type, n, dict(manifest.get("index_params", {})))
+        check_memory(n, artifact.embed_dim, kind, spec.hnsw_m, operation="add", current=update.current.count)
+        rows, resumed, work = _embed_rest(directory, artifact, todo, options, operation, _LazyRuntime(artifact, options),
+                                          update.staging)
+        asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), held, staging=update.staging)
         if not rows.ok.any() and not already:  # as a build refuses it: not "nothing new", nothing could be read
             _drop(work)
             raise _nothing_readable(sources, rows)
@@ -855,5 +892,7 @@ def reindex(directory: Path, ann: AnnSpec) -> Report:
     """Rebuild the FAISS index from the stored vectors with another type or parameters (no re-embedding)."""
     start, directory = time.perf_counter(), directory.expanduser()
     with updating(directory) as update:
+        n = update.current.count
+        check_memory(n, update.current.dim, ann.resolve(n), ann.hnsw_m, operation="reindex", embeds=False)
         committed = update.commit({"op": "reindex"}, rebuild_as=ann)
     return _finish(Report(directory, "reindex"), committed, start)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from index.sources import ImageItem
+from index.staging import Staging, concat_rows
 from model.cores import available_cores
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 from model.files import atomic_write, read_regular_file
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_DISTINCT = ("sha256", "detail")  # text columns whose values are (mostly) distinct: not shared
 COLUMNS = (
     "seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "quality", "sharpness",
     "typicality", "vector",
@@ -76,7 +78,9 @@ class Embedded:
         return cls(**{c: np.asarray(data[c]) for c in COLUMNS})
 
     def save(self, path: Path) -> None:
-        arrays: dict[str, Any] = self.as_dict()
+        arrays: dict[str, Any] = {  # fixed-width text: np.savez writes it without pickling
+            c: np.asarray(a, dtype=str) if a.dtype == object else np.asarray(a) for c, a in self.as_dict().items()
+        }
         with atomic_write(path, "wb") as fh:  # a chunk file exists only once complete: a resumed build trusts it
             np.savez(fh, **arrays)
 
@@ -86,22 +90,56 @@ class Embedded:
             return cls.from_dict(data)
 
     @classmethod
-    def concat(cls, parts: Sequence[Embedded], dim: int) -> Embedded:
+    def concat(
+        cls, parts: Sequence[Embedded], dim: int, *, staging: Staging | None = None, vectors: np.ndarray | None = None
+    ) -> Embedded:
+        """The rows of ``parts`` in one, in ``seq`` order.  With ``staging``, the vectors are written to a staged
+        file (:mod:`index.staging`) rather than held in memory; ``vectors``: the parts' vectors stacked in part
+        order, already staged (the parts' own vector columns are then ignored).  The text columns come out as
+        arrays of ``str`` objects: a fixed width over the whole archive made a million rows' ``detail`` as wide
+        as its longest error message (800 MB for one unreadable file with a long path in every 500)."""
         if not parts:
             return cls.empty(dim)
         seq = np.concatenate([p.seq for p in parts])
+        order = np.argsort(seq, kind="stable")  # the part row each row comes from
         where = np.empty(len(seq), dtype=np.int64)  # where each part's rows go, in seq order
-        where[np.argsort(seq, kind="stable")] = np.arange(len(seq))
+        where[order] = np.arange(len(seq))
         columns = {}
         for c in COLUMNS:  # each column written once into place (a concatenation, then its reordered copy, was two)
+            if c == "vector" and (staging is not None or vectors is not None):
+                stacked = [vectors] if vectors is not None else [p.vector for p in parts]
+                columns[c] = concat_rows(stacked, order, dim, staging, "rows")
+                continue
             arrays = [getattr(p, c) for p in parts]
-            out = np.empty((len(seq), *arrays[0].shape[1:]), dtype=np.result_type(*arrays))
-            start = 0
+            text = any(a.dtype.kind in "UO" for a in arrays)
+            out = np.empty((len(seq), *arrays[0].shape[1:]), dtype=object if text else np.result_type(*arrays))
+            start, shared = 0, {"": ""}
             for a in arrays:
-                out[where[start : start + len(a)]] = a
+                if text:  # each distinct short value one object (a modality, a reason); a SHA-256 is one anyway
+                    values = a.tolist()
+                    out[where[start : start + len(a)]] = (
+                        values if c in _DISTINCT else [shared.setdefault(v, v) for v in values]
+                    )
+                else:
+                    out[where[start : start + len(a)]] = a
                 start += len(a)
             columns[c] = out
         return cls(**columns)
+
+    def compact(self) -> Embedded:
+        """These rows with their text columns as arrays of ``str`` objects, each distinct short value (a modality, a
+        reason) one object: a fixed width of 4 bytes per character held 600 bytes for every row of a chunk where
+        one file failed with its path in the detail (what :meth:`concat` gives too)."""
+        columns = self.as_dict()
+        for c in COLUMNS:
+            a = columns[c]
+            if a.dtype.kind == "U":
+                out = np.empty(a.shape, dtype=object)
+                shared: dict[str, str] = {"": ""}
+                values = a.tolist()
+                out[:] = values if c in _DISTINCT else [shared.setdefault(v, v) for v in values]
+                columns[c] = out
+        return Embedded(**columns)
 
     @classmethod
     def empty(cls, dim: int) -> Embedded:

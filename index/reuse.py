@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from index.embed import Embedded, default_decode_threads, normalise_modality
 from index.sources import ImageItem
+from index.staging import Staging, chunk_rows, gather
 from index.store import IndexManifest, verify_files
 from model.dicom import is_dicom
 from model.errors import IndexStoreError
@@ -119,10 +120,13 @@ def held_rows(
     detect_modality: bool,
     runtime: Callable[[], KeepfitRuntime],
     progress: bool = False,
+    staging: Staging | None = None,
 ) -> tuple[Embedded, list[ImageItem]]:
     """The rows of the inputs the index at ``directory`` (its generation ``manifest``) holds, as embedding them
     would give them, and the inputs left to embed.  Nothing is reused from an index of another artifact version or
-    embedding size, or one whose files do not pass their checks (logged: every input is embedded)."""
+    embedding size, or one whose files do not pass their checks (logged: every input is embedded).  With
+    ``staging``, the reused vectors are copied from the index's vectors file to a staged one (:mod:`index.staging`),
+    not into memory."""
     dim = artifact.embed_dim
     nothing: tuple[Embedded, list[ImageItem]] = (Embedded.empty(dim), list(items))
     built = manifest.get("artifact", {})
@@ -156,14 +160,16 @@ def held_rows(
     if not reused:
         return Embedded.empty(dim), rest
     rows = np.searchsorted(ids, np.asarray([stored[0] for *_, stored in reused], dtype=np.int64))
-    vector = np.asarray(vectors[rows], dtype=np.float32)  # [R, D]
+    del ids
     modality = [normalise_modality(item.modality, known) or "" for item, *_ in reused]
     detected = np.zeros(len(reused), dtype=bool)
     unknown = [j for j, m in enumerate(modality) if not m]
     if detect_modality and unknown:
-        names = runtime().detect_modalities(vector[unknown]).detected
-        for j, name in zip(unknown, names, strict=True):
-            modality[j], detected[j] = name, True
+        for part in range(0, len(unknown), chunk_rows(dim)):  # a chunk of the stored vectors at a time
+            some = unknown[part : part + chunk_rows(dim)]
+            names = runtime().detect_modalities(np.asarray(vectors[rows[some]], dtype=np.float32)).detected
+            for j, name in zip(some, names, strict=True):
+                modality[j], detected[j] = name, True
     # a DICOM header's modality beats the input's and the model's: where the stored one differs, it may be the
     # header's, which only decoding the file again tells
     keep = [j for j, (_, file, stored) in enumerate(reused) if not (file.dicom and stored[1] and stored[1] != modality[j])]
@@ -183,7 +189,8 @@ def held_rows(
         quality=np.asarray([reused[j][1].quality for j in keep], dtype=np.int16),
         sharpness=np.full(n, np.nan, dtype=np.float32),
         typicality=np.full(n, np.nan, dtype=np.float32),
-        vector=vector[keep].reshape(n, dim),
+        vector=gather(vectors, rows[keep], staging, "held") if staging is not None
+        else np.asarray(vectors[rows[keep]], dtype=np.float32).reshape(n, dim),
     )
     logger.info("%d of %d inputs are in the index already: not embedded again", n, len(items))
     return out, rest

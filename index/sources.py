@@ -70,7 +70,7 @@ TRUE_VALUES = frozenset({"1", "true", "yes", "y", "t"})
 FALSE_VALUES = frozenset({"0", "false", "no", "n", "f"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__: a million of them in a build
 class ImageItem:
     """One image to embed: where it is and what its source says about it."""
 

@@ -135,7 +135,7 @@ CREATE INDEX images_by_path ON images(path);
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__: a million of them in a build
 class Record:
     id: int
     path: str  # relative to the manifest's image root, or absolute

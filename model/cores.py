@@ -61,9 +61,10 @@ def cgroup_cpu_limit(root: Path = _ROOT) -> float | None:
     return min(limits) if limits else None
 
 
-def cpu_cgroups(root: Path = _ROOT) -> list[tuple[int, Path, Path]]:
+def cpu_cgroups(root: Path = _ROOT, controller: str = "cpu") -> list[tuple[int, Path, Path]]:
     """``(cgroup version, this process's cgroup directory, the mount point it is under)`` for each mounted
-    hierarchy with the cpu controller (v1) and the unified one (v2); empty where none can be read."""
+    hierarchy with the cpu controller (v1; or ``controller``) and the unified one (v2); empty where none can be
+    read."""
     try:
         memberships = (root / "proc/self/cgroup").read_text().splitlines()
         mounts = (root / "proc/self/mountinfo").read_text().splitlines()
@@ -75,11 +76,11 @@ def cpu_cgroups(root: Path = _ROOT) -> list[tuple[int, Path, Path]]:
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and not controllers:
             version = 2
-        elif "cpu" in controllers.split(","):
+        elif controller in controllers.split(","):
             version = 1
         else:
             continue
-        for mount_root, mount_point in _mounts(mounts, version):
+        for mount_root, mount_point in _mounts(mounts, version, controller):
             top = root / mount_point.lstrip("/")
             found.append((version, _member_dir(top, mount_root, path), top))
     return found
@@ -90,9 +91,9 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _mounts(lines: list[str], version: int) -> list[tuple[str, str]]:
+def _mounts(lines: list[str], version: int, controller: str = "cpu") -> list[tuple[str, str]]:
     """``(root within the hierarchy, mount point)`` of each mount of the v2 hierarchy, or of a v1 hierarchy
-    holding the cpu controller."""
+    holding the cpu controller (or ``controller``)."""
     found = []
     for line in lines:
         left, sep, right = line.partition(" - ")
@@ -100,7 +101,7 @@ def _mounts(lines: list[str], version: int) -> list[tuple[str, str]]:
         if not sep or len(fields) < 5 or len(tail) < 3:
             continue
         fstype, options = tail[0], tail[2].split(",")
-        if (version == 2 and fstype == "cgroup2") or (version == 1 and fstype == "cgroup" and "cpu" in options):
+        if (version == 2 and fstype == "cgroup2") or (version == 1 and fstype == "cgroup" and controller in options):
             found.append((_unescape(fields[3]), _unescape(fields[4])))
     return found
 
@@ -127,6 +128,29 @@ def _quota(directory: Path, version: int) -> float | None:
         return quota_us / int((directory / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError, ZeroDivisionError):
         return None
+
+
+_V1_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as the largest page-aligned 64-bit number
+
+
+def cgroup_memory_limit(root: Path = _ROOT) -> int | None:
+    """The memory limit of this process's cgroups in bytes (v2 ``memory.max``, v1 ``memory.limit_in_bytes``; the
+    smallest along the path up to the hierarchy's root: a compose ``mem_limit``, a Kubernetes memory limit), or
+    None when there is none or it cannot be read.  Read each time (not cached: it can be changed live)."""
+    limits: list[int] = []
+    for version, directory, top in cpu_cgroups(root, "memory"):
+        while True:
+            name = "memory.max" if version == 2 else "memory.limit_in_bytes"
+            try:
+                text = (directory / name).read_text().strip()
+                if text != "max" and int(text) < _V1_UNLIMITED:
+                    limits.append(int(text))
+            except (OSError, ValueError):
+                pass
+            if directory == top or top not in directory.parents:
+                break
+            directory = directory.parent
+    return min(limits) if limits else None
 
 
 def threads_from_env(name: str = "KEEPFIT_THREADS") -> int | None:
