@@ -228,6 +228,7 @@ def embed(
             batch_size=options.batch_size,
             options=options.ray,
             progress=options.progress,
+            staging=staging,
         )
         return rows, 0, None
     if not options.resume and work.exists():

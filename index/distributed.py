@@ -25,6 +25,7 @@ import numpy as np
 
 from index.embed import Embedded, embed_items
 from index.sources import ImageItem
+from index.staging import Staging
 from model.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -107,8 +108,11 @@ def embed_with_ray(
     batch_size: int = 32,
     options: RayOptions | None = None,
     progress: bool = True,
+    staging: Staging | None = None,
 ) -> Embedded:
-    """Embed ``items`` on Ray; returns the rows sorted by ``seq`` (the same as the local path's)."""
+    """Embed ``items`` on Ray; returns the rows sorted by ``seq`` (the same as the local path's).  With
+    ``staging``, the vectors are written to a staged file as each batch comes back (:mod:`index.staging`), not
+    held: the local path's memory, on the archives Ray is for."""
     options = options or RayOptions()
     if not items:
         return Embedded.empty(dim)
@@ -152,14 +156,28 @@ def embed_with_ray(
             concurrency=actors,
             num_cpus=options.threads_per_actor,
         )
-        parts = [Embedded.from_dict(b) for b in ds.iter_batches(batch_format="numpy", batch_size=None)]
+        staged = staging.writer("ray", len(items), dim) if staging is not None else None
+        parts, returned = [], 0
+        try:
+            for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+                part = Embedded.from_dict(batch)
+                returned += len(part)
+                if staged is not None and returned <= len(items):  # more rows than items: refused below
+                    staged.append(part.vector)
+                    part.vector = np.empty((len(part), 0), dtype=np.float32)
+                    part = part.compact()
+                parts.append(part)
+        finally:
+            if staged is not None and returned != len(items):
+                staged.close()
     except ray.exceptions.RayError as err:  # a worker or node lost, an actor that could not start (the artifact
         # not at the same path on every node)...: the remote traceback's last line
         raise DataError(f"embedding on Ray failed: {_last_line(err)}") from err
     finally:
         if started:
             ray.shutdown()
-    result = Embedded.concat(parts, dim)
-    if len(result) != len(items):
-        raise RuntimeError(f"Ray returned {len(result)} rows for {len(items)} items")
-    return result
+    if returned != len(items):
+        raise RuntimeError(f"Ray returned {returned} rows for {len(items)} items")
+    if staged is None:
+        return Embedded.concat(parts, dim)
+    return Embedded.concat(parts, dim, staging=staging, vectors=staged.finish())

@@ -49,6 +49,31 @@ def test_ray_build_equals_local_build(
     assert not ray.is_initialized()  # the instance this build started was shut down
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ray_rows_are_staged_not_held(
+    archive: Archive, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Ray path is for the largest archives, and it held every vector that came back in memory (then a
+    concatenated copy) where the local path stages them on disk (index.staging)."""
+    from index.staging import staging_of
+    from model.artifact import load_artifact
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    items = sources.from_manifests([archive.manifest]).items[:12]
+    dim = load_artifact(tiny_artifact).embed_dim
+    options = RayOptions(num_cpus=2, actors=2)
+    with staging_of(tmp_path / "index") as staging:
+        staged = embed_with_ray(tiny_artifact, items, dim, batch_size=4, options=options, progress=False,
+                                staging=staging)
+        assert isinstance(staged.vector, np.memmap) and staged.vector.shape == (len(items), dim)
+        held = embed_with_ray(tiny_artifact, items, dim, batch_size=4, options=options, progress=False)
+        assert not isinstance(held.vector, np.memmap)
+        np.testing.assert_array_equal(staged.seq, held.seq)
+        np.testing.assert_allclose(np.asarray(staged.vector), held.vector, atol=1e-6)
+        assert list(staged.sha256) == list(held.sha256)
+
+
 @pytest.fixture
 def one_image(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
