@@ -274,11 +274,14 @@ def embed(
             bar.update(len(chunk))
             if bar.disable and (number + 1) % max(1, len(items) // size // 20) == 0:
                 logger.info("embedded %d of %d images", min(len(items), start + size), len(items))
+        # finished here, not closed by the callback first: its close quietly lost a refused flush of the last
+        # blocks (a full disk), and the short file was then mapped
+        vectors = staged.finish() if staged is not None else None
     if reused:
         logger.info("resumed: reused %d embeddings from %s", reused, work)
     if staged is None:
         return Embedded.concat(parts, dim), reused, work
-    return Embedded.concat(parts, dim, staging=staging, vectors=staged.finish()), reused, work
+    return Embedded.concat(parts, dim, staging=staging, vectors=vectors), reused, work
 
 
 # --------------------------------------------------------------------------------------------- assembly
@@ -848,7 +851,8 @@ def add(
         n = update.current.count + len(todo)
         spec = update.ann
         kind, _ = _resolve_kind(spec, update.current.index_type, n, dict(manifest.get("index_params", {})))
-        check_memory(n, artifact.embed_dim, kind, spec.hnsw_m, operation="add", current=update.current.count)
+        if todo:  # nothing new: nothing is embedded or loaded, whatever the index's size
+            check_memory(n, artifact.embed_dim, kind, spec.hnsw_m, operation="add", current=update.current.count)
         rows, resumed, work = _embed_rest(directory, artifact, todo, options, operation, _LazyRuntime(artifact, options),
                                           update.staging)
         asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), held, staging=update.staging)

@@ -200,6 +200,9 @@ def test_a_build_too_large_for_the_memory_limit_is_refused_before_anything_is_em
     with pytest.raises(ConfigError, match=r"^index add refused: 301,500 images .*KEEPFIT_INDEX_MEMORY="):  # an add that would outgrow it
         add(out, _inputs(300_000, offset=2000), synthetic, options=quiet())
     assert embedded == [1] * 3  # the first build's 3 chunks of 512 only
+    # nothing new to add: nothing is embedded or loaded, so no limit refuses it
+    monkeypatch.setattr(memory_module, "cgroup_memory_limit", lambda: 1 << 20)
+    assert add(out, _inputs(1500), synthetic, options=quiet()).added == 0
 
 
 def _bytes(setting: str) -> int:
@@ -313,3 +316,45 @@ def test_a_full_disk_while_staging_is_one_line_and_leaves_the_index_alone(
     # the add's embedded chunks stay for the next run to resume; nothing staged is left
     assert [p for p in sorted(p.name for p in out.iterdir()) if p not in listing and p.startswith(".work-")] != []
     assert not (out / STAGING).exists()
+
+
+def test_a_disk_that_fills_up_as_the_last_staged_rows_are_flushed_is_the_one_line_too(
+    synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded rows' file is written through a buffer: the disk may refuse its last blocks only when it is
+    closed. That refusal was swallowed (the file closed quietly on leaving the embedding loop) and the short file
+    then mapped: a ValueError traceback ("mmap length is greater than file size"), not the disk-full line."""
+    import errno
+    import io
+
+    from model.errors import IndexStoreError
+
+    out = tmp_path / "idx"
+    build(out, _inputs(1200), synthetic, ann=AnnSpec(kind="flat"), options=quiet())
+    before = _files(out)
+
+    class FullDisk(io.RawIOBase):  # a disk with no room left: what is buffered fails when it is flushed
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            self.fh.close()
+            super().close()
+
+    real = staging_module.StagedWriter.__init__
+
+    def full(self: Any, path: Path, n: int, dim: int) -> None:
+        real(self, path, n, dim)
+        if path.name.endswith("-embedded.npy"):
+            self._fh = io.BufferedWriter(FullDisk(self._fh), buffer_size=1 << 20)  # every row fits the buffer
+
+    monkeypatch.setattr(staging_module.StagedWriter, "__init__", full)
+    with pytest.raises(IndexStoreError, match=r"^cannot write .*-embedded\.npy: No space left on device"):
+        add(out, _inputs(20, offset=5000), synthetic, options=quiet())
+    assert _files(out) == before and not (out / STAGING).exists()
