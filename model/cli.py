@@ -23,6 +23,8 @@ from model.logs import setup_logging
 logger = logging.getLogger(__name__)
 
 ENTRY_POINTS = "keepfit.commands"  # pyproject.toml: one entry per package, naming its COMMANDS table
+# prometheus_client's variable and its old spelling: only keepfit serve (its workers) may keep metrics there
+PROMETHEUS_MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
 
 def commands() -> dict[str, tuple[str, str]]:
@@ -148,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeepfitError as err:
         print(f"error: {err}", file=sys.stderr)  # noqa: T201
         return 2
+    if ns.command != "serve":
+        # prometheus_client keeps a process's metrics in this directory when the variable is set as it is imported:
+        # a command run beside a server with several workers (the variable exported for it) added its own timings
+        # to the server's /metrics, which adds up every file there (keepfit serve sets it for its workers)
+        for name in PROMETHEUS_MULTIPROC_ENV:
+            os.environ.pop(name, None)
     try:
         func = _resolve(table[ns.command][0])
     except ModuleNotFoundError as err:

@@ -7,6 +7,7 @@ and request totals were a fraction of what was served. The workers now keep thei
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -337,3 +338,36 @@ def test_two_workers_report_every_request_on_every_scrape(default_artifact: Path
                 proc.wait()
     assert code == 0, log.read_text()[-2000:]
     assert not shared.exists()  # removed at exit
+
+
+def test_a_keepfit_command_beside_the_server_adds_nothing_to_its_metrics(
+    as_worker: Callable[[int], None], default_artifact: Path, real_image_paths: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR set for a server's container, `docker compose exec ... keepfit classify`
+    inherited it, wrote its stage timings into the server's directory, and every scrape added them in."""
+    as_worker(os.getpid())
+    shared = os.environ[ENV]
+    server = Metrics()
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(real_image_paths["CFP"][0].read_bytes())
+    command = [sys.executable, "-m", "model.cli", "classify", "--images", str(images), "--out", str(tmp_path / "r.csv"),
+               "--artifact", str(default_artifact)]
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True,
+                   env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "KEEPFIT_THREADS": "1", ENV: shared})
+    text = generate_latest(server.registry).decode()
+    assert not _sample(text, "keepfit_stage_duration_seconds_count", '{stage="decode"}'), text
+    assert not list(Path(shared).glob("*.db")) or all(str(os.getpid()) in p.name for p in Path(shared).glob("*.db"))
+
+
+@pytest.mark.parametrize(("command", "kept"), [("classify", False), ("index", False), ("serve", True)])
+def test_only_keepfit_serve_sees_the_metrics_directory(
+    command: str, kept: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model.cli import main as keepfit
+
+    for name in (ENV, ENV.lower()):
+        monkeypatch.setenv(name, str(tmp_path))
+    with contextlib.suppress(SystemExit):  # argparse's --help
+        keepfit([command, "--help"])
+    assert (ENV in os.environ, ENV.lower() in os.environ) == (kept, kept)
