@@ -175,6 +175,16 @@ RECORD_COLUMNS = "id, path, modality, labels, caption, width, height, sha256"
 # a filter's matches: their row positions, a FAISS selector over their ids, its bitmap, and how many of them each
 # part of the index holds (VectorIndex._filter)
 _Filter = tuple[np.ndarray, Any, np.ndarray, "np.ndarray | None"]
+# The filters an index keeps looked up (the most recently used first): at most this many, and at most this many
+# bytes of their row positions and bitmaps (a broad filter at 1M images holds about 5 MB: 64 of them were 300 MB of
+# a service's memory, beside its model), but always the one just looked up
+FILTER_CACHE_ENTRIES = 64
+FILTER_CACHE_BYTES = 64 << 20
+
+
+def _filter_bytes(entry: _Filter) -> int:
+    rows, _, bitmap, per_part = entry
+    return int(rows.nbytes + bitmap.nbytes + (per_part.nbytes if per_part is not None else 0))
 
 
 @functools.cache
@@ -344,6 +354,7 @@ class VectorIndex:
         self._db = db
         self._db_lock = threading.Lock()
         self._filters: OrderedDict[tuple[str | None, str | None], _Filter] = OrderedDict()
+        self._filters_bytes = 0  # _filter_bytes of what _filters holds
         self._parts: tuple[np.ndarray | None] | None = None  # _partition(), once computed
         self._filter_lock = threading.Lock()
         self.image_root = image_root
@@ -654,9 +665,14 @@ class VectorIndex:
         per_part = None if partition is None else np.bincount(partition[rows])
         entry = (rows.astype(np.int64), selector, bitmap, per_part)  # the bitmap must outlive its selector
         with self._filter_lock:
-            self._filters[key] = entry
-            while len(self._filters) > 64:
-                self._filters.popitem(last=False)
+            if key not in self._filters:  # (another thread may have looked it up meanwhile)
+                self._filters[key] = entry
+                self._filters_bytes += _filter_bytes(entry)
+            while len(self._filters) > 1 and (
+                len(self._filters) > FILTER_CACHE_ENTRIES or self._filters_bytes > FILTER_CACHE_BYTES
+            ):
+                _, dropped = self._filters.popitem(last=False)  # a search using it keeps it alive until done
+                self._filters_bytes -= _filter_bytes(dropped)
         return entry
 
     def warm(self, modalities: Sequence[str] = ()) -> None:
@@ -761,7 +777,9 @@ class VectorIndex:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
-        self._filters.clear()
+        with self._filter_lock:
+            self._filters.clear()
+            self._filters_bytes = 0
 
     def __enter__(self) -> VectorIndex:
         return self

@@ -107,6 +107,31 @@ def test_filters_return_top_k_matching_records(
         assert index.search(query, 5, modality="ICGA") == []
 
 
+def test_the_filters_kept_are_bounded_in_bytes(
+    built_index: tuple[Path, Report], runtime: KeepfitRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 filters were kept whatever their size: at 1M images about 300 MB of a service's memory for broad ones.
+    Now at most FILTER_CACHE_BYTES of them (but always the last), with the same answers."""
+    query = runtime.encode_texts(["retina"])[0]
+    filters = [("CFP", None), ("OCT", None), ("FFA", None), (None, "DME"), ("CFP", "DME"), ("OCT", "DME")]
+    with VectorIndex.open(built_index[0]) as index:
+        expected = [[h.record.id for h in index.search(query, 5, modality=m, label=lb)] for m, lb in filters]
+        assert len(index._filters) == len(filters) and index._filters_bytes == sum(
+            store._filter_bytes(e) for e in index._filters.values())
+        largest = max(store._filter_bytes(e) for e in index._filters.values())
+    monkeypatch.setattr(store, "FILTER_CACHE_BYTES", largest * 2)
+    with VectorIndex.open(built_index[0]) as index:
+        for (modality, label), ids in zip(filters * 2, expected * 2, strict=True):
+            assert [h.record.id for h in index.search(query, 5, modality=modality, label=label)] == ids
+            assert 1 <= len(index._filters) < len(filters) and index._filters_bytes <= largest * 2
+            assert index._filters_bytes == sum(store._filter_bytes(e) for e in index._filters.values())
+    monkeypatch.setattr(store, "FILTER_CACHE_BYTES", 1)  # smaller than any: the last one is kept all the same
+    with VectorIndex.open(built_index[0]) as index:
+        index.search(query, 5, modality="CFP")
+        index.search(query, 5, modality="OCT")
+        assert list(index._filters) == [("oct", None)]
+
+
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_index_filters_still_fill_top_k(
     index_copy: Path, runtime: KeepfitRuntime, kind: str, monkeypatch: pytest.MonkeyPatch
