@@ -304,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         args.n = args.n[0]
         _child(args)
         return 0
+    if args.work is not None and not args.work.is_dir():
+        parser.error(f"--work {args.work}: no such folder")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: its folder does not exist")
+    if min(args.n) < 1:
+        parser.error("--n: the number of images must be at least 1")
     results = run(args.n, args.operation, args.index_type, args.artifact, args.work)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
