@@ -525,9 +525,8 @@ class AuthFailureMiddleware:
     ``X-API-Key`` (before the body, or on a route), a wrong ``X-Admin-Key``.  A request that sent none (a blank
     header is none) guessed nothing, so a client without its key, a reader without the admin key, or a page whose
     image tokens expired (a 128-bit MAC is not guessed) is answered 401 as often as it asks and locks nobody out
-    behind its address.  A success is never counted and does not reset
-    the count either (a client with a read key could otherwise guess admin keys between its reads).  The 429s
-    themselves are not counted.
+    behind its address.  A success is never counted and does not reset the count either (a client with a read key
+    could otherwise guess admin keys between its reads).  The 429s themselves are not counted.
 
     Per worker process: with ``KEEPFIT_WORKERS`` = N a client may fail up to N times the limit before every worker
     refuses it (and each replica counts its own).  Behind a reverse proxy every client is the proxy unless uvicorn
