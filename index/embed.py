@@ -43,6 +43,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _DISTINCT = ("sha256", "detail")  # text columns whose values are (mostly) distinct: not shared
+
+
+def _text_objects(column: np.ndarray, name: str, shared: dict[str, str]) -> list[str]:
+    """A text column's values as ``str`` objects, each distinct short value (a modality, a reason) one object,
+    kept in ``shared`` across the calls for one column; a SHA-256 or a detail is one anyway (:data:`_DISTINCT`)."""
+    values: list[str] = column.tolist()
+    return values if name in _DISTINCT else [shared.setdefault(v, v) for v in values]
 COLUMNS = (
     "seq", "ok", "reason", "detail", "sha256", "width", "height", "modality", "detected", "quality", "sharpness",
     "typicality", "vector",
@@ -115,11 +122,8 @@ class Embedded:
             out = np.empty((len(seq), *arrays[0].shape[1:]), dtype=object if text else np.result_type(*arrays))
             start, shared = 0, {"": ""}
             for a in arrays:
-                if text:  # each distinct short value one object (a modality, a reason); a SHA-256 is one anyway
-                    values = a.tolist()
-                    out[where[start : start + len(a)]] = (
-                        values if c in _DISTINCT else [shared.setdefault(v, v) for v in values]
-                    )
+                if text:
+                    out[where[start : start + len(a)]] = _text_objects(a, c, shared)
                 else:
                     out[where[start : start + len(a)]] = a
                 start += len(a)
@@ -135,9 +139,7 @@ class Embedded:
             a = columns[c]
             if a.dtype.kind == "U":
                 out = np.empty(a.shape, dtype=object)
-                shared: dict[str, str] = {"": ""}
-                values = a.tolist()
-                out[:] = values if c in _DISTINCT else [shared.setdefault(v, v) for v in values]
+                out[:] = _text_objects(a, c, {"": ""})
                 columns[c] = out
         return Embedded(**columns)
 
