@@ -25,6 +25,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from model.cli import PROMETHEUS_MULTIPROC_ENV
 from model.cores import cgroup_cpu_limit
 from model.errors import ArtifactError, ConfigError
 from model.logs import use_format
@@ -111,8 +112,7 @@ def uvicorn_log_config(fmt: str = "text") -> dict[str, Any]:
 
 
 # prometheus_client's variable (and its deprecated spelling): the directory its multiprocess mode keeps values in
-MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-MULTIPROC_DIR_ENV_OLD = "prometheus_multiproc_dir"
+MULTIPROC_DIR_ENV, MULTIPROC_DIR_ENV_OLD = PROMETHEUS_MULTIPROC_ENV
 METRICS_LOCK = ".keepfit-serve.lock"  # held while a server uses the directory: another one would empty it
 
 

@@ -28,11 +28,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model.cli import PROMETHEUS_MULTIPROC_ENV
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # prometheus_client's own variable: set (by ``keepfit serve`` with several workers) when it is imported, it keeps every
 # value of the process in files in that directory
-MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_DIR_ENV = PROMETHEUS_MULTIPROC_ENV[0]
 
 
 def shared_dir() -> str | None:
