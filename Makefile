@@ -73,7 +73,7 @@ lock: $(VENV)/.installed
 
 lint: install
 	$(VENV)/bin/ruff check model index service training tests
-	$(VENV)/bin/mypy model/config.py model/preprocess.py model/tokenizer.py model/knowledge.py model/artifact.py model/runtime.py model/explain.py model/cli.py model/modality_head.py index service
+	$(VENV)/bin/mypy model training index service
 
 # A real `docker compose up` (API + Redis) on a private Docker engine (docker/stack.py), the deployed checks
 # (tests/docker/test_deployed.py) through its port, then down; root only.

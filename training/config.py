@@ -129,8 +129,8 @@ class TrainConfig:
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        name = Path(self.name)  # the run folder is <runs-dir>/<name>: "" or "." was the runs folder itself
-        if not self.name.strip() or not name.parts or ".." in name.parts or name.is_absolute():
+        run = Path(self.name)  # the run folder is <runs-dir>/<name>: "" or "." was the runs folder itself
+        if not self.name.strip() or not run.parts or ".." in run.parts or run.is_absolute():
             raise ConfigError(f"name must name a folder inside the runs folder, got {self.name!r}")
         if self.steps < 1 or self.batch_size < 2 or self.elite_batch_size < 2:
             raise ConfigError("steps must be >= 1 and batch sizes >= 2")

@@ -223,12 +223,15 @@ def _require_splits(a: TaskArgs, what: str) -> None:
                         "'split' column (train / val / test)")
 
 
-def _distinct_splits(splits: dict[str, str], why: str) -> None:
-    """Refuse one split given for two roles (fit and score): ``why`` says what that would measure."""
+def _distinct_splits(splits: dict[str, str | None], why: str) -> None:
+    """Refuse one split given for two roles (fit and score), or none (every row, the other roles' too): ``why``
+    says what that would measure."""
     from model.errors import DataError
 
     seen: dict[str, str] = {}
     for option, split in splits.items():
+        if split is None:
+            raise DataError(f"{option} names no split, so every row, the other roles' included: {why}")
         if split in seen:
             raise DataError(f"{seen[split]} and {option} are both {split!r}: {why}")
         seen[split] = option

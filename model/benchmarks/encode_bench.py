@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             img = _time(
                 {
                     "torch": torch_img,
-                    "fp32": lambda px=pixels: sess[("fp32", "image")].run(None, {"pixels": px}),
-                    "int8": lambda px=pixels: sess[("int8", "image")].run(None, {"pixels": px}),
+                    "fp32": partial(sess[("fp32", "image")].run, None, {"pixels": pixels}),
+                    "int8": partial(sess[("int8", "image")].run, None, {"pixels": pixels}),
                 },
                 args.repeats,
             )
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             txt = _time(
                 {
                     "torch": torch_txt,
-                    "fp32": lambda f=feed: sess[("fp32", "text")].run(None, f),
-                    "int8": lambda f=feed: sess[("int8", "text")].run(None, f),
+                    "fp32": partial(sess[("fp32", "text")].run, None, feed),
+                    "int8": partial(sess[("int8", "text")].run, None, feed),
                 },
                 args.repeats,
             )

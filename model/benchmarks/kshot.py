@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -127,13 +128,13 @@ def embed(runtime: KeepfitRuntime, paths: list[Path], cache: Path) -> np.ndarray
         emb = runtime.encode_images([load_image(p) for p in batch])
         known.update({str(p): e for p, e in zip(batch, emb, strict=True)})
     if todo:
-        np.savez(file, **known)
+        np.savez(file, **known)  # type: ignore[arg-type]  # numpy's stubs: a key could be allow_pickle
     return np.stack([known[str(p)] for p in paths]).astype(np.float32)
 
 
 def evaluate(
     runtime: KeepfitRuntime, task: Task, data: Path, cache: Path, repeats: int, seed: int
-) -> dict[str, object]:
+) -> dict[str, Any]:
     split = load_task(task, data)
     xtr, ytr = embed(runtime, split["train"][0], cache), split["train"][1]
     xte, yte = embed(runtime, split["test"][0], cache), split["test"][1]
@@ -181,23 +182,23 @@ def evaluate(
     }
 
 
-def markdown(results: list[dict[str, object]], repeats: int) -> str:
+def markdown(results: list[dict[str, Any]], repeats: int) -> str:
     lines = [
         f"| task (test n) | method | {' | '.join(f'{k}-shot' for k in SHOTS)} |",
         "|---|---|" + "---|" * len(SHOTS),
     ]
     for r in results:
         name = f"{r['task']} ({r['test']})"
-        zero = float(r["zero_shot"])  # type: ignore[arg-type]
+        zero = float(r["zero_shot"])
         lines.append(
             f"| {name} | zero-shot (no examples) | " + " | ".join(f"{zero:.3f}" for _ in SHOTS) + " |"
         )
-        curves: dict[str, dict[int, float]] = r["curves"]  # type: ignore[assignment]
+        curves: dict[str, dict[int, float]] = r["curves"]
         for m, curve in curves.items():
             lines.append(f"| | {m} | " + " | ".join(f"{curve[k]:.3f}" for k in SHOTS) + " |")
         lines.append(
-            f"| | linear probe, every train image ({sum(r['train_per_class'])}) | "  # type: ignore[arg-type]
-            + " | ".join(f"{float(r['linear_probe_full']):.3f}" for _ in SHOTS)  # type: ignore[arg-type]
+            f"| | linear probe, every train image ({sum(r['train_per_class'])}) | "
+            + " | ".join(f"{float(r['linear_probe_full']):.3f}" for _ in SHOTS)
             + " |"
         )
     lines.append(
@@ -222,12 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(markdown(results, args.repeats))
     for r in results:
-        curves: dict[str, dict[int, float]] = r["curves"]  # type: ignore[assignment]
+        curves: dict[str, dict[int, float]] = r["curves"]
         print(
-            f"{r['task']}: 8-shot auto {curves['auto'][8]:.3f} vs zero-shot {float(r['zero_shot']):.3f} "  # type: ignore[arg-type]
-            f"(full linear probe {float(r['linear_probe_full']):.3f}, with text prior "  # type: ignore[arg-type]
+            f"{r['task']}: 8-shot auto {curves['auto'][8]:.3f} vs zero-shot {float(r['zero_shot']):.3f} "
+            f"(full linear probe {float(r['linear_probe_full']):.3f}, with text prior "
             f"{float(r['linear_probe_full_text']):.3f})"
-        )  # type: ignore[arg-type]
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
