@@ -95,14 +95,37 @@ FormInt = Annotated[int, BeforeValidator(_form_integer)]
 
 
 class ErrorDetail(BaseModel):
-    field: str
-    message: str
+    """One invalid field of a request that failed validation (a 422 `invalid_request`)."""
+
+    field: str = Field(
+        description="where the invalid value is: the field's name, with list positions and nested names joined by "
+        "dots (`top_k`, `categories.0`); `request` when no field is named",
+        examples=["top_k"],
+    )
+    message: str = Field(
+        description="what is wrong with the value (the value itself is not repeated)",
+        examples=["Input should be greater than or equal to 1"],
+    )
 
 
 class ErrorInfo(BaseModel):
-    code: str = Field(examples=["invalid_image"])
-    message: str = Field(examples=["image data is truncated or corrupt: image file is truncated"])
-    details: list[ErrorDetail] | None = None
+    """What went wrong: a stable machine-readable code and a sentence for people."""
+
+    code: str = Field(
+        description="stable machine-readable reason (`invalid_request`, `invalid_image`, `not_found`, `no_index`, "
+        "`busy`, `classifier_stale`...): branch on it, not on `message`",
+        examples=["invalid_image"],
+    )
+    message: str = Field(
+        description="a sentence for people: what was wrong and, where it can, what to do (its wording may change "
+        "between releases)",
+        examples=["image data is truncated or corrupt: image file is truncated"],
+    )
+    details: list[ErrorDetail] | None = Field(
+        None,
+        description="a request whose fields failed the request schema's validation (422 `invalid_request`): one "
+        "entry per invalid field; absent from other errors",
+    )
     request_id: str | None = Field(
         default=None,
         description="the request's id, also its X-Request-ID header and on the service's log lines about it",
@@ -117,8 +140,15 @@ class ErrorResponse(BaseModel):
 
 
 class Prediction(BaseModel):
+    """One category's probability for the image, and the knowledge category its name resolved to."""
+
     label: str = Field(description="the category as sent (or from the default set)")
-    probability: float = Field(ge=0.0, le=1.0)
+    probability: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="its probability, 0-1; the probabilities of all the scored categories sum to 1 (`top_k` may "
+        "leave some out)",
+    )
     canonical: str = Field(
         description="the knowledge category the label resolved to (an alias such as `healthy` -> `normal`); "
         "its expert descriptions built the prompts"
@@ -134,7 +164,12 @@ class Prediction(BaseModel):
 
 
 class ModalityResult(BaseModel):
-    requested: Modality
+    """The modality check: the modality asked for, the one whose prompts were used and what the image looks like."""
+
+    requested: Modality = Field(
+        description="the `modality` form field as sent (default `auto`); `auto` with `classifier=NAME`, whose "
+        "modality is the one it was fitted on"
+    )
     used: str = Field(description="the modality whose prompts and default categories were used")
     detected: str | None = Field(
         None, description="what the modality check recognised (it runs even when a modality is requested)"
@@ -146,6 +181,8 @@ class ModalityResult(BaseModel):
 
 
 class ClassifyWarning(BaseModel):
+    """A reason to distrust a classify answer, to show beside its predictions."""
+
     code: Literal[
         "modality_mismatch", "modality_uncertain", "task_modality_mismatch", "unrecognised_image", "featureless_image",
         "compressed_image", "blurred_image", "unreadable_category",
@@ -169,33 +206,41 @@ class ClassifyWarning(BaseModel):
 
 
 class ImageInfo(BaseModel):
-    sha256: str
+    """The uploaded image: the SHA-256 of its bytes and its size in pixels."""
+
+    sha256: str = Field(description="SHA-256 (hex) of the uploaded file's bytes, as sent (a DICOM file's whole bytes)")
     width: int = Field(
         description="as stored in the file, before any EXIF orientation (the heat maps' `image_size` is the size "
         "as displayed: sides swapped for a 90-degree orientation)"
     )
-    height: int
+    height: int = Field(description="as stored in the file, before any EXIF orientation")
 
 
 class HeatMapPoint(BaseModel):
-    x: int
-    y: int
+    """A point in pixels of the upright image (as displayed: EXIF orientation applied)."""
+
+    x: int = Field(description="pixels from the image's left edge")
+    y: int = Field(description="pixels from the image's top edge")
 
 
 class InputBox(BaseModel):
-    left: int
-    top: int
-    width: int
-    height: int
+    """Where the image lies inside the model's square input, in pixels of that input."""
+
+    left: int = Field(description="pixels of padding left of the image")
+    top: int = Field(description="pixels of padding above the image")
+    width: int = Field(description="the image's width inside the input")
+    height: int = Field(description="the image's height inside the input")
 
 
 class HeatMap(BaseModel):
+    """Where in the image the evidence for one category lies: an overlay PNG and the raw coarse grid."""
+
     png: str = Field(
         description="data URL of an RGBA PNG with the image's aspect ratio: lay it over the image, stretched to "
         "the image's displayed size (transparent where there is no evidence, red where it is strongest)"
     )
     width: int = Field(description="pixel width of the PNG (long side at most 256; it is a coarse map)")
-    height: int
+    height: int = Field(description="pixel height of the PNG (long side at most 256)")
     image_size: list[int] = Field(description="[width, height] of the upright image the map covers")
     peak: HeatMapPoint = Field(description="strongest evidence, in pixels of the upright image")
     localised: bool = Field(
@@ -213,14 +258,18 @@ class HeatMap(BaseModel):
 
 
 class MatchedDescription(BaseModel):
+    """One of a category's descriptions, with how well its prompt matches the image."""
+
     text: str = Field(description="an expert description of the category")
     similarity: float = Field(description="cosine similarity of its prompt with the image")
 
 
 class Explanation(BaseModel):
-    label: str
-    canonical: str
-    probability: float = Field(ge=0.0, le=1.0)
+    """Visual evidence for one of the most probable predictions (with `explain=true`)."""
+
+    label: str = Field(description="the category as sent (as in its prediction)")
+    canonical: str = Field(description="the knowledge category the label resolved to (as in its prediction)")
+    probability: float = Field(ge=0.0, le=1.0, description="its probability, 0-1 (as in its prediction)")
     heatmap: HeatMap
     descriptions: list[MatchedDescription] = Field(
         description="the category's expert descriptions, best match first; for a category the knowledge base does "
@@ -232,21 +281,24 @@ class Explanation(BaseModel):
 class ClassifierRef(BaseModel):
     """The few-shot classifier that answered a classify request."""
 
-    name: str
+    name: str = Field(description="the classifier's name (`classifier` as sent, without surrounding whitespace)")
     version: str = Field(description="changes with every fit and refit; cached answers are keyed by it")
-    revision: int
+    revision: int = Field(description="1 when created, one more with each refit")
     method: str = Field(description="what was fitted: prototype, prototype+text, linear or linear+text")
     estimate: float | None = Field(description="its cross-validated balanced accuracy (null: too few examples)")
 
 
 class ClassifyResponse(BaseModel):
+    """The answer to `POST /v1/classify`: one image's probabilities over the categories (zero-shot, or a few-shot
+    classifier's with `classifier=NAME`), with the modality check and the warnings."""
+
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
             "examples": [
                 {
                     "model_name": "keepfit-v2-small",
-                    "model_version": "20261128-ddbac8ee24",
+                    "model_version": "20261129-ef1c90468f",
                     "modality": {
                         "requested": "auto",
                         "used": "CFP",
@@ -275,14 +327,22 @@ class ClassifyResponse(BaseModel):
                     "image": {"sha256": "9f2c...", "width": 512, "height": 512},
                     "cached": False,
                     "timings_ms": _TIMINGS,
-                    "intended_use": "Research use only. Not a medical device.",
+                    "intended_use": "Research use only. Not a medical device; not for clinical diagnosis or treatment "
+                    "decisions.",
                 }
             ]
         },
     )
 
-    model_name: str
-    model_version: str
+    model_name: str = Field(
+        description="the name of the model artifact that answered (its manifest's `name`)",
+        examples=["keepfit-v2-small"],
+    )
+    model_version: str = Field(
+        description="the artifact's version (`YYYYMMDD-` and 10 hex digits of its content digest), as `/readyz` "
+        "`artifact.version`: it changes whenever the weights or the knowledge change",
+        examples=["20261129-ef1c90468f"],
+    )
     modality: ModalityResult
     # in every answer (null where it does not apply), so required: a generated client need not guess
     task: str | None = Field(description="the named task whose categories were scored, if one was sent")
@@ -302,9 +362,20 @@ class ClassifyResponse(BaseModel):
     classifier: ClassifierRef | None = Field(
         None, description="with `classifier=NAME`: the classifier that answered"
     )
-    cached: bool
-    timings_ms: dict[str, float]
-    intended_use: str
+    cached: bool = Field(
+        description="true: returned from the response cache, as computed for an earlier identical request (the same "
+        "image bytes and fields, artifact and classifier version); false: computed now"
+    )
+    timings_ms: dict[str, float] = Field(
+        description="milliseconds per stage of this request: `cache` (looking the answer up and storing it), "
+        "`decode`, `preprocess`, `inference`, `zero_shot` (`classifier` with `classifier=NAME`), `explain` (with "
+        "`explain=true`) and `total` (the whole request); a cached answer has only `cache` and `total`",
+    )
+    intended_use: str = Field(
+        description="the artifact's statement of intended use (its manifest's `intended_use`): show it with the "
+        "predictions",
+        examples=["Research use only. Not a medical device; not for clinical diagnosis or treatment decisions."],
+    )
 
 
 class SearchRequest(BaseModel):
@@ -387,9 +458,9 @@ class ClassifyForm(BaseModel):
 class SearchImageForm(BaseModel):
     """The fields of a multipart image -> image search (besides the ``image`` file)."""
 
-    top_k: FormInt = Field(10, ge=1)
+    top_k: FormInt = Field(10, ge=1, description="how many images (at most KEEPFIT_MAX_TOP_K)")
     modality: IndexModality | None = Field(None, description=_MODALITY_FILTER)
-    label: str | None = Field(None, min_length=1, max_length=200)
+    label: str | None = Field(None, min_length=1, max_length=200, description="only images with this label")
 
     @field_validator("label")
     @classmethod
@@ -398,29 +469,49 @@ class SearchImageForm(BaseModel):
 
 
 class SearchHit(BaseModel):
+    """One indexed image near the query, with the URLs of the image and of a thumbnail."""
+
     id: int = Field(description="index id; fetch the image with GET /v1/images/{id}")
     score: float = Field(description="cosine similarity, higher is closer")
-    modality: str | None
-    labels: list[str]
-    caption: str | None
+    modality: str | None = Field(
+        description="the image's modality as indexed: what its DICOM header states, else the one its manifest (or "
+        "`keepfit index`) gave, else what the model recognised when it was indexed; null when none is known"
+    )
+    labels: list[str] = Field(description="the image's labels in the index (its manifest's label columns); empty: none")
+    caption: str | None = Field(description="the image's caption in the index (its manifest's `caption`); null: none")
     width: int | None = Field(description="as stored in the file, before any EXIF orientation")
-    height: int | None
+    height: int | None = Field(description="as stored in the file, before any EXIF orientation")
     sha256: str | None = Field(description="SHA-256 of the indexed file's bytes")
     same_image: bool = Field(
         description="an image query found itself: this hit is the very bytes that were sent (score about 1). It is "
         "listed first even when another file of its pixels (a PNG or DICOM of a JPEG's pixels) scores higher; "
         "`low_similarity` looks past it",
     )
-    image_url: str
-    thumbnail_url: str
+    image_url: str = Field(
+        description="absolute URL of the image as stored (`GET /v1/images/{id}`; a DICOM object as a PNG of its "
+        "pixels), on KEEPFIT_PUBLIC_URL or else the request's own base URL; with API keys it carries a `token` "
+        "that opens this image for KEEPFIT_IMAGE_URL_TTL_S seconds, so that `<img src>` needs no header",
+        examples=["http://localhost:8000/v1/images/17"],
+    )
+    thumbnail_url: str = Field(
+        description="`image_url` with `size=256`: a JPEG whose long side is at most 256 pixels (what a results grid "
+        "should load)",
+        examples=["http://localhost:8000/v1/images/17?size=256"],
+    )
 
 
 class SearchQueryInfo(BaseModel):
-    kind: Literal["text", "image"]
+    """What was searched for, by its SHA-256 only (a query's text is not repeated)."""
+
+    kind: Literal["text", "image"] = Field(
+        description="`text` (a JSON `query`) or `image` (a multipart `image` file)"
+    )
     sha256: str = Field(description="SHA-256 of the query text (UTF-8) or image bytes")
 
 
 class ScoreScale(BaseModel):
+    """How to read the hits' `score`."""
+
     metric: Literal["cosine"] = Field(description="scores are cosine similarities of unit vectors")
     min: float = Field(description="lowest possible score")
     max: float = Field(description="highest possible score (identical direction)")
@@ -428,6 +519,8 @@ class ScoreScale(BaseModel):
 
 
 class SearchWarning(BaseModel):
+    """Something to know about a search's hits, to show beside them."""
+
     code: Literal[
         "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "unrecognised_image",
         "compressed_image", "blurred_image", "unreadable_query",
@@ -442,16 +535,18 @@ class SearchWarning(BaseModel):
         "`unreadable_query`: a text query written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, "
         "Cyrillic...), which the English text encoder cannot read, so the hits do not answer it"
     )
-    message: str
+    message: str = Field(description="a sentence for people: show it beside the hits")
 
 
 class SearchResponse(BaseModel):
+    """The answer to `POST /v1/search`: the indexed images most similar to a text or an image."""
+
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
             "examples": [
                 {
-                    "model_version": "20261128-ddbac8ee24",
+                    "model_version": "20261129-ef1c90468f",
                     "query": {"kind": "text", "sha256": "3b1f..."},
                     "top_k": 1,
                     "modality": "CFP",
@@ -480,20 +575,35 @@ class SearchResponse(BaseModel):
         },
     )
 
-    model_version: str
+    model_version: str = Field(
+        description="the artifact's version (`YYYYMMDD-` and 10 hex digits of its content digest), as `/readyz` "
+        "`artifact.version`: it changes whenever the weights or the knowledge change",
+        examples=["20261129-ef1c90468f"],
+    )
     query: SearchQueryInfo
-    top_k: int
-    modality: str | None
-    label: str | None
-    index_count: int
+    top_k: int = Field(description="how many hits were asked for (`top_k` as sent, default 10)")
+    modality: str | None = Field(description="the modality filter as sent; null: none")
+    label: str | None = Field(description="the label filter as sent; null: none")
+    index_count: int = Field(description="images in the index searched (all of them, whatever the filters)")
     score_scale: ScoreScale
     low_similarity: bool = Field(
-        description="true: even the best hit scores below `score_scale.low_below`; nothing matches well"
+        description="true: even the best hit (other than an image query's own file, `same_image`) scores below "
+        "`score_scale.low_below`; nothing matches well. False when there is no such hit"
     )
     warnings: list[SearchWarning] = Field(description="empty when there is nothing to say")
-    hits: list[SearchHit]
-    cached: bool
-    timings_ms: dict[str, float]
+    hits: list[SearchHit] = Field(
+        description="highest `score` first, except that an image query's own file (`same_image`) comes first; at "
+        "most `top_k`, fewer when fewer images pass the filters"
+    )
+    cached: bool = Field(
+        description="true: the hits came from the response cache, as found for an earlier identical query (the "
+        "same text or image bytes, filters, index and artifact); false: searched now"
+    )
+    timings_ms: dict[str, float] = Field(
+        description="milliseconds per stage of this request: `cache` (looking the hits up and storing them), "
+        "`text_encode` (a text query) or `decode`, `preprocess` and `inference` (an image query), `search` (the "
+        "index) and `total` (the whole request); a cached answer has only `cache` and `total`",
+    )
 
 
 class EmbedTextRequest(BaseModel):
@@ -503,7 +613,7 @@ class EmbedTextRequest(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"text": "optic disc cupping"}]}
     )
 
-    text: str = Field(min_length=1, max_length=HARD_MAX_QUERY)
+    text: str = Field(min_length=1, max_length=HARD_MAX_QUERY, description="the text to embed")
 
     @field_validator("text")
     @classmethod
@@ -512,26 +622,55 @@ class EmbedTextRequest(BaseModel):
 
 
 class EmbedResponse(BaseModel):
+    """The answer to `POST /v1/embed`: the vector of a text or an image in the joint image-text space."""
+
     model_config = ConfigDict(protected_namespaces=())
 
-    model_version: str
-    kind: Literal["text", "image"]
-    sha256: str
-    dim: int
+    model_version: str = Field(
+        description="the artifact's version (`YYYYMMDD-` and 10 hex digits of its content digest), as `/readyz` "
+        "`artifact.version`: it changes whenever the weights or the knowledge change",
+        examples=["20261129-ef1c90468f"],
+    )
+    kind: Literal["text", "image"] = Field(
+        description="what was embedded: `text` (a JSON `text`) or `image` (a multipart `image` file)"
+    )
+    sha256: str = Field(description="SHA-256 (hex) of the text (UTF-8) or of the image file's bytes")
+    dim: int = Field(
+        description="the vector's length: the artifact's embedding size (`/readyz` `artifact.embed_dim`)",
+        examples=[512],
+    )
     embedding: list[float] = Field(description="unit-norm vector in the joint image-text space")
-    cached: bool
-    timings_ms: dict[str, float]
+    cached: bool = Field(
+        description="true: returned from the response cache, as computed for an earlier request of the same text "
+        "or image bytes with the same artifact; false: computed now"
+    )
+    timings_ms: dict[str, float] = Field(
+        description="milliseconds per stage of this request: `cache` (looking the answer up and storing it), "
+        "`text_encode` (a text) or `decode`, `preprocess` and `inference` (an image), and `total` (the whole "
+        "request); a cached answer has only `cache` and `total`",
+    )
 
 
 class TaskInfo(BaseModel):
-    categories: list[str]
-    modalities: list[str]
+    """A named task: a set of mutually exclusive categories, and the modalities it is meant for."""
+
+    categories: list[str] = Field(description="the categories `/v1/classify` scores for this `task`")
+    modalities: list[str] = Field(
+        description="the modalities it is meant for (an image scored as another warns `task_modality_mismatch`); "
+        "empty: any"
+    )
 
 
 class CategoriesResponse(BaseModel):
+    """The answer to `GET /v1/categories`: what `/v1/classify` scores by default and the names it knows."""
+
     model_config = ConfigDict(protected_namespaces=())
 
-    model_version: str
+    model_version: str = Field(
+        description="the artifact's version (`YYYYMMDD-` and 10 hex digits of its content digest), as `/readyz` "
+        "`artifact.version`: it changes whenever the weights or the knowledge change",
+        examples=["20261129-ef1c90468f"],
+    )
     modalities: dict[str, list[str]] = Field(description="default category set per modality")
     screened: dict[str, bool] = Field(
         description="per modality: whether `/v1/classify` screens its default set (`decision=auto`): normal "
@@ -550,20 +689,36 @@ class CategoriesResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"] = "ok"
+    """The process answers (liveness only: `/readyz` says whether the model and the index are loaded)."""
+
+    status: Literal["ok"] = Field("ok", description="always `ok`")
 
 
 class ArtifactStatus(BaseModel):
-    name: str
-    version: str
-    embed_dim: int
-    providers: list[str]
+    """The loaded model artifact."""
+
+    name: str = Field(description="the artifact's name (its manifest's `name`)", examples=["keepfit-v2-small"])
+    version: str = Field(
+        description="the artifact's version, what answers give as `model_version`",
+        examples=["20261129-ef1c90468f"],
+    )
+    embed_dim: int = Field(description="the length of its embeddings (`/v1/embed` `dim`)", examples=[512])
+    providers: list[str] = Field(
+        description="the ONNX Runtime execution providers the encoders run on, first preferred (KEEPFIT_PROVIDERS, "
+        "less those not available here)",
+        examples=[["CPUExecutionProvider"]],
+    )
 
 
 class IndexStatus(BaseModel):
-    loaded: bool
-    count: int | None
-    artifact_version: str | None
+    """The search index: whether one is loaded, how many images it holds, and the artifact it was built with."""
+
+    loaded: bool = Field(description="true: an index is loaded and searches are answered from it")
+    count: int | None = Field(description="images in the loaded index; null when none is loaded")
+    artifact_version: str | None = Field(
+        description="the version of the artifact that built the loaded index (an index of another is refused); "
+        "null when none is loaded"
+    )
     error: str | None = Field(
         None,
         description="why no index is loaded; with loaded true, why a newer index at the configured path was "
@@ -572,9 +727,17 @@ class IndexStatus(BaseModel):
 
 
 class CacheStatus(BaseModel):
-    backend: Literal["redis", "memory"]
-    state: Literal["ok", "degraded", "off"]
-    reason: str | None = Field(None, description="why the cache is degraded or off (absent when it is ok)")
+    """The response cache (reported, never a reason to be not ready)."""
+
+    backend: Literal["redis", "memory"] = Field(
+        description="`redis` (KEEPFIT_REDIS_URL is set: shared by the workers) or `memory` (an LRU in each worker)"
+    )
+    state: Literal["ok", "degraded", "off"] = Field(
+        description="`ok`; `degraded`: Redis is unreachable (answers are computed, not cached) or refuses writes "
+        "(full); `off`: the in-process cache is turned off (KEEPFIT_CACHE_MAX_ENTRIES or KEEPFIT_CACHE_MAX_BYTES "
+        "is 0)"
+    )
+    reason: str | None = Field(None, description="why the cache is degraded or off (null when it is ok)")
 
 
 class ComputeStatus(BaseModel):
@@ -582,17 +745,21 @@ class ComputeStatus(BaseModel):
 
     cores: int = Field(description="CPU cores this worker keeps busy: affinity and container CPU quota / workers")
     cpu_quota: float | None = Field(description="the container's CPU quota in CPUs (null: none)")
-    workers: int
+    workers: int = Field(description="worker processes of the service (KEEPFIT_WORKERS), each sized as this one")
     model_runs: int = Field(description="model runs at once in this worker (KEEPFIT_INFERENCE_CONCURRENCY)")
     onnx_threads: int = Field(description="ONNX Runtime threads per run (KEEPFIT_THREADS)")
 
 
 class ReadyResponse(BaseModel):
-    status: Literal["ready", "not_ready"]
-    artifact: ArtifactStatus | None
+    """Whether the service can answer (`/readyz`): its artifact, index, cache and this worker's compute."""
+
+    status: Literal["ready", "not_ready"] = Field(
+        description="`ready` (200) or `not_ready` (503, with `reason`)"
+    )
+    artifact: ArtifactStatus | None = Field(description="the loaded model artifact; null while the service starts")
     index: IndexStatus
-    cache: CacheStatus | None
-    compute: ComputeStatus | None = None
+    cache: CacheStatus | None = Field(description="the response cache; null while the service starts")
+    compute: ComputeStatus | None = Field(None, description="this worker's sizing; null while the service starts")
     reason: str | None = Field(None, description="why the service is not ready (null when it is)")
 
 

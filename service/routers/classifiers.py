@@ -133,9 +133,16 @@ def _json_id(value: Any) -> Any:
 
 
 IndexId = Annotated[int, BeforeValidator(_json_id), Field(ge=0, le=2**53)]
+NAME_HELP = (
+    "the classifier's name: 1-64 letters, digits, `.`, `_` or `-`, starting with a letter or digit; it must differ "
+    "from every stored name, also ignoring case"
+)
+CATEGORIES_HELP = "its categories, at least 2, each with a label and its examples from the index (ids or a label)"
 
 
 class CategoryRequest(BaseModel):
+    """One category of a create: its label and its examples from the index."""
+
     model_config = {"extra": "forbid"}
 
     label: str = Field(min_length=1, max_length=200, description="the category's name as answers show it")
@@ -164,7 +171,7 @@ class ClassifierRequest(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, description=NAME_HELP)
     modality: str | None = Field(None, description="CFP, FFA or OCT; default: the examples' modality")
     method: str = Field("auto", description="auto, prototype, prototype+text, linear, linear+text")
     # strict in JSON (1 or "yes" is no boolean); a multipart form's text field is read by _form_bool
@@ -175,12 +182,16 @@ class ClassifierRequest(BaseModel):
 
 
 class RefitRequest(BaseModel):
+    """The options of a refit (`POST /v1/classifiers/{name}/refit`)."""
+
     model_config = {"extra": "forbid"}
 
     method: str | None = Field(None, description="another method; default: the one requested at creation")
 
 
 class ClassifierCategory(BaseModel):
+    """One category of a classifier: its label, the text of its zero-shot prior and its example count."""
+
     label: str = Field(description="as answers show it")
     text: str = Field(description="the text of its zero-shot prior (the label unless one was given)")
     examples: int = Field(description="distinct example images")
@@ -193,8 +204,11 @@ class Estimate(BaseModel):
     model_config = {"extra": "allow"}  # a store written by an older release may hold more or fewer keys
 
     balanced_accuracy: float | None = Field(description="null when too few examples to hold any out")
-    scheme: str = Field(description="k-fold, leave-one-out or none")
-    folds: int
+    scheme: str = Field(description="`<k>-fold` (`5-fold`), `leave-one-out` or `none`", examples=["5-fold"])
+    folds: int = Field(
+        description="how many parts were held out in turn: up to 5 with `5-fold`, one per example (near-duplicates "
+        "together) with `leave-one-out`, 0 with `none`"
+    )
     n: int = Field(description="examples")
     method: str | None = Field(None, description="the method the estimate fitted in every fold")
     chance: float | None = Field(None, description="1 / the number of categories")
@@ -207,15 +221,21 @@ class Estimate(BaseModel):
     near_duplicates: int | None = Field(
         None, description="examples held out together with a near-duplicate of theirs (a re-saved or resized copy)"
     )
-    note: str | None = None
+    note: str | None = Field(
+        None, description="a caveat to show with the estimate; null in stores written without it"
+    )
 
 
 class DeletedClassifier(BaseModel):
+    """The answer to a delete: the classifier, and the version of it, that is gone."""
+
     deleted: str = Field(description="the classifier's name")
     version: str = Field(description="the version that was deleted")
 
 
 class ClassifierWarning(BaseModel):
+    """Something to know about a classifier just fitted, in a create's or a refit's answer."""
+
     code: Literal["unrecognised_example", "unreadable_category"] = Field(
         description="`unrecognised_example`: uploaded examples unlike every image the model was trained on (not "
         "eye images, or far from them: the message names them and their categories), kept all the same; "
@@ -227,23 +247,64 @@ class ClassifierWarning(BaseModel):
 
 
 class ClassifierResponse(BaseModel):
-    name: str
-    version: str
-    revision: int
-    modality: str
-    method: str
-    method_requested: str
-    text_prior: bool
-    categories: list[ClassifierCategory]
-    examples: int
+    """A stored few-shot classifier: its categories and examples, what was fitted, how well it separates them, and
+    the artifact it belongs to."""
+
+    name: str = Field(description="its name, as created (matched exactly, case included)", examples=["ffa-dx"])
+    version: str = Field(
+        description="12 hex digits, new with every fit and refit (also for a classifier deleted and created again "
+        "under its name); classify answers give it as `classifier.version`",
+        examples=["3f9c2a7b1d04"],
+    )
+    revision: int = Field(description="1 when created, one more with each refit")
+    modality: str = Field(
+        description="the modality it was fitted on and classifies: the one sent at creation, else its examples' own "
+        "(the artifact's first modality, CFP, when none is known)"
+    )
+    method: str = Field(description="what was fitted: prototype, prototype+text, linear or linear+text")
+    method_requested: str = Field(
+        description="the method asked for (`auto` included) at creation or by the last refit that named one; a "
+        "refit that names none asks for it again"
+    )
+    text_prior: bool = Field(
+        description="as sent at creation: whether the categories' zero-shot prior was offered to the fit (`method` "
+        "ends in `+text` when it was used)"
+    )
+    categories: list[ClassifierCategory] = Field(description="its categories, in the order they were created")
+    examples: int = Field(description="example images over all its categories (the sum of their `examples`)")
     estimate: Estimate
-    artifact: dict[str, str]
-    created: str
-    updated: str
-    usable: bool | None = None
-    fit_ms: float | None = None
-    timings_ms: dict[str, float] | None = None
-    refit_from: str | None = None
+    artifact: dict[str, str] = Field(
+        description="the artifact it was fitted with: its `name` and `version` (it classifies only while `version` "
+        "is the service's `model_version`: `usable`)",
+        examples=[{"name": "keepfit-v2-small", "version": "20261129-ef1c90468f"}],
+    )
+    created: str = Field(
+        description="when it was created (UTC, ISO 8601, seconds); a refit keeps it", examples=["2026-11-30T09:12:44Z"]
+    )
+    updated: str = Field(
+        description="when it was last fitted, at creation or by a refit (UTC, ISO 8601, seconds)",
+        examples=["2026-12-01T14:03:10Z"],
+    )
+    usable: bool | None = Field(
+        None,
+        description="whether it was fitted with the artifact this service runs; false: classifying with it is a "
+        "409 `classifier_stale` until it is refit",
+    )
+    fit_ms: float | None = Field(
+        None,
+        description="a create's or a refit's answer: milliseconds the fit took (the classifier and its "
+        "cross-validated estimate); null in other answers",
+    )
+    timings_ms: dict[str, float] | None = Field(
+        None,
+        description="a create's answer: milliseconds per step, `examples` (embedding the uploads, reading the "
+        "index's), `fit`, `save` and `total`; null in other answers",
+    )
+    refit_from: str | None = Field(
+        None,
+        description="a refit's answer: `stored embeddings` (the image encoder is unchanged) or `re-embedded example "
+        "images` (the stored uploads and the index's images of the same SHA-256); null or absent in other answers",
+    )
     warnings: list[ClassifierWarning] | None = Field(
         None, description="a create's or a refit's answer: what to know about the classifier it fitted (empty: "
         "nothing; a refit from the stored embeddings has nothing new to say, one that re-embedded the examples with "
@@ -252,8 +313,10 @@ class ClassifierResponse(BaseModel):
 
 
 class ClassifierList(BaseModel):
-    classifiers: list[ClassifierResponse]
-    limit: int
+    """Every stored classifier, and how many the store may hold."""
+
+    classifiers: list[ClassifierResponse] = Field(description="every stored classifier, sorted by name")
+    limit: int = Field(description="the most classifiers the store may hold (KEEPFIT_MAX_CLASSIFIERS)")
 
 
 # ---------------------------------------------------------------------------------------------- admin key
@@ -278,7 +341,15 @@ async def require_admin_key(
 
 
 AdminDep = Depends(require_admin_key)
-NamePath = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN.pattern)]
+NamePath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=NAME_PATTERN.pattern,
+        description="the classifier's name, as created (matched exactly, case included)",
+    ),
+]
 
 
 _OPEN_LOCK = threading.Lock()
@@ -654,7 +725,8 @@ _CATEGORY_SCHEMA = {
     "type": "object",
     "required": ["label"],
     "properties": {
-        "label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN},
+        "label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN,
+                  "description": CategoryRequest.model_fields["label"].description},
         "text": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN,
                  "description": "zero-shot prior text"},
         "ids": {
@@ -662,14 +734,21 @@ _CATEGORY_SCHEMA = {
             "items": {"type": "integer", "minimum": 0, "maximum": 2**53},
             "description": "indexed images",
         },
-        "index_label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN},
+        "index_label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN,
+                        "description": CategoryRequest.model_fields["index_label"].description},
     },
 }
-_CREATE_FIELDS = {
-    "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN.pattern},
-    "modality": {"type": "string", "enum": ["auto", *MODALITIES]},
-    "method": {"type": "string", "enum": ["auto", "prototype", "prototype+text", "linear", "linear+text"]},
-    "text_prior": {"type": "boolean", "default": True},
+_CREATE_FIELDS: dict[str, dict[str, Any]] = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN.pattern,
+             "description": NAME_HELP},
+    "modality": {"type": "string", "enum": ["auto", *MODALITIES],
+                 "description": "the modality of the examples and of the images it will classify; `auto` or "
+                 "absent: the examples' own (they must agree)"},
+    "method": {"type": "string", "enum": ["auto", "prototype", "prototype+text", "linear", "linear+text"],
+               "description": "what to fit; `auto` (default) chooses by the examples per category; a `+text` "
+               "method also uses the categories' zero-shot prior"},
+    "text_prior": {"type": "boolean", "default": True,
+                   "description": ClassifierRequest.model_fields["text_prior"].description},
 }
 CREATE_BODY = {
     "requestBody": {
@@ -681,7 +760,8 @@ CREATE_BODY = {
                     "required": ["name", "categories"],
                     "properties": {
                         **_CREATE_FIELDS,
-                        "categories": {"type": "array", "items": _CATEGORY_SCHEMA, "minItems": 2},
+                        "categories": {"type": "array", "items": _CATEGORY_SCHEMA, "minItems": 2,
+                                       "description": CATEGORIES_HELP},
                     },
                 }
             },
@@ -695,7 +775,12 @@ CREATE_BODY = {
                             "type": "object",
                             "description": "the JSON body's other fields (categories with ids or index labels), "
                             "sent as a JSON part",
-                            "properties": {"categories": {"type": "array", "items": _CATEGORY_SCHEMA}},
+                            "properties": {"categories": {
+                                "type": "array",
+                                "items": _CATEGORY_SCHEMA,
+                                "description": "categories with examples from the index (ids or a label); "
+                                "uploaded examples come as files",
+                            }},
                         },
                         EXAMPLES_FIELD: {
                             "type": "array",
@@ -734,7 +819,9 @@ REFIT_BODY = {
                     "additionalProperties": False,
                     "properties": {
                         "method": {
-                            "anyOf": [_CREATE_FIELDS["method"], {"type": "null"}],
+                            # the method's enum, without the create's words about its default
+                            "anyOf": [{k: v for k, v in _CREATE_FIELDS["method"].items() if k != "description"},
+                                      {"type": "null"}],
                             "description": "another method; absent or null: the one last asked for",
                         }
                     },
@@ -829,6 +916,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     body["fit_ms"] = round(result.fit_ms, 2)
     body["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
     body["warnings"] = warnings
+    body["refit_from"] = None  # every key of a classifier's answer, as a refit's and a GET's
     logger.info(
         "classifier created: categories=%d examples=%d method=%s fit_ms=%.1f total_ms=%.1f",
         len(specs),

@@ -57,6 +57,7 @@ Research use only: not a medical device.
 """
 
 
+_FORM = ClassifyForm.model_fields  # the form's descriptions, for the body schema written out below
 OPENAPI_BODY = {
     "requestBody": {
         "required": True,
@@ -73,12 +74,17 @@ OPENAPI_BODY = {
                             "type": "string",
                             "enum": ["auto", *MODALITIES],
                             "default": "auto",
+                            "description": _FORM["modality"].description,
                         },
-                        "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K},
-                        "task": {"type": "string", "minLength": 1, "maxLength": 64},
-                        "classifier": {"type": "string", "minLength": 1, "maxLength": 64},
-                        "frame": {"type": "integer", "minimum": 0, "maximum": 100000},
-                        "explain": {"type": "boolean", "default": False},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K,
+                                  "description": _FORM["top_k"].description},
+                        "task": {"type": "string", "minLength": 1, "maxLength": 64,
+                                 "description": _FORM["task"].description},
+                        "classifier": {"type": "string", "minLength": 1, "maxLength": 64,
+                                       "description": _FORM["classifier"].description},
+                        "frame": {"type": "integer", "minimum": 0, "maximum": 100000,
+                                  "description": _FORM["frame"].description},
+                        "explain": {"type": "boolean", "default": False, "description": _FORM["explain"].description},
                         "decision": {"type": "string", "enum": ["auto", "screening", "flat"], "default": "auto",
                                      "description": DECISION_HELP},
                         "explain_top": {
@@ -86,6 +92,7 @@ OPENAPI_BODY = {
                             "minimum": 1,
                             "maximum": MAX_EXPLAIN_TOP,
                             "default": 3,
+                            "description": _FORM["explain_top"].description,
                         },
                     }
                 ),

@@ -59,6 +59,7 @@ async def readyz(request: Request) -> Any:
             "artifact": None,
             "index": {"loaded": False, "count": None, "artifact_version": None, "error": "not started"},
             "cache": None,
+            "compute": None,  # every key of a ready answer, as artifact and cache are
             "reason": "the service is starting: the model artifact is not loaded yet",
         }
         return JSONResponse(status_code=503, content=starting)

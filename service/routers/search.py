@@ -55,10 +55,13 @@ matches the query well, and the hits are only the least unlike.  Without a loade
 (`no_index`); with an empty one, 409 (`index_empty`).  Query text is never logged, only its SHA-256.
 """
 
+_FORM = SearchImageForm.model_fields  # the form's descriptions, for the body schema written out below
 _FILTER_FIELDS = {
-    "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K, "default": 10},
-    "modality": {"type": "string", "enum": list(MODALITIES)},
-    "label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN},
+    "top_k": {"type": "integer", "minimum": 1, "maximum": HARD_MAX_TOP_K, "default": 10,
+              "description": _FORM["top_k"].description},
+    "modality": {"type": "string", "enum": list(MODALITIES), "description": _FORM["modality"].description},
+    "label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN,
+              "description": _FORM["label"].description},
 }
 
 OPENAPI_BODY = {

@@ -164,6 +164,11 @@ def test_index_ids_and_label_filter_then_list_show_delete(client: TestClient, re
     shown = client.get("/v1/classifiers/oct-a").json()
     assert shown["categories"][0] == {"label": "first pair", "text": "first pair", "examples": 2}
     assert shown["usable"] is True
+    # a create's answer has every key of the classifier's, as a refit's and a GET's do (a generated client reads
+    # `refit_from` of each); its own fields are filled, the refit's null
+    created = r.json()
+    assert set(created) == set(shown), set(created) ^ set(shown)
+    assert created["refit_from"] is None and created["fit_ms"] > 0 and created["warnings"] == []
     # an indexed image classified with the classifier of its own pair lands in that pair
     path = VectorIndex.open(client.app.state.settings.index)  # type: ignore[attr-defined]
     try:

@@ -16,6 +16,7 @@ from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
 from service.app import create_app
 from service.deps import image_token, image_token_expiry, key_matches
+from service.schemas import ReadyResponse
 from tests.service.helpers import assert_error, make_settings
 
 
@@ -51,7 +52,12 @@ def test_readyz_reports_artifact_index_and_cache(api: TestClient, default_artifa
 def test_readyz_is_503_before_the_lifespan(default_artifact: Path) -> None:
     app = create_app(make_settings(default_artifact))
     client = TestClient(app)  # no `with`: the lifespan has not run, nothing is loaded
-    assert client.get("/readyz").status_code == 503
+    starting = client.get("/readyz")
+    assert starting.status_code == 503
+    # every key of the schema, null where nothing is loaded yet (compute was left out where artifact and cache were
+    # null), so a client reads one shape
+    assert set(starting.json()) == set(ReadyResponse.model_fields), starting.json()
+    assert starting.json()["compute"] is None and starting.json()["artifact"] is None
     r = client.post("/v1/embed", json={"text": "drusen"})
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
 
