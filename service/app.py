@@ -101,6 +101,8 @@ def _lifespan(index_opener: Any = None) -> Any:
         cache = make_cache(settings, metrics)
         state = await cache.check()
         logger.info("cache: %s (%s)", cache.backend, state)
+        # what this worker found, from the start: with several workers a gauge has no sample until it is set
+        metrics.cache_degraded.set(1 if state == "degraded" else 0)
         app.openapi_schema = None  # regenerated with the loaded knowledge's task names
         service = app.state.service = ServiceState(
             settings=settings,

@@ -7,7 +7,8 @@ index that does not exist stops start-up (unless ``KEEPFIT_INDEX_OPTIONAL=true``
 both before the model loads.
 
 With several workers their metrics are kept in files in one directory (``PROMETHEUS_MULTIPROC_DIR``) that every
-worker's ``/metrics`` reads, so a scrape reports the whole server (:func:`shared_metrics`).
+worker's ``/metrics`` reads, so a scrape reports the whole server (:func:`shared_metrics`); the private ones that
+servers killed with SIGKILL left behind are removed as another starts (:func:`remove_dead_metrics_dirs`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import argparse
 import errno
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -114,6 +117,12 @@ def uvicorn_log_config(fmt: str = "text") -> dict[str, Any]:
 # prometheus_client's variable (and its deprecated spelling): the directory its multiprocess mode keeps values in
 MULTIPROC_DIR_ENV, MULTIPROC_DIR_ENV_OLD = PROMETHEUS_MULTIPROC_ENV
 METRICS_LOCK = ".keepfit-serve.lock"  # held while a server uses the directory: another one would empty it
+METRICS_DIR_PREFIX = "keepfit-metrics-"
+# a private directory's name (tempfile.mkdtemp's: 8 random characters of [a-z0-9_] after the prefix)
+_PRIVATE_METRICS_DIR = re.compile(re.escape(METRICS_DIR_PREFIX) + r"[a-z0-9_]{8}")
+# In a private directory: "<pid> <start time>" of the keepfit serve that made it, which holds a shared lock on it
+# while it runs, as each of its workers does (service.metrics.hold_private_dir): they outlive a SIGKILLed server.
+METRICS_OWNER = ".keepfit-serve.owner"
 
 
 @contextmanager
@@ -124,13 +133,16 @@ def shared_metrics(workers: int) -> Iterator[Path | None]:
     ignored then).
 
     By default a new private (0700) directory under the temporary directory (``TMPDIR``, else ``/tmp``: a tmpfs in
-    the compose file, whose root is read-only), removed afterwards. One given in ``PROMETHEUS_MULTIPROC_DIR`` is
-    made if missing and emptied of metric files (``*.db``) before and after, as a previous run's would add its
-    counts; two servers cannot share one (:class:`ConfigError`). The environment is restored afterwards.
+    the compose file, whose root is read-only), removed afterwards; those of servers that died without removing
+    theirs (SIGKILL, the OOM killer) are removed first, whatever the number of workers
+    (:func:`remove_dead_metrics_dirs`). One given in ``PROMETHEUS_MULTIPROC_DIR`` is made if missing and emptied of
+    metric files (``*.db``) before and after, as a previous run's would add its counts; two servers cannot share one
+    (:class:`ConfigError`). The environment is restored afterwards.
     """
     saved = {name: os.environ.pop(name, None) for name in (MULTIPROC_DIR_ENV, MULTIPROC_DIR_ENV_OLD)}
     given = saved[MULTIPROC_DIR_ENV] or saved[MULTIPROC_DIR_ENV_OLD]
     try:
+        remove_dead_metrics_dirs()
         if workers <= 1:
             if given:
                 logger.info("%s is ignored with one worker (its metrics are its own)", MULTIPROC_DIR_ENV)
@@ -142,13 +154,15 @@ def shared_metrics(workers: int) -> Iterator[Path | None]:
                 cleanup.enter_context(_metrics_dir_of_ours(path))
             else:
                 try:
-                    path = Path(tempfile.mkdtemp(prefix="keepfit-metrics-"))
+                    path = Path(tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX))
                 except OSError as err:
                     raise ConfigError(
                         f"--workers {workers} keeps the workers' metrics in files, and no temporary directory could "
                         f"be made for them ({err.strerror or err}): set TMPDIR or {MULTIPROC_DIR_ENV} to a writable "
                         "directory (with a read-only root, mount a tmpfs at /tmp as the compose file does)"
                     ) from err
+                owner = _claim(path)
+                cleanup.callback(os.close, owner)  # after the removal: held until it is gone
                 cleanup.callback(shutil.rmtree, path, ignore_errors=True)
             os.environ[MULTIPROC_DIR_ENV] = str(path)
             logger.info("the %d workers keep their metrics in %s (%s)", workers, path, MULTIPROC_DIR_ENV)
@@ -196,6 +210,145 @@ def _metrics_dir_of_ours(path: Path) -> Iterator[None]:
 def _remove_metric_files(path: Path) -> None:
     for stale in path.glob("*.db"):
         stale.unlink(missing_ok=True)
+
+
+def _process(pid: int) -> tuple[str, str] | None:
+    """Process ``pid``'s state (``Z``: exited, not yet reaped) and when it started (clock ticks since boot), from
+    /proc/<pid>/stat; None where that cannot be read (no such process, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
+        return fields[0].decode(), fields[19].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _claim(path: Path) -> int:
+    """Mark the new private directory ``path`` as this server's while it runs: a file naming this process and when
+    it started, held with a shared lock (its workers take one too). Returns the file's descriptor."""
+    import fcntl
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path / METRICS_OWNER, flags, 0o600)
+    except OSError as err:
+        shutil.rmtree(path, ignore_errors=True)
+        raise ConfigError(f"cannot use the metrics directory {path}: {err.strerror or err}") from err
+    # locked before it names its server: a server starting meanwhile finds it locked, or naming nobody yet (kept)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    me = _process(os.getpid())
+    os.write(fd, f"{os.getpid()} {me[1] if me else '-'}\n".encode())
+    return fd
+
+
+def _gone(owner: bytes) -> bool:
+    """Whether the server an owner file names has stopped: no process has its pid, or the one that has it started
+    at another time (a pid used again). An owner file that names nobody (a server making it) is not proof."""
+    try:
+        pid_text, started = owner.decode("ascii").split()
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid <= 0:
+        return False
+    now = _process(pid)
+    if now is not None:
+        state, now_started = now
+        return state == "Z" or (started != "-" and now_started != started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's: it runs
+        return False
+    return False  # it runs, and without /proc nothing tells it from another with the same pid: kept
+
+
+def remove_dead_metrics_dirs(root: Path | None = None) -> list[Path]:
+    """Remove the private metrics directories (:func:`shared_metrics`) in ``root`` (the temporary directory) whose
+    server is gone: killed with SIGKILL or by the OOM killer, it could not remove its own, and under systemd or on a
+    VM (no tmpfs emptied with the container) they piled up. The removed ones.
+
+    Only a directory that is one by construction: its name a private one's, a directory (not a symlink) of this
+    user with mode 0700 and holding only an owner file and metric files (``*.db``); and only when its server is
+    provably gone: nobody holds a lock on its owner file (the server and each of its workers hold one while they
+    run; the kernel drops it as a process ends, whatever ends it) and the process the file names is no longer
+    running (or is another with the same pid). Nothing is followed through a symlink.
+    """
+    root = Path(root or tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        names = [name for name in os.listdir(root) if _PRIVATE_METRICS_DIR.fullmatch(name)]
+        if not names:
+            return removed
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return removed
+    try:
+        for name in names:
+            try:
+                if _remove_if_dead(root_fd, name):
+                    removed.append(root / name)
+            except OSError as err:  # in use, changed meanwhile, or not ours: left as it is
+                logger.debug("left %s: %s", root / name, err)
+    finally:
+        os.close(root_fd)
+    if removed:
+        logger.info(
+            "removed %d metrics %s left by servers that stopped without removing them: %s",
+            len(removed),
+            "directory" if len(removed) == 1 else "directories",
+            ", ".join(str(p) for p in removed),
+        )
+    return removed
+
+
+def _remove_if_dead(root_fd: int, name: str) -> bool:
+    import fcntl
+
+    seen = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    if (
+        not stat.S_ISDIR(seen.st_mode)
+        or seen.st_uid != os.geteuid()
+        or stat.S_IMODE(seen.st_mode) != 0o700
+    ):
+        return False
+    dir_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+    try:
+        if not os.path.samestat(seen, os.fstat(dir_fd)):
+            return False
+        # ELOOP for a symlink, ENOENT for none: left
+        owner = os.open(METRICS_OWNER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            found = os.fstat(owner)
+            if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+                return False
+            try:
+                fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # its server, or a worker of it, runs
+            if not _gone(os.pread(owner, 64, 0)):
+                return False
+            files = [entry for entry in os.listdir(dir_fd) if entry != METRICS_OWNER]
+            for entry in files:
+                if not entry.endswith(".db") or not stat.S_ISREG(
+                    os.stat(entry, dir_fd=dir_fd, follow_symlinks=False).st_mode
+                ):
+                    logger.warning(
+                        "left the metrics directory %s of a stopped server: it holds %r, which is not a metrics file",
+                        name,
+                        entry,
+                    )
+                    return False
+            for entry in files:
+                os.unlink(entry, dir_fd=dir_fd)
+            os.unlink(METRICS_OWNER, dir_fd=dir_fd)  # under the lock: a server starting meanwhile finds none, and skips
+        finally:
+            os.close(owner)
+    finally:
+        os.close(dir_fd)
+    os.rmdir(name, dir_fd=root_fd)  # empty now, or left (OSError)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -762,6 +762,10 @@ class IndexHolder:
     nobody waits), and the old one is closed once the last request holding it is done, on the index thread behind
     that request's work (closed at the swap, a request that had taken it but whose work was queued behind the
     reload met a closed database).
+
+    :meth:`close` (the service stopping) closes the served index, and one the loader opened that was not swapped in;
+    one still opening then is closed by the loader as soon as it is open (the event loop cancels the reload that
+    waited for it, and nothing else would), without shutdown waiting for it.
     """
 
     RELOAD_CHECK_S = 5.0
@@ -803,6 +807,8 @@ class IndexHolder:
         self._holds_lock = threading.Lock()
         self._holds: dict[int, int] = {}
         self._retired: dict[int, Any] = {}
+        # opened (by _load_unswapped) and not yet served: _swap takes each, or close() closes it
+        self._unswapped: dict[int, Any] = {}
 
     # -- on the index thread
     def _manifest_stamp(self) -> tuple[int, int] | None:
@@ -814,9 +820,30 @@ class IndexHolder:
         return (st.st_ino, st.st_mtime_ns)
 
     def _open(self) -> None:
-        loaded = self._load()
+        loaded = self._load_unswapped()
         if loaded is not None:
             self._swap(*loaded)
+
+    def _load_unswapped(self) -> tuple[Any, tuple[int, int], str, list[str]] | None:
+        """:meth:`_load`, the index it opened kept as not yet served until :meth:`_swap` takes it (or :meth:`close`
+        closes it); opened once the service began stopping, it is closed here at once: nothing would serve it."""
+        loaded = self._load()
+        if loaded is None:
+            return None
+        with self._holds_lock:
+            if not self._closing:
+                self._unswapped[id(loaded[0])] = loaded[0]
+                return loaded
+        logger.info("index %s opened while the service stopped: closed", self.path)
+        self._close_previous(loaded[0])
+        return None
+
+    def _discard(self, index: Any) -> None:
+        """Close ``index``, opened and never served, unless :meth:`close` has (or :meth:`_swap` served it)."""
+        with self._holds_lock:
+            index = self._unswapped.pop(id(index), None)
+        if index is not None:
+            self._close_previous(index)
 
     def _load(self) -> tuple[Any, tuple[int, int], str, list[str]] | None:
         """The index at the path if its manifest changed (on the loader thread): ``(index, stamp, fingerprint,
@@ -872,10 +899,9 @@ class IndexHolder:
 
     def _swap(self, index: Any, stamp: tuple[int, int], fingerprint: str, modalities: list[str]) -> None:
         """Serve ``index`` from now on (on the index thread); the old one is closed once no request holds it."""
-        if self._closing:  # opened while the service stopped: nothing will serve it
-            self._close_previous(index)
-            return
         with self._holds_lock:
+            if self._unswapped.pop(id(index), None) is None:  # the service stopped first: close() closed it
+                return
             old, self._index = self._index, index
             # in the same step: info() never pairs the new index with the old one's fingerprint (a search keyed so
             # cached the new index's hits as the old one's)
@@ -898,10 +924,10 @@ class IndexHolder:
         except Exception as err:  # an old handle failing to close must not drop the new index
             logger.warning("closing the previous index: %s", err)
 
-    def _close(self) -> None:
+    def _close(self, unswapped: Sequence[Any] = ()) -> None:
         with self._holds_lock:
             retired, self._retired = list(self._retired.values()), {}
-        for old in retired:  # shutting down: no request is left to use them
+        for old in [*unswapped, *retired]:  # shutting down: no request is left to use them
             self._close_previous(old)
         if self._index is not None:
             self._index.close()
@@ -953,7 +979,9 @@ class IndexHolder:
         one is opened on the loader thread while requests are answered from the current one (opened on the index
         thread, a 1M-image index held every search and /readyz for about 12 s); this call waits for it at most
         ``RELOAD_WAIT_S`` (with ``force``, until it is served or refused)."""
-        if self.path is None or (not force and time.monotonic() - self._checked_at < self.RELOAD_CHECK_S):
+        if self.path is None or self._closing or (
+            not force and time.monotonic() - self._checked_at < self.RELOAD_CHECK_S
+        ):
             return
         started = self._reloading is None or self._reloading.done()
         if started:
@@ -968,19 +996,28 @@ class IndexHolder:
     async def _reload(self) -> None:
         context = contextvars.copy_context()
         try:
-            loaded = await asyncio.get_running_loop().run_in_executor(self._loader, partial(context.run, self._load))
+            loaded = await asyncio.get_running_loop().run_in_executor(
+                self._loader, partial(context.run, self._load_unswapped)
+            )
             if loaded is not None:
                 try:
                     await self._submit(self._swap, *loaded)
                 except RuntimeError:  # the index thread is shut down (the service is stopping)
-                    self._close_previous(loaded[0])
+                    self._discard(loaded[0])
+                except asyncio.CancelledError:  # the event loop is stopping: the queued swap may never run
+                    self._discard(loaded[0])
+                    raise
         except Exception:  # a background task: logged, and the current index stays served
             logger.exception("reloading the index at %s failed; the current one is still served", self.path)
 
     async def close(self) -> None:
-        self._closing = True
+        """Close the served index, the swapped-out ones and one opened but not yet swapped in; one still opening on
+        the loader thread is closed there once open (this does not wait for it)."""
+        with self._holds_lock:
+            self._closing = True
+            unswapped, self._unswapped = list(self._unswapped.values()), {}
         try:
-            await self._submit(self._close)
+            await self._submit(self._close, unswapped)
         finally:
             self._executor.shutdown(wait=False)
             self._loader.shutdown(wait=False)

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.cli import PROMETHEUS_MULTIPROC_ENV
+from service.cli import METRICS_OWNER
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -51,6 +52,7 @@ class Metrics:
         # several workers it reads the files of all of them instead; the metrics here write this worker's.
         self.shared_dir = shared_dir()
         if self.shared_dir is not None:
+            hold_private_dir(self.shared_dir)
             _forget_dead_workers(self.shared_dir, this_process=True)
         own = CollectorRegistry(auto_describe=True)
         self.registry = own
@@ -229,6 +231,31 @@ class SharedCollector(MultiProcessCollector):
         found = list(super().collect())
         names = {metric.name for metric in found}
         return found + [m for family in self._families for m in family.describe() if m.name not in names]
+
+
+_held_dirs: dict[str, int] = {}
+
+
+def hold_private_dir(path: str) -> None:
+    """In a worker whose metrics directory is ``keepfit serve``'s private one: share the server's lock on it for as
+    long as this process runs. The workers outlive a server killed with SIGKILL, and go on writing there: a server
+    starting meanwhile must not take the directory for a dead server's and remove it
+    (:func:`service.cli.remove_dead_metrics_dirs`). An operator's ``PROMETHEUS_MULTIPROC_DIR`` has no owner file (it
+    is never removed): nothing to hold."""
+    import fcntl
+
+    if path in _held_dirs:
+        return
+    try:
+        fd = os.open(os.path.join(path, METRICS_OWNER), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only for a starting server checking whether its server is gone
+    except OSError:
+        os.close(fd)
+        return
+    _held_dirs[path] = fd
 
 
 _LIVE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")

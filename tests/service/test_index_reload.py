@@ -8,7 +8,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
 from service.engine import IndexHolder
+from tests.service.helpers import make_settings
 from tests.service.test_durability_index_swap import _Generation, _publish
 
 
@@ -26,6 +31,12 @@ def _slow_rebuild() -> tuple[list[_Generation], threading.Event, Callable[[Path,
 
     return opened, release, opener
 
+
+def _until_closed(opened: list[_Generation], count: int, seconds: float = 5.0) -> None:
+    """Until the loader has opened ``count`` indexes and each of them is closed (or ``seconds`` have passed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (len(opened) == count and all(g.closed for g in opened)):
+        time.sleep(0.02)
 
 
 def test_requests_are_answered_from_the_current_index_while_a_large_one_opens(tmp_path: Path) -> None:
@@ -111,3 +122,84 @@ def test_an_index_that_opens_but_cannot_be_served_is_closed_and_not_reopened_at_
         await holder.close()
 
     asyncio.run(scenario())
+
+
+def test_an_index_still_opening_at_shutdown_is_closed_once_open(tmp_path: Path) -> None:
+    """Stopped while a rebuilt index opened on the loader thread: the event loop cancelled the reload that waited for
+    it, and the index it went on to open was never closed (its file handle and mappings held to the process's end).
+    The loader closes it once open now; the served one is closed at once, and shutdown does not wait for the open."""
+    opened, release, opener = _slow_rebuild()
+
+    async def scenario() -> None:
+        _publish(tmp_path, 1)
+        holder = IndexHolder(tmp_path, "v", opener=opener)
+        holder.RELOAD_CHECK_S, holder.RELOAD_WAIT_S = 0.0, 0.05
+        await holder.start()
+        _publish(tmp_path, 2)
+        await holder.refresh()  # the rebuilt one starts opening (and takes a while)
+        stopping = time.monotonic()
+        await holder.close()
+        assert time.monotonic() - stopping < 1.0  # not held by the open
+        assert [g.closed for g in opened] == [True]  # the served one
+
+    try:
+        asyncio.run(scenario())  # its end cancels the reload waiting for the loader
+    finally:
+        release.set()
+    _until_closed(opened, 2)
+    assert [g.closed for g in opened] == [True, True]
+
+
+def test_an_index_opened_but_not_yet_swapped_in_at_shutdown_is_closed(tmp_path: Path) -> None:
+    """Opened, its swap queued on the index thread behind a search, when the service stopped: closed with the
+    served one, and the swap that runs afterwards serves nothing."""
+    opened: list[_Generation] = []
+
+    def opener(path: Path, expected_artifact_version: str) -> _Generation:
+        opened.append(_Generation(len(opened) + 1))
+        return opened[-1]
+
+    async def scenario() -> None:
+        _publish(tmp_path, 1)
+        holder = IndexHolder(tmp_path, "v", opener=opener)
+        holder.RELOAD_CHECK_S, holder.RELOAD_WAIT_S = 0.0, 0.0
+        await holder.start()
+        searching = threading.Event()
+        busy = holder._executor.submit(searching.wait, 10)  # a long search on the index thread
+        _publish(tmp_path, 2)
+        await holder.refresh()
+        while len(opened) < 2 or holder._executor._work_queue.qsize() < 1:  # opened; its swap queued
+            await asyncio.sleep(0.001)
+        closing = asyncio.ensure_future(holder.close())
+        await asyncio.sleep(0.05)
+        searching.set()
+        busy.result(timeout=5)
+        await closing
+        await asyncio.sleep(0.05)
+        assert not holder.info().loaded  # nothing served after close
+
+    asyncio.run(scenario())
+    assert [g.closed for g in opened] == [True, True]
+
+
+def test_a_stopping_service_closes_the_index_it_was_opening(
+    default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's lifespan: stopped (``with TestClient`` left) while a rebuilt index opens, every index it opened is
+    closed, the rebuilt one once its open ends."""
+    opened, release, opener = _slow_rebuild()
+    monkeypatch.setattr(IndexHolder, "RELOAD_CHECK_S", 0.0)
+    monkeypatch.setattr(IndexHolder, "RELOAD_WAIT_S", 0.05)
+    _publish(tmp_path, 1)
+    try:
+        app = create_app(make_settings(default_artifact, index=tmp_path), index_opener=opener)
+        with TestClient(app) as client:
+            _publish(tmp_path, 2)
+            assert client.get("/readyz").status_code == 200  # finds the rebuilt index, which starts opening
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 5.0  # not held by the open
+        assert [g.closed for g in opened] == [True]
+    finally:
+        release.set()
+    _until_closed(opened, 2)
+    assert [g.closed for g in opened] == [True, True]

@@ -25,7 +25,7 @@ from typing import IO, Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import generate_latest, values
+from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from model.errors import ConfigError
@@ -69,7 +69,8 @@ def test_several_workers_get_a_private_directory_removed_at_exit(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # as TMPDIR=tmp_path would
     with cli.shared_metrics(2) as path:
         assert path is not None and path.parent == tmp_path and path.name.startswith("keepfit-metrics-")
-        assert stat.S_IMODE(path.stat().st_mode) == 0o700 and not any(path.iterdir())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        assert [p.name for p in path.iterdir()] == [cli.METRICS_OWNER]  # its server's, and no metrics yet
         assert os.environ[ENV] == str(path)  # what the workers inherit
         (path / "counter_123.db").write_bytes(b"\0" * 16)
     assert not path.exists() and ENV not in os.environ
@@ -118,7 +119,7 @@ def test_serve_hands_the_workers_the_directory_and_removes_it_after(
         shared = os.environ.get(ENV)
         seen.append(shared)
         if shared is not None:
-            assert Path(shared).is_dir() and not any(Path(shared).iterdir())
+            assert Path(shared).is_dir() and [p.name for p in Path(shared).iterdir()] == [cli.METRICS_OWNER]
 
     monkeypatch.setattr("uvicorn.run", run)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -134,6 +135,107 @@ def test_serve_hands_the_workers_the_directory_and_removes_it_after(
     else:
         assert seen[0] is not None and Path(seen[0]).parent == tmp_path
         assert not Path(seen[0]).exists() and ENV not in os.environ
+
+
+def _stopped_process() -> tuple[int, str]:
+    """The pid of a process that ran and has ended, and when it started (/proc/<pid>/stat)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    started = Path(f"/proc/{proc.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19].decode()
+    proc.kill()
+    proc.wait()
+    return proc.pid, started
+
+
+def _this_process_started() -> str:
+    return Path(f"/proc/{os.getpid()}/stat").read_bytes().rsplit(b")", 1)[1].split()[19].decode()
+
+
+def _leftover(parent: Path, name: str, owner: str | None, files: tuple[str, ...] = ("counter_7.db",)) -> Path:
+    """A metrics directory as a server killed with SIGKILL leaves it: its owner file and its workers' files."""
+    path = parent / name
+    path.mkdir(mode=0o700)
+    path.chmod(0o700)
+    if owner is not None:
+        (path / cli.METRICS_OWNER).write_text(owner)
+    for file in files:
+        (path / file).write_bytes(b"\0" * 16)
+    return path
+
+
+def test_a_starting_server_removes_the_directories_of_dead_servers_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server killed with SIGKILL (or by the OOM killer) left its private directory; under systemd or on a VM they
+    piled up. Removed now as another server starts: only ours by construction, and only when the server is gone."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pid, started = _stopped_process()
+    dead = f"{pid} {started}\n"
+    removed = {
+        "dead": _leftover(tmp_path, "keepfit-metrics-dead0001", dead, ("counter_7.db", "gauge_livesum_7.db")),
+        # this pid, but another process's start time: the server's pid has come round again
+        "pid_reused": _leftover(tmp_path, "keepfit-metrics-reuse001", f"{os.getpid()} 1\n"),
+        "no_files": _leftover(tmp_path, "keepfit-metrics-empty001", dead, ()),
+    }
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = _leftover(outside, "keepfit-metrics-target01", dead)
+    kept = {
+        # its server runs (this process, its start time), even with nobody holding the lock
+        "alive": _leftover(tmp_path, "keepfit-metrics-alive001", f"{os.getpid()} {_this_process_started()}\n"),
+        "no_owner": _leftover(tmp_path, "keepfit-metrics-noowner1", None),  # not (yet) a server's
+        "owner_naming_nobody": _leftover(tmp_path, "keepfit-metrics-making01", ""),  # a server making it
+        "not_a_metrics_file": _leftover(tmp_path, "keepfit-metrics-other001", dead, ("counter_7.db", "notes.txt")),
+        "a_subdirectory": _leftover(tmp_path, "keepfit-metrics-subdir01", dead),
+        "mode_0755": _leftover(tmp_path, "keepfit-metrics-mode0755", dead),
+        "name_too_long": _leftover(tmp_path, "keepfit-metrics-dead00012", dead),
+        "name_upper_case": _leftover(tmp_path, "keepfit-metrics-DEAD0001", dead),
+        "name_other": _leftover(tmp_path, "keepfit-metricsdead0001", dead),
+        "symlink_owner": _leftover(tmp_path, "keepfit-metrics-linkown1", None),
+        "target": target,
+    }
+    (kept["a_subdirectory"] / "sub").mkdir()
+    kept["mode_0755"].chmod(0o755)
+    (tmp_path / "owner-elsewhere").write_text(dead)
+    (kept["symlink_owner"] / cli.METRICS_OWNER).symlink_to(tmp_path / "owner-elsewhere")
+    link = tmp_path / "keepfit-metrics-symlink1"
+    link.symlink_to(target)
+    (tmp_path / "keepfit-metrics-file0001").write_text(dead)
+    others: list[Path] = [link, tmp_path / "keepfit-metrics-file0001"]
+    if os.geteuid() == 0:  # another user's
+        kept["another_user"] = _leftover(tmp_path, "keepfit-metrics-nobody01", dead)
+        os.chown(kept["another_user"], 65534, 65534)
+    snapshot = {p: sorted(q.name for q in p.iterdir()) for p in kept.values()}
+
+    with cli.shared_metrics(2) as mine:  # a server starting
+        assert mine is not None
+        for path in removed.values():
+            assert not path.exists() and not path.is_symlink(), path
+        assert {p: sorted(q.name for q in p.iterdir()) for p in kept.values()} == snapshot
+        assert all(p.is_symlink() or p.is_file() for p in others) and link.resolve() == target.resolve()
+        # the live server's own directory stays, whoever starts next
+        assert cli.remove_dead_metrics_dirs(tmp_path) == [] and mine.is_dir()
+    assert not mine.exists()
+
+
+def test_a_directory_its_workers_still_use_is_kept(tmp_path: Path) -> None:
+    """The workers outlive a server killed with SIGKILL (and answer requests, writing their metrics): their
+    directory stays until the last of them has gone."""
+    pid, started = _stopped_process()
+    path = _leftover(tmp_path, "keepfit-metrics-orphan01", f"{pid} {started}\n")
+    hold = (
+        "import sys; from service.metrics import hold_private_dir; hold_private_dir(sys.argv[1]); print('held', "
+        "flush=True); sys.stdin.read()"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", hold, str(path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == b"held\n"
+        assert cli.remove_dead_metrics_dirs(tmp_path) == [] and path.is_dir()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert cli.remove_dead_metrics_dirs(tmp_path) == [path] and not path.exists()
 
 
 # ------------------------------------------------------------------------------ the metrics (one process)
@@ -257,12 +359,37 @@ def test_an_app_in_a_worker_of_several_serves_the_shared_metrics(
         held.result(timeout=10)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("redis_down", [False, True])
+def test_the_cache_state_is_in_the_metrics_from_the_start(
+    workers: int, redis_down: bool, as_worker: Callable[[int], None], default_artifact: Path
+) -> None:
+    """``keepfit_cache_degraded`` as the worker's start-up check found the cache, before any ``/readyz`` or scrape of
+    that worker: with several workers it had no sample in the files the workers' scrapes read until one of those set
+    it; with one, it read 0 with Redis down until then."""
+    if workers > 1:
+        as_worker(os.getpid())
+    redis = {"redis_url": f"redis://127.0.0.1:{free_port()}/0"} if redis_down else {}  # nothing listens there
+    with TestClient(create_app(make_settings(default_artifact, **redis))) as client:
+        metrics: Metrics = client.app.state.metrics  # type: ignore[attr-defined]
+        if workers > 1:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, os.environ[ENV])  # what any worker's scrape reads
+        else:
+            registry = metrics.registry
+        assert metrics.shared_dir is (None if workers == 1 else os.environ[ENV])
+        assert _sample(generate_latest(registry).decode(), "keepfit_cache_degraded") == (1 if redis_down else 0)
+
+
 # ------------------------------------------------------------------------------ keepfit serve --workers 2
-def _serve(artifact: Path, tmp_path: Path, port: int, out: IO[bytes]) -> subprocess.Popen[bytes]:
+def _serve(
+    artifact: Path, tmp_path: Path, port: int, out: IO[bytes], session: bool = False
+) -> subprocess.Popen[bytes]:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "KEEPFIT_THREADS": "1", "TMPDIR": str(tmp_path),
            "KEEPFIT_CLASSIFIERS": str(tmp_path / "classifiers"), "KEEPFIT_WORKERS": "2"}
     cmd = [sys.executable, "-m", "model.cli", "serve", "--artifact", str(artifact), "--port", str(port)]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=session)
 
 
 def _until(check: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, seconds: float = 120) -> None:
@@ -371,3 +498,98 @@ def test_only_keepfit_serve_sees_the_metrics_directory(
     with contextlib.suppress(SystemExit):  # argparse's --help
         keepfit([command, "--help"])
     assert (ENV in os.environ, ENV.lower() in os.environ) == (kept, kept)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a server's workers and multiprocessing's resource tracker)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if int(stat_file.read_bytes().rsplit(b")", 1)[1].split()[1]) == pid:
+                found.append(int(stat_file.parent.name))
+    return found
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def _metrics_dir(log: Path) -> Path:
+    """The private metrics directory a server says it made."""
+    found = re.search(r"the 2 workers keep their metrics in (\S+) ", log.read_text())
+    assert found is not None, log.read_text()[-2000:]
+    return Path(found.group(1))
+
+
+@pytest.mark.slow
+def test_a_killed_server_s_directory_is_removed_by_the_next_one_and_a_live_one_s_kept(
+    default_artifact: Path, tmp_path: Path
+) -> None:
+    """`keepfit serve --workers 2` killed with SIGKILL (the OOM killer, a crash, systemd's final kill) left its
+    metrics directory, one more after every such stop. The next server to start removes it; a running server's stays,
+    and so does the directory of a server whose workers outlive it (its master killed alone: they go on answering)."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    ports = {name: free_port() for name in ("killed", "live", "next")}
+    logs = {name: tmp_path / f"{name}.log" for name in ports}
+
+    def start(name: str) -> None:
+        with logs[name].open("wb") as out:
+            procs[name] = _serve(default_artifact, tmp_path, ports[name], out, session=True)
+
+    def ready(name: str) -> None:
+        url = f"http://127.0.0.1:{ports[name]}/healthz"
+        _until(lambda: httpx.get(url, timeout=2).status_code == 200, procs[name], logs[name], seconds=180)
+
+    try:
+        start("killed")
+        start("live")
+        ready("killed")
+        ready("live")
+        killed, live = _metrics_dir(logs["killed"]), _metrics_dir(logs["live"])
+        assert killed.parent == live.parent == tmp_path and killed != live
+        workers = _children(procs["killed"].pid)
+        assert len(workers) >= 2, workers
+        os.killpg(procs["killed"].pid, signal.SIGKILL)  # the server and its workers, at once
+        procs["killed"].wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not all(_ended(pid) for pid in workers):
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.1)
+        assert killed.is_dir()  # nothing removed it
+
+        start("next")
+        ready("next")
+        assert not killed.exists(), logs["next"].read_text()[-2000:]
+        assert live.is_dir() and list(live.glob("*.db"))  # the running server's, with its workers' files
+        assert f"removed 1 metrics directory left by servers that stopped without removing them: {killed}" in (
+            logs["next"].read_text()
+        )
+        following = _metrics_dir(logs["next"])
+
+        # the live server's master killed alone: its workers go on answering, and their directory stays
+        orphans = [
+            pid for pid in _children(procs["live"].pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        procs["live"].send_signal(signal.SIGKILL)
+        procs["live"].wait(timeout=30)
+        assert httpx.get(f"http://127.0.0.1:{ports['live']}/healthz", timeout=10).status_code == 200
+        assert cli.remove_dead_metrics_dirs(tmp_path) == [] and live.is_dir()
+        os.killpg(procs["live"].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not all(_ended(pid) for pid in orphans):
+            assert time.monotonic() < deadline, orphans
+            time.sleep(0.1)
+        assert cli.remove_dead_metrics_dirs(tmp_path) == [live] and not live.exists()
+        assert following.is_dir()  # the server still running keeps its own
+
+        procs["next"].send_signal(signal.SIGTERM)
+        assert procs["next"].wait(timeout=30) == 0, logs["next"].read_text()[-2000:]
+        assert not following.exists()  # removed at its exit, as before
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
