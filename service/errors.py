@@ -115,6 +115,94 @@ _LIBRARY: list[tuple[type[KeepfitError], int, str]] = [
 ]
 
 
+# Every ``error.code`` the service answers: code -> (its HTTP statuses, when it comes and what the client can do),
+# ordered by status.  The OpenAPI description of ``ErrorInfo.code`` is written from it, and
+# tests/service/test_error_codes.py checks it against every code the service's source emits, both ways.
+ERROR_CODES: dict[str, tuple[tuple[int, ...], str]] = {
+    "bad_request": ((400,), "a malformed request (a multipart body, JSON that does not parse, a Content-Length "
+                    "that is no number, a request that is not valid HTTP/1.1, which also closes the connection): "
+                    "fix the request"),
+    "invalid_image": ((400,), "the file is not a decodable image (empty, truncated, corrupt): send another file"),
+    "invalid_example": ((400,), "an uploaded classifier example is not a usable image (the message names it): "
+                        "replace or leave out that example"),
+    "cors_refused": ((400,), "a CORS preflight from an origin, method or header the service does not allow: add "
+                     "the page's origin to KEEPFIT_CORS_ORIGINS"),
+    "unauthorized": ((401,), "X-API-Key missing or wrong, or an image URL's token that does not open that image: "
+                     "send the right key, or search again for a fresh image_url"),
+    "token_expired": ((401,), "an image URL's token has expired: search again for a fresh image_url"),
+    "admin_key_required": ((401,), "a classifier change without the right X-Admin-Key: send an admin key"),
+    "admin_disabled": ((403,), "classifier changes are off (read keys but no KEEPFIT_ADMIN_KEYS): the operator "
+                       "has to configure admin keys"),
+    "not_found": ((404,), "an unknown image or index id, or a path the API does not have: check the id or URL"),
+    "classifier_not_found": ((404,), "no classifier by that name: GET /v1/classifiers lists them"),
+    "method_not_allowed": ((405,), "the path does not take this method (the Allow header lists those it does), or "
+                           "a CORS preflight while CORS is off"),
+    "request_timeout": ((408,), "the body did not arrive within KEEPFIT_BODY_TIMEOUT_S, or the headers within "
+                        "KEEPFIT_HEADER_TIMEOUT_S, and the connection is closed: send it again"),
+    "index_empty": ((409,), "the loaded index holds no images yet: add images to it (keepfit index)"),
+    "classifier_exists": ((409,), "a classifier has this name already (or one that differs only in case): choose "
+                          "another name or delete the old one"),
+    "classifier_limit": ((409,), "the deployment holds KEEPFIT_MAX_CLASSIFIERS classifiers: delete one first"),
+    "classifier_stale": ((409,), "the classifier was fitted with another model version: refit it (POST "
+                         "/v1/classifiers/{name}/refit)"),
+    "classifier_changed": ((409,), "the classifier changed while this request used it: send the request again"),
+    "examples_missing": ((409,), "a refit cannot find some of the classifier's examples any more: create the "
+                         "classifier again with new examples"),
+    "image_changed": ((410,), "the indexed image's file changed on disk after it was indexed: the index needs "
+                      "updating"),
+    "payload_too_large": ((413,), "the body, a file, a form field or a JSON body is over its limit, or too many "
+                          "files or examples were sent: send less"),
+    "image_too_large": ((413,), "an image of too many pixels or too many pieces (a decompression bomb's shape): "
+                        "send a smaller or re-encoded image"),
+    "unsupported_media_type": ((415,), "a content type, image format or DICOM transfer syntax the service cannot "
+                               "read, or a compressed body: send JPEG, PNG, TIFF, BMP, WebP or DICOM, uncompressed"),
+    "range_not_satisfiable": ((416,), "a Range that starts past the end of an original image (Content-Range: "
+                              "bytes */SIZE gives its size): ask for a range within it"),
+    "invalid_request": ((422,), "a parameter, field or body the service does not accept (`details` lists the "
+                        "fields of a body that fails the schema): fix what the message names"),
+    "image_too_small": ((422,), "the image is smaller than KEEPFIT_MIN_IMAGE_SIDE: send a larger image"),
+    "featureless_example": ((422,), "a classifier example is almost uniform (a blank or failed capture): replace "
+                            "it"),
+    "too_few_examples": ((422,), "a classifier needs at least 2 categories, each with enough distinct examples: "
+                         "send more"),
+    "mixed_modalities": ((422,), "a classifier's examples are of more than one modality: send examples of one "
+                         "modality (and `modality`)"),
+    "conflicting_examples": ((422,), "one image is an example of two categories: keep it in one"),
+    "too_many_auth_failures": ((429,), "too many failed authentications from this client address: wait "
+                               "Retry-After seconds, then send the right key"),
+    "headers_too_large": ((431,), "the request line and headers exceed 64 KiB, and the connection is closed: send "
+                          "smaller headers"),
+    "client_closed_request": ((499,), "the client went away before the answer: nobody receives it, it labels the "
+                              "request in /metrics and the log"),
+    "internal_error": ((500,), "a bug in the service, logged under the request id: quote `request_id` to the "
+                       "operator"),
+    "not_ready": ((503,), "the service is starting or its model artifact failed to load: see /readyz and retry "
+                  "later"),
+    "no_index": ((503,), "no image index is loaded (missing, damaged or built with another model): search waits "
+                 "for the operator to load one"),
+    "index_mismatch": ((503,), "the index was built with another model version: the operator has to rebuild it"),
+    "index_unavailable": ((503,), "the index cannot be read now: retry later, the operator has the details"),
+    "artifact_unavailable": ((503,), "the model artifact is missing or unusable: the operator has the details"),
+    "busy": ((503,), "too many uploads are arriving at once (KEEPFIT_UPLOAD_BUDGET_BYTES): retry after "
+             "Retry-After seconds"),
+    "shutting_down": ((503,), "the service shut down before answering: send the request again (a change may have "
+                      "been made: check first)"),
+    "classifiers_read_only": ((503,), "the classifier store is on a read-only volume: classifiers classify, but "
+                              "none can be created, refitted or deleted"),
+    "classifiers_unavailable": ((503,), "the classifier store cannot be opened, read or written now, nothing was "
+                                "changed: retry later"),
+    "classifier_unavailable": ((503,), "a classifier's fitted arrays are missing or unreadable: refit it"),
+    "storage_full": ((507,), "the classifier store's disk is full, nothing was changed: retry once space is freed"),
+}
+
+
+def error_codes_description() -> str:
+    """:data:`ERROR_CODES` as one line each, "`code` (status): meaning", joined with "; " (the schema's list)."""
+    return "; ".join(
+        f"`{code}` ({', '.join(map(str, statuses))}): {meaning}" for code, (statuses, meaning) in ERROR_CODES.items()
+    )
+
+
 def current_request_id() -> str | None:
     """The id of the request being served (:class:`service.middleware.AnswerHeadersMiddleware`), or None."""
     return log_context.get().get("request_id")
@@ -223,15 +311,19 @@ _CODES = {
 }
 
 
+def http_error_code(status: int) -> str:
+    """The code of an ``HTTPException`` of ``status`` that names none (Starlette's 404 and 405, say)."""
+    return _CODES.get(
+        status,
+        HTTPStatus(status).phrase.lower().replace(" ", "_") if status in HTTPStatus._value2member_map_ else "error",
+    )
+
+
 async def _http_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, StarletteHTTPException)
     status = err.status_code
-    code = getattr(err, "code", None) or _CODES.get(  # an exception may name its own code (service/middleware.py)
-        status,
-        HTTPStatus(status).phrase.lower().replace(" ", "_")
-        if status in HTTPStatus._value2member_map_
-        else "error",
-    )
+    # an exception may name its own code (service/middleware.py)
+    code = getattr(err, "code", None) or http_error_code(status)
     message = err.detail if isinstance(err.detail, str) else HTTPStatus(status).phrase
     if status == 404 and message == "Not Found":
         message = f"no such endpoint: {request.method} {request.url.path}"

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from service.errors import error_codes_description
+
 # The modalities are model.config.MODALITIES; a Literal must spell them out for the type checker, and
 # tests/service/test_registries.py fails when the two disagree.
 Modality = Literal["auto", "CFP", "FFA", "OCT"]
@@ -112,8 +114,8 @@ class ErrorInfo(BaseModel):
     """What went wrong: a stable machine-readable code and a sentence for people."""
 
     code: str = Field(
-        description="stable machine-readable reason (`invalid_request`, `invalid_image`, `not_found`, `no_index`, "
-        "`busy`, `classifier_stale`...): branch on it, not on `message`",
+        description="stable machine-readable reason: branch on it, not on `message`. Each code with its status, "
+        "when it comes and what to do: " + error_codes_description(),
         examples=["invalid_image"],
     )
     message: str = Field(
@@ -766,7 +768,9 @@ class ReadyResponse(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error statuses an endpoint can answer."""
     text = {
-        400: "Not a decodable image (empty, truncated, corrupt)",
+        400: "Not a decodable image (invalid_image: empty, truncated, corrupt), an unusable classifier example "
+        "(invalid_example), or a malformed request (bad_request)",
+        403: "Classifier changes are off: API keys without KEEPFIT_ADMIN_KEYS (admin_disabled)",
         401: "Missing or wrong X-API-Key (X-Admin-Key for classifier changes); for an image, a token that does not "
         "open it (unauthorized) or has expired (token_expired)",
         404: "Unknown id or classifier name",
