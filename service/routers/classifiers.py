@@ -36,7 +36,7 @@ from pydantic_core import PydanticCustomError
 
 from model.config import MODALITIES
 from model.dicom import call_with_frame
-from model.errors import ImageError, UnsupportedMediaError
+from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 from model.tokenizer import unreadable_warning
 from service.cache import cache_key, sha256_hex
 from service.classifiers import (
@@ -394,6 +394,10 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
             )
         except UnsupportedMediaError as err:  # (an ImageError) a 415, as for any other upload, naming the example
             raise UnsupportedContentTypeError(f"example {filename[:80]!r} of {label!r}: {err}") from err
+        except ImageTooLargeError as err:  # (an ImageError) a 413, as for any other upload and a refit's example
+            raise ServiceError(
+                f"example {filename[:80]!r} of {label!r}: {err}", status_code=413, code="image_too_large"
+            ) from err
         except ImageError as err:
             raise InvalidExampleError(
                 f"example {filename[:80]!r} of {label!r} is not a usable image: {err}"

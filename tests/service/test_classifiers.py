@@ -19,7 +19,7 @@ from PIL import Image
 
 from index.store import VectorIndex
 from service.app import create_app
-from tests.service.helpers import encode, make_settings, png_with_size
+from tests.service.helpers import assert_error, encode, make_settings, png_with_size
 
 ADMIN = {"X-Admin-Key": "admin-secret"}
 
@@ -305,6 +305,18 @@ def test_bad_inputs_are_clear_4xx(
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_example"
     assert "notes.txt" in r.json()["error"]["message"]
+    # one of too many pixels is a 413, as the same file is to /v1/classify and to a refit, naming the example
+    bomb = client.post(
+        "/v1/classifiers",
+        data={"name": "up", "modality": "CFP"},
+        files=[
+            ("examples.a", ("huge.png", png_with_size(50_000, 50_000), "image/png")),
+            ("examples.a", ("a.jpg", real_images["CFP"], "image/jpeg")),
+            ("examples.b", ("b.jpg", real_images["CFP"], "image/jpeg")),
+        ],
+        headers=ADMIN,
+    )
+    assert_error(bomb, 413, "image_too_large", "huge.png", "pixels")
     unknown = client.post("/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "nope"})
     assert unknown.status_code == 404 and "no classifier named 'nope'" in unknown.json()["error"]["message"]
     both = client.post(
