@@ -33,7 +33,10 @@
   (:func:`_check_inflated_size`), or it is an :class:`ImageTooLargeError`: pydicom inflates it in one call, and
   a 2 MB upload of deflated zeros took 4 GB and 10 s.
 - Nothing of the header but those (no names, ids, dates, descriptions) leaves this module: not in errors, not
-  in logs, not in the image's ``info``.
+  in logs, not in the image's ``info`` (but its ICC Profile, for :mod:`model.colour`). A transfer syntax is named
+  only where it is a UID (:func:`_quoted_uid`), a decoder's message is logged without the values it quotes
+  (:func:`_without_values`), and a damaged element whose value took in the elements after it is an
+  :class:`ImageError` naming the exception type only.
 """
 
 from __future__ import annotations
@@ -60,12 +63,17 @@ logger = logging.getLogger(__name__)
 # traceback, which this module turns into its own one-line error (a 400): kept out of the logs too, so that a
 # damaged upload is one line in them, not a traceback per decoder tried
 warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+_QUIET = warnings.filters[0]
 
 
 def _import_pydicom() -> Any:
     import pydicom
 
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # after the import, which sets its logger's level
+    # the filter above again where it is gone: added by an import within warnings.catch_warnings() (as pytest
+    # collects tests), it went with that block, and pydicom's warnings quoted element values in the logs again
+    if _QUIET not in warnings.filters:
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     return pydicom
 
 T = TypeVar("T")
@@ -403,9 +411,10 @@ def _deflated_start(data: bytes) -> int | None:
 
         read_preamble(fp, True)
         meta = _read_file_meta_info(fp)
-    except Exception:
+        deflated = str(meta.get("TransferSyntaxUID", "")).strip() == _DEFLATED
+    except Exception:  # a damaged element: pydicom's message may quote the bytes after it (the patient's data)
         return None
-    return fp.tell() if str(meta.get("TransferSyntaxUID", "")).strip() == _DEFLATED else None
+    return fp.tell() if deflated else None
 
 
 def _check_inflated_size(data: bytes, max_pixels: int) -> None:
@@ -470,6 +479,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     try:
         pydicom = _import_pydicom()
         from pydicom.pixels import pixel_array
+        from pydicom.uid import UID
     except ImportError as err:
         raise UnsupportedMediaError(
             "DICOM input needs the optional 'dicom' extra (pip install 'keepfit[dicom]')"
@@ -485,12 +495,23 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         raise ImageError("the DICOM file holds no image (no pixel data, or the file is cut short before its end)")
     _record_syntax(ds)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if isinstance(syntax, str) and not isinstance(syntax, UID):  # stored under another text VR: checked as a UID
+        syntax = UID(syntax)
+    elif syntax is not None and not isinstance(syntax, str):
+        # under a numeric VR: the bytes after it as numbers, which the messages below gave as the syntax's name
+        raise ImageError("the DICOM file meta is damaged: its transfer syntax is not a UID")
     syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError) as err:
         raise ImageError("the DICOM file has no valid Rows / Columns") from err
+    try:
+        # read as a number below: a damaged one (under a text VR, its length taking in the elements after it) was a
+        # ValueError quoting them, a 500
+        int(getattr(ds, "BitsStored", 8) or 8)
+    except (TypeError, ValueError) as err:
+        raise ImageError("the DICOM file has no valid BitsStored") from err
     if rows < 1 or cols < 1:
         raise ImageError(f"the DICOM image has no pixels ({cols}x{rows})")
     if rows * cols > max_pixels:
@@ -509,7 +530,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         # a UID that is no transfer syntax at all (a vendor's private one, a typo): pydicom cannot tell how its
         # pixel data is encoded (its is_compressed raises ValueError), so it is refused as an unknown syntax is
         raise UnsupportedMediaError(
-            f"DICOM transfer syntax {str(syntax)[:64] or '(empty)'} is not a known transfer syntax; send "
+            f"DICOM transfer syntax {_quoted_uid(syntax)} is not a known transfer syntax; send "
             "uncompressed, JPEG, JPEG-LS, JPEG 2000 or RLE DICOM"
         )
     if syntax is not None and getattr(syntax, "is_compressed", False):
@@ -541,7 +562,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     except NotImplementedError as err:
         raise UnsupportedMediaError(f"cannot decode DICOM transfer syntax {syntax_name} ({syntax})") from err
     except Exception as err:  # the syntax has a decoder here (checked above): its data is what it refused
-        logger.debug("DICOM %s frame refused by its decoders: %.300s", syntax_name, err)
+        logger.debug("DICOM %s frame refused by its decoders: %s", syntax_name, _without_values(err))
         raise ImageError(
             f"the DICOM pixel data ({syntax_name}) is truncated or corrupt ({err.__class__.__name__})"
         ) from err
@@ -574,6 +595,25 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
 # pixel data): Image Type, Modality, Series Description, Contrast/Bolus Agent, Illumination Wave Length and the
 # code sequences of _CODED_TAGS (:func:`_modality`)
 _WORD_TAGS = (0x00080008, 0x00080060, 0x0008103E, 0x00180010, 0x00220055, *_CODED_TAGS)
+
+
+def _quoted_uid(syntax: Any) -> str:
+    """A transfer syntax UID for a message: as it is where it is a UID (digits and dots, at most 64), never other
+    text (a damaged element's value, the bytes after it: a name, an id)."""
+    text = str(syntax)
+    return text if re.fullmatch(r"[0-9.]{1,64}", text) else "(not a UID)" if text else "(empty)"
+
+
+# What a decoder's exception message quotes, from its first quote (or b') that starts a word to the last one of
+# the same kind that ends one, or to the end: an element's value, which may itself hold quotes ("O'BRIEN^JANE"),
+# and the bytes pydicom quotes. An apostrophe inside a word ("dataset's") neither starts nor ends it.
+_QUOTED = re.compile(r"""(?<!\w)b?(['"])(?:.*\1(?!\w)|.*)""", re.DOTALL)
+
+
+def _without_values(err: Exception) -> str:
+    """A decoder's exception for the log: its type and message, with every quoted value in it (pydicom quotes an
+    element's value, ``'DOE^JANE'``, or bytes, ``b'...'``) as ``'...'``."""
+    return f"{err.__class__.__name__}: " + _QUOTED.sub("'...'", str(err))[:300]
 
 
 def _convert_header(ds: Any) -> None:

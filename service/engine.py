@@ -1156,7 +1156,11 @@ def original_image(path: Path, max_pixels: int, sha256: str | None = None) -> tu
         raise _unreadable(err) from err
     if digest is None:  # DICOM: rendered from its bytes, read (and checked) once
         out = io.BytesIO()
-        to_rgb(load_image(read_image_file(path, sha256), max_pixels=max_pixels)).save(out, format="PNG")
+        image = to_rgb(load_image(read_image_file(path, sha256), max_pixels=max_pixels))
+        # its pixels only: the header's ICC Profile went into the PNG as it was (an iCCP chunk of the header's
+        # bytes, a grey profile on RGB values); to_rgb has already converted the values to sRGB, untagged
+        image.info.clear()
+        image.save(out, format="PNG")
         return out.getvalue(), "image/png"
     _check_unchanged(digest.hexdigest(), sha256)
     # the type of the bytes, never the file's name: a JPEG named .html (one that is a page too) left as text/html
