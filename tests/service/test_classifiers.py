@@ -528,8 +528,11 @@ def _open_and_read(root: str, barrier: Any, out: Any) -> None:
 
 def test_many_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
     """Worker processes that receive their first classifier request together all open the new store (switching
-    it to WAL takes an exclusive lock that SQLite does not wait for on its own)."""
-    ctx = multiprocessing.get_context("fork")
+    it to WAL takes an exclusive lock that SQLite does not wait for on its own).  The workers come from a fork
+    server, not a fork of this process: pytest's has threads by now (the session's TestClient, ONNX Runtime's),
+    and a fork of a threaded process may deadlock in the child (Python 3.12 warns of it)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # imported once by the server, not by each worker
     processes, threads = 4, 8
     for trial in range(12):
         root = tmp_path / f"store{trial}"
