@@ -300,22 +300,60 @@ def relative_path(source: str, root: Path | None) -> str:
     return path.as_posix()
 
 
+def _text_keys(values: Sequence[str]) -> np.ndarray:
+    """``values`` as one bytes array (``S``): 1 byte a character of SHA-256 hex text, not a ``str`` object each;
+    it sorts and compares as the text does (anything not ASCII as its UTF-8)."""
+    try:
+        return np.asarray(values, dtype=np.bytes_).reshape(len(values))
+    except UnicodeEncodeError:
+        return np.asarray([v.encode("utf-8", "surrogatepass") for v in values], dtype=np.bytes_).reshape(len(values))
+
+
 @dataclass(frozen=True)
 class KnownIds:
-    """Ids an earlier generation gave, by image SHA-256 (what a rebuild keeps)."""
+    """Ids an earlier generation gave, by image SHA-256 (what a rebuild keeps): two columns sorted by SHA-256.  A
+    dict of a ``str`` and an ``int`` per image held about 190 bytes an image through the whole rebuild (72 now)."""
 
-    by_sha: dict[str, int] = field(default_factory=dict)
+    sha256: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="S64"))  # [M] bytes, ascending
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [M] each one's id
 
     @classmethod
     def from_metadata(cls, metadata: Path) -> KnownIds:
         conn = sqlite3.connect(f"file:{metadata.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
+        shas, ids = [], []
         try:
-            rows = conn.execute("SELECT id, sha256 FROM images ORDER BY id").fetchall()
+            cursor = conn.execute("SELECT id, sha256 FROM images ORDER BY id")
+            while rows := cursor.fetchmany(1 << 16):  # a block of rows at a time: never a tuple per image at once
+                ids.append(np.fromiter((int(i) for i, _ in rows), dtype=np.int64, count=len(rows)))
+                shas.append(_text_keys([str(sha) for _, sha in rows]))
         except sqlite3.DatabaseError as err:
             raise IndexStoreError(f"cannot read the ids of the previous index ({metadata.name}): {err}") from err
         finally:
             conn.close()
-        return cls(by_sha={str(sha): int(i) for i, sha in rows})
+        if not ids:
+            return cls()
+        return cls.of(np.concatenate(shas), np.concatenate(ids))
+
+    @classmethod
+    def of(cls, sha256: np.ndarray, ids: np.ndarray) -> KnownIds:
+        """The ids of ``sha256`` (bytes, any order; of a SHA-256 given twice, the later one's)."""
+        order = np.argsort(sha256, kind="stable")
+        return cls(sha256=sha256[order], ids=np.asarray(ids, dtype=np.int64)[order])
+
+    def top(self) -> int:
+        """The highest id given (0: none)."""
+        return int(self.ids.max()) if len(self.ids) else 0
+
+    def lookup(self, shas: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The id each of ``shas`` was given, and whether it was given one (its id is 0 where not)."""
+        keys = _text_keys(shas)
+        if not len(self.sha256) or not len(keys):
+            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+        width = f"S{max(keys.dtype.itemsize, self.sha256.dtype.itemsize)}"  # the same width: nothing cut short
+        table, keys = self.sha256.astype(width, copy=False), keys.astype(width, copy=False)
+        at = np.maximum(np.searchsorted(table, keys, side="right") - 1, 0)  # the last of equal ones, as a dict kept
+        found = table[at] == keys
+        return np.where(found, self.ids[at], 0), found
 
 
 def assemble(
@@ -360,16 +398,13 @@ def assemble(
         caption_of.append(item.caption)
     shas = list(slot)
     del slot
-    ids = np.zeros(len(shas), dtype=np.int64)
-    fresh = next_id
-    for j, sha in enumerate(shas):
-        # the same bytes keep their id wherever they now lie; other bytes at an old path (a file edited or
-        # replaced in place) are another image and get a new id: an id handed out must never show a different
-        # picture, as it did when ids also followed paths
-        old = known.by_sha.get(sha) if known is not None else None
-        if old is None:
-            old, fresh = fresh, fresh + 1
-        ids[j] = old
+    # the same bytes keep their id wherever they now lie; other bytes at an old path (a file edited or replaced in
+    # place) are another image and get a new id: an id handed out must never show a different picture, as it did
+    # when ids also followed paths
+    ids, found = known.lookup(shas) if known is not None else (np.zeros(len(shas), np.int64), np.zeros(len(shas), bool))
+    fresh = ~found  # new ids from next_id on, in input order
+    ids[fresh] = next_id + np.arange(int(np.count_nonzero(fresh)), dtype=np.int64)
+    del found, fresh
     by_id = np.argsort(ids, kind="stable")  # the ids file must be ascending
     records = []
     for j in by_id.tolist():
@@ -599,6 +634,7 @@ def _build_locked(
         del held  # in rows now
         asm = assemble(rows, sources.items, artifact, root, next_id=base["next_id"], existing=set(), known=known,
                        staging=staging)
+        del known  # the previous index's ids: in asm.records now, not held while the FAISS index is built
         # assembled into asm.vectors: not held twice while the FAISS index is built (2 GB each at 1M images)
         rows.vector = np.zeros((0, artifact.embed_dim), np.float32)
         if staging is not None:  # (None: in memory, as tests compare)
@@ -655,7 +691,7 @@ def _build_base(
     different image."""
     known = KnownIds.from_metadata(_metadata_of(directory, previous)) if previous else None
     # above every id the previous index gave, whatever its manifest says (a sealed edit): a new image never takes one
-    kept = max(known.by_sha.values(), default=0) + 1 if known else 1
+    kept = known.top() + 1 if known else 1
     base: IndexManifest = {
         "generation": previous["generation"] if previous else 0,
         "next_id": max(int(previous.get("next_id", 1)), kept) if previous else 1,
@@ -856,12 +892,12 @@ def add(
         rows, resumed, work = _embed_rest(directory, artifact, todo, options, operation, _LazyRuntime(artifact, options),
                                           update.staging)
         asm = assemble(rows, sources.items, artifact, root, int(manifest["next_id"]), held, staging=update.staging)
-        if not rows.ok.any() and not already:  # as a build refuses it: not "nothing new", nothing could be read
+        if not rows.ok.any() and not len(already):  # as a build refuses it: not "nothing new", nothing could be read
             _drop(work)
             raise _nothing_readable(sources, rows)
         report = _embedded_report(directory, "add", sources.items, rows, resumed, asm)
         report.already_indexed += len(already)
-        report.compressed += int(np.count_nonzero(_compressed(np.asarray([f.quality for f in already], dtype=np.int16))))
+        report.compressed += int(np.count_nonzero(_compressed(already)))
         if asm.records:
             update.add(asm.records, asm.vectors, sources.descriptions)
             manifest = update.commit(report.history())

@@ -8,7 +8,8 @@ metadata, the vector files and their SHA-256, the commit) in a child process, wi
 ``index.build.embed_items`` returns clustered unit vectors (as ``keepfit index bench`` makes them) and rows like
 real ones (a SHA-256 per file, sizes, modalities, one input in 1,000 not an image with its path in the detail).
 The artifact is the committed default one (its runtime is loaded, as a build loads it; the encoder is not run).
-A rebuild's and an add's files are not read: their SHA-256 is made from the path, as the fake encoder makes it.
+A rebuild's and an add's files are not read: their SHA-256 is made from the path, as the fake encoder makes it
+(:func:`index.reuse.file_digest` is replaced; the hashing threads run).
 
 Printed per run: the process's peak resident memory (``VmHWM``: heap and mapped files), the peak of its heap
 (``RssAnon``, sampled every 10 ms by the parent: what a container's memory limit cannot reclaim; the mapped
@@ -110,11 +111,12 @@ def _mixture(dim: int) -> Any:
     return _MIXTURES[dim]
 
 
-def _fake_digests(items: Sequence[Any], progress: bool = False) -> list[Any]:
-    """:func:`index.reuse.digests` of inputs that do not exist: the SHA-256 the fake encoder gives them."""
+def _fake_file_digest(item: Any) -> Any:
+    """:func:`index.reuse.file_digest` of an input that does not exist: the SHA-256 the fake encoder gives it (the
+    real :func:`index.reuse.digests` runs, on its threads)."""
     from index.reuse import Digest
 
-    return [Digest(_sha(it.source), False, 92) for it in items]
+    return Digest(_sha(item.source), False, 92)
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -193,7 +195,7 @@ def _child(args: argparse.Namespace) -> None:
     artifact = Path(args.artifact)
     _DIM[0] = build_module.load_artifact(artifact).embed_dim
     build_module.embed_items = fake_embed_items  # type: ignore[assignment]
-    reuse_module.digests = _fake_digests  # type: ignore[assignment]
+    reuse_module.file_digest = _fake_file_digest  # type: ignore[assignment]
     phases = Phases() if not args.setup else None
     if phases is not None:
         for module, name in ((build_module, "embed"), (build_module, "held_rows"), (build_module, "not_held"),
