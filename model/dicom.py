@@ -36,7 +36,8 @@
   in logs, not in the image's ``info`` (but its ICC Profile, for :mod:`model.colour`). A transfer syntax is named
   only where it is a UID (:func:`_quoted_uid`), a decoder's message is logged without the values it quotes
   (:func:`_without_values`), and a damaged element whose value took in the elements after it is an
-  :class:`ImageError` naming the exception type only.
+  :class:`ImageError` quoting none of them (it names the element, or pydicom's exception type; a transfer syntax
+  read as text is an :class:`UnsupportedMediaError`, "(not a UID)").
 """
 
 from __future__ import annotations
