@@ -8,7 +8,9 @@ both before the model loads.
 
 With several workers their metrics are kept in files in one directory (``PROMETHEUS_MULTIPROC_DIR``) that every
 worker's ``/metrics`` reads, so a scrape reports the whole server (:func:`shared_metrics`); the private ones that
-servers killed with SIGKILL left behind are removed as another starts (:func:`remove_dead_metrics_dirs`).
+servers killed with SIGKILL left behind are removed as another starts (:func:`remove_dead_metrics_dirs`). Each
+worker ends with its server, however the server ends (:func:`end_with_server`): killed with SIGKILL, it left them
+running, holding the port.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -121,7 +124,8 @@ METRICS_DIR_PREFIX = "keepfit-metrics-"
 # a private directory's name (tempfile.mkdtemp's: 8 random characters of [a-z0-9_] after the prefix)
 _PRIVATE_METRICS_DIR = re.compile(re.escape(METRICS_DIR_PREFIX) + r"[a-z0-9_]{8}")
 # In a private directory: "<pid> <start time>" of the keepfit serve that made it, which holds a shared lock on it
-# while it runs, as each of its workers does (service.metrics.hold_private_dir): they outlive a SIGKILLed server.
+# while it runs, as each of its workers does (service.metrics.hold_private_dir): they outlive a SIGKILLed server
+# until they have stopped (end_with_server).
 METRICS_OWNER = ".keepfit-serve.owner"
 
 
@@ -234,10 +238,15 @@ def _claim(path: Path) -> int:
     except OSError as err:
         shutil.rmtree(path, ignore_errors=True)
         raise ConfigError(f"cannot use the metrics directory {path}: {err.strerror or err}") from err
-    # locked before it names its server: a server starting meanwhile finds it locked, or naming nobody yet (kept)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    me = _process(os.getpid())
-    os.write(fd, f"{os.getpid()} {me[1] if me else '-'}\n".encode())
+    try:
+        # locked before it names its server: a server starting meanwhile finds it locked, or naming nobody yet (kept)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        me = _process(os.getpid())
+        os.write(fd, f"{os.getpid()} {me[1] if me else '-'}\n".encode())
+    except OSError as err:  # a full /tmp (ENOSPC), no locks (ENOLCK): an owner file naming nobody is never removed
+        os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        raise ConfigError(f"cannot use the metrics directory {path}: {err.strerror or err}") from err
     return fd
 
 
@@ -259,7 +268,7 @@ def _gone(owner: bytes) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # another user's: it runs
+    except (OSError, OverflowError):  # another user's: it runs (OverflowError: no pid, a damaged file: not proof)
         return False
     return False  # it runs, and without /proc nothing tells it from another with the same pid: kept
 
@@ -349,6 +358,84 @@ def _remove_if_dead(root_fd: int, name: str) -> bool:
         os.close(dir_fd)
     os.rmdir(name, dir_fd=root_fd)  # empty now, or left (OSError)
     return True
+
+
+# Set by `keepfit serve --workers N` for its workers: its own pid, which must be a worker's parent's
+# (:func:`end_with_server`). Not KEEPFIT_*: no setting, and not one for a user to set.
+SERVER_PID_ENV = "_KEEPFIT_SERVE_PID"
+# uvicorn's app factory in each worker of `keepfit serve --workers N`
+WORKER_APP = "service.cli:worker_app"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def worker_app() -> Any:
+    """The app of a worker of ``keepfit serve --workers N``, which uvicorn calls in each worker process as it
+    starts: one that ends with its server (:func:`end_with_server`), then :func:`service.app.create_app`."""
+    end_with_server()
+    from service.app import create_app
+
+    return create_app()
+
+
+def end_with_server() -> None:
+    """In a worker of ``keepfit serve --workers N``: end when the server ends, however it ends. Killed with SIGKILL
+    (an operator, a supervisor's final kill, the OOM killer), the server cannot stop its workers, and they ran on as
+    orphans: answering, holding the port (a server started again on it failed, "port in use") and their metrics
+    directory, until someone killed them by hand.
+
+    On Linux the kernel sends this process SIGTERM as its parent ends (``prctl(PR_SET_PDEATHSIG)``), and it stops
+    gracefully as on the server's own SIGTERM. That signal comes when the *thread* that started the process ends:
+    uvicorn's supervisor (``uvicorn.supervisors.multiprocess``) starts every worker (the first ones, the one that
+    replaces a worker that died, SIGHUP's and SIGTTIN's) from the server's main thread (it must run there: it sets
+    signal handlers), which ends only with the process. A server that died before this ran cannot send it: then
+    this process's parent is no longer the server (``SERVER_PID_ENV``), and it ends at once. Nothing without
+    ``SERVER_PID_ENV`` (not a worker of ``keepfit serve``); no signal where prctl is missing (not Linux).
+    """
+    try:
+        server = int(os.environ.get(SERVER_PID_ENV, ""))
+    except ValueError:
+        return
+    _parent_death_signal(signal.SIGTERM)
+    if os.getppid() != server:
+        if not logging.getLogger().handlers:  # as create_app would set them up
+            from model.logs import setup_logging
+
+            setup_logging()
+        logger.warning("keepfit serve [%d] stopped before its worker [%d] started: it ends", server, os.getpid())
+        raise SystemExit(0)
+
+
+def _parent_death_signal(sig: int) -> bool:
+    """Have the kernel send this process ``sig`` when its parent ends (Linux's ``prctl(PR_SET_PDEATHSIG)``).
+    Whether it will: False where there is no prctl."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    prctl.restype = ctypes.c_int
+    args = (ctypes.c_ulong(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    if prctl(*args, ctypes.c_ulong(0)) != 0:
+        logger.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+        return False
+    return True
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` while the block runs, restored afterwards."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -450,8 +537,9 @@ def _serve(argv: list[str] | None, on_exit: ExitStack) -> int:
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }
     if settings.workers > 1:
-        # each worker builds its own app from the environment written above
-        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+        # each worker builds its own app from the environment written above, and ends with this process
+        on_exit.enter_context(_environment(SERVER_PID_ENV, str(os.getpid())))
+        uvicorn.run(WORKER_APP, factory=True, workers=settings.workers, **common)
     else:
         from service.app import create_app
 

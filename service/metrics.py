@@ -238,8 +238,9 @@ _held_dirs: dict[str, int] = {}
 
 def hold_private_dir(path: str) -> None:
     """In a worker whose metrics directory is ``keepfit serve``'s private one: share the server's lock on it for as
-    long as this process runs. The workers outlive a server killed with SIGKILL, and go on writing there: a server
-    starting meanwhile must not take the directory for a dead server's and remove it
+    long as this process runs. The workers outlive a server killed with SIGKILL until they have stopped
+    (:func:`service.cli.end_with_server`; off Linux, until stopped by hand), writing there: a server starting
+    meanwhile must not take the directory for a dead server's and remove it
     (:func:`service.cli.remove_dead_metrics_dirs`). An operator's ``PROMETHEUS_MULTIPROC_DIR`` has no owner file (it
     is never removed): nothing to hold."""
     import fcntl

@@ -219,8 +219,8 @@ def test_a_starting_server_removes_the_directories_of_dead_servers_and_nothing_e
 
 
 def test_a_directory_its_workers_still_use_is_kept(tmp_path: Path) -> None:
-    """The workers outlive a server killed with SIGKILL (and answer requests, writing their metrics): their
-    directory stays until the last of them has gone."""
+    """The workers outlive a server killed with SIGKILL until they have stopped (answering requests meanwhile, and
+    writing their metrics): their directory stays until the last of them has gone."""
     pid, started = _stopped_process()
     path = _leftover(tmp_path, "keepfit-metrics-orphan01", f"{pid} {started}\n")
     hold = (
@@ -530,7 +530,8 @@ def test_a_killed_server_s_directory_is_removed_by_the_next_one_and_a_live_one_s
 ) -> None:
     """`keepfit serve --workers 2` killed with SIGKILL (the OOM killer, a crash, systemd's final kill) left its
     metrics directory, one more after every such stop. The next server to start removes it; a running server's stays,
-    and so does the directory of a server whose workers outlive it (its master killed alone: they go on answering)."""
+    and so does the directory of a server whose workers outlive it (its master killed alone: until they have
+    stopped)."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     ports = {name: free_port() for name in ("killed", "live", "next")}
     logs = {name: tmp_path / f"{name}.log" for name in ports}
@@ -569,15 +570,18 @@ def test_a_killed_server_s_directory_is_removed_by_the_next_one_and_a_live_one_s
         )
         following = _metrics_dir(logs["next"])
 
-        # the live server's master killed alone: its workers go on answering, and their directory stays
+        # the live server's master killed alone: its workers end too (SIGTERM), and until they have, their directory
+        # stays (stopped here, they cannot act on the signal yet)
         orphans = [
             pid for pid in _children(procs["live"].pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
+        for pid in orphans:
+            os.kill(pid, signal.SIGSTOP)
         procs["live"].send_signal(signal.SIGKILL)
         procs["live"].wait(timeout=30)
-        assert httpx.get(f"http://127.0.0.1:{ports['live']}/healthz", timeout=10).status_code == 200
         assert cli.remove_dead_metrics_dirs(tmp_path) == [] and live.is_dir()
-        os.killpg(procs["live"].pid, signal.SIGKILL)
+        for pid in orphans:
+            os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 30
         while not all(_ended(pid) for pid in orphans):
             assert time.monotonic() < deadline, orphans
@@ -593,3 +597,29 @@ def test_a_killed_server_s_directory_is_removed_by_the_next_one_and_a_live_one_s
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_an_owner_file_naming_an_impossible_pid_does_not_stop_a_server_starting(tmp_path: Path) -> None:
+    path = tmp_path / "keepfit-metrics-abcdefgh"
+    path.mkdir(mode=0o700)
+    path.chmod(0o700)
+    (path / cli.METRICS_OWNER).write_text("99999999999999999999 1\n")
+    (path / "counter_1.db").write_bytes(b"\0" * 16)
+    assert cli.remove_dead_metrics_dirs(tmp_path) == [] and path.is_dir()  # not proof that its server is gone
+
+
+def test_a_full_temporary_directory_leaves_no_directory_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(cli.MULTIPROC_DIR_ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(ConfigError, match="No space left on device"):
+        with cli.shared_metrics(2):
+            pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # an owner file naming nobody would be kept by every later server

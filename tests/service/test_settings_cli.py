@@ -133,7 +133,7 @@ def test_serve_with_workers_uses_the_factory(monkeypatch: pytest.MonkeyPatch, de
         assert cli.main(["--artifact", str(default_artifact), "--workers", "3"]) == 0
     finally:
         get_settings.cache_clear()
-    assert calls[0][0] == "service.app:create_app" and calls[0][1]["factory"] is True
+    assert calls[0][0] == "service.cli:worker_app" and calls[0][1]["factory"] is True
     assert calls[0][1]["workers"] == 3
 
 
