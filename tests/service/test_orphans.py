@@ -30,7 +30,15 @@ def _serve(
     artifact: Path, tmp_path: Path, port: int, out: IO[bytes], workers: int
 ) -> subprocess.Popen[bytes]:
     """``keepfit serve`` in a session of its own: its process group (the server, its workers) is killed after."""
-    env = {
+    cmd = [sys.executable, "-m", "model.cli", "serve", "--artifact", str(artifact), "--port", str(port)]
+    return subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(tmp_path, workers), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _env(tmp_path: Path, workers: int) -> dict[str, str]:
+    """A server's environment: nothing of this one's, its temporary directory and classifiers in ``tmp_path``."""
+    return {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(ROOT),
         "KEEPFIT_THREADS": "1",
@@ -38,10 +46,6 @@ def _serve(
         "KEEPFIT_CLASSIFIERS": str(tmp_path / "classifiers"),
         "KEEPFIT_WORKERS": str(workers),
     }
-    cmd = [sys.executable, "-m", "model.cli", "serve", "--artifact", str(artifact), "--port", str(port)]
-    return subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
 
 
 @pytest.fixture
@@ -194,14 +198,6 @@ def test_a_killed_worker_is_replaced_and_nothing_else_ends(
 def _launch(artifact: Path, tmp_path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """``keepfit serve`` with one worker started by another process (a shell, ``nohup ... &``), which prints the
     server's pid and waits: killed, it leaves the server to run on."""
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(ROOT),
-        "KEEPFIT_THREADS": "1",
-        "TMPDIR": str(tmp_path),
-        "KEEPFIT_CLASSIFIERS": str(tmp_path / "classifiers"),
-        "KEEPFIT_WORKERS": "1",
-    }
     launcher = (
         "import subprocess, sys, time\n"
         "with open(sys.argv[1], 'wb') as out:\n"
@@ -213,7 +209,7 @@ def _launch(artifact: Path, tmp_path: Path, port: int, log: Path) -> subprocess.
     return subprocess.Popen(
         [sys.executable, "-c", launcher, str(log), str(artifact), str(port)],
         cwd=tmp_path,
-        env=env,
+        env=_env(tmp_path, 1),
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
