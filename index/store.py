@@ -356,7 +356,7 @@ class VectorIndex:
         self._filters: OrderedDict[tuple[str | None, str | None], _Filter] = OrderedDict()
         self._filters_bytes = 0  # _filter_bytes of what _filters holds
         self._parts: tuple[np.ndarray | None] | None = None  # _partition(), once computed
-        self._spellings: dict[str, list[str]] | None = None  # _label_spellings(), once computed
+        self._spellings: dict[str, list[str]] | None = None  # _labels_by_fold(), once computed
         self._filter_lock = threading.Lock()
         self.image_root = image_root
         self._faiss_file: Path | None = None  # the FAISS file this index maps read-only (None: read into memory)
@@ -681,7 +681,7 @@ class VectorIndex:
         modality): about 1 s at 1M images, taken by a service while it opens a new generation beside the served one
         rather than by the first requests, one after another on the index thread."""
         self._partition()
-        self._label_spellings("")
+        self._labels_by_fold()
         for modality in modalities:
             self._filter(modality, None)
 
@@ -717,7 +717,12 @@ class VectorIndex:
         group's ASCII case variants through the label index.  An ASCII name was looked up by NOCASE alone and a
         non-ASCII one by a scan comparing folds, under one cached filter: "STRASSE" found the images labelled
         "strasse" and "Straße" found those and the ones labelled "Straße", and which was asked first decided what
-        both got.  The distinct labels are read once (about 70 ms at 1M images, in :meth:`warm`)."""
+        both got."""
+        return self._labels_by_fold().get(fold_label(label), [])
+
+    def _labels_by_fold(self) -> dict[str, list[str]]:
+        """The distinct labels (one spelling of each NOCASE group) by their fold, read once (about 70 ms at 1M
+        images, in :meth:`warm`)."""
         with self._filter_lock:
             spellings = self._spellings
         if spellings is None:
@@ -726,7 +731,7 @@ class VectorIndex:
                 spellings.setdefault(fold_label(stored), []).append(stored)
             with self._filter_lock:
                 self._spellings = spellings
-        return spellings.get(fold_label(label), [])
+        return spellings
 
     def _labelled_ids(self, label: str) -> np.ndarray:
         """The ids of the images with ``label``, ascending, from the labels table alone: looking each one up in the

@@ -130,6 +130,26 @@ METRICS_OWNER = ".keepfit-serve.owner"
 
 
 @contextmanager
+def _environment(values: dict[str, str | None]) -> Iterator[dict[str, str | None]]:
+    """The environment with each name of ``values`` set to its value (None: unset) while the block runs, and as it
+    was afterwards, whatever the block set meanwhile; yields what each was."""
+    saved = {name: os.environ.get(name) for name in values}
+
+    def put(state: dict[str, str | None]) -> None:
+        for name, value in state.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    put(values)
+    try:
+        yield saved
+    finally:
+        put(saved)
+
+
+@contextmanager
 def shared_metrics(workers: int) -> Iterator[Path | None]:
     """The directory the workers keep their metrics in, in ``PROMETHEUS_MULTIPROC_DIR`` while the block runs (the
     workers inherit it, and their prometheus_client keeps its values in files there that every worker's ``/metrics``
@@ -143,9 +163,8 @@ def shared_metrics(workers: int) -> Iterator[Path | None]:
     metric files (``*.db``) before and after, as a previous run's would add its counts; two servers cannot share one
     (:class:`ConfigError`). The environment is restored afterwards.
     """
-    saved = {name: os.environ.pop(name, None) for name in (MULTIPROC_DIR_ENV, MULTIPROC_DIR_ENV_OLD)}
-    given = saved[MULTIPROC_DIR_ENV] or saved[MULTIPROC_DIR_ENV_OLD]
-    try:
+    with _environment({MULTIPROC_DIR_ENV: None, MULTIPROC_DIR_ENV_OLD: None}) as saved:
+        given = saved[MULTIPROC_DIR_ENV] or saved[MULTIPROC_DIR_ENV_OLD]
         remove_dead_metrics_dirs()
         if workers <= 1:
             if given:
@@ -171,12 +190,6 @@ def shared_metrics(workers: int) -> Iterator[Path | None]:
             os.environ[MULTIPROC_DIR_ENV] = str(path)
             logger.info("the %d workers keep their metrics in %s (%s)", workers, path, MULTIPROC_DIR_ENV)
             yield path
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextmanager
@@ -424,20 +437,6 @@ def _parent_death_signal(sig: int) -> bool:
     return True
 
 
-@contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    """``name`` set to ``value`` while the block runs, restored afterwards."""
-    saved = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
-
-
 def main(argv: list[str] | None = None) -> int:
     with ExitStack() as on_exit:  # what the server needed until it stops (the workers' metrics directory)
         return _serve(argv, on_exit)
@@ -538,7 +537,7 @@ def _serve(argv: list[str] | None, on_exit: ExitStack) -> int:
     }
     if settings.workers > 1:
         # each worker builds its own app from the environment written above, and ends with this process
-        on_exit.enter_context(_environment(SERVER_PID_ENV, str(os.getpid())))
+        on_exit.enter_context(_environment({SERVER_PID_ENV: str(os.getpid())}))
         uvicorn.run(WORKER_APP, factory=True, workers=settings.workers, **common)
     else:
         from service.app import create_app

@@ -153,11 +153,8 @@ def test_an_index_still_opening_at_shutdown_is_closed_once_open(tmp_path: Path) 
 def test_an_index_opened_but_not_yet_swapped_in_at_shutdown_is_closed(tmp_path: Path) -> None:
     """Opened, its swap queued on the index thread behind a search, when the service stopped: closed with the
     served one, and the swap that runs afterwards serves nothing."""
-    opened: list[_Generation] = []
-
-    def opener(path: Path, expected_artifact_version: str) -> _Generation:
-        opened.append(_Generation(len(opened) + 1))
-        return opened[-1]
+    opened, release, opener = _slow_rebuild()
+    release.set()  # the rebuilt one opens at once
 
     async def scenario() -> None:
         _publish(tmp_path, 1)
