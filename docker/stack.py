@@ -58,6 +58,8 @@ SERVICE_IMAGE = "keepfit-service:stack"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_IN_IMAGE = "/usr/local/share/host-ca/ca-certificates.crt"
 EXIT_CANNOT_RUN = 77
+ENGINE_START_S = 120  # seconds for dockerd to answer, over all attempts
+ENGINE_ATTEMPTS = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm")
 
 
@@ -143,6 +145,20 @@ def _tail(path: Path | None, chars: int = 4000) -> str:
     if path is None or not path.is_file():
         return ""
     return path.read_text(errors="replace")[-chars:]
+
+
+def engine_pings(sock: Path, timeout: float = 2.0) -> bool:
+    """Whether a Docker engine answers ``GET /_ping`` with 200 on the unix socket ``sock`` within
+    ``timeout`` seconds (no socket, a refused or a silent connection: False)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(sock))
+            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            status_line = conn.recv(64).split(b"\r\n", 1)[0]
+    except OSError:
+        return False
+    return status_line.split(b" ")[1:2] == [b"200"]
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -298,9 +314,32 @@ class Stack:
         return {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
 
     def start_engine(self) -> None:
-        dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+        """Start a private dockerd and wait until it answers; a dockerd that exits while starting (a slow or
+        busy machine: its containerd missed dockerd's own start timeout) is started once more."""
         (self.work / "daemon.json").write_text("{}\n")  # no host /etc/docker/daemon.json settings
         (self.work / "docker-config").mkdir(exist_ok=True)
+        limit = time.monotonic() + self.deadline.left(ENGINE_START_S)
+        for attempt in range(1, ENGINE_ATTEMPTS + 1):
+            self._launch_engine()
+            if self._await_engine(limit):
+                self.report.checks["engine_attempts"] = attempt
+                return
+            assert self.engine is not None
+            logger.warning(
+                "dockerd exited %s while starting (attempt %d of %d):\n%s",
+                self.engine.returncode,
+                attempt,
+                ENGINE_ATTEMPTS,
+                _tail(self.work / "dockerd.log", 2000),
+            )
+            self._clear_engine_leftovers()
+        raise StackError(
+            f"dockerd exited {self.engine.returncode if self.engine else '?'} while starting, "
+            f"{ENGINE_ATTEMPTS} times:\n{_tail(self.work / 'dockerd.log')}"
+        )
+
+    def _launch_engine(self) -> None:
+        dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
         cmd = [
             dockerd,
             "--host",
@@ -321,25 +360,45 @@ class Stack:
         with open(self.work / "dockerd.log", "ab") as out:
             # Its own session: a Ctrl-C meant for this script must not kill the engine before `down -v` runs.
             self.engine = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        limit = time.monotonic() + self.deadline.left(90)
+
+    def _await_engine(self, limit: float) -> bool:
+        """True once the engine answers ``docker version``; False when dockerd exits first. A dockerd that
+        accepts connections but is still initialising holds a request until it is ready, so readiness is
+        asked of ``/_ping`` with a short timeout, and a slow ``docker version`` is asked again, never fatal
+        before ``limit``."""
+        assert self.engine is not None
         while time.monotonic() < limit:
             if self.engine.poll() is not None:
-                raise StackError(
-                    f"dockerd exited {self.engine.returncode}:\n{_tail(self.work / 'dockerd.log')}"
-                )
-            probe = run(
-                [self.docker(), "version", "--format", "{{.Server.Version}}"],
-                timeout=10,
-                env=self.env(),
-                check=False,
-            )
-            if probe.returncode == 0:
-                self.report.checks["engine_version"] = probe.stdout.strip()
-                return
+                return False
+            if engine_pings(self.sock):
+                try:
+                    probe = run(
+                        [self.docker(), "version", "--format", "{{.Server.Version}}"],
+                        timeout=max(1.0, min(30.0, limit - time.monotonic())),
+                        env=self.env(),
+                        check=False,
+                    )
+                except StackError as err:
+                    logger.info("the engine answered /_ping but not yet `docker version`: %s", err)
+                else:
+                    if probe.returncode == 0:
+                        self.report.checks["engine_version"] = probe.stdout.strip()
+                        return True
             time.sleep(0.5)
-        raise StackError(
-            f"dockerd did not answer on {self.sock} within 90 s:\n{_tail(self.work / 'dockerd.log')}"
-        )
+        log = _tail(self.work / "dockerd.log")
+        raise StackError(f"dockerd did not answer on {self.sock} within {ENGINE_START_S} s:\n{log}")
+
+    def _clear_engine_leftovers(self) -> None:
+        """What a dockerd that died while starting leaves for the next one: its containerd (which names our
+        exec root), its socket and its pid file."""
+        for pid in self._own_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self._own_processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for leftover in (self.sock, self.work / "dockerd.pid"):
+            leftover.unlink(missing_ok=True)
 
     def has_image(self, name: str) -> bool:
         return (
