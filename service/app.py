@@ -22,7 +22,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
-from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.routing import Route, request_response
 
@@ -31,6 +30,7 @@ from service.cache import Cache, MemoryCache, RedisCache, answer_scope
 from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
+from service.files import EnvelopedStaticFiles, RangedFileResponse
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import (
     REQUEST_ID_HEADER,
@@ -335,7 +335,7 @@ def _local_docs(app: FastAPI) -> None:
         logger.warning("fastapi-offline is not installed: /docs loads Swagger UI from a CDN")
         return
     assets = Path(next(iter(spec.submodule_search_locations))) / "static"
-    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    app.mount(DOCS_ASSETS, EnvelopedStaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
@@ -458,11 +458,11 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     app.include_router(health.router, generate_unique_id_function=operation_id)
 
     if (STATIC_DIR / "index.html").is_file():
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        app.mount("/static", EnvelopedStaticFiles(directory=STATIC_DIR), name="static")
 
         @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def front_end() -> FileResponse:
-            return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+            return RangedFileResponse(STATIC_DIR / "index.html", media_type="text/html")
     else:
 
         @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

@@ -156,8 +156,8 @@ ERROR_CODES: dict[str, tuple[tuple[int, ...], str]] = {
                         "send a smaller or re-encoded image"),
     "unsupported_media_type": ((415,), "a content type, image format or DICOM transfer syntax the service cannot "
                                "read, or a compressed body: send JPEG, PNG, TIFF, BMP, WebP or DICOM, uncompressed"),
-    "range_not_satisfiable": ((416,), "a Range that starts past the end of an original image (Content-Range: "
-                              "bytes */SIZE gives its size): ask for a range within it"),
+    "range_not_satisfiable": ((416,), "a Range that starts past the end of an original image or a static "
+                              "file (Content-Range: bytes */SIZE gives its size): ask for a range within it"),
     "invalid_request": ((422,), "a parameter, field or body the service does not accept (`details` lists the "
                         "fields of a body that fails the schema): fix what the message names"),
     "image_too_small": ((422,), "the image is smaller than KEEPFIT_MIN_IMAGE_SIDE: send a larger image"),

@@ -9,10 +9,7 @@ from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
-from fastapi.responses import FileResponse
 from pydantic import BeforeValidator
-from starlette.exceptions import HTTPException
-from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from model.errors import NotFoundError
 from service.cache import cache_key
@@ -25,6 +22,7 @@ from service.deps import (
 )
 from service.engine import make_thumbnail, original_image
 from service.errors import InvalidRequestError
+from service.files import RangedFileResponse
 from service.schemas import error_responses
 
 router = APIRouter(tags=["images"])
@@ -52,41 +50,6 @@ def _digits_only(value: Any) -> Any:
 
 
 Digits = BeforeValidator(_digits_only)
-
-
-class RangeNotSatisfiableError(HTTPException):
-    """416 in the API's error envelope (service.errors), with the ``Content-Range: bytes */SIZE`` it needs."""
-
-    code = "range_not_satisfiable"
-
-    def __init__(self, http_range: str, size: int) -> None:
-        super().__init__(
-            416,
-            f"the range {http_range[:40]!r} is not within the image's {size} bytes",
-            headers={"Content-Range": f"bytes */{size}"},
-        )
-
-
-class ImageFileResponse(FileResponse):
-    """Starlette's :class:`FileResponse` (it serves ``Range`` requests itself), its refusals in the API's terms.
-
-    A ``Range`` it cannot parse (``bytes=abc``, ``bytes=5-1``, another unit) is ignored and the whole image sent
-    with 200, where Starlette answered a ``text/plain`` 400: RFC 9110 (14.2) lets a server ignore ``Range``, and
-    a client that sent a broken one still gets the image it asked for, as from a server without ranges.  One it
-    cannot satisfy (it starts past the end) is a 416 in the error envelope with ``Content-Range: bytes */SIZE``,
-    where Starlette's was ``text/plain`` with an empty body.  Several ranges (``bytes=0-1,3-4``) are ignored too:
-    their ``multipart/byteranges`` answer is one the schema does not list and no image viewer asks for.
-    """
-
-    @classmethod
-    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
-        try:
-            ranges = super()._parse_range_header(http_range, file_size)
-            return ranges if len(ranges) <= 1 else []
-        except MalformedRangeHeader:
-            return []  # no ranges: the whole file
-        except RangeNotSatisfiable as err:  # raised from the answer: the app's exception handlers answer it
-            raise RangeNotSatisfiableError(http_range, err.max_size) from None
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -172,7 +135,7 @@ async def get_image(
         # the bytes that were indexed (a file changed since is a 410), a DICOM object as a PNG of its pixels
         original, media_type = await state.run_blocking(original_image, path, settings.max_pixels, record.sha256)
         if original is None:  # the file itself, streamed (it was checked against its SHA-256 just now)
-            return ImageFileResponse(path, media_type=media_type, headers=headers)
+            return RangedFileResponse(path, media_type=media_type, headers=headers)
         return Response(content=original, media_type=media_type, headers=headers)
     key = (
         cache_key("thumbnail", None, record.sha256 or f"id:{image_id}", {"size": size, "file": stamp})
