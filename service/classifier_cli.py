@@ -30,14 +30,17 @@ from model.files import read_regular_file
 from model.manifest import read_manifest
 from service.cache import sha256_hex
 from service.classifiers import (
+    SURE_MODALITY,
     ClassifierExistsError,
     ClassifierNotFoundError,
     ClassifierStore,
     Example,
+    MixedModalitiesError,
     check_distinct_priors,
     check_examples,
     check_name,
     encoder_fingerprint,
+    examples_modality,
     index_examples,
     name_taken_message,
     refit_refused_message,
@@ -178,12 +181,13 @@ def fit_main(args: argparse.Namespace) -> int:
             raise ConfigError("--ids and --index-label need --index")
         examples += _index_examples(args, engine.version)
     order = list(dict.fromkeys(ex.category for ex in examples))  # categories in the order first given
-    modality = args.modality
+    modality: str | None = args.modality
+    modality_warnings: list[dict[str, str]] = []
     if modality is None:
-        found = sorted({ex.modality for ex in examples if ex.modality})
-        if len(found) > 1:
-            raise DataError(f"the examples are of several modalities ({', '.join(found)}); pass --modality")
-        modality = found[0] if found else "CFP"
+        try:
+            modality, modality_warnings = examples_modality(engine.runtime, examples, "pass --modality")
+        except MixedModalitiesError as err:
+            raise DataError(str(err)) from err
     engine.check_modality(modality)
     check_distinct_priors(engine.knowledge, [(label, None) for label in order])
     examples = check_examples(order, examples, modality)
@@ -192,7 +196,8 @@ def fit_main(args: argparse.Namespace) -> int:
         engine, name, modality, args.method, not args.no_text_prior, categories, examples
     )
     # the API's rule for the prior: two labels the model reads alike refused, one it cannot read warned of
-    warnings = example_warnings(examples) + prior_warnings(engine, categories, result.model.method)
+    warnings = modality_warnings + example_warnings(examples)
+    warnings += prior_warnings(engine, categories, result.model.method)
     store = existing or _store(args, create=True)
     try:
         saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=limit)
@@ -245,7 +250,7 @@ def _file_example(engine: Any, label: str, path: Path) -> Example:
         raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
     emb, modality, confidence, typicality = _embed_example(engine, data, f"example {path}")
     return Example(
-        label, sha256_hex(data), "upload", emb, data=data, modality=modality if confidence >= 0.9 else None,
+        label, sha256_hex(data), "upload", emb, data=data, modality=modality if confidence >= SURE_MODALITY else None,
         filename=str(path), typicality=typicality,
     )
 

@@ -996,6 +996,49 @@ def distinct_examples(examples: Sequence[Example]) -> list[Example]:
     return out
 
 
+SURE_MODALITY = 0.9  # an upload's recognised modality counts (and refuses another) from this probability on
+
+
+def examples_modality(
+    runtime: Any, examples: Sequence[Example], how_to_choose: str
+) -> tuple[str, list[dict[str, str]]]:
+    """The modality a classifier of ``examples`` takes when none was sent, and its warnings.
+
+    Examples of one known modality (the index's, a DICOM header's, or an upload recognised with probability
+    >= :data:`SURE_MODALITY`) give it; of several, a 422 ``mixed_modalities`` that says ``how_to_choose``.  When
+    none is known, the modality the check finds most probable over all the examples (mean probability, among the
+    modalities the knowledge has categories for), with an ``modality_uncertain`` warning: the artifact's first
+    modality was taken before, so that a classifier of, say, unclear B-scans became a CFP one, its prior read as
+    fundus photographs and every image it classified warned as of another modality.  ``runtime`` is a
+    :class:`model.runtime.KeepfitRuntime` (its ``detect_modalities``)."""
+    found = sorted({ex.modality for ex in examples if ex.modality})
+    if len(found) > 1:
+        raise MixedModalitiesError(
+            f"the examples are of several modalities ({', '.join(found)}); {how_to_choose} and examples of that "
+            "modality only"
+        )
+    if found:
+        return found[0], []
+    if not examples:  # refused by check_examples (too few), which names the categories
+        return runtime.knowledge.modalities[0], []
+    detection = runtime.detect_modalities(np.stack([ex.embedding for ex in examples]).astype(np.float32))
+    known = [i for i, n in enumerate(detection.names) if n in runtime.knowledge.modalities]
+    known = known or list(range(len(detection.names)))
+    mean = detection.probabilities[:, known].mean(axis=0)  # [M known]
+    order = np.argsort(-mean, kind="stable")
+    chosen = detection.names[known[order[0]]]
+    shares = ", ".join(f"{detection.names[known[i]]} {mean[i]:.2f}" for i in order)
+    warning = {
+        "code": "modality_uncertain",
+        "message": (
+            f"no example was recognised as one modality with probability {SURE_MODALITY} or more: the classifier "
+            f"takes {chosen}, the most probable over its {len(examples)} examples (mean probability {shares}); if "
+            f"they are of another modality, {how_to_choose}"
+        ),
+    }
+    return chosen, [warning]
+
+
 def check_examples(labels: Sequence[str], examples: Sequence[Example], modality: str) -> list[Example]:
     """The distinct examples (:func:`distinct_examples`), or clear 422s for too few of them per category or
     examples of another modality."""

@@ -41,6 +41,7 @@ from model.tokenizer import unreadable_warning
 from service.cache import cache_key, sha256_hex
 from service.classifiers import (
     NAME_PATTERN,
+    SURE_MODALITY,
     AdminKeyError,
     CategorySpec,
     ClassifierRow,
@@ -52,6 +53,7 @@ from service.classifiers import (
     check_examples,
     check_name,
     encoder_fingerprint,
+    examples_modality,
     fit_examples,
     index_examples,
     name_taken_message,
@@ -110,7 +112,6 @@ admin_key_scheme = APIKeyHeader(
     description="One of KEEPFIT_ADMIN_KEYS: needed to change classifiers.",
 )
 router = APIRouter(tags=["classifiers"], dependencies=[Depends(require_api_key), Depends(no_query_parameters)])
-MODALITY_MISMATCH_CONFIDENCE = 0.9  # an upload recognised as another modality this surely is refused
 FILE_PREFIX = "examples."
 EXAMPLES_FIELD, LABELS_FIELD = "examples", "labels"  # repeated: the i-th label names the i-th file
 # a change that writes to the store's disk can find it full: documented beside the shared error statuses
@@ -172,7 +173,11 @@ class ClassifierRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     name: str = Field(min_length=1, max_length=64, description=NAME_HELP)
-    modality: str | None = Field(None, description="CFP, FFA or OCT; default: the examples' modality")
+    modality: str | None = Field(
+        None,
+        description="CFP, FFA or OCT; default: the examples' modality (when none is recognised surely, the one "
+        "most probable over them, with an `modality_uncertain` warning)",
+    )
     method: str = Field("auto", description="auto, prototype, prototype+text, linear, linear+text")
     # strict in JSON (1 or "yes" is no boolean); a multipart form's text field is read by _form_bool
     text_prior: StrictBool = Field(
@@ -236,8 +241,11 @@ class DeletedClassifier(BaseModel):
 class ClassifierWarning(BaseModel):
     """Something to know about a classifier just fitted, in a create's or a refit's answer."""
 
-    code: Literal["unrecognised_example", "unreadable_category"] = Field(
-        description="`unrecognised_example`: uploaded examples unlike every image the model was trained on (not "
+    code: Literal["modality_uncertain", "unrecognised_example", "unreadable_category"] = Field(
+        description="`modality_uncertain`: no modality was sent and no example was recognised as one with "
+        "probability 0.9 or more, so the classifier takes the one most probable over its examples (the message "
+        "names it and the mean probabilities): create it again with `modality` if its images are of another; "
+        "`unrecognised_example`: uploaded examples unlike every image the model was trained on (not "
         "eye images, or far from them: the message names them and their categories), kept all the same; "
         "`unreadable_category`: the prior text of categories (their `text`, else their label) is "
         "written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, Cyrillic...), which the English "
@@ -259,7 +267,7 @@ class ClassifierResponse(BaseModel):
     revision: int = Field(description="1 when created, one more with each refit")
     modality: str = Field(
         description="the modality it was fitted on and classifies: the one sent at creation, else its examples' own "
-        "(the artifact's first modality, CFP, when none is known)"
+        "(when no example was recognised surely, the one most probable over them, with an `modality_uncertain` warning)"
     )
     method: str = Field(description="what was fitted: prototype, prototype+text, linear or linear+text")
     method_requested: str = Field(
@@ -418,7 +426,7 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
                 source="upload",
                 embedding=emb,
                 data=data,
-                modality=modality if confidence >= MODALITY_MISMATCH_CONFIDENCE else None,
+                modality=modality if confidence >= SURE_MODALITY else None,
                 filename=filename,
                 typicality=typicality,
             )
@@ -747,7 +755,8 @@ _CREATE_FIELDS: dict[str, dict[str, Any]] = {
              "description": NAME_HELP},
     "modality": {"type": "string", "enum": ["auto", *MODALITIES],
                  "description": "the modality of the examples and of the images it will classify; `auto` or "
-                 "absent: the examples' own (they must agree)"},
+                 "absent: the examples' own (they must agree; when none is recognised surely, the one most "
+                 "probable over them, with an `modality_uncertain` warning)"},
     "method": {"type": "string", "enum": ["auto", "prototype", "prototype+text", "linear", "linear+text"],
                "description": "what to fit; `auto` (default) chooses by the examples per category; a `+text` "
                "method also uses the categories' zero-shot prior"},
@@ -889,16 +898,9 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     examples = await _upload_examples(state, files)
     examples += await _index_examples(state, specs, modality, limit - len(examples))
     timings["examples"] = (time.perf_counter() - start) * 1000
+    modality_warnings: list[dict[str, str]] = []
     if modality is None:
-        found = sorted({ex.modality for ex in examples if ex.modality})
-        if len(found) > 1:
-            from service.classifiers import MixedModalitiesError
-
-            raise MixedModalitiesError(
-                f"the examples are of several modalities ({', '.join(found)}); send "
-                "'modality' and examples of that modality only"
-            )
-        modality = found[0] if found else engine.modalities[0]
+        modality, modality_warnings = examples_modality(engine.runtime, examples, "send 'modality'")
     categories = [{"label": s.label, "text": s.text} for s in specs]
     examples = check_examples([s.label for s in specs], examples, modality)
     mark = time.perf_counter()
@@ -906,7 +908,7 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
         fit_and_row, engine, name, modality, method, spec.text_prior, categories, examples
     )
     timings["fit"] = (time.perf_counter() - mark) * 1000
-    warnings = example_warnings(examples)
+    warnings = modality_warnings + example_warnings(examples)
     warnings += await state.run_blocking(prior_warnings, engine, categories, result.model.method)
     mark = time.perf_counter()
     saved = await state.run_blocking(
