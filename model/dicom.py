@@ -43,6 +43,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import re
@@ -850,3 +851,77 @@ def _j2k_levels(stream: bytes) -> int:
             return stream[at + 9]
         at += 2 + length
     return 0
+
+
+# Modality (0008,0060) values that state, with no other element, what _modality read from the whole header
+_STATED = {"OCT": "OPT", "CFP": "OP", "FFA": "OP", None: "OT"}
+
+
+def without_patient_data(data: bytes, *, max_pixels: int) -> bytes:
+    """A DICOM object with nothing of its header but what :func:`decode_dicom` needs to decode it as before.
+
+    For storing a copy (a few-shot classifier's example, which a refit decodes again): the Image Pixel groups
+    (0028: size, samples, bits, photometric interpretation, palette, LUTs, window, ICC profile and colour space;
+    7FE0: the pixel data, encapsulated frames as they are), the SOP class and the transfer syntax.  The modality the
+    header stated (:func:`_modality`, read from its Modality, Image Type, descriptions, contrast agent and codes) is
+    written as a Modality alone (``OPT``, ``OP``, ``OP`` with an empty Contrast/Bolus Agent for an angiogram, ``OT``
+    for none), never with the words it was read from (a series description may hold a name).  Names, ids, dates,
+    institution, descriptions, UIDs, private elements: gone; the instance UID is a new one made from the pixels.
+    The caller checks that the copy decodes as the original does (:func:`decoded_alike`).  An
+    :class:`ImageError` where ``data`` is not a DICOM object it can read."""
+    pydicom = _import_pydicom()
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, SecondaryCaptureImageStorage, generate_uid
+
+    if not is_dicom(data):
+        raise ImageError("not a DICOM object")
+    part10 = _part10(data)
+    _check_inflated_size(part10, max_pixels)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=False, force=True)
+    except Exception as err:  # pydicom's messages may quote header values
+        raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
+    _convert_header(ds)
+    if not any(ds.get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageError("the DICOM file holds no image")
+    _record_syntax(ds)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if not isinstance(syntax, str) or not re.fullmatch(r"[0-9.]{1,64}", str(syntax)):
+        raise ImageError("the DICOM file has no transfer syntax UID")
+    stated = _modality(ds)
+    out = Dataset()
+    for tag in ds.keys():
+        if tag.group in (0x0028, 0x7FE0):
+            out[tag] = ds[tag]
+    sop_class: str = str(ds.get("SOPClassUID", "") or "")
+    sop_class = sop_class if re.fullmatch(r"[0-9.]{1,64}", sop_class) else str(SecondaryCaptureImageStorage)
+    instance = generate_uid(entropy_srcs=[hashlib.sha256(bytes(ds.get("PixelData") or b"")).hexdigest()])
+    out.SOPClassUID, out.SOPInstanceUID, out.Modality = sop_class, instance, _STATED[stated]
+    if stated == "FFA":
+        out.ContrastBolusAgent = ""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UID(sop_class), instance
+    meta.TransferSyntaxUID = UID(str(syntax))
+    out.file_meta = meta
+    out.preamble = bytes(128)
+    buffer = io.BytesIO()
+    try:
+        out.save_as(buffer, enforce_file_format=True)
+    except Exception as err:
+        raise ImageError(f"the DICOM file cannot be written again ({err.__class__.__name__})") from err
+    return buffer.getvalue()
+
+
+def decoded_alike(first: bytes, second: bytes, *, max_pixels: int) -> bool:
+    """Whether two DICOM objects decode (:func:`decode_dicom`, the default frame, at full size) to the same pixels,
+    modality, frame, colour space and stored size: what the model is given of them."""
+    a, b = decode_dicom(first, max_pixels=max_pixels), decode_dicom(second, max_pixels=max_pixels)
+    keys = ("keepfit_modality", "keepfit_frame", "keepfit_frames", "icc_profile", COLOUR_SPACE)
+    from model.preprocess import ORIGINAL_SIZE
+
+    return (
+        a.mode == b.mode
+        and a.size == b.size
+        and all(a.info.get(k) == b.info.get(k) for k in (*keys, ORIGINAL_SIZE))
+        and np.array_equal(np.asarray(a), np.asarray(b))
+    )

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from model import fewshot
+from model.dicom import is_dicom
 from model.errors import ConfigError
 from model.files import atomic_write_bytes
 from service.errors import InvalidRequestError, ServiceError
@@ -796,7 +797,7 @@ class ClassifierStore:
                 for ex in examples:
                     if ex.data is not None:
                         target = self.root / "examples" / ex.sha256
-                        if not target.exists():
+                        if not target.exists() or _scrubbed_since(target, ex.data):
                             atomic_write_bytes(target, ex.data, durable=True)
                 db.execute("INSERT INTO classifiers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _row_values(row))
                 db.executemany(
@@ -1037,6 +1038,16 @@ def examples_modality(
         ),
     }
     return chosen, [warning]
+
+
+def _scrubbed_since(stored: Path, data: bytes) -> bool:
+    """Whether ``data``, an example's bytes to keep, is a DICOM object without patient data that replaces the copy
+    ``stored`` an earlier release kept with its whole header (the same upload, by its SHA-256; the copy without
+    the header is the smaller one, and decodes alike)."""
+    try:
+        return is_dicom(data) and stored.stat().st_size > len(data)
+    except OSError:
+        return False
 
 
 def check_examples(labels: Sequence[str], examples: Sequence[Example], modality: str) -> list[Example]:

@@ -35,7 +35,7 @@ from PIL import Image
 
 from index.query import index_modalities, label_warning
 from model.dicom import is_dicom
-from model.errors import ConfigError, IndexStoreError, NotFoundError
+from model.errors import ConfigError, ImageError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
     FEATURELESS_BELOW,  # noqa: F401 (service.benchmarks.featureless reads it here)
@@ -651,6 +651,26 @@ class Engine:
             return ExampleEmbedding(embedding[0], str(header_modality), 1.0, encoded.typicality)
         found = self.runtime.detect_modalities(embedding)
         return ExampleEmbedding(embedding[0], found.detected[0], found.confidence[0], encoded.typicality)
+
+    def example_to_keep(self, data: bytes) -> bytes:
+        """What the classifier store keeps of an uploaded example for refits: a DICOM object without its patient
+        data (:func:`model.dicom.without_patient_data`: only what decoding it needs) where that copy decodes to the
+        very image the upload does (:func:`model.dicom.decoded_alike`), so that a refit embeds it alike; the
+        upload as sent otherwise (logged), and for every other format."""
+        if not is_dicom(data):
+            return data
+        from model.dicom import decoded_alike, without_patient_data
+
+        max_pixels = self.settings.max_pixels
+        try:
+            stripped = without_patient_data(data, max_pixels=max_pixels)
+            if decoded_alike(data, stripped, max_pixels=max_pixels):
+                return stripped
+            reason = "its copy without them decodes to another image"
+        except (ImageError, ConfigError) as err:  # ImageError's subclasses too; messages quote no header value
+            reason = f"no copy without them could be made ({err.__class__.__name__})"
+        logger.warning("a DICOM classifier example is kept with its header's patient data: %s", reason)
+        return data
 
     def embed_text(self, text: str, timings: Timings) -> np.ndarray:
         """Text -> unit embedding ``[D]``."""

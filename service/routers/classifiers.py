@@ -419,13 +419,14 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
             raise ServiceError(
                 f"example {filename[:80]!r} of {label!r}: {err}", status_code=err.status_code, code=err.code
             ) from err
+        kept = await state.run_blocking(state.engine.example_to_keep, data)  # a DICOM's without its patient data
         out.append(
             Example(
                 category=label,
                 sha256=sha256_hex(data),
                 source="upload",
                 embedding=emb,
-                data=data,
+                data=kept,
                 modality=modality if confidence >= SURE_MODALITY else None,
                 filename=filename,
                 typicality=typicality,
@@ -1079,6 +1080,8 @@ async def _reembed(
                 found = await state.run_blocking(state.engine.embed_example, data, Timings(state.metrics))
             except (ImageError, ServiceError) as err:
                 raise _refused_example(ex, err) from err
+            # an example an earlier release kept with its DICOM header is kept without it from this refit on
+            data = await state.run_blocking(state.engine.example_to_keep, data)
             out.append(Example(ex["category"], ex["sha256"], "upload", found.embedding, data=data,
                                typicality=found.typicality))
     if missing:

@@ -1,0 +1,186 @@
+"""A few-shot classifier's DICOM examples are kept without their header's patient data: only what decoding
+needs (``model.dicom.without_patient_data``), checked to decode to the very image the upload does, so that a
+refit embeds them alike.  They were kept as sent, names, ids, dates and descriptions with them, in the store and
+its backups.  A refit that embeds them again rewrites a copy an earlier release kept with its header."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
+
+from model.cli import main as keepfit  # noqa: E402
+from model.dicom import decode_dicom, decoded_alike, is_dicom, without_patient_data  # noqa: E402
+from model.errors import ImageError  # noqa: E402
+from service.app import create_app  # noqa: E402
+from service.classifiers import ClassifierStore  # noqa: E402
+from service.engine import Engine  # noqa: E402
+from tests.dicom_files import SYNTAXES  # noqa: E402
+from tests.service.helpers import make_settings  # noqa: E402
+from tests.service.test_dicom_privacy import leaks, phi_dicom  # noqa: E402
+
+ADMIN = {"X-Admin-Key": "admin-secret"}
+MAX_PIXELS = 50_000_000
+
+
+@pytest.fixture(scope="module")
+def pictures(golden_image: Image.Image) -> list[np.ndarray]:
+    rgb = np.asarray(golden_image.convert("RGB"))[:192, :192]
+    return [rgb, rgb[:, ::-1].copy(), rgb[::-1].copy(), np.ascontiguousarray(rgb.transpose(1, 0, 2))]
+
+
+def _set(**values: Any) -> Callable[[Any], None]:
+    def change(ds: Any) -> None:
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+
+    return change
+
+
+# the header's ways of stating a modality, each read from elements the copy no longer has (a description, an
+# image type, a contrast agent, a wavelength): the copy states the same one, by its Modality alone
+STATED = {
+    "photograph": ({}, None, "CFP"),
+    "angiogram by its contrast agent": ({"angiogram": True}, None, "FFA"),
+    "angiogram by its description": ({}, _set(SeriesDescription="FA late phase DOE^JANE"), "FFA"),
+    "autofluorescence: none": ({}, _set(SeriesDescription="Autofluorescence DOE^JANE"), None),
+    "infrared by its wavelength: none": ({}, _set(IlluminationWaveLength=790), None),
+    "OCT": ({"modality": "OPT", "grey": True}, None, "OCT"),
+    "external camera: none": ({"modality": "XC"}, None, None),
+}
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+@pytest.mark.parametrize("how", list(STATED))
+def test_the_copy_holds_no_patient_data_and_decodes_alike(
+    pictures: list[np.ndarray], syntax: str, how: str
+) -> None:
+    kwargs, change, modality = STATED[how]
+    data = phi_dicom(pictures[0], syntax, change, **kwargs)
+    copy = without_patient_data(data, max_pixels=MAX_PIXELS)
+    assert is_dicom(copy) and not leaks(copy), leaks(copy)
+    assert decoded_alike(data, copy, max_pixels=MAX_PIXELS)
+    image = decode_dicom(copy, max_pixels=MAX_PIXELS)
+    assert image.info.get("keepfit_modality") == modality
+    assert np.array_equal(np.asarray(image), np.asarray(decode_dicom(data, max_pixels=MAX_PIXELS)))
+    # made from the pixels: the same upload gives the same bytes (one file per SHA-256 in the store)
+    assert without_patient_data(data, max_pixels=MAX_PIXELS) == copy
+
+
+def test_decoded_alike_tells_another_image_and_another_modality(pictures: list[np.ndarray]) -> None:
+    data = phi_dicom(pictures[0])
+    assert not decoded_alike(data, phi_dicom(pictures[1]), max_pixels=MAX_PIXELS)
+    assert not decoded_alike(data, phi_dicom(pictures[0], angiogram=True), max_pixels=MAX_PIXELS)
+
+
+def test_what_is_not_dicom_is_an_image_error() -> None:
+    with pytest.raises(ImageError):
+        without_patient_data(b"\x89PNG\r\n\x1a\n" + bytes(64), max_pixels=MAX_PIXELS)
+
+
+def _stored(root: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((root / "examples").iterdir())]
+
+
+def _create(client: TestClient, name: str, dicoms: list[bytes]) -> Any:
+    files = [
+        (f"examples.{'ab'[i % 2]}", (f"jane_{i}.dcm", d, "application/dicom")) for i, d in enumerate(dicoms)
+    ]
+    return client.post("/v1/classifiers", data={"name": name}, files=files, headers=ADMIN)
+
+
+def test_the_service_keeps_examples_without_patient_data_and_refits_alike(
+    default_artifact: Path, tmp_path: Path, pictures: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dicoms = [phi_dicom(p) for p in pictures]
+    store = tmp_path / "store"
+    settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
+    with TestClient(create_app(settings)) as client:
+        # as an earlier release kept them: with their headers
+        with monkeypatch.context() as old:
+            old.setattr(Engine, "example_to_keep", lambda self, data: data)
+            assert _create(client, "eyes", dicoms).status_code == 201
+        kept = _stored(store)
+        assert len(kept) == 4 and all(leaks(k) for k in kept)
+        query = {"image": ("q.dcm", dicoms[0], "application/dicom")}
+        before = client.post("/v1/classify", files=query, data={"classifier": "eyes"}).json()
+
+        # a refit that embeds the examples again (another encoder, or stored embeddings unreadable) rewrites them
+        with monkeypatch.context() as unreadable:
+            unreadable.setattr(ClassifierStore, "stored_embeddings", lambda *args: None)
+            r = client.post("/v1/classifiers/eyes/refit", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        kept = _stored(store)
+        assert len(kept) == 4 and not leaks(*kept)
+        after = client.post("/v1/classify", files=query, data={"classifier": "eyes"}).json()
+        assert [p["label"] for p in after["predictions"]] == [p["label"] for p in before["predictions"]]
+        assert np.allclose(
+            [p["probability"] for p in after["predictions"]],
+            [p["probability"] for p in before["predictions"]],
+            atol=1e-6,
+        )
+
+        # a new classifier's examples are kept without it from the start; the refit from them works
+        assert (
+            _create(
+                client, "fresh", [phi_dicom(np.ascontiguousarray(p[::2, ::2])) for p in pictures]
+            ).status_code
+            == 201
+        )
+        assert not leaks(*_stored(store)) and len(_stored(store)) == 8
+        with monkeypatch.context() as unreadable:
+            unreadable.setattr(ClassifierStore, "stored_embeddings", lambda *args: None)
+            assert client.post("/v1/classifiers/fresh/refit", headers=ADMIN).status_code == 200
+
+
+def test_the_copy_is_kept_as_sent_where_it_would_decode_otherwise(
+    default_artifact: Path,
+    tmp_path: Path,
+    pictures: list[np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("model.dicom.decoded_alike", lambda *args, **kwargs: False)
+    store = tmp_path / "store"
+    settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
+    with TestClient(create_app(settings)) as client:
+        assert _create(client, "eyes", [phi_dicom(p) for p in pictures]).status_code == 201
+    assert all(leaks(k) for k in _stored(store))  # a refit must embed what was uploaded
+    assert (
+        "kept with its header's patient data: its copy without them decodes to another image" in caplog.text
+    )
+    assert not leaks(caplog.text)
+
+
+def test_keepfit_classifier_fit_keeps_examples_without_patient_data(
+    default_artifact: Path, tmp_path: Path, pictures: list[np.ndarray]
+) -> None:
+    args = []
+    for i, p in enumerate(pictures):
+        path = tmp_path / f"jane_doe_{i}.dcm"
+        path.write_bytes(phi_dicom(p))
+        args += ["--example", f"{'ab'[i % 2]}={path}"]
+    store = tmp_path / "store"
+    code = keepfit(
+        [
+            "classifier",
+            "fit",
+            "--store",
+            str(store),
+            "--artifact",
+            str(default_artifact),
+            "--name",
+            "u",
+            *args,
+        ]
+    )
+    assert code == 0
+    kept = _stored(store)
+    assert len(kept) == 4 and all(is_dicom(k) for k in kept) and not leaks(*kept)
