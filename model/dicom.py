@@ -867,7 +867,7 @@ def without_patient_data(data: bytes, *, max_pixels: int) -> bytes:
     written as a Modality alone (``OPT``, ``OP``, ``OP`` with an empty Contrast/Bolus Agent for an angiogram, ``OT``
     for none), never with the words it was read from (a series description may hold a name).  Names, ids, dates,
     institution, descriptions, UIDs, private elements: gone; the instance UID is a new one made from the pixels.
-    The caller checks that the copy decodes as the original does (:func:`decoded_alike`).  An
+    The caller checks that the copy gives the model the same input (``service.engine``).  An
     :class:`ImageError` where ``data`` is not a DICOM object it can read."""
     pydicom = _import_pydicom()
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -910,18 +910,3 @@ def without_patient_data(data: bytes, *, max_pixels: int) -> bytes:
     except Exception as err:
         raise ImageError(f"the DICOM file cannot be written again ({err.__class__.__name__})") from err
     return buffer.getvalue()
-
-
-def decoded_alike(first: bytes, second: bytes, *, max_pixels: int) -> bool:
-    """Whether two DICOM objects decode (:func:`decode_dicom`, the default frame, at full size) to the same pixels,
-    modality, frame, colour space and stored size: what the model is given of them."""
-    a, b = decode_dicom(first, max_pixels=max_pixels), decode_dicom(second, max_pixels=max_pixels)
-    keys = ("keepfit_modality", "keepfit_frame", "keepfit_frames", "icc_profile", COLOUR_SPACE)
-    from model.preprocess import ORIGINAL_SIZE
-
-    return (
-        a.mode == b.mode
-        and a.size == b.size
-        and all(a.info.get(k) == b.info.get(k) for k in (*keys, ORIGINAL_SIZE))
-        and np.array_equal(np.asarray(a), np.asarray(b))
-    )

@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 
 from model import fewshot
-from model.dicom import is_dicom
 from model.errors import ConfigError
 from model.files import atomic_write_bytes
 from service.errors import InvalidRequestError, ServiceError
@@ -1041,11 +1040,11 @@ def examples_modality(
 
 
 def _scrubbed_since(stored: Path, data: bytes) -> bool:
-    """Whether ``data``, an example's bytes to keep, is a DICOM object without patient data that replaces the copy
-    ``stored`` an earlier release kept with its whole header (the same upload, by its SHA-256; the copy without
-    the header is the smaller one, and decodes alike)."""
+    """Whether ``data``, an example's bytes to keep, replaces the copy ``stored`` an earlier release kept as sent
+    (the same upload, by its SHA-256): a copy without metadata or patient data (``Engine.example_to_keep``) is the
+    smaller one, and gives the model the same input."""
     try:
-        return is_dicom(data) and stored.stat().st_size > len(data)
+        return stored.stat().st_size > len(data)
     except OSError:
         return False
 

@@ -654,23 +654,45 @@ class Engine:
 
     def example_to_keep(self, data: bytes) -> bytes:
         """What the classifier store keeps of an uploaded example for refits: a DICOM object without its patient
-        data (:func:`model.dicom.without_patient_data`: only what decoding it needs) where that copy decodes to the
-        very image the upload does (:func:`model.dicom.decoded_alike`), so that a refit embeds it alike; the
-        upload as sent otherwise (logged), and for every other format."""
-        if not is_dicom(data):
-            return data
-        from model.dicom import decoded_alike, without_patient_data
+        data (:func:`model.dicom.without_patient_data`: only what decoding it needs), a JPEG or PNG without its
+        metadata (:func:`model.metadata.without_metadata`: Exif but its orientation and colour space, XMP,
+        comments, text chunks, embedded thumbnails), where that copy gives the model the very input the upload
+        does (:meth:`_same_model_input`), so that a refit embeds it alike; the upload as sent otherwise (logged),
+        and for the other formats."""
+        from model.dicom import without_patient_data
+        from model.metadata import without_metadata
 
-        max_pixels = self.settings.max_pixels
+        dicom = is_dicom(data)
         try:
-            stripped = without_patient_data(data, max_pixels=max_pixels)
-            if decoded_alike(data, stripped, max_pixels=max_pixels):
-                return stripped
-            reason = "its copy without them decodes to another image"
+            copy = without_patient_data(data, max_pixels=self.settings.max_pixels) if dicom else without_metadata(data)
+            if copy is None or copy == data:
+                return data
+            if self._same_model_input(data, copy):
+                return copy
+            reason = "its copy without them gives the model another input"
         except (ImageError, ConfigError) as err:  # ImageError's subclasses too; messages quote no header value
             reason = f"no copy without them could be made ({err.__class__.__name__})"
-        logger.warning("a DICOM classifier example is kept with its header's patient data: %s", reason)
+        what = "its header's patient data" if dicom else "its metadata"
+        logger.warning("a classifier example is kept with %s: %s", what, reason)
         return data
+
+    def _same_model_input(self, first: bytes, second: bytes) -> bool:
+        """Whether two files give the model the same input: the same pixels after decoding and preprocessing
+        (orientation, colour profile and DCT scaling included), original and upright sizes, stated modality and
+        JPEG quality (what :meth:`embed_example` and its warnings read)."""
+
+        def seen(data: bytes) -> tuple[Any, ...]:
+            image = load_image(data, max_pixels=self.settings.max_pixels, size=self.runtime.preprocess_cfg.image_size)
+            facts = (
+                original_size(image),
+                upright_original_size(image),
+                image.info.get("keepfit_modality"),
+                image.info.get(JPEG_QUALITY),
+            )
+            return facts, self.runtime.preprocess([image])
+
+        (facts_a, pixels_a), (facts_b, pixels_b) = seen(first), seen(second)
+        return bool(facts_a == facts_b and np.array_equal(pixels_a, pixels_b))
 
     def embed_text(self, text: str, timings: Timings) -> np.ndarray:
         """Text -> unit embedding ``[D]``."""

@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
 
 from model.cli import main as keepfit  # noqa: E402
-from model.dicom import decode_dicom, decoded_alike, is_dicom, without_patient_data  # noqa: E402
+from model.dicom import decode_dicom, is_dicom, without_patient_data  # noqa: E402
 from model.errors import ImageError  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.classifiers import ClassifierStore  # noqa: E402
@@ -66,18 +66,25 @@ def test_the_copy_holds_no_patient_data_and_decodes_alike(
     data = phi_dicom(pictures[0], syntax, change, **kwargs)
     copy = without_patient_data(data, max_pixels=MAX_PIXELS)
     assert is_dicom(copy) and not leaks(copy), leaks(copy)
-    assert decoded_alike(data, copy, max_pixels=MAX_PIXELS)
-    image = decode_dicom(copy, max_pixels=MAX_PIXELS)
-    assert image.info.get("keepfit_modality") == modality
-    assert np.array_equal(np.asarray(image), np.asarray(decode_dicom(data, max_pixels=MAX_PIXELS)))
+    image, original = decode_dicom(copy, max_pixels=MAX_PIXELS), decode_dicom(data, max_pixels=MAX_PIXELS)
+    assert image.info.get("keepfit_modality") == original.info.get("keepfit_modality") == modality
+    assert np.array_equal(np.asarray(image), np.asarray(original)) and image.mode == original.mode
+    for key in ("keepfit_frame", "keepfit_frames", "keepfit.original_size", "icc_profile"):
+        assert image.info.get(key) == original.info.get(key), key
     # made from the pixels: the same upload gives the same bytes (one file per SHA-256 in the store)
     assert without_patient_data(data, max_pixels=MAX_PIXELS) == copy
+    assert without_patient_data(copy, max_pixels=MAX_PIXELS) == copy  # a refit finds nothing more to take out
 
 
-def test_decoded_alike_tells_another_image_and_another_modality(pictures: list[np.ndarray]) -> None:
+def test_the_model_input_check_tells_another_image_and_another_modality(
+    api: TestClient, pictures: list[np.ndarray]
+) -> None:
+    engine = api.app.state.service.engine  # type: ignore[attr-defined]
     data = phi_dicom(pictures[0])
-    assert not decoded_alike(data, phi_dicom(pictures[1]), max_pixels=MAX_PIXELS)
-    assert not decoded_alike(data, phi_dicom(pictures[0], angiogram=True), max_pixels=MAX_PIXELS)
+    assert engine._same_model_input(data, without_patient_data(data, max_pixels=MAX_PIXELS))
+    assert not engine._same_model_input(data, phi_dicom(pictures[1]))
+    # the same pixels, stated FFA
+    assert not engine._same_model_input(data, phi_dicom(pictures[0], angiogram=True))
 
 
 def test_what_is_not_dicom_is_an_image_error() -> None:
@@ -147,14 +154,15 @@ def test_the_copy_is_kept_as_sent_where_it_would_decode_otherwise(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr("model.dicom.decoded_alike", lambda *args, **kwargs: False)
+    monkeypatch.setattr(Engine, "_same_model_input", lambda *args: False)
     store = tmp_path / "store"
     settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
     with TestClient(create_app(settings)) as client:
         assert _create(client, "eyes", [phi_dicom(p) for p in pictures]).status_code == 201
     assert all(leaks(k) for k in _stored(store))  # a refit must embed what was uploaded
     assert (
-        "kept with its header's patient data: its copy without them decodes to another image" in caplog.text
+        "kept with its header's patient data: its copy without them gives the model another input"
+        in caplog.text
     )
     assert not leaks(caplog.text)
 
