@@ -387,6 +387,15 @@ def restore_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def scrub_main(args: argparse.Namespace) -> int:
+    """The store's uploaded examples without their metadata and DICOM patient data, as new ones are kept."""
+    store = _store(args)
+    engine = _engine(args.artifact)
+    counts = store.rewrite_examples(engine.example_to_keep)
+    print(json.dumps({"store": str(store.root), **counts}, indent=2))  # noqa: T201
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keepfit classifier", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -454,6 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     common(backup)
     backup.add_argument("--out", required=True, metavar="FILE.tar", help="the archive (replaced once complete)")
     backup.set_defaults(func=backup_main)
+    scrub = sub.add_parser(
+        "scrub",
+        help="rewrite the stored uploaded examples without their metadata and DICOM patient data (as new ones are "
+        "kept), where the copy gives the model the same input; also while the service runs",
+    )
+    common(scrub)
+    scrub.add_argument("--artifact", default="artifacts/keepfit-v2-small")
+    scrub.set_defaults(func=scrub_main)
     restore = sub.add_parser("restore", help="restore a backup as a new store (at --store, which must not exist)")
     common(restore)
     restore.add_argument("archive", metavar="FILE.tar")

@@ -816,6 +816,37 @@ class ClassifierStore:
             self._collect_after_commit(old_arrays)
         return row
 
+    def rewrite_examples(self, keep: Callable[[bytes], bytes]) -> dict[str, int]:
+        """Replace each uploaded example's file by ``keep(its bytes)`` where that is smaller (``Engine.example_to_keep``:
+        a copy without metadata or patient data that gives the model the same input), as a refit that embeds the
+        examples again does; for a store an earlier release filled, without waiting for a model update.  ``keep``
+        runs outside the write lock (it decodes); each file is replaced under it, and only if a classifier still
+        uses it and it is still the file read, so a concurrent delete or save loses nothing.  Returns how many files
+        were rewritten, already clean, and missing."""
+        with self._connect() as db:
+            uploads = [r[0] for r in db.execute("SELECT DISTINCT sha256 FROM examples WHERE source = 'upload'")]
+        counts = {"examples": len(uploads), "rewritten": 0, "unchanged": 0, "missing": 0}
+        for sha256 in uploads:
+            data = self.example_bytes(sha256)
+            if data is None:
+                counts["missing"] += 1
+                continue
+            kept = keep(data)
+            if len(kept) >= len(data):
+                counts["unchanged"] += 1
+                continue
+            target = self.root / "examples" / sha256
+            with self._write() as db:
+                used = db.execute(
+                    "SELECT 1 FROM examples WHERE sha256 = ? AND source = 'upload' LIMIT 1", (sha256,)
+                ).fetchone()
+                if used and self.example_bytes(sha256) == data:
+                    atomic_write_bytes(target, kept, durable=True)
+                    counts["rewritten"] += 1
+                else:
+                    counts["unchanged"] += 1
+        return counts
+
     @staticmethod
     def _claim_name(
         db: sqlite3.Connection, row: ClassifierRow, replace: bool, max_classifiers: int, replaces: str | None = None
