@@ -1038,7 +1038,7 @@ def examples_modality(
     Examples of one known modality (the index's, a DICOM header's, or an upload recognised with probability
     >= :data:`SURE_MODALITY`) give it; of several, a 422 ``mixed_modalities`` that says ``how_to_choose``.  When
     none is known, the modality the check finds most probable over all the examples (mean probability, among the
-    modalities the knowledge has categories for), with an ``modality_uncertain`` warning: the artifact's first
+    modalities the knowledge has categories for), with a ``modality_uncertain`` warning: the artifact's first
     modality was taken before, so that a classifier of, say, unclear B-scans became a CFP one, its prior read as
     fundus photographs and every image it classified warned as of another modality.  ``runtime`` is a
     :class:`model.runtime.KeepfitRuntime` (its ``detect_modalities``)."""

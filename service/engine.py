@@ -35,7 +35,7 @@ from PIL import Image
 
 from index.query import index_modalities, label_warning
 from model.dicom import is_dicom
-from model.errors import ConfigError, ImageError, IndexStoreError, NotFoundError
+from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
 from model.preprocess import (
     FEATURELESS_BELOW,  # noqa: F401 (service.benchmarks.featureless reads it here)
@@ -670,7 +670,8 @@ class Engine:
             if self._same_model_input(data, copy):
                 return copy
             reason = "its copy without them gives the model another input"
-        except (ImageError, ConfigError) as err:  # ImageError's subclasses too; messages quote no header value
+        except Exception as err:  # the copy is a precaution, never a reason to refuse the example (the type only:
+            # a decoder's message may quote a header value)
             reason = f"no copy without them could be made ({err.__class__.__name__})"
         what = "its header's patient data" if dicom else "its metadata"
         logger.warning("a classifier example is kept with %s: %s", what, reason)

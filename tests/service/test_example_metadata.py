@@ -183,3 +183,22 @@ def test_scrub_replaces_only_a_file_still_used_and_unchanged(
 
     assert store.rewrite_examples(delete_all)["rewritten"] == 0
     assert not any((store_dir / "examples").iterdir())
+
+
+def test_a_copy_that_fails_keeps_the_upload_as_sent(
+    api: TestClient,
+    uploads: list[tuple[str, bytes, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The copy is a precaution: whatever making it meets, the example is kept as sent (logged, by type only)."""
+    engine = api.app.state.service.engine  # type: ignore[attr-defined]
+
+    def broken(data: bytes) -> bytes:
+        raise RuntimeError("DOE^JANE")
+
+    monkeypatch.setattr("model.metadata.without_metadata", broken)
+    data = uploads[0][1]
+    assert engine.example_to_keep(data) == data
+    assert "kept with its metadata: no copy without them could be made (RuntimeError)" in caplog.text
+    assert "DOE^JANE" not in caplog.text
