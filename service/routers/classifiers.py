@@ -176,7 +176,7 @@ class ClassifierRequest(BaseModel):
     modality: str | None = Field(
         None,
         description="CFP, FFA or OCT; default: the examples' modality (when none is recognised surely, the one "
-        "most probable over them, with an `modality_uncertain` warning)",
+        "most probable over them, with a `modality_uncertain` warning)",
     )
     method: str = Field("auto", description="auto, prototype, prototype+text, linear, linear+text")
     # strict in JSON (1 or "yes" is no boolean); a multipart form's text field is read by _form_bool
@@ -267,7 +267,7 @@ class ClassifierResponse(BaseModel):
     revision: int = Field(description="1 when created, one more with each refit")
     modality: str = Field(
         description="the modality it was fitted on and classifies: the one sent at creation, else its examples' own "
-        "(when no example was recognised surely, the one most probable over them, with an `modality_uncertain` warning)"
+        "(when no example was recognised surely, the one most probable over them, with a `modality_uncertain` warning)"
     )
     method: str = Field(description="what was fitted: prototype, prototype+text, linear or linear+text")
     method_requested: str = Field(
@@ -419,7 +419,7 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
             raise ServiceError(
                 f"example {filename[:80]!r} of {label!r}: {err}", status_code=err.status_code, code=err.code
             ) from err
-        kept = await state.run_blocking(state.engine.example_to_keep, data)  # a DICOM's without its patient data
+        kept = await state.run_blocking(state.engine.example_to_keep, data)  # without its metadata or DICOM patient data
         out.append(
             Example(
                 category=label,
@@ -757,7 +757,7 @@ _CREATE_FIELDS: dict[str, dict[str, Any]] = {
     "modality": {"type": "string", "enum": ["auto", *MODALITIES],
                  "description": "the modality of the examples and of the images it will classify; `auto` or "
                  "absent: the examples' own (they must agree; when none is recognised surely, the one most "
-                 "probable over them, with an `modality_uncertain` warning)"},
+                 "probable over them, with a `modality_uncertain` warning)"},
     "method": {"type": "string", "enum": ["auto", "prototype", "prototype+text", "linear", "linear+text"],
                "description": "what to fit; `auto` (default) chooses by the examples per category; a `+text` "
                "method also uses the categories' zero-shot prior"},
