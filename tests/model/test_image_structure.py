@@ -181,7 +181,7 @@ def test_a_run_of_fill_bytes_in_a_scan_is_walked_once() -> None:
     start = time.perf_counter()
     guard = pp._JpegGuard()
     guard.feed(data)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 5.0  # the quadratic walk: over 10 s; one pass: under a millisecond
     assert guard.scans == 1 and guard._done
 
 

@@ -122,9 +122,13 @@ def live_server(
 ) -> Iterator[str]:
     """Uvicorn serving ``app`` (default ``create_app(settings)``) on a free port in a thread, with the HTTP
     protocol ``keepfit serve`` uses; yields its base URL."""
-    port = free_port()
+    app = app or create_app(settings, **app_kwargs)
+    # bound here and handed to uvicorn: a port found free and bound later could be taken by then
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    port = int(listening.getsockname()[1])
     config = uvicorn.Config(
-        app or create_app(settings, **app_kwargs),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -132,7 +136,7 @@ def live_server(
         http=protocol,
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -146,3 +150,4 @@ def live_server(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        listening.close()

@@ -231,7 +231,8 @@ def test_redis_cache_survives_outage_and_recovers(caplog: pytest.LogCaptureFixtu
             assert time.monotonic() < deadline, "a frozen Redis was never noticed"
             start = time.perf_counter()
             assert await cache.get("k") is None
-            assert time.perf_counter() - start < 1.0
+            # bounded by the timeout (0.4 s with its 2x), not by Redis, frozen for good: slack for a busy machine
+            assert time.perf_counter() - start < 3.0
         server.thaw()
         await cache.close()
 
@@ -508,14 +509,15 @@ def test_readiness_never_waits_long_for_redis() -> None:
         server.freeze()
         start = time.perf_counter()
         assert await cache.check() == "degraded"  # the ping is capped at about a second
-        assert time.perf_counter() - start < 1.5
+        # PROBE_TIMEOUT_S, not the 10 s of this cache's own timeout, and within the health check's 4 s
+        assert time.perf_counter() - start < 3.0
         server.thaw()
         start = time.perf_counter()
         # breaker open: reported as it is, without a ping (which would now succeed)
         assert await cache.check() == "degraded" and cache.reason == (
             "Redis unavailable (TimeoutError during PING); retrying every 60 s"
         )
-        assert time.perf_counter() - start < 0.05
+        assert time.perf_counter() - start < 0.5  # no ping (the state above says so): nothing waited
         await cache.close()
 
     with redis_server() as server:

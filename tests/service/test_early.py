@@ -387,7 +387,7 @@ def _early_counts(app: Any) -> dict[str, float]:
 
 
 def _settled(app: Any) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while app.state.service.early_pool.pending and time.monotonic() < deadline:
         time.sleep(0.01)
     assert app.state.service.early_pool.pending == 0  # no thread left waiting for bytes

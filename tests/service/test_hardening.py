@@ -176,24 +176,43 @@ def test_aborted_upload_is_one_line_and_499(impatient: str, caplog: pytest.LogCa
     assert 'status="500"' not in metrics
 
 
-def test_uploads_share_a_byte_budget(impatient: str) -> None:
+def _until(check: Any, what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.02)
+
+
+def test_uploads_share_a_byte_budget(default_artifact: Path) -> None:
     """Bodies hold the budget with the bytes they have sent: a stalled upload that declared more than the budget
     but sent one byte locks no one out (eight such connections held every upload off for a minute); one that
     sent most of the budget makes the next upload that would exceed it a 503 until it times out."""
-    host, port = impatient.removeprefix("http://").split(":")
-    head = b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-    with socket.create_connection((host, int(port)), timeout=10) as idle:
-        idle.sendall(head % 20_000_000 + b"{")  # declares 20 MB (over the whole 64 KiB budget), sends 1 byte
-        time.sleep(0.2)
-        assert httpx.post(f"{impatient}/v1/embed", json={"text": "drusen"}).status_code == 200
-    with socket.create_connection((host, int(port)), timeout=10) as holder:
-        holder.sendall(head % 70_000 + b'{"text": "' + b"x" * 60_000)  # 60 kB of the 64 KiB budget, then stalls
-        time.sleep(0.2)
-        r = httpx.post(f"{impatient}/v1/embed", json={"text": "x" * 10_000})
-        assert_error(r, 503, "busy", "KEEPFIT_UPLOAD_BUDGET_BYTES")
-        assert r.headers["retry-after"] == "1"
-    time.sleep(1.5)  # the stalled one has timed out and released its share
-    assert httpx.post(f"{impatient}/v1/embed", json={"text": "drusen"}).status_code == 200
+    from service.middleware import RequestGuardMiddleware
+
+    # the stalled uploads' timeout: long enough that a busy machine still sends the next upload within it
+    settings = make_settings(default_artifact, body_timeout_s=3.0, upload_budget_bytes=64 * 1024)
+    app = create_app(settings)
+    with live_server(settings, app=app) as base:
+        guard = app.middleware_stack
+        while not isinstance(guard, RequestGuardMiddleware):
+            guard = guard.app
+        budget = guard.budget  # what the bodies in flight hold: polled, where a sleep could be too short
+        host, port = base.removeprefix("http://").split(":")
+        head = b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        with socket.create_connection((host, int(port)), timeout=10) as idle:
+            idle.sendall(head % 20_000_000 + b"{")  # declares 20 MB (over the whole 64 KiB budget), sends 1 byte
+            _until(lambda: budget.reserved == 1, "the stalled upload's byte in the budget")
+            assert httpx.post(f"{base}/v1/embed", json={"text": "drusen"}).status_code == 200
+        _until(lambda: budget.reserved == 0, "the closed upload's byte released")
+        with socket.create_connection((host, int(port)), timeout=10) as holder:
+            holder.sendall(head % 70_000 + b'{"text": "' + b"x" * 60_000)  # 60 kB of the 64 KiB budget, then stalls
+            _until(lambda: budget.reserved >= 60_000, "the stalled upload's 60 kB in the budget")
+            r = httpx.post(f"{base}/v1/embed", json={"text": "x" * 10_000})
+            assert_error(r, 503, "busy", "KEEPFIT_UPLOAD_BUDGET_BYTES")
+            assert r.headers["retry-after"] == "1"
+            _until(lambda: budget.reserved == 0, "the stalled upload timed out, its share released")
+            assert holder.recv(64).startswith(b"HTTP/1.1 408")  # released by its timeout, still connected
+            assert httpx.post(f"{base}/v1/embed", json={"text": "drusen"}).status_code == 200
 
 
 def test_file_part_over_the_limit_is_refused_while_streaming(default_artifact: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +36,19 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
             pass
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.3)
+
+
+def _until_answering(port: int, count: int, log: Path, seconds: float = 60) -> None:
+    """Until the server answers ``count`` requests at once (``keepfit_requests_in_progress``): polled, where a fixed
+    sleep could end before a busy machine's server had started the request."""
+    deadline = time.monotonic() + seconds
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        found = re.search(r"^keepfit_requests_in_progress ([0-9.e+-]+)$", text, re.M)
+        if found and float(found.group(1)) >= count:
+            return
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -83,7 +97,7 @@ def test_a_request_stopped_at_shutdown_is_a_503_to_send_again_not_a_500(default_
                     ).encode()
                     + b"\xff\xd8" + b"\0" * 1000  # the upload stalls here, far from its announced length
                 )
-                time.sleep(0.5)  # the handler is reading the body
+                _until_answering(port, 2, log)  # the upload's handler is reading the body (and /metrics counts itself)
                 stopped = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 answer = b""
