@@ -367,6 +367,7 @@ class Stack:
         asked of ``/_ping`` with a short timeout, and a slow ``docker version`` is asked again, never fatal
         before ``limit``."""
         assert self.engine is not None
+        waited_from, last = time.monotonic(), "no answer on /_ping"
         while time.monotonic() < limit:
             if self.engine.poll() is not None:
                 return False
@@ -379,14 +380,17 @@ class Stack:
                         check=False,
                     )
                 except StackError as err:
+                    last = str(err)
                     logger.info("the engine answered /_ping but not yet `docker version`: %s", err)
                 else:
                     if probe.returncode == 0:
                         self.report.checks["engine_version"] = probe.stdout.strip()
                         return True
+                    last = f"`docker version` exited {probe.returncode}: {(probe.stderr or probe.stdout)[-500:]}"
             time.sleep(0.5)
         log = _tail(self.work / "dockerd.log")
-        raise StackError(f"dockerd did not answer on {self.sock} within {ENGINE_START_S} s:\n{log}")
+        waited = time.monotonic() - waited_from
+        raise StackError(f"dockerd did not answer on {self.sock} within {waited:.0f} s ({last}):\n{log}")
 
     def _clear_engine_leftovers(self) -> None:
         """What a dockerd that died while starting leaves for the next one: its containerd (which names our

@@ -855,19 +855,71 @@ def _j2k_levels(stream: bytes) -> int:
 
 # Modality (0008,0060) values that state, with no other element, what _modality read from the whole header
 _STATED = {"OCT": "OPT", "CFP": "OP", "FFA": "OP", None: "OT"}
+# VRs of text, dates, names and UIDs (and UN, bytes of no known meaning): none of them is kept of the image's groups
+# (a window's explanation, a pixel data provider's URL), but a Modality LUT Type that is a code ("HU", "OD")
+_TEXT_VRS = frozenset(("AE", "AS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UN", "UR", "UT"))
+_MODALITY_LUT_TYPE = 0x00283004
+_CODE = re.compile(r"[A-Z0-9_ ]{0,16}")
+# the only sequences decoding reads: the Modality LUT and VOI LUT Sequences (their descriptors and data)
+_LUT_SEQUENCES = frozenset((0x00283000, 0x00283010))
+# encapsulated syntaxes whose frames are JPEG files (baseline, extended, lossless), which may carry a camera's Exif
+# and comments of their own
+_JPEG_FRAMES = frozenset(("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                          "1.2.840.10008.1.2.4.70"))
+_FRAME_INDEX_TAGS = (0x7FE00001, 0x7FE00002)  # Extended Offset Table and its lengths: they index the frames
+
+
+def _image_elements(source: Any, target: Any, top: bool = True) -> None:
+    """``source``'s elements of the image's own groups (0028, 7FE0) that decoding reads, into ``target``: no text
+    (:data:`_TEXT_VRS`), and of sequences only the LUT Sequences, their items filtered alike."""
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    for tag in source.keys():
+        if top and tag.group not in (0x0028, 0x7FE0):
+            continue
+        element = source[tag]
+        vr = str(element.VR)
+        if vr == "SQ":
+            if top and tag in _LUT_SEQUENCES:
+                items = []
+                for item in element.value or ():
+                    kept = Dataset()
+                    _image_elements(item, kept, top=False)
+                    items.append(kept)
+                target[tag] = DataElement(tag, "SQ", Sequence(items))
+        elif vr not in _TEXT_VRS or (tag == _MODALITY_LUT_TYPE and _CODE.fullmatch(str(element.value or ""))):
+            target[tag] = element
+
+
+def _frames_without_metadata(ds: Any, syntax: str) -> bytes | None:
+    """The encapsulated pixel data of a JPEG-frames syntax with each frame without its own metadata
+    (:func:`model.metadata.without_metadata`: a camera's Exif, comments, trailers); None where nothing changes."""
+    if syntax not in _JPEG_FRAMES or "PixelData" not in ds:
+        return None
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from model.metadata import without_metadata
+
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(getattr(ds, "NumberOfFrames", 1) or 1)))
+    kept = [without_metadata(frame) or frame for frame in frames]
+    return None if kept == frames else encapsulate(kept, has_bot=True)
 
 
 def without_patient_data(data: bytes, *, max_pixels: int) -> bytes:
     """A DICOM object with nothing of its header but what :func:`decode_dicom` needs to decode it as before.
 
-    For storing a copy (a few-shot classifier's example, which a refit decodes again): the Image Pixel groups
+    For storing a copy (a few-shot classifier's example, which a refit decodes again): of the Image Pixel groups
     (0028: size, samples, bits, photometric interpretation, palette, LUTs, window, ICC profile and colour space;
-    7FE0: the pixel data, encapsulated frames as they are), the SOP class and the transfer syntax.  The modality the
-    header stated (:func:`_modality`, read from its Modality, Image Type, descriptions, contrast agent and codes) is
-    written as a Modality alone (``OPT``, ``OP``, ``OP`` with an empty Contrast/Bolus Agent for an angiogram, ``OT``
-    for none), never with the words it was read from (a series description may hold a name).  Names, ids, dates,
-    institution, descriptions, UIDs, private elements: gone; the instance UID is a new one made from the pixels.
-    The caller checks that the copy gives the model the same input (``service.engine``).  An
+    7FE0: the pixel data) every element but text (a window's explanation, a provider's URL) and every sequence but
+    the LUTs', the SOP class and the transfer syntax.  The modality the header stated (:func:`_modality`, read from
+    its Modality, Image Type, descriptions, contrast agent and codes) is written as a Modality alone (``OPT``,
+    ``OP``, ``OP`` with an empty Contrast/Bolus Agent for an angiogram, ``OT`` for none), never with the words it
+    was read from (a series description may hold a name).  JPEG frames lose their own metadata too (a camera's
+    Exif and comments, :func:`model.metadata.without_metadata`).  Names, ids, dates, institution, descriptions,
+    UIDs, private elements: gone; the instance UID is a new one made from the pixel data kept (so a copy of the copy
+    is the copy).  The caller checks that the copy gives the model the same input (``service.engine``).  An
     :class:`ImageError` where ``data`` is not a DICOM object it can read."""
     pydicom = _import_pydicom()
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -890,12 +942,21 @@ def without_patient_data(data: bytes, *, max_pixels: int) -> bytes:
         raise ImageError("the DICOM file has no transfer syntax UID")
     stated = _modality(ds)
     out = Dataset()
-    for tag in ds.keys():
-        if tag.group in (0x0028, 0x7FE0):
-            out[tag] = ds[tag]
+    try:
+        _image_elements(ds, out)
+        frames = _frames_without_metadata(ds, str(syntax))
+    except Exception as err:  # an element or a frame pydicom cannot read (its message may quote header values)
+        raise ImageError(f"the DICOM image cannot be copied ({err.__class__.__name__})") from err
+    if frames is not None:
+        out.PixelData = frames
+        out["PixelData"].VR = "OB"
+        for tag in _FRAME_INDEX_TAGS:
+            if tag in out:
+                del out[tag]
     sop_class: str = str(ds.get("SOPClassUID", "") or "")
     sop_class = sop_class if re.fullmatch(r"[0-9.]{1,64}", sop_class) else str(SecondaryCaptureImageStorage)
-    instance = generate_uid(entropy_srcs=[hashlib.sha256(bytes(ds.get("PixelData") or b"")).hexdigest()])
+    pixels = bytes(out.get("PixelData") or out.get("FloatPixelData") or out.get("DoubleFloatPixelData") or b"")
+    instance = generate_uid(entropy_srcs=[hashlib.sha256(pixels).hexdigest()])
     out.SOPClassUID, out.SOPInstanceUID, out.Modality = sop_class, instance, _STATED[stated]
     if stated == "FFA":
         out.ContrastBolusAgent = ""

@@ -3,13 +3,15 @@ classifier's example, which a refit decodes again) without what a camera or a pr
 
 A camera's JPEG carries Exif (the capture's date and time, the camera's serial number, a GPS position, a name or
 a note typed at the camera), XMP, IPTC and comments, and often a thumbnail or a second image (JFXX, MPF); a PNG
-text chunks and a time stamp. What decoding reads is kept, byte for byte, and nothing else:
+text chunks and a time stamp. What decoding reads is kept, and nothing else:
 
 - JPEG: every segment that codes the picture (quantisation and Huffman tables, frame and scan headers, restart
-  interval, arithmetic conditioning, everything from the first scan on), the JFIF header, the ICC profile
-  (``APP2 ICC_PROFILE``), Adobe's colour transform flag (``APP14``), and, from Exif, only what the service reads
-  of it (:mod:`model.preprocess`, :mod:`model.colour`): the orientation and the DCF colour space and
-  interoperability index that say Adobe RGB, written as an Exif of those alone;
+  interval, arithmetic conditioning, each scan's coded data), the JFIF header (without a thumbnail), the ICC
+  profile (``APP2 ICC_PROFILE``), Adobe's colour transform flag (``APP14``), and, from Exif, only what the service
+  reads of it (:mod:`model.preprocess`, :mod:`model.colour`): the orientation and the DCF colour space and
+  interoperability index that say Adobe RGB, written as an Exif of those alone.  Application segments and
+  comments between progressive scans go too, and whatever follows the end of the image (an MPO's other images
+  with their own Exif, a phone's or a vendor's trailer);
 - PNG: the critical chunks, transparency, the colour chunks (``gAMA``, ``cHRM``, ``sRGB``, ``iCCP``, ``sBIT``,
   ``cICP``, ``mDCV``, ``cLLI``), animation chunks, and an ``eXIf`` of the orientation and colour space alone.
 
@@ -20,6 +22,7 @@ answers None.  The caller checks that the copy gives the model the same input (`
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
@@ -30,7 +33,10 @@ _ORIENTATION, _EXIF_IFD, _COLOR_SPACE, _INTEROP_IFD, _INTEROP_INDEX = 0x0112, 0x
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG markers without a length, and those that code the picture (kept whatever they hold)
 _STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
-_APP0, _APP1, _APP2, _APP14, _COM, _SOS = 0xE0, 0xE1, 0xE2, 0xEE, 0xFE, 0xDA
+_APP0, _APP2, _APP14, _COM, _SOS, _EOI = 0xE0, 0xE2, 0xEE, 0xFE, 0xDA, 0xD9
+# a marker within or after a scan's coded data: 0xFF then a byte that is neither stuffing (0x00), a restart marker
+# (0xD0-0xD7) nor a fill byte (as model.preprocess finds them)
+_SCAN_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _PNG_KEPT = frozenset(
     (b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"cICP", b"mDCV",
      b"cLLI", b"acTL", b"fcTL", b"fdAT")
@@ -82,6 +88,9 @@ def _jpeg(data: bytes) -> bytes | None:
             return None
         marker = data[pos]
         pos += 1
+        if marker == _EOI:
+            out.append(b"\xff\xd9")
+            return b"".join(out)  # what follows the picture (an MPO's other images, a vendor's trailer): dropped
         if marker in _STANDALONE:
             out.append(bytes((0xFF, marker)))
             continue
@@ -99,12 +108,16 @@ def _jpeg(data: bytes) -> bytes | None:
                 at = 2 if out[1:2] and out[1].startswith(b"\xff\xe0") else 1
                 payload = b"Exif\0\0" + exif
                 out.insert(at, b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload)
-            out.append(segment)
-            out.append(data[pos:])  # the scans and everything after them, as they are
-            return b"".join(out)
-        if marker == _APP0:
-            if body.startswith(b"JFIF\0"):
-                out.append(segment)
+                exif = None
+            # the scan's coded data, as it is, up to the next marker (restart markers and stuffed bytes are in it)
+            end = _SCAN_MARKER.search(data, pos)
+            if end is None:
+                return None  # cut short: no end of image
+            out += [segment, data[pos : end.start()]]
+            pos = end.start()
+        elif marker == _APP0:
+            if body.startswith(b"JFIF\0") and len(body) >= 14:
+                out.append(_segment(_APP0, body[:12] + b"\0\0"))  # without a JFIF thumbnail
         elif marker == _APP2:
             if body.startswith(b"ICC_PROFILE\0"):
                 out.append(segment)
@@ -112,10 +125,14 @@ def _jpeg(data: bytes) -> bytes | None:
             if body.startswith(b"Adobe"):
                 out.append(segment)
         elif 0xE0 <= marker <= 0xEF or marker == _COM:
-            continue  # Exif, XMP, IPTC, JFXX and MPF images, vendors' segments, comments
+            continue  # Exif, XMP, IPTC, JFXX and MPF, vendors' segments, comments (between scans too)
         else:
             out.append(segment)
-    return None  # no scan: not a picture this rewrites
+    return None  # no end of image
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (len(body) + 2).to_bytes(2, "big") + body
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

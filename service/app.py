@@ -30,7 +30,7 @@ from service.cache import Cache, MemoryCache, RedisCache, answer_scope
 from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
-from service.files import EnvelopedStaticFiles, RangedFileResponse
+from service.files import EnvelopedStaticFiles, readable_file
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import (
     REQUEST_ID_HEADER,
@@ -462,7 +462,7 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
 
         @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def front_end() -> FileResponse:
-            return RangedFileResponse(STATIC_DIR / "index.html", media_type="text/html")
+            return readable_file(STATIC_DIR / "index.html", media_type="text/html")
     else:
 
         @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

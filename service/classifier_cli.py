@@ -252,7 +252,7 @@ def _file_example(engine: Any, label: str, path: Path) -> Example:
     kept = engine.example_to_keep(data)  # without its metadata or DICOM patient data
     return Example(
         label, sha256_hex(data), "upload", emb, data=kept, modality=modality if confidence >= SURE_MODALITY else None,
-        filename=str(path), typicality=typicality,
+        filename=str(path), typicality=typicality, kept_copy=kept != data,
     )
 
 
@@ -347,9 +347,9 @@ def refit_main(args: argparse.Namespace) -> int:
                 found = _embed_example(engine, data, "the example")
             except DataError as err:  # refused by a rule newer than the classifier (an almost uniform example)
                 raise DataError(refit_refused_message(e, str(err.__cause__ or err), row.name)) from err
-            data = engine.example_to_keep(data)  # kept as sent by an earlier release: without its metadata now
-            examples.append(Example(e["category"], e["sha256"], "upload", found.embedding, data=data,
-                                    typicality=found.typicality))
+            kept = engine.example_to_keep(data)  # kept as sent by an earlier release: without its metadata now
+            examples.append(Example(e["category"], e["sha256"], "upload", found.embedding, data=kept,
+                                    typicality=found.typicality, kept_copy=kept != data))
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new, result = fit_and_row(
         engine,

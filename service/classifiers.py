@@ -155,6 +155,9 @@ class Example:
     modality: str | None = None  # the index's modality, or the one recognised for an upload
     filename: str | None = None  # an upload's file name, for messages
     typicality: float | None = None  # an upload's (KeepfitRuntime.typicality), for the create's warnings; not stored
+    # ``data`` is the copy kept of the upload (Engine.example_to_keep took metadata or patient data out of it): it
+    # replaces a file an earlier release kept of the same upload as sent
+    kept_copy: bool = False
 
 
 @dataclass
@@ -796,7 +799,7 @@ class ClassifierStore:
                 for ex in examples:
                     if ex.data is not None:
                         target = self.root / "examples" / ex.sha256
-                        if not target.exists() or _scrubbed_since(target, ex.data):
+                        if not target.exists() or (ex.kept_copy and _differs(target, ex.data)):
                             atomic_write_bytes(target, ex.data, durable=True)
                 db.execute("INSERT INTO classifiers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _row_values(row))
                 db.executemany(
@@ -817,7 +820,7 @@ class ClassifierStore:
         return row
 
     def rewrite_examples(self, keep: Callable[[bytes], bytes]) -> dict[str, int]:
-        """Replace each uploaded example's file by ``keep(its bytes)`` where that is smaller (``Engine.example_to_keep``:
+        """Replace each uploaded example's file by ``keep(its bytes)`` where that differs (``Engine.example_to_keep``:
         a copy without metadata or patient data that gives the model the same input), as a refit that embeds the
         examples again does; for a store an earlier release filled, without waiting for a model update.  ``keep``
         runs outside the write lock (it decodes); each file is replaced under it, and only if a classifier still
@@ -832,7 +835,7 @@ class ClassifierStore:
                 counts["missing"] += 1
                 continue
             kept = keep(data)
-            if len(kept) >= len(data):
+            if kept == data:  # nothing to take out (or no copy could be made)
                 counts["unchanged"] += 1
                 continue
             target = self.root / "examples" / sha256
@@ -1070,14 +1073,12 @@ def examples_modality(
     return chosen, [warning]
 
 
-def _scrubbed_since(stored: Path, data: bytes) -> bool:
-    """Whether ``data``, an example's bytes to keep, replaces the copy ``stored`` an earlier release kept as sent
-    (the same upload, by its SHA-256): a copy without metadata or patient data (``Engine.example_to_keep``) is the
-    smaller one, and gives the model the same input."""
+def _differs(stored: Path, data: bytes) -> bool:
+    """Whether the file ``stored`` holds other bytes than ``data`` (sizes first; unreadable: it differs)."""
     try:
-        return stored.stat().st_size > len(data)
+        return stored.stat().st_size != len(data) or stored.read_bytes() != data
     except OSError:
-        return False
+        return True
 
 
 def check_examples(labels: Sequence[str], examples: Sequence[Example], modality: str) -> list[Example]:

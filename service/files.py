@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -57,6 +58,30 @@ class RangedFileResponse(FileResponse):
             raise RangeNotSatisfiableError(http_range, err.max_size) from None
 
 
+def _unreadable(path: str | os.PathLike[str]) -> ServiceError:
+    logger.error("cannot read the static file %r: check the installation's file permissions", str(path))
+    return ServiceError(
+        "the service cannot read this file (logged for the operator)", status_code=500, code="internal_error"
+    )
+
+
+def readable(path: str | os.PathLike[str]) -> None:
+    """Raise a logged 500 ``internal_error`` unless the service may open ``path``: Starlette opens a file only
+    after it has sent the answer's status and headers, so one it may not read (mode 000) was a 200 with an empty
+    body, a truncated answer, and a traceback."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise _unreadable(path) from err
+
+
+def readable_file(path: str | os.PathLike[str], **kwargs: Any) -> RangedFileResponse:
+    """A :class:`RangedFileResponse` of ``path``, checked :func:`readable` first."""
+    readable(path)
+    return RangedFileResponse(path, **kwargs)
+
+
 class EnvelopedStaticFiles(StaticFiles):
     """:class:`StaticFiles` whose files answer ``Range`` as :class:`RangedFileResponse` does, and whose file the
     service may not read is a 500 ``internal_error`` (logged with its path) instead of a 401 ``unauthorized``."""
@@ -71,21 +96,13 @@ class EnvelopedStaticFiles(StaticFiles):
         response = RangedFileResponse(full_path, status_code=status_code, stat_result=stat_result)
         if self.is_not_modified(response.headers, Headers(scope=scope)):
             return NotModifiedResponse(response.headers)
+        readable(full_path)
         return response
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         try:
             return await super().get_response(path, scope)
         except HTTPException as err:
-            if err.status_code != 401:  # Starlette's answer to a PermissionError
+            if err.status_code != 401:  # Starlette's answer to a PermissionError (a folder it may not search)
                 raise
-            logger.error(
-                "cannot read the static file %r under %s: check the installation's file permissions",
-                path,
-                self.directory,
-            )
-            raise ServiceError(
-                "the service cannot read this file (logged for the operator)",
-                status_code=500,
-                code="internal_error",
-            ) from None
+            raise _unreadable(os.path.join(str(self.directory), path)) from None

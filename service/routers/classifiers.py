@@ -427,6 +427,7 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
                 source="upload",
                 embedding=emb,
                 data=kept,
+                kept_copy=kept != data,
                 modality=modality if confidence >= SURE_MODALITY else None,
                 filename=filename,
                 typicality=typicality,
@@ -901,7 +902,11 @@ async def create_classifier(request: Request, state: StateDep) -> Response:
     timings["examples"] = (time.perf_counter() - start) * 1000
     modality_warnings: list[dict[str, str]] = []
     if modality is None:
-        modality, modality_warnings = examples_modality(engine.runtime, examples, "send 'modality'")
+        # off the event loop: without a modality head, the check embeds its prompts on first use
+        chosen: tuple[str, list[dict[str, str]]] = await state.run_blocking(
+            examples_modality, engine.runtime, examples, "send 'modality'"
+        )
+        modality, modality_warnings = chosen
     categories = [{"label": s.label, "text": s.text} for s in specs]
     examples = check_examples([s.label for s in specs], examples, modality)
     mark = time.perf_counter()
@@ -1081,9 +1086,9 @@ async def _reembed(
             except (ImageError, ServiceError) as err:
                 raise _refused_example(ex, err) from err
             # an example an earlier release kept with its DICOM header is kept without it from this refit on
-            data = await state.run_blocking(state.engine.example_to_keep, data)
-            out.append(Example(ex["category"], ex["sha256"], "upload", found.embedding, data=data,
-                               typicality=found.typicality))
+            kept = await state.run_blocking(state.engine.example_to_keep, data)
+            out.append(Example(ex["category"], ex["sha256"], "upload", found.embedding, data=kept,
+                               typicality=found.typicality, kept_copy=kept != data))
     if missing:
         raise ServiceError(
             f"cannot refit: {len(missing)} examples are no longer available ({', '.join(missing[:5])}); "

@@ -168,7 +168,7 @@ def test_a_silent_engine_is_waited_for_until_the_limit_then_named(
     monkeypatch.setattr(stack, "ENGINE_START_S", 3)
     try:
         start = time.monotonic()
-        with pytest.raises(stack.StackError, match="did not answer on .* within 3 s"):
+        with pytest.raises(stack.StackError, match=r"did not answer on .* within \d+ s \(no answer on /_ping\)"):
             the_stack.start_engine()
         assert 2.5 < time.monotonic() - start < 10
         assert len(launched) == 1

@@ -130,6 +130,54 @@ def test_a_camera_jpeg_keeps_its_picture_and_what_decoding_reads(
     assert without_metadata(copy) == copy  # once is enough
 
 
+def _named_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x013B] = "DOE^JANE"  # Artist
+    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0)}
+    return exif.tobytes()
+
+
+def _with_jfif_thumbnail(data: bytes) -> bytes:
+    """``data`` with its JFIF header carrying a 2x1 RGB thumbnail (whose pixels spell a name)."""
+    at = data.index(b"JFIF\0") - 4
+    length = int.from_bytes(data[at + 2 : at + 4], "big")
+    body = data[at + 4 : at + 2 + length][:12] + b"\x02\x01" + b"DOE^JA"
+    return data[:at] + _segment(0xE0, body) + data[at + 2 + length :]
+
+
+def after_the_picture(image: Image.Image) -> dict[str, bytes]:
+    """What sits after or between a JPEG's scans: an MPO's second image (with its own Exif), a phone's or
+    vendor's trailer after the end of the image, a comment between progressive scans, a JFIF thumbnail."""
+    small = image.resize((120, 90))
+    mpo = io.BytesIO()
+    image.save(mpo, "MPO", save_all=True, append_images=[small], exif=_named_exif())
+    plain = io.BytesIO()
+    image.save(plain, "JPEG", quality=90)
+    progressive = io.BytesIO()
+    image.save(progressive, "JPEG", progressive=True, quality=90)
+    scans = progressive.getvalue()
+    second = scans.index(b"\xff\xda", scans.index(b"\xff\xda") + 2)
+    return {
+        "MPO": mpo.getvalue(),
+        "trailer": plain.getvalue() + b"\x00\x00\x00\x18ftypmp42 DOE^JANE" + bytes(500),
+        "comment between scans": scans[:second] + _segment(0xFE, b"DOE^JANE") + scans[second:],
+        "JFIF thumbnail": _with_jfif_thumbnail(plain.getvalue()),
+    }
+
+
+@pytest.mark.parametrize("case", ["MPO", "trailer", "comment between scans", "JFIF thumbnail"])
+def test_what_follows_or_sits_between_the_scans_is_taken_out(fundus: Image.Image, case: str) -> None:
+    data = after_the_picture(fundus)[case]
+    assert b"DOE^JA" in data
+    copy = without_metadata(data)
+    assert copy is not None and b"DOE^JA" not in copy
+    assert copy.endswith(b"\xff\xd9")
+    for size in (None, 224):
+        (a, info_a), (b, info_b) = _decoded(data, size), _decoded(copy, size)
+        assert np.array_equal(a, b) and info_a == info_b
+    assert without_metadata(copy) == copy
+
+
 def test_a_jpeg_without_metadata_is_unchanged(fundus: Image.Image) -> None:
     out = io.BytesIO()
     fundus.save(out, format="JPEG", quality=90)

@@ -5,6 +5,7 @@ its backups.  A refit that embeds them again rewrites a copy an earlier release 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,12 @@ from PIL import Image
 pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
 
 from model.cli import main as keepfit  # noqa: E402
-from model.dicom import decode_dicom, is_dicom, without_patient_data  # noqa: E402
+from model.dicom import decode_dicom, is_dicom, selected_frame, without_patient_data  # noqa: E402
 from model.errors import ImageError  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.classifiers import ClassifierStore  # noqa: E402
 from service.engine import Engine  # noqa: E402
-from tests.dicom_files import SYNTAXES  # noqa: E402
+from tests.dicom_files import SYNTAXES, make_dicom  # noqa: E402
 from tests.service.helpers import make_settings  # noqa: E402
 from tests.service.test_dicom_privacy import leaks, phi_dicom  # noqa: E402
 
@@ -192,3 +193,119 @@ def test_keepfit_classifier_fit_keeps_examples_without_patient_data(
     assert code == 0
     kept = _stored(store)
     assert len(kept) == 4 and all(is_dicom(k) for k in kept) and not leaks(*kept)
+
+
+def _in_the_image_groups(ds: Any) -> None:
+    """Patient data where a copy of the image's groups would carry it: a window's explanation, a pixel data
+    provider's URL (0028,7FE0), a mask subtraction item naming the patient."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds.WindowCenterWidthExplanation = "DOE^JANE"
+    ds.add_new(0x00287FE0, "UR", "http://pacs.example/wado?patient=MRN123456")
+    item = Dataset()
+    item.PatientName, item.PatientID = "DOE^JANE", "MRN123456"
+    ds.MaskSubtractionSequence = Sequence([item])
+
+
+def test_text_and_sequences_of_the_image_groups_are_not_kept(pictures: list[np.ndarray]) -> None:
+    data = phi_dicom(pictures[0], change=_in_the_image_groups)
+    copy = without_patient_data(data, max_pixels=MAX_PIXELS)
+    assert not leaks(copy) and b"pacs.example" not in copy
+    assert np.array_equal(
+        np.asarray(decode_dicom(copy, max_pixels=MAX_PIXELS)),
+        np.asarray(decode_dicom(data, max_pixels=MAX_PIXELS)),
+    )
+
+
+def test_a_windowed_lut_image_keeps_what_decoding_reads(pictures: list[np.ndarray]) -> None:
+    """12-bit grey with a Modality LUT Sequence (its type a code, its explanation text) and a window: the copy
+    decodes to the same picture, the explanation gone."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def twelve_bit_lut(ds: Any) -> None:
+        grey = (np.asarray(pictures[0])[..., 1].astype(np.uint16) * 16).astype(np.uint16)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        del ds.PlanarConfiguration
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = grey.tobytes()
+        ds["PixelData"].VR = "OW"
+        lut = Dataset()
+        lut.LUTDescriptor = [4096, 0, 16]
+        lut.ModalityLUTType = "OD"
+        lut.LUTExplanation = "DOE^JANE calibration"
+        lut.LUTData = (np.arange(4096, dtype=np.uint16) // 2).tolist()
+        lut["LUTData"].VR = "US"
+        ds.ModalityLUTSequence = Sequence([lut])
+        ds.WindowCenter, ds.WindowWidth = 1000, 1800
+
+    data = phi_dicom(pictures[0], change=twelve_bit_lut)
+    copy = without_patient_data(data, max_pixels=MAX_PIXELS)
+    assert not leaks(copy) and b"calibration" not in copy and b"OD" in copy
+    assert np.array_equal(
+        np.asarray(decode_dicom(copy, max_pixels=MAX_PIXELS)),
+        np.asarray(decode_dicom(data, max_pixels=MAX_PIXELS)),
+    )
+
+
+def test_jpeg_frames_lose_their_own_exif_and_comments(pictures: list[np.ndarray]) -> None:
+    """A fundus camera wraps its own JPEG (Exif: the artist, a GPS position; a comment with the record number)."""
+    exif = Image.Exif()
+    exif[0x013B] = "DOE^JANE"
+    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0)}
+    frames = []
+    for rgb in pictures[:3]:
+        out = io.BytesIO()
+        Image.fromarray(rgb).save(out, "JPEG", quality=92, exif=exif.tobytes(), comment=b"MRN123456")
+        frames.append(out.getvalue())
+    for count in (1, 3):
+        data = make_dicom(pictures[:count], "jpeg-baseline", jpeg_bytes=frames[:count])
+        assert b"DOE^JANE" in data and b"MRN123456" in data
+        copy = without_patient_data(data, max_pixels=MAX_PIXELS)
+        assert b"DOE^JANE" not in copy and b"MRN123456" not in copy and not leaks(copy)
+        for frame in range(count):
+            with selected_frame(frame):
+                a, b = decode_dicom(copy, max_pixels=MAX_PIXELS), decode_dicom(data, max_pixels=MAX_PIXELS)
+            assert np.array_equal(np.asarray(a), np.asarray(b)) and a.info["keepfit_frames"] == count
+        assert without_patient_data(copy, max_pixels=MAX_PIXELS) == copy
+
+
+def _without_file_meta(data: bytes) -> bytes:
+    """``data`` as an older device writes it: the data set alone, implicit VR, no preamble and no file meta
+    (its copy, with both, is larger than the upload)."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = dcmread(io.BytesIO(data))
+    for tag in list(ds.keys()):  # a terse header: its copy (preamble, file meta, UIDs) is the larger file
+        if tag.group not in (0x0008, 0x0028, 0x7FE0):
+            del ds[tag]
+    ds.PatientName, ds.PatientID = "DOE^JANE", "MRN123456"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def test_a_copy_larger_than_the_upload_replaces_it_all_the_same(
+    default_artifact: Path, tmp_path: Path, pictures: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dicoms = [_without_file_meta(phi_dicom(p, "implicit")) for p in pictures]
+    assert all(is_dicom(d) and leaks(d) for d in dicoms)
+    store = tmp_path / "store"
+    settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
+    with TestClient(create_app(settings)) as client:
+        with monkeypatch.context() as old:
+            old.setattr(Engine, "example_to_keep", lambda self, data: data)
+            assert _create(client, "eyes", dicoms).status_code == 201
+        engine = client.app.state.service.engine  # type: ignore[attr-defined]
+        assert len(engine.example_to_keep(dicoms[0])) > len(dicoms[0])
+        counts = ClassifierStore(store).rewrite_examples(engine.example_to_keep)
+        assert counts["rewritten"] == 4 and not leaks(*_stored(store))
+        # and a save whose example could not be copied never puts the upload back over the copy
+        with monkeypatch.context() as failing:
+            failing.setattr(Engine, "example_to_keep", lambda self, data: data)
+            assert _create(client, "again", dicoms).status_code == 201
+        assert not leaks(*_stored(store))

@@ -202,3 +202,21 @@ def test_a_copy_that_fails_keeps_the_upload_as_sent(
     assert engine.example_to_keep(data) == data
     assert "kept with its metadata: no copy without them could be made (RuntimeError)" in caplog.text
     assert "DOE^JANE" not in caplog.text
+
+
+def test_a_store_of_kept_copies_backs_up_and_restores(
+    default_artifact: Path, tmp_path: Path, uploads: list[tuple[str, bytes, str]]
+) -> None:
+    """An example's file is named by the upload's SHA-256 and holds the copy kept of it: a backup of it restores
+    (restore refused every such file as 'not the image its name says')."""
+    from service.classifier_backup import backup_store, restore_store
+
+    files = [(f"examples.{'ab'[i % 2]}", upload) for i, upload in enumerate(uploads)]
+    store = tmp_path / "store"
+    settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/classifiers", data={"name": "eyes", "modality": "CFP"}, files=files, headers=ADMIN)
+        assert r.status_code == 201, r.text
+    backup_store(ClassifierStore(store), tmp_path / "b.tar")
+    restore_store(tmp_path / "b.tar", tmp_path / "restored")
+    assert _stored(tmp_path / "restored") == _stored(store) and not any(leaks(k) for k in _stored(store))

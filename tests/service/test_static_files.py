@@ -6,6 +6,7 @@ a malformed one is ignored (Starlette's was a ``text/plain`` 400), and a file th
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -46,10 +47,34 @@ def test_a_static_file_answers_304_to_its_etag(api: TestClient) -> None:
     assert api.get("/static/index.html", headers={"If-None-Match": etag}).status_code == 304
 
 
-def test_an_unreadable_static_file_is_a_logged_500_not_a_401(
+def test_an_unreadable_static_file_is_a_logged_500_not_an_empty_200(
     api: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # as root every file is readable: the PermissionError os.stat raises for a file of mode 000 is made here
+    """A file of mode 000 stats fine; Starlette sent its 200 and headers, then failed to open it (an empty or
+    truncated answer and a traceback).  As root every file opens, so opening it is refused here."""
+    import service.files
+
+    real_open = open
+
+    def refusing_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).endswith(("app.js", "index.html")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(service.files, "open", refusing_open, raising=False)
+    with caplog.at_level(logging.ERROR, logger="service.files"):
+        for url in ("/static/app.js", "/static/index.html", "/"):
+            r = api.get(url)
+            assert r.status_code == 500, (url, r.status_code, r.text[:200])
+            assert r.json()["error"]["code"] == "internal_error"
+    assert caplog.text.count("cannot read the static file") == 3 and "permissions" in caplog.text
+    assert api.get("/static/app.css").status_code == 200  # the others are served as before
+
+
+def test_a_static_folder_it_may_not_search_is_a_logged_500_not_a_401(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Starlette's own check (os.stat) raises PermissionError where a folder on the way may not be searched
     def refuse(self: EnvelopedStaticFiles, path: str) -> None:
         raise PermissionError(13, "Permission denied", path)
 
@@ -58,7 +83,6 @@ def test_an_unreadable_static_file_is_a_logged_500_not_a_401(
         r = api.get("/static/app.js")
     assert r.status_code == 500, r.text
     assert r.json()["error"]["code"] == "internal_error"
-    assert "cannot read the static file 'app.js'" in caplog.text and "permissions" in caplog.text
-    # a file that is not there is still a 404
+    assert "cannot read the static file" in caplog.text and "app.js" in caplog.text
     monkeypatch.undo()
     assert api.get("/static/no-such-file.js").json()["error"]["code"] == "not_found"
