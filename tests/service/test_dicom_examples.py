@@ -17,17 +17,23 @@ from PIL import Image
 
 pytest.importorskip("pydicom", reason="the optional 'dicom' extra is not installed")
 
-from model.cli import main as keepfit  # noqa: E402
 from model.dicom import decode_dicom, is_dicom, selected_frame, without_patient_data  # noqa: E402
 from model.errors import ImageError  # noqa: E402
-from service.app import create_app  # noqa: E402
 from service.classifiers import ClassifierStore  # noqa: E402
 from service.engine import Engine  # noqa: E402
 from tests.dicom_files import SYNTAXES, make_dicom  # noqa: E402
-from tests.service.helpers import make_settings  # noqa: E402
+from tests.service.kept_examples import (  # noqa: E402
+    ADMIN,
+    Upload,
+    app_with_store,
+    as_an_earlier_release,
+    example_files,
+    fit_with_cli,
+    refit_embedding_again,
+    stored_examples,
+)
 from tests.service.test_dicom_privacy import leaks, phi_dicom  # noqa: E402
 
-ADMIN = {"X-Admin-Key": "admin-secret"}
 MAX_PIXELS = 50_000_000
 
 
@@ -93,14 +99,12 @@ def test_what_is_not_dicom_is_an_image_error() -> None:
         without_patient_data(b"\x89PNG\r\n\x1a\n" + bytes(64), max_pixels=MAX_PIXELS)
 
 
-def _stored(root: Path) -> list[bytes]:
-    return [p.read_bytes() for p in sorted((root / "examples").iterdir())]
+def _dicoms(dicoms: list[bytes]) -> list[Upload]:
+    return [(f"jane_{i}.dcm", d, "application/dicom") for i, d in enumerate(dicoms)]
 
 
 def _create(client: TestClient, name: str, dicoms: list[bytes]) -> Any:
-    files = [
-        (f"examples.{'ab'[i % 2]}", (f"jane_{i}.dcm", d, "application/dicom")) for i, d in enumerate(dicoms)
-    ]
+    files = example_files(_dicoms(dicoms))
     return client.post("/v1/classifiers", data={"name": name}, files=files, headers=ADMIN)
 
 
@@ -109,23 +113,17 @@ def test_the_service_keeps_examples_without_patient_data_and_refits_alike(
 ) -> None:
     dicoms = [phi_dicom(p) for p in pictures]
     store = tmp_path / "store"
-    settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
-    with TestClient(create_app(settings)) as client:
-        # as an earlier release kept them: with their headers
-        with monkeypatch.context() as old:
-            old.setattr(Engine, "example_to_keep", lambda self, data: data)
+    with app_with_store(default_artifact, store) as client:
+        with as_an_earlier_release(monkeypatch):  # kept with their headers
             assert _create(client, "eyes", dicoms).status_code == 201
-        kept = _stored(store)
+        kept = stored_examples(store)
         assert len(kept) == 4 and all(leaks(k) for k in kept)
         query = {"image": ("q.dcm", dicoms[0], "application/dicom")}
         before = client.post("/v1/classify", files=query, data={"classifier": "eyes"}).json()
 
         # a refit that embeds the examples again (another encoder, or stored embeddings unreadable) rewrites them
-        with monkeypatch.context() as unreadable:
-            unreadable.setattr(ClassifierStore, "stored_embeddings", lambda *args: None)
-            r = client.post("/v1/classifiers/eyes/refit", headers=ADMIN)
-        assert r.status_code == 200, r.text
-        kept = _stored(store)
+        assert refit_embedding_again(client, monkeypatch, "eyes") == 200
+        kept = stored_examples(store)
         assert len(kept) == 4 and not leaks(*kept)
         after = client.post("/v1/classify", files=query, data={"classifier": "eyes"}).json()
         assert [p["label"] for p in after["predictions"]] == [p["label"] for p in before["predictions"]]
@@ -142,10 +140,8 @@ def test_the_service_keeps_examples_without_patient_data_and_refits_alike(
             ).status_code
             == 201
         )
-        assert not leaks(*_stored(store)) and len(_stored(store)) == 8
-        with monkeypatch.context() as unreadable:
-            unreadable.setattr(ClassifierStore, "stored_embeddings", lambda *args: None)
-            assert client.post("/v1/classifiers/fresh/refit", headers=ADMIN).status_code == 200
+        assert not leaks(*stored_examples(store)) and len(stored_examples(store)) == 8
+        assert refit_embedding_again(client, monkeypatch, "fresh") == 200
 
 
 def test_the_copy_is_kept_as_sent_where_it_would_decode_otherwise(
@@ -157,10 +153,9 @@ def test_the_copy_is_kept_as_sent_where_it_would_decode_otherwise(
 ) -> None:
     monkeypatch.setattr(Engine, "_same_model_input", lambda *args: False)
     store = tmp_path / "store"
-    settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
-    with TestClient(create_app(settings)) as client:
+    with app_with_store(default_artifact, store) as client:
         assert _create(client, "eyes", [phi_dicom(p) for p in pictures]).status_code == 201
-    assert all(leaks(k) for k in _stored(store))  # a refit must embed what was uploaded
+    assert all(leaks(k) for k in stored_examples(store))  # a refit must embed what was uploaded
     assert (
         "kept with its header's patient data: its copy without them gives the model another input"
         in caplog.text
@@ -171,27 +166,7 @@ def test_the_copy_is_kept_as_sent_where_it_would_decode_otherwise(
 def test_keepfit_classifier_fit_keeps_examples_without_patient_data(
     default_artifact: Path, tmp_path: Path, pictures: list[np.ndarray]
 ) -> None:
-    args = []
-    for i, p in enumerate(pictures):
-        path = tmp_path / f"jane_doe_{i}.dcm"
-        path.write_bytes(phi_dicom(p))
-        args += ["--example", f"{'ab'[i % 2]}={path}"]
-    store = tmp_path / "store"
-    code = keepfit(
-        [
-            "classifier",
-            "fit",
-            "--store",
-            str(store),
-            "--artifact",
-            str(default_artifact),
-            "--name",
-            "u",
-            *args,
-        ]
-    )
-    assert code == 0
-    kept = _stored(store)
+    kept = fit_with_cli(default_artifact, tmp_path, _dicoms([phi_dicom(p) for p in pictures]))
     assert len(kept) == 4 and all(is_dicom(k) for k in kept) and not leaks(*kept)
 
 
@@ -295,17 +270,15 @@ def test_a_copy_larger_than_the_upload_replaces_it_all_the_same(
     dicoms = [_without_file_meta(phi_dicom(p, "implicit")) for p in pictures]
     assert all(is_dicom(d) and leaks(d) for d in dicoms)
     store = tmp_path / "store"
-    settings = make_settings(default_artifact, classifiers=store, admin_keys=["admin-secret"])
-    with TestClient(create_app(settings)) as client:
-        with monkeypatch.context() as old:
-            old.setattr(Engine, "example_to_keep", lambda self, data: data)
+    with app_with_store(default_artifact, store) as client:
+        with as_an_earlier_release(monkeypatch):
             assert _create(client, "eyes", dicoms).status_code == 201
         engine = client.app.state.service.engine  # type: ignore[attr-defined]
         assert len(engine.example_to_keep(dicoms[0])) > len(dicoms[0])
         counts = ClassifierStore(store).rewrite_examples(engine.example_to_keep)
-        assert counts["rewritten"] == 4 and not leaks(*_stored(store))
+        assert counts["rewritten"] == 4 and not leaks(*stored_examples(store))
         # and a save whose example could not be copied never puts the upload back over the copy
         with monkeypatch.context() as failing:
             failing.setattr(Engine, "example_to_keep", lambda self, data: data)
             assert _create(client, "again", dicoms).status_code == 201
-        assert not leaks(*_stored(store))
+        assert not leaks(*stored_examples(store))
