@@ -855,13 +855,28 @@ def _j2k_levels(stream: bytes) -> int:
 
 # Modality (0008,0060) values that state, with no other element, what _modality read from the whole header
 _STATED = {"OCT": "OPT", "CFP": "OP", "FFA": "OP", None: "OT"}
-# VRs of text, dates, names and UIDs (and UN, bytes of no known meaning): none of them is kept of the image's groups
-# (a window's explanation, a pixel data provider's URL), but a Modality LUT Type that is a code ("HU", "OD")
-_TEXT_VRS = frozenset(("AE", "AS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UN", "UR", "UT"))
+# What decoding reads of the image's own groups (this module and pydicom's pixel and LUT functions): the pixel
+# module, the palette (descriptors, data, segmented data), the Modality LUT (Rescale, the Modality LUT Sequence),
+# the VOI LUT (windows, their function, the VOI LUT Sequence), the ICC profile and colour space, and the pixel data
+# with its frame offsets.  Nothing else of 0028 / 7FE0 is kept (explanations, a provider's URL, retired and unknown
+# elements, other sequences).
+_IMAGE_KEYWORDS = frozenset((
+    "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelPresentation",
+    "WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope", "VOILUTFunction",
+    "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor", "AlphaPaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
+    "AlphaPaletteColorLookupTableData", "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData", "SegmentedBluePaletteColorLookupTableData",
+    "SegmentedAlphaPaletteColorLookupTableData", "ICCProfile", "ColorSpace",
+    "ModalityLUTSequence", "VOILUTSequence",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "FloatPixelData", "DoubleFloatPixelData", "PixelData",
+))
+# of a LUT Sequence's items: the table and its descriptor, and a Modality LUT Type that is a code ("HU", "OD")
+_LUT_KEYWORDS = frozenset(("LUTDescriptor", "LUTData"))
 _MODALITY_LUT_TYPE = 0x00283004
 _CODE = re.compile(r"[A-Z0-9_ ]{0,16}")
-# the only sequences decoding reads: the Modality LUT and VOI LUT Sequences (their descriptors and data)
-_LUT_SEQUENCES = frozenset((0x00283000, 0x00283010))
 # encapsulated syntaxes whose frames are JPEG files (baseline, extended, lossless), which may carry a camera's Exif
 # and comments of their own
 _JPEG_FRAMES = frozenset(("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
@@ -870,26 +885,33 @@ _FRAME_INDEX_TAGS = (0x7FE00001, 0x7FE00002)  # Extended Offset Table and its le
 
 
 def _image_elements(source: Any, target: Any, top: bool = True) -> None:
-    """``source``'s elements of the image's own groups (0028, 7FE0) that decoding reads, into ``target``: no text
-    (:data:`_TEXT_VRS`), and of sequences only the LUT Sequences, their items filtered alike."""
+    """Of ``source``'s elements, those decoding reads (:data:`_IMAGE_KEYWORDS`; in a LUT Sequence's items
+    :data:`_LUT_KEYWORDS`), into ``target``."""
+    from pydicom.datadict import keyword_for_tag
     from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
+    wanted = _IMAGE_KEYWORDS if top else _LUT_KEYWORDS
     for tag in source.keys():
-        if top and tag.group not in (0x0028, 0x7FE0):
+        if tag.is_private:
+            continue
+        if not top and tag == _MODALITY_LUT_TYPE:
+            if _CODE.fullmatch(str(source[tag].value or "")):
+                target[tag] = source[tag]
+            continue
+        keyword = keyword_for_tag(tag)
+        if keyword not in wanted:
             continue
         element = source[tag]
-        vr = str(element.VR)
-        if vr == "SQ":
-            if top and tag in _LUT_SEQUENCES:
-                items = []
-                for item in element.value or ():
-                    kept = Dataset()
-                    _image_elements(item, kept, top=False)
-                    items.append(kept)
-                target[tag] = DataElement(tag, "SQ", Sequence(items))
-        elif vr not in _TEXT_VRS or (tag == _MODALITY_LUT_TYPE and _CODE.fullmatch(str(element.value or ""))):
+        if str(element.VR) == "SQ":
+            items = []
+            for item in element.value or ():
+                kept = Dataset()
+                _image_elements(item, kept, top=False)
+                items.append(kept)
+            target[tag] = DataElement(tag, "SQ", Sequence(items))
+        else:
             target[tag] = element
 
 
@@ -947,13 +969,16 @@ def without_patient_data(data: bytes, *, max_pixels: int) -> bytes:
         frames = _frames_without_metadata(ds, str(syntax))
     except Exception as err:  # an element or a frame pydicom cannot read (its message may quote header values)
         raise ImageError(f"the DICOM image cannot be copied ({err.__class__.__name__})") from err
+    try:
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+    except Exception:  # a damaged element (an unknown VR): what decoding never reads, so no reason to refuse
+        sop_class = ""
     if frames is not None:
         out.PixelData = frames
         out["PixelData"].VR = "OB"
         for tag in _FRAME_INDEX_TAGS:
             if tag in out:
                 del out[tag]
-    sop_class: str = str(ds.get("SOPClassUID", "") or "")
     sop_class = sop_class if re.fullmatch(r"[0-9.]{1,64}", sop_class) else str(SecondaryCaptureImageStorage)
     pixels = bytes(out.get("PixelData") or out.get("FloatPixelData") or out.get("DoubleFloatPixelData") or b"")
     instance = generate_uid(entropy_srcs=[hashlib.sha256(pixels).hexdigest()])

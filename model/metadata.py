@@ -12,8 +12,13 @@ text chunks and a time stamp. What decoding reads is kept, and nothing else:
   interoperability index that say Adobe RGB, written as an Exif of those alone.  Application segments and
   comments between progressive scans go too, and whatever follows the end of the image (an MPO's other images
   with their own Exif, a phone's or a vendor's trailer);
-- PNG: the critical chunks, transparency, the colour chunks (``gAMA``, ``cHRM``, ``sRGB``, ``iCCP``, ``sBIT``,
-  ``cICP``, ``mDCV``, ``cLLI``), animation chunks, and an ``eXIf`` of the orientation and colour space alone.
+- PNG: the image's chunks (``IHDR``, ``PLTE``, ``IDAT``, ``IEND``), transparency, the colour chunks (``gAMA``,
+  ``cHRM``, ``sRGB``, ``iCCP``, ``sBIT``, ``cICP``, ``mDCV``, ``cLLI``), and an ``eXIf`` of the orientation and
+  colour space alone; text, time, private and unknown chunks and an APNG's other frames go.
+
+An ICC profile is kept whole, its description too (a device's or a vendor's name): colour management needs it.
+What no camera or program writes and decoding skips (text hidden after a scan's coded data, inside a restart
+interval or a DNL segment; data after a PNG's zlib stream) is not looked for.
 
 Other formats (TIFF, whose tags are the image's structure; BMP; WebP) are not rewritten: :func:`without_metadata`
 answers None.  The caller checks that the copy gives the model the same input (``service.engine``).
@@ -37,9 +42,11 @@ _APP0, _APP2, _APP14, _COM, _SOS, _EOI = 0xE0, 0xE2, 0xEE, 0xFE, 0xDA, 0xD9
 # a marker within or after a scan's coded data: 0xFF then a byte that is neither stuffing (0x00), a restart marker
 # (0xD0-0xD7) nor a fill byte (as model.preprocess finds them)
 _SCAN_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# an APNG's animation chunks go too: decoding reads its default image (IDAT), and its other frames are pictures
+# no example is made of
 _PNG_KEPT = frozenset(
     (b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"cICP", b"mDCV",
-     b"cLLI", b"acTL", b"fcTL", b"fdAT")
+     b"cLLI")
 )
 
 
@@ -60,7 +67,9 @@ def _exif_kept(data: bytes) -> bytes | None:
         with Image.open(io.BytesIO(data)) as image:
             exif = image.getexif()
             orientation = exif.get(_ORIENTATION)
-            sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif else {}
+            # the colour space only from an Exif block of the file's own (an APP1 segment, an eXIf chunk), as
+            # model.colour reads it: Pillow also reads a PNG's "Raw profile type exif" text, which it does not
+            sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif and "exif" in image.info else {}
             space = sub.get(_COLOR_SPACE)
             index = exif.get_ifd(_INTEROP_IFD).get(_INTEROP_INDEX) if _INTEROP_IFD in sub else None
     except Exception:  # an Exif Pillow cannot read: the service reads none of it either (its defaults hold)
@@ -80,8 +89,10 @@ def _jpeg(data: bytes) -> bytes | None:
     pos, n = 2, len(data)
     exif = _exif_kept(data)
     while pos < n:
-        if data[pos] != 0xFF:
-            return None  # stray bytes between segments: not the plain structure
+        if data[pos] != 0xFF:  # stray bytes between segments (an Exif editor's padding): skipped, as libjpeg does
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                return None
         while pos < n and data[pos] == 0xFF:  # fill bytes
             pos += 1
         if pos >= n:
@@ -152,7 +163,7 @@ def _png(data: bytes) -> bytes | None:
         if kind == b"IDAT" and exif is not None:  # eXIf must come before the first IDAT
             out.append(_png_chunk(b"eXIf", exif))
             exif = None
-        if kind in _PNG_KEPT or not kind[:1].islower():  # an unknown critical chunk: kept, decoding needs it
+        if kind in _PNG_KEPT:  # anything else (text, time, Exif, private and unknown chunks) goes
             out.append(data[pos:end])
         pos = end
         if kind == b"IEND":

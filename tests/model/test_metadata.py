@@ -205,7 +205,55 @@ def test_other_formats_and_unusual_structures_are_left_alone(fundus: Image.Image
     assert without_metadata(tiff.getvalue()) is None
     jpeg = camera_jpeg(fundus)
     assert without_metadata(jpeg[:200]) is None  # cut short before its first scan
-    stray = jpeg[:2] + b"junk" + jpeg[2:]
-    assert without_metadata(stray) is None
     png = labelled_png(fundus)
     assert without_metadata(png[: png.index(b"IEND") - 4]) is None  # no end
+
+
+@pytest.mark.filterwarnings("ignore:Image appears to be a malformed MPO file")
+def test_stray_bytes_between_segments_are_skipped_as_libjpeg_does(fundus: Image.Image) -> None:
+    """An Exif editor's padding between segments: the file decodes, so it is cleaned (it was kept as sent)."""
+    data = camera_jpeg(fundus)
+    exif_end = data.index(b"\xff\xe1") + 2 + int.from_bytes(data[data.index(b"\xff\xe1") + 2 :][:2], "big")
+    padded = data[:exif_end] + bytes(4) + data[exif_end:]
+    copy = without_metadata(padded)
+    assert copy is not None and not leaks(copy)
+    (a, info_a), (b, info_b) = _decoded(padded, 224), _decoded(copy, 224)
+    assert np.array_equal(a, b) and info_a == info_b
+
+
+def test_a_png_keeps_only_the_chunks_decoding_reads(fundus: Image.Image) -> None:
+    """A private or unknown chunk (critical or not) and an APNG's other frames go; the default image stays."""
+    frames = [fundus, fundus.rotate(90), fundus.rotate(180)]
+    apng = io.BytesIO()
+    frames[0].save(apng, "PNG", save_all=True, append_images=frames[1:], duration=100)
+    data = apng.getvalue()
+    at = data.index(b"IDAT") - 4
+    data = data[:at] + _png_chunk(b"NOTE", b"DOE^JANE") + _png_chunk(b"prVt", b"SN-448812") + data[at:]
+    copy = without_metadata(data)
+    assert copy is not None and not leaks(copy)
+    assert b"acTL" not in copy and b"fdAT" not in copy and b"fcTL" not in copy
+    for size in (None, 224):
+        (a, info_a), (b, info_b) = _decoded(data, size), _decoded(copy, size)
+        assert np.array_equal(a, b) and info_a == info_b
+
+
+def test_a_png_exif_in_a_text_chunk_keeps_what_model_colour_reads(fundus: Image.Image) -> None:
+    """ImageMagick keeps a PNG's Exif as "Raw profile type exif" text, which Pillow reads and model.colour does not:
+    its Adobe RGB colour space must not become an eXIf chunk that model.colour would read."""
+    from PIL import PngImagePlugin
+
+    for space in (1, 0xFFFF):
+        exif = camera_exif(orientation=6, adobe=space == 0xFFFF)
+        raw = exif.tobytes()
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}", zip=True)
+        out = io.BytesIO()
+        fundus.save(out, "PNG", pnginfo=info)
+        data = out.getvalue()
+        copy = without_metadata(data)
+        assert copy is not None and b"Raw profile" not in copy
+        for size in (None, 224):
+            (a, info_a), (b, info_b) = _decoded(data, size), _decoded(copy, size)
+            assert np.array_equal(a, b) and info_a == info_b, space
+        with Image.open(io.BytesIO(copy)) as kept:
+            assert kept.getexif().get(0x0112) == 6 and not _exif_says_adobe_rgb(kept)

@@ -282,3 +282,36 @@ def test_a_copy_larger_than_the_upload_replaces_it_all_the_same(
             failing.setattr(Engine, "example_to_keep", lambda self, data: data)
             assert _create(client, "again", dicoms).status_code == 201
         assert not leaks(*stored_examples(store))
+
+
+def _other_image_elements(ds: Any) -> None:
+    """Data in the image's groups that decoding never reads: an unknown element of bytes, a retired one, a
+    code string holding a name."""
+    from pydicom.dataelem import DataElement
+
+    ds.add(DataElement(0x00289999, "OB", b"DOE^JANE MRN123456"))
+    ds.add(DataElement(0x00280040, "CS", "DOE JANE"))  # Image Format (retired)
+    ds.add(DataElement(0x00282114, "CS", "DOE JANE"))  # Lossy Image Compression Method
+    ds.add(DataElement(0x7FE00020, "OW", b"DOE^JANE MRN123456"))  # Coefficients SDVN (retired)
+
+
+def test_only_what_decoding_reads_of_the_image_groups_is_kept(pictures: list[np.ndarray]) -> None:
+    data = phi_dicom(pictures[0], change=_other_image_elements)
+    copy = without_patient_data(data, max_pixels=MAX_PIXELS)
+    assert b"DOE" not in copy and b"MRN" not in copy
+    assert np.array_equal(
+        np.asarray(decode_dicom(copy, max_pixels=MAX_PIXELS)),
+        np.asarray(decode_dicom(data, max_pixels=MAX_PIXELS)),
+    )
+
+
+def test_a_damaged_sop_class_does_not_keep_the_header(api: TestClient, pictures: list[np.ndarray]) -> None:
+    """A SOP Class UID under a VR pydicom does not know: decoding never reads it, the copy is made all the same
+    (Secondary Capture), where the whole header was kept."""
+    data = phi_dicom(pictures[0])
+    at = data.rindex(b"\x08\x00\x16\x00")
+    damaged = data[: at + 4] + b"MI" + data[at + 6 :]
+    engine = api.app.state.service.engine  # type: ignore[attr-defined]
+    kept = engine.example_to_keep(damaged)
+    assert kept != damaged and not leaks(kept)
+    assert b"1.2.840.10008.5.1.4.1.1.7" in kept  # Secondary Capture Image Storage
