@@ -471,6 +471,26 @@ def dicom_pixels(data: bytes | memoryview) -> int:
         return 0
 
 
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _read_dataset(pydicom: Any, data: bytes, max_pixels: int) -> Any:
+    """``data`` read by pydicom, pixels included, the elements decoding reads converted (:func:`_convert_header`)
+    and a transfer syntax recorded where it has no file meta; an :class:`ImageError` (naming no header value) where
+    it cannot be read or holds no image."""
+    part10 = _part10(data)
+    _check_inflated_size(part10, max_pixels)  # before pydicom inflates it whole
+    try:
+        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=False, force=True)
+    except Exception as err:  # pydicom raises many types; their messages may quote header values
+        raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
+    _convert_header(ds)
+    if not any(ds.get(k) for k in _PIXEL_KEYWORDS):  # absent or empty
+        raise ImageError("the DICOM file holds no image (no pixel data, or the file is cut short before its end)")
+    _record_syntax(ds)
+    return ds
+
+
 def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Image.Image:
     """DICOM bytes -> an 8-bit ``L`` or ``RGB`` image of one frame (see the module docstring).
 
@@ -486,16 +506,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         raise UnsupportedMediaError(
             "DICOM input needs the optional 'dicom' extra (pip install 'keepfit[dicom]')"
         ) from err
-    part10 = _part10(data)
-    _check_inflated_size(part10, max_pixels)  # before pydicom inflates it whole
-    try:
-        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=False, force=True)
-    except Exception as err:  # pydicom raises many types; their messages may quote header values
-        raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
-    _convert_header(ds)
-    if not any(ds.get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):  # absent or empty
-        raise ImageError("the DICOM file holds no image (no pixel data, or the file is cut short before its end)")
-    _record_syntax(ds)
+    ds = _read_dataset(pydicom, data, max_pixels)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if isinstance(syntax, str) and not isinstance(syntax, UID):  # stored under another text VR: checked as a UID
         syntax = UID(syntax)
@@ -599,11 +610,16 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
 _WORD_TAGS = (0x00080008, 0x00080060, 0x0008103E, 0x00180010, 0x00220055, *_CODED_TAGS)
 
 
+def _is_uid(text: str) -> bool:
+    """Digits and dots, at most 64 of them: a UID's form (what a message may quote of a header)."""
+    return re.fullmatch(r"[0-9.]{1,64}", text) is not None
+
+
 def _quoted_uid(syntax: Any) -> str:
     """A transfer syntax UID for a message: as it is where it is a UID (digits and dots, at most 64), never other
     text (a damaged element's value, the bytes after it: a name, an id)."""
     text = str(syntax)
-    return text if re.fullmatch(r"[0-9.]{1,64}", text) else "(not a UID)" if text else "(empty)"
+    return text if _is_uid(text) else "(not a UID)" if text else "(empty)"
 
 
 # What a decoder's exception message quotes, from its first quote (or b') that starts a word to the last one of
@@ -949,18 +965,9 @@ def without_patient_data(data: bytes, *, max_pixels: int) -> bytes:
 
     if not is_dicom(data):
         raise ImageError("not a DICOM object")
-    part10 = _part10(data)
-    _check_inflated_size(part10, max_pixels)
-    try:
-        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=False, force=True)
-    except Exception as err:  # pydicom's messages may quote header values
-        raise ImageError(f"not a readable DICOM file ({err.__class__.__name__})") from err
-    _convert_header(ds)
-    if not any(ds.get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageError("the DICOM file holds no image")
-    _record_syntax(ds)
+    ds = _read_dataset(pydicom, data, max_pixels)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if not isinstance(syntax, str) or not re.fullmatch(r"[0-9.]{1,64}", str(syntax)):
+    if not isinstance(syntax, str) or not _is_uid(syntax):
         raise ImageError("the DICOM file has no transfer syntax UID")
     stated = _modality(ds)
     out = Dataset()
@@ -979,7 +986,7 @@ def without_patient_data(data: bytes, *, max_pixels: int) -> bytes:
         for tag in _FRAME_INDEX_TAGS:
             if tag in out:
                 del out[tag]
-    sop_class = sop_class if re.fullmatch(r"[0-9.]{1,64}", sop_class) else str(SecondaryCaptureImageStorage)
+    sop_class = sop_class if _is_uid(sop_class) else str(SecondaryCaptureImageStorage)
     pixels = bytes(out.get("PixelData") or out.get("FloatPixelData") or out.get("DoubleFloatPixelData") or b"")
     instance = generate_uid(entropy_srcs=[hashlib.sha256(pixels).hexdigest()])
     out.SOPClassUID, out.SOPInstanceUID, out.Modality = sop_class, instance, _STATED[stated]

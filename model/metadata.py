@@ -27,21 +27,18 @@ answers None.  The caller checks that the copy gives the model the same input (`
 from __future__ import annotations
 
 import io
-import re
 import struct
 import zlib
 
 from PIL import Image
 
+# JPEG markers without a length; a marker within or after a scan's coded data (model.preprocess's structure guard)
+from model.preprocess import _SCAN_MARKER, _STANDALONE
+
 # Exif: orientation (IFD0); the Exif IFD, its ColorSpace, the interoperability IFD and its index (model.colour)
 _ORIENTATION, _EXIF_IFD, _COLOR_SPACE, _INTEROP_IFD, _INTEROP_INDEX = 0x0112, 0x8769, 0xA001, 0xA005, 0x0001
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# JPEG markers without a length, and those that code the picture (kept whatever they hold)
-_STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
 _APP0, _APP2, _APP14, _COM, _SOS, _EOI = 0xE0, 0xE2, 0xEE, 0xFE, 0xDA, 0xD9
-# a marker within or after a scan's coded data: 0xFF then a byte that is neither stuffing (0x00), a restart marker
-# (0xD0-0xD7) nor a fill byte (as model.preprocess finds them)
-_SCAN_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 # an APNG's animation chunks go too: decoding reads its default image (IDAT), and its other frames are pictures
 # no example is made of
 _PNG_KEPT = frozenset(
