@@ -1,9 +1,11 @@
-"""A JPEG or PNG without the metadata its pixels do not need: for keeping a copy of an upload (a few-shot
-classifier's example, which a refit decodes again) without what a camera or a program wrote beside the picture.
+"""A JPEG, PNG, TIFF or WebP without the metadata its pixels do not need: for keeping a copy of an upload (a
+few-shot classifier's example, which a refit decodes again) without what a camera or a program wrote beside the
+picture.
 
 A camera's JPEG carries Exif (the capture's date and time, the camera's serial number, a GPS position, a name or
 a note typed at the camera), XMP, IPTC and comments, and often a thumbnail or a second image (JFXX, MPF); a PNG
-text chunks and a time stamp. What decoding reads is kept, and nothing else:
+text chunks and a time stamp; a TIFF the same as tags and directories, and further pages; a WebP Exif and XMP
+chunks. What decoding reads is kept, and nothing else:
 
 - JPEG: every segment that codes the picture (quantisation and Huffman tables, frame and scan headers, restart
   interval, arithmetic conditioning, each scan's coded data), the JFIF header (without a thumbnail), the ICC
@@ -16,12 +18,23 @@ text chunks and a time stamp. What decoding reads is kept, and nothing else:
   ``cHRM``, ``sRGB``, ``iCCP``, ``sBIT``, ``cICP``, ``mDCV``, ``cLLI``), and an ``eXIf`` of the orientation and
   colour space alone; text, time, private and unknown chunks and an APNG's other frames go.
 
+- TIFF (classic, not BigTIFF): the first image's directory, with only the tags that describe its pixels (size,
+  samples, compression, photometric interpretation, predictor, strips or tiles, palette, JPEG tables, YCbCr
+  coding, the orientation and the ICC profile), and its strips or tiles byte for byte.  Gone: the description,
+  make, model, software, date, artist, host and copyright tags, the Exif and GPS directories, XMP, IPTC and
+  Photoshop blocks, private and unknown tags, sub-images and every further page (decoding reads the first);
+- WebP: the coded picture (``VP8 `` or ``VP8L``, and ``ALPH``) and the ICC profile, under a ``VP8X`` header whose
+  flags say what is left, and an ``EXIF`` of the orientation and colour space alone; ``XMP `` and unknown
+  chunks go.  An animated WebP is not rewritten.
+
 An ICC profile is kept whole, its description too (a device's or a vendor's name): colour management needs it.
 What no camera or program writes and decoding skips (text hidden after a scan's coded data, inside a restart
-interval or a DNL segment; data after a PNG's zlib stream) is not looked for.
+interval or a DNL segment; data after a PNG's zlib stream; bytes of a TIFF no tag points to, which the copy
+leaves behind anyway) is not looked for.
 
-Other formats (TIFF, whose tags are the image's structure; BMP; WebP) are not rewritten: :func:`without_metadata`
-answers None.  The caller checks that the copy gives the model the same input (``service.engine``).
+A BMP has no metadata (its headers are its structure), and is kept as it is: :func:`without_metadata` answers
+None, as for a file whose structure is not the plain one rewritten here.  The caller checks that the copy gives
+the model the same input (``service.engine``).
 """
 
 from __future__ import annotations
@@ -48,12 +61,16 @@ _PNG_KEPT = frozenset(
 
 
 def without_metadata(data: bytes) -> bytes | None:
-    """``data`` (a JPEG or a PNG) without the metadata decoding does not read (see the module docstring); None
+    """``data`` (a JPEG, PNG, TIFF or WebP) without the metadata decoding does not read (see the module docstring); None
     for another format, or a file whose structure is not the plain one this rewrites (it is then kept as sent)."""
     if data[:3] == b"\xff\xd8\xff":
         return _jpeg(data)
     if data[:8] == _PNG_SIGNATURE:
         return _png(data)
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        return _tiff(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp(data)
     return None
 
 
@@ -166,3 +183,147 @@ def _png(data: bytes) -> bytes | None:
         if kind == b"IEND":
             return b"".join(out)
     return None
+
+
+# TIFF: bytes per value of each field type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED, SSHORT, SLONG,
+# SRATIONAL, FLOAT, DOUBLE, IFD)
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_SHORT, _LONG = 3, 4
+# the tags that describe the pixels (TIFF 6.0 baseline and extensions Pillow decodes), the orientation
+# (model.preprocess) and the ICC profile (model.colour); the strip and tile tags are rewritten
+_TIFF_KEPT = frozenset(
+    (
+        256, 257, 258, 259, 262, 266, 274, 277, 278, 284, 317, 320, 322, 323, 338, 339, 340, 341, 347,
+        529, 530, 531, 532, 34675,
+    )
+)
+_STRIPS, _TILES = (273, 279), (324, 325)  # (offsets, byte counts)
+_OLD_JPEG = 6  # TIFF 6.0's old-style JPEG points into the file from tags of its own
+
+
+def _tiff(data: bytes) -> bytes | None:
+    """The first image of a classic TIFF with only the tags that describe its pixels, its orientation and ICC
+    profile, and its strips or tiles copied byte for byte (the module docstring); None for a structure this does
+    not follow (BigTIFF, old-style JPEG, a directory or strip outside the file)."""
+    order = "<" if data[:2] == b"II" else ">"
+    n = len(data)
+    if n < 8:
+        return None
+    (start,) = struct.unpack(order + "I", data[4:8])
+    if start + 2 > n:
+        return None
+    (count,) = struct.unpack(order + "H", data[start : start + 2])
+    if start + 2 + 12 * count + 4 > n:
+        return None
+    fields: dict[int, tuple[int, int, bytes]] = {}  # tag -> (type, count, the values' bytes)
+    for i in range(count):
+        at = start + 2 + 12 * i
+        tag, kind, number = struct.unpack(order + "HHI", data[at : at + 8])
+        if tag not in _TIFF_KEPT and tag not in _STRIPS + _TILES:
+            continue  # not read, so not looked at (its type or offset may be anything)
+        size = _TIFF_TYPE_SIZE.get(kind)
+        if size is None:
+            return None
+        length = size * number
+        if length <= 4:
+            raw = data[at + 8 : at + 8 + length]
+        else:
+            (offset,) = struct.unpack(order + "I", data[at + 8 : at + 12])
+            if offset + length > n:
+                return None
+            raw = data[offset : offset + length]
+        fields[tag] = (kind, number, raw)
+
+    def values(tag: int) -> list[int] | None:
+        kind, number, raw = fields[tag]
+        if kind not in (_SHORT, _LONG):
+            return None
+        return list(struct.unpack(f"{order}{number}{'H' if kind == _SHORT else 'I'}", raw))
+
+    compression = values(259) if 259 in fields else [1]
+    present = [pair for pair in (_STRIPS, _TILES) if pair[0] in fields or pair[1] in fields]
+    if compression in (None, [_OLD_JPEG]) or len(present) != 1:
+        return None
+    offsets_tag, counts_tag = present[0]
+    if offsets_tag not in fields or counts_tag not in fields:
+        return None
+    offsets, counts = values(offsets_tag), values(counts_tag)
+    if offsets is None or counts is None or len(offsets) != len(counts):
+        return None
+    if any(offset + length > n for offset, length in zip(offsets, counts, strict=True)):
+        return None
+    kept = {tag: field for tag, field in fields.items() if tag in _TIFF_KEPT}
+    kept[counts_tag] = (_LONG, len(counts), struct.pack(f"{order}{len(counts)}I", *counts))
+    kept[offsets_tag] = (_LONG, len(offsets), bytes(4 * len(offsets)))  # written below, once they are known
+
+    def even(at: int) -> int:
+        return at + (at & 1)  # values and data start on a word boundary
+
+    # the header, one directory, the values longer than 4 bytes, then the strips or tiles
+    at = 8 + 2 + 12 * len(kept) + 4
+    placed: dict[int, int] = {}
+    for tag in sorted(kept):
+        if len(kept[tag][2]) > 4:
+            placed[tag] = at
+            at = even(at + len(kept[tag][2]))
+    moved = []
+    for length in counts:
+        moved.append(at)
+        at = even(at + length)
+    kept[offsets_tag] = (_LONG, len(moved), struct.pack(f"{order}{len(moved)}I", *moved))
+    out = bytearray(data[:4] + struct.pack(order + "I", 8) + struct.pack(order + "H", len(kept)))
+    for tag in sorted(kept):
+        kind, number, raw = kept[tag]
+        inline = raw.ljust(4, b"\0") if tag not in placed else struct.pack(order + "I", placed[tag])
+        out += struct.pack(order + "HHI", tag, kind, number) + inline
+    out += bytes(4)  # no next directory: the first page only
+    for tag in sorted(placed):
+        out += bytes(placed[tag] - len(out)) + kept[tag][2]
+    for offset, length, target in zip(offsets, counts, moved, strict=True):
+        out += bytes(target - len(out)) + data[offset : offset + length]
+    return bytes(out)
+
+
+# WebP chunks decoding reads of a still image; its extended header (VP8X) flags: ICC profile, alpha, Exif,
+# XMP, animation
+_WEBP_KEPT = frozenset((b"ICCP", b"ALPH", b"VP8 ", b"VP8L"))
+_WEBP_ICC, _WEBP_ALPHA, _WEBP_EXIF = 0x20, 0x10, 0x08
+
+
+def _webp_chunk(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1)
+
+
+def _webp(data: bytes) -> bytes | None:
+    """A still WebP with its coded picture, alpha and ICC profile, and an Exif of the orientation and colour space
+    alone (the module docstring); None for an animation or a structure this does not follow."""
+    (size,) = struct.unpack("<I", data[4:8])
+    end = 8 + size
+    if len(data) < 12 or end > len(data):
+        return None
+    chunks = []
+    pos = 12
+    while pos + 8 <= end:
+        kind = data[pos : pos + 4]
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        if pos + 8 + length > end:
+            return None
+        chunks.append((kind, data[pos + 8 : pos + 8 + length]))
+        pos += 8 + length + (length & 1)
+    pictures = [kind for kind, _ in chunks if kind in (b"VP8 ", b"VP8L")]
+    if len(pictures) != 1 or any(kind in (b"ANIM", b"ANMF") for kind, _ in chunks):
+        return None  # an animation (its frames are composed on a canvas), or not one picture
+    kept = [_webp_chunk(kind, body) for kind, body in chunks if kind in _WEBP_KEPT]  # ICCP, ALPH, VP8: as they came
+    if chunks[0][0] == b"VP8X":  # the extended format; the simple one is the picture alone, and nothing else to keep
+        header = chunks[0][1]
+        if len(header) < 10:
+            return None
+        exif = _exif_kept(data)
+        flags = header[0] & _WEBP_ALPHA
+        flags |= _WEBP_ICC if any(kind == b"ICCP" for kind, _ in chunks) else 0
+        flags |= _WEBP_EXIF if exif is not None else 0
+        kept.insert(0, _webp_chunk(b"VP8X", bytes((flags,)) + header[1:10]))
+        if exif is not None:
+            kept.append(_webp_chunk(b"EXIF", exif))
+    payload = b"".join(kept)
+    return b"RIFF" + struct.pack("<I", 4 + len(payload)) + b"WEBP" + payload

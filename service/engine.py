@@ -654,11 +654,11 @@ class Engine:
 
     def example_to_keep(self, data: bytes) -> bytes:
         """What the classifier store keeps of an uploaded example for refits: a DICOM object without its patient
-        data (:func:`model.dicom.without_patient_data`: only what decoding it needs), a JPEG or PNG without its
-        metadata (:func:`model.metadata.without_metadata`: Exif but its orientation and colour space, XMP,
-        comments, text chunks, embedded thumbnails), where that copy gives the model the very input the upload
-        does (:meth:`_same_model_input`), so that a refit embeds it alike; the upload as sent otherwise (logged),
-        and for the other formats."""
+        data (:func:`model.dicom.without_patient_data`: only what decoding it needs), a JPEG, PNG, TIFF or WebP
+        without its metadata (:func:`model.metadata.without_metadata`: Exif but its orientation and colour space,
+        XMP, comments, text chunks and tags, embedded thumbnails, further pages), where that copy gives the model
+        the very input the upload does (:meth:`_same_model_input`), so that a refit embeds it alike; the upload as
+        sent otherwise (logged), and for a BMP."""
         from model.dicom import without_patient_data
         from model.metadata import without_metadata
 

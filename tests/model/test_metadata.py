@@ -1,6 +1,7 @@
-"""``model.metadata.without_metadata``: a camera's JPEG or a program's PNG without what decoding does not read
-(capture time, serial number, GPS, names typed at the camera, XMP, IPTC, comments, thumbnails, text chunks), the
-picture's own bytes and what decoding reads (ICC profile, orientation, Adobe RGB's Exif colour space) kept."""
+"""``model.metadata.without_metadata``: a camera's JPEG, a program's PNG, TIFF or WebP without what decoding does
+not read (capture time, serial number, GPS, names typed at the camera, XMP, IPTC, comments, thumbnails, text
+chunks, TIFF tags and further pages), the picture's own bytes and what decoding reads (ICC profile, orientation,
+Adobe RGB's Exif colour space) kept."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from PIL import Image, ImageCms
 
 from model.colour import _exif_says_adobe_rgb
 from model.metadata import without_metadata
-from model.preprocess import load_image
+from model.preprocess import load_image, upright_original_size
 from tests.conftest import make_golden_fundus
 
 NEEDLES = (
@@ -95,6 +96,164 @@ def labelled_png(image: Image.Image, orientation: int = 3) -> bytes:
     data = out.getvalue()
     at = data.index(b"IDAT") - 4
     return data[:at] + _png_chunk(b"tIME", b"\x07\xe8\x05\x15\x0a\x1f\x07") + data[at:]
+
+
+# TIFF tags a camera or a program writes beside the pixels (ImageDescription, Make, Model, Software, DateTime,
+# Artist, HostComputer, Copyright), XMP, IPTC, a private tag, the Exif and GPS directories
+_TIFF_TEXT = {
+    270: "Fundus DOE^JANE",
+    271: "Riverside",
+    272: "FC-50",
+    305: "Riverside 2.1",
+    306: "2024:05:21 10:31:07",
+    315: "DOE^JANE",
+    316: "Riverside-PC",
+    33432: "Riverside",
+}
+
+
+def handmade_tiff(
+    pixels: np.ndarray,
+    *,
+    order: str = "<",
+    tile: int | None = None,
+    orientation: int = 1,
+    icc: bytes | None = None,
+    compression: int = 1,
+) -> bytes:
+    """An uncompressed TIFF written field by field (what Pillow does not write: big-endian, tiles, 16-bit colour,
+    Exif and GPS directories), with every tag of ``_TIFF_TEXT``, XMP, IPTC and a private tag beside the pixels."""
+    height, width = pixels.shape[:2]
+    samples = pixels.shape[2] if pixels.ndim == 3 else 1
+    bits = pixels.dtype.itemsize * 8
+    data = pixels.astype(pixels.dtype.newbyteorder(order))
+    if tile is None:
+        chunks = [data.tobytes()]
+    else:
+        padded = np.zeros(
+            (-(-height // tile) * tile, -(-width // tile) * tile, *pixels.shape[2:]), data.dtype
+        )
+        padded[:height, :width] = data
+        chunks = [
+            padded[y : y + tile, x : x + tile].tobytes()
+            for y in range(0, padded.shape[0], tile)
+            for x in range(0, padded.shape[1], tile)
+        ]
+    short, long_, ascii_, byte = 3, 4, 2, 1
+    fields: dict[int, tuple[int, list[int] | bytes]] = {
+        256: (long_, [width]),
+        257: (long_, [height]),
+        258: (short, [bits] * samples),
+        259: (short, [compression]),
+        262: (short, [2 if samples >= 3 else 1]),
+        274: (short, [orientation]),
+        277: (short, [samples]),
+        284: (short, [1]),
+        700: (byte, b"<x:xmpmeta>PRIVATE-XMP DOE^JANE</x:xmpmeta>"),
+        33723: (byte, b"\x1c\x02\x05\x00\x09IPTC-NAME"),
+        65000: (ascii_, b"SN-448812\0"),
+        34665: (long_, [0]),
+        34853: (long_, [0]),  # the Exif and GPS directories, placed below
+        **{tag: (ascii_, text.encode() + b"\0") for tag, text in _TIFF_TEXT.items()},
+    }
+    if icc is not None:
+        fields[34675] = (7, icc)
+    if tile is None:
+        fields.update({278: (long_, [height]), 273: (long_, [0]), 279: (long_, [len(chunks[0])])})
+    else:
+        fields.update(
+            {
+                322: (long_, [tile]),
+                323: (long_, [tile]),
+                324: (long_, [0] * len(chunks)),
+                325: (long_, [len(c) for c in chunks]),
+            }
+        )
+    offsets_tag = 273 if tile is None else 324
+    sizes = {byte: 1, ascii_: 1, short: 2, long_: 4, 7: 1}
+
+    def raw(kind: int, value: list[int] | bytes) -> bytes:
+        return (
+            value
+            if isinstance(value, bytes)
+            else struct.pack(f"{order}{len(value)}{'H' if kind == short else 'I'}", *value)
+        )
+
+    def directory(entries: dict[int, tuple[int, list[int] | bytes]], at: int) -> tuple[bytes, bytes]:
+        """The directory written at ``at`` and its values after it."""
+        head, tail = struct.pack(order + "H", len(entries)), b""
+        end = at + 2 + 12 * len(entries) + 4
+        for tag in sorted(entries):
+            kind, value = entries[tag]
+            body = raw(kind, value)
+            count = len(body) // sizes[kind]
+            if len(body) <= 4:
+                head += struct.pack(order + "HHI", tag, kind, count) + body.ljust(4, b"\0")
+            else:
+                head += struct.pack(order + "HHI", tag, kind, count) + struct.pack(
+                    order + "I", end + len(tail)
+                )
+                tail += body + b"\0" * (len(body) & 1)
+        return head + bytes(4), tail
+
+    # the Exif (capture time, serial) and GPS directories first, then the picture, then the main directory
+    out = bytearray((b"II*\0" if order == "<" else b"MM\0*") + bytes(4))
+    exif_at = len(out)
+    exif = directory({0x9003: (ascii_, b"2024:05:21 10:31:07\0"), 0xA431: (ascii_, b"SN-448812\0")}, exif_at)
+    out += b"".join(exif)
+    gps_at = len(out)
+    out += b"".join(directory({1: (ascii_, b"N\0"), 0x1B: (7, b"Riverside, DOE^JANE's street")}, gps_at))
+    placed = []
+    for chunk in chunks:
+        placed.append(len(out))
+        out += chunk
+    fields[offsets_tag] = (long_, placed)
+    fields[34665], fields[34853] = (long_, [exif_at]), (long_, [gps_at])
+    main_at = len(out) + (len(out) & 1)
+    out += bytes(main_at - len(out))
+    out[4:8] = struct.pack(order + "I", main_at)
+    out += b"".join(directory(fields, main_at))
+    return bytes(out)
+
+
+def camera_tiff(image: Image.Image, orientation: int = 6, **options: object) -> bytes:
+    """A TIFF as a program writes one (Pillow, ``options`` its compression), with a camera's text tags, XMP, a
+    private tag, an ICC profile, and a second page."""
+    from PIL import TiffImagePlugin
+
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[274] = orientation
+    for tag, text in _TIFF_TEXT.items():
+        tags[tag] = text
+    tags[700] = b"<x:xmpmeta>PRIVATE-XMP</x:xmpmeta>"
+    tags.tagtype[700] = 1
+    tags[65000] = "SN-448812"
+    tags.tagtype[65000] = 2
+    out = io.BytesIO()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    second = image.resize((32, 24))
+    image.save(
+        out, format="TIFF", tiffinfo=tags, icc_profile=icc, save_all=True, append_images=[second], **options
+    )
+    return out.getvalue()
+
+
+def camera_webp(image: Image.Image, orientation: int = 6, adobe: bool = True, **options: object) -> bytes:
+    """A WebP with a camera's Exif, XMP, an ICC profile and a chunk of unknown kind."""
+    out = io.BytesIO()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image.save(
+        out,
+        format="WEBP",
+        exif=camera_exif(orientation, adobe),
+        icc_profile=icc,
+        xmp=b"<x:xmpmeta>PRIVATE-XMP</x:xmpmeta>",
+        **options,
+    )
+    data = out.getvalue()
+    extra = b"NOTE" + struct.pack("<I", 9) + b"DOE^JANE!\0"  # an odd length, padded
+    data += extra
+    return b"RIFF" + struct.pack("<I", len(data) - 8) + data[8:]
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +359,17 @@ def test_a_labelled_png_keeps_its_picture_and_what_decoding_reads(fundus: Image.
 
 @pytest.mark.filterwarnings("ignore:Image appears to be a malformed MPO file")
 def test_other_formats_and_unusual_structures_are_left_alone(fundus: Image.Image) -> None:
-    tiff = io.BytesIO()
-    fundus.save(tiff, format="TIFF")
-    assert without_metadata(tiff.getvalue()) is None
+    bmp = io.BytesIO()
+    fundus.save(bmp, format="BMP")  # no metadata to take out
+    assert without_metadata(bmp.getvalue()) is None
+    tiff = camera_tiff(fundus)
+    assert without_metadata(b"II+\0" + tiff[4:]) is None  # BigTIFF
+    assert without_metadata(tiff[:6]) is None and without_metadata(tiff[:40]) is None  # no directory
+    assert without_metadata(tiff[: len(tiff) // 2]) is None  # a strip outside the file
+    old_jpeg = handmade_tiff(np.asarray(fundus), compression=6)
+    assert without_metadata(old_jpeg) is None
+    webp = camera_webp(fundus)
+    assert without_metadata(webp[:-10]) is None  # cut short
     jpeg = camera_jpeg(fundus)
     assert without_metadata(jpeg[:200]) is None  # cut short before its first scan
     png = labelled_png(fundus)
@@ -257,3 +424,87 @@ def test_a_png_exif_in_a_text_chunk_keeps_what_model_colour_reads(fundus: Image.
             assert np.array_equal(a, b) and info_a == info_b, space
         with Image.open(io.BytesIO(copy)) as kept:
             assert kept.getexif().get(0x0112) == 6 and not _exif_says_adobe_rgb(kept)
+
+
+def _same_for_the_model(data: bytes, copy: bytes) -> None:
+    for size in (None, 224):
+        (a, info_a), (b, info_b) = _decoded(data, size), _decoded(copy, size)
+        assert np.array_equal(a, b) and info_a == info_b
+        assert upright_original_size(load_image(data, size=size)) == upright_original_size(
+            load_image(copy, size=size)
+        )
+
+
+@pytest.mark.parametrize("compression", ["raw", "tiff_lzw", "tiff_adobe_deflate", "jpeg", "packbits"])
+def test_a_tiff_keeps_its_pixels_its_orientation_and_profile_only(
+    fundus: Image.Image, compression: str
+) -> None:
+    data = camera_tiff(fundus, orientation=6, compression=compression)
+    assert leaks(data)
+    copy = without_metadata(data)
+    assert copy is not None and not leaks(copy), leaks(copy or b"")
+    with Image.open(io.BytesIO(copy)) as kept, Image.open(io.BytesIO(data)) as original:
+        assert original.n_frames == 2 and kept.n_frames == 1  # the first page only
+        assert kept.info.get("icc_profile") == original.info.get("icc_profile") is not None
+        assert kept.getexif().get(0x0112) == 6
+        assert not set(kept.tag_v2) & (set(_TIFF_TEXT) | {700, 65000, 34665, 34853})
+    _same_for_the_model(data, copy)
+    assert without_metadata(copy) == copy
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("tile", [None, 64])
+@pytest.mark.parametrize("depth", ["8-bit RGB", "12-bit RGB", "16-bit grey"])
+def test_a_handmade_tiff_loses_its_tags_and_directories(
+    fundus: Image.Image, order: str, tile: int | None, depth: str
+) -> None:
+    """Big-endian, tiled, 16-bit colour holding 12-bit data (decoded through its low bytes), 16-bit grey; the
+    Exif and GPS directories and the tags around the pixels are gone, the picture is the same to the model."""
+    rgb = np.asarray(fundus)
+    pixels = {
+        "8-bit RGB": rgb,
+        "12-bit RGB": rgb.astype(np.uint16) * 16,
+        "16-bit grey": rgb[..., 1].astype(np.uint16) * 257,
+    }[depth]
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes() if pixels.ndim == 3 else None
+    data = handmade_tiff(pixels, order=order, tile=tile, orientation=8, icc=icc)
+    assert len(leaks(data)) == len(NEEDLES) - 1  # all but the thumbnail
+    copy = without_metadata(data)
+    assert copy is not None and not leaks(copy), leaks(copy or b"")
+    assert copy[:2] == data[:2]  # the same byte order
+    _same_for_the_model(data, copy)
+    assert without_metadata(copy) == copy
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 80}], ids=["lossless", "lossy"])
+@pytest.mark.parametrize("alpha", [False, True])
+@pytest.mark.parametrize("adobe", [False, True])
+def test_a_webp_keeps_its_picture_and_what_decoding_reads(
+    fundus: Image.Image, options: dict[str, object], alpha: bool, adobe: bool
+) -> None:
+    image = fundus
+    if alpha:  # a transparent surround, as a program cuts the eye out
+        image = fundus.convert("RGBA")
+        image.putalpha(Image.eval(fundus.convert("L"), lambda v: 0 if v < 8 else 255))
+    data = camera_webp(image, orientation=6, adobe=adobe, **options)
+    assert len(leaks(data)) == len(NEEDLES) - 2  # no IPTC or thumbnail
+    copy = without_metadata(data)
+    assert copy is not None and not leaks(copy), leaks(copy or b"")
+    assert (b"ALPH" in copy) == (b"ALPH" in data) and (b"VP8L" in copy) == (b"VP8L" in data)
+    with Image.open(io.BytesIO(copy)) as kept, Image.open(io.BytesIO(data)) as original:
+        assert kept.info.get("icc_profile") == original.info.get("icc_profile") is not None
+        assert kept.getexif().get(0x0112) == 6
+        assert set(kept.getexif()) <= {0x0112, 0x8769}
+        assert _exif_says_adobe_rgb(kept) is adobe is _exif_says_adobe_rgb(original)
+        assert kept.mode == original.mode
+    _same_for_the_model(data, copy)
+    assert without_metadata(copy) == copy
+
+
+def test_a_plain_webp_is_unchanged_and_an_animation_left_alone(fundus: Image.Image) -> None:
+    plain = io.BytesIO()
+    fundus.save(plain, format="WEBP", quality=80)
+    assert without_metadata(plain.getvalue()) == plain.getvalue()
+    animation = io.BytesIO()
+    fundus.save(animation, format="WEBP", save_all=True, append_images=[fundus.rotate(90)], duration=100)
+    assert without_metadata(animation.getvalue()) is None

@@ -1,6 +1,7 @@
-"""A few-shot classifier's uploaded JPEG and PNG examples are kept without their metadata (a camera's capture time,
-serial number, GPS position and typed names; XMP, IPTC, comments, thumbnails; PNG text chunks): the picture's own
-bytes and what decoding reads, checked to give the model the very input the upload does.  They were kept as sent.
+"""A few-shot classifier's uploaded JPEG, PNG, TIFF and WebP examples are kept without their metadata (a camera's
+capture time, serial number, GPS position and typed names; XMP, IPTC, comments, thumbnails; PNG text chunks; TIFF
+tags and further pages): the picture's own bytes and what decoding reads, checked to give the model the very input
+the upload does.  They were kept as sent.
 A refit embeds the kept copies alike; ``keepfit classifier scrub`` cleans a store an earlier release filled; a
 backup of kept copies restores."""
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from model.cli import main as keepfit
 from service.classifiers import ClassifierStore
-from tests.model.test_metadata import camera_jpeg, labelled_png, leaks
+from tests.model.test_metadata import camera_jpeg, camera_tiff, camera_webp, labelled_png, leaks
 from tests.service.kept_examples import (
     ADMIN,
     Upload,
@@ -32,14 +33,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:Image appears to be a malformed 
 
 
 @pytest.fixture(scope="module")
-def uploads(real_image_paths: dict[str, list[Path]]) -> list[Upload]:
-    """Real photographs as a camera (JPEG, rotated by its Exif) and a program (PNG) would write them."""
-    images = [Image.open(p).convert("RGB") for p in real_image_paths["CFP"]]
+def uploads(data_root: Path) -> list[Upload]:
+    """Real photographs as a camera (JPEG, rotated by its Exif) and programs (PNG, TIFF, WebP) would write them."""
+    folder = data_root / "cfp_oct_mx" / "images" / "cfp"
+    images = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.jpg"))[:6]]
     return [
         ("a.jpg", camera_jpeg(images[0], orientation=6), "image/jpeg"),
         ("b.jpg", camera_jpeg(images[1], orientation=1, adobe=False), "image/jpeg"),
         ("c.png", labelled_png(images[2], orientation=1), "image/png"),
         ("d.jpg", camera_jpeg(images[3], orientation=8), "image/jpeg"),
+        ("e.tif", camera_tiff(images[4], orientation=1, compression="tiff_lzw"), "image/tiff"),
+        ("f.webp", camera_webp(images[5], orientation=6, quality=90), "image/webp"),
     ]
 
 
@@ -72,7 +76,7 @@ def test_the_service_keeps_examples_without_metadata_and_refits_alike(
         before = _predictions(client, uploads[0][1])
         assert refit_embedding_again(client, monkeypatch, "eyes") == 200
         kept = stored_examples(store)
-        assert len(kept) == 4 and not any(leaks(k) for k in kept), [leaks(k) for k in kept]
+        assert len(kept) == len(uploads) and not any(leaks(k) for k in kept), [leaks(k) for k in kept]
         assert _same(_predictions(client, uploads[0][1]), before)
         # a new classifier's examples are kept without it from the start
         _create(client, "fresh", uploads)
@@ -83,7 +87,7 @@ def test_keepfit_classifier_fit_keeps_examples_without_metadata(
     default_artifact: Path, tmp_path: Path, uploads: list[Upload]
 ) -> None:
     kept = fit_with_cli(default_artifact, tmp_path, uploads)
-    assert len(kept) == 4 and not any(leaks(k) for k in kept)
+    assert len(kept) == len(uploads) and not any(leaks(k) for k in kept)
 
 
 def test_keepfit_classifier_scrub_cleans_a_store_an_earlier_release_filled(
@@ -106,14 +110,14 @@ def test_keepfit_classifier_scrub_cleans_a_store_an_earlier_release_filled(
         assert keepfit(scrub) == 0
         counts = json.loads(capsys.readouterr().out)
         assert {k: counts[k] for k in ("examples", "rewritten", "unchanged", "missing")} == {
-            "examples": 4,
-            "rewritten": 4,
+            "examples": len(uploads),
+            "rewritten": len(uploads),
             "unchanged": 0,
             "missing": 0,
         }
         assert not any(leaks(k) for k in stored_examples(store))
         assert keepfit(scrub) == 0  # nothing more to take out
-        assert json.loads(capsys.readouterr().out)["unchanged"] == 4
+        assert json.loads(capsys.readouterr().out)["unchanged"] == len(uploads)
 
         # a re-embedding refit from the scrubbed files fits the same classifier
         assert refit_embedding_again(client, monkeypatch, "eyes") == 200
@@ -142,7 +146,7 @@ def test_scrub_replaces_only_a_file_still_used_and_unchanged(
         return data[:-1]
 
     counts = store.rewrite_examples(keep)
-    assert counts == {"examples": 4, "rewritten": 3, "unchanged": 1, "missing": 0}
+    assert counts == {"examples": len(uploads), "rewritten": len(uploads) - 1, "unchanged": 1, "missing": 0}
     assert sum(p.read_bytes().endswith(b"changed meanwhile") for p in paths) == 1
 
     def delete_all(data: bytes) -> bytes:  # every classifier deleted meanwhile: nothing is written back
