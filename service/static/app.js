@@ -36,6 +36,8 @@
     key: '',
     defaults: {},          // modality -> default categories (GET v1/categories)
     custom: null,          // the edited category list, or null: use the modality's defaults
+    extra: [],             // categories added under auto-detect before any image: added to its modality's defaults
+                           // once the first answer says which (they become `custom` then)
     detected: null,        // the modality auto-detect gave (or would give) the last answered image
     detectedFile: null,    // that image
     file: null,            // the image being diagnosed
@@ -49,6 +51,8 @@
     searchSeq: 0,          // newest search wins
     ready: false,          // the last health check (readyz) succeeded
     categoriesLoaded: false,
+    keyAsked: false,       // the periodic check found the service wants an API key, and said so (once)
+    picked: '',            // the classifier picked when the page last looked (classifiers.js fills the picker)
     focusBeforeMessage: null, // where the keyboard was before it went to the message's Dismiss button
   };
 
@@ -146,6 +150,7 @@
 
   function showMessage(title, text, kind = 'error') {
     const box = $('message');
+    box.dataset.about = ''; // what the message is about, when it should go by itself (see checkReady)
     box.className = kind === 'info' ? 'message info' : 'message';
     $('message-title').textContent = title;
     $('message-text').textContent = text || '';
@@ -203,11 +208,16 @@
       status.classList.remove('bad');
       setStatus(`${model} · ${index}${refused}`);
       state.ready = true;
+      // "not ready" or "not reachable" said at start-up is out of date once the service is ready
+      if ($('message').dataset.about === 'readiness') clearMessage();
     } catch (err) {
       status.classList.add('bad');
       setStatus(err.code === 'network' ? 'Service not reachable' : 'Service not ready');
       state.ready = false;
-      if (!quiet) showError(err, 'Connecting');
+      if (!quiet) {
+        showError(err, 'Connecting');
+        $('message').dataset.about = 'readiness';
+      }
     }
     return state.ready;
   }
@@ -230,7 +240,11 @@
       $('category-suggestions').replaceChildren(...[...names].sort().map((n) => el('option', { value: n })));
       renderCategories();
     } catch (err) {
-      if (!quiet) showError(err, 'Loading the categories');
+      // the periodic load is quiet, but a key the service asks for is asked of the user, once per connection
+      // (every 15 s would take the keyboard away each time)
+      const askKey = err.code === 'unauthorized' && !state.keyAsked;
+      if (err.code === 'unauthorized') state.keyAsked = true;
+      if (!quiet || askKey) showError(err, 'Loading the categories');
     }
   }
 
@@ -238,6 +252,7 @@
     const status = $('service-status');
     status.classList.remove('bad');
     setStatus('Connecting to the service…');
+    state.keyAsked = false;
     $('docs-link').href = endpoint('docs');
     if (await checkReady(false)) await loadCategories();
   }
@@ -287,7 +302,17 @@
   function currentCategories() {
     if (state.custom) return state.custom;
     const mod = shownModality();
-    return (mod && state.defaults[mod]) || [];
+    const defaults = (mod && state.defaults[mod]) || [];
+    return [...defaults, ...state.extra.filter((c) => !sameName(defaults, c))];
+  }
+
+  function sameName(list, name) {
+    return list.some((c) => c.toLowerCase() === name.toLowerCase());
+  }
+
+  /** The defaults the added categories go on are not known yet: auto-detect, and no image answered. */
+  function defaultsUnknown() {
+    return !state.custom && !shownModality();
   }
 
   function pickedClassifier() {
@@ -314,7 +339,7 @@
       : state.custom
         ? state.custom.length < 2 ? '(your list: give at least two, or reset to the defaults)' : '(your list)'
         : mod ? `(defaults for ${mod}${staleModality() ? ', as for the last image until this one is analysed' : ''})`
-          : '(the detected modality\'s defaults)';
+          : state.extra.length ? '(the detected modality\'s defaults, and these)' : '(the detected modality\'s defaults)';
     // removing a chip by keyboard: the focus goes to the next chip's button (or the last, or the text field)
     const chips = $('category-list');
     keepFocus(chips, () => chips.replaceChildren(...list.map((name) => el('li', {},
@@ -328,7 +353,10 @@
   }
 
   function editable() {
-    if (!state.custom) state.custom = [...currentCategories()];
+    if (!state.custom) {
+      state.custom = [...currentCategories()];
+      state.extra = [];
+    }
     return state.custom;
   }
 
@@ -336,8 +364,10 @@
     const input = $('category-input');
     const name = input.value.replace(/\s+/g, ' ').trim();
     if (!name) return;
-    const list = editable();
-    const added = !list.some((c) => c.toLowerCase() === name.toLowerCase());
+    // before the first answer under auto-detect, an added category goes on top of the defaults the image's
+    // modality will have (a list of it alone would make the diagnosis a choice between the added ones)
+    const list = defaultsUnknown() ? state.extra : editable();
+    const added = !sameName(list, name);
     if (added) list.push(name);
     input.value = '';
     renderCategories();
@@ -346,20 +376,23 @@
   }
 
   function removeCategory(name) {
-    state.custom = editable().filter((c) => c !== name);
+    if (defaultsUnknown()) state.extra = state.extra.filter((c) => c !== name);
+    else state.custom = editable().filter((c) => c !== name);
     renderCategories();
     categoriesChanged();
-    announce(`Removed ${name}: ${state.custom.length} ${state.custom.length === 1 ? 'category' : 'categories'}.`);
+    const n = currentCategories().length;
+    announce(`Removed ${name}: ${n} ${n === 1 ? 'category' : 'categories'}.`);
   }
 
   function resetCategories() {
     state.custom = null;
+    state.extra = [];
     renderCategories();
     categoriesChanged();
   }
 
   function requestSignature() {
-    return JSON.stringify([$('modality').value, state.custom, pickedClassifier()]);
+    return JSON.stringify([$('modality').value, state.custom, state.extra, pickedClassifier()]);
   }
 
   function canClassifyAgain() {
@@ -372,6 +405,23 @@
     setAvailable($('classify-again'), canClassifyAgain());
   }
 
+  /** Another classifier picked (or none), by the user or by classifiers.js after a fit or a delete: the image is
+   * asked again under it (an answer on screen was decided by the other), or, where it cannot be, its answer goes. */
+  function classifierChanged() {
+    renderCategories();
+    categoriesChanged();
+    const picked = pickedClassifier();
+    if (picked === state.picked) return; // the list reloaded with the same choice
+    state.picked = picked;
+    if (!state.file) return;
+    if (canClassifyAgain()) {
+      classify();
+    } else if (state.result) {
+      state.result = null;
+      $('result').hidden = true;
+    }
+  }
+
   // ------------------------------------------------------------------------------------------- diagnosis
   function setProgress(fraction, text, busy = false) {
     const box = $('progress');
@@ -379,6 +429,63 @@
     box.classList.toggle('busy', busy);
     if (fraction !== null) $('progress-bar').style.width = `${Math.round(fraction * 100)}%`;
     if (text) $('progress-text').textContent = text;
+  }
+
+  // Canvas transforms that draw an image stored under EXIF orientation n upright (w, h: its size as stored).
+  const UPRIGHT = {
+    1: () => [1, 0, 0, 1, 0, 0], 2: (w) => [-1, 0, 0, 1, w, 0], 3: (w, h) => [-1, 0, 0, -1, w, h],
+    4: (w, h) => [1, 0, 0, -1, 0, h], 5: () => [0, 1, 1, 0, 0, 0], 6: (w, h) => [0, 1, -1, 0, h, 0],
+    7: (w, h) => [0, -1, -1, 0, h, w], 8: (w) => [0, -1, 1, 0, 0, w],
+  };
+  // a 2 x 1 WebP whose EXIF says "turn 90 degrees": decoded 1 x 2 where the browser turns WebP itself
+  const TURNED_WEBP = 'UklGRlAAAABXRUJQVlA4WAoAAAAIAAAAAQAAAAAAVlA4TA8AAAAvAQAAAAcQ/Y/+ByKi/wEARVhJRhoAAABNTQAqAAAACAABARIAAwAAAAEABgAAAAAAAA==';
+  let browserTurnsWebp = null;
+
+  /** The EXIF orientation the preview must apply itself: the service turns every image upright (its heat maps
+   * are of the upright image); browsers turn a JPEG and a PNG, but some (Chromium) draw a WebP as stored. */
+  async function orientationToApply(file) {
+    const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+    if (ascii(head, 0, 4) !== 'RIFF' || ascii(head, 8, 4) !== 'WEBP') return 1;
+    const turn = webpOrientation(new Uint8Array(await file.arrayBuffer()));
+    if (turn === 1) return 1;
+    if (!browserTurnsWebp) {
+      // decoded as the upload is (a Blob, not a fetch of a data: URL, which the page's CSP refuses)
+      const blob = new Blob([Uint8Array.from(atob(TURNED_WEBP), (c) => c.charCodeAt(0))], { type: 'image/webp' });
+      browserTurnsWebp = createImageBitmap(blob)
+        .then((bitmap) => { const turns = bitmap.width === 1; bitmap.close(); return turns; }, () => true);
+    }
+    return (await browserTurnsWebp) ? 1 : turn;
+  }
+
+  function ascii(bytes, at, n) {
+    return String.fromCharCode(...bytes.subarray(at, at + n));
+  }
+
+  /** A WebP's EXIF orientation (1-8; 1 without one): its EXIF chunk's first directory, tag 0x0112. */
+  function webpOrientation(bytes) {
+    const riff = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (let at = 12; at + 8 <= bytes.length;) {
+      const size = riff.getUint32(at + 4, true);
+      if (ascii(bytes, at, 4) === 'EXIF') {
+        let tiff = bytes.subarray(at + 8, Math.min(bytes.length, at + 8 + size));
+        if (ascii(tiff, 0, 6) === 'Exif\0\0') tiff = tiff.subarray(6);
+        if (tiff.length < 8) return 1;
+        const view = new DataView(tiff.buffer, tiff.byteOffset, tiff.byteLength);
+        const little = ascii(tiff, 0, 2) === 'II';
+        const ifd = view.getUint32(4, little);
+        if (ifd + 2 > tiff.length) return 1;
+        for (let i = 0, n = view.getUint16(ifd, little); i < n && ifd + 14 + 12 * i <= tiff.length; i += 1) {
+          const entry = ifd + 2 + 12 * i;
+          if (view.getUint16(entry, little) === 0x0112) {
+            const value = view.getUint16(entry + 8, little);
+            return value >= 1 && value <= 8 ? value : 1;
+          }
+        }
+        return 1;
+      }
+      at += 8 + size + (size & 1);
+    }
+    return 1;
   }
 
   async function drawPreview(file) {
@@ -406,10 +513,13 @@
       bitmap = scale < 1
         ? await createImageBitmap(file, { resizeWidth: w, resizeHeight: h, resizeQuality: 'high' })
         : await createImageBitmap(file);
+      const turn = await orientationToApply(file);
       if (stale()) return false;
-      canvas.width = bitmap.width;
-      canvas.height = bitmap.height;
+      canvas.width = turn >= 5 ? bitmap.height : bitmap.width;
+      canvas.height = turn >= 5 ? bitmap.width : bitmap.height;
+      ctx.setTransform(...UPRIGHT[turn](bitmap.width, bitmap.height));
       ctx.drawImage(bitmap, 0, 0);
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
       canvas.dataset.preview = 'image';
       canvas.setAttribute('aria-label', 'the uploaded image');
       return true;
@@ -460,6 +570,16 @@
     if (canvas.dataset.preview !== 'placeholder' || !width || !height) return;
     const scale = 512 / Math.max(width, height);
     paintPlaceholder(canvas, Math.round(width * scale), Math.round(height * scale), JSON.parse(canvas.dataset.note || 'null') || NO_PREVIEW);
+  }
+
+  /** A preview whose shape is not the upright image's (a browser that turned it otherwise than the service did):
+   * the heat map would mark another place on it, so it is drawn over the image's outline instead. */
+  function checkPreviewShape(width, height) {
+    const canvas = $('preview');
+    if (canvas.dataset.preview !== 'image' || !width || !height) return;
+    if (Math.abs(canvas.width * height / width - canvas.height) <= 1.5) return;
+    paintPlaceholder(canvas, 512, 512, ['This browser shows the image turned otherwise than the service reads it',
+      '(the heat map is drawn over its outline)']);
   }
 
   function chooseFile(file) {
@@ -534,6 +654,14 @@
       state.selected = 0;
       state.failedOn = null;
       if (!state.ready) recheck(); // it answered: the header's "not reachable" is out of date
+      // categories added before the modality was known: now it is, they join its defaults, and the image is
+      // asked again with them (this answer, of the defaults alone, is not shown)
+      if (!classifier && state.extra.length && !state.custom && state.detected && state.defaults[state.detected]) {
+        editable();
+        renderCategories();
+        classify();
+        return;
+      }
       $('result').hidden = false; // hidden by a refused first try of this image (busy, say) that was sent again
       renderResult();
       renderCategories();
@@ -620,25 +748,23 @@
       const unknown = p.known === false && !r.classifier ? unknownNote(p) : '';
       const alias = r.classifier ? '' : aliasNote(p);
       const note = unknown || alias;
-      const li = el('li', { 'aria-label': `${p.label}: ${pct(p.probability)}${note ? `, ${note}` : ''}${idx !== undefined ? ', shows its heat map' : ''}` },
+      const label = `${p.label}: ${pct(p.probability)}${note ? `, ${note}` : ''}`;
+      const row = [
         el('span', { class: 'name' }, p.label, idx !== undefined ? el('span', { class: 'hm', text: 'heat map' }) : null),
         el('span', { class: 'pct', text: pct(p.probability) }),
         unknown ? el('span', { class: 'unknown', text: unknown }) : null,
         alias ? el('span', { class: 'alias', text: alias }) : null,
-        el('span', { class: 'track' }, el('span', { class: 'fill', style: { width: `${(p.probability * 100).toFixed(1)}%` } })));
-      if (idx !== undefined) {
-        li.classList.add('explained');
-        li.dataset.explanation = String(idx);
-        li.tabIndex = 0;
-        li.setAttribute('role', 'button');
-        li.setAttribute('aria-pressed', 'false');
-        li.addEventListener('click', () => selectExplanation(idx));
-        li.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); selectExplanation(idx); } });
-      }
-      return li;
+        el('span', { class: 'track' }, el('span', { class: 'fill', style: { width: `${(p.probability * 100).toFixed(1)}%` } }))];
+      if (idx === undefined) return el('li', { 'aria-label': label }, ...row);
+      // a row with a heat map stays a list item (the list's count and each row's place are read out): the
+      // choice of map is a button inside it
+      return el('li', { class: 'explained', 'data-explanation': String(idx) },
+        el('button', { type: 'button', class: 'explain', 'aria-pressed': 'false', 'aria-label': `${label}, shows its heat map`,
+                       onclick: () => selectExplanation(idx) }, ...row));
     }));
     // the heat maps' image_size is the image as displayed (image.width/height are as stored, before EXIF rotation)
     const shown = r.explanations && r.explanations.length ? r.explanations[0].heatmap.image_size : null;
+    if (shown) checkPreviewShape(shown[0], shown[1]);
     fitPlaceholder(shown ? shown[0] : r.image && r.image.width, shown ? shown[1] : r.image && r.image.height);
     const t = r.timings_ms || {};
     const parts = [`model ${r.model_version}`, `${Math.round(t.total || 0)} ms`];
@@ -646,6 +772,9 @@
     if (r.classifier) parts.push(`classifier ${r.classifier.name} (version ${r.classifier.version})`);
     if (r.cached) parts.push('from cache');
     $('timings').textContent = parts.join(' · ');
+    // the artifact's own statement of intended use, with every answer (the header's note is the page's)
+    $('intended-use').textContent = typeof r.intended_use === 'string' ? r.intended_use : '';
+    $('intended-use').hidden = !$('intended-use').textContent;
     // screen readers hear the new answer and how many warnings it has (their words are read too: role=alert)
     const top = r.predictions[0];
     const warned = warnings.length ? ` ${warnings.length} ${warnings.length === 1 ? 'warning' : 'warnings'}.` : '';
@@ -663,7 +792,8 @@
     document.querySelectorAll('#predictions li').forEach((li) => {
       const on = li.dataset.explanation === String(i);
       li.classList.toggle('selected', on);
-      if (li.hasAttribute('aria-pressed')) li.setAttribute('aria-pressed', String(on));
+      const button = li.querySelector('button.explain');
+      if (button) button.setAttribute('aria-pressed', String(on));
       // which map is shown, in words (not by the row's background colour alone)
       const tag = li.querySelector('.hm');
       if (tag) tag.textContent = on ? 'heat map shown' : 'heat map';
@@ -828,7 +958,9 @@
     const others = hits.filter((hit) => !hit.same_image);
     if (res.low_similarity && others.length) {
       const scale = res.score_scale || {};
-      notes.unshift(`Nothing in the archive matches this well: the best score, ${others[0].score.toFixed(3)}, is below ` +
+      // rounded down: 0.59961 below a bar of 0.6 is "0.599", never "0.600, is below 0.6"
+      const best = (Math.floor(others[0].score * 1000) / 1000).toFixed(3);
+      notes.unshift(`Nothing in the archive matches this well: the best score, ${best}, is below ` +
         `${scale.low_below} (cosine similarity, from -1 to 1). These are only the least unlike images.`);
     }
     $('search-note').textContent = notes.join(' ');
@@ -878,7 +1010,7 @@
     window.addEventListener('drop', (e) => e.preventDefault());
 
     $('modality').addEventListener('change', () => { renderCategories(); categoriesChanged(); });
-    document.addEventListener('keepfit:classifier', () => { renderCategories(); categoriesChanged(); }); // classifiers.js
+    document.addEventListener('keepfit:classifier', classifierChanged); // classifiers.js
     $('category-add').addEventListener('click', addCategory);
     $('category-input').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); addCategory(); } });
     $('category-reset').addEventListener('click', resetCategories);

@@ -219,6 +219,8 @@
 
   async function fit() {
     if (!available($('teach-fit'))) return;
+    // the key the field shows is the one sent (a change event has not always come: a key pasted, then Enter)
+    Connection.setAdminKey($('admin-key').value.trim());
     const name = $('teach-name').value.trim();
     if (!name) { say('Give the classifier a name.', 'error'); return; }
     const form = new FormData();
@@ -306,17 +308,21 @@
     $('teach-add').addEventListener('click', () => addCategory());
     $('teach-label').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); addCategory(); } });
     $('teach-fit').addEventListener('click', fit);
-    $('classifier-picker').addEventListener('change', () => {
-      pickerChanged();
-      const again = $('classify-again');
-      if (again && available(again)) again.click();
-    });
+    // app.js asks the image again under the classifier picked (also when a fit or a delete here picks another)
+    $('classifier-picker').addEventListener('change', pickerChanged);
     new MutationObserver(decorateHits).observe($('search-results'), { childList: true });
     render();
     refreshClassifiers();
   }
 
   document.addEventListener('DOMContentLoaded', wire);
-  // app.js re-reads the key on "Save and reconnect": reload the list with it
-  document.addEventListener('submit', (e) => { if (e.target && e.target.id === 'settings-form') setTimeout(() => refreshClassifiers(), 50); });
+  // app.js re-reads the key on "Save and reconnect": reload the list with it; the admin key field shows the key
+  // entered for the service now connected to (a key is only ever sent to the service it was entered for)
+  document.addEventListener('submit', (e) => {
+    if (!e.target || e.target.id !== 'settings-form') return;
+    setTimeout(() => {
+      $('admin-key').value = Connection.adminKey();
+      refreshClassifiers();
+    }, 50);
+  });
 })();

@@ -207,7 +207,7 @@ def _upload_answered(page: Any, tmp_path: Path, answer: dict[str, Any]) -> None:
 
 
 def _classify_again_answered(page: Any, answer: dict[str, Any]) -> None:
-    """"Classify again", answered with ``answer`` (two predictions), and shown."""
+    """ "Classify again", answered with ``answer`` (two predictions), and shown."""
     page.route(
         "**/v1/classify",
         lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
@@ -222,7 +222,8 @@ def _rows(page: Any) -> list[dict[str, Any]]:
         """els => els.map(li => {
              const note = li.querySelector('.unknown');
              const box = note && note.getBoundingClientRect();
-             return {name: li.querySelector('.name').firstChild.textContent, label: li.getAttribute('aria-label'),
+             return {name: li.querySelector('.name').firstChild.textContent,
+                     label: li.getAttribute('aria-label') || li.querySelector('button.explain').getAttribute('aria-label'),
                      note: note ? note.innerText : null, shown: !!box && box.width > 0 && box.height > 0};
            })""",
     )
@@ -305,7 +306,8 @@ def _alias_rows(page: Any) -> dict[str, dict[str, Any]]:
              const note = li.querySelector('.alias');
              const box = note && note.getBoundingClientRect();
              const style = note && getComputedStyle(note);
-             return {name: li.querySelector('.name').firstChild.textContent, label: li.getAttribute('aria-label'),
+             return {name: li.querySelector('.name').firstChild.textContent,
+                     label: li.getAttribute('aria-label') || li.querySelector('button.explain').getAttribute('aria-label'),
                      note: note ? note.innerText : null, shown: !!box && box.width > 0 && box.height > 0,
                      whole_row: !!style && style.gridColumnStart === '1' && style.gridColumnEnd === '-1'};
            })""",
@@ -346,6 +348,7 @@ def test_an_alias_says_which_known_category_it_was_read_as_in_words(
     assert page.query_selector_all("#predictions .alias") == []
     assert "read as" not in page.inner_text("#predictions")
     labels = page.eval_on_selector_all(
-        "#predictions li", "els => els.map(li => li.getAttribute('aria-label'))"
+        "#predictions li",
+        "els => els.map(li => li.getAttribute('aria-label') || li.querySelector('button.explain').getAttribute('aria-label'))",
     )
     assert not any("read as" in label for label in labels), labels
