@@ -27,6 +27,7 @@ from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 from model.files import atomic_write, read_regular_file
 from model.preprocess import (
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_IMAGE_SIDE,
     JPEG_QUALITY,
     detail,
     featureless,
@@ -200,7 +201,7 @@ class _Prepared:
     blank: bool = False  # almost uniform (model.preprocess.featureless): judged by no typicality, as the service
 
 
-def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prepared:
+def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int, min_side: int = DEFAULT_MIN_IMAGE_SIDE) -> _Prepared:
     path = Path(item.source)
     try:
         item.source.encode("utf-8")
@@ -217,6 +218,9 @@ def _prepare(runtime: KeepfitRuntime, item: ImageItem, max_pixels: int) -> _Prep
         # only what the model input needs is decoded (JPEG DCT scaling), as the service does
         image = load_image(data, max_pixels=max_pixels, size=runtime.preprocess_cfg.image_size)
         width, height = original_size(image)
+        if min(width, height) < min_side:  # what the service refuses as image_too_small is not searched for either
+            return _Prepared(False, "image too small", f"{path}: {width}x{height} px; the smallest indexed is "
+                             f"{min_side}x{min_side}, as the service accepts by default")
         stated = str(image.info.get("keepfit_modality") or "")
         quality = int(image.info.get(JPEG_QUALITY) or 0)
         upright = upright_original_size(image)

@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import re
+import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,9 @@ class ReadableFile(Protocol):
 
 # Pillow's own bomb guard only warns below 2x its limit; we enforce our own limit explicitly instead.
 DEFAULT_MAX_PIXELS = 64_000_000
+# The narrowest side of an image worth an answer (a 1x1 px image would otherwise get one): the service's
+# KEEPFIT_MIN_IMAGE_SIDE default, and what the index builder takes
+DEFAULT_MIN_IMAGE_SIDE = 32
 _FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 # A JPEG with a second image in an MPF block (a preview or the other half of a stereo pair, as many cameras and
 # phones write) opens as "MPO": its first image is the photograph, decoded as any JPEG.
@@ -57,6 +61,9 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 REDUCING_GAP = 2.0
 # Key of ``Image.info`` holding ``(width, height)`` of the stored image before any decode-time scaling.
 ORIGINAL_SIZE = "keepfit.original_size"
+# Key of ``Image.info`` holding the upright ``(width, height)`` of an image Pillow turned upright as it loaded it (a
+# TIFF: its orientation tag is gone afterwards, so the size as shown cannot be read from it).
+UPRIGHT_SIZE = "keepfit.upright_size"
 # Key of ``Image.info`` holding a JPEG's estimated quality (:func:`jpeg_quality`; absent for other formats).
 JPEG_QUALITY = "keepfit.jpeg_quality"
 # A JPEG saved below this quality is flagged (the service's ``compressed_image`` warning, ``keepfit eval``'s
@@ -183,6 +190,21 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     ``data`` (which may be only the start of a file) ends before the frame header, or the frame header comes after
     more than :data:`MAX_JPEG_SEGMENTS` segments (this runs on the event loop: a run of fill bytes is skipped at
     once, and a file of millions of empty segments is not walked to its end)."""
+    at = _frame_header(data)
+    if at is None:
+        return None
+    return int.from_bytes(data[at + 7 : at + 9], "big"), int.from_bytes(data[at + 5 : at + 7], "big")
+
+
+def jpeg_frame(data: bytes | memoryview) -> tuple[int, int] | None:
+    """``(start-of-frame marker, sample precision in bits)`` of a JPEG, found as :func:`jpeg_size` finds its size."""
+    at = _frame_header(data)
+    return None if at is None else (data[at + 1], data[at + 4])
+
+
+def _frame_header(data: bytes | memoryview) -> int | None:
+    """Where a JPEG's first start-of-frame segment starts (:func:`jpeg_size`'s walk), with its size and precision
+    within ``data``; None where it is not found."""
     at = 2
     segments = 0
     while at + 4 <= len(data):
@@ -199,9 +221,7 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
         if segments > MAX_JPEG_SEGMENTS:
             return None
         if marker in _SOF:
-            if at + 9 > len(data):
-                return None
-            return int.from_bytes(data[at + 7 : at + 9], "big"), int.from_bytes(data[at + 5 : at + 7], "big")
+            return at if at + 9 <= len(data) else None
         if marker == 0xDA or marker == 0xD9:  # scan data or the end before any frame header
             return None
         if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
@@ -497,6 +517,7 @@ def load_image(
     else:
         # a JPEG's or PNG's structure is checked before Pillow walks it: all at once, or as a stream is read
         guard = _structure_guard(data[:8])
+        unchecked = stream  # read again, from its start, to say what a file that does not decode is
         if guard is not None and stream is None:
             guard.feed(data)
         elif guard is not None and stream is not None:
@@ -515,6 +536,7 @@ def load_image(
         except ImageTooLargeError:  # a stream's structure (check_structure), found while Pillow reads it
             raise
         except Exception as err:
+            _refuse_unsupported_variant(data if unchecked is None else _rewound(unchecked).read(_VARIANT_HEAD), err)
             kind = _looks_like(data)
             if kind is None:
                 raise ImageError("not an image (cannot identify the file format)") from err
@@ -532,6 +554,9 @@ def load_image(
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels ({width}x{height})")
     image.info[ORIGINAL_SIZE] = (width, height)
+    if image.format == "TIFF" and _orientation(image) in (5, 6, 7, 8):
+        # Pillow reports a TIFF's size upright from the start, and turns its pixels upright as it loads them
+        image.info[ORIGINAL_SIZE], image.info[UPRIGHT_SIZE] = (height, width), (width, height)
     if image.format in _JPEG:
         quality = jpeg_quality(image)
         if quality is not None:
@@ -552,7 +577,8 @@ def load_image(
             _keep_low_bytes(image, wide, lambda: Image.open(io.BytesIO(data) if stream is None else _rewound(stream)))
     except ImageTooLargeError:
         raise
-    except Exception as err:  # truncated or corrupt data
+    except Exception as err:  # truncated or corrupt data, or a variant the decoder does not read
+        _refuse_unsupported_variant(data if unchecked is None else _rewound(unchecked).read(_VARIANT_HEAD), err)
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
     return image
 
@@ -571,6 +597,87 @@ def _looks_like(head: bytes) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
     return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+# How much of a file is read to tell what it is when it does not decode (a JPEG's frame header comes after its
+# Exif, XMP and ICC segments)
+_VARIANT_HEAD = 1 << 20
+# ISO base media brands of HEIF images (an iPhone's HEIC) and of AVIF
+_HEIF_BRANDS = frozenset((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"))
+_AVIF_BRANDS = frozenset((b"avif", b"avis"))
+# JPEG frames libjpeg does not decode: lossless (SOF3, 7, 11, 15) and hierarchical (SOF5-7, 13-15)
+_LOSSLESS_SOF = frozenset((0xC3, 0xC7, 0xCB, 0xCF))
+_HIERARCHICAL_SOF = frozenset((0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF))
+_ACCEPTED = "send JPEG (8-bit), PNG, TIFF, BMP, WebP or DICOM"
+
+
+def _refuse_unsupported_variant(head: bytes, err: Exception) -> None:
+    """A file that did not decode because it is an image of a kind this service does not read (an iPhone's HEIC, a
+    12-bit or lossless JPEG, a floating-point colour TIFF): :class:`UnsupportedMediaError` naming it (a 415, not
+    the 400 of a damaged file).  Nothing for a file that is not recognised as one of these."""
+    what = unsupported_variant(head)
+    if what is not None:
+        raise UnsupportedMediaError(f"{what} images are not read by this service: {_ACCEPTED}") from err
+
+
+def unsupported_variant(head: bytes) -> str | None:
+    """The kind of image ``head`` (a file's start) is, when it is one this service does not decode; else None."""
+    if head[4:8] == b"ftyp":
+        if head[8:12] in _HEIF_BRANDS:
+            return "HEIC (HEIF)"
+        if head[8:12] in _AVIF_BRANDS:
+            return "AVIF"
+    if head[:2] == b"\xff\x0a" or head[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "JPEG XL"
+    if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
+        return "JPEG 2000"
+    if head[:2] == b"\xff\xd8":
+        frame = jpeg_frame(head)
+        if frame is not None:
+            marker, precision = frame
+            if marker in _LOSSLESS_SOF:
+                return "lossless JPEG"
+            if marker in _HIERARCHICAL_SOF:
+                return "hierarchical JPEG"
+            if precision != 8:
+                return f"{precision}-bit JPEG"
+    if head[:4] in (b"II*\0", b"MM\0*"):
+        layout = _tiff_samples(head)
+        if layout is not None:
+            bits, samples, sample_format = layout
+            if sample_format == 3 and (bits != 32 or samples != 1):  # floating point: Pillow reads 32-bit grey
+                return f"{bits}-bit floating-point TIFF ({samples} {'channel' if samples == 1 else 'channels'})"
+    return None
+
+
+def _tiff_samples(head: bytes) -> tuple[int, int, int] | None:
+    """(bits per sample, samples per pixel, sample format) of a classic TIFF's first image, from its directory;
+    None where ``head`` does not hold it."""
+    order = "<" if head[:2] == b"II" else ">"
+    if len(head) < 8:
+        return None
+    (start,) = struct.unpack(order + "I", head[4:8])
+    if start + 2 > len(head):
+        return None
+    (count,) = struct.unpack(order + "H", head[start : start + 2])
+    fields = {258: 1, 277: 1, 339: 1}  # the TIFF defaults
+    for i in range(count):
+        at = start + 2 + 12 * i
+        if at + 12 > len(head):
+            return None
+        tag, kind = struct.unpack(order + "HH", head[at : at + 4])
+        if tag in fields and kind in (3, 4):  # SHORT or LONG; the first value (every sample alike, as Pillow reads)
+            inline = head[at + 8 : at + 12]
+            count_values = struct.unpack(order + "I", head[at + 4 : at + 8])[0]
+            size = 2 if kind == 3 else 4
+            raw = inline
+            if count_values * size > 4:
+                (offset,) = struct.unpack(order + "I", inline)
+                raw = head[offset : offset + size]
+                if len(raw) < size:
+                    return None
+            fields[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), raw[:size])[0]
+    return fields[258], fields[277], fields[339]
 
 
 def _rewound(stream: ReadableFile) -> IO[bytes]:
@@ -695,6 +802,9 @@ def _orientation(image: Image.Image) -> int:
 
 def upright_original_size(image: Image.Image) -> tuple[int, int]:
     """``(width, height)`` of the original image as shown: EXIF rotations by 90 degrees swap the sides."""
+    turned = image.info.get(UPRIGHT_SIZE)
+    if turned:
+        return int(turned[0]), int(turned[1])
     width, height = original_size(image)
     return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
 
@@ -712,8 +822,9 @@ def _container_max(image: Image.Image) -> float:
 
 
 def _range_holding(top: float) -> float:
-    """16-bit captures are often 10-14-bit data: the range of 8, 10, 12, 14 or 16 bits that holds ``top``."""
-    return next((float(2**b - 1) for b in (8, 10, 12, 14, 16) if top <= 2**b - 1), top or 1.0)
+    """16-bit captures are often 10-14-bit data: the range of 8, 10, 12, 14 or 16 bits that holds ``top``; above,
+    of 24 bits or of a 32-bit integer container (signed, as Pillow reads it), and beyond that ``top`` itself."""
+    return next((float(2**b - 1) for b in (8, 10, 12, 14, 16, 24, 31) if top <= 2**b - 1), top or 1.0)
 
 
 def _finite(image: Image.Image) -> Image.Image:
@@ -734,7 +845,9 @@ def _to_8bit(image: Image.Image, scale: float) -> Image.Image:
 def _shrink(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
     if image.size == size:
         return image
-    if image.mode in _SIXTEEN_BIT:  # Pillow cannot block-average 16-bit data: one filter pass, no copies
+    # Pillow cannot block-average 16-bit data, and sums 32-bit integers in 32 bits (values above 2^28 overflowed):
+    # one filter pass, no copies
+    if image.mode in (*_SIXTEEN_BIT, "I"):
         return image.resize(size, resample)
     return image.resize(size, resample, reducing_gap=REDUCING_GAP)
 

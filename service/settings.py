@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from index.query import LOW_SIMILARITY
 from model.cores import available_cores
+from model.preprocess import DEFAULT_MIN_IMAGE_SIDE
 
 # Short names people write for ONNX Runtime providers.
 _PROVIDER_ALIASES = {
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
         description="request bodies in flight at once, in bytes (then 503); default 8 x max_upload_bytes",
     )
     min_image_side: int = Field(
-        default=32, ge=1, le=4096, description="smallest accepted image width and height in pixels"
+        default=DEFAULT_MIN_IMAGE_SIDE, ge=1, le=4096, description="smallest accepted image width and height in pixels"
     )
     protect_metrics: bool = Field(
         default=False, description="with API keys: /metrics needs a key too (else it stays public)"

@@ -339,3 +339,20 @@ def test_a_narrow_hnsw_beam_still_returns_top_k_hits(index_copy: Path) -> None:
         for q in vectors:
             hits = index.search(q, index.count)
             assert len(hits) == index.count and all(-1.0 <= h.score <= 1.0 for h in hits)
+
+
+def test_images_the_service_refuses_as_too_small_are_not_indexed(
+    index_copy: Path, new_images: Path, tiny_artifact: Path
+) -> None:
+    """A 1x1 icon, an 8x8 thumbnail and a 4000x31 strip were indexed, and came back as search hits and as
+    classifier examples by id, where every upload of them is refused (422 image_too_small)."""
+    from PIL import Image
+
+    for name, size in (("icon.png", (1, 1)), ("thumb.png", (8, 8)), ("strip.png", (4000, 31))):
+        Image.new("RGB", size, (150, 60, 30)).save(new_images / name)
+    Image.new("RGB", (32, 32), (150, 60, 30)).save(new_images / "smallest.png")  # the smallest accepted
+    report = add(index_copy, sources.from_folder(new_images, modality="CFP"), tiny_artifact, options=quiet())
+    assert dict(report.skipped) == {"not an image or corrupt": 1, "image too small": 3}
+    assert report.added == 5
+    with VectorIndex.open(index_copy) as index:
+        assert min(min(r.width, r.height) for r in index.records()) >= 32

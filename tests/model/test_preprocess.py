@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 
 from model.config import PreprocessConfig, get_config
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
-from model.preprocess import load_image, preprocess, resize_pad, to_rgb
+from model.preprocess import load_image, original_size, preprocess, resize_pad, to_rgb, upright_original_size
 
 CFG = get_config("keepfit-v2-small").preprocess
 
@@ -102,10 +103,14 @@ def test_bad_inputs_have_clear_errors(golden_image: Image.Image) -> None:
     with pytest.raises(ImageError, match="not found"):
         load_image("/nonexistent/file.png")
     # a known format that does not open says which, instead of "not an image"
-    float_rgb_tiff = _tiff16(np.zeros((4, 4, 3), np.uint16), "<").replace(struct.pack("<HHH", 16, 16, 16),
-                                                                         struct.pack("<HHH", 32, 32, 32))
-    for data, kind in ((float_rgb_tiff[:64], "TIFF"), (b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 8, "WebP"),
-                       (jpeg[:20], "JPEG")):
+    float_rgb_tiff = _tiff16(np.zeros((4, 4, 3), np.uint16), "<").replace(
+        struct.pack("<HHH", 16, 16, 16), struct.pack("<HHH", 32, 32, 32)
+    )
+    for data, kind in (
+        (float_rgb_tiff[:64], "TIFF"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 8, "WebP"),
+        (jpeg[:20], "JPEG"),
+    ):
         with pytest.raises(ImageError, match=f"starts as a {kind} but cannot be decoded"):
             load_image(data)
 
@@ -164,7 +169,9 @@ def camera_like(golden_image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(big, np.int16) + noise, 0, 255).astype(np.uint8))
 
 
-def test_camera_jpeg_is_decoded_at_reduced_scale_and_matches_the_full_size_path(camera_like: Image.Image) -> None:
+def test_camera_jpeg_is_decoded_at_reduced_scale_and_matches_the_full_size_path(
+    camera_like: Image.Image,
+) -> None:
     from model.preprocess import content_box, original_size
 
     data = _encode(camera_like, "JPEG", quality=92)
@@ -235,7 +242,9 @@ def test_rgba_large_png_composites_on_black_like_the_reference(camera_like: Imag
     assert np.allclose(corner, 0.0, atol=1e-6)
 
 
-def test_thumbnail_of_a_scaled_decode_has_the_size_of_the_full_images_thumbnail(camera_like: Image.Image) -> None:
+def test_thumbnail_of_a_scaled_decode_has_the_size_of_the_full_images_thumbnail(
+    camera_like: Image.Image,
+) -> None:
     from model.preprocess import thumbnail
 
     data = _encode(camera_like, "JPEG", quality=92)
@@ -293,7 +302,11 @@ def test_header_pixels_reads_the_size_without_decoding() -> None:
 
 @pytest.mark.parametrize(
     "mean,std",
-    [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0, 0, 0), (1, 1, 1))],
+    [
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ((0, 0, 0), (1, 1, 1)),
+    ],
 )
 def test_normalising_by_table_is_bit_identical_to_arithmetic(mean: tuple, std: tuple) -> None:
     """Every 8-bit value in every channel: the lookup gives exactly ``(v / 255 - mean) / std`` in float32."""
@@ -370,7 +383,9 @@ def test_a_jpeg_with_an_mpf_preview_is_decoded_as_its_photograph(golden_image: I
     """Cameras and phones append a preview image in an MPF block; Pillow calls such a file MPO. It was refused
     as an unsupported format (415)."""
     plain = _encode(golden_image, "JPEG", quality=92)
-    mpo = _encode(golden_image, "MPO", quality=92, save_all=True, append_images=[golden_image.resize((64, 64))])
+    mpo = _encode(
+        golden_image, "MPO", quality=92, save_all=True, append_images=[golden_image.resize((64, 64))]
+    )
     assert Image.open(io.BytesIO(mpo)).format == "MPO"
     for size in (None, 224):
         ours, theirs = load_image(mpo, size=size), load_image(plain, size=size)
@@ -392,20 +407,38 @@ def _png16(arr: np.ndarray) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 16, {2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _tiff16(arr: np.ndarray, order: str) -> bytes:
     """An uncompressed 16-bit RGB TIFF in byte order ``<`` (II) or ``>`` (MM)."""
     height, width, _ = arr.shape
     pixels = arr.astype(f"{order}u2").tobytes()
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, 8 + 12 * 10 + 4 + 2), (259, 3, 1, 1),
-               (262, 3, 1, 2), (273, 4, 1, 8 + 2 + 12 * 10 + 4 + 6), (277, 3, 1, 3), (278, 4, 1, height),
-               (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 3, 8 + 12 * 10 + 4 + 2),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, 8 + 2 + 12 * 10 + 4 + 6),
+        (277, 3, 1, 3),
+        (278, 4, 1, height),
+        (279, 4, 1, len(pixels)),
+        (284, 3, 1, 1),
+    ]
     out = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(f"{order}I", 8)
     out += struct.pack(f"{order}H", len(entries))
     for tag, kind, count, value in entries:
-        packed = struct.pack(f"{order}H", value) + b"\x00\x00" if kind == 3 and count == 1 else struct.pack(f"{order}I", value)
+        packed = (
+            struct.pack(f"{order}H", value) + b"\x00\x00"
+            if kind == 3 and count == 1
+            else struct.pack(f"{order}I", value)
+        )
         out += struct.pack(f"{order}HHI", tag, kind, count) + packed
     out += struct.pack(f"{order}I", 0) + struct.pack(f"{order}HHH", 16, 16, 16) + pixels
     return out
@@ -419,8 +452,13 @@ def test_sixteen_bit_colour_with_fewer_bits_keeps_its_picture(golden_image: Imag
     wide = (rgb.astype(np.uint16) << (bits - 8)) | (rgb.astype(np.uint16) >> (16 - bits) if bits > 8 else 0)
     reference = preprocess(Image.fromarray(rgb, "RGB"), CFG)
     alpha = np.full(rgb.shape[:2] + (1,), 65535, np.uint16)
-    sources: list[bytes | io.BytesIO] = [_png16(wide), _tiff16(wide, "<"), _tiff16(wide, ">"),
-                                         _png16(np.concatenate([wide, alpha], axis=-1)), io.BytesIO(_png16(wide))]
+    sources: list[bytes | io.BytesIO] = [
+        _png16(wide),
+        _tiff16(wide, "<"),
+        _tiff16(wide, ">"),
+        _png16(np.concatenate([wide, alpha], axis=-1)),
+        io.BytesIO(_png16(wide)),
+    ]
     for source in sources:  # an upload read as it arrives (a file object) too
         decoded = load_image(source)
         assert decoded.mode in ("RGB", "RGBA")
@@ -440,7 +478,10 @@ def test_sixteen_bit_grey_with_alpha_keeps_its_picture(golden_image: Image.Image
     grey = np.asarray(golden_image.convert("L").resize((96, 72)))  # [H, W] uint8
     wide = (grey.astype(np.uint16) << (bits - 8)) | (grey.astype(np.uint16) >> (16 - bits) if bits > 8 else 0)
     alpha = np.full(grey.shape, (1 << bits) - 1, np.uint16)
-    for source in (_png16(np.stack([wide, alpha], axis=-1)), io.BytesIO(_png16(np.stack([wide, alpha], axis=-1)))):
+    for source in (
+        _png16(np.stack([wide, alpha], axis=-1)),
+        io.BytesIO(_png16(np.stack([wide, alpha], axis=-1))),
+    ):
         decoded = load_image(source)
         assert decoded.mode == "RGBA"
         got = np.asarray(decoded).astype(int)
@@ -488,7 +529,9 @@ def _sharpness_of(image: Image.Image) -> float | None:
     return sharpness(preprocess(image, cfg), upright_original_size(image), cfg)
 
 
-def test_sharpness_falls_with_defocus_and_holds_under_exposure_and_size(real_image_paths: dict[str, list]) -> None:
+def test_sharpness_falls_with_defocus_and_holds_under_exposure_and_size(
+    real_image_paths: dict[str, list],
+) -> None:
     """What the ``blurred_image`` warning reads: a defocus of sigma 1 px of the model input cuts it by 40 % or
     more, while a darker exposure does not lower it and another resolution of the same photograph leaves it."""
     from PIL import ImageFilter
@@ -505,7 +548,12 @@ def test_sharpness_falls_with_defocus_and_holds_under_exposure_and_size(real_ima
             return _sharpness_of(image.filter(ImageFilter.GaussianBlur(sigma * max(image.size) / 224)))
 
         one, two = defocused(1.0), defocused(2.0)
-        assert one is not None and one < 0.6 * clean and (two is None or two < one), (path.name, clean, one, two)
+        assert one is not None and one < 0.6 * clean and (two is None or two < one), (
+            path.name,
+            clean,
+            one,
+            two,
+        )
         # a dim eye (the third) defocused by 2 px is too dim to tell from 8-bit rounding: not judged either way
         caught += two is not None
         assert (two is None or blurred(two, "CFP")) and not blurred(clean, "CFP")
@@ -530,8 +578,12 @@ def test_an_underexposed_photograph_in_focus_is_not_called_blurred(real_image_pa
         for factor in (0.3, 0.15, 0.1):
             darker = _sharpness_of(Image.eval(image, lambda v, f=factor: int(round(v * f))))
             assert not blurred(darker, "CFP"), (path.name, factor, darker)
-    dim = load_image(real_image_paths["CFP"][2]).convert("RGB")  # a dim photograph of the darker sub-collection
-    assert _sharpness_of(dim) is not None and _sharpness_of(Image.eval(dim, lambda v: int(v * 0.5))) is not None
+    dim = load_image(real_image_paths["CFP"][2]).convert(
+        "RGB"
+    )  # a dim photograph of the darker sub-collection
+    assert (
+        _sharpness_of(dim) is not None and _sharpness_of(Image.eval(dim, lambda v: int(v * 0.5))) is not None
+    )
 
 
 def test_burnt_in_text_neither_hides_a_defocus_nor_looks_like_one(real_image_paths: dict[str, list]) -> None:
@@ -545,7 +597,9 @@ def test_burnt_in_text_neither_hides_a_defocus_nor_looks_like_one(real_image_pat
         out = image.copy()
         draw = ImageDraw.Draw(out)
         w, h = out.size
-        draw.text((0.02 * w, 0.02 * h), "2026-12-01 14:32", fill="white", font=ImageFont.load_default(0.04 * h))
+        draw.text(
+            (0.02 * w, 0.02 * h), "2026-12-01 14:32", fill="white", font=ImageFont.load_default(0.04 * h)
+        )
         draw.text((0.3 * w, 0.45 * h), "OD 45deg macula", fill="white", font=ImageFont.load_default(0.03 * h))
         return out
 
@@ -585,3 +639,88 @@ def test_sharpness_is_not_measured_without_an_eye() -> None:
     cfg = PreprocessConfig()
     assert detail(preprocess(blob, cfg), blob.size, cfg) < FEATURELESS_BELOW
     assert _sharpness_of(blob) is None
+
+
+def test_32_bit_integer_tiffs_with_large_values_keep_their_meaning() -> None:
+    """Pillow block-averages 32-bit integers in 32 bits: values above 2^28 overflowed on the way to the model's size
+    (a 24-bit grey camera export came out almost black, cosine 0.33 to its 8-bit copy)."""
+    grey = (np.arange(800 * 1000).reshape(800, 1000) % 200 + 20).astype(np.int64)
+    reference = preprocess(load_image(_encode(Image.fromarray(grey.astype(np.uint8)), "PNG"), size=224), CFG)
+    for shift in (4, 23):  # 12-bit data, and data in the top bits of the container
+        wide = Image.fromarray((grey << shift).astype(np.int32), mode="I")
+        decoded = load_image(_encode(wide, "TIFF"), size=224)
+        assert decoded.mode == "I"
+        assert np.abs(preprocess(decoded, CFG) - reference).mean() < 0.05, shift
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 5, 6, 7, 8])
+def test_a_tiffs_stored_size_is_the_one_before_its_orientation_as_for_other_formats(orientation: int) -> None:
+    """Pillow reports a TIFF's size upright from the start: an orientation of 5-8 swapped the "as stored" size the
+    answers, the index and the classifier examples give (a JPEG or PNG of the same picture gave it right)."""
+    picture = Image.new("RGB", (64, 48), (200, 0, 0))
+    picture.paste((0, 200, 0), (32, 0, 64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    turned = orientation in (5, 6, 7, 8)
+    for fmt in ("TIFF", "PNG", "JPEG"):
+        for size in (None, 32):
+            decoded = load_image(_encode(picture, fmt, exif=exif), size=size)
+            assert original_size(decoded) == (64, 48), (fmt, size)
+            assert upright_original_size(decoded) == ((48, 64) if turned else (64, 48)), (fmt, size)
+    # and the pixels are upright once, as the other formats' are
+    tiff = preprocess(load_image(_encode(picture, "TIFF", exif=exif)), CFG)
+    png = preprocess(load_image(_encode(picture, "PNG", exif=exif)), CFG)
+    assert np.abs(tiff - png).max() < 1e-5
+
+
+def _tiff_of(pixels: np.ndarray, sample_format: int) -> bytes:
+    """An uncompressed little-endian TIFF of ``pixels`` (H x W or H x W x C), with its SampleFormat."""
+    height, width = pixels.shape[:2]
+    samples = 1 if pixels.ndim == 2 else pixels.shape[2]
+    bits = pixels.dtype.itemsize * 8
+    body = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, bits),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1 if samples == 1 else 2),
+        (273, 4, 1, 0),
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
+        (279, 4, 1, len(body)),
+        (339, 3, 1, sample_format),
+    ]
+    directory_at = 8 + len(body)
+    out = b"II*\0" + struct.pack("<I", directory_at) + body + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = 8 if tag == 273 else value
+        out += struct.pack("<HHI", tag, kind, count) + struct.pack("<H2x" if kind == 3 else "<I", value)
+    return out + bytes(4)
+
+
+@pytest.mark.parametrize("as_stream", [False, True])
+def test_images_of_a_kind_the_service_does_not_read_are_refused_as_such(as_stream: bool) -> None:
+    """An iPhone's HEIC, a JPEG XL, a 12-bit or lossless JPEG and a floating-point colour TIFF were refused as
+    damaged (400 "not an image", "truncated or corrupt"): they are images of a kind not read (415), named."""
+    jpeg = _encode(Image.new("RGB", (64, 48), (120, 60, 30)), "JPEG", quality=90)
+    sof = jpeg.index(b"\xff\xc0")
+    grey = (np.arange(48 * 64).reshape(48, 64) % 200 / 255.0).astype(np.float32)
+    cases = {
+        "HEIC (HEIF)": b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64),
+        "JPEG XL": b"\xff\x0a" + bytes(64),
+        "12-bit JPEG": jpeg[: sof + 4] + b"\x0c" + jpeg[sof + 5 :],
+        "lossless JPEG": jpeg[:sof] + b"\xff\xc3" + jpeg[sof + 2 :],
+        "32-bit floating-point TIFF (3 channels)": _tiff_of(np.stack([grey] * 3, axis=-1), 3),
+        "64-bit floating-point TIFF (1 channel)": _tiff_of(grey.astype(np.float64), 3),
+    }
+    for what, data in cases.items():
+        with pytest.raises(
+            UnsupportedMediaError, match=rf"^{re.escape(what)} images are not read by this service"
+        ):
+            load_image(io.BytesIO(data) if as_stream else data, size=224)
+    # what is read stays read, and a damaged file is still said to be one
+    assert load_image(_tiff_of(grey, 3)).mode == "F"
+    with pytest.raises(ImageError, match="truncated or corrupt|cannot be decoded") as refused:
+        load_image(jpeg[: len(jpeg) // 2] + bytes(10), size=224)
+    assert not isinstance(refused.value, UnsupportedMediaError)
