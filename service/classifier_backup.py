@@ -19,6 +19,8 @@ into, nor replaces, a store that exists.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -30,6 +32,7 @@ import sqlite3
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,9 +71,9 @@ def backup_store(store: ClassifierStore, out: Path) -> dict[str, Any]:
     remove_leftovers(out.parent, f".{out.name}.", "backup")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
         copy = Path(work) / DATABASE
-        with store.changes_held() as db:  # no change and no file collection until the files are copied
-            # from a connection of its own: SQLite's backup cannot read through the one that holds the lock (it
-            # waits for ever), while another reader sees the database as the lock keeps it (WAL)
+        with store.changes_held() as db, _written_beside(out):  # no change and no file collection until the files
+            # are copied; from a connection of its own: SQLite's backup cannot read through the one that holds the
+            # lock (it waits for ever), while another reader sees the database as the lock keeps it (WAL)
             source = db if store.read_only else sqlite3.connect(store.db_path, timeout=30.0)
             target = sqlite3.connect(copy)
             try:
@@ -93,11 +96,18 @@ def backup_store(store: ClassifierStore, out: Path) -> dict[str, Any]:
             staged = {DATABASE: copy}
             sha256 = {DATABASE: _sha256_file(copy)}
             for name, path in members.items():  # copied under the lock: a delete cannot collect one meanwhile
-                staged[name] = Path(work) / name.replace("/", "__")
+                staged[name] = Path(work) / name
+                staged[name].parent.mkdir(exist_ok=True)
                 digest = hashlib.sha256()
                 with path.open("rb") as original, staged[name].open("wb") as duplicate:
                     _copy(original, duplicate, digest)
                 sha256[name] = digest.hexdigest()
+        # every classifier reads back as a restore reads it (a damaged arrays file made an archive that exits 0
+        # and that restore then refuses whole, the healthy classifiers with it)
+        try:
+            _check_database(Path(work), store.root)
+        except DataError as err:
+            raise DataError(f"{err}: refit or delete it, then back up (nothing was written to {out})") from err
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -106,11 +116,28 @@ def backup_store(store: ClassifierStore, out: Path) -> dict[str, Any]:
             "classifiers": names,
             "members": sha256,
         }
-        with atomic_write(out, "wb", durable=True) as fh, tarfile.open(fileobj=fh, mode="w") as tar:
+        with _written_beside(out), atomic_write(out, "wb", durable=True) as fh, tarfile.open(fileobj=fh, mode="w") as tar:
             _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=2).encode())
             for name, path in staged.items():
                 tar.add(path, arcname=name, recursive=False, filter=_plain)
     return {"out": str(out), "classifiers": len(names), "examples": len(uploads), "bytes": out.stat().st_size}
+
+
+@contextlib.contextmanager
+def _written_beside(path: Path) -> Iterator[None]:
+    """Copies written beside ``path`` (a backup's staging and archive, a restore's folder): a full disk there is
+    said as that disk's, not as the classifier store's, whose lock the backup holds meanwhile."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as err:
+        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+            isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+        )
+        if not full:
+            raise
+        reason = getattr(err, "strerror", None) or str(err)
+        raise DataError(f"the disk of {path.parent} is full ({reason}): nothing was written to {path}; free space "
+                        "there or name a folder on another disk") from err
 
 
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -144,7 +171,7 @@ def restore_store(archive: Path, root: Path) -> dict[str, Any]:
     remove_leftovers(root.parent, f".{root.name}.restoring-", "restore")
     work = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.restoring-"))
     try:
-        with tar:
+        with tar, _written_beside(root):
             manifest = _read_manifest(tar, archive)
             expected: dict[str, str] = manifest["members"]
             seen: set[str] = set()

@@ -35,6 +35,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,7 +353,8 @@ def _unwritable(err: sqlite3.OperationalError, root: Path | None = None) -> Serv
     database file" (its WAL index cannot be written): the volume under ``root`` says why."""
     logger.error("classifier store: a write failed: %s", err)
     code = getattr(err, "sqlite_errorcode", 0) & 0xFF  # extended codes carry the primary one in the low byte
-    if code == _SQLITE_FULL:
+    # a full disk also fails the WAL's shared-memory file as it is made, which SQLite calls a "disk I/O error"
+    if code == _SQLITE_FULL or (root is not None and _disk_full(root)):
         return _storage_full(str(err)[:80])
     if code == _SQLITE_READONLY or (root is not None and _read_only_volume(root)):
         return _read_only_now()
@@ -372,6 +374,24 @@ def _read_only_volume(root: Path) -> bool:
         return bool(os.statvfs(root).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+# Below this much free space, SQLite cannot make the WAL's shared-memory file (32 KiB) a connection opens with
+DISK_FULL_BYTES = 64 * 1024
+
+
+def _file_uri(path: Path) -> str:
+    """An SQLite URI of ``path`` (a name with ``?``, ``#`` or ``%`` in it stays that name)."""
+    return "file:" + urllib.parse.quote(path.resolve().as_posix())
+
+
+def _disk_full(root: Path) -> bool:
+    """Whether the store's volume has (next to) no space left for this process."""
+    try:
+        stat = os.statvfs(root)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < DISK_FULL_BYTES
 
 
 def _unwritable_files(err: OSError) -> ServiceError:
@@ -449,7 +469,7 @@ class ClassifierStore:
         delay = 0.005
         while True:
             try:
-                with self._connect(raw=True) as db:
+                with self._connect(raw=True, create=True) as db:
                     # WAL + NORMAL: a commit survives a crash of the process; a power cut may lose the last
                     # one, which leaves at worst an unreferenced arrays file (the arrays are fsynced before
                     # their row is written)
@@ -467,12 +487,23 @@ class ClassifierStore:
 
     @contextlib.contextmanager
     def _connect(
-        self, raw: bool = False, timeout: float = OPEN_TIMEOUT_S, writing: bool = False
+        self, raw: bool = False, timeout: float = OPEN_TIMEOUT_S, writing: bool = False, create: bool = False
     ) -> Iterator[sqlite3.Connection]:
         """A connection; an error SQLite raises in the block is a 503 (``raw``: as it is, for retries; ``writing``:
-        one that says the change was not made).  A damaged file ("database disk image is malformed") is a
+        one that says the change was not made; ``create``: the database is made where there is none, as the store is
+        opened).  A damaged file ("database disk image is malformed") is a
         :class:`sqlite3.DatabaseError`, not an OperationalError: a 503 as well, not a 500."""
-        db = self._immutable() if self.read_only else sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
+        try:
+            # an existing database only (its folder moved away, unmounted, or the file deleted: a 503, and no empty
+            # file left in its place); _initialise makes it
+            db = self._immutable() if self.read_only else sqlite3.connect(
+                f"{_file_uri(self.db_path)}?mode={'rwc' if create else 'rw'}", uri=True, timeout=timeout,
+                isolation_level=None,
+            )
+        except sqlite3.DatabaseError as err:
+            if raw:
+                raise
+            raise self._unavailable(err, writing) from err
         db.row_factory = sqlite3.Row
         try:
             if not self.read_only:
@@ -480,7 +511,9 @@ class ClassifierStore:
                     db.execute("PRAGMA synchronous=NORMAL")
                     self._note_read_only(False)
                 except sqlite3.OperationalError:
-                    if raw or writing or not _read_only_volume(self.root):
+                    # a read-only volume, or a full disk (no room for the WAL's shared memory): reads go on as of
+                    # the last checkpoint
+                    if raw or writing or not (_read_only_volume(self.root) or _disk_full(self.root)):
                         raise
                     db.close()
                     db = self._immutable()
@@ -491,15 +524,18 @@ class ClassifierStore:
                 raise
             if writing and isinstance(err, sqlite3.OperationalError):
                 raise _unwritable(err, self.root) from err
-            logger.error("classifier store: %s", err)
-            raise ServiceError(
-                "the classifier store cannot be "
-                + ("used now (see the service log); nothing was changed" if writing else "read now (see the service log)"),
-                status_code=503,
-                code="classifiers_unavailable",
-            ) from err
+            raise self._unavailable(err, writing) from err
         finally:
             db.close()
+
+    def _unavailable(self, err: sqlite3.DatabaseError, writing: bool) -> ServiceError:
+        logger.error("classifier store: %s", err)
+        return ServiceError(
+            "the classifier store cannot be "
+            + ("used now (see the service log); nothing was changed" if writing else "read now (see the service log)"),
+            status_code=503,
+            code="classifiers_unavailable",
+        )
 
     @contextlib.contextmanager
     def changes_held(self) -> Iterator[sqlite3.Connection]:
@@ -526,7 +562,7 @@ class ClassifierStore:
     def _immutable(self) -> sqlite3.Connection:
         """A read-only connection that needs neither a lock nor the WAL's shared-memory file, which a read-only
         volume does not let SQLite create: what it reads is the database as of its last checkpoint."""
-        db = sqlite3.connect(f"file:{self.db_path.resolve().as_posix()}?mode=ro&immutable=1", uri=True)
+        db = sqlite3.connect(f"{_file_uri(self.db_path)}?mode=ro&immutable=1", uri=True)
         db.row_factory = sqlite3.Row
         return db
 
@@ -539,8 +575,8 @@ class ClassifierStore:
             return
         self._read_only_noted = gone
         if gone:
-            logger.warning("classifier store %s: its volume turned read-only; classifiers are served read-only, as "
-                           "of the last checkpoint, until it is writable again", self.root)
+            logger.warning("classifier store %s: its volume turned read-only or is full; classifiers are served "
+                           "read-only, as of the last checkpoint, until it is writable again", self.root)
         else:
             logger.warning("classifier store %s: its volume is writable again", self.root)
 

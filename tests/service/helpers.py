@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import struct
+import subprocess
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from service.settings import Settings
@@ -73,3 +77,18 @@ def assert_error(r: Any, status: int, code: str, *fragments: str) -> None:
     assert error["request_id"] == r.headers["x-request-id"], error  # what a user quotes to the operator
     for fragment in fragments:
         assert fragment in error["message"], error["message"]
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
+    """A real file system of its own at ``mountpoint`` (made if missing), of ``size`` (``"32m"``), unmounted after;
+    the test is skipped where it cannot be mounted (it needs root with CAP_SYS_ADMIN)."""
+    mountpoint.mkdir(exist_ok=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "keepfit-test", str(mountpoint)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {made.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)

@@ -20,7 +20,7 @@ from model.cli import main as keepfit
 from service.app import create_app
 from service.classifier_backup import restore_store
 from service.classifiers import ClassifierRow, ClassifierStore, Example
-from tests.service.helpers import make_settings
+from tests.service.helpers import make_settings, tmpfs
 
 ADMIN = {"X-Admin-Key": "admin-secret"}
 
@@ -320,3 +320,42 @@ def test_an_edited_archive_whose_classifiers_the_service_could_not_serve_is_refu
     assert not [p for p in tmp_path.iterdir() if ".restoring-" in p.name]
     summary = restore_store(_resigned(good, tmp_path / "same.tar"), tmp_path / "same")  # re-signed, unedited
     assert summary["classifiers"] == 5
+
+
+def test_a_store_with_an_unreadable_classifier_is_not_backed_up_as_if_whole(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged arrays file was archived with a 0 exit, and restore then refused the whole archive, the healthy
+    classifiers with it: the backup says which classifier, and keeps the previous archive."""
+    out = tmp_path / "nightly.tar"
+    _backup(small_store, out, capsys)
+    before = out.read_bytes()
+    store = ClassifierStore(small_store)
+    damaged = next(r for r in store.all_rows() if r.name == "c3")
+    (small_store / "arrays" / damaged.arrays).write_bytes(np.random.default_rng(0).bytes(300))
+    assert keepfit(["classifier", "backup", "--store", str(small_store), "--out", str(out)]) == 2
+    line = _one_line(capsys)
+    assert "classifier 'c3' is not one this store can serve" in line and "refit or delete it" in line, line
+    assert out.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nightly.tar.")]  # no work folder left
+
+
+def test_a_full_disk_where_a_backup_or_restore_is_written_is_said_as_that_disk(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backup onto a full disk blamed the classifier store's disk, and a restore said only "No space left on
+    device"."""
+    with tmpfs(tmp_path / "small", "64k") as disk:
+        big = ClassifierStore(small_store)
+        for n in range(5, 40):
+            _save(big, f"c{n}", n)
+        assert keepfit(["classifier", "backup", "--store", str(small_store), "--out", str(disk / "b.tar")]) == 2
+        line = _one_line(capsys)
+        assert f"the disk of {disk} is full" in line and "classifier store's disk" not in line, line
+        assert not list(disk.iterdir())
+        archive = tmp_path / "b.tar"
+        _backup(small_store, archive, capsys)
+        assert keepfit(["classifier", "restore", "--store", str(disk / "restored"), str(archive)]) == 2
+        line = _one_line(capsys)
+        assert f"the disk of {disk} is full" in line and "nothing was written" in line, line
+        assert not list(disk.iterdir())

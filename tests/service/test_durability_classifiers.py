@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 import service.classifiers as classifiers
 from service.app import create_app
 from service.classifiers import ClassifierRow, ClassifierStore, Example
-from tests.service.helpers import make_settings
+from tests.service.helpers import make_settings, tmpfs
 
 ADMIN = {"X-Admin-Key": "admin-secret"}
 
@@ -294,18 +294,8 @@ def test_opening_beside_a_save_in_progress_neither_waits_nor_collects(tmp_path: 
 @pytest.fixture
 def volume(tmp_path: Path) -> Iterator[Path]:
     """A real file system of its own (tmpfs) that the test can remount read-only and back, as a disk error does."""
-    import subprocess
-
-    mountpoint = tmp_path / "volume"
-    mountpoint.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "keepfit-test", str(mountpoint)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {made.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "volume", "32m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
 
 
 def _remount(volume: Path, mode: str) -> None:
@@ -357,3 +347,81 @@ def test_a_volume_that_turns_read_only_while_serving_serves_its_classifiers_read
                             files=_uploads(cfp, tag=b"new"), headers=ADMIN)
         assert again.status_code == 201, again.text  # writable again: no restart needed
         assert {c["name"] for c in client.get("/v1/classifiers").json()["classifiers"]} == {"kept", "new"}
+
+
+def _fill(volume: Path) -> Path:
+    """Fill ``volume`` to its last byte (unbuffered writes, down to one byte); the file that fills it."""
+    filler = volume / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for block in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * block)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_keeps_the_classifiers_readable_and_refuses_a_change_as_507(
+    default_artifact: Path, volume: Path, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """With the disk full to its last block, SQLite could not make the WAL's shared memory a connection opens: every
+    read (list, show, classify with a classifier) was a 503 "cannot be read", and a create a 503, not a 507."""
+    settings = make_settings(default_artifact, classifiers=volume / "classifiers", admin_keys=["admin-secret"])
+    cfp = real_image_paths["CFP"]
+    with TestClient(create_app(settings)) as client:
+        kept = _create(client, "kept", cfp)
+        image = {"image": cfp[0].read_bytes()}
+        served = client.post("/v1/classify", files=image, data={"classifier": "kept"}).json()
+        filler = _fill(volume)
+        try:
+            listed = client.get("/v1/classifiers")
+            assert listed.status_code == 200, listed.text
+            assert [c["version"] for c in listed.json()["classifiers"]] == [kept["version"]]
+            assert client.get("/v1/classifiers/kept").status_code == 200
+            answer = client.post("/v1/classify", files=image, data={"classifier": "kept"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["predictions"] == served["predictions"]
+            refused = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
+                                  files=_uploads(cfp, tag=b"new"), headers=ADMIN)
+            assert refused.status_code == 507, refused.text
+            assert refused.json()["error"]["code"] == "storage_full"
+        finally:
+            filler.unlink()
+        again = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
+                            files=_uploads(cfp, tag=b"new"), headers=ADMIN)
+        assert again.status_code == 201, again.text
+        assert {c["name"] for c in client.get("/v1/classifiers").json()["classifiers"]} == {"kept", "new"}
+
+
+def test_a_store_moved_away_while_serving_is_a_503_and_nothing_is_left_in_its_place(
+    client: TestClient, store_dir: Path, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """Moving the store's folder aside (to swap in a restored one) made every classifier call a 500 with a traceback;
+    deleting its database left an empty file in its place."""
+    cfp = real_image_paths["CFP"]
+    _create(client, "kept", cfp)
+    aside = store_dir.with_name("aside")
+    store_dir.rename(aside)
+    try:
+        image = {"image": cfp[0].read_bytes()}
+        for answer in (
+            client.get("/v1/classifiers"),
+            client.get("/v1/classifiers/kept"),
+            client.post("/v1/classify", files=image, data={"classifier": "kept"}),
+            client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"}, files=_uploads(cfp), headers=ADMIN),
+        ):
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "classifiers_unavailable"
+        assert not store_dir.exists()
+    finally:
+        aside.rename(store_dir)
+    assert client.get("/v1/classifiers").status_code == 200  # back as soon as the folder is
+    (store_dir / "classifiers.sqlite").unlink()
+    for suffix in ("-wal", "-shm"):
+        (store_dir / f"classifiers.sqlite{suffix}").unlink(missing_ok=True)
+    assert client.get("/v1/classifiers").status_code == 503
+    assert not (store_dir / "classifiers.sqlite").exists()
