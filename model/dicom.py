@@ -398,7 +398,8 @@ HEAD_BYTES = 65536
 
 
 # A deflated data set inflates to at most this many bytes a pixel of ``max_pixels`` (3 samples of 16 bits: the
-# largest frame the service decodes, with the header's other elements in the slack)
+# largest frame the service decodes, with the header's other elements in the slack), and a decoded frame takes at
+# most as many
 INFLATED_BYTES_PER_PIXEL = 6
 _INFLATED_SLACK = 1 << 20
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -446,9 +447,17 @@ def _check_inflated_size(data: bytes, max_pixels: int) -> None:
         return
 
 
+# What dicom_pixels says of a header whose Rows and Columns are not within its first HEAD_BYTES (a private element
+# of 70 KB before them): of unknown size, decoded as the largest are, one at a time
+UNKNOWN_SIZE_PIXELS = 1 << 62
+
+
 def dicom_pixels(data: bytes | memoryview) -> int:
-    """``Rows x Columns`` of a DICOM object (one frame: what is decoded) from the start of its header, without its
-    pixel data; 0 where they are not within the first :data:`HEAD_BYTES` or pydicom is not installed."""
+    """How large a frame of a DICOM object (what is decoded) is, from the start of its header, without its pixel
+    data: ``Rows x Columns``, times the 8-bit colour pixels each pixel's samples weigh (a frame of 32-bit colour
+    samples is 4 of them a pixel: its decode takes that much more memory); :data:`UNKNOWN_SIZE_PIXELS` where they
+    are not within the first :data:`HEAD_BYTES`, 0 where the head is not a readable DICOM header or pydicom is not
+    installed (the decode then says why)."""
     try:
         pydicom = _import_pydicom()
         head = _part10(data[:HEAD_BYTES])
@@ -463,12 +472,25 @@ def dicom_pixels(data: bytes | memoryview) -> int:
             ds = pydicom.dcmread(
                 io.BytesIO(head),
                 stop_before_pixels=True,
-                specific_tags=["Rows", "Columns"],
+                specific_tags=["Rows", "Columns", "SamplesPerPixel", "BitsAllocated"],
                 force=True,
             )
-        return max(0, int(ds.Rows)) * max(0, int(ds.Columns))
+    except Exception:  # an element cut short at the end of the head: the rest is beyond it
+        return UNKNOWN_SIZE_PIXELS if len(data) > HEAD_BYTES else 0
+    try:
+        if "Rows" not in ds or "Columns" not in ds:
+            return UNKNOWN_SIZE_PIXELS if len(data) > HEAD_BYTES else 0
+        weight = -(-_frame_bytes_per_pixel(ds) // 3)
+        return max(0, int(ds.Rows)) * max(0, int(ds.Columns)) * max(1, weight)
     except Exception:
         return 0
+
+
+def _frame_bytes_per_pixel(ds: Any) -> int:
+    """The bytes a decoded pixel of ``ds`` takes: its samples (1 or 3) of ``BitsAllocated`` (8, 16, 32, 64)."""
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    bits = int(getattr(ds, "BitsAllocated", 8) or 8)
+    return max(1, samples) * max(1, -(-bits // 8))
 
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -529,6 +551,17 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
         raise ImageError(f"the DICOM image has no pixels ({cols}x{rows})")
     if rows * cols > max_pixels:
         raise ImageTooLargeError(f"image is {cols}x{rows} = {rows * cols} pixels; the limit is {max_pixels}")
+    try:
+        frame_bytes = rows * cols * _frame_bytes_per_pixel(ds)
+    except (TypeError, ValueError) as err:
+        raise ImageError("the DICOM file has no valid SamplesPerPixel / BitsAllocated") from err
+    if frame_bytes > INFLATED_BYTES_PER_PIXEL * max_pixels:
+        # a frame of 32-bit colour samples took 24 bytes a pixel to decode (0.85 GB at the pixel limit)
+        raise ImageTooLargeError(
+            f"the DICOM frame is {cols}x{rows} pixels of {_frame_bytes_per_pixel(ds)} bytes = {frame_bytes} bytes "
+            f"decoded; the limit is {INFLATED_BYTES_PER_PIXEL} bytes a pixel of {max_pixels} pixels (3 samples of "
+            "16 bits)"
+        )
     modality = _modality(ds)
     requested = _FRAME.get()
     if requested is None:

@@ -128,6 +128,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._refused:
             super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        # Answered before the request's body was all read (a GET or DELETE sent with a body, the guard's 401, 413 or
+        # 415, a body refused while it streams): the rest of it would be waited for with no time limit, as each
+        # byte of it cancels uvicorn's keep-alive timer, and nothing else re-arms one (a connection sending a byte
+        # now and then was held for ever, without a key). The connection ends after this answer instead; the
+        # client has LINGER_S to finish sending, so that it reads the answer rather than a reset.
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self._linger_and_close()
+
     # ------------------------------------------------------------------------------------ the limits
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -185,8 +197,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Write ``status`` in the API's error envelope and close the connection, letting the client finish
         sending (the rest of the request is never read)."""
         self.transport.write(self._error_answer(status, code, message, what))
-        # Closed at once with the client's bytes unread, the connection is reset and a client still sending
-        # loses the answer: end our side after it, discard what still arrives, and close shortly after.
+        self._linger_and_close()
+
+    def _linger_and_close(self) -> None:
+        """Closed at once with the client's bytes unread, the connection is reset and a client still sending loses
+        the answer: end our side after it, discard what still arrives, and close shortly after."""
         self._draining = True
         if self.transport.can_write_eof():
             self.transport.write_eof()

@@ -269,10 +269,12 @@ def test_header_pixels_reads_a_dicom_header_so_large_ones_take_the_large_image_l
     cfp: tuple[bytes, np.ndarray],
 ) -> None:
     """Rows x Columns, for every syntax (the lane is chosen by it: without it a 36-megapixel DICOM decoded in the
-    normal lane); only the first 64 KB of the header are read."""
+    normal lane); only the first 64 KB of the header are read, and a header whose size is not within them is taken
+    as the largest (padded with a private element, a 6.8 MB upload of 32-bit colour took 0.85 GB to decode, three
+    at once in the normal lane)."""
     from pydicom import dcmread
 
-    from model.dicom import HEAD_BYTES
+    from model.dicom import HEAD_BYTES, UNKNOWN_SIZE_PIXELS
     from model.preprocess import header_pixels
 
     _, rgb = cfp
@@ -282,9 +284,37 @@ def test_header_pixels_reads_a_dicom_header_so_large_ones_take_the_large_image_l
     ds.ImageComments = "x" * HEAD_BYTES  # (0020,4000): before Rows (0028,0010), so they are past the 64 KB
     out = io.BytesIO()
     ds.save_as(out)
-    assert header_pixels(out.getvalue()) == 0  # the normal lane, as for any header it cannot read
+    assert header_pixels(out.getvalue()) == UNKNOWN_SIZE_PIXELS  # the large lane: its size is not known
     assert load_image(out.getvalue()).size == (rgb.shape[1], rgb.shape[0])
-    assert header_pixels(b"\0" * 128 + b"DICM" + b"\1" * 64) == 0
+    assert header_pixels(b"\0" * 128 + b"DICM" + b"\1" * 64) == 0  # no header at all: the decode says why
+
+
+def _deep_colour(rows: int, cols: int, bits: int) -> bytes:
+    """An uncompressed RGB DICOM of ``bits``-bit samples."""
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(make_dicom([np.zeros((rows, cols, 3), np.uint8)], "explicit")))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+    ds.PixelData = np.full((rows, cols, 3), 7, dtype=f"<u{bits // 8}").tobytes()
+    ds["PixelData"].VR = "OW"
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def test_a_frame_of_deep_colour_samples_is_weighed_by_its_bytes_and_bounded() -> None:
+    """A pixel of 32-bit colour samples is 12 bytes decoded (pydicom's RLE decode took 24): it counts as 4 pixels
+    of 8-bit colour for the lane, and a frame beyond 6 bytes a pixel of the pixel limit (16-bit colour at it) is
+    refused before it is decoded."""
+    from model.preprocess import header_pixels
+
+    assert header_pixels(_deep_colour(60, 50, 8)) == 3000
+    assert header_pixels(_deep_colour(60, 50, 16)) == 2 * 3000
+    assert header_pixels(_deep_colour(60, 50, 32)) == 4 * 3000
+    assert load_image(_deep_colour(60, 50, 16), max_pixels=3000).size == (50, 60)  # 6 bytes a pixel: at the bound
+    assert load_image(_deep_colour(30, 50, 32), max_pixels=3000).size == (50, 30)  # 12 bytes, half the pixels
+    with pytest.raises(ImageTooLargeError, match=r"50x60 pixels of 12 bytes = 36000 bytes decoded; the limit is 6"):
+        load_image(_deep_colour(60, 50, 32), max_pixels=3000)
 
 
 def _j2k(image: Image.Image, resolutions: int = 6) -> bytes:

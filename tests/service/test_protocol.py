@@ -213,3 +213,52 @@ def test_head_on_the_wire_has_the_get_headers_and_no_body(base: str) -> None:
     got = httpx.get(f"{base}/readyz", timeout=10)
     assert head.startswith(b"HTTP/1.1 200 ") and body == b""
     assert int(headers[b"content-length"]) == len(got.content) and headers[b"content-type"] == b"application/json"
+
+
+def _head_of(sock: socket.socket) -> bytes:
+    """The status line and headers of the answer on ``sock``, read up to the blank line."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",  # answered without its body
+        b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n",  # 415
+    ],
+    ids=["get-with-a-body", "refused-post"],
+)
+def test_a_body_left_unread_after_the_answer_does_not_hold_the_connection(base: str, request_head: bytes) -> None:
+    """Answered before its body was read, a request whose client then sent one byte now and then was held open for
+    ever (each byte cancelled uvicorn's keep-alive timer): a few hundred such connections, with no key, held as many
+    file descriptors. The connection now ends after the answer, once the client has had time to stop sending."""
+    sock = _connect(base)
+    sock.sendall(request_head)
+    assert _head_of(sock).split(b" ", 2)[1] in (b"200", b"415")
+    started = time.monotonic()
+    closed = False
+    while time.monotonic() - started < 15:
+        try:
+            sock.sendall(b"x")  # a byte of the body now and then
+        except OSError:  # reset: closed
+            closed = True
+            break
+        sock.settimeout(0.5)
+        try:
+            if sock.recv(100) == b"":
+                closed = True
+                break
+        except TimeoutError:
+            pass
+    assert closed, "the connection was still open after 15 s"
+    assert time.monotonic() - started < 10
+    # a request that sent its whole body keeps its connection (keep-alive)
+    with httpx.Client(timeout=30) as client:
+        for _ in range(2):
+            assert client.post(f"{base}/v1/embed", json={"text": "drusen"}).status_code == 200
+        assert client.get(f"{base}/healthz").status_code == 200
