@@ -39,6 +39,11 @@ def build_index(rows: list[dict[str, str]], work: Path, artifact: Path, *flags: 
     return out
 
 
+# Where settings that name no classifier store put theirs: one folder per test run, removed when it ends (a folder
+# per call was left in /tmp by every run, thousands of them)
+_STORES = tempfile.TemporaryDirectory(prefix="keepfit-test-classifiers-")
+
+
 def make_settings(artifact: Path, **overrides: Any) -> Settings:
     """Settings independent of the developer's environment (``_env_file`` off, every field explicit enough)."""
     base: dict[str, Any] = {
@@ -47,9 +52,10 @@ def make_settings(artifact: Path, **overrides: Any) -> Settings:
         "redis_url": None,
         "api_keys": [],
         "cors_origins": [],
-        # classifiers default to ./classifiers without an index: never the repository during tests
-        "classifiers": Path(tempfile.mkdtemp(prefix="keepfit-classifiers-")),
     }
+    if "classifiers" not in overrides:
+        # classifiers default to ./classifiers without an index: never the repository during tests
+        base["classifiers"] = Path(tempfile.mkdtemp(prefix="classifiers-", dir=_STORES.name))
     base.update(overrides)
     return Settings(_env_file=None, **base)  # type: ignore[call-arg]
 
