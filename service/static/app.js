@@ -621,6 +621,11 @@
       categoriesChanged();
       return;
     }
+    // categories added before the modality was known, now that one is chosen: they join its defaults
+    if (!state.custom && state.extra.length && !defaultsUnknown() && !pickedClassifier()) {
+      editable();
+      renderCategories();
+    }
     const form = new FormData();
     form.append('image', state.file, state.file.name || 'image');
     form.append('modality', $('modality').value);

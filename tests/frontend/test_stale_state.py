@@ -463,6 +463,18 @@ def test_a_category_added_before_the_first_image_joins_its_modalitys_defaults(
     assert chips[-1] == "drusen" and "normal" in chips and len(chips) > 2, chips
     assert sent[1].count(b'name="categories"') == len(chips) and b"drusen" in sent[1]
 
+    # added before a modality is chosen by hand: sent with that modality's defaults at once
+    page.reload()
+    sent.clear()
+    page.fill("#category-input", "drusen")
+    page.click("#category-add")
+    page.select_option("#modality", "CFP")
+    assert "drusen" in page.eval_on_selector_all("#category-list li span", "els => els.map(e => e.textContent)")
+    page.set_input_files("#file-input", str(_eye(tmp_path)))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+    assert len(sent) == 1 and b"drusen" in sent[0] and sent[0].count(b'name="categories"') == len(chips)
+
 
 # ------------------------------------------------------------------------------- a WebP's orientation
 def _webp(size: tuple[int, int], orientation: int) -> bytes:
