@@ -57,6 +57,9 @@ DESCRIPTIVE_FIELDS = frozenset(
         "parity",
         "evaluation",
         "training_provenance",
+        # when a file was swapped (replace_json_file): two replicas that apply the same swap get the same version
+        "knowledge_replaced_at",
+        "modality_head_replaced_at",
         CHECKSUM_FIELD,
     }
 )
@@ -380,9 +383,12 @@ def replace_json_file(path: str | Path, name: str, data: Any, history: str, *, i
         files = dict(manifest["files"])
         files[name] = {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
         manifest["files"] = files
-        replaced = list(manifest.get(history, []))
-        replaced.append({"previous_version": artifact.version, "at": datetime.now(UTC).isoformat(timespec="seconds")})
-        manifest[history] = replaced
+        # the version it replaced is content (what an index adopts by); when, descriptive: the same swap of the
+        # same artifact is the same version wherever and whenever it is made (artifacts swapped before keep the
+        # time in their history, and their versions)
+        manifest[history] = [*manifest.get(history, []), {"previous_version": artifact.version}]
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest[f"{history}_at"] = [*manifest.get(f"{history}_at", []), at]
         manifest = seal_manifest(manifest)
         version = str(manifest["version"])
         atomic_write_json(staging / MANIFEST, manifest)

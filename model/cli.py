@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -101,6 +102,10 @@ def run_command(func: Callable[[list[str]], int], argv: list[str]) -> int:
     except KeepfitError as err:
         print(f"error: {err}", file=sys.stderr)  # noqa: T201
         return 2
+    except BrokenPipeError:  # whoever read the output stopped (keepfit info ART | head -1): nothing to say
+        # Python flushes stdout once more at exit, into the same closed pipe: point it at nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # as a command the pipe's signal ended
     except OSError as err:
         if err.errno is None:  # not the system's refusal (a library's OSError): a bug to show in full
             raise

@@ -338,7 +338,7 @@ def _optimise(task: Task, loss: Tensor, step: int, optimizer: torch.optim.Optimi
               params: list[torch.nn.Parameter], grad_clip: float) -> float:
     """One optimiser step on ``loss`` (scaled under fp16 autocast, clipped); returns the gradient norm."""
     if not torch.isfinite(loss):
-        raise TrainingDivergedError(f"loss is {float(loss)} at step {step}: lower --lr or check the data")
+        raise TrainingDivergedError(f"loss is {loss.item()} at step {step}: lower --lr or check the data")
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))

@@ -7,6 +7,7 @@ rebuilds its model without the command line.
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 import tempfile
@@ -81,9 +82,20 @@ def save_checkpoint(path: str | Path, model: KeepFITModel, tokenizer: Tokenizer,
 
 
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write a checkpoint payload aside, then rename it over ``path``."""
+    """Write a checkpoint payload aside, then rename it over ``path``.
+
+    Serialised in memory first, then written: torch's zip writer, interrupted in a file (Ctrl-C, a full disk),
+    raised its own ``RuntimeError`` ("unexpected pos ...") over the ``KeyboardInterrupt`` or ``OSError``, so a
+    training run stopped while saving printed a traceback instead of the command that resumes it."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(payload, buffer)
+    except RuntimeError as err:  # interrupted while serialising: what interrupted it, not torch's consequence
+        if isinstance(err.__context__, KeyboardInterrupt | OSError):
+            raise err.__context__ from None
+        raise
     with atomic_write(path, "wb") as fh:
-        torch.save(payload, fh)
+        fh.write(buffer.getbuffer())
     return path
 
 

@@ -216,6 +216,36 @@ def test_replace_knowledge_gives_a_new_verified_version(default_artifact: Path, 
         replace_knowledge(art, data)
 
 
+def test_the_same_swap_of_the_same_artifact_is_the_same_version_whenever_it_is_made(
+    default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time of a swap was part of the version: two replicas applying the same knowledge fix got two versions (a
+    shared cache missed, and an index adopted by one was refused by the other)."""
+    import model.artifact as artifact_module
+
+    data = json.loads((default_artifact / "knowledge.json").read_text())
+    data["categories"]["glaucoma"].setdefault("aliases", {}).setdefault("any", []).append("raised cup ratio")
+    versions = []
+    for replica, stamp in (("a", "2026-01-01T08:00:00+00:00"), ("b", "2026-03-05T17:30:00+00:00")):
+        art = tmp_path / replica
+        shutil.copytree(default_artifact, art)
+
+        class Clock(artifact_module.datetime):  # type: ignore[misc, valid-type]
+            at = stamp
+
+            @classmethod
+            def now(cls, tz: object = None) -> Clock:  # type: ignore[override]
+                return cls.fromisoformat(cls.at)  # type: ignore[return-value]
+
+        monkeypatch.setattr(artifact_module, "datetime", Clock)
+        versions.append(replace_knowledge(art, data))
+        manifest = load_artifact(art).manifest
+        assert manifest["knowledge_replaced_at"][-1] == stamp  # when, still recorded
+    assert versions[0] == versions[1]
+    # and the committed artifact, swapped before, keeps its version
+    assert load_artifact(default_artifact).version == json.loads((default_artifact / "manifest.json").read_text())["version"]
+
+
 def test_replace_knowledge_refuses_malformed_knowledge_before_touching_the_artifact(
     default_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

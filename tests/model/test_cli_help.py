@@ -190,3 +190,21 @@ def test_the_system_refusing_a_write_is_one_line_and_a_library_oserror_is_not_hi
     with pytest.raises(IsADirectoryError) as refused:
         atomic_write_json(tmp_path / "dir", {})
     assert refused.value.filename == str(tmp_path / "dir") and list((tmp_path).glob(".dir.*")) == []
+
+
+def test_output_its_reader_stopped_reading_is_no_error(default_artifact: Path) -> None:
+    """`keepfit info ART | head -1` printed "error: Broken pipe" and exit 2: a reader that has what it wanted is
+    no error to report (the exit is a pipe's, 141, as for any command the pipe's signal ends)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from model.cli import main; sys.exit(main())", "info", str(default_artifact)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # gone before the command writes a line
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141, stderr
+    assert stderr == "", stderr

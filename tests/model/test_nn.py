@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import inspect
 import subprocess
@@ -504,3 +505,30 @@ def test_the_backbone_registry_has_one_home() -> None:
     from model.nn.vision import _BUILDERS
 
     assert BACKBONE_NAMES == BACKBONES == tuple(_BUILDERS)
+
+
+class _Interrupted:
+    """Pickled inside a checkpoint: Ctrl-C arriving while it is written."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise KeyboardInterrupt
+
+
+def test_a_checkpoint_write_that_is_interrupted_says_what_interrupted_it(tmp_path: Path) -> None:
+    """Torch's zip writer, interrupted in a file, raised its own RuntimeError ("unexpected pos ...") over the
+    KeyboardInterrupt or the full disk's OSError: a training run stopped while saving printed a traceback and
+    exit 1, not the command that resumes it; a full disk, a traceback instead of one line."""
+    from model.nn.factory import write_checkpoint
+    from tests.service.helpers import tmpfs
+
+    path = tmp_path / "model.pt"
+    write_checkpoint(path, {"weights": torch.zeros(4)})
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(path, {"weights": torch.ones(4), "later": _Interrupted()})
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(4))  # the previous one, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        with pytest.raises(OSError) as full:
+            write_checkpoint(disk / "model.pt", {"weights": torch.zeros(200_000)})
+        assert full.value.errno == errno.ENOSPC
+        assert list(disk.iterdir()) == []

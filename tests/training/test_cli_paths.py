@@ -113,3 +113,21 @@ def test_schedules_that_cannot_run_are_refused_before_anything_is_written(
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_loss_that_is_not_finite_is_said_in_one_line_without_torch_warnings() -> None:
+    """``float(loss)`` of a tensor that needs its gradient printed three lines of torch's UserWarning before the
+    one-line error."""
+    import warnings
+
+    import torch
+
+    from model.errors import TrainingDivergedError
+    from training.loop import _optimise
+
+    weight = torch.ones(2, requires_grad=True)
+    loss = (weight * float("nan")).sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TrainingDivergedError, match=r"^loss is nan at step 7: lower --lr"):
+            _optimise(None, loss, 7, torch.optim.SGD([weight], lr=0.1), None, [weight], 1.0)  # type: ignore[arg-type]
