@@ -584,6 +584,8 @@ def eval_main(argv: list[str]) -> int:
         baseline = None
         if args.baseline is not None:  # fail on a bad baseline before the long evaluation
             baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=threads_from_env())
+        else:
+            evalcmd.forget_comparison(out)
         report = evalcmd.run_suite(runtime, data_root, args.split, out, args.batch_size, run_dir=args.run)
         if args.record_into:
             evalcmd.record_into_checkpoint(args.record_into, report["summary"])
@@ -600,6 +602,8 @@ def eval_main(argv: list[str]) -> int:
         baseline = None
         if args.baseline is not None:  # fail on a bad baseline before the evaluation
             baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=threads_from_env())
+        else:
+            evalcmd.forget_comparison(out)
         report = evalcmd.run_unseen_site(runtime, data_root, splits, out, args.batch_size)
         if baseline is not None:
             base = evalcmd.run_unseen_site(baseline, data_root, splits, out / "baseline", args.batch_size)

@@ -10,6 +10,7 @@ plumbing.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -497,6 +498,16 @@ def run_unseen_site(runtime: KeepfitRuntime, data_root: Path, splits: list[str],
     payload["text"] = unseen_site_text([(f"{runtime.artifact.name} {runtime.version}", payload)])
     payload[ROWS] = rows  # for a paired comparison (:func:`unseen_site_comparison`); not in the report
     return payload
+
+
+def forget_comparison(out: Path) -> None:
+    """Remove the comparison a run with ``--baseline`` wrote into ``out`` (``comparison.md``, ``comparison.json``,
+    ``baseline/``): a later run without one into the same folder left it beside its own report, comparing two
+    other models as if it were this run's."""
+    for name in ("comparison.md", "comparison.json"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "baseline").is_dir() and not (out / "baseline").is_symlink():
+        shutil.rmtree(out / "baseline")
 
 
 def unseen_site_comparison(out: Path, before: tuple[str, dict[str, Any]], after: tuple[str, dict[str, Any]]) -> str:

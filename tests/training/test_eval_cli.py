@@ -374,6 +374,13 @@ def test_unseen_site_scores_every_photograph_of_its_splits_and_compares_paired(
     assert all(ci == [0.0, 0.0] for ci in comparison["difference_ci95"].values())
     assert "mean +0.000 (+0.000 to +0.000)" in printed and "| mean of the four |" in (out / "comparison.md").read_text()
     assert "_rows" not in report
+    # the same folder again, without a baseline: the comparison above is not left beside the new report
+    (out / "notes.txt").write_text("the operator's own")
+    assert eval_main(["unseen-site", "--artifact", str(tiny_artifact), "--data-root", str(data_root), "--splits",
+                      "test", "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["summary"]["splits"] == ["test"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("comparison", "baseline"))) == []
+    assert (out / "notes.txt").read_text() == "the operator's own"
 
 
 def test_unseen_site_is_refused_for_a_model_trained_on_it_and_for_bad_splits(
