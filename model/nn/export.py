@@ -8,6 +8,7 @@ fp32 parity is below tolerance is refused.  Everything is written aside and rena
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import shutil
@@ -259,7 +260,10 @@ def export_artifact(
         raise ArtifactError(f"cannot export a model whose weights hold NaN or inf ({broken}); nothing was written to {out}")
     knowledge = knowledge or Knowledge.default()
     model = model.eval().cpu()
-    staging = staging_dir(out)
+    try:
+        staging = staging_dir(out)
+    except OSError as err:
+        raise _not_written(out, err) from err
     try:
         export_onnx(model, staging)
         (staging / "tokenizer.json").write_text(tokenizer.to_json())
@@ -301,7 +305,19 @@ def export_artifact(
                 atomic_write_json(staging / HEAD_FILE, head, indent=None)  # its typicality: 33k numbers
                 _seal(staging, fields)
         commit_dir(staging, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in _NOT_WRITABLE:
+            raise _not_written(out, err) from err
         raise
     return out
+
+
+# The system refusing a write: a full disk or quota, a read-only file system, no permission
+_NOT_WRITABLE = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM))
+
+
+def _not_written(out: Path, err: OSError) -> ArtifactError:
+    """A write refused while exporting, said of ``--out`` (its hidden staging folder, or no path at all, was named)."""
+    return ArtifactError(f"cannot write the artifact {out}: {err.strerror or err} (in {out.parent}); nothing was "
+                         "written, and an artifact there before is unchanged")

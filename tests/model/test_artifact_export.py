@@ -320,3 +320,24 @@ def test_a_modality_head_that_does_not_fit_is_refused_at_seal_and_load(default_a
             seal_artifact(copy)
         with pytest.raises(ArtifactError):
             KeepfitRuntime(load_artifact(copy, verify=False))
+
+
+def test_an_export_the_disk_refuses_names_its_out_folder_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk printed "error: No space left on device" with no path at all, and a read-only folder named the
+    export's hidden staging folder."""
+    from tests.service.helpers import tmpfs
+
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        out = disk / "art"
+        code, err = _run(["export", "--config", "keepfit-tiny", "--random-init", "--out", str(out), "--no-verify",
+                          "--no-modality-head"], capsys)
+        assert code == 2 and "\n" not in err, err
+        assert err.startswith(f"error: cannot write the artifact {out}: No space left on device"), err
+        assert list(disk.iterdir()) == []  # no staging folder left
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, capture_output=True)
+        code, err = _run(["export", "--config", "keepfit-tiny", "--random-init", "--out", str(out), "--no-verify",
+                          "--no-modality-head"], capsys)
+        assert code == 2 and err.startswith(f"error: cannot write the artifact {out}: Read-only file system"), err
+        assert ".staging" not in err
