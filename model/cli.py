@@ -322,18 +322,23 @@ def artifact_main(argv: list[str]) -> int:
     else:
         print(f"{args.artifact}: sealed, version {old} -> {new} (rebuild indexes made with {old})")  # noqa: T201
     return 0
+def _quantization(mode: object) -> str:
+    """The weights' form, as a reader says it: an export without quantisation records "none"."""
+    return "fp32" if mode in (None, "", "none") else str(mode)
+
+
 def info_text(path: object, summary: dict[str, object]) -> str:
     """A short human summary of an artifact's manifest (``keepfit info`` without ``--json``)."""
     files: dict[str, int] = summary["files"]  # type: ignore[assignment]
     total = sum(files.values())
     lines = [
-        f"{summary['name']} {summary['version']} ({summary.get('quantization') or 'fp32'}), created {summary['created']}",
+        f"{summary['name']} {summary['version']} ({_quantization(summary.get('quantization'))}), created "
+        f"{summary['created']}",
         f"  {path}: {len(files)} files, {total / 2**20:.1f} MiB, SHA-256 of every file verified",
     ]
     parity = summary.get("parity") or {}
     if isinstance(parity, dict):
-        for kind in ("fp32", "int8"):
-            entry = parity.get(kind)
+        for kind, entry in parity.items():  # fp32, then the quantisation's own (int8, int8-conv)
             if isinstance(entry, dict) and "image" in entry and "text" in entry:
                 lines.append(
                     f"  ONNX vs torch ({kind}): image min cosine {entry['image']['min_cosine']:.5f}, "

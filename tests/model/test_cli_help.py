@@ -208,3 +208,18 @@ def test_output_its_reader_stopped_reading_is_no_error(default_artifact: Path) -
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=120) == 141, stderr
     assert stderr == "", stderr
+
+
+def test_info_names_every_export_form_and_its_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An int8-conv artifact showed no parity line of its quantisation (only fp32 and int8 were looked for), and an
+    fp32 export read "(none)"."""
+    for mode, form in (("none", "fp32"), ("int8-conv", "int8-conv")):
+        out = tmp_path / mode
+        assert main(["export", "--config", "keepfit-tiny", "--random-init", "--out", str(out), "--quantize", mode,
+                     "--no-modality-head"]) == 0
+        capsys.readouterr()
+        assert main(["info", str(out)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert f"({form}), created" in lines[0], lines[0]
+        parity = [line for line in lines if line.startswith("  ONNX vs torch")]
+        assert [line.split("(")[1].split(")")[0] for line in parity] == (["fp32"] if mode == "none" else ["fp32", mode])
