@@ -38,7 +38,7 @@ from index.staging import Staging, chunk_rows, gather
 from index.store import IndexManifest, verify_files
 from model.dicom import is_dicom
 from model.errors import IndexStoreError
-from model.preprocess import jpeg_quality
+from model.preprocess import DEFAULT_MIN_IMAGE_SIDE, jpeg_quality
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
@@ -229,8 +229,11 @@ def held_rows(
     # a DICOM header's modality beats the input's and the model's: where the stored one differs, it may be the
     # header's, which only decoding the file again tells
     was = stored.modality[inverse]
-    keep = np.flatnonzero(~(found.dicom[reused] & (was != "") & (was != modality)))
-    del was
+    # an image under the service's smallest side (indexed by an earlier release) goes through the decode again,
+    # which skips it, as a rebuild that embedded everything would
+    small = np.minimum(stored.width[inverse], stored.height[inverse]) < DEFAULT_MIN_IMAGE_SIDE
+    keep = np.flatnonzero(~(found.dicom[reused] & (was != "") & (was != modality)) & ~small)
+    del was, small
     embed = np.ones(len(items), dtype=bool)
     embed[reused[keep]] = False
     todo = np.flatnonzero(embed)

@@ -252,6 +252,8 @@ def _tiff(data: bytes) -> bytes | None:
         return None
     if any(offset + length > n for offset, length in zip(offsets, counts, strict=True)):
         return None
+    if sum(counts) > n:  # strips that overlap or repeat: each copied whole, the copy grew without bound
+        return None
     kept = {tag: field for tag, field in fields.items() if tag in _TIFF_KEPT}
     kept[counts_tag] = (_LONG, len(counts), struct.pack(f"{order}{len(counts)}I", *counts))
     kept[offsets_tag] = (_LONG, len(offsets), bytes(4 * len(offsets)))  # written below, once they are known

@@ -136,7 +136,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # byte of it cancels uvicorn's keep-alive timer, and nothing else re-arms one (a connection sending a byte
         # now and then was held for ever, without a key). The connection ends after this answer instead; the
         # client has LINGER_S to finish sending, so that it reads the answer rather than a reset.
-        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+        # (self.cycle is the newest request's: on a pipelined connection a later one, still arriving, is left alone)
+        if cycle is not None and cycle.response_complete and cycle.more_body and not self.transport.is_closing():
             self._unset_keepalive_if_required()
             self._linger_and_close()
 

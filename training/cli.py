@@ -584,9 +584,9 @@ def eval_main(argv: list[str]) -> int:
         baseline = None
         if args.baseline is not None:  # fail on a bad baseline before the long evaluation
             baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=threads_from_env())
-        else:
-            evalcmd.forget_comparison(out)
         report = evalcmd.run_suite(runtime, data_root, args.split, out, args.batch_size, run_dir=args.run)
+        if baseline is None:  # this run's report, with no comparison of an earlier run beside it
+            evalcmd.forget_comparison(out)
         if args.record_into:
             evalcmd.record_into_checkpoint(args.record_into, report["summary"])
         if baseline is not None:
@@ -602,9 +602,9 @@ def eval_main(argv: list[str]) -> int:
         baseline = None
         if args.baseline is not None:  # fail on a bad baseline before the evaluation
             baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=threads_from_env())
-        else:
-            evalcmd.forget_comparison(out)
         report = evalcmd.run_unseen_site(runtime, data_root, splits, out, args.batch_size)
+        if baseline is None:  # this run's report, with no comparison of an earlier run beside it
+            evalcmd.forget_comparison(out)
         if baseline is not None:
             base = evalcmd.run_unseen_site(baseline, data_root, splits, out / "baseline", args.batch_size)
             report["text"] = evalcmd.unseen_site_comparison(out, (

@@ -502,10 +502,13 @@ def run_unseen_site(runtime: KeepfitRuntime, data_root: Path, splits: list[str],
 
 def forget_comparison(out: Path) -> None:
     """Remove the comparison a run with ``--baseline`` wrote into ``out`` (``comparison.md``, ``comparison.json``,
-    ``baseline/``): a later run without one into the same folder left it beside its own report, comparing two
-    other models as if it were this run's."""
-    for name in ("comparison.md", "comparison.json"):
-        (out / name).unlink(missing_ok=True)
+    and the ``baseline/`` beside them): a later run without one into the same folder left it beside its own
+    report, comparing two other models as if it were this run's.  Called once the run has succeeded."""
+    compared = [out / name for name in ("comparison.md", "comparison.json") if (out / name).is_file()]
+    if not compared:  # no comparison here: a baseline/ folder beside it is not one's (the user's own reports)
+        return
+    for path in compared:
+        path.unlink(missing_ok=True)
     if (out / "baseline").is_dir() and not (out / "baseline").is_symlink():
         shutil.rmtree(out / "baseline")
 

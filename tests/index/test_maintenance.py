@@ -356,3 +356,25 @@ def test_images_the_service_refuses_as_too_small_are_not_indexed(
     assert report.added == 5
     with VectorIndex.open(index_copy) as index:
         assert min(min(r.width, r.height) for r in index.records()) >= 32
+
+
+def test_a_rebuild_drops_small_images_an_earlier_release_indexed(
+    new_images: Path, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild reuses the rows it holds by SHA-256: small images an earlier release indexed were kept, where a
+    build that embedded everything skips them."""
+    from PIL import Image
+
+    import index.embed as embed
+
+    Image.new("RGB", (8, 8), (150, 60, 30)).save(new_images / "thumb.png")
+    out = tmp_path / "index"
+    with monkeypatch.context() as earlier:  # as a release before the floor
+        earlier.setattr(embed._prepare, "__defaults__", (0,))
+        build(out, sources.from_folder(new_images, modality="CFP"), tiny_artifact, options=quiet())
+    with VectorIndex.open(out) as index:
+        assert min(min(r.width, r.height) for r in index.records()) == 8
+    report = build(out, sources.from_folder(new_images, modality="CFP"), tiny_artifact, options=quiet())
+    assert report.skipped.get("image too small") == 1
+    with VectorIndex.open(out) as index:
+        assert index.count == 4 and min(min(r.width, r.height) for r in index.records()) >= 32

@@ -368,6 +368,36 @@ def test_other_formats_and_unusual_structures_are_left_alone(fundus: Image.Image
     assert without_metadata(tiff[: len(tiff) // 2]) is None  # a strip outside the file
     old_jpeg = handmade_tiff(np.asarray(fundus), compression=6)
     assert without_metadata(old_jpeg) is None
+    # strips that each claim the rest of the file: copied one by one, a 216 KB upload became a 288 MB copy that
+    # decoded to the same pixels (so it was kept)
+    rows = np.asarray(fundus.convert("L"))
+    height, width = rows.shape
+    directory = 2 + 12 * 8 + 4
+    offsets_at = 8 + directory
+    data_at = offsets_at + 8 * height
+    total = data_at + rows.size
+    offsets = [data_at + width * r for r in range(height)]
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, height, offsets_at),
+        (278, 4, 1, 1),
+        (279, 4, height, offsets_at + 4 * height),
+    ]
+    overlapping = (
+        b"II*\0"
+        + struct.pack("<IH", 8, 8)
+        + b"".join(struct.pack("<HHII", *e) for e in entries)
+        + bytes(4)
+        + struct.pack(f"<{height}I", *offsets)
+        + struct.pack(f"<{height}I", *(total - o for o in offsets))
+        + rows.tobytes()
+    )
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(overlapping))), rows)  # a TIFF that decodes
+    assert without_metadata(overlapping) is None
     webp = camera_webp(fundus)
     assert without_metadata(webp[:-10]) is None  # cut short
     jpeg = camera_jpeg(fundus)

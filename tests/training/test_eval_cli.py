@@ -374,13 +374,26 @@ def test_unseen_site_scores_every_photograph_of_its_splits_and_compares_paired(
     assert all(ci == [0.0, 0.0] for ci in comparison["difference_ci95"].values())
     assert "mean +0.000 (+0.000 to +0.000)" in printed and "| mean of the four |" in (out / "comparison.md").read_text()
     assert "_rows" not in report
-    # the same folder again, without a baseline: the comparison above is not left beside the new report
+    # the same folder again, without a baseline: the comparison above is not left beside the new report, but only
+    # once the run has succeeded
     (out / "notes.txt").write_text("the operator's own")
+    from model.errors import ArtifactError
+
+    with pytest.raises(ArtifactError):
+        eval_main(["unseen-site", "--artifact", str(tmp_path / "none"), "--data-root", str(data_root), "--splits",
+                   "test", "--out", str(out)])
+    assert (out / "comparison.json").is_file() and (out / "baseline").is_dir()
     assert eval_main(["unseen-site", "--artifact", str(tiny_artifact), "--data-root", str(data_root), "--splits",
                       "test", "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["summary"]["splits"] == ["test"]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(("comparison", "baseline"))) == []
     assert (out / "notes.txt").read_text() == "the operator's own"
+    # a baseline/ folder with no comparison beside it is the user's own reports: left alone
+    (out / "baseline").mkdir()
+    (out / "baseline" / "suite.md").write_text("mine")
+    assert eval_main(["unseen-site", "--artifact", str(tiny_artifact), "--data-root", str(data_root), "--splits",
+                      "test", "--out", str(out)]) == 0
+    assert (out / "baseline" / "suite.md").read_text() == "mine"
 
 
 def test_unseen_site_is_refused_for_a_model_trained_on_it_and_for_bad_splits(
