@@ -552,13 +552,14 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     if rows * cols > max_pixels:
         raise ImageTooLargeError(f"image is {cols}x{rows} = {rows * cols} pixels; the limit is {max_pixels}")
     try:
-        frame_bytes = rows * cols * _frame_bytes_per_pixel(ds)
+        pixel_bytes = _frame_bytes_per_pixel(ds)
     except (TypeError, ValueError) as err:
         raise ImageError("the DICOM file has no valid SamplesPerPixel / BitsAllocated") from err
+    frame_bytes = rows * cols * pixel_bytes
     if frame_bytes > INFLATED_BYTES_PER_PIXEL * max_pixels:
         # a frame of 32-bit colour samples took 24 bytes a pixel to decode (0.85 GB at the pixel limit)
         raise ImageTooLargeError(
-            f"the DICOM frame is {cols}x{rows} pixels of {_frame_bytes_per_pixel(ds)} bytes = {frame_bytes} bytes "
+            f"the DICOM frame is {cols}x{rows} pixels of {pixel_bytes} bytes = {frame_bytes} bytes "
             f"decoded; the limit is {INFLATED_BYTES_PER_PIXEL} bytes a pixel of {max_pixels} pixels (3 samples of "
             "16 bits)"
         )

@@ -46,7 +46,7 @@ import zlib
 from PIL import Image
 
 # JPEG markers without a length; a marker within or after a scan's coded data (model.preprocess's structure guard)
-from model.preprocess import _SCAN_MARKER, _STANDALONE
+from model.preprocess import _SCAN_MARKER, _STANDALONE, tiff_directory
 
 # Exif: orientation (IFD0); the Exif IFD, its ColorSpace, the interoperability IFD and its index (model.colour)
 _ORIENTATION, _EXIF_IFD, _COLOR_SPACE, _INTEROP_IFD, _INTEROP_INDEX = 0x0112, 0x8769, 0xA001, 0xA005, 0x0001
@@ -185,9 +185,6 @@ def _png(data: bytes) -> bytes | None:
     return None
 
 
-# TIFF: bytes per value of each field type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED, SSHORT, SLONG,
-# SRATIONAL, FLOAT, DOUBLE, IFD)
-_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 _SHORT, _LONG = 3, 4
 # the tags that describe the pixels (TIFF 6.0 baseline and extensions Pillow decodes), the orientation
 # (model.preprocess) and the ICC profile (model.colour); the strip and tile tags are rewritten
@@ -205,34 +202,14 @@ def _tiff(data: bytes) -> bytes | None:
     """The first image of a classic TIFF with only the tags that describe its pixels, its orientation and ICC
     profile, and its strips or tiles copied byte for byte (the module docstring); None for a structure this does
     not follow (BigTIFF, old-style JPEG, a directory or strip outside the file)."""
-    order = "<" if data[:2] == b"II" else ">"
+    found = tiff_directory(data, _TIFF_KEPT | {*_STRIPS, *_TILES})
+    if found is None:
+        return None
+    order, read = found
+    fields = {tag: (kind, number, raw) for tag, (kind, number, raw) in read.items() if raw is not None}
+    if len(fields) != len(read):
+        return None  # a type not known here, or values outside the file
     n = len(data)
-    if n < 8:
-        return None
-    (start,) = struct.unpack(order + "I", data[4:8])
-    if start + 2 > n:
-        return None
-    (count,) = struct.unpack(order + "H", data[start : start + 2])
-    if start + 2 + 12 * count + 4 > n:
-        return None
-    fields: dict[int, tuple[int, int, bytes]] = {}  # tag -> (type, count, the values' bytes)
-    for i in range(count):
-        at = start + 2 + 12 * i
-        tag, kind, number = struct.unpack(order + "HHI", data[at : at + 8])
-        if tag not in _TIFF_KEPT and tag not in _STRIPS + _TILES:
-            continue  # not read, so not looked at (its type or offset may be anything)
-        size = _TIFF_TYPE_SIZE.get(kind)
-        if size is None:
-            return None
-        length = size * number
-        if length <= 4:
-            raw = data[at + 8 : at + 8 + length]
-        else:
-            (offset,) = struct.unpack(order + "I", data[at + 8 : at + 12])
-            if offset + length > n:
-                return None
-            raw = data[offset : offset + length]
-        fields[tag] = (kind, number, raw)
 
     def values(tag: int) -> list[int] | None:
         kind, number, raw = fields[tag]

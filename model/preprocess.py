@@ -15,7 +15,7 @@ import math
 import re
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -536,7 +536,7 @@ def load_image(
         except ImageTooLargeError:  # a stream's structure (check_structure), found while Pillow reads it
             raise
         except Exception as err:
-            _refuse_unsupported_variant(data if unchecked is None else _rewound(unchecked).read(_VARIANT_HEAD), err)
+            _refuse_unsupported_variant(data, unchecked, err)
             kind = _looks_like(data)
             if kind is None:
                 raise ImageError("not an image (cannot identify the file format)") from err
@@ -578,7 +578,7 @@ def load_image(
     except ImageTooLargeError:
         raise
     except Exception as err:  # truncated or corrupt data, or a variant the decoder does not read
-        _refuse_unsupported_variant(data if unchecked is None else _rewound(unchecked).read(_VARIANT_HEAD), err)
+        _refuse_unsupported_variant(data, unchecked, err)
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
     return image
 
@@ -611,11 +611,12 @@ _HIERARCHICAL_SOF = frozenset((0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF))
 _ACCEPTED = "send JPEG (8-bit), PNG, TIFF, BMP, WebP or DICOM"
 
 
-def _refuse_unsupported_variant(head: bytes, err: Exception) -> None:
+def _refuse_unsupported_variant(data: bytes, stream: ReadableFile | None, err: Exception) -> None:
     """A file that did not decode because it is an image of a kind this service does not read (an iPhone's HEIC, a
     12-bit or lossless JPEG, a floating-point colour TIFF): :class:`UnsupportedMediaError` naming it (a 415, not
-    the 400 of a damaged file).  Nothing for a file that is not recognised as one of these."""
-    what = unsupported_variant(head)
+    the 400 of a damaged file).  Nothing for a file that is not recognised as one of these.  ``data``: the file, or
+    with ``stream`` (read again from its start, up to :data:`_VARIANT_HEAD`) its first bytes."""
+    what = unsupported_variant(data if stream is None else _rewound(stream).read(_VARIANT_HEAD))
     if what is not None:
         raise UnsupportedMediaError(f"{what} images are not read by this service: {_ACCEPTED}") from err
 
@@ -650,34 +651,61 @@ def unsupported_variant(head: bytes) -> str | None:
     return None
 
 
+# TIFF field types: bytes a value (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED, SSHORT, SLONG, SRATIONAL,
+# FLOAT, DOUBLE, IFD)
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_SHORT, _LONG = 3, 4
+
+TiffFields = dict[int, tuple[int, int, bytes | None]]
+
+
+def tiff_directory(data: bytes, wanted: Container[int]) -> tuple[str, TiffFields] | None:
+    """The byte order (``"<"`` or ``">"``) of a classic TIFF and the ``wanted`` fields of its first directory: tag
+    -> (type, count, the values' bytes; None for a type not known here or values outside ``data``).  None where
+    ``data`` does not hold the whole directory.  Other fields are not looked at: their type or offset may be
+    anything."""
+    order = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        return None
+    (start,) = struct.unpack(order + "I", data[4:8])
+    if start + 2 > len(data):
+        return None
+    (count,) = struct.unpack(order + "H", data[start : start + 2])
+    if start + 2 + 12 * count + 4 > len(data):  # its entries and the next directory's offset
+        return None
+    fields: TiffFields = {}
+    for i in range(count):
+        at = start + 2 + 12 * i
+        tag, kind, number = struct.unpack(order + "HHI", data[at : at + 8])
+        if tag not in wanted:
+            continue
+        size, raw = _TIFF_TYPE_SIZE.get(kind), None
+        if size is not None and size * number <= 4:
+            raw = data[at + 8 : at + 8 + size * number]
+        elif size is not None:
+            (offset,) = struct.unpack(order + "I", data[at + 8 : at + 12])
+            if offset + size * number <= len(data):
+                raw = data[offset : offset + size * number]
+        fields[tag] = (kind, number, raw)
+    return order, fields
+
+
 def _tiff_samples(head: bytes) -> tuple[int, int, int] | None:
     """(bits per sample, samples per pixel, sample format) of a classic TIFF's first image, from its directory;
     None where ``head`` does not hold it."""
-    order = "<" if head[:2] == b"II" else ">"
-    if len(head) < 8:
+    found = tiff_directory(head, (258, 277, 339))
+    if found is None:
         return None
-    (start,) = struct.unpack(order + "I", head[4:8])
-    if start + 2 > len(head):
-        return None
-    (count,) = struct.unpack(order + "H", head[start : start + 2])
-    fields = {258: 1, 277: 1, 339: 1}  # the TIFF defaults
-    for i in range(count):
-        at = start + 2 + 12 * i
-        if at + 12 > len(head):
+    order, fields = found
+    values = {258: 1, 277: 1, 339: 1}  # the TIFF defaults
+    for tag, (kind, _, raw) in fields.items():
+        if kind not in (_SHORT, _LONG):
+            continue
+        if raw is None:
             return None
-        tag, kind = struct.unpack(order + "HH", head[at : at + 4])
-        if tag in fields and kind in (3, 4):  # SHORT or LONG; the first value (every sample alike, as Pillow reads)
-            inline = head[at + 8 : at + 12]
-            count_values = struct.unpack(order + "I", head[at + 4 : at + 8])[0]
-            size = 2 if kind == 3 else 4
-            raw = inline
-            if count_values * size > 4:
-                (offset,) = struct.unpack(order + "I", inline)
-                raw = head[offset : offset + size]
-                if len(raw) < size:
-                    return None
-            fields[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), raw[:size])[0]
-    return fields[258], fields[277], fields[339]
+        size = 2 if kind == _SHORT else 4  # the first value (every sample alike, as Pillow reads)
+        values[tag] = struct.unpack(order + ("H" if kind == _SHORT else "I"), raw[:size])[0]
+    return values[258], values[277], values[339]
 
 
 def _rewound(stream: ReadableFile) -> IO[bytes]:
