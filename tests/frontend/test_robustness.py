@@ -113,6 +113,21 @@ def _search_body(ids: list[int], base: str) -> dict[str, Any]:
     }
 
 
+def _searched_for(page: Any, body: dict[str, Any]) -> None:
+    """A text search the test answers with ``body`` (two hits, ids 1 and 2), their images a grey square."""
+    page.route(
+        "**/v1/search",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(body)),
+    )
+    page.route(
+        re.compile(r".*/v1/images/\d+(\?.*)?$"),
+        lambda route: route.fulfill(status=200, content_type="image/png", body=_png((16, 16), (80, 80, 80))),
+    )
+    page.fill("#search-query", "hard exudates")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#search-results li button[data-id='2']")
+
+
 def _fake_classify(page: Any) -> None:
     page.route(
         "**/v1/classify",
@@ -386,17 +401,7 @@ def test_a_link_from_the_api_that_is_no_http_url_is_never_rendered(
     body = _search_body([1, 2], service.base)
     body["hits"][0]["image_url"] = "javascript:window.__ran=1"
     body["hits"][0]["thumbnail_url"] = "javascript:window.__ran=2"
-    page.route(
-        "**/v1/search",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(body)),
-    )
-    page.route(
-        re.compile(r".*/v1/images/\d+(\?.*)?$"),
-        lambda route: route.fulfill(status=200, content_type="image/png", body=_png((16, 16), (80, 80, 80))),
-    )
-    page.fill("#search-query", "hard exudates")
-    page.click("#search-form button[type=submit]")
-    page.wait_for_selector("#search-results li button[data-id='2']")
+    _searched_for(page, body)
     urls = page.eval_on_selector_all(
         "#search-results a, #search-results img",
         "els => els.map(e => e.getAttribute('href') ?? e.getAttribute('src'))",

@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.frontend.harness import MAX_UPLOAD_BYTES, PageRecorder, Service, wait_for
 from tests.frontend.test_accessibility import FakeClassifiers
-from tests.frontend.test_robustness import _classify_body, _fake_classify, _png, _search_body
+from tests.frontend.test_robustness import _classify_body, _fake_classify, _png, _search_body, _searched_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.data]
 
@@ -469,7 +469,9 @@ def test_a_category_added_before_the_first_image_joins_its_modalitys_defaults(
     page.fill("#category-input", "drusen")
     page.click("#category-add")
     page.select_option("#modality", "CFP")
-    assert "drusen" in page.eval_on_selector_all("#category-list li span", "els => els.map(e => e.textContent)")
+    assert "drusen" in page.eval_on_selector_all(
+        "#category-list li span", "els => els.map(e => e.textContent)"
+    )
     page.set_input_files("#file-input", str(_eye(tmp_path)))
     page.wait_for_selector("#predictions li")
     wait_for(page, "!document.body.dataset.busy")
@@ -553,17 +555,7 @@ def test_the_low_similarity_note_never_rounds_the_best_score_up_to_its_bar(
     body["hits"][0]["score"], body["hits"][1]["score"] = 0.59961, 0.5
     body["low_similarity"] = True
     body["score_scale"]["low_below"] = 0.6
-    page.route(
-        "**/v1/search",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(body)),
-    )
-    page.route(
-        re.compile(r".*/v1/images/\d+(\?.*)?$"),
-        lambda route: route.fulfill(status=200, content_type="image/png", body=_png((16, 16), (80, 80, 80))),
-    )
-    page.fill("#search-query", "hard exudates")
-    page.click("#search-form button[type=submit]")
-    page.wait_for_selector("#search-results li button[data-id='2']")
+    _searched_for(page, body)
     assert "the best score, 0.599, is below 0.6" in page.inner_text("#search-note")
 
 

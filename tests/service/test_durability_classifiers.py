@@ -304,6 +304,17 @@ def _remount(volume: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(volume)], check=True, capture_output=True)
 
 
+def _still_served(client: TestClient, kept: dict[str, Any], image: dict[str, bytes], served: dict[str, Any]) -> None:
+    """The classifier ``kept`` is listed, shown and classifies ``image`` as it did (``served``)."""
+    listed = client.get("/v1/classifiers")
+    assert listed.status_code == 200, listed.text
+    assert [c["version"] for c in listed.json()["classifiers"]] == [kept["version"]]
+    assert client.get("/v1/classifiers/kept").status_code == 200
+    answer = client.post("/v1/classify", files=image, data={"classifier": "kept"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == served["predictions"]
+
+
 def test_a_volume_that_turns_read_only_while_serving_serves_its_classifiers_read_only_until_writable_again(
     default_artifact: Path, volume: Path, real_image_paths: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -317,13 +328,7 @@ def test_a_volume_that_turns_read_only_while_serving_serves_its_classifiers_read
         served = client.post("/v1/classify", files=image, data={"classifier": "kept"}).json()
         _remount(volume, "ro")
         try:
-            listed = client.get("/v1/classifiers")
-            assert listed.status_code == 200, listed.text
-            assert [c["version"] for c in listed.json()["classifiers"]] == [kept["version"]]
-            assert client.get("/v1/classifiers/kept").status_code == 200
-            answer = client.post("/v1/classify", files=image, data={"classifier": "kept"})
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["predictions"] == served["predictions"]
+            _still_served(client, kept, image, served)
             import service.routers.classifiers as router
 
             embedded = router._upload_examples
@@ -378,13 +383,7 @@ def test_a_full_disk_keeps_the_classifiers_readable_and_refuses_a_change_as_507(
         served = client.post("/v1/classify", files=image, data={"classifier": "kept"}).json()
         filler = _fill(volume)
         try:
-            listed = client.get("/v1/classifiers")
-            assert listed.status_code == 200, listed.text
-            assert [c["version"] for c in listed.json()["classifiers"]] == [kept["version"]]
-            assert client.get("/v1/classifiers/kept").status_code == 200
-            answer = client.post("/v1/classify", files=image, data={"classifier": "kept"})
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["predictions"] == served["predictions"]
+            _still_served(client, kept, image, served)
             refused = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
                                   files=_uploads(cfp, tag=b"new"), headers=ADMIN)
             assert refused.status_code == 507, refused.text
