@@ -21,6 +21,7 @@
   const teach = { categories: [], active: 0, busy: false, removed: null };
   const deleting = new Set(); // classifiers whose DELETE is in flight: a second press sends no second one
   let listSeq = 0;            // newest list wins: a slow earlier GET never brings back a deleted classifier
+  let adminKeyBase = '';      // the API base whose admin key the field shows
 
   const Connection = window.KeepfitConnection; // dom.js: the API base and the keys entered for it
   const Http = window.KeepfitHttp;             // dom.js: requests and their errors
@@ -304,6 +305,7 @@
 
   function wire() {
     $('admin-key').value = Connection.adminKey();
+    adminKeyBase = Connection.base();
     $('admin-key').addEventListener('change', () => Connection.setAdminKey($('admin-key').value.trim()));
     $('teach-add').addEventListener('click', () => addCategory());
     $('teach-label').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); addCategory(); } });
@@ -316,13 +318,16 @@
   }
 
   document.addEventListener('DOMContentLoaded', wire);
-  // app.js re-reads the key on "Save and reconnect": reload the list with it; the admin key field shows the key
-  // entered for the service now connected to (a key is only ever sent to the service it was entered for)
+  // app.js re-reads the key on "Save and reconnect" (its handler on the form has run, and saved the base, before this
+  // one on the document): reload the list with it.  Where the API base changed, the admin key field shows the key
+  // entered for the service now connected to (a key is only ever sent to the service it was entered for); at once,
+  // so that a key typed next is never replaced, and not otherwise, so that a key typed and not yet saved stays.
   document.addEventListener('submit', (e) => {
     if (!e.target || e.target.id !== 'settings-form') return;
-    setTimeout(() => {
+    if (Connection.base() !== adminKeyBase) {
+      adminKeyBase = Connection.base();
       $('admin-key').value = Connection.adminKey();
-      refreshClassifiers();
-    }, 50);
+    }
+    setTimeout(() => refreshClassifiers(), 50);
   });
 })();
