@@ -851,8 +851,33 @@ def _container_max(image: Image.Image) -> float:
 
 def _range_holding(top: float) -> float:
     """16-bit captures are often 10-14-bit data: the range of 8, 10, 12, 14 or 16 bits that holds ``top``; above,
-    of 24 bits or of a 32-bit integer container (signed, as Pillow reads it), and beyond that ``top`` itself."""
-    return next((float(2**b - 1) for b in (8, 10, 12, 14, 16, 24, 31) if top <= 2**b - 1), top or 1.0)
+    of 24 bits or of a 32-bit integer container (signed or unsigned), and beyond that ``top`` itself."""
+    return next((float(2**b - 1) for b in (8, 10, 12, 14, 16, 24, 31, 32) if top <= 2**b - 1), top or 1.0)
+
+
+def _tiff_integers(image: Image.Image) -> tuple[bool, int] | None:
+    """``(signed, bits)`` of a TIFF that Pillow reads as its 32-bit integer mode ``I`` (signed 16-bit, signed or
+    unsigned 32-bit samples); ``None`` for any other image."""
+    tags = getattr(image, "tag_v2", None)
+    if image.mode != "I" or tags is None:
+        return None
+    fmt, bits = tags.get(339, 1), tags.get(258, 1)  # SampleFormat (1 unsigned, 2 signed), BitsPerSample
+    fmt, bits = (value[0] if isinstance(value, tuple) else value for value in (fmt, bits))
+    return fmt == 2, int(bits)
+
+
+def _with_range(image: Image.Image) -> tuple[Image.Image, float]:
+    """A 16-bit/integer/float image to filter, and the range its values are scaled by (:func:`_container_max`).
+
+    Pillow reads a TIFF's unsigned 32-bit samples as signed: values from 2^31 up came out negative (black). They
+    are filtered as the unsigned values they are. A signed 16-bit TIFF holds at most 2^15 - 1, so 15-bit data is
+    its full range (scaled by 65535 it came out at half brightness)."""
+    container = _tiff_integers(image)
+    if container == (False, 32):
+        values = np.asarray(image).view(np.uint32)
+        return Image.fromarray(values.astype(np.float32), mode="F"), _range_holding(float(values.max()))
+    scale = _container_max(image)
+    return image, min(scale, 2.0**15 - 1) if container == (True, 16) else scale
 
 
 def _finite(image: Image.Image) -> Image.Image:
@@ -898,7 +923,7 @@ def _rgb_at(image: Image.Image, size: tuple[int, int] | None, resample: Image.Re
     elif mode == "F":
         image = _finite(image)
     if mode in (*_SIXTEEN_BIT, "I", "F"):
-        scale = _container_max(image)
+        image, scale = _with_range(image)
         return _to_8bit(_shrink(image, target, resample), scale).convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         # Fundus images have black surroundings: transparent pixels become black, not white. Premultiplied

@@ -653,6 +653,23 @@ def test_32_bit_integer_tiffs_with_large_values_keep_their_meaning() -> None:
         assert np.abs(preprocess(decoded, CFG) - reference).mean() < 0.05, shift
 
 
+@pytest.mark.parametrize(
+    ("dtype", "sample_format", "shift"),
+    [("uint32", 1, 24), ("uint32", 1, 4), ("int32", 2, 23), ("int16", 2, 7), ("int16", 2, 4), ("uint16", 1, 8)],
+)
+def test_integer_tiffs_are_scaled_by_the_range_of_their_own_sample_format(
+    dtype: str, sample_format: int, shift: int
+) -> None:
+    """Pillow reads unsigned 32-bit TIFF samples as signed: data in the top bits (2^31 and up) came out negative,
+    an all-black input. A signed 16-bit TIFF of 15-bit data was scaled by 65535 (half brightness): its container
+    holds 2^15 - 1. Each now reaches the model as its 8-bit copy does, 12-bit data as before."""
+    grey = (np.arange(300 * 400).reshape(300, 400) % 200 + 20).astype(np.int64)  # 20-219
+    reference = preprocess(load_image(_encode(Image.fromarray(grey.astype(np.uint8)), "PNG"), size=224), CFG)
+    # 8-bit data shifted to the container's top bits (or to 12 bits: shift 4): 255 << shift is its range
+    decoded = load_image(_tiff_of((grey << shift).astype(dtype), sample_format), size=224)
+    assert np.abs(preprocess(decoded, CFG) - reference).mean() < 0.05, (dtype, shift)
+
+
 @pytest.mark.parametrize("orientation", [1, 3, 5, 6, 7, 8])
 def test_a_tiffs_stored_size_is_the_one_before_its_orientation_as_for_other_formats(orientation: int) -> None:
     """Pillow reports a TIFF's size upright from the start: an orientation of 5-8 swapped the "as stored" size the
