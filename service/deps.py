@@ -24,6 +24,7 @@ from fastapi import Depends, Request, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
+from model.errors import NotFoundError
 from model.preprocess import header_pixels
 from service.cache import Cache
 from service.early import EarlyJob, image_head_fits
@@ -281,6 +282,8 @@ async def no_query_parameters(request: Request) -> None:
 IMAGE_TOKEN_STEPS = 24  # expiry rounded up to a multiple of ttl/24: an hour for the default day
 IMAGE_TOKEN_SKEW_S = 300  # clocks of replicas may differ by this much: a token expiring this much later still counts
 _IMAGE_TOKEN = re.compile(r"(\d{1,12})\.([0-9a-f]{32})")
+IMAGE_TAG_DIGITS = 16  # the leading hex digits of an image's SHA-256 that its URLs carry (``?sha256=``)
+
 
 
 @lru_cache(maxsize=16)
@@ -384,6 +387,20 @@ def check_image_token(keys: Sequence[str], token: ImageToken, image_id: int, rec
     matches = secrets.compare_digest(token.mac.encode(), expected.encode())
     if record is None or not matches:
         raise _invalid_token(image_id)
+
+
+def check_image_tag(tag: str | None, image_id: int, record: Any | None) -> None:
+    """After the lookup: 404 when an image URL's ``sha256`` (the leading digits of the SHA-256 it was issued for)
+    is not the record's: the id now names another picture (a fresh index, or another index folder, numbers its
+    images from 1 again), which that URL must never show."""
+    if tag is None or record is None:
+        return
+    sha256 = getattr(record, "sha256", None) or ""
+    if not sha256.startswith(tag.lower()):
+        raise NotFoundError(
+            f"image {image_id} is no longer the image this URL was issued for (another index is loaded, or it was "
+            "built afresh): search again for a fresh image_url"
+        )
 
 
 # --------------------------------------------------------------------------------------------- content type

@@ -491,14 +491,16 @@ class SearchHit(BaseModel):
     )
     image_url: str = Field(
         description="absolute URL of the image as stored (`GET /v1/images/{id}`; a DICOM object as a PNG of its "
-        "pixels), on KEEPFIT_PUBLIC_URL or else the request's own base URL; with API keys it carries a `token` "
-        "that opens this image for KEEPFIT_IMAGE_URL_TTL_S seconds, so that `<img src>` needs no header",
-        examples=["http://localhost:8000/v1/images/17"],
+        "pixels), on KEEPFIT_PUBLIC_URL or else the request's own base URL. It carries `sha256`, the leading "
+        "digits of the image's SHA-256, so it names this picture (a 404 once the id names another) and a browser "
+        "may keep it a day; with API keys also a `token` that opens this image for KEEPFIT_IMAGE_URL_TTL_S "
+        "seconds, so that `<img src>` needs no header",
+        examples=["http://localhost:8000/v1/images/17?sha256=4f2a9c01d3b87e65"],
     )
     thumbnail_url: str = Field(
         description="`image_url` with `size=256`: a JPEG whose long side is at most 256 pixels (what a results grid "
         "should load)",
-        examples=["http://localhost:8000/v1/images/17?size=256"],
+        examples=["http://localhost:8000/v1/images/17?size=256&sha256=4f2a9c01d3b87e65"],
     )
 
 
@@ -566,8 +568,8 @@ class SearchResponse(BaseModel):
                             "caption": "A fundus photograph of diabetic macular edema: hard exudates.",
                             "width": 512,
                             "height": 512,
-                            "image_url": "http://localhost:8000/v1/images/17",
-                            "thumbnail_url": "http://localhost:8000/v1/images/17?size=256",
+                            "image_url": "http://localhost:8000/v1/images/17?sha256=4f2a9c01d3b87e65",
+                            "thumbnail_url": "http://localhost:8000/v1/images/17?size=256&sha256=4f2a9c01d3b87e65",
                         }
                     ],
                     "cached": False,

@@ -17,6 +17,7 @@ from service.deps import (
     SettingsDep,
     StateDep,
     api_key_scheme,
+    check_image_tag,
     check_image_token,
     image_access,
 )
@@ -36,6 +37,10 @@ service runs with API keys, send `X-API-Key`, or use the `image_url` / `thumbnai
 carry a per-image `token` so that `<img src>` works in a browser.  A token opens the image it was issued for
 (by id and content: after a rebuild that gave the id to another file, it opens nothing) for
 `KEEPFIT_IMAGE_URL_TTL_S` (a day by default); an expired one is a 401 `token_expired`: search again.
+A hit's URLs also carry `sha256`, the leading digits of the image's SHA-256: the URL then names that picture,
+not whatever has the id now (a 404 once the id names another one), and a browser may keep it a day
+(`Cache-Control: private, max-age=86400`); a URL without it is revalidated each time (`private, no-cache`, a
+304 through the `ETag`).
 """
 
 _MAX_ID = 2**63 - 1
@@ -98,22 +103,33 @@ async def get_image(
     token: Annotated[
         str | None, Query(max_length=128, description="per-image token from a search hit")
     ] = None,
+    sha256: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9a-fA-F]{16,64}$",
+            description="the leading digits (16 or more) of the image's SHA-256, as a search hit's URLs carry them: "
+            "a 404 if the id now names another image; with it a browser may keep the image a day",
+        ),
+    ] = None,
     api_key: Annotated[str | None, Security(api_key_scheme)] = None,
 ) -> Response:
-    for name in ("size", "token"):  # as a form's fields: one value each (the last of two was taken silently)
+    for name in ("size", "token", "sha256"):  # as a form's fields: one value each (the last of two was taken silently)
         if len(request.query_params.getlist(name)) > 1:
             raise InvalidRequestError(f"query parameter {name!r} was sent more than once")
     # a 401 here counts towards KEEPFIT_AUTH_FAILURE_LIMIT only beside a wrong key (service.middleware): a token
     # that no longer opens its image (expired, from before a rebuild or a key rotation) is no guess at a key
     access = image_access(settings.api_keys, image_id, api_key, token, settings.image_url_ttl_s)
+    tagged = partial(check_image_tag, sha256, image_id)
     if access is None:
-        record, path = await state.index.locate(image_id)
+        record, path = await state.index.locate(image_id, check=tagged)
     else:
         # the token checked against the record first: the same 401, after the same work, for an id the index
         # lacks as for one the token was not issued for (a 404 for a missing file only once it opened the image)
-        record, path = await state.index.locate(
-            image_id, check=partial(check_image_token, settings.api_keys, access, image_id)
-        )
+        def check(found: Any) -> None:
+            check_image_token(settings.api_keys, access, image_id, found)
+            tagged(found)
+
+        record, path = await state.index.locate(image_id, check=check)
     # The file as it is now (size and modification time) is part of the ETag and of the thumbnail's cache key: a
     # file changed on disk since is checked again (a 410), never answered with a 304 or a thumbnail cached from
     # before, as it was
@@ -123,10 +139,15 @@ async def get_image(
         raise NotFoundError(f"the file of image {image_id} is no longer available") from err
     stamp = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
     etag = f'"{record.sha256}-{size or "full"}-{stamp}"' if record.sha256 else None
-    # a copy opened by a token is kept no longer than the token opens the image (a browser keyed its copy by the
-    # URL, token included, and kept it a day whatever the token's lifetime)
-    max_age = _MAX_AGE_S if access is None else max(0, min(_MAX_AGE_S, int(access.expires - time.time())))
-    headers = {"Cache-Control": f"private, max-age={max_age}"}
+    # A browser keys its copy by the URL. One that names the content (a token, or the SHA-256's digits, checked
+    # just now) may be kept a day, and one opened by a token no longer than the token opens the image; a bare
+    # /v1/images/<id> names whatever image has that id now (a fresh index numbers its images from 1 again), so
+    # it is asked again each time (the ETag makes that a 304)
+    if access is not None:
+        max_age: int | None = max(0, min(_MAX_AGE_S, int(access.expires - time.time())))
+    else:
+        max_age = _MAX_AGE_S if sha256 is not None and record.sha256 else None
+    headers = {"Cache-Control": "private, no-cache" if max_age is None else f"private, max-age={max_age}"}
     if etag:
         headers["ETag"] = etag
         if _matches(request.headers.get("if-none-match"), etag):

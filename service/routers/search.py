@@ -15,6 +15,7 @@ from model.config import MODALITIES
 from model.tokenizer import unreadable_warning
 from service.cache import cache_key, sha256_hex
 from service.deps import (
+    IMAGE_TAG_DIGITS,
     ServiceState,
     SettingsDep,
     StateDep,
@@ -173,8 +174,12 @@ async def _search(
     for hit in hits:
         token = image_token(settings.api_keys, hit["id"], hit.get("sha256"), expires)
         url = f"{base}/v1/images/{hit['id']}"
-        hit["image_url"] = f"{url}?token={token}" if token else url
-        hit["thumbnail_url"] = f"{url}?size=256&token={token}" if token else f"{url}?size=256"
+        # the URL names the content (its SHA-256's first 16 digits), not only the id: a browser may keep it a
+        # day, and after a fresh index gave the id to another picture, it opens nothing (never that picture)
+        query = [f"sha256={hit['sha256'][:IMAGE_TAG_DIGITS]}"] if hit.get("sha256") else []
+        query += [f"token={token}"] if token else []
+        hit["image_url"] = f"{url}?{'&'.join(query)}" if query else url
+        hit["thumbnail_url"] = f"{url}?{'&'.join(['size=256', *query])}"
     timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     logger.info(
         "search %s=%s top_k=%d hits=%d cached=%s total_ms=%.1f",

@@ -266,8 +266,62 @@ def test_a_browser_keeps_a_token_opened_image_no_longer_than_the_token_opens_it(
             assert r.status_code == 200, r.text
             max_age = int(r.headers["cache-control"].removeprefix("private, max-age="))
             assert expires - time.time() - 1 <= max_age <= expires - before and max_age <= 600 + 25
-        keyed = client.get(_local(hit["image_url"]).split("?")[0], headers=HEADERS)
+        # with the key: the day, through a URL that names the picture; a bare id is asked again each time
+        tag = f"sha256={archive.record.sha256[:16]}"
+        keyed = client.get(f"/v1/images/5?{tag}", headers=HEADERS)
         assert keyed.headers["cache-control"] == "private, max-age=86400"
+        assert client.get("/v1/images/5", headers=HEADERS).headers["cache-control"] == "private, no-cache"
+
+
+# ------------------------------------------------------------------------------------------------ without keys
+@pytest.fixture
+def open_client(default_artifact: Path, tmp_path: Path, archive: _Archive) -> Iterator[TestClient]:
+    (tmp_path / "index_manifest.json").write_text("{}")
+    settings = make_settings(default_artifact, index=tmp_path)
+    with TestClient(create_app(settings, index_opener=lambda *a, **k: archive)) as test_client:
+        yield test_client
+
+
+def test_without_keys_a_url_names_its_picture_and_opens_no_other(
+    open_client: TestClient, archive: _Archive, tmp_path: Path
+) -> None:
+    """Without API keys a hit's URL was ``/v1/images/<id>`` alone, which browsers kept a day: after a fresh index
+    (or another index folder) gave the id to another picture, the old URL opened that other patient's image, and a
+    browser showed its cached old picture for the new hit of that id. The URL now names its picture by the leading
+    digits of its SHA-256; a bare id is revalidated each time."""
+    client = open_client
+    hit = _hit(client)
+    tag = f"sha256={archive.record.sha256[:16]}"
+    assert hit["image_url"] == f"http://testserver/v1/images/5?{tag}"
+    assert hit["thumbnail_url"] == f"http://testserver/v1/images/5?size=256&{tag}"
+    for url in (hit["image_url"], hit["thumbnail_url"]):
+        r = client.get(_local(url))
+        assert r.status_code == 200 and r.headers["cache-control"] == "private, max-age=86400", r.text
+    bare = client.get("/v1/images/5")
+    assert bare.status_code == 200 and bare.headers["cache-control"] == "private, no-cache"
+    assert client.get("/v1/images/5", headers={"If-None-Match": bare.headers["etag"]}).status_code == 304
+    assert client.get(f"/v1/images/5?sha256={archive.record.sha256.upper()}").status_code == 200  # all 64, any case
+    # a fresh index gives id 5 to another picture
+    other = _image(tmp_path / "images", "b.png", (20, 40, 200))
+    archive.record = _record(other, _sha256(other))
+    for url in (hit["image_url"], hit["thumbnail_url"]):
+        assert_error(client.get(_local(url)), 404, "not_found", "no longer the image", "search again")
+        assert client.head(_local(url)).status_code == 404
+    new = _hit(client, "another query")
+    assert new["image_url"] != hit["image_url"]
+    assert client.get(_local(new["image_url"])).content == other.read_bytes()
+    # what is not such digits is refused, not ignored
+    for bad in ("4f2a", "z" * 16, f"{archive.record.sha256[:16]}&sha256={archive.record.sha256[:16]}"):
+        assert_error(client.get(f"/v1/images/5?sha256={bad}"), 422, "invalid_request", "sha256")
+
+
+def test_without_keys_records_without_a_sha256_keep_bare_urls(open_client: TestClient, archive: _Archive) -> None:
+    archive.record = _record(Path(archive.record.path), None)
+    hit = _hit(open_client)
+    assert hit["image_url"] == "http://testserver/v1/images/5"
+    assert hit["thumbnail_url"] == "http://testserver/v1/images/5?size=256"
+    r = open_client.get(_local(hit["thumbnail_url"]))
+    assert r.status_code == 200 and r.headers["cache-control"] == "private, no-cache"
 
 
 def test_the_access_log_never_shows_a_token() -> None:

@@ -34,8 +34,9 @@ def test_text_search_ranks_the_index(indexed: TestClient) -> None:
     assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
     assert len({h["id"] for h in body["hits"]}) == 5
     hit = body["hits"][0]
-    assert hit["image_url"] == f"http://testserver/v1/images/{hit['id']}"
-    assert hit["thumbnail_url"] == f"http://testserver/v1/images/{hit['id']}?size=256"
+    tag = f"sha256={hit['sha256'][:16]}"  # the URL names the picture, not only the id
+    assert hit["image_url"] == f"http://testserver/v1/images/{hit['id']}?{tag}"
+    assert hit["thumbnail_url"] == f"http://testserver/v1/images/{hit['id']}?size=256&{tag}"
 
 
 def test_search_is_cached_and_aliased(indexed: TestClient) -> None:
@@ -132,7 +133,7 @@ def test_images_round_trip_and_thumbnails(indexed: TestClient, index_dir: Path) 
     assert thumb.headers["cache-control"] == "private, max-age=86400"  # the route's own, not the API's no-store
     assert indexed.get(f"/v1/images/{hit['id']}?size=256", headers={"If-None-Match": etag}).status_code == 304
     # HEAD answers as GET does, without the bytes (it was a 405)
-    for url, got in ((f"/v1/images/{hit['id']}", full), (f"/v1/images/{hit['id']}?size=256", thumb)):
+    for url, got in ((f"/v1/images/{hit['id']}", full), (hit["thumbnail_url"], thumb)):
         head = indexed.head(url)
         assert head.status_code == 200 and head.content == b""
         for name in ("content-type", "content-length", "etag", "cache-control"):
@@ -225,7 +226,8 @@ def test_search_result_urls_use_the_public_url(index_dir: Path, default_artifact
             "/v1/search", json={"query": "retina", "top_k": 2}, headers={"X-API-Key": "k"}
         ).json()["hits"]
         url = hits[0]["image_url"]
-        assert url.startswith(f"https://eyes.example/api/v1/images/{hits[0]['id']}?token=")
+        tag = f"sha256={hits[0]['sha256'][:16]}"
+        assert url.startswith(f"https://eyes.example/api/v1/images/{hits[0]['id']}?{tag}&token=")
         # the token opens that image without the header (an <img src> in a browser)
         local = url.replace("https://eyes.example/api", "")
         assert client.get(local).status_code == 200
