@@ -20,7 +20,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.routing import Route, request_response
@@ -30,7 +30,7 @@ from service.cache import Cache, MemoryCache, RedisCache, answer_scope
 from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
-from service.files import EnvelopedStaticFiles, readable_file
+from service.files import EnvelopedStaticFiles
 from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import (
     REQUEST_ID_HEADER,
@@ -458,11 +458,13 @@ def create_app(settings: Settings | None = None, *, index_opener: Any = None) ->
     app.include_router(health.router, generate_unique_id_function=operation_id)
 
     if (STATIC_DIR / "index.html").is_file():
-        app.mount("/static", EnvelopedStaticFiles(directory=STATIC_DIR), name="static")
+        static = EnvelopedStaticFiles(directory=STATIC_DIR)
+        app.mount("/static", static, name="static")
 
         @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-        async def front_end() -> FileResponse:
-            return readable_file(STATIC_DIR / "index.html", media_type="text/html")
+        async def front_end(request: Request) -> Response:
+            # as /static/index.html: a 304 to its ETag, Range, revalidated on every visit
+            return await static.get_response("index.html", request.scope)
     else:
 
         @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

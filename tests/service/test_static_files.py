@@ -47,6 +47,17 @@ def test_a_static_file_answers_304_to_its_etag(api: TestClient) -> None:
     assert api.get("/static/index.html", headers={"If-None-Match": etag}).status_code == 304
 
 
+@pytest.mark.parametrize("url", [*FILES, "/static/app.js", "/static/classifiers.js", "/static/app.css"])
+def test_the_front_ends_files_are_asked_for_again_after_an_upgrade(api: TestClient, url: str) -> None:
+    """Without a Cache-Control, browsers kept them for a tenth of their age without asking: after an upgrade a new
+    index.html could run beside an old app.js for days. ``no-cache``: each use revalidates (a 304 when unchanged)."""
+    r = api.get(url)
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-cache", (url, r.headers)
+    if "etag" in r.headers:
+        again = api.get(url, headers={"If-None-Match": r.headers["etag"]})
+        assert again.status_code == 304 and again.headers["cache-control"] == "no-cache"
+
+
 def test_an_unreadable_static_file_is_a_logged_500_not_an_empty_200(
     api: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
