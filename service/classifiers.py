@@ -419,6 +419,11 @@ def _rollback(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
+# How long after its files last changed a read of the store is trusted to stand for every commit up to then: longer
+# than any file-time tick (:meth:`ClassifierStore.cached_row`)
+RACY_STAMP_NS = 2_000_000_000
+
+
 class ClassifierStore:
     """SQLite + arrays on disk; safe for threads of one process and for several processes."""
 
@@ -426,7 +431,8 @@ class ClassifierStore:
         self.root = Path(root)
         self.db_path = self.root / "classifiers.sqlite"
         self._loaded: dict[tuple[str, str], fewshot.FittedClassifier] = {}
-        self._rows: tuple[tuple[int, ...] | None, dict[str, ClassifierRow]] = (None, {})
+        # the rows as last read, the files' stamp taken before, and when they were read (time.time_ns)
+        self._rows: tuple[tuple[int, ...] | None, dict[str, ClassifierRow], int] = (None, {}, 0)
         self._lock = threading.Lock()
         self._read_only_noted = False  # the volume turned read-only while serving (logged once)
         # A store on a read-only volume (beside a read-only index, say) is served read-only: its classifiers
@@ -628,10 +634,15 @@ class ClassifierStore:
 
     def cached_row(self, name: str) -> ClassifierRow | None:
         """The row of ``name`` without touching SQLite when nothing was committed since the last read (two
-        ``stat`` calls: cheap enough for the event loop); None: read it with :meth:`get`."""
+        ``stat`` calls: cheap enough for the event loop); None: read it with :meth:`get`.
+
+        A file's time moves in ticks (a few ms on many kernels, a second on some file systems), and a WAL reused
+        after a checkpoint keeps its size: a commit in the tick of the last one read looked like no commit, and
+        a deleted or refitted classifier was served until the next change. So, as git does with its index, rows
+        read within :data:`RACY_STAMP_NS` of the files' last change are read again until that much has passed."""
         with self._lock:
-            stamp, rows = self._rows
-        if stamp is None or stamp != self._stamp():
+            stamp, rows, read_at = self._rows
+        if stamp is None or stamp != self._stamp() or read_at - max(stamp[::3]) < RACY_STAMP_NS:
             return None
         return rows.get(name)
 
@@ -643,7 +654,7 @@ class ClassifierStore:
         stamp = self._stamp()
         rows = {r.name: r for r in self.all_rows()}
         with self._lock:
-            self._rows = (stamp, rows)
+            self._rows = (stamp, rows, time.time_ns())
         if name in rows:
             return rows[name]
         return self._get_uncached(name)

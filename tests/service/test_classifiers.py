@@ -734,6 +734,34 @@ def test_a_delete_never_collects_the_files_of_a_save_in_progress(tmp_path: Path)
     assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == sorted(ex.sha256 for ex in new)
 
 
+def test_a_commit_in_the_same_file_time_tick_is_never_missed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker trusted its rows while the store's files kept their time and size: a delete or refit in the tick
+    of the commit it last read (a few ms on many kernels, a second on some file systems; a WAL reused after a
+    checkpoint keeps its size) was missed, and the old classifier served until the next change."""
+    import service.classifiers as classifiers
+    from service.classifiers import ClassifierRow, ClassifierStore
+
+    serving, admin = ClassifierStore(tmp_path), ClassifierStore(tmp_path)
+
+    def row(version: str) -> ClassifierRow:
+        categories = [{"label": c, "text": c, "examples": 0} for c in "ab"]
+        return ClassifierRow("glaucoma", "CFP", "prototype", "prototype", False, "", 1, "a", version, "e",
+                             categories, {}, "", "t", "t")
+
+    arrays = {"center": np.zeros(4, np.float32)}
+    admin.save(row("v1"), arrays, [], replace=False, max_classifiers=9)
+    first = serving.get("glaucoma").version  # read: the rows and their files' stamp are kept
+    frozen = serving._stamp()
+    # the files' time is that tick's, and their size is unchanged: every later stamp reads the same
+    monkeypatch.setattr(serving, "_stamp", lambda: frozen)
+    admin.save(row("v2"), arrays, [], replace=True, max_classifiers=9)
+    found = serving.cached_row("glaucoma") or serving.get("glaucoma")
+    assert found.version == admin.get("glaucoma").version != first
+    # once the files are older than any tick, a read stands for every commit up to it: no SQLite until a change
+    monkeypatch.setattr(classifiers, "RACY_STAMP_NS", 0)
+    assert serving.cached_row("glaucoma") is not None
+
+
 def test_a_store_on_a_read_only_volume_classifies_and_refuses_changes_with_a_503(
     default_artifact: Path, store_dir: Path, real_image_paths: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
