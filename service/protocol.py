@@ -45,6 +45,27 @@ def count_refused(reason: str) -> None:
     count_refusal(reason)
 
 
+CLOSE_ANNOUNCED = "keepfit_close_announced"  # set on a request's cycle whose answer said Connection: close
+
+
+def _announcing_close(cycle: Any) -> Any:
+    """``cycle.send``, saying ``Connection: close`` in an answer that starts before the request's body was all read:
+    the connection ends after it (:meth:`GuardedHttpToolsProtocol.on_response_complete`), and without the header
+    a client took it as persistent and lost the next request it sent on it. Uvicorn, told so, would close at once
+    (a reset that can lose the answer to a client still sending); it is closed after a linger instead."""
+    send = cycle.send
+
+    async def announcing(message: Any) -> None:
+        if message["type"] != "http.response.start" or cycle.response_started or not cycle.more_body or not cycle.keep_alive:
+            await send(message)
+            return
+        setattr(cycle, CLOSE_ANNOUNCED, True)
+        await send({**message, "headers": [*message.get("headers", []), (b"connection", b"close")]})
+        cycle.keep_alive = True
+
+    return announcing
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` with a size and a time limit on each request's headers."""
 
@@ -119,6 +140,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, "headers_too_large", f"the request line and headers exceed {self.max_header_bytes} bytes")
             return
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.send = _announcing_close(self.cycle)  # type: ignore[method-assign]
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -137,7 +160,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # now and then was held for ever, without a key). The connection ends after this answer instead; the
         # client has LINGER_S to finish sending, so that it reads the answer rather than a reset.
         # (self.cycle is the newest request's: on a pipelined connection a later one, still arriving, is left alone)
-        if cycle is not None and cycle.response_complete and cycle.more_body and not self.transport.is_closing():
+        announced = getattr(cycle, CLOSE_ANNOUNCED, False)
+        if cycle is not None and cycle.response_complete and (cycle.more_body or announced) and not self.transport.is_closing():
             self._unset_keepalive_if_required()
             self._linger_and_close()
 

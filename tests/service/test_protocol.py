@@ -236,10 +236,14 @@ def _head_of(sock: socket.socket) -> bytes:
 def test_a_body_left_unread_after_the_answer_does_not_hold_the_connection(base: str, request_head: bytes) -> None:
     """Answered before its body was read, a request whose client then sent one byte now and then was held open for
     ever (each byte cancelled uvicorn's keep-alive timer): a few hundred such connections, with no key, held as many
-    file descriptors. The connection now ends after the answer, once the client has had time to stop sending."""
+    file descriptors. The connection now ends after the answer, once the client has had time to stop sending; and
+    the answer says so (without `Connection: close` a client took the connection as persistent, and the next
+    request it sent on it was lost)."""
     sock = _connect(base)
     sock.sendall(request_head)
-    assert _head_of(sock).split(b" ", 2)[1] in (b"200", b"415")
+    head = _head_of(sock)
+    assert head.split(b" ", 2)[1] in (b"200", b"415")
+    assert re.search(rb"(?i)\r\nconnection: close\r\n", head.split(b"\r\n\r\n")[0] + b"\r\n"), head
     started = time.monotonic()
     closed = False
     while time.monotonic() - started < 15:
@@ -273,6 +277,7 @@ def test_whole_requests_keep_their_connection_also_pipelined(base: str) -> None:
         sock.sendall(post() + body)
         head = _head_of(sock)
         assert head.split(b" ", 2)[1] == b"200", head
+        assert b"connection: close" not in head.lower(), head
         length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
         rest = head.split(b"\r\n\r\n", 1)[1]
         while len(rest) < length:
