@@ -25,13 +25,6 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _head_ok() -> Response:
-    return Response(status_code=200)
-
-
-# Uptime monitors probe with HEAD; not in the schema (one operation per path keeps the OpenAPI ids unique).
-router.add_api_route("/healthz", _head_ok, methods=["HEAD"], include_in_schema=False)
-
 READY_DESCRIPTION = """
 200 with `status: "ready"` when the model artifact is loaded and, if an index is configured (`--index` /
 KEEPFIT_INDEX), that index is loaded too.  503 with `status: "not_ready"` and a `reason` otherwise: before
