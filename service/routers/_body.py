@@ -8,6 +8,7 @@ the whole upload afterwards.
 
 from __future__ import annotations
 
+import json
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -66,21 +67,56 @@ def malformed_json(err: ValidationError) -> ServiceError | None:
 
 
 async def json_body(request: Request, limit: int = MAX_JSON_BODY_BYTES, hint: str = "") -> bytes:
-    """The request's (JSON) body, or a 413 when it is over ``limit`` bytes (``hint``, if any, follows the limit)."""
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLargeError(
-            f"the JSON body is {len(body)} bytes; the limit is {limit}{f' ({hint})' if hint else ''}"
-        )
-    return body
+    """The request's (JSON) body, or a 413 when it is over ``limit`` bytes (``hint``, if any, follows the limit):
+    from its Content-Length before a byte of it is read (a 2 MiB body was read whole first, and a client that
+    sent ``Expect: 100-continue`` was told to send it), else as soon as more than that has arrived."""
+    def too_large(size: str) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"the JSON body is {size} bytes; the limit is {limit}{f' ({hint})' if hint else ''}")
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(declared)
+    chunks, size = [], 0
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(f"more than {limit}")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` of :func:`json.loads` that refuses an object repeating a key (422)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise InvalidRequestError(
+                f"the key {key[:100]!r} appears more than once in one JSON object: send each key once (which one "
+                "counts is not defined: JSON parsers differ)"
+            )
+        seen.add(key)
+    return dict(pairs)
+
+
+def each_key_once(body: bytes) -> None:
+    """422 when an object of the (valid) JSON ``body`` repeats a key: parsed, the last one won, so
+    ``{"query": "optic disc", "query": "macula"}`` searched for "macula", as a form field or query parameter sent
+    twice is refused. Called once the body has passed its model, so it is JSON of a bounded depth."""
+    try:
+        json.loads(body or b"{}", object_pairs_hook=unique_keys)
+    except (ValueError, RecursionError):  # what the model's parser took this one may not (an integer of more than
+        return  # 4300 digits): not a repeated key
 
 
 async def parse_json(request: Request, model: type[M]) -> M:
     body = await json_body(request)
     try:
-        return model.model_validate_json(body or b"{}")
+        parsed = model.model_validate_json(body or b"{}")
     except ValidationError as err:
         raise malformed_json(err) or _validation(err, "body") from err
+    each_key_once(body)
+    return parsed
 
 
 @dataclass(frozen=True)

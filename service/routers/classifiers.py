@@ -95,9 +95,11 @@ from service.routers._body import (
     MAX_CLASSIFIER_JSON_BYTES,
     MAX_JSON_BODY_BYTES,
     Upload,
+    each_key_once,
     json_body,
     malformed_json,
     read_form,
+    unique_keys,
     unknown_fields,
 )
 from service.schemas import TEXT_PATTERN, ClassifyResponse, ErrorResponse, error_responses, meaningful
@@ -550,9 +552,11 @@ async def _parse_create(
             "room for 100,000 index ids; to take every indexed image of a label, send 'index_label' instead of its ids",
         )
         try:
-            return ClassifierRequest.model_validate_json(body or b"{}"), []
+            parsed = ClassifierRequest.model_validate_json(body or b"{}")
         except ValidationError as err:
             raise malformed_json(err) or InvalidRequestError(_validation_message(err)) from err
+        each_key_once(body)
+        return parsed, []
     if kind != "multipart/form-data":
         raise UnsupportedContentTypeError(
             f"send application/json (examples from the index) or multipart/form-data (uploaded examples in "
@@ -597,7 +601,7 @@ async def _parse_create(
     spec: dict[str, Any] = {}
     if "spec" in fields:
         try:
-            spec = json.loads(fields.pop("spec"))
+            spec = json.loads(fields.pop("spec"), object_pairs_hook=unique_keys)
         except json.JSONDecodeError as err:
             raise InvalidRequestError(f"'spec' is not valid JSON: {err.msg}") from err
         except RecursionError as err:  # arrays or objects nested thousands deep
@@ -1005,6 +1009,7 @@ async def refit_classifier(name: NamePath, request: Request, state: StateDep) ->
         options = RefitRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
         raise malformed_json(err) or InvalidRequestError(_validation_message(err)) from err
+    each_key_once(body)
     row, stored = await state.run_blocking(store.snapshot, name)
     # absent or null: the method last asked for; "" is no method (422), not a default
     method = _check_method(row.method_requested if options.method is None else options.method)

@@ -4,8 +4,10 @@ very many scans, a PNG of very many chunks) is a 413 from its structure, before 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from model import preprocess as pp
@@ -87,3 +89,79 @@ def test_a_classifier_json_body_over_its_limit_is_a_413_and_a_large_legitimate_o
         paths = c.get("/openapi.json").json()["paths"]
         assert "413" in paths["/v1/classifiers"]["post"]["responses"]
         assert "413" in paths["/v1/classifiers/{name}/refit"]["post"]["responses"]
+
+
+def test_a_json_body_over_its_limit_is_refused_from_its_content_length_before_it_is_sent(
+    default_artifact: Path,
+) -> None:
+    """A JSON body was read whole before its size was checked: a client that asked first (`Expect: 100-continue`)
+    was told to send 2 MiB only to be refused, and one that stalled got a 408 after a minute instead of a 413."""
+    import socket
+
+    from service.routers._body import MAX_JSON_BODY_BYTES
+    from tests.service.servers import live_server
+
+    with live_server(make_settings(default_artifact)) as base:
+        host, port = base.split("//", 1)[1].rsplit(":", 1)
+        for path in ("/v1/search", "/v1/embed"):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                    f"Content-Length: {2 * MAX_JSON_BODY_BYTES}\r\n\r\n".encode()
+                )  # and not a byte of the body
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    chunk = sock.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+            head = answer.split(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 413 "), answer[:200]
+            assert b"100 continue" not in answer.lower() and b"\r\nconnection: close" in head, answer[:300]
+
+
+def test_a_chunked_json_body_is_refused_once_it_passes_the_limit(api: TestClient) -> None:
+    from service.routers._body import MAX_JSON_BODY_BYTES
+
+    sent: list[int] = []
+
+    def body() -> Iterator[bytes]:  # no Content-Length: chunked
+        yield b'{"text":"'
+        for _ in range(8):
+            sent.append(1)
+            yield b"a" * (MAX_JSON_BODY_BYTES // 2)
+        yield b'"}'
+
+    r = api.post("/v1/embed", content=body(), headers={"content-type": "application/json"})
+    assert_error(r, 413, "payload_too_large", f"more than {MAX_JSON_BODY_BYTES} bytes")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/search", b'{"query": "optic disc", "query": "macula"}'),
+        ("/v1/embed", b'{"text": "drusen", "text": "exudates"}'),
+        ("/v1/search", b'{"query": "drusen", "top_k": 3, "top_k": 5}'),
+    ],
+)
+def test_a_json_key_sent_twice_is_refused_as_a_repeated_form_field_is(api: TestClient, path: str, body: bytes) -> None:
+    """Parsed, the last of two equal keys won: {"query": "optic disc", "query": "macula"} searched for "macula"
+    (a classifier create named {"name": "one", "name": "two"} "two"), while a form field or query parameter sent
+    twice is a 422."""
+    key = json.loads(body, object_pairs_hook=lambda pairs: pairs)[-1][0]
+    r = api.post(path, content=body, headers={"content-type": "application/json"})
+    assert_error(r, 422, "invalid_request", f"'{key}' appears more than once")
+
+
+def test_a_classifier_spec_repeating_a_key_is_refused(default_artifact: Path, tmp_path: Path) -> None:
+    admin = {"X-Admin-Key": "admin-secret"}
+    settings = make_settings(default_artifact, classifiers=tmp_path / "classifiers", admin_keys=["admin-secret"])
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/classifiers", content=b'{"name": "one", "name": "two", "categories": []}',
+                   headers={**admin, "content-type": "application/json"})
+        assert_error(r, 422, "invalid_request", "'name' appears more than once")
+        r = c.post("/v1/classifiers", data={"spec": '{"name": "one", "name": "two"}'},
+                   files={"examples.a": ("a.png", b"x", "image/png")}, headers=admin)
+        assert_error(r, 422, "invalid_request", "'name' appears more than once")
+        r = c.post("/v1/classifiers/one/refit", content=b'{"method": "linear", "method": "prototype"}',
+                   headers={**admin, "content-type": "application/json"})
+        assert_error(r, 422, "invalid_request", "'method' appears more than once")
