@@ -308,7 +308,7 @@ class ClassifyResponse(BaseModel):
                         "confidence": 0.97,
                         "probabilities": {"CFP": 0.97, "FFA": 0.02, "OCT": 0.01},
                     },
-                    "task": None,
+                    "task": "dme",  # not null: FastAPI leaves nulls out of the schema's examples
                     "decision": "flat",
                     "warnings": [],
                     "predictions": [
@@ -554,7 +554,7 @@ class SearchResponse(BaseModel):
                     "query": {"kind": "text", "sha256": "3b1f..."},
                     "top_k": 1,
                     "modality": "CFP",
-                    "label": None,
+                    "label": "diabetic macular edema",  # not null: FastAPI leaves nulls out of the schema's examples
                     "index_count": 2661,
                     "score_scale": {"metric": "cosine", "min": -1.0, "max": 1.0, "low_below": 0.3},
                     "low_similarity": False,
@@ -568,6 +568,8 @@ class SearchResponse(BaseModel):
                             "caption": "A fundus photograph of diabetic macular edema: hard exudates.",
                             "width": 512,
                             "height": 512,
+                            "sha256": "4f2a9c01d3b87e65" + "0" * 48,
+                            "same_image": False,
                             "image_url": "http://localhost:8000/v1/images/17?sha256=4f2a9c01d3b87e65",
                             "thumbnail_url": "http://localhost:8000/v1/images/17?size=256&sha256=4f2a9c01d3b87e65",
                         }
