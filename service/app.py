@@ -268,6 +268,7 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             _security(schema, settings)
             _auth_failures(schema, settings)
             _answer_headers(schema)
+            _named_request_bodies(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -285,6 +286,41 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
                 return await served(request)  # type: ignore[no-any-return]
 
             route.endpoint, route.app = refreshed, request_response(refreshed)
+
+
+# The request bodies' schemas, by operation (an unversioned alias's too) and content type, as named components: written
+# inline, a generated client made a model of each (`ClassifyBody` and `ClassifyUnversionedBody`, the same form;
+# `SearchJsonSearchRequest`), and an enum of each of their fields
+REQUEST_BODY_NAMES = {
+    ("classify", "multipart/form-data"): ("ClassifyForm", "an image to diagnose, and what to score it against"),
+    ("search", "application/json"): ("SearchRequest", "a text query and the filters of a search"),
+    ("search", "multipart/form-data"): ("SearchForm", "an image query and the filters of a search"),
+    ("embed", "application/json"): ("EmbedTextRequest", "a text to embed"),
+    ("embed", "multipart/form-data"): ("EmbedForm", "an image to embed"),
+    ("createClassifier", "application/json"): (
+        "CreateClassifierRequest", "a few-shot classifier whose examples are indexed images (by id or label)"),
+    ("createClassifier", "multipart/form-data"): (
+        "CreateClassifierForm", "a few-shot classifier whose examples are uploaded images (and indexed ones)"),
+    ("refitClassifier", "application/json"): ("RefitRequest", "the options of a refit"),
+}
+
+
+def _named_request_bodies(schema: dict[str, Any]) -> None:
+    """Each request body's schema moved to ``components/schemas`` under its :data:`REQUEST_BODY_NAMES` name, and
+    referred to from every operation that takes it (limits already set: :func:`_set_limits`)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            content = (operation.get("requestBody") or {}).get("content", {}) if isinstance(operation, dict) else {}
+            for kind, media in content.items():
+                named = REQUEST_BODY_NAMES.get((str(operation.get("operationId", "")).removesuffix("Unversioned"), kind))
+                if named is None or "$ref" in media["schema"]:
+                    continue
+                name, description = named
+                body = {"description": description, **media["schema"], "title": name}
+                if components.setdefault(name, body) != body:
+                    raise RuntimeError(f"two request bodies would be the schema {name}: {operation['operationId']}")
+                media["schema"] = {"$ref": f"#/components/schemas/{name}"}
 
 
 def _auth_failures(schema: dict[str, Any], settings: Settings) -> None:

@@ -98,3 +98,11 @@ def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def request_body(spec: dict[str, Any], path: str, kind: str, method: str = "post") -> dict[str, Any]:
+    """The schema of the ``kind`` request body of ``method path`` in the OpenAPI ``spec``, its reference to
+    ``components/schemas`` followed."""
+    schema: dict[str, Any] = spec["paths"][path][method]["requestBody"]["content"][kind]["schema"]
+    ref = schema.get("$ref", "")
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else schema

@@ -96,6 +96,8 @@ def _form_schemas(raw_schema: dict[str, Any]) -> None:
                 continue
             content = (operation.get("requestBody") or {}).get("content") or {}
             form = (content.get("multipart/form-data") or {}).get("schema")
+            if isinstance(form, dict) and str(form.get("$ref", "")).startswith("#/components/schemas/"):
+                form = ((raw_schema.get("components") or {}).get("schemas") or {}).get(form["$ref"].rsplit("/", 1)[1])
             if isinstance(form, dict):
                 FORM_SCHEMAS[(method.upper(), path)] = form
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from index.store import VectorIndex
 from service.app import create_app
-from tests.service.helpers import assert_error, encode, make_settings, png_with_size
+from tests.service.helpers import assert_error, encode, make_settings, png_with_size, request_body
 
 ADMIN = {"X-Admin-Key": "admin-secret"}
 
@@ -333,17 +333,17 @@ def test_bad_inputs_are_clear_4xx(
     assert spaced.status_code == 200, spaced.text  # the name as it was stored, spaces aside as at creation
     as_form = client.post("/v1/classifiers/ok/refit", data={"method": "prototype"}, headers=ADMIN)
     assert as_form.status_code == 415 and "application/json" in as_form.json()["error"]["message"]
-    spec = client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
-    excluded = spec["multipart/form-data"]["schema"]["not"]["anyOf"]
+    spec = client.get("/openapi.json").json()
+    excluded = request_body(spec, "/v1/classify", "multipart/form-data")["not"]["anyOf"]
     # the schema forbids what the service refuses, and allows the defaults a generated client sends
     assert {"required": ["classifier", "decision"], "properties": {"decision": {"not": {"const": "auto"}}}} in excluded
     assert {"required": ["classifier", "categories"]} in excluded
     defaults = client.post("/v1/classify", files={"image": real_images["OCT"]},
                            data={"classifier": "ok", "modality": "auto", "explain": "false", "decision": "auto"})
     assert defaults.status_code == 200, defaults.text
-    create_body = client.get("/openapi.json").json()["paths"]["/v1/classifiers"]["post"]["requestBody"]["content"]
     for kind in ("application/json", "multipart/form-data"):  # what the service accepts, not the index's filters
-        assert create_body[kind]["schema"]["properties"]["modality"]["enum"] == ["auto", "CFP", "FFA", "OCT"]
+        create_body = request_body(spec, "/v1/classifiers", kind)
+        assert create_body["properties"]["modality"]["enum"] == ["auto", "CFP", "FFA", "OCT"]
 
 
 def test_limits(default_artifact: Path, index_dir: Path, store_dir: Path, records: list[Any]) -> None:
@@ -655,8 +655,7 @@ def test_examples_with_labels_in_order_are_the_form_a_generated_client_sends(
     r = client.post("/v1/classifiers", data={"name": "paired", "labels": labels}, files=files, headers=ADMIN)
     assert r.status_code == 201, r.text
     assert {c["label"]: c["examples"] for c in r.json()["categories"]} == {"macula": 2, "disc": 2}
-    schema = client.get("/openapi.json").json()["paths"]["/v1/classifiers"]["post"]["requestBody"]["content"]
-    form = schema["multipart/form-data"]["schema"]["properties"]
+    form = request_body(client.get("/openapi.json").json(), "/v1/classifiers", "multipart/form-data")["properties"]
     assert form["examples"]["items"]["format"] == "binary" and form["labels"]["type"] == "array"
 
 

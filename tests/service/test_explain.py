@@ -15,6 +15,7 @@ from PIL import Image
 from model.explain import class_maps
 from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
+from tests.service.helpers import request_body
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,7 @@ def test_explained_answers_are_cached_apart_from_plain_ones(
 
 def test_openapi_documents_explain(api: TestClient) -> None:
     spec = api.get("/openapi.json").json()
-    form = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = request_body(spec, "/v1/classify", "multipart/form-data")
     assert form["properties"]["explain"]["type"] == "boolean"
     assert form["properties"]["explain_top"]["maximum"] == 10
     assert "Explanation" in spec["components"]["schemas"]

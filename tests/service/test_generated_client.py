@@ -129,12 +129,12 @@ def test_a_generated_client_classifies_searches_embeds_and_fetches_images(
     client_package: ModuleType, service: str, real_images: dict[str, bytes]
 ) -> None:
     from keepfit_client.models import (
-        ClassifyBody,
-        EmbedFilesBody,
-        EmbedJsonEmbedTextRequest,
+        ClassifyForm,
+        EmbedForm,
+        EmbedTextRequest,
         ErrorResponse,
-        SearchFilesBody,
-        SearchJsonSearchRequest,
+        SearchForm,
+        SearchRequest,
     )
 
     client = _client(client_package, service)
@@ -144,22 +144,22 @@ def test_a_generated_client_classifies_searches_embeds_and_fetches_images(
     assert ready.status.value == "ready" and ready.index.loaded
 
     classify = _api("classify.classify")
-    answer = classify.sync(client=client, body=ClassifyBody(image=_file(real_images["CFP"])))
+    answer = classify.sync(client=client, body=ClassifyForm(image=_file(real_images["CFP"])))
     assert answer.modality.used == "CFP" and answer.decision.value == "screening"
     assert answer.predictions and answer.predictions == sorted(answer.predictions, key=lambda p: -p.probability)
-    named = classify.sync(client=client, body=ClassifyBody(
+    named = classify.sync(client=client, body=ClassifyForm(
         image=_file(real_images["CFP"]), categories=["normal", "diabetic retinopathy"], top_k=1, explain=True))
     assert [p.label for p in named.predictions][0] in ("normal", "diabetic retinopathy")
     assert len(named.predictions) == 1 and named.explanations and named.explanations[0].heatmap.png
-    refused = classify.sync_detailed(client=client, body=ClassifyBody(image=_file(b"not an image")))
+    refused = classify.sync_detailed(client=client, body=ClassifyForm(image=_file(b"not an image")))
     assert refused.status_code == 400 and isinstance(refused.parsed, ErrorResponse)
     assert refused.parsed.error.code and refused.parsed.error.message and refused.parsed.error.request_id
 
     search = _api("search.search")
-    by_text = search.sync(client=client, body=SearchJsonSearchRequest(query="hard exudates near the macula",
+    by_text = search.sync(client=client, body=SearchRequest(query="hard exudates near the macula",
                                                                         top_k=3))
     assert len(by_text.hits) == 3 and by_text.score_scale.metric == "cosine"
-    by_image = search.sync(client=client, body=SearchFilesBody(image=_file(real_images["CFP"]), top_k=2))
+    by_image = search.sync(client=client, body=SearchForm(image=_file(real_images["CFP"]), top_k=2))
     assert len(by_image.hits) == 2
 
     hit = by_text.hits[0]
@@ -170,35 +170,35 @@ def test_a_generated_client_classifies_searches_embeds_and_fetches_images(
         f"{service}/v1/images/{hit.id}", headers={"X-API-Key": API_KEY}, timeout=30).content
 
     embed = _api("embed.embed")
-    text = embed.sync(client=client, body=EmbedJsonEmbedTextRequest(text="optic disc cupping"))
-    vector = embed.sync(client=client, body=EmbedFilesBody(image=_file(real_images["CFP"])))
+    text = embed.sync(client=client, body=EmbedTextRequest(text="optic disc cupping"))
+    vector = embed.sync(client=client, body=EmbedForm(image=_file(real_images["CFP"])))
     assert len(text.embedding) == len(vector.embedding) == text.dim
 
     keyless = client_package.Client(base_url=service)
     assert _api("classify.classify").sync_detailed(
-        client=keyless, body=ClassifyBody(image=_file(real_images["CFP"]))).status_code == 401
+        client=keyless, body=ClassifyForm(image=_file(real_images["CFP"]))).status_code == 401
 
 
 def test_a_generated_client_creates_uses_and_deletes_a_classifier(
     client_package: ModuleType, service: str, real_image_paths: dict[str, list[Path]]
 ) -> None:
-    from keepfit_client.models import ClassifyBody, CreateClassifierFilesBody
-    from keepfit_client.models.create_classifier_files_body_method import CreateClassifierFilesBodyMethod
-    from keepfit_client.models.create_classifier_files_body_modality import CreateClassifierFilesBodyModality
+    from keepfit_client.models import ClassifyForm, CreateClassifierForm
+    from keepfit_client.models.create_classifier_form_method import CreateClassifierFormMethod
+    from keepfit_client.models.create_classifier_form_modality import CreateClassifierFormModality
 
     admin = _client(client_package, service, admin=True)
     cfp = real_image_paths["CFP"]
     examples = [_file(p.read_bytes(), p.name) for p in cfp[:4]]  # the form generated clients send
     labels = ["first pair", "first pair", "second pair", "second pair"]
-    body = CreateClassifierFilesBody(name="kind", modality=CreateClassifierFilesBodyModality("CFP"),
-                                     method=CreateClassifierFilesBodyMethod("prototype"), text_prior=False,
+    body = CreateClassifierForm(name="kind", modality=CreateClassifierFormModality("CFP"),
+                                     method=CreateClassifierFormMethod("prototype"), text_prior=False,
                                      examples=examples, labels=labels)
     created = _api("classifiers.create_classifier").sync_detailed(client=admin, body=body)
     assert created.status_code == 201, created.content
     assert created.parsed.name == "kind" and created.parsed.examples == 4
     listed = _api("classifiers.list_classifiers").sync(client=admin)
     assert [c.name for c in listed.classifiers] == ["kind"]
-    answer = _api("classify.classify").sync(client=_client(client_package, service), body=ClassifyBody(
+    answer = _api("classify.classify").sync(client=_client(client_package, service), body=ClassifyForm(
         image=_file(cfp[0].read_bytes()), classifier="kind"))
     assert answer.classifier.name == "kind" and answer.classifier.version == created.parsed.version
     assert {p.label for p in answer.predictions} == {"first pair", "second pair"}

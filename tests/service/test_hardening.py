@@ -22,7 +22,7 @@ from model.artifact import load_artifact
 from model.cli import main as keepfit
 from service.app import create_app
 from service.deps import image_token, image_token_expiry
-from tests.service.helpers import assert_error, encode, make_settings
+from tests.service.helpers import assert_error, encode, make_settings, request_body
 from tests.service.servers import live_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,8 +199,10 @@ def test_uploads_share_a_byte_budget(default_artifact: Path) -> None:
         budget = guard.budget  # what the bodies in flight hold: polled, where a sleep could be too short
         host, port = base.removeprefix("http://").split(":")
         head = b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        # an upload (a JSON body over its 1 MiB limit is refused from its Content-Length, before the budget)
+        form = head.replace(b"application/json", b"multipart/form-data; boundary=b")
         with socket.create_connection((host, int(port)), timeout=10) as idle:
-            idle.sendall(head % 20_000_000 + b"{")  # declares 20 MB (over the whole 64 KiB budget), sends 1 byte
+            idle.sendall(form % 20_000_000 + b"-")  # declares 20 MB (over the whole 64 KiB budget), sends 1 byte
             _until(lambda: budget.reserved == 1, "the stalled upload's byte in the budget")
             assert httpx.post(f"{base}/v1/embed", json={"text": "drusen"}).status_code == 200
         _until(lambda: budget.reserved == 0, "the closed upload's byte released")
@@ -325,11 +327,11 @@ def test_openapi_limits_come_from_the_settings(default_artifact: Path) -> None:
     settings = make_settings(default_artifact, max_top_k=7, max_query_chars=50, max_categories=4)
     with TestClient(create_app(settings)) as client:
         spec = client.get("/openapi.json").json()
-        search = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
-        assert search["application/json"]["schema"]["properties"]["top_k"]["maximum"] == 7
-        assert search["application/json"]["schema"]["properties"]["query"]["maxLength"] == 50
-        assert search["multipart/form-data"]["schema"]["properties"]["top_k"]["maximum"] == 7
-        form = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        search = {kind: request_body(spec, "/v1/search", kind) for kind in ("application/json", "multipart/form-data")}
+        assert search["application/json"]["properties"]["top_k"]["maximum"] == 7
+        assert search["application/json"]["properties"]["query"]["maxLength"] == 50
+        assert search["multipart/form-data"]["properties"]["top_k"]["maximum"] == 7
+        form = request_body(spec, "/v1/classify", "multipart/form-data")
         assert form["properties"]["top_k"]["maximum"] == 7
         assert form["properties"]["categories"]["maxItems"] == 4
         assert "dme" in form["properties"]["task"]["enum"]  # the loaded knowledge's named sets

@@ -21,7 +21,7 @@ from service.schemas import (
     ReadyResponse,
     SearchResponse,
 )
-from tests.service.helpers import assert_error, make_settings
+from tests.service.helpers import assert_error, make_settings, request_body
 
 
 def _conforms(model: type[BaseModel], body: dict[str, Any]) -> None:
@@ -83,7 +83,7 @@ def test_the_classify_answer_schema_carries_no_rule_of_the_request_form(api: Tes
     category count and a task, null or not) then failed."""
     spec = api.get("/openapi.json").json()
     assert "not" not in spec["components"]["schemas"]["ClassifyResponse"]
-    form = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = request_body(spec, "/v1/classify", "multipart/form-data")
     assert "not" in form
 
 
