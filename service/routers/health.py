@@ -114,5 +114,8 @@ async def metrics(
     state: ServiceState | None = getattr(request.app.state, "service", None)
     registry = request.app.state.metrics.registry
     if state is not None:
-        state.metrics.cache_degraded.set(1 if state.cache.state == "degraded" else 0)
+        # checked now (within about a second, at once while the breaker is open), as /readyz does: the state this
+        # worker last saw said 0 through an outage without requests, and 1 after it until the next request; and
+        # with several workers, the gauge is the one the most recent scrape's worker set
+        state.metrics.cache_degraded.set(1 if await state.cache.check() == "degraded" else 0)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -206,6 +206,27 @@ def test_readyz_says_when_the_cache_is_off(default_artifact: Path) -> None:
 
 
 @pytest.mark.integration
+def test_the_degraded_gauge_says_what_redis_does_at_the_scrape(default_artifact: Path) -> None:
+    """``keepfit_cache_degraded`` was the state the worker last saw: 0 through an outage while no request came, and
+    1 after Redis was back until the next request (with several workers, whichever wrote last)."""
+    def degraded(client: TestClient) -> str:
+        line = [x for x in client.get("/metrics").text.splitlines() if x.startswith("keepfit_cache_degraded ")]
+        return line[0].split()[1]
+
+    with redis_server() as server:
+        settings = make_settings(default_artifact, redis_url=server.url, cache_retry_s=0.2)
+        with TestClient(create_app(settings)) as client:
+            assert degraded(client) == "0.0"
+            server.stop()  # and no request meanwhile
+            assert degraded(client) == "1.0"
+            server.start()
+            deadline = time.monotonic() + 10.0
+            while degraded(client) != "0.0":  # back once the breaker's retry interval has passed, no request needed
+                assert time.monotonic() < deadline, "the gauge still said degraded with Redis back"
+                time.sleep(0.1)
+
+
+@pytest.mark.integration
 def test_redis_cache_survives_outage_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
     """Unit level: misses while down, one warning per outage, hits again once Redis is back."""
 
