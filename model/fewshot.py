@@ -77,6 +77,16 @@ class FittedClassifier:
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         return _softmax(self.logits(np.atleast_2d(x)).astype(np.float64)).astype(np.float32)
 
+    def tempered(self, temperature: float) -> FittedClassifier:
+        """This classifier with its logits divided by ``temperature`` (:func:`temperature`): the same argmax, so
+        the same answers and estimate; softer probabilities where the fit was overconfident."""
+        if temperature == 1.0:
+            return self
+        t = float(temperature)
+        info = {**self.info, "temperature": round(t, 4)}
+        return FittedClassifier(self.method, list(self.labels), self.center, self.weight / t, self.bias / t,
+                                self.text, self.scale_text / t, info)
+
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = {
             "center": self.center.astype(np.float32),
@@ -346,6 +356,49 @@ def plausible_range(
     return [round(max(0.0, estimate - half), 4), round(min(1.0, estimate + half), 4)]
 
 
+# Temperature scaling of a fit's probabilities (Guo et al., 2017), on the held-out logits of its cross-validation: the
+# prototypes' fixed scale made them far too sure (on the unseen site, mean top probability 0.98 where 0.75 were
+# right). Only ever softened (a temperature of at least 1: a handful of held-out examples all right would otherwise
+# sharpen without bound), and at most TEMPERATURE_MAX. Applied to the prototype methods, whose scale is a constant
+# (PROTOTYPE_SCALE); the linear heads are fitted by likelihood already, and tempering them gained nothing on the
+# unseen site (`python -m model.benchmarks.kshot --calibration`: the same mean calibration error at 2-8 examples).
+TEMPERATURE_MAX = 50.0
+TEMPERED_METHODS = ("prototype", "prototype+text")
+
+
+def temperature(logits: np.ndarray, y: np.ndarray, n_classes: int) -> float:
+    """The temperature in ``[1, TEMPERATURE_MAX]`` that minimises the class-balanced negative log-likelihood of
+    held-out ``logits [N, C]`` for labels ``y [N]`` (a golden-section search on its logarithm); 1 without
+    held-out logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    if not len(y):
+        return 1.0
+    weights = _class_weights(y, n_classes)
+
+    def loss(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))
+        return float(-(weights * log_p).sum())
+
+    low, high = 0.0, float(np.log(TEMPERATURE_MAX))
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = loss(a), loss(b)
+    for _ in range(40):  # the bracket shrinks to 1e-8 of log(50)
+        if fa < fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = loss(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = loss(b)
+    best = (low + high) / 2.0
+    return float(np.exp(best)) if loss(best) < loss(0.0) else 1.0
+
+
 def cross_validate(
     x: np.ndarray,
     y: np.ndarray,
@@ -355,15 +408,17 @@ def cross_validate(
     logit_scale: float = 100.0,
     folds: int = 5,
     seed: int = 0,
+    tempered: Sequence[str] = TEMPERED_METHODS,
 ) -> dict[str, Any]:
     """Stratified k-fold (LOO when a class has fewer than ``folds`` examples and N is small) balanced accuracy.
 
     The method is resolved once on all examples, so every fold fits the same method as the final classifier.
     Near-duplicate examples (:func:`near_duplicate_groups`) are held out together and count as one example in
-    the scheme's choice: leave-one-out leaves one group out.  Returns ``{"balanced_accuracy", "scheme", "folds",
-    "n", "method", "near_duplicates"}`` (``near_duplicates``: examples held out with a near-duplicate of theirs
-    rather than as themselves); ``balanced_accuracy`` is None when no class has 2 distinct examples (nothing can
-    be held out).
+    the scheme's choice: leave-one-out leaves one group out.  Returns ``{"balanced_accuracy", "range", "scheme",
+    "folds", "n", "method", "near_duplicates", "temperature"}`` (``near_duplicates``: examples held out with a
+    near-duplicate of theirs rather than as themselves; ``temperature``: :func:`temperature` of the held-out
+    logits for a method in ``tempered``, else 1, for :meth:`FittedClassifier.tempered`); ``balanced_accuracy`` is
+    None when no class has 2 distinct examples (nothing can be held out).
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
@@ -373,7 +428,7 @@ def cross_validate(
     chosen = resolve_method(method, [int(c) for c in distinct], text is not None)  # as fit chooses it
     if distinct.min() < 2 and text is None:
         return {"balanced_accuracy": None, "scheme": "none", "folds": 0, "n": n, "method": chosen,
-                "near_duplicates": n - len(firsts)}
+                "near_duplicates": n - len(firsts), "temperature": 1.0}
     rng = np.random.default_rng(seed)
     if distinct.min() < folds and n <= 200:
         assignment = group  # leave-one-out (one group: an example and its near-duplicates)
@@ -387,6 +442,7 @@ def cross_validate(
         assignment = first_fold[group]
         scheme = f"{folds}-fold"
     pred = np.empty(n, dtype=np.int64)
+    held_out = np.full((n, n_classes), np.nan)
     for fold in np.unique(assignment):
         test = assignment == fold
         train = ~test
@@ -396,8 +452,10 @@ def cross_validate(
             pred[test] = -1
             continue
         model = fit(x[train], y[train], labels, chosen, text, logit_scale)
-        pred[test] = np.argmax(model.logits(x[test]), axis=1)
+        held_out[test] = model.logits(x[test])
+        pred[test] = np.argmax(held_out[test], axis=1)
     estimate = balanced_accuracy(y, pred, n_classes)
+    scored = ~np.isnan(held_out).any(axis=1)
     return {
         "balanced_accuracy": round(estimate, 4),
         "range": plausible_range(estimate, y, pred, firsts, n_classes),
@@ -406,4 +464,5 @@ def cross_validate(
         "n": n,
         "method": chosen,
         "near_duplicates": n - len(firsts),
+        "temperature": round(temperature(held_out[scored], y[scored], n_classes), 4) if chosen in tempered else 1.0,
     }

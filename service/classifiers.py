@@ -1173,6 +1173,8 @@ def fit_examples(
     try:
         model = fewshot.fit(x, y, labels, method, text, logit_scale)
         estimate = fewshot.cross_validate(x, y, labels, model.method, text, logit_scale)
+        # probabilities as sure as the held-out examples were right (the same answers: fewshot.temperature)
+        model = model.tempered(float(estimate.get("temperature") or 1.0))
     except ConfigError as err:
         raise ServiceError(str(err), status_code=422, code="invalid_request") from err
     fit_ms = (time.perf_counter() - start) * 1000.0

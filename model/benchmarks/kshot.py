@@ -5,6 +5,12 @@ For each task, examples are drawn from the ``train`` split (k per class, several
 a full linear probe (every train image).  Embeddings come from the artifact's ONNX image encoder, cached in
 ``--cache`` so a second run only fits.
 
+``--calibration`` also says how far each fit's probabilities can be taken at their word, as fitted and with a
+temperature fitted on the fit's own cross-validation (:func:`model.fewshot.temperature`; the service applies it
+to the prototype methods, :data:`model.fewshot.TEMPERED_METHODS`, and the table shows it for every method): the
+expected calibration error of the top probability on the test split (10 bins), and the mean top probability
+beside the share of test images answered right.
+
     python -m model.benchmarks.kshot --artifact artifacts/keepfit-v2-small --data ../shared/data
 """
 
@@ -132,8 +138,23 @@ def embed(runtime: KeepfitRuntime, paths: list[Path], cache: Path) -> np.ndarray
     return np.stack([known[str(p)] for p in paths]).astype(np.float32)
 
 
+def calibration_error(probabilities: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[float, float, float]:
+    """``(expected calibration error, mean top probability, accuracy)`` of ``probabilities [N, C]`` for ``y``:
+    the top probabilities in ``bins`` equal-width bins, each bin's |share right - mean top probability| weighted
+    by its share of the images."""
+    top = probabilities.max(axis=1)
+    right = (probabilities.argmax(axis=1) == y).astype(np.float64)
+    which = np.minimum((top * bins).astype(np.int64), bins - 1)
+    error = sum(
+        abs(float(right[which == b].mean()) - float(top[which == b].mean())) * float(np.mean(which == b))
+        for b in range(bins)
+        if np.any(which == b)
+    )
+    return float(error), float(top.mean()), float(right.mean())
+
+
 def evaluate(
-    runtime: KeepfitRuntime, task: Task, data: Path, cache: Path, repeats: int, seed: int
+    runtime: KeepfitRuntime, task: Task, data: Path, cache: Path, repeats: int, seed: int, calibration: bool = False
 ) -> dict[str, Any]:
     split = load_task(task, data)
     xtr, ytr = embed(runtime, split["train"][0], cache), split["train"][1]
@@ -152,9 +173,11 @@ def evaluate(
     rng = np.random.default_rng(seed)
     per_class = np.bincount(ytr, minlength=n_classes)
     curves: dict[str, dict[int, float]] = {m: {} for m in METHODS}
+    calibrated: dict[str, dict[int, list[float]]] = {m: {} for m in METHODS}
     fit_ms: dict[str, float] = {}
     for k in SHOTS:
         results: dict[str, list[float]] = {m: [] for m in METHODS}
+        sure: dict[str, list[tuple[float, ...]]] = {m: [] for m in METHODS}
         for _ in range(repeats):
             idx = np.concatenate(
                 [
@@ -168,8 +191,18 @@ def evaluate(
                 model = fewshot.fit(xtr[idx], ytr[idx], labels, m, text if use_text else None, scale)
                 fit_ms[m] = fit_ms.get(m, 0.0) + (time.perf_counter() - start) * 1000
                 results[m].append(score(model))
+                if calibration:
+                    cv = fewshot.cross_validate(xtr[idx], ytr[idx], labels, model.method,
+                                                text if use_text else None, scale, tempered=fewshot.METHODS)
+                    tempered = model.tempered(float(cv["temperature"]))
+                    served = tempered if model.method in fewshot.TEMPERED_METHODS else model
+                    sure[m].append((*calibration_error(model.probabilities(xte), yte),
+                                    *calibration_error(tempered.probabilities(xte), yte)[:2],
+                                    *calibration_error(served.probabilities(xte), yte)[:2]))
         for m in METHODS:
             curves[m][k] = float(np.mean(results[m]))
+            if sure[m]:
+                calibrated[m][k] = [float(v) for v in np.mean(sure[m], axis=0)]
     return {
         "task": task.name,
         "classes": labels,
@@ -179,6 +212,9 @@ def evaluate(
         "linear_probe_full": full,
         "linear_probe_full_text": full_text,
         "curves": curves,
+        # per method and k: [ECE as fitted, mean top probability as fitted, share right, ECE tempered, mean top
+        # tempered, ECE as the service answers (tempered for TEMPERED_METHODS), mean top as the service answers]
+        "calibration": calibrated if calibration else None,
     }
 
 
@@ -208,6 +244,32 @@ def markdown(results: list[dict[str, Any]], repeats: int) -> str:
     return "\n".join(lines)
 
 
+CALIBRATION_SHOTS = (2, 4, 8, 16, 64)
+
+
+def calibration_markdown(results: list[dict[str, Any]], repeats: int) -> str:
+    """Per task and method, for each k: the calibration error as fitted → tempered (the service's, for `auto`:
+    as it answers), and the mean top probability against the share answered right."""
+    head = " | ".join(f"{k}-shot" for k in CALIBRATION_SHOTS)
+    lines = [f"| task | method | {head} |", "|---|---|" + "---|" * len(CALIBRATION_SHOTS)]
+    for r in results:
+        table: dict[str, dict[int, list[float]]] = r["calibration"] or {}
+        for m, by_k in table.items():
+            cells = []
+            for k in CALIBRATION_SHOTS:
+                ece, top, right, ece_t, top_t, ece_s, top_s = by_k[k]
+                after, top_after = (ece_s, top_s) if m == "auto" else (ece_t, top_t)
+                cells.append(f"{ece:.2f} → {after:.2f} ({top:.2f} → {top_after:.2f} / {right:.2f})")
+            lines.append(f"| {r['task']} | {m}{' (as served)' if m == 'auto' else ''} | " + " | ".join(cells) + " |")
+    lines.append(
+        f"\nExpected calibration error of the top probability on the test split (10 bins) as fitted → tempered on the "
+        f"fit's own cross-validation; in brackets the mean top probability as fitted → tempered, and the share of "
+        f"test images answered right. `auto (as served)`: tempered only where it chose a prototype method, as the "
+        f"service does. Means over {repeats} draws of the examples per k."
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--artifact", default="artifacts/keepfit-v2-small")
@@ -216,12 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--calibration", action="store_true",
+                        help="also the calibration of the fits' probabilities, as fitted and tempered")
     args = parser.parse_args(argv)
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     results = [
-        evaluate(runtime, t, Path(args.data), Path(args.cache), args.repeats, args.seed) for t in TASKS
+        evaluate(runtime, t, Path(args.data), Path(args.cache), args.repeats, args.seed, args.calibration)
+        for t in TASKS
     ]
     print(markdown(results, args.repeats))
+    if args.calibration:
+        print()
+        print(calibration_markdown(results, args.repeats))
     for r in results:
         curves: dict[str, dict[int, float]] = r["curves"]
         print(

@@ -231,6 +231,11 @@ class Estimate(BaseModel):
     note: str | None = Field(
         None, description="a caveat to show with the estimate; null in stores written without it"
     )
+    temperature: float | None = Field(
+        None, description="what the classifier's logits are divided by (at least 1), fitted on the held-out "
+        "examples' logits of the cross-validation, so that its probabilities are as sure as those examples were "
+        "right (the same answers); null in stores written before it (probabilities as fitted)",
+    )
 
 
 class DeletedClassifier(BaseModel):

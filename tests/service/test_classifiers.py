@@ -213,6 +213,33 @@ def test_index_ids_and_label_filter_then_list_show_delete(client: TestClient, re
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "classifier_not_found"
 
 
+def test_a_prototype_classifier_answers_with_its_temperature(client: TestClient, records: list[Any]) -> None:
+    """The prototypes' probabilities were far too sure (README, How sure its probabilities are): a prototype fit
+    divides its logits by the temperature its cross-validation found, reported in `estimate.temperature`, and
+    classifies with it; a linear head keeps 1."""
+    cfp = _ids(records, "CFP")
+    categories = [{"label": "first", "ids": cfp[: len(cfp) // 2]}, {"label": "second", "ids": cfp[len(cfp) // 2:]}]
+    found = {}
+    for method in ("prototype", "linear"):
+        r = client.post("/v1/classifiers", json={"name": method, "modality": "CFP", "method": method,
+                                                 "categories": categories}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        found[method] = r.json()["estimate"]["temperature"]
+    assert found["prototype"] >= 1.0 and found["linear"] == 1.0
+    from service.classifiers import ClassifierStore
+
+    store = client.app.state.service.classifiers  # type: ignore[attr-defined]
+    assert isinstance(store, ClassifierStore)
+    from model.fewshot import fit
+
+    row = store.get("prototype")
+    arrays = store.read_arrays(row)
+    x, y = arrays["examples_x"], arrays["examples_y"].astype(np.int64)
+    fitted = fit(x, y, ["first", "second"], "prototype")
+    served = store.load(row)  # what classify scores with: the fit, tempered
+    assert np.allclose(served.logits(x), fitted.logits(x) / found["prototype"], atol=1e-4)
+
+
 def test_bad_inputs_are_clear_4xx(
     client: TestClient, records: list[Any], real_images: dict[str, bytes]
 ) -> None:
