@@ -14,6 +14,7 @@ happen (:func:`count_refusal`), ``keepfit_model_jobs`` at each request's start a
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -29,7 +30,10 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.cli import PROMETHEUS_MULTIPROC_ENV
+from model.logs import logging_fields
 from service.cli import METRICS_OWNER
+
+logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -348,8 +352,17 @@ class RouteLabels:
         return "unmatched"
 
 
+# In a request's scope when its answer started after the client had gone (set by service.protocol): nobody got it
+CLIENT_GONE = "keepfit.client_gone"
+CLIENT_CLOSED_REQUEST = 499
+
+
 class MetricsMiddleware:
-    """Counts and times every HTTP request by route template and status (pure ASGI: no body buffering)."""
+    """Counts and times every HTTP request by route template and status (pure ASGI: no body buffering).
+
+    The access line of a request carries its time to the answer (``duration_ms``). A request whose client went
+    away before the answer is counted as 499, whatever the answer would have been, and logged in one line (uvicorn
+    drops such an answer, and its access line, without a word)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, route_labels: Callable[[str], str]) -> None:
         self.app = app
@@ -365,9 +378,13 @@ class MetricsMiddleware:
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
+            if message["type"] != "http.response.start":
+                await send(message)
+                return
+            status = int(message["status"])
+            # uvicorn writes its access line as the answer starts, in this context: it carries the time taken
+            with logging_fields(duration_ms=f"{(time.perf_counter() - start) * 1000:.1f}"):
+                await send(message)
 
         metrics = self.metrics
         metrics.inflight.inc()
@@ -381,5 +398,11 @@ class MetricsMiddleware:
                 metrics.publish()
             template = self.route_labels(scope.get("path", ""))
             method = method_label(scope.get("method", "GET"))
+            if scope.get(CLIENT_GONE) and status != CLIENT_CLOSED_REQUEST:
+                logger.info(
+                    "%s %s: the client went away before the answer (%d after %.0f ms): nobody received it",
+                    scope.get("method", "GET"), template, status, (time.perf_counter() - start) * 1000,
+                )
+                status = CLIENT_CLOSED_REQUEST
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)

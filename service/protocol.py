@@ -22,7 +22,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from model.logs import logging_fields
-from service.metrics import count_refusal
+from service.metrics import CLIENT_GONE, count_refusal
 from service.middleware import ALWAYS_HEADERS, API_CSP, CSP_HEADER, REQUEST_ID_HEADER, request_id_of
 
 # The request line and all headers of one request. Browsers and HTTP libraries send a few hundred bytes to a few
@@ -52,10 +52,16 @@ def _announcing_close(cycle: Any) -> Any:
     """``cycle.send``, saying ``Connection: close`` in an answer that starts before the request's body was all read:
     the connection ends after it (:meth:`GuardedHttpToolsProtocol.on_response_complete`), and without the header
     a client took it as persistent and lost the next request it sent on it. Uvicorn, told so, would close at once
-    (a reset that can lose the answer to a client still sending); it is closed after a linger instead."""
+    (a reset that can lose the answer to a client still sending); it is closed after a linger instead.
+
+    An answer that starts after the client went away (a gateway's timeout while the model ran) is dropped by
+    uvicorn without a word: the request's scope says so (:data:`service.metrics.CLIENT_GONE`), for the metrics
+    and the log."""
     send = cycle.send
 
     async def announcing(message: Any) -> None:
+        if message["type"] == "http.response.start" and cycle.disconnected:
+            cycle.scope[CLIENT_GONE] = True
         if message["type"] != "http.response.start" or cycle.response_started or not cycle.more_body or not cycle.keep_alive:
             await send(message)
             return

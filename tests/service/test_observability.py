@@ -3,11 +3,14 @@ answer (a refused CORS preflight, a request that is not valid HTTP)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
 import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from model.logs import JsonFormatter
 from service import cli
 from service.app import create_app
 from service.settings import get_settings
@@ -93,3 +97,56 @@ def test_requests_that_are_not_valid_http_are_counted(default_artifact: Path) ->
                     answer += chunk
             assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
         assert refused(base) == before + 2
+
+
+class _Lines(logging.Handler):
+    """Each record formatted as it is emitted (the request's fields are read then, from its context)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(JsonFormatter().format(record)))
+
+
+def test_access_lines_say_how_long_and_a_client_gone_before_the_answer_is_a_499(
+    default_artifact: Path, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """Access lines had no time taken (only classify and search logged theirs); and a client that went away while
+    the model ran (a gateway's timeout) was counted as a 200, with no line at all: uvicorn drops such an answer
+    and its access line without a word."""
+    handler = _Lines()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.access", "service.metrics")]
+    with live_server(make_settings(default_artifact, cache_max_entries=0)) as base:
+        for logger in loggers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+        try:
+            assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+            image = real_image_paths["CFP"][0].read_bytes()
+            boundary = "gone"
+            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="explain"\r\n\r\ntrue\r\n'
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="eye.jpg"\r\n'
+                    f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+            host, port = base.removeprefix("http://").split(":")
+            for _ in range(3):  # each sent whole, then the client leaves while the model runs
+                with socket.create_connection((host, int(port)), timeout=10) as sock:
+                    sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/"
+                                 b"form-data; boundary=gone\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.monotonic() + 30
+            while not any("went away" in line["message"] for line in handler.lines):
+                assert time.monotonic() < deadline, handler.lines
+                time.sleep(0.1)
+            time.sleep(1.0)
+            metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+    access = [line for line in handler.lines if line["logger"] == "uvicorn.access"]
+    health = [line for line in access if line["path"] == "/healthz"]
+    assert health and float(health[0]["duration_ms"]) >= 0, access
+    gone = [line for line in handler.lines if "went away" in line["message"]]
+    assert gone and all("/v1/classify" in line["message"] and line["request_id"] for line in gone), gone
+    assert re.search(r'keepfit_requests_total\{method="POST",route="/v1/classify",status="499"\} [1-9]', metrics)
+    assert 'route="/v1/classify",status="200"' not in metrics
