@@ -556,6 +556,26 @@ class ClassifierStore:
         with self._write() as db:
             yield db
 
+    def health(self) -> tuple[str, int | None, str | None]:
+        """``(state, classifiers, reason)`` for ``/readyz`` and ``/metrics``: ``ok``; ``read_only`` (served from a
+        read-only volume, or its volume turned read-only: classifiers classify, changes are 503); ``full`` (its disk
+        is full: they classify, changes are 507); ``unavailable`` (its database cannot be read: every classifier
+        request is a 503). Never a server path (the log has it)."""
+        if not self.read_only and not self.root.is_dir():
+            return "unavailable", None, "the store's folder is gone (moved away or unmounted)"
+        try:
+            with self._connect() as db:
+                count = int(db.execute("SELECT count(*) FROM classifiers").fetchone()[0])
+        except ServiceError as err:
+            return "unavailable", None, str(err)
+        if self.read_only:
+            return "read_only", count, "served from a read-only volume: classifiers classify, none can be changed"
+        if _read_only_volume(self.root):
+            return "read_only", count, "its volume turned read-only: classifiers classify, none can be changed"
+        if _disk_full(self.root):
+            return "full", count, "its disk is full: classifiers classify, changes are refused (507) until space is freed"
+        return "ok", count, None
+
     def check_writable(self) -> None:
         """Before the work a change ends in (a create's or a refit's embedding and fitting): a store served
         read-only, or whose volume has turned read-only, refuses now with the 503 its write would meet after the

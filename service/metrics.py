@@ -97,6 +97,14 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemostrecent",
         )
+        self.classifier_store_ok = Gauge(
+            "keepfit_classifier_store_ok",
+            "1 while the few-shot classifier store can be read and changed, 0 while it is read-only, full or "
+            "unavailable (checked at each scrape and /readyz; 1 before a classifier request opened it)",
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.classifier_store_ok.set(1)
         self.early_decodes = Counter(
             "keepfit_early_decodes",
             "Uploads that started decoding while they arrived, by outcome: used (the answer came from it), unused "

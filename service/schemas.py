@@ -746,6 +746,19 @@ class CacheStatus(BaseModel):
     reason: str | None = Field(None, description="why the cache is degraded or off (null when it is ok)")
 
 
+class ClassifierStoreStatus(BaseModel):
+    """The few-shot classifier store (reported, never a reason to be not ready: zero-shot and search go on)."""
+
+    state: Literal["ok", "read_only", "full", "unavailable", "unopened"] = Field(
+        description="`ok`; `read_only`: served from a read-only volume, or its volume turned read-only (classifiers "
+        "classify, changes are 503 `classifiers_read_only`); `full`: its disk is full (they classify, changes are "
+        "507 `storage_full`); `unavailable`: it cannot be read (every classifier request is a 503 "
+        "`classifiers_unavailable`); `unopened`: no classifier request has opened it in this worker yet"
+    )
+    classifiers: int | None = Field(None, description="how many classifiers it holds (null when it cannot say)")
+    reason: str | None = Field(None, description="why it is not ok (null when it is)")
+
+
 class ComputeStatus(BaseModel):
     """What this worker process runs on, as sized at start-up (README, "Workers and threads")."""
 
@@ -765,6 +778,9 @@ class ReadyResponse(BaseModel):
     artifact: ArtifactStatus | None = Field(description="the loaded model artifact; null while the service starts")
     index: IndexStatus
     cache: CacheStatus | None = Field(description="the response cache; null while the service starts")
+    classifiers: ClassifierStoreStatus | None = Field(
+        None, description="the few-shot classifier store; null while the service starts"
+    )
     compute: ComputeStatus | None = Field(None, description="this worker's sizing; null while the service starts")
     reason: str | None = Field(None, description="why the service is not ready (null when it is)")
 

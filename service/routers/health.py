@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Request, Response, Security
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -52,6 +53,7 @@ async def readyz(request: Request) -> Any:
             "artifact": None,
             "index": {"loaded": False, "count": None, "artifact_version": None, "error": "not started"},
             "cache": None,
+            "classifiers": None,
             "compute": None,  # every key of a ready answer, as artifact and cache are
             "reason": "the service is starting: the model artifact is not loaded yet",
         }
@@ -80,10 +82,29 @@ async def readyz(request: Request) -> Any:
             "error": info.error,
         },
         "cache": cache,
+        "classifiers": await classifier_store_status(state),
         "compute": compute_status(state.settings),
         "reason": reason,
     }
     return body if reason is None else JSONResponse(status_code=503, content=body)
+
+
+# /readyz and /metrics wait this long for the classifier store's report (a hung volume must not hang the probe)
+STORE_PROBE_S = 1.0
+
+
+async def classifier_store_status(state: ServiceState) -> dict[str, Any]:
+    """The classifier store's :meth:`~service.classifiers.ClassifierStore.health` (read off the event loop, within
+    :data:`STORE_PROBE_S`), also set as ``keepfit_classifier_store_ok``; ``unopened`` before a classifier request
+    opened it (opening makes it: a deployment that never uses classifiers writes nothing)."""
+    store = state.classifiers
+    if store is None:
+        return {"state": "unopened", "classifiers": None, "reason": None}
+    report: tuple[str, int | None, str | None] = ("unavailable", None, f"it did not answer within {STORE_PROBE_S:g} s")
+    with anyio.move_on_after(STORE_PROBE_S):
+        report = await anyio.to_thread.run_sync(store.health, abandon_on_cancel=True)
+    state.metrics.classifier_store_ok.set(1 if report[0] == "ok" else 0)
+    return dict(zip(("state", "classifiers", "reason"), report, strict=True))
 
 
 def compute_status(settings: Settings) -> dict[str, Any]:
@@ -118,4 +139,5 @@ async def metrics(
         # worker last saw said 0 through an outage without requests, and 1 after it until the next request; and
         # with several workers, the gauge is the one the most recent scrape's worker set
         state.metrics.cache_degraded.set(1 if await state.cache.check() == "degraded" else 0)
+        await classifier_store_status(state)  # its gauge, checked now
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

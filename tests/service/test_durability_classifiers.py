@@ -346,8 +346,11 @@ def test_a_volume_that_turns_read_only_while_serving_serves_its_classifiers_read
             assert calls == []  # refused before any example was embedded
             assert client.post("/v1/classifiers/kept/refit", headers=ADMIN).status_code == 503
             assert client.delete("/v1/classifiers/kept", headers=ADMIN).status_code == 503
+            store = client.get("/readyz").json()["classifiers"]
+            assert store["state"] == "read_only" and store["classifiers"] == 1, store
         finally:
             _remount(volume, "rw")
+        assert client.get("/readyz").json()["classifiers"]["state"] == "ok"
         again = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
                             files=_uploads(cfp, tag=b"new"), headers=ADMIN)
         assert again.status_code == 201, again.text  # writable again: no restart needed
@@ -388,6 +391,8 @@ def test_a_full_disk_keeps_the_classifiers_readable_and_refuses_a_change_as_507(
                                   files=_uploads(cfp, tag=b"new"), headers=ADMIN)
             assert refused.status_code == 507, refused.text
             assert refused.json()["error"]["code"] == "storage_full"
+            store = client.get("/readyz").json()["classifiers"]
+            assert store["state"] == "full" and "507" in store["reason"], store
         finally:
             filler.unlink()
         again = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
@@ -416,9 +421,15 @@ def test_a_store_moved_away_while_serving_is_a_503_and_nothing_is_left_in_its_pl
             assert answer.status_code == 503, answer.text
             assert answer.json()["error"]["code"] == "classifiers_unavailable"
         assert not store_dir.exists()
+        # /readyz says so (it said ready with nothing of the store), as a report: zero-shot and search go on
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["classifiers"]["state"] == "unavailable", ready.text
+        assert "keepfit_classifier_store_ok 0.0" in client.get("/metrics").text
     finally:
         aside.rename(store_dir)
     assert client.get("/v1/classifiers").status_code == 200  # back as soon as the folder is
+    assert client.get("/readyz").json()["classifiers"] == {"state": "ok", "classifiers": 1, "reason": None}
+    assert "keepfit_classifier_store_ok 1.0" in client.get("/metrics").text
     (store_dir / "classifiers.sqlite").unlink()
     for suffix in ("-wal", "-shm"):
         (store_dir / f"classifiers.sqlite{suffix}").unlink(missing_ok=True)
