@@ -288,6 +288,11 @@ class ClassifierRef(BaseModel):
     revision: int = Field(description="1 when created, one more with each refit")
     method: str = Field(description="what was fitted: prototype, prototype+text, linear or linear+text")
     estimate: float | None = Field(description="its cross-validated balanced accuracy (null: too few examples)")
+    estimate_range: list[float] | None = Field(
+        None, min_length=2, max_length=2,
+        description="[low, high]: where its balanced accuracy on new images plausibly lies, as its fit reported "
+        "(`estimate.range`; null for a classifier fitted before ranges were reported, or with too few examples)",
+    )
 
 
 class ClassifyResponse(BaseModel):

@@ -1197,6 +1197,7 @@ def classifier_answer(engine: Engine, row: Any, out: dict[str, Any], digest: str
             "revision": row.revision,
             "method": row.method,
             "estimate": row.estimate.get("balanced_accuracy"),
+            "estimate_range": row.estimate.get("range"),  # the number alone read as more certain than it is
         },
         "modality": {
             "requested": "auto",  # a classifier takes no modality: it is the one it was fitted on

@@ -75,6 +75,8 @@ def test_fit_from_a_manifest_then_list_show_serve_delete(
             data={"classifier": "ffa-cli"},
         )
         assert r.status_code == 200 and r.json()["classifier"]["version"] == fitted["version"]
+        # the estimate with its range, as the fit reported it (the number alone read as more certain than it is)
+        assert r.json()["classifier"]["estimate_range"] == fitted["estimate"]["range"]
     assert keepfit(["classifier", "delete", "--store", str(store), "ffa-cli"]) == 0
     assert keepfit(["classifier", "show", "--store", str(store), "ffa-cli"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
