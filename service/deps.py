@@ -168,11 +168,18 @@ class ServiceState:
         return await (self.large_pool if large else self.pool).run(fn, data, *args)
 
     async def cached(self, endpoint: str, key: str, timings: Timings) -> bytes | None:
-        """The cached answer for ``key`` (None on a miss), timed as the ``cache`` stage and counted."""
+        """The cached answer for ``key`` (None on a miss), timed as the ``cache`` stage; a hit is counted, a miss
+        once its answer is computed (:meth:`missed`): an upload that then turns out not to be an image (a 400) is
+        neither, and bad requests made the hit ratio look worse than the cache was."""
         with timings.stage("cache"):
             body = await self.cache.get(key)
-        (self.metrics.cache_hits if body is not None else self.metrics.cache_misses).labels(endpoint).inc()
+        if body is not None:
+            self.metrics.cache_hits.labels(endpoint).inc()
         return body
+
+    def missed(self, endpoint: str) -> None:
+        """One more answer of ``endpoint`` computed because none was cached."""
+        self.metrics.cache_misses.labels(endpoint).inc()
 
     async def remember(self, key: str, answer: Any, timings: Timings) -> bytes:
         """``answer`` as compact JSON, stored under ``key`` (timed as the ``cache`` stage); returns the bytes,
@@ -202,6 +209,7 @@ class ServiceState:
         hit = body is not None
         if body is None:
             answer = await compute()
+            self.missed(endpoint)
             check_answer(model, {**answer, "cached": False, "timings_ms": {}})
             body = await self.remember(key, answer, timings)
         timings.ms["total"] = round((time.perf_counter() - start) * 1000.0, 3)

@@ -82,7 +82,8 @@ class Metrics:
         )
         self.cache_hits = Counter("keepfit_cache_hits", "Cache hits", ["endpoint"], registry=self.registry)
         self.cache_misses = Counter(
-            "keepfit_cache_misses", "Cache misses", ["endpoint"], registry=self.registry
+            "keepfit_cache_misses", "Cache misses: answers computed because none was cached (a request refused "
+            "before its answer is neither a hit nor a miss)", ["endpoint"], registry=self.registry
         )
         self.cache_errors = Counter(
             "keepfit_cache_errors",

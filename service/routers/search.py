@@ -150,6 +150,7 @@ async def _search(
         with timings.stage("search"):
             # an image query the index holds is among its hits, even behind top_k other files of its pixels
             hits = await index.search(vector, top_k, modality, label, digest if data is not None else None)
+        state.missed("search")
         searched = index.info()
         if searched.loads == info.loads:  # else a reload came between: these hits are not the keyed index's
             await state.remember(key, {"hits": hits, "picture_warnings": picture}, timings)

@@ -82,6 +82,24 @@ def test_metrics_count_requests_stages_and_cache(api: TestClient, real_images: d
     assert 'route="/v1/images/{image_id}"' in api.get("/metrics").text
 
 
+def test_a_refused_upload_is_no_cache_miss(api: TestClient, real_images: dict[str, bytes]) -> None:
+    """An upload that turned out not to be an image (a 400) counted as a cache miss before it was refused: bad
+    requests made the hit ratio look worse than the cache was."""
+    def misses() -> float:
+        text = api.get("/metrics").text
+        line = 'keepfit_cache_misses_total{endpoint="embed"}'
+        return _gauge(text, line) if line + " " in text else 0.0
+
+    before = misses()
+    for i in range(3):
+        bad = api.post("/v1/embed", files={"image": ("a.jpg", b"not an image %d" % i, "image/jpeg")})
+        assert bad.status_code == 400
+    assert misses() == before
+    fresh = real_images["CFP"] + b"\0"  # bytes no test has sent: a miss, computed
+    assert api.post("/v1/embed", files={"image": ("a.jpg", fresh, "image/jpeg")}).status_code == 200
+    assert misses() == before + 1
+
+
 def test_metrics_label_the_docs_as_themselves_and_bound_the_methods(api: TestClient) -> None:
     """/docs, /redoc, the schema and the docs' assets were counted as route="unmatched" among real 404s; a verb a
     client makes up is "other", so no client grows the metrics without bound."""
