@@ -396,13 +396,16 @@ class MetricsMiddleware:
                 await send(message)
 
         metrics = self.metrics
-        metrics.inflight.inc()
+        counted = scope.get("path") != "/metrics"  # a scrape is no request in progress (it read 1 when idle)
+        if counted:
+            metrics.inflight.inc()
         if metrics._published:  # several workers: gauges a scrape cannot compute in this worker
             metrics.publish()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            metrics.inflight.dec()
+            if counted:
+                metrics.inflight.dec()
             if metrics._published:
                 metrics.publish()
             template = self.route_labels(scope.get("path", ""))

@@ -77,6 +77,7 @@ def test_metrics_count_requests_stages_and_cache(api: TestClient, real_images: d
     assert 'keepfit_cache_hits_total{endpoint="classify"}' in text
     assert 'keepfit_cache_misses_total{endpoint="classify"}' in text
     assert _gauge(text, 'keepfit_cache_hits_total{endpoint="classify"}') >= 1
+    assert _gauge(text, "keepfit_requests_in_progress") == 0  # the scrape does not count itself (it read 1)
     # path parameters are labelled by template, not by value
     api.get("/v1/images/123456")
     assert 'route="/v1/images/{image_id}"' in api.get("/metrics").text
