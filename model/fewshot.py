@@ -356,6 +356,22 @@ def plausible_range(
     return [round(max(0.0, estimate - half), 4), round(min(1.0, estimate + half), 4)]
 
 
+def zero_shot_estimate(
+    x: np.ndarray, y: np.ndarray, labels: Sequence[str], text: np.ndarray, logit_scale: float = 100.0
+) -> dict[str, Any]:
+    """Zero-shot's balanced accuracy on the examples themselves, with its :func:`plausible_range`: what a fit's
+    cross-validated estimate, on the same examples, is to be compared with (zero-shot learns nothing from them,
+    so none needs holding out). ``{"balanced_accuracy", "range"}``."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    n_classes = len(labels)
+    model = fit(x[:0], y[:0], labels, "zero-shot", text, logit_scale)
+    pred = np.argmax(model.logits(x), axis=1)
+    _, firsts, _ = _photographs(x, y, n_classes)
+    estimate = balanced_accuracy(y, pred, n_classes)
+    return {"balanced_accuracy": round(estimate, 4), "range": plausible_range(estimate, y, pred, firsts, n_classes)}
+
+
 # Temperature scaling of a fit's probabilities (Guo et al., 2017), on the held-out logits of its cross-validation: the
 # prototypes' fixed scale made them far too sure (on the unseen site, mean top probability 0.98 where 0.75 were
 # right). Only ever softened (a temperature of at least 1: a handful of held-out examples all right would otherwise

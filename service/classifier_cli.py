@@ -289,11 +289,16 @@ def _index_examples(args: argparse.Namespace, artifact_version: str) -> list[Exa
 
 
 def estimate_words(estimate: dict[str, Any]) -> str:
-    """A stored estimate as ``0.72 (plausibly 0.55-0.86)``: its range where the store has one; ``n/a`` without."""
-    value, span = estimate.get("balanced_accuracy"), estimate.get("range")
-    if value is None:
-        return "n/a"
-    return f"{value}" + (f" (plausibly {span[0]}-{span[1]})" if isinstance(span, list) and len(span) == 2 else "")
+    """A stored estimate as ``0.72 (plausibly 0.55-0.86)``: its range where the store has one; ``n/a`` without;
+    then zero-shot's on the same examples, where the store has it (``; zero-shot 0.66 (plausibly 0.48-0.84)``)."""
+    def words(part: dict[str, Any]) -> str:
+        value, span = part.get("balanced_accuracy"), part.get("range")
+        if value is None:
+            return "n/a"
+        return f"{value}" + (f" (plausibly {span[0]}-{span[1]})" if isinstance(span, list) and len(span) == 2 else "")
+
+    zero = estimate.get("zero_shot")
+    return words(estimate) + (f"; zero-shot on the same examples {words(zero)}" if isinstance(zero, dict) else "")
 
 
 def list_main(args: argparse.Namespace) -> int:

@@ -1201,6 +1201,8 @@ def fit_examples(
     arrays = model.arrays()
     arrays["examples_x"] = x
     arrays["examples_y"] = y.astype(np.int32)
+    if text is not None:  # the figure to compare the estimate with: zero-shot on the same examples
+        estimate["zero_shot"] = fewshot.zero_shot_estimate(x, y, labels, text, logit_scale)
     estimate = {
         **estimate,
         "chance": round(1.0 / len(labels), 4),

@@ -204,6 +204,13 @@ class ClassifierCategory(BaseModel):
     examples: int = Field(description="distinct example images")
 
 
+class ZeroShotEstimate(BaseModel):
+    """Zero-shot over the classifier's categories, scored on its examples (it learns nothing from them)."""
+
+    balanced_accuracy: float = Field(description="zero-shot's balanced accuracy on the examples")
+    range: list[float] = Field(min_length=2, max_length=2, description="[low, high], as the estimate's range")
+
+
 class Estimate(BaseModel):
     """How well the examples separate the categories, cross-validated over them: a rough guide on a few examples,
     not a clinical validation."""
@@ -230,6 +237,11 @@ class Estimate(BaseModel):
     )
     note: str | None = Field(
         None, description="a caveat to show with the estimate; null in stores written without it"
+    )
+    zero_shot: ZeroShotEstimate | None = Field(
+        None, description="zero-shot's balanced accuracy on the same examples, with its range: what the estimate "
+        "is to be compared with before the classifier is used instead of zero-shot (null without the text prior, "
+        "or in stores written before it)",
     )
     temperature: float | None = Field(
         None, description="what the classifier's logits are divided by (at least 1), fitted on the held-out "

@@ -88,6 +88,8 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
         and "7 examples" in result
     )
     assert re.search(r"balanced accuracy (\d\.\d\d), plausibly (\d\.\d\d)–(\d\.\d\d)", result), result
+    # beside it, what to compare it with: zero-shot on the same examples
+    assert re.search(r"zero-shot on the same examples (\d\.\d\d), plausibly (\d\.\d\d)–(\d\.\d\d)", result), result
     assert page.is_hidden("#teach-warnings")  # English categories: nothing to warn of
     assert page.evaluate("sessionStorage.getItem('keepfit.adminKey')") == ADMIN_KEY
     assert page.evaluate("localStorage.getItem('keepfit.adminKey')") is None

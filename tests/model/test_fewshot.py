@@ -170,3 +170,18 @@ def test_a_tempered_classifier_answers_the_same_and_is_less_sure_where_it_was_of
     # what is stored is the tempered classifier itself
     stored = FittedClassifier.from_arrays(method, ["a", "b"], tempered.arrays(), 16)
     assert np.allclose(stored.probabilities(fresh), soft_p, atol=1e-5)
+
+
+def test_the_zero_shot_figure_to_compare_with_is_zero_shot_on_the_examples_themselves() -> None:
+    """A fit's answer had no zero-shot figure beside its estimate, though a clinic is told to compare the two (on
+    the unseen site, 13 of 20 fits of maculopathy at 8 examples did worse than zero-shot on test)."""
+    from model.fewshot import balanced_accuracy, zero_shot_estimate
+
+    x, y = _overlapping(24, seed=3)
+    text = np.stack([np.eye(16)[2] - 0.05 * np.eye(16)[0], np.eye(16)[2] + 0.05 * np.eye(16)[0]])
+    text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    found = zero_shot_estimate(x, y, ["a", "b"], text, 100.0)
+    expected = balanced_accuracy(y, np.argmax(x @ text.T, axis=1), 2)
+    assert found["balanced_accuracy"] == round(expected, 4)
+    low, high = found["range"]
+    assert low <= found["balanced_accuracy"] <= high and high - low > 0.1  # 12 photographs a category: wide

@@ -226,6 +226,9 @@ def test_a_prototype_classifier_answers_with_its_temperature(client: TestClient,
         assert r.status_code == 201, r.text
         found[method] = r.json()["estimate"]["temperature"]
     assert found["prototype"] >= 1.0 and found["linear"] == 1.0
+    # beside the estimate, zero-shot on the same examples (the text prior is on by default)
+    zero = client.get("/v1/classifiers/linear").json()["estimate"]["zero_shot"]
+    assert 0.0 <= zero["balanced_accuracy"] <= 1.0 and len(zero["range"]) == 2
     from service.classifiers import ClassifierStore
 
     store = client.app.state.service.classifiers  # type: ignore[attr-defined]
