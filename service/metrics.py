@@ -122,6 +122,29 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        # whether the configured index is served, and whether a newer one there was refused (the previous is
+        # served): keepfit_index_images read 0 both with no index and with an empty one, and a refused rebuild
+        # showed only in /readyz's text (set at each scrape)
+        self.index_loaded = Gauge(
+            "keepfit_index_loaded",
+            "1 while an index is loaded and served, 0 without one",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.index_refused = Gauge(
+            "keepfit_index_refused",
+            "1 while a newer index in the index folder was refused (damaged, or built with another model) and the "
+            "previous one is still served; /readyz index.error says why",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.build_info = Gauge(
+            "keepfit_build_info",
+            "1, labelled with the service's version and the model artifact it serves",
+            ["version", "artifact_name", "artifact_version"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.inflight = Gauge(
             "keepfit_requests_in_progress",
             "Requests being answered",

@@ -101,6 +101,20 @@ def test_a_refused_upload_is_no_cache_miss(api: TestClient, real_images: dict[st
     assert misses() == before + 1
 
 
+def test_metrics_say_whether_an_index_is_served_and_what_runs(default_artifact: Path, index_dir: Path) -> None:
+    """keepfit_index_images read 0 both without an index and with an empty one, a refused rebuild showed only in
+    /readyz's text, and nothing named the artifact served."""
+    from model import __version__
+
+    for index, loaded in ((None, 0.0), (index_dir, 1.0)):
+        with TestClient(create_app(make_settings(default_artifact, index=index))) as client:
+            text = client.get("/metrics").text
+            version = client.get("/readyz").json()["artifact"]["version"]
+        assert _gauge(text, "keepfit_index_loaded") == loaded and _gauge(text, "keepfit_index_refused") == 0.0
+        info = f'keepfit_build_info{{artifact_name="keepfit-v2-small",artifact_version="{version}",version="{__version__}"}}'
+        assert _gauge(text, info) == 1.0, text
+
+
 def test_metrics_label_the_docs_as_themselves_and_bound_the_methods(api: TestClient) -> None:
     """/docs, /redoc, the schema and the docs' assets were counted as route="unmatched" among real 404s; a verb a
     client makes up is "other", so no client grows the metrics without bound."""
