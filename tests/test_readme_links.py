@@ -37,3 +37,32 @@ def test_every_in_page_link_of_the_readme_leads_to_a_heading() -> None:
     assert links, "the README has no in-page links: the pattern no longer finds them"
     missing = sorted(set(links) - anchors(text))
     assert not missing, f"README links to no heading: {missing}"
+
+
+def _cells(row: str) -> int:
+    """The cells of a Markdown table row (a `|` inside backticks or escaped is text, not a border)."""
+    return len(re.sub(r"`[^`]*`", "x", row).replace("\\|", "x").strip().strip("|").split("|"))
+
+
+def table_misfits(markdown: str) -> list[str]:
+    """Rows of the Markdown tables in ``markdown`` whose cell count is not their header's."""
+    misfits: list[str] = []
+    fenced, table = False, []
+    for number, line in enumerate([*markdown.splitlines(), ""], start=1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if not fenced and line.startswith("|"):
+            table.append((number, line))
+            continue
+        width = _cells(table[0][1]) if table else 0
+        misfits += [f"line {n}: {_cells(row)} cells under a header of {width}" for n, row in table[1:]
+                    if _cells(row) != width]
+        table = []
+    return misfits
+
+
+def test_every_row_of_a_readme_table_has_its_headers_cells() -> None:
+    """Rows of another table pasted under a header (seven accuracy figures under five calibration columns) render as
+    rows of nothing that reads."""
+    assert table_misfits("| a | b |\n|---|---|\n| 1 | `x | y` |\n| 1 | 2 | 3 |\n") == ["line 4: 3 cells under a header of 2"]
+    assert table_misfits(README.read_text(encoding="utf-8")) == []
