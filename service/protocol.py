@@ -45,10 +45,7 @@ def count_refused(reason: str) -> None:
     count_refusal(reason)
 
 
-CLOSE_ANNOUNCED = "keepfit_close_announced"  # set on a request's cycle whose answer said Connection: close
-
-
-def _announcing_close(cycle: Any) -> Any:
+def _announcing_close(cycle: Any, protocol: GuardedHttpToolsProtocol) -> Any:
     """``cycle.send``, saying ``Connection: close`` in an answer that starts before the request's body was all read:
     the connection ends after it (:meth:`GuardedHttpToolsProtocol.on_response_complete`), and without the header
     a client took it as persistent and lost the next request it sent on it. Uvicorn, told so, would close at once
@@ -65,7 +62,7 @@ def _announcing_close(cycle: Any) -> Any:
         if message["type"] != "http.response.start" or cycle.response_started or not cycle.more_body or not cycle.keep_alive:
             await send(message)
             return
-        setattr(cycle, CLOSE_ANNOUNCED, True)
+        protocol.close_announced = True
         await send({**message, "headers": [*message.get("headers", []), (b"connection", b"close")]})
         cycle.keep_alive = True
 
@@ -91,6 +88,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._draining, self._drained = False, 0  # after a refusal: what still arrives is read and dropped
         self._got_bytes = False
         self._header_timer: asyncio.TimerHandle | None = None
+        self.close_announced = False  # an answer said Connection: close: the connection ends after it
 
     # ------------------------------------------------------------------------------------ connection events
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -147,7 +145,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_headers_complete()
         if self.cycle is not None:
-            self.cycle.send = _announcing_close(self.cycle)  # type: ignore[method-assign]
+            self.cycle.send = _announcing_close(self.cycle, self)  # type: ignore[method-assign]
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -158,16 +156,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        cycle = self.cycle
-        super().on_response_complete()
         # Answered before the request's body was all read (a GET or DELETE sent with a body, the guard's 401, 413 or
         # 415, a body refused while it streams): the rest of it would be waited for with no time limit, as each
         # byte of it cancels uvicorn's keep-alive timer, and nothing else re-arms one (a connection sending a byte
-        # now and then was held for ever, without a key). The connection ends after this answer instead; the
-        # client has LINGER_S to finish sending, so that it reads the answer rather than a reset.
-        # (self.cycle is the newest request's: on a pipelined connection a later one, still arriving, is left alone)
-        announced = getattr(cycle, CLOSE_ANNOUNCED, False)
-        if cycle is not None and cycle.response_complete and (cycle.more_body or announced) and not self.transport.is_closing():
+        # now and then was held for ever, without a key). That answer said `Connection: close` (_announcing_close):
+        # the connection ends after it, and nothing after it is processed (RFC 9112 s9.6: a request pipelined
+        # behind it was answered on a connection said to be closing, and a client that obeyed dropped the answer
+        # and sent it again). The client has LINGER_S to finish sending, so that it reads the answer, not a reset.
+        if not self.close_announced:
+            super().on_response_complete()
+            return
+        self.pipeline.clear()
+        super().on_response_complete()
+        if not self.transport.is_closing():
             self._unset_keepalive_if_required()
             self._linger_and_close()
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -294,3 +295,45 @@ def test_whole_requests_keep_their_connection_also_pipelined(base: str) -> None:
         assert chunk, f"closed after {answers.count(b'HTTP/1.1 200')} answers"
         answers += chunk
     sock.close()
+
+
+def test_nothing_pipelined_behind_an_answer_that_said_close_is_processed(default_artifact: Path) -> None:
+    """RFC 9112 s9.6: after `Connection: close` no further request on the connection is processed. A request
+    pipelined behind one answered before its body arrived was run and answered all the same, on a connection said to
+    be closing: a client that obeyed the close dropped that answer and sent the request again (run twice)."""
+    import asyncio
+
+    from fastapi.responses import StreamingResponse
+
+    from service.app import create_app
+
+    app = create_app(make_settings(default_artifact))
+    ran: list[str] = []
+
+    async def slow() -> StreamingResponse:  # an answer still being written when the next request arrives
+        async def body() -> Any:
+            yield b"x" * 10
+            await asyncio.sleep(1.0)
+            yield b"y" * 10
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def count() -> dict[str, str]:
+        ran.append("B")
+        return {"ran": "B"}
+
+    app.add_api_route("/slow", slow, methods=["GET"])
+    app.add_api_route("/count", count, methods=["GET"])
+    with live_server(make_settings(default_artifact), app=app, protocol=_Quick) as url:
+        sock = _connect(url)
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")  # its body not sent yet
+        time.sleep(0.4)  # its answer has started, saying Connection: close
+        sock.sendall(b"abcde" + b"GET /count HTTP/1.1\r\nHost: x\r\n\r\n")  # the rest of it, then B
+        sock.settimeout(10)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+    heads = re.findall(rb"HTTP/1\.1 \d+[^\r]*\r\n(?:[^\r]+\r\n)*\r\n", data)
+    assert len(heads) == 1 and b"connection: close" in heads[0].lower(), data
+    assert ran == []  # B was never run
