@@ -117,6 +117,7 @@ def _lifespan(index_opener: Any = None) -> Any:
         )
         metrics.cpu_cores.set(settings.cores)
         metrics.model_runs.set(settings.concurrency)
+        metrics.build_info.labels(__version__, engine.name, engine.version).set(1)
         metrics.set_function(
             metrics.model_jobs,
             lambda: sum(pool.pending for pool in (service.pool, service.large_pool, service.early_pool) if pool),

@@ -939,6 +939,15 @@ class IndexHolder:
         logger.error("index at %s not loaded: %s", self.path, err)
         self._stamp = stamp  # do not retry the same broken files on every request
         self._failed_at = time.monotonic()
+        self._report()
+
+    def _report(self) -> None:
+        """``keepfit_index_loaded`` and ``keepfit_index_refused`` as this worker serves: set by every worker as its
+        index loads, swaps or is refused (set at a scrape only, every other worker's gauge kept its first value,
+        and with several workers their combination read 0 where every worker had the index)."""
+        if self.metrics is not None:
+            self.metrics.index_loaded.set(1 if self._index is not None else 0)
+            self.metrics.index_refused.set(1 if self._index is not None and self._refused else 0)
 
     def _swap(self, index: Any, stamp: tuple[int, int], fingerprint: str, modalities: list[str]) -> None:
         """Serve ``index`` from now on (on the index thread); the old one is closed once no request holds it."""
@@ -954,6 +963,7 @@ class IndexHolder:
                 old = None
         self._stamp, self._error, self._failed_at, self._refused = stamp, None, None, None
         self.modalities = modalities
+        self._report()
         if self.metrics is not None:
             self.metrics.index_size.set(int(index.count))
         logger.info("index %s loaded: %d images", self.path, index.count)
@@ -1016,6 +1026,7 @@ class IndexHolder:
     async def start(self) -> None:
         await self._submit(self._open)
         self._checked_at = time.monotonic()
+        self._report()  # every worker has a sample from its start, with an index or without
 
     async def refresh(self, force: bool = False) -> None:
         """Reopen the index if its manifest changed (a swapped-in rebuild); at most every few seconds.  The new

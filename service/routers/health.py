@@ -13,7 +13,6 @@ from fastapi import APIRouter, Request, Response, Security
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from model import __version__
 from model.cores import cgroup_cpu_limit
 from service.deps import ServiceState, api_key_scheme, check_api_key
 from service.schemas import HealthResponse, ReadyResponse, error_responses
@@ -142,8 +141,4 @@ async def metrics(
         state.metrics.cache_degraded.set(1 if await state.cache.check() == "degraded" else 0)
         await classifier_store_status(state)  # its gauge, checked now
         await state.index.refresh()  # as /readyz: a rebuilt index is looked at (at most every few seconds)
-        info = state.index.info()
-        state.metrics.index_loaded.set(1 if info.loaded else 0)
-        state.metrics.index_refused.set(1 if info.loaded and info.error else 0)
-        state.metrics.build_info.labels(__version__, state.engine.name, state.engine.version).set(1)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -98,11 +98,19 @@ def test_readiness_says_when_a_newer_index_is_refused_and_the_previous_one_still
             raise IndexStoreError(f"index {path} was built with artifact version 'w', this service runs 'v'")
         return _Generation(1)
 
+    from service.metrics import Metrics
+
+    metrics = Metrics()
+
+    def gauges() -> tuple[float, float]:  # as this worker sets them, whichever worker a scrape reaches
+        return metrics.index_loaded._value.get(), metrics.index_refused._value.get()
+
     async def scenario() -> None:
         _publish(tmp_path, 1)
-        holder = IndexHolder(tmp_path, "v", opener=opener)
+        holder = IndexHolder(tmp_path, "v", metrics=metrics, opener=opener)
         await holder.start()
         assert holder.info().loaded and holder.info().error is None
+        assert gauges() == (1.0, 0.0)
         refuse["yes"] = True
         _publish(tmp_path, 2)
         await holder.refresh(force=True)
@@ -110,10 +118,12 @@ def test_readiness_says_when_a_newer_index_is_refused_and_the_previous_one_still
         assert info.loaded and info.count == 3  # the previous one, still served
         assert info.error is not None and "refused" in info.error and "artifact version 'w'" in info.error
         assert str(tmp_path) not in info.error
+        assert gauges() == (1.0, 1.0)
         refuse["yes"] = False
         _publish(tmp_path, 3)
         await holder.refresh(force=True)
         assert holder.info().error is None
+        assert gauges() == (1.0, 0.0)
         await holder.close()
 
     asyncio.run(scenario())
