@@ -101,7 +101,9 @@ class ServiceState:
     # Images above settings.large_image_pixels decode one at a time in their own lane: their memory is bounded
     # and they never take the normal lane's threads from ordinary requests.
     large_pool: ModelPool
-    classifiers: Any = None  # service.classifiers.ClassifierStore, opened by the lifespan
+    classifiers: Any = None  # service.classifiers.ClassifierStore, opened by the first classifier request
+    classifiers_error: str | None = None  # why the last attempt to open it failed (/readyz), until one succeeds
+    store_probe: Any = None  # the classifier store's health probe in flight (an asyncio future), one at a time
     # JPEG and PNG uploads decoded while they arrive when a core is idle (service/early.py); None when switched off
     early_pool: ModelPool | None = None
 

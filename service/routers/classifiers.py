@@ -398,7 +398,10 @@ def _open_store(state: ServiceState) -> ClassifierStore:
             path = state.settings.classifiers_dir
             try:
                 state.classifiers = ClassifierStore(path)
+                state.classifiers_error = None
             except (OSError, sqlite3.Error) as err:
+                # /readyz says so (it said "unopened", and the gauge 1, while every classifier request was a 503)
+                state.classifiers_error = "it cannot be opened (see the service log)"
                 count = REPEATED.due("classifier store")  # each request tries again: one line a minute
                 if count is not None:
                     logger.error("classifier store at %s unavailable: %s%s", path, err, more_like_it(count))

@@ -6,6 +6,7 @@ paths).  ``KEEPFIT_PROTECT_METRICS=true`` puts ``/metrics`` behind the API keys.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import anyio
@@ -99,10 +100,21 @@ async def classifier_store_status(state: ServiceState) -> dict[str, Any]:
     opened it (opening makes it: a deployment that never uses classifiers writes nothing)."""
     store = state.classifiers
     if store is None:
-        return {"state": "unopened", "classifiers": None, "reason": None}
+        failed = state.classifiers_error  # a classifier request tried to open it, and could not
+        state.metrics.classifier_store_ok.set(0 if failed else 1)
+        return {"state": "unavailable" if failed else "unopened", "classifiers": None, "reason": failed}
     report: tuple[str, int | None, str | None] = ("unavailable", None, f"it did not answer within {STORE_PROBE_S:g} s")
-    with anyio.move_on_after(STORE_PROBE_S):
-        report = await anyio.to_thread.run_sync(store.health, abandon_on_cancel=True)
+    # one probe at a time: on a hung volume each probe's thread stays blocked, and one per /readyz and scrape piled up
+    # and a probe still waiting on an earlier one's is answered at once: a scrape is not held a second each time
+    probe = state.store_probe
+    fresh = probe is None or probe.done()
+    if fresh:
+        probe = state.store_probe = asyncio.ensure_future(anyio.to_thread.run_sync(store.health))
+    with anyio.move_on_after(STORE_PROBE_S if fresh else 0):
+        try:
+            report = await asyncio.shield(probe)
+        except Exception as err:  # a report, never a 500 of /readyz
+            report = ("unavailable", None, f"its check failed: {type(err).__name__}")
     state.metrics.classifier_store_ok.set(1 if report[0] == "ok" else 0)
     return dict(zip(("state", "classifiers", "reason"), report, strict=True))
 

@@ -180,3 +180,47 @@ def test_serve_start_up_log_has_no_faiss_avx2_line(default_artifact: Path, index
     text = log.read_text()
     assert "index " in text and f"loaded: {sum(SMALL_INDEX.values())} images" in text  # it did load (INFO lines)
     assert "AVX2" not in text and "faiss.loader" not in text
+
+
+def test_a_classifier_store_that_cannot_be_opened_is_reported(default_artifact: Path, tmp_path: Path) -> None:
+    """Its path under a file (a volume mounted wrong): every classifier request was a 503, and /readyz said
+    "unopened" and keepfit_classifier_store_ok 1."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with TestClient(create_app(make_settings(default_artifact, classifiers=blocker / "store"))) as client:
+        assert client.get("/readyz").json()["classifiers"]["state"] == "unopened"  # nothing has tried yet
+        assert client.get("/v1/classifiers").status_code == 503
+        ready = client.get("/readyz")
+        assert ready.status_code == 200  # a report: zero-shot and search go on
+        assert ready.json()["classifiers"]["state"] == "unavailable" and "opened" in ready.json()["classifiers"]["reason"]
+        assert "keepfit_classifier_store_ok 0.0" in client.get("/metrics").text
+
+
+def test_a_hung_classifier_store_holds_no_probe_and_no_thread_for_long(default_artifact: Path, tmp_path: Path) -> None:
+    """A store whose volume hangs (a dead NFS mount): each /readyz and scrape left one more thread blocked in it, and
+    each took a second. One check is in flight at a time; the others answer at once that it does not answer."""
+    import threading
+
+    app = create_app(make_settings(default_artifact, classifiers=tmp_path / "store"))
+    hang = threading.Event()
+    with TestClient(app) as client:
+        assert client.get("/v1/classifiers").status_code == 200  # opens the store
+        store = app.state.service.classifiers
+        calls: list[int] = []
+
+        def hung() -> tuple[str, int | None, str | None]:
+            calls.append(1)
+            hang.wait(30)
+            return "ok", 0, None
+
+        store.health = hung
+        try:
+            started = time.monotonic()
+            for i in range(10):
+                answer = client.get("/readyz" if i % 2 else "/metrics")
+                assert answer.status_code == 200
+            assert time.monotonic() - started < 6  # one second for the first, at once for the others
+            assert calls == [1]
+            assert client.get("/readyz").json()["classifiers"]["state"] == "unavailable"
+        finally:
+            hang.set()
