@@ -215,8 +215,8 @@ class AnswerHeadersMiddleware:
 class HeadMiddleware:
     """HEAD wherever GET works (RFC 9110 9.3.2: a server that answers GET answers HEAD): a HEAD to a path whose
     routes take GET but not HEAD runs as that GET, and its answer leaves with the GET's status and headers
-    (``Content-Length`` included) and no body.  Routes that take HEAD themselves (``/healthz``, ``/``, images,
-    the static files) are left to answer it, and a 405's ``Allow`` that lists GET lists HEAD too.
+    (``Content-Length`` included) and no body.  Routes that take HEAD themselves (``/``, images, the static
+    files) are left to answer it, and a 405's ``Allow`` that lists GET lists HEAD too.
 
     Installed inside every other layer, only the routes see GET: the request id, the metrics (with method HEAD)
     and the API key checks (a dependency of the GET route) are those of any request.  The schema is untouched:

@@ -108,7 +108,8 @@ async def get_image(
         Query(
             pattern=r"^[0-9a-fA-F]{16,64}$",
             description="the leading digits (16 or more) of the image's SHA-256, as a search hit's URLs carry them: "
-            "a 404 if the id now names another image; with it a browser may keep the image a day",
+            "a 404 if the id now names another image (with API keys, a token issued for the other image's content is "
+            "the 401 that comes first); with it a browser may keep the image a day",
         ),
     ] = None,
     api_key: Annotated[str | None, Security(api_key_scheme)] = None,

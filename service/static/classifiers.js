@@ -94,18 +94,18 @@
 
   function estimateText(c) {
     const e = c.estimate || {};
-    if (e.balanced_accuracy == null) return 'no estimate (too few examples to hold any out)';
+    // zero-shot on the same examples: what to compare with before using the classifier instead (absent without
+    // the text prior, or in stores written before it); shown with or without an estimate
+    const z = e.zero_shot;
+    const zero = z && z.balanced_accuracy != null ? `; zero-shot on the same examples ${Number(z.balanced_accuracy).toFixed(2)}`
+      + (Array.isArray(z.range) && z.range.length === 2 ? `, plausibly ${Number(z.range[0]).toFixed(2)}–${Number(z.range[1]).toFixed(2)}` : '') : '';
+    if (e.balanced_accuracy == null) return `no estimate (too few examples to hold any out)${zero}`;
     // chance, scheme and n are optional (a store written by an older release): say what there is
     const how = [e.scheme && e.n != null ? `${e.scheme} over ${e.n} examples` : e.scheme || (e.n != null ? `over ${e.n} examples` : ''),
       e.chance != null ? `chance ${Number(e.chance).toFixed(2)}` : ''].filter(Boolean).join('; ');
     // the range (absent from stores written before it): one fit's estimate is far from exact with few examples
     const range = Array.isArray(e.range) && e.range.length === 2
       ? `, plausibly ${Number(e.range[0]).toFixed(2)}–${Number(e.range[1]).toFixed(2)}` : '';
-    // zero-shot on the same examples: what to compare with before using the classifier instead (absent without
-    // the text prior, or in stores written before it)
-    const z = e.zero_shot;
-    const zero = z && z.balanced_accuracy != null ? `; zero-shot on the same examples ${Number(z.balanced_accuracy).toFixed(2)}`
-      + (Array.isArray(z.range) && z.range.length === 2 ? `, plausibly ${Number(z.range[0]).toFixed(2)}–${Number(z.range[1]).toFixed(2)}` : '') : '';
     return `cross-validated balanced accuracy ${Number(e.balanced_accuracy).toFixed(2)}${range}${how ? ` (${how})` : ''}${zero}`;
   }
 

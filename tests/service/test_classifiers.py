@@ -228,7 +228,7 @@ def test_a_prototype_classifier_answers_with_its_temperature(client: TestClient,
                                                  "categories": categories}, headers=ADMIN)
         assert r.status_code == 201, r.text
         found[method] = r.json()["estimate"]["temperature"]
-    assert found["prototype"] >= 1.0 and found["linear"] == 1.0
+    assert found["prototype"] > 1.0 and found["linear"] == 1.0  # these few examples were often wrong held out
     # beside the estimate, zero-shot on the same examples (the text prior is on by default)
     zero = client.get("/v1/classifiers/linear").json()["estimate"]["zero_shot"]
     assert 0.0 <= zero["balanced_accuracy"] <= 1.0 and len(zero["range"]) == 2
