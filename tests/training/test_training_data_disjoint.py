@@ -23,7 +23,6 @@ from training.data import (
     COPY_MAX_MAD,
     PublicSource,
     build_elite,
-    filter_rows,
     find_copies,
     public_samples,
     read_manifest,
