@@ -31,7 +31,7 @@ from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
 from service.files import EnvelopedStaticFiles
-from service.metrics import Metrics, MetricsMiddleware, RouteLabels
+from service.metrics import Metrics, MetricsMiddleware, RouteLabels, resident_bytes
 from service.middleware import (
     REQUEST_ID_HEADER,
     AnswerHeadersMiddleware,
@@ -118,6 +118,8 @@ def _lifespan(index_opener: Any = None) -> Any:
         metrics.cpu_cores.set(settings.cores)
         metrics.model_runs.set(settings.concurrency)
         metrics.build_info.labels(__version__, engine.name, engine.version).set(1)
+        metrics.worker_starts.inc()
+        metrics.set_function(metrics.resident_memory, resident_bytes)
         metrics.set_function(
             metrics.model_jobs,
             lambda: sum(pool.pending for pool in (service.pool, service.large_pool, service.early_pool) if pool),

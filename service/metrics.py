@@ -172,6 +172,20 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="liveall",
         )
+        # what an operator sizes a memory limit by (README, Memory) and the restarts an out-of-memory kill causes:
+        # a killed worker showed only as uvicorn's "Child process died" line
+        self.resident_memory = Gauge(
+            "keepfit_resident_memory_bytes",
+            "Resident memory (RSS) of this worker process",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.worker_starts = Counter(
+            "keepfit_worker_starts",
+            "Worker processes started: more than the workers configured means some were restarted (a crash, or a "
+            "kill for lack of memory)",
+            registry=self.registry,
+        )
         self._published: list[tuple[Gauge, Callable[[], float]]] = []
         if self.shared_dir is None:
             own.register(_RefusedConnections())
@@ -387,6 +401,15 @@ class RouteLabels:
 # In a request's scope when its answer started after the client had gone (set by service.protocol): nobody got it
 CLIENT_GONE = "keepfit.client_gone"
 CLIENT_CLOSED_REQUEST = 499
+
+
+def resident_bytes() -> float:
+    """This process's resident memory in bytes (Linux: ``/proc/self/statm``); NaN where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return float(int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 class MetricsMiddleware:

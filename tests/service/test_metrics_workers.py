@@ -439,6 +439,11 @@ def test_two_workers_report_every_request_on_every_scrape(default_artifact: Path
             assert stat.S_IMODE(shared.stat().st_mode) == 0o700
             _until(lambda: len(_pids(scrape(), "keepfit_cpu_cores")) == 2, proc, log)  # both started
             workers = sorted(_pids(scrape(), "keepfit_cpu_cores"))
+            # each worker's resident memory (what a memory limit is sized by), and how many workers ever started
+            text = scrape()
+            assert _sample(text, "keepfit_worker_starts_total") == 2
+            memory = _pids(text, "keepfit_resident_memory_bytes")
+            assert sorted(memory) == workers and all(v > 50 * 2**20 for v in memory.values()), memory
             answered = {}  # what each worker's own file holds: both took a share
             for name in shared.glob("counter_*.db"):
                 merged = {m.name: m for m in MultiProcessCollector.merge([str(name)])}

@@ -111,6 +111,8 @@ def test_metrics_say_whether_an_index_is_served_and_what_runs(default_artifact: 
             text = client.get("/metrics").text
             version = client.get("/readyz").json()["artifact"]["version"]
         assert _gauge(text, "keepfit_index_loaded") == loaded and _gauge(text, "keepfit_index_refused") == 0.0
+        assert _gauge(text, "keepfit_worker_starts_total") == 1.0
+        assert _gauge(text, "keepfit_resident_memory_bytes") > 50 * 2**20  # the model alone is more
         info = f'keepfit_build_info{{artifact_name="keepfit-v2-small",artifact_version="{version}",version="{__version__}"}}'
         assert _gauge(text, info) == 1.0, text
 
