@@ -858,10 +858,12 @@ class ClassifierStore:
         name_key = hashlib.sha256(row.name.encode()).hexdigest()[:12]
         row.arrays = f"{name_key}-{digest}.npz"
         old_arrays: str | None = None
+        wrote = False  # a file of this save may be on disk (else nothing to collect after a failure)
         try:
             with self._write() as db:
                 old_arrays = self._claim_name(db, row, replace, max_classifiers, replaces)
                 row.version = secrets.token_hex(6)
+                wrote = True
                 atomic_write_bytes(self.root / "arrays" / row.arrays, buffer.getvalue(), durable=True)
                 for ex in examples:
                     if ex.data is not None:
@@ -877,10 +879,13 @@ class ClassifierStore:
                     ],
                 )
         except BaseException:
-            try:
-                self._collect(row.arrays)
-            except (sqlite3.Error, ServiceError, OSError):  # busy or unwritable: they stay for the next collection
-                logger.warning("classifier %r: unreferenced files left for the next collection", row.name)
+            # refused before a file was written (the store could not be opened for writing, the name is taken):
+            # nothing to collect, and trying would only log the same fault again
+            if wrote:
+                try:
+                    self._collect(row.arrays)
+                except (sqlite3.Error, ServiceError, OSError):  # busy or unwritable: left for the next collection
+                    logger.warning("classifier %r: unreferenced files left for the next collection", row.name)
             raise
         if old_arrays and old_arrays != row.arrays:
             self._collect_after_commit(old_arrays)

@@ -5,6 +5,7 @@ racing a delete, and the files a killed save left."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
 import time
@@ -374,7 +375,7 @@ def _fill(volume: Path) -> Path:
 
 
 def test_a_full_disk_keeps_the_classifiers_readable_and_refuses_a_change_as_507(
-    default_artifact: Path, volume: Path, real_image_paths: dict[str, list[Path]]
+    default_artifact: Path, volume: Path, real_image_paths: dict[str, list[Path]], caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the disk full to its last block, SQLite could not make the WAL's shared memory a connection opens: every
     read (list, show, classify with a classifier) was a 503 "cannot be read", and a create a 503, not a 507."""
@@ -387,10 +388,15 @@ def test_a_full_disk_keeps_the_classifiers_readable_and_refuses_a_change_as_507(
         filler = _fill(volume)
         try:
             _still_served(client, kept, image, served)
-            refused = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
-                                  files=_uploads(cfp, tag=b"new"), headers=ADMIN)
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="service.classifiers"):
+                refused = client.post("/v1/classifiers", data={"name": "new", "modality": "CFP"},
+                                      files=_uploads(cfp, tag=b"new"), headers=ADMIN)
             assert refused.status_code == 507, refused.text
             assert refused.json()["error"]["code"] == "storage_full"
+            # one fault, one line (the clean-up after the refused save tried the disk again, and logged it again)
+            errors = [r for r in caplog.records if r.name == "service.classifiers" and r.levelno >= logging.ERROR]
+            assert len(errors) == 1, [r.getMessage() for r in errors]
             store = client.get("/readyz").json()["classifiers"]
             assert store["state"] == "full" and "507" in store["reason"], store
         finally:
