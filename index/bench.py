@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import resource
 import time
@@ -27,7 +26,7 @@ import faiss
 import numpy as np
 
 from index.ann import AnnSpec, BuiltIndex, build_index, memory_bytes, recall_at_k
-from model.cores import available_cores
+from model.cores import available_cores, resident_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +106,7 @@ def local_intrinsic_dim(sims: np.ndarray) -> float:
     return float(np.median(-1.0 / np.minimum(mean, -1e-12)))
 
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
-
-
-def _peak_rss_bytes() -> int:
+def _peakresident_bytes() -> int:
     # ru_maxrss is KiB on Linux, bytes on macOS
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if platform.system() == "Darwin" else peak * 1024)
@@ -133,14 +124,14 @@ def _latencies_ms(index: faiss.Index, queries: np.ndarray, k: int, params: Any) 
 
 def _build_measured(x: np.ndarray, ids: np.ndarray, spec: AnnSpec) -> tuple[BuiltIndex, dict[str, Any]]:
     """Build one index and report its type, parameters, build time, size and the RSS it added."""
-    before = _rss_bytes()
+    before = resident_bytes()
     b = build_index(x, ids, spec)
     row: dict[str, Any] = {
         "type": b.kind,
         "params": {key: v for key, v in b.params.items() if key != "dim"},
         "build_s": round(b.build_seconds, 2),
         "index_mb": round(memory_bytes(b.index, b.kind, b.params) / 2**20, 1),
-        "rss_growth_mb": round((_rss_bytes() - before) / 2**20, 1),
+        "rss_growth_mb": round((resident_bytes() - before) / 2**20, 1),
     }
     if b.tuned_recall is not None:
         row["tuned_recall_on_stored"] = round(b.tuned_recall, 4)
@@ -214,7 +205,7 @@ def run_bench(
         del built["exact"], exact  # not needed on disk: its memory back before the records are made
         say("writing the %s index with synthetic records and searching it with filters", approx)
         results["store"] = store_bench(x, ids, ann, approx_spec, q[: min(queries, 100)], k, seed)
-    results["peak_rss_mb"] = round(_peak_rss_bytes() / 2**20, 1)
+    results["peak_rss_mb"] = round(_peakresident_bytes() / 2**20, 1)
     return results
 
 

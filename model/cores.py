@@ -164,3 +164,13 @@ def threads_from_env(name: str = "KEEPFIT_THREADS") -> int | None:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name} must be a whole number of threads, at least 1; got {raw!r}")
     return int(raw)
+
+
+def resident_bytes() -> float:
+    """This process's resident memory (RSS) in bytes, from ``/proc/self/statm`` (Linux); NaN where it cannot be
+    read. ``/metrics`` reports it per worker, and ``index.bench`` measures a build's growth by it."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return float(int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return float("nan")

@@ -26,12 +26,13 @@ from starlette.datastructures import Headers
 from starlette.routing import Route, request_response
 
 from model import __version__
+from model.cores import resident_bytes
 from service.cache import Cache, MemoryCache, RedisCache, answer_scope
 from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
 from service.files import EnvelopedStaticFiles
-from service.metrics import Metrics, MetricsMiddleware, RouteLabels, resident_bytes
+from service.metrics import Metrics, MetricsMiddleware, RouteLabels
 from service.middleware import (
     REQUEST_ID_HEADER,
     AnswerHeadersMiddleware,

@@ -403,15 +403,6 @@ CLIENT_GONE = "keepfit.client_gone"
 CLIENT_CLOSED_REQUEST = 499
 
 
-def resident_bytes() -> float:
-    """This process's resident memory in bytes (Linux: ``/proc/self/statm``); NaN where it cannot be read."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return float(int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
 class MetricsMiddleware:
     """Counts and times every HTTP request by route template and status (pure ASGI: no body buffering).
 
