@@ -61,8 +61,7 @@ async def readyz(request: Request) -> Any:
         return JSONResponse(status_code=503, content=starting)
     await state.index.refresh()
     info = state.index.info()
-    cache_state = await state.cache.check()  # never longer than about a second, whatever Redis does
-    state.metrics.cache_degraded.set(1 if cache_state == "degraded" else 0)
+    cache_state = await cache_checked(state)
     cache: dict[str, Any] = {"backend": state.cache.backend, "state": cache_state, "reason": state.cache.reason}
     runtime = state.engine.runtime
     reason: str | None = None
@@ -90,6 +89,14 @@ async def readyz(request: Request) -> Any:
     return body if reason is None else JSONResponse(status_code=503, content=body)
 
 
+async def cache_checked(state: ServiceState) -> str:
+    """The cache's state, checked now (within about a second whatever Redis does, at once while its breaker is
+    open), also set as ``keepfit_cache_degraded``: for /readyz and /metrics alike."""
+    cache_state = await state.cache.check()
+    state.metrics.cache_degraded.set(1 if cache_state == "degraded" else 0)
+    return cache_state
+
+
 # /readyz and /metrics wait this long for the classifier store's report (a hung volume must not hang the probe)
 STORE_PROBE_S = 1.0
 
@@ -104,8 +111,8 @@ async def classifier_store_status(state: ServiceState) -> dict[str, Any]:
         state.metrics.classifier_store_ok.set(0 if failed else 1)
         return {"state": "unavailable" if failed else "unopened", "classifiers": None, "reason": failed}
     report: tuple[str, int | None, str | None] = ("unavailable", None, f"it did not answer within {STORE_PROBE_S:g} s")
-    # one probe at a time: on a hung volume each probe's thread stays blocked, and one per /readyz and scrape piled up
-    # and a probe still waiting on an earlier one's is answered at once: a scrape is not held a second each time
+    # One probe at a time: on a hung volume each probe's thread stays blocked (one per /readyz and scrape piled up).
+    # A call that finds an earlier probe still running answers at once: a scrape is not held a second each time.
     probe = state.store_probe
     fresh = probe is None or probe.done()
     if fresh:
@@ -147,10 +154,10 @@ async def metrics(
     state: ServiceState | None = getattr(request.app.state, "service", None)
     registry = request.app.state.metrics.registry
     if state is not None:
-        # checked now (within about a second, at once while the breaker is open), as /readyz does: the state this
-        # worker last saw said 0 through an outage without requests, and 1 after it until the next request; and
-        # with several workers, the gauge is the one the most recent scrape's worker set
-        state.metrics.cache_degraded.set(1 if await state.cache.check() == "degraded" else 0)
+        # checked now, as /readyz does: the state this worker last saw said 0 through an outage without requests,
+        # and 1 after it until the next request; and with several workers, the gauge is the one the most recent
+        # scrape's worker set
+        await cache_checked(state)
         await classifier_store_status(state)  # its gauge, checked now
         await state.index.refresh()  # as /readyz: a rebuilt index is looked at (at most every few seconds)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
