@@ -295,7 +295,6 @@ _IMAGE_TOKEN = re.compile(r"(\d{1,12})\.([0-9a-f]{32})")
 IMAGE_TAG_DIGITS = 16  # the leading hex digits of an image's SHA-256 that its URLs carry (``?sha256=``)
 
 
-
 @lru_cache(maxsize=16)
 def _image_secret(keys: tuple[str, ...]) -> bytes:
     return hashlib.sha256(b"keepfit-image-url-v2\0" + "\0".join(sorted(keys)).encode("utf-8")).digest()

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model.cli import PROMETHEUS_MULTIPROC_ENV
 from model.logs import logging_fields
 from service.cli import METRICS_OWNER
+from service.errors import CLIENT_CLOSED_REQUEST
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Metrics:
         )
         # whether the configured index is served, and whether a newer one there was refused (the previous is
         # served): keepfit_index_images read 0 both with no index and with an empty one, and a refused rebuild
-        # showed only in /readyz's text (set at each scrape)
+        # showed only in /readyz's text (each worker sets them as its index loads, swaps or is refused)
         self.index_loaded = Gauge(
             "keepfit_index_loaded",
             "1 while an index is loaded and served, 0 without one",
@@ -400,7 +401,6 @@ class RouteLabels:
 
 # In a request's scope when its answer started after the client had gone (set by service.protocol): nobody got it
 CLIENT_GONE = "keepfit.client_gone"
-CLIENT_CLOSED_REQUEST = 499
 
 
 class MetricsMiddleware:
