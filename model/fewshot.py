@@ -366,8 +366,12 @@ def zero_shot_estimate(
     y = np.asarray(y, dtype=np.int64)
     n_classes = len(labels)
     model = fit(x[:0], y[:0], labels, "zero-shot", text, logit_scale)
-    pred = np.argmax(model.logits(x), axis=1)
     _, firsts, _ = _photographs(x, y, n_classes)
+    return _scored(y, np.argmax(model.logits(x), axis=1), firsts, n_classes)
+
+
+def _scored(y: np.ndarray, pred: np.ndarray, firsts: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """``{"balanced_accuracy", "range"}`` of predictions ``pred`` for ``y`` (:func:`plausible_range`)."""
     estimate = balanced_accuracy(y, pred, n_classes)
     return {"balanced_accuracy": round(estimate, 4), "range": plausible_range(estimate, y, pred, firsts, n_classes)}
 
@@ -470,11 +474,9 @@ def cross_validate(
         model = fit(x[train], y[train], labels, chosen, text, logit_scale)
         held_out[test] = model.logits(x[test])
         pred[test] = np.argmax(held_out[test], axis=1)
-    estimate = balanced_accuracy(y, pred, n_classes)
     scored = ~np.isnan(held_out).any(axis=1)
     return {
-        "balanced_accuracy": round(estimate, 4),
-        "range": plausible_range(estimate, y, pred, firsts, n_classes),
+        **_scored(y, pred, firsts, n_classes),
         "scheme": scheme,
         "folds": int(len(np.unique(assignment))),
         "n": n,
