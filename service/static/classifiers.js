@@ -92,21 +92,25 @@
     });
   }
 
+  // ", plausibly 0.55–0.86" of a [low, high] range; '' without one (a store written before ranges)
+  function plausibly(range) {
+    return Array.isArray(range) && range.length === 2
+      ? `, plausibly ${Number(range[0]).toFixed(2)}–${Number(range[1]).toFixed(2)}` : '';
+  }
+
   function estimateText(c) {
     const e = c.estimate || {};
     // zero-shot on the same examples: what to compare with before using the classifier instead (absent without
     // the text prior, or in stores written before it); shown with or without an estimate
     const z = e.zero_shot;
-    const zero = z && z.balanced_accuracy != null ? `; zero-shot on the same examples ${Number(z.balanced_accuracy).toFixed(2)}`
-      + (Array.isArray(z.range) && z.range.length === 2 ? `, plausibly ${Number(z.range[0]).toFixed(2)}–${Number(z.range[1]).toFixed(2)}` : '') : '';
+    const zero = z && z.balanced_accuracy != null
+      ? `; zero-shot on the same examples ${Number(z.balanced_accuracy).toFixed(2)}${plausibly(z.range)}` : '';
     if (e.balanced_accuracy == null) return `no estimate (too few examples to hold any out)${zero}`;
     // chance, scheme and n are optional (a store written by an older release): say what there is
     const how = [e.scheme && e.n != null ? `${e.scheme} over ${e.n} examples` : e.scheme || (e.n != null ? `over ${e.n} examples` : ''),
       e.chance != null ? `chance ${Number(e.chance).toFixed(2)}` : ''].filter(Boolean).join('; ');
-    // the range (absent from stores written before it): one fit's estimate is far from exact with few examples
-    const range = Array.isArray(e.range) && e.range.length === 2
-      ? `, plausibly ${Number(e.range[0]).toFixed(2)}–${Number(e.range[1]).toFixed(2)}` : '';
-    return `cross-validated balanced accuracy ${Number(e.balanced_accuracy).toFixed(2)}${range}${how ? ` (${how})` : ''}${zero}`;
+    // the range: one fit's estimate is far from exact with few examples
+    return `cross-validated balanced accuracy ${Number(e.balanced_accuracy).toFixed(2)}${plausibly(e.range)}${how ? ` (${how})` : ''}${zero}`;
   }
 
   function renderStored(c) {
