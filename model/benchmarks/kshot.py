@@ -194,11 +194,10 @@ def evaluate(
                 if calibration:
                     cv = fewshot.cross_validate(xtr[idx], ytr[idx], labels, model.method,
                                                 text if use_text else None, scale, tempered=fewshot.METHODS)
-                    tempered = model.tempered(float(cv["temperature"]))
-                    served = tempered if model.method in fewshot.TEMPERED_METHODS else model
-                    sure[m].append((*calibration_error(model.probabilities(xte), yte),
-                                    *calibration_error(tempered.probabilities(xte), yte)[:2],
-                                    *calibration_error(served.probabilities(xte), yte)[:2]))
+                    fitted = calibration_error(model.probabilities(xte), yte)
+                    tempered = calibration_error(model.tempered(float(cv["temperature"])).probabilities(xte), yte)
+                    served = tempered if model.method in fewshot.TEMPERED_METHODS else fitted  # as the service answers
+                    sure[m].append((*fitted, *tempered[:2], *served[:2]))
         for m in METHODS:
             curves[m][k] = float(np.mean(results[m]))
             if sure[m]:
