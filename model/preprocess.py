@@ -995,6 +995,26 @@ def detail(pixels: np.ndarray, image_size: tuple[int, int], cfg: PreprocessConfi
     return float((clipped.std(axis=1) * np.asarray(cfg.std, dtype=np.float32)).max() * 255.0)
 
 
+PRINT_SIDE = 32
+
+
+def grey_print(
+    pixels: np.ndarray, image_size: tuple[int, int], cfg: PreprocessConfig, side: int = PRINT_SIDE
+) -> np.ndarray:
+    """A ``side`` x ``side`` grey thumbnail (float32, 0-255, flattened) of the picture in one preprocessed input
+    ``[3, S, S]`` of an upright image of ``image_size``: its content box (:func:`content_box`, not the padding),
+    back in grey levels and averaged over its channels, then area-resized.  Taken from the model input, it is
+    the same for a photograph and its re-saved, re-encoded or resized copies (they give the model the same
+    input), so two thumbnails that differ by a fraction of a grey level on average are the same photograph."""
+    left, top, width, height = content_box(image_size, cfg)
+    box = pixels[:, top : top + height, left : left + width]
+    scale = np.asarray(cfg.std, dtype=np.float32)[:, None, None] * 255.0
+    offset = np.asarray(cfg.mean, dtype=np.float32)[:, None, None] * 255.0
+    grey = np.clip((box * scale + offset).mean(axis=0), 0.0, 255.0).astype(np.float32)  # [h, w]
+    small = Image.fromarray(grey, mode="F").resize((side, side), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32).ravel()
+
+
 # An image whose :func:`detail` is below this many grey levels is almost uniform (``featureless_image``: where the
 # bar comes from, service/engine.py); it has no focus to speak of, so :func:`sharpness` does not judge it either.
 FEATURELESS_BELOW = 1.0

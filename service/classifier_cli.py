@@ -248,11 +248,12 @@ def _file_example(engine: Any, label: str, path: Path) -> Example:
         data = read_regular_file(path)
     except OSError as err:
         raise DataError(f"cannot read example {path}: {err.strerror or err}") from err
-    emb, modality, confidence, typicality = _embed_example(engine, data, f"example {path}")
+    found = _embed_example(engine, data, f"example {path}")
     kept = engine.example_to_keep(data)  # without its metadata or DICOM patient data
     return Example(
-        label, sha256_hex(data), "upload", emb, data=kept, modality=modality if confidence >= SURE_MODALITY else None,
-        filename=str(path), typicality=typicality, kept_copy=kept != data,
+        label, sha256_hex(data), "upload", found.embedding, data=kept,
+        modality=found.modality if found.confidence >= SURE_MODALITY else None,
+        filename=str(path), typicality=found.typicality, kept_copy=kept != data, traits=found.traits,
     )
 
 
@@ -354,7 +355,7 @@ def refit_main(args: argparse.Namespace) -> int:
                 raise DataError(refit_refused_message(e, str(err.__cause__ or err), row.name)) from err
             kept = engine.example_to_keep(data)  # kept as sent by an earlier release: without its metadata now
             examples.append(Example(e["category"], e["sha256"], "upload", found.embedding, data=kept,
-                                    typicality=found.typicality, kept_copy=kept != data))
+                                    typicality=found.typicality, kept_copy=kept != data, traits=found.traits))
     categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
     new, result = fit_and_row(
         engine,

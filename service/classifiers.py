@@ -47,6 +47,7 @@ from model import fewshot
 from model.errors import ConfigError
 from model.files import atomic_write_bytes
 from service.errors import InvalidRequestError, ServiceError
+from service.example_checks import ExampleTraits
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class Example:
     # ``data`` is the copy kept of the upload (Engine.example_to_keep took metadata or patient data out of it): it
     # replaces a file an earlier release kept of the same upload as sent
     kept_copy: bool = False
+    traits: ExampleTraits | None = None  # an upload's (service.example_checks), for the create's warnings; not stored
 
 
 @dataclass

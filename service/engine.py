@@ -46,6 +46,7 @@ from model.preprocess import (
     compressed_warning,
     detail,
     featureless,
+    grey_print,
     load_image,
     original_size,
     sharpness,
@@ -59,6 +60,7 @@ from model.preprocess import (
 from model.runtime import ImageEncoding, KeepfitRuntime, fold_name, modality_used, screening_normal
 from model.tokenizer import unreadable_warning
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
+from service.example_checks import ExampleTraits
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -115,6 +117,8 @@ class EncodedImage(NamedTuple):
     # how far from the model's training images, as a multiple of the farthest of them (KeepfitRuntime.typicality;
     # None: the artifact ships no typicality)
     typicality: float | None = None
+    grey: np.ndarray | None = None  # model.preprocess.grey_print of the model input, when asked for (traits=True)
+    file_format: str | None = None  # Pillow's name of the file's format (JPEG, PNG...), DICOM for a DICOM object
 
 
 class ExampleEmbedding(NamedTuple):
@@ -124,6 +128,7 @@ class ExampleEmbedding(NamedTuple):
     modality: str | None  # its DICOM header's, else the modality check's
     confidence: float  # 1 for a header's, else the modality check's probability
     typicality: float | None  # KeepfitRuntime.typicality (None: the artifact has none)
+    traits: ExampleTraits  # how it was taken (service.example_checks: copies and confounds among examples)
 
 
 # An image that varies by less than this many grey levels (a blank, black or uniform picture, also with a
@@ -498,9 +503,10 @@ class Engine:
         with timings.stage("inference"):
             return self.runtime.encode_pixels(pixels)  # embeddings [1, D], tokens [1, h*w, D]
 
-    def encode_bytes(self, data: bytes | ReadableFile, timings: Timings) -> EncodedImage:
+    def encode_bytes(self, data: bytes | ReadableFile, timings: Timings, traits: bool = False) -> EncodedImage:
         """Image bytes (or a file of them, read as it is written: service/early.py) -> ``(encoding, original
-        (width, height), upright original (width, height), the modality a DICOM header states or None)``.
+        (width, height), upright original (width, height), the modality a DICOM header states or None)``;
+        ``traits``: also its grey print and file format (a classifier example's, :meth:`embed_example`).
 
         The decoded pixels are dropped before inference and, after a large decode (a camera JPEG is DCT-scaled
         and is not one), their memory is handed back to the system, so a request holds full-size pixels only
@@ -515,6 +521,8 @@ class Engine:
                 pixels = self.runtime.preprocess([image])  # [1, 3, S, S]
                 spread = detail(pixels[0], upright, self.runtime.preprocess_cfg)
                 sharp = sharpness(pixels[0], upright, self.runtime.preprocess_cfg, spread)
+                grey = grey_print(pixels[0], upright, self.runtime.preprocess_cfg) if traits else None
+            file_format = ("DICOM" if "keepfit_frame" in image.info else image.format or "other") if traits else None
             del image
         with timings.stage("inference"):
             # embeddings [1, D], tokens [1, h*w, D]
@@ -522,7 +530,7 @@ class Engine:
             typical = self.runtime.typicality(encoding)
         return EncodedImage(encoding, size, upright, str(stated) if stated else None, spread,
                             int(quality) if quality is not None else None, sharp,
-                            None if typical is None else float(typical[0]))
+                            None if typical is None else float(typical[0]), grey, file_format)
 
     def classify(
         self,
@@ -640,17 +648,21 @@ class Engine:
         probability 1) or else the one the modality head recognises, with its probability, and its typicality.
         The API (``POST /v1/classifiers``) and ``keepfit classifier`` both embed examples with this; an almost
         uniform picture is refused (:class:`FeaturelessExampleError`)."""
-        encoded = self.encode_bytes(data, timings)
+        encoded = self.encode_bytes(data, timings, traits=True)
         if featureless(encoded.detail):
             raise FeaturelessExampleError(
                 f"it is almost uniform (it varies by {encoded.detail:.1f} grey levels: a blank, black or one-colour "
                 "picture): there is nothing in it to learn a category from"
             )
         embedding, header_modality = encoded.encoding.embeddings, encoded.stated  # [1, D]
+        assert encoded.grey is not None and encoded.file_format is not None  # traits=True
+        traits = ExampleTraits(
+            encoded.grey, *encoded.upright, encoded.file_format, encoded.sharpness, encoded.jpeg_quality
+        )
         if header_modality:
-            return ExampleEmbedding(embedding[0], str(header_modality), 1.0, encoded.typicality)
+            return ExampleEmbedding(embedding[0], str(header_modality), 1.0, encoded.typicality, traits)
         found = self.runtime.detect_modalities(embedding)
-        return ExampleEmbedding(embedding[0], found.detected[0], found.confidence[0], encoded.typicality)
+        return ExampleEmbedding(embedding[0], found.detected[0], found.confidence[0], encoded.typicality, traits)
 
     def example_to_keep(self, data: bytes) -> bytes:
         """What the classifier store keeps of an uploaded example for refits: a DICOM object without its patient

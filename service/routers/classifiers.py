@@ -91,6 +91,7 @@ from service.errors import (
     more_like_it,
     status_and_code,
 )
+from service.example_checks import confounded_categories, copied_examples
 from service.routers._body import (
     MAX_CLASSIFIER_JSON_BYTES,
     MAX_JSON_BODY_BYTES,
@@ -260,7 +261,9 @@ class DeletedClassifier(BaseModel):
 class ClassifierWarning(BaseModel):
     """Something to know about a classifier just fitted, in a create's or a refit's answer."""
 
-    code: Literal["modality_uncertain", "unrecognised_example", "unreadable_category"] = Field(
+    code: Literal[
+        "modality_uncertain", "unrecognised_example", "unreadable_category", "copied_example", "confounded_categories"
+    ] = Field(
         description="`modality_uncertain`: no modality was sent and no example was recognised as one with "
         "probability 0.9 or more, so the classifier takes the one most probable over its examples (the message "
         "names it and the mean probabilities): create it again with `modality` if its images are of another; "
@@ -268,7 +271,13 @@ class ClassifierWarning(BaseModel):
         "eye images, or far from them: the message names them and their categories), kept all the same; "
         "`unreadable_category`: the prior text of categories (their `text`, else their label) is "
         "written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, Cyrillic...), which the English "
-        "text encoder cannot read, so the zero-shot prior adds noise, not knowledge (the message names them)"
+        "text encoder cannot read, so the zero-shot prior adds noise, not knowledge (the message names them); "
+        "`copied_example`: uploaded examples in different categories are one photograph (a copy re-saved, "
+        "re-encoded or resized, or a capture of the same eye moments apart: the message names the pairs); "
+        "`confounded_categories`: how the uploaded examples were taken (image size, brightness, sharpness, JPEG "
+        "quality, file format) separates two categories completely, where chance would rarely do so: the "
+        "classifier may have learnt the camera or archive rather than the category, and its estimate cannot "
+        "show it (the message names the categories and their values)"
     )
     message: str = Field(description="a sentence for people")
 
@@ -419,9 +428,7 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
     for label, data, filename in files:
         timings = Timings(state.metrics)
         try:
-            emb, modality, confidence, typicality = await state.run_blocking(
-                state.engine.embed_example, data, timings
-            )
+            found = await state.run_blocking(state.engine.embed_example, data, timings)
         except UnsupportedMediaError as err:  # (an ImageError) a 415, as for any other upload, naming the example
             raise UnsupportedContentTypeError(f"example {filename[:80]!r} of {label!r}: {err}") from err
         except ImageTooLargeError as err:  # (an ImageError) a 413, as for any other upload and a refit's example
@@ -447,12 +454,13 @@ async def _upload_examples(state: ServiceState, files: list[tuple[str, bytes, st
                 category=label,
                 sha256=sha256_hex(data),
                 source="upload",
-                embedding=emb,
+                embedding=found.embedding,
                 data=kept,
                 kept_copy=kept != data,
-                modality=modality if confidence >= SURE_MODALITY else None,
+                modality=found.modality if found.confidence >= SURE_MODALITY else None,
                 filename=filename,
-                typicality=typicality,
+                typicality=found.typicality,
+                traits=found.traits,
             )
         )
     return out
@@ -678,8 +686,15 @@ def example_warnings(examples: list[Example]) -> list[dict[str, str]]:
     """``unrecognised_example``: uploaded examples unlike every image the model was trained on
     (:meth:`model.runtime.KeepfitRuntime.typicality` above 1, what a diagnosis warns of as ``unrecognised_image``),
     named with their category: a scanned report or a screenshot among the photographs pulls its category towards
-    such pictures.  Kept all the same: an eye image of an unusual device may be one.  The API's create and
-    ``keepfit classifier fit`` alike."""
+    such pictures.  Kept all the same: an eye image of an unusual device may be one.  Then what the uploads'
+    pixels say and their embeddings cannot (:mod:`service.example_checks`): one photograph in two categories
+    (``copied_example``), and categories that how their photographs were taken tells apart on its own
+    (``confounded_categories``).  The API's create and refit and ``keepfit classifier fit`` and ``refit``
+    alike."""
+    return _unrecognised_examples(examples) + copied_examples(examples) + confounded_categories(examples)
+
+
+def _unrecognised_examples(examples: list[Example]) -> list[dict[str, str]]:
     odd = [ex for ex in examples if unrecognised(ex.typicality)]
     if not odd:
         return []
@@ -1113,7 +1128,7 @@ async def _reembed(
             # an example an earlier release kept with its DICOM header is kept without it from this refit on
             kept = await state.run_blocking(state.engine.example_to_keep, data)
             out.append(Example(ex["category"], ex["sha256"], "upload", found.embedding, data=kept,
-                               typicality=found.typicality, kept_copy=kept != data))
+                               typicality=found.typicality, kept_copy=kept != data, traits=found.traits))
     if missing:
         raise ServiceError(
             f"cannot refit: {len(missing)} examples are no longer available ({', '.join(missing[:5])}); "
