@@ -20,8 +20,8 @@ from model.cli import main as keepfit
 from service.app import create_app
 from service.classifiers import Example
 from service.example_checks import (
-    COPY_BELOW,
     CONFOUND_CHANCE,
+    COPY_BELOW,
     ExampleTraits,
     _chance,
     _separated,
