@@ -366,8 +366,10 @@ def search_main(argv: list[str]) -> int:
         index_modalities,
         itself_first,
         label_warning,
+        merged,
         resolve_modality_filter,
         score_scale,
+        text_query,
     )
     from index.store import VectorIndex
     from model.artifact import sha256_file
@@ -418,8 +420,13 @@ def search_main(argv: list[str]) -> int:
         # alphabet; an image unlike every training image, compressed below JPEG quality 50, or a photograph out of
         # focus
         about_query: list[dict[str, str]] = []
+        canonical = None
         if args.text is not None:
-            query = runtime.encode_texts([args.text])[0]
+            # a known category by its expert descriptions, per modality, as the API searches for it
+            text = text_query(runtime, args.text, modality, list(index.modality_counts()))
+            canonical = text.canonical
+            each = [index.search(v, args.top_k, modality=m, label=args.label) for m, v in text.searches]
+            hits = merged(each, args.top_k, lambda h: float(h.score))
             about_query = unreadable_warning([args.text], "query")
         else:
             image = load_image(args.image, size=runtime.preprocess_cfg.image_size)
@@ -427,7 +434,6 @@ def search_main(argv: list[str]) -> int:
             sharp = sharpness(pixels[0], upright_original_size(image), runtime.preprocess_cfg)
             encoding = runtime.encode_pixels(pixels)
             embedding = encoding.embeddings  # [1, D]
-            query = embedding[0]
             # unlike every training image (not for a blank picture, as the API judges it)
             far = runtime.typicality(encoding)
             spread = detail(pixels[0], upright_original_size(image), runtime.preprocess_cfg)
@@ -438,8 +444,8 @@ def search_main(argv: list[str]) -> int:
                 found = str(stated) if stated else runtime.detect_modalities(embedding).detected[0]
                 about_query += blurred_warning(sharp, found, "search")
             digest = sha256_file(args.image)  # an image the index holds finds itself: judged on the others, as the API
-        # an image the index holds is among the hits, even behind --top-k other files of its pixels, as in the API
-        hits = index.search(query, args.top_k, modality=modality, label=args.label, itself=digest)
+            # an image the index holds is among the hits, even behind --top-k other files of its pixels, as in the API
+            hits = index.search(embedding[0], args.top_k, modality=modality, label=args.label, itself=digest)
         warning = label_warning(index, args.label, modality, len(hits))
         warnings = ([warning] if warning else []) + about_query
         # the API's order: the query itself first (another file of the same pixels scores as high, or higher)
@@ -461,6 +467,7 @@ def search_main(argv: list[str]) -> int:
     low = answer_is_low_similarity(((float(h.score), itself) for h, itself in ordered), scale["low_below"])
     if args.json:
         answer = {
+            "canonical": canonical,  # the known category a text names, searched for by its descriptions (the API's)
             "hits": rows,
             "score_scale": scale,
             "low_similarity": low,
@@ -468,6 +475,8 @@ def search_main(argv: list[str]) -> int:
         }
         _out(json.dumps(answer, indent=2))
     else:
+        if canonical is not None:
+            _out(f"searched for the known category {canonical!r} (its expert descriptions)")
         for r in rows:
             _out(
                 f"{r['rank']:>3} id={r['id']:<7} {r['score']:.4f} {r['modality'] or '-':<6} {r['path']}  "

@@ -14,7 +14,10 @@ every text somewhere in its ophthalmic space, and most nonsense scores like a re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import numpy as np
 
 from model.errors import ConfigError
 
@@ -47,6 +50,57 @@ def index_modalities(index: Any) -> list[str]:
     if counts is None:
         return []
     return [m for m in counts() if m and m != "unknown"]
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    """What a text query searches for: ``canonical``, the known category the whole text names (an alias, an
+    abbreviation, another spelling: ``DR``, ``DR absent``, ``macular oedema``), or ``None``; and ``searches``,
+    one ``(modality filter, unit vector [D])`` per search to make, whose hits are merged by score."""
+
+    canonical: str | None
+    searches: list[tuple[str | None, np.ndarray]]
+
+
+def text_query(runtime: Any, text: str, modality: str | None, held: Sequence[str]) -> TextQuery:
+    """How ``POST /v1/search`` and ``keepfit index search`` search for ``text`` (``modality``: the filter asked
+    for; ``held``: every modality the index's records carry, ``unknown`` among them where some carry none).
+
+    A text that names a known category is searched for as zero-shot classify scores it: by the mean embedding of
+    the category's expert descriptions for each modality (``KeepfitRuntime.class_embeddings``), one search per
+    modality the index holds (or the one asked for; or those the text names it in: ``normal angiogram``, an alias
+    of ``normal`` for angiograms, searches the angiograms), merged by score.  So ``DR``, ``diabetic retinopathy`` and
+    ``diabetic retinopathy.`` find the same images, ``DR absent`` finds images without it (its text alone found
+    images with it), and precision@10 on the test splits rises (``python -m index.benchmarks.text_queries``).
+
+    Any other text, and a modality the model has no descriptions for (an index's ``CFP/IR``), is searched for by
+    the text's own embedding; so is a known category in an index some of whose records carry no modality, where
+    no filter is asked for (no filter would find those records)."""
+    knowledge = runtime.knowledge
+    canonical = knowledge.canonical(text) if knowledge.is_known(text) else None
+    own: list[np.ndarray] = []
+
+    def raw() -> np.ndarray:
+        if not own:
+            own.append(runtime.encode_texts([text])[0])
+        return own[0]
+
+    if canonical is None or (modality is None and "unknown" in held):
+        return TextQuery(None, [(modality, raw())])
+    described = set(knowledge.modalities)
+    # a name of the category in one modality ("normal angiogram") searches that modality's images, where held
+    named = [m for m in knowledge.named_modalities(text) if m in held]
+    wanted: list[str | None] = [modality] if modality is not None else named or [*held] or [None]
+    searches = [
+        (m, runtime.class_embeddings([canonical], m)[0] if m in described else raw()) for m in wanted
+    ]
+    return TextQuery(canonical, searches)
+
+
+def merged(searches: Sequence[list[H]], top_k: int, score: Callable[[H], float]) -> list[H]:
+    """The ``top_k`` best of several searches' hits (one per modality: no record is in two), best first."""
+    every = [hit for hits in searches for hit in hits]
+    return sorted(every, key=lambda h: -score(h))[:top_k]  # stable: each search's order among equals
 
 
 def score_scale(kind: str, threshold: float | None = None) -> dict[str, Any]:

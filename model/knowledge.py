@@ -183,6 +183,17 @@ class Knowledge:
         keys = list(by_mod) if modality is None else [ANY, modality]
         return list(dict.fromkeys(a for k in keys for a in by_mod.get(k, [])))
 
+    def named_modalities(self, name: str) -> list[str]:
+        """The modalities a known name is an alias for alone (``normal angiogram``: FFA; ``healthy OCT``: OCT);
+        empty for a category's own name, an abbreviation and an alias of every modality."""
+        entry = self.data["categories"].get(self.canonical(name)) or {}
+        wanted = self.key(name)
+        return [
+            modality
+            for modality, aliases in (entry.get("aliases") or {}).items()
+            if modality != ANY and any(self.key(alias) == wanted for alias in aliases)
+        ]
+
     def similar_known(self, name: str, limit: int = 3, cutoff: float = 0.8) -> list[str]:
         """Known categories whose name or alias resembles ``name`` (a typo, a word more or less), best first.
         Suggestions only: an unknown name is never replaced by one of them.  Each answer is computed once per name

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 from PIL import Image
 
-from index.query import index_modalities, label_warning
+from index.query import TextQuery, index_modalities, label_warning, merged, text_query
 from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
@@ -712,6 +712,11 @@ class Engine:
         with timings.stage("text_encode"):
             return self.runtime.encode_texts([text])[0]
 
+    def text_query(self, text: str, modality: str | None, held: Sequence[str], timings: Timings) -> TextQuery:
+        """What a search for ``text`` looks for (:func:`index.query.text_query`)."""
+        with timings.stage("text_encode"):
+            return text_query(self.runtime, text, modality, held)
+
     def categories(self) -> dict[str, Any]:
         tasks = self.knowledge.data.get("tasks", {})
         return {
@@ -857,6 +862,7 @@ class IndexHolder:
         self._fingerprint: str | None = None
         self._loads = 0
         self.modalities: list[str] = []  # the modalities the loaded index holds (valid search filters)
+        self.held: list[str] = []  # the same with "unknown" where records carry none (index.query.text_query)
         self._checked_at = 0.0
         # requests holding each index object (by id), and the swapped-out ones their last holder closes
         self._holds_lock = threading.Lock()
@@ -879,7 +885,7 @@ class IndexHolder:
         if loaded is not None:
             self._swap(*loaded)
 
-    def _load_unswapped(self) -> tuple[Any, tuple[int, int], str, list[str]] | None:
+    def _load_unswapped(self) -> tuple[Any, tuple[int, int], str, list[str], list[str]] | None:
         """:meth:`_load`, the index it opened kept as not yet served until :meth:`_swap` takes it (or :meth:`close`
         closes it); opened once the service began stopping, it is closed here at once: nothing would serve it."""
         loaded = self._load()
@@ -900,7 +906,7 @@ class IndexHolder:
         if index is not None:
             self._close_previous(index)
 
-    def _load(self) -> tuple[Any, tuple[int, int], str, list[str]] | None:
+    def _load(self) -> tuple[Any, tuple[int, int], str, list[str], list[str]] | None:
         """The index at the path if its manifest changed (on the loader thread): ``(index, stamp, fingerprint,
         modalities)``, or None (unchanged, or refused: then why, for /readyz)."""
         if self.path is None:
@@ -933,6 +939,8 @@ class IndexHolder:
             manifest = getattr(index, "manifest", {}) or {}
             fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
             modalities = index_modalities(index)
+            # every modality its records carry, "unknown" for none: how a text query is split (index.query.text_query)
+            held = list(index.modality_counts()) if hasattr(index, "modality_counts") else []
             if hasattr(index, "warm"):  # what the first filtered searches would look up, here, not on the index thread
                 index.warm(modalities)
         except Exception as err:  # opened, but not servable: closed, and refused as a broken index is (not reopened,
@@ -940,7 +948,7 @@ class IndexHolder:
             self._close_previous(index)
             self._refuse(stamp, err)
             return None
-        return index, stamp, fingerprint, modalities
+        return index, stamp, fingerprint, modalities, held
 
     def _refuse(self, stamp: tuple[int, int], err: Exception) -> None:
         """An index at the path that cannot be served: said by /readyz, and not tried again for a while."""
@@ -961,7 +969,9 @@ class IndexHolder:
             self.metrics.index_loaded.set(1 if self._index is not None else 0)
             self.metrics.index_refused.set(1 if self._index is not None and self._refused else 0)
 
-    def _swap(self, index: Any, stamp: tuple[int, int], fingerprint: str, modalities: list[str]) -> None:
+    def _swap(
+        self, index: Any, stamp: tuple[int, int], fingerprint: str, modalities: list[str], held: list[str]
+    ) -> None:
         """Serve ``index`` from now on (on the index thread); the old one is closed once no request holds it."""
         with self._holds_lock:
             if self._unswapped.pop(id(index), None) is None:  # the service stopped first: close() closed it
@@ -974,7 +984,7 @@ class IndexHolder:
                 self._retired[id(old)] = old  # still in use: closed by the last request that holds it
                 old = None
         self._stamp, self._error, self._failed_at, self._refused = stamp, None, None, None
-        self.modalities = modalities
+        self.modalities, self.held = modalities, held
         self._report()
         if self.metrics is not None:
             self.metrics.index_size.set(int(index.count))
@@ -1121,6 +1131,11 @@ class IndexHolder:
                 return [record_to_hit(h.record, float(h.score)) for h in hits]
 
             return await self._submit(run)
+
+    async def search_text(self, query: TextQuery, top_k: int, label: str | None) -> list[dict[str, Any]]:
+        """The hits of a text query's searches (one per modality for a known category), merged by score."""
+        found = [await self.search(vector, top_k, modality, label) for modality, vector in query.searches]
+        return merged(found, top_k, lambda hit: float(hit["score"]))
 
     async def label_warning(
         self, label: str | None, modality: str | None, hits: int

@@ -516,6 +516,14 @@ class SearchQueryInfo(BaseModel):
         description="`text` (a JSON `query`) or `image` (a multipart `image` file)"
     )
     sha256: str = Field(description="SHA-256 of the query text (UTF-8) or image bytes")
+    canonical: str | None = Field(
+        None,
+        description="a text that names a known category (an alias, an abbreviation or another spelling: `DR`, "
+        "`DR absent`, `macular oedema`): that category, whose expert descriptions were searched for in each "
+        "modality, as zero-shot classify scores it (so its wordings find the same images); null: the text itself "
+        "was searched for (and for an image query)",
+        examples=["diabetic retinopathy"],
+    )
 
 
 class ScoreScale(BaseModel):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from index.query import LOW_SIMILARITY
+from index.query import LOW_SIMILARITY, text_query
 from index.store import VectorIndex
 from model.runtime import KeepfitRuntime
 
@@ -68,17 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
         print(f"index {args.index}: {index.count} images; thresholds {LOW_SIMILARITY}")
+        held = list(index.modality_counts())
+
+        def best_hit(text: str) -> float:
+            """A text query's best score as searched for (a known category by its descriptions: text_query)."""
+            query = text_query(runtime, text, None, held)
+            return max(index.search(v, 1, modality=m)[0].score for m, v in query.searches)
+
         for group, queries in (("relevant", RELEVANT), ("absent", ABSENT), ("nonsense", NONSENSE)):
             for query in queries:
-                best = index.search(runtime.encode_texts([query])[0], 1)[0].score
+                best = best_hit(query)
                 flag = "low" if best < LOW_SIMILARITY["text"] else "   "
-                print(f"text  {group:<9} {best:6.3f} {flag} {query}")
+                known = " (known category)" if text_query(runtime, query, None, held).canonical else ""
+                print(f"text  {group:<9} {best:6.3f} {flag} {query}{known}")
         kn = runtime.knowledge
         labels = [label for label in index.label_counts() if label]
         own = list(dict.fromkeys([*labels, *(a for label in labels for a in kn.aliases(kn.canonical(label))[:3])]))
         threshold = LOW_SIMILARITY["text"]
         for group, queries in (("index labels and aliases", own), ("texts not about eyes", MORE_NONSENSE)):
-            best_of = [index.search(v, 1)[0].score for v in runtime.encode_texts(queries)]
+            best_of = [best_hit(q) for q in queries]
             low = [q for q, b in zip(queries, best_of, strict=True) if b < threshold]
             print(f"text  {group}: {len(low)} of {len(queries)} below {threshold} (best hits {min(best_of):.3f}-"
                   f"{max(best_of):.3f}){': ' + ', '.join(low) if low and len(low) <= 5 else ''}")

@@ -136,24 +136,30 @@ async def _search(
     key = cache_key("search", engine.runtime.artifact, digest, params)
     cached = await state.cached("search", key, timings)
     picture: list[dict[str, str]] = []  # what an image query's picture says about its hits, kept with them
+    canonical: str | None = None  # the known category a text query names
     if cached is not None:
         stored = json.loads(cached)
         hits: list[dict[str, Any]] = stored["hits"]
         picture = stored["picture_warnings"]  # (the key holds the code's digest: no other release's entry)
+        canonical = stored["canonical"]
     else:
         if data is None:
-            vector = await state.run_blocking(engine.embed_text, req.query, timings)
+            # a known category (DR, macular oedema...) by its expert descriptions, per modality, as classify does
+            text = await state.run_blocking(engine.text_query, req.query, modality, index.held, timings)
+            with timings.stage("search"):
+                hits = await index.search_text(text, top_k, label)
+            canonical = text.canonical
         else:
             vector, picture = await state.image_result(
                 early, engine.query_of, timings, engine.embed_query, data, timings
             )
-        with timings.stage("search"):
-            # an image query the index holds is among its hits, even behind top_k other files of its pixels
-            hits = await index.search(vector, top_k, modality, label, digest if data is not None else None)
+            with timings.stage("search"):
+                # an image query the index holds is among its hits, even behind top_k other files of its pixels
+                hits = await index.search(vector, top_k, modality, label, digest)
         state.missed("search")
         searched = index.info()
         if searched.loads == info.loads:  # else a reload came between: these hits are not the keyed index's
-            await state.remember(key, {"hits": hits, "picture_warnings": picture}, timings)
+            await state.remember(key, {"hits": hits, "picture_warnings": picture, "canonical": canonical}, timings)
         info = searched  # (its count beside its hits)
     kind_name = "image" if data is not None else "text"
     threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
@@ -193,7 +199,7 @@ async def _search(
     )
     body = {
         "model_version": engine.version,
-        "query": {"kind": "image" if data is not None else "text", "sha256": digest},
+        "query": {"kind": "image" if data is not None else "text", "sha256": digest, "canonical": canonical},
         "top_k": top_k,
         "modality": modality,
         "label": label,

@@ -958,7 +958,9 @@
     const hits = res.hits || [];
     $('search-info').textContent = `${hits.length} of ${res.index_count} images` +
       (res.modality ? ` (${res.modality} only)` : '') + (res.cached ? ' · from cache' : '') +
-      ` · ${Math.round((res.timings_ms || {}).total || 0)} ms. Click an image to find similar ones.`;
+      ` · ${Math.round((res.timings_ms || {}).total || 0)} ms. Click an image to find similar ones.` +
+      // a known category, whatever its wording: searched for by its expert descriptions, as classify scores it
+      (res.query && typeof res.query.canonical === 'string' ? ` Searched for the category “${res.query.canonical}”.` : '');
     const notes = (res.warnings || []).map((w) => w.message);
     const others = hits.filter((hit) => !hit.same_image);
     if (res.low_similarity && others.length) {

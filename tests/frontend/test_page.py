@@ -227,6 +227,18 @@ def test_a_phone_width_page_does_not_scroll_sideways(
     assert width[0] <= width[1], width
 
 
+def test_a_search_for_a_known_category_says_which(signed_in: PageRecorder, service: Service) -> None:
+    page = signed_in.page
+    page.fill("#search-query", "DMO")  # an abbreviation of "diabetic macular edema": searched for by its descriptions
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#search-results li")
+    wait_for(page, "!document.body.dataset.busy")
+    assert "Searched for the category “diabetic macular edema”." in page.inner_text("#search-info")
+    page.fill("#search-query", "hard exudates near the macula")  # any other text: nothing to say
+    page.click("#search-form button[type=submit]")
+    wait_for(page, "!document.body.dataset.busy && !document.getElementById('search-info').textContent.includes('Searched')")
+
+
 def test_text_search_then_similar_images(
     signed_in: PageRecorder, service: Service, frontend_index_size: int
 ) -> None:

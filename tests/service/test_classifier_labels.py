@@ -189,8 +189,7 @@ def test_a_classifier_name_that_differs_from_a_stored_one_only_in_case_is_refuse
     assert [c["name"] for c in client.get("/v1/classifiers").json()["classifiers"]] == ["DR-screen"]
 
 
-def _create(client: TestClient, data: bytes, labels: list[str], **form: str) -> Any:
-    images = _copies(data, len(labels))
+def _create(client: TestClient, images: list[bytes], labels: list[str], **form: str) -> Any:
     files = [("examples", (f"e{i}.jpg", image, "image/jpeg")) for i, image in enumerate(images)]
     return client.post("/v1/classifiers", data={"labels": labels, **form}, files=files, headers=ADMIN)
 
@@ -202,7 +201,8 @@ def test_a_prior_the_model_cannot_read_is_warned_of_and_two_it_reads_alike_are_r
     """A classifier's zero-shot prior is the text of its categories, read by the English text encoder as a zero-shot
     category is.  Chinese labels were fitted without a word (their prior: ``[UNK]`` noise), and ``黄斑变性`` beside
     ``黄斑裂孔`` (four ``[UNK]`` each: one prior embedding for both), which zero-shot refuses, was stored."""
-    oct_ = real_images["OCT"]
+    # four photographs (copies of one across categories would be warned of: copied_example)
+    oct_ = [path.read_bytes() for path in real_image_paths["OCT"][:4]]
     alike = ["黄斑变性", "黄斑变性", "黄斑裂孔", "黄斑裂孔"]  # macular degeneration, macular hole
     assert_error(_create(client, oct_, alike, name="alike"), 422, "invalid_request",
                  "the prior texts of categories '黄斑变性' and '黄斑裂孔' are the same text to the model", "[UNK]")

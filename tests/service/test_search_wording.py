@@ -1,0 +1,128 @@
+"""A text search that names a known category is searched for by the category's expert descriptions, per
+modality, as zero-shot classify scores it (``index.query.text_query``): every wording of the category finds the
+same images, with the category named in ``query.canonical``; any other text by its own embedding.  The API and
+``keepfit index search`` alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from index.query import text_query
+from index.store import VectorIndex
+from model.cli import main as keepfit
+from model.runtime import KeepfitRuntime
+from tests.service.helpers import SMALL_INDEX
+
+EVERYTHING = sum(SMALL_INDEX.values())
+
+
+def _search(client: TestClient, **body: Any) -> dict[str, Any]:
+    r = client.post("/v1/search", json=body)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _ranked(body: dict[str, Any]) -> list[tuple[int, float]]:
+    return [(h["id"], h["score"]) for h in body["hits"]]
+
+
+@pytest.mark.parametrize("modality", ["OCT", None])
+def test_every_wording_of_a_category_finds_the_same_images(indexed: TestClient, modality: str | None) -> None:
+    wordings = ["diabetic macular edema", "DME", "Diabetic macular oedema.", "DMO", "CSME"]
+    answers = [_search(indexed, query=w, top_k=EVERYTHING, modality=modality) for w in wordings]
+    assert {a["query"]["canonical"] for a in answers} == {"diabetic macular edema"}
+    assert all(_ranked(a) == _ranked(answers[0]) for a in answers), [_ranked(a)[:3] for a in answers]
+    # the text alone ranked them otherwise: "DME" and "diabetic macular edema" are not the same text to the encoder
+    assert len({a["query"]["sha256"] for a in answers}) == len(wordings)
+
+
+def _stored(index_dir: Path, runtime: KeepfitRuntime, image_id: int) -> np.ndarray:
+    """An indexed image's stored embedding ``[D]``."""
+    with VectorIndex.open(index_dir, expected_artifact_version=runtime.version) as index:
+        return np.asarray(index.vectors_of([image_id])[0], dtype=np.float32)
+
+
+def test_a_known_category_is_scored_by_its_descriptions_in_each_modality(
+    indexed: TestClient, index_dir: Path, default_artifact: Path
+) -> None:
+    runtime = KeepfitRuntime.from_artifact(default_artifact)
+    merged = _search(indexed, query="DR absent", top_k=EVERYTHING)  # "no diabetic retinopathy", by another name
+    assert merged["query"]["canonical"] == "no diabetic retinopathy"
+    by_modality = {}
+    for modality in ("CFP", "OCT", "FFA"):
+        hits = _search(indexed, query="DR absent", top_k=EVERYTHING, modality=modality)["hits"]
+        assert {h["modality"] for h in hits} == {modality}
+        by_modality[modality] = hits
+    # unfiltered: the modalities' own searches merged by score
+    every = sorted((h for hits in by_modality.values() for h in hits), key=lambda h: -h["score"])
+    assert _ranked(merged) == [(h["id"], h["score"]) for h in every]
+    # each score: the image's cosine with the mean of the category's descriptions for the image's modality
+    vectors = runtime.class_embeddings(["no diabetic retinopathy"], "OCT")[0]
+    text_alone = runtime.encode_texts(["DR absent"])[0]
+    assert not np.allclose(vectors, text_alone, atol=1e-3)
+    oct_hit = by_modality["OCT"][0]
+    assert float(_stored(index_dir, runtime, oct_hit["id"]) @ vectors) == pytest.approx(oct_hit["score"], abs=1e-5)
+
+
+def test_a_name_of_the_category_in_one_modality_searches_that_modality(indexed: TestClient) -> None:
+    body = _search(indexed, query="normal angiogram", top_k=EVERYTHING)  # an alias of "normal" for angiograms
+    assert body["query"]["canonical"] == "normal"
+    assert {h["modality"] for h in body["hits"]} == {"FFA"}, body["hits"]
+    assert {h["modality"] for h in _search(indexed, query="normal", top_k=EVERYTHING)["hits"]} == {"CFP", "OCT", "FFA"}
+
+
+def test_any_other_text_is_searched_for_by_its_own_embedding(
+    indexed: TestClient, index_dir: Path, default_artifact: Path
+) -> None:
+    runtime = KeepfitRuntime.from_artifact(default_artifact)
+    text = "hard exudates near the macula"
+    body = _search(indexed, query=text, top_k=EVERYTHING, modality="CFP")
+    assert body["query"]["canonical"] is None
+    own = runtime.encode_texts([text])[0]
+    top = body["hits"][0]
+    assert float(_stored(index_dir, runtime, top["id"]) @ own) == pytest.approx(top["score"], abs=1e-5)
+    image = indexed.get(f"/v1/images/{top['id']}").content
+    image_query = indexed.post("/v1/search", files={"image": ("q.jpg", image, "image/jpeg")}).json()
+    assert image_query["query"]["canonical"] is None
+
+
+def test_keepfit_index_search_searches_as_the_api_does(
+    indexed: TestClient, index_dir: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = _search(indexed, query="macular oedema", top_k=5)
+    argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "5"]
+    assert keepfit([*argv, "--text", "macular oedema", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["canonical"] == api["query"]["canonical"] == "macular edema"
+    assert [(h["id"], h["score"]) for h in cli["hits"]] == [(h["id"], round(h["score"], 4)) for h in api["hits"]]
+    assert keepfit([*argv, "--text", "macular oedema"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "searched for the known category 'macular edema' (its expert descriptions)"
+
+
+def test_an_index_with_records_of_no_modality_is_searched_by_the_text_itself_without_a_filter() -> None:
+    """No filter finds records without a modality: a known category is then searched for by the text's own
+    embedding (one search over every record), as before; with a filter, by its descriptions for that modality."""
+    knowledge = SimpleNamespace(
+        modalities=["CFP", "OCT"], is_known=lambda t: t == "DR", canonical=lambda t: "diabetic retinopathy",
+        named_modalities=lambda t: [],
+    )
+    runtime = SimpleNamespace(
+        knowledge=knowledge,
+        encode_texts=lambda texts: np.ones((len(texts), 2), np.float32),
+        class_embeddings=lambda names, m: np.full((1, 2), 2.0 if m == "CFP" else 3.0, np.float32),
+    )
+    plain = text_query(runtime, "DR", None, ["CFP", "unknown"])
+    assert plain.canonical is None and [m for m, _ in plain.searches] == [None]
+    assert plain.searches[0][1].tolist() == [1.0, 1.0]
+    filtered = text_query(runtime, "DR", "CFP", ["CFP", "unknown"])
+    assert filtered.canonical == "diabetic retinopathy" and filtered.searches[0][1].tolist() == [2.0, 2.0]
+    split = text_query(runtime, "DR", None, ["CFP", "OCT", "CFP/IR"])  # CFP/IR: no descriptions, its own text
+    assert [(m, v.tolist()) for m, v in split.searches] == [("CFP", [2.0, 2.0]), ("OCT", [3.0, 3.0]),
+                                                            ("CFP/IR", [1.0, 1.0])]
