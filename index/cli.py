@@ -385,7 +385,7 @@ def search_main(argv: list[str]) -> int:
         upright_original_size,
     )
     from model.runtime import KeepfitRuntime
-    from model.tokenizer import unreadable_warning
+    from model.tokenizer import truncated_warning, unreadable_warning
 
     p = argparse.ArgumentParser(
         prog="keepfit index search", description="Text->image or image->image search."
@@ -427,7 +427,7 @@ def search_main(argv: list[str]) -> int:
             canonical = text.canonical
             each = [index.search(v, args.top_k, modality=m, label=args.label) for m, v in text.searches]
             hits = merged(each, args.top_k, lambda h: float(h.score))
-            about_query = unreadable_warning([args.text], "query")
+            about_query = unreadable_warning([args.text], "query") + truncated_warning(runtime.tokenizer, args.text)
         else:
             image = load_image(args.image, size=runtime.preprocess_cfg.image_size)
             pixels = runtime.preprocess([image])  # [1, 3, S, S]

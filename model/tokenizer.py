@@ -75,6 +75,15 @@ class Tokenizer:
         enc = self._tok.encode(text)
         return [t for t, i in zip(enc.tokens, enc.ids, strict=True) if i not in special]
 
+    def read_up_to(self, text: str) -> int | None:
+        """Where the text encoder stops reading ``text``: the character offset after the last word piece it reads,
+        or ``None`` when it reads all of it (``context_length`` pieces, ``[CLS]`` and ``[SEP]`` included)."""
+        enc = self._tok.encode(text)
+        if not enc.overflowing:
+            return None
+        special = {self.cls_id, self.sep_id, self.pad_id}
+        return max((end for (_, end), i in zip(enc.offsets, enc.ids, strict=True) if i not in special), default=0)
+
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
 
@@ -143,3 +152,30 @@ def unreadable_warning(names: Sequence[str], what: str) -> list[dict[str, str]]:
             "(e.g. 'diabetic retinopathy', 'normal'; GET /v1/categories lists the names it knows)"
         )
     return [{"code": "unreadable_query" if what == "query" else "unreadable_category", "message": message}]
+
+
+def truncated_warning(tokenizer: Tokenizer, text: str) -> list[dict[str, str]]:
+    """``query_truncated`` for a search text longer than the text encoder reads (:meth:`Tokenizer.read_up_to`:
+    77 word pieces for the default artifact, about 40 words of clinical English), naming how much was read and
+    where reading stopped, else nothing.  A pasted note with the finding at its end embedded as its first
+    sentences alone (cosine 1.0 with them) and found none of the finding, without a word.  The service's
+    answer and ``keepfit index search`` share it."""
+    end = tokenizer.read_up_to(text)
+    if end is None:
+        return []
+    read, rest = text[:end].split(), text[end:].split()
+    if not rest:  # stopped inside the last word: all of it but a piece
+        return []
+    if rest and read and not text[end:end + 1].isspace():  # stopped inside a word: it counts as not read
+        rest[0] = read.pop() + rest[0]
+    said = " ".join(read[-4:])
+    return [
+        {
+            "code": "query_truncated",
+            "message": (
+                f"the text encoder reads the first {len(read)} of the query's {len(read) + len(rest)} words (up to "
+                f"'...{said}'); the rest, from '{' '.join(rest[:4])}...', was not read and did not change the hits: "
+                "put what you are looking for first, or shorten the query"
+            ),
+        }
+    ]

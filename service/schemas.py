@@ -540,7 +540,7 @@ class SearchWarning(BaseModel):
 
     code: Literal[
         "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "unrecognised_image",
-        "compressed_image", "blurred_image", "unreadable_query",
+        "compressed_image", "blurred_image", "unreadable_query", "query_truncated",
     ] = Field(
         description="`modality_not_in_index`: no indexed image is of the modality asked for (the message lists "
         "those it holds); `label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
@@ -550,7 +550,9 @@ class SearchWarning(BaseModel):
         "saved below quality 50, whose compression changes which images are nearest; `blurred_image`: the query "
         "is a photograph (CFP) that looks out of focus, which changes which images are nearest; "
         "`unreadable_query`: a text query written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, "
-        "Cyrillic...), which the English text encoder cannot read, so the hits do not answer it"
+        "Cyrillic...), which the English text encoder cannot read, so the hits do not answer it; "
+        "`query_truncated`: a text query longer than the text encoder reads (77 word pieces, about 40 words): "
+        "the rest was not read and did not change the hits (the message says where reading stopped)"
     )
     message: str = Field(description="a sentence for people: show it beside the hits")
 

@@ -126,3 +126,29 @@ def test_an_index_with_records_of_no_modality_is_searched_by_the_text_itself_wit
     split = text_query(runtime, "DR", None, ["CFP", "OCT", "CFP/IR"])  # CFP/IR: no descriptions, its own text
     assert [(m, v.tolist()) for m, v in split.searches] == [("CFP", [2.0, 2.0]), ("OCT", [3.0, 3.0]),
                                                             ("CFP/IR", [1.0, 1.0])]
+
+
+NOTE = (
+    "65 year old man with type 2 diabetes for 15 years, HbA1c 9.2, hypertension on amlodipine, seen for his "
+    "annual screening. Visual acuity 6/9 right and 6/12 left. Pressures normal. Anterior segments unremarkable "
+    "apart from early nuclear sclerosis. Dilated fundus examination: proliferative diabetic retinopathy with new "
+    "vessels at the disc and vitreous haemorrhage."
+)
+
+
+def test_a_query_longer_than_the_text_encoder_reads_says_where_reading_stopped(
+    indexed: TestClient, index_dir: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = _search(indexed, query=NOTE, top_k=3)
+    (warning,) = [w for w in body["warnings"] if w["code"] == "query_truncated"]
+    assert "reads the first 42 of the query's 53 words (up to '...Dilated fundus examination: proliferative')" in (
+        warning["message"]
+    ), warning
+    assert "the rest, from 'diabetic retinopathy with new...', was not read" in warning["message"]
+    # what was not read changed nothing: the same note with the opposite finding has the same hits
+    opposite = NOTE.replace("retinopathy with new vessels at the disc and vitreous haemorrhage", "retinopathy absent")
+    assert _ranked(_search(indexed, query=opposite, top_k=3)) == _ranked(body)
+    assert _search(indexed, query=NOTE[: NOTE.index(" Dilated")], top_k=3)["warnings"] == []  # all of it read
+    argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "3"]
+    assert keepfit([*argv, "--text", NOTE, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == [warning]
