@@ -373,6 +373,7 @@ def search_main(argv: list[str]) -> int:
     )
     from index.store import VectorIndex
     from model.artifact import sha256_file
+    from model.knowledge import negation_warning
     from model.preprocess import (
         JPEG_QUALITY,
         blurred,
@@ -428,6 +429,7 @@ def search_main(argv: list[str]) -> int:
             each = [index.search(v, args.top_k, modality=m, label=args.label) for m, v in text.searches]
             hits = merged(each, args.top_k, lambda h: float(h.score))
             about_query = unreadable_warning([args.text], "query") + truncated_warning(runtime.tokenizer, args.text)
+            about_query += negation_warning(runtime.knowledge, [args.text], "query")
         else:
             image = load_image(args.image, size=runtime.preprocess_cfg.image_size)
             pixels = runtime.preprocess([image])  # [1, 3, S, S]

@@ -366,3 +366,61 @@ def build_knowledge(
         "abbreviations": abbreviations,
         "spelling": spelling,
     }
+
+
+# Words that negate a finding other than a leading "no" or "without", which the text encoder reads as a negation
+# (the knowledge lists "no DR", "without DME", "DR absent" as names of their categories).  Written another way,
+# "negative for DR", "macular edema not present", a negation may be read as the finding: a search for "macular
+# edema not present" found no photograph without DME among its first 10 of the test split's
+# (python -m index.benchmarks.text_queries).
+_NEGATION = re.compile(
+    r"\b(?:not|negative|absent|absence|free of|ruled? out|r/o|excluded|nil|none|neither|nor|lack(?:s|ing)? of)\b",
+    re.IGNORECASE,
+)
+# what is taken out of a negated name to find the finding it negates ("negative for DR" -> "DR")
+_NEGATION_PHRASES = re.compile(
+    r"\b(?:negative for|no evidence of|absence of|free of|ruled? out|r/o|lack(?:s|ing)? of|not (?:present|seen|"
+    r"detected|found|visible)|(?:is |are )?(?:absent|excluded)|not|negative|nil|none)\b",
+    re.IGNORECASE,
+)
+
+
+def negated_finding(knowledge: Knowledge, name: str) -> tuple[str, str | None] | None:
+    """For an unknown name that negates a finding in words other than a leading "no" (:data:`_NEGATION`): the
+    finding it negates, and the known category that names its absence (``negative for DR`` -> ``("DR", "no
+    diabetic retinopathy")``), or ``None`` for the second where the knowledge has none.  ``None`` for a name
+    without such words, and for a known name (``DR absent`` is one: it resolves to its category)."""
+    if knowledge.is_known(name) or not _NEGATION.search(name):
+        return None
+    finding = " ".join(_NEGATION_PHRASES.sub(" ", name).replace(",", " ").split()).strip(" .:;-")
+    finding = re.sub(r"^(?:of|for|is|are)\s+", "", finding, flags=re.IGNORECASE)
+    if not finding:
+        return None
+    known = knowledge.canonical(finding) if knowledge.is_known(finding) else None
+    absent = f"no {known}" if known else None
+    return finding, knowledge.canonical(absent) if absent and knowledge.is_known(absent) else None
+
+
+def negation_warning(knowledge: Knowledge, names: list[str], what: str) -> list[dict[str, str]]:
+    """``negated_category`` (``what="category"``: zero-shot category names) / ``negated_query`` (``"query"``: a
+    search text) for those of ``names`` that negate a finding in words the text encoder does not read as a
+    negation (:func:`negated_finding`), naming what to write instead.  The service's answers and ``keepfit index
+    search`` share it."""
+    found = [(name, hit) for name in names if (hit := negated_finding(knowledge, name)) is not None]
+    if not found:
+        return []
+    advice = "; ".join(
+        f"{name!r}: write {absent!r}" if absent else f"{name!r}: write 'no {finding}'" for name, (finding, absent) in found
+    )
+    if what == "query":
+        message = (
+            f"the query negates a finding in words this text encoder does not read as a negation (not, negative, "
+            f"absent...): it finds images much as it would for the finding itself. {advice}"
+        )
+        return [{"code": "negated_query", "message": message}]
+    message = (
+        f"{'a category negates' if len(found) == 1 else 'categories negate'} a finding in words this text encoder "
+        f"does not read as a negation (not, negative, absent...): it scores such a name much as it scores the "
+        f"finding itself, so the probabilities do not answer the question asked. {advice}"
+    )
+    return [{"code": "negated_category", "message": message}]

@@ -37,6 +37,7 @@ from index.query import TextQuery, index_modalities, label_warning, merged, text
 from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
+from model.knowledge import negation_warning
 from model.preprocess import (
     FEATURELESS_BELOW,  # noqa: F401 (service.benchmarks.featureless reads it here)
     JPEG_QUALITY,
@@ -468,6 +469,8 @@ class Engine:
         out += image_warnings(result.detail, result.jpeg_quality, result.sharpness, own, result.typicality)
         # names the English text encoder cannot read (a known name or alias is English)
         out += unreadable_warning([c.label for c in result.scored or () if not c.known], "category")
+        # a finding negated in words the encoder reads as the finding ("negative for DR")
+        out += negation_warning(self.knowledge, [c.label for c in result.scored or () if not c.known], "category")
         meant_for = self.task_modalities(task)
         if meant_for and used not in meant_for:
             how = "requested" if requested != "auto" else "detected" if used == detected else "from the DICOM header"

@@ -187,7 +187,7 @@ class ClassifyWarning(BaseModel):
 
     code: Literal[
         "modality_mismatch", "modality_uncertain", "task_modality_mismatch", "unrecognised_image", "featureless_image",
-        "compressed_image", "blurred_image", "unreadable_category",
+        "compressed_image", "blurred_image", "unreadable_category", "negated_category",
     ] = Field(
         description="`modality_mismatch`: the image looks like another modality than the one requested or, with "
         "`modality=auto`, the one its DICOM header states; "
@@ -202,7 +202,9 @@ class ClassifyWarning(BaseModel):
         "`blurred_image`: a photograph (CFP) that looks out of focus, which changes the answers for many eyes; "
         "`unreadable_category`: categories written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, "
         "Cyrillic...), which the English text encoder cannot read, so their probabilities say nothing (the message "
-        "names them)"
+        "names them); `negated_category`: an unknown category name negates a finding in words the text encoder "
+        "does not read as a negation (`negative for DR`, `macular edema not present`): it is scored much as the "
+        "finding itself (the message says what to write: `no diabetic retinopathy`)"
     )
     message: str = Field(description="a sentence for people: show it beside the predictions")
 
@@ -540,7 +542,7 @@ class SearchWarning(BaseModel):
 
     code: Literal[
         "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "unrecognised_image",
-        "compressed_image", "blurred_image", "unreadable_query", "query_truncated",
+        "compressed_image", "blurred_image", "unreadable_query", "query_truncated", "negated_query",
     ] = Field(
         description="`modality_not_in_index`: no indexed image is of the modality asked for (the message lists "
         "those it holds); `label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
@@ -552,7 +554,10 @@ class SearchWarning(BaseModel):
         "`unreadable_query`: a text query written mostly outside the Latin alphabet (Chinese, Japanese, Arabic, "
         "Cyrillic...), which the English text encoder cannot read, so the hits do not answer it; "
         "`query_truncated`: a text query longer than the text encoder reads (77 word pieces, about 40 words): "
-        "the rest was not read and did not change the hits (the message says where reading stopped)"
+        "the rest was not read and did not change the hits (the message says where reading stopped); "
+        "`negated_query`: the text negates a finding in words the text encoder does not read as a negation "
+        "(`macular edema not present`): it finds images much as it would for the finding (the message says what "
+        "to write: `no diabetic macular edema`)"
     )
     message: str = Field(description="a sentence for people: show it beside the hits")
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from index.query import answer_is_low_similarity, itself_first, score_scale
 from model.config import MODALITIES
+from model.knowledge import negation_warning
 from model.tokenizer import truncated_warning, unreadable_warning
 from service.cache import cache_key, sha256_hex
 from service.deps import (
@@ -170,6 +171,7 @@ async def _search(
     warnings += picture
     if data is None:  # a text the English text encoder cannot read (Chinese, Arabic...), or not all of
         warnings += unreadable_warning([req.query], "query") + truncated_warning(engine.runtime.tokenizer, req.query)
+        warnings += negation_warning(engine.knowledge, [req.query], "query")
     base = _base_url(request, settings.public_url)
     # an image query that is in the index finds itself (score about 1): say so, put it first (another file of the
     # same pixels scores as high, or by the encoder's batch noise higher), and judge the rest, as `keepfit index search`

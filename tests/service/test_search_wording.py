@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from index.query import text_query
 from index.store import VectorIndex
 from model.cli import main as keepfit
+from model.knowledge import negated_finding
 from model.runtime import KeepfitRuntime
 from tests.service.helpers import SMALL_INDEX
 
@@ -152,3 +153,47 @@ def test_a_query_longer_than_the_text_encoder_reads_says_where_reading_stopped(
     argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "3"]
     assert keepfit([*argv, "--text", NOTE, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["warnings"] == [warning]
+
+
+@pytest.mark.parametrize(
+    ("name", "finding", "absent"),
+    [
+        ("negative for DR", "DR", "no diabetic retinopathy"),
+        ("macular edema not present", "macular edema", "no diabetic macular edema"),
+        ("glaucoma ruled out", "glaucoma", "no glaucoma"),
+        ("DME: none", "DME", "no diabetic macular edema"),
+        ("absence of drusen", "drusen", None),  # no category names its absence: "no drusen" is advised
+    ],
+)
+def test_a_negation_the_encoder_reads_as_the_finding_is_recognised(
+    default_artifact: Path, name: str, finding: str, absent: str | None
+) -> None:
+    knowledge = KeepfitRuntime.from_artifact(default_artifact).knowledge
+    assert negated_finding(knowledge, name) == (finding, absent)
+
+
+@pytest.mark.parametrize("name", ["DR absent", "no DR", "without DME", "non-proliferative diabetic retinopathy",
+                                  "no hemorrhages", "notched disc", "hard exudates"])
+def test_names_the_knowledge_lists_or_that_negate_nothing_are_not(default_artifact: Path, name: str) -> None:
+    assert negated_finding(KeepfitRuntime.from_artifact(default_artifact).knowledge, name) is None
+
+
+def test_search_classify_and_the_cli_warn_of_a_negation_written_another_way(
+    indexed: TestClient, index_dir: Path, default_artifact: Path, real_images: dict[str, bytes],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    body = _search(indexed, query="macular edema not present", top_k=3)
+    (warning,) = [w for w in body["warnings"] if w["code"] == "negated_query"]
+    assert "'macular edema not present': write 'no diabetic macular edema'" in warning["message"], warning
+    assert not [w for w in _search(indexed, query="no DME", top_k=3)["warnings"] if w["code"] == "negated_query"]
+    r = indexed.post("/v1/classify", data={"categories": ["DR", "negative for DR"]},
+                     files={"image": ("oct.jpg", real_images["OCT"], "image/jpeg")})
+    assert r.status_code == 200, r.text
+    (said,) = [w for w in r.json()["warnings"] if w["code"] == "negated_category"]
+    assert "'negative for DR': write 'no diabetic retinopathy'" in said["message"], said
+    r = indexed.post("/v1/classify", data={"categories": ["DR", "no DR"]},
+                     files={"image": ("oct.jpg", real_images["OCT"], "image/jpeg")})
+    assert not [w for w in r.json()["warnings"] if w["code"] == "negated_category"]
+    argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "3"]
+    assert keepfit([*argv, "--text", "macular edema not present", "--json"]) == 0
+    assert warning in json.loads(capsys.readouterr().out)["warnings"]
