@@ -363,6 +363,7 @@ def info_main(argv: list[str]) -> int:
 def search_main(argv: list[str]) -> int:
     from index.query import (
         answer_is_low_similarity,
+        category_warning,
         index_modalities,
         itself_first,
         label_warning,
@@ -449,7 +450,8 @@ def search_main(argv: list[str]) -> int:
             # an image the index holds is among the hits, even behind --top-k other files of its pixels, as in the API
             hits = index.search(embedding[0], args.top_k, modality=modality, label=args.label, itself=digest)
         warning = label_warning(index, args.label, modality, len(hits))
-        warnings = ([warning] if warning else []) + about_query
+        absent = category_warning(index, canonical) if args.label is None and hits else None
+        warnings = ([warning] if warning else []) + ([absent] if absent else []) + about_query
         # the API's order: the query itself first (another file of the same pixels scores as high, or higher)
         ordered = itself_first(hits, digest, lambda h: h.record.sha256, lambda h: float(h.score))
         rows: list[dict[str, Any]] = [
@@ -492,7 +494,7 @@ def search_main(argv: list[str]) -> int:
                 f"nothing matches well: the best score {best:.3f} is below {scale['low_below']} "
                 f"(cosine similarity, -1 to 1, for {kind} queries)"
             )
-        for w in about_query:  # the label warning comes only with no results, in that line above
+        for w in ([absent] if absent else []) + about_query:  # the label warning: with no results, in that line
             _out(f"warning: {w['message']}")
     return 0
 

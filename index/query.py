@@ -13,6 +13,7 @@ every text somewhere in its ophthalmic space, and most nonsense scores like a re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -95,6 +96,35 @@ def text_query(runtime: Any, text: str, modality: str | None, held: Sequence[str
         (m, runtime.class_embeddings([canonical], m)[0] if m in described else raw()) for m in wanted
     ]
     return TextQuery(canonical, searches)
+
+
+def category_warning(index: Any, canonical: str | None) -> dict[str, str] | None:
+    """``category_not_in_index`` for a text query that names a known category (``canonical``, from
+    :func:`text_query`) which no label of a labelled index names or contains (``diabetic retinopathy`` is in
+    ``proliferative diabetic retinopathy``, not in ``no diabetic retinopathy``): its hits are the images nearest to
+    the category's descriptions, look-alikes, not images of it (glaucoma on an index of diabetic eyes scored its
+    best hit 0.43, above ``low_below``).  ``None`` for an index without labels, where nothing can be said."""
+    from index.store import canonical_label, fold_label
+
+    if canonical is None:
+        return None
+    counts: dict[str, int] = index.label_counts()
+    if not counts:
+        return None
+    wanted = fold_label(canonical)
+    for label in counts:
+        name = fold_label(canonical_label(label))
+        if name == wanted or (re.search(rf"\b{re.escape(wanted)}\b", name) and not _NEGATED_LABEL.match(name)):
+            return None
+    shown = ", ".join(list(counts)[:12]) + (", ..." if len(counts) > 12 else "")
+    return {
+        "code": "category_not_in_index",
+        "message": f"no image in this index is labelled {canonical!r} (its labels are: {shown}): the hits are the "
+        "images nearest to its description, which may look like it, not images known to show it",
+    }
+
+
+_NEGATED_LABEL = re.compile(r"^(?:no|without)\s")  # (not "non-proliferative ...": diabetic retinopathy)
 
 
 def merged(searches: Sequence[list[H]], top_k: int, score: Callable[[H], float]) -> list[H]:

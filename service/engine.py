@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 from PIL import Image
 
-from index.query import TextQuery, index_modalities, label_warning, merged, text_query
+from index.query import TextQuery, category_warning, index_modalities, label_warning, merged, text_query
 from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
@@ -1148,6 +1148,13 @@ class IndexHolder:
             return None
         with self.hold(need_images=False) as index:
             return await self._submit(label_warning, index, label, modality, hits)
+
+    async def category_warning(self, canonical: str | None) -> dict[str, str] | None:
+        """A known category no label of the index names (see :func:`index.query.category_warning`)."""
+        if canonical is None or self._index is None:
+            return None
+        with self.hold(need_images=False) as index:
+            return await self._submit(category_warning, index, canonical)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the index thread; it reads the index that :meth:`hold` gave, inside that block."""

@@ -543,6 +543,7 @@ class SearchWarning(BaseModel):
     code: Literal[
         "modality_not_in_index", "label_not_in_index", "no_match_for_filter", "unrecognised_image",
         "compressed_image", "blurred_image", "unreadable_query", "query_truncated", "negated_query",
+        "category_not_in_index",
     ] = Field(
         description="`modality_not_in_index`: no indexed image is of the modality asked for (the message lists "
         "those it holds); `label_not_in_index`: no indexed image has that label; `no_match_for_filter`: the label "
@@ -557,7 +558,9 @@ class SearchWarning(BaseModel):
         "the rest was not read and did not change the hits (the message says where reading stopped); "
         "`negated_query`: the text negates a finding in words the text encoder does not read as a negation "
         "(`macular edema not present`): it finds images much as it would for the finding (the message says what "
-        "to write: `no diabetic macular edema`)"
+        "to write: `no diabetic macular edema`); `category_not_in_index`: the text names a known category that "
+        "no label of this labelled index names or contains (glaucoma in an archive of diabetic eyes): the hits "
+        "are the images nearest to its description, look-alikes, not images known to show it"
     )
     message: str = Field(description="a sentence for people: show it beside the hits")
 

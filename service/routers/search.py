@@ -168,6 +168,11 @@ async def _search(
     note = await index.label_warning(label, modality, len(hits))
     if note is not None:
         warnings.append(note)
+    # a known category the labelled index holds no image of: its hits are look-alikes (not with a label filter,
+    # which says what it found itself)
+    absent = await index.category_warning(canonical) if label is None and hits else None
+    if absent is not None:
+        warnings.append(absent)
     warnings += picture
     if data is None:  # a text the English text encoder cannot read (Chinese, Arabic...), or not all of
         warnings += unreadable_warning([req.query], "query") + truncated_warning(engine.runtime.tokenizer, req.query)

@@ -197,3 +197,23 @@ def test_search_classify_and_the_cli_warn_of_a_negation_written_another_way(
     argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "3"]
     assert keepfit([*argv, "--text", "macular edema not present", "--json"]) == 0
     assert warning in json.loads(capsys.readouterr().out)["warnings"]
+
+
+def test_a_known_category_no_label_names_is_said_to_be_absent(
+    indexed: TestClient, index_dir: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = _search(indexed, query="glaucoma", top_k=3)  # the small index: DME and FFA diagnoses only
+    (warning,) = [w for w in body["warnings"] if w["code"] == "category_not_in_index"]
+    assert warning["message"].startswith("no image in this index is labelled 'glaucoma' (its labels are: ")
+    assert len(body["hits"]) == 3  # the look-alikes, still shown
+    # a label that names it, or contains it (not one that negates it): nothing to say
+    for held in ("DME", "macular edema", "no DME"):
+        said = _search(indexed, query=held, top_k=3)["warnings"]
+        assert not [w for w in said if w["code"] == "category_not_in_index"], (held, said)
+    # any other text, or a label filter (which says what it finds itself): nothing either
+    assert not _search(indexed, query="glaucomatous cupping of the disc", top_k=3)["warnings"]
+    argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "3"]
+    assert keepfit([*argv, "--text", "glaucoma", "--json"]) == 0
+    assert warning in json.loads(capsys.readouterr().out)["warnings"]
+    assert keepfit([*argv, "--text", "glaucoma"]) == 0
+    assert f"warning: {warning['message']}" in capsys.readouterr().out.splitlines()
