@@ -365,15 +365,15 @@ def test_an_index_swapped_in_during_a_search_is_not_cached_as_the_one_before(
 
     serve(fewer)
     monkeypatch.setattr(IndexHolder, "RELOAD_CHECK_S", 0.0)
-    embed_text, swaps = Engine.embed_text, []
+    text_query, swaps = Engine.text_query, []
 
-    def embed_then_swap(self: Engine, text: str, timings: Any) -> np.ndarray:  # a rebuild lands meanwhile
-        out = embed_text(self, text, timings)
+    def embed_then_swap(self: Engine, text: str, *args: Any) -> Any:  # a rebuild lands meanwhile
+        out = text_query(self, text, *args)
         if swaps:
             serve(swaps.pop())
         return out
 
-    monkeypatch.setattr(Engine, "embed_text", embed_then_swap)
+    monkeypatch.setattr(Engine, "text_query", embed_then_swap)
     everything = sum(SMALL_INDEX.values())
     with TestClient(create_app(make_settings(default_artifact, index=served))) as client:
         swaps.append(full)
