@@ -401,7 +401,7 @@ def search_main(argv: list[str]) -> int:
     p.add_argument("--modality", default=None, help="only images of this modality (CFP, FFA, OCT...)")
     p.add_argument("--label", default=None, help="only images with this label")
     p.add_argument(
-        "--json", action="store_true", help="print {hits, score_scale, low_similarity, warnings} as JSON"
+        "--json", action="store_true", help="print {canonical, hits, score_scale, low_similarity, warnings} as JSON"
     )
     args = p.parse_args(argv)
     if args.top_k < 1:
@@ -450,7 +450,7 @@ def search_main(argv: list[str]) -> int:
             # an image the index holds is among the hits, even behind --top-k other files of its pixels, as in the API
             hits = index.search(embedding[0], args.top_k, modality=modality, label=args.label, itself=digest)
         warning = label_warning(index, args.label, modality, len(hits))
-        absent = category_warning(index, canonical) if args.label is None and hits else None
+        absent = category_warning(index, canonical, modality) if args.label is None and hits else None
         warnings = ([warning] if warning else []) + ([absent] if absent else []) + about_query
         # the API's order: the query itself first (another file of the same pixels scores as high, or higher)
         ordered = itself_first(hits, digest, lambda h: h.record.sha256, lambda h: float(h.score))

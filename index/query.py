@@ -95,36 +95,44 @@ def text_query(runtime: Any, text: str, modality: str | None, held: Sequence[str
     searches = [
         (m, runtime.class_embeddings([canonical], m)[0] if m in described else raw()) for m in wanted
     ]
-    return TextQuery(canonical, searches)
+    # canonical says its descriptions were searched for: not where no search could use them (a filter of CFP/IR)
+    return TextQuery(canonical if any(m in described for m in wanted) else None, searches)
 
 
-def category_warning(index: Any, canonical: str | None) -> dict[str, str] | None:
+def category_warning(index: Any, canonical: str | None, modality: str | None = None) -> dict[str, str] | None:
     """``category_not_in_index`` for a text query that names a known category (``canonical``, from
-    :func:`text_query`) which no label of a labelled index names or contains (``diabetic retinopathy`` is in
-    ``proliferative diabetic retinopathy``, not in ``no diabetic retinopathy``): its hits are the images nearest to
-    the category's descriptions, look-alikes, not images of it (glaucoma on an index of diabetic eyes scored its
-    best hit 0.43, above ``low_below``).  ``None`` for an index without labels, where nothing can be said."""
+    :func:`text_query`) which no label of a labelled index (of its ``modality`` images, with that filter) names
+    or contains (``diabetic retinopathy`` is in ``proliferative diabetic retinopathy``, not in ``no diabetic
+    retinopathy``; ``proliferative diabetic retinopathy`` is not in ``non-proliferative diabetic retinopathy``):
+    its hits are the images nearest to the category's descriptions, look-alikes, not images of it (glaucoma on an
+    index of diabetic eyes scored its best hit 0.43, above ``low_below``).  ``None`` for an index without labels,
+    where nothing can be said."""
     from index.store import canonical_label, fold_label
 
     if canonical is None:
         return None
-    counts: dict[str, int] = index.label_counts()
-    if not counts:
+    by_modality: dict[str, set[str]] = index.modality_labels()
+    if not any(by_modality.values()):
         return None
     wanted = fold_label(canonical)
-    for label in counts:
+    within = re.compile(rf"(?<!non-)(?<!non )\b{re.escape(wanted)}\b")
+    held = by_modality.get(modality, set()) if modality is not None else set().union(*by_modality.values())
+    for label in held:
         name = fold_label(canonical_label(label))
-        if name == wanted or (re.search(rf"\b{re.escape(wanted)}\b", name) and not _NEGATED_LABEL.match(name)):
+        if name == wanted or (within.search(name) and not _NEGATED_LABEL.match(name)):
             return None
-    shown = ", ".join(list(counts)[:12]) + (", ..." if len(counts) > 12 else "")
+    shown = ", ".join(sorted(held, key=str.casefold)[:12]) + (", ..." if len(held) > 12 else "")
+    whose = f"its {modality} images'" if modality is not None else "its"
+    labels = f"{whose} labels are: {shown}" if held else f"its {modality} images carry no labels"
+    where = f"{modality} image" if modality is not None else "image"
     return {
         "code": "category_not_in_index",
-        "message": f"no image in this index is labelled {canonical!r} (its labels are: {shown}): the hits are the "
-        "images nearest to its description, which may look like it, not images known to show it",
+        "message": f"no {where} in this index is labelled {canonical!r} ({labels}): the hits are the images "
+        "nearest to its description, which may look like it, not images known to show it",
     }
 
 
-_NEGATED_LABEL = re.compile(r"^(?:no|without)\s")  # (not "non-proliferative ...": diabetic retinopathy)
+_NEGATED_LABEL = re.compile(r"^(?:no|without)\s")
 
 
 def merged(searches: Sequence[list[H]], top_k: int, score: Callable[[H], float]) -> list[H]:

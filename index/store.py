@@ -357,6 +357,7 @@ class VectorIndex:
         self._filters_bytes = 0  # _filter_bytes of what _filters holds
         self._parts: tuple[np.ndarray | None] | None = None  # _partition(), once computed
         self._spellings: dict[str, list[str]] | None = None  # _labels_by_fold(), once computed
+        self._modality_labels: dict[str, set[str]] | None = None  # modality_labels(), once computed
         self._filter_lock = threading.Lock()
         self.image_root = image_root
         self._faiss_file: Path | None = None  # the FAISS file this index maps read-only (None: read into memory)
@@ -802,6 +803,20 @@ class VectorIndex:
     def label_counts(self) -> dict[str, int]:
         rows = self._query("SELECT label, count(*) FROM labels GROUP BY label ORDER BY count(*) DESC, label")
         return {str(label): int(n) for label, n in rows}
+
+    def modality_labels(self) -> dict[str, set[str]]:
+        """The distinct labels of each modality's images (``unknown``: images without one), read once per
+        generation (what ``index.query.category_warning`` looks up at every search for a known category)."""
+        with self._filter_lock:
+            found = self._modality_labels
+        if found is None:
+            found = {}
+            query = "SELECT DISTINCT coalesce(i.modality, ''), l.label FROM labels l JOIN images i ON i.id = l.image_id"
+            for modality, label in self._query(query):
+                found.setdefault(str(modality) or "unknown", set()).add(str(label))
+            with self._filter_lock:
+                self._modality_labels = found
+        return found
 
     def modality_counts(self) -> dict[str, int]:
         rows = self._query("SELECT coalesce(modality, ''), count(*) FROM images GROUP BY 1 ORDER BY 2 DESC")

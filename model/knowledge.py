@@ -368,42 +368,51 @@ def build_knowledge(
     }
 
 
-# Words that negate a finding other than a leading "no" or "without", which the text encoder reads as a negation
-# (the knowledge lists "no DR", "without DME", "DR absent" as names of their categories).  Written another way,
-# "negative for DR", "macular edema not present", a negation may be read as the finding: a search for "macular
-# edema not present" found no photograph without DME among its first 10 of the test split's
-# (python -m index.benchmarks.text_queries).
-_NEGATION = re.compile(
-    r"\b(?:not|negative|absent|absence|free of|ruled? out|r/o|excluded|nil|none|neither|nor|lack(?:s|ing)? of)\b",
+# Negations other than a leading "no" or "without", which the text encoder reads as negations (the knowledge
+# lists "no DR", "without DME", "DR absent" as names of their categories).  Written another way, "negative for
+# DR", "macular edema not present", a negation may be read as the finding: a search for "macular edema not
+# present" found no photograph without DME among its first 10 of the test split's
+# (python -m index.benchmarks.text_queries).  Only a name that is one negated finding is recognised: a negation
+# before the finding or after it, the finding without negations, conjunctions or commas of its own ("drusen but
+# not CNV" and "cotton wool spots not near the fovea" say more than an absence, and are left alone).
+_NEGATED_BEFORE = re.compile(
+    r"^(?:negative for|no evidence of|absence of|free of|lack of|not)\s+(?P<finding>.+)$", re.IGNORECASE
+)
+_NEGATED_AFTER = re.compile(
+    r"^(?P<finding>.+?)[\s,:;-]+(?:not (?:present|seen|detected|found|visible)|absent|excluded|ruled out|negative|"
+    r"nil|none)\.?$",
     re.IGNORECASE,
 )
-# what is taken out of a negated name to find the finding it negates ("negative for DR" -> "DR")
-_NEGATION_PHRASES = re.compile(
-    r"\b(?:negative for|no evidence of|absence of|free of|ruled? out|r/o|lack(?:s|ing)? of|not (?:present|seen|"
-    r"detected|found|visible)|(?:is |are )?(?:absent|excluded)|not|negative|nil|none)\b",
-    re.IGNORECASE,
-)
+_NOT_ONE_FINDING = re.compile(r"\b(?:not|no|but|and|or|nor|neither|none|negative|absent|without)\b|[,;:]", re.IGNORECASE)
 
 
 def negated_finding(knowledge: Knowledge, name: str) -> tuple[str, str | None] | None:
-    """For an unknown name that negates a finding in words other than a leading "no" (:data:`_NEGATION`): the
-    finding it negates, and the known category that names its absence (``negative for DR`` -> ``("DR", "no
-    diabetic retinopathy")``), or ``None`` for the second where the knowledge has none.  ``None`` for a name
-    without such words, and for a known name (``DR absent`` is one: it resolves to its category)."""
-    if knowledge.is_known(name) or not _NEGATION.search(name):
+    """For an unknown name that is one finding negated otherwise than by a leading "no" (``negative for DR``,
+    ``macular edema not present``, ``glaucoma ruled out``): the finding, and the known category that names its
+    absence (``("DR", "no diabetic retinopathy")``), or ``None`` for the second where the knowledge has none
+    (then ``no <finding>`` is what to write).  ``None`` for a known name (``DR absent`` resolves to its category),
+    for a name that says more than one negated finding, and for ``not`` before an unknown finding (``not an
+    angiogram`` says what the image is not, not an absent finding)."""
+    text = " ".join(name.split()).strip(" .")
+    if knowledge.is_known(text):
         return None
-    finding = " ".join(_NEGATION_PHRASES.sub(" ", name).replace(",", " ").split()).strip(" .:;-")
-    finding = re.sub(r"^(?:of|for|is|are)\s+", "", finding, flags=re.IGNORECASE)
-    if not finding:
+    before, after = _NEGATED_BEFORE.match(text), _NEGATED_AFTER.match(text)
+    match = before or after
+    if match is None:
+        return None
+    finding = re.sub(r"^(?:an?|the)\s+", "", match.group("finding").strip(" .,:;-"), flags=re.IGNORECASE)
+    if not finding or _NOT_ONE_FINDING.search(finding):
         return None
     known = knowledge.canonical(finding) if knowledge.is_known(finding) else None
+    if known is None and before is not None and text.lower().startswith("not "):
+        return None
     absent = f"no {known}" if known else None
     return finding, knowledge.canonical(absent) if absent and knowledge.is_known(absent) else None
 
 
 def negation_warning(knowledge: Knowledge, names: list[str], what: str) -> list[dict[str, str]]:
-    """``negated_category`` (``what="category"``: zero-shot category names) / ``negated_query`` (``"query"``: a
-    search text) for those of ``names`` that negate a finding in words the text encoder does not read as a
+    """``negated_category`` (``what="category"``: zero-shot category names; ``"prior"``: the prior texts of a
+    few-shot classifier's categories) / ``negated_query`` (``"query"``: a search text) for those of ``names`` that negate a finding in words the text encoder does not read as a
     negation (:func:`negated_finding`), naming what to write instead.  The service's answers and ``keepfit index
     search`` share it."""
     found = [(name, hit) for name in names if (hit := negated_finding(knowledge, name)) is not None]
@@ -418,6 +427,13 @@ def negation_warning(knowledge: Knowledge, names: list[str], what: str) -> list[
             f"absent...): it finds images much as it would for the finding itself. {advice}"
         )
         return [{"code": "negated_query", "message": message}]
+    if what == "prior":  # a few-shot classifier's prior texts (its categories' text, else their labels)
+        message = (
+            f"the prior text of {'a category negates' if len(found) == 1 else 'categories negate'} a finding in "
+            "words this text encoder does not read as a negation (not, negative, absent...): the zero-shot prior "
+            f"pulls such a category towards the finding itself; give it an English 'text' that says it. {advice}"
+        )
+        return [{"code": "negated_category", "message": message}]
     message = (
         f"{'a category negates' if len(found) == 1 else 'categories negate'} a finding in words this text encoder "
         f"does not read as a negation (not, negative, absent...): it scores such a name much as it scores the "

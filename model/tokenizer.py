@@ -161,21 +161,23 @@ def truncated_warning(tokenizer: Tokenizer, text: str) -> list[dict[str, str]]:
     sentences alone (cosine 1.0 with them) and found none of the finding, without a word.  The service's
     answer and ``keepfit index search`` share it."""
     end = tokenizer.read_up_to(text)
-    if end is None:
+    if end is None or not any(ch.isalnum() for ch in text[end:]):  # all read but punctuation: nothing lost
         return []
     read, rest = text[:end].split(), text[end:].split()
-    if not rest:  # stopped inside the last word: all of it but a piece
-        return []
-    if rest and read and not text[end:end + 1].isspace():  # stopped inside a word: it counts as not read
+    if read and not text[end].isspace():  # stopped inside a word: it counts as not read
         rest[0] = read.pop() + rest[0]
-    said = " ".join(read[-4:])
+    if len(read) >= 2:
+        how_much = f"the first {len(read)} of the query's {len(read) + len(rest)} words (up to '...{' '.join(read[-4:])}')"
+        what_not = f"the rest, from '{' '.join(rest[:4])}...',"
+    else:  # a text without spaces (Chinese, Japanese) or one long word: in characters
+        how_much = f"the first {end} of the query's {len(text)} characters"
+        what_not = "the rest"
     return [
         {
             "code": "query_truncated",
             "message": (
-                f"the text encoder reads the first {len(read)} of the query's {len(read) + len(rest)} words (up to "
-                f"'...{said}'); the rest, from '{' '.join(rest[:4])}...', was not read and did not change the hits: "
-                "put what you are looking for first, or shorten the query"
+                f"the text encoder reads {how_much}; {what_not} was not read and did not change the hits: put what "
+                "you are looking for first, or shorten the query"
             ),
         }
     ]

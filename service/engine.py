@@ -1136,9 +1136,23 @@ class IndexHolder:
             return await self._submit(run)
 
     async def search_text(self, query: TextQuery, top_k: int, label: str | None) -> list[dict[str, Any]]:
-        """The hits of a text query's searches (one per modality for a known category), merged by score."""
-        found = [await self.search(vector, top_k, modality, label) for modality, vector in query.searches]
-        return merged(found, top_k, lambda hit: float(hit["score"]))
+        """The hits of a text query's searches (one per modality for a known category), merged by score: all on
+        one index, however a reload meanwhile swaps in another."""
+        await self.refresh()
+        with self.hold() as index:
+            for _, vector in query.searches:
+                if vector.shape != (int(index.dim),):
+                    raise NoIndexError(f"index dimension {index.dim} does not match the model's {vector.shape[0]}")
+
+            def run() -> list[dict[str, Any]]:
+                found = [
+                    index.search(vector.astype(np.float32), top_k, modality=modality, label=label)
+                    for modality, vector in query.searches
+                ]
+                hits = merged(found, top_k, lambda hit: float(hit.score))
+                return [record_to_hit(h.record, float(h.score)) for h in hits]
+
+            return await self._submit(run)
 
     async def label_warning(
         self, label: str | None, modality: str | None, hits: int
@@ -1149,12 +1163,12 @@ class IndexHolder:
         with self.hold(need_images=False) as index:
             return await self._submit(label_warning, index, label, modality, hits)
 
-    async def category_warning(self, canonical: str | None) -> dict[str, str] | None:
+    async def category_warning(self, canonical: str | None, modality: str | None) -> dict[str, str] | None:
         """A known category no label of the index names (see :func:`index.query.category_warning`)."""
         if canonical is None or self._index is None:
             return None
         with self.hold(need_images=False) as index:
-            return await self._submit(category_warning, index, canonical)
+            return await self._submit(category_warning, index, canonical, modality)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the index thread; it reads the index that :meth:`hold` gave, inside that block."""

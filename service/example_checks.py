@@ -65,10 +65,17 @@ def _named(ex: Any) -> str:
     return repr((ex.filename or ex.sha256[:12])[:80])
 
 
+def copy_distances(grey: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """``[M]``: the mean absolute difference of the grey print ``grey [P]`` and each of ``others [M, P]``, over
+    their contrast (the mean of the two prints' standard deviations, at least one grey level: :data:`COPY_BELOW`)."""
+    others = np.atleast_2d(others)
+    spread = np.maximum((others.std(axis=1) + float(grey.std())) / 2.0, 1.0)
+    return np.asarray(np.abs(others - grey).mean(axis=1) / spread)
+
+
 def copy_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """The mean absolute difference of two grey prints over their contrast (see :data:`COPY_BELOW`)."""
-    spread = max((float(a.std()) + float(b.std())) / 2.0, 1.0)
-    return float(np.abs(a - b).mean()) / spread
+    """:func:`copy_distances` of two grey prints."""
+    return float(copy_distances(a, b)[0])
 
 
 def copied_examples(examples: Sequence[Any]) -> list[dict[str, str]]:
@@ -80,12 +87,9 @@ def copied_examples(examples: Sequence[Any]) -> list[dict[str, str]]:
     if len(seen) < 2:
         return []
     grey = np.stack([ex.traits.grey for ex in seen]).astype(np.float32)  # [N, P]
-    spread = grey.std(axis=1)  # [N]
     pairs: list[tuple[float, Any, Any]] = []
     for i in range(len(seen) - 1):  # row by row: N x P memory, however many examples
-        rest = slice(i + 1, len(seen))
-        mad = np.abs(grey[rest] - grey[i]).mean(axis=1)
-        distance = mad / np.maximum((spread[rest] + spread[i]) / 2.0, 1.0)
+        distance = copy_distances(grey[i], grey[i + 1 :])
         for k in np.flatnonzero(distance < COPY_BELOW):
             other = seen[i + 1 + int(k)]
             if other.category != seen[i].category:

@@ -30,7 +30,13 @@ from PIL import Image
 
 from service.benchmarks._common import DEFAULT_DATA
 from service.classifiers import Example
-from service.example_checks import COPY_BELOW, ExampleTraits, confounded_categories, copy_distance
+from service.example_checks import (
+    COPY_BELOW,
+    ExampleTraits,
+    confounded_categories,
+    copy_distance,
+    copy_distances,
+)
 
 MANIFESTS = ("cfp_oct_mx/labels.csv", "ffa_huapu4/labels.csv", "dr_sh_600/labels.csv", "mm_retinal_cfp_pairs/pairs.csv")
 NO_DR = "no diabetic retinopathy"
@@ -74,11 +80,10 @@ def copies(
             kept.append(p)
     paths = kept
     grey = np.stack(prints)
-    spread = grey.std(axis=1)
     near: list[tuple[float, int, int]] = []
     identical = 0
     for i in range(len(grey) - 1):
-        d = np.abs(grey[i + 1 :] - grey[i]).mean(axis=1) / np.maximum((spread[i + 1 :] + spread[i]) / 2, 1.0)
+        d = copy_distances(grey[i], grey[i + 1 :])
         for k in np.flatnonzero(d < 0.06):
             j = i + 1 + int(k)
             if digests[i] == digests[j]:
@@ -88,8 +93,8 @@ def copies(
     near.sort()
     print(f"{len(paths)} images; {identical} pairs of byte-identical files (not counted below)")
     print(f"copies are below {COPY_BELOW}; the nearest pairs of different files:")
-    for d, i, j in near[:12]:
-        print(f"  {d:.4f}  {paths[i]}  {paths[j]}")
+    for distance, i, j in near[:12]:
+        print(f"  {distance:.4f}  {paths[i]}  {paths[j]}")
     sample = rng.sample(tests, min(n, len(tests)))
     worst: dict[str, list[float]] = {"quality 95": [], "quality 60": [], "quality 30": [], "halved": []}
     for p in sample:

@@ -37,6 +37,7 @@ from pydantic_core import PydanticCustomError
 from model.config import MODALITIES
 from model.dicom import call_with_frame
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
+from model.knowledge import negation_warning
 from model.tokenizer import unreadable_warning
 from service.cache import cache_key, sha256_hex
 from service.classifiers import (
@@ -262,7 +263,8 @@ class ClassifierWarning(BaseModel):
     """Something to know about a classifier just fitted, in a create's or a refit's answer."""
 
     code: Literal[
-        "modality_uncertain", "unrecognised_example", "unreadable_category", "copied_example", "confounded_categories"
+        "modality_uncertain", "unrecognised_example", "unreadable_category", "copied_example", "confounded_categories",
+        "negated_category",
     ] = Field(
         description="`modality_uncertain`: no modality was sent and no example was recognised as one with "
         "probability 0.9 or more, so the classifier takes the one most probable over its examples (the message "
@@ -277,7 +279,9 @@ class ClassifierWarning(BaseModel):
         "`confounded_categories`: how the uploaded examples were taken (image size, brightness, sharpness, JPEG "
         "quality, file format) separates two categories completely, where chance would rarely do so: the "
         "classifier may have learnt the camera or archive rather than the category, and its estimate cannot "
-        "show it (the message names the categories and their values)"
+        "show it (the message names the categories and their values); `negated_category`: a category's prior text "
+        "negates a finding in words the text encoder does not read as a negation (`negative for DR`): the prior "
+        "pulls it towards the finding (the message says what to write)"
     )
     message: str = Field(description="a sentence for people")
 
@@ -720,7 +724,9 @@ def prior_warnings(engine: Engine, categories: list[dict[str, Any]], method: str
     two categories whose prior texts (``text``, else the label) the text encoder reads as the same tokens are
     refused (422, :meth:`Engine.check_distinct_tokens`, as zero-shot categories are: one prior embedding for
     both), and prior texts it cannot read are warned of (``unreadable_category``: :func:`unreadable_warning`, as a
-    zero-shot answer warns).  The API's create and ``keepfit classifier fit`` alike."""
+    zero-shot answer warns), as are those that negate a finding in words it reads as the finding
+    (``negated_category``: :func:`model.knowledge.negation_warning`).  The API's create and ``keepfit classifier
+    fit`` alike."""
     if not method.endswith("+text"):
         return []
     knowledge = engine.knowledge
@@ -730,7 +736,8 @@ def prior_warnings(engine: Engine, categories: list[dict[str, Any]], method: str
         for text in [c.get("text") or c["label"]]
     ]
     engine.check_distinct_tokens(priors, prior=True)
-    return unreadable_warning([c.canonical for c in priors if not c.known], "prior")
+    unknown = [c.canonical for c in priors if not c.known]
+    return unreadable_warning(unknown, "prior") + negation_warning(knowledge, unknown, "prior")
 
 
 def fit_and_row(

@@ -170,7 +170,7 @@ async def _search(
         warnings.append(note)
     # a known category the labelled index holds no image of: its hits are look-alikes (not with a label filter,
     # which says what it found itself)
-    absent = await index.category_warning(canonical) if label is None and hits else None
+    absent = await index.category_warning(canonical, modality) if label is None and hits else None
     if absent is not None:
         warnings.append(absent)
     warnings += picture

@@ -237,3 +237,19 @@ def test_a_prior_the_model_cannot_read_is_warned_of_and_two_it_reads_alike_are_r
     out = capsys.readouterr()
     assert json.loads(out.out)["warnings"] == [warning]
     assert f"warning: {warning['message']}" in out.err.splitlines()
+
+
+def test_a_prior_that_negates_a_finding_the_encoder_reads_as_the_finding_is_warned_of(
+    client: TestClient, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """``negative for DR`` as a category's prior reads to the text encoder much as ``DR``: the prior pulls the
+    category towards the finding it negates (zero-shot categories are warned of alike: ``negated_category``)."""
+    oct_ = [path.read_bytes() for path in real_image_paths["OCT"][:4]]
+    r = _create(client, oct_, ["negative for DR", "negative for DR", "DR", "DR"], name="negated")
+    assert r.status_code == 201, r.text
+    said = [w for w in r.json()["warnings"] if w["code"] == "negated_category"]
+    assert len(said) == 1 and "'negative for DR': write 'no diabetic retinopathy'" in said[0]["message"], said
+    # the same category with an English text that says it: nothing to say
+    spec = json.dumps({"categories": [{"label": "negative for DR", "text": "no DR"}]})
+    r = _create(client, oct_, ["negative for DR", "negative for DR", "DR", "DR"], name="texted-negation", spec=spec)
+    assert r.status_code == 201 and not [w for w in r.json()["warnings"] if w["code"] == "negated_category"]

@@ -163,6 +163,8 @@ def test_a_query_longer_than_the_text_encoder_reads_says_where_reading_stopped(
         ("glaucoma ruled out", "glaucoma", "no glaucoma"),
         ("DME: none", "DME", "no diabetic macular edema"),
         ("absence of drusen", "drusen", None),  # no category names its absence: "no drusen" is advised
+        ("DR: negative", "DR", "no diabetic retinopathy"),
+        ("retinal detachment absent.", "retinal detachment", None),
     ],
 )
 def test_a_negation_the_encoder_reads_as_the_finding_is_recognised(
@@ -173,7 +175,12 @@ def test_a_negation_the_encoder_reads_as_the_finding_is_recognised(
 
 
 @pytest.mark.parametrize("name", ["DR absent", "no DR", "without DME", "non-proliferative diabetic retinopathy",
-                                  "no hemorrhages", "notched disc", "hard exudates"])
+                                  "no hemorrhages", "notched disc", "hard exudates", "capillary non-perfusion",
+                                  # more than one negated finding: no rewrite would say the same
+                                  "drusen but not CNV", "cotton wool spots not near the fovea",
+                                  "hemorrhages, not microaneurysms", "neither DR nor DME", "none of the above",
+                                  # what the image is not; and "rule out": a finding to look for, not an absence
+                                  "not an angiogram", "r/o CNV"])
 def test_names_the_knowledge_lists_or_that_negate_nothing_are_not(default_artifact: Path, name: str) -> None:
     assert negated_finding(KeepfitRuntime.from_artifact(default_artifact).knowledge, name) is None
 
@@ -217,3 +224,49 @@ def test_a_known_category_no_label_names_is_said_to_be_absent(
     assert warning in json.loads(capsys.readouterr().out)["warnings"]
     assert keepfit([*argv, "--text", "glaucoma"]) == 0
     assert f"warning: {warning['message']}" in capsys.readouterr().out.splitlines()
+
+
+def test_a_label_that_contains_the_category_after_non_or_no_does_not_hold_it(default_artifact: Path) -> None:
+    """``proliferative diabetic retinopathy`` is not in ``non-proliferative diabetic retinopathy``, nor ``diabetic
+    retinopathy`` in ``no diabetic retinopathy``; with a modality filter, only that modality's labels count."""
+    from index.query import category_warning
+
+    index = SimpleNamespace(modality_labels=lambda: {
+        "CFP": {"non-proliferative diabetic retinopathy", "no diabetic retinopathy"},
+        "FFA": {"branch retinal vein occlusion"},
+    })
+    said = category_warning(index, "proliferative diabetic retinopathy")
+    assert said is not None and said["code"] == "category_not_in_index", said
+    assert category_warning(index, "diabetic retinopathy") is None  # in non-proliferative DR (a kind of DR)
+    assert category_warning(index, "non-proliferative diabetic retinopathy") is None
+    only_ffa = category_warning(index, "diabetic retinopathy", "FFA")
+    assert only_ffa is not None and "no FFA image in this index is labelled 'diabetic retinopathy'" in only_ffa["message"]
+    assert "its FFA images' labels are: branch retinal vein occlusion" in only_ffa["message"]
+    assert category_warning(index, "diabetic retinopathy", "OCT") is not None  # no OCT image at all: none labelled
+    assert category_warning(SimpleNamespace(modality_labels=dict), "glaucoma") is None  # an index without labels
+
+
+def test_canonical_is_null_where_no_search_used_the_descriptions() -> None:
+    knowledge = SimpleNamespace(
+        modalities=["CFP"], is_known=lambda t: True, canonical=lambda t: "diabetic retinopathy",
+        named_modalities=lambda t: [],
+    )
+    runtime = SimpleNamespace(
+        knowledge=knowledge, encode_texts=lambda texts: np.ones((len(texts), 2), np.float32),
+        class_embeddings=lambda names, m: np.full((1, 2), 2.0, np.float32),
+    )
+    assert text_query(runtime, "DR", "CFP/IR", ["CFP", "CFP/IR"]).canonical is None
+    assert text_query(runtime, "DR", None, ["CFP/IR"]).canonical is None
+    assert text_query(runtime, "DR", None, ["CFP", "CFP/IR"]).canonical == "diabetic retinopathy"
+
+
+def test_truncation_is_said_in_words_or_characters_and_not_for_a_lost_full_stop(default_artifact: Path) -> None:
+    from model.tokenizer import truncated_warning
+
+    tokenizer = KeepfitRuntime.from_artifact(default_artifact).tokenizer  # 77 pieces: 75 words of one piece
+    assert truncated_warning(tokenizer, " ".join(["eye"] * 75)) == []
+    assert truncated_warning(tokenizer, " ".join(["eye"] * 75) + ".") == []  # only the full stop is not read
+    (said,) = truncated_warning(tokenizer, " ".join(["eye"] * 76))
+    assert "reads the first 75 of the query's 76 words" in said["message"], said
+    (said,) = truncated_warning(tokenizer, "糖尿病视网膜病变" * 20)  # no spaces: counted in characters
+    assert "reads the first 75 of the query's 160 characters; the rest was not read" in said["message"], said
