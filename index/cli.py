@@ -401,7 +401,7 @@ def search_main(argv: list[str]) -> int:
     p.add_argument("--modality", default=None, help="only images of this modality (CFP, FFA, OCT...)")
     p.add_argument("--label", default=None, help="only images with this label")
     p.add_argument(
-        "--json", action="store_true", help="print {canonical, hits, score_scale, low_similarity, warnings} as JSON"
+        "--json", action="store_true", help="print {canonical, similar_known, hits, score_scale, low_similarity, warnings} as JSON"
     )
     args = p.parse_args(argv)
     if args.top_k < 1:
@@ -422,11 +422,12 @@ def search_main(argv: list[str]) -> int:
         # alphabet; an image unlike every training image, compressed below JPEG quality 50, or a photograph out of
         # focus
         about_query: list[dict[str, str]] = []
-        canonical = None
+        canonical, similar = None, []
         if args.text is not None:
             # a known category by its expert descriptions, per modality, as the API searches for it
             text = text_query(runtime, args.text, modality, list(index.modality_counts()))
             canonical = text.canonical
+            similar = runtime.knowledge.similar_known(args.text) if canonical is None else []
             each = [index.search(v, args.top_k, modality=m, label=args.label) for m, v in text.searches]
             hits = merged(each, args.top_k, lambda h: float(h.score))
             about_query = unreadable_warning([args.text], "query") + truncated_warning(runtime.tokenizer, args.text)
@@ -472,6 +473,7 @@ def search_main(argv: list[str]) -> int:
     if args.json:
         answer = {
             "canonical": canonical,  # the known category a text names, searched for by its descriptions (the API's)
+            "similar_known": similar,  # an unknown text: known categories like it (suggestions)
             "hits": rows,
             "score_scale": scale,
             "low_similarity": low,
@@ -481,6 +483,8 @@ def search_main(argv: list[str]) -> int:
     else:
         if canonical is not None:
             _out(f"searched for the known category {canonical!r} (its expert descriptions)")
+        elif similar:
+            _out(f"known categories like it: {', '.join(similar)} (search for one by name to use its descriptions)")
         for r in rows:
             _out(
                 f"{r['rank']:>3} id={r['id']:<7} {r['score']:.4f} {r['modality'] or '-':<6} {r['path']}  "

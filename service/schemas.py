@@ -526,6 +526,13 @@ class SearchQueryInfo(BaseModel):
         "was searched for (and for an image query)",
         examples=["diabetic retinopathy"],
     )
+    similar_known: list[str] = Field(
+        default_factory=list,
+        description="a text that names no known category: known categories whose name or alias resembles it or "
+        "is in it (a misspelling, `diabetic retinopahty`; a sentence, `a fluorescein angiogram showing branch "
+        "retinal vein occlusion`), best first, up to 3; a search for one by name uses its descriptions. "
+        "Suggestions only: the text itself was searched for. Empty for a known category and an image query",
+    )
 
 
 class ScoreScale(BaseModel):

@@ -206,7 +206,13 @@ async def _search(
     )
     body = {
         "model_version": engine.version,
-        "query": {"kind": "image" if data is not None else "text", "sha256": digest, "canonical": canonical},
+        "query": {
+            "kind": "image" if data is not None else "text",
+            "sha256": digest,
+            "canonical": canonical,
+            # an unknown text: the known categories like it (suggestions; the text itself was searched for)
+            "similar_known": engine.knowledge.similar_known(req.query) if data is None and canonical is None else [],
+        },
         "top_k": top_k,
         "modality": modality,
         "label": label,

@@ -960,7 +960,10 @@
       (res.modality ? ` (${res.modality} only)` : '') + (res.cached ? ' · from cache' : '') +
       ` · ${Math.round((res.timings_ms || {}).total || 0)} ms. Click an image to find similar ones.` +
       // a known category, whatever its wording: searched for by its expert descriptions, as classify scores it
-      (res.query && typeof res.query.canonical === 'string' ? ` Searched for the category “${res.query.canonical}”.` : '');
+      (res.query && typeof res.query.canonical === 'string' ? ` Searched for the category “${res.query.canonical}”.` : '') +
+      // an unknown text: the known categories like it (a misspelling, a sentence naming one), to search for by name
+      (res.query && Array.isArray(res.query.similar_known) && res.query.similar_known.length
+        ? ` Known categories like it: ${res.query.similar_known.map((n) => `“${n}”`).join(', ')}.` : '');
     const notes = (res.warnings || []).map((w) => w.message);
     const others = hits.filter((hit) => !hit.same_image);
     if (res.low_similarity && others.length) {

@@ -234,9 +234,10 @@ def test_a_search_for_a_known_category_says_which(signed_in: PageRecorder, servi
     page.wait_for_selector("#search-results li")
     wait_for(page, "!document.body.dataset.busy")
     assert "Searched for the category “diabetic macular edema”." in page.inner_text("#search-info")
-    page.fill("#search-query", "hard exudates near the macula")  # any other text: nothing to say
+    page.fill("#search-query", "diabetic retinopahty")  # misspelt: the text itself, and the categories like it
     page.click("#search-form button[type=submit]")
     wait_for(page, "!document.body.dataset.busy && !document.getElementById('search-info').textContent.includes('Searched')")
+    assert "Known categories like it: “diabetic retinopathy”" in page.inner_text("#search-info")
 
 
 def test_text_search_then_similar_images(

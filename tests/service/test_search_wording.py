@@ -270,3 +270,18 @@ def test_truncation_is_said_in_words_or_characters_and_not_for_a_lost_full_stop(
     assert "reads the first 75 of the query's 76 words" in said["message"], said
     (said,) = truncated_warning(tokenizer, "糖尿病视网膜病变" * 20)  # no spaces: counted in characters
     assert "reads the first 75 of the query's 160 characters; the rest was not read" in said["message"], said
+
+
+def test_a_text_that_names_no_known_category_comes_with_the_known_ones_like_it(
+    indexed: TestClient, index_dir: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = _search(indexed, query="diabetic retinopahty", top_k=3)["query"]
+    assert typo["canonical"] is None and typo["similar_known"][0] == "diabetic retinopathy", typo
+    sentence = _search(indexed, query="a fluorescein angiogram showing branch retinal vein occlusion", top_k=3)
+    assert sentence["query"]["similar_known"] == ["branch retinal vein occlusion"]
+    assert _search(indexed, query="DR", top_k=3)["query"]["similar_known"] == []  # known: searched for by name
+    argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "3"]
+    assert keepfit([*argv, "--text", "diabetic retinopahty", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["similar_known"] == typo["similar_known"]
+    assert keepfit([*argv, "--text", "diabetic retinopahty"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("known categories like it: diabetic retinopathy, ")
