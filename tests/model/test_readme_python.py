@@ -34,11 +34,12 @@ def test_a_readme_python_example_runs(number: int, tmp_path: Path, golden_image:
     assert done.returncode == 0, f"README python block {number + 1} failed:\n{done.stderr[-3000:]}"
     assert done.stdout.strip(), "the example printed nothing"
     if "runtime.predict" in BLOCKS[number]:  # the model library's example: what it prints means what it says
-        first, second = done.stdout.strip().splitlines()[:2]
+        first, *rest = done.stdout.strip().splitlines()
         modality, decision, probs = first.split(" ", 2)
         shown = ast.literal_eval(probs)
         assert modality == "CFP" and decision == "screening"
         assert list(shown) == ["normal", "diabetic retinopathy", "glaucoma"]
         assert sum(shown.values()) == pytest.approx(1.0, abs=0.002)
-        similarities = [float(x) for x in second.strip("[]").split()]
+        # a text's cosine similarity, then a known category's (as search scores each)
+        similarities = [float(line.strip("[]")) for line in rest]
         assert len(similarities) == 2 and all(-1.0 <= x <= 1.0 for x in similarities)
