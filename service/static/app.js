@@ -960,10 +960,15 @@
       (res.modality ? ` (${res.modality} only)` : '') + (res.cached ? ' · from cache' : '') +
       ` · ${Math.round((res.timings_ms || {}).total || 0)} ms. Click an image to find similar ones.` +
       // a known category, whatever its wording: searched for by its expert descriptions, as classify scores it
-      (res.query && typeof res.query.canonical === 'string' ? ` Searched for the category “${res.query.canonical}”.` : '') +
-      // an unknown text: the known categories like it (a misspelling, a sentence naming one), to search for by name
-      (res.query && Array.isArray(res.query.similar_known) && res.query.similar_known.length
-        ? ` Known categories like it: ${res.query.similar_known.map((n) => `“${n}”`).join(', ')}.` : '');
+      (res.query && typeof res.query.canonical === 'string' ? ` Searched for the category “${res.query.canonical}”.` : '');
+    // an unknown text: the known categories like it (a misspelling, a sentence naming one), each a search by name
+    const similar = res.query && Array.isArray(res.query.similar_known)
+      ? res.query.similar_known.filter((n) => typeof n === 'string') : [];
+    $('search-suggest').replaceChildren(...(similar.length ? ['Known categories like it: ', ...similar.flatMap((name, i) => [
+      i ? ', ' : '',
+      el('button', { type: 'button', class: 'linkish', text: `“${name}”`, 'aria-label': `search for the category ${name}`,
+                     onclick: () => { $('search-query').value = name; $('search-form').requestSubmit(); } })]), '.'] : []));
+    $('search-suggest').hidden = similar.length === 0;
     const notes = (res.warnings || []).map((w) => w.message);
     const others = hits.filter((hit) => !hit.same_image);
     if (res.low_similarity && others.length) {

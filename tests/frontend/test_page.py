@@ -237,7 +237,10 @@ def test_a_search_for_a_known_category_says_which(signed_in: PageRecorder, servi
     page.fill("#search-query", "diabetic retinopahty")  # misspelt: the text itself, and the categories like it
     page.click("#search-form button[type=submit]")
     wait_for(page, "!document.body.dataset.busy && !document.getElementById('search-info').textContent.includes('Searched')")
-    assert "Known categories like it: “diabetic retinopathy”" in page.inner_text("#search-info")
+    assert page.inner_text("#search-suggest").startswith("Known categories like it: “diabetic retinopathy”")
+    page.click("#search-suggest button >> nth=0")  # searches for it by name
+    wait_for(page, "document.getElementById('search-info').textContent.includes('Searched for the category “diabetic retinopathy”.')")
+    assert page.input_value("#search-query") == "diabetic retinopathy" and page.is_hidden("#search-suggest")
 
 
 def test_text_search_then_similar_images(
