@@ -483,8 +483,6 @@ def search_main(argv: list[str]) -> int:
     else:
         if canonical is not None:
             _out(f"searched for the known category {canonical!r} (its expert descriptions)")
-        elif similar:
-            _out(f"known categories like it: {', '.join(similar)} (search for one by name to use its descriptions)")
         for r in rows:
             _out(
                 f"{r['rank']:>3} id={r['id']:<7} {r['score']:.4f} {r['modality'] or '-':<6} {r['path']}  "
@@ -500,6 +498,8 @@ def search_main(argv: list[str]) -> int:
             )
         for w in ([absent] if absent else []) + about_query:  # the label warning: with no results, in that line
             _out(f"warning: {w['message']}")
+        if similar:  # suggestions, after what was found for the text itself
+            _out(f"known categories like it: {', '.join(similar)} (search for one by name to use its descriptions)")
     return 0
 
 

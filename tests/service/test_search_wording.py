@@ -284,4 +284,4 @@ def test_a_text_that_names_no_known_category_comes_with_the_known_ones_like_it(
     assert keepfit([*argv, "--text", "diabetic retinopahty", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["similar_known"] == typo["similar_known"]
     assert keepfit([*argv, "--text", "diabetic retinopahty"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].startswith("known categories like it: diabetic retinopathy, ")
+    assert capsys.readouterr().out.splitlines()[-1].startswith("known categories like it: diabetic retinopathy, ")
