@@ -911,7 +911,7 @@ class IndexHolder:
 
     def _load(self) -> tuple[Any, tuple[int, int], str, list[str], list[str]] | None:
         """The index at the path if its manifest changed (on the loader thread): ``(index, stamp, fingerprint,
-        modalities)``, or None (unchanged, or refused: then why, for /readyz)."""
+        modalities, held)``, or None (unchanged, or refused: then why, for /readyz)."""
         if self.path is None:
             return None
         stamp = self._manifest_stamp()
