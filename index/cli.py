@@ -370,11 +370,12 @@ def search_main(argv: list[str]) -> int:
         merged,
         resolve_modality_filter,
         score_scale,
+        searched_modality,
         text_query,
     )
     from index.store import VectorIndex
     from model.artifact import sha256_file
-    from model.knowledge import negation_warning
+    from model.knowledge import negation_warning, query_suggestions
     from model.preprocess import (
         JPEG_QUALITY,
         blurred,
@@ -423,11 +424,12 @@ def search_main(argv: list[str]) -> int:
         # focus
         about_query: list[dict[str, str]] = []
         canonical, similar = None, []
+        held = list(index.modality_counts())  # every modality its records carry (index.query.text_query)
         if args.text is not None:
             # a known category by its expert descriptions, per modality, as the API searches for it
-            text = text_query(runtime, args.text, modality, list(index.modality_counts()))
+            text = text_query(runtime, args.text, modality, held)
             canonical = text.canonical
-            similar = runtime.knowledge.similar_known(args.text) if canonical is None else []
+            similar = query_suggestions(runtime.knowledge, args.text) if canonical is None else []
             each = [index.search(v, args.top_k, modality=m, label=args.label) for m, v in text.searches]
             hits = merged(each, args.top_k, lambda h: float(h.score))
             about_query = unreadable_warning([args.text], "query") + truncated_warning(runtime.tokenizer, args.text)
@@ -451,7 +453,8 @@ def search_main(argv: list[str]) -> int:
             # an image the index holds is among the hits, even behind --top-k other files of its pixels, as in the API
             hits = index.search(embedding[0], args.top_k, modality=modality, label=args.label, itself=digest)
         warning = label_warning(index, args.label, modality, len(hits))
-        absent = category_warning(index, canonical, modality) if args.label is None and hits else None
+        looked = searched_modality(runtime.knowledge, args.text, modality, held) if args.text is not None else modality
+        absent = category_warning(index, canonical, looked) if args.label is None and hits else None
         warnings = ([warning] if warning else []) + ([absent] if absent else []) + about_query
         # the API's order: the query itself first (another file of the same pixels scores as high, or higher)
         ordered = itself_first(hits, digest, lambda h: h.record.sha256, lambda h: float(h.score))
@@ -467,7 +470,7 @@ def search_main(argv: list[str]) -> int:
             }
             for i, (h, itself) in enumerate(ordered)
         ]
-    scale = score_scale(kind)
+    scale = score_scale("category" if canonical is not None else kind)  # a known category: by its descriptions
     # judged on the scores as found, as the API judges them (not on the 4 decimals shown: 0.59996 is below 0.6)
     low = answer_is_low_similarity(((float(h.score), itself) for h, itself in ordered), scale["low_below"])
     if args.json:

@@ -440,3 +440,14 @@ def negation_warning(knowledge: Knowledge, names: list[str], what: str) -> list[
         f"finding itself, so the probabilities do not answer the question asked. {advice}"
     )
     return [{"code": "negated_category", "message": message}]
+
+
+def query_suggestions(knowledge: Knowledge, text: str) -> list[str]:
+    """Known categories to offer beside a search for ``text`` that names none (``query.similar_known``):
+    :meth:`Knowledge.similar_known`, but for a negated finding (:func:`negated_finding`) the category of its
+    absence, or nothing: the finding itself ("macular edema" for "macular edema not present") is the opposite of
+    what was asked.  Empty for a known name."""
+    negated = negated_finding(knowledge, text)
+    if negated is not None:
+        return [negated[1]] if negated[1] else []
+    return knowledge.similar_known(text)

@@ -519,7 +519,6 @@ class SearchQueryInfo(BaseModel):
     )
     sha256: str = Field(description="SHA-256 of the query text (UTF-8) or image bytes")
     canonical: str | None = Field(
-        None,
         description="a text that names a known category (an alias, an abbreviation or another spelling: `DR`, "
         "`DR absent`, `macular oedema`): that category, whose expert descriptions were searched for in each "
         "modality, as zero-shot classify scores it (so its wordings find the same images); null: the text itself "
@@ -527,11 +526,12 @@ class SearchQueryInfo(BaseModel):
         examples=["diabetic retinopathy"],
     )
     similar_known: list[str] = Field(
-        default_factory=list,
         description="a text that names no known category: known categories whose name or alias resembles it or "
         "is in it (a misspelling, `diabetic retinopahty`; a sentence, `a fluorescein angiogram showing branch "
         "retinal vein occlusion`), best first, up to 3; a search for one by name uses its descriptions. "
-        "Suggestions only: the text itself was searched for. Empty for a known category and an image query",
+        "Suggestions only: the text itself was searched for. For a negated finding (`macular edema not "
+        "present`), the category of its absence, if one is known, never the finding. Empty for a known category "
+        "and an image query",
     )
 
 
@@ -581,12 +581,15 @@ class SearchResponse(BaseModel):
             "examples": [
                 {
                     "model_version": "20261129-ef1c90468f",
-                    "query": {"kind": "text", "sha256": "3b1f..."},
+                    # a known category (not null: FastAPI leaves nulls out of the schema's examples)
+                    "query": {
+                        "kind": "text", "sha256": "3b1f...", "canonical": "diabetic macular edema", "similar_known": []
+                    },
                     "top_k": 1,
                     "modality": "CFP",
                     "label": "diabetic macular edema",  # not null: FastAPI leaves nulls out of the schema's examples
                     "index_count": 2661,
-                    "score_scale": {"metric": "cosine", "min": -1.0, "max": 1.0, "low_below": 0.3},
+                    "score_scale": {"metric": "cosine", "min": -1.0, "max": 1.0, "low_below": 0.25},
                     "low_similarity": False,
                     "warnings": [],
                     "hits": [

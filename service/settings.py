@@ -147,6 +147,13 @@ class Settings(BaseSettings):
         le=1.0,
         description="a text search whose best score is below this is flagged low_similarity",
     )
+    low_similarity_category: float = Field(
+        default=LOW_SIMILARITY["category"],
+        ge=-1.0,
+        le=1.0,
+        description="a text search for a known category (by its descriptions) whose best score is below this is "
+        "flagged low_similarity",
+    )
     low_similarity_image: float = Field(
         default=LOW_SIMILARITY["image"],
         ge=-1.0,

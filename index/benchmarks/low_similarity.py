@@ -90,6 +90,29 @@ def main(argv: list[str] | None = None) -> int:
             low = [q for q, b in zip(queries, best_of, strict=True) if b < threshold]
             print(f"text  {group}: {len(low)} of {len(queries)} below {threshold} (best hits {min(best_of):.3f}-"
                   f"{max(best_of):.3f}){': ' + ', '.join(low) if low and len(low) <= 5 else ''}")
+        # a known category, searched for by its descriptions: the categories the index holds (by its labels) against
+        # the others, with each modality filter and none
+        by_modality = index.modality_labels()
+        bar = LOW_SIMILARITY["category"]
+        for modality in [*kn.modalities, None]:
+            holds = {kn.canonical(label) for label in (
+                by_modality.get(modality, set()) if modality else set().union(*by_modality.values()))}
+            scored = []
+            for category in sorted(kn.data["categories"]):
+                searched = text_query(runtime, category, modality, held)
+                scored.append((max(index.search(v, 1, modality=m)[0].score for m, v in searched.searches), category))
+            kept = [(b, c) for b, c in scored if c in holds]
+            other = [b for b, c in scored if c not in holds]
+            if not kept:
+                continue
+            low_kept = [f"{c} {b:.3f}" for b, c in kept if b < bar]
+            print(f"category {modality or 'any modality':<12} held {len(kept)}: best hits {min(b for b, _ in kept):.3f}-"
+                  f"{max(b for b, _ in kept):.3f}, below {bar}: {', '.join(low_kept) or 'none'}; not held {len(other)}: "
+                  f"{min(other):.3f}-{max(other):.3f}, below {bar}: {sum(b < bar for b in other)}")
+        for name in ("diabetic retinopathy", "normal"):  # kinds or absences of what the index holds
+            searched = text_query(runtime, name, "CFP", held)
+            best = max(index.search(v, 1, modality=m)[0].score for m, v in searched.searches)
+            print(f"category CFP {name!r}: best hit {best:.3f}")
         vectors = np.asarray(index.vectors(), dtype=np.float32)  # [N, D] unit rows
         sims = vectors @ vectors.T
         np.fill_diagonal(sims, -1.0)

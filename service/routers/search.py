@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from index.query import answer_is_low_similarity, itself_first, score_scale
+from index.query import answer_is_low_similarity, itself_first, score_scale, searched_modality
 from model.config import MODALITIES
-from model.knowledge import negation_warning
+from model.knowledge import negation_warning, query_suggestions
 from model.tokenizer import truncated_warning, unreadable_warning
 from service.cache import cache_key, sha256_hex
 from service.deps import (
@@ -163,14 +163,21 @@ async def _search(
             await state.remember(key, {"hits": hits, "picture_warnings": picture, "canonical": canonical}, timings)
         info = searched  # (its count beside its hits)
     kind_name = "image" if data is not None else "text"
-    threshold = settings.low_similarity_image if data is not None else settings.low_similarity_text
+    threshold = (
+        settings.low_similarity_image if data is not None
+        # a known category is searched for by its descriptions, which score lower than a text's own embedding
+        else settings.low_similarity_category if canonical is not None
+        else settings.low_similarity_text
+    )
     warnings = []
     note = await index.label_warning(label, modality, len(hits))
     if note is not None:
         warnings.append(note)
     # a known category the labelled index holds no image of: its hits are look-alikes (not with a label filter,
     # which says what it found itself)
-    absent = await index.category_warning(canonical, modality) if label is None and hits else None
+    # (in the modality searched: the filter, or the one a name such as "normal angiogram" names)
+    looked = searched_modality(engine.knowledge, req.query, modality, index.held) if data is None else modality
+    absent = await index.category_warning(canonical, looked) if label is None and hits else None
     if absent is not None:
         warnings.append(absent)
     warnings += picture
@@ -211,7 +218,7 @@ async def _search(
             "sha256": digest,
             "canonical": canonical,
             # an unknown text: the known categories like it (suggestions; the text itself was searched for)
-            "similar_known": engine.knowledge.similar_known(req.query) if data is None and canonical is None else [],
+            "similar_known": query_suggestions(engine.knowledge, req.query) if data is None and canonical is None else [],
         },
         "top_k": top_k,
         "modality": modality,

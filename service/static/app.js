@@ -861,6 +861,7 @@
     const seq = ++state.searchSeq;
     clearMessage();
     $('search-info').textContent = 'Searching…';
+    $('search-suggest').hidden = true; // the previous query's suggestions are not this one's
     document.body.dataset.busy = 'search';
     try {
       const res = await request();
@@ -937,6 +938,7 @@
     const seq = ++state.searchSeq;
     clearMessage();
     $('search-info').textContent = 'Fetching the image…';
+    $('search-suggest').hidden = true;
     let blob;
     try {
       const url = httpUrl(hit.image_url);
@@ -967,7 +969,9 @@
     $('search-suggest').replaceChildren(...(similar.length ? ['Known categories like it: ', ...similar.flatMap((name, i) => [
       i ? ', ' : '',
       el('button', { type: 'button', class: 'linkish', text: `“${name}”`, 'aria-label': `search for the category ${name}`,
-                     onclick: () => { $('search-query').value = name; $('search-form').requestSubmit(); } })]), '.'] : []));
+                     // the button goes with this answer: the keyboard focus stays on the query being searched
+                     onclick: () => { $('search-query').value = name; $('search-query').focus(); $('search-form').requestSubmit(); } })]),
+      '.'] : []));
     $('search-suggest').hidden = similar.length === 0;
     const notes = (res.warnings || []).map((w) => w.message);
     const others = hits.filter((hit) => !hit.same_image);

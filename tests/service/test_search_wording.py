@@ -19,7 +19,8 @@ from index.store import VectorIndex
 from model.cli import main as keepfit
 from model.knowledge import negated_finding
 from model.runtime import KeepfitRuntime
-from tests.service.helpers import SMALL_INDEX
+from service.app import create_app
+from tests.service.helpers import SMALL_INDEX, make_settings
 
 EVERYTHING = sum(SMALL_INDEX.values())
 
@@ -102,6 +103,7 @@ def test_keepfit_index_search_searches_as_the_api_does(
     assert keepfit([*argv, "--text", "macular oedema", "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)
     assert cli["canonical"] == api["query"]["canonical"] == "macular edema"
+    assert cli["score_scale"] == api["score_scale"] and cli["score_scale"]["low_below"] == 0.25  # the category's bar
     assert [(h["id"], h["score"]) for h in cli["hits"]] == [(h["id"], round(h["score"], 4)) for h in api["hits"]]
     assert keepfit([*argv, "--text", "macular oedema"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "searched for the known category 'macular edema' (its expert descriptions)"
@@ -285,3 +287,48 @@ def test_a_text_that_names_no_known_category_comes_with_the_known_ones_like_it(
     assert json.loads(capsys.readouterr().out)["similar_known"] == typo["similar_known"]
     assert keepfit([*argv, "--text", "diabetic retinopahty"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("known categories like it: diabetic retinopathy, ")
+
+
+def test_a_negated_query_is_never_offered_the_finding_it_negates(indexed: TestClient) -> None:
+    """``macular edema`` beside "macular edema not present" is the opposite of what was asked (one click away in
+    the front end): the absence's category, or nothing."""
+    assert _search(indexed, query="macular edema not present", top_k=3)["query"]["similar_known"] == [
+        "no diabetic macular edema"
+    ]
+    assert _search(indexed, query="absence of drusen", top_k=3)["query"]["similar_known"] == []
+
+
+def test_a_known_category_is_judged_by_its_own_bar_and_the_schema_requires_the_new_fields(
+    indexed: TestClient, index_dir: Path, default_artifact: Path
+) -> None:
+    """Descriptions score lower than a text's own embedding (``diabetic retinopathy`` on photographs: 0.266 at
+    the test-split index's best hit): a known category's ``low_below`` is 0.25, any other text's 0.3."""
+    known = _search(indexed, query="DR", top_k=3, modality="CFP")
+    other = _search(indexed, query="hard exudates near the macula", top_k=3, modality="CFP")
+    assert known["score_scale"]["low_below"] == 0.25 and other["score_scale"]["low_below"] == 0.3
+    settings = make_settings(default_artifact, index=index_dir, low_similarity_category=0.99)
+    with TestClient(create_app(settings)) as client:
+        body = client.post("/v1/search", json={"query": "DR", "top_k": 3}).json()
+        assert body["low_similarity"] and body["score_scale"]["low_below"] == 0.99
+        assert not client.post("/v1/search", json={"query": "retina", "top_k": 3}).json()["score_scale"][
+            "low_below"] == 0.99
+    schema = indexed.get("/openapi.json").json()["components"]["schemas"]["SearchQueryInfo"]
+    assert {"canonical", "similar_known"} <= set(schema["required"]), schema
+
+
+def test_a_name_of_a_category_in_one_modality_is_checked_against_that_modality_s_labels(
+    indexed: TestClient, index_dir: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``normal OCT`` searches the OCT scans only, none of which the small index labels normal: said as for
+    ``normal`` with modality=OCT, in that modality's labels, not the whole index's."""
+    named = _search(indexed, query="normal OCT", top_k=3)
+    filtered = _search(indexed, query="normal", top_k=3, modality="OCT")
+    said = [w for w in named["warnings"] if w["code"] == "category_not_in_index"]
+    assert said and said == [w for w in filtered["warnings"] if w["code"] == "category_not_in_index"], said
+    # "normal angiogram": the FFA images' labels are what count
+    (ffa,) = [w for w in _search(indexed, query="normal angiogram", top_k=3)["warnings"]
+              if w["code"] == "category_not_in_index"]
+    assert ffa["message"].startswith("no FFA image in this index is labelled 'normal'"), ffa
+    argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "3"]
+    assert keepfit([*argv, "--text", "normal OCT", "--json"]) == 0
+    assert said[0] in json.loads(capsys.readouterr().out)["warnings"]
