@@ -412,9 +412,9 @@ def negated_finding(knowledge: Knowledge, name: str) -> tuple[str, str | None] |
 
 def negation_warning(knowledge: Knowledge, names: list[str], what: str) -> list[dict[str, str]]:
     """``negated_category`` (``what="category"``: zero-shot category names; ``"prior"``: the prior texts of a
-    few-shot classifier's categories) / ``negated_query`` (``"query"``: a search text) for those of ``names`` that negate a finding in words the text encoder does not read as a
-    negation (:func:`negated_finding`), naming what to write instead.  The service's answers and ``keepfit index
-    search`` share it."""
+    few-shot classifier's categories) / ``negated_query`` (``"query"``: a search text) for those of ``names``
+    that negate a finding in words the text encoder does not read as a negation (:func:`negated_finding`),
+    naming what to write instead.  The service's answers and ``keepfit index search`` share it."""
     found = [(name, hit) for name in names if (hit := negated_finding(knowledge, name)) is not None]
     if not found:
         return []

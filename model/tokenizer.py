@@ -163,8 +163,8 @@ def truncated_warning(tokenizer: Tokenizer, text: str) -> list[dict[str, str]]:
     end = tokenizer.read_up_to(text)
     if end is None or not any(ch.isalnum() for ch in text[end:]):  # all read but punctuation: nothing lost
         return []
-    read, rest = text[:end].split(), text[end:].split()
-    if read and not text[end].isspace():  # stopped inside a word: it counts as not read
+    read, rest = _words(text[:end]), _words(text[end:])
+    if read and text[end - 1].isalnum() and text[end].isalnum():  # stopped inside a word: it counts as not read
         rest[0] = read.pop() + rest[0]
     if len(read) >= 2:
         how_much = f"the first {len(read)} of the query's {len(read) + len(rest)} words (up to '...{' '.join(read[-4:])}')"
@@ -181,3 +181,8 @@ def truncated_warning(tokenizer: Tokenizer, text: str) -> list[dict[str, str]]:
             ),
         }
     ]
+
+
+def _words(text: str) -> list[str]:
+    """The words of ``text`` as people count them: split on spaces, without marks standing alone (", ", " - ")."""
+    return [word for word in text.split() if any(ch.isalnum() for ch in word)]

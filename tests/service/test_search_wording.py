@@ -332,3 +332,13 @@ def test_a_name_of_a_category_in_one_modality_is_checked_against_that_modality_s
     argv = ["index", "search", "--index", str(index_dir), "--artifact", str(default_artifact), "--top-k", "3"]
     assert keepfit([*argv, "--text", "normal OCT", "--json"]) == 0
     assert said[0] in json.loads(capsys.readouterr().out)["warnings"]
+
+
+def test_a_query_cut_at_a_comma_counts_the_word_before_it_as_read(default_artifact: Path) -> None:
+    from model.tokenizer import truncated_warning
+
+    tokenizer = KeepfitRuntime.from_artifact(default_artifact).tokenizer
+    (said,) = truncated_warning(tokenizer, " ".join(["eye"] * 74) + " word, more words")  # read up to "word"
+    assert "reads the first 75 of the query's 77 words (up to '...eye eye eye word'); the rest, from 'more words" in (
+        said["message"]
+    ), said
