@@ -861,7 +861,7 @@
     const seq = ++state.searchSeq;
     clearMessage();
     $('search-info').textContent = 'Searching…';
-    $('search-suggest').hidden = true; // the previous query's suggestions are not this one's
+    $('search-suggest').replaceChildren(); // the previous query's suggestions are not this one's (a live region: emptied, never hidden)
     document.body.dataset.busy = 'search';
     try {
       const res = await request();
@@ -938,7 +938,7 @@
     const seq = ++state.searchSeq;
     clearMessage();
     $('search-info').textContent = 'Fetching the image…';
-    $('search-suggest').hidden = true;
+    $('search-suggest').replaceChildren();
     let blob;
     try {
       const url = httpUrl(hit.image_url);
@@ -972,7 +972,6 @@
                      // the button goes with this answer: the keyboard focus stays on the query being searched
                      onclick: () => { $('search-query').value = name; $('search-query').focus(); $('search-form').requestSubmit(); } })]),
       '.'] : []));
-    $('search-suggest').hidden = similar.length === 0;
     const notes = (res.warnings || []).map((w) => w.message);
     const others = hits.filter((hit) => !hit.same_image);
     if (res.low_similarity && others.length) {
