@@ -364,12 +364,12 @@ def search_main(argv: list[str]) -> int:
     from index.query import (
         answer_is_low_similarity,
         category_warning,
-        index_modalities,
         itself_first,
         label_warning,
         merged,
         resolve_modality_filter,
         score_scale,
+        searchable,
         searched_modality,
         text_query,
     )
@@ -414,17 +414,15 @@ def search_main(argv: list[str]) -> int:
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     kind = "text" if args.text is not None else "image"
     with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
+        held = list(index.modality_counts())  # every modality its records carry (index.query.text_query)
         # the same check as the API: a modality nothing can match is refused, not answered with "no results"
-        modality = resolve_modality_filter(
-            args.modality, [*runtime.knowledge.modalities, *index_modalities(index)]
-        )
+        modality = resolve_modality_filter(args.modality, [*runtime.knowledge.modalities, *searchable(held)])
         digest = None
         # what the query itself says about its hits, as the API says it: a text written mostly outside the Latin
         # alphabet; an image unlike every training image, compressed below JPEG quality 50, or a photograph out of
         # focus
         about_query: list[dict[str, str]] = []
         canonical, similar = None, []
-        held = list(index.modality_counts())  # every modality its records carry (index.query.text_query)
         if args.text is not None:
             # a known category by its expert descriptions, per modality, as the API searches for it
             text = text_query(runtime, args.text, modality, held)

@@ -49,12 +49,10 @@ def resolve_modality_filter(value: str | None, known: Iterable[str]) -> str | No
     raise ConfigError(f"unknown modality {value!r}; use one of {', '.join(names)}")
 
 
-def index_modalities(index: Any) -> list[str]:
-    """The modalities an index holds (an index may carry ones the model has no prompts for)."""
-    counts = getattr(index, "modality_counts", None)
-    if counts is None:
-        return []
-    return [m for m in counts() if m and m != "unknown"]
+def searchable(held: Iterable[str]) -> list[str]:
+    """The modalities of ``held`` (an index's ``modality_counts``, ``unknown`` for records without one) that a
+    filter can name."""
+    return [m for m in held if m and m != "unknown"]
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 from PIL import Image
 
-from index.query import TextQuery, category_warning, index_modalities, label_warning, merged, text_query
+from index.query import TextQuery, category_warning, label_warning, merged, searchable, text_query
 from model.dicom import is_dicom
 from model.errors import ConfigError, IndexStoreError, NotFoundError
 from model.explain import Evidence, Explainer
@@ -864,8 +864,8 @@ class IndexHolder:
         self._refused: str | None = None  # why the index now at the path is not the one served
         self._fingerprint: str | None = None
         self._loads = 0
-        self.modalities: list[str] = []  # the modalities the loaded index holds (valid search filters)
-        self.held: list[str] = []  # the same with "unknown" where records carry none (index.query.text_query)
+        # every modality the loaded index's records carry, "unknown" where some carry none (index.query.text_query)
+        self.held: list[str] = []
         self._checked_at = 0.0
         # requests holding each index object (by id), and the swapped-out ones their last holder closes
         self._holds_lock = threading.Lock()
@@ -888,7 +888,7 @@ class IndexHolder:
         if loaded is not None:
             self._swap(*loaded)
 
-    def _load_unswapped(self) -> tuple[Any, tuple[int, int], str, list[str], list[str]] | None:
+    def _load_unswapped(self) -> tuple[Any, tuple[int, int], str, list[str]] | None:
         """:meth:`_load`, the index it opened kept as not yet served until :meth:`_swap` takes it (or :meth:`close`
         closes it); opened once the service began stopping, it is closed here at once: nothing would serve it."""
         loaded = self._load()
@@ -909,9 +909,9 @@ class IndexHolder:
         if index is not None:
             self._close_previous(index)
 
-    def _load(self) -> tuple[Any, tuple[int, int], str, list[str], list[str]] | None:
+    def _load(self) -> tuple[Any, tuple[int, int], str, list[str]] | None:
         """The index at the path if its manifest changed (on the loader thread): ``(index, stamp, fingerprint,
-        modalities, held)``, or None (unchanged, or refused: then why, for /readyz)."""
+        held)``, or None (unchanged, or refused: then why, for /readyz)."""
         if self.path is None:
             return None
         stamp = self._manifest_stamp()
@@ -941,11 +941,10 @@ class IndexHolder:
         try:
             manifest = getattr(index, "manifest", {}) or {}
             fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
-            modalities = index_modalities(index)
             # every modality its records carry, "unknown" for none: how a text query is split (index.query.text_query)
             held = list(index.modality_counts()) if hasattr(index, "modality_counts") else []
             if hasattr(index, "warm"):  # what the first filtered searches would look up, here, not on the index thread
-                index.warm(modalities)
+                index.warm(searchable(held))
             if hasattr(index, "modality_labels"):  # what the first search for a known category looks up (0.5 s at 1M)
                 index.modality_labels()
         except Exception as err:  # opened, but not servable: closed, and refused as a broken index is (not reopened,
@@ -953,7 +952,7 @@ class IndexHolder:
             self._close_previous(index)
             self._refuse(stamp, err)
             return None
-        return index, stamp, fingerprint, modalities, held
+        return index, stamp, fingerprint, held
 
     def _refuse(self, stamp: tuple[int, int], err: Exception) -> None:
         """An index at the path that cannot be served: said by /readyz, and not tried again for a while."""
@@ -974,9 +973,7 @@ class IndexHolder:
             self.metrics.index_loaded.set(1 if self._index is not None else 0)
             self.metrics.index_refused.set(1 if self._index is not None and self._refused else 0)
 
-    def _swap(
-        self, index: Any, stamp: tuple[int, int], fingerprint: str, modalities: list[str], held: list[str]
-    ) -> None:
+    def _swap(self, index: Any, stamp: tuple[int, int], fingerprint: str, held: list[str]) -> None:
         """Serve ``index`` from now on (on the index thread); the old one is closed once no request holds it."""
         with self._holds_lock:
             if self._unswapped.pop(id(index), None) is None:  # the service stopped first: close() closed it
@@ -989,7 +986,7 @@ class IndexHolder:
                 self._retired[id(old)] = old  # still in use: closed by the last request that holds it
                 old = None
         self._stamp, self._error, self._failed_at, self._refused = stamp, None, None, None
-        self.modalities, self.held = modalities, held
+        self.held = held
         self._report()
         if self.metrics is not None:
             self.metrics.index_size.set(int(index.count))
@@ -1136,6 +1133,11 @@ class IndexHolder:
                 return [record_to_hit(h.record, float(h.score)) for h in hits]
 
             return await self._submit(run)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities the loaded index holds that a search filter can name."""
+        return searchable(self.held)
 
     async def search_text(self, query: TextQuery, top_k: int, label: str | None) -> list[dict[str, Any]]:
         """The hits of a text query's searches (one per modality for a known category), merged by score: all on
