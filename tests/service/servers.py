@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +30,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended and let go of everything it held: gone, or a zombie none of whose threads
+    runs. A zombie's state is its main thread's: that thread can have ended while the others (ONNX Runtime's pool,
+    uvicorn's) are still exiting, and they share its open files, so its file locks (a metrics directory's owner
+    file) are held until the last has ended, which the thread count (``Threads`` in ``/proc/PID/status``, one
+    once only the unreaped main thread is left) shows."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return fields["State"].strip().startswith("Z") and int(fields["Threads"]) <= 1
 
 
 def require_binary(name: str, why: str = "") -> str:

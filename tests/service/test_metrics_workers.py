@@ -36,7 +36,7 @@ from service.metrics import Metrics
 from service.settings import get_settings
 from tests.conftest import ROOT
 from tests.service.helpers import make_settings
-from tests.service.servers import free_port
+from tests.service.servers import free_port, process_ended
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -515,13 +515,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _ended(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except OSError:
-        return True
-
-
 def _metrics_dir(log: Path) -> Path:
     """The private metrics directory a server says it made."""
     found = re.search(r"the 2 workers keep their metrics in (\S+) ", log.read_text())
@@ -561,7 +554,7 @@ def test_a_killed_server_s_directory_is_removed_by_the_next_one_and_a_live_one_s
         os.killpg(procs["killed"].pid, signal.SIGKILL)  # the server and its workers, at once
         procs["killed"].wait(timeout=30)
         deadline = time.monotonic() + 30
-        while not all(_ended(pid) for pid in workers):
+        while not all(process_ended(pid) for pid in workers):
             assert time.monotonic() < deadline, workers
             time.sleep(0.1)
         assert killed.is_dir()  # nothing removed it
@@ -588,7 +581,7 @@ def test_a_killed_server_s_directory_is_removed_by_the_next_one_and_a_live_one_s
         for pid in orphans:
             os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 30
-        while not all(_ended(pid) for pid in orphans):
+        while not all(process_ended(pid) for pid in orphans):
             assert time.monotonic() < deadline, orphans
             time.sleep(0.1)
         assert cli.remove_dead_metrics_dirs(tmp_path) == [live] and not live.exists()

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.service.servers import free_port
+from tests.service.servers import free_port, process_ended
 
 
 def _serve(
@@ -63,11 +63,6 @@ def _stat(pid: int) -> list[bytes] | None:
         return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
     except OSError:
         return None
-
-
-def _ended(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is None or fields[0] == b"Z"
 
 
 def _workers(master: int) -> list[int]:
@@ -142,7 +137,7 @@ def test_the_workers_of_a_killed_server_end_and_the_port_serves_again(
 
     proc.send_signal(signal.SIGKILL)  # the server alone, not its process group
     proc.wait(timeout=30)
-    _until(lambda: all(_ended(pid) for pid in workers), "the orphaned workers end", log, seconds=30)
+    _until(lambda: all(process_ended(pid) for pid in workers), "the orphaned workers end", log, seconds=30)
     _until(lambda: _port_free(port), "the port is free", log, seconds=10)
 
     with next_log.open("wb") as out:
@@ -174,7 +169,7 @@ def test_a_killed_worker_is_replaced_and_nothing_else_ends(
     killed, kept = _workers(proc.pid)
 
     os.kill(killed, signal.SIGKILL)
-    _until(lambda: _ended(killed), "the killed worker ends", log, seconds=30, proc=proc)
+    _until(lambda: process_ended(killed), "the killed worker ends", log, seconds=30, proc=proc)
     _until(
         lambda: len(_serving(port)) == 2 and killed not in _serving(port),
         "a replacement serving",
@@ -190,7 +185,7 @@ def test_a_killed_worker_is_replaced_and_nothing_else_ends(
 
     proc.send_signal(signal.SIGKILL)  # the replacement ends with the server too
     proc.wait(timeout=30)
-    _until(lambda: _ended(kept) and _ended(replacement), "the workers end", log, seconds=30)
+    _until(lambda: process_ended(kept) and process_ended(replacement), "the workers end", log, seconds=30)
     _until(lambda: _port_free(port), "the port is free", log, seconds=10)
     assert f"Child process [{killed}] died" in log.read_text()
 
@@ -233,9 +228,9 @@ def test_one_worker_is_the_server_and_outlives_whoever_started_it(
     launcher.kill()
     launcher.wait(timeout=30)
     time.sleep(2)
-    assert not _ended(server) and _healthy(port), log.read_text()[-3000:]
+    assert not process_ended(server) and _healthy(port), log.read_text()[-3000:]
     os.kill(server, signal.SIGTERM)
-    _until(lambda: _ended(server), "the server stops on SIGTERM", log, seconds=60)
+    _until(lambda: process_ended(server), "the server stops on SIGTERM", log, seconds=60)
     _until(lambda: _port_free(port), "the port is free", log, seconds=10)
 
 
