@@ -9,6 +9,7 @@ reads as ``""``.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,11 @@ class Manifest:
 
     def resolve(self, row: dict[str, str]) -> Path:
         return self.folder / row["path"]
+
+    def identity(self, row: dict[str, str]) -> Path:
+        """The file a row names, however the row spells it: ``photos/a.jpg``, ``photos/../photos/a.jpg`` and a
+        link to it are one image (scored or trained on once), where their spellings differ."""
+        return Path(os.path.realpath(self.resolve(row)))
 
     def require_columns(self, names: Iterable[str], what: str = "column") -> None:
         for name in names:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from model.dicom import is_dicom
 from model.errors import DataError, ImageError
 from model.files import atomic_write
 from model.knowledge import Knowledge
@@ -104,14 +105,25 @@ COPY_MAX_MAD = 0.5
 
 def fingerprint(path: Path, side: int = FINGERPRINT_SIDE) -> np.ndarray | None:
     """An image's ``side`` x ``side`` grey thumbnail (float32, 0-255, flattened), decoded at a reduced scale
-    where the format allows (JPEG draft), or ``None`` when unreadable (the loader skips and counts those)."""
+    where the format allows (JPEG draft), or ``None`` when unreadable (the loader skips and counts those).
+
+    A DICOM object is read as training reads it (``load_image``: its frame, its colour space): Pillow cannot open
+    one, and a camera's DICOM export of a held-out photograph was no one's copy, so it was trained on."""
     try:
+        with path.open("rb") as fh:
+            head = fh.read(_DICOM_HEAD)
+        if is_dicom(head):
+            image = load_image(path, size=4 * side)
+            return np.asarray(image.convert("L").resize((side, side), Image.Resampling.BILINEAR), np.float32).ravel()
         with Image.open(path) as im:
             im.draft("L", (4 * side, 4 * side))
             return np.asarray(im.convert("L").resize((side, side), Image.Resampling.BILINEAR), np.float32).ravel()
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError, ImageError) as err:
         logger.debug("no fingerprint of %s: %s", path, err)
         return None
+
+
+_DICOM_HEAD = 133  # what model.dicom.is_dicom needs: the 128-byte preamble, "DICM" and a byte beyond
 
 
 def find_copies(
@@ -262,7 +274,7 @@ def public_samples(
                 out.skipped[f"{source.manifest}: held-out {sorted(held.intersection(labels))[0]!r}"] += 1
                 continue
             path = manifest.resolve(row)
-            found.setdefault(path, []).append(
+            found.setdefault(manifest.identity(row), []).append(
                 Sample(
                     path=path,
                     modality=modality,

@@ -249,11 +249,11 @@ def _one_row_per_image(manifest: Manifest, rows: list[dict[str, str]], labels: l
     maculopathy and severe DR without)."""
     found: defaultdict[Path, set[int]] = defaultdict(set)
     for r, y in zip(rows, labels, strict=True):
-        found[manifest.resolve(r)].add(y)
+        found[manifest.identity(r)].add(y)
     seen: set[Path] = set()
     kept, kept_labels = [], []
     for r, y in zip(rows, labels, strict=True):
-        path = manifest.resolve(r)
+        path = manifest.identity(r)
         if len(found[path]) > 1:
             skipped["image listed with conflicting labels"] += 1
         elif path in seen:

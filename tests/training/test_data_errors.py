@@ -132,11 +132,15 @@ def test_an_image_listed_twice_is_scored_once_and_one_with_two_labels_not_at_all
     folder.mkdir()
     for name in ("a", "b", "c"):
         golden_image.save(folder / f"{name}.png")
-    _manifest(folder, "path,label\na.png,normal\n./a.png,normal\nb.png,glaucoma\nb.png,normal\nc.png,glaucoma\n")
+    (folder / "sub").mkdir()
+    (folder / "link.png").symlink_to(folder / "a.png")
+    # one image however its path is spelt: ./, a detour through .., a link to it
+    _manifest(folder, "path,label\na.png,normal\n./a.png,normal\nsub/../a.png,normal\nlink.png,normal\n"
+                      "b.png,glaucoma\nb.png,normal\nc.png,glaucoma\n")
     s = load_eval_set(folder / "labels.csv", "label", KN, None)
     assert [p.name for p in s.paths] == ["a.png", "c.png"]
     assert [s.classes[i] for i in s.labels] == ["normal", "glaucoma"]
-    assert dict(s.skipped) == {"image listed twice": 1, "image listed with conflicting labels": 2}
+    assert dict(s.skipped) == {"image listed twice": 3, "image listed with conflicting labels": 2}
 
 
 def test_training_takes_an_image_listed_twice_once_and_one_graded_twice_differently_not_at_all(
@@ -150,9 +154,11 @@ def test_training_takes_an_image_listed_twice_once_and_one_graded_twice_differen
     folder.mkdir()
     for name in ("a", "b", "c"):
         golden_image.save(folder / f"{name}.png")
+    (folder / "sub").mkdir()
     _manifest(folder, "path,modality,grade,split\na.png,CFP,normal,train\n./a.png,CFP,normal,train\n"
+                      "sub/../a.png,CFP,normal,train\n"
                       "b.png,CFP,glaucoma,train\nb.png,CFP,normal,train\nc.png,CFP,glaucoma,train\n")
     got = public_samples(tmp_path, KN, "train", [PublicSource("site/labels.csv", ("grade",))])
     assert [(s.path.name, s.labels) for s in got.samples] == [("a.png", ("normal",)), ("c.png", ("glaucoma",))]
-    assert dict(got.skipped) == {"site/labels.csv: image listed twice": 1,
+    assert dict(got.skipped) == {"site/labels.csv: image listed twice": 2,
                                  "site/labels.csv: image listed with conflicting labels": 2}

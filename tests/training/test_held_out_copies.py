@@ -70,3 +70,23 @@ def test_the_option_is_on_for_new_runs_recorded_and_off_for_runs_recorded_before
     off = resolve_train_config(parser.parse_args(["hybrid", "--no-drop-held-out-copies"]))
     assert off.drop_held_out_copies is False
     assert TrainConfig.from_dict(off.to_dict()) == off
+
+
+def test_a_dicom_export_of_a_held_out_image_is_a_copy(tmp_path: Path, golden_image: Image.Image) -> None:
+    """A camera exports the same photograph as JPEG and as DICOM (native pixels, or its JPEG encapsulated): the
+    DICOM in train is dropped like any re-encode. Pillow cannot open a DICOM, so it was no one's copy before and was
+    trained on (with its held-out twin still scored)."""
+    import numpy as np
+
+    from tests.dicom_files import make_dicom
+
+    root = _site(tmp_path, golden_image)
+    pixels = np.asarray(golden_image.convert("RGB"))
+    (root / "site" / "copy.dcm").write_bytes(make_dicom([pixels], "explicit"))
+    (root / "site" / "IM0003").write_bytes(make_dicom([pixels], "jpeg-baseline"))  # no extension, as PACS name them
+    with (root / "site" / "labels.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerows([["copy.dcm", "CFP", "normal", "train"], ["IM0003", "CFP", "normal", "train"]])
+    assert fingerprint(root / "site" / "copy.dcm") is not None
+    got = public_samples(root, KN, "train", SOURCE, drop_held_out_copies=True)
+    assert [s.path.name for s in got.samples] == ["other.jpg"]
+    assert dict(got.skipped) == {"site/labels.csv: copy of a held-out (test) image": 3}
