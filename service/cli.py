@@ -376,6 +376,8 @@ def _remove_if_dead(root_fd: int, name: str) -> bool:
 # Set by `keepfit serve --workers N` for its workers: its own pid, which must be a worker's parent's
 # (:func:`end_with_server`). Not KEEPFIT_*: no setting, and not one for a user to set.
 SERVER_PID_ENV = "_KEEPFIT_SERVE_PID"
+# ... and the version of the artifact it checked at its start, which each worker loads again (service/engine.py)
+SERVER_VERSION_ENV = "_KEEPFIT_SERVE_VERSION"
 # uvicorn's app factory in each worker of `keepfit serve --workers N`
 WORKER_APP = "service.cli:worker_app"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -497,7 +499,7 @@ def _serve(argv: list[str] | None, on_exit: ExitStack) -> int:
 
     # Verified here, before uvicorn starts: a refused artifact is one line and exit status 2, not a start-up
     # traceback from inside the application's lifespan.
-    load_artifact(settings.artifact)
+    checked = load_artifact(settings.artifact)
     if settings.index is None:
         found = find_index(settings.artifact)
         if found is not None:
@@ -537,7 +539,7 @@ def _serve(argv: list[str] | None, on_exit: ExitStack) -> int:
     }
     if settings.workers > 1:
         # each worker builds its own app from the environment written above, and ends with this process
-        on_exit.enter_context(_environment({SERVER_PID_ENV: str(os.getpid())}))
+        on_exit.enter_context(_environment({SERVER_PID_ENV: str(os.getpid()), SERVER_VERSION_ENV: checked.version}))
         uvicorn.run(WORKER_APP, factory=True, workers=settings.workers, **common)
     else:
         from service.app import create_app

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import mimetypes
+import os
 import re
 import threading
 import time
@@ -218,6 +219,26 @@ class Timings:
         return self.metrics.time_stage(name, self.ms)
 
 
+def _check_served_version(version: str, artifact: Path | str) -> None:
+    """In a worker of ``keepfit serve --workers N``: say so, loudly, when the artifact loaded is not the version the
+    server checked at its start.  A worker that replaces one that ended (a crash, the OOM killer, SIGHUP) loads the
+    artifact's folder again, and one re-exported or re-knowledged in place since then made it answer with another
+    model than its siblings: answers, ``/readyz`` and the index check alternated between two versions by worker,
+    without a word.  Nothing outside such a worker (``SERVER_VERSION_ENV`` unset)."""
+    from service.cli import SERVER_VERSION_ENV
+
+    checked = os.environ.get(SERVER_VERSION_ENV)
+    if checked and checked != version:
+        logger.error(
+            "artifact %s is version %s now, not %s, the version keepfit serve checked at its start: it was replaced "
+            "while the server ran, so this worker answers with another model than the workers started before it. "
+            "Restart the server to serve one version (or put the artifact back)",
+            artifact,
+            version,
+            checked,
+        )
+
+
 class Engine:
     """The model side of every endpoint."""
 
@@ -251,6 +272,7 @@ class Engine:
             runtime.embed_dim,
             ",".join(runtime.providers),
         )
+        _check_served_version(runtime.version, settings.artifact)
         return cls(runtime, settings)
 
     @property

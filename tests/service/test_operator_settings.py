@@ -142,3 +142,27 @@ def test_a_redis_restart_between_requests_is_no_outage(caplog: pytest.LogCapture
 
     with redis_server() as redis:
         asyncio.run(scenario(redis))
+
+
+def test_a_worker_loading_another_version_than_its_server_checked_says_so(
+    default_artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker of `keepfit serve --workers N` that replaces one that ended loads the artifact's folder again; one
+    re-exported in place since the server started made it answer with another model than its siblings, without a
+    word. Its own version, or no server's (not a worker), says nothing."""
+    from service.cli import SERVER_VERSION_ENV
+    from service.engine import Engine
+
+    engine = Engine.load(make_settings(default_artifact))
+    for checked, loud in ((None, False), (engine.version, False), ("20200101-0123456789", True)):
+        caplog.clear()
+        if checked is None:
+            monkeypatch.delenv(SERVER_VERSION_ENV, raising=False)
+        else:
+            monkeypatch.setenv(SERVER_VERSION_ENV, checked)
+        with caplog.at_level("ERROR", logger="service.engine"):
+            Engine.load(make_settings(default_artifact))
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert bool(errors) is loud, errors
+        if loud:
+            assert f"is version {engine.version} now, not {checked}" in errors[0] and "Restart the server" in errors[0]

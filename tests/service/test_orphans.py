@@ -178,6 +178,12 @@ def test_a_killed_worker_is_replaced_and_nothing_else_ends(
     )
     [replacement] = set(_workers(proc.pid)) - {kept}
     assert _serving(port) == {kept, replacement}
+    # it knows the version its server checked at start (to say so if the artifact was replaced meanwhile)
+    from model.artifact import load_artifact
+
+    checked = f"_KEEPFIT_SERVE_VERSION={load_artifact(default_artifact, verify=False).version}".encode()
+    assert checked in Path(f"/proc/{replacement}/environ").read_bytes().split(b"\0")
+    assert "Restart the server" not in log.read_text()  # the same artifact: nothing to say
     time.sleep(2)  # nothing else ends meanwhile
     assert _workers(proc.pid) == sorted([kept, replacement]) and proc.poll() is None, log.read_text()[-3000:]
     for _ in range(6):
