@@ -423,9 +423,16 @@ class VectorIndex:
     ) -> VectorIndex:
         artifact = manifest["artifact"]
         if expected_version is not None and str(artifact.get("version")) != str(expected_version):
+            from index.writer import adopted_from
+
+            remedy = (
+                f"adopt it back with `keepfit index adopt --index {directory} --artifact <this artifact>` (it was "
+                "adopted from this version: nothing is embedded again)"
+                if str(expected_version) in adopted_from(manifest) else "rebuild the index with this artifact"
+            )
             raise IndexMismatchError(
                 f"index {directory} was built with artifact {artifact.get('name')} version {artifact.get('version')}, "
-                f"but the loaded artifact is version {expected_version}: rebuild the index with this artifact"
+                f"but the loaded artifact is version {expected_version}: {remedy}"
             )
         dim = int(manifest["dim"])
         if expected_dim is not None and dim != int(expected_dim):

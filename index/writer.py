@@ -259,11 +259,12 @@ def adopt_index(directory: Path, artifact: Any) -> tuple[str, str]:
             return old, new
         if built.get("name") != artifact.name or int(built.get("embed_dim", -1)) != artifact.embed_dim or not (
             same_image_embeddings(artifact.manifest, old, artifact.has("modality_head.json"))
+            or new in adopted_from(manifest)
         ):
             raise IndexMismatchError(
-                f"index {directory} was built with artifact {built.get('name')} {old}, whose image embeddings "
+                f"index {directory} holds the image embeddings of artifact {built.get('name')} {old}, which "
                 f"{artifact.name} {new} does not keep (it was not made from it by replacing only its knowledge or "
-                f"its modality head's typicality): rebuild the index with this artifact"
+                f"its modality head's typicality, nor adopted from it): rebuild the index with this artifact"
             )
         VectorIndex.of_manifest(directory, manifest).close()  # every file's hash: never re-sign a damaged index
         adopted = cast(IndexManifest, {
@@ -272,6 +273,20 @@ def adopt_index(directory: Path, artifact: Any) -> tuple[str, str]:
         })
         commit_manifest(directory, seal(adopted))
     return old, new
+
+
+def adopted_from(manifest: IndexManifest) -> set[str]:
+    """The versions an index was adopted from since it was last built (:func:`adopt_index`, one after another):
+    its vectors are their image embeddings too, so it can be adopted back to any of them, a rollback after an
+    upgrade, where ``same_image_embeddings`` reads only the newer artifact's own history and refused.  A build
+    (which may have embedded with another artifact) ends the chain; adds, removals and reindexing keep it."""
+    held = {str(manifest["artifact"].get("version"))}
+    for entry in reversed(manifest.get("history", [])):
+        if entry.get("op") == "build":
+            break
+        if entry.get("op") == "adopt" and str(entry.get("to")) in held:
+            held.add(str(entry.get("from")))
+    return held - {str(manifest["artifact"].get("version"))}
 
 
 def commit_manifest(directory: Path, manifest: IndexManifest) -> None:

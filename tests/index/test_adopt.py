@@ -85,3 +85,36 @@ def test_another_artifact_is_refused_in_one_line_and_nothing_changes(
     code, _, err = _run(capsys, "adopt", "--index", str(index), "--artifact", str(default_artifact))
     assert code == 2 and "rebuild the index with this artifact" in err and len(err.strip().splitlines()) == 1
     assert (index / "index_manifest.json").read_bytes() == before
+
+
+def test_an_adopted_index_is_adopted_back_on_a_rollback_and_a_build_ends_that(
+    versions: tuple[Path, Path], default_artifact: Path, archive: Archive, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Upgrade day adopts the index to the newer version; rollback day goes back to the older one. Before, adopting
+    back was refused ("rebuild"), as only the older artifact's own history was read, and a rollback meant embedding
+    the whole archive again, with vectors that are the older artifact's own."""
+    from index.writer import adopted_from
+
+    older, newer = versions
+    index = tmp_path / "idx"
+    assert _run(capsys, "build", "--artifact", str(older), "--images", str(archive.root / "cfp"), "--out",
+                str(index))[0] == 0
+    old_version, new_version = load_artifact(older).version, load_artifact(newer).version
+    assert _run(capsys, "adopt", "--index", str(index), "--artifact", str(newer))[0] == 0
+    with pytest.raises(IndexMismatchError, match="adopt it back with `keepfit index adopt"):  # as the service says
+        VectorIndex.open(index, expected_artifact_version=old_version).close()
+    code, out, err = _run(capsys, "adopt", "--index", str(index), "--artifact", str(older))
+    assert code == 0 and f"now keepfit-v2-small {old_version}" in out, err
+    with VectorIndex.open(index, expected_artifact_version=old_version) as back:
+        assert adopted_from(back.manifest) == {new_version}  # and forth again, as often as wanted
+    assert _run(capsys, "adopt", "--index", str(index), "--artifact", str(newer))[0] == 0
+    # an unrelated artifact is still refused, and after a rebuild the old versions are no longer the index's
+    code, _, err = _run(capsys, "adopt", "--index", str(index), "--artifact", str(default_artifact))
+    assert code == 2 and "rebuild the index with this artifact" in err
+    assert _run(capsys, "build", "--artifact", str(newer), "--images", str(archive.root / "cfp"), "--out",
+                str(index))[0] == 0
+    with VectorIndex.open(index) as rebuilt:
+        assert adopted_from(rebuilt.manifest) == set()
+    with pytest.raises(IndexMismatchError, match="rebuild the index with this artifact"):
+        VectorIndex.open(index, expected_artifact_version=old_version).close()
