@@ -169,6 +169,7 @@ class CategorySpec:
     text: str | None = None  # the zero-shot prior's text (default: the label)
     ids: list[int] = field(default_factory=list)
     index_label: str | None = None
+    sha256: list[str] = field(default_factory=list)  # of the images ``ids`` were found as (a prefix), or none
 
 
 @dataclass

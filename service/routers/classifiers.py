@@ -31,6 +31,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -142,6 +143,12 @@ NAME_HELP = (
     "the classifier's name: 1-64 letters, digits, `.`, `_` or `-`, starting with a letter or digit; it must differ "
     "from every stored name, also ignoring case"
 )
+IMAGE_TAG_PATTERN = r"^[0-9a-fA-F]{8,64}$"
+SHA256_HELP = (
+    "optional, one per id in the same order: the SHA-256 (hex, its first 8 digits or more) of the image each id "
+    "was found as, a search hit's `sha256`; an id that names another image now (the index was built afresh since, "
+    "or another one is loaded) is refused, 404, rather than taken as an example of the category"
+)
 CATEGORIES_HELP = "its categories, at least 2, each with a label and its examples from the index (ids or a label)"
 
 
@@ -164,11 +171,25 @@ class CategoryRequest(BaseModel):
         max_length=200,
         description="every indexed image with this label (and the modality)",
     )
+    sha256: list[Annotated[str, Field(pattern=IMAGE_TAG_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description=SHA256_HELP,
+    )
 
     @field_validator("label", "text", "index_label")
     @classmethod
     def _visible(cls, value: str | None, info: Any) -> str | None:
         return None if value is None else meaningful(value, f"a category's {info.field_name}")
+
+    @model_validator(mode="after")
+    def _one_digest_per_id(self) -> CategoryRequest:
+        if self.sha256 and len(self.sha256) != len(self.ids):
+            raise ValueError(
+                f"category {self.label[:40]!r} has {len(self.ids)} ids and {len(self.sha256)} sha256 values: send "
+                "one per id, in the same order (or none)"
+            )
+        return self
 
 
 class ClassifierRequest(BaseModel):
@@ -504,6 +525,18 @@ async def _index_examples(
                         status_code=404,
                         code="not_found",
                     )
+                changed = [
+                    i for i, tag in zip(spec.ids, spec.sha256, strict=False)
+                    if not (records[i].sha256 or "").startswith(tag.lower())
+                ]
+                if changed:
+                    raise ServiceError(
+                        f"index ids of category {spec.label!r} name other images than those they were found as "
+                        f"(their sha256 differs): {', '.join(map(str, changed[:10]))}; the index was built afresh "
+                        "since, or another one is loaded: search again for their ids",
+                        status_code=404,
+                        code="not_found",
+                    )
                 out += index_examples(spec.label, [records[i] for i in ids], index.vectors_of(ids))
             return out
 
@@ -562,7 +595,9 @@ def merge_specs(request: ClassifierRequest, file_labels: list[str]) -> list[Cate
         first = clash(label)
         if first is not None:
             raise refuse(first, label)
-        specs[label] = CategorySpec(label=label, text=c.text, ids=list(c.ids), index_label=c.index_label)
+        specs[label] = CategorySpec(
+            label=label, text=c.text, ids=list(c.ids), index_label=c.index_label, sha256=list(c.sha256)
+        )
     for label in file_labels:
         if label in specs:
             continue
@@ -796,6 +831,11 @@ _CATEGORY_SCHEMA = {
         },
         "index_label": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN,
                         "description": CategoryRequest.model_fields["index_label"].description},
+        "sha256": {
+            "type": "array",
+            "items": {"type": "string", "pattern": IMAGE_TAG_PATTERN},
+            "description": SHA256_HELP,
+        },
     },
 }
 _CREATE_FIELDS: dict[str, dict[str, Any]] = {

@@ -985,7 +985,7 @@
     $('search-note').hidden = notes.length === 0;
     $('search-note').dataset.low = String(!!res.low_similarity);
     $('search-results').replaceChildren(...hits.map((hit) => el('li', {},
-      el('button', { type: 'button', 'data-id': String(hit.id), title: hit.caption || '', onclick: () => similarToHit(hit),
+      el('button', { type: 'button', 'data-id': String(hit.id), 'data-sha256': hit.sha256 || '', title: hit.caption || '', onclick: () => similarToHit(hit),
                      'aria-label': `find images similar to image ${hit.id}${hit.labels.length ? ` (${hit.labels.join(', ')})` : ''}` },
         el('img', { src: httpUrl(hit.thumbnail_url) || '', alt: hit.caption || `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),
         el('span', { class: 'meta' },

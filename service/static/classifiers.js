@@ -237,7 +237,13 @@
     form.append('name', name);
     form.append('modality', $('teach-modality').value);
     form.append('spec', JSON.stringify({
-      categories: teach.categories.map((c) => ({ label: c.label, ids: c.ids.map((x) => x.id) })),
+      // with the SHA-256 each id was found as: an index built afresh since renumbers its images, and an id would then
+      // teach the category another picture; the service refuses those (404) instead
+      categories: teach.categories.map((c) => ({
+        label: c.label,
+        ids: c.ids.map((x) => x.id),
+        ...(c.ids.length && c.ids.every((x) => x.sha256) ? { sha256: c.ids.map((x) => x.sha256) } : {}),
+      })),
     }));
     // each file as `examples` with its label in a `labels` field (in order), not in an `examples.<label>` field
     // name: the browser escapes a name's quotes and line breaks (`"` -> %22), which then named another category
@@ -301,7 +307,7 @@
         const c = teach.categories[teach.active];
         if (!c) return;
         const added = !c.ids.some((x) => x.id === id);
-        if (added) c.ids.push({ id, thumb: img ? img.src : null });
+        if (added) c.ids.push({ id, sha256: hitButton.dataset.sha256 || null, thumb: img ? img.src : null });
         render();
         announce(added ? `Image ${id} added to ${c.label}: ${c.files.length + c.ids.length} examples.` : `Image ${id} is an example of ${c.label} already.`);
       };

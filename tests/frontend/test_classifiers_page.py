@@ -124,6 +124,38 @@ def test_teach_a_category_fit_see_the_estimate_and_diagnose_with_it(
     assert recorder.origins() == {teach_service.base}
 
 
+def test_a_search_hit_whose_id_names_another_image_now_is_refused(
+    recorder: PageRecorder, teach_service: Service, data_root: Path
+) -> None:
+    """A hit taught as an example goes with the SHA-256 it was found as: an index built afresh since numbers its
+    images anew, and the id then taught the category another picture, without a word. The service refuses it."""
+    page = recorder.page
+    page.goto(f"{teach_service.base}/")
+    sign_in(page)
+    page.fill("#admin-key", ADMIN_KEY)
+    page.dispatch_event("#admin-key", "change")
+    page.fill("#teach-name", "ffa-stale")
+    page.select_option("#teach-modality", "FFA")
+    for label in ("normal", "branch retinal vein occlusion"):
+        page.fill("#teach-label", label)
+        page.click("#teach-add")
+        page.set_input_files(
+            f'#teach-categories input[type=file][data-category="{label}"]',
+            [str(p) for p in _ffa(data_root, label, "train", 3)],
+        )
+    page.fill("#search-query", "retinal vein occlusion with haemorrhages")
+    page.select_option("#search-modality", "FFA")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#search-results .teach-add")
+    # as if the index had been rebuilt since this search: the id now names a picture of another SHA-256
+    page.eval_on_selector("#search-results li button[data-id]", "b => { b.dataset.sha256 = '0'.repeat(64); }")
+    page.click("#search-results .teach-add >> nth=0")
+    page.click("#teach-fit")
+    wait_for(page, "document.getElementById('teach-status').dataset.code === 'not_found'")
+    assert "name other images than those they were found as" in page.inner_text("#teach-status")
+    assert page.is_hidden("#teach-result") and "ffa-stale" not in page.inner_text("#classifier-list")
+
+
 def test_a_fit_shows_its_warnings_and_its_refusals_in_full(
     recorder: PageRecorder, teach_service: Service, data_root: Path
 ) -> None:

@@ -379,6 +379,35 @@ def test_bad_inputs_are_clear_4xx(
         assert create_body["properties"]["modality"]["enum"] == ["auto", "CFP", "FFA", "OCT"]
 
 
+def test_ids_found_as_other_images_are_refused_with_nothing_stored(client: TestClient, records: list[Any]) -> None:
+    """Ids sent with the SHA-256 of the images they were found as (a search hit's ``sha256``, whole or its first 8+
+    hex digits): an id that names another image now (an index built afresh since, another one loaded) is a 404,
+    not an example of the category; before, it taught the category whatever picture the id named."""
+    oct_ = [r for r in records if r.modality == "OCT"][:4]
+    ids, digests = [r.id for r in oct_], [r.sha256 for r in oct_]
+
+    def create(name: str, first: list[str] | None, second: list[str] | None = None) -> Any:
+        categories = [
+            {"label": "a", "ids": ids[:2]} | ({"sha256": first} if first is not None else {}),
+            {"label": "b", "ids": ids[2:]} | ({"sha256": second} if second is not None else {}),
+        ]
+        return client.post("/v1/classifiers", json={"name": name, "modality": "OCT", "categories": categories},
+                           headers=ADMIN)
+
+    swapped = create("oct-swapped", digests[:2], [digests[3], digests[2]])  # two ids that now name each other's
+    assert swapped.status_code == 404 and swapped.json()["error"]["code"] == "not_found", swapped.text
+    message = swapped.json()["error"]["message"]
+    assert "category 'b'" in message and f"{ids[2]}, {ids[3]}" in message and "search again" in message
+    assert client.get("/v1/classifiers/oct-swapped", headers=ADMIN).status_code == 404  # nothing stored
+    short = create("oct-short", [d[:8].upper() for d in digests[:2]], [d[:16] for d in digests[2:]])
+    assert short.status_code == 201, short.text  # prefixes, in either case, as image URLs carry them
+    assert create("oct-plain", None).status_code == 201  # optional: ids alone, as before
+    for wrong, why in (([digests[0]], "2 ids and 1 sha256"), (["xyz", digests[1]], "sha256"),
+                       ([digests[0][:7], digests[1]], "sha256")):
+        r = create("oct-bad", wrong)
+        assert r.status_code == 422 and why in r.json()["error"]["message"], r.text
+
+
 def test_limits(default_artifact: Path, index_dir: Path, store_dir: Path, records: list[Any]) -> None:
     oct_ = _ids(records, "OCT")
     with _app(
