@@ -167,6 +167,16 @@ def check_input_paths(cfg: Any, data_root: Path | None = None) -> None:
         if value and not Path(value).is_file():
             what = "checkpoint" if flag == "--init" else "file"
             raise DataError(f"{what} not found: {value} ({flag})")
+    if cfg.stage == "hybrid" and data_root is not None:
+        from training.data import PublicSource
+
+        for spec in cfg.public:  # read as public_samples reads it: under the data root unless absolute
+            manifest = data_root / PublicSource.parse(spec).manifest
+            if not manifest.is_file():
+                raise DataError(
+                    f"file not found: {manifest} (--public {spec}: a relative manifest is read under --data-root "
+                    f"{data_root}; give an absolute path for one elsewhere)"
+                )
 
 
 # what a run writes into its folder (training/loop.py, training/tasks.py, _write_training_report)

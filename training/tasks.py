@@ -357,7 +357,7 @@ def _balanced_weights(samples: Sequence[Any], alpha: float) -> Tensor:
 @dataclass
 class HybridData:
     """What stage 2 trains and validates on, read before any model work: the public training samples, the elite
-    pairs (also written to the run folder as ``elite.csv``) and the validation sets."""
+    pairs (written to the run folder as ``elite.csv`` once they are known to be readable) and the validation sets."""
 
     public: list[Sample]
     public_skipped: dict[str, int]  # why manifest rows were left out -> how many
@@ -380,7 +380,6 @@ class HybridData:
                            "then ships it)", knowledge.source or "model/data/knowledge.json", ", ".join(unknown))
         elite = build_elite(data_root, knowledge, public.samples, cfg.elite_manifest, cfg.elite_compose_missing,
                             cfg.elite_fraction, cfg.elite_text, cfg.holdout, seed=cfg.data_seed)
-        write_elite_manifest(run_dir / "elite.csv", elite.samples)
         return cls(public.samples, dict(public.skipped), elite.samples, elite.counts,
                    _validation_sets(data_root, knowledge, cfg.holdout) + own_sets, own_tasks)
 
@@ -439,9 +438,15 @@ class HybridTask:
         self.elite = [s for s in elite if ok[self.row[s.path]]]
         self.val_sets = [v.subset(np.asarray([ok[self.row[p]] for p in v.paths])) for v in self.val_sets]
         if not self.public:
-            raise DataError("no readable public training images")
+            sources = sorted({s.source for s in public})
+            raise DataError(
+                f"no readable public training images: none of the {len(public)} images that "
+                f"{', '.join(sources)} list{'s' if len(sources) == 1 else ''} decodes (corrupt, empty or not images)"
+            )
         if self.use_elite and len(self.elite) < 2:
             raise DataError(f"the elite set has {len(self.elite)} readable pairs; need at least 2")
+        # once the data is known to train: a run refused here leaves no file behind
+        write_elite_manifest(run_dir / "elite.csv", elite)
         # ---- sampling weights: balance the label-set groups (power alpha of inverse frequency)
         self.public_weights = _balanced_weights(self.public, cfg.balance_alpha)
         self.elite_weights = _balanced_weights(self.elite, cfg.balance_alpha)

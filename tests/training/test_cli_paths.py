@@ -131,3 +131,51 @@ def test_a_loss_that_is_not_finite_is_said_in_one_line_without_torch_warnings() 
         warnings.simplefilter("error")
         with pytest.raises(TrainingDivergedError, match=r"^loss is nan at step 7: lower --lr"):
             _optimise(None, loss, 7, torch.optim.SGD([weight], lr=0.1), None, [weight], 1.0)  # type: ignore[arg-type]
+
+
+def test_a_public_manifest_is_checked_before_any_weights_load_and_says_where_it_was_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--public clinic/base.csv:diagnosis`` is read under the data root, not the working directory: said after
+    the weights had loaded (a minute), in words that named neither the flag nor the rule."""
+    import training.tasks
+
+    monkeypatch.setattr(training.tasks, "build_model", lambda *a, **k: pytest.fail("weights loaded first"))
+    root = tmp_path / "data"
+    root.mkdir()
+    code = main(["train", "hybrid", "--data-root", str(root), "--public", "clinic/base.csv:diagnosis",
+                 "--elite-manifest", "none", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith(f"error: file not found: {root / 'clinic/base.csv'} (--public clinic/base.csv:diagnosis")
+    assert f"read under --data-root {root}" in err and not (tmp_path / "run").exists()
+
+
+def test_a_run_on_images_none_of_which_decodes_says_so_and_leaves_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clinic's export of login pages saved as .jpg: the run is refused, naming the manifest and how many images
+    it lists, and writes nothing (its elite.csv was written before the images were read, and stayed)."""
+    import numpy as np
+
+    import training.tasks
+    from tests.conftest import make_golden_fundus
+    from training.evaluate import EvalSet
+
+    site = tmp_path / "site"
+    site.mkdir()
+    make_golden_fundus().save(site / "val.png")  # a readable validation image (the shared data's are not needed)
+    held = [EvalSet("val", [site / "val.png"], np.asarray([0]), ["normal", "glaucoma"], "CFP")]
+    monkeypatch.setattr(training.tasks, "_validation_sets", lambda *args: held)
+    rows = ["path,modality,diagnosis,split"]
+    for i in range(4):
+        (site / f"{i}.jpg").write_text("<html>please log in</html>")
+        rows.append(f"{i}.jpg,CFP,{'normal' if i % 2 else 'glaucoma'},train")
+    (site / "labels.csv").write_text("\n".join(rows) + "\n")
+    code = main(["train", "hybrid", "--data-root", str(tmp_path), "--public", "site/labels.csv:diagnosis",
+                 "--elite-manifest", "none", "--steps", "1", "--out", str(tmp_path / "run"),
+                 "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert "no readable public training images: none of the 4 images that site/labels.csv lists decodes" in err
+    assert not (tmp_path / "run").exists()
