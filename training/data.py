@@ -60,6 +60,8 @@ def filter_rows(
     ``where`` pair and a non-empty value in each ``require`` column.  An empty result is a :class:`DataError`."""
     manifest.require_columns([c for c, _ in where] + list(require))
     rows = list(manifest.rows)
+    if not rows:  # not "no rows match split=test", "splits present: " (nothing): there is nothing to match
+        raise DataError(f"manifest {manifest.path} has no rows, only its header")
     if split is not None:
         if "split" in manifest.columns:
             present = sorted({r["split"] for r in rows})
@@ -83,9 +85,10 @@ def filter_rows(
 
 def check_files(manifest: Manifest, rows: Sequence[dict[str, str]]) -> None:
     """Every image a row names must exist; the error counts the missing ones and names a few."""
-    missing = [r["path"] for r in rows if not manifest.resolve(r).is_file()]
+    missing = [r["path"] for r in rows if not r["path"] or not manifest.resolve(r).is_file()]
     if missing:
-        examples = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        # an empty cell named the folder itself, and was shown as nothing ("photos, ")
+        examples = ", ".join(p or "(an empty path cell)" for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DataError(
             f"manifest {manifest.path}: {len(missing)} of {len(rows)} image files are missing "
             f"(paths resolve relative to {manifest.folder}): {examples}"
@@ -288,8 +291,12 @@ def public_samples(
         out.samples = _drop_held_out_copies(out.samples, held_out, out.skipped)
     if not out.samples:
         why = "; ".join(f"{n} rows skipped: {reason}" for reason, n in sorted(out.skipped.items()))
+        hint = (
+            "; a manifest without a 'modality' column needs one (CFP, FFA or OCT on each row)"
+            if any(reason.endswith("modality '(none)'") for reason in out.skipped) else ""
+        )
         raise DataError(f"no {split} samples in {', '.join(s.manifest for s in sources)} under {data_root}"
-                        + (f" ({why})" if why else ""))
+                        + (f" ({why}{hint})" if why else ""))
     for reason, count in sorted(out.skipped.items()):
         logger.info("skipped %d %s rows (%s)", count, split, reason)
     return out

@@ -12,6 +12,7 @@ from model.errors import DataError
 from model.knowledge import Knowledge
 from training.data import (
     LoadReport,
+    PublicSource,
     iter_images,
     public_samples,
     read_corpus,
@@ -47,6 +48,31 @@ def test_missing_files_are_counted_and_named(tmp_path: Path) -> None:
     path = _manifest(tmp_path / "m", "path,label,split\nx/1.png,normal,test\nx/2.png,normal,test\n")
     with pytest.raises(DataError, match=r"2 of 2 image files are missing .*x/1\.png"):
         load_eval_set(path, "label", KN, "test", categories=["normal", "glaucoma"])
+
+
+def test_a_header_only_manifest_and_an_empty_path_cell_are_said_as_such(
+    tmp_path: Path, golden_image: Image.Image
+) -> None:
+    """A header-only export read "no rows match split=test" (eval) and "splits present: " (training); an empty path
+    cell was listed as nothing ("photos, ")."""
+    empty = _manifest(tmp_path / "empty", "path,label\n")
+    with pytest.raises(DataError, match=r"labels\.csv has no rows, only its header$"):
+        load_eval_set(empty, "label", KN, "test")
+    with pytest.raises(DataError, match=r"has no rows, only its header$"):
+        public_samples(tmp_path, KN, "train", [PublicSource("empty/labels.csv", ("label",))])
+    golden_image.save(tmp_path / "a.png")
+    gap = _manifest(tmp_path / "gap", "path,label\n../a.png,normal\n,glaucoma\n")
+    with pytest.raises(DataError, match=r"1 of 2 image files are missing .*: \(an empty path cell\)$"):
+        load_eval_set(gap, "label", KN, None)
+
+
+def test_a_manifest_without_modalities_says_it_needs_that_column(tmp_path: Path, golden_image: Image.Image) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    golden_image.save(folder / "a.png")
+    _manifest(folder, "path,label\na.png,normal\n")
+    with pytest.raises(DataError, match=r"modality '\(none\)'; a manifest without a 'modality' column needs one"):
+        public_samples(tmp_path, KN, "train", [PublicSource("site/labels.csv", ("label",))])
 
 
 def test_unknown_label_column_lists_the_columns(labelled_folder: Path) -> None:
