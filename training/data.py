@@ -29,7 +29,7 @@ from model.errors import DataError, ImageError
 from model.files import atomic_write
 from model.knowledge import Knowledge
 from model.manifest import Manifest, read_manifest, read_table
-from model.preprocess import load_image
+from model.preprocess import DEFAULT_MIN_IMAGE_SIDE, load_image, original_size
 
 logger = logging.getLogger(__name__)
 
@@ -627,10 +627,19 @@ def iter_images(
     """``(index, image)`` for every readable path; the rest go into ``report``.
 
     ``size``: the model input side, so only what the model needs is decoded (``load_image(size=...)``).
+    An image under ``DEFAULT_MIN_IMAGE_SIDE`` a side is skipped too, as the service, ``keepfit classify`` and the
+    index refuse it (``image_too_small``): an evaluation scored such thumbnails, so it did not measure what the
+    service answers.
     """
     for i, path in enumerate(paths):
         try:
             image = load_image(path, size=size)
+            width, height = original_size(image)
+            if min(width, height) < DEFAULT_MIN_IMAGE_SIDE:
+                raise ImageError(
+                    f"too small: {width}x{height} px; the service refuses images under {DEFAULT_MIN_IMAGE_SIDE} px a "
+                    "side (KEEPFIT_MIN_IMAGE_SIDE's default)"
+                )
         except ImageError as err:
             report.skipped[str(path)] = str(err)
             logger.warning("skipping unreadable image %s: %s", path, err)
