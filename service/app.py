@@ -28,6 +28,7 @@ from starlette.routing import Route, request_response
 from model import __version__
 from model.cores import resident_bytes
 from service.cache import Cache, MemoryCache, RedisCache, answer_scope
+from service.classifiers import log_store_at_start
 from service.deps import API_KEY_HEADER, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
@@ -102,6 +103,7 @@ def _lifespan(index_opener: Any = None) -> Any:
         cache = make_cache(settings, metrics)
         state = await cache.check()
         logger.info("cache: %s (%s)", cache.backend, state)
+        await anyio.to_thread.run_sync(log_store_at_start, settings)
         # what this worker found, from the start: with several workers a gauge has no sample until it is set
         metrics.cache_degraded.set(1 if state == "degraded" else 0)
         app.openapi_schema = None  # regenerated with the loaded knowledge's task names

@@ -39,7 +39,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from model.errors import ConfigError
 from model.files import atomic_write_bytes
 from service.errors import InvalidRequestError, ServiceError
 from service.example_checks import ExampleTraits
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -427,6 +430,57 @@ def _rollback(db: sqlite3.Connection) -> None:
 RACY_STAMP_NS = 2_000_000_000
 
 
+def stored_count(root: Path) -> int | None:
+    """How many classifiers the store at ``root`` holds, or None where there is no store (yet): for the service's
+    start-up line, so it neither creates nor changes a store (opening one does both).  Read through a read-only
+    connection, else (a read-only volume, where SQLite cannot make the WAL's shared memory) as of the last
+    checkpoint; a store that cannot be read raises :class:`sqlite3.Error` or :class:`OSError`."""
+    path = Path(root) / "classifiers.sqlite"
+    if not path.is_file():
+        return None
+    query = "SELECT count(*) FROM classifiers"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{_file_uri(path)}?mode=ro", uri=True, timeout=1.0)) as db:
+            return int(db.execute(query).fetchone()[0])
+    except sqlite3.OperationalError:
+        with contextlib.closing(sqlite3.connect(f"{_file_uri(path)}?mode=ro&immutable=1", uri=True)) as db:
+            return int(db.execute(query).fetchone()[0])
+
+
+def log_store_at_start(settings: Settings) -> None:
+    """The service's start-up line: which store it uses and how many classifiers that holds, so that a store other
+    than the one meant (a mistyped KEEPFIT_CLASSIFIERS, a new index folder) shows in the log before the first 404.
+    Nothing is created here: the first classifier request does that (:func:`log_created`)."""
+    root = settings.classifiers_dir.absolute()
+    try:
+        count = stored_count(root)
+    except (OSError, sqlite3.Error) as err:
+        logger.warning("classifier store: %s cannot be read now (%s); classifier requests answer 503 until it can",
+                       root, err)
+        return
+    if count is None:
+        logger.info("classifier store: %s (none there yet: the first classifier request creates it, empty)", root)
+    else:
+        logger.info("classifier store: %s (%d classifier%s)", root, count, "" if count == 1 else "s")
+
+
+def log_created(store: ClassifierStore, settings: Settings) -> None:
+    """A warning that the service has just created ``store`` empty, and why that may be wrong for its settings.
+    Creating it is right on a first start; after a typo or an upgrade to a new index folder the classifiers are
+    elsewhere, and without this line the only sign was every classifier answering 404."""
+    if not store.created:
+        return
+    if settings.classifiers is not None:
+        why = "if classifiers were expected here, check KEEPFIT_CLASSIFIERS for a typo"
+    elif settings.index is not None:
+        why = (f"if classifiers were expected, the index {settings.index} may be a new folder: without "
+               "KEEPFIT_CLASSIFIERS the store is <index>.classifiers beside the index, so set KEEPFIT_CLASSIFIERS to "
+               "the store used before")
+    else:
+        why = "neither KEEPFIT_CLASSIFIERS nor an index is set, so the store is ./classifiers"
+    logger.warning("classifier store: created %s, empty (there was none); %s", store.root.absolute(), why)
+
+
 class ClassifierStore:
     """SQLite + arrays on disk; safe for threads of one process and for several processes."""
 
@@ -438,6 +492,9 @@ class ClassifierStore:
         self._rows: tuple[tuple[int, ...] | None, dict[str, ClassifierRow], int] = (None, {}, 0)
         self._lock = threading.Lock()
         self._read_only_noted = False  # the volume turned read-only while serving (logged once)
+        # whether this open made the database: the service says so in its log, since a new, empty store where
+        # classifiers were expected (a mistyped path, a new index folder) otherwise showed only as 404s
+        self.created = False
         # A store on a read-only volume (beside a read-only index, say) is served read-only: its classifiers
         # classify, and a change is a 503 that says why. Opened read-write, it failed even for reads.
         self.read_only = self.db_path.is_file() and not os.access(self.root, os.W_OK)
@@ -447,6 +504,7 @@ class ClassifierStore:
             if wal.is_file() and wal.stat().st_size > 0:  # read-only readers cannot apply it
                 logger.warning("classifier store %s: its last changes are in %s, which cannot be read here", root, wal)
             return
+        self.created = not self.db_path.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "arrays").mkdir(exist_ok=True)
         (self.root / "examples").mkdir(exist_ok=True)

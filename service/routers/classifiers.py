@@ -58,6 +58,7 @@ from service.classifiers import (
     examples_modality,
     fit_examples,
     index_examples,
+    log_created,
     name_taken_message,
     now_iso,
     refit_refused_message,
@@ -433,6 +434,7 @@ def _open_store(state: ServiceState) -> ClassifierStore:
             try:
                 state.classifiers = ClassifierStore(path)
                 state.classifiers_error = None
+                log_created(state.classifiers, state.settings)
             except (OSError, sqlite3.Error) as err:
                 # /readyz says so (it said "unopened", and the gauge 1, while every classifier request was a 503)
                 state.classifiers_error = "it cannot be opened (see the service log)"

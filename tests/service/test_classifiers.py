@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import multiprocessing
 import sqlite3
 import threading
@@ -501,6 +502,53 @@ def test_restart_keeps_classifiers_and_another_artifact_version_is_refused_then_
         assert again["refit_from"] == "stored embeddings" and again["revision"] == 3
     arrays = sorted(p.name for p in (store_dir / "arrays").iterdir())
     assert arrays == [again_row for again_row in arrays if again_row.endswith(".npz")] and len(arrays) == 1
+
+
+def test_the_log_names_the_store_and_warns_when_one_is_created_empty(
+    default_artifact: Path,
+    index_dir: Path,
+    tmp_path: Path,
+    records: list[Any],
+    real_images: dict[str, bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mistyped KEEPFIT_CLASSIFIERS, or a new index folder (whose store is <index>.classifiers), was created empty
+    without a word: every classifier then answered 404 and nothing in the log said which store was in use."""
+    caplog.set_level(logging.INFO, logger="service.classifiers")
+
+    def lines(level: int) -> list[str]:
+        found = [r.getMessage() for r in caplog.records if r.name == "service.classifiers" and r.levelno == level]
+        caplog.clear()
+        return found
+
+    store = tmp_path / "clinic.classifiers"
+    oct_ = _ids(records, "OCT")
+    spec = {"name": "keep", "categories": [{"label": "a", "ids": oct_[:2]}, {"label": "b", "ids": oct_[2:]}]}
+    with _app(default_artifact, store, index=index_dir) as c:  # a first start: created, and said so
+        assert f"classifier store: {store} (none there yet: the first classifier request creates it, empty)" in lines(
+            logging.INFO
+        )
+        assert c.post("/v1/classifiers", json=spec, headers=ADMIN).status_code == 201
+        [created] = lines(logging.WARNING)
+        assert created.startswith(f"classifier store: created {store}, empty") and "KEEPFIT_CLASSIFIERS" in created
+    with _app(default_artifact, store, index=index_dir) as c:  # a restart: its store and what it holds
+        assert c.get("/v1/classifiers").json()["classifiers"][0]["name"] == "keep"
+        assert f"classifier store: {store} (1 classifier)" in lines(logging.INFO)
+        assert lines(logging.WARNING) == []
+    typo = tmp_path / "clinic.classifer"
+    with _app(default_artifact, typo, index=index_dir) as c:
+        assert f"classifier store: {typo} (none there yet" in lines(logging.INFO)[0]
+        r = c.post("/v1/classify", files={"image": real_images["OCT"]}, data={"classifier": "keep"})
+        assert_error(r, 404, "classifier_not_found")
+        [created] = lines(logging.WARNING)
+        assert f"created {typo}, empty" in created and "check KEEPFIT_CLASSIFIERS for a typo" in created
+    new_index = tmp_path / "index-v2"  # upgrade day: a new index folder, no KEEPFIT_CLASSIFIERS
+    settings = make_settings(default_artifact, classifiers=None, index=new_index, index_optional=True)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/classifiers").json()["classifiers"] == []
+        [created] = lines(logging.WARNING)
+        assert f"created {tmp_path / 'index-v2.classifiers'}, empty" in created
+        assert f"the index {new_index} may be a new folder" in created and "<index>.classifiers" in created
 
 
 def test_uploaded_examples_are_kept_for_refits_and_collected_on_delete(
