@@ -1,8 +1,9 @@
 """``keepfit classifier fit|list|show|refit|delete|backup|restore``: the classifier store without the HTTP API.
 
-It works on the same directory the service uses (``--store``, else beside ``--index``, else
-``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``, else ``./classifiers``), so a classifier fitted here is
-served at once (the service reads the store on every request).
+It works on the same directory the service uses (``--store``, else beside ``--index``, else the service's:
+``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``, else beside the index ``keepfit serve`` finds under
+``indexes/``, else ``./classifiers``), so a classifier fitted here is served at once (the service reads the store
+on every request).  What a command reports names the store it used.
 
     keepfit classifier fit --name dr-site2 --modality CFP --manifest labels.csv --label-column dr_grade \\
         --split train --per-class 16
@@ -49,13 +50,16 @@ from service.errors import ServiceError
 
 
 def _root(args: argparse.Namespace) -> Path:
-    """The store's directory: ``--store``, else beside ``--index``, else the service's as its settings place it
-    (``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``), else ``./classifiers``."""
+    """The store's directory: ``--store``, else beside ``--index``, else the service's, found as ``keepfit serve``
+    finds it (``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``, else beside the index it finds under
+    ``indexes/``, else ``./classifiers``: :func:`service.settings.with_found_index`)."""
+    from service.settings import with_found_index
+
     if args.store:
         return Path(args.store)
     if getattr(args, "index", None):  # named here: its store, whatever KEEPFIT_CLASSIFIERS says
         return Path(_settings(index=Path(args.index), classifiers=None).classifiers_dir)
-    return Path(_settings().classifiers_dir)  # the service's rule (service.settings.Settings.classifiers_dir)
+    return Path(with_found_index(_settings()).classifiers_dir)
 
 
 def _store(args: argparse.Namespace, create: bool = False) -> ClassifierStore:
@@ -199,6 +203,8 @@ def fit_main(args: argparse.Namespace) -> int:
     warnings = modality_warnings + example_warnings(examples)
     warnings += prior_warnings(engine, categories, result.model.method)
     store = existing or _store(args, create=True)
+    if store.created:  # said, so that a store the service does not use is seen at once
+        print(f"created the classifier store {store.root}", file=sys.stderr)  # noqa: T201
     try:
         saved = store.save(row, result.arrays, examples, replace=False, max_classifiers=limit)
     except ClassifierExistsError as err:  # created meanwhile by the service or another fit
@@ -206,6 +212,7 @@ def fit_main(args: argparse.Namespace) -> int:
     body = saved.public(engine.version)
     body["fit_ms"] = round(result.fit_ms, 2)
     body["warnings"] = warnings  # as the API's create answers
+    body["store"] = str(store.root)  # where it went (the service must read that store to serve it)
     print(json.dumps(body, indent=2))  # noqa: T201
     for warning in warnings:
         print(f"warning: {warning['message']}", file=sys.stderr)  # noqa: T201
@@ -322,8 +329,9 @@ def show_main(args: argparse.Namespace) -> int:
 
 
 def delete_main(args: argparse.Namespace) -> int:
-    row = _store(args).delete(args.name)
-    print(f"deleted {row.name} (version {row.version})")  # noqa: T201
+    store = _store(args)
+    row = store.delete(args.name)
+    print(f"deleted {row.name} (version {row.version}) from {store.root}")  # noqa: T201
     return 0
 
 
@@ -368,7 +376,7 @@ def refit_main(args: argparse.Namespace) -> int:
     )
     saved = store.save(new, result.arrays, examples, replace=True, max_classifiers=10**9, replaces=row.version)
     message = (
-        f"refitted {saved.name}: revision {saved.revision}, version {saved.version}, "
+        f"refitted {saved.name} in {store.root}: revision {saved.revision}, version {saved.version}, "
         f"artifact {saved.artifact_version}, estimate {estimate_words(saved.estimate)}"
     )
     print(message)  # noqa: T201
@@ -381,7 +389,8 @@ def backup_main(args: argparse.Namespace) -> int:
     """A consistent archive of the store, taken while the service runs (:mod:`service.classifier_backup`)."""
     from service.classifier_backup import backup_store
 
-    print(json.dumps(backup_store(_store(args), Path(args.out)), indent=2))  # noqa: T201
+    store = _store(args)
+    print(json.dumps({"store": str(store.root), **backup_store(store, Path(args.out))}, indent=2))  # noqa: T201
     return 0
 
 
@@ -409,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--store",
-            help="classifier directory (default: beside --index, else KEEPFIT_CLASSIFIERS, else beside "
-            "KEEPFIT_INDEX, else ./classifiers)",
+            help="classifier directory (default: beside --index, else the service's: KEEPFIT_CLASSIFIERS, else "
+            "beside KEEPFIT_INDEX, else beside the index keepfit serve finds under indexes/, else ./classifiers)",
         )
         p.add_argument(
             "--index", help="the index the service serves (examples by id or label; store location)"

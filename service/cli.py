@@ -38,18 +38,7 @@ from model.logs import use_format
 
 logger = logging.getLogger(__name__)
 
-INDEX_SEARCH_DIRS = ("indexes",)
 HTTP_PROTOCOL = "service.protocol:GuardedHttpToolsProtocol"
-
-
-def find_index(artifact: Path) -> Path | None:
-    """An index built for this artifact in the conventional places, if there is one."""
-    for root in INDEX_SEARCH_DIRS:
-        for name in (artifact.name, "default"):
-            candidate = Path(root) / name
-            if (candidate / "index_manifest.json").is_file():
-                return candidate
-    return None
 
 
 def _source(args: argparse.Namespace, loc: tuple[Any, ...]) -> str:
@@ -463,7 +452,7 @@ def _serve(argv: list[str] | None, on_exit: ExitStack) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from service.settings import get_settings, key_warnings, unknown_variables
+    from service.settings import get_settings, key_warnings, unknown_variables, with_found_index
 
     get_settings.cache_clear()
     try:
@@ -500,13 +489,12 @@ def _serve(argv: list[str] | None, on_exit: ExitStack) -> int:
     # Verified here, before uvicorn starts: a refused artifact is one line and exit status 2, not a start-up
     # traceback from inside the application's lifespan.
     checked = load_artifact(settings.artifact)
-    if settings.index is None:
-        found = find_index(settings.artifact)
-        if found is not None:
-            logger.info("using the index found at %s", found)
-            os.environ["KEEPFIT_INDEX"] = str(found)
-            get_settings.cache_clear()
-            settings = get_settings()
+    found = with_found_index(settings).index  # keepfit classifier finds the same (and so the same store)
+    if found != settings.index:
+        logger.info("using the index found at %s", found)
+        os.environ["KEEPFIT_INDEX"] = str(found)
+        get_settings.cache_clear()
+        settings = get_settings()
     quota = cgroup_cpu_limit()
     logger.info(
         "serving %s on http://%s:%d (index: %s, cache: %s, workers: %d, each on %d cores%s: %d model runs at once"

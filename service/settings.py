@@ -396,6 +396,31 @@ def get_settings() -> Settings:
     return Settings()
 
 
+INDEX_SEARCH_DIRS = ("indexes",)
+
+
+def find_index(artifact: Path) -> Path | None:
+    """An index built for this artifact in the conventional places, if there is one."""
+    for root in INDEX_SEARCH_DIRS:
+        for name in (artifact.name, "default"):
+            candidate = Path(root) / name
+            if (candidate / "index_manifest.json").is_file():
+                return candidate
+    return None
+
+
+def with_found_index(settings: Settings) -> Settings:
+    """``settings`` as ``keepfit serve`` runs with them: naming no index, the one :func:`find_index` finds for
+    their artifact (in the current folder).  Its classifier store (:attr:`Settings.classifiers_dir`) is then the one
+    beside that index: ``keepfit classifier`` resolves its store through here too, so that, in the same folder and
+    environment, it works on the store the service uses (it looked for ``./classifiers`` and made one there that the
+    service never read)."""
+    if settings.index is not None:
+        return settings
+    found = find_index(settings.artifact)
+    return settings if found is None else settings.model_copy(update={"index": found})
+
+
 # KEEPFIT_* variables that are not service settings: compose's (images, limits, mounts), the tests' and the
 # benchmarks'.  Anything else starting KEEPFIT_ is a typo the service would otherwise ignore.
 OTHER_VARIABLES = frozenset({

@@ -56,8 +56,11 @@ def test_fit_from_a_manifest_then_list_show_serve_delete(
         ]
     )
     assert code == 0
-    fitted = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    fitted = json.loads(printed.out)
+    assert f"created the classifier store {store}" in printed.err.splitlines()  # a new store is said
     assert fitted["modality"] == "FFA" and fitted["examples"] == 16 and len(fitted["categories"]) == 4
+    assert fitted["store"] == str(store)  # where it went
     assert 0.0 <= fitted["estimate"]["balanced_accuracy"] <= 1.0
     assert keepfit(["classifier", "list", "--store", str(store)]) == 0
     listed = capsys.readouterr().out
@@ -78,6 +81,7 @@ def test_fit_from_a_manifest_then_list_show_serve_delete(
         # the estimate with its range, as the fit reported it (the number alone read as more certain than it is)
         assert r.json()["classifier"]["estimate_range"] == fitted["estimate"]["range"]
     assert keepfit(["classifier", "delete", "--store", str(store), "ffa-cli"]) == 0
+    assert capsys.readouterr().out == f"deleted ffa-cli (version {fitted['version']}) from {store}\n"
     assert keepfit(["classifier", "show", "--store", str(store), "ffa-cli"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: no classifier named 'ffa-cli' in the store: `keepfit classifier list` lists them"]
@@ -151,7 +155,7 @@ def test_the_cli_keeps_the_deployments_limit_and_refuses_what_it_cannot_mean(
     assert one_line_error().startswith("error: bad settings: KEEPFIT_MAX_CLASSIFIERS")
 
 
-def test_the_store_defaults_to_the_services(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_store_defaults_to_the_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without --store or --index, the CLI works on the store the service's settings place (it ignored
     KEEPFIT_CLASSIFIERS and answered "no classifier store at classifiers")."""
     import argparse
@@ -161,6 +165,7 @@ def test_the_store_defaults_to_the_services(monkeypatch: pytest.MonkeyPatch) -> 
     def root(**args: object) -> Path:
         return _root(argparse.Namespace(**{"store": None, "index": None, **args}))
 
+    monkeypatch.chdir(tmp_path)  # no indexes/ folder here, so no index is found
     for name in ("KEEPFIT_CLASSIFIERS", "KEEPFIT_INDEX"):
         monkeypatch.delenv(name, raising=False)
     assert root() == Path("classifiers")
@@ -170,6 +175,40 @@ def test_the_store_defaults_to_the_services(monkeypatch: pytest.MonkeyPatch) -> 
     assert root() == Path("/srv/classifiers")
     assert root(index="/data/other") == Path("/data/other.classifiers")  # named on the command line: its store
     assert root(store="/x", index="/data/other") == Path("/x")
+
+
+def test_the_store_is_the_one_beside_the_index_keepfit_serve_finds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``keepfit serve`` with no KEEPFIT_INDEX serves the index it finds under indexes/, and keeps its classifiers
+    beside it; the CLI in the same folder looked for ./classifiers: backup and list failed with "no classifier store
+    at classifiers", and fit made a new ./classifiers store the service never read."""
+    import argparse
+
+    from service.classifier_cli import _root
+    from service.classifiers import ClassifierStore
+    from service.settings import Settings, with_found_index
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("KEEPFIT_CLASSIFIERS", "KEEPFIT_INDEX", "KEEPFIT_ARTIFACT"):
+        monkeypatch.delenv(name, raising=False)
+    index = Path("indexes/keepfit-v2-small")  # where keepfit serve looks for the default artifact's index
+    index.mkdir(parents=True)
+    (index / "index_manifest.json").write_text("{}")
+    served = with_found_index(Settings(_env_file=None))  # type: ignore[call-arg]  # as keepfit serve runs
+    assert served.index == index and served.classifiers_dir == Path(f"{index}.classifiers")
+    ClassifierStore(served.classifiers_dir)  # the service's store, as its first classifier request makes it
+    assert keepfit(["classifier", "list"]) == 0
+    assert capsys.readouterr().out.strip() == f"no classifiers in {index}.classifiers"
+    assert keepfit(["classifier", "backup", "--out", "nightly.tar"]) == 0
+    assert json.loads(capsys.readouterr().out)["store"] == f"{index}.classifiers"  # it says which store it used
+    assert not Path("classifiers").exists()
+    # KEEPFIT_INDEX and KEEPFIT_CLASSIFIERS still come first, as for the service
+    nothing_named = argparse.Namespace(store=None, index=None)
+    monkeypatch.setenv("KEEPFIT_INDEX", str(tmp_path / "other"))
+    assert _root(nothing_named) == tmp_path / "other.classifiers"
+    monkeypatch.setenv("KEEPFIT_CLASSIFIERS", str(tmp_path / "elsewhere"))
+    assert _root(nothing_named) == tmp_path / "elsewhere"
 
 
 def test_a_store_that_cannot_be_created_is_refused_before_any_image_is_embedded(

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from model.cli import main as keepfit
 from service import cli
 from service.app import create_app
-from service.settings import Settings, get_settings
+from service.settings import Settings, find_index, get_settings
 from tests.service.helpers import make_settings
 
 
@@ -139,13 +139,13 @@ def test_serve_with_workers_uses_the_factory(monkeypatch: pytest.MonkeyPatch, de
 
 def test_serve_finds_an_index_by_convention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert cli.find_index(Path("artifacts/keepfit-v2-small")) is None
+    assert find_index(Path("artifacts/keepfit-v2-small")) is None
     (tmp_path / "indexes" / "default").mkdir(parents=True)
     (tmp_path / "indexes" / "default" / "index_manifest.json").write_text("{}")
-    assert cli.find_index(Path("artifacts/keepfit-v2-small")) == Path("indexes/default")
+    assert find_index(Path("artifacts/keepfit-v2-small")) == Path("indexes/default")
     (tmp_path / "indexes" / "keepfit-v2-small").mkdir()
     (tmp_path / "indexes" / "keepfit-v2-small" / "index_manifest.json").write_text("{}")
-    assert cli.find_index(Path("artifacts/keepfit-v2-small")) == Path("indexes/keepfit-v2-small")
+    assert find_index(Path("artifacts/keepfit-v2-small")) == Path("indexes/keepfit-v2-small")
 
 
 def test_serve_errors_are_one_line(
