@@ -167,6 +167,9 @@ def restore_store(archive: Path, root: Path) -> dict[str, Any]:
     try:
         tar = tarfile.open(archive, mode="r:")
     except (OSError, tarfile.TarError) as err:
+        if _begins_with_manifest(archive):  # a backup cut short inside its first header (under 512 bytes)
+            raise DataError(f"{archive} is truncated or damaged: it ends inside the header of its {MANIFEST} "
+                            f"({err})") from err
         raise DataError(f"{archive} is not a classifier store backup: {err}") from err
     remove_leftovers(root.parent, f".{root.name}.restoring-", "restore")
     work = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.restoring-"))
@@ -175,17 +178,29 @@ def restore_store(archive: Path, root: Path) -> dict[str, Any]:
             manifest = _read_manifest(tar, archive)
             expected: dict[str, str] = manifest["members"]
             seen: set[str] = set()
-            for info in tar:
-                if info.name == MANIFEST:
-                    continue
-                if info.name not in expected or not info.isfile() or info.name in seen:
-                    raise DataError(f"{archive}: unexpected member {info.name!r} (not listed in {MANIFEST}, not a "
-                                    "plain file, or twice)")
-                seen.add(info.name)
-                _extract_checked(tar, info, work / info.name, expected[info.name], archive)
+            last, inside = MANIFEST, False
+            try:
+                for info in tar:
+                    if info.name == MANIFEST:
+                        continue
+                    if info.name not in expected or not info.isfile() or info.name in seen:
+                        raise DataError(f"{archive}: unexpected member {info.name!r} (not listed in {MANIFEST}, not "
+                                        "a plain file, or twice)")
+                    seen.add(info.name)
+                    last, inside = info.name, True
+                    _extract_checked(tar, info, work / info.name, expected[info.name], archive)
+                    inside = False
+            except tarfile.TarError as err:  # the file ends inside a member, or a header after one is unreadable
+                where = "inside" if inside else "after"
+                raise DataError(f"{archive} is truncated or damaged: it breaks off {where} member {last!r} "
+                                f"({err})") from err
             lacking = sorted(set(expected) - seen)
             if lacking:
-                raise DataError(f"{archive} lacks {len(lacking)} members its {MANIFEST} lists ({', '.join(lacking[:3])})")
+                listed = f"{len(lacking)} members its {MANIFEST} lists ({', '.join(lacking[:3])})"
+                if not _ends_properly(tar, archive):  # tarfile stops quietly at a cut or unreadable header
+                    raise DataError(f"{archive} is truncated or damaged: it breaks off after member {last!r}, "
+                                    f"without the end of a tar archive, and lacks {listed}")
+                raise DataError(f"{archive} lacks {listed}")
         names = _check_database(work, archive)
         for folder in ("arrays", "examples"):
             (work / folder).mkdir(exist_ok=True)
@@ -200,12 +215,52 @@ def restore_store(archive: Path, root: Path) -> dict[str, Any]:
     return {"store": str(root), "classifiers": len(names), "names": names, "created": manifest.get("created")}
 
 
-def _read_manifest(tar: tarfile.TarFile, archive: Path) -> dict[str, Any]:
+def _begins_with_manifest(archive: Path) -> bool:
+    """Whether ``archive`` starts as a backup does: with the header of its manifest (the name is a header's first
+    field), so that a file too short for tarfile to open is told as cut short, not as some other file."""
     try:
-        member = tar.getmember(MANIFEST)
-        fh = tar.extractfile(member)
-        manifest = json.loads(fh.read(1 << 24)) if fh is not None else None
-    except (KeyError, ValueError, RecursionError, tarfile.TarError) as err:
+        with archive.open("rb") as fh:
+            return fh.read(100).split(b"\0", 1)[0] == MANIFEST.encode()
+    except OSError:
+        return False
+
+
+def _ends_properly(tar: tarfile.TarFile, archive: Path) -> bool:
+    """Whether the archive has the end-of-archive marker (a zero block) where tarfile stopped reading members.
+    tarfile stops without an error where a header is cut short or unreadable, as at the end: only this tells a
+    backup cut short in transfer from a whole archive that lacks a member."""
+    try:
+        with archive.open("rb") as fh:
+            fh.seek(tar.offset)
+            return fh.read(tarfile.BLOCKSIZE) == tarfile.NUL * tarfile.BLOCKSIZE
+    except OSError:
+        return False
+
+
+def _read_manifest(tar: tarfile.TarFile, archive: Path) -> dict[str, Any]:
+    """The backup's ``backup.json``, found by reading members up to it (a backup writes it first).  Not
+    ``getmember``: that reads every header of the archive first, and a backup cut short in transfer was then
+    called "not a classifier store backup (no readable backup.json)", its intact manifest unread."""
+    member = None
+    try:
+        member = tar.next()
+        while member is not None and member.name != MANIFEST:
+            member = tar.next()
+        fh = tar.extractfile(member) if member is not None else None
+        data = fh.read(1 << 24) if fh is not None else None
+    except tarfile.TarError as err:
+        if member is None:
+            where = "at its first member"
+        elif member.name == MANIFEST:
+            where = f"inside its {MANIFEST}"
+        else:
+            where = f"after member {member.name!r}, before any {MANIFEST}"
+        raise DataError(f"{archive} is truncated or damaged: it breaks off {where} ({err})") from err
+    if member is None:
+        raise DataError(f"{archive} is not a classifier store backup (it has no {MANIFEST})")
+    try:
+        manifest = json.loads(data) if data is not None else None
+    except (ValueError, RecursionError) as err:
         raise DataError(f"{archive} is not a classifier store backup (no readable {MANIFEST}: {err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{archive} is not a classifier store backup ({MANIFEST} does not say {FORMAT!r})")

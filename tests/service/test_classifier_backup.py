@@ -191,6 +191,48 @@ def test_a_damaged_foreign_or_incomplete_archive_and_an_occupied_place_are_refus
     assert len(ClassifierStore(small_store).all_rows()) == 5  # untouched
 
 
+def test_a_truncated_archive_is_called_truncated_and_one_without_a_manifest_not_a_backup(
+    small_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backup cut short in transfer was refused as "not a classifier store backup (no readable backup.json:
+    unexpected end of data)", its manifest, the first member, intact: the manifest was looked up by reading every
+    header of the archive first."""
+    good = tmp_path / "good.tar"
+    _backup(small_store, good, capsys)
+    data = good.read_bytes()
+    with tarfile.open(good) as tar:
+        members = tar.getmembers()
+    assert members[0].name == "backup.json"
+    second, big = members[1], max(members[1:], key=lambda m: m.size)
+    cuts = {
+        "in the first header": (100, "it ends inside the header of its backup.json"),
+        "in the manifest": (members[0].offset_data + 10, "it breaks off inside its backup.json"),
+        "in a later header": (second.offset + 100, "it breaks off after member 'backup.json', without the end of a "
+                              "tar archive, and lacks"),
+        "in a member": (big.offset_data + big.size // 2, f"it breaks off inside member {big.name!r} (unexpected end of "
+                        "data)"),
+    }
+    for what, (size, says) in cuts.items():
+        archive = tmp_path / f"cut-{size}.tar"
+        archive.write_bytes(data[:size])
+        target = tmp_path / f"restored-{size}"
+        assert keepfit(["classifier", "restore", "--store", str(target), str(archive)]) == 2, what
+        line = _one_line(capsys)
+        assert f"{archive} is truncated or damaged: {says}" in line, (what, line)
+        assert not target.exists(), what
+    foreign = tmp_path / "foreign.tar"
+    with tarfile.open(foreign, "w") as tar:
+        info = tarfile.TarInfo("notes.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    assert keepfit(["classifier", "restore", "--store", str(tmp_path / "restored-foreign"), str(foreign)]) == 2
+    assert _one_line(capsys) == f"error: {foreign} is not a classifier store backup (it has no backup.json)"
+    lacking = _rewrite(good, tmp_path / "l.tar", "lacking")  # whole, one member left out: not called truncated
+    assert keepfit(["classifier", "restore", "--store", str(tmp_path / "restored-lacking"), str(lacking)]) == 2
+    assert _one_line(capsys).startswith(f"error: {lacking} lacks 1 members its backup.json lists")
+    assert not [p for p in tmp_path.iterdir() if ".restoring-" in p.name or p.name.startswith("restored-")]
+
+
 def test_a_store_never_follows_an_arrays_name_out_of_its_folder(small_store: Path, tmp_path: Path) -> None:
     """Were such a database in place (restore refuses it), deleting its classifier would remove the named file."""
     victim = tmp_path / "victim.npz"
