@@ -94,22 +94,42 @@ class SourceSet:
 
 
 def from_folder(root: Path, modality: str | None = None, labels_from_folders: bool = False) -> SourceSet:
-    """Every file under ``root`` (recursively; hidden files and folders aside): non-images are skipped later,
-    when they fail to decode, and counted in the summary."""
+    """Every file under ``root`` (recursively, through links to folders, each real folder once; hidden files and
+    folders aside): non-images are skipped later, when they fail to decode, and counted in the summary."""
     root = root.expanduser()
     if not root.exists():
         raise DataError(f"image folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (use --manifest for a CSV)")
     root = root.resolve()
-    # One walk (links to folders are not followed): a broken link is kept (reading it fails and is counted, as an
-    # unreadable file is); a folder that cannot be listed is named, not passed over in silence.
+    # One walk. Links to folders are followed: a clinic's archive is often assembled from links (a month's folder
+    # on a NAS linked in), and its images must not go missing without a word. A folder reached twice (two links to
+    # it, or a link back up the tree) is listed once, by the first way the sorted walk reaches it, so a loop ends.
+    # A broken link is kept (reading it fails and is counted, as an unreadable file is); a folder that cannot be
+    # listed is named, not passed over in silence.
     files: list[Path] = []
     unlisted: list[tuple[str, str]] = []
+    info = root.stat()
+    seen = {(info.st_dev, info.st_ino): str(root)}  # (device, inode) of each folder to list -> the way it was reached
     for folder, subfolders, names in os.walk(
-        root, onerror=lambda err: unlisted.append((str(err.filename), err.strerror or str(err)))
+        root, onerror=lambda err: unlisted.append((str(err.filename), err.strerror or str(err))), followlinks=True
     ):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        kept: list[str] = []
+        for name in sorted(subfolders):
+            if name.startswith("."):
+                continue
+            sub = os.path.join(folder, name)
+            try:
+                info = os.stat(sub)
+            except OSError as err:  # gone or out of reach since it was listed
+                unlisted.append((sub, err.strerror or str(err)))
+                continue
+            first = seen.setdefault((info.st_dev, info.st_ino), sub)
+            if first == sub:
+                kept.append(name)
+            else:  # its images are under the first way in: listed once
+                logger.info("%s is the folder %s again (a link): listed once", sub, first)
+        subfolders[:] = kept
         for name in names:
             path = Path(folder) / name
             if not name.startswith(".") and (path.is_file() or (path.is_symlink() and not path.exists())):
