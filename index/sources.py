@@ -3,8 +3,9 @@
 A manifest has a ``path`` column (relative to the CSV's folder, or absolute) and optionally ``modality``,
 ``caption`` and label columns.  Label columns are chosen with ``label_columns``; by default every column that is
 not bookkeeping (path, modality, split, patient, eye, task, caption, ...) holds labels.  A cell's text is the
-label (``dme = diabetic macular edema``); a column of yes/no values (0/1, true/false) labels its rows by the
-column's name instead.
+label (``dme = diabetic macular edema``); a column of yes/no values (0/1, true/false) labels its yes rows by the
+column's name instead, and its no rows not at all.  Which kind a column is, is read over all of the manifest's
+rows, whatever ``splits`` keeps.  The row numbers pandas saves (``Unnamed: 0``) are not labels either.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def _column_key(name: str) -> str:
 def _identifying(key: str) -> bool:
     return key in IDENTIFYING_COLUMNS or key.startswith("patient_")
 
+
+# The row index pandas writes with DataFrame.to_csv (and reads back as a column of that name): numbers, not labels
+_SAVED_INDEX = re.compile(r"Unnamed: \d+")
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "y", "t"})
 FALSE_VALUES = frozenset({"0", "false", "no", "n", "f"})
@@ -164,6 +168,7 @@ def from_manifest(
     path = path.expanduser().resolve()
     manifest = read_manifest(path)
     columns, rows = list(manifest.columns), list(manifest.rows)
+    every_row = rows
     if splits:
         if "split" not in columns:
             raise DataError(f"manifest {path} has no 'split' column to select {', '.join(splits)} from")
@@ -174,13 +179,21 @@ def from_manifest(
                             f"(splits present: {', '.join(present)})")
     if label_columns is None:
         keys = {c: _column_key(c) for c in columns}
-        chosen = [c for c in columns if c and keys[c] not in NON_LABEL_COLUMNS and not _identifying(keys[c])]
+        saved_index = [c for c in columns if _SAVED_INDEX.fullmatch(c)]
+        if saved_index:  # taken as labels, every image got its row number as one
+            logger.info("manifest %s: the columns %s are row numbers pandas saved, not labels: ignored", path.name,
+                        ", ".join(saved_index))
+        chosen = [c for c in columns if c and keys[c] not in NON_LABEL_COLUMNS and not _identifying(keys[c])
+                  and c not in saved_index]
         if chosen:  # every other column becomes labels, which search answers return: say which
             logger.info("manifest %s: labels from the columns %s (choose with --label-columns)", path.name,
                         ", ".join(chosen))
     else:
         chosen = [c for c in label_columns if c in columns]
-    boolean = {c for c in chosen if _is_boolean([r.get(c, "") for r in rows])}
+    # Which kind a column is (yes/no or text) is read over all its rows, whatever the split: decided over the rows
+    # kept, a 0-4 grade column whose test rows hold only 0 and 1 read as yes/no there, so the same cell was the
+    # label "1" in one index and the column's name (or nothing) in another.
+    boolean = {c for c in chosen if _is_boolean([r.get(c, "") for r in every_row])}
     base = path.parent
     items: list[ImageItem] = []
     for line, row in enumerate(rows, start=2):

@@ -59,3 +59,34 @@ def test_a_linked_folder_that_cannot_be_listed_is_named(tmp_path: Path, monkeypa
     found = sources.from_folder(archive)
     assert [Path(i.source).name for i in found.items] == ["a.jpg"]
     assert found.unlisted == [(str(archive / "nas"), "Permission denied")]
+
+
+def test_the_row_numbers_pandas_saves_are_not_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A manifest saved by pandas (`df.to_csv(...)`, read back and saved again) carries its row index as
+    `Unnamed: 0`: every image got its row number as a label. Ignored by default, with a line that says so."""
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("Unnamed: 0,Unnamed: 1,path,diagnosis\n0,0,a.jpg,normal\n1,1,b.jpg,glaucoma\n2,2,c.jpg,\n")
+    with caplog.at_level(logging.INFO, logger="index.sources"):
+        found = sources.from_manifests([manifest])
+    assert [i.labels for i in found.items] == [("normal",), ("glaucoma",), ()]
+    assert "the columns Unnamed: 0, Unnamed: 1 are row numbers pandas saved, not labels: ignored" in caplog.text
+    assert "labels from the columns diagnosis " in caplog.text
+    named = sources.from_manifests([manifest], label_columns=["Unnamed: 0"])  # named: the user's choice
+    assert [i.labels for i in named.items] == [("0",), ("1",), ("2",)]
+
+
+@pytest.mark.parametrize("label_columns", [None, ["dr_grade"]], ids=["default", "named"])
+def test_a_columns_kind_is_read_over_the_whole_manifest_whatever_the_split(
+    tmp_path: Path, label_columns: list[str] | None
+) -> None:
+    """A 0-4 grade column was read as yes/no over the rows --split kept: where the test rows held only grades 0
+    and 1, grade 1 became the label "dr_grade" and grade 0 no label, unlike the same cells in a whole build."""
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,dr_grade,split\na.jpg,0,test\nb.jpg,1,test\nc.jpg,4,train\nd.jpg,2,train\n")
+    whole = sources.from_manifests([manifest], label_columns)
+    test = sources.from_manifests([manifest], label_columns, splits=["test"])
+    assert [i.labels for i in whole.items] == [("0",), ("1",), ("4",), ("2",)]
+    assert [i.labels for i in test.items] == [("0",), ("1",)]
+    yes_no = tmp_path / "yes_no.csv"
+    yes_no.write_text("path,referable,split\na.jpg,1,test\nb.jpg,1,test\nc.jpg,0,train\n")
+    assert [i.labels for i in sources.from_manifests([yes_no], splits=["test"]).items] == [("referable",)] * 2
