@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from model.errors import DataError
@@ -83,6 +83,11 @@ class ImageItem:
     modality: str | None = None
     labels: tuple[str, ...] = ()
     caption: str | None = None
+    # A manifest row's own words, for messages that must point at the row a user can fix: its path cell as
+    # written (a Windows path, one relative to another folder), the manifest and the row's line.
+    given: str | None = None
+    manifest: str | None = None
+    line: int = 0
 
 
 @dataclass
@@ -196,7 +201,10 @@ def from_manifest(
     boolean = {c for c in chosen if _is_boolean([r.get(c, "") for r in every_row])}
     base = path.parent
     items: list[ImageItem] = []
-    for line, row in enumerate(rows, start=2):
+    kept = set(splits or ())
+    for line, row in enumerate(every_row, start=2):  # the file's line numbers, whatever --split keeps
+        if kept and row.get("split") not in kept:
+            continue
         rel = row.get("path", "")
         if not rel:
             logger.warning("%s line %d: empty path, row skipped", path, line)
@@ -218,6 +226,9 @@ def from_manifest(
                 modality=row.get("modality") or modality,
                 labels=tuple(dict.fromkeys(labels)),
                 caption=row.get("caption") or None,
+                given=rel,
+                manifest=str(path),
+                line=line,
             )
         )
     logger.info("%s: %d rows, label columns: %s", path, len(items), ", ".join(chosen) or "none")
@@ -256,8 +267,5 @@ def merge(sets: Sequence[SourceSet]) -> SourceSet:
         out.roots.extend(s.roots)
         out.descriptions.extend(s.descriptions)
         out.columns.extend(c for c in s.columns if c not in out.columns)
-    out.items = [
-        ImageItem(seq=i, source=it.source, modality=it.modality, labels=it.labels, caption=it.caption)
-        for i, it in enumerate(out.items)
-    ]
+    out.items = [replace(it, seq=i) for i, it in enumerate(out.items)]
     return out

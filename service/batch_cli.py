@@ -33,11 +33,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.cli import int_at_least
 from model.errors import ConfigError, DataError, KeepfitError
 from model.files import atomic_write, read_regular_file
+
+if TYPE_CHECKING:
+    from index.sources import ImageItem
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +148,7 @@ def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _paths(args: argparse.Namespace) -> tuple[list[str], list[dict[str, Any]]]:
+def _paths(args: argparse.Namespace) -> tuple[list[ImageItem], list[dict[str, Any]]]:
     """The files to classify, in order, and a row for each folder that could not be listed."""
     from index.sources import from_folder, from_manifests, merge
 
@@ -160,7 +163,18 @@ def _paths(args: argparse.Namespace) -> tuple[list[str], list[dict[str, Any]]]:
     ]
     if not merged.items and not unlisted:
         raise DataError("no files to classify in " + ", ".join([*(args.images or []), *(args.manifest or [])]))
-    return [item.source for item in merged.items], unlisted
+    return merged.items, unlisted
+
+
+def _which(row: dict[str, Any], item: ImageItem | None) -> str:
+    """The file a failed row is of, as its input named it: a manifest's path cell as written, with the line and
+    the folder its relative paths are read from, so that a path written on another machine (``photos\\a.jpg``) or
+    relative to another folder (the one the command ran in) shows what to fix."""
+    if item is None or item.manifest is None:
+        return row["path"]
+    folder = os.path.dirname(item.manifest)
+    return (f"{shown(item.given or '')} (line {item.line} of the manifest {shown(item.manifest)}, whose relative "
+            f"paths are read from its folder {shown(folder)})")
 
 
 def _check_out(out: Path, manifests: list[str]) -> None:
@@ -252,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     from model.cores import available_cores
 
     threads = args.threads or available_cores()
-    paths, unlisted = _paths(args)
+    items, unlisted = _paths(args)
+    paths = [item.source for item in items]
     target = out.resolve()
     if any(Path(p).resolve() == target for p in paths):  # a folder's file (its labels.csv, an earlier result)
         raise ConfigError(f"--out {out} is one of the files to classify: name a file outside the --images folders")
@@ -266,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         for done, row in enumerate(itertools.chain(unlisted, _rows(scorer, paths, threads)), start=1):
             if "error" in row:
                 failed += 1
-                first_error = first_error or f"{row['error']['code']}: {row['error']['message']}"
+                if not first_error:
+                    item = items[done - 1 - len(unlisted)] if done > len(unlisted) else None
+                    first_error = f"{row['error']['code']}: {row['error']['message']}: {_which(row, item)}"
             else:
                 warned.update({w["code"] for w in row.get("warnings", [])})
                 if row["predictions"]:

@@ -227,9 +227,31 @@ def test_nothing_is_written_when_no_image_can_be_read(
     assert keepfit(["classify", "--images", str(junk), "--artifact", str(default_artifact), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no image could be classified: the first of 2 failed with invalid_image")
+    assert err.endswith(f": {junk / 'a.jpg'}")  # which file: the first in the input's order
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["junk"]
     assert keepfit(["classify", "--out", str(out)]) == 2
     assert "--images DIR or --manifest CSV" in capsys.readouterr().err
+
+
+def test_a_manifest_none_of_whose_files_can_be_read_names_the_row_and_where_its_paths_are_read_from(
+    default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """"the first of 24 failed with unreadable: No such file or directory" named no file: a manifest written on
+    Windows (``photos\\a.jpg``) or with paths relative to the folder the command ran in could not be told apart
+    from a missing disk. The path cell as written, its line, and the folder relative paths are read from."""
+    site = tmp_path / "site"
+    site.mkdir()
+    manifest = site / "labels.csv"
+    manifest.write_text("path,split\nphotos/b.jpg,train\nphotos\\a.jpg,test\nsite/photos/c.jpg,test\n")
+    out = tmp_path / "r.csv"
+    args = ["classify", "--manifest", str(manifest), "--split", "test", "--artifact", str(default_artifact),
+            "--out", str(out)]
+    assert keepfit(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no image could be classified: the first of 2 failed with unreadable: No such file or directory: "
+        f"photos\\a.jpg (line 3 of the manifest {manifest}, whose relative paths are read from its folder {site})"
+    )
+    assert not out.exists()
 
 
 def test_classifying_an_archive_never_imports_torch(folder: Path, default_artifact: Path, tmp_path: Path) -> None:
