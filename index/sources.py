@@ -1,9 +1,8 @@
 """What to index: the images of a folder, or the rows of one or more manifest CSVs.
 
-A manifest has a ``path`` column (relative to the CSV's folder, the link's where the CSV is named through a link,
-or absolute) and optionally ``modality``, ``caption`` and label columns.  Label columns are chosen with
-``label_columns``; by default every column that is not bookkeeping (path, modality, split, patient, eye, task,
-caption, ...) holds labels.  A cell's text is the
+A manifest has a ``path`` column (relative to the CSV's folder, or absolute) and optionally ``modality``,
+``caption`` and label columns.  Label columns are chosen with ``label_columns``; by default every column that is
+not bookkeeping (path, modality, split, patient, eye, task, caption, ...) holds labels.  A cell's text is the
 label (``dme = diabetic macular edema``); a column of yes/no values (0/1, true/false) labels its yes rows by the
 column's name instead, and its no rows not at all.  Which kind a column is, is read over all of the manifest's
 rows, whatever ``splits`` keeps.  The row numbers pandas saves (``Unnamed: 0``) are not labels either.
@@ -80,7 +79,7 @@ class ImageItem:
     """One image to embed: where it is and what its source says about it."""
 
     seq: int  # position in the input order: results are assembled in this order whatever ran them
-    source: str  # absolute path, as the folder or manifest row named it (links not resolved)
+    source: str  # absolute path
     modality: str | None = None
     labels: tuple[str, ...] = ()
     caption: str | None = None
@@ -171,12 +170,7 @@ def from_manifest(
     """The rows of one manifest CSV.  ``label_columns``: columns to take labels from (those this manifest lacks
     are ignored here; :func:`from_manifests` checks that each exists somewhere).  ``splits``: keep only rows
     whose ``split`` column is one of these (e.g. index the test split to evaluate retrieval honestly)."""
-    # One rule for every command (eval's, model.manifest.Manifest.resolve): a row's path is read beside the manifest
-    # as the user named it, a link to a CSV included, and is reported as the row gave it, made absolute but not
-    # resolved through links. Resolved, a manifest reached through a link read another site's files, and results
-    # named each link's target (a broken link's /nonexistent/x.jpg), which cannot be joined back to the manifest.
-    # Identity in an index is the file's SHA-256, never its path, so nothing else depends on this.
-    path = Path(os.path.abspath(path.expanduser()))
+    path = path.expanduser().resolve()
     manifest = read_manifest(path)
     columns, rows = list(manifest.columns), list(manifest.rows)
     every_row = rows
@@ -228,7 +222,7 @@ def from_manifest(
         items.append(
             ImageItem(
                 seq=len(items),
-                source=os.path.abspath(file),
+                source=str(file.resolve()),
                 modality=row.get("modality") or modality,
                 labels=tuple(dict.fromkeys(labels)),
                 caption=row.get("caption") or None,

@@ -795,8 +795,8 @@ class VectorIndex:
         """Records whose stored path, or resolved file, is ``path``."""
         text = str(path)
         candidates = {text, Path(text).as_posix()}
-        # the path as given (absolute, links kept: a build stores a link's own path, and a manifest row's path as
-        # the row gave it) and as resolved (links followed: a manifest build of an earlier release stored the target)
+        # the path as given (absolute, links kept: a folder build stores a link's own path) and as resolved
+        # (links followed: a manifest build stores the target)
         for found in (Path(os.path.abspath(Path(text).expanduser())), Path(text).expanduser().resolve()):
             if self.image_root is not None and found.is_relative_to(self.image_root):
                 candidates.add(found.relative_to(self.image_root).as_posix())

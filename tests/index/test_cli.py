@@ -455,36 +455,6 @@ def test_remove_by_the_path_of_a_symbolic_link_in_a_folder_build(
     assert code == 0 and "removed 1" in output, err
 
 
-def test_a_manifest_build_stores_its_rows_paths_and_finds_them_by_either_name(
-    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
-) -> None:
-    """A manifest build stored each file resolved through links (a site's linked photos folder: absolute paths
-    outside the index's image root). It stores the row's path now, as a folder build stores a link's own path;
-    `remove --path` finds an image by that path, and a rebuild keeps the ids (an image is its SHA-256, wherever
-    it lies)."""
-    store = tmp_path / "store"
-    shutil.copytree(archive.root / "oct", store)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "photos").symlink_to(store)
-    names = sorted(p.name for p in store.iterdir())[:3]
-    manifest = site / "labels.csv"
-    manifest.write_text("path,diagnosis\n" + "".join(f"photos/{n},normal\n" for n in names))
-    out = tmp_path / "idx"
-    build = ("build", "--artifact", str(tiny_artifact), "--manifest", str(manifest), "--out", str(out))
-    assert run(capsys, *build)[0] == 0
-    with VectorIndex.open(out) as index:
-        ids = {r.path: r.id for r in index.records()}
-        assert sorted(ids) == [f"photos/{n}" for n in names] and index.image_root == site
-    assert run(capsys, *build)[0] == 0  # again: the same images, the same ids
-    with VectorIndex.open(out) as index:
-        assert {r.path: r.id for r in index.records()} == ids
-    code, output, err = run(capsys, "remove", "--index", str(out), "--path", str(site / "photos" / names[0]))
-    assert code == 0 and "removed 1" in output, err
-    code, output, err = run(capsys, "remove", "--index", str(out), "--path", f"photos/{names[1]}")  # as stored
-    assert code == 0 and "removed 1" in output, err
-
-
 def test_identifying_manifest_columns_never_become_labels_by_default(archive: Archive, tmp_path: Path) -> None:
     """Every other column became a label, which search answers return ("date_of_birth" was searchable)."""
     import csv

@@ -90,22 +90,3 @@ def test_a_columns_kind_is_read_over_the_whole_manifest_whatever_the_split(
     yes_no = tmp_path / "yes_no.csv"
     yes_no.write_text("path,referable,split\na.jpg,1,test\nb.jpg,1,test\nc.jpg,0,train\n")
     assert [i.labels for i in sources.from_manifests([yes_no], splits=["test"]).items] == [("referable",)] * 2
-
-
-def test_a_manifests_rows_are_read_beside_it_as_named_and_reported_as_they_were_given(tmp_path: Path) -> None:
-    """Resolved through links, a manifest named by a link read the files beside its target (eval read those
-    beside the link), and each row came back as its link's target: a broken link as `/nowhere/x.jpg`, results
-    that could not be joined back to the manifest. One rule now, eval's, and the row's path made absolute."""
-    clinic, site = tmp_path / "clinic", tmp_path / "site"
-    (clinic / "photos").mkdir(parents=True)
-    (site / "store").mkdir(parents=True)
-    (clinic / "labels.csv").write_text("path,diagnosis\nphotos/a.jpg,normal\nphotos/./gone.jpg,glaucoma\n")
-    (site / "store" / "a.jpg").write_bytes(b"site's a")
-    (site / "photos").symlink_to(site / "store")  # the site's photos folder is a link
-    (site / "store" / "gone.jpg").symlink_to(tmp_path / "nowhere" / "x.jpg")
-    (site / "labels.csv").symlink_to(clinic / "labels.csv")
-    found = sources.from_manifests([site / "labels.csv"])
-    assert [i.source for i in found.items] == [str(site / "photos" / "a.jpg"), str(site / "photos" / "gone.jpg")]
-    assert found.roots == [site]
-    assert [(i.given, i.manifest, i.line) for i in found.items] == [
-        ("photos/a.jpg", str(site / "labels.csv"), 2), ("photos/./gone.jpg", str(site / "labels.csv"), 3)]

@@ -254,33 +254,6 @@ def test_a_manifest_none_of_whose_files_can_be_read_names_the_row_and_where_its_
     assert not out.exists()
 
 
-def test_a_manifests_results_name_each_file_as_its_row_does(
-    folder: Path, default_artifact: Path, tmp_path: Path
-) -> None:
-    """Each result named the file its row's links lead to, not the row's path (results could not be joined back to
-    the manifest; a broken link's row named its target), and a manifest named through a link was read beside its
-    target, where eval reads beside the link. The row's path now, joined with the folder the manifest was named in."""
-    clinic, site = tmp_path / "clinic", tmp_path / "site"
-    clinic.mkdir()
-    site.mkdir()
-    (site / "store").symlink_to(folder / "CFP")
-    (site / "photos").mkdir()
-    first, second = sorted((folder / "CFP").iterdir())
-    (site / "photos" / "a.jpg").symlink_to(site / "store" / first.name)
-    (site / "photos" / "gone.jpg").symlink_to(tmp_path / "nowhere" / "x.jpg")
-    rows = ["photos/a.jpg", "photos/../store/" + second.name, "photos/gone.jpg"]
-    (clinic / "labels.csv").write_text("path\n" + "".join(f"{r}\n" for r in rows))
-    (site / "labels.csv").symlink_to(clinic / "labels.csv")  # clinic/ holds no photos: read beside the link
-    out = tmp_path / "r.csv"
-    assert keepfit(["classify", "--manifest", str(site / "labels.csv"), "--artifact", str(default_artifact),
-                    "--out", str(out), "--categories", "normal", "--categories", "glaucoma"]) == 0
-    results = list(csv.DictReader(out.open()))
-    assert [(r["path"], r["status"]) for r in results] == [
-        (str(site / "photos" / "a.jpg"), "ok"), (str(site / "store" / second.name), "ok"),
-        (str(site / "photos" / "gone.jpg"), "error")]
-    assert results[2]["error"] == "unreadable: No such file or directory"
-
-
 def test_classifying_an_archive_never_imports_torch(folder: Path, default_artifact: Path, tmp_path: Path) -> None:
     """Like the service, the batch command runs on ONNX Runtime alone (a clinic's machine has no torch)."""
     import subprocess
