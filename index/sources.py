@@ -202,7 +202,8 @@ def from_manifest(
     base = path.parent
     items: list[ImageItem] = []
     kept = set(splits or ())
-    for line, row in enumerate(every_row, start=2):  # the file's line numbers, whatever --split keeps
+    lines = manifest.lines or tuple(range(2, len(every_row) + 2))
+    for line, row in zip(lines, every_row, strict=True):  # the file's line numbers, whatever --split keeps
         if kept and row.get("split") not in kept:
             continue
         rel = row.get("path", "")

@@ -24,6 +24,7 @@ class Manifest:
     path: Path
     columns: tuple[str, ...]
     rows: tuple[dict[str, str], ...]
+    lines: tuple[int, ...] = ()  # each row's line in the file, for messages (empty: not read from a file)
 
     @property
     def folder(self) -> Path:
@@ -47,6 +48,13 @@ class Manifest:
 
 def read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str], ...]]:
     """``(columns, rows)`` of a CSV file with a header row, with clear errors for a missing or unreadable file."""
+    columns, rows, _ = _read_table(path)
+    return columns, rows
+
+
+def _read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str], ...], tuple[int, ...]]:
+    """:func:`read_table` and each row's line in the file (where it ends: blank lines and a quoted cell that spans
+    lines are counted, as an editor counts them)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"manifest not found: {path}")
@@ -59,7 +67,7 @@ def read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str],
             twice = sorted({c for c in columns if c and columns.count(c) > 1})
             if twice:  # a row would keep only the last cell of the name: which one was meant cannot be known
                 raise DataError(f"manifest {path} names the column {twice[0]!r} twice in its header: rename one")
-            parsed = []
+            parsed, lines = [], []
             for row in reader:
                 if None in row:  # more cells than the header names (an unquoted comma in a caption, say)
                     raise DataError(
@@ -67,16 +75,17 @@ def read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str],
                         f"header has {len(columns)}: quote a value that holds a comma"
                     )
                 parsed.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
+                lines.append(reader.line_num)
             rows = tuple(parsed)
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"manifest {path} is not a readable CSV: {err}") from err
-    return columns, rows
+    return columns, rows, tuple(lines)
 
 
 def read_manifest(path: str | Path) -> Manifest:
     """Read a CSV manifest; it must exist, parse and have a ``path`` column."""
     path = Path(path)
-    columns, rows = read_table(path)
+    columns, rows, lines = _read_table(path)
     if "path" not in columns:
         raise DataError(f"manifest {path} has no 'path' column (columns: {', '.join(columns) or 'none'})")
-    return Manifest(path=path, columns=columns, rows=rows)
+    return Manifest(path=path, columns=columns, rows=rows, lines=lines)

@@ -242,14 +242,17 @@ def test_a_manifest_none_of_whose_files_can_be_read_names_the_row_and_where_its_
     site = tmp_path / "site"
     site.mkdir()
     manifest = site / "labels.csv"
-    manifest.write_text("path,split\nphotos/b.jpg,train\nphotos\\a.jpg,test\nsite/photos/c.jpg,test\n")
+    # a blank line and a caption over two lines before it: the line an editor shows, not the row's number
+    manifest.write_text(
+        'path,split,caption\nphotos/b.jpg,train,"two\nlines"\n\nphotos\\a.jpg,test,\nsite/photos/c.jpg,test,\n'
+    )
     out = tmp_path / "r.csv"
     args = ["classify", "--manifest", str(manifest), "--split", "test", "--artifact", str(default_artifact),
             "--out", str(out)]
     assert keepfit(args) == 2
     assert capsys.readouterr().err.strip() == (
         "error: no image could be classified: the first of 2 failed with unreadable: No such file or directory: "
-        f"photos\\a.jpg (line 3 of the manifest {manifest}, whose relative paths are read from its folder {site})"
+        f"photos\\a.jpg (line 5 of the manifest {manifest}, whose relative paths are read from its folder {site})"
     )
     assert not out.exists()
 
