@@ -10,6 +10,7 @@ rows, whatever ``splits`` keeps.  The row numbers pandas saves (``Unnamed: 0``) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -111,15 +112,18 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (use --manifest for a CSV)")
     root = root.resolve()
-    # One walk. Links to folders are followed: a clinic's archive is often assembled from links (a month's folder
-    # on a NAS linked in), and its images must not go missing without a word. A folder reached twice (two links to
-    # it, or a link back up the tree) is listed once, by the first way the sorted walk reaches it, so a loop ends.
+    # Links to folders are followed: a clinic's archive is often assembled from links (a month's folder on a NAS
+    # linked in), and its images must not go missing without a word. Each folder is listed once, by its real path
+    # where it has one in the archive (a link to it, such as `Current -> 2026/11`, adds nothing, and its images keep
+    # their paths and folder labels of before), else by the first link that reaches it; a link to a folder that
+    # holds the archive (`up -> ..`) is not followed, so no loop runs and nothing beside the archive is read.
     # A broken link is kept (reading it fails and is counted, as an unreadable file is); a folder that cannot be
     # listed is named, not passed over in silence.
     files: list[Path] = []
     unlisted: list[tuple[str, str]] = []
-    info = root.stat()
-    seen = {(info.st_dev, info.st_ino): str(root)}  # (device, inode) of each folder to list -> the way it was reached
+    real = _real_folders(root)
+    seen: set[tuple[int, int]] = set()
+    holds_root = str(root) + os.sep
     for folder, subfolders, names in os.walk(
         root, onerror=lambda err: unlisted.append((str(err.filename), err.strerror or str(err))), followlinks=True
     ):
@@ -133,11 +137,19 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
             except OSError as err:  # gone or out of reach since it was listed
                 unlisted.append((sub, err.strerror or str(err)))
                 continue
-            first = seen.setdefault((info.st_dev, info.st_ino), sub)
-            if first == sub:
-                kept.append(name)
-            else:  # its images are under the first way in: listed once
-                logger.info("%s is the folder %s again (a link): listed once", sub, first)
+            key = (info.st_dev, info.st_ino)
+            if os.path.islink(sub):
+                target = os.path.realpath(sub)
+                if key in real or key in seen:
+                    logger.info("%s links to %s, whose images are listed once, under that folder", sub, target)
+                    continue
+                if holds_root.startswith(target.rstrip(os.sep) + os.sep):
+                    logger.warning("%s links to %s, which holds the archive itself: not followed", sub, target)
+                    continue
+            elif key in seen:  # reached before, through a link
+                continue
+            seen.add(key)
+            kept.append(name)
         subfolders[:] = kept
         for name in names:
             path = Path(folder) / name
@@ -154,6 +166,18 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
         items.append(ImageItem(seq=len(items), source=str(path), modality=modality, labels=labels))
     logger.info("%s: %d files", root, len(items))
     return SourceSet(items=items, roots=[root], descriptions=[f"folder {root}"], unlisted=unlisted)
+
+
+def _real_folders(root: Path) -> set[tuple[int, int]]:
+    """(device, inode) of every folder under ``root`` (itself included) reached without following a link, hidden
+    ones aside, as :func:`from_folder` lists them."""
+    found = set()
+    for folder, subfolders, _ in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        with contextlib.suppress(OSError):
+            info = os.stat(folder)
+            found.add((info.st_dev, info.st_ino))
+    return found
 
 
 def _is_boolean(values: Sequence[str]) -> bool:

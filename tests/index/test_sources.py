@@ -26,17 +26,22 @@ def test_a_folder_linked_into_the_archive_is_listed_and_a_link_loop_ends(
     (archive / "2026-11").symlink_to(nas / "2026-11")
     (archive / "again").symlink_to(nas / "2026-11")  # the same folder by another link
     (archive / "2026-10" / "up").symlink_to(archive)  # a loop
+    (archive / "2026-10" / "beside").symlink_to(tmp_path)  # a folder that holds the archive (and the NAS)
+    (archive / "Current").symlink_to(archive / "2026-10")  # a shortcut to a real folder of the archive
     (archive / ".snapshot").symlink_to(nas)  # hidden: left out, as hidden folders are
     with caplog.at_level(logging.INFO, logger="index.sources"):
         found = sources.from_folder(archive, labels_from_folders=True)
     assert [(Path(i.source).relative_to(archive).as_posix(), i.labels) for i in found.items] == [
-        ("2026-10/a.jpg", ("2026-10",)),
+        ("2026-10/a.jpg", ("2026-10",)),  # by its real path, not the shortcut sorted before it ("Current")
         ("2026-11/b.jpg", ("2026-11",)),  # the link's path and name, as the archive shows it
         ("2026-11/left eye/c.jpg", ("left eye",)),
     ]
     assert found.unlisted == []
-    assert f"{archive / 'again'} is the folder {archive / '2026-11'} again (a link): listed once" in caplog.text
-    assert f"{archive / '2026-10' / 'up'} is the folder {archive} again" in caplog.text
+    once = "whose images are listed once, under that folder"
+    assert f"{archive / 'again'} links to {nas / '2026-11'}, {once}" in caplog.text
+    assert f"{archive / 'Current'} links to {archive / '2026-10'}, {once}" in caplog.text
+    assert f"{archive / '2026-10' / 'up'} links to {archive}, {once}" in caplog.text
+    assert f"{archive / '2026-10' / 'beside'} links to {tmp_path}, which holds the archive itself" in caplog.text
 
 
 def test_a_linked_folder_that_cannot_be_listed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
