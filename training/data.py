@@ -29,7 +29,7 @@ from model.errors import DataError, ImageError
 from model.files import atomic_write
 from model.knowledge import Knowledge
 from model.manifest import Manifest, read_manifest, read_table
-from model.preprocess import DEFAULT_MIN_IMAGE_SIDE, load_image, original_size
+from model.preprocess import load_image, original_size
 
 logger = logging.getLogger(__name__)
 
@@ -622,23 +622,23 @@ class LoadReport:
 
 
 def iter_images(
-    paths: Sequence[Path], report: LoadReport, size: int | None = None
+    paths: Sequence[Path], report: LoadReport, size: int | None = None, min_side: int = 0
 ) -> Iterator[tuple[int, Image.Image]]:
     """``(index, image)`` for every readable path; the rest go into ``report``.
 
     ``size``: the model input side, so only what the model needs is decoded (``load_image(size=...)``).
-    An image under ``DEFAULT_MIN_IMAGE_SIDE`` a side is skipped too, as the service, ``keepfit classify`` and the
-    index refuse it (``image_too_small``): an evaluation scored such thumbnails, so it did not measure what the
-    service answers.
+    ``min_side``: an image under it a side is skipped too (evaluation passes ``DEFAULT_MIN_IMAGE_SIDE``: the service,
+    ``keepfit classify`` and the index refuse such an image, ``image_too_small``, and an evaluation that scored
+    such thumbnails did not measure what the service answers).
     """
     for i, path in enumerate(paths):
         try:
             image = load_image(path, size=size)
             width, height = original_size(image)
-            if min(width, height) < DEFAULT_MIN_IMAGE_SIDE:
+            if min(width, height) < min_side:
                 raise ImageError(
-                    f"too small: {width}x{height} px; the service refuses images under {DEFAULT_MIN_IMAGE_SIDE} px a "
-                    "side (KEEPFIT_MIN_IMAGE_SIDE's default)"
+                    f"too small: {width}x{height} px; the service refuses images under {min_side} px a side "
+                    "(KEEPFIT_MIN_IMAGE_SIDE)"
                 )
         except ImageError as err:
             report.skipped[str(path)] = str(err)

@@ -21,7 +21,7 @@ from model.errors import DataError
 from model.knowledge import Knowledge
 from model.logs import progress_bars
 from model.manifest import Manifest
-from model.preprocess import JPEG_QUALITY
+from model.preprocess import DEFAULT_MIN_IMAGE_SIDE, JPEG_QUALITY
 from model.runtime import KeepfitRuntime, decided_normal, prompt_means, zero_shot_probabilities
 from training.data import LoadReport, check_files, filter_rows, iter_images, read_manifest
 from training.metrics import classification_summary, precision_at_k
@@ -377,7 +377,7 @@ class ImageEmbedder:
                         self.typicality[p] = float(value)
                 batch.clear()
 
-        for i, image in tqdm(iter_images(todo, self.report, self.size), total=len(todo), desc=desc, unit="img",
+        for i, image in tqdm(iter_images(todo, self.report, self.size, min_side=DEFAULT_MIN_IMAGE_SIDE), total=len(todo), desc=desc, unit="img",
                              disable=not todo or not progress_bars()):
             batch.append((todo[i], image))
             if len(batch) == self.batch_size:

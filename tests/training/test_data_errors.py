@@ -108,15 +108,24 @@ def test_unreadable_images_are_skipped_and_counted(labelled_folder: Path) -> Non
     assert report.summary().startswith("2 images loaded, 1 skipped as unreadable")
 
 
-def test_an_image_the_service_refuses_as_too_small_is_skipped_and_counted(tmp_path: Path) -> None:
-    """A 20x14 thumbnail was scored by eval (and trained on), while the service, classify and the index refuse it
+def test_an_image_the_service_refuses_as_too_small_is_not_scored(tmp_path: Path, tiny_artifact: Path) -> None:
+    """A 20x14 thumbnail was scored by eval, while the service, classify and the index refuse it
     (``image_too_small``): eval then measured something the service never answers."""
+    from model.preprocess import DEFAULT_MIN_IMAGE_SIDE
+    from model.runtime import KeepfitRuntime
+    from training.evaluate import ImageEmbedder
+
     Image.new("RGB", (20, 14), (120, 40, 20)).save(tmp_path / "thumb.png")
     Image.new("RGB", (32, 32), (120, 40, 20)).save(tmp_path / "small.png")  # the smallest accepted
+    paths = [tmp_path / "thumb.png", tmp_path / "small.png"]
     report = LoadReport()
-    assert [i for i, _ in iter_images([tmp_path / "thumb.png", tmp_path / "small.png"], report, size=224)] == [1]
+    assert [i for i, _ in iter_images(paths, report, size=224, min_side=DEFAULT_MIN_IMAGE_SIDE)] == [1]
     assert report.skipped[str(tmp_path / "thumb.png")].startswith("too small: 20x14 px; the service refuses")
     assert report.summary() == "1 images loaded, 1 skipped as unreadable (1 too small)"
+    assert [i for i, _ in iter_images(paths, LoadReport(), size=224)] == [0, 1]  # training's: as before
+    embedder = ImageEmbedder.of_runtime(KeepfitRuntime.from_artifact(tiny_artifact))
+    _, ok = embedder(paths)
+    assert ok.tolist() == [False, True] and list(embedder.report.skipped) == [str(tmp_path / "thumb.png")]
 
 
 def test_unreadable_image_in_eval_is_a_counted_skip_not_a_crash(labelled_folder: Path, tiny_artifact: Path) -> None:
