@@ -49,6 +49,11 @@ from service.classifiers import (
 from service.errors import ServiceError
 
 
+def _default_artifact() -> str:
+    """As `keepfit serve` and `keepfit classify` read it: KEEPFIT_ARTIFACT, else the default artifact."""
+    return os.environ.get("KEEPFIT_ARTIFACT", "artifacts/keepfit-v2-small")
+
+
 def _root(args: argparse.Namespace) -> Path:
     """The store's directory: ``--store``, else beside ``--index``, else the service's, found as ``keepfit serve``
     finds it (``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``, else beside the index it finds under
@@ -59,7 +64,9 @@ def _root(args: argparse.Namespace) -> Path:
         return Path(args.store)
     if getattr(args, "index", None):  # named here: its store, whatever KEEPFIT_CLASSIFIERS says
         return Path(_settings(index=Path(args.index), classifiers=None).classifiers_dir)
-    return Path(with_found_index(_settings()).classifiers_dir)
+    # the index keepfit serve would find for this command's artifact (--artifact, else KEEPFIT_ARTIFACT's)
+    artifact = getattr(args, "artifact", None)
+    return Path(with_found_index(_settings(**({"artifact": Path(artifact)} if artifact else {}))).classifiers_dir)
 
 
 def _store(args: argparse.Namespace, create: bool = False) -> ClassifierStore:
@@ -428,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     fit = sub.add_parser("fit", help="fit a classifier from labelled images and store it")
     common(fit)
     fit.add_argument("--name", required=True)
-    fit.add_argument("--artifact", default="artifacts/keepfit-v2-small")
+    fit.add_argument("--artifact", default=_default_artifact())
     fit.add_argument("--modality", choices=MODALITIES)
     fit.add_argument(
         "--method", default="auto", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
@@ -469,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         if name != "list":
             p.add_argument("name")
         if name == "refit":
-            p.add_argument("--artifact", default="artifacts/keepfit-v2-small")
+            p.add_argument("--artifact", default=_default_artifact())
             p.add_argument(
                 "--method", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
             )
@@ -484,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         "kept), where the copy gives the model the same input; also while the service runs",
     )
     common(scrub)
-    scrub.add_argument("--artifact", default="artifacts/keepfit-v2-small")
+    scrub.add_argument("--artifact", default=_default_artifact())
     scrub.set_defaults(func=scrub_main)
     restore = sub.add_parser("restore", help="restore a backup as a new store (at --store, which must not exist)")
     common(restore)

@@ -203,6 +203,18 @@ def test_the_store_is_the_one_beside_the_index_keepfit_serve_finds(
     assert keepfit(["classifier", "backup", "--out", "nightly.tar"]) == 0
     assert json.loads(capsys.readouterr().out)["store"] == f"{index}.classifiers"  # it says which store it used
     assert not Path("classifiers").exists()
+    # the command's artifact finds its own index, as keepfit serve with that artifact does (and KEEPFIT_ARTIFACT is
+    # its default, as for keepfit serve and keepfit classify): not the default artifact's index and store
+    custom = Path("indexes/custom")
+    custom.mkdir()
+    (custom / "index_manifest.json").write_text("{}")
+    assert _root(argparse.Namespace(store=None, index=None, artifact="artifacts/custom")) == Path(f"{custom}.classifiers")
+    monkeypatch.setenv("KEEPFIT_ARTIFACT", "artifacts/custom")
+    assert _root(argparse.Namespace(store=None, index=None)) == Path(f"{custom}.classifiers")
+    from service.classifier_cli import _default_artifact
+
+    assert _default_artifact() == "artifacts/custom"
+    monkeypatch.delenv("KEEPFIT_ARTIFACT")
     # KEEPFIT_INDEX and KEEPFIT_CLASSIFIERS still come first, as for the service
     nothing_named = argparse.Namespace(store=None, index=None)
     monkeypatch.setenv("KEEPFIT_INDEX", str(tmp_path / "other"))
