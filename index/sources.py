@@ -10,7 +10,6 @@ rows, whatever ``splits`` keeps.  The row numbers pandas saves (``Unnamed: 0``) 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -112,49 +111,7 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (use --manifest for a CSV)")
     root = root.resolve()
-    # Links to folders are followed: a clinic's archive is often assembled from links (a month's folder on a NAS
-    # linked in), and its images must not go missing without a word. Each folder is listed once, by its real path
-    # where it has one in the archive (a link to it, such as `Current -> 2026/11`, adds nothing, and its images keep
-    # their paths and folder labels of before), else by the first link that reaches it; a link to a folder that
-    # holds the archive (`up -> ..`) is not followed, so no loop runs and nothing beside the archive is read.
-    # A broken link is kept (reading it fails and is counted, as an unreadable file is); a folder that cannot be
-    # listed is named, not passed over in silence.
-    files: list[Path] = []
-    unlisted: list[tuple[str, str]] = []
-    real = _real_folders(root)
-    seen: set[tuple[int, int]] = set()
-    holds_root = str(root) + os.sep
-    for folder, subfolders, names in os.walk(
-        root, onerror=lambda err: unlisted.append((str(err.filename), err.strerror or str(err))), followlinks=True
-    ):
-        kept: list[str] = []
-        for name in sorted(subfolders):
-            if name.startswith("."):
-                continue
-            sub = os.path.join(folder, name)
-            try:
-                info = os.stat(sub)
-            except OSError as err:  # gone or out of reach since it was listed
-                unlisted.append((sub, err.strerror or str(err)))
-                continue
-            key = (info.st_dev, info.st_ino)
-            if os.path.islink(sub):
-                target = os.path.realpath(sub)
-                if key in real or key in seen:
-                    logger.info("%s links to %s, whose images are listed once, under that folder", sub, target)
-                    continue
-                if holds_root.startswith(target.rstrip(os.sep) + os.sep):
-                    logger.warning("%s links to %s, which holds the archive itself: not followed", sub, target)
-                    continue
-            elif key in seen:  # reached before, through a link
-                continue
-            seen.add(key)
-            kept.append(name)
-        subfolders[:] = kept
-        for name in names:
-            path = Path(folder) / name
-            if not name.startswith(".") and (path.is_file() or (path.is_symlink() and not path.exists())):
-                files.append(path)  # not a socket or a pipe
+    files, unlisted = _list_folder(root)
     files.sort()
     for folder, why in unlisted:
         logger.warning("%s: cannot list %s (%s): its images are left out", root, folder, why)
@@ -168,16 +125,73 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
     return SourceSet(items=items, roots=[root], descriptions=[f"folder {root}"], unlisted=unlisted)
 
 
-def _real_folders(root: Path) -> set[tuple[int, int]]:
-    """(device, inode) of every folder under ``root`` (itself included) reached without following a link, hidden
-    ones aside, as :func:`from_folder` lists them."""
-    found = set()
-    for folder, subfolders, _ in os.walk(root):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        with contextlib.suppress(OSError):
-            info = os.stat(folder)
-            found.add((info.st_dev, info.st_ino))
-    return found
+def _list_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files under ``root`` (hidden files and folders aside) and the folders that could not be listed, with why.
+
+    Links to folders are followed: a clinic's archive is often assembled from links (a month's folder on a NAS
+    linked in), and its images must not go missing without a word. Each folder is listed once, under one path:
+    the archive's own folders first, without following any link; then, round by round in sorted order, the links
+    found so far, each target listed the same way (its own folders, without following links). A link to a folder
+    already listed adds nothing (a shortcut, `Current -> 2026/11`, leaves the month's paths and folder labels as
+    they are, in the archive or in a linked NAS tree alike), and a link to a folder that holds the archive or the
+    link itself (`up -> ..`) is not followed: no loop, and nothing beside the linked folder is read. A broken link
+    is kept (reading it fails and is counted, as an unreadable file is); a folder that cannot be listed is named,
+    not passed over in silence."""
+    files: list[Path] = []
+    unlisted: list[tuple[str, str]] = []
+    listed: dict[tuple[int, int], str] = {}  # (device, inode) of each folder listed -> the path it is listed under
+
+    def list_tree(top: str) -> list[str]:
+        """List ``top``'s own folders (no link followed); the links to folders found in them."""
+        links: list[str] = []
+        for folder, subfolders, names in os.walk(
+            top, onerror=lambda err: unlisted.append((str(err.filename), err.strerror or str(err)))
+        ):
+            try:
+                info = os.stat(folder)
+            except OSError as err:  # gone since it was listed
+                unlisted.append((folder, err.strerror or str(err)))
+                subfolders[:] = []
+                continue
+            if listed.setdefault((info.st_dev, info.st_ino), folder) != folder:  # a bind mount, a hard-linked folder
+                subfolders[:] = []
+                continue
+            kept = []
+            for name in subfolders:
+                if name.startswith("."):
+                    continue
+                if os.path.islink(os.path.join(folder, name)):
+                    links.append(os.path.join(folder, name))
+                else:
+                    kept.append(name)
+            subfolders[:] = kept
+            for name in names:
+                path = Path(folder) / name
+                if not name.startswith(".") and (path.is_file() or (path.is_symlink() and not path.exists())):
+                    files.append(path)  # not a socket or a pipe
+        return links
+
+    links = list_tree(str(root))
+    while links:
+        found: list[str] = []
+        for link in sorted(links):
+            try:
+                info = os.stat(link)
+            except OSError as err:  # out of reach since it was listed
+                unlisted.append((link, err.strerror or str(err)))
+                continue
+            target = os.path.realpath(link)
+            first = listed.get((info.st_dev, info.st_ino))
+            if first is not None:
+                logger.info("%s links to %s, whose images are listed once, under %s", link, target, first)
+                continue
+            inside = target.rstrip(os.sep) + os.sep
+            if any((place + os.sep).startswith(inside) for place in (str(root), os.path.realpath(os.path.dirname(link)))):
+                logger.warning("%s links to %s, which holds the archive or the link itself: not followed", link, target)
+                continue
+            found += list_tree(link)
+        links = found
+    return files, unlisted
 
 
 def _is_boolean(values: Sequence[str]) -> bool:

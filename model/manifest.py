@@ -53,8 +53,8 @@ def read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str],
 
 
 def _read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str], ...], tuple[int, ...]]:
-    """:func:`read_table` and each row's line in the file (where it ends: blank lines and a quoted cell that spans
-    lines are counted, as an editor counts them)."""
+    """:func:`read_table` and the line in the file where each row starts (blank lines and a quoted cell that spans
+    lines counted, as an editor counts them): where its path cell is, for messages that point at the row."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"manifest not found: {path}")
@@ -62,20 +62,28 @@ def _read_table(path: str | Path) -> tuple[tuple[str, ...], tuple[dict[str, str]
         raise DataError(f"manifest is not a file: {path}")
     try:
         with path.open(newline="", encoding=ENCODING) as fh:
-            reader = csv.DictReader(fh)
-            columns = tuple((c or "").strip() for c in (reader.fieldnames or ()))
+            # csv.reader, not DictReader: DictReader skips blank lines itself, so where a row starts is lost
+            reader = csv.reader(fh)
+            columns = tuple((c or "").strip() for c in next(reader, []))
             twice = sorted({c for c in columns if c and columns.count(c) > 1})
             if twice:  # a row would keep only the last cell of the name: which one was meant cannot be known
                 raise DataError(f"manifest {path} names the column {twice[0]!r} twice in its header: rename one")
             parsed, lines = [], []
-            for row in reader:
-                if None in row:  # more cells than the header names (an unquoted comma in a caption, say)
+            while True:
+                start = reader.line_num + 1
+                values = next(reader, None)
+                if values is None:
+                    break
+                if not values:  # a blank line
+                    continue
+                if len(values) > len(columns):  # more cells than the header names (an unquoted comma, say)
                     raise DataError(
-                        f"manifest {path} line {reader.line_num} has {len(columns) + len(row[None])} fields, the "
-                        f"header has {len(columns)}: quote a value that holds a comma"
+                        f"manifest {path} line {start} has {len(values)} fields, the header has {len(columns)}: "
+                        "quote a value that holds a comma"
                     )
-                parsed.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
-                lines.append(reader.line_num)
+                cells = [v.strip() for v in values] + [""] * (len(columns) - len(values))  # missing cells: ""
+                parsed.append(dict(zip(columns, cells, strict=True)))
+                lines.append(start)
             rows = tuple(parsed)
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"manifest {path} is not a readable CSV: {err}") from err

@@ -27,21 +27,30 @@ def test_a_folder_linked_into_the_archive_is_listed_and_a_link_loop_ends(
     (archive / "again").symlink_to(nas / "2026-11")  # the same folder by another link
     (archive / "2026-10" / "up").symlink_to(archive)  # a loop
     (archive / "2026-10" / "beside").symlink_to(tmp_path)  # a folder that holds the archive (and the NAS)
-    (archive / "Current").symlink_to(archive / "2026-10")  # a shortcut to a real folder of the archive
+    (tmp_path / "other clinic").mkdir()
+    (tmp_path / "other clinic" / "x.jpg").write_bytes(b"x")  # beside the archive: never read
+    (archive / "0-latest").symlink_to(archive / "2026-10")  # a shortcut, sorted before the folder it names
+    (nas / "2026-11" / "Current").symlink_to(nas / "2026-11" / "left eye")  # one inside the NAS tree, sorted first
+    (nas / "2026-11" / "left eye" / "up").symlink_to(nas)  # holds the linked folder: everything beside it
+    (nas / "2025-12").mkdir()
+    (nas / "2025-12" / "z.jpg").write_bytes(b"z")  # beside the linked folder on the NAS: never read
     (archive / ".snapshot").symlink_to(nas)  # hidden: left out, as hidden folders are
     with caplog.at_level(logging.INFO, logger="index.sources"):
         found = sources.from_folder(archive, labels_from_folders=True)
     assert [(Path(i.source).relative_to(archive).as_posix(), i.labels) for i in found.items] == [
-        ("2026-10/a.jpg", ("2026-10",)),  # by its real path, not the shortcut sorted before it ("Current")
+        ("2026-10/a.jpg", ("2026-10",)),  # by its own path, not the shortcut's
         ("2026-11/b.jpg", ("2026-11",)),  # the link's path and name, as the archive shows it
-        ("2026-11/left eye/c.jpg", ("left eye",)),
+        ("2026-11/left eye/c.jpg", ("left eye",)),  # and within the NAS tree, its own path, not "Current"
     ]
     assert found.unlisted == []
-    once = "whose images are listed once, under that folder"
-    assert f"{archive / 'again'} links to {nas / '2026-11'}, {once}" in caplog.text
-    assert f"{archive / 'Current'} links to {archive / '2026-10'}, {once}" in caplog.text
-    assert f"{archive / '2026-10' / 'up'} links to {archive}, {once}" in caplog.text
-    assert f"{archive / '2026-10' / 'beside'} links to {tmp_path}, which holds the archive itself" in caplog.text
+    once = "whose images are listed once, under"
+    assert f"{archive / 'again'} links to {nas / '2026-11'}, {once} {archive / '2026-11'}" in caplog.text
+    assert f"{archive / '0-latest'} links to {archive / '2026-10'}, {once} {archive / '2026-10'}" in caplog.text
+    assert f"{archive / '2026-11' / 'Current'} links to {nas / '2026-11' / 'left eye'}, {once}" in caplog.text
+    assert f"{archive / '2026-10' / 'up'} links to {archive}, {once} {archive}" in caplog.text
+    holds = "which holds the archive or the link itself: not followed"
+    assert f"{archive / '2026-10' / 'beside'} links to {tmp_path}, {holds}" in caplog.text
+    assert f"{archive / '2026-11' / 'left eye' / 'up'} links to {nas}, {holds}" in caplog.text
 
 
 def test_a_linked_folder_that_cannot_be_listed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,6 +48,20 @@ def test_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
         read_manifest(tmp_path / "extra.csv")
 
 
+def test_each_row_knows_the_line_it_starts_on(tmp_path: Path) -> None:
+    """Where a message points a user: the line an editor shows the row's path on, blank lines and a caption over
+    several lines counted (the row's number plus one was off after either; the line where it ends, after the
+    second)."""
+    path = tmp_path / "m.csv"
+    path.write_text('path,caption\na.png,"over\nthree\nlines"\n\n\nb.png,\nc.png,"two\nlines"\nd.png,x,\n')
+    with pytest.raises(DataError, match="line 10 has 3 fields"):  # d.png's row, the one with a cell too many
+        read_manifest(path)
+    path.write_text('path,caption\na.png,"over\nthree\nlines"\n\n\nb.png,\nc.png,"two\nlines"\nd.png\n')
+    manifest = read_manifest(path)
+    assert [r["path"] for r in manifest.rows] == ["a.png", "b.png", "c.png", "d.png"]
+    assert manifest.lines == (2, 7, 8, 10) and manifest.rows[3]["caption"] == ""  # a missing cell reads as ""
+
+
 @pytest.mark.parametrize("header", ["path,label,path", "path,label,split,label", "path,label, label ", "path,label,,"])
 def test_a_column_named_twice_is_refused_as_it_could_mean_either(tmp_path: Path, header: str) -> None:
     """Each row kept the last cell of the name: `path,label,path` classified the third column's file."""
