@@ -637,8 +637,8 @@ def iter_images(
             width, height = original_size(image)
             if min(width, height) < min_side:
                 raise ImageError(
-                    f"too small: {width}x{height} px; the service refuses images under {min_side} px a side "
-                    "(KEEPFIT_MIN_IMAGE_SIDE)"
+                    f"too small: {width}x{height} px, under {min_side} px a side (what the service refuses with "
+                    "KEEPFIT_MIN_IMAGE_SIDE at its default)"
                 )
         except ImageError as err:
             report.skipped[str(path)] = str(err)

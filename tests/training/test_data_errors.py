@@ -120,7 +120,7 @@ def test_an_image_the_service_refuses_as_too_small_is_not_scored(tmp_path: Path,
     paths = [tmp_path / "thumb.png", tmp_path / "small.png"]
     report = LoadReport()
     assert [i for i, _ in iter_images(paths, report, size=224, min_side=DEFAULT_MIN_IMAGE_SIDE)] == [1]
-    assert report.skipped[str(tmp_path / "thumb.png")].startswith("too small: 20x14 px; the service refuses")
+    assert report.skipped[str(tmp_path / "thumb.png")].startswith("too small: 20x14 px, under 32 px a side (what the service")
     assert report.summary() == "1 images loaded, 1 skipped as unreadable (1 too small)"
     assert [i for i, _ in iter_images(paths, LoadReport(), size=224)] == [0, 1]  # training's: as before
     embedder = ImageEmbedder.of_runtime(KeepfitRuntime.from_artifact(tiny_artifact))
