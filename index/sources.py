@@ -210,14 +210,14 @@ def from_manifest(
     whose ``split`` column is one of these (e.g. index the test split to evaluate retrieval honestly)."""
     path = path.expanduser().resolve()
     manifest = read_manifest(path)
-    columns, rows = list(manifest.columns), list(manifest.rows)
-    every_row = rows
+    columns = list(manifest.columns)
+    numbered = list(zip(manifest.lines, manifest.rows, strict=True))  # the file's line numbers, whatever --split keeps
     if splits:
         if "split" not in columns:
             raise DataError(f"manifest {path} has no 'split' column to select {', '.join(splits)} from")
-        present = sorted({r.get("split", "") for r in rows} - {""})
-        rows = [r for r in rows if r.get("split") in set(splits)]
-        if not rows and present:
+        present = sorted({r.get("split", "") for r in manifest.rows} - {""})
+        numbered = [(line, r) for line, r in numbered if r.get("split") in set(splits)]
+        if not numbered and present:
             raise DataError(f"manifest {path}: no rows in split {', '.join(map(repr, splits))} "
                             f"(splits present: {', '.join(present)})")
     if label_columns is None:
@@ -236,14 +236,10 @@ def from_manifest(
     # Which kind a column is (yes/no or text) is read over all its rows, whatever the split: decided over the rows
     # kept, a 0-4 grade column whose test rows hold only 0 and 1 read as yes/no there, so the same cell was the
     # label "1" in one index and the column's name (or nothing) in another.
-    boolean = {c for c in chosen if _is_boolean([r.get(c, "") for r in every_row])}
+    boolean = {c for c in chosen if _is_boolean([r.get(c, "") for r in manifest.rows])}
     base = path.parent
     items: list[ImageItem] = []
-    kept = set(splits or ())
-    lines = manifest.lines or tuple(range(2, len(every_row) + 2))
-    for line, row in zip(lines, every_row, strict=True):  # the file's line numbers, whatever --split keeps
-        if kept and row.get("split") not in kept:
-            continue
+    for line, row in numbered:
         rel = row.get("path", "")
         if not rel:
             logger.warning("%s line %d: empty path, row skipped", path, line)
