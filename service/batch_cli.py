@@ -231,6 +231,8 @@ def _rows(scorer: Scorer, paths: list[str], threads: int) -> Iterator[dict[str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from service.settings import default_artifact
+
     p = argparse.ArgumentParser(
         prog="keepfit classify",
         description="Classify every image of folders or manifests as POST /v1/classify does, to a .csv or "
@@ -240,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", action="append", metavar="CSV", help="a CSV with a path column (repeatable)")
     p.add_argument("--split", action="append", help="only a manifest's rows of this split (repeatable)")
     p.add_argument("--out", required=True, help="the result file: .csv or .jsonl")
-    p.add_argument("--artifact", default=os.environ.get("KEEPFIT_ARTIFACT", "artifacts/keepfit-v2-small"))
+    p.add_argument("--artifact", default=default_artifact())
     p.add_argument("--categories", action="append", metavar="NAME", help="a category (repeat: at least two)")
     p.add_argument("--task", help="a named category set (GET /v1/categories lists them)")
     p.add_argument("--modality", default="auto", choices=MODALITIES)

@@ -49,11 +49,6 @@ from service.classifiers import (
 from service.errors import ServiceError
 
 
-def _default_artifact() -> str:
-    """As `keepfit serve` and `keepfit classify` read it: KEEPFIT_ARTIFACT, else the default artifact."""
-    return os.environ.get("KEEPFIT_ARTIFACT", "artifacts/keepfit-v2-small")
-
-
 def _root(args: argparse.Namespace) -> Path:
     """The store's directory: ``--store``, else beside ``--index``, else the service's, found as ``keepfit serve``
     finds it (``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``, else beside the index it finds under
@@ -419,6 +414,8 @@ def scrub_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from service.settings import default_artifact
+
     parser = argparse.ArgumentParser(prog="keepfit classifier", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -435,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     fit = sub.add_parser("fit", help="fit a classifier from labelled images and store it")
     common(fit)
     fit.add_argument("--name", required=True)
-    fit.add_argument("--artifact", default=_default_artifact())
+    fit.add_argument("--artifact", default=default_artifact())
     fit.add_argument("--modality", choices=MODALITIES)
     fit.add_argument(
         "--method", default="auto", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
@@ -476,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         if name != "list":
             p.add_argument("name")
         if name == "refit":
-            p.add_argument("--artifact", default=_default_artifact())
+            p.add_argument("--artifact", default=default_artifact())
             p.add_argument(
                 "--method", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
             )
@@ -491,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         "kept), where the copy gives the model the same input; also while the service runs",
     )
     common(scrub)
-    scrub.add_argument("--artifact", default=_default_artifact())
+    scrub.add_argument("--artifact", default=default_artifact())
     scrub.set_defaults(func=scrub_main)
     restore = sub.add_parser("restore", help="restore a backup as a new store (at --store, which must not exist)")
     common(restore)

@@ -7,6 +7,7 @@ comma-separated values (``KEEPFIT_API_KEYS=a,b``) because that is what people ty
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -394,6 +395,12 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read from the environment once."""
     return Settings()
+
+
+def default_artifact() -> str:
+    """The artifact a command uses without ``--artifact``: ``KEEPFIT_ARTIFACT``, as the service reads it, else the
+    service's default (``keepfit classify`` and ``keepfit classifier`` share it)."""
+    return os.environ.get("KEEPFIT_ARTIFACT", str(Settings.model_fields["artifact"].default))
 
 
 INDEX_SEARCH_DIRS = ("indexes",)

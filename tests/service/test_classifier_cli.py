@@ -211,9 +211,9 @@ def test_the_store_is_the_one_beside_the_index_keepfit_serve_finds(
     assert _root(argparse.Namespace(store=None, index=None, artifact="artifacts/custom")) == Path(f"{custom}.classifiers")
     monkeypatch.setenv("KEEPFIT_ARTIFACT", "artifacts/custom")
     assert _root(argparse.Namespace(store=None, index=None)) == Path(f"{custom}.classifiers")
-    from service.classifier_cli import _default_artifact
+    from service.settings import default_artifact
 
-    assert _default_artifact() == "artifacts/custom"
+    assert default_artifact() == "artifacts/custom"
     monkeypatch.delenv("KEEPFIT_ARTIFACT")
     # KEEPFIT_INDEX and KEEPFIT_CLASSIFIERS still come first, as for the service
     nothing_named = argparse.Namespace(store=None, index=None)
