@@ -398,14 +398,20 @@ def check_image_token(keys: Sequence[str], token: ImageToken, image_id: int, rec
         raise _invalid_token(image_id)
 
 
+def is_tagged(record: Any, tag: str) -> bool:
+    """Whether ``tag``, the leading hex digits of a SHA-256 in either case (what a search hit's URLs and
+    ``sha256`` carry), is the start of the indexed ``record``'s: whether an id still names the image it was found
+    as."""
+    return (getattr(record, "sha256", None) or "").startswith(tag.lower())
+
+
 def check_image_tag(tag: str | None, image_id: int, record: Any | None) -> None:
     """After the lookup: 404 when an image URL's ``sha256`` (the leading digits of the SHA-256 it was issued for)
     is not the record's: the id now names another picture (a fresh index, or another index folder, numbers its
     images from 1 again), which that URL must never show."""
     if tag is None or record is None:
         return
-    sha256 = getattr(record, "sha256", None) or ""
-    if not sha256.startswith(tag.lower()):
+    if not is_tagged(record, tag):
         raise NotFoundError(
             f"image {image_id} is no longer the image this URL was issued for (another index is loaded, or it was "
             "built afresh): search again for a fresh image_url"

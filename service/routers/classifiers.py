@@ -68,6 +68,7 @@ from service.deps import (
     StateDep,
     check_upload,
     content_type,
+    is_tagged,
     key_matches,
     no_query_parameters,
     require_api_key,
@@ -527,10 +528,7 @@ async def _index_examples(
                         status_code=404,
                         code="not_found",
                     )
-                changed = [
-                    i for i, tag in zip(spec.ids, spec.sha256, strict=False)
-                    if not (records[i].sha256 or "").startswith(tag.lower())
-                ]
+                changed = [i for i, tag in zip(spec.ids, spec.sha256, strict=False) if not is_tagged(records[i], tag)]
                 if changed:
                     raise ServiceError(
                         f"index ids of category {spec.label!r} name other images than those they were found as "
