@@ -97,6 +97,10 @@ INFRARED_NM = 700.0
 _CODED_TAGS = (0x00400555, 0x00082218, 0x00220015, 0x00220016, 0x00220017, 0x00220018, 0x0022001A)
 
 
+# the bytes of a file's start that :func:`is_dicom` needs: the 128-byte preamble, "DICM" and a byte beyond
+DICOM_HEAD_BYTES = 133
+
+
 def is_dicom(data: bytes) -> bool:
     """A DICOM Part 10 file (128-byte preamble then ``DICM``), or one an older device wrote without the preamble:
     ``DICM`` first, or the data set's first element at once (group 0002 or 0008, little endian, as the ACR-NEMA

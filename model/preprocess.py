@@ -26,7 +26,7 @@ from PIL import Image, ImageFile
 
 from model.colour import conversion_for, source_profile, to_srgb
 from model.config import PreprocessConfig
-from model.dicom import decode_dicom, dicom_pixels, is_dicom
+from model.dicom import DICOM_HEAD_BYTES, decode_dicom, dicom_pixels, is_dicom
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 from model.files import read_regular_file
 
@@ -505,7 +505,7 @@ def load_image(
         data = bytes(source)
     else:
         stream = source
-        data = stream.read(133)  # enough to tell DICOM (its preamble and "DICM") from the rest
+        data = stream.read(DICOM_HEAD_BYTES)  # enough to tell DICOM (its preamble and "DICM") from the rest
         stream.seek(0)
     if not data:
         raise ImageError("empty file: 0 bytes")

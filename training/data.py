@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model.dicom import is_dicom
+from model.dicom import DICOM_HEAD_BYTES, is_dicom
 from model.errors import DataError, ImageError
 from model.files import atomic_write
 from model.knowledge import Knowledge
@@ -114,19 +114,17 @@ def fingerprint(path: Path, side: int = FINGERPRINT_SIDE) -> np.ndarray | None:
     one, and a camera's DICOM export of a held-out photograph was no one's copy, so it was trained on."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(_DICOM_HEAD)
-        if is_dicom(head):
-            image = load_image(path, size=4 * side)
-            return np.asarray(image.convert("L").resize((side, side), Image.Resampling.BILINEAR), np.float32).ravel()
-        with Image.open(path) as im:
-            im.draft("L", (4 * side, 4 * side))
-            return np.asarray(im.convert("L").resize((side, side), Image.Resampling.BILINEAR), np.float32).ravel()
+            dicom = is_dicom(fh.read(DICOM_HEAD_BYTES))
+        if dicom:
+            grey = load_image(path, size=4 * side).convert("L")
+        else:
+            with Image.open(path) as im:
+                im.draft("L", (4 * side, 4 * side))
+                grey = im.convert("L")
+        return np.asarray(grey.resize((side, side), Image.Resampling.BILINEAR), np.float32).ravel()
     except (OSError, ValueError, Image.DecompressionBombError, ImageError) as err:
         logger.debug("no fingerprint of %s: %s", path, err)
         return None
-
-
-_DICOM_HEAD = 133  # what model.dicom.is_dicom needs: the 128-byte preamble, "DICM" and a byte beyond
 
 
 def find_copies(
