@@ -419,15 +419,21 @@
     } else if (state.result) {
       state.result = null;
       $('result').hidden = true;
+      $('announce').textContent = ''; // its "Diagnosis ready" went with the answer (emptied: nothing is read)
     }
   }
 
   // ------------------------------------------------------------------------------------------- diagnosis
+  /** The progress bar, shown and read as one (role=progressbar, named by its text): its value while the file
+   * uploads, none while the service works (busy: an indeterminate bar). Not a live region: the start of a diagnosis
+   * is said once, in #announce, not every percent. */
   function setProgress(fraction, text, busy = false) {
     const box = $('progress');
     box.hidden = fraction === null;
     box.classList.toggle('busy', busy);
     if (fraction !== null) $('progress-bar').style.width = `${Math.round(fraction * 100)}%`;
+    if (fraction === null || busy) box.removeAttribute('aria-valuenow');
+    else box.setAttribute('aria-valuenow', String(Math.round(fraction * 100)));
     if (text) $('progress-text').textContent = text;
   }
 
@@ -639,6 +645,10 @@
     }
     const run = ++state.classifySeq;
     document.body.dataset.busy = 'classify';
+    // said once as it starts (not again for a request sent again at once: categories added before the modality
+    // was known); the answer's "Diagnosis ready" replaces it in the same region
+    if ($('announce').textContent !== ANALYSING) $('announce').textContent = ANALYSING;
+    $('result').setAttribute('aria-busy', 'true'); // its content is being replaced: not read half-done
     setAvailable($('classify-again'), false);
     setProgress(0, `Uploading ${(state.file.size / 1048576).toFixed(1)} MB…`);
     try {
@@ -673,6 +683,7 @@
     } catch (err) {
       if (err.code !== 'aborted' && state.file === file && run === state.classifySeq) {
         showError(err, 'Diagnosis');
+        $('announce').textContent = ''; // no longer "Analysing": the message (an alert) says what happened
         // an earlier answer on screen is not the answer to this request (another classifier, other categories,
         // another modality): it goes, rather than be read as this one's under the new settings
         state.result = null;
@@ -689,10 +700,13 @@
       if (!state.xhr) {
         setProgress(null);
         delete document.body.dataset.busy;
+        $('result').removeAttribute('aria-busy');
       }
       setAvailable($('classify-again'), canClassifyAgain());
     }
   }
+
+  const ANALYSING = 'Analysing the image…';
 
   const FILE_ERRORS = new Set([
     'invalid_image', 'unsupported_media_type', 'payload_too_large', 'image_too_large', 'image_too_small',
@@ -752,20 +766,19 @@
       // way, which known category it was read as ("healthy": read as normal); the name itself says nothing more
       const unknown = p.known === false && !r.classifier ? unknownNote(p) : '';
       const alias = r.classifier ? '' : aliasNote(p);
-      const note = unknown || alias;
-      const label = `${p.label}: ${pct(p.probability)}${note ? `, ${note}` : ''}`;
+      // no aria-label: a row is read as it reads (its name, "heat map" or "heat map shown", its percentage, its
+      // note), and a heat map's button is named by those words in that order, which speech input can say (2.5.3)
       const row = [
-        el('span', { class: 'name' }, p.label, idx !== undefined ? el('span', { class: 'hm', text: 'heat map' }) : null),
+        el('span', { class: 'name' }, p.label, ...(idx !== undefined ? [' ', el('span', { class: 'hm', text: 'heat map' })] : [])),
         el('span', { class: 'pct', text: pct(p.probability) }),
         unknown ? el('span', { class: 'unknown', text: unknown }) : null,
         alias ? el('span', { class: 'alias', text: alias }) : null,
         el('span', { class: 'track' }, el('span', { class: 'fill', style: { width: `${(p.probability * 100).toFixed(1)}%` } }))];
-      if (idx === undefined) return el('li', { 'aria-label': label }, ...row);
+      if (idx === undefined) return el('li', {}, ...row);
       // a row with a heat map stays a list item (the list's count and each row's place are read out): the
       // choice of map is a button inside it
       return el('li', { class: 'explained', 'data-explanation': String(idx) },
-        el('button', { type: 'button', class: 'explain', 'aria-pressed': 'false', 'aria-label': `${label}, shows its heat map`,
-                       onclick: () => selectExplanation(idx) }, ...row));
+        el('button', { type: 'button', class: 'explain', 'aria-pressed': 'false', onclick: () => selectExplanation(idx) }, ...row));
     }));
     // the heat maps' image_size is the image as displayed (image.width/height are as stored, before EXIF rotation)
     const shown = r.explanations && r.explanations.length ? r.explanations[0].heatmap.image_size : null;
@@ -872,7 +885,7 @@
     } catch (err) {
       if (seq !== state.searchSeq) return;
       $('search-info').textContent = '';
-      $('search-note').hidden = true;
+      $('search-note').textContent = ''; // a live region: emptied (it then takes no room), never hidden
       $('search-results').replaceChildren(); // the previous answer's images are not this query's
       $('search-query-image').hidden = true;
       showError(err, 'Search');
@@ -981,13 +994,15 @@
       notes.unshift(`Nothing in the archive matches this well: the best score, ${best}, is below ` +
         `${scale.low_below} (cosine similarity, from -1 to 1). These are only the least unlike images.`);
     }
+    // a live region, always in the page: only its words change (one unhidden with its words is not reliably read)
     $('search-note').textContent = notes.join(' ');
-    $('search-note').hidden = notes.length === 0;
     $('search-note').dataset.low = String(!!res.low_similarity);
     $('search-results').replaceChildren(...hits.map((hit) => el('li', {},
-      el('button', { type: 'button', 'data-id': String(hit.id), 'data-sha256': hit.sha256 || '', title: hit.caption || '', onclick: () => similarToHit(hit),
-                     'aria-label': `find images similar to image ${hit.id}${hit.labels.length ? ` (${hit.labels.join(', ')})` : ''}` },
-        el('img', { src: httpUrl(hit.thumbnail_url) || '', alt: hit.caption || `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),
+      // named by what it shows (score, modality, labels: 2.5.3), after words only a screen reader reads; the
+      // thumbnail's text is its id, which tells the cards apart, and a caption is the button's description (title)
+      el('button', { type: 'button', 'data-id': String(hit.id), 'data-sha256': hit.sha256 || '', title: hit.caption || '', onclick: () => similarToHit(hit) },
+        el('span', { class: 'sr-only', text: 'Find images similar to ' }),
+        el('img', { src: httpUrl(hit.thumbnail_url) || '', alt: `image ${hit.id}`, loading: 'lazy', referrerpolicy: 'no-referrer' }),
         el('span', { class: 'meta' },
           el('span', { class: 'score', text: hit.same_image ? 'this image' : `score ${hit.score.toFixed(3)}` }),
           el('span', { text: hit.modality || '' }),

@@ -226,6 +226,39 @@ def _ax_role(page: Any, selector: str) -> str:
     return str(ax[0].get("role", {}).get("value", ""))
 
 
+def _ax_names(page: Any, selector: str) -> list[dict[str, Any]]:
+    """Role, name, whether it is ignored (out of the accessibility tree: hidden, display:none) and states of every
+    element ``selector`` matches, in document order, as Chromium's accessibility tree gives them."""
+    cdp = page.context.new_cdp_session(page)
+    out = []
+    try:
+        root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+        for node in cdp.send("DOM.querySelectorAll", {"nodeId": root, "selector": selector})["nodeIds"]:
+            ax = cdp.send("Accessibility.getPartialAXTree", {"nodeId": node, "fetchRelatives": False})
+            ax = ax["nodes"][0]
+            out.append({
+                "role": str(ax.get("role", {}).get("value", "")),
+                "name": str(ax.get("name", {}).get("value", "")),
+                "ignored": bool(ax.get("ignored")),
+                "props": {p["name"]: p["value"].get("value") for p in ax.get("properties", [])},
+            })
+    finally:
+        cdp.detach()
+    return out
+
+
+# The words an element shows, in order: its text but for what only screen readers get (.sr-only)
+SHOWN_WORDS_JS = r"""els => els.map((el) => { const words = [];
+  const walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) if (!n.parentElement.closest('.sr-only')) words.push(n.textContent);
+  return words.join(' '); })"""
+
+
+def _words(text: str) -> str:
+    """Text compared as speech input hears it: case, spacing and punctuation between words aside."""
+    return " ".join(re.sub(r"[^\w%.<>-]+", " ", text.lower()).split())
+
+
 def _classify_by_keyboard(page: Any, image: Path, key: str = "Enter") -> None:
     """The drop zone's keyboard path: focus it, press a key, pick the file in the chooser it opens."""
     page.focus("#drop-zone")
@@ -526,13 +559,16 @@ def test_names_roles_states_headings_and_live_regions(
     assert len(pressed) >= 2 and pressed.count("true") == 1, pressed
     assert any(n["role"] == "DisclosureTriangle" and "expanded" in n["props"] for n in nodes)
 
-    # the probabilities are text, not only bar widths: each row shows and names its percentage
+    # the probabilities are text, not only bar widths: each row shows its percentage, and a row's button (where it
+    # has a heat map) is named by the row's words, the percentage among them
     rows = page.eval_on_selector_all(
         "#predictions li",
-        "els => els.map(li => ({pct: li.querySelector('.pct').innerText,"
-        " name: li.getAttribute('aria-label') || li.querySelector('button.explain').getAttribute('aria-label')}))",
+        "els => els.map(li => ({pct: li.querySelector('.pct').innerText, label: li.querySelector('.name').firstChild.textContent}))",
     )
-    assert rows and all(re.fullmatch(r"(<1|>99|\d{1,2})%", r["pct"]) and r["pct"] in r["name"] for r in rows), rows
+    assert rows and all(re.fullmatch(r"(<1|>99|\d{1,2})%", r["pct"]) for r in rows), rows
+    buttons = _ax_names(page, "#predictions li.explained > button.explain")
+    shown = page.eval_on_selector_all("#predictions li.explained .pct", "els => els.map(e => e.innerText)")
+    assert buttons and all(pct in b["name"] for b, pct in zip(buttons, shown, strict=True)), (buttons, shown)
     # a row with a heat map is still one of the list's items (a button for a row made the list shorter to a screen
     # reader, and the top rows lost their place in it): its choice of map is a button inside it
     assert _ax_role(page, "#predictions li.explained") == "listitem"
@@ -550,9 +586,11 @@ def test_names_roles_states_headings_and_live_regions(
         ".map(e => [e.id, e.getAttribute('role') || e.getAttribute('aria-live'), !e.closest('[hidden]')])"
     )
     assert all(shown for id_, role, shown in live if role != "alert"), live
-    assert {"announce", "teach-status", "search-info", "page-status", "service-status"} <= {i for i, _, _ in live}
+    assert {"announce", "teach-status", "search-info", "search-note", "page-status", "service-status"} <= {
+        i for i, _, _ in live
+    }
     announce = page.inner_text("#announce")
-    top = rows[0]["name"].split(":")[0]
+    top = rows[0]["label"]
     assert page.get_attribute("#announce", "role") == "status" and announce.startswith(f"Diagnosis ready: {top} ")
     assert rows[0]["pct"] in announce
     assert page.get_attribute("#message", "role") == "alert" and page.get_attribute("#warnings-alert", "role") == "alert"
@@ -579,7 +617,7 @@ def test_names_roles_states_headings_and_live_regions(
 
 
 TARGET_JS = r"""
-[...document.querySelectorAll('button, [role=button], select, input[type=range]')]
+[...document.querySelectorAll('button, [role=button], select, input[type=range], #search-results a.open')]
   .filter((el) => el.checkVisibility({visibilityProperty: true}) && !el.closest('.sr-only'))
   .map((el) => { const r = el.getBoundingClientRect();
     return {what: (el.id ? '#' + el.id : el.tagName.toLowerCase()) + ' ' + (el.getAttribute('aria-label') || el.innerText || '').slice(0, 40),
@@ -591,7 +629,8 @@ def test_buttons_offer_a_24_pixel_target(
     signed_in: PageRecorder, real_image_paths: dict[str, list[Path]]
 ) -> None:
     """Target size (WCAG 2.2, 2.5.8): every button, including the small "×" that remove a category or an example,
-    is at least 24 × 24 CSS px (they were 25 × 16), with the page in every state that shows them."""
+    is at least 24 × 24 CSS px (they were 25 × 16), with the page in every state that shows them; so is a result
+    card's "open full size" link, a block of its own (it was 15 px high)."""
     page = signed_in.page
     _classify_search_and_teach(page, real_image_paths["CFP"][0])
     page.fill("#category-input", "glaucoma")
@@ -600,6 +639,7 @@ def test_buttons_offer_a_24_pixel_target(
     _record("targets", targets)
     removers = [t for t in targets if t["what"].split(" ", 1)[1].startswith("remove")]
     assert len(removers) >= 2, targets  # a category chip's and a teach example's
+    assert len([t for t in targets if t["what"].startswith("a open full size")]) >= 2, targets
     small = [t for t in targets if t["width"] < 24 or t["height"] < 24]
     assert not small, small
 
@@ -781,3 +821,189 @@ def test_signing_in_from_the_keyboard(recorder: PageRecorder, service: Service) 
     # the settings close over the field that had the focus: it goes to their summary, not to the top of the page
     assert not page.evaluate("document.getElementById('settings').open")
     assert _focused(page, "#settings summary"), _active(page)
+
+
+# ------------------------------------------------------------------ names, live regions and progress (4.1.3, 2.5.3)
+def test_result_cards_and_heat_map_rows_are_named_by_the_words_they_show(
+    signed_in: PageRecorder, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """Label in name (2.5.3): a search result card was named "find images similar to image 11 (diabetic macular
+    edema)", its score and modality never read; a heat map's row "non-perfusion area: 37%, shows its heat map"
+    while it shows "non-perfusion area heat map shown 37%". Speech input says what it sees: each is named by its
+    shown words, in their order (a card's after "Find images similar to", for screen readers only)."""
+    page = signed_in.page
+    page.set_input_files("#file-input", str(real_image_paths["CFP"][0]))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+    _search(page, "hard exudates")
+
+    cards = "#search-results li > button[data-id]"
+    names = _ax_names(page, cards)
+    shown = page.eval_on_selector_all(cards, SHOWN_WORDS_JS)
+    ids = page.eval_on_selector_all(cards, "els => els.map(e => e.dataset.id)")
+    assert names and len(names) == len(shown) == len(ids)
+    for card, words, id_ in zip(names, shown, ids, strict=True):
+        assert card["role"] == "button" and card["name"].startswith(f"Find images similar to image {id_} "), card
+        assert "score" in words and _words(words) in _words(card["name"]), (card, words)
+
+    rows = "#predictions li.explained > button.explain"
+    names = _ax_names(page, rows)
+    shown = page.eval_on_selector_all(rows, SHOWN_WORDS_JS)
+    assert len(names) >= 2 and len(names) == len(shown)
+    for row, words in zip(names, shown, strict=True):
+        assert "heat map" in words and _words(words) in _words(row["name"]), (row, words)
+        assert row["props"].get("pressed") in ("true", "false"), row  # still a toggle, with its state
+    assert [r["props"]["pressed"] for r in names].count("true") == 1, names
+    # rows with and without a heat map alike: read by their words, no name of their own that says other words
+    labelled = page.eval_on_selector_all(
+        "#predictions li, #predictions button", "els => els.filter(e => e.hasAttribute('aria-label')).length"
+    )
+    assert labelled == 0
+
+
+SEARCH_NOTE_WATCH = r"""() => { window.__note = [];
+  new MutationObserver((ms) => { for (const m of ms) window.__note.push(m.attributeName); })
+    .observe(document.getElementById('search-note'), {attributes: true, attributeFilter: ['hidden', 'style', 'class']}); }"""
+
+NOTE_STATE = r"""(() => { const n = document.getElementById('search-note'); const r = n.getBoundingClientRect();
+  return {text: n.textContent, display: getComputedStyle(n).display, hidden: !!n.closest('[hidden]'), height: r.height}; })()"""
+
+
+def test_the_search_note_is_in_the_page_before_its_words_come(signed_in: PageRecorder) -> None:
+    """The low-similarity warning's live region (role=status) was hidden, then given its words and shown in the same
+    moment: a region that appears with its words is not reliably read. It stays in the accessibility tree, empty
+    (and taking no room) when there is nothing to say; only its words change."""
+    page = signed_in.page
+    page.evaluate(SEARCH_NOTE_WATCH)
+    page.fill("#search-query", "a fluorescein angiogram showing branch retinal vein occlusion")
+    page.press("#search-query", "Enter")
+    page.wait_for_selector("#search-results li")
+    wait_for(page, "!document.body.dataset.busy")
+    empty = page.evaluate(NOTE_STATE)
+    assert empty["text"] == "" and not empty["hidden"] and empty["display"] != "none", empty
+    assert empty["height"] == 0, empty  # empty, it draws no box (no border, padding or margin)
+    [note] = _ax_names(page, "#search-note")
+    assert note["role"] == "status" and not note["ignored"], note  # there to be listened to, before its words
+
+    page.fill("#search-query", "xxxxx")  # matches nothing well
+    page.press("#search-query", "Enter")
+    wait_for(page, "document.getElementById('search-note').textContent !== '' && !document.body.dataset.busy")
+    warned = page.evaluate(NOTE_STATE)
+    assert "Nothing in the archive matches this well" in warned["text"] and warned["height"] > 0, warned
+    [note] = _ax_names(page, "#search-note")
+    assert note["role"] == "status" and not note["ignored"], note
+
+    page.fill("#search-query", "a fluorescein angiogram showing branch retinal vein occlusion")
+    page.press("#search-query", "Enter")
+    wait_for(page, "document.getElementById('search-note').textContent === '' && !document.body.dataset.busy")
+    assert page.evaluate(NOTE_STATE)["height"] == 0
+    assert not _ax_names(page, "#search-note")[0]["ignored"]
+    # never hidden or shown on the way: its words were all that changed
+    assert page.evaluate("window.__note") == [], page.evaluate("window.__note")
+
+
+def test_the_diagnosis_announcement_is_in_the_page_after_a_failed_request(
+    signed_in: PageRecorder, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """#announce (role=status) lived inside #result, which a failed classification hides: after "Classify again"
+    succeeded, the region came back with "Diagnosis ready" already in it, and was not read."""
+    page = signed_in.page
+    tries: list[int] = []
+
+    def busy_once(route: Any) -> None:
+        tries.append(1)
+        if len(tries) > 1:
+            route.continue_()
+            return
+        route.fulfill(status=503, headers={"Retry-After": "2"}, content_type="application/json",
+                      body=json.dumps({"error": {"code": "busy", "message": "all model workers are busy"}}))
+
+    page.route("**/v1/classify", busy_once)
+    page.set_input_files("#file-input", str(real_image_paths["CFP"][0]))
+    wait_for(page, "document.getElementById('message').dataset.code === 'busy' && !document.body.dataset.busy")
+    assert page.is_hidden("#result")
+    # the region the retry's answer is written to: in the accessibility tree before its words change
+    assert page.evaluate("!document.getElementById('announce').closest('[hidden]')")
+    [region] = _ax_names(page, "#announce")
+    assert region["role"] == "status" and not region["ignored"], region
+    assert page.inner_text("#announce") == ""  # not "Analysing the image…" over a request that failed
+
+    page.focus("#classify-again")
+    page.keyboard.press("Enter")
+    wait_for(page, "document.getElementById('announce').textContent.startsWith('Diagnosis ready: ')")
+    assert page.is_visible("#result") and len(tries) == 2
+    [region] = _ax_names(page, "#announce")
+    assert region["role"] == "status" and not region["ignored"], region
+    page.unroute("**/v1/classify")
+
+
+PROGRESS_WATCH = r"""() => { window.__progress = [];
+  const $ = (id) => document.getElementById(id);
+  const snap = () => { const bar = $('progress');
+    window.__progress.push({shown: !$('progress').hidden, role: bar.getAttribute('role'),
+      labelledby: bar.getAttribute('aria-labelledby'), min: bar.getAttribute('aria-valuemin'),
+      max: bar.getAttribute('aria-valuemax'), now: bar.getAttribute('aria-valuenow'), text: $('progress-text').textContent,
+      busy: $('result').getAttribute('aria-busy'), announce: $('announce').textContent}); };
+  new MutationObserver(snap).observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true}); }"""
+
+
+def test_a_diagnosis_in_progress_is_announced_once_and_its_progress_exposed(
+    signed_in: PageRecorder, real_image_paths: dict[str, list[Path]]
+) -> None:
+    """While an image was sent and analysed, nothing said so: the bar and its text had no role and #result no busy
+    state. "Analysing the image…" is said once as it starts (also when the image is sent twice: categories added
+    before the modality was known), #result is aria-busy until the answer is in, and the bar is a progressbar named
+    by its text, with its value while uploading (none while the service works) and no live region of its own."""
+    page = signed_in.page
+    page.fill("#category-input", "glaucoma suspect")  # under auto-detect, before any image: the image goes twice
+    page.press("#category-input", "Enter")
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/v1/classify") else None)
+    page.evaluate(PROGRESS_WATCH)
+    page.set_input_files("#file-input", str(real_image_paths["CFP"][0]))
+    page.wait_for_selector("#predictions li")
+    wait_for(page, "!document.body.dataset.busy")
+    log = page.evaluate("window.__progress")
+    assert len(sent) == 2, sent
+
+    running = [s for s in log if s["shown"]]
+    assert running, log
+    for s in running:
+        assert (s["role"], s["labelledby"], s["min"], s["max"]) == ("progressbar", "progress-text", "0", "100"), s
+        assert s["busy"] == "true", s  # the answer's region is being replaced, from the start to the end
+        if s["text"].startswith("Analysing"):
+            assert s["now"] is None, s  # the service at work: no value to give
+        else:
+            assert s["now"] is not None and 0 <= int(s["now"]) <= 100, s
+    assert any(s["now"] == "0" for s in running), running  # the upload's start
+    # said once, then replaced by the answer
+    texts = [s["announce"] for s in log]
+    said = [t for i, t in enumerate(texts) if i == 0 or t != texts[i - 1]]
+    assert said.count("Analysing the image…") == 1, said
+    assert said[-1].startswith("Diagnosis ready: ") and said[-2] == "Analysing the image…", said
+    assert page.get_attribute("#result", "aria-busy") is None and page.is_hidden("#progress")
+    # not a live region: each percent is not read out
+    live = "[aria-live], [role=status], [role=alert], [role=log]"
+    assert page.evaluate(f"!document.getElementById('progress').closest('{live}')")
+    assert page.evaluate(f"!document.getElementById('progress').querySelector('{live}')")
+    # Chromium's tree: a progressbar named by its text
+    page.evaluate("document.getElementById('progress').hidden = false")
+    [bar] = _ax_names(page, "#progress")
+    assert bar["role"] == "progressbar" and bar["name"] == page.inner_text("#progress-text"), bar
+    page.evaluate("document.getElementById('progress').hidden = true")
+
+
+def test_text_fields_have_visible_labels(signed_in: PageRecorder) -> None:
+    """The search text, a category to add and the teach panel's new category were named only by an aria-label, and
+    shown only by a placeholder that goes as one types (3.3.2, 2.5.3): each has a visible label that names it."""
+    page = signed_in.page
+    for field, words in (("search-query", "Search text"), ("category-input", "Add a category"),
+                         ("teach-label", "New category")):
+        label = page.locator(f"label[for={field}]")
+        assert label.count() == 1, field
+        assert label.inner_text().strip() == words
+        box = label.bounding_box()
+        assert box and box["width"] > 20 and box["height"] > 8 and not label.evaluate("e => !!e.closest('.sr-only')")
+        [node] = _ax_names(page, f"#{field}")
+        assert node["name"] == words, node
+        assert page.get_attribute(f"#{field}", "aria-label") is None  # the label names it: no other name over it

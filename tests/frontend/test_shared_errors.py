@@ -219,11 +219,11 @@ def _classify_again_answered(page: Any, answer: dict[str, Any]) -> None:
 def _rows(page: Any) -> list[dict[str, Any]]:
     return page.eval_on_selector_all(
         "#predictions li",
-        """els => els.map(li => {
+        r"""els => els.map(li => {
              const note = li.querySelector('.unknown');
              const box = note && note.getBoundingClientRect();
              return {name: li.querySelector('.name').firstChild.textContent,
-                     label: li.getAttribute('aria-label') || li.querySelector('button.explain').getAttribute('aria-label'),
+                     label: li.innerText.replace(/\s+/g, ' '), // the row's words: read with it, and its button's name
                      note: note ? note.innerText : null, shown: !!box && box.width > 0 && box.height > 0};
            })""",
     )
@@ -243,7 +243,7 @@ def test_every_unknown_category_says_so_in_words_not_only_in_a_tooltip(
         "not in the knowledge base" in myopia["note"] and "closest known: pathologic myopia" in myopia["note"]
     )
     assert "not in the knowledge base" in dots["note"] and "closest known" not in dots["note"], dots
-    # read out with the row (its aria-label is its name), not only seen
+    # read out with the row (its words, which name its heat map's button where it has one), not only seen
     assert myopia["note"] in myopia["label"] and dots["note"] in dots["label"], rows
     # the known ones say nothing more
     assert all(rows[n]["note"] is None for n in ("normal", "glaucoma", "cataract")), rows
@@ -302,12 +302,12 @@ def test_the_services_own_unknown_category_is_shown_with_its_suggestion(
 def _alias_rows(page: Any) -> dict[str, dict[str, Any]]:
     rows = page.eval_on_selector_all(
         "#predictions li",
-        """els => els.map(li => {
+        r"""els => els.map(li => {
              const note = li.querySelector('.alias');
              const box = note && note.getBoundingClientRect();
              const style = note && getComputedStyle(note);
              return {name: li.querySelector('.name').firstChild.textContent,
-                     label: li.getAttribute('aria-label') || li.querySelector('button.explain').getAttribute('aria-label'),
+                     label: li.innerText.replace(/\s+/g, ' '), // the row's words: read with it, and its button's name
                      note: note ? note.innerText : null, shown: !!box && box.width > 0 && box.height > 0,
                      whole_row: !!style && style.gridColumnStart === '1' && style.gridColumnEnd === '-1'};
            })""",
@@ -337,7 +337,8 @@ def test_an_alias_says_which_known_category_it_was_read_as_in_words(
     assert healthy["note"] == "read as: normal", healthy
     assert dme["note"] == "read as: diabetic macular edema", dme
     assert healthy["shown"] and dme["shown"] and healthy["whole_row"] and dme["whole_row"], rows
-    # read out with the row (its aria-label is its name), not only seen; and no longer only a tooltip
+    # read out with the row (its words, which name its heat map's button where it has one), not only seen; and
+    # no longer only a tooltip
     assert healthy["note"] in healthy["label"] and dme["note"] in dme["label"], rows
     assert rows["Glaucoma"]["note"] is None and "read as" not in rows["Glaucoma"]["label"], rows
     assert page.query_selector_all("#predictions .unknown") == []  # an alias is a known name
@@ -349,6 +350,6 @@ def test_an_alias_says_which_known_category_it_was_read_as_in_words(
     assert "read as" not in page.inner_text("#predictions")
     labels = page.eval_on_selector_all(
         "#predictions li",
-        "els => els.map(li => li.getAttribute('aria-label') || li.querySelector('button.explain').getAttribute('aria-label'))",
+        "els => els.map(li => li.innerText.replace(/\\s+/g, ' '))",
     )
     assert not any("read as" in label for label in labels), labels
