@@ -29,7 +29,10 @@ from service.middleware import ALWAYS_HEADERS, API_CSP, CSP_HEADER, REQUEST_ID_H
 # KB; nginx's default allows 4 x 8 KB per header block, Node's 16 KB, uvicorn's h11 mode 16 KB.
 MAX_HEADER_BYTES = 64 * 1024
 # After a refusal, what the client still sends is read and dropped for up to this long and this much, so that the
-# answer is not lost to a reset (a close with unread bytes): long enough for a request in flight on a LAN.
+# answer is not lost to a reset (a close with unread bytes): long enough for a request in flight on a LAN, and for
+# a refused upload that a reverse proxy sends whole before it reads the answer (nginx's default). The bytes are at
+# least this, and twice the largest accepted upload (KEEPFIT_MAX_UPLOAD_BYTES) where that is more, so that a 413's
+# body over the limit is read too.
 LINGER_S = 2.0
 MAX_DRAIN_BYTES = 8 * 1024 * 1024
 
@@ -59,9 +62,12 @@ def _announcing_close(cycle: Any, protocol: GuardedHttpToolsProtocol) -> Any:
     async def announcing(message: Any) -> None:
         if message["type"] == "http.response.start" and cycle.disconnected:
             cycle.scope[CLIENT_GONE] = True
-        if message["type"] != "http.response.start" or cycle.response_started or not cycle.more_body or not cycle.keep_alive:
+        if message["type"] != "http.response.start" or cycle.response_started or not cycle.more_body:
             await send(message)
             return
+        # also when the connection was not to persist anyway (HTTP/1.0, nginx's default to its upstreams, or a
+        # request saying Connection: close): uvicorn would close it as the answer ends, a reset for a client still
+        # sending the body, which a proxy that sends the whole body before it reads turns into its 502
         protocol.close_announced = True
         await send({**message, "headers": [*message.get("headers", []), (b"connection", b"close")]})
         cycle.keep_alive = True
@@ -74,13 +80,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     max_header_bytes = MAX_HEADER_BYTES
     header_timeout_s: float | None = None  # None: KEEPFIT_HEADER_TIMEOUT_S (tests set it directly)
+    max_drain_bytes: int | None = None  # None: MAX_DRAIN_BYTES, or twice KEEPFIT_MAX_UPLOAD_BYTES where more
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.header_timeout_s is None:
+        if self.header_timeout_s is None or self.max_drain_bytes is None:
             from service.settings import get_settings
 
-            self.header_timeout_s = float(get_settings().header_timeout_s)
+            settings = get_settings()
+            if self.header_timeout_s is None:
+                self.header_timeout_s = float(settings.header_timeout_s)
+            if self.max_drain_bytes is None:
+                self.max_drain_bytes = max(MAX_DRAIN_BYTES, 2 * int(settings.max_upload_bytes))
         self._in_headers = False  # bytes of a request arrived, its headers are not complete yet
         self._header_bytes = 0  # raw bytes received while a request's headers were incomplete
         self._parsed_bytes = 0  # the request line and headers as parsed (headers that came in one read)
@@ -102,7 +113,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._draining:  # refused: the rest of the request is read and dropped until the client is done
             self._drained += len(data)
-            if self._drained > MAX_DRAIN_BYTES:
+            if self._drained > (self.max_drain_bytes or MAX_DRAIN_BYTES):
                 self.transport.close()
             return
         self._got_bytes = True

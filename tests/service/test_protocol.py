@@ -337,3 +337,42 @@ def test_nothing_pipelined_behind_an_answer_that_said_close_is_processed(default
     heads = re.findall(rb"HTTP/1\.1 \d+[^\r]*\r\n(?:[^\r]+\r\n)*\r\n", data)
     assert len(heads) == 1 and b"connection: close" in heads[0].lower(), data
     assert ran == []  # B was never run
+
+
+@pytest.mark.parametrize(
+    ("version", "connection"),
+    [(b"HTTP/1.0", b""), (b"HTTP/1.1", b"Connection: close\r\n"), (b"HTTP/1.1", b"")],
+    ids=["http-1.0", "http-1.1-close", "http-1.1"],
+)
+def test_a_refusal_reaches_a_proxy_that_sends_the_whole_body_before_it_reads(
+    base: str, version: bytes, connection: bytes
+) -> None:
+    """nginx sends a request's whole body to its upstream before it reads the answer, over HTTP/1.0 by default. A
+    refusal answered before the body was read (a wrong key's 401, a 413 by Content-Length, a 415) was followed at
+    once by a close when the connection was not to persist (HTTP/1.0, or `Connection: close`): the body still on its
+    way met a reset, nginx's send failed, and the client got nginx's 502 instead of the service's answer."""
+    body = b"x" * (3 * 1024 * 1024)
+    sock = _connect(base)
+    sock.sendall(b"POST /v1/embed " + version + b"\r\nHost: x\r\nContent-Type: text/plain\r\n" + connection
+                 + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    time.sleep(0.4)  # answered (415) from the headers alone, before any of the body arrives
+    sock.sendall(body)  # a reset here was the proxy's 502
+    status, answer = _answer(sock)
+    assert status == 415 and answer["error"]["code"] == "unsupported_media_type"
+    sock.close()
+
+
+def test_a_413_reaches_a_proxy_that_sends_a_body_over_the_drain_s_floor(default_artifact: Path) -> None:
+    """What a refused client still sends is drained up to twice the largest accepted upload, not the fixed 8 MiB
+    floor alone: a proxy sending a body over the limit whole got a reset (its 502) instead of the 413."""
+    settings = make_settings(default_artifact, max_upload_bytes=6 * 1024 * 1024)
+    body = b"x" * (10 * 1024 * 1024)
+    with live_server(settings, protocol=_Quick) as url:
+        sock = _connect(url)
+        sock.sendall(b"POST /v1/classify HTTP/1.0\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        time.sleep(0.4)
+        sock.sendall(body)
+        status, answer = _answer(sock)
+        sock.close()
+    assert status == 413, answer
