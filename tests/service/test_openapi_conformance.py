@@ -4,6 +4,7 @@ is a case a schema-driven fuzz campaign (schemathesis, every check) or a client 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from index.store import VectorIndex
 from service.app import create_app
-from tests.service.helpers import make_settings
+from tests.service.helpers import make_settings, request_body
 
 ADMIN = {"X-Admin-Key": "admin-secret"}
 
@@ -229,3 +230,15 @@ def test_every_request_body_is_one_named_schema_shared_by_the_aliases(api: TestC
     assert refs[("/search", "application/json")] == refs[("/v1/search", "application/json")]
     assert refs[("/v1/search", "application/json")] == "#/components/schemas/SearchRequest"
     assert len(set(refs.values())) == 8
+
+
+def test_the_create_form_declares_no_pattern_of_field_names(api: TestClient) -> None:
+    """The classifier form's ``patternProperties`` (``^examples\\..+$``, binary) became an index signature in
+    openapi-typescript (``[key: string]: string``) that every other field of the form (a boolean, an array)
+    conflicted with: ``tsc --strict`` refused every body a TypeScript client could build.  The pattern of names
+    is told in the ``examples`` description instead, and the service still takes such fields."""
+    spec = api.get("/openapi.json").json()
+    assert "patternProperties" not in json.dumps(spec)
+    form = request_body(spec, "/v1/classifiers", "multipart/form-data")
+    assert form["additionalProperties"] is False  # every other unknown field is refused (422), as documented
+    assert "`examples.<category label>`" in form["properties"]["examples"]["description"]
