@@ -488,9 +488,9 @@ class SearchHit(BaseModel):
     )
     labels: list[str] = Field(description="the image's labels in the index (its manifest's label columns); empty: none")
     caption: str | None = Field(description="the image's caption in the index (its manifest's `caption`); null: none")
-    width: int | None = Field(description="as stored in the file, before any EXIF orientation")
-    height: int | None = Field(description="as stored in the file, before any EXIF orientation")
-    sha256: str | None = Field(description="SHA-256 of the indexed file's bytes")
+    width: int = Field(description="as stored in the file, before any EXIF orientation")
+    height: int = Field(description="as stored in the file, before any EXIF orientation")
+    sha256: str = Field(description="SHA-256 of the indexed file's bytes")
     same_image: bool = Field(
         description="an image query found itself: this hit is the very bytes that were sent (score about 1). It is "
         "listed first even when another file of its pixels (a PNG or DICOM of a JPEG's pixels) scores higher; "

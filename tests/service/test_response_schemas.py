@@ -122,3 +122,23 @@ def test_a_bug_in_a_route_is_logged_once_and_answered_like_any_error(
         records = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
         assert len(records) == 1 and records[0].getMessage() == "unhandled error on POST /v1/classify", records
         assert records[0].exc_info is not None and "a bug" in str(records[0].exc_info[1])
+
+
+def test_a_search_hit_always_has_its_size_and_sha256(indexed: TestClient) -> None:
+    """A hit's ``width``, ``height`` and ``sha256`` were documented as nullable (``string | null`` in a generated
+    TypeScript client), though every index stores them ``NOT NULL`` (one format, ``keepfit-index/1``, since the
+    first) and the README promises each hit its SHA-256."""
+    from index.store import SCHEMA
+
+    spec = indexed.get("/openapi.json").json()
+    hit = spec["components"]["schemas"]["SearchHit"]
+    for name, kind, column in (("width", "integer", "width INTEGER NOT NULL"),
+                               ("height", "integer", "height INTEGER NOT NULL"),
+                               ("sha256", "string", "sha256 TEXT NOT NULL")):
+        assert hit["properties"][name]["type"] == kind and "anyOf" not in hit["properties"][name], name
+        assert name in hit["required"] and column in SCHEMA
+    r = indexed.post("/v1/search", json={"query": "drusen", "top_k": 5})
+    assert r.status_code == 200, r.text
+    for found in r.json()["hits"]:
+        assert isinstance(found["width"], int) and isinstance(found["height"], int)
+        assert isinstance(found["sha256"], str) and len(found["sha256"]) == 64
