@@ -29,7 +29,7 @@ from model import __version__
 from model.cores import resident_bytes
 from service.cache import Cache, MemoryCache, RedisCache, answer_scope
 from service.classifiers import log_store_at_start
-from service.deps import API_KEY_HEADER, ModelPool, ServiceState
+from service.deps import API_KEY_HEADER, IMAGE_TOKEN_SCHEME, ModelPool, ServiceState
 from service.engine import MAX_CATEGORY_CHARS, Engine, IndexHolder
 from service.errors import UnexpectedErrorMiddleware, error_body, install_error_handlers
 from service.files import EnvelopedStaticFiles
@@ -230,21 +230,24 @@ def _security(schema: dict[str, Any], settings: Settings) -> None:
     """The keys each operation needs, as this deployment configures them: a scheme without keys is dropped
     (clients and schema-driven tests read it literally), /metrics is public unless protected, and an operation
     that needs both keys (changing a classifier) lists them in one requirement, since both are needed (separate
-    entries would read as either)."""
+    entries would read as either); an image's token (``ImageToken``) stays a requirement of its own, the
+    alternative to the API key."""
     drop = set()
     if not settings.api_keys:
-        drop.add("ApiKey")
+        drop |= {"ApiKey", IMAGE_TOKEN_SCHEME}  # image tokens exist only with API keys
     if not settings.admin_keys:
         drop.add("AdminKey")
     for path, item in schema.get("paths", {}).items():
         for operation in item.values():
             if not isinstance(operation, dict) or "security" not in operation:
                 continue
-            needed = {k: v for req in operation["security"] for k, v in req.items() if k not in drop}
+            schemes = [(k, v) for req in operation["security"] for k, v in req.items() if k not in drop]
+            needed = {k: v for k, v in schemes if k != IMAGE_TOKEN_SCHEME}
             if path == "/metrics" and not settings.metrics_need_key:
                 needed = {}
             if needed:
-                operation["security"] = [needed]
+                # an image's token is the other way in (GET /v1/images/{id}), not a second key: its own requirement
+                operation["security"] = [needed, *({k: v} for k, v in schemes if k == IMAGE_TOKEN_SCHEME)]
             else:
                 operation.pop("security")  # public: say so
     schemes = schema.get("components", {}).get("securitySchemes", {})

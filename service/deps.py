@@ -21,7 +21,7 @@ from functools import lru_cache, partial
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, APIKeyQuery
 from pydantic import BaseModel
 
 from model.errors import NotFoundError
@@ -293,6 +293,16 @@ IMAGE_TOKEN_STEPS = 24  # expiry rounded up to a multiple of ttl/24: an hour for
 IMAGE_TOKEN_SKEW_S = 300  # clocks of replicas may differ by this much: a token expiring this much later still counts
 _IMAGE_TOKEN = re.compile(r"(\d{1,12})\.([0-9a-f]{32})")
 IMAGE_TAG_DIGITS = 16  # the leading hex digits of an image's SHA-256 that its URLs carry (``?sha256=``)
+IMAGE_TOKEN_SCHEME = "ImageToken"
+# In /openapi.json only (GET /v1/images/{id} reads its ``token`` query parameter itself): the other way in to an
+# image, besides the API key, as its own security requirement (service.app._security keeps it one)
+image_token_scheme = APIKeyQuery(
+    name="token",
+    scheme_name=IMAGE_TOKEN_SCHEME,
+    auto_error=False,
+    description="The per-image token of a search hit's `image_url` / `thumbnail_url` (`token=<expires>.<mac>`): "
+    "opens that image, without X-API-Key, until it expires. Only when the service runs with KEEPFIT_API_KEYS.",
+)
 
 
 @lru_cache(maxsize=16)

@@ -843,4 +843,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     if 503 in out:  # busy: when to try again
         out[503]["headers"] = {"Retry-After": {"description": "seconds to wait (busy, shutting_down)",
                                                "schema": {"type": "integer"}}}
+    if 416 in out:  # the file's size, as RFC 9110 asks (service.files.RangeNotSatisfiableError)
+        out[416]["headers"] = {"Content-Range": {"description": "bytes */SIZE: the size of the file in bytes",
+                                                 "schema": {"type": "string"}}}
     return out

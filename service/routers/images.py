@@ -20,6 +20,7 @@ from service.deps import (
     check_image_tag,
     check_image_token,
     image_access,
+    image_token_scheme,
 )
 from service.engine import make_thumbnail, original_image
 from service.errors import InvalidRequestError
@@ -44,6 +45,7 @@ not whatever has the id now (a 404 once the id names another one), and a browser
 """
 
 _MAX_ID = 2**63 - 1
+_ETAG = {"description": "send it back in If-None-Match for a 304", "schema": {"type": "string"}}
 _MAX_AGE_S = 86400  # how long a browser may keep an image it was given (Cache-Control, private)
 
 
@@ -76,21 +78,32 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
             "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in (
                 "image/jpeg", "image/png", "image/tiff", "image/bmp", "image/webp")},
             "description": "the image bytes as indexed (a DICOM object: a PNG of its pixels, without its header)",
-            "headers": {"ETag": {"description": "send it back in If-None-Match for a 304", "schema": {"type": "string"}}},
+            "headers": {"ETag": _ETAG},
         },
         206: {
             "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in (
                 "image/jpeg", "image/png", "image/tiff", "image/bmp", "image/webp")},
             "description": "the part of an original file a `Range` header asked for (a malformed `Range` is ignored)",
-            "headers": {"Content-Range": {"description": "bytes START-END/SIZE", "schema": {"type": "string"}}},
+            "headers": {"Content-Range": {"description": "bytes START-END/SIZE", "schema": {"type": "string"}},
+                        "ETag": _ETAG},
         },
-        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        304: {"description": "Not modified (If-None-Match matched the ETag)", "headers": {"ETag": _ETAG}},
         **error_responses(401, 404, 410, 416, 422, 503),
     },
-    openapi_extra={"parameters": [{
-        "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
-        "description": "the ETag of a copy you hold: 304 without the bytes when it is still this image",
-    }]},
+    openapi_extra={"parameters": [
+        {
+            "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "the ETag of a copy you hold: 304 without the bytes when it is still this image",
+        },
+        {
+            "name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "one byte range of the original file (`bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX`): "
+            "a 206 with `Content-Range`, a 416 for one that starts past the end; a malformed `Range`, several "
+            "ranges, or one of a thumbnail (`size`) or of a DICOM object's PNG is ignored (the whole answer, 200)",
+        },
+    ]},
+    # the token of a hit's URL opens the image without a key: an alternative requirement beside ApiKey
+    dependencies=[Security(image_token_scheme)],
 )
 async def get_image(
     request: Request,

@@ -329,3 +329,44 @@ def test_the_access_log_never_shows_a_token() -> None:
     line = _redact_tokens(f"GET /v1/images/5?size=256&token={token} HTTP/1.1")
     assert token is not None and token not in line and token.split(".")[0] not in line
     assert line == "GET /v1/images/5?size=256&token=<redacted> HTTP/1.1"
+
+
+# ------------------------------------------------------------------------------------------------- the schema
+def test_the_schema_says_a_token_opens_an_image_and_what_ranges_and_revalidation_answer(
+    client: TestClient, archive: _Archive
+) -> None:
+    """``getImage`` declared ``security: [{ApiKey: []}]`` though a hit's URL opens its image with its token alone; it
+    documented 206 and 416 without the ``Range`` header that asks for them, and its 416 and 304 (and 206) without
+    the ``Content-Range`` and ``ETag`` headers they carry.  Each is held against a request that shows it."""
+    spec = client.get("/openapi.json").json()
+    operation = spec["paths"]["/v1/images/{image_id}"]["get"]
+    assert operation["security"] == [{"ApiKey": []}, {"ImageToken": []}]  # either one opens the image
+    scheme = spec["components"]["securitySchemes"]["ImageToken"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "query", "token") and scheme["description"]
+    params = {p["name"]: p["in"] for p in operation["parameters"]}
+    assert params["token"] == "query" and params["Range"] == "header" and params["If-None-Match"] == "header"
+    responses = operation["responses"]
+
+    url = _local(_hit(client)["image_url"])
+    data = Path(archive.record.path).read_bytes()
+    whole = client.get(url)  # the token alone, no X-API-Key
+    assert whole.status_code == 200 and whole.content == data
+    part = client.get(url, headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == data[:10]
+    assert part.headers["content-range"] == f"bytes 0-9/{len(data)}"
+    unchanged = client.get(url, headers={"If-None-Match": whole.headers["etag"]})
+    assert unchanged.status_code == 304
+    beyond = client.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(data)}"
+    for answer in (whole, part, unchanged, beyond):
+        documented = responses[str(answer.status_code)].get("headers", {})
+        assert {"ETag", "Content-Range"} & set(documented), answer.status_code
+        for header in documented:  # every header the schema lists, the answer carries
+            if header != "Retry-After":
+                assert header.lower() in answer.headers, (answer.status_code, header)
+
+
+def test_without_keys_the_schema_has_no_image_token(open_client: TestClient) -> None:
+    spec = open_client.get("/openapi.json").json()
+    assert "security" not in spec["paths"]["/v1/images/{image_id}"]["get"]  # public
+    assert "ImageToken" not in spec["components"].get("securitySchemes", {})
