@@ -441,7 +441,7 @@ def check_upload_type(declared: str | None, field: str = "image") -> None:
     kind = (declared or "").split(";", 1)[0].strip().lower()
     if not kind or kind.startswith("image/") or kind in ACCEPTED_UPLOAD_TYPES:
         return
-    raise UnsupportedContentTypeError(f"'{field}' was sent as {kind}; send an image file (JPEG, PNG, TIFF)")
+    raise UnsupportedContentTypeError(f"'{field}' was sent as {kind}; send an image file (JPEG, PNG, TIFF, BMP, WebP or DICOM)")
 
 
 def check_upload(declared: str | None, size: int, max_bytes: int, field: str = "image") -> None:

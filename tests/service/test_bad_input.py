@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from tests.service.helpers import assert_error, encode, make_settings, png_with_size
+from tests.service.helpers import assert_error, encode, make_settings, png_with_size, request_body
 
 
 def _post_image(
@@ -48,11 +48,16 @@ def test_decompression_bomb(api: TestClient, size: tuple[int, int]) -> None:
 
 
 def test_declared_content_type_that_is_not_an_image(api: TestClient, real_images: dict[str, bytes]) -> None:
+    # every format the service reads, as the schema's image field lists them (the message named three of six)
+    accepted = "JPEG, PNG, TIFF, BMP, WebP or DICOM"
+    form = request_body(api.get("/openapi.json").json(), "/v1/classify", "multipart/form-data")
+    assert form["properties"]["image"]["description"] == accepted
     assert_error(
         _post_image(api, real_images["CFP"], "application/pdf"),
         415,
         "unsupported_media_type",
         "application/pdf",
+        f"send an image file ({accepted})",
     )
 
 
