@@ -48,15 +48,18 @@ GENERATOR_CONFIG = """content_type_overrides:
 
 def patch_missing_unset(package: Path) -> list[str]:
     """openapi-python-client (0.29 and earlier, its issue #1451) annotates an operation with two body types
-    (JSON or a form: search, embed, createClassifier) with ``| Unset`` without importing ``Unset``: import it
-    where a module uses it.  Returns the modules changed (none once the generator is fixed)."""
+    (JSON or a form: search, searchUnversioned, embed, createClassifier) with ``| Unset`` without importing
+    ``Unset``: add it to the module's ``from ...types import`` line (its names are sorted only where ruff is
+    installed) where a module uses it.  Returns the modules changed (none once the generator is fixed)."""
     changed = []
     for module in sorted(package.rglob("*.py")):
         text = module.read_text()
         if re.search(r"\bUnset\b", text) and not re.search(r"^from \S*types import .*\bUnset\b", text, re.M):
-            text = re.sub(r"^(from \.+types import )(.*)$", r"\1\2, Unset", text, count=1, flags=re.M)
-            module.write_text(text)
-            changed.append(module.relative_to(package).as_posix())
+            # (types.py, which defines Unset, has no such line: nothing to change there)
+            text, fixed = re.subn(r"^(from \.+types import )(.*)$", r"\1\2, Unset", text, count=1, flags=re.M)
+            if fixed:
+                module.write_text(text)
+                changed.append(module.relative_to(package).as_posix())
     return changed
 
 
@@ -84,8 +87,9 @@ def service(settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def client_package(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    """The client generated from the running deployment's schema, importable as ``keepfit_client``."""
+def generated(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType, list[str]]]:
+    """The client generated from the running deployment's schema, importable as ``keepfit_client``, and the
+    modules :func:`patch_missing_unset` changed."""
     generator = _generator()
     work = tmp_path_factory.mktemp("generated-client")
     (work / "openapi.json").write_bytes(httpx.get(f"{service}/openapi.json", timeout=30).content)
@@ -99,14 +103,19 @@ def client_package(service: str, tmp_path_factory: pytest.TempPathFactory) -> It
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # nothing of the schema is left out of the client (an unsupported answer type is dropped with a warning)
     assert "Warning" not in done.stdout, done.stdout[-3000:]
-    patch_missing_unset(work / PACKAGE)
+    changed = patch_missing_unset(work / PACKAGE)
     sys.path.insert(0, str(work))
     try:
-        yield importlib.import_module(PACKAGE)
+        yield importlib.import_module(PACKAGE), changed
     finally:
         sys.path.remove(str(work))
         for name in [m for m in sys.modules if m == PACKAGE or m.startswith(f"{PACKAGE}.")]:
             del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def client_package(generated: tuple[ModuleType, list[str]]) -> ModuleType:
+    return generated[0]
 
 
 def _api(name: str) -> Any:
@@ -213,8 +222,30 @@ def test_the_readme_gives_the_generator_configuration_and_the_fix_this_test_uses
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for line in GENERATOR_CONFIG.splitlines():
         assert line in readme, f"README.md lacks the generator configuration line {line!r}"
-    assert "#1451" in readme and "from ...types import UNSET, Response, Unset" in readme
+    assert "#1451" in readme and "add `Unset` to the module's `from ...types import` line" in readme
     assert "--config keepfit-client.yml --meta none" in readme  # the flags the fixture generates with
+
+
+def _readme_fix() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^Up to at least 0\.29 .*?(?=\n\n)", readme, re.S | re.M)
+    assert found, "README.md lacks the paragraph of the generator's missing import"
+    return found.group(0)
+
+
+def test_the_readme_names_every_module_the_missing_import_fix_changes(
+    generated: tuple[ModuleType, list[str]],
+) -> None:
+    """The README named search, embed and createClassifier; searchUnversioned (the same two bodies) needed the
+    fix too, and its wording (change `from ...types import UNSET, Response`) matched no line where the
+    generator ran without ruff (`Response, UNSET`)."""
+    fix = _readme_fix()
+    changed = generated[1]
+    assert changed, "the generator imports Unset now: drop the README's fix"
+    assert set(re.findall(r"`(api/[\w/]+\.py)`", fix)) == set(changed)
+    for module in changed:  # and each one's operation id: search_unversioned.py is searchUnversioned
+        operation = re.sub(r"_(\w)", lambda m: m.group(1).upper(), Path(module).stem)
+        assert f"`{operation}`" in fix, operation
 
 
 def test_the_missing_import_fix_touches_only_what_uses_unset(tmp_path: Path) -> None:
@@ -223,5 +254,9 @@ def test_the_missing_import_fix_touches_only_what_uses_unset(tmp_path: Path) -> 
     (package / "api" / "broken.py").write_text("from ...types import UNSET, Response\n\nx: int | Unset = UNSET\n")
     (package / "api" / "fine.py").write_text("from ...types import UNSET, Response, Unset\n\nx: int | Unset = UNSET\n")
     (package / "api" / "plain.py").write_text("from ...types import UNSET, Response\n\nx = UNSET\n")
-    assert patch_missing_unset(package) == ["api/broken.py"]
+    (package / "types.py").write_text("class Unset:\n    pass\n\n\nUNSET: Unset = Unset()\n")  # defines it
+    # as the generator writes it without ruff installed: the names unsorted
+    (package / "api" / "unsorted.py").write_text("from ...types import Response, UNSET\n\nx: int | Unset = UNSET\n")
+    assert patch_missing_unset(package) == ["api/broken.py", "api/unsorted.py"]
     assert (package / "api" / "broken.py").read_text().startswith("from ...types import UNSET, Response, Unset\n")
+    assert (package / "api" / "unsorted.py").read_text().startswith("from ...types import Response, UNSET, Unset\n")
