@@ -278,6 +278,7 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             _auth_failures(schema, settings)
             _answer_headers(schema)
             _named_request_bodies(schema)
+            _named_enums(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -330,6 +331,61 @@ def _named_request_bodies(schema: dict[str, Any]) -> None:
                 if components.setdefault(name, body) != body:
                     raise RuntimeError(f"two request bodies would be the schema {name}: {operation['operationId']}")
                 media["schema"] = {"$ref": f"#/components/schemas/{name}"}
+
+
+# The enums of the schemas' fields as named components: written inline, a generated client named each by where it
+# met it first and numbered the others (`Modality1`, `Decision1`, `State1`, `Code2`, `SearchRequestModalityType0`).
+# By name: its description and the (schema, field) places that take it, which must all hold the same values.
+NAMED_ENUMS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "Modality": ("an imaging modality, or `auto` to recognise it", (
+        ("ClassifyForm", "modality"), ("CreateClassifierRequest", "modality"), ("CreateClassifierForm", "modality"),
+        ("ModalityResult", "requested"))),
+    "SearchModality": ("a modality to filter a search by: the model's, and the index's own", (
+        ("SearchRequest", "modality"), ("SearchForm", "modality"))),
+    "TaskName": ("a named set of categories of the loaded knowledge (`GET /v1/categories`)", (
+        ("ClassifyForm", "task"), ("ClassifyResponse", "task"))),
+    "DecisionChoice": ("how scores become probabilities: `auto`, `screening` or `flat`", (("ClassifyForm", "decision"),)),
+    "Decision": ("how the scores became probabilities: `screening` or `flat`", (("ClassifyResponse", "decision"),)),
+    "FitMethod": ("what a classifier fits", (
+        ("CreateClassifierRequest", "method"), ("CreateClassifierForm", "method"), ("RefitRequest", "method"))),
+    "QueryKind": ("`text` or `image`", (("EmbedResponse", "kind"), ("SearchQueryInfo", "kind"))),
+    "ClassifyWarningCode": ("what a classify warning is about", (("ClassifyWarning", "code"),)),
+    "SearchWarningCode": ("what a search warning is about", (("SearchWarning", "code"),)),
+    "ClassifierWarningCode": ("what a classifier's warning is about", (("ClassifierWarning", "code"),)),
+    "CacheState": ("the answer cache's state", (("CacheStatus", "state"),)),
+    "ClassifierStoreState": ("the classifier store's state", (("ClassifierStoreStatus", "state"),)),
+}
+# what moves into the named enum; the rest (a field's description, default, a length limit) stays beside its $ref
+_ENUM_KEYWORDS = ("type", "enum")
+
+
+def _named_enums(schema: dict[str, Any]) -> None:
+    """Each enum of :data:`NAMED_ENUMS` moved to ``components/schemas`` under its name and referred to from every
+    field that takes it (a nullable field: from its ``anyOf``); the values as they are (limits and this deployment's
+    tasks and modalities already set: :func:`_set_limits`)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, (description, places) in NAMED_ENUMS.items():
+        found: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (the field or its option, the values' keywords)
+        for owner, field in places:
+            prop = components.get(owner, {}).get("properties", {}).get(field)
+            if not isinstance(prop, dict):
+                continue
+            option = next((o for o in [prop, *prop.get("anyOf", [])] if isinstance(o, dict) and "enum" in o), None)
+            if option is not None:
+                found.append((option, {k: v for k, v in option.items() if k in _ENUM_KEYWORDS}))
+        if not found:
+            continue  # (no tasks without loaded knowledge: a plain string)
+        values = found[0][1]
+        if any(other != values for _, other in found):
+            raise RuntimeError(f"the fields named as the enum {name} take different values: {[v for _, v in found]}")
+        components[name] = {"title": name, "description": description, **values}
+        for option, moved in found:
+            for key in moved:
+                option.pop(key)
+            # a length limit every value keeps says nothing more (beside a $ref, generators made another model of it)
+            if all(len(v) <= option.get("maxLength", len(v)) for v in values["enum"]):
+                option.pop("maxLength", None)
+            option["$ref"] = f"#/components/schemas/{name}"
 
 
 def _auth_failures(schema: dict[str, Any], settings: Settings) -> None:

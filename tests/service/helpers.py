@@ -106,3 +106,14 @@ def request_body(spec: dict[str, Any], path: str, kind: str, method: str = "post
     schema: dict[str, Any] = spec["paths"][path][method]["requestBody"]["content"][kind]["schema"]
     ref = schema.get("$ref", "")
     return spec["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else schema
+
+
+def enum_of(spec: dict[str, Any], field: dict[str, Any]) -> list[Any] | None:
+    """The values a field of a schema in the OpenAPI ``spec`` takes (its own ``enum``, or a nullable field's, each
+    through its reference to a named enum in ``components/schemas``); None for a field of no enum."""
+    for option in [field, *field.get("anyOf", [])]:
+        ref = option.get("$ref", "")
+        named = spec["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else option
+        if "enum" in named:
+            return list(named["enum"])
+    return None

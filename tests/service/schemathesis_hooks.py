@@ -99,7 +99,8 @@ def _form_schemas(raw_schema: dict[str, Any]) -> None:
             if isinstance(form, dict) and str(form.get("$ref", "")).startswith("#/components/schemas/"):
                 form = ((raw_schema.get("components") or {}).get("schemas") or {}).get(form["$ref"].rsplit("/", 1)[1])
             if isinstance(form, dict):
-                FORM_SCHEMAS[(method.upper(), path)] = form
+                # with the document's components beside it: its fields refer to the named enums there
+                FORM_SCHEMAS[(method.upper(), path)] = {"components": raw_schema.get("components") or {}, **form}
 
 
 @schemathesis.hook

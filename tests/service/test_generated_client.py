@@ -191,17 +191,14 @@ def test_a_generated_client_classifies_searches_embeds_and_fetches_images(
 def test_a_generated_client_creates_uses_and_deletes_a_classifier(
     client_package: ModuleType, service: str, real_image_paths: dict[str, list[Path]]
 ) -> None:
-    from keepfit_client.models import ClassifyForm, CreateClassifierForm
-    from keepfit_client.models.create_classifier_form_method import CreateClassifierFormMethod
-    from keepfit_client.models.create_classifier_form_modality import CreateClassifierFormModality
+    from keepfit_client.models import ClassifyForm, CreateClassifierForm, FitMethod, Modality
 
     admin = _client(client_package, service, admin=True)
     cfp = real_image_paths["CFP"]
     examples = [_file(p.read_bytes(), p.name) for p in cfp[:4]]  # the form generated clients send
     labels = ["first pair", "first pair", "second pair", "second pair"]
-    body = CreateClassifierForm(name="kind", modality=CreateClassifierFormModality("CFP"),
-                                     method=CreateClassifierFormMethod("prototype"), text_prior=False,
-                                     examples=examples, labels=labels)
+    body = CreateClassifierForm(name="kind", modality=Modality("CFP"), method=FitMethod("prototype"),
+                                text_prior=False, examples=examples, labels=labels)
     created = _api("classifiers.create_classifier").sync_detailed(client=admin, body=body)
     assert created.status_code == 201, created.content
     assert created.parsed.name == "kind" and created.parsed.examples == 4
@@ -216,6 +213,21 @@ def test_a_generated_client_creates_uses_and_deletes_a_classifier(
     without_admin = _api("classifiers.delete_classifier").sync_detailed(client=_client(client_package, service),
                                                                          name="kind")
     assert without_admin.status_code in (401, 403)
+
+
+def test_the_generated_enums_have_names_of_their_own(client_package: ModuleType) -> None:
+    """Inline in the schema, the enums were named by where the generator met them, a nullable field's with a
+    number (``SearchRequestModalityType0``, ``ClassifyResponseDecisionType0``, ``RefitRequestMethodType0``), and
+    one set of values had a class for each field that took it (``ClassifyFormModality``,
+    ``CreateClassifierFormModality``...)."""
+    import enum
+
+    models = importlib.import_module(f"{PACKAGE}.models")
+    enums = {name for name in dir(models) if isinstance(getattr(models, name), enum.EnumMeta)}
+    assert {"Modality", "SearchModality", "TaskName", "Decision", "DecisionChoice", "FitMethod"} <= enums, enums
+    numbered = sorted(name for name in enums if re.search(r"Type\d+$|\d$", name))
+    assert not numbered, numbered
+    assert not {"ClassifyFormModality", "CreateClassifierFormModality", "CreateClassifierFormMethod"} & enums
 
 
 def test_the_readme_gives_the_generator_configuration_and_the_fix_this_test_uses() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import pytest
@@ -242,3 +242,33 @@ def test_the_create_form_declares_no_pattern_of_field_names(api: TestClient) -> 
     form = request_body(spec, "/v1/classifiers", "multipart/form-data")
     assert form["additionalProperties"] is False  # every other unknown field is refused (422), as documented
     assert "`examples.<category label>`" in form["properties"]["examples"]["description"]
+
+
+def test_no_two_fields_spell_out_an_enum_a_generator_would_name_alike(api: TestClient) -> None:
+    """Inline enums were named by generators after their field, numbered where two fields shared a name or a field
+    was nullable (``Modality1``, ``Decision1``, ``State1``, ``Code2``, ``SearchRequestModalityType0``): each is a
+    named schema now, referred to by every field that takes it, with the values the service accepts."""
+    from model.config import MODALITIES
+    from service.app import NAMED_ENUMS
+    from service.schemas import Decision, Modality
+
+    spec = api.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    inline: list[tuple[str, str]] = []  # (field, where) of each enum still spelt out in a field
+    for owner, schema in schemas.items():
+        for field, prop in schema.get("properties", {}).items():
+            for option in [prop, *prop.get("anyOf", [])]:
+                if "enum" in option:
+                    assert option is prop, f"{owner}.{field}: a nullable field's enum is not named"
+                    inline.append((field, owner))
+    fields = [field for field, _ in inline]
+    assert len(fields) == len(set(fields)), sorted(inline)
+    for name, (_, places) in NAMED_ENUMS.items():
+        for owner, field in places:
+            prop = schemas[owner]["properties"][field]
+            refs = [option.get("$ref") for option in [prop, *prop.get("anyOf", [])]]
+            assert f"#/components/schemas/{name}" in refs, (name, owner, field)
+    assert schemas["Modality"]["enum"] == list(get_args(Modality)) == ["auto", *MODALITIES]
+    assert schemas["DecisionChoice"]["enum"] == list(get_args(Decision))
+    assert schemas["SearchModality"]["enum"] == list(MODALITIES)  # no index: the model's
+    assert schemas["TaskName"]["enum"] == sorted(api.get("/v1/categories").json()["tasks"])

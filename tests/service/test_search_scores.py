@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from index.query import LOW_SIMILARITY
 from model.cli import main as keepfit
-from tests.service.helpers import request_body
+from tests.service.helpers import enum_of, request_body
 
 
 def _search(client: TestClient, **body: Any) -> Any:
@@ -146,8 +146,8 @@ def _modality_filters(spec: dict[str, Any]) -> list[list[str]]:
     """The modality enums search's JSON and multipart bodies take, in the OpenAPI ``spec``."""
     enums = []
     for kind in ("application/json", "multipart/form-data"):
-        field = request_body(spec, "/v1/search", kind)["properties"]["modality"]
-        enums += [option["enum"] for option in [field, *field.get("anyOf", [])] if "enum" in option]
+        enum = enum_of(spec, request_body(spec, "/v1/search", kind)["properties"]["modality"])
+        enums += [enum] if enum is not None else []
     assert len(enums) == 2, enums
     return enums
 
