@@ -272,3 +272,23 @@ def test_no_two_fields_spell_out_an_enum_a_generator_would_name_alike(api: TestC
     assert schemas["DecisionChoice"]["enum"] == list(get_args(Decision))
     assert schemas["SearchModality"]["enum"] == list(MODALITIES)  # no index: the model's
     assert schemas["TaskName"]["enum"] == sorted(api.get("/v1/categories").json()["tasks"])
+
+
+def test_an_enum_whose_fields_disagree_is_left_inline_not_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    """Should a deployment's settings give two fields of one named enum different values, /openapi.json is still
+    served: those fields keep their enums inline (as before they were named), and the log says which."""
+    from service.app import _named_enums
+
+    schema = {"components": {"schemas": {
+        "ClassifyForm": {"properties": {"modality": {"type": "string", "enum": ["auto", "CFP"]}}},
+        "CreateClassifierRequest": {"properties": {"modality": {"type": "string", "enum": ["auto", "OCT"]}}},
+        "SearchRequest": {"properties": {"modality": {"anyOf": [{"type": "string", "enum": ["CFP"]}, {"type": "null"}]}}},
+    }}}
+    with caplog.at_level("WARNING", logger="service.app"):
+        _named_enums(schema)
+    schemas = schema["components"]["schemas"]
+    assert "Modality" not in schemas and schemas["ClassifyForm"]["properties"]["modality"]["enum"] == ["auto", "CFP"]
+    assert "left unnamed" in caplog.text and "Modality" in caplog.text
+    # the others are named as usual
+    assert schemas["SearchModality"]["enum"] == ["CFP"]
+    assert schemas["SearchRequest"]["properties"]["modality"]["anyOf"][0] == {"$ref": "#/components/schemas/SearchModality"}
