@@ -279,6 +279,8 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             _answer_headers(schema)
             _named_request_bodies(schema)
             _named_enums(schema)
+            if settings.public_url:  # behind a proxy, under a path: where clients (and "Try it out") reach the API
+                schema["servers"] = [{"url": settings.public_url.rstrip("/")}]
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -442,23 +444,27 @@ def _local_docs(app: FastAPI) -> None:
     assets = Path(next(iter(spec.submodule_search_locations))) / "static"
     app.mount(DOCS_ASSETS, EnvelopedStaticFiles(directory=assets), name="docs-assets")
 
+    # Relative URLs (the pages are at the root, beside the document and the assets): behind a reverse proxy that
+    # serves the service under a path (/keepfit/docs), they load /keepfit/docs-assets/..., not the host's root
+    spec_url, assets_url = str(app.openapi_url).lstrip("/"), DOCS_ASSETS.lstrip("/")
+
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=str(app.openapi_url),
+            openapi_url=spec_url,
             title=f"{app.title} - docs",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            swagger_js_url=f"{assets_url}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets_url}/swagger-ui.css",
+            swagger_favicon_url=f"{assets_url}/favicon.png",
         )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(
-            openapi_url=str(app.openapi_url),
+            openapi_url=spec_url,
             title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            redoc_js_url=f"{assets_url}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets_url}/favicon.png",
             with_google_fonts=False,
         )
 

@@ -258,15 +258,30 @@ def test_no_server_paths_in_503_or_readyz(default_artifact: Path, tmp_path: Path
 
 
 def test_docs_are_served_without_a_cdn(api: TestClient) -> None:
+    """The assets and the document are named relative to the page, so that a reverse proxy serving the service
+    under a path (/keepfit/docs) gets its own (/keepfit/docs-assets/...): from the host's root they were 404s and
+    the page stayed blank."""
     page = api.get("/docs")
     assert page.status_code == 200
-    assert "cdn" not in page.text.lower() and "/docs-assets/swagger-ui-bundle.js" in page.text
+    assert "cdn" not in page.text.lower() and '"docs-assets/swagger-ui-bundle.js"' in page.text
+    assert '"docs-assets/swagger-ui.css"' in page.text and "url: 'openapi.json'" in page.text
+    assert '"/docs-assets' not in page.text and "'/openapi.json'" not in page.text
     js = api.get("/docs-assets/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
     assert api.get("/docs-assets/swagger-ui.css").status_code == 200
     redoc = api.get("/redoc")
-    assert redoc.status_code == 200 and "/docs-assets/redoc.standalone.js" in redoc.text
+    assert redoc.status_code == 200 and '"docs-assets/redoc.standalone.js"' in redoc.text
+    assert 'spec-url="openapi.json"' in redoc.text
     assert "fonts.googleapis" not in redoc.text
+
+
+def test_the_document_names_the_public_url_as_its_server(default_artifact: Path) -> None:
+    """Behind a reverse proxy under a path, clients generated from /openapi.json and the docs' "Try it out" called
+    /v1/... at the host's root: with KEEPFIT_PUBLIC_URL set, the document's `servers` says where the API is."""
+    with TestClient(create_app(make_settings(default_artifact, public_url="https://eyes.example/keepfit/"))) as c:
+        assert c.get("/openapi.json").json()["servers"] == [{"url": "https://eyes.example/keepfit"}]
+    with TestClient(create_app(make_settings(default_artifact))) as c:
+        assert "servers" not in c.get("/openapi.json").json()
 
 
 @pytest.fixture(scope="module")
