@@ -166,7 +166,9 @@ class Settings(BaseSettings):
         default="text",
         description="log lines as text, or json: one object per line with time, level, logger, message, request_id",
     )
-    public_url: str | None = Field(default=None, description="base URL for image_url in search results")
+    public_url: str | None = Field(
+        default=None, description="where clients reach the service: base of image_url in search results, /openapi.json servers"
+    )
     image_url_ttl_s: int = Field(
         default=86_400,
         ge=60,
