@@ -280,7 +280,12 @@ def _openapi_with_settings(app: FastAPI, settings: Settings) -> None:
             _named_request_bodies(schema)
             _named_enums(schema)
             if settings.public_url:  # behind a proxy, under a path: where clients (and "Try it out") reach the API
-                schema["servers"] = [{"url": settings.public_url.rstrip("/")}]
+                schema["servers"] = [
+                    {"url": settings.public_url.rstrip("/"), "description": "KEEPFIT_PUBLIC_URL"},
+                    # /docs opened past the proxy (the service's own port, a tunnel): its "Try it out" has this
+                    # host to choose, where calls to the public URL would be another origin
+                    {"url": "/", "description": "the host this document was fetched from"},
+                ]
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -36,6 +36,12 @@ MAX_HEADER_BYTES = 64 * 1024
 LINGER_S = 2.0
 MAX_DRAIN_BYTES = 8 * 1024 * 1024
 
+def drain_limit(max_upload_bytes: int) -> int:
+    """How much of a refused request's body is read and dropped: :data:`MAX_DRAIN_BYTES`, or twice the largest
+    accepted upload where that is more."""
+    return max(MAX_DRAIN_BYTES, 2 * max_upload_bytes)
+
+
 # What was refused in this process, by reason (``/metrics``: keepfit_connections_refused_total)
 REFUSED_REASONS = ("headers_too_large", "header_timeout", "silent_connection", "invalid_request")
 REFUSED: Counter[str] = Counter()
@@ -91,7 +97,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self.header_timeout_s is None:
                 self.header_timeout_s = float(settings.header_timeout_s)
             if self.max_drain_bytes is None:
-                self.max_drain_bytes = max(MAX_DRAIN_BYTES, 2 * int(settings.max_upload_bytes))
+                self.max_drain_bytes = drain_limit(int(settings.max_upload_bytes))
         self._in_headers = False  # bytes of a request arrived, its headers are not complete yet
         self._header_bytes = 0  # raw bytes received while a request's headers were incomplete
         self._parsed_bytes = 0  # the request line and headers as parsed (headers that came in one read)

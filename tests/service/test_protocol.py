@@ -362,17 +362,42 @@ def test_a_refusal_reaches_a_proxy_that_sends_the_whole_body_before_it_reads(
     sock.close()
 
 
-def test_a_413_reaches_a_proxy_that_sends_a_body_over_the_drain_s_floor(default_artifact: Path) -> None:
-    """What a refused client still sends is drained up to twice the largest accepted upload, not the fixed 8 MiB
-    floor alone: a proxy sending a body over the limit whole got a reset (its 502) instead of the 413."""
-    settings = make_settings(default_artifact, max_upload_bytes=6 * 1024 * 1024)
-    body = b"x" * (10 * 1024 * 1024)
-    with live_server(settings, protocol=_Quick) as url:
-        sock = _connect(url)
-        sock.sendall(b"POST /v1/classify HTTP/1.0\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
-        time.sleep(0.4)
-        sock.sendall(body)
-        status, answer = _answer(sock)
-        sock.close()
-    assert status == 413, answer
+def test_the_drain_follows_the_upload_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The protocol reads KEEPFIT_MAX_UPLOAD_BYTES (the process's settings, as uvicorn makes it per connection)."""
+    from service.protocol import MAX_DRAIN_BYTES, drain_limit
+    from service.settings import get_settings
+
+    assert drain_limit(1024) == MAX_DRAIN_BYTES and drain_limit(20 * 1024 * 1024) == 40 * 1024 * 1024
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover (never called)
+        pass
+
+    config = uvicorn.Config(app=app, http=GuardedHttpToolsProtocol, log_config=None)
+    config.load()
+    loop = asyncio.new_event_loop()
+    monkeypatch.setenv("KEEPFIT_MAX_UPLOAD_BYTES", str(6 * 1024 * 1024))
+    get_settings.cache_clear()
+    try:
+        protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        assert protocol.max_drain_bytes == 12 * 1024 * 1024
+    finally:
+        get_settings.cache_clear()
+        loop.close()
+
+
+def test_a_413_reaches_a_proxy_that_sends_a_body_over_the_drain_s_floor(base: str) -> None:
+    """What a refused client still sends is drained up to twice the largest accepted upload (20 MiB by default), not
+    8 MiB: a proxy sending a body over the limit whole got a reset (its 502) instead of the 413."""
+    body = b"x" * (24 * 1024 * 1024)
+    sock = _connect(base)
+    sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    time.sleep(0.4)
+    sock.sendall(body)  # 16 MiB past the old limit: more than any socket buffer holds
+    status, answer = _answer(sock)
+    sock.close()
+    assert status == 413 and answer["error"]["code"] == "payload_too_large", answer
