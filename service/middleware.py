@@ -442,6 +442,22 @@ def client_address(scope: Scope) -> str:
     return _client_of(str(client[0]) if client else "")
 
 
+def _forwarder_hint(scope: Scope) -> str:
+    """For the lockout's log line: the address sent ``X-Forwarded-For`` and was not believed (a reverse proxy not in
+    uvicorn's ``FORWARDED_ALLOW_IPS``), so every client behind it counts as that one address."""
+    forwarded = next((v for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"), None)
+    client = scope.get("client")
+    if forwarded is None or not client:
+        return ""
+    named = {part.strip() for part in forwarded.decode("latin-1").split(",")}
+    if str(client[0]) in named:  # believed: the client is one the proxy named
+        return ""
+    return (
+        f"; it sends X-Forwarded-For but is not in FORWARDED_ALLOW_IPS, so every client behind it counts as "
+        f"{client[0]}: if it is your reverse proxy, add its address there"
+    )
+
+
 @lru_cache(maxsize=4096)
 def _client_of(host: str) -> str:
     try:
@@ -570,7 +586,8 @@ class AuthFailureMiddleware:
                     if count is not None:
                         logger.warning(
                             "%s: %d failed authentications within %g s: refused with 429 until they age out "
-                            "(KEEPFIT_AUTH_FAILURE_LIMIT)%s", client, limit, window, more_like_it(count),
+                            "(KEEPFIT_AUTH_FAILURE_LIMIT)%s%s", client, limit, window, _forwarder_hint(scope),
+                            more_like_it(count),
                         )
             await send(message)
 

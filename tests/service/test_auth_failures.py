@@ -237,3 +237,33 @@ def test_behind_a_trusted_proxy_each_forwarded_client_counts_for_itself(default_
         _refused(get("198.51.100.1", KEY), "198.51.100.1")
         assert get("198.51.100.2", KEY).status_code == 200
         assert get(None, KEY).status_code == 200  # the proxy itself
+
+
+def test_the_lockout_log_names_a_proxy_that_is_not_believed(
+    app: FastAPI, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a reverse proxy missing from FORWARDED_ALLOW_IPS every client is the proxy, and one client's wrong
+    keys lock them all out: the log line said only the proxy's address; it now says why, and what to set."""
+    from service import errors, middleware
+
+    monkeypatch.setattr(middleware, "REPEATED", errors.RepeatedLog(interval_s=60.0))  # not quieted by other tests
+    proxy = _client(app, "10.20.30.40")
+    with caplog.at_level("WARNING", logger="service.middleware"):
+        for attempt in range(3):
+            r = proxy.get("/v1/categories", headers={"X-API-Key": f"guess-{attempt}", "X-Forwarded-For": "192.0.2.9"})
+            assert r.status_code == 401
+    line = next(rec.getMessage() for rec in caplog.records if "failed authentications" in rec.getMessage())
+    assert "10.20.30.40" in line and "X-Forwarded-For" in line and "FORWARDED_ALLOW_IPS" in line, line
+
+
+def test_the_forwarder_hint_only_for_a_forwarded_header_not_believed() -> None:
+    from service.middleware import _forwarder_hint
+
+    def scope(client: str, forwarded: str | None) -> dict[str, Any]:
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded is not None else []
+        return {"client": (client, 1), "headers": headers}
+
+    assert _forwarder_hint(scope("10.0.0.1", None)) == ""  # no proxy
+    assert _forwarder_hint(scope("192.0.2.9", "192.0.2.9")) == ""  # believed: the client is the one it named
+    assert _forwarder_hint(scope("198.51.100.1", "192.0.2.9, 198.51.100.1")) == ""
+    assert "FORWARDED_ALLOW_IPS" in _forwarder_hint(scope("10.0.0.1", "192.0.2.9"))
