@@ -118,5 +118,7 @@ def test_the_wheel_holds_the_library_and_its_data_but_no_benchmarks(tmp_path: Pa
     assert not [n for n in names if "/benchmarks/" in n]
     for needed in ("model/data/knowledge.json", "model/data/knowledge_source.json", "model/data/aliases.json",
                    "model/data/FLAIR_LICENSE", "model/model_configs/keepfit-v2-small.json",
-                   "service/static/index.html", "model/manifest.py", "training/losses.py", "index/ann.py"):
+                   "service/static/index.html", "model/manifest.py", "training/losses.py", "index/ann.py",
+                   # PEP 561: a user's type checker reads the annotations
+                   "model/py.typed", "index/py.typed", "service/py.typed", "training/py.typed"):
         assert needed in names, needed
