@@ -331,12 +331,13 @@ class KeepfitRuntime:
 
     def class_embeddings(self, categories: Sequence[str], modality: str) -> np.ndarray:
         """``[C, D]``: per class, the re-normalised mean of its prompts' embeddings (cached)."""
+        # before the cache: a str is a Sequence[str] of its letters, whose key another call may have cached
+        if isinstance(categories, str) or not categories:
+            raise ConfigError(f"class embeddings need a list of at least one category name, got {categories!r}")
         key = (modality, tuple(categories))
         hit = self._class_cache.get(key)
         if hit is not None:
             return hit
-        if isinstance(categories, str) or not categories:
-            raise ConfigError(f"class embeddings need a list of at least one category name, got {categories!r}")
         rows = []
         for category in categories:  # each class on its own (prompt_means), so each row is cached on its own
             row_key = (modality, ("\x00row", category))
@@ -402,6 +403,10 @@ class KeepfitRuntime:
         modality check recognises it (:func:`modality_used`).  Without ``categories``, images of several
         modalities have no one set: a :class:`ConfigError` then asks for the categories or for one modality's
         images at a time."""
+        if isinstance(categories, str):  # a str is a Sequence[str] of its letters
+            raise ConfigError(
+                f"categories must be a list of category names, got the string {categories[:40]!r}: wrap it in [ ]"
+            )
         embeddings = self.encode_images(images)  # [B, D]
         if modality == "auto":
             detected = self.detect_modalities(embeddings).detected if len(embeddings) else []
