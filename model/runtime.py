@@ -24,6 +24,7 @@ from PIL import Image
 from model.artifact import Artifact, load_artifact
 from model.cores import available_cores
 from model.errors import ArtifactError, ConfigError
+from model.knowledge import Knowledge
 from model.lru import LruCache
 from model.preprocess import content_box, preprocess_batch, upright_original_size
 from model.tokenizer import Tokenizer
@@ -88,6 +89,66 @@ def fold_name(name: str) -> str:
     """A category name as two spellings of it compare: Unicode normal form (NFKC), case, and hyphens,
     underscores and slashes as spaces (``Normal-Tension_glaucoma`` = ``normal tension glaucoma``)."""
     return " ".join(re.sub(r"[-_/]", " ", unicodedata.normalize("NFKC", name).casefold()).split())
+
+
+def loose_name(name: str) -> str:
+    """An unknown category name as two spellings of it compare: Unicode normal form (NFKC), case, hyphens,
+    underscores and slashes as spaces, and a closing full stop (or other sentence mark) aside (``drusen-like
+    dots`` = ``Drusen like dots.``)."""
+    return fold_name(name).rstrip(".!?;:,").rstrip()
+
+
+def check_categories(
+    knowledge: Knowledge,
+    categories: Sequence[str],
+    limit: int | None = None,
+    each: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """The names of a zero-shot category set, whitespace tidied, once they pass the one rule of ``/v1/classify``
+    and :meth:`KeepfitRuntime.predict` / :meth:`~KeepfitRuntime.classify`: no blank name, at least 2 names (at
+    most ``limit``: the service's), and no two that mean the same category (a known name by the category it
+    means, ``Glaucoma`` and ``glaucoma``, ``healthy`` and ``normal``; an unknown one by :func:`loose_name`, never
+    its other signs: ``grade 1.5`` and ``grade 15`` are two).  ``each(i, name)``: a caller's own check of each
+    name, run before that name's duplicate check (the service's length and alphabet checks).  Else a
+    :class:`ConfigError` naming the first name at fault (its messages are the API's, which the service answers
+    with).  A single category is refused: its probability is always 1; to score images against one text, use
+    :meth:`KeepfitRuntime.class_embeddings` (cosines, as ``/v1/search`` does)."""
+    if isinstance(categories, str):  # a str is a Sequence[str] of its letters
+        raise ConfigError(
+            f"categories must be a list of category names, got the string {categories[:40]!r}: wrap it in [ ]"
+        )
+    names = list(categories)
+    for i, raw in enumerate(names):  # a blank entry is named before the count is judged
+        if not " ".join(str(raw).split()):
+            raise ConfigError(f"categories[{i}] is an empty category: send a name in every 'categories' field")
+    if limit is not None and len(names) > limit:
+        raise ConfigError(f"{len(names)} categories sent; the limit is {limit}")
+    if len(names) < 2:
+        raise ConfigError(
+            f"zero-shot classification needs at least 2 categories, got {len(names)}; "
+            "omit 'categories' to use the modality's default set"
+        )
+    labels: list[str] = []
+    seen: dict[str, str] = {}
+    for i, raw in enumerate(names):
+        label = " ".join(str(raw).split())
+        if each is not None:
+            each(i, label)
+        canonical = knowledge.canonical(label)
+        # a known name: by the category it means; an unknown one: case, hyphens and a full stop aside, never
+        # its other signs ("cup-to-disc ratio > 0.6" and "< 0.6", "grade 1.5" and "grade 15" are two)
+        key = canonical.casefold() if knowledge.is_known(label) else loose_name(label)
+        if key in seen:
+            first = seen[key]
+            meaning = (
+                f"both mean {canonical!r}"
+                if knowledge.canonical(first) == canonical
+                else "differ only in case, hyphens, a closing full stop or how Unicode encodes them"
+            )
+            raise ConfigError(f"duplicate categories: {first!r} and {label!r} {meaning}; send each category once")
+        seen[key] = label
+        labels.append(label)
+    return labels
 
 
 def healthy_finding(name: str) -> bool:
@@ -375,7 +436,8 @@ class KeepfitRuntime:
         ``decision`` (auto, the default as :meth:`classify`'s and the API's, or screening) asks for it and it
         applies to the set (:func:`decided_normal`, aliases resolved: ``healthy`` is ``normal``), else ``"flat"``
         (``decision="flat"``: always one softmax).  What ``/v1/classify`` answers, and what the evaluation
-        measures."""
+        measures.  ``categories`` must pass :func:`check_categories` (else :class:`ConfigError`)."""
+        check_categories(self.knowledge, categories)
         normal = decided_normal([self.knowledge.canonical(c) for c in categories], decision)
         probs = self.zero_shot(image_embeddings, self.class_embeddings(categories, modality),
                                self.class_bias(categories, modality), normal)
@@ -407,6 +469,8 @@ class KeepfitRuntime:
             raise ConfigError(
                 f"categories must be a list of category names, got the string {categories[:40]!r}: wrap it in [ ]"
             )
+        if categories:  # refused before any image is encoded (predict checks them again, cheaply)
+            check_categories(self.knowledge, categories)
         embeddings = self.encode_images(images)  # [B, D]
         if modality == "auto":
             detected = self.detect_modalities(embeddings).detected if len(embeddings) else []

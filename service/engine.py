@@ -59,7 +59,15 @@ from model.preprocess import (
     unrecognised_warning,
     upright_original_size,
 )
-from model.runtime import ImageEncoding, KeepfitRuntime, fold_name, modality_used, screening_normal
+from model.runtime import (  # noqa: F401 (loose_name: service.routers.classifiers and the tests read it here)
+    ImageEncoding,
+    KeepfitRuntime,
+    check_categories,
+    fold_name,
+    loose_name,
+    modality_used,
+    screening_normal,
+)
 from model.tokenizer import unreadable_warning
 from service.errors import EmptyIndexError, InvalidRequestError, NoIndexError, ServiceError, redact_paths
 from service.example_checks import ExampleTraits
@@ -311,23 +319,8 @@ class Engine:
             return None
         else:
             names = list(categories)
-        for i, raw in enumerate(names):  # a blank entry is named before the count is judged
-            if not " ".join(str(raw).split()):
-                raise InvalidRequestError(
-                    f"categories[{i}] is an empty category: send a name in every 'categories' field"
-                )
-        limit = self.settings.max_categories
-        if len(names) > limit:
-            raise InvalidRequestError(f"{len(names)} categories sent; the limit is {limit}")
-        if len(names) < 2:
-            raise InvalidRequestError(
-                f"zero-shot classification needs at least 2 categories, got {len(names)}; "
-                "omit 'categories' to use the modality's default set"
-            )
-        resolved: list[Category] = []
-        seen: dict[str, str] = {}
-        for i, raw in enumerate(names):
-            label = " ".join(str(raw).split())
+
+        def each(i: int, label: str) -> None:  # the service's own checks of a name, before its duplicate check
             if len(label) > MAX_CATEGORY_CHARS:
                 raise InvalidRequestError(
                     f"categories[{i}] is {len(label)} characters long; the limit is {MAX_CATEGORY_CHARS}"
@@ -338,24 +331,17 @@ class Engine:
                     f"categories[{i}] {label!r} mixes alphabets within the word {mixed!r} (Latin with Cyrillic or "
                     "Greek letters that look alike): it reads like another name but is not it; type it in one alphabet"
                 )
-            canonical = self.knowledge.canonical(label)
+
+        try:  # blank names, how many, duplicates: the library's rule (KeepfitRuntime.predict / classify)
+            labels = check_categories(self.knowledge, names, self.settings.max_categories, each)
+        except ConfigError as err:
+            raise InvalidRequestError(str(err)) from err
+        resolved: list[Category] = []
+        for label in labels:
             known = self.knowledge.is_known(label)
-            # a known name: by the category it means; an unknown one: case, hyphens and a full stop aside, never
-            # its other signs ("cup-to-disc ratio > 0.6" and "< 0.6", "grade 1.5" and "grade 15" are two)
-            key = canonical.casefold() if known else loose_name(label)
-            if key in seen:
-                first = seen[key]
-                meaning = (
-                    f"both mean {canonical!r}"
-                    if self.knowledge.canonical(first) == canonical
-                    else "differ only in case, hyphens, a closing full stop or how Unicode encodes them"
-                )
-                raise InvalidRequestError(
-                    f"duplicate categories: {first!r} and {label!r} {meaning}; send each category once"
-                )
-            seen[key] = label
             similar = () if known else tuple(self.knowledge.similar_known(label))
-            resolved.append(Category(label=label, canonical=canonical, known=known, similar_known=similar))
+            resolved.append(Category(label=label, canonical=self.knowledge.canonical(label), known=known,
+                                     similar_known=similar))
         self.check_distinct_tokens(resolved)
         return resolved
 
@@ -766,13 +752,6 @@ class Engine:
             },
             "known": sorted(self.knowledge.categories, key=str.lower),
         }
-
-
-def loose_name(name: str) -> str:
-    """An unknown category name as two spellings of it compare: Unicode normal form (NFKC), case, hyphens,
-    underscores and slashes as spaces, and a closing full stop (or other sentence mark) aside (``drusen-like
-    dots`` = ``Drusen like dots.``)."""
-    return fold_name(name).rstrip(".!?;:,").rstrip()
 
 
 def check_min_size(width: int, height: int, min_side: int) -> None:

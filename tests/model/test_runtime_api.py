@@ -30,3 +30,37 @@ def test_a_string_of_categories_is_refused_and_never_read_as_its_letters(
     runtime.class_embeddings(list("glaucoma"), "CFP")  # the letters' key cached
     with pytest.raises(ConfigError, match="list of at least one category name"):
         runtime.class_embeddings("glaucoma", "CFP")
+
+
+@pytest.mark.parametrize(
+    ("categories", "message"),
+    [
+        (["normal", "glaucoma", "Glaucoma"], "duplicate categories: 'glaucoma' and 'Glaucoma' both mean 'glaucoma'"),
+        (["healthy", "glaucoma", "normal"], "duplicate categories: 'healthy' and 'normal' both mean 'normal'"),
+        (["normal", " "], r"categories\[1\] is an empty category"),
+        (["glaucoma"], "at least 2 categories, got 1"),
+        (["drusen-like dots", "Drusen like dots."], "differ only in case, hyphens"),
+    ],
+)
+def test_predict_and_classify_refuse_the_category_sets_v1_classify_refuses(
+    runtime: KeepfitRuntime, pixels: np.ndarray, categories: list[str], message: str
+) -> None:
+    vectors = runtime.encode_images(pixels)
+    with pytest.raises(ConfigError, match=message):
+        runtime.predict(vectors, categories, "CFP")
+    with pytest.raises(ConfigError, match=message):
+        runtime.classify(pixels, categories, modality="CFP")
+    with pytest.raises(ConfigError, match=message):  # before any image is encoded: also for none
+        runtime.classify(pixels[:0], categories, modality="CFP")
+
+
+def test_the_category_rule_keeps_distinct_names_and_one_category_still_has_class_embeddings(
+    runtime: KeepfitRuntime, pixels: np.ndarray
+) -> None:
+    from model.runtime import check_categories
+
+    assert check_categories(runtime.knowledge, [" normal ", "grade 1.5", "grade 15"]) == ["normal", "grade 1.5",
+                                                                                          "grade 15"]
+    assert runtime.classify(pixels, ["normal", "glaucoma"], modality="CFP").shape == (1, 2)
+    # one text's cosines, as the README's example and /v1/search score it: allowed
+    assert runtime.class_embeddings(["optic disc cupping"], "CFP").shape == (1, runtime.embed_dim)
