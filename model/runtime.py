@@ -344,9 +344,19 @@ class KeepfitRuntime:
         return preprocess_batch(list(images), self.preprocess_cfg)
 
     def encode_pixels(self, pixels: np.ndarray) -> ImageEncoding:
-        """Preprocessed ``[B,3,S,S]`` float32 -> embeddings and spatial tokens."""
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"expected pixels [B,3,S,S], got shape {pixels.shape}")
+        """Preprocessed ``[B,3,S,S]`` float32 (:meth:`preprocess`'s; ``S`` the artifact's
+        ``preprocess.image_size``) -> embeddings and spatial tokens.  Any other shape is a :class:`ConfigError`;
+        no image (``B`` = 0) gives ``[0, D]`` embeddings and ``[0, 0, D]`` tokens without running the encoder."""
+        side = self.preprocess_cfg.image_size
+        shape = tuple(getattr(pixels, "shape", ()))
+        if len(shape) != 4 or shape[1:] != (3, side, side):
+            raise ConfigError(
+                f"pixels must be an array [B, 3, {side}, {side}] (this artifact's preprocess() output), got shape "
+                f"{shape}: pass images through runtime.preprocess(images)"
+            )
+        if shape[0] == 0:
+            return ImageEncoding(embeddings=np.zeros((0, self.embed_dim), dtype=np.float32),
+                                 tokens=np.zeros((0, 0, self.embed_dim), dtype=np.float32), grid=(0, 0))
         emb, tokens = self._image.run(self._image_outputs, {"pixels": pixels.astype(np.float32, copy=False)})
         side = int(round(np.sqrt(tokens.shape[1])))
         return ImageEncoding(embeddings=_normalize(emb), tokens=tokens, grid=(side, tokens.shape[1] // max(side, 1)))

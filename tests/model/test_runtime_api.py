@@ -64,3 +64,28 @@ def test_the_category_rule_keeps_distinct_names_and_one_category_still_has_class
     assert runtime.classify(pixels, ["normal", "glaucoma"], modality="CFP").shape == (1, 2)
     # one text's cosines, as the README's example and /v1/search score it: allowed
     assert runtime.class_embeddings(["optic disc cupping"], "CFP").shape == (1, runtime.embed_dim)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 100, 100), (1, 224, 224, 3), (3, 224, 224), (1, 1, 224, 224)])
+def test_pixels_of_another_shape_than_preprocess_gives_are_a_config_error(
+    runtime: KeepfitRuntime, shape: tuple[int, ...]
+) -> None:
+    pixels = np.zeros(shape, np.float32)
+    with pytest.raises(ConfigError, match=r"pixels must be .*\[B, 3, 224, 224\]"):
+        runtime.encode_pixels(pixels)
+    with pytest.raises(ConfigError, match="pixels must be"):
+        runtime.encode_images(pixels)
+
+
+def test_no_image_gives_empty_answers_without_running_the_encoder(
+    runtime: KeepfitRuntime, capfd: pytest.CaptureFixture[str]
+) -> None:
+    empty = np.zeros((0, 3, 224, 224), np.float32)
+    encoding = runtime.encode_pixels(empty)
+    assert encoding.embeddings.shape == (0, runtime.embed_dim) and encoding.embeddings.dtype == np.float32
+    assert runtime.encode_images(empty).shape == (0, runtime.embed_dim)
+    assert runtime.encode_images([]).shape == (0, runtime.embed_dim)
+    assert runtime.encode_pixels(runtime.preprocess([])).embeddings.shape == (0, runtime.embed_dim)
+    assert runtime.classify(empty, modality="CFP").shape == (0, len(runtime.knowledge.category_set("CFP")))
+    assert runtime.classify([], ["normal", "glaucoma"]).shape == (0, 2)
+    assert "error" not in capfd.readouterr().err.lower()  # ONNX Runtime printed its C++ error for an empty batch
