@@ -428,6 +428,16 @@ class KeepfitRuntime:
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         return self.encode_texts(texts, batch_size=max(1, len(texts)))
 
+    def _check_embeddings(self, embeddings: np.ndarray, what: str = "image_embeddings") -> None:
+        """A :class:`ConfigError` naming the shape unless ``embeddings`` is ``[B, D]`` with this artifact's ``D``
+        (one image's ``[D]`` too: index it as ``vectors[:1]``, not ``vectors[0]``)."""
+        shape = tuple(np.shape(embeddings))
+        if len(shape) != 2 or shape[1] != self.embed_dim:
+            raise ConfigError(
+                f"{what} must be an array [N, {self.embed_dim}] (encode_images' output; one image's as "
+                f"vectors[:1]), got shape {shape}"
+            )
+
     # ------------------------------------------------------------------------------------------- zero-shot
     def zero_shot(
         self,
@@ -436,7 +446,10 @@ class KeepfitRuntime:
         bias: np.ndarray | None = None,
         normal: int | None = None,
     ) -> np.ndarray:
-        """``[B, C]`` probabilities: :func:`zero_shot_probabilities` with this artifact's temperature."""
+        """``[B, C]`` probabilities: :func:`zero_shot_probabilities` with this artifact's temperature.  Both arrays
+        must be ``[N, D]`` (else :class:`ConfigError`)."""
+        self._check_embeddings(image_embeddings)
+        self._check_embeddings(class_embeddings, "class_embeddings")
         return zero_shot_probabilities(image_embeddings, class_embeddings, self.logit_scale, bias, normal)
 
     def predict(
@@ -447,6 +460,7 @@ class KeepfitRuntime:
         applies to the set (:func:`decided_normal`, aliases resolved: ``healthy`` is ``normal``), else ``"flat"``
         (``decision="flat"``: always one softmax).  What ``/v1/classify`` answers, and what the evaluation
         measures.  ``categories`` must pass :func:`check_categories` (else :class:`ConfigError`)."""
+        self._check_embeddings(image_embeddings)  # [B, D]: one image's [D] too is refused
         check_categories(self.knowledge, categories)
         normal = decided_normal([self.knowledge.canonical(c) for c in categories], decision)
         probs = self.zero_shot(image_embeddings, self.class_embeddings(categories, modality),
@@ -533,7 +547,9 @@ class KeepfitRuntime:
         return parse_head(data, self.embed_dim)  # classes, weight [M, D], bias [M]
 
     def modality_probabilities(self, image_embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """``(modalities, probs [B, M])`` from the artifact's modality head, else zero-shot over modality prompts."""
+        """``(modalities, probs [B, M])`` from the artifact's modality head, else zero-shot over modality prompts.
+        ``image_embeddings`` must be ``[B, D]`` (else :class:`ConfigError`)."""
+        self._check_embeddings(image_embeddings)
         if self._modality_head is not None:
             head = self._modality_head
             logits = image_embeddings @ np.asarray(head["weight"]).T + np.asarray(head["bias"])
@@ -564,7 +580,9 @@ class KeepfitRuntime:
         """What the modality check finds for each image ``[B, D]``: the most probable modality the knowledge has
         category sets for (a modality head may know classes it has none for; an image of one is given its most
         probable known one), with its probability, beside every class's.  The one rule for the API's answers and
-        warnings, classifier examples, the index's rows and ``keepfit index search``."""
+        warnings, classifier examples, the index's rows and ``keepfit index search``.  ``image_embeddings`` must be
+        ``[B, D]`` (else :class:`ConfigError`)."""
+        self._check_embeddings(image_embeddings)
         names, probs = self.modality_probabilities(image_embeddings)
         known = [i for i, n in enumerate(names) if n in self.knowledge.modalities] or list(range(len(names)))
         best = np.asarray(known)[probs[:, known].argmax(axis=1)]  # [B]

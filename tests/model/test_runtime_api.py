@@ -89,3 +89,22 @@ def test_no_image_gives_empty_answers_without_running_the_encoder(
     assert runtime.classify(empty, modality="CFP").shape == (0, len(runtime.knowledge.category_set("CFP")))
     assert runtime.classify([], ["normal", "glaucoma"]).shape == (0, 2)
     assert "error" not in capfd.readouterr().err.lower()  # ONNX Runtime printed its C++ error for an empty batch
+
+
+def test_embeddings_of_another_shape_are_a_config_error_naming_it(runtime: KeepfitRuntime, pixels: np.ndarray) -> None:
+    vectors = runtime.encode_images(pixels)
+    classes = runtime.class_embeddings(["normal", "glaucoma"], "CFP")
+    for bad in (np.zeros((1, 100), np.float32), vectors[0], vectors[None]):
+        shape = str(tuple(bad.shape)).replace("(", r"\(").replace(")", r"\)")
+        with pytest.raises(ConfigError, match=rf"image_embeddings must be an array \[N, 512\].*got shape {shape}"):
+            runtime.predict(bad, ["normal", "glaucoma"], "CFP")
+        with pytest.raises(ConfigError, match=shape):
+            runtime.detect_modalities(bad)
+        with pytest.raises(ConfigError, match=shape):
+            runtime.modality_probabilities(bad)
+        with pytest.raises(ConfigError, match=shape):
+            runtime.zero_shot(bad, classes)
+    with pytest.raises(ConfigError, match=r"class_embeddings must be .*got shape \(512,\)"):
+        runtime.zero_shot(vectors, classes[0])
+    assert runtime.predict(vectors, ["normal", "glaucoma"], "CFP")[0].shape == (1, 2)
+    assert runtime.detect_modalities(vectors[:0]).detected == []
