@@ -567,7 +567,14 @@ class KeepfitRuntime:
         farthest of them (:mod:`model.modality_head`'s typicality): above 1, the image is unlike any of them (not
         a fundus photograph, angiogram or OCT scan as the model knows them) and its answers say nothing about an
         eye.  None when the artifact ships no typicality (exported without its training images, or before it
-        existed)."""
+        existed).  ``encoding`` is :meth:`encode_pixels`'s (the tokens, which :meth:`encode_images`' vectors lack):
+        ``runtime.typicality(runtime.encode_pixels(runtime.preprocess(images)))``; anything else is a
+        :class:`ConfigError`."""
+        if not isinstance(encoding, ImageEncoding):
+            raise ConfigError(
+                f"typicality takes an ImageEncoding, got {type(encoding).__name__}: it needs the per-location tokens "
+                "that embeddings lack; pass runtime.encode_pixels(runtime.preprocess(images))"
+            )
         head = self._modality_head
         model = head.get("typicality") if head is not None else None
         if model is None:

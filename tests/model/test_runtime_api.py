@@ -108,3 +108,10 @@ def test_embeddings_of_another_shape_are_a_config_error_naming_it(runtime: Keepf
         runtime.zero_shot(vectors, classes[0])
     assert runtime.predict(vectors, ["normal", "glaucoma"], "CFP")[0].shape == (1, 2)
     assert runtime.detect_modalities(vectors[:0]).detected == []
+
+
+def test_typicality_of_vectors_says_how_to_get_an_encoding(runtime: KeepfitRuntime, pixels: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match=r"typicality takes an ImageEncoding, got ndarray.*encode_pixels\(runtime"):
+        runtime.typicality(runtime.encode_images(pixels))  # type: ignore[arg-type]
+    far = runtime.typicality(runtime.encode_pixels(pixels))
+    assert far is not None and far.shape == (1,)
