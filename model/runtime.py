@@ -384,7 +384,8 @@ class KeepfitRuntime:
 
     # ------------------------------------------------------------------------------------------------ texts
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Strings -> unit-norm embeddings ``[B, D]``.
+        """Strings -> unit-norm embeddings ``[B, D]``.  Each text must be a str, valid Unicode and not blank (as
+        ``/v1/embed`` asks), else a :class:`ConfigError` names it (``texts[i]``).
 
         The int8 text encoder quantises activations over the whole batch: a text comes out slightly different
         (cosine ~0.996) beside others than alone.  Where that matters, embed one text per call
@@ -393,6 +394,18 @@ class KeepfitRuntime:
             raise ConfigError(f"encode_texts takes a list of strings, got the string {texts[:40]!r}: wrap it in [ ]")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        for i, text in enumerate(texts):  # else the tokenizers package's TypeError, naming no item
+            if not isinstance(text, str):
+                raise ConfigError(f"texts[{i}] is a {type(text).__name__} ({text!r:.60}), not a str")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ConfigError(
+                    f"texts[{i}] {text[:40]!r} is not valid Unicode ({err.reason} at character {err.start}): "
+                    "it cannot be encoded as UTF-8"
+                ) from None
+            if not text.strip():  # as /v1/embed refuses it: an embedding of nothing says nothing
+                raise ConfigError(f"texts[{i}] is empty or whitespace only: send some text")
         out = []
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenizer(list(texts[i : i + batch_size]))

@@ -115,3 +115,19 @@ def test_typicality_of_vectors_says_how_to_get_an_encoding(runtime: KeepfitRunti
         runtime.typicality(runtime.encode_images(pixels))  # type: ignore[arg-type]
     far = runtime.typicality(runtime.encode_pixels(pixels))
     assert far is not None and far.shape == (1,)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (None, r"texts\[1\] is a NoneType \(None\), not a str"),
+        (1, r"texts\[1\] is a int \(1\), not a str"),
+        (b"abc", r"texts\[1\] is a bytes \(b'abc'\), not a str"),
+        ("\ud83d drusen", r"texts\[1\] .* is not valid Unicode .*UTF-8"),
+        ("", r"texts\[1\] is empty or whitespace only"),
+        (" \n", r"texts\[1\] is empty or whitespace only"),
+    ],
+)
+def test_encode_texts_names_the_text_it_cannot_encode(runtime: KeepfitRuntime, item: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        runtime.encode_texts(["drusen", item])  # type: ignore[list-item]
