@@ -387,6 +387,11 @@ class KeepfitRuntime:
         """Strings -> unit-norm embeddings ``[B, D]``.  Each text must be a str, valid Unicode and not blank (as
         ``/v1/embed`` asks), else a :class:`ConfigError` names it (``texts[i]``).
 
+        A text longer than the text encoder reads is cut silently: at ``self.tokenizer.context_length`` word pieces,
+        ``[CLS]`` and ``[SEP]`` included (77 for the default artifact, about 40 words of clinical English), and
+        what follows changes nothing.  ``self.tokenizer.read_up_to(text)`` says where reading stops (``None``: all
+        of it read), and :func:`model.tokenizer.truncated_warning` words it as the service's ``query_truncated``.
+
         The int8 text encoder quantises activations over the whole batch: a text comes out slightly different
         (cosine ~0.996) beside others than alone.  Where that matters, embed one text per call
         (:func:`prompt_means` does for class embeddings)."""
