@@ -243,6 +243,10 @@ def _reopen(
 
 @dataclass(frozen=True)
 class ImageEncoding:
+    """:meth:`KeepfitRuntime.encode_pixels` of ``B`` images: their unit embeddings (what :meth:`~KeepfitRuntime.
+    encode_images` returns alone) and the per-location tokens that heat maps (:mod:`model.explain`) and
+    :meth:`~KeepfitRuntime.typicality` need."""
+
     embeddings: np.ndarray  # [B, D] unit norm
     tokens: np.ndarray  # [B, h*w, D] per-location projections (for heat maps)
     grid: tuple[int, int]  # (h, w) of the feature map
@@ -321,6 +325,11 @@ class KeepfitRuntime:
         intra_op_threads: int | None = None,
         session_config: Mapping[str, str] | None = None,
     ) -> KeepfitRuntime:
+        """The runtime of the artifact directory ``path``, verified (every file's SHA-256, the manifest's version)
+        before its ONNX sessions open.  ``providers``: ONNX Runtime execution providers, the CPU's by default (one
+        not available here is skipped); ``intra_op_threads``: threads per session (default: the cores this
+        process may use); ``session_config``: ONNX Runtime session config entries.  Raises :class:`ArtifactError`
+        for a missing, incomplete, corrupted or incompatible artifact (one line naming the file)."""
         return cls(
             load_artifact(path), providers=providers, intra_op_threads=intra_op_threads, session_config=session_config
         )
@@ -333,14 +342,19 @@ class KeepfitRuntime:
 
     @property
     def version(self) -> str:
+        """The artifact's version (export date and a hash of everything that changes an answer): the same version
+        always gives the same answers."""
         return self.artifact.version
 
     @property
     def embed_dim(self) -> int:
+        """``D``, the length of every image and text embedding."""
         return self.artifact.embed_dim
 
     # ----------------------------------------------------------------------------------------------- images
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images (any mode and size) -> ``[B, 3, S, S]`` float32 pixels as the image encoder takes them
+        (:meth:`encode_pixels`), by the artifact's preprocessing (``preprocess_cfg``: crop, resize, normalisation)."""
         return preprocess_batch(list(images), self.preprocess_cfg)
 
     def encode_pixels(self, pixels: np.ndarray) -> ImageEncoding:
@@ -620,6 +634,8 @@ class KeepfitRuntime:
         return content_box(upright_original_size(image), self.preprocess_cfg)
 
     def check_modality(self, modality: str) -> str:
+        """``modality`` if the knowledge has category sets for it (CFP, FFA, OCT), else a :class:`ConfigError`
+        naming the known ones."""
         if modality not in self.knowledge.modalities:
             raise ConfigError(f"unknown modality {modality!r}; known: {', '.join(self.knowledge.modalities)}")
         return modality
