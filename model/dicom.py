@@ -522,7 +522,8 @@ def decode_dicom(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
 
     With ``size`` (the model input's side), a JPEG frame may come back DCT-scaled, as a JPEG upload does, and a
     JPEG 2000 frame at a lower resolution level; the stored ``(Columns, Rows)`` are in
-    ``info["keepfit.original_size"]`` either way.
+    ``info["keepfit.original_size"]`` either way (and the decoded size in ``info["keepfit.decoded_size"]``: they hold
+    while the image keeps it, :func:`model.preprocess.original_size`).
     """
     try:
         pydicom = _import_pydicom()
@@ -737,7 +738,7 @@ def _finish(
     image: Image.Image, ds: Any, frame: int, frames: int, modality: str | None, syntax_name: str,
     stored: tuple[int, int], quality: int | None = None,
 ) -> Image.Image:
-    from model.preprocess import JPEG_QUALITY, ORIGINAL_SIZE
+    from model.preprocess import DECODED_SIZE, JPEG_QUALITY, ORIGINAL_SIZE
 
     if quality is not None:  # a JPEG frame's estimated quality (model.preprocess.jpeg_quality)
         image.info[JPEG_QUALITY] = quality
@@ -752,6 +753,7 @@ def _finish(
     image.info["keepfit_frame"] = frame
     image.info["keepfit_frames"] = frames
     image.info[ORIGINAL_SIZE] = stored
+    image.info[DECODED_SIZE] = image.size  # what ``stored`` describes (model.preprocess.original_size)
     if modality:
         image.info["keepfit_modality"] = modality
     logger.debug("DICOM %s, %d frame(s), frame %d, modality %s", syntax_name, frames, frame, modality)

@@ -64,6 +64,10 @@ ORIGINAL_SIZE = "keepfit.original_size"
 # Key of ``Image.info`` holding the upright ``(width, height)`` of an image Pillow turned upright as it loaded it (a
 # TIFF: its orientation tag is gone afterwards, so the size as shown cannot be read from it).
 UPRIGHT_SIZE = "keepfit.upright_size"
+# Key of ``Image.info`` holding the ``(width, height)`` of the pixels :func:`load_image` decoded. Pillow copies ``info``
+# into what ``crop``, ``resize``, ``rotate``, ``transpose``, ``thumbnail`` and ``ImageOps.exif_transpose`` make of an
+# image: the two sizes above describe it only while it still has this size (:func:`original_size`).
+DECODED_SIZE = "keepfit.decoded_size"
 # Key of ``Image.info`` holding a JPEG's estimated quality (:func:`jpeg_quality`; absent for other formats).
 JPEG_QUALITY = "keepfit.jpeg_quality"
 # A JPEG saved below this quality is flagged (the service's ``compressed_image`` warning, ``keepfit eval``'s
@@ -487,6 +491,8 @@ def load_image(
     DCT-scaled by 1/2, 1/4 or 1/8 while it decodes, down to no less than ``REDUCING_GAP`` x the resized size.
     The original ``(width, height)`` stays available as :func:`original_size`, so geometry (content boxes, heat
     maps) is still computed on the original pixel grid. Without ``size`` the image is decoded at full size.
+    An image cropped, resized or rotated afterwards (``ImageOps.exif_transpose`` included) is another picture: its
+    geometry is its own.
 
     A file object (readable and seekable from its start) is read as the decoder goes, 64 KB at a time: the
     service hands over an upload that is still arriving, and the decode keeps pace with the network. The
@@ -580,6 +586,7 @@ def load_image(
     except Exception as err:  # truncated or corrupt data, or a variant the decoder does not read
         _refuse_unsupported_variant(data, unchecked, err)
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
+    image.info[DECODED_SIZE] = image.size
     return image
 
 
@@ -814,10 +821,21 @@ def reduction_for(image_size: tuple[int, int], size: int, gap: float = REDUCING_
     return levels
 
 
+def _decoded_as_is(image: Image.Image) -> bool:
+    """Whether ``image`` still has the size :func:`load_image` decoded it at, so that the sizes it recorded in
+    ``image.info`` describe it: a crop, resize or rotation of it carries them on (Pillow copies ``info``), and
+    is its own picture."""
+    decoded = image.info.get(DECODED_SIZE)
+    return decoded is not None and tuple(decoded) == image.size
+
+
 def original_size(image: Image.Image) -> tuple[int, int]:
-    """``(width, height)`` of the stored image before any decode-time scaling (:func:`load_image` ``size``)."""
+    """``(width, height)`` of the stored image before any decode-time scaling (:func:`load_image` ``size``).
+
+    An image edited since it was decoded (cropped, resized, rotated, ``ImageOps.exif_transpose``: another size) is
+    taken as it is now: its own size."""
     value = image.info.get(ORIGINAL_SIZE)
-    return (int(value[0]), int(value[1])) if value else image.size
+    return (int(value[0]), int(value[1])) if value and _decoded_as_is(image) else image.size
 
 
 def _orientation(image: Image.Image) -> int:
@@ -829,9 +847,10 @@ def _orientation(image: Image.Image) -> int:
 
 
 def upright_original_size(image: Image.Image) -> tuple[int, int]:
-    """``(width, height)`` of the original image as shown: EXIF rotations by 90 degrees swap the sides."""
+    """``(width, height)`` of the original image as shown: EXIF rotations by 90 degrees swap the sides (an image
+    edited since it was decoded: of the image as it is now, :func:`original_size`)."""
     turned = image.info.get(UPRIGHT_SIZE)
-    if turned:
+    if turned and _decoded_as_is(image):
         return int(turned[0]), int(turned[1])
     width, height = original_size(image)
     return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)

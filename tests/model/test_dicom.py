@@ -369,6 +369,19 @@ def test_a_camera_size_jpeg_2000_frame_is_decoded_at_a_resolution_level_for_the_
     assert float(a @ b) > 0.999
 
 
+def test_a_dicom_frame_edited_after_loading_has_its_own_geometry(golden_image: Image.Image) -> None:
+    from model.config import PreprocessConfig
+
+    camera = golden_image.resize((2400, 1600))
+    dicom = make_dicom([np.asarray(camera)], "jpeg-baseline", jpeg_bytes=[_jpeg(camera)])
+    loaded = load_image(dicom, size=224)
+    assert loaded.size == (600, 400) and original_size(loaded.copy()) == (2400, 1600)
+    crop = loaded.crop((0, 0, 200, 400))
+    assert original_size(crop) == upright_original_size(crop) == (200, 400)
+    cfg = PreprocessConfig()
+    assert np.array_equal(preprocess(crop, cfg), preprocess(Image.fromarray(np.asarray(crop)), cfg))
+
+
 def test_a_jpeg_2000_frame_with_fewer_levels_is_reduced_no_further(golden_image: Image.Image) -> None:
     camera = golden_image.resize((3872, 2592))
     data = _encapsulated(camera, _j2k(camera, resolutions=2), "1.2.840.10008.1.2.4.90", "RGB")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from model.config import PreprocessConfig, get_config
 from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
@@ -688,6 +688,42 @@ def test_a_tiffs_stored_size_is_the_one_before_its_orientation_as_for_other_form
     tiff = preprocess(load_image(_encode(picture, "TIFF", exif=exif)), CFG)
     png = preprocess(load_image(_encode(picture, "PNG", exif=exif)), CFG)
     assert np.abs(tiff - png).max() < 1e-5
+
+
+_EDITS = {
+    "crop": lambda im: im.crop((0, 0, im.width // 2, im.height)),
+    "resize": lambda im: im.resize((300, 100)),
+    "rotate": lambda im: im.rotate(90, expand=True),
+    "transpose": lambda im: im.transpose(Image.Transpose.ROTATE_90),
+    "exif_transpose": lambda im: ImageOps.exif_transpose(im),
+}
+
+
+@pytest.mark.parametrize("size", [None, 64])
+@pytest.mark.parametrize("edit", sorted(_EDITS))
+def test_an_image_edited_after_loading_is_preprocessed_as_the_picture_it_now_is(
+    golden_image: Image.Image, edit: str, size: int | None
+) -> None:
+    """Pillow copies ``info`` (the sizes load_image recorded) into a crop, resize or rotation of an image: the
+    model input was squeezed into the loaded image's box (embedding cosine 0.71-0.89 with the same pixels)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6 if edit == "exif_transpose" else 1
+    loaded = load_image(_encode(golden_image, "JPEG", quality=95, exif=exif.tobytes()), size=size)
+    assert loaded.size == ((400, 320) if size is None else (200, 160))
+    edited = _EDITS[edit](loaded)
+    bare = Image.fromarray(np.asarray(edited))  # the same pixels, nothing in info
+    assert original_size(edited) == upright_original_size(edited) == edited.size
+    assert resize_pad(edited, CFG)[1] == resize_pad(bare, CFG)[1]
+    assert np.array_equal(preprocess(edited, CFG), preprocess(bare, CFG))
+
+
+def test_an_image_loaded_with_a_size_keeps_its_original_size_through_copies_and_conversions(
+    golden_image: Image.Image,
+) -> None:
+    loaded = load_image(_encode(golden_image, "JPEG", quality=95), size=64)
+    assert loaded.size == (200, 160)
+    for same in (loaded.copy(), loaded.convert("L"), loaded.transpose(Image.Transpose.FLIP_LEFT_RIGHT)):
+        assert original_size(same) == upright_original_size(same) == (400, 320)
 
 
 def _tiff_of(pixels: np.ndarray, sample_format: int) -> bytes:
