@@ -936,9 +936,11 @@ def _rgb_at(image: Image.Image, size: tuple[int, int] | None, resample: Image.Re
     """
     mode = image.mode
     target = size or image.size
-    if mode in ("I;16B", "I;16N"):  # big-endian ("MM" TIFF) or native: Pillow measures and filters only I;16
-        # (and its own convert("I;16") clips these to 0-255)
+    if mode in ("I;16B", "I;16L", "I;16N"):  # big-endian ("MM" TIFF), little-endian by name or native: Pillow
+        # measures and filters only I;16 (and its own convert("I;16") clips these to 0-255)
         image, mode = Image.fromarray(np.asarray(image).astype("<u2")), "I;16"
+    elif mode == "La":  # premultiplied grey and alpha, which Pillow converts to nothing else: as LA (below)
+        image, mode = image.convert("LA"), "LA"
     elif mode == "F":
         image = _finite(image)
     if mode in (*_SIXTEEN_BIT, "I", "F"):
@@ -979,14 +981,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return rgb.transpose(method) if method is not None else rgb
 
 
+def _with_pixels(image_size: tuple[int, int]) -> tuple[int, int]:
+    """``image_size``, or :class:`ImageError` where a side is 0 (a crop of nothing): it has no picture to scale."""
+    width, height = image_size
+    if width < 1 or height < 1:
+        raise ImageError(f"image has no pixels ({width}x{height})")
+    return width, height
+
+
 def content_box(image_size: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int, int, int]:
     """``(left, top, width, height)`` of an image of ``(width, height)`` inside the model's square input.
 
     The arithmetic of :func:`resize_pad` without touching pixels, so heat maps can be mapped back onto an
-    image without resizing it a second time.
+    image without resizing it a second time. :class:`ImageError` for an image with no pixels (a side of 0).
     """
     size = cfg.image_size
-    width, height = image_size
+    width, height = _with_pixels(image_size)
     scale = size / max(width, height)
     rounding = round if cfg.resize_rounding == "round" else int
     new_w, new_h = max(1, rounding(width * scale)), max(1, rounding(height * scale))
@@ -1246,7 +1256,7 @@ def model_image(image: Image.Image, cfg: PreprocessConfig) -> tuple[Image.Image,
 def thumbnail(image: Image.Image, max_side: int) -> Image.Image:
     """Upright 8-bit RGB whose long side is at most ``max_side``, with the size (and the filter, Lanczos) of
     Pillow's ``Image.thumbnail`` of the full-size original, also for an image decoded with ``size``."""
-    width, height = upright_original_size(image)
+    width, height = _with_pixels(upright_original_size(image))
     x, y = max_side, max_side
     if width > x or height > y:
         aspect = width / height
@@ -1290,7 +1300,11 @@ def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndar
 
 
 def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """Image -> float32 array ``[3, S, S]``, normalised as ``(pixel / 255 - mean) / std``.
+    """Image (of any Pillow mode) -> float32 array ``[3, S, S]``, normalised as ``(pixel / 255 - mean) / std``.
+
+    Grey, palette, colour and CMYK become RGB, transparent pixels black (``RGBA``, ``LA``, ``La``, ``PA``, a
+    palette's transparency), 16-bit, 32-bit integer and float data are scaled by their range (:func:`_rgb_at`);
+    :class:`ImageError` for an image with no pixels.
 
     The 8-bit canvas is normalised by table lookup (``[3, 256]``), several times faster than float arithmetic
     on every pixel and bit-identical to it.

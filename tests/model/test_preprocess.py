@@ -78,6 +78,49 @@ def test_grey_rgba_and_16bit_inputs_work() -> None:
     assert np.asarray(to_rgb(Image.fromarray(arr12)))[0, 0].tolist() == [255, 255, 255]
 
 
+_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F",
+          "I;16", "I;16L", "I;16B", "I;16N")
+
+
+@pytest.mark.parametrize("mode", _MODES)
+def test_an_image_of_any_pillow_mode_is_preprocessed(mode: str) -> None:
+    from model.preprocess import thumbnail
+
+    image = Image.new(mode, (64, 48))
+    assert preprocess(image, CFG).shape == (3, 224, 224)
+    assert to_rgb(image).size == (64, 48) and thumbnail(image, 32).size == (32, 24)
+
+
+def test_sixteen_bit_little_endian_by_name_reads_as_sixteen_bit() -> None:
+    arr = (np.arange(48 * 64, dtype=np.uint16) % 4096).reshape(48, 64)  # 12-bit data
+    little = Image.frombytes("I;16L", (64, 48), arr.astype("<u2").tobytes())
+    assert little.mode == "I;16L"
+    assert np.array_equal(preprocess(little, CFG), preprocess(Image.fromarray(arr), CFG))
+
+
+def test_premultiplied_grey_with_alpha_is_composited_on_black() -> None:
+    rng = np.random.default_rng(7)
+    grey, alpha = rng.integers(0, 256, (2, 48, 64)).astype(np.float32)
+    on_black = np.rint(grey * alpha / 255.0)
+    image = Image.frombytes("La", (64, 48), np.stack([on_black, alpha], axis=-1).astype(np.uint8).tobytes())
+    rgb = np.asarray(to_rgb(image)).astype(np.float32)
+    assert np.abs(rgb - on_black[..., None]).max() <= 1.0
+
+
+@pytest.mark.parametrize("size", [(0, 48), (64, 0), (0, 0)])
+def test_an_image_with_no_pixels_is_refused_naming_its_size(golden_image: Image.Image, size: tuple[int, int]) -> None:
+    from model.preprocess import thumbnail
+
+    message = rf"image has no pixels \({size[0]}x{size[1]}\)"
+    with pytest.raises(ImageError, match=message):
+        preprocess(Image.new("RGB", size), CFG)
+    with pytest.raises(ImageError, match=message):
+        thumbnail(Image.new("RGB", size), 32)
+    loaded = load_image(_encode(golden_image, "PNG"))
+    with pytest.raises(ImageError, match=message):
+        preprocess(loaded.crop((10, 10, 10 + size[0], 10 + size[1])), CFG)
+
+
 def test_exif_orientation_is_applied() -> None:
     img = Image.new("RGB", (80, 40), (255, 0, 0))
     exif = Image.Exif()
