@@ -83,8 +83,12 @@ def _new_file_mode(path: Path) -> int:
 
 def read_regular_file(path: str | Path) -> bytes:
     """The bytes of the file at ``path``; anything but a regular file (a FIFO, a socket, a device, which a read
-    would wait on for ever or never finish) is an ``OSError`` saying so, before it is opened."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
+    would wait on for ever or never finish) is an ``OSError`` saying so, before it is opened (a folder: an
+    ``IsADirectoryError``)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+    if not stat.S_ISREG(mode):
         raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", str(path))
     return Path(path).read_bytes()
 

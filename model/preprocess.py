@@ -12,6 +12,7 @@ import ctypes.util
 import io
 import logging
 import math
+import numbers
 import re
 import struct
 import warnings
@@ -27,7 +28,7 @@ from PIL import Image, ImageFile
 from model.colour import conversion_for, source_profile, to_srgb
 from model.config import PreprocessConfig
 from model.dicom import DICOM_HEAD_BYTES, decode_dicom, dicom_pixels, is_dicom
-from model.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
+from model.errors import ConfigError, ImageError, ImageTooLargeError, UnsupportedMediaError
 from model.files import read_regular_file
 
 logger = logging.getLogger(__name__)
@@ -497,9 +498,18 @@ def load_image(
     A file object (readable and seekable from its start) is read as the decoder goes, 64 KB at a time: the
     service hands over an upload that is still arriving, and the decode keeps pace with the network. The
     pixels are those of the same bytes given at once.
+
+    Anything else as ``source`` (a PIL image, an array, a file opened in text mode) is a :class:`TypeError`, and
+    a ``size`` other than None or a whole number from 1 a :class:`ConfigError`; an empty path or a directory
+    is an :class:`ImageError` saying so.
     """
+    _check_source(source)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1):
+        raise ConfigError(f"size must be None or the model input's side, a whole number from 1; got {size!r}")
     stream: ReadableFile | None = None
     if isinstance(source, str | Path):
+        if not str(source):
+            raise ImageError("empty image path: name an image file")
         path = Path(source)
         try:
             data = read_regular_file(path)  # a FIFO or a device would be waited on for ever
@@ -588,6 +598,24 @@ def load_image(
         raise ImageError(f"image data is truncated or corrupt: {err}") from err
     image.info[DECODED_SIZE] = image.size
     return image
+
+
+def _check_source(source: object) -> None:
+    """:class:`TypeError` naming what :func:`load_image` was given where it is not bytes, a path or a binary file
+    object (which ended in "has no attribute 'read'")."""
+    if isinstance(source, Image.Image):
+        raise TypeError(
+            "load_image decodes bytes, a path or a binary file object; this is already a PIL image: pass it to "
+            "encode_images / preprocess directly"
+        )
+    if isinstance(source, io.TextIOBase):
+        raise TypeError("load_image reads a binary file object; this one is in text mode: open the file with 'rb'")
+    if not isinstance(source, str | Path | bytes | bytearray | memoryview) and not all(
+        callable(getattr(source, name, None)) for name in ("read", "seek")
+    ):
+        raise TypeError(
+            f"load_image takes bytes, a path (str or Path) or a binary file object, not {type(source).__name__}"
+        )
 
 
 _MAGIC = (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from model.errors import ArtifactError, ConfigError
-from model.files import atomic_write, atomic_write_bytes, atomic_write_json, read_json
+from model.files import atomic_write, atomic_write_bytes, atomic_write_json, read_json, read_regular_file
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path: Path) -> None:
@@ -88,3 +88,11 @@ def test_read_json_errors_name_what_and_where(tmp_path: Path) -> None:
     (tmp_path / "latin1.json").write_bytes('{"a": "\xe9"}'.encode("latin-1"))
     with pytest.raises(ConfigError, match="is not valid JSON"):
         read_json(tmp_path / "latin1.json", "settings file")
+
+
+def test_reading_a_folder_as_a_file_says_it_is_a_directory(tmp_path: Path) -> None:
+    """It said "not a regular file (a pipe, socket or device)"."""
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_regular_file(tmp_path)
+    (tmp_path / "a").write_bytes(b"abc")
+    assert read_regular_file(tmp_path / "a") == b"abc"

@@ -158,6 +158,42 @@ def test_bad_inputs_have_clear_errors(golden_image: Image.Image) -> None:
             load_image(data)
 
 
+def test_a_source_that_is_not_bytes_a_path_or_a_binary_file_is_a_type_error_naming_it(
+    golden_image: Image.Image, tmp_path: Path
+) -> None:
+    """They ended in "AttributeError: ... has no attribute 'read'"."""
+    with pytest.raises(TypeError, match="already a PIL image: pass it to encode_images / preprocess directly"):
+        load_image(golden_image)
+    for source, name in ((np.zeros((4, 4, 3), np.uint8), "ndarray"), (3, "int"), (None, "NoneType")):
+        with pytest.raises(TypeError, match=rf"a binary file object, not {name}$"):
+            load_image(source)  # type: ignore[arg-type]
+    path = tmp_path / "eye.png"
+    path.write_bytes(_encode(golden_image, "PNG"))
+    with pytest.raises(TypeError, match="text mode: open the file with 'rb'"), path.open(encoding="latin-1") as text:
+        load_image(text)  # type: ignore[arg-type]
+    with path.open("rb") as binary:
+        assert load_image(binary).size == golden_image.size
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_a_size_that_is_not_a_whole_number_from_1_is_a_config_error(golden_image: Image.Image, size: object) -> None:
+    """size=0 raised ZeroDivisionError inside Pillow, size=-1 was taken."""
+    from model.errors import ConfigError
+
+    data = _encode(golden_image, "JPEG")
+    with pytest.raises(ConfigError, match=re.escape(f"got {size!r}")):
+        load_image(data, size=size)  # type: ignore[arg-type]
+    assert load_image(data, size=np.int64(64)).size == load_image(data, size=64).size == (200, 160)
+
+
+def test_an_empty_path_or_a_folder_is_refused_saying_so(tmp_path: Path) -> None:
+    """Both said "not a regular file (a pipe, socket or device)", the empty path as '.'."""
+    with pytest.raises(ImageError, match="empty image path"):
+        load_image("")
+    with pytest.raises(ImageError, match=f"{re.escape(str(tmp_path))}: .*is a directory"):
+        load_image(tmp_path)
+
+
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     # A PNG header claiming 100k x 100k pixels: must be refused from the header alone.
     bomb = _encode(Image.new("1", (20000, 20000)), "PNG")
