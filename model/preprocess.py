@@ -1006,7 +1006,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Upright 8-bit RGB at full size: applies EXIF orientation, scales 16-bit/float, composites alpha on black."""
     rgb = _rgb_at(image, None, Image.Resampling.BICUBIC)
     method = _ORIENT.get(_orientation(image))
-    return rgb.transpose(method) if method is not None else rgb
+    if method is None:
+        return rgb
+    upright = rgb.transpose(method)
+    # upright now: its EXIF no longer says to turn it (as ImageOps.exif_transpose leaves it), or whatever reads it
+    # next (preprocess, thumbnail, upright_original_size) turned it again
+    exif = upright.getexif()
+    exif.pop(0x0112, None)
+    upright.info["exif"] = exif.tobytes()
+    if _decoded_as_is(image):  # the original it stands for, as shown: its sizes, upright (a decode-time scaling too)
+        shown = upright_original_size(image)
+        upright.info.update({ORIGINAL_SIZE: shown, UPRIGHT_SIZE: shown, DECODED_SIZE: upright.size})
+    return upright
 
 
 def _with_pixels(image_size: tuple[int, int]) -> tuple[int, int]:

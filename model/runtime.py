@@ -98,6 +98,21 @@ def loose_name(name: str) -> str:
     return fold_name(name).rstrip(".!?;:,").rstrip()
 
 
+def check_category_sets(knowledge: Knowledge, what: str) -> None:
+    """Every default category set and task of ``knowledge`` passes :func:`check_categories`, which scores them: a
+    hand-edited file with a set of one category (or two names of one) fails where it is loaded, naming the set,
+    rather than every request without ``categories`` being refused as if it had sent them.  An
+    :class:`ArtifactError` names ``what``."""
+    named = [(f"the {modality} category set", knowledge.category_set(modality)) for modality in knowledge.modalities]
+    named += [(f"the task {name!r}", knowledge.task(name)) for name in knowledge.data.get("tasks", {})]
+    for which, names in named:
+        try:
+            check_categories(knowledge, names)
+        except ConfigError as err:
+            reason = str(err).split("; omit 'categories'", 1)[0]  # (that advice is for a request's own set)
+            raise ArtifactError(f"{what}: {which} cannot be scored: {reason}") from None
+
+
 def check_categories(
     knowledge: Knowledge,
     categories: Sequence[str],
@@ -284,6 +299,7 @@ class KeepfitRuntime:
         self.config = artifact.config
         self.preprocess_cfg = artifact.config.preprocess
         self.knowledge = artifact.knowledge
+        check_category_sets(self.knowledge, f"artifact {artifact.path}: knowledge.json")
         self.tokenizer = Tokenizer.from_file(artifact.file("tokenizer.json"), artifact.config.text.context_length)
         self.logit_scale = float(artifact.manifest.get("logit_scale", 100.0))
         options = ort.SessionOptions()
@@ -611,6 +627,8 @@ class KeepfitRuntime:
         model = head.get("typicality") if head is not None else None
         if model is None:
             return None
+        if len(encoding.embeddings) == 0:  # no image (its tokens are [0, 0, D]): none to measure, and no warning
+            return np.zeros(0, dtype=np.float64)
         from model.modality_head import pooled_features, typicality_distance
 
         return typicality_distance(pooled_features(encoding.tokens), model) / float(model["limit"])

@@ -247,6 +247,9 @@ def _check_knowledge_structure(knowledge: Knowledge, file: Path) -> None:
     for modality in data["category_sets"]:
         if modality not in data["templates"]:
             raise ArtifactError(f"knowledge file {file}: modality {modality!r} has a category set but no template")
+    from model.runtime import check_category_sets  # what every runtime of its artifact will check
+
+    check_category_sets(knowledge, f"knowledge file {file}")
 
 
 def check_knowledge_of_init(cfg: Any, record: dict[str, Any]) -> None:

@@ -856,3 +856,38 @@ def test_images_of_a_kind_the_service_does_not_read_are_refused_as_such(as_strea
     with pytest.raises(ImageError, match="truncated or corrupt|cannot be decoded") as refused:
         load_image(jpeg[: len(jpeg) // 2] + bytes(10), size=224)
     assert not isinstance(refused.value, UnsupportedMediaError)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("size", [None, 224])
+def test_to_rgb_of_a_turned_photograph_is_upright_and_says_so(orientation: int, size: int | None) -> None:
+    """to_rgb turned an EXIF-tagged image upright but kept the tag, so what read it next turned it again: its
+    upright size came out sideways (or the decoded size for a reduced load), its thumbnail and preprocessing a
+    second time rotated. It now says it is upright and which original it stands for."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    pixels = np.zeros((800, 1200, 3), np.uint8)
+    pixels[:200, :300] = 255  # a white corner: where it ends up tells the rotation
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    loaded = load_image(buf.getvalue(), size=size)
+    upright = to_rgb(loaded)
+    shown = (800, 1200) if orientation in (6, 8) else (1200, 800)
+    assert upright_original_size(loaded) == shown == upright_original_size(upright)
+    assert upright.getexif().get(0x0112, 1) == 1
+    # preprocessed, it is the photograph as preprocess turns it itself: not turned twice
+    assert np.abs(preprocess(upright, CFG) - preprocess(loaded, CFG)).mean() < 0.02
+
+
+def test_an_edited_image_that_keeps_its_exif_orientation_is_turned_by_it(golden_image: Image.Image) -> None:
+    """A crop keeps the EXIF tag (Pillow copies info): the picture it now is, turned as its tag says."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    loaded = load_image(_encode(golden_image, "JPEG", quality=95, exif=exif.tobytes()))
+    edited = loaded.crop((0, 0, 300, 200))
+    assert original_size(edited) == (300, 200) and upright_original_size(edited) == (200, 300)
+    bare = Image.fromarray(np.asarray(edited))
+    turned = preprocess(edited, CFG)
+    # as the same pixels turned upright (to the filter's rounding: preprocess resizes before it turns)
+    assert np.abs(turned - preprocess(bare.transpose(Image.Transpose.ROTATE_270), CFG)).mean() < 0.01
+    assert np.abs(turned - preprocess(bare, CFG)).mean() > 0.1

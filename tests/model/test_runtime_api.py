@@ -89,6 +89,12 @@ def test_no_image_gives_empty_answers_without_running_the_encoder(
     assert runtime.classify(empty, modality="CFP").shape == (0, len(runtime.knowledge.category_set("CFP")))
     assert runtime.classify([], ["normal", "glaucoma"]).shape == (0, 2)
     assert "error" not in capfd.readouterr().err.lower()  # ONNX Runtime printed its C++ error for an empty batch
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" for no image
+        typicality = runtime.typicality(encoding)
+    assert typicality is None or typicality.shape == (0,)
 
 
 def test_embeddings_of_another_shape_are_a_config_error_naming_it(runtime: KeepfitRuntime, pixels: np.ndarray) -> None:
@@ -131,3 +137,39 @@ def test_typicality_of_vectors_says_how_to_get_an_encoding(runtime: KeepfitRunti
 def test_encode_texts_names_the_text_it_cannot_encode(runtime: KeepfitRuntime, item: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         runtime.encode_texts(["drusen", item])  # type: ignore[list-item]
+
+
+def test_a_knowledge_file_whose_default_set_cannot_be_scored_is_refused_where_it_loads(tmp_path: Path) -> None:
+    """A hand-edited knowledge.json with a default set of one category (or two names of one) was loaded, and every
+    request without `categories` was then refused as if it had sent them ("needs at least 2 categories"): it now
+    fails where it loads, naming the set."""
+    import copy
+
+    from model.errors import ArtifactError
+    from model.knowledge import Knowledge
+    from model.runtime import check_category_sets
+
+    check_category_sets(Knowledge.default(), "the packaged knowledge")  # every set and task of ours passes
+    for edit, named in ((lambda d: d["category_sets"].update(CFP=["glaucoma"]), "the CFP category set"),
+                        (lambda d: d["category_sets"].update(OCT=["normal", "Normal"]), "the OCT category set")):
+        data = copy.deepcopy(Knowledge.default().data)
+        edit(data)
+        with pytest.raises(ArtifactError, match=f"knowledge file k.json: {named} cannot be scored"):
+            check_category_sets(Knowledge.from_data(data, "k"), "knowledge file k.json")
+
+
+def test_a_runtime_of_such_an_artifact_is_refused(default_artifact: Path, tmp_path: Path) -> None:
+    import copy
+    import shutil
+
+    from model.artifact import replace_knowledge
+    from model.errors import ArtifactError
+    from model.knowledge import Knowledge
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(default_artifact, artifact)
+    data = copy.deepcopy(Knowledge.default().data)
+    data["category_sets"]["FFA"] = ["normal"]
+    replace_knowledge(artifact, data)
+    with pytest.raises(ArtifactError, match="the FFA category set cannot be scored: zero-shot classification needs"):
+        KeepfitRuntime.from_artifact(artifact)
