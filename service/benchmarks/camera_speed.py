@@ -8,9 +8,12 @@ All figures come from one run on one machine, so they can be compared as ratios:
    path and the old one (full-size decode, by pydicom's decoder plugins for DICOM, and filter:
    ``service/benchmarks/_old_path.py``);
 2. peak resident memory of decoding + preprocessing one camera JPEG (a fresh subprocess each), old and new;
-3. the encoder-alone floor (p50 of one ONNX run on ready pixels) and the core limit: as many threads as cores
-   running decode + preprocess + encoder on the camera JPEGs in-process, images/s (measured before and after
-   the server phase; their mean is the limit);
+3. the encoder-alone floor (p50 of one ONNX run on ready pixels) and two core limits: as many threads as cores
+   running, on the camera JPEGs in-process, decode + preprocess + encoder (``model``), or everything a classify
+   cache miss does without the server (``classify``: the service's engine, with the image-quality checks,
+   typicality, the modality head and zero-shot scoring), images/s (measured before and after the server phase;
+   their mean is the limit); and the ``classify`` work of a lone image in-process, p50, the least a lone cache
+   miss could take without HTTP;
 4. ``POST /v1/classify`` with the cache off against ``keepfit serve`` (a subprocess): cache-miss p50 of one
    client, then throughput under ``--clients`` concurrent clients, as a fraction of the core limit, with where
    the CPU went: the server's CPU per request (all threads; the event-loop thread's alone), the clients' (this
@@ -166,26 +169,50 @@ def encoder_floor(runtime: Any, repeats: int, batch: int = 1) -> float:
     return 1e3 * statistics.median(times) / batch
 
 
-def core_limit(artifact: Path, jpegs: list[bytes], cores: int, seconds: float) -> dict[str, float]:
-    """Images/s of ``cores`` threads running decode + preprocess + encoder in-process (1 ORT thread each)."""
+def _classify_work(artifact: Path) -> Callable[[bytes], Any]:
+    """The work of one ``/v1/classify`` cache miss without the server: the engine the service runs, on the image's
+    bytes (decode, preprocess, the quality checks, encoder, typicality, modality head and zero-shot scoring), with
+    the default categories and one ONNX thread."""
+    from service.engine import Engine, Timings
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    engine, metrics = Engine.load(Settings(artifact=artifact, threads=1)), Metrics()
+    return lambda data: engine.classify(data, None, "auto", None, Timings(metrics))
+
+
+def _model_work(artifact: Path) -> Callable[[bytes], Any]:
+    """Decode + preprocess + encoder of one image's bytes, one ONNX thread."""
     from model.preprocess import load_image
     from model.runtime import KeepfitRuntime
 
     runtime = KeepfitRuntime.from_artifact(artifact, intra_op_threads=1)
     size = runtime.preprocess_cfg.image_size
-    runtime.encode_pixels(runtime.preprocess([load_image(jpegs[0], size=size)]))
+    return lambda data: runtime.encode_pixels(runtime.preprocess([load_image(data, size=size)]))
+
+
+WORK = {"model": _model_work, "classify": _classify_work}
+
+
+def core_limit(
+    artifact: Path, jpegs: list[bytes], cores: int, seconds: float, work: str = "model"
+) -> dict[str, float]:
+    """Images/s of ``cores`` threads doing ``work`` in-process (1 ORT thread each): ``model``, decode +
+    preprocess + encoder; ``classify``, all a cache miss of ``/v1/classify`` does without the server."""
+    run = WORK[work](artifact)
+    run(jpegs[0])
     counts = [0] * cores
     stop = time.perf_counter() + seconds
 
-    def work(k: int) -> None:
+    def loop(k: int) -> None:
         i = k
         while time.perf_counter() < stop:
-            runtime.encode_pixels(runtime.preprocess([load_image(jpegs[i % len(jpegs)], size=size)]))
+            run(jpegs[i % len(jpegs)])
             counts[k] += 1
             i += cores
 
     cpu0, t0 = time.process_time(), time.perf_counter()
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(cores)]
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(cores)]
     for t in threads:
         t.start()
     for t in threads:
@@ -194,6 +221,39 @@ def core_limit(artifact: Path, jpegs: list[bytes], cores: int, seconds: float) -
     done = sum(counts)
     return {"images_per_s": done / wall, "cpu_ms_per_image": 1e3 * cpu / max(done, 1),
             "cpu_bound_per_s": cores / (cpu / max(done, 1))}
+
+
+def lone_classify_ms(artifact: Path, jpegs: list[bytes], misses: int) -> float:
+    """p50 ms of the ``classify`` work of one image in-process, one at a time with the cache misses' pauses: the
+    least a lone cache miss could take without HTTP."""
+    run = _classify_work(artifact)
+    run(jpegs[0])
+    times = []
+    for i in range(misses):
+        t0 = time.perf_counter()
+        run(jpegs[i % len(jpegs)])
+        times.append(time.perf_counter() - t0)
+        time.sleep(PAUSE_S)
+    return 1e3 * statistics.median(times)
+
+
+def cpu_name() -> str:
+    """The processor's model name (the ratios here depend on it: an int8 encoder gains more than a JPEG decoder
+    from AVX-512 VNNI, for one), and the cores this process may use."""
+    name = "unknown processor"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+        if "avx512_vnni" in flags.split():
+            name += ", AVX-512 VNNI"
+        elif "avx_vnni" in flags.split():
+            name += ", AVX-VNNI"
+    except OSError:
+        pass
+    return f"{name}; {available_cores()} cores"
 
 
 def _cpu_s(pid: int, tid: int | None = None) -> float:
@@ -367,9 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     runtime = KeepfitRuntime.from_artifact(
         args.artifact, intra_op_threads=server_settings.intra_op_threads, session_config=SERVER_SESSION_CONFIG
     )
-    report: dict[str, Any] = {"cores": args.cores, "workers": args.workers,
+    report: dict[str, Any] = {"cpu": cpu_name(), "cores": args.cores, "workers": args.workers,
                               "threads": server_settings.intra_op_threads,
                               "concurrency": args.concurrency}
+    print(f"processor: {report['cpu']}")
     report["encoder_p50_ms"] = encoder_floor(runtime, 3 * args.repeats)
     print(f"encoder alone, p50: {report['encoder_p50_ms']:.1f} ms")
     # what batching concurrent cache misses into one encoder run could save on this CPU
@@ -408,18 +469,31 @@ def _server_report(args: argparse.Namespace, jpegs: list[bytes], threads: int, f
     from model.runtime import KeepfitRuntime
     from service.engine import SERVER_SESSION_CONFIG
 
-    limits = [core_limit(args.artifact, jpegs, args.cores, args.seconds)]
+    limits: dict[str, list[dict[str, float]]] = {w: [] for w in WORK}
+
+    def measure_limits() -> None:
+        for w in WORK:
+            limits[w].append(core_limit(args.artifact, jpegs, args.cores, args.seconds, w))
+
+    measure_limits()
     clients = [int(c) for c in args.clients.split(",") if c]
     servers: dict[str, Any] = {}
     for name, root, env in _servers(args):
         server_args = ["--artifact", str(args.artifact.resolve())]
         with serve(server_args, env={"KEEPFIT_CACHE_MAX_ENTRIES": "0", **env}, root=root) as (base, pid):
             servers[name] = server_phase(base, jpegs, clients, args.seconds, args.misses, pid)
-    limits.append(core_limit(args.artifact, jpegs, args.cores, args.seconds))
-    limit = statistics.mean(x["images_per_s"] for x in limits)
-    print(f"\ncore limit ({args.cores} threads in-process, decode+preprocess+encoder): {limit:.1f} images/s "
-          f"(runs: {', '.join(format(x['images_per_s'], '.1f') for x in limits)}; "
-          f"CPU per image {limits[0]['cpu_ms_per_image']:.1f} ms)")
+    measure_limits()
+    lone_ms = lone_classify_ms(args.artifact, jpegs, args.misses)
+    mean = {w: statistics.mean(x["images_per_s"] for x in runs) for w, runs in limits.items()}
+    limit = mean["model"]
+    for w, what in (("model", "decode+preprocess+encoder"),
+                    ("classify", "all a classify cache miss does, without the server")):
+        runs = limits[w]
+        print(f"\ncore limit, {w} ({args.cores} threads in-process, {what}): {mean[w]:.1f} images/s "
+              f"(runs: {', '.join(format(x['images_per_s'], '.1f') for x in runs)}; "
+              f"CPU per image {statistics.mean(x['cpu_ms_per_image'] for x in runs):.1f} ms)")
+    print(f"a lone cache miss's work in-process, without HTTP, p50: {lone_ms:.1f} ms "
+          f"= {lone_ms / floor_ms:.1f}x the encoder alone")
     floors = {threads: floor_ms}
     for name, res in servers.items():
         t = int(name.split("x")[2]) if name.count("x") == 2 else threads
@@ -429,18 +503,24 @@ def _server_report(args: argparse.Namespace, jpegs: list[bytes], threads: int, f
             floors[t] = encoder_floor(runtime, 3 * args.repeats)
         ratio = res["miss_p50_ms"] / floors[t]
         res["encoder_p50_ms"], res["miss_vs_encoder"] = floors[t], ratio
+        res["miss_vs_in_process"] = res["miss_p50_ms"] / lone_ms
         print(f"\n[{name}] /v1/classify cache-miss p50 {res['miss_p50_ms']:.1f} ms = {ratio:.1f}x the encoder alone "
-              f"({floors[t]:.1f} ms with {t} thread{'s' if t > 1 else ''})")
-        print("| clients | req/s | of core limit | p50 ms | p99 ms | errors | server CPU ms/req | event loop | clients "
-              "| cores busy |\n|---|---|---|---|---|---|---|---|---|---|")
+              f"({floors[t]:.1f} ms with {t} thread{'s' if t > 1 else ''}), "
+              f"{res['miss_vs_in_process']:.2f}x the same work in-process")
+        print("| clients | req/s | of core limit (model) | of core limit (classify) | p50 ms | p99 ms | errors "
+              "| server CPU ms/req | event loop | clients | cores busy |\n|---|---|---|---|---|---|---|---|---|---|---|")
         for n, row in res["throughput"].items():
             row["of_core_limit"] = row["req_per_s"] / limit
+            row["of_classify_limit"] = row["req_per_s"] / mean["classify"]
             loop = row.get("loop_cpu_ms_per_req")
-            print(f"| {n} | {row['req_per_s']:.1f} | {100 * row['of_core_limit']:.0f} % | {row['p50_ms']:.0f} | "
+            print(f"| {n} | {row['req_per_s']:.1f} | {100 * row['of_core_limit']:.0f} % | "
+                  f"{100 * row['of_classify_limit']:.0f} % | {row['p50_ms']:.0f} | "
                   f"{row['p99_ms']:.0f} | {row['errors']} | {row['server_cpu_ms_per_req']:.1f} | "
                   f"{'-' if loop is None else format(loop, '.2f')} | {row['client_cpu_ms_per_req']:.2f} | "
                   f"{row['cores_busy']:.2f} |")
-    return {"server": servers, "core_limit": {"images_per_s": limit, "runs": limits}}
+    return {"server": servers, "core_limit": {"images_per_s": limit, "runs": limits["model"]},
+            "classify_limit": {"images_per_s": mean["classify"], "runs": limits["classify"]},
+            "lone_classify_in_process_p50_ms": lone_ms}
 
 
 def _server_env(workers: int, concurrency: int | None, threads: int | None) -> dict[str, str]:
