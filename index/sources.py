@@ -102,9 +102,30 @@ class SourceSet:
     unlisted: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
 
 
+# What operating systems and NAS boxes keep beside a clinic's photographs, never photographs of its own: a Synology's
+# thumbnails (``@eaDir``, small JPEGs of every image, which were indexed and classified as eyes), recycle bins (a
+# deleted copy became the stored path of the live image it duplicates), snapshots and volume bookkeeping; and the
+# files Windows and macOS leave in folders.  Matched case-insensitively, at any depth below the folder given (one
+# given by name is read).  Hidden names (``.DS_Store``, ``._x.jpg``, ``.@__thumb``) are left out anyway.
+SYSTEM_FOLDERS = frozenset(
+    name.casefold()
+    for name in (
+        "@eaDir", "#recycle", "#snapshot", "@Recycle", "@Recently-Snapshot", "@__thumb", "$RECYCLE.BIN", "RECYCLER",
+        "System Volume Information", "lost+found", "__MACOSX",
+    )
+)
+SYSTEM_FILES = frozenset(name.casefold() for name in ("Thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"))
+
+
+def is_system_name(name: str, folder: bool) -> bool:
+    """Whether a file or folder of this name is an operating system's or a NAS's, not the archive's."""
+    return name.startswith(".") or name.casefold() in (SYSTEM_FOLDERS if folder else SYSTEM_FILES)
+
+
 def from_folder(root: Path, modality: str | None = None, labels_from_folders: bool = False) -> SourceSet:
     """Every file under ``root`` (recursively, through links to folders, each real folder once; hidden files and
-    folders aside): non-images are skipped later, when they fail to decode, and counted in the summary."""
+    folders, and those of an operating system or a NAS, aside: :func:`is_system_name`): non-images are skipped
+    later, when they fail to decode, and counted in the summary."""
     root = root.expanduser()
     if not root.exists():
         raise DataError(f"image folder not found: {root}")
@@ -126,7 +147,8 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
 
 
 def _list_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The files under ``root`` (hidden files and folders aside) and the folders that could not be listed, with why.
+    """The files under ``root`` (hidden and system files and folders aside: :func:`is_system_name`) and the folders
+    that could not be listed, with why.
 
     Links to folders are followed: a clinic's archive is often assembled from links (a month's folder on a NAS
     linked in), and its images must not go missing without a word. Each folder is listed once, under one path:
@@ -140,6 +162,7 @@ def _list_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     files: list[Path] = []
     unlisted: list[tuple[str, str]] = []
     listed: dict[tuple[int, int], str] = {}  # (device, inode) of each folder listed -> the path it is listed under
+    skipped: list[str] = []  # system folders left out
 
     def list_tree(top: str) -> list[str]:
         """List ``top``'s own folders (no link followed); the links to folders found in them."""
@@ -158,7 +181,9 @@ def _list_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
                 continue
             kept = []
             for name in subfolders:
-                if name.startswith("."):
+                if is_system_name(name, folder=True):
+                    if not name.startswith("."):
+                        skipped.append(os.path.join(folder, name))
                     continue
                 if os.path.islink(os.path.join(folder, name)):
                     links.append(os.path.join(folder, name))
@@ -167,7 +192,9 @@ def _list_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             subfolders[:] = kept
             for name in names:
                 path = Path(folder) / name
-                if not name.startswith(".") and (path.is_file() or (path.is_symlink() and not path.exists())):
+                if not is_system_name(name, folder=False) and (
+                    path.is_file() or (path.is_symlink() and not path.exists())
+                ):
                     files.append(path)  # not a socket or a pipe
         return links
 
@@ -191,6 +218,11 @@ def _list_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
                 continue
             found += list_tree(link)
         links = found
+    if skipped:
+        logger.info(
+            "%s: left out %d system folder(s) (NAS thumbnails, recycle bins, volume bookkeeping): %s",
+            root, len(skipped), ", ".join(sorted(skipped)[:5]) + (", ..." if len(skipped) > 5 else ""),
+        )
     return files, unlisted
 
 

@@ -104,3 +104,30 @@ def test_a_columns_kind_is_read_over_the_whole_manifest_whatever_the_split(
     yes_no = tmp_path / "yes_no.csv"
     yes_no.write_text("path,referable,split\na.jpg,1,test\nb.jpg,1,test\nc.jpg,0,train\n")
     assert [i.labels for i in sources.from_manifests([yes_no], splits=["test"]).items] == [("referable",)] * 2
+
+
+def test_a_nas_and_an_operating_system_leave_no_inputs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Synology's thumbnails (``@eaDir``: small JPEGs of every image) were indexed and classified as eyes, and a
+    recycle bin's copy became the stored path of the live image it duplicates. Such folders and Windows' folder
+    files are left out at any depth, whatever their case, and said once; a folder given by name is read."""
+    archive = tmp_path / "archive"
+    (archive / "2026" / "@eaDir" / "a.jpg").mkdir(parents=True)
+    (archive / "2026" / "a.jpg").write_bytes(b"a")
+    (archive / "2026" / "@eaDir" / "a.jpg" / "SYNOFILE_THUMB_XL.jpg").write_bytes(b"thumb")
+    for litter in ("#recycle", "$RECYCLE.BIN", "System Volume Information", "__MACOSX", "@Recycle", "#Snapshot"):
+        (archive / litter / "sub").mkdir(parents=True)
+        (archive / litter / "sub" / "deleted.jpg").write_bytes(b"old")
+    (archive / "2026" / "Thumbs.db").write_bytes(b"db")
+    (archive / "2026" / "desktop.ini").write_bytes(b"[.ShellClassInfo]")
+    (archive / "eadir-looking.jpg").write_bytes(b"kept")  # only names that are exactly a system name go
+    (archive / "recycle").mkdir()  # without the '#': a clinic's own folder
+    (archive / "recycle" / "b.jpg").write_bytes(b"b")
+    with caplog.at_level(logging.INFO, logger="index.sources"):
+        found = sources.from_folder(archive)
+    assert [Path(i.source).relative_to(archive).as_posix() for i in found.items] == [
+        "2026/a.jpg", "eadir-looking.jpg", "recycle/b.jpg"
+    ]
+    assert "left out 7 system folder(s)" in caplog.text
+    # pointed at one on purpose, its files are read
+    inside = sources.from_folder(archive / "2026" / "@eaDir")
+    assert [Path(i.source).name for i in inside.items] == ["SYNOFILE_THUMB_XL.jpg"]
