@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from model.errors import DataError
-from model.manifest import read_manifest
+from model.manifest import listed_file, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -276,8 +276,10 @@ def from_manifest(
         if not rel:
             logger.warning("%s line %d: empty path, row skipped", path, line)
             continue
-        file = Path(rel).expanduser()
-        file = file if file.is_absolute() else base / file
+        try:
+            file = listed_file(base, rel)
+        except DataError as err:
+            raise DataError(f"manifest {path} line {line}: {err}") from None
         labels: list[str] = []
         for column in chosen:
             value = row.get(column, "")

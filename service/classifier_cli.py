@@ -144,7 +144,7 @@ def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
             continue
         label = " ".join((row[args.label_column] or "").split())
         if label:
-            by_label.setdefault(label, []).append(path.parent / row["path"])
+            by_label.setdefault(label, []).append(manifest.resolve(row))
     rng = random.Random(args.seed)
     out: list[tuple[str, Path]] = []
     for label, paths in by_label.items():

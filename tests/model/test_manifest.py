@@ -38,7 +38,7 @@ def test_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="is not a file"):
         read_manifest(tmp_path)
     (tmp_path / "latin1.csv").write_bytes("path,label\nx.png,\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError, match="not a readable CSV"):
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(line 2, byte 0xe9; .*Save As 'CSV UTF-8'"):
         read_manifest(tmp_path / "latin1.csv")
     (tmp_path / "nopath.csv").write_text("file,label\na.png,x\n")
     with pytest.raises(DataError, match=r"has no 'path' column \(columns: file, label\)"):
@@ -73,3 +73,64 @@ def test_a_column_named_twice_is_refused_as_it_could_mean_either(tmp_path: Path,
     twice = "path" if header.count("path") == 2 else "label"
     with pytest.raises(DataError, match=f"names the column '{twice}' twice in its header: rename one"):
         read_manifest(manifest)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("semicolon.csv", "Path;Label;Split\nphotos\\a.jpg;retinopatía;test\n".encode()),  # Excel, comma decimals
+        ("bom.csv", "\ufeffpath,Label,split\r\nphotos/a.jpg,retinopatía,test\r\n".encode()),
+        ("unicode-text.txt", "PATH\tLabel\tsplit\r\nphotos/a.jpg\tretinopatía\ttest\r\n".encode("utf-16")),
+    ],
+    ids=["semicolons", "byte-order-mark-crlf", "utf-16-tabs"],
+)
+def test_a_manifest_as_a_spreadsheet_saves_it(tmp_path: Path, name: str, data: bytes) -> None:
+    """Excel's CSV where the decimal mark is a comma (``;``), its "Unicode Text" (UTF-16, tabs), a header in
+    another case and a path written on Windows read as the plain CSV they stand for; they were refused ("has no
+    'path' column (columns: path;label;split)", a codec's byte offset) or named no file."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    (tmp_path / name).write_bytes(data)
+    manifest = read_manifest(tmp_path / name)
+    assert manifest.columns == ("path", "Label", "split")
+    assert manifest.rows[0]["Label"] == "retinopatía" and manifest.rows[0]["split"] == "test"
+    assert manifest.resolve(manifest.rows[0]) == tmp_path / "photos" / "a.jpg"
+
+
+def test_a_column_named_in_two_cases_is_left_as_it_is(tmp_path: Path) -> None:
+    """Which of ``Path`` and ``PATH`` holds the paths cannot be known: neither is taken for ``path``."""
+    (tmp_path / "m.csv").write_text("Path,PATH\na.jpg,b.jpg\n")
+    with pytest.raises(DataError, match=r"has no 'path' column \(columns: Path, PATH\)"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_a_mac_file_name_matches_the_name_typed_in_a_spreadsheet(tmp_path: Path) -> None:
+    """A Mac stores ``ü`` in a file name decomposed (``u`` and a combining mark); a spreadsheet holds the typed,
+    composed one. The file was "not found" though ``ls`` showed it; either spelling now finds the other."""
+    import unicodedata
+
+    (tmp_path / unicodedata.normalize("NFD", "Müller é.jpg")).write_bytes(b"x")
+    (tmp_path / unicodedata.normalize("NFC", "Ærø ü.jpg")).write_bytes(b"y")
+    (tmp_path / "m.csv").write_text(
+        "path\n" + unicodedata.normalize("NFC", "Müller é.jpg") + "\n" + unicodedata.normalize("NFD", "Ærø ü.jpg") + "\n"
+    )
+    manifest = read_manifest(tmp_path / "m.csv")
+    assert [manifest.resolve(r).read_bytes() for r in manifest.rows] == [b"x", b"y"]
+
+
+def test_a_windows_drive_path_is_refused_with_its_line(tmp_path: Path) -> None:
+    """``C:\\Clinic\\a.jpg`` was glued onto the manifest's folder ("not found: /m/C:\\Clinic\\a.jpg")."""
+    (tmp_path / "m.csv").write_text("path\nok.jpg\nC:\\Clinic\\Archive\\a.jpg\n\\\\nas\\share\\b.jpg\n")
+    manifest = read_manifest(tmp_path / "m.csv")
+    assert manifest.resolve(manifest.rows[0]) == tmp_path / "ok.jpg"  # missing files are the caller's to report
+    for row, line in ((manifest.rows[1], 3), (manifest.rows[2], 4)):
+        with pytest.raises(DataError, match=rf"m.csv line {line}: .* is a Windows path, which names no file here"):
+            manifest.resolve(row)
+
+
+def test_a_file_in_another_encoding_says_where_and_what_to_do(tmp_path: Path) -> None:
+    """Excel's default "CSV (Comma delimited)" on Windows is Windows-1252: the codec's byte offset told a user
+    nothing. The line, the byte and how to save it as UTF-8; nothing is guessed."""
+    (tmp_path / "m.csv").write_bytes("path,label\na.jpg,ok\nb.jpg,patiënt\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(line 3, byte 0xeb; .*iconv -f cp1252 -t utf-8"):
+        read_manifest(tmp_path / "m.csv")
