@@ -278,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = scorer.labels()
     start, counts, failed, first_error = time.perf_counter(), Counter[str](), 0, ""
     warned = Counter[str]()  # warning code -> images that carry it
-    with atomic_write(out, "w", encoding="utf-8", newline="") as fh:
+    # A .csv is for a spreadsheet (its formulas are escaped too): UTF-8 with a byte-order mark, without which Excel
+    # reads it as Windows-1252 and garbles accented names and labels. A .jsonl, for programs, has none.
+    encoding = "utf-8" if out.suffix.lower() == ".jsonl" else "utf-8-sig"
+    with atomic_write(out, "w", encoding=encoding, newline="") as fh:
         writer: csv.DictWriter[str] | None = None
         for done, row in enumerate(itertools.chain(unlisted, _rows(scorer, paths, threads)), start=1):
             if "error" in row:

@@ -58,7 +58,9 @@ def test_fixed_categories_get_a_column_each_in_the_csv(folder: Path, default_art
     args = ["classify", "--images", str(folder / "CFP"), "--artifact", str(default_artifact), "--out", str(out),
             "--categories", "normal", "--categories", "diabetic retinopathy", "--threads", "1"]
     assert keepfit(args) == 0
-    rows = list(csv.DictReader(out.open()))
+    # for a spreadsheet: without a byte-order mark Excel read the UTF-8 as Windows-1252 and garbled accents
+    assert out.read_bytes().startswith(b"\xef\xbb\xbfpath,")
+    rows = list(csv.DictReader(out.open(encoding="utf-8-sig")))
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     for r in rows:
         total = float(r["p:normal"]) + float(r["p:diabetic retinopathy"])
@@ -78,7 +80,7 @@ def test_a_clinics_classifier_scores_the_archive(
     args = ["classify", "--manifest", str(manifest), "--split", "test", "--classifier", "ffa", "--store", str(store),
             "--artifact", str(default_artifact), "--out", str(out)]
     assert keepfit(args) == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.open(encoding="utf-8-sig")))
     assert rows and all(r["status"] == "ok" and r["modality_used"] == "FFA" for r in rows)
     as_json = tmp_path / "scored.jsonl"
     assert keepfit([*args[:-1], str(as_json)]) == 0
@@ -158,7 +160,7 @@ def test_a_pipe_or_device_named_by_a_manifest_is_a_row_not_a_hang(
         script = f"from model.cli import main; raise SystemExit(main({[*argv, '--artifact', str(default_artifact)]!r}))"
         done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (what, done.stderr[-2000:])
-    rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8"))}
+    rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8-sig"))}
     for name in ("fifo", "zero"):
         assert rows[name]["status"] == "error", rows[name]
         assert rows[name]["error"].startswith("unreadable: not a regular file"), rows[name]
@@ -200,7 +202,7 @@ def test_odd_names_broken_links_and_unlistable_folders_are_rows(
         assert keepfit(args) == 0
     finally:
         index.sources.os.walk = original  # type: ignore[assignment]
-    rows = {r["path"]: r for r in csv.DictReader(out.open(encoding="utf-8"))}
+    rows = {r["path"]: r for r in csv.DictReader(out.open(encoding="utf-8-sig"))}
     assert rows[f"{archive}/caf\\xe9.jpg"]["status"] == "ok"
     assert rows[str(archive / "gone.jpg")]["error"].startswith("unreadable: ")
     assert rows[str(locked)]["error"] == "unreadable: cannot list this folder (Permission denied): its images were not classified"
@@ -325,7 +327,7 @@ def test_the_summary_counts_the_images_with_each_warning(
     assert keepfit(["classify", "--images", str(folder), "--artifact", str(default_artifact), "--out", str(out),
                     "--modality", "CFP"]) == 0
     assert "images with warnings: compressed_image 2 (the warnings column says which)" in capsys.readouterr().out
-    assert [r["warnings"] for r in csv.DictReader(out.open())] == ["compressed_image", "compressed_image", ""]
+    assert [r["warnings"] for r in csv.DictReader(out.open(encoding="utf-8-sig"))] == ["compressed_image", "compressed_image", ""]
 
 
 def test_the_summary_points_at_where_the_output_file_keeps_the_warnings(
