@@ -133,7 +133,18 @@ def build_parser(table: dict[str, tuple[str, str]] | None = None) -> argparse.Ar
     return parser
 
 
+def _printable_streams() -> None:
+    """Under a locale whose encoding cannot spell a file name (``LC_ALL=C`` without Python's UTF-8 mode, a Latin-1
+    locale), printing an index's summary with a Chinese file name in it ended the command with a traceback after
+    its work was done. Characters the terminal cannot show are written as escapes instead."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "") == "strict":
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     table = commands()
     if not table:

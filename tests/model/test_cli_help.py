@@ -223,3 +223,30 @@ def test_info_names_every_export_form_and_its_parity(tmp_path: Path, capsys: pyt
         assert f"({form}), created" in lines[0], lines[0]
         parity = [line for line in lines if line.startswith("  ONNX vs torch")]
         assert [line.split("(")[1].split(")")[0] for line in parity] == (["fp32"] if mode == "none" else ["fp32", mode])
+
+
+def test_a_name_the_terminal_cannot_show_is_escaped_not_a_traceback(tmp_path: Path, default_artifact: Path) -> None:
+    """Under a locale that cannot spell a file name (``LC_ALL=C`` without Python's UTF-8 mode, a Latin-1 locale),
+    printing a Chinese path to standard output ended a command with a UnicodeEncodeError traceback once its work
+    was done (an index build's summary, after the index was written). It is written as an escape, as standard
+    error always wrote it; the command's own output and status stand."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (120, 40, 20)).save(folder / "a.jpg")
+    (folder / "b.txt").write_text("not an image")
+    out = tmp_path / "患者.jsonl"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONUTF8": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "model.cli", "classify", "--images", str(folder), "--out", str(out),
+         "--artifact", str(default_artifact), "--threads", "1"],
+        capture_output=True, text=True, encoding="ascii", env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"-> {tmp_path}/\\u60a3\\u8005.jsonl" in done.stdout and "Traceback" not in done.stderr
+    assert out.read_text(encoding="utf-8").count("\n") == 2
