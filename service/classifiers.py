@@ -481,6 +481,10 @@ def log_created(store: ClassifierStore, settings: Settings) -> None:
     logger.warning("classifier store: created %s, empty (there was none); %s", store.root.absolute(), why)
 
 
+# An uploaded example's file in examples/: its SHA-256. Nothing else there is the store's to remove.
+_EXAMPLE_FILE = re.compile(r"[0-9a-f]{64}")
+
+
 class ClassifierStore:
     """SQLite + arrays on disk; safe for threads of one process and for several processes."""
 
@@ -505,11 +509,27 @@ class ClassifierStore:
                 logger.warning("classifier store %s: its last changes are in %s, which cannot be read here", root, wal)
             return
         self.created = not self.db_path.exists()
+        # A store without its database (a new one, a folder that only looks like one, a database emptied to 0
+        # bytes) has no leftovers to collect: every file in its folders would read as unreferenced, and the sweep
+        # deleted a user's own examples/ folder, or a damaged store's images, on a read (`classifier list`).
+        fresh = self.created or self.db_path.stat().st_size == 0
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "arrays").mkdir(exist_ok=True)
         (self.root / "examples").mkdir(exist_ok=True)
         self._initialise()
-        self._collect_leftovers()
+        if not fresh:
+            self._collect_leftovers()
+        elif held := self._files_held():
+            logger.warning(
+                "classifier store %s had no database but its arrays/ and examples/ folders hold %d file(s): left as "
+                "they are (if it held classifiers, restore it from a backup: keepfit classifier restore)", root, held
+            )
+
+    def _files_held(self) -> int:
+        return sum(
+            1 for folder in ("arrays", "examples") for entry in os.scandir(self.root / folder)
+            if not entry.name.startswith(".")
+        )
 
     def _collect_leftovers(self) -> None:
         """Once per process, at open: what crashed saves left (:meth:`_sweep`).  It waits for no other process's
@@ -1065,7 +1085,7 @@ class ClassifierStore:
                 if name in keep or Path(entry.path) in doomed or not entry.is_file(follow_symlinks=False):
                     continue
                 leftover = name.startswith(".") and name.endswith(".tmp")  # model.files.atomic_write's
-                if folder == "examples" and not name.startswith("."):
+                if folder == "examples" and _EXAMPLE_FILE.fullmatch(name):  # the store's own names only
                     doomed[Path(entry.path)] = None
                 elif (leftover or (folder == "arrays" and name.endswith(".npz"))) and self._older(entry, old):
                     doomed[Path(entry.path)] = None

@@ -482,6 +482,13 @@ def _serve(argv: list[str] | None, on_exit: ExitStack) -> int:
             f"no index at {settings.index} ({_source(args, ('index',))}): build one with `keepfit index build "
             f"--out {settings.index}`, fix the path, or set KEEPFIT_INDEX_OPTIONAL=true to start without it"
         )
+    store = settings.classifiers_dir
+    if store.exists() and not store.is_dir():
+        # it started, logged "none there yet", and every classifier request was a 503 "[Errno 17] File exists"
+        raise ConfigError(
+            f"the classifier store {store}{' (KEEPFIT_CLASSIFIERS)' if settings.classifiers is not None else ''} is a "
+            "file, not a folder: name a folder (it is created if missing)"
+        )
     # Before the model loads (which takes a while): a taken port is reported at once.
     check_port_free(settings.host, settings.port, _source(args, ("port",)))
     from model.artifact import load_artifact

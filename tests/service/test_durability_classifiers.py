@@ -272,6 +272,41 @@ def test_what_a_killed_save_left_is_collected_when_the_store_opens(tmp_path: Pat
     assert reopened.read_arrays(reopened.get("kept"))["center"].tolist() == [1.0] * 4
 
 
+def test_opening_a_folder_without_a_database_removes_nothing_in_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Opening a store collected every file in examples/ that its database did not refer to: a user's own folder
+    with an examples/ subfolder, pointed at by mistake, lost its files to `keepfit classifier fit`, and a store
+    whose database had been emptied to 0 bytes lost every uploaded image to `keepfit classifier list` or a GET.
+    A store without its database collects nothing; in one that has it, only the store's own names go."""
+    mine = tmp_path / "study"
+    (mine / "examples").mkdir(parents=True)
+    (mine / "examples" / "notes.txt").write_text("mine")
+    (mine / "examples" / ("c" * 64)).write_bytes(b"looks like the store's")
+    with caplog.at_level(logging.WARNING, logger="service.classifiers"):
+        ClassifierStore(mine)
+    assert (mine / "examples" / "notes.txt").read_text() == "mine" and (mine / "examples" / ("c" * 64)).is_file()
+    assert "had no database but its arrays/ and examples/ folders hold 2 file(s)" in caplog.text
+
+    damaged = tmp_path / "damaged"
+    store = ClassifierStore(damaged)
+    _saved(store, "kept", "k")
+    held = sorted(p.name for p in (damaged / "examples").iterdir())
+    assert len(held) == 2
+    (damaged / "classifiers.sqlite").write_bytes(b"")  # emptied
+    for extra in ("classifiers.sqlite-wal", "classifiers.sqlite-shm"):
+        (damaged / extra).unlink(missing_ok=True)
+    assert ClassifierStore(damaged).all_rows() == []
+    assert sorted(p.name for p in (damaged / "examples").iterdir()) == held
+
+    # a store with its database: an unreferenced upload goes, a file of another name stays
+    store = ClassifierStore(tmp_path / "store")
+    (tmp_path / "store" / "examples" / ("d" * 64)).write_bytes(b"unreferenced upload")
+    (tmp_path / "store" / "examples" / "README.txt").write_text("an operator's note")
+    ClassifierStore(tmp_path / "store")
+    assert sorted(p.name for p in (tmp_path / "store" / "examples").iterdir()) == ["README.txt"]
+
+
 def test_opening_beside_a_save_in_progress_neither_waits_nor_collects(tmp_path: Path) -> None:
     """Two workers share the store: one opening while the other holds the write lock must not stall its first
     request for the lock (up to 30 s) nor remove anything; the collection happens at a later open or change."""

@@ -113,6 +113,22 @@ def test_serve_names_the_variable_when_the_index_came_from_it(default_artifact: 
     assert done.stderr.strip().splitlines()[-1].startswith("error: no index at indexes/typo (KEEPFIT_INDEX): ")
 
 
+def test_serve_refuses_a_classifier_store_that_is_a_file(default_artifact: Path, tmp_path: Path) -> None:
+    """It started, logged "none there yet", and every classifier request was a 503 "[Errno 17] File exists"."""
+    (tmp_path / "labels.csv").write_text("path\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "KEEPFIT_CLASSIFIERS": str(tmp_path / "labels.csv")}
+    done = subprocess.run(
+        [sys.executable, "-m", "model.cli", "serve", "--artifact", str(default_artifact)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: the classifier store {tmp_path / 'labels.csv'} (KEEPFIT_CLASSIFIERS) is a file, not a folder: name a "
+        "folder (it is created if missing)"
+    )
+    assert "loaded artifact" not in done.stderr
+
+
 def test_serve_reports_a_taken_port_before_loading_the_model(default_artifact: Path, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
