@@ -181,15 +181,19 @@ def list_models() -> list[str]:
 def get_config(name_or_path: str | Path) -> ModelConfig:
     """A registered config by name, or a config JSON file by path."""
     path = Path(name_or_path)
+    files = _config_files()
     if path.suffix == ".json" and path.is_file():
-        text = path.read_text()
+        file = path
+    elif str(name_or_path) in files:
+        file = files[str(name_or_path)]
+    elif path.suffix == ".json":
+        raise ConfigError(f"config file not found: {path}")
     else:
-        files = _config_files()
-        if str(name_or_path) not in files:
-            raise ConfigError(f"unknown model config {str(name_or_path)!r}; known: {', '.join(sorted(files))}")
-        text = files[str(name_or_path)].read_text()
+        raise ConfigError(f"unknown model config {str(name_or_path)!r}; known: {', '.join(sorted(files))}")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"config {name_or_path} cannot be read: {err.strerror or err}") from err
+    except ValueError as err:  # not JSON, or not UTF-8 text at all
         raise ConfigError(f"config {name_or_path} is not valid JSON: {err}") from err
     return ModelConfig.from_dict(data)

@@ -504,8 +504,8 @@ def _read_reports(items: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
         reports = []
         for path in paths.split(","):
             try:
-                report = json.loads(Path(path).read_text())
-            except (OSError, json.JSONDecodeError) as err:
+                report = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:  # ValueError: not JSON, or not text at all (a PNG beside it)
                 raise DataError(f"cannot read suite report {path}: {err}") from err
             if not isinstance(report, dict) or report.get("command") != "suite" or not isinstance(
                     report.get("summary"), dict):

@@ -40,6 +40,12 @@ def test_config_round_trip_and_strictness(tmp_path: Path) -> None:
     path = tmp_path / "custom.json"
     path.write_text(json.dumps({**cfg.to_dict(), "name": "custom", "embed_dim": 256}))
     assert get_config(path).embed_dim == 256
+    # a binary file named .json was a UnicodeDecodeError traceback; a missing one "unknown model config"
+    (tmp_path / "binary.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match="binary.json is not valid JSON: 'utf-8' codec can't decode"):
+        get_config(tmp_path / "binary.json")
+    with pytest.raises(ConfigError, match="config file not found: .*missing.json"):
+        get_config(tmp_path / "missing.json")
 
 
 def test_knowledge_prompts_are_modality_specific() -> None:

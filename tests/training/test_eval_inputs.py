@@ -90,6 +90,13 @@ def test_compare_refuses_reports_of_different_splits_and_names_an_incomplete_one
     assert f"cannot compare suite report {old_path}" in err and "'atlas_retrieval'" in err
     assert len(err.strip().splitlines()) == 1
 
+    # the suite's confusion PNG beside its report.json, tab-completed by mistake: a UnicodeDecodeError traceback
+    png = tmp_path / "confusion.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    assert keepfit(["eval", "compare", f"a={png}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read suite report {png}: 'utf-8' codec") and len(err.strip().splitlines()) == 1
+
 
 def test_compare_shows_a_value_a_report_could_not_measure_as_a_dash(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
