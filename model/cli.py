@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: `keepfit {ns.command}` needs {err.name!r}; install the matching extra (see README)",  # noqa: T201
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while a command's modules (torch: a second or two) are imported
+        print("interrupted", file=sys.stderr)  # noqa: T201
+        return 130
     return run_command(func, argv[1:])
 
 

@@ -135,6 +135,9 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
     use_format(fmt)
     # faiss announces at INFO which CPU build it loaded, on every start: not news for a user of any command
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # torch's fake-tensor cache prints its statistics at exit at INFO, after a command's own last line (an
+    # interrupted export, say)
+    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.WARNING)
     # Pillow at DEBUG prints every EXIF/TIFF tag it reads (a patient's name in Artist or ImageDescription, say);
     # pydicom's warnings are silenced where it is used (model/dicom.py)
     logging.getLogger("PIL").setLevel(logging.INFO)

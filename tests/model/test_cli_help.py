@@ -250,3 +250,18 @@ def test_a_name_the_terminal_cannot_show_is_escaped_not_a_traceback(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert f"-> {tmp_path}/\\u60a3\\u8005.jsonl" in done.stdout and "Traceback" not in done.stderr
     assert out.read_text(encoding="utf-8").count("\n") == 2
+
+
+def test_ctrl_c_while_a_command_is_imported_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C in the first second or two of `keepfit export` or `train` (torch being imported) was a 40-line
+    traceback ending in KeyboardInterrupt; later in the run it was already "interrupted", status 130."""
+    import model.cli as cli
+
+    def importing(target: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_resolve", importing)
+    assert main(["export", "--config", "keepfit-tiny", "--random-init", "--out", "x"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
