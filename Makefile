@@ -56,7 +56,7 @@ install-system:
 	fi
 
 serve: install
-	$(VENV)/bin/keepfit serve --artifact $(ARTIFACT) $(if $(INDEX),--index $(INDEX)) --host $(HOST) --port $(PORT)
+	$(VENV)/bin/keepfit serve --artifact '$(ARTIFACT)' $(if $(INDEX),--index '$(INDEX)') --host '$(HOST)' --port '$(PORT)'
 
 test: install
 	$(PY) -m pytest

@@ -122,3 +122,11 @@ def test_the_wheel_holds_the_library_and_its_data_but_no_benchmarks(tmp_path: Pa
                    # PEP 561: a user's type checker reads the annotations
                    "model/py.typed", "index/py.typed", "service/py.typed", "training/py.typed"):
         assert needed in names, needed
+
+
+def test_make_serve_passes_a_path_with_a_space_as_one_argument() -> None:
+    """`make serve INDEX='indexes/clinic 2026'` was "unrecognized arguments: 2026"."""
+    done = _make("-n", "serve", "INDEX=indexes/clinic 2026", "ARTIFACT=artifacts/my model", "VENV=/v")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert "--artifact 'artifacts/my model' --index 'indexes/clinic 2026'" in line
