@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
+import math
 import os
 import signal
 import socket
@@ -23,6 +25,54 @@ from model.cores import cpu_cgroups
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+# Argument types for the benchmarks' flags: a count of 0, a rate of 0 or a list without a number ended a run in a
+# ZeroDivisionError or StatisticsError traceback, or printed nan rows with status 0, often after minutes of work.
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """``4,8,16``: one or more whole numbers of at least 1."""
+    values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more whole numbers, e.g. 4,8,16")
+    return values
+
+
+def positive_floats_or_none(text: str) -> list[float]:
+    """``100,1000``, or ``''`` for none (a phase skipped)."""
+    return [positive_float(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def writable_json(text: str) -> Path:
+    """A ``--json`` output, checked before the run: a missing folder was a traceback after all the measuring."""
+    path = Path(text)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} is not writable")
+    return path
 
 
 def real_images(data_root: Path, per_modality: int) -> list[tuple[str, Path]]:

@@ -58,8 +58,13 @@ from service.benchmarks._common import (
     multipart_body,
     op_dicom,
     pct,
+    positive_float,
+    positive_floats_or_none,
+    positive_int,
+    positive_ints,
     serve,
     server_pids,
+    writable_json,
 )
 
 PAUSE_S = 0.02
@@ -366,7 +371,7 @@ def link_phase(base: str, jpegs: list[bytes], mbps: float, misses: int) -> dict[
 def _link_report(args: argparse.Namespace, inputs: dict[str, list[bytes]], floor_ms: float) -> dict[str, Any]:
     """:func:`link_phase` at each ``--link-mbps`` for a server with and one without early decoding, for the camera
     JPEGs and (fewer requests: each is 5.6 MB) their PNG."""
-    rates = [float(r) for r in args.link_mbps.split(",") if r]
+    rates = args.link_mbps
     out: dict[str, Any] = {}
     server_args = ["--artifact", str(args.artifact.resolve())]
     for early in ("true", "false"):
@@ -391,21 +396,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--repeats", type=int, default=11, help="per-stage samples per format and path")
-    p.add_argument("--misses", type=int, default=22, help="sequential cache-miss requests")
-    p.add_argument("--clients", default="4,8,16")
-    p.add_argument("--seconds", type=float, default=10.0, help="per throughput level and per core-limit run")
-    p.add_argument("--cores", type=int, default=available_cores(), help="default: the cores this process may use")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads of the server")
-    p.add_argument("--concurrency", type=int, default=None, help="KEEPFIT_INFERENCE_CONCURRENCY of the server")
+    p.add_argument("--repeats", type=positive_int, default=11, help="per-stage samples per format and path")
+    p.add_argument("--misses", type=positive_int, default=22, help="sequential cache-miss requests")
+    p.add_argument("--clients", type=positive_ints, default="4,8,16")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="per throughput level and per core-limit run")
+    p.add_argument("--cores", type=positive_int, default=available_cores(), help="default: the cores this process may use")
+    p.add_argument("--workers", type=positive_int, default=1, help="uvicorn workers of the server")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads of the server")
+    p.add_argument("--concurrency", type=positive_int, default=None, help="KEEPFIT_INFERENCE_CONCURRENCY of the server")
     p.add_argument("--baseline-root", type=Path, default=None, help="also serve this checkout (before/after)")
     p.add_argument("--configs", default="", help="server settings to compare, WORKERSxRUNSxTHREADS,...")
-    p.add_argument("--link-mbps", default="100,1000",
+    p.add_argument("--link-mbps", type=positive_floats_or_none, default="100,1000",
                    help="paced-upload rates for the network phase, comma-separated ('' skips it)")
     p.add_argument("--skip-stages", action="store_true")
     p.add_argument("--skip-server", action="store_true")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--json", type=writable_json, default=None, help="also write the figures here")
     p.add_argument("--rss-child", nargs=2, metavar=("PATH", "FILE"), help=argparse.SUPPRESS)
     p.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)
     return p
@@ -476,7 +481,7 @@ def _server_report(args: argparse.Namespace, jpegs: list[bytes], threads: int, f
             limits[w].append(core_limit(args.artifact, jpegs, args.cores, args.seconds, w))
 
     measure_limits()
-    clients = [int(c) for c in args.clients.split(",") if c]
+    clients = args.clients
     servers: dict[str, Any] = {}
     for name, root, env in _servers(args):
         server_args = ["--artifact", str(args.artifact.resolve())]
@@ -556,5 +561,20 @@ def _write(path: Path | None, report: dict[str, Any]) -> None:
         path.write_text(json.dumps(report, indent=2, default=str))
 
 
+def _main() -> int:
+    """:func:`main`, with a refused input (a missing artifact or data folder, settings the server refuses) as one
+    line and status 2."""
+    import pydantic
+
+    from model.errors import KeepfitError
+
+    try:
+        return main()
+    except (KeepfitError, pydantic.ValidationError) as err:
+        first = str(err).strip().splitlines()
+        print(f"error: {' '.join(first[:3]) if first else type(err).__name__}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_main())

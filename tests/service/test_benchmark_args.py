@@ -1,0 +1,55 @@
+"""The camera benchmark's flags: a count of 0, a rate of 0 or a list without a number ended a run in a
+ZeroDivisionError or StatisticsError traceback (or nan rows, status 0), often after minutes of measuring; a
+``--json`` in a missing folder failed only after the whole run. Each is now argparse's one line, status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.benchmarks import camera_speed
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--link-mbps", "0", "must be a positive number"),
+        ("--link-mbps", "nan", "must be a positive number"),
+        ("--repeats", "0", "must be at least 1"),
+        ("--misses", "-1", "must be at least 1"),
+        ("--seconds", "0", "must be a positive number"),
+        ("--clients", "abc", "is not a whole number"),
+        ("--clients", ",", "give one or more whole numbers"),
+        ("--clients", "4,0", "must be at least 1"),
+        ("--cores", "0", "must be at least 1"),
+        ("--threads", "0", "must be at least 1"),
+        ("--json", "/nonexistent-folder/x.json", "the folder /nonexistent-folder does not exist"),
+    ],
+)
+def test_a_bad_flag_is_refused_before_any_measuring(
+    flag: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        camera_speed._parser().parse_args([flag, value])
+    assert stop.value.code == 2
+    assert says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_good_lists_and_an_empty_rate_list_parse() -> None:
+    args = camera_speed._parser().parse_args(["--clients", "4, 8,16", "--link-mbps", ""])
+    assert args.clients == [4, 8, 16] and args.link_mbps == []
+    assert camera_speed._parser().parse_args([]).link_mbps == [100.0, 1000.0]
+
+
+def test_a_missing_artifact_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.argv", ["camera_speed", "--artifact", str(tmp_path / "none"), "--skip-stages",
+                                     "--skip-server", "--link-mbps", "", "--data-root", str(tmp_path)])
+    (tmp_path / "camera_originals").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "camera_originals" / "a.jpg")
+    assert camera_speed._main() == 2
+    assert capsys.readouterr().err.strip() == f"error: artifact directory not found: {tmp_path / 'none'}"
