@@ -138,6 +138,12 @@ def _sources(args: argparse.Namespace) -> Any:
     if not args.manifest and (args.split is not None or args.label_columns is not None):
         # else ignored: `--images DIR --split test` indexed every image of the folder
         raise DataError("--split and --label-columns select a manifest's rows and columns: give --manifest CSV")
+    if args.modality is not None:
+        from index.query import resolve_modality_filter
+        from model.config import MODALITIES
+
+        # `--modality XYZ` was stored for every image, which no search for CFP, FFA or OCT then found
+        args.modality = resolve_modality_filter(args.modality, MODALITIES)
     sets = [sources.from_folder(d, args.modality, args.labels_from_folders) for d in args.images]
     if args.manifest:
         sets.append(

@@ -557,3 +557,16 @@ def test_build_counts_files_that_are_not_of_an_eye(
     code, out, _ = run(capsys, "build", "--artifact", str(default_artifact), "--images", str(folder), "--out",
                        str(tmp_path / "idx2"))
     assert code == 0 and "unrecognised: 2 images are unlike every image the model was trained on" in out, out
+
+
+def test_an_unknown_modality_is_refused_and_one_in_another_case_is_taken(
+    capsys: pytest.CaptureFixture[str], archive: Archive, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """`--modality XYZ` was stored for every image, and no search for CFP, FFA or OCT found them."""
+    args = ["build", "--artifact", str(tiny_artifact), "--images", str(archive.root / "oct"), "--out"]
+    code, _, err = run(capsys, *args, str(tmp_path / "a"), "--modality", "XYZ")
+    assert code == 2 and err.strip() == "error: unknown modality 'XYZ'; use one of CFP, FFA, OCT"
+    assert not (tmp_path / "a").exists()
+    code, _, _ = run(capsys, *args, str(tmp_path / "b"), "--modality", "oct")
+    assert code == 0
+    assert json.loads((tmp_path / "b" / "index_manifest.json").read_text())["stats"]["modalities"] == {"OCT": 6}
