@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int_at_least(1), help="keep only the N most probable categories per image")
     p.add_argument("--classifier", help="a few-shot classifier's name (its store: --store, else as keepfit classifier)")
     p.add_argument("--store", help="the classifier store (default: as `keepfit classifier`)")
-    p.add_argument("--threads", type=int_at_least(1), help="images at once (default: the cores this process may use)")
+    p.add_argument("--threads", type=int_at_least(1, 256), help="images at once (default: the cores this process may use)")
     return p
 
 

@@ -350,3 +350,16 @@ def test_the_summary_points_at_where_the_output_file_keeps_the_warnings(
     (folder / "0.jpg").unlink()
     assert keepfit([*args, "--images", str(folder), "--out", str(tmp_path / "results.csv")]) == 0
     assert "images with warnings: none\n" in capsys.readouterr().out
+
+
+def test_too_many_threads_is_the_flag_s_error_not_a_setting_s(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--threads 100000` said "bad settings: KEEPFIT_INFERENCE_CONCURRENCY: Input should be <= 256", a setting
+    the user never set."""
+    with pytest.raises(SystemExit) as stop:
+        keepfit(["classify", "--images", str(folder), "--out", str(tmp_path / "r.csv"), "--threads", "100000"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "keepfit classify: error: argument --threads: must be from 1 to 256, got 100000"
+    )
