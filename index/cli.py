@@ -570,6 +570,18 @@ def bench_main(argv: list[str]) -> int:
     _json_target(args.json)
     if args.n < 2 or args.dim < 1 or args.k < 1 or args.k > args.n:
         raise DataError(f"need n >= 2, dim >= 1 and 1 <= k <= n (got n={args.n}, dim={args.dim}, k={args.k})")
+    from model.cores import cgroup_memory_limit
+
+    # the vectors, the index's copy of them and the queries' exact answers, before any index structure: a billion
+    # was numpy's "Unable to allocate 1.86 TiB" traceback
+    need = 3 * args.n * args.dim * 4
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = min(memory, cgroup_memory_limit() or memory)
+    if need > memory:
+        raise DataError(
+            f"--n {args.n:,} vectors of --dim {args.dim} need about {need / (1 << 30):.1f} GiB of memory at least, "
+            f"above the {memory / (1 << 30):.1f} GiB this process may use: give a smaller --n"
+        )
     result = run_bench(
         args.n,
         args.dim,

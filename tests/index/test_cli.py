@@ -570,3 +570,10 @@ def test_an_unknown_modality_is_refused_and_one_in_another_case_is_taken(
     code, _, _ = run(capsys, *args, str(tmp_path / "b"), "--modality", "oct")
     assert code == 0
     assert json.loads((tmp_path / "b" / "index_manifest.json").read_text())["stats"]["modalities"] == {"OCT": 6}
+
+
+def test_bench_refuses_more_vectors_than_memory_holds(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--n 1000000000` was numpy's "Unable to allocate 1.86 TiB" traceback."""
+    code, _, err = run(capsys, "bench", "--n", "1000000000")
+    assert code == 2 and err.startswith("error: --n 1,000,000,000 vectors of --dim 512 need about 5722.0 GiB")
+    assert len(err.strip().splitlines()) == 1
