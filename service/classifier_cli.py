@@ -152,7 +152,9 @@ def _manifest_examples(args: argparse.Namespace) -> list[tuple[str, Path]]:
             paths = rng.sample(paths, min(args.per_class, len(paths)))
         out.extend((label, p) for p in paths)
     if not out:
-        raise DataError(f"no labelled rows in {path} (column {args.label_column!r}, split {args.split!r})")
+        chosen = f"column {args.label_column!r}" + (f", split {args.split!r}" if args.split else "") + (
+            f", modality {args.modality!r} where a row names one" if args.modality else "")
+        raise DataError(f"no labelled rows in {path} ({chosen})")
     return out
 
 

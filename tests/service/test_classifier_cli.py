@@ -244,3 +244,17 @@ def test_a_store_that_cannot_be_created_is_refused_before_any_image_is_embedded(
         assert code == 2 and len(lines) == 1, lines
         assert f"cannot create the classifier store {store}: it {says}" in lines[0]
     assert a_file.read_text() == "not a store"
+
+
+def test_a_modality_that_leaves_no_rows_is_named(
+    default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--modality OCT` on a manifest of photographs said only "(column 'dme', split None)"."""
+    (tmp_path / "m.csv").write_text("path,dme,modality\na.jpg,yes,CFP\nb.jpg,no,CFP\n")
+    code = keepfit(["classifier", "fit", "--store", str(tmp_path / "store"), "--name", "x", "--artifact",
+                    str(default_artifact), "--manifest", str(tmp_path / "m.csv"), "--label-column", "dme",
+                    "--modality", "OCT"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "(column 'dme', modality 'OCT' where a row names one)"
+    )
