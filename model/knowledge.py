@@ -350,7 +350,8 @@ def build_knowledge(
     abbreviations.update(ours["abbreviations"])
     apath = Path(aliases_path)
     words = read_json(apath, "aliases file")
-    if not isinstance(words, dict) or not all(isinstance(words.get(k) or {}, dict) for k in ("spelling", "aliases")):
+    # both keys present: an empty object (or a file of another kind) built knowledge with no aliases, status 0
+    if not isinstance(words, dict) or not all(isinstance(words.get(k, None), dict) for k in ("spelling", "aliases")):
         raise ConfigError(f"aliases file {apath} must be a JSON object with 'aliases' and 'spelling' objects")
     spelling = {str(k).lower(): str(v).lower() for k, v in (words.get("spelling") or {}).items()}
     _attach_aliases(categories, words.get("aliases") or {}, abbreviations, spelling, apath)

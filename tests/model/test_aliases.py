@@ -145,6 +145,15 @@ def test_the_build_refuses_ambiguous_aliases(data_root: Path, tmp_path: Path, al
         build_knowledge(data_root / "text" / "knowledge_dictionary.json", _aliases_file(tmp_path, aliases))
 
 
+@pytest.mark.parametrize("content", [{}, {"aliases": {}}, {"spelling": {}}, [], {"aliases": [], "spelling": {}}])
+def test_an_aliases_file_without_both_objects_is_refused(data_root: Path, tmp_path: Path, content: object) -> None:
+    """An empty object built knowledge with 100 aliases where 326 were meant, and status 0."""
+    path = tmp_path / "aliases.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match="must be a JSON object with 'aliases' and 'spelling' objects"):
+        build_knowledge(data_root / "text" / "knowledge_dictionary.json", path)
+
+
 def test_the_packaged_aliases_are_unambiguous(data_root: Path) -> None:
     built = build_knowledge(data_root / "text" / "knowledge_dictionary.json", ALIASES_FILE)
     k = Knowledge(built)
