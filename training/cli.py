@@ -631,9 +631,16 @@ def eval_main(argv: list[str]) -> int:
         report = evalcmd.run_synonyms(runtime, resolve_data_root(args.data_root), args.split, out, args.batch_size,
                                       only=args.task)
     else:
+        categories = None
+        if args.categories is not None:
+            categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+            twice = sorted({c for c in categories if categories.count(c) > 1})
+            if not categories or twice:  # '' fell back to the labels present without a word
+                raise DataError(f"--categories {args.categories!r}: " + (
+                    f"names {twice[0]!r} twice" if twice else "names no category (or leave it out for the labels present)"))
         spec = evalcmd.TaskArgs(
             manifest=args.manifest, label_column=args.label_column,
-            categories=[c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None,
+            categories=categories,
             modality=args.modality, split=args.split, where=_where(args.where), require=list(args.require),
         )
         if args.command == "zero-shot":

@@ -163,3 +163,18 @@ def test_record_into_a_checkpoint_of_another_training_is_refused(
     err = capsys.readouterr().err
     assert code == 2 and "was not exported from" in err and "differs in name, stage" in err, err
     assert ckpt.read_bytes() == before and not (tmp_path / "cal").exists()
+
+
+@pytest.mark.parametrize(("given", "says"), [("", "names no category"), (",,", "names no category"),
+                                             ("normal,normal", "names 'normal' twice")])
+def test_categories_that_name_nothing_or_one_twice_are_refused(
+    tmp_path: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str], given: str, says: str
+) -> None:
+    """`--categories ''` fell back to the labels present without a word; `a,a` said "needs at least 2"."""
+    (tmp_path / "m.csv").write_text("path,label\na.jpg,normal\nb.jpg,glaucoma\n")
+    code = keepfit(["eval", "zero-shot", "--artifact", str(default_artifact), "--manifest", str(tmp_path / "m.csv"),
+                    "--label-column", "label", "--categories", given, "--out", str(tmp_path / "ev")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: --categories {given!r}: {says}" + (
+        " (or leave it out for the labels present)" if "no category" in says else "")
