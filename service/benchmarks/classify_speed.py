@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, real_images, serve
+from service.benchmarks._common import (
+    DEFAULT_DATA,
+    ROOT,
+    Http,
+    multipart_body,
+    real_images,
+    serve,
+    writable_json,
+)
 
 PAUSE_S = 0.05
 
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads (default 1: on a shared CPU OpenMP's spinning makes more threads several times slower)",
     )
     p.add_argument("--baseline-root", type=Path, help="also measure a server of this checkout (before/after)")
-    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--json", type=writable_json, help="also write the figures here")
     args = p.parse_args(argv)
 
     from model.preprocess import load_image

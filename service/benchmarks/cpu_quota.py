@@ -24,7 +24,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, cpu_limited, multipart_body, serve
+from service.benchmarks._common import (
+    DEFAULT_DATA,
+    ROOT,
+    Http,
+    cpu_limited,
+    multipart_body,
+    positive_float,
+    serve,
+    writable_json,
+)
 from service.benchmarks.camera_speed import camera_inputs, load_level
 
 
@@ -63,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--cpus", type=float, default=1.0, help="the cgroup's CPU quota (docker --cpus)")
+    p.add_argument("--cpus", type=positive_float, default=1.0, help="the cgroup's CPU quota (docker --cpus)")
     p.add_argument("--host-cores", type=int, default=16, help="the host whose core count the old sizing used")
     p.add_argument("--clients", default="1,4,16")
-    p.add_argument("--seconds", type=float, default=8.0, help="per client level")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--seconds", type=positive_float, default=8.0, help="per client level")
+    p.add_argument("--json", type=writable_json, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",") if c]
     jpegs = camera_inputs(args.data_root)["JPEG"]

@@ -20,7 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.benchmarks._common import DEFAULT_DATA, ROOT, Http, multipart_body, real_images, serve
+from service.benchmarks._common import (
+    DEFAULT_DATA,
+    ROOT,
+    Http,
+    multipart_body,
+    real_images,
+    serve,
+    writable_json,
+)
 
 PAUSE_S = 0.05
 
@@ -42,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images-per-modality", type=int, default=10)
     p.add_argument("--explain-top", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
-    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--json", type=writable_json, help="also write the figures here")
     args = p.parse_args(argv)
 
     images = [(m, path.read_bytes()) for m, path in real_images(args.data_root, args.images_per_modality)]

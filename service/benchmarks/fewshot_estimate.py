@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from model import fewshot
-from service.benchmarks._common import DEFAULT_DATA, ROOT
+from service.benchmarks._common import DEFAULT_DATA, ROOT, writable_json
 
 MODALITY = "CFP"
 NO = "no diabetic retinopathy"
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truth", choices=("test", "val"), default="test",
                         help="the split the fitted classifiers are scored on (val: where RANGE_WIDEN was chosen)")
-    parser.add_argument("--json", type=Path, help="also write every fit's row here")
+    parser.add_argument("--json", type=writable_json, help="also write every fit's row here")
     args = parser.parse_args(argv)
     labels = args.data_root / "dr_sh_600" / "labels.csv"
     if not labels.is_file():

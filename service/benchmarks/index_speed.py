@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from model.cores import available_cores
-from service.benchmarks._common import DEFAULT_DATA, ROOT
+from service.benchmarks._common import DEFAULT_DATA, ROOT, writable_json
 
 
 def make_archive(data_root: Path, copies: int, folder: Path) -> int:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray", action="store_true", help="also build on a local Ray instance")
     p.add_argument("--ray-cpus", type=int, default=max(2, available_cores()))
     p.add_argument("--baseline-root", type=Path, default=None, help="also build with this checkout")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--json", type=writable_json, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     artifact = args.artifact.resolve()
     roots = [("now", ROOT)] + ([("before", args.baseline_root.resolve())] if args.baseline_root else [])

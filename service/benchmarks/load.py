@@ -29,9 +29,12 @@ from service.benchmarks._common import (
     Http,
     multipart_body,
     pct,
+    positive_float,
+    positive_int,
     real_images,
     rss_mib,
     serve,
+    writable_json,
 )
 
 QUERIES = [
@@ -120,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     p.add_argument("--index", type=Path, help="an index to search (default: build one of the test split)")
     p.add_argument("--redis-url", help="use Redis as the cache (default: in-process)")
-    p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--images", type=int, default=150, help="images per modality in the classify pool")
+    p.add_argument("--clients", type=positive_int, default=32)
+    p.add_argument("--seconds", type=positive_float, default=60.0)
+    p.add_argument("--images", type=positive_int, default=150, help="images per modality in the classify pool")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cache-off", action="store_true", help="no response cache: every request runs the model")
-    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--json", type=writable_json, help="also write the figures here")
     args = p.parse_args(argv)
 
     images = [path.read_bytes() for _, path in real_images(args.data_root, args.images)]

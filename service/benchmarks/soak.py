@@ -39,7 +39,17 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.benchmarks._common import DEFAULT_DATA, ROOT, real_images, rss_mib, serve, server_pids
+from service.benchmarks._common import (
+    DEFAULT_DATA,
+    ROOT,
+    positive_float,
+    positive_int,
+    real_images,
+    rss_mib,
+    serve,
+    server_pids,
+    writable_json,
+)
 from service.benchmarks.load import QUERIES, build_index
 
 ADMIN_KEY = "soak-admin-key"
@@ -257,12 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--clients", type=int, default=6)
+    p.add_argument("--minutes", type=positive_float, default=10.0)
+    p.add_argument("--clients", type=positive_int, default=6)
     p.add_argument("--sample-s", type=float, default=5.0)
-    p.add_argument("--images", type=int, default=100, help="images per modality in the pool")
+    p.add_argument("--images", type=positive_int, default=100, help="images per modality in the pool")
     p.add_argument("--redis-url", help="use Redis as the response cache (default: in-process)")
-    p.add_argument("--json", type=Path, help="also write the figures and samples here")
+    p.add_argument("--json", type=writable_json, help="also write the figures and samples here")
     args = p.parse_args(argv)
 
     pool = real_images(args.data_root, args.images)

@@ -35,6 +35,7 @@ from service.benchmarks._common import (
     real_images,
     serve,
     server_pids,
+    writable_json,
 )
 
 SIDE = 6000
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--side", type=int, default=SIDE, help="side of the square worst-case images")
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/keepfit-worst-case"))
     p.add_argument("--baseline-root", type=Path, default=None, help="also serve this checkout (before/after)")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=writable_json, default=None)
     args = p.parse_args(argv)
 
     heavy = [multipart_body(d) for d in worst_cases(args.cache_dir, args.side).values()]

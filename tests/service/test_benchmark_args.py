@@ -53,3 +53,22 @@ def test_a_missing_artifact_is_one_line(
     Image.new("RGB", (64, 48)).save(tmp_path / "camera_originals" / "a.jpg")
     assert camera_speed._main() == 2
     assert capsys.readouterr().err.strip() == f"error: artifact directory not found: {tmp_path / 'none'}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["service.benchmarks.classify_speed", "--json", "/nonexistent-folder/x.json"],
+        ["service.benchmarks.soak", "--json", "/nonexistent-folder/x.json"],
+        ["service.benchmarks.cpu_quota", "--cpus", "0"],  # clamped to 1 % of a core: it ran on and on
+        ["service.benchmarks.load", "--clients", "0"],  # nan rows, status 0
+        ["service.benchmarks.soak", "--minutes", "0"],
+    ],
+)
+def test_other_benchmarks_refuse_a_bad_flag_at_once(argv: list[str]) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: argument" in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
