@@ -509,27 +509,30 @@ class ClassifierStore:
                 logger.warning("classifier store %s: its last changes are in %s, which cannot be read here", root, wal)
             return
         self.created = not self.db_path.exists()
-        # A store without its database (a new one, a folder that only looks like one, a database emptied to 0
-        # bytes) has no leftovers to collect: every file in its folders would read as unreferenced, and the sweep
-        # deleted a user's own examples/ folder, or a damaged store's images, on a read (`classifier list`).
-        fresh = self.created or self.db_path.stat().st_size == 0
+        # A store without its database (a folder that only looks like one, a database emptied to 0 bytes) whose
+        # folders hold files is not opened: every file there would read as unreferenced, and the collection at
+        # each open deleted them (a user's own examples/ folder named by mistake lost its files to `classifier
+        # fit`, a damaged store every uploaded image to `classifier list`).  A new store's folders are empty.
+        if (self.created or self.db_path.stat().st_size == 0) and (held := self._files_held()):
+            raise sqlite3.DatabaseError(
+                f"classifier store {root} has no database (or an empty one) but its arrays/ and examples/ folders "
+                f"hold {held} file(s): not opened, so that none of them is removed; restore the store from a backup "
+                "(keepfit classifier restore) or name an empty folder"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "arrays").mkdir(exist_ok=True)
         (self.root / "examples").mkdir(exist_ok=True)
         self._initialise()
-        if not fresh:
-            self._collect_leftovers()
-        elif held := self._files_held():
-            logger.warning(
-                "classifier store %s had no database but its arrays/ and examples/ folders hold %d file(s): left as "
-                "they are (if it held classifiers, restore it from a backup: keepfit classifier restore)", root, held
-            )
+        self._collect_leftovers()
 
     def _files_held(self) -> int:
-        return sum(
-            1 for folder in ("arrays", "examples") for entry in os.scandir(self.root / folder)
-            if not entry.name.startswith(".")
-        )
+        held = 0
+        for folder in ("arrays", "examples"):
+            try:
+                held += sum(1 for entry in os.scandir(self.root / folder) if not entry.name.startswith("."))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return held
 
     def _collect_leftovers(self) -> None:
         """Once per process, at open: what crashed saves left (:meth:`_sweep`).  It waits for no other process's

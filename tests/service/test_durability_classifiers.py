@@ -272,34 +272,41 @@ def test_what_a_killed_save_left_is_collected_when_the_store_opens(tmp_path: Pat
     assert reopened.read_arrays(reopened.get("kept"))["center"].tolist() == [1.0] * 4
 
 
-def test_opening_a_folder_without_a_database_removes_nothing_in_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_folder_without_a_database_whose_folders_hold_files_is_not_opened(tmp_path: Path) -> None:
     """Opening a store collected every file in examples/ that its database did not refer to: a user's own folder
-    with an examples/ subfolder, pointed at by mistake, lost its files to `keepfit classifier fit`, and a store
-    whose database had been emptied to 0 bytes lost every uploaded image to `keepfit classifier list` or a GET.
-    A store without its database collects nothing; in one that has it, only the store's own names go."""
+    with an examples/ subfolder, named by mistake, lost its files to `keepfit classifier fit`, and a store whose
+    database had been emptied to 0 bytes lost every uploaded image to `keepfit classifier list` or a GET. Such a
+    folder is not opened, however often it is tried, and nothing is written into it; in a store with its
+    database only the store's own names are collected."""
     mine = tmp_path / "study"
     (mine / "examples").mkdir(parents=True)
     (mine / "examples" / "notes.txt").write_text("mine")
     (mine / "examples" / ("c" * 64)).write_bytes(b"looks like the store's")
-    with caplog.at_level(logging.WARNING, logger="service.classifiers"):
-        ClassifierStore(mine)
-    assert (mine / "examples" / "notes.txt").read_text() == "mine" and (mine / "examples" / ("c" * 64)).is_file()
-    assert "had no database but its arrays/ and examples/ folders hold 2 file(s)" in caplog.text
+    for _ in range(2):
+        with pytest.raises(sqlite3.DatabaseError, match="has no database .* hold 2 file\\(s\\): not opened"):
+            ClassifierStore(mine)
+    assert sorted(p.name for p in mine.rglob("*")) == sorted(["examples", "notes.txt", "c" * 64])
 
     damaged = tmp_path / "damaged"
     store = ClassifierStore(damaged)
     _saved(store, "kept", "k")
     held = sorted(p.name for p in (damaged / "examples").iterdir())
-    assert len(held) == 2
+    arrays = sorted(p.name for p in (damaged / "arrays").iterdir())
+    assert len(held) == 2 and len(arrays) == 1
     (damaged / "classifiers.sqlite").write_bytes(b"")  # emptied
     for extra in ("classifiers.sqlite-wal", "classifiers.sqlite-shm"):
         (damaged / extra).unlink(missing_ok=True)
-    assert ClassifierStore(damaged).all_rows() == []
+    hour_ago = time.time() - 3600
+    for path in (damaged / "arrays").iterdir():  # as old as a leftover: collected, had the store opened
+        os.utime(path, (hour_ago, hour_ago))
+    for _ in range(2):
+        with pytest.raises(sqlite3.DatabaseError, match="restore the store from a backup"):
+            ClassifierStore(damaged)
     assert sorted(p.name for p in (damaged / "examples").iterdir()) == held
+    assert sorted(p.name for p in (damaged / "arrays").iterdir()) == arrays
+    assert (damaged / "classifiers.sqlite").stat().st_size == 0
 
-    # a store with its database: an unreferenced upload goes, a file of another name stays
+    # a new store in an empty folder opens, and one with its database collects an unreferenced upload only
     store = ClassifierStore(tmp_path / "store")
     (tmp_path / "store" / "examples" / ("d" * 64)).write_bytes(b"unreferenced upload")
     (tmp_path / "store" / "examples" / "README.txt").write_text("an operator's note")
