@@ -7,8 +7,8 @@ One reading policy everywhere, so a file that indexes also trains, and the files
   refused with the line it breaks on and how to save the file as UTF-8, never guessed (a guess writes names wrong);
 - cells separated by commas, or by semicolons or tabs when the header has no comma (Excel in much of Europe, and
   its "Unicode Text", write those);
-- header names and values stripped of surrounding whitespace; a missing cell reads as ``""``; the columns read by
-  name (``path``, ``split``, ``modality``, ``caption``) in any case (``Path``), where that is unambiguous;
+- header names and values stripped of surrounding whitespace; a missing cell reads as ``""``; the ``path`` column
+  in any case (``Path``), where that is unambiguous;
 - a row's path (:func:`listed_file`) relative to the manifest's folder, with ``\\`` read as ``/`` (a path written
   on Windows) and its accents in either Unicode form (a Mac stores them decomposed).
 """
@@ -26,8 +26,9 @@ from pathlib import Path
 
 from model.errors import DataError
 
-# Columns read by their name, matched in any case when the header has no other spelling of them.
-NAMED_COLUMNS = ("path", "split", "modality", "caption")
+# Columns read by their name, matched in any case when the header has no other spelling of them: only ``path``,
+# which is never a label column (``Split`` or ``Modality`` may be one a user names with --label-column).
+NAMED_COLUMNS = ("path",)
 # A path only Windows reads: a drive letter (C:\x, C:/x) or a network share (\\server\share).
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
@@ -132,9 +133,13 @@ def _decode(data: bytes, path: Path) -> str:
 
 
 def _delimiter(text: str) -> str:
-    """``,``; or ``;`` or a tab where the header line has no comma but one of those (Excel's CSV where the decimal
-    mark is a comma, and its "Unicode Text")."""
+    """The delimiter whose header cells include a ``path`` column; else ``,``, or ``;`` or a tab where the header
+    line has no comma but one of those (Excel's CSV where the decimal mark is a comma, and its "Unicode Text")."""
     header = next((line for line in text.splitlines() if line.strip()), "")
+    for delimiter in (",", ";", "\t"):  # the one whose cells (quotes read as quotes) include a path column
+        cells = next(csv.reader([header], delimiter=delimiter), [])
+        if any(c.strip().casefold() == "path" for c in cells):
+            return delimiter
     if "," in header:
         return ","
     return max((";", "\t"), key=header.count) if (";" in header or "\t" in header) else ","
@@ -160,7 +165,7 @@ def listed_file(folder: Path, given: str) -> Path:
     ``\\`` as the folder separator (Windows), and with its accents composed or decomposed (a Mac's file names
     decompose them, a spreadsheet composes what is typed).  A Windows drive or network path (``C:\\...``,
     ``\\\\server\\...``) is refused: it names no file here."""
-    if _WINDOWS_ABSOLUTE.match(given):
+    if _WINDOWS_ABSOLUTE.match(given) and not os.path.lexists(folder / given):  # c:/x may be a folder here
         raise DataError(
             f"{given!r} is a Windows path, which names no file here: list images relative to the manifest's "
             f"folder ({folder}), e.g. photos/a.jpg"

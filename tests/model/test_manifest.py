@@ -78,7 +78,7 @@ def test_a_column_named_twice_is_refused_as_it_could_mean_either(tmp_path: Path,
 @pytest.mark.parametrize(
     ("name", "data"),
     [
-        ("semicolon.csv", "Path;Label;Split\nphotos\\a.jpg;retinopatía;test\n".encode()),  # Excel, comma decimals
+        ("semicolon.csv", 'Path;Label;split;"Comment, left eye"\nphotos\\a.jpg;retinopatía;test;x, y\n'.encode()),  # Excel, comma decimals
         ("bom.csv", "\ufeffpath,Label,split\r\nphotos/a.jpg,retinopatía,test\r\n".encode()),
         ("unicode-text.txt", "PATH\tLabel\tsplit\r\nphotos/a.jpg\tretinopatía\ttest\r\n".encode("utf-16")),
     ],
@@ -92,9 +92,26 @@ def test_a_manifest_as_a_spreadsheet_saves_it(tmp_path: Path, name: str, data: b
     (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
     (tmp_path / name).write_bytes(data)
     manifest = read_manifest(tmp_path / name)
-    assert manifest.columns == ("path", "Label", "split")
+    assert manifest.columns[:3] == ("path", "Label", "split")
     assert manifest.rows[0]["Label"] == "retinopatía" and manifest.rows[0]["split"] == "test"
     assert manifest.resolve(manifest.rows[0]) == tmp_path / "photos" / "a.jpg"
+
+
+def test_only_path_is_read_in_any_case(tmp_path: Path) -> None:
+    """``Modality`` or ``Split`` may be a column a user names with --label-column: renamed to ``modality`` it
+    could no longer be named, and its values would have filtered rows."""
+    (tmp_path / "m.csv").write_text("PATH,Modality,Split\na.jpg,CFP,holdout\n")
+    manifest = read_manifest(tmp_path / "m.csv")
+    assert manifest.columns == ("path", "Modality", "Split")
+    manifest.require_columns(["Modality"], "label column")
+
+
+def test_a_path_that_looks_like_a_windows_drive_but_exists_is_taken(tmp_path: Path) -> None:
+    (tmp_path / "c:").mkdir()
+    (tmp_path / "c:" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "m.csv").write_text("path\nc:/x.jpg\n")
+    manifest = read_manifest(tmp_path / "m.csv")
+    assert manifest.resolve(manifest.rows[0]) == tmp_path / "c:" / "x.jpg"
 
 
 def test_a_column_named_in_two_cases_is_left_as_it_is(tmp_path: Path) -> None:
