@@ -172,8 +172,8 @@ def listed_file(folder: Path, given: str) -> Path:
         )
     file = Path(given).expanduser()
     file = file if file.is_absolute() else folder / file
-    if os.path.lexists(file):
-        return file
+    if (given.isascii() and "\\" not in given) or os.path.lexists(file):
+        return file  # an ASCII path without a backslash has no other spelling: no look at the disk per row
     spellings = [given.replace("\\", "/")] if "\\" in given else [given]
     spellings += [unicodedata.normalize(form, s) for s in list(spellings) for form in ("NFC", "NFD")]
     for spelling in dict.fromkeys(spellings):
