@@ -55,8 +55,12 @@ install-system:
 	  else echo "note: install$$missing with apt for the integration tests (they skip without)"; fi; \
 	fi
 
+# one shell word, whatever the value holds (spaces, quotes)
+quote = '$(subst ','\'',$(1))'
+
 serve: install
-	$(VENV)/bin/keepfit serve --artifact '$(ARTIFACT)' $(if $(INDEX),--index '$(INDEX)') --host '$(HOST)' --port '$(PORT)'
+	$(VENV)/bin/keepfit serve --artifact $(call quote,$(ARTIFACT)) $(if $(INDEX),--index $(call quote,$(INDEX))) \
+	    --host $(call quote,$(HOST)) --port $(call quote,$(PORT))
 
 test: install
 	$(PY) -m pytest

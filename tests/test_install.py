@@ -126,7 +126,11 @@ def test_the_wheel_holds_the_library_and_its_data_but_no_benchmarks(tmp_path: Pa
 
 def test_make_serve_passes_a_path_with_a_space_as_one_argument() -> None:
     """`make serve INDEX='indexes/clinic 2026'` was "unrecognized arguments: 2026"."""
-    done = _make("-n", "serve", "INDEX=indexes/clinic 2026", "ARTIFACT=artifacts/my model", "VENV=/v")
+    import shlex
+
+    done = _make("-n", "serve", "INDEX=indexes/o'brien 2026", "ARTIFACT=artifacts/my model", "VENV=/v", "HOST=127.0.0.1",
+                 "PORT=8000")
     assert done.returncode == 0, done.stderr
-    line = done.stdout.strip().splitlines()[-1]
-    assert "--artifact 'artifacts/my model' --index 'indexes/clinic 2026'" in line
+    command = done.stdout.strip().split("/v/bin/keepfit serve", 1)[1].replace("\\\n", " ")
+    assert shlex.split(command) == ["--artifact", "artifacts/my model", "--index", "indexes/o'brien 2026",
+                                    "--host", "127.0.0.1", "--port", "8000"]
