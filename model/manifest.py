@@ -5,8 +5,8 @@ One reading policy everywhere, so a file that indexes also trains, and the files
 
 - UTF-8, with or without a byte-order mark, or UTF-16 with one (Excel's "Unicode Text"); any other encoding is
   refused with the line it breaks on and how to save the file as UTF-8, never guessed (a guess writes names wrong);
-- cells separated by commas, or by semicolons or tabs when the header has no comma (Excel in much of Europe, and
-  its "Unicode Text", write those);
+- cells separated by commas, semicolons or tabs: the delimiter whose header cells include ``path`` (Excel in much
+  of Europe, and its "Unicode Text", write the other two);
 - header names and values stripped of surrounding whitespace; a missing cell reads as ``""``; the ``path`` column
   in any case (``Path``), where that is unambiguous;
 - a row's path (:func:`listed_file`) relative to the manifest's folder, with ``\\`` read as ``/`` (a path written
@@ -147,7 +147,7 @@ def _delimiter(text: str) -> str:
 
 def _named_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
     """The header with each of :data:`NAMED_COLUMNS` spelled as the readers look it up, where it is spelled in
-    another case (``Path``, ``SPLIT``) by exactly one column and not at all as it is."""
+    another case (``Path``, ``PATH``) by exactly one column and not at all as it is."""
     out = list(columns)
     for name in NAMED_COLUMNS:
         if name in columns:

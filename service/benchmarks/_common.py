@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
 import os
 import signal
 import socket
@@ -21,32 +20,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from model.cli import finite_float, positive_int
 from model.cores import cpu_cgroups
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
 
-# Argument types for the benchmarks' flags: a count of 0, a rate of 0 or a list without a number ended a run in a
-# ZeroDivisionError or StatisticsError traceback, or printed nan rows with status 0, often after minutes of work.
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number")
-    return value
+# Argument types for the benchmarks' flags, the commands' own (model.cli): a count of 0, a rate of 0 or a list
+# without a number ended a run in a ZeroDivisionError or StatisticsError traceback, or printed nan rows with status
+# 0, often after minutes of work.
+positive_float = finite_float(0.0, low_open=True)
 
 
 def positive_ints(text: str) -> list[int]:
