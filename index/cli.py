@@ -511,7 +511,7 @@ def search_main(argv: list[str]) -> int:
 
 
 def eval_main(argv: list[str]) -> int:
-    from index.evaluate import format_table, retrieval_precision
+    from index.evaluate import format_table, nothing_to_evaluate, retrieval_precision
     from index.store import VectorIndex
     from model.runtime import KeepfitRuntime
 
@@ -530,6 +530,9 @@ def eval_main(argv: list[str]) -> int:
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     with VectorIndex.open(args.index, runtime.version, expected_dim=runtime.embed_dim) as index:
         result = retrieval_precision(index, runtime, k=args.k, min_images=args.min_images)
+    why = nothing_to_evaluate(result)
+    if why is not None:  # an empty table with status 0 read as a result
+        raise DataError(why)
     _out(format_table(result))
     if args.json:
         _write_json(args.json, result)

@@ -76,9 +76,37 @@ def retrieval_precision(
         "index": str(index.directory),
         "index_count": index.count,
         "artifact": {"name": runtime.artifact.name, "version": runtime.version},
+        "min_images": min_images,
         "queries": rows,
         "macro": summary,
+        # the labelled (modality, category) pairs left out for having fewer than min_images images, most first
+        "too_few": [
+            {"modality": m, "category": c, "images": n}
+            for (m, c), n in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))
+            if n < min_images
+        ],
+        "unlabelled": sum(1 for r in records if not r.labels),
     }
+
+
+def nothing_to_evaluate(result: dict[str, Any]) -> str | None:
+    """Why no category was scored (the table would be empty), or None when some were."""
+    if result["queries"]:
+        return None
+    n = result["index_count"]
+    if not result["too_few"]:
+        labelled = n - result["unlabelled"]
+        what = "has no images" if n == 0 else (
+            "holds no labelled image" if labelled == 0 else
+            f"holds {labelled} labelled images, none of a modality the artifact knows"
+        )
+        return f"nothing to evaluate: the index {what} (labels come from the manifest's label columns or " \
+               "--labels-from-folders at build time)"
+    most = ", ".join(f"{t['modality']} {t['category']} ({t['images']})" for t in result["too_few"][:3])
+    return (
+        f"nothing to evaluate: no category has {result['min_images']} images of one modality "
+        f"(the most: {most}); pass a smaller --min-images (it defaults to --k)"
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -320,6 +320,18 @@ def test_eval_command_reports_precision_per_category(
     )
 
 
+def test_eval_with_no_category_large_enough_says_so_instead_of_an_empty_table(
+    capsys: pytest.CaptureFixture[str], built_index: tuple[Path, object], tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """It printed a table's header and footer with status 0, and wrote the empty figures."""
+    out_json = tmp_path / "eval.json"
+    code, out, err = run(capsys, "eval", "--index", str(built_index[0]), "--artifact", str(tiny_artifact),
+                         "--min-images", "50", "--json", str(out_json))
+    assert code == 2 and out == "" and not out_json.exists()
+    assert "nothing to evaluate: no category has 50 images of one modality (the most: CFP " in err, err
+    assert "pass a smaller --min-images" in err
+
+
 def test_eval_never_writes_its_figures_over_the_index_or_the_artifact(
     capsys: pytest.CaptureFixture[str], built_index: tuple[Path, object], tiny_artifact: Path, tmp_path: Path
 ) -> None:
@@ -577,3 +589,19 @@ def test_bench_refuses_more_vectors_than_memory_holds(capsys: pytest.CaptureFixt
     code, _, err = run(capsys, "bench", "--n", "1000000000")
     assert code == 2 and err.startswith("error: --n 1,000,000,000 vectors of --dim 512 need about 5722.0 GiB")
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("count", "unlabelled", "says"),
+    [
+        (0, 0, "the index has no images"),
+        (5, 5, "the index holds no labelled image"),
+        (5, 2, "holds 3 labelled images, none of a modality the artifact knows"),
+    ],
+)
+def test_nothing_to_evaluate_names_why_an_index_gives_no_category(count: int, unlabelled: int, says: str) -> None:
+    from index.evaluate import nothing_to_evaluate
+
+    result = {"queries": [], "too_few": [], "index_count": count, "unlabelled": unlabelled, "min_images": 10}
+    assert says in (nothing_to_evaluate(result) or "")
+    assert nothing_to_evaluate({**result, "queries": [{"category": "x"}]}) is None
