@@ -197,8 +197,7 @@ def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
     from service.classifiers import ClassifierNotFoundError, ClassifierRow
     from service.engine import Engine
 
-    engine = Engine.load(_settings(artifact=Path(args.artifact), threads=1, inference_concurrency=threads))
-    if args.classifier:
+    if args.classifier:  # a wrong store or name is told before the model loads
         store = _store(argparse.Namespace(store=args.store, index=None))
         name = args.classifier.strip()
         try:
@@ -206,6 +205,8 @@ def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
         except ClassifierNotFoundError as err:  # its message points to the HTTP API
             raise DataError(f"no classifier named {name!r} in {store.root}: `keepfit classifier list --store "
                             f"{store.root}` lists them") from err
+    engine = Engine.load(_settings(artifact=Path(args.artifact), threads=1, inference_concurrency=threads))
+    if args.classifier:
 
         def current(row: ClassifierRow) -> None:
             if row.artifact_version != engine.version:

@@ -301,12 +301,19 @@ def test_a_classifier_of_another_artifact_is_refused_with_the_refit_to_run(
 
 
 def test_an_unknown_classifier_names_the_store_and_the_cli_to_list_them(
-    folder: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    folder: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """... before the model loads (its log lines came first)."""
     from service.classifiers import ClassifierStore
+    from service.engine import Engine
+
+    def not_loaded(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded before the classifier was looked up")
 
     store = tmp_path / "classifiers"
     ClassifierStore(store)
+    monkeypatch.setattr(Engine, "load", not_loaded)
     assert keepfit(["classify", "--images", str(folder), "--out", str(tmp_path / "r.csv"), "--classifier", "nosuch",
                     "--store", str(store), "--artifact", str(default_artifact)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
