@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +93,33 @@ def _bounded_connect(address: str | None) -> Iterator[None]:
             os.environ.pop(key, None)
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """The TCP end of a Ray address (``host:port``, ``ray://host:port``, ``[v6]:port``); None for the forms Ray
+    resolves itself (``auto``, ``local``, a bare host)."""
+    found = re.fullmatch(r"(?:ray://)?(\[[^\]]+\]|[^:/\s]+):(\d{1,5})/?", address.strip())
+    if found is None:
+        return None
+    return found.group(1).strip("[]"), int(found.group(2))
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse in seconds an address where nothing answers: Ray's own attempt takes about 20 s to say so."""
+    end = _host_port(address)
+    if end is None:
+        return
+    try:
+        with socket.create_connection(end, timeout=timeout):
+            pass
+    except socket.gaierror as err:
+        raise DataError(f"cannot connect to the Ray cluster at {address}: unknown host {end[0]!r}") from err
+    except TimeoutError as err:
+        raise DataError(f"cannot connect to the Ray cluster at {address}: no answer from {end[0]} port {end[1]} "
+                        f"in {timeout:g} s") from err
+    except OSError as err:  # refused, unreachable network
+        why = err.strerror or type(err).__name__
+        raise DataError(f"cannot connect to the Ray cluster at {address}: {why} ({end[0]} port {end[1]})") from err
+
+
 def _last_line(err: BaseException) -> str:
     """The gist of a Ray error in one line: the last line of its message (a remote traceback ends with the
     exception raised on the worker), without colour codes."""
@@ -116,6 +144,8 @@ def embed_with_ray(
     options = options or RayOptions()
     if not items:
         return Embedded.empty(dim)
+    if options.address:
+        check_reachable(options.address)
     with _bounded_connect(options.address):
         ray = _import_ray()
         # Ray >= 2.5x asks for a token when talking to a cluster; a private local instance needs none.

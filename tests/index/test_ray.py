@@ -115,6 +115,7 @@ def test_an_unreachable_cluster_is_one_line_and_leaves_no_folder(
         raise error
 
     monkeypatch.setattr(ray, "init", unreachable)
+    monkeypatch.setattr("index.distributed.check_reachable", lambda address: None)  # as if something answered
     monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
     out = tmp_path / "new" / "index"
     assert keepfit(_build_argv(one_image, tiny_artifact, out, "--ray-address", "10.9.9.9:6379")) == 2
@@ -156,10 +157,51 @@ def test_a_failed_build_into_an_existing_folder_leaves_the_folder(
     assert out.is_dir() and [p.name for p in out.iterdir()] == [".lock"]
 
 
+@pytest.mark.parametrize(
+    ("address", "end"),
+    [
+        ("10.0.0.5:6379", ("10.0.0.5", 6379)),
+        ("ray://head.clinic.local:10001", ("head.clinic.local", 10001)),
+        ("[::1]:6379", ("::1", 6379)),
+        ("auto", None),
+        ("local", None),
+        ("head-node", None),
+    ],
+)
+def test_the_tcp_end_of_a_ray_address(address: str, end: tuple[str, int] | None) -> None:
+    from index.distributed import _host_port
+
+    assert _host_port(address) == end
+
+
+def test_a_closed_port_is_refused_before_ray_is_asked(
+    one_image: Path, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ray's own single attempt took about 20 s to say that nothing listened there."""
+    from model.cli import main as keepfit
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # never imported: the address is refused first
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "new" / "index"
+    assert keepfit(_build_argv(one_image, tiny_artifact, out, "--ray-address", f"ray://127.0.0.1:{port}")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: cannot connect to the Ray cluster at ray://127.0.0.1:{port}: Connection refused (127.0.0.1 port {port})"
+    )
+    assert not (tmp_path / "new").exists()
+    assert keepfit(_build_argv(one_image, tiny_artifact, out, "--ray-address", "no-such-host.invalid:6379")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: cannot connect to the Ray cluster at no-such-host.invalid:6379: unknown host 'no-such-host.invalid'"
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_real_unreachable_address_fails_in_seconds(one_image: Path, tiny_artifact: Path, tmp_path: Path) -> None:
-    """Against a closed port: Ray's own connect timeouts, shortened here (their defaults make it about 20 s)."""
+    """Against a closed port, in a real process: refused before Ray is asked (Ray's own bounded attempt, for a
+    port that answers but is not Ray's, took about 20 s)."""
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
