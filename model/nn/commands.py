@@ -22,6 +22,7 @@ from model.nn.factory import (
     load_pretrained,
     load_state,
     save_checkpoint,
+    torch_load_error,
 )
 from model.tokenizer import Tokenizer
 
@@ -240,10 +241,8 @@ def import_main(argv: list[str]) -> int:
     try:
         raw = torch.load(args.weights, map_location="cpu", weights_only=True)
     except Exception as err:
-        # torch's own text runs to several lines and advises weights_only=False, which would run code from the
-        # file: only its first line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise CheckpointError(f"{args.weights} is not a readable torch state dict ({first[:200]})") from err
+        raise torch_load_error(args.weights, err, "in the code that made it, save the model's state_dict() alone: "
+                               "torch.save(model.state_dict(), path)") from err
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):

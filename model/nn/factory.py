@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -30,6 +31,25 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "keepfit-checkpoint/1"
 # the lines of torch.load's weights-only errors that say nothing about the file
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def torch_load_error(path: object, err: Exception, objects_hint: str) -> CheckpointError:
+    """``torch.load(weights_only=True)``'s failure in one line. torch's own text runs to several lines, around
+    boilerplate that advises ``weights_only=False`` (which would run code the file names): never passed on. A file
+    that holds Python objects is named as such, with the first object torch refused and ``objects_hint``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in text:
+        named = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({named.group(1)})" if named else ""
+        return CheckpointError(
+            f"{path} is refused: it holds Python objects other than tensors and plain data{what}, which loading "
+            f"would run code from ({objects_hint})"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = next((line for line in lines if not line.startswith(_TORCH_BOILERPLATE)), err.__class__.__name__)
+    if len(reason) > 200:  # the zip reader's runs on with advice: its first sentence
+        reason = reason.split(". ")[0][:200] + "."
+    return CheckpointError(f"{path} is not a readable torch checkpoint: {reason}")
 
 
 def create_model(cfg: ModelConfig) -> KeepFITModel:
@@ -115,17 +135,7 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         # torch maps only its zip format (what torch.save writes); any other file is read as before
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as err:
-        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):
-            raise CheckpointError(
-                f"{path} is refused: it holds Python objects other than tensors and plain data, which loading "
-                "would run code from (not a checkpoint keepfit wrote)"
-            ) from err
-        # torch's own text runs to several lines, around boilerplate that advises weights_only=False: one line
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        reason = next((line for line in lines if not line.startswith(_TORCH_BOILERPLATE)), err.__class__.__name__)
-        if len(reason) > 200:  # the zip reader's runs on with advice: its first sentence
-            reason = reason.split(". ")[0][:200] + "."
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {reason}") from err
+        raise torch_load_error(path, err, "not a checkpoint keepfit wrote") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a keepfit checkpoint (format {CHECKPOINT_FORMAT}); "

@@ -217,3 +217,35 @@ def test_an_export_killed_before_it_finished_leaves_its_staging_copy_only_until_
     fresh = staging_dir(out)
     assert not killed.exists() and not old.exists()
     assert running.is_dir() and other.is_dir() and fresh.is_dir()
+
+
+class _Pickled:  # a class a whole-model torch.save names: loading it would run code
+    pass
+
+
+@pytest.mark.parametrize("kind", ["pickled object", "not a torch file"])
+def test_import_of_an_unloadable_file_is_one_line_without_torchs_advice(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch's first line was passed on: "This file can still be loaded ... do those steps only if you trust the
+    source" in terminal colour codes, advice to run the file's code."""
+    weights = tmp_path / "weights.pth"
+    if kind == "pickled object":
+        torch.save({"model": _Pickled()}, weights)
+    else:
+        weights.write_bytes(b"\x80\x02not a pickle at all")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    code = main(["import-checkpoint", "--format", "flair", "--weights", str(weights),
+                 "--out", str(tmp_path / "out.pt"), "--tokenizer", str(tmp_path / "tokenizer.json")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "weights_only" not in lines[0] and "can still be loaded" not in lines[0] and "\x1b" not in lines[0]
+    if kind == "pickled object":
+        assert lines[0] == (
+            f"error: {weights} is refused: it holds Python objects other than tensors and plain data "
+            f"({__name__}._Pickled), which loading would run code from (in the code that made it, save the model's "
+            "state_dict() alone: torch.save(model.state_dict(), path))"
+        )
+    else:
+        assert lines[0].startswith(f"error: {weights} is not a readable torch checkpoint: "), lines
+    assert not (tmp_path / "out.pt").exists()
