@@ -158,3 +158,28 @@ def _last_change(folder: Path) -> float:
         for name in [*files, *dirs]:
             latest = max(latest, os.lstat(os.path.join(base, name)).st_mtime)
     return latest
+
+
+@contextmanager
+def staged_folder(out: Path, what: str) -> Iterator[Path]:
+    """A folder for a command's outputs, published into ``out`` only when the block ends without an error: each
+    file replaces its namesake there (sub-folders merged), files of ``out`` it does not write stay. On an error
+    or Ctrl-C the staged files are removed and ``out`` is as it was: an interrupted report never sits beside the
+    previous run's, half new. The stage is beside ``out`` (a rename per file to publish); one a killed ``what``
+    left is removed by a later run."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.partial-"
+    remove_leftovers(out.parent, prefix, what)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))
+    try:
+        yield stage
+        out.mkdir(exist_ok=True)
+        for base, dirs, files in os.walk(stage):
+            target = out / Path(base).relative_to(stage)
+            for name in dirs:
+                (target / name).mkdir(exist_ok=True)
+            for name in files:
+                os.replace(os.path.join(base, name), target / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -13,13 +13,17 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.cli import finite_float, positive_int
 from model.config import MODALITIES
 from model.cores import available_cores, threads_from_env
 from model.errors import ConfigError, DataError
+from model.files import staged_folder
 from model.knowledge import Knowledge
+
+if TYPE_CHECKING:
+    from model.runtime import KeepfitRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -579,8 +583,36 @@ def eval_main(argv: list[str]) -> int:
     if record_into:
         _check_same_training(runtime.artifact.manifest.get("training"), recorded_into, args.artifact, record_into)
     out = args.out or Path("runs") / "eval" / f"{runtime.artifact.name}-{runtime.version}" / args.command
+    # written into a stage beside --out and published only when the command succeeds: Ctrl-C in the middle left
+    # the new run's first figures beside the previous run's report
+    with staged_folder(out, f"keepfit eval {args.command}") as stage:
+        report = _evaluate(args, runtime, stage)
+    if args.command in ("suite", "unseen-site") and args.baseline is None:
+        evalcmd.forget_comparison(out)  # this run's report, with no comparison of an earlier run beside it
+    if record_into and args.command == "calibrate":  # once its report is there
+        from training.calibrate import record_calibration
+
+        record_calibration(record_into, report["calibration"])
+    elif record_into:
+        evalcmd.record_into_checkpoint(record_into, report["summary"])
+    text = report.pop("text")
+    if args.json:
+        from training.reports import dumps
+
+        print(dumps(report))  # noqa: T201
+    else:
+        print(text)  # noqa: T201
+        print(f"\nreport: {out / 'report.md'}")  # noqa: T201
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, runtime: KeepfitRuntime, out: Path) -> dict[str, Any]:
+    """Run the evaluation ``args.command`` names, writing its files into ``out``; its report."""
+    from model.runtime import KeepfitRuntime
+    from training import evalcmd
+
     if args.command == "calibrate":
-        from training.calibrate import record_calibration, run_calibrate
+        from training.calibrate import run_calibrate
         from training.data import resolve_data_root
 
         if args.split == "test":
@@ -588,8 +620,6 @@ def eval_main(argv: list[str]) -> int:
         if args.l2 < 0:
             raise ConfigError(f"--l2 must be >= 0, got {args.l2}")
         report = run_calibrate(runtime, resolve_data_root(args.data_root), out, args.split, args.l2, args.batch_size)
-        if args.record_into:
-            record_calibration(args.record_into, report["calibration"])
     elif args.command == "suite":
         from training.data import resolve_data_root
 
@@ -598,10 +628,6 @@ def eval_main(argv: list[str]) -> int:
         if args.baseline is not None:  # fail on a bad baseline before the long evaluation
             baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=threads_from_env())
         report = evalcmd.run_suite(runtime, data_root, args.split, out, args.batch_size, run_dir=args.run)
-        if baseline is None:  # this run's report, with no comparison of an earlier run beside it
-            evalcmd.forget_comparison(out)
-        if args.record_into:
-            evalcmd.record_into_checkpoint(args.record_into, report["summary"])
         if baseline is not None:
             base = evalcmd.run_suite(baseline, data_root, args.split, out / "baseline", args.batch_size)
             report["text"] += "\n\n" + evalcmd.write_comparison(out, [
@@ -616,8 +642,6 @@ def eval_main(argv: list[str]) -> int:
         if args.baseline is not None:  # fail on a bad baseline before the evaluation
             baseline = KeepfitRuntime.from_artifact(args.baseline, intra_op_threads=threads_from_env())
         report = evalcmd.run_unseen_site(runtime, data_root, splits, out, args.batch_size)
-        if baseline is None:  # this run's report, with no comparison of an earlier run beside it
-            evalcmd.forget_comparison(out)
         if baseline is not None:
             base = evalcmd.run_unseen_site(baseline, data_root, splits, out / "baseline", args.batch_size)
             report["text"] = evalcmd.unseen_site_comparison(out, (
@@ -652,12 +676,4 @@ def eval_main(argv: list[str]) -> int:
                                           args.train_split, args.batch_size)
         else:
             report = evalcmd.run_linear_probe(runtime, spec, out, args.train_split, args.val_split, args.batch_size)
-    text = report.pop("text")
-    if args.json:
-        from training.reports import dumps
-
-        print(dumps(report))  # noqa: T201
-    else:
-        print(text)  # noqa: T201
-        print(f"\nreport: {out / 'report.md'}")  # noqa: T201
-    return 0
+    return report

@@ -178,3 +178,39 @@ def test_categories_that_name_nothing_or_one_twice_are_refused(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: --categories {given!r}: {says}" + (
         " (or leave it out for the labels present)" if "no category" in says else "")
+
+
+def test_an_interrupted_evaluation_leaves_the_previous_report_as_it_was(
+    tmp_path: Path, default_artifact: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the confusion matrix was drawn left the new run's figure beside the previous run's report."""
+    from PIL import Image
+
+    import training.evalcmd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, label in enumerate(["normal", "glaucoma"] * 2):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "ev"
+    out.mkdir()
+    before = {"report.md": b"the previous run", "confusion.png": b"its figure", "notes.txt": b"the user's"}
+    for name, data in before.items():
+        (out / name).write_bytes(data)
+    argv = ["eval", "zero-shot", "--artifact", str(default_artifact), "--manifest", str(tmp_path / "m.csv"),
+            "--label-column", "label", "--modality", "CFP", "--out", str(out)]
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.evalcmd, "write_report", interrupted)
+        assert keepfit(argv) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no stage left behind
+    assert keepfit(argv) == 0
+    assert (out / "report.md").read_bytes() != before["report.md"] and (out / "report.json").is_file()
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG" and (out / "notes.txt").read_bytes() == b"the user's"
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
