@@ -206,7 +206,10 @@
       // loaded, with an error: a newer archive was refused and searches still see the previous one (it says why)
       const refused = idx.loaded && typeof idx.error === 'string' && idx.error ? ` (${idx.error})` : '';
       status.classList.remove('bad');
-      setStatus(`${model} · ${index}${refused}`);
+      // a service other than this page's own is named: the reader knows where the images go
+      const where = state.base && new URL(state.base, window.location.href).origin !== window.location.origin
+        ? ` · at ${state.base}` : '';
+      setStatus(`${model} · ${index}${refused}${where}`);
       state.ready = true;
       // "not ready" or "not reachable" said at start-up is out of date once the service is ready
       if ($('message').dataset.about === 'readiness') clearMessage();
@@ -262,17 +265,53 @@
     if (await checkReady(true) && !state.categoriesLoaded) await loadCategories(true);
   }
 
+  /** The service this page talks to, as a reader names it: this page's own server, or the base's URL. */
+  function serviceName(base) {
+    return base ? base : 'this page\'s service';
+  }
+
   function loadSettings() {
     const params = new URLSearchParams(window.location.search);
-    const fromUrl = params.get('api');
+    const fromUrl = (params.get('api') || '').trim().replace(/\/+$/, '');
     // a link's service is this tab's only, and no key entered for another service goes to it
-    if (fromUrl && !Connection.linkBase(fromUrl)) {
+    if (fromUrl && !Connection.isHttp(fromUrl)) {
       showMessage('The link\'s API base was ignored: it must start with http:// or https://', fromUrl);
+    } else if (fromUrl && (fromUrl === Connection.base() || fromUrl === window.location.origin)) {
+      Connection.linkBase(fromUrl); // the service the page talks to already: nothing changes hands
+    } else if (fromUrl) {
+      // another service: a link anyone can send would otherwise send a clinician's images (and DICOM headers)
+      // to it without a word, so nothing goes there until the user says so
+      $('link-confirm-url').textContent = fromUrl;
+      $('link-confirm-current').textContent = serviceName(Connection.base());
+      $('link-confirm').hidden = false;
+      $('link-confirm').dataset.base = fromUrl;
+      setTimeout(() => $('link-confirm-stay').focus(), 0);
     }
+    showSettings();
+  }
+
+  function showSettings() {
     state.base = Connection.base();
     state.key = Connection.apiKey();
     $('api-base').value = state.base;
     $('api-key').value = state.key;
+  }
+
+  /** The answer to a link's other service: use it in this tab (and connect to it), or stay; the link's ?api= then
+   *  leaves the address bar either way, so that a reload does not ask again. */
+  function answerLink(use) {
+    const box = $('link-confirm');
+    if (box.hidden) return;
+    box.hidden = true;
+    const url = new URL(window.location.href);
+    url.searchParams.delete('api');
+    window.history.replaceState(null, '', url.toString());
+    if (use) {
+      Connection.linkBase(box.dataset.base);
+      showSettings();
+      connect();
+    }
+    $('drop-zone').focus();
   }
 
   function saveSettings(event) {
@@ -1065,6 +1104,8 @@
     });
     // dismissing hides the button that has the focus: the focus goes back to where it was before, not to the top
     document.addEventListener('focusin', (e) => { if (!$('message').contains(e.target)) state.focusBeforeMessage = e.target; });
+    $('link-confirm-use').addEventListener('click', () => answerLink(true));
+    $('link-confirm-stay').addEventListener('click', () => answerLink(false));
     $('message-close').addEventListener('click', () => {
       const back = state.focusBeforeMessage;
       clearMessage();

@@ -66,7 +66,9 @@
    *   base()                  the API base: this tab's (a link's ?api=) or the saved one; '' = this page's origin
    *   apiKey() / adminKey()   the keys entered for that base, '' for any other: a link that points the page at
    *                           another host never carries the keys entered for this one
-   *   linkBase(url)           a link's ?api= for this tab only (never saved); false when it is no http(s) URL
+   *   isHttp(url)             whether url is an http(s) URL with a host
+   *   linkBase(url)           a link's ?api= for this tab only (never saved), once the user accepted another
+   *                           service; false when it is no http(s) URL
    *   save(base, key)         the settings form: base saved for later tabs, key for this tab's session
    *   setAdminKey(k), forgetKey()
    */
@@ -90,6 +92,7 @@
     base,
     apiKey: () => keyFor(KEY),
     adminKey: () => keyFor(ADMIN),
+    isHttp: (url) => /^https?:\/\/[^/\s]+/i.test(tidy(url)),
     linkBase(url) {
       const value = tidy(url);
       if (!/^https?:\/\/[^/\s]+/i.test(value)) return false;

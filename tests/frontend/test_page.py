@@ -389,10 +389,16 @@ def test_page_served_from_another_origin_uses_the_service_through_cors(
     page = recorder.page
     with static_origin(static_port) as origin:
         page.goto(f"{origin}/index.html?api={service.base}")
+        # another origin than the page's: asked first, then used
+        page.wait_for_selector("#link-confirm:not([hidden])")
+        assert page.text_content("#link-confirm-url") == service.base
+        page.click("#link-confirm-use")
         wait_for(
             page,
             "document.getElementById('service-status').textContent.includes('keepfit-v2-small')"
         )
+        assert f"at {service.base}" in page.text_content("#service-status")  # where the images go, said
+        assert "api=" not in page.url  # a reload does not ask again (the tab keeps the service)
         sign_in(page)
         _upload(page, real_image_paths["OCT"][0])
         assert len(_predictions(page)) >= 2
@@ -409,16 +415,20 @@ def test_page_served_from_another_origin_uses_the_service_through_cors(
         assert page.get_attribute("#search-results li button >> nth=0", "data-id") == clicked
         recorder.screenshot("08-cross-origin", full_page=True)
         page.evaluate("localStorage.clear()")
-    # the page came from its origin; every API call and image went to the service, nowhere else
+    # the page came from its origin and asked it until the user chose the service; every image and every
+    # request with one went to the service, nowhere else
     assert recorder.origins() == {origin, service.base}
     api_calls = [u for u in recorder.urls if "/v1/" in u or "readyz" in u]
-    assert api_calls and all(u.startswith(service.base) for u in api_calls)
+    assert api_calls and all(u.startswith((service.base, origin)) for u in api_calls)
+    with_images = [u for u in api_calls if "/v1/classify" in u or "/v1/search" in u or "/v1/images" in u]
+    assert with_images and all(u.startswith(service.base) for u in with_images)
 
 
 def test_a_link_pointing_the_page_elsewhere_never_carries_the_key(
     signed_in: PageRecorder, service: Service, browser_context
 ) -> None:
-    """`/?api=<another host>` was saved for every later tab and sent the key entered for this service there."""
+    """`/?api=<another host>` was saved for every later tab and sent the key entered for this service there; and
+    it was used without a word, so a link anyone could send pointed a clinician's uploads at any server."""
     seen: list[dict[str, str]] = []
 
     class Recording(http.server.BaseHTTPRequestHandler):
@@ -442,9 +452,21 @@ def test_a_link_pointing_the_page_elsewhere_never_carries_the_key(
     try:
         elsewhere = f"http://127.0.0.1:{other.server_address[1]}"
         page.goto(f"{service.base}/?api={elsewhere}")
+        page.wait_for_selector("#link-confirm:not([hidden])")
+        wait_for(page, "document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
+        page.wait_for_timeout(500)
+        assert not seen, "the linked service was called before the user agreed"
+        assert page.evaluate("document.activeElement.id") == "link-confirm-stay"  # the safe answer is at hand
+        assert "at http" not in page.text_content("#service-status")  # this page's own service
+        page.click("#link-confirm-stay")  # stay: nothing ever goes there
+        assert page.is_hidden("#link-confirm") and "api=" not in page.url
+        page.wait_for_timeout(500)
+        assert not seen and page.evaluate("window.KeepfitConnection.base()") == ""
+        page.goto(f"{service.base}/?api={elsewhere}")
+        page.click("#link-confirm-use")
         wait_for(page, "document.getElementById('service-status').textContent.length > 0")
         page.wait_for_timeout(500)
-        assert seen, "the page did not call the linked service"
+        assert seen, "the page did not call the linked service once the user agreed"
         assert all("x-api-key" not in h and "x-admin-key" not in h for h in seen), seen
         assert page.input_value("#api-key") == ""  # the key belongs to the service it was entered for
         # the link was for that tab only: a new tab talks to this service again; a link that is no http(s) URL
