@@ -92,6 +92,7 @@ class Report:
     duplicates: int = 0  # images repeated within the input (stored once)
     already_indexed: int = 0  # images whose SHA-256 the index already held
     removed: int = 0
+    removed_sha256: list[str] = field(default_factory=list)  # of the images a remove took out
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
     skipped_examples: list[str] = field(default_factory=list)
     detected_modality: int = 0
@@ -924,9 +925,10 @@ def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) 
             if not found:
                 raise NotFoundError(f"no image with path {p} in index {directory} (nothing was removed)")
             wanted.update(r.id for r in found)
+        shas = sorted({sha for sha in (update.current.get(i).sha256 for i in wanted) if sha})  # type: ignore[union-attr]
         update.remove(sorted(wanted))
         committed = update.commit({"op": "remove", "removed": len(wanted), "ids": sorted(wanted)[:100]})
-    return _finish(Report(directory, "remove", removed=len(wanted)), committed, start)
+    return _finish(Report(directory, "remove", removed=len(wanted), removed_sha256=shas), committed, start)
 
 
 def reindex(directory: Path, ann: AnnSpec) -> Report:

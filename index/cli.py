@@ -272,7 +272,28 @@ def remove_main(argv: list[str]) -> int:
                 raise DataError(f"--id expects integers, got {part!r}") from err
             if not 0 <= ids[-1] < 2**63:
                 raise DataError(f"--id {part} is not an image id (0 to 2^63-1)")
-    return _report(remove(args.index, ids, args.path), args.json)
+    report = remove(args.index, ids, args.path)
+    _report(report, args.json)
+    _classifiers_holding(args.index, report.removed_sha256)
+    return 0
+
+
+def _classifiers_holding(index: Path, sha256s: list[str]) -> None:
+    """Say which classifiers of the store beside ``index`` have removed images as examples: the index's removal
+    does not reach them (``keepfit classifier forget`` does)."""
+    try:
+        from service.classifier_cli import classifiers_holding
+    except ImportError:  # the index tools without the service's extras
+        return
+    found = classifiers_holding(index, sha256s)
+    if found is None:
+        return
+    store, held = found
+    names = ", ".join(f"{name} ({n})" for name, n in sorted(held.items()))
+    flags = " ".join(f"--sha256 {sha[:16]}" for sha in sorted({s for s in sha256s})[:20])
+    print(f"warning: classifiers in {store} have removed images as examples: {names}; they still answer with "  # noqa: T201
+          f"them until `keepfit classifier forget --store {store} {flags}`"
+          + (" (and the other removed images)" if len(sha256s) > 20 else ""), file=sys.stderr)
 
 
 def reindex_main(argv: list[str]) -> int:

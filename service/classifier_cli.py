@@ -1,4 +1,4 @@
-"""``keepfit classifier fit|list|show|refit|delete|backup|restore``: the classifier store without the HTTP API.
+"""``keepfit classifier fit|list|show|refit|delete|forget|backup|scrub|restore``: the classifier store without the HTTP API.
 
 It works on the same directory the service uses (``--store``, else beside ``--index``, else the service's:
 ``KEEPFIT_CLASSIFIERS``, else beside ``KEEPFIT_INDEX``, else beside the index ``keepfit serve`` finds under
@@ -47,6 +47,8 @@ from service.classifiers import (
     refit_refused_message,
 )
 from service.errors import ServiceError
+
+logger = logging.getLogger(__name__)
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -340,45 +342,13 @@ def delete_main(args: argparse.Namespace) -> int:
 
 
 def refit_main(args: argparse.Namespace) -> int:
-    from service.routers.classifiers import example_warnings, fit_and_row
+    from service.routers.classifiers import example_warnings
 
     store = _store(args)
     row, stored = store.snapshot(args.name)  # one read: a delete in between is "no classifier", not a crash
     engine = _engine(args.artifact)
-    same = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
-    examples: list[Example] = []
-    x = store.stored_embeddings(row, len(stored), engine.runtime.embed_dim) if same else None
-    if x is not None:
-        examples = [
-            Example(e["category"], e["sha256"], e["source"], v, e["index_id"])
-            for e, v in zip(stored, x, strict=True)
-        ]
-    else:
-        for e in stored:
-            data = store.example_bytes(e["sha256"]) if e["source"] == "upload" else None
-            if data is None:
-                raise DataError(
-                    f"example {e['sha256'][:12]} ({e['source']}) is not stored here; refit through the service, "
-                    "which can read the index's images"
-                )
-            try:
-                found = _embed_example(engine, data, "the example")
-            except DataError as err:  # refused by a rule newer than the classifier (an almost uniform example)
-                raise DataError(refit_refused_message(e, str(err.__cause__ or err), row.name)) from err
-            kept = engine.example_to_keep(data)  # kept as sent by an earlier release: without its metadata now
-            examples.append(Example(e["category"], e["sha256"], "upload", found.embedding, data=kept,
-                                    typicality=found.typicality, kept_copy=kept != data, traits=found.traits))
-    categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
-    new, result = fit_and_row(
-        engine,
-        row.name,
-        row.modality,
-        args.method or row.method_requested,
-        row.text_prior,
-        categories,
-        examples,
-    )
-    saved = store.save(new, result.arrays, examples, replace=True, max_classifiers=10**9, replaces=row.version)
+    examples = _stored_examples(store, engine, row, stored)
+    saved = _refit(store, engine, row, examples, args.method or row.method_requested)
     message = (
         f"refitted {saved.name} in {store.root}: revision {saved.revision}, version {saved.version}, "
         f"artifact {saved.artifact_version}, estimate {estimate_words(saved.estimate)}"
@@ -387,6 +357,163 @@ def refit_main(args: argparse.Namespace) -> int:
     for warning in example_warnings(examples):  # as the API's refit answers
         print(f"warning: {warning['message']}", file=sys.stderr)  # noqa: T201
     return 0
+
+
+def _refit(store: ClassifierStore, engine: Any, row: Any, examples: list[Example], method: str) -> Any:
+    """``row`` fitted again on ``examples`` with ``engine``, saved over the version it was (a 409 if it changed)."""
+    from service.routers.classifiers import fit_and_row
+
+    categories = [{"label": c["label"], "text": c.get("text")} for c in row.categories]
+    new, result = fit_and_row(engine, row.name, row.modality, method, row.text_prior, categories, examples)
+    return store.save(new, result.arrays, examples, replace=True, max_classifiers=10**9, replaces=row.version)
+
+
+def _stored_examples(
+    store: ClassifierStore, engine: Any, row: Any, stored: list[dict[str, Any]], keep: list[bool] | None = None
+) -> list[Example]:
+    """The examples of ``row`` (``stored``: its rows, in order; ``keep``: which of them, all when None) as a refit
+    fits them: the stored embeddings where the artifact's image encoder is the one they were made with, else the
+    stored example images embedded again (examples taken from an index are not stored here: refused)."""
+    keep = keep if keep is not None else [True] * len(stored)
+    same = row.encoder == encoder_fingerprint(engine.runtime.artifact.manifest)
+    x = store.stored_embeddings(row, len(stored), engine.runtime.embed_dim) if same else None
+    if x is not None:
+        return [
+            Example(e["category"], e["sha256"], e["source"], v, e["index_id"])
+            for e, v, kept in zip(stored, x, keep, strict=True)
+            if kept
+        ]
+    examples: list[Example] = []
+    for e, kept in zip(stored, keep, strict=True):
+        if not kept:
+            continue
+        data = store.example_bytes(e["sha256"]) if e["source"] == "upload" else None
+        if data is None:
+            raise DataError(
+                f"example {e['sha256'][:12]} ({e['source']}) is not stored here; refit through the service, "
+                "which can read the index's images"
+            )
+        try:
+            found = _embed_example(engine, data, "the example")
+        except DataError as err:  # refused by a rule newer than the classifier (an almost uniform example)
+            raise DataError(refit_refused_message(e, str(err.__cause__ or err), row.name)) from err
+        kept_copy = engine.example_to_keep(data)  # kept as sent by an earlier release: without its metadata now
+        examples.append(Example(e["category"], e["sha256"], "upload", found.embedding, data=kept_copy,
+                                typicality=found.typicality, kept_copy=kept_copy != data, traits=found.traits))
+    return examples
+
+
+SHA_PREFIX = 12  # the fewest hex digits of a SHA-256 forget takes (what logs and search hits show at least)
+
+
+def _forget_targets(values: list[str]) -> list[str]:
+    prefixes = []
+    for value in values:
+        text = value.strip().lower()
+        if not (SHA_PREFIX <= len(text) <= 64) or any(c not in "0123456789abcdef" for c in text):
+            raise DataError(f"--sha256 {value!r}: give {SHA_PREFIX} to 64 hex digits of the image's SHA-256")
+        prefixes.append(text)
+    return prefixes
+
+
+def forget_main(args: argparse.Namespace) -> int:
+    """Remove images from every classifier that has them as examples: each is fitted again without them (from
+    the embeddings the store keeps), and their files, stored embeddings and rows are gone from the store. For
+    erasing a patient's images, with ``keepfit index remove`` for the index."""
+    from service.classifiers import MIN_EXAMPLES
+    from service.routers.classifiers import example_warnings
+
+    prefixes = _forget_targets(args.sha256 or [])
+    ids = set(args.index_id or [])
+    if not prefixes and not ids:
+        raise DataError("name the images to forget: --sha256 HEX and/or --index-id N (repeatable)")
+    store = _store(args)
+
+    def wanted(e: dict[str, Any]) -> bool:
+        return any(e["sha256"].startswith(p) for p in prefixes) or (e["source"] == "index" and e["index_id"] in ids)
+
+    plan = []  # (row, stored, keep)
+    images: dict[str, set[str]] = {p: set() for p in prefixes}
+    found_ids: set[int] = set()
+    for listed in store.all_rows():
+        row, stored = store.snapshot(listed.name)
+        keep = [not wanted(e) for e in stored]
+        for e in stored:
+            for p in prefixes:
+                if e["sha256"].startswith(p):
+                    images[p].add(e["sha256"])
+            if e["source"] == "index" and e["index_id"] in ids:
+                found_ids.add(e["index_id"])
+        if not all(keep):
+            plan.append((row, stored, keep))
+    several = [f"{p} ({len(shas)} images)" for p, shas in images.items() if len(shas) > 1]
+    if several:
+        raise DataError(f"--sha256 {', '.join(several)} names more than one image: give more of its digits "
+                        "(nothing was changed)")
+    absent = [p for p, shas in images.items() if not shas] + [str(i) for i in sorted(ids - found_ids)]
+    short = []
+    for row, stored, keep in plan:
+        counts: dict[str, set[str]] = {c["label"]: set() for c in row.categories}
+        for e, kept in zip(stored, keep, strict=True):
+            if kept:
+                counts.setdefault(e["category"], set()).add(e["sha256"])
+        few = [f"{label!r} {len(shas)}" for label, shas in counts.items() if len(shas) < MIN_EXAMPLES]
+        if few:
+            short.append((row.name, few))
+    if short and not args.delete_if_too_few:
+        named = "; ".join(f"{name!r} would keep {', '.join(few)}" for name, few in short)
+        raise DataError(
+            f"{named} (every category needs {MIN_EXAMPLES} examples): add examples to it, or pass "
+            "--delete-if-too-few to delete it instead (nothing was changed)"
+        )
+    for value in absent:
+        print(f"no classifier in {store.root} has {value} as an example")  # noqa: T201
+    if not plan:
+        return 0
+    too_few = {name for name, _ in short}
+    if args.dry_run:
+        for row, _, keep in plan:
+            action = "delete" if row.name in too_few else "refit"
+            print(f"would {action} {row.name} (without {keep.count(False)} example(s))")  # noqa: T201
+        return 0
+    engine = _engine(args.artifact) if len(too_few) < len(plan) else None
+    for row, stored, keep in plan:
+        dropped = keep.count(False)
+        if row.name in too_few:
+            store.delete(row.name)
+            print(f"deleted {row.name}: without its {dropped} example(s) a category had too few")  # noqa: T201
+            continue
+        examples = _stored_examples(store, engine, row, stored, keep)
+        saved = _refit(store, engine, row, examples, row.method_requested)
+        print(f"refitted {saved.name} without {dropped} example(s): revision {saved.revision}, version "  # noqa: T201
+              f"{saved.version}, estimate {estimate_words(saved.estimate)}")
+        for warning in example_warnings(examples):
+            print(f"warning: {warning['message']}", file=sys.stderr)  # noqa: T201
+    left = [e for row in store.all_rows() for e in store.examples(row.name) if wanted(e)]
+    if left:  # a fit through the service meanwhile took one of them again
+        raise DataError(f"{len(left)} of the examples are in the store again (a fit meanwhile?): run forget again")
+    print(  # noqa: T201
+        f"none of them is in {store.root} now: their stored files and embeddings are removed. Backups made before "
+        "still hold them, and cached answers of the classifiers' earlier versions expire with KEEPFIT_CACHE_TTL_S"
+    )
+    return 0
+
+
+def classifiers_holding(index: Path, sha256s: list[str]) -> tuple[Path, dict[str, int]] | None:
+    """The store ``keepfit classifier --index`` finds beside ``index`` and, for each of its classifiers that has
+    images of ``sha256s`` as examples, how many; None where there is no store or none has them."""
+    root = _root(argparse.Namespace(store=None, index=str(index)))
+    if not sha256s or not (root / "classifiers.sqlite").is_file():
+        return None
+    wanted = set(sha256s)
+    try:
+        store = ClassifierStore(root)
+        held = {row.name: sum(e["sha256"] in wanted for e in store.examples(row.name)) for row in store.all_rows()}
+    except (sqlite3.Error, ServiceError) as err:
+        logger.warning("could not read the classifier store %s beside the index: %s", root, err)
+        return None
+    held = {name: n for name, n in held.items() if n}
+    return (root, held) if held else None
 
 
 def backup_main(args: argparse.Namespace) -> int:
@@ -480,6 +607,24 @@ def main(argv: list[str] | None = None) -> int:
                 "--method", choices=["auto", "prototype", "prototype+text", "linear", "linear+text"]
             )
         p.set_defaults(func=func)
+    forget = sub.add_parser(
+        "forget",
+        help="remove images from every classifier that has them as examples (refitted without them): erasure",
+        description="Remove images from every classifier that has them as examples: each is fitted again without "
+        "them, from the embeddings the store keeps, and their stored files, embeddings and rows are removed. "
+        "A classifier left with too few examples of a category is refused, or deleted with --delete-if-too-few. "
+        "Also while the service runs. Backups made before still hold the images.",
+    )
+    common(forget)
+    forget.add_argument("--sha256", action="append", metavar="HEX",
+                        help=f"the image's SHA-256, or its first {SHA_PREFIX} or more hex digits (repeatable)")
+    forget.add_argument("--index-id", action="append", type=int, metavar="N",
+                        help="an example taken from the index by this id (repeatable)")
+    forget.add_argument("--delete-if-too-few", action="store_true",
+                        help="delete a classifier that would keep fewer than 2 examples of a category")
+    forget.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    forget.add_argument("--artifact", default=default_artifact())
+    forget.set_defaults(func=forget_main)
     backup = sub.add_parser("backup", help="write a consistent archive of the store, also while the service runs")
     common(backup)
     backup.add_argument("--out", required=True, metavar="FILE.tar", help="the archive (replaced once complete)")

@@ -79,12 +79,13 @@ EXPANSIONS: dict[str, list[str]] = {
         ".venv/bin/keepfit eval few-shot ...",
         ".venv/bin/keepfit eval linear-probe ...",
     ],
-    "keepfit classifier fit|list|show|refit|delete|backup|restore|scrub": [
+    "keepfit classifier fit|list|show|refit|delete|forget|backup|restore|scrub": [
         "keepfit classifier fit",
         "keepfit classifier list",
         "keepfit classifier show",
         "keepfit classifier refit",
         "keepfit classifier delete",
+        "keepfit classifier forget",
         "keepfit classifier backup",
         "keepfit classifier restore",
         "keepfit classifier scrub",
@@ -512,7 +513,7 @@ def test_a_mangled_command_fails(readme: str, message: str) -> None:
 
 def test_extraction_joins_splits_and_expands() -> None:
     readme = (
-        "Run `keepfit classifier fit|list|show|refit|delete|backup|restore|scrub` or\n`keepfit index build\n--ray`.\n\n"
+        "Run `keepfit classifier fit|list|show|refit|delete|forget|backup|restore|scrub` or\n`keepfit index build\n--ray`.\n\n"
         "```bash\n"
         "mkdir -p /tmp/x && .venv/bin/keepfit info DIR | head   # --json: all\n"
         ".venv/bin/keepfit eval suite --artifact RUN/artifact \\\n"
@@ -530,16 +531,17 @@ def test_extraction_joins_splits_and_expands() -> None:
         ["classifier", "show"],
         ["classifier", "refit"],
         ["classifier", "delete"],
+        ["classifier", "forget"],
         ["classifier", "backup"],
         ["classifier", "restore"],
         ["classifier", "scrub"],
         ["index", "build"],
     ]
-    assert [s.strict for s in shown] == [True, True, False, False, False, False, False, False, False, False, False]
+    assert [s.strict for s in shown] == [True, True, *[False] * 10]
     assert shown[0].hints == [("--json", [])]
     assert shown[-1].hints == [("--ray", [])]  # a fragment's last flag, with no value: named
     assert shown[1].hints == [("--split", ["val"]), ("--baseline", [PLACEHOLDERS["PREVIOUS_ARTIFACT"]])]
-    assert [s.line for s in shown] == [6, 7, 1, 1, 1, 1, 1, 1, 1, 1, 2]
+    assert [s.line for s in shown] == [6, 7, *[1] * 9, 2]
 
 
 @pytest.mark.parametrize(
