@@ -93,6 +93,7 @@ class Report:
     already_indexed: int = 0  # images whose SHA-256 the index already held
     removed: int = 0
     removed_sha256: list[str] = field(default_factory=list)  # of the images a remove took out
+    dropped_work: int = 0  # interrupted runs' resumable work a remove deleted
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
     skipped_examples: list[str] = field(default_factory=list)
     detected_modality: int = 0
@@ -150,6 +151,11 @@ class Report:
             parts.append(f"  {example}")
         if self.removed:
             parts.append(f"removed {self.removed}")
+        if self.dropped_work:
+            parts.append(
+                f"deleted the embeddings {self.dropped_work} interrupted build(s) or add(s) kept to resume from (the "
+                "removed images' among them): a re-run embeds its images again"
+            )
         return "\n".join(parts)
 
     def history(self, **extra: Any) -> dict[str, Any]:
@@ -928,7 +934,13 @@ def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) 
         shas = sorted({sha for sha in (update.current.get(i).sha256 for i in wanted) if sha})  # type: ignore[union-attr]
         update.remove(sorted(wanted))
         committed = update.commit({"op": "remove", "removed": len(wanted), "ids": sorted(wanted)[:100]})
-    return _finish(Report(directory, "remove", removed=len(wanted), removed_sha256=shas), committed, start)
+        # An interrupted build or add keeps the embeddings it made for its re-run to resume from, removed images'
+        # among them: an erasure that left them would be undone by that re-run. Under the lock no run is using one.
+        dropped = [w for w in directory.glob(f"{WORK_PREFIX}*") if w.name != STAGING and w.is_dir()]
+        for work in dropped:
+            shutil.rmtree(work)
+    report = Report(directory, "remove", removed=len(wanted), removed_sha256=shas, dropped_work=len(dropped))
+    return _finish(report, committed, start)
 
 
 def reindex(directory: Path, ann: AnnSpec) -> Report:

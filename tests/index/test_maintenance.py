@@ -191,6 +191,32 @@ def test_interrupted_embedding_resumes_where_it_stopped(
         np.testing.assert_allclose(np.asarray(resumed.vectors()), np.asarray(fresh.vectors()), atol=1e-5)
 
 
+def test_remove_deletes_the_embeddings_an_interrupted_add_kept_to_resume_from(
+    index_copy: Path, new_images: Path, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Erasure: an add interrupted after a chunk kept that chunk's embeddings (SHA-256 and vector of each image) in
+    the index folder; `index remove` left them, and the add's re-run restored a removed image from them."""
+    real = build_module.embed_items
+    calls: list[int] = []
+
+    def interrupted(runtime: object, items: list[object], **kwargs: object) -> object:
+        if calls:
+            raise KeyboardInterrupt  # Ctrl-C during the second chunk
+        calls.append(len(items))
+        return real(runtime, items, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module, "embed_items", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        add(index_copy, sources.from_folder(new_images, modality="FFA"), tiny_artifact, options=quiet(chunk_size=2))
+    assert list(index_copy.glob(".work-*/*"))  # the first chunk, kept to resume from
+    report = remove(index_copy, ids=[state(index_copy)[2][0]])
+    assert report.dropped_work == 1 and not list(index_copy.glob(".work-*"))
+    assert "deleted the embeddings 1 interrupted build(s) or add(s) kept to resume from" in report.summary()
+    monkeypatch.setattr(build_module, "embed_items", real)
+    again = add(index_copy, sources.from_folder(new_images, modality="FFA"), tiny_artifact, options=quiet(chunk_size=2))
+    assert again.resumed == 0 and again.added == 4
+
+
 def test_auto_type_switches_to_ivf_above_the_threshold_and_back(
     index_copy: Path, tiny_artifact: Path
 ) -> None:
