@@ -475,27 +475,29 @@ def _local_docs(app: FastAPI) -> None:
 
 
 _QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
-# Query parameters whose values never reach the log: the per-image token (it opens the image), and the API's
-# free-text fields, which it reads from request bodies only: sent in a URL by mistake (`POST
-# /v1/search?query=...` is refused with a 422) a search text or a label was written to the access log in clear.
-REDACTED_PARAMETERS = frozenset({"token", "query", "text", "label", "labels", "categories", "task", "spec"})
+# Query parameters whose values reach the log: the ones the API reads from a URL that say nothing of a patient (a
+# thumbnail's size, the image's SHA-256 prefix). Every other value is replaced: the per-image token (it opens the
+# image), the API's free-text fields, which it reads from request bodies only (sent in a URL by mistake, `POST
+# /v1/search?query=...` is refused with a 422, a search text or a label was written to the access log in clear),
+# and whatever else a caller puts in a URL (`?patient=Jane%20Smith` was logged as sent).
+LOGGED_PARAMETERS = frozenset({"size", "sha256"})
 
 
 def _redact_tokens(text: str) -> str:
-    """``text`` with the value of every :data:`REDACTED_PARAMETERS` query parameter replaced, however its name is
-    spelt in the URL (``%74oken=`` opens the image as ``token=`` does; ``TOKEN=`` does not, but its value would)."""
+    """``text`` with the value of every query parameter but :data:`LOGGED_PARAMETERS` replaced, however its name is
+    spelt in the URL (``%73ize=`` is read as ``size=``, and kept)."""
 
     def one(match: re.Match[str]) -> str:
         sep, name, _ = match.groups()
-        secret = unquote_plus(name).casefold() in REDACTED_PARAMETERS
-        return f"{sep}{name}=<redacted>" if secret else match.group(0)
+        kept = unquote_plus(name).casefold() in LOGGED_PARAMETERS
+        return match.group(0) if kept else f"{sep}{name}=<redacted>"
 
     return _QUERY_PARAM.sub(one, text) if "=" in text else text
 
 
 class RedactTokens(logging.Filter):
     """Per-image tokens (``?token=...``) never reach the access log: each one opens an image to whoever reads it;
-    nor does request text sent in a URL (:data:`REDACTED_PARAMETERS`)."""
+    nor does request text sent in a URL, nor any query value but :data:`LOGGED_PARAMETERS`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -40,6 +43,15 @@ from service.schemas import (
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# A text query's log id is keyed by a secret of this process: it links repeats of one query within a run, while
+# its plain SHA-256 let anyone holding the logs test a guess ("was this patient's name searched?").
+_LOG_KEY = secrets.token_bytes(32)
+
+
+def text_log_id(digest: str) -> str:
+    """The 12 hex digits a text query is logged as, from its SHA-256 (``digest``): not testable against a guess."""
+    return hmac.new(_LOG_KEY, digest.encode(), hashlib.sha256).hexdigest()[:12]
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key), Depends(no_query_parameters)])
 
@@ -205,7 +217,7 @@ async def _search(
     logger.info(
         "search %s=%s top_k=%d hits=%d cached=%s total_ms=%.1f",
         "image" if data is not None else "text",
-        digest[:12],
+        digest[:12] if data is not None else text_log_id(digest),
         top_k,
         len(hits),
         cached is not None,

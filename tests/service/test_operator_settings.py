@@ -90,13 +90,15 @@ def test_a_shared_redis_does_not_answer_what_new_size_limits_refuse(default_arti
 @pytest.mark.parametrize(
     "query",
     ["query=Jane%20Doe%20born%201961", "text=Jane+Doe", "label=Jane%20Doe&top_k=3", "%71uery=Jane%20Doe",
-     "categories=Jane%20Doe&categories=normal"],
+     "categories=Jane%20Doe&categories=normal", "size=64&patient=Jane%20Doe&sha256=0123456789abcdef",
+     "%73ize=64&mrn=Jane-Doe-4455667"],
 )
 def test_request_text_sent_in_a_url_never_reaches_the_access_log(
     default_artifact: Path, caplog: pytest.LogCaptureFixture, query: str
 ) -> None:
     """``POST /v1/search?query=<a patient's name>`` is refused (422), and the access log wrote the text in
-    clear, in the message and in the JSON ``path`` field alike (README: logs never carry query text)."""
+    clear, in the message and in the JSON ``path`` field alike (README: logs never carry query text); so did any
+    parameter the API does not read (``GET /v1/images/5?size=64&patient=Jane%20Doe`` is answered)."""
     import logging
 
     from model.logs import JsonFormatter
@@ -109,8 +111,10 @@ def test_request_text_sent_in_a_url_never_reaches_the_access_log(
     (record,) = [r for r in caplog.records if r.name == "uvicorn.access"]
     line = JsonFormatter().format(record)
     assert "Jane" not in line and "<redacted>" in record.getMessage(), line
-    if "top_k" in query:
-        assert "top_k=3" in record.getMessage()  # what is no request text stays
+    if "size=64&" in query:  # what the API reads from a URL and says nothing of a patient stays
+        assert "size=64&patient=<redacted>&sha256=0123456789abcdef" in record.getMessage()
+    if "top_k" in query:  # the API reads it from the body only: its value is not kept either
+        assert "top_k=<redacted>" in record.getMessage()
 
 
 def test_a_redis_restart_between_requests_is_no_outage(caplog: pytest.LogCaptureFixture) -> None:

@@ -411,3 +411,20 @@ def test_an_index_copied_in_manifest_first_is_loaded_once_its_files_are_there(
         hits = _search(client, query="retina", top_k=everything).json()
         assert hits["index_count"] == everything - 1 and 1 not in [h["id"] for h in hits["hits"]]
         assert client.get("/readyz").json()["index"]["count"] == everything - 1
+
+
+def test_a_text_query_is_logged_by_an_id_a_guess_cannot_be_tested_against(
+    indexed: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log line carried the first 12 digits of the text's plain SHA-256: anyone with the logs could check
+    whether a patient's name had been searched by hashing it."""
+    import hashlib
+    import logging
+
+    text = "Jane Doe MRN 4455667 macular edema"
+    caplog.set_level(logging.INFO, logger="service.routers.search")
+    for _ in range(2):
+        assert indexed.post("/v1/search", json={"query": text, "top_k": 2}).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("search text=")]
+    assert len(lines) == 2 and hashlib.sha256(text.encode()).hexdigest()[:12] not in lines[0]
+    assert lines[0].split()[1] == lines[1].split()[1]  # repeats of one query still link, within a run
