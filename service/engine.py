@@ -697,7 +697,8 @@ class Engine:
             # a decoder's message may quote a header value)
             reason = f"no copy without them could be made ({err.__class__.__name__})"
         what = "its header's patient data" if dicom else "its metadata"
-        logger.warning("a classifier example is kept with %s: %s", what, reason)
+        # named by its SHA-256 (its file's name in the store's examples/): the operator can find it, and erase it
+        logger.warning("classifier example %s is kept with %s: %s", hashlib.sha256(data).hexdigest()[:16], what, reason)
         return data
 
     def _same_model_input(self, first: bytes, second: bytes) -> bool:
