@@ -117,6 +117,16 @@ SYSTEM_FOLDERS = frozenset(
 SYSTEM_FILES = frozenset(name.casefold() for name in ("Thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"))
 
 
+# A folder name that looks like a person's identifier rather than a finding: a run of 6 or more digits (a record
+# number, a date written 19610203), a date written with separators, or the usual abbreviations as whole words.
+_PERSONAL = re.compile(r"\d{6,}|\b\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b|\b(mrn|dob|patient|pid|nhs|ssn)\b", re.IGNORECASE)
+
+
+def looks_personal(label: str) -> bool:
+    """Whether a folder label looks like a person's identifier (see :data:`_PERSONAL`), not a finding."""
+    return _PERSONAL.search(label) is not None
+
+
 def is_system_name(name: str, folder: bool) -> bool:
     """Whether a file or folder of this name is an operating system's or a NAS's, not the archive's."""
     return name.startswith(".") or name.casefold() in (SYSTEM_FOLDERS if folder else SYSTEM_FILES)
@@ -143,6 +153,12 @@ def from_folder(root: Path, modality: str | None = None, labels_from_folders: bo
             labels = (path.parent.name.replace("_", " "),)
         items.append(ImageItem(seq=len(items), source=str(path), modality=modality, labels=labels))
     logger.info("%s: %d files", root, len(items))
+    personal = sorted({label for item in items for label in item.labels if looks_personal(label)})
+    if personal:  # not named here: the log would carry them too
+        logger.warning(
+            "%s: %d folder labels look like a person's identifiers (a record number, a date, MRN or ID): labels are "
+            "returned to every API caller and searchable; name the folders by finding, or build without "
+            "--labels-from-folders", root, len(personal))
     return SourceSet(items=items, roots=[root], descriptions=[f"folder {root}"], unlisted=unlisted)
 
 

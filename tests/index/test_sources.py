@@ -131,3 +131,38 @@ def test_a_nas_and_an_operating_system_leave_no_inputs(tmp_path: Path, caplog: p
     # pointed at one on purpose, its files are read
     inside = sources.from_folder(archive / "2026" / "@eaDir")
     assert [Path(i.source).name for i in inside.items] == ["SYNOFILE_THUMB_XL.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("label", "personal"),
+    [
+        ("Doe John MRN4455667", True), ("MRN 12", True), ("1961-02-03", True), ("03.02.1961", True),
+        ("19610203", True), ("patient 12", True), ("DOB 1961", True),
+        ("normal", False), ("diabetic macular edema", False), ("BRVO", False), ("grade 2", False), ("2024", False),
+        ("R3 M1", False),
+    ],
+)
+def test_which_folder_labels_look_like_a_persons_identifiers(label: str, personal: bool) -> None:
+    from index.sources import looks_personal
+
+    assert looks_personal(label) is personal
+
+
+def test_folder_labels_that_look_like_identifiers_are_warned_of_without_naming_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--labels-from-folders` over folders named after patients made their names and record numbers labels,
+    returned to every API caller, without a word."""
+    import logging
+
+    from index.sources import from_folder
+
+    for folder in ("Doe_John_MRN4455667", "normal"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.jpg").write_bytes(b"x")
+    caplog.set_level(logging.WARNING, logger="index.sources")
+    from_folder(tmp_path, labels_from_folders=True)
+    assert "1 folder labels look like a person's identifiers" in caplog.text and "Doe" not in caplog.text
+    caplog.clear()
+    from_folder(tmp_path)  # no labels made: nothing to say
+    assert "identifiers" not in caplog.text
