@@ -911,7 +911,20 @@ class IndexHolder:
         if index is not None:
             self._close_previous(index)
 
-    def _load(self) -> tuple[Any, tuple[int, int], str, list[str]] | None:
+    # A change committed while an index was opening (two quick `keepfit index add`/`remove`) deletes the files being
+    # opened: the failure is the race's, not the index's, and the newer one is opened at once, this many times.
+    CHANGED_WHILE_OPENING_RETRIES = 3
+
+    def _changed_since(self, stamp: tuple[int, int], retries: int, err: Exception) -> bool:
+        """Whether a failure to open the index of ``stamp`` came from a newer one committed meanwhile (then said
+        at INFO, and the caller opens that one) rather than from the index itself."""
+        now = self._manifest_stamp()
+        if not retries or now is None or now == stamp:
+            return False
+        logger.info("index %s changed while it was being opened (%s): opening the newer one", self.path, err)
+        return True
+
+    def _load(self, retries: int = CHANGED_WHILE_OPENING_RETRIES) -> tuple[Any, tuple[int, int], str, list[str]] | None:
         """The index at the path if its manifest changed (on the loader thread): ``(index, stamp, fingerprint,
         held)``, or None (unchanged, or refused: then why, for /readyz)."""
         if self.path is None:
@@ -933,6 +946,8 @@ class IndexHolder:
                 opener = VectorIndex.open
             index = opener(self.path, expected_artifact_version=self.artifact_version)
         except (IndexStoreError, OSError) as err:
+            if self._changed_since(stamp, retries, err):
+                return self._load(retries - 1)
             self._refuse(stamp, err)
             return None
         except ImportError as err:
@@ -952,6 +967,8 @@ class IndexHolder:
         except Exception as err:  # opened, but not servable: closed, and refused as a broken index is (not reopened,
             # and leaked, at every check)
             self._close_previous(index)
+            if self._changed_since(stamp, retries, err):
+                return self._load(retries - 1)
             self._refuse(stamp, err)
             return None
         return index, stamp, fingerprint, held

@@ -208,3 +208,46 @@ def test_a_stopping_service_closes_the_index_it_was_opening(
         release.set()
     _until_closed(opened, 2)
     assert [g.closed for g in opened] == [True, True]
+
+
+@pytest.mark.parametrize("fails", ["opening", "warming"])
+def test_an_index_replaced_while_it_opened_is_not_refused_but_the_newer_one_opened(
+    tmp_path: Path, fails: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two quick changes (`keepfit index add` then `remove`): the second commit deleted the files of the generation
+    being opened. The failure was logged as an ERROR, `keepfit_index_refused` set (or /readyz 503 at start) until
+    the next check 5 s later, although nothing was wrong with the index."""
+    import logging
+
+    opened: list[_Generation] = []
+
+    class Unservable(_Generation):
+        def warm(self, modalities: object) -> None:
+            raise FileNotFoundError("gen-2.faiss")
+
+    def opener(path: Path, expected_artifact_version: str) -> _Generation:
+        if len(opened) == 1:  # generation 2 opens as generation 3 is committed, which deletes its files
+            _publish(tmp_path, 3)
+            if fails == "opening":
+                opened.append(_Generation(0))
+                raise FileNotFoundError("gen-2.faiss")
+            opened.append(Unservable(2))
+            return opened[-1]
+        opened.append(_Generation(len(opened) + 1))
+        return opened[-1]
+
+    async def scenario() -> None:
+        _publish(tmp_path, 1)
+        holder = IndexHolder(tmp_path, "v", opener=opener)
+        holder.RELOAD_CHECK_S = 0.0
+        await holder.start()
+        _publish(tmp_path, 2)
+        await holder.refresh(force=True)
+        assert (await holder.locate(7))[1] == Path("/images/3/7.jpg")  # the newest, at once
+        assert holder.info().error is None and holder.info().loads == 2
+        await holder.close()
+
+    caplog.set_level(logging.INFO, logger="service.engine")
+    asyncio.run(scenario())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "changed while it was being opened" in caplog.text
