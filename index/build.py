@@ -600,7 +600,7 @@ def _remove_if_only_ours(directory: Path, parents: list[Path], work: bool = True
     try:
         if not directory.is_dir():
             return
-        with locked(directory):
+        with locked(directory, wait=False):
             if any(p.name != LOCK and not (work and p.name.startswith(WORK_PREFIX)) for p in directory.iterdir()):
                 return
             shutil.rmtree(directory)

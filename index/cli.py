@@ -192,6 +192,14 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_json(path, data)
 
 
+def _wait_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait", type=finite_float(0, 7 * 86400), default=0.0, metavar="SECONDS",
+        help="when another process is changing the index (a rebuild, an add), wait up to this long for it to end "
+        "(default: refuse at once); for a scheduled job",
+    )
+
+
 def _report(report: Report, as_json: bool) -> int:
     _out(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
     return 0
@@ -200,6 +208,7 @@ def _report(report: Report, as_json: bool) -> int:
 # ------------------------------------------------------------------------------------------- commands
 def build_main(argv: list[str]) -> int:
     from index.build import build
+    from index.writer import lock_wait
 
     p = argparse.ArgumentParser(
         prog="keepfit index build", description="Embed an image archive into a new index."
@@ -220,15 +229,17 @@ def build_main(argv: list[str]) -> int:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _ann_args(p)
+    _wait_arg(p)
     args = p.parse_args(argv)
-    report = build(
-        args.out,
-        _sources(args),
-        args.artifact,
-        ann=_ann_spec(args),
-        options=_embed_options(args),
-        image_root=args.image_root,
-    )
+    with lock_wait(args.wait):
+        report = build(
+            args.out,
+            _sources(args),
+            args.artifact,
+            ann=_ann_spec(args),
+            options=_embed_options(args),
+            image_root=args.image_root,
+        )
     return _report(report, args.json)
 
 
@@ -236,6 +247,7 @@ def add_main(argv: list[str]) -> int:
     from index.ann import AnnSpec
     from index.build import add
     from index.store import read_manifest
+    from index.writer import lock_wait
 
     p = argparse.ArgumentParser(prog="keepfit index add", description="Add new images to an index.")
     p.add_argument("--index", type=Path, required=True)
@@ -243,22 +255,26 @@ def add_main(argv: list[str]) -> int:
     _source_args(p)
     p.add_argument("--json", action="store_true")
     _ann_args(p, default_kind=None)
+    _wait_arg(p)
     args = p.parse_args(argv)
     base = AnnSpec.from_dict(read_manifest(args.index).get("ann", {}))
-    report = add(
-        args.index, _sources(args), args.artifact, ann=_ann_spec(args, base), options=_embed_options(args)
-    )
+    with lock_wait(args.wait):
+        report = add(
+            args.index, _sources(args), args.artifact, ann=_ann_spec(args, base), options=_embed_options(args)
+        )
     return _report(report, args.json)
 
 
 def remove_main(argv: list[str]) -> int:
     from index.build import remove
+    from index.writer import lock_wait
 
     p = argparse.ArgumentParser(prog="keepfit index remove", description="Remove images from an index.")
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--id", action="append", default=[], help="record id (repeatable, or comma-separated)")
     p.add_argument("--path", action="append", default=[], help="stored or absolute image path (repeatable)")
     p.add_argument("--json", action="store_true")
+    _wait_arg(p)
     args = p.parse_args(argv)
     ids = []
     for text in args.id:
@@ -272,7 +288,8 @@ def remove_main(argv: list[str]) -> int:
                 raise DataError(f"--id expects integers, got {part!r}") from err
             if not 0 <= ids[-1] < 2**63:
                 raise DataError(f"--id {part} is not an image id (0 to 2^63-1)")
-    report = remove(args.index, ids, args.path)
+    with lock_wait(args.wait):
+        report = remove(args.index, ids, args.path)
     _report(report, args.json)
     _classifiers_holding(args.index, report.removed_sha256)
     return 0
@@ -300,6 +317,7 @@ def reindex_main(argv: list[str]) -> int:
     from index.ann import AnnSpec
     from index.build import reindex
     from index.store import read_manifest
+    from index.writer import lock_wait
 
     p = argparse.ArgumentParser(
         prog="keepfit index reindex",
@@ -308,13 +326,15 @@ def reindex_main(argv: list[str]) -> int:
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--json", action="store_true")
     _ann_args(p, default_kind=None)
+    _wait_arg(p)
     args = p.parse_args(argv)
     base = AnnSpec.from_dict(read_manifest(args.index).get("ann", {}))
-    return _report(reindex(args.index, _ann_spec(args, base)), args.json)
+    with lock_wait(args.wait):
+        return _report(reindex(args.index, _ann_spec(args, base)), args.json)
 
 
 def seal_main(argv: list[str]) -> int:
-    from index.writer import seal_index
+    from index.writer import lock_wait, seal_index
 
     p = argparse.ArgumentParser(
         prog="keepfit index seal",
@@ -322,14 +342,16 @@ def seal_main(argv: list[str]) -> int:
         "of index_manifest.json, or for an index written by an older keepfit).",
     )
     p.add_argument("--index", type=Path, required=True)
+    _wait_arg(p)
     args = p.parse_args(argv)
-    changed = seal_index(args.index)
+    with lock_wait(args.wait):
+        changed = seal_index(args.index)
     _out(f"{args.index}: {'sealed' if changed else 'already sealed'}")
     return 0
 
 
 def adopt_main(argv: list[str]) -> int:
-    from index.writer import adopt_index
+    from index.writer import adopt_index, lock_wait
     from model.artifact import load_artifact
 
     p = argparse.ArgumentParser(
@@ -341,9 +363,11 @@ def adopt_main(argv: list[str]) -> int:
     )
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--artifact", type=Path, required=True, help="the artifact the index is to be served with")
+    _wait_arg(p)
     args = p.parse_args(argv)
     artifact = load_artifact(args.artifact)
-    old, new = adopt_index(args.index, artifact)
+    with lock_wait(args.wait):
+        old, new = adopt_index(args.index, artifact)
     if old == new:
         _out(f"{args.index}: already built with {artifact.name} {new}")
     else:

@@ -22,7 +22,9 @@ import json
 import logging
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, cast
 
@@ -51,23 +53,52 @@ LOCK = ".lock"
 HISTORY_MAX = 100
 
 
+# How long a change waits for another process's change of the same index to end (``--wait``); 0: refused at once
+_LOCK_WAIT_S: ContextVar[float] = ContextVar("keepfit_index_lock_wait_s", default=0.0)
+
+
 @contextlib.contextmanager
-def locked(directory: Path, create: bool = True) -> Iterator[None]:
+def lock_wait(seconds: float) -> Iterator[None]:
+    """Within the block, :func:`locked` waits up to ``seconds`` for another writer to finish (a cron job's add
+    meeting a rebuild), instead of refusing at once."""
+    token = _LOCK_WAIT_S.set(seconds)
+    try:
+        yield
+    finally:
+        _LOCK_WAIT_S.reset(token)
+
+
+@contextlib.contextmanager
+def locked(directory: Path, create: bool = True, wait: bool = True) -> Iterator[None]:
     """Exclusive write lock on an index directory (created if needed, with ``create``; else a missing one is an
-    error that leaves nothing behind); fails fast if another writer holds it."""
+    error that leaves nothing behind). If another writer holds it: waits as :func:`lock_wait` allows (never
+    without ``wait``), then refuses."""
     if not create and not directory.is_dir():
         raise IndexStoreError(f"not an index: {directory} does not exist")
     if not create and not (directory / MANIFEST).is_file():  # no lock file left in a folder that is not an index
         raise IndexStoreError(f"not an index: {directory} has no {MANIFEST}")
     directory.mkdir(parents=True, exist_ok=True)
     fh = open(directory / LOCK, "a+")  # noqa: SIM115 - held for the duration of the context
+    patience = _LOCK_WAIT_S.get() if wait else 0.0
+    deadline, said = time.monotonic() + patience, False
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise IndexStoreError(
-                f"index {directory} is being changed by another process; try again when it ends"
-            ) from err
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as err:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise IndexStoreError(
+                        f"index {directory} is being changed by another process; "
+                        + (f"it did not end within {patience:g} s (--wait)" if patience else
+                           "try again when it ends, or wait for it with --wait SECONDS")
+                    ) from err
+                if not said:
+                    logger.info("index %s is being changed by another process: waiting for it (up to %g s)",
+                                directory, patience)
+                    said = True
+                time.sleep(min(0.5, left))
         yield
     finally:
         fh.close()  # releases the lock

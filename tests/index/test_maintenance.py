@@ -243,9 +243,40 @@ def test_hnsw_removal_rebuilds_the_graph(index_copy: Path) -> None:
 
 def test_a_second_writer_is_refused_while_one_runs(index_copy: Path) -> None:
     with locked(index_copy):
-        with pytest.raises(IndexStoreError, match="being changed by another process"):
+        with pytest.raises(IndexStoreError, match="being changed by another process; try again when it ends, or "
+                                                  "wait for it with --wait SECONDS"):
             remove(index_copy, ids=[1])
     assert remove(index_copy, ids=[1]).removed == 1
+
+
+def test_a_writer_told_to_wait_goes_on_once_the_other_one_ends(
+    index_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scheduled `index add` that met a rebuild failed at once: the operator had to script the retry."""
+    import threading
+
+    from model.cli import main as keepfit
+
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with locked(index_copy):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        held.wait(30)
+        assert keepfit(["index", "remove", "--index", str(index_copy), "--id", "1", "--wait", "0.2"]) == 2
+        assert "it did not end within 0.2 s (--wait)" in capsys.readouterr().err
+        threading.Timer(0.5, release.set).start()  # the other change ends while this one waits
+        assert keepfit(["index", "remove", "--index", str(index_copy), "--id", "1", "--wait", "60"]) == 0
+    finally:
+        release.set()
+        thread.join()
+    assert "removed 1" in capsys.readouterr().out
+    assert 1 not in state(index_copy)[2]
 
 
 def test_rebuild_replaces_atomically_and_keeps_ids(
