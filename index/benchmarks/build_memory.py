@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from model.cli import positive_int
+
 OPERATIONS = ("build", "rebuild", "add")
 DEFAULT_ARTIFACT = Path(__file__).resolve().parents[2] / "artifacts" / "keepfit-v2-small"
 FAIL_EVERY = 1000  # one input in this many is not an image (its row carries its path in the detail)
@@ -289,7 +291,7 @@ def run(ns: Sequence[int], operations: Sequence[str], index_type: str, artifact:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m index.benchmarks.build_memory", description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[50_000])
+    parser.add_argument("--n", type=positive_int, nargs="+", default=[50_000])
     parser.add_argument("--operation", nargs="+", choices=OPERATIONS, default=["build"])
     parser.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivf", "hnsw"))
     parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)

@@ -22,6 +22,7 @@ from typing import Any
 
 from index.query import merged, text_query
 from index.store import VectorIndex, canonical_label
+from model.cli import positive_int
 
 K = 10
 # negations the knowledge does not list, with the category they mean: searched for by the text alone
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--artifact", type=Path, required=True)
-    p.add_argument("--min-images", type=int, default=5)
+    p.add_argument("--min-images", type=positive_int, default=5)
     args = p.parse_args(argv)
     runtime = KeepfitRuntime.from_artifact(args.artifact)
     knowledge = runtime.knowledge

@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from model.cli import positive_int
 from model.config import get_config
 from model.knowledge import Knowledge
 from model.nn.export import export_artifact, verification_prompts
@@ -51,8 +52,8 @@ def _time(funcs: dict[str, Callable[[], object]], repeats: int) -> dict[str, flo
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="keepfit-v2-small")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=20)
+    p.add_argument("--threads", type=positive_int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from model import fewshot
+from model.cli import positive_int
 from model.preprocess import load_image
 from model.runtime import KeepfitRuntime
 
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifact", default="artifacts/keepfit-v2-small")
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--cache", default=".cache/kshot")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=positive_int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--calibration", action="store_true",

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from model.cli import positive_int
 from model.errors import KeepfitError
 from model.manifest import read_manifest
 from model.modality_head import parse_typicality, typicality_for
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path, default=Path("artifacts/keepfit-v2-small"))
     p.add_argument("--data-root", type=Path, default=Path("..") / "shared" / "data")
     p.add_argument("--others", type=Path, default=None, help="a folder of pictures that are not of an eye")
-    p.add_argument("--components", type=int, default=None,
+    p.add_argument("--components", type=positive_int, default=None,
                    help="fit the typicality again with this many principal directions, in memory (about 1 minute)")
     args = p.parse_args(argv)
     if not args.data_root.is_dir():

@@ -415,7 +415,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-server", action="store_true")
     p.add_argument("--json", type=writable_json, default=None, help="also write the figures here")
     p.add_argument("--rss-child", nargs=2, metavar=("PATH", "FILE"), help=argparse.SUPPRESS)
-    p.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)
+    p.add_argument("--image-size", type=positive_int, default=224, help=argparse.SUPPRESS)
     return p
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model.cli import positive_int
 from service.benchmarks._common import DEFAULT_DATA, ROOT
 
 CLASSES = (
@@ -33,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
-    parser.add_argument("--per-class", type=int, default=16)
-    parser.add_argument("--images", type=int, default=20, help="test images classified both ways")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--per-class", type=positive_int, default=16)
+    parser.add_argument("--images", type=positive_int, default=20, help="test images classified both ways")
+    parser.add_argument("--repeats", type=positive_int, default=7)
     args = parser.parse_args(argv)
 
     from fastapi.testclient import TestClient

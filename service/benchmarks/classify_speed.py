@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from model.cli import positive_int
 from service.benchmarks._common import (
     DEFAULT_DATA,
     ROOT,
@@ -73,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--config", default="keepfit-v2-small", help="torch baseline config")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--images-per-modality", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--images-per-modality", type=positive_int, default=10)
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument(
         "--torch-threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="torch threads (default 1: on a shared CPU OpenMP's spinning makes more threads several times slower)",
     )

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from model import colour
+from model.cli import positive_int
 from service.benchmarks._common import DEFAULT_DATA, ROOT
 from service.benchmarks.decode_quality import image_sets
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--per-set", type=int, default=40)
+    p.add_argument("--per-set", type=positive_int, default=40)
     args = p.parse_args(argv)
 
     from model.preprocess import load_image, preprocess, to_rgb

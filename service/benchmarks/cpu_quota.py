@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model.cli import positive_int
 from service.benchmarks._common import (
     DEFAULT_DATA,
     ROOT,
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     p.add_argument("--cpus", type=positive_float, default=1.0, help="the cgroup's CPU quota (docker --cpus)")
-    p.add_argument("--host-cores", type=int, default=16, help="the host whose core count the old sizing used")
+    p.add_argument("--host-cores", type=positive_int, default=16, help="the host whose core count the old sizing used")
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--seconds", type=positive_float, default=8.0, help="per client level")
     p.add_argument("--json", type=writable_json, default=None, help="also write the figures here")

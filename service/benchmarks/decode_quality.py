@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from model.cli import positive_int
 from service.benchmarks._common import DEFAULT_DATA, ROOT, op_dicom
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--per-set", type=int, default=40)
+    p.add_argument("--per-set", type=positive_int, default=40)
     p.add_argument("--gaps", default=None, help="reducing gaps to compare (comma-separated; default: the one used)")
     p.add_argument("--j2k-dicom", action="store_true", help="the images as JPEG 2000 lossless DICOM objects")
     args = p.parse_args(argv)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from model.cli import positive_int
 from service.benchmarks._common import DEFAULT_DATA
 from service.classifiers import Example
 from service.example_checks import (
@@ -151,8 +152,8 @@ def confounds(traits_of: Callable[[bytes], ExampleTraits | None], rows: list[tup
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--copies", type=int, default=300, help="test images re-saved (default 300)")
-    p.add_argument("--repeats", type=int, default=20, help="random classifiers per cell (default 20)")
+    p.add_argument("--copies", type=positive_int, default=300, help="test images re-saved (default 300)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="random classifiers per cell (default 20)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     from service.engine import Engine, FeaturelessExampleError, Timings

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model.cli import positive_int
 from service.benchmarks._common import (
     DEFAULT_DATA,
     ROOT,
@@ -47,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--images-per-modality", type=int, default=10)
-    p.add_argument("--explain-top", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--images-per-modality", type=positive_int, default=10)
+    p.add_argument("--explain-top", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--json", type=writable_json, help="also write the figures here")
     args = p.parse_args(argv)
 

@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from model import fewshot
+from model.cli import positive_int
 from service.benchmarks._common import DEFAULT_DATA, ROOT, writable_json
 
 MODALITY = "CFP"
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "fewshot_estimate")
-    parser.add_argument("--draws", type=int, default=50, help="random draws of the examples per task and k")
+    parser.add_argument("--draws", type=positive_int, default=50, help="random draws of the examples per task and k")
     parser.add_argument("--shots", default="5,10,20,50", help="examples per category, comma-separated")
     parser.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated")
     parser.add_argument("--copies", choices=sorted(COPIES), help="also upload a near-duplicate of every example")

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model.cli import positive_int
 from model.cores import available_cores
 from service.benchmarks._common import DEFAULT_DATA, ROOT, writable_json
 
@@ -56,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--copies", type=int, default=45, help="links to each camera original")
+    p.add_argument("--copies", type=positive_int, default=45, help="links to each camera original")
     p.add_argument("--ray", action="store_true", help="also build on a local Ray instance")
-    p.add_argument("--ray-cpus", type=int, default=max(2, available_cores()))
+    p.add_argument("--ray-cpus", type=positive_int, default=max(2, available_cores()))
     p.add_argument("--baseline-root", type=Path, default=None, help="also build with this checkout")
     p.add_argument("--json", type=writable_json, default=None, help="also write the figures here")
     args = p.parse_args(argv)

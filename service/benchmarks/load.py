@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=positive_int, default=32)
     p.add_argument("--seconds", type=positive_float, default=60.0)
     p.add_argument("--images", type=positive_int, default=150, help="images per modality in the classify pool")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--cache-off", action="store_true", help="no response cache: every request runs the model")
     p.add_argument("--json", type=writable_json, help="also write the figures here")
     args = p.parse_args(argv)

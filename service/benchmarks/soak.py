@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     p.add_argument("--minutes", type=positive_float, default=10.0)
     p.add_argument("--clients", type=positive_int, default=6)
-    p.add_argument("--sample-s", type=float, default=5.0)
+    p.add_argument("--sample-s", type=positive_float, default=5.0)
     p.add_argument("--images", type=positive_int, default=100, help="images per modality in the pool")
     p.add_argument("--redis-url", help="use Redis as the response cache (default: in-process)")
     p.add_argument("--json", type=writable_json, help="also write the figures and samples here")

@@ -32,6 +32,8 @@ from service.benchmarks._common import (
     Http,
     multipart_body,
     pct,
+    positive_float,
+    positive_int,
     real_images,
     serve,
     server_pids,
@@ -180,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "keepfit-v2-small")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--senders", type=int, default=8, help="clients uploading worst-case images at once")
-    p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--side", type=int, default=SIDE, help="side of the square worst-case images")
+    p.add_argument("--senders", type=positive_int, default=8, help="clients uploading worst-case images at once")
+    p.add_argument("--seconds", type=positive_float, default=30.0)
+    p.add_argument("--side", type=positive_int, default=SIDE, help="side of the square worst-case images")
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/keepfit-worst-case"))
     p.add_argument("--baseline-root", type=Path, default=None, help="also serve this checkout (before/after)")
     p.add_argument("--json", type=writable_json, default=None)

@@ -63,6 +63,24 @@ def test_a_missing_artifact_is_one_line(
         ["service.benchmarks.cpu_quota", "--cpus", "0"],  # clamped to 1 % of a core: it ran on and on
         ["service.benchmarks.load", "--clients", "0"],  # nan rows, status 0
         ["service.benchmarks.soak", "--minutes", "0"],
+        # counts, repeats and durations of every other benchmark (zero ended in a ZeroDivisionError, nan rows or
+        # an empty table after the setup)
+        ["service.benchmarks.classify_speed", "--images-per-modality", "0"],
+        ["service.benchmarks.classifier_fit", "--repeats", "0"],
+        ["service.benchmarks.colour_profiles", "--per-set", "-1"],
+        ["service.benchmarks.decode_quality", "--per-set", "0"],
+        ["service.benchmarks.example_checks", "--copies", "0"],
+        ["service.benchmarks.explain_latency", "--explain-top", "0"],
+        ["service.benchmarks.fewshot_estimate", "--draws", "0"],
+        ["service.benchmarks.index_speed", "--copies", "0"],
+        ["service.benchmarks.load", "--workers", "0"],
+        ["service.benchmarks.soak", "--sample-s", "0"],
+        ["service.benchmarks.worst_case_memory", "--seconds", "nan"],
+        ["model.benchmarks.encode_bench", "--repeats", "0"],
+        ["model.benchmarks.kshot", "--repeats", "0"],
+        ["model.benchmarks.typicality", "--components", "0"],
+        ["index.benchmarks.text_queries", "--min-images", "0"],
+        ["index.benchmarks.build_memory", "--n", "0"],
     ],
 )
 def test_other_benchmarks_refuse_a_bad_flag_at_once(argv: list[str]) -> None:
