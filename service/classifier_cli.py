@@ -427,6 +427,10 @@ def forget_main(args: argparse.Namespace) -> int:
     ids = set(args.index_id or [])
     if not prefixes and not ids:
         raise DataError("name the images to forget: --sha256 HEX and/or --index-id N (repeatable)")
+    root = _root(args)
+    if not args.store and not (root / "classifiers.sqlite").is_file():  # where the service would keep one
+        print(f"no classifier store at {root} (no classifier was fitted there): nothing to forget")  # noqa: T201
+        return 0
     store = _store(args)
 
     def wanted(e: dict[str, Any]) -> bool:

@@ -104,3 +104,29 @@ def test_the_api_container_runs_read_only_under_an_init_with_rotated_logs() -> N
     assert host["LogConfig"]["Config"] == {"max-size": "20m", "max-file": "5"}
     assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
     assert _docker("exec", ids[0], "cat", "/proc/1/comm").strip() in {"docker-init", "tini"}
+
+
+def test_an_image_is_erased_from_the_running_deployment_as_the_readme_shows(api: httpx.Client) -> None:
+    """`docker compose exec api keepfit index remove ...` and `... classifier forget ...` (README: "Erasing a
+    patient's images"): the API's container (read-only, without capabilities) can change its index volume, and
+    the running API stops serving the image. Last in this file: it removes an image the searches above found."""
+    project = os.environ.get("COMPOSE_PROJECT_NAME")
+    if not project or not os.environ.get("DOCKER_HOST"):
+        pytest.skip("needs the engine and project of the deployment (docker/stack.py sets DOCKER_HOST and "
+                    "COMPOSE_PROJECT_NAME)")
+    (container,) = _docker("ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
+                           "--filter", "label=com.docker.compose.service=api").split()
+    r = api.post("/v1/search", json={"query": "optic disc of a fundus photograph", "top_k": 1})
+    assert r.status_code == 200, r.text
+    (hit,) = r.json()["hits"]
+    assert api.get(hit["image_url"]).status_code == 200
+    removed = json.loads(_docker("exec", container, "keepfit", "index", "remove", "--index",
+                                 "/indexes/default",
+                                 "--id", str(hit["id"]), "--json"))
+    assert removed["removed"] == 1 and removed["removed_sha256"] == [hit["sha256"]]
+    forgot = _docker("exec", container, "keepfit", "classifier", "forget", "--sha256", hit["sha256"][:16])
+    assert "nothing to forget" in forgot or "as an example" in forgot, forgot
+    deadline = time.monotonic() + SEARCH_WAIT_S
+    while api.get(hit["image_url"]).status_code != 404 and time.monotonic() < deadline:  # seen within seconds
+        time.sleep(1.0)
+    assert api.get(hit["image_url"]).status_code == 404

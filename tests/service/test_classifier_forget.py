@@ -140,3 +140,16 @@ def test_index_remove_names_the_classifiers_that_still_answer_with_the_image(
     capsys.readouterr()
     assert keepfit(["index", "remove", "--index", str(index), "--path", str(a[2].resolve())]) == 0
     assert "warning: classifiers" not in capsys.readouterr().err
+
+
+def test_forget_where_the_service_keeps_no_store_has_nothing_to_forget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deployment that never fitted a classifier: an erasure script's forget says so and succeeds; a --store
+    that names no store is still an error (a typo must not read as done)."""
+    index = tmp_path / "index"
+    assert keepfit(["classifier", "forget", "--index", str(index), "--sha256", "ab" * 8]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"no classifier store at {tmp_path / 'index.classifiers'} (no classifier was fitted there): nothing to forget")
+    assert keepfit(["classifier", "forget", "--store", str(tmp_path / "typo"), "--sha256", "ab" * 8]) == 2
+    assert "no classifier store at" in capsys.readouterr().err
