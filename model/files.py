@@ -138,13 +138,13 @@ def fsync_path(path: str | Path) -> None:
 LEFTOVER_AFTER_S = 3600.0
 
 
-def remove_leftovers(parent: Path, prefix: str, what: str) -> None:
-    """Remove the work folders in ``parent`` named ``prefix...`` that no one has changed for
-    :data:`LEFTOVER_AFTER_S`: left by a killed ``what`` (they may hold hundreds of MB, or patients' images)."""
+def remove_leftovers(parent: Path, prefix: str, what: str, after_s: float = LEFTOVER_AFTER_S) -> None:
+    """Remove the work folders in ``parent`` named ``prefix...`` that no one has changed for ``after_s``
+    (:data:`LEFTOVER_AFTER_S`): left by a killed ``what`` (they may hold hundreds of MB, or patients' images)."""
     now = time.time()
     for found in parent.glob(glob.escape(prefix) + "*"):
         try:
-            if found.is_dir() and not found.is_symlink() and now - _last_change(found) > LEFTOVER_AFTER_S:
+            if found.is_dir() and not found.is_symlink() and now - _last_change(found) > after_s:
                 shutil.rmtree(found)
                 logger.warning("removed %s, left by a %s that was killed", found, what)
         except OSError as err:  # another user's, or removed meanwhile: not this run's business
@@ -160,26 +160,48 @@ def _last_change(folder: Path) -> float:
     return latest
 
 
+# An interrupted evaluation's stage is removed by a later one into the same folder once it has not changed for this
+# long: far longer than a running one goes without writing a figure (LEFTOVER_AFTER_S is for copies, which write
+# all the time).
+STAGE_LEFTOVER_AFTER_S = 86400.0
+
+
 @contextmanager
 def staged_folder(out: Path, what: str) -> Iterator[Path]:
     """A folder for a command's outputs, published into ``out`` only when the block ends without an error: each
-    file replaces its namesake there (sub-folders merged), files of ``out`` it does not write stay. On an error
-    or Ctrl-C the staged files are removed and ``out`` is as it was: an interrupted report never sits beside the
-    previous run's, half new. The stage is beside ``out`` (a rename per file to publish); one a killed ``what``
-    left is removed by a later run."""
+    file replaces its namesake there (sub-folders merged); files of ``out`` it does not write stay. On an error
+    or Ctrl-C in the block the staged files are removed and ``out`` is as it was: an interrupted report never sits
+    beside the previous run's, half new.
+
+    The stage is a hidden folder inside ``out`` (``.partial-*``), so that publishing is a rename per file on one
+    file system, whatever ``out`` is (a link to another disk, a mount point). A publication the system refuses
+    keeps the stage and names it: the run's results are never deleted. One a killed ``what`` left is removed by a
+    later run once a day old."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{out.name}.partial-"
-    remove_leftovers(out.parent, prefix, what)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))
+    out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out, ".partial-", what, after_s=STAGE_LEFTOVER_AFTER_S)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".partial-"))
     try:
         yield stage
-        out.mkdir(exist_ok=True)
-        for base, dirs, files in os.walk(stage):
-            target = out / Path(base).relative_to(stage)
-            for name in dirs:
-                (target / name).mkdir(exist_ok=True)
-            for name in files:
-                os.replace(os.path.join(base, name), target / name)
-    finally:
+    except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        raise
+    moves = []
+    for base, dirs, files in os.walk(stage):
+        target = out / Path(base).relative_to(stage)
+        moves += [(Path(base) / name, target / name, True) for name in dirs]
+        moves += [(Path(base) / name, target / name, False) for name in files]
+    clash = next((t for _, t, is_dir in moves if t.exists() and t.is_dir() != is_dir), None)
+    try:
+        if clash is not None:  # checked before anything moves: never half published
+            kind = "a folder" if clash.is_dir() else "a file"
+            raise OSError(errno.EEXIST, f"{clash} is {kind} where this run writes the other kind", str(clash))
+        for source, target, is_dir in moves:
+            if is_dir:
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(source, target)
+    except OSError as err:
+        raise ConfigError(f"could not write the results into {out} ({err.strerror or err}): they are in {stage}; "
+                          "move them yourself") from err
+    shutil.rmtree(stage, ignore_errors=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,38 @@ def test_reading_a_folder_as_a_file_says_it_is_a_directory(tmp_path: Path) -> No
         read_regular_file(tmp_path)
     (tmp_path / "a").write_bytes(b"abc")
     assert read_regular_file(tmp_path / "a") == b"abc"
+
+
+def test_a_staged_folder_publishes_into_an_out_on_another_file_system(tmp_path: Path) -> None:
+    """The stage sat beside --out: an --out linked to another disk (or a mount point) failed with EXDEV at the end
+    of the run, and the finished results were deleted with the stage."""
+
+    from model.files import staged_folder
+
+    other = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else tmp_path / "other"
+    try:
+        (tmp_path / "out").symlink_to(other, target_is_directory=True)
+        with staged_folder(tmp_path / "out", "test") as stage:
+            (stage / "report.md").write_text("new")
+            (stage / "baseline").mkdir()
+            (stage / "baseline" / "report.md").write_text("base")
+        assert (other / "report.md").read_text() == "new" and (other / "baseline" / "report.md").read_text() == "base"
+        assert not [p for p in other.iterdir() if p.name.startswith(".partial-")]
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_a_publication_that_cannot_finish_keeps_the_results_and_changes_nothing(tmp_path: Path) -> None:
+    from model.errors import ConfigError
+    from model.files import staged_folder
+
+    out = tmp_path / "out"
+    (out / "report.md").mkdir(parents=True)  # a folder where the run writes a file
+    (out / "notes.txt").write_text("the user's")
+    with pytest.raises(ConfigError, match="could not write the results into .*: they are in .*partial-") as refused:
+        with staged_folder(out, "test") as stage:
+            (stage / "a.txt").write_text("first")
+            (stage / "report.md").write_text("new")
+    kept = Path(str(refused.value).split("they are in ")[1].split(";")[0])
+    assert sorted(p.name for p in kept.iterdir()) == ["a.txt", "report.md"]  # nothing lost
+    assert not (out / "a.txt").exists() and (out / "report.md").is_dir()  # nothing half published
