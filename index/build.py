@@ -803,16 +803,29 @@ def _update_index(
     return BuiltIndex(index=index, kind=current.index_type, params=dict(current.params))  # type: ignore[arg-type]
 
 
+# The search settings a change asks for: the index's own (read under its lock), with these values over them. A spec
+# read before the lock was taken would undo a change that committed while this one waited for the lock (--wait).
+AnnChange = dict[str, Any]
+
+
+def resolve_ann(ann: AnnSpec | AnnChange | None, manifest: IndexManifest | dict[str, Any]) -> AnnSpec:
+    """``ann`` as the index at ``manifest`` is to be searched: a whole spec as given; changes over the index's
+    own settings; None: the index's own."""
+    if isinstance(ann, AnnSpec):
+        return ann
+    return AnnSpec.from_dict({**AnnSpec.from_dict(manifest.get("ann", {})).to_dict(), **(ann or {})})
+
+
 class IndexUpdate:
     """One change to an existing index, made under its lock (:func:`updating`): records added and ids removed,
     then committed as the next generation, the FAISS index updated in place when its type allows."""
 
     def __init__(
-        self, directory: Path, current: VectorIndex, ann: AnnSpec | None, staging: Staging | None = None
+        self, directory: Path, current: VectorIndex, ann: AnnSpec | AnnChange | None, staging: Staging | None = None
     ) -> None:
         self.directory, self.current, self.manifest = directory, current, current.manifest
         self.staging = staging  # where the next generation's vectors are put together (None: in memory)
-        self.ann = ann or AnnSpec.from_dict(self.manifest.get("ann", {}))
+        self.ann = resolve_ann(ann, self.manifest)
         self.records: list[Record] = []
         self.new_vectors = np.zeros((0, current.dim), np.float32)
         self.removed: list[int] = []
@@ -853,7 +866,9 @@ class IndexUpdate:
 
 
 @contextmanager
-def updating(directory: Path, artifact: Artifact | None = None, ann: AnnSpec | None = None) -> Iterator[IndexUpdate]:
+def updating(
+    directory: Path, artifact: Artifact | None = None, ann: AnnSpec | AnnChange | None = None
+) -> Iterator[IndexUpdate]:
     """The index at ``directory`` locked and opened for one change (its embeddings must come from ``artifact``)."""
     with locked(directory, create=False), staging_of(directory) as staging:
         current = _open_current(directory, artifact)
@@ -877,10 +892,11 @@ def add(
     sources: SourceSet,
     artifact_dir: Path,
     *,
-    ann: AnnSpec | None = None,
+    ann: AnnSpec | AnnChange | None = None,
     options: EmbedOptions | None = None,
 ) -> Report:
-    """Embed ``sources`` and add the images the index does not hold yet."""
+    """Embed ``sources`` and add the images the index does not hold yet (``ann``: a spec, or changes to the
+    index's own settings, read under its lock)."""
     start, directory, artifact = time.perf_counter(), directory.expanduser(), load_artifact(artifact_dir)
     with updating(directory, artifact, ann) as update:
         manifest = update.manifest
@@ -943,11 +959,12 @@ def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) 
     return _finish(report, committed, start)
 
 
-def reindex(directory: Path, ann: AnnSpec) -> Report:
-    """Rebuild the FAISS index from the stored vectors with another type or parameters (no re-embedding)."""
+def reindex(directory: Path, ann: AnnSpec | AnnChange) -> Report:
+    """Rebuild the FAISS index from the stored vectors with another type or parameters (no re-embedding);
+    ``ann``: a spec, or changes to the index's own settings, read under its lock."""
     start, directory = time.perf_counter(), directory.expanduser()
-    with updating(directory) as update:
-        n = update.current.count
-        check_memory(n, update.current.dim, ann.resolve(n), ann.hnsw_m, operation="reindex", embeds=False)
-        committed = update.commit({"op": "reindex"}, rebuild_as=ann)
+    with updating(directory, ann=ann) as update:
+        n, spec = update.current.count, update.ann
+        check_memory(n, update.current.dim, spec.resolve(n), spec.hnsw_m, operation="reindex", embeds=False)
+        committed = update.commit({"op": "reindex"}, rebuild_as=spec)
     return _finish(Report(directory, "reindex"), committed, start)

@@ -67,11 +67,9 @@ def _ann_args(p: argparse.ArgumentParser, default_kind: str | None = "auto") -> 
     )
 
 
-def _ann_spec(args: argparse.Namespace, base: AnnSpec | None = None) -> AnnSpec:
-    from index.ann import AnnSpec
-
-    data = (base or AnnSpec()).to_dict()
-    overrides = {
+def _ann_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The search settings the flags name (those given only)."""
+    flags = {
         "kind": args.index_type,
         "exact_threshold": args.exact_threshold,
         "nlist": args.nlist,
@@ -80,8 +78,14 @@ def _ann_spec(args: argparse.Namespace, base: AnnSpec | None = None) -> AnnSpec:
         "ef_search": args.ef_search,
         "target_recall": args.target_recall,
     }
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return AnnSpec.from_dict(data)
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _ann_spec(args: argparse.Namespace) -> AnnSpec:
+    """A new index's search settings: the defaults, with the flags' values over them."""
+    from index.ann import AnnSpec
+
+    return AnnSpec.from_dict({**AnnSpec().to_dict(), **_ann_changes(args)})
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -244,9 +248,7 @@ def build_main(argv: list[str]) -> int:
 
 
 def add_main(argv: list[str]) -> int:
-    from index.ann import AnnSpec
     from index.build import add
-    from index.store import read_manifest
     from index.writer import lock_wait
 
     p = argparse.ArgumentParser(prog="keepfit index add", description="Add new images to an index.")
@@ -257,11 +259,8 @@ def add_main(argv: list[str]) -> int:
     _ann_args(p, default_kind=None)
     _wait_arg(p)
     args = p.parse_args(argv)
-    base = AnnSpec.from_dict(read_manifest(args.index).get("ann", {}))
-    with lock_wait(args.wait):
-        report = add(
-            args.index, _sources(args), args.artifact, ann=_ann_spec(args, base), options=_embed_options(args)
-        )
+    with lock_wait(args.wait):  # the index's own settings are read under its lock, the flags' over them
+        report = add(args.index, _sources(args), args.artifact, ann=_ann_changes(args), options=_embed_options(args))
     return _report(report, args.json)
 
 
@@ -314,9 +313,7 @@ def _classifiers_holding(index: Path, sha256s: list[str]) -> None:
 
 
 def reindex_main(argv: list[str]) -> int:
-    from index.ann import AnnSpec
     from index.build import reindex
-    from index.store import read_manifest
     from index.writer import lock_wait
 
     p = argparse.ArgumentParser(
@@ -328,9 +325,8 @@ def reindex_main(argv: list[str]) -> int:
     _ann_args(p, default_kind=None)
     _wait_arg(p)
     args = p.parse_args(argv)
-    base = AnnSpec.from_dict(read_manifest(args.index).get("ann", {}))
-    with lock_wait(args.wait):
-        return _report(reindex(args.index, _ann_spec(args, base)), args.json)
+    with lock_wait(args.wait):  # the index's own settings are read under its lock, the flags' over them
+        return _report(reindex(args.index, _ann_changes(args)), args.json)
 
 
 def seal_main(argv: list[str]) -> int:

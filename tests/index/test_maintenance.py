@@ -249,6 +249,38 @@ def test_a_second_writer_is_refused_while_one_runs(index_copy: Path) -> None:
     assert remove(index_copy, ids=[1]).removed == 1
 
 
+def test_a_change_that_waited_keeps_the_settings_the_change_before_it_made(
+    index_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`index reindex --ef-search 32 --wait 60` read the index's search settings before it waited for the lock,
+    and wrote them back: the reindex to HNSW that held the lock meanwhile was undone without a word."""
+    import threading
+
+    from model.cli import main as keepfit
+
+    real, holding, release = build_module.build_index, threading.Event(), threading.Event()
+
+    def slow(*args: object, **kwargs: object) -> object:
+        if threading.current_thread().name == "first-reindex":
+            holding.set()
+            release.wait(30)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module, "build_index", slow)
+    first = threading.Thread(target=reindex, args=(index_copy, {"kind": "hnsw", "hnsw_m": 16}), name="first-reindex")
+    first.start()
+    try:
+        assert holding.wait(30)
+        threading.Timer(0.5, release.set).start()
+        assert keepfit(["index", "reindex", "--index", str(index_copy), "--ef-search", "32", "--wait", "60"]) == 0
+    finally:
+        release.set()
+        first.join()
+    with VectorIndex.open(index_copy) as index:
+        ann = index.manifest["ann"]
+        assert (ann["kind"], ann["hnsw_m"], ann["ef_search"], index.index_type) == ("hnsw", 16, 32, "hnsw")
+
+
 def test_a_writer_told_to_wait_goes_on_once_the_other_one_ends(
     index_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
