@@ -304,12 +304,13 @@ def _classifiers_holding(index: Path, sha256s: list[str]) -> None:
     found = classifiers_holding(index, sha256s)
     if found is None:
         return
-    store, held = found
+    store, held, shas = found
     names = ", ".join(f"{name} ({n})" for name, n in sorted(held.items()))
-    flags = " ".join(f"--sha256 {sha[:16]}" for sha in sorted({s for s in sha256s})[:20])
+    flags = " ".join(f"--sha256 {sha[:16]}" for sha in shas[:20])
     print(f"warning: classifiers in {store} have removed images as examples: {names}; they still answer with "  # noqa: T201
           f"them until `keepfit classifier forget --store {store} {flags}`"
-          + (" (and the other removed images)" if len(sha256s) > 20 else ""), file=sys.stderr)
+          + (f" (and {len(shas) - 20} more: --json's removed_sha256 lists every removed image)" if len(shas) > 20
+             else ""), file=sys.stderr)
 
 
 def reindex_main(argv: list[str]) -> int:

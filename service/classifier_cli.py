@@ -481,21 +481,41 @@ def forget_main(args: argparse.Namespace) -> int:
             print(f"would {action} {row.name} (without {keep.count(False)} example(s))")  # noqa: T201
         return 0
     engine = _engine(args.artifact) if len(too_few) < len(plan) else None
+    done: list[str] = []
+    old_arrays = [row.arrays for row, _, _ in plan]
     for row, stored, keep in plan:
         dropped = keep.count(False)
-        if row.name in too_few:
-            store.delete(row.name)
-            print(f"deleted {row.name}: without its {dropped} example(s) a category had too few")  # noqa: T201
-            continue
-        examples = _stored_examples(store, engine, row, stored, keep)
-        saved = _refit(store, engine, row, examples, row.method_requested)
-        print(f"refitted {saved.name} without {dropped} example(s): revision {saved.revision}, version "  # noqa: T201
-              f"{saved.version}, estimate {estimate_words(saved.estimate)}")
-        for warning in example_warnings(examples):
-            print(f"warning: {warning['message']}", file=sys.stderr)  # noqa: T201
+        try:
+            if row.name in too_few:
+                store.delete(row.name)
+                print(f"deleted {row.name}: without its {dropped} example(s) a category had too few")  # noqa: T201
+            else:
+                examples = _stored_examples(store, engine, row, stored, keep)
+                saved = _refit(store, engine, row, examples, row.method_requested)
+                print(f"refitted {saved.name} without {dropped} example(s): revision {saved.revision}, "  # noqa: T201
+                      f"version {saved.version}, estimate {estimate_words(saved.estimate)}")
+                for warning in example_warnings(examples):
+                    print(f"warning: {warning['message']}", file=sys.stderr)  # noqa: T201
+        except (DataError, ServiceError) as err:
+            so_far = f"{', '.join(done)} already without them; " if done else ""
+            raise DataError(f"classifier {row.name!r}: {err} ({so_far}run forget again once that is mended)") from err
+        done.append(row.name)
     left = [e for row in store.all_rows() for e in store.examples(row.name) if wanted(e)]
     if left:  # a fit through the service meanwhile took one of them again
         raise DataError(f"{len(left)} of the examples are in the store again (a fit meanwhile?): run forget again")
+    # the files the changes stopped referring to: collected after each commit, unless the store was busy or its
+    # folder refused (then only warned of); an erasure is not said done while one is on disk
+    files = [store.root / "examples" / sha for shas in images.values() for sha in shas]
+    files += [store.root / "arrays" / name for name in old_arrays]
+    if any(f.exists() for f in files):
+        try:
+            store.collect(old_arrays)
+        except (sqlite3.Error, ServiceError, OSError) as err:
+            logger.warning("classifier store %s: could not collect the files yet (%s)", store.root, err)
+    still = [f for f in files if f.exists()]
+    if still:
+        raise DataError(f"the classifiers no longer use them, but {len(still)} of their files could not be removed "
+                        f"yet (first: {still[0]}): run forget again, or remove them by hand")
     print(  # noqa: T201
         f"none of them is in {store.root} now: their stored files and embeddings are removed. Backups made before "
         "still hold them, and cached answers of the classifiers' earlier versions expire with KEEPFIT_CACHE_TTL_S"
@@ -503,21 +523,23 @@ def forget_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def classifiers_holding(index: Path, sha256s: list[str]) -> tuple[Path, dict[str, int]] | None:
-    """The store ``keepfit classifier --index`` finds beside ``index`` and, for each of its classifiers that has
-    images of ``sha256s`` as examples, how many; None where there is no store or none has them."""
+def classifiers_holding(index: Path, sha256s: list[str]) -> tuple[Path, dict[str, int], list[str]] | None:
+    """The store ``keepfit classifier --index`` finds beside ``index``, how many images of ``sha256s`` each of its
+    classifiers that has any as examples has, and which of them are held; None where there is no store or none
+    has them."""
     root = _root(argparse.Namespace(store=None, index=str(index)))
     if not sha256s or not (root / "classifiers.sqlite").is_file():
         return None
     wanted = set(sha256s)
     try:
         store = ClassifierStore(root)
-        held = {row.name: sum(e["sha256"] in wanted for e in store.examples(row.name)) for row in store.all_rows()}
+        found = {row.name: [e["sha256"] for e in store.examples(row.name) if e["sha256"] in wanted]
+                 for row in store.all_rows()}
     except (sqlite3.Error, ServiceError) as err:
         logger.warning("could not read the classifier store %s beside the index: %s", root, err)
         return None
-    held = {name: n for name, n in held.items() if n}
-    return (root, held) if held else None
+    held = {name: len(shas) for name, shas in found.items() if shas}
+    return (root, held, sorted({sha for shas in found.values() for sha in shas})) if held else None
 
 
 def backup_main(args: argparse.Namespace) -> int:

@@ -1058,10 +1058,15 @@ class ClassifierStore:
     def _collect(self, arrays: str | None = None) -> None:
         """Remove the arrays file ``arrays`` if no classifier refers to it, then :meth:`_sweep`; under the write
         lock, so that no save is between writing a file and committing the row that refers to it."""
+        self.collect([arrays] if arrays else [])
+
+    def collect(self, arrays: Sequence[str] = ()) -> None:
+        """Remove each of the arrays files ``arrays`` that no classifier refers to, the uploaded examples none uses,
+        and what crashed saves left (:meth:`_sweep`); under the write lock. Raises what the store or its folders
+        meet (a busy store, a folder that refuses): for a caller that must know the files are gone (an erasure)."""
         with self._write() as db:
-            named = []
-            if arrays and not db.execute("SELECT 1 FROM classifiers WHERE arrays = ?", (arrays,)).fetchone():
-                named.append(self._arrays_path(arrays))
+            named = [self._arrays_path(a) for a in arrays
+                     if not db.execute("SELECT 1 FROM classifiers WHERE arrays = ?", (a,)).fetchone()]
             self._sweep(db, named)
 
     def _sweep(self, db: sqlite3.Connection, named: Sequence[Path] = ()) -> None:

@@ -153,3 +153,26 @@ def test_forget_where_the_service_keeps_no_store_has_nothing_to_forget(
         f"no classifier store at {tmp_path / 'index.classifiers'} (no classifier was fitted there): nothing to forget")
     assert keepfit(["classifier", "forget", "--store", str(tmp_path / "typo"), "--sha256", "ab" * 8]) == 2
     assert "no classifier store at" in capsys.readouterr().err
+
+
+def test_forget_never_says_done_while_a_file_of_the_image_is_still_on_disk(
+    data_root: Path, default_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The files are removed after each commit, and a refusal there (a busy store, a folder that refuses) is only
+    warned of: forget said "their stored files and embeddings are removed" with the image still in examples/."""
+    from service.classifiers import ClassifierStore
+
+    (first, a), (second, b) = _images(data_root).items()
+    store = tmp_path / "store"
+    _fit(store, "three", [(first, p) for p in a] + [(second, p) for p in b])
+    capsys.readouterr()
+    patient = hashlib.sha256(a[0].read_bytes()).hexdigest()
+    monkeypatch.setattr(ClassifierStore, "_remove", lambda self, paths: None)  # the folder refuses every unlink
+    assert keepfit(["classifier", "forget", "--store", str(store), "--sha256", patient]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the classifiers no longer use them, but 2 of their files could not be removed yet" in err, err
+    monkeypatch.undo()
+    assert keepfit(["classifier", "forget", "--store", str(store), "--sha256", patient]) == 0  # run again: done
+    assert not (store / "examples" / patient).exists()
+    assert capsys.readouterr().out.strip().endswith(f"no classifier in {store} has {patient} as an example")
