@@ -474,25 +474,40 @@ def _local_docs(app: FastAPI) -> None:
         )
 
 
-_QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
-# Query parameters whose values reach the log: the ones the API reads from a URL that say nothing of a patient (a
-# thumbnail's size, the image's SHA-256 prefix). Every other value is replaced: the per-image token (it opens the
-# image), the API's free-text fields, which it reads from request bodies only (sent in a URL by mistake, `POST
-# /v1/search?query=...` is refused with a 422, a search text or a label was written to the access log in clear),
-# and whatever else a caller puts in a URL (`?patient=Jane%20Smith` was logged as sent).
-LOGGED_PARAMETERS = frozenset({"size", "sha256"})
+_QUERY_PART = re.compile(r"([?&;])([^&;\s\"]*)")
+# Query parameters whose values reach the log, with the shape a value must have to be kept: the ones the API reads
+# from a URL that say nothing of a patient (a thumbnail's size, the image's SHA-256 prefix). Every other value is
+# replaced: the per-image token (it opens the image), the API's free-text fields, which it reads from request
+# bodies only (sent in a URL by mistake, `POST /v1/search?query=...` is refused with a 422, a search text or a
+# label was written to the access log in clear), and whatever else a caller puts in a URL (`?patient=Jane%20Smith`
+# was logged as sent), or a value of another shape (`?size=Jane`).
+LOGGED_PARAMETERS = {"size": re.compile(r"\d{1,5}"), "sha256": re.compile(r"[0-9a-fA-F]{1,64}")}
+# Names shown with their value replaced; any other name may itself be what a caller typed (`?JaneSmith_MRN123`):
+# the whole part is replaced.
+NAMED_PARAMETERS = frozenset({*LOGGED_PARAMETERS, "token", "query", "text", "label", "labels", "categories", "task",
+                              "spec", "top_k", "modality", "decision", "explain", "classifier"})
 
 
 def _redact_tokens(text: str) -> str:
-    """``text`` with the value of every query parameter but :data:`LOGGED_PARAMETERS` replaced, however its name is
-    spelt in the URL (``%73ize=`` is read as ``size=``, and kept)."""
+    """``text`` with every query parameter's value replaced but those of :data:`LOGGED_PARAMETERS` of their shape,
+    however the name is spelt in the URL (``%73ize=`` is read as ``size=``); a part whose name is none the API knows
+    is replaced whole."""
+    if "?" not in text:
+        return text
 
     def one(match: re.Match[str]) -> str:
-        sep, name, _ = match.groups()
-        kept = unquote_plus(name).casefold() in LOGGED_PARAMETERS
-        return match.group(0) if kept else f"{sep}{name}=<redacted>"
+        sep, part = match.groups()
+        name, has_value, value = part.partition("=")
+        key = unquote_plus(name).casefold()
+        shape = LOGGED_PARAMETERS.get(key)
+        if shape is not None and has_value and shape.fullmatch(value):
+            return match.group(0)
+        if key in NAMED_PARAMETERS:
+            return f"{sep}{name}=<redacted>"
+        return f"{sep}<redacted>" if part else match.group(0)
 
-    return _QUERY_PARAM.sub(one, text) if "=" in text else text
+    head, mark, query = text.partition("?")
+    return head + _QUERY_PART.sub(one, mark + query)
 
 
 class RedactTokens(logging.Filter):
