@@ -137,9 +137,10 @@ def test_a_nas_and_an_operating_system_leave_no_inputs(tmp_path: Path, caplog: p
     ("label", "personal"),
     [
         ("Doe John MRN4455667", True), ("MRN 12", True), ("1961-02-03", True), ("03.02.1961", True),
-        ("19610203", True), ("patient 12", True), ("DOB 1961", True),
+        ("19610203", True), ("patient 12", True), ("DOB 1961", True), ("MRN12345", True), ("Patient01", True),
+        ("DOB1961", True), ("ID 4411", True), ("pid-77", True),
         ("normal", False), ("diabetic macular edema", False), ("BRVO", False), ("grade 2", False), ("2024", False),
-        ("R3 M1", False),
+        ("R3 M1", False), ("subretinal fluid", False), ("rapid progression", False), ("drusen", False),
     ],
 )
 def test_which_folder_labels_look_like_a_persons_identifiers(label: str, personal: bool) -> None:
