@@ -96,10 +96,13 @@ def _bounded_connect(address: str | None) -> Iterator[None]:
 def _host_port(address: str) -> tuple[str, int] | None:
     """The TCP end of a Ray address (``host:port``, ``ray://host:port``, ``[v6]:port``); None for the forms Ray
     resolves itself (``auto``, ``local``, a bare host)."""
-    found = re.fullmatch(r"(?:ray://)?(\[[^\]]+\]|[^:/\s]+):(\d{1,5})/?", address.strip())
+    found = re.fullmatch(r"(?:ray://)?(\[[^\]]+\]|[^:/\s]+):(\d+)/?", address.strip())
     if found is None:
         return None
-    return found.group(1).strip("[]"), int(found.group(2))
+    port = int(found.group(2))
+    if not 1 <= port <= 65535:
+        raise DataError(f"--ray-address {address}: {found.group(2)} is not a port (1 to 65535)")
+    return found.group(1).strip("[]"), port
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

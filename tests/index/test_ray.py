@@ -18,6 +18,7 @@ from index.build import Report, build
 from index.distributed import RayOptions, embed_with_ray
 from index.sources import ImageItem
 from index.store import VectorIndex
+from model.errors import DataError
 from tests.index.conftest import Archive, quiet
 
 pytest.importorskip("ray.data", reason="the Ray path needs the 'ray' extra (ray[data])")
@@ -172,6 +173,15 @@ def test_the_tcp_end_of_a_ray_address(address: str, end: tuple[str, int] | None)
     from index.distributed import _host_port
 
     assert _host_port(address) == end
+
+
+@pytest.mark.parametrize("address", ["localhost:99999", "localhost:0"])
+def test_a_ray_address_without_a_port_is_named_so(address: str) -> None:
+    """It was "Connection refused"."""
+    from index.distributed import check_reachable
+
+    with pytest.raises(DataError, match=f"--ray-address {address}: .* is not a port \\(1 to 65535\\)"):
+        check_reachable(address)
 
 
 def test_a_closed_port_is_refused_before_ray_is_asked(
