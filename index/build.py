@@ -954,7 +954,11 @@ def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) 
         # among them: an erasure that left them would be undone by that re-run. Under the lock no run is using one.
         dropped = [w for w in directory.glob(f"{WORK_PREFIX}*") if w.name != STAGING and w.is_dir()]
         for work in dropped:
-            shutil.rmtree(work)
+            try:
+                shutil.rmtree(work)
+            except OSError as err:  # the removal is committed: said, not undone by a failure here
+                logger.warning("could not delete %s, an interrupted run's embeddings (removed images' among them): "
+                               "%s; delete it by hand", work, err)
     report = Report(directory, "remove", removed=len(wanted), removed_sha256=shas, dropped_work=len(dropped))
     return _finish(report, committed, start)
 
