@@ -76,8 +76,9 @@ class Scorer:
         return None if self.categories is None else [c.label for c in self.categories]
 
 
-def _answer(scorer: Scorer, data: bytes, digest: str) -> dict[str, Any]:
-    """``POST /v1/classify``'s answer for ``data``, built by the same functions."""
+def _answer(scorer: Scorer, data: bytes, digest: str, stated: str | None = None) -> dict[str, Any]:
+    """``POST /v1/classify``'s answer for ``data``, built by the same functions; ``stated``: the modality its
+    manifest row names, sent as ``modality`` where ``--modality`` is auto (as the index and the evaluation take it)."""
     from service.engine import Timings
     from service.routers.classifiers import classifier_answer, classifier_predict
     from service.routers.classify import zero_shot_answer
@@ -88,7 +89,8 @@ def _answer(scorer: Scorer, data: bytes, digest: str) -> dict[str, Any]:
         encoded = engine.encode_bytes(data, timings)
         out = classifier_predict(encoded, engine, scorer.model, timings, scorer.top_k, scorer.row.modality)
         return classifier_answer(engine, scorer.row, out, digest)
-    result = engine.classify(data, scorer.categories, scorer.modality, scorer.top_k, timings, 0, scorer.decision)
+    modality = stated if scorer.modality == "auto" and stated else scorer.modality
+    result = engine.classify(data, scorer.categories, modality, scorer.top_k, timings, 0, scorer.decision)
     return zero_shot_answer(engine, result, scorer.task, digest)
 
 
@@ -98,9 +100,16 @@ def shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def score(scorer: Scorer, path: str) -> dict[str, Any]:
+def stated_modality(value: str | None) -> str | None:
+    """A manifest row's ``modality`` cell as a modality the model knows (any case), else None (empty, or one it
+    does not know, such as ``CFP/IR``: recognised from the image)."""
+    found = (value or "").strip().upper()
+    return found if found in MODALITIES[1:] else None
+
+
+def score(scorer: Scorer, path: str, stated: str | None = None) -> dict[str, Any]:
     """One image's row: the API's answer with its ``path``, or ``{"path", "error": {"code", "message"}}`` (and
-    the ``image``'s SHA-256 once it was read) when it cannot be scored."""
+    the ``image``'s SHA-256 once it was read) when it cannot be scored; ``stated``: its manifest row's modality."""
     from service.errors import status_and_code
 
     try:
@@ -109,7 +118,7 @@ def score(scorer: Scorer, path: str) -> dict[str, Any]:
         return {"path": shown(path), "error": {"code": "unreadable", "message": err.strerror or str(err)}}
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return {"path": shown(path), **_answer(scorer, data, digest)}
+        return {"path": shown(path), **_answer(scorer, data, digest, stated)}
     except KeepfitError as err:
         _, code = status_and_code(err)
         return {"path": shown(path), "error": {"code": code, "message": str(err)}, "image": {"sha256": digest}}
@@ -225,10 +234,10 @@ def _scorer(args: argparse.Namespace, threads: int) -> Scorer:
     return Scorer(engine, categories, task, args.modality, args.decision, args.top_k)
 
 
-def _rows(scorer: Scorer, paths: list[str], threads: int) -> Iterator[dict[str, Any]]:
+def _rows(scorer: Scorer, items: list[ImageItem], threads: int) -> Iterator[dict[str, Any]]:
     """Rows in the input's order, scored on ``threads`` threads (each image: decode, preprocess, encoder)."""
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keepfit-classify") as pool:
-        yield from pool.map(lambda p: score(scorer, p), paths)
+        yield from pool.map(lambda item: score(scorer, item.source, stated_modality(item.modality)), items)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     encoding = "utf-8" if out.suffix.lower() == ".jsonl" else "utf-8-sig"
     with atomic_write(out, "w", encoding=encoding, newline="") as fh:
         writer: csv.DictWriter[str] | None = None
-        for done, row in enumerate(itertools.chain(unlisted, _rows(scorer, paths, threads)), start=1):
+        for done, row in enumerate(itertools.chain(unlisted, _rows(scorer, items, threads)), start=1):
             if "error" in row:
                 failed += 1
                 if not first_error:

@@ -370,3 +370,30 @@ def test_too_many_threads_is_the_flag_s_error_not_a_setting_s(
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "keepfit classify: error: argument --threads: must be from 1 to 256, got 100000"
     )
+
+
+def test_a_manifests_modality_column_is_the_modality_sent_as_the_index_takes_it(
+    real_image_paths: dict[str, list[Path]], default_artifact: Path, tmp_path: Path
+) -> None:
+    """The index and the evaluation read a manifest's modality column; `keepfit classify` ignored it: an image the
+    model took for another modality was scored with that modality's categories, with no word of the column."""
+    (tmp_path / "scan.png").write_bytes(real_image_paths["OCT"][0].read_bytes())
+    (tmp_path / "photo.jpg").write_bytes(real_image_paths["CFP"][0].read_bytes())
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,modality\nscan.png,cfp\nphoto.jpg,CFP/IR\n")  # any case; one the model does not know
+    out = tmp_path / "r.jsonl"
+    assert keepfit(["classify", "--manifest", str(manifest), "--artifact", str(default_artifact),
+                    "--out", str(out)]) == 0
+    stated, unknown = [json.loads(line) for line in out.read_text().splitlines()]
+    with TestClient(create_app(make_settings(default_artifact))) as api:
+        for row, form in ((stated, {"modality": "CFP"}), (unknown, {})):  # as the API answers the modality sent
+            answer = api.post("/v1/classify", files={"image": Path(row["path"]).read_bytes()}, data=form).json()
+            assert row["modality"]["used"] == answer["modality"]["used"]
+            assert [p["label"] for p in row["predictions"]] == [p["label"] for p in answer["predictions"]]
+            assert [w["code"] for w in row["warnings"]] == [w["code"] for w in answer["warnings"]]
+    assert stated["modality"]["used"] == "CFP" and "modality_mismatch" in [w["code"] for w in stated["warnings"]]
+    assert unknown["modality"]["used"] == "CFP"  # CFP/IR is no modality the model knows: recognised
+    out2 = tmp_path / "r2.jsonl"  # --modality, given, wins over the column
+    assert keepfit(["classify", "--manifest", str(manifest), "--artifact", str(default_artifact), "--modality", "OCT",
+                    "--out", str(out2)]) == 0
+    assert {json.loads(line)["modality"]["used"] for line in out2.read_text().splitlines()} == {"OCT"}
