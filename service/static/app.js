@@ -265,6 +265,22 @@
     if (await checkReady(true) && !state.categoriesLoaded) await loadCategories(true);
   }
 
+  /** A service's address as written in different ways (case, a default port, a trailing slash) made one. */
+  function serviceKey(url) {
+    try {
+      const parsed = new URL(url, window.location.href);
+      return parsed.origin + parsed.pathname.replace(/\/+$/, '');
+    } catch (err) {
+      return null;
+    }
+  }
+
+  /** Whether url names the service the page talks to already (the saved base, else the page's own origin). */
+  function sameService(url) {
+    const key = serviceKey(url);
+    return key !== null && key === serviceKey(Connection.base() || window.location.origin);
+  }
+
   /** The service this page talks to, as a reader names it: this page's own server, or the base's URL. */
   function serviceName(base) {
     return base ? base : 'this page\'s service';
@@ -276,16 +292,17 @@
     // a link's service is this tab's only, and no key entered for another service goes to it
     if (fromUrl && !Connection.isHttp(fromUrl)) {
       showMessage('The link\'s API base was ignored: it must start with http:// or https://', fromUrl);
-    } else if (fromUrl && (fromUrl === Connection.base() || fromUrl === window.location.origin)) {
+    } else if (fromUrl && sameService(fromUrl)) {
       Connection.linkBase(fromUrl); // the service the page talks to already: nothing changes hands
     } else if (fromUrl) {
       // another service: a link anyone can send would otherwise send a clinician's images (and DICOM headers)
       // to it without a word, so nothing goes there until the user says so
+      const box = $('link-confirm');
       $('link-confirm-url').textContent = fromUrl;
       $('link-confirm-current').textContent = serviceName(Connection.base());
-      $('link-confirm').hidden = false;
-      $('link-confirm').dataset.base = fromUrl;
-      setTimeout(() => $('link-confirm-stay').focus(), 0);
+      box.dataset.base = fromUrl;
+      box.showModal(); // the rest of the page waits; Escape is "stay"
+      $('link-confirm-stay').focus();
     }
     showSettings();
   }
@@ -301,8 +318,8 @@
    *  leaves the address bar either way, so that a reload does not ask again. */
   function answerLink(use) {
     const box = $('link-confirm');
-    if (box.hidden) return;
-    box.hidden = true;
+    if (!box.open) return;
+    box.close();
     const url = new URL(window.location.href);
     url.searchParams.delete('api');
     window.history.replaceState(null, '', url.toString());
@@ -1106,6 +1123,7 @@
     document.addEventListener('focusin', (e) => { if (!$('message').contains(e.target)) state.focusBeforeMessage = e.target; });
     $('link-confirm-use').addEventListener('click', () => answerLink(true));
     $('link-confirm-stay').addEventListener('click', () => answerLink(false));
+    $('link-confirm').addEventListener('cancel', (event) => { event.preventDefault(); answerLink(false); }); // Escape
     $('message-close').addEventListener('click', () => {
       const back = state.focusBeforeMessage;
       clearMessage();

@@ -390,7 +390,7 @@ def test_page_served_from_another_origin_uses_the_service_through_cors(
     with static_origin(static_port) as origin:
         page.goto(f"{origin}/index.html?api={service.base}")
         # another origin than the page's: asked first, then used
-        page.wait_for_selector("#link-confirm:not([hidden])")
+        page.wait_for_selector("#link-confirm[open]")
         assert page.text_content("#link-confirm-url") == service.base
         page.click("#link-confirm-use")
         wait_for(
@@ -452,16 +452,29 @@ def test_a_link_pointing_the_page_elsewhere_never_carries_the_key(
     try:
         elsewhere = f"http://127.0.0.1:{other.server_address[1]}"
         page.goto(f"{service.base}/?api={elsewhere}")
-        page.wait_for_selector("#link-confirm:not([hidden])")
+        page.wait_for_selector("#link-confirm[open]")
         wait_for(page, "document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
         page.wait_for_timeout(500)
         assert not seen, "the linked service was called before the user agreed"
         assert page.evaluate("document.activeElement.id") == "link-confirm-stay"  # the safe answer is at hand
         assert "at http" not in page.text_content("#service-status")  # this page's own service
-        page.click("#link-confirm-stay")  # stay: nothing ever goes there
-        assert page.is_hidden("#link-confirm") and "api=" not in page.url
+        page.keyboard.press("Shift+Tab")  # modal: the keyboard stays in the question (the rest of the page is inert)
+        assert page.evaluate("document.activeElement.id") == "link-confirm-use"
+        # the rest of the page is inert: its controls cannot take the focus
+        assert page.evaluate("document.getElementById('drop-zone').focus(), document.activeElement.id") != "drop-zone"
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "link-confirm-stay"
+        page.keyboard.press("Escape")  # stay: nothing ever goes there
+        assert not page.evaluate("document.getElementById('link-confirm').open") and "api=" not in page.url
         page.wait_for_timeout(500)
         assert not seen and page.evaluate("window.KeepfitConnection.base()") == ""
+        # this page's own service however the link spells it: not asked about
+        page.goto(f"{service.base}/?api={service.base.upper().replace('HTTP://', 'http://')}/")
+        wait_for(page, "document.getElementById('service-status').textContent.includes('keepfit-v2-small')")
+        assert not page.evaluate("document.getElementById('link-confirm').open")
+        page.goto(f"{service.base}/?api={elsewhere}")
+        page.click("#link-confirm-stay")
+        assert not seen
         page.goto(f"{service.base}/?api={elsewhere}")
         page.click("#link-confirm-use")
         wait_for(page, "document.getElementById('service-status').textContent.length > 0")
