@@ -178,6 +178,7 @@ def staged_folder(out: Path, what: str) -> Iterator[Path]:
     keeps the stage and names it: the run's results are never deleted. One a killed ``what`` left is removed by a
     later run once a day old."""
     out = Path(out)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders made here, deepest first
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out, ".partial-", what, after_s=STAGE_LEFTOVER_AFTER_S)
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".partial-"))
@@ -185,6 +186,11 @@ def staged_folder(out: Path, what: str) -> Iterator[Path]:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        for folder in made:  # a run that produced nothing leaves no empty --out behind
+            try:
+                folder.rmdir()
+            except OSError:  # something else was put there meanwhile
+                break
         raise
     moves = []
     for base, dirs, files in os.walk(stage):

@@ -47,6 +47,7 @@ from training.evaluate import (
     load_spec,
     modality_embeddings,
     retrieval_metrics,
+    zero_shot_probabilities_scored,
     zero_shot_scored,
 )
 from training.metrics import bootstrap_balanced_accuracy, bootstrap_difference, classification_summary
@@ -104,11 +105,13 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     embedder = ImageEmbedder.of_runtime(runtime, batch_size)
     s = _load(runtime, a, a.split)
     img, s = _embed(embedder, s, "embedding images")
-    result, predicted = zero_shot_scored(img, s.labels, _class_emb(runtime, s), s.classes, runtime.logit_scale,
-                                         _class_bias(runtime, s), decision)
+    result, probs = zero_shot_probabilities_scored(img, s.labels, _class_emb(runtime, s), s.classes,
+                                                   runtime.logit_scale, _class_bias(runtime, s), decision)
+    predicted = probs.argmax(axis=1)
     result["balanced_accuracy_ci95"] = bootstrap_balanced_accuracy(
         {"task": ([str(p) for p in s.paths], s.labels, predicted)}, draws=BOOTSTRAP_DRAWS)["task"]
     out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out / "predictions.csv", s, probs)
     plot_confusion(result["confusion_matrix"], s.classes, f"zero-shot {a.label_column} ({s.modality or '-'}, "
                    f"{a.split})", out / "confusion.png")
     files = image_files(s.paths, embedder.sharpness, s.modality, quality=embedder.quality,
@@ -123,10 +126,28 @@ def run_zero_shot(runtime: KeepfitRuntime, a: TaskArgs, out: Path, batch_size: i
     left_out = _left_out_text(s.skipped, len(embedder.report.skipped))
     notes += [left_out] if left_out else []
     lines = _header(runtime, f"Zero-shot: {a.label_column}") + _classification_md(result) + [
-        "", *(f"- {n}" for n in notes), f"- {_image_files_text(files)}", "", "![confusion matrix](confusion.png)", ""]
+        "", *(f"- {n}" for n in notes), f"- {_image_files_text(files)}",
+        "- each image's class and probabilities: [predictions.csv](predictions.csv)", "",
+        "![confusion matrix](confusion.png)", ""]
     write_report(out, payload, "\n".join(lines))
     payload["text"] = "\n".join([_classification_text(result), *notes, _image_files_text(files)])
     return payload
+
+
+def _write_predictions(path: Path, s: EvalSet, probs: np.ndarray) -> None:
+    """Each scored image's row: its path, true and predicted class, and every class's probability, so that the
+    report's confusion matrix can be traced to the images (and set beside `keepfit classify`'s rows)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "predicted", "correct", *(f"p:{c}" for c in s.classes)])
+    for image, label, row in zip(s.paths, s.labels, probs, strict=True):
+        top = int(row.argmax())
+        writer.writerow([str(image), s.classes[int(label)], s.classes[top], int(top == int(label)),
+                         *(f"{p:.6f}" for p in row)])
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _left_out_text(skipped: dict[str, int], unreadable: int = 0) -> str | None:

@@ -419,10 +419,18 @@ def zero_shot_scored(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, class
                      logit_scale: float, bias: np.ndarray | None = None, decision: str = "auto"
                      ) -> tuple[dict[str, Any], np.ndarray]:
     """:func:`zero_shot_metrics` and the predicted class of each image ``[N]`` (for bootstrap intervals)."""
+    metrics, probs = zero_shot_probabilities_scored(img, labels, cls, classes, logit_scale, bias, decision)
+    return metrics, probs.argmax(axis=1)
+
+
+def zero_shot_probabilities_scored(img: np.ndarray, labels: np.ndarray, cls: np.ndarray, classes: Sequence[str],
+                                   logit_scale: float, bias: np.ndarray | None = None, decision: str = "auto"
+                                   ) -> tuple[dict[str, Any], np.ndarray]:
+    """:func:`zero_shot_metrics` and each image's probabilities ``[N, C]`` (for a per-image table)."""
     normal = decided_normal(classes, decision)
     probs = zero_shot_probabilities(img, cls, logit_scale, bias, normal)  # [N, C]
     metrics = {**classification_summary(labels, probs, classes), "decision": "flat" if normal is None else "screening"}
-    return metrics, probs.argmax(axis=1)
+    return metrics, probs
 
 
 def default_set_normal(runtime: KeepfitRuntime, img: np.ndarray, healthy: np.ndarray, modality: str,

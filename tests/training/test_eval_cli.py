@@ -58,6 +58,18 @@ def test_zero_shot_report_matches_a_direct_computation(tiny_artifact: Path, oct_
     y = np.array([saved["classes"].index(r["dme"]) for r in rows])
     assert saved["n"] == 12 and saved["per_class"]["diabetic macular edema"]["n"] == 6
     assert saved["balanced_accuracy"] == pytest.approx(balanced_accuracy(y, probs.argmax(1), 2))
+    # each image's row, traced to the confusion matrix: a report held only totals
+    table = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [Path(t["path"]).name for t in table] == [Path(r["path"]).name for r in rows]  # in the manifest's order
+    assert [t["label"] for t in table] == [r["dme"] for r in rows]
+    counts = np.zeros((2, 2), int)
+    for t in table:
+        counts[saved["classes"].index(t["label"]), saved["classes"].index(t["predicted"])] += 1
+        assert t["correct"] == str(int(t["label"] == t["predicted"]))
+        assert sum(float(t[f"p:{c}"]) for c in saved["classes"]) == pytest.approx(1.0, abs=1e-5)
+    assert counts.tolist() == saved["confusion_matrix"]
+    np.testing.assert_allclose([[float(t[f"p:{c}"]) for c in saved["classes"]] for t in table], probs, atol=5e-3)
+    assert "[predictions.csv](predictions.csv)" in (out / "report.md").read_text()
     # how far 12 images can be trusted: an interval around it, in the report and in what is printed
     low, high = saved["balanced_accuracy_ci95"]
     assert low <= saved["balanced_accuracy"] <= high
