@@ -472,7 +472,8 @@ def forget_main(args: argparse.Namespace) -> int:
         )
     for value in absent:
         print(f"no classifier in {store.root} has {value} as an example")  # noqa: T201
-    if not plan:
+    if not plan:  # a re-run after a collection that failed: what that run left goes now
+        _collect_forgotten(store, [store.root / "examples" / p for p in prefixes if len(p) == 64])
         return 0
     too_few = {name for name, _ in short}
     if args.dry_run:
@@ -482,7 +483,6 @@ def forget_main(args: argparse.Namespace) -> int:
         return 0
     engine = _engine(args.artifact) if len(too_few) < len(plan) else None
     done: list[str] = []
-    old_arrays = [row.arrays for row, _, _ in plan]
     for row, stored, keep in plan:
         dropped = keep.count(False)
         try:
@@ -503,24 +503,35 @@ def forget_main(args: argparse.Namespace) -> int:
     left = [e for row in store.all_rows() for e in store.examples(row.name) if wanted(e)]
     if left:  # a fit through the service meanwhile took one of them again
         raise DataError(f"{len(left)} of the examples are in the store again (a fit meanwhile?): run forget again")
-    # the files the changes stopped referring to: collected after each commit, unless the store was busy or its
-    # folder refused (then only warned of); an erasure is not said done while one is on disk
-    files = [store.root / "examples" / sha for shas in images.values() for sha in shas]
-    files += [store.root / "arrays" / name for name in old_arrays]
-    if any(f.exists() for f in files):
-        try:
-            store.collect(old_arrays)
-        except (sqlite3.Error, ServiceError, OSError) as err:
-            logger.warning("classifier store %s: could not collect the files yet (%s)", store.root, err)
-    still = [f for f in files if f.exists()]
-    if still:
-        raise DataError(f"the classifiers no longer use them, but {len(still)} of their files could not be removed "
-                        f"yet (first: {still[0]}): run forget again, or remove them by hand")
+    _collect_forgotten(store, [store.root / "examples" / sha for shas in images.values() for sha in shas])
     print(  # noqa: T201
         f"none of them is in {store.root} now: their stored files and embeddings are removed. Backups made before "
         "still hold them, and cached answers of the classifiers' earlier versions expire with KEEPFIT_CACHE_TTL_S"
     )
     return 0
+
+
+def _collect_forgotten(store: ClassifierStore, examples: list[Path]) -> None:
+    """Remove the forgotten images' example files and every arrays file no classifier refers to (an old version's
+    arrays hold the forgotten embeddings), whatever its age; raise while one is still on disk. They are collected
+    after each commit, unless the store was busy or its folder refused (then only warned of), and an arrays file
+    is otherwise swept only once a few minutes old: an erasure is not said done while one is there."""
+    arrays = store.root / "arrays"
+
+    def unreferenced() -> list[Path]:
+        used = {row.arrays for row in store.all_rows()}
+        return sorted(p for p in arrays.glob("*.npz") if p.name not in used) if arrays.is_dir() else []
+
+    files = [*examples, *unreferenced()]
+    if any(f.exists() for f in files):
+        try:
+            store.collect([p.name for p in files if p.parent == arrays])
+        except (sqlite3.Error, ServiceError, OSError) as err:
+            logger.warning("classifier store %s: could not collect the files yet (%s)", store.root, err)
+    still = [f for f in [*examples, *unreferenced()] if f.exists()]
+    if still:
+        raise DataError(f"the classifiers no longer use them, but {len(still)} of their files could not be removed "
+                        f"yet (first: {still[0]}): run forget again, or remove them by hand")
 
 
 def classifiers_holding(index: Path, sha256s: list[str]) -> tuple[Path, dict[str, int], list[str]] | None:

@@ -175,4 +175,6 @@ def test_forget_never_says_done_while_a_file_of_the_image_is_still_on_disk(
     monkeypatch.undo()
     assert keepfit(["classifier", "forget", "--store", str(store), "--sha256", patient]) == 0  # run again: done
     assert not (store / "examples" / patient).exists()
+    # the old version's arrays (the image's embedding among them) went too, though only seconds old
+    assert [p.name for p in (store / "arrays").iterdir()] == [ClassifierStore(store).get("three").arrays]
     assert capsys.readouterr().out.strip().endswith(f"no classifier in {store} has {patient} as an example")
