@@ -8,6 +8,7 @@ after it, so the new file survives a power cut (commit points: index manifests, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import json
@@ -164,24 +165,26 @@ def _last_change(folder: Path) -> float:
 # long: far longer than a running one goes without writing a figure (LEFTOVER_AFTER_S is for copies, which write
 # all the time).
 STAGE_LEFTOVER_AFTER_S = 86400.0
+STAGE_PREFIX = ".keepfit-partial-"  # a stage in the making (removed by a later run once a day old)
+KEPT_PREFIX = ".keepfit-unpublished-"  # a finished stage that could not be published: never removed by keepfit
 
 
 @contextmanager
 def staged_folder(out: Path, what: str) -> Iterator[Path]:
     """A folder for a command's outputs, published into ``out`` only when the block ends without an error: each
     file replaces its namesake there (sub-folders merged); files of ``out`` it does not write stay. On an error
-    or Ctrl-C in the block the staged files are removed and ``out`` is as it was: an interrupted report never sits
-    beside the previous run's, half new.
+    or Ctrl-C in the block the staged files are removed, with any folders made for them, and ``out`` is as it
+    was: an interrupted report never sits beside the previous run's, half new.
 
-    The stage is a hidden folder inside ``out`` (``.partial-*``), so that publishing is a rename per file on one
-    file system, whatever ``out`` is (a link to another disk, a mount point). A publication the system refuses
-    keeps the stage and names it: the run's results are never deleted. One a killed ``what`` left is removed by a
-    later run once a day old."""
+    The stage is a hidden folder inside ``out``. Publishing first puts every file beside its target under a
+    temporary name (a hard link, else a copy: a sub-folder of ``out`` may be on another disk), then renames each
+    over its target: anything the system refuses comes in the first step, before any target changed. A stage that
+    cannot be published is kept under a name no run removes, and named: the run's results are never deleted."""
     out = Path(out)
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders made here, deepest first
     out.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out, ".partial-", what, after_s=STAGE_LEFTOVER_AFTER_S)
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".partial-"))
+    remove_leftovers(out, STAGE_PREFIX, what, after_s=STAGE_LEFTOVER_AFTER_S)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGE_PREFIX))
     try:
         yield stage
     except BaseException:
@@ -192,22 +195,53 @@ def staged_folder(out: Path, what: str) -> Iterator[Path]:
             except OSError:  # something else was put there meanwhile
                 break
         raise
-    moves = []
+    try:
+        _publish(stage, out)
+    except OSError as err:
+        kept = stage.with_name(KEPT_PREFIX + stage.name[len(STAGE_PREFIX):])
+        try:
+            stage.rename(kept)
+        except OSError:
+            kept = stage
+        raise ConfigError(f"could not write the results into {out} ({err.strerror or err}; nothing there was "
+                          f"changed): they are in {kept}") from err
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Every file of ``stage`` over its namesake in ``out`` (see :func:`staged_folder`); an ``OSError`` before any
+    target changed, with the temporary names removed."""
+    if not stage.is_dir() or not any(stage.iterdir()):  # removed meanwhile (by hand, or a run a day later)
+        raise OSError(errno.ENOENT, "the staged results are gone", str(stage))
+    moves: list[tuple[Path, Path]] = []
+    folders: list[Path] = []
     for base, dirs, files in os.walk(stage):
         target = out / Path(base).relative_to(stage)
-        moves += [(Path(base) / name, target / name, True) for name in dirs]
-        moves += [(Path(base) / name, target / name, False) for name in files]
-    clash = next((t for _, t, is_dir in moves if t.exists() and t.is_dir() != is_dir), None)
+        folders += [target / name for name in dirs]
+        moves += [(Path(base) / name, target / name) for name in files]
+    clash = next((t for t in folders if t.exists() and not t.is_dir()), None) or next(
+        (t for _, t in moves if t.is_dir()), None)
+    if clash is not None:
+        kind = "a folder" if clash.is_dir() else "a file"
+        raise OSError(errno.EEXIST, f"{clash} is {kind} where this run writes the other kind", str(clash))
+    placed: list[tuple[Path, Path]] = []
+    created = [folder for folder in folders if not folder.exists()]
     try:
-        if clash is not None:  # checked before anything moves: never half published
-            kind = "a folder" if clash.is_dir() else "a file"
-            raise OSError(errno.EEXIST, f"{clash} is {kind} where this run writes the other kind", str(clash))
-        for source, target, is_dir in moves:
-            if is_dir:
-                target.mkdir(exist_ok=True)
-            else:
-                os.replace(source, target)
-    except OSError as err:
-        raise ConfigError(f"could not write the results into {out} ({err.strerror or err}): they are in {stage}; "
-                          "move them yourself") from err
-    shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:
+            folder.mkdir()
+        for source, target in moves:
+            temporary = target.with_name(f".{target.name}.publishing")
+            try:
+                os.link(source, temporary)
+            except OSError:  # another disk, or a file system without hard links
+                shutil.copy2(source, temporary)
+            placed.append((temporary, target))
+    except OSError:
+        for temporary, _ in placed:
+            temporary.unlink(missing_ok=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    for temporary, target in placed:  # renames within one folder: nothing left to refuse
+        os.replace(temporary, target)

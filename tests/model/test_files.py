@@ -114,22 +114,52 @@ def test_a_staged_folder_publishes_into_an_out_on_another_file_system(tmp_path: 
             (stage / "baseline").mkdir()
             (stage / "baseline" / "report.md").write_text("base")
         assert (other / "report.md").read_text() == "new" and (other / "baseline" / "report.md").read_text() == "base"
-        assert not [p for p in other.iterdir() if p.name.startswith(".partial-")]
+        assert not [p for p in other.iterdir() if p.name.startswith(".keepfit-")]
     finally:
         shutil.rmtree(other, ignore_errors=True)
 
 
-def test_a_publication_that_cannot_finish_keeps_the_results_and_changes_nothing(tmp_path: Path) -> None:
+def test_a_publication_that_cannot_finish_keeps_the_results_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure in the middle (a sub-folder of --out on another disk refused the rename) left --out half new, and
+    the message named a stage the published files had already left; the kept stage was then removed a day later."""
+    from model import files
     from model.errors import ConfigError
     from model.files import staged_folder
 
     out = tmp_path / "out"
     (out / "report.md").mkdir(parents=True)  # a folder where the run writes a file
     (out / "notes.txt").write_text("the user's")
-    with pytest.raises(ConfigError, match="could not write the results into .*: they are in .*partial-") as refused:
+    with pytest.raises(ConfigError, match="could not write the results into .*nothing there was changed.*: they are "
+                                          "in .*keepfit-unpublished-") as refused:
         with staged_folder(out, "test") as stage:
             (stage / "a.txt").write_text("first")
             (stage / "report.md").write_text("new")
-    kept = Path(str(refused.value).split("they are in ")[1].split(";")[0])
+    kept = Path(str(refused.value).split("they are in ")[1])
     assert sorted(p.name for p in kept.iterdir()) == ["a.txt", "report.md"]  # nothing lost
     assert not (out / "a.txt").exists() and (out / "report.md").is_dir()  # nothing half published
+
+    shutil.rmtree(out / "report.md")
+    (out / "report.md").write_text("the previous run's")
+
+    def refusing(source: object, target: Path) -> None:  # the second file cannot be placed (a full disk)
+        if Path(target).parent.name == "sub":
+            raise OSError(28, "No space left on device", str(target))
+        shutil.copyfile(str(source), target)
+
+    monkeypatch.setattr(files.os, "link", refusing)
+    monkeypatch.setattr(files.shutil, "copy2", refusing)
+    with pytest.raises(ConfigError, match="No space left on device; nothing there was changed"):
+        with staged_folder(out, "test") as stage:
+            (stage / "new.txt").write_text("new")
+            (stage / "sub").mkdir()
+            (stage / "sub" / "report.md").write_text("new")
+    assert (out / "report.md").read_text() == "the previous run's" and not (out / "new.txt").exists()
+    assert not (out / "sub").exists() and not [p for p in out.rglob(".*publishing")]
+    monkeypatch.undo()
+    for old in out.glob(".keepfit-unpublished-*"):  # kept: never removed by a later run, however old
+        os.utime(old, (0, 0))
+    with staged_folder(out, "test") as stage:
+        (stage / "x.txt").write_text("x")
+    assert len(list(out.glob(".keepfit-unpublished-*"))) == 2
