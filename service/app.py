@@ -474,7 +474,9 @@ def _local_docs(app: FastAPI) -> None:
         )
 
 
-_QUERY_PART = re.compile(r"([?&;])([^&;\s\"]*)")
+# A query's parts: up to the next separator, or a space or a quote where the path sits inside a whole log line
+_QUERY_PART = re.compile(r"([?&;])([^&;\s]*)")
+_QUERY_PART_IN_LINE = re.compile(r"([?&;])([^&;\s\"]*)")
 # Query parameters whose values reach the log, with the shape a value must have to be kept: the ones the API reads
 # from a URL that say nothing of a patient (a thumbnail's size, the image's SHA-256 prefix). Every other value is
 # replaced: the per-image token (it opens the image), the API's free-text fields, which it reads from request
@@ -488,10 +490,11 @@ NAMED_PARAMETERS = frozenset({*LOGGED_PARAMETERS, "token", "query", "text", "lab
                               "spec", "top_k", "modality", "decision", "explain", "classifier"})
 
 
-def _redact_tokens(text: str) -> str:
-    """``text`` with every query parameter's value replaced but those of :data:`LOGGED_PARAMETERS` of their shape,
-    however the name is spelt in the URL (``%73ize=`` is read as ``size=``); a part whose name is none the API knows
-    is replaced whole."""
+def _redact_tokens(text: str, in_line: bool = False) -> str:
+    """``text`` (a request's target; ``in_line``: a whole log line, where a quote ends it) with every query
+    parameter's value replaced but those of :data:`LOGGED_PARAMETERS` of their shape, however the name is spelt in
+    the URL (``%73ize=`` is read as ``size=``); a part whose name is none the API knows is replaced whole (a raw
+    quote in a target is part of it: ``?size=64"Jane`` is no size)."""
     if "?" not in text:
         return text
 
@@ -507,7 +510,7 @@ def _redact_tokens(text: str) -> str:
         return f"{sep}<redacted>" if part else match.group(0)
 
     head, mark, query = text.partition("?")
-    return head + _QUERY_PART.sub(one, mark + query)
+    return head + (_QUERY_PART_IN_LINE if in_line else _QUERY_PART).sub(one, mark + query)
 
 
 class RedactTokens(logging.Filter):
@@ -518,7 +521,7 @@ class RedactTokens(logging.Filter):
         if isinstance(record.args, tuple):
             record.args = tuple(_redact_tokens(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.msg, str):
-            record.msg = _redact_tokens(record.msg)
+            record.msg = _redact_tokens(record.msg, in_line=True)
         return True
 
 

@@ -92,7 +92,7 @@ def test_a_shared_redis_does_not_answer_what_new_size_limits_refuse(default_arti
     ["query=Jane%20Doe%20born%201961", "text=Jane+Doe", "label=Jane%20Doe&top_k=3", "%71uery=Jane%20Doe",
      "categories=Jane%20Doe&categories=normal", "size=64&patient=Jane%20Doe&sha256=0123456789abcdef",
      "%73ize=64&mrn=Jane-Doe-4455667", "size=Jane%20Doe", "sha256=Jane", "Jane_Doe_MRN123456",
-     "size=256&patient%3DJane", "size=64;Jane=1"],
+     "size=256&patient%3DJane", "size=64;Jane=1", 'size=64"Jane_Doe', 'a"Jane_Doe_MRN123'],
 )
 def test_request_text_sent_in_a_url_never_reaches_the_access_log(
     default_artifact: Path, caplog: pytest.LogCaptureFixture, query: str
