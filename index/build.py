@@ -94,6 +94,7 @@ class Report:
     removed: int = 0
     removed_sha256: list[str] = field(default_factory=list)  # of the images a remove took out
     dropped_work: int = 0  # interrupted runs' resumable work a remove deleted
+    work_not_deleted: list[str] = field(default_factory=list)  # ... and what it could not delete
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
     skipped_examples: list[str] = field(default_factory=list)
     detected_modality: int = 0
@@ -952,14 +953,16 @@ def remove(directory: Path, ids: Sequence[int] = (), paths: Sequence[str] = ()) 
         committed = update.commit({"op": "remove", "removed": len(wanted), "ids": sorted(wanted)[:100]})
         # An interrupted build or add keeps the embeddings it made for its re-run to resume from, removed images'
         # among them: an erasure that left them would be undone by that re-run. Under the lock no run is using one.
-        dropped = [w for w in directory.glob(f"{WORK_PREFIX}*") if w.name != STAGING and w.is_dir()]
-        for work in dropped:
+        dropped, kept = 0, []
+        for work in [w for w in directory.glob(f"{WORK_PREFIX}*") if w.name != STAGING and w.is_dir()]:
             try:
                 shutil.rmtree(work)
-            except OSError as err:  # the removal is committed: said, not undone by a failure here
-                logger.warning("could not delete %s, an interrupted run's embeddings (removed images' among them): "
-                               "%s; delete it by hand", work, err)
-    report = Report(directory, "remove", removed=len(wanted), removed_sha256=shas, dropped_work=len(dropped))
+                dropped += 1
+            except OSError as err:  # the removal is committed: said (and the command fails), not undone
+                logger.warning("could not delete %s, an interrupted run's embeddings: %s", work, err)
+                kept.append(str(work))
+    report = Report(directory, "remove", removed=len(wanted), removed_sha256=shas, dropped_work=dropped,
+                    work_not_deleted=kept)
     return _finish(report, committed, start)
 
 

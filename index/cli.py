@@ -293,6 +293,9 @@ def remove_main(argv: list[str]) -> int:
         report = remove(args.index, ids, args.path)
     _report(report, args.json)
     _classifiers_holding(args.index, report.removed_sha256)
+    if report.work_not_deleted:  # a re-run of that build or add would restore the removed images from it
+        raise DataError(f"the images are removed from the index, but {report.work_not_deleted[0]}, an interrupted "
+                        "run's embeddings (theirs among them), could not be deleted: delete it by hand")
     return 0
 
 

@@ -217,6 +217,32 @@ def test_remove_deletes_the_embeddings_an_interrupted_add_kept_to_resume_from(
     assert again.resumed == 0 and again.added == 4
 
 
+def test_a_work_folder_remove_cannot_delete_is_not_said_deleted_and_fails_the_command(
+    index_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model.cli import main as keepfit
+
+    (index_copy / ".work-abc").mkdir()
+    (index_copy / ".work-abc" / "chunk-000000.npz").write_bytes(b"x")
+
+    real = shutil.rmtree
+
+    def refused(path: object, *args: object, **kwargs: object) -> None:  # that folder only (not the staging's)
+        if Path(str(path)).name == ".work-abc":
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module.shutil, "rmtree", refused)
+    ids = state(index_copy)[2]
+    assert keepfit(["index", "remove", "--index", str(index_copy), "--id", str(ids[0])]) == 2
+    captured = capsys.readouterr()
+    assert "deleted the embeddings" not in captured.out and "removed 1" in captured.out  # committed, said
+    assert captured.err.strip().splitlines()[-1] == (
+        f"error: the images are removed from the index, but {index_copy / '.work-abc'}, an interrupted run's "
+        "embeddings (theirs among them), could not be deleted: delete it by hand")
+    assert ids[0] not in state(index_copy)[2]
+
+
 def test_auto_type_switches_to_ivf_above_the_threshold_and_back(
     index_copy: Path, tiny_artifact: Path
 ) -> None:
