@@ -118,10 +118,11 @@ SYSTEM_FILES = frozenset(name.casefold() for name in ("Thumbs.db", "ehthumbs.db"
 
 
 # A folder name that looks like a person's identifier rather than a finding: a run of 6 or more digits (a record
-# number, a date written 19610203), a date written with separators, or the usual abbreviations not inside a word
-# (`MRN12345`, `Patient01` and `ID 4411` are; `fluid`, `rapid` are not).
+# number, a date written 19610203), a date written with separators, the usual abbreviations not inside a word
+# (`MRN12345`, `Patient01` are; `fluid`, `rapid` are not), or `ID` before a number (`ID 4411`; not `ID_grade`).
 _PERSONAL = re.compile(
-    r"\d{6,}|\b\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b|(?<![a-z])(mrn|dob|patient|pid|id|nhs|ssn)(?![a-z])", re.IGNORECASE
+    r"\d{6,}|\b\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b|(?<![a-z])(mrn|dob|patient|pid|nhs|ssn)(?![a-z])|(?<![a-z])id\W?\d",
+    re.IGNORECASE,
 )
 
 

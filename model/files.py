@@ -245,3 +245,12 @@ def _publish(stage: Path, out: Path) -> None:
         raise
     for temporary, target in placed:  # renames within one folder: nothing left to refuse
         os.replace(temporary, target)
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one that starts like a formula (a category named
+    ``=HYPERLINK(...)``) gets a leading ``'``, as OWASP's CSV-injection advice has it."""
+    return "'" + text if text.startswith(_FORMULA) else text

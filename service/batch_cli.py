@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from model.cli import int_at_least
 from model.errors import ConfigError, DataError, KeepfitError
-from model.files import atomic_write, read_regular_file
+from model.files import atomic_write, read_regular_file, spreadsheet_cell
 
 if TYPE_CHECKING:
     from index.sources import ImageItem
@@ -124,20 +124,13 @@ def score(scorer: Scorer, path: str, stated: str | None = None) -> dict[str, Any
         return {"path": shown(path), "error": {"code": code, "message": str(err)}, "image": {"sha256": digest}}
 
 
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(text: str) -> str:
-    """A text cell a spreadsheet shows as text: one that starts like a formula (a category named
-    ``=HYPERLINK(...)``) gets a leading ``'``, as OWASP's CSV-injection advice has it."""
-    return "'" + text if text.startswith(_FORMULA) else text
 
 
 def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": _cell(row["path"]), "sha256": row.get("image", {}).get("sha256", ""),
+    out: dict[str, Any] = {"path": spreadsheet_cell(row["path"]), "sha256": row.get("image", {}).get("sha256", ""),
                            "model_version": row.get("model_version", "")}
     if "error" in row:
-        return {**out, "status": "error", "error": _cell(f"{row['error']['code']}: {row['error']['message']}")}
+        return {**out, "status": "error", "error": spreadsheet_cell(f"{row['error']['code']}: {row['error']['message']}")}
     mod, predictions = row["modality"], row["predictions"]
     out.update({
         "status": "ok",
@@ -146,7 +139,7 @@ def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
         "modality_detected": mod["detected"],
         "modality_confidence": "" if mod["confidence"] is None else f"{mod['confidence']:.4f}",
         "decision": row["decision"] or "",
-        "top_label": _cell(predictions[0]["label"]) if predictions else "",
+        "top_label": spreadsheet_cell(predictions[0]["label"]) if predictions else "",
         "top_probability": f"{predictions[0]['probability']:.4f}" if predictions else "",
         "warnings": ";".join(w["code"] for w in row["warnings"]),
         "predictions": json.dumps({p["label"]: round(p["probability"], 6) for p in predictions}, ensure_ascii=False),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from model.files import atomic_write_json, atomic_write_text
+from model.files import atomic_write_json, atomic_write_text, spreadsheet_cell
 from model.knowledge import Knowledge
 from model.preprocess import BLURRED_BELOW, COMPRESSED_BELOW, blurred
 from model.runtime import KeepfitRuntime
@@ -142,12 +142,14 @@ def _write_predictions(path: Path, s: EvalSet, probs: np.ndarray) -> None:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "predicted", "correct", *(f"p:{c}" for c in s.classes)])
+    writer.writerow(["path", "label", "predicted", "correct", *(spreadsheet_cell(f"p:{c}") for c in s.classes)])
     for image, label, row in zip(s.paths, s.labels, probs, strict=True):
         top = int(row.argmax())
-        writer.writerow([str(image), s.classes[int(label)], s.classes[top], int(top == int(label)),
-                         *(f"{p:.6f}" for p in row)])
-    atomic_write_text(path, buffer.getvalue())
+        writer.writerow([spreadsheet_cell(str(image)), spreadsheet_cell(s.classes[int(label)]),
+                         spreadsheet_cell(s.classes[top]), int(top == int(label)), *(f"{p:.6f}" for p in row)])
+    # as `keepfit classify`'s .csv: UTF-8 with a byte-order mark (Excel reads it without garbling accents) and
+    # formula-like text escaped
+    atomic_write_text(path, "\ufeff" + buffer.getvalue())
 
 
 def _left_out_text(skipped: dict[str, int], unreadable: int = 0) -> str | None:

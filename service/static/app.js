@@ -275,10 +275,11 @@
     }
   }
 
-  /** Whether url names the service the page talks to already (the saved base, else the page's own origin). */
+  /** Whether url names the service the page talks to already: the saved base, else the page's own (its folder:
+   *  behind a path prefix, /keepfit/, the page's requests go to /keepfit/..., not to the host's root). */
   function sameService(url) {
     const key = serviceKey(url);
-    return key !== null && key === serviceKey(Connection.base() || window.location.origin);
+    return key !== null && key === serviceKey(Connection.base() || new URL('.', window.location.href).href);
   }
 
   /** The service this page talks to, as a reader names it: this page's own server, or the base's URL. */

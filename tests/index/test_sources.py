@@ -141,6 +141,7 @@ def test_a_nas_and_an_operating_system_leave_no_inputs(tmp_path: Path, caplog: p
         ("DOB1961", True), ("ID 4411", True), ("pid-77", True),
         ("normal", False), ("diabetic macular edema", False), ("BRVO", False), ("grade 2", False), ("2024", False),
         ("R3 M1", False), ("subretinal fluid", False), ("rapid progression", False), ("drusen", False),
+        ("macular hole id", False), ("ID grade", False), ("AMD-ID", False),
     ],
 )
 def test_which_folder_labels_look_like_a_persons_identifiers(label: str, personal: bool) -> None:

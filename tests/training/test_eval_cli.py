@@ -59,7 +59,8 @@ def test_zero_shot_report_matches_a_direct_computation(tiny_artifact: Path, oct_
     assert saved["n"] == 12 and saved["per_class"]["diabetic macular edema"]["n"] == 6
     assert saved["balanced_accuracy"] == pytest.approx(balanced_accuracy(y, probs.argmax(1), 2))
     # each image's row, traced to the confusion matrix: a report held only totals
-    table = list(csv.DictReader((out / "predictions.csv").open()))
+    assert (out / "predictions.csv").read_bytes().startswith(b"\xef\xbb\xbfpath,")  # as keepfit classify's, for Excel
+    table = list(csv.DictReader((out / "predictions.csv").open(encoding="utf-8-sig")))
     assert [Path(t["path"]).name for t in table] == [Path(r["path"]).name for r in rows]  # in the manifest's order
     assert [t["label"] for t in table] == [r["dme"] for r in rows]
     counts = np.zeros((2, 2), int)
