@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from index import sources
 from index.build import EmbedOptions, Report, build
@@ -97,3 +98,18 @@ def index_copy(built_index: tuple[Path, Report], tmp_path: Path) -> Path:
     target = tmp_path / "idx"
     shutil.copytree(built_index[0], target)
     return target
+
+
+@pytest.fixture
+def one_image(tmp_path: Path) -> Path:
+    """A folder holding one small image."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (120, 60, 30)).save(folder / "scan.png")
+    return folder
+
+
+def ray_build_argv(images: Path, artifact: Path, out: Path, *ray: str) -> list[str]:
+    """``keepfit index build`` of ``images`` on Ray (``ray``: its further flags)."""
+    return ["index", "build", "--images", str(images), "--artifact", str(artifact), "--out", str(out),
+            "--no-progress", "--ray", *ray]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from index import sources
 from index.build import Report, build
@@ -19,7 +18,7 @@ from index.distributed import RayOptions, embed_with_ray
 from index.sources import ImageItem
 from index.store import VectorIndex
 from model.errors import DataError
-from tests.index.conftest import Archive, quiet
+from tests.index.conftest import Archive, quiet, ray_build_argv
 
 pytest.importorskip("ray.data", reason="the Ray path needs the 'ray' extra (ray[data])")
 
@@ -75,19 +74,6 @@ def test_ray_rows_are_staged_not_held(
         assert list(staged.sha256) == list(held.sha256)
 
 
-@pytest.fixture
-def one_image(tmp_path: Path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    Image.new("RGB", (64, 64), (120, 60, 30)).save(folder / "scan.png")
-    return folder
-
-
-def _build_argv(images: Path, artifact: Path, out: Path, *ray: str) -> list[str]:
-    return ["index", "build", "--images", str(images), "--artifact", str(artifact), "--out", str(out),
-            "--no-progress", "--ray", *ray]
-
-
 @pytest.mark.parametrize(
     ("error", "message"),
     [
@@ -119,7 +105,7 @@ def test_an_unreachable_cluster_is_one_line_and_leaves_no_folder(
     monkeypatch.setattr("index.distributed.check_reachable", lambda address: None)  # as if something answered
     monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
     out = tmp_path / "new" / "index"
-    assert keepfit(_build_argv(one_image, tiny_artifact, out, "--ray-address", "10.9.9.9:6379")) == 2
+    assert keepfit(ray_build_argv(one_image, tiny_artifact, out, "--ray-address", "10.9.9.9:6379")) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"error: cannot connect to the Ray cluster at 10.9.9.9:6379: {message}")
@@ -138,7 +124,7 @@ def test_a_missing_ray_is_one_line_and_leaves_no_folder(
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray: ImportError
     out = tmp_path / "index"
-    assert keepfit(_build_argv(one_image, tiny_artifact, out)) == 2
+    assert keepfit(ray_build_argv(one_image, tiny_artifact, out)) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --ray needs Ray Data: pip install 'keepfit[ray]' (ray[data])"
     )
@@ -154,57 +140,8 @@ def test_a_failed_build_into_an_existing_folder_leaves_the_folder(
     monkeypatch.setitem(sys.modules, "ray", None)
     out = tmp_path / "index"
     out.mkdir()
-    assert keepfit(_build_argv(one_image, tiny_artifact, out)) == 2
+    assert keepfit(ray_build_argv(one_image, tiny_artifact, out)) == 2
     assert out.is_dir() and [p.name for p in out.iterdir()] == [".lock"]
-
-
-@pytest.mark.parametrize(
-    ("address", "end"),
-    [
-        ("10.0.0.5:6379", ("10.0.0.5", 6379)),
-        ("ray://head.clinic.local:10001", ("head.clinic.local", 10001)),
-        ("[::1]:6379", ("::1", 6379)),
-        ("auto", None),
-        ("local", None),
-        ("head-node", None),
-    ],
-)
-def test_the_tcp_end_of_a_ray_address(address: str, end: tuple[str, int] | None) -> None:
-    from index.distributed import _host_port
-
-    assert _host_port(address) == end
-
-
-@pytest.mark.parametrize("address", ["localhost:99999", "localhost:0"])
-def test_a_ray_address_without_a_port_is_named_so(address: str) -> None:
-    """It was "Connection refused"."""
-    from index.distributed import check_reachable
-
-    with pytest.raises(DataError, match=f"--ray-address {address}: .* is not a port \\(1 to 65535\\)"):
-        check_reachable(address)
-
-
-def test_a_closed_port_is_refused_before_ray_is_asked(
-    one_image: Path, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Ray's own single attempt took about 20 s to say that nothing listened there."""
-    from model.cli import main as keepfit
-
-    monkeypatch.setitem(sys.modules, "ray", None)  # never imported: the address is refused first
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "new" / "index"
-    assert keepfit(_build_argv(one_image, tiny_artifact, out, "--ray-address", f"ray://127.0.0.1:{port}")) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: cannot connect to the Ray cluster at ray://127.0.0.1:{port}: Connection refused (127.0.0.1 port {port})"
-    )
-    assert not (tmp_path / "new").exists()
-    assert keepfit(_build_argv(one_image, tiny_artifact, out, "--ray-address", "no-such-host.invalid:6379")) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: cannot connect to the Ray cluster at no-such-host.invalid:6379: unknown host 'no-such-host.invalid'"
-    )
 
 
 @pytest.mark.slow
@@ -220,7 +157,7 @@ def test_a_real_unreachable_address_fails_in_seconds(one_image: Path, tiny_artif
     out = tmp_path / "index"
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "model.cli", *_build_argv(one_image, tiny_artifact, out, "--ray-address",
+        [sys.executable, "-m", "model.cli", *ray_build_argv(one_image, tiny_artifact, out, "--ray-address",
                                                          f"127.0.0.1:{port}")],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )
@@ -236,7 +173,6 @@ def test_a_real_unreachable_address_fails_in_seconds(one_image: Path, tiny_artif
 def test_an_actor_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """An actor whose artifact is not at that path (on a cluster node, say) died with an ActorDiedError whose
     message is the whole remote traceback; it ends with the cause, which is the line kept."""
-    from model.errors import DataError
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     missing = tmp_path / "no-artifact"
