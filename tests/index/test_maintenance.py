@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,13 +293,20 @@ def test_a_change_that_waited_keeps_the_settings_the_change_before_it_made(
             release.wait(30)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
+    pause = time.sleep
+
+    def waiting(seconds: float) -> None:  # the second writer waits for the lock: only now may the first commit
+        release.set()
+        pause(seconds)
+
     monkeypatch.setattr(build_module, "build_index", slow)
+    monkeypatch.setattr(writer_module.time, "sleep", waiting)
     first = threading.Thread(target=reindex, args=(index_copy, {"kind": "hnsw", "hnsw_m": 16}), name="first-reindex")
     first.start()
     try:
         assert holding.wait(30)
-        threading.Timer(0.5, release.set).start()
         assert keepfit(["index", "reindex", "--index", str(index_copy), "--ef-search", "32", "--wait", "60"]) == 0
+        assert release.is_set()  # it did wait
     finally:
         release.set()
         first.join()
