@@ -39,6 +39,17 @@ def _slow_rebuild() -> tuple[list[_Generation], threading.Event, Callable[[Path,
     return opened, release, opener
 
 
+async def _serving_then_rebuilt(directory: Path, opener: Callable[[Path, str], _Generation]) -> IndexHolder:
+    """A holder serving generation 1 of ``directory`` (checking for changes at every request), with generation 2
+    committed since."""
+    _publish(directory, 1)
+    holder = IndexHolder(directory, "v", opener=opener)
+    holder.RELOAD_CHECK_S = 0.0
+    await holder.start()
+    _publish(directory, 2)
+    return holder
+
+
 def _until_closed(opened: list[_Generation], count: int, seconds: float = 60.0) -> None:
     """Until the loader has opened ``count`` indexes and each of them is closed (or ``seconds`` have passed)."""
     deadline = time.monotonic() + seconds
@@ -117,11 +128,7 @@ def test_an_index_that_opens_but_cannot_be_served_is_closed_and_not_reopened_at_
         return opened[-1]
 
     async def scenario() -> None:
-        _publish(tmp_path, 1)
-        holder = IndexHolder(tmp_path, "v", opener=opener)
-        holder.RELOAD_CHECK_S = 0.0
-        await holder.start()
-        _publish(tmp_path, 2)
+        holder = await _serving_then_rebuilt(tmp_path, opener)
         for _ in range(3):
             await holder.refresh(force=True)
         assert len(opened) == 2 and opened[1].closed and not opened[0].closed
@@ -237,11 +244,7 @@ def test_an_index_replaced_while_it_opened_is_not_refused_but_the_newer_one_open
         return opened[-1]
 
     async def scenario() -> None:
-        _publish(tmp_path, 1)
-        holder = IndexHolder(tmp_path, "v", opener=opener)
-        holder.RELOAD_CHECK_S = 0.0
-        await holder.start()
-        _publish(tmp_path, 2)
+        holder = await _serving_then_rebuilt(tmp_path, opener)
         await holder.refresh(force=True)
         assert (await holder.locate(7))[1] == Path("/images/3/7.jpg")  # the newest, at once
         assert holder.info().error is None and holder.info().loads == 2
