@@ -14,6 +14,7 @@ import glob
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -203,14 +204,48 @@ def staged_folder(out: Path, what: str) -> Iterator[Path]:
             stage.rename(kept)
         except OSError:
             kept = stage
-        raise ConfigError(f"could not write the results into {out} ({err.strerror or err}; nothing there was "
-                          f"changed): they are in {kept}") from err
+        changed = "" if isinstance(err, PartlyPublishedError) else "; nothing there was changed"
+        raise ConfigError(f"could not write the results into {out} ({err.strerror or err}{changed}): they are in "
+                          f"{kept}") from err
     shutil.rmtree(stage, ignore_errors=True)
 
 
+class PartlyPublishedError(OSError):
+    """A publication that failed and could not be undone: some targets are new."""
+
+
+_NO_HARD_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _place(source: Path, temporary: Path) -> None:
+    """``source`` under the new name ``temporary`` (which must not exist: never written through a link or into a
+    folder there): a hard link, else (another disk, no hard links) an exclusive copy."""
+    try:
+        os.link(source, temporary)
+        return
+    except OSError as err:
+        if err.errno not in _NO_HARD_LINK:
+            raise
+    with open(source, "rb") as src, open(temporary, "xb") as dst:  # O_EXCL: a link there is refused, not followed
+        shutil.copyfileobj(src, dst)
+    shutil.copystat(source, temporary)
+
+
+def _replaceable(target: Path) -> bool:
+    """Whether this process may rename over ``target``: in a sticky folder (a shared /tmp-like team folder) only
+    the owner of the file or of the folder may."""
+    try:
+        folder, found = target.parent.stat(), target.lstat()
+    except FileNotFoundError:
+        return True
+    uid = os.geteuid()
+    return not (folder.st_mode & stat.S_ISVTX) or uid in (0, found.st_uid, folder.st_uid)
+
+
 def _publish(stage: Path, out: Path) -> None:
-    """Every file of ``stage`` over its namesake in ``out`` (see :func:`staged_folder`); an ``OSError`` before any
-    target changed, with the temporary names removed."""
+    """Every file of ``stage`` over its namesake in ``out`` (see :func:`staged_folder`), or an ``OSError`` with
+    ``out`` as it was: each file is first placed beside its target under a new temporary name and each target kept
+    under another (hard links), then the renames; one the system refuses puts the targets back."""
     if not stage.is_dir() or not any(stage.iterdir()):  # removed meanwhile (by hand, or a run a day later)
         raise OSError(errno.ENOENT, "the staged results are gone", str(stage))
     moves: list[tuple[Path, Path]] = []
@@ -224,27 +259,52 @@ def _publish(stage: Path, out: Path) -> None:
     if clash is not None:
         kind = "a folder" if clash.is_dir() else "a file"
         raise OSError(errno.EEXIST, f"{clash} is {kind} where this run writes the other kind", str(clash))
-    placed: list[tuple[Path, Path]] = []
+    refused = next((t for _, t in moves if not _replaceable(t)), None)
+    if refused is not None:
+        raise OSError(errno.EPERM, "another user's file in a shared (sticky) folder", str(refused))
+    token = secrets.token_hex(3)
+    placed: list[tuple[Path, Path, Path | None]] = []  # (temporary, target, the target kept, if it existed)
     created = [folder for folder in folders if not folder.exists()]
+    renamed: list[tuple[Path, Path, Path | None]] = []
+
+    def undo() -> None:
+        for _, target, kept in reversed(renamed):  # the targets replaced so far, back as they were
+            if kept is not None:
+                os.replace(kept, target)
+            else:
+                target.unlink(missing_ok=True)
+        for temporary, _, kept in placed:
+            temporary.unlink(missing_ok=True)
+            if kept is not None:
+                kept.unlink(missing_ok=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
     try:
         for folder in created:
             folder.mkdir()
         for source, target in moves:
-            temporary = target.with_name(f".{target.name}.publishing")
-            try:
-                os.link(source, temporary)
-            except OSError:  # another disk, or a file system without hard links
-                shutil.copy2(source, temporary)
-            placed.append((temporary, target))
+            temporary = target.with_name(f".{target.name}.{token}.publishing")
+            kept = target.with_name(f".{target.name}.{token}.previous") if target.exists() else None
+            placed.append((temporary, target, kept))
+            _place(source, temporary)
+            if kept is not None:
+                os.link(target, kept)  # refused (another user's file, protected links): nothing changed yet
+        for entry in placed:
+            os.replace(entry[0], entry[1])
+            renamed.append(entry)
     except OSError:
-        for temporary, _ in placed:
-            temporary.unlink(missing_ok=True)
-        for folder in reversed(created):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        try:
+            undo()
+        except OSError as err:  # cannot happen short of the disk failing: say what changed
+            changed = ", ".join(str(t) for _, t, _ in renamed)
+            raise PartlyPublishedError(errno.EIO, f"{changed} changed, and could not be put back ({err})",
+                                       str(out)) from err
         raise
-    for temporary, target in placed:  # renames within one folder: nothing left to refuse
-        os.replace(temporary, target)
+    for _, _, kept in placed:
+        if kept is not None:
+            kept.unlink(missing_ok=True)
 
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")

@@ -163,3 +163,51 @@ def test_a_publication_that_cannot_finish_keeps_the_results_and_changes_nothing(
     with staged_folder(out, "test") as stage:
         (stage / "x.txt").write_text("x")
     assert len(list(out.glob(".keepfit-unpublished-*"))) == 2
+
+
+def test_a_rename_refused_part_way_puts_every_target_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Placing the files succeeded, a rename over a target did not (another user's file in a shared folder): the
+    files renamed before it stayed new while the message said nothing had changed."""
+    from model import files
+    from model.errors import ConfigError
+    from model.files import staged_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (out / name).write_text(f"old {name}")
+    real, calls = os.replace, []
+
+    def refusing(source: object, target: object) -> None:
+        calls.append(target)
+        if Path(str(target)).name == "b.txt" and str(source).endswith(".publishing"):
+            raise PermissionError(1, "Operation not permitted", str(target))
+        real(source, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "replace", refusing)
+    with pytest.raises(ConfigError, match="Operation not permitted; nothing there was changed"):
+        with staged_folder(out, "test") as stage:
+            for name in ("a.txt", "b.txt", "c.txt"):
+                (stage / name).write_text(f"new {name}")
+    monkeypatch.undo()
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == {"a.txt": "old a.txt", "b.txt": "old b.txt"}
+
+
+def test_another_users_file_in_a_sticky_folder_is_refused_before_anything_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model import files
+    from model.errors import ConfigError
+    from model.files import staged_folder
+
+    out = tmp_path / "team"
+    out.mkdir()
+    out.chmod(0o1777)
+    (out / "report.md").write_text("a colleague's")
+    monkeypatch.setattr(files.os, "geteuid", lambda: os.stat(out).st_uid + 12345)  # not the owner of either
+    with pytest.raises(ConfigError, match="another user's file in a shared \\(sticky\\) folder; nothing there was"):
+        with staged_folder(out, "test") as stage:
+            (stage / "new.txt").write_text("new")
+            (stage / "report.md").write_text("mine")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".keepfit-unpublished-")) == ["report.md"]
+    assert (out / "report.md").read_text() == "a colleague's"
