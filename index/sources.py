@@ -121,7 +121,7 @@ SYSTEM_FILES = frozenset(name.casefold() for name in ("Thumbs.db", "ehthumbs.db"
 # number, a date written 19610203), a date written with separators, the usual abbreviations not inside a word
 # (`MRN12345`, `Patient01` are; `fluid`, `rapid` are not), or `ID` before a number (`ID 4411`; not `ID_grade`).
 _PERSONAL = re.compile(
-    r"\d{6,}|\b\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b|(?<![a-z])(mrn|dob|patient|pid|nhs|ssn)(?![a-z])|(?<![a-z])id\W?\d",
+    r"\d{6,}|\b\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b|(?<![a-z])(mrn|dob|patient|pid|nhs|ssn)(?![a-z])|(?<![a-z])id[\W_]*\d",
     re.IGNORECASE,
 )
 

@@ -124,13 +124,13 @@ def score(scorer: Scorer, path: str, stated: str | None = None) -> dict[str, Any
         return {"path": shown(path), "error": {"code": code, "message": str(err)}, "image": {"sha256": digest}}
 
 
-
-
 def _csv_row(row: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": spreadsheet_cell(row["path"]), "sha256": row.get("image", {}).get("sha256", ""),
+    out: dict[str, Any] = {"path": spreadsheet_cell(row["path"]),
+                           "sha256": row.get("image", {}).get("sha256", ""),
                            "model_version": row.get("model_version", "")}
     if "error" in row:
-        return {**out, "status": "error", "error": spreadsheet_cell(f"{row['error']['code']}: {row['error']['message']}")}
+        error = f"{row['error']['code']}: {row['error']['message']}"
+        return {**out, "status": "error", "error": spreadsheet_cell(error)}
     mod, predictions = row["modality"], row["predictions"]
     out.update({
         "status": "ok",

@@ -472,8 +472,10 @@ def forget_main(args: argparse.Namespace) -> int:
         )
     for value in absent:
         print(f"no classifier in {store.root} has {value} as an example")  # noqa: T201
+    if not plan and args.dry_run:
+        return 0
     if not plan:  # a re-run after a collection that failed: what that run left goes now
-        _collect_forgotten(store, [store.root / "examples" / p for p in prefixes if len(p) == 64])
+        _collect_forgotten(store, [f for p in prefixes for f in _example_files(store, p)])
         return 0
     too_few = {name for name, _ in short}
     if args.dry_run:
@@ -509,6 +511,12 @@ def forget_main(args: argparse.Namespace) -> int:
         "still hold them, and cached answers of the classifiers' earlier versions expire with KEEPFIT_CACHE_TTL_S"
     )
     return 0
+
+
+def _example_files(store: ClassifierStore, prefix: str) -> list[Path]:
+    """The stored example files (SHA-256 names) whose name starts with ``prefix``."""
+    folder = store.root / "examples"
+    return sorted(p for p in folder.glob(f"{prefix}*") if len(p.name) == 64) if folder.is_dir() else []
 
 
 def _collect_forgotten(store: ClassifierStore, examples: list[Path]) -> None:

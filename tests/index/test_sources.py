@@ -138,7 +138,8 @@ def test_a_nas_and_an_operating_system_leave_no_inputs(tmp_path: Path, caplog: p
     [
         ("Doe John MRN4455667", True), ("MRN 12", True), ("1961-02-03", True), ("03.02.1961", True),
         ("19610203", True), ("patient 12", True), ("DOB 1961", True), ("MRN12345", True), ("Patient01", True),
-        ("DOB1961", True), ("ID 4411", True), ("pid-77", True),
+        ("DOB1961", True), ("ID 4411", True), ("pid-77", True), ("ID_4411", True),
+        ("id__0042", True),
         ("normal", False), ("diabetic macular edema", False), ("BRVO", False), ("grade 2", False), ("2024", False),
         ("R3 M1", False), ("subretinal fluid", False), ("rapid progression", False), ("drusen", False),
         ("macular hole id", False), ("ID grade", False), ("AMD-ID", False),
