@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from index.ann import INDEX_KINDS, AnnSpec, BuiltIndex, build_index, empty_index
-from index.distributed import RayOptions, embed_with_ray
+from index.distributed import RayOptions, check_reachable, embed_with_ray
 from index.embed import Embedded, embed_items, failure_summary
 from index.memory import check_memory
 from index.reuse import held_rows, not_held
@@ -581,6 +581,7 @@ def build(
     (readers keep the old one until the new manifest is in place; new ids continue after the old ones)."""
     start, ann, directory = time.perf_counter(), ann or AnnSpec(), directory.expanduser()
     artifact = load_artifact(artifact_dir)
+    _check_ray(options)
     _check_target(directory)  # before the lock file is created: refuse a foreign folder without touching it
     # the folders this build creates (--out and any missing parents), deepest first
     created = [p for p in [directory, *directory.absolute().parents] if not p.exists()]
@@ -732,6 +733,13 @@ def _embedded_report(
 def _compressed(quality: np.ndarray) -> np.ndarray:
     """Which of these JPEG qualities (0: not a JPEG, or not known) are below :data:`COMPRESSED_BELOW`."""
     return (quality > 0) & (quality < COMPRESSED_BELOW)
+
+
+def _check_ray(options: EmbedOptions | None) -> None:
+    """A Ray cluster address where nothing answers refused before the lock and the hashing of every input
+    (minutes on a large archive), where Ray's own attempt, after them, took about 20 s to say so."""
+    if options is not None and options.ray is not None and options.ray.address:
+        check_reachable(options.ray.address)
 
 
 def _drop(work: Path | None) -> None:
@@ -899,6 +907,7 @@ def add(
     """Embed ``sources`` and add the images the index does not hold yet (``ann``: a spec, or changes to the
     index's own settings, read under its lock)."""
     start, directory, artifact = time.perf_counter(), directory.expanduser(), load_artifact(artifact_dir)
+    _check_ray(options)
     with updating(directory, artifact, ann) as update:
         manifest = update.manifest
         # where the index finds its images now: an index moved with its archive resolves its root relative to

@@ -160,12 +160,10 @@ def _sources(args: argparse.Namespace) -> Any:
 
 def _embed_options(args: argparse.Namespace) -> EmbedOptions:
     from index.build import EmbedOptions
-    from index.distributed import RayOptions, check_reachable
+    from index.distributed import RayOptions
 
     ray = None
     if args.ray or args.ray_address:
-        if args.ray_address:  # before the lock and the hashing of every input (minutes on a large archive)
-            check_reachable(args.ray_address)
         ray = RayOptions(address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
     return EmbedOptions(
         batch_size=args.batch_size,

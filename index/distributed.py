@@ -147,8 +147,6 @@ def embed_with_ray(
     options = options or RayOptions()
     if not items:
         return Embedded.empty(dim)
-    if options.address:
-        check_reachable(options.address)
     with _bounded_connect(options.address):
         ray = _import_ray()
         # Ray >= 2.5x asks for a token when talking to a cluster; a private local instance needs none.

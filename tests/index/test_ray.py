@@ -102,7 +102,7 @@ def test_an_unreachable_cluster_is_one_line_and_leaves_no_folder(
         raise error
 
     monkeypatch.setattr(ray, "init", unreachable)
-    monkeypatch.setattr("index.distributed.check_reachable", lambda address: None)  # as if something answered
+    monkeypatch.setattr("index.build.check_reachable", lambda address: None)  # as if something answered
     monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
     out = tmp_path / "new" / "index"
     assert keepfit(ray_build_argv(one_image, tiny_artifact, out, "--ray-address", "10.9.9.9:6379")) == 2
