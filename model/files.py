@@ -177,10 +177,9 @@ def staged_folder(out: Path, what: str) -> Iterator[Path]:
     or Ctrl-C in the block the staged files are removed, with any folders made for them, and ``out`` is as it
     was: an interrupted report never sits beside the previous run's, half new.
 
-    The stage is a hidden folder inside ``out``. Publishing first puts every file beside its target under a
-    temporary name (a hard link, else a copy: a sub-folder of ``out`` may be on another disk), then renames each
-    over its target: anything the system refuses comes in the first step, before any target changed. A stage that
-    cannot be published is kept under a name no run removes, and named: the run's results are never deleted."""
+    The stage is a hidden folder inside ``out``; :func:`_publish` moves its files into ``out`` all or none. A
+    stage that cannot be published is kept under a name no run removes, and named: the run's results are never
+    deleted."""
     out = Path(out)
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders made here, deepest first
     out.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.cli import positive_int
-from service.benchmarks._common import DEFAULT_DATA, ROOT
+from service.benchmarks._common import DEFAULT_DATA, ROOT, positive_int
 
 CLASSES = (
     "no diabetic retinopathy",

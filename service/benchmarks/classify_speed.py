@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from model.cli import positive_int
 from service.benchmarks._common import (
     DEFAULT_DATA,
     ROOT,
     Http,
     multipart_body,
+    positive_int,
     real_images,
     serve,
     writable_json,

@@ -33,8 +33,7 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from model import colour
-from model.cli import positive_int
-from service.benchmarks._common import DEFAULT_DATA, ROOT
+from service.benchmarks._common import DEFAULT_DATA, ROOT, positive_int
 from service.benchmarks.decode_quality import image_sets
 
 _SPACES = (colour.ADOBE_RGB, colour.DISPLAY_P3, colour.ROMM_RGB)

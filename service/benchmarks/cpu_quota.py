@@ -24,7 +24,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.cli import positive_int
 from service.benchmarks._common import (
     DEFAULT_DATA,
     ROOT,
@@ -32,6 +31,7 @@ from service.benchmarks._common import (
     cpu_limited,
     multipart_body,
     positive_float,
+    positive_int,
     serve,
     writable_json,
 )

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from model.cli import positive_int
-from service.benchmarks._common import DEFAULT_DATA, ROOT, op_dicom
+from service.benchmarks._common import DEFAULT_DATA, ROOT, op_dicom, positive_int
 
 
 def image_sets(data_root: Path, per_set: int) -> dict[str, tuple[str, list[Path]]]:

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model.cli import positive_int
-from service.benchmarks._common import DEFAULT_DATA
+from service.benchmarks._common import DEFAULT_DATA, positive_int
 from service.classifiers import Example
 from service.example_checks import (
     COPY_BELOW,

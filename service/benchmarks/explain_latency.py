@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.cli import positive_int
 from service.benchmarks._common import (
     DEFAULT_DATA,
     ROOT,
     Http,
     multipart_body,
+    positive_int,
     real_images,
     serve,
     writable_json,

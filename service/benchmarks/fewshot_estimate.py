@@ -49,8 +49,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from model import fewshot
-from model.cli import positive_int
-from service.benchmarks._common import DEFAULT_DATA, ROOT, writable_json
+from service.benchmarks._common import DEFAULT_DATA, ROOT, positive_int, writable_json
 
 MODALITY = "CFP"
 NO = "no diabetic retinopathy"

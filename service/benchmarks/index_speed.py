@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.cli import positive_int
 from model.cores import available_cores
-from service.benchmarks._common import DEFAULT_DATA, ROOT, writable_json
+from service.benchmarks._common import DEFAULT_DATA, ROOT, positive_int, writable_json
 
 
 def make_archive(data_root: Path, copies: int, folder: Path) -> int:
